@@ -1,0 +1,87 @@
+"""The project's spatial conventions, defined once and imported everywhere else.
+
+Frames and units
+----------------
+* **Voxel index order** ``(i, j, k)`` is the order of the array axes as stored in the NIfTI file
+  (nibabel's ``get_fdata()`` order). Torch tensors of images are ``(N, C, I, J, K)``.
+* **Affines** are 4x4 matrices mapping voxel indices ``(i, j, k, 1)`` to **world RAS millimetres**
+  (the NIfTI / nibabel / Slicer convention).
+* **Mappings** go in the *resampling* (pull) direction: a transform ``T`` maps a point ``x`` of the
+  fixed image's world to the point ``T(x)`` of the moving image's world, and the warped image is
+  ``warped(x) = moving(T(x))``. A displacement ``d`` describes ``T(x) = x + d(x)``.
+* **Internal displacements** (inside the optimiser) are tensors ``(N, 3, I, J, K)`` in **voxel units of
+  the grid they are sampled on**, channel order ``(i, j, k)``. :func:`voxel_to_world_vectors` turns
+  them into RAS millimetres.
+* **World displacements** handed to users are arrays ``(I, J, K, 3)`` in RAS millimetres. Files in the
+  ITK convention (``displacement.nii.gz``, ``transform.h5``) hold **LPS** millimetres:
+  :data:`RAS_TO_LPS` converts (it is its own inverse).
+* **Normalised coordinates** for :func:`torch.nn.functional.grid_sample` use
+  ``align_corners=True``: voxel centre ``0`` is ``-1`` and voxel centre ``n - 1`` is ``+1``. Their
+  channel order is ``(k, j, i)`` (grid_sample's x indexes the *last* tensor axis).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: ``align_corners`` value used for every ``grid_sample`` / ``interpolate`` call in the project.
+ALIGN_CORNERS = True
+
+#: Diagonal flip between RAS and LPS world frames (x -> -x, y -> -y); its own inverse.
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def voxel_to_world_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map displacement vectors in voxel units (last axis ``(i, j, k)``) to RAS millimetres.
+
+    Only the linear part of the voxel-to-RAS ``affine`` acts on vectors.
+    """
+    return vectors @ np.asarray(affine, dtype=np.float64)[:3, :3].T
+
+
+def world_to_voxel_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`voxel_to_world_vectors`: RAS millimetres to voxel units of ``affine``'s grid."""
+    return vectors @ np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3]).T
+
+
+def ras_to_lps_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Convert vectors or points (last axis of length 3) between RAS and LPS (self-inverse)."""
+    return vectors * np.diag(RAS_TO_LPS)
+
+
+def voxel_to_normalized(shape: tuple[int, int, int], device: torch.device | None = None,
+                        dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Return the 4x4 matrix taking voxel coordinates ``(i, j, k, 1)`` to grid_sample coordinates.
+
+    The result maps a column ``(i, j, k, 1)`` to ``(x_k, y_j, z_i, 1)``: normalised with
+    ``align_corners=True`` and reversed into grid_sample's ``(k, j, i)`` channel order.
+    """
+    m = torch.zeros(4, 4, dtype=dtype, device=device)
+    for axis, n in enumerate(shape):
+        row = 2 - axis  # (i, j, k) -> (k, j, i)
+        scale = 2.0 / (n - 1) if n > 1 else 0.0
+        m[row, axis] = scale
+        m[row, 3] = -1.0 if n > 1 else 0.0
+    m[3, 3] = 1.0
+    return m
+
+
+def voxel_displacement_to_normalized(disp: torch.Tensor) -> torch.Tensor:
+    """Convert a voxel-unit displacement ``(N, 3, I, J, K)`` into a grid_sample offset ``(N, I, J, K, 3)``.
+
+    Channel order becomes ``(k, j, i)`` and units the ``align_corners=True`` normalised ones.
+    """
+    shape = disp.shape[2:]
+    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in shape],
+                         dtype=disp.dtype, device=disp.device)
+    out = disp * scale.view(1, 3, 1, 1, 1)
+    return out.flip(1).permute(0, 2, 3, 4, 1)
+
+
+def identity_grid(shape: tuple[int, int, int], device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """grid_sample coordinates ``(1, I, J, K, 3)`` of the voxel centres of a grid of ``shape``."""
+    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1
+            else torch.zeros(1, device=device, dtype=dtype) for n in shape]
+    gi, gj, gk = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack((gk, gj, gi), dim=-1).unsqueeze(0)

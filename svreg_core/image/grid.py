@@ -1,0 +1,55 @@
+"""Sampling grids: a voxel lattice ``shape`` placed in the world by a voxel-to-RAS ``affine``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A 3-D voxel lattice in world space.
+
+    Attributes:
+        shape: number of voxels along ``(i, j, k)``.
+        affine: 4x4 matrix, voxel ``(i, j, k, 1)`` -> RAS millimetres.
+    """
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
+        object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
+
+    @property
+    def spacing(self) -> np.ndarray:
+        """Voxel size along ``(i, j, k)`` in millimetres."""
+        return np.linalg.norm(self.affine[:3, :3], axis=0)
+
+    @property
+    def direction(self) -> np.ndarray:
+        """3x3 matrix whose columns are the unit RAS directions of the ``i, j, k`` axes."""
+        return self.affine[:3, :3] / self.spacing
+
+    def world_points(self) -> np.ndarray:
+        """RAS millimetre coordinates of every voxel centre, shape ``(I, J, K, 3)``."""
+        ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in self.shape],
+                                   indexing="ij"), axis=-1)
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+    def resampled(self, spacing: float) -> "Grid":
+        """An isotropic grid of voxel size ``spacing`` mm covering the same field of view.
+
+        Keeps the axis directions; the first and last voxel centres stay inside the original
+        extent, and the new lattice is centred on the original one.
+        """
+        extent = (np.asarray(self.shape) - 1) * self.spacing
+        shape = np.maximum(np.floor(extent / spacing + 1e-6).astype(int) + 1, 2)
+        lin = self.direction * spacing
+        old_centre = self.affine[:3, :3] @ ((np.asarray(self.shape) - 1) / 2.0) + self.affine[:3, 3]
+        origin = old_centre - lin @ ((shape - 1) / 2.0)
+        affine = np.eye(4)
+        affine[:3, :3] = lin
+        affine[:3, 3] = origin
+        return Grid(tuple(int(n) for n in shape), affine)

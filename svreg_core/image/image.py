@@ -1,0 +1,65 @@
+"""An image array bound to its world geometry."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from svreg_core.errors import InputError
+from svreg_core.image.grid import Grid
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 3-D scalar image.
+
+    Attributes:
+        data: array ``(I, J, K)`` in the file's voxel order.
+        affine: 4x4 voxel ``(i, j, k, 1)`` -> RAS millimetres.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
+
+    @property
+    def grid(self) -> Grid:
+        return Grid(self.data.shape[:3], self.affine)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.data.shape[:3])
+
+    @property
+    def spacing(self) -> np.ndarray:
+        return self.grid.spacing
+
+
+def validate_image(image: Image, name: str, *, labels: bool = False) -> Image:
+    """Check that ``image`` is usable for registration; raise :class:`InputError` with a plain message.
+
+    Checks: 3-D (a trailing singleton 4th axis is squeezed), at least 2 voxels per axis, finite
+    values, not constant (intensity images), invertible affine.
+    """
+    data = np.asarray(image.data)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(f"{name} must be a 3-D image; it has {data.ndim} dimensions {tuple(data.shape)}.")
+    if min(data.shape) < 2:
+        raise InputError(f"{name} has a degenerate size {tuple(data.shape)}; each axis needs at least 2 voxels.")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputError(f"{name} has an invalid voxel-to-world affine.")
+    if not labels and not np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float32)
+    bad = ~np.isfinite(data) if np.issubdtype(data.dtype, np.floating) else None
+    if bad is not None and bad.any():
+        raise InputError(f"{name} contains {int(bad.sum())} NaN or infinite voxels; clean or mask them first.")
+    if not labels and float(data.max()) == float(data.min()):
+        raise InputError(f"{name} is empty: all voxels have the value {float(data.min()):g}.")
+    if labels and not np.any(data):
+        raise InputError(f"{name} is empty: it contains no non-zero label.")
+    return Image(data, affine)

@@ -1,0 +1,47 @@
+"""NIfTI reading and writing through nibabel, with plain-language errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from svreg_core.errors import InputError
+from svreg_core.image.image import Image, validate_image
+
+
+def load_image(path: str | Path, *, labels: bool = False, name: str | None = None) -> Image:
+    """Read a 3-D NIfTI (or any nibabel-readable) image as float32, or int32 for ``labels``.
+
+    The affine is nibabel's best voxel-to-RAS affine (sform, else qform).
+    Raises :class:`InputError` for a missing, unreadable or unusable file.
+    """
+    path = Path(path)
+    what = name or path.name
+    if not path.is_file():
+        raise InputError(f"{what}: file not found: {path}")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"{what}: cannot read {path} as an image ({exc.__class__.__name__}: {exc}).") from None
+    if labels:
+        if np.issubdtype(data.dtype, np.floating):
+            if not np.all(np.isfinite(data)):
+                raise InputError(f"{what} contains NaN or infinite values; a label map must hold integers.")
+            data = np.rint(data)
+        data = data.astype(np.int32)
+    else:
+        data = data.astype(np.float32)
+    return validate_image(Image(data, img.affine), what, labels=labels)
+
+
+def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None = None) -> Path:
+    """Write ``image`` as NIfTI with its RAS affine set as both sform and qform (code 1, scanner)."""
+    path = Path(path)
+    data = np.asarray(image.data if dtype is None else image.data.astype(dtype))
+    nii = nib.Nifti1Image(data, image.affine)
+    nii.set_sform(image.affine, code=1)
+    nii.set_qform(image.affine, code=1)
+    nib.save(nii, str(path))
+    return path

@@ -1,0 +1,157 @@
+"""Pairwise SPR optimisation: a stationary velocity field and the regularisation weight λ(x) jointly.
+
+Everything here lives on isotropic grids derived from the fixed grid (:meth:`Grid.resampled`). At
+each pyramid level the images are compared on an *image grid* of voxel size ``s``, while the velocity
+and λ live on a coarser *control grid* of voxel size ``control_factor · s``; the displacement
+integrated there is upsampled (trilinear) to the image grid for warping. Velocities and
+displacements are in voxel units of the control grid, so their finite differences are dimensionless
+(mm per mm) at every level.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from svreg_core.image.grid import Grid
+from svreg_core.conventions import ALIGN_CORNERS
+from svreg_core.image.resample import (antialias_sigma, gaussian_smooth, resample, target_world_points,
+                                       world_to_source_normalized)
+from svreg_core.losses import get_similarity, neg_log_prior, weighted_diffusion
+from svreg_core.optim.parameters import RegistrationParameters
+from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
+from svreg_core.transforms import integrate_velocity, warp
+
+#: Initial λ (before the data pull it down where the image needs to deform).
+INITIAL_WEIGHT = 0.95
+
+
+@dataclass
+class DeformableResult:
+    """Velocity and λ on the final working grid.
+
+    Attributes:
+        grid: the finest control grid.
+        velocity: ``(1, 3, I, J, K)`` stationary velocity, voxel units of ``grid`` (already smoothed).
+        weight: ``(1, 1, I, J, K)`` λ(x) in (0, 1] on ``grid``.
+        losses: final loss terms per level.
+    """
+
+    grid: Grid
+    velocity: torch.Tensor
+    weight: torch.Tensor
+    losses: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_similarity(name: str, window: int):
+    """The similarity loss ``name``; ``window`` (voxels) applies to LNCC only."""
+    return get_similarity(name, window=window) if name == "lncc" else get_similarity(name)
+
+
+def smooth_parameters(tensor: torch.Tensor, passes: int = 3) -> torch.Tensor:
+    """``passes`` 3³ average pools (stride 1, replicate border): the per-iteration parameter smoothing."""
+    for _ in range(passes):
+        tensor = F.avg_pool3d(F.pad(tensor, (1, 1, 1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    return tensor
+
+
+def _to_grid(field_: torch.Tensor, source: Grid, target: Grid, *, vector: bool) -> torch.Tensor:
+    """Move a field between two working grids; voxel-unit vectors are rescaled to the target's voxels."""
+    out = resample(field_, source, target, padding_mode="border")
+    if vector:
+        out = out * float(source.spacing[0] / target.spacing[0])
+    return out
+
+
+class _Upsampler:
+    """Trilinear transfer of a control-grid displacement to the image grid (vectors rescaled to image voxels)."""
+
+    def __init__(self, control: Grid, image: Grid, device: torch.device) -> None:
+        points = target_world_points(image, device=device, dtype=torch.float64)
+        self.coords = world_to_source_normalized(points, control).float()
+        self.scale = float(control.spacing[0] / image.spacing[0])
+
+    def __call__(self, disp: torch.Tensor) -> torch.Tensor:
+        out = F.grid_sample(disp, self.coords, mode="bilinear", padding_mode="border", align_corners=ALIGN_CORNERS)
+        return out * self.scale
+
+
+def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
+                 affine: np.ndarray, params: RegistrationParameters, *,
+                 fixed_mask: torch.Tensor | None = None, moving_mask: torch.Tensor | None = None,
+                 progress: ProgressCallback = no_progress, progress_span: tuple[float, float] = (0.0, 1.0),
+                 ) -> DeformableResult:
+    """Optimise ``v`` and λ so that ``moving(A(x + u(x)))`` matches ``fixed(x)``, ``u = exp(v)``.
+
+    Args:
+        fixed, moving: normalised ``(1, 1, I, J, K)`` intensity tensors on their own grids.
+        affine: 4x4 RAS->RAS pre-alignment ``A`` (fixed world -> moving world).
+        params: similarity, λ prior and strengths, pyramid, step sizes.
+        fixed_mask, moving_mask: optional masks on the fixed / moving grids.
+    """
+    sim = build_similarity(params.similarity, params.lncc_window)
+    device = fixed.device
+    total = sum(params.iterations)
+    done = 0
+    lo, hi = progress_span
+    velocity = weight_logit = None
+    prev_grid: Grid | None = None
+    losses: list[dict[str, float]] = []
+    for spacing, iterations in zip(params.level_spacings, params.iterations):
+        image_grid = fixed_grid.resampled(spacing)
+        grid = fixed_grid.resampled(spacing * params.control_factor)
+        upsample = _Upsampler(grid, image_grid, device)
+        stage = f"deformable {spacing:g} mm"
+        fixed_l = resample(gaussian_smooth(fixed, antialias_sigma(fixed_grid, spacing)), fixed_grid, image_grid)
+        moving_l = resample(gaussian_smooth(moving, antialias_sigma(moving_grid, spacing)), moving_grid,
+                            image_grid, affine)
+        mask_f = None if fixed_mask is None else resample(fixed_mask.float(), fixed_grid, image_grid)
+        mask_m = None if moving_mask is None else resample(moving_mask.float(), moving_grid, image_grid, affine)
+        if velocity is None:
+            velocity = torch.zeros(1, 3, *grid.shape, device=device)
+            weight_logit = torch.full((1, 1, *grid.shape), math.log(INITIAL_WEIGHT / (1 - INITIAL_WEIGHT)),
+                                      device=device)
+        else:
+            velocity = _to_grid(velocity, prev_grid, grid, vector=True)
+            weight_logit = _to_grid(weight_logit, prev_grid, grid, vector=False)
+        velocity = velocity.detach().requires_grad_(True)
+        weight_logit = weight_logit.detach().requires_grad_(params.spr)
+        groups = [{"params": [velocity], "lr": params.learning_rate}]
+        if params.spr:
+            groups.append({"params": [weight_logit], "lr": params.lambda_learning_rate})
+        optimizer = torch.optim.Adam(groups)
+        for it in range(iterations):
+            optimizer.zero_grad(set_to_none=True)
+            disp = integrate_velocity(smooth_parameters(velocity), params.integration_steps)
+            disp_image = upsample(disp)
+            warped = warp(moving_l, disp_image)
+            mask = mask_f
+            if mask_m is not None:
+                warped_mask = warp(mask_m, disp_image)
+                mask = warped_mask if mask is None else mask * warped_mask
+            loss_sim = sim(fixed_l, warped, mask)
+            if params.spr:
+                weight = torch.sigmoid(smooth_parameters(weight_logit))
+                loss_prior = neg_log_prior(params.prior, weight, params.alpha_prime)
+            else:
+                weight = torch.ones_like(weight_logit)
+                loss_prior = torch.zeros((), device=device)
+            loss_reg = params.lambda_max * weighted_diffusion(disp, weight)
+            loss = loss_sim + loss_reg + loss_prior
+            loss.backward()
+            optimizer.step()
+            done += 1
+            if it % 5 == 0 or it == iterations - 1:
+                progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,
+                                       values={"similarity": float(loss_sim), "regularization": float(loss_reg),
+                                               "prior": float(loss_prior)}))
+        losses.append({"spacing_mm": spacing, "similarity": float(loss_sim), "regularization": float(loss_reg),
+                       "prior": float(loss_prior)})
+        prev_grid = grid
+    with torch.no_grad():
+        velocity = smooth_parameters(velocity.detach())
+        weight = torch.sigmoid(smooth_parameters(weight_logit.detach())) if params.spr else torch.ones_like(weight_logit)
+    return DeformableResult(prev_grid, velocity, weight, losses)

@@ -1,0 +1,41 @@
+"""Warping tensors by displacement fields given in voxel units of their own grid."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from svreg_core.conventions import ALIGN_CORNERS, identity_grid, voxel_displacement_to_normalized
+
+_GRID_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _identity(shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    key = (tuple(shape), device, dtype)
+    if key not in _GRID_CACHE:
+        if len(_GRID_CACHE) > 16:
+            _GRID_CACHE.clear()
+        _GRID_CACHE[key] = identity_grid(shape, device=device, dtype=dtype)
+    return _GRID_CACHE[key]
+
+
+def warp(image: torch.Tensor, displacement: torch.Tensor, *, mode: str = "bilinear",
+         padding_mode: str = "border") -> torch.Tensor:
+    """Sample ``image`` at ``x + displacement(x)`` for every voxel ``x`` of the same grid.
+
+    Args:
+        image: ``(N, C, I, J, K)``.
+        displacement: ``(N, 3, I, J, K)`` in voxel units of that grid, channels ``(i, j, k)``.
+        mode: ``"bilinear"`` (trilinear) or ``"nearest"``.
+        padding_mode: grid_sample padding outside the grid.
+    """
+    if image.shape[2:] != displacement.shape[2:]:
+        raise ValueError(f"image grid {tuple(image.shape[2:])} and displacement grid "
+                         f"{tuple(displacement.shape[2:])} differ")
+    grid = _identity(tuple(image.shape[2:]), image.device, displacement.dtype)
+    grid = grid + voxel_displacement_to_normalized(displacement)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+
+
+def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
+    """Displacement of ``T_outer ∘ T_inner``: ``x -> x + inner(x) + outer(x + inner(x))`` (voxel units)."""
+    return inner + warp(outer, inner)
