@@ -38,6 +38,14 @@ class Grid:
                                    indexing="ij"), axis=-1)
         return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
 
+    def cropped(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> "Grid":
+        """The sub-lattice of voxels ``start <= (i, j, k) < stop`` (same spacing and directions)."""
+        start = np.clip(np.asarray(start, dtype=int), 0, np.asarray(self.shape) - 1)
+        stop = np.clip(np.asarray(stop, dtype=int), start + 1, np.asarray(self.shape))
+        affine = self.affine.copy()
+        affine[:3, 3] = self.affine[:3, :3] @ start + self.affine[:3, 3]
+        return Grid(tuple(int(n) for n in stop - start), affine)
+
     def resampled(self, spacing: float) -> "Grid":
         """An isotropic grid of voxel size ``spacing`` mm covering the same field of view.
 

@@ -75,6 +75,6 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
             done += 1
             if it % 10 == 0 or it == iterations - 1:
                 progress(ProgressEvent("affine", done, total, lo + (hi - lo) * done / total,
-                                       values={"loss": float(loss)}))
+                                       values={"loss": loss.item()}))
     with torch.no_grad():
         return _matrix(linear, translation, centre).cpu().numpy()

@@ -51,10 +51,25 @@ def build_similarity(name: str, window: int):
     return get_similarity(name, window=window) if name == "lncc" else get_similarity(name)
 
 
-def smooth_parameters(tensor: torch.Tensor, passes: int = 3) -> torch.Tensor:
-    """``passes`` 3³ average pools (stride 1, replicate border): the per-iteration parameter smoothing."""
-    for _ in range(passes):
-        tensor = F.avg_pool3d(F.pad(tensor, (1, 1, 1, 1, 1, 1), mode="replicate"), 3, stride=1)
+#: Three passes of a 3-voxel box filter, as one separable 7-tap kernel (the binomial-like [1,3,6,7,6,3,1]/27).
+_SMOOTHING_KERNEL = (1.0, 3.0, 6.0, 7.0, 6.0, 3.0, 1.0)
+
+
+def smooth_parameters(tensor: torch.Tensor) -> torch.Tensor:
+    """Per-iteration parameter smoothing: three 3³ box filters (replicate border), done separably.
+
+    Equal to applying ``avg_pool3d(kernel 3, stride 1)`` three times, at a third of the cost.
+    """
+    channels = tensor.shape[1]
+    kernel = torch.tensor(_SMOOTHING_KERNEL, dtype=tensor.dtype, device=tensor.device) / 27.0
+    radius = len(_SMOOTHING_KERNEL) // 2
+    for axis in range(3):
+        shape = [1, 1, 1]
+        shape[axis] = kernel.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
+        tensor = F.conv3d(F.pad(tensor, pad, mode="replicate"), kernel.view(1, 1, *shape).repeat(channels, 1, 1, 1, 1),
+                          groups=channels)
     return tensor
 
 
@@ -79,6 +94,21 @@ class _Upsampler:
         return out * self.scale
 
 
+def foreground_grid(image: torch.Tensor, grid: Grid, margin_mm: float, threshold: float = 0.01) -> Grid:
+    """``grid`` cropped to the bounding box of ``image > threshold`` plus ``margin_mm``.
+
+    Where the fixed image is flat (e.g. zero background) local NCC carries no signal, so the
+    deformable stage only needs this box; outside it, fields continue with their border values.
+    """
+    inside = torch.nonzero(image[0, 0] > threshold)
+    if inside.numel() == 0:
+        return grid
+    margin = np.ceil(margin_mm / grid.spacing).astype(int)
+    start = inside.min(0).values.cpu().numpy() - margin
+    stop = inside.max(0).values.cpu().numpy() + 1 + margin
+    return grid.cropped(tuple(start), tuple(stop))
+
+
 def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                  affine: np.ndarray, params: RegistrationParameters, *,
                  fixed_mask: torch.Tensor | None = None, moving_mask: torch.Tensor | None = None,
@@ -100,9 +130,11 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
     velocity = weight_logit = None
     prev_grid: Grid | None = None
     losses: list[dict[str, float]] = []
+    box = foreground_grid(fixed if fixed_mask is None else fixed_mask.float(), fixed_grid,
+                          margin_mm=2 * max(params.level_spacings) * params.control_factor)
     for spacing, iterations in zip(params.level_spacings, params.iterations):
-        image_grid = fixed_grid.resampled(spacing)
-        grid = fixed_grid.resampled(spacing * params.control_factor)
+        image_grid = box.resampled(spacing)
+        grid = box.resampled(spacing * params.control_factor)
         upsample = _Upsampler(grid, image_grid, device)
         stage = f"deformable {spacing:g} mm"
         fixed_l = resample(gaussian_smooth(fixed, antialias_sigma(fixed_grid, spacing)), fixed_grid, image_grid)
@@ -146,10 +178,10 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
             done += 1
             if it % 5 == 0 or it == iterations - 1:
                 progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,
-                                       values={"similarity": float(loss_sim), "regularization": float(loss_reg),
-                                               "prior": float(loss_prior)}))
-        losses.append({"spacing_mm": spacing, "similarity": float(loss_sim), "regularization": float(loss_reg),
-                       "prior": float(loss_prior)})
+                                       values={"similarity": loss_sim.item(), "regularization": loss_reg.item(),
+                                               "prior": loss_prior.item()}))
+        losses.append({"spacing_mm": spacing, "similarity": loss_sim.item(), "regularization": loss_reg.item(),
+                       "prior": loss_prior.item()})
         prev_grid = grid
     with torch.no_grad():
         velocity = smooth_parameters(velocity.detach())

@@ -1,0 +1,106 @@
+"""Fixtures of the tuning tests: a tiny real labelled validation set and helpers to run ``svreg tune``.
+
+The validation set is built from the MNI152 template and tissue maps bundled inside nilearn
+(6 mm grid, ~28x34x28 voxels, labels GM/WM; moving = template pulled through a known smooth field).
+Registration parameters are chosen so one pair registers in about a second on one CPU thread.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+pytest.importorskip("nilearn", reason="the tuning tests build their data from nilearn's bundled MNI152 template")
+
+#: Fixed registration settings of every test trial (fast: two coarse levels, 10 iterations each).
+FAST = ["--level-spacings", "12", "6", "--iterations", "10", "10", "--no-affine", "--device", "cpu"]
+
+#: Keys every JSON progress line must carry.
+JSON_KEYS = {"event", "trial", "state", "value", "params", "best_value", "best_params", "elapsed_s", "folding"}
+
+
+@pytest.fixture(scope="session")
+def demo_pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Folder with two pair sub-folders (pair01, pair02)."""
+    from svreg_core.tuning.demo import make_demo_pairs
+
+    folder = tmp_path_factory.mktemp("validation")
+    make_demo_pairs(folder, n_pairs=2, spacing=6.0, amplitude_mm=6.0, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def one_pair_list(demo_pairs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CSV pair list holding only pair01 (absolute paths) — for the multi-process tests."""
+    p = demo_pairs / "pair01"
+    path = tmp_path_factory.mktemp("lists") / "pairs.csv"
+    path.write_text("name,fixed,moving,fixed_labels,moving_labels\n"
+                    f"p1,{p / 'fixed.nii.gz'},{p / 'moving.nii.gz'},{p / 'fixed_labels.nii.gz'},"
+                    f"{p / 'moving_labels.nii.gz'}\n")
+    return path
+
+
+def parse_args(*argv: str) -> Any:
+    from svreg_core.tuning.cli import build_parser
+
+    return build_parser().parse_args([str(a) for a in argv])
+
+
+def cli_command(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "svreg_core.tuning.cli", *[str(a) for a in argv]]
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def start_cli(*argv: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(cli_command(*argv), cwd=str(cwd), env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+
+
+def read_json_until(proc: subprocess.Popen, stop: Callable[[dict], bool], timeout: float = 120.0) -> list[dict]:
+    """Read JSON lines from ``proc.stdout`` until ``stop(event)`` is true (or the process ends)."""
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if not ready:
+            if proc.poll() is not None:
+                break
+            continue
+        line = proc.stdout.readline()
+        if not line:
+            break
+        events.append(json.loads(line))
+        if stop(events[-1]):
+            return events
+    raise AssertionError(f"condition not reached; events: {[e['event'] for e in events]}; "
+                         f"stderr: {proc.stderr.read() if proc.poll() is not None and proc.stderr else ''}")
+
+
+def load(storage: str | Path, name: str) -> Any:
+    import optuna
+
+    from svreg_core.tuning.study import storage_url
+
+    return optuna.load_study(study_name=name, storage=storage_url(storage))
+
+
+@pytest.fixture(scope="session")
+def helpers() -> Any:
+    """The helper functions above (test modules cannot import conftest under --import-mode=importlib)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(FAST=FAST, JSON_KEYS=JSON_KEYS, parse_args=parse_args, cli_command=cli_command,
+                           child_env=child_env, start_cli=start_cli, read_json_until=read_json_until, load=load)

@@ -1,0 +1,323 @@
+"""``svreg tune`` end to end: real engine, real Optuna, real SQLite (and PostgreSQL when available)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from optuna.trial import TrialState
+
+from svreg_core.errors import InputError
+from svreg_core.optim.parameters import load_parameters
+from svreg_core.tuning.cli import run_tune
+
+STUDY = "t"
+
+
+@pytest.fixture(scope="module")
+def tuned(demo_pairs: Path, tmp_path_factory: pytest.TempPathFactory, helpers: Any) -> dict[str, Any]:
+    """A 4-trial study over both demo pairs, run in-process with JSON progress (captured)."""
+    import contextlib
+    import io
+
+    work = tmp_path_factory.mktemp("tuned")
+    db = work / "study.db"
+    args = helpers.parse_args(demo_pairs, "--storage", db, "--study-name", STUDY, "--n-trials", 4, "--seed", 3,
+                              "--progress", "json", *helpers.FAST)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = run_tune(args)
+    assert code == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    return {"db": db, "lines": lines, "work": work, "study": helpers.load(db, STUDY)}
+
+
+def _default_objective(pairs: Path) -> float:
+    """Mean Dice of the preset's parameters, computed directly with the engine (independent of tuning)."""
+    from svreg_core.metrics import dice
+    from svreg_core.registration import register
+    from svreg_core.tuning.pairs import discover_pairs, load_pair
+
+    params = load_parameters("brain-mri", level_spacings=(12.0, 6.0), iterations=(10, 10), affine=False,
+                             device="cpu")
+    means = []
+    for pair in discover_pairs(pairs):
+        d = load_pair(pair)
+        warped = register(d.fixed, d.moving, params).warp_image(d.moving_labels, labels=True)
+        scores = dice(d.fixed_labels.data, warped.data)
+        means.append(np.mean(list(scores.values())))
+    return float(np.mean(means))
+
+
+def test_study_completes_and_best_beats_default(tuned: dict[str, Any], demo_pairs: Path) -> None:
+    study = tuned["study"]
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # trial 0 is the preset itself (enqueued), so the best can never be worse than the default
+    assert trials[0].params == {"alpha_prime": 0.175, "lambda_max": 3.35}
+    default = _default_objective(demo_pairs)
+    assert trials[0].value == pytest.approx(default, abs=1e-6)
+    assert study.best_value >= default
+    # other trials explored the brain ranges of METHOD.md
+    for t in trials[1:]:
+        assert 0.01 <= t.params["alpha_prime"] <= 0.2 and 0.5 <= t.params["lambda_max"] <= 5.0
+    assert len({(t.params["alpha_prime"], t.params["lambda_max"]) for t in trials}) == 4
+    # per-trial numbers: Dice per pair and folding
+    for t in trials:
+        assert t.user_attrs["step_labels"] == ["pair01", "pair02"]
+        assert len(t.user_attrs["step_values"]) == 2
+        assert t.value == pytest.approx(np.mean(t.user_attrs["step_values"]))
+        assert 0.0 <= t.user_attrs["folding_percent"] <= 100.0
+    assert 0.5 < study.best_value <= 1.0
+
+
+def test_json_progress_lines(tuned: dict[str, Any], helpers: Any) -> None:
+    lines = tuned["lines"]
+    for line in lines:
+        assert helpers.JSON_KEYS <= set(line), line
+    assert lines[0]["event"] == "start" and lines[-1]["event"] == "end" and lines[-1]["message"] == "done"
+    trial_events = [e for e in lines if e["event"] == "trial"]
+    assert [e["trial"] for e in trial_events] == [0, 1, 2, 3]
+    assert all(e["state"] == "COMPLETE" and isinstance(e["value"], float) for e in trial_events)
+    assert all(set(e["params"]) == {"alpha_prime", "lambda_max"} for e in trial_events)
+    assert all(isinstance(e["folding"], float) for e in trial_events)
+    assert [e["finished"] for e in trial_events] == [1, 2, 3, 4]
+    best = [e["best_value"] for e in trial_events]
+    assert best == sorted(best) and best[-1] == pytest.approx(tuned["study"].best_value)
+    assert trial_events[-1]["best_params"] == tuned["study"].best_params
+    elapsed = [e["elapsed_s"] for e in lines]
+    assert elapsed == sorted(elapsed)
+    steps = [e for e in lines if e["event"] == "step"]
+    assert len(steps) == 8 and {e["step_label"] for e in steps} == {"pair01", "pair02"}
+
+
+def test_report_and_apply_best(tuned: dict[str, Any], helpers: Any) -> None:
+    out, preset = tuned["work"] / "report", tuned["work"] / "presets" / "best.json"
+    args = helpers.parse_args("--storage", tuned["db"], "--study-name", STUDY, "--report", out,
+                              "--apply-best", preset, "--progress", "none")
+    assert run_tune(args) == 0
+    for name in ("optimization_history.png", "param_importances.png", "dice_folding.png"):
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    summary = (out / "summary.md").read_text()
+    study = tuned["study"]
+    assert f"Trial {study.best_trial.number}: mean Dice **{study.best_value:.4f}**" in summary
+    rows = (out / "trials.csv").read_text().strip().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("number,state,value,alpha_prime,lambda_max")
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["best"]["trial"] == study.best_trial.number and doc["counts"]["COMPLETE"] == 4
+    assert set(doc["importances"]) == {"alpha_prime", "lambda_max"}
+
+    params = load_parameters(preset)  # what `svreg register --preset best.json` does
+    assert params.alpha_prime == pytest.approx(study.best_params["alpha_prime"])
+    assert params.lambda_max == pytest.approx(study.best_params["lambda_max"])
+    # the fixed settings the study was tuned with travel with the preset; the device does not
+    assert params.level_spacings == (12.0, 6.0) and params.iterations == (10, 10) and params.affine is False
+    assert params.device == load_parameters("brain-mri").device
+    assert json.loads(preset.read_text())["base"] == "brain-mri"
+
+
+def test_same_study_with_other_settings_is_refused(tuned: dict[str, Any], demo_pairs: Path, helpers: Any) -> None:
+    args = helpers.parse_args(demo_pairs, "--storage", tuned["db"], "--study-name", STUDY, "--n-trials", 5,
+                              "--alpha-prime-range", "0.05", "0.1", "--progress", "none", *helpers.FAST)
+    with pytest.raises(InputError, match="different search_space"):
+        run_tune(args)
+    assert len(tuned["study"].get_trials()) == 4
+
+
+def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
+    db = tmp_path / "resume.db"
+    argv = [one_pair_list, "--storage", db, "--study-name", "r", "--n-trials", 3, "--seed", 1,
+            "--progress", "json", *helpers.FAST]
+    proc = helpers.start_cli(*argv, cwd=tmp_path)
+    try:
+        # two trials finished and the third one has started: kill it in the middle of that trial
+        helpers.read_json_until(proc, lambda e: e["event"] == "trial_start" and e["finished"] == 2)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    before = helpers.load(db, "r").get_trials()
+    done_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}
+    assert len(done_before) == 2
+
+    rerun = subprocess.run(helpers.cli_command(*argv), cwd=tmp_path, env=helpers.child_env(),
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    events = [json.loads(line) for line in rerun.stdout.splitlines()]
+    assert events[0]["event"] == "start" and events[0]["finished"] == 2
+    trials = helpers.load(db, "r").get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 3
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    for number, value in done_before.items():  # nothing finished before the kill was lost or redone
+        assert trials[number].state == TrialState.COMPLETE and trials[number].value == value
+    (killed,) = [t for t in trials if t.state == TrialState.FAIL]  # the interrupted trial: recorded, retried
+    assert killed.number == 2 and "ended while running this trial" in killed.user_attrs["error"]
+    (retry,) = [r for r in trials if r.user_attrs.get("retry_of") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+
+
+def _two_workers(storage: str | Path, pairs: Path, cwd: Path, helpers: Any, study: str) -> tuple[Any, list[Any]]:
+    argv = [pairs, "--storage", storage, "--study-name", study, "--n-trials", 4, "--seed", 2, *helpers.FAST]
+    procs = [helpers.start_cli(*argv, "--progress", "json", cwd=cwd),
+             helpers.start_cli(*argv, "--progress", "auto", cwd=cwd)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    trials = helpers.load(storage, study).get_trials()
+    return outs, trials
+
+
+def _check_two_workers(outs: Any, trials: list[Any]) -> None:
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 4  # exactly: the study lock makes "count, then ask" atomic
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert len({t.user_attrs["worker"]["pid"] for t in finished}) == 2  # both worked
+    params = [(t.params["alpha_prime"], t.params["lambda_max"]) for t in finished]
+    assert len(set(params)) == 4  # workers got distinct sampler seeds: no duplicated random trial
+    json_out, (auto_out, auto_err) = outs[0][0], outs[1]
+    assert all(json.loads(line)["event"] for line in json_out.splitlines())
+    assert auto_out.startswith("study ") and "best mean Dice" in auto_out  # one summary line
+    assert "trial/s" not in auto_err and "\r" not in auto_err  # no progress bar in a pipe
+
+
+def test_two_workers_sqlite(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
+    outs, trials = _two_workers(tmp_path / "shared.db", one_pair_list, tmp_path, helpers, "w")
+    _check_two_workers(outs, trials)
+
+
+def _pg_bin(name: str) -> str | None:
+    import glob
+
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+@pytest.fixture
+def postgres_url(tmp_path: Path) -> Any:
+    """A PostgreSQL server on 127.0.0.1 (``SVREG_TEST_POSTGRES_URL`` if set, else started here)."""
+    import socket
+    import tempfile
+
+    pytest.importorskip("psycopg2", reason="psycopg2-binary is needed for the PostgreSQL test")
+    env_url = os.environ.get("SVREG_TEST_POSTGRES_URL")
+    if env_url:
+        yield env_url
+        return
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no PostgreSQL server binaries (initdb/pg_ctl); install the postgresql package")
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        runuser = shutil.which("runuser")
+        if not runuser:
+            pytest.skip("running as root without runuser to start PostgreSQL as 'postgres'")
+        prefix = [runuser, "-u", "postgres", "--"]
+    base = Path(tempfile.mkdtemp(prefix="svreg-pg-"))
+    if prefix:
+        shutil.chown(base, "postgres")
+    data, log = base / "data", base / "server.log"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    try:
+        subprocess.run([*prefix, initdb, "-D", str(data), "-U", "svreg", "--auth=trust", "--no-locale",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True, timeout=120)
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "60", "-o",
+                        f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                       check=True, capture_output=True, timeout=120)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(f"could not start PostgreSQL: {detail.decode(errors='replace')[-500:]}")
+    try:
+        yield f"postgresql+psycopg2://svreg@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
+                       timeout=60)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_two_workers_postgres(postgres_url: str, one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
+    name = f"pg{os.getpid()}_{time.time_ns()}"  # unique on a shared server (SVREG_TEST_POSTGRES_URL)
+    outs, trials = _two_workers(postgres_url, one_pair_list, tmp_path, helpers, name)
+    _check_two_workers(outs, trials)
+
+
+def _copy_pairs(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_failing_trial_is_recorded_and_study_continues(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
+    """A corrupt file fails the trial (FAIL + error message); once the file is repaired the study goes on."""
+    pairs = _copy_pairs(demo_pairs, tmp_path / "val")
+    target = pairs / "pair02" / "moving.nii.gz"
+    good = target.read_bytes()
+    target.write_bytes(b"this is not a NIfTI file")
+    events: list[Any] = []
+
+    def reporter(event: Any) -> None:
+        events.append(event)
+        if event.event == "trial" and event.state == "FAIL":
+            target.write_bytes(good)  # the user fixes the file while the study keeps running
+
+    db = tmp_path / "fail.db"
+    args = helpers.parse_args(pairs, "--storage", db, "--study-name", "f", "--n-trials", 2, "--seed", 0,
+                              *helpers.FAST)
+    assert run_tune(args, reporter=reporter) == 0
+    trials = helpers.load(db, "f").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    error = trials[0].user_attrs["error"]
+    assert "pair02" in error and "moving" in error and "cannot read" in error
+    assert trials[0].user_attrs["error_step"] == "pair02"
+    assert trials[0].user_attrs["step_values"] and len(trials[0].user_attrs["step_values"]) == 1  # pair01 ran
+    failed = [e for e in events if e.event == "trial" and e.state == "FAIL"]
+    assert len(failed) == 1 and failed[0].error == error
+
+
+def test_repeated_failures_stop_with_a_clear_error(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
+    pairs = _copy_pairs(demo_pairs, tmp_path / "val")
+    (pairs / "pair01" / "fixed.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    db = tmp_path / "bad.db"
+    args = helpers.parse_args(pairs, "--storage", db, "--study-name", "b", "--n-trials", 3, "--max-failures", 2,
+                              "--progress", "none", *helpers.FAST)
+    with pytest.raises(InputError, match=r"2 failed trials in a row; last error: .*pair01.*fixed"):
+        run_tune(args)
+    trials = helpers.load(db, "b").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("cannot read" in t.user_attrs["error"] for t in trials)
+    # a report of a study without complete trials still works; there is nothing to apply
+    out = tmp_path / "report"
+    assert run_tune(helpers.parse_args("--storage", db, "--study-name", "b", "--report", out)) == 0
+    assert all((out / n).stat().st_size > 1000 for n in
+               ("optimization_history.png", "param_importances.png", "dice_folding.png"))
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["best"] is None and doc["importances"] is None and "at least 2 complete" in doc["importances_note"]
+    assert "No complete trial yet" in (out / "summary.md").read_text()
+    with pytest.raises(InputError, match="no complete trial"):
+        run_tune(helpers.parse_args("--storage", db, "--study-name", "b", "--apply-best", tmp_path / "p.json"))
