@@ -1,0 +1,723 @@
+"""SpatialVaryingReg: diffeomorphic registration with a learned, spatially varying regularizer (SPR).
+
+The module keeps the GUI thin: the work is done by ``SpatialVaryingRegLib`` (Qt-free, tested with
+Slicer's MRML library) and by the engine ``svreg_core``, which always runs in a child ``PythonSlicer``
+process so that Slicer stays responsive and torch is never imported into Slicer itself.
+
+Python console::
+
+    logic = slicer.util.getModuleLogic("SpatialVaryingReg")  # or SpatialVaryingReg.SpatialVaryingRegLogic()
+    result = logic.register(fixedNode, movingNode, preset="brain-mri")
+    result.transform, result.lambdaMap, result.jacobian, result.warped
+"""
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import qt
+import slicer
+import vtk
+from slicer import (vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode,  # noqa: F401 (annotations)
+                    vtkMRMLScalarVolumeNode)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from SpatialVaryingRegLib import dependencies, display, geometry, runner, tuning
+from SpatialVaryingRegLib import logic as svlogic
+
+#: Label of the preset choice that uses ``customPresetFile``.
+CUSTOM_PRESET = "custom file"
+#: Label of the similarity choice that keeps the preset's similarity.
+FROM_PRESET = "from preset"
+
+
+#
+# SpatialVaryingReg
+#
+
+
+class SpatialVaryingReg(ScriptedLoadableModule):
+    """Module description (title, category, help)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("SpatialVaryingReg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["SpatialVaryingReg developers"]
+        self.parent.helpText = _("""
+Deformable (diffeomorphic) registration of a moving volume onto a fixed volume with a spatially varying
+regularizer: the smoothness weight &lambda;(x) is optimised with the deformation, so the deformation can
+be sharp at anatomical boundaries and smooth elsewhere. Pick the two volumes, a preset and press
+<b>Register</b>. Results: a displacement-field transform with the moving volume placed under it, the
+&lambda; map, the Jacobian determinant (folding check), optionally the warped volume and labels.
+The engine runs in a separate process (GPU when available); PyTorch comes from the PyTorch extension.
+""")
+        self.parent.acknowledgementText = _("""
+Method: pairwise instance optimisation of the spatially varying regularization (SPR) model with a
+Beta hyperprior on &lambda;(x). Built on 3D Slicer's MRML, SimpleITK, nibabel, PyTorch and Optuna.
+""")
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class SpatialVaryingRegParameterNode:
+    """Every setting of the module; saved with the scene.
+
+    Registration inputs, the preset and its overrides ("from preset" / -1 / empty = keep the preset's
+    value), output options, the nodes of the last result, and the tuning panel's settings.
+    """
+
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    fixedMask: vtkMRMLScalarVolumeNode
+    movingMask: vtkMRMLScalarVolumeNode
+    fixedLabels: vtkMRMLLabelMapVolumeNode
+    movingLabels: vtkMRMLLabelMapVolumeNode
+
+    preset: Annotated[str, Choice([*svlogic.PRESET_NAMES, CUSTOM_PRESET])] = "brain-mri"
+    customPresetFile: str = ""
+    similarity: Annotated[str, Choice([FROM_PRESET, *svlogic.SIMILARITIES])] = FROM_PRESET
+    useSpr: bool = True
+    useAffine: bool = True
+    alphaPrime: Annotated[float, WithinRange(-1.0, 100.0)] = -1.0
+    lambdaMax: Annotated[float, WithinRange(-1.0, 1000.0)] = -1.0
+    levelSpacings: str = ""
+    iterations: str = ""
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    labelsToScore: str = ""
+    labelInterpolation: Annotated[str, Choice(["linear", "nearest"])] = "linear"
+    useCpu: bool = False
+    createWarpedVolume: bool = True
+    keepTemporaryFiles: bool = False
+
+    outputTransform: vtkMRMLGridTransformNode
+    outputLambda: vtkMRMLScalarVolumeNode
+    outputJacobian: vtkMRMLScalarVolumeNode
+    outputWarped: vtkMRMLScalarVolumeNode
+    statusText: str = ""
+
+    tuningValidationSet: str = ""
+    tuningStudyFile: str = ""
+    tuningStudyName: str = "slicer"
+    tuningTrials: Annotated[int, WithinRange(1, 100000)] = 30
+    tuningMaxFolding: Annotated[float, WithinRange(-1.0, 100.0)] = -1.0
+
+
+def _numbers(text: str, kind=float) -> list | None:
+    """``"4 2"`` / ``"4, 2"`` -> ``[4.0, 2.0]``; empty -> ``None``; raises ValueError with a plain message."""
+    parts = text.replace(",", " ").split()
+    if not parts:
+        return None
+    try:
+        return [kind(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"'{text}' is not a list of numbers (e.g. '4 2').") from None
+
+
+#
+# Widget
+#
+
+
+class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: inputs, preset, Register/Cancel, progress and log, tuning."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job: svlogic.RegistrationJob | None = None
+        self._tuning: runner.ChildProcess | None = None
+        self._lastStudyRead = 0.0
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SpatialVaryingReg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SpatialVaryingRegLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.customPresetBrowseButton.connect("clicked()", self.onBrowsePreset)
+        self.ui.installEngineButton.connect("clicked()", self.onInstallDependencies)
+        self.ui.tuningFolderBrowseButton.connect("clicked()", self.onBrowseValidationFolder)
+        self.ui.tuningListBrowseButton.connect("clicked()", self.onBrowseValidationList)
+        self.ui.tuningAddPairButton.connect("clicked()", self.onAddPairToValidationSet)
+        self.ui.tuningStartButton.connect("clicked()", self.onStartTuning)
+        self.ui.tuningStopButton.connect("clicked()", self.onStopTuning)
+        self.ui.tuningApplyBestButton.connect("clicked()", self.onApplyBest)
+        self.ui.tuningRefreshButton.connect("clicked()", self.refreshStudyTable)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._onRegistrationTimer)
+        self._tuningTimer = qt.QTimer()
+        self._tuningTimer.setInterval(300)
+        self._tuningTimer.connect("timeout()", self._onTuningTimer)
+
+        self.ui.progressBar.setVisible(False)
+        self.ui.tuningTable.setColumnCount(5)
+        self.ui.tuningTable.setHorizontalHeaderLabels([_("Trial"), _("State"), _("Mean Dice"), _("Folding %"),
+                                                       _("Parameters")])
+        self.ui.tuningTable.horizontalHeader().setStretchLastSection(True)
+        self.initializeParameterNode()
+        self._updateEngineStatus()
+        self._updateTuningButtons()
+
+    def cleanup(self) -> None:
+        """The application closes: stop the child processes."""
+        if self._job is not None and self._job.running:
+            self._job.cancel()
+        if self._tuning is not None and self._tuning.running:
+            tuning.stop_tuning(self._tuning, grace=5.0, wait=True)
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self._updateEngineStatus()
+        self.refreshStudyTable()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None and self._job.running:
+            self._job.cancel()  # its input nodes are about to disappear
+            self._finishRegistration()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: SpatialVaryingRegParameterNode | None) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        running = self._job is not None and self._job.running
+        self.ui.customPresetPathLineEdit.enabled = bool(p) and p.preset == CUSTOM_PRESET
+        self.ui.customPresetBrowseButton.enabled = bool(p) and p.preset == CUSTOM_PRESET
+        if running:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the registration; the scene is left as it was.")
+            self.ui.applyButton.enabled = True
+        elif p and p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume:
+            self.ui.applyButton.text = _("Register")
+            self.ui.applyButton.toolTip = _("Register the moving volume onto the fixed volume.")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.text = _("Register")
+            self.ui.applyButton.toolTip = _("Select two different volumes: fixed and moving.")
+            self.ui.applyButton.enabled = False
+
+    def _updateEngineStatus(self) -> None:
+        """Show whether torch and the engine's packages are there (no import, no install)."""
+        missing = self.logic.missingPackages()
+        if not dependencies.torch_installed():
+            text = _("PyTorch is not installed: press 'Install' (uses the PyTorch extension).")
+        elif missing:
+            text = _("Missing Python packages: {packages}. Press 'Install'.").format(packages=", ".join(missing))
+        else:
+            text = _("Engine ready (GPU used when CUDA is available, unless 'Use CPU' is ticked).")
+        self.ui.engineStatusLabel.text = text
+        self.ui.installEngineButton.visible = not dependencies.torch_installed() or bool(missing)
+
+    def _appendLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    # ---- registration
+
+    def onInstallDependencies(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the engine's Python packages.")):
+            self.logic.ensureEnvironment(ask=True)
+        self._updateEngineStatus()
+
+    def onApplyButton(self) -> None:
+        if self._job is not None and self._job.running:
+            self._appendLog(_("Cancelling..."))
+            self._job.cancel()
+            self._finishRegistration()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Registration could not start.")):
+            if not self.logic.ensureEnvironment(ask=True):
+                self._updateEngineStatus()
+                return
+            self._updateEngineStatus()
+            self.ui.logTextEdit.clear()
+            self.ui.progressBar.setValue(0)
+            self.ui.progressBar.setVisible(True)
+            self._parameterNode.statusText = _("Registering...")
+            self._job = self.logic.createJob(self._parameterNode, on_event=self._onEngineEvent, on_log=self._appendLog)
+            try:
+                self._job.start()
+            except svlogic.RegistrationError:
+                self._job = None
+                self.ui.progressBar.setVisible(False)
+                self._parameterNode.statusText = ""
+                raise
+            self._timer.start()
+            self._checkCanApply()
+
+    def _onEngineEvent(self, event: dict) -> None:
+        if event.get("event") == "progress":
+            self.ui.progressBar.setValue(int(round(100 * float(event.get("fraction", 0.0)))))
+            self.ui.progressBar.setFormat(f"{event.get('stage', '')} %p%")
+            self._appendLog(svlogic.describe_event(event))
+        elif event.get("event") == "error":
+            self._appendLog(_("Error: {message}").format(message=event.get("message", "")))
+
+    def _onRegistrationTimer(self) -> None:
+        if self._job is None or self._job.poll():
+            return
+        self._finishRegistration()
+
+    def _finishRegistration(self) -> None:
+        self._timer.stop()
+        job, self._job = self._job, None
+        self.ui.progressBar.setVisible(False)
+        if job is not None and job.outputs is not None:
+            self.logic.storeOutputs(self._parameterNode, job.outputs)
+            self._appendLog(job.outputs.status_text)
+            if job.outputs.output_dir:
+                self._appendLog(_("Engine outputs (report.png, transform.h5...) kept in {path}").format(
+                    path=job.outputs.output_dir))
+        elif job is not None:
+            message = job.error or _("the registration failed.")
+            if self._parameterNode:
+                self._parameterNode.statusText = (_("Cancelled.") if job.cancelled
+                                                  else _("Failed: {message}").format(message=message))
+            self._appendLog(message)
+            if not job.cancelled:
+                slicer.util.errorDisplay(_("Registration failed: {message}").format(message=message))
+        self._checkCanApply()
+
+    def onBrowsePreset(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Preset file"), self._parameterNode.customPresetFile,
+                                              _("Preset (*.json)"))
+        if path:
+            self._parameterNode.customPresetFile = path
+
+    # ---- tuning
+
+    def _studyFile(self) -> Path | None:
+        p = self._parameterNode
+        if p is None:
+            return None
+        if p.tuningStudyFile:
+            return Path(p.tuningStudyFile)
+        if p.tuningValidationSet:
+            source = Path(p.tuningValidationSet)
+            return (source if source.is_dir() else source.parent) / "svreg-tune.db"
+        return None
+
+    def _updateTuningButtons(self) -> None:
+        running = self._tuning is not None and self._tuning.running
+        self.ui.tuningStartButton.enabled = not running
+        self.ui.tuningStopButton.enabled = running
+        self.ui.tuningAddPairButton.enabled = not running
+
+    def onBrowseValidationFolder(self) -> None:
+        path = qt.QFileDialog.getExistingDirectory(self.parent, _("Validation folder (one sub-folder per pair)"),
+                                                   self._parameterNode.tuningValidationSet)
+        if path:
+            self._parameterNode.tuningValidationSet = path
+            self.refreshStudyTable()
+
+    def onBrowseValidationList(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Pair list"), self._parameterNode.tuningValidationSet,
+                                              _("Pair lists (*.csv *.tsv *.json)"))
+        if path:
+            self._parameterNode.tuningValidationSet = path
+            self.refreshStudyTable()
+
+    def onAddPairToValidationSet(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Could not add the pair."), waitCursor=True):
+            folder = Path(p.tuningValidationSet) if p.tuningValidationSet else None
+            if folder is None or not folder.is_dir():
+                chosen = qt.QFileDialog.getExistingDirectory(self.parent, _("Folder of the validation set"))
+                if not chosen:
+                    return
+                folder = Path(chosen)
+                p.tuningValidationSet = str(folder)
+            name = f"{p.movingVolume.GetName()}_to_{p.fixedVolume.GetName()}" if p.movingVolume and p.fixedVolume \
+                else "pair"
+            target = tuning.export_pair(folder, name, p.fixedVolume, p.movingVolume, p.fixedLabels, p.movingLabels)
+            self.ui.tuningLogTextEdit.appendPlainText(_("Added pair {path}").format(path=target))
+
+    def onStartTuning(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Tuning could not start.")):
+            if not self.logic.ensureEnvironment(ask=True, tuning=True):
+                return
+            request = self.logic.tuneRequest(self._parameterNode, self._studyFile())
+            self.ui.tuningLogTextEdit.appendPlainText(
+                _("Tuning {n} trials on {source}; study '{name}' in {db} (re-running resumes it).").format(
+                    n=request.n_trials, source=request.validation, name=request.study_name, db=request.storage))
+            self._tuning = tuning.start_tuning(request, on_event=self._onTuningEvent,
+                                               on_log=self.ui.tuningLogTextEdit.appendPlainText)
+            self._tuningTimer.start()
+            self._updateTuningButtons()
+
+    def onStopTuning(self) -> None:
+        if self._tuning is not None and self._tuning.running:
+            self.ui.tuningLogTextEdit.appendPlainText(_("Stopping (finished trials are kept; Start resumes)..."))
+            tuning.stop_tuning(self._tuning)
+
+    def _onTuningEvent(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "trial":
+            value = event.get("value")
+            self.ui.tuningLogTextEdit.appendPlainText(
+                f"trial {event.get('trial')}: {event.get('state')} "
+                f"{'' if value is None else f'{value:.4f}'} ({tuning.format_params(event.get('params') or {})})")
+        elif kind == "error":
+            self.ui.tuningLogTextEdit.appendPlainText(_("Error: {message}").format(message=event.get("message")))
+        elif kind in ("start", "end"):
+            self.ui.tuningLogTextEdit.appendPlainText(f"{kind}: {event.get('message') or ''}".strip())
+        best = event.get("best_value")
+        if best is not None:
+            self.ui.tuningBestLabel.text = _("Best mean Dice {value:.4f} (trial {trial}): {params}").format(
+                value=best, trial=event.get("best_trial"), params=tuning.format_params(event.get("best_params") or {}))
+        if "finished" in event and event.get("n_trials"):
+            self.ui.tuningProgressBar.setMaximum(int(event["n_trials"]))
+            self.ui.tuningProgressBar.setValue(int(event["finished"]))
+
+    def _onTuningTimer(self) -> None:
+        running = self._tuning is not None and self._tuning.poll()
+        if time.monotonic() - self._lastStudyRead > 2.0 or not running:
+            self.refreshStudyTable()
+        if not running:
+            self._tuningTimer.stop()
+            if self._tuning is not None and self._tuning.result is not None:
+                result = self._tuning.result
+                if result.status == runner.FAILED:
+                    self.ui.tuningLogTextEdit.appendPlainText(_("Tuning failed: {message}").format(message=result.message))
+                    slicer.util.errorDisplay(_("Tuning failed: {message}").format(message=result.message))
+                else:
+                    self.ui.tuningLogTextEdit.appendPlainText(_("Tuning {status}.").format(status=result.status))
+            self._updateTuningButtons()
+
+    def refreshStudyTable(self) -> None:
+        """Read the study's trials from its SQLite file (works with no tuning process running too)."""
+        self._lastStudyRead = time.monotonic()
+        db = self._studyFile()
+        snapshot = tuning.read_study(db, self._parameterNode.tuningStudyName) if db else None
+        table = self.ui.tuningTable
+        table.setRowCount(0 if snapshot is None else len(snapshot.trials))
+        if snapshot is None:
+            return
+        for row, trial in enumerate(snapshot.trials):
+            cells = [str(trial.number), trial.state, "" if trial.value is None else f"{trial.value:.4f}",
+                     "" if trial.folding is None else f"{trial.folding:.3f}", tuning.format_params(trial.params)]
+            for col, text in enumerate(cells):
+                table.setItem(row, col, qt.QTableWidgetItem(text))
+        best = snapshot.best
+        if best is not None:
+            self.ui.tuningBestLabel.text = _("Best mean Dice {value:.4f} (trial {trial}): {params}").format(
+                value=best.value, trial=best.number, params=tuning.format_params(best.params))
+
+    def onApplyBest(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not apply the best parameters."), waitCursor=True):
+            db = self._studyFile()
+            if db is None or not db.is_file():
+                raise ValueError(_("No study file yet: start tuning first."))
+            path = self.logic.applyBestParameters(self._parameterNode, db)
+            self.ui.tuningLogTextEdit.appendPlainText(
+                _("Best parameters written to {path}; the preset is now 'custom file'.").format(path=path))
+
+
+#
+# Logic
+#
+
+
+class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
+    """GUI-free logic: the Register button and the Python console go through :meth:`createJob`."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return SpatialVaryingRegParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def resourceFile(name: str) -> str:
+        return os.path.join(os.path.dirname(__file__), "Resources", name)
+
+    def missingPackages(self, tuning: bool = False) -> list[str]:
+        """Requirements (other than torch) not installed yet; nothing is imported or installed."""
+        files = ["requirements.txt"] + (["requirements-tuning.txt"] if tuning else [])
+        missing = []
+        for name in files:
+            missing += dependencies.missing_requirements(dependencies.read_requirements(self.resourceFile(name)))
+        return missing
+
+    def ensureEnvironment(self, ask: bool = True, tuning: bool = False) -> bool:
+        """Make sure torch (PyTorch extension) and the engine's packages are installed, asking first.
+
+        Returns ``False`` when the user declined. Called when Register/Start is pressed, never at import.
+        """
+        if not dependencies.ensure_torch(ask=ask):
+            return False
+        files = ["requirements.txt"] + (["requirements-tuning.txt"] if tuning else [])
+        return all(dependencies.ensure_requirements(self.resourceFile(f), ask=ask) for f in files)
+
+    # ---- registration
+
+    def settingsFromParameterNode(self, p: SpatialVaryingRegParameterNode) -> svlogic.RegistrationSettings:
+        """Translate the parameter node into engine settings (overrides only where the user changed them)."""
+        overrides: dict[str, Any] = {"spr": bool(p.useSpr), "affine": bool(p.useAffine), "seed": int(p.seed)}
+        if p.similarity != FROM_PRESET:
+            overrides["similarity"] = p.similarity
+        if p.alphaPrime >= 0:
+            overrides["alpha_prime"] = float(p.alphaPrime)
+        if p.lambdaMax >= 0:
+            overrides["lambda_max"] = float(p.lambdaMax)
+        spacings, iterations = _numbers(p.levelSpacings), _numbers(p.iterations, int)
+        if (spacings is None) != (iterations is None) or (spacings and len(spacings) != len(iterations)):
+            raise svlogic.RegistrationError(_("give level spacings and iterations together, one number per level "
+                                              "(e.g. '4 2' and '80 60'), or leave both empty."))
+        if spacings:
+            overrides["level_spacings"], overrides["iterations"] = spacings, iterations
+        preset = p.preset
+        if preset == CUSTOM_PRESET:
+            if not p.customPresetFile:
+                raise svlogic.RegistrationError(_("choose a preset file, or pick a named preset."))
+            preset = p.customPresetFile
+        return svlogic.RegistrationSettings(
+            preset=preset, overrides=overrides, device="cpu" if p.useCpu else "auto",
+            labels=_numbers(p.labelsToScore, int), label_interpolation=p.labelInterpolation,
+            create_warped=bool(p.createWarpedVolume), keep_temporary_files=bool(p.keepTemporaryFiles))
+
+    def createJob(self, p: SpatialVaryingRegParameterNode, **kwargs) -> svlogic.RegistrationJob:
+        """A not-yet-started job for the parameter node's inputs and settings."""
+        return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
+                                       fixed_labels=p.fixedLabels, moving_labels=p.movingLabels,
+                                       settings=self.settingsFromParameterNode(p), scene=slicer.mrmlScene, **kwargs)
+
+    @staticmethod
+    def storeOutputs(p: SpatialVaryingRegParameterNode, outputs: svlogic.RegistrationOutputs) -> None:
+        if p is None:
+            return
+        p.outputTransform = outputs.transform
+        p.outputLambda = outputs.lambda_map
+        p.outputJacobian = outputs.jacobian
+        p.outputWarped = outputs.warped
+        p.statusText = outputs.status_text
+
+    def register(self, fixedVolume, movingVolume, fixedMask=None, movingMask=None, fixedLabels=None,
+                 movingLabels=None, preset: str = "brain-mri", parameters: dict | None = None, useCpu: bool = False,
+                 device: str | None = None, labels: list[int] | None = None, labelInterpolation: str = "linear",
+                 createWarpedVolume: bool = True, keepTemporaryFiles: bool = False, showResults: bool = True,
+                 ensureDependencies: bool = True, timeout: float | None = None, log=None) -> "SpatialVaryingRegResult":
+        """Register ``movingVolume`` onto ``fixedVolume``, blocking until done; return the output nodes.
+
+        :param preset: ``brain-mri``, ``cardiac-mri``, ``ct``, ``lung-ct`` or a preset JSON file path.
+        :param parameters: registration parameters overriding the preset, e.g.
+            ``{"alpha_prime": 0.1, "level_spacings": [4, 2], "iterations": [80, 60], "affine": False}``.
+        :param useCpu: run on the CPU even when CUDA is available (``device`` overrides: auto/cpu/cuda).
+        :param log: optional callable receiving log lines (default: Python logging).
+        :raises RuntimeError: (``RegistrationError``) with a plain message on failure.
+        :return: :class:`SpatialVaryingRegResult` with ``transform``, ``warped``, ``lambdaMap``, ``jacobian``,
+            ``warpedLabels``, ``report`` (metrics dict) and ``statusText``.
+        """
+        if ensureDependencies and not self.ensureEnvironment(ask=True):
+            missing = ([] if dependencies.torch_installed() else ["torch (PyTorch extension)"]) + self.missingPackages()
+            raise svlogic.RegistrationError(
+                f"missing Python packages: {', '.join(missing) or 'see the log'}; press Install in the module "
+                "panel (or accept the installation offer) and try again.")
+        settings = svlogic.RegistrationSettings(
+            preset=str(preset), overrides=dict(parameters or {}), device=device or ("cpu" if useCpu else "auto"),
+            labels=labels, label_interpolation=labelInterpolation, create_warped=createWarpedVolume,
+            keep_temporary_files=keepTemporaryFiles, show_results=showResults)
+        job = svlogic.RegistrationJob(fixedVolume, movingVolume, fixed_mask=fixedMask, moving_mask=movingMask,
+                                      fixed_labels=fixedLabels, moving_labels=movingLabels, settings=settings,
+                                      scene=slicer.mrmlScene, on_log=log or logging.info)
+        app = getattr(slicer, "app", None)
+        outputs = job.run(timeout=timeout, idle=app.processEvents if app is not None else None)
+        logging.info(outputs.status_text)
+        return SpatialVaryingRegResult(outputs)
+
+    # ---- tuning
+
+    def tuneRequest(self, p: SpatialVaryingRegParameterNode, studyFile: Path | None) -> tuning.TuneRequest:
+        if not p.tuningValidationSet or not Path(p.tuningValidationSet).exists():
+            raise ValueError(_("choose the validation set: a folder with one sub-folder per labelled pair "
+                               "(fixed, moving, fixed_labels, moving_labels .nii.gz) or a .csv pair list."))
+        settings = self.settingsFromParameterNode(p)
+        o = settings.overrides
+        return tuning.TuneRequest(
+            validation=Path(p.tuningValidationSet), storage=Path(studyFile), study_name=p.tuningStudyName or "slicer",
+            n_trials=int(p.tuningTrials), preset=settings.preset, device=settings.device,
+            seed=int(p.seed), level_spacings=o.get("level_spacings"), iterations=o.get("iterations"),
+            affine=bool(p.useAffine), max_folding=p.tuningMaxFolding if p.tuningMaxFolding >= 0 else None,
+            labels=settings.labels)
+
+    def applyBestParameters(self, p: SpatialVaryingRegParameterNode, studyFile: Path) -> Path:
+        """Write the study's best trial as a preset file and select it as the 'custom file' preset."""
+        name = p.tuningStudyName or "slicer"
+        path = Path(studyFile).parent / f"{name}-best-preset.json"
+        tuning.apply_best(Path(studyFile), name, path)
+        p.customPresetFile = str(path)
+        p.preset = CUSTOM_PRESET
+        return path
+
+
+class SpatialVaryingRegResult:
+    """What :meth:`SpatialVaryingRegLogic.register` returns (camelCase names for the console)."""
+
+    def __init__(self, outputs: svlogic.RegistrationOutputs) -> None:
+        self.outputs = outputs
+        self.transform = outputs.transform
+        self.warped = outputs.warped
+        self.lambdaMap = outputs.lambda_map
+        self.jacobian = outputs.jacobian
+        self.warpedLabels = outputs.warped_labels
+        self.report = outputs.report
+        self.statusText = outputs.status_text
+
+    def nodes(self) -> list:
+        return self.outputs.nodes()
+
+    def __repr__(self) -> str:
+        return f"<SpatialVaryingRegResult {self.statusText}>"
+
+
+#
+# Test
+#
+
+
+class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
+    """In-Slicer self-test: a synthetic pair registered on the CPU in well under a minute.
+
+    Run: ``Slicer --no-main-window --testing --python-code "import slicer.util; ..."`` (see the README),
+    or Reload and Test in the module's developer section.
+    """
+
+    #: Fast parameters: two coarse levels, few iterations, no affine stage; MSE because the synthetic
+    #: pair has identical intensities and little texture (LNCC is meant for real MRI).
+    FAST = {"level_spacings": [8.0, 4.0], "iterations": [20, 20], "affine": False, "similarity": "mse"}
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RegisterSyntheticPair()
+        self.setUp()
+        self.test_BadInputsGivePlainMessages()
+
+    def _syntheticPair(self):
+        import numpy as np
+
+        ijkToRas = np.diag([2.0, 2.0, 2.0, 1.0])
+        ijkToRas[:3, 3] = -31.0
+        shape = (32, 32, 32)
+        x = geometry.grid_points(shape, ijkToRas)
+        u = np.stack([3.0 * np.sin(x[..., 1] / 12.0), 2.0 * np.cos(x[..., 2] / 15.0), 2.0 * np.sin(x[..., 0] / 11.0)], -1)
+
+        def image(p):
+            r1 = (p ** 2).sum(-1)
+            r2 = ((p - np.array([12.0, -8.0, 6.0])) ** 2).sum(-1)
+            return (np.exp(-r1 / (2 * 11.0 ** 2)) + 0.6 * np.exp(-r2 / (2 * 6.0 ** 2))).astype(np.float32)
+
+        fixedArray, movingArray = image(x + u), image(x)
+
+        def volume(array, name, labelmap=False):
+            kji = np.ascontiguousarray(array.transpose(2, 1, 0))
+            return slicer.util.addVolumeFromArray(kji, ijkToRas, name=name,
+                                                  nodeClassName="vtkMRMLLabelMapVolumeNode" if labelmap else None)
+
+        fixed, moving = volume(fixedArray, "fixed"), volume(movingArray, "moving")
+        fixedLabels = volume((fixedArray > 0.5).astype(np.int16), "fixed labels", labelmap=True)
+        movingLabels = volume((movingArray > 0.5).astype(np.int16), "moving labels", labelmap=True)
+        return fixed, moving, fixedLabels, movingLabels, ijkToRas
+
+    def test_RegisterSyntheticPair(self):
+        import numpy as np
+
+        self.delayDisplay("Registering a synthetic 32^3 pair on the CPU")
+        fixed, moving, fixedLabels, movingLabels, ijkToRas = self._syntheticPair()
+        logic = SpatialVaryingRegLogic()
+        t0 = time.time()
+        result = logic.register(fixed, moving, fixedLabels=fixedLabels, movingLabels=movingLabels,
+                                parameters=self.FAST, useCpu=True)
+        self.assertLess(time.time() - t0, 60.0)
+
+        transform = result.transform
+        self.assertTrue(transform.IsA("vtkMRMLGridTransformNode"))
+        self.assertTrue(transform.GetTransformFromParent().IsA("vtkOrientedGridTransform"))
+        self.assertEqual(moving.GetTransformNodeID(), transform.GetID())
+        self.assertEqual(transform.GetNodeReferenceID(transform.GetFixedNodeReferenceRole()), fixed.GetID())
+        self.assertEqual(transform.GetNodeReferenceID(transform.GetMovingNodeReferenceRole()), moving.GetID())
+        for node in (result.lambdaMap, result.jacobian, result.warped):
+            self.assertTrue(np.allclose(geometry.ijk_to_ras(node), ijkToRas, atol=1e-4), node.GetName())
+            self.assertEqual(node.GetImageData().GetDimensions(), fixed.GetImageData().GetDimensions())
+        self.assertFalse(result.jacobian.GetDisplayNode().GetAutoWindowLevel())
+        self.assertAlmostEqual(result.jacobian.GetDisplayNode().GetLevel(), 1.0)
+        self.assertAlmostEqual(result.jacobian.GetDisplayNode().GetWindow(), 2.0)
+        lam = slicer.util.arrayFromVolume(result.lambdaMap)
+        self.assertTrue(float(lam.min()) > 0.0 and float(lam.max()) <= 1.0 + 1e-6)
+        self.assertAlmostEqual(result.lambdaMap.GetDisplayNode().GetWindow(), display.lambda_window(lam)[0], places=5)
+        self.assertFalse(result.lambdaMap.GetDisplayNode().GetAutoWindowLevel())
+        metrics = result.report["metrics"]
+        self.assertLess(metrics["folding_percent"], 1.0)
+        before = self._dice(slicer.util.arrayFromVolume(fixedLabels), slicer.util.arrayFromVolume(movingLabels))
+        self.assertGreater(metrics["dice_mean"], before)
+        self.assertIn("Dice", result.statusText)
+        self.delayDisplay(f"Test passed: {result.statusText}")
+
+    @staticmethod
+    def _dice(a, b) -> float:
+        a, b = a > 0, b > 0
+        return float(2.0 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+    def test_BadInputsGivePlainMessages(self):
+        import numpy as np
+
+        fixed, moving, fixedLabels, movingLabels, _ijkToRas = self._syntheticPair()
+        otherGrid = slicer.util.addVolumeFromArray(np.zeros((10, 10, 10), np.int16), np.diag([3.0, 3.0, 3.0, 1.0]),
+                                                   name="labels elsewhere", nodeClassName="vtkMRMLLabelMapVolumeNode")
+        logic = SpatialVaryingRegLogic()
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(svlogic.RegistrationError) as ctx:
+            logic.register(fixed, fixed, ensureDependencies=False)
+        self.assertIn("same node", str(ctx.exception))
+        with self.assertRaises(svlogic.RegistrationError) as ctx:
+            logic.register(fixed, moving, fixedLabels=otherGrid, ensureDependencies=False)
+        self.assertIn("not on the grid", str(ctx.exception))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.assertIsNone(moving.GetParentTransformNode())
+        self.delayDisplay("Test passed: plain messages, scene unchanged")

@@ -1,0 +1,462 @@
+"""The registration workflow on MRML nodes, without any GUI: export -> child process -> output nodes.
+
+:class:`RegistrationJob` is what both the module's Register button and the Python console use:
+
+1. the input volumes (and optional masks and label maps) are written as NIfTI into a new temporary
+   folder, in world coordinates (a linear parent transform is folded in);
+2. ``svreg_core.cli register`` runs in a child process (:mod:`.runner`), reporting JSON progress;
+3. on success the outputs become MRML nodes: a grid transform (FromParent, RAS mm, fixed/moving
+   references) with the moving volume placed under it, the λ map and the Jacobian determinant on
+   the fixed grid with their colour maps, optionally the hardened warped volume and warped labels;
+   the temporary folder is removed (unless asked to keep it).
+
+A failed or cancelled run leaves the scene as it was. Nothing here imports Qt or torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import display, geometry, runner
+
+#: Node attributes written on every output node.
+RUN_ATTRIBUTE = "SpatialVaryingReg.Run"
+ROLE_ATTRIBUTE = "SpatialVaryingReg.Role"
+REPORT_ATTRIBUTE = "SpatialVaryingReg.Report"
+
+#: Preset names of the engine (``svreg_core.optim.parameters.PRESETS``), listed here so that the
+#: Slicer process does not import the engine (and torch) to fill a combo box.
+PRESET_NAMES = ("brain-mri", "cardiac-mri", "ct", "lung-ct")
+SIMILARITIES = ("lncc", "mse", "mind")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class RegistrationError(RuntimeError):
+    """A registration could not run or failed; ``str(error)`` is one plain line for the user."""
+
+
+class RegistrationCancelled(RegistrationError):
+    """The user cancelled the registration."""
+
+
+@dataclass
+class RegistrationSettings:
+    """What to run and what to create.
+
+    Attributes:
+        preset: a preset name (:data:`PRESET_NAMES`) or the path of a preset JSON file
+            (``{"base": ..., "parameters": {...}}``, e.g. written by ``svreg tune --apply-best``).
+        overrides: registration parameters replacing the preset's (``alpha_prime``, ``lambda_max``,
+            ``similarity``, ``spr``, ``affine``, ``level_spacings``, ``iterations``, ``seed``...).
+        device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
+        labels: label values to score (default: all labels present in both label maps).
+        label_interpolation: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
+        create_warped: also load the hardened warped moving volume.
+        keep_temporary_files: keep the exchange folder (inputs, engine outputs, report.png).
+        show_results: on the scene's first result, show fixed + λ map in the slice views.
+        temp_root: where the exchange folder is created (default: Slicer's temporary folder).
+    """
+
+    preset: str = "brain-mri"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    labels: list[int] | None = None
+    label_interpolation: str = "linear"
+    create_warped: bool = True
+    keep_temporary_files: bool = False
+    show_results: bool = True
+    temp_root: str | None = None
+
+    def preset_document(self) -> dict[str, Any]:
+        """The preset file content handed to the engine: the chosen preset plus the overrides."""
+        preset = str(self.preset)
+        if preset in PRESET_NAMES:
+            doc: dict[str, Any] = {"base": preset, "parameters": {}}
+        else:
+            path = Path(preset)
+            if not path.is_file():
+                raise RegistrationError(f"preset '{preset}' is neither one of {', '.join(PRESET_NAMES)} "
+                                        "nor an existing preset file.")
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise RegistrationError(f"the preset file {path} cannot be read as JSON ({exc}).") from None
+            if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
+                raise RegistrationError(f"the preset file {path} must hold an object with a 'parameters' object.")
+            doc = {"base": doc.get("base", "brain-mri"), "parameters": dict(doc.get("parameters", {}))}
+        doc["parameters"].update({k: v for k, v in self.overrides.items() if v is not None})
+        return doc
+
+
+@dataclass
+class RegistrationOutputs:
+    """The nodes and numbers of one finished registration."""
+
+    run_name: str
+    transform: Any
+    lambda_map: Any
+    jacobian: Any
+    warped: Any = None
+    warped_labels: Any = None
+    report: dict[str, Any] = field(default_factory=dict)
+    status_text: str = ""
+    output_dir: Path | None = None
+
+    def nodes(self) -> list:
+        return [n for n in (self.transform, self.warped, self.lambda_map, self.jacobian, self.warped_labels)
+                if n is not None]
+
+
+def _fmt(value: Any, digits: int) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
+
+
+def status_text(run_name: str, report: dict[str, Any], elapsed_s: float | None = None) -> str:
+    """One line for the status label: time, device, folding and (with labels) Dice and HD95.
+
+    ``elapsed_s`` is the wall-clock time seen by the user (engine start-up included); the engine's own
+    total is used without it.
+    """
+    metrics = report.get("metrics", {})
+    seconds = elapsed_s if elapsed_s is not None else report.get("timing", {}).get("total_s")
+    parts = [f"{run_name}: done in {_fmt(seconds, 0)} s on {report.get('device', '?')}",
+             f"folding (det J <= 0) {_fmt(metrics.get('folding_percent'), 3)} % of voxels"]
+    if "dice_mean" in metrics:
+        n = len(metrics.get("dice", {}))
+        parts.append(f"mean Dice {_fmt(metrics.get('dice_mean'), 3)} over {n} label{'s' if n != 1 else ''}")
+        if "hd95_mean" in metrics:
+            parts.append(f"HD95 {_fmt(metrics.get('hd95_mean'), 2)} mm")
+    return ", ".join(parts) + "."
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """A short log line for a progress event of the engine."""
+    stage = event.get("stage", "")
+    text = stage
+    if event.get("total"):
+        text += f" {event.get('step', 0)}/{event['total']}"
+    values = event.get("values") or {}
+    if values:
+        text += " (" + ", ".join(f"{k} {_fmt(v, 4)}" for k, v in values.items()) + ")"
+    if event.get("message"):
+        text += f": {event['message']}"
+    return text
+
+
+def next_run_number(scene) -> int:
+    """1 + the highest run number of this module's transforms already in the scene."""
+    highest = 0
+    nodes = scene.GetNodesByClass("vtkMRMLTransformNode")
+    for i in range(nodes.GetNumberOfItems()):
+        value = nodes.GetItemAsObject(i).GetAttribute(RUN_ATTRIBUTE)
+        if value and value.isdigit():
+            highest = max(highest, int(value))
+    return highest + 1
+
+
+def is_result_transform(node) -> bool:
+    """Whether ``node`` is a transform created by this module (a previous result)."""
+    return node is not None and node.IsA("vtkMRMLTransformNode") and bool(node.GetAttribute(RUN_ATTRIBUTE))
+
+
+def moving_base_to_world(node) -> np.ndarray | None:
+    """To-world matrix of a moving-side volume's coordinates as the registration sees them (``None``: identity).
+
+    A previous result of this module directly above the volume is skipped: registering again starts
+    from the volume itself, and the new result replaces the old one as its parent. Other (linear)
+    parent transforms are included, e.g. a manual initial alignment.
+    """
+    parent = node.GetParentTransformNode()
+    if is_result_transform(parent):
+        parent = parent.GetParentTransformNode()
+    return None if parent is None else geometry.transform_to_world(parent, node)
+
+
+def _same_grid(a, a_to_world, b, b_to_world) -> bool:
+    da, db = a.GetImageData().GetDimensions(), b.GetImageData().GetDimensions()
+    return tuple(da) == tuple(db) and np.allclose(a_to_world, b_to_world, atol=1e-3)
+
+
+def default_temp_root() -> str:
+    """Slicer's temporary folder inside Slicer, the system's otherwise."""
+    try:
+        import slicer
+
+        app = getattr(slicer, "app", None)
+        if app is not None:
+            return str(app.temporaryPath)
+    except ImportError:
+        pass
+    return tempfile.gettempdir()
+
+
+class RegistrationJob:
+    """One registration of ``moving`` onto ``fixed`` through the engine's child process.
+
+    Use ``start()`` then ``poll()`` (GUI timer) or ``run()`` (blocking). ``outputs`` holds the result
+    nodes after success; ``error`` the plain message after a failure or cancel.
+    """
+
+    def __init__(self, fixed, moving, *, fixed_mask=None, moving_mask=None, fixed_labels=None, moving_labels=None,
+                 settings: RegistrationSettings | None = None, scene=None, python: str | None = None,
+                 env: dict[str, str] | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 on_log: Callable[[str], None] | None = None) -> None:
+        self.fixed, self.moving = fixed, moving
+        self.fixed_mask, self.moving_mask = fixed_mask, moving_mask
+        self.fixed_labels, self.moving_labels = fixed_labels, moving_labels
+        self.settings = settings or RegistrationSettings()
+        self.scene = scene if scene is not None else (fixed.GetScene() if fixed is not None else None)
+        self.python, self.env = python, env
+        self.on_event, self.on_log = on_event, on_log
+        self.workdir: Path | None = None
+        self.child: runner.ChildProcess | None = None
+        self.outputs: RegistrationOutputs | None = None
+        self.error: str | None = None
+        self.cancelled = False
+        self.started_at = 0.0
+
+    # ---- checks and inputs
+
+    def validate(self) -> None:
+        """Raise :class:`RegistrationError` for unusable inputs, naming the node and what to do."""
+        try:
+            geometry.check_volume(self.fixed, "fixed volume")
+            geometry.check_volume(self.moving, "moving volume")
+        except geometry.GeometryError as exc:
+            raise RegistrationError(str(exc)) from None
+        if self.fixed is self.moving or self.fixed.GetID() == self.moving.GetID():
+            raise RegistrationError("the fixed and the moving volume are the same node; choose two different volumes.")
+        if self.scene is None:
+            raise RegistrationError("the fixed volume is not in a scene.")
+        try:
+            self._fixed_ijk_to_world = geometry.world_ijk_to_ras(self.fixed)
+            base = moving_base_to_world(self.moving)
+        except geometry.GeometryError as exc:
+            raise RegistrationError(str(exc)) from None
+        self._moving_base = base
+        self._moving_ijk_to_world = geometry.ijk_to_ras(self.moving) if base is None else \
+            base @ geometry.ijk_to_ras(self.moving)
+        self._geometry: dict[str, np.ndarray] = {}
+        for node, ref, ref_geometry, what, ref_what, moving_side in (
+                (self.fixed_mask, self.fixed, self._fixed_ijk_to_world, "fixed mask", "fixed volume", False),
+                (self.fixed_labels, self.fixed, self._fixed_ijk_to_world, "fixed label map", "fixed volume", False),
+                (self.moving_mask, self.moving, self._moving_ijk_to_world, "moving mask", "moving volume", True),
+                (self.moving_labels, self.moving, self._moving_ijk_to_world, "moving label map", "moving volume",
+                 True)):
+            if node is None:
+                continue
+            try:
+                geometry.check_volume(node, what)
+                if moving_side:
+                    node_base = moving_base_to_world(node)
+                    node_geometry = geometry.ijk_to_ras(node) if node_base is None else \
+                        node_base @ geometry.ijk_to_ras(node)
+                else:
+                    node_geometry = geometry.world_ijk_to_ras(node)
+            except geometry.GeometryError as exc:
+                raise RegistrationError(str(exc)) from None
+            if not _same_grid(node, node_geometry, ref, ref_geometry):
+                raise RegistrationError(
+                    f"the {what} '{node.GetName()}' is not on the grid of the {ref_what} '{ref.GetName()}'; "
+                    "resample it onto that volume first (Resample Scalar/Vector/DWI Volume module, "
+                    "nearest neighbour for labels).")
+            self._geometry[node.GetID()] = node_geometry
+        if self.settings.device not in DEVICES:
+            raise RegistrationError(f"unknown device '{self.settings.device}'; use auto, cpu or cuda.")
+
+    def _export_inputs(self) -> runner.RegisterRequest:
+        inputs = self.workdir / "inputs"
+        inputs.mkdir()
+
+        def export(node, name: str, what: str) -> Path | None:
+            if node is None:
+                return None
+            if node is self.fixed:
+                ijk_to_world = self._fixed_ijk_to_world
+            elif node is self.moving:
+                ijk_to_world = self._moving_ijk_to_world
+            else:
+                ijk_to_world = self._geometry[node.GetID()]
+            return geometry.export_volume(node, inputs / f"{name}.nii.gz", what=what, ijk_to_world=ijk_to_world)
+
+        preset_file = inputs / "parameters.json"
+        preset_file.write_text(json.dumps(self.settings.preset_document(), indent=2), encoding="utf-8")
+        return runner.RegisterRequest(
+            fixed=export(self.fixed, "fixed", "fixed volume"),
+            moving=export(self.moving, "moving", "moving volume"),
+            output=self.workdir / "output",
+            fixed_mask=export(self.fixed_mask, "fixed_mask", "fixed mask"),
+            moving_mask=export(self.moving_mask, "moving_mask", "moving mask"),
+            fixed_labels=export(self.fixed_labels, "fixed_labels", "fixed label map"),
+            moving_labels=export(self.moving_labels, "moving_labels", "moving label map"),
+            labels=self.settings.labels or None,
+            preset=str(preset_file),
+            device=self.settings.device,
+            label_interpolation=self.settings.label_interpolation,
+        )
+
+    # ---- running
+
+    def start(self) -> "RegistrationJob":
+        """Check the inputs, write them to a new temporary folder and start the engine."""
+        self.validate()
+        engine = runner.engine_path()
+        if engine is None:
+            import importlib.util
+
+            if importlib.util.find_spec("svreg_core") is None:
+                raise RegistrationError("the registration engine (svreg_core) was not found next to the module; "
+                                        "reinstall the SpatialVaryingReg extension.")
+        root = Path(self.settings.temp_root or default_temp_root())
+        root.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="SpatialVaryingReg-", dir=root))
+        try:
+            request = self._export_inputs()
+            env = self.env if self.env is not None else runner.child_environment(engine)
+            self.started_at = time.monotonic()
+            self.child = runner.start_registration(request, python=self.python, env=env, cwd=self.workdir,
+                                                   on_event=self.on_event, on_log=self.on_log)
+        except (geometry.GeometryError, OSError) as exc:
+            self._cleanup(force=True)
+            raise RegistrationError(str(exc)) from None
+        except BaseException:
+            self._cleanup(force=True)
+            raise
+        if self.on_log is not None:
+            self.on_log(f"Started the engine: {' '.join(self.child.command)}")
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.child is not None and self.child.running
+
+    def poll(self) -> bool:
+        """Handle new output; when the engine has finished, create the output nodes. ``True`` while running."""
+        if self.child is None or self.outputs is not None or self.error is not None:
+            return False
+        if self.child.poll():
+            return True
+        self._complete(self.child.result)
+        return False
+
+    def cancel(self) -> None:
+        """Kill the engine's process tree, remove the temporary folder; the scene is left untouched."""
+        if self.child is None or self.outputs is not None or self.error is not None:
+            return
+        self.cancelled = True
+        self.child.cancel()
+        self._complete(self.child.result)
+
+    def run(self, timeout: float | None = None, idle: Callable[[], None] | None = None) -> RegistrationOutputs:
+        """Start (if needed) and block until done; raise :class:`RegistrationError` on failure."""
+        if self.child is None:
+            self.start()
+        t0 = time.monotonic()
+        while self.poll():
+            if idle is not None:
+                idle()
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                self.cancel()
+                break
+            time.sleep(0.05)
+        if self.outputs is None:
+            cls = RegistrationCancelled if self.cancelled else RegistrationError
+            raise cls(self.error or "the registration did not finish.")
+        return self.outputs
+
+    # ---- results
+
+    def _complete(self, result: runner.RunResult) -> None:
+        try:
+            if result.status == runner.SUCCEEDED:
+                try:
+                    self.outputs = self.load_outputs(self.workdir / "output")
+                except (geometry.GeometryError, OSError, KeyError, ValueError) as exc:
+                    self.error = f"the engine finished but its outputs could not be loaded: {exc}"
+            else:
+                self.error = result.message or "the registration failed."
+        finally:
+            self._cleanup()
+
+    def _cleanup(self, force: bool = False) -> None:
+        if self.workdir is None:
+            return
+        keep = self.settings.keep_temporary_files and not force and not self.cancelled
+        if keep:
+            if self.outputs is not None:
+                self.outputs.output_dir = self.workdir / "output"
+            if self.on_log is not None:
+                self.on_log(f"Temporary files kept in {self.workdir}")
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def load_outputs(self, outdir: Path) -> RegistrationOutputs:
+        """Create the output nodes from the engine's output folder (see the module docstring)."""
+        scene = self.scene
+        outdir = Path(outdir)
+        report = json.loads((outdir / "report.json").read_text(encoding="utf-8"))
+        first_result = next_run_number(scene) == 1
+        number = next_run_number(scene)
+        run_name = f"{self.moving.GetName()} to {self.fixed.GetName()} (SVReg {number})"
+
+        displacement, grid = geometry.read_displacement_file(outdir / "displacement.nii.gz")
+        moving_parent = self._moving_base
+        if moving_parent is not None:
+            # the engine registered the volume as seen in the world; the node placed under the result
+            # needs the mapping into its own coordinates
+            displacement = geometry.compose_with_linear(displacement, grid, np.linalg.inv(moving_parent))
+        created = []
+        try:
+            transform = geometry.create_grid_transform_node(scene, displacement, grid, f"{run_name} transform")
+            created.append(transform)
+            geometry.set_registration_references(transform, self.fixed, self.moving)
+            lambda_map = geometry.load_volume(scene, outdir / "regularization.nii.gz", f"{run_name} lambda")
+            created.append(lambda_map)
+            display.apply_lambda_display(lambda_map)
+            jacobian = geometry.load_volume(scene, outdir / "jacobian.nii.gz", f"{run_name} Jacobian")
+            created.append(jacobian)
+            display.apply_jacobian_display(jacobian)
+            warped = None
+            if self.settings.create_warped:
+                warped = geometry.load_volume(scene, outdir / "warped.nii.gz", f"{run_name} warped")
+                created.append(warped)
+                source = self.moving.GetDisplayNode()
+                if source is not None and warped.GetDisplayNode() is not None and source.GetColorNodeID():
+                    warped.GetDisplayNode().SetAndObserveColorNodeID(source.GetColorNodeID())
+            warped_labels = None
+            if self.moving_labels is not None and (outdir / "warped_labels.nii.gz").is_file():
+                warped_labels = geometry.load_volume(scene, outdir / "warped_labels.nii.gz",
+                                                     f"{run_name} warped labels", labelmap=True)
+                created.append(warped_labels)
+                display.apply_label_display(warped_labels, like=self.moving_labels)
+        except BaseException:
+            for node in created:
+                scene.RemoveNode(node)
+            raise
+
+        for node, role in ((transform, "transform"), (lambda_map, "lambda"), (jacobian, "jacobian"),
+                           (warped, "warped"), (warped_labels, "warped labels")):
+            if node is not None:
+                node.SetAttribute(RUN_ATTRIBUTE, str(number))
+                node.SetAttribute(ROLE_ATTRIBUTE, role)
+        transform.SetAttribute(REPORT_ATTRIBUTE, json.dumps({k: report.get(k) for k in
+                                                             ("metrics", "timing", "device", "parameters")}))
+        self.moving.SetAndObserveTransformNodeID(transform.GetID())
+        if self.settings.show_results and first_result:
+            display.show_in_slice_views(scene, background=self.fixed, foreground=lambda_map)
+        elapsed = time.monotonic() - self.started_at if self.started_at else None
+        return RegistrationOutputs(run_name, transform, lambda_map, jacobian, warped, warped_labels, report,
+                                   status_text(run_name, report, elapsed))

@@ -1,0 +1,442 @@
+"""Run the engine (``svreg_core.cli``) in a child process and follow its JSON-lines progress.
+
+The Slicer process never imports torch: the engine runs in a child Python (Slicer's ``PythonSlicer``,
+or ``sys.executable`` outside Slicer) started in its own process group, so Slicer stays responsive and
+*Cancel* can kill the whole process tree. Standard output carries one JSON object per line
+(``progress`` ..., then ``done`` or ``error``); anything else on stdout or stderr goes to the log.
+
+Two ways to drive a :class:`ChildProcess`:
+
+* GUI: ``start()``, then call ``poll()`` from a timer (it never blocks); callbacks run in the
+  caller's thread.
+* Console and tests: ``wait()`` blocks until the process ends, calling the same callbacks.
+
+No Qt and no torch are imported here.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+#: Name of the folder (next to the module) into which CMake installs the engine sources.
+ENGINE_FOLDER = "SpatialVaryingRegEngine"
+
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+
+#: How long ``cancel`` waits after SIGTERM before SIGKILL.
+TERMINATE_GRACE_S = 3.0
+
+
+# --------------------------------------------------------------------------------------------------
+# where the engine and the child interpreter are
+
+
+def module_dir() -> Path:
+    """The folder holding ``SpatialVaryingReg.py`` (parent of this package)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def engine_path(base: Path | None = None) -> Path | None:
+    """Folder to put on the child's PYTHONPATH so that ``import svreg_core`` finds the bundled engine.
+
+    Looks for the copy CMake installs next to the module (``SpatialVaryingRegEngine/svreg_core``), then
+    for a source checkout (``<repository>/svreg_core`` next to the module folder). ``None``: rely on
+    an ``svreg_core`` installed in the child's Python.
+    """
+    base = Path(base) if base is not None else module_dir()
+    for candidate in (base / ENGINE_FOLDER, base.parent):
+        if (candidate / "svreg_core" / "__init__.py").is_file():
+            return candidate
+    return None
+
+
+def python_executable() -> str:
+    """The interpreter for the child: ``PythonSlicer`` inside Slicer, else ``sys.executable``.
+
+    ``SVREG_PYTHON`` overrides both (e.g. a separate environment with a CUDA build of torch).
+    """
+    override = os.environ.get("SVREG_PYTHON")
+    if override:
+        return override
+    try:
+        import slicer
+
+        app = getattr(slicer, "app", None)
+    except ImportError:
+        app = None
+    if app is not None:
+        name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+        found = shutil.which("PythonSlicer")
+        if found:
+            return found
+        candidate = Path(app.slicerHome) / "bin" / name
+        if candidate.is_file():
+            return str(candidate)
+    return sys.executable
+
+
+def child_environment(extra_path: Path | None = None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment of the child: unbuffered UTF-8 output and the engine first on PYTHONPATH."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONIOENCODING"] = "utf-8"
+    if extra_path is not None:
+        parts = [str(extra_path)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(parts)
+    return env
+
+
+# --------------------------------------------------------------------------------------------------
+# plain-language messages
+
+
+def plain_message(text: str, device: str | None = None) -> str:
+    """Turn an engine failure (error event or the last stderr lines) into advice a user can act on."""
+    lowered = text.lower()
+    if "out of memory" in lowered or "outofmemoryerror" in lowered:
+        if "cuda" in lowered or (device or "").startswith("cuda") or "gpu" in lowered:
+            return ("The GPU ran out of memory. Tick 'Use CPU' (slower, uses system memory), or crop the "
+                    "volumes to the region of interest (Crop Volume module), or use coarser level spacings.")
+        return ("The computer ran out of memory. Crop the volumes to the region of interest (Crop Volume "
+                "module), resample them to a coarser voxel size, or close other programs.")
+    found = re.search(r"No module named ['\"]?([\w.]+)", text)
+    if found:
+        missing = found.group(1)
+        if missing.split(".")[0] == "torch":
+            return ("PyTorch is not installed in Slicer. Install the 'PyTorch' extension (Extension Manager) "
+                    "or press Register again and accept the installation offer.")
+        return (f"The Python package '{missing}' needed by the registration engine is missing. "
+                "Press Register again and accept the installation offer, or run "
+                f"slicer.util.pip_install('{missing.split('.')[0]}') in the Python console.")
+    return text.strip().splitlines()[-1] if text.strip() else "the registration engine stopped without a message."
+
+
+# --------------------------------------------------------------------------------------------------
+# the child process
+
+
+@dataclass
+class RunResult:
+    """How a child process ended.
+
+    Attributes:
+        status: ``"succeeded"``, ``"failed"`` or ``"cancelled"``.
+        returncode: exit status (``None`` if it never started).
+        message: one plain line for the user (empty on success).
+        done: the final ``done`` event (``outdir``, ``report``) of a successful run.
+        log_tail: the last lines of stderr and non-JSON stdout.
+    """
+
+    status: str
+    returncode: int | None = None
+    message: str = ""
+    done: dict[str, Any] | None = None
+    log_tail: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == SUCCEEDED
+
+
+class ChildProcess:
+    """A child Python process that reports progress as JSON lines on stdout.
+
+    Args:
+        args: arguments after the interpreter (e.g. ``["-m", "svreg_core.cli", "register", ...]``).
+        python: interpreter (default :func:`python_executable`).
+        env: environment (default :func:`child_environment` with the bundled engine).
+        on_event: called with each JSON event (a dict) in the thread that calls ``poll``/``wait``.
+        on_log: called with each other output line.
+        device: the requested device, to phrase out-of-memory advice.
+    """
+
+    def __init__(self, args: Sequence[str], *, python: str | None = None, env: dict[str, str] | None = None,
+                 cwd: str | Path | None = None, on_event: Callable[[dict[str, Any]], None] | None = None,
+                 on_log: Callable[[str], None] | None = None, device: str | None = None) -> None:
+        self.command = [python or python_executable(), *[str(a) for a in args]]
+        self.env = env if env is not None else child_environment(engine_path())
+        self.cwd = str(cwd) if cwd is not None else None
+        self.on_event = on_event
+        self.on_log = on_log
+        self.device = device
+        self.process: subprocess.Popen | None = None
+        self.result: RunResult | None = None
+        self.events: list[dict[str, Any]] = []
+        self._queue: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._log_tail: collections.deque[str] = collections.deque(maxlen=40)
+        self._error_event: dict[str, Any] | None = None
+        self._done_event: dict[str, Any] | None = None
+        self._cancelled = False
+        self._stop_deadline: float | None = None
+        self._group_killed = False
+
+    # ---- lifecycle
+
+    def start(self) -> "ChildProcess":
+        """Start the process (in a new process group / session) and its reader threads."""
+        if self.process is not None:
+            raise RuntimeError("this process was already started")
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":
+            flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+            kwargs["creationflags"] = flags
+        else:
+            kwargs["start_new_session"] = True
+        try:
+            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, **kwargs)
+        except OSError as exc:
+            self.result = RunResult(FAILED, None, f"could not start the registration engine "
+                                    f"({self.command[0]}): {exc.strerror or exc}.")
+            raise
+        for stream, name in ((self.process.stdout, "stdout"), (self.process.stderr, "stderr")):
+            t = threading.Thread(target=self._read, args=(stream, name), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _read(self, stream, name: str) -> None:
+        for raw in iter(stream.readline, b""):
+            self._queue.put((name, raw.decode("utf-8", errors="replace").rstrip("\r\n")))
+        stream.close()
+        self._queue.put((name, None))
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.result is None
+
+    def poll(self) -> bool:
+        """Handle the output that has arrived; return ``True`` while the process is still running."""
+        if self.process is None or self.result is not None:
+            return False
+        while True:
+            try:
+                name, line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self._handle(name, line)
+        alive = self.process.poll() is None
+        if self._stop_deadline is not None:
+            if alive and time.monotonic() > self._stop_deadline:
+                _signal_tree(self.process, hard=True)
+            elif not alive and not self._group_killed:
+                self._group_killed = True
+                _signal_tree(self.process, hard=True)  # grandchildren must not outlive a stopped run
+        if alive or any(t.is_alive() for t in self._threads):
+            return True
+        # the process ended and both streams are drained: flush what is left, then finish
+        while not self._queue.empty():
+            name, line = self._queue.get_nowait()
+            if line is not None:
+                self._handle(name, line)
+        self._finish()
+        return False
+
+    def wait(self, timeout: float | None = None, interval: float = 0.05) -> RunResult:
+        """Block until the process ends (calling the callbacks); cancel it after ``timeout`` seconds."""
+        t0 = time.monotonic()
+        while self.poll():
+            if timeout is not None and time.monotonic() - t0 > timeout and self._stop_deadline is None:
+                self.request_stop()
+            time.sleep(interval)
+        assert self.result is not None
+        return self.result
+
+    def request_stop(self, grace: float = TERMINATE_GRACE_S) -> None:
+        """Ask the process tree to stop without waiting: SIGTERM now, SIGKILL from ``poll`` after ``grace`` s.
+
+        On Windows the tree is ended at once (``taskkill /T /F``). The run ends as *cancelled*.
+        """
+        if self.process is None or self.result is not None or self._stop_deadline is not None:
+            return
+        self._cancelled = True
+        self._stop_deadline = time.monotonic() + grace
+        _signal_tree(self.process, hard=os.name == "nt")
+
+    def cancel(self, grace: float = TERMINATE_GRACE_S) -> RunResult | None:
+        """Stop the process tree (see :meth:`request_stop`) and block until it has ended and been reaped."""
+        if self.process is None or self.result is not None:
+            return self.result
+        self.request_stop(grace)
+        while self.poll():
+            time.sleep(0.02)
+        return self.result
+
+    # ---- output handling
+
+    def _handle(self, name: str, line: str) -> None:
+        event = None
+        if name == "stdout" and line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+        if isinstance(event, dict) and "event" in event:
+            self.events.append(event)
+            if event["event"] == "error":
+                self._error_event = event
+            elif event["event"] == "done":
+                self._done_event = event
+            if self.on_event is not None:
+                self.on_event(event)
+            return
+        if line.strip():
+            self._log_tail.append(line)
+        if self.on_log is not None:
+            self.on_log(line)
+
+    def _finish(self) -> None:
+        code = self.process.returncode
+        tail = list(self._log_tail)
+        if self._cancelled:
+            self.result = RunResult(CANCELLED, code, "cancelled by the user.", None, tail)
+        elif code == 0 and self._error_event is None:
+            self.result = RunResult(SUCCEEDED, code, "", self._done_event, tail)
+        else:
+            if self._error_event is not None:
+                text = str(self._error_event.get("message", ""))
+            else:
+                text = "\n".join(tail) or f"the engine exited with status {code}."
+            self.result = RunResult(FAILED, code, plain_message(text, self.device), None, tail)
+
+
+def _signal_tree(process: subprocess.Popen, hard: bool) -> None:
+    """Signal ``process`` and its descendants (it leads its own process group / session).
+
+    POSIX: SIGTERM (``hard=False``) or SIGKILL to the whole process group. Windows: ``taskkill /T /F``.
+    """
+    if os.name == "nt":
+        if process.poll() is None:
+            subprocess.run(["taskkill", "/PID", str(process.pid), "/T", "/F"], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL if hard else signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def kill_process_tree(process: subprocess.Popen, grace: float = TERMINATE_GRACE_S) -> None:
+    """End ``process`` and every process it started, blocking: SIGTERM, then SIGKILL after ``grace`` s."""
+    _signal_tree(process, hard=os.name == "nt")
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        _signal_tree(process, hard=True)
+        process.wait()
+    _signal_tree(process, hard=True)
+
+
+def _proc_stat(pid: str) -> tuple[str, int] | None:
+    """``(state, pgid)`` of a Linux process from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[0], int(fields[2])
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (dead, waiting to be reaped)."""
+    if os.path.isdir("/proc"):
+        stat = _proc_stat(str(pid))
+        return stat is not None and stat[0] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process of the POSIX process group ``pgid`` still exists."""
+    if os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                stat = _proc_stat(entry)
+                if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                    return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# the ``register`` command
+
+
+@dataclass
+class RegisterRequest:
+    """Arguments of ``svreg_core.cli register`` (files on disk; ``None`` = engine default)."""
+
+    fixed: Path
+    moving: Path
+    output: Path
+    fixed_labels: Path | None = None
+    moving_labels: Path | None = None
+    fixed_mask: Path | None = None
+    moving_mask: Path | None = None
+    labels: Sequence[int] | None = None
+    preset: str = "brain-mri"
+    similarity: str | None = None
+    spr: bool = True
+    affine: bool | None = None
+    device: str = "auto"
+    seed: int | None = None
+    label_interpolation: str | None = None
+    overwrite: bool = False
+
+    def arguments(self) -> list[str]:
+        """The child's arguments after the interpreter."""
+        args = ["-m", "svreg_core.cli", "register", str(self.fixed), str(self.moving), "-o", str(self.output)]
+        for flag, value in (("--fixed-labels", self.fixed_labels), ("--moving-labels", self.moving_labels),
+                            ("--fixed-mask", self.fixed_mask), ("--moving-mask", self.moving_mask)):
+            if value:
+                args += [flag, str(value)]
+        if self.labels:
+            args += ["--labels", *[str(int(v)) for v in self.labels]]
+        args += ["--preset", str(self.preset)]
+        if self.similarity:
+            args += ["--similarity", self.similarity]
+        if not self.spr:
+            args.append("--no-spr")
+        if self.affine is not None:
+            args.append("--affine" if self.affine else "--no-affine")
+        args += ["--device", self.device]
+        if self.seed is not None:
+            args += ["--seed", str(int(self.seed))]
+        if self.label_interpolation and self.moving_labels:
+            args += ["--label-interpolation", self.label_interpolation]
+        if self.overwrite:
+            args.append("--overwrite")
+        args += ["--progress", "json"]
+        return args
+
+
+def start_registration(request: RegisterRequest, **kwargs: Any) -> ChildProcess:
+    """Start ``svreg_core.cli register`` for ``request``; ``kwargs`` go to :class:`ChildProcess`."""
+    kwargs.setdefault("device", request.device)
+    return ChildProcess(request.arguments(), **kwargs).start()

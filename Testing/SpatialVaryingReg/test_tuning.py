@@ -1,0 +1,149 @@
+"""The tuning panel's helpers: the ``svreg tune`` child process, its SQLite study, Stop/resume, Apply best."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slicer_test_helpers import add_volume, blob_image
+
+from SpatialVaryingRegLib import geometry, logic, runner, tuning
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group checks are POSIX-only here")
+
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+AFFINE[:3, 3] = -23.0
+SHAPE = (24, 24, 24)
+
+
+@pytest.fixture
+def validation_folder(scene, tmp_path):
+    """One labelled pair written from scene nodes with the panel's 'Add the current pair' helper."""
+    x = geometry.grid_points(SHAPE, AFFINE)
+    shift = np.array([2.0, -1.5, 1.0])
+    f, m = blob_image(x + shift), blob_image(x)
+    nodes = [add_volume(scene, f, AFFINE, "fixed"), add_volume(scene, m, AFFINE, "moving"),
+             add_volume(scene, (f > 0.5).astype(np.int16), AFFINE, "fl", labelmap=True),
+             add_volume(scene, (m > 0.5).astype(np.int16), AFFINE, "ml", labelmap=True)]
+    folder = tmp_path / "validation"
+    target = tuning.export_pair(folder, "moving to fixed", *nodes)
+    assert target.name == "moving_to_fixed"
+    return folder
+
+
+def fast_request(folder: Path, db: Path, n_trials: int) -> tuning.TuneRequest:
+    return tuning.TuneRequest(validation=folder, storage=db, study_name="test", n_trials=n_trials, preset="brain-mri",
+                              device="cpu", seed=1, level_spacings=[8.0, 4.0], iterations=[4, 4], affine=False)
+
+
+def test_exported_pair_is_a_valid_validation_set(validation_folder):
+    from svreg_core.tuning.pairs import discover_pairs, load_pair
+
+    pairs = discover_pairs(validation_folder)
+    assert [p.name for p in pairs] == ["moving_to_fixed"]
+    loaded = load_pair(pairs[0])
+    assert np.allclose(loaded.fixed.affine, AFFINE, atol=1e-4) and loaded.fixed_labels.data.max() == 1
+
+
+def test_tune_command_line_matches_the_engine_parser(tmp_path):
+    from svreg_core.cli import build_parser
+
+    request = tuning.TuneRequest(validation=tmp_path / "v", storage=tmp_path / "s.db", study_name="abc", n_trials=7,
+                                 preset="ct", device="cpu", seed=3, level_spacings=[4.0, 2.0], iterations=[30, 20],
+                                 affine=False, max_folding=0.5, labels=[1, 2])
+    args = request.arguments()
+    parser, _ = build_parser()
+    ns = parser.parse_args(args[2:])
+    assert ns.command == "tune" and ns.validation == str(tmp_path / "v") and ns.storage == str(tmp_path / "s.db")
+    assert (ns.study_name, ns.n_trials, ns.preset, ns.device, ns.seed) == ("abc", 7, "ct", "cpu", 3)
+    assert ns.level_spacings == [4.0, 2.0] and ns.iterations == [30, 20] and ns.no_affine
+    assert ns.max_folding == 0.5 and ns.labels == [1, 2] and ns.progress == "json"
+
+
+def test_read_study_from_an_optuna_sqlite_file(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    db = tmp_path / "study.db"
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", direction="maximize")
+    for i, (state, value) in enumerate([("COMPLETE", 0.71), ("COMPLETE", 0.78), ("PRUNED", 0.5), ("FAIL", None)]):
+        trial = study.ask({"alpha_prime": optuna.distributions.FloatDistribution(0.001, 1.0, log=True),
+                           "levels": optuna.distributions.IntDistribution(1, 4),
+                           "similarity": optuna.distributions.CategoricalDistribution(["lncc", "mind"])})
+        trial.set_user_attr("folding_percent", 0.01 * i)
+        if state == "PRUNED":
+            trial.report(value, 0)
+        study.tell(trial, value if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+    running = study.ask()  # a trial still running
+    assert running.number == 4
+
+    snap = tuning.read_study(db, "s")
+    assert snap is not None and snap.direction == "MAXIMIZE"
+    assert [t.state for t in snap.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "RUNNING"]
+    reference = {t.number: t for t in study.get_trials()}
+    for row in snap.trials[:4]:
+        assert row.params == reference[row.number].params
+        assert row.folding == pytest.approx(0.01 * row.number)
+    assert snap.trials[2].value == pytest.approx(0.5)  # a pruned trial shows its last reported value
+    assert snap.best.number == 1 and snap.best.value == pytest.approx(0.78)
+    assert snap.count("COMPLETE") == 2
+    assert tuning.read_study(db, "other") is None
+    assert tuning.read_study(tmp_path / "missing.db", "s") is None
+    assert "alpha_prime=" in tuning.format_params(snap.best.params)
+
+
+def test_tuning_runs_in_the_background_and_applies_the_best_preset(validation_folder, tmp_path):
+    pytest.importorskip("optuna")
+    db = tmp_path / "study" / "svreg-tune.db"
+    events, log = [], []
+    proc = tuning.start_tuning(fast_request(validation_folder, db, n_trials=2), on_event=events.append,
+                               on_log=log.append)
+    result = proc.wait(timeout=240)
+    assert result.succeeded, (result.message, log[-10:])
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("trial") == 2
+    last = [e for e in events if e["event"] == "trial"][-1]
+    assert {"trial", "state", "value", "params", "best_value", "best_params", "elapsed_s", "folding"} <= set(last)
+
+    snap = tuning.read_study(db, "test")
+    assert snap is not None and snap.count("COMPLETE") + snap.count("PRUNED") == 2
+    assert snap.best.value == pytest.approx(last["best_value"])
+
+    preset = tmp_path / "best.json"
+    event = tuning.apply_best(db, "test", preset, timeout=120)
+    assert event["event"] == "apply_best" and preset.is_file()
+    doc = json.loads(preset.read_text())
+    assert doc["parameters"]["alpha_prime"] == pytest.approx(snap.best.params["alpha_prime"])
+    # the Register button accepts it as a 'custom file' preset
+    merged = logic.RegistrationSettings(preset=str(preset), overrides={"seed": 0}).preset_document()
+    assert merged["parameters"]["lambda_max"] == pytest.approx(snap.best.params["lambda_max"])
+
+    with pytest.raises(RuntimeError, match="no complete trial|not found|no study|does not exist"):
+        tuning.apply_best(db, "no-such-study", tmp_path / "x.json", timeout=120)
+
+
+def test_stop_keeps_finished_trials_and_start_resumes(validation_folder, tmp_path):
+    pytest.importorskip("optuna")
+    db = tmp_path / "svreg-tune.db"
+    events = []
+    proc = tuning.start_tuning(fast_request(validation_folder, db, n_trials=50), on_event=events.append)
+    t0 = time.monotonic()
+    while not any(e["event"] == "trial" for e in events):
+        assert proc.poll(), "tuning ended before it could be stopped"
+        assert time.monotonic() - t0 < 180
+        time.sleep(0.1)
+    tuning.stop_tuning(proc)  # what the Stop button does: returns at once, the panel keeps polling
+    result = proc.wait(timeout=60)
+    assert result.status == runner.CANCELLED
+    assert not runner.process_group_alive(proc.process.pid)
+
+    snap = tuning.read_study(db, "test")
+    finished = snap.count("COMPLETE") + snap.count("PRUNED")
+    assert finished >= 1 and snap.count("RUNNING") == 0
+
+    resumed = tuning.start_tuning(fast_request(validation_folder, db, n_trials=finished + 1)).wait(timeout=240)
+    assert resumed.succeeded, resumed.message
+    again = tuning.read_study(db, "test")
+    assert again.count("COMPLETE") + again.count("PRUNED") == finished + 1
