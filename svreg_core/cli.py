@@ -83,7 +83,7 @@ def run_register(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     inputs = [p for p in (args.fixed, args.moving, args.fixed_labels, args.moving_labels, args.fixed_mask,
                           args.moving_mask) if p]
-    prepare_output_dir(args.output, overwrite=args.overwrite, inputs=inputs)
+    prepare_output_dir(args.output, overwrite=args.overwrite, inputs=inputs, create_parent=False)
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
                              seed=args.seed, spr=False if args.no_spr else None)
     printer = ProgressPrinter(args.progress)
@@ -163,12 +163,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("svreg: interrupted", file=sys.stderr)
         return 130
-    except MemoryError:
-        msg = "out of memory; crop the images, use a coarser preset, or run on a machine with more memory."
+    except Exception as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        gpu = "CUDA" in str(exc) or exc.__class__.__name__ == "OutOfMemoryError"
+        msg = ("the GPU ran out of memory; use --device cpu, crop the images, or use coarser --preset level "
+               "spacings." if gpu else "out of memory; crop the images or use coarser level spacings.")
         if json_mode:
-            _emit_json({"event": "error", "message": msg, "kind": "MemoryError"})
+            _emit_json({"event": "error", "message": msg, "kind": "OutOfMemory"})
         print(f"svreg: error: {msg}", file=sys.stderr)
         return 1
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """True for host ``MemoryError`` and torch's CUDA out-of-memory errors."""
+    return isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError" or \
+        "out of memory" in str(exc).lower()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Grid:
     """A 3-D voxel lattice in world space.
 
@@ -21,6 +21,10 @@ class Grid:
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
+
+    def same_as(self, other: "Grid", atol: float = 1e-4) -> bool:
+        """True when both grids have the same shape and (within ``atol`` mm) the same affine."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
     @property
     def spacing(self) -> np.ndarray:
@@ -47,17 +51,14 @@ class Grid:
         return Grid(tuple(int(n) for n in stop - start), affine)
 
     def resampled(self, spacing: float) -> "Grid":
-        """An isotropic grid of voxel size ``spacing`` mm covering the same field of view.
+        """An isotropic grid of voxel size ``spacing`` mm over the same field of view.
 
-        Keeps the axis directions; the first and last voxel centres stay inside the original
-        extent, and the new lattice is centred on the original one.
+        Keeps the axis directions and the position of voxel ``(0, 0, 0)``; the last voxel centres
+        stay inside the original extent. For an integer ratio of voxel sizes the new voxel centres
+        are a strided subset of the old ones (so anti-aliased subsampling needs no interpolation).
         """
         extent = (np.asarray(self.shape) - 1) * self.spacing
         shape = np.maximum(np.floor(extent / spacing + 1e-6).astype(int) + 1, 2)
-        lin = self.direction * spacing
-        old_centre = self.affine[:3, :3] @ ((np.asarray(self.shape) - 1) / 2.0) + self.affine[:3, 3]
-        origin = old_centre - lin @ ((shape - 1) / 2.0)
-        affine = np.eye(4)
-        affine[:3, :3] = lin
-        affine[:3, 3] = origin
+        affine = self.affine.copy()
+        affine[:3, :3] = self.direction * spacing
         return Grid(tuple(int(n) for n in shape), affine)

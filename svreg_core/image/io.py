@@ -24,7 +24,12 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        raise InputError(f"{what}: cannot read {path} as an image ({exc.__class__.__name__}: {exc}).") from None
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
+        raise InputError(f"{what}: cannot read {path} as an image ({reason}).") from None
+    if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
+                                             or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
+        raise InputError(f"{what} has voxel type {data.dtype}; a scalar real-valued image is needed "
+                         "(not RGB or complex).")
     if labels:
         if np.issubdtype(data.dtype, np.floating):
             if not np.all(np.isfinite(data)):

@@ -35,23 +35,30 @@ def sample_at_points(source: torch.Tensor, source_grid: Grid, points: torch.Tens
     return F.grid_sample(source, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
 
 
-def gaussian_smooth(tensor: torch.Tensor, sigma_voxels: tuple[float, float, float]) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``(N, C, I, J, K)``; ``sigma_voxels`` per axis (0 = none)."""
+def gaussian_smooth(tensor: torch.Tensor, sigma_voxels: tuple[float, float, float],
+                    stride: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``(N, C, I, J, K)``; ``sigma_voxels`` per axis (0 = none).
+
+    With ``stride``, only every ``stride[a]``-th voxel along axis ``a`` is kept (output voxel ``n``
+    is input voxel ``n * stride``): smoothing and subsampling in one pass, at a fraction of the cost.
+    """
     out = tensor
     channels = tensor.shape[1]
-    for axis, sigma in enumerate(sigma_voxels):
-        if sigma <= 0.05:
+    for axis, (sigma, step) in enumerate(zip(sigma_voxels, stride)):
+        if sigma <= 0.05 and step == 1:
             continue
-        radius = max(1, int(np.ceil(3.0 * sigma)))
+        radius = max(1, int(np.ceil(3.0 * sigma))) if sigma > 0.05 else 0
         x = torch.arange(-radius, radius + 1, dtype=tensor.dtype, device=tensor.device)
-        kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+        kernel = torch.exp(-0.5 * (x / max(sigma, 1e-3)) ** 2)
         kernel = kernel / kernel.sum()
         shape = [1, 1, 1]
         shape[axis] = kernel.numel()
+        strides = [1, 1, 1]
+        strides[axis] = int(step)
         weight = kernel.view(1, 1, *shape).repeat(channels, 1, 1, 1, 1)
         pad = [0, 0, 0, 0, 0, 0]
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, groups=channels)
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, stride=tuple(strides), groups=channels)
     return out
 
 
@@ -72,3 +79,30 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
     points = target_world_points(target, world_transform, device=source.device, dtype=torch.float32)
     return sample_at_points(source, source_grid, points.expand(source.shape[0], -1, -1, -1, -1),
                             mode=mode, padding_mode=padding_mode)
+
+
+def downsample(tensor: torch.Tensor, grid: Grid, spacing: float) -> tuple[torch.Tensor, Grid]:
+    """Anti-aliased resampling onto ``grid.resampled(spacing)`` (isotropic, same field of view).
+
+    A grid whose voxels are all at least ``spacing`` is returned unchanged.
+    """
+    if np.all(grid.spacing >= spacing * (1 - 1e-6)):
+        return tensor, grid
+    target = grid.resampled(spacing)
+    factors = np.maximum(1, np.floor(spacing / grid.spacing + 1e-6)).astype(int)
+    smoothed = gaussian_smooth(tensor, antialias_sigma(grid, spacing), stride=tuple(int(f) for f in factors))
+    subsampled = Grid(smoothed.shape[2:], grid.affine @ np.diag([*factors, 1]))
+    return resample(smoothed, subsampled, target), target
+
+
+def pyramid(tensor: torch.Tensor, grid: Grid, spacings: tuple[float, ...]) -> dict[float, tuple[torch.Tensor, Grid]]:
+    """Anti-aliased copies of ``tensor`` at each voxel size in ``spacings`` (mm), fine to coarse.
+
+    Each level is computed from the next finer one, so the full-resolution image is smoothed once.
+    """
+    levels: dict[float, tuple[torch.Tensor, Grid]] = {}
+    current = (tensor, grid)
+    for spacing in sorted(set(float(s) for s in spacings)):
+        current = downsample(*current, spacing)
+        levels[spacing] = current
+    return levels

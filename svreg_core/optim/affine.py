@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from svreg_core.image.grid import Grid
-from svreg_core.image.resample import antialias_sigma, gaussian_smooth, resample, sample_at_points, target_world_points
+from svreg_core.image.resample import pyramid, resample, sample_at_points, target_world_points
 from svreg_core.optim.spr import build_similarity
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 
@@ -57,18 +57,20 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
     total = sum(n for _, n in AFFINE_LEVELS)
     done = 0
     lo, hi = progress_span
+    spacings = tuple(s for s, _ in AFFINE_LEVELS)
+    fixed_levels = pyramid(fixed, fixed_grid, spacings)
+    moving_levels = pyramid(moving, moving_grid, spacings)
     for spacing, iterations in AFFINE_LEVELS:
-        grid = fixed_grid.resampled(spacing)
-        fixed_l = resample(gaussian_smooth(fixed, antialias_sigma(fixed_grid, spacing)), fixed_grid, grid)
+        fixed_l, grid = fixed_levels[spacing]
+        moving_s, moving_l_grid = moving_levels[spacing]
         mask_l = None if fixed_mask is None else (resample(fixed_mask.float(), fixed_grid, grid) > 0.5).float()
-        moving_s = gaussian_smooth(moving, antialias_sigma(moving_grid, spacing))
         points = target_world_points(grid, device=device, dtype=torch.float64)
         sim = build_similarity(similarity, window=5)
         for it in range(iterations):
             optimizer.zero_grad()
             m = _matrix(linear, translation, centre)
             warped_points = (points @ m[:3, :3].T + m[:3, 3]).float()
-            warped = sample_at_points(moving_s, moving_grid, warped_points)
+            warped = sample_at_points(moving_s, moving_l_grid, warped_points)
             loss = sim(fixed_l, warped, mask_l)
             loss.backward()
             optimizer.step()

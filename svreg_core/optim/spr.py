@@ -2,7 +2,7 @@
 
 Everything here lives on isotropic grids derived from the fixed grid (:meth:`Grid.resampled`). At
 each pyramid level the images are compared on an *image grid* of voxel size ``s``, while the velocity
-and λ live on a coarser *control grid* of voxel size ``control_factor · s``; the displacement
+and λ live on a *control grid* of voxel size ``c ≥ s`` (``params.control_spacings``); the displacement
 integrated there is upsampled (trilinear) to the image grid for warping. Velocities and
 displacements are in voxel units of the control grid, so their finite differences are dimensionless
 (mm per mm) at every level.
@@ -18,8 +18,7 @@ import torch.nn.functional as F
 
 from svreg_core.image.grid import Grid
 from svreg_core.conventions import ALIGN_CORNERS
-from svreg_core.image.resample import (antialias_sigma, gaussian_smooth, resample, target_world_points,
-                                       world_to_source_normalized)
+from svreg_core.image.resample import pyramid, resample, target_world_points, world_to_source_normalized
 from svreg_core.losses import get_similarity, neg_log_prior, weighted_diffusion
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
@@ -85,16 +84,23 @@ class _Upsampler:
     """Trilinear transfer of a control-grid displacement to the image grid (vectors rescaled to image voxels)."""
 
     def __init__(self, control: Grid, image: Grid, device: torch.device) -> None:
+        self.coords = None
+        if control.same_as(image):
+            return
         points = target_world_points(image, device=device, dtype=torch.float64)
         self.coords = world_to_source_normalized(points, control).float()
-        self.scale = float(control.spacing[0] / image.spacing[0])
+        # both grids share axis directions: control voxels -> image voxels, per axis
+        self.scale = torch.as_tensor(control.spacing / image.spacing, dtype=torch.float32,
+                                     device=device).view(1, 3, 1, 1, 1)
 
     def __call__(self, disp: torch.Tensor) -> torch.Tensor:
+        if self.coords is None:
+            return disp
         out = F.grid_sample(disp, self.coords, mode="bilinear", padding_mode="border", align_corners=ALIGN_CORNERS)
         return out * self.scale
 
 
-def foreground_grid(image: torch.Tensor, grid: Grid, margin_mm: float, threshold: float = 0.01) -> Grid:
+def foreground_box(image: torch.Tensor, grid: Grid, margin_mm: float, threshold: float = 0.01) -> Grid:
     """``grid`` cropped to the bounding box of ``image > threshold`` plus ``margin_mm``.
 
     Where the fixed image is flat (e.g. zero background) local NCC carries no signal, so the
@@ -107,6 +113,13 @@ def foreground_grid(image: torch.Tensor, grid: Grid, margin_mm: float, threshold
     start = inside.min(0).values.cpu().numpy() - margin
     stop = inside.max(0).values.cpu().numpy() + 1 + margin
     return grid.cropped(tuple(start), tuple(stop))
+
+
+def _crop(tensor: torch.Tensor, grid: Grid, box: Grid) -> torch.Tensor:
+    """The part of ``tensor`` (on ``grid``) covered by ``box``, a :meth:`Grid.cropped` of ``grid``."""
+    start = np.rint(np.linalg.solve(grid.affine[:3, :3], box.affine[:3, 3] - grid.affine[:3, 3])).astype(int)
+    return tensor[:, :, start[0]:start[0] + box.shape[0], start[1]:start[1] + box.shape[1],
+                  start[2]:start[2] + box.shape[2]]
 
 
 def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
@@ -130,16 +143,18 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
     velocity = weight_logit = None
     prev_grid: Grid | None = None
     losses: list[dict[str, float]] = []
-    box = foreground_grid(fixed if fixed_mask is None else fixed_mask.float(), fixed_grid,
-                          margin_mm=2 * max(params.level_spacings) * params.control_factor)
-    for spacing, iterations in zip(params.level_spacings, params.iterations):
-        image_grid = box.resampled(spacing)
-        grid = box.resampled(spacing * params.control_factor)
+    fixed_levels = pyramid(fixed, fixed_grid, params.level_spacings)
+    moving_levels = pyramid(moving, moving_grid, params.level_spacings)
+    region = fixed if fixed_mask is None else fixed_mask.float()
+    margin = 2 * max(params.control_spacings)
+    for spacing, control, iterations in zip(params.level_spacings, params.control_spacings, params.iterations):
+        fixed_full, level_grid = fixed_levels[spacing]
+        image_grid = foreground_box(resample(region, fixed_grid, level_grid), level_grid, margin)
+        fixed_l = _crop(fixed_full, level_grid, image_grid)
+        moving_l = resample(*moving_levels[spacing], image_grid, affine)
+        grid = image_grid if np.allclose(image_grid.spacing, control) else image_grid.resampled(control)
         upsample = _Upsampler(grid, image_grid, device)
         stage = f"deformable {spacing:g} mm"
-        fixed_l = resample(gaussian_smooth(fixed, antialias_sigma(fixed_grid, spacing)), fixed_grid, image_grid)
-        moving_l = resample(gaussian_smooth(moving, antialias_sigma(moving_grid, spacing)), moving_grid,
-                            image_grid, affine)
         mask_f = None if fixed_mask is None else resample(fixed_mask.float(), fixed_grid, image_grid)
         mask_m = None if moving_mask is None else resample(moving_mask.float(), moving_grid, image_grid, affine)
         if velocity is None:

@@ -33,8 +33,13 @@ OUTPUT_FILES = ("warped.nii.gz", "displacement.nii.gz", "transform.h5", "inverse
                 "regularization.nii.gz", "jacobian.nii.gz", "report.json", "report.png")
 
 
-def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[str | Path] = ()) -> Path:
-    """Check ``outdir`` can be (re)created; refuse to overwrite without ``overwrite`` or to touch inputs."""
+def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[str | Path] = (),
+                       create_parent: bool = True) -> Path:
+    """Check ``outdir`` can be (re)created; refuse to overwrite without ``overwrite`` or to touch inputs.
+
+    With ``create_parent`` a missing parent folder is created; without, nothing is created (an
+    early check that must leave no trace if the run fails later).
+    """
     out = Path(outdir).absolute()
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a folder.")
@@ -45,13 +50,18 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
         if out == p or out in p.parents:
             raise OutputError(f"output folder {out} contains the input {p}; choose another folder.")
     parent = out.parent
-    if not parent.exists():
+    existing = parent
+    while not existing.exists():  # the nearest existing ancestor must be a writable folder
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"cannot create {out}: {existing} is a file, not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {existing}: permission denied.")
+    if create_parent and not parent.exists():
         try:
             parent.mkdir(parents=True)
         except OSError as exc:
             raise OutputError(f"cannot create {parent}: {exc.strerror}.") from None
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"cannot write into {parent}: permission denied.")
     return out
 
 
