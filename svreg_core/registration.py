@@ -125,14 +125,17 @@ class RegistrationResult:
             return Image(out[0, 0].round().numpy().astype(np.int32), self.fixed.affine)
         if label_mode != "linear":
             raise InputError(f"unknown label interpolation {label_mode!r}; use linear or nearest.")
-        best = torch.full(self.fixed.shape, 0.5, dtype=torch.float32)
+        def sample(indicator: np.ndarray) -> torch.Tensor:
+            return F.grid_sample(torch.as_tensor(indicator, dtype=torch.float32)[None, None], coords,
+                                 mode="bilinear", padding_mode="zeros", align_corners=ALIGN_CORNERS)[0, 0]
+
+        # background (label 0) competes like any label; a point outside the moving image gets no label
+        best = sample(data == 0)
         result = torch.zeros(self.fixed.shape, dtype=torch.int32)
         for value in np.unique(data):
             if value == 0:
                 continue
-            indicator = torch.as_tensor(data == value, dtype=torch.float32)[None, None]
-            p = F.grid_sample(indicator, coords, mode="bilinear", padding_mode="zeros",
-                              align_corners=ALIGN_CORNERS)[0, 0]
+            p = sample(data == value)
             better = p > best
             best = torch.where(better, p, best)
             result[better] = int(value)

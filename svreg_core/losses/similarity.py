@@ -129,7 +129,7 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
 
         cross = Σ f·m − Σf·Σm / n          (n · local covariance)
         var_f = Σ f²  − (Σf)² / n          (n · local variance of f; likewise var_m)
-        cc    = cross² / (var_f · var_m + eps)
+        cc    = (cross² + eps) / (var_f · var_m + eps)
 
     and the loss is ``−mean(cc)`` (the mask-weighted mean over voxels when ``mask`` is given). The
     sums are window *sums*, as in the SPR/VoxelMorph reference (so ``eps`` acts like ``eps / n²`` on
@@ -144,7 +144,10 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
             Channels are treated independently and averaged.
         window: odd window width in voxels.
         mask: optional ``(N or 1, 1 or C, I, J, K)`` weight (binary or soft) for the mean.
-        eps: stabiliser added to ``var_f · var_m`` (squared intensity⁴ × voxels² units).
+        eps: stabiliser added to both ``cross²`` and ``var_f · var_m`` (intensity⁴ × voxels² units).
+            Adding it to the numerator too (the reference adds it to the denominator only) makes
+            ``fixed == moving`` an exact maximum (cc = 1, zero gradient), including in flat regions,
+            so registering an image to itself does not drift.
     """
     _check_pair(fixed, moving, mask)
     if int(window) != window or window < 1 or window % 2 == 0:
@@ -155,7 +158,7 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
     cross = torch.addcmul(s_fm, mu_f, s_m, value=-1.0)            # Σfm − Σf·Σm / n
     var_f = torch.addcmul(s_ff, mu_f, s_f, value=-1.0).clamp_min(0.0)
     var_m = torch.addcmul(s_mm, mu_m, s_m, value=-1.0).clamp_min(0.0)
-    cc = cross.square() / (var_f * var_m + eps)
+    cc = (cross.square() + eps) / (var_f * var_m + eps)
     return -_masked_mean(cc, mask)
 
 

@@ -46,9 +46,9 @@ class RegistrationParameters:
     lambda_max: float = 1.0
     affine: bool = True
     level_spacings: tuple[float, ...] = (4.0, 2.0)
-    iterations: tuple[int, ...] = (120, 40)
+    iterations: tuple[int, ...] = (120, 60)
     min_control_spacing: float = 2.0
-    learning_rate: float = 1.0
+    learning_rate: float = 1.5
     lambda_learning_rate: float = 0.05
     lncc_window: int = 5
     integration_steps: int = 5
@@ -56,8 +56,23 @@ class RegistrationParameters:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "level_spacings", tuple(float(s) for s in self.level_spacings))
-        object.__setattr__(self, "iterations", tuple(int(n) for n in self.iterations))
+        try:
+            object.__setattr__(self, "level_spacings", tuple(float(s) for s in self.level_spacings))
+            object.__setattr__(self, "iterations", tuple(int(n) for n in self.iterations))
+            for name in ("alpha_prime", "lambda_max", "min_control_spacing", "learning_rate",
+                         "lambda_learning_rate"):
+                object.__setattr__(self, name, float(getattr(self, name)))
+            for name in ("lncc_window", "integration_steps", "seed"):
+                value = getattr(self, name)
+                if isinstance(value, bool) or int(value) != value:
+                    raise ValueError(name)
+                object.__setattr__(self, name, int(value))
+        except (TypeError, ValueError):
+            raise InputError("registration parameters have a wrong type: numbers expected for strengths, "
+                             "steps and rates, lists of numbers for level_spacings and iterations.") from None
+        for name in ("spr", "affine"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"{name} must be true or false, not {getattr(self, name)!r}.")
         if self.similarity not in SIMILARITIES:
             raise InputError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}.")
         if self.prior not in PRIORS:
@@ -66,13 +81,21 @@ class RegistrationParameters:
             raise InputError("level_spacings and iterations must have the same, non-zero length.")
         if min(self.level_spacings) <= 0 or self.min_control_spacing <= 0:
             raise InputError("level_spacings and min_control_spacing must be positive (mm).")
+        if min(self.iterations) < 1:
+            raise InputError("every level needs at least 1 iteration.")
+        if self.alpha_prime < 0 or self.lambda_max < 0:
+            raise InputError("alpha_prime and lambda_max must be non-negative.")
+        if self.learning_rate <= 0 or self.lambda_learning_rate <= 0:
+            raise InputError("learning rates must be positive.")
+        if self.lncc_window < 1 or self.lncc_window % 2 == 0:
+            raise InputError(f"lncc_window must be an odd number of voxels, not {self.lncc_window}.")
+        if self.integration_steps < 0:
+            raise InputError("integration_steps must be 0 or more.")
 
     @property
     def control_spacings(self) -> tuple[float, ...]:
         """Voxel size (mm) of each level's control grid."""
         return tuple(max(s, self.min_control_spacing) for s in self.level_spacings)
-        if self.alpha_prime < 0 or self.lambda_max < 0:
-            raise InputError("alpha_prime and lambda_max must be non-negative.")
 
     def replace(self, **changes: Any) -> "RegistrationParameters":
         return dataclasses.replace(self, **changes)

@@ -29,7 +29,7 @@ def _lncc_map_bruteforce(f: np.ndarray, m: np.ndarray, window: int, eps: float) 
         cross = np.sum((fw - fw.mean()) * (mw - mw.mean()))
         var_f = np.sum((fw - fw.mean()) ** 2)
         var_m = np.sum((mw - mw.mean()) ** 2)
-        out[b, c, i, j, k] = cross ** 2 / (var_f * var_m + eps)
+        out[b, c, i, j, k] = (cross ** 2 + eps) / (var_f * var_m + eps)
     return out
 
 

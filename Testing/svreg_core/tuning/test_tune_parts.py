@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from svreg_core.errors import InputError, OutputError
-from svreg_core.optim.parameters import RegistrationParameters
+from svreg_core.optim.parameters import PRESETS, RegistrationParameters
 from svreg_core.tuning.cli import main, run_tune
 from svreg_core.tuning.objective import Objective, StepOutcome
 from svreg_core.tuning.pairs import discover_pairs
@@ -86,7 +86,7 @@ def test_search_space_ranges_per_preset() -> None:
     assert (ct["lambda_max"].low, ct["lambda_max"].high) == (0.8, 3.0)
     cardiac = build_search_space("cardiac-mri")  # its tuned α′ 0.493 lies above the brain range: widened
     assert {r.name: r.high for r in cardiac.ranges}["alpha_prime"] == pytest.approx(0.493)
-    assert cardiac.default_values() == {"alpha_prime": 0.493, "lambda_max": 3.35}
+    assert cardiac.default_values() == {"alpha_prime": 0.493, "lambda_max": PRESETS["cardiac-mri"].lambda_max}
     custom = build_search_space("brain-mri", alpha_prime_range=(0.05, 0.1), lambda_max_range=(1, 2))
     assert [(r.low, r.high) for r in custom.ranges] == [(0.05, 0.1), (1.0, 2.0)]
     with pytest.raises(InputError, match="empty"):

@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from svreg_core.errors import InputError
-from svreg_core.optim.parameters import load_parameters
+from svreg_core.optim.parameters import PRESETS, load_parameters
 from svreg_core.tuning.cli import run_tune
 
 STUDY = "t"
@@ -62,7 +62,8 @@ def test_study_completes_and_best_beats_default(tuned: dict[str, Any], demo_pair
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # trial 0 is the preset itself (enqueued), so the best can never be worse than the default
-    assert trials[0].params == {"alpha_prime": 0.175, "lambda_max": 3.35}
+    assert trials[0].params == {"alpha_prime": PRESETS["brain-mri"].alpha_prime,
+                                "lambda_max": PRESETS["brain-mri"].lambda_max}
     default = _default_objective(demo_pairs)
     assert trials[0].value == pytest.approx(default, abs=1e-6)
     assert study.best_value >= default

@@ -1,0 +1,87 @@
+"""Grid geometry: voxel centres, spacing/direction, isotropic resampling and cropping, hand-computed."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from svreg_core.image import Grid
+
+
+def _oblique(geo) -> np.ndarray:
+    return geo.make_affine(geo.rotation([1.0, -2.0, 0.5], 25.0) @ np.diag([2.0, 1.0, 3.0]), [-30.0, 12.5, 7.0])
+
+
+def test_world_points_match_affine(geo) -> None:
+    aff = _oblique(geo)
+    grid = Grid((10, 20, 5), aff)
+    pts = grid.world_points()
+    assert pts.shape == (10, 20, 5, 3)
+    np.testing.assert_allclose(pts, nib.affines.apply_affine(aff, np.indices((10, 20, 5)).transpose(1, 2, 3, 0)),
+                               atol=1e-9)
+    np.testing.assert_allclose(pts[3, 7, 2], aff @ [3, 7, 2, 1] @ np.eye(4)[:, :3], atol=1e-9)
+
+
+def test_spacing_and_direction(geo) -> None:
+    aff = _oblique(geo)
+    grid = Grid((10, 20, 5), aff)
+    np.testing.assert_allclose(grid.spacing, [2.0, 1.0, 3.0])
+    np.testing.assert_allclose(grid.direction, geo.rotation([1.0, -2.0, 0.5], 25.0), atol=1e-12)
+    flipped = Grid((4, 4, 4), np.diag([-1.5, 2.0, -0.5, 1.0]))
+    np.testing.assert_allclose(flipped.spacing, [1.5, 2.0, 0.5])
+    np.testing.assert_allclose(flipped.direction, np.diag([-1.0, 1.0, -1.0]))
+
+
+def test_resampled_keeps_origin_and_direction(geo) -> None:
+    aff = _oblique(geo)
+    grid = Grid((10, 20, 5), aff)
+    new = grid.resampled(4.0)
+    # extents (n - 1) * spacing = (18, 19, 12) mm -> floor(extent / 4) + 1 voxels
+    assert new.shape == (5, 5, 4)
+    np.testing.assert_allclose(new.spacing, [4.0, 4.0, 4.0])
+    np.testing.assert_allclose(new.direction, grid.direction, atol=1e-12)
+    np.testing.assert_allclose(new.affine[:3, 3], aff[:3, 3], atol=1e-12)  # voxel (0, 0, 0) stays put
+    # the last new voxel centres lie inside the original lattice
+    corners = geo.to_voxel(new.world_points()[[0, -1]][:, [0, -1]][:, :, [0, -1]].reshape(-1, 3), aff)
+    assert corners.min() >= -1e-9 and np.all(corners.max(0) <= np.asarray(grid.shape) - 1 + 1e-9)
+    # a finer spacing than the grid is allowed; a tiny grid keeps at least 2 voxels per axis
+    assert grid.resampled(0.5).shape == (37, 39, 25)
+    assert Grid((3, 3, 3), np.eye(4)).resampled(10.0).shape == (2, 2, 2)
+
+
+def test_resampled_integer_ratio_is_a_strided_subset(geo) -> None:
+    lin = geo.rotation([1.0, 1.0, 0.0], 30.0) @ np.diag([1.0, 2.0, 0.5])
+    grid = Grid((11, 8, 17), geo.make_affine(lin, [5.0, -7.0, 3.0]))
+    new = grid.resampled(2.0)  # ratios 2, 1, 4
+    assert new.shape == (6, 8, 5)
+    np.testing.assert_allclose(new.world_points(), grid.world_points()[::2, ::1, ::4], atol=1e-9)
+
+
+def test_cropped_sub_lattice(geo) -> None:
+    aff = _oblique(geo)
+    grid = Grid((10, 20, 5), aff)
+    sub = grid.cropped((2, 3, 1), (6, 7, 4))
+    assert sub.shape == (4, 4, 3)
+    np.testing.assert_allclose(sub.world_points(), grid.world_points()[2:6, 3:7, 1:4], atol=1e-9)
+    clipped = grid.cropped((-5, 18, 0), (4, 40, 99))
+    assert clipped.shape == (4, 2, 5)
+    np.testing.assert_allclose(clipped.world_points(), grid.world_points()[0:4, 18:20, :], atol=1e-9)
+
+
+def test_grid_normalises_types() -> None:
+    grid = Grid([np.int64(4), 5.0, 6], np.eye(4).tolist())
+    assert grid.shape == (4, 5, 6) and all(type(n) is int for n in grid.shape)
+    assert isinstance(grid.affine, np.ndarray) and grid.affine.dtype == np.float64
+    with pytest.raises(Exception):
+        grid.shape = (1, 1, 1)  # frozen
+
+
+def test_same_as(geo) -> None:
+    aff = _oblique(geo)
+    grid = Grid((10, 20, 5), aff)
+    assert grid.same_as(Grid((10, 20, 5), aff + 1e-6))
+    assert not grid.same_as(Grid((10, 20, 6), aff))
+    shifted = aff.copy()
+    shifted[0, 3] += 0.01
+    assert not grid.same_as(Grid((10, 20, 5), shifted))
+    assert grid.same_as(Grid((10, 20, 5), shifted), atol=0.02)

@@ -1,0 +1,145 @@
+"""NIfTI round trips (checked with nibabel) and the plain one-line errors of unusable inputs."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.image import Image, load_image, save_image, validate_image
+
+
+def _affine(geo) -> np.ndarray:
+    return geo.make_affine(geo.rotation([0.3, 1.0, -0.2], 17.0) @ np.diag([-1.2, 0.9, 2.5]), [40.0, -12.0, 3.5])
+
+
+def _ramp(shape=(6, 7, 8)) -> np.ndarray:
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 10.0
+
+
+def test_save_then_nibabel_reads_same_affine_and_data(geo, tmp_path: Path) -> None:
+    aff = _affine(geo)
+    data = _ramp()
+    path = save_image(Image(data, aff), tmp_path / "a.nii.gz")
+    nii = nib.load(str(path))
+    np.testing.assert_allclose(nii.affine, aff, atol=1e-5)
+    np.testing.assert_allclose(nii.get_sform(), aff, atol=1e-5)
+    np.testing.assert_allclose(nii.get_qform(), aff, atol=1e-4)  # qform holds a rotation + zooms only
+    assert int(nii.header["sform_code"]) == 1 and int(nii.header["qform_code"]) == 1
+    np.testing.assert_array_equal(np.asanyarray(nii.dataobj), data)
+    back = load_image(path)
+    assert back.data.dtype == np.float32 and back.shape == data.shape
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.affine, aff, atol=1e-5)
+
+
+def test_save_with_dtype_and_load_labels(geo, tmp_path: Path) -> None:
+    labels = np.zeros((5, 6, 7), np.float32)
+    labels[1:3, 2:4, 3:6] = 2.0
+    labels[3, 4, 5] = 7.0000001
+    path = save_image(Image(labels, np.eye(4)), tmp_path / "l.nii.gz", dtype=np.int16)
+    assert nib.load(str(path)).get_data_dtype() == np.int16
+    back = load_image(path, labels=True)
+    assert back.data.dtype == np.int32
+    np.testing.assert_array_equal(back.data, np.rint(labels).astype(np.int32))
+    float_labels = geo.save_nifti(labels + 0.2, np.eye(4), tmp_path / "f.nii.gz")
+    np.testing.assert_array_equal(load_image(float_labels, labels=True).data, np.rint(labels))
+
+
+def test_qform_only_file_uses_qform(geo, tmp_path: Path) -> None:
+    aff = geo.make_affine(geo.rotation([0, 0, 1], 30.0) @ np.diag([2.0, 2.0, 3.0]), [5.0, 6.0, 7.0])
+    nii = nib.Nifti1Image(_ramp(), None)
+    nii.set_qform(aff, code=1)
+    nii.set_sform(None, code=0)
+    nib.save(nii, str(tmp_path / "q.nii"))
+    np.testing.assert_allclose(load_image(tmp_path / "q.nii").affine, aff, atol=1e-5)
+
+
+def test_singleton_fourth_axis_is_squeezed(tmp_path: Path) -> None:
+    data = _ramp()[..., None]
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "s.nii.gz"))
+    img = load_image(tmp_path / "s.nii.gz")
+    assert img.shape == (6, 7, 8) and img.data.ndim == 3
+
+
+def _write(tmp_path: Path, name: str, data: np.ndarray, affine=None) -> Path:
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    ok = _ramp((20, 20, 20))
+    nan, inf = ok.copy(), ok.copy()
+    nan[3, 4, 5] = np.nan
+    inf[1, 1, 1] = -np.inf
+    raw = tmp_path / "ok.nii"
+    nib.save(nib.Nifti1Image(ok, np.eye(4)), str(raw))
+    body = raw.read_bytes()
+    (tmp_path / "truncated.nii").write_bytes(body[: len(body) // 2])
+    with gzip.open(tmp_path / "truncated.nii.gz", "wb") as f:
+        f.write(body[: len(body) // 2])
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image at all " * 20)
+    (tmp_path / "zero_bytes.nii").write_bytes(b"")
+    (tmp_path / "folder.nii.gz").mkdir()
+    singular = nib.Nifti1Image(ok, None)
+    singular.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)  # a zero voxel size along j
+    nib.save(singular, str(tmp_path / "singular.nii.gz"))
+    rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    return {
+        "2-D": (_write(tmp_path, "flat.nii.gz", ok[:, :, 0]), "3-D"),
+        "4-D": (_write(tmp_path, "series.nii.gz", np.stack([ok, ok], axis=-1)), "3-D"),
+        "degenerate": (_write(tmp_path, "slab.nii.gz", ok[:, :, :1]), "at least 2 voxels"),
+        "NaN": (_write(tmp_path, "nan.nii.gz", nan), "NaN"),
+        "Inf": (_write(tmp_path, "inf.nii.gz", inf), "infinite"),
+        "constant": (_write(tmp_path, "empty.nii.gz", np.full((5, 5, 5), 3.0, np.float32)), "empty"),
+        "zeros": (_write(tmp_path, "zeros.nii.gz", np.zeros((5, 5, 5), np.int16)), "empty"),
+        "singular affine": (tmp_path / "singular.nii.gz", "affine"),
+        "RGB": (_write(tmp_path, "rgb.nii.gz", rgb), "voxel type"),
+        "complex": (_write(tmp_path, "complex.nii.gz", (ok + 1j * ok).astype(np.complex64)), "voxel type"),
+        "truncated": (tmp_path / "truncated.nii", "cannot read"),
+        "truncated gz": (tmp_path / "truncated.nii.gz", "cannot read"),
+        "corrupt": (tmp_path / "junk.nii.gz", "cannot read"),
+        "zero bytes": (tmp_path / "zero_bytes.nii", "cannot read"),
+        "missing": (tmp_path / "nowhere.nii.gz", "not found"),
+        "a folder": (tmp_path / "folder.nii.gz", "not found"),
+    }
+
+
+BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "constant", "zeros", "singular affine", "RGB", "complex",
+       "truncated", "truncated gz", "corrupt", "zero bytes", "missing", "a folder"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_unusable_image_gives_one_line_input_error(case: str, tmp_path: Path) -> None:
+    path, words = _bad_files(tmp_path)[case]
+    with pytest.raises(InputError) as info:
+        load_image(path, name="moving image")
+    message = str(info.value)
+    assert "\n" not in message and message.strip() == message
+    assert message.startswith("moving image"), message
+    assert words in message, message
+    assert "Traceback" not in message and len(message) < 300
+
+
+def test_label_maps_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no non-zero label"):
+        load_image(_write(tmp_path, "l0.nii.gz", np.zeros((4, 4, 4), np.int16)), labels=True, name="labels")
+    nan = np.ones((4, 4, 4), np.float32)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        load_image(_write(tmp_path, "ln.nii.gz", nan), labels=True, name="labels")
+    # a constant non-zero label map (a mask) is fine
+    assert load_image(_write(tmp_path, "l1.nii.gz", np.ones((4, 4, 4), np.uint8)), labels=True).data.sum() == 64
+
+
+def test_validate_image_in_memory() -> None:
+    img = validate_image(Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4)[..., None, None], np.eye(4)), "x")
+    assert img.shape == (2, 3, 4) and img.data.dtype == np.float32
+    with pytest.raises(InputError, match="x must be a 3-D image"):
+        validate_image(Image(np.ones((4, 4, 4, 3)), np.eye(4)), "x")
+    with pytest.raises(InputError, match="affine"):
+        validate_image(Image(np.arange(27.0).reshape(3, 3, 3), np.full((4, 4), np.nan)), "x")

@@ -1,0 +1,224 @@
+"""Resampling through world coordinates against exact flips/permutations, an analytic smooth image,
+SimpleITK's ``Resample`` on a real template, and hand-computed smoothing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from svreg_core.image import Grid
+from svreg_core.image.normalize import robust_normalize
+from svreg_core.image.resample import antialias_sigma, gaussian_smooth, resample
+
+SHAPE = (20, 22, 18)
+
+
+def _source_affine(geo) -> np.ndarray:
+    # LAS-like, anisotropic, slightly oblique
+    return geo.make_affine(geo.rotation([0.2, 0.1, 1.0], 8.0) @ np.diag([-2.0, 1.5, 2.5]), [18.0, -16.0, -20.0])
+
+
+def _smooth(points: np.ndarray) -> np.ndarray:
+    """A smooth analytic image of world position (wavelengths >= 40 mm)."""
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    return (np.sin(2 * np.pi * x / 45.0 + 0.3) * np.cos(2 * np.pi * y / 50.0) + 0.5 * np.sin(2 * np.pi * z / 40.0)
+            + 0.01 * x).astype(np.float32)
+
+
+def _tensor(data: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(data, dtype=np.float32))[None, None]
+
+
+def _resample(data: np.ndarray, src: Grid, dst: Grid, **kw) -> np.ndarray:
+    return resample(_tensor(data), src, dst, **kw)[0, 0].numpy()
+
+
+def _targets(geo, src: Grid) -> dict[str, Grid]:
+    n = np.asarray(src.shape)
+    flip_i = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip_i[0, 3] = n[0] - 1
+    swap_ij = np.eye(4)[[1, 0, 2, 3]]
+    oblique = geo.covering_grid(src.shape, src.affine, geo.rotation([1.0, -1.0, 0.5], 25.0) * 1.7)
+    aniso = geo.covering_grid(src.shape, src.affine, np.diag([3.1, -1.2, 2.2]) @ np.eye(3)[[2, 0, 1]])
+    return {"flipped": Grid(src.shape, src.affine @ flip_i),
+            "permuted": Grid((n[1], n[0], n[2]), src.affine @ swap_ij),
+            "oblique": Grid(*oblique), "anisotropic": Grid(*aniso)}
+
+
+def test_flip_and_permutation_are_exact(geo) -> None:
+    src = Grid(SHAPE, _source_affine(geo))
+    data = np.random.default_rng(0).random(SHAPE).astype(np.float32)
+    t = _targets(geo, src)
+    np.testing.assert_allclose(_resample(data, src, t["flipped"]), data[::-1], atol=1e-4)
+    np.testing.assert_allclose(_resample(data, src, t["permuted"]), data.transpose(1, 0, 2), atol=1e-4)
+
+
+def _inside(geo, points: np.ndarray, grid: Grid, margin: float) -> np.ndarray:
+    vox = geo.to_voxel(points, grid.affine)
+    return np.all((vox >= margin) & (vox <= np.asarray(grid.shape) - 1 - margin), axis=-1)
+
+
+@pytest.mark.parametrize("name", ["oblique", "anisotropic"])
+def test_resample_follows_world_coordinates_and_back(geo, name: str) -> None:
+    src = Grid(SHAPE, _source_affine(geo))
+    data = _smooth(geo.world_points(src.shape, src.affine))
+    dst = _targets(geo, src)[name]
+    pts = geo.world_points(dst.shape, dst.affine)
+    out = _resample(data, src, dst)
+    inside = _inside(geo, pts, src, 0.0)
+    assert inside.mean() > 0.3
+    # value at each target voxel = the analytic image at its world point (up to trilinear error)
+    err = np.abs(out - _smooth(pts))[inside]
+    assert err.max() < 0.03, err.max()
+    assert np.all(out[~_inside(geo, pts, src, -1.0)] == 0)  # zero padding far outside
+    # and back onto the source grid: reproduces the original in the interior
+    back = _resample(out, dst, src)
+    interior = _inside(geo, geo.world_points(src.shape, src.affine), dst, 1.0)
+    interior &= _inside(geo, geo.world_points(src.shape, src.affine), src, 2.0)
+    assert interior.sum() > 1000
+    assert np.abs(back - data)[interior].max() < 0.05
+
+
+def test_world_transform_pulls_from_transformed_points(geo) -> None:
+    src = Grid(SHAPE, _source_affine(geo))
+    data = _smooth(geo.world_points(src.shape, src.affine))
+    dst = Grid(*geo.covering_grid(SHAPE, src.affine, np.diag([2.0, 2.0, 2.0])))
+    w = geo.make_affine(geo.rotation([0, 0, 1], 6.0), [4.0, -3.0, 2.0])
+    out = _resample(data, src, dst, world_transform=w)
+    pts = geo.world_points(dst.shape, dst.affine)
+    moved = pts @ w[:3, :3].T + w[:3, 3]
+    inside = _inside(geo, moved, src, 0.0)
+    assert np.abs(out - _smooth(moved))[inside].max() < 0.03
+    assert np.abs(out - _smooth(pts))[inside].max() > 0.2  # W really acts
+
+
+@pytest.mark.parametrize("name", ["flipped", "permuted", "oblique", "anisotropic"])
+def test_agrees_with_simpleitk_on_a_real_template(geo, name: str) -> None:
+    shape, aff = geo.brain_grid(5.0)
+    src = Grid(shape, aff)
+    data = geo.sample_template(geo.world_points(shape, aff), 2.0)
+    dst = _targets(geo, src)[name]
+    ours = _resample(data, src, dst)
+    ref = sitk.Resample(geo.sitk_image(data, aff), geo.sitk_image(np.zeros(dst.shape), dst.affine),
+                        sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat64)
+    theirs = geo.sitk_array(ref)
+    inside = _inside(geo, geo.world_points(dst.shape, dst.affine), src, 0.01)
+    assert inside.mean() > 0.3 and np.ptp(theirs[inside]) > 0.5
+    np.testing.assert_allclose(ours[inside], theirs[inside], atol=2e-4)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_gaussian_smooth_acts_on_the_named_axis(axis: int) -> None:
+    shape = (15, 17, 19)
+    delta = torch.zeros(1, 2, *shape, dtype=torch.float64)
+    centre = tuple(n // 2 for n in shape)
+    delta[(0, slice(None)) + centre] = 1.0
+    sigma = [0.0, 0.0, 0.0]
+    sigma[axis] = 1.5
+    out = gaussian_smooth(delta, tuple(sigma))[0, 0].numpy()
+    assert out.sum() == pytest.approx(1.0)
+    line = np.moveaxis(out, axis, 0)[(slice(None),) + tuple(c for a, c in enumerate(centre) if a != axis)]
+    x = np.arange(shape[axis]) - centre[axis]
+    assert line.sum() == pytest.approx(1.0)  # all mass stays on that line
+    assert np.sum(line * x ** 2) == pytest.approx(1.5 ** 2, rel=0.02)
+    torch.testing.assert_close(gaussian_smooth(delta, (0.0, 0.0, 0.0)), delta)
+
+
+def test_antialias_sigma_hand_values() -> None:
+    grid = Grid((4, 4, 4), np.diag([1.0, 2.0, 4.0, 1.0]))
+    np.testing.assert_allclose(antialias_sigma(grid, 4.0), [0.5 * np.sqrt(15), 0.5 * np.sqrt(3), 0.0])
+
+
+def test_robust_normalize() -> None:
+    rng = np.random.default_rng(0)
+    data = np.zeros((20, 20, 20), np.float32)
+    data[5:15, 5:15, 5:15] = rng.uniform(100, 200, (10, 10, 10))
+    data[10, 10, 10] = 1e6  # an outlier above the 99.5th percentile
+    out = robust_normalize(data)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
+    assert np.all(out[data == 0] == 0)
+    fg = out[5:15, 5:15, 5:15]
+    # a zero background keeps 0 as the lower end; the upper end is the 99.5th percentile (~199.5), so the
+    # outlier does not squash the range: the median 150 maps to about 0.75
+    assert np.median(fg) == pytest.approx(0.75, abs=0.02)
+    np.testing.assert_array_equal(robust_normalize(np.full((3, 3, 3), 7.0)), 0.0)
+
+
+# --------------------------------------------------------------------------- anti-aliased pyramid
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 3, 1), (4, 1, 2)])
+def test_strided_smoothing_is_smoothing_then_subsampling(stride) -> None:
+    x = torch.rand(1, 2, 17, 14, 11, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    sigma = (1.2, 0.0, 0.7)
+    full = gaussian_smooth(x, sigma)
+    strided = gaussian_smooth(x, sigma, stride=stride)
+    torch.testing.assert_close(strided, full[:, :, ::stride[0], ::stride[1], ::stride[2]])
+    # no smoothing at all: plain subsampling
+    torch.testing.assert_close(gaussian_smooth(x, (0.0, 0.0, 0.0), stride=stride),
+                               x[:, :, ::stride[0], ::stride[1], ::stride[2]])
+
+
+def _very_smooth(points: np.ndarray) -> np.ndarray:
+    """Wavelengths >= 100 mm, slope <= 0.1 per mm."""
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    return (np.sin(2 * np.pi * x / 100.0 + 0.3) + np.cos(2 * np.pi * (y - z) / 120.0)).astype(np.float32)
+
+
+def _fine_grid(geo) -> Grid:
+    # oblique, LAS-like, anisotropic 1 x 2 x 1.5 mm
+    lin = geo.rotation([0.3, -0.2, 1.0], 12.0) @ np.diag([-1.0, 2.0, 1.5])
+    return Grid((48, 26, 34), geo.make_affine(lin, [20.0, -25.0, -24.0]))
+
+
+def test_downsample_geometry_and_values(geo) -> None:
+    from svreg_core.image.resample import downsample
+
+    fine = _fine_grid(geo)
+    data = _very_smooth(geo.world_points(fine.shape, fine.affine))
+    out, grid = downsample(_tensor(data), fine, 4.0)
+    expected_grid = fine.resampled(4.0)
+    assert grid.same_as(expected_grid) and out.shape[2:] == expected_grid.shape
+    pts = geo.world_points(grid.shape, grid.affine)
+    inside = _inside(geo, pts, fine, 2.0)
+    assert inside.mean() > 0.5
+    # a very smooth image is barely changed by the anti-aliasing filter; a geometry slip of 1 mm would
+    # show as an error of about 0.1
+    err = np.abs(out[0, 0].numpy() - _very_smooth(pts))[inside]
+    assert err.max() < 0.03, err.max()
+    # already coarse enough: returned as is
+    same, same_grid = downsample(out, grid, 4.0)
+    assert same is out and same_grid is grid
+
+
+def test_downsample_removes_aliasing(geo) -> None:
+    from svreg_core.image.resample import downsample
+
+    fine = Grid((65, 20, 20), np.diag([1.0, 4.0, 4.0, 1.0]))
+    stripes = np.where(np.arange(65) % 2 == 0, 1.0, -1.0)[:, None, None] * np.ones((65, 20, 20))
+    out, grid = downsample(_tensor(stripes), fine, 4.0)
+    assert grid.shape[0] == 17  # its voxel centres fall on every 4th fine voxel, all with value +1
+    inner = out[0, 0, 2:-2]  # away from the replicate-padded ends
+    assert float(inner.abs().max()) < 0.05  # the Nyquist-frequency stripes average out ...
+    naive = resample(_tensor(stripes), fine, grid)
+    assert float(naive.abs().max()) > 0.9  # ... where plain resampling aliases them
+
+
+def test_pyramid_levels(geo) -> None:
+    from svreg_core.image.resample import downsample, pyramid
+
+    fine = _fine_grid(geo)
+    data = _tensor(_very_smooth(geo.world_points(fine.shape, fine.affine)))
+    levels = pyramid(data, fine, (8.0, 4.0, 4.0))
+    assert sorted(levels) == [4.0, 8.0]
+    for spacing, (tensor, grid) in levels.items():
+        assert grid.same_as(fine.resampled(spacing)) and tuple(tensor.shape[2:]) == grid.shape
+        pts = geo.world_points(grid.shape, grid.affine)
+        inside = _inside(geo, pts, fine, 4.0)
+        # smoothing (sigma about 2 mm, then 4 mm) and interpolation errors grow with the level
+        assert np.abs(tensor[0, 0].numpy() - _very_smooth(pts))[inside].max() < {4.0: 0.05, 8.0: 0.15}[spacing]
+    direct, _ = downsample(data, fine, 8.0)
+    coarse = levels[8.0][1]
+    inside = _inside(geo, geo.world_points(coarse.shape, coarse.affine), fine, 8.0)
+    assert np.abs(levels[8.0][0][0, 0].numpy() - direct[0, 0].numpy())[inside].max() < 0.05

@@ -1,0 +1,93 @@
+"""Registration parameters: presets, preset files (as written by ``svreg tune``), and plain errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters
+
+
+def test_presets_load() -> None:
+    for name, preset in PRESETS.items():
+        assert load_parameters(name) == preset
+        assert len(preset.level_spacings) == len(preset.iterations) > 0
+        assert 0 < preset.alpha_prime and 0 < preset.lambda_max
+    assert load_parameters("brain-mri", alpha_prime=0.05, seed=None).alpha_prime == 0.05
+    assert PRESETS["ct"].similarity == "mind" and PRESETS["brain-mri"].similarity == "lncc"
+
+
+def test_preset_file_round_trip(tmp_path: Path) -> None:
+    custom = PRESETS["lung-ct"].replace(alpha_prime=0.031, lambda_max=2.25, level_spacings=(6.0, 3.0, 1.5),
+                                        iterations=(10, 20, 30))
+    path = tmp_path / "tuned.json"
+    path.write_text(json.dumps({"base": "lung-ct", "parameters": custom.to_dict()}))
+    loaded = load_parameters(path)
+    assert loaded == custom
+    assert isinstance(loaded.level_spacings, tuple) and isinstance(loaded.iterations, tuple)
+    assert loaded.control_spacings == (6.0, 3.0, 2.0)
+    path.write_text(json.dumps({"parameters": {"level_spacings": [8, 4], "iterations": [20, 20]}}))
+    p = load_parameters(path)
+    assert p == PRESETS["brain-mri"].replace(level_spacings=(8.0, 4.0), iterations=(20, 20))
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"parameters": {"level_spacings": [8, 4], "iterations": [10]}}, "same, non-zero length"),
+    ({"parameters": {"level_spacings": [], "iterations": []}}, "non-zero length"),
+    ({"parameters": {"alpha_prime": -0.1}}, "non-negative"),
+    ({"parameters": {"lambda_max": -1}}, "non-negative"),
+    ({"parameters": {"prior": "laplace"}}, "unknown prior"),
+    ({"base": "knee-mri", "parameters": {}}, "knee-mri"),
+    ({"parameters": []}, "'parameters' object"),
+])
+def test_bad_preset_file(tmp_path: Path, doc, words: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InputError) as info:
+        load_parameters(path)
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unreadable_or_unknown_preset(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown preset 'brain'"):
+        load_parameters("brain")
+    bad = tmp_path / "p.json"
+    bad.write_text("{'single': quotes}")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_parameters(bad)
+
+
+@pytest.mark.parametrize("values", [
+    {"iterations": ["many", 3]},
+    {"level_spacings": 8},
+    {"level_spacings": ["fine", "coarse"], "iterations": [1, 1]},
+])
+def test_wrongly_typed_values_are_input_errors(tmp_path: Path, values: dict) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"parameters": values}))
+    with pytest.raises(InputError):
+        load_parameters(path)
+
+
+def test_unknown_keys_in_from_dict() -> None:
+    with pytest.raises(InputError, match="foo"):
+        RegistrationParameters.from_dict({"foo": 1})
+    with pytest.raises(InputError):
+        RegistrationParameters(similarity="cc")
+
+
+@pytest.mark.parametrize("values", [
+    pytest.param({"lncc_window": 4}),  # LNCC needs an odd window (register: ValueError)
+    pytest.param({"iterations": (-3, 4)}),  # register: UnboundLocalError
+    pytest.param({"integration_steps": -1}),  # scaling and squaring needs >= 0 steps
+    pytest.param({"learning_rate": -1.0}),  # a negative step climbs the loss
+    pytest.param({"spr": "no"}),  # a string where a bool is needed (register: TypeError)
+    {"level_spacings": (8.0, 0.0)},  # zero voxel size
+    {"min_control_spacing": 0.0},
+])
+def test_invalid_values_are_input_errors(values: dict) -> None:
+    with pytest.raises(InputError):
+        RegistrationParameters(**values)

@@ -1,0 +1,283 @@
+"""The ``svreg register`` command: a full run on a tiny real pair (subprocess), and every kind of bad
+input giving one plain ``svreg: error:`` line, exit status 2 and no output folder."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from svreg_core.cli import main
+from svreg_core.outputs import OUTPUT_FILES
+
+REPORT_METRICS = ("dice_mean", "dice", "hd95_mean", "folding_percent", "ndv_percent", "sdlogj")
+
+
+def _run(geo, *argv, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(geo.svreg_command(*argv), cwd=str(cwd), env=geo.child_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def full_run(geo, tiny_pair, fast_preset, tmp_path_factory) -> SimpleNamespace:
+    p = tiny_pair.paths
+    inputs = [p.fixed, p.moving, p.fixed_labels, p.moving_labels]
+    before = {str(f): geo.file_hash(f) for f in inputs}
+    work = tmp_path_factory.mktemp("cli_full")
+    out = work / "result"
+    proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--fixed-labels", p.fixed_labels,
+                "--moving-labels", p.moving_labels, "--preset", fast_preset, "--device", "cpu",
+                "--progress", "json", cwd=work)
+    after = {str(f): geo.file_hash(f) for f in inputs}
+    return SimpleNamespace(proc=proc, out=out, work=work, before=before, after=after)
+
+
+def test_full_run_writes_every_file(full_run, tiny_pair) -> None:
+    proc, out = full_run.proc, full_run.out
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr.lower()
+    assert sorted(p.name for p in out.iterdir()) == sorted((*OUTPUT_FILES, "warped_labels.nii.gz"))
+    assert sorted(p.name for p in full_run.work.iterdir()) == ["result"]  # no hidden .partial folder
+    lam = nib.load(str(out / "regularization.nii.gz")).get_fdata()
+    assert lam.min() > 0.0 and lam.max() <= 1.0
+    fixed = nib.load(str(tiny_pair.paths.fixed))
+    for name in ("warped", "jacobian", "warped_labels", "regularization"):
+        img = nib.load(str(out / f"{name}.nii.gz"))
+        assert img.shape == fixed.shape
+        np.testing.assert_allclose(img.affine, fixed.affine, atol=1e-4)
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_full_run_report(full_run, tiny_pair) -> None:
+    report = json.loads((full_run.out / "report.json").read_text())
+    for key in REPORT_METRICS:
+        assert key in report["metrics"], key
+    assert set(report["metrics"]["dice"]) == {"1", "2"}
+    assert report["timing"]["total_s"] > 0
+    assert report["parameters"]["level_spacings"] == [8.0, 4.0] and report["parameters"]["iterations"] == [20, 20]
+    assert report["parameters"]["affine"] is True and report["parameters"]["device"] == "cpu"
+    assert report["device"] == "cpu"
+    assert {"svreg_core", "torch", "numpy", "nibabel", "SimpleITK", "python"} <= set(report["versions"])
+    assert report["inputs"]["fixed"] == str(tiny_pair.paths.fixed)
+    assert report["metrics"]["folding_percent"] < 0.1
+
+
+def test_full_run_improves_overlap(full_run, tiny_pair) -> None:
+    """Dice after registration beats the moving labels simply resampled (SimpleITK) onto the fixed grid."""
+    p = tiny_pair.paths
+    before = sitk.Resample(sitk.ReadImage(str(p.moving_labels)), sitk.ReadImage(str(p.fixed_labels)),
+                           sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    fixed = np.asanyarray(nib.load(str(p.fixed_labels)).dataobj)
+    resampled = sitk.GetArrayFromImage(before).transpose(2, 1, 0)
+    dice_before = np.mean([2 * np.sum((fixed == k) & (resampled == k)) / (np.sum(fixed == k) + np.sum(resampled == k))
+                           for k in (1, 2)])
+    report = json.loads((full_run.out / "report.json").read_text())
+    assert report["metrics"]["dice_mean"] > dice_before + 0.03, (dice_before, report["metrics"]["dice_mean"])
+
+
+def test_full_run_transform_files_agree(full_run, geo, tiny_pair) -> None:
+    """displacement.nii.gz (T = A(x + u) as one field) and transform.h5 (A after u) map points alike."""
+    out = full_run.out
+    report = json.loads((out / "report.json").read_text())
+    a = np.asarray(report["affine_ras"])
+    assert not np.allclose(a, np.eye(4), atol=1e-3)  # the affine stage did something: the order matters
+    field = sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(out / "displacement.nii.gz")),
+                                                      sitk.sitkVectorFloat64))
+    h5 = sitk.ReadTransform(str(out / "transform.h5"))
+    shape, aff = tiny_pair.fixed.shape, tiny_pair.fixed_affine
+    ijk = np.random.default_rng(0).integers(1, np.asarray(shape) - 1, (200, 3))
+    x = geo.lps(nib.affines.apply_affine(aff, ijk))
+    by_field = np.array([field.TransformPoint(tuple(q)) for q in x])
+    by_h5 = np.array([h5.TransformPoint(tuple(q)) for q in x])
+    np.testing.assert_allclose(by_h5, by_field, atol=1e-2)
+    assert np.abs(by_field - x).max() > 1.0
+
+
+def test_full_run_json_progress(full_run) -> None:
+    lines = [line for line in full_run.proc.stdout.splitlines() if line.strip()]
+    events = [json.loads(line) for line in lines]  # every line parses
+    assert events[-1]["event"] == "done" and events[-1]["outdir"] == str(full_run.out.absolute())
+    assert "metrics" in events[-1]["report"]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert len(progress) > 5 and {e["event"] for e in events} == {"progress", "done"}
+    fractions = [e["fraction"] for e in progress]
+    assert all(0.0 <= f <= 1.0 for f in fractions)
+    assert fractions == sorted(fractions), fractions
+    stages = {e["stage"] for e in progress}
+    assert {"load", "affine", "outputs"} <= stages and any(s.startswith("deformable") for s in stages), stages
+
+
+def test_inputs_never_modified(full_run) -> None:
+    assert full_run.before == full_run.after
+
+
+# ------------------------------------------------------------------------------------ bad inputs
+
+
+def _bad_inputs(geo, pair, folder: Path) -> dict[str, Path]:
+    fixed = pair.fixed
+    aff = pair.fixed_affine
+    nan = fixed.copy()
+    nan[3, 4, 5] = np.nan
+    junk = folder / "junk.nii.gz"
+    junk.write_bytes(b"\x1f\x8b this is not really gzip data" * 10)
+    return {
+        "2-D": geo.save_nifti(fixed[:, :, 10], aff, folder / "slice.nii.gz"),
+        "4-D": geo.save_nifti(np.stack([fixed, fixed], -1), aff, folder / "series.nii.gz"),
+        "NaN": geo.save_nifti(nan, aff, folder / "nan.nii.gz"),
+        "empty": geo.save_nifti(np.zeros_like(fixed), aff, folder / "empty.nii.gz"),
+        "unreadable": junk,
+        "missing": folder / "missing.nii.gz",
+    }
+
+
+def _main(argv: list, capsys) -> tuple[int, str, str]:
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def _assert_plain_error(rc: int, err: str, *words: str) -> None:
+    assert rc == 2
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1 and lines[0].startswith("svreg: error: "), err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("case", ["2-D", "4-D", "NaN", "empty", "unreadable", "missing"])
+@pytest.mark.parametrize("role", ["fixed", "moving"])
+def test_bad_image_is_a_plain_error(geo, tiny_pair, tmp_path: Path, capsys, case: str, role: str) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    bad = _bad_inputs(geo, tiny_pair, data)[case]
+    p = tiny_pair.paths
+    fixed, moving = (bad, p.moving) if role == "fixed" else (p.fixed, bad)
+    listing = sorted(tmp_path.iterdir())
+    rc, out, err = _main(["register", fixed, moving, "-o", tmp_path / "out", "--device", "cpu"], capsys)
+    _assert_plain_error(rc, err, f"{role} image")
+    assert sorted(tmp_path.iterdir()) == listing  # no output folder, no hidden partial folder
+    assert out == ""
+
+
+def test_mismatched_labels(geo, tiny_pair, tmp_path: Path, capsys) -> None:
+    p = tiny_pair.paths
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--moving-labels", p.fixed_labels],
+                       capsys)
+    _assert_plain_error(rc, err, "moving labels", "grid")
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--fixed-labels", p.moving_labels],
+                       capsys)
+    _assert_plain_error(rc, err, "fixed labels", "grid")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output(tiny_pair, tmp_path: Path, capsys) -> None:
+    """An output path below a regular file cannot be created (works even as root)."""
+    p = tiny_pair.paths
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for target in (blocker / "out", blocker / "deeper" / "out", blocker):
+        rc, _, err = _main(["register", p.fixed, p.moving, "-o", target], capsys)
+        _assert_plain_error(rc, err)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["file.txt"] and blocker.read_text() == "x"
+
+
+def test_missing_parent_is_not_created_on_failure(tiny_pair, tmp_path: Path, capsys) -> None:
+    p = tiny_pair.paths
+    rc, _, err = _main(["register", p.fixed, tmp_path / "missing.nii.gz", "-o", tmp_path / "new" / "sub" / "out"],
+                       capsys)
+    _assert_plain_error(rc, err, "not found")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_overwrite(tiny_pair, tmp_path: Path, capsys) -> None:
+    p = tiny_pair.paths
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", out], capsys)
+    _assert_plain_error(rc, err, "--overwrite")
+    assert [x.name for x in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
+    # with --overwrite it is replaced (a very short run)
+    preset = tmp_path / "quick.json"
+    preset.write_text(json.dumps({"parameters": {"level_spacings": [12, 6], "iterations": [3, 3], "affine": False}}))
+    rc, stdout, err = _main(["register", p.fixed, p.moving, "-o", out, "--overwrite", "--preset", preset,
+                             "--device", "cpu", "--progress", "none"], capsys)
+    assert rc == 0, err
+    assert not (out / "keep.txt").exists() and (out / "warped.nii.gz").is_file()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out", "quick.json"]
+    assert "Outputs:" in stdout
+
+
+def test_output_containing_an_input_is_refused(tiny_pair, tmp_path: Path, capsys) -> None:
+    p = tiny_pair.paths
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", p.fixed.parent, "--overwrite"], capsys)
+    _assert_plain_error(rc, err, "contains the input")
+    assert p.fixed.is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_gpu(tiny_pair, tmp_path: Path, capsys) -> None:
+    p = tiny_pair.paths
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--device", "cuda"], capsys)
+    _assert_plain_error(rc, err, "CUDA")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("content, words", [
+    ({"parameters": {"lamda_max": 2.0}}, "lamda_max"),
+    ({"parameters": {"similarity": "ncc"}}, "similarity"),
+    ({"base": "knee-mri", "parameters": {}}, "knee-mri"),
+    ("{not json", "not valid JSON"),
+    ({"parameters": {"iterations": ["many", 3]}}, "wrong type"),
+])
+def test_bad_preset_file(tiny_pair, tmp_path: Path, capsys, content, words: str) -> None:
+    preset = tmp_path / "bad.json"
+    preset.write_text(content if isinstance(content, str) else json.dumps(content))
+    p = tiny_pair.paths
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--preset", preset], capsys)
+    _assert_plain_error(rc, err, words)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["bad.json"]
+
+
+def test_subprocess_error_json_mode(geo, tiny_pair, tmp_path: Path) -> None:
+    """The real command: exit status 2, one stderr line, and a JSON error event on stdout."""
+    flat = geo.save_nifti(tiny_pair.fixed[:, :, 5], tiny_pair.fixed_affine, tmp_path / "flat.nii.gz")
+    proc = _run(geo, "register", tiny_pair.paths.fixed, flat, "-o", tmp_path / "out", "--progress", "json",
+                cwd=tmp_path)
+    assert proc.returncode == 2
+    _assert_plain_error(proc.returncode, proc.stderr, "moving image", "3-D")
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert events[-1]["event"] == "error" and "3-D" in events[-1]["message"]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["flat.nii.gz"]
+
+
+def test_progress_printer_modes(capsys) -> None:
+    from svreg_core.cli import ProgressPrinter
+    from svreg_core.progress import ProgressEvent
+
+    event = ProgressEvent("affine", 3, 10, 0.25, "", {"loss": -0.5})
+    printer = ProgressPrinter("json")
+    printer(event)
+    printer.close()
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and json.loads(out[0]) == {"event": "progress", "stage": "affine", "step": 3, "total": 10,
+                                                   "fraction": 0.25, "message": "", "values": {"loss": -0.5}}
+    for mode in ("none", "auto"):  # auto is "none" when stderr is not a terminal (as under pytest)
+        printer = ProgressPrinter(mode)
+        printer(event)
+        printer.close()
+        assert capsys.readouterr() == ("", "")
+    printer = ProgressPrinter("bar")
+    printer(event)
+    printer(ProgressEvent("done", 1, 1, 1.0))
+    printer.close()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "100" in captured.err
