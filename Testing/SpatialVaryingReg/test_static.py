@@ -184,7 +184,7 @@ def test_icon_screenshot_and_license():
 
 
 def test_readme_section_has_the_self_test_command():
-    text = (MODULE / "README_SECTION.md").read_text(encoding="utf-8")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     assert "slicer.testing.runUnitTest" in text and "--testing" in text
     assert "SpatialVaryingRegLogic().register(" in text or "logic.register(" in text
     assert "outputs.png" in text and "not a" in text.lower()
