@@ -141,7 +141,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                   labels=labels)
         before = resample(torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None],
                           result.moving.grid, fixed_grid)[0, 0].numpy()
-        title = f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.3f} %"
+        title = f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %"
         if "dice_mean" in metrics:
             title += f" — mean Dice {metrics['dice_mean']:.3f}"
         write_report_figure(tmp / "report.png", fixed=result.fixed, moving_before=Image(before, result.fixed.affine),
