@@ -7,6 +7,7 @@ Labels are warped by transformix with ``FinalBSplineInterpolationOrder = 0`` (ne
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,10 @@ with C.Timer() as t:
     _, result_params = itk.elastix_registration_method(
         fixed, moving, parameter_object=params, log_to_console=False)
 
-# Displacement field on the fixed grid (LPS mm, fixed -> moving).
+# Displacement field on the fixed grid (LPS mm, fixed -> moving). transformix also writes
+# deformationField.nii into the working folder: keep that inside OUTDIR.
+args.outdir = str(Path(args.outdir).absolute())
+os.chdir(args.outdir)
 field = itk.transformix_deformation_field(moving, result_params)
 field_ijk = C.itk_array_to_ijk(np.asarray(itk.array_from_image(field), dtype=np.float32))
 C.save_displacement_lps(field_ijk, fixed_nib, Path(args.outdir, "displacement.nii.gz"))
