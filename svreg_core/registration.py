@@ -13,13 +13,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from svreg_core.conventions import ALIGN_CORNERS
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
 from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import resample, sample_at_points, world_to_source_normalized
+from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.optim.affine import affine_register
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.optim.spr import optimize_spr
@@ -73,27 +72,53 @@ class RegistrationResult:
     losses: list[dict[str, float]] = field(default_factory=list)
 
     def _world_field(self, inverse: bool = False) -> torch.Tensor:
-        """``u`` (or the displacement of ``exp(−v)``) in RAS mm, ``(1, 3, I, J, K)`` on the working grid."""
-        v = -self.velocity if inverse else self.velocity
-        disp = integrate_velocity(v, self.parameters.integration_steps)
-        lin = torch.as_tensor(self.working_grid.affine[:3, :3], dtype=disp.dtype)
-        return torch.einsum("rc,ncijk->nrijk", lin, disp)
+        """``u = exp(v)`` (or the displacement of ``exp(−v)``) in RAS mm, ``(1, 3, I, J, K)`` on the fixed grid.
+
+        The velocity is resampled (trilinear) from the working grid onto the fixed grid and integrated
+        there. Integrating at the output resolution keeps the Jacobian of the fine field positive;
+        upsampling a displacement integrated on the coarser working grid can fold single voxels.
+        """
+        fixed_grid = self.fixed.grid
+        work_to_fixed = np.linalg.solve(fixed_grid.affine[:3, :3], self.working_grid.affine[:3, :3])
+        with torch.no_grad():
+            v = resample(-self.velocity if inverse else self.velocity, self.working_grid, fixed_grid,
+                         padding_mode="border")
+            v = torch.einsum("rc,ncijk->nrijk", torch.as_tensor(work_to_fixed, dtype=v.dtype), v)
+            disp = integrate_velocity(v, self.parameters.integration_steps)
+            lin = torch.as_tensor(fixed_grid.affine[:3, :3], dtype=disp.dtype)
+            return torch.einsum("rc,ncijk->nrijk", lin, disp)
+
+    def compute_displacements(self) -> None:
+        """Fill :attr:`deformable_displacement` (``u``) and :attr:`displacement` (``T``) from velocity and affine."""
+        u = self._world_field()[0].permute(1, 2, 3, 0).numpy()
+        x = self.fixed.grid.world_points()
+        self.deformable_displacement = u.astype(np.float32)
+        self.displacement = ((x + u) @ self.affine[:3, :3].T + self.affine[:3, 3] - x).astype(np.float32)
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
-        """Map fixed-world RAS mm points ``(N, 3)`` to moving-world points: ``T(x) = A(x + u(x))``."""
+        """Map fixed-world RAS mm points ``(N, 3)`` to moving-world points: ``T(x) = A(x + u(x))``.
+
+        ``u`` is interpolated (trilinear) from :attr:`deformable_displacement`; beyond the fixed grid
+        it continues with its border values.
+        """
         pts = torch.as_tensor(np.asarray(points, dtype=np.float32)).view(1, -1, 1, 1, 3)
-        u = sample_at_points(self._world_field(), self.working_grid, pts, padding_mode="border")
+        field_ = torch.as_tensor(self.deformable_displacement).permute(3, 0, 1, 2)[None]
+        u = sample_at_points(field_, self.fixed.grid, pts, padding_mode="border")
         moved = np.asarray(points, dtype=np.float64) + u[0, :, :, 0, 0].T.double().numpy()
         return moved @ self.affine[:3, :3].T + self.affine[:3, 3]
 
     def inverse_displacement(self) -> np.ndarray:
-        """``(I, J, K, 3)`` RAS mm on the moving grid: ``T⁻¹(y) = y + d(y) = z + w(z)``, ``z = A⁻¹ y``."""
+        """``(I, J, K, 3)`` RAS mm on the moving grid: ``T⁻¹(y) = y + d(y) = z + w(z)``, ``z = A⁻¹ y``.
+
+        ``w`` is the displacement of ``exp(−v)``, integrated on the fixed grid and interpolated at ``z``
+        (border values beyond it).
+        """
         a_inv = np.linalg.inv(self.affine)
         grid = self.moving.grid
         y = grid.world_points()
         z = y @ a_inv[:3, :3].T + a_inv[:3, 3]
         pts = torch.as_tensor(z, dtype=torch.float32)[None]
-        w = sample_at_points(self._world_field(inverse=True), self.working_grid, pts, padding_mode="border")
+        w = sample_at_points(self._world_field(inverse=True), self.fixed.grid, pts, padding_mode="border")
         return (z + w[0].permute(1, 2, 3, 0).double().numpy() - y).astype(np.float32)
 
     def regularization_map(self) -> Image:
@@ -115,30 +140,15 @@ class RegistrationResult:
         """
         coords = self._moving_coords(image.grid)
         if not labels:
-            out = F.grid_sample(_tensor(image.data, torch.device("cpu")), coords, mode="bilinear",
-                                padding_mode="zeros", align_corners=ALIGN_CORNERS)
+            out = grid_sample(_tensor(image.data, torch.device("cpu")), coords)
             return Image(out[0, 0].numpy(), self.fixed.affine)
         data = np.asarray(image.data).astype(np.int32)
         if label_mode == "nearest":
-            out = F.grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest",
-                                padding_mode="zeros", align_corners=ALIGN_CORNERS)
+            out = grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest")
             return Image(out[0, 0].round().numpy().astype(np.int32), self.fixed.affine)
         if label_mode != "linear":
             raise InputError(f"unknown label interpolation {label_mode!r}; use linear or nearest.")
-        def sample(indicator: np.ndarray) -> torch.Tensor:
-            return F.grid_sample(torch.as_tensor(indicator, dtype=torch.float32)[None, None], coords,
-                                 mode="bilinear", padding_mode="zeros", align_corners=ALIGN_CORNERS)[0, 0]
-
-        # background (label 0) competes like any label; a point outside the moving image gets no label
-        best = sample(data == 0)
-        result = torch.zeros(self.fixed.shape, dtype=torch.int32)
-        for value in np.unique(data):
-            if value == 0:
-                continue
-            p = sample(data == value)
-            better = p > best
-            best = torch.where(better, p, best)
-            result[better] = int(value)
+        result = sample_labels(torch.as_tensor(data), coords).to(torch.int32)
         return Image(result.numpy(), self.fixed.affine)
 
     @property
@@ -195,17 +205,10 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     timing["deformable_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    velocity = deformable.velocity.cpu()
-    weight = deformable.weight.cpu()
     empty = np.zeros((*fixed.shape, 3), np.float32)
-    result = RegistrationResult(fixed, moving, params, affine, deformable.grid, velocity, weight,
-                                empty, empty, timing, str(device), deformable.losses)
-    with torch.no_grad():
-        u = resample(result._world_field(), deformable.grid, fixed.grid, padding_mode="border")
-    result.deformable_displacement = u[0].permute(1, 2, 3, 0).numpy().astype(np.float32)
-    x = fixed.grid.world_points()
-    moved = x + result.deformable_displacement
-    result.displacement = (moved @ affine[:3, :3].T + affine[:3, 3] - x).astype(np.float32)
+    result = RegistrationResult(fixed, moving, params, affine, deformable.grid, deformable.velocity.cpu(),
+                                deformable.weight.cpu(), empty, empty, timing, str(device), deformable.losses)
+    result.compute_displacements()
     timing["compose_s"] = time.perf_counter() - t
     timing["registration_s"] = time.perf_counter() - t0
     progress(ProgressEvent("done", 1, 1, 0.95, "registration finished"))

@@ -38,9 +38,11 @@ class Grid:
 
     def world_points(self) -> np.ndarray:
         """RAS millimetre coordinates of every voxel centre, shape ``(I, J, K, 3)``."""
-        ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in self.shape],
-                                   indexing="ij"), axis=-1)
-        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+        i, j, k = (np.arange(n, dtype=np.float64) for n in self.shape)
+        columns = self.affine[:3, :3].T  # row a: the RAS step of one voxel along axis a
+        points = i[:, None, None, None] * columns[0] + self.affine[:3, 3]
+        points = points + j[None, :, None, None] * columns[1]
+        return points + k[None, None, :, None] * columns[2]
 
     def cropped(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> "Grid":
         """The sub-lattice of voxels ``start <= (i, j, k) < stop`` (same spacing and directions)."""

@@ -5,8 +5,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from svreg_core.conventions import ALIGN_CORNERS, voxel_to_normalized
+from svreg_core.conventions import voxel_to_normalized
 from svreg_core.image.grid import Grid
+from svreg_core.image.sampling import grid_sample
 
 
 def world_to_source_normalized(points: torch.Tensor, source: Grid) -> torch.Tensor:
@@ -32,7 +33,7 @@ def sample_at_points(source: torch.Tensor, source_grid: Grid, points: torch.Tens
                      mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Sample a tensor ``(N, C, I, J, K)`` living on ``source_grid`` at RAS mm ``points`` ``(N, ..., 3)``."""
     coords = world_to_source_normalized(points, source_grid).to(source.dtype)
-    return F.grid_sample(source, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    return grid_sample(source, coords, mode=mode, padding_mode=padding_mode)
 
 
 def gaussian_smooth(tensor: torch.Tensor, sigma_voxels: tuple[float, float, float],

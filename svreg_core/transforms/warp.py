@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from svreg_core.conventions import ALIGN_CORNERS, identity_grid, voxel_displacement_to_normalized
+from svreg_core.conventions import identity_grid, voxel_displacement_to_normalized
+from svreg_core.image.sampling import grid_sample
 
 _GRID_CACHE: dict[tuple, torch.Tensor] = {}
 
@@ -33,7 +33,7 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, *, mode: str = "biline
                          f"{tuple(displacement.shape[2:])} differ")
     grid = _identity(tuple(image.shape[2:]), image.device, displacement.dtype)
     grid = grid + voxel_displacement_to_normalized(displacement)
-    return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    return grid_sample(image, grid, mode=mode, padding_mode=padding_mode)
 
 
 def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:

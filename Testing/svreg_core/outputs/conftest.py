@@ -7,10 +7,8 @@ import torch
 from scipy import ndimage
 
 from svreg_core.image import Grid, Image
-from svreg_core.image.resample import resample
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.registration import RegistrationResult
-from svreg_core.transforms import integrate_velocity
 
 
 def _smooth_image(points: np.ndarray) -> np.ndarray:
@@ -40,12 +38,5 @@ def synthetic_result(geo) -> RegistrationResult:
     result = RegistrationResult(fixed=fixed, moving=moving, parameters=params, affine=a, working_grid=work,
                                 velocity=velocity, weight=weight, displacement=empty, deformable_displacement=empty,
                                 timing={"registration_s": 1.0}, device="cpu")
-    # u = exp(v) in RAS mm on the working grid, resampled (trilinear) onto the fixed grid, as register() does
-    with torch.no_grad():
-        disp = integrate_velocity(velocity, params.integration_steps)
-        world = torch.einsum("rc,ncijk->nrijk", torch.as_tensor(work.affine[:3, :3], dtype=disp.dtype), disp)
-        u = resample(world, work, fixed.grid, padding_mode="border")[0].permute(1, 2, 3, 0).numpy()
-    x = geo.world_points(f_shape, f_aff)
-    result.deformable_displacement = u.astype(np.float32)
-    result.displacement = ((x + u) @ a[:3, :3].T + a[:3, 3] - x).astype(np.float32)
+    result.compute_displacements()
     return result

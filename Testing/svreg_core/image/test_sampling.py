@@ -1,0 +1,97 @@
+"""Chunked grid_sample against torch's own call, and label voting against one-hot interpolation."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from svreg_core.conventions import ALIGN_CORNERS, identity_grid
+from svreg_core.image import sampling
+from svreg_core.image.sampling import grid_sample, sample_labels
+
+
+@pytest.fixture
+def two_threads():
+    """Two torch threads, so the chunked path runs even where torch would use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _problem(seed: int, shape=(23, 19, 17), points=(41, 37, 29)):
+    gen = torch.Generator().manual_seed(seed)
+    source = torch.randn(1, 3, *shape, generator=gen, dtype=torch.float64)
+    coords = torch.rand(1, *points, 3, generator=gen, dtype=torch.float64) * 2.4 - 1.2  # some outside
+    return source, coords
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_chunked_forward_is_bitwise_torch(two_threads, mode, padding_mode) -> None:
+    source, coords = _problem(0)
+    assert sampling._chunks(source, coords) == 2  # 41*37*29 points, not a multiple of 2
+    ours = grid_sample(source, coords, mode=mode, padding_mode=padding_mode)
+    ref = F.grid_sample(source, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    assert ours.shape == ref.shape == (1, 3, 41, 37, 29)
+    assert torch.equal(ours, ref)
+
+
+def test_chunked_gradients_match_torch(two_threads) -> None:
+    source, coords = _problem(1)
+    weights = torch.randn(1, 3, *coords.shape[1:-1], dtype=torch.float64)
+    grads = []
+    for sample in (grid_sample, lambda s, c: F.grid_sample(s, c, align_corners=ALIGN_CORNERS)):
+        s = source.clone().requires_grad_(True)
+        c = coords.clone().requires_grad_(True)
+        (sample(s, c) * weights).sum().backward()
+        grads.append((s.grad, c.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
+
+
+def test_small_or_batched_inputs_use_one_call(two_threads) -> None:
+    source, coords = _problem(2, points=(10, 10, 10))
+    assert sampling._chunks(source, coords) == 1
+    batched = source.expand(2, -1, -1, -1, -1)
+    assert sampling._chunks(batched, torch.zeros(2, 64, 64, 64, 3)) == 1
+
+
+def _one_hot_reference(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Each label's indicator interpolated (zeros outside), argmax with ties to the smaller label."""
+    values = torch.unique(labels)  # ascending
+    best = torch.full(coords.shape[1:-1], -1.0, dtype=torch.float64)
+    result = torch.zeros(coords.shape[1:-1], dtype=torch.long)
+    for value in values:
+        p = F.grid_sample((labels == value).double()[None, None], coords, align_corners=ALIGN_CORNERS)[0, 0]
+        better = p > best + 1e-12
+        best = torch.where(better, p, best)
+        result[better] = value
+    result[best <= 0] = 0  # no neighbour inside the grid
+    return result
+
+
+def test_sample_labels_matches_one_hot_interpolation() -> None:
+    gen = torch.Generator().manual_seed(3)
+    labels = torch.randint(0, 4, (9, 8, 7), generator=gen) * 10
+    labels[:, :, :3] = 70  # a large region: most points are unanimous
+    coords = torch.rand(1, 20, 21, 22, 3, generator=gen, dtype=torch.float64) * 2.6 - 1.3
+    out = sample_labels(labels, coords)
+    assert out.shape == (20, 21, 22) and out.dtype == torch.long
+    assert torch.equal(out, _one_hot_reference(labels, coords))
+
+
+def test_sample_labels_hand_computed() -> None:
+    # a 2 x 1 x 1 grid: labels 5 (i = 0) and 9 (i = 1); voxel positions i = 0.3, 0.5, 0.7, 1.4 (outside half)
+    labels = torch.tensor([5, 9]).view(2, 1, 1)
+    i = torch.tensor([0.3, 0.5, 0.7, 1.4, 2.5], dtype=torch.float64)
+    coords = torch.zeros(1, 5, 1, 1, 3, dtype=torch.float64)
+    coords[..., 2] = (i * 2.0 - 1.0).view(1, 5, 1, 1)  # normalised i, last channel
+    # 0.3 -> 5 (0.7 vs 0.3); 0.5 -> tie -> 5; 0.7 -> 9; 1.4 -> only voxel 1 inside (weight 0.6) -> 9; 2.5 -> none -> 0
+    assert sample_labels(labels, coords).flatten().tolist() == [5, 5, 9, 9, 0]
+
+
+def test_sample_labels_identity_keeps_the_map() -> None:
+    gen = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, 50, (12, 11, 10), generator=gen)
+    assert torch.equal(sample_labels(labels, identity_grid(labels.shape, dtype=torch.float64)), labels)
