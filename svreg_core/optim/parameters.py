@@ -33,6 +33,8 @@ class RegistrationParameters:
             a level's control grid has voxel size ``max(level spacing, min_control_spacing)``.
         learning_rate: Adam step for the velocity field (voxels of the working grid).
         lambda_learning_rate: Adam step for the λ logits.
+        final_learning_rate_fraction: both Adam steps fall linearly over each level to this fraction of
+            their initial value at its last iteration (1 = constant steps).
         lncc_window: LNCC window width in voxels.
         integration_steps: scaling-and-squaring steps.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
@@ -46,10 +48,11 @@ class RegistrationParameters:
     lambda_max: float = 1.0
     affine: bool = True
     level_spacings: tuple[float, ...] = (4.0, 2.0)
-    iterations: tuple[int, ...] = (120, 60)
+    iterations: tuple[int, ...] = (80, 50)
     min_control_spacing: float = 2.0
     learning_rate: float = 1.5
     lambda_learning_rate: float = 0.05
+    final_learning_rate_fraction: float = 0.1
     lncc_window: int = 5
     integration_steps: int = 5
     device: str = "auto"
@@ -60,7 +63,7 @@ class RegistrationParameters:
             object.__setattr__(self, "level_spacings", tuple(float(s) for s in self.level_spacings))
             object.__setattr__(self, "iterations", tuple(int(n) for n in self.iterations))
             for name in ("alpha_prime", "lambda_max", "min_control_spacing", "learning_rate",
-                         "lambda_learning_rate"):
+                         "lambda_learning_rate", "final_learning_rate_fraction"):
                 object.__setattr__(self, name, float(getattr(self, name)))
             for name in ("lncc_window", "integration_steps", "seed"):
                 value = getattr(self, name)
@@ -87,6 +90,8 @@ class RegistrationParameters:
             raise InputError("alpha_prime and lambda_max must be non-negative.")
         if self.learning_rate <= 0 or self.lambda_learning_rate <= 0:
             raise InputError("learning rates must be positive.")
+        if not 0.0 < self.final_learning_rate_fraction <= 1.0:
+            raise InputError("final_learning_rate_fraction must be in (0, 1].")
         if self.lncc_window < 1 or self.lncc_window % 2 == 0:
             raise InputError(f"lncc_window must be an odd number of voxels, not {self.lncc_window}.")
         if self.integration_steps < 0:

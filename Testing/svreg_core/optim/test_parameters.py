@@ -87,6 +87,8 @@ def test_unknown_keys_in_from_dict() -> None:
     pytest.param({"spr": "no"}),  # a string where a bool is needed (register: TypeError)
     {"level_spacings": (8.0, 0.0)},  # zero voxel size
     {"min_control_spacing": 0.0},
+    {"final_learning_rate_fraction": 0.0},  # the last iterations would not move
+    {"final_learning_rate_fraction": 1.5},  # steps would grow over the level
 ])
 def test_invalid_values_are_input_errors(values: dict) -> None:
     with pytest.raises(InputError):

@@ -1,0 +1,78 @@
+"""Pieces of the pairwise SPR optimiser: parameter smoothing, foreground box, control-grid upsampling."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from svreg_core.image import Grid
+from svreg_core.optim.spr import _linear_decay, _Upsampler, foreground_box, smooth_parameters
+
+
+def test_smoothing_of_a_delta_is_the_separable_kernel() -> None:
+    x = torch.zeros(1, 1, 9, 9, 9, dtype=torch.float64)
+    x[0, 0, 4, 4, 4] = 1.0
+    taps = torch.tensor([1.0, 3.0, 6.0, 7.0, 6.0, 3.0, 1.0], dtype=torch.float64) / 27.0
+    expected = torch.zeros(9, dtype=torch.float64)
+    expected[1:8] = taps
+    outer = expected[:, None, None] * expected[None, :, None] * expected[None, None, :]
+    torch.testing.assert_close(smooth_parameters(x)[0, 0], outer)
+
+
+def test_smoothing_border_replicates() -> None:
+    # a delta at index 0 of an axis: the replicated border sums the taps that fall outside
+    x = torch.zeros(1, 1, 10, 1, 1, dtype=torch.float64)
+    x[0, 0, 0] = 1.0
+    out = smooth_parameters(x)[0, 0, :, 0, 0]
+    expected = torch.tensor([17.0, 10.0, 4.0, 1.0, 0, 0, 0, 0, 0, 0], dtype=torch.float64) / 27.0
+    torch.testing.assert_close(out, expected)
+
+
+def test_smoothing_keeps_constants_and_equals_three_box_filters_inside() -> None:
+    const = torch.full((1, 3, 7, 8, 9), 2.5)
+    torch.testing.assert_close(smooth_parameters(const), const)
+    x = torch.randn(1, 2, 20, 21, 22, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    box = x
+    for _ in range(3):
+        box = F.avg_pool3d(box, 3, stride=1)  # valid part only: 3 voxels lost per side after three passes
+    torch.testing.assert_close(smooth_parameters(x)[:, :, 3:-3, 3:-3, 3:-3], box)
+
+
+def test_smoothing_gradient() -> None:
+    x = torch.randn(1, 1, 5, 6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(smooth_parameters, (x,))
+
+
+def test_foreground_box_adds_the_margin_in_mm() -> None:
+    grid = Grid((40, 30, 20), np.diag([2.0, 2.0, 2.0, 1.0]))
+    image = torch.zeros(1, 1, 40, 30, 20)
+    image[0, 0, 10:20, 5:15, 8:12] = 1.0
+    box = foreground_box(image, grid, margin_mm=4.0)
+    assert box.shape == (14, 14, 8)  # voxels 10..19, 5..14, 8..11 plus 2 voxels (4 mm) each side
+    np.testing.assert_allclose(box.affine[:3, 3], [16.0, 6.0, 12.0])
+    assert foreground_box(torch.zeros(1, 1, 40, 30, 20), grid, 4.0) is grid  # nothing to crop to
+
+
+def test_upsampler_rescales_voxel_units() -> None:
+    image = Grid((9, 9, 9), np.eye(4))
+    control = image.resampled(2.0)
+    up = _Upsampler(control, image, torch.device("cpu"))
+    disp = torch.ones(1, 3, *control.shape)  # one control voxel = 2 image voxels
+    out = up(disp)
+    assert out.shape == (1, 3, 9, 9, 9)
+    torch.testing.assert_close(out, torch.full_like(out, 2.0))
+    assert _Upsampler(image, image, torch.device("cpu"))(disp) is disp
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 5), (1, 1, 8)])
+def test_smoothing_shapes(shape) -> None:
+    x = torch.randn(2, 3, *shape)
+    assert smooth_parameters(x).shape == x.shape
+
+
+def test_learning_rate_decays_linearly_over_a_level() -> None:
+    factor = _linear_decay(11, 0.1)
+    assert [round(factor(it), 6) for it in (0, 5, 10, 20)] == [1.0, 0.55, 0.1, 0.1]
+    assert _linear_decay(1, 0.1)(0) == 1.0  # a one-iteration level keeps its step
+    assert _linear_decay(50, 1.0)(30) == 1.0
