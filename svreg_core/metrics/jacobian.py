@@ -66,8 +66,9 @@ def _mask_or_all(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
 
 def _det3(a0: np.ndarray, a1: np.ndarray, a2: np.ndarray) -> np.ndarray:
     """Determinant of the 3x3 matrices whose columns are ``a0, a1, a2`` (each ``(..., 3)``)."""
-    cross = np.cross(a1, a2)
-    return np.einsum("...c,...c->...", a0, cross)
+    return (a0[..., 0] * (a1[..., 1] * a2[..., 2] - a1[..., 2] * a2[..., 1])
+            + a0[..., 1] * (a1[..., 2] * a2[..., 0] - a1[..., 0] * a2[..., 2])
+            + a0[..., 2] * (a1[..., 0] * a2[..., 1] - a1[..., 1] * a2[..., 0]))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,9 +140,11 @@ def _ndv_slab(qp: np.ndarray, a: int, b: int) -> np.ndarray:
     # 8 corner tetrahedra: columns are the forward (+) or backward (-) difference along each axis.
     for c1 in (forward[1], backward[1]):
         for c2 in (forward[2], backward[2]):
-            cross = np.cross(c1, c2)
+            cross = [c1[..., 1] * c2[..., 2] - c1[..., 2] * c2[..., 1],
+                     c1[..., 2] * c2[..., 0] - c1[..., 0] * c2[..., 2],
+                     c1[..., 0] * c2[..., 1] - c1[..., 1] * c2[..., 0]]
             for c0 in (forward[0], backward[0]):
-                add(np.einsum("...c,...c->...", c0, cross))
+                add(c0[..., 0] * cross[0] + c0[..., 1] * cross[1] + c0[..., 2] * cross[2])
     # 2 central tetrahedra (the cube's two inscribed regular tetrahedra, identity det = 2):
     # j1*: vertex x with x-e0-e1, x-e0-e2, x-e1-e2 (in the cube [x-1, x]);
     # j2*: vertex x with x+e0+e1, x+e1+e2, x+e0+e2 (in the cube [x, x+1]).
