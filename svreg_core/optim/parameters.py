@@ -48,9 +48,9 @@ class RegistrationParameters:
     lambda_max: float = 1.0
     affine: bool = True
     level_spacings: tuple[float, ...] = (4.0, 2.0)
-    iterations: tuple[int, ...] = (80, 50)
+    iterations: tuple[int, ...] = (80, 60)
     min_control_spacing: float = 2.0
-    learning_rate: float = 1.5
+    learning_rate: float = 2.0
     lambda_learning_rate: float = 0.05
     final_learning_rate_fraction: float = 0.1
     lncc_window: int = 5
