@@ -6,7 +6,6 @@ moving world. ``warped(x) = moving(T(x))``.
 """
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,9 +178,6 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
                 raise InputError(f"{name} must be on the same grid as its image "
                                  f"({mask.shape} vs {ref.shape}, or different affines).")
     device = resolve_device(params.device)
-    torch.manual_seed(params.seed)
-    np.random.seed(params.seed)
-    random.seed(params.seed)
     timing: dict[str, float] = {}
 
     progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))

@@ -158,6 +158,22 @@ def test_deterministic_with_fixed_seed(tiny_pair) -> None:
     assert np.abs(a.displacement).max() > 1.0
 
 
+def test_register_leaves_the_global_random_generators_alone(tiny_pair) -> None:
+    """A training loop calls register() many times: it must not reseed torch, numpy or random."""
+    import random
+
+    fixed, moving = _images(tiny_pair)
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    register(fixed, moving, FAST.replace(level_spacings=(12.0,), iterations=(3,), seed=7))
+    after = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    assert torch.equal(before[0], after[0])
+    np.testing.assert_array_equal(before[1], after[1])
+    assert before[2] == after[2]
+
+
 def test_register_input_errors(tiny_pair) -> None:
     fixed, moving = _images(tiny_pair)
     bad = Image(np.where(np.arange(fixed.data.size).reshape(fixed.shape) == 7, np.nan, fixed.data), fixed.affine)

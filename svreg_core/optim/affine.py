@@ -6,7 +6,7 @@ import torch
 
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import pyramid, resample, sample_at_points, target_world_points
-from svreg_core.optim.spr import build_similarity
+from svreg_core.losses import get_similarity
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 
 #: Working-grid voxel sizes (mm) and Adam iterations of the affine pyramid.
@@ -65,7 +65,7 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
         moving_s, moving_l_grid = moving_levels[spacing]
         mask_l = None if fixed_mask is None else (resample(fixed_mask.float(), fixed_grid, grid) > 0.5).float()
         points = target_world_points(grid, device=device, dtype=torch.float64)
-        sim = build_similarity(similarity, window=5)
+        sim = get_similarity(similarity, window=5) if similarity == "lncc" else get_similarity(similarity)
         for it in range(iterations):
             optimizer.zero_grad()
             m = _matrix(linear, translation, centre)

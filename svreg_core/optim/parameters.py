@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from svreg_core.errors import InputError
+from svreg_core.losses.spr import SPRLoss
 
 SIMILARITIES = ("lncc", "mse", "mind")
 PRIORS = ("beta", "gaussian")
@@ -38,7 +39,8 @@ class RegistrationParameters:
         lncc_window: LNCC window width in voxels.
         integration_steps: scaling-and-squaring steps.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        seed: random seed (torch and numpy).
+        seed: random seed of stochastic components (training, synthesis); the pairwise optimiser is
+            deterministic and does not draw random numbers.
     """
 
     similarity: str = "lncc"
@@ -101,6 +103,11 @@ class RegistrationParameters:
     def control_spacings(self) -> tuple[float, ...]:
         """Voxel size (mm) of each level's control grid."""
         return tuple(max(s, self.min_control_spacing) for s in self.level_spacings)
+
+    def spr_loss(self) -> SPRLoss:
+        """The SPR loss these parameters define (similarity, prior, α′, λ_max, spatially varying or not)."""
+        return SPRLoss(similarity=self.similarity, lncc_window=self.lncc_window, prior=self.prior,
+                       alpha_prime=self.alpha_prime, lambda_max=self.lambda_max, spr=self.spr)
 
     def replace(self, **changes: Any) -> "RegistrationParameters":
         return dataclasses.replace(self, **changes)

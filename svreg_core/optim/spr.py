@@ -17,12 +17,10 @@ import numpy as np
 import torch
 
 from svreg_core.image.grid import Grid
-from svreg_core.image.resample import pyramid, resample, target_world_points, world_to_source_normalized
-from svreg_core.image.sampling import grid_sample
-from svreg_core.losses import get_similarity, neg_log_prior, weighted_diffusion
+from svreg_core.image.resample import pyramid, resample
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
-from svreg_core.transforms import integrate_velocity, warp
+from svreg_core.transforms.field import GridTransfer
 
 #: Initial λ (before the data pull it down where the image needs to deform).
 INITIAL_WEIGHT = 0.95
@@ -43,11 +41,6 @@ class DeformableResult:
     velocity: torch.Tensor
     weight: torch.Tensor
     losses: list[dict[str, float]] = field(default_factory=list)
-
-
-def build_similarity(name: str, window: int):
-    """The similarity loss ``name``; ``window`` (voxels) applies to LNCC only."""
-    return get_similarity(name, window=window) if name == "lncc" else get_similarity(name)
 
 
 #: Three passes of a 3-voxel box filter, as one separable 7-tap kernel (the binomial-like [1,3,6,7,6,3,1]/27).
@@ -77,31 +70,16 @@ def smooth_parameters(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _to_grid(field_: torch.Tensor, source: Grid, target: Grid, *, vector: bool) -> torch.Tensor:
-    """Move a field between two working grids; voxel-unit vectors are rescaled to the target's voxels."""
+    """Move a field between two grids; voxel-unit vectors are re-expressed in the target's voxels.
+
+    The grids may differ in spacing and in axis directions (e.g. a network's RAS grid → a control grid).
+    """
     out = resample(field_, source, target, padding_mode="border")
     if vector:
-        out = out * float(source.spacing[0] / target.spacing[0])
+        source_to_target = np.linalg.solve(target.affine[:3, :3], source.affine[:3, :3])
+        out = torch.einsum("rc,ncijk->nrijk", torch.as_tensor(source_to_target, dtype=out.dtype,
+                                                              device=out.device), out)
     return out
-
-
-class _Upsampler:
-    """Trilinear transfer of a control-grid displacement to the image grid (vectors rescaled to image voxels)."""
-
-    def __init__(self, control: Grid, image: Grid, device: torch.device) -> None:
-        self.coords = None
-        if control.same_as(image):
-            return
-        points = target_world_points(image, device=device, dtype=torch.float64)
-        self.coords = world_to_source_normalized(points, control).float()
-        # both grids share axis directions: control voxels -> image voxels, per axis
-        self.scale = torch.as_tensor(control.spacing / image.spacing, dtype=torch.float32,
-                                     device=device).view(1, 3, 1, 1, 1)
-
-    def __call__(self, disp: torch.Tensor) -> torch.Tensor:
-        if self.coords is None:
-            return disp
-        out = grid_sample(disp, self.coords, padding_mode="border")
-        return out * self.scale
 
 
 def foreground_box(image: torch.Tensor, grid: Grid, margin_mm: float, threshold: float = 0.01) -> Grid:
@@ -135,6 +113,7 @@ def _linear_decay(iterations: int, final_fraction: float):
 def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                  affine: np.ndarray, params: RegistrationParameters, *,
                  fixed_mask: torch.Tensor | None = None, moving_mask: torch.Tensor | None = None,
+                 initial: DeformableResult | None = None,
                  progress: ProgressCallback = no_progress, progress_span: tuple[float, float] = (0.0, 1.0),
                  ) -> DeformableResult:
     """Optimise ``v`` and λ so that ``moving(A(x + u(x)))`` matches ``fixed(x)``, ``u = exp(v)``.
@@ -144,14 +123,20 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         affine: 4x4 RAS->RAS pre-alignment ``A`` (fixed world -> moving world).
         params: similarity, λ prior and strengths, pyramid, step sizes.
         fixed_mask, moving_mask: optional masks on the fixed / moving grids.
+        initial: start from this velocity and λ (e.g. a network's prediction, *refinement*) instead of
+            ``v = 0``, λ = :data:`INITIAL_WEIGHT`; λ is taken through its logit, clamped to (0, 1).
     """
-    sim = build_similarity(params.similarity, params.lncc_window)
+    loss_fn = params.spr_loss()
     device = fixed.device
     total = sum(params.iterations)
     done = 0
     lo, hi = progress_span
     velocity = weight_logit = None
     prev_grid: Grid | None = None
+    if initial is not None:
+        prev_grid = initial.grid
+        velocity = initial.velocity.to(device=device, dtype=torch.float32)
+        weight_logit = torch.logit(initial.weight.to(device=device, dtype=torch.float32).clamp(1e-4, 1 - 1e-4))
     losses: list[dict[str, float]] = []
     fixed_levels = pyramid(fixed, fixed_grid, params.level_spacings)
     moving_levels = pyramid(moving, moving_grid, params.level_spacings)
@@ -163,7 +148,7 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         fixed_l = _crop(fixed_full, level_grid, image_grid)
         moving_l = resample(*moving_levels[spacing], image_grid, affine)
         grid = image_grid if np.allclose(image_grid.spacing, control) else image_grid.resampled(control)
-        upsample = _Upsampler(grid, image_grid, device)
+        transfer = GridTransfer(grid, image_grid, device)
         stage = f"deformable {spacing:g} mm"
         mask_f = None if fixed_mask is None else resample(fixed_mask.float(), fixed_grid, image_grid)
         mask_m = None if moving_mask is None else resample(moving_mask.float(), moving_grid, image_grid, affine)
@@ -185,32 +170,20 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
                                                                               params.final_learning_rate_fraction))
         for it in range(iterations):
             optimizer.zero_grad(set_to_none=True)
-            disp = integrate_velocity(smooth_parameters(velocity), params.integration_steps)
-            disp_image = upsample(disp)
-            warped = warp(moving_l, disp_image)
-            mask = mask_f
-            if mask_m is not None:
-                warped_mask = warp(mask_m, disp_image)
-                mask = warped_mask if mask is None else mask * warped_mask
-            loss_sim = sim(fixed_l, warped, mask)
-            if params.spr:
-                weight = torch.sigmoid(smooth_parameters(weight_logit))
-                loss_prior = neg_log_prior(params.prior, weight, params.alpha_prime)
-            else:
-                weight = torch.ones_like(weight_logit)
-                loss_prior = torch.zeros((), device=device)
-            loss_reg = params.lambda_max * weighted_diffusion(disp, weight)
-            loss = loss_sim + loss_reg + loss_prior
-            loss.backward()
+            weight = torch.sigmoid(smooth_parameters(weight_logit)) if params.spr else None
+            terms, _ = loss_fn.evaluate(fixed_l, moving_l, smooth_parameters(velocity), weight,
+                                        integration_steps=params.integration_steps, transfer=transfer,
+                                        fixed_mask=mask_f, moving_mask=mask_m)
+            terms["total"].backward()
             optimizer.step()
             schedule.step()
             done += 1
             if it % 5 == 0 or it == iterations - 1:
                 progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,
-                                       values={"similarity": loss_sim.item(), "regularization": loss_reg.item(),
-                                               "prior": loss_prior.item()}))
-        losses.append({"spacing_mm": spacing, "similarity": loss_sim.item(), "regularization": loss_reg.item(),
-                       "prior": loss_prior.item()})
+                                       values={name: terms[name].item()
+                                               for name in ("similarity", "regularization", "prior")}))
+        losses.append({"spacing_mm": spacing, **{name: terms[name].item()
+                                                 for name in ("similarity", "regularization", "prior")}})
         prev_grid = grid
     with torch.no_grad():
         velocity = smooth_parameters(velocity.detach())

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import nibabel as nib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.colors import TwoSlopeNorm  # noqa: E402
-
-from svreg_core.image.image import Image  # noqa: E402
+from svreg_core.image.image import Image
 
 
 def to_ras_array(image: Image) -> np.ndarray:
@@ -51,7 +49,10 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
         ("λ(x) regularization", arrays["lambda"], dict(cmap="viridis", vmin=0, vmax=1)),
         ("det J", arrays["jacobian"], dict(cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1.0, vmin=0.0, vmax=2.0))),
     ]
-    fig, axes = plt.subplots(3, len(columns), figsize=(2.4 * len(columns), 7.6), constrained_layout=True)
+    # an explicit Agg figure: no pyplot, so importing or calling this never touches matplotlib's global backend
+    fig = Figure(figsize=(2.4 * len(columns), 7.6), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, len(columns))
     for c, (name, vol, style) in enumerate(columns):
         for r, sl in enumerate(_slices(vol, centre)):
             im = axes[r, c].imshow(sl, origin="lower", interpolation="nearest", **style)
@@ -65,5 +66,4 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(str(path), dpi=90)
-    plt.close(fig)
     return Path(path)

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from svreg_core.image import Grid
-from svreg_core.optim.spr import _linear_decay, _Upsampler, foreground_box, smooth_parameters
+from svreg_core.optim.spr import _linear_decay, foreground_box, smooth_parameters
+from svreg_core.transforms.field import GridTransfer
 
 
 def test_smoothing_of_a_delta_is_the_separable_kernel() -> None:
@@ -54,15 +55,15 @@ def test_foreground_box_adds_the_margin_in_mm() -> None:
     assert foreground_box(torch.zeros(1, 1, 40, 30, 20), grid, 4.0) is grid  # nothing to crop to
 
 
-def test_upsampler_rescales_voxel_units() -> None:
+def test_grid_transfer_rescales_voxel_units() -> None:
     image = Grid((9, 9, 9), np.eye(4))
     control = image.resampled(2.0)
-    up = _Upsampler(control, image, torch.device("cpu"))
+    up = GridTransfer(control, image, torch.device("cpu"))
     disp = torch.ones(1, 3, *control.shape)  # one control voxel = 2 image voxels
     out = up(disp)
     assert out.shape == (1, 3, 9, 9, 9)
     torch.testing.assert_close(out, torch.full_like(out, 2.0))
-    assert _Upsampler(image, image, torch.device("cpu"))(disp) is disp
+    assert GridTransfer(image, image, torch.device("cpu"))(disp) is disp
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 5), (1, 1, 8)])
@@ -76,3 +77,27 @@ def test_learning_rate_decays_linearly_over_a_level() -> None:
     assert [round(factor(it), 6) for it in (0, 5, 10, 20)] == [1.0, 0.55, 0.1, 0.1]
     assert _linear_decay(1, 0.1)(0) == 1.0  # a one-iteration level keeps its step
     assert _linear_decay(50, 1.0)(30) == 1.0
+
+
+def test_refinement_starts_from_the_given_fields(geo) -> None:
+    """``initial`` replaces v = 0: with a single tiny step the result stays at the given velocity and λ."""
+    from svreg_core.image import Grid
+    from svreg_core.optim.parameters import RegistrationParameters
+    from svreg_core.optim.spr import DeformableResult, optimize_spr
+
+    grid = Grid((16, 16, 16), np.diag([2.0, 2.0, 2.0, 1.0]))
+    g = torch.Generator().manual_seed(0)
+    fixed = torch.rand(1, 1, 16, 16, 16, generator=g)
+    moving = torch.rand(1, 1, 16, 16, 16, generator=g)
+    # a RAS network grid with a different axis order and origin than the fixed grid
+    ras = Grid((16, 16, 16), np.array([[0, 2.0, 0, 0], [2.0, 0, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]]))
+    velocity = torch.zeros(1, 3, 16, 16, 16)
+    velocity[:, 0] = 0.5  # along ras axis i = world y = fixed axis j
+    initial = DeformableResult(ras, velocity, torch.full((1, 1, 16, 16, 16), 0.6))
+    params = RegistrationParameters(level_spacings=(2.0,), iterations=(1,), learning_rate=1e-6,
+                                    lambda_learning_rate=1e-6, affine=False)
+    result = optimize_spr(fixed, grid, moving, grid, np.eye(4), params, initial=initial)
+    inner = result.velocity[:, :, 4:-4, 4:-4, 4:-4]
+    torch.testing.assert_close(inner[:, 1], torch.full_like(inner[:, 1], 0.5), atol=1e-4, rtol=0)
+    torch.testing.assert_close(inner[:, 0], torch.zeros_like(inner[:, 0]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(result.weight, torch.full_like(result.weight, 0.6), atol=1e-3, rtol=0)
