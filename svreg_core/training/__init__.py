@@ -1,0 +1,1 @@
+"""Training of learned SPR registration networks: training data (synthesis, sources, datasets)."""

@@ -1,0 +1,606 @@
+"""Training samples for registration networks, all on one training grid.
+
+A *training grid* is RAS-aligned, isotropic (``grid_spacing`` mm) and of a fixed ``grid_shape``,
+centred on the foreground of the sample's reference image (:func:`svreg_core.image.network_grid.network_grid`),
+the same kind of grid a network sees at inference. A sample is a dict:
+
+* ``"fixed"``, ``"moving"``: ``(1, I, J, K)`` float32 in ``[0, 1]``;
+* ``"fixed_labels"``, ``"moving_labels"`` (when known): ``(I, J, K)`` int64 label maps on the same grid;
+* ``"name"``: a string naming the sample.
+
+Real images are normalised with :func:`svreg_core.image.normalize.robust_normalize` on their own grid,
+smoothed and subsampled to the grid spacing (anti-aliasing), then resampled trilinearly onto the
+training grid; label maps are resampled by trilinear one-hot voting
+(:func:`svreg_core.image.sampling.sample_labels`).
+
+Randomness: every random draw of sample ``index`` during epoch ``epoch`` comes from a
+:class:`torch.Generator` seeded by ``(seed, epoch, index)`` (:func:`sample_generator`), so samples do
+not depend on which DataLoader worker makes them, nor on the order. Call ``set_epoch`` before each
+epoch (the DataLoader hands fresh copies of the dataset to its workers at every epoch unless
+``persistent_workers=True``). Datasets hold only paths, numpy arrays and plain values, so they pickle
+into worker processes; mix several with :class:`torch.utils.data.ConcatDataset`.
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from svreg_core.errors import InputError
+from svreg_core.image import Grid, Image, load_image
+from svreg_core.image.network_grid import network_grid
+from svreg_core.image.normalize import robust_normalize
+from svreg_core.image.resample import (downsample, resample, sample_at_points, target_world_points,
+                                       world_to_source_normalized)
+from svreg_core.image.sampling import sample_labels
+from svreg_core.optim.affine import affine_register
+from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
+from svreg_core.training.sources import NIFTI_SUFFIXES, TemplateSpec, is_nifti
+from svreg_core.training.synthesis import (SynthesisConfig, augment_intensity, random_deformation, skull_strip,
+                                           synth_pair)
+
+#: FreeSurfer's label of (extra-ventricular) CSF.
+CSF_LABEL = 24
+
+#: File-name patterns (lower case, :mod:`fnmatch` style) that mark a NIfTI file as a label map.
+LABEL_PATTERNS: tuple[str, ...] = ("*seg*", "*label*", "*aseg*", "*parc*")
+
+Sample = dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------ pair lists
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """File paths of one training pair; label maps are optional and may lie on any grid of their image's world."""
+
+    fixed: Path
+    moving: Path
+    fixed_labels: Path | None = None
+    moving_labels: Path | None = None
+
+    def __post_init__(self) -> None:
+        for role in ("fixed", "moving", "fixed_labels", "moving_labels"):
+            value = getattr(self, role)
+            if value is not None:
+                object.__setattr__(self, role, Path(value))
+
+    @property
+    def name(self) -> str:
+        return f"{_short_name(self.fixed)}<-{_short_name(self.moving)}"
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.fixed, self.moving, self.fixed_labels, self.moving_labels) if p is not None]
+
+
+def _stem(path: Path) -> str:
+    """File name without its ``.nii``/``.nii.gz`` ending."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _short_name(path: Path) -> str:
+    return f"{path.parent.name}/{_stem(path)}"
+
+
+def _check_files(pairs: list[PairSpec], source: Path) -> list[PairSpec]:
+    """``pairs`` if every file exists; otherwise :class:`InputError` naming the first missing one."""
+    if not pairs:
+        raise InputError(f"{source} lists no image pairs.")
+    checked: set[Path] = set()
+    for pair in pairs:
+        for path in pair.files():
+            if path not in checked:
+                if not path.is_file():
+                    raise InputError(f"{source}: file not found: {path}")
+                checked.add(path)
+    return pairs
+
+
+def is_label_file(path: Path, patterns: Sequence[str] = LABEL_PATTERNS) -> bool:
+    """True when the (lower-case) file name matches one of ``patterns``."""
+    return any(fnmatch.fnmatch(path.name.lower(), p) for p in patterns)
+
+
+def _matching_labels(image: Path, labels: list[Path]) -> Path | None:
+    """The label map of ``image`` among ``labels``: its stem starts with the image's stem and a separator."""
+    stem = _stem(image)
+    found = [p for p in labels if _stem(p) != stem and _stem(p).startswith(stem)
+             and _stem(p)[len(stem)] in "_-."]
+    return min(found, key=lambda p: len(p.name)) if found else None
+
+
+def _subjects_in(folder: Path, patterns: Sequence[str]) -> list[tuple[Path, Path | None]]:
+    """``(image, labels or None)`` of each subject: NIfTI files directly in ``folder`` (label maps matched
+    by name) and sub-folders holding one image and at most one label map."""
+    files = sorted(p for p in folder.iterdir() if is_nifti(p))
+    labels = [p for p in files if is_label_file(p, patterns)]
+    subjects = [(p, _matching_labels(p, labels)) for p in files if not is_label_file(p, patterns)]
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        inner = sorted(p for p in sub.iterdir() if is_nifti(p))
+        images = [p for p in inner if not is_label_file(p, patterns)]
+        maps = [p for p in inner if is_label_file(p, patterns)]
+        if not images:
+            continue
+        if len(images) > 1 or len(maps) > 1:
+            raise InputError(f"subject folder {sub} must hold one image and at most one label map; "
+                             f"it holds {', '.join(p.name for p in inner)}.")
+        subjects.append((images[0], maps[0] if maps else None))
+    return subjects
+
+
+def pairs_from_folder(folder: str | Path, atlas: str | Path | None = None, *,
+                      atlas_labels: str | Path | None = None,
+                      label_patterns: Sequence[str] = LABEL_PATTERNS) -> list[PairSpec]:
+    """Training pairs from a folder of subjects.
+
+    Subjects are the NIfTI images directly in ``folder`` whose names do not match ``label_patterns``
+    (``sub01.nii.gz``; its label map is a matching file whose stem starts with the image's stem and
+    ``_``, ``-`` or ``.``: ``sub01_seg.nii.gz``), and every sub-folder holding one image and at most
+    one label map (``sub-01/t1.nii.gz`` + ``sub-01/labels.nii.gz``).
+
+    Args:
+        atlas: an atlas image: pairs are atlas-to-subject, the atlas **fixed** and each subject moving
+            (the atlas is left out of the subjects if it lies in ``folder``). Without an atlas: all
+            ordered inter-subject pairs ``(i, j)``, ``i != j`` (fixed ``i``, moving ``j``).
+        atlas_labels: the atlas's label map; by default the label file next to the atlas whose name
+            matches it as above, if any.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise InputError(f"training folder not found: {folder}")
+    subjects = _subjects_in(folder, label_patterns)
+    if atlas is None:
+        if len(subjects) < 2:
+            raise InputError(f"training folder {folder} holds {len(subjects)} image(s); inter-subject pairs "
+                             f"need at least 2 (NIfTI files or sub-folders with one image each).")
+        return _check_files([PairSpec(f, m, fl, ml) for i, (f, fl) in enumerate(subjects)
+                             for j, (m, ml) in enumerate(subjects) if i != j], folder)
+    atlas = Path(atlas).expanduser()
+    if not atlas.is_file():
+        raise InputError(f"atlas image not found: {atlas}")
+    if atlas_labels is None:
+        atlas_labels = _matching_labels(atlas, [p for p in atlas.parent.iterdir()
+                                                if is_nifti(p) and is_label_file(p, label_patterns)])
+    subjects = [(m, ml) for m, ml in subjects if m.resolve() != atlas.resolve()]
+    if not subjects:
+        raise InputError(f"training folder {folder} holds no subject image besides the atlas.")
+    return _check_files([PairSpec(atlas, m, atlas_labels, ml) for m, ml in subjects], folder)
+
+
+def _json_path(value: Any, base: Path, where: str) -> Path:
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{where} must be a file path, not {value!r}.")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def pairs_from_dataset_json(path: str | Path) -> tuple[list[PairSpec], list[PairSpec]]:
+    """``(train, validation)`` pairs of a Learn2Reg / Medical Segmentation Decathlon ``dataset.json``.
+
+    Subjects: ``"training"``, a list of ``{"image": ..., "label": ...}`` (``label`` optional), or the
+    parallel lists ``"imagesTr"`` and ``"labelsTr"``. Training pairs: the ``"training_paired_images"``
+    ``{"fixed", "moving"}`` entries if present (intra-subject tasks), else all ordered pairs of
+    training subjects. Validation pairs: the ``"registration_val"`` ``{"fixed", "moving"}`` entries
+    (empty list if absent); their subjects are left out of the training pairs. Labels are those
+    listed for the same image. Relative paths are relative to the JSON file's folder.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"dataset description not found: {path}")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"cannot read {path} as JSON ({exc}).") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path} must hold a JSON object with a 'training' list.")
+    base = path.parent
+    if isinstance(doc.get("training"), list):
+        entries = doc["training"]
+        if not all(isinstance(e, dict) and "image" in e for e in entries):
+            raise InputError(f"{path}: every 'training' entry must be an object with an 'image' path.")
+        images = [_json_path(e["image"], base, f"{path} training image") for e in entries]
+        labels = [None if e.get("label") is None else _json_path(e["label"], base, f"{path} training label")
+                  for e in entries]
+    elif isinstance(doc.get("imagesTr"), list):
+        images = [_json_path(v, base, f"{path} imagesTr entry") for v in doc["imagesTr"]]
+        labels = [_json_path(v, base, f"{path} labelsTr entry") for v in doc.get("labelsTr", [])]
+        labels = labels or [None] * len(images)
+        if len(labels) != len(images):
+            raise InputError(f"{path}: 'imagesTr' and 'labelsTr' list different numbers of files.")
+    else:
+        raise InputError(f"{path} has no 'training' (or 'imagesTr') list of images.")
+    label_of = dict(zip(images, labels))
+
+    def listed_pairs(key: str) -> list[PairSpec]:
+        entries = doc.get(key, [])
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and {"fixed", "moving"} <= set(e)
+                                                    for e in entries):
+            raise InputError(f"{path}: '{key}' must be a list of {{\"fixed\": ..., \"moving\": ...}} objects.")
+        out = []
+        for e in entries:
+            f, m = (_json_path(e[r], base, f"{path} {key} {r}") for r in ("fixed", "moving"))
+            out.append(PairSpec(f, m, label_of.get(f), label_of.get(m)))
+        return out
+
+    val = listed_pairs("registration_val")
+    held_out = {p for pair in val for p in (pair.fixed, pair.moving)}
+    if "training_paired_images" in doc:
+        train = [p for p in listed_pairs("training_paired_images") if not {p.fixed, p.moving} & held_out]
+    else:
+        subjects = [s for s in images if s not in held_out]
+        train = [PairSpec(f, m, label_of[f], label_of[m]) for f in subjects for m in subjects if f != m]
+    return _check_files(train, path), (_check_files(val, path) if val else [])
+
+
+def pairs_from_csv(path: str | Path) -> list[PairSpec]:
+    """Pairs listed in a CSV file with header ``fixed,moving[,fixed_labels,moving_labels]``.
+
+    Relative paths are relative to the CSV file's folder; an empty label cell means no labels.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"pair list not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the pair list {path} ({exc}).") from None
+    reader = csv.DictReader(text.splitlines())
+    header = [(h or "").strip() for h in (reader.fieldnames or [])]
+    if "fixed" not in header or "moving" not in header:
+        raise InputError(f"pair list {path} needs a header line with columns fixed,moving "
+                         f"(and optionally fixed_labels,moving_labels).")
+    pairs = []
+    for row in reader:
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
+        if not any(row.values()):
+            continue
+        files = {}
+        for role in ("fixed", "moving", "fixed_labels", "moving_labels"):
+            value = row.get(role)
+            if value:
+                p = Path(value).expanduser()
+                files[role] = p if p.is_absolute() else path.parent / p
+        if "fixed" not in files or "moving" not in files:
+            raise InputError(f"pair list {path}, line {reader.line_num}: a fixed and a moving path are needed.")
+        pairs.append(PairSpec(**files))
+    return _check_files(pairs, path)
+
+
+def split_pairs(pairs: Sequence[PairSpec], *, val_fraction: float | None = None, val_count: int | None = None,
+                seed: int = 0) -> tuple[list[PairSpec], list[PairSpec]]:
+    """Split pairs into ``(train, validation)`` by subject, so no validation image appears in training.
+
+    Subjects are image paths. An image found in every pair (an atlas) is shared by both sides and
+    never held out. ``val_count`` subjects (or ``round(val_fraction × subjects)``, at least 1) are
+    drawn with ``seed``; more are taken, one at a time, while they form no pair among themselves
+    (inter-subject pairs need two). Validation pairs are those made of held-out subjects (and shared
+    images) only, training pairs those without any; pairs mixing both are dropped.
+    """
+    if (val_fraction is None) == (val_count is None):
+        raise ValueError("give exactly one of val_fraction and val_count")
+    pairs = list(pairs)
+    images = [{p.fixed, p.moving} for p in pairs]
+    shared = set.intersection(*images) if images else set()
+    candidates = sorted({p for s in images for p in s} - shared, key=str)
+    wanted = val_count if val_count is not None else round(float(val_fraction) * len(candidates))
+    order = [candidates[i] for i in np.random.default_rng(seed).permutation(len(candidates))]
+    for n in range(max(1, int(wanted)), len(candidates)):
+        held = set(order[:n])
+        val = [p for p, s in zip(pairs, images) if s - shared and s - shared <= held]
+        if val:
+            train = [p for p, s in zip(pairs, images) if not s & held]
+            if not train:
+                break
+            return train, val
+    raise InputError(f"cannot hold out validation subjects from {len(pairs)} pairs of {len(candidates)} "
+                     f"subjects and keep both training and validation pairs; add subjects.")
+
+
+# --------------------------------------------------------------------------------- grid helpers
+
+
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A CPU generator seeded from ``(seed, epoch, index)`` (the same in every process)."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def normalized_tensor(image: Image) -> torch.Tensor:
+    """``image`` robust-normalised to ``[0, 1]`` as a ``(1, 1, I, J, K)`` float32 tensor."""
+    return torch.from_numpy(robust_normalize(image.data))[None, None]
+
+
+def to_training_grid(tensor: torch.Tensor, grid: Grid, target: Grid,
+                     world_transform: np.ndarray | None = None) -> torch.Tensor:
+    """``(1, 1, ...)`` ``tensor`` on ``grid`` anti-aliased to ``target``'s spacing and resampled onto it.
+
+    ``world_transform``: 4x4 RAS->RAS map from ``target`` world points to ``grid`` world points.
+    Returns ``(1, I, J, K)``.
+    """
+    smooth, smooth_grid = downsample(tensor, grid, float(target.spacing.min()))
+    return resample(smooth, smooth_grid, target, world_transform)[0]
+
+
+def labels_to_training_grid(labels: Image, target: Grid, world_transform: np.ndarray | None = None) -> torch.Tensor:
+    """Label map ``labels`` resampled onto ``target`` by trilinear one-hot voting; ``(I, J, K)`` int64."""
+    points = target_world_points(target, world_transform, dtype=torch.float64)
+    coords = world_to_source_normalized(points, labels.grid)
+    return sample_labels(torch.from_numpy(np.asarray(labels.data)), coords)
+
+
+def _flip(sample: Sample, generator: torch.Generator) -> Sample:
+    """Flip every image and label map of ``sample`` along each axis with probability 1/2 (the same axes)."""
+    axes = [a for a in range(3) if float(torch.rand((), generator=generator)) < 0.5]
+    if not axes:
+        return sample
+    out = dict(sample)
+    for key in ("fixed", "moving"):
+        out[key] = sample[key].flip([a + 1 for a in axes])
+    for key in ("fixed_labels", "moving_labels"):
+        if key in sample:
+            out[key] = sample[key].flip(axes)
+    return out
+
+
+class _EpochSeededDataset(Dataset):
+    """A dataset whose sample ``index`` draws from :func:`sample_generator` ``(seed, epoch, index)``."""
+
+    def __init__(self, grid_spacing: float, grid_shape: Sequence[int], seed: int) -> None:
+        if grid_spacing <= 0 or len(grid_shape) != 3 or min(grid_shape) < 2:
+            raise ValueError("grid_spacing must be positive and grid_shape three sizes of at least 2")
+        self.grid_spacing = float(grid_spacing)
+        self.grid_shape = tuple(int(n) for n in grid_shape)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the random draws of ``epoch`` from now on."""
+        self.epoch = int(epoch)
+
+    def generator(self, index: int) -> torch.Generator:
+        return sample_generator(self.seed, self.epoch, index)
+
+    def training_grid(self, image: Image) -> Grid:
+        """The training grid centred on ``image``'s foreground."""
+        return network_grid(image, self.grid_spacing, shape=self.grid_shape)
+
+
+# ----------------------------------------------------------------------------------- real pairs
+
+
+class PairListDataset(_EpochSeededDataset):
+    """Real image pairs read from disk at every access, on a training grid centred on the fixed image.
+
+    With ``prealign``, the moving image is first aligned to the fixed one by
+    :func:`svreg_core.optim.affine.affine_register` (12 parameters); the 4x4 matrix of each
+    ``(fixed, moving)`` file pair is computed once, when first needed, and kept in memory. Call
+    :meth:`precompute_alignments` before handing the dataset to DataLoader workers (each worker has
+    its own copy and would otherwise recompute), and keep :attr:`alignments` to pass them back as
+    ``alignments`` to a later run.
+
+    With ``augment``, both images (and label maps) are flipped along each axis with probability 1/2
+    (the same axes for both).
+    """
+
+    def __init__(self, pairs: Sequence[PairSpec], grid_spacing: float, grid_shape: Sequence[int], *,
+                 prealign: bool = True, augment: bool = False, seed: int = 0,
+                 alignments: dict[tuple[str, str], np.ndarray] | None = None) -> None:
+        super().__init__(grid_spacing, grid_shape, seed)
+        self.pairs = list(pairs)
+        if not self.pairs:
+            raise InputError("the list of training pairs is empty.")
+        self.prealign = bool(prealign)
+        self.augment = bool(augment)
+        self._alignments = {k: np.asarray(v, dtype=np.float64) for k, v in (alignments or {}).items()}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @staticmethod
+    def _key(pair: PairSpec) -> tuple[str, str]:
+        return str(pair.fixed), str(pair.moving)
+
+    @property
+    def alignments(self) -> dict[tuple[str, str], np.ndarray]:
+        """The affine matrices computed so far, keyed by ``(fixed path, moving path)``."""
+        return dict(self._alignments)
+
+    def alignment(self, index: int, fixed: Image | None = None, moving: Image | None = None) -> np.ndarray:
+        """4x4 RAS->RAS matrix from fixed-world to moving-world points of pair ``index`` (identity
+        without ``prealign``); computed on first use from the images (read from disk if not given)."""
+        pair = self.pairs[index]
+        if not self.prealign:
+            return np.eye(4)
+        key = self._key(pair)
+        if key not in self._alignments:
+            fixed = load_image(pair.fixed) if fixed is None else fixed
+            moving = load_image(pair.moving) if moving is None else moving
+            self._alignments[key] = affine_register(normalized_tensor(fixed), fixed.grid,
+                                                    normalized_tensor(moving), moving.grid)
+        return self._alignments[key]
+
+    def precompute_alignments(self, progress: ProgressCallback = no_progress) -> dict[tuple[str, str], np.ndarray]:
+        """Compute the affine pre-alignment of every pair not yet known; returns :attr:`alignments`."""
+        for index in range(len(self)):
+            self.alignment(index)
+            progress(ProgressEvent("prealign", index + 1, len(self), (index + 1) / len(self),
+                                   f"affine pre-alignment {self.pairs[index].name}"))
+        return self.alignments
+
+    def __getitem__(self, index: int) -> Sample:
+        pair = self.pairs[index]
+        fixed = load_image(pair.fixed, name=f"fixed image of {pair.name}")
+        moving = load_image(pair.moving, name=f"moving image of {pair.name}")
+        grid = self.training_grid(fixed)
+        transform = self.alignment(index, fixed, moving)
+        sample: Sample = {"fixed": to_training_grid(normalized_tensor(fixed), fixed.grid, grid),
+                          "moving": to_training_grid(normalized_tensor(moving), moving.grid, grid, transform)}
+        if pair.fixed_labels is not None:
+            labels = load_image(pair.fixed_labels, labels=True, name=f"fixed labels of {pair.name}")
+            sample["fixed_labels"] = labels_to_training_grid(labels, grid)
+        if pair.moving_labels is not None:
+            labels = load_image(pair.moving_labels, labels=True, name=f"moving labels of {pair.name}")
+            sample["moving_labels"] = labels_to_training_grid(labels, grid, transform)
+        if self.augment:
+            sample = _flip(sample, self.generator(index))
+        sample["name"] = pair.name
+        return sample
+
+
+# ------------------------------------------------------------------------------ synthetic pairs
+
+
+def _smallest_int(data: np.ndarray) -> np.ndarray:
+    """``data`` as int16 when its values fit, else int32 (label maps kept in memory)."""
+    fits = data.min() >= np.iinfo(np.int16).min and data.max() <= np.iinfo(np.int16).max
+    return data.astype(np.int16 if fits else np.int32)
+
+
+class SyntheticPairDataset(_EpochSeededDataset):
+    """SynthMorph pairs synthesised from label maps (:func:`svreg_core.training.synthesis.synth_pair`).
+
+    The label maps are read once, at construction, and resampled onto a training grid centred on
+    each map's brain: its labels left after :func:`~svreg_core.training.synthesis.skull_strip`, less
+    CSF (which runs down the spinal canal in whole-head maps); all non-zero labels if none is left. Sample ``index`` draws a first map uniformly, and with
+    probability ``same_map_probability`` uses it for both images, else a different second map.
+
+    Args:
+        length: samples per epoch.
+        synthesis: the ranges of the random synthesis.
+    """
+
+    def __init__(self, label_map_paths: Sequence[str | Path], grid_spacing: float, grid_shape: Sequence[int], *,
+                 length: int, synthesis: SynthesisConfig = SynthesisConfig(), seed: int = 0,
+                 same_map_probability: float = 0.5) -> None:
+        super().__init__(grid_spacing, grid_shape, seed)
+        paths = [Path(p) for p in label_map_paths]
+        if not paths:
+            raise InputError("no label maps were given for synthesis.")
+        if length < 1 or not 0 <= same_map_probability <= 1:
+            raise ValueError("length must be positive and same_map_probability in [0, 1]")
+        self.length = int(length)
+        self.synthesis = synthesis
+        self.same_map_probability = float(same_map_probability)
+        self.names = [_stem(p) for p in paths]
+        self.maps = [self._on_grid(p) for p in paths]
+
+    def _on_grid(self, path: Path) -> np.ndarray:
+        labels = load_image(path, labels=True, name=f"label map {path.name}")
+        brain = (skull_strip(torch.from_numpy(labels.data)).numpy() != 0) & (labels.data != CSF_LABEL)
+        if not brain.any():
+            brain = labels.data != 0
+        grid = self.training_grid(Image(brain.astype(np.float32), labels.affine))
+        return _smallest_int(labels_to_training_grid(labels, grid).numpy())
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        generator = self.generator(index)
+        n = len(self.maps)
+        a = int(torch.randint(n, (), generator=generator))
+        b = a
+        if n > 1 and float(torch.rand((), generator=generator)) >= self.same_map_probability:
+            b = int(torch.randint(n - 1, (), generator=generator))
+            b += int(b >= a)
+        pair = synth_pair(torch.from_numpy(self.maps[a]), torch.from_numpy(self.maps[b]), generator, self.synthesis)
+        return {"fixed": pair["fixed"], "moving": pair["moving"], "fixed_labels": pair["fixed_labels"],
+                "moving_labels": pair["moving_labels"], "name": f"synth:{self.names[a]}<-{self.names[b]}"}
+
+
+# ---------------------------------------------------------------------------- augmented templates
+
+
+@dataclass(frozen=True)
+class _Template:
+    """A template kept in memory: normalised image anti-aliased to the training spacing, its labels."""
+
+    name: str
+    image: np.ndarray
+    image_affine: np.ndarray
+    grid_affine: np.ndarray
+    labels: np.ndarray | None
+    labels_affine: np.ndarray | None
+
+
+class TemplateAugmentDataset(_EpochSeededDataset):
+    """Pairs made from real templates: the template and a randomly deformed, intensity-augmented copy.
+
+    Sample ``index`` picks a template uniformly, draws a random diffeomorphism
+    (:func:`~svreg_core.training.synthesis.random_deformation` on the training grid) and pulls the
+    template through it (one interpolation from the anti-aliased template), then applies random
+    bias, noise and gamma inside the template's support
+    (:func:`~svreg_core.training.synthesis.augment_intensity`). The undeformed template is the fixed
+    image and the copy the moving one; with probability ``swap_probability`` the roles are swapped.
+    Label atlases (:class:`~svreg_core.training.sources.TemplateSpec.labels`) are deformed alike.
+    """
+
+    def __init__(self, templates: Sequence[TemplateSpec | str | Path], grid_spacing: float,
+                 grid_shape: Sequence[int], *, length: int, seed: int = 0,
+                 synthesis: SynthesisConfig = SynthesisConfig(), swap_probability: float = 0.5) -> None:
+        super().__init__(grid_spacing, grid_shape, seed)
+        specs = [t if isinstance(t, TemplateSpec) else TemplateSpec(Path(t)) for t in templates]
+        if not specs:
+            raise InputError("no template images were given.")
+        if length < 1 or not 0 <= swap_probability <= 1:
+            raise ValueError("length must be positive and swap_probability in [0, 1]")
+        self.length = int(length)
+        self.synthesis = synthesis
+        self.swap_probability = float(swap_probability)
+        self.templates = [self._load(spec) for spec in specs]
+
+    def _load(self, spec: TemplateSpec) -> _Template:
+        image = load_image(spec.image, name=f"template {spec.image.name}")
+        smooth, smooth_grid = downsample(normalized_tensor(image), image.grid, self.grid_spacing)
+        labels = None if spec.labels is None else load_image(spec.labels, labels=True,
+                                                             name=f"template labels {spec.labels.name}")
+        return _Template(spec.name or _stem(spec.image), smooth[0, 0].numpy(), smooth_grid.affine,
+                         self.training_grid(image).affine,
+                         None if labels is None else _smallest_int(labels.data),
+                         None if labels is None else labels.affine)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        generator = self.generator(index)
+        template = self.templates[int(torch.randint(len(self.templates), (), generator=generator))]
+        grid = Grid(self.grid_shape, template.grid_affine)
+        displacement = random_deformation(self.grid_shape, generator, self.synthesis)
+        linear = torch.as_tensor(grid.affine[:3, :3], dtype=torch.float64)
+        points = target_world_points(grid, dtype=torch.float64)
+        moved = points + displacement[0].permute(1, 2, 3, 0).double() @ linear.T
+        source = torch.from_numpy(template.image)[None, None]
+        source_grid = Grid(template.image.shape, template.image_affine)
+        fixed = sample_at_points(source, source_grid, points)[0]
+        moving = sample_at_points(source, source_grid, moved)[0]
+        moving = augment_intensity(moving, generator, self.synthesis, mask=moving > 0).float()
+        sample: Sample = {"fixed": fixed.float(), "moving": moving}
+        if template.labels is not None:
+            labels = torch.from_numpy(template.labels)
+            labels_grid = Grid(template.labels.shape, template.labels_affine)
+            sample["fixed_labels"] = sample_labels(labels, world_to_source_normalized(points, labels_grid))
+            sample["moving_labels"] = sample_labels(labels, world_to_source_normalized(moved, labels_grid))
+        if float(torch.rand((), generator=generator)) < self.swap_probability:
+            sample = {"fixed": sample["moving"], "moving": sample["fixed"],
+                      **({"fixed_labels": sample["moving_labels"], "moving_labels": sample["fixed_labels"]}
+                         if "fixed_labels" in sample else {})}
+        sample["name"] = f"template:{template.name}"
+        return sample
+
