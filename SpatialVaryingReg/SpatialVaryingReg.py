@@ -9,9 +9,11 @@ Python console::
     logic = slicer.util.getModuleLogic("SpatialVaryingReg")  # or SpatialVaryingReg.SpatialVaryingRegLogic()
     result = logic.register(fixedNode, movingNode, preset="brain-mri")
     result.transform, result.lambdaMap, result.jacobian, result.warped
+    result = logic.register(fixedNode, movingNode, method="learned", model="brain-unet-spr", refineSteps=20)
 """
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,13 +30,17 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SpatialVaryingRegLib import dependencies, display, geometry, runner, tuning
+from SpatialVaryingRegLib import dependencies, display, geometry, models, runner, tuning
 from SpatialVaryingRegLib import logic as svlogic
 
 #: Label of the preset choice that uses ``customPresetFile``.
 CUSTOM_PRESET = "custom file"
 #: Label of the similarity choice that keeps the preset's similarity.
 FROM_PRESET = "from preset"
+#: Labels of the registration methods (``svlogic.METHODS``) in the *Method* choice.
+METHOD_LABELS = {"pairwise": "Pairwise optimisation (no training)", "learned": "Learned model"}
+#: Entry of the model list that uses ``modelCheckpoint``.
+CHECKPOINT_CHOICE = "Checkpoint file\u2026"
 
 
 #
@@ -55,13 +61,16 @@ class SpatialVaryingReg(ScriptedLoadableModule):
 Deformable (diffeomorphic) registration of a moving volume onto a fixed volume with a spatially varying
 regularizer: the smoothness weight &lambda;(x) is optimised with the deformation, so the deformation can
 be sharp at anatomical boundaries and smooth elsewhere. Pick the two volumes, a preset and press
-<b>Register</b>. Results: a displacement-field transform with the moving volume placed under it, the
-&lambda; map, the Jacobian determinant (folding check), optionally the warped volume and labels.
+<b>Register</b>. <i>Method</i>: pairwise optimisation of this pair (no training needed), or a learned
+model (shipped with the extension, or a checkpoint from training) refined by a few optimisation steps.
+Results: a displacement-field transform with the moving volume placed under it, the &lambda; map,
+the Jacobian determinant (folding check), optionally the warped volume and labels.
 The engine runs in a separate process (GPU when available); PyTorch comes from the PyTorch extension.
 """)
         self.parent.acknowledgementText = _("""
-Method: pairwise instance optimisation of the spatially varying regularization (SPR) model with a
-Beta hyperprior on &lambda;(x). Built on 3D Slicer's MRML, SimpleITK, nibabel, PyTorch and Optuna.
+Method: the spatially varying regularization (SPR) model with a Beta hyperprior on &lambda;(x), by
+pairwise instance optimisation or by a network trained with the same loss. Built on 3D Slicer's MRML,
+SimpleITK, nibabel, PyTorch, safetensors and Optuna.
 """)
 
 
@@ -74,8 +83,10 @@ Beta hyperprior on &lambda;(x). Built on 3D Slicer's MRML, SimpleITK, nibabel, P
 class SpatialVaryingRegParameterNode:
     """Every setting of the module; saved with the scene.
 
-    Registration inputs, the preset and its overrides ("from preset" / -1 / empty = keep the preset's
-    value), output options, the nodes of the last result, and the tuning panel's settings.
+    Registration inputs, the method (a learned ``model`` is a shipped model's name or
+    :data:`CHECKPOINT_CHOICE`, then ``modelCheckpoint`` is used), the preset and its overrides ("from
+    preset" / -1 / empty = keep the preset's value), output options, the nodes of the last result, and
+    the tuning panel's settings.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -84,6 +95,11 @@ class SpatialVaryingRegParameterNode:
     movingMask: vtkMRMLScalarVolumeNode
     fixedLabels: vtkMRMLLabelMapVolumeNode
     movingLabels: vtkMRMLLabelMapVolumeNode
+
+    method: Annotated[str, Choice(list(METHOD_LABELS.values()))] = METHOD_LABELS["pairwise"]
+    model: str = models.DEFAULT_MODEL
+    modelCheckpoint: str = ""
+    refineSteps: Annotated[int, WithinRange(0, svlogic.REFINE_STEPS_MAX)] = svlogic.DEFAULT_REFINE_STEPS
 
     preset: Annotated[str, Choice([*svlogic.PRESET_NAMES, CUSTOM_PRESET])] = "brain-mri"
     customPresetFile: str = ""
@@ -156,6 +172,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.customPresetBrowseButton.connect("clicked()", self.onBrowsePreset)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.modelCheckpointBrowseButton.connect("clicked()", self.onBrowseCheckpoint)
         self.ui.installEngineButton.connect("clicked()", self.onInstallDependencies)
         self.ui.tuningFolderBrowseButton.connect("clicked()", self.onBrowseValidationFolder)
         self.ui.tuningListBrowseButton.connect("clicked()", self.onBrowseValidationList)
@@ -190,6 +208,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.removeObservers()
 
     def enter(self) -> None:
+        self._fillModelComboBox()  # models may have been added since
         self.initializeParameterNode()
         self._updateEngineStatus()
         self.refreshStudyTable()
@@ -228,6 +247,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         running = self._job is not None and self._job.running
         self.ui.customPresetPathLineEdit.enabled = bool(p) and p.preset == CUSTOM_PRESET
         self.ui.customPresetBrowseButton.enabled = bool(p) and p.preset == CUSTOM_PRESET
+        learned = bool(p) and p.method == METHOD_LABELS["learned"]
+        self.ui.modelComboBox.enabled = learned
+        self.ui.refineStepsSpinBox.enabled = learned
+        self.ui.modelCheckpointLineEdit.enabled = learned and p.model == CHECKPOINT_CHOICE
+        self.ui.modelCheckpointBrowseButton.enabled = learned and p.model == CHECKPOINT_CHOICE
+        if p:
+            self._showModelInComboBox()
         if running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the registration; the scene is left as it was.")
@@ -240,6 +266,52 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.applyButton.text = _("Register")
             self.ui.applyButton.toolTip = _("Select two different volumes: fixed and moving.")
             self.ui.applyButton.enabled = False
+
+    # ---- learned models (the list is not bound to the parameter node: its entries come from the engine)
+
+    def _fillModelComboBox(self) -> None:
+        """List the engine's shipped models (their model.json files only are read) and 'Checkpoint file…'.
+
+        A model named in the parameter node but not found (e.g. a scene saved with another version) is
+        listed as "not installed", so the scene's setting is shown and Register explains the problem.
+        """
+        combo = self.ui.modelComboBox
+        current = self._parameterNode.model if self._parameterNode else models.DEFAULT_MODEL
+        shipped = models.shipped_models()
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for info in shipped:
+            combo.addItem(info.name, info.name)
+            combo.setItemData(combo.count - 1, info.summary(), qt.Qt.ToolTipRole)
+        if current and current != CHECKPOINT_CHOICE and current not in [m.name for m in shipped]:
+            combo.addItem(_("{name} (not installed)").format(name=current), current)
+        combo.addItem(CHECKPOINT_CHOICE, CHECKPOINT_CHOICE)
+        combo.setItemData(combo.count - 1, _("A model trained with 'svreg train': choose its folder's model.json "
+                                             "or model.safetensors below."), qt.Qt.ToolTipRole)
+        combo.currentIndex = combo.findData(current)
+        combo.blockSignals(wasBlocked)
+
+    def _showModelInComboBox(self) -> None:
+        """Select the parameter node's model in the list (re-listing when it is not there)."""
+        combo = self.ui.modelComboBox
+        index = combo.findData(self._parameterNode.model)
+        if index < 0:
+            self._fillModelComboBox()
+        elif index != combo.currentIndex:
+            wasBlocked = combo.blockSignals(True)
+            combo.currentIndex = index
+            combo.blockSignals(wasBlocked)
+
+    def onModelSelected(self, index: int) -> None:
+        if self._parameterNode and index >= 0:
+            self._parameterNode.model = self.ui.modelComboBox.itemData(index)
+
+    def onBrowseCheckpoint(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, _("Checkpoint of a trained model"),
+                                              self._parameterNode.modelCheckpoint,
+                                              _("Checkpoint (model.json model.safetensors)"))
+        if path:
+            self._parameterNode.modelCheckpoint = path
 
     def _updateEngineStatus(self) -> None:
         """Show whether torch and the engine's packages are there (no import, no install)."""
@@ -515,8 +587,11 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             if not p.customPresetFile:
                 raise svlogic.RegistrationError(_("choose a preset file, or pick a named preset."))
             preset = p.customPresetFile
+        method = next(key for key, label in METHOD_LABELS.items() if label == p.method)
         return svlogic.RegistrationSettings(
-            preset=preset, overrides=overrides, device="cpu" if p.useCpu else "auto",
+            preset=preset, overrides=overrides, method=method,
+            model=p.modelCheckpoint if p.model == CHECKPOINT_CHOICE else p.model, refine_steps=int(p.refineSteps),
+            device="cpu" if p.useCpu else "auto",
             labels=_numbers(p.labelsToScore, int), label_interpolation=p.labelInterpolation,
             create_warped=bool(p.createWarpedVolume), keep_temporary_files=bool(p.keepTemporaryFiles))
 
@@ -540,9 +615,17 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                  movingLabels=None, preset: str = "brain-mri", parameters: dict | None = None, useCpu: bool = False,
                  device: str | None = None, labels: list[int] | None = None, labelInterpolation: str = "linear",
                  createWarpedVolume: bool = True, keepTemporaryFiles: bool = False, showResults: bool = True,
-                 ensureDependencies: bool = True, timeout: float | None = None, log=None) -> "SpatialVaryingRegResult":
+                 ensureDependencies: bool = True, timeout: float | None = None, log=None, method: str = "pairwise",
+                 model: str = models.DEFAULT_MODEL,
+                 refineSteps: int = svlogic.DEFAULT_REFINE_STEPS) -> "SpatialVaryingRegResult":
         """Register ``movingVolume`` onto ``fixedVolume``, blocking until done; return the output nodes.
 
+        :param method: ``"pairwise"`` (optimise this pair; no training needed) or ``"learned"`` (a trained
+            network predicts the deformation and λ map, then ``refineSteps`` pairwise steps of the same loss).
+        :param model: with ``method="learned"``: a shipped model's name (``SpatialVaryingRegLib.models.
+            shipped_models()``) or a checkpoint: a folder holding model.json and model.safetensors, or either file.
+        :param refineSteps: with ``method="learned"``: 0 to 500 optimisation steps from the network's prediction
+            (0 = the network alone, fastest).
         :param preset: ``brain-mri``, ``cardiac-mri``, ``ct``, ``lung-ct`` or a preset JSON file path.
         :param parameters: registration parameters overriding the preset, e.g.
             ``{"alpha_prime": 0.1, "level_spacings": [4, 2], "iterations": [80, 60], "affine": False}``.
@@ -558,7 +641,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                 f"missing Python packages: {', '.join(missing) or 'see the log'}; press Install in the module "
                 "panel (or accept the installation offer) and try again.")
         settings = svlogic.RegistrationSettings(
-            preset=str(preset), overrides=dict(parameters or {}), device=device or ("cpu" if useCpu else "auto"),
+            preset=str(preset), overrides=dict(parameters or {}), method=method, model=str(model),
+            refine_steps=refineSteps, device=device or ("cpu" if useCpu else "auto"),
             labels=labels, label_interpolation=labelInterpolation, create_warped=createWarpedVolume,
             keep_temporary_files=keepTemporaryFiles, show_results=showResults)
         job = svlogic.RegistrationJob(fixedVolume, movingVolume, fixed_mask=fixedMask, moving_mask=movingMask,
@@ -638,6 +722,8 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         self.test_RegisterSyntheticPair()
         self.setUp()
         self.test_BadInputsGivePlainMessages()
+        self.setUp()
+        self.test_LearnedModel()
 
     def _syntheticPair(self):
         import numpy as np
@@ -699,6 +785,26 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         self.assertIn("Dice", result.statusText)
         self.delayDisplay(f"Test passed: {result.statusText}")
 
+    def test_LearnedModel(self):
+        """The first shipped model (network + 5 refinement steps) on the synthetic pair, when one is shipped."""
+        import numpy as np
+
+        shipped = models.shipped_models()
+        if not shipped:
+            self.delayDisplay("Learned model: skipped (no model is shipped with this engine)")
+            return
+        fixed, moving, _fixedLabels, _movingLabels, ijkToRas = self._syntheticPair()
+        result = SpatialVaryingRegLogic().register(fixed, moving, method="learned", model=shipped[0].name,
+                                                   refineSteps=5, parameters={"affine": False}, useCpu=True)
+        self.assertEqual(result.report.get("method"), "learned")
+        self.assertIn(shipped[0].name, result.statusText)
+        self.assertEqual(moving.GetTransformNodeID(), result.transform.GetID())
+        self.assertTrue(np.allclose(geometry.ijk_to_ras(result.lambdaMap), ijkToRas, atol=1e-4))
+        lam = slicer.util.arrayFromVolume(result.lambdaMap)
+        self.assertTrue(float(lam.min()) > 0.0 and float(lam.max()) <= 1.0 + 1e-6)
+        self.assertLess(result.report["metrics"]["folding_percent"], 1.0)
+        self.delayDisplay(f"Test passed: {result.statusText}")
+
     @staticmethod
     def _dice(a, b) -> float:
         a, b = a > 0, b > 0
@@ -718,6 +824,10 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         with self.assertRaises(svlogic.RegistrationError) as ctx:
             logic.register(fixed, moving, fixedLabels=otherGrid, ensureDependencies=False)
         self.assertIn("not on the grid", str(ctx.exception))
+        missing = os.path.join(tempfile.gettempdir(), "SpatialVaryingReg-no-such-checkpoint", "model.json")
+        with self.assertRaises(svlogic.RegistrationError) as ctx:
+            logic.register(fixed, moving, method="learned", model=missing, ensureDependencies=False)
+        self.assertIn("does not exist", str(ctx.exception))
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         self.assertIsNone(moving.GetParentTransformNode())
         self.delayDisplay("Test passed: plain messages, scene unchanged")

@@ -10,6 +10,9 @@ point ``x`` maps to ``x + u(x)`` in moving space). Metrics come from :mod:`svreg
   volume), both inside the brain mask ``moving > 0`` on the fixed grid (the pre-aligned moving
   image; for the native pair the same subject's pre-aligned image), NDV additionally cropped by one
   voxel (METHOD §6). Unmasked values are stored as well;
+* SDlogJ (std of log det J, clipped, inside the same mask) and the mean Dice with the labels warped
+  the TransMorph/MIR way — one-hot trilinear + argmax (``svreg_core.image.sampling.sample_labels``)
+  through the tool's displacement file — so every tool is scored with both label warps;
 * a consistency check: the moving labels resampled through the displacement with SimpleITK
   (``DisplacementFieldTransform``, nearest neighbour) against the tool's own warped labels (mean
   Dice over the evaluation labels; > 0.98 means the displacement file really is the tool's mapping
@@ -86,6 +89,24 @@ def sitk_consistency(displacement_path: str | Path, moving_seg_path: str | Path,
     return float(np.mean(list(d.values()))) if d else float("nan")
 
 
+def linear_label_dice(displacement_ras: np.ndarray, fixed_img: nib.Nifti1Image, fixed_seg: np.ndarray,
+                      moving_seg_path: str | Path, labels: list[int]) -> float:
+    """Mean Dice of the moving labels warped one-hot trilinear + argmax through ``x ↦ x + d(x)`` (RAS mm)."""
+    import torch
+
+    from svreg_core.image import Grid
+    from svreg_core.image.resample import world_to_source_normalized
+    from svreg_core.image.sampling import sample_labels
+
+    seg_img = nib.load(str(moving_seg_path))
+    moving_seg = torch.as_tensor(load_labels(moving_seg_path))
+    points = Grid(fixed_seg.shape, fixed_img.affine).world_points() + displacement_ras
+    coords = world_to_source_normalized(torch.as_tensor(points), Grid(moving_seg.shape, seg_img.affine)).float()
+    warped = sample_labels(moving_seg, coords[None]).numpy().astype(np.int32)
+    d = metrics.dice(fixed_seg, warped, labels)
+    return float(np.mean([d.get(lab, 0.0) for lab in labels])) if labels else float("nan")
+
+
 def evaluate_run(fixed_path: str | Path, fixed_seg_path: str | Path, moving_seg_path: str | Path,
                  warped_path: str | Path, displacement_path: str | Path | None,
                  mask_image: str | Path | None = None, consistency: bool = True) -> dict:
@@ -116,6 +137,8 @@ def evaluate_run(fixed_path: str | Path, fixed_seg_path: str | Path, moving_seg_
         det = metrics.jacobian_determinant(disp, fixed_img.affine)
         out["pct_detj_le0"] = metrics.folding_percent(det, mask)
         out["ndv_pct"] = metrics.ndv_percent(disp, fixed_img.affine, mask)
+        out["sdlogj"] = metrics.sdlogj(det, mask)
+        out["mean_dice_linear"] = linear_label_dice(disp, fixed_img, fixed_seg, moving_seg_path, labels)
         out["pct_detj_le0_fov"] = metrics.folding_percent(det, None)
         out["ndv_pct_fov"] = metrics.ndv_percent(disp, fixed_img.affine, None)
         out["mask"] = "moving>0 on the fixed grid" if mask is not None else "whole grid"
@@ -128,7 +151,7 @@ def evaluate_run(fixed_path: str | Path, fixed_seg_path: str | Path, moving_seg_
                 out["disp_consistency_dice"] = None
                 out["disp_consistency_error"] = f"{type(exc).__name__}: {exc}"
     else:
-        out.update(pct_detj_le0=None, ndv_pct=None, disp_consistency_dice=None)
+        out.update(pct_detj_le0=None, ndv_pct=None, sdlogj=None, mean_dice_linear=None, disp_consistency_dice=None)
     return out
 
 

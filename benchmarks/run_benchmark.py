@@ -47,10 +47,14 @@ import evaluate as ev  # noqa: E402
 import prepare_data as prep  # noqa: E402
 
 PEERS = ("ants", "elastix", "convexadam", "fireants")
-OURS_VARIANTS = ("spr", "nospr", "native")
+OURS_VARIANTS = ("spr", "nospr", "native", "model", "model-r20", "model-r50")
+#: ``--refine`` steps of the learned-model variants (``--model default``).
+MODEL_REFINE = {"model": 0, "model-r20": 20, "model-r50": 50}
 PEER_LABEL = {"ants": "ANTs SyN (antspyx)", "elastix": "elastix B-spline (itk-elastix)",
               "convexadam": "ConvexAdam (MIND)", "fireants": "FireANTs greedy (CPU)"}
-OURS_LABEL = {"spr": "svreg (SPR)", "nospr": "svreg (--no-spr)", "native": "svreg native (affine+SPR)"}
+OURS_LABEL = {"spr": "svreg (SPR)", "nospr": "svreg (--no-spr)", "native": "svreg native (affine+SPR)",
+              "model": "svreg learned model, one pass", "model-r20": "svreg learned model + refine 20",
+              "model-r50": "svreg learned model + refine 50"}
 
 
 def log(msg: str) -> None:
@@ -176,6 +180,8 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
                str(moving_seg), "--label-interpolation", "nearest", "--progress", "none", "--overwrite"]
         if variant == "nospr":
             cmd.append("--no-spr")
+        if variant in MODEL_REFINE:
+            cmd += ["--model", args.model, "--refine", str(MODEL_REFINE[variant])]
         if variant != "native" and not args.ours_affine:
             cmd.append("--no-affine")  # pre-aligned pair: deformable only, like the peers
         # native: the default affine stage stays enabled
@@ -252,30 +258,33 @@ def _fmt(v, spec: str, dash: str = "–") -> str:
 def markdown_table(res: float, records: list[dict]) -> str:
     ours = next((r for r in records if r["tool"] == "ours" and r.get("status") == "ok"), None)
     ours_t = ours.get("registration_seconds") if ours else None
-    head = ("| tool | reg s | process s | peak MiB | mean Dice | HD95 mm | % det≤0 | NDV % | time / ours "
-            "| disp check |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    head = ("| tool | reg s | process s | peak MiB | mean Dice | Dice (linear) | HD95 mm | % det≤0 | NDV % "
+            "| SDlogJ | time / ours | disp check |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = [f"### {res:g} mm\n", head]
     for r in records:
         if r.get("status") != "ok":
             reason = str(r.get("reason") or "").replace("|", "/").replace("\n", " ")
-            rows.append(f"| {r['label']} | {r.get('status', '?').upper()}: {reason[:160]} | | | | | | | | |")
+            rows.append(f"| {r['label']} | {r.get('status', '?').upper()}: {reason[:160]} | | | | | | | | | | |")
             continue
         m = r["metrics"]
         t = r.get("registration_seconds")
         ratio = (t / ours_t) if (t is not None and ours_t) else None
         ratio_s = "1 (ref)" if r is ours else _fmt(ratio, ".2f")
         name = r["label"] + (f" {r['version']}" if r.get("version") else "")
-        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        rows.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             name, _fmt(t, ".1f"), _fmt(r.get("process_seconds"), ".1f"), _fmt(r.get("peak_rss_mib"), ".0f"),
-            _fmt(m.get("mean_dice"), ".4f"), _fmt(m.get("mean_hd95_mm"), ".2f"),
-            _fmt(m.get("pct_detj_le0"), ".4f"), _fmt(m.get("ndv_pct"), ".4f"), ratio_s,
+            _fmt(m.get("mean_dice"), ".4f"), _fmt(m.get("mean_dice_linear"), ".4f"), _fmt(m.get("mean_hd95_mm"), ".2f"),
+            _fmt(m.get("pct_detj_le0"), ".4f"), _fmt(m.get("ndv_pct"), ".4f"), _fmt(m.get("sdlogj"), ".3f"), ratio_s,
             _fmt(m.get("disp_consistency_dice"), ".3f")))
     return "\n".join(rows) + "\n"
 
 
 NOTES = """\
 Notes: mean Dice / HD95 over the 30 evaluation labels present in both label maps, labels warped with
-nearest neighbour (each tool's own label warp). % det≤0 (central differences) and NDV % (10
+nearest neighbour (each tool's own label warp); `Dice (linear)`: the same labels warped one-hot trilinear +
+argmax through each tool's displacement file (the TransMorph/MIR convention). SDlogJ inside the mask below.
+Learned-model rows: `svreg register --model default [--refine N]` (the shipped model, trained on synthetic
+data only; see the README). % det≤0 (central differences) and NDV % (10
 tetrahedra) inside `moving > 0` on the fixed grid (NDV also cropped by one voxel); `svreg_core.metrics`
 for every tool. `reg s`: registration only, timed inside the tool's process; `process s`: the whole
 child process (imports, I/O, label warp); `peak MiB`: `ru_maxrss` of the child from `os.wait4`.
@@ -295,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="isotropic resolutions in mm (default 2 1; with --quick: 4)")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help=f"peers to run (default: {' '.join(PEERS)}; 'none' for none)")
     ap.add_argument("--ours", nargs="*", default=list(OURS_VARIANTS),
-                    help="svreg variants: spr nospr native (default all; 'none' to skip ours)")
+                    help="svreg variants: spr nospr native model model-r20 model-r50 (default all; 'none' to skip ours)")
     ap.add_argument("--ours-affine", action="store_true",
                     help="keep svreg's affine stage on the pre-aligned pair too (default: --no-affine, "
                          "deformable only like the peers; the native variant always runs it)")
@@ -307,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-dir", type=Path, default=REPO / ".bench")
     ap.add_argument("--results-dir", type=Path, default=HERE / "results")
     ap.add_argument("--svreg", type=Path, default=REPO / ".venv" / "bin" / "svreg")
+    ap.add_argument("--model", default="default",
+                    help="learned model of the model variants: a shipped name or a checkpoint (default: default)")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
     args = ap.parse_args(argv)
     args.peers = [p for p in args.peers if p != "none"]

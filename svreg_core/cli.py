@@ -61,6 +61,10 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset: {', '.join(PRESETS)}, or a preset JSON file (e.g. from svreg tune)")
     p.add_argument("--similarity", choices=SIMILARITIES, help="image similarity (default: from the preset)")
+    p.add_argument("--model", help="use a learned SPR network: a shipped model's name (see 'svreg models'; "
+                   "'default' = the default one) or a checkpoint folder from 'svreg train'")
+    p.add_argument("--refine", type=int, default=0, metavar="N",
+                   help="with --model: continue with N pairwise iterations of the same SPR loss (default 0)")
     p.add_argument("--no-spr", action="store_true",
                    help="spatially uniform regularizer of the same strength instead of the learned λ(x)")
     p.add_argument("--affine", dest="affine", action="store_true", default=None,
@@ -84,6 +88,13 @@ def run_register(args: argparse.Namespace) -> int:
     inputs = [p for p in (args.fixed, args.moving, args.fixed_labels, args.moving_labels, args.fixed_mask,
                           args.moving_mask) if p]
     prepare_output_dir(args.output, overwrite=args.overwrite, inputs=inputs, create_parent=False)
+    if args.refine and not args.model:
+        raise InputError("--refine needs --model (it refines a learned model's prediction).")
+    if args.refine < 0:
+        raise InputError("--refine must be 0 or more iterations.")
+    if args.model:
+        from svreg_core.models.zoo import resolve_model
+        resolve_model(args.model)  # a wrong name or path fails now, before any work
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
                              seed=args.seed, spr=False if args.no_spr else None)
     printer = ProgressPrinter(args.progress)
@@ -98,7 +109,8 @@ def run_register(args: argparse.Namespace) -> int:
         _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
         _check_same_grid(moving_labels, moving, "moving labels", "moving image")
         load_s = time.perf_counter() - t0
-        result = register(fixed, moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask, progress=printer)
+        result = register(fixed, moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask, model=args.model,
+                          refine=args.refine, progress=printer)
         result.timing["load_s"] = load_s
         printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
         report = write_outputs(result, args.output, fixed_labels=fixed_labels, moving_labels=moving_labels,
@@ -117,8 +129,25 @@ def run_register(args: argparse.Namespace) -> int:
         line = f"folding {m['folding_percent']:.4f} %, NDV {m['ndv_percent']:.4f} %"
         if "dice_mean" in m:
             line = f"mean Dice {m['dice_mean']:.4f}, HD95 {m['hd95_mean']:.2f} mm, " + line
-        print(f"Registered in {report['timing']['total_s']:.1f} s ({report['device']}): {line}")
+        how = "pairwise optimisation" if report["method"] == "pairwise" else (
+            f"model {report['model'].get('name') or report['model']['architecture']}"
+            + (f" + {report['refine_steps']} refinement steps" if report.get("refine_steps") else ""))
+        print(f"Registered in {report['timing']['total_s']:.1f} s ({report['device']}, {how}): {line}")
         print(f"Outputs: {out}/  (figure: {out / 'report.png'})")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from svreg_core.models.zoo import describe, shipped_models
+
+    found = shipped_models()
+    if args.json:
+        print(json.dumps(found, indent=2))
+    else:
+        for name, meta in found.items():
+            print(describe(name, meta))
+        if not found:
+            print("no shipped model found (train one with 'svreg train')", file=sys.stderr)
     return 0
 
 
@@ -138,6 +167,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     reg = sub.add_parser("register", help="register a moving image to a fixed image (no training needed)")
     add_register_arguments(reg)
     handlers["register"] = run_register
+    models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")
+    models.add_argument("--json", action="store_true", help="print the models' descriptions as one JSON object")
+    handlers["models"] = run_models
     try:
         from svreg_core.tuning.cli import add_tune_arguments, run_tune
     except ImportError:

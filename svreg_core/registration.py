@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,12 +16,15 @@ import torch
 
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
+from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
-from svreg_core.image.resample import resample, sample_at_points, world_to_source_normalized
+from svreg_core.image.resample import downsample, resample, sample_at_points, world_to_source_normalized
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.optim.affine import affine_register
 from svreg_core.optim.parameters import RegistrationParameters
-from svreg_core.optim.spr import optimize_spr
+from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
+from svreg_core.models.zoo import resolve_model
+from svreg_core.optim.spr import DeformableResult, optimize_spr
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms import integrate_velocity
 
@@ -55,6 +59,8 @@ class RegistrationResult:
         deformable_displacement: ``(I, J, K, 3)`` RAS mm on the fixed grid: ``u`` alone (before ``A``).
         timing: seconds per stage.
         device: the torch device used.
+        model: the learned model's description when a network predicted the fields, else ``None``.
+        refine_steps: pairwise iterations run after the network's prediction.
     """
 
     fixed: Image
@@ -69,6 +75,13 @@ class RegistrationResult:
     timing: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     losses: list[dict[str, float]] = field(default_factory=list)
+    model: ModelInfo | None = None
+    refine_steps: int = 0
+
+    @property
+    def method(self) -> str:
+        """``"pairwise"`` (optimiser only) or ``"learned"`` (a network's prediction, maybe refined)."""
+        return "pairwise" if self.model is None else "learned"
 
     def _world_field(self, inverse: bool = False) -> torch.Tensor:
         """``u = exp(v)`` (or the displacement of ``exp(−v)``) in RAS mm, ``(1, 3, I, J, K)`` on the fixed grid.
@@ -156,19 +169,64 @@ class RegistrationResult:
         return self.warp_image(self.moving)
 
 
+LoadedModel = tuple[SPRNetwork, ModelInfo]
+
+
+def load_model(model: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """A shipped model by name, or a checkpoint (folder, or a file in it), ready for :func:`register`."""
+    return load_checkpoint(resolve_model(model), device=device)
+
+
+def model_parameters(info: ModelInfo, params: RegistrationParameters) -> RegistrationParameters:
+    """``params`` with the SPR loss a model was trained with (for refinement and integration)."""
+    return params.replace(similarity=info.similarity, lncc_window=info.lncc_window, prior=info.prior,
+                          alpha_prime=info.alpha_prime, lambda_max=info.lambda_max, spr=info.spr,
+                          integration_steps=info.integration_steps)
+
+
+def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_tensor: torch.Tensor,
+                   moving: Image, moving_tensor: torch.Tensor, affine: np.ndarray) -> DeformableResult:
+    """One network pass: both images onto the RAS network grid, velocity and λ out.
+
+    The fixed image and the moving image (through the affine pre-alignment ``affine``) are smoothed
+    against aliasing and resampled onto :func:`~svreg_core.image.network_grid.network_grid` of the fixed
+    image at the model's voxel size; the prediction lives on that grid.
+    """
+    spacing = info.network_spacing_mm
+    grid = network_grid(fixed, spacing, info.size_multiple)
+    f_net = resample(*downsample(fixed_tensor, fixed.grid, spacing), grid)
+    m_net = resample(*downsample(moving_tensor, moving.grid, spacing), grid, affine)
+    network.eval()
+    with torch.no_grad():
+        velocity, weight = network(f_net, m_net)
+    return DeformableResult(grid, velocity.float(), weight.float())
+
+
 def register(fixed: Image, moving: Image, parameters: RegistrationParameters | None = None, *,
              fixed_mask: Image | None = None, moving_mask: Image | None = None,
+             model: str | Path | LoadedModel | None = None, refine: int = 0,
              progress: ProgressCallback = no_progress) -> RegistrationResult:
-    """Register ``moving`` to ``fixed`` (pairwise SPR instance optimisation, no training needed).
+    """Register ``moving`` to ``fixed``: pairwise SPR optimisation, or a learned SPR network.
 
     Args:
         fixed, moving: 3-D images in any orientation, voxel size or oblique affine.
         parameters: a preset or custom :class:`RegistrationParameters` (default: brain-MRI preset).
+            With a ``model``, its SPR loss settings (similarity, α′, λ_max, integration steps) come
+            from the model; the affine stage, device and the finest level spacing (for refinement)
+            from ``parameters``.
         fixed_mask, moving_mask: optional masks (non-zero = inside) on the fixed / moving grids.
+        model: ``None`` (pairwise optimisation, no training needed), the name of a shipped model, a
+            checkpoint path, or a model already loaded with :func:`load_model`.
+        refine: with a ``model``, continue from its prediction with this many pairwise iterations of
+            the same SPR loss at the finest level spacing.
         progress: callback receiving :class:`ProgressEvent` updates.
     """
     params = parameters or RegistrationParameters()
     t0 = time.perf_counter()
+    if isinstance(refine, bool) or int(refine) != refine or refine < 0:
+        raise InputError(f"refine must be a whole number of iterations (0 or more), not {refine!r}.")
+    if refine and model is None:
+        raise InputError("refine needs a learned model (--model); the pairwise optimiser already runs to the end.")
     fixed = validate_image(fixed, "fixed image")
     moving = validate_image(moving, "moving image")
     for mask, ref, name in ((fixed_mask, fixed, "fixed mask"), (moving_mask, moving, "moving mask")):
@@ -178,6 +236,11 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
                 raise InputError(f"{name} must be on the same grid as its image "
                                  f"({mask.shape} vs {ref.shape}, or different affines).")
     device = resolve_device(params.device)
+    network = info = None
+    if model is not None:
+        network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
+        network = network.to(device)
+        params = model_parameters(info, params)
     timing: dict[str, float] = {}
 
     progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))
@@ -195,15 +258,30 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
         affine = np.eye(4)
     timing["affine_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm, moving_mask=mm,
-                              progress=progress, progress_span=(0.15 if params.affine else 0.0, 0.95))
-    timing["deformable_s"] = time.perf_counter() - t
+    start = 0.15 if params.affine else 0.0
+    if network is None:
+        t = time.perf_counter()
+        deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm, moving_mask=mm,
+                                  progress=progress, progress_span=(start, 0.95))
+        timing["deformable_s"] = time.perf_counter() - t
+    else:
+        t = time.perf_counter()
+        progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
+        deformable = predict_fields(network, info, fixed, f, moving, m, affine)
+        timing["network_s"] = time.perf_counter() - t
+        if refine:
+            t = time.perf_counter()
+            refine_params = params.replace(level_spacings=params.level_spacings[-1:], iterations=(int(refine),))
+            deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, refine_params, fixed_mask=fm,
+                                      moving_mask=mm, initial=deformable, progress=progress,
+                                      progress_span=(start + 0.05, 0.95))
+            timing["refine_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     empty = np.zeros((*fixed.shape, 3), np.float32)
     result = RegistrationResult(fixed, moving, params, affine, deformable.grid, deformable.velocity.cpu(),
-                                deformable.weight.cpu(), empty, empty, timing, str(device), deformable.losses)
+                                deformable.weight.cpu(), empty, empty, timing, str(device), deformable.losses,
+                                model=info, refine_steps=int(refine))
     result.compute_displacements()
     timing["compose_s"] = time.perf_counter() - t
     timing["registration_s"] = time.perf_counter() - t0
@@ -213,5 +291,10 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
 
 def summarize(result: RegistrationResult) -> dict[str, Any]:
     """Parameters, device and timing of a result as plain JSON-able values."""
-    return {"parameters": result.parameters.to_dict(), "device": result.device, "timing": dict(result.timing),
-            "affine_ras": result.affine.tolist(), "working_grid_spacing_mm": float(result.working_grid.spacing[0])}
+    summary = {"method": result.method, "parameters": result.parameters.to_dict(), "device": result.device,
+               "timing": dict(result.timing), "affine_ras": result.affine.tolist(),
+               "working_grid_spacing_mm": float(result.working_grid.spacing[0])}
+    if result.model is not None:
+        summary["model"] = {key: value for key, value in result.model.to_dict().items() if key != "config"}
+        summary["refine_steps"] = result.refine_steps
+    return summary

@@ -4,7 +4,9 @@
 
 1. the input volumes (and optional masks and label maps) are written as NIfTI into a new temporary
    folder, in world coordinates (a linear parent transform is folded in);
-2. ``svreg_core.cli register`` runs in a child process (:mod:`.runner`), reporting JSON progress;
+2. ``svreg_core.cli register`` runs in a child process (:mod:`.runner`), reporting JSON progress:
+   the pairwise optimiser, or a learned model (shipped or a checkpoint, :mod:`.models`) whose
+   prediction is refined by a few pairwise steps;
 3. on success the outputs become MRML nodes: a grid transform (FromParent, RAS mm, fixed/moving
    references) with the moving volume placed under it, the λ map and the Jacobian determinant on
    the fixed grid with their colour maps, optionally the hardened warped volume and warped labels;
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import shutil
 import tempfile
 import time
@@ -25,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import display, geometry, runner
+from . import display, geometry, models, runner
 
 #: Node attributes written on every output node.
 RUN_ATTRIBUTE = "SpatialVaryingReg.Run"
@@ -37,6 +40,14 @@ REPORT_ATTRIBUTE = "SpatialVaryingReg.Report"
 PRESET_NAMES = ("brain-mri", "cardiac-mri", "ct", "lung-ct")
 SIMILARITIES = ("lncc", "mse", "mind")
 DEVICES = ("auto", "cpu", "cuda")
+#: Registration methods: ``pairwise`` optimisation per pair (no training) or a ``learned`` model.
+METHODS = ("pairwise", "learned")
+#: Pairwise-optimisation steps (same SPR loss) run from a learned model's prediction by default. A
+#: network applied to a scan unlike its training data can be off; 20 steps adapt the result to this
+#: pair for a fraction of a pairwise run's cost (that runs 60-80 steps per level), and 0 gives the
+#: network alone (fastest).
+DEFAULT_REFINE_STEPS = 20
+REFINE_STEPS_MAX = 500
 
 
 class RegistrationError(RuntimeError):
@@ -56,6 +67,10 @@ class RegistrationSettings:
             (``{"base": ..., "parameters": {...}}``, e.g. written by ``svreg tune --apply-best``).
         overrides: registration parameters replacing the preset's (``alpha_prime``, ``lambda_max``,
             ``similarity``, ``spr``, ``affine``, ``level_spacings``, ``iterations``, ``seed``...).
+        method: ``"pairwise"`` (optimise this pair, no training) or ``"learned"`` (a trained network).
+        model: with ``method="learned"``: a shipped model's name or a checkpoint (a folder holding
+            ``model.json`` and ``model.safetensors``, or either file).
+        refine_steps: with ``method="learned"``: pairwise steps from the network's prediction (0 = none).
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
         labels: label values to score (default: all labels present in both label maps).
         label_interpolation: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
@@ -67,6 +82,9 @@ class RegistrationSettings:
 
     preset: str = "brain-mri"
     overrides: dict[str, Any] = field(default_factory=dict)
+    method: str = "pairwise"
+    model: str = models.DEFAULT_MODEL
+    refine_steps: int = DEFAULT_REFINE_STEPS
     device: str = "auto"
     labels: list[int] | None = None
     label_interpolation: str = "linear"
@@ -123,15 +141,33 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
 
 
+def method_text(report: dict[str, Any]) -> str:
+    """How the engine registered, from ``report.json``: ``"pairwise optimisation"`` or ``"learned model
+    'name' (architecture) + N refinement steps"``; empty when the report does not say (older engine)."""
+    method = report.get("method")
+    if method == "pairwise":
+        return "pairwise optimisation"
+    if method != "learned":
+        return ""
+    model = report.get("model")
+    text = "learned model"
+    if isinstance(model, dict):
+        text += f" '{model.get('name') or '?'}'" + (f" ({model['architecture']})" if model.get("architecture") else "")
+    steps = report.get("refine_steps")
+    return text + (f" + {steps} refinement steps" if isinstance(steps, int) and steps > 0 else "")
+
+
 def status_text(run_name: str, report: dict[str, Any], elapsed_s: float | None = None) -> str:
-    """One line for the status label: time, device, folding and (with labels) Dice and HD95.
+    """One line for the status label: method, time, device, folding and (with labels) Dice and HD95.
 
     ``elapsed_s`` is the wall-clock time seen by the user (engine start-up included); the engine's own
     total is used without it.
     """
     metrics = report.get("metrics", {})
     seconds = elapsed_s if elapsed_s is not None else report.get("timing", {}).get("total_s")
-    parts = [f"{run_name}: done in {_fmt(seconds, 0)} s on {report.get('device', '?')}",
+    method = method_text(report)
+    parts = [f"{run_name}: {method + ', ' if method else ''}done in {_fmt(seconds, 0)} s "
+             f"on {report.get('device', '?')}",
              f"folding (det J <= 0) {_fmt(metrics.get('folding_percent'), 3)} % of voxels"]
     if "dice_mean" in metrics:
         n = len(metrics.get("dice", {}))
@@ -276,9 +312,27 @@ class RegistrationJob:
             self._geometry[node.GetID()] = node_geometry
         if self.settings.device not in DEVICES:
             raise RegistrationError(f"unknown device '{self.settings.device}'; use auto, cpu or cuda.")
+        self._model_argument = self._check_model()
 
-    def _export_inputs(self) -> runner.RegisterRequest:
-        inputs = self.workdir / "inputs"
+    def _check_model(self) -> str | None:
+        """The engine's ``--model`` argument (``None`` for the pairwise method), checked before any start."""
+        method, steps = self.settings.method, self.settings.refine_steps
+        if method not in METHODS:
+            raise RegistrationError(f"unknown method '{method}'; use {' or '.join(METHODS)}.")
+        if method == "pairwise":
+            return None
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= REFINE_STEPS_MAX:
+            raise RegistrationError(f"refine steps must be a whole number from 0 to {REFINE_STEPS_MAX} "
+                                    f"(got {steps!r}).")
+        try:
+            return models.resolve_model(self.settings.model)
+        except models.ModelError as exc:
+            raise RegistrationError(str(exc)) from None
+
+    def export_inputs(self, workdir: Path) -> runner.RegisterRequest:
+        """Write the inputs into ``workdir/inputs`` and return the engine request (after :meth:`validate`);
+        the engine will write into ``workdir/output``."""
+        inputs = Path(workdir) / "inputs"
         inputs.mkdir()
 
         def export(node, name: str, what: str) -> Path | None:
@@ -297,7 +351,7 @@ class RegistrationJob:
         return runner.RegisterRequest(
             fixed=export(self.fixed, "fixed", "fixed volume"),
             moving=export(self.moving, "moving", "moving volume"),
-            output=self.workdir / "output",
+            output=Path(workdir) / "output",
             fixed_mask=export(self.fixed_mask, "fixed_mask", "fixed mask"),
             moving_mask=export(self.moving_mask, "moving_mask", "moving mask"),
             fixed_labels=export(self.fixed_labels, "fixed_labels", "fixed label map"),
@@ -306,6 +360,8 @@ class RegistrationJob:
             preset=str(preset_file),
             device=self.settings.device,
             label_interpolation=self.settings.label_interpolation,
+            model=self._model_argument,
+            refine=int(self.settings.refine_steps) if self._model_argument else None,
         )
 
     # ---- running
@@ -324,7 +380,7 @@ class RegistrationJob:
         root.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="SpatialVaryingReg-", dir=root))
         try:
-            request = self._export_inputs()
+            request = self.export_inputs(self.workdir)
             env = self.env if self.env is not None else runner.child_environment(engine)
             self.started_at = time.monotonic()
             self.child = runner.start_registration(request, python=self.python, env=env, cwd=self.workdir,
@@ -336,6 +392,9 @@ class RegistrationJob:
             self._cleanup(force=True)
             raise
         if self.on_log is not None:
+            if self._model_argument:
+                self.on_log(f"Learned model {self._model_argument}, then {self.settings.refine_steps} refinement "
+                            "steps.")
             self.on_log(f"Started the engine: {' '.join(self.child.command)}")
         return self
 
@@ -453,7 +512,8 @@ class RegistrationJob:
                 node.SetAttribute(RUN_ATTRIBUTE, str(number))
                 node.SetAttribute(ROLE_ATTRIBUTE, role)
         transform.SetAttribute(REPORT_ATTRIBUTE, json.dumps({k: report.get(k) for k in
-                                                             ("metrics", "timing", "device", "parameters")}))
+                                                             ("method", "model", "metrics", "timing", "device",
+                                                              "parameters")}))
         self.moving.SetAndObserveTransformNodeID(transform.GetID())
         if self.settings.show_results and first_result:
             display.show_in_slice_views(scene, background=self.fixed, foreground=lambda_map)

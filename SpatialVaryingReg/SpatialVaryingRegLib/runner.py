@@ -390,7 +390,12 @@ def process_group_alive(pgid: int) -> bool:
 
 @dataclass
 class RegisterRequest:
-    """Arguments of ``svreg_core.cli register`` (files on disk; ``None`` = engine default)."""
+    """Arguments of ``svreg_core.cli register`` (files on disk; ``None`` = engine default).
+
+    ``model`` (a shipped model's name or a checkpoint folder) selects the learned method: the network
+    predicts the deformation and λ, then ``refine`` steps of pairwise optimisation of the same SPR loss
+    start from that prediction (0 = the network only). Without ``model`` the pairwise optimiser runs.
+    """
 
     fixed: Path
     moving: Path
@@ -407,6 +412,8 @@ class RegisterRequest:
     device: str = "auto"
     seed: int | None = None
     label_interpolation: str | None = None
+    model: str | None = None
+    refine: int | None = None
     overwrite: bool = False
 
     def arguments(self) -> list[str]:
@@ -419,6 +426,10 @@ class RegisterRequest:
         if self.labels:
             args += ["--labels", *[str(int(v)) for v in self.labels]]
         args += ["--preset", str(self.preset)]
+        if self.model:
+            args += ["--model", str(self.model)]
+            if self.refine is not None:
+                args += ["--refine", str(int(self.refine))]
         if self.similarity:
             args += ["--similarity", self.similarity]
         if not self.spr:

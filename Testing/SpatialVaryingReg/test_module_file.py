@@ -15,6 +15,7 @@ import typing
 import unittest
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 MODULE_PY = Path(__file__).resolve().parents[2] / "SpatialVaryingReg" / "SpatialVaryingReg.py"
@@ -106,6 +107,50 @@ def test_parameter_node_choices_match_the_ui_choices(module):
     preset_choice = hints["preset"].__metadata__[0]
     assert preset_choice[1] == (*module.svlogic.PRESET_NAMES, module.CUSTOM_PRESET)
     assert hints["similarity"].__metadata__[0][1][0] == module.FROM_PRESET
+    assert hints["method"].__metadata__[0][1] == ("Pairwise optimisation (no training)", "Learned model")
+    assert set(module.METHOD_LABELS) == set(module.svlogic.METHODS)
+    assert hints["refineSteps"].__metadata__[0] == ("WithinRange", 0, 500)
+
+
+def test_parameter_node_has_the_method_fields(module):
+    p = module.SpatialVaryingRegParameterNode()
+    assert p.method == "Pairwise optimisation (no training)"  # the default: no trained model needed
+    assert p.model == "brain-unet-spr" and p.modelCheckpoint == "" and p.refineSteps == 20
+
+
+def test_learned_method_settings_from_the_parameter_node(module, tmp_path):
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    assert logic.settingsFromParameterNode(p).method == "pairwise"
+    p.method, p.refineSteps = module.METHOD_LABELS["learned"], 0
+    settings = logic.settingsFromParameterNode(p)
+    assert (settings.method, settings.model, settings.refine_steps) == ("learned", "brain-unet-spr", 0)
+    p.model, p.modelCheckpoint = module.CHECKPOINT_CHOICE, str(tmp_path / "run" / "model.json")
+    settings = logic.settingsFromParameterNode(p)
+    assert settings.model == str(tmp_path / "run" / "model.json")
+
+
+def test_console_register_with_a_bad_checkpoint(module, scene, monkeypatch, tmp_path):
+    """``logic.register(..., method="learned", model=<path>)``: a plain message, nothing started or added."""
+    from slicer_test_helpers import add_volume
+
+    monkeypatch.setattr(module.svlogic, "default_temp_root", lambda: str(tmp_path / "temp"))
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed = add_volume(scene, np.random.default_rng(0).random((16, 16, 16)), affine, "fixed")
+    moving = add_volume(scene, np.random.default_rng(1).random((16, 16, 16)), affine, "moving")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"")
+    nodes_before = scene.GetNumberOfNodes()
+    logic = module.SpatialVaryingRegLogic()
+    with pytest.raises(module.svlogic.RegistrationError, match=r"the checkpoint folder .*run has no model.json"):
+        logic.register(fixed, moving, method="learned", model=str(run / "model.safetensors"), refineSteps=20,
+                       ensureDependencies=False)
+    with pytest.raises(module.svlogic.RegistrationError, match="refine steps must be a whole number from 0 to 500"):
+        logic.register(fixed, moving, method="learned", model=str(run), refineSteps=-1, ensureDependencies=False)
+    assert scene.GetNumberOfNodes() == nodes_before and moving.GetParentTransformNode() is None
+    assert not (tmp_path / "temp").exists()
 
 
 def test_in_slicer_self_test_code_runs_against_real_mrml(module, scene, monkeypatch, tmp_path):
@@ -117,4 +162,6 @@ def test_in_slicer_self_test_code_runs_against_real_mrml(module, scene, monkeypa
     test.test_RegisterSyntheticPair()
     scene.Clear(0)
     test.test_BadInputsGivePlainMessages()
+    scene.Clear(0)
+    test.test_LearnedModel()  # registers with the first shipped model; says "skipped" when none is shipped
     assert list(tmp_path.iterdir()) == []

@@ -130,9 +130,16 @@ def test_engine_is_bundled_next_to_the_module():
     from SpatialVaryingRegLib import runner
 
     assert runner.ENGINE_FOLDER == "SpatialVaryingRegEngine"
-    # the glob takes only .py files: the engine must not need any other file at run time
-    others = [p for p in (REPO / "svreg_core").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
-    assert others == [], f"svreg_core holds non-Python files that CMake does not install: {others}"
+    # the glob takes .py files; the only other files the engine needs are its shipped models
+    # (svreg_core/models/shipped/<name>/model.json + model.safetensors), which CMake must install too
+    shipped = REPO / "svreg_core" / "models" / "shipped"
+    others = [p for p in (REPO / "svreg_core").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")
+              and "__pycache__" not in p.parts]
+    models = [p for p in others if p.parent.parent == shipped and p.name in ("model.json", "model.safetensors")]
+    assert [p for p in others if p not in models] == [], "svreg_core holds non-Python files that CMake does not install"
+    if models:
+        assert re.search(r"svreg_core/models/shipped/\*/model\.(json|safetensors|\*)", text), \
+            "the shipped models (svreg_core/models/shipped/*/model.json, model.safetensors) are not installed by CMake"
     # in a source checkout the module finds the engine in the repository
     assert runner.engine_path() == REPO
 
@@ -233,7 +240,8 @@ def test_requirements_cover_the_engine_imports():
         for req in dependencies.read_requirements(MODULE / "Resources" / name):
             listed.add(re.match(r"[A-Za-z0-9_.-]+", req).group().lower())
     import_names = {"nibabel": "nibabel", "scipy": "scipy", "SimpleITK": "simpleitk", "matplotlib": "matplotlib",
-                    "tqdm": "tqdm", "optuna": "optuna", "sqlalchemy": "sqlalchemy"}
+                    "tqdm": "tqdm", "optuna": "optuna", "sqlalchemy": "sqlalchemy", "safetensors": "safetensors",
+                    "yaml": "pyyaml"}
     provided = {"numpy", "torch"} | set(import_names)
     stdlib = set(sys.stdlib_module_names)
     for path in (REPO / "svreg_core").rglob("*.py"):

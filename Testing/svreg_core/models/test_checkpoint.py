@@ -1,0 +1,203 @@
+"""Checkpoints: exact round trip, atomic replacement, and one plain error line for every broken checkpoint."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from svreg_core.errors import InputError, OutputError
+from svreg_core.models import ModelInfo, UNetSPR, load_checkpoint, model_summary, save_checkpoint
+
+
+def _info(model, **changes) -> ModelInfo:
+    values = dict(architecture=model.architecture, config=model.config, network_spacing_mm=2.0,
+                  size_multiple=model.size_multiple, normalization="robust_normalize", similarity="lncc",
+                  lncc_window=9, prior="beta", alpha_prime=0.175, lambda_max=3.35, spr=True, integration_steps=7,
+                  svreg_version="0.1.0", training={"data": "IXI 403 T1", "epochs": 3}, name="brain-test")
+    values.update(changes)
+    return ModelInfo(**values)
+
+
+@pytest.fixture()
+def saved(nets, tmp_path: Path):
+    """A small U-Net whose heads are perturbed (a non-trivial prediction), saved to ``tmp_path/ckpt``."""
+    model = nets.build("unet-spr", nets.SMALL_UNET)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=gen))
+    folder = save_checkpoint(tmp_path / "ckpt", model, _info(model))
+    return model, folder
+
+
+def _rewrite_json(folder: Path, **changes) -> None:
+    meta = json.loads((folder / "model.json").read_text())
+    meta.update(changes)
+    (folder / "model.json").write_text(json.dumps(meta))
+
+
+def _one_line_error(path, match: str) -> str:
+    with pytest.raises(InputError, match=match) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_round_trip_gives_identical_predictions(nets, saved) -> None:
+    model, folder = saved
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.safetensors"]
+    fixed, moving = nets.pair((16, 16, 16))
+    model.eval()
+    with torch.no_grad():
+        expected = model(fixed, moving)
+    for path in (folder, folder / "model.json", folder / "model.safetensors", str(folder)):
+        loaded, info = load_checkpoint(path)
+        assert isinstance(loaded, UNetSPR) and not loaded.training
+        assert info == _info(model)
+        with torch.no_grad():
+            velocity, weight = loaded(fixed, moving)
+        assert torch.equal(velocity, expected[0]) and torch.equal(weight, expected[1])
+    meta = json.loads((folder / "model.json").read_text())
+    assert meta["format"] == "svreg-checkpoint" and meta["format_version"] == 1
+    assert meta["weights_sha256"] == hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    assert meta["architecture"] == "unet-spr" and meta["network_spacing_mm"] == 2.0  # flat, readable by the zoo
+
+
+def test_transmorph_round_trip(nets, tmp_path: Path) -> None:
+    model = nets.build("transmorph-tvf-spr", {**nets.TINY_TRANSMORPH, "time_steps": 2}).eval()
+    folder = save_checkpoint(tmp_path / "tm", model, _info(model, integration_steps=7))
+    loaded, info = load_checkpoint(folder)
+    fixed, moving = nets.pair((32, 32, 32))
+    with torch.no_grad():
+        assert torch.equal(loaded(fixed, moving)[0], model(fixed, moving)[0])
+    assert info.architecture == "transmorph-tvf-spr" and info.size_multiple == 32
+
+
+def test_saving_again_replaces_atomically_and_refuses_foreign_folders(nets, saved, tmp_path: Path) -> None:
+    model, folder = saved
+    other = nets.build("unet-spr", {**nets.SMALL_UNET, "uniform": True})
+    save_checkpoint(folder, other, _info(other, spr=False, name="second"))
+    _, info = load_checkpoint(folder)
+    assert info.name == "second" and info.config["uniform"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging or backup folder left
+    foreign = tmp_path / "results"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not a checkpoint folder"):
+        save_checkpoint(foreign, model, _info(model))
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="does not describe the model"):
+        save_checkpoint(tmp_path / "x", model, _info(other))
+
+
+def test_missing_folder_and_files(saved, tmp_path: Path) -> None:
+    _, folder = saved
+    _one_line_error(tmp_path / "nowhere", "does not exist")
+    (folder / "model.safetensors").unlink()
+    _one_line_error(folder, "model.safetensors is missing")
+    (folder / "model.json").unlink()
+    _one_line_error(folder, "model.json is missing")
+
+
+def test_truncated_weights(saved) -> None:
+    _, folder = saved
+    weights = folder / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    _one_line_error(folder, "model.safetensors is corrupt or truncated")
+
+
+@pytest.mark.parametrize("where", ["header", "data"])
+def test_flipped_bytes(saved, where: str) -> None:
+    _, folder = saved
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    index = 8 + header // 2 if where == "header" else len(data) - 100
+    data[index] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    _one_line_error(folder, "model.safetensors is corrupt or truncated")
+
+
+def test_unreadable_safetensors_with_matching_digest(saved) -> None:
+    """A file that is not safetensors at all (here: zeros), recorded with its own digest."""
+    _, folder = saved
+    (folder / "model.safetensors").write_bytes(b"\x00" * 64)
+    _rewrite_json(folder, weights_sha256=hashlib.sha256(b"\x00" * 64).hexdigest())
+    _one_line_error(folder, r"model.safetensors is corrupt or truncated \(")
+
+
+def test_invalid_json(saved) -> None:
+    _, folder = saved
+    (folder / "model.json").write_text('{"format": "svreg-checkpoint", ')
+    _one_line_error(folder, "model.json is not valid JSON")
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"format": "something-else"}, "not an svreg checkpoint"),
+    ({"format_version": 2}, "format version 2"),
+    ({"lambda_max": "3"}, "'lambda_max' must be a positive number"),
+    ({"spr": 1}, "'spr' must be true or false"),
+    ({"integration_steps": 7.0}, "'integration_steps' must be an integer"),
+    ({"colour": "red"}, "unknown field"),
+    ({"weights_sha256": None}, "lacks the SHA-256"),
+    ({"architecture": "voxelmorph"}, "unknown network architecture 'voxelmorph'"),
+    ({"size_multiple": 32}, "size multiple 32"),
+])
+def test_bad_descriptions(saved, changes: dict, match: str) -> None:
+    _, folder = saved
+    _rewrite_json(folder, **changes)
+    _one_line_error(folder, match)
+
+
+def test_missing_field(saved) -> None:
+    _, folder = saved
+    meta = json.loads((folder / "model.json").read_text())
+    del meta["network_spacing_mm"]
+    (folder / "model.json").write_text(json.dumps(meta))
+    _one_line_error(folder, "lacks field.*network_spacing_mm")
+
+
+def test_weights_of_another_configuration(saved) -> None:
+    model, folder = saved
+    _rewrite_json(folder, config={**model.config, "encoder_features": [4, 8, 16]})
+    message = _one_line_error(folder, "does not match architecture unet-spr")
+    assert "shape mismatch" in message
+
+
+def test_missing_and_unexpected_tensors(saved) -> None:
+    _, folder = saved
+    weights = folder / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = "velocity_head.bias"
+    tensors["extra.weight"] = tensors.pop(name)
+    save_file(tensors, str(weights))
+    _rewrite_json(folder, weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+    message = _one_line_error(folder, "does not match architecture unet-spr")
+    assert f"missing tensor(s) {name}" in message and "unexpected tensor(s) extra.weight" in message
+
+
+def test_model_info_from_dict_round_trip_and_errors(saved) -> None:
+    model, _ = saved
+    info = _info(model)
+    assert ModelInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+    minimal = {k: v for k, v in info.to_dict().items() if k not in ("training", "name")}
+    assert ModelInfo.from_dict({**minimal, "lambda_max": 3}).lambda_max == 3.0
+    assert isinstance(ModelInfo.from_dict({**minimal, "lambda_max": 3}).lambda_max, float)
+    with pytest.raises(InputError, match="JSON object"):
+        ModelInfo.from_dict([1, 2])
+    with pytest.raises(InputError, match="'size_multiple' must be a positive integer"):
+        ModelInfo.from_dict({**minimal, "size_multiple": True})
+
+
+def test_model_summary_is_one_informative_line(saved) -> None:
+    model, _ = saved
+    line = model_summary(_info(model, training={"data": "IXI 403 T1\nbrains"}))
+    assert "\n" not in line
+    for part in ("brain-test", "unet-spr", "2 mm", "IXI 403 T1 brains", "SPR"):
+        assert part in line
+    assert "unrecorded" in model_summary(_info(model, training={}, name=""))

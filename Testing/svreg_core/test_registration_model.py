@@ -1,0 +1,164 @@
+"""Registration with a learned SPR network: geometry through the RAS network grid, refinement, CLI.
+
+A network whose velocity head is a known constant (weights zero, bias ``c``) predicts a constant
+velocity on the RAS network grid, i.e. a translation by ``c`` network voxels along R, A, S. Whatever the
+fixed image's orientation (LAS, oblique, anisotropic), the result must be that same world translation
+on the fixed grid — checked in the engine's arrays and, independently, with SimpleITK reading the
+written ``displacement.nii.gz``.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from svreg_core import Image, InputError, RegistrationParameters, load_image, register, write_outputs
+from svreg_core.models import ModelInfo, build_model, save_checkpoint
+from svreg_core.registration import load_model
+
+TINY = {"encoder_features": [4, 4], "decoder_features": [4, 4, 4], "lambda_features": [4]}
+SPACING = 6.0  # network grid voxel size (mm)
+SHIFT_VOXELS = (0.5, -0.25, 0.75)  # constant velocity = translation in network voxels along R, A, S
+LAMBDA_LOGIT = 0.4
+
+
+def _info(model) -> ModelInfo:
+    return ModelInfo(architecture=model.architecture, config=model.config, network_spacing_mm=SPACING,
+                     size_multiple=model.size_multiple, normalization="robust_normalize", similarity="lncc",
+                     lncc_window=5, prior="beta", alpha_prime=0.175, lambda_max=1.0, spr=True,
+                     integration_steps=5, svreg_version="test", training={"data": "none (constant test net)"},
+                     name="constant-test")
+
+
+@pytest.fixture(scope="module")
+def constant_checkpoint(tmp_path_factory) -> Path:
+    model = build_model("unet-spr", TINY)
+    with torch.no_grad():
+        model.velocity_head.weight.zero_()
+        model.velocity_head.bias.copy_(torch.tensor(SHIFT_VOXELS))
+        last = model.lambda_head[-1]
+        last.weight.zero_()
+        last.bias.fill_(LAMBDA_LOGIT)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "constant", model, _info(model))
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    model = build_model("unet-spr", TINY)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "untrained", model, _info(model))
+
+
+def _pair(tiny_pair):
+    return load_image(tiny_pair.paths.fixed), load_image(tiny_pair.paths.moving)
+
+
+def _expected_world_shift() -> np.ndarray:
+    return np.asarray(SHIFT_VOXELS) * SPACING  # RAS mm: the network grid's axes are R, A, S
+
+
+def test_constant_network_gives_the_world_translation_on_any_fixed_grid(constant_checkpoint, tiny_pair, tmp_path) \
+        -> None:
+    fixed, moving = _pair(tiny_pair)  # fixed: LAS 6 mm; moving: oblique, j-flipped, anisotropic
+    params = RegistrationParameters(affine=False, device="cpu")
+    result = register(fixed, moving, params, model=constant_checkpoint)
+    assert result.method == "learned" and result.model.name == "constant-test"
+    expected = _expected_world_shift()
+    inner = result.deformable_displacement[3:-3, 3:-3, 3:-3]
+    np.testing.assert_allclose(inner.reshape(-1, 3).mean(0), expected, atol=0.02)
+    np.testing.assert_allclose(inner, np.broadcast_to(expected, inner.shape), atol=0.05)
+    lam = result.regularization_map().data
+    np.testing.assert_allclose(lam, 1 / (1 + np.exp(-LAMBDA_LOGIT)), atol=1e-5)
+    # the same through SimpleITK reading the written file (LPS vectors in the ITK convention)
+    report = write_outputs(result, tmp_path / "out")
+    assert report["method"] == "learned" and report["model"]["architecture"] == "unet-spr"
+    field = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "displacement.nii.gz")))
+    lps = expected * np.array([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(field[3:-3, 3:-3, 3:-3].reshape(-1, 3).mean(0), lps, atol=0.02)
+
+
+def test_network_grid_follows_a_reoriented_fixed_image(constant_checkpoint, tiny_pair) -> None:
+    """The same fixed image stored with flipped/permuted axes gives the same world result."""
+    fixed, moving = _pair(tiny_pair)
+    flipped = Image(np.ascontiguousarray(fixed.data[::-1].transpose(2, 0, 1)),
+                    fixed.affine @ np.array([[-1, 0, 0, fixed.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0],
+                                             [0, 0, 0, 1.0]]) @ np.array([[0, 1, 0, 0], [0, 0, 1, 0],
+                                                                          [1, 0, 0, 0], [0, 0, 0, 1.0]]))
+    params = RegistrationParameters(affine=False, device="cpu")
+    a = register(fixed, moving, params, model=constant_checkpoint)
+    b = register(flipped, moving, params, model=constant_checkpoint)
+    points = np.array([[0.0, 0.0, 0.0], [10.0, -20.0, 5.0], [-15.0, 12.0, 20.0]])
+    np.testing.assert_allclose(a.transform_points(points), b.transform_points(points), atol=0.05)
+    np.testing.assert_allclose(a.transform_points(points) - points, np.broadcast_to(_expected_world_shift(),
+                                                                                    points.shape), atol=0.05)
+
+
+def test_refinement_improves_an_untrained_network(untrained_checkpoint, tiny_pair) -> None:
+    fixed, moving = _pair(tiny_pair)
+    params = RegistrationParameters(level_spacings=(8.0, 6.0), affine=False, device="cpu")
+    loaded = load_model(untrained_checkpoint)
+    one_pass = register(fixed, moving, params, model=loaded)
+    refined = register(fixed, moving, params, model=loaded, refine=30)
+    assert np.abs(one_pass.deformable_displacement).max() < 0.5  # untrained: about the identity
+    assert refined.refine_steps == 30 and "refine_s" in refined.timing
+    truth = tiny_pair.truth
+    brain = tiny_pair.interior
+    err_one = np.linalg.norm(one_pass.displacement - truth, axis=-1)[brain].mean()
+    err_refined = np.linalg.norm(refined.displacement - truth, axis=-1)[brain].mean()
+    assert err_refined < 0.8 * err_one
+
+
+def test_refine_and_model_errors(tiny_pair, tmp_path) -> None:
+    fixed, moving = _pair(tiny_pair)
+    with pytest.raises(InputError, match="refine needs a learned model"):
+        register(fixed, moving, RegistrationParameters(device="cpu"), refine=5)
+    with pytest.raises(InputError, match="neither a shipped model"):
+        register(fixed, moving, RegistrationParameters(device="cpu"), model=tmp_path / "missing")
+    with pytest.raises(InputError, match="whole number"):
+        register(fixed, moving, RegistrationParameters(device="cpu"), model=tmp_path, refine=-1)
+
+
+def _run(geo, *argv, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(geo.svreg_command(*argv), cwd=str(cwd), env=geo.child_env(), capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_register_with_a_model_and_refinement(geo, tiny_pair, fast_preset, constant_checkpoint, tmp_path) \
+        -> None:
+    p = tiny_pair.paths
+    out = tmp_path / "learned"
+    proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", constant_checkpoint, "--refine", "3",
+                "--preset", fast_preset, "--no-affine", "--device", "cpu", "--progress", "none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "model constant-test + 3 refinement steps" in proc.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "learned" and report["refine_steps"] == 3
+    assert report["model"]["network_spacing_mm"] == SPACING
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--refine", "5"), "--refine needs --model"),
+    (("--model", "no-such-model"), "neither a shipped model"),
+])
+def test_cli_model_errors_come_before_any_work(geo, tiny_pair, tmp_path, argv, message) -> None:
+    p = tiny_pair.paths
+    proc = _run(geo, "register", p.fixed, p.moving, "-o", tmp_path / "out", *argv, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_models_lists_shipped_models_name_first(geo, tmp_path) -> None:
+    from svreg_core.models.zoo import shipped_models
+
+    proc = _run(geo, "models", cwd=tmp_path)
+    assert proc.returncode == 0
+    names = list(shipped_models())
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert [line.split()[0] for line in lines] == names
+    listed = json.loads(_run(geo, "models", "--json", cwd=tmp_path).stdout)
+    assert sorted(listed) == sorted(names)

@@ -1,0 +1,311 @@
+"""Checkpoints of learned SPR networks: a folder with ``model.safetensors`` and ``model.json``.
+
+* ``model.safetensors``: the network's state dict (weights only, no code; loading never unpickles).
+* ``model.json``: one flat object, ``{"format": "svreg-checkpoint", "format_version": 1,
+  "weights_sha256": <hex digest of model.safetensors>, **ModelInfo}``: how to rebuild the network
+  (architecture and config), the grid and normalisation it expects, and the loss it was trained with,
+  so that inference and fine-tuning use the same settings.
+
+Saving is atomic: both files are written into a temporary sibling folder which then replaces the
+target folder. Loading checks everything it reads and turns each problem into one plain
+:class:`~svreg_core.errors.InputError` line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from svreg_core.errors import InputError, OutputError
+from svreg_core.models.base import SPRNetwork
+from svreg_core.models.registry import build_model
+
+#: Value of ``model.json``'s ``"format"`` key.
+FORMAT = "svreg-checkpoint"
+
+#: Version of the checkpoint layout this module writes and reads.
+FORMAT_VERSION = 1
+
+WEIGHTS_FILE = "model.safetensors"
+INFO_FILE = "model.json"
+
+#: How many tensor names an error message lists before summarising.
+_LISTED = 4
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint records besides the weights.
+
+    Attributes:
+        architecture: registry name (:data:`svreg_core.models.registry.ARCHITECTURES`).
+        config: the network's :attr:`~svreg_core.models.base.SPRNetwork.config`.
+        network_spacing_mm: voxel size of the network grid (isotropic, mm).
+        size_multiple: the network's size multiple (the network grid's shape is made divisible by it).
+        normalization: intensity normalisation of the inputs (``"robust_normalize"``).
+        similarity, lncc_window, prior, alpha_prime, lambda_max, spr: the SPR loss it was trained with
+            (:class:`svreg_core.losses.spr.SPRLoss`).
+        integration_steps: scaling-and-squaring steps that turn its velocity into a displacement.
+        svreg_version: version of svreg_core that trained it.
+        training: free-form record of the training (data, command, epochs, date, ...), JSON-able.
+        name: short model name (shipped models: their folder name).
+    """
+
+    architecture: str
+    config: dict[str, Any]
+    network_spacing_mm: float
+    size_multiple: int
+    normalization: str
+    similarity: str
+    lncc_window: int
+    prior: str
+    alpha_prime: float
+    lambda_max: float
+    spr: bool
+    integration_steps: int
+    svreg_version: str
+    training: dict[str, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ModelInfo:
+        """Validate and convert a dict written by :meth:`to_dict`.
+
+        Raises:
+            InputError: not a dict, a missing or unknown field, or a value of the wrong type or range.
+        """
+        if not isinstance(data, dict):
+            raise InputError(f"model information must be a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_CHECKS))
+        if unknown:
+            raise InputError(f"model information has unknown field(s): {', '.join(unknown)}")
+        missing = [f.name for f in fields(cls)
+                   if f.name not in data and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise InputError(f"model information lacks field(s): {', '.join(missing)}")
+        for name, value in data.items():
+            test, description = _CHECKS[name]
+            if not test(value):
+                raise InputError(f"model information field {name!r} must be {description}, got {value!r}")
+        return cls(**{name: float(value) if name in _FLOATS else value for name, value in data.items()})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+#: Per field of :class:`ModelInfo`: (test, description used in the error message).
+_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "architecture": (_is_text, "a non-empty string"),
+    "config": (lambda v: isinstance(v, dict), "an object"),
+    "network_spacing_mm": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "size_multiple": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "normalization": (_is_text, "a non-empty string"),
+    "similarity": (_is_text, "a non-empty string"),
+    "lncc_window": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "prior": (_is_text, "a non-empty string"),
+    "alpha_prime": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "lambda_max": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "spr": (lambda v: isinstance(v, bool), "true or false"),
+    "integration_steps": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "svreg_version": (lambda v: isinstance(v, str), "a string"),
+    "training": (lambda v: isinstance(v, dict), "an object"),
+    "name": (lambda v: isinstance(v, str), "a string"),
+}
+
+#: Number fields stored as floats (JSON may hold them as integers).
+_FLOATS = frozenset({"network_spacing_mm", "alpha_prime", "lambda_max"})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(directory: str | Path, model: SPRNetwork, info: ModelInfo) -> Path:
+    """Write ``model``'s weights and ``info`` into the checkpoint folder ``directory`` (atomically).
+
+    An existing checkpoint folder there is replaced; any other existing file or non-empty folder is
+    left alone.
+
+    Raises:
+        ValueError: ``info`` disagrees with ``model`` (architecture, config or size multiple).
+        OutputError: ``directory`` is a file or a non-empty folder that is not a checkpoint, or cannot be written.
+
+    Returns:
+        The checkpoint folder.
+    """
+    if (info.architecture, info.config, info.size_multiple) != (model.architecture, model.config,
+                                                                 model.size_multiple):
+        raise ValueError(f"ModelInfo ({info.architecture}, {info.config}, size multiple {info.size_multiple}) "
+                         f"does not describe the model ({model.architecture}, {model.config}, "
+                         f"size multiple {model.size_multiple})")
+    target = Path(directory).expanduser().absolute()
+    if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / INFO_FILE).is_file())):
+        raise OutputError(f"cannot save the checkpoint: {target} exists and is not a checkpoint folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot save the checkpoint in {target.parent}: {exc.strerror or exc}") from None
+    try:
+        tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "weights_sha256": _sha256(staging / WEIGHTS_FILE), **info.to_dict()}
+        (staging / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            os.replace(target, old / target.name)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                os.replace(old / target.name, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"cannot save the checkpoint {target}: {exc.strerror or exc}") from None
+    return target
+
+
+def _folder(path: str | Path) -> Path:
+    """The checkpoint folder of ``path`` (the folder itself, or either file inside it)."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.name in (WEIGHTS_FILE, INFO_FILE):
+        return path.parent
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise InputError(f"checkpoint {path} is neither a checkpoint folder nor its {WEIGHTS_FILE} or {INFO_FILE}")
+    raise InputError(f"checkpoint {path} does not exist")
+
+
+def _read_info(folder: Path) -> tuple[ModelInfo, str]:
+    """The :class:`ModelInfo` and the recorded SHA-256 of the weights of a checkpoint folder."""
+    path = folder / INFO_FILE
+    if not path.is_file():
+        raise InputError(f"checkpoint {folder}: {INFO_FILE} is missing")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"checkpoint {folder}: {INFO_FILE} is not text") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"checkpoint {folder}: {INFO_FILE} is not valid JSON ({exc.msg} at line {exc.lineno})") \
+            from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError(f"checkpoint {folder}: {INFO_FILE} is not an svreg checkpoint description "
+                         f"(no \"format\": \"{FORMAT}\")")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"checkpoint {folder}: format version {meta.get('format_version')!r} is not supported "
+                         f"(this svreg reads version {FORMAT_VERSION})")
+    digest = meta.get("weights_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64):
+        raise InputError(f"checkpoint {folder}: {INFO_FILE} lacks the SHA-256 digest of {WEIGHTS_FILE}")
+    body = {k: v for k, v in meta.items() if k not in ("format", "format_version", "weights_sha256")}
+    try:
+        return ModelInfo.from_dict(body), digest
+    except InputError as exc:
+        raise InputError(f"checkpoint {folder}: {exc}") from None
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" (+{len(names) - _LISTED} more)" if len(names) > _LISTED else "")
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> list[str]:
+    """Plain descriptions of how ``found`` tensors differ from the ``expected`` state dict."""
+    problems = []
+    missing = [n for n in expected if n not in found]
+    unexpected = [n for n in found if n not in expected]
+    shapes = [f"{n} {tuple(found[n].shape)} instead of {tuple(t.shape)}" for n, t in expected.items()
+              if n in found and found[n].shape != t.shape]
+    dtypes = [f"{n} {found[n].dtype} instead of {t.dtype}" for n, t in expected.items()
+              if n in found and found[n].is_floating_point() != t.is_floating_point()]
+    if missing:
+        problems.append(f"missing tensor(s) {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensor(s) {_names(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch {_names(shapes)}")
+    if dtypes:
+        problems.append(f"type mismatch {_names(dtypes)}")
+    return problems
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[SPRNetwork, ModelInfo]:
+    """Rebuild the network of a checkpoint and load its weights.
+
+    Args:
+        path: the checkpoint folder, or its ``model.safetensors`` or ``model.json``.
+        device: where the returned network lives.
+
+    Returns:
+        ``(network in eval mode, its ModelInfo)``.
+
+    Raises:
+        InputError: a missing folder or file, an invalid ``model.json``, corrupt or truncated weights,
+            an unknown architecture, or weights that do not fit the architecture's configuration.
+    """
+    folder = _folder(path)
+    info, digest = _read_info(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is missing")
+    if _sha256(weights) != digest:
+        raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is corrupt or truncated (its SHA-256 differs from "
+                         f"the one recorded in {INFO_FILE})")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is corrupt or truncated ({reason})") from None
+    try:
+        model = build_model(info.architecture, info.config)
+    except InputError as exc:
+        raise InputError(f"checkpoint {folder}: {exc}") from None
+    if model.size_multiple != info.size_multiple:
+        raise InputError(f"checkpoint {folder}: records size multiple {info.size_multiple} but its "
+                         f"{info.architecture} network has {model.size_multiple}")
+    expected = model.state_dict()
+    problems = _mismatch(expected, tensors)
+    if problems:
+        raise InputError(f"checkpoint {folder} does not match architecture {info.architecture} with its "
+                         f"configuration: {'; '.join(problems)}")
+    model.load_state_dict(tensors)
+    return model.to(device).eval(), info
+
+
+def model_summary(info: ModelInfo) -> str:
+    """One line describing a checkpoint: name, architecture, network grid and training data."""
+    data = info.training.get("data") or "unrecorded training data"
+    mode = "SPR" if info.spr else "uniform regularisation"
+    return (f"{info.name or '(unnamed)'}: {info.architecture} ({mode}), {info.network_spacing_mm:g} mm network grid "
+            f"(multiple of {info.size_multiple}), trained on {' '.join(str(data).split())}")

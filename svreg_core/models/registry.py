@@ -1,0 +1,60 @@
+"""Network architectures by name: the one place a checkpoint's ``architecture`` string is resolved."""
+from __future__ import annotations
+
+import inspect
+from typing import Any, TypeVar
+
+from torch import nn
+
+from svreg_core.errors import InputError
+from svreg_core.models.base import SPRNetwork
+
+#: Registered architectures, name -> class (filled by :func:`register_architecture`).
+ARCHITECTURES: dict[str, type[SPRNetwork]] = {}
+
+_N = TypeVar("_N", bound=type[SPRNetwork])
+
+
+def register_architecture(cls: _N) -> _N:
+    """Class decorator adding an :class:`SPRNetwork` subclass to :data:`ARCHITECTURES` under ``cls.architecture``.
+
+    Raises:
+        ValueError: another class is already registered under that name.
+    """
+    name = cls.architecture
+    if ARCHITECTURES.get(name, cls) is not cls:
+        raise ValueError(f"architecture {name!r} is already registered by {ARCHITECTURES[name].__qualname__}")
+    ARCHITECTURES[name] = cls
+    return cls
+
+
+def build_model(architecture: str, config: dict[str, Any] | None = None) -> SPRNetwork:
+    """A freshly initialised network of a registered architecture.
+
+    Args:
+        architecture: a key of :data:`ARCHITECTURES`, e.g. ``"unet-spr"``.
+        config: keyword arguments of that architecture (missing ones take their defaults).
+
+    Raises:
+        InputError: unknown architecture, unknown configuration keys or invalid values.
+    """
+    cls = ARCHITECTURES.get(architecture)
+    if cls is None:
+        raise InputError(f"unknown network architecture {architecture!r} "
+                         f"(known: {', '.join(sorted(ARCHITECTURES)) or 'none'})")
+    config = dict(config or {})
+    accepted = {name for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise InputError(f"unknown configuration key(s) {', '.join(unknown)} for architecture {architecture!r} "
+                         f"(accepted: {', '.join(sorted(accepted))})")
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"invalid configuration for architecture {architecture!r}: {exc}") from None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable (``requires_grad``) scalar parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

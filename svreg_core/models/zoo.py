@@ -1,0 +1,52 @@
+"""Models shipped inside the package, selectable by name (``svreg models`` lists them).
+
+Each shipped model is a checkpoint folder ``svreg_core/models/shipped/<name>/`` holding
+``model.safetensors`` and ``model.json`` (see :mod:`svreg_core.models.checkpoint`). Only the JSON is
+read to list them, so listing is instant and loads no weights.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from svreg_core.errors import InputError
+
+#: Folder of the shipped checkpoints.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+
+#: The model ``--model default`` names.
+DEFAULT_MODEL = "brain-unet-spr"
+
+
+def shipped_models(folder: Path = SHIPPED_DIR) -> dict[str, dict]:
+    """``{name: model.json contents}`` of every shipped checkpoint, sorted by name."""
+    found: dict[str, dict] = {}
+    if folder.is_dir():
+        for meta in sorted(folder.glob("*/model.json")):
+            try:
+                found[meta.parent.name] = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def resolve_model(model: str | Path, folder: Path = SHIPPED_DIR) -> Path:
+    """The checkpoint folder of a shipped model name (``"default"`` included) or of a checkpoint path."""
+    name = DEFAULT_MODEL if str(model) == "default" else str(model)
+    if (folder / name / "model.json").is_file():
+        return folder / name
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    known = ", ".join(shipped_models(folder)) or "none"
+    raise InputError(f"model {str(model)!r} is neither a shipped model (shipped: {known}) nor an existing "
+                     "checkpoint folder or file.")
+
+
+def describe(name: str, meta: dict) -> str:
+    """One line for ``svreg models``: name first, then architecture, network grid and training data."""
+    training = meta.get("training", {}) if isinstance(meta.get("training"), dict) else {}
+    spacing = meta.get("network_spacing_mm", "?")
+    return (f"{name}  architecture={meta.get('architecture', '?')}  grid={spacing} mm RAS (multiple of "
+            f"{meta.get('size_multiple', '?')})  alpha_prime={meta.get('alpha_prime', '?')}  "
+            f"lambda_max={meta.get('lambda_max', '?')}  data: {training.get('data', 'unknown')}")
