@@ -1,4 +1,4 @@
-"""The ``svreg`` command line: ``svreg register`` and ``svreg tune``.
+"""The ``svreg`` command line: ``svreg register``, ``svreg train``, ``svreg models`` and ``svreg tune``.
 
 User errors print one plain line (``svreg: error: ...``) and exit with status 2; with
 ``--progress json`` they are also reported as ``{"event": "error", ...}`` on stdout.
@@ -40,6 +40,10 @@ class ProgressPrinter:
             _emit_json({"event": "progress", **event.to_dict()})
         elif self._bar is not None:
             self._bar.set_description(event.stage)
+            if event.values and len(event.values) <= 4:  # loss terms of an iteration or a training step
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in event.values.items()}, refresh=False)
+            if event.stage == "epoch" and event.message:  # a training epoch's summary line
+                self._bar.write(event.message)
             self._bar.update(max(0.0, 100 * event.fraction - self._bar.n))
 
     def close(self) -> None:
@@ -167,6 +171,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     reg = sub.add_parser("register", help="register a moving image to a fixed image (no training needed)")
     add_register_arguments(reg)
     handlers["register"] = run_register
+    from svreg_core.training.cli import add_train_arguments, run_train
+    train = sub.add_parser("train", help="train a learned SPR network (resumable; torchrun for several GPUs/nodes)")
+    add_train_arguments(train)
+    handlers["train"] = run_train
     models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")
     models.add_argument("--json", action="store_true", help="print the models' descriptions as one JSON object")
     handlers["models"] = run_models
@@ -193,7 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"svreg: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("svreg: interrupted", file=sys.stderr)
+        resume = " (run the same command again to resume after the last finished epoch)" \
+            if args.command == "train" else ""
+        print(f"svreg: interrupted{resume}", file=sys.stderr)
         return 130
     except Exception as exc:
         if not _is_out_of_memory(exc):

@@ -1,0 +1,99 @@
+"""TrainingConfig: the paper's defaults, YAML/JSON round trips, one-line errors, the learning-rate schedule."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.optim.parameters import RegistrationParameters
+from svreg_core.training.config import DataSource, TrainingConfig, ValidationConfig, load_config, save_config
+
+
+def test_defaults_follow_the_paper() -> None:
+    c = TrainingConfig()
+    assert (c.architecture, c.network_spacing_mm, c.grid_shape) == ("unet-spr", 2.0, (80, 96, 96))
+    assert (c.learning_rate, c.lr_power, c.weight_decay, c.amsgrad) == (1e-4, 0.9, 0.0, True)
+    assert (c.integration_steps, c.batch_size, c.num_workers) == (7, 1, 2)
+    assert (c.similarity, c.prior, c.spr) == ("lncc", "beta", True)
+
+
+def test_learning_rate_decays_polynomially_per_epoch() -> None:
+    c = TrainingConfig(learning_rate=1e-3, epochs=10, lr_power=0.9)
+    assert c.learning_rate_at(0) == 1e-3
+    assert c.learning_rate_at(5) == pytest.approx(1e-3 * 0.5 ** 0.9, rel=1e-12)
+    assert c.learning_rate_at(9) == pytest.approx(1e-3 * 0.1 ** 0.9, rel=1e-12)
+
+
+def test_spr_loss_is_the_one_the_pairwise_optimiser_builds() -> None:
+    c = TrainingConfig(similarity="mse", lncc_window=7, prior="gaussian", alpha_prime=0.3, lambda_max=2.0, spr=False)
+    params = RegistrationParameters(similarity="mse", lncc_window=7, prior="gaussian", alpha_prime=0.3,
+                                    lambda_max=2.0, spr=False)
+    assert c.spr_loss() == params.spr_loss()
+    assert TrainingConfig().spr_loss() != params.spr_loss()
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_save_and_load_round_trip(tmp_path, suffix) -> None:
+    c = TrainingConfig(model={"encoder_features": [8, 8]}, grid_shape=(32, 48, 64), epochs=3, steps_per_epoch=5,
+                       data={"sources": [{"kind": "folder", "path": "subjects", "atlas": "atlas.nii.gz"},
+                                         {"kind": "synthetic", "path": "labels", "weight": 0.5, "length": 20,
+                                          "synthesis": {"velocity_std_max": 2.0}}]},
+                       validation={"fraction": 0.2, "labels": [2, 3]})
+    path = save_config(c, tmp_path / f"config{suffix}")
+    assert load_config(path) == c
+    assert c.data.sources[1] == DataSource("synthetic", "labels", weight=0.5, length=20,
+                                           synthesis={"velocity_std_max": 2.0})
+    assert c.validation == ValidationConfig(fraction=0.2, labels=(2, 3))
+
+
+def test_yaml_file_written_by_hand(tmp_path) -> None:
+    path = tmp_path / "train.yml"
+    path.write_text("architecture: unet-spr\ngrid_shape: [16, 16, 16]\nlambda_max: 1\n"
+                    "data:\n  sources:\n    - {kind: csv, path: pairs.csv}\n")
+    c = load_config(path)
+    assert c.grid_shape == (16, 16, 16) and c.lambda_max == 1.0 and c.data.sources[0].kind == "csv"
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epoch": 3, "lr": 1}, "unknown training option(s): epoch, lr"),
+    ({"data": {"sources": [{"kind": "folder", "path": "x", "atlass": "a"}]}}, "unknown data source option(s): atlass"),
+    ({"validation": {"fraction": 0.1, "pair": 3}}, "unknown validation option(s): pair"),
+    ({"data": {"sources": [{"kind": "nifti", "path": "x"}]}}, "unknown data kind 'nifti'"),
+    ({"data": {"sources": [{"kind": "templates", "path": "x"}]}}, "takes no path"),
+    ({"data": {"sources": [{"kind": "csv"}]}}, "needs a path"),
+    ({"data": {"sources": [{"kind": "csv", "path": "p.csv", "atlas": "a"}]}}, "atlas is only meaningful"),
+    ({"lncc_window": 4}, "odd number"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"grid_shape": [16, 16]}, "three voxel counts"),
+    ({"learning_rate": -1}, "must be positive"),
+    ({"lambda_max": 0}, "must be positive"),
+    ({"spr": "yes"}, "true or false"),
+    ({"batch_size": 1.5}, "whole number"),
+    ({"model": {"uniform": True}}, "spr: false"),
+    ({"validation": {"fraction": 1.0}}, "below 1"),
+])
+def test_bad_values_raise_one_line(tmp_path, values, message) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(InputError) as err:
+        load_config(path)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unreadable_files(tmp_path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("a: [1, 2\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="must hold a mapping"):
+        load_config(tmp_path / "list.json")
+
+
+def test_differences_ignore_runtime_settings() -> None:
+    a = TrainingConfig(epochs=3)
+    assert a.differences(a.replace(num_workers=0, device="cpu")) == []
+    assert a.differences(a.replace(epochs=4, alpha_prime=0.1)) == ["alpha_prime", "epochs"]

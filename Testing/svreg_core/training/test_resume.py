@@ -1,0 +1,118 @@
+"""Resuming: an interrupted run continued in a new process ends bit-identical to an uninterrupted one."""
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from svreg_core.errors import InputError
+from svreg_core.progress import ProgressEvent
+from svreg_core.training.config import TrainingConfig, save_config
+from svreg_core.training.state import STATE_DIR, recover_directory, replace_directory
+from svreg_core.training.trainer import train
+
+TINY = {"encoder_features": [4, 8], "decoder_features": [8, 8, 4], "lambda_features": [4]}
+
+
+def _label_maps(geo, folder) -> None:
+    """Two 16³ label maps (4 mm): spheres of different sizes, split in two labels, with an inner sphere."""
+    folder.mkdir()
+    ijk = np.indices((16, 16, 16), dtype=np.float64).transpose(1, 2, 3, 0) - 7.5
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = -30.0
+    for name, radius in (("a", 5.0), ("b", 6.5)):
+        labels = np.zeros((16, 16, 16), np.int16)
+        labels[(ijk ** 2).sum(-1) < radius ** 2] = 2
+        labels[((ijk ** 2).sum(-1) < radius ** 2) & (ijk[..., 0] > 0)] = 3
+        labels[((ijk - [1, 1, 0]) ** 2).sum(-1) < 4] = 4
+        geo.save_nifti(labels, affine, folder / f"{name}_seg.nii.gz")
+
+
+@pytest.fixture()
+def config(geo, tmp_path) -> TrainingConfig:
+    _label_maps(geo, tmp_path / "labels")
+    # real random synthesis (deformations, intensities, noise): resuming must reproduce every draw
+    return TrainingConfig(model=TINY, grid_shape=(16, 16, 16), network_spacing_mm=4.0, learning_rate=2e-3,
+                          epochs=2, steps_per_epoch=3, num_workers=0, seed=5, validation={"pairs": 1},
+                          data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels"), "length": 6}]})
+
+
+def _cli(config_file, run_dir, geo) -> subprocess.CompletedProcess:
+    env = {**geo.child_env(), "OMP_NUM_THREADS": str(torch.get_num_threads())}  # the same threads as in here
+    return subprocess.run([sys.executable, "-m", "svreg_core.cli", "train", "--config", str(config_file),
+                           "-o", str(run_dir), "--progress", "none"], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def _interrupt_after_first_epoch(event: ProgressEvent) -> None:
+    if event.stage == "epoch" and event.step == 1:
+        raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was saved
+
+
+def test_interrupted_run_resumed_in_a_new_process_is_bit_identical(config, geo, tmp_path) -> None:
+    config_file = save_config(config, tmp_path / "train.yaml")
+    straight = _cli(config_file, tmp_path / "straight", geo)
+    assert straight.returncode == 0, straight.stderr
+
+    run = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        train(config, run, progress=_interrupt_after_first_epoch)
+    assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 1
+    resumed = _cli(config_file, run, geo)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed after epoch 1" in resumed.stdout
+
+    for name in ("last/model.safetensors", "state/model.safetensors", "state/optimizer.safetensors"):
+        a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(run / name))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    rows = [list(csv.DictReader((folder / "metrics.csv").open())) for folder in (tmp_path / "straight", run)]
+    for a, b in zip(*rows):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+
+
+def test_a_finished_run_is_not_trained_again(config, tmp_path) -> None:
+    config = config.replace(epochs=1, validation={"pairs": 0})
+    first = train(config, tmp_path / "run")
+    again = train(config, tmp_path / "run")
+    assert (first.epochs, again.epochs, again.resumed_from, again.steps) == (1, 1, 1, first.steps)
+
+
+def test_run_folder_with_other_settings_or_foreign_files_is_refused(config, tmp_path) -> None:
+    config = config.replace(epochs=1, validation={"pairs": 0})
+    train(config, tmp_path / "run")
+    with pytest.raises(InputError, match=r"different configuration \(alpha_prime, lambda_max differ\)"):
+        train(config.replace(alpha_prime=0.05, lambda_max=1.0), tmp_path / "run")
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(config, tmp_path / "run", resume=False)
+    train(config.replace(num_workers=1), tmp_path / "run")  # runtime settings may change
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holds no training run"):
+        train(config, tmp_path / "other")
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+
+
+def test_directory_replacement_survives_an_interruption(tmp_path) -> None:
+    target = tmp_path / STATE_DIR
+    replace_directory(target, lambda d: (d / "a.json").write_text("1"))
+    replace_directory(target, lambda d: (d / "a.json").write_text("2"))
+    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]
+
+    def failing(folder):
+        (folder / "a.json").write_text("3")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_directory(target, failing)
+    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]
+    # killed between moving the old folder away and moving the new one in: the old one comes back
+    target.rename(tmp_path / f".{STATE_DIR}.old")
+    (tmp_path / f".{STATE_DIR}.partial-123").mkdir()
+    recover_directory(target)
+    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]

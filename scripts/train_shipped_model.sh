@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Train the shipped model `brain-unet-spr` from synthetic data only and install it into the package.
+# Usage: bash scripts/train_shipped_model.sh [RUN_DIR]   (default runs/brain-unet-spr; resumable)
+# Needs ../shared/data/synthseg_label_maps (SynthSeg's 20 training label maps, Apache-2.0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+run="${1:-runs/brain-unet-spr}"
+labels="${SYNTHSEG_LABEL_MAPS:-../shared/data/synthseg_label_maps}"
+bash scripts/setup_env.sh
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+.venv/bin/svreg train --config scripts/brain-unet-spr.yaml --synthetic "$labels" -o "$run" --device cpu
+.venv/bin/python scripts/install_model.py "$run/last" brain-unet-spr \
+  --data "SynthMorph-style pairs synthesised from the 20 SynthSeg training label maps (Apache-2.0)" \
+  --command "bash scripts/train_shipped_model.sh"

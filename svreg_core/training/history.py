@@ -1,0 +1,136 @@
+"""What a training run records per epoch: ``metrics.csv``, ``training_curve.png`` and TensorBoard scalars.
+
+The CSV and the figure are rewritten from the whole history (kept in the resume state) after every
+epoch, so a resumed run never duplicates or loses rows. TensorBoard events go to ``run_dir/tensorboard``
+when the ``tensorboard`` package is installed, and are silently skipped otherwise.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+#: Columns of ``metrics.csv``, in order. Loss terms are means over the epoch's steps (train) or the
+#: validation pairs (val); Dice is the mean over labels and pairs; folding is the share (%) of
+#: voxels of the network grid with det J ≤ 0; ``lr`` is the AdamW step; ``seconds`` the epoch's
+#: wall time (training + validation).
+COLUMNS = ("epoch", "step", "lr", "seconds", "train_total", "train_similarity", "train_regularization",
+           "train_prior", "val_total", "val_similarity", "val_regularization", "val_prior", "val_dice",
+           "val_dice_identity", "val_folding_percent")
+
+METRICS_FILE = "metrics.csv"
+CURVE_FILE = "training_curve.png"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_metrics_csv(history: Sequence[dict[str, float]], path: Path) -> Path:
+    """``metrics.csv`` with one row per finished epoch (:data:`COLUMNS`; empty cells for missing values)."""
+    path = Path(path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            for row in history:
+                writer.writerow({k: ("" if row.get(k) is None or (isinstance(row.get(k), float)
+                                                                  and math.isnan(row[k])) else row[k])
+                                 for k in COLUMNS})
+
+    _atomic_write(path, write)
+    return path
+
+
+def _series(history: Sequence[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for row in history:
+        value = row.get(key)
+        if value is not None and math.isfinite(value):
+            xs.append(row["epoch"])
+            ys.append(value)
+    return xs, ys
+
+
+def write_curve_png(history: Sequence[dict[str, float]], path: Path, title: str = "") -> Path:
+    """Training curves: loss terms (train solid, validation dashed) and validation Dice / folding %."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    # an explicit Agg figure: no pyplot, so matplotlib's global backend is never touched
+    fig = Figure(figsize=(11, 4), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    loss_ax, dice_ax = fig.subplots(1, 2)
+    for term, colour in (("total", "black"), ("similarity", "tab:blue"), ("regularization", "tab:orange"),
+                         ("prior", "tab:green")):
+        for split, style in (("train", "-"), ("val", "--")):
+            xs, ys = _series(history, f"{split}_{term}")
+            if xs:
+                loss_ax.plot(xs, ys, style, color=colour, marker="." if len(xs) < 30 else None,
+                             label=f"{split} {term}")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.set_ylabel("loss")
+    loss_ax.set_title("SPR loss terms")
+    loss_ax.legend(fontsize=7, ncol=2)
+    xs, ys = _series(history, "val_dice")
+    if xs:
+        dice_ax.plot(xs, ys, "-", color="tab:blue", marker="." if len(xs) < 30 else None, label="val Dice")
+    xs, ys = _series(history, "val_dice_identity")
+    if xs:
+        dice_ax.plot(xs, ys, ":", color="gray", label="Dice before registration")
+    dice_ax.set_xlabel("epoch")
+    dice_ax.set_ylabel("mean Dice")
+    dice_ax.set_title("validation")
+    fold_ax = dice_ax.twinx()
+    xs, ys = _series(history, "val_folding_percent")
+    if xs:
+        fold_ax.plot(xs, ys, "-", color="tab:red", label="folding %")
+    fold_ax.set_ylim(bottom=0.0)
+    fold_ax.set_ylabel("det J ≤ 0 (%)", color="tab:red")
+    handles = dice_ax.get_legend_handles_labels()[0] + fold_ax.get_legend_handles_labels()[0]
+    if handles:
+        dice_ax.legend(handles=handles, fontsize=7, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    return path
+
+
+class TensorBoardLog:
+    """Scalars per epoch in ``run_dir/tensorboard`` when ``tensorboard`` is importable (a no-op otherwise).
+
+    ``first_epoch`` (1-based) purges events a killed earlier session wrote for that epoch or later.
+    """
+
+    def __init__(self, run_dir: Path, first_epoch: int = 1) -> None:
+        self._writer: Any = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return
+        self._writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD_DIR), purge_step=first_epoch)
+
+    def log(self, row: dict[str, float]) -> None:
+        if self._writer is None:
+            return
+        for key in COLUMNS:
+            value = row.get(key)
+            if key != "epoch" and value is not None and math.isfinite(value):
+                group, _, name = key.partition("_")
+                tag = f"{group}/{name}" if group in ("train", "val") else key
+                self._writer.add_scalar(tag, value, int(row["epoch"]))
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()

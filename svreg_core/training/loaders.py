@@ -1,0 +1,279 @@
+"""From a :class:`~svreg_core.training.config.TrainingConfig` to training and validation pairs and batches.
+
+Training samples are drawn by an *epoch plan*: for epoch ``e`` a generator seeded from ``(seed, e)``
+lists ``steps × global batch`` sample indices (several sources mixed by their weights, each source
+visited in a fresh random order, cycling when exhausted). Step ``s`` of rank ``r`` in a world of ``W``
+processes takes plan entries ``[(s·W + r)·B, (s·W + r + 1)·B)``, so one process with batch ``W·B``
+sees exactly the samples ``W`` processes with batch ``B`` see together, and a resumed epoch sees the
+same samples as an uninterrupted one. Loading (and synthesis) runs in DataLoader worker processes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from svreg_core.errors import InputError
+from svreg_core.progress import ProgressCallback, no_progress
+from svreg_core.training.config import GENERATED_KINDS, DataSource, TrainingConfig
+from svreg_core.training.state import epoch_seed
+
+#: Pairs per epoch of a generated source without an explicit ``length``.
+DEFAULT_GENERATED_LENGTH = 100
+
+#: Seed streams (see :func:`epoch_seed`): the epoch plan, DataLoader workers, per-source dataset seeds,
+#: the validation sets, and the model's own random draws.
+STREAM_PLAN, STREAM_WORKERS, STREAM_DATASET, STREAM_VALIDATION, STREAM_MODEL = range(5)
+
+#: Keys of a sample that are batched; anything else a dataset returns (e.g. synthesis fields) is dropped.
+_TENSOR_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels")
+
+
+@dataclass
+class TrainingData:
+    """The datasets of a run.
+
+    Attributes:
+        train: all training sources concatenated (indices of source ``i`` follow those of source ``i − 1``).
+        sizes: samples per source (per epoch for generated ones).
+        weights: mixing weight per source.
+        validation: the validation pairs (``None``: no validation).
+        description: one line naming the sources (recorded in checkpoints).
+        pair_datasets: the datasets of real pairs, training and validation (their affine pre-alignments
+            are computed once, see :func:`prepare_alignments`).
+    """
+
+    train: ConcatDataset
+    sizes: list[int]
+    weights: list[float]
+    validation: Dataset | None
+    description: str
+    pair_datasets: list = field(default_factory=list)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tell every training dataset which epoch is drawn (their augmentation/synthesis depends on it)."""
+        for dataset in self.train.datasets:
+            dataset.set_epoch(epoch)
+
+
+def _real_pairs(source: DataSource) -> tuple[list, list]:
+    """``(pairs, validation pairs the source itself designates)``."""
+    from svreg_core.training import datasets
+
+    if source.kind == "folder":
+        return datasets.pairs_from_folder(source.path, atlas=source.atlas), []
+    if source.kind == "dataset_json":
+        return datasets.pairs_from_dataset_json(source.path)
+    return datasets.pairs_from_csv(source.path), []
+
+
+def _generated(source: DataSource, config: TrainingConfig, seed: int, length: int) -> Dataset:
+    from svreg_core.training import datasets, sources
+    from svreg_core.training.synthesis import SynthesisConfig
+
+    synthesis = SynthesisConfig.from_dict(source.synthesis)
+    if source.kind == "synthetic":
+        return datasets.SyntheticPairDataset(sources.synthseg_label_maps(source.path), config.network_spacing_mm,
+                                             config.grid_shape, length=length, synthesis=synthesis, seed=seed)
+    return datasets.TemplateAugmentDataset(sources.builtin_templates(), config.network_spacing_mm,
+                                           config.grid_shape, length=length, synthesis=synthesis, seed=seed)
+
+
+def _pair_dataset(pairs: list, config: TrainingConfig, alignments: dict, *, augment: bool, seed: int) -> Dataset:
+    from svreg_core.training.datasets import PairListDataset
+
+    return PairListDataset(pairs, config.network_spacing_mm, config.grid_shape, prealign=config.data.prealign,
+                           augment=augment, seed=seed, alignments=alignments)
+
+
+class _First(Dataset):
+    """The first ``n`` samples of a dataset (the validation subset evaluated every epoch)."""
+
+    def __init__(self, dataset: Dataset, n: int) -> None:
+        self.dataset, self.n = dataset, min(n, len(dataset))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return self.dataset[index]
+
+
+def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndarray] | None = None) -> TrainingData:
+    """The training and validation datasets ``config`` describes; missing or empty data raise InputError.
+
+    Validation pairs: ``config.validation.sources`` if any; else the pairs a ``dataset.json`` designates
+    plus a held-out ``fraction`` of the other real sources' subjects
+    (:func:`svreg_core.training.datasets.split_pairs`); else, for generated data only, pairs generated
+    with a seed of their own. A ``fraction`` of 0 without sources turns validation off.
+
+    ``alignments``: known affine pre-alignments (:func:`load_alignments`), keyed by (fixed, moving) path.
+    """
+    alignments = alignments or {}
+    from svreg_core.training.datasets import split_pairs
+
+    if not config.data.sources:
+        raise InputError("no training data: give --data FOLDER, --dataset-json FILE, --csv FILE, "
+                         "--synthetic LABEL_DIR or --templates (or data sources in the configuration file).")
+    val_cfg = config.validation
+    hold_out = not val_cfg.sources and val_cfg.fraction > 0 and val_cfg.pairs > 0
+    train_sets: list[Dataset] = []
+    pair_sets: list[Dataset] = []
+    held_out: list = []
+    for index, source in enumerate(config.data.sources):
+        seed = epoch_seed(config.seed, index, STREAM_DATASET)
+        if source.kind in GENERATED_KINDS:
+            train_sets.append(_generated(source, config, seed, source.length or DEFAULT_GENERATED_LENGTH))
+            continue
+        pairs, designated = _real_pairs(source)
+        if hold_out and designated:
+            held_out.extend(designated)
+        elif hold_out:
+            pairs, val_pairs = split_pairs(pairs, val_fraction=val_cfg.fraction, seed=config.seed)
+            held_out.extend(val_pairs)
+        train_sets.append(_pair_dataset(pairs, config, alignments, augment=config.data.augment, seed=seed))
+        pair_sets.append(train_sets[-1])
+    validation = None
+    if val_cfg.pairs > 0:
+        validation, val_pair_sets = _validation(config, held_out, alignments)
+        pair_sets += val_pair_sets
+    weights = [s.weight for s in config.data.sources]
+    description = " + ".join(s.describe() + (f" (weight {s.weight:g})" if len(weights) > 1 else "")
+                             for s in config.data.sources)
+    return TrainingData(ConcatDataset(train_sets), [len(d) for d in train_sets], weights, validation, description,
+                        pair_sets)
+
+
+def _validation(config: TrainingConfig, held_out: list, alignments: dict) -> tuple[Dataset | None, list[Dataset]]:
+    cfg = config.validation
+    sets: list[Dataset] = []
+    pair_sets: list[Dataset] = []
+    if cfg.sources:
+        for index, source in enumerate(cfg.sources):
+            seed = epoch_seed(config.seed, index, STREAM_VALIDATION)
+            if source.kind in GENERATED_KINDS:
+                sets.append(_generated(source, config, seed, source.length or cfg.pairs))
+            else:
+                pairs, designated = _real_pairs(source)
+                sets.append(_pair_dataset(pairs + designated, config, alignments, augment=False, seed=seed))
+                pair_sets.append(sets[-1])
+    elif held_out:
+        sets.append(_pair_dataset(held_out, config, alignments, augment=False, seed=config.seed))
+        pair_sets.append(sets[-1])
+    elif cfg.fraction > 0:  # generated training data only: generate validation pairs with a seed of their own
+        for index, source in enumerate(s for s in config.data.sources if s.kind in GENERATED_KINDS):
+            seed = epoch_seed(config.seed, index, STREAM_VALIDATION)
+            sets.append(_generated(source, config, seed, cfg.pairs))
+    if not sets:
+        return None, []
+    return _First(sets[0] if len(sets) == 1 else ConcatDataset(sets), cfg.pairs), pair_sets
+
+
+def load_alignments(cache: Path) -> dict[tuple[str, str], np.ndarray]:
+    """Affine pre-alignments saved by :func:`prepare_alignments` (``{}`` if none or unreadable)."""
+    try:
+        saved = json.loads(Path(cache).read_text())
+        return {tuple(key.split("|", 1)): np.asarray(matrix, dtype=np.float64) for key, matrix in saved.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
+                       progress: ProgressCallback = no_progress) -> None:
+    """Compute the affine pre-alignment of every real pair once, in this process, before loading starts.
+
+    DataLoader workers get copies of the datasets at every epoch, so alignments computed inside them
+    would be lost. The matrices are saved in ``cache`` (JSON ``{"<fixed path>|<moving path>": 4x4}``;
+    only by the process with ``write``) and handed to :func:`build_data` by a resumed run.
+    """
+    known: dict[str, list] = {}
+    for dataset in data.pair_datasets:
+        if dataset.prealign:
+            known.update({f"{f}|{m}": matrix.tolist() for (f, m), matrix in
+                          dataset.precompute_alignments(progress).items()})
+    if write and known:
+        tmp = cache.with_name(f".{cache.name}.partial-{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, cache)
+
+
+def steps_per_epoch(config: TrainingConfig, data: TrainingData, world_size: int) -> int:
+    """``config.steps_per_epoch``, or one pass over all training samples with the global batch."""
+    if config.steps_per_epoch is not None:
+        return config.steps_per_epoch
+    return max(1, math.ceil(sum(data.sizes) / (config.batch_size * world_size)))
+
+
+def epoch_plan(sizes: Sequence[int], weights: Sequence[float], count: int, seed: int) -> list[int]:
+    """``count`` indices into the concatenated sources for one epoch (see the module docstring).
+
+    Each sample picks a source with probability proportional to its weight (a single source is always
+    picked), then takes the next index of that source's random permutation, drawing a new permutation
+    whenever the current one is used up.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    offsets = [0]
+    for n in sizes[:-1]:
+        offsets.append(offsets[-1] + n)
+    if len(sizes) == 1:
+        choice = [0] * count
+    else:
+        choice = torch.multinomial(torch.tensor(weights, dtype=torch.float64), count, replacement=True,
+                                   generator=generator).tolist()
+    queues: list[list[int]] = [[] for _ in sizes]
+    plan = []
+    for source in choice:
+        if not queues[source]:
+            queues[source] = torch.randperm(sizes[source], generator=generator).tolist()[::-1]
+        plan.append(offsets[source] + queues[source].pop())
+    return plan
+
+
+def rank_batches(plan: Sequence[int], batch_size: int, rank: int, world_size: int) -> list[list[int]]:
+    """The batches of ``rank``: step ``s`` takes ``plan[(s·W + r)·B : (s·W + r + 1)·B]``."""
+    global_batch = batch_size * world_size
+    return [list(plan[start + rank * batch_size:start + (rank + 1) * batch_size])
+            for start in range(0, len(plan) - global_batch + 1, global_batch)]
+
+
+def collate_pairs(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack samples into a batch: images ``(N, 1, I, J, K)``; label maps ``(N, I, J, K)`` when every
+    sample has them; ``name``: the samples' names."""
+    batch: dict[str, Any] = {}
+    for key in _TENSOR_KEYS:
+        if all(key in s for s in samples):
+            batch[key] = torch.stack([torch.as_tensor(s[key]) for s in samples])
+    batch["name"] = [str(s.get("name", "")) for s in samples]
+    return batch
+
+
+def epoch_loader(data: TrainingData, config: TrainingConfig, epoch: int, steps: int, rank: int = 0,
+                 world_size: int = 1) -> DataLoader:
+    """The DataLoader of this rank's training batches in ``epoch`` (``steps`` batches)."""
+    data.set_epoch(epoch)
+    plan = epoch_plan(data.sizes, data.weights, steps * config.batch_size * world_size,
+                      epoch_seed(config.seed, epoch, STREAM_PLAN))
+    # an explicit generator: DataLoader would otherwise draw its workers' base seed from torch's global RNG
+    workers_seed = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, STREAM_WORKERS))
+    return DataLoader(data.train, batch_sampler=rank_batches(plan, config.batch_size, rank, world_size),
+                      num_workers=config.num_workers, collate_fn=collate_pairs, generator=workers_seed,
+                      pin_memory=False)
+
+
+def validation_loader(data: TrainingData, config: TrainingConfig, rank: int = 0, world_size: int = 1
+                      ) -> DataLoader | None:
+    """One pair per batch; in DDP each rank evaluates every ``world_size``-th pair."""
+    if data.validation is None or len(data.validation) == 0:
+        return None
+    indices = [[i] for i in range(rank, len(data.validation), world_size)]
+    return DataLoader(data.validation, batch_sampler=indices, num_workers=min(config.num_workers, len(indices)),
+                      collate_fn=collate_pairs)

@@ -1,0 +1,306 @@
+"""Training of a learned SPR network (METHOD §3): one function, :func:`train`, resumable and DDP-ready.
+
+Each step the network predicts a velocity and λ for a batch of pairs on the network grid and THE
+SPR loss (:class:`svreg_core.losses.spr.SPRLoss`, the same object the pairwise optimiser evaluates)
+turns them into loss terms (:func:`training_step`). AdamW (AMSGrad, no weight decay) steps with a
+learning rate that decays polynomially per epoch.
+
+A run folder holds::
+
+    config.yaml          the resolved configuration (a later run in this folder must match it)
+    alignments.json      affine pre-alignment of every real pair (computed once, reused on resume)
+    metrics.csv          one row per epoch (svreg_core.training.history.COLUMNS)
+    training_curve.png   loss terms and validation Dice / folding per epoch
+    tensorboard/         scalars, when the tensorboard package is installed
+    best/  last/         model checkpoints (svreg_core.models.checkpoint): best validation, latest epoch
+    state/               resume state (svreg_core.training.state), replaced atomically every epoch
+
+Running :func:`train` again on the same folder resumes after the last finished epoch with identical
+state, so an interruption (Ctrl-C, kill, power loss) loses at most the epoch in progress.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import svreg_core
+from svreg_core.errors import InputError
+from svreg_core.losses.spr import SPRLoss
+from svreg_core.models import ModelInfo, build_model, save_checkpoint
+from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
+from svreg_core.training import distributed
+from svreg_core.training.config import TrainingConfig, load_config, save_config
+from svreg_core.training.history import CURVE_FILE, METRICS_FILE, TensorBoardLog, write_curve_png, write_metrics_csv
+from svreg_core.training.loaders import STREAM_MODEL, TrainingData, build_data, epoch_loader, load_alignments, \
+    prepare_alignments, steps_per_epoch, validation_loader
+from svreg_core.training.state import STATE_DIR, TrainingState, epoch_seed, has_state, load_state, recover_directory, \
+    save_state
+from svreg_core.training.validation import TERMS, ValidationSums, validate
+
+CONFIG_FILE = "config.yaml"
+ALIGNMENTS_FILE = "alignments.json"
+BEST_DIR = "best"
+LAST_DIR = "last"
+#: Intensity normalisation of the network inputs (recorded in checkpoints).
+NORMALIZATION = "robust_normalize"
+
+
+@dataclass
+class TrainingSummary:
+    """Outcome of :func:`train`.
+
+    Attributes:
+        run_dir: the run folder.
+        epochs: epochs finished in total (over all sessions).
+        resumed_from: epochs already finished when this call started.
+        steps: optimiser steps in total.
+        best_epoch: 1-based epoch of the ``best/`` checkpoint (0: none).
+        best_metric: ``"dice"`` (validation mean Dice), ``"-loss"`` (minus the validation loss) or
+            ``"-train_loss"`` (no validation pairs).
+        best_value: its value.
+        last: the metrics row of the last finished epoch (empty if none).
+        parameters: trainable parameters of the network.
+        step_seconds: mean wall time of one training step in this call (data loading included).
+    """
+
+    run_dir: Path
+    epochs: int
+    resumed_from: int
+    steps: int
+    best_epoch: int
+    best_metric: str
+    best_value: float
+    last: dict[str, Any] = field(default_factory=dict)
+    parameters: int = 0
+    step_seconds: float = float("nan")
+
+
+def training_step(model: nn.Module, loss: SPRLoss, batch: dict[str, Any], integration_steps: int) -> dict[str, Tensor]:
+    """Forward pass and loss of one batch: ``model(fixed, moving) → (v, λ) → loss.evaluate``.
+
+    Args:
+        model: an SPR network (or its DDP wrapper) returning ``(velocity, weight)`` on the input grid.
+        loss: the SPR loss (:meth:`TrainingConfig.spr_loss`).
+        batch: ``{"fixed", "moving"}`` ``(N, 1, I, J, K)`` on the network grid (moved to the model's device).
+        integration_steps: scaling-and-squaring steps.
+
+    Returns:
+        The loss terms ``similarity``, ``regularization``, ``prior``, ``total`` (0-d tensors with graph).
+    """
+    device = next(model.parameters()).device
+    fixed = batch["fixed"].to(device, non_blocking=True)
+    moving = batch["moving"].to(device, non_blocking=True)
+    velocity, weight = model(fixed, moving)
+    terms, _ = loss.evaluate(fixed, moving, velocity, weight, integration_steps=integration_steps)
+    return terms
+
+
+def build_network(config: TrainingConfig) -> nn.Module:
+    """The untrained network of ``config``, initialised from the run's seed (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(epoch_seed(config.seed, 0, STREAM_MODEL))
+        model = build_model(config.architecture, {**config.model, "uniform": not config.spr})
+    multiple = model.size_multiple
+    if any(n % multiple for n in config.grid_shape):
+        shape = " ".join(map(str, config.grid_shape))
+        raise InputError(f"grid shape {shape} must be a multiple of {multiple} (the {config.architecture} network's "
+                         f"size multiple) along every axis.")
+    return model
+
+
+def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with the config's learning rate, weight decay and AMSGrad setting."""
+    return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                             amsgrad=config.amsgrad)
+
+
+def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> bool:
+    """Whether ``run_dir`` continues an earlier run with the same configuration (``True``) or is new.
+
+    Raises:
+        InputError: ``run_dir`` is a file, a non-empty folder that is not a training run, a run with a
+            different configuration, or an earlier run while ``resume`` is off.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"output {run_dir} exists and is not a folder.")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return False
+    saved = run_dir / CONFIG_FILE
+    if not saved.is_file():
+        raise InputError(f"output folder {run_dir} is not empty and holds no training run; choose a new folder.")
+    if not resume:
+        raise InputError(f"output folder {run_dir} already holds a training run; resume it or choose a new folder.")
+    try:
+        previous = load_config(saved)
+    except InputError as exc:
+        raise InputError(f"the run folder's {saved.name} is unusable ({exc}); choose a new folder.") from None
+    changed = config.differences(previous)
+    if changed:
+        raise InputError(f"output folder {run_dir} holds a run with a different configuration ({', '.join(changed)} "
+                         "differ); use the same settings to resume it, or choose a new folder.")
+    return True
+
+
+def _model_info(model: nn.Module, config: TrainingConfig, state: TrainingState, data: TrainingData,
+                command: str, name: str, row: dict[str, Any]) -> ModelInfo:
+    training = {"data": data.description, "command": command, "epochs": state.epoch, "steps": state.step,
+                "grid_shape": list(config.grid_shape), "batch_size": config.batch_size, "seed": config.seed,
+                "learning_rate": config.learning_rate,
+                "val_dice": row.get("val_dice"), "val_folding_percent": row.get("val_folding_percent")}
+    return ModelInfo(architecture=config.architecture, config=dict(model.config),
+                     network_spacing_mm=config.network_spacing_mm, size_multiple=model.size_multiple,
+                     normalization=NORMALIZATION, similarity=config.similarity, lncc_window=config.lncc_window,
+                     prior=config.prior, alpha_prime=config.alpha_prime, lambda_max=config.lambda_max,
+                     spr=config.spr, integration_steps=config.integration_steps,
+                     svreg_version=svreg_core.__version__, training=training, name=name)
+
+
+def _score(row: dict[str, Any]) -> tuple[str, float]:
+    """The value ``best/`` maximises: validation Dice, else minus the validation loss, else minus the train loss."""
+    if row.get("val_dice") is not None:
+        return "dice", row["val_dice"]
+    if row.get("val_total") is not None:
+        return "-loss", -row["val_total"]
+    return "-train_loss", -row["train_total"]
+
+
+def train(config: TrainingConfig, run_dir: str | Path, *, progress: ProgressCallback = no_progress,
+          resume: bool = True, command: str = "") -> TrainingSummary:
+    """Train (or resume training) a network as ``config`` says, writing everything into ``run_dir``.
+
+    Under ``torchrun`` every process calls this; they split each epoch's samples, average gradients
+    (DDP) and rank 0 alone writes files and reports ``progress``.
+
+    Args:
+        config: the resolved configuration.
+        run_dir: the run folder (created; an existing one is resumed if its configuration matches).
+        progress: receives a :class:`ProgressEvent` per step (loss terms in ``values``) and one per epoch
+            (stage ``"epoch"``, the metrics row in ``values``), the latter after the epoch is saved.
+        resume: continue an existing run in ``run_dir``; ``False`` requires a new or empty folder.
+        command: the command line, recorded in the checkpoints.
+
+    Raises:
+        InputError: unusable data, run folder or configuration; training diverged (non-finite loss).
+    """
+    run_dir = Path(run_dir).absolute()
+    device = distributed.resolve_device(config.device, distributed.local_rank())
+    ctx = distributed.init_distributed(device)
+    try:
+        return _train(config, run_dir, device, ctx, progress if ctx.is_main else no_progress, resume, command)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: distributed.DistributedContext,
+           progress: ProgressCallback, resume: bool, command: str) -> TrainingSummary:
+    continuing = check_run_dir(run_dir, config, resume=resume)
+    alignments_file = run_dir / ALIGNMENTS_FILE
+    data = build_data(config, load_alignments(alignments_file) if continuing else None)
+    model = build_network(config).to(device)
+    optimizer = make_optimizer(model, config)
+    state = TrainingState(seed=config.seed)
+    if continuing and ctx.is_main:
+        recover_directory(run_dir / STATE_DIR)  # a write interrupted between its two renames
+    distributed.barrier(ctx)
+    if continuing and has_state(run_dir):
+        state = load_state(run_dir, model, optimizer)
+    distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
+    if ctx.is_main:
+        if not continuing:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, run_dir / CONFIG_FILE)
+        prepare_alignments(data, alignments_file, write=True, progress=progress)
+    distributed.barrier(ctx)
+    if not ctx.is_main and data.pair_datasets:  # rank 0 computed the affine pre-alignments
+        data = build_data(config, load_alignments(alignments_file))
+    resumed_from = state.epoch
+    parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    net = distributed.wrap_model(model, ctx, device)
+    loss = config.spr_loss()
+    steps = steps_per_epoch(config, data, ctx.world_size)
+    if resumed_from:
+        progress(ProgressEvent("resume", resumed_from, config.epochs, resumed_from / config.epochs,
+                               f"resuming after epoch {resumed_from} of {config.epochs}"))
+    board = TensorBoardLog(run_dir, first_epoch=resumed_from + 1) if ctx.is_main else None
+    step_time, step_count = 0.0, 0
+    fork_devices = [device] if device.type == "cuda" else []
+    try:
+        for epoch in range(resumed_from, config.epochs):
+            started = time.perf_counter()
+            lr = config.learning_rate_at(epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            net.train()
+            sums = [0.0] * (len(TERMS) + 1)
+            with torch.random.fork_rng(devices=fork_devices):
+                # any random draw inside the network (e.g. dropout) depends on (seed, epoch, rank) only
+                torch.manual_seed(epoch_seed(config.seed, epoch, STREAM_MODEL) + ctx.rank)
+                tick = time.perf_counter()
+                for index, batch in enumerate(epoch_loader(data, config, epoch, steps, ctx.rank, ctx.world_size)):
+                    optimizer.zero_grad(set_to_none=True)
+                    terms = training_step(net, loss, batch, config.integration_steps)
+                    if not torch.isfinite(terms["total"]):
+                        raise InputError(f"training diverged: the loss is not finite at epoch {epoch + 1}, step "
+                                         f"{index + 1}; lower the learning rate (--lr) or check the data.")
+                    terms["total"].backward()
+                    optimizer.step()
+                    state.step += 1
+                    values = {t: terms[t].item() for t in TERMS}
+                    sums = [s + v for s, v in zip(sums, [1.0, *values.values()])]
+                    now = time.perf_counter()
+                    step_time, step_count, tick = step_time + now - tick, step_count + 1, now
+                    done = epoch * steps + index + 1
+                    progress(ProgressEvent(f"epoch {epoch + 1}/{config.epochs}", index + 1, steps,
+                                           done / (config.epochs * steps), values=values))
+            sums = distributed.all_reduce_sum(sums, ctx, device)
+            row: dict[str, Any] = {"epoch": epoch + 1, "step": state.step, "lr": lr}
+            row.update({f"train_{t}": s / sums[0] for t, s in zip(TERMS, sums[1:])})
+            loader = validation_loader(data, config, ctx.rank, ctx.world_size)
+            if loader is not None:
+                progress(ProgressEvent("validation", epoch + 1, config.epochs, (epoch + 1) / config.epochs))
+                val = validate(model, loss, loader, integration_steps=config.integration_steps,
+                               labels=config.validation.labels,
+                               label_interpolation=config.validation.label_interpolation)
+                row.update(ValidationSums.from_list(distributed.all_reduce_sum(val.to_list(), ctx, device)).means())
+            row["seconds"] = time.perf_counter() - started
+            state.epoch = epoch + 1
+            state.elapsed_s += row["seconds"]
+            state.history.append(row)
+            metric, value = _score(row)
+            improved = math.isfinite(value) and value > state.best_value
+            if improved:
+                state.best_metric, state.best_value, state.best_epoch = metric, value, epoch + 1
+            if ctx.is_main:
+                info = _model_info(model, config, state, data, command, run_dir.name, row)
+                if improved:
+                    save_checkpoint(run_dir / BEST_DIR, model, info)
+                save_checkpoint(run_dir / LAST_DIR, model, info)
+                save_state(run_dir, model, optimizer, state)  # the epoch counts as finished from here on
+                write_metrics_csv(state.history, run_dir / METRICS_FILE)
+                write_curve_png(state.history, run_dir / CURVE_FILE, title=f"{run_dir.name}: {config.architecture}")
+                board.log(row)
+            distributed.barrier(ctx)
+            progress(ProgressEvent("epoch", epoch + 1, config.epochs, (epoch + 1) / config.epochs,
+                                   _epoch_line(row), values={k: v for k, v in row.items() if v is not None}))
+    finally:
+        if board is not None:
+            board.close()
+    return TrainingSummary(run_dir, state.epoch, resumed_from, state.step, state.best_epoch, state.best_metric,
+                           state.best_value, state.history[-1] if state.history else {}, parameters,
+                           step_time / step_count if step_count else float("nan"))
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    text = f"epoch {row['epoch']}: loss {row['train_total']:.4f}"
+    if row.get("val_dice") is not None:
+        text += f", val Dice {row['val_dice']:.4f} (before {row['val_dice_identity']:.4f})"
+    if row.get("val_folding_percent") is not None:
+        text += f", folding {row['val_folding_percent']:.3f} %"
+    return text + f", {row['seconds']:.1f} s"

@@ -1,0 +1,123 @@
+"""Per-epoch validation of a network on the network grid: SPR loss terms, Dice and folding.
+
+For every validation pair the network predicts ``(v, λ)``; the shared SPR loss
+(:meth:`svreg_core.losses.spr.SPRLoss.evaluate`) integrates ``u = exp(v)`` and gives the loss terms;
+the moving label map is warped through ``u`` (one-hot trilinear + argmax, or nearest neighbour) and
+scored against the fixed label map by mean Dice over the labels present in both
+(:func:`svreg_core.metrics.dice`); folding is the share of voxels of the network grid with
+``det J ≤ 0`` (:func:`svreg_core.metrics.jacobian_determinant`). The network grid is isotropic and
+RAS-aligned, so the determinant of the voxel-unit field equals that of the world field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from svreg_core.conventions import identity_grid, voxel_displacement_to_normalized
+from svreg_core.image.sampling import grid_sample, sample_labels
+from svreg_core.losses.spr import SPRLoss
+from svreg_core.metrics import dice, folding_percent, jacobian_determinant
+
+#: Loss terms reported (``"total"`` is their sum).
+TERMS = ("total", "similarity", "regularization", "prior")
+
+
+def warp_labels(labels: torch.Tensor, displacement: torch.Tensor, mode: str = "linear") -> torch.Tensor:
+    """Label map ``(I, J, K)`` sampled at ``x + u(x)``; ``u`` ``(1, 3, I, J, K)`` in voxels of the same grid.
+
+    ``mode="linear"``: one-hot trilinear + argmax (:func:`svreg_core.image.sampling.sample_labels`);
+    ``"nearest"``: nearest neighbour. Outside the grid the label is 0.
+    """
+    coords = identity_grid(tuple(labels.shape), device=displacement.device, dtype=displacement.dtype)
+    coords = coords + voxel_displacement_to_normalized(displacement)
+    if mode == "nearest":
+        return grid_sample(labels.to(displacement)[None, None], coords, mode="nearest")[0, 0].round().long()
+    return sample_labels(labels.to(displacement.device), coords)
+
+
+@dataclass
+class ValidationSums:
+    """Sums over the pairs one process evaluated (summed over ranks, then divided by the counts).
+
+    Attributes:
+        pairs: pairs evaluated.
+        terms: sum of each loss term over the pairs.
+        folding: sum of the pairs' folding percentages.
+        dice_pairs: pairs with labels present in both maps.
+        dice: sum of the pairs' mean Dice after registration.
+        dice_identity: sum of the pairs' mean Dice before (identity transform).
+    """
+
+    pairs: int = 0
+    terms: dict[str, float] = field(default_factory=lambda: {t: 0.0 for t in TERMS})
+    folding: float = 0.0
+    dice_pairs: int = 0
+    dice: float = 0.0
+    dice_identity: float = 0.0
+
+    def to_list(self) -> list[float]:
+        return [self.pairs, *(self.terms[t] for t in TERMS), self.folding, self.dice_pairs, self.dice,
+                self.dice_identity]
+
+    @classmethod
+    def from_list(cls, values: Sequence[float]) -> "ValidationSums":
+        pairs, *rest = values
+        terms = dict(zip(TERMS, rest[:len(TERMS)]))
+        folding, dice_pairs, dice_sum, dice_identity = rest[len(TERMS):]
+        return cls(int(pairs), terms, folding, int(dice_pairs), dice_sum, dice_identity)
+
+    def means(self) -> dict[str, float | None]:
+        """``val_<term>``, ``val_folding_percent``, ``val_dice``, ``val_dice_identity`` (``None`` when undefined)."""
+        out: dict[str, float | None] = {f"val_{t}": (self.terms[t] / self.pairs if self.pairs else None)
+                                        for t in TERMS}
+        out["val_folding_percent"] = self.folding / self.pairs if self.pairs else None
+        out["val_dice"] = self.dice / self.dice_pairs if self.dice_pairs else None
+        out["val_dice_identity"] = self.dice_identity / self.dice_pairs if self.dice_pairs else None
+        return out
+
+
+def _mean_dice(fixed: np.ndarray, warped: np.ndarray, labels: Sequence[int] | None) -> float | None:
+    scores = dice(fixed, warped, labels)
+    return float(np.mean(list(scores.values()))) if scores else None
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loss: SPRLoss, batches: Iterable[dict], *, integration_steps: int,
+             labels: Sequence[int] | None = None, label_interpolation: str = "linear") -> ValidationSums:
+    """Evaluate ``model`` (in eval mode, restored afterwards) on ``batches`` of single pairs."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums = ValidationSums()
+    try:
+        for batch in batches:
+            fixed = batch["fixed"].to(device)
+            moving = batch["moving"].to(device)
+            velocity, weight = model(fixed, moving)
+            terms, fields = loss.evaluate(fixed, moving, velocity, weight, integration_steps=integration_steps)
+            count = fixed.shape[0]
+            sums.pairs += count
+            for t in TERMS:  # each term is a mean over the batch's pairs
+                sums.terms[t] += float(terms[t]) * count
+            for index in range(count):
+                disp = fields.displacement[index:index + 1]
+                det = jacobian_determinant(disp[0].permute(1, 2, 3, 0).double().cpu().numpy(), np.eye(4))
+                sums.folding += folding_percent(det)
+                if "fixed_labels" not in batch or "moving_labels" not in batch:
+                    continue
+                fixed_labels = batch["fixed_labels"][index].cpu().numpy()
+                moving_labels = batch["moving_labels"][index]
+                warped = warp_labels(moving_labels, disp, label_interpolation).cpu().numpy()
+                after = _mean_dice(fixed_labels, warped, labels)
+                before = _mean_dice(fixed_labels, moving_labels.cpu().numpy(), labels)
+                if after is not None and before is not None:
+                    sums.dice_pairs += 1
+                    sums.dice += after
+                    sums.dice_identity += before
+    finally:
+        model.train(was_training)
+    return sums
