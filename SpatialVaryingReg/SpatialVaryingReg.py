@@ -13,7 +13,9 @@ Python console::
 """
 import logging
 import os
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -158,6 +160,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._job: svlogic.RegistrationJob | None = None
         self._tuning: runner.ChildProcess | None = None
         self._lastStudyRead = 0.0
+        self._torchStatus: dependencies.TorchStatus | None = None  # None: not checked in this session
+        self._environmentChild: runner.ChildProcess | None = None  # torch check or install in progress
+        self._environmentInstalling = False
+        self._afterEnvironment = None  # what to do once torch is ready (e.g. start the registration)
+        self._environmentForTuning = False  # whether the tuning packages are needed too
+        self._applyBest: dict | None = None  # {"thread", "result", "error", "path"} while "Apply best" runs
+        self._timers: list = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -183,12 +192,15 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.tuningApplyBestButton.connect("clicked()", self.onApplyBest)
         self.ui.tuningRefreshButton.connect("clicked()", self.refreshStudyTable)
 
-        self._timer = qt.QTimer()
-        self._timer.setInterval(100)
-        self._timer.connect("timeout()", self._onRegistrationTimer)
-        self._tuningTimer = qt.QTimer()
-        self._tuningTimer.setInterval(300)
-        self._tuningTimer.connect("timeout()", self._onTuningTimer)
+        self._timer = self._newTimer(100, self._onRegistrationTimer)
+        self._tuningTimer = self._newTimer(300, self._onTuningTimer)
+        self._environmentTimer = self._newTimer(200, self._onEnvironmentTimer)
+        self._applyBestTimer = self._newTimer(200, self._onApplyBestTimer)
+        # inputs: grey-level volumes only (no label maps), never this module's own result maps
+        for selector in (self.ui.fixedVolumeSelector, self.ui.movingVolumeSelector):
+            selector.showChildNodeTypes = False
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._onNodeAdded)
+        self._hideModuleOutputs()
 
         self.ui.progressBar.setVisible(False)
         self.ui.tuningTable.setColumnCount(5)
@@ -199,13 +211,42 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._updateEngineStatus()
         self._updateTuningButtons()
 
+    def _newTimer(self, intervalMs: int, callback):
+        timer = qt.QTimer()
+        timer.setInterval(intervalMs)
+        timer.connect("timeout()", callback)
+        self._timers.append(timer)
+        return timer
+
     def cleanup(self) -> None:
-        """The application closes: stop the child processes."""
+        """The module is closed or reloaded: stop every timer and child process, drop the observers."""
+        for timer in self._timers:
+            timer.stop()
         if self._job is not None and self._job.running:
             self._job.cancel()
+        if self._environmentChild is not None and self._environmentChild.running:
+            self._environmentChild.cancel()
         if self._tuning is not None and self._tuning.running:
             tuning.stop_tuning(self._tuning, grace=5.0, wait=True)
         self.removeObservers()
+
+    def onReload(self) -> None:
+        """Developer *Reload*: also reload the helper package (Slicer reloads only the module file)."""
+        for name in [n for n in sys.modules if n == "SpatialVaryingRegLib" or n.startswith("SpatialVaryingRegLib.")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def _hideModuleOutputs(self) -> None:
+        """Hide this module's result volumes (λ, Jacobian, warped) from every input selector."""
+        hidden = svlogic.module_output_ids(slicer.mrmlScene)
+        for selector in (self.ui.fixedVolumeSelector, self.ui.movingVolumeSelector, self.ui.fixedMaskSelector,
+                         self.ui.movingMaskSelector, self.ui.fixedLabelsSelector, self.ui.movingLabelsSelector):
+            selector.sortFilterProxyModel().hiddenNodeIDs = hidden
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _onNodeAdded(self, caller, event, node) -> None:
+        if node is not None and node.IsA("vtkMRMLVolumeNode"):
+            qt.QTimer.singleShot(0, self._hideModuleOutputs)  # attributes are set after the node is added
 
     def enter(self) -> None:
         self._fillModelComboBox()  # models may have been added since
@@ -231,6 +272,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
+        self.logic.selectDefaultInputs(self._parameterNode)
 
     def setParameterNode(self, inputParameterNode: SpatialVaryingRegParameterNode | None) -> None:
         if self._parameterNode:
@@ -314,16 +356,32 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._parameterNode.modelCheckpoint = path
 
     def _updateEngineStatus(self) -> None:
-        """Show whether torch and the engine's packages are there (no import, no install)."""
+        """Show what is known about torch (from the last child-process check), the GPU and the packages."""
         missing = self.logic.missingPackages()
-        if not dependencies.torch_installed():
-            text = _("PyTorch is not installed: press 'Install' (uses the PyTorch extension).")
+        status = self._torchStatus
+        if self._environmentChild is not None:
+            text = (_("Installing PyTorch in a separate process (see the log)...") if self._environmentInstalling
+                    else _("Checking PyTorch in a separate process..."))
+        elif status is not None and not status.ok:
+            text = status.advice()
+        elif status is None and not dependencies.torch_installed():
+            text = _("PyTorch is not installed: press 'Install' (it runs in a separate process).")
         elif missing:
             text = _("Missing Python packages: {packages}. Press 'Install'.").format(packages=", ".join(missing))
+        elif status is None:
+            text = _("PyTorch is checked (version, NumPy compatibility, GPU) when you press Register.")
         else:
-            text = _("Engine ready (GPU used when CUDA is available, unless 'Use CPU' is ticked).")
+            text = _("Engine ready: PyTorch {version}, {devices}.").format(version=status.torch,
+                                                                         devices=status.devices_text())
         self.ui.engineStatusLabel.text = text
-        self.ui.installEngineButton.visible = not dependencies.torch_installed() or bool(missing)
+        self.ui.installEngineButton.visible = self._environmentChild is None and (
+            bool(missing) or (status is None and not dependencies.torch_installed())
+            or (status is not None and status.installable))
+        # "Use CPU" only means something with a GPU: listed once a check has found one
+        self.ui.useCpuCheckBox.visible = status is not None and bool(status.devices)
+        if status is not None and status.devices:
+            self.ui.useCpuCheckBox.toolTip = _("Run on the CPU instead of {devices}.").format(
+                devices=status.devices_text())
 
     def _appendLog(self, line: str) -> None:
         self.ui.logTextEdit.appendPlainText(line)
@@ -331,9 +389,57 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     # ---- registration
 
     def onInstallDependencies(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to install the engine's Python packages.")):
-            self.logic.ensureEnvironment(ask=True)
+        self._withEnvironment(None)
+
+    def _withEnvironment(self, then, tuning: bool = False) -> None:
+        """Check torch in a child process (install it after asking), then the other packages, then call
+        ``then()``; never blocks the GUI thread on the child (a timer polls it)."""
+        if self._environmentChild is not None:
+            return  # a check or an installation is already running
+        self._afterEnvironment, self._environmentForTuning = then, tuning
+        if self._torchStatus is not None and self._torchStatus.ok:
+            self._environmentReady()
+            return
+        self._environmentInstalling = False
+        self._environmentChild = dependencies.start_torch_check(on_log=self._appendLog)
+        self._environmentTimer.start()
         self._updateEngineStatus()
+
+    def _onEnvironmentTimer(self) -> None:
+        child = self._environmentChild
+        try:
+            if child is not None and child.poll():
+                return
+        except Exception as exc:  # noqa: BLE001 - never leave the timer firing
+            self._torchStatus = dependencies.TorchStatus("unknown", message=svlogic.one_line(exc))
+        else:
+            self._torchStatus = dependencies.torch_status(child) if child is not None else self._torchStatus
+        self._environmentTimer.stop()
+        installed, self._environmentChild = self._environmentInstalling, None
+        self._environmentInstalling = False
+        self._updateEngineStatus()
+        status = self._torchStatus
+        if status is not None and status.ok:
+            self._environmentReady()
+            return
+        if status is not None and status.installable and not installed and slicer.util.confirmOkCancelDisplay(
+                status.advice() + "\n\n" + _("Install PyTorch now?"), windowTitle="SpatialVaryingReg"):
+            self._environmentInstalling = True
+            self._environmentChild = dependencies.start_torch_install(status, on_log=self._appendLog)
+            self._environmentTimer.start()
+            self._updateEngineStatus()
+            return
+        self._afterEnvironment = None
+        slicer.util.errorDisplay(status.advice() if status is not None else _("PyTorch could not be checked."))
+
+    def _environmentReady(self) -> None:
+        then, self._afterEnvironment = self._afterEnvironment, None
+        with slicer.util.tryWithErrorDisplay(_("Failed to install the engine's Python packages.")):
+            if not self.logic.ensureRequirements(ask=True, tuning=self._environmentForTuning):
+                return
+            self._updateEngineStatus()
+            if then is not None:
+                then()
 
     def onApplyButton(self) -> None:
         if self._job is not None and self._job.running:
@@ -341,11 +447,10 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job.cancel()
             self._finishRegistration()
             return
+        self._withEnvironment(self._startRegistration)
+
+    def _startRegistration(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Registration could not start.")):
-            if not self.logic.ensureEnvironment(ask=True):
-                self._updateEngineStatus()
-                return
-            self._updateEngineStatus()
             self.ui.logTextEdit.clear()
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
@@ -370,8 +475,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._appendLog(_("Error: {message}").format(message=event.get("message", "")))
 
     def _onRegistrationTimer(self) -> None:
-        if self._job is None or self._job.poll():
-            return
+        """Poll the engine; any failure (also one while loading the outputs) ends the run and is shown."""
+        try:
+            if self._job is not None and self._job.poll():
+                return
+        except Exception as exc:  # noqa: BLE001 - the job has ended: show the real message, stop polling
+            if self._job is not None and self._job.error is None and self._job.outputs is None:
+                self._job.error = svlogic.one_line(exc)
         self._finishRegistration()
 
     def _finishRegistration(self) -> None:
@@ -449,9 +559,10 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.tuningLogTextEdit.appendPlainText(_("Added pair {path}").format(path=target))
 
     def onStartTuning(self) -> None:
+        self._withEnvironment(self._startTuning, tuning=True)
+
+    def _startTuning(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Tuning could not start.")):
-            if not self.logic.ensureEnvironment(ask=True, tuning=True):
-                return
             request = self.logic.tuneRequest(self._parameterNode, self._studyFile())
             self.ui.tuningLogTextEdit.appendPlainText(
                 _("Tuning {n} trials on {source}; study '{name}' in {db} (re-running resumes it).").format(
@@ -520,13 +631,47 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 value=best.value, trial=best.number, params=tuning.format_params(best.params))
 
     def onApplyBest(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not apply the best parameters."), waitCursor=True):
+        """Write the best trial as a preset in a worker thread (the engine starts in a child process that
+        imports torch: seconds to minutes); a timer picks up the result. The GUI thread never waits."""
+        if self._applyBest is not None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not apply the best parameters.")):
             db = self._studyFile()
             if db is None or not db.is_file():
                 raise ValueError(_("No study file yet: start tuning first."))
-            path = self.logic.applyBestParameters(self._parameterNode, db)
-            self.ui.tuningLogTextEdit.appendPlainText(
-                _("Best parameters written to {path}; the preset is now 'custom file'.").format(path=path))
+            name = self._parameterNode.tuningStudyName or "slicer"
+            path = self.logic.bestPresetPath(db, name)
+            task = {"result": None, "error": None, "path": path}
+
+            def work():
+                try:
+                    task["result"] = tuning.apply_best(db, name, path)
+                except Exception as exc:  # noqa: BLE001 - reported by the timer in the GUI thread
+                    task["error"] = svlogic.one_line(exc)
+
+            task["thread"] = threading.Thread(target=work, name="SpatialVaryingReg apply best", daemon=True)
+            self._applyBest = task
+            self.ui.tuningApplyBestButton.enabled = False
+            self.ui.tuningLogTextEdit.appendPlainText(_("Writing the best parameters..."))
+            task["thread"].start()
+            self._applyBestTimer.start()
+
+    def _onApplyBestTimer(self) -> None:
+        task = self._applyBest
+        if task is not None and task["thread"].is_alive():
+            return
+        self._applyBestTimer.stop()
+        self._applyBest = None
+        self.ui.tuningApplyBestButton.enabled = True
+        if task is None:
+            return
+        if task["error"] is not None:
+            self.ui.tuningLogTextEdit.appendPlainText(_("Apply best failed: {message}").format(message=task["error"]))
+            slicer.util.errorDisplay(_("Could not apply the best parameters: {message}").format(message=task["error"]))
+            return
+        self.logic.useCustomPreset(self._parameterNode, task["path"])
+        self.ui.tuningLogTextEdit.appendPlainText(
+            _("Best parameters written to {path}; the preset is now 'custom file'.").format(path=task["path"]))
 
 
 #
@@ -556,14 +701,34 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         return missing
 
     def ensureEnvironment(self, ask: bool = True, tuning: bool = False) -> bool:
-        """Make sure torch (PyTorch extension) and the engine's packages are installed, asking first.
-
-        Returns ``False`` when the user declined. Called when Register/Start is pressed, never at import.
+        """Python console: check torch in a ``PythonSlicer`` child (blocking), install it after asking,
+        then the engine's other packages. ``False`` when something is missing or the user declined;
+        the reason is logged. The GUI does the same without blocking (``SpatialVaryingRegWidget``).
         """
-        if not dependencies.ensure_torch(ask=ask):
+        status = dependencies.check_torch()
+        if not status.ok and status.installable and not dependencies._testing(slicer) and (
+                not ask or slicer.util.confirmOkCancelDisplay(status.advice() + "\n\nInstall PyTorch now?",
+                                                             windowTitle="SpatialVaryingReg")):
+            status = dependencies.install_torch(status, on_log=logging.info)
+        if not status.ok:
+            logging.error(status.advice())
             return False
+        return self.ensureRequirements(ask=ask, tuning=tuning)
+
+    def ensureRequirements(self, ask: bool = True, tuning: bool = False) -> bool:
+        """The engine's packages other than torch (requirements files), installed after asking."""
         files = ["requirements.txt"] + (["requirements-tuning.txt"] if tuning else [])
         return all(dependencies.ensure_requirements(self.resourceFile(f), ask=ask) for f in files)
+
+    def selectDefaultInputs(self, p: "SpatialVaryingRegParameterNode | None") -> None:
+        """Preselect two different grey-level volumes (never label maps or this module's results)."""
+        if p is None or (p.fixedVolume and p.movingVolume):
+            return
+        fixed, moving = svlogic.default_input_volumes(slicer.mrmlScene)
+        if not p.fixedVolume and fixed is not None and fixed is not p.movingVolume:
+            p.fixedVolume = fixed
+        if not p.movingVolume and moving is not None and moving is not p.fixedVolume:
+            p.movingVolume = moving
 
     # ---- registration
 
@@ -636,10 +801,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             ``warpedLabels``, ``report`` (metrics dict) and ``statusText``.
         """
         if ensureDependencies and not self.ensureEnvironment(ask=True):
-            missing = ([] if dependencies.torch_installed() else ["torch (PyTorch extension)"]) + self.missingPackages()
             raise svlogic.RegistrationError(
-                f"missing Python packages: {', '.join(missing) or 'see the log'}; press Install in the module "
-                "panel (or accept the installation offer) and try again.")
+                "the engine's Python packages are not ready (see the log); press Install in the module panel "
+                "(or accept the installation offer) and try again.")
         settings = svlogic.RegistrationSettings(
             preset=str(preset), overrides=dict(parameters or {}), method=method, model=str(model),
             refine_steps=refineSteps, device=device or ("cpu" if useCpu else "auto"),
@@ -668,13 +832,22 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             affine=bool(p.useAffine), max_folding=p.tuningMaxFolding if p.tuningMaxFolding >= 0 else None,
             labels=settings.labels)
 
-    def applyBestParameters(self, p: SpatialVaryingRegParameterNode, studyFile: Path) -> Path:
-        """Write the study's best trial as a preset file and select it as the 'custom file' preset."""
-        name = p.tuningStudyName or "slicer"
-        path = Path(studyFile).parent / f"{name}-best-preset.json"
-        tuning.apply_best(Path(studyFile), name, path)
+    @staticmethod
+    def bestPresetPath(studyFile: Path, studyName: str) -> Path:
+        """Where "Apply best" writes the study's best trial as a preset file."""
+        return Path(studyFile).parent / f"{studyName or 'slicer'}-best-preset.json"
+
+    @staticmethod
+    def useCustomPreset(p: SpatialVaryingRegParameterNode, path: Path) -> None:
         p.customPresetFile = str(path)
         p.preset = CUSTOM_PRESET
+
+    def applyBestParameters(self, p: SpatialVaryingRegParameterNode, studyFile: Path) -> Path:
+        """Python console (blocking): write the study's best trial as a preset file and select it."""
+        name = p.tuningStudyName or "slicer"
+        path = self.bestPresetPath(studyFile, name)
+        tuning.apply_best(Path(studyFile), name, path)
+        self.useCustomPreset(p, path)
         return path
 
 
@@ -714,10 +887,30 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
     #: pair has identical intensities and little texture (LNCC is meant for real MRI).
     FAST = {"level_spacings": [8.0, 4.0], "iterations": [20, 20], "affine": False, "similarity": "mse"}
 
+    #: Bound on the engine's own registration time (report timing) for the synthetic pair, seconds.
+    ENGINE_SECONDS = 60.0
+    #: Bound on the wall-clock time of one register() call, seconds: generous because a cold start
+    #: (first torch import from a cold disk cache, first compilation of the engine's .pyc files) can
+    #: take minutes on a build machine; the engine's own time is bounded by ENGINE_SECONDS.
+    WALL_SECONDS = 600.0
+
     def setUp(self):
         slicer.mrmlScene.Clear()
 
+    def engineUnavailableReason(self) -> str:
+        """Why the engine cannot run here ('' when it can): torch checked in a child process, then the
+        engine's packages (metadata only). A self-test never installs anything."""
+        status = dependencies.check_torch()
+        if not status.ok:
+            return status.advice()
+        missing = SpatialVaryingRegLogic().missingPackages()
+        return f"missing Python packages: {', '.join(missing)}" if missing else ""
+
     def runTest(self):
+        reason = self.engineUnavailableReason()
+        if reason:
+            self.delayDisplay(f"SpatialVaryingReg self-test skipped: {reason}")
+            self.skipTest(reason)
         self.setUp()
         self.test_RegisterSyntheticPair()
         self.setUp()
@@ -757,10 +950,11 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Registering a synthetic 32^3 pair on the CPU")
         fixed, moving, fixedLabels, movingLabels, ijkToRas = self._syntheticPair()
         logic = SpatialVaryingRegLogic()
-        t0 = time.time()
+        t0 = time.monotonic()
         result = logic.register(fixed, moving, fixedLabels=fixedLabels, movingLabels=movingLabels,
-                                parameters=self.FAST, useCpu=True)
-        self.assertLess(time.time() - t0, 60.0)
+                                parameters=self.FAST, useCpu=True, ensureDependencies=False)
+        self.assertLess(time.monotonic() - t0, self.WALL_SECONDS)
+        self.assertLess(float(result.report["timing"]["total_s"]), self.ENGINE_SECONDS)
 
         transform = result.transform
         self.assertTrue(transform.IsA("vtkMRMLGridTransformNode"))
@@ -795,7 +989,8 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
             return
         fixed, moving, _fixedLabels, _movingLabels, ijkToRas = self._syntheticPair()
         result = SpatialVaryingRegLogic().register(fixed, moving, method="learned", model=shipped[0].name,
-                                                   refineSteps=5, parameters={"affine": False}, useCpu=True)
+                                                   refineSteps=5, parameters={"affine": False}, useCpu=True,
+                                                   ensureDependencies=False)
         self.assertEqual(result.report.get("method"), "learned")
         self.assertIn(shipped[0].name, result.statusText)
         self.assertEqual(moving.GetTransformNodeID(), result.transform.GetID())

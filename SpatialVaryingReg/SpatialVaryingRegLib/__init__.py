@@ -7,6 +7,7 @@ bare MRML library too:
 * :mod:`.logic` — the registration workflow on MRML nodes (used by the button and the console).
 * :mod:`.tuning` — the background tuning process and its SQLite study.
 * :mod:`.dependencies` — checks for torch and the engine's Python packages (install only on request).
+* ``torch_env.py`` — a script run by a ``PythonSlicer`` child to check/install torch (never imported).
 
 Nothing is imported eagerly: importing this package never imports torch, Qt or the engine.
 """

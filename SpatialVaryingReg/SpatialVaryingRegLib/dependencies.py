@@ -1,10 +1,13 @@
 """Python packages the engine needs, checked without importing them and installed only on request.
 
-Nothing here runs at import time. The checks read package metadata (``importlib.metadata``) and
-``importlib.util.find_spec``: torch is never imported into the Slicer process by a check.
+Nothing here runs at import time, and torch never enters Slicer's own process:
 
-* torch comes from Slicer's **PyTorch** extension (declared as a dependency of this extension): it
-  picks the CUDA or CPU build that fits the computer's driver.
+* torch is checked and installed by ``torch_env.py`` run in a ``PythonSlicer`` child process
+  (:func:`start_torch_check`, :func:`start_torch_install`; blocking :func:`check_torch` for the
+  console). The check refuses a torch older than :data:`TORCH_MINIMUM` and one that does not work
+  with Slicer's NumPy, and lists the CUDA GPUs. The installation uses light-the-torch, the installer
+  of Slicer's **PyTorch** extension (a dependency of this extension), which picks the CUDA or CPU
+  build that fits the computer's driver; torchvision is not installed.
 * The other packages (``Resources/requirements.txt``; ``requirements-tuning.txt`` for tuning) are
   installed with ``slicer.packaging.pip_ensure`` (Slicer 5.12) or, after asking, with
   ``slicer.util.pip_install`` (Slicer 5.10).
@@ -12,12 +15,19 @@ Nothing here runs at import time. The checks read package metadata (``importlib.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
+import platform
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
-#: The minimum torch version the engine supports.
-TORCH_REQUIREMENT = ">=2.1"
+from . import runner
+
+#: The minimum torch version the engine supports (checked for an installed torch too).
+TORCH_MINIMUM = "2.1"
+#: The first torch release whose installation into Slicer's Python is known to fail (see
+#: :func:`install_requirement`); installs stay below it.
+TORCH_FIRST_BROKEN = "2.13"
 
 _REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*?)\s*(?:;.*)?$")
 
@@ -83,12 +93,12 @@ def missing_requirements(requirements: list[str]) -> list[str]:
 
 
 def torch_installed() -> bool:
-    """Whether torch is installed (metadata and an importable spec), without importing it."""
+    """Whether torch's package metadata is there (a quick hint for the panel; :func:`check_torch` decides)."""
     try:
         importlib.metadata.version("torch")
     except importlib.metadata.PackageNotFoundError:
         return False
-    return importlib.util.find_spec("torch") is not None
+    return True
 
 
 def _testing(slicer) -> bool:
@@ -96,33 +106,121 @@ def _testing(slicer) -> bool:
     return bool(app is not None and app.testingEnabled())
 
 
-TORCH_MISSING_MESSAGE = (
-    "PyTorch is not installed in Slicer. SpatialVaryingReg needs it to compute registrations. "
-    "It is installed by the PyTorch extension (Extension Manager), which chooses the CUDA (GPU) or CPU "
-    "build that fits this computer. Install it now? (download of a few hundred MB to a few GB)")
+# --------------------------------------------------------------------------------------------------
+# torch: checked and installed only in a PythonSlicer child process (torch_env.py)
 
 
-def ensure_torch(ask: bool = True) -> bool:
-    """Inside Slicer: offer to install torch through the PyTorch extension; ``True`` when torch is there.
+@dataclass
+class TorchStatus:
+    """What ``torch_env.py check`` found in the child interpreter.
 
-    Raises ``RuntimeError`` with a plain message when the PyTorch extension is missing.
+    Attributes:
+        status: ``"ok"``, ``"missing"``, ``"too_old"``, ``"numpy_abi"``, ``"broken"`` or ``"unknown"``
+            (the check itself could not run).
+        torch, numpy: installed versions (``None`` when absent).
+        message: the plain reason when not ok.
+        devices: CUDA GPUs as ``{"name", "memory_gb"}`` (empty without a usable GPU).
     """
-    if torch_installed():
-        return True
-    import slicer
 
-    if _testing(slicer):
-        return False  # a self-test never installs anything; it reports what is missing
-    if ask and not slicer.util.confirmOkCancelDisplay(TORCH_MISSING_MESSAGE, windowTitle="SpatialVaryingReg"):
-        return False
-    try:
-        import PyTorchUtils
-    except ImportError:
-        raise RuntimeError("the PyTorch extension is not installed: open the Extension Manager, install "
-                           "'PyTorch', restart Slicer, then press Register again.") from None
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                          torchVersionRequirement=TORCH_REQUIREMENT)
-    return torch is not None
+    status: str
+    torch: str | None = None
+    numpy: str | None = None
+    message: str = ""
+    devices: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def installable(self) -> bool:
+        """Whether pressing *Install* can fix it (the numpy/torch clash on an Intel Mac cannot)."""
+        return self.status in ("missing", "too_old", "broken") or (self.status == "numpy_abi" and not _intel_mac())
+
+    def advice(self) -> str:
+        """One plain paragraph: what is wrong and what to do."""
+        if self.ok:
+            return ""
+        if self.status == "numpy_abi" and _intel_mac():
+            return (f"{self.message} The last PyTorch for Intel Macs (2.2) needs NumPy 1.x: run "
+                    "slicer.util.pip_install('numpy<2') in the Python console, restart Slicer and register again.")
+        if self.status == "numpy_abi":
+            return f"{self.message} Press 'Install' to replace it with a PyTorch built for NumPy 2, then restart Slicer."
+        if self.status == "unknown":
+            return f"PyTorch could not be checked: {self.message}"
+        return (f"{self.message} Press 'Install' (downloads the CUDA or CPU build that fits this computer, a few "
+                "hundred MB to a few GB; it runs in a separate process, Slicer stays usable).")
+
+    def devices_text(self) -> str:
+        """``"GPU: NVIDIA A100 (80.0 GB)"`` or ``"no CUDA GPU: the CPU is used"``."""
+        if not self.devices:
+            return "no CUDA GPU: the CPU is used"
+        return "GPU: " + ", ".join(f"{d.get('name', '?')} ({d.get('memory_gb', '?')} GB)" for d in self.devices)
+
+
+def _intel_mac() -> bool:
+    return platform.system() == "Darwin" and platform.machine() == "x86_64"
+
+
+def torch_env_script() -> Path:
+    """The checker/installer script run by the child interpreter."""
+    return Path(__file__).resolve().with_name("torch_env.py")
+
+
+def install_requirement(status: TorchStatus | None = None) -> str:
+    """The torch requirement handed to light-the-torch.
+
+    Bounded above: torch 2.13 changed its wheel's licence files and its installation into Slicer's Python
+    fails (Slicer/light-the-torch#176, Slicer 5.12.2). After a NumPy ABI clash the lower bound is 2.3,
+    the first release built for NumPy 2 (else pip keeps the installed, incompatible torch).
+    """
+    low = "2.3" if status is not None and status.status == "numpy_abi" else TORCH_MINIMUM
+    return f"torch>={low},<{TORCH_FIRST_BROKEN}"
+
+
+def start_torch_check(python: str | None = None, env: dict[str, str] | None = None,
+                      on_log: Callable[[str], None] | None = None) -> runner.ChildProcess:
+    """Start ``torch_env.py check`` in the child interpreter (``PythonSlicer``); poll it, then :func:`torch_status`."""
+    args = [str(torch_env_script()), "check", "--minimum", TORCH_MINIMUM]
+    return runner.ChildProcess(args, python=python, env=env if env is not None else runner.child_environment(),
+                               on_log=on_log).start()
+
+
+def start_torch_install(status: TorchStatus | None = None, python: str | None = None,
+                        env: dict[str, str] | None = None,
+                        on_log: Callable[[str], None] | None = None) -> runner.ChildProcess:
+    """Start ``torch_env.py install`` (light-the-torch, then a fresh check) in the child interpreter."""
+    args = [str(torch_env_script()), "install", "--minimum", TORCH_MINIMUM, "--requirement",
+            install_requirement(status)]
+    return runner.ChildProcess(args, python=python, env=env if env is not None else runner.child_environment(),
+                               on_log=on_log).start()
+
+
+def torch_status(child: runner.ChildProcess) -> TorchStatus:
+    """The :class:`TorchStatus` reported by a finished check or install child."""
+    for event in reversed(child.events):
+        if event.get("event") == "torch":
+            return TorchStatus(status=str(event.get("status", "unknown")), torch=event.get("torch"),
+                               numpy=event.get("numpy"), message=str(event.get("message", "")),
+                               devices=list(event.get("devices") or []))
+    result = child.result
+    reason = result.message if result is not None and result.message else "the check printed no result"
+    return TorchStatus(status="unknown", message=reason)
+
+
+def check_torch(python: str | None = None, env: dict[str, str] | None = None, timeout: float = 600.0) -> TorchStatus:
+    """Blocking :func:`start_torch_check` (Python console, tests); the GUI polls the child instead."""
+    child = start_torch_check(python, env)
+    child.wait(timeout=timeout)
+    return torch_status(child)
+
+
+def install_torch(status: TorchStatus | None = None, python: str | None = None, env: dict[str, str] | None = None,
+                  on_log: Callable[[str], None] | None = None, timeout: float | None = None) -> TorchStatus:
+    """Blocking :func:`start_torch_install`; returns the status checked after the installation."""
+    child = start_torch_install(status, python, env, on_log)
+    child.wait(timeout=timeout)
+    return torch_status(child)
 
 
 def ensure_requirements(path: str | Path, ask: bool = True, requester: str = "SpatialVaryingReg") -> bool:

@@ -177,24 +177,33 @@ def read_displacement_file(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read an ITK-convention displacement field (LPS vectors and geometry, e.g. ``displacement.nii.gz``).
 
     Returns ``(displacement, ijk_to_ras)``: an ``(I, J, K, 3)`` float32 array in **RAS** mm and the
-    4x4 IJK->RAS matrix of its grid.
+    4x4 IJK->RAS matrix of its grid. The array is a transposed view of one C-ordered ``(K, J, I, 3)``
+    buffer (VTK's point order), so :func:`set_grid_transform` hands it to VTK without copying; the
+    peak memory is two float32 copies of the field (SimpleITK's image and the array), and one stays.
     """
     import SimpleITK as sitk
 
     image = sitk.ReadImage(str(path))
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 3:
         raise GeometryError(f"{path} is not a 3-D displacement field with 3 components per voxel.")
-    lps = sitk.GetArrayFromImage(image)  # (K, J, I, 3)
-    disp = np.ascontiguousarray(lps.transpose(2, 1, 0, 3), dtype=np.float32)
-    disp[..., :2] *= -1.0  # LPS -> RAS vectors
     affine_lps = np.eye(4)
     affine_lps[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
     affine_lps[:3, 3] = image.GetOrigin()
-    return disp, LPS_FLIP @ affine_lps
+    if image.GetPixelID() != sitk.sitkVectorFloat32:
+        image = sitk.Cast(image, sitk.sitkVectorFloat32)
+    kji = sitk.GetArrayFromImage(image)  # (K, J, I, 3) float32, its own buffer
+    del image
+    kji[..., :2] *= -1.0  # LPS -> RAS vectors, in place
+    return kji.transpose(2, 1, 0, 3), LPS_FLIP @ affine_lps
 
 
 def _displacement_image(displacement_ras: np.ndarray, ijk_to_ras_matrix: np.ndarray):
-    """``vtkImageData`` (origin/spacing of the grid, identity direction) holding RAS vectors."""
+    """``vtkImageData`` (origin/spacing of the grid, identity direction) holding RAS vectors as float32.
+
+    The VTK array shares the memory of ``displacement_ras`` when that is a float32 ``(I, J, K, 3)``
+    view of a C-ordered ``(K, J, I, 3)`` buffer (what :func:`read_displacement_file` returns); any
+    other layout is copied once into that layout.
+    """
     import vtk
     import vtk.util.numpy_support as ns
 
@@ -206,8 +215,8 @@ def _displacement_image(displacement_ras: np.ndarray, ijk_to_ras_matrix: np.ndar
     image.SetDimensions(*disp.shape[:3])
     image.SetOrigin(*origin)
     image.SetSpacing(*spacing)
-    flat = np.ascontiguousarray(disp.transpose(2, 1, 0, 3).reshape(-1, 3), dtype=np.float64)
-    vectors = ns.numpy_to_vtk(flat, deep=True, array_type=vtk.VTK_DOUBLE)
+    flat = np.ascontiguousarray(disp.transpose(2, 1, 0, 3), dtype=np.float32).reshape(-1, 3)
+    vectors = ns.numpy_to_vtk(flat, deep=False, array_type=vtk.VTK_FLOAT)  # keeps a reference to ``flat``
     vectors.SetName("displacement")
     image.GetPointData().SetScalars(vectors)
     return image
@@ -267,12 +276,22 @@ def compose_with_linear(displacement_ras: np.ndarray, ijk_to_ras_matrix: np.ndar
 
     Used when the moving volume sits under a linear transform: the result is registered against the
     volume as seen in the world, and the node placed under the result needs the mapping into its
-    own local coordinates.
+    own local coordinates. Computed one K slice at a time (float64 per slice) into a float32 result
+    of the layout :func:`read_displacement_file` returns.
     """
-    x = grid_points(displacement_ras.shape[:3], ijk_to_ras_matrix)
-    moved = x + displacement_ras
+    disp = np.asarray(displacement_ras)
+    shape = disp.shape[:3]
     L = np.asarray(world_to_local, dtype=np.float64)
-    return (moved @ L[:3, :3].T + L[:3, 3] - x).astype(np.float32)
+    a = np.asarray(ijk_to_ras_matrix, dtype=np.float64)
+    out = np.empty((shape[2], shape[1], shape[0], 3), dtype=np.float32)
+    ii, jj = np.meshgrid(np.arange(shape[0], dtype=np.float64), np.arange(shape[1], dtype=np.float64),
+                         indexing="ij")
+    for k in range(shape[2]):
+        idx = np.stack([ii, jj, np.full_like(ii, k)], axis=-1)
+        x = idx @ a[:3, :3].T + a[:3, 3]
+        moved = x + disp[:, :, k]
+        out[k] = (moved @ L[:3, :3].T + L[:3, 3] - x).transpose(1, 0, 2)
+    return out.transpose(2, 1, 0, 3)
 
 
 def set_registration_references(transform_node, fixed_node, moving_node) -> None:

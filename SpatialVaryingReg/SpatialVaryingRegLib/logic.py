@@ -220,6 +220,45 @@ def moving_base_to_world(node) -> np.ndarray | None:
     return None if parent is None else geometry.transform_to_world(parent, node)
 
 
+def one_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name when it has none)."""
+    if isinstance(exc, MemoryError):
+        return ("not enough memory to load the result; crop the volumes to the region of interest or use a "
+                "coarser fixed volume.")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def module_output_ids(scene) -> list[str]:
+    """IDs of the volumes this module created (λ maps, Jacobians, warped volumes and labels): they are
+    results, not registration inputs, so the input selectors hide them."""
+    ids = []
+    nodes = scene.GetNodesByClass("vtkMRMLVolumeNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.GetAttribute(RUN_ATTRIBUTE):
+            ids.append(node.GetID())
+    return ids
+
+
+def default_input_volumes(scene) -> tuple[Any, Any]:
+    """``(fixed, moving)`` to preselect: the two most recently added grey-level volumes that are not label
+    maps nor results of this module (``None`` where the scene has too few)."""
+    outputs = set(module_output_ids(scene))
+    candidates = []
+    nodes = scene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+    for i in range(nodes.GetNumberOfItems()):
+        node = nodes.GetItemAsObject(i)
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetID() in outputs or node.GetHideFromEditors():
+            continue
+        candidates.append(node)
+    if not candidates:
+        return None, None
+    if len(candidates) == 1:
+        return candidates[0], None
+    return candidates[-2], candidates[-1]
+
+
 def _same_grid(a, a_to_world, b, b_to_world) -> bool:
     da, db = a.GetImageData().GetDimensions(), b.GetImageData().GetDimensions()
     return tuple(da) == tuple(db) and np.allclose(a_to_world, b_to_world, atol=1e-3)
@@ -439,15 +478,19 @@ class RegistrationJob:
     # ---- results
 
     def _complete(self, result: runner.RunResult) -> None:
+        """Load the outputs or record the failure; the job ends here whatever happens (``error`` or
+        ``outputs`` is set, so ``poll`` returns ``False`` from now on) and the folder is kept or removed
+        as the settings say."""
         try:
             if result.status == runner.SUCCEEDED:
-                try:
-                    self.outputs = self.load_outputs(self.workdir / "output")
-                except (geometry.GeometryError, OSError, KeyError, ValueError) as exc:
-                    self.error = f"the engine finished but its outputs could not be loaded: {exc}"
+                self.outputs = self.load_outputs(self.workdir / "output")
             else:
                 self.error = result.message or "the registration failed."
+        except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError, a big field MemoryError...
+            self.error = f"the engine finished but its outputs could not be loaded: {one_line(exc)}"
         finally:
+            if self.outputs is None and self.error is None:  # a BaseException (e.g. KeyboardInterrupt) went by
+                self.error = "the registration was interrupted."
             self._cleanup()
 
     def _cleanup(self, force: bool = False) -> None:

@@ -165,3 +165,18 @@ def test_in_slicer_self_test_code_runs_against_real_mrml(module, scene, monkeypa
     scene.Clear(0)
     test.test_LearnedModel()  # registers with the first shipped model; says "skipped" when none is shipped
     assert list(tmp_path.iterdir()) == []
+
+
+def test_in_slicer_self_test_skips_with_a_reason_without_torch(module, scene, monkeypatch, tmp_path):
+    """The ctest on a build machine without torch: skipped (not failed), saying what is missing."""
+    site = tmp_path / "empty-site"
+    site.mkdir()
+    python = tmp_path / "PythonSlicer"
+    python.write_text(f'#!/bin/sh\nexport PYTHONPATH="{site}"\nexec "{sys.executable}" -S -s "$@"\n')
+    python.chmod(0o755)
+    monkeypatch.setenv("SVREG_PYTHON", str(python))  # the interpreter the module's children use
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    result = unittest.TestResult()
+    module.SpatialVaryingRegTest("runTest").run(result)
+    assert result.failures == [] and result.errors == []
+    assert len(result.skipped) == 1 and "PyTorch is not installed" in result.skipped[0][1]

@@ -1,0 +1,187 @@
+"""The module on Slicer 5.12.3's own ``parameterNodeWrapper``, ``i18n`` and ``ScriptedLoadableModule``.
+
+The pinned copies in ``../shared/third_party/slicer`` are loaded in place (skipped with a reason when
+absent) on top of slicer-core's real MRML; only Qt/CTK widgets are stand-ins (``qt_standins``). Proves:
+the parameter node class is accepted by the real wrapper and stored in a real scripted-module node;
+every ``SlicerParameterName`` of the .ui binds through the real GUI connectors, both ways; the
+widget's enable/disable logic; ``cleanup`` stops the timers; *Reload* drops the helper package.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qt_standins
+from slicer_test_helpers import add_volume
+
+REPO = Path(__file__).resolve().parents[2]
+MODULE_PY = REPO / "SpatialVaryingReg" / "SpatialVaryingReg.py"
+UI = REPO / "SpatialVaryingReg" / "Resources" / "UI" / "SpatialVaryingReg.ui"
+SLICER_PY = REPO.parent / "shared" / "third_party" / "slicer" / "Base" / "Python" / "slicer"
+
+
+def _load(name: str, path: Path, monkeypatch, package: bool = False):
+    spec = importlib.util.spec_from_file_location(
+        name, path / "__init__.py" if package else path,
+        submodule_search_locations=[str(path)] if package else None)
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def real(slicer_module, scene, monkeypatch):
+    """``(module, qt, ctk)``: SpatialVaryingReg.py loaded on Slicer's real Python support code."""
+    if not (SLICER_PY / "parameterNodeWrapper" / "wrapper.py").is_file():
+        pytest.skip(f"Slicer's pinned Python sources are not here ({SLICER_PY}); see ../shared/third_party/README.md")
+    qt, ctk = qt_standins.qt_module(), qt_standins.ctk_module()
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "ctk", ctk)
+    for name in ("qMRMLNodeComboBox", "qMRMLSliderWidget", "qMRMLSpinBox", "qMRMLRangeWidget", "qMRMLWidget"):
+        monkeypatch.setattr(slicer_module, name, qt_standins.MRML_WIDGETS.get(name) or type(name, (qt.QWidget,), {}),
+                            raising=False)
+    for sub in ("i18n", "parameterNodeWrapper", "ScriptedLoadableModule"):
+        for key in [k for k in sys.modules if k == f"slicer.{sub}" or k.startswith(f"slicer.{sub}.")]:
+            monkeypatch.delitem(sys.modules, key)
+    i18n = _load("slicer.i18n", SLICER_PY / "i18n.py", monkeypatch)
+    monkeypatch.setattr(slicer_module, "i18n", i18n, raising=False)
+    pnw = _load("slicer.parameterNodeWrapper", SLICER_PY / "parameterNodeWrapper", monkeypatch, package=True)
+    monkeypatch.setattr(slicer_module, "parameterNodeWrapper", pnw, raising=False)
+    slm = _load("slicer.ScriptedLoadableModule", SLICER_PY / "ScriptedLoadableModule.py", monkeypatch)
+    monkeypatch.setattr(slicer_module, "ScriptedLoadableModule", slm, raising=False)
+    monkeypatch.setattr(slicer_module, "mrmlScene", scene)
+    module = _load("SpatialVaryingReg", MODULE_PY, monkeypatch)
+    return module, qt, ctk
+
+
+def _widget(module, ui, parameter_node):
+    """The module widget without ScriptedLoadableModuleWidget.__init__ (that needs slicer.app)."""
+    widget = module.SpatialVaryingRegWidget.__new__(module.SpatialVaryingRegWidget)
+    module.VTKObservationMixin.__init__(widget)
+    widget.ui, widget._parameterNode, widget._job = ui, parameter_node, None
+    return widget
+
+
+def test_parameter_node_is_a_real_wrapped_scripted_module_node(real, scene):
+    module, _qt, _ctk = real
+    p = module.SpatialVaryingRegLogic().getParameterNode()
+    assert p.parameterNode.IsA("vtkMRMLScriptedModuleNode") and p.parameterNode.GetScene() is scene
+    assert p.preset == "brain-mri" and p.method == module.METHOD_LABELS["pairwise"] and p.refineSteps == 20
+    p.preset = "ct"
+    assert p.parameterNode.GetParameter("preset") == "ct"  # saved with the scene
+    with pytest.raises(ValueError):
+        p.preset = "no such preset"  # the Choice validator of the real wrapper
+    with pytest.raises(ValueError):
+        p.refineSteps = 501
+
+
+def test_every_ui_binding_connects_through_the_real_gui_connectors(real, scene):
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    bound = {w.property("SlicerParameterName"): w for w in vars(ui).values() if w.property("SlicerParameterName")}
+    p = module.SpatialVaryingRegLogic().getParameterNode()
+    tag = p.connectGui(ui)  # raises when a widget cannot represent its field
+    connectors = p._parameterGUIs[tag]
+    assert set(connectors) == set(bound) and len(bound) >= 30
+
+    # parameter node -> widgets
+    p.preset = "lung-ct"
+    assert bound["preset"].currentText == "lung-ct"
+    p.refineSteps, p.useCpu, p.levelSpacings = 7, True, "4 2"
+    assert (bound["refineSteps"].value, bound["useCpu"].checked, bound["levelSpacings"].text) == (7, True, "4 2")
+    # widgets -> parameter node
+    bound["method"].currentIndex = 1
+    assert p.method == module.METHOD_LABELS["learned"]
+    bound["alphaPrime"].value = 0.25
+    bound["iterations"].text = "80 60"
+    assert p.alphaPrime == 0.25 and p.iterations == "80 60"
+    volume = add_volume(scene, np.zeros((4, 4, 4), np.float32), np.eye(4), "t1")
+    bound["fixedVolume"].setCurrentNode(volume)
+    assert p.fixedVolume is volume
+    assert list(bound["fixedVolume"].nodeTypes) == ["vtkMRMLScalarVolumeNode"]
+    assert list(bound["fixedLabels"].nodeTypes) == ["vtkMRMLLabelMapVolumeNode"]
+    p.disconnectGui(tag)
+    bound["alphaPrime"].value = 0.5
+    assert p.alphaPrime == 0.25
+
+
+def test_widget_enable_disable_logic(real, scene):
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    p = module.SpatialVaryingRegLogic().getParameterNode()
+    p.connectGui(ui)
+    widget = _widget(module, ui, p)
+    affine = np.eye(4)
+    a = add_volume(scene, np.zeros((4, 4, 4), np.float32), affine, "a")
+    b = add_volume(scene, np.zeros((4, 4, 4), np.float32), affine, "b")
+
+    widget._checkCanApply()
+    assert not ui.applyButton.enabled and "two different volumes" in ui.applyButton.toolTip
+    p.fixedVolume = p.movingVolume = a
+    widget._checkCanApply()
+    assert not ui.applyButton.enabled
+    p.movingVolume = b
+    widget._checkCanApply()
+    assert ui.applyButton.enabled and ui.applyButton.text == "Register"
+    # the learned-model controls follow the method; the checkpoint path only with "Checkpoint file…"
+    assert not ui.modelComboBox.enabled and not ui.refineStepsSpinBox.enabled
+    widget._fillModelComboBox()
+    p.method = module.METHOD_LABELS["learned"]
+    widget._checkCanApply()
+    assert ui.modelComboBox.enabled and ui.refineStepsSpinBox.enabled and not ui.modelCheckpointLineEdit.enabled
+    p.model = module.CHECKPOINT_CHOICE
+    widget._checkCanApply()
+    assert ui.modelCheckpointLineEdit.enabled and ui.modelCheckpointBrowseButton.enabled
+    assert ui.modelComboBox.itemData(ui.modelComboBox.currentIndex) == module.CHECKPOINT_CHOICE
+    # custom preset file only with the "custom file" preset
+    assert not ui.customPresetPathLineEdit.enabled
+    p.preset = module.CUSTOM_PRESET
+    widget._checkCanApply()
+    assert ui.customPresetPathLineEdit.enabled and ui.customPresetBrowseButton.enabled
+
+
+def test_default_inputs_differ_and_outputs_are_hidden_from_the_selectors(real, scene):
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    affine = np.eye(4)
+    a = add_volume(scene, np.zeros((4, 4, 4), np.float32), affine, "a")
+    b = add_volume(scene, np.zeros((4, 4, 4), np.float32), affine, "b")
+    lam = add_volume(scene, np.zeros((4, 4, 4), np.float32), affine, "b to a (SVReg 1) lambda")
+    lam.SetAttribute(module.svlogic.RUN_ATTRIBUTE, "1")
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    p.connectGui(ui)
+    widget = _widget(module, ui, p)
+    logic.selectDefaultInputs(p)
+    assert (p.fixedVolume, p.movingVolume) == (a, b)
+    assert ui.fixedVolumeSelector.currentNode() is a and ui.movingVolumeSelector.currentNode() is b
+    widget._hideModuleOutputs()
+    assert ui.fixedVolumeSelector.sortFilterProxyModel().hiddenNodeIDs == [lam.GetID()]
+
+
+def test_cleanup_stops_every_timer_and_reload_drops_the_helper_package(real, monkeypatch):
+    module, qt, ctk = real
+    widget = _widget(module, qt_standins.ui_from_file(UI, qt, ctk), None)
+    widget._timers, widget._environmentChild, widget._tuning = [], None, None
+    timers = [widget._newTimer(100, lambda: None) for _ in range(4)]
+    for timer in timers:
+        timer.start()
+    widget.cleanup()
+    assert not any(t.active for t in timers)
+
+    import SpatialVaryingRegLib.logic  # noqa: F401 - loaded, as in Slicer
+
+    reloaded = []
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "onReload", lambda self: reloaded.append(
+        [n for n in sys.modules if n.startswith("SpatialVaryingRegLib")]))
+    # keep this test process's copy for the other tests
+    saved = {n: m for n, m in sys.modules.items() if n.startswith("SpatialVaryingRegLib")}
+    try:
+        widget.onReload()
+    finally:
+        sys.modules.update(saved)
+    assert reloaded == [[]]  # the module file is re-executed with a fresh SpatialVaryingRegLib
