@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from svreg_core.errors import InputError, SvregError
+from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import PRESETS, SIMILARITIES
 from svreg_core.progress import ProgressEvent
 
@@ -83,7 +84,7 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_register(args: argparse.Namespace) -> int:
     from svreg_core.image import load_image
-    from svreg_core.optim.parameters import load_parameters
+    from svreg_core.optim.parameters import load_parameters, preset_warning
     from svreg_core.outputs import write_outputs
     from svreg_core.outputs.writer import prepare_output_dir
     from svreg_core.registration import register
@@ -101,6 +102,9 @@ def run_register(args: argparse.Namespace) -> int:
         resolve_model(args.model)  # a wrong name or path fails now, before any work
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
                              seed=args.seed, spr=False if args.no_spr else None)
+    warning = preset_warning(args.preset)
+    if warning:
+        print(f"svreg: warning: {warning}", file=sys.stderr)
     printer = ProgressPrinter(args.progress)
     try:
         printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
@@ -119,9 +123,8 @@ def run_register(args: argparse.Namespace) -> int:
         printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
         report = write_outputs(result, args.output, fixed_labels=fixed_labels, moving_labels=moving_labels,
                                labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
-                               inputs=inputs, extra={"inputs": {"fixed": str(args.fixed), "moving": str(args.moving)}})
-        report["timing"]["total_s"] = time.perf_counter() - t0
-        Path(args.output, "report.json").write_text(json.dumps(report, indent=2))
+                               inputs=inputs, extra={"inputs": {"fixed": str(args.fixed), "moving": str(args.moving)}},
+                               started=t0)
         printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     finally:
         printer.close()
@@ -131,8 +134,10 @@ def run_register(args: argparse.Namespace) -> int:
     else:
         m = report["metrics"]
         line = f"folding {m['folding_percent']:.4f} %, NDV {m['ndv_percent']:.4f} %"
-        if "dice_mean" in m:
-            line = f"mean Dice {m['dice_mean']:.4f}, HD95 {m['hd95_mean']:.2f} mm, " + line
+        if "dice_mean" in m:  # a metric that could not be computed is null in the report
+            dice_text = "n/a" if m["dice_mean"] is None else f"{m['dice_mean']:.4f}"
+            hd95_text = "n/a" if m["hd95_mean"] is None else f"{m['hd95_mean']:.2f} mm"
+            line = f"mean Dice {dice_text}, HD95 {hd95_text}, " + line
         how = "pairwise optimisation" if report["method"] == "pairwise" else (
             f"model {report['model'].get('name') or report['model']['architecture']}"
             + (f" + {report['refine_steps']} refinement steps" if report.get("refine_steps") else ""))
@@ -193,28 +198,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     json_mode = getattr(args, "progress", None) == "json"
-    try:
-        return handlers[args.command](args)
-    except SvregError as exc:
-        if json_mode:
-            _emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__})
-        print(f"svreg: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        resume = " (run the same command again to resume after the last finished epoch)" \
-            if args.command == "train" else ""
-        print(f"svreg: interrupted{resume}", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if not _is_out_of_memory(exc):
-            raise
-        gpu = "CUDA" in str(exc) or exc.__class__.__name__ == "OutOfMemoryError"
-        msg = ("the GPU ran out of memory; use --device cpu, crop the images, or use coarser --preset level "
-               "spacings." if gpu else "out of memory; crop the images or use coarser level spacings.")
-        if json_mode:
-            _emit_json({"event": "error", "message": msg, "kind": "OutOfMemory"})
-        print(f"svreg: error: {msg}", file=sys.stderr)
-        return 1
+    with sigterm_as_interrupt():  # a scheduler's or the Slicer module's stop request, handled like Ctrl-C
+        try:
+            return handlers[args.command](args)
+        except SvregError as exc:
+            if json_mode:
+                _emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__})
+            print(f"svreg: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            resume = " (run the same command again to resume after the last finished epoch)" \
+                if args.command == "train" else ""
+            print(f"svreg: interrupted{resume}", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            gpu = "CUDA" in str(exc) or exc.__class__.__name__ == "OutOfMemoryError"
+            msg = ("the GPU ran out of memory; use --device cpu, crop the images, or use coarser --preset level "
+                   "spacings." if gpu else "out of memory; crop the images or use coarser level spacings.")
+            if json_mode:
+                _emit_json({"event": "error", "message": msg, "kind": "OutOfMemory"})
+            print(f"svreg: error: {msg}", file=sys.stderr)
+            return 1
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

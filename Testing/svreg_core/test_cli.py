@@ -198,20 +198,22 @@ def test_missing_parent_is_not_created_on_failure(tiny_pair, tmp_path: Path, cap
 
 
 def test_existing_output_needs_overwrite(tiny_pair, tmp_path: Path, capsys) -> None:
+    """svreg's own earlier output is replaced only with --overwrite (folders svreg did not write are
+    never replaced: test_overwrite_safety.py)."""
     p = tiny_pair.paths
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    rc, _, err = _main(["register", p.fixed, p.moving, "-o", out], capsys)
-    _assert_plain_error(rc, err, "--overwrite")
-    assert [x.name for x in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
-    # with --overwrite it is replaced (a very short run)
     preset = tmp_path / "quick.json"
     preset.write_text(json.dumps({"parameters": {"level_spacings": [12, 6], "iterations": [3, 3], "affine": False}}))
-    rc, stdout, err = _main(["register", p.fixed, p.moving, "-o", out, "--overwrite", "--preset", preset,
-                             "--device", "cpu", "--progress", "none"], capsys)
+    quick = ["--preset", preset, "--device", "cpu", "--progress", "none"]
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", out, *quick], capsys)
     assert rc == 0, err
-    assert not (out / "keep.txt").exists() and (out / "warped.nii.gz").is_file()
+    before = (out / "report.json").read_text()
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", out, *quick], capsys)
+    _assert_plain_error(rc, err, "--overwrite")
+    assert (out / "report.json").read_text() == before
+    rc, stdout, err = _main(["register", p.fixed, p.moving, "-o", out, "--overwrite", *quick], capsys)
+    assert rc == 0, err
+    assert (out / "report.json").read_text() != before and (out / "warped.nii.gz").is_file()
     assert sorted(x.name for x in tmp_path.iterdir()) == ["out", "quick.json"]
     assert "Outputs:" in stdout
 

@@ -9,12 +9,17 @@ import numpy as np
 from svreg_core.errors import InputError
 from svreg_core.image.image import Image, validate_image
 
+#: Float label values this close to a whole number are taken as that number (float storage noise).
+LABEL_TOLERANCE = 1e-3
+
 
 def load_image(path: str | Path, *, labels: bool = False, name: str | None = None) -> Image:
     """Read a 3-D NIfTI (or any nibabel-readable) image as float32, or int32 for ``labels``.
 
     The affine is nibabel's best voxel-to-RAS affine (sform, else qform).
-    Raises :class:`InputError` for a missing, unreadable or unusable file.
+    Raises :class:`InputError` for a missing, unreadable or unusable file, and for ``labels`` (label
+    maps and masks) holding values that are not whole numbers from 0 to 2**31 - 1 (see
+    :func:`label_values`).
     """
     path = Path(path)
     what = name or path.name
@@ -31,14 +36,39 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         raise InputError(f"{what} has voxel type {data.dtype}; a scalar real-valued image is needed "
                          "(not RGB or complex).")
     if labels:
-        if np.issubdtype(data.dtype, np.floating):
-            if not np.all(np.isfinite(data)):
-                raise InputError(f"{what} contains NaN or infinite values; a label map must hold integers.")
-            data = np.rint(data)
-        data = data.astype(np.int32)
+        data = label_values(data, f"{name} ({path.name})" if name else path.name)
     else:
         data = data.astype(np.float32)
     return validate_image(Image(data, img.affine), what, labels=labels)
+
+
+def label_values(data: np.ndarray, what: str) -> np.ndarray:
+    """``data`` as int32 label values, refusing what would silently change a label.
+
+    Float values within :data:`LABEL_TOLERANCE` of a whole number are rounded to it; other values
+    (2.6), NaN, negative values and values above 2**31 - 1 (which int32 would wrap) raise
+    :class:`InputError` naming ``what`` and an example value. 0 is the background.
+    """
+    data = np.asarray(data)
+    if np.issubdtype(data.dtype, np.floating):
+        if not np.all(np.isfinite(data)):
+            raise InputError(f"{what} contains NaN or infinite values; a label map must hold whole numbers.")
+        rounded = np.rint(data)
+        off = np.abs(data - rounded) > LABEL_TOLERANCE
+        if off.any():
+            raise InputError(f"{what} holds values that are not whole numbers (e.g. {data[off][0]:g}); "
+                             "a label map or mask must hold whole-number labels.")
+        data = rounded
+    if data.size == 0 or data.dtype == np.bool_:
+        return data.astype(np.int32)
+    low, high = data.min(), data.max()
+    if low < 0:
+        raise InputError(f"{what} holds negative labels (e.g. {int(low)}); labels must be 0 (background) "
+                         "or positive whole numbers.")
+    limit = np.iinfo(np.int32).max
+    if high > limit:
+        raise InputError(f"{what} holds the label {int(high)}, above the largest supported label {limit}.")
+    return data.astype(np.int32)
 
 
 def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None = None) -> Path:

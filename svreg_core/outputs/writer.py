@@ -1,15 +1,24 @@
-"""Write a registration's outputs into a folder, atomically.
+"""Write a registration's outputs into a folder, atomically, and never anywhere else.
 
-Everything is written into a hidden sibling folder first and renamed into place only when complete,
-so an interrupted or failed run never leaves a folder that looks finished.
+Everything is written into a hidden sibling folder ``.NAME.partial-HOST-PID-XXXX`` first and renamed
+into place only when complete, so an interrupted or failed run never leaves a folder that looks
+finished; such hidden folders of dead runs (killed with SIGKILL, power loss) are removed by the next
+run to the same output. Every output folder holds the marker file :data:`MARKER_FILE`;
+``overwrite`` replaces only a folder holding that marker (or, from earlier versions, svreg's
+``report.json``) and nothing but svreg's own files, and never the current or home folder, the
+filesystem root, or a folder containing an input. A symbolic link given as output is followed: the
+folder it points to is written (and replaced), the link itself is left as it is.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,26 +43,50 @@ nib.openers.Opener.default_compresslevel = 1
 #: the main thread computes the next outputs.
 _WORKER_THREADS = 3
 
+#: The marker file in every output folder: ``overwrite`` replaces only folders holding it.
+MARKER_FILE = ".svreg-output"
+
 OUTPUT_FILES = ("warped.nii.gz", "displacement.nii.gz", "transform.h5", "inverse_displacement.nii.gz",
-                "regularization.nii.gz", "jacobian.nii.gz", "report.json", "report.png")
+                "regularization.nii.gz", "jacobian.nii.gz", "report.json", "report.png", MARKER_FILE)
+
+#: Files written only for some inputs (``warped_labels.nii.gz`` with moving labels).
+OPTIONAL_OUTPUT_FILES = ("warped_labels.nii.gz",)
+
+#: Hidden work folders next to an output: ``.NAME.partial-HOST-PID-TOKEN`` (being written) and
+#: ``.NAME.old-HOST-PID-TOKEN`` (the replaced folder, until deleted).
+_WORK_FOLDER = re.compile(r"\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<host>[A-Za-z0-9._]+)-(?P<pid>\d+)-[a-z0-9_]+")
 
 
 def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[str | Path] = (),
                        create_parent: bool = True) -> Path:
-    """Check ``outdir`` can be (re)created; refuse to overwrite without ``overwrite`` or to touch inputs.
+    """Check that ``outdir`` can be (re)created and return it, resolved (symbolic links followed).
 
-    With ``create_parent`` a missing parent folder is created; without, nothing is created (an
-    early check that must leave no trace if the run fails later).
+    Refuses (:class:`OutputError`, one line): an empty path; a path that is a file; the home folder;
+    the filesystem root; a folder containing one of ``inputs``; the current folder or one containing
+    it; an existing non-empty folder that svreg did not write or that holds files svreg did not
+    write; without ``overwrite``, any existing non-empty folder. Removes the hidden work folders
+    that dead runs left next to ``outdir`` (see :func:`remove_stale_work_folders`). With
+    ``create_parent`` a missing parent folder is created; without, nothing is created (an early
+    check that must leave no trace if the run fails later).
     """
-    out = Path(outdir).absolute()
+    if not str(outdir).strip():
+        raise OutputError("the output folder path is empty; name a new folder.")
+    out = Path(outdir).resolve()
     if out.exists() and not out.is_dir():
         raise OutputError(f"output path {out} exists and is not a folder.")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise OutputError(f"output folder {out} already exists and is not empty; use --overwrite to replace it.")
+    if out == Path.home().resolve():
+        raise OutputError(f"output folder {out} is your home folder; name a new folder instead.")
+    if out.parent == out:
+        raise OutputError(f"output folder {out} is the filesystem root; name a new folder instead.")
     for p in inputs:
-        p = Path(p).absolute()
-        if out == p or out in p.parents:
-            raise OutputError(f"output folder {out} contains the input {p}; choose another folder.")
+        for path in {Path(os.path.abspath(p)), Path(p).resolve()}:  # as given, and with links followed
+            if out == path or out in path.parents:
+                raise OutputError(f"output folder {out} contains the input {p}; choose another folder.")
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise OutputError(f"output folder {out} is or contains the current folder; name a new folder instead.")
+    if out.is_dir() and any(out.iterdir()):
+        _check_replaceable(out, overwrite)
     parent = out.parent
     existing = parent
     while not existing.exists():  # the nearest existing ancestor must be a writable folder
@@ -62,12 +95,124 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
         raise OutputError(f"cannot create {out}: {existing} is a file, not a folder.")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {existing}: permission denied.")
+    if parent.is_dir():
+        remove_stale_work_folders(out)
     if create_parent and not parent.exists():
         try:
             parent.mkdir(parents=True)
         except OSError as exc:
             raise OutputError(f"cannot create {parent}: {exc.strerror}.") from None
     return out
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Refuse to replace the non-empty folder ``out`` unless ``overwrite`` and svreg wrote all of it."""
+    if not is_svreg_output(out):
+        raise OutputError(f"output folder {out} already exists, is not empty and was not written by svreg; "
+                          "choose a new or empty folder (--overwrite replaces only svreg's own output folders).")
+    known = {*OUTPUT_FILES, *OPTIONAL_OUTPUT_FILES}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in known or p.is_symlink() or not p.is_file())
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"output folder {out} holds files svreg did not write ({shown}); move them away or "
+                          "choose another folder.")
+    if not overwrite:
+        raise OutputError(f"output folder {out} already exists and is not empty; use --overwrite to replace it.")
+
+
+def is_svreg_output(folder: str | Path) -> bool:
+    """True when ``folder`` holds svreg's marker file, or (written before the marker existed) a
+    ``report.json`` naming svreg_core's version."""
+    folder = Path(folder)
+    marker = folder / MARKER_FILE
+    if marker.is_file() and not marker.is_symlink():
+        return True
+    report = folder / "report.json"
+    if not report.is_file() or report.is_symlink():
+        return False
+    try:
+        content = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and isinstance(content.get("versions"), dict) \
+        and "svreg_core" in content["versions"]
+
+
+def _host() -> str:
+    """This machine's name as it appears in work-folder names (letters, digits, dots, underscores)."""
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _work_folder_name(out: Path, kind: str) -> str:
+    """``.NAME.KIND-HOST-PID-`` (a prefix: a random token follows)."""
+    return f".{out.name}.{kind}-{_host()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine runs; True when that cannot be known (not POSIX)."""
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_work_folders(outdir: str | Path) -> list[Path]:
+    """Remove the hidden ``.NAME.partial-*`` / ``.NAME.old-*`` folders that dead runs left next to ``outdir``.
+
+    Only folders of this machine whose process is gone are removed (never those of a running
+    process, nor of another machine sharing the file system); an ``.old`` folder is kept while
+    ``outdir`` itself is missing (a run killed between the two renames: it is the only copy of the
+    previous result). Returns the removed folders.
+    """
+    out = Path(outdir)
+    removed = []
+    for entry in out.parent.iterdir():
+        match = _WORK_FOLDER.fullmatch(entry.name)
+        if (match is None or match["name"] != out.name or match["host"] != _host() or entry.is_symlink()
+                or not entry.is_dir() or _pid_alive(int(match["pid"]))
+                or (match["kind"] == "old" and not out.exists())):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def finite_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``report`` with every NaN or infinite number replaced by ``None`` (JSON ``null``).
+
+    The replaced entries are named in a ``notes`` entry (a list of strings), so strict JSON parsers
+    can read the report and readers learn why a value is missing.
+    """
+    replaced: list[str] = []
+
+    def clean(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(where)
+            return None
+        return value
+
+    out = clean(report, "")
+    if replaced:
+        out["notes"] = [*out.get("notes", []), "not a finite number (e.g. a metric of labels missing from a "
+                        "map), written as null: " + ", ".join(replaced)]
+    return out
+
+
+def write_report_json(path: str | Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Write ``report`` as strict JSON (non-finite numbers as ``null``, see :func:`finite_report`);
+    return what was written."""
+    clean = finite_report(report)
+    Path(path).write_text(json.dumps(clean, indent=2, allow_nan=False), encoding="utf-8")
+    return clean
 
 
 def _versions() -> dict[str, str]:
@@ -101,10 +246,11 @@ def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels
     return metrics
 
 
+
 def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_labels: Image | None = None,
                   moving_labels: Image | None = None, labels: Sequence[int] | None = None,
                   label_mode: str = "linear", overwrite: bool = False, inputs: Sequence[str | Path] = (),
-                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
     """Write all outputs of ``result`` into ``outdir`` and return the report (also ``report.json``).
 
     Args:
@@ -112,8 +258,11 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         moving_labels: label map on the moving grid; written warped as ``warped_labels.nii.gz``.
         labels: label values to score (default: all labels present in both maps).
         label_mode: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
+        overwrite: replace an existing output folder that svreg wrote (see :func:`prepare_output_dir`).
         inputs: input file paths, which the output folder must not contain.
         extra: additional top-level report entries (e.g. input file names).
+        started: ``time.perf_counter()`` at the start of the whole run (image loading included); the
+            report's ``timing.total_s`` is measured from it, else it is registration plus outputs.
     """
     out = prepare_output_dir(outdir, overwrite=overwrite, inputs=inputs)
     if fixed_labels is not None and (fixed_labels.shape != result.fixed.shape
@@ -123,9 +272,13 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                       or not np.allclose(moving_labels.affine, result.moving.affine, atol=1e-3)):
         raise InputError("moving labels must be on the moving image's grid (same shape and affine).")
     t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(0o755)
-    try:
+    tmp = out.with_name(_work_folder_name(out, "partial") + secrets.token_hex(4))
+    try:  # created inside the ``try``: an interrupt right after ``mkdir`` still removes it
+        tmp.mkdir()
+        tmp.chmod(0o755)
+        versions = _versions()
+        (tmp / MARKER_FILE).write_text(f"Written by svreg (svreg_core {versions['svreg_core']}); "
+                                       "svreg register --overwrite may replace this folder.\n", encoding="utf-8")
         with ThreadPoolExecutor(max_workers=_WORKER_THREADS) as pool:
             pending = []
 
@@ -155,7 +308,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                               result.moving.grid, fixed_grid)[0, 0].numpy()
             metrics = metrics_job.result()
             title = f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %"
-            if "dice_mean" in metrics:
+            if "dice_mean" in metrics and math.isfinite(metrics["dice_mean"]):
                 title += f" — mean Dice {metrics['dice_mean']:.3f}"
             write_report_figure(tmp / "report.png", fixed=result.fixed,
                                 moving_before=Image(before, result.fixed.affine), warped=warped, weight=weight,
@@ -163,10 +316,11 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             for future in pending:
                 future.result()  # re-raises the first failed write
         report = {**summarize(result), "metrics": metrics, "label_interpolation": label_mode,
-                  "versions": _versions(), **(extra or {})}
+                  "versions": versions, **(extra or {})}
         report["timing"]["outputs_s"] = time.perf_counter() - t0
-        report["timing"]["total_s"] = report["timing"]["registration_s"] + report["timing"]["outputs_s"]
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        report["timing"]["total_s"] = (time.perf_counter() - started if started is not None else
+                                       report["timing"]["registration_s"] + report["timing"]["outputs_s"])
+        report = write_report_json(tmp / "report.json", report)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,9 +331,14 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
 def _replace_dir(new: Path, out: Path) -> None:
     """Move the finished folder ``new`` to ``out``, replacing an existing ``out`` only at the end."""
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        new.rename(out)
+        old = out.with_name(_work_folder_name(out, "old") + secrets.token_hex(4))
+        try:
+            out.rename(old)
+            new.rename(out)
+        except BaseException:  # e.g. interrupted between the two renames: put the earlier output back
+            if old.exists() and not out.exists():
+                old.rename(out)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         new.rename(out)

@@ -45,8 +45,46 @@ def test_save_with_dtype_and_load_labels(geo, tmp_path: Path) -> None:
     back = load_image(path, labels=True)
     assert back.data.dtype == np.int32
     np.testing.assert_array_equal(back.data, np.rint(labels).astype(np.int32))
-    float_labels = geo.save_nifti(labels + 0.2, np.eye(4), tmp_path / "f.nii.gz")
+    # float storage noise (well below 1e-3) is rounded away; anything else is refused (below)
+    float_labels = geo.save_nifti(labels + 2e-4, np.eye(4), tmp_path / "f.nii.gz")
     np.testing.assert_array_equal(load_image(float_labels, labels=True).data, np.rint(labels))
+
+
+def _label_file(tmp_path: Path, name: str, value, dtype) -> Path:
+    data = np.zeros((4, 5, 6), dtype)
+    data[1:3, 1:3, 1:3] = 1
+    data[2, 3, 4] = value
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.eye(4), dtype=dtype), str(path))  # int64 needs an explicit dtype
+    return path
+
+
+@pytest.mark.parametrize("value, dtype, words", [
+    (2.6, np.float32, "not whole numbers (e.g. 2.6)"),  # rounding would merge it into label 3
+    (2.5, np.float64, "not whole numbers (e.g. 2.5)"),
+    (2**33 + 17, np.int64, "label 8589934609, above the largest"),  # int32 would wrap it to 17
+    (2**31, np.uint32, "label 2147483648, above the largest"),
+    (3e10, np.float64, "label 30000000000, above the largest"),
+    (-1, np.int16, "negative labels (e.g. -1)"),
+    (-2.0, np.float32, "negative labels (e.g. -2)"),
+])
+def test_label_values_that_would_change_are_refused(tmp_path: Path, value, dtype, words: str) -> None:
+    path = _label_file(tmp_path, "seg.nii.gz", value, dtype)
+    with pytest.raises(InputError) as info:
+        load_image(path, labels=True, name="moving labels")
+    message = str(info.value)
+    assert message.startswith("moving labels (seg.nii.gz) ") and "\n" not in message, message
+    assert words in message, message
+
+
+def test_label_values_kept_exactly(tmp_path: Path) -> None:
+    """The largest int32 label, large integer-valued floats and booleans load unchanged."""
+    top = load_image(_label_file(tmp_path, "top.nii.gz", 2**31 - 1, np.int64), labels=True)
+    assert top.data.dtype == np.int32 and int(top.data.max()) == 2**31 - 1
+    big = load_image(_label_file(tmp_path, "big.nii.gz", 40000.0, np.float32), labels=True)
+    assert sorted(np.unique(big.data)) == [0, 1, 40000]
+    mask = load_image(_label_file(tmp_path, "mask.nii.gz", True, np.uint8), labels=True)
+    assert sorted(np.unique(mask.data)) == [0, 1]
 
 
 def test_qform_only_file_uses_qform(geo, tmp_path: Path) -> None:

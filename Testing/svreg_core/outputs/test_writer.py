@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,7 +18,8 @@ from svreg_core.image import Image
 from svreg_core.metrics import jacobian_determinant
 from svreg_core.outputs import OUTPUT_FILES, write_outputs
 from svreg_core.outputs.figure import to_ras_array
-from svreg_core.outputs.writer import prepare_output_dir
+from svreg_core.outputs.writer import (MARKER_FILE, finite_report, is_svreg_output, prepare_output_dir,
+                                       remove_stale_work_folders, write_report_json)
 
 
 def _labels(image: Image) -> Image:
@@ -44,6 +49,7 @@ def test_every_output_file_and_nothing_else(written) -> None:
     assert _siblings(out) == ["out"]  # no hidden .partial / .old folder left next to it
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.png").stat().st_size > 10_000
+    assert (out / MARKER_FILE).read_text().startswith("Written by svreg") and is_svreg_output(out)
 
 
 def test_images_are_on_the_right_grids(written, synthetic_result) -> None:
@@ -99,19 +105,80 @@ def test_report_contents(written) -> None:
     assert np.allclose(on_disk["affine_ras"], np.asarray(on_disk["affine_ras"]))
 
 
-def test_refuses_to_overwrite_then_replaces(synthetic_result, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("old")
+def _copy_of(written, folder: Path) -> Path:
+    """A copy of the module's svreg output folder (an earlier svreg run's result)."""
+    return Path(shutil.copytree(written[0], folder))
+
+
+def test_refuses_to_overwrite_then_replaces(synthetic_result, written, tmp_path: Path) -> None:
+    out = _copy_of(written, tmp_path / "out")
+    before = (out / "report.json").read_text()
     with pytest.raises(OutputError, match="--overwrite"):
         write_outputs(synthetic_result, out)
-    assert (out / "keep.txt").read_text() == "old"
+    assert (out / "report.json").read_text() == before
     write_outputs(synthetic_result, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "report.json").is_file()
+    assert (out / "report.json").read_text() != before  # new timings
+    assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUT_FILES)  # the old warped_labels is gone
     assert _siblings(out) == ["out"]
 
 
-def test_failure_leaves_no_folder_and_keeps_the_old_one(synthetic_result, tmp_path: Path, monkeypatch) -> None:
+def test_overwrite_never_replaces_a_foreign_folder(synthetic_result, written, tmp_path: Path) -> None:
+    """A folder svreg did not write, or an svreg folder the user added files to, is never replaced."""
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("precious")
+    own = _copy_of(written, tmp_path / "own")
+    (own / "notes.txt").write_text("mine too")
+    (own / "extra").mkdir()
+    for folder, words in ((foreign, "not written by svreg"), (own, "notes.txt")):
+        for overwrite in (False, True):
+            with pytest.raises(OutputError, match=words) as info:
+                write_outputs(synthetic_result, folder, overwrite=overwrite)
+            assert "\n" not in str(info.value)
+    assert (foreign / "keep.txt").read_text() == "precious" and (own / "notes.txt").read_text() == "mine too"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["mine", "own"]
+
+
+def test_report_json_of_earlier_versions_counts_as_svreg_output(synthetic_result, written, tmp_path: Path) -> None:
+    out = _copy_of(written, tmp_path / "out")
+    (out / MARKER_FILE).unlink()  # written before the marker existed: report.json names svreg_core
+    assert is_svreg_output(out)
+    write_outputs(synthetic_result, out, overwrite=True)
+    assert (out / MARKER_FILE).is_file()
+    (out / MARKER_FILE).unlink()
+    (out / "report.json").write_text(json.dumps({"versions": {"other_tool": "1.0"}}))
+    assert not is_svreg_output(out)
+    with pytest.raises(OutputError, match="not written by svreg"):
+        write_outputs(synthetic_result, out, overwrite=True)
+
+
+def test_symlink_output_replaces_its_target(synthetic_result, written, tmp_path: Path) -> None:
+    """A link given as output is followed: the folder it points to is replaced, the link stays, and
+    nothing hidden is left next to either."""
+    real = _copy_of(written, tmp_path / "real")
+    links = tmp_path / "links"
+    links.mkdir()
+    link = links / "result"
+    link.symlink_to(real, target_is_directory=True)
+    old_inode = real.stat().st_ino
+    write_outputs(synthetic_result, link, overwrite=True)
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert real.stat().st_ino != old_inode and (real / "report.json").is_file()
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["links", "real"]
+    assert [x.name for x in links.iterdir()] == ["result"]
+    # a link to a folder svreg did not write is refused like that folder
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+    link.unlink()
+    link.symlink_to(mine, target_is_directory=True)
+    with pytest.raises(OutputError, match="not written by svreg"):
+        write_outputs(synthetic_result, link, overwrite=True)
+    assert (mine / "keep.txt").read_text() == "precious" and [x.name for x in links.iterdir()] == ["result"]
+
+
+def test_failure_leaves_no_folder_and_keeps_the_old_one(synthetic_result, written, tmp_path: Path,
+                                                        monkeypatch) -> None:
     import svreg_core.outputs.writer as writer
 
     def boom(*args, **kwargs):
@@ -121,12 +188,92 @@ def test_failure_leaves_no_folder_and_keeps_the_old_one(synthetic_result, tmp_pa
     with pytest.raises(RuntimeError, match="disk full"):
         write_outputs(synthetic_result, tmp_path / "new")
     assert list(tmp_path.iterdir()) == []
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "keep.txt").write_text("old")
+    old = _copy_of(written, tmp_path / "old")
+    before = (old / "report.json").read_text()
     with pytest.raises(RuntimeError):
         write_outputs(synthetic_result, old, overwrite=True)
-    assert _siblings(old) == ["old"] and (old / "keep.txt").read_text() == "old"
+    assert _siblings(old) == ["old"] and (old / "report.json").read_text() == before
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(os.name != "posix", reason="liveness of a process id is checked on POSIX only")
+def test_stale_work_folders_of_dead_runs_are_removed(synthetic_result, tmp_path: Path) -> None:
+    from svreg_core.outputs.writer import _host
+
+    out = tmp_path / "out"
+    dead, live = _dead_pid(), os.getpid()
+    names = {f".out.partial-{_host()}-{dead}-abc123": False, f".out.old-{_host()}-{dead}-0f1e": True,
+             f".out.partial-{_host()}-{live}-xyz": True,  # a running process's folder is kept
+             f".out.partial-otherhost-{dead}-abc": True,  # another machine's: its processes are unknown here
+             f".other.partial-{_host()}-{dead}-abc": True,  # another output's
+             ".out.partial-k2j4l5m6": True}  # no process id: not recognised, kept
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "warped.nii.gz").write_text("partial")
+    kept = [n for n in names if names[n]]
+    # while ``out`` is missing, a dead run's ``.old`` folder is the only copy of its previous result
+    assert remove_stale_work_folders(out) == [tmp_path / f".out.partial-{_host()}-{dead}-abc123"]
+    write_outputs(synthetic_result, out)
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["out", *kept])
+    write_outputs(synthetic_result, out, overwrite=True)  # ``out`` exists now: the ``.old`` folder goes
+    kept.remove(f".out.old-{_host()}-{dead}-0f1e")
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted(["out", *kept])
+
+
+def test_killed_writer_leaves_a_partial_folder_the_next_run_removes(synthetic_result, tmp_path: Path) -> None:
+    """A real SIGKILL while a partial folder exists; the next write to the same output removes it."""
+    out = tmp_path / "out"
+    code = ("import sys, tempfile, time\n"
+            "from pathlib import Path\n"
+            "from svreg_core.outputs.writer import _work_folder_name\n"
+            "out = Path(sys.argv[1])\n"
+            "tmp = tempfile.mkdtemp(prefix=_work_folder_name(out, 'partial'), dir=out.parent)\n"
+            "Path(tmp, 'warped.nii.gz').write_text('half written')\n"
+            "print(tmp, flush=True)\n"
+            "time.sleep(120)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        partial = Path(child.stdout.readline().strip())
+        assert partial.is_dir() and partial.parent == tmp_path
+        remove_stale_work_folders(out)
+        assert partial.is_dir()  # its process still runs
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+    write_outputs(synthetic_result, out)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["out"]
+
+
+def test_non_finite_metrics_become_null_with_a_note(synthetic_result, tmp_path: Path) -> None:
+    """Labels absent from both maps give no Dice: report.json stays strict JSON (null, not NaN)."""
+    r = synthetic_result
+    report = write_outputs(r, tmp_path / "out", fixed_labels=_labels(r.fixed), moving_labels=_labels(r.moving),
+                           labels=[9])
+    text = (tmp_path / "out" / "report.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    on_disk = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert on_disk == report
+    assert on_disk["metrics"]["dice_mean"] is None and on_disk["metrics"]["hd95_mean"] is None
+    assert "metrics.dice_mean" in on_disk["notes"][-1] and "null" in on_disk["notes"][-1]
+
+
+def test_finite_report_and_strict_writing(tmp_path: Path) -> None:
+    raw = {"a": 1.5, "b": [1.0, float("inf"), {"c": float("-inf")}], "d": {"e": float("nan"), "f": "x"},
+           "notes": ["earlier note"]}
+    clean = finite_report(raw)
+    assert clean["a"] == 1.5 and clean["b"] == [1.0, None, {"c": None}] and clean["d"] == {"e": None, "f": "x"}
+    assert clean["notes"][0] == "earlier note" and "b[1], b[2].c, d.e" in clean["notes"][1]
+    assert math.isnan(raw["d"]["e"])  # the input is left as it was
+    assert finite_report({"a": 1.0}) == {"a": 1.0}  # no note when nothing was replaced
+    written = write_report_json(tmp_path / "r.json", raw)
+    assert json.loads((tmp_path / "r.json").read_text()) == written == clean
 
 
 def test_labels_on_the_wrong_grid(synthetic_result, tmp_path: Path) -> None:
