@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tune the SPR hyperparameters (α′, λ_max) on a tiny demo validation set, then write a report and the
-# best parameters as a preset file.
+# best parameters as a preset file (searched values only: the quick settings below stay in the study).
 #
 # The validation set is built from data bundled with nilearn (MNI152 template + grey/white-matter maps
 # at 6 mm, moving images deformed by known smooth fields): nothing is downloaded. Needs the "demo" extra.
@@ -24,15 +24,8 @@ for p in make_demo_pairs(sys.argv[1], n_pairs=2):
 PY
 fi
 
-# `svreg tune` once the main CLI has the subcommand, else the tuning module directly.
-if "$py" -m svreg_core.cli tune --help >/dev/null 2>&1; then
-  tune=("$py" -m svreg_core.cli tune)
-else
-  tune=("$py" -m svreg_core.tuning.cli)
-fi
-
-"${tune[@]}" "$out/validation" --storage "$out/study.db" --study-name demo --n-trials "$n_trials" --seed 0 \
-  --level-spacings 12 6 --iterations 20 20 --no-affine \
+"$py" -m svreg_core.cli tune "$out/validation" --storage "$out/study.db" --study-name demo --n-trials "$n_trials" \
+  --seed 0 --level-spacings 12 6 --iterations 20 20 --no-affine \
   --report "$out/report" --apply-best "$out/tuned-preset.json"
 
 echo "report:  $out/report/summary.md"

@@ -1,16 +1,17 @@
-"""Background tuning from the settings panel: the ``svreg tune`` child process and its SQLite study.
+"""Background tuning from the settings panel: the ``svreg tune`` child process and its study.
 
 ``svreg tune`` (``python -m svreg_core.cli tune``) runs Optuna trials on a validation set of labelled
-pairs, prints one JSON object per line (``start``, ``trial_start``, ``step``, ``trial``, ``waiting``,
-``end``, ``apply_best``) and stores the study in an SQLite file: running the same command again
-resumes it. Here:
+pairs, prints one JSON object per line (``start``, ``trial_start``, ``step``, ``trial``, ``end``,
+``report``, ``apply_best``) and stores the study in an SQLite file: running the same command again
+resumes it. With ``--report DIR`` it keeps ``DIR/summary.json`` up to date after every trial. Here:
 
 * :class:`TuneRequest` builds the command; :func:`start_tuning` starts it as a :class:`~.runner.ChildProcess`.
   *Stop* sends SIGTERM (the engine records the running trial as failed and keeps the finished ones)
   and kills the process tree after a grace period.
-* :func:`read_study` reads the trials straight from the SQLite file with the standard library
-  (read-only), so the panel shows a study even when no tuning process is running (after a restart,
-  or one started from a terminal) and never needs Optuna in the Slicer process.
+* :func:`read_study` reads the study's ``summary.json`` (in :func:`report_folder`, written by
+  ``svreg tune --report``), never Optuna's database tables: the panel shows a study even when no
+  tuning process is running (after a restart, or one started from a terminal with the same
+  ``--report``) and never needs Optuna in the Slicer process.
 * :func:`apply_best` writes the best trial as a preset file (``svreg tune --apply-best``) that the
   Register button uses through the "custom file" preset.
 * :func:`export_pair` adds the volumes of the scene to a validation folder.
@@ -18,8 +19,6 @@ resumes it. Here:
 from __future__ import annotations
 
 import json
-import math
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,7 +48,8 @@ class TuneRequest:
 
     def arguments(self) -> list[str]:
         args = ["-m", "svreg_core.cli", "tune", str(self.validation), "--storage", str(self.storage),
-                "--study-name", self.study_name, "--n-trials", str(int(self.n_trials)), "--preset", str(self.preset)]
+                "--study-name", self.study_name, "--n-trials", str(int(self.n_trials)), "--preset", str(self.preset),
+                "--report", str(report_folder(self.storage, self.study_name))]
         if self.device:
             args += ["--device", self.device]
         if self.seed is not None:
@@ -104,7 +104,12 @@ def apply_best(storage: Path, study_name: str, path: Path, *, python: str | None
 
 
 # --------------------------------------------------------------------------------------------------
-# reading a study from its SQLite file
+# reading a study from its summary.json
+
+
+def report_folder(storage: str | Path, study_name: str) -> Path:
+    """Where the panel's ``svreg tune --report`` writes: ``<storage folder>/<study>-report``."""
+    return Path(storage).parent / f"{study_name}-report"
 
 
 @dataclass
@@ -116,98 +121,39 @@ class TrialRow:
     value: float | None = None
     params: dict[str, Any] = field(default_factory=dict)
     folding: float | None = None
+    error: str | None = None
 
 
 @dataclass
 class StudySnapshot:
-    """The trials of a study and its best complete trial."""
+    """The trials of a study and its best complete trial (from ``summary.json``)."""
 
     name: str
-    direction: str
     trials: list[TrialRow]
-
-    @property
-    def best(self) -> TrialRow | None:
-        done = [t for t in self.trials if t.state == "COMPLETE" and t.value is not None]
-        if not done:
-            return None
-        pick = min if self.direction == "MINIMIZE" else max
-        return pick(done, key=lambda t: t.value)
+    best: TrialRow | None = None
 
     def count(self, state: str) -> int:
         return sum(t.state == state for t in self.trials)
 
 
-def _param_value(raw: float, distribution_json: str) -> Any:
-    try:
-        dist = json.loads(distribution_json)
-    except (TypeError, ValueError):
-        return raw
-    name = dist.get("name", "")
-    attrs = dist.get("attributes", {})
-    if "Categorical" in name:
-        choices = attrs.get("choices", [])
-        index = int(raw)
-        return choices[index] if 0 <= index < len(choices) else raw
-    if "Int" in name:
-        return int(round(raw))
-    return float(raw)
+def _row(doc: dict[str, Any]) -> TrialRow:
+    return TrialRow(int(doc["number"]), str(doc["state"]), doc.get("value"), dict(doc.get("params") or {}),
+                    doc.get("folding_percent"), doc.get("error"))
 
 
-def read_study(db_path: str | Path, study_name: str) -> StudySnapshot | None:
-    """Read a study from an Optuna SQLite file (read-only); ``None`` when the file or study is absent."""
-    path = Path(db_path)
-    if not path.is_file():
-        return None
-    uri = f"file:{path.resolve().as_posix()}?mode=ro"
+def read_summary(path: str | Path) -> StudySnapshot | None:
+    """A study from a ``summary.json`` of ``svreg tune --report``; ``None`` when absent or unreadable."""
     try:
-        con = sqlite3.connect(uri, uri=True, timeout=2.0)
-    except sqlite3.Error:
-        return None
-    try:
-        row = con.execute("SELECT study_id FROM studies WHERE study_name = ?", (study_name,)).fetchone()
-        if row is None:
-            return None
-        study_id = row[0]
-        d = con.execute("SELECT direction FROM study_directions WHERE study_id = ? ORDER BY objective",
-                        (study_id,)).fetchone()
-        direction = str(d[0]) if d else "MAXIMIZE"
-        trials: dict[int, TrialRow] = {}
-        for trial_id, number, state in con.execute(
-                "SELECT trial_id, number, state FROM trials WHERE study_id = ? ORDER BY number", (study_id,)):
-            trials[trial_id] = TrialRow(int(number), str(state))
-        if not trials:
-            return StudySnapshot(study_name, direction, [])
-        marks = ",".join("?" * len(trials))
-        ids = tuple(trials)
-        for trial_id, value in con.execute(
-                f"SELECT trial_id, value FROM trial_values WHERE objective = 0 AND trial_id IN ({marks})", ids):
-            if value is not None and math.isfinite(value):
-                trials[trial_id].value = float(value)
-        for trial_id, name, raw, dist in con.execute(
-                f"SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
-                f"WHERE trial_id IN ({marks})", ids):
-            trials[trial_id].params[name] = _param_value(raw, dist)
-        for trial_id, value_json in con.execute(
-                f"SELECT trial_id, value_json FROM trial_user_attributes WHERE key = 'folding_percent' "
-                f"AND trial_id IN ({marks})", ids):
-            try:
-                folding = json.loads(value_json)
-                trials[trial_id].folding = float(folding) if folding is not None else None
-            except (TypeError, ValueError):
-                pass
-        # Optuna also keeps the value of pruned trials as their last intermediate report
-        for trial_id, step, value in con.execute(
-                f"SELECT trial_id, step, intermediate_value FROM trial_intermediate_values "
-                f"WHERE trial_id IN ({marks}) ORDER BY step", ids):
-            t = trials[trial_id]
-            if t.state == "PRUNED" and value is not None and math.isfinite(value):
-                t.value = float(value)
-        return StudySnapshot(study_name, direction, sorted(trials.values(), key=lambda t: t.number))
-    except sqlite3.Error:
-        return None  # the tuner may be creating the schema right now; the next poll will read it
-    finally:
-        con.close()
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        trials = [_row(t) for t in doc["trials"]]
+        return StudySnapshot(str(doc["study"]), trials, None if doc.get("best") is None else _row(doc["best"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # not written yet (the tuner replaces the file atomically after every trial)
+
+
+def read_study(storage: str | Path, study_name: str) -> StudySnapshot | None:
+    """The study as the tuner last summarised it (:func:`report_folder`), or ``None``."""
+    return read_summary(report_folder(storage, study_name) / "summary.json")
 
 
 def format_params(params: dict[str, Any]) -> str:

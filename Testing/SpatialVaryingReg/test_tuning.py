@@ -1,4 +1,4 @@
-"""The tuning panel's helpers: the ``svreg tune`` child process, its SQLite study, Stop/resume, Apply best."""
+"""The tuning panel's helpers: the ``svreg tune`` child process, its summary.json, Stop/resume, Apply best."""
 from __future__ import annotations
 
 import json
@@ -61,10 +61,14 @@ def test_tune_command_line_matches_the_engine_parser(tmp_path):
     assert (ns.study_name, ns.n_trials, ns.preset, ns.device, ns.seed) == ("abc", 7, "ct", "cpu", 3)
     assert ns.level_spacings == [4.0, 2.0] and ns.iterations == [30, 20] and ns.no_affine
     assert ns.max_folding == 0.5 and ns.labels == [1, 2] and ns.progress == "json"
+    assert ns.report == str(tmp_path / "abc-report")  # where read_study finds summary.json
 
 
-def test_read_study_from_an_optuna_sqlite_file(tmp_path):
+def test_read_study_from_summary_json(tmp_path):
+    """The panel reads what `svreg tune --report` writes, not Optuna's tables (no Optuna in Slicer)."""
     optuna = pytest.importorskip("optuna")
+    from svreg_core.tuning.report import write_summary
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     db = tmp_path / "study.db"
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{db}", direction="maximize")
@@ -75,22 +79,25 @@ def test_read_study_from_an_optuna_sqlite_file(tmp_path):
         trial.set_user_attr("folding_percent", 0.01 * i)
         if state == "PRUNED":
             trial.report(value, 0)
+        if state == "FAIL":
+            trial.set_user_attr("error", "pair01: cannot read moving.nii.gz")
         study.tell(trial, value if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
-    running = study.ask()  # a trial still running
-    assert running.number == 4
+    assert study.ask().number == 4  # a trial still running
+    assert tuning.read_study(db, "s") is None  # no summary yet
+    write_summary(study, tuning.report_folder(db, "s"))
 
     snap = tuning.read_study(db, "s")
-    assert snap is not None and snap.direction == "MAXIMIZE"
+    assert snap is not None and snap.name == "s"
     assert [t.state for t in snap.trials] == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL", "RUNNING"]
     reference = {t.number: t for t in study.get_trials()}
     for row in snap.trials[:4]:
         assert row.params == reference[row.number].params
         assert row.folding == pytest.approx(0.01 * row.number)
     assert snap.trials[2].value == pytest.approx(0.5)  # a pruned trial shows its last reported value
+    assert snap.trials[3].error == "pair01: cannot read moving.nii.gz"
     assert snap.best.number == 1 and snap.best.value == pytest.approx(0.78)
     assert snap.count("COMPLETE") == 2
     assert tuning.read_study(db, "other") is None
-    assert tuning.read_study(tmp_path / "missing.db", "s") is None
     assert "alpha_prime=" in tuning.format_params(snap.best.params)
 
 
@@ -103,13 +110,14 @@ def test_tuning_runs_in_the_background_and_applies_the_best_preset(validation_fo
     result = proc.wait(timeout=240)
     assert result.succeeded, (result.message, log[-10:])
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("trial") == 2
+    assert kinds[0] == "start" and kinds[-2:] == ["end", "report"] and kinds.count("trial") == 2
     last = [e for e in events if e["event"] == "trial"][-1]
     assert {"trial", "state", "value", "params", "best_value", "best_params", "elapsed_s", "folding"} <= set(last)
 
     snap = tuning.read_study(db, "test")
     assert snap is not None and snap.count("COMPLETE") + snap.count("PRUNED") == 2
     assert snap.best.value == pytest.approx(last["best_value"])
+    assert (tuning.report_folder(db, "test") / "optimization_history.png").is_file()
 
     preset = tmp_path / "best.json"
     event = tuning.apply_best(db, "test", preset, timeout=120)

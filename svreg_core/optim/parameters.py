@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,25 @@ PRESETS: dict[str, RegistrationParameters] = {
 }
 
 
+#: What a preset file is meant to change: the SPR hyperparameters. Everything else (pyramid, iterations,
+#: affine stage, ...) is a fixed setting, and a preset file that changes one gets a warning.
+HYPERPARAMETERS = ("alpha_prime", "lambda_max")
+
+
+def _preset_file(path: Path) -> tuple[dict[str, Any], str]:
+    """The document of a preset file and its base preset name."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"preset file {path} is not valid JSON ({exc}).") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
+        raise InputError(f"preset file {path} must hold an object with a 'parameters' object.")
+    base = doc.get("base", "brain-mri")
+    if base not in PRESETS:
+        raise InputError(f"preset file {path} names an unknown base preset {base!r}.")
+    return doc, base
+
+
 def load_parameters(preset: str | Path = "brain-mri", **overrides: Any) -> RegistrationParameters:
     """Parameters from a preset name or a preset JSON file, then ``overrides`` (``None`` values ignored).
 
@@ -149,15 +168,35 @@ def load_parameters(preset: str | Path = "brain-mri", **overrides: Any) -> Regis
         path = Path(name)
         if not path.is_file():
             raise InputError(f"unknown preset {name!r}: not one of {', '.join(PRESETS)} and no such file.")
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"preset file {path} is not valid JSON ({exc}).") from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
-            raise InputError(f"preset file {path} must hold an object with a 'parameters' object.")
-        base = doc.get("base", "brain-mri")
-        if base not in PRESETS:
-            raise InputError(f"preset file {path} names an unknown base preset {base!r}.")
+        doc, base = _preset_file(path)
         params = RegistrationParameters.from_dict(doc.get("parameters", {}), PRESETS[base])
     changes = {k: v for k, v in overrides.items() if v is not None}
     return params.replace(**changes) if changes else params
+
+
+def base_preset(preset: str | Path) -> str:
+    """The built-in preset a preset name or preset file derives from."""
+    return str(preset) if str(preset) in PRESETS else _preset_file(Path(preset))[1]
+
+
+def preset_warning(preset: str | Path) -> str | None:
+    """One line when a preset file changes fixed settings of its base preset, else ``None``.
+
+    Fixed settings are all but :data:`HYPERPARAMETERS`, the parameters the file's ``tuning.searched``
+    lists (written by ``svreg tune --apply-best``), ``device`` and ``seed``: e.g. the quick pyramid of a
+    tuning study carried into every registration (``--apply-best --include-fixed-settings``).
+    """
+    name = str(preset)
+    if name in PRESETS:
+        return None
+    path = Path(name)
+    doc, base = _preset_file(path)
+    tuning = doc.get("tuning") if isinstance(doc.get("tuning"), dict) else {}
+    allowed = {*HYPERPARAMETERS, *tuning.get("searched", ()), "device", "seed"}
+    params = load_parameters(path)
+    default = PRESETS[base]
+    changed = [k for k in doc.get("parameters", {}) if k not in allowed and getattr(params, k) != getattr(default, k)]
+    if not changed:
+        return None
+    return (f"preset {path.name} changes fixed settings of the {base} preset ({', '.join(changed)}); "
+            f"results can differ from the tested defaults.")

@@ -1,9 +1,10 @@
-"""``svreg tune``: arguments and entry point (wired into ``svreg_core.cli`` as a subcommand).
+"""``svreg tune``: arguments and entry point (a subcommand of ``svreg_core.cli``).
 
 Examples::
 
     svreg tune validation/ --preset brain-mri --n-trials 50 --seed 1            # SQLite svreg-tune.db
-    svreg tune pairs.csv --storage postgresql://me@db/tuning --study-name ixi     # run on several machines
+    svreg tune pairs.csv --storage postgresql://me@db/tuning --study-name ixi     # several machines
+    svreg tune pairs.csv --storage /shared/tuning.log --study-name ixi           # shared file system
     svreg tune --storage svreg-tune.db --report report/ --apply-best tuned.json   # summarise, export preset
     svreg register --preset tuned.json fixed.nii.gz moving.nii.gz -o out/
 
@@ -17,24 +18,22 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
-from svreg_core.errors import InputError, SvregError
+from svreg_core.errors import InputError
 from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE
-
-PROGRESS_MODES = ("auto", "bar", "json", "none")
+from svreg_core.tuning.study import DEFAULT_STORAGE, DEFAULT_STUDY
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``svreg tune`` arguments to ``parser``."""
-    from svreg_core.tuning.study import DEFAULT_STORAGE, DEFAULT_STUDY
-
     parser.add_argument("validation", nargs="?", default=None,
                         help="validation set: a folder of pair sub-folders (fixed, moving, fixed_labels, "
                              "moving_labels .nii.gz) or a .csv/.json pair list; omit to only --report/--apply-best")
     study = parser.add_argument_group("study")
     study.add_argument("--storage", default=DEFAULT_STORAGE,
-                       help=f"SQLite file or SQLAlchemy URL, e.g. postgresql://user@host/db (default {DEFAULT_STORAGE})")
+                       help="SQLite file, a journal file ending in .log (shared file system, no database "
+                            f"server) or an SQLAlchemy URL such as postgresql://user@host/db (default {DEFAULT_STORAGE})")
     study.add_argument("--study-name", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
     study.add_argument("--n-trials", type=int, default=50,
                        help="finished (complete + pruned) trials the study should hold in total (default 50)")
@@ -47,7 +46,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     study.add_argument("--no-default-trial", action="store_true",
                        help="do not run the preset's own values as the first trial of a new study")
 
-    space = parser.add_argument_group("search space and fixed parameters")
+    space = parser.add_argument_group("search space and fixed settings of every trial")
     space.add_argument("--preset", default="brain-mri",
                        help="preset name or preset JSON file the trials start from; sets the default ranges")
     space.add_argument("--search", nargs="+", choices=SEARCHABLE, default=list(DEFAULT_SEARCH),
@@ -57,9 +56,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     space.add_argument("--lambda-max-range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
                        help="λ_max range (default per preset: brain MRI 0.5-5, CT 0.8-3)")
     space.add_argument("--level-spacings", nargs="+", type=float, metavar="MM", default=None,
-                       help="fixed working-grid spacings of every trial (coarse to fine)")
+                       help="working-grid spacings of every trial, coarse to fine (not written by --apply-best)")
     space.add_argument("--iterations", nargs="+", type=int, metavar="N", default=None,
-                       help="fixed iterations per level of every trial")
+                       help="iterations per level of every trial (not written by --apply-best)")
     space.add_argument("--no-affine", action="store_true", help="skip the affine stage (pairs pre-aligned)")
     space.add_argument("--device", default=None, help="auto, cpu or cuda (default: the preset's)")
 
@@ -76,7 +75,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                            help="pairs evaluated before a trial may be pruned, minus one (default 1: after 2 pairs)")
     objective.add_argument("--no-pruning", action="store_true", help="never prune on the median")
 
-    workers = parser.add_argument_group("workers")
+    workers = parser.add_argument_group("workers (database storages)")
     workers.add_argument("--heartbeat-interval", type=int, default=10,
                          help="seconds between heartbeats of a running trial (default 10)")
     workers.add_argument("--grace-period", type=int, default=60,
@@ -84,12 +83,14 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--max-retry", type=int, default=1, help="re-runs of a trial lost with its worker (default 1)")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
+    out.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
                      help="auto: progress bar on a terminal, quiet in pipes; json: one JSON object per line on stdout")
     out.add_argument("--report", metavar="DIR", default=None,
-                     help="write summary.md, trials.csv, summary.json and figures of the study into DIR")
+                     help="write summary.json (also after every trial), summary.md, trials.csv and figures into DIR")
     out.add_argument("--apply-best", metavar="PATH", default=None,
-                     help="write the best parameters as a preset JSON file (for svreg register --preset PATH)")
+                     help="write the best trial's searched parameters as a preset file (svreg register --preset PATH)")
+    out.add_argument("--include-fixed-settings", action="store_true",
+                     help="--apply-best also writes the study's fixed settings (pyramid, iterations, affine...)")
     out.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
 
 
@@ -115,7 +116,7 @@ def _optuna_verbosity(verbose: bool) -> Iterator[None]:
     import optuna
 
     old = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
     try:
         yield
     finally:
@@ -127,173 +128,129 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("give a validation set to tune on, or --report DIR / --apply-best PATH for an existing study.")
     if args.n_trials < 1:
         raise InputError("--n-trials must be at least 1.")
-    if args.max_failures < 0 or args.max_retry < 0:
-        raise InputError("--max-failures and --max-retry must not be negative.")
-    if args.heartbeat_interval < 1 or args.grace_period < 1:
-        raise InputError("--heartbeat-interval and --grace-period must be at least 1 second.")
-    if args.grace_period <= args.heartbeat_interval:
-        raise InputError("--grace-period must be longer than --heartbeat-interval.")
+    if min(args.max_failures, args.max_retry, args.startup_trials, args.pruner_startup_trials,
+           args.pruner_warmup_steps) < 0:
+        raise InputError("--max-failures, --max-retry, --startup-trials and the pruner settings must not be negative.")
+    if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
+        raise InputError("--heartbeat-interval must be at least 1 s and --grace-period longer than it.")
     if args.max_folding is not None and args.max_folding < 0:
         raise InputError("--max-folding must not be negative.")
-    if args.pruner_startup_trials < 0 or args.pruner_warmup_steps < 0 or args.startup_trials < 0:
-        raise InputError("--pruner-startup-trials, --pruner-warmup-steps and --startup-trials must not be negative.")
 
 
-def _tune(args: argparse.Namespace, reporter: Any) -> tuple[Any, Any, int]:
-    """Run the tuning loop; returns (study, storage label, exit code)."""
+def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> tuple[Any, str, str | None]:
+    """Create or join the study and run trials; returns (study, end reason, last error)."""
     import optuna
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from svreg_core.tuning.objective import Objective, PairwiseDiceEvaluator
+    from svreg_core.tuning.objective import PairwiseDice, trial_function
     from svreg_core.tuning.pairs import discover_pairs
-    from svreg_core.tuning.runner import TuningRunner
+    from svreg_core.tuning.progress import TuneProgress
+    from svreg_core.tuning.report import write_summary
     from svreg_core.tuning.search_space import build_search_space
-    from svreg_core.tuning.study import (StudyLock, describe_storage, open_storage, prepare_study,
-                                         storage_url)
+    from svreg_core.tuning.study import (count_finished, create_or_join, load_study, make_sampler, open_storage,
+                                         run_worker)
 
     pairs = discover_pairs(args.validation)
-    overrides: dict[str, Any] = {"level_spacings": args.level_spacings, "iterations": args.iterations,
-                                 "affine": False if args.no_affine else None}
+    overrides = {"level_spacings": args.level_spacings, "iterations": args.iterations,
+                 "affine": False if args.no_affine else None}
     space = build_search_space(args.preset, search=args.search, overrides=overrides,
                                alpha_prime_range=args.alpha_prime_range, lambda_max_range=args.lambda_max_range)
-    evaluator = PairwiseDiceEvaluator(pairs, labels=args.labels, label_mode=args.label_interpolation,
-                                      device=args.device)
-    meta = {"version": 1, "objective": evaluator.name, "aggregate": "mean", "search_space": space.to_dict(),
-            "steps": evaluator.step_labels(), "max_folding": args.max_folding, "labels": args.labels,
-            "label_mode": args.label_interpolation}
-    url = storage_url(args.storage)
-    label = describe_storage(url)
-    schema_lock = StudyLock(url, "")  # creating Optuna's tables must not race with another worker
+    objective = PairwiseDice(pairs, labels=args.labels, label_mode=args.label_interpolation, device=args.device)
+    meta = {"objective": objective.name, "search_space": space.to_dict(), "steps": objective.step_labels(),
+            "max_folding": args.max_folding, "labels": args.labels, "label_mode": args.label_interpolation}
+    storage = open_storage(args.storage, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
+                           max_retry=args.max_retry)
+    study, created = create_or_join(storage, args.study_name, meta,
+                                    default_params=None if args.no_default_trial else space.default_values())
+    pruner = optuna.pruners.NopPruner() if args.no_pruning else optuna.pruners.MedianPruner(
+        n_startup_trials=args.pruner_startup_trials, n_warmup_steps=args.pruner_warmup_steps)
+    study = load_study(storage, args.study_name, sampler=make_sampler(args.seed, created, args.startup_trials),
+                       pruner=pruner)
+    progress = TuneProgress(study, args.n_trials, sink)
+    callbacks: list[Any] = [progress]
+    if args.report:
+        callbacks.append(lambda s, t: write_summary(s, args.report, label))
+    func = trial_function(space, objective, max_folding=args.max_folding, listener=progress)
+    progress.emit("start", message=f"{count_finished(study)} of {args.n_trials} trials already finished")
+    reason, error = "interrupted", None
     try:
-        with schema_lock:
-            storage = open_storage(url, heartbeat_interval=args.heartbeat_interval,
-                                   grace_period=args.grace_period, max_retry=args.max_retry)
+        reason, error = run_worker(study, func, args.n_trials, timeout=args.timeout, max_failures=args.max_failures,
+                                   callbacks=callbacks)
     finally:
-        schema_lock.dispose()
-    lock = StudyLock(url, args.study_name)
-    pruner: optuna.pruners.BasePruner
-    if args.no_pruning:
-        pruner = optuna.pruners.NopPruner()
-    else:
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=args.pruner_startup_trials,
-                                             n_warmup_steps=args.pruner_warmup_steps, interval_steps=1)
-    try:
-        study, _ = prepare_study(storage, args.study_name, meta, lock, seed=args.seed, pruner=pruner,
-                                 default_params=None if args.no_default_trial else space.default_values(),
-                                 max_folding=args.max_folding, n_startup_trials=args.startup_trials)
-        objective = Objective(space, evaluator, aggregate="mean", max_folding=args.max_folding)
-        runner = TuningRunner(study, objective, n_trials=args.n_trials, lock=lock, reporter=reporter,
-                              timeout=args.timeout, max_failures=args.max_failures,
-                              grace_period=float(args.grace_period))
-        summary = runner.run()
-    except SQLAlchemyError as exc:  # the database went away mid-run (network, server restart, disk full)
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise InputError(f"the study storage {label} failed: {detail[0] if detail else exc.__class__.__name__}; "
-                         f"finished trials are kept, run the same command again to resume.") from None
-    finally:
-        lock.dispose()
-    if summary.reason == "max_failures":
-        raise InputError(f"stopped after {args.max_failures} failed trials in a row; last error: {summary.last_error}")
-    return study, label, 130 if summary.reason == "interrupted" else 0
+        if args.report:  # also after Ctrl-C / SIGTERM: readers of summary.json see the interrupted trial
+            write_summary(study, args.report, label)
+        progress.emit("end", message=reason, error=error if reason == "max_failures" else None)
+    return study, reason, error
 
 
-def run_tune(args: argparse.Namespace, reporter: Any = None) -> int:
+def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = None) -> int:
     """Run ``svreg tune`` for parsed ``args``; return the exit code (0 ok, 130 interrupted).
 
-    ``reporter`` (optional) replaces the one chosen by ``--progress``: any callable taking a
-    :class:`~svreg_core.tuning.progress.TuneEvent` (e.g. a GUI running the tuning in-process).
-    User errors raise :class:`InputError` / :class:`OutputError` (one-line messages).
+    ``reporter`` (optional) replaces the sink chosen by ``--progress``: any callable taking a
+    :class:`~svreg_core.tuning.progress.TuneEvent`. User errors raise :class:`InputError` /
+    :class:`OutputError` with one-line messages.
     """
-    from svreg_core.tuning.progress import CallbackReporter, TuneEvent, make_reporter
-    from svreg_core.tuning.report import best_parameters, write_best_preset, write_report
-    from svreg_core.tuning.study import (count_finished, describe_storage, load_study, open_storage,
-                                         quiet_optuna, storage_url)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from svreg_core.tuning.progress import TuneEvent, make_sink
+    from svreg_core.tuning.report import write_best_preset, write_report
+    from svreg_core.tuning.study import describe_storage, load_study, open_storage, quiet_optuna, storage_url
 
     _check_args(args)
     json_mode = args.progress == "json" or reporter is not None
-    if reporter is None:
-        reporter = make_reporter(args.progress)
-    elif not hasattr(reporter, "close"):
-        reporter = CallbackReporter(reporter)
-    code = 0
-    study = None
+    sink = reporter or make_sink(args.progress)
     label = describe_storage(storage_url(args.storage))
     try:
         with _optuna_verbosity(args.verbose), quiet_optuna(), _sigterm_as_interrupt():
             try:
                 if args.validation is not None:
-                    study, label, code = _tune(args, reporter)
+                    study, reason, error = _tune(args, label, sink)
+                    if reason == "max_failures":
+                        raise InputError(f"stopped after {args.max_failures} failed trials in a row; "
+                                         f"last error: {error}")
+                    if not json_mode:
+                        _print_summary(study)
                 else:
-                    storage = open_storage(args.storage, heartbeat_interval=None, grace_period=None, create=False)
-                    study = load_study(storage, args.study_name)
+                    study = load_study(open_storage(args.storage, must_exist=True), args.study_name)
             finally:
-                reporter.close()
-            if code == 130:
-                if not json_mode:
-                    print("tuning interrupted; finished trials are kept, run the same command to resume.",
-                          file=sys.stderr)
-                return code
-            if args.validation is not None and not json_mode:
-                _print_summary(study)
-            finished = count_finished(study)
+                getattr(sink, "close", lambda: None)()
             if args.report:
                 paths = write_report(study, args.report, label)
-                _announce(json_mode, reporter, TuneEvent("report", study.study_name, finished=finished,
-                                                         n_trials=args.n_trials, message=str(paths[0].parent)),
+                _announce(json_mode, sink, TuneEvent("report", study.study_name, message=str(paths[0].parent)),
                           f"report written to {paths[0].parent}")
             if args.apply_best:
-                path = write_best_preset(study, args.apply_best, label)
-                params, best = best_parameters(study)
-                _announce(json_mode, reporter,
-                          TuneEvent("apply_best", study.study_name, trial=best.number, value=best.value,
-                                    params=dict(best.params), best_value=best.value,
-                                    best_params=dict(best.params), best_trial=best.number, finished=finished,
-                                    n_trials=args.n_trials, message=str(path)),
-                          f"best parameters (trial {best.number}) written to {path}")
+                path, doc = write_best_preset(study, args.apply_best, include_fixed=args.include_fixed_settings,
+                                              storage_label=label)
+                t = doc["tuning"]
+                _announce(json_mode, sink, TuneEvent("apply_best", study.study_name, trial=t["trial"],
+                                                     value=t["mean_dice"], params=doc["parameters"],
+                                                     message=str(path)),
+                          f"best trial {t['trial']} written to {path}: {doc['parameters']}")
     except KeyboardInterrupt:
+        if not json_mode:
+            print("tuning interrupted; finished trials are kept, run the same command to resume.", file=sys.stderr)
         return 130
-    return code
+    except SQLAlchemyError as exc:  # the database went away mid-run (network, server restart, disk full)
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise InputError(f"the study storage {label} failed: {detail[0] if detail else exc.__class__.__name__}; "
+                         f"finished trials are kept, run the same command again to resume.") from None
+    return 0
 
 
-def _announce(json_mode: bool, reporter: Any, event: Any, text: str) -> None:
+def _announce(json_mode: bool, sink: Callable[[Any], None], event: Any, text: str) -> None:
     if json_mode:
-        reporter(event)
+        sink(event)
     else:
         print(text)
 
 
 def _print_summary(study: Any) -> None:
-    from svreg_core.tuning.study import best_trial, count_trials
+    from svreg_core.tuning.study import FINISHED, best_trial
 
-    counts = count_trials(study)
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    line = (f"study {study.study_name}: " + ", ".join(f"{states.count(s)} {s.name.lower()}" for s in FINISHED)
+            + f", {sum(s.name == 'FAIL' for s in states)} failed trials")
     best = best_trial(study)
-    line = (f"study {study.study_name}: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
-            f"{counts['FAIL']} failed trials")
     if best is not None:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-        fold = best.user_attrs.get("folding_percent")
-        line += f"; best mean Dice {best.value:.4f} (trial {best.number}: {params}"
-        line += f", folding {fold:.3g}%)" if isinstance(fold, (int, float)) else ")"
+        line += f"; best mean Dice {best.value:.4f} (trial {best.number}: {params})"
     print(line)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser (``python -m svreg_core.tuning.cli``)."""
-    parser = argparse.ArgumentParser(prog="svreg tune", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_tune_arguments(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point: user errors print one line and exit 2."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run_tune(args)
-    except SvregError as exc:
-        print(f"svreg tune: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,19 @@
 """Progress of a tuning run: a tqdm bar on a terminal, or one JSON object per line.
 
-Every JSON line carries the same keys (``null`` when not applicable), so a reader (the Slicer
-settings panel) can rely on them:
+Every JSON line carries the same keys (``null`` when not applicable), so a reader (the Slicer panel)
+can rely on them:
 
-``event``        ``start`` | ``trial_start`` | ``step`` | ``trial`` | ``waiting`` | ``end`` (tuning), then
+``event``        ``start`` | ``trial_start`` | ``step`` | ``trial`` | ``end`` (tuning), then
                  ``report`` / ``apply_best`` (``message`` = the folder / file written)
 ``study``        study name
-``trial``        trial number (``null`` for ``start``/``waiting``/``end``)
-``state``        ``RUNNING`` / ``COMPLETE`` / ``PRUNED`` / ``FAIL`` (trial events)
+``trial``        trial number; ``state`` ``RUNNING`` / ``COMPLETE`` / ``PRUNED`` / ``FAIL``
 ``value``        trial value (mean Dice; running mean for ``step``, last reported value if pruned)
 ``params``       the trial's searched values
 ``best_value``, ``best_params``, ``best_trial``   best complete trial of the whole study so far
 ``elapsed_s``    seconds since this process started tuning
-``folding``      mean folding percent (``|J| <= 0``) over the evaluated pairs; ``folding_max`` the worst pair
+``folding``      mean folding percent (``|J| <= 0``) over the evaluated steps; ``folding_max`` the worst
 ``finished``     COMPLETE + PRUNED trials in the study, all workers; ``n_trials`` the target
-``step``, ``n_steps``, ``step_label``, ``step_value``   pair index/count/name and that pair's Dice
+``step``, ``n_steps``, ``step_label``, ``step_value``   step (pair) index/count/name and its value
 ``duration_s``   trial duration; ``error`` the failure message; ``message`` free text (end reason)
 """
 from __future__ import annotations
@@ -22,10 +21,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from dataclasses import asdict, dataclass
-from typing import IO, Any, Callable, Protocol
+from typing import IO, Any, Callable
 
-EVENTS = ("start", "trial_start", "step", "trial", "waiting", "end", "report", "apply_best")
+import optuna
+from optuna.trial import FrozenTrial
+
+from svreg_core.tuning.study import best_trial, count_finished
 
 
 @dataclass
@@ -56,121 +59,95 @@ class TuneEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; NaN/inf become ``None``."""
-        return _clean(asdict(self))
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
 
 
-def _clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+def json_lines(stream: IO[str] | None = None) -> Callable[[TuneEvent], None]:
+    """A sink writing one JSON object per event to ``stream`` (stdout by default), flushed."""
+    def write(event: TuneEvent) -> None:
+        out = stream or sys.stdout
+        out.write(json.dumps(event.to_dict(), allow_nan=False) + "\n")
+        out.flush()
+
+    return write
 
 
-class TuneReporter(Protocol):
-    """Receives :class:`TuneEvent` objects; ``close`` is called once at the end."""
-
-    def __call__(self, event: TuneEvent) -> None:
-        ...
-
-    def close(self) -> None:
-        ...
-
-
-class NullReporter:
-    """Ignores every event."""
-
-    def __call__(self, event: TuneEvent) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class CallbackReporter:
-    """Forwards every event to a plain callable (for embedding, e.g. a GUI thread)."""
-
-    def __init__(self, callback: Callable[[TuneEvent], None]) -> None:
-        self.callback = callback
-
-    def __call__(self, event: TuneEvent) -> None:
-        self.callback(event)
-
-    def close(self) -> None:
-        pass
-
-
-class JsonLinesReporter:
-    """Writes one JSON object per event and line to ``stream`` (stdout by default), flushed."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream
-
-    def __call__(self, event: TuneEvent) -> None:
-        stream = self.stream or sys.stdout
-        stream.write(json.dumps(event.to_dict(), allow_nan=False) + "\n")
-        stream.flush()
-
-    def close(self) -> None:
-        pass
-
-
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
-
-
-class TqdmReporter:
-    """A tqdm bar (stderr) of finished trials out of ``n_trials``, with the best value and current pair."""
+class TqdmBar:
+    """A tqdm bar (stderr) of finished trials out of ``n_trials``, with the best value and current step."""
 
     def __init__(self, stream: IO[str] | None = None, *, force: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.force = force
         self.bar: Any = None
 
-    def _ensure(self, event: TuneEvent) -> None:
+    def __call__(self, event: TuneEvent) -> None:
         if self.bar is None:
             from tqdm import tqdm
 
-            disable = False if self.force else None  # None: off when the stream is not a terminal
-            self.bar = tqdm(total=event.n_trials, initial=event.finished, desc=f"tuning {event.study}",
-                            unit="trial", file=self.stream, disable=disable, dynamic_ncols=True)
-
-    def __call__(self, event: TuneEvent) -> None:
-        self._ensure(event)
-        bar = self.bar
-        if event.event in ("trial", "start", "waiting", "end") and event.finished != bar.n:
-            bar.n = min(event.finished, bar.total or event.finished)
-        post = {"best": _fmt(event.best_value)}
+            self.bar = tqdm(total=event.n_trials, initial=event.finished, desc=f"tuning {event.study}", unit="trial",
+                            file=self.stream, disable=False if self.force else None, dynamic_ncols=True)
+        self.bar.n = min(event.finished, self.bar.total)
+        post = {"best": "-" if event.best_value is None else f"{event.best_value:.4f}"}
         if event.event == "step":
-            post["trial"] = str(event.trial)
-            post["pair"] = f"{(event.step or 0) + 1}/{event.n_steps}"
-        elif event.event == "trial":
-            post["last"] = f"{event.state} {_fmt(event.value)}"
-            if event.state == "FAIL" and event.error:
-                bar.write(f"trial {event.trial} failed: {event.error}", file=self.stream)
-        elif event.event == "waiting":
-            post["waiting"] = "other workers"
-        bar.set_postfix(post, refresh=False)
-        bar.refresh()
+            post.update(trial=str(event.trial), step=f"{(event.step or 0) + 1}/{event.n_steps}")
+        elif event.event == "trial" and event.state == "FAIL":
+            self.bar.write(f"trial {event.trial} failed: {event.error}", file=self.stream)
+        self.bar.set_postfix(post, refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-            self.bar = None
 
 
-def make_reporter(mode: str = "auto", *, stdout: IO[str] | None = None,
-                  stderr: IO[str] | None = None) -> TuneReporter:
-    """``json`` (lines on stdout), ``bar`` (tqdm on stderr, always), ``auto`` (bar only on a terminal) or ``none``."""
+def make_sink(mode: str = "auto", *, stdout: IO[str] | None = None,
+              stderr: IO[str] | None = None) -> Callable[[TuneEvent], None]:
+    """``json`` (lines on stdout), ``bar`` (tqdm on stderr), ``auto`` (bar only on a terminal) or ``none``."""
+    err = stderr or sys.stderr
     if mode == "json":
-        return JsonLinesReporter(stdout)
-    if mode == "bar":
-        return TqdmReporter(stderr, force=True)
-    if mode == "auto":
-        err = stderr or sys.stderr
-        return TqdmReporter(err) if getattr(err, "isatty", lambda: False)() else NullReporter()
-    if mode == "none":
-        return NullReporter()
+        return json_lines(stdout)
+    if mode == "bar" or (mode == "auto" and getattr(err, "isatty", lambda: False)()):
+        return TqdmBar(err, force=True)
+    if mode in ("auto", "none"):
+        return lambda event: None
     raise ValueError(f"unknown progress mode {mode!r}")
+
+
+class TuneProgress:
+    """Turns the objective's steps and ``Study.optimize``'s per-trial callback into :class:`TuneEvent` s.
+
+    Use it as the objective's listener and as an optimize callback; ``sink`` receives every event.
+    """
+
+    def __init__(self, study: optuna.Study, n_trials: int, sink: Callable[[TuneEvent], None]) -> None:
+        self.study = study
+        self.n_trials = n_trials
+        self.sink = sink
+        self.t0 = time.monotonic()
+        self.n_steps: int | None = None
+        self.worst: float | None = None
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        best = best_trial(self.study)
+        self.sink(TuneEvent(kind, self.study.study_name, elapsed_s=round(time.monotonic() - self.t0, 3),
+                            finished=count_finished(self.study), n_trials=self.n_trials,
+                            best_value=None if best is None else best.value,
+                            best_params=None if best is None else dict(best.params),
+                            best_trial=None if best is None else best.number, **fields))
+
+    def trial_started(self, trial: optuna.Trial, n_steps: int) -> None:
+        self.n_steps, self.worst = n_steps, None
+        self.emit("trial_start", trial=trial.number, state="RUNNING", params=dict(trial.params))
+
+    def step_finished(self, trial: optuna.Trial, step: int, label: str, value: float, running: float,
+                      folding: float | None) -> None:
+        if folding is not None:
+            self.worst = folding if self.worst is None else max(self.worst, folding)
+        self.emit("step", trial=trial.number, state="RUNNING", value=running, params=dict(trial.params),
+                  folding=trial.user_attrs.get("folding_percent"), folding_max=self.worst, step=step,
+                  n_steps=self.n_steps, step_label=label, step_value=value)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.emit("trial", trial=trial.number, state=trial.state.name, value=trial.value, params=dict(trial.params),
+                  folding=trial.user_attrs.get("folding_percent"), folding_max=trial.user_attrs.get("folding_percent_max"),
+                  duration_s=None if trial.duration is None else round(trial.duration.total_seconds(), 3),
+                  error=trial.user_attrs.get("error"))

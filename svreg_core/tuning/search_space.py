@@ -9,13 +9,14 @@ pyramid level (``iterations_<level>``, from half to twice the base) and the velo
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from svreg_core.errors import InputError
-from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters
+from svreg_core.optim.parameters import RegistrationParameters, base_preset, load_parameters
 
 if TYPE_CHECKING:  # pragma: no cover
     import optuna
@@ -69,31 +70,16 @@ class ParamRange:
         return int(round(v)) if self.integer else float(v)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "low": self.low, "high": self.high, "log": self.log, "integer": self.integer}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ParamRange":
-        return cls(str(d["name"]), float(d["low"]), float(d["high"]), bool(d.get("log", False)),
-                   bool(d.get("integer", False)))
+        return dataclasses.asdict(self)
 
 
 def apply_values(base: RegistrationParameters, values: Mapping[str, Any]) -> RegistrationParameters:
     """``base`` with searched values applied (``iterations_<i>`` sets level ``i``'s iteration count)."""
-    changes: dict[str, Any] = {}
+    changes = {k: float(v) for k, v in values.items() if not k.startswith("iterations_")}
     iterations = list(base.iterations)
-    for name, value in values.items():
-        if name.startswith("iterations_"):
-            level = int(name.split("_", 1)[1])
-            if not 0 <= level < len(iterations):
-                raise InputError(f"searched parameter {name} names a pyramid level the base does not have.")
-            iterations[level] = int(value)
-        elif name in ("alpha_prime", "lambda_max", "learning_rate"):
-            changes[name] = float(value)
-        else:
-            raise InputError(f"unknown searched parameter {name!r}.")
-    if tuple(iterations) != base.iterations:
-        changes["iterations"] = tuple(iterations)
-    return base.replace(**changes) if changes else base
+    for name in (k for k in values if k.startswith("iterations_")):
+        iterations[int(name.split("_", 1)[1])] = int(values[name])
+    return base.replace(**changes, iterations=tuple(iterations))
 
 
 @dataclass(frozen=True)
@@ -118,6 +104,10 @@ class SearchSpace:
         """Registration parameters for stored trial values (e.g. the best trial's ``params``)."""
         return apply_values(self.base, {r.name: values[r.name] for r in self.ranges if r.name in values})
 
+    def searched_fields(self) -> set[str]:
+        """Names of the :class:`RegistrationParameters` fields the search changes."""
+        return {"iterations" if r.name.startswith("iterations_") else r.name for r in self.ranges}
+
     def default_values(self) -> dict[str, float | int]:
         """The base's own value of every searched parameter (clipped into its range)."""
         out: dict[str, float | int] = {}
@@ -130,32 +120,13 @@ class SearchSpace:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base_preset": self.base_preset, "base": _jsonable(self.base.to_dict()),
+        return {"base_preset": self.base_preset, "base": json.loads(json.dumps(self.base.to_dict())),
                 "ranges": [r.to_dict() for r in self.ranges]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":
         base = RegistrationParameters.from_dict(dict(d["base"]))
-        return cls(base, str(d["base_preset"]), tuple(ParamRange.from_dict(r) for r in d["ranges"]))
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(d))
-
-
-def base_preset_name(preset: str | Path) -> str:
-    """The built-in preset a preset name or preset file derives from."""
-    name = str(preset)
-    if name in PRESETS:
-        return name
-    try:
-        doc = json.loads(Path(name).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read preset file {name} ({exc}).") from None
-    base = doc.get("base", "brain-mri") if isinstance(doc, dict) else "brain-mri"
-    if base not in PRESETS:
-        raise InputError(f"preset file {name} names an unknown base preset {base!r}.")
-    return str(base)
+        return cls(base, str(d["base_preset"]), tuple(ParamRange(**r) for r in d["ranges"]))
 
 
 def _widen(bounds: tuple[float, float], value: float, log: bool) -> tuple[float, float]:
@@ -178,7 +149,7 @@ def build_search_space(preset: str | Path = "brain-mri", *, search: Sequence[str
         alpha_prime_range, lambda_max_range: explicit ``(low, high)`` instead of the family ranges.
     """
     base = load_parameters(preset, **dict(overrides or {}))
-    base_name = base_preset_name(preset)
+    base_name = base_preset(preset)
     family = FAMILY_RANGES[PRESET_FAMILY.get(base_name, "mri")]
     unknown = [s for s in search if s not in SEARCHABLE]
     if unknown:
@@ -197,7 +168,5 @@ def build_search_space(preset: str | Path = "brain-mri", *, search: Sequence[str
             ranges.append(ParamRange(f"iterations_{level}", max(1, n // 2), max(2 * n, n + 1), integer=True))
     if "learning_rate" in search:
         lr = base.learning_rate
-        if lr <= 0:
-            raise InputError("cannot search the learning rate around a base learning rate of 0.")
         ranges.append(ParamRange("learning_rate", lr / 4.0, lr * 4.0, log=True))
     return SearchSpace(base, base_name, tuple(ranges))

@@ -48,13 +48,14 @@ def one_pair_list(demo_pairs: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def parse_args(*argv: str) -> Any:
-    from svreg_core.tuning.cli import build_parser
+    """``svreg tune ARGV`` parsed by the real command-line parser."""
+    from svreg_core.cli import build_parser
 
-    return build_parser().parse_args([str(a) for a in argv])
+    return build_parser()[0].parse_args(["tune", *[str(a) for a in argv]])
 
 
 def cli_command(*argv: str) -> list[str]:
-    return [sys.executable, "-m", "svreg_core.tuning.cli", *[str(a) for a in argv]]
+    return [sys.executable, "-m", "svreg_core.cli", "tune", *[str(a) for a in argv]]
 
 
 def child_env() -> dict[str, str]:
@@ -90,11 +91,9 @@ def read_json_until(proc: subprocess.Popen, stop: Callable[[dict], bool], timeou
 
 
 def load(storage: str | Path, name: str) -> Any:
-    import optuna
+    from svreg_core.tuning.study import load_study, open_storage
 
-    from svreg_core.tuning.study import storage_url
-
-    return optuna.load_study(study_name=name, storage=storage_url(storage))
+    return load_study(open_storage(storage, must_exist=True), name)
 
 
 @pytest.fixture(scope="session")

@@ -1,29 +1,32 @@
-"""The parts of ``svreg tune`` that need no registration: pairs, search space, storage, heartbeats,
-the step objective (pruning, folding constraint) with a cheap analytic evaluator, progress output."""
+"""The parts of ``svreg tune`` that need no registration: pairs, search space, storages (SQLite,
+journal file), the step objective (epoch-granularity pruning, folding constraint, failures) with a
+cheap analytic objective shaped like a training run, tuned-preset safety, progress output."""
 from __future__ import annotations
 
 import io
 import json
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from svreg_core.errors import InputError, OutputError
-from svreg_core.optim.parameters import PRESETS, RegistrationParameters
-from svreg_core.tuning.cli import main, run_tune
-from svreg_core.tuning.objective import Objective, StepOutcome
+from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters, preset_warning
+from svreg_core.cli import main
+from svreg_core.tuning.cli import run_tune
+from svreg_core.tuning.objective import StepReporter, trial_function
 from svreg_core.tuning.pairs import discover_pairs
-from svreg_core.tuning.progress import JsonLinesReporter, TqdmReporter, TuneEvent, make_reporter
-from svreg_core.tuning.runner import TuningRunner
+from svreg_core.tuning.progress import TqdmBar, TuneEvent, TuneProgress, json_lines, make_sink
+from svreg_core.tuning.report import write_best_preset
 from svreg_core.tuning.search_space import SearchSpace, build_search_space
-from svreg_core.tuning.study import (StudyLock, fail_stale_trials, open_storage, prepare_study,
-                                     quiet_optuna, storage_url)
+from svreg_core.tuning.study import (create_or_join, load_study, make_sampler, open_storage, quiet_optuna,
+                                     run_worker, storage_url)
 
 ROLES = ("fixed", "moving", "fixed_labels", "moving_labels")
 
@@ -127,78 +130,56 @@ def test_storage_errors_are_one_line_user_errors(tmp_path: Path) -> None:
         open_storage("postgresql://me:secret@127.0.0.1:1/x")  # connection refused; password not shown
     with pytest.raises(InputError, match="invalid storage URL"):
         storage_url("not a url://")
-    with pytest.raises(InputError, match="no study database"):
-        open_storage(tmp_path / "missing.db", create=False)
-    with pytest.raises(InputError, match="no study named 'nope'"):
-        run_tune(_args("--storage", _empty_storage(tmp_path), "--study-name", "nope", "--report", tmp_path / "r"))
-
-
-def _empty_storage(tmp_path: Path) -> Path:
-    path = tmp_path / "empty.db"
-    open_storage(path)
-    return path
+    with pytest.raises(InputError, match="no study storage at"):
+        open_storage(tmp_path / "missing.db", must_exist=True)
+    open_storage(tmp_path / "empty.db")
+    with pytest.raises(InputError, match="no study named 'nope' \\(the storage holds no study\\)"):
+        run_tune(_args("--storage", tmp_path / "empty.db", "--study-name", "nope", "--report", tmp_path / "r"))
 
 
 def _args(*argv: Any) -> Any:
-    from svreg_core.tuning.cli import build_parser
+    from svreg_core.cli import build_parser
 
-    return build_parser().parse_args([str(a) for a in argv])
+    return build_parser()[0].parse_args(["tune", *[str(a) for a in argv]])
 
 
 def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(InputError, match="give a validation set"):
         run_tune(_args())
-    with pytest.raises(InputError, match="grace-period must be longer"):
+    with pytest.raises(InputError, match="grace-period longer"):
         run_tune(_args(tmp_path, "--heartbeat-interval", "10", "--grace-period", "5"))
-    assert main([str(tmp_path / "missing"), "--storage", str(tmp_path / "s.db")]) == 2
+    assert main(["tune", str(tmp_path / "missing"), "--storage", str(tmp_path / "s.db")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("svreg tune: error: validation set not found")
-
-
-def test_stale_trial_without_heartbeat_is_failed_and_retried(tmp_path: Path) -> None:
-    """A worker on another machine stops sending heartbeats: its trial is failed, its parameters re-queued."""
-    url = storage_url(tmp_path / "hb.db")
-    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
-    lock = StudyLock(url, "hb")
-    space = build_search_space("brain-mri")
-    study, _ = prepare_study(storage, "hb", {"objective": "x", "search_space": space.to_dict()}, lock, seed=0,
-                             pruner=optuna.pruners.NopPruner(), default_params=None, max_folding=None)
-    with quiet_optuna():
-        trial = study.ask()
-    space.suggest(trial)
-    trial.set_user_attr("worker", {"host": "elsewhere", "pid": 1})
-    storage.record_heartbeat(trial._trial_id)
-    assert fail_stale_trials(study) == []  # still fresh
-    time.sleep(2.5)
-    assert fail_stale_trials(study) == [trial.number]
-    trials = study.get_trials()
-    assert trials[0].state == TrialState.FAIL
-    assert trials[1].state == TrialState.WAITING  # enqueued: the next ask() re-runs the same values
-    assert trials[1].system_attrs["fixed_params"] == trials[0].params
-    assert trials[1].user_attrs == {"retry_of": 0, "retry_count": 1}
+    assert len(err) == 1 and err[0].startswith("svreg: error: validation set not found")
 
 
 # ----------------------------------------------------------------------------------------- objective
 
 
-class Quadratic:
-    """A cheap evaluator: 3 'epochs' whose value grows towards 1 - (x - 0.3)²; folding = 10·x %."""
+class Training:
+    """Shaped like a training run: 3 epochs, each reporting a validation score that grows towards
+    ``1 - (x - 0.3)²`` (NaN for x < ``nan_below``); folding = 10·x %. Epoch 2 raises for x < ``fail_below``."""
 
-    name = "quadratic"
+    name = "quadratic-training"
+    aggregate = "max"  # the trial's value is its best epoch
 
-    def __init__(self) -> None:
-        self.closed = 0
+    def __init__(self, fail_below: float = -1.0, nan_below: float = -1.0, seconds: float = 0.0) -> None:
+        self.fail_below = fail_below
+        self.nan_below = nan_below
+        self.seconds = seconds
+        self.epochs_run = 0
 
     def step_labels(self) -> list[str]:
         return ["epoch 1", "epoch 2", "epoch 3"]
 
-    def run(self, config: dict[str, float]) -> Iterator[StepOutcome]:
+    def evaluate(self, config: dict[str, float], steps: StepReporter) -> None:
         x = config["x"]
-        try:
-            for k in range(1, 4):
-                yield StepOutcome(1 - (x - 0.3) ** 2 - 0.1 / k, folding_percent=10 * x)
-        finally:
-            self.closed += 1
+        for k in range(1, 4):
+            time.sleep(self.seconds)
+            self.epochs_run += 1
+            if k == 2 and x < self.fail_below:
+                raise MemoryError("out of memory")
+            steps.report(math.nan if x < self.nan_below else 1 - (x - 0.3) ** 2 - 0.1 / k, folding=10 * x)
 
 
 class XSpace:
@@ -206,86 +187,141 @@ class XSpace:
         return {"x": trial.suggest_float("x", 0.0, 1.0)}
 
 
-def _study(tmp_path: Path, name: str, pruner: optuna.pruners.BasePruner) -> tuple[optuna.Study, StudyLock]:
-    url = storage_url(tmp_path / f"{name}.db")
-    storage = open_storage(url)
-    lock = StudyLock(url, name)
-    study, _ = prepare_study(storage, name, {"objective": "quadratic"}, lock, seed=0, pruner=pruner,
-                             default_params=None, max_folding=None)
-    return study, lock
-
-
-def test_objective_prunes_below_median_after_warmup(tmp_path: Path) -> None:
-    """Steps are epochs here (aggregate "max" = best epoch): the shape a training objective will have."""
-    study, lock = _study(tmp_path, "q", optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
-    for x in (0.3, 0.35, 0.95, 0.28, 0.9):
+def _study(storage: Any, name: str, pruner: optuna.pruners.BasePruner, xs: tuple[float, ...] = ()) -> optuna.Study:
+    study, created = create_or_join(storage, name, {"objective": "quadratic"}, default_params=None)
+    for x in xs:
         study.enqueue_trial({"x": x})
-    evaluator = Quadratic()
+    return load_study(storage, name, sampler=make_sampler(0, created), pruner=pruner)
+
+
+def test_training_shaped_objective_prunes_per_epoch(tmp_path: Path) -> None:
+    """A training objective plugs in unchanged: steps are epochs, pruning at epoch granularity."""
+    storage = open_storage(tmp_path / "q.db")
+    study = _study(storage, "q", optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1),
+                   (0.3, 0.35, 0.95, 0.28, 0.9))
+    objective = Training()
     events: list[TuneEvent] = []
-    objective = Objective(XSpace(), evaluator, aggregate="max")
-    summary = TuningRunner(study, objective, n_trials=5, lock=lock, reporter=events.append).run()
-    assert summary.reason == "done" and summary.finished == 5
+    progress = TuneProgress(study, 5, events.append)
+    with quiet_optuna():
+        reason, _ = run_worker(study, trial_function(XSpace(), objective, listener=progress), 5, callbacks=[progress])
+    assert reason == "done"
     t = study.get_trials()
     assert [x.state for x in t] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED,
                                     TrialState.COMPLETE, TrialState.PRUNED]
     assert t[0].value == pytest.approx(1 - 0.1 / 3)  # the best epoch
-    for pruned in (t[2], t[4]):  # not during warm-up (step 0), at step 1 — never after the last step
+    for pruned in (t[2], t[4]):  # not during warm-up (epoch 1), at epoch 2 — never after the last epoch
         assert pruned.user_attrs["pruned_reason"] == "below the median of other trials after epoch 2"
-        assert pruned.user_attrs["steps_done"] == 2 and max(pruned.intermediate_values) == 1
-    assert evaluator.closed == 5  # pruned evaluations were closed (their resources released)
+        assert len(pruned.user_attrs["step_values"]) == 2 and max(pruned.intermediate_values) == 1
+    assert objective.epochs_run == 3 + 3 + 2 + 3 + 2
     steps = [e for e in events if e.event == "step"]
     assert steps[0].step_label == "epoch 1" and steps[0].n_steps == 3 and steps[0].folding == pytest.approx(3.0)
     assert [e.state for e in events if e.event == "trial"] == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
+    assert [e.finished for e in events if e.event == "trial"] == [1, 2, 3, 4, 5]
 
 
-def test_folding_constraint_rejects_trial(tmp_path: Path) -> None:
-    study, lock = _study(tmp_path, "c", optuna.pruners.NopPruner())
-    study.enqueue_trial({"x": 0.3})
-    study.enqueue_trial({"x": 0.5})
-    objective = Objective(XSpace(), Quadratic(), aggregate="max", max_folding=4.0)
-    TuningRunner(study, objective, n_trials=2, lock=lock).run()
+def test_folding_constraint_prunes_the_trial(tmp_path: Path) -> None:
+    study = _study(open_storage(tmp_path / "c.db"), "c", optuna.pruners.NopPruner(), (0.3, 0.5))
+    with quiet_optuna():
+        run_worker(study, trial_function(XSpace(), Training(), max_folding=4.0), 2)
     ok, bad = study.get_trials()
     assert ok.state == TrialState.COMPLETE and ok.user_attrs["folding_percent_max"] == pytest.approx(3.0)
-    assert bad.state == TrialState.PRUNED and bad.user_attrs["steps_done"] == 1
+    assert bad.state == TrialState.PRUNED and len(bad.user_attrs["step_values"]) == 1
     assert bad.user_attrs["pruned_reason"] == "folding 5% > 4% on epoch 1"
 
 
-def test_objective_nan_and_exception_fail_the_trial_only(tmp_path: Path) -> None:
-    class Flaky(Quadratic):
-        def run(self, config: dict[str, float]) -> Iterator[StepOutcome]:
-            if config["x"] < 0.2:
-                yield StepOutcome(math.nan)
-            if config["x"] < 0.4:
-                raise MemoryError("out of memory")
-            yield from super().run(config)
-
-    study, lock = _study(tmp_path, "n", optuna.pruners.NopPruner())
-    for x in (0.1, 0.3, 0.6):
-        study.enqueue_trial({"x": x})
-    summary = TuningRunner(study, Objective(XSpace(), Flaky()), n_trials=1, lock=lock).run()
-    assert summary.reason == "done" and summary.trials == {0: "FAIL", 1: "FAIL", 2: "COMPLETE"}
+def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> None:
+    study = _study(open_storage(tmp_path / "n.db"), "n", optuna.pruners.NopPruner(), (0.01, 0.2, 0.6))
+    with quiet_optuna():
+        reason, error = run_worker(study, trial_function(XSpace(), Training(fail_below=0.4, nan_below=0.05)), 1)
+    assert reason == "done" and error == "epoch 2: MemoryError: out of memory"
     t = study.get_trials()
+    assert [x.state for x in t] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
     assert t[0].user_attrs["error"] == "epoch 1: ValueError: the objective value is nan"
-    assert t[1].user_attrs["error"] == "epoch 1: MemoryError: out of memory"
+    assert t[1].user_attrs["error"] == "epoch 2: MemoryError: out of memory"
+    assert t[1].user_attrs["step_values"] == [pytest.approx(1 - 0.01 - 0.1)]  # epoch 1 was recorded
+
+    stop = _study(open_storage(tmp_path / "m.db"), "m", optuna.pruners.NopPruner(), (0.2, 0.2, 0.2, 0.6))
+    with quiet_optuna():
+        reason, error = run_worker(stop, trial_function(XSpace(), Training(fail_below=0.4)), 2, max_failures=3)
+    assert reason == "max_failures"
+    assert [x.state for x in stop.get_trials()] == [TrialState.FAIL] * 3 + [TrialState.WAITING]
+
+
+def test_journal_file_storage_resumes_and_shares_trials(tmp_path: Path) -> None:
+    """JournalStorage on a file: two workers (threads, each with its own storage) then a resumed run."""
+    path = tmp_path / "study.log"
+    studies = [_study(open_storage(path), "j", optuna.pruners.NopPruner()) for _ in range(2)]
+    with quiet_optuna():
+        workers = [threading.Thread(target=run_worker, args=(s, trial_function(XSpace(), Training(seconds=0.05)), 4))
+                   for s in studies]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        trials = studies[0].get_trials()
+        assert len({t.number for t in trials}) == len(trials)
+        assert 4 <= sum(t.state == TrialState.COMPLETE for t in trials) <= 5  # one extra if both were running
+        resumed = _study(open_storage(path), "j", optuna.pruners.NopPruner())
+        assert run_worker(resumed, trial_function(XSpace(), Training()), len(trials) + 2)[0] == "done"
+    assert [t.state for t in resumed.get_trials()] == [TrialState.COMPLETE] * (len(trials) + 2)
+    assert not list(tmp_path.glob("*.lock"))
+
+
+# ----------------------------------------------------------------------------------------- presets
+
+
+def test_tuned_preset_keeps_the_pyramid_unless_searched(tmp_path: Path) -> None:
+    """--apply-best writes only the searched parameters; fixed settings only when asked, then with a warning."""
+    def best_preset(search: list[str], include_fixed: bool) -> Path:
+        space = build_search_space("brain-mri", search=search,
+                                   overrides={"level_spacings": (12, 6, 3), "iterations": (5, 5, 5), "affine": False})
+        name = "-".join(search)
+        study, _ = create_or_join(open_storage(tmp_path / "p.db"), name, {"search_space": space.to_dict()},
+                                  default_params=None)
+        with quiet_optuna():
+            study.optimize(lambda trial: space.suggest(trial).alpha_prime, n_trials=3)
+        path, _ = write_best_preset(study, tmp_path / f"{name}-{include_fixed}.json", include_fixed=include_fixed)
+        return path
+
+    default = PRESETS["brain-mri"]
+    plain = best_preset(["alpha_prime", "lambda_max"], include_fixed=False)
+    params = load_parameters(plain)
+    assert set(json.loads(plain.read_text())["parameters"]) == {"alpha_prime", "lambda_max"}
+    assert (params.level_spacings, params.iterations, params.affine) == (default.level_spacings,
+                                                                         default.iterations, True)
+    assert params.alpha_prime != default.alpha_prime and preset_warning(plain) is None
+    settings = json.loads(plain.read_text())["tuning"]["study_settings"]  # what the study ran with
+    assert settings["level_spacings"] == [12.0, 6.0, 3.0] and settings["affine"] is False
+
+    fixed = best_preset(["alpha_prime", "lambda_max"], include_fixed=True)
+    assert load_parameters(fixed).level_spacings == (12.0, 6.0, 3.0)
+    warning = preset_warning(fixed)
+    assert warning is not None and "\n" not in warning
+    assert "preset (affine, level_spacings, iterations);" in warning
+
+    with pytest.raises(InputError, match="searched iterations belong to the study's pyramid"):
+        best_preset(["alpha_prime", "iterations"], include_fixed=False)  # 3 levels: no sense on the default 2
+    searched = load_parameters(best_preset(["alpha_prime", "iterations"], include_fixed=True))
+    assert searched.level_spacings == (12.0, 6.0, 3.0) and len(searched.iterations) == 3
 
 
 # ----------------------------------------------------------------------------------------- progress
 
 
-def test_progress_reporters() -> None:
+def test_progress_sinks() -> None:
     out = io.StringIO()
-    JsonLinesReporter(out)(TuneEvent("trial", "s", trial=3, state="COMPLETE", value=math.nan, params={"a": 1.0},
-                                     folding=math.inf))
+    json_lines(out)(TuneEvent("trial", "s", trial=3, state="COMPLETE", value=math.nan, params={"a": 1.0},
+                              folding=math.inf))
     doc = json.loads(out.getvalue())
     assert doc["value"] is None and doc["folding"] is None and doc["trial"] == 3 and doc["params"] == {"a": 1.0}
     bar_stream = io.StringIO()
-    bar = TqdmReporter(bar_stream, force=True)
+    bar = TqdmBar(bar_stream, force=True)
     bar(TuneEvent("start", "s", n_trials=4, finished=1))
     bar(TuneEvent("trial", "s", trial=1, state="FAIL", error="boom", finished=1, n_trials=4))
     bar(TuneEvent("trial", "s", trial=2, state="COMPLETE", value=0.8, best_value=0.8, finished=2, n_trials=4))
     bar.close()
     text = bar_stream.getvalue()
     assert "2/4" in text and "best=0.8000" in text and "trial 1 failed: boom" in text
-    assert type(make_reporter("auto", stderr=io.StringIO())).__name__ == "NullReporter"  # quiet in pipes
+    assert not isinstance(make_sink("auto", stderr=io.StringIO()), TqdmBar)  # quiet in pipes
     with pytest.raises(ValueError):
-        make_reporter("loud")
+        make_sink("loud")
