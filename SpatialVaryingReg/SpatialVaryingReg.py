@@ -18,13 +18,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 import qt
 import slicer
 import vtk
 from slicer import (vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode,  # noqa: F401 (annotations)
-                    vtkMRMLScalarVolumeNode)
+                    vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -32,7 +32,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SpatialVaryingRegLib import dependencies, display, geometry, models, runner, tuning
+from SpatialVaryingRegLib import dependencies, display, estimate, geometry, models, runner, tuning
 from SpatialVaryingRegLib import logic as svlogic
 
 #: Label of the preset choice that uses ``customPresetFile``.
@@ -58,7 +58,7 @@ class SpatialVaryingReg(ScriptedLoadableModule):
         self.parent.title = _("SpatialVaryingReg")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["SpatialVaryingReg developers"]
+        self.parent.contributors = ["SpatialVaryingReg maintainers (SpatialVaryingReg project)"]
         self.parent.helpText = _("""
 Deformable (diffeomorphic) registration of a moving volume onto a fixed volume with a spatially varying
 regularizer: the smoothness weight &lambda;(x) is optimised with the deformation, so the deformation can
@@ -85,18 +85,21 @@ SimpleITK, nibabel, PyTorch, safetensors and Optuna.
 class SpatialVaryingRegParameterNode:
     """Every setting of the module; saved with the scene.
 
-    Registration inputs, the method (a learned ``model`` is a shipped model's name or
-    :data:`CHECKPOINT_CHOICE`, then ``modelCheckpoint`` is used), the preset and its overrides ("from
-    preset" / -1 / empty = keep the preset's value), output options, the nodes of the last result, and
-    the tuning panel's settings.
+    Registration inputs (masks and label maps: volumes or segmentations; fiducial lists for the TRE),
+    the method (a learned ``model`` is a shipped model's name or :data:`CHECKPOINT_CHOICE`, then
+    ``modelCheckpoint`` is used), the preset and its overrides ("from preset" / -1 / empty = keep the
+    preset's value), output options, the output nodes (updated in place by the next run; empty =
+    create new ones; a run stores its nodes here), and the tuning panel's settings.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
-    fixedMask: vtkMRMLScalarVolumeNode
-    movingMask: vtkMRMLScalarVolumeNode
-    fixedLabels: vtkMRMLLabelMapVolumeNode
-    movingLabels: vtkMRMLLabelMapVolumeNode
+    fixedMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
+    movingMask: Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, None]
+    fixedLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
+    movingLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
+    fixedFiducials: vtkMRMLMarkupsFiducialNode
+    movingFiducials: vtkMRMLMarkupsFiducialNode
 
     method: Annotated[str, Choice(list(METHOD_LABELS.values()))] = METHOD_LABELS["pairwise"]
     model: str = models.DEFAULT_MODEL
@@ -117,12 +120,15 @@ class SpatialVaryingRegParameterNode:
     labelInterpolation: Annotated[str, Choice(["linear", "nearest"])] = "linear"
     useCpu: bool = False
     createWarpedVolume: bool = True
+    createInverseTransform: bool = False
     keepTemporaryFiles: bool = False
 
     outputTransform: vtkMRMLGridTransformNode
+    outputInverseTransform: vtkMRMLGridTransformNode
     outputLambda: vtkMRMLScalarVolumeNode
     outputJacobian: vtkMRMLScalarVolumeNode
     outputWarped: vtkMRMLScalarVolumeNode
+    outputWarpedLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
     statusText: str = ""
 
     tuningValidationSet: str = ""
@@ -456,6 +462,11 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.progressBar.setVisible(True)
             self._parameterNode.statusText = _("Registering...")
             self._job = self.logic.createJob(self._parameterNode, on_event=self._onEngineEvent, on_log=self._appendLog)
+            onCpu = self._job.settings.device == "cpu" or (self._torchStatus is not None and not self._torchStatus.devices)
+            if onCpu and self._parameterNode.fixedVolume is not None:
+                guess = self.logic.cpuEstimateText(self._parameterNode, self._job.settings)
+                self._parameterNode.statusText = _("Registering... {estimate}.").format(estimate=guess)
+                self._appendLog(_("Compute time: {estimate}.").format(estimate=guess))
             try:
                 self._job.start()
             except svlogic.RegistrationError:
@@ -758,13 +769,29 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             model=p.modelCheckpoint if p.model == CHECKPOINT_CHOICE else p.model, refine_steps=int(p.refineSteps),
             device="cpu" if p.useCpu else "auto",
             labels=_numbers(p.labelsToScore, int), label_interpolation=p.labelInterpolation,
-            create_warped=bool(p.createWarpedVolume), keep_temporary_files=bool(p.keepTemporaryFiles))
+            create_warped=bool(p.createWarpedVolume), create_inverse=bool(p.createInverseTransform),
+            keep_temporary_files=bool(p.keepTemporaryFiles))
 
     def createJob(self, p: SpatialVaryingRegParameterNode, **kwargs) -> svlogic.RegistrationJob:
-        """A not-yet-started job for the parameter node's inputs and settings."""
+        """A not-yet-started job for the parameter node's inputs and settings; the output nodes selected in
+        the parameter node are updated in place."""
+        reuse = svlogic.OutputNodes(transform=p.outputTransform, lambda_map=p.outputLambda,
+                                    jacobian=p.outputJacobian, warped=p.outputWarped,
+                                    warped_labels=p.outputWarpedLabels, inverse=p.outputInverseTransform)
         return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
                                        fixed_labels=p.fixedLabels, moving_labels=p.movingLabels,
-                                       settings=self.settingsFromParameterNode(p), scene=slicer.mrmlScene, **kwargs)
+                                       fixed_fiducials=p.fixedFiducials, moving_fiducials=p.movingFiducials,
+                                       reuse=reuse, settings=self.settingsFromParameterNode(p), scene=slicer.mrmlScene,
+                                       **kwargs)
+
+    @staticmethod
+    def cpuEstimateText(p: SpatialVaryingRegParameterNode, settings: svlogic.RegistrationSettings) -> str:
+        """The compute-time estimate on the CPU for the parameter node's fixed volume and pyramid."""
+        o = settings.overrides
+        learned = settings.method == "learned"
+        seconds = estimate.cpu_seconds(p.fixedVolume, o.get("level_spacings"), o.get("iterations"),
+                                       refine_steps=int(settings.refine_steps) if learned else None)
+        return estimate.text(seconds)
 
     @staticmethod
     def storeOutputs(p: SpatialVaryingRegParameterNode, outputs: svlogic.RegistrationOutputs) -> None:
@@ -774,6 +801,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         p.outputLambda = outputs.lambda_map
         p.outputJacobian = outputs.jacobian
         p.outputWarped = outputs.warped
+        p.outputWarpedLabels = outputs.warped_labels
+        if outputs.inverse is not None:
+            p.outputInverseTransform = outputs.inverse
         p.statusText = outputs.status_text
 
     def register(self, fixedVolume, movingVolume, fixedMask=None, movingMask=None, fixedLabels=None,
@@ -781,8 +811,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                  device: str | None = None, labels: list[int] | None = None, labelInterpolation: str = "linear",
                  createWarpedVolume: bool = True, keepTemporaryFiles: bool = False, showResults: bool = True,
                  ensureDependencies: bool = True, timeout: float | None = None, log=None, method: str = "pairwise",
-                 model: str = models.DEFAULT_MODEL,
-                 refineSteps: int = svlogic.DEFAULT_REFINE_STEPS) -> "SpatialVaryingRegResult":
+                 model: str = models.DEFAULT_MODEL, refineSteps: int = svlogic.DEFAULT_REFINE_STEPS,
+                 fixedFiducials=None, movingFiducials=None, createInverseTransform: bool = False,
+                 outputs: svlogic.OutputNodes | None = None) -> "SpatialVaryingRegResult":
         """Register ``movingVolume`` onto ``fixedVolume``, blocking until done; return the output nodes.
 
         :param method: ``"pairwise"`` (optimise this pair; no training needed) or ``"learned"`` (a trained
@@ -795,6 +826,13 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         :param parameters: registration parameters overriding the preset, e.g.
             ``{"alpha_prime": 0.1, "level_spacings": [4, 2], "iterations": [80, 60], "affine": False}``.
         :param useCpu: run on the CPU even when CUDA is available (``device`` overrides: auto/cpu/cuda).
+        :param fixedMask, movingMask, fixedLabels, movingLabels: volumes or Segmentation nodes (a segmentation
+            is exported onto its volume's grid, segment n as label n + 1; warped labels then come back as a
+            Segmentation node).
+        :param fixedFiducials, movingFiducials: markups point lists; the moving list is placed under the result
+            transform, and with both (same number of points, paired by order) the TRE is reported.
+        :param createInverseTransform: also create the inverse transform (``result.inverse``).
+        :param outputs: ``SpatialVaryingRegLib.logic.OutputNodes`` to update in place instead of new nodes.
         :param log: optional callable receiving log lines (default: Python logging).
         :raises RuntimeError: (``RegistrationError``) with a plain message on failure.
         :return: :class:`SpatialVaryingRegResult` with ``transform``, ``warped``, ``lambdaMap``, ``jacobian``,
@@ -808,10 +846,12 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             preset=str(preset), overrides=dict(parameters or {}), method=method, model=str(model),
             refine_steps=refineSteps, device=device or ("cpu" if useCpu else "auto"),
             labels=labels, label_interpolation=labelInterpolation, create_warped=createWarpedVolume,
-            keep_temporary_files=keepTemporaryFiles, show_results=showResults)
+            create_inverse=createInverseTransform, keep_temporary_files=keepTemporaryFiles, show_results=showResults)
         job = svlogic.RegistrationJob(fixedVolume, movingVolume, fixed_mask=fixedMask, moving_mask=movingMask,
-                                      fixed_labels=fixedLabels, moving_labels=movingLabels, settings=settings,
-                                      scene=slicer.mrmlScene, on_log=log or logging.info)
+                                      fixed_labels=fixedLabels, moving_labels=movingLabels,
+                                      fixed_fiducials=fixedFiducials, moving_fiducials=movingFiducials,
+                                      reuse=outputs, settings=settings, scene=slicer.mrmlScene,
+                                      on_log=log or logging.info)
         app = getattr(slicer, "app", None)
         outputs = job.run(timeout=timeout, idle=app.processEvents if app is not None else None)
         logging.info(outputs.status_text)
@@ -861,6 +901,8 @@ class SpatialVaryingRegResult:
         self.lambdaMap = outputs.lambda_map
         self.jacobian = outputs.jacobian
         self.warpedLabels = outputs.warped_labels
+        self.inverse = outputs.inverse
+        self.tre = outputs.tre
         self.report = outputs.report
         self.statusText = outputs.status_text
 

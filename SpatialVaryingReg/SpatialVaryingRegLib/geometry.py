@@ -140,23 +140,35 @@ def export_volume(volume_node, path: str | Path, *, world: bool = True, what: st
     return path
 
 
-def load_volume(scene, path: str | Path, name: str, *, labelmap: bool = False):
-    """Read a NIfTI file into a new scalar (or label map) volume node with default display nodes.
-
-    The node keeps no storage node pointing at ``path`` (a temporary file): saving the scene writes
-    its data afresh.
-    """
+def read_volume(path: str | Path, *, labelmap: bool = False):
+    """Read a NIfTI file into a new scalar (or label map) volume node that is not in any scene."""
     import slicer
 
-    node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode", name)
+    node = slicer.vtkMRMLLabelMapVolumeNode() if labelmap else slicer.vtkMRMLScalarVolumeNode()
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     storage.SetFileName(str(path))
     if not storage.ReadData(node):
-        scene.RemoveNode(node)
         raise GeometryError(f"could not read {path} into Slicer.")
-    node.SetName(name)
-    node.CreateDefaultDisplayNodes()
     return node
+
+
+def place_volume(scene, source, name: str, target=None):
+    """Put the voxels and geometry of ``source`` (from :func:`read_volume`) into ``target`` (an existing
+    volume node of the same kind, updated in place: its name and display are kept) or into a new node
+    ``name`` with default display nodes. Returns the node. The node keeps no storage node pointing at
+    the (temporary) file: saving the scene writes its data afresh."""
+    if target is None:
+        target = scene.AddNewNodeByClass(source.GetClassName(), name)
+    target.SetAndObserveImageData(source.GetImageData())
+    target.SetIJKToRASMatrix(array_to_matrix(ijk_to_ras(source)))
+    if target.GetDisplayNode() is None:
+        target.CreateDefaultDisplayNodes()
+    return target
+
+
+def load_volume(scene, path: str | Path, name: str, *, labelmap: bool = False):
+    """Read a NIfTI file into a new scalar (or label map) volume node of ``scene`` (see :func:`place_volume`)."""
+    return place_volume(scene, read_volume(path, labelmap=labelmap), name)
 
 
 def array_ijk(volume_node) -> np.ndarray:

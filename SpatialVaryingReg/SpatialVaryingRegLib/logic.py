@@ -9,8 +9,12 @@
    prediction is refined by a few pairwise steps;
 3. on success the outputs become MRML nodes: a grid transform (FromParent, RAS mm, fixed/moving
    references) with the moving volume placed under it, the λ map and the Jacobian determinant on
-   the fixed grid with their colour maps, optionally the hardened warped volume and warped labels;
-   the temporary folder is removed (unless asked to keep it).
+   the fixed grid with their colour maps, optionally the hardened warped volume, the warped labels
+   (a Segmentation node when the moving labels were one, :mod:`.segmentations`) and the inverse
+   transform; a moving fiducial list is placed under the transform and, with a corresponding fixed
+   list, the target registration error is reported (:mod:`.landmarks`). Output nodes given in
+   :class:`OutputNodes` are updated in place instead of new ones being created. The temporary
+   folder is removed (unless asked to keep it).
 
 A failed or cancelled run leaves the scene as it was. Nothing here imports Qt or torch.
 """
@@ -28,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import display, geometry, models, runner
+from . import display, geometry, landmarks, models, runner, segmentations
 
 #: Node attributes written on every output node.
 RUN_ATTRIBUTE = "SpatialVaryingReg.Run"
@@ -75,6 +79,7 @@ class RegistrationSettings:
         labels: label values to score (default: all labels present in both label maps).
         label_interpolation: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
         create_warped: also load the hardened warped moving volume.
+        create_inverse: also load the inverse transform (moving -> fixed resampling, on the moving grid).
         keep_temporary_files: keep the exchange folder (inputs, engine outputs, report.png).
         show_results: on the scene's first result, show fixed + λ map in the slice views.
         temp_root: where the exchange folder is created (default: Slicer's temporary folder).
@@ -89,6 +94,7 @@ class RegistrationSettings:
     labels: list[int] | None = None
     label_interpolation: str = "linear"
     create_warped: bool = True
+    create_inverse: bool = False
     keep_temporary_files: bool = False
     show_results: bool = True
     temp_root: str | None = None
@@ -115,6 +121,22 @@ class RegistrationSettings:
 
 
 @dataclass
+class OutputNodes:
+    """Existing nodes to update in place with a registration's results (``None``: create a new node).
+
+    A node of the wrong kind is not reused (e.g. a label map volume for the warped labels of a
+    segmentation): a new node is created instead.
+    """
+
+    transform: Any = None
+    lambda_map: Any = None
+    jacobian: Any = None
+    warped: Any = None
+    warped_labels: Any = None
+    inverse: Any = None
+
+
+@dataclass
 class RegistrationOutputs:
     """The nodes and numbers of one finished registration."""
 
@@ -127,10 +149,12 @@ class RegistrationOutputs:
     report: dict[str, Any] = field(default_factory=dict)
     status_text: str = ""
     output_dir: Path | None = None
+    inverse: Any = None
+    tre: landmarks.TargetRegistrationError | None = None
 
     def nodes(self) -> list:
-        return [n for n in (self.transform, self.warped, self.lambda_map, self.jacobian, self.warped_labels)
-                if n is not None]
+        return [n for n in (self.transform, self.warped, self.lambda_map, self.jacobian, self.warped_labels,
+                            self.inverse) if n is not None]
 
 
 def _fmt(value: Any, digits: int) -> str:
@@ -285,6 +309,7 @@ class RegistrationJob:
     """
 
     def __init__(self, fixed, moving, *, fixed_mask=None, moving_mask=None, fixed_labels=None, moving_labels=None,
+                 fixed_fiducials=None, moving_fiducials=None, reuse: OutputNodes | None = None,
                  settings: RegistrationSettings | None = None, scene=None, python: str | None = None,
                  env: dict[str, str] | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -292,6 +317,8 @@ class RegistrationJob:
         self.fixed, self.moving = fixed, moving
         self.fixed_mask, self.moving_mask = fixed_mask, moving_mask
         self.fixed_labels, self.moving_labels = fixed_labels, moving_labels
+        self.fixed_fiducials, self.moving_fiducials = fixed_fiducials, moving_fiducials
+        self.reuse = reuse or OutputNodes()
         self.settings = settings or RegistrationSettings()
         self.scene = scene if scene is not None else (fixed.GetScene() if fixed is not None else None)
         self.python, self.env = python, env
@@ -333,6 +360,9 @@ class RegistrationJob:
                  True)):
             if node is None:
                 continue
+            if segmentations.is_segmentation(node):
+                self._check_segmentation(node, ref, what, ref_what, moving_side)
+                continue
             try:
                 geometry.check_volume(node, what)
                 if moving_side:
@@ -349,9 +379,36 @@ class RegistrationJob:
                     "resample it onto that volume first (Resample Scalar/Vector/DWI Volume module, "
                     "nearest neighbour for labels).")
             self._geometry[node.GetID()] = node_geometry
+        self._check_fiducials()
         if self.settings.device not in DEVICES:
             raise RegistrationError(f"unknown device '{self.settings.device}'; use auto, cpu or cuda.")
         self._model_argument = self._check_model()
+
+    def _check_segmentation(self, node, ref, what: str, ref_what: str, moving_side: bool) -> None:
+        """A segmentation is exported onto its volume's grid: it needs segments and the volume's transforms."""
+        if not segmentations.segment_ids(node):
+            raise RegistrationError(f"the {what} '{node.GetName()}' has no segments.")
+        try:
+            if moving_side:
+                segmentations.check_parent(node, self._moving_base, moving_base_to_world(node), what, ref_what)
+            else:
+                segmentations.check_parent(node, geometry.parent_to_world(ref), geometry.parent_to_world(node),
+                                           what, ref_what)
+        except geometry.GeometryError as exc:
+            raise RegistrationError(str(exc)) from None
+
+    def _check_fiducials(self) -> None:
+        """The moving list must sit where the moving volume does (it is placed under the result)."""
+        if self.moving_fiducials is None:
+            return
+        try:
+            base = moving_base_to_world(self.moving_fiducials)
+        except geometry.GeometryError as exc:
+            raise RegistrationError(str(exc)) from None
+        if not np.allclose(np.eye(4) if base is None else base,
+                           np.eye(4) if self._moving_base is None else self._moving_base, atol=1e-4):
+            raise RegistrationError(f"the moving fiducials '{self.moving_fiducials.GetName()}' are not under the "
+                                    "same transform as the moving volume; place both under the same transform.")
 
     def _check_model(self) -> str | None:
         """The engine's ``--model`` argument (``None`` for the pairwise method), checked before any start."""
@@ -377,6 +434,12 @@ class RegistrationJob:
         def export(node, name: str, what: str) -> Path | None:
             if node is None:
                 return None
+            if segmentations.is_segmentation(node):
+                moving_side = node is self.moving_mask or node is self.moving_labels
+                reference = self.moving if moving_side else self.fixed
+                return segmentations.export_labelmap(
+                    node, reference, inputs / f"{name}.nii.gz", what=what,
+                    ijk_to_world=self._moving_ijk_to_world if moving_side else self._fixed_ijk_to_world)
             if node is self.fixed:
                 ijk_to_world = self._fixed_ijk_to_world
             elif node is self.moving:
@@ -506,7 +569,11 @@ class RegistrationJob:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def load_outputs(self, outdir: Path) -> RegistrationOutputs:
-        """Create the output nodes from the engine's output folder (see the module docstring)."""
+        """Create (or update, :class:`OutputNodes`) the output nodes from the engine's output folder.
+
+        Every file is read before any node is touched, so a file that cannot be read leaves the scene
+        as it was; nodes created before a later failure are removed again.
+        """
         scene = self.scene
         outdir = Path(outdir)
         report = json.loads((outdir / "report.json").read_text(encoding="utf-8"))
@@ -515,42 +582,81 @@ class RegistrationJob:
         run_name = f"{self.moving.GetName()} to {self.fixed.GetName()} (SVReg {number})"
 
         displacement, grid = geometry.read_displacement_file(outdir / "displacement.nii.gz")
-        moving_parent = self._moving_base
-        if moving_parent is not None:
+        if self._moving_base is not None:
             # the engine registered the volume as seen in the world; the node placed under the result
             # needs the mapping into its own coordinates
-            displacement = geometry.compose_with_linear(displacement, grid, np.linalg.inv(moving_parent))
+            displacement = geometry.compose_with_linear(displacement, grid, np.linalg.inv(self._moving_base))
+        inverse_field = (geometry.read_displacement_file(outdir / "inverse_displacement.nii.gz")
+                         if self.settings.create_inverse else None)
+        lambda_data = geometry.read_volume(outdir / "regularization.nii.gz")
+        jacobian_data = geometry.read_volume(outdir / "jacobian.nii.gz")
+        warped_data = geometry.read_volume(outdir / "warped.nii.gz") if self.settings.create_warped else None
+        labels_file = outdir / "warped_labels.nii.gz"
+        labels_data = geometry.read_volume(labels_file, labelmap=True) \
+            if self.moving_labels is not None and labels_file.is_file() else None
+
+        reuse = self.reuse
         created = []
+
+        def target(node, kind: str):
+            return node if node is not None and node.IsA(kind) and node.GetScene() is scene else None
+
+        def new_or(node, kind: str, name: str):
+            node = target(node, kind)
+            if node is None:
+                node = scene.AddNewNodeByClass(kind, name)
+                created.append(node)
+            return node
+
+        fixed_before = moving_before = None
+        if self.fixed_fiducials is not None and self.moving_fiducials is not None and \
+                not landmarks.pair_count_problem(self.fixed_fiducials, self.moving_fiducials):
+            fixed_before = landmarks.world_points(self.fixed_fiducials)
+            moving_before = landmarks.world_points(self.moving_fiducials)
         try:
-            transform = geometry.create_grid_transform_node(scene, displacement, grid, f"{run_name} transform")
-            created.append(transform)
+            transform = new_or(reuse.transform, "vtkMRMLGridTransformNode", f"{run_name} transform")
+            geometry.set_grid_transform(transform, displacement, grid)
             geometry.set_registration_references(transform, self.fixed, self.moving)
-            lambda_map = geometry.load_volume(scene, outdir / "regularization.nii.gz", f"{run_name} lambda")
-            created.append(lambda_map)
+            inverse = None
+            if inverse_field is not None:
+                inverse = new_or(reuse.inverse, "vtkMRMLGridTransformNode", f"{run_name} inverse transform")
+                geometry.set_grid_transform(inverse, *inverse_field)
+                geometry.set_registration_references(inverse, self.moving, self.fixed)
+            lambda_map = self._place(lambda_data, f"{run_name} lambda", target(reuse.lambda_map,
+                                                                                  "vtkMRMLScalarVolumeNode"), created)
             display.apply_lambda_display(lambda_map)
-            jacobian = geometry.load_volume(scene, outdir / "jacobian.nii.gz", f"{run_name} Jacobian")
-            created.append(jacobian)
+            jacobian = self._place(jacobian_data, f"{run_name} Jacobian", target(reuse.jacobian,
+                                                                                 "vtkMRMLScalarVolumeNode"), created)
             display.apply_jacobian_display(jacobian)
             warped = None
-            if self.settings.create_warped:
-                warped = geometry.load_volume(scene, outdir / "warped.nii.gz", f"{run_name} warped")
-                created.append(warped)
+            if warped_data is not None:
+                warped = self._place(warped_data, f"{run_name} warped",
+                                     target(reuse.warped, "vtkMRMLScalarVolumeNode"), created)
                 source = self.moving.GetDisplayNode()
                 if source is not None and warped.GetDisplayNode() is not None and source.GetColorNodeID():
                     warped.GetDisplayNode().SetAndObserveColorNodeID(source.GetColorNodeID())
             warped_labels = None
-            if self.moving_labels is not None and (outdir / "warped_labels.nii.gz").is_file():
-                warped_labels = geometry.load_volume(scene, outdir / "warped_labels.nii.gz",
-                                                     f"{run_name} warped labels", labelmap=True)
-                created.append(warped_labels)
-                display.apply_label_display(warped_labels, like=self.moving_labels)
+            if labels_data is not None:
+                name = f"{run_name} warped labels"
+                if segmentations.is_segmentation(self.moving_labels):
+                    warped_labels = new_or(reuse.warped_labels, "vtkMRMLSegmentationNode", name)
+                    staged = geometry.place_volume(scene, labels_data, f"{name} (import)")
+                    try:
+                        segmentations.fill_from_labelmap(warped_labels, staged, like=self.moving_labels)
+                    finally:
+                        scene.RemoveNode(staged)
+                    warped_labels.CreateDefaultDisplayNodes()
+                else:
+                    warped_labels = self._place(labels_data, name, target(reuse.warped_labels,
+                                                                          "vtkMRMLLabelMapVolumeNode"), created)
+                    display.apply_label_display(warped_labels, like=self.moving_labels)
         except BaseException:
             for node in created:
                 scene.RemoveNode(node)
             raise
 
         for node, role in ((transform, "transform"), (lambda_map, "lambda"), (jacobian, "jacobian"),
-                           (warped, "warped"), (warped_labels, "warped labels")):
+                           (warped, "warped"), (warped_labels, "warped labels"), (inverse, "inverse transform")):
             if node is not None:
                 node.SetAttribute(RUN_ATTRIBUTE, str(number))
                 node.SetAttribute(ROLE_ATTRIBUTE, role)
@@ -558,8 +664,26 @@ class RegistrationJob:
                                                              ("method", "model", "metrics", "timing", "device",
                                                               "parameters")}))
         self.moving.SetAndObserveTransformNodeID(transform.GetID())
+        if self.moving_fiducials is not None:
+            self.moving_fiducials.SetAndObserveTransformNodeID(transform.GetID())
+        tre = None
+        if moving_before is not None:
+            tre = landmarks.target_registration_error(fixed_before, moving_before,
+                                                      landmarks.world_points(self.moving_fiducials))
         if self.settings.show_results and first_result:
             display.show_in_slice_views(scene, background=self.fixed, foreground=lambda_map)
         elapsed = time.monotonic() - self.started_at if self.started_at else None
+        text = status_text(run_name, report, elapsed)
+        if tre is not None:
+            text = text[:-1] + f", {tre.text()}."
+        elif self.fixed_fiducials is not None and self.moving_fiducials is not None:
+            text += f" TRE not computed: {landmarks.pair_count_problem(self.fixed_fiducials, self.moving_fiducials)}."
         return RegistrationOutputs(run_name, transform, lambda_map, jacobian, warped, warped_labels, report,
-                                   status_text(run_name, report, elapsed))
+                                   text, inverse=inverse, tre=tre)
+
+    def _place(self, data, name: str, node, created: list):
+        """A read volume into ``node`` (updated in place) or into a new node (recorded in ``created``)."""
+        placed = geometry.place_volume(self.scene, data, name, node)
+        if node is None:
+            created.append(placed)
+        return placed

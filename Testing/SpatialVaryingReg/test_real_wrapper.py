@@ -103,7 +103,16 @@ def test_every_ui_binding_connects_through_the_real_gui_connectors(real, scene):
     bound["fixedVolume"].setCurrentNode(volume)
     assert p.fixedVolume is volume
     assert list(bound["fixedVolume"].nodeTypes) == ["vtkMRMLScalarVolumeNode"]
-    assert list(bound["fixedLabels"].nodeTypes) == ["vtkMRMLLabelMapVolumeNode"]
+    assert list(bound["fixedLabels"].nodeTypes) == ["vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"]
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    bound["movingLabels"].setCurrentNode(segmentation)  # a segmentation as label map, through the real connector
+    assert p.movingLabels is segmentation
+    p.fixedLabels = add_volume(scene, np.zeros((4, 4, 4), np.int16), np.eye(4), "labels", labelmap=True)
+    assert bound["fixedLabels"].currentNode() is p.fixedLabels
+    points = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
+    bound["fixedFiducials"].setCurrentNode(points)
+    assert p.fixedFiducials is points and list(bound["outputWarpedLabels"].nodeTypes) == \
+        ["vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"]
     p.disconnectGui(tag)
     bound["alphaPrime"].value = 0.5
     assert p.alphaPrime == 0.25
@@ -185,3 +194,34 @@ def test_cleanup_stops_every_timer_and_reload_drops_the_helper_package(real, mon
     finally:
         sys.modules.update(saved)
     assert reloaded == [[]]  # the module file is re-executed with a fresh SpatialVaryingRegLib
+
+
+def test_parameter_node_outputs_are_reused_and_new_inputs_reach_the_job(real, scene):
+    """The output nodes stored by a run are handed to the next job for an in-place update; segmentations,
+    fiducial lists and the inverse option reach the job; the CPU estimate is labelled as one."""
+    module, qt, ctk = real
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    a = add_volume(scene, np.zeros((64, 64, 40), np.float32), np.eye(4), "a")
+    b = add_volume(scene, np.zeros((64, 64, 40), np.float32), np.eye(4), "b")
+    p.fixedVolume, p.movingVolume = a, b
+    p.movingLabels = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "seg")
+    p.fixedFiducials = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
+    p.movingFiducials = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "M")
+    p.createInverseTransform = True
+    job = logic.createJob(p)
+    assert job.reuse == module.svlogic.OutputNodes() and job.settings.create_inverse
+    assert (job.moving_labels, job.fixed_fiducials, job.moving_fiducials) == \
+        (p.movingLabels, p.fixedFiducials, p.movingFiducials)
+
+    nodes = {role: scene.AddNewNodeByClass(cls, role) for role, cls in (
+        ("transform", "vtkMRMLGridTransformNode"), ("inverse", "vtkMRMLGridTransformNode"),
+        ("lambda_map", "vtkMRMLScalarVolumeNode"), ("jacobian", "vtkMRMLScalarVolumeNode"),
+        ("warped", "vtkMRMLScalarVolumeNode"), ("warped_labels", "vtkMRMLSegmentationNode"))}
+    logic.storeOutputs(p, module.svlogic.RegistrationOutputs("run", nodes["transform"], nodes["lambda_map"],
+                                                             nodes["jacobian"], nodes["warped"],
+                                                             nodes["warped_labels"], inverse=nodes["inverse"]))
+    assert logic.createJob(p).reuse == module.svlogic.OutputNodes(**nodes)
+
+    text = logic.cpuEstimateText(p, logic.settingsFromParameterNode(p))
+    assert text.startswith("about ") and "estimate" in text

@@ -46,6 +46,15 @@ def parameter_fields() -> dict[str, dict]:
             continue
         ann = stmt.annotation
         info = {"choice": False, "node_types": None, "default": stmt.value}
+        if isinstance(ann, ast.Subscript) and getattr(ann.value, "id", None) == "Union":
+            # Union[NodeType1, NodeType2, None]: a reference to a node of any of these types
+            types = [e.id for e in ann.slice.elts if isinstance(e, ast.Name)]
+            assert types and all(t.startswith("vtkMRML") for t in types), f"unsupported Union {types}"
+            assert any(isinstance(e, ast.Constant) and e.value is None for e in ann.slice.elts), \
+                "parameterNodeWrapper needs None in a Union of node types"
+            info["kind"], info["node_types"] = "node", types
+            fields[stmt.target.id] = info
+            continue
         if isinstance(ann, ast.Subscript) and getattr(ann.value, "id", None) == "Annotated":
             elts = ann.slice.elts
             base = elts[0].id

@@ -1,0 +1,210 @@
+"""What clinicians expect, through the module's GUI-free logic on Slicer's real MRML (slicer-core):
+
+segmentations as masks and label maps (warped labels back as a Segmentation), the inverse transform as
+a node (maps a fixed fiducial onto the moving image and back within a voxel), a moving fiducial list
+carried by the result and the TRE in the status line, output nodes updated in place, the CPU time
+estimate. The engine runs in its child process on a tiny 32^3 pair (seconds).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from slicer_test_helpers import add_volume, blob_image
+
+from SpatialVaryingRegLib import estimate, geometry, landmarks, logic, segmentations
+
+pytestmark = pytest.mark.skipif(os.name == "nt", reason="the engine child process is exercised on POSIX here")
+
+FAST = {"level_spacings": [8.0, 4.0], "iterations": [15, 15], "affine": False, "similarity": "mse"}
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+AFFINE[:3, 3] = -31.0
+SHAPE = (32, 32, 32)
+VOXEL_MM = 2.0
+#: Fixed-image points near the blobs (RAS mm).
+POINTS = np.array([[9.0, 0.0, 0.0], [0.0, -9.0, 2.0], [12.0, -8.0, 0.5], [-8.0, 3.0, -4.0]])
+
+
+def smooth_displacement(points):
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    return np.stack([3.0 * np.sin(y / 12.0), 2.0 * np.cos(z / 15.0), 2.0 * np.sin(x / 11.0)], -1)
+
+
+def labels_of(data):
+    """Two labels: the big blob (1) and the small blob's core (2)."""
+    out = (data > 0.5).astype(np.int16)
+    out[data > 0.9] = 2
+    return out
+
+
+def segmentation_from(scene, labelmap, names):
+    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", labelmap.GetName() + " segmentation")
+    import slicer
+
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg)
+    for i, name in enumerate(names):
+        seg.GetSegmentation().GetNthSegment(i).SetName(name)
+    seg.GetSegmentation().GetNthSegment(0).SetColor(0.9, 0.1, 0.2)
+    scene.RemoveNode(labelmap)
+    return seg
+
+
+def fiducials(scene, points, name):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    for p in points:
+        node.AddControlPoint(*[float(v) for v in p])
+    return node
+
+
+@pytest.fixture
+def pair(scene):
+    """Fixed/moving volumes related by a known deformation: fixed point p shows what moving shows at
+    p + u(p); label maps of both as Segmentation nodes; corresponding fiducial lists."""
+    x = geometry.grid_points(SHAPE, AFFINE)
+    fixed_data, moving_data = blob_image(x + smooth_displacement(x)), blob_image(x)
+    names = ["brain", "lesion"]
+    return {
+        "fixed": add_volume(scene, fixed_data, AFFINE, "fixed"),
+        "moving": add_volume(scene, moving_data, AFFINE, "moving"),
+        "fixed_seg": segmentation_from(scene, add_volume(scene, labels_of(fixed_data), AFFINE, "fl", labelmap=True),
+                                       names),
+        "moving_seg": segmentation_from(scene, add_volume(scene, labels_of(moving_data), AFFINE, "ml",
+                                                          labelmap=True), names),
+        "fixed_points": fiducials(scene, POINTS, "F"),
+        "moving_points": fiducials(scene, POINTS + smooth_displacement(POINTS), "M"),
+    }
+
+
+def world(scene, point, transform):
+    """World position of a point placed under ``transform``."""
+    node = fiducials(scene, [point], "probe")
+    node.SetAndObserveTransformNodeID(transform.GetID())
+    out = landmarks.world_points(node)[0]
+    scene.RemoveNode(node)
+    return out
+
+
+def test_segmentations_inverse_and_fiducials_end_to_end(scene, pair, tmp_path):
+    settings = logic.RegistrationSettings(overrides=FAST, device="cpu", create_inverse=True, temp_root=str(tmp_path))
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=pair["fixed_seg"],
+                                moving_labels=pair["moving_seg"], moving_mask=pair["moving_seg"],
+                                fixed_fiducials=pair["fixed_points"], moving_fiducials=pair["moving_points"],
+                                settings=settings)
+    out = job.run(timeout=300)
+
+    # (a) the segmentations went to the engine as label maps (Dice scored over both labels) and the warped
+    # labels came back as a Segmentation with the moving segments' names and colours
+    assert sorted(out.report["metrics"]["dice"]) == ["1", "2"]
+    assert out.warped_labels.IsA("vtkMRMLSegmentationNode")
+    warped = out.warped_labels.GetSegmentation()
+    assert [warped.GetNthSegment(i).GetName() for i in range(warped.GetNumberOfSegments())] == ["brain", "lesion"]
+    assert warped.GetNthSegment(0).GetColor() == pytest.approx((0.9, 0.1, 0.2))
+    assert not [n for n in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))
+                if n.GetName().endswith(("(export)", "(import)"))]  # no staging node left behind
+
+    # (c) the inverse: a FromParent grid transform on the moving grid, references swapped
+    inverse = out.inverse
+    assert inverse.IsA("vtkMRMLGridTransformNode") and inverse.GetTransformFromParent().IsA("vtkOrientedGridTransform")
+    field, grid = geometry.grid_transform_arrays(inverse)
+    assert field.shape[:3] == SHAPE and np.allclose(grid, geometry.ijk_to_ras(pair["moving"]), atol=1e-4)
+    assert inverse.GetNodeReference(inverse.GetFixedNodeReferenceRole()) is pair["moving"]
+    forward = out.transform.GetTransformFromParent()
+    for p in POINTS:
+        on_moving = np.array(forward.TransformPoint(p))  # where the registration says p lies on the moving image
+        mapped = world(scene, p, inverse)                 # a fixed fiducial under the inverse node
+        assert np.linalg.norm(mapped - on_moving) < VOXEL_MM
+        back = world(scene, mapped, out.transform)        # ... and back under the forward node
+        assert np.linalg.norm(back - p) < VOXEL_MM
+
+    # (d) the moving fiducials now sit under the result, on their fixed counterparts; TRE in the status
+    assert pair["moving_points"].GetParentTransformNode() is out.transform
+    tre = out.tre
+    assert tre is not None and tre.count == len(POINTS)
+    assert tre.before == pytest.approx(np.linalg.norm(smooth_displacement(POINTS), axis=1))
+    moved = landmarks.world_points(pair["moving_points"])
+    assert tre.after == pytest.approx(np.linalg.norm(moved - POINTS, axis=1))
+    # each moved point is where the resampling mapping sends back to the original moving point (the same
+    # mapping that overlays the moving volume on the fixed one); the blob images constrain only part of
+    # the synthetic deformation, so the TRE itself is not expected to reach zero here
+    original = POINTS + smooth_displacement(POINTS)
+    assert np.abs(np.array([forward.TransformPoint(p) for p in moved]) - original).max() < 0.1
+    assert f"TRE {tre.after.mean():.2f} mm" in out.status_text and "over 4 point pairs" in out.status_text
+
+
+def test_output_nodes_are_updated_in_place(scene, pair, tmp_path):
+    settings = logic.RegistrationSettings(overrides=FAST, device="cpu", create_inverse=True, temp_root=str(tmp_path))
+    first = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"],
+                                  settings=settings).run(timeout=300)
+    first.lambda_map.SetName("my lambda")
+    counts = {c: scene.GetNumberOfNodesByClass(c) for c in ("vtkMRMLTransformNode", "vtkMRMLVolumeNode",
+                                                             "vtkMRMLSegmentationNode")}
+    reuse = logic.OutputNodes(transform=first.transform, lambda_map=first.lambda_map, jacobian=first.jacobian,
+                              warped=first.warped, warped_labels=first.warped_labels, inverse=first.inverse)
+    stale = geometry.grid_transform_arrays(first.transform)[0]
+    faster = logic.RegistrationSettings(overrides=dict(FAST, iterations=[5, 5]), device="cpu", create_inverse=True,
+                                        temp_root=str(tmp_path))
+    second = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"], reuse=reuse,
+                                   settings=faster).run(timeout=300)
+    assert [n.GetID() for n in second.nodes()] == [n.GetID() for n in first.nodes()]
+    assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts  # nothing new
+    assert not np.allclose(geometry.grid_transform_arrays(second.transform)[0], stale)  # the new result is in
+    assert second.lambda_map.GetName() == "my lambda"  # the user's node keeps its name
+    assert second.transform.GetAttribute(logic.RUN_ATTRIBUTE) == "2"
+    assert pair["moving"].GetParentTransformNode() is second.transform
+    # a node of the wrong kind is not reused: a label map volume cannot hold a segmentation's labels
+    wrong = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "not a segmentation")
+    third = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"],
+                                  reuse=logic.OutputNodes(warped_labels=wrong),
+                                  settings=faster).run(timeout=300)
+    assert third.warped_labels.IsA("vtkMRMLSegmentationNode") and third.warped_labels is not wrong
+
+
+def test_segmentation_export_gives_labels_in_segment_order_on_the_volume_grid(scene, pair, tmp_path):
+    import nibabel as nib
+
+    path = segmentations.export_labelmap(pair["fixed_seg"], pair["fixed"], tmp_path / "l.nii.gz", what="fixed labels",
+                                         ijk_to_world=geometry.world_ijk_to_ras(pair["fixed"]))
+    image = nib.load(path)
+    x = geometry.grid_points(SHAPE, AFFINE)
+    expected = labels_of(blob_image(x + smooth_displacement(x)))
+    assert np.array_equal(np.asarray(image.dataobj), expected)
+    assert np.allclose(image.affine, AFFINE)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # the staging node is gone
+
+
+def test_inputs_under_other_transforms_are_refused_with_a_plain_message(scene, pair):
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    shift.SetMatrixTransformToParent(geometry.array_to_matrix(np.array(
+        [[1, 0, 0, 5.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])))
+    pair["moving_seg"].SetAndObserveTransformNodeID(shift.GetID())
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"])
+    with pytest.raises(logic.RegistrationError, match="not under the same transform as the moving volume"):
+        job.validate()
+    pair["moving_seg"].SetAndObserveTransformNodeID(None)
+    pair["moving_points"].SetAndObserveTransformNodeID(shift.GetID())
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_fiducials=pair["moving_points"])
+    with pytest.raises(logic.RegistrationError, match="moving fiducials 'M' are not under the same transform"):
+        job.validate()
+    empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
+    with pytest.raises(logic.RegistrationError, match="'empty' has no segments"):
+        logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_mask=empty).validate()
+
+
+def test_unpaired_fiducials_say_why_there_is_no_tre(scene, pair):
+    pair["moving_points"].RemoveNthControlPoint(0)
+    assert landmarks.pair_count_problem(pair["fixed_points"], pair["moving_points"]) == \
+        "the fixed list has 4 points and the moving list 3 (pairs go by order)"
+
+
+def test_cpu_time_estimate_grows_with_the_volume_and_says_it_is_an_estimate(scene, pair):
+    small = estimate.cpu_seconds(pair["fixed"])
+    big = add_volume(scene, np.zeros((128, 128, 96), np.float32), np.diag([1.0, 1.0, 1.5, 1.0]), "big")
+    large = estimate.cpu_seconds(big)
+    assert estimate.CPU_OVERHEAD_S < small < large
+    # the default pyramid: 4 mm then 2 mm working grids over the field of view, times the iterations
+    work = 32 * 32 * 36 * 80 + 64 * 64 * 72 * 60  # field of view 128 x 128 x 144 mm
+    assert large == pytest.approx(estimate.CPU_OVERHEAD_S + estimate.CPU_SECONDS_PER_VOXEL_ITERATION * work
+                                  + estimate.CPU_SECONDS_PER_FIXED_VOXEL * 128 * 128 * 96)
+    assert estimate.cpu_seconds(big, refine_steps=20) < large
+    assert "estimate" in estimate.text(large) and estimate.text(large).startswith("about ")
