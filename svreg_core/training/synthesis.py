@@ -59,6 +59,10 @@ class SynthesisConfig:
         skull_strip_probability: probability that a pair is "skull-stripped": the labels of
             :data:`EXTRA_CEREBRAL_LABELS` (SynthSeg's 500s among them) become background, whose intensity is
             then 0, so images look like typical skull-stripped brain MRI.
+        shared_contrast: both images of a pair draw their intensities from one random label → intensity
+            table (mono-modal pairs, as the SPR losses LNCC and MSE assume); ``False`` gives each image
+            its own table (SynthMorph's contrast-agnostic pairs, for a modality-independent loss such as
+            MIND).
     """
 
     label_std_max: float = 0.1
@@ -71,13 +75,18 @@ class SynthesisConfig:
     noise_std_max: float = 0.05
     gamma_std: float = 0.25
     skull_strip_probability: float = 0.8
+    shared_contrast: bool = True
 
     def __post_init__(self) -> None:
         blur = self.blur_sigma
         if not isinstance(blur, (list, tuple)) or len(blur) != 2:
             raise InputError(f"synthesis blur_sigma must be a (low, high) pair of voxel sizes, not {blur!r}.")
         object.__setattr__(self, "blur_sigma", (float(blur[0]), float(blur[1])))
+        if not isinstance(self.shared_contrast, bool):
+            raise InputError(f"synthesis shared_contrast must be true or false, not {self.shared_contrast!r}.")
         for f in dataclasses.fields(self):
+            if f.name == "shared_contrast":
+                continue
             value = getattr(self, f.name)
             for v in value if isinstance(value, tuple) else (value,):
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
@@ -175,20 +184,28 @@ def augment_intensity(image: torch.Tensor, generator: torch.Generator, config: S
     return out.pow(gamma).clamp(0.0, 1.0)
 
 
+def random_contrast(max_label: int, generator: torch.Generator, config: SynthesisConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random label → intensity table: per label value ``0..max_label``, a mean ``U(0, 1)`` and a texture
+    standard deviation ``U(0, label_std_max)`` (both in units of the image range)."""
+    means = torch.rand(max_label + 1, generator=generator)
+    stds = torch.rand(max_label + 1, generator=generator) * config.label_std_max
+    return means, stds
+
+
 def synthesize_image(labels: torch.Tensor, generator: torch.Generator, config: SynthesisConfig, *,
-                     zero_background: bool = False) -> torch.Tensor:
+                     zero_background: bool = False,
+                     contrast: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """A random-contrast image ``(1, I, J, K)`` float32 in ``[0, 1]`` from a label map ``(I, J, K)``.
 
-    Every label value present gets a mean intensity ``U(0, 1)`` and a Gaussian texture of standard
-    deviation ``U(0, label_std_max)``; the image is blurred (sigma per axis from ``blur_sigma``
-    voxels), then :func:`augment_intensity` applies bias, noise and gamma. With ``zero_background``
-    the voxels of label 0 are 0 (a skull-stripped image); otherwise label 0 is a label like any other.
+    Every label value gets a mean intensity and a Gaussian texture from ``contrast`` (a
+    :func:`random_contrast` table covering the map's labels; drawn here when ``None``), the image is
+    blurred (sigma per axis from ``blur_sigma`` voxels), then :func:`augment_intensity` applies bias,
+    noise and gamma. With ``zero_background`` the voxels of label 0 are 0 (a skull-stripped image);
+    otherwise label 0 is a label like any other.
     """
-    values, index = torch.unique(labels, return_inverse=True)
-    means = torch.rand(values.numel(), generator=generator)
-    stds = torch.rand(values.numel(), generator=generator) * config.label_std_max
+    means, stds = contrast if contrast is not None else random_contrast(int(labels.max()), generator, config)
     noise = torch.randn(labels.shape, generator=generator)
-    image = (means[index] + stds[index] * noise).clamp_min(0.0)
+    image = (means[labels] + stds[labels] * noise).clamp_min(0.0)
     low, high = config.blur_sigma
     sigma = tuple(_uniform(generator, low, high) for _ in range(3))
     image = gaussian_smooth(image[None, None].float(), sigma)[0]
@@ -202,7 +219,8 @@ def synth_pair(labels_a: torch.Tensor, labels_b: torch.Tensor, generator: torch.
 
     With probability ``config.skull_strip_probability`` both maps are first :func:`skull_strip`-ped
     (and their images get a zero background). Then each map is deformed by its own
-    :func:`random_deformation` and receives its own random intensities (:func:`synthesize_image`).
+    :func:`random_deformation` and rendered by :func:`synthesize_image` — with one shared label → intensity
+    table when ``config.shared_contrast`` (mono-modal pairs), else a table of its own.
     ``labels_b`` may be ``labels_a`` (SynthMorph's same-map pairs: only the deformations differ).
 
     Returns:
@@ -215,6 +233,8 @@ def synth_pair(labels_a: torch.Tensor, labels_b: torch.Tensor, generator: torch.
         raise ValueError(f"label maps of one pair must share a grid: {tuple(labels_a.shape)} vs "
                          f"{tuple(labels_b.shape)}")
     stripped = float(torch.rand((), generator=generator)) < config.skull_strip_probability
+    top = int(max(labels_a.max(), labels_b.max()))
+    contrast = random_contrast(top, generator, config) if config.shared_contrast else None
     out: dict[str, torch.Tensor] = {}
     for role, labels in (("fixed", labels_a), ("moving", labels_b)):
         labels = labels.long()
@@ -222,7 +242,7 @@ def synth_pair(labels_a: torch.Tensor, labels_b: torch.Tensor, generator: torch.
             labels = skull_strip(labels)
         displacement = random_deformation(tuple(labels.shape), generator, config)
         deformed = deform_labels(labels, displacement)
-        out[role] = synthesize_image(deformed, generator, config, zero_background=stripped)
+        out[role] = synthesize_image(deformed, generator, config, zero_background=stripped, contrast=contrast)
         out[f"{role}_labels"] = deformed
         out[f"{role}_displacement"] = displacement
     return out

@@ -137,3 +137,15 @@ def test_config_from_dict_validates() -> None:
         SynthesisConfig(skull_strip_probability=1.5)
     with pytest.raises(InputError, match="low <= high"):
         SynthesisConfig(blur_sigma=(2.0, 1.0))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_pairs_share_the_contrast_only_when_asked(labels, shared) -> None:
+    """Mono-modal pairs (the SPR similarities assume them) draw both images from one intensity table."""
+    plain = SynthesisConfig(label_std_max=0.0, velocity_std_max=0.0, blur_sigma=(0.0, 0.0), bias_std_max=0.0,
+                            noise_std_max=0.0, gamma_std=0.0, skull_strip_probability=0.0, shared_contrast=shared)
+    pair = synth_pair(labels, labels, torch.Generator().manual_seed(5), plain)
+    fixed, moving = pair["fixed"][0], pair["moving"][0]
+    same = [torch.allclose(fixed[pair["fixed_labels"] == v].mean(), moving[pair["moving_labels"] == v].mean(),
+                           atol=1e-5) for v in torch.unique(pair["fixed_labels"]).tolist()]
+    assert all(same) if shared else not all(same)
