@@ -1,4 +1,4 @@
-"""The ``svreg`` command line: ``svreg register``, ``svreg train``, ``svreg models`` and ``svreg tune``.
+"""The ``svreg`` command line: ``svreg register``, ``register-batch``, ``apply``, ``train``, ``models`` and ``tune``.
 
 User errors print one plain line (``svreg: error: ...``) and exit with status 2; with
 ``--progress json`` they are also reported as ``{"event": "error", ...}`` on stdout.
@@ -9,12 +9,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from svreg_core.errors import InputError, SvregError
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import PRESETS, SIMILARITIES
+from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent
 
 
@@ -24,13 +26,15 @@ def _emit_json(obj: dict) -> None:
 
 
 class ProgressPrinter:
-    """Turns :class:`ProgressEvent` into a tqdm bar (terminal), JSON lines, or nothing."""
+    """Turns :class:`ProgressEvent` into a tqdm bar (terminal), plain lines (``stage NN %`` on stderr, at
+    most one per stage and 5 % step: ``auto`` when stderr is not a terminal), JSON lines on stdout, or nothing."""
 
     def __init__(self, mode: str) -> None:
         if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "none"
+            mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode = mode
         self._bar = None
+        self._last: tuple[str, int] | None = None
         if mode == "bar":
             from tqdm import tqdm
             self._bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]",
@@ -39,6 +43,14 @@ class ProgressPrinter:
     def __call__(self, event: ProgressEvent) -> None:
         if self.mode == "json":
             _emit_json({"event": "progress", **event.to_dict()})
+        elif self.mode == "lines":
+            step = (event.stage, int(100 * event.fraction) // 5 * 5)
+            if step != self._last:
+                new_stage = self._last is None or self._last[0] != event.stage
+                self._last = step
+                message = f" ({event.message})" if event.message and (new_stage or event.stage == "epoch") else ""
+                sys.stderr.write(f"svreg: {event.stage} {100 * event.fraction:.0f} %{message}\n")
+                sys.stderr.flush()
         elif self._bar is not None:
             self._bar.set_description(event.stage)
             if event.values and len(event.values) <= 4:  # loss terms of an iteration or a training step
@@ -52,20 +64,41 @@ class ProgressPrinter:
             self._bar.close()
 
 
-def add_register_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("fixed", help="fixed (reference) image, NIfTI")
-    p.add_argument("moving", help="moving image, NIfTI; any orientation, voxel size or oblique affine")
-    p.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
-    p.add_argument("--fixed-labels", help="label map on the fixed grid (for Dice/HD95)")
-    p.add_argument("--moving-labels", help="label map on the moving grid; written warped as warped_labels.nii.gz")
+REGISTER_EXAMPLES = """\
+examples:
+  svreg register fixed.nii.gz moving.nii.gz -o out
+  svreg register fixed.nii.gz moving.nii.gz -o out --fixed-labels fixed_seg.nii.gz --moving-labels moving_seg.nii.gz
+  svreg register fixed.nii.gz moving.nii.gz -o out --alpha-prime 0.1 --lambda-max 2 --level-spacings 4 2 \\
+      --iterations 100 60 --outputs warped displacement figure --threads 8
+  svreg register fixed.nii.gz moving.nii.gz -o out --model default --refine 20 --device cuda
+
+outputs (choose with --outputs; report.json is always written):
+  warped          warped.nii.gz: moving resampled onto the fixed grid
+  displacement    displacement.nii.gz: the whole mapping, ITK/ANTs layout, LPS mm (fixed x -> x + u(x) in moving)
+  transform       transform.h5: the same as an ITK composite transform (affine + field)
+  inverse         inverse_displacement.nii.gz: the inverse mapping on the moving grid
+  regularization  regularization.nii.gz: the λ map on the fixed grid
+  jacobian        jacobian.nii.gz: Jacobian determinant on the fixed grid
+  labels          warped_labels.nii.gz (with --moving-labels)
+  figure          report.png: images, differences, λ and det J on three slices
+Apply a result later with 'svreg apply OUT IMAGE -o FILE' (see svreg apply --help).
+"""
+
+
+def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
+    """The registration parameters shared by ``svreg register`` and ``svreg register-batch``."""
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
     p.add_argument("--label-interpolation", choices=("linear", "nearest"), default="linear",
                    help="label warping: one-hot trilinear + argmax (default) or nearest neighbour")
-    p.add_argument("--fixed-mask", help="mask on the fixed grid restricting the similarity")
-    p.add_argument("--moving-mask", help="mask on the moving grid restricting the similarity")
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset: {', '.join(PRESETS)}, or a preset JSON file (e.g. from svreg tune)")
     p.add_argument("--similarity", choices=SIMILARITIES, help="image similarity (default: from the preset)")
+    p.add_argument("--alpha-prime", type=float, help="hyperprior weight α′ on λ (default: from the preset)")
+    p.add_argument("--lambda-max", type=float, help="strength of the λ-weighted regularizer (default: from the preset)")
+    p.add_argument("--level-spacings", type=float, nargs="+", metavar="MM",
+                   help="working voxel sizes of the pyramid, coarse to fine, mm (default: from the preset)")
+    p.add_argument("--iterations", type=int, nargs="+", metavar="N",
+                   help="optimiser iterations per level (one number: the same at every level)")
     p.add_argument("--model", help="use a learned SPR network: a shipped model's name (see 'svreg models'; "
                    "'default' = the default one) or a checkpoint folder from 'svreg train'")
     p.add_argument("--refine", type=int, default=0, metavar="N",
@@ -76,73 +109,348 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
                    help="run the affine pre-alignment stage (default on)")
     p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
     p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--outputs", nargs="+", metavar="NAME", choices=tuple(SELECTABLE_OUTPUTS),
+                   help=f"write only these outputs ({', '.join(SELECTABLE_OUTPUTS)}; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    p.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
-                   help="progress display: bar on a terminal (auto), JSON lines on stdout, or none")
+    p.add_argument("--progress", choices=("auto", "bar", "lines", "json", "none"), default="auto",
+                   help="progress display: a bar on a terminal, else plain lines on stderr (auto); JSON lines on "
+                   "stdout; or none")
 
 
-def run_register(args: argparse.Namespace) -> int:
-    from svreg_core.image import load_image
-    from svreg_core.optim.parameters import load_parameters, preset_warning
-    from svreg_core.outputs import write_outputs
-    from svreg_core.outputs.writer import prepare_output_dir
-    from svreg_core.registration import register
+def add_register_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fixed", help="fixed (reference) image, NIfTI")
+    p.add_argument("moving", help="moving image, NIfTI; any orientation, voxel size or oblique affine")
+    p.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
+    p.add_argument("--fixed-labels", help="label map on the fixed grid (for Dice/HD95)")
+    p.add_argument("--moving-labels", help="label map on the moving grid; written warped as warped_labels.nii.gz")
+    p.add_argument("--fixed-mask", help="mask on the fixed grid restricting the similarity")
+    p.add_argument("--moving-mask", help="mask on the moving grid restricting the similarity")
+    add_parameter_arguments(p)
 
-    t0 = time.perf_counter()
-    inputs = [p for p in (args.fixed, args.moving, args.fixed_labels, args.moving_labels, args.fixed_mask,
-                          args.moving_mask) if p]
-    prepare_output_dir(args.output, overwrite=args.overwrite, inputs=inputs, create_parent=False)
+
+def registration_parameters(args: argparse.Namespace):
+    """The preset with the command line's overrides; sets torch's thread count (``--threads``)."""
+    from svreg_core.optim.parameters import load_parameters
+
     if args.refine and not args.model:
         raise InputError("--refine needs --model (it refines a learned model's prediction).")
     if args.refine < 0:
         raise InputError("--refine must be 0 or more iterations.")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError("--threads must be 1 or more.")
+        import torch
+        torch.set_num_threads(args.threads)
     if args.model:
         from svreg_core.models.zoo import resolve_model
         resolve_model(args.model)  # a wrong name or path fails now, before any work
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
-                             seed=args.seed, spr=False if args.no_spr else None)
+                             seed=args.seed, spr=False if args.no_spr else None, alpha_prime=args.alpha_prime,
+                             lambda_max=args.lambda_max)
+    spacings = tuple(args.level_spacings) if args.level_spacings else params.level_spacings
+    iterations = params.iterations
+    if args.iterations:
+        iterations = tuple(args.iterations * len(spacings) if len(args.iterations) == 1 else args.iterations)
+        if len(iterations) != len(spacings):
+            raise InputError(f"--iterations gives {len(iterations)} numbers for {len(spacings)} levels; give one "
+                             "number or one per level.")
+    elif len(iterations) != len(spacings):
+        raise InputError(f"--level-spacings gives {len(spacings)} levels and the preset has {len(iterations)}; "
+                         "give --iterations too.")
+    if args.level_spacings or args.iterations:
+        params = params.replace(level_spacings=spacings, iterations=iterations)
+    return params
+
+
+@dataclass(frozen=True)
+class Pair:
+    """The files of one registration: images, optional label maps and masks, and the output folder."""
+
+    fixed: str
+    moving: str
+    output: str
+    fixed_labels: str | None = None
+    moving_labels: str | None = None
+    fixed_mask: str | None = None
+    moving_mask: str | None = None
+
+    def inputs(self) -> list[str]:
+        return [p for p in (self.fixed, self.moving, self.fixed_labels, self.moving_labels, self.fixed_mask,
+                            self.moving_mask) if p]
+
+
+def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: ProgressPrinter,
+                   cache: dict[tuple[str, bool], object]) -> dict:
+    """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before."""
+    from svreg_core.image import load_image
+    from svreg_core.outputs import write_outputs
+    from svreg_core.registration import register
+
+    t0 = time.perf_counter()
+
+    def load(path: str | None, name: str, labels: bool = False, keep: bool = False):
+        if not path:
+            return None
+        if (path, labels) in cache:
+            return cache[(path, labels)]
+        image = load_image(path, labels=labels, name=name)
+        if keep:
+            cache[(path, labels)] = image
+        return image
+
+    printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
+    fixed = load(pair.fixed, "fixed image", keep=True)
+    moving = load(pair.moving, "moving image")
+    fixed_labels = load(pair.fixed_labels, "fixed labels", labels=True, keep=True)
+    moving_labels = load(pair.moving_labels, "moving labels", labels=True)
+    fixed_mask = load(pair.fixed_mask, "fixed mask", labels=True, keep=True)
+    moving_mask = load(pair.moving_mask, "moving mask", labels=True)
+    _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
+    _check_same_grid(moving_labels, moving, "moving labels", "moving image")
+    load_s = time.perf_counter() - t0
+    result = register(fixed, moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask, model=args.model,
+                      refine=args.refine, progress=printer)
+    result.timing["load_s"] = load_s
+    printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
+    sources = {role: getattr(pair, role) for role in ("fixed", "moving", "fixed_labels", "moving_labels",
+                                                      "fixed_mask", "moving_mask") if getattr(pair, role)}
+    report = write_outputs(result, pair.output, fixed_labels=fixed_labels, moving_labels=moving_labels,
+                           labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
+                           inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=sources)
+    printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
+    return report
+
+
+def _summary(report: dict) -> str:
+    m = report["metrics"]
+    line = f"folding {m['folding_percent']:.4f} %, NDV {m['ndv_percent']:.4f} %"
+    if "dice_mean" in m:  # a metric that could not be computed is null in the report
+        dice_text = "n/a" if m["dice_mean"] is None else f"{m['dice_mean']:.4f}"
+        if m.get("dice_mean_before") is not None and m["dice_mean"] is not None:
+            dice_text = f"{m['dice_mean_before']:.4f} -> {dice_text}"
+        hd95_text = "n/a" if m["hd95_mean"] is None else f"{m['hd95_mean']:.2f} mm"
+        line = f"mean Dice {dice_text}, HD95 {hd95_text}, " + line
+    how = "pairwise optimisation" if report["method"] == "pairwise" else (
+        f"model {report['model'].get('name') or report['model']['architecture']}"
+        + (f" + {report['refine_steps']} refinement steps" if report.get("refine_steps") else ""))
+    return f"Registered in {report['timing']['total_s']:.1f} s ({report['device']}, {how}): {line}"
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from svreg_core.optim.parameters import preset_warning
+    from svreg_core.outputs.writer import prepare_output_dir
+
+    pair = Pair(args.fixed, args.moving, args.output, args.fixed_labels, args.moving_labels, args.fixed_mask,
+                args.moving_mask)
+    prepare_output_dir(args.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
+    params = registration_parameters(args)
     warning = preset_warning(args.preset)
     if warning:
         print(f"svreg: warning: {warning}", file=sys.stderr)
     printer = ProgressPrinter(args.progress)
     try:
-        printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
-        fixed = load_image(args.fixed, name="fixed image")
-        moving = load_image(args.moving, name="moving image")
-        fixed_labels = load_image(args.fixed_labels, labels=True, name="fixed labels") if args.fixed_labels else None
-        moving_labels = load_image(args.moving_labels, labels=True, name="moving labels") if args.moving_labels else None
-        fixed_mask = load_image(args.fixed_mask, labels=True, name="fixed mask") if args.fixed_mask else None
-        moving_mask = load_image(args.moving_mask, labels=True, name="moving mask") if args.moving_mask else None
-        _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
-        _check_same_grid(moving_labels, moving, "moving labels", "moving image")
-        load_s = time.perf_counter() - t0
-        result = register(fixed, moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask, model=args.model,
-                          refine=args.refine, progress=printer)
-        result.timing["load_s"] = load_s
-        printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
-        report = write_outputs(result, args.output, fixed_labels=fixed_labels, moving_labels=moving_labels,
-                               labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
-                               inputs=inputs, extra={"inputs": {"fixed": str(args.fixed), "moving": str(args.moving)}},
-                               started=t0)
-        printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
+        report = _register_pair(pair, args, params, printer, {})
     finally:
         printer.close()
     out = Path(args.output).absolute()
     if args.progress == "json":
         _emit_json({"event": "done", "outdir": str(out), "report": report})
     else:
-        m = report["metrics"]
-        line = f"folding {m['folding_percent']:.4f} %, NDV {m['ndv_percent']:.4f} %"
-        if "dice_mean" in m:  # a metric that could not be computed is null in the report
-            dice_text = "n/a" if m["dice_mean"] is None else f"{m['dice_mean']:.4f}"
-            hd95_text = "n/a" if m["hd95_mean"] is None else f"{m['hd95_mean']:.2f} mm"
-            line = f"mean Dice {dice_text}, HD95 {hd95_text}, " + line
-        how = "pairwise optimisation" if report["method"] == "pairwise" else (
-            f"model {report['model'].get('name') or report['model']['architecture']}"
-            + (f" + {report['refine_steps']} refinement steps" if report.get("refine_steps") else ""))
-        print(f"Registered in {report['timing']['total_s']:.1f} s ({report['device']}, {how}): {line}")
-        print(f"Outputs: {out}/  (figure: {out / 'report.png'})")
+        print(_summary(report))
+        figure = f"  (figure: {out / 'report.png'})" if (out / "report.png").is_file() else ""
+        print(f"Outputs: {out}/{figure}")
+    return 0
+
+
+BATCH_EXAMPLES = """\
+examples:
+  svreg register-batch --fixed atlas.nii.gz --fixed-labels atlas_seg.nii.gz --moving sub-*.nii.gz -o results
+  svreg register-batch --pairs pairs.csv -o results --shard $SLURM_ARRAY_TASK_ID/10   # sbatch --array=0-9
+
+pairs.csv has a header with the columns fixed and moving, and optionally fixed_labels, moving_labels,
+fixed_mask, moving_mask and output (the folder under -o; default: the moving file's name without
+.nii/.nii.gz); relative paths are relative to the CSV file's folder. Each pair gets its own output folder
+under -o, as 'svreg register' writes it. Fixed images, labels and masks are loaded once and reused.
+A pair that fails is reported and skipped; the exit status is then 2.
+"""
+
+
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pairs", help="CSV of pairs (see below)")
+    p.add_argument("--fixed", help="the fixed image of every pair (with --moving)")
+    p.add_argument("--moving", nargs="+", help="moving images, each registered to --fixed")
+    p.add_argument("--fixed-labels", help="with --fixed: its label map")
+    p.add_argument("--fixed-mask", help="with --fixed: its mask")
+    p.add_argument("-o", "--output", required=True, help="folder holding one output folder per pair")
+    p.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="run only pairs I, I+N, I+2N, ... (0 <= I < N; a job array's task index; default 0/1)")
+    add_parameter_arguments(p)
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def read_pairs(args: argparse.Namespace) -> list[Pair]:
+    """The pairs of ``--pairs CSV`` or of ``--fixed`` with ``--moving``, output folders under ``-o``."""
+    import csv
+
+    root = Path(args.output)
+    if bool(args.pairs) == bool(args.fixed or args.moving):
+        raise InputError("give either --pairs CSV or --fixed with --moving.")
+    if not args.pairs:
+        if not (args.fixed and args.moving):
+            raise InputError("--fixed and --moving go together.")
+        rows = [{"fixed": args.fixed, "moving": m, "fixed_labels": args.fixed_labels, "fixed_mask": args.fixed_mask}
+                for m in args.moving]
+        base = Path(".")
+    else:
+        path = Path(args.pairs)
+        if not path.is_file():
+            raise InputError(f"pairs file not found: {path}")
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or not {"fixed", "moving"} <= set(rows[0]):
+            raise InputError(f"{path.name} needs a header with the columns fixed and moving, and one row per pair.")
+        base = path.parent
+    pairs = []
+    for row in rows:
+        resolve = lambda key: str(base / row[key].strip()) if row.get(key) and row[key].strip() else None  # noqa: E731
+        out = row.get("output") or _stem(row["moving"])
+        pairs.append(Pair(resolve("fixed"), resolve("moving"), str(root / out), resolve("fixed_labels"),
+                          resolve("moving_labels"), resolve("fixed_mask"), resolve("moving_mask")))
+    outputs = [p.output for p in pairs]
+    if len(set(outputs)) != len(outputs):
+        duplicate = next(o for o in outputs if outputs.count(o) > 1)
+        raise InputError(f"two pairs would write the same folder {duplicate}; add an output column to the CSV.")
+    return pairs
+
+
+def shard(items: list, spec: str) -> list:
+    """The items ``I, I+N, …`` of ``spec`` ``"I/N"`` (0 <= I < N)."""
+    try:
+        index, count = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {spec!r}: use I/N with whole numbers, e.g. 0/4.") from None
+    if count < 1 or not 0 <= index < count:
+        raise InputError(f"--shard {spec!r}: I must be from 0 to N - 1 and N at least 1.")
+    return items[index::count]
+
+
+def run_register_batch(args: argparse.Namespace) -> int:
+    from svreg_core.outputs.writer import prepare_output_dir
+
+    pairs = shard(read_pairs(args), args.shard)
+    params = registration_parameters(args)
+    for pair in pairs:  # every output folder is checked before the first registration
+        prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    cache: dict[tuple[str, bool], object] = {}
+    failed = 0
+    for number, pair in enumerate(pairs, 1):
+        if args.progress != "json":
+            print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}", file=sys.stderr)
+        printer = ProgressPrinter(args.progress)
+        try:
+            report = _register_pair(pair, args, params, printer, cache)
+        except SvregError as exc:
+            failed += 1
+            if args.progress == "json":
+                _emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__,
+                            "outdir": str(Path(pair.output).absolute())})
+            print(f"svreg: error: {pair.moving}: {exc}", file=sys.stderr)
+            continue
+        finally:
+            printer.close()
+        if args.progress == "json":
+            _emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()), "report": report})
+        else:
+            print(f"{pair.output}: {_summary(report)}")
+    if failed:
+        print(f"svreg: error: {failed} of {len(pairs)} pairs failed (see above).", file=sys.stderr)
+        return 2
+    return 0
+
+
+APPLY_EXAMPLES = """\
+examples:
+  svreg apply OUT moving_t2.nii.gz -o t2_on_fixed.nii.gz            # like warped.nii.gz, another image
+  svreg apply OUT moving_seg.nii.gz -o seg_on_fixed.nii.gz --labels
+  svreg apply OUT fixed_atlas.nii.gz -o atlas_on_moving.nii.gz --labels --inverse
+  svreg apply OUT/transform.h5 moving.nii.gz -o out.nii.gz --reference other_grid.nii.gz --interpolation bspline
+  svreg apply OUT landmarks_fixed.mrk.json -o landmarks_moving.mrk.json     # points: fixed -> moving
+  svreg apply OUT landmarks_moving.csv -o landmarks_fixed.csv --inverse --coordinates lps
+
+directions: the forward transform resamples a moving-space image onto the fixed grid (out(x) = image(T(x)))
+and maps points from the fixed world to the moving world (T(x), as ITK's TransformPoint with the same file);
+--inverse does the opposite (from an output folder through its inverse_displacement.nii.gz, otherwise
+inverted numerically, which needs --reference for images).
+"""
+
+
+def add_apply_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("transform", help="an svreg output folder, an ITK transform (.h5/.tfm) or a displacement "
+                   "NIfTI in the ITK/ANTs layout (LPS mm)")
+    p.add_argument("input", help="image or label map (NIfTI), or points (.csv with x,y,z columns, Slicer .fcsv or "
+                   ".mrk.json)")
+    p.add_argument("-o", "--output", required=True, help="output file, same kind as the input")
+    p.add_argument("--inverse", action="store_true", help="apply the inverse mapping (moving -> fixed side)")
+    p.add_argument("--reference", help="image whose grid the output is sampled on (default: the transform's "
+                   "grid: fixed grid forward, moving grid inverse)")
+    p.add_argument("--labels", action="store_true", help="the input is a label map (integer output)")
+    p.add_argument("--interpolation", choices=("linear", "bspline", "nearest"), default=None,
+                   help="images: linear (default) or bspline; label maps: linear (one-hot trilinear + argmax, "
+                   "default) or nearest")
+    p.add_argument("--coordinates", choices=("ras", "lps"), default="ras",
+                   help="frame of the x,y,z columns of a .csv (default ras; .fcsv and .mrk.json declare theirs)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+
+
+def run_apply(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from svreg_core.apply import apply_to_image, apply_to_labels, is_points_file, transform_points_file
+    from svreg_core.image import load_image, save_image
+    from svreg_core.outputs.read import load_transform
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise InputError(f"output file {out} already exists; use --overwrite to replace it.")
+    if out.exists() and out.resolve() == Path(args.input).resolve():
+        raise InputError("the output file is the input file; name another output.")
+    if out.is_dir():
+        raise InputError(f"output {out} is a folder; name a file.")
+    if not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: folder {out.parent} does not exist.")
+    points = is_points_file(args.input)
+    if points != is_points_file(out):
+        raise InputError("input and output must both be images or both be point files of the same format.")
+    transform = load_transform(args.transform, inverse=args.inverse)
+    if points:
+        count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)
+        print(f"Mapped {count} points: {out}")
+        return 0
+    reference = load_image(args.reference, name="reference image").grid if args.reference else None
+    if args.labels:
+        labels = load_image(args.input, labels=True, name="label map")
+        mode = args.interpolation or "linear"
+        if mode == "bspline":
+            raise InputError("label maps take --interpolation linear or nearest, not bspline.")
+        save_image(apply_to_labels(transform, labels, reference=reference, interpolation=mode), out, dtype=np.int32)
+    else:
+        image = load_image(args.input, name="input image")
+        mode = args.interpolation or "linear"
+        if mode == "nearest":
+            raise InputError("--interpolation nearest is for label maps (add --labels); images take linear or "
+                             "bspline.")
+        save_image(apply_to_image(transform, image, reference=reference, interpolation=mode), out)
+    print(f"Wrote {out}")
     return 0
 
 
@@ -169,13 +477,28 @@ def _check_same_grid(image, reference, name: str, ref_name: str) -> None:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
+    from svreg_core import __version__
+
     parser = argparse.ArgumentParser(prog="svreg", description="Diffeomorphic registration with a spatially "
                                      "varying regularizer (SPR).")
+    parser.add_argument("--version", action="version", version=f"svreg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
-    reg = sub.add_parser("register", help="register a moving image to a fixed image (no training needed)")
+    reg = sub.add_parser("register", help="register a moving image to a fixed image (no training needed)",
+                         epilog=REGISTER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_register_arguments(reg)
     handlers["register"] = run_register
+    batch = sub.add_parser("register-batch", help="register many pairs (one fixed and many moving images, or a "
+                           "CSV of pairs), optionally one shard of a job array", epilog=BATCH_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_batch_arguments(batch)
+    handlers["register-batch"] = run_register_batch
+    apply = sub.add_parser("apply", help="apply a saved transform to an image, a label map or points",
+                           description="Apply a transform from 'svreg register' (or any ITK displacement/linear "
+                           "transform) to an image, a label map or a point file.", epilog=APPLY_EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_apply_arguments(apply)
+    handlers["apply"] = run_apply
     from svreg_core.training.cli import add_train_arguments, run_train
     train = sub.add_parser("train", help="train a learned SPR network (resumable; torchrun for several GPUs/nodes)")
     add_train_arguments(train)

@@ -3,6 +3,7 @@ input giving one plain ``svreg: error:`` line, exit status 2 and no output folde
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -64,7 +65,13 @@ def test_full_run_report(full_run, tiny_pair) -> None:
     assert report["parameters"]["affine"] is True and report["parameters"]["device"] == "cpu"
     assert report["device"] == "cpu"
     assert {"svreg_core", "torch", "numpy", "nibabel", "SimpleITK", "python"} <= set(report["versions"])
-    assert report["inputs"]["fixed"] == str(tiny_pair.paths.fixed)
+    assert report["inputs"]["fixed"]["path"] == str(tiny_pair.paths.fixed)
+    assert report["inputs"]["fixed"]["shape"] == list(tiny_pair.fixed.shape)
+    assert report["inputs"]["fixed"]["orientation"] == "".join(nib.aff2axcodes(tiny_pair.fixed_affine))
+    assert report["inputs"]["moving_labels"]["path"] == str(tiny_pair.paths.moving_labels)
+    m = report["metrics"]
+    assert 0 < m["jacobian_min"] <= 1 <= m["jacobian_max"]
+    assert m["dice_mean"] > m["dice_mean_before"] and set(m["dice_before"]) == {"1", "2"}
     assert report["metrics"]["folding_percent"] < 0.1
 
 
@@ -144,8 +151,9 @@ def _main(argv: list, capsys) -> tuple[int, str, str]:
 
 
 def _assert_plain_error(rc: int, err: str, *words: str) -> None:
+    """One error line; plain progress lines (stderr not a terminal) may come before it."""
     assert rc == 2
-    lines = err.strip("\n").split("\n")
+    lines = [ln for ln in err.strip("\n").split("\n") if not re.match(r"svreg: [^:]+ \d+ %", ln)]
     assert len(lines) == 1 and lines[0].startswith("svreg: error: "), err
     assert "Traceback" not in err
     for w in words:
@@ -272,14 +280,85 @@ def test_progress_printer_modes(capsys) -> None:
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 1 and json.loads(out[0]) == {"event": "progress", "stage": "affine", "step": 3, "total": 10,
                                                    "fraction": 0.25, "message": "", "values": {"loss": -0.5}}
-    for mode in ("none", "auto"):  # auto is "none" when stderr is not a terminal (as under pytest)
-        printer = ProgressPrinter(mode)
-        printer(event)
-        printer.close()
-        assert capsys.readouterr() == ("", "")
+    printer = ProgressPrinter("none")
+    printer(event)
+    printer.close()
+    assert capsys.readouterr() == ("", "")
+    printer = ProgressPrinter("auto")  # plain lines when stderr is not a terminal (as under pytest)
+    assert printer.mode == "lines"
+    for fraction in (0.25, 0.26, 0.27, 0.31):
+        printer(ProgressEvent("deformable 4mm", 1, 10, fraction, "level 1 of 2"))
+    printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
+    printer.close()
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == ["svreg: deformable 4mm 25 % (level 1 of 2)", "svreg: deformable 4mm 31 %",
+                                         "svreg: outputs 96 % (writing outputs)"]
     printer = ProgressPrinter("bar")
     printer(event)
     printer(ProgressEvent("done", 1, 1, 1.0))
     printer.close()
     captured = capsys.readouterr()
     assert captured.out == "" and "100" in captured.err
+
+
+def test_apply_reproduces_the_run(full_run, tiny_pair, tmp_path: Path) -> None:
+    """``svreg apply OUT moving`` gives warped.nii.gz again; with --labels, warped_labels.nii.gz."""
+    p, out = tiny_pair.paths, full_run.out
+    assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.nii.gz")]) == 0
+    np.testing.assert_allclose(nib.load(str(tmp_path / "w.nii.gz")).get_fdata(),
+                               nib.load(str(out / "warped.nii.gz")).get_fdata(), atol=1e-4)
+    assert main(["apply", str(out), str(p.moving_labels), "-o", str(tmp_path / "l.nii.gz"), "--labels"]) == 0
+    same = np.asanyarray(nib.load(str(tmp_path / "l.nii.gz")).dataobj) == \
+        np.asanyarray(nib.load(str(out / "warped_labels.nii.gz")).dataobj)
+    assert same.mean() > 0.999
+
+
+def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
+    p = tiny_pair.paths
+    second = tmp_path / "second.nii.gz"
+    second.write_bytes(Path(p.moving).read_bytes())
+    root = tmp_path / "results"
+    argv = ["register-batch", "--fixed", str(p.fixed), "--fixed-labels", str(p.fixed_labels), "--moving",
+            str(p.moving), str(second), "-o", str(root), "--shard", "1/2", "--preset", str(fast_preset),
+            "--device", "cpu", "--outputs", "warped", "displacement", "--iterations", "5", "--alpha-prime", "0.3",
+            "--lambda-max", "2", "--threads", "1", "--progress", "none"]
+    assert main(argv) == 0
+    assert sorted(x.name for x in root.iterdir()) == ["second"]  # shard 1 of 2: the second pair only
+    files = sorted(x.name for x in (root / "second").iterdir())
+    assert files == sorted(["warped.nii.gz", "displacement.nii.gz", "report.json", ".svreg-output"])
+    report = json.loads((root / "second" / "report.json").read_text())
+    params = report["parameters"]
+    assert params["iterations"] == [5, 5] and params["alpha_prime"] == 0.3 and params["lambda_max"] == 2.0
+    assert report["outputs"] == ["displacement", "warped"]
+    assert report["inputs"]["moving"]["path"] == str(second)
+    assert "second" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--iterations", "1", "2", "3"], "3 numbers for 2 levels"),
+    (["--level-spacings", "8", "4", "2"], "give --iterations too"),
+    (["--threads", "0"], "--threads"),
+])
+def test_parameter_errors(tiny_pair, fast_preset, tmp_path: Path, capsys, extra, words: str) -> None:
+    p = tiny_pair.paths
+    code = main(["register", str(p.fixed), str(p.moving), "-o", str(tmp_path / "o"), "--preset", str(fast_preset),
+                 *extra])
+    assert code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
+    p = tiny_pair.paths
+    assert main(["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), "-o", str(tmp_path / "r"),
+                 "--shard", "2/2"]) == 2
+    assert "--shard" in capsys.readouterr().err
+    (tmp_path / "pairs.csv").write_text("a,b\n1,2\n")
+    assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
+    assert "columns fixed and moving" in capsys.readouterr().err
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out.strip() == "svreg 0.1.0"

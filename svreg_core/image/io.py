@@ -78,5 +78,6 @@ def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None 
     nii = nib.Nifti1Image(data, image.affine)
     nii.set_sform(image.affine, code=1)
     nii.set_qform(image.affine, code=1)
+    nii.header.set_xyzt_units("mm")
     nib.save(nii, str(path))
     return path

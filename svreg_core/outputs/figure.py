@@ -8,8 +8,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from svreg_core.image.image import Image
+
+#: Views: name, the RAS axis fixed by the slice, (left, right, bottom, top) orientation letters.
+_VIEWS = (("axial", 2, ("L", "R", "P", "A")), ("coronal", 1, ("L", "R", "I", "S")),
+          ("sagittal", 0, ("P", "A", "I", "S")))
+
+#: Smallest half-range of the log₂ det J colour scale (a range of det J from 0.84 to 1.19 at least).
+_MIN_LOG2_RANGE = 0.25
 
 
 def to_ras_array(image: Image) -> np.ndarray:
@@ -18,51 +26,100 @@ def to_ras_array(image: Image) -> np.ndarray:
     return nib.orientations.apply_orientation(np.asarray(image.data), ornt)
 
 
+def ras_array_affine(image: Image) -> np.ndarray:
+    """Voxel-to-RAS affine of :func:`to_ras_array`'s array."""
+    ornt = nib.orientations.io_orientation(image.affine)
+    return image.affine @ nib.orientations.inv_ornt_aff(ornt, image.shape)
+
+
 def _slices(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
     """Axial, coronal and sagittal slices of a RAS-ordered volume, oriented for ``imshow(origin='lower')``."""
     i, j, k = centre
     return [volume[:, :, k].T, volume[:, j, :].T, volume[i, :, :].T]
 
 
+def lambda_range(weight: np.ndarray) -> tuple[float, float]:
+    """The colour range of the λ panel: λ's minimum and maximum (widened to 1e-3 when λ is constant)."""
+    low, high = float(np.min(weight)), float(np.max(weight))
+    if high - low < 1e-3:
+        mid = 0.5 * (low + high)
+        low, high = mid - 5e-4, mid + 5e-4
+    return low, high
+
+
+def log2_jacobian(jacobian: np.ndarray, foreground: np.ndarray) -> tuple[np.ma.MaskedArray, float]:
+    """log₂ det J masked outside ``foreground`` (and where det J ≤ 0, shown as masked) and its symmetric half-range."""
+    jac = np.asarray(jacobian, dtype=np.float64)
+    valid = foreground & (jac > 0)
+    values = np.ma.masked_array(np.log2(np.where(valid, jac, 1.0)), mask=~valid)
+    half = float(np.abs(values.compressed()).max(initial=0.0))
+    return values, max(half, _MIN_LOG2_RANGE)
+
+
 def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image, warped: Image,
-                        weight: Image, jacobian: Image, title: str = "") -> Path:
+                        weight: Image, jacobian: Image, title: str = "",
+                        dice: tuple[float, float] | None = None) -> Path:
     """Save a PNG: rows = axial/coronal/sagittal; columns = fixed, moving (before), warped,
     |fixed − moving|, |fixed − warped|, λ(x), det J. All inputs must be on the fixed grid.
 
     Slices pass through the centre of the fixed image's bounding box of non-zero voxels, in
-    neurological display (subject's right on the right of each panel, anterior/superior up).
+    neurological display (subject's right on the right of each panel, anterior/superior up), with
+    orientation letters and the slice position (RAS mm). λ is coloured over its own range (printed);
+    det J on a log₂ scale symmetric around 1, inside the fixed image's foreground only (voxels with
+    det J ≤ 0 and the background are left blank). ``dice`` (mean Dice before, after) goes in the title.
     """
     arrays = {name: to_ras_array(img) for name, img in
               (("fixed", fixed), ("moving", moving_before), ("warped", warped), ("lambda", weight),
                ("jacobian", jacobian))}
     f = arrays["fixed"]
-    nz = np.argwhere(f > f.min())
-    centre = tuple(((nz.min(0) + nz.max(0)) // 2) if len(nz) else np.asarray(f.shape) // 2)
+    foreground = f > f.min()
+    nz = np.argwhere(foreground)
+    centre = tuple(int(v) for v in (((nz.min(0) + nz.max(0)) // 2) if len(nz) else np.asarray(f.shape) // 2))
+    position = ras_array_affine(fixed)[:3, :3] @ np.asarray(centre, float) + ras_array_affine(fixed)[:3, 3]
     scale = lambda a: a / (np.percentile(a[a > a.min()], 99.5) if np.any(a > a.min()) else 1.0)  # noqa: E731
     fn, mn, wn = (scale(arrays[n]) for n in ("fixed", "moving", "warped"))
+    lam_low, lam_high = lambda_range(arrays["lambda"])
+    log_jac, half = log2_jacobian(arrays["jacobian"], foreground)
     columns = [
-        ("fixed", fn, dict(cmap="gray", vmin=0, vmax=1)),
-        ("moving (before)", mn, dict(cmap="gray", vmin=0, vmax=1)),
-        ("warped", wn, dict(cmap="gray", vmin=0, vmax=1)),
-        ("|fixed − moving|", np.abs(fn - mn), dict(cmap="magma", vmin=0, vmax=0.5)),
-        ("|fixed − warped|", np.abs(fn - wn), dict(cmap="magma", vmin=0, vmax=0.5)),
-        ("λ(x) regularization", arrays["lambda"], dict(cmap="viridis", vmin=0, vmax=1)),
-        ("det J", arrays["jacobian"], dict(cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=1.0, vmin=0.0, vmax=2.0))),
+        ("fixed", fn, dict(cmap="gray", vmin=0, vmax=1), None),
+        ("moving (before)", mn, dict(cmap="gray", vmin=0, vmax=1), None),
+        ("warped", wn, dict(cmap="gray", vmin=0, vmax=1), None),
+        ("|fixed − moving|", np.abs(fn - mn), dict(cmap="magma", vmin=0, vmax=0.5),
+         "|difference| (intensity / 99.5th percentile)"),
+        ("|fixed − warped|", np.abs(fn - wn), dict(cmap="magma", vmin=0, vmax=0.5),
+         "|difference| (intensity / 99.5th percentile)"),
+        (f"λ(x): {lam_low:.3g} – {lam_high:.3g}", arrays["lambda"], dict(cmap="viridis", vmin=lam_low, vmax=lam_high),
+         "λ (dimensionless, own range)"),
+        ("det J (foreground)", log_jac, dict(cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-half, vmax=half)),
+         "det J (log scale; <1 shrinks, >1 grows)"),
     ]
     # an explicit Agg figure: no pyplot, so importing or calling this never touches matplotlib's global backend
-    fig = Figure(figsize=(2.4 * len(columns), 7.6), constrained_layout=True)
+    fig = Figure(figsize=(2.5 * len(columns), 8.4), constrained_layout=True)
     FigureCanvasAgg(fig)
     axes = fig.subplots(3, len(columns))
-    for c, (name, vol, style) in enumerate(columns):
+    for c, (name, vol, style, unit) in enumerate(columns):
         for r, sl in enumerate(_slices(vol, centre)):
-            im = axes[r, c].imshow(sl, origin="lower", interpolation="nearest", **style)
-            axes[r, c].set_xticks([])
-            axes[r, c].set_yticks([])
+            ax = axes[r, c]
+            ax.set_facecolor("white")
+            im = ax.imshow(sl, origin="lower", interpolation="nearest", **style)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            left, right, bottom, top = _VIEWS[r][2]
+            for text, xy, align in ((left, (0.02, 0.5), ("left", "center")), (right, (0.98, 0.5), ("right", "center")),
+                                    (bottom, (0.5, 0.02), ("center", "bottom")), (top, (0.5, 0.98), ("center", "top"))):
+                ax.text(*xy, text, transform=ax.transAxes, ha=align[0], va=align[1], fontsize=7, color="yellow")
         axes[0, c].set_title(name, fontsize=9)
-        if name.startswith(("λ", "det", "|")):
-            fig.colorbar(im, ax=axes[:, c], shrink=0.6, location="bottom")
-    for r, label in enumerate(("axial", "coronal", "sagittal")):
-        axes[r, 0].set_ylabel(label)
+        if unit is not None:
+            bar = fig.colorbar(im, ax=axes[:, c], shrink=0.6, location="bottom")
+            bar.set_label(unit, fontsize=7)
+            bar.ax.tick_params(labelsize=7)
+            if name.startswith("det J"):
+                bar.ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2.0 ** v:.2g}"))
+    for r, (view, axis, _) in enumerate(_VIEWS):
+        axes[r, 0].set_ylabel(f"{view}\n{'RAS'[axis]} = {position[axis]:.1f} mm", fontsize=8)
+    if dice is not None:
+        title = f"{title} — mean Dice {dice[0]:.3f} → {dice[1]:.3f}" if title else \
+            f"mean Dice {dice[0]:.3f} → {dice[1]:.3f}"
     if title:
         fig.suptitle(title, fontsize=10)
     fig.savefig(str(path), dpi=90)

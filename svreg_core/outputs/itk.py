@@ -26,6 +26,7 @@ def displacement_nifti(displacement_ras: np.ndarray, grid: Grid) -> nib.Nifti1Im
     nii.set_sform(grid.affine, code=1)
     nii.set_qform(grid.affine, code=1)
     nii.header.set_intent(NIFTI_INTENT_VECTOR)
+    nii.header.set_xyzt_units("mm")
     return nii
 
 

@@ -30,7 +30,8 @@ import torch
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image import Image, save_image
-from svreg_core.image.resample import resample
+from svreg_core.image.resample import resample, world_to_source_normalized
+from svreg_core.image.sampling import sample_labels
 from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
 from svreg_core.outputs.figure import write_report_figure
 from svreg_core.outputs.itk import displacement_nifti, write_transform
@@ -51,6 +52,12 @@ OUTPUT_FILES = ("warped.nii.gz", "displacement.nii.gz", "transform.h5", "inverse
 
 #: Files written only for some inputs (``warped_labels.nii.gz`` with moving labels).
 OPTIONAL_OUTPUT_FILES = ("warped_labels.nii.gz",)
+
+#: The outputs a user may choose (``outputs=`` of :func:`write_outputs`, ``svreg register --outputs``) and
+#: their files; ``report.json`` and the marker file are always written.
+SELECTABLE_OUTPUTS = {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz", "transform": "transform.h5",
+                      "inverse": "inverse_displacement.nii.gz", "regularization": "regularization.nii.gz",
+                      "jacobian": "jacobian.nii.gz", "labels": "warped_labels.nii.gz", "figure": "report.png"}
 
 #: Hidden work folders next to an output: ``.NAME.partial-HOST-PID-TOKEN`` (being written) and
 #: ``.NAME.old-HOST-PID-TOKEN`` (the replaced folder, until deleted).
@@ -225,16 +232,40 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def labels_before(result: RegistrationResult, moving_labels: Image) -> Image:
+    """The moving labels on the fixed grid before registration (identity in world space, one-hot linear voting)."""
+    points = torch.as_tensor(result.fixed.grid.world_points())
+    coords = world_to_source_normalized(points, moving_labels.grid).float()[None]
+    data = torch.as_tensor(np.asarray(moving_labels.data).astype(np.int32))
+    return Image(sample_labels(data, coords).to(torch.int32).numpy(), result.fixed.affine)
+
+
+def describe_input(image: Image, path: str | Path | None = None) -> dict[str, Any]:
+    """An input image's ``path`` (when given), ``shape``, ``spacing_mm`` and ``orientation`` (axis codes, e.g. ``LAS``)."""
+    entry: dict[str, Any] = {"path": str(path)} if path is not None else {}
+    entry.update(shape=list(image.shape), spacing_mm=[round(float(v), 6) for v in image.spacing],
+                 orientation="".join(nib.aff2axcodes(image.affine)))
+    return entry
+
+
 def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels: Image | None = None,
-                    warped_labels: Image | None = None, labels: Sequence[int] | None = None) -> dict[str, Any]:
-    """Regularity metrics of the mapping (inside the fixed foreground) and, with labels, overlap metrics."""
+                    warped_labels: Image | None = None, labels: Sequence[int] | None = None,
+                    moving_labels: Image | None = None) -> dict[str, Any]:
+    """Regularity metrics of the mapping (inside the fixed foreground: Jacobian ≤ 0 percentage, NDV, SDlogJ,
+    Jacobian minimum and maximum) and, with labels, overlap metrics after registration (``dice``, ``hd95``)
+    and, with ``moving_labels``, before it (``dice_before``: the moving labels resampled through the identity)."""
     fg = np.asarray(result.fixed.data) > float(np.min(result.fixed.data))
     metrics: dict[str, Any] = {
         "folding_percent": folding_percent(jac, fg),
         "ndv_percent": ndv_percent(result.displacement, result.fixed.affine, fg),
         "sdlogj": sdlogj(jac, fg),
         "jacobian_min": float(jac[fg].min()) if fg.any() else float(jac.min()),
+        "jacobian_max": float(jac[fg].max()) if fg.any() else float(jac.max()),
     }
+    if fixed_labels is not None and moving_labels is not None:
+        before = dice(fixed_labels.data, labels_before(result, moving_labels).data, labels)
+        metrics["dice_mean_before"] = float(np.mean(list(before.values()))) if before else float("nan")
+        metrics["dice_before"] = {str(k): float(v) for k, v in before.items()}
     if fixed_labels is not None and warped_labels is not None:
         d = dice(fixed_labels.data, warped_labels.data, labels)
         h = hd95(fixed_labels.data, warped_labels.data, labels, spacing=tuple(result.fixed.spacing))
@@ -250,8 +281,9 @@ def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels
 def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_labels: Image | None = None,
                   moving_labels: Image | None = None, labels: Sequence[int] | None = None,
                   label_mode: str = "linear", overwrite: bool = False, inputs: Sequence[str | Path] = (),
-                  extra: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
-    """Write all outputs of ``result`` into ``outdir`` and return the report (also ``report.json``).
+                  extra: dict[str, Any] | None = None, started: float | None = None,
+                  outputs: Sequence[str] | None = None, sources: dict[str, str | Path] | None = None) -> dict[str, Any]:
+    """Write the outputs of ``result`` into ``outdir`` and return the report (also ``report.json``).
 
     Args:
         fixed_labels: label map on the fixed grid (scores Dice/HD95 when ``moving_labels`` is given).
@@ -260,10 +292,18 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         label_mode: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
         overwrite: replace an existing output folder that svreg wrote (see :func:`prepare_output_dir`).
         inputs: input file paths, which the output folder must not contain.
-        extra: additional top-level report entries (e.g. input file names).
+        extra: additional top-level report entries.
         started: ``time.perf_counter()`` at the start of the whole run (image loading included); the
             report's ``timing.total_s`` is measured from it, else it is registration plus outputs.
+        outputs: names from :data:`SELECTABLE_OUTPUTS` to write (default: all); ``report.json`` is
+            always written. ``labels`` needs ``moving_labels``.
+        sources: input file paths by role (``fixed``, ``moving``, ``fixed_labels``, …), recorded in the
+            report's ``inputs`` with each image's shape, spacing and orientation.
     """
+    chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
+    unknown = sorted(chosen - set(SELECTABLE_OUTPUTS))
+    if unknown:
+        raise InputError(f"unknown output {unknown[0]!r}; choose from {', '.join(SELECTABLE_OUTPUTS)}.")
     out = prepare_output_dir(outdir, overwrite=overwrite, inputs=inputs)
     if fixed_labels is not None and (fixed_labels.shape != result.fixed.shape
                                      or not np.allclose(fixed_labels.affine, result.fixed.affine, atol=1e-3)):
@@ -282,40 +322,49 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         with ThreadPoolExecutor(max_workers=_WORKER_THREADS) as pool:
             pending = []
 
-            def save(function, *args, **kwargs) -> None:
-                pending.append(pool.submit(function, *args, **kwargs))
+            def save(name: str, function, *args, **kwargs) -> None:
+                if name in chosen:
+                    pending.append(pool.submit(function, *args, **kwargs))
 
             fixed_grid = result.fixed.grid
             warped = result.warped
-            save(save_image, warped, tmp / "warped.nii.gz")
-            save(nib.save, displacement_nifti(result.displacement, fixed_grid), str(tmp / "displacement.nii.gz"))
-            save(write_transform, tmp / "transform.h5", result.affine, result.deformable_displacement, fixed_grid)
+            save("warped", save_image, warped, tmp / "warped.nii.gz")
+            save("displacement", nib.save, displacement_nifti(result.displacement, fixed_grid),
+                 str(tmp / "displacement.nii.gz"))
+            save("transform", write_transform, tmp / "transform.h5", result.affine, result.deformable_displacement,
+                 fixed_grid)
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
             jac_image = Image(jac.astype(np.float32), result.fixed.affine)
-            save(save_image, jac_image, tmp / "jacobian.nii.gz")
+            save("jacobian", save_image, jac_image, tmp / "jacobian.nii.gz")
             warped_labels = None
             if moving_labels is not None:
                 warped_labels = result.warp_image(moving_labels, labels=True, label_mode=label_mode)
-                save(save_image, warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32)
+                save("labels", save_image, warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32)
             # the metrics (NumPy/SciPy, mostly one core) run while the inverse is integrated (torch)
             metrics_job = pool.submit(compute_metrics, result, jac, fixed_labels=fixed_labels,
-                                      warped_labels=warped_labels, labels=labels)
-            save(nib.save, displacement_nifti(result.inverse_displacement(), result.moving.grid),
-                 str(tmp / "inverse_displacement.nii.gz"))
+                                      warped_labels=warped_labels, labels=labels, moving_labels=moving_labels)
+            if "inverse" in chosen:
+                save("inverse", nib.save, displacement_nifti(result.inverse_displacement(), result.moving.grid),
+                     str(tmp / "inverse_displacement.nii.gz"))
             weight = result.regularization_map()
-            save(save_image, weight, tmp / "regularization.nii.gz")
-            before = resample(torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None],
-                              result.moving.grid, fixed_grid)[0, 0].numpy()
+            save("regularization", save_image, weight, tmp / "regularization.nii.gz")
             metrics = metrics_job.result()
-            title = f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %"
-            if "dice_mean" in metrics and math.isfinite(metrics["dice_mean"]):
-                title += f" — mean Dice {metrics['dice_mean']:.3f}"
-            write_report_figure(tmp / "report.png", fixed=result.fixed,
-                                moving_before=Image(before, result.fixed.affine), warped=warped, weight=weight,
-                                jacobian=jac_image, title=title)
+            if "figure" in chosen:
+                before = resample(torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None],
+                                  result.moving.grid, fixed_grid)[0, 0].numpy()
+                write_report_figure(tmp / "report.png", fixed=result.fixed,
+                                    moving_before=Image(before, result.fixed.affine), warped=warped, weight=weight,
+                                    jacobian=jac_image, dice=_dice_pair(metrics),
+                                    title=f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %")
             for future in pending:
                 future.result()  # re-raises the first failed write
-        report = {**summarize(result), "metrics": metrics, "label_interpolation": label_mode,
+        images = {"fixed": result.fixed, "moving": result.moving, "fixed_labels": fixed_labels,
+                  "moving_labels": moving_labels}
+        described = {role: describe_input(image, (sources or {}).get(role)) for role, image in images.items()
+                     if image is not None}
+        report = {**summarize(result), "inputs": described, "metrics": metrics, "label_interpolation": label_mode,
+                  "outputs": sorted(n for n in SELECTABLE_OUTPUTS if n in chosen
+                                    and (n != "labels" or moving_labels is not None)),
                   "versions": versions, **(extra or {})}
         report["timing"]["outputs_s"] = time.perf_counter() - t0
         report["timing"]["total_s"] = (time.perf_counter() - started if started is not None else
@@ -326,6 +375,12 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _dice_pair(metrics: dict[str, Any]) -> tuple[float, float] | None:
+    """(mean Dice before, after) when both are finite numbers, for the figure's title."""
+    pair = (metrics.get("dice_mean_before"), metrics.get("dice_mean"))
+    return pair if all(isinstance(v, float) and math.isfinite(v) for v in pair) else None
 
 
 def _replace_dir(new: Path, out: Path) -> None:

@@ -102,7 +102,29 @@ def test_report_contents(written) -> None:
     assert {"svreg_core", "torch", "numpy", "nibabel", "SimpleITK", "python"} <= set(on_disk["versions"])
     assert on_disk["device"] == "cpu" and on_disk["note"] == "synthetic"
     assert on_disk["label_interpolation"] == "linear"
+    assert m["jacobian_min"] <= 1.0 <= m["jacobian_max"]
+    assert set(m["dice_before"]) == {"1", "2"} and 0 <= m["dice_mean_before"] <= 1
+    assert on_disk["inputs"]["fixed"] == {"shape": [18, 16, 14], "spacing_mm": [3.0, 3.5, 3.0],
+                                          "orientation": on_disk["inputs"]["fixed"]["orientation"]}
+    assert len(on_disk["inputs"]["fixed"]["orientation"]) == 3 and set(on_disk["inputs"]) == {
+        "fixed", "moving", "fixed_labels", "moving_labels"}
+    assert on_disk["outputs"] == sorted(["warped", "displacement", "transform", "inverse", "regularization",
+                                         "jacobian", "labels", "figure"])
     assert np.allclose(on_disk["affine_ras"], np.asarray(on_disk["affine_ras"]))
+
+
+def test_chosen_outputs_only(synthetic_result, tmp_path: Path) -> None:
+    out = tmp_path / "few"
+    report = write_outputs(synthetic_result, out, outputs=["displacement", "figure"],
+                           sources={"fixed": "f.nii.gz"})
+    assert sorted(p.name for p in out.iterdir()) == sorted(["displacement.nii.gz", "report.png", "report.json",
+                                                             MARKER_FILE])
+    assert report["outputs"] == ["displacement", "figure"] and report["inputs"]["fixed"]["path"] == "f.nii.gz"
+    nii = nib.load(str(out / "displacement.nii.gz"))
+    assert nii.header.get_xyzt_units()[0] == "mm" and nii.get_data_dtype() == np.float32
+    with pytest.raises(InputError, match="unknown output 'png'"):
+        write_outputs(synthetic_result, tmp_path / "bad", outputs=["png"])
+    assert not (tmp_path / "bad").exists()
 
 
 def _copy_of(written, folder: Path) -> Path:

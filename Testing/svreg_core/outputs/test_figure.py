@@ -1,0 +1,50 @@
+"""The report figure's scales: λ over its own range, det J on a log scale masked to the foreground."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from svreg_core.image import Image
+from svreg_core.outputs.figure import lambda_range, log2_jacobian, ras_array_affine, to_ras_array, write_report_figure
+
+
+def test_lambda_range_is_lambdas_own() -> None:
+    lam = np.linspace(0.916, 0.993, 1000)
+    assert lambda_range(lam) == (0.916, 0.993)
+    low, high = lambda_range(np.full(10, 0.5))
+    assert low < 0.5 < high and high - low >= 1e-3 - 1e-12  # a constant λ still gets a drawable range
+
+
+def test_jacobian_log_scale_masks_background_and_folds() -> None:
+    jac = np.array([0.5, 1.0, 2.0, 8.0, -0.1])
+    fg = np.array([True, True, True, False, True])
+    values, half = log2_jacobian(jac, fg)
+    np.testing.assert_allclose(values.compressed(), [-1.0, 0.0, 1.0])  # 8 is background, -0.1 folded
+    assert values.mask.tolist() == [False, False, False, True, True]
+    assert half == 1.0  # symmetric around det J = 1: 0.5 and 2 are equally far
+    assert log2_jacobian(np.ones(4), np.ones(4, bool))[1] > 0  # a flat Jacobian still has a range
+
+
+def test_ras_array_affine_places_the_reoriented_array() -> None:
+    affine = np.array([[0.0, -2.0, 0, 10], [3.0, 0, 0, -5], [0, 0, -1.5, 7], [0, 0, 0, 1]])
+    image = Image(np.arange(60, dtype=np.float32).reshape(3, 4, 5), affine)
+    ras, ras_aff = to_ras_array(image), ras_array_affine(image)
+    assert np.all(np.diag(ras_aff[:3, :3]) > 0)  # axes run R, A, S
+    ijk = np.array([1, 2, 3])
+    world = ras_aff[:3, :3] @ ijk + ras_aff[:3, 3]
+    original = np.linalg.solve(affine[:3, :3], world - affine[:3, 3])
+    assert ras[tuple(ijk)] == image.data[tuple(np.rint(original).astype(int))]
+
+
+def test_figure_with_dice(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = np.zeros((20, 22, 18), np.float32)
+    data[4:16, 5:17, 3:15] = rng.uniform(0.5, 1.0, (12, 12, 12))
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    img = Image(data, aff)
+    jac = Image(rng.uniform(0.7, 1.4, data.shape).astype(np.float32), aff)
+    lam = Image(rng.uniform(0.92, 0.99, data.shape).astype(np.float32), aff)
+    path = write_report_figure(tmp_path / "r.png", fixed=img, moving_before=img, warped=img, weight=lam,
+                               jacobian=jac, title="t", dice=(0.61, 0.83))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

@@ -1,0 +1,250 @@
+"""Saved transforms applied to images, label maps and points, checked against SimpleITK with the same files.
+
+A known mapping ``T(x) = A(x + u(x))`` (an analytic smooth ``u`` on an oblique fixed grid, a rotation +
+translation ``A``) is written as an svreg output folder would hold it (``displacement.nii.gz``,
+``transform.h5``, ``inverse_displacement.nii.gz``), then read back by :mod:`svreg_core.apply` and by
+SimpleITK independently.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from svreg_core.apply import apply_to_image, apply_to_labels, apply_to_points, transform_points_file
+from svreg_core.cli import main
+from svreg_core.errors import InputError
+from svreg_core.image import Grid, Image, load_image
+from svreg_core.outputs.itk import displacement_nifti, write_transform
+from svreg_core.outputs.read import load_transform
+
+
+def _image(points: np.ndarray) -> np.ndarray:
+    x, y, z = points[..., 0], points[..., 1], points[..., 2]
+    return (1.5 + np.sin(x / 9.0) * np.cos(y / 11.0) + 0.5 * np.sin(z / 7.0 + 1.0)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def case(geo, tmp_path_factory) -> SimpleNamespace:
+    folder = tmp_path_factory.mktemp("apply") / "out"
+    folder.mkdir()
+    f_aff = geo.make_affine(geo.rotation([0.2, 1.0, 0.1], 10.0) @ np.diag([-3.0, 3.5, 3.0]), [30.0, -25.0, -18.0])
+    f_shape = (18, 16, 14)
+    m_shape, m_aff = geo.covering_grid(f_shape, f_aff, geo.rotation([1.0, 0.3, -0.4], 20.0) @ np.diag([2.5, -4.0, 3.2]),
+                                       margin=5)
+    centre = geo.grid_centre(f_shape, f_aff)
+    rot = geo.rotation([0.5, -0.2, 1.0], 8.0)
+    a = geo.make_affine(rot, centre - rot @ centre + np.array([3.0, -2.0, 1.5]))
+    field = lambda p: geo.smooth_field(p, 5.0, seed=3, wavelength_mm=90.0)  # noqa: E731
+    x = geo.world_points(f_shape, f_aff)
+    u = field(x)
+    t = (x + u) @ a[:3, :3].T + a[:3, 3]
+    y = geo.world_points(m_shape, m_aff)
+    a_inv = np.linalg.inv(a)
+    z = y @ a_inv[:3, :3].T + a_inv[:3, 3]
+    t_inv = geo.invert_displacement(field, z)
+    fixed_grid, moving_grid = Grid(f_shape, f_aff), Grid(m_shape, m_aff)
+    nib.save(displacement_nifti(t - x, fixed_grid), str(folder / "displacement.nii.gz"))
+    nib.save(displacement_nifti(t_inv - y, moving_grid), str(folder / "inverse_displacement.nii.gz"))
+    write_transform(folder / "transform.h5", a, u.astype(np.float32), fixed_grid)
+    moving = Image(_image(y * 1.05), m_aff)
+    labels = Image((np.digitize(moving.data, [1.2, 1.6, 2.0]) * 2).astype(np.int32), m_aff)
+    geo.save_nifti(moving.data, m_aff, folder.parent / "moving.nii.gz")
+    geo.save_nifti(labels.data, m_aff, folder.parent / "labels.nii.gz")
+    return SimpleNamespace(folder=folder, fixed_grid=fixed_grid, moving_grid=moving_grid, affine=a, field=field,
+                           moving=moving, labels=labels, tmp=folder.parent)
+
+
+def _sitk_field(path: Path) -> sitk.Transform:
+    return sitk.DisplacementFieldTransform(sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkVectorFloat64))
+
+
+def _inside_points(grid: Grid, n: int = 200, seed: int = 0) -> np.ndarray:
+    """Random RAS points between voxel centres, at least one voxel inside ``grid``."""
+    vox = np.random.default_rng(seed).uniform(1.0, np.asarray(grid.shape) - 2.0, (n, 3))
+    return nib.affines.apply_affine(grid.affine, vox)
+
+
+def _sitk_resample(geo, image: Image, reference: Grid, transform: sitk.Transform, interpolator) -> np.ndarray:
+    out = sitk.Resample(geo.sitk_image(image.data, image.affine), geo.sitk_image(np.zeros(reference.shape),
+                        reference.affine), transform, interpolator, 0.0, sitk.sitkFloat64)
+    return geo.sitk_array(out)
+
+
+def _interior(geo, transform, image: Image, reference: Grid, margin: float = 1.0) -> np.ndarray:
+    """Reference voxels whose mapped point lies ``margin`` voxels inside ``image`` (no border effects)."""
+    vox = geo.to_voxel(transform.transform_points(reference.world_points()), image.affine)
+    return np.all((vox >= margin) & (vox <= np.asarray(image.shape) - 1 - margin), axis=-1)
+
+
+@pytest.mark.parametrize("name", ["out", "out/displacement.nii.gz", "out/transform.h5"])
+def test_points_match_simpleitk(case, geo, name: str) -> None:
+    tx = load_transform(case.tmp / name)
+    x = _inside_points(case.fixed_grid)
+    ours = apply_to_points(tx, x)
+    for theirs in (_sitk_field(case.folder / "displacement.nii.gz"), sitk.ReadTransform(str(case.folder / "transform.h5"))):
+        np.testing.assert_allclose(ours, geo.lps([theirs.TransformPoint(tuple(p)) for p in geo.lps(x)]), atol=2e-3)
+    assert np.abs(ours - x).max() > 5.0  # a mapping far from the identity
+
+
+def test_h5_is_the_affine_after_the_field(case, geo) -> None:
+    tx = load_transform(case.folder / "transform.h5")
+    vox = np.random.default_rng(2).integers(1, np.asarray(case.fixed_grid.shape) - 1, (50, 3))
+    x = nib.affines.apply_affine(case.fixed_grid.affine, vox)
+    a = case.affine
+    expected = (x + case.field(x)) @ a[:3, :3].T + a[:3, 3]  # the field is exact at voxel centres
+    np.testing.assert_allclose(apply_to_points(tx, x), expected, atol=1e-3)
+    assert tx.grid.same_as(case.fixed_grid)
+
+
+def test_linear_image_matches_simpleitk(case, geo) -> None:
+    tx = load_transform(case.folder)
+    ours = apply_to_image(tx, case.moving)
+    assert ours.grid.same_as(case.fixed_grid)
+    theirs = _sitk_resample(geo, case.moving, case.fixed_grid, _sitk_field(case.folder / "displacement.nii.gz"),
+                            sitk.sitkLinear)
+    inside = _interior(geo, tx, case.moving, case.fixed_grid, margin=0.01)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(ours.data[inside], theirs[inside], atol=1e-4)
+
+
+def test_bspline_image_matches_simpleitk(case, geo) -> None:
+    tx = load_transform(case.folder / "transform.h5")
+    ours = apply_to_image(tx, case.moving, interpolation="bspline")
+    theirs = _sitk_resample(geo, case.moving, case.fixed_grid, sitk.ReadTransform(str(case.folder / "transform.h5")),
+                            sitk.sitkBSpline)
+    inside = _interior(geo, tx, case.moving, case.fixed_grid, margin=3.0)
+    assert inside.mean() > 0.3
+    np.testing.assert_allclose(ours.data[inside], theirs[inside], atol=2e-3)
+    linear = apply_to_image(tx, case.moving)
+    assert np.abs(linear.data[inside] - theirs[inside]).max() > 5e-3  # B-spline is not the linear result
+
+
+def test_labels(case, geo) -> None:
+    tx = load_transform(case.folder)
+    nearest = apply_to_labels(tx, case.labels, interpolation="nearest")
+    theirs = _sitk_resample(geo, case.labels, case.fixed_grid, _sitk_field(case.folder / "displacement.nii.gz"),
+                            sitk.sitkNearestNeighbor)
+    inside = _interior(geo, tx, case.labels, case.fixed_grid, margin=0.01)
+    assert (nearest.data[inside] == theirs[inside]).mean() > 0.99  # ties at half voxels may round either way
+    linear = apply_to_labels(tx, case.labels)
+    assert linear.data.dtype == np.int32 and set(np.unique(linear.data)) <= set(np.unique(case.labels.data))
+    # one-hot linear voting == the largest trilinearly interpolated indicator (SimpleITK, label by label)
+    field = _sitk_field(case.folder / "displacement.nii.gz")
+    values = np.unique(case.labels.data)
+    scores = np.stack([_sitk_resample(geo, Image((case.labels.data == v).astype(np.float32), case.labels.affine),
+                                      case.fixed_grid, field, sitk.sitkLinear) for v in values])
+    best = values[np.argmax(scores, axis=0)]
+    clear = inside & (np.sort(scores, axis=0)[-1] - np.sort(scores, axis=0)[-2] > 1e-3)
+    assert (linear.data[clear] == best[clear]).all()
+
+
+def test_reference_grid(case, geo) -> None:
+    reference = Grid((10, 9, 8), geo.make_affine(np.diag([2.0, 2.5, 2.2]), geo.grid_centre(case.fixed_grid.shape,
+                                                                                            case.fixed_grid.affine) - 9))
+    tx = load_transform(case.folder / "transform.h5")
+    ours = apply_to_image(tx, case.moving, reference=reference)
+    assert ours.grid.same_as(reference)
+    theirs = _sitk_resample(geo, case.moving, reference, sitk.ReadTransform(str(case.folder / "transform.h5")),
+                            sitk.sitkLinear)
+    inside = _interior(geo, tx, case.moving, reference, margin=0.01)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(ours.data[inside], theirs[inside], atol=1e-3)
+
+
+def test_inverse_from_folder_and_numerical(case, geo) -> None:
+    forward = load_transform(case.folder)
+    from_file = load_transform(case.folder, inverse=True)
+    assert from_file.grid.same_as(case.moving_grid)
+    numerical = load_transform(case.folder / "transform.h5", inverse=True)
+    x = _inside_points(case.fixed_grid, seed=5)
+    y = apply_to_points(forward, x)
+    np.testing.assert_allclose(apply_to_points(numerical, y), x, atol=0.05)
+    np.testing.assert_allclose(apply_to_points(from_file, y), x, atol=0.2)  # interpolated on the coarser moving grid
+    # the inverse warps a fixed-space image onto the moving grid: SimpleITK with the inverse file agrees
+    fixed_image = Image(_image(case.fixed_grid.world_points()), case.fixed_grid.affine)
+    ours = apply_to_image(from_file, fixed_image)
+    assert ours.grid.same_as(case.moving_grid)
+    theirs = _sitk_resample(geo, fixed_image, case.moving_grid,
+                            _sitk_field(case.folder / "inverse_displacement.nii.gz"), sitk.sitkLinear)
+    inside = _interior(geo, from_file, fixed_image, case.moving_grid, margin=0.01)
+    assert inside.sum() > 1000  # the moving grid covers the fixed one with a margin
+    np.testing.assert_allclose(ours.data[inside], theirs[inside], atol=1e-4)
+    with pytest.raises(InputError, match="reference"):  # a numerical inverse has no grid of its own
+        apply_to_image(numerical, fixed_image)
+
+
+def _sitk_points(geo, case, x_ras: np.ndarray) -> np.ndarray:
+    tx = sitk.ReadTransform(str(case.folder / "transform.h5"))
+    return geo.lps([tx.TransformPoint(tuple(p)) for p in geo.lps(x_ras)])
+
+
+def test_point_files(case, geo, tmp_path: Path) -> None:
+    tx = load_transform(case.folder)
+    x = _inside_points(case.fixed_grid, n=4, seed=9)
+    expected = _sitk_points(geo, case, x)
+    # CSV in RAS and in LPS, extra columns kept
+    (tmp_path / "p.csv").write_text("label,x,y,z\n" + "".join(f"p{i},{p[0]},{p[1]},{p[2]}\n" for i, p in enumerate(x)))
+    assert transform_points_file(tx, tmp_path / "p.csv", tmp_path / "q.csv") == 4
+    rows = [r.split(",") for r in (tmp_path / "q.csv").read_text().splitlines()]
+    assert rows[0] == ["label", "x", "y", "z"] and rows[1][0] == "p0"
+    np.testing.assert_allclose(np.array([r[1:] for r in rows[1:]], float), expected, atol=2e-3)
+    lps = geo.lps(x)
+    (tmp_path / "l.csv").write_text("x,y,z\n" + "".join(f"{p[0]},{p[1]},{p[2]}\n" for p in lps))
+    transform_points_file(tx, tmp_path / "l.csv", tmp_path / "m.csv", coordinates="lps")
+    got = np.loadtxt(tmp_path / "m.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(got, geo.lps(expected), atol=2e-3)
+    # Slicer .fcsv (LPS declared) and .mrk.json (RAS declared)
+    fcsv = ("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n"
+            "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+            + "".join(f"vtkMRMLMarkupsFiducialNode_{i},{p[0]},{p[1]},{p[2]},0,0,0,1,1,1,0,F-{i},,\n"
+                      for i, p in enumerate(lps)))
+    (tmp_path / "p.fcsv").write_text(fcsv)
+    transform_points_file(tx, tmp_path / "p.fcsv", tmp_path / "q.fcsv")
+    lines = [ln.split(",") for ln in (tmp_path / "q.fcsv").read_text().splitlines() if not ln.startswith("#")]
+    np.testing.assert_allclose(np.array([ln[1:4] for ln in lines], float), geo.lps(expected), atol=2e-3)
+    assert lines[0][11] == "F-0" and len(lines[0]) == 14
+    doc = {"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
+                      "Schema/markups-schema-v1.0.3.json#",
+           "markups": [{"type": "Fiducial", "coordinateSystem": "RAS",
+                        "controlPoints": [{"id": str(i), "label": f"F-{i}", "position": list(p)} for i, p in enumerate(x)]}]}
+    (tmp_path / "p.mrk.json").write_text(json.dumps(doc))
+    transform_points_file(tx, tmp_path / "p.mrk.json", tmp_path / "q.mrk.json")
+    out = json.loads((tmp_path / "q.mrk.json").read_text())
+    np.testing.assert_allclose([p["position"] for p in out["markups"][0]["controlPoints"]], expected, atol=2e-3)
+    assert out["markups"][0]["controlPoints"][1]["label"] == "F-1"
+
+
+def test_errors(case, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="neither"):
+        load_transform(tmp_path)
+    with pytest.raises(InputError, match="not found"):
+        load_transform(tmp_path / "nothing.h5")
+    (tmp_path / "bad.h5").write_text("not a transform")
+    with pytest.raises(InputError, match="cannot read"):
+        load_transform(tmp_path / "bad.h5")
+    (tmp_path / "p.csv").write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(InputError, match="x, y, z"):
+        transform_points_file(load_transform(case.folder), tmp_path / "p.csv", tmp_path / "q.csv")
+
+
+def test_cli_apply(case, geo, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "warped.nii.gz"
+    assert main(["apply", str(case.folder), str(case.tmp / "moving.nii.gz"), "-o", str(out)]) == 0
+    warped = load_image(out)
+    np.testing.assert_allclose(warped.data, apply_to_image(load_transform(case.folder), case.moving).data, atol=1e-5)
+    assert main(["apply", str(case.folder), str(case.tmp / "labels.nii.gz"), "-o", str(tmp_path / "l.nii.gz"),
+                 "--labels", "--reference", str(case.tmp / "moving.nii.gz"), "--inverse"]) == 0
+    assert load_image(tmp_path / "l.nii.gz", labels=True).grid.same_as(case.moving_grid)
+    assert main(["apply", str(case.folder), str(case.tmp / "moving.nii.gz"), "-o", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    (tmp_path / "p.csv").write_text("x,y,z\n1,2,3\n")
+    assert main(["apply", str(case.folder / "transform.h5"), str(tmp_path / "p.csv"), "-o",
+                 str(tmp_path / "q.csv")]) == 0
+    np.testing.assert_allclose(np.loadtxt(tmp_path / "q.csv", delimiter=",", skiprows=1),
+                               _sitk_points(geo, case, np.array([[1.0, 2.0, 3.0]]))[0], atol=2e-3)

@@ -1,0 +1,206 @@
+"""Apply a saved transform to an image, a label map or points (what ``svreg apply`` runs).
+
+Directions follow :mod:`svreg_core.conventions`. With the forward transform of an output folder an
+image of the moving space is resampled onto the fixed grid (``out(x) = image(T(x))``, the
+``warped.nii.gz`` of the run), and points are mapped from the fixed world to the moving world
+(``T(x)``, what ITK's ``TransformPoint`` does with the same file). So to carry landmarks of the moving
+image onto the fixed image, or to warp a fixed-space image onto the moving grid, use ``inverse``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from svreg_core.conventions import ras_to_lps_vectors
+from svreg_core.errors import InputError
+from svreg_core.image.grid import Grid
+from svreg_core.image.image import Image
+from svreg_core.image.resample import world_to_source_normalized
+from svreg_core.image.sampling import grid_sample, sample_labels
+from svreg_core.outputs.read import Transform
+
+IMAGE_INTERPOLATIONS = ("linear", "bspline")
+LABEL_INTERPOLATIONS = ("linear", "nearest")
+#: Point file suffixes :func:`read_points` understands.
+POINT_SUFFIXES = (".csv", ".fcsv", ".mrk.json")
+
+
+def _reference(transform: Transform, reference: Grid | None) -> Grid:
+    if reference is not None:
+        return reference
+    if transform.grid is None:
+        raise InputError("this transform has no grid of its own (a linear transform, or an inverse computed "
+                         "numerically); give a reference image.")
+    return transform.grid
+
+
+def _source_points(transform: Transform, reference: Grid) -> np.ndarray:
+    """``T(x)`` ``(I, J, K, 3)`` RAS mm for every voxel centre ``x`` of ``reference``."""
+    return transform.transform_points(reference.world_points())
+
+
+def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None = None,
+                   interpolation: str = "linear") -> Image:
+    """Resample ``image`` onto ``reference`` (default: the transform's grid) through ``transform``.
+
+    Args:
+        interpolation: ``"linear"`` (trilinear, fading to 0 over the voxel beyond the image, as
+            :meth:`RegistrationResult.warp_image`) or ``"bspline"`` (cubic B-spline with mirror boundary;
+            0 more than half a voxel beyond the image, as ITK's ``sitkBSpline``).
+    """
+    grid = _reference(transform, reference)
+    points = _source_points(transform, grid)
+    data = np.asarray(image.data, dtype=np.float32)
+    if interpolation == "linear":
+        coords = world_to_source_normalized(torch.as_tensor(points), image.grid).float()[None]
+        out = grid_sample(torch.as_tensor(data)[None, None], coords)[0, 0].numpy()
+    elif interpolation == "bspline":
+        inv = np.linalg.inv(image.grid.affine)
+        voxel = points @ inv[:3, :3].T + inv[:3, 3]
+        coeffs = ndimage.spline_filter(data.astype(np.float64), order=3, mode="mirror")
+        out = ndimage.map_coordinates(coeffs, voxel.reshape(-1, 3).T, order=3, mode="mirror", prefilter=False)
+        inside = np.all((voxel >= -0.5) & (voxel <= np.asarray(image.shape) - 0.5), axis=-1)
+        out = (out.reshape(grid.shape) * inside).astype(np.float32)
+    else:
+        raise InputError(f"unknown image interpolation {interpolation!r}; use linear or bspline.")
+    return Image(out, grid.affine)
+
+
+def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | None = None,
+                    interpolation: str = "linear") -> Image:
+    """Resample a label map onto ``reference`` (default: the transform's grid); returns int32 labels.
+
+    Args:
+        interpolation: ``"linear"`` (each label's indicator interpolated trilinearly, then the largest:
+            :func:`svreg_core.image.sampling.sample_labels`) or ``"nearest"``.
+    """
+    grid = _reference(transform, reference)
+    coords = world_to_source_normalized(torch.as_tensor(_source_points(transform, grid)), labels.grid).float()[None]
+    data = np.asarray(labels.data).astype(np.int32)
+    if interpolation == "linear":
+        out = sample_labels(torch.as_tensor(data), coords).to(torch.int32).numpy()
+    elif interpolation == "nearest":
+        out = grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest")
+        out = out[0, 0].round().numpy().astype(np.int32)
+    else:
+        raise InputError(f"unknown label interpolation {interpolation!r}; use linear or nearest.")
+    return Image(out, grid.affine)
+
+
+def apply_to_points(transform: Transform, points_ras: np.ndarray) -> np.ndarray:
+    """Map RAS mm points ``(N, 3)`` through ``transform`` (fixed world -> moving world for a forward one)."""
+    points = np.asarray(points_ras, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise InputError(f"points must be an (N, 3) array of RAS millimetres, not {points.shape}.")
+    return transform.transform_points(points)
+
+
+def is_points_file(path: str | Path) -> bool:
+    """Whether ``path`` names a point file (``.csv``, Slicer ``.fcsv`` or ``.mrk.json``)."""
+    return str(path).lower().endswith(POINT_SUFFIXES)
+
+
+def transform_points_file(transform: Transform, source: str | Path, target: str | Path, *,
+                          coordinates: str = "ras") -> int:
+    """Map the points of a file through ``transform`` and write them in the same format; returns their number.
+
+    Formats: ``.csv`` with a header holding columns ``x``, ``y``, ``z`` (in ``coordinates``, ``"ras"``
+    or ``"lps"``; other columns are copied); Slicer ``.fcsv`` (its ``CoordinateSystem`` line is
+    obeyed); Slicer ``.mrk.json`` (each markup's ``coordinateSystem`` is obeyed). Every other field
+    is copied unchanged.
+    """
+    source, target = Path(source), Path(target)
+    if not source.is_file():
+        raise InputError(f"points file not found: {source}")
+    if coordinates not in ("ras", "lps"):
+        raise InputError(f"unknown coordinates {coordinates!r}; use ras or lps.")
+    text = source.read_text(encoding="utf-8")
+    name = source.name.lower()
+    if name.endswith(".mrk.json"):
+        out, count = _map_markups_json(transform, text, source.name)
+    elif name.endswith(".fcsv"):
+        out, count = _map_fcsv(transform, text, source.name)
+    elif name.endswith(".csv"):
+        out, count = _map_csv(transform, text, source.name, lps=coordinates == "lps")
+    else:
+        raise InputError(f"{source.name}: unknown points format; use .csv, .fcsv or .mrk.json.")
+    target.write_text(out, encoding="utf-8")
+    return count
+
+
+def _map(transform: Transform, points: np.ndarray, lps: bool) -> np.ndarray:
+    """Map points given in RAS (or LPS with ``lps``) and return them in the same frame."""
+    if len(points) == 0:
+        return points
+    ras = ras_to_lps_vectors(points) if lps else points
+    moved = apply_to_points(transform, ras)
+    return ras_to_lps_vectors(moved) if lps else moved
+
+
+def _number(value: str, where: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise InputError(f"{where}: {value!r} is not a number.") from None
+
+
+def _map_csv(transform: Transform, text: str, name: str, *, lps: bool) -> tuple[str, int]:
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows:
+        raise InputError(f"{name} is empty; a header with columns x, y, z is needed.")
+    header = [h.strip().lower() for h in rows[0]]
+    if not {"x", "y", "z"} <= set(header):
+        raise InputError(f"{name} has no x, y, z columns in its header (found: {', '.join(rows[0])}).")
+    cols = [header.index(c) for c in "xyz"]
+    body = [r for r in rows[1:] if any(v.strip() for v in r)]
+    pts = np.array([[_number(r[c], f"{name} line {n + 2}") for c in cols] for n, r in enumerate(body)]).reshape(-1, 3)
+    moved = _map(transform, pts, lps)
+    for r, p in zip(body, moved):
+        for c, v in zip(cols, p):
+            r[c] = repr(float(v))
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows([rows[0], *body])
+    return buffer.getvalue(), len(body)
+
+
+def _map_fcsv(transform: Transform, text: str, name: str) -> tuple[str, int]:
+    lines = text.splitlines()
+    lps = any(ln.startswith("#") and "coordinatesystem" in ln.lower().replace(" ", "")
+              and ln.split("=")[-1].strip().upper() in ("LPS", "1") for ln in lines)
+    data = [n for n, ln in enumerate(lines) if ln.strip() and not ln.startswith("#")]
+    rows = [next(csv.reader([lines[n]])) for n in data]
+    if any(len(r) < 4 for r in rows):
+        raise InputError(f"{name}: a point line has fewer than 4 fields (id, x, y, z, ...).")
+    pts = np.array([[_number(v, f"{name} line {n + 1}") for v in r[1:4]] for n, r in zip(data, rows)]).reshape(-1, 3)
+    moved = _map(transform, pts, lps)
+    for n, r, p in zip(data, rows, moved):
+        r[1:4] = [repr(float(v)) for v in p]
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="").writerow(r)
+        lines[n] = buffer.getvalue()
+    return "\n".join(lines) + "\n", len(rows)
+
+
+def _map_markups_json(transform: Transform, text: str, name: str) -> tuple[str, int]:
+    try:
+        doc = json.loads(text)
+        markups = doc["markups"]
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"{name} is not a Slicer markups file (no 'markups' list).") from None
+    count = 0
+    for markup in markups:
+        lps = str(markup.get("coordinateSystem", "LPS")).upper() == "LPS"
+        points = [p for p in markup.get("controlPoints", []) if "position" in p]
+        if not points:
+            continue
+        pts = np.array([[_number(str(v), name) for v in p["position"]] for p in points], dtype=np.float64)
+        for p, q in zip(points, _map(transform, pts, lps)):
+            p["position"] = [float(v) for v in q]
+        count += len(points)
+    return json.dumps(doc, indent=4) + "\n", count

@@ -1,0 +1,228 @@
+"""Transform files read back: an svreg output folder, ``transform.h5`` or an ITK displacement NIfTI.
+
+A :class:`Transform` maps world RAS millimetre points in the resampling (pull) direction of
+:mod:`svreg_core.conventions`: read from an output folder, ``transform_points`` maps fixed-world
+points to moving-world points (as ITK's ``TransformPoint`` does with the same file), and an image
+is warped as ``out(x) = image(T(x))``. Files hold **LPS** vectors (see :mod:`svreg_core.outputs.itk`);
+they are converted to RAS on reading.
+
+A displacement field is interpolated trilinearly, and, as in ITK, it is taken as zero more than half a
+voxel beyond its grid (within that half voxel the border vectors continue).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from svreg_core.conventions import RAS_TO_LPS, ras_to_lps_vectors
+from svreg_core.errors import InputError
+from svreg_core.image.grid import Grid
+from svreg_core.image.resample import sample_at_points
+
+#: Fixed-point iterations and tolerance (fraction of the field's smallest voxel size) of :meth:`Transform.inverse`.
+INVERSE_ITERATIONS = 50
+INVERSE_TOLERANCE = 0.01
+
+#: ITK's names of the linear transforms it writes (all read through their point mapping).
+_LINEAR_ITK = ("AffineTransform", "Euler3DTransform", "Similarity3DTransform", "VersorRigid3DTransform",
+               "VersorTransform", "ScaleTransform", "ScaleVersor3DTransform", "ScaleSkewVersor3DTransform",
+               "TranslationTransform", "MatrixOffsetTransformBase", "ComposeScaleSkewVersor3DTransform",
+               "IdentityTransform")
+
+
+@dataclass(frozen=True, eq=False)
+class DisplacementField:
+    """``x -> x + u(x)`` with ``u`` ``(I, J, K, 3)`` RAS mm on ``grid`` (trilinear; zero beyond it, as in ITK)."""
+
+    displacement: np.ndarray
+    grid: Grid
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        """Map RAS mm points ``(..., 3)``; returns float64 points of the same shape."""
+        pts = np.asarray(points, dtype=np.float64)
+        flat = pts.reshape(-1, 3)
+        field = torch.as_tensor(np.ascontiguousarray(self.displacement, dtype=np.float32)).permute(3, 0, 1, 2)[None]
+        u = sample_at_points(field, self.grid, torch.as_tensor(flat)[None, :, None, None, :],
+                             padding_mode="border")[0, :, :, 0, 0].T.double().numpy()
+        voxel = flat @ np.linalg.inv(self.grid.affine)[:3, :3].T + np.linalg.inv(self.grid.affine)[:3, 3]
+        inside = np.all((voxel >= -0.5) & (voxel <= np.asarray(self.grid.shape) - 0.5), axis=1)
+        return (flat + u * inside[:, None]).reshape(pts.shape)
+
+
+Step = Union[np.ndarray, DisplacementField, "_InverseField"]
+
+
+@dataclass(frozen=True, eq=False)
+class Transform:
+    """A chain of steps applied to a point in order: 4x4 RAS->RAS matrices and displacement fields.
+
+    Attributes:
+        steps: the mapping ``T = s_n ∘ … ∘ s_1`` (``steps[0]`` acts first).
+        grid: the grid the transform was defined on (the fixed grid for svreg's forward outputs, the
+            moving grid for the inverse), the default reference grid of :func:`svreg_core.apply`;
+            ``None`` for a purely linear transform.
+        inverse_grid: the grid of the other side, when known (the moving grid of an output folder).
+    """
+
+    steps: tuple[Step, ...]
+    grid: Grid | None = None
+    inverse_grid: Grid | None = None
+
+    def transform_points(self, points: np.ndarray) -> np.ndarray:
+        """Map RAS mm points ``(..., 3)`` through every step; returns float64 points."""
+        out = np.asarray(points, dtype=np.float64)
+        for step in self.steps:
+            out = out @ step[:3, :3].T + step[:3, 3] if isinstance(step, np.ndarray) else step(out)
+        return out
+
+    def inverse(self) -> "Transform":
+        """The inverse mapping: matrices inverted exactly, displacement fields numerically.
+
+        A field step ``y = x + u(x)`` is inverted per point by the fixed-point iteration
+        ``x <- y - u(x)`` (converges where the mapping is smooth and does not fold); a point that has not
+        converged to :data:`INVERSE_TOLERANCE` of a voxel raises :class:`InputError`.
+        """
+        steps = tuple(np.linalg.inv(s) if isinstance(s, np.ndarray) else
+                      s.field if isinstance(s, _InverseField) else _InverseField(s) for s in reversed(self.steps))
+        return Transform(steps, grid=self.inverse_grid, inverse_grid=self.grid)
+
+
+class _InverseField:
+    """The inverse of a :class:`DisplacementField`, evaluated per point by fixed-point iteration."""
+
+    def __init__(self, field: DisplacementField) -> None:
+        self.field = field
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        y = np.asarray(points, dtype=np.float64)
+        x = y.copy()
+        tolerance = INVERSE_TOLERANCE * float(self.field.grid.spacing.min())
+        residual = float("inf")
+        for _ in range(INVERSE_ITERATIONS):
+            moved = self.field(x)
+            residual = float(np.abs(moved - y).max(initial=0.0))
+            if residual <= tolerance:
+                return x
+            x = x - (moved - y)
+        raise InputError(f"the displacement field could not be inverted numerically (residual {residual:.3g} mm "
+                         f"after {INVERSE_ITERATIONS} iterations; it may fold); use an inverse displacement file.")
+
+
+def read_displacement(path: str | Path) -> DisplacementField:
+    """A displacement NIfTI in the ITK/ANTs layout: ``(I, J, K, 1, 3)`` or ``(I, J, K, 3)``, LPS mm vectors."""
+    path = Path(path)
+    try:
+        nii = nib.load(str(path))
+        data = np.asarray(nii.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        raise InputError(f"cannot read {path} as a displacement field ({exc.__class__.__name__}).") from None
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4 or data.shape[3] != 3:
+        raise InputError(f"{path.name} has shape {data.shape}; a displacement field is (I, J, K, 1, 3) or "
+                         "(I, J, K, 3) with LPS vectors in mm (the ITK/ANTs layout).")
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path.name} contains NaN or infinite displacement vectors.")
+    return DisplacementField(ras_to_lps_vectors(data), Grid(data.shape[:3], nii.affine))
+
+
+def _field_from_sitk(image: sitk.Image) -> DisplacementField:
+    """A SimpleITK vector image (LPS geometry and vectors) as a RAS :class:`DisplacementField`."""
+    lps = sitk.GetArrayFromImage(image).transpose(2, 1, 0, 3)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = RAS_TO_LPS @ direction * np.asarray(image.GetSpacing())
+    affine[:3, 3] = RAS_TO_LPS @ np.asarray(image.GetOrigin())
+    return DisplacementField(ras_to_lps_vectors(lps).astype(np.float32), Grid(lps.shape[:3], affine))
+
+
+def _linear_from_sitk(transform: sitk.Transform) -> np.ndarray:
+    """The 4x4 RAS->RAS matrix of a linear ITK transform, found from the images of four points."""
+    corners = np.array([[0.0, 0, 0], [100.0, 0, 0], [0, 100.0, 0], [0, 0, 100.0]])
+    lps_out = np.array([transform.TransformPoint(tuple(p)) for p in corners])
+    lps = np.eye(4)
+    lps[:3, 3] = lps_out[0]
+    lps[:3, :3] = (lps_out[1:] - lps_out[0]).T / 100.0
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    return flip @ lps @ flip
+
+
+def read_itk_transform(path: str | Path) -> Transform:
+    """An ITK transform file (``.h5``/``.tfm``/``.txt``): linear transforms and displacement fields, composed.
+
+    ITK applies a composite transform's last-added component first; the returned steps are in that
+    order. Other transform types (B-spline, …) raise :class:`InputError`.
+    """
+    path = Path(path)
+    try:
+        itk = sitk.ReadTransform(str(path))
+    except RuntimeError:
+        raise InputError(f"cannot read {path} as an ITK transform file.") from None
+    parts = [itk]
+    if itk.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(itk)
+        parts = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
+    steps: list[Step] = []
+    grid = None
+    for part in reversed(parts):
+        name = part.GetName()
+        if name == "DisplacementFieldTransform":
+            field = _field_from_sitk(sitk.DisplacementFieldTransform(part).GetDisplacementField())
+            grid = grid or field.grid
+            steps.append(field)
+        elif name in _LINEAR_ITK:
+            steps.append(_linear_from_sitk(part))
+        else:
+            raise InputError(f"{path.name} holds an ITK {name}; svreg applies linear transforms and displacement "
+                             "fields only.")
+    return Transform(tuple(steps), grid=grid)
+
+
+def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:
+    """Read a transform: an svreg output folder, an ITK transform file, or a displacement NIfTI.
+
+    Args:
+        path: an output folder of ``svreg register`` (its ``displacement.nii.gz``, else ``transform.h5``;
+            with ``inverse`` its ``inverse_displacement.nii.gz``), a ``.h5``/``.tfm``/``.txt`` ITK
+            transform, or a ``.nii``/``.nii.gz`` displacement in the ITK/ANTs layout.
+        inverse: return the inverse mapping (moving-world points to fixed-world points; warping a
+            fixed-space image onto the moving grid). Without the folder's inverse file it is computed
+            numerically (:meth:`Transform.inverse`).
+
+    Raises:
+        InputError: a missing or unreadable file, or a folder without transform files.
+    """
+    path = Path(path)
+    if path.is_dir():
+        forward = next((path / n for n in ("displacement.nii.gz", "transform.h5") if (path / n).is_file()), None)
+        if forward is None:
+            raise InputError(f"{path} holds neither displacement.nii.gz nor transform.h5; name an svreg output "
+                             "folder or a transform file.")
+        tx = _read_file(forward)
+        inverse_file = path / "inverse_displacement.nii.gz"
+        if not inverse_file.is_file():
+            return tx.inverse() if inverse else tx
+        back = read_displacement(inverse_file)
+        if inverse:
+            return Transform((back,), grid=back.grid, inverse_grid=tx.grid)
+        return Transform(tx.steps, grid=tx.grid, inverse_grid=back.grid)
+    if not path.is_file():
+        raise InputError(f"transform not found: {path}")
+    tx = _read_file(path)
+    return tx.inverse() if inverse else tx
+
+
+def _read_file(path: Path) -> Transform:
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        field = read_displacement(path)
+        return Transform((field,), grid=field.grid)
+    if path.suffix.lower() in (".h5", ".hdf5", ".tfm", ".txt", ".mat"):
+        return read_itk_transform(path)
+    raise InputError(f"{path.name}: unknown transform file type; use an svreg output folder, an ITK .h5/.tfm "
+                     "transform or a displacement .nii.gz.")
