@@ -9,6 +9,6 @@ labels="${SYNTHSEG_LABEL_MAPS:-../shared/data/synthseg_label_maps}"
 bash scripts/setup_env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 .venv/bin/svreg train --config scripts/brain-unet-spr.yaml --synthetic "$labels" -o "$run" --device cpu
-.venv/bin/python scripts/install_model.py "$run/last" brain-unet-spr \
-  --data "SynthMorph-style pairs synthesised from the 20 SynthSeg training label maps (Apache-2.0)" \
+.venv/bin/python scripts/install_model.py "$run/best" brain-unet-spr \
+  --data "SynthMorph-style same-map pairs synthesised from the 20 SynthSeg training label maps (Apache-2.0), one shared random contrast per pair" \
   --command "bash scripts/train_shipped_model.sh"

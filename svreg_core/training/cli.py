@@ -73,7 +73,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on a terminal (auto), JSON lines on stdout, or none")
 
 
-def _data_sources(args: argparse.Namespace) -> tuple[DataSource, ...]:
+def _data_sources(args: argparse.Namespace, config: TrainingConfig) -> tuple[DataSource, ...]:
+    """The data flags as sources; ``--synthetic`` keeps the synthesis options of the file's synthetic source."""
     if args.atlas and not args.data:
         raise InputError("--atlas goes with --data FOLDER (atlas-to-subject pairs).")
     sources = []
@@ -84,7 +85,8 @@ def _data_sources(args: argparse.Namespace) -> tuple[DataSource, ...]:
     if args.csv:
         sources.append(DataSource("csv", args.csv))
     if args.synthetic:
-        sources.append(DataSource("synthetic", args.synthetic))
+        options = next((s.synthesis for s in config.data.sources if s.kind == "synthetic"), {})
+        sources.append(DataSource("synthetic", args.synthetic, synthesis=options))
     if args.templates:
         sources.append(DataSource("templates"))
     return tuple(sources)
@@ -113,7 +115,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.no_spr:
         changes["spr"] = False
-    sources = _data_sources(args)
+    sources = _data_sources(args, config)
     if sources:
         changes["data"] = dataclasses.replace(config.data, sources=sources)
     validation = {}

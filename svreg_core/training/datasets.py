@@ -473,8 +473,9 @@ class SyntheticPairDataset(_EpochSeededDataset):
 
     The label maps are read once, at construction, and resampled onto a training grid centred on
     each map's brain: its labels left after :func:`~svreg_core.training.synthesis.skull_strip`, less
-    CSF (which runs down the spinal canal in whole-head maps); all non-zero labels if none is left. Sample ``index`` draws a first map uniformly, and with
-    probability ``same_map_probability`` uses it for both images, else a different second map.
+    CSF (which runs down the spinal canal in whole-head maps); all non-zero labels if none is left.
+    Sample ``index`` draws a first map uniformly, and with probability ``synthesis.same_map_probability``
+    uses it for both images, else a different second map.
 
     Args:
         length: samples per epoch.
@@ -482,17 +483,15 @@ class SyntheticPairDataset(_EpochSeededDataset):
     """
 
     def __init__(self, label_map_paths: Sequence[str | Path], grid_spacing: float, grid_shape: Sequence[int], *,
-                 length: int, synthesis: SynthesisConfig = SynthesisConfig(), seed: int = 0,
-                 same_map_probability: float = 0.5) -> None:
+                 length: int, synthesis: SynthesisConfig = SynthesisConfig(), seed: int = 0) -> None:
         super().__init__(grid_spacing, grid_shape, seed)
         paths = [Path(p) for p in label_map_paths]
         if not paths:
             raise InputError("no label maps were given for synthesis.")
-        if length < 1 or not 0 <= same_map_probability <= 1:
-            raise ValueError("length must be positive and same_map_probability in [0, 1]")
+        if length < 1:
+            raise ValueError("length must be positive")
         self.length = int(length)
         self.synthesis = synthesis
-        self.same_map_probability = float(same_map_probability)
         self.names = [_stem(p) for p in paths]
         self.maps = [self._on_grid(p) for p in paths]
 
@@ -514,7 +513,7 @@ class SyntheticPairDataset(_EpochSeededDataset):
         n = len(self.maps)
         a = int(torch.randint(n, (), generator=generator))
         b = a
-        if n > 1 and float(torch.rand((), generator=generator)) >= self.same_map_probability:
+        if n > 1 and float(torch.rand((), generator=generator)) >= self.synthesis.same_map_probability:
             b = int(torch.randint(n - 1, (), generator=generator))
             b += int(b >= a)
         pair = synth_pair(torch.from_numpy(self.maps[a]), torch.from_numpy(self.maps[b]), generator, self.synthesis)

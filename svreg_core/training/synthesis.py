@@ -59,6 +59,9 @@ class SynthesisConfig:
         skull_strip_probability: probability that a pair is "skull-stripped": the labels of
             :data:`EXTRA_CEREBRAL_LABELS` (SynthSeg's 500s among them) become background, whose intensity is
             then 0, so images look like typical skull-stripped brain MRI.
+        same_map_probability: probability that both images of a pair come from the same label map (only
+            the random deformations differ, SynthMorph's same-map pairs); otherwise a second map is drawn.
+            Label maps are not aligned to each other, so cross-map pairs also teach global offsets.
         shared_contrast: both images of a pair draw their intensities from one random label → intensity
             table (mono-modal pairs, as the SPR losses LNCC and MSE assume); ``False`` gives each image
             its own table (SynthMorph's contrast-agnostic pairs, for a modality-independent loss such as
@@ -75,6 +78,7 @@ class SynthesisConfig:
     noise_std_max: float = 0.05
     gamma_std: float = 0.25
     skull_strip_probability: float = 0.8
+    same_map_probability: float = 0.5
     shared_contrast: bool = True
 
     def __post_init__(self) -> None:
@@ -95,9 +99,9 @@ class SynthesisConfig:
             raise InputError(f"synthesis blur_sigma must be (low, high) with low <= high, not {self.blur_sigma}.")
         if self.velocity_spacing < 1 or self.bias_spacing < 1:
             raise InputError("synthesis velocity_spacing and bias_spacing must be at least 1 voxel.")
-        if self.skull_strip_probability > 1:
-            raise InputError(f"synthesis skull_strip_probability must be at most 1, "
-                             f"not {self.skull_strip_probability:g}.")
+        for name in ("skull_strip_probability", "same_map_probability"):
+            if getattr(self, name) > 1:
+                raise InputError(f"synthesis {name} must be at most 1, not {getattr(self, name):g}.")
         if int(self.integration_steps) != self.integration_steps:
             raise InputError(f"synthesis integration_steps must be a whole number, not {self.integration_steps!r}.")
         object.__setattr__(self, "integration_steps", int(self.integration_steps))

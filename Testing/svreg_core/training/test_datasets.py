@@ -135,9 +135,8 @@ def label_maps(geo, make_labels, tmp_path) -> list[Path]:
 
 
 def test_synthetic_pairs_are_reproducible_and_centred_on_the_brain(geo, label_maps) -> None:
-    still = SynthesisConfig(velocity_std_max=0.0, skull_strip_probability=0.0)
-    dataset = SyntheticPairDataset(label_maps, 2.0, (24, 24, 24), length=5, synthesis=still, seed=1,
-                                   same_map_probability=0.0)
+    still = SynthesisConfig(velocity_std_max=0.0, skull_strip_probability=0.0, same_map_probability=0.0)
+    dataset = SyntheticPairDataset(label_maps, 2.0, (24, 24, 24), length=5, synthesis=still, seed=1)
     sample = dataset[2]
     assert sample["fixed"].shape == (1, 24, 24, 24) and sample["moving_labels"].dtype == torch.int64
     first, second = sample["name"].removeprefix("synth:").split("<-")
@@ -151,12 +150,12 @@ def test_synthetic_pairs_are_reproducible_and_centred_on_the_brain(geo, label_ma
     np.testing.assert_allclose(_world_centroid(inner, grid.affine), expected, atol=1.0)
     assert set(sample["fixed_labels"].unique().tolist()) <= {0, 2, 17, 24, 41, 530}
 
-    fresh = SyntheticPairDataset(label_maps, 2.0, (24, 24, 24), length=5, synthesis=still, seed=1,
-                                 same_map_probability=0.0)
+    fresh = SyntheticPairDataset(label_maps, 2.0, (24, 24, 24), length=5, synthesis=still, seed=1)
     assert torch.equal(fresh[2]["fixed"], sample["fixed"]) and fresh[2]["name"] == sample["name"]
     fresh.set_epoch(1)
     assert not torch.equal(fresh[2]["fixed"], sample["fixed"])
-    same = SyntheticPairDataset(label_maps[:2], 2.0, (24, 24, 24), length=3, same_map_probability=1.0)
+    same = SyntheticPairDataset(label_maps[:2], 2.0, (24, 24, 24), length=3,
+                                synthesis=SynthesisConfig(same_map_probability=1.0))
     first, second = same[0]["name"].removeprefix("synth:").split("<-")
     assert first == second
     with pytest.raises(IndexError):
