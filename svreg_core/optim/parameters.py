@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,17 @@ from svreg_core.errors import InputError
 from svreg_core.losses.spr import SPRLoss
 
 SIMILARITIES = ("lncc", "mse", "mind")
+
+#: Accepted range ``(low, high, unit)`` of each numeric parameter: wide enough for any sensible use,
+#: narrow enough that a typo (1e300, a 0.001 mm grid, a trillion iterations) is refused before any work.
+BOUNDS: dict[str, tuple[float, float, str]] = {
+    "alpha_prime": (0.0, 1e3, ""), "lambda_max": (0.0, 1e3, ""),
+    "level_spacings": (0.1, 100.0, " mm"), "min_control_spacing": (0.1, 100.0, " mm"),
+    "iterations": (1, 100_000, " iterations"), "learning_rate": (0.0, 100.0, " voxels"),
+    "lambda_learning_rate": (0.0, 100.0, ""), "final_learning_rate_fraction": (0.0, 1.0, ""),
+    "lncc_window": (1, 51, " voxels"), "integration_steps": (0, 20, " squarings"),
+    "seed": (0, 2**63 - 1, ""),
+}
 PRIORS = ("beta", "gaussian")
 
 
@@ -61,43 +73,51 @@ class RegistrationParameters:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "level_spacings", tuple(float(s) for s in self.level_spacings))
-            object.__setattr__(self, "iterations", tuple(int(n) for n in self.iterations))
-            for name in ("alpha_prime", "lambda_max", "min_control_spacing", "learning_rate",
-                         "lambda_learning_rate", "final_learning_rate_fraction"):
-                object.__setattr__(self, name, float(getattr(self, name)))
-            for name in ("lncc_window", "integration_steps", "seed"):
-                value = getattr(self, name)
-                if isinstance(value, bool) or int(value) != value:
-                    raise ValueError(name)
-                object.__setattr__(self, name, int(value))
-        except (TypeError, ValueError):
-            raise InputError("registration parameters have a wrong type: numbers expected for strengths, "
-                             "steps and rates, lists of numbers for level_spacings and iterations.") from None
+        def whole(value: Any, name: str) -> int:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or int(value) != value:
+                raise InputError(f"{name} must be a whole number, not {value!r}.")
+            return int(value)
+
+        def number(value: Any, name: str) -> float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise InputError(f"{name} must be a finite number, not {value!r}.")
+            return float(value)
+
+        for name in ("level_spacings", "iterations"):
+            if isinstance(getattr(self, name), (str, bytes)) or not hasattr(getattr(self, name), "__iter__"):
+                raise InputError(f"{name} must be a list of numbers, not {getattr(self, name)!r}.")
+        object.__setattr__(self, "level_spacings", tuple(number(v, "level_spacings") for v in self.level_spacings))
+        object.__setattr__(self, "iterations", tuple(whole(v, "iterations") for v in self.iterations))
+        for name in ("alpha_prime", "lambda_max", "min_control_spacing", "learning_rate",
+                     "lambda_learning_rate", "final_learning_rate_fraction"):
+            object.__setattr__(self, name, number(getattr(self, name), name))
+        for name in ("lncc_window", "integration_steps", "seed"):
+            object.__setattr__(self, name, whole(getattr(self, name), name))
         for name in ("spr", "affine"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false, not {getattr(self, name)!r}.")
+        for name in ("similarity", "prior", "device"):
+            if not isinstance(getattr(self, name), str):
+                raise InputError(f"{name} must be a name (text), not {getattr(self, name)!r}.")
         if self.similarity not in SIMILARITIES:
             raise InputError(f"unknown similarity {self.similarity!r}; choose one of {', '.join(SIMILARITIES)}.")
         if self.prior not in PRIORS:
             raise InputError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIORS)}.")
         if len(self.level_spacings) != len(self.iterations) or not self.level_spacings:
             raise InputError("level_spacings and iterations must have the same, non-zero length.")
-        if min(self.level_spacings) <= 0 or self.min_control_spacing <= 0:
-            raise InputError("level_spacings and min_control_spacing must be positive (mm).")
-        if min(self.iterations) < 1:
-            raise InputError("every level needs at least 1 iteration.")
-        if self.alpha_prime < 0 or self.lambda_max < 0:
-            raise InputError("alpha_prime and lambda_max must be non-negative.")
+        for name, value in BOUNDS.items():
+            low, high, unit = value
+            values = getattr(self, name)
+            for v in values if isinstance(values, tuple) else (values,):
+                if not low <= v <= high:
+                    raise InputError(f"{name} {v:g} is out of range: it must lie in [{low:g}, {high:g}]{unit}.")
         if self.learning_rate <= 0 or self.lambda_learning_rate <= 0:
             raise InputError("learning rates must be positive.")
-        if not 0.0 < self.final_learning_rate_fraction <= 1.0:
+        if self.final_learning_rate_fraction <= 0:
             raise InputError("final_learning_rate_fraction must be in (0, 1].")
-        if self.lncc_window < 1 or self.lncc_window % 2 == 0:
+        if self.lncc_window % 2 == 0:
             raise InputError(f"lncc_window must be an odd number of voxels, not {self.lncc_window}.")
-        if self.integration_steps < 0:
-            raise InputError("integration_steps must be 0 or more.")
 
     @property
     def control_spacings(self) -> tuple[float, ...]:
@@ -141,6 +161,10 @@ PRESETS: dict[str, RegistrationParameters] = {
 HYPERPARAMETERS = ("alpha_prime", "lambda_max")
 
 
+#: Top-level keys of a preset file (``svreg tune --apply-best`` writes all of them).
+PRESET_FILE_KEYS = frozenset({"base", "parameters", "tuning", "svreg_version", "description"})
+
+
 def _preset_file(path: Path) -> tuple[dict[str, Any], str]:
     """The document of a preset file and its base preset name."""
     try:
@@ -149,6 +173,10 @@ def _preset_file(path: Path) -> tuple[dict[str, Any], str]:
         raise InputError(f"preset file {path} is not valid JSON ({exc}).") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
         raise InputError(f"preset file {path} must hold an object with a 'parameters' object.")
+    unknown = sorted(set(doc) - PRESET_FILE_KEYS)
+    if unknown:
+        raise InputError(f"preset file {path} has unknown top-level key(s) {', '.join(map(repr, unknown))}; "
+                         f"allowed: {', '.join(sorted(PRESET_FILE_KEYS))}.")
     base = doc.get("base", "brain-mri")
     if base not in PRESETS:
         raise InputError(f"preset file {path} names an unknown base preset {base!r}.")

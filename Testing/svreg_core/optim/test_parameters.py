@@ -36,8 +36,8 @@ def test_preset_file_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("doc, words", [
     ({"parameters": {"level_spacings": [8, 4], "iterations": [10]}}, "same, non-zero length"),
     ({"parameters": {"level_spacings": [], "iterations": []}}, "non-zero length"),
-    ({"parameters": {"alpha_prime": -0.1}}, "non-negative"),
-    ({"parameters": {"lambda_max": -1}}, "non-negative"),
+    ({"parameters": {"alpha_prime": -0.1}}, "alpha_prime -0.1 is out of range"),
+    ({"parameters": {"lambda_max": -1}}, "lambda_max -1 is out of range"),
     ({"parameters": {"prior": "laplace"}}, "unknown prior"),
     ({"base": "knee-mri", "parameters": {}}, "knee-mri"),
     ({"parameters": []}, "'parameters' object"),
@@ -93,3 +93,28 @@ def test_unknown_keys_in_from_dict() -> None:
 def test_invalid_values_are_input_errors(values: dict) -> None:
     with pytest.raises(InputError):
         RegistrationParameters(**values)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"alpha_prime": float("inf")}, "alpha_prime must be a finite number"),
+    ({"lambda_max": 1e300}, "lambda_max 1e\\+300 is out of range"),
+    ({"learning_rate": float("nan")}, "learning_rate must be a finite number"),
+    ({"iterations": (True, 5)}, "iterations must be a whole number"),
+    ({"iterations": (2.5, 5)}, "iterations must be a whole number"),
+    ({"iterations": (10**12, 5)}, "iterations 1e\\+12 is out of range"),
+    ({"integration_steps": 10**6}, "integration_steps 1e\\+06 is out of range"),
+    ({"lncc_window": 10**5 + 1}, "lncc_window 100001 is out of range"),
+    ({"level_spacings": (4.0, 1e-4)}, "level_spacings 0.0001 is out of range"),
+    ({"device": 5}, "device must be a name"),
+    ({"iterations": "80"}, "iterations must be a list of numbers"),
+])
+def test_absurd_values_are_refused_before_any_work(changes, message) -> None:
+    with pytest.raises(InputError, match=message):
+        RegistrationParameters().replace(**changes)
+
+
+def test_preset_file_with_a_misspelled_key_is_refused(tmp_path) -> None:
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps({"parameter": {"alpha_prime": 0.1}}))
+    with pytest.raises(InputError, match="unknown top-level key\\(s\\) 'parameter'"):
+        load_parameters(path)
