@@ -246,7 +246,7 @@ def test_cuda_without_gpu(tiny_pair, tmp_path: Path, capsys) -> None:
     ({"parameters": {"similarity": "ncc"}}, "similarity"),
     ({"base": "knee-mri", "parameters": {}}, "knee-mri"),
     ("{not json", "not valid JSON"),
-    ({"parameters": {"iterations": ["many", 3]}}, "wrong type"),
+    ({"parameters": {"iterations": ["many", 3]}}, "iterations must be a whole number"),
 ])
 def test_bad_preset_file(tiny_pair, tmp_path: Path, capsys, content, words: str) -> None:
     preset = tmp_path / "bad.json"

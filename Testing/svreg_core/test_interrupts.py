@@ -138,7 +138,7 @@ def test_sigterm_during_registration(geo, earlier) -> None:
     _read_until(child, _is_stage("deformable"))
     child.send_signal(signal.SIGTERM)
     rc, err = _finish(child)
-    assert (rc, err) == (130, "svreg: interrupted\n")
+    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err
     _assert_untouched(geo, earlier)
 
 
@@ -148,7 +148,7 @@ def test_sigterm_while_writing_outputs(geo, earlier) -> None:
     partial = _wait_for_partial(earlier)
     child.send_signal(signal.SIGTERM)
     rc, err = _finish(child)
-    assert (rc, err) == (130, "svreg: interrupted\n")
+    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err
     assert not partial.exists()
     _assert_untouched(geo, earlier)
 
