@@ -377,6 +377,27 @@ class _EpochSeededDataset(Dataset):
         return network_grid(image, self.grid_spacing, shape=self.grid_shape)
 
 
+class _GeneratedDataset(_EpochSeededDataset):
+    """``length`` samples per epoch, each drawn by :meth:`sample` from its own generator."""
+
+    def __init__(self, grid_spacing: float, grid_shape: Sequence[int], seed: int, length: int) -> None:
+        super().__init__(grid_spacing, grid_shape, seed)
+        if length < 1:
+            raise ValueError("length must be positive")
+        self.length = int(length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < self.length:
+            raise IndexError(index)
+        return self.sample(self.generator(index))
+
+    def sample(self, generator: torch.Generator) -> Sample:
+        raise NotImplementedError
+
+
 # ----------------------------------------------------------------------------------- real pairs
 
 
@@ -468,7 +489,7 @@ def _smallest_int(data: np.ndarray) -> np.ndarray:
     return data.astype(np.int16 if fits else np.int32)
 
 
-class SyntheticPairDataset(_EpochSeededDataset):
+class SyntheticPairDataset(_GeneratedDataset):
     """SynthMorph pairs synthesised from label maps (:func:`svreg_core.training.synthesis.synth_pair`).
 
     The label maps are read once, at construction, and resampled onto a training grid centred on
@@ -484,13 +505,10 @@ class SyntheticPairDataset(_EpochSeededDataset):
 
     def __init__(self, label_map_paths: Sequence[str | Path], grid_spacing: float, grid_shape: Sequence[int], *,
                  length: int, synthesis: SynthesisConfig = SynthesisConfig(), seed: int = 0) -> None:
-        super().__init__(grid_spacing, grid_shape, seed)
+        super().__init__(grid_spacing, grid_shape, seed, length)
         paths = [Path(p) for p in label_map_paths]
         if not paths:
             raise InputError("no label maps were given for synthesis.")
-        if length < 1:
-            raise ValueError("length must be positive")
-        self.length = int(length)
         self.synthesis = synthesis
         self.names = [_stem(p) for p in paths]
         self.maps = [self._on_grid(p) for p in paths]
@@ -503,13 +521,7 @@ class SyntheticPairDataset(_EpochSeededDataset):
         grid = self.training_grid(Image(brain.astype(np.float32), labels.affine))
         return _smallest_int(labels_to_training_grid(labels, grid).numpy())
 
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        generator = self.generator(index)
+    def sample(self, generator: torch.Generator) -> Sample:
         n = len(self.maps)
         a = int(torch.randint(n, (), generator=generator))
         b = a
@@ -536,7 +548,7 @@ class _Template:
     labels_affine: np.ndarray | None
 
 
-class TemplateAugmentDataset(_EpochSeededDataset):
+class TemplateAugmentDataset(_GeneratedDataset):
     """Pairs made from real templates: the template and a randomly deformed, intensity-augmented copy.
 
     Sample ``index`` picks a template uniformly, draws a random diffeomorphism
@@ -551,13 +563,12 @@ class TemplateAugmentDataset(_EpochSeededDataset):
     def __init__(self, templates: Sequence[TemplateSpec | str | Path], grid_spacing: float,
                  grid_shape: Sequence[int], *, length: int, seed: int = 0,
                  synthesis: SynthesisConfig = SynthesisConfig(), swap_probability: float = 0.5) -> None:
-        super().__init__(grid_spacing, grid_shape, seed)
+        super().__init__(grid_spacing, grid_shape, seed, length)
         specs = [t if isinstance(t, TemplateSpec) else TemplateSpec(Path(t)) for t in templates]
         if not specs:
             raise InputError("no template images were given.")
-        if length < 1 or not 0 <= swap_probability <= 1:
-            raise ValueError("length must be positive and swap_probability in [0, 1]")
-        self.length = int(length)
+        if not 0 <= swap_probability <= 1:
+            raise ValueError("swap_probability must be in [0, 1]")
         self.synthesis = synthesis
         self.swap_probability = float(swap_probability)
         self.templates = [self._load(spec) for spec in specs]
@@ -572,13 +583,7 @@ class TemplateAugmentDataset(_EpochSeededDataset):
                          None if labels is None else _smallest_int(labels.data),
                          None if labels is None else labels.affine)
 
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, index: int) -> Sample:
-        if not 0 <= index < self.length:
-            raise IndexError(index)
-        generator = self.generator(index)
+    def sample(self, generator: torch.Generator) -> Sample:
         template = self.templates[int(torch.randint(len(self.templates), (), generator=generator))]
         grid = Grid(self.grid_shape, template.grid_affine)
         displacement = random_deformation(self.grid_shape, generator, self.synthesis)
