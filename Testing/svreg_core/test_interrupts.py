@@ -93,6 +93,53 @@ def test_sigterm_raises_keyboard_interrupt_once(geo, tmp_path: Path) -> None:
     assert (rc, rest) == (0, "cleaned\nTrue\n"), err
 
 
+def test_deferred_sigterm_is_raised_only_at_an_interruptible_point(geo, tmp_path: Path) -> None:
+    """A SIGTERM inside ``interrupts_deferred`` does not cut the deferred work; it is raised on entering
+    the next ``interruptible`` block (here: before its body runs)."""
+    code = ("import os, signal, time\n"
+            "from svreg_core.interrupts import interruptible, interrupts_deferred, sigterm_as_interrupt\n"
+            "with sigterm_as_interrupt():\n"
+            "    try:\n"
+            "        with interrupts_deferred():\n"
+            "            os.kill(os.getpid(), signal.SIGTERM)\n"
+            "            time.sleep(0.2)\n"
+            "            print('deferred work finished', flush=True)\n"
+            "            with interruptible():\n"
+            "                print('never', flush=True)\n"
+            "    except KeyboardInterrupt:\n"
+            "        print('interrupted', flush=True)\n"
+            "    try:\n"
+            "        with interrupts_deferred():\n"
+            "            pass\n"
+            "        print('no stale request', flush=True)\n"
+            "    except KeyboardInterrupt:\n"
+            "        print('stale', flush=True)\n")
+    child = _start(geo, [sys.executable, "-c", code], cwd=tmp_path)
+    out = child.stdout.read()
+    rc, err = _finish(child)
+    assert (rc, out) == (0, "deferred work finished\ninterrupted\nno stale request\n"), err
+
+
+def test_deferred_sigterm_is_raised_when_the_deferred_block_ends(geo, tmp_path: Path) -> None:
+    code = ("import os, signal, time\n"
+            "from svreg_core.interrupts import interruptible, interrupts_deferred, sigterm_as_interrupt\n"
+            "with sigterm_as_interrupt():\n"
+            "    try:\n"
+            "        with interrupts_deferred():\n"
+            "            with interruptible():\n"
+            "                print('inside', flush=True)\n"
+            "            os.kill(os.getpid(), signal.SIGTERM)\n"
+            "            time.sleep(0.2)\n"
+            "            print('recorded', flush=True)\n"
+            "        print('never', flush=True)\n"
+            "    except KeyboardInterrupt:\n"
+            "        print('interrupted at the end', flush=True)\n")
+    child = _start(geo, [sys.executable, "-c", code], cwd=tmp_path)
+    out = child.stdout.read()
+    rc, err = _finish(child)
+    assert (rc, out) == (0, "inside\nrecorded\ninterrupted at the end\n"), err
+
+
 @pytest.fixture(scope="module")
 def earlier(geo, tiny_pair, tmp_path_factory) -> SimpleNamespace:
     """A finished svreg output ``site/out`` (its files' hashes recorded) and the command to redo it."""

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
-import threading
 from typing import Any, Callable, Iterator
 
 from svreg_core.errors import InputError
+from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE
 from svreg_core.tuning.study import DEFAULT_STORAGE, DEFAULT_STUDY
 
@@ -92,23 +91,6 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--include-fixed-settings", action="store_true",
                      help="--apply-best also writes the study's fixed settings (pyramid, iterations, affine...)")
     out.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises KeyboardInterrupt (the running trial is recorded as failed, finished ones are kept)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
@@ -200,7 +182,7 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
     sink = reporter or make_sink(args.progress)
     label = describe_storage(storage_url(args.storage))
     try:
-        with _optuna_verbosity(args.verbose), quiet_optuna(), _sigterm_as_interrupt():
+        with _optuna_verbosity(args.verbose), quiet_optuna(), sigterm_as_interrupt():
             try:
                 if args.validation is not None:
                     study, reason, error = _tune(args, label, sink)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Protocol, Sequence, TypeVar
 import optuna
 
 from svreg_core.errors import SvregError
+from svreg_core.interrupts import interruptible
 from svreg_core.tuning.pairs import ValidationPair, load_pair
 
 C = TypeVar("C")
@@ -138,7 +139,8 @@ def trial_function(space: Any, objective: Objective[C], *, max_folding: float | 
         if listener is not None:
             listener.trial_started(trial, len(steps.labels))
         try:
-            objective.evaluate(config, steps)
+            with interruptible():  # a stop request raises here; Optuna then records this trial as FAIL
+                objective.evaluate(config, steps)
             return steps.value
         except optuna.TrialPruned:
             raise

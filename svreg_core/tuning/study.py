@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from svreg_core.errors import InputError, OutputError
+from svreg_core.interrupts import interrupts_deferred
 
 #: Study user attribute holding the study's definition (objective, search space, pairs...).
 META_KEY = "svreg_tuning"
@@ -241,8 +242,12 @@ def run_worker(study: optuna.Study, func: Callable[[optuna.Trial], float], n_tri
     """
     failures = StopAfterFailures(max_failures)
     if count_finished(study) < n_trials:
-        study.optimize(func, timeout=timeout, catch=(Exception,), gc_after_trial=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), failures, *callbacks])
+        # A stop request is raised only inside a trial's own code (trial_function), never while Optuna
+        # creates or records a trial: a trial cut there would stay RUNNING in the storage for good.
+        with interrupts_deferred():
+            study.optimize(func, timeout=timeout, catch=(Exception,), gc_after_trial=True,
+                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), failures,
+                                      *callbacks])
     if failures.limit and failures.in_a_row >= failures.limit:
         return "max_failures", failures.last_error
     return ("done" if count_finished(study) >= n_trials else "timeout"), failures.last_error
