@@ -186,6 +186,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: Progre
     """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before."""
     from svreg_core.image import load_image
     from svreg_core.outputs import write_outputs
+    from svreg_core.outputs.writer import check_output_space, expected_output_bytes
     from svreg_core.registration import register
 
     t0 = time.perf_counter()
@@ -209,6 +210,8 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: Progre
     moving_mask = load(pair.moving_mask, "moving mask", labels=True)
     _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
     _check_same_grid(moving_labels, moving, "moving labels", "moving image")
+    check_output_space(pair.output, expected_output_bytes(fixed.shape, moving.shape, outputs=args.outputs,
+                                                          labels=moving_labels is not None))
     load_s = time.perf_counter() - t0
     result = register(fixed, moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask, model=args.model,
                       refine=args.refine, progress=printer)
@@ -225,7 +228,8 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: Progre
 
 def _summary(report: dict) -> str:
     m = report["metrics"]
-    line = f"folding {m['folding_percent']:.4f} %, NDV {m['ndv_percent']:.4f} %"
+    ndv = "n/a" if m["ndv_percent"] is None else f"{m['ndv_percent']:.4f} %"  # null: could not be computed
+    line = f"folding {m['folding_percent']:.4f} %, NDV {ndv}"
     if "dice_mean" in m:  # a metric that could not be computed is null in the report
         dice_text = "n/a" if m["dice_mean"] is None else f"{m['dice_mean']:.4f}"
         if m.get("dice_mean_before") is not None and m["dice_mean"] is not None:

@@ -269,6 +269,96 @@ def test_subprocess_error_json_mode(geo, tiny_pair, tmp_path: Path) -> None:
     assert sorted(x.name for x in tmp_path.iterdir()) == ["flat.nii.gz"]
 
 
+def _stages(err: str) -> set[str]:
+    """The progress stages named in plain progress lines (``svreg: STAGE NN %``)."""
+    return {m.group(1) for m in re.finditer(r"svreg: ([^:\n]+?) \d+ %", err)}
+
+
+def _strict_json(path: Path) -> dict:
+    """``path`` parsed as strict JSON (NaN / Infinity literals refused)."""
+    def refuse(token: str):
+        raise ValueError(f"non-standard JSON literal {token}")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (46, 55, 2)])
+def test_small_images_register_with_uncomputable_metrics_null(geo, tmp_path: Path, shape) -> None:
+    """The issue's 2x2x2 images and 46x55x2 slab: registered (real command, default preset); NDV, which
+    needs a voxel inside the one-voxel border, is null with a note; everything else is computed."""
+    aff = geo.make_affine(np.diag([2.0, 2.0, 3.0]), [10.0, -20.0, 5.0])
+    i, j, k = np.indices(shape, dtype=np.float64)
+    fixed = np.exp(-((i - 0.45 * shape[0]) ** 2 + (j - 0.5 * shape[1]) ** 2) / (0.1 * max(shape) ** 2)) + 0.1 * k
+    moving = np.exp(-((i - 0.55 * shape[0]) ** 2 + (j - 0.45 * shape[1]) ** 2) / (0.1 * max(shape) ** 2)) + 0.1 * k
+    f = geo.save_nifti(fixed.astype(np.float32), aff, tmp_path / "fixed.nii.gz")
+    m = geo.save_nifti(moving.astype(np.float32), aff, tmp_path / "moving.nii.gz")
+    out = tmp_path / "out"
+    proc = _run(geo, "register", f, m, "-o", out, "--device", "cpu", "--progress", "none", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "NDV n/a" in proc.stdout and "Traceback" not in proc.stderr
+    report = _strict_json(out / "report.json")
+    metrics = report["metrics"]
+    assert metrics["ndv_percent"] is None
+    assert any("ndv_percent cannot be computed" in n and "3 voxels" in n for n in report["notes"])
+    for key in ("folding_percent", "sdlogj", "jacobian_min", "jacobian_max"):
+        assert isinstance(metrics[key], float) and np.isfinite(metrics[key]), key
+    assert nib.load(str(out / "warped.nii.gz")).shape == shape
+
+
+def test_sheared_or_singular_affine_is_a_plain_error(geo, tiny_pair, tmp_path: Path, capsys) -> None:
+    """A sform that its qform contradicts, and a nearly singular affine: one line before any work."""
+    data = tiny_pair.moving
+    sheared = tiny_pair.moving_affine.copy()
+    sheared[:3, 1] += 0.3 * sheared[:3, 0]
+    geo.save_nifti(data, sheared, tmp_path / "sheared.nii.gz")  # the qform cannot hold the shear
+    squashed = tiny_pair.moving_affine.copy()
+    squashed[:3, 0] *= 1e-7
+    nib.save(nib.Nifti1Image(data, squashed), str(tmp_path / "squashed.nii.gz"))
+    p = tiny_pair.paths
+    for name, words in (("sheared", ("sform and qform", "fslorient")), ("squashed", ("nearly) singular",))):
+        rc, _, err = _main(["register", p.fixed, tmp_path / f"{name}.nii.gz", "-o", tmp_path / "out",
+                            "--device", "cpu", "--progress", "lines"], capsys)
+        _assert_plain_error(rc, err, "moving image", *words)
+        assert _stages(err) <= {"load"}  # refused while reading the images
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_under_proc_is_refused_before_any_work(tiny_pair, tmp_path: Path, capsys) -> None:
+    """/proc accepts no new folder even for root (the issue: a traceback after the whole registration)."""
+    p = tiny_pair.paths
+    for target in ("/proc/svreg-test-out", "/proc/svreg-test/deeper/out"):
+        rc, _, err = _main(["register", p.fixed, p.moving, "-o", target, "--progress", "lines"], capsys)
+        _assert_plain_error(rc, err, "cannot write the output folder", "/proc")
+        assert err.count("\n") == 1  # not even the images were read
+    assert not Path("/proc/svreg-test-out").exists()
+
+
+def _mount_tmpfs(folder: Path, options: str) -> None:
+    """Mount a tmpfs at ``folder`` or skip (needs root with mount rights)."""
+    folder.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode(errors='replace').strip()}")
+
+
+@pytest.mark.parametrize("options, words", [("size=1m", "not enough free space"),
+                                            ("ro,size=1m", "cannot write the output folder")])
+def test_full_or_read_only_disk_is_refused_before_registration(tiny_pair, tmp_path: Path, capsys, options: str,
+                                                               words: str) -> None:
+    """A 1 MB disk (the outputs need more) and a read-only disk (root may write anywhere else): one line,
+    exit 2, before the registration starts, nothing written."""
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, options)
+    try:
+        p = tiny_pair.paths
+        rc, _, err = _main(["register", p.fixed, p.moving, "-o", disk / "out", "--progress", "lines"], capsys)
+        _assert_plain_error(rc, err, words, str(disk))
+        assert _stages(err) <= {"load"}  # at most the images were read
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 def test_progress_printer_modes(capsys) -> None:
     from svreg_core.cli import ProgressPrinter
     from svreg_core.progress import ProgressEvent

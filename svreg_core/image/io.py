@@ -12,14 +12,18 @@ from svreg_core.image.image import Image, validate_image
 #: Float label values this close to a whole number are taken as that number (float storage noise).
 LABEL_TOLERANCE = 1e-3
 
+#: Largest distance between the places the sform and the qform give a point of the image, as a fraction
+#: of the smallest voxel size; a larger disagreement is refused (different programs use different ones).
+SFORM_QFORM_TOLERANCE = 0.1
+
 
 def load_image(path: str | Path, *, labels: bool = False, name: str | None = None) -> Image:
     """Read a 3-D NIfTI (or any nibabel-readable) image as float32, or int32 for ``labels``.
 
     The affine is nibabel's best voxel-to-RAS affine (sform, else qform).
-    Raises :class:`InputError` for a missing, unreadable or unusable file, and for ``labels`` (label
-    maps and masks) holding values that are not whole numbers from 0 to 2**31 - 1 (see
-    :func:`label_values`).
+    Raises :class:`InputError` for a missing, unreadable or unusable file, for a NIfTI whose sform and
+    qform are both set but disagree (see :func:`check_sform_qform`), and for ``labels`` (label maps and
+    masks) holding values that are not whole numbers from 0 to 2**31 - 1 (see :func:`label_values`).
     """
     path = Path(path)
     what = name or path.name
@@ -39,7 +43,45 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         data = label_values(data, f"{name} ({path.name})" if name else path.name)
     else:
         data = data.astype(np.float32)
-    return validate_image(Image(data, img.affine), what, labels=labels)
+    image = validate_image(Image(data, img.affine), what, labels=labels)
+    check_sform_qform(img, f"{name} ({path.name})" if name else path.name)
+    return image
+
+
+def field_of_view_distance(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (mm) between where the voxel-to-world affines ``a`` and ``b`` put a point of an
+    image of ``shape``: the maximum over the 8 outer corners of its voxels (the difference is affine)."""
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in shape[:3]], indexing="ij")).reshape(3, -1).T
+    diff = nib.affines.apply_affine(np.asarray(a, np.float64), corners) - \
+        nib.affines.apply_affine(np.asarray(b, np.float64), corners)
+    return float(np.linalg.norm(diff, axis=1).max())
+
+
+def _tolerance_mm(affine: np.ndarray) -> float:
+    """:data:`SFORM_QFORM_TOLERANCE` times the smallest voxel size (mm) of ``affine``."""
+    return SFORM_QFORM_TOLERANCE * float(np.min(np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)))
+
+
+def check_sform_qform(img: object, what: str) -> None:
+    """Refuse a NIfTI whose sform and qform are both set and place the image differently.
+
+    When both codes are non-zero and the two affines put some point of the image more than
+    :data:`SFORM_QFORM_TOLERANCE` of the smallest voxel size apart, programs disagree on where the
+    image is (nibabel and svreg use the sform; ITK, hence Slicer and SimpleITK, the qform when the
+    sform is sheared): raises :class:`InputError` naming both and the fix. A file with only one of
+    them set, or not a NIfTI, passes.
+    """
+    if not hasattr(img, "get_sform") or not hasattr(img, "get_qform"):
+        return
+    sform, s_code = img.get_sform(coded=True)
+    qform, q_code = img.get_qform(coded=True)
+    if not s_code or not q_code:
+        return
+    distance = field_of_view_distance(sform, qform, img.shape[:3])
+    if distance > _tolerance_mm(sform):
+        raise InputError(f"{what}: its sform and qform place the image up to {distance:.3g} mm apart, so "
+                         "programs disagree on where it is; remove the wrong one ('fslorient -deleteqform FILE' "
+                         "keeps the sform, 'fslorient -deletesform FILE' the qform).")
 
 
 def label_values(data: np.ndarray, what: str) -> np.ndarray:
@@ -72,12 +114,18 @@ def label_values(data: np.ndarray, what: str) -> np.ndarray:
 
 
 def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None = None) -> Path:
-    """Write ``image`` as NIfTI with its RAS affine set as both sform and qform (code 1, scanner)."""
+    """Write ``image`` as NIfTI with its RAS affine as sform and qform (code 1, scanner).
+
+    A sheared affine, which a qform (rotation and voxel sizes) cannot hold, is written as the sform
+    only (qform code 0), so the file never has a qform that disagrees with its sform.
+    """
     path = Path(path)
     data = np.asarray(image.data if dtype is None else image.data.astype(dtype))
     nii = nib.Nifti1Image(data, image.affine)
     nii.set_sform(image.affine, code=1)
     nii.set_qform(image.affine, code=1)
+    if field_of_view_distance(nii.get_qform(), image.affine, data.shape) > _tolerance_mm(image.affine):
+        nii.set_qform(None, code=0)
     nii.header.set_xyzt_units("mm")
     nib.save(nii, str(path))
     return path

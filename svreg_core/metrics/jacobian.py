@@ -196,11 +196,12 @@ def ndv_percent(displacement: np.ndarray, affine: np.ndarray, mask: np.ndarray |
     """Non-diffeomorphic volume as a percentage of the mask volume: ``100 * sum(ndv_map[m]) / |m|``.
 
     ``m`` is ``mask`` (e.g. ``moving > 0`` resampled on the displacement grid) intersected with the
-    grid cropped by one voxel at the border; with ``mask=None`` it is the cropped grid itself. Raises
-    :class:`InputError` if ``m`` is empty.
+    grid cropped by one voxel at the border; with ``mask=None`` it is the cropped grid itself. NaN
+    when ``m`` is empty: the grid has fewer than 3 voxels along an axis (a 2-slice slab) or ``mask``
+    lies on the border only.
     """
     ndv = ndv_map(displacement, affine)
     m = _interior(ndv.shape) & _mask_or_all(mask, ndv.shape)
     if not m.any():
-        raise InputError("The NDV mask selects no voxel once the one-voxel border is removed.")
+        return float("nan")
     return float(100.0 * np.sum(ndv[m], dtype=np.float64) / np.count_nonzero(m))

@@ -71,10 +71,11 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
     Refuses (:class:`OutputError`, one line): an empty path; a path that is a file; the home folder;
     the filesystem root; a folder containing one of ``inputs``; the current folder or one containing
     it; an existing non-empty folder that svreg did not write or that holds files svreg did not
-    write; without ``overwrite``, any existing non-empty folder. Removes the hidden work folders
-    that dead runs left next to ``outdir`` (see :func:`remove_stale_work_folders`). With
-    ``create_parent`` a missing parent folder is created; without, nothing is created (an early
-    check that must leave no trace if the run fails later).
+    write; without ``overwrite``, any existing non-empty folder; a location where no folder can be
+    created (tested by creating and removing one: read-only disks, ``/proc``, ``/sys``). Removes the
+    hidden work folders that dead runs left next to ``outdir`` (see
+    :func:`remove_stale_work_folders`). With ``create_parent`` a missing parent folder is created;
+    without, nothing is left behind (an early check that must leave no trace if the run fails later).
     """
     if not str(outdir).strip():
         raise OutputError("the output folder path is empty; name a new folder.")
@@ -95,13 +96,10 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
     if out.is_dir() and any(out.iterdir()):
         _check_replaceable(out, overwrite)
     parent = out.parent
-    existing = parent
-    while not existing.exists():  # the nearest existing ancestor must be a writable folder
-        existing = existing.parent
+    existing = _nearest_existing(out)
     if not existing.is_dir():
         raise OutputError(f"cannot create {out}: {existing} is a file, not a folder.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {existing}: permission denied.")
+    _probe_writable(out, existing)
     if parent.is_dir():
         remove_stale_work_folders(out)
     if create_parent and not parent.exists():
@@ -110,6 +108,61 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
         except OSError as exc:
             raise OutputError(f"cannot create {parent}: {exc.strerror}.") from None
     return out
+
+
+def _nearest_existing(out: Path) -> Path:
+    """The parent of ``out``, or its nearest ancestor that exists (where folders must be created)."""
+    existing = out.parent
+    while not existing.exists():
+        existing = existing.parent
+    return existing
+
+
+def _probe_writable(out: Path, existing: Path) -> None:
+    """Create and remove a hidden work folder in ``existing`` (a real test: permission bits do not show
+    read-only disks, ``/proc`` or ``/sys``, nor what root may not do); :class:`OutputError` if it fails.
+
+    The probe is named as a work folder of ``out`` (or of the first missing folder on the way to it),
+    so one left behind by a killed run is removed by the next (:func:`remove_stale_work_folders`).
+    """
+    child = out if out.parent == existing else next(p for p in out.parents if p.parent == existing)
+    probe = existing / (_work_folder_name(child, "partial") + secrets.token_hex(4))
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as exc:
+        raise OutputError(f"cannot write the output folder {out}: creating a folder in {existing} fails "
+                          f"({exc.strerror}); choose a folder on a writable disk.") from None
+
+
+def expected_output_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int], *,
+                          outputs: Sequence[str] | None = None, labels: bool = False) -> int:
+    """Bytes the outputs of a registration of a ``fixed_shape`` image to a ``moving_shape`` one take,
+    uncompressed (an upper bound: gzip level 1 saves ~10 % on fields, more on images with background).
+
+    ``outputs``: names from :data:`SELECTABLE_OUTPUTS` (default: all); ``labels``: moving labels are
+    given (``warped_labels.nii.gz``). Per fixed voxel: float32 images (warped, λ, det J, int32
+    labels) 4 bytes, the displacement 12, the ITK transform (float64) 24; the inverse field 12 per
+    moving voxel; the figure and report.json at most 2 MB.
+    """
+    chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
+    fixed, moving = int(np.prod(fixed_shape)), int(np.prod(moving_shape))
+    per_fixed_voxel = {"warped": 4, "displacement": 12, "transform": 24, "regularization": 4, "jacobian": 4,
+                       "labels": 4 if labels else 0}
+    total = sum(size * fixed for name, size in per_fixed_voxel.items() if name in chosen)
+    total += 12 * moving if "inverse" in chosen else 0
+    return total + 2_000_000
+
+
+def check_output_space(outdir: str | Path, needed_bytes: int) -> None:
+    """Raise :class:`OutputError` when the disk that will hold ``outdir`` has less free space (for this
+    user) than ``needed_bytes`` (see :func:`expected_output_bytes`)."""
+    out = Path(outdir).resolve()
+    existing = _nearest_existing(out)
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise OutputError(f"not enough free space for the outputs in {existing}: about {needed_bytes / 1e6:.1f} MB "
+                          f"needed, {free / 1e6:.1f} MB free; free some space or choose another output folder.")
 
 
 def _check_replaceable(out: Path, overwrite: bool) -> None:
@@ -366,6 +419,10 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                   "outputs": sorted(n for n in SELECTABLE_OUTPUTS if n in chosen
                                     and (n != "labels" or moving_labels is not None)),
                   "versions": versions, **(extra or {})}
+        if math.isnan(metrics["ndv_percent"]):  # e.g. a 2-slice slab: NDV needs a voxel inside the border
+            report["notes"] = [f"ndv_percent cannot be computed: no foreground voxel of the fixed image "
+                               f"({'x'.join(map(str, result.fixed.shape))} voxels) lies inside its one-voxel "
+                               "border; NDV needs at least 3 voxels along every axis."]
         report["timing"]["outputs_s"] = time.perf_counter() - t0
         report["timing"]["total_s"] = (time.perf_counter() - started if started is not None else
                                        report["timing"]["registration_s"] + report["timing"]["outputs_s"])

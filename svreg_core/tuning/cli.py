@@ -171,6 +171,7 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
     :class:`~svreg_core.tuning.progress.TuneEvent`. User errors raise :class:`InputError` /
     :class:`OutputError` with one-line messages.
     """
+    from optuna.exceptions import StorageInternalError
     from sqlalchemy.exc import SQLAlchemyError
 
     from svreg_core.tuning.progress import TuneEvent, make_sink
@@ -211,10 +212,12 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
         if not json_mode:
             print("tuning interrupted; finished trials are kept, run the same command to resume.", file=sys.stderr)
         return 130
-    except SQLAlchemyError as exc:  # the database went away mid-run (network, server restart, disk full)
-        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    except (SQLAlchemyError, StorageInternalError) as exc:  # the database went away or broke mid-run
+        cause = exc.__cause__ if isinstance(exc, StorageInternalError) and exc.__cause__ is not None else exc
+        detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
         raise InputError(f"the study storage {label} failed: {detail[0] if detail else exc.__class__.__name__}; "
-                         f"finished trials are kept, run the same command again to resume.") from None
+                         "run the same command again to resume (finished trials are kept unless the storage "
+                         "itself is damaged, which that run reports).") from None
     return 0
 
 

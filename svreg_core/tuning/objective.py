@@ -9,7 +9,8 @@ aggregate with ``trial.report`` and raises :class:`optuna.TrialPruned` when ``tr
 says so (never after the last step) or when a step folds more than ``max_folding`` percent.
 
 Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``folding_percent`` (mean),
-``folding_percent_max``, ``pruned_reason``, ``error`` (failed trials: the step and the message).
+``folding_percent_max``, ``pruned_reason``, ``error`` (failed trials: the step and the message),
+``interrupted`` (``True`` for a trial stopped by Ctrl-C / SIGTERM).
 """
 from __future__ import annotations
 
@@ -146,6 +147,8 @@ def trial_function(space: Any, objective: Objective[C], *, max_folding: float | 
             raise
         except BaseException as exc:
             trial.set_user_attr("error", error_message(exc, steps.label))
+            if isinstance(exc, KeyboardInterrupt):  # stopped from outside: the base preset is queued again
+                trial.set_user_attr("interrupted", True)
             raise
 
     return run

@@ -42,6 +42,8 @@ META_KEY = "svreg_tuning"
 META_MUST_MATCH = ("objective", "search_space", "steps", "max_folding", "labels", "label_mode")
 #: What ``--n-trials`` counts.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: ``enqueued`` user attribute of the base preset's own trial (see :func:`create_or_join`).
+BASE_PRESET = "base preset"
 JOURNAL_SUFFIX = ".log"
 DEFAULT_STORAGE = "svreg-tune.db"
 DEFAULT_STUDY = "svreg-tune"
@@ -99,6 +101,32 @@ def _check_file(path: Path, must_exist: bool) -> None:
         raise OutputError(f"the study storage {path} is not writable.")
 
 
+def _check_sqlite_intact(path: Path) -> None:
+    """Raise :class:`InputError` when the existing SQLite file ``path`` is damaged or not a database.
+
+    SQLite's ``PRAGMA quick_check`` reads every page (a fraction of a second for a study of thousands
+    of trials), so a corrupted page is reported now, in one line, not as an Optuna traceback later.
+    """
+    import sqlite3
+
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    problem = None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:  # e.g. "*** in database main ***\nPage 3: btreeInitPage() returns error code 11"
+            text = " ".join(str(r[0]) for r in rows[:2]).replace("*** in database main ***", " ")
+            problem = " ".join(text.split())[:200]
+    except sqlite3.OperationalError:  # e.g. locked by another worker for longer than the timeout: not damage
+        return
+    except sqlite3.DatabaseError as exc:  # "database disk image is malformed", "file is not a database"
+        problem = str(exc)
+    if problem:
+        raise InputError(f"the study storage {path} is damaged ({problem}); restore it from a backup, or give "
+                         "another --storage file to start a new study.")
+
+
 def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  max_retry: int = 1, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """Open (or create) the storage (see module docstring).
@@ -119,6 +147,7 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite:///"):
         _check_file(Path(url[len("sqlite:///"):]), must_exist)
+        _check_sqlite_intact(Path(url[len("sqlite:///"):]))
         engine_kwargs = {"connect_args": {"timeout": 60}}
     with quiet_optuna():
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
@@ -168,7 +197,8 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
     """Create the study (and return ``created=True``) or join it, checking it has the same definition.
 
     The creator enqueues ``default_params`` (the base preset's own values) as the first trial and then
-    stores ``meta``; a joining worker waits up to ``wait_s`` seconds for the meta to appear.
+    stores ``meta``; a joining worker waits up to ``wait_s`` seconds for the meta to appear and, with
+    ``default_params``, queues the preset's trial again when it was interrupted (:func:`requeue_default`).
     """
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
@@ -185,11 +215,44 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
             raise InputError(f"study {name!r} already exists with a different {', '.join(differ)} "
                              f"(preset, search ranges, validation pairs or constraint); "
                              f"choose another --study-name or the same settings.") from None
+        if default_params:
+            requeue_default(study, default_params)
         return study, False
     if default_params:
-        study.enqueue_trial(default_params, user_attrs={"enqueued": "base preset"})
+        study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
     study.set_user_attr(META_KEY, meta)
     return study, True
+
+
+def _stopped(trial: FrozenTrial) -> bool:
+    """A FAIL trial stopped from outside: by Ctrl-C / SIGTERM (``interrupted`` user attribute, set by
+    :func:`~svreg_core.tuning.objective.trial_function`) or with its killed worker (failed for a stale
+    heartbeat: no ``error`` attribute, which a trial failing by itself always has)."""
+    return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get("interrupted"))
+                                               or "error" not in trial.user_attrs)
+
+
+def requeue_default(study: optuna.Study, default_params: dict[str, Any]) -> bool:
+    """Queue the base preset's trial again when every attempt of it failed and the last one was stopped
+    from outside (Ctrl-C, SIGTERM, a killed worker, also after Optuna's own retries ran out); return
+    whether it was queued.
+
+    Trials of killed workers are failed first (``fail_stale_trials``, database storages; a killed
+    worker's trial in a journal file stays RUNNING and cannot be told from a running one). A preset
+    that fails by itself (an error) is not run again; neither is one waiting, running or finished.
+    """
+    with quiet_optuna():
+        optuna.storages.fail_stale_trials(study)
+    attempts = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued") == BASE_PRESET]
+    if not attempts or not all(t.state == TrialState.FAIL for t in attempts) or not _stopped(attempts[-1]):
+        return False
+    study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
+    return True
+
+
+def _default_waiting(study: optuna.Study) -> bool:
+    return any(t.user_attrs.get("enqueued") == BASE_PRESET
+               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def make_sampler(seed: int | None, created: bool, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:
@@ -239,9 +302,11 @@ def run_worker(study: optuna.Study, func: Callable[[optuna.Trial], float], n_tri
 
     ``reason``: ``"done"``, ``"timeout"`` or ``"max_failures"``. A trial that raises is recorded as
     FAIL (``catch``) and the loop goes on; Ctrl-C / SIGTERM fails the running trial and propagates.
+    A queued base-preset trial (:func:`requeue_default`) is run even when the study already holds
+    ``n_trials`` finished ones, so the preset is always evaluated.
     """
     failures = StopAfterFailures(max_failures)
-    if count_finished(study) < n_trials:
+    if count_finished(study) < n_trials or _default_waiting(study):
         # A stop request is raised only inside a trial's own code (trial_function), never while Optuna
         # creates or records a trial: a trial cut there would stay RUNNING in the storage for good.
         with interrupts_deferred():

@@ -181,3 +181,94 @@ def test_validate_image_in_memory() -> None:
         validate_image(Image(np.ones((4, 4, 4, 3)), np.eye(4)), "x")
     with pytest.raises(InputError, match="affine"):
         validate_image(Image(np.arange(27.0).reshape(3, 3, 3), np.full((4, 4), np.nan)), "x")
+
+
+# ------------------------------------------------------------------------------- sform / qform
+
+
+def _forms_file(path: Path, data: np.ndarray, sform: np.ndarray | None, qform: np.ndarray | None) -> Path:
+    """A NIfTI with the given sform and qform (``None``: that one unset, code 0), written by nibabel."""
+    nii = nib.Nifti1Image(data, None)
+    nii.set_sform(sform, code=0 if sform is None else 1)
+    nii.set_qform(qform, code=0 if qform is None else 1)
+    nib.save(nii, str(path))
+    return path
+
+
+def _corner_distance(a: np.ndarray, b: np.ndarray, shape) -> float:
+    """Largest distance between where ``a`` and ``b`` put the outer voxel corners (independent of svreg)."""
+    corners = np.array([[i, j, k] for i in (-0.5, shape[0] - 0.5) for j in (-0.5, shape[1] - 0.5)
+                        for k in (-0.5, shape[2] - 0.5)])
+    return max(np.linalg.norm(nib.affines.apply_affine(a, c) - nib.affines.apply_affine(b, c)) for c in corners)
+
+
+def test_sheared_sform_with_other_qform_is_refused(geo, tmp_path: Path) -> None:
+    """The issue's case: a sheared sform, whose qform (no shear) ITK / SimpleITK read instead."""
+    data = _ramp((20, 22, 18))
+    sheared = geo.make_affine(np.array([[2.0, 0.5, 0.0], [0.0, 2.0, 0.3], [0.0, 0.0, 2.5]]), [-20.0, 10.0, 5.0])
+    nii = nib.Nifti1Image(data, None)
+    nii.set_sform(sheared, code=1)
+    nii.set_qform(sheared, code=1)  # nibabel drops the shear: the qform differs
+    path = tmp_path / "sheared.nii.gz"
+    nib.save(nii, str(path))
+    stored_q = nib.load(str(path)).get_qform()
+    expected = _corner_distance(sheared, stored_q, data.shape)
+    assert expected > 5.0
+    import SimpleITK as sitk
+
+    # SimpleITK places the image by the qform: its first voxel is where the qform, not the sform, puts it
+    origin_lps = np.array(sitk.ReadImage(str(path)).GetOrigin())
+    np.testing.assert_allclose(origin_lps * [-1, -1, 1], stored_q[:3, 3], atol=1e-3)
+    with pytest.raises(InputError) as info:
+        load_image(path, name="moving image")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("moving image (sheared.nii.gz)")
+    assert "sform" in message and "qform" in message and "fslorient" in message
+    assert f"{expected:.3g} mm" in message
+
+
+def test_sform_qform_tolerance_and_single_forms(geo, tmp_path: Path) -> None:
+    data = _ramp((10, 12, 14))
+    aff = geo.make_affine(geo.rotation([0.2, 1.0, 0.4], 25.0) @ np.diag([1.5, 1.5, 3.0]), [3.0, -4.0, 8.0])
+    near, far = aff.copy(), aff.copy()
+    near[:3, 3] += [0.1, 0.0, 0.0]   # 0.1 mm: within 10 % of the 1.5 mm voxel (float storage noise)
+    far[:3, 3] += [0.0, 0.2, 0.0]    # 0.2 mm: more than 10 % of a voxel
+    np.testing.assert_allclose(load_image(_forms_file(tmp_path / "near.nii", data, aff, near)).affine, aff,
+                               atol=1e-4)  # the sform
+    with pytest.raises(InputError, match=r"sform and qform place the image up to 0\.2 mm apart"):
+        load_image(_forms_file(tmp_path / "far.nii", data, aff, far))
+    # only one of them set: that one is used, whatever the other holds
+    sheared = aff.copy()
+    sheared[0, 1] += 0.8
+    only_s = _forms_file(tmp_path / "only_s.nii", data, sheared, None)
+    np.testing.assert_allclose(load_image(only_s).affine, sheared, atol=1e-5)
+    only_q = _forms_file(tmp_path / "only_q.nii", data, None, far)
+    np.testing.assert_allclose(load_image(only_q).affine, far, atol=1e-4)
+
+
+def test_save_image_never_writes_disagreeing_forms(geo, tmp_path: Path) -> None:
+    """A sheared affine is written as the sform only (a qform cannot hold it); svreg reads its own files back."""
+    sheared = geo.make_affine(np.array([[2.0, 0.6, 0.0], [0.0, 2.0, 0.0], [0.1, 0.0, 2.0]]), [1.0, 2.0, 3.0])
+    path = save_image(Image(_ramp(), sheared), tmp_path / "s.nii.gz")
+    nii = nib.load(str(path))
+    assert int(nii.header["sform_code"]) == 1 and int(nii.header["qform_code"]) == 0
+    np.testing.assert_allclose(load_image(path).affine, sheared, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ nearly singular
+
+
+def test_nearly_singular_affine_is_refused_before_any_grid(geo, tmp_path: Path) -> None:
+    data = _ramp((20, 20, 20))
+    squashed = np.diag([2.0, 2.0, 2.0, 1.0])
+    squashed[:3, 0] *= 1e-7  # the issue's case: one column scaled to 1e-7
+    parallel = geo.make_affine(np.array([[2.0, 2.0, 0.0], [0.0, 1e-5, 0.0], [0.0, 0.0, 2.0]]), [0.0, 0.0, 0.0])
+    for name, aff, sizes in (("squashed", squashed, "2e-07, 2, 2 mm"), ("parallel", parallel, "2, 2, 2 mm")):
+        with pytest.raises(InputError) as info:
+            load_image(_write(tmp_path, f"{name}.nii.gz", data, aff), name="moving image")
+        message = str(info.value)
+        assert message.startswith("moving image has a (nearly) singular voxel-to-world affine"), message
+        assert sizes in message and "\n" not in message
+    # strongly anisotropic but real voxels (0.3 x 0.3 x 6 mm) are fine
+    thin = geo.make_affine(np.diag([0.3, 0.3, 6.0]), [0.0, 0.0, 0.0])
+    assert load_image(_write(tmp_path, "thin.nii.gz", data, thin)).shape == (20, 20, 20)

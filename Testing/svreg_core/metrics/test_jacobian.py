@@ -176,6 +176,11 @@ def test_ndv_single_voxel_fold_hand_computed() -> None:
     assert ndv_percent(disp, affine, mask) == pytest.approx(100 / 6, rel=1e-5)
     # the central-difference Jacobian is blind to this fold (the "checkerboard" problem)
     assert folding_percent(jacobian_determinant(disp, affine)) == 0.0
+    # no voxel inside the one-voxel border (a border-only mask, or a 2-slice slab): NDV is undefined (NaN)
+    border = np.zeros(shape, dtype=bool)
+    border[0] = True
+    assert np.isnan(ndv_percent(disp, affine, border))
+    assert np.isnan(ndv_percent(np.zeros((9, 8, 2, 3)), affine))
 
 
 def _ndv_loop(q: np.ndarray) -> np.ndarray:

@@ -18,8 +18,9 @@ from svreg_core.image import Image
 from svreg_core.metrics import jacobian_determinant
 from svreg_core.outputs import OUTPUT_FILES, write_outputs
 from svreg_core.outputs.figure import to_ras_array
-from svreg_core.outputs.writer import (MARKER_FILE, finite_report, is_svreg_output, prepare_output_dir,
-                                       remove_stale_work_folders, write_report_json)
+from svreg_core.outputs.writer import (MARKER_FILE, check_output_space, expected_output_bytes, finite_report,
+                                       is_svreg_output, prepare_output_dir, remove_stale_work_folders,
+                                       write_report_json)
 
 
 def _labels(image: Image) -> Image:
@@ -336,10 +337,46 @@ def test_prepare_output_dir_read_only_parent(tmp_path: Path) -> None:
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        with pytest.raises(OutputError, match="permission"):
+        with pytest.raises(OutputError, match="Permission denied"):
             prepare_output_dir(parent / "out", overwrite=False)
     finally:
         parent.chmod(0o755)
+    assert list(parent.iterdir()) == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_prepare_output_dir_tries_a_real_folder(tmp_path: Path) -> None:
+    """Permission bits say /proc is writable for root; creating a folder there fails all the same. A
+    writable location is left exactly as it was (the test folder is removed again)."""
+    for target in (Path("/proc/svreg-test-out"), Path("/proc/svreg-a/b/out")):
+        with pytest.raises(OutputError, match=r"cannot write the output folder .*creating a folder in /proc fails"):
+            prepare_output_dir(target, overwrite=False, create_parent=False)
+    prepare_output_dir(tmp_path / "x" / "out", overwrite=False, create_parent=False)
+    prepare_output_dir(tmp_path / "out", overwrite=False, create_parent=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_expected_output_bytes_bound_the_written_files(written, synthetic_result) -> None:
+    """The estimate (uncompressed) is at least what was written, and not wildly more."""
+    out, _ = written
+    r = synthetic_result
+    actual = sum(f.stat().st_size for f in out.iterdir())
+    estimate = expected_output_bytes(r.fixed.shape, r.moving.shape, labels=True)
+    assert actual <= estimate <= 2 * actual + 2_000_000
+    fields = sum((out / n).stat().st_size for n in ("displacement.nii.gz", "inverse_displacement.nii.gz",
+                                                    "transform.h5"))
+    only_fields = expected_output_bytes(r.fixed.shape, r.moving.shape, outputs=["displacement", "inverse",
+                                                                                "transform"]) - 2_000_000
+    assert fields <= only_fields <= 1.5 * fields  # fields barely compress
+    assert expected_output_bytes((10, 10, 10), (10, 10, 10), outputs=["warped"]) == 4000 + 2_000_000
+
+
+def test_check_output_space_against_the_real_disk(tmp_path: Path) -> None:
+    free = shutil.disk_usage(tmp_path).free
+    check_output_space(tmp_path / "a" / "out", 1000)
+    with pytest.raises(OutputError, match=r"not enough free space for the outputs in .*MB needed, .*MB free"):
+        check_output_space(tmp_path / "a" / "out", free + 10**12)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_figure_shows_images_in_ras_order(geo) -> None:

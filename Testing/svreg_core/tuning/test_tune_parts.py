@@ -25,8 +25,8 @@ from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TqdmBar, TuneEvent, TuneProgress, json_lines, make_sink
 from svreg_core.tuning.report import write_best_preset
 from svreg_core.tuning.search_space import SearchSpace, build_search_space
-from svreg_core.tuning.study import (create_or_join, load_study, make_sampler, open_storage, quiet_optuna,
-                                     run_worker, storage_url)
+from svreg_core.tuning.study import (BASE_PRESET, create_or_join, load_study, make_sampler, open_storage,
+                                     quiet_optuna, run_worker, storage_url)
 
 ROLES = ("fixed", "moving", "fixed_labels", "moving_labels")
 
@@ -158,15 +158,18 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 class Training:
     """Shaped like a training run: 3 epochs, each reporting a validation score that grows towards
-    ``1 - (x - 0.3)²`` (NaN for x < ``nan_below``); folding = 10·x %. Epoch 2 raises for x < ``fail_below``."""
+    ``1 - (x - 0.3)²`` (NaN for x < ``nan_below``); folding = 10·x %. Epoch 2 raises for x < ``fail_below``,
+    and is stopped as by Ctrl-C / SIGTERM (KeyboardInterrupt, what the stop signal raises) for x < ``stop_below``."""
 
     name = "quadratic-training"
     aggregate = "max"  # the trial's value is its best epoch
 
-    def __init__(self, fail_below: float = -1.0, nan_below: float = -1.0, seconds: float = 0.0) -> None:
+    def __init__(self, fail_below: float = -1.0, nan_below: float = -1.0, seconds: float = 0.0,
+                 stop_below: float = -1.0) -> None:
         self.fail_below = fail_below
         self.nan_below = nan_below
         self.seconds = seconds
+        self.stop_below = stop_below
         self.epochs_run = 0
 
     def step_labels(self) -> list[str]:
@@ -179,6 +182,8 @@ class Training:
             self.epochs_run += 1
             if k == 2 and x < self.fail_below:
                 raise MemoryError("out of memory")
+            if k == 2 and x < self.stop_below:
+                raise KeyboardInterrupt
             steps.report(math.nan if x < self.nan_below else 1 - (x - 0.3) ** 2 - 0.1 / k, folding=10 * x)
 
 
@@ -245,6 +250,49 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path: Path) -> No
         reason, error = run_worker(stop, trial_function(XSpace(), Training(fail_below=0.4)), 2, max_failures=3)
     assert reason == "max_failures"
     assert [x.state for x in stop.get_trials()] == [TrialState.FAIL] * 3 + [TrialState.WAITING]
+
+
+def test_stopped_default_trial_is_queued_again(tmp_path: Path) -> None:
+    """The base preset's trial (trial 0) stopped by Ctrl-C / SIGTERM is queued again when the study is
+    joined and then run, even by a run that finds the study already finished; once only, and never a
+    default that failed by itself. (Real signals and a killed worker: test_tune_study.py.)"""
+    storage = open_storage(tmp_path / "d.db")
+    meta, default = {"objective": "quadratic"}, {"x": 0.25}
+
+    def join(expect_created: bool = False) -> optuna.Study:
+        study, created = create_or_join(storage, "d", meta, default_params=default)
+        assert created == expect_created
+        return load_study(storage, "d", sampler=make_sampler(0, created))
+
+    def defaults(study: optuna.Study) -> list[Any]:
+        return [t for t in study.get_trials() if t.user_attrs.get("enqueued") == BASE_PRESET]
+
+    study = join(expect_created=True)
+    with quiet_optuna(), pytest.raises(KeyboardInterrupt):
+        run_worker(study, trial_function(XSpace(), Training(stop_below=0.3)), 3)
+    (stopped,) = study.get_trials()
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs["interrupted"] is True
+    # other workers finish the study meanwhile (3 complete trials), without the default
+    for x in (0.5, 0.6, 0.7):
+        study.add_trial(optuna.create_trial(params={"x": x}, distributions=stopped.distributions, value=0.5))
+    study = join()
+    assert [t.state for t in defaults(study)] == [TrialState.FAIL, TrialState.WAITING]
+    assert [t.state for t in defaults(join())] == [TrialState.FAIL, TrialState.WAITING]  # queued once only
+    with quiet_optuna():
+        assert run_worker(study, trial_function(XSpace(), Training()), 3)[0] == "done"
+    last = defaults(study)[-1]
+    assert last.state == TrialState.COMPLETE and last.params == default and last.number == 4
+    assert last.value == pytest.approx(1 - 0.05 ** 2 - 0.1 / 3)
+    assert len(study.get_trials()) == 5  # the default ran though 3 trials were already finished
+
+    # a default that fails by itself (an error, not a stop) is not run again
+    failing = open_storage(tmp_path / "f.db")
+    study, _ = create_or_join(failing, "f", meta, default_params=default)
+    with quiet_optuna():
+        run_worker(study, trial_function(XSpace(), Training(fail_below=0.3)), 1, max_failures=1)
+    study, created = create_or_join(failing, "f", meta, default_params=default)
+    assert not created and [t.state for t in study.get_trials()] == [TrialState.FAIL]
+    assert "out of memory" in study.get_trials()[0].user_attrs["error"]
 
 
 def test_journal_file_storage_resumes_and_shares_trials(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """``svreg tune`` end to end: real engine, real Optuna, real SQLite (and PostgreSQL when available)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -147,6 +148,26 @@ def test_same_study_with_other_settings_is_refused(tuned: dict[str, Any], demo_p
     assert len(tuned["study"].get_trials()) == 4
 
 
+def _wait_for_heartbeat(db: Path, number: int, timeout: float = 60.0) -> None:
+    """Wait until Optuna has recorded the first heartbeat of trial ``number`` in the SQLite file ``db``.
+
+    Optuna records it from a thread started with the trial: a worker killed before that leaves a
+    RUNNING trial without any heartbeat, which no storage can tell from a live one, so the tests kill
+    only after it.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+            (count,) = con.execute("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
+                                   "WHERE t.number = ?", (number,)).fetchone()
+        if count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no heartbeat of trial {number} within {timeout} s")
+
+
 def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
     db = tmp_path / "resume.db"
     argv = [one_pair_list, "--storage", db, "--study-name", "r", "--n-trials", 3, "--seed", 1, "--progress", "json",
@@ -154,7 +175,8 @@ def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> N
     proc = helpers.start_cli(*argv, cwd=tmp_path)
     try:
         # two trials finished and the third one has started: kill it in the middle of that trial
-        helpers.read_json_until(proc, lambda e: e["event"] == "trial_start" and e["finished"] == 2)
+        started = helpers.read_json_until(proc, lambda e: e["event"] == "trial_start" and e["finished"] == 2)
+        _wait_for_heartbeat(db, started[-1]["trial"])
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -182,6 +204,89 @@ def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> N
         (retry,) = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 2]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
     assert not list(tmp_path.glob("*.lock"))
+
+
+def test_stopped_default_trial_runs_on_the_next_run(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
+    """Trial 0 (the preset) stopped by SIGTERM, then its re-queued copy killed (SIGKILL, no Optuna retry
+    left): the third run still evaluates the preset (issue 14: the default was missing after kills)."""
+    db = tmp_path / "default.db"
+    argv = [one_pair_list, "--storage", db, "--study-name", "d", "--n-trials", 2, "--seed", 1, "--progress", "json",
+            "--heartbeat-interval", 1, "--grace-period", 2, "--max-retry", 0, *helpers.FAST]
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        proc = helpers.start_cli(*argv, cwd=tmp_path)
+        try:
+            (event,) = [e for e in helpers.read_json_until(proc, lambda e: e["event"] == "trial_start")
+                        if e["event"] == "trial_start"]
+            if stop == signal.SIGKILL:
+                _wait_for_heartbeat(db, event["trial"])
+            proc.send_signal(stop)
+            proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == (130 if stop == signal.SIGTERM else -signal.SIGKILL)
+        trials = helpers.load(db, "d").get_trials()
+        assert event["trial"] == trials[-1].number and trials[-1].user_attrs["enqueued"] == "base preset"
+    time.sleep(2.5)  # the killed trial's last heartbeat is now older than the grace period
+    rerun = subprocess.run(helpers.cli_command(*argv), cwd=tmp_path, env=helpers.child_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = helpers.load(db, "d").get_trials()
+    default = [t for t in trials if t.user_attrs.get("enqueued") == "base preset"]
+    assert [t.state for t in default] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert default[0].user_attrs["interrupted"] is True and "error" not in default[1].user_attrs  # SIGTERM, SIGKILL
+    assert default[2].params == {"alpha_prime": PRESETS["brain-mri"].alpha_prime,
+                                 "lambda_max": PRESETS["brain-mri"].lambda_max}
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
+def _tiny_study(pairs: Path, db: Path, helpers: Any) -> None:
+    """A real one-trial study in the SQLite file ``db``."""
+    args = helpers.parse_args(pairs, "--storage", db, "--study-name", "s", "--n-trials", 1, "--progress", "none",
+                              *helpers.FAST)
+    assert run_tune(args) == 0
+
+
+def test_damaged_study_file_is_a_one_line_error(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
+    """A study file with a corrupted page in the middle: --report and tuning end with one line, exit 2."""
+    import sqlite3
+
+    db = tmp_path / "study.db"
+    _tiny_study(one_pair_list, db, helpers)
+    with sqlite3.connect(db) as con:
+        page, pages, free = (con.execute(f"PRAGMA {k}").fetchone()[0] for k in ("page_size", "page_count",
+                                                                                 "freelist_count"))
+    assert free == 0  # every page is in use: the corrupted one holds data
+    with db.open("r+b") as f:
+        f.seek(page * (pages // 2))
+        f.write(np.random.default_rng(0).integers(0, 256, page, dtype=np.uint8).tobytes())
+    damaged = db.read_bytes()
+    for argv in (["--storage", db, "--study-name", "s", "--report", tmp_path / "report"],
+                 [one_pair_list, "--storage", db, "--study-name", "s", "--n-trials", 2, *helpers.FAST]):
+        proc = subprocess.run(helpers.cli_command(*argv), cwd=tmp_path, env=helpers.child_env(), capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith(f"svreg: error: the study storage {db} is damaged (")  # SQLite's words
+        assert "); restore it from a backup, or give another --storage file" in proc.stderr
+    assert db.read_bytes() == damaged and not (tmp_path / "report").exists()
+
+
+def test_storage_broken_during_the_run_is_a_one_line_error(one_pair_list: Path, tmp_path: Path,
+                                                           helpers: Any) -> None:
+    """The study file cut short while trials run (Optuna's StorageInternalError): one plain line."""
+    db = tmp_path / "cut.db"
+
+    def reporter(event: Any) -> None:
+        if event.event == "trial" and event.trial == 0:
+            with db.open("r+b") as f:
+                f.truncate(db.stat().st_size // 2)
+
+    args = helpers.parse_args(one_pair_list, "--storage", db, "--study-name", "c", "--n-trials", 3, *helpers.FAST)
+    with pytest.raises(InputError) as info:
+        run_tune(args, reporter=reporter)
+    message = str(info.value)
+    assert message.startswith(f"the study storage sqlite:///{db} failed: database disk image is malformed; ")
+    assert "\n" not in message and type(info.value.__context__).__name__ == "StorageInternalError"
 
 
 def _two_workers(storage: str | Path, pairs: Path, cwd: Path, helpers: Any, study: str) -> None:
