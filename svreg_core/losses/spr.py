@@ -4,6 +4,10 @@
 callers can log them. The displacement ``u`` is in voxel units of its (isotropic) grid and λ lives on
 the same grid (:func:`svreg_core.losses.regularization.weighted_diffusion`). With ``spr=False`` the
 regulariser is uniform diffusion of the same strength (λ ≡ 1) and the prior term is 0.
+
+For a given ``u`` the loss is minimised over λ voxel by voxel in closed form
+(:meth:`SPRLoss.optimal_weight`): a network predicts λ, the pairwise optimiser uses this optimum, which
+turns the quadratic penalty into a robust (logarithmic, for the Beta prior) one where ``u`` strains a lot.
 """
 from __future__ import annotations
 
@@ -70,6 +74,19 @@ class SPRLoss:
             prior = torch.zeros((), device=displacement.device, dtype=displacement.dtype)
         return {"similarity": sim, "regularization": reg, "prior": prior, "total": sim + reg + prior}
 
+    def optimal_weight(self, displacement: Tensor) -> Tensor:
+        """λ minimising this loss for a fixed ``displacement`` ``(N, 3, I, J, K)``, voxel by voxel.
+
+        Beta: ``min(1, α′ / (λ_max g))``; Gaussian: ``1 − λ_max g / (2 w)``; both clamped like their prior
+        (``g`` = :func:`gradient_energy`). Returns ``(N, 1, I, J, K)``, detached from ``displacement``.
+        """
+        g = gradient_energy(displacement.detach())
+        if self.prior == "beta":
+            return closed_form_weight(g, self.alpha_prime, self.lambda_max)
+        lam = 1.0 - self.lambda_max * g / (2.0 * self.alpha_prime) if self.alpha_prime > 0 \
+            else torch.where(g > 0, torch.zeros_like(g), torch.ones_like(g))
+        return lam.clamp(1e-6, 1.0)
+
     def evaluate(self, fixed: Tensor, moving: Tensor, velocity: Tensor, weight: Tensor | None, *,
                  integration_steps: int, transfer: GridTransfer | None = None,
                  fixed_mask: Tensor | None = None, moving_mask: Tensor | None = None,
@@ -77,21 +94,47 @@ class SPRLoss:
         """Velocity and λ → displacement → warped moving → loss terms (one forward pass of the model).
 
         ``fixed``/``moving`` are on the image grid, ``velocity``/``weight`` on the velocity grid
-        (``transfer`` maps between them). The similarity is restricted to ``fixed_mask`` times the
+        (``transfer`` maps between them). ``weight=None`` with ``spr`` on uses λ at its optimum for this
+        displacement (:meth:`optimal_weight`). The similarity is restricted to ``fixed_mask`` times the
         warped ``moving_mask`` when given.
         """
         fields = apply_velocity(moving, velocity, integration_steps, transfer=transfer, moving_mask=moving_mask)
+        if self.spr and weight is None:
+            weight = self.optimal_weight(fields.displacement)
         mask = fixed_mask
         if fields.warped_mask is not None:
             mask = fields.warped_mask if mask is None else mask * fields.warped_mask
         return self.terms(fixed, fields.warped, fields.displacement, weight, mask), fields
 
 
+def gradient_energy(displacement: Tensor) -> Tensor:
+    """Per-voxel squared-gradient energy ``g`` in the loss's normalisation, ``(N, 1, I, J, K)``, dimensionless.
+
+    Defined so that ``weighted_diffusion(u, λ) == mean(λ · g)`` for every λ of ``u``'s shape:
+    ``g(x) = (1/9) Σ_a (V / V_a) Σ_c (u_c(x) − u_c(x − e_a))²`` with ``V`` the voxel count and ``V_a``
+    that of the forward differences along axis ``a`` (the term is 0 where ``x`` is the first voxel
+    along ``a``), matching λ taken at the upper voxel of each pair.
+    """
+    shape = displacement.shape[2:]
+    energy = torch.zeros_like(displacement[:, :1])
+    for axis, n in enumerate(shape):
+        if n < 2:
+            continue
+        upper = [slice(None)] * 5
+        upper[2 + axis] = slice(1, None)
+        lower = [slice(None)] * 5
+        lower[2 + axis] = slice(None, -1)
+        diff = (displacement[tuple(upper)] - displacement[tuple(lower)]).square().sum(1, keepdim=True)
+        energy[tuple(upper)] += diff * (n / (n - 1)) / 9.0  # V / V_a = n / (n - 1)
+    return energy
+
+
 def closed_form_weight(gradient_energy: Tensor, alpha_prime: float, lambda_max: float) -> Tensor:
     """Per-voxel minimiser of ``−α′ log λ + λ_max · λ · g`` over λ ∈ (0, 1]: ``min(1, α′ / (λ_max g))``.
 
-    ``gradient_energy`` ``g`` ≥ 0 is the voxel's squared-gradient energy in the same normalisation as
-    the loss; where ``g = 0`` the minimiser is 1. The result is clamped to [1e-6, 1] like the prior.
+    ``gradient_energy`` ``g`` ≥ 0 is the voxel's squared-gradient energy in the loss's normalisation
+    (:func:`gradient_energy`); where ``g = 0`` the minimiser is 1. The result is clamped to [1e-6, 1]
+    like the prior.
     """
     g = gradient_energy.clamp_min(0)
     lam = torch.where(g > 0, alpha_prime / (lambda_max * g).clamp_min(1e-30), torch.ones_like(g))

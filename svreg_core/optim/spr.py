@@ -1,16 +1,19 @@
 """Pairwise SPR optimisation: a stationary velocity field and the regularisation weight λ(x) jointly.
 
+Alternating updates: Adam moves the velocity with λ held fixed, then λ moves ``lambda_step`` of the way
+to the exact per-voxel minimiser of the SPR loss for that displacement (:meth:`SPRLoss.optimal_weight`);
+on the coarsest of several levels λ stays 1. The λ returned is the optimum of the loss for the returned
+deformation.
+
 Everything here lives on isotropic grids derived from the fixed grid (:meth:`Grid.resampled`). At
 each pyramid level the images are compared on an *image grid* of voxel size ``s``, while the velocity
-and λ live on a *control grid* of voxel size ``c ≥ s`` (``params.control_spacings``); the displacement
+and λ live on a *control grid* of voxel size ``c ≥ s`` (:meth:`RegistrationParameters.working_levels`); the displacement
 integrated there is upsampled (trilinear) to the image grid for warping. Velocities and
 displacements are in voxel units of the control grid, so their finite differences are dimensionless
 (mm per mm) at every level.
 """
 from __future__ import annotations
 
-import functools
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,13 +21,11 @@ import torch
 
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import pyramid, resample
+from svreg_core.image.smoothing import smooth_field
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms.field import GridTransfer
-
-#: Initial λ (before the data pull it down where the image needs to deform).
-INITIAL_WEIGHT = 0.95
-
+from svreg_core.transforms.svf import integrate_velocity
 
 @dataclass
 class DeformableResult:
@@ -33,7 +34,7 @@ class DeformableResult:
     Attributes:
         grid: the finest control grid.
         velocity: ``(1, 3, I, J, K)`` stationary velocity, voxel units of ``grid`` (already smoothed).
-        weight: ``(1, 1, I, J, K)`` λ(x) in (0, 1] on ``grid``.
+        weight: ``(1, 1, I, J, K)`` λ(x) in (0, 1] on ``grid`` (≡ 1 without SPR).
         losses: final loss terms per level.
     """
 
@@ -41,32 +42,6 @@ class DeformableResult:
     velocity: torch.Tensor
     weight: torch.Tensor
     losses: list[dict[str, float]] = field(default_factory=list)
-
-
-#: Three passes of a 3-voxel box filter, as one separable 7-tap kernel (the binomial-like [1,3,6,7,6,3,1]/27).
-_SMOOTHING_KERNEL = (1.0, 3.0, 6.0, 7.0, 6.0, 3.0, 1.0)
-
-
-@functools.lru_cache(maxsize=32)
-def _smoothing_matrix(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``(length, length)`` matrix applying the 7-tap kernel along one axis, replicate border folded in."""
-    radius = len(_SMOOTHING_KERNEL) // 2
-    taps = torch.tensor(_SMOOTHING_KERNEL, dtype=dtype, device=device) / 27.0
-    columns = (torch.arange(length, device=device)[:, None] + torch.arange(-radius, radius + 1, device=device)).clamp(
-        0, length - 1)
-    return torch.zeros(length, length, dtype=dtype, device=device).scatter_add_(1, columns, taps.expand(length, -1))
-
-
-def smooth_parameters(tensor: torch.Tensor) -> torch.Tensor:
-    """Per-iteration parameter smoothing of ``(N, C, I, J, K)``: a separable 7-tap kernel, replicate border.
-
-    In the interior this equals three passes of a 3³ box filter. Each axis is one matrix product with a
-    banded matrix (cheaper on CPU, forward and backward, than a depthwise ``conv3d``).
-    """
-    for axis in (2, 3, 4):
-        matrix = _smoothing_matrix(tensor.shape[axis], tensor.dtype, tensor.device)
-        tensor = torch.movedim(torch.movedim(tensor, axis, -1) @ matrix.T, -1, axis)
-    return tensor
 
 
 def _to_grid(field_: torch.Tensor, source: Grid, target: Grid, *, vector: bool) -> torch.Tensor:
@@ -123,26 +98,28 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         affine: 4x4 RAS->RAS pre-alignment ``A`` (fixed world -> moving world).
         params: similarity, λ prior and strengths, pyramid, step sizes.
         fixed_mask, moving_mask: optional masks on the fixed / moving grids.
-        initial: start from this velocity and λ (e.g. a network's prediction, *refinement*) instead of
-            ``v = 0``, λ = :data:`INITIAL_WEIGHT`; λ is taken through its logit, clamped to (0, 1).
+        initial: start from this velocity (e.g. a network's prediction, *refinement*) instead of
+            ``v = 0``; its λ is not needed: λ is re-optimised for the refined deformation.
     """
     loss_fn = params.spr_loss()
     device = fixed.device
-    total = sum(params.iterations)
+    levels = params.working_levels(float(fixed_grid.spacing.min()))
+    total = sum(iterations for _, _, iterations in levels)
     done = 0
     lo, hi = progress_span
-    velocity = weight_logit = None
+    velocity = weight = None
     prev_grid: Grid | None = None
     if initial is not None:
         prev_grid = initial.grid
         velocity = initial.velocity.to(device=device, dtype=torch.float32)
-        weight_logit = torch.logit(initial.weight.to(device=device, dtype=torch.float32).clamp(1e-4, 1 - 1e-4))
+        weight = initial.weight.to(device=device, dtype=torch.float32)
     losses: list[dict[str, float]] = []
-    fixed_levels = pyramid(fixed, fixed_grid, params.level_spacings)
-    moving_levels = pyramid(moving, moving_grid, params.level_spacings)
+    spacings = tuple(spacing for spacing, _, _ in levels)
+    fixed_levels = pyramid(fixed, fixed_grid, spacings)
+    moving_levels = pyramid(moving, moving_grid, spacings)
     region = fixed if fixed_mask is None else fixed_mask.float()
-    margin = 2 * max(params.control_spacings)
-    for spacing, control, iterations in zip(params.level_spacings, params.control_spacings, params.iterations):
+    margin = 2 * max(control for _, control, _ in levels)
+    for level_index, (spacing, control, iterations) in enumerate(levels):
         fixed_full, level_grid = fixed_levels[spacing]
         image_grid = foreground_box(resample(region, fixed_grid, level_grid), level_grid, margin)
         fixed_l = _crop(fixed_full, level_grid, image_grid)
@@ -154,28 +131,29 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         mask_m = None if moving_mask is None else resample(moving_mask.float(), moving_grid, image_grid, affine)
         if velocity is None:
             velocity = torch.zeros(1, 3, *grid.shape, device=device)
-            weight_logit = torch.full((1, 1, *grid.shape), math.log(INITIAL_WEIGHT / (1 - INITIAL_WEIGHT)),
-                                      device=device)
+            weight = torch.ones(1, 1, *grid.shape, device=device)
         else:
             velocity = _to_grid(velocity, prev_grid, grid, vector=True)
-            weight_logit = _to_grid(weight_logit, prev_grid, grid, vector=False)
+            weight = _to_grid(weight, prev_grid, grid, vector=False)
+        # λ stays 1 on the coarsest of several levels: the first Adam steps strain the field everywhere,
+        # and a λ that followed them would switch the regulariser off where nothing needs to move
+        update_weight = params.spr and (level_index > 0 or len(levels) == 1 or initial is not None)
         velocity = velocity.detach().requires_grad_(True)
-        weight_logit = weight_logit.detach().requires_grad_(params.spr)
-        groups = [{"params": [velocity], "lr": params.learning_rate}]
-        if params.spr:
-            groups.append({"params": [weight_logit], "lr": params.lambda_learning_rate})
-        optimizer = torch.optim.Adam(groups)
-        # both step sizes fall linearly to ``final_learning_rate_fraction`` of their value over the level
+        optimizer = torch.optim.Adam([velocity], lr=params.learning_rate)
+        # the step size falls linearly to ``final_learning_rate_fraction`` of its value over the level
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(iterations,
                                                                               params.final_learning_rate_fraction))
         for it in range(iterations):
             optimizer.zero_grad(set_to_none=True)
-            weight = torch.sigmoid(smooth_parameters(weight_logit)) if params.spr else None
-            terms, _ = loss_fn.evaluate(fixed_l, moving_l, smooth_parameters(velocity), weight,
-                                        integration_steps=params.integration_steps, transfer=transfer,
-                                        fixed_mask=mask_f, moving_mask=mask_m)
+            terms, fields = loss_fn.evaluate(fixed_l, moving_l, smooth_field(velocity, params.smoothing_passes),
+                                             weight if params.spr else None,
+                                             integration_steps=params.integration_steps, transfer=transfer,
+                                             fixed_mask=mask_f, moving_mask=mask_m)
             terms["total"].backward()
             optimizer.step()
+            if update_weight:  # λ moves part of the way to the loss's optimum for the displacement just used
+                with torch.no_grad():
+                    weight = weight + params.lambda_step * (loss_fn.optimal_weight(fields.displacement) - weight)
             schedule.step()
             done += 1
             if it % 5 == 0 or it == iterations - 1:
@@ -186,6 +164,7 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
                                                  for name in ("similarity", "regularization", "prior")}})
         prev_grid = grid
     with torch.no_grad():
-        velocity = smooth_parameters(velocity.detach())
-        weight = torch.sigmoid(smooth_parameters(weight_logit.detach())) if params.spr else torch.ones_like(weight_logit)
+        velocity = smooth_field(velocity.detach(), params.smoothing_passes)
+        weight = loss_fn.optimal_weight(integrate_velocity(velocity, params.integration_steps)) if params.spr \
+            else torch.ones_like(velocity[:, :1])
     return DeformableResult(prev_grid, velocity, weight, losses)

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from svreg_core.losses import lncc_loss, weighted_diffusion
-from svreg_core.losses.spr import SPRLoss, closed_form_weight
+from svreg_core.losses.spr import SPRLoss, closed_form_weight, gradient_energy
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.transforms import integrate_velocity, warp
 
@@ -75,3 +76,47 @@ def test_closed_form_weight_minimises_the_per_voxel_objective() -> None:
     objective = -a * grid.log() + lm * grid * g
     best = float(grid[objective.argmin()])
     assert abs(float(closed_form_weight(torch.tensor(g, dtype=torch.float64), a, lm)) - best) < 1e-4
+
+
+def test_gradient_energy_of_a_linear_field_by_hand() -> None:
+    """u_0 = s·i on a 4×5×6 grid: along i every difference is s, so g = (1/9)·(V/V_i)·s² = (1/9)·(4/3)·s²
+    except at i = 0 (no lower neighbour), and the other axes add nothing."""
+    s = 0.3
+    u = torch.zeros(1, 3, 4, 5, 6, dtype=torch.float64)
+    u[0, 0] = s * torch.arange(4, dtype=torch.float64)[:, None, None]
+    g = gradient_energy(u)
+    assert g.shape == (1, 1, 4, 5, 6)
+    torch.testing.assert_close(g[0, 0, 1:], torch.full((3, 5, 6), (4 / 3) * s * s / 9, dtype=torch.float64))
+    assert torch.count_nonzero(g[0, 0, 0]) == 0
+
+
+def test_weighted_diffusion_is_the_mean_of_weight_times_gradient_energy() -> None:
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 3, 5, 6, 7, generator=gen, dtype=torch.float64)
+    lam = torch.rand(2, 1, 5, 6, 7, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(weighted_diffusion(u, lam), (lam * gradient_energy(u)).mean())
+
+
+@pytest.mark.parametrize("prior, strength", [("beta", 0.05), ("gaussian", 0.4)])
+def test_optimal_weight_is_where_gradient_descent_on_the_loss_ends(prior: str, strength: float) -> None:
+    """For a fixed field with large strain in one half, minimising regularisation + prior over a free
+    per-voxel λ (Adam on log λ ≤ 0, no closed form used) ends at ``optimal_weight``, and λ drops
+    only where the field strains."""
+    u = torch.zeros(1, 3, 8, 8, 8, dtype=torch.float64)
+    ramp = torch.linspace(0, 1, 8, dtype=torch.float64)
+    u[0, 1, 4:] = 6.0 * ramp[:, None].expand(8, 8)[None].expand(4, 8, 8)  # strain along j in i >= 4
+    loss = SPRLoss(prior=prior, alpha_prime=strength, lambda_max=2.0)
+    log_lam = torch.full((1, 1, 8, 8, 8), -0.5, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([log_lam], lr=0.05)
+    for _ in range(3000):
+        opt.zero_grad()
+        lam = log_lam.exp()
+        terms = loss.terms(torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2), u, lam)
+        (terms["regularization"] + terms["prior"]).backward()
+        opt.step()
+        with torch.no_grad():
+            log_lam.clamp_(max=0.0)  # λ ∈ (0, 1]
+    lam = log_lam.detach().exp()
+    expected = loss.optimal_weight(u)
+    torch.testing.assert_close(lam, expected, atol=2e-3, rtol=0)
+    assert float(expected[0, 0, :4].min()) == 1.0 and float(expected[0, 0, 5:, 1:].max()) < 0.9

@@ -27,7 +27,7 @@ def test_preset_file_round_trip(tmp_path: Path) -> None:
     loaded = load_parameters(path)
     assert loaded == custom
     assert isinstance(loaded.level_spacings, tuple) and isinstance(loaded.iterations, tuple)
-    assert loaded.control_spacings == (6.0, 3.0, 2.0)
+    assert loaded.working_levels(1.0) == [(6.0, 6.0, 10), (3.0, 3.0, 20), (1.5, 2.0, 30)]
     path.write_text(json.dumps({"parameters": {"level_spacings": [8, 4], "iterations": [20, 20]}}))
     p = load_parameters(path)
     assert p == PRESETS["brain-mri"].replace(level_spacings=(8.0, 4.0), iterations=(20, 20))
@@ -118,3 +118,18 @@ def test_preset_file_with_a_misspelled_key_is_refused(tmp_path) -> None:
     path.write_text(json.dumps({"parameter": {"alpha_prime": 0.1}}))
     with pytest.raises(InputError, match="unknown top-level key\\(s\\) 'parameter'"):
         load_parameters(path)
+
+
+def test_working_levels_follow_the_image() -> None:
+    """No level finer than half the image's voxel; levels that coincide merge, keeping the larger count."""
+    params = RegistrationParameters(level_spacings=(8.0, 4.0, 2.0), iterations=(50, 40, 30), min_control_spacing=2.0)
+    assert params.working_levels(1.0) == [(8.0, 8.0, 50), (4.0, 4.0, 40), (2.0, 2.0, 30)]
+    assert params.working_levels(6.0) == [(8.0, 8.0, 50), (4.0, 4.0, 40), (3.0, 3.0, 30)]
+    assert params.working_levels(12.0) == [(8.0, 8.0, 50), (6.0, 6.0, 40)]
+    assert params.working_levels(20.0) == [(10.0, 10.0, 50)]
+
+
+def test_retired_parameters_are_ignored_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="lambda_learning_rate.*closed-form"):
+        params = RegistrationParameters.from_dict({"lambda_learning_rate": 0.05, "lambda_max": 2.0})
+    assert params == RegistrationParameters(lambda_max=2.0)
