@@ -2,9 +2,12 @@
 
 PyTorch's CPU kernel for 3-D ``grid_sample`` (forward and backward) parallelises over the batch
 dimension only, so a single volume (``N = 1``) runs on one core. :func:`grid_sample` splits the
-sampling points of a single volume into as many batch entries as there are torch threads (the source
-is broadcast, not copied) and reassembles the result: the values are bitwise those of one call, and
-on 2 cores forward and backward take about 0.6x the time. On CUDA, or with ``N > 1``, it is a plain
+sampling points of a single volume into batch entries (the source is broadcast, not copied) and
+reassembles the result: forward values are bitwise those of one call, and on 2 cores forward and
+backward take about 0.6x the time. The number of entries depends on the number of points only, never
+on the thread count: the backward pass sums the entries' gradients of the source, and a split that
+followed the threads made results differ between machines (the optimiser amplified last-bit
+differences to millimetres between 1 and 2 threads). On CUDA, or with ``N > 1``, it is a plain
 ``grid_sample`` call.
 
 Coordinates follow :mod:`svreg_core.conventions`: normalised, ``align_corners=True``, channel order
@@ -22,7 +25,8 @@ from svreg_core.conventions import ALIGN_CORNERS
 #: Fewest sampling points per chunk worth a thread of their own.
 MIN_POINTS_PER_CHUNK = 16384
 
-#: Most chunks: in a backward pass each chunk holds its own gradient copy of the source.
+#: Chunks of a large volume, whatever the thread count (in a backward pass each holds its own gradient
+#: copy of the source).
 MAX_CHUNKS = 8
 
 
@@ -30,7 +34,7 @@ def _chunks(source: torch.Tensor, coords: torch.Tensor) -> int:
     if source.device.type != "cpu" or source.shape[0] != 1:
         return 1
     points = math.prod(coords.shape[1:-1])
-    return max(1, min(torch.get_num_threads(), MAX_CHUNKS, points // MIN_POINTS_PER_CHUNK))
+    return max(1, min(MAX_CHUNKS, points // MIN_POINTS_PER_CHUNK))
 
 
 def grid_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bilinear",

@@ -93,16 +93,26 @@ def _check_pair(fixed: Tensor, moving: Tensor, mask: Tensor | None) -> None:
 
 
 def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
-    """Mean of ``values``; with ``mask`` the mask-weighted mean (0 when the mask is empty)."""
+    """Mean of ``values``; with ``mask`` the mask-weighted mean (0 when the mask is empty).
+
+    The mask's total, which scales every voxel's gradient, is summed in float64 so that it does not
+    depend on the thread count (the numerator's last bits may: it only sets the loss value).
+    """
     if mask is None:
         return values.mean()
     m = mask.to(values.dtype).expand_as(values)
-    return (values * m).sum() / m.sum().clamp_min(torch.finfo(values.dtype).tiny)
+    total = m.double().sum().to(values.dtype)
+    return (values * m).sum() / total.clamp_min(torch.finfo(values.dtype).tiny)
 
 
 # --------------------------------------------------------------------------------------------------
 # LNCC
 # --------------------------------------------------------------------------------------------------
+
+def _centre(image: Tensor) -> Tensor:
+    """Detached per-item, per-channel mean of ``image`` ``(N, C, I, J, K)``, summed in float64."""
+    return image.detach().double().mean(dim=(2, 3, 4), keepdim=True).to(image.dtype)
+
 
 def _local_moments(fixed: Tensor, moving: Tensor, window: int
                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -110,10 +120,11 @@ def _local_moments(fixed: Tensor, moving: Tensor, window: int
 
     The images are first centred by their (detached) global mean per batch item and channel. Local
     variances and covariances are exactly invariant to that shift; it only removes float32
-    cancellation in ``Σf² − (Σf)²/n`` for images with a large mean intensity.
+    cancellation in ``Σf² − (Σf)²/n`` for images with a large mean intensity. The means are summed
+    in float64: a float32 sum's last bits depend on the thread count, and so would every value here.
     """
-    f = fixed - fixed.detach().mean(dim=(2, 3, 4), keepdim=True)
-    m = moving - moving.detach().mean(dim=(2, 3, 4), keepdim=True)
+    f = fixed - _centre(fixed)
+    m = moving - _centre(moving)
     c = f.shape[1]
     sums = _box_sum(torch.cat((f, m, f * f, m * m, f * m), dim=1), (window,) * 3)
     s_f, s_m, s_ff, s_mm, s_fm = sums.split(c, dim=1)
@@ -155,9 +166,11 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
     s_f, s_m, s_ff, s_mm, s_fm, inv_n = _local_moments(fixed, moving, int(window))
     mu_f = s_f * inv_n
     mu_m = s_m * inv_n
-    cross = torch.addcmul(s_fm, mu_f, s_m, value=-1.0)            # Σfm − Σf·Σm / n
-    var_f = torch.addcmul(s_ff, mu_f, s_f, value=-1.0).clamp_min(0.0)
-    var_m = torch.addcmul(s_mm, mu_m, s_m, value=-1.0).clamp_min(0.0)
+    # separate multiply and subtract, not addcmul: a fused multiply-add rounds differently in its
+    # vectorised body and its scalar tail, whose place depends on the thread count
+    cross = s_fm - mu_f * s_m                                      # Σfm − Σf·Σm / n
+    var_f = (s_ff - mu_f * s_f).clamp_min(0.0)
+    var_m = (s_mm - mu_m * s_m).clamp_min(0.0)
     cc = (cross.square() + eps) / (var_f * var_m + eps)
     return -_masked_mean(cc, mask)
 
@@ -246,7 +259,7 @@ def _mind_pairs(image: Tensor, radius: int, dilation: int) -> list[Tensor]:
         var = var + dist
         dmin = torch.minimum(dmin, dist)
     # var holds 12·V (the 1/12 is folded into neg_inv_var; the clamp bounds scale alike)
-    vmean = var.mean(dim=(2, 3, 4), keepdim=True)
+    vmean = var.double().mean(dim=(2, 3, 4), keepdim=True).to(var.dtype)  # float64: thread-count independent
     tiny = torch.finfo(var.dtype).tiny ** 0.5  # floor for flat images; 12 / tiny stays finite
     var = torch.clamp(var, min=(1e-3 * vmean).clamp_min(tiny), max=(1e3 * vmean).clamp_min(tiny))
     neg_inv_var = -float(len(dists)) / var

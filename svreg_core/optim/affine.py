@@ -7,6 +7,7 @@ import torch
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import pyramid, resample, sample_at_points, target_world_points
 from svreg_core.losses import get_similarity
+from svreg_core.optim.adam import Adam
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 
 #: Working-grid voxel sizes (mm) and Adam iterations of the affine pyramid.
@@ -53,7 +54,7 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
     centre = torch.as_tensor(centre_f, dtype=torch.float64, device=device)
     linear = torch.zeros(3, 3, dtype=torch.float64, device=device, requires_grad=True)
     translation = torch.as_tensor(centre_m - centre_f, dtype=torch.float64, device=device).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([{"params": [linear], "lr": 0.01}, {"params": [translation], "lr": 1.0}])
+    optimizer = Adam([linear, translation], [0.01, 1.0])
     total = sum(n for _, n in AFFINE_LEVELS)
     done = 0
     lo, hi = progress_span

@@ -22,6 +22,7 @@ import torch
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import pyramid, resample
 from svreg_core.image.smoothing import smooth_field
+from svreg_core.optim.adam import Adam
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms.field import GridTransfer
@@ -139,22 +140,20 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         # and a λ that followed them would switch the regulariser off where nothing needs to move
         update_weight = params.spr and (level_index > 0 or len(levels) == 1 or initial is not None)
         velocity = velocity.detach().requires_grad_(True)
-        optimizer = torch.optim.Adam([velocity], lr=params.learning_rate)
+        optimizer = Adam([velocity], [params.learning_rate])
         # the step size falls linearly to ``final_learning_rate_fraction`` of its value over the level
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_decay(iterations,
-                                                                              params.final_learning_rate_fraction))
+        decay = _linear_decay(iterations, params.final_learning_rate_fraction)
         for it in range(iterations):
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             terms, fields = loss_fn.evaluate(fixed_l, moving_l, smooth_field(velocity, params.smoothing_passes),
                                              weight if params.spr else None,
                                              integration_steps=params.integration_steps, transfer=transfer,
                                              fixed_mask=mask_f, moving_mask=mask_m)
             terms["total"].backward()
-            optimizer.step()
+            optimizer.step(decay(it))
             if update_weight:  # λ moves part of the way to the loss's optimum for the displacement just used
                 with torch.no_grad():
                     weight = weight + params.lambda_step * (loss_fn.optimal_weight(fields.displacement) - weight)
-            schedule.step()
             done += 1
             if it % 5 == 0 or it == iterations - 1:
                 progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,

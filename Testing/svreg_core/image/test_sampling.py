@@ -12,7 +12,7 @@ from svreg_core.image.sampling import grid_sample, sample_labels
 
 @pytest.fixture
 def two_threads():
-    """Two torch threads, so the chunked path runs even where torch would use one."""
+    """Two torch threads (the chunks do not depend on it; the kernels run in parallel)."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
@@ -48,6 +48,26 @@ def test_chunked_gradients_match_torch(two_threads) -> None:
         grads.append((s.grad, c.grad))
     torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_are_bitwise_the_same_with_any_thread_count() -> None:
+    """The split follows the number of points only: 1, 2 and 3 threads give bitwise equal gradients."""
+    source, coords = _problem(3, points=(50, 45, 40))
+    weights = torch.randn(1, 3, 50, 45, 40, dtype=torch.float64)
+    before = torch.get_num_threads()
+    grads = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            assert sampling._chunks(source, coords) == 5
+            s = source.float().clone().requires_grad_(True)
+            c = coords.float().clone().requires_grad_(True)
+            (grid_sample(s, c) * weights.float()).sum().backward()
+            grads.append((s.grad, c.grad))
+    finally:
+        torch.set_num_threads(before)
+    for s_grad, c_grad in grads[1:]:
+        assert torch.equal(s_grad, grads[0][0]) and torch.equal(c_grad, grads[0][1])
 
 
 def test_small_or_batched_inputs_use_one_call(two_threads) -> None:
