@@ -94,13 +94,10 @@ class SPRLoss:
         """Velocity and λ → displacement → warped moving → loss terms (one forward pass of the model).
 
         ``fixed``/``moving`` are on the image grid, ``velocity``/``weight`` on the velocity grid
-        (``transfer`` maps between them). ``weight=None`` with ``spr`` on uses λ at its optimum for this
-        displacement (:meth:`optimal_weight`). The similarity is restricted to ``fixed_mask`` times the
+        (``transfer`` maps between them). The similarity is restricted to ``fixed_mask`` times the
         warped ``moving_mask`` when given.
         """
         fields = apply_velocity(moving, velocity, integration_steps, transfer=transfer, moving_mask=moving_mask)
-        if self.spr and weight is None:
-            weight = self.optimal_weight(fields.displacement)
         mask = fixed_mask
         if fields.warped_mask is not None:
             mask = fields.warped_mask if mask is None else mask * fields.warped_mask

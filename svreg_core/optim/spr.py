@@ -7,8 +7,8 @@ deformation.
 
 Everything here lives on isotropic grids derived from the fixed grid (:meth:`Grid.resampled`). At
 each pyramid level the images are compared on an *image grid* of voxel size ``s``, while the velocity
-and λ live on a *control grid* of voxel size ``c ≥ s`` (:meth:`RegistrationParameters.working_levels`); the displacement
-integrated there is upsampled (trilinear) to the image grid for warping. Velocities and
+and λ live on a *control grid* of voxel size ``c ≥ s`` (:meth:`RegistrationParameters.working_levels`);
+the displacement integrated there is upsampled (trilinear) to the image grid for warping. Velocities and
 displacements are in voxel units of the control grid, so their finite differences are dimensionless
 (mm per mm) at every level.
 """
@@ -27,6 +27,7 @@ from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms.field import GridTransfer
 from svreg_core.transforms.svf import integrate_velocity
+
 
 @dataclass
 class DeformableResult:
@@ -99,8 +100,8 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         affine: 4x4 RAS->RAS pre-alignment ``A`` (fixed world -> moving world).
         params: similarity, λ prior and strengths, pyramid, step sizes.
         fixed_mask, moving_mask: optional masks on the fixed / moving grids.
-        initial: start from this velocity (e.g. a network's prediction, *refinement*) instead of
-            ``v = 0``; its λ is not needed: λ is re-optimised for the refined deformation.
+        initial: start from this velocity and λ (e.g. a network's prediction, *refinement*) instead of
+            ``v = 0``, λ ≡ 1; λ then moves to the loss's optimum for the refined deformation.
     """
     loss_fn = params.spr_loss()
     device = fixed.device
