@@ -121,12 +121,12 @@ def test_preset_file_with_a_misspelled_key_is_refused(tmp_path) -> None:
 
 
 def test_working_levels_follow_the_image() -> None:
-    """No level finer than half the image's voxel; levels that coincide merge, keeping the larger count."""
+    """No level finer than the image's voxel; levels that coincide merge, keeping the larger count."""
     params = RegistrationParameters(level_spacings=(8.0, 4.0, 2.0), iterations=(50, 40, 30), min_control_spacing=2.0)
     assert params.working_levels(1.0) == [(8.0, 8.0, 50), (4.0, 4.0, 40), (2.0, 2.0, 30)]
-    assert params.working_levels(6.0) == [(8.0, 8.0, 50), (4.0, 4.0, 40), (3.0, 3.0, 30)]
-    assert params.working_levels(12.0) == [(8.0, 8.0, 50), (6.0, 6.0, 40)]
-    assert params.working_levels(20.0) == [(10.0, 10.0, 50)]
+    assert params.working_levels(3.0) == [(8.0, 8.0, 50), (4.0, 4.0, 40), (3.0, 3.0, 30)]
+    assert params.working_levels(6.0) == [(8.0, 8.0, 50), (6.0, 6.0, 40)]
+    assert params.working_levels(10.0) == [(10.0, 10.0, 50)]
 
 
 def test_retired_parameters_are_ignored_with_a_warning() -> None:
