@@ -93,13 +93,24 @@ def test_sigterm_raises_keyboard_interrupt_once(geo, tmp_path: Path) -> None:
     assert (rc, rest) == (0, "cleaned\nTrue\n"), err
 
 
+#: Preamble of the deferral scripts: the script's body runs inside ``sigterm_as_interrupt``.
+_DEFERRAL_PREAMBLE = ("import os, signal, time\n"
+                      "from svreg_core.interrupts import interruptible, interrupts_deferred, sigterm_as_interrupt\n"
+                      "with sigterm_as_interrupt():\n")
+
+
+def _run_deferral_script(geo, body: str, cwd: Path) -> tuple[int, str, str]:
+    """Run ``body`` (indented by 4) in a child Python after :data:`_DEFERRAL_PREAMBLE`; (rc, stdout, stderr)."""
+    child = _start(geo, [sys.executable, "-c", _DEFERRAL_PREAMBLE + body], cwd=cwd)
+    out = child.stdout.read()
+    rc, err = _finish(child)
+    return rc, out, err
+
+
 def test_deferred_sigterm_is_raised_only_at_an_interruptible_point(geo, tmp_path: Path) -> None:
     """A SIGTERM inside ``interrupts_deferred`` does not cut the deferred work; it is raised on entering
     the next ``interruptible`` block (here: before its body runs)."""
-    code = ("import os, signal, time\n"
-            "from svreg_core.interrupts import interruptible, interrupts_deferred, sigterm_as_interrupt\n"
-            "with sigterm_as_interrupt():\n"
-            "    try:\n"
+    body = ("    try:\n"
             "        with interrupts_deferred():\n"
             "            os.kill(os.getpid(), signal.SIGTERM)\n"
             "            time.sleep(0.2)\n"
@@ -114,17 +125,12 @@ def test_deferred_sigterm_is_raised_only_at_an_interruptible_point(geo, tmp_path
             "        print('no stale request', flush=True)\n"
             "    except KeyboardInterrupt:\n"
             "        print('stale', flush=True)\n")
-    child = _start(geo, [sys.executable, "-c", code], cwd=tmp_path)
-    out = child.stdout.read()
-    rc, err = _finish(child)
+    rc, out, err = _run_deferral_script(geo, body, tmp_path)
     assert (rc, out) == (0, "deferred work finished\ninterrupted\nno stale request\n"), err
 
 
 def test_deferred_sigterm_is_raised_when_the_deferred_block_ends(geo, tmp_path: Path) -> None:
-    code = ("import os, signal, time\n"
-            "from svreg_core.interrupts import interruptible, interrupts_deferred, sigterm_as_interrupt\n"
-            "with sigterm_as_interrupt():\n"
-            "    try:\n"
+    body = ("    try:\n"
             "        with interrupts_deferred():\n"
             "            with interruptible():\n"
             "                print('inside', flush=True)\n"
@@ -134,9 +140,7 @@ def test_deferred_sigterm_is_raised_when_the_deferred_block_ends(geo, tmp_path: 
             "        print('never', flush=True)\n"
             "    except KeyboardInterrupt:\n"
             "        print('interrupted at the end', flush=True)\n")
-    child = _start(geo, [sys.executable, "-c", code], cwd=tmp_path)
-    out = child.stdout.read()
-    rc, err = _finish(child)
+    rc, out, err = _run_deferral_script(geo, body, tmp_path)
     assert (rc, out) == (0, "inside\nrecorded\ninterrupted at the end\n"), err
 
 
