@@ -142,8 +142,8 @@ def expected_output_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int
 
     ``outputs``: names from :data:`SELECTABLE_OUTPUTS` (default: all); ``labels``: moving labels are
     given (``warped_labels.nii.gz``). Per fixed voxel: float32 images (warped, λ, det J, int32
-    labels) 4 bytes, the displacement 12, the ITK transform (float64) 24; the inverse field 12 per
-    moving voxel; the figure and report.json at most 2 MB.
+    labels) 4 bytes, the displacement 12, the ITK transform 24 (SimpleITK's float64 file, which sits
+    next to its compressed float32 copy while that is written); the inverse field 12 per moving voxel; the figure and report.json at most 2 MB.
     """
     chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
     fixed, moving = int(np.prod(fixed_shape)), int(np.prod(moving_shape))

@@ -2,14 +2,18 @@
 
 A synthetic :class:`RegistrationResult` (smooth velocity on a coarse working grid, a rotation +
 translation affine, oblique/flipped/anisotropic grids) gives a mapping ``T(x) = A(x + u(x))`` whose
-files must map points exactly as :meth:`RegistrationResult.transform_points` does.
+files must map points exactly as :meth:`RegistrationResult.transform_points` does. ``transform.h5``
+stores its field as compressed float32: read by SimpleITK and by Slicer's storage node (slicer-core),
+it must map points as the float64, uncompressed file SimpleITK writes itself.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 import nibabel as nib
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
@@ -100,3 +104,83 @@ def test_simpleitk_resample_with_displacement_reproduces_warped(synthetic_result
     inside = np.all((vox >= 0.01) & (vox <= np.asarray(r.moving.shape) - 1.01), axis=-1)
     assert inside.mean() > 0.5
     np.testing.assert_allclose(ours[inside], theirs[inside], atol=1e-3)
+
+
+def _inside_points(result, n: int = 300, seed: int = 2) -> np.ndarray:
+    """``n`` random RAS points off the voxel centres, inside the fixed grid."""
+    vox = np.random.default_rng(seed).uniform(1.0, np.asarray(result.fixed.shape) - 2.0, size=(n, 3))
+    return nib.affines.apply_affine(result.fixed.affine, vox)
+
+
+def _sitk_points(path: Path, points_lps: np.ndarray) -> np.ndarray:
+    tx = sitk.ReadTransform(str(path))
+    return np.array([tx.TransformPoint(tuple(p)) for p in points_lps])
+
+
+def test_transform_h5_field_is_compressed_float32(synthetic_result, tmp_path: Path) -> None:
+    r = synthetic_result
+    new = write_transform(tmp_path / "transform.h5", r.affine, r.deformable_displacement, r.fixed.grid)
+    old = tmp_path / "float64.h5"
+    sitk.WriteTransform(composite_transform(r.affine, r.deformable_displacement, r.fixed.grid), str(old))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float64.h5", "transform.h5"]  # no temporary left
+    with h5py.File(new, "r") as f, h5py.File(old, "r") as g:
+        for name in ("ITKVersion", "HDFVersion", "TransformGroup/0/TransformType", "TransformGroup/1/TransformType",
+                     "TransformGroup/2/TransformType"):
+            assert f[name][()].tolist() == g[name][()].tolist(), name
+        assert f["TransformGroup/2/TransformType"][0] == b"DisplacementFieldTransform_double_3_3"
+        for name in ("1/TransformParameters", "1/TransformFixedParameters", "2/TransformFixedParameters"):
+            a, b = f["TransformGroup/" + name], g["TransformGroup/" + name]
+            assert a.dtype == b.dtype == np.float64 and a.compression is None
+            np.testing.assert_array_equal(a[()], b[()])
+        field, plain = f["TransformGroup/2/TransformParameters"], g["TransformGroup/2/TransformParameters"]
+        assert field.dtype == np.float32 and plain.dtype == np.float64 and plain.compression is None
+        assert field.compression == "gzip" and field.shuffle and field.chunks is not None
+        assert field.shape == plain.shape == (r.deformable_displacement.size,)
+        np.testing.assert_array_equal(field[()], plain[()])  # svreg's float32 field: stored without loss
+        assert field.id.get_storage_size() < 0.5 * plain.id.get_storage_size()
+    assert new.stat().st_size < 0.6 * old.stat().st_size
+
+
+def test_transform_h5_maps_as_the_float64_file(synthetic_result, geo, tmp_path: Path) -> None:
+    """A float64 field is rounded to float32 in the file: points move by less than 1e-5 mm."""
+    r = synthetic_result
+    u = r.deformable_displacement
+    u64 = u.astype(np.float64) + np.random.default_rng(3).uniform(-1e-4, 1e-4, u.shape)
+    new = write_transform(tmp_path / "transform.h5", r.affine, u64, r.fixed.grid)
+    old = tmp_path / "float64.h5"
+    sitk.WriteTransform(composite_transform(r.affine, u64, r.fixed.grid), str(old))
+    with h5py.File(old, "r") as g:  # the float64 file holds values float32 cannot
+        plain = g["TransformGroup/2/TransformParameters"][()]
+        assert np.any(plain.astype(np.float32) != plain)
+    x = geo.lps(_inside_points(r))
+    ref, got = _sitk_points(old, x), _sitk_points(new, x)
+    assert np.abs(ref - x).max() > 3.0  # the points do move
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
+    # ... and svreg's float32 field maps bit for bit as its float64 file
+    new32 = write_transform(tmp_path / "t32.h5", r.affine, r.deformable_displacement, r.fixed.grid)
+    sitk.WriteTransform(composite_transform(r.affine, r.deformable_displacement, r.fixed.grid), str(old))
+    np.testing.assert_array_equal(_sitk_points(new32, x), _sitk_points(old, x))
+
+
+def test_slicer_reads_transform_h5(synthetic_result, geo, tmp_path: Path) -> None:
+    """Slicer's transform storage node (slicer-core) reads the compressed file; RAS in, RAS out."""
+    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (test extra)")
+    if not hasattr(slicer, "vtkMRMLTransformStorageNode"):
+        pytest.skip("the installed 'slicer' package is not slicer-core (no MRML)")
+    r = synthetic_result
+    path = write_transform(tmp_path / "transform.h5", r.affine, r.deformable_displacement, r.fixed.grid)
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "T")
+    storage = slicer.vtkMRMLTransformStorageNode()
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    from_parent = node.GetTransformFromParent()  # the resampling direction, as ITK's file holds it
+    for i in range(from_parent.GetNumberOfConcatenatedTransforms()):  # Slicer picks cubic for grids
+        part = from_parent.GetConcatenatedTransform(i)
+        if hasattr(part, "SetInterpolationModeToLinear"):
+            part.SetInterpolationModeToLinear()
+    x = _inside_points(r)
+    got = np.array([from_parent.TransformPoint(tuple(p)) for p in x])
+    np.testing.assert_allclose(got, geo.lps(_sitk_points(path, geo.lps(x))), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(got, r.transform_points(x), atol=2e-3)
+    scene.Clear(1)
