@@ -14,14 +14,23 @@ or PRUNED) in total; running it on several machines/processes at once makes them
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+import optuna
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
 
 from svreg_core.errors import InputError
 from svreg_core.interrupts import sigterm_as_interrupt
-from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE
-from svreg_core.tuning.study import DEFAULT_STORAGE, DEFAULT_STUDY
+from svreg_core.tuning.objective import PairwiseDice, trial_function
+from svreg_core.tuning.pairs import discover_pairs
+from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
+from svreg_core.tuning.report import write_best_preset, write_report, write_summary
+from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, build_search_space
+from svreg_core.tuning.study import (DEFAULT_STORAGE, DEFAULT_STUDY, FINISHED, best_trial, count_finished,
+                                     create_or_join, describe_storage, first_line, load_study, make_sampler,
+                                     open_storage, quiet_optuna, run_worker, storage_url)
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,18 +102,6 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
 
 
-@contextlib.contextmanager
-def _optuna_verbosity(verbose: bool) -> Iterator[None]:
-    import optuna
-
-    old = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(old)
-
-
 def _check_args(args: argparse.Namespace) -> None:
     if args.validation is None and not args.report and not args.apply_best:
         raise InputError("give a validation set to tune on, or --report DIR / --apply-best PATH for an existing study.")
@@ -119,18 +116,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--max-folding must not be negative.")
 
 
-def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> tuple[Any, str, str | None]:
-    """Create or join the study and run trials; returns (study, end reason, last error)."""
-    import optuna
-
-    from svreg_core.tuning.objective import PairwiseDice, trial_function
-    from svreg_core.tuning.pairs import discover_pairs
-    from svreg_core.tuning.progress import TuneProgress
-    from svreg_core.tuning.report import write_summary
-    from svreg_core.tuning.search_space import build_search_space
-    from svreg_core.tuning.study import (count_finished, create_or_join, load_study, make_sampler, open_storage,
-                                         run_worker)
-
+def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> optuna.Study:
+    """Create or join the study and run trials; raise :class:`InputError` after too many failures."""
     pairs = discover_pairs(args.validation)
     overrides = {"level_spacings": args.level_spacings, "iterations": args.iterations,
                  "affine": False if args.no_affine else None}
@@ -161,7 +148,9 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
         if args.report:  # also after Ctrl-C / SIGTERM: readers of summary.json see the interrupted trial
             write_summary(study, args.report, label)
         progress.emit("end", message=reason, error=error if reason == "max_failures" else None)
-    return study, reason, error
+    if reason == "max_failures":
+        raise InputError(f"stopped after {args.max_failures} failed trials in a row; last error: {error}")
+    return study
 
 
 def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = None) -> int:
@@ -171,25 +160,15 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
     :class:`~svreg_core.tuning.progress.TuneEvent`. User errors raise :class:`InputError` /
     :class:`OutputError` with one-line messages.
     """
-    from optuna.exceptions import StorageInternalError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from svreg_core.tuning.progress import TuneEvent, make_sink
-    from svreg_core.tuning.report import write_best_preset, write_report
-    from svreg_core.tuning.study import describe_storage, load_study, open_storage, quiet_optuna, storage_url
-
     _check_args(args)
     json_mode = args.progress == "json" or reporter is not None
     sink = reporter or make_sink(args.progress)
     label = describe_storage(storage_url(args.storage))
     try:
-        with _optuna_verbosity(args.verbose), quiet_optuna(), sigterm_as_interrupt():
+        with quiet_optuna(verbose=args.verbose), sigterm_as_interrupt():
             try:
                 if args.validation is not None:
-                    study, reason, error = _tune(args, label, sink)
-                    if reason == "max_failures":
-                        raise InputError(f"stopped after {args.max_failures} failed trials in a row; "
-                                         f"last error: {error}")
+                    study = _tune(args, label, sink)
                     if not json_mode:
                         _print_summary(study)
                 else:
@@ -213,24 +192,20 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
             print("tuning interrupted; finished trials are kept, run the same command to resume.", file=sys.stderr)
         return 130
     except (SQLAlchemyError, StorageInternalError) as exc:  # the database went away or broke mid-run
-        cause = exc.__cause__ if isinstance(exc, StorageInternalError) and exc.__cause__ is not None else exc
-        detail = str(getattr(cause, "orig", None) or cause).strip().splitlines()
-        raise InputError(f"the study storage {label} failed: {detail[0] if detail else exc.__class__.__name__}; "
+        raise InputError(f"the study storage {label} failed: {first_line(exc.__cause__ or exc)}; "
                          "run the same command again to resume (finished trials are kept unless the storage "
                          "itself is damaged, which that run reports).") from None
     return 0
 
 
-def _announce(json_mode: bool, sink: Callable[[Any], None], event: Any, text: str) -> None:
+def _announce(json_mode: bool, sink: Callable[[Any], None], event: TuneEvent, text: str) -> None:
     if json_mode:
         sink(event)
     else:
         print(text)
 
 
-def _print_summary(study: Any) -> None:
-    from svreg_core.tuning.study import FINISHED, best_trial
-
+def _print_summary(study: optuna.Study) -> None:
     states = [t.state for t in study.get_trials(deepcopy=False)]
     line = (f"study {study.study_name}: " + ", ".join(f"{states.count(s)} {s.name.lower()}" for s in FINISHED)
             + f", {sum(s.name == 'FAIL' for s in states)} failed trials")

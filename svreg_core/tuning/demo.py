@@ -1,15 +1,14 @@
 """A tiny labelled validation set built from real data shipped with nilearn (the ``demo`` extra).
 
 The MNI152 2009a template and its grey/white-matter probability maps (bundled inside the nilearn
-package, nothing is downloaded) are smoothed and resampled to a coarse grid (6 mm: about 26x31x26
-voxels). Labels: 1 = grey matter, 2 = white matter. Each pair's fixed image is the template; its
-moving image is the template pulled through a known smooth displacement (a sum of sinusoids of a few
-millimetres), the labels warped the same way (nearest neighbour). Used by the tuning tests and
-``scripts/tune_demo.sh``.
+package, read with its ``load_mni152_*`` functions: nothing is downloaded) are smoothed and resampled
+to a coarse grid cropped to the brain (6 mm: 28x34x28 voxels). Labels: 1 = grey matter, 2 = white
+matter. Each pair's fixed image is the template; its moving image is the template pulled through a
+known smooth displacement (a sum of sinusoids of a few millimetres), the labels warped the same way
+(nearest neighbour). Used by the tuning tests and ``scripts/tune_demo.sh``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,32 +16,18 @@ import numpy as np
 from svreg_core.errors import InputError
 from svreg_core.image import Image, save_image
 
-_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-          "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-          "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
-
-
-def _nilearn_data() -> Path:
-    try:
-        import nilearn
-    except ImportError:
-        raise InputError("the demo data needs nilearn (pip install 'svreg-core[demo]').") from None
-    folder = Path(os.path.dirname(nilearn.__file__)) / "datasets" / "data"
-    missing = [f for f in _FILES.values() if not (folder / f).is_file()]
-    if missing:
-        raise InputError(f"this nilearn version does not bundle {', '.join(missing)}.")
-    return folder
-
-
 def template_volumes(spacing: float = 6.0, margin_mm: float = 12.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(t1, labels, affine)`` of the MNI152 template on a ``spacing``-mm grid cropped to the brain."""
-    import nibabel as nib
     from scipy import ndimage
 
-    folder = _nilearn_data()
-    imgs = {k: nib.load(str(folder / f)) for k, f in _FILES.items()}
+    try:
+        from nilearn import datasets
+    except ImportError:
+        raise InputError("the demo data needs nilearn (pip install 'svreg-core[demo]').") from None
+    imgs = {"t1": datasets.load_mni152_template(resolution=1), "gm": datasets.load_mni152_gm_template(resolution=1),
+            "wm": datasets.load_mni152_wm_template(resolution=1)}  # the 1 mm files, intensities scaled to [0, 1]
     affine = imgs["t1"].affine
-    vols = {k: np.asanyarray(img.dataobj).astype(np.float32) / 255.0 for k, img in imgs.items()}
+    vols = {k: np.asarray(img.dataobj, dtype=np.float32) for k, img in imgs.items()}
     brain = (vols["gm"] + vols["wm"]) > 0.1
     idx = np.argwhere(brain)
     vox = np.linalg.norm(affine[:3, :3], axis=0)
@@ -54,9 +39,8 @@ def template_volumes(spacing: float = 6.0, margin_mm: float = 12.0) -> tuple[np.
     sigma = 0.4 * step
     grids = np.meshgrid(*[lo[a] + (np.arange(shape[a]) + 0.5) * step[a] - 0.5 for a in range(3)], indexing="ij")
     coords = np.stack(grids)
-    out = {}
-    for k, v in vols.items():
-        out[k] = ndimage.map_coordinates(ndimage.gaussian_filter(v, sigma), coords, order=1, mode="nearest")
+    out = {k: ndimage.map_coordinates(ndimage.gaussian_filter(v, sigma), coords, order=1, mode="nearest")
+           for k, v in vols.items()}
     labels = np.zeros(tuple(shape), np.int32)
     labels[(out["gm"] >= 0.3) & (out["gm"] >= out["wm"])] = 1
     labels[(out["wm"] >= 0.3) & (out["wm"] > out["gm"])] = 2

@@ -15,16 +15,13 @@ Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``fol
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence
 
 import optuna
 
 from svreg_core.errors import SvregError
 from svreg_core.interrupts import interruptible
 from svreg_core.tuning.pairs import ValidationPair, load_pair
-
-C = TypeVar("C")
-C_contra = TypeVar("C_contra", contravariant=True)
 
 #: Running aggregate of the step values: ``mean`` over pairs, ``max`` (best epoch so far) of a training.
 AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
@@ -36,10 +33,10 @@ AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
 class StepListener(Protocol):
     """Observer of trials as they run (the progress reporter)."""
 
-    def trial_started(self, trial: optuna.Trial, n_steps: int) -> None: ...
+    def trial_started(self, trial: optuna.Trial) -> None: ...
 
-    def step_finished(self, trial: optuna.Trial, step: int, label: str, value: float, running: float,
-                      folding: float | None) -> None: ...
+    def step_finished(self, trial: optuna.Trial, step: int, label: str, value: float, running: float) -> None:
+        """After step ``step`` (``label``) scored ``value``; ``running``: the trial's value so far."""
 
 
 class StepReporter:
@@ -79,7 +76,7 @@ class StepReporter:
         running = self.value
         self.trial.report(running, step)
         if self.listener is not None:
-            self.listener.step_finished(self.trial, step, label, float(value), running, folding)
+            self.listener.step_finished(self.trial, step, label, float(value), running)
         if self.max_folding is not None and folding is not None and folding > self.max_folding:
             self._prune(f"folding {folding:.4g}% > {self.max_folding:g}% on {label}")
         if step < len(self.labels) - 1 and self.trial.should_prune():
@@ -97,7 +94,7 @@ class StepReporter:
         return self.aggregate(self.values)
 
 
-class Objective(Protocol[C_contra]):
+class Objective(Protocol):
     """A way of scoring one configuration, step by step (pairs now, training epochs later).
 
     Attributes:
@@ -112,8 +109,9 @@ class Objective(Protocol[C_contra]):
         """One label per step (pair names, ``"epoch 1"``...)."""
         ...
 
-    def evaluate(self, config: C_contra, steps: StepReporter) -> None:
-        """Run the configuration, calling ``steps.report(value, folding)`` after every step."""
+    def evaluate(self, config: Any, steps: StepReporter) -> None:
+        """Run ``config`` (what the search space's ``suggest`` returned), calling ``steps.report(value,
+        folding)`` after every step."""
         ...
 
 
@@ -127,7 +125,7 @@ def error_message(exc: BaseException, label: str) -> str:
     return (text if label in text else f"{label}: {text}")[:1000]
 
 
-def trial_function(space: Any, objective: Objective[C], *, max_folding: float | None = None,
+def trial_function(space: Any, objective: Objective, *, max_folding: float | None = None,
                    listener: StepListener | None = None) -> Callable[[optuna.Trial], float]:
     """The function ``Study.optimize`` calls: suggest (``space.suggest(trial)``), evaluate, aggregate.
 
@@ -138,7 +136,7 @@ def trial_function(space: Any, objective: Objective[C], *, max_folding: float | 
         config = space.suggest(trial)
         steps = StepReporter(trial, objective.step_labels(), objective.aggregate, max_folding, listener)
         if listener is not None:
-            listener.trial_started(trial, len(steps.labels))
+            listener.trial_started(trial)
         try:
             with interruptible():  # a stop request raises here; Optuna then records this trial as FAIL
                 objective.evaluate(config, steps)

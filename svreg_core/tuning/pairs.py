@@ -19,7 +19,7 @@ import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -37,26 +37,23 @@ ROLES = tuple(ROLE_STEMS)
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mgz", ".mgh")
 
 
-@dataclass(frozen=True)
-class ValidationPair:
-    """Paths of one labelled pair; ``name`` identifies it in progress, reports and the study."""
-
-    name: str
-    fixed: Path
-    moving: Path
-    fixed_labels: Path
-    moving_labels: Path
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class LoadedPair:
-    """The images of one pair, read from disk."""
+class Pair(Generic[T]):
+    """One labelled pair, its files (:data:`ValidationPair`) or its images read from disk
+    (:data:`LoadedPair`); ``name`` identifies it in progress, reports and the study."""
 
     name: str
-    fixed: Image
-    moving: Image
-    fixed_labels: Image
-    moving_labels: Image
+    fixed: T
+    moving: T
+    fixed_labels: T
+    moving_labels: T
+
+
+ValidationPair = Pair[Path]
+LoadedPair = Pair[Image]
 
 
 def _pair_files(folder: Path) -> dict[str, Path]:

@@ -75,9 +75,8 @@ def json_lines(stream: IO[str] | None = None) -> Callable[[TuneEvent], None]:
 class TqdmBar:
     """A tqdm bar (stderr) of finished trials out of ``n_trials``, with the best value and current step."""
 
-    def __init__(self, stream: IO[str] | None = None, *, force: bool = False) -> None:
+    def __init__(self, stream: IO[str] | None = None) -> None:
         self.stream = stream or sys.stderr
-        self.force = force
         self.bar: Any = None
 
     def __call__(self, event: TuneEvent) -> None:
@@ -85,7 +84,7 @@ class TqdmBar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=event.n_trials, initial=event.finished, desc=f"tuning {event.study}", unit="trial",
-                            file=self.stream, disable=False if self.force else None, dynamic_ncols=True)
+                            file=self.stream, disable=False, dynamic_ncols=True)
         self.bar.n = min(event.finished, self.bar.total)
         post = {"best": "-" if event.best_value is None else f"{event.best_value:.4f}"}
         if event.event == "step":
@@ -106,7 +105,7 @@ def make_sink(mode: str = "auto", *, stdout: IO[str] | None = None,
     if mode == "json":
         return json_lines(stdout)
     if mode == "bar" or (mode == "auto" and getattr(err, "isatty", lambda: False)()):
-        return TqdmBar(err, force=True)
+        return TqdmBar(err)
     if mode in ("auto", "none"):
         return lambda event: None
     raise ValueError(f"unknown progress mode {mode!r}")
@@ -123,8 +122,6 @@ class TuneProgress:
         self.n_trials = n_trials
         self.sink = sink
         self.t0 = time.monotonic()
-        self.n_steps: int | None = None
-        self.worst: float | None = None
 
     def emit(self, kind: str, **fields: Any) -> None:
         best = best_trial(self.study)
@@ -134,17 +131,14 @@ class TuneProgress:
                             best_params=None if best is None else dict(best.params),
                             best_trial=None if best is None else best.number, **fields))
 
-    def trial_started(self, trial: optuna.Trial, n_steps: int) -> None:
-        self.n_steps, self.worst = n_steps, None
+    def trial_started(self, trial: optuna.Trial) -> None:
         self.emit("trial_start", trial=trial.number, state="RUNNING", params=dict(trial.params))
 
-    def step_finished(self, trial: optuna.Trial, step: int, label: str, value: float, running: float,
-                      folding: float | None) -> None:
-        if folding is not None:
-            self.worst = folding if self.worst is None else max(self.worst, folding)
+    def step_finished(self, trial: optuna.Trial, step: int, label: str, value: float, running: float) -> None:
+        attrs = trial.user_attrs  # set by the StepReporter before it calls this
         self.emit("step", trial=trial.number, state="RUNNING", value=running, params=dict(trial.params),
-                  folding=trial.user_attrs.get("folding_percent"), folding_max=self.worst, step=step,
-                  n_steps=self.n_steps, step_label=label, step_value=value)
+                  folding=attrs.get("folding_percent"), folding_max=attrs.get("folding_percent_max"), step=step,
+                  n_steps=len(attrs["step_labels"]), step_label=label, step_value=value)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.emit("trial", trial=trial.number, state=trial.state.name, value=trial.value, params=dict(trial.params),

@@ -16,10 +16,11 @@ the fixed settings of the study (pyramid, iterations, affine stage...) go in onl
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS
-from svreg_core.tuning.search_space import SearchSpace
-from svreg_core.tuning.study import best_trial, quiet_optuna, study_meta
+from svreg_core.tuning.search_space import SearchSpace, plain
+from svreg_core.tuning.study import best_trial, first_line, quiet_optuna, study_meta
 
 FIGURES = ("optimization_history.png", "param_importances.png", "dice_folding.png")
 
@@ -38,13 +39,18 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (temporary file + rename: readers never see half a file)."""
+def _write(path: Path, content: str | bytes) -> None:
+    """Write atomically (temporary file + rename: readers never see half a file); text as UTF-8.
+
+    The file gets the permissions the user's umask gives new files (``mkstemp``'s are 0600, which hid
+    reports and presets from the other users of a shared study).
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
+        tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.replace(tmp, path)
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}).") from None
@@ -58,8 +64,7 @@ def _space(study: optuna.Study) -> SearchSpace | None:
 def study_settings(space: SearchSpace) -> dict[str, Any]:
     """The parameters every trial ran with apart from the searched ones (the device excepted)."""
     searched = space.searched_fields()
-    return {k: v for k, v in json.loads(json.dumps(space.base.to_dict())).items()
-            if k != "device" and k not in searched}
+    return {k: v for k, v in plain(space.base).items() if k != "device" and k not in searched}
 
 
 def _trial_row(t: FrozenTrial) -> dict[str, Any]:
@@ -94,7 +99,7 @@ def summarize_study(study: optuna.Study, storage_label: str = "") -> dict[str, A
 def write_summary(study: optuna.Study, folder: str | Path, storage_label: str = "") -> Path:
     """Write ``summary.json`` only (cheap: done after every trial while tuning)."""
     path = Path(folder).expanduser() / "summary.json"
-    _write_text(path, json.dumps(summarize_study(study, storage_label), indent=1, allow_nan=False) + "\n")
+    _write(path, json.dumps(summarize_study(study, storage_label), indent=1, allow_nan=False) + "\n")
     return path
 
 
@@ -106,11 +111,16 @@ def _importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         return dict(optuna.importance.get_param_importances(study, evaluator=evaluator)), ""
     except (ValueError, RuntimeError) as exc:  # e.g. every trial has the same value
-        return None, f"parameter importances could not be computed ({_first(exc)})"
+        return None, f"parameter importances could not be computed ({first_line(exc)})"
 
 
-def _first(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+def _save_figure(fig: Any, path: Path) -> None:
+    """Save ``fig`` as a 640x420 PNG."""
+    fig.set_size_inches(6.4, 4.2)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    _write(path, png.getvalue())
 
 
 def _save_optuna_plot(plot: Any, path: Path, **kwargs: Any) -> None:
@@ -118,26 +128,18 @@ def _save_optuna_plot(plot: Any, path: Path, **kwargs: Any) -> None:
     import matplotlib.pyplot as plt  # Optuna's plots draw on pyplot figures: closed right away
 
     with matplotlib.rc_context():  # Optuna switches the style sheet; restore it afterwards
-        ax = plot(**kwargs)
-        fig = ax.figure
+        fig = plot(**kwargs).figure
         try:
-            fig.set_size_inches(6.4, 4.2)
-            fig.tight_layout()
-            fig.savefig(str(path), format="png", dpi=100)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path} ({exc.strerror or exc}).") from None
+            _save_figure(fig, path)
         finally:
             plt.close(fig)
 
 
 def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
     """Mean Dice against mean folding percent of every trial (pruned: over their evaluated pairs)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    ax = Figure().add_subplot(1, 1, 1)
     for state, color, marker in (("COMPLETE", "tab:blue", "o"), ("PRUNED", "tab:orange", "x")):
         pts = [(t["folding_percent"], t["value"]) for t in summary["trials"]
                if t["state"] == state and t["folding_percent"] is not None and t["value"] is not None]
@@ -155,11 +157,7 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        fig.savefig(str(path), format="png")
-    except OSError as exc:
-        raise OutputError(f"cannot write {path} ({exc.strerror or exc}).") from None
+    _save_figure(ax.figure, path)
 
 
 def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "") -> list[Path]:
@@ -171,7 +169,7 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
     imp, note = _importances(study)
     summary.update(importances=imp, importances_note=note)
     paths = [folder / "summary.json", folder / "summary.md", folder / "trials.csv"]
-    _write_text(paths[2], study.trials_dataframe().to_csv(index=False))
+    _write(paths[2], study.trials_dataframe().to_csv(index=False))
     with quiet_optuna():
         if summary["best"] is not None:
             _save_optuna_plot(optuna_plots.plot_optimization_history, folder / FIGURES[0], study=study)
@@ -180,8 +178,8 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
                               evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
     plot_tradeoff(summary, folder / FIGURES[2])
     summary["figures"] = [n for n in FIGURES if (folder / n).is_file()]
-    _write_text(paths[0], json.dumps(summary, indent=1, allow_nan=False) + "\n")
-    _write_text(paths[1], _markdown(summary))
+    _write(paths[0], json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    _write(paths[1], _markdown(summary))
     return paths + [folder / n for n in summary["figures"]]
 
 
@@ -203,7 +201,7 @@ def _markdown(s: dict[str, Any]) -> str:
         md += ["", "`svreg tune --storage ... --study-name ... --apply-best best.json` writes these values as a "
                "preset (the fixed settings below only with `--include-fixed-settings`).", ""]
     if s["study_settings"] is not None:
-        preset = json.loads(json.dumps(PRESETS[s["base_preset"]].to_dict()))
+        preset = plain(PRESETS[s["base_preset"]])
         md += [f"## Settings every trial ran with (base preset `{s['base_preset']}`)", ""]
         md += [f"- {k} = {v}" + ("" if v == preset[k] else f" (**preset: {preset[k]}**)")
                for k, v in s["study_settings"].items()] + [""]
@@ -230,8 +228,7 @@ def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage
     if "iterations" in searched and not include_fixed and tuple(fixed["level_spacings"]) != base.level_spacings:
         raise InputError(f"the searched iterations belong to the study's pyramid (level_spacings "
                          f"{fixed['level_spacings']}), not the preset's; add --include-fixed-settings.")
-    values = json.loads(json.dumps(space.parameters(best.params).to_dict()))
-    reference = json.loads(json.dumps(base.to_dict()))
+    values, reference = plain(space.parameters(best.params)), plain(base)
     keep = searched | ({k for k in fixed if fixed[k] != reference[k]} if include_fixed else set())
     return {"base": space.base_preset, "parameters": {k: values[k] for k in values if k in keep},
             "tuning": {"study": study.study_name, "storage": storage_label, "trial": best.number,
@@ -247,5 +244,5 @@ def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: b
     if path.is_dir():
         raise OutputError(f"--apply-best needs a file name, {path} is a folder.")
     doc = preset_document(study, include_fixed=include_fixed, storage_label=storage_label)
-    _write_text(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
+    _write(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
     return path, doc

@@ -73,6 +73,11 @@ class ParamRange:
         return dataclasses.asdict(self)
 
 
+def plain(params: RegistrationParameters) -> dict[str, Any]:
+    """``params`` as a dict of JSON types (tuples become lists), as stored with a study or written to a file."""
+    return json.loads(json.dumps(params.to_dict()))
+
+
 def apply_values(base: RegistrationParameters, values: Mapping[str, Any]) -> RegistrationParameters:
     """``base`` with searched values applied (``iterations_<i>`` sets level ``i``'s iteration count)."""
     changes = {k: float(v) for k, v in values.items() if not k.startswith("iterations_")}
@@ -110,18 +115,11 @@ class SearchSpace:
 
     def default_values(self) -> dict[str, float | int]:
         """The base's own value of every searched parameter (clipped into its range)."""
-        out: dict[str, float | int] = {}
-        for r in self.ranges:
-            if r.name.startswith("iterations_"):
-                value: float = self.base.iterations[int(r.name.split("_", 1)[1])]
-            else:
-                value = getattr(self.base, r.name)
-            out[r.name] = r.clip(value)
-        return out
+        levels = {f"iterations_{i}": n for i, n in enumerate(self.base.iterations)}
+        return {r.name: r.clip(levels[r.name] if r.name in levels else getattr(self.base, r.name)) for r in self.ranges}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"base_preset": self.base_preset, "base": json.loads(json.dumps(self.base.to_dict())),
-                "ranges": [r.to_dict() for r in self.ranges]}
+        return {"base_preset": self.base_preset, "base": plain(self.base), "ranges": [r.to_dict() for r in self.ranges]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":

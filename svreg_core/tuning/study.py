@@ -24,6 +24,7 @@ import contextlib
 import importlib.util
 import os
 import socket
+import sqlite3
 import time
 import warnings
 import zlib
@@ -31,7 +32,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import optuna
+import sqlalchemy.exc as sa_exc
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.engine import make_url
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.interrupts import interrupts_deferred
@@ -49,13 +52,19 @@ DEFAULT_STORAGE = "svreg-tune.db"
 DEFAULT_STUDY = "svreg-tune"
 
 
-
 @contextlib.contextmanager
-def quiet_optuna() -> Iterator[None]:
-    """Silence Optuna's ExperimentalWarning (heartbeats, retry callback, multivariate TPE, matplotlib plots)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
+def quiet_optuna(verbose: bool | None = None) -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning (heartbeats, retry callback, matplotlib plots) in the block;
+    with ``verbose`` given, also set Optuna's log level (INFO if true, else ERROR) until the block ends."""
+    level = optuna.logging.get_verbosity()
+    if verbose is not None:
+        optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
 
 
 def storage_url(storage: str | Path) -> str:
@@ -64,12 +73,9 @@ def storage_url(storage: str | Path) -> str:
     if "://" not in text:
         path = Path(text).expanduser().resolve()
         return str(path) if path.suffix == JOURNAL_SUFFIX else f"sqlite:///{path}"
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         url = make_url(text)
-    except ArgumentError:
+    except sa_exc.ArgumentError:
         raise InputError(f"invalid storage URL {text!r}; use a file path or e.g. postgresql://user@host/db.") from None
     if url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
         url = url.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 defaults to psycopg 3
@@ -78,14 +84,11 @@ def storage_url(storage: str | Path) -> str:
 
 def describe_storage(url: str) -> str:
     """The storage with any password hidden (for messages and reports)."""
-    if "://" not in url:
-        return url
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+    return make_url(url).render_as_string(hide_password=True) if "://" in url else url
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """First line of an error's message (of the database's own error for an SQLAlchemy error)."""
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
 
@@ -107,24 +110,22 @@ def _check_sqlite_intact(path: Path) -> None:
     SQLite's ``PRAGMA quick_check`` reads every page (a fraction of a second for a study of thousands
     of trials), so a corrupted page is reported now, in one line, not as an Optuna traceback later.
     """
-    import sqlite3
-
     if not path.is_file() or path.stat().st_size == 0:
         return
-    problem = None
     try:
         with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
-        if rows != [("ok",)]:  # e.g. "*** in database main ***\nPage 3: btreeInitPage() returns error code 11"
-            text = " ".join(str(r[0]) for r in rows[:2]).replace("*** in database main ***", " ")
-            problem = " ".join(text.split())[:200]
+        if rows == [("ok",)]:
+            return
+        # e.g. "*** in database main ***\nPage 3: btreeInitPage() returns error code 11"
+        text = " ".join(str(r[0]) for r in rows[:2]).replace("*** in database main ***", " ")
+        problem = " ".join(text.split())[:200]
     except sqlite3.OperationalError:  # e.g. locked by another worker for longer than the timeout: not damage
         return
     except sqlite3.DatabaseError as exc:  # "database disk image is malformed", "file is not a database"
         problem = str(exc)
-    if problem:
-        raise InputError(f"the study storage {path} is damaged ({problem}); restore it from a backup, or give "
-                         "another --storage file to start a new study.")
+    raise InputError(f"the study storage {path} is damaged ({problem}); restore it from a backup, or give "
+                     "another --storage file to start a new study.")
 
 
 def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
@@ -139,19 +140,20 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
         must_exist: a missing file is an error (for ``--report`` / ``--apply-best``).
     """
     url = storage_url(storage)
-    if "://" not in url:
-        _check_file(Path(url), must_exist)
-        from optuna.storages.journal import JournalFileBackend
+    sqlite = url.startswith("sqlite:///")
+    if sqlite or "://" not in url:
+        path = Path(url.removeprefix("sqlite:///"))
+        _check_file(path, must_exist)
+        if not sqlite:
+            from optuna.storages.journal import JournalFileBackend
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url))
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite:///"):
-        _check_file(Path(url[len("sqlite:///"):]), must_exist)
-        _check_sqlite_intact(Path(url[len("sqlite:///"):]))
-        engine_kwargs = {"connect_args": {"timeout": 60}}
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        _check_sqlite_intact(path)
+    engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     with quiet_optuna():
         retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-    # Two workers creating Optuna's tables in an empty database at once can collide; retry then.
+    # Two workers creating Optuna's tables in an empty database at once can collide (PostgreSQL: an
+    # IntegrityError or ProgrammingError; SQLite: "table ... already exists", sqlalchemy issue 4936): retry.
     for attempt in range(4):
         try:
             with quiet_optuna():
@@ -161,10 +163,9 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
             raise InputError(f"no database driver for {describe_storage(url)} ({exc}); "
                              f"for PostgreSQL install psycopg2-binary.") from None
         except Exception as exc:  # noqa: BLE001 - sqlalchemy errors become one-line user errors
-            import sqlalchemy.exc as sa_exc
-
-            if not isinstance(exc, (sa_exc.IntegrityError, sa_exc.ProgrammingError)) or attempt == 3:
-                raise InputError(f"cannot open the study storage {describe_storage(url)}: {_first_line(exc)}") from None
+            collided = isinstance(exc, (sa_exc.IntegrityError, sa_exc.ProgrammingError)) or "already exists" in str(exc)
+            if not collided or attempt == 3:
+                raise InputError(f"cannot open the study storage {describe_storage(url)}: {first_line(exc)}") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -174,7 +175,7 @@ def load_study(storage: optuna.storages.BaseStorage, name: str, **kwargs: Any) -
     try:
         return optuna.load_study(study_name=name, storage=storage, **kwargs)
     except KeyError:
-        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False))
+        names = sorted(optuna.get_all_study_names(storage))
         there = f"studies there: {', '.join(names)}" if names else "the storage holds no study"
         raise InputError(f"no study named {name!r} ({there}).") from None
 
@@ -224,44 +225,38 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
     return study, True
 
 
-def _stopped(trial: FrozenTrial) -> bool:
-    """A FAIL trial stopped from outside: by Ctrl-C / SIGTERM (``interrupted`` user attribute, set by
-    :func:`~svreg_core.tuning.objective.trial_function`) or with its killed worker (failed for a stale
-    heartbeat: no ``error`` attribute, which a trial failing by itself always has)."""
-    return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get("interrupted"))
-                                               or "error" not in trial.user_attrs)
+def _default_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("enqueued") == BASE_PRESET]
 
 
 def requeue_default(study: optuna.Study, default_params: dict[str, Any]) -> bool:
     """Queue the base preset's trial again when every attempt of it failed and the last one was stopped
-    from outside (Ctrl-C, SIGTERM, a killed worker, also after Optuna's own retries ran out); return
-    whether it was queued.
+    from outside; return whether it was queued.
 
-    Trials of killed workers are failed first (``fail_stale_trials``, database storages; a killed
-    worker's trial in a journal file stays RUNNING and cannot be told from a running one). A preset
-    that fails by itself (an error) is not run again; neither is one waiting, running or finished.
+    Stopped from outside: by Ctrl-C / SIGTERM (``interrupted`` user attribute, see
+    :func:`~svreg_core.tuning.objective.trial_function`) or with its killed worker (failed for a stale
+    heartbeat by ``fail_stale_trials``, also after Optuna's retries ran out: no ``error`` attribute).
+    A killed worker's trial in a journal file stays RUNNING (no heartbeats). A preset that fails by
+    itself (an ``error``) is not run again; neither is one waiting, running or finished.
     """
     with quiet_optuna():
         optuna.storages.fail_stale_trials(study)
-    attempts = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued") == BASE_PRESET]
-    if not attempts or not all(t.state == TrialState.FAIL for t in attempts) or not _stopped(attempts[-1]):
+    attempts = _default_trials(study)
+    if not attempts or any(t.state != TrialState.FAIL for t in attempts):
+        return False
+    last = attempts[-1].user_attrs
+    if not last.get("interrupted") and "error" in last:
         return False
     study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
     return True
-
-
-def _default_waiting(study: optuna.Study) -> bool:
-    return any(t.user_attrs.get("enqueued") == BASE_PRESET
-               for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
 def make_sampler(seed: int | None, created: bool, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:
     """Multivariate TPE with the constant liar; the seed rule of the module docstring."""
     if seed is not None and not created:
         seed = (seed + zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())) % 2**32
-    with quiet_optuna():
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                          n_startup_trials=n_startup_trials)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                      n_startup_trials=n_startup_trials)
 
 
 def count_finished(study: optuna.Study) -> int:
@@ -306,7 +301,7 @@ def run_worker(study: optuna.Study, func: Callable[[optuna.Trial], float], n_tri
     ``n_trials`` finished ones, so the preset is always evaluated.
     """
     failures = StopAfterFailures(max_failures)
-    if count_finished(study) < n_trials or _default_waiting(study):
+    if count_finished(study) < n_trials or _default_trials(study, (TrialState.WAITING,)):
         # A stop request is raised only inside a trial's own code (trial_function), never while Optuna
         # creates or records a trial: a trial cut there would stay RUNNING in the storage for good.
         with interrupts_deferred():

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
+import stat
 import threading
 import time
 from pathlib import Path
@@ -133,8 +135,31 @@ def test_storage_errors_are_one_line_user_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no study storage at"):
         open_storage(tmp_path / "missing.db", must_exist=True)
     open_storage(tmp_path / "empty.db")
+    level = optuna.logging.get_verbosity()
     with pytest.raises(InputError, match="no study named 'nope' \\(the storage holds no study\\)"):
         run_tune(_args("--storage", tmp_path / "empty.db", "--study-name", "nope", "--report", tmp_path / "r"))
+    assert optuna.logging.get_verbosity() == level  # run_tune restores Optuna's log level
+
+
+def test_workers_creating_the_storage_at_once(tmp_path: Path) -> None:
+    """Workers opening one new SQLite file at the same moment race to create Optuna's tables: all succeed."""
+    errors: list[str] = []
+    for i in range(5):
+        barrier = threading.Barrier(3)
+
+        def open_it(path: Path = tmp_path / f"s{i}.db") -> None:
+            barrier.wait()
+            try:
+                open_storage(path, heartbeat_interval=10, grace_period=60)
+            except InputError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
 
 
 def _args(*argv: Any) -> Any:
@@ -351,6 +376,13 @@ def test_tuned_preset_keeps_the_pyramid_unless_searched(tmp_path: Path) -> None:
         best_preset(["alpha_prime", "iterations"], include_fixed=False)  # 3 levels: no sense on the default 2
     searched = load_parameters(best_preset(["alpha_prime", "iterations"], include_fixed=True))
     assert searched.level_spacings == (12.0, 6.0, 3.0) and len(searched.iterations) == 3
+    # written with the umask's permissions (readable by the group/others under the usual 022), not 0600
+    previous = os.umask(0o022)
+    try:
+        shared = best_preset(["lambda_max"], include_fixed=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644
 
 
 # ----------------------------------------------------------------------------------------- progress
@@ -363,7 +395,7 @@ def test_progress_sinks() -> None:
     doc = json.loads(out.getvalue())
     assert doc["value"] is None and doc["folding"] is None and doc["trial"] == 3 and doc["params"] == {"a": 1.0}
     bar_stream = io.StringIO()
-    bar = TqdmBar(bar_stream, force=True)
+    bar = TqdmBar(bar_stream)
     bar(TuneEvent("start", "s", n_trials=4, finished=1))
     bar(TuneEvent("trial", "s", trial=1, state="FAIL", error="boom", finished=1, n_trials=4))
     bar(TuneEvent("trial", "s", trial=2, state="COMPLETE", value=0.8, best_value=0.8, finished=2, n_trials=4))
