@@ -115,7 +115,6 @@ class SpatialVaryingRegParameterNode:
     lambdaMax: Annotated[float, WithinRange(-1.0, 1000.0)] = -1.0
     levelSpacings: str = ""
     iterations: str = ""
-    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     labelsToScore: str = ""
     labelInterpolation: Annotated[str, Choice(["linear", "nearest"])] = "linear"
     useCpu: bool = False
@@ -136,6 +135,7 @@ class SpatialVaryingRegParameterNode:
     tuningStudyName: str = "slicer"
     tuningTrials: Annotated[int, WithinRange(1, 100000)] = 30
     tuningMaxFolding: Annotated[float, WithinRange(-1.0, 100.0)] = -1.0
+    tuningSeed: Annotated[int, WithinRange(0, 2147483647)] = 0  # of the trial sampler (registration has none)
 
 
 def _numbers(text: str, kind=float) -> list | None:
@@ -745,7 +745,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
 
     def settingsFromParameterNode(self, p: SpatialVaryingRegParameterNode) -> svlogic.RegistrationSettings:
         """Translate the parameter node into engine settings (overrides only where the user changed them)."""
-        overrides: dict[str, Any] = {"spr": bool(p.useSpr), "affine": bool(p.useAffine), "seed": int(p.seed)}
+        overrides: dict[str, Any] = {"spr": bool(p.useSpr), "affine": bool(p.useAffine)}
         if p.similarity != FROM_PRESET:
             overrides["similarity"] = p.similarity
         if p.alphaPrime >= 0:
@@ -868,7 +868,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         return tuning.TuneRequest(
             validation=Path(p.tuningValidationSet), storage=Path(studyFile), study_name=p.tuningStudyName or "slicer",
             n_trials=int(p.tuningTrials), preset=settings.preset, device=settings.device,
-            seed=int(p.seed), level_spacings=o.get("level_spacings"), iterations=o.get("iterations"),
+            seed=int(p.tuningSeed), level_spacings=o.get("level_spacings"), iterations=o.get("iterations"),
             affine=bool(p.useAffine), max_folding=p.tuningMaxFolding if p.tuningMaxFolding >= 0 else None,
             labels=settings.labels)
 

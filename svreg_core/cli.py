@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -110,7 +111,7 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
     p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
-    p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # retired, see registration_parameters
     p.add_argument("--outputs", nargs="+", metavar="NAME", choices=tuple(SELECTABLE_OUTPUTS),
                    help=f"write only these outputs ({', '.join(SELECTABLE_OUTPUTS)}; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -131,9 +132,14 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def registration_parameters(args: argparse.Namespace):
-    """The preset with the command line's overrides; sets torch's thread count (``--threads``)."""
-    from svreg_core.optim.parameters import load_parameters
+    """The preset with the command line's overrides; sets torch's thread count (``--threads``).
 
+    ``--seed`` of earlier versions is still accepted, with a warning, so that existing scripts run on.
+    """
+    from svreg_core.optim.parameters import RETIRED, load_parameters
+
+    if args.seed is not None:
+        print(f"svreg: warning: ignoring --seed ({RETIRED['seed']}).", file=sys.stderr)
     if args.refine and not args.model:
         raise InputError("--refine needs --model (it refines a learned model's prediction).")
     if args.refine < 0:
@@ -147,7 +153,7 @@ def registration_parameters(args: argparse.Namespace):
         from svreg_core.models.zoo import resolve_model
         resolve_model(args.model)  # a wrong name or path fails now, before any work
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
-                             seed=args.seed, spr=False if args.no_spr else None, alpha_prime=args.alpha_prime,
+                             spr=False if args.no_spr else None, alpha_prime=args.alpha_prime,
                              lambda_max=args.lambda_max)
     spacings = tuple(args.level_spacings) if args.level_spacings else params.level_spacings
     iterations = params.iterations
@@ -525,7 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     json_mode = getattr(args, "progress", None) == "json"
-    with sigterm_as_interrupt():  # a scheduler's or the Slicer module's stop request, handled like Ctrl-C
+    # sigterm: a scheduler's or the Slicer module's stop request, handled like Ctrl-C
+    with sigterm_as_interrupt(), warnings.catch_warnings():
+        _one_line_warnings()
         try:
             return handlers[args.command](args)
         except SvregError as exc:
@@ -551,9 +559,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    """True for host ``MemoryError`` and torch's CUDA out-of-memory errors."""
+    """True for host ``MemoryError``, torch's CUDA out-of-memory errors and its CPU allocator's failure."""
+    text = str(exc).lower()
     return isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError" or \
-        "out of memory" in str(exc).lower()
+        "out of memory" in text or "can't allocate memory" in text
+
+
+def _one_line_warnings() -> None:
+    """Inside ``warnings.catch_warnings()``: svreg's own warnings (e.g. a retired parameter in a preset
+    file) print as one ``svreg: warning: ...`` line on stderr; other libraries' as Python prints them."""
+    package = Path(__file__).resolve().parent
+    python_way = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if package in Path(filename).resolve().parents:
+            print(f"svreg: warning: {message}", file=sys.stderr)
+        else:
+            python_way(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 if __name__ == "__main__":

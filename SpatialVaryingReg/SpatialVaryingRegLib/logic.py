@@ -70,7 +70,7 @@ class RegistrationSettings:
         preset: a preset name (:data:`PRESET_NAMES`) or the path of a preset JSON file
             (``{"base": ..., "parameters": {...}}``, e.g. written by ``svreg tune --apply-best``).
         overrides: registration parameters replacing the preset's (``alpha_prime``, ``lambda_max``,
-            ``similarity``, ``spr``, ``affine``, ``level_spacings``, ``iterations``, ``seed``...).
+            ``similarity``, ``spr``, ``affine``, ``level_spacings``, ``iterations``...).
         method: ``"pairwise"`` (optimise this pair, no training) or ``"learned"`` (a trained network).
         model: with ``method="learned"``: a shipped model's name or a checkpoint (a folder holding
             ``model.json`` and ``model.safetensors``, or either file).

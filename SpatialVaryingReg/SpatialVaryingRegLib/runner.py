@@ -410,7 +410,6 @@ class RegisterRequest:
     spr: bool = True
     affine: bool | None = None
     device: str = "auto"
-    seed: int | None = None
     label_interpolation: str | None = None
     model: str | None = None
     refine: int | None = None
@@ -437,8 +436,6 @@ class RegisterRequest:
         if self.affine is not None:
             args.append("--affine" if self.affine else "--no-affine")
         args += ["--device", self.device]
-        if self.seed is not None:
-            args += ["--seed", str(int(self.seed))]
         if self.label_interpolation and self.moving_labels:
             args += ["--label-interpolation", self.label_interpolation]
         if self.overwrite:

@@ -84,7 +84,7 @@ def test_parameter_node_translates_into_engine_settings(module, scene):
     p = module.SpatialVaryingRegParameterNode()
     settings = logic.settingsFromParameterNode(p)
     assert settings.preset == "brain-mri" and settings.device == "auto"
-    assert settings.overrides == {"spr": True, "affine": True, "seed": 0}  # nothing else overrides the preset
+    assert settings.overrides == {"spr": True, "affine": True}  # nothing else overrides the preset
     p.useCpu, p.alphaPrime, p.similarity, p.levelSpacings, p.iterations = True, 0.05, "mind", "4, 2", "30 20"
     p.labelsToScore = "2 3"
     settings = logic.settingsFromParameterNode(p)
@@ -100,6 +100,18 @@ def test_parameter_node_translates_into_engine_settings(module, scene):
     p.levelSpacings = "4 two"
     with pytest.raises(ValueError, match="not a list of numbers"):
         logic.settingsFromParameterNode(p)
+
+
+def test_the_only_seed_is_the_tuning_samplers(module, tmp_path):
+    """Registration draws no random numbers, so the panel's one seed is the tuning sampler's."""
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    assert not hasattr(p, "seed") and p.tuningSeed == 0
+    assert "seed" not in logic.settingsFromParameterNode(p).overrides
+    (tmp_path / "pairs").mkdir()
+    p.tuningValidationSet, p.tuningSeed = str(tmp_path / "pairs"), 11
+    args = logic.tuneRequest(p, tmp_path / "study.db").arguments()
+    assert args[args.index("--seed") + 1] == "11"
 
 
 def test_parameter_node_choices_match_the_ui_choices(module):

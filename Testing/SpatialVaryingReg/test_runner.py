@@ -201,7 +201,7 @@ def test_register_command_line_matches_the_engine_parser(tmp_path):
                                      output=tmp_path / "out", fixed_labels=tmp_path / "fl.nii.gz",
                                      moving_labels=tmp_path / "ml.nii.gz", fixed_mask=tmp_path / "fm.nii.gz",
                                      moving_mask=tmp_path / "mm.nii.gz", labels=[2, 3], preset="ct",
-                                     similarity="mind", spr=False, affine=False, device="cpu", seed=7,
+                                     similarity="mind", spr=False, affine=False, device="cpu",
                                      label_interpolation="nearest")
     args = request.arguments()
     assert args[:3] == ["-m", "svreg_core.cli", "register"]
@@ -209,7 +209,7 @@ def test_register_command_line_matches_the_engine_parser(tmp_path):
     ns = parser.parse_args(args[2:])
     assert (ns.fixed, ns.moving, ns.output) == (str(request.fixed), str(request.moving), str(request.output))
     assert ns.labels == [2, 3] and ns.preset == "ct" and ns.similarity == "mind" and ns.no_spr
-    assert ns.affine is False and ns.device == "cpu" and ns.seed == 7 and ns.progress == "json"
+    assert ns.affine is False and ns.device == "cpu" and ns.seed is None and ns.progress == "json"
     assert ns.label_interpolation == "nearest" and ns.fixed_mask == str(request.fixed_mask)
 
 
@@ -252,7 +252,7 @@ def test_plain_messages():
 
 
 def test_preset_document_merges_overrides(tmp_path):
-    doc = logic.RegistrationSettings(preset="ct", overrides={"alpha_prime": 0.01, "seed": None}).preset_document()
+    doc = logic.RegistrationSettings(preset="ct", overrides={"alpha_prime": 0.01, "similarity": None}).preset_document()
     assert doc == {"base": "ct", "parameters": {"alpha_prime": 0.01}}
     path = tmp_path / "tuned.json"
     path.write_text(json.dumps({"base": "lung-ct", "parameters": {"lambda_max": 2.0}, "tuning": {"trial": 3}}))

@@ -125,7 +125,7 @@ def test_tuning_runs_in_the_background_and_applies_the_best_preset(validation_fo
     doc = json.loads(preset.read_text())
     assert doc["parameters"]["alpha_prime"] == pytest.approx(snap.best.params["alpha_prime"])
     # the Register button accepts it as a 'custom file' preset
-    merged = logic.RegistrationSettings(preset=str(preset), overrides={"seed": 0}).preset_document()
+    merged = logic.RegistrationSettings(preset=str(preset), overrides={"spr": True}).preset_document()
     assert merged["parameters"]["lambda_max"] == pytest.approx(snap.best.params["lambda_max"])
 
     with pytest.raises(RuntimeError, match="no complete trial|not found|no study|does not exist"):

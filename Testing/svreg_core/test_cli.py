@@ -322,6 +322,58 @@ def test_sheared_or_singular_affine_is_a_plain_error(geo, tiny_pair, tmp_path: P
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("size_mm", [1e-7, 1e3])
+def test_implausible_voxel_size_is_a_plain_error(tmp_path: Path, capsys, size_mm: float) -> None:
+    """Issue 14: a 20³ image with 1e-7 mm voxels registered to itself asked the allocator for 384 GB (1e3 mm:
+    161 GB). Refused while reading, one line naming the size and the range, nothing written."""
+    data = tmp_path / "data"
+    data.mkdir()
+    image = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.diag([size_mm] * 3 + [1.0])), str(data / "f.nii.gz"))
+    listing = sorted(tmp_path.iterdir())
+    rc, out, err = _main(["register", data / "f.nii.gz", data / "f.nii.gz", "-o", tmp_path / "out", "--device", "cpu",
+                          "--progress", "lines"], capsys)
+    _assert_plain_error(rc, err, "fixed image has voxel sizes", f"{size_mm:.3g}, {size_mm:.3g}, {size_mm:.3g} mm",
+                        "0.001 to 100 mm")
+    assert _stages(err) <= {"load"}  # refused while reading the images
+    assert sorted(tmp_path.iterdir()) == listing and out == ""  # no output folder, no hidden partial folder
+
+
+def test_cpu_allocation_failure_counts_as_out_of_memory() -> None:
+    """torch's CPU allocator failing (a grid too large for the machine) gives the one-line out-of-memory
+    message, not a traceback."""
+    from svreg_core.cli import _is_out_of_memory
+
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(2**50, dtype=torch.uint8)  # 1 PiB: more than any machine's address space
+    assert _is_out_of_memory(info.value)
+    assert not _is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_retired_seed_is_accepted_with_a_warning(tiny_pair, tmp_path: Path, capsys) -> None:
+    """Registration draws no random numbers, so it has no seed: an old command line's --seed and an old
+    preset file's "seed" are ignored with one warning line each, and the result is the one without them."""
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"base": "brain-mri", "parameters": {"seed": 5, "alpha_prime": 0.2}}))
+    p = tiny_pair.paths
+    common = ["--level-spacings", 12, "--iterations", 3, "--no-affine", "--device", "cpu", "--progress", "none",
+              "--outputs", "displacement"]
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "a", "--preset", old, "--seed", 1, *common],
+                       capsys)
+    assert rc == 0 and err.splitlines() == [
+        "svreg: warning: ignoring --seed (the pairwise registration is deterministic; seed had no effect).",
+        "svreg: warning: ignoring retired parameter(s): seed (the pairwise registration is deterministic; seed "
+        "had no effect)"], err
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.2}}))
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "b", "--preset", new, *common], capsys)
+    assert rc == 0 and err == ""
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert "seed" not in report["parameters"] and report["parameters"]["alpha_prime"] == 0.2
+    a, b = (np.asarray(nib.load(str(tmp_path / d / "displacement.nii.gz")).dataobj) for d in "ab")
+    assert np.array_equal(a, b)
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 def test_output_under_proc_is_refused_before_any_work(tiny_pair, tmp_path: Path, capsys) -> None:
     """/proc accepts no new folder even for root (the issue: a traceback after the whole registration)."""

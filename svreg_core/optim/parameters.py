@@ -25,12 +25,12 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "final_learning_rate_fraction": (0.0, 1.0, ""), "lambda_step": (0.0, 1.0, ""),
     "smoothing_passes": (0, 10, " passes"),
     "lncc_window": (1, 51, " voxels"), "integration_steps": (0, 20, " squarings"),
-    "seed": (0, 2**63 - 1, ""),
 }
 PRIORS = ("beta", "gaussian")
 #: Parameters of earlier versions, with why they are gone; ignored (with a warning) when read.
 RETIRED: dict[str, str] = {
     "lambda_learning_rate": "λ now follows the SPR loss's closed-form optimum, see lambda_step",
+    "seed": "the pairwise registration is deterministic; seed had no effect",
 }
 
 
@@ -38,7 +38,8 @@ RETIRED: dict[str, str] = {
 class RegistrationParameters:
     """Everything that controls one pairwise registration.
 
-    Units: spacings in millimetres; ``lncc_window`` in voxels of the working grid.
+    Units: spacings in millimetres; ``lncc_window`` in voxels of the working grid. The pairwise
+    registration draws no random numbers, hence has no seed (older preset files' ``seed`` is retired).
 
     Attributes:
         similarity: ``"lncc"`` (mono-modal MRI), ``"mse"`` or ``"mind"`` (MIND-SSC, CT/multi-modal).
@@ -63,8 +64,6 @@ class RegistrationParameters:
         lncc_window: LNCC window width in voxels.
         integration_steps: scaling-and-squaring steps.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        seed: random seed of stochastic components (training, synthesis); the pairwise optimiser is
-            deterministic and does not draw random numbers.
     """
 
     similarity: str = "lncc"
@@ -83,7 +82,6 @@ class RegistrationParameters:
     lncc_window: int = 5
     integration_steps: int = 5
     device: str = "auto"
-    seed: int = 0
 
     def __post_init__(self) -> None:
         def whole(value: Any, name: str) -> int:
@@ -105,7 +103,7 @@ class RegistrationParameters:
         for name in ("alpha_prime", "lambda_max", "min_control_spacing", "learning_rate",
                      "final_learning_rate_fraction", "lambda_step"):
             object.__setattr__(self, name, number(getattr(self, name), name))
-        for name in ("lncc_window", "integration_steps", "seed", "smoothing_passes"):
+        for name in ("lncc_window", "integration_steps", "smoothing_passes"):
             object.__setattr__(self, name, whole(getattr(self, name), name))
         for name in ("spr", "affine"):
             if not isinstance(getattr(self, name), bool):
@@ -248,8 +246,8 @@ def preset_warning(preset: str | Path) -> str | None:
     """One line when a preset file changes fixed settings of its base preset, else ``None``.
 
     Fixed settings are all but :data:`HYPERPARAMETERS`, the parameters the file's ``tuning.searched``
-    lists (written by ``svreg tune --apply-best``), ``device`` and ``seed``: e.g. the quick pyramid of a
-    tuning study carried into every registration (``--apply-best --include-fixed-settings``).
+    lists (written by ``svreg tune --apply-best``) and ``device`` (retired parameters are ignored): e.g. the
+    quick pyramid of a tuning study carried into every registration (``--apply-best --include-fixed-settings``).
     """
     name = str(preset)
     if name in PRESETS:
@@ -257,7 +255,7 @@ def preset_warning(preset: str | Path) -> str | None:
     path = Path(name)
     doc, base = _preset_file(path)
     tuning = doc.get("tuning") if isinstance(doc.get("tuning"), dict) else {}
-    allowed = {*HYPERPARAMETERS, *tuning.get("searched", ()), "device", "seed"}
+    allowed = {*HYPERPARAMETERS, *tuning.get("searched", ()), "device", *RETIRED}
     params = load_parameters(path)
     default = PRESETS[base]
     changed = [k for k in doc.get("parameters", {}) if k not in allowed and getattr(params, k) != getattr(default, k)]

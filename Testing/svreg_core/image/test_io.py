@@ -272,3 +272,23 @@ def test_nearly_singular_affine_is_refused_before_any_grid(geo, tmp_path: Path) 
     # strongly anisotropic but real voxels (0.3 x 0.3 x 6 mm) are fine
     thin = geo.make_affine(np.diag([0.3, 0.3, 6.0]), [0.0, 0.0, 0.0])
     assert load_image(_write(tmp_path, "thin.nii.gz", data, thin)).shape == (20, 20, 20)
+
+
+@pytest.mark.parametrize("sizes, accepted", [
+    ((1e-7, 1e-7, 1e-7), False),  # the issue's case: tiny isotropic voxels reached an allocation failure
+    ((9e-4, 1e-3, 1e-3), False), ((1e-3, 1e-3, 1e-3), True),
+    ((100.0, 100.0, 100.0), True), ((1.0, 1.0, 101.0), False), ((1e3, 1e3, 1e3), False),
+])
+def test_voxel_sizes_outside_the_plausible_range_are_refused(geo, sizes, accepted: bool) -> None:
+    """Well-conditioned affines whose voxels are not plausibly millimetres: one line naming both."""
+    affine = geo.make_affine(geo.rotation([0.2, 1.0, 0.4], 25.0) @ np.diag(sizes), [3.0, -4.0, 5.0])
+    image = Image(_ramp((20, 20, 20)), affine)
+    if accepted:
+        assert validate_image(image, "fixed image").shape == (20, 20, 20)
+        return
+    with pytest.raises(InputError) as info:
+        validate_image(image, "fixed image")
+    message = str(info.value)
+    assert message.startswith("fixed image has voxel sizes ") and "\n" not in message
+    assert ", ".join(f"{v:.3g}" for v in sizes) + " mm" in message
+    assert "plausible range 0.001 to 100 mm" in message

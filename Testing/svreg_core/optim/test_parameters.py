@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from svreg_core.errors import InputError
-from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters
+from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters, preset_warning
 
 
 def test_presets_load() -> None:
@@ -15,7 +15,7 @@ def test_presets_load() -> None:
         assert load_parameters(name) == preset
         assert len(preset.level_spacings) == len(preset.iterations) > 0
         assert 0 < preset.alpha_prime and 0 < preset.lambda_max
-    assert load_parameters("brain-mri", alpha_prime=0.05, seed=None).alpha_prime == 0.05
+    assert load_parameters("brain-mri", alpha_prime=0.05, similarity=None).alpha_prime == 0.05
     assert PRESETS["ct"].similarity == "mind" and PRESETS["brain-mri"].similarity == "lncc"
 
 
@@ -133,3 +133,18 @@ def test_retired_parameters_are_ignored_with_a_warning() -> None:
     with pytest.warns(UserWarning, match="lambda_learning_rate.*closed-form"):
         params = RegistrationParameters.from_dict({"lambda_learning_rate": 0.05, "lambda_max": 2.0})
     assert params == RegistrationParameters(lambda_max=2.0)
+
+
+def test_preset_file_of_an_earlier_version_with_a_seed_still_loads(tmp_path: Path) -> None:
+    """Registration draws no random numbers, so ``seed`` is retired: a preset file that holds one (written
+    by an earlier version) loads with a warning, and the seed is not a 'changed fixed setting'."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"base": "ct", "parameters": {"seed": 7, "alpha_prime": 0.02},
+                                "tuning": {"searched": ["alpha_prime"]}}))
+    with pytest.warns(UserWarning, match=r"seed \(the pairwise registration is deterministic; seed had no effect\)"):
+        params = load_parameters(path)
+    assert params == PRESETS["ct"].replace(alpha_prime=0.02) and "seed" not in params.to_dict()
+    with pytest.warns(UserWarning, match="seed"):
+        assert preset_warning(path) is None
+    with pytest.raises(TypeError):
+        RegistrationParameters(seed=0)  # gone from the Python API too
