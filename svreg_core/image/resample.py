@@ -82,28 +82,28 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
                             mode=mode, padding_mode=padding_mode)
 
 
-def downsample(tensor: torch.Tensor, grid: Grid, spacing: float) -> tuple[torch.Tensor, Grid]:
-    """Anti-aliased resampling onto ``grid.resampled(spacing)`` (isotropic, same field of view).
+def level_grid(grid: Grid, spacing: float) -> Grid:
+    """The grid of a ``spacing``-mm level: ``grid.resampled(spacing)`` (isotropic, same field of view),
+    or ``grid`` itself when its voxels are all at least ``spacing`` (a level never upsamples)."""
+    return grid if np.all(grid.spacing >= spacing * (1 - 1e-6)) else grid.resampled(spacing)
 
-    A grid whose voxels are all at least ``spacing`` is returned unchanged.
-    """
-    if np.all(grid.spacing >= spacing * (1 - 1e-6)):
+
+def downsample(tensor: torch.Tensor, grid: Grid, spacing: float) -> tuple[torch.Tensor, Grid]:
+    """Anti-aliased resampling onto :func:`level_grid` (``tensor`` itself when that is ``grid``)."""
+    target = level_grid(grid, spacing)
+    if target is grid:
         return tensor, grid
-    target = grid.resampled(spacing)
     factors = np.maximum(1, np.floor(spacing / grid.spacing + 1e-6)).astype(int)
     smoothed = gaussian_smooth(tensor, antialias_sigma(grid, spacing), stride=tuple(int(f) for f in factors))
     subsampled = Grid(smoothed.shape[2:], grid.affine @ np.diag([*factors, 1]))
     return resample(smoothed, subsampled, target), target
 
 
-def pyramid(tensor: torch.Tensor, grid: Grid, spacings: tuple[float, ...]) -> dict[float, tuple[torch.Tensor, Grid]]:
-    """Anti-aliased copies of ``tensor`` at each voxel size in ``spacings`` (mm), fine to coarse.
+def antialiased(tensor: torch.Tensor, grid: Grid, spacing: float) -> torch.Tensor:
+    """``tensor`` smoothed on its own ``grid`` so that sampling it every ``spacing`` mm does not alias.
 
-    Each level is computed from the next finer one, so the full-resolution image is smoothed once.
+    The pyramid levels of the registration are this, sampled once at the level's points (through any
+    world transform): an image and a flipped, permuted or cropped copy of it give the same level
+    image, which cascaded resampling onto each image's own coarse grid did not.
     """
-    levels: dict[float, tuple[torch.Tensor, Grid]] = {}
-    current = (tensor, grid)
-    for spacing in sorted(set(float(s) for s in spacings)):
-        current = downsample(*current, spacing)
-        levels[spacing] = current
-    return levels
+    return gaussian_smooth(tensor, antialias_sigma(grid, spacing))

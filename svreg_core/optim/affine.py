@@ -5,9 +5,9 @@ import numpy as np
 import torch
 
 from svreg_core.image.grid import Grid
-from svreg_core.image.resample import pyramid, resample, sample_at_points, target_world_points
+from svreg_core.image.resample import antialiased, level_grid, resample, sample_at_points, target_world_points
 from svreg_core.losses import get_similarity
-from svreg_core.optim.adam import Adam
+from svreg_core.optim.adam import Adam, probe_epsilon
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 
 #: Working-grid voxel sizes (mm) and Adam iterations of the affine pyramid.
@@ -54,25 +54,34 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
     centre = torch.as_tensor(centre_f, dtype=torch.float64, device=device)
     linear = torch.zeros(3, 3, dtype=torch.float64, device=device, requires_grad=True)
     translation = torch.as_tensor(centre_m - centre_f, dtype=torch.float64, device=device).clone().requires_grad_(True)
-    optimizer = Adam([linear, translation], [0.01, 1.0])
+    optimizer = Adam([linear, translation], [0.01, 1.0], [0.0, 0.0])  # ε set per level below
     total = sum(n for _, n in AFFINE_LEVELS)
     done = 0
     lo, hi = progress_span
-    spacings = tuple(s for s, _ in AFFINE_LEVELS)
-    fixed_levels = pyramid(fixed, fixed_grid, spacings)
-    moving_levels = pyramid(moving, moving_grid, spacings)
     for spacing, iterations in AFFINE_LEVELS:
-        fixed_l, grid = fixed_levels[spacing]
-        moving_s, moving_l_grid = moving_levels[spacing]
+        grid = level_grid(fixed_grid, spacing)
+        fixed_l = resample(antialiased(fixed, fixed_grid, spacing), fixed_grid, grid)
+        moving_s = antialiased(moving, moving_grid, spacing)
         mask_l = None if fixed_mask is None else (resample(fixed_mask.float(), fixed_grid, grid) > 0.5).float()
         points = target_world_points(grid, device=device, dtype=torch.float64)
         sim = get_similarity(similarity, window=5) if similarity == "lncc" else get_similarity(similarity)
+
+        def loss_at(lin: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+            m = _matrix(lin, shift, centre)
+            warped_points = (points @ m[:3, :3].T + m[:3, 3]).float()
+            return sim(fixed_l, sample_at_points(moving_s, moving_grid, warped_points), mask_l)
+
+        def gradient(values: list[torch.Tensor]) -> list[torch.Tensor]:
+            values = [v.requires_grad_(True) for v in values]
+            return list(torch.autograd.grad(loss_at(*values), values))
+
+        # ε: the gradients a 1 % scaling and a 1 mm (diagonal) shift make, one step of each
+        optimizer.eps = probe_epsilon(gradient, [linear, translation],
+                                      [0.01 * torch.eye(3, dtype=torch.float64, device=device),
+                                       torch.full((3,), 3 ** -0.5, dtype=torch.float64, device=device)])
         for it in range(iterations):
             optimizer.zero_grad()
-            m = _matrix(linear, translation, centre)
-            warped_points = (points @ m[:3, :3].T + m[:3, 3]).float()
-            warped = sample_at_points(moving_s, moving_l_grid, warped_points)
-            loss = sim(fixed_l, warped, mask_l)
+            loss = loss_at(linear, translation)
             loss.backward()
             optimizer.step()
             done += 1

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from svreg_core.image.grid import Grid
-from svreg_core.image.resample import pyramid, resample
+from svreg_core.image.resample import antialiased, level_grid, resample
 from svreg_core.image.smoothing import smooth_field
-from svreg_core.optim.adam import Adam
+from svreg_core.optim.adam import Adam, probe_epsilon
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms.field import GridTransfer
@@ -74,13 +74,6 @@ def foreground_box(image: torch.Tensor, grid: Grid, margin_mm: float, threshold:
     return grid.cropped(tuple(start), tuple(stop))
 
 
-def _crop(tensor: torch.Tensor, grid: Grid, box: Grid) -> torch.Tensor:
-    """The part of ``tensor`` (on ``grid``) covered by ``box``, a :meth:`Grid.cropped` of ``grid``."""
-    start = np.rint(np.linalg.solve(grid.affine[:3, :3], box.affine[:3, 3] - grid.affine[:3, 3])).astype(int)
-    return tensor[:, :, start[0]:start[0] + box.shape[0], start[1]:start[1] + box.shape[1],
-                  start[2]:start[2] + box.shape[2]]
-
-
 def _linear_decay(iterations: int, final_fraction: float):
     """Learning-rate factor at iteration ``it`` of a level: 1 at the first, ``final_fraction`` at the last."""
     span = max(iterations - 1, 1)
@@ -116,16 +109,13 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         velocity = initial.velocity.to(device=device, dtype=torch.float32)
         weight = initial.weight.to(device=device, dtype=torch.float32)
     losses: list[dict[str, float]] = []
-    spacings = tuple(spacing for spacing, _, _ in levels)
-    fixed_levels = pyramid(fixed, fixed_grid, spacings)
-    moving_levels = pyramid(moving, moving_grid, spacings)
     region = fixed if fixed_mask is None else fixed_mask.float()
     margin = 2 * max(control for _, control, _ in levels)
     for level_index, (spacing, control, iterations) in enumerate(levels):
-        fixed_full, level_grid = fixed_levels[spacing]
-        image_grid = foreground_box(resample(region, fixed_grid, level_grid), level_grid, margin)
-        fixed_l = _crop(fixed_full, level_grid, image_grid)
-        moving_l = resample(*moving_levels[spacing], image_grid, affine)
+        level = level_grid(fixed_grid, spacing)
+        image_grid = foreground_box(resample(region, fixed_grid, level), level, margin)
+        fixed_l = resample(antialiased(fixed, fixed_grid, spacing), fixed_grid, image_grid)
+        moving_l = resample(antialiased(moving, moving_grid, spacing), moving_grid, image_grid, affine)
         grid = image_grid if np.allclose(image_grid.spacing, control) else image_grid.resampled(control)
         transfer = GridTransfer(grid, image_grid, device)
         stage = f"deformable {spacing:g} mm"
@@ -140,16 +130,25 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         # λ stays 1 on the coarsest of several levels: the first Adam steps strain the field everywhere,
         # and a λ that followed them would switch the regulariser off where nothing needs to move
         update_weight = params.spr and (level_index > 0 or len(levels) == 1 or initial is not None)
+
+        def evaluate(v: torch.Tensor):
+            return loss_fn.evaluate(fixed_l, moving_l, smooth_field(v, params.smoothing_passes),
+                                    weight if params.spr else None, integration_steps=params.integration_steps,
+                                    transfer=transfer, fixed_mask=mask_f, moving_mask=mask_m)
+
+        def gradient(values: list[torch.Tensor]) -> list[torch.Tensor]:
+            v = values[0].requires_grad_(True)
+            return [torch.autograd.grad(evaluate(v)[0]["total"], v)[0]]
+
         velocity = velocity.detach().requires_grad_(True)
-        optimizer = Adam([velocity], [params.learning_rate])
+        # ε: the gradient a one-voxel shift of the whole field makes (diagonal, length 1 voxel)
+        optimizer = Adam([velocity], [params.learning_rate],
+                         probe_epsilon(gradient, [velocity], [torch.full_like(velocity, 3 ** -0.5)]))
         # the step size falls linearly to ``final_learning_rate_fraction`` of its value over the level
         decay = _linear_decay(iterations, params.final_learning_rate_fraction)
         for it in range(iterations):
             optimizer.zero_grad()
-            terms, fields = loss_fn.evaluate(fixed_l, moving_l, smooth_field(velocity, params.smoothing_passes),
-                                             weight if params.spr else None,
-                                             integration_steps=params.integration_steps, transfer=transfer,
-                                             fixed_mask=mask_f, moving_mask=mask_m)
+            terms, fields = evaluate(velocity)
             terms["total"].backward()
             optimizer.step(decay(it))
             if update_weight:  # λ moves part of the way to the loss's optimum for the displacement just used
