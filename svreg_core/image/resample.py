@@ -1,9 +1,10 @@
 """Resampling through world coordinates: any source grid onto any target grid."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from svreg_core.conventions import voxel_to_normalized
 from svreg_core.image.grid import Grid
@@ -36,30 +37,36 @@ def sample_at_points(source: torch.Tensor, source_grid: Grid, points: torch.Tens
     return grid_sample(source, coords, mode=mode, padding_mode=padding_mode)
 
 
+@functools.lru_cache(maxsize=32)
+def _gaussian_matrix(length: int, sigma: float, step: int, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+    """``(ceil(length / step), length)`` matrix: Gaussian smoothing along one axis (replicate border
+    folded in, kernel radius ``ceil(3 sigma)``), keeping every ``step``-th output voxel."""
+    radius = max(1, int(np.ceil(3.0 * sigma))) if sigma > 0.05 else 0
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (x / max(sigma, 1e-3)) ** 2)
+    kernel = (kernel / kernel.sum()).to(dtype=dtype, device=device)
+    rows = torch.arange(0, length, step, device=device)
+    columns = (rows[:, None] + torch.arange(-radius, radius + 1, device=device)).clamp(0, length - 1)
+    return torch.zeros(len(rows), length, dtype=dtype, device=device).scatter_add_(
+        1, columns, kernel.expand(len(rows), -1))
+
+
 def gaussian_smooth(tensor: torch.Tensor, sigma_voxels: tuple[float, float, float],
                     stride: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
     """Separable Gaussian smoothing of ``(N, C, I, J, K)``; ``sigma_voxels`` per axis (0 = none).
 
-    With ``stride``, only every ``stride[a]``-th voxel along axis ``a`` is kept (output voxel ``n``
-    is input voxel ``n * stride``): smoothing and subsampling in one pass, at a fraction of the cost.
+    Replicate border. With ``stride``, only every ``stride[a]``-th voxel along axis ``a`` is kept
+    (output voxel ``n`` is input voxel ``n * stride``): smoothing and subsampling in one pass. Each
+    axis is one product with a banded matrix (several times faster on a CPU than a depthwise
+    ``conv3d``).
     """
     out = tensor
-    channels = tensor.shape[1]
     for axis, (sigma, step) in enumerate(zip(sigma_voxels, stride)):
         if sigma <= 0.05 and step == 1:
             continue
-        radius = max(1, int(np.ceil(3.0 * sigma))) if sigma > 0.05 else 0
-        x = torch.arange(-radius, radius + 1, dtype=tensor.dtype, device=tensor.device)
-        kernel = torch.exp(-0.5 * (x / max(sigma, 1e-3)) ** 2)
-        kernel = kernel / kernel.sum()
-        shape = [1, 1, 1]
-        shape[axis] = kernel.numel()
-        strides = [1, 1, 1]
-        strides[axis] = int(step)
-        weight = kernel.view(1, 1, *shape).repeat(channels, 1, 1, 1, 1)
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = radius
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, stride=tuple(strides), groups=channels)
+        matrix = _gaussian_matrix(out.shape[2 + axis], float(sigma), int(step), out.dtype, out.device)
+        out = torch.movedim(torch.movedim(out, 2 + axis, -1) @ matrix.T, -1, 2 + axis)
     return out
 
 
