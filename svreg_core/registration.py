@@ -7,6 +7,7 @@ moving world. ``warped(x) = moving(T(x))``.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import downsample, resample, sample_at_points, world_to_source_normalized
 from svreg_core.image.sampling import grid_sample, sample_labels
+from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
 from svreg_core.optim.affine import affine_register
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
@@ -236,6 +238,11 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
                 raise InputError(f"{name} must be on the same grid as its image "
                                  f"({mask.shape} vs {ref.shape}, or different affines).")
     device = resolve_device(params.device)
+    if device.type == "cpu":
+        note = check_memory(fixed.shape, moving.shape, physical=physical_memory_bytes(),
+                            available=available_memory_bytes())
+        if note:
+            warnings.warn(note, stacklevel=2)
     network = info = None
     if model is not None:
         network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
