@@ -394,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         stem = f"benchmark_{started:%Y-%m-%d}" + ("_quick" if args.quick else "")
-        (args.results_dir / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+        # paths relative to the repository, as in ct_known_warp's results: the file is committed
+        (args.results_dir / f"{stem}.json").write_text(
+            json.dumps(results, indent=1, default=str).replace(str(REPO) + "/", "") + "\n")
         (args.results_dir / f"{stem}.md").write_text(md)
         log(f"wrote {args.results_dir / stem}.json and .md")
     bad = [r for recs in results["resolutions"].values() for r in recs if r.get("status") not in ("ok", "skipped")]
