@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import optuna
+import sqlalchemy
 import sqlalchemy.exc as sa_exc
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import make_url
@@ -128,6 +129,27 @@ def _check_sqlite_intact(path: Path) -> None:
                      "another --storage file to start a new study.")
 
 
+def _lock_on_begin(engine: sqlalchemy.engine.Engine) -> None:
+    """Make every SQLite transaction of ``engine`` take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    Optuna pops a queued trial by reading it as WAITING and then writing RUNNING; SQLite ignores
+    ``SELECT ... FOR UPDATE``, so two workers could both read WAITING and run the same trial (the base
+    preset's), and the second then failed with "Cannot tell a COMPLETE trial" (optuna issue 4621;
+    measured: 1 of 20 rounds of 4 workers popped it twice). SQLAlchemy's recipe for pysqlite: the
+    driver's own transaction handling off, the transaction begun by the listener. Pooled connections
+    opened before are dropped so that every connection gets it.
+    """
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def _driver_autocommit(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()
+
+
 def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  max_retry: int = 1, must_exist: bool = False) -> optuna.storages.BaseStorage:
     """Open (or create) the storage (see module docstring).
@@ -157,8 +179,11 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
     for attempt in range(4):
         try:
             with quiet_optuna():
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                                  grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+                rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                                 grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+            if sqlite:
+                _lock_on_begin(rdb.engine)
+            return rdb
         except ImportError as exc:
             raise InputError(f"no database driver for {describe_storage(url)} ({exc}); "
                              f"for PostgreSQL install psycopg2-binary.") from None

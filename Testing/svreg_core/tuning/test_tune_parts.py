@@ -8,6 +8,7 @@ import json
 import math
 import os
 import shutil
+import sqlite3
 import stat
 import threading
 import time
@@ -160,6 +161,26 @@ def test_workers_creating_the_storage_at_once(tmp_path: Path) -> None:
         for t in threads:
             t.join()
     assert not errors
+
+
+def test_sqlite_transactions_take_the_write_lock_when_they_begin(tmp_path: Path) -> None:
+    """Popping a queued trial must not let two workers both read it as WAITING: a transaction of the
+    storage holds SQLite's write lock from its first statement, so another writer is refused until it
+    ends (with pysqlite's deferred transactions the other writer got in)."""
+    path = tmp_path / "lock.db"
+    storage = open_storage(path)
+    other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    with storage.engine.connect() as connection:
+        with connection.begin():
+            connection.exec_driver_sql("SELECT 1")  # a read only, as Optuna's check of the trial state
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once the transaction ended
+    other.execute("ROLLBACK")
+    other.close()
+    study = optuna.create_study(storage=storage, study_name="queue")  # the storage still works as usual
+    study.enqueue_trial({"x": 1.0})
+    assert study.ask().params == {} and len(study.trials) == 1
 
 
 def _args(*argv: Any) -> Any:
