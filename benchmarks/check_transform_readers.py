@@ -1,15 +1,13 @@
 """transform.h5 with a float32, gzip-compressed field: sizes, write time, and readers beyond SimpleITK.
 
-    .venv/bin/python benchmarks/check_transform_readers.py [--from-transform OUT/transform.h5]
-        [--ants-python .bench/venvs/ants/bin/python] [--points 2000]
+    .venv/bin/python benchmarks/check_transform_readers.py [--ants-python .bench/venvs/ants/bin/python]
+        [--points 2000]
 
 Without ``--from-transform``: a 1 mm brain grid (the MNI152 template shipped in the PyPI package
 ``nilearn``, ``MNI152_FILE_PATH``, 197x233x189) carries a random smooth displacement (cubic
 upsampling of noise on an 8 mm lattice, at most 8 mm) after which a rotation + translation applies,
 as in ``svreg register``'s composite. The old file (``sitk.WriteTransform``, float64, uncompressed)
-and the new one (:func:`svreg_core.outputs.itk.write_transform`) are both written and timed. With
-``--from-transform`` an existing float64 ``transform.h5`` (e.g. an older ``svreg register`` output)
-is the old file and :func:`compress_transform_file` makes the new one (timed).
+and the new one (:func:`svreg_core.outputs.itk.write_transform`, h5py) are both written and timed.
 
 Both files are then read by SimpleITK (``TransformPoint``, ``Resample`` of the template), by Slicer's
 ``vtkMRMLTransformStorageNode`` (``slicer-core``, RAS; grid interpolation set to linear as ITK's)
@@ -38,7 +36,7 @@ from scipy import ndimage
 
 from svreg_core.conventions import RAS_TO_LPS
 from svreg_core.image.grid import Grid
-from svreg_core.outputs.itk import composite_transform, compress_transform_file, write_transform
+from svreg_core.outputs.itk import composite_transform, write_transform
 
 REPO = Path(__file__).resolve().parents[1]
 FLIP = np.diag(RAS_TO_LPS)
@@ -92,23 +90,15 @@ def synthetic_case(folder: Path) -> tuple[Path, Path, dict]:
     return old, new, info
 
 
-def existing_case(path: Path, folder: Path) -> tuple[Path, Path, dict]:
-    """The given float64 file and its compressed copy."""
-    new = folder / "new.h5"
-    t = time.perf_counter()
-    compress_transform_file(path, new)
-    return path, new, {"data": str(path), "compress_s": time.perf_counter() - t}
-
-
-def field_points(path: Path, n: int) -> tuple[np.ndarray, sitk.Image]:
-    """``n`` random LPS points inside the field's grid, and the field as a SimpleITK image."""
+def field_points(path: Path, n: int) -> np.ndarray:
+    """``n`` random LPS points inside the grid of the field in ``path``."""
     composite = sitk.CompositeTransform(sitk.ReadTransform(str(path)))
     field = next(sitk.DisplacementFieldTransform(composite.GetNthTransform(i)).GetDisplacementField()
                  for i in range(composite.GetNumberOfTransforms())
                  if composite.GetNthTransform(i).GetName() == "DisplacementFieldTransform")
     size = np.asarray(field.GetSize(), dtype=float)
     cont = np.random.default_rng(1).uniform(1.0, size - 2.0, size=(n, 3))
-    return np.array([field.TransformContinuousIndexToPhysicalPoint(tuple(c)) for c in cont]), field
+    return np.array([field.TransformContinuousIndexToPhysicalPoint(tuple(c)) for c in cont])
 
 
 def dataset_summary(path: Path) -> dict:
@@ -149,14 +139,13 @@ def slicer_points(path: Path, points_ras: np.ndarray) -> np.ndarray | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--from-transform", type=Path)
     ap.add_argument("--ants-python", type=Path, default=REPO / ".bench" / "venvs" / "ants" / "bin" / "python")
     ap.add_argument("--points", type=int, default=2000)
     args = ap.parse_args(argv)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        old, new, info = existing_case(args.from_transform, folder) if args.from_transform else synthetic_case(folder)
+        old, new, info = synthetic_case(folder)
         mib = 2.0**20
         print(f"data: {info.pop('data')}")
         print(f"size: old {old.stat().st_size / mib:.1f} MiB, new {new.stat().st_size / mib:.1f} MiB "
@@ -164,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v:.2f}" for k, v in info.items()))
         print(f"new datasets: {json.dumps(dataset_summary(new))}")
 
-        points, field = field_points(old, args.points)
+        points = field_points(old, args.points)
         tx_old, tx_new = sitk.ReadTransform(str(old)), sitk.ReadTransform(str(new))
         ref = np.array([tx_old.TransformPoint(tuple(p)) for p in points])
         got = np.array([tx_new.TransformPoint(tuple(p)) for p in points])
@@ -186,9 +175,6 @@ def main(argv: list[str] | None = None) -> int:
         nib.save(nib.Nifti1Image(np.asarray(nib.load(MNI152_FILE_PATH).dataobj, dtype=np.float32),
                                  nib.load(MNI152_FILE_PATH).affine), str(moving))
         image = sitk.ReadImage(str(moving), sitk.sitkFloat32)
-        if args.from_transform:  # the template on the transform's own grid
-            image = sitk.Resample(image, field, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-            sitk.WriteImage(image, str(moving))
         warped = {name: sitk.GetArrayFromImage(sitk.Resample(image, image, tx, sitk.sitkLinear, 0.0,
                                                              sitk.sitkFloat32))
                   for name, tx in (("old", tx_old), ("new", tx_new))}

@@ -5,24 +5,28 @@
   ``x + u(x)`` in the moving image. ITK/SimpleITK/ANTs read it as a ``DisplacementFieldTransform``.
 * ``transform.h5``: an ITK composite transform (affine + displacement field) in ITK's HDF5 layout
   (``/TransformGroup/0`` the composite, ``/1`` the affine, ``/2`` the field; each with
-  ``TransformType``, ``TransformFixedParameters``, ``TransformParameters``), LPS. SimpleITK writes it;
-  the field's parameters are then stored as float32, chunked, byte-shuffled and gzip-compressed
-  (:func:`write_transform`): ITK's reader converts float32 datasets to the reader's precision and
-  decompresses them (both standard HDF5 filters), so ITK, SimpleITK, ANTs and Slicer read it as before.
+  ``TransformType`` and, for the parts, ``TransformFixedParameters`` and ``TransformParameters``),
+  LPS, written by :func:`write_transform` with h5py. The field's parameters are float32, chunked,
+  byte-shuffled and gzip-compressed: ITK's reader converts float32 datasets to its own precision and
+  decompresses them (both standard HDF5 filters), so ITK, SimpleITK, ANTs and Slicer read it
+  (tests compare with the float64 file SimpleITK writes itself). SimpleITK is needed only for
+  :func:`composite_transform`, the same transform as an in-memory SimpleITK object.
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from svreg_core.conventions import RAS_TO_LPS, ras_to_lps_vectors
 from svreg_core.image.grid import Grid
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 NIFTI_INTENT_VECTOR = 1007
 #: Elements per HDF5 chunk of a compressed field (1 MiB of float32) and the gzip level.
@@ -41,78 +45,80 @@ def displacement_nifti(displacement_ras: np.ndarray, grid: Grid) -> nib.Nifti1Im
     return nii
 
 
-def sitk_displacement_image(displacement_ras: np.ndarray, grid: Grid) -> sitk.Image:
-    """SimpleITK vector image (LPS vectors, LPS geometry) of a RAS mm displacement on ``grid``."""
-    lps = ras_to_lps_vectors(np.asarray(displacement_ras, dtype=np.float64))
-    img = sitk.GetImageFromArray(np.ascontiguousarray(lps.transpose(2, 1, 0, 3)), isVector=True)
-    img.SetSpacing(tuple(float(s) for s in grid.spacing))
-    img.SetOrigin(tuple(float(v) for v in RAS_TO_LPS @ grid.affine[:3, 3]))
-    img.SetDirection(tuple(float(v) for v in (RAS_TO_LPS @ grid.direction).ravel()))
-    return img
+#: The ITK release whose HDF5 transform layout :func:`write_transform` follows (the ``ITKVersion`` entry).
+ITK_LAYOUT_VERSION = "5.4"
 
 
-def sitk_affine(affine_ras: np.ndarray) -> sitk.AffineTransform:
-    """ITK affine (LPS) equal to a 4x4 RAS->RAS matrix."""
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    lps = flip @ np.asarray(affine_ras, dtype=np.float64) @ flip
-    tx = sitk.AffineTransform(3)
-    tx.SetMatrix(tuple(lps[:3, :3].ravel()))
-    tx.SetTranslation(tuple(lps[:3, 3]))
-    return tx
+def _lps_affine(affine_ras: np.ndarray) -> np.ndarray:
+    """A 4x4 RAS->RAS matrix as the LPS->LPS matrix of the same mapping."""
+    flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
+    return flip @ np.asarray(affine_ras, dtype=np.float64) @ flip
 
 
-def composite_transform(affine_ras: np.ndarray, deformable_ras: np.ndarray, grid: Grid) -> sitk.CompositeTransform:
-    """ITK composite ``T(x) = A(x + u(x))``: ``u`` (RAS mm on ``grid``) applied first, then ``A``.
+def _field_fixed_parameters(grid: Grid) -> np.ndarray:
+    """ITK's fixed parameters of a displacement field on ``grid``: size, LPS origin, spacing, LPS direction."""
+    return np.concatenate([np.asarray(grid.shape, dtype=np.float64), RAS_TO_LPS @ grid.affine[:3, 3], grid.spacing,
+                           (RAS_TO_LPS @ grid.direction).ravel()])
+
+
+def _itk_vectors(displacement_ras: np.ndarray, dtype: type) -> np.ndarray:
+    """``(I, J, K, 3)`` RAS vectors as ITK stores a vector image: LPS, ``i`` fastest, components interleaved."""
+    return ras_to_lps_vectors(np.asarray(displacement_ras)).astype(dtype, copy=False).transpose(2, 1, 0, 3)
+
+
+def composite_transform(affine_ras: np.ndarray, deformable_ras: np.ndarray, grid: Grid) -> "sitk.CompositeTransform":
+    """SimpleITK composite ``T(x) = A(x + u(x))`` (LPS): ``u`` (RAS mm on ``grid``) applied first, then ``A``.
 
     ITK applies the transforms of a composite last-added first, so ``A`` is added first.
     """
-    field = sitk.DisplacementFieldTransform(sitk_displacement_image(deformable_ras, grid))
+    import SimpleITK as sitk
+
+    lps = _lps_affine(affine_ras)
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix(tuple(lps[:3, :3].ravel()))
+    affine.SetTranslation(tuple(lps[:3, 3]))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(_itk_vectors(deformable_ras, np.float64)), isVector=True)
+    fixed = _field_fixed_parameters(grid)
+    image.SetOrigin(tuple(fixed[3:6]))
+    image.SetSpacing(tuple(fixed[6:9]))
+    image.SetDirection(tuple(fixed[9:]))
     composite = sitk.CompositeTransform(3)
-    composite.AddTransform(sitk_affine(affine_ras))
-    composite.AddTransform(field)
+    composite.AddTransform(affine)
+    composite.AddTransform(sitk.DisplacementFieldTransform(image))
     return composite
 
 
 def write_transform(path: str | Path, affine_ras: np.ndarray, deformable_ras: np.ndarray, grid: Grid) -> Path:
-    """Write :func:`composite_transform` as an ITK HDF5 transform file, the field compressed.
+    """Write ``T(x) = A(x + u(x))`` (:func:`composite_transform`) as an ITK HDF5 transform file.
 
-    SimpleITK writes the file (float64 parameters, uncompressed) next to ``path``; it is then copied to
-    ``path`` by :func:`compress_transform_file` and removed. svreg's fields are float32, so nothing is
-    lost; a float64 field is rounded to float32 (relative 6e-8: under 1e-5 mm below 100 mm).
+    The affine's parameters are ITK's: the 3x3 LPS matrix row by row, then the translation (centre
+    of rotation 0). The field ``u`` (RAS mm on ``grid``) is stored in LPS as float32, chunks of
+    :data:`FIELD_CHUNK_ELEMENTS`, shuffle + gzip; a float64 field is rounded to float32 (relative
+    6e-8: under 1e-5 mm below 100 mm). The type strings say ``double``: ITK builds the transform in
+    the reader's precision whatever the dataset's.
     """
     path = Path(path)
-    handle, plain = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".h5", dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteTransform(composite_transform(affine_ras, deformable_ras, grid), plain)
-        compress_transform_file(plain, path)
-    finally:
-        Path(plain).unlink(missing_ok=True)
+    lps = _lps_affine(affine_ras)
+    field = _itk_vectors(deformable_ras, np.float32).ravel()
+    text = h5py.string_dtype("ascii")
+
+    def strings(group: h5py.Group, name: str, value: str) -> None:
+        group.create_dataset(name, data=np.array([value.encode("ascii")], dtype=object), dtype=text)
+
+    with h5py.File(path, "w") as f:
+        strings(f, "ITKVersion", ITK_LAYOUT_VERSION)
+        strings(f, "HDFVersion", f"HDF5 library version: {h5py.version.hdf5_version}")
+        strings(f, "OSName", platform.system())
+        strings(f, "OSVersion", platform.release())
+        transforms = f.create_group("TransformGroup")
+        strings(transforms.create_group("0"), "TransformType", "CompositeTransform_double_3_3")
+        linear = transforms.create_group("1")
+        strings(linear, "TransformType", "AffineTransform_double_3_3")
+        linear.create_dataset("TransformFixedParameters", data=np.zeros(3))
+        linear.create_dataset("TransformParameters", data=np.concatenate([lps[:3, :3].ravel(), lps[:3, 3]]))
+        displacement = transforms.create_group("2")
+        strings(displacement, "TransformType", "DisplacementFieldTransform_double_3_3")
+        displacement.create_dataset("TransformFixedParameters", data=_field_fixed_parameters(grid))
+        displacement.create_dataset("TransformParameters", data=field, chunks=(min(FIELD_CHUNK_ELEMENTS, field.size),),
+                                    shuffle=True, compression="gzip", compression_opts=FIELD_GZIP_LEVEL)
     return path
-
-
-def compress_transform_file(source: str | Path, target: str | Path) -> Path:
-    """Copy an ITK HDF5 transform file, storing displacement-field parameters as compressed float32.
-
-    Every object is copied as it is (type strings, fixed parameters, the linear transforms' float64
-    parameters, the version strings) except the ``TransformParameters`` of each
-    ``DisplacementFieldTransform``: float32, chunks of :data:`FIELD_CHUNK_ELEMENTS`, shuffle + gzip.
-    The type string keeps its ``double``: ITK builds the transform in the reader's precision whatever
-    the dataset's. ``target`` must differ from ``source``.
-    """
-    with h5py.File(source, "r") as src, h5py.File(target, "w") as dst:
-        for name, item in src.items():
-            if name != "TransformGroup":
-                src.copy(item, dst, name)
-        group = dst.create_group("TransformGroup")
-        for index, transform in src["TransformGroup"].items():
-            out = group.create_group(index)
-            is_field = transform["TransformType"][0].startswith(b"DisplacementFieldTransform")
-            for name, item in transform.items():
-                if is_field and name == "TransformParameters":
-                    out.create_dataset(name, data=item[()].astype(np.float32),
-                                       chunks=(min(FIELD_CHUNK_ELEMENTS, item.size),), shuffle=True,
-                                       compression="gzip", compression_opts=FIELD_GZIP_LEVEL)
-                else:
-                    transform.copy(item, out, name)
-    return Path(target)

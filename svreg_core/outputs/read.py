@@ -13,17 +13,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from svreg_core.conventions import RAS_TO_LPS, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import sample_at_points
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 #: Fixed-point iterations and tolerance (fraction of the field's smallest voxel size) of :meth:`Transform.inverse`.
 INVERSE_ITERATIONS = 50
@@ -132,8 +134,10 @@ def read_displacement(path: str | Path) -> DisplacementField:
     return DisplacementField(ras_to_lps_vectors(data), Grid(data.shape[:3], nii.affine))
 
 
-def _field_from_sitk(image: sitk.Image) -> DisplacementField:
+def _field_from_sitk(image: "sitk.Image") -> DisplacementField:
     """A SimpleITK vector image (LPS geometry and vectors) as a RAS :class:`DisplacementField`."""
+    import SimpleITK as sitk
+
     lps = sitk.GetArrayFromImage(image).transpose(2, 1, 0, 3)
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine = np.eye(4)
@@ -142,7 +146,7 @@ def _field_from_sitk(image: sitk.Image) -> DisplacementField:
     return DisplacementField(ras_to_lps_vectors(lps).astype(np.float32), Grid(lps.shape[:3], affine))
 
 
-def _linear_from_sitk(transform: sitk.Transform) -> np.ndarray:
+def _linear_from_sitk(transform: "sitk.Transform") -> np.ndarray:
     """The 4x4 RAS->RAS matrix of a linear ITK transform, found from the images of four points."""
     corners = np.array([[0.0, 0, 0], [100.0, 0, 0], [0, 100.0, 0], [0, 0, 100.0]])
     lps_out = np.array([transform.TransformPoint(tuple(p)) for p in corners])
@@ -157,8 +161,11 @@ def read_itk_transform(path: str | Path) -> Transform:
     """An ITK transform file (``.h5``/``.tfm``/``.txt``): linear transforms and displacement fields, composed.
 
     ITK applies a composite transform's last-added component first; the returned steps are in that
-    order. Other transform types (B-spline, …) raise :class:`InputError`.
+    order. Other transform types (B-spline, …) raise :class:`InputError`. Reads with SimpleITK
+    (imported here: writing svreg's outputs does not need it).
     """
+    import SimpleITK as sitk
+
     path = Path(path)
     try:
         itk = sitk.ReadTransform(str(path))

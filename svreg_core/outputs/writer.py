@@ -276,12 +276,12 @@ def write_report_json(path: str | Path, report: dict[str, Any]) -> dict[str, Any
 
 
 def _versions() -> dict[str, str]:
-    import SimpleITK
+    import h5py
     import torch
 
     from svreg_core import __version__
     return {"svreg_core": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "nibabel": nib.__version__, "SimpleITK": SimpleITK.Version_VersionString(),
+            "nibabel": nib.__version__, "h5py": h5py.__version__,
             "python": platform.python_version()}
 
 

@@ -3,8 +3,9 @@
 A synthetic :class:`RegistrationResult` (smooth velocity on a coarse working grid, a rotation +
 translation affine, oblique/flipped/anisotropic grids) gives a mapping ``T(x) = A(x + u(x))`` whose
 files must map points exactly as :meth:`RegistrationResult.transform_points` does. ``transform.h5``
-stores its field as compressed float32: read by SimpleITK and by Slicer's storage node (slicer-core),
-it must map points as the float64, uncompressed file SimpleITK writes itself.
+is written with h5py (SimpleITK is not involved) and stores its field as compressed float32: read by
+SimpleITK and by Slicer's storage node (slicer-core), it must hold the same entries as, and map points
+as, the float64, uncompressed file SimpleITK writes itself.
 """
 from __future__ import annotations
 
@@ -124,8 +125,11 @@ def test_transform_h5_field_is_compressed_float32(synthetic_result, tmp_path: Pa
     sitk.WriteTransform(composite_transform(r.affine, r.deformable_displacement, r.fixed.grid), str(old))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["float64.h5", "transform.h5"]  # no temporary left
     with h5py.File(new, "r") as f, h5py.File(old, "r") as g:
-        for name in ("ITKVersion", "HDFVersion", "TransformGroup/0/TransformType", "TransformGroup/1/TransformType",
-                     "TransformGroup/2/TransformType"):
+        assert sorted(f) == sorted(g) and sorted(f["TransformGroup"]) == sorted(g["TransformGroup"]) == ["0", "1", "2"]
+        for index in "012":
+            assert sorted(f["TransformGroup"][index]) == sorted(g["TransformGroup"][index]), index
+            name = f"TransformGroup/{index}/TransformType"
+            assert f[name].dtype == g[name].dtype and f[name].shape == g[name].shape == (1,)
             assert f[name][()].tolist() == g[name][()].tolist(), name
         assert f["TransformGroup/2/TransformType"][0] == b"DisplacementFieldTransform_double_3_3"
         for name in ("1/TransformParameters", "1/TransformFixedParameters", "2/TransformFixedParameters"):
