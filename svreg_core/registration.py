@@ -6,11 +6,13 @@ moving world. ``warped(x) = moving(T(x))``.
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -40,6 +42,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name != "cpu" and not name.startswith("cuda"):
         raise InputError(f"unknown device {name!r}; use auto, cpu or cuda.")
     return torch.device(name)
+
+
+#: ``CUBLAS_WORKSPACE_CONFIG`` values under which cuBLAS gives reproducible results (CUDA 10.2 and later).
+CUBLAS_DETERMINISTIC_CONFIGS = (":4096:8", ":16:8")
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """PyTorch's deterministic mode (``torch.use_deterministic_algorithms``) inside the block when
+    ``enabled``, and the previous setting (warn-only included) restored after it; nothing when not.
+
+    The mode is process-wide: other threads running torch meanwhile run in it too.
+    """
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def _tensor(data: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -222,6 +246,18 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
         refine: with a ``model``, continue from its prediction with this many pairwise iterations of
             the same SPR loss at the finest level spacing.
         progress: callback receiving :class:`ProgressEvent` updates.
+
+    Determinism: on CPU, the same inputs and parameters give bit-identical results (any thread count).
+    On CUDA, torch's default kernels (``grid_sample``'s backward, ...) add in a varying order, and the
+    optimiser amplifies those last-bit differences (brain pair, H200: two runs' displacements up to
+    3.5 mm apart, mean Dice within 0.0002). With ``parameters.deterministic`` the registration runs in
+    PyTorch's deterministic mode (:func:`deterministic_algorithms`; the sampling switches to
+    :func:`~svreg_core.image.sampling.gather_sample`) and gives bit-identical results on the same GPU,
+    driver and torch version; the optimisation is about 7x slower (brain pair, H200: 7-8 s instead
+    of 1 s; ``benchmarks/gpu.sh``). cuBLAS then needs the environment variable
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) set before CUDA is first used in the process;
+    without it, an :class:`InputError` is raised before any work (``svreg register --deterministic``
+    sets it). On CPU the option changes nothing.
     """
     params = parameters or RegistrationParameters()
     t0 = time.perf_counter()
@@ -243,57 +279,63 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
                             available=available_memory_bytes())
         if note:
             warnings.warn(note, stacklevel=2)
-    network = info = None
-    if model is not None:
-        network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
-        network = network.to(device)
-        params = model_parameters(info, params)
-    timing: dict[str, float] = {}
+    if params.deterministic and device.type == "cuda" \
+            and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_DETERMINISTIC_CONFIGS:
+        raise InputError("deterministic registration on CUDA needs the environment variable "
+                         "CUBLAS_WORKSPACE_CONFIG=:4096:8, set before CUDA starts (svreg register --deterministic "
+                         "sets it).")
+    with deterministic_algorithms(params.deterministic):
+        network = info = None
+        if model is not None:
+            network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
+            network = network.to(device)
+            params = model_parameters(info, params)
+        timing: dict[str, float] = {}
 
-    progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))
-    f = _tensor(robust_normalize(fixed.data), device)
-    m = _tensor(robust_normalize(moving.data), device)
-    fm = None if fixed_mask is None else _tensor(np.asarray(fixed_mask.data) != 0, device)
-    mm = None if moving_mask is None else _tensor(np.asarray(moving_mask.data) != 0, device)
-    timing["prepare_s"] = time.perf_counter() - t0
+        progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))
+        f = _tensor(robust_normalize(fixed.data), device)
+        m = _tensor(robust_normalize(moving.data), device)
+        fm = None if fixed_mask is None else _tensor(np.asarray(fixed_mask.data) != 0, device)
+        mm = None if moving_mask is None else _tensor(np.asarray(moving_mask.data) != 0, device)
+        timing["prepare_s"] = time.perf_counter() - t0
 
-    t = time.perf_counter()
-    if params.affine:
-        affine = affine_register(f, fixed.grid, m, moving.grid, similarity=params.similarity,
-                                 fixed_mask=fm, progress=progress, progress_span=(0.0, 0.15))
-    else:
-        affine = np.eye(4)
-    timing["affine_s"] = time.perf_counter() - t
-
-    start = 0.15 if params.affine else 0.0
-    if network is None:
         t = time.perf_counter()
-        deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm, moving_mask=mm,
-                                  progress=progress, progress_span=(start, 0.95))
-        timing["deformable_s"] = time.perf_counter() - t
-    else:
-        t = time.perf_counter()
-        progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
-        deformable = predict_fields(network, info, fixed, f, moving, m, affine)
-        timing["network_s"] = time.perf_counter() - t
-        if refine:
+        if params.affine:
+            affine = affine_register(f, fixed.grid, m, moving.grid, similarity=params.similarity,
+                                     fixed_mask=fm, progress=progress, progress_span=(0.0, 0.15))
+        else:
+            affine = np.eye(4)
+        timing["affine_s"] = time.perf_counter() - t
+
+        start = 0.15 if params.affine else 0.0
+        if network is None:
             t = time.perf_counter()
-            refine_params = params.replace(level_spacings=params.level_spacings[-1:], iterations=(int(refine),))
-            deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, refine_params, fixed_mask=fm,
-                                      moving_mask=mm, initial=deformable, progress=progress,
-                                      progress_span=(start + 0.05, 0.95))
-            timing["refine_s"] = time.perf_counter() - t
+            deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm, moving_mask=mm,
+                                      progress=progress, progress_span=(start, 0.95))
+            timing["deformable_s"] = time.perf_counter() - t
+        else:
+            t = time.perf_counter()
+            progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
+            deformable = predict_fields(network, info, fixed, f, moving, m, affine)
+            timing["network_s"] = time.perf_counter() - t
+            if refine:
+                t = time.perf_counter()
+                refine_params = params.replace(level_spacings=params.level_spacings[-1:], iterations=(int(refine),))
+                deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, refine_params, fixed_mask=fm,
+                                          moving_mask=mm, initial=deformable, progress=progress,
+                                          progress_span=(start + 0.05, 0.95))
+                timing["refine_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    empty = np.zeros((*fixed.shape, 3), np.float32)
-    result = RegistrationResult(fixed, moving, params, affine, deformable.grid, deformable.velocity.cpu(),
-                                deformable.weight.cpu(), empty, empty, timing, str(device), deformable.losses,
-                                model=info, refine_steps=int(refine))
-    result.compute_displacements()
-    timing["compose_s"] = time.perf_counter() - t
-    timing["registration_s"] = time.perf_counter() - t0
-    progress(ProgressEvent("done", 1, 1, 0.95, "registration finished"))
-    return result
+        t = time.perf_counter()
+        empty = np.zeros((*fixed.shape, 3), np.float32)
+        result = RegistrationResult(fixed, moving, params, affine, deformable.grid, deformable.velocity.cpu(),
+                                    deformable.weight.cpu(), empty, empty, timing, str(device), deformable.losses,
+                                    model=info, refine_steps=int(refine))
+        result.compute_displacements()
+        timing["compose_s"] = time.perf_counter() - t
+        timing["registration_s"] = time.perf_counter() - t0
+        progress(ProgressEvent("done", 1, 1, 0.95, "registration finished"))
+        return result
 
 
 def summarize(result: RegistrationResult) -> dict[str, Any]:

@@ -3,6 +3,7 @@ input giving one plain ``svreg: error:`` line, exit status 2 and no output folde
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -372,6 +373,30 @@ def test_retired_seed_is_accepted_with_a_warning(tiny_pair, tmp_path: Path, caps
     assert "seed" not in report["parameters"] and report["parameters"]["alpha_prime"] == 0.2
     a, b = (np.asarray(nib.load(str(tmp_path / d / "displacement.nii.gz")).dataobj) for d in "ab")
     assert np.array_equal(a, b)
+
+
+def test_deterministic_flag(tiny_pair, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--deterministic is accepted and recorded in report.json; it sets CUBLAS_WORKSPACE_CONFIG for cuBLAS
+    (a value already set is kept); on CPU the displacement is bitwise the one without it."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that the variable's state is restored afterwards
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    p = tiny_pair.paths
+    common = ["--level-spacings", 12, "--iterations", 3, "--no-affine", "--device", "cpu", "--progress", "none",
+              "--outputs", "displacement"]
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "plain", *common], capsys)
+    assert rc == 0 and err == "", err
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "exact", "--deterministic", *common], capsys)
+    assert rc == 0 and err == "", err
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    reports = {d: json.loads((tmp_path / d / "report.json").read_text()) for d in ("plain", "exact")}
+    assert reports["exact"]["parameters"]["deterministic"] is True
+    assert reports["plain"]["parameters"]["deterministic"] is False
+    a, b = (np.asarray(nib.load(str(tmp_path / d / "displacement.nii.gz")).dataobj) for d in ("plain", "exact"))
+    assert np.array_equal(a, b) and np.abs(a).max() > 0
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "kept", "--deterministic", *common], capsys)
+    assert rc == 0 and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")

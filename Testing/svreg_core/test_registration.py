@@ -201,6 +201,42 @@ def test_deterministic(tiny_pair) -> None:
     assert np.abs(a.displacement).max() > 1.0
 
 
+@pytest.mark.parametrize("mode_before", [(False, False), (True, True)], ids=["off", "warn-only"])
+def test_deterministic_option_runs_in_torch_deterministic_mode_and_restores_it(tiny_pair, mode_before) -> None:
+    """``deterministic=True``: every stage runs in PyTorch's deterministic mode, the previous setting
+    (warn-only included) comes back afterwards, also when the run fails; on CPU the result is bitwise
+    the one without the option."""
+    fixed, moving = _images(tiny_pair)
+    params = FAST.replace(level_spacings=(12.0,), iterations=(5,), affine=True)
+    seen: list[bool] = []
+
+    def record(event) -> None:
+        seen.append(torch.are_deterministic_algorithms_enabled())
+
+    def fail(event) -> None:
+        if event.stage.startswith("deformable"):
+            raise KeyboardInterrupt
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(mode_before[0], warn_only=mode_before[1])
+    try:
+        plain = register(fixed, moving, params)
+        assert not seen
+        result = register(fixed, moving, params.replace(deterministic=True), progress=record)
+        assert len(seen) > 5 and all(seen)
+        assert (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled()) == mode_before
+        with pytest.raises(KeyboardInterrupt):
+            register(fixed, moving, params.replace(deterministic=True), progress=fail)
+        assert (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled()) == mode_before
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    assert result.parameters.deterministic and not plain.parameters.deterministic
+    np.testing.assert_array_equal(result.displacement, plain.displacement)
+    assert np.abs(plain.displacement).max() > 1.0
+
+
 def test_register_leaves_the_global_random_generators_alone(tiny_pair) -> None:
     """A training loop calls register() many times: it must not reseed torch, numpy or random."""
     import random

@@ -8,7 +8,10 @@ backward take about 0.6x the time. The number of entries depends on the number o
 on the thread count: the backward pass sums the entries' gradients of the source, and a split that
 followed the threads made results differ between machines (the optimiser amplified last-bit
 differences to millimetres between 1 and 2 threads). On CUDA, or with ``N > 1``, it is a plain
-``grid_sample`` call.
+``grid_sample`` call, except in PyTorch's deterministic mode (``torch.use_deterministic_algorithms``)
+when a gradient is needed: torch's CUDA backward accumulates the source's gradient with atomic adds, in
+an order that changes from run to run (and refuses to run in that mode), so the sampling is then done
+by :func:`gather_sample`, whose backward is deterministic there.
 
 Coordinates follow :mod:`svreg_core.conventions`: normalised, ``align_corners=True``, channel order
 ``(k, j, i)``.
@@ -45,6 +48,8 @@ def grid_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bili
         mode: ``"bilinear"`` (trilinear) or ``"nearest"``.
         padding_mode: value outside the source grid: ``"zeros"``, ``"border"`` or ``"reflection"``.
     """
+    if _needs_gather(source, coords):
+        return gather_sample(source, coords, mode=mode, padding_mode=padding_mode)
     chunks = _chunks(source, coords)
     if chunks == 1:
         return F.grid_sample(source, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
@@ -62,10 +67,75 @@ def grid_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bili
     return out[:, :points].reshape(1, channels, *out_shape)
 
 
+#: The eight neighbours of a point: offsets ``(di, dj, dk)`` from its lower corner.
+_CORNERS = tuple((di, dj, dk) for di in (0, 1) for dj in (0, 1) for dk in (0, 1))
+
+
+def _needs_gather(source: torch.Tensor, coords: torch.Tensor) -> bool:
+    """Whether torch's ``grid_sample`` would be differentiated on CUDA in deterministic mode."""
+    return (source.device.type == "cuda" and torch.are_deterministic_algorithms_enabled()
+            and torch.is_grad_enabled() and (source.requires_grad or coords.requires_grad))
+
+
+def _voxel(coord: torch.Tensor, size: int, padding_mode: str) -> torch.Tensor:
+    """Normalised coordinate (``align_corners=True``) -> voxel index along an axis of ``size`` voxels.
+
+    ``"border"`` clips to ``[0, size - 1]``; as in torch's ``grid_sample``, the clip bounds themselves
+    count as outside for the gradient (zero there).
+    """
+    voxel = (coord + 1) / 2 * (size - 1)
+    if padding_mode == "zeros":
+        return voxel
+    inside = (voxel > 0) & (voxel < size - 1)
+    return torch.where(inside, voxel, voxel.detach().clamp(0, size - 1))
+
+
+def gather_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bilinear",
+                  padding_mode: str = "zeros") -> torch.Tensor:
+    """:func:`grid_sample` computed with explicit gathers of the neighbours (same arguments and result).
+
+    Values equal torch's ``grid_sample`` to rounding, and so do the gradients with respect to
+    ``source`` and ``coords``. The neighbours are read with ``index_select``, whose backward
+    (``index_add``) PyTorch's deterministic mode runs deterministically on CUDA, unlike
+    ``grid_sample``'s atomic adds; it costs more memory and time. ``padding_mode`` ``"zeros"`` or
+    ``"border"`` (the ones the engine uses).
+    """
+    if padding_mode not in ("zeros", "border"):
+        raise ValueError(f"gather_sample supports padding_mode 'zeros' and 'border', not {padding_mode!r}.")
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"gather_sample supports mode 'bilinear' and 'nearest', not {mode!r}.")
+    n, channels, *sizes = source.shape
+    volume = sizes[0] * sizes[1] * sizes[2]
+    # (C, N * voxels): one 1-D index reaches every item of the batch (a view when N = 1)
+    flat_source = source.transpose(0, 1).reshape(channels, n * volume)
+    batch_offset = torch.arange(n, device=source.device)[:, None] * volume
+    # normalised (k, j, i) -> voxel (i, j, k), align_corners=True as in svreg_core.conventions
+    points = coords.reshape(n, -1, 3).flip(-1)
+    voxel = [_voxel(points[..., axis], size, padding_mode) for axis, size in enumerate(sizes)]
+    if mode == "nearest":
+        corners = [([v.round() for v in voxel], None)]
+    else:
+        low = [v.floor() for v in voxel]
+        # per axis, (weight of the lower neighbour, weight of the upper one), written as torch writes them
+        weights = [(lo + 1 - v, v - lo) for v, lo in zip(voxel, low)]
+        corners = [([lo + o for lo, o in zip(low, offset)],
+                    weights[2][offset[2]] * weights[1][offset[1]] * weights[0][offset[0]]) for offset in _CORNERS]
+    out = None
+    for position, weight in corners:
+        index = [p.detach().long() for p in position]
+        inside = (index[0] >= 0) & (index[0] < sizes[0]) & (index[1] >= 0) & (index[1] < sizes[1]) \
+            & (index[2] >= 0) & (index[2] < sizes[2])
+        clamped = [i.clamp(0, size - 1) for i, size in zip(index, sizes)]
+        linear = (clamped[0] * sizes[1] + clamped[1]) * sizes[2] + clamped[2] + batch_offset
+        values = flat_source.index_select(1, linear.reshape(-1)).view(channels, n, -1).transpose(0, 1)
+        weight = inside.to(values.dtype) if weight is None else weight * inside
+        term = values * weight[:, None]
+        out = term if out is None else out + term
+    return out.reshape(n, channels, *coords.shape[1:-1])
+
+
 #: Sampling points handled at once by :func:`sample_labels` (bounds its memory to a few hundred MB).
 _LABEL_SLAB = 1 << 20
-
-_CORNERS = tuple((di, dj, dk) for di in (0, 1) for dj in (0, 1) for dk in (0, 1))
 
 
 def sample_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

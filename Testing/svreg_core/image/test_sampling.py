@@ -1,4 +1,5 @@
-"""Chunked grid_sample against torch's own call, and label voting against one-hot interpolation."""
+"""Chunked grid_sample and the gather sampling of deterministic mode against torch's own call, and label
+voting against one-hot interpolation."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 from svreg_core.conventions import ALIGN_CORNERS, identity_grid
 from svreg_core.image import sampling
-from svreg_core.image.sampling import grid_sample, sample_labels
+from svreg_core.image.sampling import gather_sample, grid_sample, sample_labels
 
 
 @pytest.fixture
@@ -75,6 +76,64 @@ def test_small_or_batched_inputs_use_one_call(two_threads) -> None:
     assert sampling._chunks(source, coords) == 1
     batched = source.expand(2, -1, -1, -1, -1)
     assert sampling._chunks(batched, torch.zeros(2, 64, 64, 64, 3)) == 1
+
+
+def _values_and_gradients(sample, source: torch.Tensor, coords: torch.Tensor, weights: torch.Tensor, **kwargs):
+    """``sample``'s output and the gradients of ``sum(output * weights)`` for source and coords (none: 0)."""
+    s = source.clone().requires_grad_(True)
+    c = coords.clone().requires_grad_(True)
+    out = sample(s, c, **kwargs)
+    (out * weights).sum().backward()
+    return out.detach(), s.grad, torch.zeros_like(c) if c.grad is None else c.grad
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "nearest"])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_gather_sample_matches_torch(mode, padding_mode, batch) -> None:
+    """Values and both gradients equal torch's grid_sample, for points inside, outside, on the grid's
+    voxel centres and exactly on its faces (where "border" clipping stops the coordinate gradient)."""
+    gen = torch.Generator().manual_seed(5)
+    source = torch.randn(batch, 3, 7, 6, 5, generator=gen, dtype=torch.float64)
+    scattered = torch.rand(batch, 9, 8, 7, 3, generator=gen, dtype=torch.float64) * 2.6 - 1.3  # some outside
+    on_voxels = identity_grid((7, 6, 5), dtype=torch.float64).expand(batch, -1, -1, -1, -1)
+    for coords in (scattered, on_voxels):
+        weights = torch.randn(batch, 3, *coords.shape[1:-1], generator=gen, dtype=torch.float64)
+        ours = _values_and_gradients(gather_sample, source, coords, weights, mode=mode, padding_mode=padding_mode)
+        ref = _values_and_gradients(F.grid_sample, source, coords, weights, mode=mode, padding_mode=padding_mode,
+                                    align_corners=ALIGN_CORNERS)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        assert ref[1].abs().max() > 0 and (mode == "nearest" or ref[2].abs().max() > 0)
+
+
+def test_gather_sample_float32_within_rounding() -> None:
+    gen = torch.Generator().manual_seed(6)
+    source = torch.randn(1, 3, 12, 11, 10, generator=gen)
+    coords = torch.rand(1, 10, 9, 8, 3, generator=gen) * 2.4 - 1.2
+    weights = torch.randn(1, 3, 10, 9, 8, generator=gen)
+    ours = _values_and_gradients(gather_sample, source, coords, weights, padding_mode="border")
+    ref = _values_and_gradients(F.grid_sample, source, coords, weights, padding_mode="border",
+                                align_corners=ALIGN_CORNERS)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gather_sample_refuses_reflection() -> None:
+    source, coords = _problem(7, shape=(4, 4, 4), points=(2, 2, 2))
+    with pytest.raises(ValueError, match="padding_mode 'zeros' and 'border'"):
+        gather_sample(source, coords, padding_mode="reflection")
+
+
+def test_deterministic_mode_keeps_torch_on_cpu() -> None:
+    """CPU grid_sample is deterministic already: deterministic mode does not switch the CPU to gathers."""
+    source, coords = _problem(8, shape=(5, 5, 5), points=(3, 3, 3))
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert not sampling._needs_gather(source.requires_grad_(True), coords)
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 def _one_hot_reference(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:

@@ -106,6 +106,7 @@ def test_invalid_values_are_input_errors(values: dict) -> None:
     ({"lncc_window": 10**5 + 1}, "lncc_window 100001 is out of range"),
     ({"level_spacings": (4.0, 1e-4)}, "level_spacings 0.0001 is out of range"),
     ({"device": 5}, "device must be a name"),
+    ({"deterministic": "yes"}, "deterministic must be true or false"),
     ({"iterations": "80"}, "iterations must be a list of numbers"),
 ])
 def test_absurd_values_are_refused_before_any_work(changes, message) -> None:
@@ -148,3 +149,15 @@ def test_preset_file_of_an_earlier_version_with_a_seed_still_loads(tmp_path: Pat
         assert preset_warning(path) is None
     with pytest.raises(TypeError):
         RegistrationParameters(seed=0)  # gone from the Python API too
+
+
+def test_deterministic_is_an_execution_setting_like_the_device(tmp_path: Path) -> None:
+    """Off in every preset; a preset file may switch it on (and choose the device) without the warning
+    about changed fixed settings, since neither changes what is optimised."""
+    assert not any(p.deterministic for p in PRESETS.values())
+    path = tmp_path / "exact.json"
+    path.write_text(json.dumps({"base": "brain-mri", "parameters": {"deterministic": True, "device": "cpu"}}))
+    assert load_parameters(path) == PRESETS["brain-mri"].replace(deterministic=True, device="cpu")
+    assert preset_warning(path) is None
+    path.write_text(json.dumps({"base": "brain-mri", "parameters": {"deterministic": True, "lncc_window": 7}}))
+    assert "lncc_window" in (preset_warning(path) or "")
