@@ -62,15 +62,21 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(geo, tmp_pat
     a = load_file(str(tmp_path / "ddp" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "single" / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4, msg=key)
-    # training moved the weights (the comparison is not between two untouched initialisations)
+    # Adam turns gradients at rounding level into whole steps of either sign, so single weights may differ
+    # by ~lr between the two summation orders; the updates as a whole must agree. Measured: cosine 0.99992,
+    # relative difference 1.3 %; without the second rank's batches (one process, batch 1) 0.85 and 54 %.
     initial = build_network(config).state_dict()
-    assert max((b[k] - initial[k]).abs().max().item() for k in b) > 1e-4
+    update_ddp = torch.cat([(a[k] - initial[k]).flatten() for k in a])
+    update_single = torch.cat([(b[k] - initial[k]).flatten() for k in a])
+    assert torch.nn.functional.cosine_similarity(update_ddp, update_single, dim=0).item() > 0.999
+    assert ((update_ddp - update_single).norm() / update_single.norm()).item() < 0.05
+    # training moved the weights (the comparison is not between two untouched initialisations)
+    assert update_single.abs().max().item() > 1e-4
     # validation pairs were shared out over the ranks and summed back: the same metrics
     rows = [list(csv.DictReader((tmp_path / run / "metrics.csv").open())) for run in ("ddp", "single")]
-    for key in ("train_total", "val_regularization", "val_prior", "val_dice", "val_dice_identity",
-                "val_folding_percent"):
-        assert float(rows[0][-1][key]) == pytest.approx(float(rows[1][-1][key]), rel=1e-4, abs=1e-9), key
+    for epoch, rel in ((0, 1e-4), (-1, 2e-3)):  # the second epoch after the updates' small divergence
+        for key in ("train_total", "val_regularization", "val_prior", "val_dice", "val_dice_identity",
+                    "val_folding_percent"):
+            assert float(rows[0][epoch][key]) == pytest.approx(float(rows[1][epoch][key]), rel=rel, abs=1e-9), key
     # (LNCC is ill-conditioned in the flat background: a 1e-7 weight difference moves it by ~1e-4)
     assert float(rows[0][-1]["val_total"]) == pytest.approx(float(rows[1][-1]["val_total"]), abs=2e-3)
