@@ -56,6 +56,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--architecture", help="network: unet-spr (default, CPU-friendly) or transmorph-tvf-spr")
     model.add_argument("--alpha-prime", type=float, help="hyperprior strength α′ (default 0.175)")
     model.add_argument("--lambda-max", type=float, help="weight λ_max of the λ-weighted diffusion (default 3.35)")
+    model.add_argument("--label-weight", type=float, metavar="W",
+                       help="add W x the label maps' soft Dice to the loss (SynthMorph's objective; every pair "
+                            "needs label maps; default 0)")
     model.add_argument("--no-spr", action="store_true",
                        help="uniform regulariser (λ ≡ 1, no λ head) instead of the learned λ(x)")
     model.add_argument("--spacing", type=float, metavar="MM", help="network grid voxel size in mm (default 2)")
@@ -109,6 +112,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
     """The configuration file (or the defaults) with the command-line overrides applied."""
     config = load_config(args.config) if args.config else TrainingConfig()
     flags = {"architecture": args.architecture, "alpha_prime": args.alpha_prime, "lambda_max": args.lambda_max,
+             "label_weight": args.label_weight,
              "network_spacing_mm": args.spacing, "grid_shape": args.grid_shape, "epochs": args.epochs,
              "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
              "learning_rate": args.lr, "num_workers": args.workers, "device": args.device, "seed": args.seed}

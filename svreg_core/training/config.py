@@ -239,6 +239,9 @@ class TrainingConfig:
             size multiple.
         similarity, lncc_window, prior, alpha_prime, lambda_max, spr: the SPR loss
             (:class:`svreg_core.losses.spr.SPRLoss`); ``lncc_window`` in voxels of the network grid.
+        label_weight: weight of the label soft-Dice term (:func:`svreg_core.losses.labels.label_dice_loss`,
+            SynthMorph's objective) added to the SPR loss; ``0`` leaves it out. When positive every
+            training pair must carry label maps (synthetic pairs always do).
         integration_steps: scaling-and-squaring steps of the predicted velocity.
         learning_rate: initial AdamW step; it decays as ``(1 − epoch / epochs) ** lr_power`` per epoch.
         lr_power: exponent of the polynomial decay.
@@ -264,6 +267,7 @@ class TrainingConfig:
     alpha_prime: float = 0.175
     lambda_max: float = 3.35
     spr: bool = True
+    label_weight: float = 0.0
     integration_steps: int = 7
     learning_rate: float = 1e-4
     lr_power: float = 0.9
@@ -298,7 +302,7 @@ class TrainingConfig:
         if window % 2 == 0:
             _fail(f"lncc window must be an odd number of voxels, not {window}.")
         object.__setattr__(self, "lncc_window", window)
-        for name in ("alpha_prime", "weight_decay"):
+        for name in ("alpha_prime", "weight_decay", "label_weight"):
             object.__setattr__(self, name, _as_float(getattr(self, name), name.replace("_", " "),
                                                      non_negative=True))
         for name in ("lambda_max", "learning_rate", "lr_power"):

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 #: voxels of the network grid with det J ≤ 0; ``lr`` is the AdamW step; ``seconds`` the epoch's
 #: wall time (training + validation).
 COLUMNS = ("epoch", "step", "lr", "seconds", "train_total", "train_similarity", "train_regularization",
-           "train_prior", "val_total", "val_similarity", "val_regularization", "val_prior", "val_dice",
-           "val_dice_identity", "val_folding_percent")
+           "train_prior", "train_labels", "val_total", "val_similarity", "val_regularization", "val_prior",
+           "val_labels", "val_dice", "val_dice_identity", "val_folding_percent")
 
 METRICS_FILE = "metrics.csv"
 CURVE_FILE = "training_curve.png"
@@ -72,7 +72,7 @@ def write_curve_png(history: Sequence[dict[str, float]], path: Path, title: str 
     FigureCanvasAgg(fig)
     loss_ax, dice_ax = fig.subplots(1, 2)
     for term, colour in (("total", "black"), ("similarity", "tab:blue"), ("regularization", "tab:orange"),
-                         ("prior", "tab:green")):
+                         ("prior", "tab:green"), ("labels", "tab:purple")):
         for split, style in (("train", "-"), ("val", "--")):
             xs, ys = _series(history, f"{split}_{term}")
             if xs:

@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 import svreg_core
 from svreg_core.errors import InputError
-from svreg_core.losses.spr import SPRLoss
 from svreg_core.models import ModelInfo, build_model, save_checkpoint
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training import distributed
@@ -41,7 +40,8 @@ from svreg_core.training.loaders import STREAM_MODEL, TrainingData, build_data, 
     prepare_alignments, steps_per_epoch, validation_loader
 from svreg_core.training.state import STATE_DIR, TrainingState, epoch_seed, has_state, load_state, recover_directory, \
     save_state
-from svreg_core.training.validation import TERMS, ValidationSums, validate
+from svreg_core.training.step import TERMS, training_step
+from svreg_core.training.validation import ValidationSums, validate
 
 CONFIG_FILE = "config.yaml"
 ALIGNMENTS_FILE = "alignments.json"
@@ -79,26 +79,6 @@ class TrainingSummary:
     last: dict[str, Any] = field(default_factory=dict)
     parameters: int = 0
     step_seconds: float = float("nan")
-
-
-def training_step(model: nn.Module, loss: SPRLoss, batch: dict[str, Any], integration_steps: int) -> dict[str, Tensor]:
-    """Forward pass and loss of one batch: ``model(fixed, moving) → (v, λ) → loss.evaluate``.
-
-    Args:
-        model: an SPR network (or its DDP wrapper) returning ``(velocity, weight)`` on the input grid.
-        loss: the SPR loss (:meth:`TrainingConfig.spr_loss`).
-        batch: ``{"fixed", "moving"}`` ``(N, 1, I, J, K)`` on the network grid (moved to the model's device).
-        integration_steps: scaling-and-squaring steps.
-
-    Returns:
-        The loss terms ``similarity``, ``regularization``, ``prior``, ``total`` (0-d tensors with graph).
-    """
-    device = next(model.parameters()).device
-    fixed = batch["fixed"].to(device, non_blocking=True)
-    moving = batch["moving"].to(device, non_blocking=True)
-    velocity, weight = model(fixed, moving)
-    terms, _ = loss.evaluate(fixed, moving, velocity, weight, integration_steps=integration_steps)
-    return terms
 
 
 def build_network(config: TrainingConfig) -> nn.Module:
@@ -245,7 +225,7 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
                 tick = time.perf_counter()
                 for index, batch in enumerate(epoch_loader(data, config, epoch, steps, ctx.rank, ctx.world_size)):
                     optimizer.zero_grad(set_to_none=True)
-                    terms = training_step(net, loss, batch, config.integration_steps)
+                    terms, _ = training_step(net, loss, batch, config.integration_steps, config.label_weight)
                     if not torch.isfinite(terms["total"]):
                         raise InputError(f"training diverged: the loss is not finite at epoch {epoch + 1}, step "
                                          f"{index + 1}; lower the learning rate (--lr) or check the data.")
@@ -254,6 +234,8 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
                     state.step += 1
                     values = {t: terms[t].item() for t in TERMS}
                     sums = [s + v for s, v in zip(sums, [1.0, *values.values()])]
+                    if not config.label_weight:
+                        del values["labels"]
                     now = time.perf_counter()
                     step_time, step_count, tick = step_time + now - tick, step_count + 1, now
                     done = epoch * steps + index + 1
@@ -266,6 +248,7 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
             if loader is not None:
                 progress(ProgressEvent("validation", epoch + 1, config.epochs, (epoch + 1) / config.epochs))
                 val = validate(model, loss, loader, integration_steps=config.integration_steps,
+                               label_weight=config.label_weight,
                                labels=config.validation.labels,
                                label_interpolation=config.validation.label_interpolation)
                 row.update(ValidationSums.from_list(distributed.all_reduce_sum(val.to_list(), ctx, device)).means())

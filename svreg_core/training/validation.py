@@ -21,9 +21,8 @@ from svreg_core.conventions import identity_grid, voxel_displacement_to_normaliz
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.metrics import dice, folding_percent, jacobian_determinant
+from svreg_core.training.step import TERMS, training_step
 
-#: Loss terms reported (``"total"`` is their sum).
-TERMS = ("total", "similarity", "regularization", "prior")
 
 
 def warp_labels(labels: torch.Tensor, displacement: torch.Tensor, mode: str = "linear") -> torch.Tensor:
@@ -87,19 +86,20 @@ def _mean_dice(fixed: np.ndarray, warped: np.ndarray, labels: Sequence[int] | No
 
 @torch.no_grad()
 def validate(model: nn.Module, loss: SPRLoss, batches: Iterable[dict], *, integration_steps: int,
-             labels: Sequence[int] | None = None, label_interpolation: str = "linear") -> ValidationSums:
-    """Evaluate ``model`` (in eval mode, restored afterwards) on ``batches`` of single pairs."""
+             label_weight: float = 0.0, labels: Sequence[int] | None = None,
+             label_interpolation: str = "linear") -> ValidationSums:
+    """Evaluate ``model`` (in eval mode, restored afterwards) on ``batches`` of single pairs.
+
+    The loss terms are those of training (:func:`~svreg_core.training.step.training_step`, ``label_weight``
+    as trained).
+    """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     sums = ValidationSums()
     try:
         for batch in batches:
-            fixed = batch["fixed"].to(device)
-            moving = batch["moving"].to(device)
-            velocity, weight = model(fixed, moving)
-            terms, fields = loss.evaluate(fixed, moving, velocity, weight, integration_steps=integration_steps)
-            count = fixed.shape[0]
+            terms, fields = training_step(model, loss, batch, integration_steps, label_weight)
+            count = batch["fixed"].shape[0]
             sums.pairs += count
             for t in TERMS:  # each term is a mean over the batch's pairs
                 sums.terms[t] += float(terms[t]) * count

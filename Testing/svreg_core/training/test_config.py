@@ -69,6 +69,7 @@ def test_yaml_file_written_by_hand(tmp_path) -> None:
     ({"learning_rate": -1}, "must be positive"),
     ({"lambda_max": 0}, "must be positive"),
     ({"spr": "yes"}, "true or false"),
+    ({"label_weight": -0.5}, "label weight must not be negative"),
     ({"batch_size": 1.5}, "whole number"),
     ({"model": {"uniform": True}}, "spr: false"),
     ({"validation": {"fraction": 1.0}}, "below 1"),
