@@ -24,7 +24,8 @@ import qt
 import slicer
 import vtk
 from slicer import (vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode,  # noqa: F401 (annotations)
-                    vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode)
+                    vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
+                    vtkMRMLSegmentationNode)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
@@ -100,6 +101,7 @@ class SpatialVaryingRegParameterNode:
     movingLabels: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
     fixedFiducials: vtkMRMLMarkupsFiducialNode
     movingFiducials: vtkMRMLMarkupsFiducialNode
+    fixedRoi: vtkMRMLMarkupsROINode
 
     method: Annotated[str, Choice(list(METHOD_LABELS.values()))] = METHOD_LABELS["pairwise"]
     model: str = models.DEFAULT_MODEL
@@ -781,7 +783,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
                                        fixed_labels=p.fixedLabels, moving_labels=p.movingLabels,
                                        fixed_fiducials=p.fixedFiducials, moving_fiducials=p.movingFiducials,
-                                       reuse=reuse, settings=self.settingsFromParameterNode(p), scene=slicer.mrmlScene,
+                                       fixed_roi=p.fixedRoi, reuse=reuse, settings=self.settingsFromParameterNode(p), scene=slicer.mrmlScene,
                                        **kwargs)
 
     @staticmethod
@@ -813,7 +815,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                  ensureDependencies: bool = True, timeout: float | None = None, log=None, method: str = "pairwise",
                  model: str = models.DEFAULT_MODEL, refineSteps: int = svlogic.DEFAULT_REFINE_STEPS,
                  fixedFiducials=None, movingFiducials=None, createInverseTransform: bool = False,
-                 outputs: svlogic.OutputNodes | None = None) -> "SpatialVaryingRegResult":
+                 outputs: svlogic.OutputNodes | None = None, fixedRoi=None) -> "SpatialVaryingRegResult":
         """Register ``movingVolume`` onto ``fixedVolume``, blocking until done; return the output nodes.
 
         :param method: ``"pairwise"`` (optimise this pair; no training needed) or ``"learned"`` (a trained
@@ -832,6 +834,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         :param fixedFiducials, movingFiducials: markups point lists; the moving list is placed under the result
             transform, and with both (same number of points, paired by order) the TRE is reported.
         :param createInverseTransform: also create the inverse transform (``result.inverse``).
+        :param fixedRoi: a markups ROI: only the fixed volume's voxels inside its box (world RAS bounds) are
+            registered, and the results cover the box (big CT: less time and memory).
         :param outputs: ``SpatialVaryingRegLib.logic.OutputNodes`` to update in place instead of new nodes.
         :param log: optional callable receiving log lines (default: Python logging).
         :raises RuntimeError: (``RegistrationError``) with a plain message on failure.
@@ -850,7 +854,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         job = svlogic.RegistrationJob(fixedVolume, movingVolume, fixed_mask=fixedMask, moving_mask=movingMask,
                                       fixed_labels=fixedLabels, moving_labels=movingLabels,
                                       fixed_fiducials=fixedFiducials, moving_fiducials=movingFiducials,
-                                      reuse=outputs, settings=settings, scene=slicer.mrmlScene,
+                                      fixed_roi=fixedRoi, reuse=outputs, settings=settings, scene=slicer.mrmlScene,
                                       on_log=log or logging.info)
         app = getattr(slicer, "app", None)
         outputs = job.run(timeout=timeout, idle=app.processEvents if app is not None else None)

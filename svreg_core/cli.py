@@ -134,6 +134,10 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixed-labels", help="label map on the fixed grid (for Dice/HD95)")
     p.add_argument("--moving-labels", help="label map on the moving grid; written warped as warped_labels.nii.gz")
     p.add_argument("--fixed-mask", help="mask on the fixed grid restricting the similarity")
+    p.add_argument("--crop-fixed", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"),
+                   help="register only the fixed image's voxels inside this world box (two opposite corners, RAS "
+                        "mm; e.g. a Slicer ROI's bounds), for big CT: the fixed labels and mask are cropped alike "
+                        "and every output is on the cropped grid")
     p.add_argument("--moving-mask", help="mask on the moving grid restricting the similarity")
     add_parameter_arguments(p)
 
@@ -201,7 +205,7 @@ class Pair:
 def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: ProgressPrinter,
                    cache: dict[tuple[str, bool], object]) -> dict:
     """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before."""
-    from svreg_core.image import load_image
+    from svreg_core.image import crop_to_box, load_image
     from svreg_core.outputs import write_outputs
     from svreg_core.outputs.writer import check_output_space, expected_output_bytes
     from svreg_core.registration import register
@@ -227,6 +231,13 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: Progre
     moving_mask = load(pair.moving_mask, "moving mask", labels=True)
     _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
     _check_same_grid(moving_labels, moving, "moving labels", "moving image")
+    box = getattr(args, "crop_fixed", None)
+    extra = {}
+    if box:
+        fixed, fixed_labels, fixed_mask = (None if image is None else crop_to_box(image, box[:3], box[3:], name)
+                                           for image, name in ((fixed, "fixed image"), (fixed_labels, "fixed labels"),
+                                                               (fixed_mask, "fixed mask")))
+        extra["crop_fixed_ras_mm"] = [list(box[:3]), list(box[3:])]
     check_output_space(pair.output, expected_output_bytes(fixed.shape, moving.shape, outputs=args.outputs,
                                                           labels=moving_labels is not None))
     load_s = time.perf_counter() - t0
@@ -238,7 +249,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: Progre
                                                       "fixed_mask", "moving_mask") if getattr(pair, role)}
     report = write_outputs(result, pair.output, fixed_labels=fixed_labels, moving_labels=moving_labels,
                            labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
-                           inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=sources)
+                           inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=sources, extra=extra)
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
 

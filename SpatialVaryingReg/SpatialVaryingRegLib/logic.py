@@ -309,7 +309,7 @@ class RegistrationJob:
     """
 
     def __init__(self, fixed, moving, *, fixed_mask=None, moving_mask=None, fixed_labels=None, moving_labels=None,
-                 fixed_fiducials=None, moving_fiducials=None, reuse: OutputNodes | None = None,
+                 fixed_fiducials=None, moving_fiducials=None, fixed_roi=None, reuse: OutputNodes | None = None,
                  settings: RegistrationSettings | None = None, scene=None, python: str | None = None,
                  env: dict[str, str] | None = None,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -318,6 +318,7 @@ class RegistrationJob:
         self.fixed_mask, self.moving_mask = fixed_mask, moving_mask
         self.fixed_labels, self.moving_labels = fixed_labels, moving_labels
         self.fixed_fiducials, self.moving_fiducials = fixed_fiducials, moving_fiducials
+        self.fixed_roi = fixed_roi
         self.reuse = reuse or OutputNodes()
         self.settings = settings or RegistrationSettings()
         self.scene = scene if scene is not None else (fixed.GetScene() if fixed is not None else None)
@@ -343,6 +344,7 @@ class RegistrationJob:
             raise RegistrationError("the fixed and the moving volume are the same node; choose two different volumes.")
         if self.scene is None:
             raise RegistrationError("the fixed volume is not in a scene.")
+        self._crop_box()  # an ROI without size stops here
         try:
             self._fixed_ijk_to_world = geometry.world_ijk_to_ras(self.fixed)
             base = moving_base_to_world(self.moving)
@@ -464,7 +466,19 @@ class RegistrationJob:
             label_interpolation=self.settings.label_interpolation,
             model=self._model_argument,
             refine=int(self.settings.refine_steps) if self._model_argument else None,
+            crop_fixed=self._crop_box(),
         )
+
+    def _crop_box(self) -> tuple[float, ...] | None:
+        """Two opposite corners (world RAS mm) of :attr:`fixed_roi`'s box, or ``None`` without an ROI."""
+        if self.fixed_roi is None:
+            return None
+        bounds = [0.0] * 6
+        self.fixed_roi.GetRASBounds(bounds)  # world (parent transforms applied): xmin, xmax, ymin, ...
+        if not all(np.isfinite(bounds)) or any(bounds[2 * a + 1] <= bounds[2 * a] for a in range(3)):
+            raise RegistrationError(f"the ROI '{self.fixed_roi.GetName()}' has no size; place it over the part "
+                                    "of the fixed volume to register, or clear the ROI choice.")
+        return (*bounds[0::2], *bounds[1::2])
 
     # ---- running
 

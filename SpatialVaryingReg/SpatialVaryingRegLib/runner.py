@@ -395,6 +395,7 @@ class RegisterRequest:
     ``model`` (a shipped model's name or a checkpoint folder) selects the learned method: the network
     predicts the deformation and λ, then ``refine`` steps of pairwise optimisation of the same SPR loss
     start from that prediction (0 = the network only). Without ``model`` the pairwise optimiser runs.
+    ``crop_fixed``: two opposite corners (world RAS mm, 6 numbers) of the box the fixed image is cropped to.
     """
 
     fixed: Path
@@ -414,6 +415,7 @@ class RegisterRequest:
     model: str | None = None
     refine: int | None = None
     overwrite: bool = False
+    crop_fixed: Sequence[float] | None = None
 
     def arguments(self) -> list[str]:
         """The child's arguments after the interpreter."""
@@ -424,6 +426,8 @@ class RegisterRequest:
                 args += [flag, str(value)]
         if self.labels:
             args += ["--labels", *[str(int(v)) for v in self.labels]]
+        if self.crop_fixed is not None:
+            args += ["--crop-fixed", *[repr(float(v)) for v in self.crop_fixed]]
         args += ["--preset", str(self.preset)]
         if self.model:
             args += ["--model", str(self.model)]

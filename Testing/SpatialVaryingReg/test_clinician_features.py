@@ -208,3 +208,35 @@ def test_cpu_time_estimate_grows_with_the_volume_and_says_it_is_an_estimate(scen
                                   + estimate.CPU_SECONDS_PER_FIXED_VOXEL * 128 * 128 * 96)
     assert estimate.cpu_seconds(big, refine_steps=20) < large
     assert "estimate" in estimate.text(large) and estimate.text(large).startswith("about ")
+
+
+def roi(scene, center, size):
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "crop")
+    node.SetXYZ(*center)
+    node.SetSize(*size)
+    return node
+
+
+def test_crop_to_roi_registers_the_box_and_loads_results_there(scene, pair, tmp_path):
+    """A markups ROI over part of the fixed volume: the engine gets its world bounds (``--crop-fixed``) and
+    the result volumes come back on the fixed voxels inside the box, at their places in the world."""
+    box = roi(scene, (0.0, 2.0, -3.0), (30.0, 24.0, 40.0))  # R -15..15, A -10..14, S -23..17
+    settings = logic.RegistrationSettings(overrides=FAST, device="cpu", temp_root=str(tmp_path))
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_roi=box, settings=settings)
+    job.validate()
+    workdir = tmp_path / "export"
+    workdir.mkdir()
+    args = job.export_inputs(workdir).arguments()
+    i = args.index("--crop-fixed")
+    assert [float(v) for v in args[i + 1:i + 7]] == pytest.approx([-15.0, -10.0, -23.0, 15.0, 14.0, 17.0])
+    out = job.run(timeout=300)
+    # fixed voxel centres: -31 + 2 n; inside the box: R -15..15 (n 8..23), A -9..13 (n 11..22), S -23..17 (n 4..24)
+    assert out.lambda_map.GetImageData().GetDimensions() == (16, 12, 21)
+    np.testing.assert_allclose(geometry.ijk_to_ras(out.lambda_map)[:3, 3], [-15.0, -9.0, -23.0], atol=1e-4)
+    assert out.report["crop_fixed_ras_mm"] == [[-15.0, -10.0, -23.0], [15.0, 14.0, 17.0]]
+
+
+def test_an_roi_without_size_is_refused_before_anything_starts(scene, pair):
+    flat = roi(scene, (0.0, 0.0, 0.0), (30.0, 0.0, 30.0))
+    with pytest.raises(logic.RegistrationError, match="has no size"):
+        logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_roi=flat).validate()

@@ -529,3 +529,33 @@ def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out.strip() == "svreg 0.1.0"
+
+
+def test_crop_fixed_registers_the_box_only(geo, tiny_pair, fast_preset, tmp_path) -> None:
+    """``--crop-fixed``: every output on the fixed voxels inside the RAS box, read back by nibabel."""
+    p = tiny_pair.paths
+    fixed = nib.load(str(p.fixed))
+    points = nib.affines.apply_affine(fixed.affine, np.indices(fixed.shape).reshape(3, -1).T)
+    low, high = points.min(0) + 8.0, points.max(0) - 8.0  # 8 mm in from each side of the 6 mm grid
+    out = tmp_path / "cropped"
+    proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--fixed-labels", p.fixed_labels,
+                "--moving-labels", p.moving_labels, "--preset", fast_preset, "--device", "cpu", "--progress", "none",
+                "--crop-fixed", *[f"{v:g}" for v in (*high, *low)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    inside = np.all((points >= low) & (points <= high), axis=1).reshape(fixed.shape)
+    index = np.argwhere(inside)
+    start, stop = index.min(0), index.max(0) + 1
+    expected = nib.affines.from_matvec(fixed.affine[:3, :3], nib.affines.apply_affine(fixed.affine, start))
+    for name in ("warped.nii.gz", "displacement.nii.gz", "jacobian.nii.gz", "regularization.nii.gz",
+                 "warped_labels.nii.gz"):
+        img = nib.load(str(out / name))
+        assert img.shape[:3] == tuple(stop - start), name
+        np.testing.assert_allclose(img.affine, expected, atol=1e-4, err_msg=name)
+    report = json.loads((out / "report.json").read_text())
+    assert report["crop_fixed_ras_mm"] == [list(high), list(low)]
+    assert report["inputs"]["fixed"]["shape"] == list(stop - start)
+    assert tuple(stop - start) != fixed.shape
+    # a box beside the image: one line before any work, nothing written
+    far = _run(geo, "register", p.fixed, p.moving, "-o", tmp_path / "far", "--crop-fixed", "900", "900", "900",
+               "950", "950", "950", "--progress", "none", cwd=tmp_path)
+    assert far.returncode == 2 and "misses the fixed image" in far.stderr and not (tmp_path / "far").exists()

@@ -52,6 +52,22 @@ class Grid:
         affine[:3, 3] = self.affine[:3, :3] @ start + self.affine[:3, 3]
         return Grid(tuple(int(n) for n in stop - start), affine)
 
+    def box_voxels(self, corner_a: np.ndarray, corner_b: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+        """The smallest voxel block ``start <= (i, j, k) < stop`` covering a RAS box, clipped to the grid.
+
+        ``corner_a``, ``corner_b``: opposite corners (RAS mm, any order) of an axis-aligned world box.
+        On an oblique grid the block covers the box's eight corners. ``None`` when the box misses the grid.
+        """
+        low, high = np.minimum(corner_a, corner_b), np.maximum(corner_a, corner_b)
+        corners = np.array([[(low, high)[c][a] for a, c in enumerate(bits)]
+                            for bits in np.ndindex(2, 2, 2)], dtype=np.float64)
+        ijk = (corners - self.affine[:3, 3]) @ np.linalg.inv(self.affine[:3, :3]).T
+        start = np.maximum(np.ceil(ijk.min(0) - 1e-6).astype(int), 0)
+        stop = np.minimum(np.floor(ijk.max(0) + 1e-6).astype(int) + 1, np.asarray(self.shape))
+        if np.any(stop <= start):
+            return None
+        return tuple(int(v) for v in start), tuple(int(v) for v in stop)
+
     def resampled(self, spacing: float) -> "Grid":
         """An isotropic grid of voxel size ``spacing`` mm over the same field of view.
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -49,6 +50,27 @@ class Image:
     @property
     def spacing(self) -> np.ndarray:
         return self.grid.spacing
+
+
+def crop_to_box(image: Image, corner_a: Sequence[float], corner_b: Sequence[float], name: str) -> Image:
+    """The voxels of ``image`` in the RAS box with opposite corners ``corner_a``, ``corner_b`` (mm).
+
+    The block of voxels is :meth:`Grid.box_voxels`; voxel positions in the world are unchanged (the
+    affine's origin moves to the block's first voxel). Raises :class:`InputError` when the box misses
+    the image or leaves fewer than 2 voxels along an axis.
+    """
+    block = image.grid.box_voxels(np.asarray(corner_a, dtype=np.float64), np.asarray(corner_b, dtype=np.float64))
+    corners = np.array([[(0, n - 1)[c] for n, c in zip(image.shape, bits)] for bits in np.ndindex(2, 2, 2)])
+    extent = corners @ image.affine[:3, :3].T + image.affine[:3, 3]
+    bounds = ", ".join(f"{lo:.1f} to {hi:.1f}" for lo, hi in zip(extent.min(0), extent.max(0)))
+    if block is None:
+        raise InputError(f"the crop box misses the {name}, whose voxel centres span R/A/S {bounds} mm.")
+    start, stop = block
+    if min(b - a for a, b in zip(start, stop)) < 2:
+        raise InputError(f"the crop box keeps fewer than 2 voxels of the {name} along an axis ({start} to {stop}); "
+                         f"its voxel centres span R/A/S {bounds} mm.")
+    data = np.asarray(image.data)[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
+    return Image(np.ascontiguousarray(data), image.grid.cropped(start, stop).affine)
 
 
 def validate_image(image: Image, name: str, *, labels: bool = False) -> Image:

@@ -85,3 +85,26 @@ def test_same_as(geo) -> None:
     shifted[0, 3] += 0.01
     assert not grid.same_as(Grid((10, 20, 5), shifted))
     assert grid.same_as(Grid((10, 20, 5), shifted), atol=0.02)
+
+
+def test_box_voxels_axis_aligned_by_hand() -> None:
+    """2 mm voxels, origin (10, -4, 0): voxel centres R = 10, 12, ..., A = -4, -2, ..., S = 0, 2, ..."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [10.0, -4.0, 0.0]
+    grid = Grid((10, 10, 10), affine)
+    # R 13..19 holds centres 14, 16, 18 (i = 2..4); A -4..1 holds -4, -2, 0 (j = 0..2); corners in any order
+    assert grid.box_voxels(np.array([19.0, 1.0, 100.0]), np.array([13.0, -4.0, 5.0])) == ((2, 0, 3), (5, 3, 10))
+    assert grid.box_voxels(np.array([-50.0, -50, -50]), np.array([0.0, 0, 0])) is None  # R < 10: outside
+
+
+def test_box_voxels_oblique_covers_the_box(geo) -> None:
+    grid = Grid((30, 40, 20), _oblique(geo))
+    centre = grid.world_points()[15, 20, 10]
+    start, stop = grid.box_voxels(centre - 5.0, centre + 5.0)
+    block = grid.world_points()[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]].reshape(-1, 3)
+    inside = np.all(np.abs(grid.world_points().reshape(-1, 3) - centre) <= 5.0, axis=1)
+    assert inside.sum() > 10
+    # every voxel centre inside the box is in the block, and the block is smaller than the grid
+    in_block = {tuple(p) for p in np.round(block, 6)}
+    assert all(tuple(p) in in_block for p in np.round(grid.world_points().reshape(-1, 3)[inside], 6))
+    assert block.shape[0] < 30 * 40 * 20

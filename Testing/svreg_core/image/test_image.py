@@ -1,0 +1,34 @@
+"""crop_to_box: the voxels of an image inside a world box, positions unchanged; plain errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.image import Image, crop_to_box
+
+
+def _image() -> Image:
+    affine = np.array([[0.0, -2.0, 0.0, 20.0], [1.5, 0.0, 0.0, -10.0], [0.0, 0.0, 3.0, 5.0], [0, 0, 0, 1.0]])
+    data = np.arange(8 * 9 * 10, dtype=np.float32).reshape(8, 9, 10)
+    return Image(data, affine)
+
+
+def test_crop_keeps_world_positions() -> None:
+    image = _image()
+    # voxel (i, j, k) sits at R = 20 - 2 j, A = -10 + 1.5 i, S = 5 + 3 k; keep i 2..5, j 1..3, k 4..6
+    cropped = crop_to_box(image, [20 - 2 * 3 - 0.5, -10 + 1.5 * 2 - 0.1, 5 + 3 * 4 - 1],
+                          [20 - 2 * 1 + 0.5, -10 + 1.5 * 5 + 0.1, 5 + 3 * 6 + 1], "fixed image")
+    assert cropped.shape == (4, 3, 3)
+    np.testing.assert_array_equal(cropped.data, image.data[2:6, 1:4, 4:7])
+    np.testing.assert_allclose(cropped.grid.world_points(), image.grid.world_points()[2:6, 1:4, 4:7], atol=1e-9)
+
+
+@pytest.mark.parametrize(("a", "b", "message"), [
+    ([500, 500, 500], [600, 600, 600], "misses the fixed image"),
+    ([0, -10, 5], [20.5, 5, 5.5], "fewer than 2 voxels"),  # one slice along k
+])
+def test_bad_boxes_raise_one_line(a, b, message) -> None:
+    with pytest.raises(InputError, match=message) as err:
+        crop_to_box(_image(), a, b, "fixed image")
+    assert "\n" not in str(err.value) and "R/A/S" in str(err.value)
