@@ -22,7 +22,7 @@ TERMS = ("total", "similarity", "regularization", "prior", "labels")
 
 
 def training_step(model: nn.Module, loss: SPRLoss, batch: dict[str, Any], integration_steps: int,
-               label_weight: float = 0.0) -> tuple[dict[str, torch.Tensor], WarpedFields]:
+                  label_weight: float = 0.0) -> tuple[dict[str, torch.Tensor], WarpedFields]:
     """Forward pass and loss of one batch: ``model(fixed, moving) → (v, λ) → loss.evaluate`` (+ labels).
 
     Args:
