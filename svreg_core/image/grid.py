@@ -44,6 +44,11 @@ class Grid:
         points = points + j[None, :, None, None] * columns[1]
         return points + k[None, None, :, None] * columns[2]
 
+    def corner_points(self) -> np.ndarray:
+        """RAS millimetre coordinates ``(8, 3)`` of the centres of the grid's eight corner voxels."""
+        ijk = np.array([[(0, n - 1)[c] for n, c in zip(self.shape, bits)] for bits in np.ndindex(2, 2, 2)])
+        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+
     def cropped(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> "Grid":
         """The sub-lattice of voxels ``start <= (i, j, k) < stop`` (same spacing and directions)."""
         start = np.clip(np.asarray(start, dtype=int), 0, np.asarray(self.shape) - 1)

@@ -60,8 +60,7 @@ def crop_to_box(image: Image, corner_a: Sequence[float], corner_b: Sequence[floa
     the image or leaves fewer than 2 voxels along an axis.
     """
     block = image.grid.box_voxels(np.asarray(corner_a, dtype=np.float64), np.asarray(corner_b, dtype=np.float64))
-    corners = np.array([[(0, n - 1)[c] for n, c in zip(image.shape, bits)] for bits in np.ndindex(2, 2, 2)])
-    extent = corners @ image.affine[:3, :3].T + image.affine[:3, 3]
+    extent = image.grid.corner_points()
     bounds = ", ".join(f"{lo:.1f} to {hi:.1f}" for lo, hi in zip(extent.min(0), extent.max(0)))
     if block is None:
         raise InputError(f"the crop box misses the {name}, whose voxel centres span R/A/S {bounds} mm.")

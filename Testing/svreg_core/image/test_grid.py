@@ -108,3 +108,10 @@ def test_box_voxels_oblique_covers_the_box(geo) -> None:
     in_block = {tuple(p) for p in np.round(block, 6)}
     assert all(tuple(p) in in_block for p in np.round(grid.world_points().reshape(-1, 3)[inside], 6))
     assert block.shape[0] < 30 * 40 * 20
+
+
+def test_corner_points_are_the_extreme_voxel_centres(geo) -> None:
+    grid = Grid((4, 5, 6), _oblique(geo))
+    points = grid.world_points()
+    expected = np.array([points[i, j, k] for i in (0, -1) for j in (0, -1) for k in (0, -1)])
+    np.testing.assert_allclose(grid.corner_points(), expected, atol=1e-9)
