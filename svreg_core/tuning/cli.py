@@ -7,14 +7,17 @@ Examples::
     svreg tune pairs.csv --storage /shared/tuning.log --study-name ixi           # shared file system
     svreg tune --storage svreg-tune.db --report report/ --apply-best tuned.json   # summarise, export preset
     svreg register --preset tuned.json fixed.nii.gz moving.nii.gz -o out/
+    svreg tune --train-config train.yaml --synthetic labels/ --epochs-per-trial 20 --storage unet.db  # training
 
 Running the same command again resumes the study until ``--n-trials`` trials are finished (COMPLETE
 or PRUNED) in total; running it on several machines/processes at once makes them share the work.
+With ``--train-config`` or training data flags, each trial trains a network (:mod:`.training`).
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -23,14 +26,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from svreg_core.errors import InputError
 from svreg_core.interrupts import sigterm_as_interrupt
-from svreg_core.tuning.objective import PairwiseDice, trial_function
+from svreg_core.tuning.objective import Objective, PairwiseDice, trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
 from svreg_core.tuning.report import write_best_preset, write_report, write_summary
-from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, build_search_space
+from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, SearchSpace, build_search_space
+from svreg_core.tuning.training import DATA_FLAGS, TrainingDice, training_config
 from svreg_core.tuning.study import (DEFAULT_STORAGE, DEFAULT_STUDY, FINISHED, best_trial, count_finished,
                                      create_or_join, describe_storage, first_line, load_study, make_sampler,
-                                     open_storage, quiet_optuna, run_worker, storage_url)
+                                     open_storage, quiet_optuna, run_worker, storage_url, study_meta)
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,8 +84,24 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     objective.add_argument("--pruner-startup-trials", type=int, default=5,
                            help="trials finished before median pruning starts (default 5)")
     objective.add_argument("--pruner-warmup-steps", type=int, default=1,
-                           help="pairs evaluated before a trial may be pruned, minus one (default 1: after 2 pairs)")
+                           help="steps (pairs or epochs) of a trial before it may be pruned, minus one (default 1)")
+    objective.add_argument("--pruner-interval", type=int, default=1,
+                           help="steps between pruning checks (default 1; the paper: warm-up 30, every 10 epochs)")
     objective.add_argument("--no-pruning", action="store_true", help="never prune on the median")
+
+    train = parser.add_argument_group("training objective (instead of validation pairs: each trial trains a network "
+                                      "and scores its best validation Dice)")
+    train.add_argument("--train-config", metavar="FILE",
+                       help="training configuration of every trial, YAML or JSON as for svreg train --config")
+    for flag, (metavar, text) in DATA_FLAGS.items():
+        train.add_argument(f"--{flag.replace('_', '-')}", metavar=metavar, help=text,
+                           type=float if flag == "val_fraction" else str)
+    train.add_argument("--templates", action="store_true", help="augmented copies of the installed brain templates")
+    train.add_argument("--epochs-per-trial", type=int, metavar="N",
+                       help="training epochs of a trial (default: the configuration's)")
+    train.add_argument("--runs-dir", metavar="DIR",
+                       help="folder of the trials' run folders trial-NNNN (default: STUDY-runs next to the storage "
+                            "file, or in the current folder)")
 
     workers = parser.add_argument_group("workers (database storages)")
     workers.add_argument("--heartbeat-interval", type=int, default=10,
@@ -102,43 +122,70 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
 
 
+def _training(args: argparse.Namespace) -> bool:
+    """Whether ``args`` ask for the training objective."""
+    return bool(args.train_config or args.templates or any(getattr(args, f) is not None for f in DATA_FLAGS))
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    if args.validation is None and not args.report and not args.apply_best:
-        raise InputError("give a validation set to tune on, or --report DIR / --apply-best PATH for an existing study.")
-    if args.n_trials < 1:
-        raise InputError("--n-trials must be at least 1.")
+    training = _training(args)
+    if args.validation is None and not training and not args.report and not args.apply_best:
+        raise InputError("give a validation set to tune on, a training configuration (--train-config), or "
+                         "--report DIR / --apply-best PATH for an existing study.")
+    if args.validation is not None and training:
+        raise InputError("give either validation pairs (pairwise tuning) or training settings, not both.")
+    if training and (args.level_spacings or args.iterations or args.no_affine):
+        raise InputError("--level-spacings, --iterations and --no-affine apply to pairwise tuning only.")
+    if args.n_trials < 1 or (args.epochs_per_trial is not None and args.epochs_per_trial < 1):
+        raise InputError("--n-trials and --epochs-per-trial must be at least 1.")
     if min(args.max_failures, args.max_retry, args.startup_trials, args.pruner_startup_trials,
-           args.pruner_warmup_steps) < 0:
-        raise InputError("--max-failures, --max-retry, --startup-trials and the pruner settings must not be negative.")
+           args.pruner_warmup_steps) < 0 or args.pruner_interval < 1:
+        raise InputError("--max-failures, --max-retry, --startup-trials and the pruner settings must not be negative "
+                         "(--pruner-interval at least 1).")
     if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
         raise InputError("--heartbeat-interval must be at least 1 s and --grace-period longer than it.")
     if args.max_folding is not None and args.max_folding < 0:
         raise InputError("--max-folding must not be negative.")
 
 
+def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path | None]:
+    """The search space and the objective ``args`` describe, and the training trials' runs folder."""
+    ranges = {"search": args.search, "alpha_prime_range": args.alpha_prime_range,
+              "lambda_max_range": args.lambda_max_range}
+    if not _training(args):
+        overrides = {"level_spacings": args.level_spacings, "iterations": args.iterations,
+                     "affine": False if args.no_affine else None, "device": args.device}
+        return (build_search_space(args.preset, overrides=overrides, **ranges),
+                PairwiseDice(discover_pairs(args.validation), labels=args.labels, label_mode=args.label_interpolation),
+                None)
+    config = training_config(args)
+    text = str(args.storage)
+    runs = Path(args.runs_dir or (Path(text).parent if "://" not in text else Path()) / f"{args.study_name}-runs")
+    return build_search_space(config, **ranges), TrainingDice(runs, args.epochs_per_trial or config.epochs), runs
+
+
 def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> optuna.Study:
     """Create or join the study and run trials; raise :class:`InputError` after too many failures."""
-    pairs = discover_pairs(args.validation)
-    overrides = {"level_spacings": args.level_spacings, "iterations": args.iterations,
-                 "affine": False if args.no_affine else None}
-    space = build_search_space(args.preset, search=args.search, overrides=overrides,
-                               alpha_prime_range=args.alpha_prime_range, lambda_max_range=args.lambda_max_range)
-    objective = PairwiseDice(pairs, labels=args.labels, label_mode=args.label_interpolation, device=args.device)
-    meta = {"objective": objective.name, "search_space": space.to_dict(), "steps": objective.step_labels(),
-            "max_folding": args.max_folding, "labels": args.labels, "label_mode": args.label_interpolation}
+    space, objective, runs = _objective(args)
     storage = open_storage(args.storage, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
                            max_retry=args.max_retry)
+    if runs and runs.is_dir() and any(runs.iterdir()) and args.study_name not in optuna.get_all_study_names(storage):
+        raise InputError(f"{runs} holds the trial runs of another study; give another --runs-dir.")
+    meta = {"objective": objective.name, "value_name": objective.value_name, "search_space": space.to_dict(),
+            "steps": objective.step_labels(), "max_folding": args.max_folding, "labels": args.labels,
+            "label_mode": args.label_interpolation}
     study, created = create_or_join(storage, args.study_name, meta,
                                     default_params=None if args.no_default_trial else space.default_values())
     pruner = optuna.pruners.NopPruner() if args.no_pruning else optuna.pruners.MedianPruner(
-        n_startup_trials=args.pruner_startup_trials, n_warmup_steps=args.pruner_warmup_steps)
+        n_startup_trials=args.pruner_startup_trials, n_warmup_steps=args.pruner_warmup_steps,
+        interval_steps=args.pruner_interval)
     study = load_study(storage, args.study_name, sampler=make_sampler(args.seed, created, args.startup_trials),
                        pruner=pruner)
     progress = TuneProgress(study, args.n_trials, sink)
     callbacks: list[Any] = [progress]
     if args.report:
         callbacks.append(lambda s, t: write_summary(s, args.report, label))
-    func = trial_function(space, objective, max_folding=args.max_folding, listener=progress)
+    func = trial_function(space, objective, max_folding=args.max_folding, progress=progress)
     progress.emit("start", message=f"{count_finished(study)} of {args.n_trials} trials already finished")
     reason, error = "interrupted", None
     try:
@@ -167,7 +214,7 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
     try:
         with quiet_optuna(verbose=args.verbose), sigterm_as_interrupt():
             try:
-                if args.validation is not None:
+                if args.validation is not None or _training(args):
                     study = _tune(args, label, sink)
                     if not json_mode:
                         _print_summary(study)
@@ -180,13 +227,12 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
                 _announce(json_mode, sink, TuneEvent("report", study.study_name, message=str(paths[0].parent)),
                           f"report written to {paths[0].parent}")
             if args.apply_best:
-                path, doc = write_best_preset(study, args.apply_best, include_fixed=args.include_fixed_settings,
-                                              storage_label=label)
-                t = doc["tuning"]
-                _announce(json_mode, sink, TuneEvent("apply_best", study.study_name, trial=t["trial"],
-                                                     value=t["mean_dice"], params=doc["parameters"],
-                                                     message=str(path)),
-                          f"best trial {t['trial']} written to {path}: {doc['parameters']}")
+                path, params = write_best_preset(study, args.apply_best, include_fixed=args.include_fixed_settings,
+                                                 storage_label=label)
+                best = study.best_trial
+                _announce(json_mode, sink, TuneEvent("apply_best", study.study_name, trial=best.number,
+                                                     value=best.value, params=params, message=str(path)),
+                          f"best trial {best.number} written to {path}: {params}")
     except KeyboardInterrupt:
         if not json_mode:
             print("tuning interrupted; finished trials are kept, run the same command to resume.", file=sys.stderr)
@@ -212,5 +258,5 @@ def _print_summary(study: optuna.Study) -> None:
     best = best_trial(study)
     if best is not None:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-        line += f"; best mean Dice {best.value:.4f} (trial {best.number}: {params})"
+        line += f"; best {study_meta(study).get('value_name', 'mean Dice')} {best.value:.4f} (trial {best.number}: {params})"
     print(line)

@@ -1,12 +1,11 @@
 """What a trial evaluates, step by step, and how each step reaches Optuna.
 
-An :class:`Objective` scores one configuration in *steps* and calls :meth:`StepReporter.report` after
-each one: a validation pair per step for the pairwise optimiser (:class:`PairwiseDice`); a training
-epoch per step (its validation Dice) for a learned model — a training objective is just another
-:class:`Objective` whose ``evaluate`` reports from the trainer's per-epoch callback, with pruning at
-epoch granularity. The reporter records the step values as trial user attributes, reports the running
-aggregate with ``trial.report`` and raises :class:`optuna.TrialPruned` when ``trial.should_prune()``
-says so (never after the last step) or when a step folds more than ``max_folding`` percent.
+An :class:`Objective` scores one trial's settings in steps and calls :meth:`StepReporter.report` after
+each: a validation pair per step (:class:`PairwiseDice`) or a training epoch per step, its validation
+Dice (:class:`~svreg_core.tuning.training.TrainingDice`: pruning at epoch granularity). The reporter
+records the step values as trial user attributes, reports to ``trial.report`` and raises
+:class:`optuna.TrialPruned` when ``trial.should_prune()`` says so (never after the last step) or when a
+step folds more than ``max_folding`` percent.
 
 Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``folding_percent`` (mean),
 ``folding_percent_max``, ``pruned_reason``, ``error`` (failed trials: the step and the message),
@@ -15,7 +14,7 @@ Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``fol
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import optuna
 
@@ -23,32 +22,22 @@ from svreg_core.errors import SvregError
 from svreg_core.interrupts import interruptible
 from svreg_core.tuning.pairs import ValidationPair, load_pair
 
-#: Running aggregate of the step values: ``mean`` over pairs, ``max`` (best epoch so far) of a training.
-AGGREGATES: dict[str, Callable[[Sequence[float]], float]] = {
-    "mean": lambda v: float(sum(v) / len(v)),
-    "max": lambda v: float(max(v)),
-}
-
-
-class StepListener(Protocol):
-    """Observer of trials as they run (the progress reporter)."""
-
-    def trial_started(self, trial: optuna.Trial) -> None: ...
-
-    def step_finished(self, trial: optuna.Trial, step: int, label: str, value: float, running: float) -> None:
-        """After step ``step`` (``label``) scored ``value``; ``running``: the trial's value so far."""
+if TYPE_CHECKING:  # pragma: no cover
+    from svreg_core.tuning.progress import TuneProgress
 
 
 class StepReporter:
-    """Hands one trial's step values to Optuna (see module docstring)."""
+    """Hands one trial's step values to Optuna (see the module docstring).
+
+    ``aggregate`` ``"mean"`` (pairs): the trial's value is the mean of its steps, and the running mean is
+    reported; ``"max"`` (epochs): the value is the best step, and each step is reported as it is (the
+    median pruner compares the best value so far itself).
+    """
 
     def __init__(self, trial: optuna.Trial, labels: Sequence[str], aggregate: str,
-                 max_folding: float | None = None, listener: StepListener | None = None) -> None:
-        self.trial = trial
-        self.labels = list(labels)
-        self.aggregate = AGGREGATES[aggregate]
-        self.max_folding = max_folding
-        self.listener = listener
+                 max_folding: float | None = None, progress: TuneProgress | None = None) -> None:
+        self.trial, self.labels, self.aggregate = trial, list(labels), aggregate
+        self.max_folding, self.progress = max_folding, progress
         self.values: list[float] = []
         self.folding: list[float | None] = []
         trial.set_user_attr("step_labels", self.labels)
@@ -59,6 +48,13 @@ class StepReporter:
         """Label of the step now running."""
         n = len(self.values)
         return self.labels[n] if n < len(self.labels) else f"step {n}"
+
+    @property
+    def value(self) -> float:
+        """The trial's value so far."""
+        if not self.values:
+            raise RuntimeError("the objective reported no step")
+        return max(self.values) if self.aggregate == "max" else sum(self.values) / len(self.values)
 
     def report(self, value: float, folding: float | None = None) -> None:
         """Record the value (and folding percent) of the next step; may raise :class:`optuna.TrialPruned`."""
@@ -73,10 +69,9 @@ class StepReporter:
             attrs.update(folding_percent=sum(known) / len(known), folding_percent_max=max(known))
         for key, attr in attrs.items():
             self.trial.set_user_attr(key, attr)
-        running = self.value
-        self.trial.report(running, step)
-        if self.listener is not None:
-            self.listener.step_finished(self.trial, step, label, float(value), running)
+        self.trial.report(float(value) if self.aggregate == "max" else self.value, step)
+        if self.progress is not None:
+            self.progress.step_finished(self.trial, step, label, float(value), self.value)
         if self.max_folding is not None and folding is not None and folding > self.max_folding:
             self._prune(f"folding {folding:.4g}% > {self.max_folding:g}% on {label}")
         if step < len(self.labels) - 1 and self.trial.should_prune():
@@ -86,32 +81,26 @@ class StepReporter:
         self.trial.set_user_attr("pruned_reason", reason)
         raise optuna.TrialPruned(reason)
 
-    @property
-    def value(self) -> float:
-        """The trial's value so far (the aggregate of the reported steps)."""
-        if not self.values:
-            raise RuntimeError("the objective reported no step")
-        return self.aggregate(self.values)
-
 
 class Objective(Protocol):
-    """A way of scoring one configuration, step by step (pairs now, training epochs later).
+    """A way of scoring one trial's settings step by step.
 
     Attributes:
-        name: stored with the study (``"pairwise-dice"``); workers of one study must agree.
-        aggregate: ``"mean"`` of the step values (pairs) or ``"max"`` (best epoch of a training).
+        name: stored with the study (``"pairwise-dice"``); the workers of one study must agree.
+        aggregate: ``"mean"`` of the step values (pairs) or ``"max"`` (the best epoch of a training).
+        value_name: what the trial's value is, for people (``"mean Dice"``).
     """
 
     name: str
     aggregate: str
+    value_name: str
 
     def step_labels(self) -> list[str]:
         """One label per step (pair names, ``"epoch 1"``...)."""
         ...
 
-    def evaluate(self, config: Any, steps: StepReporter) -> None:
-        """Run ``config`` (what the search space's ``suggest`` returned), calling ``steps.report(value,
-        folding)`` after every step."""
+    def evaluate(self, settings: Any, steps: StepReporter) -> None:
+        """Run ``settings`` (from the search space's ``suggest``), calling ``steps.report`` after every step."""
         ...
 
 
@@ -126,20 +115,20 @@ def error_message(exc: BaseException, label: str) -> str:
 
 
 def trial_function(space: Any, objective: Objective, *, max_folding: float | None = None,
-                   listener: StepListener | None = None) -> Callable[[optuna.Trial], float]:
+                   progress: TuneProgress | None = None) -> Callable[[optuna.Trial], float]:
     """The function ``Study.optimize`` calls: suggest (``space.suggest(trial)``), evaluate, aggregate.
 
     A failing trial gets an ``error`` user attribute before the exception reaches Optuna (which records
     the trial as FAIL and, with ``catch``, goes on).
     """
     def run(trial: optuna.Trial) -> float:
-        config = space.suggest(trial)
-        steps = StepReporter(trial, objective.step_labels(), objective.aggregate, max_folding, listener)
-        if listener is not None:
-            listener.trial_started(trial)
+        settings = space.suggest(trial)
+        steps = StepReporter(trial, objective.step_labels(), objective.aggregate, max_folding, progress)
+        if progress is not None:
+            progress.trial_started(trial)
         try:
             with interruptible():  # a stop request raises here; Optuna then records this trial as FAIL
-                objective.evaluate(config, steps)
+                objective.evaluate(settings, steps)
             return steps.value
         except optuna.TrialPruned:
             raise
@@ -155,37 +144,32 @@ def trial_function(space: Any, objective: Objective, *, max_folding: float | Non
 class PairwiseDice:
     """Registers every validation pair with the trial's parameters; one step per pair.
 
-    Step value: mean Dice over labels of the warped moving labels vs the fixed labels; folding:
-    percent of voxels with ``det J <= 0``. Files are read at every trial (a repaired file is picked up).
-
-    Args:
-        pairs: the validation set.
-        labels: labels to score (default: every non-zero label present in both maps).
-        label_mode: ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
-        device: overrides the parameters' device (``None`` keeps it).
+    Step value: mean Dice over labels of the warped moving labels vs the fixed labels; folding: percent
+    of voxels with ``det J <= 0``. Files are read at every trial (a repaired file is picked up).
+    ``labels``: the labels scored (default: every non-zero label in both maps); ``label_mode``:
+    ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
     """
 
     name = "pairwise-dice"
     aggregate = "mean"
+    value_name = "mean Dice"
 
     def __init__(self, pairs: Sequence[ValidationPair], *, labels: Sequence[int] | None = None,
-                 label_mode: str = "linear", device: str | None = None) -> None:
+                 label_mode: str = "linear") -> None:
         self.pairs = list(pairs)
         self.labels = None if labels is None else [int(v) for v in labels]
         self.label_mode = label_mode
-        self.device = device
 
     def step_labels(self) -> list[str]:
         return [p.name for p in self.pairs]
 
-    def evaluate(self, config: Any, steps: StepReporter) -> None:
+    def evaluate(self, settings: Any, steps: StepReporter) -> None:
         from svreg_core.metrics import dice, folding_percent, jacobian_determinant
         from svreg_core.registration import register
 
-        params = config if self.device is None else config.replace(device=self.device)
         for pair in self.pairs:
             data = load_pair(pair)
-            result = register(data.fixed, data.moving, params)
+            result = register(data.fixed, data.moving, settings)
             warped = result.warp_image(data.moving_labels, labels=True, label_mode=self.label_mode)
             scores = dice(data.fixed_labels.data, warped.data, labels=self.labels)
             if not scores:

@@ -35,15 +35,12 @@ ROLE_STEMS: dict[str, tuple[str, ...]] = {
 }
 ROLES = tuple(ROLE_STEMS)
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mgz", ".mgh")
-
-
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Pair(Generic[T]):
-    """One labelled pair, its files (:data:`ValidationPair`) or its images read from disk
-    (:data:`LoadedPair`); ``name`` identifies it in progress, reports and the study."""
+    """One labelled pair: its files (:data:`ValidationPair`) or its images (:data:`LoadedPair`)."""
 
     name: str
     fixed: T
@@ -76,9 +73,8 @@ def _complete(folder: Path, files: dict[str, Path], what: str) -> ValidationPair
     return ValidationPair(folder.name, *(files[r] for r in ROLES))
 
 
-def pairs_from_folder(folder: Path) -> list[ValidationPair]:
-    """Pairs in ``folder``: the folder itself if it holds a pair's files, else each sub-folder."""
-    own = _pair_files(folder)
+def _pairs_from_folder(folder: Path) -> list[ValidationPair]:
+    own = _pair_files(folder)  # the folder itself may be one pair
     if own:
         return [_complete(folder, own, "validation folder")]
     subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -112,8 +108,7 @@ def _rows(path: Path) -> list[dict[str, Any]]:
             if any((v or "").strip() for v in row.values())]
 
 
-def pairs_from_list_file(path: Path) -> list[ValidationPair]:
-    """Pairs listed in a CSV/TSV or JSON file (paths relative to the file's folder)."""
+def _pairs_from_list_file(path: Path) -> list[ValidationPair]:
     pairs = []
     for index, row in enumerate(_rows(path), start=1):
         files = []
@@ -131,9 +126,9 @@ def discover_pairs(source: str | Path) -> list[ValidationPair]:
     """The validation pairs of a folder or a list file (``.csv``, ``.tsv``, ``.json``), checked to exist."""
     path = Path(source).expanduser()
     if path.is_dir():
-        pairs = pairs_from_folder(path)
+        pairs = _pairs_from_folder(path)
     elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".json", ".txt"):
-        pairs = pairs_from_list_file(path)
+        pairs = _pairs_from_list_file(path)
     elif path.is_file():
         raise InputError(f"{path} is neither a folder of pairs nor a .csv/.tsv/.json pair list.")
     else:
@@ -149,10 +144,8 @@ def discover_pairs(source: str | Path) -> list[ValidationPair]:
 
 
 def load_pair(pair: ValidationPair) -> LoadedPair:
-    """Read the four images of ``pair``; label maps must share their image's grid.
-
-    Raises :class:`InputError` (message names the pair) for unreadable or mismatched files.
-    """
+    """Read the four images of ``pair``; :class:`InputError` (naming the pair) for unreadable files or
+    label maps off their image's grid."""
     images = {r: load_image(getattr(pair, r), labels="labels" in r, name=f"pair {pair.name!r} {r}") for r in ROLES}
     for role in ("fixed", "moving"):
         lab, img = images[f"{role}_labels"], images[role]

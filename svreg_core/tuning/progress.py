@@ -1,21 +1,4 @@
-"""Progress of a tuning run: a tqdm bar on a terminal, or one JSON object per line.
-
-Every JSON line carries the same keys (``null`` when not applicable), so a reader (the Slicer panel)
-can rely on them:
-
-``event``        ``start`` | ``trial_start`` | ``step`` | ``trial`` | ``end`` (tuning), then
-                 ``report`` / ``apply_best`` (``message`` = the folder / file written)
-``study``        study name
-``trial``        trial number; ``state`` ``RUNNING`` / ``COMPLETE`` / ``PRUNED`` / ``FAIL``
-``value``        trial value (mean Dice; running mean for ``step``, last reported value if pruned)
-``params``       the trial's searched values
-``best_value``, ``best_params``, ``best_trial``   best complete trial of the whole study so far
-``elapsed_s``    seconds since this process started tuning
-``folding``      mean folding percent (``|J| <= 0``) over the evaluated steps; ``folding_max`` the worst
-``finished``     COMPLETE + PRUNED trials in the study, all workers; ``n_trials`` the target
-``step``, ``n_steps``, ``step_label``, ``step_value``   step (pair) index/count/name and its value
-``duration_s``   trial duration; ``error`` the failure message; ``message`` free text (end reason)
-"""
+"""Progress of a tuning run: a tqdm bar on a terminal, or one JSON object per line (:class:`TuneEvent`)."""
 from __future__ import annotations
 
 import json
@@ -33,29 +16,30 @@ from svreg_core.tuning.study import best_trial, count_finished
 
 @dataclass
 class TuneEvent:
-    """One progress event; see the module docstring for the fields."""
+    """One progress event. Every JSON line carries every field (``null`` when not applicable), so a reader
+    (the Slicer panel) can rely on them."""
 
-    event: str
-    study: str
-    trial: int | None = None
-    state: str | None = None
-    value: float | None = None
-    params: dict[str, Any] | None = None
-    best_value: float | None = None
+    event: str  # start | trial_start | step | trial | end (tuning), then report / apply_best
+    study: str  # study name
+    trial: int | None = None  # trial number
+    state: str | None = None  # RUNNING / COMPLETE / PRUNED / FAIL
+    value: float | None = None  # the trial's value (so far, for "step"; the last reported one if pruned)
+    params: dict[str, Any] | None = None  # the trial's searched values
+    best_value: float | None = None  # best COMPLETE trial of the whole study so far: value, params, number
     best_params: dict[str, Any] | None = None
     best_trial: int | None = None
-    elapsed_s: float = 0.0
-    folding: float | None = None
-    folding_max: float | None = None
-    finished: int = 0
-    n_trials: int = 0
-    step: int | None = None
+    elapsed_s: float = 0.0  # seconds since this process started tuning
+    folding: float | None = None  # mean folding percent (|J| <= 0) over the evaluated steps
+    folding_max: float | None = None  # the worst step's
+    finished: int = 0  # COMPLETE + PRUNED trials in the study (all workers)
+    n_trials: int = 0  # the target
+    step: int | None = None  # step (pair or epoch) index, count, label and value
     n_steps: int | None = None
     step_label: str | None = None
     step_value: float | None = None
-    duration_s: float | None = None
-    error: str | None = None
-    message: str | None = None
+    duration_s: float | None = None  # the trial's duration
+    error: str | None = None  # why the trial failed
+    message: str | None = None  # free text: the end reason, the folder or file written
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; NaN/inf become ``None``."""
@@ -112,10 +96,8 @@ def make_sink(mode: str = "auto", *, stdout: IO[str] | None = None,
 
 
 class TuneProgress:
-    """Turns the objective's steps and ``Study.optimize``'s per-trial callback into :class:`TuneEvent` s.
-
-    Use it as the objective's listener and as an optimize callback; ``sink`` receives every event.
-    """
+    """Turns trial starts, steps (:func:`~svreg_core.tuning.objective.trial_function`'s ``progress``) and
+    finished trials (a ``Study.optimize`` callback) into :class:`TuneEvent` s for ``sink``."""
 
     def __init__(self, study: optuna.Study, n_trials: int, sink: Callable[[TuneEvent], None]) -> None:
         self.study = study

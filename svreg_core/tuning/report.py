@@ -1,18 +1,14 @@
 """``svreg tune --report`` and ``--apply-best``: what a study found, as files.
 
-Report folder:
+Report folder: ``summary.json`` (counts, best trial, the settings every trial ran with, every trial:
+what programs such as the Slicer panel read instead of the database; ``--report`` while tuning also
+rewrites it after every trial), ``summary.md`` (the same for people), ``trials.csv``
+(:meth:`optuna.Study.trials_dataframe`), Optuna's ``optimization_history.png`` and
+``param_importances.png`` (:mod:`optuna.visualization.matplotlib`) and ``dice_folding.png``.
 
-* ``summary.json`` — counts, best trial, the settings every trial ran with, every trial (number,
-  state, value, params, folding, error): what programs (the Slicer panel) read instead of the
-  database. ``svreg tune --report DIR`` also rewrites it after every trial while tuning;
-* ``summary.md`` — the same for people; ``trials.csv`` — :meth:`optuna.Study.trials_dataframe`;
-* ``optimization_history.png``, ``param_importances.png`` — :mod:`optuna.visualization.matplotlib`
-  (once there is a complete trial; importances need 2 with varying values: ``importances_note`` says why);
-* ``dice_folding.png`` — the Dice / folding trade-off of every trial with both numbers.
-
-A preset written by ``--apply-best`` holds only the searched parameters on top of the base preset;
-the fixed settings of the study (pyramid, iterations, affine stage...) go in only when asked
-(``include_fixed``), and are always listed under ``tuning.study_settings``.
+``--apply-best`` of a pairwise study writes a preset holding only the searched parameters on top of the
+base preset (the study's fixed settings, always listed under ``tuning.study_settings``, only when asked:
+``include_fixed``); of a training study, the training configuration with the best values.
 """
 from __future__ import annotations
 
@@ -29,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS
+from svreg_core.training.config import save_config
 from svreg_core.tuning.search_space import SearchSpace, plain
 from svreg_core.tuning.study import best_trial, first_line, quiet_optuna, study_meta
 
@@ -40,11 +37,8 @@ def _num(value: Any) -> float | None:
 
 
 def _write(path: Path, content: str | bytes) -> None:
-    """Write atomically (temporary file + rename: readers never see half a file); text as UTF-8.
-
-    The file gets the permissions the user's umask gives new files (``mkstemp``'s are 0600, which hid
-    reports and presets from the other users of a shared study).
-    """
+    """Write atomically (temporary file + rename), text as UTF-8, with the permissions the umask gives
+    (not ``mkstemp``'s 0600, which hid reports and presets from the other users of a shared study)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -61,12 +55,6 @@ def _space(study: optuna.Study) -> SearchSpace | None:
     return SearchSpace.from_dict(meta["search_space"]) if "search_space" in meta else None
 
 
-def study_settings(space: SearchSpace) -> dict[str, Any]:
-    """The parameters every trial ran with apart from the searched ones (the device excepted)."""
-    searched = space.searched_fields()
-    return {k: v for k, v in plain(space.base).items() if k != "device" and k not in searched}
-
-
 def _trial_row(t: FrozenTrial) -> dict[str, Any]:
     error = t.user_attrs.get("error") or ("worker lost (no heartbeat within the grace period)"
                                           if t.state == TrialState.FAIL else None)
@@ -76,20 +64,22 @@ def _trial_row(t: FrozenTrial) -> dict[str, Any]:
             "folding_percent": _num(t.user_attrs.get("folding_percent")),
             "duration_s": None if t.duration is None else round(t.duration.total_seconds(), 3),
             "pruned_reason": t.user_attrs.get("pruned_reason"), "error": error, "retry_of": retry_of,
-            "enqueued": t.user_attrs.get("enqueued")}
+            "enqueued": t.user_attrs.get("enqueued"), "run_dir": t.user_attrs.get("run_dir")}
 
 
 def summarize_study(study: optuna.Study, storage_label: str = "") -> dict[str, Any]:
     """Counts, best trial, study settings and every trial as plain JSON-able values."""
     meta, space, best = study_meta(study), _space(study), best_trial(study)
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
+    counts = {s.name: sum(t["state"] == s.name for t in trials) for s in TrialState}
     out: dict[str, Any] = {
         "study": study.study_name, "storage": storage_label, "objective": meta.get("objective"),
-        "steps": meta.get("steps"), "max_folding": meta.get("max_folding"),
-        "counts": {s.name: sum(t["state"] == s.name for t in trials) for s in TrialState},
+        "value_name": meta.get("value_name", "mean Dice"), "steps": meta.get("steps"),
+        "max_folding": meta.get("max_folding"), "counts": counts,
         "base_preset": None if space is None else space.base_preset,
-        "searched": None if space is None else [r.to_dict() for r in space.ranges],
-        "study_settings": None if space is None else study_settings(space), "best": None, "trials": trials}
+        "searched": None if space is None else space.to_dict()["ranges"],
+        "study_settings": None if space is None else space.fixed_settings(),
+        "reference": None if space is None else space.reference(), "best": None, "trials": trials}
     if best is not None:
         out["best"] = {**_trial_row(best), "step_values": best.user_attrs.get("step_values"),
                        "folding_percent_max": _num(best.user_attrs.get("folding_percent_max"))}
@@ -115,7 +105,7 @@ def _importances(study: optuna.Study) -> tuple[dict[str, float] | None, str]:
 
 
 def _save_figure(fig: Any, path: Path) -> None:
-    """Save ``fig`` as a 640x420 PNG."""
+    """Save ``fig`` as a 640x420 PNG (atomically)."""
     fig.set_size_inches(6.4, 4.2)
     fig.tight_layout()
     png = io.BytesIO()
@@ -136,7 +126,7 @@ def _save_optuna_plot(plot: Any, path: Path, **kwargs: Any) -> None:
 
 
 def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
-    """Mean Dice against mean folding percent of every trial (pruned: over their evaluated pairs)."""
+    """Each trial's value (mean Dice...) against its mean folding percent (pruned: over its evaluated steps)."""
     from matplotlib.figure import Figure
 
     ax = Figure().add_subplot(1, 1, 1)
@@ -152,7 +142,7 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
     if limit is not None:
         ax.axvline(limit, color="tab:red", linestyle="--", label=f"max folding {limit:g}%")
     ax.set_xlabel("folding: voxels with |J| ≤ 0 (%)")
-    ax.set_ylabel("mean Dice")
+    ax.set_ylabel(summary["value_name"])
     ax.set_title("Dice – folding trade-off")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
@@ -187,23 +177,24 @@ def _markdown(s: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {k.lower()}" for k, n in s["counts"].items() if n) or "none"
     md = [f"# Tuning report — study `{s['study']}`", "", f"Storage: `{s['storage']}`  ", f"Trials: {counts}  "]
     if s["objective"]:
-        md.append(f"Objective: {s['objective']}, mean over {len(s['steps'] or [])} validation pairs, maximised  ")
+        md.append(f"Objective: {s['objective']}, {s['value_name']} over {len(s['steps'] or [])} steps "
+                  f"({', '.join((s['steps'] or [])[:3])}...), maximised  ")
     if s["max_folding"] is not None:
-        md.append(f"Constraint: folding ≤ {s['max_folding']:g} % on every pair (violations are pruned)  ")
+        md.append(f"Constraint: folding ≤ {s['max_folding']:g} % on every step (violations are pruned)  ")
     best = s["best"]
     md += ["", "## Best trial", ""]
     if best is None:
         md += ["No complete trial yet.", ""]
     else:
         fold = "" if best["folding_percent"] is None else f", folding {best['folding_percent']:.4g} %"
-        md += [f"Trial {best['number']}: mean Dice **{best['value']:.4f}**{fold}", ""]
+        md += [f"Trial {best['number']}: {s['value_name']} **{best['value']:.4f}**{fold}", ""]
         md += [f"- {k} = {v:.6g}" if isinstance(v, float) else f"- {k} = {v}" for k, v in best["params"].items()]
-        md += ["", "`svreg tune --storage ... --study-name ... --apply-best best.json` writes these values as a "
-               "preset (the fixed settings below only with `--include-fixed-settings`).", ""]
+        md += ["", "`svreg tune --storage ... --study-name ... --apply-best FILE` writes these values (a preset: "
+               "the fixed settings below only with `--include-fixed-settings`).", ""]
     if s["study_settings"] is not None:
-        preset = plain(PRESETS[s["base_preset"]])
-        md += [f"## Settings every trial ran with (base preset `{s['base_preset']}`)", ""]
-        md += [f"- {k} = {v}" + ("" if v == preset[k] else f" (**preset: {preset[k]}**)")
+        ref, word = s["reference"], "preset" if s["base_preset"] else "default"
+        md += [f"## Settings every trial ran with ({word} `{s['base_preset'] or 'svreg train'}`)", ""]
+        md += [f"- {k} = {v}" + ("" if v == ref.get(k) else f" (**{word}: {ref.get(k)}**)")
                for k, v in s["study_settings"].items()] + [""]
     md += ["## Parameter importances", ""]
     md += [f"- {k}: {v:.3f}" for k, v in (s["importances"] or {}).items()] or [s["importances_note"] + "."]
@@ -211,20 +202,22 @@ def _markdown(s: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
-# ------------------------------------------------------------------------------------------- best preset
+# ------------------------------------------------------------------------------------------- best trial
+
+
+def _best(study: optuna.Study) -> tuple[SearchSpace, FrozenTrial]:
+    space, best = _space(study), best_trial(study)
+    if space is None:
+        raise InputError(f"study {study.study_name!r} was not created by svreg tune (no search space stored).")
+    if best is None:
+        raise InputError(f"study {study.study_name!r} has no complete trial yet; nothing to apply.")
+    return space, best
 
 
 def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage_label: str = "") -> dict[str, Any]:
-    """``{"base", "parameters", "tuning"}`` for the best complete trial (see module docstring)."""
-    space = _space(study)
-    if space is None:
-        raise InputError(f"study {study.study_name!r} was not created by svreg tune (no search space stored).")
-    best = best_trial(study)
-    if best is None:
-        raise InputError(f"study {study.study_name!r} has no complete trial yet; nothing to apply.")
-    base = PRESETS[space.base_preset]
-    searched = space.searched_fields()
-    fixed = study_settings(space)
+    """``{"base", "parameters", "tuning"}``: the best trial of a pairwise study as a preset (module docstring)."""
+    space, best = _best(study)
+    base, searched, fixed = PRESETS[space.base_preset], space.searched_fields(), space.fixed_settings()
     if "iterations" in searched and not include_fixed and tuple(fixed["level_spacings"]) != base.level_spacings:
         raise InputError(f"the searched iterations belong to the study's pyramid (level_spacings "
                          f"{fixed['level_spacings']}), not the preset's; add --include-fixed-settings.")
@@ -239,10 +232,22 @@ def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage
 
 def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: bool = False,
                       storage_label: str = "") -> tuple[Path, dict[str, Any]]:
-    """Write the best trial as a preset file (``svreg register --preset PATH``); return it and its content."""
+    """Write the best trial as a preset file (``svreg register --preset PATH``) or, for a training study, as
+    a training configuration (``svreg train --config PATH``; YAML or JSON by the suffix, the full schedule).
+
+    Returns the path and the parameters written (a preset's ``parameters``; the searched training values).
+    """
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputError(f"--apply-best needs a file name, {path} is a folder.")
+    space, best = _best(study)
+    if space.base_preset is None:
+        config = space.parameters(best.params)
+        try:
+            save_config(config, path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path} ({exc.strerror or exc}).") from None
+        return path, {k: getattr(config, k) for k in sorted(space.searched_fields())}
     doc = preset_document(study, include_fixed=include_fixed, storage_label=storage_label)
     _write(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    return path, doc
+    return path, doc["parameters"]

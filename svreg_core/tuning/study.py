@@ -1,22 +1,16 @@
-"""Study storage, creating or joining a study, and the worker loop — all on Optuna's public API.
+"""Study storage, creating or joining a study, and the worker loop — on Optuna's public API.
 
-Storage (``--storage``):
+``--storage``: a path ending in ``.log`` is a :class:`~optuna.storages.JournalStorage` file (a shared file
+system without a database server; no heartbeats, so a killed worker's trial stays RUNNING, neither
+counted nor retried); any other path an SQLite file; anything with ``://`` an SQLAlchemy URL
+(``postgresql://user@host/db``). Databases record heartbeats: ``Study.optimize`` fails a trial whose
+heartbeat is older than the grace period and :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`
+queues its parameters again.
 
-* a path ending in ``.log``: :class:`optuna.storages.JournalStorage` on a
-  :class:`~optuna.storages.journal.JournalFileBackend`, for clusters with a shared file system but no
-  database server. Journal files have no heartbeats: a killed worker's trial stays RUNNING (it is not
-  counted and not retried);
-* any other path: an SQLite file; anything with ``://``: an SQLAlchemy URL (``postgresql://user@host/db``).
-  Database storages record a heartbeat of every running trial; ``Study.optimize`` fails a trial whose
-  heartbeat is older than the grace period (``optuna.storages.fail_stale_trials``) and
-  :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback` queues its parameters again.
-
-Workers: every worker runs ``Study.optimize`` with :class:`~optuna.study.MaxTrialsCallback`, so it stops
-once the study holds ``n_trials`` COMPLETE + PRUNED trials in total; trials already running in other
-workers finish too (W workers can end with up to ``n_trials + W - 1``). ``TPESampler(constant_liar=True)``
-keeps parallel workers from proposing the same point; the worker that created the study uses ``--seed``,
-a joining worker (another process, or a resumed run) a seed derived from it, its host and process id, so
-its random start-up trials differ.
+Each worker runs ``Study.optimize`` with :class:`~optuna.study.MaxTrialsCallback` until the study holds
+``n_trials`` COMPLETE + PRUNED trials (W workers may end with up to ``n_trials + W - 1``) and
+``TPESampler(constant_liar=True)``; the worker creating the study uses ``--seed``, a joining worker (or a
+resumed run) a seed derived from it, its host and its process id, so that their random trials differ.
 """
 from __future__ import annotations
 
@@ -39,11 +33,10 @@ from sqlalchemy.engine import make_url
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.interrupts import interrupts_deferred
+from svreg_core.tuning.search_space import RUNTIME
 
-#: Study user attribute holding the study's definition (objective, search space, pairs...).
+#: Study user attribute holding the study's definition (objective, search space, steps...): workers must agree.
 META_KEY = "svreg_tuning"
-#: Meta keys that must agree between the workers of one study.
-META_MUST_MATCH = ("objective", "search_space", "steps", "max_folding", "labels", "label_mode")
 #: What ``--n-trials`` counts.
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: ``enqueued`` user attribute of the base preset's own trial (see :func:`create_or_join`).
@@ -55,8 +48,8 @@ DEFAULT_STUDY = "svreg-tune"
 
 @contextlib.contextmanager
 def quiet_optuna(verbose: bool | None = None) -> Iterator[None]:
-    """Silence Optuna's ExperimentalWarning (heartbeats, retry callback, matplotlib plots) in the block;
-    with ``verbose`` given, also set Optuna's log level (INFO if true, else ERROR) until the block ends."""
+    """Silence Optuna's ExperimentalWarning in the block; with ``verbose`` given, also set Optuna's log
+    level (INFO if true, else ERROR) until the block ends."""
     level = optuna.logging.get_verbosity()
     if verbose is not None:
         optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
@@ -106,11 +99,8 @@ def _check_file(path: Path, must_exist: bool) -> None:
 
 
 def _check_sqlite_intact(path: Path) -> None:
-    """Raise :class:`InputError` when the existing SQLite file ``path`` is damaged or not a database.
-
-    SQLite's ``PRAGMA quick_check`` reads every page (a fraction of a second for a study of thousands
-    of trials), so a corrupted page is reported now, in one line, not as an Optuna traceback later.
-    """
+    """Raise :class:`InputError` when the SQLite file ``path`` is damaged (``PRAGMA quick_check`` reads
+    every page: a fraction of a second for thousands of trials) or not a database."""
     if not path.is_file() or path.stat().st_size == 0:
         return
     try:
@@ -132,12 +122,9 @@ def _check_sqlite_intact(path: Path) -> None:
 def _lock_on_begin(engine: sqlalchemy.engine.Engine) -> None:
     """Make every SQLite transaction of ``engine`` take the write lock when it begins (``BEGIN IMMEDIATE``).
 
-    Optuna pops a queued trial by reading it as WAITING and then writing RUNNING; SQLite ignores
-    ``SELECT ... FOR UPDATE``, so two workers could both read WAITING and run the same trial (the base
-    preset's), and the second then failed with "Cannot tell a COMPLETE trial" (optuna issue 4621;
-    measured: 1 of 20 rounds of 4 workers popped it twice). SQLAlchemy's recipe for pysqlite: the
-    driver's own transaction handling off, the transaction begun by the listener. Pooled connections
-    opened before are dropped so that every connection gets it.
+    Optuna pops a queued trial by reading it as WAITING, then writing RUNNING; SQLite ignores ``SELECT ...
+    FOR UPDATE``, so two workers could both pop it (optuna issue 4621; 1 of 20 rounds of 4 workers did).
+    SQLAlchemy's recipe for pysqlite; pooled connections opened before are dropped.
     """
     @sqlalchemy.event.listens_for(engine, "connect")
     def _driver_autocommit(dbapi_connection, _record) -> None:
@@ -152,14 +139,11 @@ def _lock_on_begin(engine: sqlalchemy.engine.Engine) -> None:
 
 def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
                  max_retry: int = 1, must_exist: bool = False) -> optuna.storages.BaseStorage:
-    """Open (or create) the storage (see module docstring).
+    """Open (or create) a journal file (``.log``), an SQLite file or an SQLAlchemy URL.
 
-    Args:
-        storage: a journal file (``.log``), an SQLite file or an SQLAlchemy URL.
-        heartbeat_interval: seconds between heartbeats of a running trial (database storages; ``None``: none).
-        grace_period: a RUNNING trial whose last heartbeat is older than this many seconds is failed.
-        max_retry: how often a stale trial's parameters are queued again.
-        must_exist: a missing file is an error (for ``--report`` / ``--apply-best``).
+    Database storages: a heartbeat every ``heartbeat_interval`` s (``None``: none); a RUNNING trial without
+    one for ``grace_period`` s is failed and its parameters queued again up to ``max_retry`` times.
+    ``must_exist``: a missing file is an error (``--report`` / ``--apply-best``).
     """
     url = storage_url(storage)
     sqlite = url.startswith("sqlite:///")
@@ -211,20 +195,22 @@ def study_meta(study: optuna.Study) -> dict[str, Any]:
     return dict(meta) if isinstance(meta, dict) else {}
 
 
-def _comparable(meta: dict[str, Any], key: str) -> Any:
-    value = meta.get(key)
-    if key == "search_space" and isinstance(value, dict):  # the device may differ between machines
-        value = {**value, "base": {k: v for k, v in dict(value.get("base", {})).items() if k != "device"}}
-    return value
+def _comparable(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` without the settings that may differ between machines (:data:`~.search_space.RUNTIME`)."""
+    space = meta.get("search_space")
+    if not isinstance(space, dict):
+        return meta
+    return {**meta, "search_space": {**space, "base": {k: v for k, v in dict(space.get("base", {})).items()
+                                                       if k not in RUNTIME}}}
 
 
 def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[str, Any], *,
                    default_params: dict[str, Any] | None, wait_s: float = 30.0) -> tuple[optuna.Study, bool]:
-    """Create the study (and return ``created=True``) or join it, checking it has the same definition.
+    """Create the study (``created=True``) or join it, checking that ``meta`` agrees with the stored one.
 
-    The creator enqueues ``default_params`` (the base preset's own values) as the first trial and then
-    stores ``meta``; a joining worker waits up to ``wait_s`` seconds for the meta to appear and, with
-    ``default_params``, queues the preset's trial again when it was interrupted (:func:`requeue_default`).
+    The creator enqueues ``default_params`` (the base's own values) as the first trial, then stores
+    ``meta``; a joining worker waits up to ``wait_s`` s for it and, with ``default_params``, queues the
+    base's trial again when it was stopped (:func:`requeue_default`).
     """
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
@@ -235,11 +221,11 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
             time.sleep(0.2)
         if study.direction != optuna.study.StudyDirection.MAXIMIZE or not study_meta(study):
             raise InputError(f"study {name!r} exists but was not created by svreg tune.") from None
-        stored = study_meta(study)
-        differ = [k for k in META_MUST_MATCH if _comparable(stored, k) != _comparable(meta, k)]
+        stored, mine = _comparable(study_meta(study)), _comparable(meta)
+        differ = sorted(k for k in stored if stored[k] != mine.get(k))  # keys added later are not compared
         if differ:
             raise InputError(f"study {name!r} already exists with a different {', '.join(differ)} "
-                             f"(preset, search ranges, validation pairs or constraint); "
+                             f"(objective, search ranges, validation data or constraint); "
                              f"choose another --study-name or the same settings.") from None
         if default_params:
             requeue_default(study, default_params)
@@ -255,14 +241,9 @@ def _default_trials(study: optuna.Study, states: Sequence[TrialState] | None = N
 
 
 def requeue_default(study: optuna.Study, default_params: dict[str, Any]) -> bool:
-    """Queue the base preset's trial again when every attempt of it failed and the last one was stopped
-    from outside; return whether it was queued.
-
-    Stopped from outside: by Ctrl-C / SIGTERM (``interrupted`` user attribute, see
-    :func:`~svreg_core.tuning.objective.trial_function`) or with its killed worker (failed for a stale
-    heartbeat by ``fail_stale_trials``, also after Optuna's retries ran out: no ``error`` attribute).
-    A killed worker's trial in a journal file stays RUNNING (no heartbeats). A preset that fails by
-    itself (an ``error``) is not run again; neither is one waiting, running or finished.
+    """Queue the base's trial again when every attempt of it failed and the last one was stopped from
+    outside (Ctrl-C / SIGTERM: ``interrupted``; a killed worker, failed by ``fail_stale_trials``: no
+    ``error``); return whether it was queued. One that failed by itself (an ``error``) is not rerun.
     """
     with quiet_optuna():
         optuna.storages.fail_stale_trials(study)
@@ -320,10 +301,9 @@ def run_worker(study: optuna.Study, func: Callable[[optuna.Trial], float], n_tri
                callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> tuple[str, str | None]:
     """Run trials until the study holds ``n_trials`` finished ones; return (reason, last error).
 
-    ``reason``: ``"done"``, ``"timeout"`` or ``"max_failures"``. A trial that raises is recorded as
-    FAIL (``catch``) and the loop goes on; Ctrl-C / SIGTERM fails the running trial and propagates.
-    A queued base-preset trial (:func:`requeue_default`) is run even when the study already holds
-    ``n_trials`` finished ones, so the preset is always evaluated.
+    ``reason``: ``"done"``, ``"timeout"`` or ``"max_failures"``. A trial that raises is recorded as FAIL
+    (``catch``) and the loop goes on; Ctrl-C / SIGTERM fails the running trial and propagates. A queued
+    base trial (:func:`requeue_default`) runs even when ``n_trials`` are finished already.
     """
     failures = StopAfterFailures(max_failures)
     if count_finished(study) < n_trials or _default_trials(study, (TrialState.WAITING,)):

@@ -90,6 +90,27 @@ def read_json_until(proc: subprocess.Popen, stop: Callable[[dict], bool], timeou
                          f"stderr: {proc.stderr.read() if proc.poll() is not None and proc.stderr else ''}")
 
 
+def wait_for_heartbeat(db: Path, number: int, timeout: float = 60.0) -> None:
+    """Wait until Optuna has recorded the first heartbeat of trial ``number`` in the SQLite file ``db``.
+
+    Optuna records it from a thread started with the trial: a worker killed before that leaves a
+    RUNNING trial without any heartbeat, which no storage can tell from a live one, so the tests kill
+    only after it.
+    """
+    import contextlib
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
+            (count,) = con.execute("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
+                                   "WHERE t.number = ?", (number,)).fetchone()
+        if count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no heartbeat of trial {number} within {timeout} s")
+
+
 def load(storage: str | Path, name: str) -> Any:
     from svreg_core.tuning.study import load_study, open_storage
 
@@ -102,4 +123,5 @@ def helpers() -> Any:
     from types import SimpleNamespace
 
     return SimpleNamespace(FAST=FAST, JSON_KEYS=JSON_KEYS, parse_args=parse_args, cli_command=cli_command,
-                           child_env=child_env, start_cli=start_cli, read_json_until=read_json_until, load=load)
+                           child_env=child_env, start_cli=start_cli, read_json_until=read_json_until, load=load,
+                           wait_for_heartbeat=wait_for_heartbeat)

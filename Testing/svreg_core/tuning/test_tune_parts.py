@@ -197,6 +197,7 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["tune", str(tmp_path / "missing"), "--storage", str(tmp_path / "s.db")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("svreg: error: validation set not found")
+    assert not (tmp_path / "s.db").exists()  # found before the study storage is created
 
 
 # ----------------------------------------------------------------------------------------- objective
@@ -254,7 +255,7 @@ def test_training_shaped_objective_prunes_per_epoch(tmp_path: Path) -> None:
     events: list[TuneEvent] = []
     progress = TuneProgress(study, 5, events.append)
     with quiet_optuna():
-        reason, _ = run_worker(study, trial_function(XSpace(), objective, listener=progress), 5, callbacks=[progress])
+        reason, _ = run_worker(study, trial_function(XSpace(), objective, progress=progress), 5, callbacks=[progress])
     assert reason == "done"
     t = study.get_trials()
     assert [x.state for x in t] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED,

@@ -1,7 +1,6 @@
 """``svreg tune`` end to end: real engine, real Optuna, real SQLite (and PostgreSQL when available)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -148,26 +147,6 @@ def test_same_study_with_other_settings_is_refused(tuned: dict[str, Any], demo_p
     assert len(tuned["study"].get_trials()) == 4
 
 
-def _wait_for_heartbeat(db: Path, number: int, timeout: float = 60.0) -> None:
-    """Wait until Optuna has recorded the first heartbeat of trial ``number`` in the SQLite file ``db``.
-
-    Optuna records it from a thread started with the trial: a worker killed before that leaves a
-    RUNNING trial without any heartbeat, which no storage can tell from a live one, so the tests kill
-    only after it.
-    """
-    import sqlite3
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.closing(sqlite3.connect(db, timeout=60)) as con:
-            (count,) = con.execute("SELECT COUNT(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
-                                   "WHERE t.number = ?", (number,)).fetchone()
-        if count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no heartbeat of trial {number} within {timeout} s")
-
-
 def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
     db = tmp_path / "resume.db"
     argv = [one_pair_list, "--storage", db, "--study-name", "r", "--n-trials", 3, "--seed", 1, "--progress", "json",
@@ -176,7 +155,7 @@ def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> N
     try:
         # two trials finished and the third one has started: kill it in the middle of that trial
         started = helpers.read_json_until(proc, lambda e: e["event"] == "trial_start" and e["finished"] == 2)
-        _wait_for_heartbeat(db, started[-1]["trial"])
+        helpers.wait_for_heartbeat(db, started[-1]["trial"])
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
@@ -218,7 +197,7 @@ def test_stopped_default_trial_runs_on_the_next_run(one_pair_list: Path, tmp_pat
             (event,) = [e for e in helpers.read_json_until(proc, lambda e: e["event"] == "trial_start")
                         if e["event"] == "trial_start"]
             if stop == signal.SIGKILL:
-                _wait_for_heartbeat(db, event["trial"])
+                helpers.wait_for_heartbeat(db, event["trial"])
             proc.send_signal(stop)
             proc.communicate(timeout=120)
         finally:
