@@ -73,6 +73,7 @@ examples:
   svreg register fixed.nii.gz moving.nii.gz -o out --alpha-prime 0.1 --lambda-max 2 --level-spacings 4 2 \\
       --iterations 100 60 --outputs warped displacement figure --threads 8
   svreg register fixed.nii.gz moving.nii.gz -o out --model default --refine 20 --device cuda
+  svreg register fixed.nii.gz moving.nii.gz -o out --model runs/hyper/best --alpha-prime 0.1 --lambda-max 5
 
 outputs (choose with --outputs; report.json is always written):
   warped          warped.nii.gz: moving resampled onto the fixed grid
@@ -95,8 +96,13 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset: {', '.join(PRESETS)}, or a preset JSON file (e.g. from svreg tune)")
     p.add_argument("--similarity", choices=SIMILARITIES, help="image similarity (default: from the preset)")
-    p.add_argument("--alpha-prime", type=float, help="hyperprior weight α′ on λ (default: from the preset)")
-    p.add_argument("--lambda-max", type=float, help="strength of the λ-weighted regularizer (default: from the preset)")
+    p.add_argument("--alpha-prime", type=float,
+                   help="hyperprior weight α′ on λ (default: from the preset). With --model: a hyper model "
+                        "predicts for this value (inside its trained range, see 'svreg models'); a plain model only "
+                        "uses it for --refine (default: the model's own)")
+    p.add_argument("--lambda-max", type=float,
+                   help="strength of the λ-weighted regularizer (default: from the preset); with --model as "
+                        "--alpha-prime")
     p.add_argument("--level-spacings", type=float, nargs="+", metavar="MM",
                    help="working voxel sizes of the pyramid, coarse to fine, mm (default: from the preset)")
     p.add_argument("--iterations", type=int, nargs="+", metavar="N",
@@ -185,6 +191,22 @@ def registration_parameters(args: argparse.Namespace):
     return params
 
 
+def learned_codes(args: argparse.Namespace) -> tuple[float, float] | None:
+    """With ``--model``: the codes (α′, λ_max) that ``--alpha-prime``/``--lambda-max`` ask for (the model's
+    own for the one not given), checked against the model (its ``model.json`` only) before any work;
+    ``None`` without ``--model`` or when neither flag is given."""
+    if not args.model or (args.alpha_prime is None and args.lambda_max is None):
+        return None
+    from svreg_core.models import read_model_info
+    from svreg_core.models.zoo import resolve_model
+    from svreg_core.registration import model_codes
+
+    info = read_model_info(resolve_model(args.model))
+    codes = (info.alpha_prime if args.alpha_prime is None else args.alpha_prime,
+             info.lambda_max if args.lambda_max is None else args.lambda_max)
+    return model_codes(info, codes, args.refine)
+
+
 @dataclass(frozen=True)
 class Pair:
     """The files of one registration: images, optional label maps and masks, and the output folder."""
@@ -202,9 +224,11 @@ class Pair:
                             self.moving_mask) if p]
 
 
-def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: ProgressPrinter,
-                   cache: dict[tuple[str, bool], object]) -> dict:
-    """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before."""
+def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
+                   printer: ProgressPrinter, cache: dict[tuple[str, bool], object]) -> dict:
+    """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before.
+
+    ``codes``: a learned model's regularisation (:func:`learned_codes`)."""
     from svreg_core.image import crop_to_box, load_image
     from svreg_core.outputs import write_outputs
     from svreg_core.outputs.writer import check_output_space, expected_output_bytes
@@ -242,7 +266,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, printer: Progre
                                                           labels=moving_labels is not None))
     load_s = time.perf_counter() - t0
     result = register(fixed, moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask, model=args.model,
-                      refine=args.refine, progress=printer)
+                      refine=args.refine, codes=codes, progress=printer)
     result.timing["load_s"] = load_s
     printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
     sources = {role: getattr(pair, role) for role in ("fixed", "moving", "fixed_labels", "moving_labels",
@@ -264,8 +288,11 @@ def _summary(report: dict) -> str:
             dice_text = f"{m['dice_mean_before']:.4f} -> {dice_text}"
         hd95_text = "n/a" if m["hd95_mean"] is None else f"{m['hd95_mean']:.2f} mm"
         line = f"mean Dice {dice_text}, HD95 {hd95_text}, " + line
+    codes = report.get("codes") or {}
     how = "pairwise optimisation" if report["method"] == "pairwise" else (
         f"model {report['model'].get('name') or report['model']['architecture']}"
+        + (f" at alpha_prime {codes['alpha_prime']:g}, lambda_max {codes['lambda_max']:g}"
+           if codes.get("conditioned") else "")
         + (f" + {report['refine_steps']} refinement steps" if report.get("refine_steps") else ""))
     return f"Registered in {report['timing']['total_s']:.1f} s ({report['device']}, {how}): {line}"
 
@@ -278,12 +305,13 @@ def run_register(args: argparse.Namespace) -> int:
                 args.moving_mask)
     prepare_output_dir(args.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     params = registration_parameters(args)
+    codes = learned_codes(args)
     warning = preset_warning(args.preset)
     if warning:
         print(f"svreg: warning: {warning}", file=sys.stderr)
     printer = ProgressPrinter(args.progress)
     try:
-        report = _register_pair(pair, args, params, printer, {})
+        report = _register_pair(pair, args, params, codes, printer, {})
     finally:
         printer.close()
     out = Path(args.output).absolute()
@@ -380,6 +408,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
 
     pairs = shard(read_pairs(args), args.shard)
     params = registration_parameters(args)
+    codes = learned_codes(args)
     for pair in pairs:  # every output folder is checked before the first registration
         prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     Path(args.output).mkdir(parents=True, exist_ok=True)
@@ -390,7 +419,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
             print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}", file=sys.stderr)
         printer = ProgressPrinter(args.progress)
         try:
-            report = _register_pair(pair, args, params, printer, cache)
+            report = _register_pair(pair, args, params, codes, printer, cache)
         except SvregError as exc:
             failed += 1
             if args.progress == "json":

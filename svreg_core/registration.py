@@ -102,6 +102,7 @@ class RegistrationResult:
         device: the torch device used.
         model: the learned model's description when a network predicted the fields, else ``None``.
         refine_steps: pairwise iterations run after the network's prediction.
+        codes: ``(α′, λ_max)`` a hyper model was conditioned on, else ``None``.
     """
 
     fixed: Image
@@ -118,6 +119,7 @@ class RegistrationResult:
     losses: list[dict[str, float]] = field(default_factory=list)
     model: ModelInfo | None = None
     refine_steps: int = 0
+    codes: tuple[float, float] | None = None
 
     @property
     def method(self) -> str:
@@ -237,27 +239,68 @@ def model_parameters(info: ModelInfo, params: RegistrationParameters) -> Registr
                           integration_steps=info.integration_steps)
 
 
+def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refine: int = 0) -> tuple[float, float]:
+    """The regularisation ``(α′, λ_max)`` of a registration with a learned model, checked before any work.
+
+    A hyper model (trained over ranges of codes, :attr:`ModelInfo.code_ranges`) is conditioned on the
+    codes and its refinement minimises the SPR loss at them; a plain model's prediction cannot change,
+    so other codes only set its refinement's loss (``refine > 0``).
+
+    Args:
+        info: the model's description.
+        codes: the codes asked for; ``None``: the model's own (``info.alpha_prime``, ``info.lambda_max``).
+        refine: refinement iterations that will follow the prediction.
+
+    Raises:
+        InputError: codes that are not two non-negative numbers, outside a hyper model's trained ranges,
+            or different from a plain model's own without refinement.
+    """
+    own = (info.alpha_prime, info.lambda_max)
+    if codes is None:
+        return own
+    if (not isinstance(codes, (tuple, list)) or len(codes) != 2
+            or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0 for c in codes)):
+        raise InputError(f"codes must be two non-negative numbers (alpha_prime, lambda_max), not {codes!r}.")
+    alpha_prime, lambda_max = float(codes[0]), float(codes[1])
+    ranges = info.code_ranges
+    if ranges is not None:
+        ranges.check(alpha_prime, lambda_max)
+    elif (alpha_prime, lambda_max) != own and not refine:
+        raise InputError(f"model {info.name or info.architecture} is not a hyper model: it was trained at alpha_prime "
+                         f"{own[0]:g}, lambda_max {own[1]:g} and its prediction cannot change; other values "
+                         "(--alpha-prime/--lambda-max) only set the loss of a refinement (--refine N).")
+    return alpha_prime, lambda_max
+
+
 def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_tensor: torch.Tensor,
-                   moving: Image, moving_tensor: torch.Tensor, affine: np.ndarray) -> DeformableResult:
+                   moving: Image, moving_tensor: torch.Tensor, affine: np.ndarray,
+                   codes: tuple[float, float] | None = None) -> DeformableResult:
     """One network pass: both images onto the RAS network grid, velocity and λ out.
 
     The fixed image and the moving image (through the affine pre-alignment ``affine``) are smoothed
     against aliasing and resampled onto :func:`~svreg_core.image.network_grid.network_grid` of the fixed
-    image at the model's voxel size; the prediction lives on that grid.
+    image at the model's voxel size; the prediction lives on that grid. A hyper network is conditioned on
+    ``codes`` ``(α′, λ_max)``, default its own; a plain one accepts only its own (:func:`model_codes`).
     """
+    chosen = model_codes(info, codes)
     spacing = info.network_spacing_mm
     grid = network_grid(fixed, spacing, info.size_multiple)
     f_net = resample(*downsample(fixed_tensor, fixed.grid, spacing), grid)
     m_net = resample(*downsample(moving_tensor, moving.grid, spacing), grid, affine)
     network.eval()
     with torch.no_grad():
-        velocity, weight = network(f_net, m_net)
+        if info.code_ranges is None:
+            velocity, weight = network(f_net, m_net)
+        else:
+            rows = torch.tensor([chosen], dtype=f_net.dtype, device=f_net.device)
+            velocity, weight = network(f_net, m_net, rows)
     return DeformableResult(grid, velocity.float(), weight.float())
 
 
 def register(fixed: Image, moving: Image, parameters: RegistrationParameters | None = None, *,
              fixed_mask: Image | None = None, moving_mask: Image | None = None,
              model: str | Path | LoadedModel | None = None, refine: int = 0,
+             codes: tuple[float, float] | None = None,
              progress: ProgressCallback = no_progress) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: pairwise SPR optimisation, or a learned SPR network.
 
@@ -272,6 +315,10 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
             checkpoint path, or a model already loaded with :func:`load_model`.
         refine: with a ``model``, continue from its prediction with this many pairwise iterations of
             the same SPR loss at the finest level spacing.
+        codes: with a ``model``, the regularisation ``(α′, λ_max)`` instead of the model's own: a hyper
+            model (HyperSPR) predicts for these codes, which must lie in its trained ranges, and its
+            refinement uses them; a plain model only refines with them (they need ``refine``). See
+            :func:`model_codes`. Without a model, set ``parameters.alpha_prime``/``lambda_max`` instead.
         progress: callback receiving :class:`ProgressEvent` updates.
 
     Determinism: on CPU, the same inputs and parameters give bit-identical results (any thread count).
@@ -292,6 +339,9 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
         raise InputError(f"refine must be a whole number of iterations (0 or more), not {refine!r}.")
     if refine and model is None:
         raise InputError("refine needs a learned model (--model); the pairwise optimiser already runs to the end.")
+    if codes is not None and model is None:
+        raise InputError("codes choose a learned model's regularisation; for pairwise registration set alpha_prime "
+                         "and lambda_max in the parameters.")
     fixed = validate_image(fixed, "fixed image")
     moving = validate_image(moving, "moving image")
     for mask, ref, name in ((fixed_mask, fixed, "fixed mask"), (moving_mask, moving, "moving mask")):
@@ -312,11 +362,13 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
                          "CUBLAS_WORKSPACE_CONFIG=:4096:8, set before CUDA starts (svreg register --deterministic "
                          "sets it).")
     with deterministic_algorithms(params.deterministic):
-        network = info = None
+        network = info = conditioning = None
         if model is not None:
             network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
+            alpha_prime, lambda_max = model_codes(info, codes, int(refine))
             network = network.to(device)
-            params = model_parameters(info, params)
+            params = model_parameters(info, params).replace(alpha_prime=alpha_prime, lambda_max=lambda_max)
+            conditioning = None if info.code_ranges is None else (alpha_prime, lambda_max)
         timing: dict[str, float] = {}
 
         progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))
@@ -343,7 +395,7 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
         else:
             t = time.perf_counter()
             progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
-            deformable = predict_fields(network, info, fixed, f, moving, m, affine)
+            deformable = predict_fields(network, info, fixed, f, moving, m, affine, conditioning)
             timing["network_s"] = time.perf_counter() - t
             if refine:
                 t = time.perf_counter()
@@ -357,7 +409,7 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
         empty = np.zeros((*fixed.shape, 3), np.float32)
         result = RegistrationResult(fixed, moving, params, affine, deformable.grid, deformable.velocity.cpu(),
                                     deformable.weight.cpu(), empty, empty, timing, str(device), deformable.losses,
-                                    model=info, refine_steps=int(refine))
+                                    model=info, refine_steps=int(refine), codes=conditioning)
         result.compute_displacements()
         timing["compose_s"] = time.perf_counter() - t
         timing["registration_s"] = time.perf_counter() - t0
@@ -372,5 +424,10 @@ def summarize(result: RegistrationResult) -> dict[str, Any]:
                "working_grid_spacing_mm": float(result.working_grid.spacing[0])}
     if result.model is not None:
         summary["model"] = {key: value for key, value in result.model.to_dict().items() if key != "config"}
+        summary["model"]["hyper"] = result.model.config.get("hyper")
         summary["refine_steps"] = result.refine_steps
+        # the regularisation used: a hyper model's conditioning codes (and its refinement's), or a plain
+        # model's own unless chosen for its refinement
+        summary["codes"] = {"alpha_prime": result.parameters.alpha_prime,
+                            "lambda_max": result.parameters.lambda_max, "conditioned": result.codes is not None}
     return summary

@@ -12,6 +12,9 @@ A network sees a fixed and a moving image on the *network grid* (RAS-aligned, is
 
 Inputs of any size are accepted: :meth:`SPRNetwork.forward` replicate-pads them to the network's
 :attr:`~SPRNetwork.size_multiple`, runs :meth:`SPRNetwork.predict` and crops both outputs back.
+
+A *hyper* network (configuration entry ``hyper``, :mod:`svreg_core.models.film`) is conditioned on the
+regularisation codes ``(α′, λ_max)``: its forward pass needs them, a plain network's refuses them.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from svreg_core.models.film import CodeRanges, check_codes_tensor
 
 #: Lower clamp of λ (METHOD §2: λ clamped to ``[1e-6, 1]`` before ``log λ``).
 LAMBDA_MIN = 1e-6
@@ -91,18 +96,26 @@ class SPRNetwork(nn.Module, ABC):
     """Abstract base of the learned SPR networks.
 
     Subclasses set :attr:`architecture` (the registry name), pass their complete configuration to
-    ``super().__init__(**config)`` (JSON-able values: numbers, strings, booleans, lists) and implement
-    :attr:`size_multiple` and :meth:`predict`.
+    ``super().__init__(**config)`` (JSON-able values: numbers, strings, booleans, lists; ``hyper`` the
+    code ranges or ``None``), implement :attr:`size_multiple` and :meth:`predict`, and, when
+    :attr:`code_ranges` is set, modulate their decoder features with a
+    :class:`~svreg_core.models.film.FiLM` of those ranges.
 
     Attributes:
         config: the keyword arguments that rebuild this network through
-            :func:`svreg_core.models.registry.build_model`.
+            :func:`svreg_core.models.registry.build_model` (``hyper`` only for a hyper network, so a plain
+            network's configuration is what it was before hyper networks existed).
+        code_ranges: the trained ranges of the codes ``(α′, λ_max)`` of a hyper network, else ``None``.
     """
 
     architecture: ClassVar[str]
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
+        hyper = config.pop("hyper", None)
+        self.code_ranges: CodeRanges | None = None if hyper is None else CodeRanges.from_value(hyper)
+        if self.code_ranges is not None:
+            config["hyper"] = self.code_ranges.to_dict()
         self.config: dict[str, Any] = dict(config)
 
     @property
@@ -116,33 +129,49 @@ class SPRNetwork(nn.Module, ABC):
         """The factor each spatial size of :meth:`predict`'s inputs must be divisible by."""
 
     @abstractmethod
-    def predict(self, fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor | None]:
+    def predict(self, fixed: Tensor, moving: Tensor, codes: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Velocity and λ logits for inputs whose sizes are multiples of :attr:`size_multiple`.
 
         Args:
             fixed, moving: ``(N, 1, I, J, K)``, sizes divisible by :attr:`size_multiple`.
+            codes: ``(N or 1, 2)`` (α′, λ_max) of a hyper network (checked), ``None`` for a plain one.
 
         Returns:
             ``(velocity (N, 3, I, J, K) in voxels, λ logits (N, 1, I, J, K))``; the logits are ``None``
             when :attr:`uniform`.
         """
 
-    def forward(self, fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, fixed: Tensor, moving: Tensor, codes: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Predict the velocity and λ for a pair on the network grid.
 
         Args:
             fixed, moving: ``(N, 1, I, J, K)`` float intensities in ``[0, 1]``, same shape, any size.
+            codes: hyper networks only (required): ``(N, 2)`` or ``(1, 2)`` regularisation codes
+                ``(α′, λ_max)`` per pair, positive; values outside :attr:`code_ranges` are extrapolation
+                (callers refuse them, :meth:`CodeRanges.check`).
 
         Returns:
             ``(velocity, weight)``: ``(N, 3, I, J, K)`` stationary velocity in voxel units of the input
             grid, channels ``(i, j, k)``; ``(N, 1, I, J, K)`` λ in ``[1e-6, 1]`` (≡ 1 when :attr:`uniform`).
+
+        Raises:
+            ValueError: wrong shapes; codes missing for a hyper network, given to a plain one, or malformed.
         """
         if fixed.dim() != 5 or fixed.shape[1] != 1 or fixed.shape != moving.shape:
             raise ValueError(f"fixed and moving must both be (N, 1, I, J, K); got {tuple(fixed.shape)} "
                              f"and {tuple(moving.shape)}")
+        if self.code_ranges is not None:
+            if codes is None:
+                raise ValueError("this hyper network needs the regularisation codes (alpha_prime, lambda_max) "
+                                 f"({self.code_ranges.describe()})")
+            check_codes_tensor(codes, fixed.shape[0])
+            codes = codes.to(fixed)
+        elif codes is not None:
+            raise ValueError("this network is not a hyper network: it was trained at one (alpha_prime, lambda_max) "
+                             "and takes no codes")
         fixed_p, crop = pad_to_multiple(fixed, self.size_multiple)
         moving_p, _ = pad_to_multiple(moving, self.size_multiple)
-        velocity, logits = self.predict(fixed_p, moving_p)
+        velocity, logits = self.predict(fixed_p, moving_p, codes)
         velocity = velocity[(..., *crop)]
         if logits is None:
             weight = torch.ones_like(velocity[:, :1])

@@ -4,7 +4,9 @@
 * ``model.json``: one flat object, ``{"format": "svreg-checkpoint", "format_version": 1,
   "weights_sha256": <hex digest of model.safetensors>, **ModelInfo}``: how to rebuild the network
   (architecture and config), the grid and normalisation it expects, and the loss it was trained with,
-  so that inference and fine-tuning use the same settings.
+  so that inference and fine-tuning use the same settings. A hyper network's configuration holds the
+  code ranges it was trained on (``config["hyper"]``, :class:`~svreg_core.models.film.CodeRanges`);
+  its ``alpha_prime``/``lambda_max`` are then its default codes, inside those ranges.
 
 Saving is atomic: both files are written into a temporary sibling folder which then replaces the
 target folder. Loading checks everything it reads and turns each problem into one plain
@@ -27,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.models.base import SPRNetwork
+from svreg_core.models.film import CodeRanges
 from svreg_core.models.registry import build_model
 
 #: Value of ``model.json``'s ``"format"`` key.
@@ -53,7 +56,8 @@ class ModelInfo:
         size_multiple: the network's size multiple (the network grid's shape is made divisible by it).
         normalization: intensity normalisation of the inputs (``"robust_normalize"``).
         similarity, lncc_window, prior, alpha_prime, lambda_max, spr: the SPR loss it was trained with
-            (:class:`svreg_core.losses.spr.SPRLoss`).
+            (:class:`svreg_core.losses.spr.SPRLoss`); for a hyper network, ``alpha_prime`` and
+            ``lambda_max`` are the default codes (those it was validated at), inside :attr:`code_ranges`.
         integration_steps: scaling-and-squaring steps that turn its velocity into a displacement.
         svreg_version: version of svreg_core that trained it.
         training: free-form record of the training (data, command, epochs, date, ...), JSON-able.
@@ -76,6 +80,12 @@ class ModelInfo:
     training: dict[str, Any] = field(default_factory=dict)
     name: str = ""
 
+    @property
+    def code_ranges(self) -> CodeRanges | None:
+        """The code ranges of a hyper network (``config["hyper"]``), ``None`` for a plain one."""
+        hyper = self.config.get("hyper")
+        return None if hyper is None else CodeRanges.from_value(hyper)
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict of every field."""
         return asdict(self)
@@ -85,7 +95,8 @@ class ModelInfo:
         """Validate and convert a dict written by :meth:`to_dict`.
 
         Raises:
-            InputError: not a dict, a missing or unknown field, or a value of the wrong type or range.
+            InputError: not a dict, a missing or unknown field, a value of the wrong type or range,
+                malformed code ranges of a hyper network, or default codes outside them.
         """
         if not isinstance(data, dict):
             raise InputError(f"model information must be a JSON object, got {type(data).__name__}")
@@ -100,7 +111,15 @@ class ModelInfo:
             test, description = _CHECKS[name]
             if not test(value):
                 raise InputError(f"model information field {name!r} must be {description}, got {value!r}")
-        return cls(**{name: float(value) if name in _FLOATS else value for name, value in data.items()})
+        info = cls(**{name: float(value) if name in _FLOATS else value for name, value in data.items()})
+        try:
+            ranges = info.code_ranges
+        except ValueError as exc:
+            raise InputError(f"model information has malformed code ranges: {exc}") from None
+        if ranges is not None and not ranges.contains(info.alpha_prime, info.lambda_max):
+            raise InputError(f"model information: the default codes alpha_prime {info.alpha_prime:g}, lambda_max "
+                             f"{info.lambda_max:g} lie outside the trained ranges ({ranges.describe()})")
+        return info
 
 
 def _is_int(value: Any) -> bool:
@@ -207,6 +226,15 @@ def _folder(path: str | Path) -> Path:
     raise InputError(f"checkpoint {path} does not exist")
 
 
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The :class:`ModelInfo` of a checkpoint (folder, or a file in it) without reading its weights.
+
+    Raises:
+        InputError: a missing folder or file, or an invalid ``model.json``.
+    """
+    return _read_info(_folder(path))[0]
+
+
 def _read_info(folder: Path) -> tuple[ModelInfo, str]:
     """The :class:`ModelInfo` and the recorded SHA-256 of the weights of a checkpoint folder."""
     path = folder / INFO_FILE
@@ -307,5 +335,8 @@ def model_summary(info: ModelInfo) -> str:
     """One line describing a checkpoint: name, architecture, network grid and training data."""
     data = info.training.get("data") or "unrecorded training data"
     mode = "SPR" if info.spr else "uniform regularisation"
+    ranges = info.code_ranges
+    if ranges is not None:
+        mode += f", hyper: {ranges.describe()}"
     return (f"{info.name or '(unnamed)'}: {info.architecture} ({mode}), {info.network_spacing_mm:g} mm network grid "
             f"(multiple of {info.size_multiple}), trained on {' '.join(str(data).split())}")

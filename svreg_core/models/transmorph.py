@@ -16,6 +16,10 @@ Data flow for an input pair on the network grid (sizes divisible by :attr:`Trans
 4. λ head on the *sum* of the step features: 3³ conv ``flow_features → embed_dim/2 → embed_dim/2 → 1``.
 5. ``F_7`` (×2 in value) and the λ logits are upsampled 2× trilinearly to the input grid.
 
+A hyper TransMorph (``hyper`` code ranges, :mod:`svreg_core.models.film`) modulates the shared decoder's
+output and every step's decoder output by a FiLM of the codes (α′, λ_max); the flow and λ heads only
+read those features. 5,760 more parameters at the defaults.
+
 ``F_7`` is returned as the velocity; the caller integrates it by scaling and squaring (7 squarings)
 as the paper does. Pooling and upsampling by exactly 2 treat voxels as cells (``align_corners=False``):
 coarse voxel ``c`` covers fine voxels ``2c, 2c + 1``, which is the geometry under which a coarse
@@ -36,6 +40,7 @@ from torch import Tensor, nn
 
 from svreg_core.models.base import (SPRNetwork, init_lambda_head, init_velocity_head, positive_int,
                                     positive_ints)
+from svreg_core.models.film import FiLM, modulate
 from svreg_core.models.registry import register_architecture
 from svreg_core.transforms.warp import compose, warp
 
@@ -279,6 +284,8 @@ class TransMorphTVFSPR(SPRNetwork):
         flow_features: features of each step's decoder output (the input of the flow and λ heads).
         drop_path_rate: stochastic-depth rate of the last Swin block (linearly from 0 at the first).
         uniform: no λ head, λ ≡ 1.
+        hyper: ``{"alpha_prime": [low, high], "lambda_max": [low, high]}``: condition the decoders on
+            these codes (:class:`~svreg_core.models.film.CodeRanges`); ``None``: a plain network.
     """
 
     architecture = "transmorph-tvf-spr"
@@ -286,7 +293,7 @@ class TransMorphTVFSPR(SPRNetwork):
     def __init__(self, *, embed_dim: int = 96, depths: Sequence[int] = (4, 4, 5),
                  num_heads: Sequence[int] = (8, 8, 8), window_size: Sequence[int] = (5, 6, 7),
                  mlp_ratio: float = 4.0, time_steps: int = 7, flow_features: int = 16,
-                 drop_path_rate: float = 0.3, uniform: bool = False) -> None:
+                 drop_path_rate: float = 0.3, uniform: bool = False, hyper: dict | None = None) -> None:
         embed_dim = positive_int("embed_dim", embed_dim)
         depths = positive_ints("depths", depths)
         heads = positive_ints("num_heads", num_heads, len(depths))
@@ -308,7 +315,7 @@ class TransMorphTVFSPR(SPRNetwork):
             raise ValueError(f"uniform must be true or false, got {uniform!r}")
         super().__init__(embed_dim=embed_dim, depths=depths, num_heads=heads, window_size=window,
                          mlp_ratio=float(mlp_ratio), time_steps=time_steps, flow_features=flow_features,
-                         drop_path_rate=float(drop_path_rate), uniform=uniform)
+                         drop_path_rate=float(drop_path_rate), uniform=uniform, hyper=hyper)
         half = embed_dim // 2
         dims = [embed_dim * 2 ** s for s in range(len(depths))]
         self.encoder = SwinEncoder(2, embed_dim, depths, heads, tuple(window), float(mlp_ratio),
@@ -327,14 +334,16 @@ class TransMorphTVFSPR(SPRNetwork):
             last = nn.Conv3d(half, 1, 3, padding=1)
             init_lambda_head(last)
             self.lambda_head = nn.Sequential(_conv_block(flow_features, half), _conv_block(half, half), last)
+        self.film = None if self.code_ranges is None else FiLM(self.code_ranges, [half] + [flow_features] * time_steps)
 
     @property
     def size_multiple(self) -> int:
         """2 (pooling) · 4 (patches) · 2^(stages - 1): 32 at the defaults."""
         return 2 * PATCH_SIZE * 2 ** (len(self.encoder.stages) - 1)
 
-    def predict(self, fixed: Tensor, moving: Tensor) -> tuple[Tensor, Tensor | None]:
+    def predict(self, fixed: Tensor, moving: Tensor, codes: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """See :meth:`SPRNetwork.predict`."""
+        films = None if self.film is None else self.film(codes)
         fixed_h, moving_h = F.avg_pool3d(fixed, 2), F.avg_pool3d(moving, 2)
         pair = torch.cat((moving_h, fixed_h), dim=1)
         features = self.encoder(pair)
@@ -342,12 +351,16 @@ class TransMorphTVFSPR(SPRNetwork):
         for block, skip in zip(self.decoder, reversed(features[:-1])):
             x = block(x, skip)
         x = self.top_decoder(x, self.pooled_conv(F.avg_pool3d(pair, 3, stride=2, padding=1)))
+        if films is not None:
+            x = modulate(x, films[0])
         field = torch.zeros_like(moving_h).expand(-1, 3, -1, -1, -1)
         warped = moving_h
         summed: Tensor | None = None
         steps = len(self.flow_heads)
         for t in range(steps):
             step_features = self.step_decoders[t](x, self.step_convs[t](torch.cat((warped, fixed_h), dim=1)))
+            if films is not None:
+                step_features = modulate(step_features, films[1 + t])
             summed = step_features if summed is None else summed + step_features
             field = compose(self.flow_heads[t](step_features), field)
             if t < steps - 1:

@@ -5,6 +5,7 @@ Examples::
     svreg train --data subjects/ --atlas atlas.nii.gz -o runs/ixi          # atlas-to-subject pairs
     svreg train --synthetic synthseg_labels/ --epochs 100 -o runs/synth     # SynthMorph-style synthesis
     svreg train --config train.yaml --lr 2e-4 -o runs/a                     # a config file, one override
+    svreg train --templates --hyper-alpha-prime 0.05 0.5 --hyper-lambda-max 0.5 10 -o runs/hyper  # HyperSPR
     torchrun --nproc_per_node 4 -m svreg_core.cli train --config train.yaml -o runs/ddp
 
 Running the same command again resumes the run after its last finished epoch. The flags override the
@@ -56,6 +57,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--architecture", help="network: unet-spr (default, CPU-friendly) or transmorph-tvf-spr")
     model.add_argument("--alpha-prime", type=float, help="hyperprior strength α′ (default 0.175)")
     model.add_argument("--lambda-max", type=float, help="weight λ_max of the λ-weighted diffusion (default 3.35)")
+    model.add_argument("--hyper-alpha-prime", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="train a HyperSPR network over this α′ range (sampled log-uniformly per step); "
+                            "the regularisation can then be chosen at registration (svreg register --alpha-prime)")
+    model.add_argument("--hyper-lambda-max", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                       help="the same for λ_max; a code without a range stays fixed at --alpha-prime/--lambda-max")
     model.add_argument("--label-weight", type=float, metavar="W",
                        help="add W x the label maps' soft Dice to the loss (SynthMorph's objective; every pair "
                             "needs label maps; default 0)")
@@ -119,6 +125,13 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.no_spr:
         changes["spr"] = False
+    if args.hyper_alpha_prime or args.hyper_lambda_max:
+        fixed = {name: [changes.get(name, getattr(config, name))] * 2 for name in ("alpha_prime", "lambda_max")}
+        hyper = dict(config.hyper or fixed)
+        for name, flag in (("alpha_prime", args.hyper_alpha_prime), ("lambda_max", args.hyper_lambda_max)):
+            if flag:
+                hyper[name] = list(flag)
+        changes["hyper"] = hyper
     sources = _data_sources(args, config)
     if sources:
         changes["data"] = dataclasses.replace(config.data, sources=sources)

@@ -8,6 +8,7 @@ A configuration file is YAML or JSON with the fields of :class:`TrainingConfig`;
     grid_shape: [80, 96, 96]
     alpha_prime: 0.175
     lambda_max: 3.35
+    hyper: {alpha_prime: [0.05, 0.5], lambda_max: [0.5, 10.0]}   # optional: a HyperSPR network
     epochs: 300
     data:
       sources:
@@ -30,6 +31,7 @@ from typing import Any
 
 from svreg_core.errors import InputError
 from svreg_core.losses.spr import SPRLoss
+from svreg_core.models.film import CodeRanges
 
 #: Kinds of training data: a folder of images (atlas-to-subject or all pairs), a Medical Segmentation
 #: Decathlon-style ``dataset.json``, a CSV pair list, SynthMorph-style synthesis from label maps, or
@@ -239,6 +241,12 @@ class TrainingConfig:
             size multiple.
         similarity, lncc_window, prior, alpha_prime, lambda_max, spr: the SPR loss
             (:class:`svreg_core.losses.spr.SPRLoss`); ``lncc_window`` in voxels of the network grid.
+        hyper: ``{alpha_prime: [low, high], lambda_max: [low, high]}`` (``0 < low <= high``): train a
+            HyperSPR network conditioned on the codes (:mod:`svreg_core.models.film`); each step draws
+            one code pair log-uniformly from these ranges for its whole batch (per process) from a
+            generator seeded by ``(seed, epoch, rank)``, and the step's SPR loss uses it. Validation and
+            the checkpoints' default codes are ``alpha_prime``/``lambda_max``, which must lie in the
+            ranges. ``None``: a plain network trained at ``alpha_prime``/``lambda_max``.
         label_weight: weight of the label soft-Dice term (:func:`svreg_core.losses.labels.label_dice_loss`,
             SynthMorph's objective) added to the SPR loss; ``0`` leaves it out. When positive every
             training pair must carry label maps (synthetic pairs always do).
@@ -267,6 +275,7 @@ class TrainingConfig:
     alpha_prime: float = 0.175
     lambda_max: float = 3.35
     spr: bool = True
+    hyper: dict[str, Any] | None = None
     label_weight: float = 0.0
     integration_steps: int = 7
     learning_rate: float = 1e-4
@@ -289,6 +298,8 @@ class TrainingConfig:
             _fail("model options must be a mapping.")
         if "uniform" in self.model:
             _fail("set 'spr: false' (or --no-spr) for a uniform regulariser instead of the model option 'uniform'.")
+        if "hyper" in self.model:
+            _fail("set the code ranges with the top-level 'hyper' setting instead of the model option 'hyper'.")
         object.__setattr__(self, "model", dict(self.model))
         object.__setattr__(self, "network_spacing_mm",
                            _as_float(self.network_spacing_mm, "network spacing", positive=True))
@@ -308,6 +319,15 @@ class TrainingConfig:
         for name in ("lambda_max", "learning_rate", "lr_power"):
             object.__setattr__(self, name, _as_float(getattr(self, name), name.replace("_", " "), positive=True))
         _as_bool(self.spr, "spr")
+        if self.hyper is not None:
+            try:
+                ranges = CodeRanges.from_value(self.hyper)
+            except ValueError as exc:
+                _fail(f"{exc}.")
+            object.__setattr__(self, "hyper", ranges.to_dict())
+            if not ranges.contains(self.alpha_prime, self.lambda_max):
+                _fail(f"alpha_prime {self.alpha_prime:g} and lambda_max {self.lambda_max:g} (the validation codes) "
+                      f"must lie in the hyper ranges ({ranges.describe()}).")
         _as_bool(self.amsgrad, "amsgrad")
         object.__setattr__(self, "integration_steps", _as_int(self.integration_steps, "integration steps", 0))
         object.__setattr__(self, "epochs", _as_int(self.epochs, "epochs", 1))
@@ -323,6 +343,11 @@ class TrainingConfig:
             object.__setattr__(self, "validation", ValidationConfig.from_dict(self.validation))
         if not isinstance(self.data, DataConfig) or not isinstance(self.validation, ValidationConfig):
             _fail("data and validation must be mappings.")
+
+    @property
+    def code_ranges(self) -> CodeRanges | None:
+        """The ``hyper`` ranges, ``None`` for a plain network."""
+        return None if self.hyper is None else CodeRanges.from_value(self.hyper)
 
     def spr_loss(self) -> SPRLoss:
         """THE SPR loss these settings define (the same class the pairwise optimiser uses)."""

@@ -3,10 +3,12 @@
 The network predicts ``(v, λ)`` on the network grid; :meth:`svreg_core.losses.spr.SPRLoss.evaluate`
 (the object the pairwise optimiser evaluates) integrates ``u = exp(v)`` and gives the SPR terms; with
 ``label_weight > 0`` the label soft Dice of SynthMorph (:func:`svreg_core.losses.labels.label_dice_loss`)
-is added to the total.
+is added to the total. A hyper network gets the batch's codes ``(α′, λ_max)`` and the SPR loss of the
+step is evaluated at the same codes.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -22,16 +24,20 @@ TERMS = ("total", "similarity", "regularization", "prior", "labels")
 
 
 def training_step(model: nn.Module, loss: SPRLoss, batch: dict[str, Any], integration_steps: int,
-                  label_weight: float = 0.0) -> tuple[dict[str, torch.Tensor], WarpedFields]:
-    """Forward pass and loss of one batch: ``model(fixed, moving) → (v, λ) → loss.evaluate`` (+ labels).
+                  label_weight: float = 0.0, codes: tuple[float, float] | None = None,
+                  ) -> tuple[dict[str, torch.Tensor], WarpedFields]:
+    """Forward pass and loss of one batch: ``model(fixed, moving[, codes]) → (v, λ) → loss.evaluate`` (+ labels).
 
     Args:
         model: an SPR network (or its DDP wrapper) returning ``(velocity, weight)`` on the input grid.
-        loss: the SPR loss (:meth:`TrainingConfig.spr_loss`).
+        loss: the SPR loss (:meth:`TrainingConfig.spr_loss`); with ``codes`` its ``alpha_prime`` and
+            ``lambda_max`` are replaced by them.
         batch: ``{"fixed", "moving"}`` ``(N, 1, I, J, K)`` on the network grid (moved to the model's
             device), with ``{"fixed_labels", "moving_labels"}`` ``(N, I, J, K)`` when ``label_weight > 0``.
         integration_steps: scaling-and-squaring steps.
         label_weight: weight of :func:`~svreg_core.losses.labels.label_dice_loss` in ``total``.
+        codes: ``(α′, λ_max)`` of every pair of the batch, for a hyper network (which needs them);
+            ``None`` for a plain network (which refuses them).
 
     Returns:
         The terms :data:`TERMS` (0-d tensors with graph; ``labels`` is 0 when ``label_weight`` is 0)
@@ -43,7 +49,12 @@ def training_step(model: nn.Module, loss: SPRLoss, batch: dict[str, Any], integr
     device = next(model.parameters()).device
     fixed = batch["fixed"].to(device, non_blocking=True)
     moving = batch["moving"].to(device, non_blocking=True)
-    velocity, weight = model(fixed, moving)
+    if codes is None:
+        velocity, weight = model(fixed, moving)
+    else:
+        loss = dataclasses.replace(loss, alpha_prime=float(codes[0]), lambda_max=float(codes[1]))
+        code_rows = torch.tensor([codes], dtype=fixed.dtype, device=device).expand(fixed.shape[0], 2)
+        velocity, weight = model(fixed, moving, code_rows)
     terms, fields = loss.evaluate(fixed, moving, velocity, weight, integration_steps=integration_steps)
     terms["labels"] = torch.zeros((), device=device)
     if label_weight > 0:

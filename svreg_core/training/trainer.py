@@ -15,6 +15,10 @@ A run folder holds::
     best/  last/         model checkpoints (svreg_core.models.checkpoint): best validation, latest epoch
     state/               resume state (svreg_core.training.state), replaced atomically every epoch
 
+A hyper network (``config.hyper``) gets one code pair ``(α′, λ_max)`` per step and process, drawn
+log-uniformly from the configured ranges by a generator seeded from ``(seed, epoch, rank)``; the step's
+loss uses the same codes. Validation runs at the configuration's own ``alpha_prime``/``lambda_max``.
+
 Running :func:`train` again on the same folder resumes after the last finished epoch with identical
 state, so an interruption (Ctrl-C, kill, power loss) loses at most the epoch in progress.
 """
@@ -42,6 +46,9 @@ from svreg_core.training.state import STATE_DIR, TrainingState, epoch_seed, has_
     save_state
 from svreg_core.training.step import TERMS, training_step
 from svreg_core.training.validation import ValidationSums, validate
+
+#: Random stream of the codes of a hyper network (``svreg_core.training.loaders`` uses streams 0-4).
+STREAM_CODES = 5
 
 CONFIG_FILE = "config.yaml"
 ALIGNMENTS_FILE = "alignments.json"
@@ -82,10 +89,12 @@ class TrainingSummary:
 
 
 def build_network(config: TrainingConfig) -> nn.Module:
-    """The untrained network of ``config``, initialised from the run's seed (global RNG left untouched)."""
+    """The untrained network of ``config`` (a hyper network with ``config.hyper``), initialised from the
+    run's seed (global RNG left untouched)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(epoch_seed(config.seed, 0, STREAM_MODEL))
-        model = build_model(config.architecture, {**config.model, "uniform": not config.spr})
+        hyper = {} if config.hyper is None else {"hyper": config.hyper}
+        model = build_model(config.architecture, {**config.model, "uniform": not config.spr, **hyper})
     multiple = model.size_multiple
     if any(n % multiple for n in config.grid_shape):
         shape = " ".join(map(str, config.grid_shape))
@@ -204,6 +213,8 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     net = distributed.wrap_model(model, ctx, device)
     loss = config.spr_loss()
+    ranges = config.code_ranges
+    validation_codes = None if ranges is None else (config.alpha_prime, config.lambda_max)
     steps = steps_per_epoch(config, data, ctx.world_size)
     if resumed_from:
         progress(ProgressEvent("resume", resumed_from, config.epochs, resumed_from / config.epochs,
@@ -222,10 +233,12 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
             with torch.random.fork_rng(devices=fork_devices):
                 # any random draw inside the network (e.g. dropout) depends on (seed, epoch, rank) only
                 torch.manual_seed(epoch_seed(config.seed, epoch, STREAM_MODEL) + ctx.rank)
+                code_generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, STREAM_CODES) + ctx.rank)
                 tick = time.perf_counter()
                 for index, batch in enumerate(epoch_loader(data, config, epoch, steps, ctx.rank, ctx.world_size)):
                     optimizer.zero_grad(set_to_none=True)
-                    terms, _ = training_step(net, loss, batch, config.integration_steps, config.label_weight)
+                    codes = None if ranges is None else ranges.sample(code_generator)
+                    terms, _ = training_step(net, loss, batch, config.integration_steps, config.label_weight, codes)
                     if not torch.isfinite(terms["total"]):
                         raise InputError(f"training diverged: the loss is not finite at epoch {epoch + 1}, step "
                                          f"{index + 1}; lower the learning rate (--lr) or check the data.")
@@ -250,7 +263,8 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
                 val = validate(model, loss, loader, integration_steps=config.integration_steps,
                                label_weight=config.label_weight,
                                labels=config.validation.labels,
-                               label_interpolation=config.validation.label_interpolation)
+                               label_interpolation=config.validation.label_interpolation,
+                               codes=validation_codes)
                 row.update(ValidationSums.from_list(distributed.all_reduce_sum(val.to_list(), ctx, device)).means())
             row["seconds"] = time.perf_counter() - started
             state.epoch = epoch + 1

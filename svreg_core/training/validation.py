@@ -87,18 +87,18 @@ def _mean_dice(fixed: np.ndarray, warped: np.ndarray, labels: Sequence[int] | No
 @torch.no_grad()
 def validate(model: nn.Module, loss: SPRLoss, batches: Iterable[dict], *, integration_steps: int,
              label_weight: float = 0.0, labels: Sequence[int] | None = None,
-             label_interpolation: str = "linear") -> ValidationSums:
+             label_interpolation: str = "linear", codes: tuple[float, float] | None = None) -> ValidationSums:
     """Evaluate ``model`` (in eval mode, restored afterwards) on ``batches`` of single pairs.
 
     The loss terms are those of training (:func:`~svreg_core.training.step.training_step`, ``label_weight``
-    as trained).
+    as trained); a hyper network is evaluated at ``codes`` ``(α′, λ_max)``, the loss too.
     """
     was_training = model.training
     model.eval()
     sums = ValidationSums()
     try:
         for batch in batches:
-            terms, fields = training_step(model, loss, batch, integration_steps, label_weight)
+            terms, fields = training_step(model, loss, batch, integration_steps, label_weight, codes)
             count = batch["fixed"].shape[0]
             sums.pairs += count
             for t in TERMS:  # each term is a mean over the batch's pairs

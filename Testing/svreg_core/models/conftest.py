@@ -17,6 +17,9 @@ from svreg_core.models import SPRNetwork, build_model
 TINY_TRANSMORPH = {"embed_dim": 12, "depths": [1, 1, 1], "num_heads": [2, 2, 2], "window_size": [2, 2, 2],
                    "drop_path_rate": 0.0}
 
+#: Code ranges of the hyper networks of the tests.
+HYPER = {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 10.0]}
+
 #: A narrow U-Net for the tests that do not check the default layout.
 SMALL_UNET = {"encoder_features": [4, 8, 8], "decoder_features": [8, 8, 8, 4], "lambda_features": [4]}
 
@@ -37,10 +40,12 @@ def pair(shape: tuple[int, int, int], batch: int = 1, seed: int = 0) -> tuple[to
     return smooth[:batch], smooth[batch:]
 
 
-def parameters_without_gradient(model: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor) -> list[str]:
-    """Names of the parameters that get no non-zero gradient from a loss on both outputs."""
+def parameters_without_gradient(model: torch.nn.Module, fixed: torch.Tensor, moving: torch.Tensor,
+                                codes: torch.Tensor | None = None) -> list[str]:
+    """Names of the parameters that get no non-zero gradient from a loss on both outputs (``codes``: a
+    hyper network's)."""
     model.zero_grad()
-    velocity, weight = model(fixed, moving)
+    velocity, weight = model(fixed, moving) if codes is None else model(fixed, moving, codes)
     gen = torch.Generator().manual_seed(1)
     loss = (velocity * torch.randn(velocity.shape, generator=gen)).sum() \
         + (weight * torch.randn(weight.shape, generator=gen)).sum()
@@ -52,4 +57,4 @@ def parameters_without_gradient(model: torch.nn.Module, fixed: torch.Tensor, mov
 def nets() -> SimpleNamespace:
     """The helpers of this file."""
     return SimpleNamespace(build=build, pair=pair, parameters_without_gradient=parameters_without_gradient,
-                           TINY_TRANSMORPH=TINY_TRANSMORPH, SMALL_UNET=SMALL_UNET)
+                           TINY_TRANSMORPH=TINY_TRANSMORPH, SMALL_UNET=SMALL_UNET, HYPER=HYPER)

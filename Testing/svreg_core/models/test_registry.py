@@ -70,7 +70,7 @@ class _Probe(SPRNetwork):
     def size_multiple(self) -> int:
         return 1
 
-    def predict(self, fixed: torch.Tensor, moving: torch.Tensor):
+    def predict(self, fixed: torch.Tensor, moving: torch.Tensor, codes: torch.Tensor | None):
         return self.conv(torch.cat((moving, fixed), 1)), None
 
 
