@@ -116,3 +116,24 @@ def test_a_few_training_steps_reduce_the_spr_loss(nets) -> None:
         optimiser.step()
         losses.append(terms["similarity"].item())
     assert losses[-1] < 0.3 * losses[0]  # seeds 0-2 reach 0.06-0.10
+
+
+def test_body_convolutions_are_he_initialised_for_leaky_relu() -> None:
+    """Every convolution before a LeakyReLU(0.2) has std sqrt(2 / ((1 + 0.2²) fan_in)) and zero bias."""
+    torch.manual_seed(0)
+    net = UNetSPR(encoder_features=(16, 32, 32, 32), decoder_features=(32, 32, 32, 32, 16, 16))
+    body = [block[0] for block in (*net.encoder, *net.decoder)]
+    for conv in body:
+        fan_in = conv.in_channels * 27
+        expected = math.sqrt(2.0 / ((1 + 0.2 ** 2) * fan_in))
+        assert float(conv.weight.std()) == pytest.approx(expected, rel=0.1)
+        assert torch.count_nonzero(conv.bias) == 0
+    # the signal keeps its scale through the depth: the last decoder features are not 100x weaker
+    x = torch.rand(1, 1, 32, 32, 32)
+    features = []
+    hooks = [block.register_forward_hook(lambda _m, _i, out: features.append(float(out.std()))) for block in body]
+    with torch.no_grad():
+        net(x, torch.rand(1, 1, 32, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert min(features) > 0.1 * features[0]

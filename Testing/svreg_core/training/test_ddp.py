@@ -74,9 +74,11 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(geo, tmp_pat
     assert update_single.abs().max().item() > 1e-4
     # validation pairs were shared out over the ranks and summed back: the same metrics
     rows = [list(csv.DictReader((tmp_path / run / "metrics.csv").open())) for run in ("ddp", "single")]
-    for epoch, rel in ((0, 1e-4), (-1, 2e-3)):  # the second epoch after the updates' small divergence
+    # the second epoch after the updates' small divergence; its regularisation term is ~1e-7 and differed
+    # by 2.6e-9 (1.7 %) with He-initialised convolutions
+    for epoch, rel, tiny in ((0, 1e-4, 1e-9), (-1, 2e-3, 1e-8)):
         for key in ("train_total", "val_regularization", "val_prior", "val_dice", "val_dice_identity",
                     "val_folding_percent"):
-            assert float(rows[0][epoch][key]) == pytest.approx(float(rows[1][epoch][key]), rel=rel, abs=1e-9), key
+            assert float(rows[0][epoch][key]) == pytest.approx(float(rows[1][epoch][key]), rel=rel, abs=tiny), key
     # (LNCC is ill-conditioned in the flat background: a 1e-7 weight difference moves it by ~1e-4)
     assert float(rows[0][-1]["val_total"]) == pytest.approx(float(rows[1][-1]["val_total"]), abs=2e-3)

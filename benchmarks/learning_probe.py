@@ -1,0 +1,171 @@
+"""Does the learned network learn across pairs? A short probe on cached synthetic pairs (GPU or CPU).
+
+Two tasks on SynthMorph-style same-map pairs synthesised from label maps (4 mm grid, 48×64×48; the last
+8 pairs are held out):
+
+* ``synth``: register the pairs; reports the held-out mean Dice (nearest-neighbour label warp, all
+  labels) and the mean |u| (voxels) every ``--every`` steps.
+* ``shift``: moving = fixed translated by a random t ∈ [-2, 2]³ voxels; reports the held-out relative
+  error of the mean predicted velocity against t (1 = nothing learned).
+
+Objectives: ``lncc``/``mse`` (the SPR loss), ``label`` (SPR loss + label soft Dice), ``labelonly``
+(label soft Dice + regulariser + prior), ``sup`` (``shift`` only: supervised regression of t).
+``--init pytorch`` restores PyTorch's default initialisation of the U-Net's convolutions instead of the
+He initialisation :mod:`svreg_core.models.unet` uses.
+
+Usage::
+
+    python benchmarks/learning_probe.py gen LABEL_MAP_DIR pairs.pt --pairs 400
+    python benchmarks/learning_probe.py train pairs.pt NAME --task synth --objective lncc --seconds 360 --out DIR
+
+Results of 2026-11-26 (one H200): ``benchmarks/results/gpu_learning_2026-11-26/``, README "What it achieves today".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GRID = (48, 64, 48)
+SPACING_MM = 4.0
+HELD_OUT = 8
+_DATASET = None
+
+
+def _synthesise(args: tuple[str, int]) -> dict[str, torch.Tensor]:
+    from svreg_core.training.datasets import SyntheticPairDataset
+    from svreg_core.training.sources import synthseg_label_maps
+    from svreg_core.training.synthesis import SynthesisConfig
+    global _DATASET
+    folder, index = args
+    if _DATASET is None:
+        torch.set_num_threads(1)
+        # the shipped model's synthesis settings (scripts/brain-unet-spr.yaml)
+        synthesis = SynthesisConfig(same_map_probability=1.0, velocity_std_max=1.5, noise_std_max=0.02,
+                                    label_std_max=0.03, blur_sigma=(0.5, 1.0))
+        _DATASET = SyntheticPairDataset(synthseg_label_maps(folder), SPACING_MM, GRID, length=10**6, synthesis=synthesis)
+    sample = _DATASET[index]
+    return {k: sample[k][None] for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
+
+
+def generate(folder: str, out: str, pairs: int, processes: int) -> None:
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        torch.save(pool.map(_synthesise, [(folder, i) for i in range(pairs)]), out)
+
+
+def train(args: argparse.Namespace) -> None:
+    from svreg_core.metrics import dice
+    from svreg_core.models import build_model
+    from svreg_core.training.config import TrainingConfig
+    from svreg_core.training.step import training_step
+    from svreg_core.training.validation import warp_labels
+    from svreg_core.transforms.warp import warp
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
+    pairs = torch.load(args.pairs)
+    train_pairs, held_out = pairs[:-HELD_OUT], pairs[-HELD_OUT:]
+    torch.manual_seed(0)
+    config = TrainingConfig(network_spacing_mm=SPACING_MM, grid_shape=GRID,
+                            similarity="mse" if args.objective == "mse" else "lncc", lambda_max=args.lambda_max)
+    net = build_model("unet-spr")
+    if args.init == "pytorch":
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv3d) and module is not net.velocity_head and module.out_channels > 1:
+                module.reset_parameters()
+    if args.head_std:
+        torch.nn.init.normal_(net.velocity_head.weight, std=args.head_std)
+    net = net.to(device)
+    loss = config.spr_loss()
+    optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, eps=args.eps)
+    draws, held_draws = torch.Generator().manual_seed(1), torch.Generator().manual_seed(7)
+    label_weight = 0.0 if args.objective in ("lncc", "mse") else 1.0
+
+    def shifted(pair: dict, generator: torch.Generator) -> tuple[dict, torch.Tensor]:
+        fixed = pair["fixed"].to(device)
+        t = ((torch.rand(3, generator=generator) * 2 - 1) * 2).to(device)
+        u = t.view(1, 3, 1, 1, 1).expand(1, 3, *fixed.shape[2:]).contiguous()
+        return {"fixed": fixed, "moving": warp(fixed, -u)}, t  # moving(x) = fixed(x - t): u = t registers
+
+    held_shifts = [shifted(p, held_draws) for p in held_out]
+
+    def evaluate() -> dict[str, float]:
+        net.eval()
+        with torch.no_grad():
+            if args.task == "shift":
+                errors = [((net(b["fixed"], b["moving"])[0].mean((0, 2, 3, 4)) - t).norm() / t.norm()).item()
+                          for b, t in held_shifts]
+                result = {"rel_err": float(np.mean(errors))}
+            else:
+                scores = []
+                for p in held_out:
+                    _, fields = training_step(net, loss, {k: p[k].to(device) for k in ("fixed", "moving")}, 7)
+                    warped = warp_labels(p["moving_labels"][0].to(device), fields.displacement, "nearest").cpu().numpy()
+                    scores.append((np.mean(list(dice(p["fixed_labels"][0].numpy(), warped).values())),
+                                   fields.displacement.abs().mean().item()))
+                result = {"dice": float(np.mean([s[0] for s in scores])), "mean_abs_u": float(np.mean([s[1] for s in scores]))}
+        net.train()
+        return result
+
+    print(args.name, "start", evaluate(), flush=True)
+    history, start, step = [], time.time(), 0
+    while time.time() - start < args.seconds:
+        step += 1
+        pair = train_pairs[int(torch.randint(len(train_pairs), (1,), generator=draws))]
+        optimizer.zero_grad()
+        if args.task == "shift":
+            batch, t = shifted(pair, draws)
+        else:
+            batch = pair
+        if args.objective == "sup":
+            value = ((net(batch["fixed"], batch["moving"])[0] - t.view(1, 3, 1, 1, 1)) ** 2).mean()
+        else:
+            terms, _ = training_step(net, loss, batch, 7, label_weight)
+            value = terms["total"] - (terms["similarity"] if args.objective == "labelonly" else 0)
+        value.backward()
+        optimizer.step()
+        if step % args.every == 0:
+            row = {**evaluate(), "step": step, "sec": round(time.time() - start), "loss": round(value.item(), 4)}
+            history.append(row)
+            print(args.name, row, flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / f"{args.name}.json").write_text(json.dumps(history))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("gen")
+    gen.add_argument("label_maps")
+    gen.add_argument("out")
+    gen.add_argument("--pairs", type=int, default=400)
+    gen.add_argument("--processes", type=int, default=15)
+    run = sub.add_parser("train")
+    run.add_argument("pairs")
+    run.add_argument("name")
+    run.add_argument("--task", choices=("synth", "shift"), default="synth")
+    run.add_argument("--objective", choices=("lncc", "mse", "label", "labelonly", "sup"), default="lncc")
+    run.add_argument("--init", choices=("he", "pytorch"), default="he")
+    run.add_argument("--lr", type=float, default=1e-4)
+    run.add_argument("--eps", type=float, default=1e-8)
+    run.add_argument("--head-std", type=float, default=0.0)
+    run.add_argument("--lambda-max", type=float, default=3.35)
+    run.add_argument("--seconds", type=float, default=360)
+    run.add_argument("--every", type=int, default=250)
+    run.add_argument("--threads", type=int, default=1)
+    run.add_argument("--out", default=".")
+    args = parser.parse_args()
+    if args.command == "gen":
+        generate(args.label_maps, args.out, args.pairs, args.processes)
+    else:
+        if args.objective == "sup" and args.task != "shift":
+            parser.error("--objective sup needs --task shift")
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
