@@ -10,6 +10,9 @@ Python console::
     result = logic.register(fixedNode, movingNode, preset="brain-mri")
     result.transform, result.lambdaMap, result.jacobian, result.warped
     result = logic.register(fixedNode, movingNode, method="learned", model="brain-unet-spr", refineSteps=20)
+    # a HyperSPR model at a chosen regularisation, network only:
+    result = logic.register(fixedNode, movingNode, method="learned", model=M, alphaPrime=0.2, lambdaMax=5.0,
+                            refineSteps=0, outputs=result.outputNodes())
 """
 import logging
 import os
@@ -33,7 +36,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from SpatialVaryingRegLib import dependencies, display, estimate, geometry, models, runner, tuning
+from SpatialVaryingRegLib import dependencies, display, estimate, geometry, models, preview, runner, tuning
 from SpatialVaryingRegLib import logic as svlogic
 
 #: Label of the preset choice that uses ``customPresetFile``.
@@ -66,6 +69,8 @@ regularizer: the smoothness weight &lambda;(x) is optimised with the deformation
 be sharp at anatomical boundaries and smooth elsewhere. Pick the two volumes, a preset and press
 <b>Register</b>. <i>Method</i>: pairwise optimisation of this pair (no training needed), or a learned
 model (shipped with the extension, or a checkpoint from training) refined by a few optimisation steps.
+A HyperSPR model shows <i>Regularisation</i> sliders: releasing one re-runs the network alone and updates
+the results in place.
 Results: a displacement-field transform with the moving volume placed under it, the &lambda; map,
 the Jacobian determinant (folding check), optionally the warped volume and labels.
 The engine runs in a separate process (GPU when available); PyTorch comes from the PyTorch extension.
@@ -91,6 +96,8 @@ class SpatialVaryingRegParameterNode:
     ``modelCheckpoint`` is used), the preset and its overrides ("from preset" / -1 / empty = keep the
     preset's value), output options, the output nodes (updated in place by the next run; empty =
     create new ones; a run stores its nodes here), and the tuning panel's settings.
+    ``hyperAlphaPrime``/``hyperLambdaMax``: the regularisation codes of a HyperSPR model (the
+    *Regularisation* sliders; -1 = the model's default), reset when another model is chosen.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
@@ -107,6 +114,8 @@ class SpatialVaryingRegParameterNode:
     model: str = models.DEFAULT_MODEL
     modelCheckpoint: str = ""
     refineSteps: Annotated[int, WithinRange(0, svlogic.REFINE_STEPS_MAX)] = svlogic.DEFAULT_REFINE_STEPS
+    hyperAlphaPrime: float = -1.0
+    hyperLambdaMax: float = -1.0
 
     preset: Annotated[str, Choice([*svlogic.PRESET_NAMES, CUSTOM_PRESET])] = "brain-mri"
     customPresetFile: str = ""
@@ -138,6 +147,16 @@ class SpatialVaryingRegParameterNode:
     tuningTrials: Annotated[int, WithinRange(1, 100000)] = 30
     tuningMaxFolding: Annotated[float, WithinRange(-1.0, 100.0)] = -1.0
     tuningSeed: Annotated[int, WithinRange(0, 2147483647)] = 0  # of the trial sampler (registration has none)
+
+
+#: Regularisation codes of a HyperSPR model: engine name -> (parameter-node field, slider, value label).
+HYPER_CODES = {"alpha_prime": ("hyperAlphaPrime", "hyperAlphaPrimeSlider", "hyperAlphaPrimeValueLabel"),
+               "lambda_max": ("hyperLambdaMax", "hyperLambdaMaxSlider", "hyperLambdaMaxValueLabel")}
+
+
+def _selectedModel(p: SpatialVaryingRegParameterNode) -> str:
+    """The learned model the parameter node selects: a shipped model's name or the checkpoint path."""
+    return p.modelCheckpoint if p.model == CHECKPOINT_CHOICE else p.model
 
 
 def _numbers(text: str, kind=float) -> list | None:
@@ -175,6 +194,9 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._environmentForTuning = False  # whether the tuning packages are needed too
         self._applyBest: dict | None = None  # {"thread", "result", "error", "path"} while "Apply best" runs
         self._timers: list = []
+        # Regularisation sliders of a HyperSPR model: debounced network-only re-runs, the latest wins
+        self._preview = preview.PreviewScheduler(self._startPreviewJob, self._onPreviewFinished)
+        self._codesModel: str | None = None  # the model the sliders were set up for (None: not yet)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -199,11 +221,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.tuningStopButton.connect("clicked()", self.onStopTuning)
         self.ui.tuningApplyBestButton.connect("clicked()", self.onApplyBest)
         self.ui.tuningRefreshButton.connect("clicked()", self.refreshStudyTable)
+        self._connectCodeSliders()
 
         self._timer = self._newTimer(100, self._onRegistrationTimer)
         self._tuningTimer = self._newTimer(300, self._onTuningTimer)
         self._environmentTimer = self._newTimer(200, self._onEnvironmentTimer)
         self._applyBestTimer = self._newTimer(200, self._onApplyBestTimer)
+        self._previewTimer = self._newTimer(50, self._onPreviewTimer)
         # inputs: grey-level volumes only (no label maps), never this module's own result maps
         for selector in (self.ui.fixedVolumeSelector, self.ui.movingVolumeSelector):
             selector.showChildNodeTypes = False
@@ -232,6 +256,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             timer.stop()
         if self._job is not None and self._job.running:
             self._job.cancel()
+        self._stopPreviews()
         if self._environmentChild is not None and self._environmentChild.running:
             self._environmentChild.cancel()
         if self._tuning is not None and self._tuning.running:
@@ -272,6 +297,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._job is not None and self._job.running:
             self._job.cancel()  # its input nodes are about to disappear
             self._finishRegistration()
+        self._stopPreviews()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -287,6 +313,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
+        self._codesModel = None  # a loaded scene keeps its regularisation codes
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
@@ -304,6 +331,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.modelCheckpointBrowseButton.enabled = learned and p.model == CHECKPOINT_CHOICE
         if p:
             self._showModelInComboBox()
+        self._updateCodeSliders(enabled=learned and not running)
         if running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the registration; the scene is left as it was.")
@@ -362,6 +390,139 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                                               _("Checkpoint (model.json model.safetensors)"))
         if path:
             self._parameterNode.modelCheckpoint = path
+
+    # ---- regularisation of a HyperSPR model (sliders on a log scale, not bound: see _updateCodeSliders)
+
+    def _selectedModelInfo(self) -> models.ModelInfo | None:
+        """The selected learned model's description (``None``: pairwise, or a model that cannot be read)."""
+        p = self._parameterNode
+        if not p or p.method != METHOD_LABELS["learned"]:
+            return None
+        try:
+            return models.model_info(_selectedModel(p))
+        except models.ModelError:
+            return None  # Register explains the problem
+
+    def _updateCodeSliders(self, enabled: bool) -> None:
+        """Show the sliders for a hyper model only, at the parameter node's codes (the model's defaults for
+        -1); choosing another model resets the codes to its defaults."""
+        p = self._parameterNode
+        key = _selectedModel(p) if p else None
+        if p and self._codesModel is not None and key != self._codesModel:
+            self._codesModel = key  # first: the reset below modifies the parameter node, which calls back here
+            self._preview.cancel()
+            p.hyperAlphaPrime = p.hyperLambdaMax = -1.0
+        self._codesModel = key
+        info = self._selectedModelInfo()
+        hyper = info is not None and info.is_hyper
+        self.ui.hyperCodesLabel.visible = self.ui.hyperCodesWidget.visible = hyper
+        if not hyper:
+            return
+        for index, (code, (field, sliderName, labelName)) in enumerate(HYPER_CODES.items()):
+            low, high = info.code_ranges.range_of(code)
+            default, stored = info.default_codes[index], getattr(p, field)
+            slider, label = getattr(self.ui, sliderName), getattr(self.ui, labelName)
+            wasBlocked = slider.blockSignals(True)
+            slider.minimum, slider.maximum = 0, preview.SLIDER_STEPS
+            slider.value = preview.slider_position(default if stored < 0 else stored, low, high)
+            slider.blockSignals(wasBlocked)
+            slider.enabled = enabled and low < high
+            label.toolTip = _("{code} from {low:g} to {high:g} (log scale), the model's default {default:g}."
+                              ).format(code=code, low=low, high=high, default=default)
+            label.text = (f"{default:.3g}" + _(" (default)")) if stored < 0 else f"{stored:.3g}"
+
+    def _connectCodeSliders(self) -> None:
+        for code, (_field, sliderName, _label) in HYPER_CODES.items():
+            slider = getattr(self.ui, sliderName)
+            slider.connect("valueChanged(int)", lambda position, code=code: self.onCodeSliderMoved(code, position))
+            slider.connect("sliderReleased()", lambda code=code: self.onCodeSliderReleased(code))
+
+    def _codeAt(self, code: str, position: int) -> tuple[float, bool] | None:
+        """``(value, is the default)`` of a code slider at ``position`` for the selected hyper model."""
+        info = self._selectedModelInfo()
+        if info is None or not info.is_hyper:
+            return None
+        default = info.default_codes[list(HYPER_CODES).index(code)]
+        value = preview.slider_code(position, *info.code_ranges.range_of(code), default=default)
+        return value, value == default
+
+    def onCodeSliderMoved(self, code: str, position: int) -> None:
+        """Dragging shows the value; a change without dragging (keys, wheel, a click beside the handle) is
+        taken at once (the scheduler debounces a burst of them)."""
+        at = self._codeAt(code, position)
+        if at is None:
+            return
+        getattr(self.ui, HYPER_CODES[code][2]).text = f"{at[0]:.3g}" + (_(" (default)") if at[1] else "")
+        if not getattr(self.ui, HYPER_CODES[code][1]).isSliderDown():
+            self.onCodeSliderReleased(code)
+
+    def onCodeSliderReleased(self, code: str) -> None:
+        """Store the slider's code in the parameter node and ask for a network-only re-run."""
+        at = self._codeAt(code, getattr(self.ui, HYPER_CODES[code][1]).value)
+        if at is None or not self._parameterNode:
+            return
+        setattr(self._parameterNode, HYPER_CODES[code][0], -1.0 if at[1] else at[0])
+        self.requestPreview()
+
+    def requestPreview(self) -> None:
+        """Re-run the network at the parameter node's codes once the sliders are quiet (when both volumes are
+        chosen and no full registration runs); a preview still running is stopped first."""
+        p = self._parameterNode
+        if not p or not p.fixedVolume or not p.movingVolume or p.fixedVolume == p.movingVolume:
+            return
+        if self._job is not None and self._job.running:
+            return
+        if self._torchStatus is not None and self._torchStatus.ok:
+            self._schedulePreview()
+        else:
+            self._withEnvironment(self._schedulePreview)
+
+    def _schedulePreview(self) -> None:
+        p = self._parameterNode
+        self._preview.request((p.hyperAlphaPrime, p.hyperLambdaMax))
+        self._previewTimer.start()
+
+    def _startPreviewJob(self, codes) -> svlogic.RegistrationJob:
+        """The scheduler's run: the registration job of the parameter node without refinement, started."""
+        job = self.logic.createJob(self._parameterNode, preview=True, on_event=self._onEngineEvent,
+                                   on_log=self._appendLog)
+        job.start()
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setVisible(True)
+        self._parameterNode.statusText = _("Preview (network only)...")
+        return job
+
+    def _onPreviewTimer(self) -> None:
+        try:
+            busy = self._preview.poll()
+        except Exception as exc:  # noqa: BLE001 - a preview that cannot start: say why, keep polling the rest
+            busy = self._preview.busy
+            self._previewFailed(svlogic.one_line(exc))
+        if not busy:
+            self._previewTimer.stop()
+            if self._job is None:
+                self.ui.progressBar.setVisible(False)
+
+    def _onPreviewFinished(self, job: svlogic.RegistrationJob) -> None:
+        if job.outputs is not None:
+            self.logic.storeOutputs(self._parameterNode, job.outputs)  # the next preview updates these nodes
+            self._appendLog(job.outputs.status_text)
+        elif job.cancelled:
+            self._appendLog(_("Preview stopped (superseded or cancelled)."))
+        else:
+            self._previewFailed(job.error or _("the preview failed."))
+
+    def _previewFailed(self, message: str) -> None:
+        if self._parameterNode:
+            self._parameterNode.statusText = _("Preview failed: {message}").format(message=message)
+        self._appendLog(message)
+        slicer.util.errorDisplay(_("Preview failed: {message}").format(message=message))
+
+    def _stopPreviews(self) -> None:
+        """Drop a waiting preview and end a running one (blocking: the module or scene is closing)."""
+        self._preview.cancel()
+        if self._preview.job is not None:
+            self._preview.job.cancel()
 
     def _updateEngineStatus(self) -> None:
         """Show what is known about torch (from the last child-process check), the GPU and the packages."""
@@ -455,6 +616,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job.cancel()
             self._finishRegistration()
             return
+        self._preview.cancel()  # a full registration supersedes a preview (the preview timer reaps it)
         self._withEnvironment(self._startRegistration)
 
     def _startRegistration(self) -> None:
@@ -766,24 +928,30 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                 raise svlogic.RegistrationError(_("choose a preset file, or pick a named preset."))
             preset = p.customPresetFile
         method = next(key for key, label in METHOD_LABELS.items() if label == p.method)
+        codes = tuple(float(v) if method == "learned" and v >= 0 else None
+                      for v in (p.hyperAlphaPrime, p.hyperLambdaMax))
         return svlogic.RegistrationSettings(
-            preset=preset, overrides=overrides, method=method,
-            model=p.modelCheckpoint if p.model == CHECKPOINT_CHOICE else p.model, refine_steps=int(p.refineSteps),
-            device="cpu" if p.useCpu else "auto",
+            preset=preset, overrides=overrides, method=method, model=_selectedModel(p),
+            refine_steps=int(p.refineSteps), codes=codes, device="cpu" if p.useCpu else "auto",
             labels=_numbers(p.labelsToScore, int), label_interpolation=p.labelInterpolation,
             create_warped=bool(p.createWarpedVolume), create_inverse=bool(p.createInverseTransform),
             keep_temporary_files=bool(p.keepTemporaryFiles))
 
-    def createJob(self, p: SpatialVaryingRegParameterNode, **kwargs) -> svlogic.RegistrationJob:
+    def createJob(self, p: SpatialVaryingRegParameterNode, preview: bool = False,
+                  **kwargs) -> svlogic.RegistrationJob:
         """A not-yet-started job for the parameter node's inputs and settings; the output nodes selected in
-        the parameter node are updated in place."""
+        the parameter node are updated in place. ``preview``: the network alone (no refinement steps), what
+        the *Regularisation* sliders of a HyperSPR model run."""
+        settings = self.settingsFromParameterNode(p)
+        if preview:
+            settings.refine_steps = 0
         reuse = svlogic.OutputNodes(transform=p.outputTransform, lambda_map=p.outputLambda,
                                     jacobian=p.outputJacobian, warped=p.outputWarped,
                                     warped_labels=p.outputWarpedLabels, inverse=p.outputInverseTransform)
         return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
                                        fixed_labels=p.fixedLabels, moving_labels=p.movingLabels,
                                        fixed_fiducials=p.fixedFiducials, moving_fiducials=p.movingFiducials,
-                                       fixed_roi=p.fixedRoi, reuse=reuse, settings=self.settingsFromParameterNode(p), scene=slicer.mrmlScene,
+                                       fixed_roi=p.fixedRoi, reuse=reuse, settings=settings, scene=slicer.mrmlScene,
                                        **kwargs)
 
     @staticmethod
@@ -815,7 +983,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                  ensureDependencies: bool = True, timeout: float | None = None, log=None, method: str = "pairwise",
                  model: str = models.DEFAULT_MODEL, refineSteps: int = svlogic.DEFAULT_REFINE_STEPS,
                  fixedFiducials=None, movingFiducials=None, createInverseTransform: bool = False,
-                 outputs: svlogic.OutputNodes | None = None, fixedRoi=None) -> "SpatialVaryingRegResult":
+                 outputs: svlogic.OutputNodes | None = None, fixedRoi=None, alphaPrime: float | None = None,
+                 lambdaMax: float | None = None) -> "SpatialVaryingRegResult":
         """Register ``movingVolume`` onto ``fixedVolume``, blocking until done; return the output nodes.
 
         :param method: ``"pairwise"`` (optimise this pair; no training needed) or ``"learned"`` (a trained
@@ -824,6 +993,11 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             shipped_models()``) or a checkpoint: a folder holding model.json and model.safetensors, or either file.
         :param refineSteps: with ``method="learned"``: 0 to 500 optimisation steps from the network's prediction
             (0 = the network alone, fastest).
+        :param alphaPrime, lambdaMax: with ``method="learned"``: the regularisation codes to register at (``None``:
+            the model's own, ``model.json``). A HyperSPR model predicts for them; they must lie inside the ranges
+            it was trained over (``SpatialVaryingRegLib.models.model_info(model).code_ranges``), else a plain
+            message before anything starts. A plain model only uses them for its refinement (``refineSteps > 0``).
+            Pairwise registration takes ``parameters={"alpha_prime": ..., "lambda_max": ...}`` instead.
         :param preset: ``brain-mri``, ``cardiac-mri``, ``ct``, ``lung-ct`` or a preset JSON file path.
         :param parameters: registration parameters overriding the preset, e.g.
             ``{"alpha_prime": 0.1, "level_spacings": [4, 2], "iterations": [80, 60], "affine": False}``.
@@ -836,7 +1010,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         :param createInverseTransform: also create the inverse transform (``result.inverse``).
         :param fixedRoi: a markups ROI: only the fixed volume's voxels inside its box (world RAS bounds) are
             registered, and the results cover the box (big CT: less time and memory).
-        :param outputs: ``SpatialVaryingRegLib.logic.OutputNodes`` to update in place instead of new nodes.
+        :param outputs: ``SpatialVaryingRegLib.logic.OutputNodes`` to update in place instead of new nodes (e.g.
+            ``previousResult.outputNodes()``).
         :param log: optional callable receiving log lines (default: Python logging).
         :raises RuntimeError: (``RegistrationError``) with a plain message on failure.
         :return: :class:`SpatialVaryingRegResult` with ``transform``, ``warped``, ``lambdaMap``, ``jacobian``,
@@ -848,7 +1023,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                 "(or accept the installation offer) and try again.")
         settings = svlogic.RegistrationSettings(
             preset=str(preset), overrides=dict(parameters or {}), method=method, model=str(model),
-            refine_steps=refineSteps, device=device or ("cpu" if useCpu else "auto"),
+            refine_steps=refineSteps, codes=(alphaPrime, lambdaMax),
+            device=device or ("cpu" if useCpu else "auto"),
             labels=labels, label_interpolation=labelInterpolation, create_warped=createWarpedVolume,
             create_inverse=createInverseTransform, keep_temporary_files=keepTemporaryFiles, show_results=showResults)
         job = svlogic.RegistrationJob(fixedVolume, movingVolume, fixed_mask=fixedMask, moving_mask=movingMask,
@@ -913,6 +1089,10 @@ class SpatialVaryingRegResult:
     def nodes(self) -> list:
         return self.outputs.nodes()
 
+    def outputNodes(self) -> svlogic.OutputNodes:
+        """These nodes as ``outputs=`` of the next ``register`` call (updated in place)."""
+        return self.outputs.reuse()
+
     def __repr__(self) -> str:
         return f"<SpatialVaryingRegResult {self.statusText}>"
 
@@ -963,6 +1143,8 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         self.test_BadInputsGivePlainMessages()
         self.setUp()
         self.test_LearnedModel()
+        self.setUp()
+        self.test_HyperModelRegularisation()
 
     def _syntheticPair(self):
         import numpy as np
@@ -1045,6 +1227,38 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         self.assertTrue(float(lam.min()) > 0.0 and float(lam.max()) <= 1.0 + 1e-6)
         self.assertLess(result.report["metrics"]["folding_percent"], 1.0)
         self.delayDisplay(f"Test passed: {result.statusText}")
+
+    def test_HyperModelRegularisation(self):
+        """The first shipped HyperSPR model, network only, at its default codes then at the top of its ranges
+        into the same nodes (what the Regularisation sliders do); skipped when no hyper model is shipped."""
+        import numpy as np
+
+        hyper = [m for m in models.shipped_models() if m.is_hyper]
+        if not hyper:
+            self.delayDisplay("HyperSPR model: skipped (no hyper model is shipped with this engine)")
+            return
+        info = hyper[0]
+        fixed, moving, _fixedLabels, _movingLabels, _ijkToRas = self._syntheticPair()
+        logic = SpatialVaryingRegLogic()
+        common = dict(method="learned", model=str(info.folder), refineSteps=0, parameters={"affine": False},
+                      useCpu=True, ensureDependencies=False)
+        first = logic.register(fixed, moving, **common)
+        self.assertTrue(first.report["codes"]["conditioned"])
+        self.assertEqual((first.report["codes"]["alpha_prime"], first.report["codes"]["lambda_max"]),
+                         info.default_codes)
+        lambdaBefore = slicer.util.arrayFromVolume(first.lambdaMap).copy()
+        top = (info.code_ranges.alpha_prime[1], info.code_ranges.lambda_max[1])
+        second = logic.register(fixed, moving, alphaPrime=top[0], lambdaMax=top[1], outputs=first.outputNodes(),
+                                **common)
+        self.assertEqual((second.report["codes"]["alpha_prime"], second.report["codes"]["lambda_max"]), top)
+        self.assertEqual([n.GetID() for n in second.nodes()], [n.GetID() for n in first.nodes()])
+        if top != info.default_codes:
+            self.assertFalse(np.array_equal(slicer.util.arrayFromVolume(second.lambdaMap), lambdaBefore))
+        outside = info.code_ranges.lambda_max[1] * 2.0
+        with self.assertRaises(svlogic.RegistrationError) as ctx:
+            logic.register(fixed, moving, lambdaMax=outside, **common)
+        self.assertIn("outside the range", str(ctx.exception))
+        self.delayDisplay(f"Test passed: {second.statusText}")
 
     @staticmethod
     def _dice(a, b) -> float:

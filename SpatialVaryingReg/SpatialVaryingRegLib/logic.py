@@ -6,7 +6,8 @@
    folder, in world coordinates (a linear parent transform is folded in);
 2. ``svreg_core.cli register`` runs in a child process (:mod:`.runner`), reporting JSON progress:
    the pairwise optimiser, or a learned model (shipped or a checkpoint, :mod:`.models`) whose
-   prediction is refined by a few pairwise steps;
+   prediction is refined by a few pairwise steps (a HyperSPR model predicts at the regularisation
+   codes chosen, :attr:`RegistrationSettings.codes`);
 3. on success the outputs become MRML nodes: a grid transform (FromParent, RAS mm, fixed/moving
    references) with the moving volume placed under it, the λ map and the Jacobian determinant on
    the fixed grid with their colour maps, optionally the hardened warped volume, the warped labels
@@ -75,6 +76,10 @@ class RegistrationSettings:
         model: with ``method="learned"``: a shipped model's name or a checkpoint (a folder holding
             ``model.json`` and ``model.safetensors``, or either file).
         refine_steps: with ``method="learned"``: pairwise steps from the network's prediction (0 = none).
+        codes: with ``method="learned"``: the regularisation ``(α′, λ_max)`` to register at, each ``None``
+            for the model's own. A HyperSPR model predicts for them (they must lie inside the ranges it was
+            trained over, :attr:`.models.ModelInfo.code_ranges`); a plain model only refines with them
+            (they need ``refine_steps > 0``). Pairwise registration takes ``overrides`` instead.
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
         labels: label values to score (default: all labels present in both label maps).
         label_interpolation: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
@@ -90,6 +95,7 @@ class RegistrationSettings:
     method: str = "pairwise"
     model: str = models.DEFAULT_MODEL
     refine_steps: int = DEFAULT_REFINE_STEPS
+    codes: tuple[float | None, float | None] = (None, None)
     device: str = "auto"
     labels: list[int] | None = None
     label_interpolation: str = "linear"
@@ -156,6 +162,11 @@ class RegistrationOutputs:
         return [n for n in (self.transform, self.warped, self.lambda_map, self.jacobian, self.warped_labels,
                             self.inverse) if n is not None]
 
+    def reuse(self) -> OutputNodes:
+        """These nodes, for the next run to update in place."""
+        return OutputNodes(transform=self.transform, lambda_map=self.lambda_map, jacobian=self.jacobian,
+                           warped=self.warped, warped_labels=self.warped_labels, inverse=self.inverse)
+
 
 def _fmt(value: Any, digits: int) -> str:
     try:
@@ -167,7 +178,8 @@ def _fmt(value: Any, digits: int) -> str:
 
 def method_text(report: dict[str, Any]) -> str:
     """How the engine registered, from ``report.json``: ``"pairwise optimisation"`` or ``"learned model
-    'name' (architecture) + N refinement steps"``; empty when the report does not say (older engine)."""
+    'name' (architecture) at α′ A, λ_max L + N refinement steps"`` (the codes for a hyper model only);
+    empty when the report does not say (older engine)."""
     method = report.get("method")
     if method == "pairwise":
         return "pairwise optimisation"
@@ -177,8 +189,19 @@ def method_text(report: dict[str, Any]) -> str:
     text = "learned model"
     if isinstance(model, dict):
         text += f" '{model.get('name') or '?'}'" + (f" ({model['architecture']})" if model.get("architecture") else "")
+    codes = report.get("codes")
+    if isinstance(codes, dict) and codes.get("conditioned"):
+        text += f" at α′ {_fmt_code(codes.get('alpha_prime'))}, λ_max {_fmt_code(codes.get('lambda_max'))}"
     steps = report.get("refine_steps")
     return text + (f" + {steps} refinement steps" if isinstance(steps, int) and steps > 0 else "")
+
+
+def _fmt_code(value: Any) -> str:
+    """A regularisation code with 3 significant digits (``"0.175"``, ``"3.35"``, ``"10"``)."""
+    try:
+        return f"{float(value):.3g}"
+    except (TypeError, ValueError):
+        return "n/a"
 
 
 def status_text(run_name: str, report: dict[str, Any], elapsed_s: float | None = None) -> str:
@@ -413,19 +436,32 @@ class RegistrationJob:
                                     "same transform as the moving volume; place both under the same transform.")
 
     def _check_model(self) -> str | None:
-        """The engine's ``--model`` argument (``None`` for the pairwise method), checked before any start."""
-        method, steps = self.settings.method, self.settings.refine_steps
+        """The engine's ``--model`` argument (``None`` for the pairwise method), checked before any start,
+        with the regularisation codes (:attr:`RegistrationSettings.codes`) the model must accept."""
+        method, steps, codes = self.settings.method, self.settings.refine_steps, self.settings.codes
         if method not in METHODS:
             raise RegistrationError(f"unknown method '{method}'; use {' or '.join(METHODS)}.")
+        if not isinstance(codes, (tuple, list)) or len(codes) != 2:
+            raise RegistrationError(f"codes must be a pair (alpha_prime, lambda_max), each a number or None; "
+                                    f"got {codes!r}.")
+        chosen = any(c is not None for c in codes)
         if method == "pairwise":
+            if chosen:
+                raise RegistrationError("the codes (alpha_prime, lambda_max) choose a learned model's "
+                                        "regularisation; for pairwise registration set them in the parameters.")
             return None
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= REFINE_STEPS_MAX:
             raise RegistrationError(f"refine steps must be a whole number from 0 to {REFINE_STEPS_MAX} "
                                     f"(got {steps!r}).")
         try:
-            return models.resolve_model(self.settings.model)
+            models.check_code_numbers(*codes)
+            argument = models.resolve_model(self.settings.model)
+            info = models.model_info(self.settings.model) if chosen else None
+            if info is not None:
+                info.check_codes(*codes, refine_steps=steps)
         except models.ModelError as exc:
             raise RegistrationError(str(exc)) from None
+        return argument
 
     def export_inputs(self, workdir: Path) -> runner.RegisterRequest:
         """Write the inputs into ``workdir/inputs`` and return the engine request (after :meth:`validate`);
@@ -466,6 +502,8 @@ class RegistrationJob:
             label_interpolation=self.settings.label_interpolation,
             model=self._model_argument,
             refine=int(self.settings.refine_steps) if self._model_argument else None,
+            alpha_prime=self.settings.codes[0] if self._model_argument else None,
+            lambda_max=self.settings.codes[1] if self._model_argument else None,
             crop_fixed=self._crop_box(),
         )
 
@@ -509,8 +547,12 @@ class RegistrationJob:
             raise
         if self.on_log is not None:
             if self._model_argument:
-                self.on_log(f"Learned model {self._model_argument}, then {self.settings.refine_steps} refinement "
-                            "steps.")
+                alpha_prime, lambda_max = self.settings.codes
+                at = "".join(f", {name} {value:g}" for name, value in (("alpha_prime", alpha_prime),
+                                                                         ("lambda_max", lambda_max))
+                             if value is not None)
+                self.on_log(f"Learned model {self._model_argument}{at}, then {self.settings.refine_steps} "
+                            "refinement steps.")
             self.on_log(f"Started the engine: {' '.join(self.child.command)}")
         return self
 
@@ -526,6 +568,14 @@ class RegistrationJob:
             return True
         self._complete(self.child.result)
         return False
+
+    def request_stop(self) -> None:
+        """Ask the engine's process tree to stop without waiting (GUI thread): :meth:`poll` ends the job as
+        cancelled once it has gone (the temporary folder is removed then; the scene is left untouched)."""
+        if self.child is None or self.outputs is not None or self.error is not None:
+            return
+        self.cancelled = True
+        self.child.request_stop()
 
     def cancel(self) -> None:
         """Kill the engine's process tree, remove the temporary folder; the scene is left untouched."""
@@ -675,8 +725,8 @@ class RegistrationJob:
                 node.SetAttribute(RUN_ATTRIBUTE, str(number))
                 node.SetAttribute(ROLE_ATTRIBUTE, role)
         transform.SetAttribute(REPORT_ATTRIBUTE, json.dumps({k: report.get(k) for k in
-                                                             ("method", "model", "metrics", "timing", "device",
-                                                              "parameters")}))
+                                                             ("method", "model", "codes", "metrics", "timing",
+                                                              "device", "parameters")}))
         self.moving.SetAndObserveTransformNodeID(transform.GetID())
         if self.moving_fiducials is not None:
             self.moving_fiducials.SetAndObserveTransformNodeID(transform.GetID())

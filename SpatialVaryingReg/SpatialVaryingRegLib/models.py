@@ -1,9 +1,12 @@
 """Learned registration models as the module sees them: shipped models and checkpoint folders.
 
 A model is a folder holding ``model.json`` (its description: ``"format": "svreg-checkpoint"``, ``name``,
-``architecture``, ``network_spacing_mm``, ``training`` with a ``data`` string) and ``model.safetensors``
-(its weights). Shipped models live inside the engine package, ``svreg_core/models/shipped/<name>/``;
-a checkpoint is such a folder written by training, given as the folder or as either file in it.
+``architecture``, ``network_spacing_mm``, ``training`` with a ``data`` string, the regularisation it was
+trained at, ``alpha_prime`` and ``lambda_max``, and for a HyperSPR model the ranges of those codes it was
+trained over, ``config.hyper = {"alpha_prime": [low, high], "lambda_max": [low, high]}``) and
+``model.safetensors`` (its weights). Shipped models live inside the engine package,
+``svreg_core/models/shipped/<name>/``; a checkpoint is such a folder written by training, given as the
+folder or as either file in it.
 
 Only the small ``model.json`` files are read (plain JSON, no torch, no child process), so the model
 list can be filled from the GUI thread. The weights are loaded by the engine in its child process.
@@ -13,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
+import numbers
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,8 +35,65 @@ WEIGHTS_FILE = "model.safetensors"
 SHIPPED_SUBFOLDER = Path("svreg_core", "models", "shipped")
 
 
+#: The two regularisation codes of a learned model, as ``model.json`` and ``config.hyper`` name them.
+CODE_NAMES = ("alpha_prime", "lambda_max")
+
+
 class ModelError(ValueError):
     """A model or checkpoint cannot be used; ``str(error)`` is one plain line for the user."""
+
+
+@dataclass(frozen=True)
+class CodeRanges:
+    """Closed ranges ``[low, high]`` (``0 < low <= high``, dimensionless) of the regularisation codes a
+    HyperSPR model was trained over: it registers at any (α′, λ_max) inside them without retraining.
+
+    The same content as the engine's ``svreg_core.models.film.CodeRanges``, read here from ``model.json``
+    without importing the engine (it imports torch). ``low == high`` fixes that code.
+    """
+
+    alpha_prime: tuple[float, float]
+    lambda_max: tuple[float, float]
+
+    @classmethod
+    def from_value(cls, value: Any) -> "CodeRanges":
+        """Read ``config.hyper``; raise :class:`ModelError` (one line) when it is malformed."""
+        if not isinstance(value, dict) or set(value) != set(CODE_NAMES):
+            raise ModelError(f"its code ranges (config.hyper) must be {{alpha_prime: [low, high], "
+                             f"lambda_max: [low, high]}}, not {value!r}.")
+        ranges = {}
+        for name in CODE_NAMES:
+            pair = value[name]
+            if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_number(v) for v in pair)
+                    or not 0 < pair[0] <= pair[1]):
+                raise ModelError(f"its {name} range (config.hyper) must be two numbers [low, high] with "
+                                 f"0 < low <= high, not {pair!r}.")
+            ranges[name] = (float(pair[0]), float(pair[1]))
+        return cls(**ranges)
+
+    def range_of(self, name: str) -> tuple[float, float]:
+        """``(low, high)`` of the code ``name`` (one of :data:`CODE_NAMES`)."""
+        return getattr(self, name)
+
+    def describe(self) -> str:
+        """``"alpha_prime 0.05 to 0.5, lambda_max 0.5 to 10"``."""
+        parts = []
+        for name in CODE_NAMES:
+            low, high = self.range_of(name)
+            parts.append(f"{name} {low:g} to {high:g}")
+        return ", ".join(parts)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_code_numbers(alpha_prime: Any, lambda_max: Any) -> None:
+    """Raise :class:`ModelError` (one line) unless each code is ``None`` or a finite number >= 0."""
+    for name, value in zip(CODE_NAMES, (alpha_prime, lambda_max)):
+        if value is not None and (not _is_number(value) or value < 0):
+            raise ModelError(f"{name} must be a number of 0 or more, not {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -44,6 +106,9 @@ class ModelInfo:
         folder: the folder holding ``model.json`` and ``model.safetensors``.
         network_spacing_mm: voxel size (mm) of the grid the network works on, as written in the file.
         training_data: what it was trained on (``training.data``), empty when not stated.
+        default_codes: ``(α′, λ_max)`` it registers at unless told otherwise (``alpha_prime``,
+            ``lambda_max``; a hyper model's defaults lie inside its ranges); ``None`` when not stated.
+        code_ranges: a HyperSPR model's trained code ranges (``config.hyper``); ``None`` for a plain model.
     """
 
     name: str
@@ -51,15 +116,50 @@ class ModelInfo:
     folder: Path
     network_spacing_mm: Any = None
     training_data: str = ""
+    default_codes: tuple[float, float] | None = None
+    code_ranges: CodeRanges | None = None
+
+    @property
+    def is_hyper(self) -> bool:
+        """Whether its regularisation can be chosen at registration time (a HyperSPR model)."""
+        return self.code_ranges is not None
 
     def summary(self) -> str:
-        """One line for a tooltip or the log: architecture, working voxel size, training data."""
+        """One line for a tooltip or the log: architecture, working voxel size, training data and, for a
+        hyper model, the code ranges it accepts."""
         parts = [self.architecture or "unknown architecture"]
         if self.network_spacing_mm is not None:
             parts.append(f"works at {self.network_spacing_mm} mm")
         if self.training_data:
             parts.append(f"trained on {self.training_data}")
+        if self.code_ranges is not None:
+            parts.append(f"regularisation adjustable: {self.code_ranges.describe()}")
         return f"{self.name}: " + ", ".join(parts)
+
+    def check_codes(self, alpha_prime: float | None, lambda_max: float | None, refine_steps: int) -> None:
+        """Raise :class:`ModelError` (one line) unless the engine will accept these codes for this model.
+
+        The engine's rule (``svreg_core.registration.model_codes``), checked here before any work: each
+        code given (``None``: the model's own) is a number >= 0; a hyper model's lie inside its trained
+        ranges; a plain model's prediction cannot change, so codes other than its own only set the loss of
+        the refinement steps and need ``refine_steps > 0``.
+        """
+        check_code_numbers(alpha_prime, lambda_max)
+        given = dict(zip(CODE_NAMES, (alpha_prime, lambda_max)))
+        if self.code_ranges is not None:
+            for name, value in given.items():
+                low, high = self.code_ranges.range_of(name)
+                if value is not None and not low <= value <= high:
+                    raise ModelError(f"{name} {value:g} is outside the range model {self.name} was trained on "
+                                     f"[{low:g}, {high:g}]; choose a value inside it.")
+            return
+        own = dict(zip(CODE_NAMES, self.default_codes or (None, None)))
+        if refine_steps or self.default_codes is None:
+            return
+        if any(value is not None and value != own[name] for name, value in given.items()):
+            raise ModelError(f"model {self.name} is not a hyper model: it was trained at alpha_prime "
+                             f"{own['alpha_prime']:g}, lambda_max {own['lambda_max']:g} and its prediction cannot "
+                             "change; other values only set the loss of the refinement steps (refine steps > 0).")
 
 
 def read_model(folder: str | Path) -> ModelInfo:
@@ -77,8 +177,21 @@ def read_model(folder: str | Path) -> ModelInfo:
         raise ModelError(f"{path} is not a model description (it needs \"format\": \"{CHECKPOINT_FORMAT}\").")
     training = doc.get("training")
     data = training.get("data", "") if isinstance(training, dict) else ""
-    return ModelInfo(name=str(doc.get("name") or folder.name), architecture=str(doc.get("architecture", "")),
-                     folder=folder, network_spacing_mm=doc.get("network_spacing_mm"), training_data=str(data))
+    name = str(doc.get("name") or folder.name)
+    config = doc.get("config")
+    hyper = config.get("hyper") if isinstance(config, dict) else None
+    try:
+        ranges = None if hyper is None else CodeRanges.from_value(hyper)
+    except ModelError as exc:
+        raise ModelError(f"{path} is not a usable model description: {exc}") from None
+    codes = tuple(doc.get(n) for n in CODE_NAMES)
+    if ranges is not None and not all(_is_number(c) for c in codes):
+        raise ModelError(f"{path} is not a usable model description: a hyper model needs its default "
+                         "alpha_prime and lambda_max.")
+    return ModelInfo(name=name, architecture=str(doc.get("architecture", "")), folder=folder,
+                     network_spacing_mm=doc.get("network_spacing_mm"), training_data=str(data),
+                     default_codes=tuple(float(c) for c in codes) if all(_is_number(c) for c in codes) else None,
+                     code_ranges=ranges)
 
 
 def shipped_models_folder(engine: Path | None = None) -> Path | None:
@@ -179,3 +292,20 @@ def resolve_model(model: str, engine: Path | None = None) -> str:
     available = f"shipped: {', '.join(names)}" if names else "no model is shipped with this engine"
     raise ModelError(f"there is no shipped model '{text}' ({available}); choose a shipped model or a checkpoint "
                      f"(a folder with {DESCRIPTION_FILE} and {WEIGHTS_FILE}).")
+
+
+def model_info(model: str, engine: Path | None = None) -> ModelInfo | None:
+    """The description of ``model`` (a shipped model's name or a checkpoint path, as :func:`resolve_model`
+    takes it), read from its ``model.json`` only.
+
+    Raises :class:`ModelError` (one line) where :func:`resolve_model` does; ``None`` for a name the
+    engine's models, not locatable here, may know (the engine checks it).
+    """
+    text = str(model or "").strip()
+    for info in shipped_models(engine):
+        if info.name == text:
+            return info
+    if text and _is_path(text):
+        return read_model(checkpoint_folder(text))
+    resolve_model(text, engine)  # an empty or unknown name: the plain message
+    return None

@@ -395,6 +395,8 @@ class RegisterRequest:
     ``model`` (a shipped model's name or a checkpoint folder) selects the learned method: the network
     predicts the deformation and λ, then ``refine`` steps of pairwise optimisation of the same SPR loss
     start from that prediction (0 = the network only). Without ``model`` the pairwise optimiser runs.
+    ``alpha_prime``/``lambda_max`` (with ``model``): the regularisation codes a HyperSPR model predicts
+    for (inside its trained ranges), or the loss of a plain model's refinement; ``None``: the model's own.
     ``crop_fixed``: two opposite corners (world RAS mm, 6 numbers) of the box the fixed image is cropped to.
     """
 
@@ -414,6 +416,8 @@ class RegisterRequest:
     label_interpolation: str | None = None
     model: str | None = None
     refine: int | None = None
+    alpha_prime: float | None = None
+    lambda_max: float | None = None
     overwrite: bool = False
     crop_fixed: Sequence[float] | None = None
 
@@ -433,6 +437,9 @@ class RegisterRequest:
             args += ["--model", str(self.model)]
             if self.refine is not None:
                 args += ["--refine", str(int(self.refine))]
+            for flag, value in (("--alpha-prime", self.alpha_prime), ("--lambda-max", self.lambda_max)):
+                if value is not None:
+                    args += [flag, repr(float(value))]
         if self.similarity:
             args += ["--similarity", self.similarity]
         if not self.spr:

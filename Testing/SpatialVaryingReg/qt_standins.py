@@ -65,6 +65,10 @@ class QWidget:
     def setVisible(self, visible: bool) -> None:
         self.visible = visible
 
+    def connect(self, signature: str, slot) -> None:
+        """PythonQt's ``widget.connect("valueChanged(int)", slot)``."""
+        getattr(self, signature.split("(")[0]).connect(slot)
+
 
 class _Valued(QWidget):
     """A widget whose assignment to ``attribute`` emits ``signal`` when the value changes."""
@@ -137,7 +141,27 @@ class QSpinBox(_Ranged):
 
 
 class QSlider(_Ranged):
-    pass
+    """A slider: ``value`` set by code or by the user's hand (``drag``, then ``release``)."""
+
+    SIGNALS = ("valueChanged", "sliderReleased")
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._down = False
+
+    def isSliderDown(self) -> bool:
+        return self._down
+
+    def drag(self, *positions: int) -> None:
+        """The user drags the handle through ``positions`` (``valueChanged`` for each, the handle held down)."""
+        self._down = True
+        for position in positions:
+            self.value = position
+
+    def release(self) -> None:
+        """The user lets go of the handle (``sliderReleased``)."""
+        self._down = False
+        self._emit("sliderReleased")
 
 
 class QDoubleSpinBox(_Ranged):

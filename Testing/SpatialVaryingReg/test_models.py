@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image
+from slicer_test_helpers import add_volume, blob_image, write_model
 
 from SpatialVaryingRegLib import geometry, logic, models, runner
 
@@ -24,17 +24,6 @@ AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 AFFINE[:3, 3] = -31.0
 SHAPE = (32, 32, 32)
 FAST = {"level_spacings": [8.0, 4.0], "iterations": [10, 10], "affine": False, "similarity": "mse"}
-
-
-def write_model(folder: Path, name: str = "tiny", weights: bool = True, **extra) -> Path:
-    """A model folder as the engine writes it (only ``model.json`` is read by the module)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    doc = {"format": models.CHECKPOINT_FORMAT, "format_version": 1, "name": name, "architecture": "unet-spr",
-           "network_spacing_mm": 4.0, "training": {"data": "OASIS, 100 T1 scans"}, **extra}
-    (folder / models.DESCRIPTION_FILE).write_text(json.dumps(doc), encoding="utf-8")
-    if weights:
-        (folder / models.WEIGHTS_FILE).write_bytes(b"not read by the module")
-    return folder
 
 
 @pytest.fixture

@@ -192,3 +192,56 @@ def test_in_slicer_self_test_skips_with_a_reason_without_torch(module, scene, mo
     module.SpatialVaryingRegTest("runTest").run(result)
     assert result.failures == [] and result.errors == []
     assert len(result.skipped) == 1 and "PyTorch is not installed" in result.skipped[0][1]
+
+
+def test_parameter_node_codes_reach_the_learned_settings_only(module, tmp_path):
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    assert (p.hyperAlphaPrime, p.hyperLambdaMax) == (-1.0, -1.0)  # the model's defaults
+    p.hyperLambdaMax = 5.0
+    assert logic.settingsFromParameterNode(p).codes == (None, None)  # pairwise: the preset's own values
+    p.method = module.METHOD_LABELS["learned"]
+    assert logic.settingsFromParameterNode(p).codes == (None, 5.0)
+    p.hyperAlphaPrime = 0.2
+    assert logic.settingsFromParameterNode(p).codes == (0.2, 5.0)
+
+
+def test_console_register_with_codes_refused_before_anything_starts(module, scene, monkeypatch, tmp_path):
+    """``logic.register(..., alphaPrime=A, lambdaMax=L)``: outside the model's ranges, on a plain model
+    without refinement, or with the pairwise method: a plain message, nothing started or added."""
+    from slicer_test_helpers import HYPER, add_volume, write_model
+
+    monkeypatch.setattr(module.svlogic, "default_temp_root", lambda: str(tmp_path / "temp"))
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed = add_volume(scene, np.random.default_rng(0).random((16, 16, 16)), affine, "fixed")
+    moving = add_volume(scene, np.random.default_rng(1).random((16, 16, 16)), affine, "moving")
+    hyper = write_model(tmp_path / "hyper", name="hyper-tiny", config={"hyper": HYPER}, alpha_prime=0.175,
+                        lambda_max=1.0)
+    plain = write_model(tmp_path / "plain", alpha_prime=0.1, lambda_max=2.0)
+    nodes_before = scene.GetNumberOfNodes()
+    logic = module.SpatialVaryingRegLogic()
+    for kwargs, message in (
+            (dict(model=str(hyper), alphaPrime=0.9), r"alpha_prime 0.9 is outside the range model hyper-tiny was "
+                                                     r"trained on \[0.05, 0.5\]; choose a value inside it."),
+            (dict(model=str(hyper), lambdaMax=0.25), r"lambda_max 0.25 is outside the range"),
+            (dict(model=str(plain), lambdaMax=3.0, refineSteps=0), "model tiny is not a hyper model"),
+            (dict(method="pairwise", lambdaMax=3.0), "for pairwise registration set them in the parameters")):
+        with pytest.raises(module.svlogic.RegistrationError, match=message):
+            logic.register(fixed, moving, **{"method": "learned", **kwargs}, ensureDependencies=False)
+    assert scene.GetNumberOfNodes() == nodes_before and moving.GetParentTransformNode() is None
+    assert not (tmp_path / "temp").exists()
+
+
+def test_in_slicer_self_test_of_a_hyper_model(module, scene, monkeypatch, tmp_path):
+    """The self-test's HyperSPR part (run in Slicer when a hyper model is shipped) on a tiny hyper checkpoint
+    offered as the shipped model."""
+    from slicer_test_helpers import tiny_hyper_checkpoint
+
+    folder = tiny_hyper_checkpoint(tmp_path / "models")
+    monkeypatch.setattr(module.models, "shipped_models", lambda engine=None: [module.models.read_model(folder)])
+    monkeypatch.setattr(module.svlogic, "default_temp_root", lambda: str(tmp_path / "temp"))
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    scene.Clear(0)
+    module.SpatialVaryingRegTest("test_HyperModelRegularisation").test_HyperModelRegularisation()
+    assert list((tmp_path / "temp").iterdir()) == []

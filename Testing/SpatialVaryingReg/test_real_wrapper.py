@@ -63,6 +63,8 @@ def _widget(module, ui, parameter_node):
     widget = module.SpatialVaryingRegWidget.__new__(module.SpatialVaryingRegWidget)
     module.VTKObservationMixin.__init__(widget)
     widget.ui, widget._parameterNode, widget._job = ui, parameter_node, None
+    widget._preview = module.preview.PreviewScheduler(widget._startPreviewJob, widget._onPreviewFinished)
+    widget._codesModel = None
     return widget
 
 
@@ -225,3 +227,86 @@ def test_parameter_node_outputs_are_reused_and_new_inputs_reach_the_job(real, sc
 
     text = logic.cpuEstimateText(p, logic.settingsFromParameterNode(p))
     assert text.startswith("about ") and "estimate" in text
+
+
+def test_regularisation_sliders_show_a_hyper_models_ranges_and_one_release_asks_for_one_preview(real, scene, tmp_path):
+    """The sliders (standins, connected by the widget's own code) on the real parameter node: shown for a
+    hyper model only, at its defaults on a log scale; a drag starts nothing, a release or a key press
+    stores the code and asks the real scheduler for one run; another model resets the codes."""
+    from slicer_test_helpers import HYPER, write_model
+
+    module, qt, ctk = real
+    preview = module.preview
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, None)
+    widget.logic, widget._previewTimer = logic, qt.QTimer()
+    widget._torchStatus = module.dependencies.TorchStatus("ok")
+    clock, started = [0.0], []
+    widget._preview = preview.PreviewScheduler(lambda codes: started.append(codes), widget._onPreviewFinished,
+                                               clock=lambda: clock[0])
+    widget._connectCodeSliders()
+    widget.setParameterNode(p)  # binds the .ui and observes the node, as in Slicer
+    hyper = write_model(tmp_path / "hyper", name="hyper-tiny", config={"hyper": HYPER}, alpha_prime=0.175,
+                        lambda_max=1.0)
+    fixed_lambda = write_model(tmp_path / "fixed-lambda", config={"hyper": {**HYPER, "lambda_max": [2.0, 2.0]}},
+                               alpha_prime=0.1, lambda_max=2.0)
+    plain = write_model(tmp_path / "plain", alpha_prime=0.1, lambda_max=2.0)
+    p.fixedVolume = add_volume(scene, np.zeros((4, 4, 4), np.float32), np.eye(4), "a")
+    p.movingVolume = add_volume(scene, np.zeros((4, 4, 4), np.float32), np.eye(4), "b")
+    alpha, lam = ui.hyperAlphaPrimeSlider, ui.hyperLambdaMaxSlider
+
+    widget._checkCanApply()
+    assert not ui.hyperCodesWidget.visible and not ui.hyperCodesLabel.visible  # pairwise
+    p.method, p.model, p.modelCheckpoint = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE, str(hyper)
+    widget._checkCanApply()
+    assert ui.hyperCodesWidget.visible and ui.hyperCodesLabel.visible and alpha.enabled and lam.enabled
+    assert (alpha.minimum, alpha.maximum) == (0, preview.SLIDER_STEPS)
+    assert lam.value == preview.slider_position(1.0, 0.5, 10.0) == 23
+    assert (ui.hyperAlphaPrimeValueLabel.text, ui.hyperLambdaMaxValueLabel.text) == ("0.175 (default)", "1 (default)")
+    assert ui.hyperLambdaMaxValueLabel.toolTip == "lambda_max from 0.5 to 10 (log scale), the model's default 1."
+
+    lam.drag(40, 70, 100)  # dragging shows the value under the handle, nothing else
+    assert ui.hyperLambdaMaxValueLabel.text == "10" and p.hyperLambdaMax == -1.0 and widget._preview.pending is None
+    lam.release()
+    assert p.hyperLambdaMax == 10.0 and p.parameterNode.GetParameter("hyperLambdaMax") == "10.0"  # in the scene
+    assert widget._preview.pending == (-1.0, 10.0) and widget._previewTimer.active
+    alpha.drag(60)
+    alpha.release()  # a second release within the quiet time replaces the first request
+    code = preview.slider_code(60, 0.05, 0.5)
+    assert p.hyperAlphaPrime == code and widget._preview.pending == (code, 10.0)
+    clock[0] += 0.1
+    widget._onPreviewTimer()
+    assert started == []
+    clock[0] += preview.DEBOUNCE_S
+    widget._onPreviewTimer()  # the start stand-in returns no job: the run is over at once
+    assert started == [(code, 10.0)] and not widget._previewTimer.active
+    alpha.value = 61  # a key press (the handle is not held): taken at once, debounced like a release
+    assert widget._preview.pending == (preview.slider_code(61, 0.05, 0.5), 10.0)
+    clock[0] += preview.DEBOUNCE_S
+    widget._onPreviewTimer()
+    assert len(started) == 2  # one run per release or key press
+
+    # what the preview runs: the parameter node's job at these codes, without refinement, into its outputs
+    job = logic.createJob(p, preview=True)
+    assert (job.settings.refine_steps, job.settings.codes) == (0, (preview.slider_code(61, 0.05, 0.5), 10.0))
+    assert logic.createJob(p).settings.refine_steps == p.refineSteps == 20
+    # back at the default's position: stored as "the model's default"
+    lam.drag(preview.slider_position(1.0, 0.5, 10.0))
+    lam.release()
+    assert p.hyperLambdaMax == -1.0 and ui.hyperLambdaMaxValueLabel.text == "1 (default)"
+
+    # a reloaded scene keeps its codes; choosing another model resets them to that model's defaults
+    widget.setParameterNode(p)
+    assert p.hyperAlphaPrime == preview.slider_code(61, 0.05, 0.5) and alpha.value == 61
+    p.modelCheckpoint = str(fixed_lambda)
+    widget._checkCanApply()
+    assert (p.hyperAlphaPrime, p.hyperLambdaMax) == (-1.0, -1.0) and widget._preview.pending is None
+    assert alpha.enabled and not lam.enabled  # a code trained at one value cannot move
+    p.modelCheckpoint = str(plain)
+    widget._checkCanApply()
+    assert not ui.hyperCodesWidget.visible
+    p.method = module.METHOD_LABELS["pairwise"]
+    widget._checkCanApply()
+    assert not ui.hyperCodesWidget.visible

@@ -8,10 +8,13 @@ Examples::
     svreg tune --storage svreg-tune.db --report report/ --apply-best tuned.json   # summarise, export preset
     svreg register --preset tuned.json fixed.nii.gz moving.nii.gz -o out/
     svreg tune --train-config train.yaml --synthetic labels/ --epochs-per-trial 20 --storage unet.db  # training
+    svreg tune validation/ --model runs/hyper/best --storage codes.db --apply-best codes.json   # a hyper model's codes
 
 Running the same command again resumes the study until ``--n-trials`` trials are finished (COMPLETE
 or PRUNED) in total; running it on several machines/processes at once makes them share the work.
-With ``--train-config`` or training data flags, each trial trains a network (:mod:`.training`).
+With ``--train-config`` or training data flags, each trial trains a network (:mod:`.training`); with
+``--model``, each trial runs a learned model at the trial's codes (α′, λ_max) on the validation pairs
+(:mod:`.codes`).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from svreg_core.errors import InputError
 from svreg_core.interrupts import sigterm_as_interrupt
+from svreg_core.tuning.codes import ModelCodeDice, code_search_space, model_reference
 from svreg_core.tuning.objective import Objective, PairwiseDice, trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
@@ -74,6 +78,14 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     space.add_argument("--no-affine", action="store_true", help="skip the affine stage (pairs pre-aligned)")
     space.add_argument("--device", default=None, help="auto, cpu or cuda (default: the preset's)")
 
+    codes = parser.add_argument_group("code search of a learned model (with validation pairs: each trial runs the "
+                                      "network at the trial's α′, λ_max; no training)")
+    codes.add_argument("--model", help="a hyper model (shipped name or checkpoint): search its codes, by default over "
+                                       "the ranges it was trained on")
+    codes.add_argument("--refine", type=int, default=0, metavar="N",
+                       help="with --model: N pairwise iterations at the trial's codes after each prediction "
+                            "(default 0; a plain model needs them: its codes then set only the refinement's loss)")
+
     objective = parser.add_argument_group("objective")
     objective.add_argument("--max-folding", type=float, default=None, metavar="PERCENT",
                            help="reject (prune) a trial as soon as a pair's folding (%% of |J| <= 0) exceeds this")
@@ -116,7 +128,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--report", metavar="DIR", default=None,
                      help="write summary.json (also after every trial), summary.md, trials.csv and figures into DIR")
     out.add_argument("--apply-best", metavar="PATH", default=None,
-                     help="write the best trial's searched parameters as a preset file (svreg register --preset PATH)")
+                     help="write the best trial's searched parameters as a preset file (svreg register --preset PATH); "
+                          "of a code search, the model and its best codes as JSON (and the svreg register command)")
     out.add_argument("--include-fixed-settings", action="store_true",
                      help="--apply-best also writes the study's fixed settings (pyramid, iterations, affine...)")
     out.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
@@ -136,6 +149,10 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("give either validation pairs (pairwise tuning) or training settings, not both.")
     if training and (args.level_spacings or args.iterations or args.no_affine):
         raise InputError("--level-spacings, --iterations and --no-affine apply to pairwise tuning only.")
+    if args.refine and not args.model or args.refine < 0:
+        raise InputError("--refine N (0 or more) refines a learned model's predictions: it needs --model.")
+    if args.model and args.validation is None:
+        raise InputError("a code search (--model) needs validation pairs to score the codes on.")
     if args.n_trials < 1 or (args.epochs_per_trial is not None and args.epochs_per_trial < 1):
         raise InputError("--n-trials and --epochs-per-trial must be at least 1.")
     if min(args.max_failures, args.max_retry, args.startup_trials, args.pruner_startup_trials,
@@ -155,6 +172,11 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
     if not _training(args):
         overrides = {"level_spacings": args.level_spacings, "iterations": args.iterations,
                      "affine": False if args.no_affine else None, "device": args.device}
+        if args.model:
+            space = code_search_space(args.model, args.refine, args.preset, overrides=overrides, **ranges)
+            return space, ModelCodeDice(discover_pairs(args.validation), args.model, device=space.base.device,
+                                        refine=args.refine, labels=args.labels,
+                                        label_mode=args.label_interpolation), None
         return (build_search_space(args.preset, overrides=overrides, **ranges),
                 PairwiseDice(discover_pairs(args.validation), labels=args.labels, label_mode=args.label_interpolation),
                 None)
@@ -174,6 +196,8 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
     meta = {"objective": objective.name, "value_name": objective.value_name, "search_space": space.to_dict(),
             "steps": objective.step_labels(), "max_folding": args.max_folding, "labels": args.labels,
             "label_mode": args.label_interpolation}
+    if args.model:
+        meta.update(model=model_reference(args.model), refine=args.refine)
     study, created = create_or_join(storage, args.study_name, meta,
                                     default_params=None if args.no_default_trial else space.default_values())
     pruner = optuna.pruners.NopPruner() if args.no_pruning else optuna.pruners.MedianPruner(
@@ -229,10 +253,11 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
             if args.apply_best:
                 path, params = write_best_preset(study, args.apply_best, include_fixed=args.include_fixed_settings,
                                                  storage_label=label)
-                best = study.best_trial
+                best, shown = study.best_trial, {k: v for k, v in params.items() if k != "command"}
                 _announce(json_mode, sink, TuneEvent("apply_best", study.study_name, trial=best.number,
                                                      value=best.value, params=params, message=str(path)),
-                          f"best trial {best.number} written to {path}: {params}")
+                          f"best trial {best.number} written to {path}: {shown}"
+                          + (f"\nregister with it: {params['command']}" if "command" in params else ""))
     except KeyboardInterrupt:
         if not json_mode:
             print("tuning interrupted; finished trials are kept, run the same command to resume.", file=sys.stderr)

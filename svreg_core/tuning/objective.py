@@ -20,7 +20,7 @@ import optuna
 
 from svreg_core.errors import SvregError
 from svreg_core.interrupts import interruptible
-from svreg_core.tuning.pairs import ValidationPair, load_pair
+from svreg_core.tuning.pairs import LoadedPair, ValidationPair, load_pair
 
 if TYPE_CHECKING:  # pragma: no cover
     from svreg_core.tuning.progress import TuneProgress
@@ -163,13 +163,18 @@ class PairwiseDice:
     def step_labels(self) -> list[str]:
         return [p.name for p in self.pairs]
 
+    def register(self, data: LoadedPair, settings: Any) -> Any:
+        """One pair registered with the trial's settings (a :class:`~svreg_core.registration.RegistrationResult`)."""
+        from svreg_core.registration import register
+
+        return register(data.fixed, data.moving, settings)
+
     def evaluate(self, settings: Any, steps: StepReporter) -> None:
         from svreg_core.metrics import dice, folding_percent, jacobian_determinant
-        from svreg_core.registration import register
 
         for pair in self.pairs:
             data = load_pair(pair)
-            result = register(data.fixed, data.moving, settings)
+            result = self.register(data, settings)
             warped = result.warp_image(data.moving_labels, labels=True, label_mode=self.label_mode)
             scores = dice(data.fixed_labels.data, warped.data, labels=self.labels)
             if not scores:

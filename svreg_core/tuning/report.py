@@ -8,7 +8,8 @@ rewrites it after every trial), ``summary.md`` (the same for people), ``trials.c
 
 ``--apply-best`` of a pairwise study writes a preset holding only the searched parameters on top of the
 base preset (the study's fixed settings, always listed under ``tuning.study_settings``, only when asked:
-``include_fixed``); of a training study, the training configuration with the best values.
+``include_fixed``); of a training study, the training configuration with the best values; of a code search
+(:mod:`.codes`), a JSON ``{"model", "alpha_prime", "lambda_max", "refine", "command", "tuning"}``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import secrets
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +77,8 @@ def summarize_study(study: optuna.Study, storage_label: str = "") -> dict[str, A
     out: dict[str, Any] = {
         "study": study.study_name, "storage": storage_label, "objective": meta.get("objective"),
         "value_name": meta.get("value_name", "mean Dice"), "steps": meta.get("steps"),
-        "max_folding": meta.get("max_folding"), "counts": counts,
+        "max_folding": meta.get("max_folding"), "model": meta.get("model"), "refine": meta.get("refine"),
+        "counts": counts,
         "base_preset": None if space is None else space.base_preset,
         "searched": None if space is None else space.to_dict()["ranges"],
         "study_settings": None if space is None else space.fixed_settings(),
@@ -179,6 +182,9 @@ def _markdown(s: dict[str, Any]) -> str:
     if s["objective"]:
         md.append(f"Objective: {s['objective']}, {s['value_name']} over {len(s['steps'] or [])} steps "
                   f"({', '.join((s['steps'] or [])[:3])}...), maximised  ")
+    if s["model"]:
+        md.append(f"Code search of model `{s['model']}`: each trial ran the network at its α′, λ_max"
+                  + (f" (+ {s['refine']} refinement iterations)" if s["refine"] else "") + ", no training  ")
     if s["max_folding"] is not None:
         md.append(f"Constraint: folding ≤ {s['max_folding']:g} % on every step (violations are pruned)  ")
     best = s["best"]
@@ -189,8 +195,9 @@ def _markdown(s: dict[str, Any]) -> str:
         fold = "" if best["folding_percent"] is None else f", folding {best['folding_percent']:.4g} %"
         md += [f"Trial {best['number']}: {s['value_name']} **{best['value']:.4f}**{fold}", ""]
         md += [f"- {k} = {v:.6g}" if isinstance(v, float) else f"- {k} = {v}" for k, v in best["params"].items()]
-        md += ["", "`svreg tune --storage ... --study-name ... --apply-best FILE` writes these values (a preset: "
-               "the fixed settings below only with `--include-fixed-settings`).", ""]
+        md += ["", "`svreg tune --storage ... --study-name ... --apply-best FILE` writes these values (" + (
+            "the model and its codes, with the `svreg register` command" if s["model"] else
+            "a preset: the fixed settings below only with `--include-fixed-settings`") + ").", ""]
     if s["study_settings"] is not None:
         ref, word = s["reference"], "preset" if s["base_preset"] else "default"
         md += [f"## Settings every trial ran with ({word} `{s['base_preset'] or 'svreg train'}`)", ""]
@@ -230,12 +237,28 @@ def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage
                        "study_settings": fixed}}
 
 
+def codes_document(study: optuna.Study, storage_label: str = "") -> dict[str, Any]:
+    """The best trial of a code search: the model, its codes, refinement, and the command registering with them."""
+    space, best = _best(study)
+    meta, values = study_meta(study), space.parameters(best.params)
+    command = ["svreg", "register", "FIXED", "MOVING", "-o", "OUT", "--model", meta["model"],
+               *(["--refine", str(meta["refine"])] if meta["refine"] else []),
+               "--alpha-prime", f"{values.alpha_prime:.6g}", "--lambda-max", f"{values.lambda_max:.6g}"]
+    return {"model": meta["model"], "alpha_prime": values.alpha_prime, "lambda_max": values.lambda_max,
+            "refine": meta["refine"], "command": shlex.join(command),
+            "tuning": {"study": study.study_name, "storage": storage_label, "trial": best.number,
+                       "mean_dice": best.value, "folding_percent": _num(best.user_attrs.get("folding_percent")),
+                       "validation_pairs": meta.get("steps"), "study_settings": space.fixed_settings()}}
+
+
 def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: bool = False,
                       storage_label: str = "") -> tuple[Path, dict[str, Any]]:
     """Write the best trial as a preset file (``svreg register --preset PATH``) or, for a training study, as
-    a training configuration (``svreg train --config PATH``; YAML or JSON by the suffix, the full schedule).
+    a training configuration (``svreg train --config PATH``; YAML or JSON by the suffix, the full schedule),
+    or, for a code search, the model and its codes (:func:`codes_document`).
 
-    Returns the path and the parameters written (a preset's ``parameters``; the searched training values).
+    Returns the path and the parameters written (a preset's ``parameters``; the searched training values;
+    a code search's document without ``tuning``).
     """
     path = Path(path).expanduser()
     if path.is_dir():
@@ -248,6 +271,8 @@ def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: b
         except OSError as exc:
             raise OutputError(f"cannot write {path} ({exc.strerror or exc}).") from None
         return path, {k: getattr(config, k) for k in sorted(space.searched_fields())}
-    doc = preset_document(study, include_fixed=include_fixed, storage_label=storage_label)
+    codes = bool(study_meta(study).get("model"))
+    doc = (codes_document(study, storage_label) if codes
+           else preset_document(study, include_fixed=include_fixed, storage_label=storage_label))
     _write(path, json.dumps(doc, indent=2, allow_nan=False) + "\n")
-    return path, doc["parameters"]
+    return path, {k: v for k, v in doc.items() if k != "tuning"} if codes else doc["parameters"]
