@@ -44,21 +44,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-#: Voxels per slab of :func:`_slabs` (float64 points of a slab: 24 MiB).
-SLAB_VOXELS = 1 << 20
-
-
-def _slabs(grid: Grid) -> Iterator[tuple[int, int, Grid]]:
-    """``(start, stop, sub-grid)`` for slabs ``start <= i < stop`` of about :data:`SLAB_VOXELS` voxels.
-
-    The 1 mm outputs' per-voxel world points are built slab by slab: whole, their float64 copies
-    took about 1 GB at the peak of ``svreg register`` on the 1 mm brain pair (3080 -> 2180 MiB).
-    """
-    step = max(1, SLAB_VOXELS // (grid.shape[1] * grid.shape[2]))
-    for start in range(0, grid.shape[0], step):
-        stop = min(start + step, grid.shape[0])
-        yield start, stop, grid.cropped((start, 0, 0), (stop, *grid.shape[1:]))
-
 #: ``CUBLAS_WORKSPACE_CONFIG`` values under which cuBLAS gives reproducible results (CUDA 10.2 and later).
 CUBLAS_DETERMINISTIC_CONFIGS = (":4096:8", ":16:8")
 
@@ -166,14 +151,14 @@ class RegistrationResult:
         """``(I, J, K, 3)`` RAS mm on the moving grid: ``T⁻¹(y) = y + d(y) = z + w(z)``, ``z = A⁻¹ y``.
 
         ``w`` is the displacement of ``exp(−v)``, integrated on the fixed grid and interpolated at ``z``
-        (border values beyond it). The moving grid is visited in slabs (:func:`_slabs`), so its float64
+        (border values beyond it). The moving grid is visited in slabs (:meth:`Grid.slabs`), so its float64
         point arrays never exist whole.
         """
         a_inv = np.linalg.inv(self.affine)
         grid = self.moving.grid
         field_ = self._world_field(inverse=True)
         out = np.empty((*grid.shape, 3), dtype=np.float32)
-        for start, stop, slab in _slabs(grid):
+        for start, stop, slab in grid.slabs():
             y = slab.world_points()
             z = y @ a_inv[:3, :3].T + a_inv[:3, 3]
             pts = torch.as_tensor(z, dtype=torch.float32)[None]
@@ -186,26 +171,31 @@ class RegistrationResult:
         lam = resample(self.weight, self.working_grid, self.fixed.grid, padding_mode="border")
         return Image(lam[0, 0].numpy().clip(1e-6, 1.0).astype(np.float32), self.fixed.affine)
 
-    def _moving_coords(self, source: Grid) -> torch.Tensor:
-        """grid_sample coordinates in ``source`` (a moving-space grid) of ``T(x)`` for every fixed voxel.
+    def _moving_coords(self, source: Grid, identity: bool = False) -> torch.Tensor:
+        """grid_sample coordinates in ``source`` (a moving-space grid) of ``T(x)`` (or of ``x`` itself with
+        ``identity``) for every fixed voxel.
 
-        Computed in float64 slab by slab (:func:`_slabs`) and kept as float32.
+        Computed in float64 slab by slab (:meth:`Grid.slabs`) and kept as float32.
         """
         grid = self.fixed.grid
         coords = torch.empty((*grid.shape, 3), dtype=torch.float32)
-        for start, stop, slab in _slabs(grid):
-            pts = torch.as_tensor(slab.world_points() + self.displacement[start:stop], dtype=torch.float64)
-            coords[start:stop] = world_to_source_normalized(pts, source)
+        for start, stop, slab in grid.slabs():
+            points = slab.world_points()
+            if not identity:
+                points = points + self.displacement[start:stop]
+            coords[start:stop] = world_to_source_normalized(torch.as_tensor(points, dtype=torch.float64), source)
         return coords[None]
 
-    def warp_image(self, image: Image, *, labels: bool = False, label_mode: str = "linear") -> Image:
+    def warp_image(self, image: Image, *, labels: bool = False, label_mode: str = "linear",
+                   identity: bool = False) -> Image:
         """Resample an image of the moving space onto the fixed grid through ``T``.
 
         Intensities: trilinear. Labels: ``label_mode="linear"`` warps each label's indicator
         trilinearly and takes the argmax (the TransMorph/MIR convention); ``"nearest"`` is plain
-        nearest-neighbour.
+        nearest-neighbour. ``identity``: through the identity in world space instead of ``T`` (the
+        image as it lies on the fixed grid before registration, for the "before" metrics).
         """
-        coords = self._moving_coords(image.grid)
+        coords = self._moving_coords(image.grid, identity)
         if not labels:
             out = grid_sample(_tensor(image.data, torch.device("cpu")), coords)
             return Image(out[0, 0].numpy(), self.fixed.affine)

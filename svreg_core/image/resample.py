@@ -70,13 +70,23 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
              *, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Resample ``source`` onto ``target``: value at target point x is source(W x).
 
+    A target larger than one slab (:meth:`Grid.slabs`) is filled slab by slab, so the per-voxel points
+    and sampling coordinates never exist for the whole target grid.
+
     Args:
         source: ``(N, C, I, J, K)`` tensor on ``source_grid``.
         world_transform: 4x4 RAS->RAS matrix ``W`` (target world -> source world); identity if None.
     """
-    points = target_world_points(target, world_transform, device=source.device, dtype=torch.float32)
-    return sample_at_points(source, source_grid, points.expand(source.shape[0], -1, -1, -1, -1),
-                            mode=mode, padding_mode=padding_mode)
+    slabs = list(target.slabs())
+    out = None if len(slabs) == 1 else source.new_empty((*source.shape[:2], *target.shape))
+    for start, stop, slab in slabs:
+        points = target_world_points(slab, world_transform, device=source.device, dtype=torch.float32)
+        values = sample_at_points(source, source_grid, points.expand(source.shape[0], -1, -1, -1, -1),
+                                  mode=mode, padding_mode=padding_mode)
+        if out is None:
+            return values
+        out[:, :, start:stop] = values
+    return out
 
 
 def level_grid(grid: Grid, spacing: float) -> Grid:

@@ -177,8 +177,10 @@ def ndv_map(displacement: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """
     q = _voxel_displacement(displacement, affine)
     qp = np.pad(q, ((1, 1), (1, 1), (1, 1), (0, 0)), mode="edge")
-    n_i = q.shape[0]
-    out = np.empty(q.shape[:3], dtype=np.float32)
+    shape = q.shape[:3]
+    del q  # only the padded copy is read below (a 1 mm float64 field is 173 MB)
+    n_i = shape[0]
+    out = np.empty(shape, dtype=np.float32)
     for a in range(0, n_i, _SLAB):
         b = min(a + _SLAB, n_i)
         out[a:b] = _ndv_slab(qp, a, b)

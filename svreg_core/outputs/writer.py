@@ -30,8 +30,7 @@ import torch
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image import Image, save_image
-from svreg_core.image.resample import resample, world_to_source_normalized
-from svreg_core.image.sampling import sample_labels
+from svreg_core.image.resample import resample
 from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
 from svreg_core.outputs.figure import write_report_figure
 from svreg_core.outputs.itk import displacement_nifti, write_transform
@@ -285,14 +284,6 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def labels_before(result: RegistrationResult, moving_labels: Image) -> Image:
-    """The moving labels on the fixed grid before registration (identity in world space, one-hot linear voting)."""
-    points = torch.as_tensor(result.fixed.grid.world_points())
-    coords = world_to_source_normalized(points, moving_labels.grid).float()[None]
-    data = torch.as_tensor(np.asarray(moving_labels.data).astype(np.int32))
-    return Image(sample_labels(data, coords).to(torch.int32).numpy(), result.fixed.affine)
-
-
 def describe_input(image: Image, path: str | Path | None = None) -> dict[str, Any]:
     """An input image's ``path`` (when given), ``shape``, ``spacing_mm`` and ``orientation`` (axis codes, e.g. ``LAS``)."""
     entry: dict[str, Any] = {"path": str(path)} if path is not None else {}
@@ -316,7 +307,9 @@ def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels
         "jacobian_max": float(jac[fg].max()) if fg.any() else float(jac.max()),
     }
     if fixed_labels is not None and moving_labels is not None:
-        before = dice(fixed_labels.data, labels_before(result, moving_labels).data, labels)
+        # the moving labels on the fixed grid before registration: identity in world space, one-hot linear voting
+        before_labels = result.warp_image(moving_labels, labels=True, label_mode="linear", identity=True)
+        before = dice(fixed_labels.data, before_labels.data, labels)
         metrics["dice_mean_before"] = float(np.mean(list(before.values()))) if before else float("nan")
         metrics["dice_before"] = {str(k): float(v) for k, v in before.items()}
     if fixed_labels is not None and warped_labels is not None:

@@ -31,11 +31,12 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, *, mode: str = "biline
     if image.shape[2:] != displacement.shape[2:]:
         raise ValueError(f"image grid {tuple(image.shape[2:])} and displacement grid "
                          f"{tuple(displacement.shape[2:])} differ")
-    grid = _identity(tuple(image.shape[2:]), image.device, displacement.dtype)
-    grid = grid + voxel_displacement_to_normalized(displacement)
+    # in place on fresh tensors whose values no backward pass needs: one field-sized copy less each
+    grid = voxel_displacement_to_normalized(displacement).add_(_identity(tuple(image.shape[2:]), image.device,
+                                                                         displacement.dtype))
     return grid_sample(image, grid, mode=mode, padding_mode=padding_mode)
 
 
 def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     """Displacement of ``T_outer ∘ T_inner``: ``x -> x + inner(x) + outer(x + inner(x))`` (voxel units)."""
-    return inner + warp(outer, inner)
+    return warp(outer, inner).add_(inner)  # grid_sample's backward needs its inputs, not its output

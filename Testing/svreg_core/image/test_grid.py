@@ -115,3 +115,14 @@ def test_corner_points_are_the_extreme_voxel_centres(geo) -> None:
     points = grid.world_points()
     expected = np.array([points[i, j, k] for i in (0, -1) for j in (0, -1) for k in (0, -1)])
     np.testing.assert_allclose(grid.corner_points(), expected, atol=1e-9)
+
+
+def test_slabs_tile_the_grid_with_its_own_world_points(geo) -> None:
+    grid = Grid((7, 5, 4), _oblique(geo))
+    slabs = list(grid.slabs(voxels=45))  # 45 // (5 * 4) = 2 rows per slab
+    assert [(a, b) for a, b, _ in slabs] == [(0, 2), (2, 4), (4, 6), (6, 7)]
+    full = grid.world_points()
+    for start, stop, slab in slabs:
+        assert slab.shape == (stop - start, 5, 4)
+        np.testing.assert_allclose(slab.world_points(), full[start:stop], atol=1e-12)
+    assert [(a, b) for a, b, _ in grid.slabs(voxels=1)] == [(i, i + 1) for i in range(7)]  # at least one row

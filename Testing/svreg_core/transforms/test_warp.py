@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from svreg_core.transforms import compose, warp
+from svreg_core.transforms import compose, integrate_velocity, warp
 
 SHAPE = (7, 9, 11)  # different sizes per axis: a scale or axis-order slip changes the result
 
@@ -95,3 +95,12 @@ def test_compose_order_outer_after_inner() -> None:
     np.testing.assert_allclose(got, want, atol=1e-9)
     wrong = (t + outer)[:, :, :-1].numpy()  # outer evaluated at x instead of x + inner(x)
     assert np.abs(wrong - want).max() > 0.15
+
+
+def test_warp_and_composition_gradients_match_finite_differences() -> None:
+    """warp/compose work in place on fresh tensors; autograd must still give the exact gradients."""
+    generator = torch.Generator().manual_seed(0)
+    velocity = (torch.randn(1, 3, 5, 6, 4, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
+    image = torch.randn(1, 1, 5, 6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: integrate_velocity(v, 3), (velocity,))
+    assert torch.autograd.gradcheck(lambda i, v: warp(i, v), (image, velocity))
