@@ -9,43 +9,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from svreg_core import InputError, RegistrationParameters, load_image, register
-from svreg_core.models import ModelInfo, build_model, save_checkpoint
 from svreg_core.registration import load_model, summarize
 
-TINY = {"encoder_features": [4, 4], "decoder_features": [4, 4, 4], "lambda_features": [4]}
-HYPER = {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 10.0]}
 PARAMS = RegistrationParameters(affine=False, device="cpu", level_spacings=(6.0,), iterations=(5,))
 
 
-def _save(folder: Path, hyper: dict | None, name: str) -> Path:
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model("unet-spr", {**TINY, **({"hyper": hyper} if hyper else {})})
-        with torch.no_grad():  # a visible deformation, strongly modulated by the codes
-            model.velocity_head.weight.normal_(0.0, 0.2)
-            if hyper:
-                model.film.mlp[-1].weight.normal_(0.0, 1.0)
-    info = ModelInfo(architecture=model.architecture, config=model.config, network_spacing_mm=6.0,
-                     size_multiple=model.size_multiple, normalization="robust_normalize", similarity="lncc",
-                     lncc_window=5, prior="beta", alpha_prime=0.175, lambda_max=1.0, spr=True, integration_steps=5,
-                     svreg_version="test", training={"data": "none (test net)"}, name=name)
-    return save_checkpoint(folder / name, model, info)
-
-
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("ckpt")
-    return _save(folder, HYPER, "hyper-test"), _save(folder, None, "plain-test")
+def checkpoints(tiny_checkpoints) -> tuple[Path, Path]:
+    return tiny_checkpoints.hyper, tiny_checkpoints.plain
 
 
 def _pair(tiny_pair):
     return load_image(tiny_pair.paths.fixed), load_image(tiny_pair.paths.moving)
 
 
-def test_a_hyper_model_predicts_for_the_chosen_codes(checkpoints, tiny_pair) -> None:
+def test_a_hyper_model_predicts_for_the_chosen_codes(checkpoints, tiny_checkpoints, tiny_pair) -> None:
     fixed, moving = _pair(tiny_pair)
     model = load_model(checkpoints[0])
     default = register(fixed, moving, PARAMS, model=model)
@@ -58,7 +38,7 @@ def test_a_hyper_model_predicts_for_the_chosen_codes(checkpoints, tiny_pair) -> 
     assert not np.array_equal(other.weight.numpy(), own.weight.numpy())
     summary = summarize(other)  # what report.json holds
     assert summary["codes"] == {"alpha_prime": 0.5, "lambda_max": 10.0, "conditioned": True}
-    assert summary["model"]["hyper"] == HYPER and summary["parameters"]["lambda_max"] == 10.0
+    assert summary["model"]["hyper"] == tiny_checkpoints.ranges and summary["parameters"]["lambda_max"] == 10.0
 
 
 @pytest.mark.parametrize("codes, message", [
@@ -103,7 +83,7 @@ def _run(geo, *argv, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_cli_registers_with_a_hyper_models_codes_and_records_them(geo, tiny_pair, fast_preset, checkpoints,
-                                                                  tmp_path) -> None:
+                                                                  tiny_checkpoints, tmp_path) -> None:
     p = tiny_pair.paths
     out = tmp_path / "out"
     proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", checkpoints[0], "--lambda-max", "5",
@@ -113,7 +93,7 @@ def test_cli_registers_with_a_hyper_models_codes_and_records_them(geo, tiny_pair
     assert "model hyper-test at alpha_prime 0.175, lambda_max 5" in proc.stdout
     report = json.loads((out / "report.json").read_text())
     assert report["codes"] == {"alpha_prime": 0.175, "lambda_max": 5.0, "conditioned": True}
-    assert report["model"]["hyper"] == HYPER
+    assert report["model"]["hyper"] == tiny_checkpoints.ranges
 
 
 @pytest.mark.parametrize("which, argv, message", [

@@ -111,6 +111,21 @@ def wait_for_heartbeat(db: Path, number: int, timeout: float = 60.0) -> None:
     raise AssertionError(f"no heartbeat of trial {number} within {timeout} s")
 
 
+def kill_mid_trial(proc: subprocess.Popen, db: Path, stop: Callable[[dict], bool]) -> list[dict]:
+    """Read ``proc``'s JSON events until ``stop``, wait for the last event's trial to have a heartbeat in
+    ``db``, then SIGKILL the worker (it is killed in any case). Returns the events read."""
+    import signal
+
+    try:
+        events = read_json_until(proc, stop)
+        wait_for_heartbeat(db, events[-1]["trial"])
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate()
+    return events
+
+
 def load(storage: str | Path, name: str) -> Any:
     from svreg_core.tuning.study import load_study, open_storage
 
@@ -124,4 +139,4 @@ def helpers() -> Any:
 
     return SimpleNamespace(FAST=FAST, JSON_KEYS=JSON_KEYS, parse_args=parse_args, cli_command=cli_command,
                            child_env=child_env, start_cli=start_cli, read_json_until=read_json_until, load=load,
-                           wait_for_heartbeat=wait_for_heartbeat)
+                           wait_for_heartbeat=wait_for_heartbeat, kill_mid_trial=kill_mid_trial)

@@ -12,14 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from optuna.trial import TrialState
 
 from svreg_core import load_image, register
 from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.metrics import dice
-from svreg_core.models import ModelInfo, build_model, save_checkpoint
 from svreg_core.optim.parameters import load_parameters
 from svreg_core.tuning.cli import run_tune
 from svreg_core.tuning.codes import CODES, ModelCodeDice, code_search_space
@@ -27,30 +25,9 @@ from svreg_core.tuning.objective import trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.study import create_or_join, load_study, make_sampler, open_storage, quiet_optuna, run_worker
 
-TINY = {"encoder_features": [4, 4], "decoder_features": [4, 4, 4], "lambda_features": [4]}
-HYPER = {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 10.0]}
-
-
-def _save(folder: Path, hyper: dict | None, name: str) -> Path:
-    """A tiny U-Net checkpoint (6 mm network grid) whose own codes are α′ 0.175, λ_max 1."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model("unet-spr", {**TINY, **({"hyper": hyper} if hyper else {})})
-        with torch.no_grad():  # a visible deformation, strongly modulated by the codes
-            model.velocity_head.weight.normal_(0.0, 0.2)
-            if hyper:
-                model.film.mlp[-1].weight.normal_(0.0, 1.0)
-    info = ModelInfo(architecture=model.architecture, config=model.config, network_spacing_mm=6.0,
-                     size_multiple=model.size_multiple, normalization="robust_normalize", similarity="lncc",
-                     lncc_window=5, prior="beta", alpha_prime=0.175, lambda_max=1.0, spr=True, integration_steps=5,
-                     svreg_version="test", training={"data": "none (test net)"}, name=name)
-    return save_checkpoint(folder / name, model, info)
-
-
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("models")
-    return {"hyper": _save(folder, HYPER, "hyper-test"), "plain": _save(folder, None, "plain-test")}
+def models(tiny_checkpoints) -> dict[str, Path]:
+    return {"hyper": tiny_checkpoints.hyper, "plain": tiny_checkpoints.plain}
 
 
 def _mean_dice(pair: Path, model: Path, codes: tuple[float, float]) -> float:

@@ -152,14 +152,8 @@ def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> N
     argv = [one_pair_list, "--storage", db, "--study-name", "r", "--n-trials", 3, "--seed", 1, "--progress", "json",
             "--heartbeat-interval", 1, "--grace-period", 2, *helpers.FAST]
     proc = helpers.start_cli(*argv, cwd=tmp_path)
-    try:
-        # two trials finished and the third one has started: kill it in the middle of that trial
-        started = helpers.read_json_until(proc, lambda e: e["event"] == "trial_start" and e["finished"] == 2)
-        helpers.wait_for_heartbeat(db, started[-1]["trial"])
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate()
+    # two trials finished and the third one has started: kill it in the middle of that trial
+    helpers.kill_mid_trial(proc, db, lambda e: e["event"] == "trial_start" and e["finished"] == 2)
     assert proc.returncode == -signal.SIGKILL
     before = helpers.load(db, "r").get_trials()
     done_before = {t.number: t.value for t in before if t.state == TrialState.COMPLETE}

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -88,13 +86,7 @@ def test_training_study_resumes_after_a_kill_and_reports(tiny: dict[str, Path], 
             "--storage", db, "--study-name", "t", "--n-trials", 3, "--seed", 0, "--progress", "json",
             "--pruner-startup-trials", 1, "--pruner-warmup-steps", 1, "--heartbeat-interval", 1, "--grace-period", 2]
     proc = helpers.start_cli(*argv, cwd=tmp_path)
-    try:
-        events = helpers.read_json_until(proc, lambda e: e["event"] == "step" and e["finished"] == 1)
-        helpers.wait_for_heartbeat(db, events[-1]["trial"])
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.communicate()
+    events = helpers.kill_mid_trial(proc, db, lambda e: e["event"] == "step" and e["finished"] == 1)
     steps = [e for e in events if e["event"] == "step"]
     assert [e["step_label"] for e in steps] == ["epoch 1", "epoch 2", "epoch 3", "epoch 1"]
     assert steps[0]["n_steps"] == 3 and all(isinstance(e["step_value"], float) for e in steps)
