@@ -1,17 +1,18 @@
 """Does the learned network learn across pairs? A short probe on cached synthetic pairs (GPU or CPU).
 
-Two tasks on SynthMorph-style same-map pairs synthesised from label maps (4 mm grid, 48×64×48; the last
-8 pairs are held out):
+Two tasks on SynthMorph-style same-map pairs synthesised from label maps (by default on a 4 mm grid of
+48×64×48, ``gen --spacing --grid``; the last 8 pairs are held out):
 
 * ``synth``: register the pairs; reports the held-out mean Dice (nearest-neighbour label warp, all
-  labels) and the mean |u| (voxels) every ``--every`` steps.
+  labels), the mean |u| (voxels), % det J ≤ 0 and SDlogJ every ``--every`` steps.
 * ``shift``: moving = fixed translated by a random t ∈ [-2, 2]³ voxels; reports the held-out relative
   error of the mean predicted velocity against t (1 = nothing learned).
 
 Objectives: ``lncc``/``mse`` (the SPR loss), ``label`` (SPR loss + label soft Dice), ``labelonly``
 (label soft Dice + regulariser + prior), ``sup`` (``shift`` only: supervised regression of t).
 ``--init pytorch`` restores PyTorch's default initialisation of the U-Net's convolutions instead of the
-He initialisation :mod:`svreg_core.models.unet` uses.
+He initialisation :mod:`svreg_core.models.unet` uses. ``--uniform`` trains the same network without its
+λ head (λ ≡ 1, no hyperprior: ``spr: false``), for the uniform-vs-SPR comparison.
 
 Usage::
 
@@ -31,35 +32,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-GRID = (48, 64, 48)
-SPACING_MM = 4.0
 HELD_OUT = 8
 _DATASET = None
 
 
-def _synthesise(args: tuple[str, int]) -> dict[str, torch.Tensor]:
+def _synthesise(args: tuple[str, float, tuple[int, int, int], int]) -> dict[str, torch.Tensor]:
     from svreg_core.training.datasets import SyntheticPairDataset
     from svreg_core.training.sources import synthseg_label_maps
     from svreg_core.training.synthesis import SynthesisConfig
     global _DATASET
-    folder, index = args
+    folder, spacing, grid, index = args
     if _DATASET is None:
         torch.set_num_threads(1)
         # the shipped model's synthesis settings (scripts/brain-unet-spr.yaml)
         synthesis = SynthesisConfig(same_map_probability=1.0, velocity_std_max=1.5, noise_std_max=0.02,
                                     label_std_max=0.03, blur_sigma=(0.5, 1.0))
-        _DATASET = SyntheticPairDataset(synthseg_label_maps(folder), SPACING_MM, GRID, length=10**6, synthesis=synthesis)
+        _DATASET = SyntheticPairDataset(synthseg_label_maps(folder), spacing, grid, length=10**6, synthesis=synthesis)
     sample = _DATASET[index]
     return {k: sample[k][None] for k in ("fixed", "moving", "fixed_labels", "moving_labels")}
 
 
-def generate(folder: str, out: str, pairs: int, processes: int) -> None:
+def generate(folder: str, out: str, pairs: int, processes: int, spacing: float, grid: tuple[int, int, int]) -> None:
+    """Synthesise ``pairs`` pairs on a ``grid`` of ``spacing`` mm and save them with that geometry."""
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        torch.save(pool.map(_synthesise, [(folder, i) for i in range(pairs)]), out)
+        synthesised = pool.map(_synthesise, [(folder, spacing, grid, i) for i in range(pairs)])
+    torch.save({"spacing_mm": spacing, "grid": list(grid), "pairs": synthesised}, out)
 
 
 def train(args: argparse.Namespace) -> None:
-    from svreg_core.metrics import dice
+    from svreg_core.metrics import dice, folding_percent, jacobian_determinant, sdlogj
     from svreg_core.models import build_model
     from svreg_core.training.config import TrainingConfig
     from svreg_core.training.step import training_step
@@ -67,12 +68,14 @@ def train(args: argparse.Namespace) -> None:
     from svreg_core.transforms.warp import warp
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
-    pairs = torch.load(args.pairs)
+    cached = torch.load(args.pairs)
+    pairs = cached["pairs"]
     train_pairs, held_out = pairs[:-HELD_OUT], pairs[-HELD_OUT:]
     torch.manual_seed(0)
-    config = TrainingConfig(network_spacing_mm=SPACING_MM, grid_shape=GRID,
-                            similarity="mse" if args.objective == "mse" else "lncc", lambda_max=args.lambda_max)
-    net = build_model("unet-spr")
+    config = TrainingConfig(network_spacing_mm=cached["spacing_mm"], grid_shape=tuple(cached["grid"]),
+                            similarity="mse" if args.objective == "mse" else "lncc", lambda_max=args.lambda_max,
+                            spr=not args.uniform)
+    net = build_model("unet-spr", {"uniform": args.uniform})
     if args.init == "pytorch":
         for module in net.modules():
             if isinstance(module, torch.nn.Conv3d) and module is not net.velocity_head and module.out_channels > 1:
@@ -105,9 +108,13 @@ def train(args: argparse.Namespace) -> None:
                 for p in held_out:
                     _, fields = training_step(net, loss, {k: p[k].to(device) for k in ("fixed", "moving")}, 7)
                     warped = warp_labels(p["moving_labels"][0].to(device), fields.displacement, "nearest").cpu().numpy()
+                    u = fields.displacement[0].permute(1, 2, 3, 0).cpu().numpy()  # voxels = identity affine
+                    det = jacobian_determinant(u, np.eye(4))
                     scores.append((np.mean(list(dice(p["fixed_labels"][0].numpy(), warped).values())),
-                                   fields.displacement.abs().mean().item()))
-                result = {"dice": float(np.mean([s[0] for s in scores])), "mean_abs_u": float(np.mean([s[1] for s in scores]))}
+                                   fields.displacement.abs().mean().item(), folding_percent(det), sdlogj(det)))
+                means = np.mean(np.array(scores), axis=0)
+                result = {"dice": float(means[0]), "mean_abs_u": float(means[1]), "folding_percent": float(means[2]),
+                          "sdlogj": float(means[3])}
         net.train()
         return result
 
@@ -144,6 +151,8 @@ def main() -> None:
     gen.add_argument("out")
     gen.add_argument("--pairs", type=int, default=400)
     gen.add_argument("--processes", type=int, default=15)
+    gen.add_argument("--spacing", type=float, default=4.0, help="network grid spacing, mm")
+    gen.add_argument("--grid", type=int, nargs=3, default=(48, 64, 48), help="network grid shape (multiples of 16)")
     run = sub.add_parser("train")
     run.add_argument("pairs")
     run.add_argument("name")
@@ -154,13 +163,14 @@ def main() -> None:
     run.add_argument("--eps", type=float, default=1e-8)
     run.add_argument("--head-std", type=float, default=0.0)
     run.add_argument("--lambda-max", type=float, default=3.35)
+    run.add_argument("--uniform", action="store_true", help="no λ head, λ ≡ 1 (spr: false)")
     run.add_argument("--seconds", type=float, default=360)
     run.add_argument("--every", type=int, default=250)
     run.add_argument("--threads", type=int, default=1)
     run.add_argument("--out", default=".")
     args = parser.parse_args()
     if args.command == "gen":
-        generate(args.label_maps, args.out, args.pairs, args.processes)
+        generate(args.label_maps, args.out, args.pairs, args.processes, args.spacing, tuple(args.grid))
     else:
         if args.objective == "sup" and args.task != "shift":
             parser.error("--objective sup needs --task shift")
