@@ -6,15 +6,11 @@ Examples::
     svreg tune pairs.csv --storage postgresql://me@db/tuning --study-name ixi     # several machines
     svreg tune pairs.csv --storage /shared/tuning.log --study-name ixi           # shared file system
     svreg tune --storage svreg-tune.db --report report/ --apply-best tuned.json   # summarise, export preset
-    svreg register --preset tuned.json fixed.nii.gz moving.nii.gz -o out/
     svreg tune --train-config train.yaml --synthetic labels/ --epochs-per-trial 20 --storage unet.db  # training
     svreg tune validation/ --model runs/hyper/best --storage codes.db --apply-best codes.json   # a hyper model's codes
 
-Running the same command again resumes the study until ``--n-trials`` trials are finished (COMPLETE
-or PRUNED) in total; running it on several machines/processes at once makes them share the work.
-With ``--train-config`` or training data flags, each trial trains a network (:mod:`.training`); with
-``--model``, each trial runs a learned model at the trial's codes (α′, λ_max) on the validation pairs
-(:mod:`.codes`).
+Running the same command again resumes the study until ``--n-trials`` trials are finished (COMPLETE or
+PRUNED) in total; running it on several machines/processes at once makes them share the work.
 """
 from __future__ import annotations
 
@@ -33,7 +29,7 @@ from svreg_core.tuning.codes import ModelCodeDice, code_search_space, model_refe
 from svreg_core.tuning.objective import Objective, PairwiseDice, trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
-from svreg_core.tuning.report import write_best_preset, write_report, write_summary
+from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
 from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, SearchSpace, build_search_space
 from svreg_core.tuning.training import DATA_FLAGS, TrainingDice, training_config
 from svreg_core.tuning.study import (DEFAULT_STORAGE, DEFAULT_STUDY, FINISHED, best_trial, count_finished,
@@ -80,8 +76,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
 
     codes = parser.add_argument_group("code search of a learned model (with validation pairs: each trial runs the "
                                       "network at the trial's α′, λ_max; no training)")
-    codes.add_argument("--model", help="a hyper model (shipped name or checkpoint): search its codes, by default over "
-                                       "the ranges it was trained on")
+    codes.add_argument("--model", help="a hyper model (shipped name or checkpoint): search its codes, by default "
+                                       "over the ranges it was trained on")
     codes.add_argument("--refine", type=int, default=0, metavar="N",
                        help="with --model: N pairwise iterations at the trial's codes after each prediction "
                             "(default 0; a plain model needs them: its codes then set only the refinement's loss)")
@@ -111,9 +107,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--templates", action="store_true", help="augmented copies of the installed brain templates")
     train.add_argument("--epochs-per-trial", type=int, metavar="N",
                        help="training epochs of a trial (default: the configuration's)")
-    train.add_argument("--runs-dir", metavar="DIR",
-                       help="folder of the trials' run folders trial-NNNN (default: STUDY-runs next to the storage "
-                            "file, or in the current folder)")
+    train.add_argument("--runs-dir", metavar="DIR", help="folder of the trials' run folders trial-NNNN (default: "
+                                                         "STUDY-runs next to the storage file, or in the current folder)")
 
     workers = parser.add_argument_group("workers (database storages)")
     workers.add_argument("--heartbeat-interval", type=int, default=10,
@@ -128,8 +123,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--report", metavar="DIR", default=None,
                      help="write summary.json (also after every trial), summary.md, trials.csv and figures into DIR")
     out.add_argument("--apply-best", metavar="PATH", default=None,
-                     help="write the best trial's searched parameters as a preset file (svreg register --preset PATH); "
-                          "of a code search, the model and its best codes as JSON (and the svreg register command)")
+                     help="write the best trial's searched parameters as a preset file (svreg register --preset "
+                          "PATH); of a code search, the model and its best codes as JSON (and the register command)")
     out.add_argument("--include-fixed-settings", action="store_true",
                      help="--apply-best also writes the study's fixed settings (pyramid, iterations, affine...)")
     out.add_argument("--verbose", action="store_true", help="show Optuna's own log lines")
@@ -206,9 +201,7 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
     study = load_study(storage, args.study_name, sampler=make_sampler(args.seed, created, args.startup_trials),
                        pruner=pruner)
     progress = TuneProgress(study, args.n_trials, sink)
-    callbacks: list[Any] = [progress]
-    if args.report:
-        callbacks.append(lambda s, t: write_summary(s, args.report, label))
+    callbacks: list[Any] = [progress] + ([lambda s, t: write_summary(s, args.report, label)] if args.report else [])
     func = trial_function(space, objective, max_folding=args.max_folding, progress=progress)
     progress.emit("start", message=f"{count_finished(study)} of {args.n_trials} trials already finished")
     reason, error = "interrupted", None
@@ -235,6 +228,13 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
     json_mode = args.progress == "json" or reporter is not None
     sink = reporter or make_sink(args.progress)
     label = describe_storage(storage_url(args.storage))
+
+    def announce(event: TuneEvent, text: str) -> None:
+        if json_mode:
+            sink(event)
+        else:
+            print(text)
+
     try:
         with quiet_optuna(verbose=args.verbose), sigterm_as_interrupt():
             try:
@@ -247,17 +247,16 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
             finally:
                 getattr(sink, "close", lambda: None)()
             if args.report:
-                paths = write_report(study, args.report, label)
-                _announce(json_mode, sink, TuneEvent("report", study.study_name, message=str(paths[0].parent)),
-                          f"report written to {paths[0].parent}")
+                folder = write_report(study, args.report, label)[0].parent
+                announce(TuneEvent("report", study.study_name, message=str(folder)), f"report written to {folder}")
             if args.apply_best:
                 path, params = write_best_preset(study, args.apply_best, include_fixed=args.include_fixed_settings,
                                                  storage_label=label)
                 best, shown = study.best_trial, {k: v for k, v in params.items() if k != "command"}
-                _announce(json_mode, sink, TuneEvent("apply_best", study.study_name, trial=best.number,
-                                                     value=best.value, params=params, message=str(path)),
-                          f"best trial {best.number} written to {path}: {shown}"
-                          + (f"\nregister with it: {params['command']}" if "command" in params else ""))
+                announce(TuneEvent("apply_best", study.study_name, trial=best.number, value=best.value, params=params,
+                                   message=str(path)),
+                         f"best trial {best.number} written to {path}: {shown}"
+                         + (f"\nregister with it: {params['command']}" if "command" in params else ""))
     except KeyboardInterrupt:
         if not json_mode:
             print("tuning interrupted; finished trials are kept, run the same command to resume.", file=sys.stderr)
@@ -269,19 +268,12 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
     return 0
 
 
-def _announce(json_mode: bool, sink: Callable[[Any], None], event: TuneEvent, text: str) -> None:
-    if json_mode:
-        sink(event)
-    else:
-        print(text)
-
-
 def _print_summary(study: optuna.Study) -> None:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    line = (f"study {study.study_name}: " + ", ".join(f"{states.count(s)} {s.name.lower()}" for s in FINISHED)
-            + f", {sum(s.name == 'FAIL' for s in states)} failed trials")
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    line = (f"study {study.study_name}: " + ", ".join(f"{states.count(s.name)} {s.name.lower()}" for s in FINISHED)
+            + f", {states.count('FAIL')} failed trials")
     best = best_trial(study)
     if best is not None:
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
-        line += f"; best {study_meta(study).get('value_name', 'mean Dice')} {best.value:.4f} (trial {best.number}: {params})"
+        line += (f"; best {study_meta(study).get('value_name', 'mean Dice')} {best.value:.4f} "
+                 f"(trial {best.number}: {format_params(best.params)})")
     print(line)

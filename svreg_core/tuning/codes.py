@@ -58,8 +58,8 @@ def code_search_space(model: str | Path, refine: int, preset: str | Path, *, ove
 
 
 class ModelCodeDice(PairwiseDice):
-    """:class:`PairwiseDice` with a learned model's prediction at the trial's codes (and ``refine``
-    iterations). The weights are loaded once, here: once per worker process."""
+    """:class:`PairwiseDice` with a learned model's prediction at the trial's codes (and ``refine`` iterations);
+    the weights are loaded once per worker process."""
 
     name = "model-code-dice"
 

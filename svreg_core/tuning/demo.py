@@ -16,6 +16,7 @@ import numpy as np
 from svreg_core.errors import InputError
 from svreg_core.image import Image, save_image
 
+
 def template_volumes(spacing: float = 6.0, margin_mm: float = 12.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(t1, labels, affine)`` of the MNI152 template on a ``spacing``-mm grid cropped to the brain."""
     from scipy import ndimage
@@ -28,26 +29,22 @@ def template_volumes(spacing: float = 6.0, margin_mm: float = 12.0) -> tuple[np.
             "wm": datasets.load_mni152_wm_template(resolution=1)}  # the 1 mm files, intensities scaled to [0, 1]
     affine = imgs["t1"].affine
     vols = {k: np.asarray(img.dataobj, dtype=np.float32) for k, img in imgs.items()}
-    brain = (vols["gm"] + vols["wm"]) > 0.1
-    idx = np.argwhere(brain)
+    brain = np.argwhere((vols["gm"] + vols["wm"]) > 0.1)
     vox = np.linalg.norm(affine[:3, :3], axis=0)
     margin = np.ceil(margin_mm / vox).astype(int)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, brain.shape)
+    lo, hi = np.maximum(brain.min(0) - margin, 0), np.minimum(brain.max(0) + margin + 1, vols["t1"].shape)
     step = spacing / vox
     shape = np.floor((hi - lo) / step).astype(int)
-    sigma = 0.4 * step
-    grids = np.meshgrid(*[lo[a] + (np.arange(shape[a]) + 0.5) * step[a] - 0.5 for a in range(3)], indexing="ij")
-    coords = np.stack(grids)
-    out = {k: ndimage.map_coordinates(ndimage.gaussian_filter(v, sigma), coords, order=1, mode="nearest")
+    coords = np.stack(np.meshgrid(*[lo[a] + (np.arange(shape[a]) + 0.5) * step[a] - 0.5 for a in range(3)],
+                                  indexing="ij"))
+    out = {k: ndimage.map_coordinates(ndimage.gaussian_filter(v, 0.4 * step), coords, order=1, mode="nearest")
            for k, v in vols.items()}
     labels = np.zeros(tuple(shape), np.int32)
     labels[(out["gm"] >= 0.3) & (out["gm"] >= out["wm"])] = 1
     labels[(out["wm"] >= 0.3) & (out["wm"] > out["gm"])] = 2
     new_affine = affine.copy()
     new_affine[:3, :3] = affine[:3, :3] @ np.diag(step)
-    origin_vox = lo + 0.5 * step - 0.5
-    new_affine[:3, 3] = affine[:3, :3] @ origin_vox + affine[:3, 3]
+    new_affine[:3, 3] = affine[:3, :3] @ (lo + 0.5 * step - 0.5) + affine[:3, 3]  # the first sample's centre
     return out["t1"].astype(np.float32), labels, new_affine
 
 

@@ -1,11 +1,10 @@
 """What a trial evaluates, step by step, and how each step reaches Optuna.
 
-An :class:`Objective` scores one trial's settings in steps and calls :meth:`StepReporter.report` after
-each: a validation pair per step (:class:`PairwiseDice`) or a training epoch per step, its validation
-Dice (:class:`~svreg_core.tuning.training.TrainingDice`: pruning at epoch granularity). The reporter
-records the step values as trial user attributes, reports to ``trial.report`` and raises
-:class:`optuna.TrialPruned` when ``trial.should_prune()`` says so (never after the last step) or when a
-step folds more than ``max_folding`` percent.
+An :class:`Objective` scores one trial's settings in steps, calling :meth:`StepReporter.report` after each:
+a validation pair (:class:`PairwiseDice`) or a training epoch and its validation Dice
+(:class:`~svreg_core.tuning.training.TrainingDice`: pruning at epoch granularity). The reporter records the
+step as trial user attributes, calls ``trial.report`` and raises :class:`optuna.TrialPruned` when
+``trial.should_prune()`` says so (never after the last step) or a step folds more than ``max_folding`` %.
 
 Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``folding_percent`` (mean),
 ``folding_percent_max``, ``pruned_reason``, ``error`` (failed trials: the step and the message),
@@ -27,12 +26,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class StepReporter:
-    """Hands one trial's step values to Optuna (see the module docstring).
-
-    ``aggregate`` ``"mean"`` (pairs): the trial's value is the mean of its steps, and the running mean is
-    reported; ``"max"`` (epochs): the value is the best step, and each step is reported as it is (the
-    median pruner compares the best value so far itself).
-    """
+    """Hands one trial's step values to Optuna. ``aggregate`` ``"mean"`` (pairs): the trial's value is the
+    mean of its steps, and the running mean is reported; ``"max"`` (epochs): the value is the best step,
+    and each step is reported as it is (the median pruner compares the best value so far itself)."""
 
     def __init__(self, trial: optuna.Trial, labels: Sequence[str], aggregate: str,
                  max_folding: float | None = None, progress: TuneProgress | None = None) -> None:
@@ -72,24 +68,19 @@ class StepReporter:
         self.trial.report(float(value) if self.aggregate == "max" else self.value, step)
         if self.progress is not None:
             self.progress.step_finished(self.trial, step, label, float(value), self.value)
+        reason = None
         if self.max_folding is not None and folding is not None and folding > self.max_folding:
-            self._prune(f"folding {folding:.4g}% > {self.max_folding:g}% on {label}")
-        if step < len(self.labels) - 1 and self.trial.should_prune():
-            self._prune(f"below the median of other trials after {label}")
-
-    def _prune(self, reason: str) -> None:
-        self.trial.set_user_attr("pruned_reason", reason)
-        raise optuna.TrialPruned(reason)
+            reason = f"folding {folding:.4g}% > {self.max_folding:g}% on {label}"
+        elif step < len(self.labels) - 1 and self.trial.should_prune():
+            reason = f"below the median of other trials after {label}"
+        if reason:
+            self.trial.set_user_attr("pruned_reason", reason)
+            raise optuna.TrialPruned(reason)
 
 
 class Objective(Protocol):
-    """A way of scoring one trial's settings step by step.
-
-    Attributes:
-        name: stored with the study (``"pairwise-dice"``); the workers of one study must agree.
-        aggregate: ``"mean"`` of the step values (pairs) or ``"max"`` (the best epoch of a training).
-        value_name: what the trial's value is, for people (``"mean Dice"``).
-    """
+    """Scores one trial's settings step by step. ``name`` is stored with the study (workers must agree);
+    ``aggregate``: ``"mean"`` of the steps (pairs) or ``"max"`` (best epoch); ``value_name`` for people."""
 
     name: str
     aggregate: str
@@ -97,11 +88,9 @@ class Objective(Protocol):
 
     def step_labels(self) -> list[str]:
         """One label per step (pair names, ``"epoch 1"``...)."""
-        ...
 
     def evaluate(self, settings: Any, steps: StepReporter) -> None:
         """Run ``settings`` (from the search space's ``suggest``), calling ``steps.report`` after every step."""
-        ...
 
 
 def error_message(exc: BaseException, label: str) -> str:
@@ -116,11 +105,8 @@ def error_message(exc: BaseException, label: str) -> str:
 
 def trial_function(space: Any, objective: Objective, *, max_folding: float | None = None,
                    progress: TuneProgress | None = None) -> Callable[[optuna.Trial], float]:
-    """The function ``Study.optimize`` calls: suggest (``space.suggest(trial)``), evaluate, aggregate.
-
-    A failing trial gets an ``error`` user attribute before the exception reaches Optuna (which records
-    the trial as FAIL and, with ``catch``, goes on).
-    """
+    """The function ``Study.optimize`` calls: suggest (``space.suggest(trial)``), evaluate, aggregate. A
+    failing trial gets an ``error`` user attribute before Optuna records it as FAIL (``catch`` goes on)."""
     def run(trial: optuna.Trial) -> float:
         settings = space.suggest(trial)
         steps = StepReporter(trial, objective.step_labels(), objective.aggregate, max_folding, progress)
@@ -150,9 +136,7 @@ class PairwiseDice:
     ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
     """
 
-    name = "pairwise-dice"
-    aggregate = "mean"
-    value_name = "mean Dice"
+    name, aggregate, value_name = "pairwise-dice", "mean", "mean Dice"
 
     def __init__(self, pairs: Sequence[ValidationPair], *, labels: Sequence[int] | None = None,
                  label_mode: str = "linear") -> None:

@@ -111,11 +111,10 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 def _pairs_from_list_file(path: Path) -> list[ValidationPair]:
     pairs = []
     for index, row in enumerate(_rows(path), start=1):
-        files = []
         for role in ROLES:
             if not row.get(role):
                 raise InputError(f"pair list {path}, entry {index}: no '{role}' path.")
-            files.append(path.parent / Path(str(row[role])).expanduser())  # an absolute path stays absolute
+        files = [path.parent / Path(str(row[r])).expanduser() for r in ROLES]  # an absolute path stays absolute
         pairs.append(ValidationPair(str(row.get("name") or f"pair{index:03d}"), *files))
     if not pairs:
         raise InputError(f"pair list {path} lists no pairs.")

@@ -100,13 +100,14 @@ class TuneProgress:
     finished trials (a ``Study.optimize`` callback) into :class:`TuneEvent` s for ``sink``."""
 
     def __init__(self, study: optuna.Study, n_trials: int, sink: Callable[[TuneEvent], None]) -> None:
-        self.study = study
-        self.n_trials = n_trials
-        self.sink = sink
-        self.t0 = time.monotonic()
+        self.study, self.n_trials, self.sink, self.t0 = study, n_trials, sink, time.monotonic()
 
-    def emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, kind: str, trial: optuna.Trial | FrozenTrial | None = None, **fields: Any) -> None:
+        """Send a ``kind`` event, with the study's best trial and, given ``trial``, its number, params, folding."""
         best = best_trial(self.study)
+        if trial is not None:
+            fields = dict(trial=trial.number, params=dict(trial.params), folding=trial.user_attrs.get("folding_percent"),
+                          folding_max=trial.user_attrs.get("folding_percent_max"), **fields)
         self.sink(TuneEvent(kind, self.study.study_name, elapsed_s=round(time.monotonic() - self.t0, 3),
                             finished=count_finished(self.study), n_trials=self.n_trials,
                             best_value=None if best is None else best.value,
@@ -114,16 +115,12 @@ class TuneProgress:
                             best_trial=None if best is None else best.number, **fields))
 
     def trial_started(self, trial: optuna.Trial) -> None:
-        self.emit("trial_start", trial=trial.number, state="RUNNING", params=dict(trial.params))
+        self.emit("trial_start", trial, state="RUNNING")
 
     def step_finished(self, trial: optuna.Trial, step: int, label: str, value: float, running: float) -> None:
-        attrs = trial.user_attrs  # set by the StepReporter before it calls this
-        self.emit("step", trial=trial.number, state="RUNNING", value=running, params=dict(trial.params),
-                  folding=attrs.get("folding_percent"), folding_max=attrs.get("folding_percent_max"), step=step,
-                  n_steps=len(attrs["step_labels"]), step_label=label, step_value=value)
+        self.emit("step", trial, state="RUNNING", value=running, step=step, step_label=label, step_value=value,
+                  n_steps=len(trial.user_attrs["step_labels"]))  # set by the StepReporter before it calls this
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.emit("trial", trial=trial.number, state=trial.state.name, value=trial.value, params=dict(trial.params),
-                  folding=trial.user_attrs.get("folding_percent"), folding_max=trial.user_attrs.get("folding_percent_max"),
-                  duration_s=None if trial.duration is None else round(trial.duration.total_seconds(), 3),
-                  error=trial.user_attrs.get("error"))
+        self.emit("trial", trial, state=trial.state.name, value=trial.value, error=trial.user_attrs.get("error"),
+                  duration_s=None if trial.duration is None else round(trial.duration.total_seconds(), 3))

@@ -38,14 +38,18 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def format_params(params: dict[str, Any]) -> str:
+    """``alpha_prime=0.12, lambda_max=3.1`` (floats with 4 significant digits)."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def _write(path: Path, content: str | bytes) -> None:
     """Write atomically (temporary file + rename), text as UTF-8, with the permissions the umask gives
     (not ``mkstemp``'s 0600, which hid reports and presets from the other users of a shared study)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.replace(tmp, path)
     except OSError as exc:
@@ -73,20 +77,18 @@ def summarize_study(study: optuna.Study, storage_label: str = "") -> dict[str, A
     """Counts, best trial, study settings and every trial as plain JSON-able values."""
     meta, space, best = study_meta(study), _space(study), best_trial(study)
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
-    counts = {s.name: sum(t["state"] == s.name for t in trials) for s in TrialState}
-    out: dict[str, Any] = {
+    return {
         "study": study.study_name, "storage": storage_label, "objective": meta.get("objective"),
         "value_name": meta.get("value_name", "mean Dice"), "steps": meta.get("steps"),
         "max_folding": meta.get("max_folding"), "model": meta.get("model"), "refine": meta.get("refine"),
-        "counts": counts,
+        "counts": {s.name: sum(t["state"] == s.name for t in trials) for s in TrialState},
         "base_preset": None if space is None else space.base_preset,
         "searched": None if space is None else space.to_dict()["ranges"],
         "study_settings": None if space is None else space.fixed_settings(),
-        "reference": None if space is None else space.reference(), "best": None, "trials": trials}
-    if best is not None:
-        out["best"] = {**_trial_row(best), "step_values": best.user_attrs.get("step_values"),
-                       "folding_percent_max": _num(best.user_attrs.get("folding_percent_max"))}
-    return out
+        "reference": None if space is None else space.reference(),
+        "best": None if best is None else {**_trial_row(best), "step_values": best.user_attrs.get("step_values"),
+                                           "folding_percent_max": _num(best.user_attrs.get("folding_percent_max"))},
+        "trials": trials}
 
 
 def write_summary(study: optuna.Study, folder: str | Path, storage_label: str = "") -> Path:
@@ -116,18 +118,6 @@ def _save_figure(fig: Any, path: Path) -> None:
     _write(path, png.getvalue())
 
 
-def _save_optuna_plot(plot: Any, path: Path, **kwargs: Any) -> None:
-    import matplotlib
-    import matplotlib.pyplot as plt  # Optuna's plots draw on pyplot figures: closed right away
-
-    with matplotlib.rc_context():  # Optuna switches the style sheet; restore it afterwards
-        fig = plot(**kwargs).figure
-        try:
-            _save_figure(fig, path)
-        finally:
-            plt.close(fig)
-
-
 def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
     """Each trial's value (mean Dice...) against its mean folding percent (pruned: over its evaluated steps)."""
     from matplotlib.figure import Figure
@@ -144,9 +134,7 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
                    zorder=5, label=f"best (trial {best['number']})")
     if limit is not None:
         ax.axvline(limit, color="tab:red", linestyle="--", label=f"max folding {limit:g}%")
-    ax.set_xlabel("folding: voxels with |J| ≤ 0 (%)")
-    ax.set_ylabel(summary["value_name"])
-    ax.set_title("Dice – folding trade-off")
+    ax.set(xlabel="folding: voxels with |J| ≤ 0 (%)", ylabel=summary["value_name"], title="Dice – folding trade-off")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
@@ -155,6 +143,8 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
 
 def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "") -> list[Path]:
     """Write the report files (see module docstring) into ``folder``; return their paths."""
+    import matplotlib
+    import matplotlib.pyplot as plt  # Optuna's plots draw on pyplot figures: closed right away
     from optuna.visualization import matplotlib as optuna_plots
 
     folder = Path(folder).expanduser()
@@ -163,12 +153,16 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
     summary.update(importances=imp, importances_note=note)
     paths = [folder / "summary.json", folder / "summary.md", folder / "trials.csv"]
     _write(paths[2], study.trials_dataframe().to_csv(index=False))
-    with quiet_optuna():
-        if summary["best"] is not None:
-            _save_optuna_plot(optuna_plots.plot_optimization_history, folder / FIGURES[0], study=study)
-        if imp is not None:
-            _save_optuna_plot(optuna_plots.plot_param_importances, folder / FIGURES[1], study=study,
-                              evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    for name, plot, kwargs, wanted in ((FIGURES[0], optuna_plots.plot_optimization_history, {}, summary["best"]),
+                                       (FIGURES[1], optuna_plots.plot_param_importances, {"evaluator": evaluator}, imp)):
+        if wanted is not None:
+            with quiet_optuna(), matplotlib.rc_context():  # Optuna switches the style sheet; restored afterwards
+                fig = plot(study, **kwargs).figure
+                try:
+                    _save_figure(fig, folder / name)
+                finally:
+                    plt.close(fig)
     plot_tradeoff(summary, folder / FIGURES[2])
     summary["figures"] = [n for n in FIGURES if (folder / n).is_file()]
     _write(paths[0], json.dumps(summary, indent=1, allow_nan=False) + "\n")
@@ -196,8 +190,8 @@ def _markdown(s: dict[str, Any]) -> str:
         md += [f"Trial {best['number']}: {s['value_name']} **{best['value']:.4f}**{fold}", ""]
         md += [f"- {k} = {v:.6g}" if isinstance(v, float) else f"- {k} = {v}" for k, v in best["params"].items()]
         md += ["", "`svreg tune --storage ... --study-name ... --apply-best FILE` writes these values (" + (
-            "the model and its codes, with the `svreg register` command" if s["model"] else
-            "a preset: the fixed settings below only with `--include-fixed-settings`") + ").", ""]
+                   "the model and its codes, with the `svreg register` command" if s["model"] else
+                   "a preset: the fixed settings below only with `--include-fixed-settings`") + ").", ""]
     if s["study_settings"] is not None:
         ref, word = s["reference"], "preset" if s["base_preset"] else "default"
         md += [f"## Settings every trial ran with ({word} `{s['base_preset'] or 'svreg train'}`)", ""]
@@ -209,21 +203,20 @@ def _markdown(s: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
-# ------------------------------------------------------------------------------------------- best trial
-
-
-def _best(study: optuna.Study) -> tuple[SearchSpace, FrozenTrial]:
+def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenTrial, dict[str, Any]]:
+    """The study's search space, best trial and the ``tuning`` provenance written with it."""
     space, best = _space(study), best_trial(study)
     if space is None:
         raise InputError(f"study {study.study_name!r} was not created by svreg tune (no search space stored).")
     if best is None:
         raise InputError(f"study {study.study_name!r} has no complete trial yet; nothing to apply.")
-    return space, best
+    return space, best, {"study": study.study_name, "storage": storage_label, "trial": best.number,
+                         "mean_dice": best.value, "folding_percent": _num(best.user_attrs.get("folding_percent"))}
 
 
 def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage_label: str = "") -> dict[str, Any]:
     """``{"base", "parameters", "tuning"}``: the best trial of a pairwise study as a preset (module docstring)."""
-    space, best = _best(study)
+    space, best, tuning = _best(study, storage_label)
     base, searched, fixed = PRESETS[space.base_preset], space.searched_fields(), space.fixed_settings()
     if "iterations" in searched and not include_fixed and tuple(fixed["level_spacings"]) != base.level_spacings:
         raise InputError(f"the searched iterations belong to the study's pyramid (level_spacings "
@@ -231,24 +224,20 @@ def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage
     values, reference = plain(space.parameters(best.params)), plain(base)
     keep = searched | ({k for k in fixed if fixed[k] != reference[k]} if include_fixed else set())
     return {"base": space.base_preset, "parameters": {k: values[k] for k in values if k in keep},
-            "tuning": {"study": study.study_name, "storage": storage_label, "trial": best.number,
-                       "mean_dice": best.value, "folding_percent": _num(best.user_attrs.get("folding_percent")),
-                       "searched": sorted(searched), "validation_pairs": study_meta(study).get("steps"),
+            "tuning": {**tuning, "searched": sorted(searched), "validation_pairs": study_meta(study).get("steps"),
                        "study_settings": fixed}}
 
 
 def codes_document(study: optuna.Study, storage_label: str = "") -> dict[str, Any]:
     """The best trial of a code search: the model, its codes, refinement, and the command registering with them."""
-    space, best = _best(study)
+    space, best, tuning = _best(study, storage_label)
     meta, values = study_meta(study), space.parameters(best.params)
     command = ["svreg", "register", "FIXED", "MOVING", "-o", "OUT", "--model", meta["model"],
                *(["--refine", str(meta["refine"])] if meta["refine"] else []),
                "--alpha-prime", f"{values.alpha_prime:.6g}", "--lambda-max", f"{values.lambda_max:.6g}"]
     return {"model": meta["model"], "alpha_prime": values.alpha_prime, "lambda_max": values.lambda_max,
             "refine": meta["refine"], "command": shlex.join(command),
-            "tuning": {"study": study.study_name, "storage": storage_label, "trial": best.number,
-                       "mean_dice": best.value, "folding_percent": _num(best.user_attrs.get("folding_percent")),
-                       "validation_pairs": meta.get("steps"), "study_settings": space.fixed_settings()}}
+            "tuning": {**tuning, "validation_pairs": meta.get("steps"), "study_settings": space.fixed_settings()}}
 
 
 def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: bool = False,
@@ -263,7 +252,7 @@ def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: b
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputError(f"--apply-best needs a file name, {path} is a folder.")
-    space, best = _best(study)
+    space, best, _ = _best(study, storage_label)
     if space.base_preset is None:
         config = space.parameters(best.params)
         try:

@@ -70,14 +70,8 @@ def plain(settings: Base) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The searched ranges and the base settings they modify.
-
-    Attributes:
-        base: settings of every trial apart from the searched ones.
-        base_preset: the built-in preset a registration base derives from (a written preset's ``base``);
-            ``None`` for a training configuration.
-        ranges: the searched parameters.
-    """
+    """The searched ``ranges`` and the ``base`` settings of every trial they modify; ``base_preset``: the
+    built-in preset a registration base derives from (a written preset's ``base``; ``None`` for training)."""
 
     base: Base
     base_preset: str | None
@@ -124,11 +118,6 @@ class SearchSpace:
         return cls(kind.from_dict(dict(d["base"])), d["base_preset"], tuple(ParamRange(**r) for r in d["ranges"]))
 
 
-def _widen(bounds: tuple[float, float], value: float) -> tuple[float, float]:
-    """``bounds`` widened to contain the base's ``value`` (a non-positive one leaves a log range as it is)."""
-    return (min(bounds[0], value), max(bounds[1], value)) if value > 0 else bounds
-
-
 def build_search_space(base: str | Path | TrainingConfig = "brain-mri", *, search: Sequence[str] = DEFAULT_SEARCH,
                        overrides: Mapping[str, Any] | None = None,
                        alpha_prime_range: Sequence[float] | None = None,
@@ -147,12 +136,12 @@ def build_search_space(base: str | Path | TrainingConfig = "brain-mri", *, searc
         settings, name = load_parameters(base, **dict(overrides or {})), base_preset(base)
     family = FAMILY_RANGES[PRESET_FAMILY.get(name or "", "mri")]
     ranges: list[ParamRange] = []
-    if "alpha_prime" in search:
-        bounds = alpha_prime_range or _widen(family["alpha_prime"], settings.alpha_prime)
-        ranges.append(ParamRange("alpha_prime", float(bounds[0]), float(bounds[1]), log=True))
-    if "lambda_max" in search:
-        bounds = lambda_max_range or _widen(family["lambda_max"], settings.lambda_max)
-        ranges.append(ParamRange("lambda_max", float(bounds[0]), float(bounds[1])))
+    for code, given, log in (("alpha_prime", alpha_prime_range, True), ("lambda_max", lambda_max_range, False)):
+        if code in search:
+            value, (low, high) = getattr(settings, code), given or family[code]
+            if value > 0 and not given:  # widened to contain the base's own value (the first trial)
+                low, high = min(low, value), max(high, value)
+            ranges.append(ParamRange(code, float(low), float(high), log=log))
     if "iterations" in search:
         ranges += [ParamRange(f"iterations_{level}", max(1, n // 2), max(2 * n, n + 1), integer=True)
                    for level, n in enumerate(settings.iterations)]

@@ -41,7 +41,6 @@ META_KEY = "svreg_tuning"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: ``enqueued`` user attribute of the base preset's own trial (see :func:`create_or_join`).
 BASE_PRESET = "base preset"
-JOURNAL_SUFFIX = ".log"
 DEFAULT_STORAGE = "svreg-tune.db"
 DEFAULT_STUDY = "svreg-tune"
 
@@ -66,7 +65,7 @@ def storage_url(storage: str | Path) -> str:
     text = str(storage)
     if "://" not in text:
         path = Path(text).expanduser().resolve()
-        return str(path) if path.suffix == JOURNAL_SUFFIX else f"sqlite:///{path}"
+        return str(path) if path.suffix == ".log" else f"sqlite:///{path}"
     try:
         url = make_url(text)
     except sa_exc.ArgumentError:
@@ -87,7 +86,9 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else exc.__class__.__name__
 
 
-def _check_file(path: Path, must_exist: bool) -> None:
+def _check_file(path: Path, must_exist: bool, sqlite: bool) -> None:
+    """A storage file: its folder created, writable, and (SQLite) not damaged (``PRAGMA quick_check`` reads
+    every page: a fraction of a second for thousands of trials)."""
     if must_exist and not path.is_file():
         raise InputError(f"no study storage at {path}.")
     try:
@@ -96,12 +97,7 @@ def _check_file(path: Path, must_exist: bool) -> None:
         raise OutputError(f"cannot create the folder of the study storage {path} ({exc.strerror}).") from None
     if not os.access(path if path.exists() else path.parent, os.W_OK):
         raise OutputError(f"the study storage {path} is not writable.")
-
-
-def _check_sqlite_intact(path: Path) -> None:
-    """Raise :class:`InputError` when the SQLite file ``path`` is damaged (``PRAGMA quick_check`` reads
-    every page: a fraction of a second for thousands of trials) or not a database."""
-    if not path.is_file() or path.stat().st_size == 0:
+    if not sqlite or not path.is_file() or path.stat().st_size == 0:
         return
     try:
         with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as db:
@@ -123,8 +119,7 @@ def _lock_on_begin(engine: sqlalchemy.engine.Engine) -> None:
     """Make every SQLite transaction of ``engine`` take the write lock when it begins (``BEGIN IMMEDIATE``).
 
     Optuna pops a queued trial by reading it as WAITING, then writing RUNNING; SQLite ignores ``SELECT ...
-    FOR UPDATE``, so two workers could both pop it (optuna issue 4621; 1 of 20 rounds of 4 workers did).
-    SQLAlchemy's recipe for pysqlite; pooled connections opened before are dropped.
+    FOR UPDATE``, so two workers could both pop it (optuna issue 4621). SQLAlchemy's recipe for pysqlite.
     """
     @sqlalchemy.event.listens_for(engine, "connect")
     def _driver_autocommit(dbapi_connection, _record) -> None:
@@ -134,7 +129,7 @@ def _lock_on_begin(engine: sqlalchemy.engine.Engine) -> None:
     def _begin_immediate(connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
-    engine.dispose()
+    engine.dispose()  # pooled connections opened before the listeners
 
 
 def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, grace_period: int | None = None,
@@ -148,21 +143,18 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
     url = storage_url(storage)
     sqlite = url.startswith("sqlite:///")
     if sqlite or "://" not in url:
-        path = Path(url.removeprefix("sqlite:///"))
-        _check_file(path, must_exist)
+        _check_file(Path(url.removeprefix("sqlite:///")), must_exist, sqlite)
         if not sqlite:
             from optuna.storages.journal import JournalFileBackend
 
             return optuna.storages.JournalStorage(JournalFileBackend(url))
-        _check_sqlite_intact(path)
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
-    with quiet_optuna():
-        retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     # Two workers creating Optuna's tables in an empty database at once can collide (PostgreSQL: an
     # IntegrityError or ProgrammingError; SQLite: "table ... already exists", sqlalchemy issue 4936): retry.
     for attempt in range(4):
         try:
             with quiet_optuna():
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
                 rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                                  grace_period=grace_period, heartbeat_stale_trial_callback=retry)
             if sqlite:
@@ -200,8 +192,8 @@ def _comparable(meta: dict[str, Any]) -> dict[str, Any]:
     space = meta.get("search_space")
     if not isinstance(space, dict):
         return meta
-    return {**meta, "search_space": {**space, "base": {k: v for k, v in dict(space.get("base", {})).items()
-                                                       if k not in RUNTIME}}}
+    base = {k: v for k, v in dict(space.get("base", {})).items() if k not in RUNTIME}
+    return {**meta, "search_space": {**space, "base": base}}
 
 
 def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[str, Any], *,
@@ -278,41 +270,33 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return None
 
 
-class StopAfterFailures:
-    """``Study.optimize`` callback: stop this worker after ``limit`` failed trials in a row (0: never)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.in_a_row = 0
-        self.last_error: str | None = None
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state != TrialState.FAIL:
-            self.in_a_row = 0
-            return
-        self.in_a_row += 1
-        self.last_error = str(trial.user_attrs.get("error", "failed"))
-        if self.limit and self.in_a_row >= self.limit:
-            study.stop()
-
-
 def run_worker(study: optuna.Study, func: Callable[[optuna.Trial], float], n_trials: int, *,
                timeout: float | None = None, max_failures: int = 5,
                callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> tuple[str, str | None]:
     """Run trials until the study holds ``n_trials`` finished ones; return (reason, last error).
 
-    ``reason``: ``"done"``, ``"timeout"`` or ``"max_failures"``. A trial that raises is recorded as FAIL
-    (``catch``) and the loop goes on; Ctrl-C / SIGTERM fails the running trial and propagates. A queued
-    base trial (:func:`requeue_default`) runs even when ``n_trials`` are finished already.
+    ``reason``: ``"done"``, ``"timeout"`` or ``"max_failures"`` (``max_failures`` failed trials in a row; 0:
+    never). A trial that raises is recorded as FAIL (``catch``) and the loop goes on; Ctrl-C / SIGTERM fails
+    the running trial and propagates. A queued base trial (:func:`requeue_default`) runs even when
+    ``n_trials`` are finished already.
     """
-    failures = StopAfterFailures(max_failures)
+    failures: dict[str, Any] = {"in_a_row": 0, "last": None}
+
+    def stop_after_failures(study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL:
+            failures["in_a_row"] = 0
+            return
+        failures.update(in_a_row=failures["in_a_row"] + 1, last=str(trial.user_attrs.get("error", "failed")))
+        if max_failures and failures["in_a_row"] >= max_failures:
+            study.stop()
+
     if count_finished(study) < n_trials or _default_trials(study, (TrialState.WAITING,)):
         # A stop request is raised only inside a trial's own code (trial_function), never while Optuna
         # creates or records a trial: a trial cut there would stay RUNNING in the storage for good.
         with interrupts_deferred():
             study.optimize(func, timeout=timeout, catch=(Exception,), gc_after_trial=True,
-                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), failures,
+                           callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), stop_after_failures,
                                       *callbacks])
-    if failures.limit and failures.in_a_row >= failures.limit:
-        return "max_failures", failures.last_error
-    return ("done" if count_finished(study) >= n_trials else "timeout"), failures.last_error
+    if max_failures and failures["in_a_row"] >= max_failures:
+        return "max_failures", failures["last"]
+    return ("done" if count_finished(study) >= n_trials else "timeout"), failures["last"]

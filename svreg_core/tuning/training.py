@@ -35,12 +35,11 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
 
     parser = argparse.ArgumentParser(prog="svreg tune")
     add_train_arguments(parser)
-    argv = ["--output", "-"]  # required by svreg train; the trials' folders are under --runs-dir
-    argv += ["--config", args.train_config] if args.train_config else []
-    argv += ["--templates"] if args.templates else []
-    for name in DATA_FLAGS:
-        if getattr(args, name) is not None:
-            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    # --output is required by svreg train; the trials' own folders are under --runs-dir
+    argv = ["--output", "-", *(["--config", args.train_config] if args.train_config else []),
+            *(["--templates"] if args.templates else [])]
+    for name in (n for n in DATA_FLAGS if getattr(args, n) is not None):
+        argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     config = resolve_config(parser.parse_args(argv))
     config = config.replace(device=args.device) if args.device else config
     if build_data(config).validation is None:
@@ -50,16 +49,10 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
 
 
 class TrainingDice:
-    """Trains a network per trial; one step per epoch, its validation mean Dice (and folding percent).
+    """Trains a network per trial in ``runs_dir/trial-NNNN`` for ``epochs`` (the learning rate decays over
+    these); one step per epoch: its validation mean Dice (and folding percent)."""
 
-    Args:
-        runs_dir: the folder of the trials' run folders.
-        epochs: epochs per trial (the learning rate decays over these).
-    """
-
-    name = "training-dice"
-    aggregate = "max"
-    value_name = "best validation Dice"
+    name, aggregate, value_name = "training-dice", "max", "best validation Dice"
 
     def __init__(self, runs_dir: str | Path, epochs: int) -> None:
         self.runs_dir = Path(runs_dir).absolute()
