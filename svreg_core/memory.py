@@ -1,7 +1,7 @@
 """Host memory a CPU registration needs, checked against the machine before any work starts.
 
 The pairwise registration's peak memory grows with the voxel counts of its two images: the outputs
-are integrated on the fixed grid, and every working level is no finer than the fixed image's voxel.
+are composed on the fixed grid, and every working level is no finer than the fixed image's voxel.
 Measured (``ru_maxrss`` of ``svreg register``, whole process with torch, all outputs): the 1 mm brain
 pair, 2 × 182×218×182 voxels (14.4 M), 2.6 GB (≈ 190 B per voxel).
 :data:`BYTES_PER_VOXEL` rounds that up. GPU memory is not estimated here: CUDA's out-of-memory error
