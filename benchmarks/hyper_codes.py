@@ -72,8 +72,8 @@ def figure(rows: list[dict], plain: dict, path: Path, alphas: list[float], lambd
                          f"median {r['lambda_median']:.3f}", fontsize=8)
         jac_ax.set_title(f"log2 det J: Dice {r['dice_mean']:.4f}\ndet≤0 {r['folding_percent']:.3f} %, "
                          f"SDlogJ {r['sdlogj']:.3f}", fontsize=8)
-    fig.colorbar(lam_im, ax=axes[-1, 2], shrink=0.8, label="λ(x)")
-    fig.colorbar(jac_im, ax=axes[-1, 3], shrink=0.8, label="log2 det J")
+    fig.colorbar(lam_im, ax=axes[-1, 0], shrink=0.8, label="λ(x)")
+    fig.colorbar(jac_im, ax=axes[-1, 1], shrink=0.8, label="log2 det J")
     fig.suptitle("One pass of the hyper model across its codes (brain pair, axial slice, evaluation data)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=90)

@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/learning_probe.py gen LABEL_MAP_DIR pairs.pt --pairs 400
     python benchmarks/learning_probe.py train pairs.pt NAME --task synth --objective lncc --seconds 360 --out DIR
+    python benchmarks/learning_probe.py plot curves.png DIR/NAME1.json DIR/NAME2.json   # held-out Dice, SDlogJ
 
 Results of 2026-11-26 (one H200): ``benchmarks/results/gpu_learning_2026-11-26/``, README "What it achieves today".
 """
@@ -143,6 +144,24 @@ def train(args: argparse.Namespace) -> None:
     (Path(args.out) / f"{args.name}.json").write_text(json.dumps(history))
 
 
+def plot(out: str, histories: list[str]) -> None:
+    """Held-out Dice and SDlogJ against the training step, one line per ``train`` history (``synth`` task)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.6), constrained_layout=True)
+    FigureCanvasAgg(fig)
+    dice_ax, smooth_ax = fig.subplots(1, 2)
+    for path in histories:
+        rows = json.loads(Path(path).read_text())
+        steps = [r["step"] for r in rows]
+        dice_ax.plot(steps, [r["dice"] for r in rows], label=Path(path).stem)
+        smooth_ax.plot(steps, [r["sdlogj"] for r in rows], label=Path(path).stem)
+    dice_ax.set(xlabel="training step", ylabel="held-out mean Dice", title="held-out synthetic pairs")
+    smooth_ax.set(xlabel="training step", ylabel="SDlogJ", title="smoothness (% det J ≤ 0 stayed 0)")
+    dice_ax.legend()
+    fig.savefig(out, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,8 +187,13 @@ def main() -> None:
     run.add_argument("--every", type=int, default=250)
     run.add_argument("--threads", type=int, default=1)
     run.add_argument("--out", default=".")
+    figure = sub.add_parser("plot")
+    figure.add_argument("out")
+    figure.add_argument("histories", nargs="+")
     args = parser.parse_args()
-    if args.command == "gen":
+    if args.command == "plot":
+        plot(args.out, args.histories)
+    elif args.command == "gen":
         generate(args.label_maps, args.out, args.pairs, args.processes, args.spacing, tuple(args.grid))
     else:
         if args.objective == "sup" and args.task != "shift":
