@@ -28,12 +28,13 @@ from matplotlib.figure import Figure
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from svreg_core import load_parameters, metrics, register  # noqa: E402
+from svreg_core import Image, load_parameters, metrics, register  # noqa: E402
 from svreg_core.image.io import load_image  # noqa: E402
-from svreg_core.registration import load_model  # noqa: E402
+from svreg_core.registration import LoadedModel, load_model  # noqa: E402
 
 
-def run_one(fixed, moving, fixed_seg, moving_seg, model, codes, brain: np.ndarray) -> dict:
+def run_one(fixed: Image, moving: Image, fixed_seg: Image, moving_seg: Image, model: LoadedModel,
+            codes: tuple[float, float] | None, brain: np.ndarray) -> dict:
     """One pass of ``model`` at ``codes`` (``None``: the model's own): metrics and the axial slices."""
     params = load_parameters("brain-mri", affine=False, device="cpu")
     t0 = time.perf_counter()
