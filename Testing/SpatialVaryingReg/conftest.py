@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "SpatialVaryingReg"
-for _path in (MODULE_DIR, Path(__file__).resolve().parent):  # the module's helpers, the test helpers
+for _path in (MODULE_DIR, Path(__file__).resolve().parent, REPO / "Testing"):  # module, test, shared helpers
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_checkpoint import HYPER_RANGES, tiny_checkpoint
 
-#: Code ranges of the HyperSPR test models (as in Testing/svreg_core/test_registration_hyper.py).
-HYPER = {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 10.0]}
+HYPER = HYPER_RANGES  # code ranges of the HyperSPR test models
 
 
 def add_volume(scene, data_ijk: np.ndarray, ijk_to_ras: np.ndarray, name: str, labelmap: bool = False):
@@ -62,22 +62,8 @@ def write_model(folder: Path, name: str = "tiny", weights: bool = True, **extra)
     return folder
 
 
-def tiny_hyper_checkpoint(folder: Path, hyper: dict | None = HYPER, name: str = "hyper-test"):
-    """A real checkpoint saved by the engine (torch): a tiny U-Net whose output the codes visibly change
-    (as in Testing/svreg_core/test_registration_hyper.py)."""
-    torch = pytest.importorskip("torch")
-    from svreg_core.models import ModelInfo, build_model, save_checkpoint
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = build_model("unet-spr", {"encoder_features": [4, 4], "decoder_features": [4, 4, 4],
-                                       "lambda_features": [4], **({"hyper": hyper} if hyper else {})})
-        with torch.no_grad():
-            net.velocity_head.weight.normal_(0.0, 0.2)
-            if hyper:
-                net.film.mlp[-1].weight.normal_(0.0, 1.0)
-    info = ModelInfo(architecture=net.architecture, config=net.config, network_spacing_mm=4.0,
-                     size_multiple=net.size_multiple, normalization="robust_normalize", similarity="mse",
-                     lncc_window=5, prior="beta", alpha_prime=0.175, lambda_max=1.0, spr=True, integration_steps=5,
-                     svreg_version="test", training={"data": "none (test net)"}, name=name)
-    return save_checkpoint(folder / name, net, info)
+def tiny_hyper_checkpoint(folder: Path, hyper: dict | None = HYPER, name: str = "hyper-test") -> Path:
+    """A real checkpoint saved by the engine (torch): a tiny 4 mm U-Net whose output the codes visibly
+    change (``Testing/tiny_checkpoint.py``)."""
+    pytest.importorskip("torch")
+    return tiny_checkpoint(folder, name, hyper, spacing_mm=4.0, similarity="mse")

@@ -26,6 +26,9 @@ import numpy as np
 import pytest
 
 TEMPLATE_REL = Path("data") / "templates" / "MNI152_T1_1mm_brain.nii.gz"
+_TESTING = str(Path(__file__).resolve().parents[1])  # the shared test helpers (tiny_checkpoint.py)
+if _TESTING not in sys.path:
+    sys.path.insert(0, _TESTING)
 
 
 # ------------------------------------------------------------------------------- pure geometry
@@ -286,29 +289,12 @@ def fast_preset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """Two tiny ``unet-spr`` checkpoints saved by the engine (6 mm network grid, own codes α′ 0.175,
+    """Two tiny ``unet-spr`` checkpoints saved by the engine (6 mm network grid, LNCC, own codes α′ 0.175,
     λ_max 1): ``hyper`` (trained code ranges ``ranges``) and ``plain``. Their weights are random but give
-    a visible deformation that the codes strongly modulate (no training)."""
-    import torch
+    a visible deformation that the codes strongly modulate (no training; ``Testing/tiny_checkpoint.py``)."""
+    from tiny_checkpoint import HYPER_RANGES, tiny_checkpoint
 
-    from svreg_core.models import ModelInfo, build_model, save_checkpoint
-
-    ranges = {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 10.0]}
     folder = tmp_path_factory.mktemp("tiny_checkpoints")
-
-    def save(hyper: dict | None, name: str) -> Path:
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = build_model("unet-spr", {"encoder_features": [4, 4], "decoder_features": [4, 4, 4],
-                                             "lambda_features": [4], **({"hyper": hyper} if hyper else {})})
-            with torch.no_grad():
-                model.velocity_head.weight.normal_(0.0, 0.2)
-                if hyper:
-                    model.film.mlp[-1].weight.normal_(0.0, 1.0)
-        info = ModelInfo(architecture=model.architecture, config=model.config, network_spacing_mm=6.0,
-                         size_multiple=model.size_multiple, normalization="robust_normalize", similarity="lncc",
-                         lncc_window=5, prior="beta", alpha_prime=0.175, lambda_max=1.0, spr=True, integration_steps=5,
-                         svreg_version="test", training={"data": "none (test net)"}, name=name)
-        return save_checkpoint(folder / name, model, info)
-
-    return SimpleNamespace(hyper=save(ranges, "hyper-test"), plain=save(None, "plain-test"), ranges=ranges)
+    return SimpleNamespace(ranges=HYPER_RANGES,
+                           hyper=tiny_checkpoint(folder, "hyper-test", HYPER_RANGES, spacing_mm=6.0, similarity="lncc"),
+                           plain=tiny_checkpoint(folder, "plain-test", None, spacing_mm=6.0, similarity="lncc"))
