@@ -6,11 +6,15 @@ Examples::
     svreg tune pairs.csv --storage postgresql://me@db/tuning --study-name ixi     # several machines
     svreg tune pairs.csv --storage /shared/tuning.log --study-name ixi           # shared file system
     svreg tune --storage svreg-tune.db --report report/ --apply-best tuned.json   # summarise, export preset
+    svreg register --preset tuned.json fixed.nii.gz moving.nii.gz -o out/
     svreg tune --train-config train.yaml --synthetic labels/ --epochs-per-trial 20 --storage unet.db  # training
     svreg tune validation/ --model runs/hyper/best --storage codes.db --apply-best codes.json   # a hyper model's codes
 
 Running the same command again resumes the study until ``--n-trials`` trials are finished (COMPLETE or
 PRUNED) in total; running it on several machines/processes at once makes them share the work.
+With ``--train-config`` or training data flags, each trial trains a network (:mod:`.training`); with
+``--model``, each trial runs a learned model at the trial's codes (α′, λ_max) on the validation pairs
+(:mod:`.codes`); otherwise each trial registers the validation pairs (:mod:`.objective`).
 """
 from __future__ import annotations
 
