@@ -43,6 +43,16 @@ Construction (both cases)
    ``κ |slip|² / 2`` (κ the surface's curvature along the slip), which no bijection can fill. Their
    fraction and the largest inversion residual are stored in ``case.json`` and checked.
 
+Tuning cases (the CT presets are tuned on these, never on the evaluation cases above; other patients)
+-------------------------------------------------------------------------------------------------------
+* ``lung2-tune`` (pyradiomics ``lung2_image.nrrd``, 0.63 x 0.63 x 5 mm): built exactly like ``lung``.
+* ``abdomen-tune`` (TotalSegmentator ``example_ct_sm.nii.gz``, 3 mm, with ``example_seg.nii.gz``): the
+  upper-abdominal organs (liver, spleen, stomach, gallbladder) move along the body axis, as in
+  breathing (the moving image shows them 6.4 mm higher posteriorly to 8 mm anteriorly), sliding along
+  the abdominal wall, the kidneys, bowel and spine. The label maps are
+  TotalSegmentator's structures (:data:`TUNING_STRUCTURES`), so that ``svreg tune``'s Dice objective
+  sees every organ, not only the moving region.
+
 Evaluation masks (fixed grid): ``body``; ``band``: voxels within ``band_mm`` of the sliding interface
 (``|S| ≤ band_mm``) where the slip ``|G − (G·n)n|`` is at least ``min_slip_mm`` (the *motion
 boundary*); ``region``: ``R``; ``valid``: the inversion succeeded.
@@ -95,19 +105,41 @@ SPECS = {
                       spacing=(2.5, 2.5, 2.5), magnitude_mm=8.0, push_length_mm=10.0, sdf_sigma_mm=3.0),
 }
 
+#: Cases the CT presets are tuned on (other patients than the evaluation cases): never evaluated.
+TUNING_SPECS = {
+    "lung2-tune": CaseSpec("lung2-tune", "tuning: another patient's lungs sliding along the chest wall "
+                           "(pyradiomics lung2, 5 mm slices)",
+                           spacing=(2.5, 2.5, 5.0), magnitude_mm=8.0, push_length_mm=10.0, sdf_sigma_mm=5.0),
+    "abdomen-tune": CaseSpec("abdomen-tune", "tuning: upper-abdominal organs sliding along the abdominal "
+                             "wall (TotalSegmentator example CT, 3 mm)",
+                             spacing=(3.0, 3.0, 3.0), magnitude_mm=8.0, push_length_mm=15.0, sdf_sigma_mm=6.0),
+}
+ALL_SPECS = {**SPECS, **TUNING_SPECS}
+
+#: TotalSegmentator (v2 ``total`` task) structures of ``example_seg.nii.gz`` kept as labels of the
+#: abdomen tuning case (those with at least 500 voxels), and the ones that move.
+TUNING_STRUCTURES = {1: "spleen", 2: "kidney right", 3: "kidney left", 4: "gallbladder", 5: "liver",
+                     6: "stomach", 7: "pancreas", 11: "lung lower lobe left", 14: "lung lower lobe right",
+                     18: "small bowel", 19: "duodenum", 20: "colon", 30: "vertebra L2", 31: "vertebra L1",
+                     32: "vertebra T12", 52: "aorta", 63: "inferior vena cava",
+                     64: "portal and splenic vein", 86: "autochthon left", 87: "autochthon right",
+                     117: "costal cartilages"}
+ABDOMEN_MOVING = (1, 4, 5, 6)  #: spleen, gallbladder, liver, stomach
+
 #: Label values and names of each case's label maps.
-LABELS = {"lung": {1: "lungs", 2: "bone"}, "aorta": {1: "aorta", 2: "vertebra T12"}}
+LABELS = {"lung": {1: "lungs", 2: "bone"}, "aorta": {1: "aorta", 2: "vertebra T12"},
+          "lung2-tune": {1: "lungs", 2: "bone"}, "abdomen-tune": TUNING_STRUCTURES}
 
 
 # ------------------------------------------------------------------------------------------------
 # reading the sources
 
 
-def read_lung1(raw: Path) -> Image:
-    """``lung1_image.nrrd`` (HU) as an :class:`Image` with a RAS affine (the file is LPS, ITK)."""
+def read_pyradiomics(raw: Path, name: str) -> Image:
+    """``<name>_image.nrrd`` (HU) as an :class:`Image` with a RAS affine (the file is LPS, ITK)."""
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(raw / "pyradiomics" / "lung1_image.nrrd"))
+    img = sitk.ReadImage(str(raw / "pyradiomics" / f"{name}_image.nrrd"))
     data = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)  # (k, j, i) -> (i, j, k)
     lps = np.eye(4)
     lps[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) * np.asarray(img.GetSpacing())
@@ -293,14 +325,15 @@ class Anatomy:
     region: np.ndarray
     static: np.ndarray
     motion: Callable[[np.ndarray, np.ndarray], np.ndarray]  #: (world points, region mask) -> G, RAS mm
+    labels: np.ndarray | None = None  #: fixed label map; ``None``: 1 = region, 2 = static (off the band)
 
 
 def _resampled(source: Image, source_aa: torch.Tensor, grid: Grid) -> np.ndarray:
     return sample(source_aa, source.grid, grid.world_points())[..., 0]
 
 
-def lung_anatomy(raw: Path, spec: CaseSpec) -> Anatomy:
-    ct = read_lung1(raw)
+def lung_anatomy(raw: Path, spec: CaseSpec, source: str = "lung1") -> Anatomy:
+    ct = read_pyradiomics(raw, source)
     aa = antialiased(ct, spec.spacing)
     full = working_grid(ct.grid, spec.spacing, (np.zeros(3, int), np.asarray(ct.shape) - 1))
     hu = _resampled(ct, aa, full)
@@ -357,7 +390,37 @@ def aorta_anatomy(raw: Path, spec: CaseSpec) -> Anatomy:
     return Anatomy(ct, aa, grid, hu, body, aorta, vertebra, motion)
 
 
-ANATOMY = {"lung": lung_anatomy, "aorta": aorta_anatomy}
+def abdomen_anatomy(raw: Path, spec: CaseSpec) -> Anatomy:
+    folder = raw / "totalsegmentator"
+    ct = read_nifti(folder / "example_ct_sm.nii.gz")
+    seg = read_nifti(folder / "example_seg.nii.gz")
+    if not seg.grid.same_as(ct.grid):
+        raise SystemExit("ct_cases: example_seg.nii.gz is not on the grid of example_ct_sm.nii.gz")
+    aa = antialiased(ct, spec.spacing)
+    grid = working_grid(ct.grid, spec.spacing, (np.zeros(3, int), np.asarray(ct.shape) - 1))
+    if not grid.same_as(ct.grid):
+        raise SystemExit("ct_cases: the abdomen case works on the CT's own 3 mm grid")
+    hu = _resampled(ct, aa, grid)
+    body = body_mask(hu, grid)
+    structures = np.rint(seg.data).astype(np.int32)
+    labels = np.where(np.isin(structures, list(TUNING_STRUCTURES)), structures, 0) * body
+    organs = np.isin(structures, ABDOMEN_MOVING) & body
+    bone = (hu > 200.0) & body
+
+    def motion(points: np.ndarray, region: np.ndarray) -> np.ndarray:
+        y = points[..., 1]
+        y_post, y_ant = y[region].min(), y[region].max()
+        anterior = np.clip((y - y_post) / (y_ant - y_post), 0.0, 1.0)
+        out = np.zeros(points.shape)
+        out[..., 2] = -spec.magnitude_mm * (0.8 + 0.2 * anterior)  # moving shows content from below (exhale)
+        return out
+
+    return Anatomy(ct, aa, grid, hu, body, organs, bone, motion, labels)
+
+
+ANATOMY: dict[str, Callable[[Path, CaseSpec], Anatomy]] = {
+    "lung": lung_anatomy, "aorta": aorta_anatomy,
+    "lung2-tune": lambda raw, spec: lung_anatomy(raw, spec, source="lung2"), "abdomen-tune": abdomen_anatomy}
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -367,7 +430,7 @@ def _stats(values: np.ndarray) -> dict[str, float]:
 
 def build_case(name: str, raw: Path, out: Path, log=print) -> Path:
     """Build case ``name`` into ``out`` (idempotent: kept when ``case.json`` matches this builder)."""
-    spec = SPECS[name]
+    spec = ALL_SPECS[name]
     meta_path = out / "case.json"
     wanted = {"builder_version": BUILDER_VERSION, "spec": asdict(spec)}
     if meta_path.is_file():
@@ -389,9 +452,12 @@ def build_case(name: str, raw: Path, out: Path, log=print) -> Path:
     rng = np.random.default_rng(spec.seed)
     fixed = a.hu + rng.normal(0.0, spec.noise_hu, a.hu.shape)
     moving = sample(a.source_aa, a.source.grid, points + g)[..., 0] + rng.normal(0.0, spec.noise_hu, a.hu.shape)
-    labels = np.zeros(grid.shape, np.int32)
-    labels[a.static & ~ndimage.binary_dilation(region, _ball(spec.band_mm, grid.spacing))] = 2
-    labels[region] = 1
+    if a.labels is None:
+        labels = np.zeros(grid.shape, np.int32)
+        labels[a.static & ~ndimage.binary_dilation(region, _ball(spec.band_mm, grid.spacing))] = 2
+        labels[region] = 1
+    else:
+        labels = a.labels
     moving_labels = sample(_tensor(labels), grid, points + g, mode="nearest")[..., 0].round().astype(np.int32)
 
     y, valid, residual = warp.invert(points)

@@ -3,15 +3,23 @@
 Two sdists ship real, openly licensed CT as test data:
 
 * ``pyradiomics==3.1.0``: ``data/lung1_image.nrrd``, a chest CT of 512 x 512 x 48 voxels of
-  0.57 x 0.57 x 5 mm (non-contrast, thorax from the heart to the neck);
+  0.57 x 0.57 x 5 mm (non-contrast, thorax from the heart to the neck), and ``data/lung2_image.nrrd``,
+  another patient's chest CT (512 x 512 x 61, 0.63 x 0.63 x 5 mm);
 * ``totalsegmentator==2.18.0``: ``tests/reference_files/aorta_report/test_result/models/``, a
   contrast chest CT of 1.5 mm (``ct.nii.gz``; ``ct_cropped.nii.gz`` around the aorta) with
-  TotalSegmentator's masks on the cropped grid (aorta and branches, vertebra T12).
+  TotalSegmentator's masks on the cropped grid (aorta and branches, vertebra T12); and
+  ``tests/reference_files/example_ct_sm.nii.gz`` with ``example_seg.nii.gz``, another patient's upper
+  abdomen (122 x 101 x 30 voxels of 3 mm) with TotalSegmentator's 41 structures (liver, spleen, kidneys,
+  stomach, bowel, vertebrae, ribs, vessels, muscles).
+
+``lung2`` and the abdomen are the CT *tuning* data (:mod:`ct_cases`: the ``tuning`` cases): the CT
+presets are tuned on them, never on the evaluation cases built from the other two CTs.
 
 The sdist's address and SHA-256 come from PyPI's JSON API; the digest must also equal the one pinned
 here, so a changed upload is refused. Only the needed members are extracted into
 ``.bench/ct/raw/<package>/`` (git-ignored); the sdist itself is not kept. A marker file holding the
-digest makes a second call a no-op. Nothing here is ever committed.
+digest and the member list makes a second call a no-op (a changed member list fetches again).
+Nothing here is ever committed.
 
 Usage: ``.venv/bin/python benchmarks/fetch_ct_data.py [--dest .bench/ct/raw]``
 """
@@ -45,9 +53,10 @@ class Source:
 
 SOURCES = (
     Source("pyradiomics", "3.1.0", "24722c962a6bbd09bc39c1c67dbffe92435f9692a421fabaae8a6b4511eb48e4",
-           ("data/lung1_image.nrrd",)),
+           ("data/lung1_image.nrrd", "data/lung2_image.nrrd")),
     Source("totalsegmentator", "2.18.0", "5d4223ef93973bc36d710869d11e7742ead2c154c72f7f9edcaaadd5b6c4bd03",
-           ("tests/reference_files/aorta_report/test_result/models/",)),
+           ("tests/reference_files/aorta_report/test_result/models/",
+            "tests/reference_files/example_ct_sm.nii.gz", "tests/reference_files/example_seg.nii.gz")),
 )
 
 
@@ -105,7 +114,8 @@ def fetch(source: Source, dest_root: Path = DEFAULT_DEST, log=print) -> Path:
     """Make ``dest_root/<name>/`` hold the source's members; download only when its marker is missing."""
     dest = dest_root / source.name
     marker = dest / ".fetched"
-    if marker.is_file() and marker.read_text().split()[:1] == [source.sha256]:
+    stamp = f"{source.sha256} {source.name}=={source.version} {','.join(source.members)}"
+    if marker.is_file() and marker.read_text().splitlines()[:1] == [stamp]:
         log(f"fetch_ct_data: {source.name}=={source.version}: present in {dest}")
         return dest
     url, listed = sdist_url(source)
@@ -123,7 +133,7 @@ def fetch(source: Source, dest_root: Path = DEFAULT_DEST, log=print) -> Path:
             raise SystemExit(f"fetch_ct_data: downloaded {archive.name} has SHA-256 {got}, "
                              f"not the pinned {source.sha256}")
         written = _extract(archive, source, dest)
-    marker.write_text(f"{source.sha256} {source.name}=={source.version}\n" + "\n".join(written) + "\n")
+    marker.write_text(stamp + "\n" + "\n".join(written) + "\n")
     log(f"fetch_ct_data: {source.name}=={source.version}: {len(written)} file(s) in {dest}")
     return dest
 

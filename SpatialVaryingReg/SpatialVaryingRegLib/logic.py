@@ -505,7 +505,20 @@ class RegistrationJob:
             alpha_prime=self.settings.codes[0] if self._model_argument else None,
             lambda_max=self.settings.codes[1] if self._model_argument else None,
             crop_fixed=self._crop_box(),
+            outputs=self.engine_outputs(),
         )
+
+    def engine_outputs(self) -> list[str]:
+        """The engine outputs :meth:`load_outputs` reads, so that the engine spends no time on what is not
+        loaded (the ITK transform file, an unwanted inverse, the figure); a work folder that is kept
+        also gets the ITK transform and the report figure."""
+        keep = self.settings.keep_temporary_files
+        wanted = ["displacement", "regularization", "jacobian"]
+        for name, on in (("warped", self.settings.create_warped), ("inverse", self.settings.create_inverse),
+                         ("labels", self.moving_labels is not None), ("transform", keep), ("figure", keep)):
+            if on:
+                wanted.append(name)
+        return wanted
 
     def _crop_box(self) -> tuple[float, ...] | None:
         """Two opposite corners (world RAS mm) of :attr:`fixed_roi`'s box, or ``None`` without an ROI."""

@@ -398,6 +398,7 @@ class RegisterRequest:
     ``alpha_prime``/``lambda_max`` (with ``model``): the regularisation codes a HyperSPR model predicts
     for (inside its trained ranges), or the loss of a plain model's refinement; ``None``: the model's own.
     ``crop_fixed``: two opposite corners (world RAS mm, 6 numbers) of the box the fixed image is cropped to.
+    ``outputs``: the engine's output names to write (``svreg register --outputs``); ``None``: all of them.
     """
 
     fixed: Path
@@ -420,6 +421,7 @@ class RegisterRequest:
     lambda_max: float | None = None
     overwrite: bool = False
     crop_fixed: Sequence[float] | None = None
+    outputs: Sequence[str] | None = None
 
     def arguments(self) -> list[str]:
         """The child's arguments after the interpreter."""
@@ -449,6 +451,8 @@ class RegisterRequest:
         args += ["--device", self.device]
         if self.label_interpolation and self.moving_labels:
             args += ["--label-interpolation", self.label_interpolation]
+        if self.outputs is not None:
+            args += ["--outputs", *self.outputs]
         if self.overwrite:
             args.append("--overwrite")
         args += ["--progress", "json"]

@@ -92,6 +92,8 @@ def test_segmentations_inverse_and_fiducials_end_to_end(scene, pair, tmp_path):
                                 fixed_fiducials=pair["fixed_points"], moving_fiducials=pair["moving_points"],
                                 settings=settings)
     out = job.run(timeout=300)
+    # the engine wrote what the module loads and nothing else (no ITK transform file, no figure)
+    assert out.report["outputs"] == ["displacement", "inverse", "jacobian", "labels", "regularization", "warped"]
 
     # (a) the segmentations went to the engine as label maps (Dice scored over both labels) and the warped
     # labels came back as a Segmentation with the moving segments' names and colours
@@ -146,6 +148,7 @@ def test_output_nodes_are_updated_in_place(scene, pair, tmp_path):
                                         temp_root=str(tmp_path))
     second = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"], reuse=reuse,
                                    settings=faster).run(timeout=300)
+    assert first.report["outputs"] == ["displacement", "inverse", "jacobian", "labels", "regularization", "warped"]
     assert [n.GetID() for n in second.nodes()] == [n.GetID() for n in first.nodes()]
     assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts  # nothing new
     assert not np.allclose(geometry.grid_transform_arrays(second.transform)[0], stale)  # the new result is in
