@@ -153,7 +153,7 @@ def run_tool(rec: dict, cmd: list[str], out: Path, args: argparse.Namespace, cas
     disp_path = out / "displacement.nii.gz"
     measure = out.parent / f"{out.name}.measure.json"
     rec["command"] = cmd
-    if args.reuse and measure.exists() and disp_path.exists():
+    if args.reuse and peer and measure.exists() and disp_path.exists():
         meas = json.loads(measure.read_text())
         log(f"  {rec['tool']}: reusing {out}")
     else:
@@ -194,14 +194,22 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     base = load_parameters(preset)
     records = reference_rows(case_dir, truth)
     runs = CT_DIR / "runs" / name
+    suffix = ""
+    if args.smoothing_passes is not None:  # the preset with another velocity smoothing, as a preset file
+        suffix = f"-s{args.smoothing_passes}"
+        preset_file = runs / f"{preset}{suffix}.json"
+        preset_file.parent.mkdir(parents=True, exist_ok=True)
+        preset_file.write_text(json.dumps({"base": preset, "parameters": {"smoothing_passes": args.smoothing_passes}}))
+        base = load_parameters(preset_file)
     for variant in args.variants:
         for factor in args.factors:
             lam = factor * base.lambda_max
-            tool = f"svreg-{variant}-x{factor:g}"
+            tool = f"svreg-{variant}-x{factor:g}{suffix}"
             rec = {"tool": tool, "kind": "ours", "variant": variant, "factor": factor, "lambda_max": lam,
-                   "alpha_prime": base.alpha_prime, "preset": preset,
+                   "alpha_prime": base.alpha_prime, "preset": preset, "smoothing_passes": base.smoothing_passes,
                    "label": f"{VARIANT_LABEL[variant]} λ_max {lam:g}"}
-            records.append(run_tool(rec, svreg_command(args, case_dir, runs / tool, preset, lam, variant),
+            preset_arg = str(preset_file) if suffix else preset
+            records.append(run_tool(rec, svreg_command(args, case_dir, runs / tool, preset_arg, lam, variant),
                                     runs / tool, args, case_dir, truth))
     for peer in args.peers:
         rec = {"tool": peer, "kind": "peer", "label": rb.PEER_LABEL[peer]}
@@ -217,7 +225,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
         records.append(run_tool(rec, cmd, runs / peer, args, case_dir, truth))
     meta = json.loads((case_dir / "case.json").read_text())
     return {"case": meta, "preset": preset, "preset_lambda_max": base.lambda_max,
-            "preset_alpha_prime": base.alpha_prime, "records": records,
+            "preset_alpha_prime": base.alpha_prime, "smoothing_passes": base.smoothing_passes, "records": records,
             "equal_sdlogj": equal_sdlogj(records)}
 
 
@@ -360,11 +368,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", nargs="+", default=list(PEERS), help="ants elastix, or none")
     ap.add_argument("--iterations", nargs="+", type=int, help="svreg iterations per level (default: preset)")
     ap.add_argument("--level-spacings", nargs="+", type=float, help="svreg pyramid in mm (default: preset)")
+    ap.add_argument("--smoothing-passes", type=int, choices=range(0, 4),
+                    help="svreg's velocity smoothing passes instead of the preset's 3 (3-voxel box filters per "
+                         "axis and iteration); results and figure get the suffix _s<N>")
     ap.add_argument("--quick", action="store_true",
                     help="reduced cost: factors 0.25 1 4, the preset's iterations halved, pyramid 5 2.5 mm")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is killed")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished runs in .bench/ct/runs")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the peers' finished runs in .bench/ct/runs (svreg always runs: its presets and "
+                         "engine change)")
     ap.add_argument("--svreg", type=Path, default=REPO / ".venv" / "bin" / "svreg")
     ap.add_argument("--venvs", type=Path, default=REPO / ".bench" / "venvs")
     ap.add_argument("--results-dir", type=Path, default=HERE / "results")
@@ -404,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "threads": args.threads, "quick": args.quick, "factors": args.factors,
         "iterations": args.iterations, "level_spacings": args.level_spacings,
+        "smoothing_passes": args.smoothing_passes,
         "command": " ".join([Path(sys.executable).name, "benchmarks/ct_known_warp.py", *(argv or sys.argv[1:])]),
         "cases": {},
     }
@@ -417,16 +431,20 @@ def main(argv: list[str] | None = None) -> int:
     settings = (f"svreg settings: presets as listed, λ_max = factor × preset λ_max for factors "
                 f"{', '.join(f'{f:g}' for f in args.factors)}; iterations "
                 f"{' '.join(map(str, args.iterations)) if args.iterations else 'from the preset'}; pyramid "
-                f"{' '.join(f'{s:g}' for s in args.level_spacings) if args.level_spacings else 'from the preset'} mm.")
+                f"{' '.join(f'{s:g}' for s in args.level_spacings) if args.level_spacings else 'from the preset'} mm"
+                + (f"; velocity smoothing {args.smoothing_passes} passes (presets: 3)."
+                   if args.smoothing_passes is not None else "."))
     md = (f"# Known-warp CT with sliding motion {started:%Y-%m-%d %H:%M}" + (" (quick)" if args.quick else "")
           + f"\n\nCommand: `{results['command']}`\n\n{settings}\n\n" + "\n".join(tables) + "\n" + NOTES)
     if not args.no_write:
-        stem = f"ct_known_warp_{started:%Y-%m-%d}" + ("_quick" if args.quick else "")
+        variant = ("_quick" if args.quick else "") + \
+            (f"_s{args.smoothing_passes}" if args.smoothing_passes is not None else "")
+        stem = f"ct_known_warp_{started:%Y-%m-%d}{variant}"
         args.results_dir.mkdir(parents=True, exist_ok=True)
         (args.results_dir / f"{stem}.json").write_text(
             json.dumps(results, indent=1, default=str).replace(str(REPO) + "/", "") + "\n")
         (args.results_dir / f"{stem}.md").write_text(md)
-        figure = args.figure_dir / ("ct_pareto" + ("_quick" if args.quick else "") + ".png")
+        figure = args.figure_dir / f"ct_pareto{variant}.png"
         pareto_figure(results, figure)
         log(f"wrote {args.results_dir / stem}.json, .md and {figure}")
     bad = [r for res in results["cases"].values() for r in res["records"] if r.get("status") not in ("ok", "skipped")]
