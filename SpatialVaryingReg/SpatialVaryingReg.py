@@ -194,8 +194,10 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._environmentForTuning = False  # whether the tuning packages are needed too
         self._applyBest: dict | None = None  # {"thread", "result", "error", "path"} while "Apply best" runs
         self._timers: list = []
-        # Regularisation sliders of a HyperSPR model: debounced network-only re-runs, the latest wins
+        # Regularisation sliders of a HyperSPR model: debounced network-only runs on one long-lived engine
+        # (restarted when the inputs or settings change), the latest request wins
         self._preview = preview.PreviewScheduler(self._startPreviewJob, self._onPreviewFinished)
+        self._previewEngine = svlogic.PreviewEngine()
         self._codesModel: str | None = None  # the model the sliders were set up for (None: not yet)
 
     def setup(self) -> None:
@@ -288,6 +290,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.refreshStudyTable()
 
     def exit(self) -> None:
+        self._retirePreviewEngine()  # frees its memory; the next slider move starts a new one
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -466,7 +469,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def requestPreview(self) -> None:
         """Re-run the network at the parameter node's codes once the sliders are quiet (when both volumes are
-        chosen and no full registration runs); a preview still running is stopped first."""
+        chosen and no full registration runs), on the preview engine; a preview it is computing finishes first
+        (its result dropped), and only the latest request waits for it."""
         p = self._parameterNode
         if not p or not p.fixedVolume or not p.movingVolume or p.fixedVolume == p.movingVolume:
             return
@@ -483,10 +487,11 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._previewTimer.start()
 
     def _startPreviewJob(self, codes) -> svlogic.RegistrationJob:
-        """The scheduler's run: the registration job of the parameter node without refinement, started."""
+        """The scheduler's run: the registration job of the parameter node without refinement, sent to the
+        preview engine (started first, or restarted when the inputs or settings changed)."""
         job = self.logic.createJob(self._parameterNode, preview=True, on_event=self._onEngineEvent,
                                    on_log=self._appendLog)
-        job.start()
+        self._previewEngine.start_job(job)
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
         self._parameterNode.statusText = _("Preview (network only)...")
@@ -498,6 +503,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         except Exception as exc:  # noqa: BLE001 - a preview that cannot start: say why, keep polling the rest
             busy = self._preview.busy
             self._previewFailed(svlogic.one_line(exc))
+        busy = self._previewEngine.poll() or busy  # reaps a stopped engine
         if not busy:
             self._previewTimer.stop()
             if self._job is None:
@@ -519,10 +525,20 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         slicer.util.errorDisplay(_("Preview failed: {message}").format(message=message))
 
     def _stopPreviews(self) -> None:
-        """Drop a waiting preview and end a running one (blocking: the module or scene is closing)."""
+        """Drop a waiting preview, end the preview engine's process tree and the running preview (blocking:
+        the module or scene is closing)."""
         self._preview.cancel()
+        self._previewEngine.stop()
         if self._preview.job is not None:
             self._preview.job.cancel()
+
+    def _retirePreviewEngine(self) -> None:
+        """Drop a waiting preview and stop the preview engine without blocking (the preview timer reaps it;
+        a preview it was computing ends as cancelled)."""
+        self._preview.cancel()
+        self._previewEngine.stop(wait=False)
+        if self._previewEngine.poll() or self._preview.busy:
+            self._previewTimer.start()
 
     def _updateEngineStatus(self) -> None:
         """Show what is known about torch (from the last child-process check), the GPU and the packages."""
@@ -616,7 +632,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job.cancel()
             self._finishRegistration()
             return
-        self._preview.cancel()  # a full registration supersedes a preview (the preview timer reaps it)
+        self._retirePreviewEngine()  # a full registration supersedes the previews
         self._withEnvironment(self._startRegistration)
 
     def _startRegistration(self) -> None:
@@ -1254,6 +1270,23 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         self.assertEqual([n.GetID() for n in second.nodes()], [n.GetID() for n in first.nodes()])
         if top != info.default_codes:
             self.assertFalse(np.array_equal(slicer.util.arrayFromVolume(second.lambdaMap), lambdaBefore))
+        # the sliders: requests to one long-lived preview engine, into the same nodes, the same maps
+        lambdaTop = slicer.util.arrayFromVolume(second.lambdaMap).copy()
+        engine = svlogic.PreviewEngine()
+        try:
+            pids = []
+            for codes in (info.default_codes, top):
+                settings = svlogic.RegistrationSettings(overrides={"affine": False}, method="learned",
+                                                        model=str(info.folder), refine_steps=0, codes=codes,
+                                                        device="cpu")
+                job = svlogic.RegistrationJob(fixed, moving, reuse=second.outputNodes(), settings=settings)
+                preview = engine.start_job(job).run(timeout=600)
+                pids.append(engine.pid)
+            self.assertEqual(pids[0], pids[1])
+            self.assertEqual(preview.lambda_map.GetID(), second.lambdaMap.GetID())
+            self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(second.lambdaMap), lambdaTop))
+        finally:
+            engine.stop()
         outside = info.code_ranges.lambda_max[1] * 2.0
         with self.assertRaises(svlogic.RegistrationError) as ctx:
             logic.register(fixed, moving, lambdaMax=outside, **common)

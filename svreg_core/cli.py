@@ -1,4 +1,5 @@
-"""The ``svreg`` command line: ``svreg register``, ``register-batch``, ``apply``, ``train``, ``models`` and ``tune``.
+"""The ``svreg`` command line: ``svreg register``, ``register-batch``, ``apply``, ``preview``, ``train``, ``models``
+and ``tune``.
 
 User errors print one plain line (``svreg: error: ...``) and exit with status 2; with
 ``--progress json`` they are also reported as ``{"event": "error", ...}`` on stdout.
@@ -223,18 +224,30 @@ class Pair:
         return [p for p in (self.fixed, self.moving, self.fixed_labels, self.moving_labels, self.fixed_mask,
                             self.moving_mask) if p]
 
+    def sources(self) -> dict[str, str]:
+        """The input files by role (``fixed``, ``moving``, ``fixed_labels``, ...), as the report records them."""
+        return {role: getattr(self, role) for role in ("fixed", "moving", "fixed_labels", "moving_labels",
+                                                       "fixed_mask", "moving_mask") if getattr(self, role)}
 
-def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
-                   printer: ProgressPrinter, cache: dict[tuple[str, bool], object]) -> dict:
-    """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before.
 
-    ``codes``: a learned model's regularisation (:func:`learned_codes`)."""
+@dataclass
+class PairImages:
+    """The images of a :class:`Pair`, loaded and checked (label maps on their images' grids), the fixed-side
+    ones cropped to ``--crop-fixed`` (``extra``: the report entry recording the box)."""
+
+    fixed: object
+    moving: object
+    fixed_labels: object = None
+    moving_labels: object = None
+    fixed_mask: object = None
+    moving_mask: object = None
+    extra: dict | None = None
+
+
+def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[str, bool], object]) -> PairImages:
+    """Read the images of ``pair`` (fixed-side ones from ``cache`` when loaded before, and kept there), check
+    the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop)."""
     from svreg_core.image import crop_to_box, load_image
-    from svreg_core.outputs import write_outputs
-    from svreg_core.outputs.writer import check_output_space, expected_output_bytes
-    from svreg_core.registration import register
-
-    t0 = time.perf_counter()
 
     def load(path: str | None, name: str, labels: bool = False, keep: bool = False):
         if not path:
@@ -246,7 +259,6 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
             cache[(path, labels)] = image
         return image
 
-    printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
     fixed = load(pair.fixed, "fixed image", keep=True)
     moving = load(pair.moving, "moving image")
     fixed_labels = load(pair.fixed_labels, "fixed labels", labels=True, keep=True)
@@ -255,25 +267,40 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     moving_mask = load(pair.moving_mask, "moving mask", labels=True)
     _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
     _check_same_grid(moving_labels, moving, "moving labels", "moving image")
-    box = getattr(args, "crop_fixed", None)
     extra = {}
     if box:
         fixed, fixed_labels, fixed_mask = (None if image is None else crop_to_box(image, box[:3], box[3:], name)
                                            for image, name in ((fixed, "fixed image"), (fixed_labels, "fixed labels"),
                                                                (fixed_mask, "fixed mask")))
         extra["crop_fixed_ras_mm"] = [list(box[:3]), list(box[3:])]
-    check_output_space(pair.output, expected_output_bytes(fixed.shape, moving.shape, outputs=args.outputs,
-                                                          labels=moving_labels is not None))
+    return PairImages(fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask, extra)
+
+
+def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
+                   printer: ProgressPrinter, cache: dict[tuple[str, bool], object]) -> dict:
+    """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before.
+
+    ``codes``: a learned model's regularisation (:func:`learned_codes`)."""
+    from svreg_core.outputs import write_outputs
+    from svreg_core.outputs.writer import check_output_space, expected_output_bytes
+    from svreg_core.registration import register
+
+    t0 = time.perf_counter()
+    printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
+    images = load_pair_images(pair, getattr(args, "crop_fixed", None), cache)
+    check_output_space(pair.output, expected_output_bytes(images.fixed.shape, images.moving.shape,
+                                                          outputs=args.outputs,
+                                                          labels=images.moving_labels is not None))
     load_s = time.perf_counter() - t0
-    result = register(fixed, moving, params, fixed_mask=fixed_mask, moving_mask=moving_mask, model=args.model,
-                      refine=args.refine, codes=codes, progress=printer)
+    result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
+                      moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,
+                      progress=printer)
     result.timing["load_s"] = load_s
     printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
-    sources = {role: getattr(pair, role) for role in ("fixed", "moving", "fixed_labels", "moving_labels",
-                                                      "fixed_mask", "moving_mask") if getattr(pair, role)}
-    report = write_outputs(result, pair.output, fixed_labels=fixed_labels, moving_labels=moving_labels,
+    report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
                            labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
-                           inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=sources, extra=extra)
+                           inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=pair.sources(),
+                           extra=images.extra)
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
 
@@ -439,6 +466,87 @@ def run_register_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+PREVIEW_EXAMPLES = """\
+examples:
+  svreg preview fixed.nii.gz moving.nii.gz --model brain-hyper-unet-spr --threads 2
+  then one JSON request per line on standard input, e.g.
+  {"alpha_prime": 0.1, "lambda_max": 2, "output": "/tmp/p1", "outputs": ["displacement", "regularization"], "id": 1}
+  {"quit": true}
+
+The images are read, the model loaded and the affine stage run once; each request then runs the network
+alone at its codes (inside the model's trained ranges) and writes the outputs as 'svreg register' does
+(report.json included; identical files to 'svreg register ... --model M --alpha-prime A --lambda-max L
+--outputs ...'). Answers are JSON lines on standard output: a "ready" event once started, then per request
+"progress" events and one "done" (outdir, report) or "error" (message) event, with the request's "id".
+A bad request gets an "error" event and the engine serves on; {"quit": true} or the end of input ends it.
+request fields: alpha_prime, lambda_max (default: the model's own), output (a new folder; required),
+outputs (default: all), overwrite, label_metrics (Dice/HD95 with both label maps; default false), id.
+"""
+
+
+def add_preview_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fixed", help="fixed (reference) image, NIfTI")
+    p.add_argument("moving", help="moving image, NIfTI; any orientation, voxel size or oblique affine")
+    p.add_argument("--model", required=True, help="a HyperSPR model: a shipped model's name (see 'svreg models') or "
+                   "a checkpoint folder from 'svreg train --hyper ...'")
+    p.add_argument("--fixed-labels", help="label map on the fixed grid (Dice/HD95 of requests with label_metrics)")
+    p.add_argument("--moving-labels", help="label map on the moving grid (the 'labels' output)")
+    p.add_argument("--fixed-mask", help="mask on the fixed grid restricting the affine stage's similarity")
+    p.add_argument("--moving-mask", help="mask on the moving grid")
+    p.add_argument("--crop-fixed", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"),
+                   help="register only the fixed image's voxels inside this world box (as svreg register)")
+    p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
+    p.add_argument("--label-interpolation", choices=("linear", "nearest"), default="linear",
+                   help="label warping: one-hot trilinear + argmax (default) or nearest neighbour")
+    p.add_argument("--preset", default="brain-mri",
+                   help=f"parameter preset (its affine stage and device): {', '.join(PRESETS)}, or a preset JSON file")
+    p.add_argument("--affine", dest="affine", action="store_true", default=None,
+                   help="run the affine pre-alignment stage, once (default on)")
+    p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
+    p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="PyTorch's deterministic mode on CUDA (as svreg register)")
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    """``svreg preview``: checks and loads everything before the affine stage, then serves stdin's requests."""
+    from svreg_core.models import read_model_info
+    from svreg_core.models.zoo import resolve_model
+    from svreg_core.optim.parameters import load_parameters
+    from svreg_core.preview_engine import PreviewEngine, check_hyper_model
+    from svreg_core.registration import prepare_pair
+
+    t0 = time.perf_counter()
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError("--threads must be 1 or more.")
+        import torch
+        torch.set_num_threads(args.threads)
+    check_hyper_model(read_model_info(resolve_model(args.model)))
+    params = load_parameters(args.preset, affine=args.affine, device=args.device, deterministic=args.deterministic)
+    if params.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    pair = Pair(args.fixed, args.moving, "", args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask)
+    printer = ProgressPrinter("json")
+    printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
+    images = load_pair_images(pair, args.crop_fixed, {})
+    load_s = time.perf_counter() - t0
+    prepared = prepare_pair(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
+                            moving_mask=images.moving_mask, model=args.model)
+    engine = PreviewEngine(prepared.align(printer), fixed_labels=images.fixed_labels,
+                           moving_labels=images.moving_labels, labels=args.labels,
+                           label_mode=args.label_interpolation, inputs=pair.inputs(), sources=pair.sources(),
+                           extra=images.extra)
+    prepared.timing["load_s"] = load_s
+    info = prepared.info
+    _emit_json({"event": "ready", "device": str(prepared.device), "timing": dict(prepared.timing),
+                "model": info.name or info.architecture, "code_ranges": info.code_ranges.to_dict(),
+                "default_codes": {"alpha_prime": info.alpha_prime, "lambda_max": info.lambda_max}})
+    engine.serve(iter(sys.stdin.readline, ""), _emit_json, printer)
+    return 0
+
+
 APPLY_EXAMPLES = """\
 examples:
   svreg apply OUT moving_t2.nii.gz -o t2_on_fixed.nii.gz            # like warped.nii.gz, another image
@@ -560,6 +668,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_apply_arguments(apply)
     handlers["apply"] = run_apply
+    prev = sub.add_parser("preview", help="keep a HyperSPR model and an aligned pair loaded and register at the "
+                          "codes of each JSON request line on stdin (the Slicer module's live preview)",
+                          epilog=PREVIEW_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preview_arguments(prev)
+    handlers["preview"] = run_preview
     from svreg_core.training.cli import add_train_arguments, run_train
     train = sub.add_parser("train", help="train a learned SPR network (resumable; torchrun for several GPUs/nodes)")
     add_train_arguments(train)
@@ -581,7 +694,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
-    json_mode = getattr(args, "progress", None) == "json"
+    json_mode = getattr(args, "progress", None) == "json" or args.command == "preview"
     # sigterm: a scheduler's or the Slicer module's stop request, handled like Ctrl-C
     with sigterm_as_interrupt(), warnings.catch_warnings():
         _one_line_warnings()

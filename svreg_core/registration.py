@@ -304,6 +304,169 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     return DeformableResult(grid, velocity.float(), weight.float())
 
 
+@dataclass
+class PreparedPair:
+    """A pair made ready for registrations at any codes: the code-independent work of :func:`register`.
+
+    :func:`prepare_pair` validates the inputs, resolves the device and loads the model; :meth:`align`
+    normalises the intensities and runs the affine stage; :meth:`register_at` then registers (network
+    pass, optional refinement, displacements on the fixed grid) as often as wanted, each time at other
+    codes, with the same result as :func:`register` with those codes. ``svreg preview`` keeps one alive.
+
+    Attributes:
+        fixed, moving: the validated images.
+        fixed_mask, moving_mask: the validated masks, or ``None``.
+        parameters: the parameters given (a model's loss settings are applied per registration).
+        device: the torch device.
+        network, info: the loaded model on ``device``, or ``None`` (pairwise optimisation).
+        fixed_tensor, moving_tensor: robustly normalised ``(1, 1, I, J, K)`` intensities (after :meth:`align`).
+        fixed_mask_tensor, moving_mask_tensor: masks as ``(1, 1, I, J, K)`` 0/1 tensors, or ``None``.
+        affine: 4x4 RAS->RAS matrix ``A`` (fixed world -> moving world) of the affine stage (identity
+            without it); ``None`` before :meth:`align`.
+        timing: seconds of the preparation stages (``prepare_s``, ``affine_s``).
+    """
+
+    fixed: Image
+    moving: Image
+    fixed_mask: Image | None
+    moving_mask: Image | None
+    parameters: RegistrationParameters
+    device: torch.device
+    network: SPRNetwork | None = None
+    info: ModelInfo | None = None
+    fixed_tensor: torch.Tensor | None = None
+    moving_tensor: torch.Tensor | None = None
+    fixed_mask_tensor: torch.Tensor | None = None
+    moving_mask_tensor: torch.Tensor | None = None
+    affine: np.ndarray | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def _loss_parameters(self, codes: tuple[float, float] | None,
+                         refine: int) -> tuple[RegistrationParameters, tuple[float, float] | None]:
+        """The parameters of a registration at ``codes`` (a model's SPR loss at the chosen codes) and a
+        hyper model's conditioning (``None`` otherwise); :class:`InputError` for codes the model cannot use."""
+        if self.info is None:
+            return self.parameters, None
+        alpha_prime, lambda_max = model_codes(self.info, codes, refine)
+        params = model_parameters(self.info, self.parameters).replace(alpha_prime=alpha_prime, lambda_max=lambda_max)
+        return params, None if self.info.code_ranges is None else (alpha_prime, lambda_max)
+
+    def check_codes(self, codes: tuple[float, float] | None = None, refine: int = 0) -> None:
+        """Raise :class:`InputError` (before any work) when a registration at ``codes`` could not run."""
+        self._loss_parameters(codes, refine)
+
+    def align(self, progress: ProgressCallback = no_progress) -> "PreparedPair":
+        """Normalise the intensities and run the affine stage (once; the progress spans 0 to 0.15)."""
+        params, _ = self._loss_parameters(None, 0)  # the affine stage uses the model's similarity
+        with deterministic_algorithms(params.deterministic):
+            t = time.perf_counter()
+            progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))
+            device = self.device
+            self.fixed_tensor = _tensor(robust_normalize(self.fixed.data), device)
+            self.moving_tensor = _tensor(robust_normalize(self.moving.data), device)
+            masks = [None if mask is None else _tensor(np.asarray(mask.data) != 0, device)
+                     for mask in (self.fixed_mask, self.moving_mask)]
+            self.fixed_mask_tensor, self.moving_mask_tensor = masks
+            self.timing["prepare_s"] = self.timing.get("prepare_s", 0.0) + time.perf_counter() - t
+
+            t = time.perf_counter()
+            if params.affine:
+                self.affine = affine_register(self.fixed_tensor, self.fixed.grid, self.moving_tensor,
+                                              self.moving.grid, similarity=params.similarity,
+                                              fixed_mask=self.fixed_mask_tensor, progress=progress,
+                                              progress_span=(0.0, 0.15))
+            else:
+                self.affine = np.eye(4)
+            self.timing["affine_s"] = time.perf_counter() - t
+        return self
+
+    def register_at(self, codes: tuple[float, float] | None = None, refine: int = 0,
+                    progress: ProgressCallback = no_progress) -> RegistrationResult:
+        """The deformable stage at ``codes`` (see :func:`register`) after :meth:`align`; the result's
+        timing holds this call's stages only (``network_s``/``deformable_s``, ``refine_s``, ``compose_s``
+        and their sum ``registration_s``)."""
+        if self.affine is None:
+            raise RuntimeError("align() the prepared pair before registering it")
+        t0 = time.perf_counter()
+        params, conditioning = self._loss_parameters(codes, refine)
+        f, m, fm, mm = self.fixed_tensor, self.moving_tensor, self.fixed_mask_tensor, self.moving_mask_tensor
+        fixed, moving, affine, info = self.fixed, self.moving, self.affine, self.info
+        timing: dict[str, float] = {}
+        with deterministic_algorithms(params.deterministic):
+            start = 0.15 if params.affine else 0.0
+            if self.network is None:
+                t = time.perf_counter()
+                deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm,
+                                          moving_mask=mm, progress=progress, progress_span=(start, 0.95))
+                timing["deformable_s"] = time.perf_counter() - t
+            else:
+                t = time.perf_counter()
+                progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
+                deformable = predict_fields(self.network, info, fixed, f, moving, m, affine, conditioning)
+                timing["network_s"] = time.perf_counter() - t
+                if refine:
+                    t = time.perf_counter()
+                    refine_params = params.replace(level_spacings=params.level_spacings[-1:],
+                                                   iterations=(int(refine),))
+                    deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, refine_params, fixed_mask=fm,
+                                              moving_mask=mm, initial=deformable, progress=progress,
+                                              progress_span=(start + 0.05, 0.95))
+                    timing["refine_s"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            empty = np.zeros((*fixed.shape, 3), np.float32)
+            result = RegistrationResult(fixed, moving, params, affine, deformable.grid, deformable.velocity.cpu(),
+                                        deformable.weight.cpu(), empty, empty, timing, str(self.device),
+                                        deformable.losses, model=info, refine_steps=int(refine),
+                                        codes=conditioning)
+            result.compute_displacements()
+            timing["compose_s"] = time.perf_counter() - t
+            timing["registration_s"] = time.perf_counter() - t0
+            progress(ProgressEvent("done", 1, 1, 0.95, "registration finished"))
+        return result
+
+
+def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters | None = None, *,
+                 fixed_mask: Image | None = None, moving_mask: Image | None = None,
+                 model: str | Path | LoadedModel | None = None, warn_stacklevel: int = 2) -> PreparedPair:
+    """Validate the inputs, resolve the device and load ``model`` (see :func:`register` for the
+    arguments): quick checks that raise :class:`InputError` before any slow work. Then call
+    :meth:`PreparedPair.align` and :meth:`PreparedPair.register_at`.
+
+    ``warn_stacklevel``: the ``stacklevel`` of the low-memory warning (2: the caller of this function).
+    """
+    params = parameters or RegistrationParameters()
+    t0 = time.perf_counter()
+    fixed = validate_image(fixed, "fixed image")
+    moving = validate_image(moving, "moving image")
+    masks = []
+    for mask, ref, name in ((fixed_mask, fixed, "fixed mask"), (moving_mask, moving, "moving mask")):
+        if mask is not None:
+            mask = validate_image(mask, name, labels=True)
+            if mask.shape != ref.shape or not np.allclose(mask.affine, ref.affine, atol=1e-3):
+                raise InputError(f"{name} must be on the same grid as its image "
+                                 f"({mask.shape} vs {ref.shape}, or different affines).")
+        masks.append(mask)
+    device = resolve_device(params.device)
+    if device.type == "cpu":
+        note = check_memory(fixed.shape, moving.shape, physical=physical_memory_bytes(),
+                            available=available_memory_bytes())
+        if note:
+            warnings.warn(note, stacklevel=warn_stacklevel)
+    if params.deterministic and device.type == "cuda" \
+            and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_DETERMINISTIC_CONFIGS:
+        raise InputError("deterministic registration on CUDA needs the environment variable "
+                         "CUBLAS_WORKSPACE_CONFIG=:4096:8, set before CUDA starts (svreg register --deterministic "
+                         "sets it).")
+    network = info = None
+    if model is not None:
+        with deterministic_algorithms(params.deterministic):
+            network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
+            network = network.to(device)
+    return PreparedPair(fixed, moving, masks[0], masks[1], params, device, network, info,
+                        timing={"prepare_s": time.perf_counter() - t0})
+
+
 def register(fixed: Image, moving: Image, parameters: RegistrationParameters | None = None, *,
              fixed_mask: Image | None = None, moving_mask: Image | None = None,
              model: str | Path | LoadedModel | None = None, refine: int = 0,
@@ -339,8 +502,10 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) set before CUDA is first used in the process;
     without it, an :class:`InputError` is raised before any work (``svreg register --deterministic``
     sets it). On CPU the option changes nothing.
+
+    The stages are :func:`prepare_pair`, :meth:`PreparedPair.align` and :meth:`PreparedPair.register_at`
+    (what ``svreg preview`` runs at many codes for one pair).
     """
-    params = parameters or RegistrationParameters()
     t0 = time.perf_counter()
     if isinstance(refine, bool) or int(refine) != refine or refine < 0:
         raise InputError(f"refine must be a whole number of iterations (0 or more), not {refine!r}.")
@@ -349,79 +514,12 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     if codes is not None and model is None:
         raise InputError("codes choose a learned model's regularisation; for pairwise registration set alpha_prime "
                          "and lambda_max in the parameters.")
-    fixed = validate_image(fixed, "fixed image")
-    moving = validate_image(moving, "moving image")
-    for mask, ref, name in ((fixed_mask, fixed, "fixed mask"), (moving_mask, moving, "moving mask")):
-        if mask is not None:
-            mask = validate_image(mask, name, labels=True)
-            if mask.shape != ref.shape or not np.allclose(mask.affine, ref.affine, atol=1e-3):
-                raise InputError(f"{name} must be on the same grid as its image "
-                                 f"({mask.shape} vs {ref.shape}, or different affines).")
-    device = resolve_device(params.device)
-    if device.type == "cpu":
-        note = check_memory(fixed.shape, moving.shape, physical=physical_memory_bytes(),
-                            available=available_memory_bytes())
-        if note:
-            warnings.warn(note, stacklevel=2)
-    if params.deterministic and device.type == "cuda" \
-            and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in CUBLAS_DETERMINISTIC_CONFIGS:
-        raise InputError("deterministic registration on CUDA needs the environment variable "
-                         "CUBLAS_WORKSPACE_CONFIG=:4096:8, set before CUDA starts (svreg register --deterministic "
-                         "sets it).")
-    with deterministic_algorithms(params.deterministic):
-        network = info = conditioning = None
-        if model is not None:
-            network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
-            alpha_prime, lambda_max = model_codes(info, codes, int(refine))
-            network = network.to(device)
-            params = model_parameters(info, params).replace(alpha_prime=alpha_prime, lambda_max=lambda_max)
-            conditioning = None if info.code_ranges is None else (alpha_prime, lambda_max)
-        timing: dict[str, float] = {}
-
-        progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))
-        f = _tensor(robust_normalize(fixed.data), device)
-        m = _tensor(robust_normalize(moving.data), device)
-        fm = None if fixed_mask is None else _tensor(np.asarray(fixed_mask.data) != 0, device)
-        mm = None if moving_mask is None else _tensor(np.asarray(moving_mask.data) != 0, device)
-        timing["prepare_s"] = time.perf_counter() - t0
-
-        t = time.perf_counter()
-        if params.affine:
-            affine = affine_register(f, fixed.grid, m, moving.grid, similarity=params.similarity,
-                                     fixed_mask=fm, progress=progress, progress_span=(0.0, 0.15))
-        else:
-            affine = np.eye(4)
-        timing["affine_s"] = time.perf_counter() - t
-
-        start = 0.15 if params.affine else 0.0
-        if network is None:
-            t = time.perf_counter()
-            deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm, moving_mask=mm,
-                                      progress=progress, progress_span=(start, 0.95))
-            timing["deformable_s"] = time.perf_counter() - t
-        else:
-            t = time.perf_counter()
-            progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
-            deformable = predict_fields(network, info, fixed, f, moving, m, affine, conditioning)
-            timing["network_s"] = time.perf_counter() - t
-            if refine:
-                t = time.perf_counter()
-                refine_params = params.replace(level_spacings=params.level_spacings[-1:], iterations=(int(refine),))
-                deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, refine_params, fixed_mask=fm,
-                                          moving_mask=mm, initial=deformable, progress=progress,
-                                          progress_span=(start + 0.05, 0.95))
-                timing["refine_s"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        empty = np.zeros((*fixed.shape, 3), np.float32)
-        result = RegistrationResult(fixed, moving, params, affine, deformable.grid, deformable.velocity.cpu(),
-                                    deformable.weight.cpu(), empty, empty, timing, str(device), deformable.losses,
-                                    model=info, refine_steps=int(refine), codes=conditioning)
-        result.compute_displacements()
-        timing["compose_s"] = time.perf_counter() - t
-        timing["registration_s"] = time.perf_counter() - t0
-        progress(ProgressEvent("done", 1, 1, 0.95, "registration finished"))
-        return result
+    pair = prepare_pair(fixed, moving, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask, model=model,
+                        warn_stacklevel=3)
+    pair.check_codes(codes, int(refine))
+    result = pair.align(progress).register_at(codes, int(refine), progress)
+    result.timing = {**pair.timing, **result.timing, "registration_s": time.perf_counter() - t0}
+    return result
 
 
 def summarize(result: RegistrationResult) -> dict[str, Any]:

@@ -17,6 +17,11 @@
    :class:`OutputNodes` are updated in place instead of new ones being created. The temporary
    folder is removed (unless asked to keep it).
 
+The *Regularisation* sliders of a HyperSPR model run :class:`RegistrationJob` s on a
+:class:`PreviewEngine`: one long-lived ``svreg_core.cli preview`` child per set of inputs and settings,
+which reads the volumes and runs the affine stage once and then answers each slider move with the
+network's prediction at the new codes; its outputs become the same nodes, loaded the same way.
+
 A failed or cancelled run leaves the scene as it was. Nothing here imports Qt or torch.
 """
 from __future__ import annotations
@@ -347,8 +352,9 @@ class RegistrationJob:
         self.scene = scene if scene is not None else (fixed.GetScene() if fixed is not None else None)
         self.python, self.env = python, env
         self.on_event, self.on_log = on_event, on_log
-        self.workdir: Path | None = None
-        self.child: runner.ChildProcess | None = None
+        self.workdir: Path | None = None  # removed when the job ends (unless kept)
+        self.output_dir: Path | None = None  # where the engine writes this job's outputs
+        self.child: runner.ChildProcess | runner.PreviewCall | None = None
         self.outputs: RegistrationOutputs | None = None
         self.error: str | None = None
         self.cancelled = False
@@ -546,6 +552,7 @@ class RegistrationJob:
         root = Path(self.settings.temp_root or default_temp_root())
         root.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="SpatialVaryingReg-", dir=root))
+        self.output_dir = self.workdir / "output"
         try:
             request = self.export_inputs(self.workdir)
             env = self.env if self.env is not None else runner.child_environment(engine)
@@ -567,6 +574,47 @@ class RegistrationJob:
                 self.on_log(f"Learned model {self._model_argument}{at}, then {self.settings.refine_steps} "
                             "refinement steps.")
             self.on_log(f"Started the engine: {' '.join(self.child.command)}")
+        return self
+
+    def preview_key(self) -> tuple:
+        """What a :class:`PreviewEngine` serving this job depends on (after :meth:`validate`): the input nodes
+        with their voxels' modification times and world geometry, the model, the preset with its overrides
+        (the affine stage), the device, the crop box and the label settings. Equal keys: the same engine
+        gives this job's result."""
+        def node_key(node, ijk_to_world) -> tuple | None:
+            if node is None:
+                return None
+            if segmentations.is_segmentation(node):
+                content = node.GetSegmentation().GetMTime()
+                ijk_to_world = geometry.parent_to_world(node)
+            else:
+                content = node.GetImageData().GetMTime()
+            matrix = None if ijk_to_world is None else tuple(np.round(np.asarray(ijk_to_world), 6).ravel())
+            return node.GetID(), content, matrix
+
+        return (node_key(self.fixed, self._fixed_ijk_to_world), node_key(self.moving, self._moving_ijk_to_world),
+                *(node_key(node, self._geometry.get(node.GetID()) if node is not None else None)
+                  for node in (self.fixed_mask, self.moving_mask, self.fixed_labels, self.moving_labels)),
+                self._model_argument, json.dumps(self.settings.preset_document(), sort_keys=True),
+                self.settings.device, self._crop_box(), tuple(self.settings.labels or ()),
+                self.settings.label_interpolation)
+
+    def send_to(self, engine: runner.PreviewProcess, output: Path) -> "RegistrationJob":
+        """Run this job as one request to a running preview engine started for its inputs (see
+        :class:`PreviewEngine`): the network alone at the job's codes, the outputs of
+        :meth:`engine_outputs` written into the new folder ``output`` (removed once loaded)."""
+        self.workdir = self.output_dir = Path(output)
+        fields: dict[str, Any] = {"output": str(output), "outputs": self.engine_outputs()}
+        for name, value in zip(("alpha_prime", "lambda_max"), self.settings.codes):
+            if value is not None:
+                fields[name] = float(value)
+        self.started_at = time.monotonic()
+        self.child = engine.submit(fields, on_event=self.on_event)
+        if self.on_log is not None:
+            at = ", ".join(f"{name} {value:g}" for name, value in fields.items() if name in ("alpha_prime",
+                                                                                            "lambda_max"))
+            self.on_log(f"Preview at {at or 'the model defaults'} (network only), engine process "
+                        f"{engine.process.pid}.")
         return self
 
     @property
@@ -623,8 +671,9 @@ class RegistrationJob:
         as the settings say."""
         try:
             if result.status == runner.SUCCEEDED:
-                self.outputs = self.load_outputs(self.workdir / "output")
+                self.outputs = self.load_outputs(self.output_dir)
             else:
+                self.cancelled = self.cancelled or result.status == runner.CANCELLED  # e.g. its engine stopped
                 self.error = result.message or "the registration failed."
         except Exception as exc:  # noqa: BLE001 - SimpleITK raises RuntimeError, a big field MemoryError...
             self.error = f"the engine finished but its outputs could not be loaded: {one_line(exc)}"
@@ -639,7 +688,7 @@ class RegistrationJob:
         keep = self.settings.keep_temporary_files and not force and not self.cancelled
         if keep:
             if self.outputs is not None:
-                self.outputs.output_dir = self.workdir / "output"
+                self.outputs.output_dir = self.output_dir
             if self.on_log is not None:
                 self.on_log(f"Temporary files kept in {self.workdir}")
         else:
@@ -764,3 +813,95 @@ class RegistrationJob:
         if node is None:
             created.append(placed)
         return placed
+
+
+class PreviewEngine:
+    """The preview's long-lived engine: one ``svreg_core.cli preview`` child (:class:`runner.PreviewProcess`)
+    for one set of inputs and settings (:meth:`RegistrationJob.preview_key`).
+
+    :meth:`start_job` sends a preview job to the running engine when it serves the job's inputs and settings,
+    else stops it and starts a new one (the volumes are exported and read, the model loaded and the affine
+    stage run once per engine). Nothing here blocks on the child except :meth:`stop` with ``wait``; a stopped
+    child is reaped by :meth:`poll`.
+    """
+
+    def __init__(self) -> None:
+        self.process: runner.PreviewProcess | None = None
+        self.key: tuple | None = None
+        self.workdir: Path | None = None
+        self._keep = False
+        self._requests = 0
+        self._stopping: list[tuple[runner.PreviewProcess, Path | None]] = []
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.running
+
+    @property
+    def pid(self) -> int | None:
+        """The running engine's process id (``None``: none runs)."""
+        return self.process.process.pid if self.running else None
+
+    def serves(self, job: RegistrationJob) -> bool:
+        """Whether the running engine gives ``job``'s result (``job`` validated)."""
+        if self.process is not None:
+            self.process.poll()  # notices an engine that has ended meanwhile (crashed, killed)
+        return self.running and self.key == job.preview_key()
+
+    def start_job(self, job: RegistrationJob) -> RegistrationJob:
+        """Start the (not yet started) preview ``job`` on this engine, (re)starting the engine when it does
+        not serve the job's inputs and settings; :class:`RegistrationError` before anything starts when the
+        inputs are unusable."""
+        job.validate()
+        if job._model_argument is None:
+            raise RegistrationError("the preview needs a learned model (choose the learned method).")
+        if not self.serves(job):
+            self.stop(wait=False)
+            self._launch(job)
+        self._requests += 1
+        return job.send_to(self.process, self.workdir / f"preview-{self._requests}")
+
+    def _launch(self, job: RegistrationJob) -> None:
+        key = job.preview_key()  # before the export: reading the nodes must not change it
+        engine = runner.engine_path()
+        root = Path(job.settings.temp_root or default_temp_root())
+        root.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="SpatialVaryingReg-preview-", dir=root))
+        self._keep = job.settings.keep_temporary_files
+        try:
+            request = job.export_inputs(self.workdir)
+            env = job.env if job.env is not None else runner.child_environment(engine)
+            self.process = runner.start_preview(request, python=job.python, env=env, cwd=self.workdir,
+                                                on_log=job.on_log)
+        except BaseException as exc:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+            if isinstance(exc, (geometry.GeometryError, OSError)):
+                raise RegistrationError(str(exc)) from None
+            raise
+        self.key = key
+        if job.on_log is not None:
+            job.on_log("Started the preview engine (reads the volumes and runs the affine stage once): "
+                       + " ".join(self.process.command))
+
+    def stop(self, wait: bool = True) -> None:
+        """End the engine's process tree (SIGTERM, SIGKILL after a grace time) and remove its folder (unless
+        kept); a request it was computing ends as cancelled. ``wait=False``: without blocking, :meth:`poll`
+        finishes the job."""
+        if self.process is not None:
+            self.process.request_stop()
+            self._stopping.append((self.process, None if self._keep else self.workdir))
+        self.process = self.key = self.workdir = None
+        while self.poll() and wait:
+            time.sleep(0.02)
+
+    def poll(self) -> bool:
+        """Reap stopped engines (their folders removed); ``True`` while one is still ending."""
+        ending = []
+        for process, folder in self._stopping:
+            if process.poll():
+                ending.append((process, folder))
+            elif folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._stopping = ending
+        return bool(ending)

@@ -2,15 +2,18 @@
 
 A hyper model registers at any codes (α′, λ_max) inside the ranges it was trained over, in one network
 pass. The panel shows one slider per code; releasing a slider re-runs the network alone (no refinement)
-on the same inputs, updating the output nodes in place. Both pieces are Qt-free (tested outside Slicer):
+on the same inputs, updating the output nodes in place. The runs are requests to one long-lived engine
+(:class:`~.logic.PreviewEngine`: volumes read and affine stage run once). Both pieces here are Qt-free
+(tested outside Slicer):
 
 * :func:`slider_position` / :func:`slider_code`: integer slider positions ``0..SLIDER_STEPS`` mapped
   log-uniformly onto a code's range (the codes act multiplicatively on the loss, and the network was
   trained with codes drawn log-uniformly);
 * :class:`PreviewScheduler`: requests are debounced (a burst of them starts one run, for the last one),
-  a new request stops the running run at once (without waiting for it), and at most one run is alive:
-  the next starts once the stopped one has ended. The widget calls :meth:`PreviewScheduler.poll` from a
-  timer; nothing blocks the caller.
+  a new request asks the running run to stop at once (without waiting for it: a child process is ended,
+  an engine request's result is dropped), and at most one run is alive: the next (the latest request;
+  newer requests replace the waiting one) starts once the stopped one has ended. The widget calls
+  :meth:`PreviewScheduler.poll` from a timer; nothing blocks the caller.
 """
 from __future__ import annotations
 
@@ -47,7 +50,8 @@ def slider_code(position: int, low: float, high: float, default: float | None = 
 
 
 class Job(Protocol):
-    """What the scheduler runs: a started :class:`~.logic.RegistrationJob` (or a :class:`~.runner.ChildProcess`)."""
+    """What the scheduler runs: a started :class:`~.logic.RegistrationJob` (or a :class:`~.runner.ChildProcess`,
+    a :class:`~.runner.PreviewCall`)."""
 
     def poll(self) -> bool: ...
 

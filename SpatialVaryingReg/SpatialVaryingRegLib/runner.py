@@ -11,6 +11,10 @@ Two ways to drive a :class:`ChildProcess`:
   caller's thread.
 * Console and tests: ``wait()`` blocks until the process ends, calling the same callbacks.
 
+A :class:`PreviewProcess` (``svreg_core.cli preview``) is a long-lived child that reads one JSON request
+per line on its standard input and answers each with a ``done`` or ``error`` event; each request is
+followed like a child process of its own (:class:`PreviewCall`).
+
 No Qt and no torch are imported here.
 """
 from __future__ import annotations
@@ -160,17 +164,20 @@ class ChildProcess:
         on_event: called with each JSON event (a dict) in the thread that calls ``poll``/``wait``.
         on_log: called with each other output line.
         device: the requested device, to phrase out-of-memory advice.
+        stdin: give the child a pipe as standard input (:meth:`send`); else it reads nothing.
     """
 
     def __init__(self, args: Sequence[str], *, python: str | None = None, env: dict[str, str] | None = None,
                  cwd: str | Path | None = None, on_event: Callable[[dict[str, Any]], None] | None = None,
-                 on_log: Callable[[str], None] | None = None, device: str | None = None) -> None:
+                 on_log: Callable[[str], None] | None = None, device: str | None = None,
+                 stdin: bool = False) -> None:
         self.command = [python or python_executable(), *[str(a) for a in args]]
         self.env = env if env is not None else child_environment(engine_path())
         self.cwd = str(cwd) if cwd is not None else None
         self.on_event = on_event
         self.on_log = on_log
         self.device = device
+        self.stdin = stdin
         self.process: subprocess.Popen | None = None
         self.result: RunResult | None = None
         self.events: list[dict[str, Any]] = []
@@ -196,7 +203,8 @@ class ChildProcess:
         else:
             kwargs["start_new_session"] = True
         try:
-            self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            self.process = subprocess.Popen(self.command, stdin=subprocess.PIPE if self.stdin else subprocess.DEVNULL,
+                                            stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, env=self.env, cwd=self.cwd, **kwargs)
         except OSError as exc:
             self.result = RunResult(FAILED, None, f"could not start the registration engine "
@@ -217,6 +225,28 @@ class ChildProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.result is None
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Write ``message`` as one JSON line to the child's standard input (started with ``stdin=True``);
+        ``False`` when the child has gone (its end is then seen by :meth:`poll`). A short line: the write does
+        not wait for the child to read it."""
+        pipe = self.process.stdin if self.process is not None and self.result is None else None
+        if pipe is None:
+            return False
+        try:
+            pipe.write((json.dumps(message) + "\n").encode("utf-8"))
+            pipe.flush()
+        except (OSError, ValueError):  # BrokenPipeError: the child has ended; ValueError: closed
+            return False
+        return True
+
+    def close_input(self) -> None:
+        """Close the child's standard input: it reads the end of its input."""
+        if self.process is not None and self.process.stdin is not None:
+            try:
+                self.process.stdin.close()
+            except OSError:  # the child has gone: the buffered bytes cannot be written
+                pass
 
     def poll(self) -> bool:
         """Handle the output that has arrived; return ``True`` while the process is still running."""
@@ -300,6 +330,7 @@ class ChildProcess:
             self.on_log(line)
 
     def _finish(self) -> None:
+        self.close_input()
         code = self.process.returncode
         tail = list(self._log_tail)
         if self._cancelled:
@@ -312,6 +343,107 @@ class ChildProcess:
             else:
                 text = "\n".join(tail) or f"the engine exited with status {code}."
             self.result = RunResult(FAILED, code, plain_message(text, self.device), None, tail)
+
+
+class PreviewProcess(ChildProcess):
+    """``svreg_core.cli preview``: one long-lived child that answers request lines (:meth:`submit`).
+
+    Events carrying a request's ``id`` go to that request's :class:`PreviewCall`; the others (start-up
+    progress, the ``ready`` event) to the oldest request not answered yet, else to ``on_event``.
+    """
+
+    def __init__(self, args: Sequence[str], *, on_event: Callable[[dict[str, Any]], None] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(args, stdin=True, on_event=self._dispatch, **kwargs)
+        self._forward = on_event
+        self._calls: dict[int, PreviewCall] = {}
+        self._submitted = 0
+        self.ready: dict[str, Any] | None = None
+
+    def submit(self, fields: dict[str, Any], on_event: Callable[[dict[str, Any]], None] | None = None) -> "PreviewCall":
+        """Send one request (``fields`` of ``svreg preview``'s request line; an ``id`` is added) and return
+        its :class:`PreviewCall`; the engine answers requests one at a time, in order."""
+        self._submitted += 1
+        call = PreviewCall(self, self._submitted, on_event)
+        self._calls[call.id] = call
+        self.send({**fields, "id": call.id})  # a child that has gone fails the call when it is polled
+        return call
+
+    @property
+    def pending(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._calls)
+
+    def _dispatch(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "ready":
+            self.ready = event
+        call = self._calls.get(event["id"]) if "id" in event else next(iter(self._calls.values()), None)
+        if "id" in event and event.get("event") in ("done", "error"):
+            if event.get("event") == "error":
+                self._error_event = None  # a bad request's answer; the engine serves on
+            if call is not None:
+                del self._calls[call.id]
+                call._answer(event)
+        target = call.on_event if call is not None else self._forward
+        if target is not None:
+            target(event)
+
+
+class PreviewCall:
+    """One request to a :class:`PreviewProcess`, followed like a :class:`ChildProcess` (:meth:`poll`,
+    :meth:`request_stop`, :meth:`cancel`, :attr:`result`), so that a job runs on it as on a child of its own.
+
+    ``request_stop`` drops the answer (the run ends as *cancelled*) but lets the engine finish the
+    request and serve on; ``cancel`` ends the whole engine (its process tree).
+    """
+
+    def __init__(self, engine: PreviewProcess, ident: int,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.engine, self.id, self.on_event = engine, ident, on_event
+        self.result: RunResult | None = None
+        self.stopped = False
+
+    @property
+    def command(self) -> list[str]:
+        return self.engine.command
+
+    @property
+    def running(self) -> bool:
+        return self.result is None
+
+    def _answer(self, event: dict[str, Any]) -> None:
+        tail = list(self.engine._log_tail)
+        if self.stopped:
+            self.result = RunResult(CANCELLED, None, "superseded by a newer request.", None, tail)
+        elif event["event"] == "done":
+            self.result = RunResult(SUCCEEDED, None, "", event, tail)
+        else:
+            self.result = RunResult(FAILED, None, plain_message(str(event.get("message", "")), self.engine.device),
+                                    None, tail)
+
+    def poll(self) -> bool:
+        """Handle the engine's new output; ``True`` until this request is answered or the engine has ended."""
+        if self.result is not None:
+            return False
+        alive = self.engine.poll()
+        if self.result is None and not alive:  # the engine ended without answering
+            ended = self.engine.result
+            status = CANCELLED if self.stopped or ended.status == CANCELLED else FAILED
+            message = ended.message or "the preview engine stopped without an answer."
+            self.result = RunResult(status, ended.returncode, "cancelled by the user." if status == CANCELLED
+                                    else message, None, ended.log_tail)
+        return self.result is None
+
+    def request_stop(self, grace: float = TERMINATE_GRACE_S) -> None:
+        """Drop this request's answer without waiting (the engine finishes it and serves on)."""
+        self.stopped = True
+
+    def cancel(self, grace: float = TERMINATE_GRACE_S) -> RunResult | None:
+        """End the engine's process tree (blocking) and this request with it."""
+        self.stopped = True
+        self.engine.cancel(grace)
+        self.poll()
+        return self.result
 
 
 def _signal_tree(process: subprocess.Popen, hard: bool) -> None:
@@ -423,9 +555,9 @@ class RegisterRequest:
     crop_fixed: Sequence[float] | None = None
     outputs: Sequence[str] | None = None
 
-    def arguments(self) -> list[str]:
-        """The child's arguments after the interpreter."""
-        args = ["-m", "svreg_core.cli", "register", str(self.fixed), str(self.moving), "-o", str(self.output)]
+    def _input_arguments(self) -> list[str]:
+        """The label maps, masks, labels to score and crop box (``svreg register`` and ``svreg preview``)."""
+        args = []
         for flag, value in (("--fixed-labels", self.fixed_labels), ("--moving-labels", self.moving_labels),
                             ("--fixed-mask", self.fixed_mask), ("--moving-mask", self.moving_mask)):
             if value:
@@ -434,7 +566,31 @@ class RegisterRequest:
             args += ["--labels", *[str(int(v)) for v in self.labels]]
         if self.crop_fixed is not None:
             args += ["--crop-fixed", *[repr(float(v)) for v in self.crop_fixed]]
-        args += ["--preset", str(self.preset)]
+        return args + ["--preset", str(self.preset)]
+
+    def _engine_arguments(self) -> list[str]:
+        """The affine stage, device and label interpolation (``svreg register`` and ``svreg preview``)."""
+        args = []
+        if self.affine is not None:
+            args.append("--affine" if self.affine else "--no-affine")
+        args += ["--device", self.device]
+        if self.label_interpolation and self.moving_labels:
+            args += ["--label-interpolation", self.label_interpolation]
+        return args
+
+    def preview_arguments(self) -> list[str]:
+        """The arguments of ``svreg_core.cli preview`` for these inputs and ``model`` (a hyper model): the
+        engine that registers at the codes of each request line (``output``, codes, ``refine`` and
+        ``outputs`` go into the requests)."""
+        if not self.model:
+            raise ValueError("a preview needs a learned model")
+        return ["-m", "svreg_core.cli", "preview", str(self.fixed), str(self.moving), *self._input_arguments(),
+                "--model", str(self.model), *self._engine_arguments()]
+
+    def arguments(self) -> list[str]:
+        """The child's arguments after the interpreter."""
+        args = ["-m", "svreg_core.cli", "register", str(self.fixed), str(self.moving), "-o", str(self.output),
+                *self._input_arguments()]
         if self.model:
             args += ["--model", str(self.model)]
             if self.refine is not None:
@@ -446,11 +602,7 @@ class RegisterRequest:
             args += ["--similarity", self.similarity]
         if not self.spr:
             args.append("--no-spr")
-        if self.affine is not None:
-            args.append("--affine" if self.affine else "--no-affine")
-        args += ["--device", self.device]
-        if self.label_interpolation and self.moving_labels:
-            args += ["--label-interpolation", self.label_interpolation]
+        args += self._engine_arguments()
         if self.outputs is not None:
             args += ["--outputs", *self.outputs]
         if self.overwrite:
@@ -463,3 +615,9 @@ def start_registration(request: RegisterRequest, **kwargs: Any) -> ChildProcess:
     """Start ``svreg_core.cli register`` for ``request``; ``kwargs`` go to :class:`ChildProcess`."""
     kwargs.setdefault("device", request.device)
     return ChildProcess(request.arguments(), **kwargs).start()
+
+
+def start_preview(request: RegisterRequest, **kwargs: Any) -> PreviewProcess:
+    """Start ``svreg_core.cli preview`` for ``request``'s inputs and model; ``kwargs`` go to :class:`PreviewProcess`."""
+    kwargs.setdefault("device", request.device)
+    return PreviewProcess(request.preview_arguments(), **kwargs).start()

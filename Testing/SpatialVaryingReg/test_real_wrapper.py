@@ -64,6 +64,7 @@ def _widget(module, ui, parameter_node):
     module.VTKObservationMixin.__init__(widget)
     widget.ui, widget._parameterNode, widget._job = ui, parameter_node, None
     widget._preview = module.preview.PreviewScheduler(widget._startPreviewJob, widget._onPreviewFinished)
+    widget._previewEngine = module.svlogic.PreviewEngine()
     widget._codesModel = None
     return widget
 
@@ -310,3 +311,65 @@ def test_regularisation_sliders_show_a_hyper_models_ranges_and_one_release_asks_
     p.method = module.METHOD_LABELS["pairwise"]
     widget._checkCanApply()
     assert not ui.hyperCodesWidget.visible
+
+
+def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp_path):
+    """The widget's own preview code on the real scheduler and a real preview engine (a tiny hyper
+    checkpoint): two slider moves are answered by one engine process and update the same nodes; a full
+    Register stops it without blocking; cleanup kills its process tree."""
+    import time
+
+    from slicer_test_helpers import blob_image, tiny_hyper_checkpoint
+
+    module, qt, ctk = real
+    runner, geometry = module.runner, module.geometry
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    log: list[str] = []
+    ui.logTextEdit.appendPlainText = log.append
+    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, None)
+    widget.logic, widget._previewTimer = logic, qt.QTimer()
+    widget._timers, widget._environmentChild, widget._tuning = [widget._previewTimer], None, None
+    widget._torchStatus = module.dependencies.TorchStatus("ok")
+    widget.setParameterNode(p)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = -31.0
+    x = geometry.grid_points((32, 32, 32), affine)
+    p.fixedVolume = add_volume(scene, blob_image(x + np.array([3.0, -2.0, 2.0])), affine, "fixed")
+    p.movingVolume = add_volume(scene, blob_image(x), affine, "moving")
+    p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
+    p.modelCheckpoint = str(tiny_hyper_checkpoint(tmp_path))
+    p.useCpu, p.useAffine, p.createWarpedVolume = True, False, False
+
+    def slider_move(alpha_prime: float, lambda_max: float) -> None:
+        p.hyperAlphaPrime, p.hyperLambdaMax = alpha_prime, lambda_max
+        widget.requestPreview()
+        t0 = time.monotonic()
+        while widget._previewTimer.active:
+            widget._onPreviewTimer()
+            assert time.monotonic() - t0 < 120
+            time.sleep(0.02)
+
+    slider_move(0.05, 0.5)
+    assert p.outputLambda is not None and "Preview failed" not in p.statusText, log
+    pid, lam_node = widget._previewEngine.pid, p.outputLambda
+    lam_first = geometry.array_ijk(lam_node).copy()
+    slider_move(0.5, 10.0)
+    assert widget._previewEngine.pid == pid and p.outputLambda is lam_node
+    assert not np.allclose(geometry.array_ijk(lam_node), lam_first)
+    assert "at α′ 0.5, λ_max 10" in p.statusText
+
+    widget._retirePreviewEngine()  # what Register does first: no waiting in the GUI thread
+    assert widget._previewEngine.pid is None and widget._previewTimer.active
+    while widget._previewTimer.active:
+        widget._onPreviewTimer()
+        time.sleep(0.02)
+    assert not runner.process_group_alive(pid)
+
+    slider_move(0.2, 2.0)
+    pid = widget._previewEngine.pid
+    assert pid is not None and runner.process_alive(pid)
+    widget.cleanup()
+    assert not runner.process_group_alive(pid) and widget._previewEngine.pid is None

@@ -8,13 +8,16 @@
 * sliders map positions log-uniformly onto the trained ranges, the default is found again exactly;
 * the preview scheduler debounces, stops a running run first and keeps at most one alive (real child
   processes);
-* end to end: a tiny hyper checkpoint through the real ``svreg`` child, a superseded preview stopped and
-  the latest one updating the same output nodes in place.
+* end to end on the preview engine (a real ``svreg preview`` child of a tiny hyper checkpoint): slider
+  moves reuse one engine process and update the same output nodes in place, the latest request winning;
+  a change of inputs or settings restarts it; cancel and stop kill its process tree; a bad code gets the
+  plain message and the engine serves on.
 """
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import time
 
@@ -279,55 +282,180 @@ def test_a_new_request_stops_the_running_run_first_and_one_run_per_release(sleep
     assert [job.result.status for job in finished] == [runner.CANCELLED] * 4 and not scheduler.busy
 
 
-# ---- end to end through the engine's child process
+# ---- end to end through the preview engine (one long-lived child)
+
+
+def preview_job(pair, model: str, codes, temp, reuse=None, on_log=None, **overrides) -> logic.RegistrationJob:
+    """A network-only job of the tiny hyper model on the 32³ pair (affine stage off unless overridden)."""
+    fixed, moving = pair
+    settings = logic.RegistrationSettings(overrides={"affine": False, **overrides}, method="learned", model=model,
+                                          refine_steps=0, codes=codes, device="cpu", create_warped=False,
+                                          temp_root=str(temp))
+    return logic.RegistrationJob(fixed, moving, settings=settings, reuse=reuse, on_log=on_log)
+
+
+@pytest.fixture
+def engine():
+    """A preview engine, stopped (its process tree killed) at the end of the test."""
+    engine = logic.PreviewEngine()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture
+def model(tmp_path) -> str:
+    return str(tiny_hyper_checkpoint(tmp_path))
+
+
+def wait_reaped(engine: logic.PreviewEngine, timeout: float = 30.0) -> None:
+    t0 = time.monotonic()
+    while engine.poll():
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.02)
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX process checks")
-def test_slider_previews_update_the_same_nodes_end_to_end(scene, pair, tmp_path):
-    """A first run at the lowest codes, then two quick previews: the first is stopped, the second (the
-    network alone at the highest codes) updates the first run's nodes in place."""
+def test_slider_moves_reuse_one_engine_and_update_the_same_nodes(scene, pair, tmp_path, engine, model):
+    """A full run (its own child) at the lowest codes, then slider moves on one engine process: each updates
+    the first run's nodes in place with other outputs; while one computes, newer requests replace the
+    waiting one and the latest wins."""
     fixed, moving = pair
-    model = str(tiny_hyper_checkpoint(tmp_path))
     temp = tmp_path / "temp"
-
-    def job(codes, reuse=None):
-        settings = logic.RegistrationSettings(overrides={"affine": False}, method="learned", model=model,
-                                              refine_steps=0, codes=codes, device="cpu", create_warped=False,
-                                              temp_root=str(temp))
-        return logic.RegistrationJob(fixed, moving, settings=settings, reuse=reuse)
-
-    first = job((0.05, 0.5)).run(timeout=120)
+    first = preview_job(pair, model, (0.05, 0.5), temp).run(timeout=120)
     assert first.report["codes"] == {"alpha_prime": 0.05, "lambda_max": 0.5, "conditioned": True}
-    assert "at α′ 0.05, λ_max 0.5" in first.status_text
     lam_first = geometry.array_ijk(first.lambda_map).copy()
     disp_first = geometry.grid_transform_arrays(first.transform)[0].copy()
     nodes_before = scene.GetNumberOfNodes()
 
-    clock, finished, walls = FakeClock(), [], {}
+    log: list[str] = []
+    moves, walls = [], []
+    for codes in ((0.5, 10.0), (0.2, 2.0)):
+        t0 = time.monotonic()
+        moves.append(engine.start_job(preview_job(pair, model, codes, temp, first.reuse(), log.append)).run(120))
+        walls.append(time.monotonic() - t0)
+        if len(moves) == 1:
+            pid = engine.pid
+            assert pid is not None and runner.process_alive(pid)
+        assert engine.pid == pid  # the same engine process for every slider move
+    assert sum("Started the preview engine" in line for line in log) == 1
+    assert sum(f"engine process {pid}" in line for line in log) == 2
+    stiff, middle = moves
+    assert stiff.report["codes"] == {"alpha_prime": 0.5, "lambda_max": 10.0, "conditioned": True}
+    assert stiff.report["refine_steps"] == 0 and "preview" in stiff.report
+    assert "at α′ 0.5, λ_max 10" in stiff.status_text
+    for out in moves:
+        assert (out.transform, out.lambda_map, out.jacobian) == (first.transform, first.lambda_map, first.jacobian)
+    assert scene.GetNumberOfNodes() == nodes_before and moving.GetParentTransformNode() is first.transform
+    lam = geometry.array_ijk(middle.lambda_map)
+    assert lam.shape == SHAPE and not np.allclose(lam, lam_first)  # the λ map moved with the codes
+    disp = geometry.grid_transform_arrays(middle.transform)[0]
+    assert np.abs(disp - disp_first).max() > 0.05 * np.abs(disp_first).max() > 0  # and the warp
+    assert stiff.report["metrics"] != middle.report["metrics"]
+    # each request's folder is gone once loaded; the engine keeps only its exported inputs
+    assert [p.name for p in temp.iterdir()] == [engine.workdir.name]
+    assert sorted(p.name for p in engine.workdir.iterdir()) == ["inputs"]
 
-    def start(codes):
-        walls[codes] = time.monotonic()
-        return job(codes, reuse=first.reuse()).start()
-
-    scheduler = preview.PreviewScheduler(start, finished.append, clock=clock)
-    scheduler.request((0.2, 2.0))
+    clock, finished = FakeClock(), []
+    scheduler = preview.PreviewScheduler(
+        lambda codes: engine.start_job(preview_job(pair, model, codes, temp, first.reuse())), finished.append,
+        clock=clock)
+    scheduler.request((0.1, 1.0))
     clock.now += 1.0
     assert scheduler.poll() and scheduler.job.running
-    scheduler.request((0.5, 10.0))  # released again before the first preview finished
+    scheduler.request((0.3, 3.0))  # while the engine computes: its result will be dropped...
+    scheduler.request((0.4, 4.0))  # ...and the waiting request replaced
     clock.now += 1.0
     poll_until_idle(scheduler, timeout=120)
-    wall = time.monotonic() - walls[(0.5, 10.0)]
+    assert [j.cancelled for j in finished] == [True, False] and engine.pid == pid
+    assert finished[1].outputs.report["codes"]["alpha_prime"] == 0.4 and finished[1].outputs.lambda_map is first.lambda_map
+    assert [p.name for p in temp.iterdir()] == [engine.workdir.name]
+    print(f"preview on the engine, tiny hyper U-Net, 32^3 synthetic pair, CPU: first (engine start) "
+          f"{walls[0]:.1f} s, next {walls[1]:.2f} s wall")
 
-    assert [j.cancelled for j in finished] == [True, False]
-    out = finished[1].outputs
-    assert out.report["codes"] == {"alpha_prime": 0.5, "lambda_max": 10.0, "conditioned": True}
-    assert out.report["refine_steps"] == 0
-    assert (out.transform, out.lambda_map, out.jacobian) == (first.transform, first.lambda_map, first.jacobian)
-    assert scene.GetNumberOfNodes() == nodes_before and moving.GetParentTransformNode() is first.transform
-    lam = geometry.array_ijk(out.lambda_map)
-    assert lam.shape == SHAPE and not np.allclose(lam, lam_first)  # the λ map moved with the codes
-    disp = geometry.grid_transform_arrays(out.transform)[0]
-    assert np.abs(disp - disp_first).max() > 0.05 * np.abs(disp_first).max() > 0  # and the warp
-    assert list(temp.iterdir()) == []  # the stopped preview's folder is gone too
-    print(f"network-only preview, tiny hyper U-Net, 32^3 synthetic pair, CPU: {wall:.1f} s wall "
-          f"(engine {out.report['timing']['total_s']:.2f} s)")
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process checks")
+def test_a_change_of_inputs_or_settings_restarts_the_engine(scene, pair, tmp_path, engine, model):
+    fixed, _moving = pair
+    temp = tmp_path / "temp"
+    engine.start_job(preview_job(pair, model, (0.2, 2.0), temp)).run(timeout=120)
+    old_pid, old_folder = engine.pid, engine.workdir
+    assert engine.serves(_validated(preview_job(pair, model, (0.3, 5.0), temp)))  # other codes: same engine
+
+    voxels = vtk_to_numpy(fixed.GetImageData().GetPointData().GetScalars())
+    voxels *= 1.5  # the fixed volume is edited
+    fixed.GetImageData().Modified()
+    assert not engine.serves(_validated(preview_job(pair, model, (0.2, 2.0), temp)))
+    engine.start_job(preview_job(pair, model, (0.2, 2.0), temp)).run(timeout=120)
+    assert engine.pid != old_pid
+    wait_reaped(engine)
+    assert not runner.process_group_alive(old_pid) and not old_folder.exists()
+
+    pid = engine.pid
+    affine_on = preview_job(pair, model, (0.2, 2.0), temp, affine=True)  # a setting the engine depends on
+    assert not engine.serves(_validated(affine_on))
+    engine.start_job(affine_on).run(timeout=120)
+    assert engine.pid != pid
+    wait_reaped(engine)
+    assert not runner.process_group_alive(pid) and [p.name for p in temp.iterdir()] == [engine.workdir.name]
+
+
+def _validated(job: logic.RegistrationJob) -> logic.RegistrationJob:
+    job.validate()
+    return job
+
+
+def vtk_to_numpy(array):
+    import vtk.util.numpy_support as ns
+
+    return ns.vtk_to_numpy(array)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process checks")
+def test_cancel_and_stop_kill_the_engine_process_tree(scene, pair, tmp_path, engine, model):
+    temp = tmp_path / "temp"
+    nodes_before = scene.GetNumberOfNodes()
+    job = engine.start_job(preview_job(pair, model, (0.2, 2.0), temp))
+    pid = engine.pid
+    assert job.running and runner.process_alive(pid)
+    job.cancel()  # while the engine starts: what the module does when the scene closes
+    assert job.cancelled and job.outputs is None and not runner.process_group_alive(pid)
+    assert scene.GetNumberOfNodes() == nodes_before
+
+    out = engine.start_job(preview_job(pair, model, (0.2, 2.0), temp)).run(timeout=120)  # a new engine
+    assert engine.pid != pid and out.report["codes"]["lambda_max"] == 2.0
+    pid = engine.pid
+    os.killpg(pid, signal.SIGKILL)  # an engine that dies between two slider moves is replaced
+    t0 = time.monotonic()
+    while runner.process_alive(pid) and time.monotonic() - t0 < 10:
+        time.sleep(0.02)
+    time.sleep(0.2)
+    out = engine.start_job(preview_job(pair, model, (0.3, 3.0), temp, out.reuse())).run(timeout=120)
+    assert engine.pid != pid and out.report["codes"]["lambda_max"] == 3.0
+    pid = engine.pid
+    job = engine.start_job(preview_job(pair, model, (0.5, 10.0), temp, out.reuse()))
+    engine.stop()  # module cleanup: blocking, the tree killed, the folders removed
+    assert not runner.process_group_alive(pid) and engine.pid is None and list(temp.iterdir()) == []
+    while job.poll():
+        time.sleep(0.02)
+    assert job.cancelled and job.error == "cancelled by the user."
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process checks")
+def test_a_bad_code_gives_the_plain_message_and_the_engine_serves_on(scene, pair, tmp_path, engine, model):
+    temp = tmp_path / "temp"
+    engine.start_job(preview_job(pair, model, (0.2, 2.0), temp)).run(timeout=120)
+    pid = engine.pid
+    # the module checks the codes before sending anything
+    with pytest.raises(logic.RegistrationError, match=r"^alpha_prime 0.9 is outside the range model hyper-test "
+                                                      r"was trained on \[0.05, 0.5\]; choose a value inside it.$"):
+        engine.start_job(preview_job(pair, model, (0.9, None), temp))
+    # the engine refuses them too, with one plain line, and serves on
+    call = engine.process.submit({"alpha_prime": 0.9, "output": str(tmp_path / "bad")})
+    while call.poll():
+        time.sleep(0.02)
+    assert call.result.status == runner.FAILED
+    assert call.result.message == ("alpha_prime 0.9 is outside the range this model was trained on [0.05, 0.5]; "
+                                   "choose a value inside it.")
+    assert not (tmp_path / "bad").exists()
+    out = engine.start_job(preview_job(pair, model, (0.5, None), temp)).run(timeout=120)
+    assert engine.pid == pid and out.report["codes"] == {"alpha_prime": 0.5, "lambda_max": 1.0, "conditioned": True}
