@@ -68,9 +68,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     space.add_argument("--search", nargs="+", choices=SEARCHABLE, default=list(DEFAULT_SEARCH),
                        help="parameters to search (default: alpha_prime lambda_max)")
     space.add_argument("--alpha-prime-range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
-                       help="α′ range (default per preset: brain MRI 0.01-0.2, CT 0.001-0.1; log scale)")
+                       help="α′ range (default per preset: brain MRI 0.01-0.2, CT 0.001-0.3; log scale)")
     space.add_argument("--lambda-max-range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
-                       help="λ_max range (default per preset: brain MRI 0.5-5, CT 0.8-3)")
+                       help="λ_max range (default per preset: brain MRI 0.5-5, CT 0.1-4)")
     space.add_argument("--level-spacings", nargs="+", type=float, metavar="MM", default=None,
                        help="working-grid spacings of every trial, coarse to fine (not written by --apply-best)")
     space.add_argument("--iterations", nargs="+", type=int, metavar="N", default=None,

@@ -2,8 +2,9 @@
 
 The base settings are :class:`RegistrationParameters` (pairwise tuning, from a preset) or a
 :class:`~svreg_core.training.config.TrainingConfig` (the training objective). Ranges (METHOD.md §2):
-brain MRI α′ ∈ [0.01, 0.2], λ_max ∈ [0.5, 5]; CT α′ ∈ [0.001, 0.1], λ_max ∈ [0.8, 3] (training: the MRI
-ranges); α′ on a log scale, λ_max linearly, each widened to contain the base's own value so that it can be
+brain MRI α′ ∈ [0.01, 0.2], λ_max ∈ [0.5, 5] (the paper's; training: these too); CT α′ ∈ [0.001, 0.3],
+λ_max ∈ [0.1, 4], wider than the paper's α′ ∈ [0.001, 0.1], λ_max ∈ [0.8, 3]: the ranges the CT presets
+were tuned over (``benchmarks/ct_tune.py``; our λ_max acts on a control grid, not on the paper's scale); α′ on a log scale, λ_max linearly, each widened to contain the base's own value so that it can be
 the first trial (cardiac MRI's α′ = 0.493 lies above the brain range). Optional: the Adam iterations of
 each pyramid level (``iterations_<level>``, half to twice the base) and the learning rate (a quarter to
 four times the base, log scale).
@@ -28,7 +29,7 @@ DEFAULT_SEARCH = ("alpha_prime", "lambda_max")
 #: (α′ range, λ_max range) per modality family, and the family of each built-in preset.
 FAMILY_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "mri": {"alpha_prime": (0.01, 0.2), "lambda_max": (0.5, 5.0)},
-    "ct": {"alpha_prime": (0.001, 0.1), "lambda_max": (0.8, 3.0)},
+    "ct": {"alpha_prime": (0.001, 0.3), "lambda_max": (0.1, 4.0)},
 }
 PRESET_FAMILY = {"brain-mri": "mri", "cardiac-mri": "mri", "ct": "ct", "lung-ct": "ct"}
 #: Settings that change where trials run, not what they compute: workers of one study may differ in them.

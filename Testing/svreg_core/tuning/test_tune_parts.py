@@ -88,8 +88,8 @@ def test_search_space_ranges_per_preset() -> None:
     assert (brain["alpha_prime"].low, brain["alpha_prime"].high, brain["alpha_prime"].log) == (0.01, 0.2, True)
     assert (brain["lambda_max"].low, brain["lambda_max"].high) == (0.5, 5.0)
     ct = {r.name: r for r in build_search_space("ct").ranges}
-    assert (ct["alpha_prime"].low, ct["alpha_prime"].high) == (0.001, 0.1)
-    assert (ct["lambda_max"].low, ct["lambda_max"].high) == (0.8, 3.0)
+    assert (ct["alpha_prime"].low, ct["alpha_prime"].high) == (0.001, 0.3)
+    assert (ct["lambda_max"].low, ct["lambda_max"].high) == (0.1, 4.0)
     cardiac = build_search_space("cardiac-mri")  # its tuned α′ 0.493 lies above the brain range: widened
     assert {r.name: r.high for r in cardiac.ranges}["alpha_prime"] == pytest.approx(0.493)
     assert cardiac.default_values() == {"alpha_prime": 0.493, "lambda_max": PRESETS["cardiac-mri"].lambda_max}
@@ -112,7 +112,7 @@ def test_search_space_suggests_parameters_and_round_trips(tmp_path: Path) -> Non
         trial = study.ask()
         params = space.suggest(trial)
         assert isinstance(params, RegistrationParameters)
-        assert 0.001 <= params.alpha_prime <= 0.1 and 0.8 <= params.lambda_max <= 3.0
+        assert 0.001 <= params.alpha_prime <= 0.3 and 0.1 <= params.lambda_max <= 4.0
         assert 10 <= params.iterations[0] <= 40 and 5 <= params.iterations[1] <= 20
         assert params.learning_rate == pytest.approx(trial.params["learning_rate"])
         assert space.parameters(trial.params) == params
