@@ -89,6 +89,13 @@ Apply a result later with 'svreg apply OUT IMAGE -o FILE' (see svreg apply --hel
 """
 
 
+def add_gzip_level_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gzip-level", type=int, choices=range(10), metavar="0-9", default=None,
+                   help="compression of the .nii.gz outputs: 0 stores them uncompressed inside the gzip "
+                        "container (fastest to write: for files read at once, e.g. by the Slicer module) to 9 "
+                        "(smallest); default 1")
+
+
 def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     """The registration parameters shared by ``svreg register`` and ``svreg register-batch``."""
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
@@ -129,6 +136,7 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--outputs", nargs="+", metavar="NAME", choices=tuple(SELECTABLE_OUTPUTS),
                    help=f"write only these outputs ({', '.join(SELECTABLE_OUTPUTS)}; default: all)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    add_gzip_level_argument(p)
     p.add_argument("--progress", choices=("auto", "bar", "lines", "json", "none"), default="auto",
                    help="progress display: a bar on a terminal, else plain lines on stderr (auto); JSON lines on "
                    "stdout; or none")
@@ -300,6 +308,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
                            labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
                            inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=pair.sources(),
+                           gzip_level=args.gzip_level,
                            extra=images.extra)
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
@@ -507,6 +516,7 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="PyTorch's deterministic mode on CUDA (as svreg register)")
+    add_gzip_level_argument(p)
 
 
 def run_preview(args: argparse.Namespace) -> int:
@@ -537,7 +547,7 @@ def run_preview(args: argparse.Namespace) -> int:
     engine = PreviewEngine(prepared.align(printer), fixed_labels=images.fixed_labels,
                            moving_labels=images.moving_labels, labels=args.labels,
                            label_mode=args.label_interpolation, inputs=pair.inputs(), sources=pair.sources(),
-                           extra=images.extra)
+                           extra=images.extra, gzip_level=args.gzip_level)
     prepared.timing["load_s"] = load_s
     info = prepared.info
     _emit_json({"event": "ready", "device": str(prepared.device), "timing": dict(prepared.timing),

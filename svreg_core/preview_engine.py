@@ -75,11 +75,13 @@ class PreviewEngine:
         inputs: the input files, which an output folder must not contain.
         sources: the input files by role, recorded in each report.
         extra: additional report entries (e.g. the crop box).
+        gzip_level: compression of the ``.nii.gz`` outputs (``write_outputs``; ``None``: the default).
     """
 
     def __init__(self, pair: PreparedPair, *, fixed_labels: Image | None = None, moving_labels: Image | None = None,
                  labels: Sequence[int] | None = None, label_mode: str = "linear", inputs: Sequence[str | Path] = (),
-                 sources: dict[str, str | Path] | None = None, extra: dict[str, Any] | None = None) -> None:
+                 sources: dict[str, str | Path] | None = None, extra: dict[str, Any] | None = None,
+                 gzip_level: int | None = None) -> None:
         if pair.info is None:
             raise InputError("svreg preview needs a learned model (--model).")
         check_hyper_model(pair.info)
@@ -88,6 +90,7 @@ class PreviewEngine:
         self.pair, self.fixed_labels, self.moving_labels = pair, fixed_labels, moving_labels
         self.labels, self.label_mode = labels, label_mode
         self.inputs, self.sources, self.extra = list(inputs), dict(sources or {}), dict(extra or {})
+        self.gzip_level = gzip_level
 
     def parse(self, fields: Any) -> PreviewRequest | None:
         """A request from a decoded request line, checked before any work (``None``: quit).
@@ -145,7 +148,7 @@ class PreviewEngine:
                                fixed_labels=self.fixed_labels if request.label_metrics else None,
                                moving_labels=self.moving_labels if warp_labels else None, labels=self.labels,
                                label_mode=self.label_mode, overwrite=request.overwrite, inputs=self.inputs,
-                               started=t0, outputs=request.outputs, sources=self.sources,
+                               started=t0, outputs=request.outputs, sources=self.sources, gzip_level=self.gzip_level,
                                extra={**self.extra, "preview": {"setup_timing": dict(self.pair.timing)}})
         progress(ProgressEvent("done", 1, 1, 1.0, "finished"))
         return report

@@ -109,14 +109,19 @@ class RegistrationResult:
     model: ModelInfo | None = None
     refine_steps: int = 0
     codes: tuple[float, float] | None = None
+    #: λ resampled onto the fixed grid by :meth:`compute_displacements` (with the half field, sharing its
+    #: sampling coordinates); :meth:`regularization_map` returns it.
+    _fixed_weight: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def method(self) -> str:
         """``"pairwise"`` (optimiser only) or ``"learned"`` (a network's prediction, maybe refined)."""
         return "pairwise" if self.model is None else "learned"
 
-    def _world_field(self, inverse: bool = False) -> torch.Tensor:
-        """``u = exp(v)`` (or the displacement of ``exp(−v)``) in RAS mm, ``(1, 3, I, J, K)`` on the fixed grid.
+    def _world_field(self, inverse: bool = False, weight: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``u = exp(v)`` (or the displacement of ``exp(−v)``) in RAS mm, ``(1, 3, I, J, K)`` on the fixed grid,
+        and, with ``weight``, λ resampled there too (``(1, 1, I, J, K)``, in the same grid_sample call as
+        the half field: the sampling coordinates are computed once; else ``None``).
 
         Scaling and squaring split between the grids: ``h = exp(v / 2^s)`` is integrated on the working
         grid (where ``v`` was optimised or predicted), resampled (trilinear) onto the fixed grid, and the
@@ -133,16 +138,21 @@ class RegistrationResult:
         with torch.no_grad():
             v = -self.velocity if inverse else self.velocity
             half = integrate_velocity(v / 2.0 ** fine, steps - fine)
-            disp = resample(half, self.working_grid, fixed_grid, padding_mode="border")
-            disp = torch.einsum("rc,ncijk->nrijk", torch.as_tensor(work_to_fixed, dtype=disp.dtype), disp)
+            if weight:
+                half = torch.cat((half, self.weight.to(half.dtype)), dim=1)
+            both = resample(half, self.working_grid, fixed_grid, padding_mode="border")
+            disp = torch.einsum("rc,ncijk->nrijk", torch.as_tensor(work_to_fixed, dtype=both.dtype), both[:, :3])
             for _ in range(fine):
                 disp = compose(disp, disp)
             lin = torch.as_tensor(fixed_grid.affine[:3, :3], dtype=disp.dtype)
-            return torch.einsum("rc,ncijk->nrijk", lin, disp)
+            return torch.einsum("rc,ncijk->nrijk", lin, disp), both[:, 3:] if weight else None
 
     def compute_displacements(self) -> None:
-        """Fill :attr:`deformable_displacement` (``u``) and :attr:`displacement` (``T``) from velocity and affine."""
-        u = self._world_field()[0].permute(1, 2, 3, 0).numpy().astype(np.float32)
+        """Fill :attr:`deformable_displacement` (``u``) and :attr:`displacement` (``T``) from velocity and affine
+        (and λ on the fixed grid for :meth:`regularization_map`)."""
+        world, lam = self._world_field(weight=True)
+        self._fixed_weight = lam[0, 0].numpy().clip(1e-6, 1.0).astype(np.float32)
+        u = world[0].permute(1, 2, 3, 0).numpy().astype(np.float32)
         self.deformable_displacement = u
         if np.array_equal(self.affine, np.eye(4)):  # no affine stage: T(x) − x = u
             self.displacement = u.copy()
@@ -173,7 +183,7 @@ class RegistrationResult:
         """
         a_inv = np.linalg.inv(self.affine)
         grid = self.moving.grid
-        field_ = self._world_field(inverse=True)
+        field_, _ = self._world_field(inverse=True)
         out = np.empty((*grid.shape, 3), dtype=np.float32)
         for start, stop, slab in grid.slabs():
             y = slab.world_points()
@@ -185,8 +195,10 @@ class RegistrationResult:
 
     def regularization_map(self) -> Image:
         """λ(x) resampled (trilinear) onto the fixed grid."""
-        lam = resample(self.weight, self.working_grid, self.fixed.grid, padding_mode="border")
-        return Image(lam[0, 0].numpy().clip(1e-6, 1.0).astype(np.float32), self.fixed.affine)
+        if self._fixed_weight is None:
+            lam = resample(self.weight, self.working_grid, self.fixed.grid, padding_mode="border")
+            self._fixed_weight = lam[0, 0].numpy().clip(1e-6, 1.0).astype(np.float32)
+        return Image(self._fixed_weight, self.fixed.affine)
 
     def _moving_coords(self, source: Grid, identity: bool = False) -> torch.Tensor:
         """grid_sample coordinates in ``source`` (a moving-space grid) of ``T(x)`` (or of ``x`` itself with

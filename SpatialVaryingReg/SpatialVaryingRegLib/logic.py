@@ -512,6 +512,9 @@ class RegistrationJob:
             lambda_max=self.settings.codes[1] if self._model_argument else None,
             crop_fixed=self._crop_box(),
             outputs=self.engine_outputs(),
+            # the work folder is read back at once and deleted: compressing it would only cost time (a kept
+            # folder is for the user, and gets the engine's usual compression)
+            gzip_level=None if self.settings.keep_temporary_files else 0,
         )
 
     def engine_outputs(self) -> list[str]:

@@ -531,6 +531,8 @@ class RegisterRequest:
     for (inside its trained ranges), or the loss of a plain model's refinement; ``None``: the model's own.
     ``crop_fixed``: two opposite corners (world RAS mm, 6 numbers) of the box the fixed image is cropped to.
     ``outputs``: the engine's output names to write (``svreg register --outputs``); ``None``: all of them.
+    ``gzip_level``: compression of the engine's ``.nii.gz`` files (``--gzip-level``, 0 = stored: fastest to
+    write and read back); ``None``: the engine's default.
     """
 
     fixed: Path
@@ -554,6 +556,7 @@ class RegisterRequest:
     overwrite: bool = False
     crop_fixed: Sequence[float] | None = None
     outputs: Sequence[str] | None = None
+    gzip_level: int | None = None
 
     def _input_arguments(self) -> list[str]:
         """The label maps, masks, labels to score and crop box (``svreg register`` and ``svreg preview``)."""
@@ -569,13 +572,16 @@ class RegisterRequest:
         return args + ["--preset", str(self.preset)]
 
     def _engine_arguments(self) -> list[str]:
-        """The affine stage, device and label interpolation (``svreg register`` and ``svreg preview``)."""
+        """The affine stage, device, label interpolation and file compression (``svreg register`` and
+        ``svreg preview``)."""
         args = []
         if self.affine is not None:
             args.append("--affine" if self.affine else "--no-affine")
         args += ["--device", self.device]
         if self.label_interpolation and self.moving_labels:
             args += ["--label-interpolation", self.label_interpolation]
+        if self.gzip_level is not None:
+            args += ["--gzip-level", str(int(self.gzip_level))]
         return args
 
     def preview_arguments(self) -> list[str]:

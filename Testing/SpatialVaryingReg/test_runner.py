@@ -202,7 +202,8 @@ def test_register_command_line_matches_the_engine_parser(tmp_path):
                                      moving_labels=tmp_path / "ml.nii.gz", fixed_mask=tmp_path / "fm.nii.gz",
                                      moving_mask=tmp_path / "mm.nii.gz", labels=[2, 3], preset="ct",
                                      similarity="mind", spr=False, affine=False, device="cpu",
-                                     label_interpolation="nearest", outputs=["displacement", "jacobian"])
+                                     label_interpolation="nearest", outputs=["displacement", "jacobian"],
+                                     gzip_level=0)
     args = request.arguments()
     assert args[:3] == ["-m", "svreg_core.cli", "register"]
     parser, _ = build_parser()
@@ -211,7 +212,7 @@ def test_register_command_line_matches_the_engine_parser(tmp_path):
     assert ns.labels == [2, 3] and ns.preset == "ct" and ns.similarity == "mind" and ns.no_spr
     assert ns.affine is False and ns.device == "cpu" and ns.seed is None and ns.progress == "json"
     assert ns.label_interpolation == "nearest" and ns.fixed_mask == str(request.fixed_mask)
-    assert ns.outputs == ["displacement", "jacobian"]
+    assert ns.outputs == ["displacement", "jacobian"] and ns.gzip_level == 0
     assert "--outputs" not in runner.RegisterRequest(fixed=tmp_path / "f.nii.gz", moving=tmp_path / "m.nii.gz",
                                                      output=tmp_path / "out").arguments()  # default: all
 

@@ -375,6 +375,25 @@ def test_retired_seed_is_accepted_with_a_warning(tiny_pair, tmp_path: Path, caps
     assert np.array_equal(a, b)
 
 
+def test_gzip_level_zero_writes_the_same_outputs_faster_to_read(tiny_pair, tmp_path: Path, capsys) -> None:
+    """--gzip-level 0 (what the Slicer module asks for its work folder) stores the .nii.gz outputs
+    uncompressed in their gzip container: the same NIfTI bytes as the default level, larger files."""
+    import gzip
+
+    p = tiny_pair.paths
+    common = ["--level-spacings", 12, "--iterations", 3, "--no-affine", "--device", "cpu", "--progress", "none",
+              "--outputs", "displacement", "jacobian"]
+    assert _main(["register", p.fixed, p.moving, "-o", tmp_path / "default", *common], capsys)[0] == 0
+    assert _main(["register", p.fixed, p.moving, "-o", tmp_path / "stored", "--gzip-level", 0, *common], capsys)[0] == 0
+    for name in ("displacement.nii.gz", "jacobian.nii.gz"):
+        default, stored = (tmp_path / d / name for d in ("default", "stored"))
+        assert gzip.decompress(stored.read_bytes()) == gzip.decompress(default.read_bytes())
+        assert stored.stat().st_size > default.stat().st_size
+    with pytest.raises(SystemExit) as info:  # argparse's usage error
+        _main(["register", p.fixed, p.moving, "-o", tmp_path / "bad", "--gzip-level", 10, *common], capsys)
+    assert info.value.code == 2 and "--gzip-level" in capsys.readouterr().err
+
+
 def test_deterministic_flag(tiny_pair, tmp_path: Path, capsys, monkeypatch) -> None:
     """--deterministic is accepted and recorded in report.json; it sets CUBLAS_WORKSPACE_CONFIG for cuBLAS
     (a value already set is kept); on CPU the displacement is bitwise the one without it."""

@@ -14,6 +14,7 @@ def snapshot():
             "np": int(np.random.get_state()[1][:4].sum()), "torch": torch.get_rng_state()[:16].tolist(),
             "random": random.getstate()[1][:4], "threads": torch.get_num_threads(),
             "nib_log": nib.imageglobals.logger.level, "nib_err": nib.imageglobals.error_level,
+            "nib_gzip": nib.openers.Opener.default_compresslevel,
             "grad": torch.is_grad_enabled(), "dtype": str(torch.get_default_dtype()),
             "pyplot": "matplotlib.pyplot" in __import__("sys").modules}
 before = snapshot()

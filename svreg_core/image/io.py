@@ -113,11 +113,30 @@ def label_values(data: np.ndarray, what: str) -> np.ndarray:
     return data.astype(np.int32)
 
 
-def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None = None) -> Path:
+#: gzip level of ``.nii.gz`` files unless told otherwise: ~5x faster than zlib's 9, files slightly larger.
+DEFAULT_GZIP_LEVEL = 1
+
+
+def save_nifti(nii: nib.Nifti1Image, path: str | Path, *, gzip_level: int | None = None) -> Path:
+    """Write a NIfTI image; a ``.gz`` name is gzip-compressed at ``gzip_level`` (0 = stored, fastest, still
+    a valid ``.nii.gz`` any reader opens; 9 = smallest; ``None``: :data:`DEFAULT_GZIP_LEVEL`)."""
+    path = Path(path)
+    level = DEFAULT_GZIP_LEVEL if gzip_level is None else int(gzip_level)
+    if not 0 <= level <= 9:
+        raise ValueError(f"gzip level must be 0 to 9, not {gzip_level!r}")
+    with nib.openers.Opener(str(path), "wb", compresslevel=level) as fobj:
+        holder = nib.fileholders.FileHolder(fileobj=fobj)
+        nii.to_file_map({"image": holder, "header": holder})
+    return path
+
+
+def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None = None,
+               gzip_level: int | None = None) -> Path:
     """Write ``image`` as NIfTI with its RAS affine as sform and qform (code 1, scanner).
 
     A sheared affine, which a qform (rotation and voxel sizes) cannot hold, is written as the sform
-    only (qform code 0), so the file never has a qform that disagrees with its sform.
+    only (qform code 0), so the file never has a qform that disagrees with its sform. ``gzip_level``:
+    see :func:`save_nifti`.
     """
     path = Path(path)
     data = np.asarray(image.data if dtype is None else image.data.astype(dtype))
@@ -127,5 +146,4 @@ def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None 
     if field_of_view_distance(nii.get_qform(), image.affine, data.shape) > _tolerance_mm(image.affine):
         nii.set_qform(None, code=0)
     nii.header.set_xyzt_units("mm")
-    nib.save(nii, str(path))
-    return path
+    return save_nifti(nii, path, gzip_level=gzip_level)

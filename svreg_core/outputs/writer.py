@@ -30,14 +30,12 @@ import torch
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image import Image, save_image
+from svreg_core.image.io import save_nifti
 from svreg_core.image.resample import resample
 from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
 from svreg_core.outputs.figure import write_report_figure
 from svreg_core.outputs.itk import displacement_nifti, write_transform
 from svreg_core.registration import RegistrationResult, summarize
-
-#: gzip level for NIfTI outputs: level 1 is ~5x faster than the default 9 and only slightly larger.
-nib.openers.Opener.default_compresslevel = 1
 
 #: Threads compressing and writing files (zlib and HDF5 release the GIL) and computing the metrics while
 #: the main thread computes the next outputs.
@@ -328,7 +326,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                   moving_labels: Image | None = None, labels: Sequence[int] | None = None,
                   label_mode: str = "linear", overwrite: bool = False, inputs: Sequence[str | Path] = (),
                   extra: dict[str, Any] | None = None, started: float | None = None,
-                  outputs: Sequence[str] | None = None, sources: dict[str, str | Path] | None = None) -> dict[str, Any]:
+                  outputs: Sequence[str] | None = None, sources: dict[str, str | Path] | None = None,
+                  gzip_level: int | None = None) -> dict[str, Any]:
     """Write the outputs of ``result`` into ``outdir`` and return the report (also ``report.json``).
 
     Args:
@@ -345,6 +344,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             always written. ``labels`` needs ``moving_labels``.
         sources: input file paths by role (``fixed``, ``moving``, ``fixed_labels``, …), recorded in the
             report's ``inputs`` with each image's shape, spacing and orientation.
+        gzip_level: compression of the ``.nii.gz`` outputs, 0 (stored: fastest, e.g. for files another
+            program reads at once) to 9 (:func:`~svreg_core.image.io.save_nifti`; default nibabel's 1).
     """
     chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
     unknown = sorted(chosen - set(SELECTABLE_OUTPUTS))
@@ -374,26 +375,27 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
 
             fixed_grid = result.fixed.grid
             warped = result.warped
-            save("warped", save_image, warped, tmp / "warped.nii.gz")
-            save("displacement", nib.save, displacement_nifti(result.displacement, fixed_grid),
-                 str(tmp / "displacement.nii.gz"))
+            save("warped", save_image, warped, tmp / "warped.nii.gz", gzip_level=gzip_level)
+            save("displacement", save_nifti, displacement_nifti(result.displacement, fixed_grid),
+                 tmp / "displacement.nii.gz", gzip_level=gzip_level)
             save("transform", write_transform, tmp / "transform.h5", result.affine, result.deformable_displacement,
                  fixed_grid)
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
             jac_image = Image(jac.astype(np.float32), result.fixed.affine)
-            save("jacobian", save_image, jac_image, tmp / "jacobian.nii.gz")
+            save("jacobian", save_image, jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level)
             warped_labels = None
             if moving_labels is not None:
                 warped_labels = result.warp_image(moving_labels, labels=True, label_mode=label_mode)
-                save("labels", save_image, warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32)
+                save("labels", save_image, warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32,
+                     gzip_level=gzip_level)
             # the metrics (NumPy/SciPy, mostly one core) run while the inverse is integrated (torch)
             metrics_job = pool.submit(compute_metrics, result, jac, fixed_labels=fixed_labels,
                                       warped_labels=warped_labels, labels=labels, moving_labels=moving_labels)
             if "inverse" in chosen:
-                save("inverse", nib.save, displacement_nifti(result.inverse_displacement(), result.moving.grid),
-                     str(tmp / "inverse_displacement.nii.gz"))
+                save("inverse", save_nifti, displacement_nifti(result.inverse_displacement(), result.moving.grid),
+                     tmp / "inverse_displacement.nii.gz", gzip_level=gzip_level)
             weight = result.regularization_map()
-            save("regularization", save_image, weight, tmp / "regularization.nii.gz")
+            save("regularization", save_image, weight, tmp / "regularization.nii.gz", gzip_level=gzip_level)
             metrics = metrics_job.result()
             if "figure" in chosen:
                 before = resample(torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None],

@@ -292,3 +292,27 @@ def test_voxel_sizes_outside_the_plausible_range_are_refused(geo, sizes, accepte
     assert message.startswith("fixed image has voxel sizes ") and "\n" not in message
     assert ", ".join(f"{v:.3g}" for v in sizes) + " mm" in message
     assert "plausible range 0.001 to 100 mm" in message
+
+
+@pytest.mark.parametrize("level", [0, 1, 9])
+def test_gzip_level_changes_only_the_compression(geo, tmp_path: Path, level: int) -> None:
+    """Every level writes a valid .nii.gz (gzip, then NIfTI) with the same header and data; level 0
+    stores the bytes uncompressed inside the gzip container (the file is as large as the NIfTI)."""
+    import SimpleITK as sitk
+
+    aff = _affine(geo)
+    data = _ramp((20, 21, 22))
+    path = save_image(Image(data, aff), tmp_path / f"l{level}.nii.gz", gzip_level=level)
+    reference = save_image(Image(data, aff), tmp_path / "default.nii.gz")
+    raw = gzip.decompress(path.read_bytes())
+    assert raw == gzip.decompress(reference.read_bytes())  # same NIfTI bytes whatever the level
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(path)).dataobj), data)
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose(2, 1, 0)  # an independent reader
+    np.testing.assert_array_equal(back, data)
+    size = path.stat().st_size
+    if level == 0:
+        assert size > len(raw)  # stored: the NIfTI bytes plus the gzip framing
+    else:
+        assert size < len(raw)
+    with pytest.raises(ValueError):
+        save_image(Image(data, aff), tmp_path / "bad.nii.gz", gzip_level=10)
