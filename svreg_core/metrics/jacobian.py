@@ -15,6 +15,10 @@ All work is done slab by slab along ``i`` to bound memory; a 182x218x182 field t
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
 import numpy as np
 
 from svreg_core.conventions import world_to_voxel_vectors
@@ -24,6 +28,8 @@ __all__ = ["jacobian_determinant", "folding_percent", "sdlogj", "ndv_map", "ndv_
 
 #: Number of ``i`` rows processed at once.
 _SLAB = 8
+#: Most threads filling slabs at once (NumPy releases the GIL in the element-wise work).
+_MAX_THREADS = 8
 
 #: Clipping range of the determinant before the logarithm in :func:`sdlogj`.
 _LOG_CLIP = (1e-9, 1e9)
@@ -48,6 +54,27 @@ def _voxel_displacement(displacement: np.ndarray, affine: np.ndarray) -> np.ndar
     if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
         raise InputError("affine has a singular 3x3 part; the grid geometry is unusable.")
     return world_to_voxel_vectors(disp, aff)
+
+
+def _fill_by_slabs(out: np.ndarray, slab: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """``out[a:b] = slab(a, b)`` for consecutive slabs of :data:`_SLAB` rows along the first axis, on up
+    to :data:`_MAX_THREADS` threads (the CPUs this process may use). Each slab reads its own rows only, so
+    the result is the same as filling them one by one."""
+    starts = range(0, out.shape[0], _SLAB)
+
+    def fill(a: int) -> None:
+        b = min(a + _SLAB, out.shape[0])
+        out[a:b] = slab(a, b)
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, min(_MAX_THREADS, cpus, len(starts)))
+    if workers == 1:
+        for a in starts:
+            fill(a)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(fill, starts))  # re-raises a slab's error
+    return out
 
 
 def _mask_or_all(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -88,16 +115,16 @@ def jacobian_determinant(displacement: np.ndarray, affine: np.ndarray) -> np.nda
     if min(shape) < 2:
         raise InputError(f"jacobian_determinant needs at least 2 voxels along each axis, got {shape}.")
     n_i = shape[0]
-    out = np.empty(shape, dtype=np.float32)
     eye = np.eye(3)
-    for a in range(0, n_i, _SLAB):
-        b = min(a + _SLAB, n_i)
+
+    def slab(a: int, b: int) -> np.ndarray:
         lo, hi = max(a - 1, 0), min(b + 1, n_i)
         grads = np.gradient(q[lo:hi], axis=(0, 1, 2))  # each (n, J, K, 3): d q / d ijk_axis
         sel = slice(a - lo, a - lo + (b - a))
         cols = [grads[axis][sel] + eye[axis] for axis in range(3)]  # columns of dp/dijk
-        out[a:b] = _det3(*cols)
-    return out
+        return _det3(*cols)
+
+    return _fill_by_slabs(np.empty(shape, dtype=np.float32), slab)
 
 
 def folding_percent(jac_det: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -179,12 +206,7 @@ def ndv_map(displacement: np.ndarray, affine: np.ndarray) -> np.ndarray:
     qp = np.pad(q, ((1, 1), (1, 1), (1, 1), (0, 0)), mode="edge")
     shape = q.shape[:3]
     del q  # only the padded copy is read below (a 1 mm float64 field is 173 MB)
-    n_i = shape[0]
-    out = np.empty(shape, dtype=np.float32)
-    for a in range(0, n_i, _SLAB):
-        b = min(a + _SLAB, n_i)
-        out[a:b] = _ndv_slab(qp, a, b)
-    return out
+    return _fill_by_slabs(np.empty(shape, dtype=np.float32), lambda a, b: _ndv_slab(qp, a, b))
 
 
 def _interior(shape: tuple[int, ...]) -> np.ndarray:
