@@ -89,6 +89,40 @@ Apply a result later with 'svreg apply OUT IMAGE -o FILE' (see svreg apply --hel
 """
 
 
+#: ``--deterministic`` of ``svreg register``.
+DETERMINISTIC_HELP = ("bit-identical results from run to run on CUDA (same GPU, driver and torch version); the "
+                      "optimisation is about 7x slower (brain pair on an H200: 7-8 s instead of 1 s); sets "
+                      "CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set. Without it, CUDA runs differ in the last bits, "
+                      "which the optimiser amplifies (brain pair: displacements up to 3.5 mm apart, mean Dice within "
+                      "0.0002). On CPU it changes nothing: CPU runs are bit-identical anyway")
+
+
+def add_runtime_arguments(p: argparse.ArgumentParser, *, affine_help: str, deterministic_help: str) -> None:
+    """``--affine/--no-affine``, ``--device``, ``--threads`` and ``--deterministic`` (``register``, ``preview``);
+    :func:`apply_runtime` acts on them."""
+    p.add_argument("--affine", dest="affine", action="store_true", default=None, help=affine_help)
+    p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
+    p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
+    p.add_argument("--deterministic", action="store_true", default=None, help=deterministic_help)
+
+
+def set_threads(args: argparse.Namespace) -> None:
+    """torch's CPU thread count from ``--threads`` (before any work)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InputError("--threads must be 1 or more.")
+        import torch
+        torch.set_num_threads(args.threads)
+
+
+def set_deterministic_environment(params) -> None:
+    """With deterministic parameters, ``CUBLAS_WORKSPACE_CONFIG`` if unset (before CUDA starts, as cuBLAS
+    requires)."""
+    if params.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 def add_gzip_level_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gzip-level", type=int, choices=range(10), metavar="0-9", default=None,
                    help="compression of the .nii.gz outputs: 0 stores them uncompressed inside the gzip "
@@ -121,17 +155,8 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --model: continue with N pairwise iterations of the same SPR loss (default 0)")
     p.add_argument("--no-spr", action="store_true",
                    help="spatially uniform regularizer of the same strength instead of the learned λ(x)")
-    p.add_argument("--affine", dest="affine", action="store_true", default=None,
-                   help="run the affine pre-alignment stage (default on)")
-    p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
-    p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
-    p.add_argument("--deterministic", action="store_true", default=None,
-                   help="bit-identical results from run to run on CUDA (same GPU, driver and torch version); the "
-                   "optimisation is about 7x slower (brain pair on an H200: 7-8 s instead of 1 s); sets "
-                   "CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set. Without it, CUDA runs differ in the last bits, which "
-                   "the optimiser amplifies (brain pair: displacements up to 3.5 mm apart, mean Dice within 0.0002). "
-                   "On CPU it changes nothing: CPU runs are bit-identical anyway")
+    add_runtime_arguments(p, affine_help="run the affine pre-alignment stage (default on)",
+                          deterministic_help=DETERMINISTIC_HELP)
     p.add_argument("--seed", type=int, default=None, help=argparse.SUPPRESS)  # retired, see registration_parameters
     p.add_argument("--outputs", nargs="+", metavar="NAME", choices=tuple(SELECTABLE_OUTPUTS),
                    help=f"write only these outputs ({', '.join(SELECTABLE_OUTPUTS)}; default: all)")
@@ -172,11 +197,7 @@ def registration_parameters(args: argparse.Namespace):
         raise InputError("--refine needs --model (it refines a learned model's prediction).")
     if args.refine < 0:
         raise InputError("--refine must be 0 or more iterations.")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError("--threads must be 1 or more.")
-        import torch
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     if args.model:
         from svreg_core.models.zoo import resolve_model
         resolve_model(args.model)  # a wrong name or path fails now, before any work
@@ -195,8 +216,7 @@ def registration_parameters(args: argparse.Namespace):
                          "give --iterations too.")
     if args.level_spacings or args.iterations:
         params = params.replace(level_spacings=spacings, iterations=iterations)
-    if params.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    set_deterministic_environment(params)
     return params
 
 
@@ -509,13 +529,8 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
                    help="label warping: one-hot trilinear + argmax (default) or nearest neighbour")
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset (its affine stage and device): {', '.join(PRESETS)}, or a preset JSON file")
-    p.add_argument("--affine", dest="affine", action="store_true", default=None,
-                   help="run the affine pre-alignment stage, once (default on)")
-    p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
-    p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
-    p.add_argument("--deterministic", action="store_true", default=None,
-                   help="PyTorch's deterministic mode on CUDA (as svreg register)")
+    add_runtime_arguments(p, affine_help="run the affine pre-alignment stage, once (default on)",
+                          deterministic_help="PyTorch's deterministic mode on CUDA (as svreg register)")
     add_gzip_level_argument(p)
 
 
@@ -528,15 +543,10 @@ def run_preview(args: argparse.Namespace) -> int:
     from svreg_core.registration import prepare_pair
 
     t0 = time.perf_counter()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise InputError("--threads must be 1 or more.")
-        import torch
-        torch.set_num_threads(args.threads)
+    set_threads(args)
     check_hyper_model(read_model_info(resolve_model(args.model)))
     params = load_parameters(args.preset, affine=args.affine, device=args.device, deterministic=args.deterministic)
-    if params.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    set_deterministic_environment(params)
     pair = Pair(args.fixed, args.moving, "", args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask)
     printer = ProgressPrinter("json")
     printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))

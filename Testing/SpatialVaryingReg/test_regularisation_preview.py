@@ -229,7 +229,8 @@ def sleeper():
         child.cancel(grace=0.5)
 
 
-def poll_until_idle(scheduler: preview.PreviewScheduler, timeout: float = 30.0) -> None:
+def poll_until_idle(scheduler: preview.PreviewScheduler | logic.PreviewEngine, timeout: float = 30.0) -> None:
+    """Call ``poll()`` until it reports nothing left to do (a scheduler idle, an engine's stopped children reaped)."""
     t0 = time.monotonic()
     while scheduler.poll():
         assert time.monotonic() - t0 < timeout
@@ -307,13 +308,6 @@ def model(tmp_path) -> str:
     return str(tiny_hyper_checkpoint(tmp_path))
 
 
-def wait_reaped(engine: logic.PreviewEngine, timeout: float = 30.0) -> None:
-    t0 = time.monotonic()
-    while engine.poll():
-        assert time.monotonic() - t0 < timeout
-        time.sleep(0.02)
-
-
 @pytest.mark.skipif(os.name == "nt", reason="POSIX process checks")
 def test_slider_moves_reuse_one_engine_and_update_the_same_nodes(scene, pair, tmp_path, engine, model):
     """A full run (its own child) at the lowest codes, then slider moves on one engine process: each updates
@@ -387,7 +381,7 @@ def test_a_change_of_inputs_or_settings_restarts_the_engine(scene, pair, tmp_pat
     assert not engine.serves(_validated(preview_job(pair, model, (0.2, 2.0), temp)))
     engine.start_job(preview_job(pair, model, (0.2, 2.0), temp)).run(timeout=120)
     assert engine.pid != old_pid
-    wait_reaped(engine)
+    poll_until_idle(engine)
     assert not runner.process_group_alive(old_pid) and not old_folder.exists()
 
     pid = engine.pid
@@ -395,7 +389,7 @@ def test_a_change_of_inputs_or_settings_restarts_the_engine(scene, pair, tmp_pat
     assert not engine.serves(_validated(affine_on))
     engine.start_job(affine_on).run(timeout=120)
     assert engine.pid != pid
-    wait_reaped(engine)
+    poll_until_idle(engine)
     assert not runner.process_group_alive(pid) and [p.name for p in temp.iterdir()] == [engine.workdir.name]
 
 
