@@ -499,7 +499,7 @@ PREVIEW_EXAMPLES = """\
 examples:
   svreg preview fixed.nii.gz moving.nii.gz --model brain-hyper-unet-spr --threads 2
   then one JSON request per line on standard input, e.g.
-  {"alpha_prime": 0.1, "lambda_max": 2, "output": "/tmp/p1", "outputs": ["displacement", "regularization"], "id": 1}
+  {"alpha_prime": 0.1, "lambda_max": 2, "output": "previews/p1", "outputs": ["displacement", "regularization"], "id": 1}
   {"quit": true}
 
 The images are read, the model loaded and the affine stage run once; each request then runs the network

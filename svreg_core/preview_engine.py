@@ -8,7 +8,7 @@ the files of ``svreg register`` (``report.json`` included), and are identical to
 ``svreg register FIXED MOVING --model M --alpha-prime A --lambda-max L --outputs ...`` on the same inputs.
 
 Protocol: one JSON object per line on standard input (:data:`REQUEST_FIELDS`), e.g.
-``{"alpha_prime": 0.1, "lambda_max": 2.0, "output": "/tmp/p1", "outputs": ["displacement", "warped"], "id": 1}``;
+``{"alpha_prime": 0.1, "lambda_max": 2.0, "output": "previews/p1", "outputs": ["displacement", "warped"], "id": 1}``;
 answers are JSON lines on standard output: ``progress`` events, then ``{"event": "done", "outdir": ...,
 "report": {...}}`` or ``{"event": "error", "message": "...", "kind": "InputError"}``, each with the
 request's ``id`` when it gave one. A bad request (codes outside the trained ranges, an unknown output, a
@@ -101,7 +101,7 @@ class PreviewEngine:
         """
         if not isinstance(fields, dict):
             raise InputError('a request is one JSON object per line, e.g. {"alpha_prime": 0.1, "lambda_max": 2, '
-                             '"output": "/tmp/preview"}.')
+                             '"output": "previews/p1"}.')
         unknown = sorted(set(fields) - set(REQUEST_FIELDS))
         if unknown:
             raise InputError(f"unknown request field {unknown[0]!r}; use {', '.join(REQUEST_FIELDS)}.")

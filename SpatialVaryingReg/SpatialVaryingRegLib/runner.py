@@ -586,7 +586,7 @@ class RegisterRequest:
 
     def preview_arguments(self) -> list[str]:
         """The arguments of ``svreg_core.cli preview`` for these inputs and ``model`` (a hyper model): the
-        engine that registers at the codes of each request line (``output``, codes, ``refine`` and
+        engine that registers at the codes of each request line (``output``, codes and
         ``outputs`` go into the requests)."""
         if not self.model:
             raise ValueError("a preview needs a learned model")

@@ -100,7 +100,7 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
         {"alpha_prime": "x", "output": str(tmp_path / "c"), "id": 3},
         {"output": str(tmp_path / "d"), "outputs": ["warped", "nope"], "id": 4},
         {"output": str(tmp_path / "e"), "colour": "red", "id": 5},
-        {"output": "/proc/preview", "id": 6},
+        {"output": str(tmp_path / "taken" / "mine.txt" / "preview"), "id": 6},  # under a file: cannot be made
         {"output": str(tmp_path / "taken"), "id": 7},
         {"alpha_prime": 0.2, "id": 8},
         {"output": str(tmp_path / "f"), "label_metrics": True, "id": 9},
@@ -119,7 +119,7 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
     assert errors[3].startswith("codes must be two non-negative numbers")
     assert errors[4].startswith("unknown output 'nope'; choose from warped,")
     assert errors[5].startswith("unknown request field 'colour'; use alpha_prime,")
-    assert "cannot write the output folder /proc/preview" in errors[6]
+    assert errors[6].startswith("cannot create ") and "mine.txt is a file, not a folder" in errors[6]
     assert "was not written by svreg" in errors[7]
     assert errors[8].startswith("a request needs the output folder")
     assert errors[9].startswith("label_metrics needs both label maps")
