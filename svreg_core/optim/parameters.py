@@ -62,7 +62,10 @@ class RegistrationParameters:
         final_learning_rate_fraction: the Adam step falls linearly over each level to this fraction of
             its initial value at its last iteration (1 = constant steps).
         lncc_window: LNCC window width in voxels.
-        integration_steps: scaling-and-squaring steps.
+        integration_steps: scaling-and-squaring steps. 4 rather than 5 since 2026-11-26: each squaring is a
+            fifth of an iteration's time on the finest level; on three Mindboggle validation pairs (subjects
+            1→2, 3→4, 5→6, not evaluation data) 4 gave mean Dice +0.0005 on each, SDlogJ +0.002, no
+            folding, and the brain pair's CPU registration went from 34–35 s to 28–29 s.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         deterministic: run in PyTorch's deterministic mode (see :func:`svreg_core.registration.register`):
             bit-identical results from run to run on the same GPU, driver and torch version; the
@@ -87,7 +90,7 @@ class RegistrationParameters:
     lambda_step: float = 0.1
     smoothing_passes: int = 3
     lncc_window: int = 5
-    integration_steps: int = 5
+    integration_steps: int = 4
     device: str = "auto"
     deterministic: bool = False
 

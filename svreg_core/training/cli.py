@@ -5,6 +5,7 @@ Examples::
     svreg train --data subjects/ --atlas atlas.nii.gz -o runs/ixi          # atlas-to-subject pairs
     svreg train --synthetic synthseg_labels/ --epochs 100 -o runs/synth     # SynthMorph-style synthesis
     svreg train --config train.yaml --lr 2e-4 -o runs/a                     # a config file, one override
+    svreg train --data subjects/ --init default -o runs/tuned               # fine-tune the shipped model
     svreg train --templates --hyper-alpha-prime 0.05 0.5 --hyper-lambda-max 0.5 10 -o runs/hyper  # HyperSPR
     torchrun --nproc_per_node 4 -m svreg_core.cli train --config train.yaml -o runs/ddp
 
@@ -67,6 +68,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                             "needs label maps; default 0)")
     model.add_argument("--no-spr", action="store_true",
                        help="uniform regulariser (λ ≡ 1, no λ head) instead of the learned λ(x)")
+    model.add_argument("--init", metavar="MODEL",
+                       help="fine-tune: start from this checkpoint's weights (a shipped model's name, 'default', or "
+                            "a checkpoint folder) instead of a random initialisation; its architecture and "
+                            "options must match this run's")
     model.add_argument("--spacing", type=float, metavar="MM", help="network grid voxel size in mm (default 2)")
     model.add_argument("--grid-shape", type=int, nargs=3, metavar=("I", "J", "K"),
                        help="network grid shape in voxels (default 80 96 96)")
@@ -121,7 +126,8 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
              "label_weight": args.label_weight,
              "network_spacing_mm": args.spacing, "grid_shape": args.grid_shape, "epochs": args.epochs,
              "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
-             "learning_rate": args.lr, "num_workers": args.workers, "device": args.device, "seed": args.seed}
+             "learning_rate": args.lr, "num_workers": args.workers, "device": args.device, "seed": args.seed,
+             "init_weights": args.init}
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.no_spr:
         changes["spr"] = False

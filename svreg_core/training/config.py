@@ -241,6 +241,9 @@ class TrainingConfig:
             size multiple.
         similarity, lncc_window, prior, alpha_prime, lambda_max, spr: the SPR loss
             (:class:`svreg_core.losses.spr.SPRLoss`); ``lncc_window`` in voxels of the network grid.
+        init_weights: start from the weights of this checkpoint (a shipped model's name or a checkpoint
+            folder) instead of a random initialisation: fine-tuning. Its architecture and network options
+            (hyper and uniform included) must be this run's; ``None``: random initialisation.
         hyper: ``{alpha_prime: [low, high], lambda_max: [low, high]}`` (``0 < low <= high``): train a
             HyperSPR network conditioned on the codes (:mod:`svreg_core.models.film`); each step draws
             one code pair log-uniformly from these ranges for its whole batch (per process) from a
@@ -276,6 +279,7 @@ class TrainingConfig:
     lambda_max: float = 3.35
     spr: bool = True
     hyper: dict[str, Any] | None = None
+    init_weights: str | None = None
     label_weight: float = 0.0
     integration_steps: int = 7
     learning_rate: float = 1e-4
@@ -319,6 +323,8 @@ class TrainingConfig:
         for name in ("lambda_max", "learning_rate", "lr_power"):
             object.__setattr__(self, name, _as_float(getattr(self, name), name.replace("_", " "), positive=True))
         _as_bool(self.spr, "spr")
+        if self.init_weights is not None and (not isinstance(self.init_weights, str) or not self.init_weights):
+            _fail("init weights must name a shipped model or a checkpoint folder.")
         if self.hyper is not None:
             try:
                 ranges = CodeRanges.from_value(self.hyper)

@@ -24,6 +24,7 @@ state, so an interruption (Ctrl-C, kill, power loss) loses at most the epoch in 
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,8 @@ from torch import nn
 
 import svreg_core
 from svreg_core.errors import InputError
-from svreg_core.models import ModelInfo, build_model, save_checkpoint
+from svreg_core.models import ModelInfo, build_model, load_checkpoint, save_checkpoint
+from svreg_core.models.zoo import resolve_model
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training import distributed
 from svreg_core.training.config import TrainingConfig, load_config, save_config
@@ -88,9 +90,10 @@ class TrainingSummary:
     step_seconds: float = float("nan")
 
 
-def build_network(config: TrainingConfig) -> nn.Module:
-    """The untrained network of ``config`` (a hyper network with ``config.hyper``), initialised from the
-    run's seed (global RNG left untouched)."""
+def build_network(config: TrainingConfig, *, initial_weights: bool = True) -> nn.Module:
+    """The network of ``config`` (a hyper network with ``config.hyper``) before training: initialised from
+    the run's seed (global RNG left untouched), then given the weights of ``config.init_weights`` unless
+    ``initial_weights`` is off (a resumed run loads its own)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(epoch_seed(config.seed, 0, STREAM_MODEL))
         hyper = {} if config.hyper is None else {"hyper": config.hyper}
@@ -100,7 +103,31 @@ def build_network(config: TrainingConfig) -> nn.Module:
         shape = " ".join(map(str, config.grid_shape))
         raise InputError(f"grid shape {shape} must be a multiple of {multiple} (the {config.architecture} network's "
                          f"size multiple) along every axis.")
+    if initial_weights and config.init_weights is not None:
+        _load_initial_weights(model, config)
     return model
+
+
+def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
+    """Copy the weights of the checkpoint ``config.init_weights`` into ``model`` (fine-tuning).
+
+    Raises:
+        InputError: the checkpoint is unusable, or its architecture or options differ from ``model``'s.
+    """
+    network, info = load_checkpoint(resolve_model(config.init_weights))
+    if info.architecture != config.architecture or _options(network.config) != _options(model.config):
+        differing = sorted(k for k in set(network.config) | set(model.config)
+                           if _options(network.config.get(k)) != _options(model.config.get(k)))
+        what = "architecture" if info.architecture != config.architecture else "options " + ", ".join(differing)
+        raise InputError(f"cannot start from checkpoint {config.init_weights!r}: it is a {info.architecture} whose "
+                         f"{what} differ from this run's {config.architecture}; train with the checkpoint's "
+                         "architecture and options (see its model.json) to fine-tune it.")
+    model.load_state_dict(network.state_dict())
+
+
+def _options(value: Any) -> str:
+    """A network option (or all of them) in a canonical form, so lists and tuples compare equal."""
+    return json.dumps(value, sort_keys=True)
 
 
 def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
@@ -141,7 +168,7 @@ def _model_info(model: nn.Module, config: TrainingConfig, state: TrainingState, 
                 command: str, name: str, row: dict[str, Any]) -> ModelInfo:
     training = {"data": data.description, "command": command, "epochs": state.epoch, "steps": state.step,
                 "grid_shape": list(config.grid_shape), "batch_size": config.batch_size, "seed": config.seed,
-                "learning_rate": config.learning_rate,
+                "learning_rate": config.learning_rate, "init_weights": config.init_weights,
                 "val_dice": row.get("val_dice"), "val_folding_percent": row.get("val_folding_percent")}
     return ModelInfo(architecture=config.architecture, config=dict(model.config),
                      network_spacing_mm=config.network_spacing_mm, size_multiple=model.size_multiple,
@@ -192,13 +219,14 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     continuing = check_run_dir(run_dir, config, resume=resume)
     alignments_file = run_dir / ALIGNMENTS_FILE
     data = build_data(config, load_alignments(alignments_file) if continuing else None)
-    model = build_network(config).to(device)
-    optimizer = make_optimizer(model, config)
-    state = TrainingState(seed=config.seed)
     if continuing and ctx.is_main:
         recover_directory(run_dir / STATE_DIR)  # a write interrupted between its two renames
     distributed.barrier(ctx)
-    if continuing and has_state(run_dir):
+    resuming = continuing and has_state(run_dir)
+    model = build_network(config, initial_weights=not resuming).to(device)
+    optimizer = make_optimizer(model, config)
+    state = TrainingState(seed=config.seed)
+    if resuming:
         state = load_state(run_dir, model, optimizer)
     distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
     if ctx.is_main:

@@ -27,10 +27,10 @@ def test_flags_override_the_configuration_file(tmp_path) -> None:
     (tmp_path / "val").mkdir()
     args = _args("--config", str(config_file), "-o", "run", "--lr", "2e-4", "--grid-shape", "32", "48", "64",
                  "--no-spr", "--alpha-prime", "0.05", "--synthetic", "labels/", "--templates",
-                 "--val-data", str(tmp_path / "val"), "--workers", "0", "--seed", "7")
+                 "--val-data", str(tmp_path / "val"), "--workers", "0", "--seed", "7", "--init", "default")
     config = resolve_config(args)
     assert (config.learning_rate, config.grid_shape, config.spr, config.alpha_prime, config.num_workers,
-            config.seed) == (2e-4, (32, 48, 64), False, 0.05, 0, 7)
+            config.seed, config.init_weights) == (2e-4, (32, 48, 64), False, 0.05, 0, 7, "default")
     assert config.epochs == 50 and config.model == {"encoder_features": [8, 8]}  # kept from the file
     assert config.data.sources == (DataSource("synthetic", "labels/"), DataSource("templates"))
     assert config.validation.sources == (DataSource("folder", str(tmp_path / "val")),)

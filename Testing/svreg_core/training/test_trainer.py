@@ -7,11 +7,13 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
+from svreg_core.errors import InputError
 from svreg_core.models import load_checkpoint
 from svreg_core.progress import ProgressEvent
 from svreg_core.training.config import TrainingConfig
-from svreg_core.training.trainer import train
+from svreg_core.training.trainer import build_network, train
 
 TINY = {"encoder_features": [8, 8], "decoder_features": [8, 8, 8], "lambda_features": [4]}
 #: Synthesis without random deformation or intensity corruption: pairs differ only in their label maps'
@@ -98,3 +100,27 @@ def test_training_on_real_pairs_beats_the_identitys_dice(geo, tmp_path) -> None:
     last = summary.last
     assert last["val_dice"] > last["val_dice_identity"] + 0.05
     assert summary.best_metric == "dice" and summary.best_epoch == 3
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(geo, tmp_path) -> None:
+    write_label_maps(geo, tmp_path / "labels")
+    config = TrainingConfig(model=TINY, grid_shape=(32, 32, 32), epochs=1, steps_per_epoch=2, num_workers=0,
+                            seed=1, validation={"pairs": 0},
+                            data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels"), "length": 4,
+                                               "synthesis": PLAIN}]})
+    train(config, tmp_path / "first")
+    trained, _ = load_checkpoint(tmp_path / "first" / "last")
+    tuned = config.replace(init_weights=str(tmp_path / "first" / "last"), seed=2)
+    start = build_network(tuned).state_dict()
+    assert all(torch.equal(start[name], value) for name, value in trained.state_dict().items())
+    assert not all(torch.equal(value, build_network(config.replace(seed=2)).state_dict()[name])
+                   for name, value in start.items())
+    train(tuned, tmp_path / "tuned")
+    assert load_checkpoint(tmp_path / "tuned" / "last")[1].training["init_weights"] == str(tmp_path / "first" / "last")
+    wider = tuned.replace(model={**TINY, "encoder_features": [8, 16]})
+    with pytest.raises(InputError, match=r"options encoder_features differ .* fine-tune it\.$"):
+        build_network(wider)
+    with pytest.raises(InputError, match="uniform"):
+        build_network(tuned.replace(spr=False))
+    with pytest.raises(InputError, match="neither a shipped model"):
+        build_network(tuned.replace(init_weights=str(tmp_path / "missing")))
