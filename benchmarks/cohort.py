@@ -8,7 +8,7 @@ warped nearest-neighbour. Folding (% det J <= 0) and SDlogJ inside the fixed bra
     .venv/bin/python benchmarks/cohort.py --subjects 11 12 13 14 --variants pairwise model model-r20
 
 Licence of the data: CC BY-NC-SA 3.0 — evaluation only; nothing trained on it is shipped.
-Results: ``benchmarks/results/cohort_<date>.{json,md}``.
+Results: ``benchmarks/results/cohort_<date>[_<tag>].{json,md}``.
 """
 from __future__ import annotations
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default", help="learned model of the model variants")
     ap.add_argument("--out", type=Path, default=REPO / ".bench" / "cohort")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", help="suffix of the results' file names (cohort_<date>_<tag>)")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"cohort: {args.data} not found", file=sys.stderr)
@@ -110,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     stamp = _dt.date.today().isoformat()
     results = HERE / "results"
-    (results / f"cohort_{stamp}.json").write_text(json.dumps({"subjects": args.subjects, "model": args.model,
+    stem = f"cohort_{stamp}" + (f"_{args.tag}" if args.tag else "")
+    (results / f"{stem}.json").write_text(json.dumps({"subjects": args.subjects, "model": args.model,
                                                                "rows": rows}, indent=1) + "\n")
-    (results / f"cohort_{stamp}.md").write_text(f"# Mindboggle OASIS-TRT-20 test pairs ({stamp})\n\n"
+    (results / f"{stem}.md").write_text(f"# Mindboggle OASIS-TRT-20 test pairs ({stamp})\n\n"
                                                 f"Subjects {', '.join(args.subjects)}, every pair i -> j (i < j), "
                                                 f"affine stage on, nearest-neighbour labels, 2 CPU threads.\n\n"
                                                 + table + "\n")

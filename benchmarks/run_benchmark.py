@@ -16,7 +16,7 @@ this). For every resolution it
    short peaks are not missed; it includes the interpreter and imported libraries (torch, ITK);
 4. evaluates every run identically with :mod:`evaluate` (``svreg_core.metrics``);
 5. prints a markdown table per resolution and writes ``benchmarks/results/benchmark_<date>.json`` and
-   ``.md`` (``benchmark_<date>_quick.*`` for ``--quick``).
+   ``.md`` (``benchmark_<date>_quick.*`` for ``--quick``, ``benchmark_<date>_<tag>.*`` with ``--tag``).
 
 Fairness: every child gets ``OMP_NUM_THREADS = MKL_NUM_THREADS = OPENBLAS_NUM_THREADS =
 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS = 2`` (``--threads``); the torch runners also call
@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default",
                     help="learned model of the model variants: a shipped name or a checkpoint (default: default)")
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
+    ap.add_argument("--tag", help="suffix of the results' file names (benchmark_<date>_<tag>), so a day's runs "
+                                  "do not replace each other")
     args = ap.parse_args(argv)
     args.peers = [p for p in args.peers if p != "none"]
     args.ours = [v for v in args.ours if v != "none"]
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     md = f"# svreg benchmark {started:%Y-%m-%d %H:%M}\n\n" + "\n".join(tables) + "\n" + NOTES
     if not args.no_write:
         args.results_dir.mkdir(parents=True, exist_ok=True)
-        stem = f"benchmark_{started:%Y-%m-%d}" + ("_quick" if args.quick else "")
+        stem = f"benchmark_{started:%Y-%m-%d}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")
         # paths relative to the repository, as in ct_known_warp's results: the file is committed
         (args.results_dir / f"{stem}.json").write_text(
             json.dumps(results, indent=1, default=str).replace(str(REPO) + "/", "") + "\n")
