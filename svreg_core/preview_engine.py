@@ -130,7 +130,7 @@ class PreviewEngine:
                              "--moving-labels).")
         output = fields.get("output")
         if not isinstance(output, str) or not output.strip():
-            raise InputError("a request needs the output folder to write (\"output\": \"/path/to/folder\").")
+            raise InputError("a request needs the output folder to write (\"output\": \"out/preview\").")
         prepare_output_dir(output, overwrite=flags["overwrite"], inputs=self.inputs, create_parent=False)
         labels = self.moving_labels is not None and (outputs is None or "labels" in outputs)
         check_output_space(output, expected_output_bytes(self.pair.fixed.shape, self.pair.moving.shape,

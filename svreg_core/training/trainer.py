@@ -118,10 +118,11 @@ def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
     if info.architecture != config.architecture or _options(network.config) != _options(model.config):
         differing = sorted(k for k in set(network.config) | set(model.config)
                            if _options(network.config.get(k)) != _options(model.config.get(k)))
-        what = "architecture" if info.architecture != config.architecture else "options " + ", ".join(differing)
-        raise InputError(f"cannot start from checkpoint {config.init_weights!r}: it is a {info.architecture} whose "
-                         f"{what} differ from this run's {config.architecture}; train with the checkpoint's "
-                         "architecture and options (see its model.json) to fine-tune it.")
+        what = (f"architecture {info.architecture} differs from this run's {config.architecture}"
+                if info.architecture != config.architecture
+                else f"options {', '.join(differing)} differ from this run's")
+        raise InputError(f"cannot start from checkpoint {config.init_weights!r}: its {what}; train with the "
+                         "checkpoint's architecture and options (see its model.json) to fine-tune it.")
     model.load_state_dict(network.state_dict())
 
 
