@@ -259,11 +259,17 @@ def load_model(model: str | Path, device: torch.device | str = "cpu") -> LoadedM
     return load_checkpoint(resolve_model(model), device=device)
 
 
-def model_parameters(info: ModelInfo, params: RegistrationParameters) -> RegistrationParameters:
-    """``params`` with the SPR loss a model was trained with (for refinement and integration)."""
+def model_parameters(info: ModelInfo, params: RegistrationParameters, refine: int = 0) -> RegistrationParameters:
+    """``params`` with the SPR loss a model was trained with (for refinement and integration).
+
+    The network's prediction is integrated with the model's scaling-and-squaring steps; a refinement
+    (``refine > 0``) optimises the velocity, and integrates the result, with those of ``params`` (the
+    pairwise engine's, 4 in the MRI presets, rather than a model's 7: each squaring is a resampling of
+    the field in every iteration).
+    """
     return params.replace(similarity=info.similarity, lncc_window=info.lncc_window, prior=info.prior,
                           alpha_prime=info.alpha_prime, lambda_max=info.lambda_max, spr=info.spr,
-                          integration_steps=info.integration_steps)
+                          integration_steps=params.integration_steps if refine else info.integration_steps)
 
 
 def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refine: int = 0) -> tuple[float, float]:
@@ -368,7 +374,8 @@ class PreparedPair:
         if self.info is None:
             return self.parameters, None
         alpha_prime, lambda_max = model_codes(self.info, codes, refine)
-        params = model_parameters(self.info, self.parameters).replace(alpha_prime=alpha_prime, lambda_max=lambda_max)
+        params = model_parameters(self.info, self.parameters, refine).replace(alpha_prime=alpha_prime,
+                                                                              lambda_max=lambda_max)
         return params, None if self.info.code_ranges is None else (alpha_prime, lambda_max)
 
     def check_codes(self, codes: tuple[float, float] | None = None, refine: int = 0) -> None:

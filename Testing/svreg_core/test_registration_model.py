@@ -112,6 +112,19 @@ def test_refinement_improves_an_untrained_network(untrained_checkpoint, tiny_pai
     assert err_refined < 0.8 * err_one
 
 
+def test_the_prediction_integrates_with_the_models_steps_a_refinement_with_the_engines(constant_checkpoint,
+                                                                                       tiny_pair) -> None:
+    """The network was trained with its own squarings (5 here); a refinement optimises with the engine's."""
+    fixed, moving = _pair(tiny_pair)
+    params = RegistrationParameters(level_spacings=(6.0,), iterations=(1,), affine=False, integration_steps=3,
+                                    device="cpu")
+    one_pass = register(fixed, moving, params, model=constant_checkpoint)
+    refined = register(fixed, moving, params, model=constant_checkpoint, refine=1)
+    assert one_pass.parameters.integration_steps == 5
+    assert refined.parameters.integration_steps == 3
+    assert (refined.parameters.similarity, refined.parameters.lambda_max) == ("lncc", 1.0)  # still the model's loss
+
+
 def test_refine_and_model_errors(tiny_pair, tmp_path) -> None:
     fixed, moving = _pair(tiny_pair)
     with pytest.raises(InputError, match="refine needs a learned model"):
