@@ -504,9 +504,9 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     Args:
         fixed, moving: 3-D images in any orientation, voxel size or oblique affine.
         parameters: a preset or custom :class:`RegistrationParameters` (default: brain-MRI preset).
-            With a ``model``, its SPR loss settings (similarity, α′, λ_max, integration steps) come
-            from the model; the affine stage, device and the finest level spacing (for refinement)
-            from ``parameters``.
+            With a ``model``, its SPR loss settings (similarity, α′, λ_max, integration steps of its
+            prediction) come from the model; the affine stage, device, and the finest level spacing and
+            integration steps of a refinement from ``parameters``.
         fixed_mask, moving_mask: optional masks (non-zero = inside) on the fixed / moving grids.
         model: ``None`` (pairwise optimisation, no training needed), the name of a shipped model, a
             checkpoint path, or a model already loaded with :func:`load_model`.
