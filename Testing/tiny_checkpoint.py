@@ -2,7 +2,10 @@
 each tree's ``conftest.py`` puts this folder on ``sys.path``).
 
 Real checkpoints saved by the engine: random weights (seeded, without touching the global generators)
-that give a visible deformation, which the codes (α′, λ_max) of a hyper model strongly modulate.
+that give a visible deformation, which the codes (α′, λ_max) of a hyper model strongly modulate. The
+velocity head's weights are large (standard deviation 2) because a registration averages the two
+directions' predictions, ``(v(f, m) − v(m, f))/2``, which mostly cancel for a random network: about 10x
+smaller than one direction's (``RegistrationParameters.symmetric_prediction``).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def tiny_checkpoint(folder: Path, name: str, hyper: dict | None, *, spacing_mm: 
         net = build_model("unet-spr", {"encoder_features": [4, 4], "decoder_features": [4, 4, 4],
                                        "lambda_features": [4], **({"hyper": hyper} if hyper else {})})
         with torch.no_grad():
-            net.velocity_head.weight.normal_(0.0, 0.2)
+            net.velocity_head.weight.normal_(0.0, 2.0)
             if hyper:
                 net.film.mlp[-1].weight.normal_(0.0, 1.0)
     info = ModelInfo(architecture=net.architecture, config=net.config, network_spacing_mm=spacing_mm,

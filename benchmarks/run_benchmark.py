@@ -47,13 +47,14 @@ import evaluate as ev  # noqa: E402
 import prepare_data as prep  # noqa: E402
 
 PEERS = ("ants", "elastix", "convexadam", "fireants")
-OURS_VARIANTS = ("spr", "nospr", "native", "model", "model-r20", "model-r50")
+OURS_VARIANTS = ("spr", "nospr", "native", "model", "model-oneway", "model-r20", "model-r50")
 #: ``--refine`` steps of the learned-model variants (``--model default``).
-MODEL_REFINE = {"model": 0, "model-r20": 20, "model-r50": 50}
+MODEL_REFINE = {"model": 0, "model-oneway": 0, "model-r20": 20, "model-r50": 50}
 PEER_LABEL = {"ants": "ANTs SyN (antspyx)", "elastix": "elastix B-spline (itk-elastix)",
               "convexadam": "ConvexAdam (MIND)", "fireants": "FireANTs greedy (CPU)"}
 OURS_LABEL = {"spr": "svreg (SPR)", "nospr": "svreg (--no-spr)", "native": "svreg native (affine+SPR)",
-              "model": "svreg learned model, one pass", "model-r20": "svreg learned model + refine 20",
+              "model": "svreg learned model, one pass", "model-oneway": "svreg learned model, one pass, --one-way",
+              "model-r20": "svreg learned model + refine 20",
               "model-r50": "svreg learned model + refine 50"}
 
 
@@ -182,6 +183,8 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
             cmd.append("--no-spr")
         if variant in MODEL_REFINE:
             cmd += ["--model", args.model, "--refine", str(MODEL_REFINE[variant])]
+            if variant == "model-oneway":
+                cmd.append("--one-way")
         if variant != "native" and not args.ours_affine:
             cmd.append("--no-affine")  # pre-aligned pair: deformable only, like the peers
         # native: the default affine stage stays enabled
@@ -304,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="isotropic resolutions in mm (default 2 1; with --quick: 4)")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help=f"peers to run (default: {' '.join(PEERS)}; 'none' for none)")
     ap.add_argument("--ours", nargs="*", default=list(OURS_VARIANTS),
-                    help="svreg variants: spr nospr native model model-r20 model-r50 (default all; 'none' to skip ours)")
+                    help="svreg variants: spr nospr native model model-oneway model-r20 model-r50 (default all; 'none' to "
+                         "skip ours)")
     ap.add_argument("--ours-affine", action="store_true",
                     help="keep svreg's affine stage on the pre-aligned pair too (default: --no-affine, "
                          "deformable only like the peers; the native variant always runs it)")

@@ -307,13 +307,16 @@ def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refin
 
 def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_tensor: torch.Tensor,
                    moving: Image, moving_tensor: torch.Tensor, affine: np.ndarray,
-                   codes: tuple[float, float] | None = None) -> DeformableResult:
-    """One network pass: both images onto the RAS network grid, velocity and λ out.
+                   codes: tuple[float, float] | None = None, symmetric: bool = True) -> DeformableResult:
+    """The network's prediction: both images onto the RAS network grid, velocity and λ out.
 
     The fixed image and the moving image (through the affine pre-alignment ``affine``) are smoothed
     against aliasing and resampled onto :func:`~svreg_core.image.network_grid.network_grid` of the fixed
     image at the model's voxel size; the prediction lives on that grid. A hyper network is conditioned on
     ``codes`` ``(α′, λ_max)``, default its own; a plain one accepts only its own (:func:`model_codes`).
+    ``symmetric``: a second pass with the two images swapped predicts ``v′`` with ``exp(v′) ≈ exp(−v)``
+    (the inverse map, on the same grid); the velocity is ``(v − v′)/2`` and λ the first pass's
+    (:attr:`RegistrationParameters.symmetric_prediction`).
     """
     chosen = model_codes(info, codes)
     spacing = info.network_spacing_mm
@@ -321,12 +324,15 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     f_net = resample(*downsample(fixed_tensor, fixed.grid, spacing), grid)
     m_net = resample(*downsample(moving_tensor, moving.grid, spacing), grid, affine)
     network.eval()
+    rows = None if info.code_ranges is None else torch.tensor([chosen], dtype=f_net.dtype, device=f_net.device)
+
+    def predict(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return network(first, second) if rows is None else network(first, second, rows)
+
     with torch.no_grad():
-        if info.code_ranges is None:
-            velocity, weight = network(f_net, m_net)
-        else:
-            rows = torch.tensor([chosen], dtype=f_net.dtype, device=f_net.device)
-            velocity, weight = network(f_net, m_net, rows)
+        velocity, weight = predict(f_net, m_net)
+        if symmetric:
+            velocity = 0.5 * (velocity - predict(m_net, f_net)[0])
     return DeformableResult(grid, velocity.float(), weight.float())
 
 
@@ -429,7 +435,8 @@ class PreparedPair:
             else:
                 t = time.perf_counter()
                 progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
-                deformable = predict_fields(self.network, info, fixed, f, moving, m, affine, conditioning)
+                deformable = predict_fields(self.network, info, fixed, f, moving, m, affine, conditioning,
+                                            params.symmetric_prediction)
                 timing["network_s"] = time.perf_counter() - t
                 if refine:
                     t = time.perf_counter()

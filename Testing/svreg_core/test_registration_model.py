@@ -4,7 +4,8 @@ A network whose velocity head is a known constant (weights zero, bias ``c``) pre
 velocity on the RAS network grid, i.e. a translation by ``c`` network voxels along R, A, S. Whatever the
 fixed image's orientation (LAS, oblique, anisotropic), the result must be that same world translation
 on the fixed grid — checked in the engine's arrays and, independently, with SimpleITK reading the
-written ``displacement.nii.gz``.
+written ``displacement.nii.gz``. These geometry tests predict one way (``symmetric_prediction=False``):
+the symmetric prediction of a constant network is zero, ``(c − c)/2`` (tested below).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def _expected_world_shift() -> np.ndarray:
 def test_constant_network_gives_the_world_translation_on_any_fixed_grid(constant_checkpoint, tiny_pair, tmp_path) \
         -> None:
     fixed, moving = _pair(tiny_pair)  # fixed: LAS 6 mm; moving: oblique, j-flipped, anisotropic
-    params = RegistrationParameters(affine=False, device="cpu")
+    params = RegistrationParameters(affine=False, symmetric_prediction=False, device="cpu")
     result = register(fixed, moving, params, model=constant_checkpoint)
     assert result.method == "learned" and result.model.name == "constant-test"
     expected = _expected_world_shift()
@@ -88,13 +89,49 @@ def test_network_grid_follows_a_reoriented_fixed_image(constant_checkpoint, tiny
                     fixed.affine @ np.array([[-1, 0, 0, fixed.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0],
                                              [0, 0, 0, 1.0]]) @ np.array([[0, 1, 0, 0], [0, 0, 1, 0],
                                                                           [1, 0, 0, 0], [0, 0, 0, 1.0]]))
-    params = RegistrationParameters(affine=False, device="cpu")
+    params = RegistrationParameters(affine=False, symmetric_prediction=False, device="cpu")
     a = register(fixed, moving, params, model=constant_checkpoint)
     b = register(flipped, moving, params, model=constant_checkpoint)
     points = np.array([[0.0, 0.0, 0.0], [10.0, -20.0, 5.0], [-15.0, 12.0, 20.0]])
     np.testing.assert_allclose(a.transform_points(points), b.transform_points(points), atol=0.05)
     np.testing.assert_allclose(a.transform_points(points) - points, np.broadcast_to(_expected_world_shift(),
                                                                                     points.shape), atol=0.05)
+
+
+def test_symmetric_prediction_of_a_constant_network_is_the_identity(constant_checkpoint, tiny_pair) -> None:
+    """Both directions predict the same constant ``c``: ``(c − c)/2 = 0``; λ is the first pass's."""
+    fixed, moving = _pair(tiny_pair)
+    result = register(fixed, moving, RegistrationParameters(affine=False, device="cpu"), model=constant_checkpoint)
+    assert result.parameters.symmetric_prediction
+    assert float(result.velocity.abs().max()) == 0.0
+    np.testing.assert_allclose(result.deformable_displacement, 0.0, atol=1e-6)
+    np.testing.assert_allclose(result.regularization_map().data, 1 / (1 + np.exp(-LAMBDA_LOGIT)), atol=1e-5)
+
+
+class _SwappedInputs(torch.nn.Module):
+    """A network with its two image inputs swapped."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor, *codes: torch.Tensor):
+        return self.network(moving, fixed, *codes)
+
+
+def test_symmetric_prediction_is_antisymmetric_in_the_networks_inputs(tiny_checkpoints, tiny_pair) -> None:
+    """``(v(f, m) − v(m, f))/2`` changes sign when the network's inputs are swapped; one way it does not."""
+    fixed, moving = _pair(tiny_pair)
+    network, info = load_model(tiny_checkpoints.plain)
+    for symmetric in (True, False):
+        params = RegistrationParameters(affine=False, symmetric_prediction=symmetric, device="cpu")
+        v = register(fixed, moving, params, model=(network, info)).velocity
+        v_swapped = register(fixed, moving, params, model=(_SwappedInputs(network), info)).velocity
+        assert float(v.abs().max()) > 0.05
+        if symmetric:
+            assert torch.equal(v_swapped, -v)
+        else:
+            assert float((v_swapped + v).abs().max()) > 0.05
 
 
 def test_refinement_improves_an_untrained_network(untrained_checkpoint, tiny_pair) -> None:
@@ -153,8 +190,23 @@ def test_cli_register_with_a_model_and_refinement(geo, tiny_pair, fast_preset, c
     assert report["model"]["network_spacing_mm"] == SPACING
 
 
+def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoint, tmp_path) -> None:
+    """``--one-way``: the constant network's translation (symmetric by default: none), recorded in the report."""
+    p = tiny_pair.paths
+    for flags, shift in (((), np.zeros(3)), (("--one-way",), _expected_world_shift())):
+        out = tmp_path / f"out{len(flags)}"
+        proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", constant_checkpoint, *flags,
+                    "--no-affine", "--device", "cpu", "--progress", "none", "--outputs", "displacement", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((out / "report.json").read_text())["parameters"]["symmetric_prediction"] is (not flags)
+        field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "displacement.nii.gz")))
+        lps = shift * np.array([-1.0, -1.0, 1.0])
+        np.testing.assert_allclose(field[3:-3, 3:-3, 3:-3].reshape(-1, 3).mean(0), lps, atol=0.02)
+
+
 @pytest.mark.parametrize("argv, message", [
     (("--refine", "5"), "--refine needs --model"),
+    (("--one-way",), "--one-way needs --model"),
     (("--model", "no-such-model"), "neither a shipped model"),
 ])
 def test_cli_model_errors_come_before_any_work(geo, tiny_pair, tmp_path, argv, message) -> None:

@@ -107,6 +107,7 @@ def test_invalid_values_are_input_errors(values: dict) -> None:
     ({"level_spacings": (4.0, 1e-4)}, "level_spacings 0.0001 is out of range"),
     ({"device": 5}, "device must be a name"),
     ({"deterministic": "yes"}, "deterministic must be true or false"),
+    ({"symmetric_prediction": 1}, "symmetric_prediction must be true or false"),
     ({"iterations": "80"}, "iterations must be a list of numbers"),
 ])
 def test_absurd_values_are_refused_before_any_work(changes, message) -> None:
