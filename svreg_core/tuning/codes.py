@@ -54,7 +54,7 @@ def code_search_space(model: str | Path, refine: int, preset: str | Path, *, ove
         given[name] = bounds or (low, high)
     space = build_search_space(preset, search=search, overrides=overrides, alpha_prime_range=given["alpha_prime"],
                                lambda_max_range=given["lambda_max"])
-    return dataclasses.replace(space, base=model_parameters(info, space.base))
+    return dataclasses.replace(space, base=model_parameters(info, space.base, refine))
 
 
 class ModelCodeDice(PairwiseDice):
