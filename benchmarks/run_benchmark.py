@@ -53,7 +53,7 @@ MODEL_REFINE = {"model": 0, "model-oneway": 0, "model-r20": 20, "model-r50": 50}
 PEER_LABEL = {"ants": "ANTs SyN (antspyx)", "elastix": "elastix B-spline (itk-elastix)",
               "convexadam": "ConvexAdam (MIND)", "fireants": "FireANTs greedy (CPU)"}
 OURS_LABEL = {"spr": "svreg (SPR)", "nospr": "svreg (--no-spr)", "native": "svreg native (affine+SPR)",
-              "model": "svreg learned model, one pass", "model-oneway": "svreg learned model, one pass, --one-way",
+              "model": "svreg learned model, prediction", "model-oneway": "svreg learned model, one network pass (--one-way --passes 1)",
               "model-r20": "svreg learned model + refine 20",
               "model-r50": "svreg learned model + refine 50"}
 
@@ -184,7 +184,7 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
         if variant in MODEL_REFINE:
             cmd += ["--model", args.model, "--refine", str(MODEL_REFINE[variant])]
             if variant == "model-oneway":
-                cmd.append("--one-way")
+                cmd += ["--one-way", "--passes", "1"]
         if variant != "native" and not args.ours_affine:
             cmd.append("--no-affine")  # pre-aligned pair: deformable only, like the peers
         # native: the default affine stage stays enabled

@@ -156,6 +156,9 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--one-way", dest="symmetric_prediction", action="store_false", default=None,
                    help="with --model: one network pass (moving -> fixed) instead of the average of both directions "
                         "(the default; one more pass, a little more accurate and smoother)")
+    p.add_argument("--passes", dest="prediction_passes", type=int, metavar="N",
+                   help="with --model: network passes, each predicting the deformation left after the previous ones "
+                        "(default 2; more: closer alignment, less smooth)")
     p.add_argument("--no-spr", action="store_true",
                    help="spatially uniform regularizer of the same strength instead of the learned λ(x)")
     add_runtime_arguments(p, affine_help="run the affine pre-alignment stage (default on)",
@@ -200,15 +203,16 @@ def registration_parameters(args: argparse.Namespace):
         raise InputError("--refine needs --model (it refines a learned model's prediction).")
     if args.refine < 0:
         raise InputError("--refine must be 0 or more iterations.")
-    if args.symmetric_prediction is False and not args.model:
-        raise InputError("--one-way needs --model (it chooses how a learned model predicts).")
+    for flag, value in (("--one-way", args.symmetric_prediction), ("--passes", args.prediction_passes)):
+        if value is not None and not args.model:
+            raise InputError(f"{flag} needs --model (it chooses how a learned model predicts).")
     set_threads(args)
     if args.model:
         from svreg_core.models.zoo import resolve_model
         resolve_model(args.model)  # a wrong name or path fails now, before any work
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
                              deterministic=args.deterministic, spr=False if args.no_spr else None,
-                             symmetric_prediction=args.symmetric_prediction,
+                             symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
                              alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
     spacings = tuple(args.level_spacings) if args.level_spacings else params.level_spacings
     iterations = params.iterations

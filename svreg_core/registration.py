@@ -30,7 +30,7 @@ from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.optim.spr import DeformableResult, optimize_spr
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
-from svreg_core.transforms import compose, integrate_velocity
+from svreg_core.transforms import compose, integrate_velocity, warp
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -307,16 +307,19 @@ def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refin
 
 def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_tensor: torch.Tensor,
                    moving: Image, moving_tensor: torch.Tensor, affine: np.ndarray,
-                   codes: tuple[float, float] | None = None, symmetric: bool = True) -> DeformableResult:
+                   codes: tuple[float, float] | None = None, symmetric: bool = True,
+                   passes: int = 1) -> DeformableResult:
     """The network's prediction: both images onto the RAS network grid, velocity and λ out.
 
     The fixed image and the moving image (through the affine pre-alignment ``affine``) are smoothed
     against aliasing and resampled onto :func:`~svreg_core.image.network_grid.network_grid` of the fixed
     image at the model's voxel size; the prediction lives on that grid. A hyper network is conditioned on
     ``codes`` ``(α′, λ_max)``, default its own; a plain one accepts only its own (:func:`model_codes`).
-    ``symmetric``: a second pass with the two images swapped predicts ``v′`` with ``exp(v′) ≈ exp(−v)``
-    (the inverse map, on the same grid); the velocity is ``(v − v′)/2`` and λ the first pass's
-    (:attr:`RegistrationParameters.symmetric_prediction`).
+    ``symmetric``: the network also runs with the two images swapped and predicts ``v′`` with
+    ``exp(v′) ≈ exp(−v)`` (the inverse map, on the same grid); the velocity is ``(v − v′)/2``
+    (:attr:`RegistrationParameters.symmetric_prediction`). ``passes``: each pass after the first predicts,
+    in the same way, from the fixed image and the moving image warped by the velocity so far, and adds
+    its velocity (:attr:`RegistrationParameters.prediction_passes`). λ is the first pass's.
     """
     chosen = model_codes(info, codes)
     spacing = info.network_spacing_mm
@@ -329,10 +332,15 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     def predict(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return network(first, second) if rows is None else network(first, second, rows)
 
+    def velocity_and_weight(warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        velocity, weight = predict(f_net, warped)
+        return (0.5 * (velocity - predict(warped, f_net)[0]) if symmetric else velocity), weight
+
     with torch.no_grad():
-        velocity, weight = predict(f_net, m_net)
-        if symmetric:
-            velocity = 0.5 * (velocity - predict(m_net, f_net)[0])
+        velocity, weight = velocity_and_weight(m_net)
+        for _ in range(passes - 1):
+            velocity = velocity + velocity_and_weight(warp(m_net, integrate_velocity(velocity,
+                                                                                    info.integration_steps)))[0]
     return DeformableResult(grid, velocity.float(), weight.float())
 
 
@@ -436,7 +444,7 @@ class PreparedPair:
                 t = time.perf_counter()
                 progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
                 deformable = predict_fields(self.network, info, fixed, f, moving, m, affine, conditioning,
-                                            params.symmetric_prediction)
+                                            params.symmetric_prediction, params.prediction_passes)
                 timing["network_s"] = time.perf_counter() - t
                 if refine:
                     t = time.perf_counter()

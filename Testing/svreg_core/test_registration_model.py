@@ -4,8 +4,9 @@ A network whose velocity head is a known constant (weights zero, bias ``c``) pre
 velocity on the RAS network grid, i.e. a translation by ``c`` network voxels along R, A, S. Whatever the
 fixed image's orientation (LAS, oblique, anisotropic), the result must be that same world translation
 on the fixed grid — checked in the engine's arrays and, independently, with SimpleITK reading the
-written ``displacement.nii.gz``. These geometry tests predict one way (``symmetric_prediction=False``):
-the symmetric prediction of a constant network is zero, ``(c − c)/2`` (tested below).
+written ``displacement.nii.gz``. These geometry tests predict one way in one pass
+(``symmetric_prediction=False``, ``prediction_passes=1``): the symmetric prediction of a constant network
+is zero, ``(c − c)/2``, and each further pass adds ``c`` again (tested below).
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def _expected_world_shift() -> np.ndarray:
 def test_constant_network_gives_the_world_translation_on_any_fixed_grid(constant_checkpoint, tiny_pair, tmp_path) \
         -> None:
     fixed, moving = _pair(tiny_pair)  # fixed: LAS 6 mm; moving: oblique, j-flipped, anisotropic
-    params = RegistrationParameters(affine=False, symmetric_prediction=False, device="cpu")
+    params = RegistrationParameters(affine=False, symmetric_prediction=False, prediction_passes=1, device="cpu")
     result = register(fixed, moving, params, model=constant_checkpoint)
     assert result.method == "learned" and result.model.name == "constant-test"
     expected = _expected_world_shift()
@@ -89,7 +90,7 @@ def test_network_grid_follows_a_reoriented_fixed_image(constant_checkpoint, tiny
                     fixed.affine @ np.array([[-1, 0, 0, fixed.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0],
                                              [0, 0, 0, 1.0]]) @ np.array([[0, 1, 0, 0], [0, 0, 1, 0],
                                                                           [1, 0, 0, 0], [0, 0, 0, 1.0]]))
-    params = RegistrationParameters(affine=False, symmetric_prediction=False, device="cpu")
+    params = RegistrationParameters(affine=False, symmetric_prediction=False, prediction_passes=1, device="cpu")
     a = register(fixed, moving, params, model=constant_checkpoint)
     b = register(flipped, moving, params, model=constant_checkpoint)
     points = np.array([[0.0, 0.0, 0.0], [10.0, -20.0, 5.0], [-15.0, 12.0, 20.0]])
@@ -108,6 +109,16 @@ def test_symmetric_prediction_of_a_constant_network_is_the_identity(constant_che
     np.testing.assert_allclose(result.regularization_map().data, 1 / (1 + np.exp(-LAMBDA_LOGIT)), atol=1e-5)
 
 
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_each_pass_of_a_constant_network_adds_its_translation(constant_checkpoint, tiny_pair, passes) -> None:
+    """One way, a constant network predicts ``c`` again on the warped image: ``passes · c`` in all."""
+    fixed, moving = _pair(tiny_pair)
+    params = RegistrationParameters(affine=False, symmetric_prediction=False, prediction_passes=passes, device="cpu")
+    result = register(fixed, moving, params, model=constant_checkpoint)
+    inner = result.deformable_displacement[3:-3, 3:-3, 3:-3]
+    np.testing.assert_allclose(inner.reshape(-1, 3).mean(0), passes * _expected_world_shift(), atol=0.02 * passes)
+
+
 class _SwappedInputs(torch.nn.Module):
     """A network with its two image inputs swapped."""
 
@@ -120,11 +131,13 @@ class _SwappedInputs(torch.nn.Module):
 
 
 def test_symmetric_prediction_is_antisymmetric_in_the_networks_inputs(tiny_checkpoints, tiny_pair) -> None:
-    """``(v(f, m) − v(m, f))/2`` changes sign when the network's inputs are swapped; one way it does not."""
+    """``(v(f, m) − v(m, f))/2`` changes sign when the network's inputs are swapped; one way it does not
+    (one pass: a second one starts from a different warped image)."""
     fixed, moving = _pair(tiny_pair)
     network, info = load_model(tiny_checkpoints.plain)
     for symmetric in (True, False):
-        params = RegistrationParameters(affine=False, symmetric_prediction=symmetric, device="cpu")
+        params = RegistrationParameters(affine=False, symmetric_prediction=symmetric, prediction_passes=1,
+                                        device="cpu")
         v = register(fixed, moving, params, model=(network, info)).velocity
         v_swapped = register(fixed, moving, params, model=(_SwappedInputs(network), info)).velocity
         assert float(v.abs().max()) > 0.05
@@ -193,7 +206,7 @@ def test_cli_register_with_a_model_and_refinement(geo, tiny_pair, fast_preset, c
 def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoint, tmp_path) -> None:
     """``--one-way``: the constant network's translation (symmetric by default: none), recorded in the report."""
     p = tiny_pair.paths
-    for flags, shift in (((), np.zeros(3)), (("--one-way",), _expected_world_shift())):
+    for flags, shift in (((), np.zeros(3)), (("--one-way", "--passes", "1"), _expected_world_shift())):
         out = tmp_path / f"out{len(flags)}"
         proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", constant_checkpoint, *flags,
                     "--no-affine", "--device", "cpu", "--progress", "none", "--outputs", "displacement", cwd=tmp_path)
@@ -207,6 +220,7 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
 @pytest.mark.parametrize("argv, message", [
     (("--refine", "5"), "--refine needs --model"),
     (("--one-way",), "--one-way needs --model"),
+    (("--passes", "2"), "--passes needs --model"),
     (("--model", "no-such-model"), "neither a shipped model"),
 ])
 def test_cli_model_errors_come_before_any_work(geo, tiny_pair, tmp_path, argv, message) -> None:
