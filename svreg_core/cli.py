@@ -130,6 +130,16 @@ def add_gzip_level_argument(p: argparse.ArgumentParser) -> None:
                         "(smallest); default 1")
 
 
+def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
+    """``--one-way`` and ``--passes``: how a learned model predicts (``register``, ``preview``)."""
+    p.add_argument("--one-way", dest="symmetric_prediction", action="store_false", default=None,
+                   help="with --model: the network predicts moving -> fixed only, instead of averaging both directions "
+                        "(the default: twice the network evaluations, a little more accurate and smoother)")
+    p.add_argument("--passes", dest="prediction_passes", type=int, metavar="N",
+                   help="with --model: network passes, each predicting the deformation left after the previous ones "
+                        "(default 2; more: closer alignment, less smooth)")
+
+
 def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     """The registration parameters shared by ``svreg register`` and ``svreg register-batch``."""
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
@@ -153,12 +163,7 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
                    "'default' = the default one) or a checkpoint folder from 'svreg train'")
     p.add_argument("--refine", type=int, default=0, metavar="N",
                    help="with --model: continue with N pairwise iterations of the same SPR loss (default 0)")
-    p.add_argument("--one-way", dest="symmetric_prediction", action="store_false", default=None,
-                   help="with --model: one network pass (moving -> fixed) instead of the average of both directions "
-                        "(the default; one more pass, a little more accurate and smoother)")
-    p.add_argument("--passes", dest="prediction_passes", type=int, metavar="N",
-                   help="with --model: network passes, each predicting the deformation left after the previous ones "
-                        "(default 2; more: closer alignment, less smooth)")
+    add_prediction_arguments(p)
     p.add_argument("--no-spr", action="store_true",
                    help="spatially uniform regularizer of the same strength instead of the learned λ(x)")
     add_runtime_arguments(p, affine_help="run the affine pre-alignment stage (default on)",
@@ -541,6 +546,7 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"parameter preset (its affine stage and device): {', '.join(PRESETS)}, or a preset JSON file")
     add_runtime_arguments(p, affine_help="run the affine pre-alignment stage, once (default on)",
                           deterministic_help="PyTorch's deterministic mode on CUDA (as svreg register)")
+    add_prediction_arguments(p)
     add_gzip_level_argument(p)
 
 
@@ -555,7 +561,8 @@ def run_preview(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     set_threads(args)
     check_hyper_model(read_model_info(resolve_model(args.model)))
-    params = load_parameters(args.preset, affine=args.affine, device=args.device, deterministic=args.deterministic)
+    params = load_parameters(args.preset, affine=args.affine, device=args.device, deterministic=args.deterministic,
+                             symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes)
     set_deterministic_environment(params)
     pair = Pair(args.fixed, args.moving, "", args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask)
     printer = ProgressPrinter("json")

@@ -87,6 +87,24 @@ def test_requests_give_the_files_of_svreg_register(monkeypatch, capsys, tiny_pai
     assert stiff["report"]["codes"] == {"alpha_prime": 0.5, "lambda_max": 10.0, "conditioned": True}
 
 
+def test_prediction_options_reach_the_previews(monkeypatch, capsys, tiny_pair, hyper, tmp_path) -> None:
+    """``--one-way --passes 1`` predict as they do in ``svreg register``."""
+    p = tiny_pair.paths
+    monkeypatch.chdir(tmp_path)
+    flags = ["--model", str(hyper), "--device", "cpu", "--no-affine", "--one-way", "--passes", "1"]
+    assert main(["register", str(p.fixed), str(p.moving), "-o", str(tmp_path / "register"), *flags,
+                 "--outputs", "displacement", "--progress", "none"]) == 0
+    capsys.readouterr()
+    status, events, err = _preview(monkeypatch, capsys, [p.fixed, p.moving, *flags], [
+        {"output": str(tmp_path / "preview"), "outputs": ["displacement"], "id": 1}, {"quit": True}])
+    assert status == 0, err
+    (answer,) = _answers(events)
+    parameters = answer["report"]["parameters"]
+    assert (parameters["symmetric_prediction"], parameters["prediction_passes"]) == (False, 1)
+    assert _nifti_bytes(tmp_path / "preview" / "displacement.nii.gz") == \
+        _nifti_bytes(tmp_path / "register" / "displacement.nii.gz")
+
+
 def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, capsys, tiny_pair, hyper,
                                                                    tmp_path) -> None:
     p = tiny_pair.paths
