@@ -53,7 +53,8 @@ MODEL_REFINE = {"model": 0, "model-oneway": 0, "model-r20": 20, "model-r50": 50}
 PEER_LABEL = {"ants": "ANTs SyN (antspyx)", "elastix": "elastix B-spline (itk-elastix)",
               "convexadam": "ConvexAdam (MIND)", "fireants": "FireANTs greedy (CPU)"}
 OURS_LABEL = {"spr": "svreg (SPR)", "nospr": "svreg (--no-spr)", "native": "svreg native (affine+SPR)",
-              "model": "svreg learned model, prediction", "model-oneway": "svreg learned model, one network pass (--one-way --passes 1)",
+              "model": "svreg learned model, prediction",
+              "model-oneway": "svreg learned model, one network pass (--one-way --passes 1)",
               "model-r20": "svreg learned model + refine 20",
               "model-r50": "svreg learned model + refine 50"}
 
@@ -307,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="isotropic resolutions in mm (default 2 1; with --quick: 4)")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help=f"peers to run (default: {' '.join(PEERS)}; 'none' for none)")
     ap.add_argument("--ours", nargs="*", default=list(OURS_VARIANTS),
-                    help="svreg variants: spr nospr native model model-oneway model-r20 model-r50 (default all; 'none' to "
-                         "skip ours)")
+                    help="svreg variants: spr nospr native model model-oneway model-r20 model-r50 (default all; "
+                         "'none' to skip ours)")
     ap.add_argument("--ours-affine", action="store_true",
                     help="keep svreg's affine stage on the pre-aligned pair too (default: --no-affine, "
                          "deformable only like the peers; the native variant always runs it)")

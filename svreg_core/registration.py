@@ -30,7 +30,8 @@ from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.optim.spr import DeformableResult, optimize_spr
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
-from svreg_core.transforms import compose, integrate_velocity, warp
+from svreg_core.transforms import compose, integrate_velocity
+from svreg_core.transforms.field import apply_velocity
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -339,8 +340,8 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     with torch.no_grad():
         velocity, weight = velocity_and_weight(m_net)
         for _ in range(passes - 1):
-            velocity = velocity + velocity_and_weight(warp(m_net, integrate_velocity(velocity,
-                                                                                    info.integration_steps)))[0]
+            warped = apply_velocity(m_net, velocity, info.integration_steps).warped
+            velocity = velocity + velocity_and_weight(warped)[0]
     return DeformableResult(grid, velocity.float(), weight.float())
 
 

@@ -71,7 +71,7 @@ class RegistrationParameters:
         symmetric_prediction: with a learned model, run its network both ways (moving → fixed and, with
             the images swapped on the same network grid, fixed → moving) and take ``(v − v′)/2``: ``exp(v′)``
             estimates the inverse map, ``exp(−v)``, so the average of the two estimates of ``v`` (λ from the
-            first pass). One more network pass; on the Mindboggle validation pairs 1→2, 3→4, 5→6
+            first pass). Twice the network evaluations; on the Mindboggle validation pairs 1→2, 3→4, 5→6
             (2026-11-26, ``brain-unet-spr``) mean Dice +0.006 to +0.008 and SDlogJ −0.02 to −0.03 in one
             pass. ``False``: one pass, moving → fixed.
         prediction_passes: with a learned model, how many times its network predicts: each later pass
