@@ -1,6 +1,6 @@
 """GPU benchmark: the 1 mm brain pair registered on CUDA, pairwise SPR and learned models, as a user runs it.
 
-    bash benchmarks/gpu.sh [--pair DIR] [--runs 2] [--model NAME_OR_CHECKPOINT ...] [--cpu-threads N ...]
+    bash benchmarks/gpu.sh [--pair DIR] [--runs 2] [--model NAME_OR_CHECKPOINT ...] [--cpu-threads N ...] [--no-deterministic]
 
 Every registration is an ``svreg register FIXED MOVING --fixed-labels --moving-labels`` child process
 on the shared brain pair (``fixed``/``moving`` pre-aligned, deformable stage only: ``--no-affine``, as
@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", default=[], help="learned model(s) to run once each, with and "
                     "without --refine 20 (default: brain-unet-spr)")
     ap.add_argument("--cpu-threads", type=int, nargs="*", default=[], help="CPU runs with these thread counts")
+    ap.add_argument("--no-deterministic", action="store_true", help="skip the two --deterministic CUDA runs")
     args = ap.parse_args(argv)
     if not (args.pair / "fixed.nii.gz").is_file():
         ap.error(f"{args.pair} does not hold the brain pair (fixed.nii.gz, moving.nii.gz, *_seg.nii.gz)")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(ok) >= 2:
             checks.append({"variant": "default", **compare(args.out, ok[-2], ok[-1])})
         help_text = subprocess.run([*SVREG, "register", "--help"], capture_output=True, text=True).stdout
-        if "--deterministic" in help_text:
+        if "--deterministic" in help_text and not args.no_deterministic:
             det = [run(f"spr-cuda-deterministic-{i + 1}", ["--device", "cuda", "--deterministic"]) for i in range(2)]
             if all("dice" in r for r in det):
                 checks.append({"variant": "--deterministic", **compare(args.out, *det)})

@@ -2,10 +2,10 @@
 
 One command (main venv)::
 
-    .venv/bin/python benchmarks/preview_latency.py [--data ../shared/data/brain_pair] [--threads 2]
+    .venv/bin/python benchmarks/preview_latency.py [--data ../shared/data/brain_pair] [--threads 2] [--device cuda]
 
 What the Slicer module's *Regularisation* sliders run, on the brain pair (1 mm, fixed.nii.gz /
-moving.nii.gz) with the shipped ``brain-hyper-unet-spr``, CPU, writing the outputs a preview loads
+moving.nii.gz) with the shipped ``brain-hyper-unet-spr``, on the CPU (or ``--device cuda``), writing the outputs a preview loads
 (displacement, λ map, Jacobian, warped volume; ``--gzip-level 0`` as the module asks): a ``svreg register`` child at one code (the path used
 before the engine existed), then one ``svreg preview`` engine answering five requests at different
 codes (the first includes starting the engine: torch import, reading, the affine stage), then a
@@ -40,15 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "brain_pair")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args(argv)
     fixed, moving = args.data / "fixed.nii.gz", args.data / "moving.nii.gz"
     if not fixed.is_file() or not moving.is_file():
         print(f"preview_latency: {fixed} / {moving} not found (--data)", file=sys.stderr)
         return 2
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     base = [sys.executable, "-m", "svreg_core.cli"]
     # as the Slicer module runs them: the work folder is read back at once, so its files are not compressed
-    common = ["--model", MODEL, "--device", "cpu", "--threads", str(args.threads), "--gzip-level", "0"]
+    common = ["--model", MODEL, "--device", args.device, "--threads", str(args.threads), "--gzip-level", "0"]
     with tempfile.TemporaryDirectory(prefix="svreg-preview-latency-") as tmp:
         out = Path(tmp)
 

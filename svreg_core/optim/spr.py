@@ -80,6 +80,13 @@ def _linear_decay(iterations: int, final_fraction: float):
     return lambda it: 1.0 - (1.0 - final_fraction) * min(it, span) / span
 
 
+def _reported(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The similarity, regularisation and prior terms as floats, read from the device in one transfer (one
+    host synchronisation on a GPU instead of one per term)."""
+    names = ("similarity", "regularization", "prior")
+    return dict(zip(names, torch.stack([terms[name].detach() for name in names]).tolist()))
+
+
 def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                  affine: np.ndarray, params: RegistrationParameters, *,
                  fixed_mask: torch.Tensor | None = None, moving_mask: torch.Tensor | None = None,
@@ -157,10 +164,8 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
             done += 1
             if it % 5 == 0 or it == iterations - 1:
                 progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,
-                                       values={name: terms[name].item()
-                                               for name in ("similarity", "regularization", "prior")}))
-        losses.append({"spacing_mm": spacing, **{name: terms[name].item()
-                                                 for name in ("similarity", "regularization", "prior")}})
+                                       values=_reported(terms)))
+        losses.append({"spacing_mm": spacing, **_reported(terms)})
         prev_grid = grid
     with torch.no_grad():
         velocity = smooth_field(velocity.detach(), params.smoothing_passes)
