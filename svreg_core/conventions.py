@@ -66,6 +66,20 @@ def voxel_to_normalized(shape: tuple[int, int, int], device: torch.device | None
     return m
 
 
+def normalized_to_voxel(shape: tuple[int, int, int]) -> np.ndarray:
+    """The 4x4 float64 inverse of :func:`voxel_to_normalized`: ``(x_k, y_j, z_i, 1)`` → ``(i, j, k, 1)``.
+
+    An axis of one voxel maps every normalised value to voxel 0 (grid_sample's coordinate there is 0).
+    """
+    m = np.zeros((4, 4))
+    for axis, n in enumerate(shape):
+        half = (n - 1) / 2.0
+        m[axis, 2 - axis] = half
+        m[axis, 3] = half
+    m[3, 3] = 1.0
+    return m
+
+
 def voxel_displacement_to_normalized(disp: torch.Tensor) -> torch.Tensor:
     """Convert a voxel-unit displacement ``(N, 3, I, J, K)`` into a grid_sample offset ``(N, I, J, K, 3)``.
 

@@ -86,7 +86,8 @@ class RegistrationResult:
         working_grid: the finest working grid of the deformable stage.
         velocity: ``(1, 3, I, J, K)`` velocity, voxel units of ``working_grid`` (CPU tensor).
         weight: ``(1, 1, I, J, K)`` λ(x) on ``working_grid`` (CPU tensor).
-        displacement: ``(I, J, K, 3)`` RAS mm on the fixed grid: ``T(x) = x + displacement(x)``.
+        displacement: ``(I, J, K, 3)`` RAS mm on the fixed grid: ``T(x) = x + displacement(x)`` (without an
+            affine stage the same array as ``deformable_displacement``).
         deformable_displacement: ``(I, J, K, 3)`` RAS mm on the fixed grid: ``u`` alone (before ``A``).
         timing: seconds per stage.
         device: the torch device used.
@@ -150,14 +151,16 @@ class RegistrationResult:
             velocity = self.velocity.to(device)
             v = -velocity if inverse else velocity
             half = integrate_velocity(v / 2.0 ** fine, steps - fine)
+            # into fixed-grid voxel units on the (coarse) working grid: a constant linear map commutes with
+            # the trilinear resampling
+            half = torch.einsum("rc,ncijk->nrijk", torch.as_tensor(work_to_fixed, dtype=half.dtype, device=device),
+                                half)
             if weight:
                 half = torch.cat((half, self.weight.to(device=device, dtype=half.dtype)), dim=1)
             both = resample(half, self.working_grid, fixed_grid, padding_mode="border")
             del half
-            disp = torch.einsum("rc,ncijk->nrijk", torch.as_tensor(work_to_fixed, dtype=both.dtype, device=device),
-                                both[:, :3])
-            lam = both[:, 3:].to("cpu", copy=True) if weight else None  # a copy: ``both`` is freed now
-            del both
+            disp = both[:, :3]
+            lam = both[:, 3:].to("cpu", copy=True) if weight else None
             for _ in range(fine):
                 disp = compose(disp, disp)
             lin = torch.as_tensor(fixed_grid.affine[:3, :3], dtype=disp.dtype, device=device)
@@ -168,10 +171,10 @@ class RegistrationResult:
         (and λ on the fixed grid for :meth:`regularization_map`)."""
         world, lam = self._world_field(weight=True)
         self._fixed_weight = lam[0, 0].numpy().clip(1e-6, 1.0).astype(np.float32)
-        u = world[0].permute(1, 2, 3, 0).numpy().astype(np.float32)
+        u = world[0].permute(1, 2, 3, 0).contiguous().numpy()
         self.deformable_displacement = u
-        if np.array_equal(self.affine, np.eye(4)):  # no affine stage: T(x) − x = u
-            self.displacement = u.copy()
+        if np.array_equal(self.affine, np.eye(4)):  # no affine stage: T(x) − x = u, the same array
+            self.displacement = u
             return
         # T(x) − x = A(x + u) − x = L u + ((L − I) x + t), with A = [L t]; with x = M ijk + b (the fixed
         # grid's voxel-to-world affine) the second term is P ijk + q, P = (L − I) M, q = (L − I) b + t:
@@ -345,12 +348,11 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     network.eval()
     rows = None if info.code_ranges is None else torch.tensor([chosen], dtype=f_net.dtype, device=f_net.device)
 
-    def predict(first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return network(first, second) if rows is None else network(first, second, rows)
-
     def velocity_and_weight(warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        velocity, weight = predict(f_net, warped)
-        return (0.5 * (velocity - predict(warped, f_net)[0]) if symmetric else velocity), weight
+        # both directions in one batch of two: on a CPU a batch of two costs little more than one volume
+        first, second = (torch.cat((f_net, warped)), torch.cat((warped, f_net))) if symmetric else (f_net, warped)
+        velocity, weight = network(first, second) if rows is None else network(first, second, rows)
+        return (0.5 * (velocity[:1] - velocity[1:]) if symmetric else velocity), weight[:1]
 
     with torch.no_grad():
         velocity, weight = velocity_and_weight(m_net)

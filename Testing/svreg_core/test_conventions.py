@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svreg_core.conventions import (ALIGN_CORNERS, RAS_TO_LPS, identity_grid, ras_to_lps_vectors,
+from svreg_core.conventions import (ALIGN_CORNERS, RAS_TO_LPS, identity_grid, normalized_to_voxel, ras_to_lps_vectors,
                                     voxel_displacement_to_normalized, voxel_to_normalized,
                                     voxel_to_world_vectors, world_to_voxel_vectors)
 
@@ -33,6 +33,14 @@ def test_voxel_to_normalized_hand_values() -> None:
     np.testing.assert_allclose(m @ [1, 0, 0, 1], [-1, -1, -0.5, 1])   # i moves z (last channel)
     np.testing.assert_allclose(m @ [0, 1, 0, 1], [-1, -0.75, -1, 1])  # j moves y
     np.testing.assert_allclose(m @ [0, 0, 1, 1], [-0.875, -1, -1, 1])  # k moves x (first channel)
+
+
+def test_normalized_to_voxel_inverts_voxel_to_normalized() -> None:
+    m = voxel_to_normalized(SHAPE, dtype=torch.float64).numpy()
+    np.testing.assert_allclose(normalized_to_voxel(SHAPE) @ m, np.eye(4), atol=1e-12)
+    np.testing.assert_allclose(normalized_to_voxel(SHAPE) @ [1, -1, 0, 1], [2, 0, 16, 1])  # (x_k, y_j, z_i)
+    # a one-voxel axis: every normalised value is voxel 0 of that axis
+    np.testing.assert_allclose(normalized_to_voxel((1, 9, 17)) @ [0.3, 0.5, 0.7, 1], [0, 6, 10.4, 1])
 
 
 def test_identity_grid_matches_voxel_to_normalized() -> None:

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from svreg_core.conventions import voxel_to_normalized
+from svreg_core.conventions import ALIGN_CORNERS, normalized_to_voxel, voxel_to_normalized
 from svreg_core.image.grid import Grid
 from svreg_core.image.sampling import grid_sample
 from svreg_core.image.smoothing import filter_separable
@@ -29,6 +31,24 @@ def target_world_points(target: Grid, world_transform: np.ndarray | None = None,
     ii, jj, kk = torch.meshgrid(*axes, indexing="ij")
     ijk = torch.stack((ii, jj, kk), dim=-1)
     return (ijk @ m[:3, :3].T + m[:3, 3]).unsqueeze(0)
+
+
+def source_coordinates(target: Grid, source: Grid, world_transform: np.ndarray | None = None, *,
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """grid_sample coordinates ``(1, I, J, K, 3)`` in ``source`` of the voxel centres of ``target``, mapped by
+    a 4x4 world transform ``W`` (target world -> source world; identity if None).
+
+    The map voxel → source coordinate is affine: its matrix is composed in float64 and applied by
+    ``affine_grid`` (whose target coordinates are :func:`~svreg_core.conventions.identity_grid`'s) in one
+    pass: no per-voxel world points, half the time of going through them at 1 mm.
+    """
+    w = np.eye(4) if world_transform is None else np.asarray(world_transform, dtype=np.float64)
+    to_source = (voxel_to_normalized(source.shape, dtype=torch.float64).numpy() @ np.linalg.inv(source.affine)
+                 @ w @ target.affine @ normalized_to_voxel(target.shape))
+    theta = torch.as_tensor(to_source[:3], dtype=dtype, device=device)[None]
+    with warnings.catch_warnings():  # a one-voxel axis gets coordinate 0, as in identity_grid: what we want
+        warnings.filterwarnings("ignore", message=".*affine_grid behavior has changed for unit-size grids")
+        return F.affine_grid(theta, [1, 1, *target.shape], align_corners=ALIGN_CORNERS)
 
 
 def sample_at_points(source: torch.Tensor, source_grid: Grid, points: torch.Tensor, *,
@@ -70,8 +90,8 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
              *, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Resample ``source`` onto ``target``: value at target point x is source(W x).
 
-    A target larger than one slab (:meth:`Grid.slabs`) is filled slab by slab, so the per-voxel points
-    and sampling coordinates never exist for the whole target grid.
+    A target larger than one slab (:meth:`Grid.slabs`) is filled slab by slab, so the sampling
+    coordinates (:func:`source_coordinates`) never exist for the whole target grid.
 
     Args:
         source: ``(N, C, I, J, K)`` tensor on ``source_grid``.
@@ -80,9 +100,9 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
     slabs = list(target.slabs())
     out = None if len(slabs) == 1 else source.new_empty((*source.shape[:2], *target.shape))
     for start, stop, slab in slabs:
-        points = target_world_points(slab, world_transform, device=source.device, dtype=torch.float32)
-        values = sample_at_points(source, source_grid, points.expand(source.shape[0], -1, -1, -1, -1),
-                                  mode=mode, padding_mode=padding_mode)
+        coords = source_coordinates(slab, source_grid, world_transform, device=source.device, dtype=source.dtype)
+        values = grid_sample(source, coords.expand(source.shape[0], -1, -1, -1, -1), mode=mode,
+                             padding_mode=padding_mode)
         if out is None:
             return values
         out[:, :, start:stop] = values

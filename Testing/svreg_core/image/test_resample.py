@@ -9,7 +9,8 @@ import torch
 
 from svreg_core.image import Grid
 from svreg_core.image.normalize import robust_normalize
-from svreg_core.image.resample import antialias_sigma, gaussian_smooth, resample
+from svreg_core.image.resample import (antialias_sigma, gaussian_smooth, resample, source_coordinates,
+                                      target_world_points, world_to_source_normalized)
 
 SHAPE = (20, 22, 18)
 
@@ -78,6 +79,21 @@ def test_resample_follows_world_coordinates_and_back(geo, name: str) -> None:
     interior &= _inside(geo, geo.world_points(src.shape, src.affine), src, 2.0)
     assert interior.sum() > 1000
     assert np.abs(back - data)[interior].max() < 0.05
+
+
+@pytest.mark.parametrize("name", ["flipped", "permuted", "oblique", "anisotropic"])
+def test_source_coordinates_are_those_of_the_world_points(geo, name: str) -> None:
+    # the affine shortcut (one composed matrix, affine_grid) equals mapping every voxel centre through
+    # world space in float64, with and without a world transform, on oblique and one-slice targets
+    src = Grid(SHAPE, _source_affine(geo))
+    target = _targets(geo, src)[name]
+    w = geo.make_affine(geo.rotation([0.3, 1.0, 0.2], 12.0), [3.0, -2.0, 5.0])
+    for transform in (None, w):
+        for grid in (target, target.cropped((4, 0, 0), (5, *target.shape[1:]))):
+            expected = world_to_source_normalized(target_world_points(grid, transform, dtype=torch.float64), src)
+            got = source_coordinates(grid, src, transform)
+            assert got.shape == expected.shape and got.dtype == torch.float32
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=2e-6)
 
 
 def test_world_transform_pulls_from_transformed_points(geo) -> None:
