@@ -321,7 +321,6 @@ def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels
     return metrics
 
 
-
 def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_labels: Image | None = None,
                   moving_labels: Image | None = None, labels: Sequence[int] | None = None,
                   label_mode: str = "linear", overwrite: bool = False, inputs: Sequence[str | Path] = (),

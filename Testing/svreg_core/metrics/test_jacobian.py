@@ -183,6 +183,26 @@ def test_ndv_single_voxel_fold_hand_computed() -> None:
     assert np.isnan(ndv_percent(np.zeros((9, 8, 2, 3)), affine))
 
 
+def test_ndv_percent_on_the_mask_box_equals_the_whole_map() -> None:
+    # ndv_percent evaluates only the box around its mask; a rough random field (many folds) gives the same
+    # percentage as the whole map for masks inside the grid, touching its border, and none
+    affine = AFFINES["oblique"]
+    shape = (14, 12, 10)
+    disp = np.random.default_rng(5).normal(scale=2.0, size=shape + (3,))
+    whole = ndv_map(disp, affine)
+    interior = np.zeros(shape, dtype=bool)
+    interior[1:-1, 1:-1, 1:-1] = True
+    inner = np.zeros(shape, dtype=bool)
+    inner[4:9, 3:7, 5:8] = True
+    touching = np.zeros(shape, dtype=bool)
+    touching[:6, 7:, 2:5] = True
+    for mask in (inner, touching, None):
+        m = interior & (np.ones(shape, dtype=bool) if mask is None else mask)
+        expected = 100.0 * np.sum(whole[m], dtype=np.float64) / np.count_nonzero(m)
+        assert expected > 1.0
+        assert ndv_percent(disp, affine, mask) == pytest.approx(expected, rel=1e-6)
+
+
 def _ndv_loop(q: np.ndarray) -> np.ndarray:
     """Per-voxel loop implementation of the documented NDV definition (voxel-unit displacement q)."""
     shape = q.shape[:3]
