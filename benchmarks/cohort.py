@@ -34,6 +34,7 @@ from svreg_core import metrics  # noqa: E402
 DATA = REPO.parent / "shared" / "data" / "mindboggle_oasis20"
 VARIANTS = {"pairwise": [], "pairwise-nospr": ["--no-spr"], "model": ["--model", "{model}", "--refine", "0"],
             "model-oneway": ["--model", "{model}", "--refine", "0", "--one-way", "--passes", "1"],
+            "model-fp32": ["--model", "{model}", "--refine", "0", "--precision", "float32"],
             "model-r20": ["--model", "{model}", "--refine", "20"],
             "model-r50": ["--model", "{model}", "--refine", "50"]}
 

@@ -47,13 +47,14 @@ import evaluate as ev  # noqa: E402
 import prepare_data as prep  # noqa: E402
 
 PEERS = ("ants", "elastix", "convexadam", "fireants")
-OURS_VARIANTS = ("spr", "nospr", "native", "model", "model-oneway", "model-r20", "model-r50")
+OURS_VARIANTS = ("spr", "nospr", "native", "model", "model-fp32", "model-oneway", "model-r20", "model-r50")
 #: ``--refine`` steps of the learned-model variants (``--model default``).
-MODEL_REFINE = {"model": 0, "model-oneway": 0, "model-r20": 20, "model-r50": 50}
+MODEL_REFINE = {"model": 0, "model-fp32": 0, "model-oneway": 0, "model-r20": 20, "model-r50": 50}
 PEER_LABEL = {"ants": "ANTs SyN (antspyx)", "elastix": "elastix B-spline (itk-elastix)",
               "convexadam": "ConvexAdam (MIND)", "fireants": "FireANTs greedy (CPU)"}
 OURS_LABEL = {"spr": "svreg (SPR)", "nospr": "svreg (--no-spr)", "native": "svreg native (affine+SPR)",
               "model": "svreg learned model, prediction",
+              "model-fp32": "svreg learned model, prediction in float32 (--precision float32)",
               "model-oneway": "svreg learned model, one network pass (--one-way --passes 1)",
               "model-r20": "svreg learned model + refine 20",
               "model-r50": "svreg learned model + refine 50"}
@@ -186,6 +187,8 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
             cmd += ["--model", args.model, "--refine", str(MODEL_REFINE[variant])]
             if variant == "model-oneway":
                 cmd += ["--one-way", "--passes", "1"]
+            if variant == "model-fp32":
+                cmd += ["--precision", "float32"]
         if variant != "native" and not args.ours_affine:
             cmd.append("--no-affine")  # pre-aligned pair: deformable only, like the peers
         # native: the default affine stage stays enabled
@@ -308,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="isotropic resolutions in mm (default 2 1; with --quick: 4)")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), help=f"peers to run (default: {' '.join(PEERS)}; 'none' for none)")
     ap.add_argument("--ours", nargs="*", default=list(OURS_VARIANTS),
-                    help="svreg variants: spr nospr native model model-oneway model-r20 model-r50 (default all; "
+                    help="svreg variants: spr nospr native model model-fp32 model-oneway model-r20 model-r50 (default all; "
                          "'none' to skip ours)")
     ap.add_argument("--ours-affine", action="store_true",
                     help="keep svreg's affine stage on the pre-aligned pair too (default: --no-affine, "

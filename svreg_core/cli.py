@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from svreg_core.errors import InputError, SvregError
 from svreg_core.interrupts import sigterm_as_interrupt
-from svreg_core.optim.parameters import PRESETS, SIMILARITIES
+from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent
 
@@ -131,13 +131,16 @@ def add_gzip_level_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
-    """``--one-way`` and ``--passes``: how a learned model predicts (``register``, ``preview``)."""
+    """``--one-way``, ``--passes`` and ``--precision``: how a learned model predicts (``register``, ``preview``)."""
     p.add_argument("--one-way", dest="symmetric_prediction", action="store_false", default=None,
                    help="with --model: the network predicts moving -> fixed only, instead of averaging both directions "
                         "(the default: twice the network evaluations, a little more accurate and smoother)")
     p.add_argument("--passes", dest="prediction_passes", type=int, metavar="N",
                    help="with --model: network passes, each predicting the deformation left after the previous ones "
                         "(default 2; more: closer alignment, less smooth)")
+    p.add_argument("--precision", dest="network_precision", choices=NETWORK_PRECISIONS,
+                   help="with --model: the network's arithmetic (default auto: bfloat16 where the CPU or GPU computes "
+                        "it natively, about twice as fast on a CPU; float32 elsewhere)")
 
 
 def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
@@ -208,7 +211,8 @@ def registration_parameters(args: argparse.Namespace):
         raise InputError("--refine needs --model (it refines a learned model's prediction).")
     if args.refine < 0:
         raise InputError("--refine must be 0 or more iterations.")
-    for flag, value in (("--one-way", args.symmetric_prediction), ("--passes", args.prediction_passes)):
+    for flag, value in (("--one-way", args.symmetric_prediction), ("--passes", args.prediction_passes),
+                        ("--precision", args.network_precision)):
         if value is not None and not args.model:
             raise InputError(f"{flag} needs --model (it chooses how a learned model predicts).")
     set_threads(args)
@@ -218,6 +222,7 @@ def registration_parameters(args: argparse.Namespace):
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
                              deterministic=args.deterministic, spr=False if args.no_spr else None,
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
+                             network_precision=args.network_precision,
                              alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
     spacings = tuple(args.level_spacings) if args.level_spacings else params.level_spacings
     iterations = params.iterations
@@ -562,7 +567,8 @@ def run_preview(args: argparse.Namespace) -> int:
     set_threads(args)
     check_hyper_model(read_model_info(resolve_model(args.model)))
     params = load_parameters(args.preset, affine=args.affine, device=args.device, deterministic=args.deterministic,
-                             symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes)
+                             symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
+                             network_precision=args.network_precision)
     set_deterministic_environment(params)
     pair = Pair(args.fixed, args.moving, "", args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask)
     printer = ProgressPrinter("json")

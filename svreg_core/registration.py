@@ -324,10 +324,25 @@ def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refin
     return alpha_prime, lambda_max
 
 
+def network_autocast(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a network's prediction for :attr:`RegistrationParameters.network_precision`:
+    ``torch.bfloat16``, or ``None`` for float32 (``"auto"``: bfloat16 only where ``device`` has it natively)."""
+    if precision == "float32":
+        return None
+    if precision == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:  # AVX-512 BF16 or AMX: without them bfloat16 is emulated, slower than float32
+        native = any(getattr(torch.cpu, probe, lambda: False)()
+                     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return torch.bfloat16 if native else None
+
+
 def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_tensor: torch.Tensor,
                    moving: Image, moving_tensor: torch.Tensor, affine: np.ndarray,
                    codes: tuple[float, float] | None = None, symmetric: bool = True,
-                   passes: int = 1) -> DeformableResult:
+                   passes: int = 1, precision: str = "float32") -> DeformableResult:
     """The network's prediction: both images onto the RAS network grid, velocity and λ out.
 
     The fixed image and the moving image (through the affine pre-alignment ``affine``) are smoothed
@@ -338,7 +353,8 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     ``exp(v′) ≈ exp(−v)`` (the inverse map, on the same grid); the velocity is ``(v − v′)/2``
     (:attr:`RegistrationParameters.symmetric_prediction`). ``passes``: each pass after the first predicts,
     in the same way, from the fixed image and the moving image warped by the velocity so far, and adds
-    its velocity (:attr:`RegistrationParameters.prediction_passes`). λ is the first pass's.
+    its velocity (:attr:`RegistrationParameters.prediction_passes`). λ is the first pass's. ``precision``:
+    the network's arithmetic (:func:`network_autocast`); its velocity and λ are returned in float32.
     """
     chosen = model_codes(info, codes)
     spacing = info.network_spacing_mm
@@ -346,12 +362,15 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     f_net = resample(*downsample(fixed_tensor, fixed.grid, spacing), grid)
     m_net = resample(*downsample(moving_tensor, moving.grid, spacing), grid, affine)
     network.eval()
+    autocast = network_autocast(precision, f_net.device)
     rows = None if info.code_ranges is None else torch.tensor([chosen], dtype=f_net.dtype, device=f_net.device)
 
     def velocity_and_weight(warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # both directions in one batch of two: on a CPU a batch of two costs little more than one volume
         first, second = (torch.cat((f_net, warped)), torch.cat((warped, f_net))) if symmetric else (f_net, warped)
-        velocity, weight = network(first, second) if rows is None else network(first, second, rows)
+        with torch.autocast(f_net.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            velocity, weight = network(first, second) if rows is None else network(first, second, rows)
+        velocity, weight = velocity.float(), weight.float()
         return (0.5 * (velocity[:1] - velocity[1:]) if symmetric else velocity), weight[:1]
 
     with torch.no_grad():
@@ -359,7 +378,7 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
         for _ in range(passes - 1):
             warped = apply_velocity(m_net, velocity, info.integration_steps).warped
             velocity = velocity + velocity_and_weight(warped)[0]
-    return DeformableResult(grid, velocity.float(), weight.float())
+    return DeformableResult(grid, velocity, weight)
 
 
 @dataclass
@@ -462,7 +481,8 @@ class PreparedPair:
                 t = time.perf_counter()
                 progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
                 deformable = predict_fields(self.network, info, fixed, f, moving, m, affine, conditioning,
-                                            params.symmetric_prediction, params.prediction_passes)
+                                            params.symmetric_prediction, params.prediction_passes,
+                                            params.network_precision)
                 timing["network_s"] = time.perf_counter() - t
                 if refine:
                     t = time.perf_counter()

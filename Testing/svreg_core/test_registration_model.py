@@ -6,7 +6,9 @@ fixed image's orientation (LAS, oblique, anisotropic), the result must be that s
 on the fixed grid — checked in the engine's arrays and, independently, with SimpleITK reading the
 written ``displacement.nii.gz``. These geometry tests predict one way in one pass
 (``symmetric_prediction=False``, ``prediction_passes=1``): the symmetric prediction of a constant network
-is zero, ``(c − c)/2``, and each further pass adds ``c`` again (tested below).
+is zero, ``(c − c)/2``, and each further pass adds ``c`` again (tested below). Tests that check λ to
+float32 rounding pin ``network_precision="float32"`` (``"auto"`` runs the network in bfloat16 on CPUs
+that have it).
 """
 from __future__ import annotations
 
@@ -66,7 +68,8 @@ def _expected_world_shift() -> np.ndarray:
 def test_constant_network_gives_the_world_translation_on_any_fixed_grid(constant_checkpoint, tiny_pair, tmp_path) \
         -> None:
     fixed, moving = _pair(tiny_pair)  # fixed: LAS 6 mm; moving: oblique, j-flipped, anisotropic
-    params = RegistrationParameters(affine=False, symmetric_prediction=False, prediction_passes=1, device="cpu")
+    params = RegistrationParameters(affine=False, symmetric_prediction=False, prediction_passes=1, device="cpu",
+                                    network_precision="float32")
     result = register(fixed, moving, params, model=constant_checkpoint)
     assert result.method == "learned" and result.model.name == "constant-test"
     expected = _expected_world_shift()
@@ -102,7 +105,8 @@ def test_network_grid_follows_a_reoriented_fixed_image(constant_checkpoint, tiny
 def test_symmetric_prediction_of_a_constant_network_is_the_identity(constant_checkpoint, tiny_pair) -> None:
     """Both directions predict the same constant ``c``: ``(c − c)/2 = 0``; λ is the first pass's."""
     fixed, moving = _pair(tiny_pair)
-    result = register(fixed, moving, RegistrationParameters(affine=False, device="cpu"), model=constant_checkpoint)
+    params = RegistrationParameters(affine=False, device="cpu", network_precision="float32")
+    result = register(fixed, moving, params, model=constant_checkpoint)
     assert result.parameters.symmetric_prediction
     assert float(result.velocity.abs().max()) == 0.0
     np.testing.assert_allclose(result.deformable_displacement, 0.0, atol=1e-6)
@@ -145,6 +149,34 @@ def test_symmetric_prediction_is_antisymmetric_in_the_networks_inputs(tiny_check
             assert torch.equal(v_swapped, -v)
         else:
             assert float((v_swapped + v).abs().max()) > 0.05
+
+
+def test_bfloat16_prediction_is_close_to_float32_and_returns_float32(tiny_checkpoints, tiny_pair) -> None:
+    """``network_precision="bfloat16"``: the network runs under autocast, its velocity and λ come back in
+    float32 within bfloat16's rounding of the float32 prediction (8 bits of mantissa: about 1 %)."""
+    fixed, moving = _pair(tiny_pair)
+    network, info = load_model(tiny_checkpoints.plain)
+    results = {precision: register(fixed, moving, RegistrationParameters(affine=False, device="cpu",
+                                                                         network_precision=precision),
+                                   model=(network, info))
+               for precision in ("float32", "bfloat16")}
+    v32, v16 = results["float32"].velocity, results["bfloat16"].velocity
+    assert v16.dtype == torch.float32 and results["bfloat16"].weight.dtype == torch.float32
+    scale = float(v32.abs().max())
+    assert scale > 0.05 and not torch.equal(v16, v32)  # it did run in bfloat16
+    assert float((v16 - v32).abs().max()) < 0.05 * scale
+    np.testing.assert_allclose(results["bfloat16"].weight.numpy(), results["float32"].weight.numpy(), atol=0.01)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [
+    (False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)])
+def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected) -> None:
+    from svreg_core.registration import network_autocast
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    cpu = torch.device("cpu")
+    assert network_autocast("auto", cpu) == expected
+    assert network_autocast("float32", cpu) is None and network_autocast("bfloat16", cpu) == torch.bfloat16
 
 
 def test_refinement_improves_an_untrained_network(untrained_checkpoint, tiny_pair) -> None:
@@ -204,14 +236,18 @@ def test_cli_register_with_a_model_and_refinement(geo, tiny_pair, fast_preset, c
 
 
 def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoint, tmp_path) -> None:
-    """``--one-way``: the constant network's translation (symmetric by default: none), recorded in the report."""
+    """``--one-way``: the constant network's translation (symmetric by default: none); it and ``--precision``
+    are recorded in the report."""
     p = tiny_pair.paths
-    for flags, shift in (((), np.zeros(3)), (("--one-way", "--passes", "1"), _expected_world_shift())):
+    for flags, shift in (((), np.zeros(3)), (("--one-way", "--passes", "1", "--precision", "float32"),
+                                             _expected_world_shift())):
         out = tmp_path / f"out{len(flags)}"
         proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", constant_checkpoint, *flags,
                     "--no-affine", "--device", "cpu", "--progress", "none", "--outputs", "displacement", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        assert json.loads((out / "report.json").read_text())["parameters"]["symmetric_prediction"] is (not flags)
+        parameters = json.loads((out / "report.json").read_text())["parameters"]
+        assert parameters["symmetric_prediction"] is (not flags)
+        assert parameters["network_precision"] == ("float32" if flags else "auto")
         field = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "displacement.nii.gz")))
         lps = shift * np.array([-1.0, -1.0, 1.0])
         np.testing.assert_allclose(field[3:-3, 3:-3, 3:-3].reshape(-1, 3).mean(0), lps, atol=0.02)
@@ -221,6 +257,7 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
     (("--refine", "5"), "--refine needs --model"),
     (("--one-way",), "--one-way needs --model"),
     (("--passes", "2"), "--passes needs --model"),
+    (("--precision", "float32"), "--precision needs --model"),
     (("--model", "no-such-model"), "neither a shipped model"),
 ])
 def test_cli_model_errors_come_before_any_work(geo, tiny_pair, tmp_path, argv, message) -> None:

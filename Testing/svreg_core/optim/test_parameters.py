@@ -109,6 +109,8 @@ def test_invalid_values_are_input_errors(values: dict) -> None:
     ({"deterministic": "yes"}, "deterministic must be true or false"),
     ({"symmetric_prediction": 1}, "symmetric_prediction must be true or false"),
     ({"prediction_passes": 0}, "prediction_passes 0 is out of range"),
+    ({"network_precision": "float16"}, "unknown network_precision 'float16'"),
+    ({"network_precision": 32}, "network_precision must be a name"),
     ({"iterations": "80"}, "iterations must be a list of numbers"),
 ])
 def test_absurd_values_are_refused_before_any_work(changes, message) -> None:
