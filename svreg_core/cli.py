@@ -139,8 +139,8 @@ def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --model: network passes, each predicting the deformation left after the previous ones "
                         "(default 2; more: closer alignment, less smooth)")
     p.add_argument("--precision", dest="network_precision", choices=NETWORK_PRECISIONS,
-                   help="with --model: the network's arithmetic (default auto: bfloat16 where the CPU or GPU computes "
-                        "it natively, about twice as fast on a CPU; float32 elsewhere)")
+                   help="with --model: the network's arithmetic (default auto: bfloat16 on a CPU that computes it "
+                        "natively, about twice as fast; float32 elsewhere, GPUs included)")
 
 
 def add_parameter_arguments(p: argparse.ArgumentParser) -> None:

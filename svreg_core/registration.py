@@ -326,16 +326,15 @@ def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refin
 
 def network_autocast(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of a network's prediction for :attr:`RegistrationParameters.network_precision`:
-    ``torch.bfloat16``, or ``None`` for float32 (``"auto"``: bfloat16 only where ``device`` has it natively)."""
+    ``torch.bfloat16``, or ``None`` for float32. ``"auto"``: bfloat16 on a CPU that computes it natively
+    (AVX-512 BF16 or AMX; elsewhere it is emulated, slower than float32), float32 on a GPU (where the
+    network takes a fraction of a second anyway, and bfloat16 has not been measured)."""
     if precision == "float32":
         return None
     if precision == "bfloat16":
         return torch.bfloat16
-    if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported()
-    else:  # AVX-512 BF16 or AMX: without them bfloat16 is emulated, slower than float32
-        native = any(getattr(torch.cpu, probe, lambda: False)()
-                     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    native = device.type == "cpu" and any(getattr(torch.cpu, probe, lambda: False)()
+                                          for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return torch.bfloat16 if native else None
 
 

@@ -170,13 +170,14 @@ def test_bfloat16_prediction_is_close_to_float32_and_returns_float32(tiny_checkp
 
 @pytest.mark.parametrize("avx512_bf16, amx, expected", [
     (False, False, None), (True, False, torch.bfloat16), (False, True, torch.bfloat16)])
-def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it(monkeypatch, avx512_bf16, amx, expected) -> None:
+def test_auto_precision_uses_bfloat16_only_on_a_cpu_that_has_it(monkeypatch, avx512_bf16, amx, expected) -> None:
     from svreg_core.registration import network_autocast
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     cpu = torch.device("cpu")
     assert network_autocast("auto", cpu) == expected
     assert network_autocast("float32", cpu) is None and network_autocast("bfloat16", cpu) == torch.bfloat16
+    assert network_autocast("auto", torch.device("cuda")) is None  # GPUs: float32 unless asked (no probe runs)
 
 
 def test_refinement_improves_an_untrained_network(untrained_checkpoint, tiny_pair) -> None:
