@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -367,7 +367,7 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     def velocity_and_weight(warped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # both directions in one batch of two: on a CPU a batch of two costs little more than one volume
         first, second = (torch.cat((f_net, warped)), torch.cat((warped, f_net))) if symmetric else (f_net, warped)
-        with torch.autocast(f_net.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        with nullcontext() if autocast is None else torch.autocast(f_net.device.type, dtype=autocast):
             velocity, weight = network(first, second) if rows is None else network(first, second, rows)
         velocity, weight = velocity.float(), weight.float()
         return (0.5 * (velocity[:1] - velocity[1:]) if symmetric else velocity), weight[:1]

@@ -84,11 +84,12 @@ class RegistrationParameters:
             0.552 (1→2), SDlogJ 0.20 / 0.27 / 0.32 / 0.40; no folding.
         network_precision: arithmetic of a learned model's network: ``"float32"``, ``"bfloat16"`` (autocast:
             convolutions in bfloat16, the velocity and λ returned in float32), or ``"auto"``: bfloat16 on a
-            CPU that computes it natively (AVX-512 BF16 or AMX), float32 elsewhere (GPUs included). On 2 cores of an AMD EPYC with AVX-512 BF16 the shipped U-Net takes 0.26 s
-            instead of 0.48 s per batch of two 64³ pairs, its velocities within 0.03 voxels of float32's;
-            on the Mindboggle validation pairs 1→2, 3→4, 5→6 (``brain-unet-spr``, default prediction) mean
-            Dice 0.5550 / 0.5430 / 0.5236 against float32's 0.5551 / 0.5430 / 0.5234.
-            The network's grid and every later step stay in float32.
+            CPU that computes it natively (AVX-512 BF16 or AMX), float32 elsewhere (GPUs included). On 2
+            cores of an AMD EPYC with AVX-512 BF16 the shipped U-Net takes 0.26 s instead of 0.48 s per
+            batch of two 64³ pairs, its velocities within 0.03 voxels of float32's; on the Mindboggle
+            validation pairs 1→2, 3→4, 5→6 (``brain-unet-spr``, default prediction) mean Dice 0.5550 /
+            0.5430 / 0.5236 against float32's 0.5551 / 0.5430 / 0.5234. The network's grid and every later
+            step stay in float32.
         deterministic: run in PyTorch's deterministic mode (see :func:`svreg_core.registration.register`):
             bit-identical results from run to run on the same GPU, driver and torch version; the
             optimisation is about 7x slower. CUDA's default kernels differ in the last bits from run to
