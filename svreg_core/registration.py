@@ -176,17 +176,9 @@ class RegistrationResult:
         if np.array_equal(self.affine, np.eye(4)):  # no affine stage: T(x) − x = u, the same array
             self.displacement = u
             return
-        # T(x) − x = A(x + u) − x = L u + ((L − I) x + t), with A = [L t]; with x = M ijk + b (the fixed
-        # grid's voxel-to-world affine) the second term is P ijk + q, P = (L − I) M, q = (L − I) b + t:
-        # a sum of one row per voxel index along each axis (no float64 world-point arrays; 0.1 s, not 1.1 s)
-        lin, offset = self.affine[:3, :3], self.affine[:3, 3]
-        grid_affine = self.fixed.grid.affine
-        p = (lin - np.eye(3)) @ grid_affine[:3, :3]
-        q = (lin - np.eye(3)) @ grid_affine[:3, 3] + offset
-        out = torch.from_numpy(u) @ torch.from_numpy(lin.T.astype(np.float32))
-        for axis, n in enumerate(u.shape[:3]):
-            rows = np.arange(n)[:, None] * p[:, axis] + (q if axis == 0 else 0.0)
-            out += torch.from_numpy(rows.astype(np.float32)).view([n if a == axis else 1 for a in range(3)] + [3])
+        # T(x) − x = A(x + u) − x = L u + (A x − x), with A = [L t]
+        out = torch.from_numpy(u) @ torch.from_numpy(self.affine[:3, :3].T.astype(np.float32))
+        _add_affine_offset(out, self.affine, self.fixed.grid)
         self.displacement = out.numpy()
 
     def transform_points(self, points: np.ndarray) -> np.ndarray:
@@ -204,21 +196,17 @@ class RegistrationResult:
     def inverse_displacement(self) -> np.ndarray:
         """``(I, J, K, 3)`` RAS mm on the moving grid: ``T⁻¹(y) = y + d(y) = z + w(z)``, ``z = A⁻¹ y``.
 
-        ``w`` is the displacement of ``exp(−v)`` on the fixed grid (:meth:`_world_field`), interpolated at
-        ``z`` (border values beyond it). The moving grid is visited in slabs (:meth:`Grid.slabs`), so its float64
-        point arrays never exist whole.
+        ``w`` is the displacement of ``exp(−v)`` on the fixed grid (:meth:`_world_field`), resampled through
+        ``A⁻¹`` onto the moving grid (trilinear, border values beyond the fixed grid); ``z − y = A⁻¹ y − y``
+        is added row by row (:func:`_add_affine_offset`), so no per-voxel world points are formed.
         """
         a_inv = np.linalg.inv(self.affine)
-        grid = self.moving.grid
         field_, _ = self._world_field(inverse=True)
-        out = np.empty((*grid.shape, 3), dtype=np.float32)
-        for start, stop, slab in grid.slabs():
-            y = slab.world_points()
-            z = y @ a_inv[:3, :3].T + a_inv[:3, 3]
-            pts = torch.as_tensor(z, dtype=torch.float32)[None]
-            w = sample_at_points(field_, self.fixed.grid, pts, padding_mode="border")
-            out[start:stop] = z + w[0].permute(1, 2, 3, 0).double().numpy() - y
-        return out
+        w = resample(field_, self.fixed.grid, self.moving.grid, a_inv, padding_mode="border")
+        out = w[0].permute(1, 2, 3, 0).contiguous()
+        if not np.array_equal(self.affine, np.eye(4)):
+            _add_affine_offset(out, a_inv, self.moving.grid)
+        return out.numpy()
 
     def regularization_map(self) -> Image:
         """λ(x) resampled (trilinear) onto the fixed grid."""
@@ -268,6 +256,21 @@ class RegistrationResult:
     def warped(self) -> Image:
         """The moving image resampled onto the fixed grid (one trilinear interpolation)."""
         return self.warp_image(self.moving)
+
+
+def _add_affine_offset(out: torch.Tensor, affine: np.ndarray, grid: Grid) -> None:
+    """Add ``A x − x`` (RAS mm) at every voxel centre ``x`` of ``grid`` to ``out`` ``(I, J, K, 3)``, in place.
+
+    With ``A = [L t]`` and ``x = M ijk + b`` (the grid's voxel-to-world affine), ``A x − x = P ijk + q``,
+    ``P = (L − I) M``, ``q = (L − I) b + t``: a sum of one row per voxel index along each axis (no float64
+    world-point arrays: 0.1 s instead of 1.1 s at 1 mm).
+    """
+    lin = affine[:3, :3] - np.eye(3)
+    p = lin @ grid.affine[:3, :3]
+    q = lin @ grid.affine[:3, 3] + affine[:3, 3]
+    for axis, n in enumerate(grid.shape):
+        rows = np.arange(n)[:, None] * p[:, axis] + (q if axis == 0 else 0.0)
+        out += torch.from_numpy(rows.astype(np.float32)).view([n if a == axis else 1 for a in range(3)] + [3])
 
 
 LoadedModel = tuple[SPRNetwork, ModelInfo]
