@@ -37,8 +37,8 @@ from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, load_image
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
-from svreg_core.image.resample import (downsample, resample, sample_at_points, target_world_points,
-                                       world_to_source_normalized)
+from svreg_core.image.resample import (downsample, resample, sample_at_points, source_coordinates,
+                                       target_world_points, world_to_source_normalized)
 from svreg_core.image.sampling import sample_labels
 from svreg_core.optim.affine import affine_register
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
@@ -335,8 +335,7 @@ def to_training_grid(tensor: torch.Tensor, grid: Grid, target: Grid,
 
 def labels_to_training_grid(labels: Image, target: Grid, world_transform: np.ndarray | None = None) -> torch.Tensor:
     """Label map ``labels`` resampled onto ``target`` by trilinear one-hot voting; ``(I, J, K)`` int64."""
-    points = target_world_points(target, world_transform, dtype=torch.float64)
-    coords = world_to_source_normalized(points, labels.grid)
+    coords = source_coordinates(target, labels.grid, world_transform, dtype=torch.float64)
     return sample_labels(torch.from_numpy(np.asarray(labels.data)), coords)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from svreg_core.image.grid import Grid
-from svreg_core.image.resample import target_world_points, world_to_source_normalized
+from svreg_core.image.resample import source_coordinates
 from svreg_core.image.sampling import grid_sample
 from svreg_core.transforms.svf import integrate_velocity
 from svreg_core.transforms.warp import warp
@@ -30,8 +30,7 @@ class GridTransfer:
         self.coords: torch.Tensor | None = None
         if source.same_as(target):
             return
-        points = target_world_points(target, device=device, dtype=torch.float64)
-        self.coords = world_to_source_normalized(points, source).float()
+        self.coords = source_coordinates(target, source, device=device, dtype=torch.float64).float()
         self.scale = torch.as_tensor(source.spacing / target.spacing, dtype=torch.float32,
                                      device=device).view(1, 3, 1, 1, 1)
 
