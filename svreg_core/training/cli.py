@@ -71,7 +71,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--init", metavar="MODEL",
                        help="fine-tune: start from this checkpoint's weights (a shipped model's name, 'default', or "
                             "a checkpoint folder) instead of a random initialisation; its architecture and "
-                            "options must match this run's")
+                            "options must match this run's (a plain model may start a hyper run)")
     model.add_argument("--spacing", type=float, metavar="MM", help="network grid voxel size in mm (default 2)")
     model.add_argument("--grid-shape", type=int, nargs=3, metavar=("I", "J", "K"),
                        help="network grid shape in voxels (default 80 96 96)")

@@ -243,7 +243,8 @@ class TrainingConfig:
             (:class:`svreg_core.losses.spr.SPRLoss`); ``lncc_window`` in voxels of the network grid.
         init_weights: start from the weights of this checkpoint (a shipped model's name or a checkpoint
             folder) instead of a random initialisation: fine-tuning. Its architecture and network options
-            (hyper and uniform included) must be this run's; ``None``: random initialisation.
+            (hyper and uniform included) must be this run's, except that a plain checkpoint may start
+            a hyper run (its FiLM conditioning starts near the identity); ``None``: random initialisation.
         hyper: ``{alpha_prime: [low, high], lambda_max: [low, high]}`` (``0 < low <= high``): train a
             HyperSPR network conditioned on the codes (:mod:`svreg_core.models.film`); each step draws
             one code pair log-uniformly from these ranges for its whole batch (per process) from a

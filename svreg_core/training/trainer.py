@@ -111,19 +111,28 @@ def build_network(config: TrainingConfig, *, initial_weights: bool = True) -> nn
 def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
     """Copy the weights of the checkpoint ``config.init_weights`` into ``model`` (fine-tuning).
 
+    A plain checkpoint may start a hyper run whose other options are the checkpoint's: its weights fill
+    the shared network and the FiLM conditioning keeps its seeded initialisation, so the run starts from
+    the plain network up to modulations of order ``FILM_INIT_STD`` and learns what the codes change.
+
     Raises:
         InputError: the checkpoint is unusable, or its architecture or options differ from ``model``'s.
     """
     network, info = load_checkpoint(resolve_model(config.init_weights))
-    if info.architecture != config.architecture or _options(network.config) != _options(model.config):
-        differing = sorted(k for k in set(network.config) | set(model.config)
-                           if _options(network.config.get(k)) != _options(model.config.get(k)))
+    plain_to_hyper = network.config.get("hyper") is None and model.config.get("hyper") is not None
+    ignored = {"hyper"} if plain_to_hyper else set()
+    differing = sorted(k for k in set(network.config) | set(model.config)
+                       if k not in ignored and _options(network.config.get(k)) != _options(model.config.get(k)))
+    if info.architecture != config.architecture or differing:
         what = (f"architecture {info.architecture} differs from this run's {config.architecture}"
                 if info.architecture != config.architecture
                 else f"options {', '.join(differing)} differ from this run's")
         raise InputError(f"cannot start from checkpoint {config.init_weights!r}: its {what}; train with the "
                          "checkpoint's architecture and options (see its model.json) to fine-tune it.")
-    model.load_state_dict(network.state_dict())
+    missing, unexpected = model.load_state_dict(network.state_dict(), strict=not plain_to_hyper)
+    if unexpected or any(not name.startswith("film.") for name in missing):
+        raise InputError(f"cannot start from checkpoint {config.init_weights!r}: its weights do not fit this "
+                         f"run's network ({len(missing)} missing, {len(unexpected)} unexpected tensors).")
 
 
 def _options(value: Any) -> str:

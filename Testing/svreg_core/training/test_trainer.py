@@ -124,3 +124,32 @@ def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(g
         build_network(tuned.replace(spr=False))
     with pytest.raises(InputError, match="neither a shipped model"):
         build_network(tuned.replace(init_weights=str(tmp_path / "missing")))
+
+
+def test_a_plain_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo, tmp_path) -> None:
+    write_label_maps(geo, tmp_path / "labels")
+    plain = TrainingConfig(model=TINY, grid_shape=(32, 32, 32), epochs=1, steps_per_epoch=2, num_workers=0,
+                           seed=1, validation={"pairs": 0},
+                           data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels"), "length": 4,
+                                              "synthesis": PLAIN}]})
+    train(plain, tmp_path / "plain")
+    trained, _ = load_checkpoint(tmp_path / "plain" / "last")
+    ranges = {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 10.0]}
+    hyper = plain.replace(hyper=ranges, init_weights=str(tmp_path / "plain" / "last"), seed=2)
+    network = build_network(hyper)
+    start = network.state_dict()
+    assert all(torch.equal(start[name], value) for name, value in trained.state_dict().items())
+    film = [name for name in start if name not in trained.state_dict()]
+    assert film and all(name.startswith("film.") for name in film)
+    # the FiLM starts near the identity: the hyper network predicts what the plain one does at any code
+    fixed, moving = torch.rand(2, 1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        velocity, lam = trained(fixed, moving)
+        for codes in ([0.05, 0.5], [0.5, 10.0]):
+            v, l = network(fixed, moving, torch.tensor([codes]))
+            scale = velocity.abs().max()
+            assert 0 < (v - velocity).abs().max() < 0.2 * scale
+            assert (l - lam).abs().max() < 0.05
+    train(hyper, tmp_path / "hyper")
+    with pytest.raises(InputError, match=r"options hyper differ"):
+        build_network(plain.replace(init_weights=str(tmp_path / "hyper" / "last")))
