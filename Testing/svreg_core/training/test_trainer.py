@@ -102,12 +102,17 @@ def test_training_on_real_pairs_beats_the_identitys_dice(geo, tmp_path) -> None:
     assert summary.best_metric == "dice" and summary.best_epoch == 3
 
 
-def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(geo, tmp_path) -> None:
+def two_step_config(geo, tmp_path) -> TrainingConfig:
+    """A tiny U-Net trained for two steps on synthetic pairs from label maps written under ``tmp_path``."""
     write_label_maps(geo, tmp_path / "labels")
-    config = TrainingConfig(model=TINY, grid_shape=(32, 32, 32), epochs=1, steps_per_epoch=2, num_workers=0,
-                            seed=1, validation={"pairs": 0},
-                            data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels"), "length": 4,
-                                               "synthesis": PLAIN}]})
+    return TrainingConfig(model=TINY, grid_shape=(32, 32, 32), epochs=1, steps_per_epoch=2, num_workers=0,
+                          seed=1, validation={"pairs": 0},
+                          data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels"), "length": 4,
+                                             "synthesis": PLAIN}]})
+
+
+def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(geo, tmp_path) -> None:
+    config = two_step_config(geo, tmp_path)
     train(config, tmp_path / "first")
     trained, _ = load_checkpoint(tmp_path / "first" / "last")
     tuned = config.replace(init_weights=str(tmp_path / "first" / "last"), seed=2)
@@ -127,11 +132,7 @@ def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(g
 
 
 def test_a_plain_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo, tmp_path) -> None:
-    write_label_maps(geo, tmp_path / "labels")
-    plain = TrainingConfig(model=TINY, grid_shape=(32, 32, 32), epochs=1, steps_per_epoch=2, num_workers=0,
-                           seed=1, validation={"pairs": 0},
-                           data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels"), "length": 4,
-                                              "synthesis": PLAIN}]})
+    plain = two_step_config(geo, tmp_path)
     train(plain, tmp_path / "plain")
     trained, _ = load_checkpoint(tmp_path / "plain" / "last")
     ranges = {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 10.0]}
