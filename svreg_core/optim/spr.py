@@ -21,7 +21,7 @@ import torch
 
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import antialiased, level_grid, resample
-from svreg_core.image.smoothing import smooth_field
+from svreg_core.image.smoothing import smooth_field, smooth_field_weighted
 from svreg_core.optim.adam import Adam, probe_epsilon
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
@@ -138,8 +138,13 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         # and a λ that followed them would switch the regulariser off where nothing needs to move
         update_weight = params.spr and (level_index > 0 or len(levels) == 1 or initial is not None)
 
+        def smooth(v: torch.Tensor) -> torch.Tensor:
+            if params.spr and params.lambda_smoothing:
+                return smooth_field_weighted(v, weight, params.smoothing_passes)
+            return smooth_field(v, params.smoothing_passes)
+
         def evaluate(v: torch.Tensor):
-            return loss_fn.evaluate(fixed_l, moving_l, smooth_field(v, params.smoothing_passes),
+            return loss_fn.evaluate(fixed_l, moving_l, smooth(v),
                                     weight if params.spr else None, integration_steps=params.integration_steps,
                                     transfer=transfer, fixed_mask=mask_f, moving_mask=mask_m)
 
@@ -168,7 +173,7 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         losses.append({"spacing_mm": spacing, **_reported(terms)})
         prev_grid = grid
     with torch.no_grad():
-        velocity = smooth_field(velocity.detach(), params.smoothing_passes)
+        velocity = smooth(velocity.detach())
         weight = loss_fn.optimal_weight(integrate_velocity(velocity, params.integration_steps)) if params.spr \
             else torch.ones_like(velocity[:, :1])
     return DeformableResult(prev_grid, velocity, weight, losses)

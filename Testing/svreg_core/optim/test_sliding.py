@@ -19,6 +19,9 @@ from svreg_core.registration import register
 SHAPE = (32, 32, 32)
 SPACING = 2.0  # mm
 SHIFT = 3.0    # mm each way: 6 mm relative sliding at the plane k = 16
+INNER = (slice(4, -4), slice(4, -4))  # away from the non-periodic borders along j
+NEAR = (*INNER, slice(14, 18))         # within 4 mm of the plane
+FAR = (*INNER, np.r_[4:10, 22:28])     # at least 12 mm from it
 
 
 def _texture(seed: int) -> np.ndarray:
@@ -48,10 +51,11 @@ def phantom():
     return Image(fixed.astype(np.float32), affine), Image(moving.astype(np.float32), affine), truth
 
 
-def _run(phantom, spr: bool):
+def _run(phantom, spr: bool, smoothing_passes: int = 1, lambda_smoothing: bool = False):
     fixed, moving, truth = phantom
     # one smoothing pass: the velocity's own smoothing must not hide what the regulariser does
-    params = RegistrationParameters(spr=spr, alpha_prime=0.05, lambda_max=8.0, smoothing_passes=1, affine=False,
+    params = RegistrationParameters(spr=spr, alpha_prime=0.05, lambda_max=8.0, smoothing_passes=smoothing_passes,
+                                    lambda_smoothing=lambda_smoothing, affine=False,
                                     level_spacings=(4.0, 2.0), iterations=(60, 60), device="cpu")
     result = register(fixed, moving, params)
     epe = np.linalg.norm(result.deformable_displacement - truth, axis=-1)
@@ -61,13 +65,20 @@ def _run(phantom, spr: bool):
 def test_spr_weight_drops_at_the_sliding_plane_and_beats_uniform_there(phantom) -> None:
     spr, epe_spr = _run(phantom, spr=True)
     uniform, epe_uniform = _run(phantom, spr=False)
-    inner = (slice(4, -4), slice(4, -4))  # away from the non-periodic borders along j
-    near = (*inner, slice(14, 18))         # within 4 mm of the plane
-    far = (*inner, np.r_[4:10, 22:28])     # at least 12 mm from it
     lam = spr.weight[0, 0].numpy()         # λ on the working grid (the 2 mm fixed grid here)
     assert lam.shape == SHAPE
     assert float(uniform.weight.min()) == 1.0
-    assert lam[near].mean() < 0.5 < 0.95 < lam[far].mean()
+    assert lam[NEAR].mean() < 0.5 < 0.95 < lam[FAR].mean()
     # both recover the motion away from the plane; at the plane SPR's error is clearly smaller
-    assert epe_spr[far].mean() < 0.5 and epe_uniform[far].mean() < 0.5
-    assert epe_spr[near].mean() < 0.85 * epe_uniform[near].mean()
+    assert epe_spr[FAR].mean() < 0.5 and epe_uniform[FAR].mean() < 0.5
+    assert epe_spr[NEAR].mean() < 0.85 * epe_uniform[NEAR].mean()
+
+
+def test_lambda_weighted_smoothing_keeps_the_sliding_plane_sharp(phantom) -> None:
+    # with the default three box passes the velocity's smoothing blurs the jump whatever λ does; weighting
+    # the smoothing's exchange between neighbours by λ (lambda_smoothing) keeps it where λ drops
+    # (measured: EPE at the plane 0.84 mm against 1.74 mm, uniform 2.25 mm)
+    _, epe_box = _run(phantom, spr=True, smoothing_passes=3)
+    weighted, epe_weighted = _run(phantom, spr=True, smoothing_passes=3, lambda_smoothing=True)
+    assert epe_weighted[NEAR].mean() < 0.6 * epe_box[NEAR].mean()
+    assert epe_weighted[FAR].mean() < 0.5 and weighted.weight[0, 0].numpy()[FAR].mean() > 0.95
