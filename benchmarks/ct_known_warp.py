@@ -187,6 +187,18 @@ def run_tool(rec: dict, cmd: list[str], out: Path, args: argparse.Namespace, cas
     return rec
 
 
+def engine_overrides(args: argparse.Namespace) -> dict:
+    """The preset parameters the command line changes (velocity smoothing)."""
+    return {**({} if args.smoothing_passes is None else {"smoothing_passes": args.smoothing_passes}),
+            **({"lambda_smoothing": True} if args.lambda_smoothing else {})}
+
+
+def variant_suffix(args: argparse.Namespace) -> str:
+    """``_s<N>`` and/or ``_ls`` for runs with another velocity smoothing (tool names, result files)."""
+    return ((f"_s{args.smoothing_passes}" if args.smoothing_passes is not None else "")
+            + ("_ls" if args.lambda_smoothing else ""))
+
+
 def run_case(name: str, args: argparse.Namespace) -> dict:
     case_dir = CT_DIR / "cases" / name
     truth = ct_cases.load_truth(case_dir)
@@ -194,12 +206,12 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     base = load_parameters(preset)
     records = reference_rows(case_dir, truth)
     runs = CT_DIR / "runs" / name
-    suffix = ""
-    if args.smoothing_passes is not None:  # the preset with another velocity smoothing, as a preset file
-        suffix = f"-s{args.smoothing_passes}"
+    overrides = engine_overrides(args)
+    suffix = variant_suffix(args).replace("_", "-")
+    if overrides:  # the preset with another velocity smoothing, as a preset file
         preset_file = runs / f"{preset}{suffix}.json"
         preset_file.parent.mkdir(parents=True, exist_ok=True)
-        preset_file.write_text(json.dumps({"base": preset, "parameters": {"smoothing_passes": args.smoothing_passes}}))
+        preset_file.write_text(json.dumps({"base": preset, "parameters": overrides}))
         base = load_parameters(preset_file)
     for variant in args.variants:
         for factor in args.factors:
@@ -207,8 +219,9 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
             tool = f"svreg-{variant}-x{factor:g}{suffix}"
             rec = {"tool": tool, "kind": "ours", "variant": variant, "factor": factor, "lambda_max": lam,
                    "alpha_prime": base.alpha_prime, "preset": preset, "smoothing_passes": base.smoothing_passes,
+                   "lambda_smoothing": base.lambda_smoothing,
                    "label": f"{VARIANT_LABEL[variant]} λ_max {lam:g}"}
-            preset_arg = str(preset_file) if suffix else preset
+            preset_arg = str(preset_file) if overrides else preset
             records.append(run_tool(rec, svreg_command(args, case_dir, runs / tool, preset_arg, lam, variant),
                                     runs / tool, args, case_dir, truth))
     for peer in args.peers:
@@ -371,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoothing-passes", type=int, choices=range(0, 4),
                     help="svreg's velocity smoothing passes instead of the preset's 3 (3-voxel box filters per "
                          "axis and iteration); results and figure get the suffix _s<N>")
+    ap.add_argument("--lambda-smoothing", action="store_true",
+                    help="svreg's SPR runs weight the velocity smoothing by λ (the lambda_smoothing parameter); "
+                         "results and figure get the suffix _ls")
     ap.add_argument("--quick", action="store_true",
                     help="reduced cost: factors 0.25 1 4, the preset's iterations halved, pyramid 5 2.5 mm")
     ap.add_argument("--threads", type=int, default=2)
@@ -417,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         "host": {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "threads": args.threads, "quick": args.quick, "factors": args.factors,
         "iterations": args.iterations, "level_spacings": args.level_spacings,
-        "smoothing_passes": args.smoothing_passes,
+        "smoothing_passes": args.smoothing_passes, "lambda_smoothing": args.lambda_smoothing,
         "command": " ".join([Path(sys.executable).name, "benchmarks/ct_known_warp.py", *(argv or sys.argv[1:])]),
         "cases": {},
     }
@@ -432,13 +448,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{', '.join(f'{f:g}' for f in args.factors)}; iterations "
                 f"{' '.join(map(str, args.iterations)) if args.iterations else 'from the preset'}; pyramid "
                 f"{' '.join(f'{s:g}' for s in args.level_spacings) if args.level_spacings else 'from the preset'} mm"
-                + (f"; velocity smoothing {args.smoothing_passes} passes (presets: 3)."
-                   if args.smoothing_passes is not None else "."))
+                + (f"; velocity smoothing {args.smoothing_passes} passes (presets: 3)"
+                   if args.smoothing_passes is not None else "")
+                + ("; smoothing weighted by λ (lambda_smoothing) in the SPR runs" if args.lambda_smoothing else "")
+                + ".")
     md = (f"# Known-warp CT with sliding motion {started:%Y-%m-%d %H:%M}" + (" (quick)" if args.quick else "")
           + f"\n\nCommand: `{results['command']}`\n\n{settings}\n\n" + "\n".join(tables) + "\n" + NOTES)
     if not args.no_write:
         variant = ("_quick" if args.quick else "") + \
-            (f"_s{args.smoothing_passes}" if args.smoothing_passes is not None else "")
+            variant_suffix(args)
         stem = f"ct_known_warp_{started:%Y-%m-%d}{variant}"
         args.results_dir.mkdir(parents=True, exist_ok=True)
         (args.results_dir / f"{stem}.json").write_text(
