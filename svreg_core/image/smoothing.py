@@ -67,8 +67,10 @@ def smooth_field_weighted(tensor: torch.Tensor, weight: torch.Tensor, passes: in
 
     Each 3-voxel box pass along an axis is one explicit diffusion step,
     ``x_i ← x_i + (c_{i,i+1} (x_{i+1} − x_i) + c_{i,i−1} (x_{i−1} − x_i)) / 3`` with the conductance
-    ``c = min(w_i, w_j)``: ``w ≡ 1`` gives the box filter exactly; where the weight is low, little of the
-    field is carried across. Replicate border (no exchange across it). No gradient flows into ``weight``.
+    ``c = min(w_i, w_j)``: where the weight is low, little of the field is carried across. The border
+    replicates in every pass (no exchange across it), so ``w ≡ 1`` gives :func:`smooth_field` exactly for
+    one pass, and for more passes everywhere but within ``passes − 1`` voxels of the border. No gradient
+    flows into ``weight``.
     """
     if passes == 0:
         return tensor
