@@ -21,6 +21,8 @@ Frames and units
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -85,11 +87,21 @@ def voxel_displacement_to_normalized(disp: torch.Tensor) -> torch.Tensor:
 
     Channel order becomes ``(k, j, i)`` and units the ``align_corners=True`` normalised ones.
     """
-    shape = disp.shape[2:]
-    scale = torch.tensor([2.0 / (n - 1) if n > 1 else 0.0 for n in shape],
-                         dtype=disp.dtype, device=disp.device)
+    scale = _normalizing_scale(tuple(disp.shape[2:]), disp.dtype, disp.device)
     # flipped and scaled in one new tensor (a 1 mm field is 87 MB per copy)
-    return (disp.flip(1) * scale.flip(0).view(1, 3, 1, 1, 1)).permute(0, 2, 3, 4, 1)
+    return (disp.flip(1) * scale).permute(0, 2, 3, 4, 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _normalizing_scale(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``(1, 3, 1, 1, 1)`` factors from voxels to normalised units along ``(k, j, i)`` for a grid of ``shape``.
+
+    Made once per grid: a tensor made from host numbers is a copy to the device, which on a GPU waits
+    for the device (and cannot be recorded in a CUDA graph) — the optimiser calls this several times
+    per iteration.
+    """
+    values = [2.0 / (n - 1) if n > 1 else 0.0 for n in reversed(shape)]
+    return torch.tensor(values, dtype=dtype, device=device).view(1, 3, 1, 1, 1)
 
 
 def identity_grid(shape: tuple[int, int, int], device: torch.device | None = None,

@@ -239,18 +239,26 @@ class RegistrationResult:
         nearest-neighbour. ``identity``: through the identity in world space instead of ``T`` (the
         image as it lies on the fixed grid before registration, for the "before" metrics).
         """
-        coords = self._moving_coords(image.grid, identity)
-        if not labels:
-            out = grid_sample(_tensor(image.data, torch.device("cpu")), coords)
-            return Image(out[0, 0].numpy(), self.fixed.affine)
-        data = np.asarray(image.data).astype(np.int32)
-        if label_mode == "nearest":
-            out = grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest")
-            return Image(out[0, 0].round().numpy().astype(np.int32), self.fixed.affine)
-        if label_mode != "linear":
+        if labels and label_mode not in ("linear", "nearest"):
             raise InputError(f"unknown label interpolation {label_mode!r}; use linear or nearest.")
-        result = sample_labels(torch.as_tensor(data), coords).to(torch.int32)
-        return Image(result.numpy(), self.fixed.affine)
+        coords = self._moving_coords(image.grid, identity)
+        try:  # sampled on the registration's device (a GPU samples labels in milliseconds)
+            return self._sample(image, coords.to(self.device), labels, label_mode)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return self._sample(image, coords, labels, label_mode)
+
+    def _sample(self, image: Image, coords: torch.Tensor, labels: bool, label_mode: str) -> Image:
+        """:meth:`warp_image` at grid_sample coordinates ``coords`` on their device; the result on the CPU."""
+        device = coords.device
+        if not labels:
+            out = grid_sample(_tensor(image.data, device), coords)
+            return Image(out[0, 0].cpu().numpy(), self.fixed.affine)
+        data = torch.as_tensor(np.asarray(image.data).astype(np.int32)).to(device)
+        if label_mode == "nearest":
+            out = grid_sample(data.float()[None, None], coords, mode="nearest")
+            return Image(out[0, 0].round().cpu().numpy().astype(np.int32), self.fixed.affine)
+        return Image(sample_labels(data, coords).to(torch.int32).cpu().numpy(), self.fixed.affine)
 
     @property
     def warped(self) -> Image:

@@ -477,3 +477,25 @@ def test_output_fields_composed_on_the_gpu_match_the_cpu() -> None:
     for on_cpu, on_gpu in zip(results["cpu"], results["cuda"]):
         np.testing.assert_allclose(on_gpu, on_cpu, atol=1e-4)
     assert np.abs(results["cpu"][0]).max() > 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_images_and_labels_warped_on_the_gpu_match_the_cpu() -> None:
+    # A CUDA result samples the warped image and labels on the GPU: the labels are the CPU's exactly (the
+    # voting runs in float64), the intensities to float32 rounding.
+    working = Grid((12, 14, 10), np.diag([3.0, 3.0, 3.0, 1.0]))
+    fixed_grid = Grid((30, 34, 26), np.diag([-1.2, 1.2, 1.2, 1.0]))
+    velocity = 2.0 * torch.rand(1, 3, *working.shape, generator=torch.Generator().manual_seed(3)) - 1.0
+    labels = Image(np.random.default_rng(0).integers(0, 5, fixed_grid.shape).astype(np.int32), fixed_grid.affine)
+    warped = {}
+    for device in ("cpu", "cuda"):
+        result = _result_with_velocity(velocity, working, fixed_grid)
+        result.device = device
+        result.compute_displacements()
+        warped[device] = [result.warp_image(labels, labels=True, label_mode=mode).data
+                          for mode in ("linear", "nearest")]
+        warped[device].append(result.warp_image(Image(labels.data.astype(np.float32), fixed_grid.affine)).data)
+    for mode_cpu, mode_gpu in zip(warped["cpu"][:2], warped["cuda"][:2]):
+        np.testing.assert_array_equal(mode_gpu, mode_cpu)
+    np.testing.assert_allclose(warped["cuda"][2], warped["cpu"][2], atol=1e-4)
+    assert (warped["cpu"][0] != labels.data).mean() > 0.1  # the labels moved

@@ -48,8 +48,12 @@ def probe_epsilon(gradient: Callable[[Sequence[torch.Tensor]], Sequence[torch.Te
 class Adam:
     """Adam on a few tensors, each with its own step size (``lr``), scaled per step by ``lr_factor``.
 
+    A step is :meth:`prepare` (host arithmetic: the step count, the bias corrections) then :meth:`update`
+    (device work only, reading this step's scalars from tensors on the parameters' device), so a CUDA
+    graph can record :meth:`update` once and replay it every step; :meth:`step` does both.
+
     Args:
-        params: leaf tensors with ``requires_grad``.
+        params: the tensors it moves, in place (with a ``.grad`` for :meth:`step`).
         lr: step size per tensor (units of the tensor).
         eps: ε per tensor (units of its gradient), e.g. from :func:`probe_epsilon`.
     """
@@ -65,23 +69,40 @@ class Adam:
         self.steps = 0
         self.first = [torch.zeros_like(p) for p in self.params]
         self.second = [torch.zeros_like(p) for p in self.params]
+        # this step's lr · lr_factor / (1 − β₁ᵗ) and √(1 − β₂ᵗ), per tensor, on its device and in its dtype
+        self._scale = [p.new_zeros(()) for p in self.params]
+        self._root_correction2 = [p.new_zeros(()) for p in self.params]
 
     def zero_grad(self) -> None:
         for p in self.params:
             p.grad = None
 
-    @torch.no_grad()
-    def step(self, lr_factor: float = 1.0) -> None:
-        """One update with step sizes ``lr · lr_factor``; tensors without a gradient are left alone."""
+    def prepare(self, lr_factor: float = 1.0) -> None:
+        """Count a step and set its scalars for :meth:`update` (step sizes ``lr · lr_factor``); on a GPU
+        this launches fills and never waits for the device."""
         self.steps += 1
         b1, b2 = self.betas
         correction1 = 1.0 - b1 ** self.steps
         root_correction2 = math.sqrt(1.0 - b2 ** self.steps)
-        for p, m, v, lr, eps in zip(self.params, self.first, self.second, self.lr, self.eps):
-            if p.grad is None:
+        for scale, root, lr in zip(self._scale, self._root_correction2, self.lr):
+            scale.fill_(lr * lr_factor / correction1)
+            root.fill_(root_correction2)
+
+    @torch.no_grad()
+    def update(self, grads: Sequence[torch.Tensor | None]) -> None:
+        """Move each tensor by the step :meth:`prepare` set, given its gradient (``None``: left alone)."""
+        b1, b2 = self.betas
+        for p, g, m, v, eps, scale, root in zip(self.params, grads, self.first, self.second, self.eps,
+                                                self._scale, self._root_correction2):
+            if g is None:
                 continue
-            g = p.grad
             m.mul_(b1).add_(g * (1.0 - b1))
             v.mul_(b2).add_((g * g) * (1.0 - b2))
-            denominator = v.sqrt().div_(root_correction2).add_(eps)
-            p.sub_((m / denominator).mul_(lr * lr_factor / correction1))
+            denominator = v.sqrt().div_(root).add_(eps)
+            p.sub_((m / denominator).mul_(scale))
+
+    def step(self, lr_factor: float = 1.0) -> None:
+        """One update from the tensors' ``.grad`` with step sizes ``lr · lr_factor``; tensors without a
+        gradient are left alone."""
+        self.prepare(lr_factor)
+        self.update([p.grad for p in self.params])

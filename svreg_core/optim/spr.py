@@ -23,6 +23,7 @@ from svreg_core.image.grid import Grid
 from svreg_core.image.resample import antialiased, level_grid, resample
 from svreg_core.image.smoothing import smooth_field, smooth_field_weighted
 from svreg_core.optim.adam import Adam, probe_epsilon
+from svreg_core.optim.cuda_graph import GraphedIteration
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms.field import GridTransfer
@@ -152,20 +153,29 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
             v = values[0].requires_grad_(True)
             return [torch.autograd.grad(evaluate(v)[0]["total"], v)[0]]
 
-        velocity = velocity.detach().requires_grad_(True)
+        velocity = velocity.detach()
         # ε: the gradient a one-voxel shift of the whole field makes (diagonal, length 1 voxel)
         optimizer = Adam([velocity], [params.learning_rate],
                          probe_epsilon(gradient, [velocity], [torch.full_like(velocity, 3 ** -0.5)]))
         # the step size falls linearly to ``final_learning_rate_fraction`` of its value over the level
         decay = _linear_decay(iterations, params.final_learning_rate_fraction)
-        for it in range(iterations):
-            optimizer.zero_grad()
-            terms, fields = evaluate(velocity)
-            terms["total"].backward()
-            optimizer.step(decay(it))
+
+        def iteration() -> dict[str, torch.Tensor]:
+            """One step of the velocity, then of λ (in place): device work only, so a CUDA graph can hold it."""
+            # a fresh leaf each time: a graph recorded on its own stream then builds its own autograd nodes
+            v = velocity.detach().requires_grad_(True)
+            terms, fields = evaluate(v)
+            optimizer.update(torch.autograd.grad(terms["total"], [v]))
             if update_weight:  # λ moves part of the way to the loss's optimum for the displacement just used
                 with torch.no_grad():
-                    weight = weight + params.lambda_step * (loss_fn.optimal_weight(fields.displacement) - weight)
+                    weight.add_(params.lambda_step * (loss_fn.optimal_weight(fields.displacement) - weight))
+            return terms
+
+        # PyTorch's deterministic mode samples with gathers that a graph may not hold: step by step there
+        step = GraphedIteration(iteration, device, enabled=not params.deterministic)
+        for it in range(iterations):
+            optimizer.prepare(decay(it))
+            terms = step()
             done += 1
             if it % 5 == 0 or it == iterations - 1:
                 progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,
