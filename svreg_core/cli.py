@@ -91,7 +91,7 @@ Apply a result later with 'svreg apply OUT IMAGE -o FILE' (see svreg apply --hel
 
 #: ``--deterministic`` of ``svreg register``.
 DETERMINISTIC_HELP = ("bit-identical results from run to run on CUDA (same GPU, driver and torch version); the "
-                      "optimisation is about 7x slower (brain pair on an H200: 7-8 s instead of 1 s); sets "
+                      "optimisation is over 10x slower (brain pair on an H200: 7-8 s instead of 0.6 s); sets "
                       "CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set. Without it, CUDA runs differ in the last bits, "
                       "which the optimiser amplifies (brain pair: displacements up to 3.5 mm apart, mean Dice within "
                       "0.0002). On CPU it changes nothing: CPU runs are bit-identical anyway")

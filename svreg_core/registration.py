@@ -587,8 +587,9 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     3.5 mm apart, mean Dice within 0.0002). With ``parameters.deterministic`` the registration runs in
     PyTorch's deterministic mode (:func:`deterministic_algorithms`; the sampling switches to
     :func:`~svreg_core.image.sampling.gather_sample`) and gives bit-identical results on the same GPU,
-    driver and torch version; the optimisation is about 7x slower (brain pair, H200: 7-8 s instead
-    of 1 s; ``benchmarks/gpu.sh``). cuBLAS then needs the environment variable
+    driver and torch version; the optimisation runs step by step, without the CUDA graph of the default
+    (:mod:`svreg_core.optim.cuda_graph`), and is much slower (brain pair, H200, a fresh process: 7-8 s against 0.6 s;
+    ``benchmarks/gpu.sh``). cuBLAS then needs the environment variable
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) set before CUDA is first used in the process;
     without it, an :class:`InputError` is raised before any work (``svreg register --deterministic``
     sets it). On CPU the option changes nothing.
