@@ -241,6 +241,9 @@ class RegistrationResult:
         """
         if labels and label_mode not in ("linear", "nearest"):
             raise InputError(f"unknown label interpolation {label_mode!r}; use linear or nearest.")
+        if identity and image.grid.same_as(self.fixed.grid):  # every sample falls on its own voxel's centre
+            data = np.asarray(image.data)
+            return Image(data.astype(np.int32) if labels else data.astype(np.float32), self.fixed.affine)
         coords = self._moving_coords(image.grid, identity)
         try:  # sampled on the registration's device (a GPU samples labels in milliseconds)
             return self._sample(image, coords.to(self.device), labels, label_mode)

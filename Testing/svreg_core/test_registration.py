@@ -332,6 +332,20 @@ def test_label_warp_nearest_and_linear_shift() -> None:
         r.warp_image(Image(labels, np.eye(4)), labels=True, label_mode="cubic")
 
 
+def test_identity_warp_of_labels_on_the_fixed_grid_or_a_flipped_copy_of_it() -> None:
+    # "before" labels: through the identity, labels stored on the fixed grid come back unchanged (no
+    # sampling), and the same labels stored with the i axis flipped are sampled back to the same map
+    labels = np.random.default_rng(1).integers(0, 4, (6, 5, 4)).astype(np.int32)
+    r = _shifted_result(labels, (1.0, 0.0, 0.0))  # the shift must not matter: identity
+    same = r.warp_image(Image(labels, np.eye(4)), labels=True, identity=True).data
+    np.testing.assert_array_equal(same, labels)
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = labels.shape[0] - 1  # voxel i of the copy lies where voxel (5 − i) of the original does
+    for mode in ("linear", "nearest"):
+        back = r.warp_image(Image(labels[::-1].copy(), flip), labels=True, label_mode=mode, identity=True).data
+        np.testing.assert_array_equal(back, labels)
+
+
 def test_label_warp_never_invents_background_between_labels() -> None:
     """Where only labels 1 and 2 meet, the one-hot argmax must pick one of them, never background 0.
 

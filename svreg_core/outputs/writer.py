@@ -22,7 +22,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -368,33 +368,33 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         with ThreadPoolExecutor(max_workers=_WORKER_THREADS) as pool:
             pending = []
 
-            def save(name: str, function, *args, **kwargs) -> None:
+            def save(name: str, write: Callable[[], Any]) -> None:
+                """Make and write output ``name`` in a worker thread, if it was chosen."""
                 if name in chosen:
-                    pending.append(pool.submit(function, *args, **kwargs))
+                    pending.append(pool.submit(write))
 
             fixed_grid = result.fixed.grid
-            warped = result.warped
-            save("warped", save_image, warped, tmp / "warped.nii.gz", gzip_level=gzip_level)
-            save("displacement", save_nifti, displacement_nifti(result.displacement, fixed_grid),
-                 tmp / "displacement.nii.gz", gzip_level=gzip_level)
-            save("transform", write_transform, tmp / "transform.h5", result.affine, result.deformable_displacement,
-                 fixed_grid)
+            warped = result.warped if chosen & {"warped", "figure"} else None
+            save("warped", lambda: save_image(warped, tmp / "warped.nii.gz", gzip_level=gzip_level))
+            save("displacement", lambda: save_nifti(displacement_nifti(result.displacement, fixed_grid),
+                                                    tmp / "displacement.nii.gz", gzip_level=gzip_level))
+            save("transform", lambda: write_transform(tmp / "transform.h5", result.affine,
+                                                      result.deformable_displacement, fixed_grid))
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
             jac_image = Image(jac.astype(np.float32), result.fixed.affine)
-            save("jacobian", save_image, jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level)
+            save("jacobian", lambda: save_image(jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level))
             warped_labels = None
             if moving_labels is not None:
                 warped_labels = result.warp_image(moving_labels, labels=True, label_mode=label_mode)
-                save("labels", save_image, warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32,
-                     gzip_level=gzip_level)
+                save("labels", lambda: save_image(warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32,
+                                                  gzip_level=gzip_level))
             # the metrics (NumPy/SciPy, mostly one core) run while the inverse is integrated (torch)
             metrics_job = pool.submit(compute_metrics, result, jac, fixed_labels=fixed_labels,
                                       warped_labels=warped_labels, labels=labels, moving_labels=moving_labels)
-            if "inverse" in chosen:
-                save("inverse", save_nifti, displacement_nifti(result.inverse_displacement(), result.moving.grid),
-                     tmp / "inverse_displacement.nii.gz", gzip_level=gzip_level)
+            save("inverse", lambda: save_nifti(displacement_nifti(result.inverse_displacement(), result.moving.grid),
+                                               tmp / "inverse_displacement.nii.gz", gzip_level=gzip_level))
             weight = result.regularization_map()
-            save("regularization", save_image, weight, tmp / "regularization.nii.gz", gzip_level=gzip_level)
+            save("regularization", lambda: save_image(weight, tmp / "regularization.nii.gz", gzip_level=gzip_level))
             metrics = metrics_job.result()
             if "figure" in chosen:
                 before = resample(torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None],
