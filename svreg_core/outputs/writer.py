@@ -37,8 +37,8 @@ from svreg_core.outputs.figure import write_report_figure
 from svreg_core.outputs.itk import displacement_nifti, write_transform
 from svreg_core.registration import RegistrationResult, summarize
 
-#: Threads compressing and writing files (zlib and HDF5 release the GIL) and computing the metrics while
-#: the main thread computes the next outputs.
+#: Threads making, compressing and writing the output files (NumPy, torch, zlib and HDF5 release the GIL)
+#: and computing the metrics while the main thread computes what several outputs share.
 _WORKER_THREADS = 3
 
 #: The marker file in every output folder: ``overwrite`` replaces only folders holding it.
