@@ -15,22 +15,18 @@ All work is done slab by slab along ``i`` to bound memory; a 182x218x182 field t
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 from svreg_core.conventions import world_to_voxel_vectors
 from svreg_core.errors import InputError
+from svreg_core.metrics.threads import map_threads
 
 __all__ = ["jacobian_determinant", "folding_percent", "sdlogj", "ndv_map", "ndv_percent"]
 
 #: Number of ``i`` rows processed at once.
 _SLAB = 8
-#: Most threads filling slabs at once (NumPy releases the GIL in the element-wise work).
-_MAX_THREADS = 8
-
 #: Clipping range of the determinant before the logarithm in :func:`sdlogj`.
 _LOG_CLIP = (1e-9, 1e9)
 
@@ -57,23 +53,14 @@ def _voxel_displacement(displacement: np.ndarray, affine: np.ndarray) -> np.ndar
 
 
 def _fill_by_slabs(out: np.ndarray, slab: Callable[[int, int], np.ndarray]) -> np.ndarray:
-    """``out[a:b] = slab(a, b)`` for consecutive slabs of :data:`_SLAB` rows along the first axis, on up
-    to :data:`_MAX_THREADS` threads (the CPUs this process may use). Each slab reads its own rows only, so
-    the result is the same as filling them one by one."""
-    starts = range(0, out.shape[0], _SLAB)
-
+    """``out[a:b] = slab(a, b)`` for consecutive slabs of :data:`_SLAB` rows along the first axis, on
+    threads (:func:`~svreg_core.metrics.threads.map_threads`). Each slab reads its own rows only, so the
+    result is the same as filling them one by one."""
     def fill(a: int) -> None:
         b = min(a + _SLAB, out.shape[0])
         out[a:b] = slab(a, b)
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = max(1, min(_MAX_THREADS, cpus, len(starts)))
-    if workers == 1:
-        for a in starts:
-            fill(a)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(fill, starts))  # re-raises a slab's error
+    map_threads(fill, range(0, out.shape[0], _SLAB))
     return out
 
 

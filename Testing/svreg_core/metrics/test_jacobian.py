@@ -240,15 +240,15 @@ def test_ndv_matches_loop_reference_on_random_field() -> None:
 
 def test_slabs_on_threads_give_the_single_thread_result(monkeypatch) -> None:
     """Jacobian and NDV fill slabs of rows on several threads: bitwise the result of one thread."""
-    import svreg_core.metrics.jacobian as module
+    import svreg_core.metrics.threads as threads
 
     rng = np.random.default_rng(3)
     disp = rng.normal(0.0, 0.6, (37, 7, 6, 3))  # 5 slabs, folds included
     affine = AFFINES["oblique"]
-    monkeypatch.setattr(module, "_MAX_THREADS", 4)
-    monkeypatch.setattr(module.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    monkeypatch.setattr(threads, "MAX_THREADS", 4)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
     threaded = jacobian_determinant(disp, affine), ndv_map(disp, affine)
-    monkeypatch.setattr(module, "_MAX_THREADS", 1)
+    monkeypatch.setattr(threads, "MAX_THREADS", 1)
     single = jacobian_determinant(disp, affine), ndv_map(disp, affine)
     for a, b in zip(threaded, single):
         assert np.array_equal(a, b)

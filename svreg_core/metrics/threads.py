@@ -1,0 +1,28 @@
+"""Running independent NumPy/SciPy work items on threads (their C loops release the GIL)."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterable, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Most threads one call uses.
+MAX_THREADS = 8
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def map_threads(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[function(item) for item in items]``, on up to :data:`MAX_THREADS` threads (no more than the usable
+    CPUs), in order. The items must be independent; the first error raised by an item is re-raised."""
+    items = list(items)
+    workers = max(1, min(MAX_THREADS, usable_cpus(), len(items)))
+    if workers == 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items))
