@@ -331,14 +331,16 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     ``codes``: a learned model's regularisation (:func:`learned_codes`)."""
     from svreg_core.outputs import write_outputs
     from svreg_core.outputs.writer import check_output_space, expected_output_bytes
-    from svreg_core.registration import register
+    from svreg_core.registration import register, warm_up
 
     t0 = time.perf_counter()
     printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
+    gpu_ready = warm_up(params)  # on CUDA: the GPU starts while the images are read
     images = load_pair_images(pair, getattr(args, "crop_fixed", None), cache)
     check_output_space(pair.output, expected_output_bytes(images.fixed.shape, images.moving.shape,
                                                           outputs=args.outputs,
                                                           labels=images.moving_labels is not None))
+    gpu_ready()
     load_s = time.perf_counter() - t0
     result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
                       moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,

@@ -7,12 +7,13 @@ moving world. ``warped(x) = moving(T(x))``.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -630,3 +631,48 @@ def summarize(result: RegistrationResult) -> dict[str, Any]:
         summary["codes"] = {"alpha_prime": result.parameters.alpha_prime,
                             "lambda_max": result.parameters.lambda_max, "conditioned": result.codes is not None}
     return summary
+
+
+def warm_up(parameters: RegistrationParameters | None = None) -> Callable[[], Exception | None]:
+    """Start the GPU in the background; returns a function that waits until it is ready.
+
+    A process's first registration on CUDA pays for creating the CUDA context, loading each kernel on
+    its first launch (cuDNN, cuBLAS and PyTorch's kernels) and recording the optimiser's CUDA graphs.
+    Here a thread registers a small synthetic pair (16³ voxels of 4 mm, a few iterations, with the same
+    settings) and runs a tiny convolution, so that this happens while the caller reads its images
+    (``svreg register``); call the returned function before registering. Off CUDA, or when
+    ``parameters.deterministic`` asks for CUDA's deterministic mode (a process-wide setting), nothing is
+    started. The returned function gives the warm-up's own error, if any, which callers may ignore: the
+    registration that follows reports whatever goes wrong.
+    """
+    params = parameters or RegistrationParameters()
+    try:
+        device = resolve_device(params.device)
+    except InputError:
+        return lambda: None
+    if device.type != "cuda" or params.deterministic:
+        return lambda: None
+    failure: list[Exception] = []
+
+    def run() -> None:
+        try:
+            grid = np.indices((16, 16, 16)).astype(np.float32)
+            fixed = np.exp(-((grid - 7.5) ** 2).sum(0) / 20.0)
+            moving = np.exp(-((grid - np.float32([7.5, 7.5, 8.5])[:, None, None, None]) ** 2).sum(0) / 20.0)
+            affine = np.diag([4.0, 4.0, 4.0, 1.0])
+            small = params.replace(affine=False, iterations=(4,) * len(params.iterations))
+            register(Image(fixed, affine), Image(moving, affine), small)
+            torch.nn.functional.conv3d(torch.ones(1, 2, 8, 8, 8, device=device),
+                                       torch.ones(4, 2, 3, 3, 3, device=device), padding=1)
+            torch.cuda.synchronize(device)
+        except Exception as exc:  # noqa: BLE001 - given to the caller, who may ignore it
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="svreg-cuda-warm-up", daemon=True)
+    thread.start()
+
+    def ready() -> Exception | None:
+        thread.join()
+        return failure[0] if failure else None
+
+    return ready

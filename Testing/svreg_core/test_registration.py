@@ -7,6 +7,7 @@ written ``displacement.nii.gz`` / ``transform.h5`` must reproduce ``warped.nii.g
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +20,7 @@ import torch
 from svreg_core import PRESETS, Image, InputError, RegistrationParameters, load_image, register, write_outputs
 from svreg_core.image import Grid
 from svreg_core.metrics import dice, folding_percent, jacobian_determinant
-from svreg_core.registration import RegistrationResult, resolve_device
+from svreg_core.registration import RegistrationResult, resolve_device, warm_up
 
 #: Short pyramid used by every test here (8 mm then 4 mm working grids, 40 iterations each).
 FAST = RegistrationParameters(level_spacings=(8.0, 4.0), iterations=(40, 40), affine=False, device="cpu")
@@ -513,3 +514,17 @@ def test_images_and_labels_warped_on_the_gpu_match_the_cpu() -> None:
         np.testing.assert_array_equal(mode_gpu, mode_cpu)
     np.testing.assert_allclose(warped["cuda"][2], warped["cpu"][2], atol=1e-4)
     assert (warped["cpu"][0] != labels.data).mean() > 0.1  # the labels moved
+
+
+def test_warm_up_starts_nothing_off_the_gpu() -> None:
+    threads = threading.active_count()
+    ready = warm_up(RegistrationParameters(device="cpu"))
+    assert threading.active_count() == threads and ready() is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_warm_up_runs_a_registration_on_the_gpu_without_error() -> None:
+    ready = warm_up(RegistrationParameters(device="cuda"))
+    assert ready() is None
+    assert torch.cuda.is_initialized()
+    assert not any(t.name == "svreg-cuda-warm-up" for t in threading.enumerate())
