@@ -21,7 +21,7 @@ import numpy as np
 
 from svreg_core.conventions import world_to_voxel_vectors
 from svreg_core.errors import InputError
-from svreg_core.metrics.threads import map_threads
+from svreg_core.parallel import map_threads
 
 __all__ = ["jacobian_determinant", "folding_percent", "sdlogj", "ndv_map", "ndv_percent"]
 
@@ -54,7 +54,7 @@ def _voxel_displacement(displacement: np.ndarray, affine: np.ndarray) -> np.ndar
 
 def _fill_by_slabs(out: np.ndarray, slab: Callable[[int, int], np.ndarray]) -> np.ndarray:
     """``out[a:b] = slab(a, b)`` for consecutive slabs of :data:`_SLAB` rows along the first axis, on
-    threads (:func:`~svreg_core.metrics.threads.map_threads`). Each slab reads its own rows only, so the
+    threads (:func:`~svreg_core.parallel.map_threads`). Each slab reads its own rows only, so the
     result is the same as filling them one by one."""
     def fill(a: int) -> None:
         b = min(a + _SLAB, out.shape[0])

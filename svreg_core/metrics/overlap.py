@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from svreg_core.errors import InputError
-from svreg_core.metrics.threads import map_threads
+from svreg_core.parallel import map_threads
 
 __all__ = ["dice", "hd95"]
 
@@ -161,7 +161,7 @@ def hd95(fixed_labels: np.ndarray, warped_labels: np.ndarray,
     where ``P95`` is ``np.percentile(..., 95)`` (linear interpolation) — the symmetric convention of
     MONAI's ``compute_hausdorff_distance(percentile=95)``. Each label is processed inside the bounding
     box of the two labels enlarged by one voxel, which gives the same result as the whole volume; labels
-    run on threads (:func:`~svreg_core.metrics.threads.map_threads`: SciPy's distance transform releases
+    run on threads (:func:`~svreg_core.parallel.map_threads`: SciPy's distance transform releases
     the GIL).
 
     Args:

@@ -240,7 +240,7 @@ def test_ndv_matches_loop_reference_on_random_field() -> None:
 
 def test_slabs_on_threads_give_the_single_thread_result(monkeypatch) -> None:
     """Jacobian and NDV fill slabs of rows on several threads: bitwise the result of one thread."""
-    import svreg_core.metrics.threads as threads
+    import svreg_core.parallel as threads
 
     rng = np.random.default_rng(3)
     disp = rng.normal(0.0, 0.6, (37, 7, 6, 3))  # 5 slabs, folds included

@@ -5,8 +5,8 @@ import threading
 
 import pytest
 
-import svreg_core.metrics.threads as threads
-from svreg_core.metrics.threads import map_threads
+import svreg_core.parallel as threads
+from svreg_core.parallel import map_threads
 
 
 @pytest.mark.parametrize("cpus", [1, 4])

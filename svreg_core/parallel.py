@@ -1,4 +1,4 @@
-"""Running independent NumPy/SciPy work items on threads (their C loops release the GIL)."""
+"""Running independent work items on threads: NumPy, SciPy and torch release the GIL in their C loops."""
 from __future__ import annotations
 
 import os
