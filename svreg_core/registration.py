@@ -26,11 +26,11 @@ from svreg_core.image.resample import downsample, resample, sample_at_points, wo
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
 from svreg_core.optim.affine import affine_register
-from svreg_core.parallel import map_threads
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.optim.spr import DeformableResult, optimize_spr
+from svreg_core.parallel import map_threads
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms import compose, integrate_velocity
 from svreg_core.transforms.field import apply_velocity
@@ -455,6 +455,7 @@ class PreparedPair:
             t = time.perf_counter()
             progress(ProgressEvent("prepare", 0, 1, 0.0, "normalising intensities"))
             device = self.device
+
             def normalized(image: Image) -> torch.Tensor:
                 return _tensor(robust_normalize(image.data), device)
 
@@ -596,8 +597,8 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     PyTorch's deterministic mode (:func:`deterministic_algorithms`; the sampling switches to
     :func:`~svreg_core.image.sampling.gather_sample`) and gives bit-identical results on the same GPU,
     driver and torch version; the optimisation runs step by step, without the CUDA graph of the default
-    (:mod:`svreg_core.optim.cuda_graph`), and is much slower (brain pair, H200, a fresh process: 7-8 s against 0.6 s;
-    ``benchmarks/gpu.sh``). cuBLAS then needs the environment variable
+    (:mod:`svreg_core.optim.cuda_graph`), and is much slower (brain pair, H200, a fresh process: 7-8 s
+    against 0.6 s; ``benchmarks/gpu.sh``). cuBLAS then needs the environment variable
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` (or ``:16:8``) set before CUDA is first used in the process;
     without it, an :class:`InputError` is raised before any work (``svreg register --deterministic``
     sets it). On CPU the option changes nothing.
