@@ -10,6 +10,11 @@ numbers — with the same shapes every call, reading its inputs from and writing
 that stay where they are (parameters updated in place); what it returns is then overwritten by every
 replay. Scalars that change between iterations (step sizes) live in device tensors set before each
 replay (:meth:`svreg_core.optim.adam.Adam.prepare`).
+
+While a graph is recorded (once per pyramid level, a few milliseconds) no other thread of the process may
+use the GPU: PyTorch records in its default, process-wide capture mode. ``svreg register`` runs one
+registration per process; callers of the API that register on one GPU from several threads at once
+should serialise the calls.
 """
 from __future__ import annotations
 
