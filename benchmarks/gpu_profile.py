@@ -52,8 +52,9 @@ def sync_sites(fixed, moving, params) -> list[tuple[str, int]]:
 
     def record(message, category, filename, lineno, file=None, line=None):
         frames = [f for f in traceback.extract_stack() if "svreg_core" in f.filename]
+        # package-relative locations: no machine's install paths in the recorded results
         where = f"{frames[-1].filename.split('svreg_core/')[-1]}:{frames[-1].lineno}" if frames else \
-            f"{filename}:{lineno}"
+            f"{str(filename).split('site-packages/')[-1]}:{lineno}"
         sites[f"{where} ({str(message)[:60]})"] += 1
 
     warnings.showwarning = record
