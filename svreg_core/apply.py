@@ -12,6 +12,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -115,7 +116,30 @@ def transform_points_file(transform: Transform, source: str | Path, target: str 
     obeyed); Slicer ``.mrk.json`` (each markup's ``coordinateSystem`` is obeyed). Every other field
     is copied unchanged.
     """
-    source, target = Path(source), Path(target)
+    out, count = _rewrite_points(source, lambda ras: apply_to_points(transform, ras), coordinates)
+    Path(target).write_text(out, encoding="utf-8")
+    return count
+
+
+def read_points(source: str | Path, *, coordinates: str = "ras") -> np.ndarray:
+    """The points of a file (formats of :func:`transform_points_file`) as ``(N, 3)`` RAS mm, in file order."""
+    found: list[np.ndarray] = []
+
+    def keep(ras: np.ndarray) -> np.ndarray:
+        found.append(np.asarray(ras, dtype=np.float64))
+        return ras
+
+    _rewrite_points(source, keep, coordinates)
+    return np.concatenate(found) if found else np.zeros((0, 3))
+
+
+PointMap = Callable[[np.ndarray], np.ndarray]
+
+
+def _rewrite_points(source: str | Path, mapping: PointMap, coordinates: str) -> tuple[str, int]:
+    """The text of the point file ``source`` with every point replaced by ``mapping(point)`` (RAS mm in and
+    out, each file's own frame kept), and the number of points."""
+    source = Path(source)
     if not source.is_file():
         raise InputError(f"points file not found: {source}")
     if coordinates not in ("ras", "lps"):
@@ -123,23 +147,20 @@ def transform_points_file(transform: Transform, source: str | Path, target: str 
     text = source.read_text(encoding="utf-8")
     name = source.name.lower()
     if name.endswith(".mrk.json"):
-        out, count = _map_markups_json(transform, text, source.name)
-    elif name.endswith(".fcsv"):
-        out, count = _map_fcsv(transform, text, source.name)
-    elif name.endswith(".csv"):
-        out, count = _map_csv(transform, text, source.name, lps=coordinates == "lps")
-    else:
-        raise InputError(f"{source.name}: unknown points format; use .csv, .fcsv or .mrk.json.")
-    target.write_text(out, encoding="utf-8")
-    return count
+        return _map_markups_json(mapping, text, source.name)
+    if name.endswith(".fcsv"):
+        return _map_fcsv(mapping, text, source.name)
+    if name.endswith(".csv"):
+        return _map_csv(mapping, text, source.name, lps=coordinates == "lps")
+    raise InputError(f"{source.name}: unknown points format; use .csv, .fcsv or .mrk.json.")
 
 
-def _map(transform: Transform, points: np.ndarray, lps: bool) -> np.ndarray:
+def _map(mapping: PointMap, points: np.ndarray, lps: bool) -> np.ndarray:
     """Map points given in RAS (or LPS with ``lps``) and return them in the same frame."""
     if len(points) == 0:
         return points
     ras = ras_to_lps_vectors(points) if lps else points
-    moved = apply_to_points(transform, ras)
+    moved = mapping(ras)
     return ras_to_lps_vectors(moved) if lps else moved
 
 
@@ -150,7 +171,7 @@ def _number(value: str, where: str) -> float:
         raise InputError(f"{where}: {value!r} is not a number.") from None
 
 
-def _map_csv(transform: Transform, text: str, name: str, *, lps: bool) -> tuple[str, int]:
+def _map_csv(mapping: PointMap, text: str, name: str, *, lps: bool) -> tuple[str, int]:
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
         raise InputError(f"{name} is empty; a header with columns x, y, z is needed.")
@@ -160,7 +181,7 @@ def _map_csv(transform: Transform, text: str, name: str, *, lps: bool) -> tuple[
     cols = [header.index(c) for c in "xyz"]
     body = [r for r in rows[1:] if any(v.strip() for v in r)]
     pts = np.array([[_number(r[c], f"{name} line {n + 2}") for c in cols] for n, r in enumerate(body)]).reshape(-1, 3)
-    moved = _map(transform, pts, lps)
+    moved = _map(mapping, pts, lps)
     for r, p in zip(body, moved):
         for c, v in zip(cols, p):
             r[c] = repr(float(v))
@@ -169,7 +190,7 @@ def _map_csv(transform: Transform, text: str, name: str, *, lps: bool) -> tuple[
     return buffer.getvalue(), len(body)
 
 
-def _map_fcsv(transform: Transform, text: str, name: str) -> tuple[str, int]:
+def _map_fcsv(mapping: PointMap, text: str, name: str) -> tuple[str, int]:
     lines = text.splitlines()
     lps = any(ln.startswith("#") and "coordinatesystem" in ln.lower().replace(" ", "")
               and ln.split("=")[-1].strip().upper() in ("LPS", "1") for ln in lines)
@@ -178,7 +199,7 @@ def _map_fcsv(transform: Transform, text: str, name: str) -> tuple[str, int]:
     if any(len(r) < 4 for r in rows):
         raise InputError(f"{name}: a point line has fewer than 4 fields (id, x, y, z, ...).")
     pts = np.array([[_number(v, f"{name} line {n + 1}") for v in r[1:4]] for n, r in zip(data, rows)]).reshape(-1, 3)
-    moved = _map(transform, pts, lps)
+    moved = _map(mapping, pts, lps)
     for n, r, p in zip(data, rows, moved):
         r[1:4] = [repr(float(v)) for v in p]
         buffer = io.StringIO()
@@ -187,7 +208,7 @@ def _map_fcsv(transform: Transform, text: str, name: str) -> tuple[str, int]:
     return "\n".join(lines) + "\n", len(rows)
 
 
-def _map_markups_json(transform: Transform, text: str, name: str) -> tuple[str, int]:
+def _map_markups_json(mapping: PointMap, text: str, name: str) -> tuple[str, int]:
     try:
         doc = json.loads(text)
         markups = doc["markups"]
@@ -200,7 +221,7 @@ def _map_markups_json(transform: Transform, text: str, name: str) -> tuple[str, 
         if not points:
             continue
         pts = np.array([[_number(str(v), name) for v in p["position"]] for p in points], dtype=np.float64)
-        for p, q in zip(points, _map(transform, pts, lps)):
+        for p, q in zip(points, _map(mapping, pts, lps)):
             p["position"] = [float(v) for v in q]
         count += len(points)
     return json.dumps(doc, indent=4) + "\n", count

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from svreg_core.apply import apply_to_image, apply_to_labels, apply_to_points, transform_points_file
+from svreg_core.apply import apply_to_image, apply_to_labels, apply_to_points, read_points, transform_points_file
 from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, load_image
@@ -218,6 +218,9 @@ def test_point_files(case, geo, tmp_path: Path) -> None:
     out = json.loads((tmp_path / "q.mrk.json").read_text())
     np.testing.assert_allclose([p["position"] for p in out["markups"][0]["controlPoints"]], expected, atol=2e-3)
     assert out["markups"][0]["controlPoints"][1]["label"] == "F-1"
+    # read_points: the same files read as RAS arrays, whatever frame they are written in
+    for name, kwargs in (("p.csv", {}), ("l.csv", {"coordinates": "lps"}), ("p.fcsv", {}), ("p.mrk.json", {})):
+        np.testing.assert_allclose(read_points(tmp_path / name, **kwargs), x, atol=1e-9, err_msg=name)
 
 
 def test_errors(case, tmp_path: Path) -> None:
@@ -231,6 +234,10 @@ def test_errors(case, tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_text("a,b,c\n1,2,3\n")
     with pytest.raises(InputError, match="x, y, z"):
         transform_points_file(load_transform(case.folder), tmp_path / "p.csv", tmp_path / "q.csv")
+    with pytest.raises(InputError, match="x, y, z"):
+        read_points(tmp_path / "p.csv")
+    with pytest.raises(InputError, match="not found"):
+        read_points(tmp_path / "none.csv")
 
 
 def test_cli_apply(case, geo, tmp_path: Path, capsys) -> None:

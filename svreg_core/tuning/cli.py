@@ -9,12 +9,15 @@ Examples::
     svreg register --preset tuned.json fixed.nii.gz moving.nii.gz -o out/
     svreg tune --train-config train.yaml --synthetic labels/ --epochs-per-trial 20 --storage unet.db  # training
     svreg tune validation/ --model runs/hyper/best --storage codes.db --apply-best codes.json   # a hyper model's codes
+    svreg tune landmark_pairs/ --objective tre --preset lung-ct --storage lung.db     # minimise the landmark error
 
 Running the same command again resumes the study until ``--n-trials`` trials are finished (COMPLETE or
 PRUNED) in total; running it on several machines/processes at once makes them share the work.
 With ``--train-config`` or training data flags, each trial trains a network (:mod:`.training`); with
 ``--model``, each trial runs a learned model at the trial's codes (α′, λ_max) on the validation pairs
-(:mod:`.codes`); otherwise each trial registers the validation pairs (:mod:`.objective`).
+(:mod:`.codes`); otherwise each trial registers the validation pairs (:mod:`.objective`) and scores the mean
+Dice of their label maps (maximised) or, with ``--objective tre``, the mean target registration error of their
+landmarks (minimised).
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from svreg_core.errors import InputError
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.tuning.codes import ModelCodeDice, code_search_space, model_reference
-from svreg_core.tuning.objective import Objective, PairwiseDice, trial_function
+from svreg_core.tuning.objective import Objective, PairwiseDice, PairwiseTRE, trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
 from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
@@ -45,7 +48,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``svreg tune`` arguments to ``parser``."""
     parser.add_argument("validation", nargs="?", default=None,
                         help="validation set: a folder of pair sub-folders (fixed, moving, fixed_labels, "
-                             "moving_labels .nii.gz) or a .csv/.json pair list; omit to only --report/--apply-best")
+                             "moving_labels .nii.gz; with --objective tre fixed_landmarks, moving_landmarks .csv/"
+                             ".fcsv/.mrk.json instead of the labels) or a .csv/.json pair list; omit to only "
+                             "--report/--apply-best")
     study = parser.add_argument_group("study")
     study.add_argument("--storage", default=DEFAULT_STORAGE,
                        help="SQLite file, a journal file ending in .log (shared file system, no database "
@@ -87,6 +92,10 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default 0; a plain model needs them: its codes then set only the refinement's loss)")
 
     objective = parser.add_argument_group("objective")
+    objective.add_argument("--objective", choices=("dice", "tre"), default="dice",
+                           help="what a pairwise trial scores: the mean Dice of the pairs' label maps (maximised, "
+                                "default) or the mean target registration error of their landmarks in mm "
+                                "(minimised; pairs with fixed_landmarks and moving_landmarks files)")
     objective.add_argument("--max-folding", type=float, default=None, metavar="PERCENT",
                            help="reject (prune) a trial as soon as a pair's folding (%% of |J| <= 0) exceeds this")
     objective.add_argument("--labels", nargs="+", type=int, default=None,
@@ -152,6 +161,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--refine N (0 or more) refines a learned model's predictions: it needs --model.")
     if args.model and args.validation is None:
         raise InputError("a code search (--model) needs validation pairs to score the codes on.")
+    if args.objective == "tre" and (training or args.model or args.labels):
+        raise InputError("--objective tre scores the landmarks of pairwise registrations: it does not combine "
+                         "with training, --model or --labels.")
     if args.n_trials < 1 or (args.epochs_per_trial is not None and args.epochs_per_trial < 1):
         raise InputError("--n-trials and --epochs-per-trial must be at least 1.")
     if min(args.max_failures, args.max_retry, args.startup_trials, args.pruner_startup_trials,
@@ -176,9 +188,10 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
             return space, ModelCodeDice(discover_pairs(args.validation), args.model, device=space.base.device,
                                         refine=args.refine, labels=args.labels,
                                         label_mode=args.label_interpolation), None
-        return (build_search_space(args.preset, overrides=overrides, **ranges),
-                PairwiseDice(discover_pairs(args.validation), labels=args.labels, label_mode=args.label_interpolation),
-                None)
+        objective = (PairwiseTRE(discover_pairs(args.validation, needs="landmarks")) if args.objective == "tre" else
+                     PairwiseDice(discover_pairs(args.validation), labels=args.labels,
+                                  label_mode=args.label_interpolation))
+        return build_search_space(args.preset, overrides=overrides, **ranges), objective, None
     config = training_config(args)
     text = str(args.storage)
     runs = Path(args.runs_dir or (Path(text).parent if "://" not in text else Path()) / f"{args.study_name}-runs")
@@ -197,7 +210,7 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
             "label_mode": args.label_interpolation}
     if args.model:
         meta.update(model=model_reference(args.model), refine=args.refine)
-    study, created = create_or_join(storage, args.study_name, meta,
+    study, created = create_or_join(storage, args.study_name, meta, direction=objective.direction,
                                     default_params=None if args.no_default_trial else space.default_values())
     pruner = optuna.pruners.NopPruner() if args.no_pruning else optuna.pruners.MedianPruner(
         n_startup_trials=args.pruner_startup_trials, n_warmup_steps=args.pruner_warmup_steps,

@@ -5,7 +5,9 @@ package, read with its ``load_mni152_*`` functions: nothing is downloaded) are s
 to a coarse grid cropped to the brain (6 mm: 28x34x28 voxels). Labels: 1 = grey matter, 2 = white
 matter. Each pair's fixed image is the template; its moving image is the template pulled through a
 known smooth displacement (a sum of sinusoids of a few millimetres), the labels warped the same way
-(nearest neighbour). Used by the tuning tests and ``scripts/tune_demo.sh``.
+(nearest neighbour); landmarks: random points of the brain and the moving points that correspond to them
+exactly (the displacement inverted by fixed-point iteration). Used by the tuning tests and
+``scripts/tune_demo.sh``.
 """
 from __future__ import annotations
 
@@ -61,11 +63,28 @@ def smooth_displacement(shape: tuple[int, ...], amplitude_vox: float, seed: int)
     return (amplitude_vox / 2.0) * disp
 
 
+def _corresponding_points(fixed_vox: np.ndarray, disp: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Moving-grid voxels ``y`` with ``y + disp(y) = x`` for fixed voxels ``x`` ``(N, 3)``: the moving point that
+    shows what the fixed image shows at ``x`` (``moving(y) = fixed(y + disp(y))``). ``disp`` ``(3, I, J, K)``."""
+    from scipy import ndimage
+
+    y = fixed_vox.copy()
+    for _ in range(iterations):  # a contraction: the displacement's gradient is well below 1
+        y = fixed_vox - np.stack([ndimage.map_coordinates(d, y.T, order=1, mode="nearest") for d in disp], 1)
+    return y
+
+
+def _write_points(path: Path, ras: np.ndarray) -> None:
+    path.write_text("label,x,y,z\n" + "".join(f"p{n + 1},{x!r},{y!r},{z!r}\n"
+                                                for n, (x, y, z) in enumerate(ras.tolist())))
+
+
 def make_demo_pairs(folder: str | Path, n_pairs: int = 2, *, spacing: float = 6.0, amplitude_mm: float = 6.0,
-                    seed: int = 0) -> list[Path]:
+                    seed: int = 0, landmarks: int = 32) -> list[Path]:
     """Write ``n_pairs`` pair folders (``pair01``...) under ``folder``; return them.
 
-    Each holds ``fixed.nii.gz``, ``moving.nii.gz``, ``fixed_labels.nii.gz``, ``moving_labels.nii.gz``.
+    Each holds ``fixed.nii.gz``, ``moving.nii.gz``, ``fixed_labels.nii.gz``, ``moving_labels.nii.gz`` and
+    ``landmarks`` corresponding points (``fixed_landmarks.csv``, ``moving_landmarks.csv``, RAS mm) in the brain.
     """
     from scipy import ndimage
 
@@ -74,7 +93,8 @@ def make_demo_pairs(folder: str | Path, n_pairs: int = 2, *, spacing: float = 6.
     out = []
     base = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in t1.shape], indexing="ij"))
     for p in range(n_pairs):
-        coords = base + smooth_displacement(t1.shape, amplitude_mm / spacing, seed + p)
+        disp = smooth_displacement(t1.shape, amplitude_mm / spacing, seed + p)
+        coords = base + disp
         moving = ndimage.map_coordinates(t1, coords, order=1, mode="nearest").astype(np.float32)
         moving_labels = ndimage.map_coordinates(labels, coords, order=0, mode="nearest").astype(np.int32)
         pair = folder / f"pair{p + 1:02d}"
@@ -83,5 +103,10 @@ def make_demo_pairs(folder: str | Path, n_pairs: int = 2, *, spacing: float = 6.
         save_image(Image(moving, affine), pair / "moving.nii.gz")
         save_image(Image(labels, affine), pair / "fixed_labels.nii.gz", dtype=np.int16)
         save_image(Image(moving_labels, affine), pair / "moving_labels.nii.gz", dtype=np.int16)
+        if landmarks:
+            brain = np.argwhere(labels > 0).astype(np.float64)
+            fixed_vox = brain[np.random.default_rng(seed + p).choice(len(brain), landmarks, replace=False)]
+            for name, vox in (("fixed", fixed_vox), ("moving", _corresponding_points(fixed_vox, disp))):
+                _write_points(pair / f"{name}_landmarks.csv", vox @ affine[:3, :3].T + affine[:3, 3])
         out.append(pair)
     return out

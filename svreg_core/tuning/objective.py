@@ -1,7 +1,7 @@
 """What a trial evaluates, step by step, and how each step reaches Optuna.
 
 An :class:`Objective` scores one trial's settings in steps, calling :meth:`StepReporter.report` after each:
-a validation pair (:class:`PairwiseDice`) or a training epoch and its validation Dice
+a validation pair (:class:`PairwiseDice`, maximised; :class:`PairwiseTRE`, minimised) or a training epoch and its validation Dice
 (:class:`~svreg_core.tuning.training.TrainingDice`: pruning at epoch granularity). The reporter records the
 step as trial user attributes, calls ``trial.report`` and raises :class:`optuna.TrialPruned` when
 ``trial.should_prune()`` says so (never after the last step) or a step folds more than ``max_folding`` %.
@@ -80,11 +80,13 @@ class StepReporter:
 
 class Objective(Protocol):
     """Scores one trial's settings step by step. ``name`` is stored with the study (workers must agree);
-    ``aggregate``: ``"mean"`` of the steps (pairs) or ``"max"`` (best epoch); ``value_name`` for people."""
+    ``aggregate``: ``"mean"`` of the steps (pairs) or ``"max"`` (best epoch); ``value_name`` for people;
+    ``direction``: ``"maximize"`` or ``"minimize"`` (the study's Optuna direction)."""
 
     name: str
     aggregate: str
     value_name: str
+    direction: str
 
     def step_labels(self) -> list[str]:
         """One label per step (pair names, ``"epoch 1"``...)."""
@@ -136,7 +138,7 @@ class PairwiseDice:
     ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
     """
 
-    name, aggregate, value_name = "pairwise-dice", "mean", "mean Dice"
+    name, aggregate, value_name, direction = "pairwise-dice", "mean", "mean Dice", "maximize"
 
     def __init__(self, pairs: Sequence[ValidationPair], *, labels: Sequence[int] | None = None,
                  label_mode: str = "linear") -> None:
@@ -165,3 +167,32 @@ class PairwiseDice:
                 raise ValueError("no label is present in both the fixed and the warped moving labels")
             fold = float(folding_percent(jacobian_determinant(result.displacement, data.fixed.affine)))
             steps.report(float(sum(scores.values()) / len(scores)), fold)
+
+
+class PairwiseTRE:
+    """Registers every validation pair with the trial's parameters and scores its landmarks; one step per pair.
+
+    Step value: mean target registration error (mm, :func:`~svreg_core.metrics.landmarks.tre`) of the fixed
+    landmarks mapped through the registration against their moving landmarks, minimised; folding as in
+    :class:`PairwiseDice`. Needs pairs with landmark files (``discover_pairs(..., needs="landmarks")``).
+    """
+
+    name, aggregate, value_name, direction = "pairwise-tre", "mean", "mean TRE (mm)", "minimize"
+
+    def __init__(self, pairs: Sequence[ValidationPair]) -> None:
+        self.pairs = list(pairs)
+
+    def step_labels(self) -> list[str]:
+        return [p.name for p in self.pairs]
+
+    def evaluate(self, settings: Any, steps: StepReporter) -> None:
+        from svreg_core.metrics import folding_percent, jacobian_determinant
+        from svreg_core.metrics.landmarks import tre
+        from svreg_core.registration import register
+
+        for pair in self.pairs:
+            data = load_pair(pair)
+            result = register(data.fixed, data.moving, settings)
+            errors = tre(data.fixed_landmarks, data.moving_landmarks, result.transform_points)
+            fold = float(folding_percent(jacobian_determinant(result.displacement, data.fixed.affine)))
+            steps.report(float(errors.mean()), fold)

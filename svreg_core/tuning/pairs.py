@@ -1,17 +1,25 @@
-"""The validation set of ``svreg tune``: labelled image pairs from a folder or a list file.
+"""The validation set of ``svreg tune``: image pairs with label maps or landmarks, from a folder or a list file.
 
 Folder layout (one sub-folder per pair, sorted by name; the folder itself may also be one pair)::
 
     validation/
       case01/  fixed.nii.gz  moving.nii.gz  fixed_labels.nii.gz  moving_labels.nii.gz
-      case02/  ...
+      case02/  fixed.nii.gz  moving.nii.gz  fixed_landmarks.csv  moving_landmarks.csv
+      ...
 
-Accepted file names (case-insensitive; extensions ``.nii.gz``, ``.nii``, ``.mgz``, ``.mgh``):
+Accepted file names (case-insensitive; images ``.nii.gz``, ``.nii``, ``.mgz``, ``.mgh``):
 ``fixed`` / ``fixed_image``, ``moving`` / ``moving_image``, ``fixed_labels`` / ``fixed_label`` /
-``fixed_seg``, ``moving_labels`` / ``moving_label`` / ``moving_seg``.
+``fixed_seg``, ``moving_labels`` / ``moving_label`` / ``moving_seg``; landmarks (point files read by
+:func:`svreg_core.apply.read_points`: ``.csv`` with x, y, z columns in RAS mm, Slicer ``.fcsv`` or
+``.mrk.json``) ``fixed_landmarks`` / ``fixed_points`` / ``fixed_keypoints`` and the ``moving_`` ones:
+the n-th fixed point corresponds to the n-th moving point.
 
-List file: a CSV with a header ``fixed,moving,fixed_labels,moving_labels[,name]`` or a JSON list of
-objects with the same keys (or ``{"pairs": [...]}``). Relative paths are relative to the list file.
+Which of labels and landmarks a pair needs depends on the objective (``needs``: Dice needs labels, the
+target registration error landmarks); the other kind is optional.
+
+List file: a CSV with a header ``fixed,moving`` plus ``fixed_labels,moving_labels`` and/or
+``fixed_landmarks,moving_landmarks`` (and optionally ``name``), or a JSON list of objects with the same
+keys (or ``{"pairs": [...]}``). Relative paths are relative to the list file.
 """
 from __future__ import annotations
 
@@ -23,69 +31,89 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from svreg_core.apply import POINT_SUFFIXES, read_points
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
 
-#: Accepted file stems (lower case) per role, in role order.
+#: Accepted file stems (lower case) per role, in role order: images, label maps, landmarks.
 ROLE_STEMS: dict[str, tuple[str, ...]] = {
     "fixed": ("fixed", "fixed_image", "fixed_img"),
     "moving": ("moving", "moving_image", "moving_img"),
     "fixed_labels": ("fixed_labels", "fixed_label", "fixed_seg", "fixed_segmentation"),
     "moving_labels": ("moving_labels", "moving_label", "moving_seg", "moving_segmentation"),
+    "fixed_landmarks": ("fixed_landmarks", "fixed_points", "fixed_keypoints"),
+    "moving_landmarks": ("moving_landmarks", "moving_points", "moving_keypoints"),
 }
 ROLES = tuple(ROLE_STEMS)
+#: The roles a pair needs for each kind of objective (``needs`` of :func:`discover_pairs`).
+NEEDS: dict[str, tuple[str, ...]] = {"labels": ("fixed", "moving", "fixed_labels", "moving_labels"),
+                                     "landmarks": ("fixed", "moving", "fixed_landmarks", "moving_landmarks")}
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mgz", ".mgh")
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
-class Pair(Generic[T]):
-    """One labelled pair: its files (:data:`ValidationPair`) or its images (:data:`LoadedPair`)."""
+class Pair(Generic[T, P]):
+    """One pair: its files (:data:`ValidationPair`) or its contents (:data:`LoadedPair`: images, and landmarks
+    as ``(N, 3)`` RAS mm arrays). Labels and landmarks are ``None`` where the pair has none."""
 
     name: str
     fixed: T
     moving: T
-    fixed_labels: T
-    moving_labels: T
+    fixed_labels: T | None = None
+    moving_labels: T | None = None
+    fixed_landmarks: P | None = None
+    moving_landmarks: P | None = None
 
 
-ValidationPair = Pair[Path]
-LoadedPair = Pair[Image]
+ValidationPair = Pair[Path, Path]
+LoadedPair = Pair[Image, np.ndarray]
+
+
+def _stem(name: str, role: str) -> str | None:
+    """``name`` (lower case) without its extension if it has one of ``role``'s file kinds."""
+    extensions = POINT_SUFFIXES if role.endswith("landmarks") else IMAGE_EXTENSIONS
+    return next((name[: -len(e)] for e in extensions if name.endswith(e)), None)
 
 
 def _pair_files(folder: Path) -> dict[str, Path]:
-    """Role -> image file directly inside ``folder`` (only the roles found)."""
+    """Role -> file directly inside ``folder`` (only the roles found)."""
     found: dict[str, Path] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file()):
         name = path.name.lower()
-        stem = next((name[: -len(e)] for e in IMAGE_EXTENSIONS if name.endswith(e)), None)
-        for role in (r for r, stems in ROLE_STEMS.items() if stem in stems):
+        for role in (r for r, stems in ROLE_STEMS.items() if _stem(name, r) in stems):
             if role in found:
                 raise InputError(f"pair folder {folder} has two {role} files: {found[role].name} and {path.name}.")
             found[role] = path
     return found
 
 
-def _complete(folder: Path, files: dict[str, Path], what: str) -> ValidationPair:
-    missing = [" or ".join(f"{s}.nii.gz" for s in ROLE_STEMS[r][:2]) for r in ROLES if r not in files]
+def _example(role: str) -> str:
+    suffix = ".csv" if role.endswith("landmarks") else ".nii.gz"
+    return " or ".join(f"{s}{suffix}" for s in ROLE_STEMS[role][:2])
+
+
+def _complete(folder: Path, files: dict[str, Path], what: str, needs: str) -> ValidationPair:
+    missing = [_example(r) for r in NEEDS[needs] if r not in files]
     if missing:
         raise InputError(f"{what} {folder} lacks {', '.join(missing)}.")
-    return ValidationPair(folder.name, *(files[r] for r in ROLES))
+    return ValidationPair(folder.name, **{r: files.get(r) for r in ROLES})
 
 
-def _pairs_from_folder(folder: Path) -> list[ValidationPair]:
+def _pairs_from_folder(folder: Path, needs: str) -> list[ValidationPair]:
     own = _pair_files(folder)  # the folder itself may be one pair
     if own:
-        return [_complete(folder, own, "validation folder")]
+        return [_complete(folder, own, "validation folder", needs)]
     subs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    pairs = [_complete(sub, files, "pair folder") for sub in subs if (files := _pair_files(sub))]
+    pairs = [_complete(sub, files, "pair folder", needs) for sub in subs if (files := _pair_files(sub))]
     if not pairs:
         raise InputError(f"validation folder {folder} holds no pairs: expected sub-folders with "
-                         f"fixed, moving, fixed_labels and moving_labels images (.nii.gz).")
+                         f"{', '.join(_example(r) for r in NEEDS[needs])}.")
     return pairs
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
+def _rows(path: Path, needs: str) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -100,34 +128,40 @@ def _rows(path: Path) -> list[dict[str, Any]]:
             raise InputError(f"pair list {path} must be a JSON list of objects (or {{\"pairs\": [...]}}).")
         return doc
     reader = csv.DictReader(text.splitlines(), dialect="excel-tab" if path.suffix.lower() == ".tsv" else "excel")
-    missing = [r for r in ROLES if r not in [h.strip() for h in (reader.fieldnames or [])]]
+    missing = [r for r in NEEDS[needs] if r not in [h.strip() for h in (reader.fieldnames or [])]]
     if missing:
-        raise InputError(f"pair list {path} needs a header with columns {', '.join(ROLES)} "
+        raise InputError(f"pair list {path} needs a header with columns {', '.join(NEEDS[needs])} "
                          f"(missing: {', '.join(missing)}).")
     return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader
             if any((v or "").strip() for v in row.values())]
 
 
-def _pairs_from_list_file(path: Path) -> list[ValidationPair]:
+def _pairs_from_list_file(path: Path, needs: str) -> list[ValidationPair]:
     pairs = []
-    for index, row in enumerate(_rows(path), start=1):
-        for role in ROLES:
+    for index, row in enumerate(_rows(path, needs), start=1):
+        for role in NEEDS[needs]:
             if not row.get(role):
                 raise InputError(f"pair list {path}, entry {index}: no '{role}' path.")
-        files = [path.parent / Path(str(row[r])).expanduser() for r in ROLES]  # an absolute path stays absolute
-        pairs.append(ValidationPair(str(row.get("name") or f"pair{index:03d}"), *files))
+        # an absolute path stays absolute
+        files = {r: path.parent / Path(str(row[r])).expanduser() if row.get(r) else None for r in ROLES}
+        pairs.append(ValidationPair(str(row.get("name") or f"pair{index:03d}"), **files))
     if not pairs:
         raise InputError(f"pair list {path} lists no pairs.")
     return pairs
 
 
-def discover_pairs(source: str | Path) -> list[ValidationPair]:
-    """The validation pairs of a folder or a list file (``.csv``, ``.tsv``, ``.json``), checked to exist."""
+def discover_pairs(source: str | Path, needs: str = "labels") -> list[ValidationPair]:
+    """The validation pairs of a folder or a list file (``.csv``, ``.tsv``, ``.json``), checked to exist.
+
+    ``needs``: ``"labels"`` (every pair must have label maps) or ``"landmarks"`` (landmark files).
+    """
+    if needs not in NEEDS:
+        raise ValueError(f"needs must be one of {', '.join(NEEDS)}, not {needs!r}")
     path = Path(source).expanduser()
     if path.is_dir():
-        pairs = _pairs_from_folder(path)
+        pairs = _pairs_from_folder(path, needs)
     elif path.is_file() and path.suffix.lower() in (".csv", ".tsv", ".json", ".txt"):
-        pairs = _pairs_from_list_file(path)
+        pairs = _pairs_from_list_file(path, needs)
     elif path.is_file():
         raise InputError(f"{path} is neither a folder of pairs nor a .csv/.tsv/.json pair list.")
     else:
@@ -136,19 +170,26 @@ def discover_pairs(source: str | Path) -> list[ValidationPair]:
     for pair in pairs:
         if names.count(pair.name) > 1:
             raise InputError(f"two validation pairs are named {pair.name!r}; pair names must be unique.")
-        for role in ROLES:
+        for role in (r for r in ROLES if getattr(pair, r) is not None):
             if not getattr(pair, role).is_file():
                 raise InputError(f"validation pair {pair.name!r}: {role} file not found: {getattr(pair, role)}")
     return pairs
 
 
 def load_pair(pair: ValidationPair) -> LoadedPair:
-    """Read the four images of ``pair``; :class:`InputError` (naming the pair) for unreadable files or
-    label maps off their image's grid."""
-    images = {r: load_image(getattr(pair, r), labels="labels" in r, name=f"pair {pair.name!r} {r}") for r in ROLES}
+    """Read ``pair``'s images, label maps and landmarks (those it has); :class:`InputError` (naming the pair) for
+    unreadable files, label maps off their image's grid, or landmark files with different numbers of points."""
+    images = {r: load_image(getattr(pair, r), labels="labels" in r, name=f"pair {pair.name!r} {r}")
+              for r in ROLES[:4] if getattr(pair, r) is not None}
     for role in ("fixed", "moving"):
-        lab, img = images[f"{role}_labels"], images[role]
-        if lab.shape != img.shape or not np.allclose(lab.affine, img.affine, atol=1e-3):
+        lab, img = images.get(f"{role}_labels"), images[role]
+        if lab is not None and (lab.shape != img.shape or not np.allclose(lab.affine, img.affine, atol=1e-3)):
             raise InputError(f"pair {pair.name!r}: the {role} labels are not on the {role} image's grid "
                              f"({lab.shape} vs {img.shape} or different affines).")
-    return LoadedPair(pair.name, *(images[r] for r in ROLES))
+    points = {r: read_points(getattr(pair, r)) for r in ROLES[4:] if getattr(pair, r) is not None}
+    if points:
+        counts = [len(v) for v in points.values()]
+        if len(points) != 2 or counts[0] != counts[1] or not counts[0]:
+            raise InputError(f"pair {pair.name!r}: the fixed and moving landmark files must hold the same number "
+                             f"of corresponding points, at least one (found {' and '.join(map(str, counts))}).")
+    return LoadedPair(pair.name, **images, **points)

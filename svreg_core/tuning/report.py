@@ -79,7 +79,8 @@ def summarize_study(study: optuna.Study, storage_label: str = "") -> dict[str, A
     trials = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
     return {
         "study": study.study_name, "storage": storage_label, "objective": meta.get("objective"),
-        "value_name": meta.get("value_name", "mean Dice"), "steps": meta.get("steps"),
+        "value_name": meta.get("value_name", "mean Dice"), "direction": study.direction.name.lower(),
+        "steps": meta.get("steps"),
         "max_folding": meta.get("max_folding"), "model": meta.get("model"), "refine": meta.get("refine"),
         "counts": {s.name: sum(t["state"] == s.name for t in trials) for s in TrialState},
         "base_preset": None if space is None else space.base_preset,
@@ -119,7 +120,7 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 
 def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
-    """Each trial's value (mean Dice...) against its mean folding percent (pruned: over its evaluated steps)."""
+    """Each trial's value (mean Dice, mean TRE...) against its mean folding percent (pruned: over its evaluated steps)."""
     from matplotlib.figure import Figure
 
     ax = Figure().add_subplot(1, 1, 1)
@@ -134,7 +135,7 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
                    zorder=5, label=f"best (trial {best['number']})")
     if limit is not None:
         ax.axvline(limit, color="tab:red", linestyle="--", label=f"max folding {limit:g}%")
-    ax.set(xlabel="folding: voxels with |J| ≤ 0 (%)", ylabel=summary["value_name"], title="Dice – folding trade-off")
+    ax.set(xlabel="folding: voxels with |J| ≤ 0 (%)", ylabel=summary["value_name"], title=f"{summary['value_name']} – folding trade-off")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
@@ -175,7 +176,7 @@ def _markdown(s: dict[str, Any]) -> str:
     md = [f"# Tuning report — study `{s['study']}`", "", f"Storage: `{s['storage']}`  ", f"Trials: {counts}  "]
     if s["objective"]:
         md.append(f"Objective: {s['objective']}, {s['value_name']} over {len(s['steps'] or [])} steps "
-                  f"({', '.join((s['steps'] or [])[:3])}...), maximised  ")
+                  f"({', '.join((s['steps'] or [])[:3])}...), {s['direction'][:-2]}sed  ")
     if s["model"]:
         md.append(f"Code search of model `{s['model']}`: each trial ran the network at its α′, λ_max"
                   + (f" (+ {s['refine']} refinement iterations)" if s["refine"] else "") + ", no training  ")
@@ -203,6 +204,11 @@ def _markdown(s: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
+def _value_key(study: optuna.Study, value: float) -> dict[str, float]:
+    """The best value under its name in a preset's ``tuning`` record: ``mean_dice`` or ``mean_tre_mm``."""
+    return {"mean_tre_mm" if study_meta(study).get("objective") == "pairwise-tre" else "mean_dice": value}
+
+
 def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenTrial, dict[str, Any]]:
     """The study's search space, best trial and the ``tuning`` provenance written with it."""
     space, best = _space(study), best_trial(study)
@@ -211,7 +217,7 @@ def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenT
     if best is None:
         raise InputError(f"study {study.study_name!r} has no complete trial yet; nothing to apply.")
     return space, best, {"study": study.study_name, "storage": storage_label, "trial": best.number,
-                         "mean_dice": best.value, "folding_percent": _num(best.user_attrs.get("folding_percent"))}
+                         **_value_key(study, best.value), "folding_percent": _num(best.user_attrs.get("folding_percent"))}
 
 
 def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage_label: str = "") -> dict[str, Any]:

@@ -197,22 +197,27 @@ def _comparable(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[str, Any], *,
-                   default_params: dict[str, Any] | None, wait_s: float = 30.0) -> tuple[optuna.Study, bool]:
-    """Create the study (``created=True``) or join it, checking that ``meta`` agrees with the stored one.
+                   default_params: dict[str, Any] | None, direction: str = "maximize",
+                   wait_s: float = 30.0) -> tuple[optuna.Study, bool]:
+    """Create the study (``created=True``) or join it, checking that ``meta`` and the objective's
+    ``direction`` (``"maximize"`` or ``"minimize"``) agree with the stored ones.
 
     The creator enqueues ``default_params`` (the base's own values) as the first trial, then stores
     ``meta``; a joining worker waits up to ``wait_s`` s for it and, with ``default_params``, queues the
     base's trial again when it was stopped (:func:`requeue_default`).
     """
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction)
     except optuna.exceptions.DuplicatedStudyError:
         study = load_study(storage, name)
         deadline = time.monotonic() + wait_s
         while not study_meta(study) and time.monotonic() < deadline and not study.trials:
             time.sleep(0.2)
-        if study.direction != optuna.study.StudyDirection.MAXIMIZE or not study_meta(study):
+        if not study_meta(study):
             raise InputError(f"study {name!r} exists but was not created by svreg tune.") from None
+        if study.direction.name.lower() != direction:
+            raise InputError(f"study {name!r} already exists with the other objective direction "
+                             f"({study.direction.name.lower()}); choose another --study-name.") from None
         stored, mine = _comparable(study_meta(study)), _comparable(meta)
         differ = sorted(k for k in stored if stored[k] != mine.get(k))  # keys added later are not compared
         if differ:

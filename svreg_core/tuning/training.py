@@ -52,7 +52,7 @@ class TrainingDice:
     """Trains a network per trial in ``runs_dir/trial-NNNN`` for ``epochs`` (the learning rate decays over
     these); one step per epoch: its validation mean Dice (and folding percent)."""
 
-    name, aggregate, value_name = "training-dice", "max", "best validation Dice"
+    name, aggregate, value_name, direction = "training-dice", "max", "best validation Dice", "maximize"
 
     def __init__(self, runs_dir: str | Path, epochs: int) -> None:
         self.runs_dir = Path(runs_dir).absolute()

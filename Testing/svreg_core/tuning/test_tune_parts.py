@@ -80,6 +80,40 @@ def test_pairs_from_folder_list_files_and_errors(tmp_path: Path) -> None:
         discover_pairs(tmp_path / "val" / "notes")
 
 
+def test_pairs_with_landmarks(tmp_path: Path) -> None:
+    root = tmp_path / "val"
+    _fake_pair(root / "a", ("fixed", "moving"))
+    (root / "a" / "fixed_points.csv").write_text("x,y,z\n1,2,3\n4,5,6\n")
+    (root / "a" / "moving_landmarks.csv").write_text("x,y,z\n1.5,2,3\n4,5.5,6\n")
+    (pair,) = discover_pairs(root, needs="landmarks")
+    assert pair.fixed_landmarks.name == "fixed_points.csv" and pair.fixed_labels is None
+    with pytest.raises(InputError, match=r"pair folder .*a lacks fixed_labels\.nii\.gz or fixed_label\.nii\.gz"):
+        discover_pairs(root)  # the Dice objective needs label maps
+    csv = tmp_path / "list.csv"
+    csv.write_text("name,fixed,moving,fixed_landmarks,moving_landmarks\n"
+                   "p,val/a/fixed.nii.gz,val/a/moving.nii.gz,val/a/fixed_points.csv,val/a/moving_landmarks.csv\n")
+    (listed,) = discover_pairs(csv, needs="landmarks")
+    assert listed.moving_landmarks == root / "a" / "moving_landmarks.csv" and listed.moving_labels is None
+    with pytest.raises(InputError, match="missing: fixed_labels, moving_labels"):
+        discover_pairs(csv)
+    (root / "a" / "moving_landmarks.csv").unlink()
+    with pytest.raises(InputError, match="lacks moving_landmarks.csv or moving_points.csv"):
+        discover_pairs(root, needs="landmarks")
+
+
+def test_landmark_files_must_correspond(demo_pairs: Path, tmp_path: Path) -> None:
+    from svreg_core.tuning.pairs import load_pair
+
+    pair = tmp_path / "p"
+    shutil.copytree(demo_pairs / "pair01", pair)
+    loaded = load_pair(discover_pairs(pair, needs="landmarks")[0])
+    assert loaded.fixed_landmarks.shape == loaded.moving_landmarks.shape == (32, 3)
+    lines = (pair / "moving_landmarks.csv").read_text().splitlines()
+    (pair / "moving_landmarks.csv").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(InputError, match=r"pair 'p': .* same number .* \(found 32 and 31\)"):
+        load_pair(discover_pairs(pair, needs="landmarks")[0])
+
+
 # ----------------------------------------------------------------------------------------- search space
 
 
