@@ -65,6 +65,8 @@ def tune_command(args: argparse.Namespace, preset: str, case_dir: Path, out: Pat
     suffix = "" if args.objective == "dice" else f"-{args.objective}"
     storage = ct_known_warp.CT_DIR / "tune" / f"{preset}{suffix}.db"
     storage.parent.mkdir(parents=True, exist_ok=True)
+    # a relative SQLite URL (the command runs in REPO): the reports then name no machine path
+    storage = f"sqlite:///{storage.relative_to(REPO)}"
     return [str(args.svreg), "tune", str(case_dir), "--preset", preset, "--storage", str(storage),
             "--study-name", preset, "--n-trials", str(args.n_trials), "--seed", str(args.seed),
             "--alpha-prime-range", *map(str, args.alpha_prime_range),

@@ -134,6 +134,14 @@ def _dig(d: dict, *path):
 # one tool at one resolution
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository when inside it (results name no machine path)."""
+    try:
+        return path.resolve().relative_to(REPO)
+    except ValueError:
+        return path
+
+
 def peer_status(peer: str, venvs: Path) -> str | None:
     """None when the peer can run, else the reason it is skipped."""
     failed = venvs / f"{peer}.failed"
@@ -141,10 +149,11 @@ def peer_status(peer: str, venvs: Path) -> str | None:
         lines = failed.read_text(errors="replace").strip().splitlines()
         errors = [ln for ln in lines if ln.startswith("ERROR")]
         return "install failed: " + " | ".join((lines[:1] + errors[:2]) if errors else lines[:3])
+    shown = _shown(venvs / peer)
     if not (venvs / peer / "bin" / "python").exists():
-        return f"venv {venvs / peer} missing (run scripts/benchmark.sh without --skip-setup)"
+        return f"venv {shown} missing (run scripts/benchmark.sh without --skip-setup)"
     if not (venvs / peer / ".bench-installed").exists():
-        return f"venv {venvs / peer} incomplete (no .bench-installed marker; rerun scripts/benchmark.sh)"
+        return f"venv {shown} incomplete (no .bench-installed marker; rerun scripts/benchmark.sh)"
     return None
 
 

@@ -100,7 +100,7 @@ def _check_file(path: Path, must_exist: bool, sqlite: bool) -> None:
     if not sqlite or not path.is_file() or path.stat().st_size == 0:
         return
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=60)) as db:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
             rows = db.execute("PRAGMA quick_check").fetchall()
         if rows == [("ok",)]:
             return

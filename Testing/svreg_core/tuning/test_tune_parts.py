@@ -176,6 +176,13 @@ def test_storage_errors_are_one_line_user_errors(tmp_path: Path) -> None:
     assert optuna.logging.get_verbosity() == level  # run_tune restores Optuna's log level
 
 
+def test_relative_sqlite_url_opens_an_existing_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///relative.db`` (a URL relative to the working folder, as reports should name it) reopens."""
+    monkeypatch.chdir(tmp_path)
+    create_or_join(open_storage("sqlite:///studies/s.db"), "s", {"objective": "x"}, default_params=None)
+    assert load_study(open_storage("sqlite:///studies/s.db", must_exist=True), "s").user_attrs
+
+
 def test_workers_creating_the_storage_at_once(tmp_path: Path) -> None:
     """Workers opening one new SQLite file at the same moment race to create Optuna's tables: all succeed."""
     errors: list[str] = []
