@@ -120,7 +120,8 @@ def _save_figure(fig: Any, path: Path) -> None:
 
 
 def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
-    """Each trial's value (mean Dice, mean TRE...) against its mean folding percent (pruned: over its evaluated steps)."""
+    """Each trial's value (mean Dice, mean TRE...) against its mean folding percent (pruned: over its evaluated
+    steps)."""
     from matplotlib.figure import Figure
 
     ax = Figure().add_subplot(1, 1, 1)
@@ -135,7 +136,8 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
                    zorder=5, label=f"best (trial {best['number']})")
     if limit is not None:
         ax.axvline(limit, color="tab:red", linestyle="--", label=f"max folding {limit:g}%")
-    ax.set(xlabel="folding: voxels with |J| ≤ 0 (%)", ylabel=summary["value_name"], title=f"{summary['value_name']} – folding trade-off")
+    ax.set(xlabel="folding: voxels with |J| ≤ 0 (%)", ylabel=summary["value_name"],
+           title=f"{summary['value_name']} – folding trade-off")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
@@ -217,7 +219,8 @@ def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenT
     if best is None:
         raise InputError(f"study {study.study_name!r} has no complete trial yet; nothing to apply.")
     return space, best, {"study": study.study_name, "storage": storage_label, "trial": best.number,
-                         **_value_key(study, best.value), "folding_percent": _num(best.user_attrs.get("folding_percent"))}
+                         **_value_key(study, best.value),
+                         "folding_percent": _num(best.user_attrs.get("folding_percent"))}
 
 
 def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage_label: str = "") -> dict[str, Any]:

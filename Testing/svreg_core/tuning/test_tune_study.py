@@ -161,9 +161,9 @@ def test_tre_objective_is_minimised(demo_pairs: Path, tmp_path: Path, helpers: A
     from svreg_core.registration import register
 
     db, out, preset = tmp_path / "tre.db", tmp_path / "report", tmp_path / "tre.json"
-    args = helpers.parse_args(demo_pairs, "--objective", "tre", "--storage", db, "--study-name", "tre", "--n-trials", 3,
-                              "--seed", 1, "--no-pruning", "--progress", "none", "--report", out, "--apply-best", preset,
-                              *helpers.FAST)
+    args = helpers.parse_args(demo_pairs, "--objective", "tre", "--storage", db, "--study-name", "tre",
+                              "--n-trials", 3, "--seed", 1, "--no-pruning", "--progress", "none", "--report", out,
+                              "--apply-best", preset, *helpers.FAST)
     assert run_tune(args) == 0
     study = helpers.load(db, "tre")
     complete = study.get_trials(states=(TrialState.COMPLETE,))
