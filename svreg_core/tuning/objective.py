@@ -2,9 +2,9 @@
 
 An :class:`Objective` scores one trial's settings in steps, calling :meth:`StepReporter.report` after each:
 a validation pair (:class:`PairwiseDice`, maximised; :class:`PairwiseTRE`, minimised) or a training epoch and
-its validation Dice (:class:`~svreg_core.tuning.training.TrainingDice`: pruning at epoch granularity). The reporter records the
-step as trial user attributes, calls ``trial.report`` and raises :class:`optuna.TrialPruned` when
-``trial.should_prune()`` says so (never after the last step) or a step folds more than ``max_folding`` %.
+its validation Dice (:class:`~svreg_core.tuning.training.TrainingDice`: pruning at epoch granularity). The
+reporter records the step as trial user attributes, calls ``trial.report`` and raises :class:`optuna.TrialPruned`
+when ``trial.should_prune()`` says so (never after the last step) or a step folds more than ``max_folding`` %.
 
 Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``folding_percent`` (mean),
 ``folding_percent_max``, ``pruned_reason``, ``error`` (failed trials: the step and the message),
