@@ -193,6 +193,10 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
                         "mm; e.g. a Slicer ROI's bounds), for big CT: the fixed labels and mask are cropped alike "
                         "and every output is on the cropped grid")
     p.add_argument("--moving-mask", help="mask on the moving grid restricting the similarity")
+    p.add_argument("--fixed-landmarks", help="points on the fixed image (.csv with x, y, z in RAS mm, Slicer .fcsv or "
+                                             ".mrk.json): with --moving-landmarks, the report gives the target "
+                                             "registration error before and after")
+    p.add_argument("--moving-landmarks", help="the corresponding points on the moving image, in the same order")
     add_parameter_arguments(p)
 
 
@@ -267,13 +271,15 @@ class Pair:
     moving_labels: str | None = None
     fixed_mask: str | None = None
     moving_mask: str | None = None
+    fixed_landmarks: str | None = None
+    moving_landmarks: str | None = None
 
     def inputs(self) -> list[str]:
         return [p for p in (self.fixed, self.moving, self.fixed_labels, self.moving_labels, self.fixed_mask,
-                            self.moving_mask) if p]
+                            self.moving_mask, self.fixed_landmarks, self.moving_landmarks) if p]
 
     def sources(self) -> dict[str, str]:
-        """The input files by role (``fixed``, ``moving``, ``fixed_labels``, ...), as the report records them."""
+        """The input images by role (``fixed``, ``moving``, ``fixed_labels``, ...), as the report records them."""
         return {role: getattr(self, role) for role in ("fixed", "moving", "fixed_labels", "moving_labels",
                                                        "fixed_mask", "moving_mask") if getattr(self, role)}
 
@@ -290,11 +296,14 @@ class PairImages:
     fixed_mask: object = None
     moving_mask: object = None
     extra: dict | None = None
+    landmarks: tuple | None = None
 
 
 def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[str, bool], object]) -> PairImages:
     """Read the images of ``pair`` (fixed-side ones from ``cache`` when loaded before, and kept there), check
-    the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop)."""
+    the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop);
+    read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one."""
+    from svreg_core.apply import read_points
     from svreg_core.image import crop_to_box, load_image
 
     def load(path: str | None, name: str, labels: bool = False, keep: bool = False):
@@ -315,13 +324,21 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
     moving_mask = load(pair.moving_mask, "moving mask", labels=True)
     _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
     _check_same_grid(moving_labels, moving, "moving labels", "moving image")
+    landmarks = None
+    if pair.fixed_landmarks or pair.moving_landmarks:
+        if not (pair.fixed_landmarks and pair.moving_landmarks):
+            raise InputError("give both --fixed-landmarks and --moving-landmarks (corresponding points), or neither.")
+        landmarks = (read_points(pair.fixed_landmarks), read_points(pair.moving_landmarks))
+        if len(landmarks[0]) != len(landmarks[1]) or not len(landmarks[0]):
+            raise InputError(f"the landmark files must hold the same number of corresponding points, at least one "
+                             f"(found {len(landmarks[0])} fixed and {len(landmarks[1])} moving).")
     extra = {}
     if box:
         fixed, fixed_labels, fixed_mask = (None if image is None else crop_to_box(image, box[:3], box[3:], name)
                                            for image, name in ((fixed, "fixed image"), (fixed_labels, "fixed labels"),
                                                                (fixed_mask, "fixed mask")))
         extra["crop_fixed_ras_mm"] = [list(box[:3]), list(box[3:])]
-    return PairImages(fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask, extra)
+    return PairImages(fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask, extra, landmarks)
 
 
 def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
@@ -350,7 +367,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
                            labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
                            inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=pair.sources(),
-                           gzip_level=args.gzip_level,
+                           gzip_level=args.gzip_level, landmarks=images.landmarks,
                            extra=images.extra)
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
@@ -366,6 +383,8 @@ def _summary(report: dict) -> str:
             dice_text = f"{m['dice_mean_before']:.4f} -> {dice_text}"
         hd95_text = "n/a" if m["hd95_mean"] is None else f"{m['hd95_mean']:.2f} mm"
         line = f"mean Dice {dice_text}, HD95 {hd95_text}, " + line
+    if "tre" in m:
+        line = f"mean TRE {m['tre_before']['mean']:.2f} -> {m['tre']['mean']:.2f} mm, " + line
     codes = report.get("codes") or {}
     how = "pairwise optimisation" if report["method"] == "pairwise" else (
         f"model {report['model'].get('name') or report['model']['architecture']}"
@@ -380,7 +399,7 @@ def run_register(args: argparse.Namespace) -> int:
     from svreg_core.outputs.writer import prepare_output_dir
 
     pair = Pair(args.fixed, args.moving, args.output, args.fixed_labels, args.moving_labels, args.fixed_mask,
-                args.moving_mask)
+                args.moving_mask, args.fixed_landmarks, args.moving_landmarks)
     prepare_output_dir(args.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     params = registration_parameters(args)
     codes = learned_codes(args)

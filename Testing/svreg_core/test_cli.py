@@ -578,3 +578,40 @@ def test_crop_fixed_registers_the_box_only(geo, tiny_pair, fast_preset, tmp_path
     far = _run(geo, "register", p.fixed, p.moving, "-o", tmp_path / "far", "--crop-fixed", "900", "900", "900",
                "950", "950", "950", "--progress", "none", cwd=tmp_path)
     assert far.returncode == 2 and "misses the fixed image" in far.stderr and not (tmp_path / "far").exists()
+
+
+def test_landmarks_give_the_target_registration_error(geo, tiny_pair, fast_preset, tmp_path, capsys) -> None:
+    """``--fixed-landmarks``/``--moving-landmarks``: the report's TRE, before and after, equals the distances
+    computed with SimpleITK's reading of transform.h5 (LPS inside ITK files)."""
+    p = tiny_pair.paths
+    fixed = nib.load(str(p.fixed))
+    ijk = np.random.default_rng(3).integers(2, np.asarray(fixed.shape) - 2, (12, 3))
+    x = nib.affines.apply_affine(fixed.affine, ijk)
+    y = x + np.random.default_rng(4).normal(0.0, 2.0, x.shape)  # the moving points: any correspondence
+    (tmp_path / "f.csv").write_text("x,y,z\n" + "".join(f"{a!r},{b!r},{c!r}\n" for a, b, c in x.tolist()))
+    fcsv = "# CoordinateSystem = LPS\n" + "".join(f"p{n},{a!r},{b!r},{c!r},0,0,0,1,1,1,0,p{n},,\n"
+                                                   for n, (a, b, c) in enumerate(geo.lps(y).tolist()))
+    (tmp_path / "m.fcsv").write_text(fcsv)
+    out = tmp_path / "out"
+    rc, stdout, err = _main(["register", p.fixed, p.moving, "-o", out, "--preset", fast_preset, "--device", "cpu",
+                             "--progress", "none", "--fixed-landmarks", tmp_path / "f.csv",
+                             "--moving-landmarks", tmp_path / "m.fcsv"], capsys)
+    assert rc == 0, err
+    m = json.loads((out / "report.json").read_text())["metrics"]
+    h5 = sitk.ReadTransform(str(out / "transform.h5"))
+    mapped = geo.lps(np.array([h5.TransformPoint(tuple(q)) for q in geo.lps(x)]))
+    after, before = np.linalg.norm(mapped - y, axis=1), np.linalg.norm(x - y, axis=1)
+    assert m["tre"]["count"] == m["tre_before"]["count"] == 12
+    assert m["tre"]["mean"] == pytest.approx(after.mean(), abs=2e-3)
+    assert m["tre"]["max"] == pytest.approx(after.max(), abs=5e-3)
+    assert m["tre_before"]["mean"] == pytest.approx(before.mean(), abs=1e-9)
+    assert f"mean TRE {before.mean():.2f} -> {after.mean():.2f} mm" in stdout
+    # one point short, or one file only: one plain line before any work, nothing written
+    (tmp_path / "short.csv").write_text("x,y,z\n" + "".join(f"{a!r},{b!r},{c!r}\n" for a, b, c in x[:-1].tolist()))
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "bad", "--fixed-landmarks",
+                        tmp_path / "f.csv", "--moving-landmarks", tmp_path / "short.csv", "--progress", "none"], capsys)
+    _assert_plain_error(rc, err, "same number", "12 fixed and 11 moving")
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "bad", "--fixed-landmarks",
+                        tmp_path / "f.csv", "--progress", "none"], capsys)
+    _assert_plain_error(rc, err, "both --fixed-landmarks and --moving-landmarks")
+    assert not (tmp_path / "bad").exists()

@@ -33,6 +33,7 @@ from svreg_core.image import Image, save_image
 from svreg_core.image.io import save_nifti
 from svreg_core.image.resample import resample
 from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
+from svreg_core.metrics.landmarks import tre, tre_summary
 from svreg_core.outputs.figure import write_report_figure
 from svreg_core.outputs.itk import displacement_nifti, write_transform
 from svreg_core.registration import RegistrationResult, summarize
@@ -294,11 +295,15 @@ def describe_input(image: Image, path: str | Path | None = None) -> dict[str, An
 
 def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels: Image | None = None,
                     warped_labels: Image | None = None, labels: Sequence[int] | None = None,
-                    moving_labels: Image | None = None) -> dict[str, Any]:
+                    moving_labels: Image | None = None,
+                    landmarks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Regularity metrics of the mapping (inside the fixed foreground: Jacobian ≤ 0 percentage, NDV, SDlogJ,
     Jacobian minimum and maximum) and, with labels, ``dice`` after registration and, with ``moving_labels``,
     before it (``dice_before``: the moving labels resampled through the identity). HD95 is
-    :func:`distance_metrics` (slower: the report's figure is drawn meanwhile)."""
+    :func:`distance_metrics` (slower: the report's figure is drawn meanwhile). With ``landmarks`` (fixed and
+    moving points, RAS mm, corresponding one to one): the target registration error summaries (mm) ``tre``
+    (each fixed point mapped by the registration against its moving point) and ``tre_before`` (the
+    identity in world space), and their ``count``."""
     fg = np.asarray(result.fixed.data) > float(np.min(result.fixed.data))
     metrics: dict[str, Any] = {
         "folding_percent": folding_percent(jac, fg),
@@ -317,6 +322,11 @@ def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels
         d = dice(fixed_labels.data, warped_labels.data, labels)
         metrics["dice_mean"] = float(np.mean(list(d.values()))) if d else float("nan")
         metrics["dice"] = {str(k): float(v) for k, v in d.items()}
+    if landmarks is not None:
+        fixed_points, moving_points = landmarks
+        metrics["tre_before"] = tre_summary(tre(fixed_points, moving_points, lambda x: x))
+        metrics["tre"] = tre_summary(tre(fixed_points, moving_points, result.transform_points))
+        metrics["tre"]["count"] = metrics["tre_before"]["count"] = len(fixed_points)
     return metrics
 
 
@@ -333,7 +343,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                   label_mode: str = "linear", overwrite: bool = False, inputs: Sequence[str | Path] = (),
                   extra: dict[str, Any] | None = None, started: float | None = None,
                   outputs: Sequence[str] | None = None, sources: dict[str, str | Path] | None = None,
-                  gzip_level: int | None = None) -> dict[str, Any]:
+                  gzip_level: int | None = None,
+                  landmarks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Write the outputs of ``result`` into ``outdir`` and return the report (also ``report.json``).
 
     Args:
@@ -352,6 +363,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             report's ``inputs`` with each image's shape, spacing and orientation.
         gzip_level: compression of the ``.nii.gz`` outputs, 0 (stored: fastest, e.g. for files another
             program reads at once) to 9 (:func:`~svreg_core.image.io.save_nifti`; default nibabel's 1).
+        landmarks: corresponding fixed and moving points (``(N, 3)`` RAS mm each): the report's metrics get
+            the target registration error before and after (:func:`compute_metrics`).
     """
     chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
     unknown = sorted(chosen - set(SELECTABLE_OUTPUTS))
@@ -397,7 +410,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                                   gzip_level=gzip_level))
             # the metrics (NumPy/SciPy) run while the inverse is integrated (torch) and the figure is drawn
             metrics_job = pool.submit(compute_metrics, result, jac, fixed_labels=fixed_labels,
-                                      warped_labels=warped_labels, labels=labels, moving_labels=moving_labels)
+                                      warped_labels=warped_labels, labels=labels, moving_labels=moving_labels,
+                                      landmarks=landmarks)
             distance_job = None if fixed_labels is None or warped_labels is None else \
                 pool.submit(distance_metrics, fixed_labels, warped_labels, labels)
             save("inverse", lambda: save_nifti(displacement_nifti(result.inverse_displacement(), result.moving.grid),
