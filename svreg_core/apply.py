@@ -133,6 +133,31 @@ def read_points(source: str | Path, *, coordinates: str = "ras") -> np.ndarray:
     return np.concatenate(found) if found else np.zeros((0, 3))
 
 
+Landmarks = tuple[np.ndarray, np.ndarray]
+
+
+def read_landmarks(fixed: str | Path | None, moving: str | Path | None, *,
+                   names: tuple[str, str] = ("a fixed", "a moving landmark file")) -> Landmarks | None:
+    """Corresponding landmarks: the points of a fixed and a moving point file (:func:`read_points`, RAS mm),
+    the n-th of one matching the n-th of the other; ``None`` when neither file is given.
+
+    Args:
+        names: how the messages call the two files (e.g. the command-line flags).
+
+    Raises:
+        InputError: only one file given, or files with different numbers of points, or none.
+    """
+    if fixed is None and moving is None:
+        return None
+    if fixed is None or moving is None:
+        raise InputError(f"give both {names[0]} and {names[1]} (corresponding points), or neither.")
+    points = read_points(fixed), read_points(moving)
+    if len(points[0]) != len(points[1]) or not len(points[0]):
+        raise InputError(f"the landmark files must hold the same number of corresponding points, at least one "
+                         f"(found {len(points[0])} fixed and {len(points[1])} moving).")
+    return points
+
+
 PointMap = Callable[[np.ndarray], np.ndarray]
 
 

@@ -303,7 +303,7 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
     """Read the images of ``pair`` (fixed-side ones from ``cache`` when loaded before, and kept there), check
     the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop);
     read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one."""
-    from svreg_core.apply import read_points
+    from svreg_core.apply import read_landmarks
     from svreg_core.image import crop_to_box, load_image
 
     def load(path: str | None, name: str, labels: bool = False, keep: bool = False):
@@ -324,14 +324,8 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
     moving_mask = load(pair.moving_mask, "moving mask", labels=True)
     _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
     _check_same_grid(moving_labels, moving, "moving labels", "moving image")
-    landmarks = None
-    if pair.fixed_landmarks or pair.moving_landmarks:
-        if not (pair.fixed_landmarks and pair.moving_landmarks):
-            raise InputError("give both --fixed-landmarks and --moving-landmarks (corresponding points), or neither.")
-        landmarks = (read_points(pair.fixed_landmarks), read_points(pair.moving_landmarks))
-        if len(landmarks[0]) != len(landmarks[1]) or not len(landmarks[0]):
-            raise InputError(f"the landmark files must hold the same number of corresponding points, at least one "
-                             f"(found {len(landmarks[0])} fixed and {len(landmarks[1])} moving).")
+    landmarks = read_landmarks(pair.fixed_landmarks, pair.moving_landmarks,
+                               names=("--fixed-landmarks", "--moving-landmarks"))
     extra = {}
     if box:
         fixed, fixed_labels, fixed_mask = (None if image is None else crop_to_box(image, box[:3], box[3:], name)

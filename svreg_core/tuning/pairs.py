@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from svreg_core.apply import POINT_SUFFIXES, read_points
+from svreg_core.apply import POINT_SUFFIXES, read_landmarks
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
 
@@ -178,7 +178,8 @@ def discover_pairs(source: str | Path, needs: str = "labels") -> list[Validation
 
 def load_pair(pair: ValidationPair) -> LoadedPair:
     """Read ``pair``'s images, label maps and landmarks (those it has); :class:`InputError` (naming the pair) for
-    unreadable files, label maps off their image's grid, or landmark files with different numbers of points."""
+    unreadable files, label maps off their image's grid, or landmark files that do not correspond
+    (:func:`~svreg_core.apply.read_landmarks`)."""
     images = {r: load_image(getattr(pair, r), labels="labels" in r, name=f"pair {pair.name!r} {r}")
               for r in ROLES[:4] if getattr(pair, r) is not None}
     for role in ("fixed", "moving"):
@@ -186,10 +187,9 @@ def load_pair(pair: ValidationPair) -> LoadedPair:
         if lab is not None and (lab.shape != img.shape or not np.allclose(lab.affine, img.affine, atol=1e-3)):
             raise InputError(f"pair {pair.name!r}: the {role} labels are not on the {role} image's grid "
                              f"({lab.shape} vs {img.shape} or different affines).")
-    points = {r: read_points(getattr(pair, r)) for r in ROLES[4:] if getattr(pair, r) is not None}
-    if points:
-        counts = [len(v) for v in points.values()]
-        if len(points) != 2 or counts[0] != counts[1] or not counts[0]:
-            raise InputError(f"pair {pair.name!r}: the fixed and moving landmark files must hold the same number "
-                             f"of corresponding points, at least one (found {' and '.join(map(str, counts))}).")
+    try:
+        landmarks = read_landmarks(pair.fixed_landmarks, pair.moving_landmarks)
+    except InputError as exc:
+        raise InputError(f"pair {pair.name!r}: {exc}") from None
+    points = {} if landmarks is None else dict(zip(ROLES[4:], landmarks))
     return LoadedPair(pair.name, **images, **points)

@@ -110,7 +110,7 @@ def test_landmark_files_must_correspond(demo_pairs: Path, tmp_path: Path) -> Non
     assert loaded.fixed_landmarks.shape == loaded.moving_landmarks.shape == (32, 3)
     lines = (pair / "moving_landmarks.csv").read_text().splitlines()
     (pair / "moving_landmarks.csv").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(InputError, match=r"pair 'p': .* same number .* \(found 32 and 31\)"):
+    with pytest.raises(InputError, match=r"pair 'p': .* same number .* \(found 32 fixed and 31 moving\)"):
         load_pair(discover_pairs(pair, needs="landmarks")[0])
 
 
