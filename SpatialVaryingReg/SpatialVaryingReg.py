@@ -45,6 +45,9 @@ CUSTOM_PRESET = "custom file"
 FROM_PRESET = "from preset"
 #: Labels of the registration methods (``svlogic.METHODS``) in the *Method* choice.
 METHOD_LABELS = {"pairwise": "Pairwise optimisation (no training)", "learned": "Learned model"}
+#: Labels of the tuning objectives (``tuning.OBJECTIVES``, ``svreg tune --objective``) in the *Objective* choice.
+TUNING_OBJECTIVE_LABELS = {"dice": "Mean Dice of the label maps (maximise)",
+                           "tre": "Landmark error of the fiducials (minimise)"}
 #: Entry of the model list that uses ``modelCheckpoint``.
 CHECKPOINT_CHOICE = "Checkpoint file\u2026"
 
@@ -147,6 +150,7 @@ class SpatialVaryingRegParameterNode:
     tuningTrials: Annotated[int, WithinRange(1, 100000)] = 30
     tuningMaxFolding: Annotated[float, WithinRange(-1.0, 100.0)] = -1.0
     tuningSeed: Annotated[int, WithinRange(0, 2147483647)] = 0  # of the trial sampler (registration has none)
+    tuningObjective: Annotated[str, Choice(list(TUNING_OBJECTIVE_LABELS.values()))] = TUNING_OBJECTIVE_LABELS["dice"]
 
 
 #: Regularisation codes of a HyperSPR model: engine name -> (parameter-node field, slider, value label).
@@ -186,6 +190,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNodeGuiTag = None
         self._job: svlogic.RegistrationJob | None = None
         self._tuning: runner.ChildProcess | None = None
+        self._tuningValueName = tuning.OBJECTIVES["dice"]  # what the running or shown study scores
         self._lastStudyRead = 0.0
         self._torchStatus: dependencies.TorchStatus | None = None  # None: not checked in this session
         self._environmentChild: runner.ChildProcess | None = None  # torch check or install in progress
@@ -238,8 +243,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
         self.ui.progressBar.setVisible(False)
         self.ui.tuningTable.setColumnCount(5)
-        self.ui.tuningTable.setHorizontalHeaderLabels([_("Trial"), _("State"), _("Mean Dice"), _("Folding %"),
-                                                       _("Parameters")])
+        self._setTuningValueName(tuning.OBJECTIVES["dice"])
         self.ui.tuningTable.horizontalHeader().setStretchLastSection(True)
         self.initializeParameterNode()
         self._updateEngineStatus()
@@ -746,7 +750,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 p.tuningValidationSet = str(folder)
             name = f"{p.movingVolume.GetName()}_to_{p.fixedVolume.GetName()}" if p.movingVolume and p.fixedVolume \
                 else "pair"
-            target = tuning.export_pair(folder, name, p.fixedVolume, p.movingVolume, p.fixedLabels, p.movingLabels)
+            target = tuning.export_pair(folder, name, p.fixedVolume, p.movingVolume, p.fixedLabels, p.movingLabels,
+                                        p.fixedFiducials, p.movingFiducials)
             self.ui.tuningLogTextEdit.appendPlainText(_("Added pair {path}").format(path=target))
 
     def onStartTuning(self) -> None:
@@ -755,6 +760,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _startTuning(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Tuning could not start.")):
             request = self.logic.tuneRequest(self._parameterNode, self._studyFile())
+            self._setTuningValueName(tuning.OBJECTIVES[request.objective])
             self.ui.tuningLogTextEdit.appendPlainText(
                 _("Tuning {n} trials on {source}; study '{name}' in {db} (re-running resumes it).").format(
                     n=request.n_trials, source=request.validation, name=request.study_name, db=request.storage))
@@ -781,8 +787,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.tuningLogTextEdit.appendPlainText(f"{kind}: {event.get('message') or ''}".strip())
         best = event.get("best_value")
         if best is not None:
-            self.ui.tuningBestLabel.text = _("Best mean Dice {value:.4f} (trial {trial}): {params}").format(
-                value=best, trial=event.get("best_trial"), params=tuning.format_params(event.get("best_params") or {}))
+            self._showBest(self._tuningValueName, best, event.get("best_trial"), event.get("best_params"))
         if "finished" in event and event.get("n_trials"):
             self.ui.tuningProgressBar.setMaximum(int(event["n_trials"]))
             self.ui.tuningProgressBar.setValue(int(event["finished"]))
@@ -811,6 +816,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         table.setRowCount(0 if snapshot is None else len(snapshot.trials))
         if snapshot is None:
             return
+        self._setTuningValueName(snapshot.value_name)
         for row, trial in enumerate(snapshot.trials):
             cells = [str(trial.number), trial.state, "" if trial.value is None else f"{trial.value:.4f}",
                      "" if trial.folding is None else f"{trial.folding:.3f}", tuning.format_params(trial.params)]
@@ -818,8 +824,17 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 table.setItem(row, col, qt.QTableWidgetItem(text))
         best = snapshot.best
         if best is not None:
-            self.ui.tuningBestLabel.text = _("Best mean Dice {value:.4f} (trial {trial}): {params}").format(
-                value=best.value, trial=best.number, params=tuning.format_params(best.params))
+            self._showBest(snapshot.value_name, best.value, best.number, best.params)
+
+    def _setTuningValueName(self, valueName: str) -> None:
+        """Head the trials table's value column with what the study scores (mean Dice, mean TRE (mm))."""
+        self._tuningValueName = valueName
+        self.ui.tuningTable.setHorizontalHeaderLabels([_("Trial"), _("State"), valueName[:1].upper() + valueName[1:],
+                                                       _("Folding %"), _("Parameters")])
+
+    def _showBest(self, valueName: str, value: float, trial, params) -> None:
+        self.ui.tuningBestLabel.text = _("Best {name} {value:.4f} (trial {trial}): {params}").format(
+            name=valueName, value=value, trial=trial, params=tuning.format_params(params or {}))
 
     def onApplyBest(self) -> None:
         """Write the best trial as a preset in a worker thread (the engine starts in a child process that
@@ -1057,8 +1072,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
 
     def tuneRequest(self, p: SpatialVaryingRegParameterNode, studyFile: Path | None) -> tuning.TuneRequest:
         if not p.tuningValidationSet or not Path(p.tuningValidationSet).exists():
-            raise ValueError(_("choose the validation set: a folder with one sub-folder per labelled pair "
-                               "(fixed, moving, fixed_labels, moving_labels .nii.gz) or a .csv pair list."))
+            raise ValueError(_("choose the validation set: a folder with one sub-folder per pair (fixed, moving, "
+                               "fixed_labels, moving_labels .nii.gz; for the landmark objective fixed_landmarks, "
+                               "moving_landmarks .csv) or a .csv pair list."))
         settings = self.settingsFromParameterNode(p)
         o = settings.overrides
         return tuning.TuneRequest(
@@ -1066,7 +1082,12 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             n_trials=int(p.tuningTrials), preset=settings.preset, device=settings.device,
             seed=int(p.tuningSeed), level_spacings=o.get("level_spacings"), iterations=o.get("iterations"),
             affine=bool(p.useAffine), max_folding=p.tuningMaxFolding if p.tuningMaxFolding >= 0 else None,
-            labels=settings.labels)
+            labels=settings.labels, objective=self.tuningObjective(p))
+
+    @staticmethod
+    def tuningObjective(p: SpatialVaryingRegParameterNode) -> str:
+        """The ``svreg tune --objective`` the panel's *Objective* choice selects (``dice`` or ``tre``)."""
+        return next(key for key, label in TUNING_OBJECTIVE_LABELS.items() if label == p.tuningObjective)
 
     @staticmethod
     def bestPresetPath(studyFile: Path, studyName: str) -> Path:

@@ -1,8 +1,9 @@
 """Background tuning from the settings panel: the ``svreg tune`` child process and its study.
 
-``svreg tune`` (``python -m svreg_core.cli tune``) runs Optuna trials on a validation set of labelled
-pairs, prints one JSON object per line (``start``, ``trial_start``, ``step``, ``trial``, ``end``,
-``report``, ``apply_best``) and stores the study in an SQLite file: running the same command again
+``svreg tune`` (``python -m svreg_core.cli tune``) runs Optuna trials on a validation set of pairs with
+label maps (objective ``dice``: mean Dice, maximised) or corresponding landmarks (``tre``: mean target
+registration error in mm, minimised), prints one JSON object per line (``start``, ``trial_start``,
+``step``, ``trial``, ``end``, ``report``, ``apply_best``) and stores the study in an SQLite file: running the same command again
 resumes it. With ``--report DIR`` it keeps ``DIR/summary.json`` up to date after every trial. Here:
 
 * :class:`TuneRequest` builds the command; :func:`start_tuning` starts it as a :class:`~.runner.ChildProcess`.
@@ -14,7 +15,7 @@ resumes it. With ``--report DIR`` it keeps ``DIR/summary.json`` up to date after
   ``--report``) and never needs Optuna in the Slicer process.
 * :func:`apply_best` writes the best trial as a preset file (``svreg tune --apply-best``) that the
   Register button uses through the "custom file" preset.
-* :func:`export_pair` adds the volumes of the scene to a validation folder.
+* :func:`export_pair` adds the volumes (and label maps or fiducial lists) of the scene to a validation folder.
 """
 from __future__ import annotations
 
@@ -23,10 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import geometry, runner
+import numpy as np
+
+from . import geometry, landmarks, runner
 
 #: Grace period between SIGTERM and SIGKILL when stopping a tuning run (the running trial is recorded).
 STOP_GRACE_S = 15.0
+
+#: ``svreg tune --objective`` values and what each scores (the panel's column and best-trial label).
+OBJECTIVES: dict[str, str] = {"dice": "mean Dice", "tre": "mean TRE (mm)"}
 
 
 @dataclass
@@ -45,6 +51,7 @@ class TuneRequest:
     affine: bool = True
     max_folding: float | None = None
     labels: Sequence[int] | None = None
+    objective: str = "dice"
 
     def arguments(self) -> list[str]:
         args = ["-m", "svreg_core.cli", "tune", str(self.validation), "--storage", str(self.storage),
@@ -64,6 +71,8 @@ class TuneRequest:
             args += ["--max-folding", str(float(self.max_folding))]
         if self.labels:
             args += ["--labels", *[str(int(v)) for v in self.labels]]
+        if self.objective != "dice":
+            args += ["--objective", self.objective]
         args += ["--progress", "json"]
         return args
 
@@ -131,6 +140,7 @@ class StudySnapshot:
     name: str
     trials: list[TrialRow]
     best: TrialRow | None = None
+    value_name: str = OBJECTIVES["dice"]  # what a trial's value is (e.g. "mean TRE (mm)")
 
     def count(self, state: str) -> int:
         return sum(t.state == state for t in self.trials)
@@ -146,7 +156,8 @@ def read_summary(path: str | Path) -> StudySnapshot | None:
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
         trials = [_row(t) for t in doc["trials"]]
-        return StudySnapshot(str(doc["study"]), trials, None if doc.get("best") is None else _row(doc["best"]))
+        return StudySnapshot(str(doc["study"]), trials, None if doc.get("best") is None else _row(doc["best"]),
+                             str(doc.get("value_name") or OBJECTIVES["dice"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # not written yet (the tuner replaces the file atomically after every trial)
 
@@ -165,18 +176,39 @@ def format_params(params: dict[str, Any]) -> str:
 # building a validation set from the scene
 
 
-def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels, moving_labels) -> Path:
-    """Write four volume nodes as one validation pair ``folder/name/{fixed,moving,...}.nii.gz``.
-
-    The folder layout is the one ``svreg tune`` reads (one sub-folder per pair).
+def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None, moving_labels=None,
+                fixed_fiducials=None, moving_fiducials=None) -> Path:
+    """Write scene nodes as one validation pair ``folder/name/`` in the layout ``svreg tune`` reads (one
+    sub-folder per pair): ``fixed.nii.gz``, ``moving.nii.gz``, the label maps ``fixed_labels.nii.gz`` /
+    ``moving_labels.nii.gz`` and the corresponding fiducial lists ``fixed_landmarks.csv`` /
+    ``moving_landmarks.csv`` (x, y, z in world RAS mm, parent transforms applied; point n of one list
+    matches point n of the other). A pair needs both label maps (Dice objective) or both fiducial lists
+    (TRE objective), or both kinds; everything is checked before any file is written.
     """
-    if fixed_labels is None or moving_labels is None:
-        raise geometry.GeometryError("a tuning pair needs a fixed and a moving label map.")
+    has_labels = fixed_labels is not None and moving_labels is not None
+    has_points = fixed_fiducials is not None and moving_fiducials is not None
+    if not has_labels and not has_points:
+        raise geometry.GeometryError("a tuning pair needs a fixed and a moving label map (Dice objective) or "
+                                     "a fixed and a moving fiducial list (landmark objective).")
+    problem = landmarks.pair_count_problem(fixed_fiducials, moving_fiducials) if has_points else ""
+    if problem:
+        raise geometry.GeometryError(f"the fiducial lists cannot be paired: {problem}.")
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "pair"
     target = Path(folder) / safe
     target.mkdir(parents=True, exist_ok=True)
-    for node, stem, what in ((fixed, "fixed", "fixed volume"), (moving, "moving", "moving volume"),
-                             (fixed_labels, "fixed_labels", "fixed label map"),
-                             (moving_labels, "moving_labels", "moving label map")):
+    volumes = [(fixed, "fixed", "fixed volume"), (moving, "moving", "moving volume")]
+    if has_labels:
+        volumes += [(fixed_labels, "fixed_labels", "fixed label map"),
+                    (moving_labels, "moving_labels", "moving label map")]
+    for node, stem, what in volumes:
         geometry.export_volume(node, target / f"{stem}.nii.gz", what=what)
+    if has_points:
+        for node, stem in ((fixed_fiducials, "fixed_landmarks"), (moving_fiducials, "moving_landmarks")):
+            _write_points(landmarks.world_points(node), target / f"{stem}.csv")
     return target
+
+
+def _write_points(points: np.ndarray, path: Path) -> None:
+    """``(N, 3)`` RAS mm points as a CSV with columns x, y, z (what ``svreg`` reads as RAS)."""
+    rows = "".join(f"{x!r},{y!r},{z!r}\n" for x, y, z in np.asarray(points, dtype=np.float64).tolist())
+    path.write_text("x,y,z\n" + rows, encoding="utf-8")

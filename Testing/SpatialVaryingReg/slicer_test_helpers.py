@@ -30,6 +30,14 @@ def add_volume(scene, data_ijk: np.ndarray, ijk_to_ras: np.ndarray, name: str, l
     return node
 
 
+def fiducials(scene, points, name: str):
+    """Add a markups point list with the ``(N, 3)`` RAS mm ``points``."""
+    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+    for p in points:
+        node.AddControlPoint(*[float(v) for v in p])
+    return node
+
+
 def blob_image(points: np.ndarray) -> np.ndarray:
     """A smooth test image of world points ``(..., 3)`` (two Gaussian blobs, mm units)."""
     r1 = ((points - np.array([0.0, 0.0, 0.0])) ** 2).sum(-1)

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image
+from slicer_test_helpers import add_volume, blob_image, fiducials
 
 from SpatialVaryingRegLib import estimate, geometry, landmarks, logic, segmentations
 
@@ -48,13 +48,6 @@ def segmentation_from(scene, labelmap, names):
     seg.GetSegmentation().GetNthSegment(0).SetColor(0.9, 0.1, 0.2)
     scene.RemoveNode(labelmap)
     return seg
-
-
-def fiducials(scene, points, name):
-    node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
-    for p in points:
-        node.AddControlPoint(*[float(v) for v in p])
-    return node
 
 
 @pytest.fixture

@@ -114,6 +114,18 @@ def test_the_only_seed_is_the_tuning_samplers(module, tmp_path):
     assert args[args.index("--seed") + 1] == "11"
 
 
+def test_tuning_objective_choice_sets_the_engine_objective(module, tmp_path):
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    (tmp_path / "pairs").mkdir()
+    p.tuningValidationSet = str(tmp_path / "pairs")
+    assert logic.tuneRequest(p, tmp_path / "study.db").objective == "dice"
+    p.tuningObjective = module.TUNING_OBJECTIVE_LABELS["tre"]
+    args = logic.tuneRequest(p, tmp_path / "study.db").arguments()
+    assert args[args.index("--objective") + 1] == "tre"
+    assert set(module.TUNING_OBJECTIVE_LABELS) == set(module.tuning.OBJECTIVES)
+
+
 def test_parameter_node_choices_match_the_ui_choices(module):
     hints = typing.get_type_hints(module.SpatialVaryingRegParameterNode, include_extras=True)
     preset_choice = hints["preset"].__metadata__[0]
@@ -121,6 +133,7 @@ def test_parameter_node_choices_match_the_ui_choices(module):
     assert hints["similarity"].__metadata__[0][1][0] == module.FROM_PRESET
     assert hints["method"].__metadata__[0][1] == ("Pairwise optimisation (no training)", "Learned model")
     assert set(module.METHOD_LABELS) == set(module.svlogic.METHODS)
+    assert hints["tuningObjective"].__metadata__[0][1] == tuple(module.TUNING_OBJECTIVE_LABELS.values())
     assert hints["refineSteps"].__metadata__[0] == ("WithinRange", 0, 500)
 
 

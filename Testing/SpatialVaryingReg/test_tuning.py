@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image
+from slicer_test_helpers import add_volume, blob_image, fiducials
 
 from SpatialVaryingRegLib import geometry, logic, runner, tuning
 
@@ -17,14 +17,15 @@ pytestmark = pytest.mark.skipif(os.name == "nt", reason="process-group checks ar
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 AFFINE[:3, 3] = -23.0
 SHAPE = (24, 24, 24)
+SHIFT = np.array([2.0, -1.5, 1.0])  # fixed point p shows what moving shows at p + SHIFT (mm)
+POINTS = np.array([[0.0, 0.0, 0.0], [12.0, -8.0, 6.0], [-6.0, 5.0, -4.0], [5.0, 9.0, -7.0], [-9.0, -6.0, 8.0]])
 
 
 @pytest.fixture
 def validation_folder(scene, tmp_path):
     """One labelled pair written from scene nodes with the panel's 'Add the current pair' helper."""
     x = geometry.grid_points(SHAPE, AFFINE)
-    shift = np.array([2.0, -1.5, 1.0])
-    f, m = blob_image(x + shift), blob_image(x)
+    f, m = blob_image(x + SHIFT), blob_image(x)
     nodes = [add_volume(scene, f, AFFINE, "fixed"), add_volume(scene, m, AFFINE, "moving"),
              add_volume(scene, (f > 0.5).astype(np.int16), AFFINE, "fl", labelmap=True),
              add_volume(scene, (m > 0.5).astype(np.int16), AFFINE, "ml", labelmap=True)]
@@ -34,9 +35,30 @@ def validation_folder(scene, tmp_path):
     return folder
 
 
-def fast_request(folder: Path, db: Path, n_trials: int) -> tuning.TuneRequest:
+@pytest.fixture
+def landmark_folder(scene, tmp_path):
+    """One pair with corresponding fiducials and no label maps, the moving list under a parent transform."""
+    import vtk
+
+    x = geometry.grid_points(SHAPE, AFFINE)
+    fixed = add_volume(scene, blob_image(x + SHIFT), AFFINE, "fixed")
+    moving = add_volume(scene, blob_image(x), AFFINE, "moving")
+    offset = np.array([10.0, 0.0, -5.0])
+    moving_points = fiducials(scene, POINTS + SHIFT - offset, "M")  # world positions: POINTS + SHIFT
+    parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "offset")
+    matrix = vtk.vtkMatrix4x4()
+    for i in range(3):
+        matrix.SetElement(i, 3, offset[i])
+    parent.SetMatrixTransformToParent(matrix)
+    moving_points.SetAndObserveTransformNodeID(parent.GetID())
+    nodes = (fixed, moving, None, None, fiducials(scene, POINTS, "F"), moving_points)
+    return tmp_path / "landmarks", nodes
+
+
+def fast_request(folder: Path, db: Path, n_trials: int, objective: str = "dice") -> tuning.TuneRequest:
     return tuning.TuneRequest(validation=folder, storage=db, study_name="test", n_trials=n_trials, preset="brain-mri",
-                              device="cpu", seed=1, level_spacings=[8.0, 4.0], iterations=[4, 4], affine=False)
+                              device="cpu", seed=1, level_spacings=[8.0, 4.0], iterations=[4, 4], affine=False,
+                              objective=objective)
 
 
 def test_exported_pair_is_a_valid_validation_set(validation_folder):
@@ -46,6 +68,32 @@ def test_exported_pair_is_a_valid_validation_set(validation_folder):
     assert [p.name for p in pairs] == ["moving_to_fixed"]
     loaded = load_pair(pairs[0])
     assert np.allclose(loaded.fixed.affine, AFFINE, atol=1e-4) and loaded.fixed_labels.data.max() == 1
+
+
+def test_exported_fiducials_are_a_landmark_validation_set(landmark_folder):
+    """Fiducial lists go out as RAS mm CSVs in world coordinates (parent transforms applied) that the
+    engine's landmark objective reads back; label maps are then optional."""
+    from svreg_core.tuning.pairs import discover_pairs, load_pair
+
+    folder, nodes = landmark_folder
+    target = tuning.export_pair(folder, "m to f", *nodes)
+    assert sorted(p.name for p in target.iterdir()) == ["fixed.nii.gz", "fixed_landmarks.csv", "moving.nii.gz",
+                                                        "moving_landmarks.csv"]
+    (pair,) = discover_pairs(folder, needs="landmarks")
+    loaded = load_pair(pair)
+    assert loaded.fixed_labels is None
+    np.testing.assert_allclose(loaded.fixed_landmarks, POINTS, atol=1e-9)
+    np.testing.assert_allclose(loaded.moving_landmarks, POINTS + SHIFT, atol=1e-9)
+
+
+def test_export_refuses_unpairable_inputs_before_writing(scene, landmark_folder):
+    folder, (fixed, moving, _, _, fixed_points, moving_points) = landmark_folder
+    with pytest.raises(geometry.GeometryError, match="label map .* or a fixed and a moving fiducial list"):
+        tuning.export_pair(folder, "p", fixed, moving, None, None, fixed_points, None)
+    moving_points.RemoveNthControlPoint(0)
+    with pytest.raises(geometry.GeometryError, match="fixed list has 5 points and the moving list 4"):
+        tuning.export_pair(folder, "p", fixed, moving, None, None, fixed_points, moving_points)
+    assert not folder.exists()
 
 
 def test_tune_command_line_matches_the_engine_parser(tmp_path):
@@ -62,6 +110,10 @@ def test_tune_command_line_matches_the_engine_parser(tmp_path):
     assert ns.level_spacings == [4.0, 2.0] and ns.iterations == [30, 20] and ns.no_affine
     assert ns.max_folding == 0.5 and ns.labels == [1, 2] and ns.progress == "json"
     assert ns.report == str(tmp_path / "abc-report")  # where read_study finds summary.json
+    assert ns.objective == "dice" and "--objective" not in args  # the engine's default
+    for objective in tuning.OBJECTIVES:  # every objective the panel offers is one the engine accepts
+        other = tuning.TuneRequest(validation=tmp_path / "v", storage=tmp_path / "s.db", objective=objective)
+        assert parser.parse_args(other.arguments()[2:]).objective == objective
 
 
 def test_read_study_from_summary_json(tmp_path):
@@ -130,6 +182,24 @@ def test_tuning_runs_in_the_background_and_applies_the_best_preset(validation_fo
 
     with pytest.raises(RuntimeError, match="no complete trial|not found|no study|does not exist"):
         tuning.apply_best(db, "no-such-study", tmp_path / "x.json", timeout=120)
+
+
+def test_landmark_objective_from_exported_fiducials(landmark_folder, tmp_path):
+    """The panel's landmark objective end to end: fiducials exported from the scene, a TRE study in the
+    background, its table column and best trial (the smallest error) read back."""
+    pytest.importorskip("optuna")
+    folder, nodes = landmark_folder
+    tuning.export_pair(folder, "m to f", *nodes)
+    db = tmp_path / "tre.db"
+    events, log = [], []
+    result = tuning.start_tuning(fast_request(folder, db, n_trials=2, objective="tre"), on_event=events.append,
+                                 on_log=log.append).wait(timeout=240)
+    assert result.succeeded, (result.message, log[-10:])
+    snap = tuning.read_study(db, "test")
+    assert snap.value_name == tuning.OBJECTIVES["tre"] == "mean TRE (mm)"
+    values = [t.value for t in snap.trials if t.state == "COMPLETE"]
+    assert len(values) == 2 and snap.best.value == pytest.approx(min(values))
+    assert snap.best.value < 0.5 * np.linalg.norm(SHIFT)  # every point starts |SHIFT| = 2.69 mm away
 
 
 def test_stop_keeps_finished_trials_and_start_resumes(validation_folder, tmp_path):
