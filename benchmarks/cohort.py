@@ -17,6 +17,7 @@ import datetime as _dt
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / ".bench" / "cohort")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tag", help="suffix of the results' file names (cohort_<date>_<tag>)")
+    ap.add_argument("--extra", default="", metavar="ARGS",
+                    help="svreg register arguments added to every variant, one string "
+                         "(e.g. --extra='--alpha-prime 0.175 --lambda-max 1')")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"cohort: {args.data} not found", file=sys.stderr)
@@ -78,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         moving_seg = np.asarray(nib.load(str(moving / "labels.nii.gz")).dataobj).astype(np.int32)
         for variant in args.variants:
             out = args.out / f"{a}_to_{b}" / variant
-            cmd = [str(svreg), "register", str(fixed / "t1.nii.gz"), str(moving / "t1.nii.gz"), "-o", str(out),
-                   "--moving-labels", str(moving / "labels.nii.gz"), "--label-interpolation", "nearest",
-                   "--progress", "none", "--overwrite"] + [c.format(model=args.model) for c in VARIANTS[variant]]
+            cmd = ([str(svreg), "register", str(fixed / "t1.nii.gz"), str(moving / "t1.nii.gz"), "-o", str(out),
+                    "--moving-labels", str(moving / "labels.nii.gz"), "--label-interpolation", "nearest",
+                    "--progress", "none", "--overwrite"]
+                   + [c.format(model=args.model) for c in VARIANTS[variant]] + shlex.split(args.extra))
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             wall = time.perf_counter() - t0
@@ -115,10 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     results = HERE / "results"
     stem = f"cohort_{stamp}" + (f"_{args.tag}" if args.tag else "")
     (results / f"{stem}.json").write_text(json.dumps({"subjects": args.subjects, "model": args.model,
-                                                               "rows": rows}, indent=1) + "\n")
+                                                       "extra": args.extra, "rows": rows}, indent=1) + "\n")
     (results / f"{stem}.md").write_text(f"# Mindboggle OASIS-TRT-20 test pairs ({stamp})\n\n"
                                                 f"Subjects {', '.join(args.subjects)}, every pair i -> j (i < j), "
-                                                f"affine stage on, nearest-neighbour labels, 2 CPU threads.\n\n"
+                                                f"affine stage on, nearest-neighbour labels, 2 CPU threads"
+                                                f"{f', extra arguments `{args.extra}`' if args.extra else ''}.\n\n"
                                                 + table + "\n")
     return 0
 

@@ -153,8 +153,8 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--similarity", choices=SIMILARITIES, help="image similarity (default: from the preset)")
     p.add_argument("--alpha-prime", type=float,
                    help="hyperprior weight α′ on λ (default: from the preset). With --model: a hyper model "
-                        "predicts for this value (inside its trained range, see 'svreg models'); a plain model only "
-                        "uses it for --refine (default: the model's own)")
+                        "predicts for this value (inside its trained range, see 'svreg models'; default: the "
+                        "model's own); a plain model only uses it for --refine (default: the preset's)")
     p.add_argument("--lambda-max", type=float,
                    help="strength of the λ-weighted regularizer (default: from the preset); with --model as "
                         "--alpha-prime")
@@ -247,7 +247,8 @@ def registration_parameters(args: argparse.Namespace):
 def learned_codes(args: argparse.Namespace) -> tuple[float, float] | None:
     """With ``--model``: the codes (α′, λ_max) that ``--alpha-prime``/``--lambda-max`` ask for (the model's
     own for the one not given), checked against the model (its ``model.json`` only) before any work;
-    ``None`` without ``--model`` or when neither flag is given."""
+    ``None`` without ``--model``, when neither flag is given, or for a plain model's refinement (its codes
+    are the parameters', which hold the flags: :func:`~svreg_core.registration.model_parameters`)."""
     if not args.model or (args.alpha_prime is None and args.lambda_max is None):
         return None
     from svreg_core.models import read_model_info
@@ -255,6 +256,8 @@ def learned_codes(args: argparse.Namespace) -> tuple[float, float] | None:
     from svreg_core.registration import model_codes
 
     info = read_model_info(resolve_model(args.model))
+    if info.code_ranges is None and args.refine:
+        return None
     codes = (info.alpha_prime if args.alpha_prime is None else args.alpha_prime,
              info.lambda_max if args.lambda_max is None else args.lambda_max)
     return model_codes(info, codes, args.refine)

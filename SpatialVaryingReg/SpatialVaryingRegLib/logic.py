@@ -84,7 +84,8 @@ class RegistrationSettings:
         codes: with ``method="learned"``: the regularisation ``(α′, λ_max)`` to register at, each ``None``
             for the model's own. A HyperSPR model predicts for them (they must lie inside the ranges it was
             trained over, :attr:`.models.ModelInfo.code_ranges`); a plain model only refines with them
-            (they need ``refine_steps > 0``). Pairwise registration takes ``overrides`` instead.
+            (they need ``refine_steps > 0``; ``None``: the preset's). Pairwise registration takes
+            ``overrides`` instead.
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
         labels: label values to score (default: all labels present in both label maps).
         label_interpolation: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.

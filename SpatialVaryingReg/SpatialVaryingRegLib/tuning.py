@@ -3,8 +3,9 @@
 ``svreg tune`` (``python -m svreg_core.cli tune``) runs Optuna trials on a validation set of pairs with
 label maps (objective ``dice``: mean Dice, maximised) or corresponding landmarks (``tre``: mean target
 registration error in mm, minimised), prints one JSON object per line (``start``, ``trial_start``,
-``step``, ``trial``, ``end``, ``report``, ``apply_best``) and stores the study in an SQLite file: running the same command again
-resumes it. With ``--report DIR`` it keeps ``DIR/summary.json`` up to date after every trial. Here:
+``step``, ``trial``, ``end``, ``report``, ``apply_best``) and stores the study in an SQLite file: running
+the same command again resumes it. With ``--report DIR`` it keeps ``DIR/summary.json`` up to date after
+every trial. Here:
 
 * :class:`TuneRequest` builds the command; :func:`start_tuning` starts it as a :class:`~.runner.ChildProcess`.
   *Stop* sends SIGTERM (the engine records the running trial as failed and keeps the finished ones)

@@ -96,6 +96,20 @@ def test_cli_registers_with_a_hyper_models_codes_and_records_them(geo, tiny_pair
     assert report["model"]["hyper"] == tiny_checkpoints.ranges
 
 
+def test_cli_refines_a_plain_model_at_the_presets_codes(geo, tiny_pair, checkpoints, tmp_path) -> None:
+    """A plain model's --refine regularises with the preset's α′ (cardiac-mri: 0.493, the model's 0.175)
+    and --lambda-max where given, not with the model's training values."""
+    p = tiny_pair.paths
+    out = tmp_path / "out"
+    proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", checkpoints[1], "--refine", "2",
+                "--preset", "cardiac-mri", "--lambda-max", "2.5", "--level-spacings", "6", "--iterations", "2",
+                "--no-affine", "--device", "cpu", "--progress", "none", "--outputs", "regularization", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert (report["model"]["alpha_prime"], report["model"]["lambda_max"]) == (0.175, 1.0)
+    assert report["codes"] == {"alpha_prime": 0.493, "lambda_max": 2.5, "conditioned": False}
+
+
 @pytest.mark.parametrize("which, argv, message", [
     (0, ("--lambda-max", "50"), "svreg: error: lambda_max 50.0 is outside the range this model was trained on "
                                 "[0.5, 10]; choose a value inside it."),
