@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default", help="learned model of the model variants")
     ap.add_argument("--out", type=Path, default=REPO / ".bench" / "cohort")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--svreg", type=Path, default=REPO / ".venv" / "bin" / "svreg", help="the svreg command to run")
     ap.add_argument("--tag", help="suffix of the results' file names (cohort_<date>_<tag>)")
     ap.add_argument("--extra", default="", metavar="ARGS",
                     help="svreg register arguments added to every variant, one string "
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cohort: {args.data} not found", file=sys.stderr)
         return 2
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    svreg = REPO / ".venv" / "bin" / "svreg"
+    svreg = args.svreg
     rows = []
     for a, b in itertools.combinations(args.subjects, 2):
         fixed, moving = args.data / f"sub-{b}", args.data / f"sub-{a}"
