@@ -37,12 +37,12 @@ def cpu_seconds(fixed_node, level_spacings=None, iterations=None, *, refine_step
     """Estimated CPU seconds of a registration onto ``fixed_node``.
 
     ``level_spacings``/``iterations``: the pyramid (default: the engine's). With ``refine_steps`` (a
-    learned model) only the finest level runs, that many steps (the network's own pass is cheap).
+    learned model) every level runs that many steps (the network's own pass is cheap).
     """
     spacings = list(level_spacings or DEFAULT_LEVEL_SPACINGS)
     steps = list(iterations or DEFAULT_ITERATIONS)
     if refine_steps is not None:
-        spacings, steps = spacings[-1:], [int(refine_steps)]
+        steps = [int(refine_steps)] * len(spacings)
     work = sum(working_grid_voxels(fixed_node, s) * n for s, n in zip(spacings, steps))
     fixed_voxels = int(np.prod(fixed_node.GetImageData().GetDimensions()))
     return CPU_OVERHEAD_S + CPU_SECONDS_PER_VOXEL_ITERATION * work + CPU_SECONDS_PER_FIXED_VOXEL * fixed_voxels

@@ -188,6 +188,9 @@ def test_refinement_improves_an_untrained_network(untrained_checkpoint, tiny_pai
     refined = register(fixed, moving, params, model=loaded, refine=30)
     assert np.abs(one_pass.deformable_displacement).max() < 0.5  # untrained: about the identity
     assert refined.refine_steps == 30 and "refine_s" in refined.timing
+    # the refinement runs the whole pyramid, 30 iterations per level, from the prediction
+    assert [level["spacing_mm"] for level in refined.losses] == [8.0, 6.0]
+    assert refined.parameters.iterations == (30, 30)
     truth = tiny_pair.truth
     brain = tiny_pair.interior
     err_one = np.linalg.norm(one_pass.displacement - truth, axis=-1)[brain].mean()

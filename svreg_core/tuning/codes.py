@@ -5,7 +5,7 @@ scores the mean Dice like pairwise tuning (:class:`~svreg_core.tuning.objective.
 constraint). A hyper model's ranges default to, and must lie inside, those it was trained on; a plain model is
 refused unless ``refine > 0`` (its codes then set only the refinement's loss; the preset's ranges). Trials run
 with the model's SPR loss (:func:`~svreg_core.registration.model_parameters`) and the preset's affine stage,
-device and finest level spacing (the refinement's grid); the first trial is the default codes: a hyper model's
+device and pyramid (the refinement's grids); the first trial is the default codes: a hyper model's
 own, the preset's for a plain model's refinement.
 """
 from __future__ import annotations
