@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from svreg_core.errors import InputError
 from svreg_core.interrupts import sigterm_as_interrupt
-from svreg_core.tuning.codes import ModelCodeDice, code_search_space, model_reference
+from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
 from svreg_core.tuning.objective import Objective, PairwiseDice, PairwiseTRE, trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
@@ -161,9 +161,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("--refine N (0 or more) refines a learned model's predictions: it needs --model.")
     if args.model and args.validation is None:
         raise InputError("a code search (--model) needs validation pairs to score the codes on.")
-    if args.objective == "tre" and (training or args.model or args.labels):
-        raise InputError("--objective tre scores the landmarks of pairwise registrations: it does not combine "
-                         "with training, --model or --labels.")
+    if args.objective == "tre" and (training or args.labels):
+        raise InputError("--objective tre scores the landmarks of registrations of validation pairs: it does not "
+                         "combine with training or --labels.")
     if args.n_trials < 1 or (args.epochs_per_trial is not None and args.epochs_per_trial < 1):
         raise InputError("--n-trials and --epochs-per-trial must be at least 1.")
     if min(args.max_failures, args.max_retry, args.startup_trials, args.pruner_startup_trials,
@@ -185,9 +185,11 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
                      "affine": False if args.no_affine else None, "device": args.device}
         if args.model:
             space = code_search_space(args.model, args.refine, args.preset, overrides=overrides, **ranges)
-            return space, ModelCodeDice(discover_pairs(args.validation), args.model, device=space.base.device,
-                                        refine=args.refine, labels=args.labels,
-                                        label_mode=args.label_interpolation), None
+            model = {"model": args.model, "device": space.base.device, "refine": args.refine}
+            return space, (ModelCodeTRE(discover_pairs(args.validation, needs="landmarks"), **model)
+                           if args.objective == "tre" else
+                           ModelCodeDice(discover_pairs(args.validation), **model, labels=args.labels,
+                                         label_mode=args.label_interpolation)), None
         objective = (PairwiseTRE(discover_pairs(args.validation, needs="landmarks")) if args.objective == "tre" else
                      PairwiseDice(discover_pairs(args.validation), labels=args.labels,
                                   label_mode=args.label_interpolation))

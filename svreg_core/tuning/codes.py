@@ -2,7 +2,7 @@
 
 Every trial registers each validation pair with the network conditioned on the trial's codes (α′, λ_max) and
 scores the mean Dice like pairwise tuning (:class:`~svreg_core.tuning.objective.PairwiseDice`, the same folding
-constraint). A hyper model's ranges default to, and must lie inside, those it was trained on; a plain model is
+constraint), or with ``--objective tre`` the mean landmark error (:class:`~svreg_core.tuning.objective.PairwiseTRE`). A hyper model's ranges default to, and must lie inside, those it was trained on; a plain model is
 refused unless ``refine > 0`` (its codes then set only the refinement's loss; the preset's ranges). Trials run
 with the model's SPR loss (:func:`~svreg_core.registration.model_parameters`) and the preset's affine stage,
 device and pyramid (the refinement's grids); the first trial is the default codes: a hyper model's
@@ -19,7 +19,7 @@ from svreg_core.models import read_model_info
 from svreg_core.models.zoo import resolve_model
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.registration import load_model, model_parameters, register, resolve_device
-from svreg_core.tuning.objective import PairwiseDice
+from svreg_core.tuning.objective import PairwiseDice, PairwiseTRE
 from svreg_core.tuning.pairs import LoadedPair, ValidationPair
 from svreg_core.tuning.search_space import SearchSpace, build_search_space
 
@@ -58,17 +58,36 @@ def code_search_space(model: str | Path, refine: int, preset: str | Path, *, ove
     return dataclasses.replace(space, base=model_parameters(info, space.base, refine))
 
 
-class ModelCodeDice(PairwiseDice):
-    """:class:`PairwiseDice` with a learned model's prediction at the trial's codes (and ``refine`` iterations);
-    the weights are loaded once per worker process."""
+class ModelCodes:
+    """Registration of a validation pair by a learned model at the trial's codes (and ``refine`` iterations):
+    the ``register`` step of :class:`ModelCodeDice` and :class:`ModelCodeTRE`; the weights are loaded once
+    per worker process."""
 
-    name = "model-code-dice"
-
-    def __init__(self, pairs: Sequence[ValidationPair], model: str | Path, *, device: str = "auto", refine: int = 0,
-                 **kwargs: Any) -> None:
-        super().__init__(pairs, **kwargs)
+    def __init__(self, model: str | Path, device: str = "auto", refine: int = 0) -> None:
         self.model, self.refine = load_model(model, resolve_device(device)), refine
 
     def register(self, data: LoadedPair, settings: RegistrationParameters) -> Any:
         return register(data.fixed, data.moving, settings, model=self.model, refine=self.refine,
                         codes=(settings.alpha_prime, settings.lambda_max))
+
+
+class ModelCodeDice(ModelCodes, PairwiseDice):
+    """:class:`PairwiseDice` of a learned model's registrations at the trial's codes."""
+
+    name = "model-code-dice"
+
+    def __init__(self, pairs: Sequence[ValidationPair], model: str | Path, *, device: str = "auto", refine: int = 0,
+                 **kwargs: Any) -> None:
+        PairwiseDice.__init__(self, pairs, **kwargs)
+        ModelCodes.__init__(self, model, device, refine)
+
+
+class ModelCodeTRE(ModelCodes, PairwiseTRE):
+    """:class:`PairwiseTRE` (landmark error, minimised) of a learned model's registrations at the trial's codes."""
+
+    name = "model-code-tre"
+
+    def __init__(self, pairs: Sequence[ValidationPair], model: str | Path, *, device: str = "auto",
+                 refine: int = 0) -> None:
+        PairwiseTRE.__init__(self, pairs)
+        ModelCodes.__init__(self, model, device, refine)

@@ -185,14 +185,19 @@ class PairwiseTRE:
     def step_labels(self) -> list[str]:
         return [p.name for p in self.pairs]
 
+    def register(self, data: LoadedPair, settings: Any) -> Any:
+        """One pair registered with the trial's settings (as :meth:`PairwiseDice.register`)."""
+        from svreg_core.registration import register
+
+        return register(data.fixed, data.moving, settings)
+
     def evaluate(self, settings: Any, steps: StepReporter) -> None:
         from svreg_core.metrics import folding_percent, jacobian_determinant
         from svreg_core.metrics.landmarks import tre
-        from svreg_core.registration import register
 
         for pair in self.pairs:
             data = load_pair(pair)
-            result = register(data.fixed, data.moving, settings)
+            result = self.register(data, settings)
             errors = tre(data.fixed_landmarks, data.moving_landmarks, result.transform_points)
             fold = float(folding_percent(jacobian_determinant(result.displacement, data.fixed.affine)))
             steps.report(float(errors.mean()), fold)

@@ -208,7 +208,7 @@ def _markdown(s: dict[str, Any]) -> str:
 
 def _value_key(study: optuna.Study, value: float) -> dict[str, float]:
     """The best value under its name in a preset's ``tuning`` record: ``mean_dice`` or ``mean_tre_mm``."""
-    return {"mean_tre_mm" if study_meta(study).get("objective") == "pairwise-tre" else "mean_dice": value}
+    return {"mean_tre_mm" if str(study_meta(study).get("objective")).endswith("-tre") else "mean_dice": value}
 
 
 def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenTrial, dict[str, Any]]:

@@ -85,6 +85,38 @@ def test_code_search_runs_the_model_inside_its_ranges_and_writes_its_best_codes(
                           "lambda_max": pytest.approx(codes[1], rel=1e-5), "conditioned": True}
 
 
+def test_code_search_on_landmarks_minimises_the_models_landmark_error(models: dict[str, Path], demo_pairs: Path,
+                                                                       tmp_path: Path, helpers: Any) -> None:
+    """``--objective tre`` with ``--model``: each trial's value is the mean landmark error of the model's
+    registrations at its codes (as the public API computes it), minimised; the codes file records it."""
+    from optuna.study import StudyDirection
+
+    from svreg_core.apply import read_landmarks
+    from svreg_core.metrics.landmarks import tre
+
+    db, best_file = tmp_path / "tre.db", tmp_path / "codes.json"
+    argv = [demo_pairs, "--model", models["hyper"], "--objective", "tre", "--storage", db, "--study-name", "t",
+            "--n-trials", 3, "--seed", 0, "--no-affine", "--device", "cpu", "--no-pruning", "--progress", "none",
+            "--apply-best", best_file]
+    assert run_tune(helpers.parse_args(*argv)) == 0
+    study = helpers.load(db, "t")
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert study.direction == StudyDirection.MINIMIZE and len(complete) == 3
+    assert complete[0].params == {"alpha_prime": 0.175, "lambda_max": 1.0}  # the model's own codes first
+    assert len({round(t.value, 6) for t in complete}) > 1  # the codes changed the prediction
+    top = study.best_trial
+    assert top.value == min(t.value for t in complete)
+    pair = demo_pairs / "pair01"
+    fixed, moving = (load_image(pair / f"{role}.nii.gz") for role in ("fixed", "moving"))
+    result = register(fixed, moving, load_parameters("brain-mri", affine=False, device="cpu"), model=models["hyper"],
+                      codes=(top.params["alpha_prime"], top.params["lambda_max"]))
+    fixed_points, moving_points = read_landmarks(pair / "fixed_landmarks.csv", pair / "moving_landmarks.csv")
+    errors = tre(fixed_points, moving_points, result.transform_points)
+    assert top.user_attrs["step_values"][0] == pytest.approx(float(errors.mean()), rel=1e-5)
+    doc = json.loads(best_file.read_text())
+    assert doc["tuning"]["mean_tre_mm"] == pytest.approx(top.value) and "mean_dice" not in doc["tuning"]
+
+
 def test_the_model_is_read_once_per_worker(models: dict[str, Path], demo_pairs: Path, tmp_path: Path) -> None:
     """Two trials of two pairs run after the checkpoint is deleted: the objective read it once, when made."""
     checkpoint = Path(shutil.copytree(models["hyper"], tmp_path / "copy"))

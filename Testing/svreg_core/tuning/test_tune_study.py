@@ -192,6 +192,14 @@ def test_tre_objective_is_minimised(demo_pairs: Path, tmp_path: Path, helpers: A
                                     "--progress", "none", *helpers.FAST))
 
 
+def test_tre_objective_refuses_label_choices(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
+    db = tmp_path / "tre.db"
+    with pytest.raises(InputError, match="does not combine with training or --labels") as err:
+        run_tune(helpers.parse_args(demo_pairs, "--objective", "tre", "--labels", 1, "--storage", db,
+                                    "--progress", "none", *helpers.FAST))
+    assert "\n" not in str(err.value) and not db.exists()
+
+
 def test_kill_and_resume(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
     db = tmp_path / "resume.db"
     argv = [one_pair_list, "--storage", db, "--study-name", "r", "--n-trials", 3, "--seed", 1, "--progress", "json",
