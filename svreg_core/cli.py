@@ -154,7 +154,8 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha-prime", type=float,
                    help="hyperprior weight α′ on λ (default: from the preset). With --model: a hyper model "
                         "predicts for this value (inside its trained range, see 'svreg models'; default: the "
-                        "model's own); a plain model only uses it for --refine (default: the preset's)")
+                        "model's own) and refines with it; a plain model only uses it for --refine. --refine "
+                        "without these flags regularises with the preset's values")
     p.add_argument("--lambda-max", type=float,
                    help="strength of the λ-weighted regularizer (default: from the preset); with --model as "
                         "--alpha-prime")
@@ -248,7 +249,8 @@ def learned_codes(args: argparse.Namespace) -> tuple[float, float] | None:
     """With ``--model``: the codes (α′, λ_max) that ``--alpha-prime``/``--lambda-max`` ask for (the model's
     own for the one not given), checked against the model (its ``model.json`` only) before any work;
     ``None`` without ``--model``, when neither flag is given, or for a plain model's refinement (its codes
-    are the parameters', which hold the flags: :func:`~svreg_core.registration.model_parameters`)."""
+    are the parameters', which hold the flags: :func:`~svreg_core.registration.model_parameters`). A
+    hyper model predicts for the codes and refines with them."""
     if not args.model or (args.alpha_prime is None and args.lambda_max is None):
         return None
     from svreg_core.models import read_model_info

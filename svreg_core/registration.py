@@ -297,23 +297,24 @@ def load_model(model: str | Path, device: torch.device | str = "cpu") -> LoadedM
 def model_parameters(info: ModelInfo, params: RegistrationParameters, refine: int = 0) -> RegistrationParameters:
     """``params`` with the SPR loss a model was trained with (for its prediction and refinement).
 
-    The codes ``(α′, λ_max)`` are the model's own, except that a plain model's refinement (``refine > 0``,
-    no :attr:`ModelInfo.code_ranges`) keeps those of ``params`` (the preset's, 0.175 and 1.0 for
-    ``brain-mri``): the refinement is the pairwise optimiser's, on its control grid (2 mm for MRI), where
-    the presets' values were chosen, while the network's λ_max was a training value on its own grid (3 mm
-    for the shipped model). On the Mindboggle validation pairs 1→2, 3→4, 5→6 (2026-11-27,
-    ``brain-unet-spr``, 50 steps) mean Dice 0.6459 / 0.6261 / 0.6072 at the model's (0.175, 3.35) and
-    0.6601 / 0.6422 / 0.6260 at the preset's (0.175, 1.0), SDlogJ 0.35–0.43 and 0.44–0.54, no folding
-    (20 steps: +0.013 to +0.015). A hyper model refines at the codes it predicted for.
+    The codes ``(α′, λ_max)`` are the model's own, except that a refinement (``refine > 0``) keeps those of
+    ``params`` (the preset's, 0.175 and 1.0 for ``brain-mri``) unless codes are chosen (a hyper model then
+    predicts for them and its refinement uses them too, :meth:`PreparedPair.register_at`): the refinement
+    is the pairwise optimiser's, on its control grid (2 mm for MRI), where the presets' values were chosen,
+    while the network's λ_max was a training value on its own grid (3 mm for the shipped models). On the
+    Mindboggle validation pairs 1→2, 3→4, 5→6 (2026-11-27, 2 mm only, 50 steps) ``brain-unet-spr``'s mean
+    Dice was 0.6459 / 0.6261 / 0.6072 at the model's (0.175, 3.35) and 0.6601 / 0.6422 / 0.6260 at the
+    preset's (0.175, 1.0), SDlogJ 0.35–0.43 and 0.44–0.54, no folding (20 steps: +0.013 to +0.015);
+    ``brain-hyper-unet-spr`` predicting at its own codes and refined 20 steps on both levels, 0.6421 /
+    0.6223 / 0.6069 at its λ_max 3.35 and 0.6559 / 0.6368 / 0.6232 at the preset's.
 
     The network's prediction is integrated with the model's scaling-and-squaring steps; a refinement
     optimises the velocity, and integrates the result, with those of ``params`` (the pairwise engine's,
     4 in the MRI presets, rather than a model's 7: each squaring is a resampling of the field in every
     iteration).
     """
-    plain_refinement = bool(refine) and info.code_ranges is None
-    alpha_prime, lambda_max = (params.alpha_prime, params.lambda_max) if plain_refinement else \
-        (info.alpha_prime, info.lambda_max)
+    alpha_prime, lambda_max = (params.alpha_prime, params.lambda_max) if refine else (info.alpha_prime,
+                                                                                      info.lambda_max)
     return params.replace(similarity=info.similarity, lncc_window=info.lncc_window, prior=info.prior,
                           alpha_prime=alpha_prime, lambda_max=lambda_max, spr=info.spr,
                           integration_steps=params.integration_steps if refine else info.integration_steps)
@@ -460,15 +461,16 @@ class PreparedPair:
 
     def _loss_parameters(self, codes: tuple[float, float] | None,
                          refine: int) -> tuple[RegistrationParameters, tuple[float, float] | None]:
-        """The parameters of a registration at ``codes`` (a model's SPR loss at the chosen codes) and a
-        hyper model's conditioning (``None`` otherwise); :class:`InputError` for codes the model cannot use."""
+        """The parameters of a registration at ``codes`` (a model's SPR loss, at the chosen codes, else at
+        :func:`model_parameters`' defaults) and a hyper model's conditioning (the chosen codes or its own;
+        ``None`` for a plain model); :class:`InputError` for codes the model cannot use."""
         if self.info is None:
             return self.parameters, None
         base = model_parameters(self.info, self.parameters, refine)
-        alpha_prime, lambda_max = model_codes(self.info, (base.alpha_prime, base.lambda_max) if codes is None
-                                              else codes, refine)
+        chosen = model_codes(self.info, codes, refine)
+        alpha_prime, lambda_max = chosen if codes is not None else (base.alpha_prime, base.lambda_max)
         params = base.replace(alpha_prime=alpha_prime, lambda_max=lambda_max)
-        return params, None if self.info.code_ranges is None else (alpha_prime, lambda_max)
+        return params, None if self.info.code_ranges is None else chosen
 
     def check_codes(self, codes: tuple[float, float] | None = None, refine: int = 0) -> None:
         """Raise :class:`InputError` (before any work) when a registration at ``codes`` could not run."""
@@ -608,9 +610,8 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
         model: ``None`` (pairwise optimisation, no training needed), the name of a shipped model, a
             checkpoint path, or a model already loaded with :func:`load_model`.
         refine: with a ``model``, continue from its prediction with this many pairwise iterations of
-            the same SPR loss at each level of the pyramid (:func:`refinement_parameters`); a plain
-            model's refinement regularises with ``parameters``' α′ and λ_max unless ``codes`` are given
-            (:func:`model_parameters`).
+            the same SPR loss at each level of the pyramid (:func:`refinement_parameters`), regularised
+            with ``parameters``' α′ and λ_max unless ``codes`` are given (:func:`model_parameters`).
         codes: with a ``model``, the regularisation ``(α′, λ_max)`` instead of the model's own: a hyper
             model (HyperSPR) predicts for these codes, which must lie in its trained ranges, and its
             refinement uses them; a plain model only refines with them (they need ``refine``). See
@@ -658,10 +659,11 @@ def summarize(result: RegistrationResult) -> dict[str, Any]:
         summary["model"] = {key: value for key, value in result.model.to_dict().items() if key != "config"}
         summary["model"]["hyper"] = result.model.config.get("hyper")
         summary["refine_steps"] = result.refine_steps
-        # the regularisation used: a hyper model's conditioning codes (and its refinement's), a plain
-        # model's refinement's (model_parameters), or a plain model's own (prediction only)
-        summary["codes"] = {"alpha_prime": result.parameters.alpha_prime,
-                            "lambda_max": result.parameters.lambda_max, "conditioned": result.codes is not None}
+        # a hyper model's conditioning codes, else the loss's (a plain model's own, or its refinement's); a
+        # refinement's are the parameters' alpha_prime and lambda_max (model_parameters)
+        alpha_prime, lambda_max = result.codes or (result.parameters.alpha_prime, result.parameters.lambda_max)
+        summary["codes"] = {"alpha_prime": alpha_prime, "lambda_max": lambda_max,
+                            "conditioned": result.codes is not None}
     return summary
 
 

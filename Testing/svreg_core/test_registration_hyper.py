@@ -1,6 +1,6 @@
 """Registration with a HyperSPR model: the regularisation chosen at test time (API and CLI), refused
 outside the trained ranges before any work, recorded in report.json; a plain model's codes only
-steer its refinement."""
+steer its refinement; a refinement without chosen codes regularises with the parameters' (the preset's)."""
 from __future__ import annotations
 
 import json
@@ -39,6 +39,22 @@ def test_a_hyper_model_predicts_for_the_chosen_codes(checkpoints, tiny_checkpoin
     summary = summarize(other)  # what report.json holds
     assert summary["codes"] == {"alpha_prime": 0.5, "lambda_max": 10.0, "conditioned": True}
     assert summary["model"]["hyper"] == tiny_checkpoints.ranges and summary["parameters"]["lambda_max"] == 10.0
+
+
+def test_a_hyper_models_refinement_uses_the_parameters_codes_unless_codes_are_chosen(checkpoints,
+                                                                                     tiny_pair) -> None:
+    """Without codes the network predicts at its own and the refinement regularises with the parameters'
+    (here α′ 0.01, outside the trained range: it only sets the refinement's loss); chosen codes set both."""
+    fixed, moving = _pair(tiny_pair)
+    model = load_model(checkpoints[0])
+    params = PARAMS.replace(alpha_prime=0.01, lambda_max=2.5)
+    default = register(fixed, moving, params, model=model, refine=2)
+    assert default.codes == (0.175, 1.0)  # the network: the model's own codes
+    assert (default.parameters.alpha_prime, default.parameters.lambda_max) == (0.01, 2.5)  # the refinement's
+    assert summarize(default)["codes"] == {"alpha_prime": 0.175, "lambda_max": 1.0, "conditioned": True}
+    chosen = register(fixed, moving, params, model=model, refine=2, codes=(0.2, 5.0))
+    assert chosen.codes == (chosen.parameters.alpha_prime, chosen.parameters.lambda_max) == (0.2, 5.0)
+    assert not np.array_equal(chosen.deformable_displacement, default.deformable_displacement)
 
 
 @pytest.mark.parametrize("codes, message", [

@@ -23,6 +23,8 @@ def patched(*args, initial=None, **kwargs):
             changes["learning_rate"] = float(lr)
         if frac:
             changes["final_learning_rate_fraction"] = float(frac)
+        if os.environ.get("REFINE_LAMBDA"):
+            changes["lambda_max"] = float(os.environ["REFINE_LAMBDA"])
         params = params.replace(**changes)
         print("refine params:", params.level_spacings, params.iterations, params.learning_rate,
               params.final_learning_rate_fraction, params.alpha_prime, params.lambda_max, file=sys.stderr)
