@@ -1027,8 +1027,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         :param alphaPrime, lambdaMax: with ``method="learned"``: the regularisation codes to register at (``None``:
             the model's own, ``model.json``). A HyperSPR model predicts for them; they must lie inside the ranges
             it was trained over (``SpatialVaryingRegLib.models.model_info(model).code_ranges``), else a plain
-            message before anything starts. A plain model only uses them for its refinement (``refineSteps > 0``;
-            ``None``: the preset's).
+            message before anything starts. A plain model only uses them for its refinement (``refineSteps > 0``).
+            Without them a refinement regularises with the preset's values.
             Pairwise registration takes ``parameters={"alpha_prime": ..., "lambda_max": ...}`` instead.
         :param preset: ``brain-mri``, ``cardiac-mri``, ``ct``, ``lung-ct`` or a preset JSON file path.
         :param parameters: registration parameters overriding the preset, e.g.

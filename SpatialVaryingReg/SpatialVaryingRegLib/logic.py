@@ -82,10 +82,10 @@ class RegistrationSettings:
             ``model.json`` and ``model.safetensors``, or either file).
         refine_steps: with ``method="learned"``: pairwise steps from the network's prediction (0 = none).
         codes: with ``method="learned"``: the regularisation ``(α′, λ_max)`` to register at, each ``None``
-            for the model's own. A HyperSPR model predicts for them (they must lie inside the ranges it was
-            trained over, :attr:`.models.ModelInfo.code_ranges`); a plain model only refines with them
-            (they need ``refine_steps > 0``; ``None``: the preset's). Pairwise registration takes
-            ``overrides`` instead.
+            for the model's own (the refinement's: the preset's). A HyperSPR model predicts for them and
+            refines with them (they must lie inside the ranges it was trained over,
+            :attr:`.models.ModelInfo.code_ranges`); a plain model only refines with them (they need
+            ``refine_steps > 0``). Pairwise registration takes ``overrides`` instead.
         device: ``"auto"`` (CUDA when present, else CPU), ``"cpu"`` or ``"cuda"``.
         labels: label values to score (default: all labels present in both label maps).
         label_interpolation: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.

@@ -528,8 +528,8 @@ class RegisterRequest:
     predicts the deformation and λ, then ``refine`` steps of pairwise optimisation of the same SPR loss
     start from that prediction (0 = the network only). Without ``model`` the pairwise optimiser runs.
     ``alpha_prime``/``lambda_max`` (with ``model``): the regularisation codes a HyperSPR model predicts
-    for (inside its trained ranges), or the loss of a plain model's refinement; ``None``: the model's own
-    (a plain model's refinement: the preset's).
+    for (inside its trained ranges) and refines with, or the loss of a plain model's refinement; ``None``:
+    the model's own for the prediction, the preset's for the refinement.
     ``crop_fixed``: two opposite corners (world RAS mm, 6 numbers) of the box the fixed image is cropped to.
     ``outputs``: the engine's output names to write (``svreg register --outputs``); ``None``: all of them.
     ``gzip_level``: compression of the engine's ``.nii.gz`` files (``--gzip-level``, 0 = stored: fastest to
