@@ -2,7 +2,8 @@
 
 Every trial registers each validation pair with the network conditioned on the trial's codes (α′, λ_max) and
 scores the mean Dice like pairwise tuning (:class:`~svreg_core.tuning.objective.PairwiseDice`, the same folding
-constraint), or with ``--objective tre`` the mean landmark error (:class:`~svreg_core.tuning.objective.PairwiseTRE`). A hyper model's ranges default to, and must lie inside, those it was trained on; a plain model is
+constraint), or with ``--objective tre`` the mean landmark error (:class:`~svreg_core.tuning.objective.PairwiseTRE`).
+A hyper model's ranges default to, and must lie inside, those it was trained on; a plain model is
 refused unless ``refine > 0`` (its codes then set only the refinement's loss; the preset's ranges). Trials run
 with the model's SPR loss (:func:`~svreg_core.registration.model_parameters`) and the preset's affine stage,
 device and pyramid (the refinement's grids); the first trial is the default codes: a hyper model's

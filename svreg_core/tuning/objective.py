@@ -129,7 +129,18 @@ def trial_function(space: Any, objective: Objective, *, max_folding: float | Non
     return run
 
 
-class PairwiseDice:
+class PairRegistration:
+    """The registration step of the pair objectives: one pair with the trial's settings (a learned model's
+    code search replaces it, :class:`~svreg_core.tuning.codes.ModelCodes`)."""
+
+    def register(self, data: LoadedPair, settings: Any) -> Any:
+        """One pair registered with the trial's settings (a :class:`~svreg_core.registration.RegistrationResult`)."""
+        from svreg_core.registration import register
+
+        return register(data.fixed, data.moving, settings)
+
+
+class PairwiseDice(PairRegistration):
     """Registers every validation pair with the trial's parameters; one step per pair.
 
     Step value: mean Dice over labels of the warped moving labels vs the fixed labels; folding: percent
@@ -149,12 +160,6 @@ class PairwiseDice:
     def step_labels(self) -> list[str]:
         return [p.name for p in self.pairs]
 
-    def register(self, data: LoadedPair, settings: Any) -> Any:
-        """One pair registered with the trial's settings (a :class:`~svreg_core.registration.RegistrationResult`)."""
-        from svreg_core.registration import register
-
-        return register(data.fixed, data.moving, settings)
-
     def evaluate(self, settings: Any, steps: StepReporter) -> None:
         from svreg_core.metrics import dice, folding_percent, jacobian_determinant
 
@@ -169,7 +174,7 @@ class PairwiseDice:
             steps.report(float(sum(scores.values()) / len(scores)), fold)
 
 
-class PairwiseTRE:
+class PairwiseTRE(PairRegistration):
     """Registers every validation pair with the trial's parameters and scores its landmarks; one step per pair.
 
     Step value: mean target registration error (mm, :func:`~svreg_core.metrics.landmarks.tre`) of the fixed
@@ -184,12 +189,6 @@ class PairwiseTRE:
 
     def step_labels(self) -> list[str]:
         return [p.name for p in self.pairs]
-
-    def register(self, data: LoadedPair, settings: Any) -> Any:
-        """One pair registered with the trial's settings (as :meth:`PairwiseDice.register`)."""
-        from svreg_core.registration import register
-
-        return register(data.fixed, data.moving, settings)
 
     def evaluate(self, settings: Any, steps: StepReporter) -> None:
         from svreg_core.metrics import folding_percent, jacobian_determinant
