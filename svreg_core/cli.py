@@ -166,7 +166,8 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="use a learned SPR network: a shipped model's name (see 'svreg models'; "
                    "'default' = the default one) or a checkpoint folder from 'svreg train'")
     p.add_argument("--refine", type=int, default=0, metavar="N",
-                   help="with --model: continue with N pairwise iterations of the same SPR loss (default 0)")
+                   help="with --model: continue with N pairwise iterations of the SPR loss at each level of the "
+                        "preset's pyramid (default 0)")
     add_prediction_arguments(p)
     p.add_argument("--no-spr", action="store_true",
                    help="spatially uniform regularizer of the same strength instead of the learned λ(x)")
