@@ -875,9 +875,9 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.tuningLogTextEdit.appendPlainText(_("Apply best failed: {message}").format(message=task["error"]))
             slicer.util.errorDisplay(_("Could not apply the best parameters: {message}").format(message=task["error"]))
             return
-        self.logic.useCustomPreset(self._parameterNode, task["path"])
+        selected = self.logic.useBest(self._parameterNode, task["path"])
         self.ui.tuningLogTextEdit.appendPlainText(
-            _("Best parameters written to {path}; the preset is now 'custom file'.").format(path=task["path"]))
+            _("Best parameters written to {path}; {selected}.").format(path=task["path"], selected=selected))
 
 
 #
@@ -1078,12 +1078,15 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                                "moving_landmarks .csv) or a .csv pair list."))
         settings = self.settingsFromParameterNode(p)
         o = settings.overrides
+        learned = settings.method == "learned"
         return tuning.TuneRequest(
             validation=Path(p.tuningValidationSet), storage=Path(studyFile), study_name=p.tuningStudyName or "slicer",
             n_trials=int(p.tuningTrials), preset=settings.preset, device=settings.device,
             seed=int(p.tuningSeed), level_spacings=o.get("level_spacings"), iterations=o.get("iterations"),
             affine=bool(p.useAffine), max_folding=p.tuningMaxFolding if p.tuningMaxFolding >= 0 else None,
-            labels=settings.labels, objective=self.tuningObjective(p))
+            labels=settings.labels, objective=self.tuningObjective(p),
+            model=models.resolve_model(settings.model) if learned else None,
+            refine=int(settings.refine_steps) if learned else 0)
 
     @staticmethod
     def tuningObjective(p: SpatialVaryingRegParameterNode) -> str:
@@ -1100,12 +1103,25 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         p.customPresetFile = str(path)
         p.preset = CUSTOM_PRESET
 
+    @classmethod
+    def useBest(cls, p: SpatialVaryingRegParameterNode, path: Path) -> str:
+        """Select what "Apply best" wrote: a preset file (the 'custom file' preset), or the codes of a learned
+        model's code search (its *Regularisation* codes: a hyper model predicts for them, any model's
+        refinement regularises with them). Returns what was selected, for the log."""
+        codes = tuning.best_codes(path)
+        if codes is None:
+            cls.useCustomPreset(p, path)
+            return _("the preset is now 'custom file'")
+        p.hyperAlphaPrime, p.hyperLambdaMax = codes
+        return _("the model's codes are now alpha_prime {a:.4g}, lambda_max {l:.4g}").format(a=codes[0], l=codes[1])
+
     def applyBestParameters(self, p: SpatialVaryingRegParameterNode, studyFile: Path) -> Path:
-        """Python console (blocking): write the study's best trial as a preset file and select it."""
+        """Python console (blocking): write the study's best trial as a preset file (or a learned model's
+        codes file) and select it (:meth:`useBest`)."""
         name = p.tuningStudyName or "slicer"
         path = self.bestPresetPath(studyFile, name)
         tuning.apply_best(Path(studyFile), name, path)
-        self.useCustomPreset(p, path)
+        self.useBest(p, path)
         return path
 
 

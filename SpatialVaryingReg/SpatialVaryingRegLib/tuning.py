@@ -15,7 +15,8 @@ every trial. Here:
   tuning process is running (after a restart, or one started from a terminal with the same
   ``--report``) and never needs Optuna in the Slicer process.
 * :func:`apply_best` writes the best trial as a preset file (``svreg tune --apply-best``) that the
-  Register button uses through the "custom file" preset.
+  Register button uses through the "custom file" preset, or, for a learned model's code search
+  (``svreg tune --model``: inference only), a codes file (:func:`best_codes` reads it).
 * :func:`export_pair` adds the volumes (and label maps or fiducial lists) of the scene to a validation folder.
 """
 from __future__ import annotations
@@ -53,6 +54,8 @@ class TuneRequest:
     max_folding: float | None = None
     labels: Sequence[int] | None = None
     objective: str = "dice"
+    model: str | None = None  # a learned model (engine --model argument): search its codes instead
+    refine: int = 0
 
     def arguments(self) -> list[str]:
         args = ["-m", "svreg_core.cli", "tune", str(self.validation), "--storage", str(self.storage),
@@ -74,6 +77,8 @@ class TuneRequest:
             args += ["--labels", *[str(int(v)) for v in self.labels]]
         if self.objective != "dice":
             args += ["--objective", self.objective]
+        if self.model:
+            args += ["--model", str(self.model)] + (["--refine", str(int(self.refine))] if self.refine else [])
         args += ["--progress", "json"]
         return args
 
@@ -111,6 +116,14 @@ def apply_best(storage: Path, study_name: str, path: Path, *, python: str | None
         if event.get("event") == "apply_best":
             return event
     return {"event": "apply_best", "message": str(path)}
+
+
+def best_codes(path: str | Path) -> tuple[float, float] | None:
+    """``(α′, λ_max)`` of a codes file that ``apply_best`` wrote for a code search; ``None`` for a preset file."""
+    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(doc, dict) or "model" not in doc:
+        return None
+    return float(doc["alpha_prime"]), float(doc["lambda_max"])
 
 
 # --------------------------------------------------------------------------------------------------

@@ -126,6 +126,28 @@ def test_tuning_objective_choice_sets_the_engine_objective(module, tmp_path):
     assert set(module.TUNING_OBJECTIVE_LABELS) == set(module.tuning.OBJECTIVES)
 
 
+def test_tuning_a_learned_model_searches_its_codes_and_apply_best_sets_them(module, tmp_path):
+    import json
+
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    (tmp_path / "pairs").mkdir()
+    p.tuningValidationSet = str(tmp_path / "pairs")
+    assert "--model" not in logic.tuneRequest(p, tmp_path / "study.db").arguments()  # pairwise: the preset
+    p.method, p.model, p.refineSteps = module.METHOD_LABELS["learned"], "brain-hyper-unet-spr", 7
+    args = logic.tuneRequest(p, tmp_path / "study.db").arguments()
+    assert args[args.index("--model") + 1] == "brain-hyper-unet-spr" and args[args.index("--refine") + 1] == "7"
+    codes = tmp_path / "codes.json"
+    codes.write_text(json.dumps({"model": "brain-hyper-unet-spr", "alpha_prime": 0.12, "lambda_max": 4.5,
+                                 "refine": 7}))
+    assert "alpha_prime 0.12" in logic.useBest(p, codes)
+    assert (p.hyperAlphaPrime, p.hyperLambdaMax) == (0.12, 4.5) and p.preset == "brain-mri"
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.2}}))
+    logic.useBest(p, preset)
+    assert p.preset == module.CUSTOM_PRESET and p.customPresetFile == str(preset)
+
+
 def test_parameter_node_choices_match_the_ui_choices(module):
     hints = typing.get_type_hints(module.SpatialVaryingRegParameterNode, include_extras=True)
     preset_choice = hints["preset"].__metadata__[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image, fiducials
+from slicer_test_helpers import add_volume, blob_image, fiducials, tiny_hyper_checkpoint
 
 from SpatialVaryingRegLib import geometry, logic, runner, tuning
 
@@ -111,6 +111,9 @@ def test_tune_command_line_matches_the_engine_parser(tmp_path):
     assert ns.max_folding == 0.5 and ns.labels == [1, 2] and ns.progress == "json"
     assert ns.report == str(tmp_path / "abc-report")  # where read_study finds summary.json
     assert ns.objective == "dice" and "--objective" not in args  # the engine's default
+    search = tuning.TuneRequest(validation=tmp_path / "v", storage=tmp_path / "s.db", model="m", refine=3)
+    ns = parser.parse_args(search.arguments()[2:])
+    assert (ns.model, ns.refine) == ("m", 3)
     for objective in tuning.OBJECTIVES:  # every objective the panel offers is one the engine accepts
         other = tuning.TuneRequest(validation=tmp_path / "v", storage=tmp_path / "s.db", objective=objective)
         assert parser.parse_args(other.arguments()[2:]).objective == objective
@@ -200,6 +203,27 @@ def test_landmark_objective_from_exported_fiducials(landmark_folder, tmp_path):
     values = [t.value for t in snap.trials if t.state == "COMPLETE"]
     assert len(values) == 2 and snap.best.value == pytest.approx(min(values))
     assert snap.best.value < 0.5 * np.linalg.norm(SHIFT)  # every point starts |SHIFT| = 2.69 mm away
+
+
+def test_code_search_of_a_hyper_model_and_its_best_codes(validation_folder, tmp_path):
+    """With a learned model the panel's tuning searches its codes (inference only); Apply best writes a
+    codes file whose codes the panel reads back (not a preset)."""
+    pytest.importorskip("optuna")
+    checkpoint = tiny_hyper_checkpoint(tmp_path / "hyper")
+    db = tmp_path / "codes.db"
+    request = fast_request(validation_folder, db, n_trials=2)
+    request.model = str(checkpoint)
+    log = []
+    result = tuning.start_tuning(request, on_log=log.append).wait(timeout=240)
+    assert result.succeeded, (result.message, log[-10:])
+    snap = tuning.read_study(db, "test")
+    assert snap.count("COMPLETE") == 2 and snap.trials[0].params == {"alpha_prime": 0.175, "lambda_max": 1.0}
+    path = tmp_path / "best.json"
+    tuning.apply_best(db, "test", path, timeout=120)
+    assert tuning.best_codes(path) == pytest.approx((snap.best.params["alpha_prime"], snap.best.params["lambda_max"]))
+    preset = tmp_path / "preset.json"
+    preset.write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.2}}))
+    assert tuning.best_codes(preset) is None  # a pairwise study's preset file
 
 
 def test_stop_keeps_finished_trials_and_start_resumes(validation_folder, tmp_path):
