@@ -129,60 +129,11 @@ def trial_function(space: Any, objective: Objective, *, max_folding: float | Non
     return run
 
 
-class PairRegistration:
-    """The registration step of the pair objectives: one pair with the trial's settings (a learned model's
-    code search replaces it, :class:`~svreg_core.tuning.codes.ModelCodes`)."""
-
-    def register(self, data: LoadedPair, settings: Any) -> Any:
-        """One pair registered with the trial's settings (a :class:`~svreg_core.registration.RegistrationResult`)."""
-        from svreg_core.registration import register
-
-        return register(data.fixed, data.moving, settings)
-
-
-class PairwiseDice(PairRegistration):
-    """Registers every validation pair with the trial's parameters; one step per pair.
-
-    Step value: mean Dice over labels of the warped moving labels vs the fixed labels; folding: percent
-    of voxels with ``det J <= 0``. Files are read at every trial (a repaired file is picked up).
-    ``labels``: the labels scored (default: every non-zero label in both maps); ``label_mode``:
-    ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
-    """
-
-    name, aggregate, value_name, direction = "pairwise-dice", "mean", "mean Dice", "maximize"
-
-    def __init__(self, pairs: Sequence[ValidationPair], *, labels: Sequence[int] | None = None,
-                 label_mode: str = "linear") -> None:
-        self.pairs = list(pairs)
-        self.labels = None if labels is None else [int(v) for v in labels]
-        self.label_mode = label_mode
-
-    def step_labels(self) -> list[str]:
-        return [p.name for p in self.pairs]
-
-    def evaluate(self, settings: Any, steps: StepReporter) -> None:
-        from svreg_core.metrics import dice, folding_percent, jacobian_determinant
-
-        for pair in self.pairs:
-            data = load_pair(pair)
-            result = self.register(data, settings)
-            warped = result.warp_image(data.moving_labels, labels=True, label_mode=self.label_mode)
-            scores = dice(data.fixed_labels.data, warped.data, labels=self.labels)
-            if not scores:
-                raise ValueError("no label is present in both the fixed and the warped moving labels")
-            fold = float(folding_percent(jacobian_determinant(result.displacement, data.fixed.affine)))
-            steps.report(float(sum(scores.values()) / len(scores)), fold)
-
-
-class PairwiseTRE(PairRegistration):
-    """Registers every validation pair with the trial's parameters and scores its landmarks; one step per pair.
-
-    Step value: mean target registration error (mm, :func:`~svreg_core.metrics.landmarks.tre`) of the fixed
-    landmarks mapped through the registration against their moving landmarks, minimised; folding as in
-    :class:`PairwiseDice`. Needs pairs with landmark files (``discover_pairs(..., needs="landmarks")``).
-    """
-
-    name, aggregate, value_name, direction = "pairwise-tre", "mean", "mean TRE (mm)", "minimize"
+class PairObjective:
+    """One step per validation pair: register it (:meth:`register`; a learned model's code search replaces
+    it, :class:`~svreg_core.tuning.codes.ModelCodes`), score it (:meth:`score`, the subclass's measure) and
+    report the score with the folding (percent of voxels with ``det J <= 0``). Files are read at every
+    trial (a repaired file is picked up)."""
 
     def __init__(self, pairs: Sequence[ValidationPair]) -> None:
         self.pairs = list(pairs)
@@ -190,13 +141,64 @@ class PairwiseTRE(PairRegistration):
     def step_labels(self) -> list[str]:
         return [p.name for p in self.pairs]
 
+    def register(self, data: LoadedPair, settings: Any) -> Any:
+        """One pair registered with the trial's settings (a :class:`~svreg_core.registration.RegistrationResult`)."""
+        from svreg_core.registration import register
+
+        return register(data.fixed, data.moving, settings)
+
+    def score(self, data: LoadedPair, result: Any) -> float:
+        """The step value of one registered pair."""
+        raise NotImplementedError
+
     def evaluate(self, settings: Any, steps: StepReporter) -> None:
         from svreg_core.metrics import folding_percent, jacobian_determinant
-        from svreg_core.metrics.landmarks import tre
 
         for pair in self.pairs:
             data = load_pair(pair)
             result = self.register(data, settings)
-            errors = tre(data.fixed_landmarks, data.moving_landmarks, result.transform_points)
+            value = self.score(data, result)
             fold = float(folding_percent(jacobian_determinant(result.displacement, data.fixed.affine)))
-            steps.report(float(errors.mean()), fold)
+            steps.report(value, fold)
+
+
+class PairwiseDice(PairObjective):
+    """Registers every validation pair with the trial's parameters; one step per pair.
+
+    Step value: mean Dice over labels of the warped moving labels vs the fixed labels; folding as in
+    :class:`PairObjective`. ``labels``: the labels scored (default: every non-zero label in both maps);
+    ``label_mode``: ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
+    """
+
+    name, aggregate, value_name, direction = "pairwise-dice", "mean", "mean Dice", "maximize"
+
+    def __init__(self, pairs: Sequence[ValidationPair], *, labels: Sequence[int] | None = None,
+                 label_mode: str = "linear") -> None:
+        super().__init__(pairs)
+        self.labels = None if labels is None else [int(v) for v in labels]
+        self.label_mode = label_mode
+
+    def score(self, data: LoadedPair, result: Any) -> float:
+        from svreg_core.metrics import dice
+
+        warped = result.warp_image(data.moving_labels, labels=True, label_mode=self.label_mode)
+        scores = dice(data.fixed_labels.data, warped.data, labels=self.labels)
+        if not scores:
+            raise ValueError("no label is present in both the fixed and the warped moving labels")
+        return float(sum(scores.values()) / len(scores))
+
+
+class PairwiseTRE(PairObjective):
+    """Registers every validation pair with the trial's parameters and scores its landmarks; one step per pair.
+
+    Step value: mean target registration error (mm, :func:`~svreg_core.metrics.landmarks.tre`) of the fixed
+    landmarks mapped through the registration against their moving landmarks, minimised; folding as in
+    :class:`PairObjective`. Needs pairs with landmark files (``discover_pairs(..., needs="landmarks")``).
+    """
+
+    name, aggregate, value_name, direction = "pairwise-tre", "mean", "mean TRE (mm)", "minimize"
+
+    def score(self, data: LoadedPair, result: Any) -> float:
+        from svreg_core.metrics.landmarks import tre
+
+        return float(tre(data.fixed_landmarks, data.moving_landmarks, result.transform_points).mean())
