@@ -127,7 +127,8 @@ def add_gzip_level_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gzip-level", type=int, choices=range(10), metavar="0-9", default=None,
                    help="compression of the .nii.gz outputs: 0 stores them uncompressed inside the gzip "
                         "container (fastest to write: for files read at once, e.g. by the Slicer module) to 9 "
-                        "(smallest); default 1")
+                        "(smallest); default 1 for the images and 0 for the displacement fields, which gzip "
+                        "hardly shrinks")
 
 
 def add_prediction_arguments(p: argparse.ArgumentParser) -> None:

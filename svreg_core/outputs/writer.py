@@ -30,7 +30,7 @@ import torch
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image import Image, save_image
-from svreg_core.image.io import save_nifti
+from svreg_core.image.io import DEFAULT_FIELD_GZIP_LEVEL, save_nifti
 from svreg_core.image.resample import resample
 from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
 from svreg_core.metrics.landmarks import tre, tre_summary
@@ -138,7 +138,8 @@ def _probe_writable(out: Path, existing: Path) -> None:
 def expected_output_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int], *,
                           outputs: Sequence[str] | None = None, labels: bool = False) -> int:
     """Bytes the outputs of a registration of a ``fixed_shape`` image to a ``moving_shape`` one take,
-    uncompressed (an upper bound: gzip level 1 saves ~10 % on fields, more on images with background).
+    uncompressed (an upper bound: the fields are stored uncompressed by default, gzip saves much on images
+    with background).
 
     ``outputs``: names from :data:`SELECTABLE_OUTPUTS` (default: all); ``labels``: moving labels are
     given (``warped_labels.nii.gz``). Per fixed voxel: float32 images (warped, λ, det J, int32
@@ -362,7 +363,9 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         sources: input file paths by role (``fixed``, ``moving``, ``fixed_labels``, …), recorded in the
             report's ``inputs`` with each image's shape, spacing and orientation.
         gzip_level: compression of the ``.nii.gz`` outputs, 0 (stored: fastest, e.g. for files another
-            program reads at once) to 9 (:func:`~svreg_core.image.io.save_nifti`; default nibabel's 1).
+            program reads at once) to 9 (:func:`~svreg_core.image.io.save_nifti`); ``None``: the images at
+            :data:`~svreg_core.image.io.DEFAULT_GZIP_LEVEL` (1), the displacement fields stored
+            (:data:`~svreg_core.image.io.DEFAULT_FIELD_GZIP_LEVEL`: gzip hardly shrinks them).
         landmarks: corresponding fixed and moving points (``(N, 3)`` RAS mm each): the report's metrics get
             the target registration error before and after (:func:`compute_metrics`).
     """
@@ -394,10 +397,11 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                     pending.append(pool.submit(write))
 
             fixed_grid = result.fixed.grid
+            field_level = DEFAULT_FIELD_GZIP_LEVEL if gzip_level is None else gzip_level
             warped = result.warped if chosen & {"warped", "figure"} else None
             save("warped", lambda: save_image(warped, tmp / "warped.nii.gz", gzip_level=gzip_level))
             save("displacement", lambda: save_nifti(displacement_nifti(result.displacement, fixed_grid),
-                                                    tmp / "displacement.nii.gz", gzip_level=gzip_level))
+                                                    tmp / "displacement.nii.gz", gzip_level=field_level))
             save("transform", lambda: write_transform(tmp / "transform.h5", result.affine,
                                                       result.deformable_displacement, fixed_grid))
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
@@ -415,7 +419,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             distance_job = None if fixed_labels is None or warped_labels is None else \
                 pool.submit(distance_metrics, fixed_labels, warped_labels, labels)
             save("inverse", lambda: save_nifti(displacement_nifti(result.inverse_displacement(), result.moving.grid),
-                                               tmp / "inverse_displacement.nii.gz", gzip_level=gzip_level))
+                                               tmp / "inverse_displacement.nii.gz", gzip_level=field_level))
             weight = result.regularization_map()
             save("regularization", lambda: save_image(weight, tmp / "regularization.nii.gz", gzip_level=gzip_level))
             metrics = metrics_job.result()
