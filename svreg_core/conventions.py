@@ -46,9 +46,10 @@ def world_to_voxel_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarra
     return vectors @ np.linalg.inv(np.asarray(affine, dtype=np.float64)[:3, :3]).T
 
 
-def ras_to_lps_vectors(vectors: np.ndarray) -> np.ndarray:
-    """Convert vectors or points (last axis of length 3) between RAS and LPS (self-inverse)."""
-    return vectors * np.diag(RAS_TO_LPS)
+def ras_to_lps_vectors(vectors: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Convert vectors or points (last axis of length 3) between RAS and LPS (self-inverse); into ``out`` when
+    given (``out=vectors``: in place)."""
+    return np.multiply(vectors, np.diag(RAS_TO_LPS), out=out)
 
 
 def voxel_to_normalized(shape: tuple[int, int, int], device: torch.device | None = None,
@@ -104,10 +105,30 @@ def _normalizing_scale(shape: tuple[int, ...], dtype: torch.dtype, device: torch
     return torch.tensor(values, dtype=dtype, device=device).view(1, 3, 1, 1, 1)
 
 
+@functools.lru_cache(maxsize=64)
+def _identity_axes(shape: tuple[int, ...], device: torch.device | None,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Normalised coordinates of the voxel centres along each axis ``(i, j, k)`` of a grid of ``shape``
+    (``align_corners=True``: −1 to 1; 0 on a one-voxel axis). Made once per grid (a few KB)."""
+    return tuple(torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1
+                 else torch.zeros(1, device=device, dtype=dtype) for n in shape)
+
+
 def identity_grid(shape: tuple[int, int, int], device: torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """grid_sample coordinates ``(1, I, J, K, 3)`` of the voxel centres of a grid of ``shape``."""
-    axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) if n > 1
-            else torch.zeros(1, device=device, dtype=dtype) for n in shape]
-    gi, gj, gk = torch.meshgrid(*axes, indexing="ij")
+    gi, gj, gk = torch.meshgrid(*_identity_axes(tuple(shape), device, dtype), indexing="ij")
     return torch.stack((gk, gj, gi), dim=-1).unsqueeze(0)
+
+
+def add_identity_(offset: torch.Tensor) -> torch.Tensor:
+    """Add :func:`identity_grid` to a grid_sample offset ``(N, I, J, K, 3)`` in place and return it.
+
+    The same values as ``offset + identity_grid(...)``, without making the grid: each channel gets its axis's
+    coordinates broadcast (a 1 mm brain's grid is 87 MB).
+    """
+    gi, gj, gk = _identity_axes(tuple(offset.shape[1:4]), offset.device, offset.dtype)
+    offset[..., 0].add_(gk)
+    offset[..., 1].add_(gj[:, None])
+    offset[..., 2].add_(gi[:, None, None])
+    return offset

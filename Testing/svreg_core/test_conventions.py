@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svreg_core.conventions import (ALIGN_CORNERS, RAS_TO_LPS, identity_grid, normalized_to_voxel, ras_to_lps_vectors,
+from svreg_core.conventions import (ALIGN_CORNERS, RAS_TO_LPS, add_identity_, identity_grid, normalized_to_voxel, ras_to_lps_vectors,
                                     voxel_displacement_to_normalized, voxel_to_normalized,
                                     voxel_to_world_vectors, world_to_voxel_vectors)
 
@@ -51,6 +51,17 @@ def test_identity_grid_matches_voxel_to_normalized() -> None:
     expected = (np.c_[ijk, np.ones(len(ijk))] @ m.T)[:, :3]
     np.testing.assert_allclose(grid.reshape(-1, 3), expected, atol=1e-12)
     np.testing.assert_allclose(grid[2, 3, 5], [-1 + 2 * 5 / 16, -1 + 2 * 3 / 8, -1 + 2 * 2 / 4])
+
+
+@pytest.mark.parametrize("shape", [SHAPE, (1, 9, 17)])
+def test_add_identity_equals_adding_the_identity_grid(shape) -> None:
+    """In place, bitwise the sum with :func:`identity_grid`, also on a channel-first (permuted) offset."""
+    disp = torch.randn(2, 3, *shape, generator=torch.Generator().manual_seed(1))
+    offset = voxel_displacement_to_normalized(disp)  # (N, I, J, K, 3), a permuted view
+    expected = offset + identity_grid(shape)
+    out = add_identity_(offset)
+    assert out is offset and torch.equal(out, expected)
+    assert torch.equal(add_identity_(torch.zeros(1, *shape, 3)), identity_grid(shape))
 
 
 def test_identity_grid_sampling_is_identity() -> None:

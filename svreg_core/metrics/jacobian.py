@@ -35,9 +35,14 @@ _LOG_CLIP = (1e-9, 1e9)
 # validation helpers
 
 
-def _voxel_displacement(displacement: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Validate inputs and return the displacement in voxel units ``(I, J, K, 3)``, float64."""
-    disp = np.asarray(displacement, dtype=np.float64)
+def _voxel_rows(displacement: np.ndarray, affine: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """Validate inputs and return ``rows(a, b)``: rows ``a:b`` (along ``i``) of the displacement in voxel
+    units, float64 ``(b - a, J, K, 3)``.
+
+    The field is converted row by row, never as a whole: a 1 mm brain's float64 field is 173 MB, and the
+    metrics run beside the other outputs. Each row's values are those of converting the whole field.
+    """
+    disp = np.asarray(displacement)
     if disp.ndim != 4 or disp.shape[-1] != 3:
         raise InputError(f"displacement must have shape (I, J, K, 3), got {disp.shape}.")
     if disp.size == 0:
@@ -49,7 +54,7 @@ def _voxel_displacement(displacement: np.ndarray, affine: np.ndarray) -> np.ndar
         raise InputError(f"affine must be a finite 4x4 matrix, got shape {aff.shape}.")
     if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
         raise InputError("affine has a singular 3x3 part; the grid geometry is unusable.")
-    return world_to_voxel_vectors(disp, aff)
+    return lambda a, b: world_to_voxel_vectors(disp[a:b].astype(np.float64), aff)
 
 
 def _fill_by_slabs(out: np.ndarray, slab: Callable[[int, int], np.ndarray]) -> np.ndarray:
@@ -97,8 +102,8 @@ def jacobian_determinant(displacement: np.ndarray, affine: np.ndarray) -> np.nda
     Dimensionless (ratio of mapped to original volume); correct for oblique and anisotropic grids.
     Every axis must have at least 2 voxels.
     """
-    q = _voxel_displacement(displacement, affine)
-    shape = q.shape[:3]
+    rows = _voxel_rows(displacement, affine)
+    shape = np.shape(displacement)[:3]
     if min(shape) < 2:
         raise InputError(f"jacobian_determinant needs at least 2 voxels along each axis, got {shape}.")
     n_i = shape[0]
@@ -106,7 +111,7 @@ def jacobian_determinant(displacement: np.ndarray, affine: np.ndarray) -> np.nda
 
     def slab(a: int, b: int) -> np.ndarray:
         lo, hi = max(a - 1, 0), min(b + 1, n_i)
-        grads = np.gradient(q[lo:hi], axis=(0, 1, 2))  # each (n, J, K, 3): d q / d ijk_axis
+        grads = np.gradient(rows(lo, hi), axis=(0, 1, 2))  # each (n, J, K, 3): d q / d ijk_axis
         sel = slice(a - lo, a - lo + (b - a))
         cols = [grads[axis][sel] + eye[axis] for axis in range(3)]  # columns of dp/dijk
         return _det3(*cols)
@@ -132,9 +137,9 @@ def sdlogj(jac_det: np.ndarray, mask: np.ndarray | None = None) -> float:
 # non-diffeomorphic volume
 
 
-def _ndv_slab(qp: np.ndarray, a: int, b: int) -> np.ndarray:
-    """NDV of output rows ``a:b`` from the edge-padded voxel displacement ``qp`` (``(I+2, J+2, K+2, 3)``)."""
-    q = qp[a:b + 2]  # padded rows a .. b+1 hold the output rows a-1 .. b
+def _ndv_slab(q: np.ndarray) -> np.ndarray:
+    """NDV of the rows of ``q`` but its first and last: ``q`` is the voxel displacement of consecutive rows
+    with one row more on each side, edge-padded by one voxel along ``j`` and ``k``."""
     n0, n1, n2 = q.shape[0] - 2, q.shape[1] - 2, q.shape[2] - 2
     centre = q[1:1 + n0, 1:1 + n1, 1:1 + n2]
 
@@ -189,11 +194,16 @@ def ndv_map(displacement: np.ndarray, affine: np.ndarray) -> np.ndarray:
     affine map (identity, scaling, rotation) gives exactly 0. Border voxels use an edge-replicated
     displacement outside the grid.
     """
-    q = _voxel_displacement(displacement, affine)
-    qp = np.pad(q, ((1, 1), (1, 1), (1, 1), (0, 0)), mode="edge")
-    shape = q.shape[:3]
-    del q  # only the padded copy is read below (a 1 mm float64 field is 173 MB)
-    return _fill_by_slabs(np.empty(shape, dtype=np.float32), lambda a, b: _ndv_slab(qp, a, b))
+    rows = _voxel_rows(displacement, affine)
+    shape = np.shape(displacement)[:3]
+
+    def slab(a: int, b: int) -> np.ndarray:
+        lo, hi = max(a - 1, 0), min(b + 1, shape[0])
+        # rows a-1 .. b, the grid's first / last row repeated beyond it (edge padding along i)
+        q = rows(lo, hi)[np.clip(np.arange(a - 1, b + 1), 0, shape[0] - 1) - lo]
+        return _ndv_slab(np.pad(q, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge"))
+
+    return _fill_by_slabs(np.empty(shape, dtype=np.float32), slab)
 
 
 def _interior(shape: tuple[int, ...]) -> np.ndarray:

@@ -47,13 +47,30 @@ def lambda_range(weight: np.ndarray) -> tuple[float, float]:
     return low, high
 
 
-def log2_jacobian(jacobian: np.ndarray, foreground: np.ndarray) -> tuple[np.ma.MaskedArray, float]:
-    """log₂ det J masked outside ``foreground`` (and where det J ≤ 0, shown as masked) and its symmetric half-range."""
+def log2_jacobian(jacobian: np.ndarray, foreground: np.ndarray) -> np.ma.MaskedArray:
+    """log₂ det J, masked outside ``foreground`` and where det J ≤ 0 (shown blank)."""
     jac = np.asarray(jacobian, dtype=np.float64)
     valid = foreground & (jac > 0)
-    values = np.ma.masked_array(np.log2(np.where(valid, jac, 1.0)), mask=~valid)
-    half = float(np.abs(values.compressed()).max(initial=0.0))
-    return values, max(half, _MIN_LOG2_RANGE)
+    return np.ma.masked_array(np.log2(np.where(valid, jac, 1.0)), mask=~valid)
+
+
+def log2_range(jacobian: np.ndarray, foreground: np.ndarray) -> float:
+    """Half-range of the symmetric log₂ det J colour scale: the largest |log₂ det J| over the foreground voxels
+    with det J > 0 (the extremes of det J give it: no log of the whole volume is formed), at least
+    :data:`_MIN_LOG2_RANGE`."""
+    jac = np.asarray(jacobian)
+    valid = foreground & (jac > 0)
+    if not valid.any():
+        return _MIN_LOG2_RANGE
+    extremes = np.array([jac.min(where=valid, initial=np.inf), jac.max(where=valid, initial=-np.inf)], np.float64)
+    return max(float(np.abs(np.log2(extremes)).max()), _MIN_LOG2_RANGE)
+
+
+def _intensity_scale(volume: np.ndarray) -> float:
+    """The 99.5th percentile of the voxels above the volume's minimum (1.0 when there are none): the display
+    divisor of the grey-value panels."""
+    above = volume[volume > volume.min()]
+    return np.percentile(above, 99.5) if above.size else 1.0
 
 
 def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image, warped: Image,
@@ -76,20 +93,24 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     nz = np.argwhere(foreground)
     centre = tuple(int(v) for v in (((nz.min(0) + nz.max(0)) // 2) if len(nz) else np.asarray(f.shape) // 2))
     position = ras_array_affine(fixed)[:3, :3] @ np.asarray(centre, float) + ras_array_affine(fixed)[:3, 3]
-    scale = lambda a: a / (np.percentile(a[a > a.min()], 99.5) if np.any(a > a.min()) else 1.0)  # noqa: E731
-    fn, mn, wn = (scale(arrays[n]) for n in ("fixed", "moving", "warped"))
+    # only the three slices of each panel are computed (whole-volume temporaries of a 1 mm brain are 30-60 MB
+    # each); the scales come from the whole volumes
+    fn, mn, wn = ([sl / _intensity_scale(arrays[n]) for sl in _slices(arrays[n], centre)]
+                  for n in ("fixed", "moving", "warped"))
     lam_low, lam_high = lambda_range(arrays["lambda"])
-    log_jac, half = log2_jacobian(arrays["jacobian"], foreground)
+    log_jac = [log2_jacobian(sl, fg) for sl, fg in zip(_slices(arrays["jacobian"], centre),
+                                                      _slices(foreground, centre))]
+    half = log2_range(arrays["jacobian"], foreground)
     columns = [
         ("fixed", fn, dict(cmap="gray", vmin=0, vmax=1), None),
         ("moving (before)", mn, dict(cmap="gray", vmin=0, vmax=1), None),
         ("warped", wn, dict(cmap="gray", vmin=0, vmax=1), None),
-        ("|fixed − moving|", np.abs(fn - mn), dict(cmap="magma", vmin=0, vmax=0.5),
+        ("|fixed − moving|", [np.abs(a - b) for a, b in zip(fn, mn)], dict(cmap="magma", vmin=0, vmax=0.5),
          "|difference| (intensity / 99.5th percentile)"),
-        ("|fixed − warped|", np.abs(fn - wn), dict(cmap="magma", vmin=0, vmax=0.5),
+        ("|fixed − warped|", [np.abs(a - b) for a, b in zip(fn, wn)], dict(cmap="magma", vmin=0, vmax=0.5),
          "|difference| (intensity / 99.5th percentile)"),
-        (f"λ(x): {lam_low:.3g} – {lam_high:.3g}", arrays["lambda"], dict(cmap="viridis", vmin=lam_low, vmax=lam_high),
-         "λ (dimensionless, own range)"),
+        (f"λ(x): {lam_low:.3g} – {lam_high:.3g}", _slices(arrays["lambda"], centre),
+         dict(cmap="viridis", vmin=lam_low, vmax=lam_high), "λ (dimensionless, own range)"),
         ("det J (foreground)", log_jac, dict(cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-half, vmax=half)),
          "det J (log scale; <1 shrinks, >1 grows)"),
     ]
@@ -97,8 +118,8 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     fig = Figure(figsize=(2.5 * len(columns), 8.4), constrained_layout=True)
     FigureCanvasAgg(fig)
     axes = fig.subplots(3, len(columns))
-    for c, (name, vol, style, unit) in enumerate(columns):
-        for r, sl in enumerate(_slices(vol, centre)):
+    for c, (name, views, style, unit) in enumerate(columns):
+        for r, sl in enumerate(views):
             ax = axes[r, c]
             ax.set_facecolor("white")
             im = ax.imshow(sl, origin="lower", interpolation="nearest", **style)

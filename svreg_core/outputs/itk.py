@@ -36,8 +36,9 @@ FIELD_GZIP_LEVEL = 4
 
 def displacement_nifti(displacement_ras: np.ndarray, grid: Grid) -> nib.Nifti1Image:
     """5-D ITK-convention NIfTI of a RAS mm displacement ``(I, J, K, 3)`` on ``grid``."""
-    lps = ras_to_lps_vectors(np.asarray(displacement_ras, dtype=np.float32))
-    nii = nib.Nifti1Image(lps[:, :, :, None, :].astype(np.float32), grid.affine)
+    lps = np.array(displacement_ras, dtype=np.float32)  # one field-sized copy, flipped to LPS in place
+    ras_to_lps_vectors(lps, out=lps)
+    nii = nib.Nifti1Image(lps[:, :, :, None, :], grid.affine)
     nii.set_sform(grid.affine, code=1)
     nii.set_qform(grid.affine, code=1)
     nii.header.set_intent(NIFTI_INTENT_VECTOR)
@@ -62,8 +63,12 @@ def _field_fixed_parameters(grid: Grid) -> np.ndarray:
 
 
 def _itk_vectors(displacement_ras: np.ndarray, dtype: type) -> np.ndarray:
-    """``(I, J, K, 3)`` RAS vectors as ITK stores a vector image: LPS, ``i`` fastest, components interleaved."""
-    return ras_to_lps_vectors(np.asarray(displacement_ras)).astype(dtype, copy=False).transpose(2, 1, 0, 3)
+    """``(I, J, K, 3)`` RAS vectors as ITK stores a vector image: LPS, ``i`` fastest, components interleaved.
+
+    Returns a new C-contiguous ``(K, J, I, 3)`` array (one field-sized copy: the flip to LPS is made in place).
+    """
+    out = np.ascontiguousarray(np.asarray(displacement_ras).transpose(2, 1, 0, 3), dtype=dtype)
+    return ras_to_lps_vectors(out, out=out)
 
 
 def composite_transform(affine_ras: np.ndarray, deformable_ras: np.ndarray, grid: Grid) -> "sitk.CompositeTransform":
@@ -77,7 +82,7 @@ def composite_transform(affine_ras: np.ndarray, deformable_ras: np.ndarray, grid
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(tuple(lps[:3, :3].ravel()))
     affine.SetTranslation(tuple(lps[:3, 3]))
-    image = sitk.GetImageFromArray(np.ascontiguousarray(_itk_vectors(deformable_ras, np.float64)), isVector=True)
+    image = sitk.GetImageFromArray(_itk_vectors(deformable_ras, np.float64), isVector=True)
     fixed = _field_fixed_parameters(grid)
     image.SetOrigin(tuple(fixed[3:6]))
     image.SetSpacing(tuple(fixed[6:9]))

@@ -3,19 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from svreg_core.conventions import identity_grid, voxel_displacement_to_normalized
+from svreg_core.conventions import add_identity_, voxel_displacement_to_normalized
 from svreg_core.image.sampling import grid_sample
-
-_GRID_CACHE: dict[tuple, torch.Tensor] = {}
-
-
-def _identity(shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    key = (tuple(shape), device, dtype)
-    if key not in _GRID_CACHE:
-        if len(_GRID_CACHE) > 16:
-            _GRID_CACHE.clear()
-        _GRID_CACHE[key] = identity_grid(shape, device=device, dtype=dtype)
-    return _GRID_CACHE[key]
 
 
 def warp(image: torch.Tensor, displacement: torch.Tensor, *, mode: str = "bilinear",
@@ -32,8 +21,7 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, *, mode: str = "biline
         raise ValueError(f"image grid {tuple(image.shape[2:])} and displacement grid "
                          f"{tuple(displacement.shape[2:])} differ")
     # in place on fresh tensors whose values no backward pass needs: one field-sized copy less each
-    grid = voxel_displacement_to_normalized(displacement).add_(_identity(tuple(image.shape[2:]), image.device,
-                                                                         displacement.dtype))
+    grid = add_identity_(voxel_displacement_to_normalized(displacement))
     return grid_sample(image, grid, mode=mode, padding_mode=padding_mode)
 
 

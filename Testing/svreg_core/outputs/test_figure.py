@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from svreg_core.image import Image
-from svreg_core.outputs.figure import lambda_range, log2_jacobian, ras_array_affine, to_ras_array, write_report_figure
+from svreg_core.outputs.figure import (lambda_range, log2_jacobian, log2_range, ras_array_affine, to_ras_array,
+                                       write_report_figure)
 
 
 def test_lambda_range_is_lambdas_own() -> None:
@@ -19,11 +20,13 @@ def test_lambda_range_is_lambdas_own() -> None:
 def test_jacobian_log_scale_masks_background_and_folds() -> None:
     jac = np.array([0.5, 1.0, 2.0, 8.0, -0.1])
     fg = np.array([True, True, True, False, True])
-    values, half = log2_jacobian(jac, fg)
+    values = log2_jacobian(jac, fg)
     np.testing.assert_allclose(values.compressed(), [-1.0, 0.0, 1.0])  # 8 is background, -0.1 folded
     assert values.mask.tolist() == [False, False, False, True, True]
-    assert half == 1.0  # symmetric around det J = 1: 0.5 and 2 are equally far
-    assert log2_jacobian(np.ones(4), np.ones(4, bool))[1] > 0  # a flat Jacobian still has a range
+    assert log2_range(jac, fg) == 1.0  # symmetric around det J = 1: 0.5 and 2 are equally far
+    assert log2_range(np.array([0.5, 1.0, 1.5, 8.0]), fg[:4]) == 1.0  # the larger of |log2 0.5| and log2 1.5
+    assert log2_range(np.ones(4), np.ones(4, bool)) == 0.25  # a flat Jacobian still has a range
+    assert log2_range(np.array([-1.0, 2.0]), np.array([True, False])) == 0.25  # no valid voxel
 
 
 def test_ras_array_affine_places_the_reoriented_array() -> None:

@@ -40,6 +40,7 @@ def test_displacement_nifti_layout(synthetic_result, tmp_path: Path) -> None:
     nib.save(displacement_nifti(r.displacement, r.fixed.grid), str(tmp_path / "d.nii.gz"))
     nii = nib.load(str(tmp_path / "d.nii.gz"))
     assert nii.shape == (*r.fixed.shape, 1, 3)
+    assert nii.get_data_dtype() == np.float32  # ANTs' Warp.nii.gz layout; a float64 input field is rounded
     assert nii.header.get_intent()[0] == "vector" and int(nii.header["intent_code"]) == 1007
     np.testing.assert_allclose(nii.affine, r.fixed.affine, atol=1e-4)
     assert int(nii.header["sform_code"]) == 1
