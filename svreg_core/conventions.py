@@ -83,12 +83,13 @@ def normalized_to_voxel(shape: tuple[int, int, int]) -> np.ndarray:
     return m
 
 
-def voxel_displacement_to_normalized(disp: torch.Tensor) -> torch.Tensor:
+def voxel_displacement_to_normalized(disp: torch.Tensor, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
     """Convert a voxel-unit displacement ``(N, 3, I, J, K)`` into a grid_sample offset ``(N, I, J, K, 3)``.
 
-    Channel order becomes ``(k, j, i)`` and units the ``align_corners=True`` normalised ones.
+    Channel order becomes ``(k, j, i)`` and units the ``align_corners=True`` normalised ones of a grid of
+    ``shape`` (default: ``disp``'s own; another when ``disp`` holds some of that grid's rows).
     """
-    scale = _normalizing_scale(tuple(disp.shape[2:]), disp.dtype, disp.device)
+    scale = _normalizing_scale(tuple(shape or disp.shape[2:]), disp.dtype, disp.device)
     # flipped and scaled in one new tensor (a 1 mm field is 87 MB per copy)
     return (disp.flip(1) * scale).permute(0, 2, 3, 4, 1)
 
@@ -121,14 +122,15 @@ def identity_grid(shape: tuple[int, int, int], device: torch.device | None = Non
     return torch.stack((gk, gj, gi), dim=-1).unsqueeze(0)
 
 
-def add_identity_(offset: torch.Tensor) -> torch.Tensor:
+def add_identity_(offset: torch.Tensor, shape: tuple[int, int, int] | None = None, start: int = 0) -> torch.Tensor:
     """Add :func:`identity_grid` to a grid_sample offset ``(N, I, J, K, 3)`` in place and return it.
 
     The same values as ``offset + identity_grid(...)``, without making the grid: each channel gets its axis's
-    coordinates broadcast (a 1 mm brain's grid is 87 MB).
+    coordinates broadcast (a 1 mm brain's grid is 87 MB). With ``shape``, ``offset`` holds rows
+    ``start, start + 1, …`` (along ``i``) of a grid of that shape.
     """
-    gi, gj, gk = _identity_axes(tuple(offset.shape[1:4]), offset.device, offset.dtype)
+    gi, gj, gk = _identity_axes(tuple(shape or offset.shape[1:4]), offset.device, offset.dtype)
     offset[..., 0].add_(gk)
     offset[..., 1].add_(gj[:, None])
-    offset[..., 2].add_(gi[:, None, None])
+    offset[..., 2].add_(gi[start:start + offset.shape[1], None, None])
     return offset
