@@ -104,3 +104,16 @@ def test_warp_and_composition_gradients_match_finite_differences() -> None:
     image = torch.randn(1, 1, 5, 6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v: integrate_velocity(v, 3), (velocity,))
     assert torch.autograd.gradcheck(lambda i, v: warp(i, v), (image, velocity))
+
+
+@pytest.mark.parametrize("shape", [(37, 6, 5), (32, 6, 5)])
+def test_slabs_without_gradient_give_the_values_of_one_call(shape) -> None:
+    """Without autograd, warp samples in slabs of rows (16): bitwise the values of the one call made with
+    autograd (three slabs, the last partial; two full slabs), batches included."""
+    g = torch.Generator().manual_seed(4)
+    image = torch.rand(2, 3, *shape, generator=g)
+    disp = torch.randn(2, 3, *shape, generator=g) * 2.0
+    with torch.no_grad():
+        slabbed = warp(image, disp)
+    whole = warp(image, disp.clone().requires_grad_(True))  # records a gradient: one call
+    assert torch.equal(slabbed, whole.detach())
