@@ -10,9 +10,9 @@ One command (main venv; peers need ``bash scripts/benchmark.sh --setup-only --pe
    (:mod:`ct_cases`: ``lung``, lungs sliding along the chest wall on 2.5 x 2.5 x 5 mm; ``aorta``, the
    aorta moving against its surroundings on 2.5 mm) in ``.bench/ct/`` (git-ignored).
 2. For every case runs ``svreg register`` (CLI, a child process, ``--no-affine``: the pair is aligned
-   apart from the known warp) with the case's preset (``lung-ct`` / ``ct``, α′ as in the preset) at
-   each strength ``λ_max = factor × preset λ_max``, once with SPR and once with ``--no-spr`` (uniform
-   λ ≡ 1 of the same ``λ_max``); then ANTs SyN and elastix through the peer runners of
+   apart from the known warp) with the case's preset (``lung-ct`` / ``ct``, α′ as in the preset unless
+   ``--alpha-prime``) at each strength ``λ_max = factor × preset λ_max``, once with SPR and once with
+   ``--no-spr`` (uniform λ ≡ 1 of the same ``λ_max``); then ANTs SyN and elastix through the peer runners of
    :mod:`run_benchmark` (same conventions: ``benchmarks/peers/run_<peer>.py``, own venv, 2 threads).
    Outputs in ``.bench/ct/runs/<case>/<tool>/``, logs beside them.
 3. Evaluates every run identically from its ``displacement.nii.gz`` (ITK convention, LPS mm) against
@@ -188,15 +188,18 @@ def run_tool(rec: dict, cmd: list[str], out: Path, args: argparse.Namespace, cas
 
 
 def engine_overrides(args: argparse.Namespace) -> dict:
-    """The preset parameters the command line changes (velocity smoothing)."""
+    """The preset parameters the command line changes (velocity smoothing, α′)."""
     return {**({} if args.smoothing_passes is None else {"smoothing_passes": args.smoothing_passes}),
-            **({"lambda_smoothing": True} if args.lambda_smoothing else {})}
+            **({"lambda_smoothing": True} if args.lambda_smoothing else {}),
+            **({} if args.alpha_prime is None else {"alpha_prime": args.alpha_prime})}
 
 
 def variant_suffix(args: argparse.Namespace) -> str:
-    """``_s<N>`` and/or ``_ls`` for runs with another velocity smoothing (tool names, result files)."""
+    """``_s<N>``, ``_ls`` and/or ``_a<α′>`` for runs with another velocity smoothing or α′ (tool names, result
+    files)."""
     return ((f"_s{args.smoothing_passes}" if args.smoothing_passes is not None else "")
-            + ("_ls" if args.lambda_smoothing else ""))
+            + ("_ls" if args.lambda_smoothing else "")
+            + (f"_a{args.alpha_prime:g}" if args.alpha_prime is not None else ""))
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
@@ -387,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lambda-smoothing", action="store_true",
                     help="svreg's SPR runs weight the velocity smoothing by λ (the lambda_smoothing parameter); "
                          "results and figure get the suffix _ls")
+    ap.add_argument("--alpha-prime", type=float,
+                    help="svreg's hyperprior α′ instead of the preset's (a sweep of the prior, not a tuning: "
+                         "these are evaluation cases); results and figure get the suffix _a<α′>")
     ap.add_argument("--quick", action="store_true",
                     help="reduced cost: factors 0.25 1 4, the preset's iterations halved, pyramid 5 2.5 mm")
     ap.add_argument("--threads", type=int, default=2)
@@ -451,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"; velocity smoothing {args.smoothing_passes} passes (presets: 3)"
                    if args.smoothing_passes is not None else "")
                 + ("; smoothing weighted by λ (lambda_smoothing) in the SPR runs" if args.lambda_smoothing else "")
+                + (f"; α′ {args.alpha_prime:g} instead of the preset's" if args.alpha_prime is not None else "")
                 + ".")
     md = (f"# Known-warp CT with sliding motion {started:%Y-%m-%d %H:%M}" + (" (quick)" if args.quick else "")
           + f"\n\nCommand: `{results['command']}`\n\n{settings}\n\n" + "\n".join(tables) + "\n" + NOTES)
