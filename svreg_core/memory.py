@@ -3,10 +3,11 @@
 The pairwise registration's peak memory grows with the voxel counts of its two images: the outputs
 are composed on the fixed grid, and every working level is no finer than the fixed image's voxel.
 Measured (``ru_maxrss`` of ``svreg register``, whole process with torch, all outputs): the 1 mm brain
-pair, 2 × 182×218×182 voxels (14.4 M), 2.6 GB (≈ 190 B per voxel) in 2026-11; 1.7–1.8 GiB (≈ 130 B per voxel)
-since the outputs were made with fewer whole-grid copies (``benchmarks/peak_memory.py``, 2026-11-27).
-:data:`BYTES_PER_VOXEL` rounds the older figure up: a margin for other images and thread interleavings. GPU memory is not estimated here: CUDA's out-of-memory error
-already comes before long work and is reported in one line by the command line.
+pair, 2 × 182×218×182 voxels (14.4 M), 2.6 GB (≈ 190 B per voxel) on 2026-11-25; 1.7–1.8 GiB (≈ 130 B
+per voxel) since the outputs make fewer whole-grid copies (``benchmarks/peak_memory.py``, 2026-11-27).
+:data:`BYTES_PER_VOXEL` rounds the older figure up: a margin for other images and thread interleavings.
+GPU memory is not estimated here: CUDA's out-of-memory error already comes before long work and is
+reported in one line by the command line.
 """
 from __future__ import annotations
 
