@@ -2,7 +2,9 @@
 
 One command (main venv)::
 
-    .venv/bin/python benchmarks/peak_memory.py [--runs 3] [--threads 2] [--no-affine]
+    .venv/bin/python benchmarks/peak_memory.py [--runs 3] [--threads 2] [--no-affine] [-- SVREG OPTIONS]
+
+(e.g. ``-- --model brain-unet-spr`` for the learned model: options after ``--`` go to ``svreg register``).
 
 Each run is ``svreg register FIXED MOVING --fixed-labels … --moving-labels …`` (the default outputs, the
 default one-hot linear label warp, ``--progress json``) as a child process. Two measurements per run:
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "brain_pair")
     ap.add_argument("--svreg", type=Path, default=REPO / ".venv" / "bin" / "svreg")
     ap.add_argument("--out", type=Path, help="also write the results as JSON")
+    ap.add_argument("svreg_options", nargs="*", help="after --: more options of svreg register")
     args = ap.parse_args(argv)
     files = {name: args.data / f"{name}.nii.gz" for name in ("fixed", "moving", "fixed_seg", "moving_seg")}
     missing = [str(p) for p in files.values() if not p.is_file()]
@@ -90,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(tmp) / f"run{run}"
             command = [str(args.svreg), "register", str(files["fixed"]), str(files["moving"]), "-o", str(out),
                        "--fixed-labels", str(files["fixed_seg"]), "--moving-labels", str(files["moving_seg"]),
-                       "--threads", str(args.threads), "--progress", "json", *(["--no-affine"] * args.no_affine)]
+                       "--threads", str(args.threads), "--progress", "json", *(["--no-affine"] * args.no_affine),
+                       *args.svreg_options]
             row = measure(command)
             if row["returncode"] != 0:
                 print(f"peak_memory: run {run + 1} failed (exit {row['returncode']}): {' '.join(command)}",
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {run + 1}: peak {row['peak_rss_mib']} MiB", file=sys.stderr)
     stages = list(dict.fromkeys(s for row in rows for s in row["stage_peaks_mib"]))
     print(f"Peak memory of `svreg register` (brain pair 1 mm, labels, {args.threads} threads"
-          f"{', --no-affine' if args.no_affine else ''}), {_dt.datetime.now():%Y-%m-%d %H:%M}\n")
+          f"{', --no-affine' if args.no_affine else ''}{''.join(' ' + o for o in args.svreg_options)}), "
+          f"{_dt.datetime.now():%Y-%m-%d %H:%M}\n")
     print("| run | peak MiB (ru_maxrss) | " + " | ".join(f"{s} (polled)" for s in stages)
           + " | reg s | outputs s | mean Dice |")
     print("|---:|---:|" + "---:|" * len(stages) + "---:|---:|---:|")
@@ -114,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
               + f" | {row['registration_s']} | {row['outputs_s']} | {row['dice_mean']} |")
     if args.out:
         args.out.write_text(json.dumps({"date": f"{_dt.datetime.now():%Y-%m-%d %H:%M}", "threads": args.threads,
-                                        "no_affine": args.no_affine, "runs": rows}, indent=2) + "\n")
+                                        "no_affine": args.no_affine, "svreg_options": args.svreg_options,
+                                        "runs": rows}, indent=2) + "\n")
     return 0
 
 
