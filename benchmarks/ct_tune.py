@@ -11,8 +11,8 @@ One command (main venv)::
    :mod:`ct_known_warp` (``lung``, ``aorta``) are never used here.
 2. Runs one ``svreg tune`` study per preset (CLI, a child process: Optuna TPE, SQLite storage in
    ``.bench/ct/tune/``, resumable) over α′ and λ_max with the CT benchmark's settings (``--no-affine``,
-   pyramid ``5 2.5`` mm (:data:`ct_known_warp.QUICK_LEVELS`, the CT presets' own pyramid since 2026-11-27),
-   iterations ``40 30`` (the presets' halved)),
+   pyramid ``5 2.5`` mm (:data:`ct_known_warp.QUICK_LEVELS`; on these cases the CT presets' own levels
+   since 2026-11-27), iterations ``40 30`` (the presets' halved)),
    minimising the mean target registration error of :data:`LANDMARKS` landmarks (``--objective tre``,
    the default since 2026-11-27: random voxels of the body where the true displacement is known, and
    where it takes them), or maximising the mean Dice of the warped labels (``--objective dice``, how the
