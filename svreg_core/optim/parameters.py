@@ -246,11 +246,12 @@ class RegistrationParameters:
 #: (``min_control_spacing``; the images are still compared at 2–2.5 mm): on the same tuning cases the
 #: landmark error fell from 1.316 to 1.263 mm (abdomen) and from 0.654 to 0.608 mm (lungs), Dice within
 #: 0.001, the lung case 2.5x faster; 5, 6 and 8 mm gained more on the abdomen but lost Dice (lungs at 5 and 6,
-#: abdomen at 8). α′ and λ_max were not retuned for it.
+#: abdomen at 8). Retuned for it the same way (``benchmarks/results/ct_tuning_2026-11-27_control4/``):
+#: ``ct`` 1.260 → 1.238 mm at α′ 0.00104, λ_max 0.748; ``lung-ct`` kept (its values were again the best).
 PRESETS: dict[str, RegistrationParameters] = {
     "brain-mri": RegistrationParameters(),
     "cardiac-mri": RegistrationParameters(alpha_prime=0.493),
-    "ct": RegistrationParameters(similarity="mind", alpha_prime=0.0329, lambda_max=0.556, integration_steps=5,
+    "ct": RegistrationParameters(similarity="mind", alpha_prime=0.00104, lambda_max=0.748, integration_steps=5,
                                  level_spacings=(5.0, 2.0), min_control_spacing=4.0),
     "lung-ct": RegistrationParameters(similarity="mind", alpha_prime=0.0014, lambda_max=2.0, integration_steps=5,
                                       level_spacings=(5.0, 2.0), min_control_spacing=4.0),
