@@ -21,11 +21,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from svreg_core.conventions import ALIGN_CORNERS, identity_grid, voxel_displacement_to_normalized
+from svreg_core.conventions import ALIGN_CORNERS
 from svreg_core.errors import InputError
 from svreg_core.image.resample import gaussian_smooth
 from svreg_core.image.sampling import sample_labels
-from svreg_core.transforms import integrate_velocity
+from svreg_core.transforms import displaced_coordinates, integrate_velocity
 
 #: Label values of non-brain tissue: FreeSurfer's head tissues, eyes and skull (118-135, 140-154),
 #: skull (165), scalp (167) and extra-cerebral classes (257-264), and SynthSeg's whole-head classes
@@ -157,8 +157,7 @@ def deform_labels(labels: torch.Tensor, displacement: torch.Tensor) -> torch.Ten
     Trilinear one-hot voting (:func:`svreg_core.image.sampling.sample_labels`); outside the grid is
     background 0. Returns int64 ``(I, J, K)``.
     """
-    coords = identity_grid(tuple(labels.shape), dtype=displacement.dtype)
-    coords = coords + voxel_displacement_to_normalized(displacement)
+    coords = displaced_coordinates(displacement)
     return sample_labels(labels, coords)
 
 

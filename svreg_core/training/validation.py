@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from svreg_core.conventions import identity_grid, voxel_displacement_to_normalized
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.metrics import dice, folding_percent, jacobian_determinant
 from svreg_core.training.step import TERMS, training_step
+from svreg_core.transforms import displaced_coordinates
 
 
 
@@ -31,8 +31,7 @@ def warp_labels(labels: torch.Tensor, displacement: torch.Tensor, mode: str = "l
     ``mode="linear"``: one-hot trilinear + argmax (:func:`svreg_core.image.sampling.sample_labels`);
     ``"nearest"``: nearest neighbour. Outside the grid the label is 0.
     """
-    coords = identity_grid(tuple(labels.shape), device=displacement.device, dtype=displacement.dtype)
-    coords = coords + voxel_displacement_to_normalized(displacement)
+    coords = displaced_coordinates(displacement)
     if mode == "nearest":
         return grid_sample(labels.to(displacement)[None, None], coords, mode="nearest")[0, 0].round().long()
     return sample_labels(labels.to(displacement.device), coords)

@@ -1,5 +1,5 @@
 """Spatial transforms on explicit grids: warping, composition, velocity fields."""
 from svreg_core.transforms.svf import integrate_velocity, inverse_displacement
-from svreg_core.transforms.warp import compose, warp
+from svreg_core.transforms.warp import compose, displaced_coordinates, warp
 
-__all__ = ["compose", "integrate_velocity", "inverse_displacement", "warp"]
+__all__ = ["compose", "displaced_coordinates", "integrate_velocity", "inverse_displacement", "warp"]

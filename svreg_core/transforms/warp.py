@@ -12,8 +12,9 @@ from svreg_core.image.sampling import grid_sample
 SLAB_ROWS = 16
 
 
-def _coordinates(displacement: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """grid_sample coordinates of ``x + displacement(x)`` for rows ``start:stop`` of the displacement's grid."""
+def displaced_coordinates(displacement: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """grid_sample coordinates ``(N, rows, J, K, 3)`` of ``x + displacement(x)`` for rows ``start:stop`` (along
+    ``i``) of the displacement's grid; ``displacement`` ``(N, 3, I, J, K)`` in voxels of that grid."""
     shape = tuple(displacement.shape[2:])
     # in place on a fresh tensor whose values no backward pass needs: one field-sized copy less
     return add_identity_(voxel_displacement_to_normalized(displacement[:, :, start:stop], shape), shape, start)
@@ -37,11 +38,11 @@ def warp(image: torch.Tensor, displacement: torch.Tensor, *, mode: str = "biline
                          f"{tuple(displacement.shape[2:])} differ")
     rows = image.shape[2]
     if rows <= SLAB_ROWS or (torch.is_grad_enabled() and (image.requires_grad or displacement.requires_grad)):
-        return grid_sample(image, _coordinates(displacement), mode=mode, padding_mode=padding_mode)
+        return grid_sample(image, displaced_coordinates(displacement), mode=mode, padding_mode=padding_mode)
     out = image.new_empty((*image.shape[:2], *displacement.shape[2:]))
     for start in range(0, rows, SLAB_ROWS):
-        out[:, :, start:start + SLAB_ROWS] = grid_sample(image, _coordinates(displacement, start, start + SLAB_ROWS),
-                                                         mode=mode, padding_mode=padding_mode)
+        coords = displaced_coordinates(displacement, start, start + SLAB_ROWS)
+        out[:, :, start:start + SLAB_ROWS] = grid_sample(image, coords, mode=mode, padding_mode=padding_mode)
     return out
 
 
