@@ -10,9 +10,9 @@ For each λ_max = factor × the ``brain-mri`` preset's, runs ``svreg register`` 
 the labels present in both label maps (one-hot linear label warp, svreg's default), SDlogJ, % det J ≤ 0
 and NDV % inside the fixed foreground, and λ's 5th percentile and median in the brain. Writes
 ``benchmarks/results/brain_pareto_<date>.{json,md}`` and ``docs/figures/brain_pareto.png`` (Dice and HD95
-against SDlogJ, one curve per variant, labelled with λ_max). At equal SDlogJ the uniform curve is
-interpolated at each SPR point. The brain pair is evaluation data: the sweep reports, nothing is chosen
-from it.
+against SDlogJ, one curve per variant, labelled with λ_max; ``--tag T`` appends ``_T`` to all three
+names). At equal SDlogJ the uniform curve is interpolated at each SPR point. The brain pair is evaluation
+data: the sweep reports, nothing is chosen from it.
 """
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def at_equal_sdlogj(rows: list[dict]) -> list[dict]:
     return out
 
 
-def figure(rows: list[dict], path: Path) -> None:
+def figure(rows: list[dict], path: Path, alpha_prime: float) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -87,7 +87,8 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("Brain pair (1 mm, pre-aligned): accuracy against smoothness over λ_max (labels)")
+    fig.suptitle("Brain pair (1 mm, pre-aligned): accuracy against smoothness over λ_max (labels), "
+                 f"α′ {alpha_prime:g}")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -98,19 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "brain_pair")
     ap.add_argument("--factors", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", help="suffix of the results' and the figure's names (brain_pareto_<date>_<tag>), so a "
+                                  "later sweep keeps the earlier ones")
     args = ap.parse_args(argv)
     for name in ("fixed.nii.gz", "moving.nii.gz", "fixed_seg.nii.gz", "moving_seg.nii.gz"):
         if not (args.data / name).is_file():
             print(f"brain_pareto: {args.data / name} not found (--data)", file=sys.stderr)
             return 2
-    base = load_parameters("brain-mri").lambda_max
+    preset = load_parameters("brain-mri")
+    base = preset.lambda_max
     started = _dt.datetime.now()
     rows = [run(args, variant, f * base) for f in args.factors for variant in VARIANTS]
     equal = at_equal_sdlogj(rows)
     lines = [f"# Brain pair Pareto sweep {started:%Y-%m-%d %H:%M}", "",
              "Command: `" + " ".join(["python", "benchmarks/brain_pareto.py",
                                       *(argv if argv is not None else sys.argv[1:])]) + "`", "",
-             "svreg register, brain-mri preset (α′ 0.175), `--no-affine` (pre-aligned pair), CPU, "
+             f"svreg register, brain-mri preset (α′ {preset.alpha_prime:g}), `--no-affine` (pre-aligned pair), CPU, "
              f"{args.threads} threads; λ_max = preset × {', '.join(f'{f:g}' for f in args.factors)}. Dice/HD95: mean "
              "over the labels in both maps (one-hot linear label warp); SDlogJ, % det J ≤ 0, NDV % inside the "
              "fixed foreground (report.json); λ percentiles inside the brain.", "",
@@ -126,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{e['hd95_uniform']:.2f} mm" for e in equal] or ["- no SPR point lies inside the uniform curve's range"]
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    stem = f"brain_pareto_{started:%Y-%m-%d}"
+    tag = f"_{args.tag}" if args.tag else ""
+    stem = f"brain_pareto_{started:%Y-%m-%d}{tag}"
     (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
     (results / f"{stem}.json").write_text(json.dumps({"date": started.isoformat(timespec="seconds"),
                                                       "factors": args.factors, "rows": rows, "equal_sdlogj": equal},
                                                      indent=1) + "\n")
-    figure(rows, REPO / "docs" / "figures" / "brain_pareto.png")
+    figure(rows, REPO / "docs" / "figures" / f"brain_pareto{tag}.png", preset.alpha_prime)
     print("\n".join(lines))
     return 0
 
