@@ -301,15 +301,17 @@ def model_parameters(info: ModelInfo, params: RegistrationParameters, refine: in
     """``params`` with the SPR loss a model was trained with (for its prediction and refinement).
 
     The codes ``(α′, λ_max)`` are the model's own, except that a refinement (``refine > 0``) keeps those of
-    ``params`` (the preset's, 0.175 and 1.0 for ``brain-mri``) unless codes are chosen (a hyper model then
-    predicts for them and its refinement uses them too, :meth:`PreparedPair.register_at`): the refinement
-    is the pairwise optimiser's, on its control grid (2 mm for MRI), where the presets' values were chosen,
+    ``params`` (the preset's, 0.0102 and 1.82 for ``brain-mri`` since 2026-11-27) unless codes are chosen (a
+    hyper model then predicts for them and its refinement uses them too, :meth:`PreparedPair.register_at`): the
+    refinement is the pairwise optimiser's, on its control grid (2 mm for MRI), where the presets' values were chosen,
     while the network's λ_max was a training value on its own grid (3 mm for the shipped models). On the
     Mindboggle validation pairs 1→2, 3→4, 5→6 (2026-11-27, 2 mm only, 50 steps) ``brain-unet-spr``'s mean
     Dice was 0.6459 / 0.6261 / 0.6072 at the model's (0.175, 3.35) and 0.6601 / 0.6422 / 0.6260 at the
     preset's (0.175, 1.0), SDlogJ 0.35–0.43 and 0.44–0.54, no folding (20 steps: +0.013 to +0.015);
     ``brain-hyper-unet-spr`` predicting at its own codes and refined 20 steps on both levels, 0.6421 /
-    0.6223 / 0.6069 at its λ_max 3.35 and 0.6559 / 0.6368 / 0.6232 at the preset's.
+    0.6223 / 0.6069 at its λ_max 3.35 and 0.6559 / 0.6368 / 0.6232 at the preset's. Those runs used the
+    preset's earlier codes (0.175, 1.0); at the tuned ones, on the held-out validation pairs 07→08, 07→09,
+    08→09, ``brain-unet-spr`` refined 50 steps scored 0.6613 against 0.6607 (SDlogJ 0.58 vs 0.45).
 
     The network's prediction is integrated with the model's scaling-and-squaring steps; a refinement
     optimises the velocity, and integrates the result, with those of ``params`` (the pairwise engine's,
