@@ -14,6 +14,10 @@ One command (main venv)::
 3. Writes the study's report (``summary.md``, ``trials.csv``, figures) and its best values as a preset file
    into ``benchmarks/results/brain_tuning_<date>/<study>/``.
 
+The values found (2026-11-27, the study ``brain-mri`` started from the earlier preset α′ 0.175, λ_max 1.0)
+are what ``svreg_core/optim/parameters.py`` ships for ``brain-mri``. A study keeps the settings it started
+with: once the preset has changed, a new study needs a new ``--study-name``.
+
 Licence of the data: CC BY-NC-SA 3.0 (validation and evaluation; the tuned values are two numbers, no
 weights or images are shipped).
 """
