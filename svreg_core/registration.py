@@ -26,7 +26,7 @@ from svreg_core.image.resample import downsample, resample, sample_at_points, wo
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
 from svreg_core.optim.affine import affine_register
-from svreg_core.optim.parameters import RegistrationParameters
+from svreg_core.optim.parameters import PRESETS, RegistrationParameters
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.optim.spr import DeformableResult, optimize_spr
@@ -300,26 +300,31 @@ def load_model(model: str | Path, device: torch.device | str = "cpu") -> LoadedM
 def model_parameters(info: ModelInfo, params: RegistrationParameters, refine: int = 0) -> RegistrationParameters:
     """``params`` with the SPR loss a model was trained with (for its prediction and refinement).
 
-    The codes ``(α′, λ_max)`` are the model's own, except that a refinement (``refine > 0``) keeps those of
-    ``params`` (the preset's, 0.0102 and 1.82 for ``brain-mri`` since 2026-11-27) unless codes are chosen (a
-    hyper model then predicts for them and its refinement uses them too, :meth:`PreparedPair.register_at`): the
-    refinement is the pairwise optimiser's, on its control grid (2 mm for MRI), where the presets' values were chosen,
+    The codes ``(α′, λ_max)`` are the model's own, except that a refinement (``refine > 0``) takes those of
+    ``params`` (its ``refine_codes``, else its ``alpha_prime`` and ``lambda_max``; for ``brain-mri`` since
+    2026-11-27 the refinement codes 0.0303 and 2.93) unless codes are chosen (a hyper model then predicts
+    for them and its refinement uses them too, :meth:`PreparedPair.register_at`): the refinement is the
+    pairwise optimiser's, on its control grid (2 mm for MRI), where the presets' values were chosen,
     while the network's λ_max was a training value on its own grid (3 mm for the shipped models). On the
     Mindboggle validation pairs 1→2, 3→4, 5→6 (2026-11-27, 2 mm only, 50 steps) ``brain-unet-spr``'s mean
     Dice was 0.6459 / 0.6261 / 0.6072 at the model's (0.175, 3.35) and 0.6601 / 0.6422 / 0.6260 at the
     preset's (0.175, 1.0), SDlogJ 0.35–0.43 and 0.44–0.54, no folding (20 steps: +0.013 to +0.015);
     ``brain-hyper-unet-spr`` predicting at its own codes and refined 20 steps on both levels, 0.6421 /
     0.6223 / 0.6069 at its λ_max 3.35 and 0.6559 / 0.6368 / 0.6232 at the preset's. Those runs used the
-    preset's earlier codes (0.175, 1.0); at the tuned ones, on the held-out validation pairs 07→08, 07→09,
-    08→09, ``brain-unet-spr`` refined 50 steps scored 0.6613 against 0.6607 (SDlogJ 0.58 vs 0.45).
+    preset's earlier codes (0.175, 1.0). On the held-out validation pairs 07→08, 07→09, 08→09,
+    ``brain-unet-spr`` refined 50 steps scored 0.6607 at those, 0.6613 at the tuned preset's (0.0102, 1.82;
+    SDlogJ 0.58, a few folded voxels) and 0.6632 at the refinement codes tuned for it (0.0303, 2.93; SDlogJ
+    0.48), the ``brain-mri`` default since.
 
     The network's prediction is integrated with the model's scaling-and-squaring steps; a refinement
     optimises the velocity, and integrates the result, with those of ``params`` (the pairwise engine's,
     4 in the MRI presets, rather than a model's 7: each squaring is a resampling of the field in every
     iteration).
     """
-    alpha_prime, lambda_max = (params.alpha_prime, params.lambda_max) if refine else (info.alpha_prime,
-                                                                                      info.lambda_max)
+    if refine:
+        alpha_prime, lambda_max = params.refine_codes or (params.alpha_prime, params.lambda_max)
+    else:
+        alpha_prime, lambda_max = info.alpha_prime, info.lambda_max
     return params.replace(similarity=info.similarity, lncc_window=info.lncc_window, prior=info.prior,
                           alpha_prime=alpha_prime, lambda_max=lambda_max, spr=info.spr,
                           integration_steps=params.integration_steps if refine else info.integration_steps)
@@ -566,7 +571,7 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
 
     ``warn_stacklevel``: the ``stacklevel`` of the low-memory warning (2: the caller of this function).
     """
-    params = parameters or RegistrationParameters()
+    params = parameters or PRESETS["brain-mri"]
     t0 = time.perf_counter()
     fixed = validate_image(fixed, "fixed image")
     moving = validate_image(moving, "moving image")
@@ -616,7 +621,8 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
             checkpoint path, or a model already loaded with :func:`load_model`.
         refine: with a ``model``, continue from its prediction with this many pairwise iterations of
             the same SPR loss at each level of the pyramid (:func:`refinement_parameters`), regularised
-            with ``parameters``' α′ and λ_max unless ``codes`` are given (:func:`model_parameters`).
+            with ``parameters``' ``refine_codes`` (else its α′ and λ_max) unless ``codes`` are given
+            (:func:`model_parameters`).
         codes: with a ``model``, the regularisation ``(α′, λ_max)`` instead of the model's own: a hyper
             model (HyperSPR) predicts for these codes, which must lie in its trained ranges, and its
             refinement uses them; a plain model only refines with them (they need ``refine``). See
@@ -665,7 +671,7 @@ def summarize(result: RegistrationResult) -> dict[str, Any]:
         summary["model"]["hyper"] = result.model.config.get("hyper")
         summary["refine_steps"] = result.refine_steps
         # a hyper model's conditioning codes, else the loss's (a plain model's own, or its refinement's); a
-        # refinement's are the parameters' alpha_prime and lambda_max (model_parameters)
+        # refinement's are the parameters' refine_codes, else alpha_prime and lambda_max (model_parameters)
         alpha_prime, lambda_max = result.codes or (result.parameters.alpha_prime, result.parameters.lambda_max)
         summary["codes"] = {"alpha_prime": alpha_prime, "lambda_max": lambda_max,
                             "conditioned": result.codes is not None}
@@ -684,7 +690,7 @@ def warm_up(parameters: RegistrationParameters | None = None) -> Callable[[], Ex
     started. The returned function gives the warm-up's own error, if any, which callers may ignore: the
     registration that follows reports whatever goes wrong.
     """
-    params = parameters or RegistrationParameters()
+    params = parameters or PRESETS["brain-mri"]
     try:
         device = resolve_device(params.device)
     except InputError:

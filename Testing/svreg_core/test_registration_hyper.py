@@ -126,6 +126,21 @@ def test_cli_refines_a_plain_model_at_the_presets_codes(geo, tiny_pair, checkpoi
     assert report["codes"] == {"alpha_prime": 0.493, "lambda_max": 2.5, "conditioned": False}
 
 
+@pytest.mark.parametrize("flags, codes", [((), (0.0303, 2.93)), (("--lambda-max", "2.5"), (0.0303, 2.5))])
+def test_cli_refines_a_plain_model_at_the_brain_presets_refinement_codes(geo, tiny_pair, checkpoints, tmp_path,
+                                                                         flags, codes) -> None:
+    """brain-mri refines at its refine_codes, not at its pairwise α′ and λ_max; a flag replaces its code."""
+    p = tiny_pair.paths
+    out = tmp_path / "out"
+    proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", checkpoints[1], "--refine", "2", *flags,
+                "--level-spacings", "6", "--iterations", "2", "--no-affine", "--device", "cpu", "--progress", "none",
+                "--outputs", "regularization", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["codes"] == {"alpha_prime": codes[0], "lambda_max": codes[1], "conditioned": False}
+    assert (report["parameters"]["alpha_prime"], report["parameters"]["lambda_max"]) == codes
+
+
 @pytest.mark.parametrize("which, argv, message", [
     (0, ("--lambda-max", "50"), "svreg: error: lambda_max 50.0 is outside the range this model was trained on "
                                 "[0.5, 10]; choose a value inside it."),

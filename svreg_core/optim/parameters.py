@@ -50,6 +50,11 @@ class RegistrationParameters:
         prior: hyperprior on λ: ``"beta"`` (``alpha_prime`` = α′) or ``"gaussian"`` (``alpha_prime`` = w).
         alpha_prime: hyperprior weight (α′ of Beta(1 + α′, 1), or w of the Gaussian N(1, σ²)).
         lambda_max: weight of the λ-weighted diffusion regulariser.
+        refine_codes: ``(α′, λ_max)`` of a learned model's refinement (``--refine``) when no codes are
+            chosen; ``None`` (the default, and every preset but ``brain-mri``): ``alpha_prime`` and
+            ``lambda_max``. The refinement starts from a network's prediction rather than from zero, and
+            prefers its own values: ``brain-mri``'s were tuned on the Mindboggle validation pairs with
+            ``brain-unet-spr`` refined 50 steps (2026-11-27, README).
         affine: run an affine pre-alignment stage first.
         level_spacings: working-grid voxel sizes (mm) of the multi-resolution pyramid, coarse to fine.
         iterations: Adam iterations per level (same length as ``level_spacings``).
@@ -111,6 +116,7 @@ class RegistrationParameters:
     prior: str = "beta"
     alpha_prime: float = 0.0102
     lambda_max: float = 1.82
+    refine_codes: tuple[float, float] | None = None
     affine: bool = True
     level_spacings: tuple[float, ...] = (4.0, 2.0)
     iterations: tuple[int, ...] = (80, 60)
@@ -148,6 +154,18 @@ class RegistrationParameters:
         for name in ("alpha_prime", "lambda_max", "min_control_spacing", "learning_rate",
                      "final_learning_rate_fraction", "lambda_step"):
             object.__setattr__(self, name, number(getattr(self, name), name))
+        if self.refine_codes is not None:
+            if isinstance(self.refine_codes, (str, bytes)) or not hasattr(self.refine_codes, "__iter__") \
+                    or len(tuple(self.refine_codes)) != 2:
+                raise InputError(f"refine_codes must be two numbers (alpha_prime, lambda_max) or null, not "
+                                 f"{self.refine_codes!r}.")
+            codes = tuple(number(v, "refine_codes") for v in self.refine_codes)
+            for name, v in zip(("alpha_prime", "lambda_max"), codes):
+                low, high, _ = BOUNDS[name]
+                if not low <= v <= high:
+                    raise InputError(f"refine_codes' {name} {v:g} is out of range: it must lie in "
+                                     f"[{low:g}, {high:g}].")
+            object.__setattr__(self, "refine_codes", codes)
         for name in ("lncc_window", "integration_steps", "smoothing_passes", "prediction_passes"):
             object.__setattr__(self, name, whole(getattr(self, name), name))
         for name in ("spr", "affine", "symmetric_prediction", "deterministic", "lambda_smoothing"):
@@ -227,11 +245,14 @@ class RegistrationParameters:
         return dataclasses.replace(base or cls(), **values)
 
 
-#: Presets by name. ``brain-mri`` (the defaults above) was tuned by ``svreg tune`` (``benchmarks/brain_tune.py``,
-#: 2026-11-27, 16 + 8 TPE trials, full settings) on three Mindboggle validation pairs (subjects 01→02, 03→04,
-#: 05→06; never the brain pair or the test subjects): mean Dice 0.6399 with the paper's α′ 0.175 and the
-#: earlier λ_max 1.0 (itself chosen on the brain pair, our evaluation pair) → 0.6445 at α′ 0.0102, λ_max 1.82;
-#: on three held-out pairs (subjects 07, 08, 09) 0.6596 → 0.6641, higher on each, no folding.
+#: Presets by name. ``brain-mri`` (the defaults above, with its own ``refine_codes``) was tuned by ``svreg tune``
+#: (``benchmarks/brain_tune.py``, 2026-11-27, 16 + 8 TPE trials, full settings) on three Mindboggle validation pairs
+#: (subjects 01→02, 03→04, 05→06; never the brain pair or the test subjects): mean Dice 0.6399 with the paper's α′ 0.175
+#: and the earlier λ_max 1.0 (itself chosen on the brain pair, our evaluation pair) → 0.6445 at α′ 0.0102, λ_max 1.82;
+#: on three held-out pairs (subjects 07, 08, 09) 0.6596 → 0.6641, higher on each, no folding. Its ``refine_codes`` were
+#: tuned the same way for a learned model's refinement (``svreg tune --model brain-unet-spr --refine 50``, 10 trials):
+#: 0.6418 at the preset's codes (0.0001 % folded) → 0.6446 at α′ 0.0303, λ_max 2.93 (no folding); held-out pairs 0.6613
+#: → 0.6632.
 #: ``cardiac-mri``: the paper's α′ 0.493 with λ_max 1.0, untested here. CT presets use
 #: MIND-SSC features, with α′ and λ_max tuned by ``svreg tune`` (``benchmarks/ct_tune.py``, 16 trials each)
 #: on known-warp CT tuning cases of other patients than the CT evaluation cases. 2026-11-26, on the mean
@@ -252,7 +273,7 @@ class RegistrationParameters:
 #: abdomen at 8). Retuned for it the same way (``benchmarks/results/ct_tuning_2026-11-27_control4/``):
 #: ``ct`` 1.260 → 1.238 mm at α′ 0.00104, λ_max 0.748; ``lung-ct`` kept (its values were again the best).
 PRESETS: dict[str, RegistrationParameters] = {
-    "brain-mri": RegistrationParameters(),
+    "brain-mri": RegistrationParameters(refine_codes=(0.0303, 2.93)),
     "cardiac-mri": RegistrationParameters(alpha_prime=0.493, lambda_max=1.0),
     "ct": RegistrationParameters(similarity="mind", alpha_prime=0.00104, lambda_max=0.748, integration_steps=5,
                                  level_spacings=(5.0, 2.0), min_control_spacing=4.0),
@@ -263,7 +284,7 @@ PRESETS: dict[str, RegistrationParameters] = {
 
 #: What a preset file is meant to change: the SPR hyperparameters. Everything else (pyramid, iterations,
 #: affine stage, ...) is a fixed setting, and a preset file that changes one gets a warning.
-HYPERPARAMETERS = ("alpha_prime", "lambda_max")
+HYPERPARAMETERS = ("alpha_prime", "lambda_max", "refine_codes")
 
 
 #: Top-level keys of a preset file (``svreg tune --apply-best`` writes all of them).

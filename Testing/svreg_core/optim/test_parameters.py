@@ -113,6 +113,10 @@ def test_invalid_values_are_input_errors(values: dict) -> None:
     ({"network_precision": "float16"}, "unknown network_precision 'float16'"),
     ({"network_precision": 32}, "network_precision must be a name"),
     ({"iterations": "80"}, "iterations must be a list of numbers"),
+    ({"refine_codes": (0.1,)}, "refine_codes must be two numbers"),
+    ({"refine_codes": "0.1 2"}, "refine_codes must be two numbers"),
+    ({"refine_codes": (0.1, float("nan"))}, "refine_codes must be a finite number"),
+    ({"refine_codes": (-0.1, 2.0)}, "refine_codes' alpha_prime -0.1 is out of range"),
 ])
 def test_absurd_values_are_refused_before_any_work(changes, message) -> None:
     with pytest.raises(InputError, match=message):
@@ -166,3 +170,18 @@ def test_deterministic_is_an_execution_setting_like_the_device(tmp_path: Path) -
     assert preset_warning(path) is None
     path.write_text(json.dumps({"base": "brain-mri", "parameters": {"deterministic": True, "lncc_window": 7}}))
     assert "lncc_window" in (preset_warning(path) or "")
+
+
+def test_refine_codes_are_a_preset_setting(tmp_path: Path) -> None:
+    """brain-mri refines a learned model at its own codes; a preset file may change them without a warning
+    (a JSON list becomes a tuple) or set null to refine at alpha_prime and lambda_max."""
+    assert PRESETS["brain-mri"].refine_codes == (0.0303, 2.93)
+    assert RegistrationParameters().refine_codes is None  # parameters built by hand refine at their own codes
+    assert all(PRESETS[name].refine_codes is None for name in ("cardiac-mri", "ct", "lung-ct"))
+    assert PRESETS["brain-mri"] == RegistrationParameters(refine_codes=(0.0303, 2.93))
+    path = tmp_path / "refine.json"
+    path.write_text(json.dumps({"base": "brain-mri", "parameters": {"refine_codes": [0.05, 4]}}))
+    assert load_parameters(path).refine_codes == (0.05, 4.0)
+    assert preset_warning(path) is None
+    path.write_text(json.dumps({"base": "brain-mri", "parameters": {"refine_codes": None}}))
+    assert load_parameters(path).refine_codes is None

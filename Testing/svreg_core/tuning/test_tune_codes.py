@@ -170,6 +170,6 @@ def test_a_plain_models_code_search_tunes_its_refinement(models: dict[str, Path]
     trials = helpers.load(tmp_path / "p.db", "svreg-tune").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert all(0.01 <= t.params["alpha_prime"] <= 0.2 and 0.5 <= t.params["lambda_max"] <= 5 for t in trials)
-    assert trials[0].params == {"alpha_prime": 0.0102, "lambda_max": 1.82} and trials[0].value != trials[1].value
+    assert trials[0].params == {"alpha_prime": 0.0303, "lambda_max": 2.93} and trials[0].value != trials[1].value
     doc = json.loads(best_file.read_text())
     assert doc["refine"] == 2 and " --refine 2 " in doc["command"]
