@@ -231,8 +231,9 @@ def registration_parameters(args: argparse.Namespace):
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
                              network_precision=args.network_precision,
                              alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
-    if args.model and params.refine_codes is not None and (args.alpha_prime, args.lambda_max) != (None, None):
-        # the flags regularise a refinement too; the one not given keeps the preset's refinement code
+    if args.model and args.refine and params.refine_codes is not None \
+            and (args.alpha_prime, args.lambda_max) != (None, None):
+        # the flags regularise the refinement; the one not given keeps the preset's refinement code
         params = params.replace(refine_codes=tuple(code if flag is None else flag for code, flag in
                                                    zip(params.refine_codes, (args.alpha_prime, args.lambda_max))))
     spacings = tuple(args.level_spacings) if args.level_spacings else params.level_spacings
