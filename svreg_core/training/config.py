@@ -244,7 +244,8 @@ class TrainingConfig:
         init_weights: start from the weights of this checkpoint (a shipped model's name or a checkpoint
             folder) instead of a random initialisation: fine-tuning. Its architecture and network options
             (hyper and uniform included) must be this run's, except that a plain checkpoint may start
-            a hyper run (its FiLM conditioning starts near the identity); ``None``: random initialisation.
+            a hyper run (its FiLM conditioning starts near the identity) and a hyper checkpoint a hyper
+            run over other code ranges; ``None``: random initialisation.
         hyper: ``{alpha_prime: [low, high], lambda_max: [low, high]}`` (``0 < low <= high``): train a
             HyperSPR network conditioned on the codes (:mod:`svreg_core.models.film`); each step draws
             one code pair log-uniformly from these ranges for its whole batch (per process) from a

@@ -113,14 +113,16 @@ def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
 
     A plain checkpoint may start a hyper run whose other options are the checkpoint's: its weights fill
     the shared network and the FiLM conditioning keeps its seeded initialisation, so the run starts from
-    the plain network up to modulations of order ``FILM_INIT_STD`` and learns what the codes change.
+    the plain network up to modulations of order ``FILM_INIT_STD`` and learns what the codes change. A
+    hyper checkpoint may start a hyper run over other code ranges: every weight is copied, and since the
+    FiLM sees the codes normalised over the run's ranges, it relearns what each code means.
 
     Raises:
         InputError: the checkpoint is unusable, or its architecture or options differ from ``model``'s.
     """
     network, info = load_checkpoint(resolve_model(config.init_weights))
     plain_to_hyper = network.config.get("hyper") is None and model.config.get("hyper") is not None
-    ignored = {"hyper"} if plain_to_hyper else set()
+    ignored = {"hyper"} if model.config.get("hyper") is not None else set()
     differing = sorted(k for k in set(network.config) | set(model.config)
                        if k not in ignored and _options(network.config.get(k)) != _options(model.config.get(k)))
     if info.architecture != config.architecture or differing:

@@ -131,7 +131,7 @@ def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(g
         build_network(tuned.replace(init_weights=str(tmp_path / "missing")))
 
 
-def test_a_plain_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo, tmp_path) -> None:
+def test_a_plain_or_hyper_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo, tmp_path) -> None:
     plain = two_step_config(geo, tmp_path)
     train(plain, tmp_path / "plain")
     trained, _ = load_checkpoint(tmp_path / "plain" / "last")
@@ -154,3 +154,10 @@ def test_a_plain_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo, tmp_path
     train(hyper, tmp_path / "hyper")
     with pytest.raises(InputError, match=r"options hyper differ"):
         build_network(plain.replace(init_weights=str(tmp_path / "hyper" / "last")))
+    # a hyper checkpoint starts a hyper run over wider ranges with every weight, the FiLM's included
+    trained_hyper, _ = load_checkpoint(tmp_path / "hyper" / "last")
+    wider = hyper.replace(hyper={"alpha_prime": [0.005, 0.5], "lambda_max": [0.5, 10.0]},
+                          init_weights=str(tmp_path / "hyper" / "last"))
+    start = build_network(wider).state_dict()
+    assert start.keys() == trained_hyper.state_dict().keys()
+    assert all(torch.equal(start[name], value) for name, value in trained_hyper.state_dict().items())
