@@ -4,7 +4,8 @@
 #        (configuration scripts/$MODEL.yaml; default run folder runs/$MODEL; resumable)
 # On a GPU machine: DEVICE=cuda WORKERS=13 bash scripts/train_shipped_model.sh (the synthesis workers bound the speed)
 # INIT=brain-unet-spr starts from that checkpoint's weights (a shipped model's name or a checkpoint folder):
-# continues training a shipped model in a new run folder
+# continues training a shipped model in a new run folder; FRESH=lambda_head (with INIT) gives that submodule a
+# fresh initialisation instead of the checkpoint's weights (svreg train --init-fresh)
 # Needs ../shared/data/synthseg_label_maps (SynthSeg's 20 training label maps, Apache-2.0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ labels="${SYNTHSEG_LABEL_MAPS:-../shared/data/synthseg_label_maps}"
 bash scripts/setup_env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 .venv/bin/svreg train --config "scripts/$model.yaml" --synthetic "$labels" -o "$run" --device "${DEVICE:-auto}" --workers "${WORKERS:-1}" \
-  ${INIT:+--init "$INIT"}
+  ${INIT:+--init "$INIT"} ${FRESH:+--init-fresh $FRESH}
 .venv/bin/python scripts/install_model.py "$run/best" "$model" \
   --data "SynthMorph-style same-map pairs synthesised from the 20 SynthSeg training label maps (Apache-2.0), one shared random contrast per pair" \
-  --command "${INIT:+INIT=$INIT }MODEL=$model bash scripts/train_shipped_model.sh"
+  --command "${INIT:+INIT=$INIT }${FRESH:+FRESH=$FRESH }MODEL=$model bash scripts/train_shipped_model.sh"

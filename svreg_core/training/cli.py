@@ -72,6 +72,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fine-tune: start from this checkpoint's weights (a shipped model's name, 'default', or "
                             "a checkpoint folder) instead of a random initialisation; its architecture and "
                             "options must match this run's (a plain model may start a hyper run)")
+    model.add_argument("--init-fresh", nargs="+", metavar="MODULE",
+                       help="with --init: these submodules keep a fresh initialisation instead of the checkpoint's "
+                            "weights (e.g. lambda_head, when its λ has saturated at 1)")
     model.add_argument("--spacing", type=float, metavar="MM", help="network grid voxel size in mm (default 2)")
     model.add_argument("--grid-shape", type=int, nargs=3, metavar=("I", "J", "K"),
                        help="network grid shape in voxels (default 80 96 96)")
@@ -127,7 +130,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
              "network_spacing_mm": args.spacing, "grid_shape": args.grid_shape, "epochs": args.epochs,
              "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
              "learning_rate": args.lr, "num_workers": args.workers, "device": args.device, "seed": args.seed,
-             "init_weights": args.init}
+             "init_weights": args.init, "init_fresh": args.init_fresh}
     changes = {k: v for k, v in flags.items() if v is not None}
     if args.no_spr:
         changes["spr"] = False

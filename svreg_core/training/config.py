@@ -246,6 +246,10 @@ class TrainingConfig:
             (hyper and uniform included) must be this run's, except that a plain checkpoint may start
             a hyper run (its FiLM conditioning starts near the identity) and a hyper checkpoint a hyper
             run over other code ranges; ``None``: random initialisation.
+        init_fresh: submodules of the network (e.g. ``lambda_head``) that keep this run's seeded
+            initialisation instead of the checkpoint's weights; needs ``init_weights``. For a λ head
+            whose sigmoid has saturated at λ ≈ 1 (a network trained only at codes where λ* = 1): there the
+            gradient of λ vanishes, so training at other codes cannot move it.
         hyper: ``{alpha_prime: [low, high], lambda_max: [low, high]}`` (``0 < low <= high``): train a
             HyperSPR network conditioned on the codes (:mod:`svreg_core.models.film`); each step draws
             one code pair log-uniformly from these ranges for its whole batch (per process) from a
@@ -282,6 +286,7 @@ class TrainingConfig:
     spr: bool = True
     hyper: dict[str, Any] | None = None
     init_weights: str | None = None
+    init_fresh: tuple[str, ...] = ()
     label_weight: float = 0.0
     integration_steps: int = 7
     learning_rate: float = 1e-4
@@ -327,6 +332,12 @@ class TrainingConfig:
         _as_bool(self.spr, "spr")
         if self.init_weights is not None and (not isinstance(self.init_weights, str) or not self.init_weights):
             _fail("init weights must name a shipped model or a checkpoint folder.")
+        fresh = self.init_fresh
+        if not isinstance(fresh, (list, tuple)) or any(not isinstance(n, str) or not n for n in fresh):
+            _fail(f"init fresh must be a list of submodule names (e.g. [lambda_head]), not {fresh!r}.")
+        if fresh and self.init_weights is None:
+            _fail("init fresh names modules to keep out of the initial checkpoint: set init weights (--init) too.")
+        object.__setattr__(self, "init_fresh", tuple(fresh))
         if self.hyper is not None:
             try:
                 ranges = CodeRanges.from_value(self.hyper)

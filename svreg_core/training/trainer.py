@@ -115,7 +115,8 @@ def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
     the shared network and the FiLM conditioning keeps its seeded initialisation, so the run starts from
     the plain network up to modulations of order ``FILM_INIT_STD`` and learns what the codes change. A
     hyper checkpoint may start a hyper run over other code ranges: every weight is copied, and since the
-    FiLM sees the codes normalised over the run's ranges, it relearns what each code means.
+    FiLM sees the codes normalised over the run's ranges, it relearns what each code means. The
+    submodules named in ``config.init_fresh`` keep their seeded initialisation.
 
     Raises:
         InputError: the checkpoint is unusable, or its architecture or options differ from ``model``'s.
@@ -131,10 +132,17 @@ def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
                 else f"options {', '.join(differing)} differ from this run's")
         raise InputError(f"cannot start from checkpoint {config.init_weights!r}: its {what}; train with the "
                          "checkpoint's architecture and options (see its model.json) to fine-tune it.")
+    fresh = {}
+    for module in config.init_fresh:
+        try:
+            fresh.update({f"{module}.{k}": v.clone() for k, v in model.get_submodule(module).state_dict().items()})
+        except AttributeError:
+            raise InputError(f"init fresh: the {config.architecture} network has no submodule {module!r}.") from None
     missing, unexpected = model.load_state_dict(network.state_dict(), strict=not plain_to_hyper)
     if unexpected or any(not name.startswith("film.") for name in missing):
         raise InputError(f"cannot start from checkpoint {config.init_weights!r}: its weights do not fit this "
                          f"run's network ({len(missing)} missing, {len(unexpected)} unexpected tensors).")
+    model.load_state_dict(fresh, strict=False)
 
 
 def _options(value: Any) -> str:
@@ -181,6 +189,7 @@ def _model_info(model: nn.Module, config: TrainingConfig, state: TrainingState, 
     training = {"data": data.description, "command": command, "epochs": state.epoch, "steps": state.step,
                 "grid_shape": list(config.grid_shape), "batch_size": config.batch_size, "seed": config.seed,
                 "learning_rate": config.learning_rate, "init_weights": config.init_weights,
+                "init_fresh": list(config.init_fresh),
                 "val_dice": row.get("val_dice"), "val_folding_percent": row.get("val_folding_percent")}
     return ModelInfo(architecture=config.architecture, config=dict(model.config),
                      network_spacing_mm=config.network_spacing_mm, size_multiple=model.size_multiple,

@@ -73,6 +73,8 @@ def test_yaml_file_written_by_hand(tmp_path) -> None:
     ({"batch_size": 1.5}, "whole number"),
     ({"model": {"uniform": True}}, "spr: false"),
     ({"validation": {"fraction": 1.0}}, "below 1"),
+    ({"init_fresh": ["lambda_head"]}, "set init weights (--init) too"),
+    ({"init_weights": "default", "init_fresh": "lambda_head"}, "list of submodule names"),
 ])
 def test_bad_values_raise_one_line(tmp_path, values, message) -> None:
     path = tmp_path / "bad.json"

@@ -161,3 +161,12 @@ def test_a_plain_or_hyper_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo,
     start = build_network(wider).state_dict()
     assert start.keys() == trained_hyper.state_dict().keys()
     assert all(torch.equal(start[name], value) for name, value in trained_hyper.state_dict().items())
+    # ... and with a fresh λ head: that head is the run's seeded one, the rest the checkpoint's
+    fresh = build_network(wider.replace(init_fresh=("lambda_head",))).state_dict()
+    seeded = build_network(wider.replace(init_weights=None)).state_dict()
+    head = [name for name in fresh if name.startswith("lambda_head.")]
+    assert head and all(torch.equal(fresh[name], seeded[name]) for name in head)
+    assert not all(torch.equal(fresh[name], start[name]) for name in head)
+    assert all(torch.equal(fresh[name], start[name]) for name in fresh if name not in head)
+    with pytest.raises(InputError, match="no submodule 'lambda_hat'"):
+        build_network(wider.replace(init_fresh=("lambda_hat",)))
