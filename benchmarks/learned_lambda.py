@@ -1,12 +1,14 @@
 """Does a network's λ head learn the SPR loss's optimal λ? Predicted λ against the closed-form optimum.
 
     .venv/bin/python benchmarks/learned_lambda.py [--models brain-unet-spr brain-unet-spr-lowalpha] \\
-        [--config scripts/brain-unet-spr.yaml] [--labels ../shared/data/synthseg_label_maps] [--out RESULTS.md]
+        [--config scripts/brain-unet-spr.yaml] [--labels ../shared/data/synthseg_label_maps] [--out RESULTS.md] \
+        [--codes 0.005,3.35 0.05,3.35]
 
 For a fixed displacement ``u`` the SPR loss is minimised over λ voxel by voxel in closed form
 (:meth:`svreg_core.losses.spr.SPRLoss.optimal_weight`, Beta prior: ``λ* = min(1, α′ / (λ_max g))``). On the
 synthetic validation pairs of the training configuration (synthesised from ``--labels`` with the run's
-seed: training-style data, never evaluation data) each model predicts ``(v, λ)`` at its own codes; the
+seed: training-style data, never evaluation data) each model predicts ``(v, λ)`` at its own codes (a hyper
+model also at each of ``--codes``); the
 table compares its λ with the λ* of its own displacement, over the whole network grid: 5th percentile and
 median of both, the share of voxels with λ* < 0.99, the correlation of ``log λ`` with ``log λ*``, and the
 loss the predicted λ leaves above the optimum (``L(λ) − L(λ*)``, the same SPR loss with the same ``u``).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -41,14 +44,17 @@ def synthetic_validation(config: Path, labels: Path) -> tuple[TrainingConfig, li
 
 
 @torch.no_grad()
-def compare(model: str, cfg: TrainingConfig, batches: list[dict]) -> list[float]:
-    """The :data:`COLUMNS` of one model, pooled over ``batches`` (correlation and loss gap: means per pair)."""
+def compare(model: str, cfg: TrainingConfig, batches: list[dict], code: tuple[float, float] | None = None
+            ) -> list[float]:
+    """The :data:`COLUMNS` of one model at ``code`` (``None``: its own codes), pooled over ``batches``
+    (correlation and loss gap: means per pair)."""
     network, info = load_checkpoint(resolve_model(model))
     network.eval()
-    loss = dataclasses.replace(cfg.spr_loss(), alpha_prime=info.alpha_prime, lambda_max=info.lambda_max)
+    alpha_prime, lambda_max = code or (info.alpha_prime, info.lambda_max)
+    loss = dataclasses.replace(cfg.spr_loss(), alpha_prime=alpha_prime, lambda_max=lambda_max)
     predicted, optimal, corr, gap = [], [], [], []
     for batch in batches:
-        codes = None if info.config.get("hyper") is None else torch.tensor([[info.alpha_prime, info.lambda_max]])
+        codes = None if info.config.get("hyper") is None else torch.tensor([[alpha_prime, lambda_max]])
         velocity, weight = network(batch["fixed"], batch["moving"], codes)
         terms, fields = loss.evaluate(batch["fixed"], batch["moving"], velocity, weight,
                                       integration_steps=info.integration_steps)
@@ -72,18 +78,25 @@ def main() -> int:
                     help="training configuration whose synthetic validation pairs are used")
     ap.add_argument("--labels", type=Path, default=REPO.parent / "shared" / "data" / "synthseg_label_maps")
     ap.add_argument("--out", type=Path, help="markdown table")
+    ap.add_argument("--codes", nargs="+", default=[], metavar="A,L",
+                    help="further codes (α′,λ_max) at which hyper models are compared")
     args = ap.parse_args()
     torch.set_num_threads(2)
     cfg, batches = synthetic_validation(args.config, args.labels)
-    lines = [f"Synthetic validation pairs of `{args.config.relative_to(REPO)}` ({len(batches)} pairs; network grid "
-             f"{' × '.join(map(str, cfg.grid_shape))} at {cfg.network_spacing_mm:g} mm), each model at its own codes.",
+    config_name = os.path.relpath(args.config.resolve(), REPO)
+    lines = [f"Synthetic validation pairs of `{config_name}` ({len(batches)} pairs; network grid "
+             f"{' × '.join(map(str, cfg.grid_shape))} at {cfg.network_spacing_mm:g} mm), each model at its own codes"
+             " (hyper models also at the codes listed).",
              "", "| model | α′ | λ_max | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) + 2)]
+    extra = [tuple(float(x) for x in code.split(",")) for code in args.codes]
     for model in args.models:
         _, info = load_checkpoint(resolve_model(model))
-        values = compare(model, cfg, batches)
-        lines.append(f"| {model} | {info.alpha_prime:g} | {info.lambda_max:g} | "
-                     + " | ".join(f"{v:.3g}" if i != 6 else f"{v:.2e}" for i, v in enumerate(values)) + " |")
-        print(lines[-1], flush=True)
+        for code in [None, *(extra if info.config.get("hyper") is not None else [])]:
+            values = compare(model, cfg, batches, code)
+            alpha_prime, lambda_max = code or (info.alpha_prime, info.lambda_max)
+            lines.append(f"| {model} | {alpha_prime:g} | {lambda_max:g} | "
+                         + " | ".join(f"{v:.3g}" if i != 6 else f"{v:.2e}" for i, v in enumerate(values)) + " |")
+            print(lines[-1], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n")
