@@ -27,6 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from svreg_core.models import ModelInfo, SPRNetwork  # noqa: E402
 from svreg_core.models.checkpoint import load_checkpoint  # noqa: E402
 from svreg_core.models.zoo import resolve_model  # noqa: E402
 from svreg_core.training.config import TrainingConfig, load_config  # noqa: E402
@@ -44,12 +45,10 @@ def synthetic_validation(config: Path, labels: Path) -> tuple[TrainingConfig, li
 
 
 @torch.no_grad()
-def compare(model: str, cfg: TrainingConfig, batches: list[dict], code: tuple[float, float] | None = None
-            ) -> list[float]:
-    """The :data:`COLUMNS` of one model at ``code`` (``None``: its own codes), pooled over ``batches``
+def compare(network: SPRNetwork, info: ModelInfo, cfg: TrainingConfig, batches: list[dict],
+            code: tuple[float, float] | None = None) -> list[float]:
+    """The :data:`COLUMNS` of one network at ``code`` (``None``: its own codes), pooled over ``batches``
     (correlation and loss gap: means per pair)."""
-    network, info = load_checkpoint(resolve_model(model))
-    network.eval()
     alpha_prime, lambda_max = code or (info.alpha_prime, info.lambda_max)
     loss = dataclasses.replace(cfg.spr_loss(), alpha_prime=alpha_prime, lambda_max=lambda_max)
     predicted, optimal, corr, gap = [], [], [], []
@@ -90,9 +89,10 @@ def main() -> int:
              "", "| model | α′ | λ_max | " + " | ".join(COLUMNS) + " |", "|---|" + "---:|" * (len(COLUMNS) + 2)]
     extra = [tuple(float(x) for x in code.split(",")) for code in args.codes]
     for model in args.models:
-        _, info = load_checkpoint(resolve_model(model))
+        network, info = load_checkpoint(resolve_model(model))
+        network.eval()
         for code in [None, *(extra if info.config.get("hyper") is not None else [])]:
-            values = compare(model, cfg, batches, code)
+            values = compare(network, info, cfg, batches, code)
             alpha_prime, lambda_max = code or (info.alpha_prime, info.lambda_max)
             lines.append(f"| {model} | {alpha_prime:g} | {lambda_max:g} | "
                          + " | ".join(f"{v:.3g}" if i != 6 else f"{v:.2e}" for i, v in enumerate(values)) + " |")
