@@ -1,6 +1,7 @@
 """Inter-subject evaluation on the Mindboggle OASIS-TRT-20 brains (../shared/data/mindboggle_oasis20).
 
-Registers pairs of *test* subjects (native spaces, so svreg's affine stage runs) with svreg variants and
+Registers pairs of subjects (by default the test subjects 11–14; native spaces, so svreg's affine stage
+runs) with svreg variants and
 scores them as the data README prescribes: mean Dice over every label present with >= 100 voxels in
 both label maps, also split into cortical (DKT, >= 1000) and subcortical (< 1000) labels; labels
 warped nearest-neighbour. Folding (% det J <= 0) and SDlogJ inside the fixed brain.
@@ -122,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"cohort_{stamp}" + (f"_{args.tag}" if args.tag else "")
     (results / f"{stem}.json").write_text(json.dumps({"subjects": args.subjects, "model": args.model,
                                                        "extra": args.extra, "rows": rows}, indent=1) + "\n")
-    (results / f"{stem}.md").write_text(f"# Mindboggle OASIS-TRT-20 test pairs ({stamp})\n\n"
+    model = f", learned model `{args.model}`" if any(v.startswith("model") for v in args.variants) else ""
+    (results / f"{stem}.md").write_text(f"# Mindboggle OASIS-TRT-20 pairs ({stamp})\n\n"
                                                 f"Subjects {', '.join(args.subjects)}, every pair i -> j (i < j), "
-                                                f"affine stage on, nearest-neighbour labels, 2 CPU threads"
+                                                f"affine stage on, nearest-neighbour labels, {args.threads} CPU "
+                                                f"threads{model}"
                                                 f"{f', extra arguments `{args.extra}`' if args.extra else ''}.\n\n"
                                                 + table + "\n")
     return 0
