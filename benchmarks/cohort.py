@@ -1,10 +1,9 @@
 """Inter-subject evaluation on the Mindboggle OASIS-TRT-20 brains (../shared/data/mindboggle_oasis20).
 
 Registers pairs of subjects (by default the test subjects 11–14; native spaces, so svreg's affine stage
-runs) with svreg variants and
-scores them as the data README prescribes: mean Dice over every label present with >= 100 voxels in
-both label maps, also split into cortical (DKT, >= 1000) and subcortical (< 1000) labels; labels
-warped nearest-neighbour. Folding (% det J <= 0) and SDlogJ inside the fixed brain.
+runs) with svreg variants and scores them as the data README prescribes: mean Dice over every label
+present with >= 100 voxels in both label maps, also split into cortical (DKT, >= 1000) and subcortical
+(< 1000) labels; labels warped nearest-neighbour. Folding (% det J <= 0) and SDlogJ inside the fixed brain.
 
     .venv/bin/python benchmarks/cohort.py --subjects 11 12 13 14 --variants pairwise model model-r20
 
