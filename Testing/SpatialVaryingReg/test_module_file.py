@@ -280,3 +280,16 @@ def test_in_slicer_self_test_of_a_hyper_model(module, scene, monkeypatch, tmp_pa
     scene.Clear(0)
     module.SpatialVaryingRegTest("test_HyperModelRegularisation").test_HyperModelRegularisation()
     assert list((tmp_path / "temp").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["brain-hyper-unet-spr", "brain-hyper-unet-spr-low"])
+def test_in_slicer_self_test_of_each_shipped_hyper_model(module, scene, monkeypatch, tmp_path, name):
+    """The self-test's HyperSPR part with each real shipped hyper model as the first one: it must pass for a
+    model whose λ is 1 at every code (brain-hyper-unet-spr) as for one whose λ follows the codes."""
+    shipped = {m.name: m for m in module.models.shipped_models()}
+    monkeypatch.setattr(module.models, "shipped_models", lambda engine=None: [shipped[name]])
+    monkeypatch.setattr(module.svlogic, "default_temp_root", lambda: str(tmp_path / "temp"))
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    scene.Clear(0)
+    module.SpatialVaryingRegTest("test_HyperModelRegularisation").test_HyperModelRegularisation()
+    assert list((tmp_path / "temp").iterdir()) == []
