@@ -8,9 +8,8 @@ For a fixed displacement ``u`` the SPR loss is minimised over λ voxel by voxel 
 (:meth:`svreg_core.losses.spr.SPRLoss.optimal_weight`, Beta prior: ``λ* = min(1, α′ / (λ_max g))``). On the
 synthetic validation pairs of the training configuration (synthesised from ``--labels`` with the run's
 seed: training-style data, never evaluation data) each model predicts ``(v, λ)`` at its own codes (a hyper
-model also at each of ``--codes``); the
-table compares its λ with the λ* of its own displacement, over the whole network grid: 5th percentile and
-median of both, the share of voxels with λ* < 0.99, the correlation of ``log λ`` with ``log λ*``, and the
+model also at each of ``--codes``); the table compares its λ with the λ* of its own displacement, over the
+whole network grid: 5th percentile and median of both, the share of voxels with λ* < 0.99, the correlation of ``log λ`` with ``log λ*``, and the
 loss the predicted λ leaves above the optimum (``L(λ) − L(λ*)``, the same SPR loss with the same ``u``).
 """
 from __future__ import annotations
@@ -51,9 +50,9 @@ def compare(network: SPRNetwork, info: ModelInfo, cfg: TrainingConfig, batches: 
     (correlation and loss gap: means per pair)."""
     alpha_prime, lambda_max = code or (info.alpha_prime, info.lambda_max)
     loss = dataclasses.replace(cfg.spr_loss(), alpha_prime=alpha_prime, lambda_max=lambda_max)
+    codes = None if info.code_ranges is None else torch.tensor([[alpha_prime, lambda_max]])
     predicted, optimal, corr, gap = [], [], [], []
     for batch in batches:
-        codes = None if info.config.get("hyper") is None else torch.tensor([[alpha_prime, lambda_max]])
         velocity, weight = network(batch["fixed"], batch["moving"], codes)
         terms, fields = loss.evaluate(batch["fixed"], batch["moving"], velocity, weight,
                                       integration_steps=info.integration_steps)
@@ -91,7 +90,7 @@ def main() -> int:
     for model in args.models:
         network, info = load_checkpoint(resolve_model(model))
         network.eval()
-        for code in [None, *(extra if info.config.get("hyper") is not None else [])]:
+        for code in [None, *(extra if info.code_ranges is not None else [])]:
             values = compare(network, info, cfg, batches, code)
             alpha_prime, lambda_max = code or (info.alpha_prime, info.lambda_max)
             lines.append(f"| {model} | {alpha_prime:g} | {lambda_max:g} | "

@@ -268,26 +268,18 @@ def test_console_register_with_codes_refused_before_anything_starts(module, scen
     assert not (tmp_path / "temp").exists()
 
 
-def test_in_slicer_self_test_of_a_hyper_model(module, scene, monkeypatch, tmp_path):
-    """The self-test's HyperSPR part (run in Slicer when a hyper model is shipped) on a tiny hyper checkpoint
-    offered as the shipped model."""
+@pytest.mark.parametrize("name", ["tiny", "brain-hyper-unet-spr", "brain-hyper-unet-spr-low"])
+def test_in_slicer_self_test_of_a_hyper_model(module, scene, monkeypatch, tmp_path, name):
+    """The self-test's HyperSPR part (run in Slicer when a hyper model is shipped) with the model offered as the
+    first shipped hyper model: a tiny hyper checkpoint, and each real shipped one — it must pass for a model
+    whose λ is 1 at every code (brain-hyper-unet-spr) as for one whose λ follows the codes."""
     from slicer_test_helpers import tiny_hyper_checkpoint
 
-    folder = tiny_hyper_checkpoint(tmp_path / "models")
-    monkeypatch.setattr(module.models, "shipped_models", lambda engine=None: [module.models.read_model(folder)])
-    monkeypatch.setattr(module.svlogic, "default_temp_root", lambda: str(tmp_path / "temp"))
-    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
-    scene.Clear(0)
-    module.SpatialVaryingRegTest("test_HyperModelRegularisation").test_HyperModelRegularisation()
-    assert list((tmp_path / "temp").iterdir()) == []
-
-
-@pytest.mark.parametrize("name", ["brain-hyper-unet-spr", "brain-hyper-unet-spr-low"])
-def test_in_slicer_self_test_of_each_shipped_hyper_model(module, scene, monkeypatch, tmp_path, name):
-    """The self-test's HyperSPR part with each real shipped hyper model as the first one: it must pass for a
-    model whose λ is 1 at every code (brain-hyper-unet-spr) as for one whose λ follows the codes."""
-    shipped = {m.name: m for m in module.models.shipped_models()}
-    monkeypatch.setattr(module.models, "shipped_models", lambda engine=None: [shipped[name]])
+    if name == "tiny":
+        info = module.models.read_model(tiny_hyper_checkpoint(tmp_path / "models"))
+    else:
+        info = {m.name: m for m in module.models.shipped_models()}[name]
+    monkeypatch.setattr(module.models, "shipped_models", lambda engine=None: [info])
     monkeypatch.setattr(module.svlogic, "default_temp_root", lambda: str(tmp_path / "temp"))
     monkeypatch.setattr(module.slicer, "mrmlScene", scene)
     scene.Clear(0)
