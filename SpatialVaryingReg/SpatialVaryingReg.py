@@ -26,14 +26,23 @@ from typing import Annotated, Any, Union
 import qt
 import slicer
 import vtk
-from slicer import (vtkMRMLGridTransformNode, vtkMRMLLabelMapVolumeNode,  # noqa: F401 (annotations)
-                    vtkMRMLMarkupsFiducialNode, vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode,
-                    vtkMRMLSegmentationNode)
+from slicer import (  # noqa: F401 (annotations)
+    vtkMRMLGridTransformNode,
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsROINode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+)
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
 from SpatialVaryingRegLib import dependencies, display, estimate, geometry, models, preview, runner, tuning
@@ -646,7 +655,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.progressBar.setVisible(True)
             self._parameterNode.statusText = _("Registering...")
             self._job = self.logic.createJob(self._parameterNode, on_event=self._onEngineEvent, on_log=self._appendLog)
-            onCpu = self._job.settings.device == "cpu" or (self._torchStatus is not None and not self._torchStatus.devices)
+            noDevice = self._torchStatus is not None and not self._torchStatus.devices
+            onCpu = self._job.settings.device == "cpu" or noDevice
             if onCpu and self._parameterNode.fixedVolume is not None:
                 guess = self.logic.cpuEstimateText(self._parameterNode, self._job.settings)
                 self._parameterNode.statusText = _("Registering... {estimate}.").format(estimate=guess)
@@ -801,8 +811,9 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             if self._tuning is not None and self._tuning.result is not None:
                 result = self._tuning.result
                 if result.status == runner.FAILED:
-                    self.ui.tuningLogTextEdit.appendPlainText(_("Tuning failed: {message}").format(message=result.message))
-                    slicer.util.errorDisplay(_("Tuning failed: {message}").format(message=result.message))
+                    failure = _("Tuning failed: {message}").format(message=result.message)
+                    self.ui.tuningLogTextEdit.appendPlainText(failure)
+                    slicer.util.errorDisplay(failure)
                 else:
                     self.ui.tuningLogTextEdit.appendPlainText(_("Tuning {status}.").format(status=result.status))
             self._updateTuningButtons()
@@ -1207,7 +1218,8 @@ class SpatialVaryingRegTest(ScriptedLoadableModuleTest):
         ijkToRas[:3, 3] = -31.0
         shape = (32, 32, 32)
         x = geometry.grid_points(shape, ijkToRas)
-        u = np.stack([3.0 * np.sin(x[..., 1] / 12.0), 2.0 * np.cos(x[..., 2] / 15.0), 2.0 * np.sin(x[..., 0] / 11.0)], -1)
+        u = np.stack([3.0 * np.sin(x[..., 1] / 12.0), 2.0 * np.cos(x[..., 2] / 15.0),
+                      2.0 * np.sin(x[..., 0] / 11.0)], -1)
 
         def image(p):
             r1 = (p ** 2).sum(-1)

@@ -121,8 +121,9 @@ def main(argv: list[str] | None = None) -> int:
              "| variant | λ_max | mean Dice | HD95 mm | SDlogJ | % det≤0 | NDV % | λ p5 | λ median | reg s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["variant"], r["lambda_max"])):
-        lines.append(f"| {VARIANTS[r['variant']]} | {r['lambda_max']:g} | {r['dice_mean']:.4f} | {r['hd95_mean']:.2f} | "
-                     f"{r['sdlogj']:.3f} | {r['folding_percent']:.4f} | {r['ndv_percent']:.4f} | "
+        lines.append(f"| {VARIANTS[r['variant']]} | {r['lambda_max']:g} | {r['dice_mean']:.4f} | "
+                     f"{r['hd95_mean']:.2f} | {r['sdlogj']:.3f} | {r['folding_percent']:.4f} | "
+                     f"{r['ndv_percent']:.4f} | "
                      f"{r['lambda_p5']:.3f} | {r['lambda_median']:.3f} | {r['registration_s']:.1f} |")
     lines += ["", "At equal SDlogJ (uniform curve interpolated at each SPR point inside its range):", ""]
     lines += [f"- λ_max {e['lambda_max']:g} (SDlogJ {e['sdlogj']:.3f}): Dice SPR {e['dice_spr']:.4f} vs uniform "

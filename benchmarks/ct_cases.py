@@ -60,9 +60,9 @@ boundary*); ``region``: ``R``; ``valid``: the inversion succeeded.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -166,7 +166,8 @@ def _tensor(data: np.ndarray) -> torch.Tensor:
 
 
 def sample(field: torch.Tensor, grid: Grid, points: np.ndarray, *, mode: str = "bilinear") -> np.ndarray:
-    """``field`` ``(1, C, I, J, K)`` on ``grid`` at RAS mm ``points`` ``(..., 3)``; returns ``(..., C)``, border-padded."""
+    """``field`` ``(1, C, I, J, K)`` on ``grid`` at RAS mm ``points`` ``(..., 3)``; returns ``(..., C)``,
+    border-padded."""
     pts = torch.as_tensor(np.asarray(points, dtype=np.float64))[None]
     out = sample_at_points(field, grid, pts, mode=mode, padding_mode="border")[0]
     return np.moveaxis(out.numpy(), 0, -1)
@@ -268,7 +269,7 @@ class Warp:
     sdf: torch.Tensor
 
     @classmethod
-    def build(cls, grid: Grid, motion: np.ndarray, sdf: np.ndarray, push_length_mm: float) -> "Warp":
+    def build(cls, grid: Grid, motion: np.ndarray, sdf: np.ndarray, push_length_mm: float) -> Warp:
         grad = world_gradient(sdf, grid)
         norm = np.linalg.norm(grad, axis=-1, keepdims=True)
         normal = grad / np.maximum(norm, 1e-6)

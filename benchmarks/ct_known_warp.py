@@ -59,6 +59,7 @@ import ct_cases  # noqa: E402
 import evaluate as ev  # noqa: E402
 import fetch_ct_data  # noqa: E402
 import run_benchmark as rb  # noqa: E402
+
 from svreg_core import metrics  # noqa: E402
 from svreg_core.optim.parameters import load_parameters  # noqa: E402
 

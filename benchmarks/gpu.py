@@ -1,15 +1,17 @@
 """GPU benchmark: the 1 mm brain pair registered on CUDA, pairwise SPR and learned models, as a user runs it.
 
-    bash benchmarks/gpu.sh [--pair DIR] [--runs 2] [--model NAME_OR_CHECKPOINT ...] [--cpu-threads N ...] [--no-deterministic]
+    bash benchmarks/gpu.sh [--pair DIR] [--runs 2] [--model NAME_OR_CHECKPOINT ...] [--cpu-threads N ...]
+                           [--no-deterministic]
 
 Every registration is an ``svreg register FIXED MOVING --fixed-labels --moving-labels`` child process
 on the shared brain pair (``fixed``/``moving`` pre-aligned, deformable stage only: ``--no-affine``, as
 in the CPU benchmark), measured by :func:`run_benchmark.run_measured` (process wall time, peak RSS).
 Columns: ``reg s`` the registration as timed inside the process (report.json ``timing.registration_s``:
 preparation, optimisation or network, composing the fields), of which ``optim s`` the deformable stage
-(pairwise: the optimiser; learned: the network and any refinement) and ``compose s`` the output fields; ``outputs s`` writing the files and computing the report's
-metrics; ``process s`` the whole child (interpreter, imports, CUDA start-up included). The first CUDA
-run of a fresh machine also pays the kernels' first loading; ``--runs`` repeats each variant.
+(pairwise: the optimiser; learned: the network and any refinement) and ``compose s`` the output fields;
+``outputs s`` writing the files and computing the report's metrics; ``process s`` the whole child
+(interpreter, imports, CUDA start-up included). The first CUDA run of a fresh machine also pays the kernels'
+first loading; ``--runs`` repeats each variant.
 
 Determinism: the two default CUDA runs are compared (largest displacement difference, Dice difference)
 and, when ``svreg register`` offers ``--deterministic``, two runs with it must be bit-identical.
@@ -27,7 +29,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-
 from run_benchmark import child_env, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +51,8 @@ def register(name: str, pair: Path, out: Path, extra: list[str], threads: int) -
     timing, metrics = report["timing"], report["metrics"]
     stages = ("deformable_s", "network_s", "refine_s")
     row.update(device=report["device"], registration_s=timing["registration_s"],
-               optim_s=sum(timing.get(k, 0.0) for k in stages), compose_s=timing["compose_s"], outputs_s=timing["outputs_s"], dice=metrics.get("dice_mean"),
+               optim_s=sum(timing.get(k, 0.0) for k in stages), compose_s=timing["compose_s"],
+               outputs_s=timing["outputs_s"], dice=metrics.get("dice_mean"),
                folding_percent=metrics["folding_percent"], sdlogj=metrics["sdlogj"])
     print(f"{name}: reg {row['registration_s']:.2f} s, process {row['process_seconds']:.1f} s, "
           f"Dice {row['dice']:.4f}", flush=True)
@@ -70,8 +72,8 @@ def compare(out: Path, a: dict, b: dict) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | device | reg s | optim/network s | compose s | outputs s | process s | peak RSS MiB | Dice | % det≤0 "
-             "| SDlogJ |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | device | reg s | optim/network s | compose s | outputs s | process s | peak RSS MiB | Dice "
+             "| % det≤0 | SDlogJ |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "registration_s" not in r:
             lines.append(f"| {r['name']} | failed (exit {r['returncode']}) |" + " |" * 9)

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     plain = run_one(fixed, moving, fixed_seg, moving_seg, plain_model, None, brain)
     figure(rows, plain, args.figure, args.alpha_prime, args.lambda_max)
     keys = ("codes", "dice_mean", "folding_percent", "sdlogj", "lambda_p5", "lambda_median", "seconds")
-    table = ["| model | α′ | λ_max | mean Dice | % det≤0 | SDlogJ | λ p5 | λ median | s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    table = ["| model | α′ | λ_max | mean Dice | % det≤0 | SDlogJ | λ p5 | λ median | s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in [(args.model, r) for r in rows] + [(args.plain, plain)]:
         table.append(f"| {name} | {r['codes'][0]:g} | {r['codes'][1]:g} | {r['dice_mean']:.4f} | "
                      f"{r['folding_percent']:.4f} | {r['sdlogj']:.3f} | {r['lambda_p5']:.3f} | "

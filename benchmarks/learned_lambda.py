@@ -9,8 +9,9 @@ For a fixed displacement ``u`` the SPR loss is minimised over λ voxel by voxel 
 synthetic validation pairs of the training configuration (synthesised from ``--labels`` with the run's
 seed: training-style data, never evaluation data) each model predicts ``(v, λ)`` at its own codes (a hyper
 model also at each of ``--codes``); the table compares its λ with the λ* of its own displacement, over the
-whole network grid: 5th percentile and median of both, the share of voxels with λ* < 0.99, the correlation of ``log λ`` with ``log λ*``, and the
-loss the predicted λ leaves above the optimum (``L(λ) − L(λ*)``, the same SPR loss with the same ``u``).
+whole network grid: 5th percentile and median of both, the share of voxels with λ* < 0.99, the correlation
+of ``log λ`` with ``log λ*``, and the loss the predicted λ leaves above the optimum (``L(λ) − L(λ*)``, the
+same SPR loss with the same ``u``).
 """
 from __future__ import annotations
 

@@ -4,14 +4,14 @@ One command (main venv)::
 
     .venv/bin/python benchmarks/preview_latency.py [--data ../shared/data/brain_pair] [--threads 2] [--device cuda]
 
-What the Slicer module's *Regularisation* sliders run, on the brain pair (1 mm, fixed.nii.gz /
-moving.nii.gz) with the shipped ``brain-hyper-unet-spr``, on the CPU (or ``--device cuda``), writing the outputs a preview loads
-(displacement, λ map, Jacobian, warped volume; ``--gzip-level 0`` as the module asks): a ``svreg register`` child at one code (the path used
-before the engine existed), then one ``svreg preview`` engine answering five requests at different
-codes (the first includes starting the engine: torch import, reading, the affine stage), then a
-second ``svreg register`` child. Prints the wall time of each, the engine's own timing per request,
-and checks that the engine's files equal the register child's at the same codes (decompressed bytes).
-Speed only: nothing is selected on the (evaluation) brain pair.
+What the Slicer module's *Regularisation* sliders run, on the brain pair (1 mm, fixed.nii.gz / moving.nii.gz)
+with the shipped ``brain-hyper-unet-spr``, on the CPU (or ``--device cuda``), writing the outputs a preview
+loads (displacement, λ map, Jacobian, warped volume; ``--gzip-level 0`` as the module asks): a
+``svreg register`` child at one code (the path used before the engine existed), then one ``svreg preview`` engine
+answering five requests at different codes (the first includes starting the engine: torch import, reading, the
+affine stage), then a second ``svreg register`` child. Prints the wall time of each, the engine's own timing
+per request, and checks that the engine's files equal the register child's at the same codes (decompressed
+bytes). Speed only: nothing is selected on the (evaluation) brain pair.
 """
 from __future__ import annotations
 

@@ -182,7 +182,8 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
         py = args.venvs / tool / "bin" / "python"
         cmd = [str(py), str(HERE / "peers" / f"run_{tool}.py"), str(fixed), str(moving), str(moving_seg),
                str(run_dir)]
-        warped, disp, info_file = run_dir / "warped_seg.nii.gz", run_dir / "displacement.nii.gz", run_dir / "runner.json"
+        warped, disp = run_dir / "warped_seg.nii.gz", run_dir / "displacement.nii.gz"
+        info_file = run_dir / "runner.json"
     else:
         variant = tool.split("_", 1)[1] if "_" in tool else "spr"
         rec["label"] = OURS_LABEL[variant]
@@ -201,7 +202,8 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
         if variant != "native" and not args.ours_affine:
             cmd.append("--no-affine")  # pre-aligned pair: deformable only, like the peers
         # native: the default affine stage stays enabled
-        warped, disp, info_file = run_dir / "warped_labels.nii.gz", run_dir / "displacement.nii.gz", run_dir / "report.json"
+        warped, disp = run_dir / "warped_labels.nii.gz", run_dir / "displacement.nii.gz"
+        info_file = run_dir / "report.json"
     rec["command"] = cmd
     log_path = run_dir.parent / f"{run_dir.name}.log"
     measure_file = run_dir.parent / f"{run_dir.name}.measure.json"
@@ -318,10 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--resolutions", type=float, nargs="+", default=None,
                     help="isotropic resolutions in mm (default 2 1; with --quick: 4)")
-    ap.add_argument("--peers", nargs="*", default=list(PEERS), help=f"peers to run (default: {' '.join(PEERS)}; 'none' for none)")
+    ap.add_argument("--peers", nargs="*", default=list(PEERS),
+                    help=f"peers to run (default: {' '.join(PEERS)}; 'none' for none)")
     ap.add_argument("--ours", nargs="*", default=list(OURS_VARIANTS),
-                    help="svreg variants: spr nospr native model model-fp32 model-oneway model-r20 model-r50 (default all; "
-                         "'none' to skip ours)")
+                    help="svreg variants: spr nospr native model model-fp32 model-oneway model-r20 model-r50 "
+                         "(default all; 'none' to skip ours)")
     ap.add_argument("--ours-affine", action="store_true",
                     help="keep svreg's affine stage on the pre-aligned pair too (default: --no-affine, "
                          "deformable only like the peers; the native variant always runs it)")

@@ -9,4 +9,6 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &
     >/dev/null 2>&1 || echo "note: PostgreSQL could not be installed; its test will be skipped."
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+# lint first (seconds; rules in pyproject.toml [tool.ruff])
+.venv/bin/ruff check --quiet .
 exec .venv/bin/python -m pytest -m "not slow" "$@"

@@ -14,10 +14,9 @@ __version__ = "0.1.0"
 from svreg_core.errors import InputError, OutputError, SvregError  # noqa: E402
 from svreg_core.image import Grid, Image, load_image, save_image  # noqa: E402
 from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters  # noqa: E402
+from svreg_core.outputs import write_outputs  # noqa: E402
 from svreg_core.progress import ProgressEvent  # noqa: E402
 from svreg_core.registration import RegistrationResult, register  # noqa: E402
-
-from svreg_core.outputs import write_outputs  # noqa: E402
 
 __all__ = ["Grid", "Image", "InputError", "OutputError", "PRESETS", "ProgressEvent", "RegistrationParameters",
            "RegistrationResult", "SvregError", "__version__", "load_image", "load_parameters", "register",

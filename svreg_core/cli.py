@@ -12,9 +12,9 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from svreg_core.errors import InputError, SvregError
 from svreg_core.interrupts import sigterm_as_interrupt
@@ -40,8 +40,8 @@ class ProgressPrinter:
         self._last: tuple[str, int] | None = None
         if mode == "bar":
             from tqdm import tqdm
-            self._bar = tqdm(total=100, unit="%", bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]",
-                             file=sys.stderr)
+            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
+                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.mode == "json":

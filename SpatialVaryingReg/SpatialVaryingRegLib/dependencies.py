@@ -17,9 +17,10 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import runner
 
@@ -145,7 +146,8 @@ class TorchStatus:
             return (f"{self.message} The last PyTorch for Intel Macs (2.2) needs NumPy 1.x: run "
                     "slicer.util.pip_install('numpy<2') in the Python console, restart Slicer and register again.")
         if self.status == "numpy_abi":
-            return f"{self.message} Press 'Install' to replace it with a PyTorch built for NumPy 2, then restart Slicer."
+            return (f"{self.message} Press 'Install' to replace it with a PyTorch built for NumPy 2, "
+                    "then restart Slicer.")
         if self.status == "unknown":
             return f"PyTorch could not be checked: {self.message}"
         return (f"{self.message} Press 'Install' (downloads the CUDA or CPU build that fits this computer, a few "

@@ -253,7 +253,8 @@ def set_grid_transform(transform_node, displacement_ras: np.ndarray, ijk_to_ras_
 
 
 def create_grid_transform_node(scene, displacement_ras: np.ndarray, ijk_to_ras_matrix: np.ndarray, name: str):
-    """A new ``vtkMRMLGridTransformNode`` in ``scene`` holding the resampling mapping (see :func:`set_grid_transform`)."""
+    """A new ``vtkMRMLGridTransformNode`` in ``scene`` holding the resampling mapping
+    (see :func:`set_grid_transform`)."""
     node = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", name)
     set_grid_transform(node, displacement_ras, ijk_to_ras_matrix)
     return node

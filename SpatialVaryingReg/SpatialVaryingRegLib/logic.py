@@ -32,9 +32,10 @@ import numbers
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -543,7 +544,7 @@ class RegistrationJob:
 
     # ---- running
 
-    def start(self) -> "RegistrationJob":
+    def start(self) -> RegistrationJob:
         """Check the inputs, write them to a new temporary folder and start the engine."""
         self.validate()
         engine = runner.engine_path()
@@ -603,7 +604,7 @@ class RegistrationJob:
                 self.settings.device, self._crop_box(), tuple(self.settings.labels or ()),
                 self.settings.label_interpolation)
 
-    def send_to(self, engine: runner.PreviewProcess, output: Path) -> "RegistrationJob":
+    def send_to(self, engine: runner.PreviewProcess, output: Path) -> RegistrationJob:
         """Run this job as one request to a running preview engine started for its inputs (see
         :class:`PreviewEngine`): the network alone at the job's codes, the outputs of
         :meth:`engine_outputs` written into the new folder ``output`` (removed once loaded)."""

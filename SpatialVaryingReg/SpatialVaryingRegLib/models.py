@@ -56,7 +56,7 @@ class CodeRanges:
     lambda_max: tuple[float, float]
 
     @classmethod
-    def from_value(cls, value: Any) -> "CodeRanges":
+    def from_value(cls, value: Any) -> CodeRanges:
         """Read ``config.hyper``; raise :class:`ModelError` (one line) when it is malformed."""
         if not isinstance(value, dict) or set(value) != set(CODE_NAMES):
             raise ModelError(f"its code ranges (config.hyper) must be {{alpha_prime: [low, high], "

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 #: Positions of a code slider: ``0..SLIDER_STEPS``.
 SLIDER_STEPS = 100

@@ -30,9 +30,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 #: Name of the folder (next to the module) into which CMake installs the engine sources.
 ENGINE_FOLDER = "SpatialVaryingRegEngine"
@@ -192,7 +193,7 @@ class ChildProcess:
 
     # ---- lifecycle
 
-    def start(self) -> "ChildProcess":
+    def start(self) -> ChildProcess:
         """Start the process (in a new process group / session) and its reader threads."""
         if self.process is not None:
             raise RuntimeError("this process was already started")
@@ -360,7 +361,7 @@ class PreviewProcess(ChildProcess):
         self._submitted = 0
         self.ready: dict[str, Any] | None = None
 
-    def submit(self, fields: dict[str, Any], on_event: Callable[[dict[str, Any]], None] | None = None) -> "PreviewCall":
+    def submit(self, fields: dict[str, Any], on_event: Callable[[dict[str, Any]], None] | None = None) -> PreviewCall:
         """Send one request (``fields`` of ``svreg preview``'s request line; an ``id`` is added) and return
         its :class:`PreviewCall`; the engine answers requests one at a time, in order."""
         self._submitted += 1

@@ -33,9 +33,8 @@ def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, wh
     A temporary label map node is added to the scene for Slicer's exporter (it needs one) and removed
     before returning; the scene is otherwise unchanged.
     """
-    import vtk
-
     import slicer
+    import vtk
 
     ids = segment_ids(segmentation_node)
     if not ids:

@@ -361,7 +361,8 @@ def test_slider_moves_reuse_one_engine_and_update_the_same_nodes(scene, pair, tm
     clock.now += 1.0
     poll_until_idle(scheduler, timeout=120)
     assert [j.cancelled for j in finished] == [True, False] and engine.pid == pid
-    assert finished[1].outputs.report["codes"]["alpha_prime"] == 0.4 and finished[1].outputs.lambda_map is first.lambda_map
+    assert finished[1].outputs.report["codes"]["alpha_prime"] == 0.4
+    assert finished[1].outputs.lambda_map is first.lambda_map
     assert [p.name for p in temp.iterdir()] == [engine.workdir.name]
     print(f"preview on the engine, tiny hyper U-Net, 32^3 synthetic pair, CPU: first (engine start) "
           f"{walls[0]:.1f} s, next {walls[1]:.2f} s wall")

@@ -105,7 +105,8 @@ def test_register_end_to_end_creates_the_output_nodes(scene, pair, tmp_path):
         d = node.GetDisplayNode()
         assert not d.GetAutoWindowLevel()
         assert (d.GetWindow(), d.GetLevel()) == pytest.approx(window)
-    assert scene.GetNodeByID(out.jacobian.GetDisplayNode().GetColorNodeID()).GetName() == display.DIVERGING_FALLBACK_NAME
+    colors = scene.GetNodeByID(out.jacobian.GetDisplayNode().GetColorNodeID())
+    assert colors.GetName() == display.DIVERGING_FALLBACK_NAME
     # the first result is shown: fixed in the background, λ in the foreground of every slice view
     for view in views:
         assert view.GetBackgroundVolumeID() == pair["fixed"].GetID()
@@ -252,7 +253,8 @@ def test_plain_messages():
     assert "Use CPU" in runner.plain_message("CUDA out of memory", "cuda")
     assert "ran out of memory" in runner.plain_message("out of memory; crop the images", "cpu")
     assert "PyTorch" in runner.plain_message("ModuleNotFoundError: No module named 'torch'")
-    assert runner.plain_message("line 1\nfixed image: file not found: x.nii.gz") == "fixed image: file not found: x.nii.gz"
+    message = "fixed image: file not found: x.nii.gz"
+    assert runner.plain_message(f"line 1\n{message}") == message
 
 
 def test_preset_document_merges_overrides(tmp_path):
@@ -275,9 +277,10 @@ def test_outputs_of_a_moving_volume_under_a_linear_transform(scene, slicer_modul
     """The engine registers the volume as seen in the world; the node placed under the result still
     hardens onto the fixed volume (the result includes its former linear parent)."""
     import nibabel as nib
+    from scipy.ndimage import map_coordinates
+
     from svreg_core.image import Grid
     from svreg_core.outputs.itk import displacement_nifti
-    from scipy.ndimage import map_coordinates
 
     x = geometry.grid_points(SHAPE, AFFINE)
     u = smooth_displacement(x).astype(np.float32)

@@ -235,9 +235,8 @@ def test_module_files_never_import_torch_or_the_engine():
 def test_module_lists_match_the_engine():
     pytest.importorskip("torch")
     sys.path.insert(0, str(MODULE))
-    from svreg_core.optim.parameters import PRESETS, SIMILARITIES
-
     from SpatialVaryingRegLib import logic
+    from svreg_core.optim.parameters import PRESETS, SIMILARITIES
 
     assert tuple(PRESETS) == logic.PRESET_NAMES
     assert tuple(SIMILARITIES) == logic.SIMILARITIES

@@ -17,9 +17,9 @@ import hashlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -65,7 +65,8 @@ def grid_centre(shape, affine) -> np.ndarray:
     return nib.affines.apply_affine(affine, (np.asarray(shape, dtype=float) - 1) / 2.0)
 
 
-def covering_grid(ref_shape, ref_affine, linear: np.ndarray, margin: int = 0) -> tuple[tuple[int, int, int], np.ndarray]:
+def covering_grid(ref_shape, ref_affine, linear: np.ndarray,
+                  margin: int = 0) -> tuple[tuple[int, int, int], np.ndarray]:
     """A grid with voxel axes ``linear`` (3x3, columns = voxel steps in RAS mm) centred on the reference
     grid and covering its whole box (plus ``margin`` voxels)."""
     centre = grid_centre(ref_shape, ref_affine)

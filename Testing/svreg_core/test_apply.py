@@ -87,7 +87,8 @@ def test_points_match_simpleitk(case, geo, name: str) -> None:
     tx = load_transform(case.tmp / name)
     x = _inside_points(case.fixed_grid)
     ours = apply_to_points(tx, x)
-    for theirs in (_sitk_field(case.folder / "displacement.nii.gz"), sitk.ReadTransform(str(case.folder / "transform.h5"))):
+    for theirs in (_sitk_field(case.folder / "displacement.nii.gz"),
+                   sitk.ReadTransform(str(case.folder / "transform.h5"))):
         np.testing.assert_allclose(ours, geo.lps([theirs.TransformPoint(tuple(p)) for p in geo.lps(x)]), atol=2e-3)
     assert np.abs(ours - x).max() > 5.0  # a mapping far from the identity
 
@@ -145,8 +146,8 @@ def test_labels(case, geo) -> None:
 
 
 def test_reference_grid(case, geo) -> None:
-    reference = Grid((10, 9, 8), geo.make_affine(np.diag([2.0, 2.5, 2.2]), geo.grid_centre(case.fixed_grid.shape,
-                                                                                            case.fixed_grid.affine) - 9))
+    centre = geo.grid_centre(case.fixed_grid.shape, case.fixed_grid.affine)
+    reference = Grid((10, 9, 8), geo.make_affine(np.diag([2.0, 2.5, 2.2]), centre - 9))
     tx = load_transform(case.folder / "transform.h5")
     ours = apply_to_image(tx, case.moving, reference=reference)
     assert ours.grid.same_as(reference)
@@ -212,7 +213,8 @@ def test_point_files(case, geo, tmp_path: Path) -> None:
     doc = {"@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/"
                       "Schema/markups-schema-v1.0.3.json#",
            "markups": [{"type": "Fiducial", "coordinateSystem": "RAS",
-                        "controlPoints": [{"id": str(i), "label": f"F-{i}", "position": list(p)} for i, p in enumerate(x)]}]}
+                        "controlPoints": [{"id": str(i), "label": f"F-{i}", "position": list(p)}
+                                          for i, p in enumerate(x)]}]}
     (tmp_path / "p.mrk.json").write_text(json.dumps(doc))
     transform_points_file(tx, tmp_path / "p.mrk.json", tmp_path / "q.mrk.json")
     out = json.loads((tmp_path / "q.mrk.json").read_text())

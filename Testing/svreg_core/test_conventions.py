@@ -10,9 +10,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from svreg_core.conventions import (ALIGN_CORNERS, RAS_TO_LPS, add_identity_, identity_grid, normalized_to_voxel, ras_to_lps_vectors,
-                                    voxel_displacement_to_normalized, voxel_to_normalized,
-                                    voxel_to_world_vectors, world_to_voxel_vectors)
+from svreg_core.conventions import (
+    ALIGN_CORNERS,
+    RAS_TO_LPS,
+    add_identity_,
+    identity_grid,
+    normalized_to_voxel,
+    ras_to_lps_vectors,
+    voxel_displacement_to_normalized,
+    voxel_to_normalized,
+    voxel_to_world_vectors,
+    world_to_voxel_vectors,
+)
 
 SHAPE = (5, 9, 17)  # distinct sizes: 2 / (n - 1) = 0.5, 0.25, 0.125
 

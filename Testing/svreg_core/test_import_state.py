@@ -10,7 +10,9 @@ _PROBE = r"""
 import json, random
 import matplotlib, numpy as np, torch, nibabel as nib
 def snapshot():
-    return {"backend": matplotlib.rcParams._get_backend_or_none(), "rc": {k: str(dict.__getitem__(matplotlib.rcParams, k)) for k in matplotlib.rcParams if k != "backend"},
+    rc = matplotlib.rcParams
+    return {"backend": rc._get_backend_or_none(),
+            "rc": {k: str(dict.__getitem__(rc, k)) for k in rc if k != "backend"},
             "np": int(np.random.get_state()[1][:4].sum()), "torch": torch.get_rng_state()[:16].tolist(),
             "random": random.getstate()[1][:4], "threads": torch.get_num_threads(),
             "nib_log": nib.imageglobals.logger.level, "nib_err": nib.imageglobals.error_level,

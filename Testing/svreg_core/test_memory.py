@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 
 from svreg_core.errors import InputError
-from svreg_core.memory import (BYTES_PER_VOXEL, available_memory_bytes, check_memory, estimated_peak_bytes,
-                               physical_memory_bytes)
+from svreg_core.memory import (
+    BYTES_PER_VOXEL,
+    available_memory_bytes,
+    check_memory,
+    estimated_peak_bytes,
+    physical_memory_bytes,
+)
 
 GB = 1024 ** 3
 

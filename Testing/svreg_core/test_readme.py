@@ -9,7 +9,6 @@ import re
 import shutil
 from pathlib import Path
 
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

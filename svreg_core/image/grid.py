@@ -26,7 +26,7 @@ class Grid:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
 
-    def same_as(self, other: "Grid", atol: float = 1e-4) -> bool:
+    def same_as(self, other: Grid, atol: float = 1e-4) -> bool:
         """True when both grids have the same shape and (within ``atol`` mm) the same affine."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
@@ -53,7 +53,7 @@ class Grid:
         ijk = np.array([[(0, n - 1)[c] for n, c in zip(self.shape, bits)] for bits in np.ndindex(2, 2, 2)])
         return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
 
-    def cropped(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> "Grid":
+    def cropped(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> Grid:
         """The sub-lattice of voxels ``start <= (i, j, k) < stop`` (same spacing and directions)."""
         start = np.clip(np.asarray(start, dtype=int), 0, np.asarray(self.shape) - 1)
         stop = np.clip(np.asarray(stop, dtype=int), start + 1, np.asarray(self.shape))
@@ -61,7 +61,7 @@ class Grid:
         affine[:3, 3] = self.affine[:3, :3] @ start + self.affine[:3, 3]
         return Grid(tuple(int(n) for n in stop - start), affine)
 
-    def slabs(self, voxels: int = SLAB_VOXELS) -> Iterator[tuple[int, int, "Grid"]]:
+    def slabs(self, voxels: int = SLAB_VOXELS) -> Iterator[tuple[int, int, Grid]]:
         """``(start, stop, sub-grid)`` for consecutive slabs ``start <= i < stop`` of about ``voxels`` voxels.
 
         Per-voxel work on a large grid (world points, sampling coordinates) visits it slab by slab, so
@@ -73,7 +73,8 @@ class Grid:
             stop = min(start + step, self.shape[0])
             yield start, stop, self.cropped((start, 0, 0), (stop, *self.shape[1:]))
 
-    def box_voxels(self, corner_a: np.ndarray, corner_b: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    def box_voxels(self, corner_a: np.ndarray,
+                   corner_b: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
         """The smallest voxel block ``start <= (i, j, k) < stop`` covering a RAS box, clipped to the grid.
 
         ``corner_a``, ``corner_b``: opposite corners (RAS mm, any order) of an axis-aligned world box.
@@ -89,7 +90,7 @@ class Grid:
             return None
         return tuple(int(v) for v in start), tuple(int(v) for v in stop)
 
-    def resampled(self, spacing: float) -> "Grid":
+    def resampled(self, spacing: float) -> Grid:
         """An isotropic grid of voxel size ``spacing`` mm over the same field of view.
 
         Keeps the axis directions and the position of voxel ``(0, 0, 0)``; the last voxel centres

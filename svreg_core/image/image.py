@@ -1,14 +1,13 @@
 """An image array bound to its world geometry."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
-
 
 #: Largest accepted ratio of the largest to the smallest singular value of an image affine's 3x3 part
 #: (for axis-aligned voxels: longest over shortest voxel size; real images stay below ~100).

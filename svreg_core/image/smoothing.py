@@ -6,7 +6,7 @@ authors' three 3³ average pools), in voxels of the field's own grid; borders re
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

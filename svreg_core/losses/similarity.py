@@ -15,7 +15,7 @@ autograd function, which avoids autograd's slow scatter-add backward of ``unfold
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

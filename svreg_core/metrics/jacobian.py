@@ -15,7 +15,7 @@ All work is done slab by slab along ``i`` to bound memory; a 182x218x182 field t
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

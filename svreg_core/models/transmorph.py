@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from svreg_core.models.base import (SPRNetwork, init_lambda_head, init_velocity_head, positive_int,
-                                    positive_ints)
+from svreg_core.models.base import SPRNetwork, init_lambda_head, init_velocity_head, positive_int, positive_ints
 from svreg_core.models.film import FiLM, modulate
 from svreg_core.models.registry import register_architecture
 from svreg_core.transforms.warp import compose, warp

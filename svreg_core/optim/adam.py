@@ -16,7 +16,7 @@ and shrink with the gradient near it, as in gradient descent.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 

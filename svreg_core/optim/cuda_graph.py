@@ -19,7 +19,8 @@ should serialise the calls.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import torch
 

@@ -223,14 +223,14 @@ class RegistrationParameters:
         return SPRLoss(similarity=self.similarity, lncc_window=self.lncc_window, prior=self.prior,
                        alpha_prime=self.alpha_prime, lambda_max=self.lambda_max, spr=self.spr)
 
-    def replace(self, **changes: Any) -> "RegistrationParameters":
+    def replace(self, **changes: Any) -> RegistrationParameters:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], base: "RegistrationParameters | None" = None) -> "RegistrationParameters":
+    def from_dict(cls, values: dict[str, Any], base: RegistrationParameters | None = None) -> RegistrationParameters:
         """Parameters from a mapping (a preset file's ``parameters``); unknown names are refused, retired
         ones (:data:`RETIRED`, found in older preset files and tuning studies) ignored with a warning."""
         retired = sorted(set(values) & set(RETIRED))

@@ -71,7 +71,7 @@ def _itk_vectors(displacement_ras: np.ndarray, dtype: type) -> np.ndarray:
     return ras_to_lps_vectors(out, out=out)
 
 
-def composite_transform(affine_ras: np.ndarray, deformable_ras: np.ndarray, grid: Grid) -> "sitk.CompositeTransform":
+def composite_transform(affine_ras: np.ndarray, deformable_ras: np.ndarray, grid: Grid) -> sitk.CompositeTransform:
     """SimpleITK composite ``T(x) = A(x + u(x))`` (LPS): ``u`` (RAS mm on ``grid``) applied first, then ``A``.
 
     ITK applies the transforms of a composite last-added first, so ``A`` is added first.

@@ -83,7 +83,7 @@ class Transform:
             out = out @ step[:3, :3].T + step[:3, 3] if isinstance(step, np.ndarray) else step(out)
         return out
 
-    def inverse(self) -> "Transform":
+    def inverse(self) -> Transform:
         """The inverse mapping: matrices inverted exactly, displacement fields numerically.
 
         A field step ``y = x + u(x)`` is inverted per point by the fixed-point iteration
@@ -134,7 +134,7 @@ def read_displacement(path: str | Path) -> DisplacementField:
     return DisplacementField(ras_to_lps_vectors(data), Grid(data.shape[:3], nii.affine))
 
 
-def _field_from_sitk(image: "sitk.Image") -> DisplacementField:
+def _field_from_sitk(image: sitk.Image) -> DisplacementField:
     """A SimpleITK vector image (LPS geometry and vectors) as a RAS :class:`DisplacementField`."""
     import SimpleITK as sitk
 
@@ -146,7 +146,7 @@ def _field_from_sitk(image: "sitk.Image") -> DisplacementField:
     return DisplacementField(ras_to_lps_vectors(lps).astype(np.float32), Grid(lps.shape[:3], affine))
 
 
-def _linear_from_sitk(transform: "sitk.Transform") -> np.ndarray:
+def _linear_from_sitk(transform: sitk.Transform) -> np.ndarray:
     """The 4x4 RAS->RAS matrix of a linear ITK transform, found from the images of four points."""
     corners = np.array([[0.0, 0, 0], [100.0, 0, 0], [0, 100.0, 0], [0, 0, 100.0]])
     lps_out = np.array([transform.TransformPoint(tuple(p)) for p in corners])

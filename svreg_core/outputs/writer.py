@@ -20,9 +20,10 @@ import secrets
 import shutil
 import socket
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -144,7 +145,8 @@ def expected_output_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int
     ``outputs``: names from :data:`SELECTABLE_OUTPUTS` (default: all); ``labels``: moving labels are
     given (``warped_labels.nii.gz``). Per fixed voxel: float32 images (warped, λ, det J, int32
     labels) 4 bytes, the displacement 12, the ITK transform 24 (SimpleITK's float64 file, which sits
-    next to its compressed float32 copy while that is written); the inverse field 12 per moving voxel; the figure and report.json at most 2 MB.
+    next to its compressed float32 copy while that is written); the inverse field 12 per moving voxel; the
+    figure and report.json at most 2 MB.
     """
     chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
     fixed, moving = int(np.prod(fixed_shape)), int(np.prod(moving_shape))
@@ -287,7 +289,8 @@ def _versions() -> dict[str, str]:
 
 
 def describe_input(image: Image, path: str | Path | None = None) -> dict[str, Any]:
-    """An input image's ``path`` (when given), ``shape``, ``spacing_mm`` and ``orientation`` (axis codes, e.g. ``LAS``)."""
+    """An input image's ``path`` (when given), ``shape``, ``spacing_mm`` and ``orientation`` (axis codes,
+    e.g. ``LAS``)."""
     entry: dict[str, Any] = {"path": str(path)} if path is not None else {}
     entry.update(shape=list(image.shape), spacing_mm=[round(float(v), 6) for v in image.spacing],
                  orientation="".join(nib.aff2axcodes(image.affine)))

@@ -154,7 +154,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
     return config.replace(**changes) if changes else config
 
 
-def _summary_line(summary: "TrainingSummary", seconds: float) -> str:
+def _summary_line(summary: TrainingSummary, seconds: float) -> str:
     if summary.resumed_from == summary.epochs:
         return f"The run in {summary.run_dir} has already finished its {summary.epochs} epoch(s); nothing to do."
     done = f"Trained {summary.epochs} epoch(s)"

@@ -136,7 +136,7 @@ class DataSource:
         object.__setattr__(self, "synthesis", dict(self.synthesis))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DataSource":
+    def from_dict(cls, values: dict[str, Any]) -> DataSource:
         _check_keys(values, cls, "data source")
         if "kind" not in values:
             _fail("every data source needs a kind (" + ", ".join(DATA_KINDS) + ").")
@@ -180,7 +180,7 @@ class DataConfig:
         _as_bool(self.augment, "data augment")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "DataConfig":
+    def from_dict(cls, values: dict[str, Any]) -> DataConfig:
         _check_keys(values, cls, "data")
         return cls(**values)
 
@@ -219,7 +219,7 @@ class ValidationConfig:
         _choice(self.label_interpolation, "label interpolation", LABEL_INTERPOLATIONS)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ValidationConfig":
+    def from_dict(cls, values: dict[str, Any]) -> ValidationConfig:
         _check_keys(values, cls, "validation")
         return cls(**values)
 
@@ -377,7 +377,7 @@ class TrainingConfig:
         """AdamW step during ``epoch`` (0-based): ``learning_rate · (1 − epoch / epochs) ** lr_power``."""
         return self.learning_rate * (1.0 - epoch / self.epochs) ** self.lr_power
 
-    def replace(self, **changes: Any) -> "TrainingConfig":
+    def replace(self, **changes: Any) -> TrainingConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -385,11 +385,11 @@ class TrainingConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainingConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
         _check_keys(values, cls, "training")
         return cls(**values)
 
-    def differences(self, other: "TrainingConfig") -> list[str]:
+    def differences(self, other: TrainingConfig) -> list[str]:
         """Names of the settings (outside :data:`RUNTIME_FIELDS`) whose values differ from ``other``'s."""
         mine, theirs = self.to_dict(), other.to_dict()
         return sorted(k for k in mine if k not in RUNTIME_FIELDS and mine[k] != theirs[k])

@@ -25,9 +25,10 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,14 +38,25 @@ from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, load_image
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
-from svreg_core.image.resample import (downsample, resample, sample_at_points, source_coordinates,
-                                       target_world_points, world_to_source_normalized)
+from svreg_core.image.resample import (
+    downsample,
+    resample,
+    sample_at_points,
+    source_coordinates,
+    target_world_points,
+    world_to_source_normalized,
+)
 from svreg_core.image.sampling import sample_labels
 from svreg_core.optim.affine import affine_register
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training.sources import NIFTI_SUFFIXES, TemplateSpec, is_nifti
-from svreg_core.training.synthesis import (SynthesisConfig, augment_intensity, random_deformation, skull_strip,
-                                           synth_pair)
+from svreg_core.training.synthesis import (
+    SynthesisConfig,
+    augment_intensity,
+    random_deformation,
+    skull_strip,
+    synth_pair,
+)
 
 #: FreeSurfer's label of (extra-ventricular) CSF.
 CSF_LABEL = 24

@@ -9,8 +9,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 #: Columns of ``metrics.csv``, in order. Loss terms are means over the epoch's steps (train) or the
 #: validation pairs (val); Dice is the mean over labels and pairs; folding is the share (%) of

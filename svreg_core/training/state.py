@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -78,7 +79,7 @@ class TrainingState:
         return values
 
     @classmethod
-    def from_json(cls, values: dict[str, Any]) -> "TrainingState":
+    def from_json(cls, values: dict[str, Any]) -> TrainingState:
         values = dict(values)
         if values.get("best_value") is None:
             values["best_value"] = float("-inf")

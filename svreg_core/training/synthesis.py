@@ -107,7 +107,7 @@ class SynthesisConfig:
         object.__setattr__(self, "integration_steps", int(self.integration_steps))
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "SynthesisConfig":
+    def from_dict(cls, values: dict[str, Any]) -> SynthesisConfig:
         """The defaults overridden by ``values``; unknown names raise :class:`InputError`."""
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
@@ -187,7 +187,8 @@ def augment_intensity(image: torch.Tensor, generator: torch.Generator, config: S
     return out.pow(gamma).clamp(0.0, 1.0)
 
 
-def random_contrast(max_label: int, generator: torch.Generator, config: SynthesisConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def random_contrast(max_label: int, generator: torch.Generator,
+                    config: SynthesisConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """A random label → intensity table: per label value ``0..max_label``, a mean ``U(0, 1)`` and a texture
     standard deviation ``U(0, label_std_max)`` (both in units of the image range)."""
     means = torch.rand(max_label + 1, generator=generator)

@@ -42,10 +42,25 @@ from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training import distributed
 from svreg_core.training.config import TrainingConfig, load_config, save_config
 from svreg_core.training.history import CURVE_FILE, METRICS_FILE, TensorBoardLog, write_curve_png, write_metrics_csv
-from svreg_core.training.loaders import STREAM_MODEL, TrainingData, build_data, epoch_loader, load_alignments, \
-    prepare_alignments, steps_per_epoch, validation_loader
-from svreg_core.training.state import STATE_DIR, TrainingState, epoch_seed, has_state, load_state, recover_directory, \
-    save_state
+from svreg_core.training.loaders import (
+    STREAM_MODEL,
+    TrainingData,
+    build_data,
+    epoch_loader,
+    load_alignments,
+    prepare_alignments,
+    steps_per_epoch,
+    validation_loader,
+)
+from svreg_core.training.state import (
+    STATE_DIR,
+    TrainingState,
+    epoch_seed,
+    has_state,
+    load_state,
+    recover_directory,
+    save_state,
+)
 from svreg_core.training.step import TERMS, training_step
 from svreg_core.training.validation import ValidationSums, validate
 

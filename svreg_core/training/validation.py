@@ -10,8 +10,8 @@ RAS-aligned, so the determinant of the voxel-unit field equals that of the world
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -22,7 +22,6 @@ from svreg_core.losses.spr import SPRLoss
 from svreg_core.metrics import dice, folding_percent, jacobian_determinant
 from svreg_core.training.step import TERMS, training_step
 from svreg_core.transforms import displaced_coordinates
-
 
 
 def warp_labels(labels: torch.Tensor, displacement: torch.Tensor, mode: str = "linear") -> torch.Tensor:
@@ -62,7 +61,7 @@ class ValidationSums:
                 self.dice_identity]
 
     @classmethod
-    def from_list(cls, values: Sequence[float]) -> "ValidationSums":
+    def from_list(cls, values: Sequence[float]) -> ValidationSums:
         pairs, *rest = values
         terms = dict(zip(TERMS, rest[:len(TERMS)]))
         folding, dice_pairs, dice_sum, dice_identity = rest[len(TERMS):]

@@ -6,7 +6,6 @@ import torch
 from svreg_core.conventions import add_identity_, voxel_displacement_to_normalized
 from svreg_core.image.sampling import grid_sample
 
-
 #: Rows (along ``i``) sampled at once by :func:`warp` when no gradient is needed: the sampling coordinates
 #: of a whole 1 mm field are 87 MB per copy, a slab's a few MB.
 SLAB_ROWS = 16

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.exceptions import StorageInternalError
@@ -38,10 +39,24 @@ from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
 from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
 from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, SearchSpace, build_search_space
+from svreg_core.tuning.study import (
+    DEFAULT_STORAGE,
+    DEFAULT_STUDY,
+    FINISHED,
+    best_trial,
+    count_finished,
+    create_or_join,
+    describe_storage,
+    first_line,
+    load_study,
+    make_sampler,
+    open_storage,
+    quiet_optuna,
+    run_worker,
+    storage_url,
+    study_meta,
+)
 from svreg_core.tuning.training import DATA_FLAGS, TrainingDice, training_config
-from svreg_core.tuning.study import (DEFAULT_STORAGE, DEFAULT_STUDY, FINISHED, best_trial, count_finished,
-                                     create_or_join, describe_storage, first_line, load_study, make_sampler,
-                                     open_storage, quiet_optuna, run_worker, storage_url, study_meta)
 
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +69,8 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     study = parser.add_argument_group("study")
     study.add_argument("--storage", default=DEFAULT_STORAGE,
                        help="SQLite file, a journal file ending in .log (shared file system, no database "
-                            f"server) or an SQLAlchemy URL such as postgresql://user@host/db (default {DEFAULT_STORAGE})")
+                            "server) or an SQLAlchemy URL such as postgresql://user@host/db "
+                            f"(default {DEFAULT_STORAGE})")
     study.add_argument("--study-name", default=DEFAULT_STUDY, help=f"study name (default {DEFAULT_STUDY})")
     study.add_argument("--n-trials", type=int, default=50,
                        help="finished (complete + pruned) trials the study should hold in total (default 50)")
@@ -120,8 +136,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--templates", action="store_true", help="augmented copies of the installed brain templates")
     train.add_argument("--epochs-per-trial", type=int, metavar="N",
                        help="training epochs of a trial (default: the configuration's)")
-    train.add_argument("--runs-dir", metavar="DIR", help="folder of the trials' run folders trial-NNNN (default: "
-                                                         "STUDY-runs next to the storage file, or in the current folder)")
+    train.add_argument("--runs-dir", metavar="DIR",
+                       help="folder of the trials' run folders trial-NNNN (default: STUDY-runs next to the "
+                            "storage file, or in the current folder)")
 
     workers = parser.add_argument_group("workers (database storages)")
     workers.add_argument("--heartbeat-interval", type=int, default=10,

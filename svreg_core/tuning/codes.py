@@ -12,8 +12,9 @@ own, the preset's for a plain model's refinement.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from svreg_core.errors import InputError
 from svreg_core.models import read_model_info

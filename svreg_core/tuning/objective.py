@@ -13,7 +13,8 @@ Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``fol
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 

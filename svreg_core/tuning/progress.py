@@ -5,8 +5,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -106,7 +107,8 @@ class TuneProgress:
         """Send a ``kind`` event, with the study's best trial and, given ``trial``, its number, params, folding."""
         best = best_trial(self.study)
         if trial is not None:
-            fields = dict(trial=trial.number, params=dict(trial.params), folding=trial.user_attrs.get("folding_percent"),
+            fields = dict(trial=trial.number, params=dict(trial.params),
+                          folding=trial.user_attrs.get("folding_percent"),
                           folding_max=trial.user_attrs.get("folding_percent_max"), **fields)
         self.sink(TuneEvent(kind, self.study.study_name, elapsed_s=round(time.monotonic() - self.t0, 3),
                             finished=count_finished(self.study), n_trials=self.n_trials,

@@ -157,8 +157,9 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
     paths = [folder / "summary.json", folder / "summary.md", folder / "trials.csv"]
     _write(paths[2], study.trials_dataframe().to_csv(index=False))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    for name, plot, kwargs, wanted in ((FIGURES[0], optuna_plots.plot_optimization_history, {}, summary["best"]),
-                                       (FIGURES[1], optuna_plots.plot_param_importances, {"evaluator": evaluator}, imp)):
+    plots = ((FIGURES[0], optuna_plots.plot_optimization_history, {}, summary["best"]),
+             (FIGURES[1], optuna_plots.plot_param_importances, {"evaluator": evaluator}, imp))
+    for name, plot, kwargs, wanted in plots:
         if wanted is not None:
             with quiet_optuna(), matplotlib.rc_context():  # Optuna switches the style sheet; restored afterwards
                 fig = plot(study, **kwargs).figure

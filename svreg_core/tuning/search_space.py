@@ -4,8 +4,9 @@ The base settings are :class:`RegistrationParameters` (pairwise tuning, from a p
 :class:`~svreg_core.training.config.TrainingConfig` (the training objective). Ranges (METHOD.md §2):
 brain MRI α′ ∈ [0.01, 0.2], λ_max ∈ [0.5, 5] (the paper's; training: these too); CT α′ ∈ [0.001, 0.3],
 λ_max ∈ [0.1, 4], wider than the paper's α′ ∈ [0.001, 0.1], λ_max ∈ [0.8, 3]: the ranges the CT presets
-were tuned over (``benchmarks/ct_tune.py``; our λ_max acts on a control grid, not on the paper's scale); α′ on a log scale, λ_max linearly, each widened to contain the base's own value so that it can be
-the first trial (cardiac MRI's α′ = 0.493 lies above the brain range). Optional: the Adam iterations of
+were tuned over (``benchmarks/ct_tune.py``; our λ_max acts on a control grid, not on the paper's scale);
+α′ on a log scale, λ_max linearly, each widened to contain the base's own value so that it can be the first
+trial (cardiac MRI's α′ = 0.493 lies above the brain range). Optional: the Adam iterations of
 each pyramid level (``iterations_<level>``, half to twice the base) and the learning rate (a quarter to
 four times the base, log scale).
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any
 
 import optuna
 
@@ -35,7 +37,7 @@ PRESET_FAMILY = {"brain-mri": "mri", "cardiac-mri": "mri", "ct": "ct", "lung-ct"
 #: Settings that change where trials run, not what they compute: workers of one study may differ in them.
 RUNTIME = ("device", "num_workers")
 
-Base = Union[RegistrationParameters, TrainingConfig]
+Base = RegistrationParameters | TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ class SearchSpace:
                 "ranges": [dataclasses.asdict(r) for r in self.ranges]}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SearchSpace":
+    def from_dict(cls, d: Mapping[str, Any]) -> SearchSpace:
         kind = TrainingConfig if d["base_preset"] is None else RegistrationParameters
         return cls(kind.from_dict(dict(d["base"])), d["base_preset"], tuple(ParamRange(**r) for r in d["ranges"]))
 

@@ -22,8 +22,9 @@ import sqlite3
 import time
 import warnings
 import zlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import optuna
 import sqlalchemy
@@ -155,8 +156,9 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
         try:
             with quiet_optuna():
                 retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-                rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                                 grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+                rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                 heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                                 heartbeat_stale_trial_callback=retry)
             if sqlite:
                 _lock_on_begin(rdb.engine)
             return rdb

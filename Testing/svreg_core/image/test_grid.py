@@ -1,6 +1,8 @@
 """Grid geometry: voxel centres, spacing/direction, isotropic resampling and cropping, hand-computed."""
 from __future__ import annotations
 
+import dataclasses
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -72,7 +74,7 @@ def test_grid_normalises_types() -> None:
     grid = Grid([np.int64(4), 5.0, 6], np.eye(4).tolist())
     assert grid.shape == (4, 5, 6) and all(type(n) is int for n in grid.shape)
     assert isinstance(grid.affine, np.ndarray) and grid.affine.dtype == np.float64
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         grid.shape = (1, 1, 1)  # frozen
 
 

@@ -9,8 +9,14 @@ import torch
 
 from svreg_core.image import Grid
 from svreg_core.image.normalize import robust_normalize
-from svreg_core.image.resample import (antialias_sigma, gaussian_smooth, resample, source_coordinates,
-                                      target_world_points, world_to_source_normalized)
+from svreg_core.image.resample import (
+    antialias_sigma,
+    gaussian_smooth,
+    resample,
+    source_coordinates,
+    target_world_points,
+    world_to_source_normalized,
+)
 
 SHAPE = (20, 22, 18)
 

@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from svreg_core.losses import (beta_neg_log_prior, gaussian_neg_log_prior, neg_log_prior,
-                               weighted_diffusion)
+from svreg_core.losses import beta_neg_log_prior, gaussian_neg_log_prior, neg_log_prior, weighted_diffusion
 
 
 def test_beta_prior_hand_value() -> None:

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from svreg_core.errors import InputError
-from svreg_core.metrics import (folding_percent, jacobian_determinant, ndv_map, ndv_percent,
-                                sdlogj)
+from svreg_core.metrics import folding_percent, jacobian_determinant, ndv_map, ndv_percent, sdlogj
 
 
 def _rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:

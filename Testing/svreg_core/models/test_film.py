@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from svreg_core.errors import InputError
-from svreg_core.models import (CodeRanges, ModelInfo, build_model, count_parameters, load_checkpoint, model_summary,
-                               save_checkpoint)
+from svreg_core.models import (
+    CodeRanges,
+    ModelInfo,
+    build_model,
+    count_parameters,
+    load_checkpoint,
+    model_summary,
+    save_checkpoint,
+)
 from svreg_core.models.zoo import DEFAULT_MODEL, SHIPPED_DIR, describe, shipped_models
 
 ARCHITECTURES = ("unet-spr", "transmorph-tvf-spr")

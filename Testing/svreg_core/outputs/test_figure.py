@@ -6,8 +6,14 @@ from pathlib import Path
 import numpy as np
 
 from svreg_core.image import Image
-from svreg_core.outputs.figure import (lambda_range, log2_jacobian, log2_range, ras_array_affine, to_ras_array,
-                                       write_report_figure)
+from svreg_core.outputs.figure import (
+    lambda_range,
+    log2_jacobian,
+    log2_range,
+    ras_array_affine,
+    to_ras_array,
+    write_report_figure,
+)
 
 
 def test_lambda_range_is_lambdas_own() -> None:

@@ -18,9 +18,16 @@ from svreg_core.image import Image
 from svreg_core.metrics import jacobian_determinant
 from svreg_core.outputs import OUTPUT_FILES, write_outputs
 from svreg_core.outputs.figure import to_ras_array
-from svreg_core.outputs.writer import (MARKER_FILE, check_output_space, expected_output_bytes, finite_report,
-                                       is_svreg_output, prepare_output_dir, remove_stale_work_folders,
-                                       write_report_json)
+from svreg_core.outputs.writer import (
+    MARKER_FILE,
+    check_output_space,
+    expected_output_bytes,
+    finite_report,
+    is_svreg_output,
+    prepare_output_dir,
+    remove_stale_work_folders,
+    write_report_json,
+)
 
 
 def _labels(image: Image) -> Image:

@@ -1,7 +1,7 @@
 """Tiny head-like label maps for the training-data tests (files are written with ``geo.save_nifti``)."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pytest

@@ -15,8 +15,16 @@ from torch.utils.data import ConcatDataset, DataLoader
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
 from svreg_core.image.network_grid import network_grid
-from svreg_core.training.datasets import (PairListDataset, PairSpec, SyntheticPairDataset, TemplateAugmentDataset,
-                                          pairs_from_csv, pairs_from_dataset_json, pairs_from_folder, split_pairs)
+from svreg_core.training.datasets import (
+    PairListDataset,
+    PairSpec,
+    SyntheticPairDataset,
+    TemplateAugmentDataset,
+    pairs_from_csv,
+    pairs_from_dataset_json,
+    pairs_from_folder,
+    split_pairs,
+)
 from svreg_core.training.sources import TemplateSpec
 from svreg_core.training.synthesis import SynthesisConfig, skull_strip
 

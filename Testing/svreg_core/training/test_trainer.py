@@ -147,10 +147,10 @@ def test_a_plain_or_hyper_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo,
     with torch.no_grad():
         velocity, lam = trained(fixed, moving)
         for codes in ([0.05, 0.5], [0.5, 10.0]):
-            v, l = network(fixed, moving, torch.tensor([codes]))
+            v, lam_codes = network(fixed, moving, torch.tensor([codes]))
             scale = velocity.abs().max()
             assert 0 < (v - velocity).abs().max() < 0.2 * scale
-            assert (l - lam).abs().max() < 0.05
+            assert (lam_codes - lam).abs().max() < 0.05
     train(hyper, tmp_path / "hyper")
     with pytest.raises(InputError, match=r"options hyper differ"):
         build_network(plain.replace(init_weights=str(tmp_path / "hyper" / "last")))

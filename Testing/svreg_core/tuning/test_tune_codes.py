@@ -25,6 +25,7 @@ from svreg_core.tuning.objective import trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.study import create_or_join, load_study, make_sampler, open_storage, quiet_optuna, run_worker
 
+
 @pytest.fixture(scope="module")
 def models(tiny_checkpoints) -> dict[str, Path]:
     return {"hyper": tiny_checkpoints.hyper, "plain": tiny_checkpoints.plain}

@@ -19,17 +19,25 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from svreg_core.cli import main
 from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters, preset_warning
-from svreg_core.cli import main
 from svreg_core.tuning.cli import run_tune
 from svreg_core.tuning.objective import StepReporter, trial_function
 from svreg_core.tuning.pairs import discover_pairs
 from svreg_core.tuning.progress import TqdmBar, TuneEvent, TuneProgress, json_lines, make_sink
 from svreg_core.tuning.report import write_best_preset
 from svreg_core.tuning.search_space import SearchSpace, build_search_space
-from svreg_core.tuning.study import (BASE_PRESET, create_or_join, load_study, make_sampler, open_storage,
-                                     quiet_optuna, run_worker, storage_url)
+from svreg_core.tuning.study import (
+    BASE_PRESET,
+    create_or_join,
+    load_study,
+    make_sampler,
+    open_storage,
+    quiet_optuna,
+    run_worker,
+    storage_url,
+)
 
 ROLES = ("fixed", "moving", "fixed_labels", "moving_labels")
 
