@@ -9,6 +9,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &
     >/dev/null 2>&1 || echo "note: PostgreSQL could not be installed; its test will be skipped."
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-# lint first (seconds; rules in pyproject.toml [tool.ruff])
+# lint and type-check first (under a minute; settings in pyproject.toml [tool.ruff], [tool.mypy])
 .venv/bin/ruff check --quiet .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest -m "not slow" "$@"

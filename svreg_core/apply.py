@@ -87,8 +87,8 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
     if interpolation == "linear":
         out = sample_labels(torch.as_tensor(data), coords).to(torch.int32).numpy()
     elif interpolation == "nearest":
-        out = grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest")
-        out = out[0, 0].round().numpy().astype(np.int32)
+        nearest = grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest")
+        out = nearest[0, 0].round().numpy().astype(np.int32)
     else:
         raise InputError(f"unknown label interpolation {interpolation!r}; use linear or nearest.")
     return Image(out, grid.affine)

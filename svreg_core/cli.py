@@ -15,12 +15,16 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from svreg_core.errors import InputError, SvregError
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent
+
+if TYPE_CHECKING:
+    from svreg_core.image import Image
 
 
 def _emit_json(obj: dict) -> None:
@@ -301,17 +305,17 @@ class PairImages:
     """The images of a :class:`Pair`, loaded and checked (label maps on their images' grids), the fixed-side
     ones cropped to ``--crop-fixed`` (``extra``: the report entry recording the box)."""
 
-    fixed: object
-    moving: object
-    fixed_labels: object = None
-    moving_labels: object = None
-    fixed_mask: object = None
-    moving_mask: object = None
+    fixed: Image
+    moving: Image
+    fixed_labels: Image | None = None
+    moving_labels: Image | None = None
+    fixed_mask: Image | None = None
+    moving_mask: Image | None = None
     extra: dict | None = None
     landmarks: tuple | None = None
 
 
-def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[str, bool], object]) -> PairImages:
+def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[str, bool], Image]) -> PairImages:
     """Read the images of ``pair`` (fixed-side ones from ``cache`` when loaded before, and kept there), check
     the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop);
     read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one."""
@@ -348,7 +352,7 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
 
 
 def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
-                   printer: ProgressPrinter, cache: dict[tuple[str, bool], object]) -> dict:
+                   printer: ProgressPrinter, cache: dict[tuple[str, bool], Image]) -> dict:
     """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before.
 
     ``codes``: a learned model's regularisation (:func:`learned_codes`)."""
@@ -483,10 +487,13 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
             raise InputError(f"{path.name} needs a header with the columns fixed and moving, and one row per pair.")
         base = path.parent
     pairs = []
-    for row in rows:
+    for number, row in enumerate(rows, 1):
         resolve = lambda key: str(base / row[key].strip()) if row.get(key) and row[key].strip() else None  # noqa: E731
+        fixed, moving = resolve("fixed"), resolve("moving")
+        if fixed is None or moving is None:
+            raise InputError(f"pair {number} has no {'fixed' if fixed is None else 'moving'} image.")
         out = row.get("output") or _stem(row["moving"])
-        pairs.append(Pair(resolve("fixed"), resolve("moving"), str(root / out), resolve("fixed_labels"),
+        pairs.append(Pair(fixed, moving, str(root / out), resolve("fixed_labels"),
                           resolve("moving_labels"), resolve("fixed_mask"), resolve("moving_mask")))
     outputs = [p.output for p in pairs]
     if len(set(outputs)) != len(outputs):
@@ -515,7 +522,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
     for pair in pairs:  # every output folder is checked before the first registration
         prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     Path(args.output).mkdir(parents=True, exist_ok=True)
-    cache: dict[tuple[str, bool], object] = {}
+    cache: dict[tuple[str, bool], Image] = {}
     failed = 0
     for number, pair in enumerate(pairs, 1):
         if args.progress != "json":
@@ -610,6 +617,7 @@ def run_preview(args: argparse.Namespace) -> int:
                            extra=images.extra, gzip_level=args.gzip_level)
     prepared.timing["load_s"] = load_s
     info = prepared.info
+    assert info is not None and info.code_ranges is not None  # a hyper model (--model, check_hyper_model)
     _emit_json({"event": "ready", "device": str(prepared.device), "timing": dict(prepared.timing),
                 "model": info.name or info.architecture, "code_ranges": info.code_ranges.to_dict(),
                 "default_codes": {"alpha_prime": info.alpha_prime, "lambda_max": info.lambda_max}})

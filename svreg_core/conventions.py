@@ -52,7 +52,7 @@ def ras_to_lps_vectors(vectors: np.ndarray, out: np.ndarray | None = None) -> np
     return np.multiply(vectors, np.diag(RAS_TO_LPS), out=out)
 
 
-def voxel_to_normalized(shape: tuple[int, int, int], device: torch.device | None = None,
+def voxel_to_normalized(shape: tuple[int, ...], device: torch.device | None = None,
                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Return the 4x4 matrix taking voxel coordinates ``(i, j, k, 1)`` to grid_sample coordinates.
 
@@ -69,7 +69,7 @@ def voxel_to_normalized(shape: tuple[int, int, int], device: torch.device | None
     return m
 
 
-def normalized_to_voxel(shape: tuple[int, int, int]) -> np.ndarray:
+def normalized_to_voxel(shape: tuple[int, ...]) -> np.ndarray:
     """The 4x4 float64 inverse of :func:`voxel_to_normalized`: ``(x_k, y_j, z_i, 1)`` → ``(i, j, k, 1)``.
 
     An axis of one voxel maps every normalised value to voxel 0 (grid_sample's coordinate there is 0).
@@ -83,7 +83,7 @@ def normalized_to_voxel(shape: tuple[int, int, int]) -> np.ndarray:
     return m
 
 
-def voxel_displacement_to_normalized(disp: torch.Tensor, shape: tuple[int, int, int] | None = None) -> torch.Tensor:
+def voxel_displacement_to_normalized(disp: torch.Tensor, shape: tuple[int, ...] | None = None) -> torch.Tensor:
     """Convert a voxel-unit displacement ``(N, 3, I, J, K)`` into a grid_sample offset ``(N, I, J, K, 3)``.
 
     Channel order becomes ``(k, j, i)`` and units the ``align_corners=True`` normalised ones of a grid of
@@ -115,14 +115,14 @@ def _identity_axes(shape: tuple[int, ...], device: torch.device | None,
                  else torch.zeros(1, device=device, dtype=dtype) for n in shape)
 
 
-def identity_grid(shape: tuple[int, int, int], device: torch.device | None = None,
+def identity_grid(shape: tuple[int, ...], device: torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """grid_sample coordinates ``(1, I, J, K, 3)`` of the voxel centres of a grid of ``shape``."""
     gi, gj, gk = torch.meshgrid(*_identity_axes(tuple(shape), device, dtype), indexing="ij")
     return torch.stack((gk, gj, gi), dim=-1).unsqueeze(0)
 
 
-def add_identity_(offset: torch.Tensor, shape: tuple[int, int, int] | None = None, start: int = 0) -> torch.Tensor:
+def add_identity_(offset: torch.Tensor, shape: tuple[int, ...] | None = None, start: int = 0) -> torch.Tensor:
     """Add :func:`identity_grid` to a grid_sample offset ``(N, I, J, K, 3)`` in place and return it.
 
     The same values as ``offset + identity_grid(...)``, without making the grid: each channel gets its axis's

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,7 +86,7 @@ class PreviewEngine:
 
     def __init__(self, pair: PreparedPair, *, fixed_labels: Image | None = None, moving_labels: Image | None = None,
                  labels: Sequence[int] | None = None, label_mode: str = "linear", inputs: Sequence[str | Path] = (),
-                 sources: dict[str, str | Path] | None = None, extra: dict[str, Any] | None = None,
+                 sources: Mapping[str, str | Path] | None = None, extra: dict[str, Any] | None = None,
                  gzip_level: int | None = None) -> None:
         if pair.info is None:
             raise InputError("svreg preview needs a learned model (--model).")
@@ -114,6 +114,7 @@ class PreviewEngine:
         if fields.get("quit") is True:
             return None
         info = self.pair.info
+        assert info is not None  # checked by __init__
         codes = model_codes(info, (fields.get("alpha_prime", info.alpha_prime),
                                    fields.get("lambda_max", info.lambda_max)))
         outputs = fields.get("outputs")

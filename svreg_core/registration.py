@@ -174,6 +174,7 @@ class RegistrationResult:
         """Fill :attr:`deformable_displacement` (``u``) and :attr:`displacement` (``T``) from velocity and affine
         (and λ on the fixed grid for :meth:`regularization_map`)."""
         world, lam = self._world_field(weight=True)
+        assert lam is not None  # asked for with weight=True
         self._fixed_weight = lam[0, 0].numpy().clip(1e-6, 1.0).astype(np.float32)
         u = world[0].permute(1, 2, 3, 0).contiguous().numpy()
         del world  # 87 MB at 1 mm: not alive beside the affine's copy below
@@ -521,7 +522,7 @@ class PreparedPair:
         """The deformable stage at ``codes`` (see :func:`register`) after :meth:`align`; the result's
         timing holds this call's stages only (``network_s``/``deformable_s``, ``refine_s``, ``compose_s``
         and their sum ``registration_s``)."""
-        if self.affine is None:
+        if self.affine is None or self.fixed_tensor is None or self.moving_tensor is None:
             raise RuntimeError("align() the prepared pair before registering it")
         t0 = time.perf_counter()
         params, conditioning = self._loss_parameters(codes, refine)
@@ -536,6 +537,7 @@ class PreparedPair:
                                           moving_mask=mm, progress=progress, progress_span=(start, 0.95))
                 timing["deformable_s"] = time.perf_counter() - t
             else:
+                assert info is not None  # loaded with the network (prepare_pair)
                 t = time.perf_counter()
                 progress(ProgressEvent("network", 0, 1, start, f"predicting with {info.name or info.architecture}"))
                 deformable = predict_fields(self.network, info, fixed, f, moving, m, affine, conditioning,
@@ -704,7 +706,7 @@ def warm_up(parameters: RegistrationParameters | None = None) -> Callable[[], Ex
         try:
             grid = np.indices((16, 16, 16)).astype(np.float32)
             fixed = np.exp(-((grid - 7.5) ** 2).sum(0) / 20.0)
-            moving = np.exp(-((grid - np.float32([7.5, 7.5, 8.5])[:, None, None, None]) ** 2).sum(0) / 20.0)
+            moving = np.exp(-((grid - np.array([7.5, 7.5, 8.5], np.float32)[:, None, None, None]) ** 2).sum(0) / 20.0)
             affine = np.diag([4.0, 4.0, 4.0, 1.0])
             small = params.replace(affine=False, iterations=(4,) * len(params.iterations))
             register(Image(fixed, affine), Image(moving, affine), small)

@@ -555,6 +555,10 @@ def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     (tmp_path / "pairs.csv").write_text("a,b\n1,2\n")
     assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
     assert "columns fixed and moving" in capsys.readouterr().err
+    # a row without its moving image: one line before any work, no output folder
+    (tmp_path / "pairs.csv").write_text(f"fixed,moving\n{p.fixed},{p.moving}\n{p.fixed},\n")
+    assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
+    assert "pair 2 has no moving image." in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_version(capsys) -> None:

@@ -19,7 +19,7 @@ class Grid:
         affine: 4x4 matrix, voxel ``(i, j, k, 1)`` -> RAS millimetres.
     """
 
-    shape: tuple[int, int, int]
+    shape: tuple[int, ...]
     affine: np.ndarray
 
     def __post_init__(self) -> None:
@@ -53,13 +53,13 @@ class Grid:
         ijk = np.array([[(0, n - 1)[c] for n, c in zip(self.shape, bits)] for bits in np.ndindex(2, 2, 2)])
         return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
 
-    def cropped(self, start: tuple[int, int, int], stop: tuple[int, int, int]) -> Grid:
+    def cropped(self, start: tuple[int, ...], stop: tuple[int, ...]) -> Grid:
         """The sub-lattice of voxels ``start <= (i, j, k) < stop`` (same spacing and directions)."""
-        start = np.clip(np.asarray(start, dtype=int), 0, np.asarray(self.shape) - 1)
-        stop = np.clip(np.asarray(stop, dtype=int), start + 1, np.asarray(self.shape))
+        first = np.clip(np.asarray(start, dtype=int), 0, np.asarray(self.shape) - 1)
+        end = np.clip(np.asarray(stop, dtype=int), first + 1, np.asarray(self.shape))
         affine = self.affine.copy()
-        affine[:3, 3] = self.affine[:3, :3] @ start + self.affine[:3, 3]
-        return Grid(tuple(int(n) for n in stop - start), affine)
+        affine[:3, 3] = self.affine[:3, :3] @ first + self.affine[:3, 3]
+        return Grid(tuple(int(n) for n in end - first), affine)
 
     def slabs(self, voxels: int = SLAB_VOXELS) -> Iterator[tuple[int, int, Grid]]:
         """``(start, stop, sub-grid)`` for consecutive slabs ``start <= i < stop`` of about ``voxels`` voxels.
@@ -74,7 +74,7 @@ class Grid:
             yield start, stop, self.cropped((start, 0, 0), (stop, *self.shape[1:]))
 
     def box_voxels(self, corner_a: np.ndarray,
-                   corner_b: np.ndarray) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+                   corner_b: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
         """The smallest voxel block ``start <= (i, j, k) < stop`` covering a RAS box, clipped to the grid.
 
         ``corner_a``, ``corner_b``: opposite corners (RAS mm, any order) of an axis-aligned world box.

@@ -43,7 +43,7 @@ class Image:
         return Grid(self.data.shape[:3], self.affine)
 
     @property
-    def shape(self) -> tuple[int, int, int]:
+    def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape[:3])
 
     @property

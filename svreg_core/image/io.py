@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import SpatialImage
 
 from svreg_core.errors import InputError
 from svreg_core.image.image import Image, validate_image
@@ -31,6 +32,8 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         raise InputError(f"{what}: file not found: {path}")
     try:
         img = nib.load(str(path))
+        if not isinstance(img, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
+            raise TypeError(f"{type(img).__name__} is not a volume")
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
         reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
@@ -62,7 +65,7 @@ def _tolerance_mm(affine: np.ndarray) -> float:
     return SFORM_QFORM_TOLERANCE * float(np.min(np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)))
 
 
-def check_sform_qform(img: object, what: str) -> None:
+def check_sform_qform(img: SpatialImage, what: str) -> None:
     """Refuse a NIfTI whose sform and qform are both set and place the image differently.
 
     When both codes are non-zero and the two affines put some point of the image more than
@@ -131,7 +134,7 @@ def save_nifti(nii: nib.Nifti1Image, path: str | Path, *, gzip_level: int | None
     if not 0 <= level <= 9:
         raise ValueError(f"gzip level must be 0 to 9, not {gzip_level!r}")
     with nib.openers.Opener(str(path), "wb", compresslevel=level) as fobj:
-        holder = nib.fileholders.FileHolder(fileobj=fobj)
+        holder = nib.fileholders.FileHolder(fileobj=fobj)  # type: ignore[arg-type]  # stubs: IOBase, not Opener
         nii.to_file_map({"image": holder, "header": holder})
     return path
 

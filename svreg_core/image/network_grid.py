@@ -34,7 +34,7 @@ def foreground_extent(image: Image, threshold: float = 0.01) -> tuple[np.ndarray
     return world.min(axis=0), world.max(axis=0)
 
 
-def network_grid(image: Image, spacing: float, multiple: int = 16, *, shape: tuple[int, int, int] | None = None,
+def network_grid(image: Image, spacing: float, multiple: int = 16, *, shape: tuple[int, ...] | None = None,
                  margin_mm: float = 4.0, threshold: float = 0.01) -> Grid:
     """A RAS-aligned grid of voxel size ``spacing`` mm centred on ``image``'s foreground.
 

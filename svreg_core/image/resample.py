@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -67,8 +68,8 @@ def gaussian_taps(sigma: float) -> tuple[float, ...]:
     return tuple(float(v) for v in kernel / kernel.sum())
 
 
-def gaussian_smooth(tensor: torch.Tensor, sigma_voxels: tuple[float, float, float],
-                    stride: tuple[int, int, int] = (1, 1, 1)) -> torch.Tensor:
+def gaussian_smooth(tensor: torch.Tensor, sigma_voxels: Sequence[float],
+                    stride: Sequence[int] = (1, 1, 1)) -> torch.Tensor:
     """Separable Gaussian smoothing of ``(N, C, I, J, K)``; ``sigma_voxels`` per axis (0 = none).
 
     Replicate border. With ``stride``, only every ``stride[a]``-th voxel along axis ``a`` is kept
@@ -80,7 +81,7 @@ def gaussian_smooth(tensor: torch.Tensor, sigma_voxels: tuple[float, float, floa
     return filter_separable(tensor, taps, stride)
 
 
-def antialias_sigma(source: Grid, target_spacing: float) -> tuple[float, float, float]:
+def antialias_sigma(source: Grid, target_spacing: float) -> tuple[float, ...]:
     """Gaussian sigma (source voxels, per axis) that removes frequencies above the target's Nyquist."""
     ratio = target_spacing / source.spacing
     return tuple(float(0.5 * np.sqrt(max(r * r - 1.0, 0.0))) for r in ratio)
@@ -106,6 +107,7 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
         if out is None:
             return values
         out[:, :, start:stop] = values
+    assert out is not None  # a single slab was returned in the loop
     return out
 
 

@@ -112,6 +112,7 @@ def gather_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bi
     # normalised (k, j, i) -> voxel (i, j, k), align_corners=True as in svreg_core.conventions
     points = coords.reshape(n, -1, 3).flip(-1)
     voxel = [_voxel(points[..., axis], size, padding_mode) for axis, size in enumerate(sizes)]
+    corners: list[tuple[list[torch.Tensor], torch.Tensor | None]]  # neighbour positions and weights (None: weight 1)
     if mode == "nearest":
         corners = [([v.round() for v in voxel], None)]
     else:
@@ -120,7 +121,7 @@ def gather_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bi
         weights = [(lo + 1 - v, v - lo) for v, lo in zip(voxel, low)]
         corners = [([lo + o for lo, o in zip(low, offset)],
                     weights[2][offset[2]] * weights[1][offset[1]] * weights[0][offset[0]]) for offset in _CORNERS]
-    out = None
+    out: torch.Tensor | None = None
     for position, weight in corners:
         index = [p.detach().long() for p in position]
         inside = (index[0] >= 0) & (index[0] < sizes[0]) & (index[1] >= 0) & (index[1] < sizes[1]) \
@@ -131,6 +132,7 @@ def gather_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bi
         weight = inside.to(values.dtype) if weight is None else weight * inside
         term = values * weight[:, None]
         out = term if out is None else out + term
+    assert out is not None  # corners is never empty
     return out.reshape(n, channels, *coords.shape[1:-1])
 
 

@@ -55,12 +55,12 @@ class _BoxSum(torch.autograd.Function):
     """Separable 3-D box sum with zero padding; self-adjoint, so backward is the same box sum."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, widths: tuple[int, int, int]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, widths: tuple[int, int, int]) -> Tensor:
         ctx.widths = widths
         return _box_sum_3d(x, widths)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         return _BoxSum.apply(grad.contiguous(), ctx.widths), None
 
 
@@ -189,7 +189,7 @@ def mse_loss(fixed: Tensor, moving: Tensor, mask: Tensor | None = None) -> Tenso
 # MIND-SSC
 # --------------------------------------------------------------------------------------------------
 
-def _ssc_pairs() -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+def _ssc_pairs() -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """The 12 pairs of six-neighbourhood offsets (unit steps) that are √2 apart (not opposite)."""
     six = []
     for axis in range(3):
@@ -321,7 +321,8 @@ def mind_loss(fixed: Tensor, moving: Tensor, radius: int = 1, dilation: int = 2,
         df = list(fixed_descriptor.view(n, c, 12, *moving.shape[2:]).unbind(2))
     dm = _mind_pairs(moving, radius, dilation)
     if mask is None:
-        return sum(F.mse_loss(b, a) for a, b in zip(df, dm)) * (1.0 / len(dm))
+        losses = [F.mse_loss(b, a) for a, b in zip(df, dm)]
+        return sum(losses[1:], losses[0]) * (1.0 / len(dm))
     sq = (df[0] - dm[0]).square()
     for a, b in zip(df[1:], dm[1:]):
         sq = sq + (a - b).square()

@@ -11,14 +11,14 @@ turns the quadratic penalty into a robust (logarithmic, for the Beta prior) one 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from svreg_core.losses.hyperprior import neg_log_prior
 from svreg_core.losses.regularization import weighted_diffusion
-from svreg_core.losses.similarity import get_similarity
+from svreg_core.losses.similarity import SimilarityFn, get_similarity
 from svreg_core.transforms.field import GridTransfer, WarpedFields, apply_velocity
 
 #: Names of the terms returned by :meth:`SPRLoss.terms`, ``"total"`` being their sum.
@@ -44,6 +44,7 @@ class SPRLoss:
     alpha_prime: float = 0.175
     lambda_max: float = 1.0
     spr: bool = True
+    _similarity: SimilarityFn = field(init=False, repr=False, compare=False)  # set from ``similarity``
 
     def __post_init__(self) -> None:
         kwargs = {"window": self.lncc_window} if self.similarity == "lncc" else {}

@@ -130,8 +130,8 @@ def _bounding_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None] | None
 def _box_of(label: int, labels: np.ndarray,
             boxes: list[tuple[slice, ...] | None] | None) -> tuple[np.ndarray, np.ndarray]:
     """Inclusive-low / exclusive-high voxel bounds of ``label`` in ``labels``."""
-    if boxes is not None and 0 < label <= len(boxes) and boxes[label - 1] is not None:
-        box = boxes[label - 1]
+    box = boxes[label - 1] if boxes is not None and 0 < label <= len(boxes) else None
+    if box is not None:
         return np.array([s.start for s in box]), np.array([s.stop for s in box])
     idx = np.nonzero(labels == label)
     return np.array([a.min() for a in idx]), np.array([a.max() + 1 for a in idx])

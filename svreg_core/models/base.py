@@ -19,6 +19,7 @@ regularisation codes ``(α′, λ_max)``: its forward pass needs them, a plain n
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from types import EllipsisType
 from typing import Any, ClassVar
 
 import torch
@@ -37,7 +38,7 @@ LAMBDA_BIAS_INIT = 2.2
 VELOCITY_INIT_STD = 1e-5
 
 
-def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[slice, slice, slice]]:
+def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[slice, ...]]:
     """Replicate-pad the three spatial axes of ``x`` ``(N, C, I, J, K)`` up to multiples of ``multiple``.
 
     The padding is split between both ends of each axis (the smaller half first), so the image stays
@@ -61,6 +62,7 @@ def pad_to_multiple(x: Tensor, multiple: int) -> tuple[Tensor, tuple[slice, slic
 
 def init_velocity_head(conv: nn.Conv3d) -> None:
     """Initialise a velocity head: normal weights of std :data:`VELOCITY_INIT_STD`, zero bias."""
+    assert conv.bias is not None  # heads are built with a bias
     nn.init.normal_(conv.weight, mean=0.0, std=VELOCITY_INIT_STD)
     nn.init.zeros_(conv.bias)
 
@@ -70,6 +72,7 @@ def init_lambda_head(conv: nn.Conv3d) -> None:
 
     The weights are small (std 1e-3) rather than zero so gradients still reach the layers before it.
     """
+    assert conv.bias is not None  # heads are built with a bias
     nn.init.normal_(conv.weight, mean=0.0, std=1e-3)
     nn.init.constant_(conv.bias, LAMBDA_BIAS_INIT)
 
@@ -172,9 +175,10 @@ class SPRNetwork(nn.Module, ABC):
         fixed_p, crop = pad_to_multiple(fixed, self.size_multiple)
         moving_p, _ = pad_to_multiple(moving, self.size_multiple)
         velocity, logits = self.predict(fixed_p, moving_p, codes)
-        velocity = velocity[(..., *crop)]
+        index: tuple[EllipsisType | slice, ...] = (..., *crop)
+        velocity = velocity[index]
         if logits is None:
             weight = torch.ones_like(velocity[:, :1])
         else:
-            weight = torch.sigmoid(logits[(..., *crop)]).clamp(LAMBDA_MIN, 1.0)
+            weight = torch.sigmoid(logits[index]).clamp(LAMBDA_MIN, 1.0)
         return velocity, weight

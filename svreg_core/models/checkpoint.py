@@ -112,7 +112,8 @@ class ModelInfo:
             test, description = _CHECKS[name]
             if not test(value):
                 raise InputError(f"model information field {name!r} must be {description}, got {value!r}")
-        info = cls(**{name: float(value) if name in _FLOATS else value for name, value in data.items()})
+        values: dict[str, Any] = {name: float(value) if name in _FLOATS else value for name, value in data.items()}
+        info = cls(**values)
         try:
             ranges = info.code_ranges
         except ValueError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -142,8 +142,9 @@ class FiLM(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2, FILM_HIDDEN), nn.LeakyReLU(0.2),
                                  nn.Linear(FILM_HIDDEN, FILM_HIDDEN), nn.LeakyReLU(0.2),
                                  nn.Linear(FILM_HIDDEN, 2 * sum(self.channels)))
-        nn.init.normal_(self.mlp[-1].weight, mean=0.0, std=FILM_INIT_STD)
-        nn.init.zeros_(self.mlp[-1].bias)
+        last = cast(nn.Linear, self.mlp[-1])
+        nn.init.normal_(last.weight, mean=0.0, std=FILM_INIT_STD)
+        nn.init.zeros_(last.bias)
 
     def forward(self, codes: Tensor) -> list[tuple[Tensor, Tensor]]:
         """``(scale, shift)`` per feature map, each ``(N, C, 1, 1, 1)``, for codes ``(N, 2)`` (α′, λ_max)."""

@@ -65,14 +65,14 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-def _partition(x: Tensor, window: tuple[int, int, int]) -> Tensor:
+def _partition(x: Tensor, window: tuple[int, ...]) -> Tensor:
     """``(B, D, H, W, C)`` (sizes multiples of ``window``) -> windows ``(B, nW, w0·w1·w2, C)``."""
     b, d, h, w, c = x.shape
     x = x.view(b, d // window[0], window[0], h // window[1], window[1], w // window[2], window[2], c)
     return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, window[0] * window[1] * window[2], c)
 
 
-def _merge(windows: Tensor, window: tuple[int, int, int], shape: tuple[int, int, int]) -> Tensor:
+def _merge(windows: Tensor, window: tuple[int, ...], shape: tuple[int, ...]) -> Tensor:
     """Inverse of :func:`_partition`: windows ``(B, nW, N, C)`` -> ``(B, *shape, C)``."""
     b, c = windows.shape[0], windows.shape[-1]
     d, h, w = shape
@@ -87,7 +87,7 @@ class WindowAttention(nn.Module):
     stage whose token grid is smaller than the window) uses the sub-table of its offsets.
     """
 
-    def __init__(self, dim: int, heads: int, window: tuple[int, int, int]) -> None:
+    def __init__(self, dim: int, heads: int, window: tuple[int, ...]) -> None:
         super().__init__()
         self.heads = heads
         self.window = window
@@ -96,9 +96,9 @@ class WindowAttention(nn.Module):
         size = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
         self.bias_table = nn.Parameter(torch.zeros(size, heads))
         nn.init.trunc_normal_(self.bias_table, std=0.02)
-        self._index: dict[tuple[int, int, int], Tensor] = {}
+        self._index: dict[tuple[int, ...], Tensor] = {}
 
-    def relative_bias(self, window: tuple[int, int, int]) -> Tensor:
+    def relative_bias(self, window: tuple[int, ...]) -> Tensor:
         """Bias ``(heads, N, N)`` between the ``N`` tokens of an effective ``window`` (≤ the configured one)."""
         if window not in self._index:
             coords = torch.stack(torch.meshgrid(*(torch.arange(n) for n in window), indexing="ij")).flatten(1)
@@ -109,7 +109,7 @@ class WindowAttention(nn.Module):
         index = self._index[window].to(self.bias_table.device)
         return self.bias_table[index].permute(2, 0, 1)
 
-    def forward(self, x: Tensor, window: tuple[int, int, int], mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, window: tuple[int, ...], mask: Tensor | None) -> Tensor:
         """Attend within windows.
 
         Args:
@@ -150,7 +150,7 @@ class SwinBlock(nn.Module):
         drop_path: stochastic-depth rate of both residual branches.
     """
 
-    def __init__(self, dim: int, heads: int, window: tuple[int, int, int], shifted: bool,
+    def __init__(self, dim: int, heads: int, window: tuple[int, ...], shifted: bool,
                  mlp_ratio: float = 4.0, drop_path: float = 0.0) -> None:
         super().__init__()
         self.window = window
@@ -207,7 +207,7 @@ class SwinEncoder(nn.Module):
     """Patch embedding and Swin stages; returns the layer-normalised features of every stage."""
 
     def __init__(self, in_channels: int, embed_dim: int, depths: Sequence[int], heads: Sequence[int],
-                 window: tuple[int, int, int], mlp_ratio: float, drop_path_rate: float) -> None:
+                 window: tuple[int, ...], mlp_ratio: float, drop_path_rate: float) -> None:
         super().__init__()
         self.patch_embed = nn.Conv3d(in_channels, embed_dim, PATCH_SIZE, stride=PATCH_SIZE)
         self.patch_norm = nn.LayerNorm(embed_dim)
@@ -325,9 +325,10 @@ class TransMorphTVFSPR(SPRNetwork):
         self.top_decoder = DecoderBlock(dims[0], half, half)
         self.step_convs = nn.ModuleList(_conv_block(2, half) for _ in range(time_steps))
         self.step_decoders = nn.ModuleList(DecoderBlock(half, half, flow_features) for _ in range(time_steps))
-        self.flow_heads = nn.ModuleList(nn.Conv3d(flow_features, 3, 3, padding=1) for _ in range(time_steps))
-        for head in self.flow_heads:
+        flow_heads = [nn.Conv3d(flow_features, 3, 3, padding=1) for _ in range(time_steps)]
+        for head in flow_heads:
             init_velocity_head(head)
+        self.flow_heads = nn.ModuleList(flow_heads)
         self.lambda_head: nn.Sequential | None = None
         if not uniform:
             last = nn.Conv3d(half, 1, 3, padding=1)

@@ -57,6 +57,7 @@ def _conv(in_channels: int, out_channels: int) -> nn.Sequential:
     more slowly (README, "What it achieves today").
     """
     conv = ChannelsLastConv3d(in_channels, out_channels)
+    assert conv.bias is not None  # built with a bias
     nn.init.kaiming_normal_(conv.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
     nn.init.zeros_(conv.bias)
     return nn.Sequential(conv, nn.LeakyReLU(LEAKY_SLOPE, inplace=True))

@@ -48,7 +48,7 @@ def describe(name: str, meta: dict) -> str:
     model's code ranges, and training data."""
     training = meta.get("training", {}) if isinstance(meta.get("training"), dict) else {}
     spacing = meta.get("network_spacing_mm", "?")
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config = meta["config"] if isinstance(meta.get("config"), dict) else {}
     hyper = config.get("hyper")
     ranges = "" if not isinstance(hyper, dict) else "".join(
         f"  hyper {key}={hyper.get(key, '?')}" for key in ("alpha_prime", "lambda_max"))

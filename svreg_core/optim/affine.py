@@ -1,6 +1,8 @@
 """Affine pre-alignment: a 12-parameter world-space affine optimised with Adam on a coarse pyramid."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -71,7 +73,7 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
             warped_points = (points @ m[:3, :3].T + m[:3, 3]).float()
             return sim(fixed_l, sample_at_points(moving_s, moving_grid, warped_points), mask_l)
 
-        def gradient(values: list[torch.Tensor]) -> list[torch.Tensor]:
+        def gradient(values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             values = [v.requires_grad_(True) for v in values]
             return list(torch.autograd.grad(loss_at(*values), values))
 

@@ -44,26 +44,26 @@ class GraphedIteration(Generic[T]):
         self._device = device
         self._eager = not (enabled and device.type == "cuda")
         self._calls = 0
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._outputs: T | None = None
+        self._recorded: tuple[torch.cuda.CUDAGraph, T] | None = None  # the graph and its outputs
 
     @property
     def replaying(self) -> bool:
         """Whether calls now replay a recorded graph."""
-        return self._graph is not None
+        return self._recorded is not None
 
     def __call__(self) -> T:
         self._calls += 1
         if self._eager:
             return self._iteration()
-        if self._graph is None and self._calls <= WARMUP_CALLS:
+        if self._recorded is None and self._calls <= WARMUP_CALLS:
             return self._warmup()
-        if self._graph is None:
+        if self._recorded is None:
             self._record()
-            if self._graph is None:
+            if self._recorded is None:
                 return self._iteration()
-        self._graph.replay()
-        return self._outputs
+        graph, outputs = self._recorded
+        graph.replay()
+        return outputs
 
     def _warmup(self) -> T:
         # on a side stream, as PyTorch asks before a recording (autograd then sets up its streams there)
@@ -85,4 +85,4 @@ class GraphedIteration(Generic[T]):
                           "running it step by step (slower, same result).", stacklevel=3)
             self._eager = True
             return
-        self._graph, self._outputs = graph, outputs
+        self._recorded = graph, outputs

@@ -346,7 +346,7 @@ def preset_warning(preset: str | Path) -> str | None:
         return None
     path = Path(name)
     doc, base = _preset_file(path)
-    tuning = doc.get("tuning") if isinstance(doc.get("tuning"), dict) else {}
+    tuning = doc["tuning"] if isinstance(doc.get("tuning"), dict) else {}
     allowed = {*HYPERPARAMETERS, *tuning.get("searched", ()), "device", "deterministic", *RETIRED}
     params = load_parameters(path)
     default = PRESETS[base]

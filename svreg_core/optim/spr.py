@@ -14,6 +14,7 @@ displacements are in voxel units of the control grid, so their finite difference
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,12 +111,11 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
     total = sum(iterations for _, _, iterations in levels)
     done = 0
     lo, hi = progress_span
-    velocity = weight = None
-    prev_grid: Grid | None = None
+    # the grid, velocity and λ of the previous level (or of ``initial``)
+    previous: tuple[Grid, torch.Tensor, torch.Tensor] | None = None
     if initial is not None:
-        prev_grid = initial.grid
-        velocity = initial.velocity.to(device=device, dtype=torch.float32)
-        weight = initial.weight.to(device=device, dtype=torch.float32)
+        previous = (initial.grid, initial.velocity.to(device=device, dtype=torch.float32),
+                    initial.weight.to(device=device, dtype=torch.float32))
     losses: list[dict[str, float]] = []
     region = fixed if fixed_mask is None else fixed_mask.float()
     margin = 2 * max(control for _, control, _ in levels)
@@ -129,10 +129,12 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         stage = f"deformable {spacing:g} mm"
         mask_f = None if fixed_mask is None else resample(fixed_mask.float(), fixed_grid, image_grid)
         mask_m = None if moving_mask is None else resample(moving_mask.float(), moving_grid, image_grid, affine)
-        if velocity is None:
+        if previous is None:
             velocity = torch.zeros(1, 3, *grid.shape, device=device)
             weight = torch.ones(1, 1, *grid.shape, device=device)
         else:
+            prev_grid, velocity, weight = previous
+            previous = None  # the previous level's fields are not kept alive through this level
             velocity = _to_grid(velocity, prev_grid, grid, vector=True)
             weight = _to_grid(weight, prev_grid, grid, vector=False)
         # λ stays 1 on the coarsest of several levels: the first Adam steps strain the field everywhere,
@@ -149,7 +151,7 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
                                     weight if params.spr else None, integration_steps=params.integration_steps,
                                     transfer=transfer, fixed_mask=mask_f, moving_mask=mask_m)
 
-        def gradient(values: list[torch.Tensor]) -> list[torch.Tensor]:
+        def gradient(values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
             v = values[0].requires_grad_(True)
             return [torch.autograd.grad(evaluate(v)[0]["total"], v)[0]]
 
@@ -181,9 +183,9 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
                 progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,
                                        values=_reported(terms)))
         losses.append({"spacing_mm": spacing, **_reported(terms)})
-        prev_grid = grid
+        previous = grid, velocity, weight
     with torch.no_grad():
         velocity = smooth(velocity.detach())
         weight = loss_fn.optimal_weight(integrate_velocity(velocity, params.integration_steps)) if params.spr \
             else torch.ones_like(velocity[:, :1])
-    return DeformableResult(prev_grid, velocity, weight, losses)
+    return DeformableResult(grid, velocity, weight, losses)

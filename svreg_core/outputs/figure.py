@@ -1,7 +1,9 @@
 """The at-a-glance report figure: images, differences, λ map and Jacobian on three orthogonal slices."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -32,7 +34,7 @@ def ras_array_affine(image: Image) -> np.ndarray:
     return image.affine @ nib.orientations.inv_ornt_aff(ornt, image.shape)
 
 
-def _slices(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]:
+def _slices(volume: np.ndarray, centre: tuple[int, ...]) -> list[np.ndarray]:
     """Axial, coronal and sagittal slices of a RAS-ordered volume, oriented for ``imshow(origin='lower')``."""
     i, j, k = centre
     return [volume[:, :, k].T, volume[:, j, :].T, volume[i, :, :].T]
@@ -101,7 +103,8 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     log_jac = [log2_jacobian(sl, fg) for sl, fg in zip(_slices(arrays["jacobian"], centre),
                                                       _slices(foreground, centre))]
     half = log2_range(arrays["jacobian"], foreground)
-    columns = [
+    # title, the three slices, imshow style, colour-bar label (None: no colour bar)
+    columns: list[tuple[str, Sequence[np.ndarray], dict[str, Any], str | None]] = [
         ("fixed", fn, dict(cmap="gray", vmin=0, vmax=1), None),
         ("moving (before)", mn, dict(cmap="gray", vmin=0, vmax=1), None),
         ("warped", wn, dict(cmap="gray", vmin=0, vmax=1), None),

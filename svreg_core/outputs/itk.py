@@ -67,7 +67,7 @@ def _itk_vectors(displacement_ras: np.ndarray, dtype: type) -> np.ndarray:
 
     Returns a new C-contiguous ``(K, J, I, 3)`` array (one field-sized copy: the flip to LPS is made in place).
     """
-    out = np.ascontiguousarray(np.asarray(displacement_ras).transpose(2, 1, 0, 3), dtype=dtype)
+    out: np.ndarray = np.ascontiguousarray(np.asarray(displacement_ras).transpose(2, 1, 0, 3), dtype=dtype)
     return ras_to_lps_vectors(out, out=out)
 
 

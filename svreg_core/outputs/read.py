@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Union
 import nibabel as nib
 import numpy as np
 import torch
+from nibabel.spatialimages import SpatialImage
 
 from svreg_core.conventions import RAS_TO_LPS, ras_to_lps_vectors
 from svreg_core.errors import InputError
@@ -121,6 +122,8 @@ def read_displacement(path: str | Path) -> DisplacementField:
     path = Path(path)
     try:
         nii = nib.load(str(path))
+        if not isinstance(nii, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
+            raise TypeError(f"{type(nii).__name__} is not a volume")
         data = np.asarray(nii.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"cannot read {path} as a displacement field ({exc.__class__.__name__}).") from None

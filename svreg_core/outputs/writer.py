@@ -20,7 +20,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -346,7 +346,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                   moving_labels: Image | None = None, labels: Sequence[int] | None = None,
                   label_mode: str = "linear", overwrite: bool = False, inputs: Sequence[str | Path] = (),
                   extra: dict[str, Any] | None = None, started: float | None = None,
-                  outputs: Sequence[str] | None = None, sources: dict[str, str | Path] | None = None,
+                  outputs: Sequence[str] | None = None, sources: Mapping[str, str | Path] | None = None,
                   gzip_level: int | None = None,
                   landmarks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """Write the outputs of ``result`` into ``outdir`` and return the report (also ``report.json``).
@@ -402,7 +402,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             fixed_grid = result.fixed.grid
             field_level = DEFAULT_FIELD_GZIP_LEVEL if gzip_level is None else gzip_level
             warped = result.warped if chosen & {"warped", "figure"} else None
-            save("warped", lambda: save_image(warped, tmp / "warped.nii.gz", gzip_level=gzip_level))
+            if warped is not None:
+                save("warped", lambda: save_image(warped, tmp / "warped.nii.gz", gzip_level=gzip_level))
             save("displacement", lambda: save_nifti(displacement_nifti(result.displacement, fixed_grid),
                                                     tmp / "displacement.nii.gz", gzip_level=field_level))
             save("transform", lambda: write_transform(tmp / "transform.h5", result.affine,
@@ -427,6 +428,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             save("regularization", lambda: save_image(weight, tmp / "regularization.nii.gz", gzip_level=gzip_level))
             metrics = metrics_job.result()
             if "figure" in chosen:
+                assert warped is not None  # made when the figure is chosen
                 before = resample(torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None],
                                   result.moving.grid, fixed_grid)[0, 0].numpy()
                 write_report_figure(tmp / "report.png", fixed=result.fixed,
@@ -462,8 +464,10 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
 
 def _dice_pair(metrics: dict[str, Any]) -> tuple[float, float] | None:
     """(mean Dice before, after) when both are finite numbers, for the figure's title."""
-    pair = (metrics.get("dice_mean_before"), metrics.get("dice_mean"))
-    return pair if all(isinstance(v, float) and math.isfinite(v) for v in pair) else None
+    before, after = metrics.get("dice_mean_before"), metrics.get("dice_mean")
+    if isinstance(before, float) and isinstance(after, float) and math.isfinite(before) and math.isfinite(after):
+        return before, after
+    return None
 
 
 def _replace_dir(new: Path, out: Path) -> None:

@@ -20,7 +20,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from svreg_core.errors import InputError
 from svreg_core.training.config import DataSource, TrainingConfig, load_config
@@ -144,7 +144,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
     sources = _data_sources(args, config)
     if sources:
         changes["data"] = dataclasses.replace(config.data, sources=sources)
-    validation = {}
+    validation: dict[str, Any] = {}
     if args.val_data:
         validation["sources"] = (_validation_source(args.val_data),)
     if args.val_fraction is not None:

@@ -182,13 +182,13 @@ def pairs_from_folder(folder: str | Path, atlas: str | Path | None = None, *,
     atlas = Path(atlas).expanduser()
     if not atlas.is_file():
         raise InputError(f"atlas image not found: {atlas}")
-    if atlas_labels is None:
-        atlas_labels = _matching_labels(atlas, [p for p in atlas.parent.iterdir()
-                                                if is_nifti(p) and is_label_file(p, label_patterns)])
+    labels = (Path(atlas_labels) if atlas_labels is not None else
+              _matching_labels(atlas, [p for p in atlas.parent.iterdir()
+                                       if is_nifti(p) and is_label_file(p, label_patterns)]))
     subjects = [(m, ml) for m, ml in subjects if m.resolve() != atlas.resolve()]
     if not subjects:
         raise InputError(f"training folder {folder} holds no subject image besides the atlas.")
-    return _check_files([PairSpec(atlas, m, atlas_labels, ml) for m, ml in subjects], folder)
+    return _check_files([PairSpec(atlas, m, labels, ml) for m, ml in subjects], folder)
 
 
 def _json_path(value: Any, base: Path, where: str) -> Path:
@@ -306,7 +306,11 @@ def split_pairs(pairs: Sequence[PairSpec], *, val_fraction: float | None = None,
     images = [{p.fixed, p.moving} for p in pairs]
     shared = set.intersection(*images) if images else set()
     candidates = sorted({p for s in images for p in s} - shared, key=str)
-    wanted = val_count if val_count is not None else round(float(val_fraction) * len(candidates))
+    if val_count is not None:
+        wanted = val_count
+    else:
+        assert val_fraction is not None  # exactly one of the two is given
+        wanted = round(float(val_fraction) * len(candidates))
     order = [candidates[i] for i in np.random.default_rng(seed).permutation(len(candidates))]
     for n in range(max(1, int(wanted)), len(candidates)):
         held = set(order[:n])
@@ -608,6 +612,7 @@ class TemplateAugmentDataset(_GeneratedDataset):
         moving = augment_intensity(moving, generator, self.synthesis, mask=moving > 0).float()
         sample: Sample = {"fixed": fixed.float(), "moving": moving}
         if template.labels is not None:
+            assert template.labels_affine is not None  # set with the labels (_load)
             labels = torch.from_numpy(template.labels)
             labels_grid = Grid(template.labels.shape, template.labels_affine)
             sample["fixed_labels"] = sample_labels(labels, world_to_source_normalized(points, labels_grid))

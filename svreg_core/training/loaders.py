@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,12 @@ from svreg_core.errors import InputError
 from svreg_core.progress import ProgressCallback, no_progress
 from svreg_core.training.config import GENERATED_KINDS, DataSource, TrainingConfig
 from svreg_core.training.state import epoch_seed
+
+if TYPE_CHECKING:
+    from svreg_core.training.datasets import PairListDataset, SyntheticPairDataset, TemplateAugmentDataset
+
+    #: A dataset of one data source (training or validation).
+    SourceDataset = PairListDataset | SyntheticPairDataset | TemplateAugmentDataset
 
 #: Pairs per epoch of a generated source without an explicit ``length``.
 DEFAULT_GENERATED_LENGTH = 100
@@ -54,20 +60,21 @@ class TrainingData:
     train: ConcatDataset
     sizes: list[int]
     weights: list[float]
-    validation: Dataset | None
+    validation: _First | None
     description: str
     pair_datasets: list = field(default_factory=list)
 
     def set_epoch(self, epoch: int) -> None:
         """Tell every training dataset which epoch is drawn (their augmentation/synthesis depends on it)."""
         for dataset in self.train.datasets:
-            dataset.set_epoch(epoch)
+            cast("SourceDataset", dataset).set_epoch(epoch)
 
 
 def _real_pairs(source: DataSource) -> tuple[list, list]:
     """``(pairs, validation pairs the source itself designates)``."""
     from svreg_core.training import datasets
 
+    assert source.path is not None  # DataSource requires it of every kind but 'templates'
     if source.kind == "folder":
         return datasets.pairs_from_folder(source.path, atlas=source.atlas), []
     if source.kind == "dataset_json":
@@ -75,19 +82,22 @@ def _real_pairs(source: DataSource) -> tuple[list, list]:
     return datasets.pairs_from_csv(source.path), []
 
 
-def _generated(source: DataSource, config: TrainingConfig, seed: int, length: int) -> Dataset:
+def _generated(source: DataSource, config: TrainingConfig, seed: int,
+               length: int) -> SyntheticPairDataset | TemplateAugmentDataset:
     from svreg_core.training import datasets, sources
     from svreg_core.training.synthesis import SynthesisConfig
 
     synthesis = SynthesisConfig.from_dict(source.synthesis)
     if source.kind == "synthetic":
+        assert source.path is not None  # DataSource requires it of every kind but 'templates'
         return datasets.SyntheticPairDataset(sources.synthseg_label_maps(source.path), config.network_spacing_mm,
                                              config.grid_shape, length=length, synthesis=synthesis, seed=seed)
     return datasets.TemplateAugmentDataset(sources.builtin_templates(), config.network_spacing_mm,
                                            config.grid_shape, length=length, synthesis=synthesis, seed=seed)
 
 
-def _pair_dataset(pairs: list, config: TrainingConfig, alignments: dict, *, augment: bool, seed: int) -> Dataset:
+def _pair_dataset(pairs: list, config: TrainingConfig, alignments: dict, *, augment: bool,
+                  seed: int) -> PairListDataset:
     from svreg_core.training.datasets import PairListDataset
 
     return PairListDataset(pairs, config.network_spacing_mm, config.grid_shape, prealign=config.data.prealign,
@@ -97,7 +107,7 @@ def _pair_dataset(pairs: list, config: TrainingConfig, alignments: dict, *, augm
 class _First(Dataset):
     """The first ``n`` samples of a dataset (the validation subset evaluated every epoch)."""
 
-    def __init__(self, dataset: Dataset, n: int) -> None:
+    def __init__(self, dataset: SourceDataset | ConcatDataset, n: int) -> None:
         self.dataset, self.n = dataset, min(n, len(dataset))
 
     def __len__(self) -> int:
@@ -127,7 +137,7 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
                          "--synthetic LABEL_DIR or --templates (or data sources in the configuration file).")
     val_cfg = config.validation
     hold_out = not val_cfg.sources and val_cfg.fraction > 0 and val_cfg.pairs > 0
-    train_sets: list[Dataset] = []
+    train_sets: list[SourceDataset] = []
     pair_sets: list[Dataset] = []
     held_out: list = []
     for index, source in enumerate(config.data.sources):
@@ -154,9 +164,10 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
                         pair_sets)
 
 
-def _validation(config: TrainingConfig, held_out: list, alignments: dict) -> tuple[Dataset | None, list[Dataset]]:
+def _validation(config: TrainingConfig, held_out: list,
+                alignments: dict) -> tuple[_First | None, list[Dataset]]:
     cfg = config.validation
-    sets: list[Dataset] = []
+    sets: list[SourceDataset] = []
     pair_sets: list[Dataset] = []
     if cfg.sources:
         for index, source in enumerate(cfg.sources):

@@ -120,7 +120,7 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=generator))
 
 
-def smooth_noise(shape: tuple[int, int, int], channels: int, generator: torch.Generator, *, std: float,
+def smooth_noise(shape: tuple[int, ...], channels: int, generator: torch.Generator, *, std: float,
                  spacing: float) -> torch.Tensor:
     """Gaussian noise of standard deviation ``std`` on control points ``spacing`` voxels apart,
     upsampled trilinearly to ``(1, channels, *shape)`` (float32; corners of both grids coincide)."""
@@ -129,7 +129,7 @@ def smooth_noise(shape: tuple[int, int, int], channels: int, generator: torch.Ge
     return F.interpolate(noise, size=tuple(shape), mode="trilinear", align_corners=ALIGN_CORNERS)
 
 
-def random_velocity(shape: tuple[int, int, int], generator: torch.Generator, *, std_voxels: float,
+def random_velocity(shape: tuple[int, ...], generator: torch.Generator, *, std_voxels: float,
                     control_spacing: float) -> torch.Tensor:
     """A smooth random stationary velocity field ``(1, 3, I, J, K)`` in voxels of a grid of ``shape``.
 
@@ -139,7 +139,7 @@ def random_velocity(shape: tuple[int, int, int], generator: torch.Generator, *, 
     return smooth_noise(shape, 3, generator, std=std_voxels, spacing=control_spacing)
 
 
-def random_deformation(shape: tuple[int, int, int], generator: torch.Generator,
+def random_deformation(shape: tuple[int, ...], generator: torch.Generator,
                        config: SynthesisConfig) -> torch.Tensor:
     """Displacement ``(1, 3, I, J, K)`` (voxels) of a random diffeomorphism ``exp(v)``.
 

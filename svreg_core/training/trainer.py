@@ -36,7 +36,7 @@ from torch import nn
 
 import svreg_core
 from svreg_core.errors import InputError
-from svreg_core.models import ModelInfo, build_model, load_checkpoint, save_checkpoint
+from svreg_core.models import ModelInfo, SPRNetwork, build_model, load_checkpoint, save_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training import distributed
@@ -105,7 +105,7 @@ class TrainingSummary:
     step_seconds: float = float("nan")
 
 
-def build_network(config: TrainingConfig, *, initial_weights: bool = True) -> nn.Module:
+def build_network(config: TrainingConfig, *, initial_weights: bool = True) -> SPRNetwork:
     """The network of ``config`` (a hyper network with ``config.hyper``) before training: initialised from
     the run's seed (global RNG left untouched), then given the weights of ``config.init_weights`` unless
     ``initial_weights`` is off (a resumed run loads its own)."""
@@ -123,7 +123,7 @@ def build_network(config: TrainingConfig, *, initial_weights: bool = True) -> nn
     return model
 
 
-def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
+def _load_initial_weights(model: SPRNetwork, config: TrainingConfig) -> None:
     """Copy the weights of the checkpoint ``config.init_weights`` into ``model`` (fine-tuning).
 
     A plain checkpoint may start a hyper run whose other options are the checkpoint's: its weights fill
@@ -136,6 +136,7 @@ def _load_initial_weights(model: nn.Module, config: TrainingConfig) -> None:
     Raises:
         InputError: the checkpoint is unusable, or its architecture or options differ from ``model``'s.
     """
+    assert config.init_weights is not None  # the caller's condition
     network, info = load_checkpoint(resolve_model(config.init_weights))
     plain_to_hyper = network.config.get("hyper") is None and model.config.get("hyper") is not None
     ignored = {"hyper"} if model.config.get("hyper") is not None else set()
@@ -199,7 +200,7 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
     return True
 
 
-def _model_info(model: nn.Module, config: TrainingConfig, state: TrainingState, data: TrainingData,
+def _model_info(model: SPRNetwork, config: TrainingConfig, state: TrainingState, data: TrainingData,
                 command: str, name: str, row: dict[str, Any]) -> ModelInfo:
     training = {"data": data.description, "command": command, "epochs": state.epoch, "steps": state.step,
                 "grid_shape": list(config.grid_shape), "batch_size": config.batch_size, "seed": config.seed,
@@ -346,6 +347,7 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
                 save_state(run_dir, model, optimizer, state)  # the epoch counts as finished from here on
                 write_metrics_csv(state.history, run_dir / METRICS_FILE)
                 write_curve_png(state.history, run_dir / CURVE_FILE, title=f"{run_dir.name}: {config.architecture}")
+                assert board is not None  # the main process has one
                 board.log(row)
             distributed.barrier(ctx)
             progress(ProgressEvent("epoch", epoch + 1, config.epochs, (epoch + 1) / config.epochs,

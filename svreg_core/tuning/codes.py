@@ -57,6 +57,7 @@ def code_search_space(model: str | Path, refine: int, preset: str | Path, *, ove
         given[name] = bounds or (low, high)
     space = build_search_space(preset, search=search, overrides=overrides, alpha_prime_range=given["alpha_prime"],
                                lambda_max_range=given["lambda_max"])
+    assert isinstance(space.base, RegistrationParameters)  # built over a preset
     base = model_parameters(info, space.base, refine)
     if trained is not None:  # a hyper model's trials set its prediction's codes too: its own come first
         base = base.replace(alpha_prime=info.alpha_prime, lambda_max=info.lambda_max)

@@ -24,6 +24,7 @@ from svreg_core.tuning.pairs import LoadedPair, ValidationPair, load_pair
 
 if TYPE_CHECKING:  # pragma: no cover
     from svreg_core.tuning.progress import TuneProgress
+    from svreg_core.tuning.study import Direction
 
 
 class StepReporter:
@@ -87,7 +88,7 @@ class Objective(Protocol):
     name: str
     aggregate: str
     value_name: str
-    direction: str
+    direction: Direction
 
     def step_labels(self) -> list[str]:
         """One label per step (pair names, ``"epoch 1"``...)."""
@@ -171,7 +172,8 @@ class PairwiseDice(PairObjective):
     ``label_mode``: ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
     """
 
-    name, aggregate, value_name, direction = "pairwise-dice", "mean", "mean Dice", "maximize"
+    name, aggregate, value_name = "pairwise-dice", "mean", "mean Dice"
+    direction: Direction = "maximize"
 
     def __init__(self, pairs: Sequence[ValidationPair], *, labels: Sequence[int] | None = None,
                  label_mode: str = "linear") -> None:
@@ -182,6 +184,7 @@ class PairwiseDice(PairObjective):
     def score(self, data: LoadedPair, result: Any) -> float:
         from svreg_core.metrics import dice
 
+        assert data.fixed_labels is not None  # the pairs have label maps (discover_pairs' default needs)
         warped = result.warp_image(data.moving_labels, labels=True, label_mode=self.label_mode)
         scores = dice(data.fixed_labels.data, warped.data, labels=self.labels)
         if not scores:
@@ -197,9 +200,11 @@ class PairwiseTRE(PairObjective):
     :class:`PairObjective`. Needs pairs with landmark files (``discover_pairs(..., needs="landmarks")``).
     """
 
-    name, aggregate, value_name, direction = "pairwise-tre", "mean", "mean TRE (mm)", "minimize"
+    name, aggregate, value_name = "pairwise-tre", "mean", "mean TRE (mm)"
+    direction: Direction = "minimize"
 
     def score(self, data: LoadedPair, result: Any) -> float:
         from svreg_core.metrics.landmarks import tre
 
+        assert data.fixed_landmarks is not None and data.moving_landmarks is not None  # needs="landmarks"
         return float(tre(data.fixed_landmarks, data.moving_landmarks, result.transform_points).mean())

@@ -98,7 +98,7 @@ def _complete(folder: Path, files: dict[str, Path], what: str, needs: str) -> Va
     missing = [_example(r) for r in NEEDS[needs] if r not in files]
     if missing:
         raise InputError(f"{what} {folder} lacks {', '.join(missing)}.")
-    return ValidationPair(folder.name, **{r: files.get(r) for r in ROLES})
+    return ValidationPair(folder.name, files["fixed"], files["moving"], **{r: files.get(r) for r in ROLES[2:]})
 
 
 def _pairs_from_folder(folder: Path, needs: str) -> list[ValidationPair]:
@@ -143,8 +143,9 @@ def _pairs_from_list_file(path: Path, needs: str) -> list[ValidationPair]:
             if not row.get(role):
                 raise InputError(f"pair list {path}, entry {index}: no '{role}' path.")
         # an absolute path stays absolute
-        files = {r: path.parent / Path(str(row[r])).expanduser() if row.get(r) else None for r in ROLES}
-        pairs.append(ValidationPair(str(row.get("name") or f"pair{index:03d}"), **files))
+        files = {r: path.parent / Path(str(row[r])).expanduser() for r in ROLES if row.get(r)}
+        pairs.append(ValidationPair(str(row.get("name") or f"pair{index:03d}"), files["fixed"], files["moving"],
+                                    **{r: files.get(r) for r in ROLES[2:]}))
     if not pairs:
         raise InputError(f"pair list {path} lists no pairs.")
     return pairs
@@ -192,4 +193,5 @@ def load_pair(pair: ValidationPair) -> LoadedPair:
     except InputError as exc:
         raise InputError(f"pair {pair.name!r}: {exc}") from None
     points = {} if landmarks is None else dict(zip(ROLES[4:], landmarks))
-    return LoadedPair(pair.name, **images, **points)
+    return LoadedPair(pair.name, images["fixed"], images["moving"], images.get("fixed_labels"),
+                      images.get("moving_labels"), **points)

@@ -19,6 +19,7 @@ import math
 import os
 import secrets
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS
-from svreg_core.training.config import save_config
+from svreg_core.training.config import TrainingConfig, save_config
 from svreg_core.tuning.search_space import SearchSpace, plain
 from svreg_core.tuning.study import best_trial, first_line, quiet_optuna, study_meta
 
@@ -129,7 +130,8 @@ def plot_tradeoff(summary: dict[str, Any], path: Path) -> None:
         pts = [(t["folding_percent"], t["value"]) for t in summary["trials"]
                if t["state"] == state and t["folding_percent"] is not None and t["value"] is not None]
         if pts:
-            ax.scatter(*zip(*pts), c=color, marker=marker, label=state.lower())
+            xs, ys = zip(*pts)
+            ax.scatter(xs, ys, c=color, marker=marker, label=state.lower())
     best, limit = summary["best"], summary["max_folding"]
     if best is not None and best["folding_percent"] is not None:
         ax.scatter([best["folding_percent"]], [best["value"]], s=250, marker="*", c="gold", edgecolors="black",
@@ -157,8 +159,9 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
     paths = [folder / "summary.json", folder / "summary.md", folder / "trials.csv"]
     _write(paths[2], study.trials_dataframe().to_csv(index=False))
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    plots = ((FIGURES[0], optuna_plots.plot_optimization_history, {}, summary["best"]),
-             (FIGURES[1], optuna_plots.plot_param_importances, {"evaluator": evaluator}, imp))
+    plots: tuple[tuple[str, Callable[..., Any], dict[str, Any], Any], ...] = (
+        (FIGURES[0], optuna_plots.plot_optimization_history, {}, summary["best"]),
+        (FIGURES[1], optuna_plots.plot_param_importances, {"evaluator": evaluator}, imp))
     for name, plot, kwargs, wanted in plots:
         if wanted is not None:
             with quiet_optuna(), matplotlib.rc_context():  # Optuna switches the style sheet; restored afterwards
@@ -219,6 +222,7 @@ def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenT
         raise InputError(f"study {study.study_name!r} was not created by svreg tune (no search space stored).")
     if best is None:
         raise InputError(f"study {study.study_name!r} has no complete trial yet; nothing to apply.")
+    assert best.value is not None  # a complete trial of a single-objective study
     return space, best, {"study": study.study_name, "storage": storage_label, "trial": best.number,
                          **_value_key(study, best.value),
                          "folding_percent": _num(best.user_attrs.get("folding_percent"))}
@@ -227,6 +231,7 @@ def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenT
 def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage_label: str = "") -> dict[str, Any]:
     """``{"base", "parameters", "tuning"}``: the best trial of a pairwise study as a preset (module docstring)."""
     space, best, tuning = _best(study, storage_label)
+    assert space.base_preset is not None  # a pairwise study (write_best_preset)
     base, searched, fixed = PRESETS[space.base_preset], space.searched_fields(), space.fixed_settings()
     if "iterations" in searched and not include_fixed and tuple(fixed["level_spacings"]) != base.level_spacings:
         raise InputError(f"the searched iterations belong to the study's pyramid (level_spacings "
@@ -265,6 +270,7 @@ def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: b
     space, best, _ = _best(study, storage_label)
     if space.base_preset is None:
         config = space.parameters(best.params)
+        assert isinstance(config, TrainingConfig)  # the base of a study without a base preset
         try:
             save_config(config, path)
         except OSError as exc:

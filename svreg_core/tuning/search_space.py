@@ -90,6 +90,7 @@ class SearchSpace:
         changes: dict[str, Any] = {k: float(v) for k, v in known.items() if not k.startswith("iterations_")}
         levels = {int(k.rsplit("_", 1)[1]): int(v) for k, v in known.items() if k.startswith("iterations_")}
         if levels:
+            assert isinstance(self.base, RegistrationParameters)  # a training base never searches iterations
             changes["iterations"] = tuple(levels.get(i, n) for i, n in enumerate(self.base.iterations))
         return self.base.replace(**changes)
 
@@ -131,6 +132,7 @@ def build_search_space(base: str | Path | TrainingConfig = "brain-mri", *, searc
     unknown = [s for s in search if s not in SEARCHABLE]
     if unknown or not search:
         raise InputError(f"cannot search {', '.join(unknown) or 'nothing'}; searchable: {', '.join(SEARCHABLE)}.")
+    settings: Base
     if isinstance(base, TrainingConfig):
         if "iterations" in search:
             raise InputError("a training objective cannot search iterations (its schedule is --epochs-per-trial).")
@@ -146,6 +148,7 @@ def build_search_space(base: str | Path | TrainingConfig = "brain-mri", *, searc
                 low, high = min(low, value), max(high, value)
             ranges.append(ParamRange(code, float(low), float(high), log=log))
     if "iterations" in search:
+        assert isinstance(settings, RegistrationParameters)  # refused above for a training configuration
         ranges += [ParamRange(f"iterations_{level}", max(1, n // 2), max(2 * n, n + 1), integer=True)
                    for level, n in enumerate(settings.iterations)]
     if "learning_rate" in search:

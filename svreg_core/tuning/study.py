@@ -24,7 +24,7 @@ import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import sqlalchemy
@@ -44,6 +44,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BASE_PRESET = "base preset"
 DEFAULT_STORAGE = "svreg-tune.db"
 DEFAULT_STUDY = "svreg-tune"
+#: An objective's Optuna direction.
+Direction = Literal["maximize", "minimize"]
 
 
 @contextlib.contextmanager
@@ -199,7 +201,7 @@ def _comparable(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[str, Any], *,
-                   default_params: dict[str, Any] | None, direction: str = "maximize",
+                   default_params: dict[str, Any] | None, direction: Direction = "maximize",
                    wait_s: float = 30.0) -> tuple[optuna.Study, bool]:
     """Create the study (``created=True``) or join it, checking that ``meta`` and the objective's
     ``direction`` (``"maximize"`` or ``"minimize"``) agree with the stored ones.

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
 from svreg_core.training.config import TrainingConfig
 from svreg_core.tuning.objective import StepReporter
+
+if TYPE_CHECKING:
+    from svreg_core.tuning.study import Direction
 
 #: ``svreg train``'s data flags that ``svreg tune`` passes on (``--templates`` too): metavar, help.
 DATA_FLAGS = {"data": ("FOLDER", "folder of images: all inter-subject pairs"),
@@ -52,7 +56,8 @@ class TrainingDice:
     """Trains a network per trial in ``runs_dir/trial-NNNN`` for ``epochs`` (the learning rate decays over
     these); one step per epoch: its validation mean Dice (and folding percent)."""
 
-    name, aggregate, value_name, direction = "training-dice", "max", "best validation Dice", "maximize"
+    name, aggregate, value_name = "training-dice", "max", "best validation Dice"
+    direction: Direction = "maximize"
 
     def __init__(self, runs_dir: str | Path, epochs: int) -> None:
         self.runs_dir = Path(runs_dir).absolute()
