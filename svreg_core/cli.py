@@ -21,54 +21,10 @@ from svreg_core.errors import InputError, SvregError
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
-from svreg_core.progress import ProgressEvent
+from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
 
 if TYPE_CHECKING:
     from svreg_core.image import Image
-
-
-def _emit_json(obj: dict) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-class ProgressPrinter:
-    """Turns :class:`ProgressEvent` into a tqdm bar (terminal), plain lines (``stage NN %`` on stderr, at
-    most one per stage and 5 % step: ``auto`` when stderr is not a terminal), JSON lines on stdout, or nothing."""
-
-    def __init__(self, mode: str) -> None:
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "lines"
-        self.mode = mode
-        self._bar = None
-        self._last: tuple[str, int] | None = None
-        if mode == "bar":
-            from tqdm import tqdm
-            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
-                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
-
-    def __call__(self, event: ProgressEvent) -> None:
-        if self.mode == "json":
-            _emit_json({"event": "progress", **event.to_dict()})
-        elif self.mode == "lines":
-            step = (event.stage, int(100 * event.fraction) // 5 * 5)
-            if step != self._last:
-                new_stage = self._last is None or self._last[0] != event.stage
-                self._last = step
-                message = f" ({event.message})" if event.message and (new_stage or event.stage == "epoch") else ""
-                sys.stderr.write(f"svreg: {event.stage} {100 * event.fraction:.0f} %{message}\n")
-                sys.stderr.flush()
-        elif self._bar is not None:
-            self._bar.set_description(event.stage)
-            if event.values and len(event.values) <= 4:  # loss terms of an iteration or a training step
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in event.values.items()}, refresh=False)
-            if event.stage == "epoch" and event.message:  # a training epoch's summary line
-                self._bar.write(event.message)
-            self._bar.update(max(0.0, 100 * event.fraction - self._bar.n))
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
 
 
 REGISTER_EXAMPLES = """\
@@ -423,7 +379,7 @@ def run_register(args: argparse.Namespace) -> int:
         printer.close()
     out = Path(args.output).absolute()
     if args.progress == "json":
-        _emit_json({"event": "done", "outdir": str(out), "report": report})
+        emit_json({"event": "done", "outdir": str(out), "report": report})
     else:
         print(_summary(report))
         figure = f"  (figure: {out / 'report.png'})" if (out / "report.png").is_file() else ""
@@ -533,14 +489,14 @@ def run_register_batch(args: argparse.Namespace) -> int:
         except SvregError as exc:
             failed += 1
             if args.progress == "json":
-                _emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__,
+                emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__,
                             "outdir": str(Path(pair.output).absolute())})
             print(f"svreg: error: {pair.moving}: {exc}", file=sys.stderr)
             continue
         finally:
             printer.close()
         if args.progress == "json":
-            _emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()), "report": report})
+            emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()), "report": report})
         else:
             print(f"{pair.output}: {_summary(report)}")
     if failed:
@@ -618,10 +574,10 @@ def run_preview(args: argparse.Namespace) -> int:
     prepared.timing["load_s"] = load_s
     info = prepared.info
     assert info is not None and info.code_ranges is not None  # a hyper model (--model, check_hyper_model)
-    _emit_json({"event": "ready", "device": str(prepared.device), "timing": dict(prepared.timing),
+    emit_json({"event": "ready", "device": str(prepared.device), "timing": dict(prepared.timing),
                 "model": info.name or info.architecture, "code_ranges": info.code_ranges.to_dict(),
                 "default_codes": {"alpha_prime": info.alpha_prime, "lambda_max": info.lambda_max}})
-    engine.serve(iter(sys.stdin.readline, ""), _emit_json, printer)
+    engine.serve(iter(sys.stdin.readline, ""), emit_json, printer)
     return 0
 
 
@@ -780,7 +736,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return handlers[args.command](args)
         except SvregError as exc:
             if json_mode:
-                _emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__})
+                emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__})
             print(f"svreg: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
@@ -795,7 +751,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = ("the GPU ran out of memory; use --device cpu, crop the images, or use coarser --preset level "
                    "spacings." if gpu else "out of memory; crop the images or use coarser level spacings.")
             if json_mode:
-                _emit_json({"event": "error", "message": msg, "kind": "OutOfMemory"})
+                emit_json({"event": "error", "message": msg, "kind": "OutOfMemory"})
             print(f"svreg: error: {msg}", file=sys.stderr)
             return 1
 

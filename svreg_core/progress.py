@@ -1,6 +1,8 @@
 """Progress reporting shared by the engine, the CLI (tqdm bar or JSON lines) and the Slicer module."""
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -35,3 +37,48 @@ ProgressCallback = Callable[[ProgressEvent], None]
 
 def no_progress(event: ProgressEvent) -> None:
     """A progress callback that ignores every event."""
+
+
+def emit_json(obj: dict) -> None:
+    """Write ``obj`` as one JSON line on stdout (the command line's ``--progress json`` events)."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+class ProgressPrinter:
+    """Turns :class:`ProgressEvent` into a tqdm bar (terminal), plain lines (``stage NN %`` on stderr, at
+    most one per stage and 5 % step: ``auto`` when stderr is not a terminal), JSON lines on stdout, or nothing."""
+
+    def __init__(self, mode: str) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "lines"
+        self.mode = mode
+        self._bar = None
+        self._last: tuple[str, int] | None = None
+        if mode == "bar":
+            from tqdm import tqdm
+            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
+                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if self.mode == "json":
+            emit_json({"event": "progress", **event.to_dict()})
+        elif self.mode == "lines":
+            step = (event.stage, int(100 * event.fraction) // 5 * 5)
+            if step != self._last:
+                new_stage = self._last is None or self._last[0] != event.stage
+                self._last = step
+                message = f" ({event.message})" if event.message and (new_stage or event.stage == "epoch") else ""
+                sys.stderr.write(f"svreg: {event.stage} {100 * event.fraction:.0f} %{message}\n")
+                sys.stderr.flush()
+        elif self._bar is not None:
+            self._bar.set_description(event.stage)
+            if event.values and len(event.values) <= 4:  # loss terms of an iteration or a training step
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in event.values.items()}, refresh=False)
+            if event.stage == "epoch" and event.message:  # a training epoch's summary line
+                self._bar.write(event.message)
+            self._bar.update(max(0.0, 100 * event.fraction - self._bar.n))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

@@ -468,39 +468,6 @@ def test_full_or_read_only_disk_is_refused_before_registration(tiny_pair, tmp_pa
         subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_progress_printer_modes(capsys) -> None:
-    from svreg_core.cli import ProgressPrinter
-    from svreg_core.progress import ProgressEvent
-
-    event = ProgressEvent("affine", 3, 10, 0.25, "", {"loss": -0.5})
-    printer = ProgressPrinter("json")
-    printer(event)
-    printer.close()
-    out = capsys.readouterr().out.splitlines()
-    assert len(out) == 1 and json.loads(out[0]) == {"event": "progress", "stage": "affine", "step": 3, "total": 10,
-                                                   "fraction": 0.25, "message": "", "values": {"loss": -0.5}}
-    printer = ProgressPrinter("none")
-    printer(event)
-    printer.close()
-    assert capsys.readouterr() == ("", "")
-    printer = ProgressPrinter("auto")  # plain lines when stderr is not a terminal (as under pytest)
-    assert printer.mode == "lines"
-    for fraction in (0.25, 0.26, 0.27, 0.31):
-        printer(ProgressEvent("deformable 4mm", 1, 10, fraction, "level 1 of 2"))
-    printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
-    printer.close()
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    assert captured.err.splitlines() == ["svreg: deformable 4mm 25 % (level 1 of 2)", "svreg: deformable 4mm 31 %",
-                                         "svreg: outputs 96 % (writing outputs)"]
-    printer = ProgressPrinter("bar")
-    printer(event)
-    printer(ProgressEvent("done", 1, 1, 1.0))
-    printer.close()
-    captured = capsys.readouterr()
-    assert captured.out == "" and "100" in captured.err
-
-
 def test_apply_reproduces_the_run(full_run, tiny_pair, tmp_path: Path) -> None:
     """``svreg apply OUT moving`` gives warped.nii.gz again; with --labels, warped_labels.nii.gz."""
     p, out = tiny_pair.paths, full_run.out

@@ -175,7 +175,7 @@ def _summary_line(summary: TrainingSummary, seconds: float) -> str:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``svreg train``; user mistakes raise :class:`InputError` (exit status 2 in the CLI)."""
-    from svreg_core.cli import ProgressPrinter, _emit_json
+    from svreg_core.progress import ProgressPrinter, emit_json
     from svreg_core.training.distributed import is_main_process
     from svreg_core.training.trainer import BEST_DIR, LAST_DIR, train
 
@@ -192,7 +192,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     out = summary.run_dir
     if args.progress == "json":
-        _emit_json({"event": "done", "run_dir": str(out), "epochs": summary.epochs, "steps": summary.steps,
+        emit_json({"event": "done", "run_dir": str(out), "epochs": summary.epochs, "steps": summary.steps,
                     "best_epoch": summary.best_epoch, "best_metric": summary.best_metric,
                     "best_value": summary.best_value if summary.best_epoch else None, "last": summary.last,
                     "parameters": summary.parameters, "step_seconds": summary.step_seconds})
