@@ -5,7 +5,6 @@ import csv
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -30,20 +29,8 @@ def test_ranks_share_out_exactly_the_single_process_batches() -> None:
     assert sorted(once[:6]) == list(range(6)) and sorted(once[6:]) == list(range(6))
 
 
-def _label_maps(geo, folder) -> None:
-    folder.mkdir()
-    ijk = np.indices((16, 16, 16), dtype=np.float64).transpose(1, 2, 3, 0) - 7.5
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    affine[:3, 3] = -30.0
-    for name, radius in (("a", 5.0), ("b", 6.5)):
-        labels = np.zeros((16, 16, 16), np.int16)
-        labels[(ijk ** 2).sum(-1) < radius ** 2] = 2
-        labels[((ijk - [1, 1, 0]) ** 2).sum(-1) < 4] = 4
-        geo.save_nifti(labels, affine, folder / f"{name}_seg.nii.gz")
-
-
-def test_two_gloo_processes_match_one_process_with_the_double_batch(geo, tmp_path) -> None:
-    _label_maps(geo, tmp_path / "labels")
+def test_two_gloo_processes_match_one_process_with_the_double_batch(geo, sphere_label_maps, tmp_path) -> None:
+    sphere_label_maps(geo, tmp_path / "labels", split=False)
     # the paper's learning rate (1e-4): much larger steps let AdamW amplify float rounding differences
     # between the two summation orders chaotically within a few steps
     config = TrainingConfig(model=TINY, grid_shape=(16, 16, 16), network_spacing_mm=4.0, learning_rate=1e-4,

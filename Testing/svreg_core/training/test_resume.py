@@ -5,7 +5,6 @@ import csv
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,23 +18,9 @@ from svreg_core.training.trainer import train
 TINY = {"encoder_features": [4, 8], "decoder_features": [8, 8, 4], "lambda_features": [4]}
 
 
-def _label_maps(geo, folder) -> None:
-    """Two 16³ label maps (4 mm): spheres of different sizes, split in two labels, with an inner sphere."""
-    folder.mkdir()
-    ijk = np.indices((16, 16, 16), dtype=np.float64).transpose(1, 2, 3, 0) - 7.5
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    affine[:3, 3] = -30.0
-    for name, radius in (("a", 5.0), ("b", 6.5)):
-        labels = np.zeros((16, 16, 16), np.int16)
-        labels[(ijk ** 2).sum(-1) < radius ** 2] = 2
-        labels[((ijk ** 2).sum(-1) < radius ** 2) & (ijk[..., 0] > 0)] = 3
-        labels[((ijk - [1, 1, 0]) ** 2).sum(-1) < 4] = 4
-        geo.save_nifti(labels, affine, folder / f"{name}_seg.nii.gz")
-
-
 @pytest.fixture()
-def config(geo, tmp_path) -> TrainingConfig:
-    _label_maps(geo, tmp_path / "labels")
+def config(geo, sphere_label_maps, tmp_path) -> TrainingConfig:
+    sphere_label_maps(geo, tmp_path / "labels", split=True)
     # real random synthesis (deformations, intensities, noise): resuming must reproduce every draw
     return TrainingConfig(model=TINY, grid_shape=(16, 16, 16), network_spacing_mm=4.0, learning_rate=2e-3,
                           epochs=2, steps_per_epoch=3, num_workers=0, seed=5, validation={"pairs": 1},
