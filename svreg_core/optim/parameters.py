@@ -60,7 +60,7 @@ class RegistrationParameters:
         iterations: Adam iterations per level (same length as ``level_spacings``).
         min_control_spacing: finest voxel size (mm) of the control grid holding the velocity and λ;
             a level's control grid has voxel size ``max(level spacing, min_control_spacing)``.
-        learning_rate: Adam step for the velocity field (voxels of the working grid).
+        learning_rate: Adam step for the velocity field (voxels of the working grid); ``brain-mri``: 3.
         lambda_step: each iteration λ moves this fraction of the way to the loss's per-voxel optimum for
             the current displacement (1: straight to it); the returned λ is that optimum.
         smoothing_passes: 3-voxel box-filter passes applied to the velocity every iteration (the
@@ -252,7 +252,12 @@ class RegistrationParameters:
 #: on three held-out pairs (subjects 07, 08, 09) 0.6596 → 0.6641, higher on each, no folding. Its ``refine_codes`` were
 #: tuned the same way for a learned model's refinement (``svreg tune --model brain-unet-spr --refine 50``, 10 trials):
 #: 0.6418 at the preset's codes (0.0001 % folded) → 0.6446 at α′ 0.0303, λ_max 2.93 (no folding); held-out pairs 0.6613
-#: → 0.6632.
+#: → 0.6632. Its Adam step (``learning_rate`` 3 voxels instead of 2, for the optimiser and a refinement alike) was
+#: chosen on the same validation pairs on 2026-11-27: mean Dice 0.6519 → 0.6609 (pairwise), 0.6536 → 0.6604
+#: (``brain-unet-spr`` refined 50 steps), higher on each pair, and a lower final SPR loss (05→06: −0.9404 → −0.9455
+#: at 2 mm) at SDlogJ +0.05–0.13; a few folded voxels on one pair (≤ 0.002 %); 2.5 gained less, 4 (refinement) a little
+#: more but folded on two pairs. Held-out pairs 07–09: 0.6641 → 0.6676 (pairwise), 0.6632 → 0.6680 (refined), each
+#: pair higher (``benchmarks/results/refine_step_2026-11-27/``). The step 2 had been chosen on the brain pair.
 #: ``cardiac-mri``: the paper's α′ 0.493 with λ_max 1.0, untested here. CT presets use
 #: MIND-SSC features, with α′ and λ_max tuned by ``svreg tune`` (``benchmarks/ct_tune.py``, 16 trials each)
 #: on known-warp CT tuning cases of other patients than the CT evaluation cases. 2026-11-26, on the mean
@@ -273,7 +278,7 @@ class RegistrationParameters:
 #: abdomen at 8). Retuned for it the same way (``benchmarks/results/ct_tuning_2026-11-27_control4/``):
 #: ``ct`` 1.260 → 1.238 mm at α′ 0.00104, λ_max 0.748; ``lung-ct`` kept (its values were again the best).
 PRESETS: dict[str, RegistrationParameters] = {
-    "brain-mri": RegistrationParameters(refine_codes=(0.0303, 2.93)),
+    "brain-mri": RegistrationParameters(refine_codes=(0.0303, 2.93), learning_rate=3.0),
     "cardiac-mri": RegistrationParameters(alpha_prime=0.493, lambda_max=1.0),
     "ct": RegistrationParameters(similarity="mind", alpha_prime=0.00104, lambda_max=0.748, integration_steps=5,
                                  level_spacings=(5.0, 2.0), min_control_spacing=4.0),
