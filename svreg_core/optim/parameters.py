@@ -245,7 +245,7 @@ class RegistrationParameters:
         return dataclasses.replace(base or cls(), **values)
 
 
-#: Presets by name. ``brain-mri`` (the defaults above, with its own ``refine_codes``) was tuned by ``svreg tune``
+#: Presets by name. ``brain-mri`` (the defaults above, its own ``refine_codes`` and step) was tuned by ``svreg tune``
 #: (``benchmarks/brain_tune.py``, 2026-11-27, 16 + 8 TPE trials, full settings) on three Mindboggle validation pairs
 #: (subjects 01→02, 03→04, 05→06; never the brain pair or the test subjects): mean Dice 0.6399 with the paper's α′ 0.175
 #: and the earlier λ_max 1.0 (itself chosen on the brain pair, our evaluation pair) → 0.6445 at α′ 0.0102, λ_max 1.82;
@@ -257,7 +257,8 @@ class RegistrationParameters:
 #: (``brain-unet-spr`` refined 50 steps), higher on each pair, and a lower final SPR loss (05→06: −0.9404 → −0.9455
 #: at 2 mm) at SDlogJ +0.05–0.13; a few folded voxels on one pair (≤ 0.002 %); 2.5 gained less, 4 (refinement) a little
 #: more but folded on two pairs. Held-out pairs 07–09: 0.6641 → 0.6676 (pairwise), 0.6632 → 0.6680 (refined), each
-#: pair higher (``benchmarks/results/refine_step_2026-11-27/``). The step 2 had been chosen on the brain pair.
+#: pair higher (``benchmarks/results/refine_step_2026-11-27/``). The step 2 had been chosen on the brain pair; the CT
+#: presets keep it (steps 3 and 4 raised the landmark error on their tuning cases, same folder).
 #: ``cardiac-mri``: the paper's α′ 0.493 with λ_max 1.0, untested here. CT presets use
 #: MIND-SSC features, with α′ and λ_max tuned by ``svreg tune`` (``benchmarks/ct_tune.py``, 16 trials each)
 #: on known-warp CT tuning cases of other patients than the CT evaluation cases. 2026-11-26, on the mean
