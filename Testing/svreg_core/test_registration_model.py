@@ -200,15 +200,18 @@ def test_refinement_improves_an_untrained_network(untrained_checkpoint, tiny_pai
 
 def test_the_prediction_integrates_with_the_models_steps_a_refinement_with_the_engines(constant_checkpoint,
                                                                                        tiny_pair) -> None:
-    """The network was trained with its own squarings (5 here); a refinement optimises with the engine's,
-    and regularises with the parameters' codes (the preset's) rather than the model's."""
+    """The network was trained with its own squarings (5 here); a refinement optimises with the engine's and
+    the parameters' Adam step, and regularises with the parameters' codes (the preset's) rather than the
+    model's."""
     fixed, moving = _pair(tiny_pair)
     params = RegistrationParameters(level_spacings=(6.0,), iterations=(1,), affine=False, integration_steps=3,
-                                    alpha_prime=0.3, lambda_max=2.5, similarity="mse", device="cpu")
+                                    alpha_prime=0.3, lambda_max=2.5, similarity="mse", device="cpu",
+                                    learning_rate=1.5)
     one_pass = register(fixed, moving, params, model=constant_checkpoint)
     refined = register(fixed, moving, params, model=constant_checkpoint, refine=1)
     assert one_pass.parameters.integration_steps == 5
     assert refined.parameters.integration_steps == 3
+    assert (refined.parameters.learning_rate, refined.parameters.iterations) == (1.5, (1,))
     model = (one_pass.model.alpha_prime, one_pass.model.lambda_max)
     assert (one_pass.parameters.alpha_prime, one_pass.parameters.lambda_max) == model != (0.3, 2.5)
     assert (refined.parameters.alpha_prime, refined.parameters.lambda_max) == (0.3, 2.5)
