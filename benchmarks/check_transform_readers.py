@@ -1,13 +1,14 @@
-"""transform.h5 with a float32, gzip-compressed field: sizes, write time, and readers beyond SimpleITK.
+"""transform.h5 with a float32 field (stored, or gzip-compressed): sizes, write time, and readers beyond SimpleITK.
 
     .venv/bin/python benchmarks/check_transform_readers.py [--ants-python .bench/venvs/ants/bin/python]
-        [--points 2000]
+        [--points 2000] [--gzip-level 0-9]
 
 Without ``--from-transform``: a 1 mm brain grid (the MNI152 template shipped in the PyPI package
 ``nilearn``, ``MNI152_FILE_PATH``, 197x233x189) carries a random smooth displacement (cubic
 upsampling of noise on an 8 mm lattice, at most 8 mm) after which a rotation + translation applies,
 as in ``svreg register``'s composite. The old file (``sitk.WriteTransform``, float64, uncompressed)
-and the new one (:func:`svreg_core.outputs.itk.write_transform`, h5py) are both written and timed.
+and the new one (:func:`svreg_core.outputs.itk.write_transform`, h5py, its field stored as svreg writes it by
+default, or compressed at ``--gzip-level``) are both written and timed.
 
 Both files are then read by SimpleITK (``TransformPoint``, ``Resample`` of the template), by Slicer's
 ``vtkMRMLTransformStorageNode`` (``slicer-core``, RAS; grid interpolation set to linear as ITK's)
@@ -63,7 +64,7 @@ json.dump(out, open(result, "w"))
 """
 
 
-def synthetic_case(folder: Path) -> tuple[Path, Path, dict]:
+def synthetic_case(folder: Path, gzip_level: int) -> tuple[Path, Path, dict]:
     """Write the old and new files of a random smooth field on the nilearn MNI152 grid."""
     from nilearn.datasets import MNI152_FILE_PATH
 
@@ -83,7 +84,7 @@ def synthetic_case(folder: Path) -> tuple[Path, Path, dict]:
     sitk.WriteTransform(composite_transform(affine, u, grid), str(old))
     t_old = time.perf_counter() - t
     t = time.perf_counter()
-    write_transform(new, affine, u, grid)
+    write_transform(new, affine, u, grid, gzip_level=gzip_level)
     t_new = time.perf_counter() - t
     info = {"data": f"random smooth field (max 8 mm) on the nilearn MNI152 1 mm grid {grid.shape}",
             "write_old_s": t_old, "write_new_s": t_new}
@@ -141,11 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ants-python", type=Path, default=REPO / ".bench" / "venvs" / "ants" / "bin" / "python")
     ap.add_argument("--points", type=int, default=2000)
+    ap.add_argument("--gzip-level", type=int, choices=range(10), default=0,
+                    help="the new file's field: 0 stored (svreg's default), 1-9 shuffled + gzip at that level")
     args = ap.parse_args(argv)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        old, new, info = synthetic_case(folder)
+        old, new, info = synthetic_case(folder, args.gzip_level)
         mib = 2.0**20
         print(f"data: {info.pop('data')}")
         print(f"size: old {old.stat().st_size / mib:.1f} MiB, new {new.stat().st_size / mib:.1f} MiB "

@@ -144,13 +144,12 @@ def expected_output_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int
 
     ``outputs``: names from :data:`SELECTABLE_OUTPUTS` (default: all); ``labels``: moving labels are
     given (``warped_labels.nii.gz``). Per fixed voxel: float32 images (warped, λ, det J, int32
-    labels) 4 bytes, the displacement 12, the ITK transform 24 (SimpleITK's float64 file, which sits
-    next to its compressed float32 copy while that is written); the inverse field 12 per moving voxel; the
-    figure and report.json at most 2 MB.
+    labels) 4 bytes, the displacement and the ITK transform's float32 field 12 each; the inverse field 12
+    per moving voxel; the figure, report.json and the files' headers at most 2 MB.
     """
     chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
     fixed, moving = int(np.prod(fixed_shape)), int(np.prod(moving_shape))
-    per_fixed_voxel = {"warped": 4, "displacement": 12, "transform": 24, "regularization": 4, "jacobian": 4,
+    per_fixed_voxel = {"warped": 4, "displacement": 12, "transform": 12, "regularization": 4, "jacobian": 4,
                        "labels": 4 if labels else 0}
     total = sum(size * fixed for name, size in per_fixed_voxel.items() if name in chosen)
     total += 12 * moving if "inverse" in chosen else 0
@@ -297,21 +296,26 @@ def describe_input(image: Image, path: str | Path | None = None) -> dict[str, An
     return entry
 
 
+def foreground(image: Image) -> np.ndarray:
+    """Where the regularity metrics are measured: the voxels of ``image`` above its minimum (its background)."""
+    data = np.asarray(image.data)
+    return data > float(np.min(data))
+
+
 def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels: Image | None = None,
                     warped_labels: Image | None = None, labels: Sequence[int] | None = None,
                     moving_labels: Image | None = None,
                     landmarks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
-    """Regularity metrics of the mapping (inside the fixed foreground: Jacobian ≤ 0 percentage, NDV, SDlogJ,
-    Jacobian minimum and maximum) and, with labels, ``dice`` after registration and, with ``moving_labels``,
-    before it (``dice_before``: the moving labels resampled through the identity). HD95 is
-    :func:`distance_metrics` (slower: the report's figure is drawn meanwhile). With ``landmarks`` (fixed and
-    moving points, RAS mm, corresponding one to one): the target registration error summaries (mm) ``tre``
-    (each fixed point mapped by the registration against its moving point) and ``tre_before`` (the
-    identity in world space), and their ``count``."""
-    fg = np.asarray(result.fixed.data) > float(np.min(result.fixed.data))
+    """The report's quick metrics: regularity of the mapping inside the fixed :func:`foreground` (Jacobian ≤ 0
+    percentage, SDlogJ, Jacobian minimum and maximum) and, with labels, ``dice`` after registration and, with
+    ``moving_labels``, before it (``dice_before``: the moving labels resampled through the identity). The
+    slower ones, NDV and HD95, are :func:`ndv_percent` and :func:`distance_metrics` (run meanwhile). With
+    ``landmarks`` (fixed and moving points, RAS mm, corresponding one to one): the target registration error
+    summaries (mm) ``tre`` (each fixed point mapped by the registration against its moving point) and
+    ``tre_before`` (the identity in world space), and their ``count``."""
+    fg = foreground(result.fixed)
     metrics: dict[str, Any] = {
         "folding_percent": folding_percent(jac, fg),
-        "ndv_percent": ndv_percent(result.displacement, result.fixed.affine, fg),
         "sdlogj": sdlogj(jac, fg),
         "jacobian_min": float(jac[fg].min()) if fg.any() else float(jac.min()),
         "jacobian_max": float(jac[fg].max()) if fg.any() else float(jac.max()),
@@ -367,8 +371,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             report's ``inputs`` with each image's shape, spacing and orientation.
         gzip_level: compression of the ``.nii.gz`` outputs, 0 (stored: fastest, e.g. for files another
             program reads at once) to 9 (:func:`~svreg_core.image.io.save_nifti`); ``None``: the images at
-            :data:`~svreg_core.image.io.DEFAULT_GZIP_LEVEL` (1), the displacement fields stored
-            (:data:`~svreg_core.image.io.DEFAULT_FIELD_GZIP_LEVEL`: gzip hardly shrinks them).
+            :data:`~svreg_core.image.io.DEFAULT_GZIP_LEVEL` (1), the displacement fields (``transform.h5``'s
+            too) stored (:data:`~svreg_core.image.io.DEFAULT_FIELD_GZIP_LEVEL`: gzip hardly shrinks them).
         landmarks: corresponding fixed and moving points (``(N, 3)`` RAS mm each): the report's metrics get
             the target registration error before and after (:func:`compute_metrics`).
     """
@@ -407,34 +411,34 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             save("displacement", lambda: save_nifti(displacement_nifti(result.displacement, fixed_grid),
                                                     tmp / "displacement.nii.gz", gzip_level=field_level))
             save("transform", lambda: write_transform(tmp / "transform.h5", result.affine,
-                                                      result.deformable_displacement, fixed_grid))
+                                                      result.deformable_displacement, fixed_grid,
+                                                      gzip_level=field_level))
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
             jac_image = Image(jac.astype(np.float32), result.fixed.affine)
             save("jacobian", lambda: save_image(jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level))
+            # the slow metrics (NDV, HD95) run in workers while the main thread makes the rest and draws the figure
+            ndv_job = pool.submit(ndv_percent, result.displacement, result.fixed.affine, foreground(result.fixed))
+            before_job = pool.submit(_moving_on_fixed_grid, result) if "figure" in chosen else None
             warped_labels = None
             if moving_labels is not None:
                 warped_labels = result.warp_image(moving_labels, labels=True, label_mode=label_mode)
                 save("labels", lambda: save_image(warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32,
                                                   gzip_level=gzip_level))
-            # the metrics (NumPy/SciPy) run while the inverse is integrated (torch) and the figure is drawn
-            metrics_job = pool.submit(compute_metrics, result, jac, fixed_labels=fixed_labels,
-                                      warped_labels=warped_labels, labels=labels, moving_labels=moving_labels,
-                                      landmarks=landmarks)
             distance_job = None if fixed_labels is None or warped_labels is None else \
                 pool.submit(distance_metrics, fixed_labels, warped_labels, labels)
             save("inverse", lambda: save_nifti(displacement_nifti(result.inverse_displacement(), result.moving.grid),
                                                tmp / "inverse_displacement.nii.gz", gzip_level=field_level))
+            metrics = compute_metrics(result, jac, fixed_labels=fixed_labels, warped_labels=warped_labels,
+                                      labels=labels, moving_labels=moving_labels, landmarks=landmarks)
             weight = result.regularization_map()
             save("regularization", lambda: save_image(weight, tmp / "regularization.nii.gz", gzip_level=gzip_level))
-            metrics = metrics_job.result()
-            if "figure" in chosen:
+            if before_job is not None:
                 assert warped is not None  # made when the figure is chosen
-                before = resample(torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None],
-                                  result.moving.grid, fixed_grid)[0, 0].numpy()
                 write_report_figure(tmp / "report.png", fixed=result.fixed,
-                                    moving_before=Image(before, result.fixed.affine), warped=warped, weight=weight,
-                                    jacobian=jac_image, dice=_dice_pair(metrics),
+                                    moving_before=Image(before_job.result(), result.fixed.affine), warped=warped,
+                                    weight=weight, jacobian=jac_image, dice=_dice_pair(metrics),
                                     title=f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %")
+            metrics["ndv_percent"] = ndv_job.result()
             if distance_job is not None:
                 metrics.update(distance_job.result())
             for future in pending:
@@ -460,6 +464,15 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _moving_on_fixed_grid(result: RegistrationResult) -> np.ndarray:
+    """The moving image on the fixed grid before registration (identity in world space; trilinear), for the
+    figure."""
+    moving = np.asarray(result.moving.data, np.float32)
+    if result.moving.grid.same_as(result.fixed.grid):
+        return moving
+    return resample(torch.as_tensor(moving)[None, None], result.moving.grid, result.fixed.grid)[0, 0].numpy()
 
 
 def _dice_pair(metrics: dict[str, Any]) -> tuple[float, float] | None:

@@ -119,9 +119,13 @@ def _sitk_points(path: Path, points_lps: np.ndarray) -> np.ndarray:
     return np.array([tx.TransformPoint(tuple(p)) for p in points_lps])
 
 
-def test_transform_h5_field_is_compressed_float32(synthetic_result, tmp_path: Path) -> None:
+@pytest.mark.parametrize("level", [0, 4])
+def test_transform_h5_field_is_float32_stored_or_compressed(synthetic_result, tmp_path: Path, level: int) -> None:
+    """The layout of SimpleITK's own file, with the field as float32: stored (level 0, the default) or
+    chunked, shuffled and gzip-compressed."""
     r = synthetic_result
-    new = write_transform(tmp_path / "transform.h5", r.affine, r.deformable_displacement, r.fixed.grid)
+    new = write_transform(tmp_path / "transform.h5", r.affine, r.deformable_displacement, r.fixed.grid,
+                          gzip_level=level)
     old = tmp_path / "float64.h5"
     sitk.WriteTransform(composite_transform(r.affine, r.deformable_displacement, r.fixed.grid), str(old))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["float64.h5", "transform.h5"]  # no temporary left
@@ -139,11 +143,18 @@ def test_transform_h5_field_is_compressed_float32(synthetic_result, tmp_path: Pa
             np.testing.assert_array_equal(a[()], b[()])
         field, plain = f["TransformGroup/2/TransformParameters"], g["TransformGroup/2/TransformParameters"]
         assert field.dtype == np.float32 and plain.dtype == np.float64 and plain.compression is None
-        assert field.compression == "gzip" and field.shuffle and field.chunks is not None
         assert field.shape == plain.shape == (r.deformable_displacement.size,)
         np.testing.assert_array_equal(field[()], plain[()])  # svreg's float32 field: stored without loss
-        assert field.id.get_storage_size() < 0.5 * plain.id.get_storage_size()
-    assert new.stat().st_size < 0.6 * old.stat().st_size
+        if level:
+            assert field.compression == "gzip" and field.compression_opts == level and field.shuffle
+            assert field.id.get_storage_size() < 0.5 * plain.id.get_storage_size()
+        else:
+            assert field.compression is None and field.chunks is None
+            assert field.id.get_storage_size() == plain.id.get_storage_size() // 2
+    if level:
+        assert new.stat().st_size < 0.6 * old.stat().st_size
+    with pytest.raises(ValueError, match="gzip level must be 0 to 9"):
+        write_transform(tmp_path / "bad.h5", r.affine, r.deformable_displacement, r.fixed.grid, gzip_level=10)
 
 
 def test_transform_h5_maps_as_the_float64_file(synthetic_result, geo, tmp_path: Path) -> None:
@@ -162,18 +173,22 @@ def test_transform_h5_maps_as_the_float64_file(synthetic_result, geo, tmp_path: 
     assert np.abs(ref - x).max() > 3.0  # the points do move
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
     # ... and svreg's float32 field maps bit for bit as its float64 file
-    new32 = write_transform(tmp_path / "t32.h5", r.affine, r.deformable_displacement, r.fixed.grid)
     sitk.WriteTransform(composite_transform(r.affine, r.deformable_displacement, r.fixed.grid), str(old))
-    np.testing.assert_array_equal(_sitk_points(new32, x), _sitk_points(old, x))
+    for level in (0, 4):  # stored and compressed
+        new32 = write_transform(tmp_path / f"t32-{level}.h5", r.affine, r.deformable_displacement, r.fixed.grid,
+                                gzip_level=level)
+        np.testing.assert_array_equal(_sitk_points(new32, x), _sitk_points(old, x))
 
 
-def test_slicer_reads_transform_h5(synthetic_result, geo, tmp_path: Path) -> None:
-    """Slicer's transform storage node (slicer-core) reads the compressed file; RAS in, RAS out."""
+@pytest.mark.parametrize("level", [0, 4])
+def test_slicer_reads_transform_h5(synthetic_result, geo, tmp_path: Path, level: int) -> None:
+    """Slicer's transform storage node (slicer-core) reads the stored and the compressed file; RAS in, RAS out."""
     slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (test extra)")
     if not hasattr(slicer, "vtkMRMLTransformStorageNode"):
         pytest.skip("the installed 'slicer' package is not slicer-core (no MRML)")
     r = synthetic_result
-    path = write_transform(tmp_path / "transform.h5", r.affine, r.deformable_displacement, r.fixed.grid)
+    path = write_transform(tmp_path / "transform.h5", r.affine, r.deformable_displacement, r.fixed.grid,
+                           gzip_level=level)
     scene = slicer.vtkMRMLScene()
     node = scene.AddNewNodeByClass("vtkMRMLTransformNode", "T")
     storage = slicer.vtkMRMLTransformStorageNode()
