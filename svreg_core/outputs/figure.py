@@ -1,6 +1,7 @@
 """The at-a-glance report figure: images, differences, λ map and Jacobian on three orthogonal slices."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,16 @@ def lambda_range(weight: np.ndarray) -> tuple[float, float]:
         mid = 0.5 * (low + high)
         low, high = mid - 5e-4, mid + 5e-4
     return low, high
+
+
+def lambda_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
+    """The λ colour bar's ticks (the ends and the middle of its range ``low``-``high``) and their labels, with
+    just enough decimals (at least 2) to tell neighbours apart: a nearly constant λ would otherwise get
+    matplotlib's offset notation (``+1``) and crowded labels."""
+    ticks = [low, 0.5 * (low + high), high]
+    step = 0.5 * (high - low)
+    decimals = min(6, max(2, math.ceil(-math.log10(step)))) if step > 0 else 2
+    return ticks, [f"{t:.{decimals}f}" for t in ticks]
 
 
 def log2_jacobian(jacobian: np.ndarray, foreground: np.ndarray) -> np.ma.MaskedArray:
@@ -139,6 +150,9 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
             bar.ax.tick_params(labelsize=7)
             if name.startswith("det J"):
                 bar.ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{2.0 ** v:.2g}"))
+            elif name.startswith("λ"):
+                ticks, labels = lambda_ticks(lam_low, lam_high)
+                bar.set_ticks(ticks, labels=labels)
     for r, (view, axis, _) in enumerate(_VIEWS):
         axes[r, 0].set_ylabel(f"{view}\n{'RAS'[axis]} = {position[axis]:.1f} mm", fontsize=8)
     if dice is not None:

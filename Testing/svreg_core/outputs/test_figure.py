@@ -8,6 +8,7 @@ import numpy as np
 from svreg_core.image import Image
 from svreg_core.outputs.figure import (
     lambda_range,
+    lambda_ticks,
     log2_jacobian,
     log2_range,
     ras_array_affine,
@@ -21,6 +22,14 @@ def test_lambda_range_is_lambdas_own() -> None:
     assert lambda_range(lam) == (0.916, 0.993)
     low, high = lambda_range(np.full(10, 0.5))
     assert low < 0.5 < high and high - low >= 1e-3 - 1e-12  # a constant λ still gets a drawable range
+
+
+def test_lambda_ticks_tell_neighbours_apart_without_offset() -> None:
+    assert lambda_ticks(0.0, 1.0) == ([0.0, 0.5, 1.0], ["0.00", "0.50", "1.00"])
+    assert lambda_ticks(0.7, 1.0)[1] == ["0.70", "0.85", "1.00"]
+    # a nearly constant λ (lambda_range widens it to 1e-3): the ticks 5e-4 apart need 4 decimals
+    assert lambda_ticks(0.9995, 1.0005)[1] == ["0.9995", "1.0000", "1.0005"]
+    assert lambda_ticks(0.5, 0.5)[1] == ["0.50", "0.50", "0.50"]  # no range: no division by zero
 
 
 def test_jacobian_log_scale_masks_background_and_folds() -> None:
