@@ -403,6 +403,9 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                 if name in chosen:
                     pending.append(pool.submit(write))
 
+            # the slow metrics (NDV first, HD95 once the labels are warped) run in workers while the main thread
+            # makes the rest and draws the figure
+            ndv_job = pool.submit(ndv_percent, result.displacement, result.fixed.affine, foreground(result.fixed))
             fixed_grid = result.fixed.grid
             field_level = DEFAULT_FIELD_GZIP_LEVEL if gzip_level is None else gzip_level
             warped = result.warped if chosen & {"warped", "figure"} else None
@@ -416,8 +419,6 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
             jac_image = Image(jac.astype(np.float32), result.fixed.affine)
             save("jacobian", lambda: save_image(jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level))
-            # the slow metrics (NDV, HD95) run in workers while the main thread makes the rest and draws the figure
-            ndv_job = pool.submit(ndv_percent, result.displacement, result.fixed.affine, foreground(result.fixed))
             before_job = pool.submit(_moving_on_fixed_grid, result) if "figure" in chosen else None
             warped_labels = None
             if moving_labels is not None:
