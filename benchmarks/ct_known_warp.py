@@ -65,7 +65,7 @@ from svreg_core.optim.parameters import load_parameters  # noqa: E402
 
 CT_DIR = REPO / ".bench" / "ct"
 #: The preset each case is registered with.
-PRESET = {"lung": "lung-ct", "aorta": "ct"}
+PRESET = {"lung": "lung-ct", "aorta": "ct", "lung2-tune": "lung-ct", "abdomen-tune": "ct"}
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 QUICK_FACTORS = (0.25, 1.0, 4.0)
 QUICK_LEVELS = (5.0, 2.5)
@@ -378,7 +378,9 @@ def pareto_figure(results: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="run the sweep (default: only fetch and build the cases)")
-    ap.add_argument("--cases", nargs="+", default=list(ct_cases.SPECS), choices=list(ct_cases.SPECS))
+    ap.add_argument("--cases", nargs="+", default=list(ct_cases.SPECS), choices=list(ct_cases.ALL_SPECS),
+                    help="the evaluation cases (default), or the tuning cases (lung2-tune, abdomen-tune) to choose "
+                         "an engine setting on")
     ap.add_argument("--variants", nargs="+", default=["spr", "uniform"], choices=["spr", "uniform"])
     ap.add_argument("--factors", nargs="+", type=float,
                     help=f"λ_max as multiples of the preset's (default {' '.join(map(str, DEFAULT_FACTORS))})")

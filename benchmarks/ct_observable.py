@@ -72,14 +72,17 @@ def slip_visibility(case_dir: Path, truth: dict[str, np.ndarray]) -> np.ndarray:
     return np.where(length > 1e-6, visibility, np.nan)
 
 
-def run_rows(case: str, truth: dict[str, np.ndarray], visible: np.ndarray, hidden: np.ndarray) -> list[dict]:
-    """EPE in the two parts of the band, SDlogJ and λ_max of every svreg run of ``case``."""
+def run_rows(case: str, truth: dict[str, np.ndarray], visible: np.ndarray, hidden: np.ndarray,
+             spr_suffix: str = "") -> list[dict]:
+    """EPE in the two parts of the band, SDlogJ and λ_max of the SPR runs named with ``spr_suffix`` and the
+    plain uniform runs of ``case``."""
     case_dir = CT_DIR / "cases" / case
     fixed = nib.load(str(case_dir / "fixed.nii.gz"))
     rows = []
     for run in sorted((CT_DIR / "runs" / case).glob("svreg-*-x*")):
-        parts = run.name.split("-")
-        if len(parts) != 3 or not (run / "displacement.nii.gz").exists():
+        parts = run.name.split("-", 3)
+        suffix = parts[3] if len(parts) == 4 else ""
+        if suffix != (spr_suffix if parts[1] == "spr" else "") or not (run / "displacement.nii.gz").exists():
             continue  # other sweeps (smoothing passes, α′) are left out
         disp = ev.load_displacement_ras(run / "displacement.nii.gz", fixed)
         err = np.linalg.norm(disp - truth["u"], axis=-1)
@@ -106,13 +109,17 @@ def at_equal_sdlogj(rows: list[dict], key: str) -> list[tuple[float, float, floa
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cases", nargs="+", default=list(ct_cases.SPECS), choices=list(ct_cases.SPECS))
+    ap.add_argument("--cases", nargs="+", default=list(ct_cases.SPECS), choices=list(ct_cases.ALL_SPECS))
+    ap.add_argument("--spr-suffix", default="", metavar="S",
+                    help="the SPR runs named svreg-spr-xF-S (e.g. ls: ct_known_warp.py --lambda-smoothing) against "
+                         "the plain uniform runs")
     ap.add_argument("--split", type=float, default=0.5,
                     help="visibility quantile that splits the band (0.5: halves; 0.75: the top quarter is 'visible')")
     ap.add_argument("--out", type=Path, help="also write the tables as markdown")
     args = ap.parse_args(argv)
     lines = [f"# SPR against uniform where the slip is visible ({_dt.date.today()})", "",
-             f"`.venv/bin/python benchmarks/ct_observable.py --split {args.split:g}` on the runs of "
+             f"`.venv/bin/python benchmarks/ct_observable.py --split {args.split:g}"
+             + (f" --spr-suffix {args.spr_suffix}" if args.spr_suffix else "") + "` on the runs of "
              "`ct_known_warp.py --sweep` (module "
              "docstring: visibility = the fixed image's derivative along the true slip direction; the motion "
              f"boundary split at its visibility quantile {args.split:g}). EPE in mm; Δ = SPR against uniform "
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         band &= np.isfinite(visibility)
         cut = float(np.quantile(visibility[band], args.split))
         visible, hidden = band & (visibility >= cut), band & (visibility < cut)
-        rows = run_rows(case, truth, visible, hidden)
+        rows = run_rows(case, truth, visible, hidden, args.spr_suffix)
         lines += [f"## {case}", "",
                   f"Band voxels {int(band.sum())}, split at the visibility quantile {args.split:g}, {cut:.1f} HU/mm "
                   f"(visible part: mean {visibility[visible].mean():.1f}, barely visible part: "
