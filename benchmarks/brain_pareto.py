@@ -29,7 +29,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+
+import evaluate as ev  # noqa: E402
 
 from svreg_core.optim.parameters import load_parameters  # noqa: E402
 
@@ -57,17 +60,9 @@ def run(args: argparse.Namespace, variant: str, lam: float) -> dict:
 
 def at_equal_sdlogj(rows: list[dict]) -> list[dict]:
     """Each SPR point against the uniform curve linearly interpolated at the same SDlogJ (inside its range)."""
-    uni = sorted((r for r in rows if r["variant"] == "uniform"), key=lambda r: r["sdlogj"])
-    xs = [r["sdlogj"] for r in uni]
-    out = []
-    for r in (r for r in rows if r["variant"] == "spr"):
-        if not xs or not xs[0] <= r["sdlogj"] <= xs[-1]:
-            continue
-        out.append({"lambda_max": r["lambda_max"], "sdlogj": r["sdlogj"], "dice_spr": r["dice_mean"],
-                    "dice_uniform": float(np.interp(r["sdlogj"], xs, [u["dice_mean"] for u in uni])),
-                    "hd95_spr": r["hd95_mean"],
-                    "hd95_uniform": float(np.interp(r["sdlogj"], xs, [u["hd95_mean"] for u in uni]))})
-    return out
+    pairs = zip(ev.uniform_at_equal_sdlogj(rows, "dice_mean"), ev.uniform_at_equal_sdlogj(rows, "hd95_mean"))
+    return [{"lambda_max": r["lambda_max"], "sdlogj": r["sdlogj"], "dice_spr": r["dice_mean"], "dice_uniform": dice,
+             "hd95_spr": r["hd95_mean"], "hd95_uniform": hd95} for (r, dice), (_, hd95) in pairs]
 
 
 def figure(rows: list[dict], path: Path, alpha_prime: float) -> None:

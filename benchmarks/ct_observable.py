@@ -97,14 +97,9 @@ def run_rows(case: str, truth: dict[str, np.ndarray], visible: np.ndarray, hidde
 
 def at_equal_sdlogj(rows: list[dict], key: str) -> list[tuple[float, float, float, float]]:
     """(λ_max factor, SDlogJ, SPR's ``key``, uniform's ``key`` interpolated at that SDlogJ) for each SPR run
-    inside the uniform curve's SDlogJ range."""
-    uniform = sorted((r for r in rows if r["variant"] == "uniform"), key=lambda r: r["sdlogj"])
-    xs = [r["sdlogj"] for r in uniform]
-    out = []
-    for r in sorted((r for r in rows if r["variant"] == "spr"), key=lambda r: r["factor"]):
-        if len(xs) >= 2 and xs[0] <= r["sdlogj"] <= xs[-1]:
-            out.append((r["factor"], r["sdlogj"], r[key], float(np.interp(r["sdlogj"], xs, [u[key] for u in uniform]))))
-    return out
+    inside the uniform curve's SDlogJ range (:func:`evaluate.uniform_at_equal_sdlogj`)."""
+    spr_first = sorted(rows, key=lambda r: r["factor"])
+    return [(r["factor"], r["sdlogj"], r[key], uniform) for r, uniform in ev.uniform_at_equal_sdlogj(spr_first, key)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,16 @@ EVAL_LABELS = (2, 3, 4, 7, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18, 24, 28, 31, 41
                50, 51, 52, 53, 54, 60, 63)
 
 
+def uniform_at_equal_sdlogj(rows: list[dict], key: str) -> list[tuple[dict, float]]:
+    """SPR against the uniform regulariser at equal smoothness: for each row with ``variant == "spr"`` whose
+    ``sdlogj`` lies inside the range of the ``"uniform"`` rows, that row and the uniform rows' ``key``
+    interpolated linearly in SDlogJ at its ``sdlogj`` (SPR rows in the order given)."""
+    uniform = sorted((r for r in rows if r["variant"] == "uniform"), key=lambda r: r["sdlogj"])
+    xs = [r["sdlogj"] for r in uniform]
+    return [(r, float(np.interp(r["sdlogj"], xs, [u[key] for u in uniform]))) for r in rows
+            if r["variant"] == "spr" and len(xs) >= 2 and xs[0] <= r["sdlogj"] <= xs[-1]]
+
+
 def load_labels(path: str | Path) -> np.ndarray:
     return np.rint(np.asarray(nib.load(str(path)).dataobj)).astype(np.int32)
 
