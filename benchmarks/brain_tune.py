@@ -10,7 +10,9 @@ One command (main venv)::
    ``benchmarks/cohort.py`` are never used here; subjects 07-09 stay free for a held-out check.
 2. Runs one ``svreg tune`` study (CLI, a child process: Optuna TPE, SQLite storage in ``.bench/brain_tune/``,
    resumable) over α′ and λ_max with the preset's full settings (pyramid, iterations, affine stage),
-   maximising the mean Dice of the labels warped nearest-neighbour.
+   maximising the mean Dice of the labels warped nearest-neighbour. ``--preset FILE`` starts the trials from a
+   preset file instead (e.g. other fixed settings: ``results/smoothing_2026-11-28/``), ``--max-folding P`` prunes
+   a trial once a pair folds more than P % of its grid.
 3. Writes the study's report (``summary.md``, ``trials.csv``, figures) and its best values as a preset file
    into ``benchmarks/results/brain_tuning_<date>/<study>/``.
 
@@ -54,12 +56,13 @@ def write_pairs(data: Path, path: Path) -> Path:
 def tune_command(args: argparse.Namespace, pairs: Path, out: Path) -> list[str]:
     # a relative SQLite URL (the command runs in REPO): the report then names no machine path
     storage = f"sqlite:///{(WORK / 'brain.db').relative_to(REPO)}"
-    return [str(args.svreg), "tune", str(pairs), "--preset", "brain-mri", "--storage", storage,
+    return [str(args.svreg), "tune", str(pairs), "--preset", str(args.preset), "--storage", storage,
             "--study-name", args.study_name, "--n-trials", str(args.n_trials), "--seed", str(args.seed),
             "--startup-trials", str(args.startup_trials), *(["--no-default-trial"] if args.no_default_trial else []),
             "--alpha-prime-range", *map(str, args.alpha_prime_range),
             "--lambda-max-range", *map(str, args.lambda_max_range),
             "--label-interpolation", "nearest", "--device", "cpu",
+            *(["--max-folding", str(args.max_folding)] if args.max_folding is not None else []),
             "--report", str(out), "--apply-best", str(out / f"{args.study_name}-tuned.json")]
 
 
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-default-trial", action="store_true", help="do not run the preset's values first")
     ap.add_argument("--alpha-prime-range", nargs=2, type=float, default=(0.01, 0.5), metavar=("LOW", "HIGH"))
     ap.add_argument("--lambda-max-range", nargs=2, type=float, default=(0.25, 4.0), metavar=("LOW", "HIGH"))
+    ap.add_argument("--preset", default="brain-mri",
+                    help="preset name or preset file the trials start from (e.g. other fixed settings)")
+    ap.add_argument("--max-folding", type=float, default=None, metavar="PERCENT",
+                    help="prune a trial once a pair folds more than PERCENT %% of its voxels")
     ap.add_argument("--svreg", type=Path, default=REPO / ".venv" / "bin" / "svreg")
     ap.add_argument("--results-dir", type=Path, default=None, help="default: results/brain_tuning_DATE")
     args = ap.parse_args(argv)
