@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from svreg_core.cli import main
 from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters, preset_warning
+from svreg_core.training.config import TrainingConfig
 from svreg_core.tuning.cli import run_tune
 from svreg_core.tuning.objective import StepReporter, trial_function
 from svreg_core.tuning.pairs import discover_pairs
@@ -161,6 +162,27 @@ def test_search_space_suggests_parameters_and_round_trips(tmp_path: Path) -> Non
         study.tell(trial, 0.0)
     again = SearchSpace.from_dict(json.loads(json.dumps(space.to_dict())))
     assert again == space
+
+
+def test_search_space_smoothing_passes_are_whole_numbers() -> None:
+    space = build_search_space("brain-mri", search=["alpha_prime", "smoothing_passes"])
+    passes = {r.name: r for r in space.ranges}["smoothing_passes"]
+    assert (passes.low, passes.high, passes.integer) == (1, 4, True)
+    assert space.default_values()["smoothing_passes"] == PRESETS["brain-mri"].smoothing_passes == 3
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = space.suggest(trial)
+        assert isinstance(params.smoothing_passes, int) and params.smoothing_passes == trial.params["smoothing_passes"]
+        seen.add(params.smoothing_passes)
+        assert space.parameters(trial.params) == params
+        study.tell(trial, 0.0)
+    assert seen <= {1, 2, 3, 4} and len(seen) > 1
+    wide = build_search_space("brain-mri", search=["smoothing_passes"], overrides={"smoothing_passes": 6})
+    assert (wide.ranges[0].low, wide.ranges[0].high) == (1, 6)  # widened to contain the base's own value
+    with pytest.raises(InputError, match="cannot search smoothing_passes"):
+        build_search_space(TrainingConfig(), search=["smoothing_passes"])
 
 
 # ----------------------------------------------------------------------------------------- storage
