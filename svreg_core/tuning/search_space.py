@@ -29,9 +29,9 @@ from svreg_core.training.config import TrainingConfig
 
 #: Parameters that can be searched (``--search``); searched by default.
 SEARCHABLE = ("alpha_prime", "lambda_max", "iterations", "learning_rate", "smoothing_passes")
+DEFAULT_SEARCH = ("alpha_prime", "lambda_max")
 #: Range of ``smoothing_passes`` (velocity box passes per iteration), widened to contain the base's.
 SMOOTHING_PASSES_RANGE = (1, 4)
-DEFAULT_SEARCH = ("alpha_prime", "lambda_max")
 #: (α′ range, λ_max range) per modality family, and the family of each built-in preset.
 FAMILY_RANGES: dict[str, dict[str, tuple[float, float]]] = {
     "mri": {"alpha_prime": (0.01, 0.2), "lambda_max": (0.5, 5.0)},
