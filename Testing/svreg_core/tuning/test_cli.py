@@ -1,4 +1,5 @@
-"""``svreg tune`` end to end: real engine, real Optuna, real SQLite (and PostgreSQL when available)."""
+"""``svreg tune`` end to end (``svreg_core.tuning.cli``): argument errors, and real studies with the real engine,
+real Optuna, real SQLite (and PostgreSQL when available)."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,24 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.optim.parameters import PRESETS, load_parameters, preset_warning
 from svreg_core.tuning.cli import run_tune
 from svreg_core.tuning.study import quiet_optuna
 
 STUDY = "t"
+
+
+def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], helpers: Any) -> None:
+    with pytest.raises(InputError, match="give a validation set"):
+        run_tune(helpers.parse_args())
+    with pytest.raises(InputError, match="grace-period longer"):
+        run_tune(helpers.parse_args(tmp_path, "--heartbeat-interval", "10", "--grace-period", "5"))
+    assert main(["tune", str(tmp_path / "missing"), "--storage", str(tmp_path / "s.db")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("svreg: error: validation set not found")
+    assert not (tmp_path / "s.db").exists()  # found before the study storage is created
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,63 @@
+"""The tuned preset ``svreg tune --apply-best`` writes."""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.optim.parameters import PRESETS, load_parameters, preset_warning
+from svreg_core.tuning.report import write_best_preset
+from svreg_core.tuning.search_space import build_search_space
+from svreg_core.tuning.study import (
+    create_or_join,
+    open_storage,
+    quiet_optuna,
+)
+
+# ----------------------------------------------------------------------------------------- presets
+
+
+def test_tuned_preset_keeps_the_pyramid_unless_searched(tmp_path: Path) -> None:
+    """--apply-best writes only the searched parameters; fixed settings only when asked, then with a warning."""
+    def best_preset(search: list[str], include_fixed: bool) -> Path:
+        space = build_search_space("brain-mri", search=search,
+                                   overrides={"level_spacings": (12, 6, 3), "iterations": (5, 5, 5), "affine": False})
+        name = "-".join(search)
+        study, _ = create_or_join(open_storage(tmp_path / "p.db"), name, {"search_space": space.to_dict()},
+                                  default_params=None)
+        with quiet_optuna():
+            study.optimize(lambda trial: space.suggest(trial).alpha_prime, n_trials=3)
+        path, _ = write_best_preset(study, tmp_path / f"{name}-{include_fixed}.json", include_fixed=include_fixed)
+        return path
+
+    default = PRESETS["brain-mri"]
+    plain = best_preset(["alpha_prime", "lambda_max"], include_fixed=False)
+    params = load_parameters(plain)
+    assert set(json.loads(plain.read_text())["parameters"]) == {"alpha_prime", "lambda_max"}
+    assert (params.level_spacings, params.iterations, params.affine) == (default.level_spacings,
+                                                                         default.iterations, True)
+    assert params.alpha_prime != default.alpha_prime and preset_warning(plain) is None
+    settings = json.loads(plain.read_text())["tuning"]["study_settings"]  # what the study ran with
+    assert settings["level_spacings"] == [12.0, 6.0, 3.0] and settings["affine"] is False
+
+    fixed = best_preset(["alpha_prime", "lambda_max"], include_fixed=True)
+    assert load_parameters(fixed).level_spacings == (12.0, 6.0, 3.0)
+    warning = preset_warning(fixed)
+    assert warning is not None and "\n" not in warning
+    assert "preset (affine, level_spacings, iterations);" in warning
+
+    with pytest.raises(InputError, match="searched iterations belong to the study's pyramid"):
+        best_preset(["alpha_prime", "iterations"], include_fixed=False)  # 3 levels: no sense on the default 2
+    searched = load_parameters(best_preset(["alpha_prime", "iterations"], include_fixed=True))
+    assert searched.level_spacings == (12.0, 6.0, 3.0) and len(searched.iterations) == 3
+    # written with the umask's permissions (readable by the group/others under the usual 022), not 0600
+    previous = os.umask(0o022)
+    try:
+        shared = best_preset(["lambda_max"], include_fixed=False)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644

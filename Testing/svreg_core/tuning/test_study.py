@@ -1,0 +1,89 @@
+"""Study storages of ``svreg tune`` (SQLite, PostgreSQL URLs): plain errors, relative URLs, workers
+creating one file at once, SQLite's write lock."""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+
+from svreg_core.errors import InputError, OutputError
+from svreg_core.tuning.cli import run_tune
+from svreg_core.tuning.study import (
+    create_or_join,
+    load_study,
+    open_storage,
+    storage_url,
+)
+
+# ----------------------------------------------------------------------------------------- storage
+
+
+def test_storage_errors_are_one_line_user_errors(tmp_path: Path, helpers: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="cannot create the folder"):
+        open_storage(blocker / "sub" / "s.db")
+    with pytest.raises(InputError, match=r"cannot open the study storage postgresql(\+psycopg2)?://me:\*\*\*@127"):
+        open_storage("postgresql://me:secret@127.0.0.1:1/x")  # connection refused; password not shown
+    with pytest.raises(InputError, match="invalid storage URL"):
+        storage_url("not a url://")
+    with pytest.raises(InputError, match="no study storage at"):
+        open_storage(tmp_path / "missing.db", must_exist=True)
+    open_storage(tmp_path / "empty.db")
+    level = optuna.logging.get_verbosity()
+    with pytest.raises(InputError, match="no study named 'nope' \\(the storage holds no study\\)"):
+        run_tune(helpers.parse_args("--storage", tmp_path / "empty.db", "--study-name", "nope", "--report",
+                                    tmp_path / "r"))
+    assert optuna.logging.get_verbosity() == level  # run_tune restores Optuna's log level
+
+
+def test_relative_sqlite_url_opens_an_existing_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sqlite:///relative.db`` (a URL relative to the working folder, as reports should name it) reopens."""
+    monkeypatch.chdir(tmp_path)
+    create_or_join(open_storage("sqlite:///studies/s.db"), "s", {"objective": "x"}, default_params=None)
+    assert load_study(open_storage("sqlite:///studies/s.db", must_exist=True), "s").user_attrs
+
+
+def test_workers_creating_the_storage_at_once(tmp_path: Path) -> None:
+    """Workers opening one new SQLite file at the same moment race to create Optuna's tables: all succeed."""
+    errors: list[str] = []
+    for i in range(5):
+        barrier = threading.Barrier(3)
+
+        def open_it(path: Path = tmp_path / f"s{i}.db") -> None:
+            barrier.wait()
+            try:
+                open_storage(path, heartbeat_interval=10, grace_period=60)
+            except InputError as exc:
+                errors.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors
+
+
+def test_sqlite_transactions_take_the_write_lock_when_they_begin(tmp_path: Path) -> None:
+    """Popping a queued trial must not let two workers both read it as WAITING: a transaction of the
+    storage holds SQLite's write lock from its first statement, so another writer is refused until it
+    ends (with pysqlite's deferred transactions the other writer got in)."""
+    path = tmp_path / "lock.db"
+    storage = open_storage(path)
+    other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    with storage.engine.connect() as connection:
+        with connection.begin():
+            connection.exec_driver_sql("SELECT 1")  # a read only, as Optuna's check of the trial state
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once the transaction ended
+    other.execute("ROLLBACK")
+    other.close()
+    study = optuna.create_study(storage=storage, study_name="queue")  # the storage still works as usual
+    study.enqueue_trial({"x": 1.0})
+    assert study.ask().params == {} and len(study.trials) == 1
