@@ -79,7 +79,12 @@ class RegistrationParameters:
         integration_steps: scaling-and-squaring steps. 4 rather than 5 since 2026-11-26: each squaring is a
             fifth of an iteration's time on the finest level; on three Mindboggle validation pairs (subjects
             1→2, 3→4, 5→6, not evaluation data) 4 gave mean Dice +0.0005 on each, SDlogJ +0.002, no
-            folding, and the brain pair's CPU registration went from 34–35 s to 28–29 s.
+            folding, and the brain pair's CPU registration went from 34–35 s to 28–29 s. ``brain-mri`` takes 3
+            since 2026-11-28: on the same validation pairs mean Dice +0.0003 to +0.0004 on each (0.6799 / 0.6559 /
+            0.6479), SDlogJ +0.006 to +0.014, folding 0 / 0.0001 / 0.0002 % (4 steps: 0 / 0 / 0.0002 %); refined
+            ``brain-unet-spr`` (1→2) +0.0001 (50 steps) and +0.0005 (20); held-out pairs 07–09 0.6676 → 0.6679, no
+            folding; registration about 10 % faster (brain pair, alternating runs: 26.4 / 28.1 s against 29.4 /
+            30.9 s). 2 steps folded 0.001 % on 1→2.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         symmetric_prediction: with a learned model, run its network both ways (moving → fixed and, with
             the images swapped on the same network grid, fixed → moving) and take ``(v − v′)/2``: ``exp(v′)``
@@ -257,7 +262,8 @@ class RegistrationParameters:
 #: (``brain-unet-spr`` refined 50 steps), higher on each pair, and a lower final SPR loss (05→06: −0.9404 → −0.9455
 #: at 2 mm) at SDlogJ +0.05–0.13; a few folded voxels on one pair (≤ 0.002 %); 2.5 gained less, 4 (refinement) a little
 #: more but folded on two pairs. Held-out pairs 07–09: 0.6641 → 0.6676 (pairwise), 0.6632 → 0.6680 (refined), each
-#: pair higher (``benchmarks/results/refine_step_2026-11-27/``). The step 2 had been chosen on the brain pair; the CT
+#: pair higher (``benchmarks/results/refine_step_2026-11-27/``). Its 3 scaling-and-squaring steps (not 4): see
+#: ``integration_steps`` above. The step 2 had been chosen on the brain pair; the CT
 #: presets keep it (steps 3 and 4 raised the landmark error on their tuning cases, same folder).
 #: ``cardiac-mri``: the paper's α′ 0.493 with λ_max 1.0, untested here. CT presets use
 #: MIND-SSC features, with α′ and λ_max tuned by ``svreg tune`` (``benchmarks/ct_tune.py``, 16 trials each)
@@ -279,7 +285,7 @@ class RegistrationParameters:
 #: abdomen at 8). Retuned for it the same way (``benchmarks/results/ct_tuning_2026-11-27_control4/``):
 #: ``ct`` 1.260 → 1.238 mm at α′ 0.00104, λ_max 0.748; ``lung-ct`` kept (its values were again the best).
 PRESETS: dict[str, RegistrationParameters] = {
-    "brain-mri": RegistrationParameters(refine_codes=(0.0303, 2.93), learning_rate=3.0),
+    "brain-mri": RegistrationParameters(refine_codes=(0.0303, 2.93), learning_rate=3.0, integration_steps=3),
     "cardiac-mri": RegistrationParameters(alpha_prime=0.493, lambda_max=1.0),
     "ct": RegistrationParameters(similarity="mind", alpha_prime=0.00104, lambda_max=0.748, integration_steps=5,
                                  level_spacings=(5.0, 2.0), min_control_spacing=4.0),
