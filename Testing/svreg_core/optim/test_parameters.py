@@ -178,7 +178,8 @@ def test_refine_codes_are_a_preset_setting(tmp_path: Path) -> None:
     assert PRESETS["brain-mri"].refine_codes == (0.0303, 2.93)
     assert RegistrationParameters().refine_codes is None  # parameters built by hand refine at their own codes
     assert all(PRESETS[name].refine_codes is None for name in ("cardiac-mri", "ct", "lung-ct"))
-    assert PRESETS["brain-mri"] == RegistrationParameters(refine_codes=(0.0303, 2.93), learning_rate=3.0)
+    assert PRESETS["brain-mri"] == RegistrationParameters(refine_codes=(0.0303, 2.93), learning_rate=3.0,
+                                                        integration_steps=3)
     path = tmp_path / "refine.json"
     path.write_text(json.dumps({"base": "brain-mri", "parameters": {"refine_codes": [0.05, 4]}}))
     assert load_parameters(path).refine_codes == (0.05, 4.0)
