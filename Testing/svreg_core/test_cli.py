@@ -376,14 +376,14 @@ def test_retired_seed_is_accepted_with_a_warning(tiny_pair, tmp_path: Path, caps
 
 
 def test_gzip_levels_change_the_files_not_their_content(tiny_pair, tmp_path: Path, capsys) -> None:
-    """By default the displacement fields are stored uncompressed in their gzip container (gzip hardly
-    shrinks float fields) and the images are compressed; --gzip-level sets every .nii.gz output (0, what
+    """By default the displacement fields and the Jacobian map are stored uncompressed in their gzip container
+    (gzip hardly shrinks float fields) and the images are compressed; --gzip-level sets every .nii.gz output (0, what
     the Slicer module asks for its work folder, stores them all). The NIfTI bytes never change."""
     import gzip
 
     p = tiny_pair.paths
     common = ["--level-spacings", 12, "--iterations", 3, "--no-affine", "--device", "cpu", "--progress", "none",
-              "--outputs", "displacement", "inverse", "warped"]
+              "--outputs", "displacement", "inverse", "jacobian", "warped"]
     for name, level in (("default", []), ("stored", ["--gzip-level", 0]), ("level1", ["--gzip-level", 1])):
         assert _main(["register", p.fixed, p.moving, "-o", tmp_path / name, *level, *common], capsys)[0] == 0
 
@@ -392,7 +392,7 @@ def test_gzip_levels_change_the_files_not_their_content(tiny_pair, tmp_path: Pat
         path = tmp_path / folder / name
         return path.stat().st_size / len(gzip.decompress(path.read_bytes()))
 
-    fields, images = ("displacement.nii.gz", "inverse_displacement.nii.gz"), ("warped.nii.gz",)
+    fields, images = ("displacement.nii.gz", "inverse_displacement.nii.gz", "jacobian.nii.gz"), ("warped.nii.gz",)
     for name in fields + images:
         content = {gzip.decompress((tmp_path / d / name).read_bytes()) for d in ("default", "stored", "level1")}
         assert len(content) == 1

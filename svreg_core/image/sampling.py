@@ -148,7 +148,8 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     argmax, background included, with ties going to the smaller label value; a point whose eight
     neighbours all lie outside the grid gets 0. Only the eight neighbours of each point are visited,
     so the cost does not grow with the number of labels, and only points whose neighbours disagree
-    are voted on.
+    are voted on: a point in a *uniform cell* (its eight neighbours inside the grid and of one label,
+    found once for the whole map by :func:`_uniform_cells`) takes that label from one lookup.
 
     Returns:
         ``(*S)`` int64 labels.
@@ -157,6 +158,7 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     scale = torch.tensor([(n - 1) * 0.5 for n in sizes], dtype=torch.float64, device=coords.device)
     # gathered in their own integer type (int32 neighbours: half the memory of int64)
     flat_labels = labels.reshape(-1) if not labels.is_floating_point() else labels.reshape(-1).long()
+    uniform_cells = _uniform_cells(flat_labels.view(sizes)).reshape(-1)
     flat = coords.reshape(-1, 3)
     out = torch.zeros(flat.shape[0], dtype=torch.long, device=coords.device)
     for start in range(0, flat.shape[0], _LABEL_SLAB):
@@ -165,6 +167,15 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         base = voxel.floor()
         frac = voxel - base
         base = base.long()
+        # the cell of the lower neighbour (clamped), and whether all eight neighbours lie inside the grid
+        cell_inside = torch.ones_like(base[:, 0], dtype=torch.bool)
+        cell = torch.zeros_like(base[:, 0])
+        for axis, n in enumerate(sizes):
+            cell_inside &= (base[:, axis] >= 0) & (base[:, axis] < n - 1)
+            cell = cell * n + base[:, axis].clamp(0, n - 1)
+        result = flat_labels[cell].long()
+        todo = torch.nonzero(~(cell_inside & uniform_cells[cell])).squeeze(1)
+        base, frac = base[todo], frac[todo]
         # per axis: the lower / upper neighbour index (clamped), and whether it lies inside the grid
         index, inside = [], []
         for axis, n in enumerate(sizes):
@@ -174,16 +185,24 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         neighbours = torch.stack([flat_labels[(index[0][di] * sizes[1] + index[1][dj]) * sizes[2] + index[2][dk]]
                                   for di, dj, dk in _CORNERS], 1)  # (P, 8)
         corner_inside = torch.stack([inside[0][di] & inside[1][dj] & inside[2][dk] for di, dj, dk in _CORNERS], 1)
-        result = neighbours[:, 0].clone()
-        # where all eight neighbours are inside and agree, the vote is unanimous
-        todo = torch.nonzero(~((neighbours == neighbours[:, :1]).all(1) & corner_inside.all(1))).squeeze(1)
-        frac = frac[todo]
         weights = torch.stack([torch.stack([frac[:, a] if o else 1.0 - frac[:, a] for a, o in enumerate(offset)],
                                            1).prod(1) for offset in _CORNERS], 1)
-        weights = torch.where(corner_inside[todo], weights, torch.zeros_like(weights))
-        result[todo] = _vote(neighbours[todo], weights)
+        weights = torch.where(corner_inside, weights, torch.zeros_like(weights))
+        result[todo] = _vote(neighbours, weights).long()
         out[start:start + _LABEL_SLAB] = result
     return out.reshape(coords.shape[1:-1])
+
+
+def _uniform_cells(labels: torch.Tensor) -> torch.Tensor:
+    """``(I, J, K)`` bool: whether the eight voxels ``(i..i+1, j..j+1, k..k+1)`` of ``labels`` all carry one label
+    (False on the last slice of each axis, whose cells reach beyond the grid)."""
+    first = labels[:-1, :-1, :-1]
+    same = torch.ones_like(first, dtype=torch.bool)
+    for di, dj, dk in _CORNERS[1:]:
+        same &= labels[di:labels.shape[0] - 1 + di, dj:labels.shape[1] - 1 + dj, dk:labels.shape[2] - 1 + dk] == first
+    uniform = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    uniform[:-1, :-1, :-1] = same
+    return uniform
 
 
 def _vote(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

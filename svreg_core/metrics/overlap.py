@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from svreg_core.errors import InputError
 from svreg_core.parallel import map_threads
@@ -28,9 +28,6 @@ __all__ = ["dice", "hd95"]
 
 #: Largest label value for which the fast ``np.bincount`` path is used.
 _BINCOUNT_MAX_LABEL = 1 << 20
-
-#: 6-connectivity structuring element (face neighbours) used to define label surfaces.
-_SIX_NEIGHBOURS = ndimage.generate_binary_structure(3, 1)
 
 
 def _as_label_array(arr: np.ndarray, name: str) -> np.ndarray:
@@ -120,30 +117,43 @@ def dice(fixed_labels: np.ndarray, warped_labels: np.ndarray,
     return {int(v): float(s) for v, s in zip(values[keep], scores)}
 
 
-def _bounding_boxes(labels: np.ndarray) -> list[tuple[slice, ...] | None] | None:
-    """``ndimage.find_objects`` boxes for positive labels (index ``label - 1``), or None if unusable."""
-    if int(labels.max()) <= 0 or int(labels.max()) >= _BINCOUNT_MAX_LABEL:
-        return None
-    return ndimage.find_objects(np.where(labels > 0, labels, 0))
+def _surface_voxels(labels: np.ndarray) -> dict[int, np.ndarray]:
+    """Flat indices (increasing) of every label's surface voxels: the voxels carrying the label with at least
+    one of their 6 face neighbours carrying another (voxels beyond the array border count as another label).
 
-
-def _box_of(label: int, labels: np.ndarray,
-            boxes: list[tuple[slice, ...] | None] | None) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive-low / exclusive-high voxel bounds of ``label`` in ``labels``."""
-    box = boxes[label - 1] if boxes is not None and 0 < label <= len(boxes) else None
-    if box is not None:
-        return np.array([s.start for s in box]), np.array([s.stop for s in box])
-    idx = np.nonzero(labels == label)
-    return np.array([a.min() for a in idx]), np.array([a.max() + 1 for a in idx])
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` having at least one of their 6 face neighbours outside ``mask``.
-
-    Voxels outside the array count as outside the mask.
+    One pass over the volume for all labels (neighbour differences along each axis), then the surface
+    voxels are grouped by label.
     """
-    interior = ndimage.binary_erosion(mask, structure=_SIX_NEIGHBOURS, border_value=0)
-    return mask & ~interior
+    surface = np.zeros(labels.shape, dtype=bool)
+    for axis in range(3):
+        differs = np.diff(labels, axis=axis) != 0
+        lower = tuple(slice(0, -1) if a == axis else slice(None) for a in range(3))
+        upper = tuple(slice(1, None) if a == axis else slice(None) for a in range(3))
+        surface[lower] |= differs
+        surface[upper] |= differs
+        for end in (0, -1):
+            surface[tuple(end if a == axis else slice(None) for a in range(3))] = True
+    index = np.flatnonzero(surface)
+    values = labels.ravel()[index]
+    order = np.argsort(values, kind="stable")  # stable: indices stay increasing within a label
+    index, values = index[order], values[order]
+    present, starts = np.unique(values, return_index=True)
+    stops = np.append(starts[1:], values.size)
+    return {int(v): index[a:b] for v, a, b in zip(present, starts, stops)}
+
+
+def _distances_to(points: np.ndarray, surface: np.ndarray, shape: tuple[int, ...],
+                  sampling: np.ndarray) -> np.ndarray:
+    """Euclidean distance (mm) from each voxel centre of ``points`` to the nearest voxel centre of
+    ``surface`` (both flat indices into ``shape``, increasing); 0 for the points that lie on ``surface``."""
+    distance = np.zeros(points.size)
+    away = ~np.isin(points, surface, assume_unique=True)
+    if away.any():
+        def world(flat: np.ndarray) -> np.ndarray:
+            return np.stack(np.unravel_index(flat, shape), axis=1) * sampling
+
+        distance[away] = cKDTree(world(surface)).query(world(points[away]))[0]
+    return distance
 
 
 def hd95(fixed_labels: np.ndarray, warped_labels: np.ndarray,
@@ -154,15 +164,17 @@ def hd95(fixed_labels: np.ndarray, warped_labels: np.ndarray,
     For a label, the surface of a map is its set of label voxels with at least one 6-neighbour outside
     the label (voxels beyond the array border count as outside). With ``d(a, S)`` the Euclidean
     distance in millimetres from voxel centre ``a`` to the nearest voxel centre of surface ``S``
-    (``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing``)::
+    (voxel indices scaled by ``spacing``)::
 
         HD95 = max( P95{ d(a, S_warped) : a in S_fixed },  P95{ d(b, S_fixed) : b in S_warped } )
 
     where ``P95`` is ``np.percentile(..., 95)`` (linear interpolation) — the symmetric convention of
-    MONAI's ``compute_hausdorff_distance(percentile=95)``. Each label is processed inside the bounding
-    box of the two labels enlarged by one voxel, which gives the same result as the whole volume; labels
-    run on threads (:func:`~svreg_core.parallel.map_threads`: SciPy's distance transform releases
-    the GIL).
+    MONAI's ``compute_hausdorff_distance(percentile=95)``. The surfaces of all labels are found in one pass
+    over each map; the distances are nearest-neighbour queries of one surface's points in a k-d tree of the
+    other's (``scipy.spatial.cKDTree``; points on both surfaces are at distance 0 without a query), the exact
+    Euclidean distances a distance transform of the surface would give, at a fraction of its cost (1 mm brain
+    pair, 44 labels: 0.9 s instead of 1.2–1.4 s with the distance transform in each label's box, 2026-11-28).
+    Labels run on threads (:func:`~svreg_core.parallel.map_threads`: the k-d tree releases the GIL).
 
     Args:
         fixed_labels: integer label map ``(I, J, K)`` of the fixed image.
@@ -180,22 +192,12 @@ def hd95(fixed_labels: np.ndarray, warped_labels: np.ndarray,
     values, n_fixed, n_warped, _ = _label_counts(fixed, warped)
     selected = values[_select(values, n_fixed, n_warped, labels)]
 
-    boxes_f = _bounding_boxes(fixed)
-    boxes_w = _bounding_boxes(warped)
-    shape = np.asarray(fixed.shape)
+    surfaces_f, surfaces_w = _surface_voxels(fixed), _surface_voxels(warped)
 
     def distance(label: int) -> float:
-        lo_f, hi_f = _box_of(label, fixed, boxes_f)
-        lo_w, hi_w = _box_of(label, warped, boxes_w)
-        lo = np.maximum(np.minimum(lo_f, lo_w) - 1, 0)
-        hi = np.minimum(np.maximum(hi_f, hi_w) + 1, shape)
-        crop = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-        surf_f = _surface(fixed[crop] == label)
-        surf_w = _surface(warped[crop] == label)
-        dist_to_w = ndimage.distance_transform_edt(~surf_w, sampling=sampling)
-        dist_to_f = ndimage.distance_transform_edt(~surf_f, sampling=sampling)
-        d_fw = np.percentile(dist_to_w[surf_f], 95)
-        d_wf = np.percentile(dist_to_f[surf_w], 95)
+        surf_f, surf_w = surfaces_f[label], surfaces_w[label]
+        d_fw = np.percentile(_distances_to(surf_f, surf_w, fixed.shape, sampling), 95)
+        d_wf = np.percentile(_distances_to(surf_w, surf_f, fixed.shape, sampling), 95)
         return float(max(d_fw, d_wf))
 
     chosen = [int(label) for label in selected]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from svreg_core.conventions import ALIGN_CORNERS, identity_grid
 from svreg_core.image import sampling
-from svreg_core.image.sampling import gather_sample, grid_sample, sample_labels
+from svreg_core.image.sampling import _uniform_cells, gather_sample, grid_sample, sample_labels
 
 
 @pytest.fixture
@@ -174,3 +174,14 @@ def test_sample_labels_identity_keeps_the_map() -> None:
     gen = torch.Generator().manual_seed(4)
     labels = torch.randint(0, 50, (12, 11, 10), generator=gen)
     assert torch.equal(sample_labels(labels, identity_grid(labels.shape, dtype=torch.float64)), labels)
+
+
+def test_uniform_cells_hand_computed() -> None:
+    """A cell is uniform when its eight voxels carry one label; cells reaching beyond the grid never are."""
+    labels = torch.full((3, 2, 2), 4)
+    expected = torch.zeros((3, 2, 2), dtype=torch.bool)
+    expected[0, 0, 0] = expected[1, 0, 0] = True  # the cells of voxels (0..1) and (1..2) along i
+    assert torch.equal(_uniform_cells(labels), expected)
+    labels[2, 1, 1] = 5  # a corner of the second cell only
+    expected[1, 0, 0] = False
+    assert torch.equal(_uniform_cells(labels), expected)
