@@ -463,17 +463,6 @@ def _signal_tree(process: subprocess.Popen, hard: bool) -> None:
         pass
 
 
-def kill_process_tree(process: subprocess.Popen, grace: float = TERMINATE_GRACE_S) -> None:
-    """End ``process`` and every process it started, blocking: SIGTERM, then SIGKILL after ``grace`` s."""
-    _signal_tree(process, hard=os.name == "nt")
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        _signal_tree(process, hard=True)
-        process.wait()
-    _signal_tree(process, hard=True)
-
-
 def _proc_stat(pid: str) -> tuple[str, int] | None:
     """``(state, pgid)`` of a Linux process from ``/proc/<pid>/stat``."""
     try:

@@ -156,7 +156,9 @@ def test_read_study_from_summary_json(tmp_path):
     assert "alpha_prime=" in tuning.format_params(snap.best.params)
 
 
-def test_tuning_runs_in_the_background_and_applies_the_best_preset(validation_folder, tmp_path):
+def test_tuning_runs_in_the_background_and_applies_the_best_preset(validation_folder, tmp_path, module):
+    """The panel's background study, "Apply best" as the panel runs it, and the console's blocking
+    ``applyBestParameters`` (which also selects the written preset)."""
     pytest.importorskip("optuna")
     db = tmp_path / "study" / "svreg-tune.db"
     events, log = [], []
@@ -185,6 +187,13 @@ def test_tuning_runs_in_the_background_and_applies_the_best_preset(validation_fo
 
     with pytest.raises(RuntimeError, match="no complete trial|not found|no study|does not exist"):
         tuning.apply_best(db, "no-such-study", tmp_path / "x.json", timeout=120)
+
+    p = module.SpatialVaryingRegParameterNode()
+    p.tuningStudyName = "test"
+    written = module.SpatialVaryingRegLogic().applyBestParameters(p, db)
+    assert written == module.SpatialVaryingRegLogic.bestPresetPath(db, "test")
+    assert json.loads(written.read_text()) == doc
+    assert p.preset == module.CUSTOM_PRESET and p.customPresetFile == str(written)
 
 
 def test_landmark_objective_from_exported_fiducials(landmark_folder, tmp_path):
