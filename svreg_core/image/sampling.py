@@ -28,16 +28,28 @@ from svreg_core.conventions import ALIGN_CORNERS
 #: Fewest sampling points per chunk worth a thread of their own.
 MIN_POINTS_PER_CHUNK = 16384
 
-#: Chunks of a large volume, whatever the thread count (in a backward pass each holds its own gradient
-#: copy of the source). Brain pair, 2 threads: deformable stage 29.8 s with 4, 31.7 s with 8.
+#: Chunks of a large volume when a gradient is recorded, whatever the thread count: in the backward pass each
+#: chunk holds its own gradient copy of the source, and the copies are summed, so the number of chunks sets the
+#: rounding of that sum (fixed: bitwise the same gradients with any number of threads). Brain pair, 2 threads:
+#: deformable stage 29.8 s with 4, 31.7 s with 8.
 MAX_CHUNKS = 4
 
 
 def _chunks(source: torch.Tensor, coords: torch.Tensor) -> int:
+    """How many batch items ``grid_sample`` splits the points into on a CPU.
+
+    torch's 3-D ``grid_sample`` on a CPU runs in parallel over the batch only (one item: one thread, 0.9–1.2 s
+    for 5 M points with 1 or 2 threads, 0.5 s as two items on 2 threads; torch 2.13, 2026-11-28). With a
+    gradient: :data:`MAX_CHUNKS`. Without one, every point is sampled on its own and nothing is summed, so the
+    split cannot change a value: as many chunks as torch has threads (at least :data:`MAX_CHUNKS`), which lets
+    a machine with more cores use them for the outputs' fields and warps.
+    """
     if source.device.type != "cpu" or source.shape[0] != 1:
         return 1
     points = math.prod(coords.shape[1:-1])
-    return max(1, min(MAX_CHUNKS, points // MIN_POINTS_PER_CHUNK))
+    differentiated = torch.is_grad_enabled() and (source.requires_grad or coords.requires_grad)
+    most = MAX_CHUNKS if differentiated else max(MAX_CHUNKS, torch.get_num_threads())
+    return max(1, min(most, points // MIN_POINTS_PER_CHUNK))
 
 
 def grid_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bilinear",

@@ -71,6 +71,25 @@ def test_gradients_are_bitwise_the_same_with_any_thread_count() -> None:
         assert torch.equal(s_grad, grads[0][0]) and torch.equal(c_grad, grads[0][1])
 
 
+def test_forward_only_sampling_uses_every_thread_and_is_bitwise_torch() -> None:
+    """Without a gradient the points are split into as many chunks as threads (at least MAX_CHUNKS); nothing is
+    summed, so any split gives torch's values bit for bit."""
+    source, coords = _problem(4, points=(60, 50, 40))  # 120,000 points: up to 7 chunks
+    ref = F.grid_sample(source, coords, align_corners=ALIGN_CORNERS)
+    before = torch.get_num_threads()
+    try:
+        for threads, chunks in ((1, sampling.MAX_CHUNKS), (6, 6), (16, 7)):
+            torch.set_num_threads(threads)
+            assert sampling._chunks(source, coords) == chunks
+            assert torch.equal(grid_sample(source, coords), ref)
+            with torch.no_grad():
+                assert sampling._chunks(source.requires_grad_(True), coords) == chunks
+            assert sampling._chunks(source, coords) == sampling.MAX_CHUNKS  # a gradient is recorded
+            source = source.detach()
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_small_or_batched_inputs_use_one_call(two_threads) -> None:
     source, coords = _problem(2, points=(10, 10, 10))
     assert sampling._chunks(source, coords) == 1
