@@ -1,0 +1,78 @@
+"""The affine pre-alignment: centre of mass on oblique grids, the matrix parameterisation, and a known affine
+recovered between images on differently oriented grids."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from svreg_core.image.grid import Grid
+from svreg_core.optim.affine import _matrix, affine_register, center_of_mass
+
+
+def _grid(shape: tuple[int, int, int], spacing: float, axes: tuple[int, int, int] = (1, 1, 1),
+          origin: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> Grid:
+    """A grid with voxel size ``spacing`` mm and axis signs ``axes`` (e.g. (-1, 1, 1): LAS voxel order)."""
+    affine = np.diag([*(s * spacing for s in axes), 1.0])
+    affine[:3, 3] = origin
+    return Grid(shape, affine)
+
+
+def test_center_of_mass_hand_computed() -> None:
+    grid = _grid((6, 7, 8), 2.0, axes=(-1, 1, 1), origin=(10.0, -5.0, 3.0))
+    image = torch.zeros(1, 1, 6, 7, 8)
+    image[0, 0, 1, 2, 3] = 1.0
+    image[0, 0, 3, 2, 5] = 3.0  # three times the weight: the centre lies 3/4 of the way to it
+    # voxel (2.5, 2, 4.5) -> RAS: x = 10 - 2 * 2.5, y = -5 + 2 * 2, z = 3 + 2 * 4.5
+    np.testing.assert_allclose(center_of_mass(image, grid), [5.0, -1.0, 12.0], atol=1e-9)
+    image[0, 0, 0, 0, 0] = -50.0  # negative values carry no weight
+    np.testing.assert_allclose(center_of_mass(image, grid), [5.0, -1.0, 12.0], atol=1e-9)
+    # an empty image: the grid's centre, voxel (2.5, 3, 3.5)
+    np.testing.assert_allclose(center_of_mass(torch.zeros(1, 1, 6, 7, 8), grid), [5.0, 1.0, 10.0], atol=1e-9)
+
+
+def test_matrix_is_a_linear_map_about_the_centre_then_a_shift() -> None:
+    linear = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.0, -0.2], [0.05, 0.0, 0.0]], dtype=torch.float64)
+    shift = torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64)
+    centre = torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64)
+    m = _matrix(linear, shift, centre).numpy()
+    x = np.array([12.0, 17.0, 35.0])
+    expected = (np.eye(3) + linear.numpy()) @ (x - centre.numpy()) + centre.numpy() + shift.numpy()
+    np.testing.assert_allclose(m[:3, :3] @ x + m[:3, 3], expected, atol=1e-12)
+    np.testing.assert_array_equal(m[3], [0.0, 0.0, 0.0, 1.0])
+
+
+def _blobs(points: np.ndarray) -> np.ndarray:
+    """A smooth, asymmetric test object at RAS points ``(..., 3)``: three Gaussian blobs of different sizes."""
+    centres = np.array([[0.0, 0.0, 0.0], [18.0, 6.0, -4.0], [-6.0, -16.0, 10.0]])
+    widths = np.array([14.0, 7.0, 9.0])
+    heights = np.array([1.0, 0.8, 0.6])
+    value = np.zeros(points.shape[:-1])
+    for c, w, h in zip(centres, widths, heights):
+        value += h * np.exp(-np.sum((points - c) ** 2, axis=-1) / (2 * w * w))
+    return value
+
+
+def test_recovers_a_known_affine_between_differently_oriented_grids() -> None:
+    """moving(A x) = fixed(x) for a rotation of 10° about z, a 6 % scaling along x and a shift of (5, −4, 3) mm;
+    the moving image lies on a flipped (LAS) grid of another voxel size. The recovered matrix maps points of
+    the object to within 1 mm of the true ones."""
+    angle = np.deg2rad(10.0)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]])
+    truth = np.eye(4)
+    truth[:3, :3] = rotation @ np.diag([1.06, 1.0, 1.0])
+    truth[:3, 3] = [5.0, -4.0, 3.0]
+    fixed_grid = _grid((48, 48, 48), 2.0, origin=(-47.0, -47.0, -47.0))
+    moving_grid = _grid((40, 44, 40), 2.5, axes=(-1, 1, 1), origin=(50.0, -55.0, -48.0))
+    fixed = _blobs(fixed_grid.world_points())
+    # moving(y) = fixed(A⁻¹ y): the same object, moved by A
+    moving_points = moving_grid.world_points()
+    inverse = np.linalg.inv(truth)
+    moving = _blobs(moving_points @ inverse[:3, :3].T + inverse[:3, 3])
+    found = affine_register(torch.as_tensor(fixed, dtype=torch.float32)[None, None], fixed_grid,
+                            torch.as_tensor(moving, dtype=torch.float32)[None, None], moving_grid)
+    assert found.shape == (4, 4)
+    object_points = fixed_grid.world_points()[fixed > 0.2]  # where the object is
+    error = np.linalg.norm(object_points @ (found - truth)[:3, :3].T + (found - truth)[:3, 3], axis=-1)
+    # the finest level is 4 mm: a quarter of its voxel at most (0.43 mm on average, 0.80 at most, 2026-11-28);
+    # the identity is 3.8-11.6 mm off there
+    assert error.mean() < 0.6 and error.max() < 1.0, (error.mean(), error.max())
