@@ -8,7 +8,7 @@ import torch
 
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.models import UNetSPR, count_parameters
-from svreg_core.models.base import LAMBDA_MIN, pad_to_multiple
+from svreg_core.models.base import LAMBDA_MIN
 
 
 def test_default_layout_has_the_hand_counted_parameters(nets) -> None:
@@ -78,20 +78,6 @@ def test_mismatched_inputs_are_refused(nets) -> None:
         model(fixed, moving[..., :7])
     with pytest.raises(ValueError, match="N, 1, I, J, K"):
         model(torch.cat((fixed, moving), 1), torch.cat((fixed, moving), 1))
-
-
-def test_pad_to_multiple_centres_and_replicates() -> None:
-    x = torch.arange(17 * 16 * 2, dtype=torch.float32).view(1, 1, 17, 16, 2)
-    padded, crop = pad_to_multiple(x, 16)
-    assert padded.shape == (1, 1, 32, 16, 16)
-    assert crop == (slice(7, 24), slice(0, 16), slice(7, 9))  # 15 = 7 + 8 along i, 14 = 7 + 7 along k
-    assert torch.equal(padded[(..., *crop)], x)
-    assert torch.equal(padded[:, :, 0, :, 0], x[:, :, 0, :, 0])  # a corner takes the nearest voxel
-    assert torch.equal(padded[:, :, :7, :, 7:9], x[:, :, :1].expand(1, 1, 7, 16, 2))
-    assert torch.equal(padded[:, :, 24:, :, 7:9], x[:, :, -1:].expand(1, 1, 8, 16, 2))
-    assert torch.equal(padded[:, :, 7:24, :, :7], x[..., :1].expand(1, 1, 17, 16, 7))
-    same, crop = pad_to_multiple(x[:, :, :16], 16)
-    assert same.shape == (1, 1, 16, 16, 16) and crop[0] == slice(0, 16)
 
 
 def test_a_few_training_steps_reduce_the_spr_loss(nets) -> None:

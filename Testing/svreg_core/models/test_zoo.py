@@ -1,0 +1,51 @@
+"""The shipped-model catalogue: listing, resolving names and paths, one line per model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.models.zoo import DEFAULT_MODEL, describe, resolve_model, shipped_models
+
+
+def _catalogue(tmp_path: Path) -> Path:
+    folder = tmp_path / "shipped"
+    for name in (DEFAULT_MODEL, "b-model"):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "model.json").write_text(json.dumps({"architecture": "unet-spr", "network_spacing_mm": 3.0,
+                                                               "size_multiple": 16, "alpha_prime": 0.175,
+                                                               "lambda_max": 3.35,
+                                                               "training": {"data": "synthetic"}}))
+    (folder / "broken").mkdir()
+    (folder / "broken" / "model.json").write_text("{not json")  # skipped, not fatal
+    (folder / "no-json").mkdir()
+    return folder
+
+
+def test_shipped_models_lists_readable_checkpoints_sorted(tmp_path: Path) -> None:
+    folder = _catalogue(tmp_path)
+    assert list(shipped_models(folder)) == sorted(["b-model", DEFAULT_MODEL])
+    assert shipped_models(tmp_path / "missing") == {}
+
+
+def test_resolve_names_default_and_paths(tmp_path: Path) -> None:
+    folder = _catalogue(tmp_path)
+    assert resolve_model("b-model", folder) == folder / "b-model"
+    assert resolve_model("default", folder) == folder / DEFAULT_MODEL
+    checkpoint = tmp_path / "runs" / "best"
+    checkpoint.mkdir(parents=True)
+    assert resolve_model(checkpoint, folder) == checkpoint
+    with pytest.raises(InputError, match=f"neither a shipped model \\(shipped: b-model, {DEFAULT_MODEL}\\)"):
+        resolve_model("no-such-model", folder)
+
+
+def test_describe_puts_the_name_first() -> None:
+    meta = {"architecture": "unet-spr", "network_spacing_mm": 3.0, "size_multiple": 16, "alpha_prime": 0.05,
+            "lambda_max": 2.0, "config": {"hyper": {"alpha_prime": [0.01, 0.1], "lambda_max": [1, 5]}},
+            "training": {"data": "synthetic label maps"}}
+    line = describe("my-model", meta)
+    assert line.startswith("my-model  architecture=unet-spr  grid=3.0 mm RAS")
+    assert "hyper alpha_prime=[0.01, 0.1]" in line and line.endswith("data: synthetic label maps")
+    assert describe("bare", {}).startswith("bare  architecture=?")

@@ -1,0 +1,51 @@
+"""The epoch plan, the per-rank batches, the step count and the collation of training samples."""
+from __future__ import annotations
+
+from collections import Counter
+
+import torch
+
+from svreg_core.training.loaders import collate_pairs, epoch_plan, rank_batches
+
+
+def test_epoch_plan_mixes_the_sources_by_weight_and_visits_each_in_a_fresh_order() -> None:
+    sizes, weights = [10, 30], [1.0, 3.0]
+    plan = epoch_plan(sizes, weights, 4000, seed=5)
+    assert len(plan) == 4000 and all(0 <= i < 40 for i in plan)
+    share = sum(i >= 10 for i in plan) / len(plan)
+    assert abs(share - 0.75) < 0.03  # weights 1 : 3 (binomial standard deviation 0.007)
+    # within a source, every index is used once before any is used again
+    first = [i for i in plan if i < 10]
+    for start in range(0, len(first) - 10 + 1, 10):
+        assert sorted(first[start:start + 10]) == list(range(10))
+    second = [i - 10 for i in plan if i >= 10]
+    assert sorted(second[:30]) == list(range(30)) and second[:30] != second[30:60]  # a new order each cycle
+    assert plan == epoch_plan(sizes, weights, 4000, seed=5) != epoch_plan(sizes, weights, 4000, seed=6)
+
+
+def test_a_single_source_is_always_picked_whatever_its_weight() -> None:
+    plan = epoch_plan([7], [0.2], 21, seed=0)
+    assert Counter(plan) == {i: 3 for i in range(7)}
+
+
+def test_rank_batches_hand_computed() -> None:
+    plan = list(range(13))
+    # global batch 2 x 3 = 6: steps take plan[0:6] and plan[6:12]; the last, incomplete step is dropped
+    assert rank_batches(plan, 2, 0, 3) == [[0, 1], [6, 7]]
+    assert rank_batches(plan, 2, 2, 3) == [[4, 5], [10, 11]]
+    assert rank_batches(plan, 6, 0, 1) == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]]
+
+
+def test_collate_stacks_images_and_keeps_labels_only_when_every_sample_has_them() -> None:
+    def sample(name: str, labels: bool) -> dict:
+        out = {"fixed": torch.zeros(1, 4, 5, 6), "moving": torch.ones(1, 4, 5, 6), "name": name,
+               "velocity": torch.zeros(3, 4, 5, 6)}  # anything else a dataset returns is dropped
+        if labels:
+            out["fixed_labels"] = out["moving_labels"] = torch.zeros(4, 5, 6, dtype=torch.long)
+        return out
+
+    batch = collate_pairs([sample("a", True), sample("b", True)])
+    assert batch["fixed"].shape == (2, 1, 4, 5, 6) and batch["fixed_labels"].shape == (2, 4, 5, 6)
+    assert batch["name"] == ["a", "b"] and "velocity" not in batch
+    mixed = collate_pairs([sample("a", True), sample("b", False)])
+    assert "fixed_labels" not in mixed and "moving_labels" not in mixed and mixed["moving"].shape[0] == 2
