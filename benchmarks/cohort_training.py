@@ -61,11 +61,14 @@ def main(argv: list[str] | None = None) -> int:
                     "--csv", str(pairs / "train.csv"), "--val-data", str(pairs / "val.csv"), "--init", "brain-unet-spr",
                     "--epochs", str(args.epochs), "--steps-per-epoch", str(args.steps_per_epoch), "--workers", "1",
                     "--seed", "0", "--progress", "none", "-o", str(args.run)], check=True)
-    for name, model in (("shipped", "brain-unet-spr"), ("finetuned", str(args.run / "last"))):
+    last = (args.run / "last").resolve()
+    # the fine-tuned model named relative to the repository (the results record it; no machine paths)
+    finetuned = str(last.relative_to(REPO)) if last.is_relative_to(REPO) else str(last)
+    for name, model in (("shipped", "brain-unet-spr"), ("finetuned", finetuned)):
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "cohort.py"), "--data", str(args.data),
                         "--subjects", *TEST, "--variants", *args.variants, "--model", model,
                         "--out", str(REPO / ".bench" / f"cohort-{args.tag}-{name}"), "--tag", f"{args.tag}-{name}"],
-                       check=True)
+                       check=True, cwd=REPO)
     return 0
 
 

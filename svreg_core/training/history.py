@@ -62,27 +62,45 @@ def _series(history: Sequence[dict[str, float]], key: str) -> tuple[list[float],
     return xs, ys
 
 
+#: Loss terms of the training curve, in panel order, and their colours.
+_CURVE_TERMS = (("total", "black"), ("similarity", "tab:blue"), ("regularization", "tab:orange"),
+                ("prior", "tab:green"), ("labels", "tab:purple"))
+
+
+def curve_terms(history: Sequence[dict[str, float]]) -> list[str]:
+    """The loss terms the training curve draws: those with a non-zero value in some epoch (``labels`` is 0
+    throughout without a label term, and a uniform network's prior too)."""
+    return [term for term, _ in _CURVE_TERMS
+            if any(v != 0 for split in ("train", "val") for v in _series(history, f"{split}_{term}")[1])]
+
+
 def write_curve_png(history: Sequence[dict[str, float]], path: Path, title: str = "") -> Path:
-    """Training curves: loss terms (train solid, validation dashed) and validation Dice / folding %."""
+    """Training curves: one panel per loss term (:func:`curve_terms`; train solid, validation dashed, each
+    term on its own scale: the similarity is about −1 while the regulariser changes in the third decimal),
+    and the validation Dice (before registration dotted) with the folding percentage."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     path = Path(path)
+    terms = curve_terms(history)
+    columns = 3
+    rows = max(1, math.ceil((len(terms) + 1) / columns))
     # an explicit Agg figure: no pyplot, so matplotlib's global backend is never touched
-    fig = Figure(figsize=(11, 4), constrained_layout=True)
+    fig = Figure(figsize=(4.0 * columns, 3.2 * rows), constrained_layout=True)
     FigureCanvasAgg(fig)
-    loss_ax, dice_ax = fig.subplots(1, 2)
-    for term, colour in (("total", "black"), ("similarity", "tab:blue"), ("regularization", "tab:orange"),
-                         ("prior", "tab:green"), ("labels", "tab:purple")):
+    axes = list(fig.subplots(rows, columns, squeeze=False).ravel())
+    colours = dict(_CURVE_TERMS)
+    for term, ax in zip(terms, axes):
         for split, style in (("train", "-"), ("val", "--")):
             xs, ys = _series(history, f"{split}_{term}")
             if xs:
-                loss_ax.plot(xs, ys, style, color=colour, marker="." if len(xs) < 30 else None,
-                             label=f"{split} {term}")
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("loss")
-    loss_ax.set_title("SPR loss terms")
-    loss_ax.legend(fontsize=7, ncol=2)
+                ax.plot(xs, ys, style, color=colours[term], marker="." if len(xs) < 30 else None, label=split)
+        ax.set_title(f"{term} loss", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    dice_ax = axes[len(terms)]
+    for ax in axes[len(terms) + 1:]:
+        ax.set_visible(False)
     xs, ys = _series(history, "val_dice")
     if xs:
         dice_ax.plot(xs, ys, "-", color="tab:blue", marker="." if len(xs) < 30 else None, label="val Dice")
@@ -91,7 +109,7 @@ def write_curve_png(history: Sequence[dict[str, float]], path: Path, title: str 
         dice_ax.plot(xs, ys, ":", color="gray", label="Dice before registration")
     dice_ax.set_xlabel("epoch")
     dice_ax.set_ylabel("mean Dice")
-    dice_ax.set_title("validation")
+    dice_ax.set_title("validation", fontsize=10)
     fold_ax = dice_ax.twinx()
     xs, ys = _series(history, "val_folding_percent")
     if xs:
