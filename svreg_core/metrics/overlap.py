@@ -65,10 +65,12 @@ def _label_counts(fixed: np.ndarray, warped: np.ndarray
 
     Returns ``(values, n_fixed, n_warped, n_both)``: the sorted label values occurring in either map,
     and for each the number of voxels carrying it in ``fixed``, in ``warped``, and in both at the same
-    voxel. Uses three ``np.bincount`` passes (no per-label full-volume comparison).
+    voxel. Uses three ``np.bincount`` passes (no per-label full-volume comparison). Both maps are flattened
+    in the same order, their memory order when they share one (NIfTI arrays are Fortran-ordered: no copy).
     """
-    f = fixed.ravel()
-    w = warped.ravel()
+    order = "F" if fixed.flags.f_contiguous and warped.flags.f_contiguous else "C"
+    f = fixed.ravel(order)
+    w = warped.ravel(order)
     lo = min(int(f.min()), int(w.min()))
     hi = max(int(f.max()), int(w.max()))
     if lo >= 0 and hi < _BINCOUNT_MAX_LABEL:

@@ -122,3 +122,15 @@ def test_hd95_matches_brute_force_on_blobs() -> None:
         expected = _brute_hd95(fixed == label, warped == label, spacing)
         assert result[label] == pytest.approx(expected)
         assert result[label] > 0
+
+
+def test_memory_order_does_not_change_the_scores() -> None:
+    """NIfTI arrays are Fortran-ordered, warped maps C-ordered: every combination scores the same."""
+    rng = np.random.default_rng(7)
+    fixed = rng.integers(0, 4, (9, 8, 7))
+    warped = np.where(rng.random((9, 8, 7)) < 0.8, fixed, rng.integers(0, 4, (9, 8, 7)))
+    expected_dice, expected_hd = dice(fixed, warped), hd95(fixed, warped, spacing=(1.0, 1.5, 2.0))
+    for f in (fixed, np.asfortranarray(fixed)):
+        for w in (warped, np.asfortranarray(warped)):
+            assert dice(f, w) == expected_dice
+            assert hd95(f, w, spacing=(1.0, 1.5, 2.0)) == expected_hd
