@@ -17,6 +17,7 @@ Results are ``dict[int, float]`` keyed by label value, in increasing label order
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -68,7 +69,7 @@ def _label_counts(fixed: np.ndarray, warped: np.ndarray
     voxel. Uses three ``np.bincount`` passes (no per-label full-volume comparison). Both maps are flattened
     in the same order, their memory order when they share one (NIfTI arrays are Fortran-ordered: no copy).
     """
-    order = "F" if fixed.flags.f_contiguous and warped.flags.f_contiguous else "C"
+    order: Literal["C", "F"] = "F" if fixed.flags.f_contiguous and warped.flags.f_contiguous else "C"
     f = fixed.ravel(order)
     w = warped.ravel(order)
     lo = min(int(f.min()), int(w.min()))
