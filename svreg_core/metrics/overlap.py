@@ -152,11 +152,14 @@ def _distances_to(points: np.ndarray, surface: np.ndarray, shape: tuple[int, ...
     distance = np.zeros(points.size)
     away = ~np.isin(points, surface, assume_unique=True)
     if away.any():
-        def world(flat: np.ndarray) -> np.ndarray:
-            return np.stack(np.unravel_index(flat, shape), axis=1) * sampling
-
-        distance[away] = cKDTree(world(surface)).query(world(points[away]))[0]
+        distance[away] = cKDTree(_millimetres(surface, shape, sampling)).query(
+            _millimetres(points[away], shape, sampling))[0]
     return distance
+
+
+def _millimetres(flat: np.ndarray, shape: tuple[int, ...], sampling: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` voxel indices of the flat indices ``flat`` into ``shape``, scaled by ``sampling`` (mm)."""
+    return np.stack(np.unravel_index(flat, shape), axis=1) * sampling
 
 
 def hd95(fixed_labels: np.ndarray, warped_labels: np.ndarray,
