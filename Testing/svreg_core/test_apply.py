@@ -225,14 +225,8 @@ def test_point_files(case, geo, tmp_path: Path) -> None:
         np.testing.assert_allclose(read_points(tmp_path / name, **kwargs), x, atol=1e-9, err_msg=name)
 
 
-def test_errors(case, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="neither"):
-        load_transform(tmp_path)
-    with pytest.raises(InputError, match="not found"):
-        load_transform(tmp_path / "nothing.h5")
-    (tmp_path / "bad.h5").write_text("not a transform")
-    with pytest.raises(InputError, match="cannot read"):
-        load_transform(tmp_path / "bad.h5")
+def test_point_file_errors(case, tmp_path: Path) -> None:
+    """(Errors of the transform readers: ``outputs/test_read.py``.)"""
     (tmp_path / "p.csv").write_text("a,b,c\n1,2,3\n")
     with pytest.raises(InputError, match="x, y, z"):
         transform_points_file(load_transform(case.folder), tmp_path / "p.csv", tmp_path / "q.csv")

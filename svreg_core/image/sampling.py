@@ -4,10 +4,11 @@ PyTorch's CPU kernel for 3-D ``grid_sample`` (forward and backward) parallelises
 dimension only, so a single volume (``N = 1``) runs on one core. :func:`grid_sample` splits the
 sampling points of a single volume into batch entries (the source is broadcast, not copied) and
 reassembles the result: forward values are bitwise those of one call, and on 2 cores forward and
-backward take about 0.6x the time. The number of entries depends on the number of points only, never
-on the thread count: the backward pass sums the entries' gradients of the source, and a split that
-followed the threads made results differ between machines (the optimiser amplified last-bit
-differences to millimetres between 1 and 2 threads). On CUDA, or with ``N > 1``, it is a plain
+backward take about 0.6x the time. When the source's gradient is recorded, the number of entries depends
+on the number of points only, never on the thread count: the backward pass sums the entries' gradients
+of the source, and a split that followed the threads made results differ between machines (the
+optimiser amplified last-bit differences to millimetres between 1 and 2 threads). Otherwise nothing is
+summed and the entries follow the threads. On CUDA, or with ``N > 1``, it is a plain
 ``grid_sample`` call, except in PyTorch's deterministic mode (``torch.use_deterministic_algorithms``)
 when a gradient is needed: torch's CUDA backward accumulates the source's gradient with atomic adds, in
 an order that changes from run to run (and refuses to run in that mode), so the sampling is then done
@@ -28,10 +29,10 @@ from svreg_core.conventions import ALIGN_CORNERS
 #: Fewest sampling points per chunk worth a thread of their own.
 MIN_POINTS_PER_CHUNK = 16384
 
-#: Chunks of a large volume when a gradient is recorded, whatever the thread count: in the backward pass each
-#: chunk holds its own gradient copy of the source, and the copies are summed, so the number of chunks sets the
-#: rounding of that sum (fixed: bitwise the same gradients with any number of threads). Brain pair, 2 threads:
-#: deformable stage 29.8 s with 4, 31.7 s with 8.
+#: Chunks of a large volume when the source's gradient is recorded, whatever the thread count: in the backward
+#: pass each chunk holds its own gradient copy of the source, and the copies are summed, so the number of chunks
+#: sets the rounding of that sum (fixed: bitwise the same gradients with any number of threads). Brain pair,
+#: 2 threads: deformable stage 29.8 s with 4, 31.7 s with 8.
 MAX_CHUNKS = 4
 
 
@@ -39,16 +40,17 @@ def _chunks(source: torch.Tensor, coords: torch.Tensor) -> int:
     """How many batch items ``grid_sample`` splits the points into on a CPU.
 
     torch's 3-D ``grid_sample`` on a CPU runs in parallel over the batch only (one item: one thread, 0.9–1.2 s
-    for 5 M points with 1 or 2 threads, 0.5 s as two items on 2 threads; torch 2.13, 2026-11-28). With a
-    gradient: :data:`MAX_CHUNKS`. Without one, every point is sampled on its own and nothing is summed, so the
-    split cannot change a value: as many chunks as torch has threads (at least :data:`MAX_CHUNKS`), which lets
-    a machine with more cores use them for the outputs' fields and warps.
+    for 5 M points with 1 or 2 threads, 0.5 s as two items on 2 threads; torch 2.13, 2026-11-28). When the
+    source's gradient is recorded: :data:`MAX_CHUNKS`. Otherwise nothing is summed (values, and gradients with
+    respect to the points, are computed point by point), so the split cannot change a value: as many chunks as
+    torch has threads (at least :data:`MAX_CHUNKS`), which lets a machine with more cores use them for the
+    optimiser's image warps and for the outputs' fields and warps.
     """
     if source.device.type != "cpu" or source.shape[0] != 1:
         return 1
     points = math.prod(coords.shape[1:-1])
-    differentiated = torch.is_grad_enabled() and (source.requires_grad or coords.requires_grad)
-    most = MAX_CHUNKS if differentiated else max(MAX_CHUNKS, torch.get_num_threads())
+    summed = torch.is_grad_enabled() and source.requires_grad
+    most = MAX_CHUNKS if summed else max(MAX_CHUNKS, torch.get_num_threads())
     return max(1, min(most, points // MIN_POINTS_PER_CHUNK))
 
 

@@ -71,6 +71,26 @@ def test_gradients_are_bitwise_the_same_with_any_thread_count() -> None:
         assert torch.equal(s_grad, grads[0][0]) and torch.equal(c_grad, grads[0][1])
 
 
+def test_point_gradients_are_bitwise_the_same_with_every_thread_count() -> None:
+    """Without the source's gradient the split follows the threads; each point's gradient is its own (nothing is
+    summed), so 1, 6 and 16 threads give torch's one-call gradient bit for bit."""
+    source, coords = _problem(5, points=(60, 50, 40))
+    weights = torch.randn(1, 3, 60, 50, 40, dtype=torch.float64)
+    c = coords.clone().requires_grad_(True)
+    (F.grid_sample(source, c, align_corners=ALIGN_CORNERS) * weights).sum().backward()
+    reference = c.grad
+    before = torch.get_num_threads()
+    try:
+        for threads, chunks in ((1, sampling.MAX_CHUNKS), (6, 6), (16, 7)):
+            torch.set_num_threads(threads)
+            c = coords.clone().requires_grad_(True)
+            assert sampling._chunks(source, c) == chunks
+            (grid_sample(source, c) * weights).sum().backward()
+            assert torch.equal(c.grad, reference)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_forward_only_sampling_uses_every_thread_and_is_bitwise_torch() -> None:
     """Without a gradient the points are split into as many chunks as threads (at least MAX_CHUNKS); nothing is
     summed, so any split gives torch's values bit for bit."""

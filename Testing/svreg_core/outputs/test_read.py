@@ -1,0 +1,166 @@
+"""Transform files read back (``svreg_core.outputs.read``), on hand-made fields and files.
+
+Files are written here with nibabel and SimpleITK directly (LPS vectors, ITK layout), not with svreg's
+writer, so the reader is checked against the formats' conventions rather than against itself. The
+registered outputs read back are tested in ``Testing/svreg_core/test_apply.py``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from svreg_core.errors import InputError
+from svreg_core.image.grid import Grid
+from svreg_core.outputs.read import DisplacementField, Transform, load_transform, read_displacement, read_itk_transform
+
+#: A 2 mm grid, its first axis flipped (LAS-like), voxel (0, 0, 0) at RAS (10, -20, 5).
+_AFFINE = np.array([[-2.0, 0, 0, 10.0], [0, 2.0, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
+_SHAPE = (6, 5, 4)
+
+
+def _grid_points() -> np.ndarray:
+    """RAS mm of every voxel centre of the test grid, ``(I, J, K, 3)``."""
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in _SHAPE], indexing="ij"), axis=-1)
+    return nib.affines.apply_affine(_AFFINE, ijk)
+
+
+def _constant(vector_ras: tuple[float, float, float]) -> DisplacementField:
+    return DisplacementField(np.broadcast_to(np.float32(vector_ras), (*_SHAPE, 3)).copy(), Grid(_SHAPE, _AFFINE))
+
+
+def test_constant_field_inside_and_zero_beyond_half_a_voxel() -> None:
+    field = _constant((1.0, -2.0, 0.5))
+    # voxel (0, 0, 0) is RAS (10, -20, 5); the grid spans i = 0..5 along -x, j = 0..4 along +y
+    points = np.array([[10.0, -20.0, 5.0],   # a corner voxel centre
+                       [4.0, -16.0, 7.0],    # inside
+                       [10.9, -20.0, 5.0],   # 0.45 voxel beyond i = 0: the border vector continues
+                       [11.2, -20.0, 5.0],   # 0.6 voxel beyond: zero
+                       [4.0, -21.2, 7.0]])   # 0.6 voxel below j = 0: zero
+    expected = points + np.array([[1.0, -2.0, 0.5]] * 3 + [[0.0, 0.0, 0.0]] * 2)
+    np.testing.assert_allclose(field(points), expected, atol=1e-6)
+
+
+def test_linear_field_is_interpolated_exactly() -> None:
+    """Trilinear interpolation reproduces a field that is linear in the world coordinates."""
+    matrix = np.array([[0.02, -0.01, 0.0], [0.0, 0.03, 0.01], [-0.02, 0.0, 0.01]])
+    u = (_grid_points() @ matrix.T).astype(np.float32)
+    field = DisplacementField(u, Grid(_SHAPE, _AFFINE))
+    rng = np.random.default_rng(0)
+    points = nib.affines.apply_affine(_AFFINE, rng.uniform(0, np.asarray(_SHAPE) - 1, size=(50, 3)))
+    np.testing.assert_allclose(field(points), points + points @ matrix.T, atol=1e-4)
+    assert field(points.reshape(5, 10, 3)).shape == (5, 10, 3)
+
+
+def test_steps_act_in_order_and_matrices_invert_exactly() -> None:
+    shift = np.eye(4)
+    shift[:3, 3] = [1.0, 2.0, 3.0]
+    scale = np.diag([2.0, 2.0, 2.0, 1.0])
+    point = np.array([[1.0, 1.0, 1.0]])
+    # steps[0] acts first: scale then shift -> (3, 4, 5); shift then scale -> (4, 6, 8)
+    np.testing.assert_allclose(Transform((scale, shift)).transform_points(point), [[3.0, 4.0, 5.0]])
+    np.testing.assert_allclose(Transform((shift, scale)).transform_points(point), [[4.0, 6.0, 8.0]])
+    back = Transform((scale, shift)).inverse()
+    np.testing.assert_allclose(back.transform_points([[3.0, 4.0, 5.0]]), point)
+
+
+def test_field_inverse_is_numerical_and_its_inverse_the_field() -> None:
+    grid_points = _grid_points()
+    centre = grid_points.reshape(-1, 3).mean(0)
+    u = (0.8 * np.sin((grid_points - centre) / 6.0)).astype(np.float32)  # |∇u| ≤ 0.13: invertible
+    field = DisplacementField(u, Grid(_SHAPE, _AFFINE))
+    forward = Transform((field,), grid=field.grid)
+    inverse = forward.inverse()
+    points = grid_points[1:-1, 1:-1, 1:-1].reshape(-1, 3)
+    np.testing.assert_allclose(inverse.transform_points(forward.transform_points(points)), points, atol=0.02)
+    assert inverse.inverse().steps[0] is field
+
+
+def test_folding_field_is_not_inverted() -> None:
+    """``u(x) = -2 (x - c)`` maps x to 2c - x, where the fixed-point iteration diverges."""
+    grid_points = _grid_points()
+    centre = grid_points.reshape(-1, 3).mean(0)
+    field = DisplacementField((-2.0 * (grid_points - centre)).astype(np.float32), Grid(_SHAPE, _AFFINE))
+    with pytest.raises(InputError, match="could not be inverted"):
+        Transform((field,)).inverse().transform_points(centre[None] + 1.0)
+
+
+@pytest.mark.parametrize("layout", ["itk", "plain"])
+def test_read_displacement_converts_lps_vectors(tmp_path: Path, layout: str) -> None:
+    lps = np.broadcast_to(np.float32([1.0, 2.0, 3.0]), (*_SHAPE, 3))
+    data = lps[:, :, :, None, :] if layout == "itk" else lps
+    path = tmp_path / "field.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), _AFFINE), str(path))
+    field = read_displacement(path)
+    np.testing.assert_array_equal(field.displacement[2, 2, 2], [-1.0, -2.0, 3.0])  # RAS
+    np.testing.assert_array_equal(field.grid.affine, _AFFINE)
+    assert field.grid.shape == _SHAPE
+
+
+@pytest.mark.parametrize("content, message", [
+    (np.zeros((*_SHAPE, 2), np.float32), "has shape"),
+    (np.full((*_SHAPE, 3), np.nan, np.float32), "NaN"),
+    (None, "cannot read"),
+])
+def test_read_displacement_errors(tmp_path: Path, content: np.ndarray | None, message: str) -> None:
+    path = tmp_path / "field.nii.gz"
+    if content is None:
+        path.write_bytes(b"not a NIfTI file")
+    else:
+        nib.save(nib.Nifti1Image(content, _AFFINE), str(path))
+    with pytest.raises(InputError, match=message):
+        read_displacement(path)
+
+
+def _sitk_field(vector_lps: tuple[float, float, float]) -> sitk.DisplacementFieldTransform:
+    """A constant LPS displacement on the test grid, in SimpleITK's own (LPS) geometry."""
+    image = sitk.GetImageFromArray(np.broadcast_to(np.float64(vector_lps), (*_SHAPE[::-1], 3)).copy(),
+                                   isVector=True)
+    image.SetSpacing((2.0, 2.0, 2.0))
+    image.SetOrigin((-10.0, 20.0, 5.0))  # RAS (10, -20, 5)
+    image.SetDirection((1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))  # RAS columns (-1, 0, 0), (0, 1, 0), (0, 0, 1)
+    return sitk.DisplacementFieldTransform(image)
+
+
+def test_itk_composite_matches_simpleitk(tmp_path: Path) -> None:
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((1.0, 0.1, 0.0, 0.0, 0.95, 0.05, 0.0, 0.0, 1.1))
+    affine.SetTranslation((2.0, -3.0, 1.5))
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(affine)
+    composite.AddTransform(_sitk_field((0.5, -1.0, 2.0)))  # added last: ITK applies it first
+    path = tmp_path / "composite.h5"
+    sitk.WriteTransform(composite, str(path))
+    transform = read_itk_transform(path)
+    assert isinstance(transform.steps[0], DisplacementField) and isinstance(transform.steps[1], np.ndarray)
+    np.testing.assert_array_equal(transform.grid.affine, _AFFINE)
+    points_ras = _grid_points()[1:-1, 1:-1, 1:-1].reshape(-1, 3)
+    flip = np.array([-1.0, -1.0, 1.0])
+    expected = np.array([composite.TransformPoint(tuple(p * flip)) for p in points_ras]) * flip
+    np.testing.assert_allclose(transform.transform_points(points_ras), expected, atol=1e-5)
+
+
+def test_itk_errors(tmp_path: Path) -> None:
+    bspline = sitk.BSplineTransform(3)
+    sitk.WriteTransform(bspline, str(tmp_path / "b.tfm"))
+    with pytest.raises(InputError, match="BSplineTransform"):
+        read_itk_transform(tmp_path / "b.tfm")
+    (tmp_path / "bad.h5").write_bytes(b"\x89HDF corrupt")
+    with pytest.raises(InputError, match="cannot read"):
+        read_itk_transform(tmp_path / "bad.h5")
+
+
+def test_load_transform_paths(tmp_path: Path) -> None:
+    path = tmp_path / "field.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((*_SHAPE, 1, 3), np.float32), _AFFINE), str(path))
+    assert isinstance(load_transform(path).steps[0], DisplacementField)
+    with pytest.raises(InputError, match="not found"):
+        load_transform(tmp_path / "missing.nii.gz")
+    (tmp_path / "field.vtk").write_text("x")
+    with pytest.raises(InputError, match="unknown transform file type"):
+        load_transform(tmp_path / "field.vtk")
+    with pytest.raises(InputError, match="holds neither"):
+        load_transform(tmp_path)
