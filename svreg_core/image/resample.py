@@ -87,17 +87,85 @@ def antialias_sigma(source: Grid, target_spacing: float) -> tuple[float, ...]:
     return tuple(float(0.5 * np.sqrt(max(r * r - 1.0, 0.0))) for r in ratio)
 
 
+#: Longest source axis (voxels) that :func:`resample` interpolates axis by axis with dense matrices: their cost
+#: grows with the source's length. Onto the 1 mm brain grid (182×218×182, 2 CPU threads, 3-4 channels), against
+#: ``grid_sample``: from 64×80×64 0.08-0.10 s instead of 0.31-0.45 s, from 91×109×91 0.10-0.11 s instead of
+#: 0.29 s, from 121×145×121 0.15 s instead of 0.26-0.30 s, from 182×218×182 0.37 s instead of 0.26-0.30 s.
+SEPARABLE_MAX_SOURCE = 128
+
+
+def _axis_map(source: Grid, target: Grid, world_transform: np.ndarray | None) -> \
+        tuple[tuple[int, int, int], np.ndarray, np.ndarray] | None:
+    """When every target voxel axis maps onto one source voxel axis alone (grids of the same axes up to a
+    permutation and flips, with any voxel sizes and offsets): ``(axes, scale, offset)`` such that source voxel
+    coordinate ``axes[a]`` of target voxel ``n`` along axis ``a`` is ``scale[a] * n + offset[a]``; else ``None``.
+    """
+    w = np.eye(4) if world_transform is None else np.asarray(world_transform, dtype=np.float64)
+    to_source = np.linalg.inv(source.affine) @ w @ target.affine
+    linear = to_source[:3, :3]
+    nonzero = np.abs(linear) > 1e-9 * np.abs(linear).max()
+    if not (np.all(nonzero.sum(axis=0) == 1) and np.all(nonzero.sum(axis=1) == 1)):
+        return None
+    axes = tuple(int(a) for a in nonzero.argmax(axis=0))  # the source axis of each target axis
+    return (axes[0], axes[1], axes[2]), linear[axes, range(3)], to_source[axes, 3]
+
+
+def _interpolation_matrix(positions: np.ndarray, size: int, padding_mode: str) -> np.ndarray:
+    """``(size, len(positions))`` weights of linear interpolation at voxel ``positions`` of an axis of ``size``
+    voxels: zero beyond the axis for ``"zeros"``, the border voxel's value for ``"border"`` (as ``grid_sample``)."""
+    if padding_mode == "border":
+        positions = np.clip(positions, 0, size - 1)
+    low = np.floor(positions)
+    upper_weight = positions - low
+    matrix = np.zeros((size, len(positions)))
+    columns = np.arange(len(positions))
+    for index, weight in ((low, 1.0 - upper_weight), (low + 1, upper_weight)):
+        inside = (index >= 0) & (index <= size - 1)
+        np.add.at(matrix, (index[inside].astype(np.int64), columns[inside]), weight[inside])
+    return matrix
+
+
+def _separable_resample(source: torch.Tensor, axes: tuple[int, int, int], scale: np.ndarray, offset: np.ndarray,
+                        shape: tuple[int, ...], padding_mode: str) -> torch.Tensor:
+    """Trilinear resampling as three linear interpolations along the axes (trilinear weights are products of
+    per-axis ones), each a product with a small dense matrix; positions in float64. Of the first two axes the
+    one that shrinks the most goes first (smaller intermediates); the last axis goes last, so the result comes
+    out contiguous (64×80×64 onto 182×218×182, 4 channels, 2 threads: 0.09 s; ending with another axis
+    0.10-0.22 s)."""
+    out = source.permute(0, 1, *(2 + a for a in axes))
+    order = [*sorted((0, 1), key=lambda a: shape[a] / out.shape[2 + a]), 2]
+    for a in order:
+        positions = scale[a] * np.arange(shape[a]) + offset[a]
+        matrix = torch.as_tensor(_interpolation_matrix(positions, out.shape[2 + a], padding_mode), dtype=out.dtype)
+        out = torch.movedim(torch.movedim(out, 2 + a, -1) @ matrix, -1, 2 + a)
+    return out.contiguous()
+
+
 def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transform: np.ndarray | None = None,
              *, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Resample ``source`` onto ``target``: value at target point x is source(W x).
 
-    A target larger than one slab (:meth:`Grid.slabs`) is filled slab by slab, so the sampling
+    Onto the source's own grid (``W`` the identity or a world map that takes every target voxel onto the same
+    source voxel) it is an exact copy. Between grids of the same axes (up to a permutation and flips) the
+    trilinear interpolation is done axis by axis on a CPU when the source is small (at most
+    :data:`SEPARABLE_MAX_SOURCE` voxels along every axis, e.g. a working grid onto the image grid): the same
+    values as ``grid_sample`` up to float rounding (its float32 sampling coordinates put the points up to
+    about 1e-5 voxel off), several times faster.
+    Otherwise a target larger than one slab (:meth:`Grid.slabs`) is filled slab by slab, so the sampling
     coordinates (:func:`source_coordinates`) never exist for the whole target grid.
 
     Args:
         source: ``(N, C, I, J, K)`` tensor on ``source_grid``.
         world_transform: 4x4 RAS->RAS matrix ``W`` (target world -> source world); identity if None.
     """
+    aligned = _axis_map(source_grid, target, world_transform)
+    if aligned is not None and aligned[0] == (0, 1, 2) and tuple(target.shape) == tuple(source_grid.shape) \
+            and np.allclose(aligned[1], 1.0, rtol=0, atol=1e-9) and np.allclose(aligned[2], 0.0, rtol=0, atol=1e-6):
+        return source.clone(memory_format=torch.contiguous_format)
+    if aligned is not None and source.device.type == "cpu" and mode == "bilinear" \
+            and padding_mode in ("zeros", "border") and 1 < min(source_grid.shape) \
+            and max(source_grid.shape) <= SEPARABLE_MAX_SOURCE and min(target.shape) > 1:
+        return _separable_resample(source, *aligned, target.shape, padding_mode)
     slabs = list(target.slabs())
     out = None if len(slabs) == 1 else source.new_empty((*source.shape[:2], *target.shape))
     for start, stop, slab in slabs:
