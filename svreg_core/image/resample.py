@@ -145,12 +145,11 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
              *, mode: str = "bilinear", padding_mode: str = "zeros") -> torch.Tensor:
     """Resample ``source`` onto ``target``: value at target point x is source(W x).
 
-    Onto the source's own grid (``W`` the identity or a world map that takes every target voxel onto the same
-    source voxel) it is an exact copy. Between grids of the same axes (up to a permutation and flips) the
-    trilinear interpolation is done axis by axis on a CPU when the source is small (at most
-    :data:`SEPARABLE_MAX_SOURCE` voxels along every axis, e.g. a working grid onto the image grid): the same
-    values as ``grid_sample`` up to float rounding (its float32 sampling coordinates put the points up to
-    about 1e-5 voxel off), several times faster.
+    Onto the source's own grid (:meth:`Grid.same_as`, ``W`` the identity) it is a copy. Between grids of the
+    same axes (up to a permutation and flips) the trilinear interpolation is done axis by axis on a CPU when
+    the source is small (at most :data:`SEPARABLE_MAX_SOURCE` voxels along every axis, e.g. a working grid
+    onto the image grid): the same values as ``grid_sample`` up to float rounding (its float32 sampling
+    coordinates put the points up to about 1e-5 voxel off), several times faster.
     Otherwise a target larger than one slab (:meth:`Grid.slabs`) is filled slab by slab, so the sampling
     coordinates (:func:`source_coordinates`) never exist for the whole target grid.
 
@@ -158,10 +157,9 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
         source: ``(N, C, I, J, K)`` tensor on ``source_grid``.
         world_transform: 4x4 RAS->RAS matrix ``W`` (target world -> source world); identity if None.
     """
-    aligned = _axis_map(source_grid, target, world_transform)
-    if aligned is not None and aligned[0] == (0, 1, 2) and tuple(target.shape) == tuple(source_grid.shape) \
-            and np.allclose(aligned[1], 1.0, rtol=0, atol=1e-9) and np.allclose(aligned[2], 0.0, rtol=0, atol=1e-6):
+    if (world_transform is None or np.array_equal(world_transform, np.eye(4))) and source_grid.same_as(target):
         return source.clone(memory_format=torch.contiguous_format)
+    aligned = _axis_map(source_grid, target, world_transform)
     if aligned is not None and source.device.type == "cpu" and mode == "bilinear" \
             and padding_mode in ("zeros", "border") and 1 < min(source_grid.shape) \
             and max(source_grid.shape) <= SEPARABLE_MAX_SOURCE and min(target.shape) > 1:
