@@ -146,10 +146,10 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
     """Resample ``source`` onto ``target``: value at target point x is source(W x).
 
     Onto the source's own grid (:meth:`Grid.same_as`, ``W`` the identity) it is a copy. Between grids of the
-    same axes (up to a permutation and flips) the trilinear interpolation is done axis by axis on a CPU when
-    the source is small (at most :data:`SEPARABLE_MAX_SOURCE` voxels along every axis, e.g. a working grid
-    onto the image grid): the same values as ``grid_sample`` up to float rounding (its float32 sampling
-    coordinates put the points up to about 1e-5 voxel off), several times faster.
+    same axes (up to a permutation and flips) the trilinear interpolation is done axis by axis on a CPU (in
+    float32 or float64) when the source is small (at most :data:`SEPARABLE_MAX_SOURCE` voxels along every
+    axis, e.g. a working grid onto the image grid): the same values as ``grid_sample`` up to float rounding
+    (its float32 sampling coordinates put the points up to about 1e-5 voxel off), several times faster.
     Otherwise a target larger than one slab (:meth:`Grid.slabs`) is filled slab by slab, so the sampling
     coordinates (:func:`source_coordinates`) never exist for the whole target grid.
 
@@ -160,7 +160,8 @@ def resample(source: torch.Tensor, source_grid: Grid, target: Grid, world_transf
     if (world_transform is None or np.array_equal(world_transform, np.eye(4))) and source_grid.same_as(target):
         return source.clone(memory_format=torch.contiguous_format)
     aligned = _axis_map(source_grid, target, world_transform)
-    if aligned is not None and source.device.type == "cpu" and mode == "bilinear" \
+    if aligned is not None and source.device.type == "cpu" and source.dtype in (torch.float32, torch.float64) \
+            and mode == "bilinear" \
             and padding_mode in ("zeros", "border") and 1 < min(source_grid.shape) \
             and max(source_grid.shape) <= SEPARABLE_MAX_SOURCE and min(target.shape) > 1:
         return _separable_resample(source, *aligned, target.shape, padding_mode)
