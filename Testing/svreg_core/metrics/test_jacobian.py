@@ -119,13 +119,24 @@ def test_sdlogj_hand_computed_and_mask() -> None:
     assert folding_percent(np.array([0.0, 1.0, 2.0, 3.0]).reshape(1, 1, 4)) == 25.0  # det = 0 counts
 
 
-def test_rejects_bad_input() -> None:
-    with pytest.raises(InputError):
-        jacobian_determinant(np.zeros((4, 4, 4, 2)), np.eye(4))
-    with pytest.raises(InputError):
-        jacobian_determinant(np.zeros((4, 4, 4, 3)), np.zeros((4, 4)))
+@pytest.mark.parametrize("displacement, affine, message", [
+    (np.zeros((4, 4, 4, 2)), np.eye(4), "shape"),
+    (np.zeros((0, 4, 4, 3)), np.eye(4), "empty"),
+    (np.full((4, 4, 4, 3), np.inf), np.eye(4), "NaN or infinite"),
+    (np.zeros((4, 4, 4, 3)), np.eye(3), "finite 4x4"),
+    (np.zeros((4, 4, 4, 3)), np.zeros((4, 4)), "singular"),
+    (np.zeros((1, 4, 4, 3)), np.eye(4), "at least 2 voxels"),
+])
+def test_rejects_bad_input(displacement: np.ndarray, affine: np.ndarray, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        jacobian_determinant(displacement, affine)
+
+
+def test_rejects_bad_masks() -> None:
     with pytest.raises(InputError):
         folding_percent(np.ones((3, 3, 3)), np.zeros((3, 3, 3), dtype=bool))
+    with pytest.raises(InputError, match="mask has shape"):
+        ndv_percent(np.zeros((4, 4, 4, 3)), np.eye(4), np.ones((4, 4, 3), dtype=bool))
 
 
 # ---------------------------------------------------------------------------- NDV

@@ -53,12 +53,34 @@ def test_dice_identical_and_float_and_large_labels() -> None:
     assert neg == {-1: pytest.approx(0.75), -2: pytest.approx(0.8)}
 
 
+@pytest.mark.parametrize("warped, message", [
+    (np.zeros((6, 6)), "3-D label map"),
+    (np.zeros((0, 6, 6)), "empty"),
+    (np.full((6, 6, 6), np.nan), "NaN"),
+    (np.full((6, 6, 6), 0.5), "non-integer"),
+    (np.full((6, 6, 6), "a"), "unsupported data type"),
+])
+def test_label_maps_are_checked(warped: np.ndarray, message: str) -> None:
+    fixed = np.zeros((6, 6, 6), np.int16)
+    with pytest.raises(InputError, match=message):
+        dice(fixed, warped)
+
+
 def test_dice_rejects_bad_input() -> None:
     fixed, warped = _two_cubes()
     with pytest.raises(InputError):
         dice(fixed, warped[:-1])
     with pytest.raises(InputError):
         dice(fixed + 0.5, warped)
+    # boolean and integer-valued float maps are label maps
+    assert dice(fixed > 0, (warped > 0).astype(np.float32)) == dice((fixed > 0).astype(np.int8), warped > 0)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, np.nan, 1.0)])
+def test_hd95_rejects_bad_spacing(spacing: tuple[float, ...]) -> None:
+    fixed, warped = _two_cubes()
+    with pytest.raises(InputError, match="three positive numbers"):
+        hd95(fixed, warped, spacing=spacing)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
