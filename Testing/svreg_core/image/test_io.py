@@ -127,6 +127,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     singular.set_sform(np.diag([1.0, 0.0, 1.0, 1.0]), code=1)  # a zero voxel size along j
     nib.save(singular, str(tmp_path / "singular.nii.gz"))
     rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    surface = nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(ok[:, :, 0].ravel().astype(np.float32))])
+    nib.save(surface, str(tmp_path / "surface.gii"))
     return {
         "2-D": (_write(tmp_path, "flat.nii.gz", ok[:, :, 0]), "3-D"),
         "4-D": (_write(tmp_path, "series.nii.gz", np.stack([ok, ok], axis=-1)), "3-D"),
@@ -142,13 +144,14 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "truncated gz": (tmp_path / "truncated.nii.gz", "cannot read"),
         "corrupt": (tmp_path / "junk.nii.gz", "cannot read"),
         "zero bytes": (tmp_path / "zero_bytes.nii", "cannot read"),
+        "GIFTI surface": (tmp_path / "surface.gii", "GiftiImage is not a volume"),
         "missing": (tmp_path / "nowhere.nii.gz", "not found"),
         "a folder": (tmp_path / "folder.nii.gz", "not found"),
     }
 
 
 BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "constant", "zeros", "singular affine", "RGB", "complex",
-       "truncated", "truncated gz", "corrupt", "zero bytes", "missing", "a folder"]
+       "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -161,6 +164,17 @@ def test_unusable_image_gives_one_line_input_error(case: str, tmp_path: Path) ->
     assert message.startswith("moving image"), message
     assert words in message, message
     assert "Traceback" not in message and len(message) < 300
+
+
+def test_freesurfer_mgz_volume_loads_with_its_affine(geo, tmp_path: Path) -> None:
+    """A FreeSurfer ``.mgz`` (no sform or qform: nothing to disagree) loads with the affine nibabel reads."""
+    affine = geo.make_affine(np.diag([-1.0, 1.0, 1.2]) @ np.eye(3)[[0, 2, 1]], [128.0, -128.0, 100.0])
+    data = _ramp((12, 10, 8)).astype(np.float32)
+    nib.save(nib.MGHImage(data, affine), str(tmp_path / "brain.mgz"))
+    image = load_image(tmp_path / "brain.mgz")
+    np.testing.assert_allclose(image.affine, nib.load(str(tmp_path / "brain.mgz")).affine)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(image.data, data)
 
 
 def test_label_maps_errors(tmp_path: Path) -> None:
