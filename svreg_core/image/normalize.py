@@ -9,7 +9,9 @@ def robust_normalize(data: np.ndarray, lower: float = 0.5, upper: float = 99.5) 
 
     The foreground is every voxel above the image minimum (so zero-padded backgrounds do not pull the
     percentiles). The floor is the image minimum for non-negative images (MR: a zero background
-    stays 0) and the ``lower`` percentile of the foreground otherwise (CT). A constant image maps to zeros.
+    stays 0) and the ``lower`` percentile of the foreground otherwise (CT), unless the foreground's percentiles
+    coincide (a two-level image, e.g. a phantom on a -1000 HU background): then the image minimum, so the
+    foreground maps to 1 and the background to 0. A constant image maps to zeros.
     """
     data = np.asarray(data, dtype=np.float32)
     vmin = float(data.min())
@@ -19,8 +21,8 @@ def robust_normalize(data: np.ndarray, lower: float = 0.5, upper: float = 99.5) 
     sample = fg if fg.size <= 2_000_000 else fg[:: fg.size // 2_000_000 + 1]
     lo = vmin if vmin >= 0 else float(np.percentile(sample, lower))
     hi = float(np.percentile(sample, upper))
-    if hi <= lo:
-        hi = lo + 1.0
+    if hi <= lo:  # only with a negative minimum (else lo is the minimum, below every foreground value)
+        lo = vmin
     out = data - np.float32(lo)  # one new array, then in place (a 1 mm volume is 30 MB per temporary)
     out /= np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)

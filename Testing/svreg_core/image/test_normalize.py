@@ -32,3 +32,12 @@ def test_scale_invariance_and_ct_floor() -> None:
 
 def test_constant_image_maps_to_zeros() -> None:
     assert not robust_normalize(np.full((4, 4, 4), 3.0)).any()
+
+
+def test_two_level_image_with_negative_background_keeps_its_contrast() -> None:
+    """A foreground of one value on a -1000 HU background: the foreground's 0.5 and 99.5 percentiles coincide,
+    so the floor is the background: background 0, foreground 1 (both were mapped to 0 before)."""
+    data = np.full((6, 6, 6), -1000.0)
+    data[2:4, 2:5, 1:4] = 40.0
+    out = robust_normalize(data)
+    np.testing.assert_array_equal(out, (data == 40.0).astype(np.float32))
