@@ -123,3 +123,28 @@ def test_body_convolutions_are_he_initialised_for_leaky_relu() -> None:
     for hook in hooks:
         hook.remove()
     assert min(features) > 0.1 * features[0]
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_channels_last_convolution_is_torch_conv3d() -> None:
+    """A batch of one that torch's conv3d runs on its slow kernel (N·C·D·H = 2·12·10 ≤ 20480): the oneDNN call
+    gives conv3d's values and gradients to rounding, channels-last; under autocast conv3d itself runs."""
+    from svreg_core.models.unet import ChannelsLastConv3d
+    gen = torch.Generator().manual_seed(0)
+    conv = ChannelsLastConv3d(2, 5)
+    x = torch.randn(1, 2, 12, 10, 9, generator=gen)
+    weights = torch.randn(1, 5, 12, 10, 9, generator=gen)
+    outputs, grads = [], []
+    for run in (conv, lambda t: torch.nn.functional.conv3d(t, conv.weight, conv.bias, padding=1)):
+        conv.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        y = run(xi)
+        (y * weights).sum().backward()
+        outputs.append(y)
+        grads.append((xi.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    assert outputs[0].is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    for ours, reference in zip(grads[0], grads[1]):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
