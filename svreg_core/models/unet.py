@@ -41,7 +41,7 @@ class ChannelsLastConv3d(nn.Conv3d):
     ``conv3d`` picks its slow reference kernel whenever ``N·C·D·H ≤ 20480`` (a heuristic for 2-D
     convolutions: here the first layer and two coarse ones), whose forward took 22-42 ms instead of 3-13 ms
     at 64×80×64 and whose standard-layout outputs were copied to channels-last further on; a training
-    step of ``scripts/brain-unet-spr.yaml`` took 1.00-1.13 s instead of 1.21-1.34 s (2 threads, 2026-11-28).
+    step of ``scripts/brain-unet-spr.yaml`` took 0.99-1.10 s instead of 1.14-1.31 s (2 threads, 2026-11-28).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
