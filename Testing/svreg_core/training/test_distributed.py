@@ -50,13 +50,15 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(geo, sphere_
     b = load_file(str(tmp_path / "single" / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
     # Adam turns gradients at rounding level into whole steps of either sign, so single weights may differ
-    # by ~lr between the two summation orders; the updates as a whole must agree. Measured: cosine 0.99992,
-    # relative difference 1.3 %; without the second rank's batches (one process, batch 1) 0.85 and 54 %.
+    # by ~lr between the two summation orders; the updates as a whole must agree. Measured: cosine 0.9999995,
+    # relative difference 0.06 % since the convolutions call oneDNN at any batch size (2026-11-28; before, a
+    # batch of one ran torch's reference kernel: 0.99923 and 3.9 %); without the second rank's batches (one
+    # process, batch 1) 0.85 and 54 %.
     initial = build_network(config).state_dict()
     update_ddp = torch.cat([(a[k] - initial[k]).flatten() for k in a])
     update_single = torch.cat([(b[k] - initial[k]).flatten() for k in a])
-    assert torch.nn.functional.cosine_similarity(update_ddp, update_single, dim=0).item() > 0.999
-    assert ((update_ddp - update_single).norm() / update_single.norm()).item() < 0.05
+    assert torch.nn.functional.cosine_similarity(update_ddp, update_single, dim=0).item() > 0.9999
+    assert ((update_ddp - update_single).norm() / update_single.norm()).item() < 0.01
     # training moved the weights (the comparison is not between two untouched initialisations)
     assert update_single.abs().max().item() > 1e-4
     # validation pairs were shared out over the ranks and summed back: the same metrics
@@ -67,5 +69,7 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(geo, sphere_
         for key in ("train_total", "val_regularization", "val_prior", "val_dice", "val_dice_identity",
                     "val_folding_percent"):
             assert float(rows[0][epoch][key]) == pytest.approx(float(rows[1][epoch][key]), rel=rel, abs=tiny), key
-    # (LNCC is ill-conditioned in the flat background: a 1e-7 weight difference moves it by ~1e-4)
-    assert float(rows[0][-1]["val_total"]) == pytest.approx(float(rows[1][-1]["val_total"]), abs=2e-3)
+    # (LNCC is ill-conditioned in the flat background: a 1e-7 weight difference moves it by ~1e-4, and the
+    # validation similarity differed by 0.0015-0.0021 between the runs whether the updates agreed to 3.9 % or
+    # to 0.06 %, 2026-11-28)
+    assert float(rows[0][-1]["val_total"]) == pytest.approx(float(rows[1][-1]["val_total"]), abs=5e-3)
