@@ -471,10 +471,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
 def _moving_on_fixed_grid(result: RegistrationResult) -> np.ndarray:
     """The moving image on the fixed grid before registration (identity in world space; trilinear), for the
     figure."""
-    moving = np.asarray(result.moving.data, np.float32)
-    if result.moving.grid.same_as(result.fixed.grid):
-        return moving
-    return resample(torch.as_tensor(moving)[None, None], result.moving.grid, result.fixed.grid)[0, 0].numpy()
+    moving = torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None]
+    return resample(moving, result.moving.grid, result.fixed.grid)[0, 0].numpy()  # a copy on the same grid
 
 
 def _dice_pair(metrics: dict[str, Any]) -> tuple[float, float] | None:
