@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     d = args.data
     fixed, moving = load_image(d / "fixed.nii.gz"), load_image(d / "moving.nii.gz")
-    fixed_labels, moving_labels = load_image(d / "fixed_seg.nii.gz"), load_image(d / "moving_seg.nii.gz")
+    # int32 label maps, as `svreg register` reads them (a float map is checked for integer values by every metric)
+    fixed_labels = load_image(d / "fixed_seg.nii.gz", labels=True)
+    moving_labels = load_image(d / "moving_seg.nii.gz", labels=True)
     result = register(fixed, moving, dataclasses.replace(PRESETS["brain-mri"], affine=False), model=args.model)
     times = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -42,10 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args(argv)
-    fixed, moving = args.data / "fixed.nii.gz", args.data / "moving.nii.gz"
+    fixed, moving = (args.data / "fixed.nii.gz").resolve(), (args.data / "moving.nii.gz").resolve()
     if not fixed.is_file() or not moving.is_file():
         print(f"preview_latency: {fixed} / {moving} not found (--data)", file=sys.stderr)
         return 2
+    # the children run in this checkout (``python -m`` puts the working folder first on the module path, so the
+    # working folder is this checkout's root too: another checkout can be timed from anywhere)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     base = [sys.executable, "-m", "svreg_core.cli"]
     # as the Slicer module runs them: the work folder is read back at once, so its files are not compressed
@@ -57,14 +59,14 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             subprocess.run([*base, "register", str(fixed), str(moving), "-o", str(out / name), *common,
                             "--alpha-prime", str(codes[0]), "--lambda-max", str(codes[1]), "--outputs", *OUTPUTS,
-                            "--progress", "none"], check=True, env=env, stdout=subprocess.DEVNULL)
+                            "--progress", "none"], check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
             return time.perf_counter() - t0
 
         print(f"load {load()}")
         first_child = register(CODES[0], "register0")
         print(f"register child at {CODES[0]}: {first_child:.2f} s")
         proc = subprocess.Popen([*base, "preview", str(fixed), str(moving), *common], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, env=env)
+                                stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
         walls = []
         for i, codes in enumerate(CODES):
             t = time.perf_counter()

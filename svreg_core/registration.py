@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from svreg_core.conventions import voxel_to_normalized
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
-from svreg_core.image.resample import downsample, resample, sample_at_points, world_to_source_normalized
+from svreg_core.image.resample import downsample, resample, sample_at_points, source_coordinates
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
@@ -223,19 +224,19 @@ class RegistrationResult:
         return Image(self._fixed_weight, self.fixed.affine)
 
     def _moving_coords(self, source: Grid, identity: bool = False) -> torch.Tensor:
-        """grid_sample coordinates in ``source`` (a moving-space grid) of ``T(x)`` (or of ``x`` itself with
-        ``identity``) for every fixed voxel.
+        """grid_sample coordinates ``(1, I, J, K, 3)`` in ``source`` (a moving-space grid) of ``T(x)`` (or of ``x``
+        itself with ``identity``) for every fixed voxel, float32.
 
-        Computed in float64 slab by slab (:meth:`Grid.slabs`) and kept as float32.
+        World → source coordinates is affine, so ``coords(x + d) = coords(x) + L d`` with ``L`` its linear part:
+        the identity's coordinates come from :func:`source_coordinates` (composed in float64, no world points)
+        and ``L d`` is added in place (1 mm: 0.08 s, against 0.2 s through float64 world points).
         """
-        grid = self.fixed.grid
-        coords = torch.empty((*grid.shape, 3), dtype=torch.float32)
-        for start, stop, slab in grid.slabs():
-            points = slab.world_points()
-            if not identity:
-                points = points + self.displacement[start:stop]
-            coords[start:stop] = world_to_source_normalized(torch.as_tensor(points, dtype=torch.float64), source)
-        return coords[None]
+        coords = source_coordinates(self.fixed.grid, source)
+        if not identity:
+            to_source = voxel_to_normalized(source.shape, dtype=torch.float64).numpy() @ np.linalg.inv(source.affine)
+            linear = torch.as_tensor(to_source[:3, :3].T, dtype=torch.float32)
+            coords.view(-1, 3).addmm_(torch.as_tensor(self.displacement, dtype=torch.float32).reshape(-1, 3), linear)
+        return coords
 
     def warp_image(self, image: Image, *, labels: bool = False, label_mode: str = "linear",
                    identity: bool = False) -> Image:

@@ -368,6 +368,37 @@ def test_label_warp_never_invents_background_between_labels() -> None:
     assert np.all(out > 0)
 
 
+def test_warp_image_samples_the_moving_image_at_the_mapped_world_points() -> None:
+    """A moving image linear in RAS mm on an oblique, flipped, anisotropic grid is warped through a varying
+    displacement: trilinear interpolation reproduces a linear function, so every fixed voxel whose mapped
+    point ``T(x) = x + d(x)`` lies inside the moving grid must read that function at ``T(x)``."""
+    fixed_grid = Grid((9, 8, 7), np.array([[1.5, 0, 0, -6.0], [0, 1.2, 0, -4.0], [0, 0, 2.0, -7.0], [0, 0, 0, 1]]))
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    moving_affine = np.array([[-c * 1.1, -s_ * 0.9, 0, 8.0], [-s_ * 1.1, c * 0.9, 0, -7.0], [0, 0, 1.7, -9.0],
+                              [0, 0, 0, 1]])
+    moving_grid = Grid((16, 15, 12), moving_affine)
+    ramp = np.array([0.7, -1.3, 2.1])
+    moving_points = moving_grid.world_points()
+    moving = Image((moving_points @ ramp + 5.0).astype(np.float32), moving_affine)
+    x = fixed_grid.world_points()
+    disp = np.stack([np.sin(x[..., 1] / 3.0), 0.5 * np.cos(x[..., 2] / 4.0), 0.3 * x[..., 0] / 6.0], -1)
+    disp = disp.astype(np.float32)
+    fixed = Image(np.ones(fixed_grid.shape, np.float32), fixed_grid.affine)
+    r = RegistrationResult(fixed=fixed, moving=moving, parameters=FAST, affine=np.eye(4), working_grid=fixed_grid,
+                           velocity=torch.zeros(1, 3, *fixed_grid.shape), weight=torch.ones(1, 1, *fixed_grid.shape),
+                           displacement=disp, deformable_displacement=disp.copy())
+    mapped = x + disp
+    ijk = (mapped - moving_affine[:3, 3]) @ np.linalg.inv(moving_affine[:3, :3]).T
+    inside = np.all((ijk > 0) & (ijk < np.asarray(moving_grid.shape) - 1), axis=-1)
+    assert inside.sum() > 200
+    np.testing.assert_allclose(r.warp_image(moving).data[inside], (mapped @ ramp + 5.0)[inside], atol=1e-4)
+    before = r.warp_image(moving, identity=True).data
+    ijk = (x - moving_affine[:3, 3]) @ np.linalg.inv(moving_affine[:3, :3]).T
+    inside = np.all((ijk > 0) & (ijk < np.asarray(moving_grid.shape) - 1), axis=-1)
+    assert inside.sum() > 200
+    np.testing.assert_allclose(before[inside], (x @ ramp + 5.0)[inside], atol=1e-4)
+
+
 # ------------------------------------------------------------------------------- real brain pair
 
 SHARED_PAIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "brain_pair"

@@ -111,9 +111,10 @@ def jacobian_determinant(displacement: np.ndarray, affine: np.ndarray) -> np.nda
 
     def slab(a: int, b: int) -> np.ndarray:
         lo, hi = max(a - 1, 0), min(b + 1, n_i)
-        grads = np.gradient(rows(lo, hi), axis=(0, 1, 2))  # each (n, J, K, 3): d q / d ijk_axis
+        # components first in memory (3, n, J, K): the determinant's arithmetic then reads contiguous arrays
+        grads = np.gradient(np.ascontiguousarray(np.moveaxis(rows(lo, hi), -1, 0)), axis=(1, 2, 3))
         sel = slice(a - lo, a - lo + (b - a))
-        cols = [grads[axis][sel] + eye[axis] for axis in range(3)]  # columns of dp/dijk
+        cols = [np.moveaxis(grads[axis][:, sel], 0, -1) + eye[axis] for axis in range(3)]  # columns of dp/dijk
         return _det3(*cols)
 
     return _fill_by_slabs(np.empty(shape, dtype=np.float32), slab)
@@ -128,48 +129,102 @@ def folding_percent(jac_det: np.ndarray, mask: np.ndarray | None = None) -> floa
 
 def sdlogj(jac_det: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Standard deviation (ddof=0) of ``log(clip(det, 1e-9, 1e9))`` over the voxels (inside ``mask``)."""
-    det = np.asarray(jac_det, dtype=np.float64)
+    det = np.asarray(jac_det)
     m = _mask_or_all(mask, det.shape)
-    return float(np.std(np.log(np.clip(det[m], *_LOG_CLIP))))
+    return float(np.std(np.log(np.clip(det[m].astype(np.float64), *_LOG_CLIP))))
 
 
 # --------------------------------------------------------------------------------------------------
 # non-diffeomorphic volume
 
 
+#: Bound on the squared Frobenius norm of a tetrahedron's edge perturbation below which its determinant is
+#: certainly positive (see :func:`_ndv_slab`): 0.9² against the exact bound 1, a margin far above rounding.
+_SAFE_PERTURBATION = 0.81
+
+Offset = tuple[int, int, int]
+_UNITS: tuple[Offset, Offset, Offset] = ((1, 0, 0), (0, 1, 0), (0, 0, 1))
+_DIAGONALS: tuple[Offset, Offset, Offset] = ((1, 1, 0), (1, 0, 1), (0, 1, 1))
+#: The two central tetrahedra's edge offsets, in column order (see :func:`ndv_map`).
+_CENTRAL_OFFSETS: tuple[tuple[Offset, Offset, Offset], ...] = (((-1, -1, 0), (-1, 0, -1), (0, -1, -1)),
+                                                                ((1, 1, 0), (0, 1, 1), (1, 0, 1)))
+
+
 def _ndv_slab(q: np.ndarray) -> np.ndarray:
     """NDV of the rows of ``q`` but its first and last: ``q`` is the voxel displacement of consecutive rows
-    with one row more on each side, edge-padded by one voxel along ``j`` and ``k``."""
+    with one row more on each side, edge-padded by one voxel along ``j`` and ``k``.
+
+    Screening, exact: each tetrahedron's edge matrix is ``M0 + E``, where ``M0`` is its identity matrix (the
+    unit matrix for the corner tetrahedra; for the central ones a matrix whose smallest singular value is 1
+    too) and the columns of ``E`` are differences of ``q`` between the vertices. While ``‖E‖₂ < 1`` the
+    determinant cannot reach 0 on the way from ``M0`` to ``M0 + E``, so it stays positive and the tetrahedron
+    adds no NDV. ``‖E‖₂ ≤ ‖E‖_F``, so a voxel whose ten tetrahedra all have ``‖E‖_F² <``
+    :data:`_SAFE_PERTURBATION` has NDV 0; the determinants are computed for the other voxels only, by the
+    same arithmetic as for every voxel (bitwise the same map; a smooth 1 mm brain field: 0.37 s instead of
+    1.2–1.5 s).
+    """
     n0, n1, n2 = q.shape[0] - 2, q.shape[1] - 2, q.shape[2] - 2
-    centre = q[1:1 + n0, 1:1 + n1, 1:1 + n2]
 
-    def edge(o: tuple[int, int, int]) -> np.ndarray:
-        """Vector p(ijk + o) - p(ijk) in voxel units."""
-        shifted = q[1 + o[0]:1 + o[0] + n0, 1 + o[1]:1 + o[1] + n1, 1 + o[2]:1 + o[2] + n2]
-        return shifted - centre + np.asarray(o, dtype=np.float64)
+    def moved(o: Offset) -> np.ndarray:
+        """``q`` at ``x + o`` for every slab voxel ``x``."""
+        return q[1 + o[0]:1 + o[0] + n0, 1 + o[1]:1 + o[1] + n1, 1 + o[2]:1 + o[2] + n2]
 
-    units = np.eye(3, dtype=int)
-    forward = [edge(tuple(units[d])) for d in range(3)]        # p(x + e_d) - p(x)
-    backward = [-edge(tuple(-units[d])) for d in range(3)]     # p(x) - p(x - e_d)
-    negative = np.zeros((n0, n1, n2), dtype=np.float64)
+    # squared norms of the q differences between neighbours o apart, for every voxel of the padded box that
+    # starts one voxel before the slab: the forward difference at x is entry x + 1, the backward one entry x
+    components = np.ascontiguousarray(np.moveaxis(q, -1, 0))  # (3, ...): 7x faster sums than over a last axis of 3
+
+    def squared_difference(o: Offset) -> np.ndarray:
+        shifted = components[:, o[0]:o[0] + n0 + 1, o[1]:o[1] + n1 + 1, o[2]:o[2] + n2 + 1]
+        d = shifted - components[:, :n0 + 1, :n1 + 1, :n2 + 1]
+        np.square(d, out=d)
+        return d[0] + d[1] + d[2]
+
+    sq = {o: squared_difference(o) for o in _UNITS + _DIAGONALS}
+
+    def forward(o: Offset) -> np.ndarray:
+        return sq[o][1:, 1:, 1:]
+
+    def backward(o: Offset) -> np.ndarray:
+        return sq[o][1 - o[0]:1 - o[0] + n0, 1 - o[1]:1 - o[1] + n1, 1 - o[2]:1 - o[2] + n2]
+
+    corner = np.zeros((n0, n1, n2), dtype=np.float64)
+    for o in _UNITS:
+        corner += np.maximum(forward(o), backward(o))
+    central_low = backward((1, 1, 0)) + backward((1, 0, 1)) + backward((0, 1, 1))
+    central_high = forward((1, 1, 0)) + forward((0, 1, 1)) + forward((1, 0, 1))
+    risky = np.nonzero((corner >= _SAFE_PERTURBATION) | (central_low >= _SAFE_PERTURBATION)
+                       | (central_high >= _SAFE_PERTURBATION))
+    out = np.zeros((n0, n1, n2), dtype=np.float64)
+    if risky[0].size == 0:
+        return out
+    centre = moved((0, 0, 0))[risky]
+
+    def edge(o: Offset) -> np.ndarray:
+        """Vector p(ijk + o) - p(ijk) in voxel units at the risky voxels."""
+        return moved(o)[risky] - centre + np.asarray(o, dtype=np.float64)
+
+    forward_edges = [edge(u) for u in _UNITS]                           # p(x + e_d) - p(x)
+    backward_edges = [-edge((-u[0], -u[1], -u[2])) for u in _UNITS]    # p(x) - p(x - e_d)
+    negative = np.zeros(centre.shape[0], dtype=np.float64)
 
     def add(det: np.ndarray) -> None:
         negative[...] += np.maximum(-det, 0.0)
 
     # 8 corner tetrahedra: columns are the forward (+) or backward (-) difference along each axis.
-    for c1 in (forward[1], backward[1]):
-        for c2 in (forward[2], backward[2]):
+    for c1 in (forward_edges[1], backward_edges[1]):
+        for c2 in (forward_edges[2], backward_edges[2]):
             cross = [c1[..., 1] * c2[..., 2] - c1[..., 2] * c2[..., 1],
                      c1[..., 2] * c2[..., 0] - c1[..., 0] * c2[..., 2],
                      c1[..., 0] * c2[..., 1] - c1[..., 1] * c2[..., 0]]
-            for c0 in (forward[0], backward[0]):
+            for c0 in (forward_edges[0], backward_edges[0]):
                 add(c0[..., 0] * cross[0] + c0[..., 1] * cross[1] + c0[..., 2] * cross[2])
     # 2 central tetrahedra (the cube's two inscribed regular tetrahedra, identity det = 2):
     # j1*: vertex x with x-e0-e1, x-e0-e2, x-e1-e2 (in the cube [x-1, x]);
     # j2*: vertex x with x+e0+e1, x+e1+e2, x+e0+e2 (in the cube [x, x+1]).
-    add(_det3(edge((-1, -1, 0)), edge((-1, 0, -1)), edge((0, -1, -1))))
-    add(_det3(edge((1, 1, 0)), edge((0, 1, 1)), edge((1, 0, 1))))
-    return 0.5 * negative / 6.0
+    for offsets in _CENTRAL_OFFSETS:
+        add(_det3(*(edge(o) for o in offsets)))
+    out[risky] = 0.5 * negative / 6.0
+    return out
 
 
 def ndv_map(displacement: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -89,7 +89,7 @@ def test_resample_follows_world_coordinates_and_back(geo, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["flipped", "permuted", "oblique", "anisotropic"])
 def test_source_coordinates_are_those_of_the_world_points(geo, name: str) -> None:
-    # the affine shortcut (one composed matrix, affine_grid) equals mapping every voxel centre through
+    # the affine shortcut (one composed matrix: a float64 plane plus rows) equals mapping every voxel centre through
     # world space in float64, with and without a world transform, on oblique and one-slice targets
     src = Grid(SHAPE, _source_affine(geo))
     target = _targets(geo, src)[name]

@@ -248,6 +248,37 @@ def test_ndv_matches_loop_reference_on_random_field() -> None:
     np.testing.assert_allclose(ndv, expected, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("scale", [0.05, 0.2, 0.35])
+def test_ndv_screening_changes_no_value(monkeypatch, scale: float) -> None:
+    """The NDV map computes determinants only where a tetrahedron's edge perturbation may reach the bound
+    below which its determinant is provably positive; with the screening off (every voxel evaluated) the
+    map is bitwise the same, on fields from a few risky voxels to many, a localised fold included."""
+    import svreg_core.metrics.jacobian as jacobian
+
+    rng = np.random.default_rng(11)
+    affine = AFFINES["oblique"]
+    ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in (19, 9, 8)], indexing="ij"), -1)
+    q = scale * rng.normal(size=ijk.shape) + 0.4 * np.sin(ijk / 3.0)
+    q[9, 4, 4] += (1.8, 0.0, 0.0)  # one voxel pushed past its neighbour: a fold
+    disp = q @ affine[:3, :3].T
+    screened = ndv_map(disp, affine)
+    monkeypatch.setattr(jacobian, "_SAFE_PERTURBATION", -1.0)
+    assert np.array_equal(screened, ndv_map(disp, affine))
+    assert screened.sum() > 0 and (screened == 0).mean() > 0.3
+
+
+def test_ndv_is_zero_for_strong_smooth_compression_within_the_bound() -> None:
+    # q = -0.85 x: every tetrahedron's edges shrink to 0.15 of their length (det > 0, perturbation norm²
+    # 3 * 0.85² > 0.81 for a corner, so the determinants are evaluated) and the loop reference agrees: 0
+    ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=float) for n in (6, 5, 4)], indexing="ij"), -1)
+    q = -0.85 * ijk
+    np.testing.assert_array_equal(ndv_map(q, np.eye(4)), 0.0)
+    np.testing.assert_array_equal(_ndv_loop(q), 0.0)
+    # beyond the identity (q = -1.05 x mirrors every axis): every tetrahedron inverted, the loop's value
+    q = -1.05 * ijk
+    np.testing.assert_allclose(ndv_map(q, np.eye(4)), _ndv_loop(q), rtol=1e-5)
+
+
 def test_slabs_on_threads_give_the_single_thread_result(monkeypatch) -> None:
     """Jacobian and NDV fill slabs of rows on several threads: bitwise the result of one thread."""
     import svreg_core.parallel as threads
