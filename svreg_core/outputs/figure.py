@@ -8,10 +8,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
 
 from svreg_core.image.image import Image
 
@@ -98,6 +94,12 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     det J on a log₂ scale symmetric around 1, inside the fixed image's foreground only (voxels with
     det J ≤ 0 and the background are left blank). ``dice`` (mean Dice before, after) goes in the title.
     """
+    # imported here: matplotlib takes a third of a second to import, which every svreg command would pay
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
     arrays = {name: to_ras_array(img) for name, img in
               (("fixed", fixed), ("moving", moving_before), ("warped", warped), ("lambda", weight),
                ("jacobian", jacobian))}
