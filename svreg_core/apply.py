@@ -40,11 +40,6 @@ def _reference(transform: Transform, reference: Grid | None) -> Grid:
     return transform.grid
 
 
-def _source_points(transform: Transform, reference: Grid) -> np.ndarray:
-    """``T(x)`` ``(I, J, K, 3)`` RAS mm for every voxel centre ``x`` of ``reference``."""
-    return transform.transform_points(reference.world_points())
-
-
 def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None = None,
                    interpolation: str = "linear") -> Image:
     """Resample ``image`` onto ``reference`` (default: the transform's grid) through ``transform``.
@@ -55,7 +50,7 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
             0 more than half a voxel beyond the image, as ITK's ``sitkBSpline``).
     """
     grid = _reference(transform, reference)
-    points = _source_points(transform, grid)
+    points = transform.map_grid(grid)
     data = np.asarray(image.data, dtype=np.float32)
     if interpolation == "linear":
         coords = world_to_source_normalized(torch.as_tensor(points), image.grid).float()[None]
@@ -83,7 +78,7 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
             :func:`svreg_core.image.sampling.sample_labels`) or ``"nearest"``.
     """
     grid = _reference(transform, reference)
-    coords = world_to_source_normalized(torch.as_tensor(_source_points(transform, grid)), labels.grid).float()[None]
+    coords = world_to_source_normalized(torch.as_tensor(transform.map_grid(grid)), labels.grid).float()[None]
     data = np.asarray(labels.data).astype(np.int32)
     if interpolation == "linear":
         out = sample_labels(torch.as_tensor(data), coords).to(torch.int32).numpy()

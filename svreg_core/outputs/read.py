@@ -84,6 +84,21 @@ class Transform:
             out = out @ step[:3, :3].T + step[:3, 3] if isinstance(step, np.ndarray) else step(out)
         return out
 
+    def map_grid(self, grid: Grid) -> np.ndarray:
+        """``T(x)`` ``(I, J, K, 3)`` RAS mm (float64) at every voxel centre ``x`` of ``grid``.
+
+        A first step that is a displacement field on ``grid`` itself (an svreg output folder applied on its own
+        fixed grid) is read at its voxels instead of interpolated there: the same points up to the float32
+        sampling coordinates' rounding (1 mm brain: 0.3 s instead of 1.8 s).
+        """
+        points = grid.world_points()
+        steps = self.steps
+        first = steps[0] if steps else None
+        if isinstance(first, DisplacementField) and first.grid.same_as(grid):
+            points += first.displacement
+            steps = steps[1:]
+        return Transform(steps).transform_points(points)
+
     def inverse(self) -> Transform:
         """The inverse mapping: matrices inverted exactly, displacement fields numerically.
 

@@ -67,6 +67,22 @@ def test_steps_act_in_order_and_matrices_invert_exactly() -> None:
     np.testing.assert_allclose(back.transform_points([[3.0, 4.0, 5.0]]), point)
 
 
+def test_map_grid_reads_a_field_on_the_grid_at_its_voxels() -> None:
+    """On the field's own grid, ``map_grid`` is ``x + u(x)`` at the voxel centres, then the later steps; on another
+    grid (or with a matrix first) it maps the voxel centres through every step as ``transform_points`` does."""
+    u = np.random.default_rng(4).normal(0.0, 1.5, (*_SHAPE, 3)).astype(np.float32)
+    field = DisplacementField(u, Grid(_SHAPE, _AFFINE))
+    shift = np.eye(4)
+    shift[:3, 3] = [1.0, -2.0, 0.5]
+    grid = Grid(_SHAPE, _AFFINE)
+    np.testing.assert_allclose(Transform((field, shift)).map_grid(grid), _grid_points() + u + shift[:3, 3],
+                               atol=1e-6)
+    other = Grid((4, 3, 5), np.array([[1.5, 0, 0.2, 1.0], [0, 1.7, 0, -17.0], [0, 0, 1.8, 6.0], [0, 0, 0, 1]]))
+    for tx in (Transform((field, shift)), Transform((shift, field))):
+        for g in (grid, other):
+            np.testing.assert_allclose(tx.map_grid(g), tx.transform_points(g.world_points()), atol=1e-4)
+
+
 def test_field_inverse_is_numerical_and_its_inverse_the_field() -> None:
     grid_points = _grid_points()
     centre = grid_points.reshape(-1, 3).mean(0)
