@@ -19,12 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from svreg_core.conventions import voxel_to_normalized
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
-from svreg_core.image.resample import downsample, resample, sample_at_points, source_coordinates
+from svreg_core.image.resample import (
+    downsample,
+    resample,
+    sample_at_points,
+    source_coordinates,
+    world_to_source_matrix,
+)
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
@@ -233,8 +238,7 @@ class RegistrationResult:
         """
         coords = source_coordinates(self.fixed.grid, source)
         if not identity:
-            to_source = voxel_to_normalized(source.shape, dtype=torch.float64).numpy() @ np.linalg.inv(source.affine)
-            linear = torch.as_tensor(to_source[:3, :3].T, dtype=torch.float32)
+            linear = torch.as_tensor(world_to_source_matrix(source)[:3, :3].T, dtype=torch.float32)
             coords.view(-1, 3).addmm_(torch.as_tensor(self.displacement, dtype=torch.float32).reshape(-1, 3), linear)
         return coords
 

@@ -13,11 +13,15 @@ from svreg_core.image.sampling import grid_sample
 from svreg_core.image.smoothing import filter_separable
 
 
+def world_to_source_matrix(source: Grid) -> np.ndarray:
+    """The 4x4 float64 map from RAS mm to the grid_sample coordinates of ``source``
+    (:func:`~svreg_core.conventions.voxel_to_normalized` after the inverse of its affine)."""
+    return voxel_to_normalized(source.shape, dtype=torch.float64).numpy() @ np.linalg.inv(source.affine)
+
+
 def world_to_source_normalized(points: torch.Tensor, source: Grid) -> torch.Tensor:
     """grid_sample coordinates ``(..., 3)`` in ``source`` of RAS mm ``points`` ``(..., 3)``."""
-    m = voxel_to_normalized(source.shape, device=points.device, dtype=torch.float64) @ torch.as_tensor(
-        np.linalg.inv(source.affine), device=points.device, dtype=torch.float64)
-    m = m.to(points.dtype)
+    m = torch.as_tensor(world_to_source_matrix(source), device=points.device, dtype=points.dtype)
     return points @ m[:3, :3].T + m[:3, 3]
 
 
@@ -44,8 +48,7 @@ def source_coordinates(target: Grid, source: Grid, world_transform: np.ndarray |
     (:func:`~svreg_core.conventions.voxel_to_normalized`), as in ``identity_grid``.
     """
     w = np.eye(4) if world_transform is None else np.asarray(world_transform, dtype=np.float64)
-    m = torch.as_tensor((voxel_to_normalized(source.shape, dtype=torch.float64).numpy() @ np.linalg.inv(source.affine)
-                         @ w @ target.affine)[:3], dtype=torch.float64)
+    m = torch.as_tensor((world_to_source_matrix(source) @ w @ target.affine)[:3], dtype=torch.float64)
     i, j, k = (torch.arange(n, dtype=torch.float64) for n in target.shape)
     plane = i[:, None, None] * m[:, 0] + j[None, :, None] * m[:, 1] + m[:, 3]  # (I, J, 3)
     rows = k[:, None] * m[:, 2]  # (K, 3)
