@@ -745,15 +745,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"svreg: interrupted{resume}", file=sys.stderr)
             return 130
         except Exception as exc:
-            if not _is_out_of_memory(exc):
+            failure = _machine_failure(exc)
+            if failure is None:
                 raise
-            gpu = "CUDA" in str(exc) or exc.__class__.__name__ == "OutOfMemoryError"
-            msg = ("the GPU ran out of memory; use --device cpu, crop the images, or use coarser --preset level "
-                   "spacings." if gpu else "out of memory; crop the images or use coarser level spacings.")
+            kind, msg = failure
             if json_mode:
-                emit_json({"event": "error", "message": msg, "kind": "OutOfMemory"})
+                emit_json({"event": "error", "message": msg, "kind": kind})
             print(f"svreg: error: {msg}", file=sys.stderr)
             return 1
+
+
+def _machine_failure(exc: BaseException) -> tuple[str, str] | None:
+    """``(kind, one-line message)`` for a failure of the machine rather than of the input: memory ran out, or a
+    data-loading worker of ``svreg train`` died (killed, e.g. by the system's out-of-memory killer); ``None``
+    for any other error (a bug: its traceback is shown)."""
+    if _is_out_of_memory(exc):
+        gpu = "CUDA" in str(exc) or exc.__class__.__name__ == "OutOfMemoryError"
+        return "OutOfMemory", ("the GPU ran out of memory; use --device cpu, crop the images, or use coarser --preset "
+                               "level spacings." if gpu else "out of memory; crop the images or use coarser level "
+                               "spacings.")
+    if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+        return "WorkerDied", (f"a data-loading worker process stopped ({str(exc).strip().rstrip('.')}); the system "
+                              "may have run out of memory. Run the same command again to resume after the last "
+                              "finished epoch, with fewer --workers if memory is short.")
+    return None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,3 +87,38 @@ def test_json_progress_worker_processes_and_a_changed_rerun(geo, tmp_path) -> No
     assert changed.stderr.strip().splitlines() == [
         f"svreg: error: output folder {tmp_path / 'run'} holds a run with a different configuration "
         "(learning_rate differ); use the same settings to resume it, or choose a new folder."]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker through Linux's /proc")
+def test_a_killed_data_worker_gives_one_plain_line(geo, tmp_path) -> None:
+    """A synthesis worker killed outright (as the system's out-of-memory killer does) ends ``svreg train`` with
+    exit status 1 and one plain line saying how to resume, not a traceback."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    ijk = np.indices((16, 16, 16)).transpose(1, 2, 3, 0) - 7.5
+    geo.save_nifti(np.where((ijk ** 2).sum(-1) < 36, 2, 0).astype(np.int16), np.diag([4.0, 4.0, 4.0, 1.0]),
+                   labels / "a_seg.nii.gz")
+    config_file = save_config(TrainingConfig(model={"encoder_features": [4], "decoder_features": [4, 4],
+                                                    "lambda_features": []},
+                                             network_spacing_mm=4.0, validation={"pairs": 1}), tmp_path / "c.json")
+    child = subprocess.Popen([sys.executable, "-m", "svreg_core.cli", "train", "--config", str(config_file),
+                              "--synthetic", str(labels), "-o", str(tmp_path / "run"), "--grid-shape", "16", "16",
+                              "16", "--epochs", "1", "--steps-per-epoch", "100000", "--workers", "1", "--progress",
+                              "json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=geo.child_env())
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:  # the first training step: the worker is running
+            if json.loads(line).get("stage") == "epoch 1/1":
+                break
+        children = Path(f"/proc/{child.pid}/task/{child.pid}/children").read_text().split()
+        assert children, "the training process has no worker process"
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert lines[0].startswith("svreg: error: a data-loading worker process stopped (DataLoader worker (pid")
+    assert "Run the same command again to resume" in lines[0]
