@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from svreg_core.errors import InputError, SvregError
+from svreg_core.image.io import image_stem
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
@@ -414,10 +415,7 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 
 def _stem(path: str) -> str:
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[:-len(suffix)]
-    return name
+    return image_stem(name) or name
 
 
 def read_pairs(args: argparse.Namespace) -> list[Pair]:

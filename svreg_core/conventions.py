@@ -33,6 +33,18 @@ ALIGN_CORNERS = True
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
+def ras_affine_from_itk(direction: np.ndarray, spacing: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """The 4x4 voxel-to-RAS affine of an ITK image geometry (SimpleITK's ``GetDirection``/``GetSpacing``/
+    ``GetOrigin`` of a 3-D image: LPS direction cosines as the columns of a row-major 3x3 matrix, voxel sizes in
+    mm, the LPS position of voxel ``(0, 0, 0)`` in mm). ITK's voxel index ``(x, y, z)`` is the array's ``(i, j, k)``.
+    """
+    affine = np.eye(4)
+    affine[:3, :3] = RAS_TO_LPS @ np.asarray(direction, dtype=np.float64).reshape(3, 3) \
+        * np.asarray(spacing, dtype=np.float64)
+    affine[:3, 3] = RAS_TO_LPS @ np.asarray(origin, dtype=np.float64)
+    return affine
+
+
 def voxel_to_world_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Map displacement vectors in voxel units (last axis ``(i, j, k)``) to RAS millimetres.
 

@@ -1,4 +1,5 @@
-"""NIfTI reading and writing through nibabel, with plain-language errors."""
+"""Image reading (NIfTI, MGH through nibabel; NRRD, MetaImage through SimpleITK) and NIfTI writing, with
+plain-language errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,25 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import SpatialImage
 
+from svreg_core.conventions import ras_affine_from_itk
 from svreg_core.errors import InputError
 from svreg_core.image.image import Image, validate_image
+
+#: File endings read through SimpleITK (lower case): NRRD (3D Slicer's own format; ``.nhdr`` a detached header)
+#: and MetaImage (``.mhd`` a detached header). Their geometry is LPS, converted to RAS on reading.
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: File endings taken as images where svreg looks for them by name (folders of pairs, training folders, output
+#: names): NIfTI and FreeSurfer MGH (nibabel) and :data:`ITK_SUFFIXES`. :func:`load_image` reads any other file
+#: nibabel can read, too.
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", *ITK_SUFFIXES)
+
+
+def image_stem(name: str) -> str | None:
+    """``name`` without its image ending (one of :data:`IMAGE_SUFFIXES`, any case; ``None`` when it has none):
+    ``sub01`` for ``sub01.nii.gz``."""
+    lower = name.lower()
+    return next((name[:-len(suffix)] for suffix in IMAGE_SUFFIXES if lower.endswith(suffix)), None)
 
 #: Float label values this close to a whole number are taken as that number (float storage noise).
 LABEL_TOLERANCE = 1e-3
@@ -19,25 +37,33 @@ SFORM_QFORM_TOLERANCE = 0.1
 
 
 def load_image(path: str | Path, *, labels: bool = False, name: str | None = None) -> Image:
-    """Read a 3-D NIfTI (or any nibabel-readable) image as float32, or int32 for ``labels``.
+    """Read a 3-D image as float32, or int32 for ``labels``: NIfTI, MGH or any other nibabel-readable file, or
+    NRRD / MetaImage (:data:`ITK_SUFFIXES`, read with SimpleITK).
 
-    The affine is nibabel's best voxel-to-RAS affine (sform, else qform).
-    Raises :class:`InputError` for a missing, unreadable or unusable file, for a NIfTI whose sform and
-    qform are both set but disagree (see :func:`check_sform_qform`), and for ``labels`` (label maps and
-    masks) holding values that are not whole numbers from 0 to 2**31 - 1 (see :func:`label_values`).
+    The affine maps voxels to RAS mm: nibabel's best affine (sform, else qform), or the ITK file's LPS geometry
+    converted (:func:`~svreg_core.conventions.ras_affine_from_itk`; the array keeps the file's voxel order).
+    Raises :class:`InputError` for a missing, unreadable or unusable file (not 3-D, several values per voxel,
+    …), for a NIfTI whose sform and qform are both set but disagree (see :func:`check_sform_qform`), and for
+    ``labels`` (label maps and masks) holding values that are not whole numbers from 0 to 2**31 - 1 (see
+    :func:`label_values`).
     """
     path = Path(path)
     what = name or path.name
     if not path.is_file():
         raise InputError(f"{what}: file not found: {path}")
-    try:
-        img = nib.load(str(path))
-        if not isinstance(img, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
-            raise TypeError(f"{type(img).__name__} is not a volume")
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
-        raise InputError(f"{what}: cannot read {path} as an image ({reason}).") from None
+    img: SpatialImage | None = None
+    if path.name.lower().endswith(ITK_SUFFIXES):
+        data, affine = _read_itk(path, what)
+    else:
+        try:
+            loaded = nib.load(str(path))
+            if not isinstance(loaded, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
+                raise TypeError(f"{type(loaded).__name__} is not a volume")
+            img = loaded
+            data, affine = np.asanyarray(img.dataobj), img.affine
+        except Exception as exc:  # nibabel raises many types for corrupt files
+            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
+            raise InputError(f"{what}: cannot read {path} as an image ({reason}).") from None
     if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
                                              or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
         raise InputError(f"{what} has voxel type {data.dtype}; a scalar real-valued image is needed "
@@ -46,9 +72,35 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         data = label_values(data, f"{name} ({path.name})" if name else path.name)
     else:
         data = data.astype(np.float32)
-    image = validate_image(Image(data, img.affine), what, labels=labels)
-    check_sform_qform(img, f"{name} ({path.name})" if name else path.name)
+    image = validate_image(Image(data, affine), what, labels=labels)
+    if img is not None:
+        check_sform_qform(img, f"{name} ({path.name})" if name else path.name)
     return image
+
+
+def _read_itk(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The voxel array ``(I, J, K)`` and voxel-to-RAS affine of a 3-D scalar NRRD / MetaImage file.
+
+    SimpleITK (imported here: a NIfTI run never needs it) stores the array ``(K, J, I)``; it is returned
+    transposed (a view). Raises :class:`InputError` naming ITK's reason for an unreadable file, and for an
+    image that is not 3-D or holds several values per voxel (RGB, vectors, complex numbers).
+    """
+    import SimpleITK as sitk
+
+    try:
+        itk = sitk.ReadImage(str(path))
+    except RuntimeError as exc:  # ITK's message: a source location, then the reason on its last line(s)
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        reason = lines[-1].split("ERROR: ", 1)[-1] if lines else "unknown error"
+        raise InputError(f"{what}: cannot read {path} as an image (ITK: {reason}).") from None
+    if itk.GetDimension() != 3:
+        raise InputError(f"{what} must be a 3-D image; it has {itk.GetDimension()} dimensions {itk.GetSize()}.")
+    components = itk.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(f"{what} holds {components} values per voxel ({itk.GetPixelIDTypeAsString()}); a scalar "
+                         "real-valued image is needed (not RGB, a vector field or complex).")
+    data = sitk.GetArrayFromImage(itk).transpose(2, 1, 0)
+    return data, ras_affine_from_itk(itk.GetDirection(), itk.GetSpacing(), itk.GetOrigin())
 
 
 def field_of_view_distance(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:

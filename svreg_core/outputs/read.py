@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from nibabel.spatialimages import SpatialImage
 
-from svreg_core.conventions import RAS_TO_LPS, ras_to_lps_vectors
+from svreg_core.conventions import ras_affine_from_itk, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import sample_at_points
@@ -157,10 +157,7 @@ def _field_from_sitk(image: sitk.Image) -> DisplacementField:
     import SimpleITK as sitk
 
     lps = sitk.GetArrayFromImage(image).transpose(2, 1, 0, 3)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = RAS_TO_LPS @ direction * np.asarray(image.GetSpacing())
-    affine[:3, 3] = RAS_TO_LPS @ np.asarray(image.GetOrigin())
+    affine = ras_affine_from_itk(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
     return DisplacementField(ras_to_lps_vectors(lps).astype(np.float32), Grid(lps.shape[:3], affine))
 
 

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, load_image
+from svreg_core.image.io import image_stem
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import (
@@ -49,7 +50,7 @@ from svreg_core.image.resample import (
 from svreg_core.image.sampling import sample_labels
 from svreg_core.optim.affine import affine_register
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
-from svreg_core.training.sources import NIFTI_SUFFIXES, TemplateSpec, is_nifti
+from svreg_core.training.sources import TemplateSpec, is_image_file
 from svreg_core.training.synthesis import (
     SynthesisConfig,
     augment_intensity,
@@ -94,12 +95,8 @@ class PairSpec:
 
 
 def _stem(path: Path) -> str:
-    """File name without its ``.nii``/``.nii.gz`` ending."""
-    name = path.name
-    for suffix in NIFTI_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    """File name without its image ending (``.nii.gz``, ``.nrrd``, …; :func:`~svreg_core.image.io.image_stem`)."""
+    return image_stem(path.name) or path.stem
 
 
 def _short_name(path: Path) -> str:
@@ -136,11 +133,11 @@ def _matching_labels(image: Path, labels: list[Path]) -> Path | None:
 def _subjects_in(folder: Path, patterns: Sequence[str]) -> list[tuple[Path, Path | None]]:
     """``(image, labels or None)`` of each subject: NIfTI files directly in ``folder`` (label maps matched
     by name) and sub-folders holding one image and at most one label map."""
-    files = sorted(p for p in folder.iterdir() if is_nifti(p))
+    files = sorted(p for p in folder.iterdir() if is_image_file(p))
     labels = [p for p in files if is_label_file(p, patterns)]
     subjects = [(p, _matching_labels(p, labels)) for p in files if not is_label_file(p, patterns)]
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        inner = sorted(p for p in sub.iterdir() if is_nifti(p))
+        inner = sorted(p for p in sub.iterdir() if is_image_file(p))
         images = [p for p in inner if not is_label_file(p, patterns)]
         maps = [p for p in inner if is_label_file(p, patterns)]
         if not images:
@@ -184,7 +181,7 @@ def pairs_from_folder(folder: str | Path, atlas: str | Path | None = None, *,
         raise InputError(f"atlas image not found: {atlas}")
     labels = (Path(atlas_labels) if atlas_labels is not None else
               _matching_labels(atlas, [p for p in atlas.parent.iterdir()
-                                       if is_nifti(p) and is_label_file(p, label_patterns)]))
+                                       if is_image_file(p) and is_label_file(p, label_patterns)]))
     subjects = [(m, ml) for m, ml in subjects if m.resolve() != atlas.resolve()]
     if not subjects:
         raise InputError(f"training folder {folder} holds no subject image besides the atlas.")

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from svreg_core.errors import InputError
+from svreg_core.image.io import image_stem
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
-
-#: File name endings of the images read from folders.
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 #: Where Debian's ``mricron-data`` installs its templates.
 MRICRON_TEMPLATES = Path("/usr/share/mricron/templates")
@@ -41,22 +39,23 @@ class TemplateSpec:
     name: str = ""
 
 
-def is_nifti(path: Path) -> bool:
-    """True for a file whose name ends in ``.nii`` or ``.nii.gz`` (any case)."""
-    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
+def is_image_file(path: Path) -> bool:
+    """True for a file whose name has an image ending (:data:`~svreg_core.image.io.IMAGE_SUFFIXES`, any case)."""
+    return path.is_file() and image_stem(path.name) is not None
 
 
 def synthseg_label_maps(folder: str | Path) -> list[Path]:
-    """The label maps (``*.nii.gz`` / ``*.nii``) in ``folder``, sorted by name.
+    """The label maps (image files: ``*.nii.gz``, ``*.nii``, ``*.nrrd``, …) in ``folder``, sorted by name.
 
-    Raises :class:`InputError` when the folder does not exist or holds no NIfTI file.
+    Raises :class:`InputError` when the folder does not exist or holds no image file.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise InputError(f"label map folder not found: {folder}")
-    maps = sorted(p for p in folder.iterdir() if is_nifti(p))
+    maps = sorted(p for p in folder.iterdir() if is_image_file(p))
     if not maps:
-        raise InputError(f"label map folder {folder} holds no NIfTI (.nii/.nii.gz) label maps.")
+        raise InputError(f"label map folder {folder} holds no label maps (.nii.gz, .nii, .mgz, .nrrd, .mha, … "
+                         "files).")
     return maps
 
 

@@ -7,9 +7,10 @@ Folder layout (one sub-folder per pair, sorted by name; the folder itself may al
       case02/  fixed.nii.gz  moving.nii.gz  fixed_landmarks.csv  moving_landmarks.csv
       ...
 
-Accepted file names (case-insensitive; images ``.nii.gz``, ``.nii``, ``.mgz``, ``.mgh``):
-``fixed`` / ``fixed_image``, ``moving`` / ``moving_image``, ``fixed_labels`` / ``fixed_label`` /
-``fixed_seg``, ``moving_labels`` / ``moving_label`` / ``moving_seg``; landmarks (point files read by
+Accepted file names (case-insensitive; images with an ending of :data:`svreg_core.image.io.IMAGE_SUFFIXES`:
+``.nii.gz``, ``.nii``, ``.mgz``, ``.mgh``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``): ``fixed`` /
+``fixed_image``, ``moving`` / ``moving_image``, ``fixed_labels`` / ``fixed_label`` / ``fixed_seg``,
+``moving_labels`` / ``moving_label`` / ``moving_seg``; landmarks (point files read by
 :func:`svreg_core.apply.read_points`: ``.csv`` with x, y, z columns in RAS mm, Slicer ``.fcsv`` or
 ``.mrk.json``) ``fixed_landmarks`` / ``fixed_points`` / ``fixed_keypoints`` and the ``moving_`` ones:
 the n-th fixed point corresponds to the n-th moving point.
@@ -34,6 +35,7 @@ import numpy as np
 from svreg_core.apply import POINT_SUFFIXES, read_landmarks
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
+from svreg_core.image.io import image_stem
 
 #: Accepted file stems (lower case) per role, in role order: images, label maps, landmarks.
 ROLE_STEMS: dict[str, tuple[str, ...]] = {
@@ -48,7 +50,6 @@ ROLES = tuple(ROLE_STEMS)
 #: The roles a pair needs for each kind of objective (``needs`` of :func:`discover_pairs`).
 NEEDS: dict[str, tuple[str, ...]] = {"labels": ("fixed", "moving", "fixed_labels", "moving_labels"),
                                      "landmarks": ("fixed", "moving", "fixed_landmarks", "moving_landmarks")}
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".mgz", ".mgh")
 T = TypeVar("T")
 P = TypeVar("P")
 
@@ -73,8 +74,9 @@ LoadedPair = Pair[Image, np.ndarray]
 
 def _stem(name: str, role: str) -> str | None:
     """``name`` (lower case) without its extension if it has one of ``role``'s file kinds."""
-    extensions = POINT_SUFFIXES if role.endswith("landmarks") else IMAGE_EXTENSIONS
-    return next((name[: -len(e)] for e in extensions if name.endswith(e)), None)
+    if not role.endswith("landmarks"):
+        return image_stem(name)
+    return next((name[: -len(e)] for e in POINT_SUFFIXES if name.endswith(e)), None)
 
 
 def _pair_files(folder: Path) -> dict[str, Path]:

@@ -1,4 +1,5 @@
-"""NIfTI round trips (checked with nibabel) and the plain one-line errors of unusable inputs."""
+"""NIfTI round trips (checked with nibabel), NRRD / MetaImage reading (hand-written headers; ITK's NIfTI reader
+as referee) and the plain one-line errors of unusable inputs."""
 from __future__ import annotations
 
 import gzip
@@ -10,6 +11,7 @@ import pytest
 
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image, save_image, validate_image
+from svreg_core.image.io import image_stem
 
 
 def _affine(geo) -> np.ndarray:
@@ -129,7 +131,26 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     rgb = np.zeros((4, 4, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
     surface = nib.gifti.GiftiImage(darrays=[nib.gifti.GiftiDataArray(ok[:, :, 0].ravel().astype(np.float32))])
     nib.save(surface, str(tmp_path / "surface.gii"))
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(ok[:, :, 0]), str(tmp_path / "flat.nrrd"))
+    volume = sitk.GetImageFromArray(ok)
+    sitk.WriteImage(sitk.JoinSeries([volume, volume]), str(tmp_path / "series.nrrd"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([ok, ok, ok], -1), isVector=True), str(tmp_path / "vector.nrrd"))
+    sitk.WriteImage(sitk.GetImageFromArray((ok + 1j * ok).astype(np.complex64)), str(tmp_path / "complex.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
+    itk_body = (tmp_path / "flat.nrrd").read_bytes()
+    (tmp_path / "truncated.nrrd").write_bytes(itk_body[: len(itk_body) // 2])
+    (tmp_path / "junk.mha").write_bytes(b"not an image at all " * 20)
     return {
+        "NRRD 2-D": (tmp_path / "flat.nrrd", "3-D image; it has 2 dimensions"),
+        "NRRD 4-D": (tmp_path / "series.nrrd", "3-D image; it has 4 dimensions"),
+        "NRRD vector": (tmp_path / "vector.nrrd", "3 values per voxel"),
+        "MetaImage complex": (tmp_path / "complex.mha", "2 values per voxel"),
+        "MetaImage NaN": (tmp_path / "nan.mha", "NaN"),
+        "NRRD truncated": (tmp_path / "truncated.nrrd", "cannot read"),
+        "MetaImage corrupt": (tmp_path / "junk.mha", "cannot read"),
+        "NRRD missing": (tmp_path / "nowhere.nrrd", "not found"),
         "2-D": (_write(tmp_path, "flat.nii.gz", ok[:, :, 0]), "3-D"),
         "4-D": (_write(tmp_path, "series.nii.gz", np.stack([ok, ok], axis=-1)), "3-D"),
         "degenerate": (_write(tmp_path, "slab.nii.gz", ok[:, :, :1]), "at least 2 voxels"),
@@ -151,7 +172,9 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "constant", "zeros", "singular affine", "RGB", "complex",
-       "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder"]
+       "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder",
+       "NRRD 2-D", "NRRD 4-D", "NRRD vector", "MetaImage complex", "MetaImage NaN", "NRRD truncated",
+       "MetaImage corrupt", "NRRD missing"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -175,6 +198,70 @@ def test_freesurfer_mgz_volume_loads_with_its_affine(geo, tmp_path: Path) -> Non
     np.testing.assert_allclose(image.affine, nib.load(str(tmp_path / "brain.mgz")).affine)
     np.testing.assert_allclose(image.affine, affine, atol=1e-5)
     np.testing.assert_array_equal(image.data, data)
+
+
+#: An oblique 4x5x6 NRRD geometry, written by hand: voxel axes (columns) and origin in the file's ``space``.
+_NRRD_AXES = np.array([[0.0, 1.2, 0.9], [-2.0, 0.0, 0.0], [0.0, -1.5, 2.0]]).T  # lengths 1.5, 2, 2.5 mm
+_NRRD_ORIGIN = np.array([10.0, -20.0, 30.0])
+
+
+def _hand_written_nrrd(tmp_path: Path, space: str, *, detached: bool = False) -> tuple[Path, np.ndarray]:
+    """A NRRD file written byte by byte (no library), int16 voxels ``i + 4 j + 20 k``; returns it and the
+    ``(I, J, K)`` array a reader must give."""
+    stored = np.arange(120, dtype="<i2").reshape(6, 5, 4)  # the file's order: i fastest, then j, then k
+    vectors = " ".join("(" + ",".join(f"{v:g}" for v in column) + ")" for column in _NRRD_AXES.T)
+    header = ("NRRD0004\ntype: short\ndimension: 3\nspace: " + space + "\nsizes: 4 5 6\nspace directions: "
+              + vectors + "\nkinds: domain domain domain\nendian: little\nencoding: raw\nspace origin: ("
+              + ",".join(f"{v:g}" for v in _NRRD_ORIGIN) + ")\n")
+    if detached:
+        (tmp_path / "vol.raw").write_bytes(stored.tobytes())
+        path = tmp_path / "vol.nhdr"
+        path.write_text(header + "data file: vol.raw\n")
+    else:
+        path = tmp_path / "vol.nrrd"
+        path.write_bytes((header + "\n").encode() + stored.tobytes())
+    return path, stored.transpose(2, 1, 0)
+
+
+@pytest.mark.parametrize("space, flip", [("left-posterior-superior", [-1.0, -1.0, 1.0]),
+                                         ("right-anterior-superior", [1.0, 1.0, 1.0])])
+@pytest.mark.parametrize("detached", [False, True])
+def test_hand_written_nrrd_reads_in_ras(tmp_path: Path, space: str, flip, detached: bool) -> None:
+    """The voxel axes and origin of a NRRD header, converted by hand to RAS (x and y negated for an LPS file),
+    are the affine; the voxel ``(i, j, k)`` is the file's ``i + 4 j + 20 k``-th value, as intensities (float32)
+    and as labels (int32)."""
+    path, expected = _hand_written_nrrd(tmp_path, space, detached=detached)
+    image = load_image(path)
+    ras = np.diag(flip)
+    np.testing.assert_allclose(image.affine[:3, :3], ras @ _NRRD_AXES, atol=1e-12)
+    np.testing.assert_allclose(image.affine[:3, 3], ras @ _NRRD_ORIGIN, atol=1e-12)
+    assert image.data.dtype == np.float32 and image.shape == (4, 5, 6)
+    np.testing.assert_array_equal(image.data, expected)
+    assert image.data[3, 1, 2] == 3 + 4 * 1 + 20 * 2
+    labels = load_image(path, labels=True)
+    assert labels.data.dtype == np.int32
+    np.testing.assert_array_equal(labels.data, expected)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd"])
+def test_itk_formats_read_like_the_nifti_they_were_made_from(geo, tmp_path: Path, suffix: str) -> None:
+    """An oblique, flipped, anisotropic NIfTI (written by nibabel) that ITK converts to NRRD / MetaImage reads back
+    with the same voxels and RAS affine: ITK's NIfTI reader is the referee of the LPS-to-RAS conversion."""
+    import SimpleITK as sitk
+
+    data = _ramp((6, 7, 8)) + 1.0
+    nifti = save_image(Image(data, _affine(geo)), tmp_path / "a.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(tmp_path / f"a{suffix}"))
+    image, reference = load_image(tmp_path / f"a{suffix}"), load_image(nifti)
+    np.testing.assert_allclose(image.affine, reference.affine, atol=1e-5)
+    np.testing.assert_array_equal(image.data, reference.data)
+
+
+@pytest.mark.parametrize("name, stem", [("sub01.nii.gz", "sub01"), ("sub01.NII", "sub01"), ("a.b.nrrd", "a.b"),
+                                        ("vol.nhdr", "vol"), ("ct.MHA", "ct"), ("ct.mhd", "ct"), ("t1.mgz", "t1"),
+                                        ("vol.raw", None), ("notes.txt", None), ("nii.gz", None)])
+def test_image_stem(name: str, stem: str | None) -> None:
+    assert image_stem(name) == stem
 
 
 def test_label_maps_errors(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def test_synthseg_label_maps_lists_the_nifti_files_sorted(geo, tmp_path) -> None
     with pytest.raises(InputError, match="not found"):
         synthseg_label_maps(tmp_path / "absent")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no NIfTI"):
+    with pytest.raises(InputError, match="holds no label maps"):
         synthseg_label_maps(tmp_path / "empty")
 
 

@@ -15,10 +15,10 @@ ROLES = ("fixed", "moving", "fixed_labels", "moving_labels")
 # ----------------------------------------------------------------------------------------- pairs
 
 
-def _fake_pair(folder: Path, stems: tuple[str, ...] = ROLES) -> Path:
+def _fake_pair(folder: Path, stems: tuple[str, ...] = ROLES, suffix: str = ".nii.gz") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for s in stems:
-        (folder / f"{s}.nii.gz").write_bytes(b"x")
+        (folder / f"{s}{suffix}").write_bytes(b"x")
     return folder
 
 
@@ -32,6 +32,11 @@ def test_pairs_from_folder_list_files_and_errors(tmp_path: Path) -> None:
     assert [p.name for p in pairs] == ["a", "b"]
     assert pairs[0].fixed_labels.name == "fixed_seg.nii.gz"
     assert [p.name for p in discover_pairs(root / "b")] == ["b"]  # a folder that is itself one pair
+    slicer = _fake_pair(tmp_path / "slicer", ROLES, ".NRRD")  # NRRD (3D Slicer's format), any case
+    (slicer / "fixed_labels.NRRD").rename(slicer / "fixed_labels.mha")  # MetaImage
+    (slicer / "volume.raw").write_bytes(b"x")  # a detached header's data: not an image
+    (pair,) = discover_pairs(slicer)
+    assert (pair.fixed.name, pair.fixed_labels.name) == ("fixed.NRRD", "fixed_labels.mha")
 
     csv = tmp_path / "list.csv"
     csv.write_text("fixed,moving,fixed_labels,moving_labels\n"
