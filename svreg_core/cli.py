@@ -584,6 +584,7 @@ examples:
   svreg apply OUT moving_t2.nii.gz -o t2_on_fixed.nii.gz            # like warped.nii.gz, another image
   svreg apply OUT moving_seg.nii.gz -o seg_on_fixed.nii.gz --labels
   svreg apply OUT fixed_atlas.nii.gz -o atlas_on_moving.nii.gz --labels --inverse
+  svreg apply OUT moving_ct.nrrd -o ct_on_fixed.nrrd                # NRRD (Slicer) or MetaImage in and out
   svreg apply OUT/transform.h5 moving.nii.gz -o out.nii.gz --reference other_grid.nii.gz --interpolation bspline
   svreg apply OUT landmarks_fixed.mrk.json -o landmarks_moving.mrk.json     # points: fixed -> moving
   svreg apply OUT landmarks_moving.csv -o landmarks_fixed.csv --inverse --coordinates lps
@@ -598,9 +599,10 @@ inverted numerically, which needs --reference for images).
 def add_apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("transform", help="an svreg output folder, an ITK transform (.h5/.tfm) or a displacement "
                    "NIfTI in the ITK/ANTs layout (LPS mm)")
-    p.add_argument("input", help="image or label map (NIfTI), or points (.csv with x,y,z columns, Slicer .fcsv or "
-                   ".mrk.json)")
-    p.add_argument("-o", "--output", required=True, help="output file, same kind as the input")
+    p.add_argument("input", help="image or label map (NIfTI, MGH, NRRD or MetaImage), or points (.csv with x,y,z "
+                   "columns, Slicer .fcsv or .mrk.json)")
+    p.add_argument("-o", "--output", required=True, help="output file, same kind as the input (images: .nii.gz, "
+                   ".nii, .nrrd, .nhdr, .mha or .mhd)")
     p.add_argument("--inverse", action="store_true", help="apply the inverse mapping (moving -> fixed side)")
     p.add_argument("--reference", help="image whose grid the output is sampled on (default: the transform's "
                    "grid: fixed grid forward, moving grid inverse)")
@@ -618,6 +620,7 @@ def run_apply(args: argparse.Namespace) -> int:
 
     from svreg_core.apply import apply_to_image, apply_to_labels, is_points_file, transform_points_file
     from svreg_core.image import load_image, save_image
+    from svreg_core.image.io import check_writable_name
     from svreg_core.outputs.read import load_transform
 
     out = Path(args.output)
@@ -632,6 +635,8 @@ def run_apply(args: argparse.Namespace) -> int:
     points = is_points_file(args.input)
     if points != is_points_file(out):
         raise InputError("input and output must both be images or both be point files of the same format.")
+    if not points:
+        check_writable_name(out)
     transform = load_transform(args.transform, inverse=args.inverse)
     if points:
         count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)

@@ -45,6 +45,14 @@ def ras_affine_from_itk(direction: np.ndarray, spacing: np.ndarray, origin: np.n
     return affine
 
 
+def itk_geometry_from_ras_affine(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inverse of :func:`ras_affine_from_itk`: the LPS direction (row-major, 9 values), spacing (mm) and LPS
+    origin (mm) of the ITK image geometry of a voxel-to-RAS ``affine``."""
+    affine = np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    return (RAS_TO_LPS @ (affine[:3, :3] / spacing)).ravel(), spacing, RAS_TO_LPS @ affine[:3, 3]
+
+
 def voxel_to_world_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Map displacement vectors in voxel units (last axis ``(i, j, k)``) to RAS millimetres.
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from svreg_core.cli import main
+from svreg_core.image import load_image
 from svreg_core.outputs import OUTPUT_FILES
 
 REPORT_METRICS = ("dice_mean", "dice", "hd95_mean", "folding_percent", "ndv_percent", "sdlogj")
@@ -478,6 +479,21 @@ def test_apply_reproduces_the_run(full_run, tiny_pair, tmp_path: Path) -> None:
     same = np.asanyarray(nib.load(str(tmp_path / "l.nii.gz")).dataobj) == \
         np.asanyarray(nib.load(str(out / "warped_labels.nii.gz")).dataobj)
     assert same.mean() > 0.999
+
+
+def test_apply_writes_nrrd_like_nifti_and_refuses_other_names(full_run, tiny_pair, tmp_path: Path, capsys) -> None:
+    """``svreg apply`` to a ``.nrrd`` (3D Slicer) gives the voxels and geometry of its ``.nii.gz``; an output name
+    it cannot write is refused before any work, with one plain line."""
+    p, out = tiny_pair.paths, full_run.out
+    assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.nii.gz")]) == 0
+    assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.nrrd")]) == 0
+    nrrd, nifti = load_image(tmp_path / "w.nrrd"), load_image(tmp_path / "w.nii.gz")
+    np.testing.assert_array_equal(nrrd.data, nifti.data)
+    np.testing.assert_allclose(nrrd.affine, nifti.affine, atol=1e-5)
+    capsys.readouterr()
+    assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.txt")]) == 2
+    assert "cannot write an image named w.txt: end its name in .nii.gz" in capsys.readouterr().err
+    assert not (tmp_path / "w.txt").exists()
 
 
 def test_nrrd_inputs_register_like_their_nifti(full_run, tiny_pair, fast_preset, tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from svreg_core.conventions import (
     RAS_TO_LPS,
     add_identity_,
     identity_grid,
+    itk_geometry_from_ras_affine,
     normalized_to_voxel,
+    ras_affine_from_itk,
     ras_to_lps_vectors,
     voxel_displacement_to_normalized,
     voxel_to_normalized,
@@ -32,6 +34,18 @@ def test_align_corners_and_lps_flip() -> None:
     np.testing.assert_array_equal(ras_to_lps_vectors(np.array([1.0, 2.0, 3.0])), [-1.0, -2.0, 3.0])
     v = np.random.default_rng(0).normal(size=(4, 5, 3))
     np.testing.assert_array_equal(ras_to_lps_vectors(ras_to_lps_vectors(v)), v)
+
+
+def test_itk_geometry_hand_values() -> None:
+    """ITK direction (columns: the LPS axes of ITK's x, y, z index), spacing and LPS origin -> voxel-to-RAS affine:
+    the i axis along L (RAS -x) 2 mm steps, j along S 3 mm, k along P (RAS -y) 4 mm; origin LPS (1, 2, 3)."""
+    direction = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])  # row-major: column 1 is (0, 0, 1)
+    affine = ras_affine_from_itk(direction.ravel(), (2.0, 3.0, 4.0), (1.0, 2.0, 3.0))
+    expected = np.array([[-2.0, 0, 0, -1.0], [0, 0, -4.0, -2.0], [0, 3.0, 0, 3.0], [0, 0, 0, 1.0]])
+    np.testing.assert_array_equal(affine, expected)
+    back = itk_geometry_from_ras_affine(affine)
+    for got, want in zip(back, (direction.ravel(), [2.0, 3.0, 4.0], [1.0, 2.0, 3.0])):
+        np.testing.assert_allclose(got, want, atol=1e-15)
 
 
 def test_voxel_to_normalized_hand_values() -> None:

@@ -1,5 +1,5 @@
-"""Image reading (NIfTI, MGH through nibabel; NRRD, MetaImage through SimpleITK) and NIfTI writing, with
-plain-language errors."""
+"""Image reading (NIfTI, MGH through nibabel; NRRD, MetaImage through SimpleITK) and writing (NIfTI; NRRD,
+MetaImage), with plain-language errors."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import SpatialImage
 
-from svreg_core.conventions import ras_affine_from_itk
+from svreg_core.conventions import itk_geometry_from_ras_affine, ras_affine_from_itk
 from svreg_core.errors import InputError
 from svreg_core.image.image import Image, validate_image
 
@@ -20,6 +20,9 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 #: names): NIfTI and FreeSurfer MGH (nibabel) and :data:`ITK_SUFFIXES`. :func:`load_image` reads any other file
 #: nibabel can read, too.
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", *ITK_SUFFIXES)
+
+#: File endings :func:`save_image` writes: NIfTI and :data:`ITK_SUFFIXES`.
+WRITABLE_SUFFIXES = (".nii.gz", ".nii", *ITK_SUFFIXES)
 
 
 def image_stem(name: str) -> str | None:
@@ -76,6 +79,20 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     if img is not None:
         check_sform_qform(img, f"{name} ({path.name})" if name else path.name)
     return image
+
+
+def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path, gzip_level: int) -> Path:
+    """Write a 3-D array ``(I, J, K)`` with its voxel-to-RAS ``affine`` as a NRRD / MetaImage file (SimpleITK,
+    imported here), its geometry in LPS (:func:`~svreg_core.conventions.itk_geometry_from_ras_affine`)."""
+    import SimpleITK as sitk
+
+    itk = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
+    direction, spacing, origin = itk_geometry_from_ras_affine(affine)
+    itk.SetDirection(tuple(direction))
+    itk.SetSpacing(tuple(spacing))
+    itk.SetOrigin(tuple(origin))
+    sitk.WriteImage(itk, str(path), useCompression=gzip_level > 0, compressionLevel=gzip_level)
+    return path
 
 
 def _read_itk(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -180,29 +197,47 @@ DEFAULT_GZIP_LEVEL = 1
 DEFAULT_FIELD_GZIP_LEVEL = 0
 
 
+def _gzip_level(gzip_level: int | None) -> int:
+    """``gzip_level`` checked (0 to 9), or :data:`DEFAULT_GZIP_LEVEL` for ``None``."""
+    level = DEFAULT_GZIP_LEVEL if gzip_level is None else int(gzip_level)
+    if not 0 <= level <= 9:
+        raise ValueError(f"gzip level must be 0 to 9, not {gzip_level!r}")
+    return level
+
+
 def save_nifti(nii: nib.Nifti1Image, path: str | Path, *, gzip_level: int | None = None) -> Path:
     """Write a NIfTI image; a ``.gz`` name is gzip-compressed at ``gzip_level`` (0 = stored, fastest, still
     a valid ``.nii.gz`` any reader opens; 9 = smallest; ``None``: :data:`DEFAULT_GZIP_LEVEL`)."""
     path = Path(path)
-    level = DEFAULT_GZIP_LEVEL if gzip_level is None else int(gzip_level)
-    if not 0 <= level <= 9:
-        raise ValueError(f"gzip level must be 0 to 9, not {gzip_level!r}")
-    with nib.openers.Opener(str(path), "wb", compresslevel=level) as fobj:
+    with nib.openers.Opener(str(path), "wb", compresslevel=_gzip_level(gzip_level)) as fobj:
         holder = nib.fileholders.FileHolder(fileobj=fobj)  # type: ignore[arg-type]  # stubs: IOBase, not Opener
         nii.to_file_map({"image": holder, "header": holder})
     return path
 
 
+def check_writable_name(path: str | Path) -> None:
+    """Raise :class:`InputError` unless :func:`save_image` can write a file named ``path`` (its ending is one of
+    :data:`WRITABLE_SUFFIXES`, any case)."""
+    if not Path(path).name.lower().endswith(WRITABLE_SUFFIXES):
+        raise InputError(f"cannot write an image named {Path(path).name}: end its name in "
+                         f"{', '.join(WRITABLE_SUFFIXES[:-1])} or {WRITABLE_SUFFIXES[-1]}.")
+
+
 def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None = None,
                gzip_level: int | None = None) -> Path:
-    """Write ``image`` as NIfTI with its RAS affine as sform and qform (code 1, scanner).
+    """Write ``image`` as NIfTI (``.nii``/``.nii.gz``) with its RAS affine as sform and qform (code 1, scanner),
+    or as NRRD / MetaImage (:data:`ITK_SUFFIXES`) through SimpleITK with the same geometry in LPS.
 
     A sheared affine, which a qform (rotation and voxel sizes) cannot hold, is written as the sform
     only (qform code 0), so the file never has a qform that disagrees with its sform. ``gzip_level``:
-    see :func:`save_nifti`.
+    see :func:`save_nifti` (for ITK files: 0 stores the voxels, otherwise zlib at that level). Another
+    ending raises :class:`InputError` (:func:`check_writable_name`).
     """
     path = Path(path)
+    check_writable_name(path)
     data = np.asarray(image.data if dtype is None else image.data.astype(dtype))
+    if path.name.lower().endswith(ITK_SUFFIXES):
+        return _write_itk(data, image.affine, path, _gzip_level(gzip_level))
     nii = nib.Nifti1Image(data, image.affine)
     nii.set_sform(image.affine, code=1)
     nii.set_qform(image.affine, code=1)

@@ -23,7 +23,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-from svreg_core.conventions import RAS_TO_LPS, ras_to_lps_vectors
+from svreg_core.conventions import RAS_TO_LPS, itk_geometry_from_ras_affine, ras_to_lps_vectors
 from svreg_core.image.grid import Grid
 
 if TYPE_CHECKING:
@@ -58,8 +58,8 @@ def _lps_affine(affine_ras: np.ndarray) -> np.ndarray:
 
 def _field_fixed_parameters(grid: Grid) -> np.ndarray:
     """ITK's fixed parameters of a displacement field on ``grid``: size, LPS origin, spacing, LPS direction."""
-    return np.concatenate([np.asarray(grid.shape, dtype=np.float64), RAS_TO_LPS @ grid.affine[:3, 3], grid.spacing,
-                           (RAS_TO_LPS @ grid.direction).ravel()])
+    direction, spacing, origin = itk_geometry_from_ras_affine(grid.affine)
+    return np.concatenate([np.asarray(grid.shape, dtype=np.float64), origin, spacing, direction])
 
 
 def _itk_vectors(displacement_ras: np.ndarray, dtype: type) -> np.ndarray:

@@ -257,6 +257,42 @@ def test_itk_formats_read_like_the_nifti_they_were_made_from(geo, tmp_path: Path
     np.testing.assert_array_equal(image.data, reference.data)
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".nhdr", ".mha", ".mhd"])
+def test_itk_files_written_hold_the_lps_geometry(geo, tmp_path: Path, suffix: str) -> None:
+    """``save_image`` to NRRD / MetaImage: SimpleITK reads the LPS origin and axes of the RAS affine negated in x
+    and y by hand, and the voxel ``(i, j, k)`` at ITK index ``(i, j, k)``; labels keep their integer type, the
+    gzip level only changes the file size."""
+    import SimpleITK as sitk
+
+    affine = _affine(geo)
+    data = _ramp((6, 7, 8))
+    path = save_image(Image(data, affine), tmp_path / f"a{suffix}")
+    itk = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(itk.GetOrigin(), [-affine[0, 3], -affine[1, 3], affine[2, 3]], atol=1e-9)
+    axes = np.asarray(itk.GetDirection()).reshape(3, 3) * np.asarray(itk.GetSpacing())
+    np.testing.assert_allclose(axes, np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3], atol=1e-9)
+    assert itk.GetSize() == (6, 7, 8) and itk.GetPixel(4, 1, 5) == data[4, 1, 5]
+    back = load_image(path)
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-9)
+
+    labels = (data > 20).astype(np.int32) * 7
+    stored = save_image(Image(labels, affine), tmp_path / f"l{suffix}", dtype=np.int32, gzip_level=0)
+    packed = save_image(Image(labels, affine), tmp_path / f"p{suffix}", dtype=np.int32, gzip_level=9)
+    assert sitk.ReadImage(str(stored)).GetPixelID() == sitk.sitkInt32
+    size = (lambda p: sum(f.stat().st_size for f in tmp_path.glob(p.stem + ".*")))  # noqa: E731 (with data file)
+    assert size(packed) < size(stored)
+    for written in (stored, packed):
+        np.testing.assert_array_equal(load_image(written, labels=True).data, labels)
+
+
+@pytest.mark.parametrize("name", ["out.txt", "out.mgz", "out.nii.gz.bak", "nrrd"])
+def test_unwritable_image_names_are_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(InputError, match=r"end its name in \.nii\.gz, \.nii, \.nrrd, \.nhdr, \.mha or \.mhd"):
+        save_image(Image(_ramp(), np.eye(4)), tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
 @pytest.mark.parametrize("name, stem", [("sub01.nii.gz", "sub01"), ("sub01.NII", "sub01"), ("a.b.nrrd", "a.b"),
                                         ("vol.nhdr", "vol"), ("ct.MHA", "ct"), ("ct.mhd", "ct"), ("t1.mgz", "t1"),
                                         ("vol.raw", None), ("notes.txt", None), ("nii.gz", None)])
