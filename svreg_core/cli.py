@@ -146,8 +146,9 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_register_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("fixed", help="fixed (reference) image, NIfTI")
-    p.add_argument("moving", help="moving image, NIfTI; any orientation, voxel size or oblique affine")
+    p.add_argument("fixed", help="fixed (reference) image: NIfTI, MGH, NRRD, MetaImage or a folder with one DICOM "
+                   "series")
+    p.add_argument("moving", help="moving image, the same kinds; any orientation, voxel size or oblique affine")
     p.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--fixed-labels", help="label map on the fixed grid (for Dice/HD95)")
     p.add_argument("--moving-labels", help="label map on the moving grid; written warped as warped_labels.nii.gz")
@@ -522,8 +523,9 @@ outputs (default: all), overwrite, label_metrics (Dice/HD95 with both label maps
 
 
 def add_preview_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("fixed", help="fixed (reference) image, NIfTI")
-    p.add_argument("moving", help="moving image, NIfTI; any orientation, voxel size or oblique affine")
+    p.add_argument("fixed", help="fixed (reference) image: NIfTI, MGH, NRRD, MetaImage or a folder with one DICOM "
+                   "series")
+    p.add_argument("moving", help="moving image, the same kinds; any orientation, voxel size or oblique affine")
     p.add_argument("--model", required=True, help="a HyperSPR model: a shipped model's name (see 'svreg models') or "
                    "a checkpoint folder from 'svreg train --hyper ...'")
     p.add_argument("--fixed-labels", help="label map on the fixed grid (Dice/HD95 of requests with label_metrics)")
@@ -599,8 +601,8 @@ inverted numerically, which needs --reference for images).
 def add_apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("transform", help="an svreg output folder, an ITK transform (.h5/.tfm) or a displacement "
                    "NIfTI in the ITK/ANTs layout (LPS mm)")
-    p.add_argument("input", help="image or label map (NIfTI, MGH, NRRD or MetaImage), or points (.csv with x,y,z "
-                   "columns, Slicer .fcsv or .mrk.json)")
+    p.add_argument("input", help="image or label map (NIfTI, MGH, NRRD, MetaImage or a DICOM series folder), or "
+                   "points (.csv with x,y,z columns, Slicer .fcsv or .mrk.json)")
     p.add_argument("-o", "--output", required=True, help="output file, same kind as the input (images: .nii.gz, "
                    ".nii, .nrrd, .nhdr, .mha or .mhd)")
     p.add_argument("--inverse", action="store_true", help="apply the inverse mapping (moving -> fixed side)")

@@ -206,6 +206,38 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
     return path
 
 
+def dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, series: str = "1.2.826.0.1.3680043.8.498.1",
+                 skip: tuple[int, ...] = (), tilt_mm: float = 0.0) -> Path:
+    """Write int16 ``data`` ``(I, J, K)`` with a RAS ``affine`` as a DICOM CT series, one file per ``k`` slice, the
+    patient geometry tags computed here by hand (LPS: x and y negated): Image Orientation = the unit LPS row
+    (``i``) and column (``j``) directions, Image Position = the LPS point of voxel ``(0, 0, k)``, Pixel Spacing
+    from the ``i``/``j`` voxel sizes. ``skip``: slices left out; ``tilt_mm``: each slice shifted that much further
+    along ``i`` than the one before (a gantry tilt)."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    row, column = lps[:, 0] / spacing[0], lps[:, 1] / spacing[1]
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in (k for k in range(data.shape[2]) if k not in skip):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(data[:, :, k].T.astype(np.int16))[None])
+        position = lps[:, 3] + k * lps[:, 2] + k * tilt_mm * row
+        image.SetSpacing((float(spacing[0]), float(spacing[1]), float(spacing[2])))
+        image.SetOrigin(tuple(float(v) for v in position))
+        image.SetDirection(tuple(float(v) for v in np.column_stack([row, column, np.cross(row, column)]).ravel()))
+        tags = {"0008|0060": "CT", "0020|000d": series + ".0", "0020|000e": series, "0020|0013": str(k + 1),
+                "0020|0037": "\\".join(f"{v:.9f}" for v in (*row, *column)),
+                "0020|0032": "\\".join(f"{v:.6f}" for v in position),
+                "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}"}  # DICOM: row spacing (along j) first
+        for key, value in tags.items():
+            image.SetMetaData(key, value)
+        writer.SetFileName(str(folder / f"{series}.{k:04d}.dcm"))
+        writer.Execute(image)
+    return folder
+
+
 def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -224,7 +256,8 @@ GEO = SimpleNamespace(world_points=world_points, to_voxel=to_voxel, rotation=rot
                       grid_centre=grid_centre, covering_grid=covering_grid, lps=lps, smooth_field=smooth_field,
                       invert_displacement=invert_displacement, sitk_image=sitk_image, sitk_array=sitk_array,
                       sample_template=sample_template, brain_grid=brain_grid, tissue_labels=tissue_labels,
-                      save_nifti=save_nifti, file_hash=file_hash, child_env=child_env, svreg_command=svreg_command)
+                      save_nifti=save_nifti, dicom_series=dicom_series, file_hash=file_hash, child_env=child_env,
+                      svreg_command=svreg_command)
 
 
 @pytest.fixture(scope="session")

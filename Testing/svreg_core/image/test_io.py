@@ -167,7 +167,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "zero bytes": (tmp_path / "zero_bytes.nii", "cannot read"),
         "GIFTI surface": (tmp_path / "surface.gii", "GiftiImage is not a volume"),
         "missing": (tmp_path / "nowhere.nii.gz", "not found"),
-        "a folder": (tmp_path / "folder.nii.gz", "not found"),
+        "a folder": (tmp_path / "folder.nii.gz", "is a folder without a DICOM series"),
     }
 
 
@@ -291,6 +291,55 @@ def test_unwritable_image_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(InputError, match=r"end its name in \.nii\.gz, \.nii, \.nrrd, \.nhdr, \.mha or \.mhd"):
         save_image(Image(_ramp(), np.eye(4)), tmp_path / name)
     assert not (tmp_path / name).exists()
+
+
+def _dicom_volume(geo) -> tuple[np.ndarray, np.ndarray]:
+    """An int16 7x6x5 volume (values -1000 to 1099, as CT) on an oblique, anisotropic (0.7 x 0.8 x 2.5 mm) grid."""
+    affine = geo.make_affine(geo.rotation([0.2, -1.0, 0.4], 23.0) @ np.diag([0.7, 0.8, 2.5]), [-40.0, 12.5, 80.0])
+    data = (np.arange(7 * 6 * 5).reshape(7, 6, 5) * 11 - 1000).astype(np.int16)
+    return data, affine
+
+
+def test_dicom_series_folder_reads_in_ras(geo, tmp_path: Path) -> None:
+    """A folder of DICOM slices (tags written by hand from the RAS affine, files in no particular order) reads as
+    the volume: voxels in ``(i, j, k)`` order and the RAS affine, both as an image and as labels."""
+    data, affine = _dicom_volume(geo)
+    folder = geo.dicom_series(tmp_path / "ct", data, affine)
+    for k, path in enumerate(sorted(folder.iterdir())):  # names no longer follow the slice order
+        path.rename(folder / f"{(k * 3) % 5}.dcm")
+    image = load_image(folder, name="fixed image")
+    np.testing.assert_allclose(image.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(image.data, data)
+    positive = geo.dicom_series(tmp_path / "seg", (data > 0).astype(np.int16) * 3, affine)
+    labels = load_image(positive, labels=True)
+    assert labels.data.dtype == np.int32
+    np.testing.assert_array_equal(labels.data, (data > 0) * 3)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing slice", "not evenly spaced (steps 2.5 to 5 mm"),
+    ("gantry tilt", "shift sideways by up to 0.4 mm per slice (gantry tilt)"),
+    ("two series", "holds 2 DICOM series"),
+    ("no DICOM", "is a folder without a DICOM series"),
+])
+def test_unusable_dicom_folders_are_refused(geo, tmp_path: Path, case: str, words: str) -> None:
+    data, affine = _dicom_volume(geo)
+    folder = tmp_path / "series"
+    if case == "missing slice":
+        geo.dicom_series(folder, data, affine, skip=(2,))
+    elif case == "gantry tilt":
+        geo.dicom_series(folder, data, affine, tilt_mm=0.4)
+    elif case == "two series":
+        geo.dicom_series(folder, data, affine)
+        geo.dicom_series(folder, data, affine, series="1.2.826.0.1.3680043.8.498.2")
+    else:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError) as info:
+        load_image(folder, name="moving image")
+    message = str(info.value)
+    assert message.startswith("moving image") and "\n" not in message
+    assert words in message, message
 
 
 @pytest.mark.parametrize("name, stem", [("sub01.nii.gz", "sub01"), ("sub01.NII", "sub01"), ("a.b.nrrd", "a.b"),
