@@ -71,7 +71,7 @@ from scipy import ndimage
 REPO = Path(__file__).resolve().parents[1]
 
 from svreg_core import metrics  # noqa: E402
-from svreg_core.image import Grid, Image, save_image  # noqa: E402
+from svreg_core.image import Grid, Image, load_image, save_image  # noqa: E402
 from svreg_core.image.resample import antialias_sigma, gaussian_smooth, sample_at_points  # noqa: E402
 
 #: Bumped whenever the construction changes: cases built by another version are rebuilt.
@@ -136,15 +136,9 @@ LABELS = {"lung": {1: "lungs", 2: "bone"}, "aorta": {1: "aorta", 2: "vertebra T1
 
 
 def read_pyradiomics(raw: Path, name: str) -> Image:
-    """``<name>_image.nrrd`` (HU) as an :class:`Image` with a RAS affine (the file is LPS, ITK)."""
-    import SimpleITK as sitk
-
-    img = sitk.ReadImage(str(raw / "pyradiomics" / f"{name}_image.nrrd"))
-    data = sitk.GetArrayFromImage(img).transpose(2, 1, 0).astype(np.float32)  # (k, j, i) -> (i, j, k)
-    lps = np.eye(4)
-    lps[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) * np.asarray(img.GetSpacing())
-    lps[:3, 3] = img.GetOrigin()
-    return Image(data, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps)
+    """``<name>_image.nrrd`` (HU) as an :class:`Image` with a RAS affine (the file is LPS; read as ``svreg``
+    reads any NRRD)."""
+    return load_image(raw / "pyradiomics" / f"{name}_image.nrrd")
 
 
 def read_nifti(path: Path) -> Image:
