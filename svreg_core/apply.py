@@ -62,8 +62,7 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
         voxel = points @ inv[:3, :3].T + inv[:3, 3]
         coeffs = ndimage.spline_filter(data.astype(np.float64), order=3, mode="mirror")
         out = ndimage.map_coordinates(coeffs, voxel.reshape(-1, 3).T, order=3, mode="mirror", prefilter=False)
-        inside = np.all((voxel >= -0.5) & (voxel <= np.asarray(image.shape) - 0.5), axis=-1)
-        out = (out.reshape(grid.shape) * inside).astype(np.float32)
+        out = (out.reshape(grid.shape) * image.grid.contains(points)).astype(np.float32)
     else:
         raise InputError(f"unknown image interpolation {interpolation!r}; use linear or bspline.")
     return Image(out, grid.affine)

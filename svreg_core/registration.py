@@ -21,6 +21,7 @@ import torch
 
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
+from svreg_core.image.image import foreground_inside
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import (
@@ -570,6 +571,29 @@ class PreparedPair:
         return result
 
 
+#: Without the affine stage, a fixed image with less than this fraction of its foreground inside the moving
+#: image's field of view gets a warning (none of it: an error): the headers probably place the images apart.
+OVERLAP_WARNING_FRACTION = 0.05
+
+
+def _check_overlap(fixed: Image, moving: Image, warn_stacklevel: int) -> None:
+    """Refuse a pair to be registered without the affine stage whose images do not overlap in the world, and warn
+    when they barely do (:data:`OVERLAP_WARNING_FRACTION`): the deformable stage starts from the identity and
+    cannot bridge such a gap (the affine stage starts by aligning the centres of mass)."""
+    inside = foreground_inside(fixed, moving.grid)
+    if inside >= OVERLAP_WARNING_FRACTION:
+        return
+    centres = [image.affine[:3, :3] @ ((np.asarray(image.shape) - 1) / 2) + image.affine[:3, 3]
+               for image in (fixed, moving)]
+    where = (f"of the fixed image's foreground lies in the moving image's field of view (their centres are "
+             f"{np.linalg.norm(centres[0] - centres[1]):.0f} mm apart)")
+    advice = "check the images' headers (origin and orientation), or keep the affine stage (drop --no-affine)"
+    if inside == 0:
+        raise InputError(f"the images do not overlap: none {where}; {advice}.")
+    warnings.warn(f"the images barely overlap: only {100 * inside:.1f} % {where}; {advice}.",
+                  stacklevel=warn_stacklevel)
+
+
 def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters | None = None, *,
                  fixed_mask: Image | None = None, moving_mask: Image | None = None,
                  model: str | Path | LoadedModel | None = None, warn_stacklevel: int = 2) -> PreparedPair:
@@ -591,6 +615,8 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
                 raise InputError(f"{name} must be on the same grid as its image "
                                  f"({mask.shape} vs {ref.shape}, or different affines).")
         masks.append(mask)
+    if not params.affine:
+        _check_overlap(fixed, moving, warn_stacklevel + 1)
     device = resolve_device(params.device)
     if device.type == "cpu":
         note = check_memory(fixed.shape, moving.shape, physical=physical_memory_bytes(),

@@ -324,6 +324,18 @@ def test_sheared_or_singular_affine_is_a_plain_error(geo, tiny_pair, tmp_path: P
     assert not (tmp_path / "out").exists()
 
 
+def test_images_apart_without_the_affine_stage_is_a_plain_error(geo, tiny_pair, tmp_path: Path, capsys) -> None:
+    """A moving image whose header places it 500 mm away, with --no-affine: one line before any work."""
+    far = tiny_pair.moving_affine.copy()
+    far[0, 3] += 500.0
+    geo.save_nifti(tiny_pair.moving, far, tmp_path / "far.nii.gz")
+    rc, _, err = _main(["register", tiny_pair.paths.fixed, tmp_path / "far.nii.gz", "-o", tmp_path / "out",
+                        "--no-affine", "--device", "cpu", "--progress", "lines"], capsys)
+    _assert_plain_error(rc, err, "the images do not overlap", "drop --no-affine")
+    assert _stages(err) <= {"load"}
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("size_mm", [1e-7, 1e3])
 def test_implausible_voxel_size_is_a_plain_error(tmp_path: Path, capsys, size_mm: float) -> None:
     """Issue 14: a 20³ image with 1e-7 mm voxels registered to itself asked the allocator for 384 GB (1e3 mm:

@@ -20,7 +20,8 @@ import torch
 from svreg_core import PRESETS, Image, InputError, RegistrationParameters, load_image, register, write_outputs
 from svreg_core.image import Grid
 from svreg_core.metrics import dice, folding_percent, jacobian_determinant
-from svreg_core.registration import RegistrationResult, resolve_device, warm_up
+from svreg_core.image.image import foreground_inside
+from svreg_core.registration import OVERLAP_WARNING_FRACTION, RegistrationResult, resolve_device, warm_up
 
 #: Short pyramid used by every test here (8 mm then 4 mm working grids, 40 iterations each).
 FAST = RegistrationParameters(level_spacings=(8.0, 4.0), iterations=(40, 40), affine=False, device="cpu")
@@ -285,6 +286,30 @@ def test_register_input_errors(tiny_pair) -> None:
         register(fixed, moving, FAST, fixed_mask=wrong_grid_mask)
     with pytest.raises(InputError, match="unknown device"):
         register(fixed, moving, FAST.replace(device="tpu"))
+
+
+def _shifted(image: Image, mm: float) -> Image:
+    affine = image.affine.copy()
+    affine[0, 3] += mm
+    return Image(image.data, affine)
+
+
+def test_images_apart_in_the_world_need_the_affine_stage(tiny_pair) -> None:
+    """Moved 500 mm to the right in its header, the moving image no longer overlaps the fixed one: without the
+    affine stage that is refused before any work (the identity start could never reach it); the affine stage
+    finds the 500 mm. Barely overlapping (under 5 % of the fixed foreground) gives a warning."""
+    fixed, moving = _images(tiny_pair)
+    far = _shifted(moving, 500.0)
+    with pytest.raises(InputError, match=r"the images do not overlap: none of the fixed image's foreground lies in "
+                                         r"the moving image's field of view \(their centres are 50\d mm apart\); "
+                                         r"check the images' headers"):
+        register(fixed, far, FAST)
+    aligned = register(fixed, far, FAST.replace(affine=True, iterations=(1, 1)))
+    assert aligned.affine[0, 3] == pytest.approx(500.0, abs=3.0)
+    shift = next(mm for mm in np.arange(100.0, 300.0, 6.0) if 0 < foreground_inside(fixed, _shifted(moving, mm).grid)
+                 < OVERLAP_WARNING_FRACTION)
+    with pytest.warns(UserWarning, match=r"the images barely overlap: only \d\.\d % of the fixed image's foreground"):
+        register(fixed, _shifted(moving, shift), FAST.replace(iterations=(1, 1)))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

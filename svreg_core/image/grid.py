@@ -26,6 +26,13 @@ class Grid:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
 
+    def contains(self, points: np.ndarray) -> np.ndarray:
+        """Whether each RAS mm point ``(..., 3)`` lies in the grid's field of view: within half a voxel of its
+        outermost voxel centres (the extent of the voxels themselves)."""
+        inverse = np.linalg.inv(self.affine)
+        voxel = np.asarray(points, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
+        return np.all((voxel >= -0.5) & (voxel <= np.asarray(self.shape) - 0.5), axis=-1)
+
     def same_as(self, other: Grid, atol: float = 1e-4) -> bool:
         """True when both grids have the same shape and (within ``atol`` mm) the same affine."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))

@@ -53,9 +53,7 @@ class DisplacementField:
         field = torch.as_tensor(np.ascontiguousarray(self.displacement, dtype=np.float32)).permute(3, 0, 1, 2)[None]
         u = sample_at_points(field, self.grid, torch.as_tensor(flat)[None, :, None, None, :],
                              padding_mode="border")[0, :, :, 0, 0].T.double().numpy()
-        voxel = flat @ np.linalg.inv(self.grid.affine)[:3, :3].T + np.linalg.inv(self.grid.affine)[:3, 3]
-        inside = np.all((voxel >= -0.5) & (voxel <= np.asarray(self.grid.shape) - 0.5), axis=1)
-        return (flat + u * inside[:, None]).reshape(pts.shape)
+        return (flat + u * self.grid.contains(flat)[:, None]).reshape(pts.shape)
 
 
 Step = Union[np.ndarray, DisplacementField, "_InverseField"]

@@ -14,6 +14,16 @@ def _oblique(geo) -> np.ndarray:
     return geo.make_affine(geo.rotation([1.0, -2.0, 0.5], 25.0) @ np.diag([2.0, 1.0, 3.0]), [-30.0, 12.5, 7.0])
 
 
+def test_contains_the_voxels_out_to_half_a_voxel() -> None:
+    """A 4x5x6 grid of 2 mm voxels from RAS (10, 20, 30): its field of view spans 9-17, 19-29, 29-41 mm."""
+    grid = Grid((4, 5, 6), np.diag([2.0, 2.0, 2.0, 1.0]) + np.array([[0, 0, 0, 10.0], [0, 0, 0, 20.0],
+                                                                         [0, 0, 0, 30.0], [0, 0, 0, 0]]))
+    points = np.array([[9.0, 19.0, 29.0], [17.0, 29.0, 41.0], [8.99, 25.0, 35.0], [12.0, 29.01, 35.0],
+                       [12.0, 25.0, 41.01], [13.0, 24.0, 35.0]])
+    np.testing.assert_array_equal(grid.contains(points), [True, True, False, False, False, True])
+    assert grid.contains(points.reshape(2, 3, 3)).shape == (2, 3)
+
+
 def test_world_points_match_affine(geo) -> None:
     aff = _oblique(geo)
     grid = Grid((10, 20, 5), aff)

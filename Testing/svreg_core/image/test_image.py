@@ -1,11 +1,13 @@
-"""crop_to_box: the voxels of an image inside a world box, positions unchanged; plain errors."""
+"""crop_to_box: the voxels of an image inside a world box, positions unchanged; plain errors. foreground_inside:
+hand-counted fractions."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from svreg_core.errors import InputError
-from svreg_core.image import Image, crop_to_box
+from svreg_core.image import Grid, Image, crop_to_box
+from svreg_core.image.image import foreground_inside
 
 
 def _image() -> Image:
@@ -32,3 +34,20 @@ def test_bad_boxes_raise_one_line(a, b, message) -> None:
     with pytest.raises(InputError, match=message) as err:
         crop_to_box(_image(), a, b, "fixed image")
     assert "\n" not in str(err.value) and "R/A/S" in str(err.value)
+
+
+@pytest.mark.parametrize("size", [12, 160])  # 160³ voxels: counted on every 2nd voxel along each axis
+def test_foreground_inside_counts_the_foreground_in_the_other_field_of_view(size: int) -> None:
+    """A cube of 1 mm voxels with a bright slab (i < size / 2) on a background of -5; another grid whose field of
+    view starts at i = size / 4 - 0.9 (so holds i ≥ size / 4) holds half of the slab, one beyond the image none."""
+    data = np.full((size, size, size), -5.0, np.float32)
+    data[: size // 2] = 1.0
+    image = Image(data, np.eye(4))
+    half = Grid((size, size, size), np.array([[1.0, 0, 0, size / 4 - 0.4], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    assert foreground_inside(image, half) == pytest.approx(0.5)
+    assert foreground_inside(image, image.grid) == 1.0
+    far = Grid((size, size, size), np.array([[1.0, 0, 0, 3.0 * size], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]))
+    assert foreground_inside(image, far) == 0.0
+    spot = np.full((size, size, size), -5.0, np.float32)
+    spot[1, 1, 1] = 1.0  # a foreground the every-2nd-voxel sample misses: all voxels are looked at
+    assert foreground_inside(Image(spot, np.eye(4)), image.grid) == 1.0
