@@ -19,8 +19,8 @@ import torch
 
 from svreg_core import PRESETS, Image, InputError, RegistrationParameters, load_image, register, write_outputs
 from svreg_core.image import Grid
-from svreg_core.metrics import dice, folding_percent, jacobian_determinant
 from svreg_core.image.image import foreground_inside
+from svreg_core.metrics import dice, folding_percent, jacobian_determinant
 from svreg_core.registration import OVERLAP_WARNING_FRACTION, RegistrationResult, resolve_device, warm_up
 
 #: Short pyramid used by every test here (8 mm then 4 mm working grids, 40 iterations each).
