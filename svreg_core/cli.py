@@ -25,6 +25,8 @@ from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from svreg_core.image import Image
 
 
@@ -162,6 +164,10 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
                                              ".mrk.json): with --moving-landmarks, the report gives the target "
                                              "registration error before and after")
     p.add_argument("--moving-landmarks", help="the corresponding points on the moving image, in the same order")
+    p.add_argument("--initial-transform", metavar="FILE",
+                   help="a linear ITK transform (.tfm, .txt, .h5, .mat: a rigid or affine alignment from Slicer or "
+                        "ANTs, mapping fixed points to moving points) to start from: the affine stage starts there, "
+                        "or with --no-affine the deformable stage")
     add_parameter_arguments(p)
 
 
@@ -247,10 +253,12 @@ class Pair:
     moving_mask: str | None = None
     fixed_landmarks: str | None = None
     moving_landmarks: str | None = None
+    initial_transform: str | None = None
 
     def inputs(self) -> list[str]:
         return [p for p in (self.fixed, self.moving, self.fixed_labels, self.moving_labels, self.fixed_mask,
-                            self.moving_mask, self.fixed_landmarks, self.moving_landmarks) if p]
+                            self.moving_mask, self.fixed_landmarks, self.moving_landmarks, self.initial_transform)
+                if p]
 
     def sources(self) -> dict[str, str]:
         """The input images by role (``fixed``, ``moving``, ``fixed_labels``, ...), as the report records them."""
@@ -261,7 +269,8 @@ class Pair:
 @dataclass
 class PairImages:
     """The images of a :class:`Pair`, loaded and checked (label maps on their images' grids), the fixed-side
-    ones cropped to ``--crop-fixed`` (``extra``: the report entry recording the box)."""
+    ones cropped to ``--crop-fixed`` (``extra``: the report entries recording the box and the initial transform's
+    file), and the initial transform's 4x4 RAS matrix, or ``None``."""
 
     fixed: Image
     moving: Image
@@ -271,14 +280,17 @@ class PairImages:
     moving_mask: Image | None = None
     extra: dict | None = None
     landmarks: tuple | None = None
+    initial: np.ndarray | None = None
 
 
 def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[str, bool], Image]) -> PairImages:
     """Read the images of ``pair`` (fixed-side ones from ``cache`` when loaded before, and kept there), check
     the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop);
-    read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one."""
+    read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one, and its initial
+    transform."""
     from svreg_core.apply import read_landmarks
     from svreg_core.image import crop_to_box, load_image
+    from svreg_core.outputs.read import read_linear_transform
 
     def load(path: str | None, name: str, labels: bool = False, keep: bool = False):
         if not path:
@@ -300,13 +312,18 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
     _check_same_grid(moving_labels, moving, "moving labels", "moving image")
     landmarks = read_landmarks(pair.fixed_landmarks, pair.moving_landmarks,
                                names=("--fixed-landmarks", "--moving-landmarks"))
-    extra = {}
+    extra: dict[str, object] = {}
     if box:
         fixed, fixed_labels, fixed_mask = (None if image is None else crop_to_box(image, box[:3], box[3:], name)
                                            for image, name in ((fixed, "fixed image"), (fixed_labels, "fixed labels"),
                                                                (fixed_mask, "fixed mask")))
         extra["crop_fixed_ras_mm"] = [list(box[:3]), list(box[3:])]
-    return PairImages(fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask, extra, landmarks)
+    initial = None
+    if pair.initial_transform:
+        initial = read_linear_transform(pair.initial_transform)
+        extra["initial_transform"] = {"path": str(pair.initial_transform), "affine_ras": initial.tolist()}
+    return PairImages(fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask, extra, landmarks,
+                      initial)
 
 
 def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
@@ -329,7 +346,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     load_s = time.perf_counter() - t0
     result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
                       moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,
-                      progress=printer)
+                      initial_affine=images.initial, progress=printer)
     result.timing["load_s"] = load_s
     printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
@@ -367,7 +384,7 @@ def run_register(args: argparse.Namespace) -> int:
     from svreg_core.outputs.writer import prepare_output_dir
 
     pair = Pair(args.fixed, args.moving, args.output, args.fixed_labels, args.moving_labels, args.fixed_mask,
-                args.moving_mask, args.fixed_landmarks, args.moving_landmarks)
+                args.moving_mask, args.fixed_landmarks, args.moving_landmarks, args.initial_transform)
     prepare_output_dir(args.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     params = registration_parameters(args)
     codes = learned_codes(args)
@@ -395,9 +412,10 @@ examples:
   svreg register-batch --pairs pairs.csv -o results --shard $SLURM_ARRAY_TASK_ID/10   # sbatch --array=0-9
 
 pairs.csv has a header with the columns fixed and moving, and optionally fixed_labels, moving_labels,
-fixed_mask, moving_mask and output (the folder under -o; default: the moving file's name without
-.nii/.nii.gz); relative paths are relative to the CSV file's folder. Each pair gets its own output folder
-under -o, as 'svreg register' writes it. Fixed images, labels and masks are loaded once and reused.
+fixed_mask, moving_mask, initial_transform (as register's --initial-transform) and output (the folder
+under -o; default: the moving file's name without its image ending such as .nii.gz); relative paths are
+relative to the CSV file's folder. Each pair gets its own output folder under -o, as 'svreg register'
+writes it. Fixed images, labels and masks are loaded once and reused.
 A pair that fails is reported and skipped; the exit status is then 2.
 """
 
@@ -448,8 +466,9 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
         if fixed is None or moving is None:
             raise InputError(f"pair {number} has no {'fixed' if fixed is None else 'moving'} image.")
         out = row.get("output") or _stem(row["moving"])
-        pairs.append(Pair(fixed, moving, str(root / out), resolve("fixed_labels"),
-                          resolve("moving_labels"), resolve("fixed_mask"), resolve("moving_mask")))
+        pairs.append(Pair(fixed, moving, str(root / out), resolve("fixed_labels"), resolve("moving_labels"),
+                          resolve("fixed_mask"), resolve("moving_mask"),
+                          initial_transform=resolve("initial_transform")))
     outputs = [p.output for p in pairs]
     if len(set(outputs)) != len(outputs):
         duplicate = next(o for o in outputs if outputs.count(o) > 1)

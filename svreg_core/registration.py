@@ -21,7 +21,7 @@ import torch
 
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
-from svreg_core.image.image import foreground_inside
+from svreg_core.image.image import MAX_AFFINE_CONDITION, foreground_inside
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import (
@@ -457,8 +457,10 @@ class PreparedPair:
         network, info: the loaded model on ``device``, or ``None`` (pairwise optimisation).
         fixed_tensor, moving_tensor: robustly normalised ``(1, 1, I, J, K)`` intensities (after :meth:`align`).
         fixed_mask_tensor, moving_mask_tensor: masks as ``(1, 1, I, J, K)`` 0/1 tensors, or ``None``.
-        affine: 4x4 RAS->RAS matrix ``A`` (fixed world -> moving world) of the affine stage (identity
-            without it); ``None`` before :meth:`align`.
+        affine: 4x4 RAS->RAS matrix ``A`` (fixed world -> moving world) of the affine stage (without it the
+            initial matrix, else the identity); ``None`` before :meth:`align`.
+        initial_affine: the 4x4 RAS->RAS matrix the affine stage starts from (used as it is without that
+            stage), or ``None``.
         timing: seconds of the preparation stages (``prepare_s``, ``affine_s``).
     """
 
@@ -475,6 +477,7 @@ class PreparedPair:
     fixed_mask_tensor: torch.Tensor | None = None
     moving_mask_tensor: torch.Tensor | None = None
     affine: np.ndarray | None = None
+    initial_affine: np.ndarray | None = None
     timing: dict[str, float] = field(default_factory=dict)
 
     def _loss_parameters(self, codes: tuple[float, float] | None,
@@ -516,10 +519,10 @@ class PreparedPair:
             if params.affine:
                 self.affine = affine_register(self.fixed_tensor, self.fixed.grid, self.moving_tensor,
                                               self.moving.grid, similarity=params.similarity,
-                                              fixed_mask=self.fixed_mask_tensor, progress=progress,
-                                              progress_span=(0.0, 0.15))
+                                              fixed_mask=self.fixed_mask_tensor, initial=self.initial_affine,
+                                              progress=progress, progress_span=(0.0, 0.15))
             else:
-                self.affine = np.eye(4)
+                self.affine = np.eye(4) if self.initial_affine is None else self.initial_affine.copy()
             self.timing["affine_s"] = time.perf_counter() - t
         return self
 
@@ -576,27 +579,46 @@ class PreparedPair:
 OVERLAP_WARNING_FRACTION = 0.05
 
 
-def _check_overlap(fixed: Image, moving: Image, warn_stacklevel: int) -> None:
-    """Refuse a pair to be registered without the affine stage whose images do not overlap in the world, and warn
-    when they barely do (:data:`OVERLAP_WARNING_FRACTION`): the deformable stage starts from the identity and
-    cannot bridge such a gap (the affine stage starts by aligning the centres of mass)."""
-    inside = foreground_inside(fixed, moving.grid)
+def _check_overlap(fixed: Image, moving: Image, initial: np.ndarray | None, warn_stacklevel: int) -> None:
+    """Refuse a pair to be registered without the affine stage whose images do not overlap in the world (mapped
+    through ``initial`` when given), and warn when they barely do (:data:`OVERLAP_WARNING_FRACTION`): the
+    deformable stage starts from there and cannot bridge such a gap (the affine stage starts by aligning the
+    centres of mass)."""
+    inside = foreground_inside(fixed, moving.grid, initial)
     if inside >= OVERLAP_WARNING_FRACTION:
         return
     centres = [image.affine[:3, :3] @ ((np.asarray(image.shape) - 1) / 2) + image.affine[:3, 3]
                for image in (fixed, moving)]
     where = (f"of the fixed image's foreground lies in the moving image's field of view (their centres are "
              f"{np.linalg.norm(centres[0] - centres[1]):.0f} mm apart)")
-    advice = "check the images' headers (origin and orientation), or keep the affine stage (drop --no-affine)"
+    advice = ("check the images' headers (origin and orientation) and the initial transform, if any, or keep the "
+              "affine stage (drop --no-affine)")
     if inside == 0:
         raise InputError(f"the images do not overlap: none {where}; {advice}.")
     warnings.warn(f"the images barely overlap: only {100 * inside:.1f} % {where}; {advice}.",
                   stacklevel=warn_stacklevel)
 
 
+def _checked_initial(matrix: np.ndarray | None) -> np.ndarray | None:
+    """``matrix`` as a float64 4x4 affine map, or :class:`InputError` (not 4x4, not finite, a last row other than
+    ``0 0 0 1``, or a (nearly) singular linear part)."""
+    if matrix is None:
+        return None
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (4, 4) or not np.all(np.isfinite(m)) or not np.allclose(m[3], [0, 0, 0, 1]):
+        raise InputError("the initial transform must be a 4x4 affine matrix with finite values and a last row "
+                         "0 0 0 1.")
+    singular = np.linalg.svd(m[:3, :3], compute_uv=False)
+    if not singular[-1] > singular[0] / MAX_AFFINE_CONDITION:
+        raise InputError(f"the initial transform is (nearly) singular (singular values "
+                         f"{', '.join(f'{v:.3g}' for v in singular)}); give an invertible rigid or affine map.")
+    return m
+
+
 def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters | None = None, *,
                  fixed_mask: Image | None = None, moving_mask: Image | None = None,
-                 model: str | Path | LoadedModel | None = None, warn_stacklevel: int = 2) -> PreparedPair:
+                 model: str | Path | LoadedModel | None = None, initial_affine: np.ndarray | None = None,
+                 warn_stacklevel: int = 2) -> PreparedPair:
     """Validate the inputs, resolve the device and load ``model`` (see :func:`register` for the
     arguments): quick checks that raise :class:`InputError` before any slow work. Then call
     :meth:`PreparedPair.align` and :meth:`PreparedPair.register_at`.
@@ -615,8 +637,9 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
                 raise InputError(f"{name} must be on the same grid as its image "
                                  f"({mask.shape} vs {ref.shape}, or different affines).")
         masks.append(mask)
+    initial = _checked_initial(initial_affine)
     if not params.affine:
-        _check_overlap(fixed, moving, warn_stacklevel + 1)
+        _check_overlap(fixed, moving, initial, warn_stacklevel + 1)
     device = resolve_device(params.device)
     if device.type == "cpu":
         note = check_memory(fixed.shape, moving.shape, physical=physical_memory_bytes(),
@@ -633,14 +656,14 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
         with deterministic_algorithms(params.deterministic):
             network, info = load_model(model, device) if isinstance(model, (str, Path)) else model
             network = network.to(device)
-    return PreparedPair(fixed, moving, masks[0], masks[1], params, device, network, info,
+    return PreparedPair(fixed, moving, masks[0], masks[1], params, device, network, info, initial_affine=initial,
                         timing={"prepare_s": time.perf_counter() - t0})
 
 
 def register(fixed: Image, moving: Image, parameters: RegistrationParameters | None = None, *,
              fixed_mask: Image | None = None, moving_mask: Image | None = None,
              model: str | Path | LoadedModel | None = None, refine: int = 0,
-             codes: tuple[float, float] | None = None,
+             codes: tuple[float, float] | None = None, initial_affine: np.ndarray | None = None,
              progress: ProgressCallback = no_progress) -> RegistrationResult:
     """Register ``moving`` to ``fixed``: pairwise SPR optimisation, or a learned SPR network.
 
@@ -661,6 +684,10 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
             model (HyperSPR) predicts for these codes, which must lie in its trained ranges, and its
             refinement uses them; a plain model only refines with them (they need ``refine``). See
             :func:`model_codes`. Without a model, set ``parameters.alpha_prime``/``lambda_max`` instead.
+        initial_affine: a 4x4 RAS->RAS matrix mapping fixed-world points to moving-world points (the
+            resampling direction of an ITK transform file, e.g. a rigid alignment from Slicer or ANTs): the
+            affine stage starts from it instead of from the centres of mass; without that stage
+            (``parameters.affine`` false) the deformable stage starts from it as it is.
         progress: callback receiving :class:`ProgressEvent` updates.
 
     Determinism: on CPU, the same inputs and parameters give bit-identical results (any thread count).
@@ -688,7 +715,7 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
         raise InputError("codes choose a learned model's regularisation; for pairwise registration set alpha_prime "
                          "and lambda_max in the parameters.")
     pair = prepare_pair(fixed, moving, parameters, fixed_mask=fixed_mask, moving_mask=moving_mask, model=model,
-                        warn_stacklevel=3)
+                        initial_affine=initial_affine, warn_stacklevel=3)
     pair.check_codes(codes, int(refine))
     result = pair.align(progress).register_at(codes, int(refine), progress)
     result.timing = {**pair.timing, **result.timing, "registration_s": time.perf_counter() - t0}

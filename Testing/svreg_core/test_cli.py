@@ -336,6 +336,40 @@ def test_images_apart_without_the_affine_stage_is_a_plain_error(geo, tiny_pair, 
     assert not (tmp_path / "out").exists()
 
 
+def test_initial_transform_file_starts_the_registration(geo, tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
+    """The moving image and its labels moved 500 mm to the right in their headers register with --no-affine
+    from an ITK translation file written by SimpleITK (LPS: -500 mm along x); the report records the file and
+    its RAS matrix, and the Dice after is that of the unmoved pair's run. A displacement-field file is refused."""
+    far = tiny_pair.moving_affine.copy()
+    far[0, 3] += 500.0
+    moving = geo.save_nifti(tiny_pair.moving, far, tmp_path / "far.nii.gz")
+    labels = geo.save_nifti(np.asarray(nib.load(str(tiny_pair.paths.moving_labels)).dataobj), far,
+                            tmp_path / "far_labels.nii.gz")
+    sitk.WriteTransform(sitk.TranslationTransform(3, (-500.0, 0.0, 0.0)), str(tmp_path / "shift.tfm"))
+    common = ["--fixed-labels", tiny_pair.paths.fixed_labels, "--moving-labels", labels, "--preset", fast_preset,
+              "--no-affine", "--device", "cpu", "--threads", "1", "--outputs", "displacement", "--progress", "none"]
+    rc, _, err = _main(["register", tiny_pair.paths.fixed, moving, "-o", tmp_path / "out", "--initial-transform",
+                        tmp_path / "shift.tfm", *common], capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    shift = np.eye(4)
+    shift[0, 3] = 500.0
+    np.testing.assert_allclose(report["initial_transform"]["affine_ras"], shift, atol=1e-12)
+    np.testing.assert_allclose(report["affine_ras"], shift, atol=1e-12)
+    assert report["initial_transform"]["path"] == str(tmp_path / "shift.tfm")
+    rc, _, err = _main(["register", tiny_pair.paths.fixed, tiny_pair.paths.moving, "-o", tmp_path / "plain",
+                        *[a if a != labels else tiny_pair.paths.moving_labels for a in common]], capsys)
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert report["metrics"]["dice_mean"] == pytest.approx(plain["metrics"]["dice_mean"], abs=1e-3)
+    assert report["metrics"]["dice_mean"] > plain["metrics"]["dice_mean_before"] + 0.02
+    sitk.WriteTransform(sitk.DisplacementFieldTransform(sitk.Image([4, 4, 4], sitk.sitkVectorFloat64, 3)),
+                        str(tmp_path / "field.h5"))
+    rc, _, err = _main(["register", tiny_pair.paths.fixed, moving, "-o", tmp_path / "bad", "--initial-transform",
+                        tmp_path / "field.h5", "--no-affine", "--device", "cpu", "--progress", "none"], capsys)
+    _assert_plain_error(rc, err, "an initial transform must be linear")
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("size_mm", [1e-7, 1e3])
 def test_implausible_voxel_size_is_a_plain_error(tmp_path: Path, capsys, size_mm: float) -> None:
     """Issue 14: a 20³ image with 1e-7 mm voxels registered to itself asked the allocator for 384 GB (1e3 mm:
@@ -594,6 +628,25 @@ def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     (tmp_path / "pairs.csv").write_text(f"fixed,moving\n{p.fixed},{p.moving}\n{p.fixed},\n")
     assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
     assert "pair 2 has no moving image." in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_batch_pairs_csv_columns(tmp_path: Path) -> None:
+    """The optional columns of a pairs CSV, relative to its folder; the output folder from the moving file's name
+    without its image ending (``.nii.gz``, ``.nrrd``, …) unless given."""
+    from argparse import Namespace
+
+    from svreg_core.cli import read_pairs
+
+    (tmp_path / "pairs.csv").write_text("fixed,moving,fixed_labels,initial_transform,output\n"
+                                        "f.nii.gz,sub1.nrrd,f_seg.nii.gz,sub1_rigid.tfm,\n"
+                                        "f.nii.gz,sub2.nii.gz,,,two\n")
+    first, second = read_pairs(Namespace(pairs=str(tmp_path / "pairs.csv"), output=str(tmp_path / "r"), fixed=None,
+                                         moving=None))
+    assert (first.moving, first.fixed_labels, first.initial_transform, first.output) == (
+        str(tmp_path / "sub1.nrrd"), str(tmp_path / "f_seg.nii.gz"), str(tmp_path / "sub1_rigid.tfm"),
+        str(tmp_path / "r" / "sub1"))
+    assert (second.fixed_labels, second.initial_transform, second.output) == (None, None, str(tmp_path / "r" / "two"))
+    assert str(tmp_path / "sub1_rigid.tfm") in first.inputs()
 
 
 def test_version(capsys) -> None:

@@ -312,6 +312,26 @@ def test_images_apart_in_the_world_need_the_affine_stage(tiny_pair) -> None:
         register(fixed, _shifted(moving, shift), FAST.replace(iterations=(1, 1)))
 
 
+def test_initial_affine_is_where_the_registration_starts(tiny_pair) -> None:
+    """Moved 500 mm away in its header, the moving image registers with the initial matrix "500 mm to the right"
+    as the unmoved one does without it (no affine stage: the mapping is that matrix, then the same deformation);
+    with the affine stage, that stage starts from the matrix. Unusable matrices are refused."""
+    fixed, moving = _images(tiny_pair)
+    shift = np.eye(4)
+    shift[0, 3] = 500.0
+    reference = register(fixed, moving, FAST)
+    started = register(fixed, _shifted(moving, 500.0), FAST, initial_affine=shift)
+    np.testing.assert_array_equal(started.affine, shift)
+    np.testing.assert_allclose(started.displacement - [500.0, 0.0, 0.0], reference.displacement, atol=1e-3)
+    affine = register(fixed, _shifted(moving, 500.0), FAST.replace(affine=True, iterations=(1, 1)),
+                      initial_affine=shift)
+    assert abs(affine.affine[0, 3] - 500.0) < 3.0 and np.abs(affine.affine[:3, :3] - np.eye(3)).max() < 0.1
+    for bad, words in ((np.eye(3), "4x4 affine matrix"), (np.diag([1.0, 1.0, 1e-9, 1.0]), r"nearly\) singular"),
+                       (np.full((4, 4), np.nan), "finite values")):
+        with pytest.raises(InputError, match=words):
+            register(fixed, moving, FAST, initial_affine=bad)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_recovers_like_cpu(brain_pair) -> None:
     fixed, moving = _images(brain_pair)

@@ -55,10 +55,11 @@ class Image:
 _OVERLAP_SAMPLE_VOXELS = 1 << 21
 
 
-def foreground_inside(image: Image, other: Grid) -> float:
+def foreground_inside(image: Image, other: Grid, mapping: np.ndarray | None = None) -> float:
     """The fraction (0 to 1) of ``image``'s foreground (voxels above its minimum) that lies in ``other``'s field
-    of view (:meth:`Grid.contains`), counted on every ``s``-th voxel along each axis so that at most
-    :data:`_OVERLAP_SAMPLE_VOXELS` are looked at (all of them when that sample holds no foreground)."""
+    of view (:meth:`Grid.contains`), after the 4x4 RAS->RAS ``mapping`` when given, counted on every ``s``-th
+    voxel along each axis so that at most :data:`_OVERLAP_SAMPLE_VOXELS` are looked at (all of them when that
+    sample holds no foreground)."""
     data = np.asarray(image.data)
     step = max(1, int(np.ceil((data.size / _OVERLAP_SAMPLE_VOXELS) ** (1 / 3))))
     sample = data[::step, ::step, ::step]
@@ -67,7 +68,8 @@ def foreground_inside(image: Image, other: Grid) -> float:
         found = np.argwhere(data > data.min())
     if not len(found):
         return 0.0
-    points = found @ image.affine[:3, :3].T + image.affine[:3, 3]
+    affine = image.affine if mapping is None else np.asarray(mapping, dtype=np.float64) @ image.affine
+    points = found @ affine[:3, :3].T + affine[:3, 3]
     return float(np.mean(other.contains(points)))
 
 

@@ -39,6 +39,7 @@ def _matrix(linear: torch.Tensor, translation: torch.Tensor, centre: torch.Tenso
 
 def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, *,
                     similarity: str = "lncc", fixed_mask: torch.Tensor | None = None,
+                    initial: np.ndarray | None = None,
                     progress: ProgressCallback = no_progress, progress_span: tuple[float, float] = (0.0, 1.0),
                     ) -> np.ndarray:
     """Find the 4x4 RAS->RAS matrix ``A`` with ``moving(A x) ≈ fixed(x)``.
@@ -46,16 +47,22 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
     Args:
         fixed, moving: normalised intensity tensors ``(1, 1, I, J, K)`` on their grids.
         fixed_mask: optional ``(1, 1, ...)`` mask on the fixed grid restricting the similarity.
+        initial: the 4x4 RAS->RAS matrix to start from (e.g. a rigid alignment made elsewhere); by default
+            the translation that puts the moving image's centre of mass on the fixed one's.
 
     Returns:
         ``A`` mapping fixed-world points to moving-world points (resampling direction).
     """
     device = fixed.device
     centre_f = center_of_mass(fixed, fixed_grid)
-    centre_m = center_of_mass(moving, moving_grid)
     centre = torch.as_tensor(centre_f, dtype=torch.float64, device=device)
-    linear = torch.zeros(3, 3, dtype=torch.float64, device=device, requires_grad=True)
-    translation = torch.as_tensor(centre_m - centre_f, dtype=torch.float64, device=device).clone().requires_grad_(True)
+    if initial is None:
+        start_linear, start_shift = np.zeros((3, 3)), center_of_mass(moving, moving_grid) - centre_f
+    else:  # the parameters for which _matrix gives ``initial``
+        start = np.asarray(initial, dtype=np.float64)
+        start_linear, start_shift = start[:3, :3] - np.eye(3), start[:3, 3] - centre_f + start[:3, :3] @ centre_f
+    linear = torch.as_tensor(start_linear, dtype=torch.float64, device=device).clone().requires_grad_(True)
+    translation = torch.as_tensor(start_shift, dtype=torch.float64, device=device).clone().requires_grad_(True)
     optimizer = Adam([linear, translation], [0.01, 1.0], [0.0, 0.0])  # ε set per level below
     total = sum(n for _, n in AFFINE_LEVELS)
     done = 0

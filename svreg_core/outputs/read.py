@@ -238,6 +238,22 @@ def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:
     return tx.inverse() if inverse else tx
 
 
+def read_linear_transform(path: str | Path) -> np.ndarray:
+    """The 4x4 RAS->RAS matrix (fixed world -> moving world, the resampling direction ITK files hold) of a linear
+    transform file: an ITK ``.tfm``/``.txt``/``.h5``/``.mat`` (Slicer's and ANTs' rigid and affine files), its
+    components composed. :class:`InputError` for a missing or unreadable file or one with a displacement field."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"initial transform not found: {path}")
+    matrix = np.eye(4)
+    for step in _read_file(path).steps:  # steps[0] acts first
+        if not isinstance(step, np.ndarray):
+            raise InputError(f"{path.name} holds a displacement field; an initial transform must be linear (rigid "
+                             "or affine).")
+        matrix = step @ matrix
+    return matrix
+
+
 def _read_file(path: Path) -> Transform:
     if path.name.lower().endswith((".nii", ".nii.gz")):
         field = read_displacement(path)

@@ -15,7 +15,14 @@ import SimpleITK as sitk
 
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
-from svreg_core.outputs.read import DisplacementField, Transform, load_transform, read_displacement, read_itk_transform
+from svreg_core.outputs.read import (
+    DisplacementField,
+    Transform,
+    load_transform,
+    read_displacement,
+    read_itk_transform,
+    read_linear_transform,
+)
 
 #: A 2 mm grid, its first axis flipped (LAS-like), voxel (0, 0, 0) at RAS (10, -20, 5).
 _AFFINE = np.array([[-2.0, 0, 0, 10.0], [0, 2.0, 0, -20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
@@ -157,6 +164,36 @@ def test_itk_composite_matches_simpleitk(tmp_path: Path) -> None:
     flip = np.array([-1.0, -1.0, 1.0])
     expected = np.array([composite.TransformPoint(tuple(p * flip)) for p in points_ras]) * flip
     np.testing.assert_allclose(transform.transform_points(points_ras), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("suffix", [".tfm", ".txt", ".h5", ".mat"])
+def test_linear_transform_file_is_one_matrix_mapping_like_simpleitk(tmp_path: Path, suffix: str) -> None:
+    """A rigid (Euler) step then an affine one in an ITK composite, as Slicer or ANTs write them: one RAS matrix that
+    maps points as SimpleITK's ``TransformPoint`` maps their LPS coordinates (``.mat``: ANTs' format, one affine)."""
+    rigid = sitk.Euler3DTransform((10.0, -5.0, 20.0), 0.1, -0.2, 0.3, (4.0, 1.0, -2.0))
+    affine = sitk.AffineTransform((1.05, 0.02, 0.0, -0.03, 0.97, 0.01, 0.0, 0.04, 1.1), (-7.0, 2.5, 3.0),
+                                  (1.0, 2.0, 3.0))
+    if suffix == ".mat":
+        transform = affine
+    else:
+        transform = sitk.CompositeTransform(3)
+        transform.AddTransform(affine)
+        transform.AddTransform(rigid)  # added last: ITK applies it first
+    sitk.WriteTransform(transform, str(tmp_path / f"t{suffix}"))
+    matrix = read_linear_transform(tmp_path / f"t{suffix}")
+    points_ras = np.random.default_rng(0).uniform(-80, 80, (20, 3))
+    flip = np.array([-1.0, -1.0, 1.0])
+    expected = np.array([transform.TransformPoint(tuple(p * flip)) for p in points_ras]) * flip
+    np.testing.assert_allclose(points_ras @ matrix[:3, :3].T + matrix[:3, 3], expected, atol=1e-9)
+    np.testing.assert_array_equal(matrix[3], [0, 0, 0, 1])
+
+
+def test_linear_transform_errors(tmp_path: Path) -> None:
+    sitk.WriteTransform(_sitk_field((0.5, -1.0, 2.0)), str(tmp_path / "field.h5"))
+    with pytest.raises(InputError, match="field.h5 holds a displacement field; an initial transform must be linear"):
+        read_linear_transform(tmp_path / "field.h5")
+    with pytest.raises(InputError, match="initial transform not found"):
+        read_linear_transform(tmp_path / "nowhere.tfm")
 
 
 def test_itk_errors(tmp_path: Path) -> None:
