@@ -212,9 +212,13 @@ def dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, series: 
     patient geometry tags computed here by hand (LPS: x and y negated): Image Orientation = the unit LPS row
     (``i``) and column (``j``) directions, Image Position = the LPS point of voxel ``(0, 0, k)``, Pixel Spacing
     from the ``i``/``j`` voxel sizes. ``skip``: slices left out; ``tilt_mm``: each slice shifted that much further
-    along ``i`` than the one before (a gantry tilt)."""
+    along ``i`` than the one before (a gantry tilt). GDCM's DICOM writer sets the process locale to ``C`` (which
+    made later tests decode their child processes' UTF-8 output as ASCII): it is restored."""
+    import locale
+
     import SimpleITK as sitk
 
+    saved_locale = locale.setlocale(locale.LC_ALL)
     folder.mkdir(parents=True, exist_ok=True)
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)[:3]
     spacing = np.linalg.norm(lps[:, :3], axis=0)
@@ -235,6 +239,7 @@ def dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, series: 
             image.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{series}.{k:04d}.dcm"))
         writer.Execute(image)
+    locale.setlocale(locale.LC_ALL, saved_locale)
     return folder
 
 

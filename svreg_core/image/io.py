@@ -1,5 +1,5 @@
-"""Image reading (NIfTI, MGH through nibabel; NRRD, MetaImage and DICOM series through SimpleITK) and writing
-(NIfTI; NRRD, MetaImage), with plain-language errors."""
+"""Image files in and out, with plain-language errors: NIfTI and MGH through nibabel, NRRD, MetaImage and DICOM
+series through :mod:`svreg_core.image.itk_io`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,32 +8,18 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import SpatialImage
 
-from svreg_core.conventions import itk_geometry_from_ras_affine, ras_affine_from_itk
 from svreg_core.errors import InputError
 from svreg_core.image.image import Image, validate_image
-
-#: File endings read through SimpleITK (lower case): NRRD (3D Slicer's own format; ``.nhdr`` a detached header)
-#: and MetaImage (``.mhd`` a detached header). Their geometry is LPS, converted to RAS on reading.
-ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+from svreg_core.image.itk_io import ITK_SUFFIXES, read_dicom_series, read_itk_image, write_itk_image
 
 #: File endings taken as images where svreg looks for them by name (folders of pairs, training folders, output
 #: names): NIfTI and FreeSurfer MGH (nibabel) and :data:`ITK_SUFFIXES`. :func:`load_image` reads any other file
 #: nibabel can read, too.
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", *ITK_SUFFIXES)
 
-#: Largest departure of a DICOM series' slice positions from even steps along the slice normal, and largest step
-#: across it (gantry tilt), as a fraction of the mean step: beyond, the series has no single voxel grid.
-DICOM_SPACING_TOLERANCE = 0.01
-
 #: File endings :func:`save_image` writes: NIfTI and :data:`ITK_SUFFIXES`.
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", *ITK_SUFFIXES)
 
-
-def image_stem(name: str) -> str | None:
-    """``name`` without its image ending (one of :data:`IMAGE_SUFFIXES`, any case; ``None`` when it has none):
-    ``sub01`` for ``sub01.nii.gz``."""
-    lower = name.lower()
-    return next((name[:-len(suffix)] for suffix in IMAGE_SUFFIXES if lower.endswith(suffix)), None)
 
 #: Float label values this close to a whole number are taken as that number (float storage noise).
 LABEL_TOLERANCE = 1e-3
@@ -43,10 +29,17 @@ LABEL_TOLERANCE = 1e-3
 SFORM_QFORM_TOLERANCE = 0.1
 
 
+def image_stem(name: str) -> str | None:
+    """``name`` without its image ending (one of :data:`IMAGE_SUFFIXES`, any case; ``None`` when it has none):
+    ``sub01`` for ``sub01.nii.gz``."""
+    lower = name.lower()
+    return next((name[:-len(suffix)] for suffix in IMAGE_SUFFIXES if lower.endswith(suffix)), None)
+
+
 def load_image(path: str | Path, *, labels: bool = False, name: str | None = None) -> Image:
     """Read a 3-D image as float32, or int32 for ``labels``: NIfTI, MGH or any other nibabel-readable file,
     NRRD / MetaImage (:data:`ITK_SUFFIXES`, read with SimpleITK), or a folder holding one DICOM series
-    (:func:`_read_dicom_series`).
+    (:func:`~svreg_core.image.itk_io.read_dicom_series`).
 
     The affine maps voxels to RAS mm: nibabel's best affine (sform, else qform), or the ITK file's LPS geometry
     converted (:func:`~svreg_core.conventions.ras_affine_from_itk`; the array keeps the file's voxel order).
@@ -61,9 +54,9 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         raise InputError(f"{what}: file not found: {path}")
     img: SpatialImage | None = None
     if path.is_dir():
-        data, affine = _read_dicom_series(path, what)
+        data, affine = read_dicom_series(path, what)
     elif path.name.lower().endswith(ITK_SUFFIXES):
-        data, affine = _read_itk(path, what)
+        data, affine = read_itk_image(path, what)
     else:
         try:
             loaded = nib.load(str(path))
@@ -86,115 +79,6 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     if img is not None:
         check_sform_qform(img, f"{name} ({path.name})" if name else path.name)
     return image
-
-
-def _write_itk(data: np.ndarray, affine: np.ndarray, path: Path, gzip_level: int) -> Path:
-    """Write a 3-D array ``(I, J, K)`` with its voxel-to-RAS ``affine`` as a NRRD / MetaImage file (SimpleITK,
-    imported here), its geometry in LPS (:func:`~svreg_core.conventions.itk_geometry_from_ras_affine`)."""
-    import SimpleITK as sitk
-
-    itk = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
-    direction, spacing, origin = itk_geometry_from_ras_affine(affine)
-    itk.SetDirection(tuple(direction))
-    itk.SetSpacing(tuple(spacing))
-    itk.SetOrigin(tuple(origin))
-    sitk.WriteImage(itk, str(path), useCompression=gzip_level > 0, compressionLevel=gzip_level)
-    return path
-
-
-def _itk_reason(exc: RuntimeError) -> str:
-    """The reason in a SimpleITK exception's message: its first line is a source location, the reason its last."""
-    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
-    return lines[-1].split("ERROR: ", 1)[-1] if lines else "unknown error"
-
-
-def _read_dicom_series(folder: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """The voxel array ``(I, J, K)`` and voxel-to-RAS affine of the one DICOM series in ``folder`` (not its
-    sub-folders), read with SimpleITK/GDCM: slices sorted along their normal, rescale slope and intercept applied
-    (CT in HU), the LPS patient geometry converted to RAS.
-
-    Refused with :class:`InputError` before the pixels are read: a folder with no series or several, and slices
-    whose positions step unevenly along the normal (missing or repeated slices) or across it (gantry tilt) by
-    more than :data:`DICOM_SPACING_TOLERANCE` of the mean step: no single voxel grid holds them.
-    """
-    import SimpleITK as sitk
-
-    try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        if len(series) != 1:
-            if not series:
-                raise InputError(f"{what}: {folder} is a folder without a DICOM series; give an image file or a "
-                                 "folder holding the DICOM files of one series.")
-            counts = ", ".join(f"{uid} ({len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))} "
-                               "files)" for uid in series[:4])
-            raise InputError(f"{what}: folder {folder} holds {len(series)} DICOM series ({counts}"
-                             f"{', …' if len(series) > 4 else ''}); put each series in a folder of its own.")
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
-        if len(files) > 1:
-            _check_slice_positions(files, what)
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        itk = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"{what}: cannot read the DICOM series in {folder} (ITK: {_itk_reason(exc)}).") from None
-    if itk.GetDimension() != 3 or itk.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{what}: the DICOM series in {folder} is not a 3-D scalar image (size {itk.GetSize()}, "
-                         f"{itk.GetNumberOfComponentsPerPixel()} values per voxel); svreg needs one.")
-    return (sitk.GetArrayFromImage(itk).transpose(2, 1, 0),
-            ras_affine_from_itk(itk.GetDirection(), itk.GetSpacing(), itk.GetOrigin()))
-
-
-def _check_slice_positions(files: tuple[str, ...], what: str) -> None:
-    """Refuse DICOM slices (sorted) that do not step evenly along their normal (:func:`_read_dicom_series`)."""
-    import SimpleITK as sitk
-
-    positions: list[list[float]] = []
-    orientation: list[float] = []
-    for name in files:
-        header = sitk.ImageFileReader()
-        header.SetFileName(name)
-        header.ReadImageInformation()
-        if not (header.HasMetaDataKey("0020|0032") and header.HasMetaDataKey("0020|0037")):
-            raise InputError(f"{what}: DICOM file {Path(name).name} has no image position or orientation; "
-                             "a 3-D series needs both.")
-        positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
-        orientation = orientation or [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
-    normal = np.cross(orientation[:3], orientation[3:])
-    steps = np.diff(np.asarray(positions), axis=0)
-    along = steps @ normal
-    across = np.linalg.norm(steps - along[:, None] * normal, axis=1)
-    mean = float(np.mean(along))
-    if abs(mean) < 1e-6 or np.max(np.abs(along - mean)) > DICOM_SPACING_TOLERANCE * abs(mean):
-        raise InputError(f"{what}: the slices of its DICOM series are not evenly spaced (steps {np.min(along):.4g} "
-                         f"to {np.max(along):.4g} mm along the slice normal: missing, repeated or several "
-                         "acquisitions' slices); export the series as one volume first (e.g. with dcm2niix).")
-    if np.max(across) > DICOM_SPACING_TOLERANCE * abs(mean):
-        raise InputError(f"{what}: the slices of its DICOM series shift sideways by up to {np.max(across):.3g} mm "
-                         "per slice (gantry tilt), which a voxel grid cannot hold; resample it first (e.g. "
-                         "dcm2niix corrects gantry tilt).")
-
-
-def _read_itk(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """The voxel array ``(I, J, K)`` and voxel-to-RAS affine of a 3-D scalar NRRD / MetaImage file.
-
-    SimpleITK (imported here: a NIfTI run never needs it) stores the array ``(K, J, I)``; it is returned
-    transposed (a view). Raises :class:`InputError` naming ITK's reason for an unreadable file, and for an
-    image that is not 3-D or holds several values per voxel (RGB, vectors, complex numbers).
-    """
-    import SimpleITK as sitk
-
-    try:
-        itk = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise InputError(f"{what}: cannot read {path} as an image (ITK: {_itk_reason(exc)}).") from None
-    if itk.GetDimension() != 3:
-        raise InputError(f"{what} must be a 3-D image; it has {itk.GetDimension()} dimensions {itk.GetSize()}.")
-    components = itk.GetNumberOfComponentsPerPixel()
-    if components != 1:
-        raise InputError(f"{what} holds {components} values per voxel ({itk.GetPixelIDTypeAsString()}); a scalar "
-                         "real-valued image is needed (not RGB, a vector field or complex).")
-    data = sitk.GetArrayFromImage(itk).transpose(2, 1, 0)
-    return data, ras_affine_from_itk(itk.GetDirection(), itk.GetSpacing(), itk.GetOrigin())
 
 
 def field_of_view_distance(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
@@ -314,7 +198,7 @@ def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None 
     check_writable_name(path)
     data = np.asarray(image.data if dtype is None else image.data.astype(dtype))
     if path.name.lower().endswith(ITK_SUFFIXES):
-        return _write_itk(data, image.affine, path, _gzip_level(gzip_level))
+        return write_itk_image(data, image.affine, path, _gzip_level(gzip_level))
     nii = nib.Nifti1Image(data, image.affine)
     nii.set_sform(image.affine, code=1)
     nii.set_qform(image.affine, code=1)

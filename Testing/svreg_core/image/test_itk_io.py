@@ -1,0 +1,158 @@
+"""NRRD, MetaImage and DICOM series through :mod:`svreg_core.image.itk_io` (via ``load_image``/``save_image``):
+hand-written NRRD headers and DICOM position/orientation tags, ITK's NIfTI reader and SimpleITK as referees,
+refusals of series no voxel grid holds."""
+from __future__ import annotations
+
+import locale
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.image import Image, load_image, save_image
+
+
+def _affine(geo) -> np.ndarray:
+    return geo.make_affine(geo.rotation([0.3, 1.0, -0.2], 17.0) @ np.diag([-1.2, 0.9, 2.5]), [40.0, -12.0, 3.5])
+
+
+def _ramp(shape=(6, 7, 8)) -> np.ndarray:
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape) / 10.0
+
+
+#: An oblique 4x5x6 NRRD geometry, written by hand: voxel axes (columns) and origin in the file's ``space``.
+_NRRD_AXES = np.array([[0.0, 1.2, 0.9], [-2.0, 0.0, 0.0], [0.0, -1.5, 2.0]]).T  # lengths 1.5, 2, 2.5 mm
+_NRRD_ORIGIN = np.array([10.0, -20.0, 30.0])
+
+
+def _hand_written_nrrd(tmp_path: Path, space: str, *, detached: bool = False) -> tuple[Path, np.ndarray]:
+    """A NRRD file written byte by byte (no library), int16 voxels ``i + 4 j + 20 k``; returns it and the
+    ``(I, J, K)`` array a reader must give."""
+    stored = np.arange(120, dtype="<i2").reshape(6, 5, 4)  # the file's order: i fastest, then j, then k
+    vectors = " ".join("(" + ",".join(f"{v:g}" for v in column) + ")" for column in _NRRD_AXES.T)
+    header = ("NRRD0004\ntype: short\ndimension: 3\nspace: " + space + "\nsizes: 4 5 6\nspace directions: "
+              + vectors + "\nkinds: domain domain domain\nendian: little\nencoding: raw\nspace origin: ("
+              + ",".join(f"{v:g}" for v in _NRRD_ORIGIN) + ")\n")
+    if detached:
+        (tmp_path / "vol.raw").write_bytes(stored.tobytes())
+        path = tmp_path / "vol.nhdr"
+        path.write_text(header + "data file: vol.raw\n")
+    else:
+        path = tmp_path / "vol.nrrd"
+        path.write_bytes((header + "\n").encode() + stored.tobytes())
+    return path, stored.transpose(2, 1, 0)
+
+
+@pytest.mark.parametrize("space, flip", [("left-posterior-superior", [-1.0, -1.0, 1.0]),
+                                         ("right-anterior-superior", [1.0, 1.0, 1.0])])
+@pytest.mark.parametrize("detached", [False, True])
+def test_hand_written_nrrd_reads_in_ras(tmp_path: Path, space: str, flip, detached: bool) -> None:
+    """The voxel axes and origin of a NRRD header, converted by hand to RAS (x and y negated for an LPS file),
+    are the affine; the voxel ``(i, j, k)`` is the file's ``i + 4 j + 20 k``-th value, as intensities (float32)
+    and as labels (int32)."""
+    path, expected = _hand_written_nrrd(tmp_path, space, detached=detached)
+    image = load_image(path)
+    ras = np.diag(flip)
+    np.testing.assert_allclose(image.affine[:3, :3], ras @ _NRRD_AXES, atol=1e-12)
+    np.testing.assert_allclose(image.affine[:3, 3], ras @ _NRRD_ORIGIN, atol=1e-12)
+    assert image.data.dtype == np.float32 and image.shape == (4, 5, 6)
+    np.testing.assert_array_equal(image.data, expected)
+    assert image.data[3, 1, 2] == 3 + 4 * 1 + 20 * 2
+    labels = load_image(path, labels=True)
+    assert labels.data.dtype == np.int32
+    np.testing.assert_array_equal(labels.data, expected)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd"])
+def test_itk_formats_read_like_the_nifti_they_were_made_from(geo, tmp_path: Path, suffix: str) -> None:
+    """An oblique, flipped, anisotropic NIfTI (written by nibabel) that ITK converts to NRRD / MetaImage reads back
+    with the same voxels and RAS affine: ITK's NIfTI reader is the referee of the LPS-to-RAS conversion."""
+    import SimpleITK as sitk
+
+    data = _ramp((6, 7, 8)) + 1.0
+    nifti = save_image(Image(data, _affine(geo)), tmp_path / "a.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(tmp_path / f"a{suffix}"))
+    image, reference = load_image(tmp_path / f"a{suffix}"), load_image(nifti)
+    np.testing.assert_allclose(image.affine, reference.affine, atol=1e-5)
+    np.testing.assert_array_equal(image.data, reference.data)
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".nhdr", ".mha", ".mhd"])
+def test_itk_files_written_hold_the_lps_geometry(geo, tmp_path: Path, suffix: str) -> None:
+    """``save_image`` to NRRD / MetaImage: SimpleITK reads the LPS origin and axes of the RAS affine negated in x
+    and y by hand, and the voxel ``(i, j, k)`` at ITK index ``(i, j, k)``; labels keep their integer type, the
+    gzip level only changes the file size."""
+    import SimpleITK as sitk
+
+    affine = _affine(geo)
+    data = _ramp((6, 7, 8))
+    path = save_image(Image(data, affine), tmp_path / f"a{suffix}")
+    itk = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(itk.GetOrigin(), [-affine[0, 3], -affine[1, 3], affine[2, 3]], atol=1e-9)
+    axes = np.asarray(itk.GetDirection()).reshape(3, 3) * np.asarray(itk.GetSpacing())
+    np.testing.assert_allclose(axes, np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3], atol=1e-9)
+    assert itk.GetSize() == (6, 7, 8) and itk.GetPixel(4, 1, 5) == data[4, 1, 5]
+    back = load_image(path)
+    np.testing.assert_array_equal(back.data, data)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-9)
+
+    labels = (data > 20).astype(np.int32) * 7
+    stored = save_image(Image(labels, affine), tmp_path / f"l{suffix}", dtype=np.int32, gzip_level=0)
+    packed = save_image(Image(labels, affine), tmp_path / f"p{suffix}", dtype=np.int32, gzip_level=9)
+    assert sitk.ReadImage(str(stored)).GetPixelID() == sitk.sitkInt32
+    size = (lambda p: sum(f.stat().st_size for f in tmp_path.glob(p.stem + ".*")))  # noqa: E731 (with data file)
+    assert size(packed) < size(stored)
+    for written in (stored, packed):
+        np.testing.assert_array_equal(load_image(written, labels=True).data, labels)
+
+
+def _dicom_volume(geo) -> tuple[np.ndarray, np.ndarray]:
+    """An int16 7x6x5 volume (values -1000 to 1099, as CT) on an oblique, anisotropic (0.7 x 0.8 x 2.5 mm) grid."""
+    affine = geo.make_affine(geo.rotation([0.2, -1.0, 0.4], 23.0) @ np.diag([0.7, 0.8, 2.5]), [-40.0, 12.5, 80.0])
+    data = (np.arange(7 * 6 * 5).reshape(7, 6, 5) * 11 - 1000).astype(np.int16)
+    return data, affine
+
+
+def test_dicom_series_folder_reads_in_ras(geo, tmp_path: Path) -> None:
+    """A folder of DICOM slices (tags written by hand from the RAS affine, files in no particular order) reads as
+    the volume: voxels in ``(i, j, k)`` order and the RAS affine, both as an image and as labels."""
+    data, affine = _dicom_volume(geo)
+    folder = geo.dicom_series(tmp_path / "ct", data, affine)
+    for k, path in enumerate(sorted(folder.iterdir())):  # names no longer follow the slice order
+        path.rename(folder / f"{(k * 3) % 5}.dcm")
+    before = locale.setlocale(locale.LC_ALL)
+    image = load_image(folder, name="fixed image")
+    assert locale.setlocale(locale.LC_ALL) == before  # reading DICOM leaves the process locale alone
+    np.testing.assert_allclose(image.affine, affine, atol=1e-5)
+    np.testing.assert_array_equal(image.data, data)
+    positive = geo.dicom_series(tmp_path / "seg", (data > 0).astype(np.int16) * 3, affine)
+    labels = load_image(positive, labels=True)
+    assert labels.data.dtype == np.int32
+    np.testing.assert_array_equal(labels.data, (data > 0) * 3)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("missing slice", "not evenly spaced (steps 2.5 to 5 mm"),
+    ("gantry tilt", "shift sideways by up to 0.4 mm per slice (gantry tilt)"),
+    ("two series", "holds 2 DICOM series"),
+    ("no DICOM", "is a folder without a DICOM series"),
+])
+def test_unusable_dicom_folders_are_refused(geo, tmp_path: Path, case: str, words: str) -> None:
+    data, affine = _dicom_volume(geo)
+    folder = tmp_path / "series"
+    if case == "missing slice":
+        geo.dicom_series(folder, data, affine, skip=(2,))
+    elif case == "gantry tilt":
+        geo.dicom_series(folder, data, affine, tilt_mm=0.4)
+    elif case == "two series":
+        geo.dicom_series(folder, data, affine)
+        geo.dicom_series(folder, data, affine, series="1.2.826.0.1.3680043.8.498.2")
+    else:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError) as info:
+        load_image(folder, name="moving image")
+    message = str(info.value)
+    assert message.startswith("moving image") and "\n" not in message
+    assert words in message, message
