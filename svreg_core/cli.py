@@ -695,6 +695,54 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+INFO_EXAMPLES = """\
+examples:
+  svreg info fixed.nii.gz moving.nrrd            # where each image lies, and how much the first overlaps the others
+  svreg info ct_series_folder/ --json            # a DICOM series, as JSON
+"""
+
+
+def describe_image(image: Image, path: str) -> dict:
+    """What ``svreg info`` prints about an image: :func:`~svreg_core.outputs.writer.describe_input`'s shape,
+    voxel size and orientation code, the RAS extent of its voxel centres (mm) and its value range."""
+    import numpy as np
+
+    from svreg_core.outputs.writer import describe_input
+
+    corners = image.grid.corner_points()
+    data = np.asarray(image.data)
+    return {**describe_input(image, path), "ras_min_mm": [round(float(v), 3) for v in corners.min(0)],
+            "ras_max_mm": [round(float(v), 3) for v in corners.max(0)], "value_min": float(data.min()),
+            "value_max": float(data.max())}
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Describe each image; with several, the share of the first one's foreground in each other's field of view."""
+    import numpy as np
+
+    from svreg_core.image import load_image
+    from svreg_core.image.image import foreground_inside
+
+    images = [load_image(path, name=Path(path).name) for path in args.images]
+    entries = [describe_image(image, path) for image, path in zip(images, args.images)]
+    for entry, image in zip(entries[1:], images[1:]):
+        entry["first_foreground_inside"] = foreground_inside(images[0], image.grid)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for entry in entries:
+        extent = ", ".join(f"{axis} {lo:.1f} to {hi:.1f}" for axis, lo, hi in
+                           zip("RAS", entry["ras_min_mm"], entry["ras_max_mm"]))
+        print(f"{entry['path']}: {' x '.join(map(str, entry['shape']))} voxels of "
+              f"{' x '.join(f'{v:.4g}' for v in entry['spacing_mm'])} mm, {entry['orientation']}; voxel centres "
+              f"{extent} mm; values {entry['value_min']:.6g} to {entry['value_max']:.6g}")
+    centres = [image.grid.corner_points().mean(0) for image in images]
+    for entry, centre in zip(entries[1:], centres[1:]):
+        print(f"{100 * entry['first_foreground_inside']:.1f} % of {args.images[0]}'s foreground lies in the field "
+              f"of view of {entry['path']} (their centres are {np.linalg.norm(centre - centres[0]):.0f} mm apart)")
+    return 0
+
+
 def _check_same_grid(image, reference, name: str, ref_name: str) -> None:
     import numpy as np
     if image is not None and (image.shape != reference.shape or not np.allclose(image.affine, reference.affine,
@@ -735,6 +783,12 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     train = sub.add_parser("train", help="train a learned SPR network (resumable; torchrun for several GPUs/nodes)")
     add_train_arguments(train)
     handlers["train"] = run_train
+    info = sub.add_parser("info", help="describe images: size, voxel size, orientation, where they lie (RAS mm), "
+                          "values, and whether they overlap", epilog=INFO_EXAMPLES,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("images", nargs="+", help="image files or DICOM series folders (any format svreg reads)")
+    info.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    handlers["info"] = run_info
     models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")
     models.add_argument("--json", action="store_true", help="print the models' descriptions as one JSON object")
     handlers["models"] = run_models

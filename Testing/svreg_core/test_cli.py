@@ -649,6 +649,35 @@ def test_batch_pairs_csv_columns(tmp_path: Path) -> None:
     assert str(tmp_path / "sub1_rigid.tfm") in first.inputs()
 
 
+def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys) -> None:
+    """``svreg info``: shape, voxel size, orientation code and RAS extent of the voxel centres as nibabel gives them,
+    for NIfTI and NRRD alike, and the share of the first image's foreground in each other's field of view."""
+    p = tiny_pair.paths
+    far = tiny_pair.moving_affine.copy()
+    far[0, 3] += 500.0
+    geo.save_nifti(tiny_pair.moving, far, tmp_path / "far.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(p.moving)), str(tmp_path / "moving.nrrd"))
+    rc, out, _ = _main(["info", p.fixed, tmp_path / "moving.nrrd", tmp_path / "far.nii.gz", "--json"], capsys)
+    assert rc == 0
+    fixed, moving, far_entry = json.loads(out)
+    for entry, path in ((fixed, p.fixed), (moving, p.moving)):
+        nii = nib.load(str(path))
+        corners = nib.affines.apply_affine(nii.affine, np.array(list(np.ndindex(2, 2, 2))) * (np.array(nii.shape) - 1))
+        assert entry["shape"] == list(nii.shape) and entry["orientation"] == "".join(nib.aff2axcodes(nii.affine))
+        np.testing.assert_allclose(entry["spacing_mm"], nib.affines.voxel_sizes(nii.affine), atol=1e-5)
+        np.testing.assert_allclose(entry["ras_min_mm"], corners.min(0), atol=1e-3)
+        np.testing.assert_allclose(entry["ras_max_mm"], corners.max(0), atol=1e-3)
+        assert entry["value_max"] == pytest.approx(float(np.max(nii.get_fdata())), rel=1e-6)
+    assert moving["first_foreground_inside"] > 0.9 and far_entry["first_foreground_inside"] == 0.0
+    rc, out, _ = _main(["info", p.fixed, tmp_path / "far.nii.gz"], capsys)
+    lines = out.strip().split("\n")
+    assert rc == 0 and len(lines) == 3 and lines[0].startswith(f"{p.fixed}: {' x '.join(map(str, fixed['shape']))} "
+                                                               f"voxels of 6 x 6 x 6 mm, {fixed['orientation']}")
+    assert lines[2].startswith(f"0.0 % of {p.fixed}'s foreground lies in the field of view of")
+    rc, _, err = _main(["info", tmp_path / "nowhere.nrrd"], capsys)
+    _assert_plain_error(rc, err, "nowhere.nrrd: file not found")
+
+
 def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
