@@ -109,7 +109,8 @@ def read_itk_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
 
     SimpleITK (imported here: a NIfTI run never needs it) stores the array ``(K, J, I)``; it is returned
     transposed (a view). Raises :class:`InputError` naming ITK's reason for an unreadable file, and for an
-    image that is not 3-D or holds several values per voxel (RGB, vectors, complex numbers).
+    image that is not 3-D or holds several values per voxel (RGB, vectors, complex numbers, or the layers of a
+    3D Slicer segmentation whose segments overlap: told how to export it as one label map).
     """
     import SimpleITK as sitk
 
@@ -117,6 +118,10 @@ def read_itk_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         itk = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{what}: cannot read {path} as an image (ITK: {_itk_reason(exc)}).") from None
+    if path.name.lower().endswith(".seg.nrrd") and (itk.GetDimension() != 3 or itk.GetNumberOfComponentsPerPixel() > 1):
+        raise InputError(f"{what} is a 3D Slicer segmentation stored in layers (its segments overlap); export it as "
+                         "one labelmap volume (Segmentations module: Export to files, or 'Export visible segments "
+                         "to binary labelmap') and give that file.")
     if itk.GetDimension() != 3:
         raise InputError(f"{what} must be a 3-D image; it has {itk.GetDimension()} dimensions {itk.GetSize()}.")
     components = itk.GetNumberOfComponentsPerPixel()

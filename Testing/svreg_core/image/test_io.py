@@ -139,6 +139,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     sitk.WriteImage(sitk.GetImageFromArray(np.stack([ok, ok, ok], -1), isVector=True), str(tmp_path / "vector.nrrd"))
     sitk.WriteImage(sitk.GetImageFromArray((ok + 1j * ok).astype(np.complex64)), str(tmp_path / "complex.mha"))
     sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.stack([ok > 5, ok > 9], -1).astype(np.uint8), isVector=True),
+                    str(tmp_path / "layers.seg.nrrd"))
     itk_body = (tmp_path / "flat.nrrd").read_bytes()
     (tmp_path / "truncated.nrrd").write_bytes(itk_body[: len(itk_body) // 2])
     (tmp_path / "junk.mha").write_bytes(b"not an image at all " * 20)
@@ -151,6 +153,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "NRRD truncated": (tmp_path / "truncated.nrrd", "cannot read"),
         "MetaImage corrupt": (tmp_path / "junk.mha", "cannot read"),
         "NRRD missing": (tmp_path / "nowhere.nrrd", "not found"),
+        "Slicer segmentation layers": (tmp_path / "layers.seg.nrrd", "export it as one labelmap volume"),
         "2-D": (_write(tmp_path, "flat.nii.gz", ok[:, :, 0]), "3-D"),
         "4-D": (_write(tmp_path, "series.nii.gz", np.stack([ok, ok], axis=-1)), "3-D"),
         "degenerate": (_write(tmp_path, "slab.nii.gz", ok[:, :, :1]), "at least 2 voxels"),
@@ -174,7 +177,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "constant", "zeros", "singular affine", "RGB", "complex",
        "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder",
        "NRRD 2-D", "NRRD 4-D", "NRRD vector", "MetaImage complex", "MetaImage NaN", "NRRD truncated",
-       "MetaImage corrupt", "NRRD missing"]
+       "MetaImage corrupt", "NRRD missing", "Slicer segmentation layers"]
 
 
 @pytest.mark.parametrize("case", BAD)
