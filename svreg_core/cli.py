@@ -290,6 +290,7 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
     transform."""
     from svreg_core.apply import read_landmarks
     from svreg_core.image import crop_to_box, load_image
+    from svreg_core.image.image import conform_to_grid
     from svreg_core.outputs.read import read_linear_transform
 
     def load(path: str | None, name: str, labels: bool = False, keep: bool = False):
@@ -308,8 +309,12 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
     moving_labels = load(pair.moving_labels, "moving labels", labels=True)
     fixed_mask = load(pair.fixed_mask, "fixed mask", labels=True, keep=True)
     moving_mask = load(pair.moving_mask, "moving mask", labels=True)
-    _check_same_grid(fixed_labels, fixed, "fixed labels", "fixed image")
-    _check_same_grid(moving_labels, moving, "moving labels", "moving image")
+    fixed_labels, moving_labels, fixed_mask, moving_mask = (
+        None if image is None else conform_to_grid(image, reference.grid, what, ref_name)
+        for image, reference, what, ref_name in ((fixed_labels, fixed, "fixed labels", "fixed image"),
+                                                 (moving_labels, moving, "moving labels", "moving image"),
+                                                 (fixed_mask, fixed, "fixed mask", "fixed image"),
+                                                 (moving_mask, moving, "moving mask", "moving image")))
     landmarks = read_landmarks(pair.fixed_landmarks, pair.moving_landmarks,
                                names=("--fixed-landmarks", "--moving-landmarks"))
     extra: dict[str, object] = {}
@@ -741,14 +746,6 @@ def run_info(args: argparse.Namespace) -> int:
         print(f"{100 * entry['first_foreground_inside']:.1f} % of {args.images[0]}'s foreground lies in the field "
               f"of view of {entry['path']} (their centres are {np.linalg.norm(centre - centres[0]):.0f} mm apart)")
     return 0
-
-
-def _check_same_grid(image, reference, name: str, ref_name: str) -> None:
-    import numpy as np
-    if image is not None and (image.shape != reference.shape or not np.allclose(image.affine, reference.affine,
-                                                                                 atol=1e-3)):
-        raise InputError(f"{name} {image.shape} is not on the grid of the {ref_name} {reference.shape}; "
-                         "they must share shape and affine.")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:

@@ -21,7 +21,7 @@ import torch
 
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
-from svreg_core.image.image import MAX_AFFINE_CONDITION, foreground_inside
+from svreg_core.image.image import MAX_AFFINE_CONDITION, conform_to_grid, foreground_inside
 from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import (
@@ -632,10 +632,7 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
     masks = []
     for mask, ref, name in ((fixed_mask, fixed, "fixed mask"), (moving_mask, moving, "moving mask")):
         if mask is not None:
-            mask = validate_image(mask, name, labels=True)
-            if mask.shape != ref.shape or not np.allclose(mask.affine, ref.affine, atol=1e-3):
-                raise InputError(f"{name} must be on the same grid as its image "
-                                 f"({mask.shape} vs {ref.shape}, or different affines).")
+            mask = conform_to_grid(validate_image(mask, name, labels=True), ref.grid, name, name.split()[0] + " image")
         masks.append(mask)
     initial = _checked_initial(initial_affine)
     if not params.affine:

@@ -167,7 +167,8 @@ def test_label_metrics_when_asked(monkeypatch, capsys, tiny_pair, hyper, tmp_pat
 
 @pytest.mark.parametrize("which, extra, message", [
     ("plain", (), "svreg: error: model plain-test is not a hyper model: its prediction cannot change with the codes"),
-    ("hyper", ("--fixed-mask", "MOVING_LABELS"), "svreg: error: fixed mask must be on the same grid as its image"),
+    ("hyper", ("--fixed-mask", "MOVING_LABELS"),
+     "svreg: error: fixed mask (30, 33, 32) is not on the grid of the fixed image"),
     ("hyper", ("--preset", "nope"), "svreg: error: unknown preset 'nope'"),
 ])
 def test_the_engine_refuses_bad_inputs_before_any_work(monkeypatch, capsys, tiny_pair, tiny_checkpoints, tmp_path,

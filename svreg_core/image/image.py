@@ -51,6 +51,38 @@ class Image:
         return self.grid.spacing
 
 
+#: Largest difference (mm, any affine entry) between two affines taken as the same grid by :func:`conform_to_grid`.
+SAME_GRID_TOLERANCE_MM = 1e-3
+
+
+def conform_to_grid(image: Image, grid: Grid, what: str, reference: str) -> Image:
+    """``image`` on ``grid``: as it is when it already is (:meth:`Grid.same_as` within
+    :data:`SAME_GRID_TOLERANCE_MM`), its array transposed and flipped when it holds the same voxels in another
+    axis order or direction (e.g. a label map written by another program than its DICOM image: no value changes),
+    else :class:`InputError` naming ``what`` and its ``reference``.
+    """
+    if image.grid.same_as(grid, atol=SAME_GRID_TOLERANCE_MM):
+        return image
+    # grid voxel -> image voxel; the same lattice iff a signed permutation with whole-voxel offsets
+    mapping = np.linalg.inv(image.affine) @ grid.affine
+    signed = np.rint(mapping[:3, :3])
+    axes = np.argmax(np.abs(signed), axis=0)  # the image axis each grid axis runs along
+    if (np.allclose(mapping[:3, :3], signed, atol=1e-4) and sorted(axes) == [0, 1, 2]
+            and all(np.abs(signed).sum(axis=0) == 1)):
+        data = np.transpose(np.asarray(image.data), tuple(int(a) for a in axes))
+        flips = tuple(g for g in range(3) if signed[axes[g], g] < 0)
+        data = np.flip(data, flips) if flips else data
+        moved = Image(np.ascontiguousarray(data), grid.affine)
+        ijk = np.array([[(0, n - 1)[c] for n, c in zip(grid.shape, bits)] for bits in np.ndindex(2, 2, 2)])
+        source = np.rint(ijk @ mapping[:3, :3].T + mapping[:3, 3]).astype(int)
+        if data.shape == grid.shape and np.array_equal(source.min(0), np.zeros(3)) and \
+                np.array_equal(source.max(0), np.asarray(image.shape) - 1) and \
+                np.allclose(ijk @ mapping[:3, :3].T + mapping[:3, 3], source, atol=1e-3):
+            return moved
+    raise InputError(f"{what} {image.shape} is not on the grid of the {reference} {grid.shape}: they must hold the "
+                     "same voxels (the same grid, or the same voxels in another axis order).")
+
+
 #: Voxels of an image that :func:`foreground_inside` looks at, at most (every ``s``-th voxel along each axis).
 _OVERLAP_SAMPLE_VOXELS = 1 << 21
 

@@ -31,6 +31,7 @@ import torch
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image import Image, save_image
+from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import DEFAULT_FIELD_GZIP_LEVEL, save_nifti
 from svreg_core.image.resample import resample
 from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
@@ -382,12 +383,10 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     if unknown:
         raise InputError(f"unknown output {unknown[0]!r}; choose from {', '.join(SELECTABLE_OUTPUTS)}.")
     out = prepare_output_dir(outdir, overwrite=overwrite, inputs=inputs)
-    if fixed_labels is not None and (fixed_labels.shape != result.fixed.shape
-                                     or not np.allclose(fixed_labels.affine, result.fixed.affine, atol=1e-3)):
-        raise InputError("fixed labels must be on the fixed image's grid (same shape and affine).")
-    if moving_labels is not None and (moving_labels.shape != result.moving.shape
-                                      or not np.allclose(moving_labels.affine, result.moving.affine, atol=1e-3)):
-        raise InputError("moving labels must be on the moving image's grid (same shape and affine).")
+    if fixed_labels is not None:
+        fixed_labels = conform_to_grid(fixed_labels, result.fixed.grid, "fixed labels", "fixed image")
+    if moving_labels is not None:
+        moving_labels = conform_to_grid(moving_labels, result.moving.grid, "moving labels", "moving image")
     t0 = time.perf_counter()
     tmp = out.with_name(_work_folder_name(out, "partial") + secrets.token_hex(4))
     try:  # created inside the ``try``: an interrupt right after ``mkdir`` still removes it

@@ -7,7 +7,7 @@ import pytest
 
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, crop_to_box
-from svreg_core.image.image import foreground_inside
+from svreg_core.image.image import conform_to_grid, foreground_inside
 
 
 def _image() -> Image:
@@ -51,3 +51,47 @@ def test_foreground_inside_counts_the_foreground_in_the_other_field_of_view(size
     spot = np.full((size, size, size), -5.0, np.float32)
     spot[1, 1, 1] = 1.0  # a foreground the every-2nd-voxel sample misses: all voxels are looked at
     assert foreground_inside(Image(spot, np.eye(4)), image.grid) == 1.0
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1), (1, 2, 0)])
+@pytest.mark.parametrize("flips", [(), (0,), (1, 2), (0, 1, 2)])
+def test_conform_to_grid_reorders_the_same_voxels(order, flips) -> None:
+    """A label map holding the image's voxels in another axis order and direction (reordered with NumPy, its
+    affine composed by hand: new voxel ``n`` is old voxel ``P n + t``) comes back as the image's array, on the
+    image's grid."""
+    image = _image()
+    labels = np.arange(image.data.size, dtype=np.int32).reshape(image.shape)
+    moved = np.transpose(labels, order)  # new axis a runs along old axis order[a]
+    moved = np.flip(moved, [a for a, axis in enumerate(order) if axis in flips]) if flips else moved
+    step = np.eye(4)
+    step[:3, :3] = 0.0
+    for a, axis in enumerate(order):
+        step[axis, a] = -1.0 if axis in flips else 1.0
+        step[axis, 3] = image.shape[axis] - 1 if axis in flips else 0.0
+    other = Image(moved, image.affine @ step)
+    for index in ((0, 0, 0), (2, 3, 4), tuple(n - 1 for n in moved.shape)):  # the same world voxel, same label
+        original = np.rint(np.linalg.solve(image.affine, other.affine @ [*index, 1.0])[:3]).astype(int)
+        assert labels[tuple(original)] == moved[index]
+    back = conform_to_grid(other, image.grid, "labels", "image")
+    np.testing.assert_array_equal(back.data, labels)
+    np.testing.assert_allclose(back.affine, image.affine)
+    assert conform_to_grid(Image(labels, image.affine), image.grid, "labels", "image").data is labels
+
+
+@pytest.mark.parametrize("change", ["half a voxel", "voxel size", "cropped", "rotated"])
+def test_conform_to_grid_refuses_other_voxels(change: str) -> None:
+    image = _image()
+    affine = image.affine.copy()
+    data = np.zeros(image.shape, np.int32)
+    if change == "half a voxel":
+        affine[:3, 3] += 0.5 * affine[:3, 0]
+    elif change == "voxel size":
+        affine[:3, :3] *= 1.01
+    elif change == "cropped":
+        data = data[1:]
+    else:
+        c, s = np.cos(0.2), np.sin(0.2)
+        affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ affine[:3, :3]
+    with pytest.raises(InputError, match=r"moving labels \(.*\) is not on the grid of the moving image \(8, 9, 10\): "
+                                         r"they must hold the same voxels"):
+        conform_to_grid(Image(data, affine), image.grid, "moving labels", "moving image")
