@@ -35,6 +35,7 @@ import numpy as np
 from svreg_core.apply import POINT_SUFFIXES, read_landmarks
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
+from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import image_stem
 
 #: Accepted file stems (lower case) per role, in role order: images, label maps, landmarks.
@@ -186,10 +187,9 @@ def load_pair(pair: ValidationPair) -> LoadedPair:
     images = {r: load_image(getattr(pair, r), labels="labels" in r, name=f"pair {pair.name!r} {r}")
               for r in ROLES[:4] if getattr(pair, r) is not None}
     for role in ("fixed", "moving"):
-        lab, img = images.get(f"{role}_labels"), images[role]
-        if lab is not None and (lab.shape != img.shape or not np.allclose(lab.affine, img.affine, atol=1e-3)):
-            raise InputError(f"pair {pair.name!r}: the {role} labels are not on the {role} image's grid "
-                             f"({lab.shape} vs {img.shape} or different affines).")
+        if images.get(f"{role}_labels") is not None:
+            images[f"{role}_labels"] = conform_to_grid(images[f"{role}_labels"], images[role].grid,
+                                                       f"pair {pair.name!r}: the {role} labels", f"{role} image")
     try:
         landmarks = read_landmarks(pair.fixed_landmarks, pair.moving_landmarks)
     except InputError as exc:

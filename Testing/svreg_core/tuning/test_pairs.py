@@ -96,3 +96,28 @@ def test_landmark_files_must_correspond(demo_pairs: Path, tmp_path: Path) -> Non
     (pair / "moving_landmarks.csv").write_text("\n".join(lines[:-1]) + "\n")
     with pytest.raises(InputError, match=r"pair 'p': .* same number .* \(found 32 fixed and 31 moving\)"):
         load_pair(discover_pairs(pair, needs="landmarks")[0])
+
+
+def test_label_maps_in_another_axis_order_are_reordered_others_refused(demo_pairs: Path, tmp_path: Path) -> None:
+    """A pair's moving label map stored with its axes reversed (its affine adjusted, so the same voxels) loads onto
+    the moving grid unchanged; one shifted by a voxel is refused, naming the pair."""
+    import nibabel as nib
+    import numpy as np
+
+    from svreg_core.tuning.pairs import load_pair
+
+    pair = tmp_path / "p"
+    shutil.copytree(demo_pairs / "pair01", pair)
+    original = load_pair(discover_pairs(pair)[0])
+    nii = nib.load(str(pair / "moving_labels.nii.gz"))
+    data = np.asarray(nii.dataobj)
+    flip = np.array([[-1.0, 0, 0, data.shape[0] - 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # i -> n - 1 - i
+    nib.save(nib.Nifti1Image(data[::-1].copy(), nii.affine @ flip), str(pair / "moving_labels.nii.gz"))
+    reordered = load_pair(discover_pairs(pair)[0])
+    np.testing.assert_array_equal(reordered.moving_labels.data, original.moving_labels.data)
+    np.testing.assert_allclose(reordered.moving_labels.affine, original.moving.affine, atol=1e-4)
+    shifted = nii.affine.copy()
+    shifted[:3, 3] += nii.affine[:3, 0]
+    nib.save(nib.Nifti1Image(data, shifted), str(pair / "moving_labels.nii.gz"))
+    with pytest.raises(InputError, match=r"pair 'p': the moving labels .* is not on the grid of the moving image"):
+        load_pair(discover_pairs(pair)[0])
