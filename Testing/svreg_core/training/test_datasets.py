@@ -238,6 +238,13 @@ def test_pairs_from_folder_flat_subfolders_and_atlas(geo, tmp_path) -> None:
     assert labels == {"sub1.nii.gz": "sub1_seg.nii.gz", "sub10.nii.gz": None, "sub2.nii.gz": "sub2_labels.nii.gz"}
     assert all(p.fixed != p.moving for p in pairs)
 
+    mixed = tmp_path / "mixed"  # 3D Slicer's NRRD and MetaImage next to NIfTI; a detached header's data is no image
+    for name in ("sub1.nrrd", "sub1_seg.nrrd", "sub2.mha", "sub3.nii.gz", "sub3.raw"):
+        (mixed / name).parent.mkdir(parents=True, exist_ok=True)
+        (mixed / name).write_bytes(b"x")
+    labels = {p.fixed.name: p.fixed_labels and p.fixed_labels.name for p in pairs_from_folder(mixed)}
+    assert labels == {"sub1.nrrd": "sub1_seg.nrrd", "sub2.mha": None, "sub3.nii.gz": None}
+
     nested = tmp_path / "nested"
     for sub in ("sub-01", "sub-02"):
         _touch(geo, nested / sub / "t1.nii.gz")
