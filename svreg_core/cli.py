@@ -647,6 +647,7 @@ def run_apply(args: argparse.Namespace) -> int:
     from svreg_core.apply import apply_to_image, apply_to_labels, is_points_file, transform_points_file
     from svreg_core.image import load_image, save_image
     from svreg_core.image.io import check_writable_name
+    from svreg_core.image.itk_io import data_files
     from svreg_core.outputs.read import load_transform
 
     out = Path(args.output)
@@ -663,6 +664,10 @@ def run_apply(args: argparse.Namespace) -> int:
         raise InputError("input and output must both be images or both be point files of the same format.")
     if not points:
         check_writable_name(out)
+        taken = [p for p in data_files(out) if p.exists()]
+        if taken and not args.overwrite:
+            raise InputError(f"{taken[0]} already exists, and writing {out.name} would replace it (its data file); "
+                             "use --overwrite to replace it.")
     transform = load_transform(args.transform, inverse=args.inverse)
     if points:
         count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)

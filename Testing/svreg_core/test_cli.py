@@ -540,6 +540,16 @@ def test_apply_writes_nrrd_like_nifti_and_refuses_other_names(full_run, tiny_pai
     assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.txt")]) == 2
     assert "cannot write an image named w.txt: end its name in .nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "w.txt").exists()
+    # a detached header's data file (w.zraw beside w.mhd) is not replaced without --overwrite either
+    assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.mhd")]) == 0
+    (tmp_path / "w.mhd").unlink()
+    data = (tmp_path / "w.zraw").read_bytes()
+    capsys.readouterr()
+    assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.mhd")]) == 2
+    assert "w.zraw already exists, and writing w.mhd would replace it" in capsys.readouterr().err
+    assert (tmp_path / "w.zraw").read_bytes() == data and not (tmp_path / "w.mhd").exists()
+    assert main(["apply", str(out), str(p.moving), "-o", str(tmp_path / "w.mhd"), "--overwrite"]) == 0
+    np.testing.assert_array_equal(load_image(tmp_path / "w.mhd").data, nifti.data)
 
 
 def test_dicom_folder_input_applies_like_its_nifti(full_run, tiny_pair, geo, tmp_path: Path) -> None:

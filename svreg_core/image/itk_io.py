@@ -18,6 +18,14 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SPACING_TOLERANCE = 0.01
 
 
+def data_files(path: Path) -> list[Path]:
+    """The files ITK writes beside a detached header (``.nhdr``: ``STEM.raw`` or ``STEM.raw.gz``; ``.mhd``:
+    ``STEM.raw`` or ``STEM.zraw``); none for any other name."""
+    suffix = path.suffix.lower()
+    endings = {".nhdr": (".raw", ".raw.gz"), ".mhd": (".raw", ".zraw")}.get(suffix, ())
+    return [path.with_name(path.name[:-len(suffix)] + ending) for ending in endings]
+
+
 def write_itk_image(data: np.ndarray, affine: np.ndarray, path: Path, gzip_level: int) -> Path:
     """Write a 3-D array ``(I, J, K)`` with its voxel-to-RAS ``affine`` as a NRRD / MetaImage file (SimpleITK,
     imported here), its geometry in LPS (:func:`~svreg_core.conventions.itk_geometry_from_ras_affine`)."""
