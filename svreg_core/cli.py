@@ -649,6 +649,7 @@ def run_apply(args: argparse.Namespace) -> int:
     from svreg_core.image.io import check_writable_name
     from svreg_core.image.itk_io import data_files
     from svreg_core.outputs.read import load_transform
+    from svreg_core.outputs.writer import check_output_file
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -657,8 +658,7 @@ def run_apply(args: argparse.Namespace) -> int:
         raise InputError("the output file is the input file; name another output.")
     if out.is_dir():
         raise InputError(f"output {out} is a folder; name a file.")
-    if not out.parent.is_dir():
-        raise InputError(f"cannot write {out}: folder {out.parent} does not exist.")
+    check_output_file(out)
     points = is_points_file(args.input)
     if points != is_points_file(out):
         raise InputError("input and output must both be images or both be point files of the same format.")

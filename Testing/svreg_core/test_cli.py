@@ -489,6 +489,14 @@ def test_output_under_proc_is_refused_before_any_work(tiny_pair, tmp_path: Path,
     assert not Path("/proc/svreg-test-out").exists()
 
 
+def test_apply_to_an_unwritable_place_is_refused_before_any_work(full_run, tiny_pair, capsys) -> None:
+    """``svreg apply -o`` into /proc (no new file even for root) or a missing folder: one line, no traceback."""
+    for target, words in (("/proc/svreg-test.nrrd", "cannot write the output file"),
+                          ("/proc/svreg-test/w.nii.gz", "folder /proc/svreg-test does not exist")):
+        rc, _, err = _main(["apply", full_run.out, tiny_pair.paths.moving, "-o", target], capsys)
+        _assert_plain_error(rc, err, words)
+
+
 def _mount_tmpfs(folder: Path, options: str) -> None:
     """Mount a tmpfs at ``folder`` or skip (needs root with mount rights)."""
     folder.mkdir()
@@ -510,6 +518,19 @@ def test_full_or_read_only_disk_is_refused_before_registration(tiny_pair, tmp_pa
         rc, _, err = _main(["register", p.fixed, p.moving, "-o", disk / "out", "--progress", "lines"], capsys)
         _assert_plain_error(rc, err, words, str(disk))
         assert _stages(err) <= {"load"}  # at most the images were read
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.parametrize("name", ["w.nii.gz", "w.nrrd", "w.mhd"])
+def test_apply_to_a_disk_that_fills_up_is_a_plain_error(full_run, tiny_pair, tmp_path: Path, capsys, name: str) -> None:
+    """A 16 KB disk fills while ``svreg apply`` writes: one line, exit 2, and no partial file left."""
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "size=16k")
+    try:
+        rc, _, err = _main(["apply", full_run.out, tiny_pair.paths.moving, "-o", disk / name], capsys)
+        _assert_plain_error(rc, err, f"cannot write {disk / name}")
         assert list(disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import SpatialImage
 
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, OutputError
 from svreg_core.image.image import Image, validate_image
 from svreg_core.image.itk_io import ITK_SUFFIXES, read_dicom_series, read_itk_image, write_itk_image
 
@@ -168,11 +168,18 @@ def _gzip_level(gzip_level: int | None) -> int:
 
 def save_nifti(nii: nib.Nifti1Image, path: str | Path, *, gzip_level: int | None = None) -> Path:
     """Write a NIfTI image; a ``.gz`` name is gzip-compressed at ``gzip_level`` (0 = stored, fastest, still
-    a valid ``.nii.gz`` any reader opens; 9 = smallest; ``None``: :data:`DEFAULT_GZIP_LEVEL`)."""
+    a valid ``.nii.gz`` any reader opens; 9 = smallest; ``None``: :data:`DEFAULT_GZIP_LEVEL`).
+
+    A failing write (a full disk, an I/O error) removes the partial file and raises :class:`OutputError`."""
     path = Path(path)
-    with nib.openers.Opener(str(path), "wb", compresslevel=_gzip_level(gzip_level)) as fobj:
-        holder = nib.fileholders.FileHolder(fileobj=fobj)  # type: ignore[arg-type]  # stubs: IOBase, not Opener
-        nii.to_file_map({"image": holder, "header": holder})
+    level = _gzip_level(gzip_level)
+    try:
+        with nib.openers.Opener(str(path), "wb", compresslevel=level) as fobj:
+            holder = nib.fileholders.FileHolder(fileobj=fobj)  # type: ignore[arg-type]  # stubs: IOBase, not Opener
+            nii.to_file_map({"image": holder, "header": holder})
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
     return path
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from svreg_core.conventions import itk_geometry_from_ras_affine, ras_affine_from_itk
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, OutputError
 
 #: File endings read through SimpleITK (lower case): NRRD (3D Slicer's own format; ``.nhdr`` a detached header)
 #: and MetaImage (``.mhd`` a detached header). Their geometry is LPS, converted to RAS on reading.
@@ -28,7 +28,8 @@ def data_files(path: Path) -> list[Path]:
 
 def write_itk_image(data: np.ndarray, affine: np.ndarray, path: Path, gzip_level: int) -> Path:
     """Write a 3-D array ``(I, J, K)`` with its voxel-to-RAS ``affine`` as a NRRD / MetaImage file (SimpleITK,
-    imported here), its geometry in LPS (:func:`~svreg_core.conventions.itk_geometry_from_ras_affine`)."""
+    imported here), its geometry in LPS (:func:`~svreg_core.conventions.itk_geometry_from_ras_affine`). A failing
+    write removes what it wrote and raises :class:`OutputError` with ITK's reason."""
     import SimpleITK as sitk
 
     itk = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(2, 1, 0)))
@@ -36,7 +37,12 @@ def write_itk_image(data: np.ndarray, affine: np.ndarray, path: Path, gzip_level
     itk.SetDirection(tuple(direction))
     itk.SetSpacing(tuple(spacing))
     itk.SetOrigin(tuple(origin))
-    sitk.WriteImage(itk, str(path), useCompression=gzip_level > 0, compressionLevel=gzip_level)
+    try:
+        sitk.WriteImage(itk, str(path), useCompression=gzip_level > 0, compressionLevel=gzip_level)
+    except RuntimeError as exc:
+        for written in (path, *data_files(path)):
+            written.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path} (ITK: {_itk_reason(exc)}).") from None
     return path
 
 

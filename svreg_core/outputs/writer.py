@@ -112,6 +112,15 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
     return out
 
 
+def check_output_file(path: str | Path) -> None:
+    """Before any work: :class:`OutputError` unless a file can be created in ``path``'s folder (which must exist):
+    the folder is probed as :func:`prepare_output_dir` probes an output folder's parent."""
+    path = Path(path).absolute()
+    if not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {path.parent} does not exist.")
+    _probe_writable(path, path.parent, "output file")
+
+
 def _nearest_existing(out: Path) -> Path:
     """The parent of ``out``, or its nearest ancestor that exists (where folders must be created)."""
     existing = out.parent
@@ -120,7 +129,7 @@ def _nearest_existing(out: Path) -> Path:
     return existing
 
 
-def _probe_writable(out: Path, existing: Path) -> None:
+def _probe_writable(out: Path, existing: Path, what: str = "output folder") -> None:
     """Create and remove a hidden work folder in ``existing`` (a real test: permission bits do not show
     read-only disks, ``/proc`` or ``/sys``, nor what root may not do); :class:`OutputError` if it fails.
 
@@ -133,7 +142,7 @@ def _probe_writable(out: Path, existing: Path) -> None:
         probe.mkdir()
         probe.rmdir()
     except OSError as exc:
-        raise OutputError(f"cannot write the output folder {out}: creating a folder in {existing} fails "
+        raise OutputError(f"cannot write the {what} {out}: creating a folder in {existing} fails "
                           f"({exc.strerror}); choose a folder on a writable disk.") from None
 
 
