@@ -587,8 +587,7 @@ def _check_overlap(fixed: Image, moving: Image, initial: np.ndarray | None, warn
     inside = foreground_inside(fixed, moving.grid, initial)
     if inside >= OVERLAP_WARNING_FRACTION:
         return
-    centres = [image.affine[:3, :3] @ ((np.asarray(image.shape) - 1) / 2) + image.affine[:3, 3]
-               for image in (fixed, moving)]
+    centres = [image.grid.corner_points().mean(0) for image in (fixed, moving)]
     where = (f"of the fixed image's foreground lies in the moving image's field of view (their centres are "
              f"{np.linalg.norm(centres[0] - centres[1]):.0f} mm apart)")
     advice = ("check the images' headers (origin and orientation) and the initial transform, if any, or keep the "

@@ -72,13 +72,12 @@ def conform_to_grid(image: Image, grid: Grid, what: str, reference: str) -> Imag
         data = np.transpose(np.asarray(image.data), tuple(int(a) for a in axes))
         flips = tuple(g for g in range(3) if signed[axes[g], g] < 0)
         data = np.flip(data, flips) if flips else data
-        moved = Image(np.ascontiguousarray(data), grid.affine)
         ijk = np.array([[(0, n - 1)[c] for n, c in zip(grid.shape, bits)] for bits in np.ndindex(2, 2, 2)])
         source = np.rint(ijk @ mapping[:3, :3].T + mapping[:3, 3]).astype(int)
         if data.shape == grid.shape and np.array_equal(source.min(0), np.zeros(3)) and \
                 np.array_equal(source.max(0), np.asarray(image.shape) - 1) and \
                 np.allclose(ijk @ mapping[:3, :3].T + mapping[:3, 3], source, atol=1e-3):
-            return moved
+            return Image(np.ascontiguousarray(data), grid.affine)
     raise InputError(f"{what} {image.shape} is not on the grid of the {reference} {grid.shape}: they must hold the "
                      "same voxels (the same grid, or the same voxels in another axis order).")
 
