@@ -56,30 +56,44 @@ SAME_GRID_TOLERANCE_MM = 1e-3
 
 
 def conform_to_grid(image: Image, grid: Grid, what: str, reference: str) -> Image:
-    """``image`` on ``grid``: as it is when it already is (:meth:`Grid.same_as` within
-    :data:`SAME_GRID_TOLERANCE_MM`), its array transposed and flipped when it holds the same voxels in another
-    axis order or direction (e.g. a label map written by another program than its DICOM image: no value changes),
-    else :class:`InputError` naming ``what`` and its ``reference``.
+    """A label map or mask ``image`` on ``grid``: as it is when it already is (:meth:`Grid.same_as` within
+    :data:`SAME_GRID_TOLERANCE_MM`), else its voxels moved onto ``grid`` when they lie on ``grid``'s lattice (the
+    same voxel size and axes, in any order or direction, whole-voxel offsets): transposed and flipped, and padded
+    with 0 (background) where it covers less (a 3D Slicer segmentation saved with the extent of its segments) or
+    cut where it covers more and holds only 0 there. No value changes. :class:`InputError` naming ``what`` and
+    its ``reference`` otherwise, also for a map of the grid's own size shifted by whole voxels (a broken header
+    rather than a part).
     """
     if image.grid.same_as(grid, atol=SAME_GRID_TOLERANCE_MM):
         return image
-    # grid voxel -> image voxel; the same lattice iff a signed permutation with whole-voxel offsets
+    refusal = InputError(f"{what} {image.shape} is not on the grid of the {reference} {grid.shape}: they must hold "
+                         "the same voxels (the same grid, the same voxels in another axis order, or a part of them).")
+    # grid voxel g -> image voxel  signed @ g + shift: the same lattice iff a signed permutation, whole-voxel shift
     mapping = np.linalg.inv(image.affine) @ grid.affine
-    signed = np.rint(mapping[:3, :3])
+    signed, shift = np.rint(mapping[:3, :3]), np.rint(mapping[:3, 3])
     axes = np.argmax(np.abs(signed), axis=0)  # the image axis each grid axis runs along
-    if (np.allclose(mapping[:3, :3], signed, atol=1e-4) and sorted(axes) == [0, 1, 2]
-            and all(np.abs(signed).sum(axis=0) == 1)):
-        data = np.transpose(np.asarray(image.data), tuple(int(a) for a in axes))
-        flips = tuple(g for g in range(3) if signed[axes[g], g] < 0)
-        data = np.flip(data, flips) if flips else data
-        ijk = np.array([[(0, n - 1)[c] for n, c in zip(grid.shape, bits)] for bits in np.ndindex(2, 2, 2)])
-        source = np.rint(ijk @ mapping[:3, :3].T + mapping[:3, 3]).astype(int)
-        if data.shape == grid.shape and np.array_equal(source.min(0), np.zeros(3)) and \
-                np.array_equal(source.max(0), np.asarray(image.shape) - 1) and \
-                np.allclose(ijk @ mapping[:3, :3].T + mapping[:3, 3], source, atol=1e-3):
-            return Image(np.ascontiguousarray(data), grid.affine)
-    raise InputError(f"{what} {image.shape} is not on the grid of the {reference} {grid.shape}: they must hold the "
-                     "same voxels (the same grid, or the same voxels in another axis order).")
+    if not (np.allclose(mapping[:3, :3], signed, atol=1e-4) and np.allclose(mapping[:3, 3], shift, atol=1e-3)
+            and sorted(axes) == [0, 1, 2] and all(np.abs(signed).sum(axis=0) == 1)):
+        raise refusal
+    data = np.transpose(np.asarray(image.data), tuple(int(a) for a in axes))
+    signs = np.array([signed[axes[g], g] for g in range(3)])
+    flips = tuple(g for g in range(3) if signs[g] < 0)
+    data = np.flip(data, flips) if flips else data
+    # the grid index of the reoriented array's first voxel, along each grid axis
+    first = np.array([-shift[axes[g]] if signs[g] > 0 else shift[axes[g]] - (data.shape[g] - 1) for g in range(3)],
+                     dtype=int)
+    lo, hi = np.maximum(first, 0), np.minimum(first + data.shape, grid.shape)
+    if np.any(hi <= lo) or (data.shape == tuple(grid.shape) and np.any(first)):
+        raise refusal  # beyond the image, or as big as it yet shifted: a broken header, not a part
+    block = data[tuple(slice(a - f, b - f) for a, b, f in zip(lo, hi, first))]
+    if data.shape != tuple(grid.shape) or np.any(first):
+        if np.count_nonzero(block) != np.count_nonzero(data):
+            raise InputError(f"{what} {image.shape} reaches beyond the {reference}'s grid {grid.shape} with labels "
+                             "there; it must lie within the image.")
+        out = np.zeros(grid.shape, dtype=data.dtype)
+        out[tuple(slice(a, b) for a, b in zip(lo, hi))] = block
+        return Image(out, grid.affine)
+    return Image(np.ascontiguousarray(data), grid.affine)
 
 
 #: Voxels of an image that :func:`foreground_inside` looks at, at most (every ``s``-th voxel along each axis).

@@ -78,7 +78,34 @@ def test_conform_to_grid_reorders_the_same_voxels(order, flips) -> None:
     assert conform_to_grid(Image(labels, image.affine), image.grid, "labels", "image").data is labels
 
 
-@pytest.mark.parametrize("change", ["half a voxel", "voxel size", "cropped", "rotated"])
+@pytest.mark.parametrize("flipped", [False, True])
+def test_conform_to_grid_pads_a_part_and_cuts_a_background_margin(flipped: bool) -> None:
+    """A label map of the voxels i 2-5, j 1-8, k 3-6 only (as 3D Slicer saves a segmentation with the extent of its
+    segments), optionally stored with i reversed, comes back padded with 0; one with a zero margin of 2 voxels
+    around the image comes back cut to it. The block is placed by hand, independently of the function."""
+    image = _image()
+    labels = np.zeros(image.shape, np.int32)
+    labels[2:6, 1:9, 3:7] = np.arange(4 * 8 * 4).reshape(4, 8, 4) % 5 + 1
+    part, corner = labels[2:6, 1:9, 3:7], np.array([2, 1, 3])
+    affine = image.affine.copy()
+    affine[:3, 3] = image.affine[:3, :3] @ corner + image.affine[:3, 3]  # voxel (0, 0, 0) of the part
+    if flipped:  # stored i-reversed: its voxel 0 along i is the image's i = 5
+        part = part[::-1]
+        affine[:3, 3] += 3 * image.affine[:3, 0]
+        affine[:3, 0] *= -1
+    back = conform_to_grid(Image(part, affine), image.grid, "labels", "image")
+    np.testing.assert_array_equal(back.data, labels)
+    np.testing.assert_allclose(back.affine, image.affine)
+    margin = np.pad(labels, 2)
+    wide = image.affine.copy()
+    wide[:3, 3] -= image.affine[:3, :3] @ [2, 2, 2]
+    np.testing.assert_array_equal(conform_to_grid(Image(margin, wide), image.grid, "labels", "image").data, labels)
+    margin[0, 0, 0] = 9
+    with pytest.raises(InputError, match=r"reaches beyond the image's grid \(8, 9, 10\) with labels there"):
+        conform_to_grid(Image(margin, wide), image.grid, "labels", "image")
+
+
+@pytest.mark.parametrize("change", ["half a voxel", "voxel size", "disjoint", "rotated", "shifted by a voxel"])
 def test_conform_to_grid_refuses_other_voxels(change: str) -> None:
     image = _image()
     affine = image.affine.copy()
@@ -87,8 +114,10 @@ def test_conform_to_grid_refuses_other_voxels(change: str) -> None:
         affine[:3, 3] += 0.5 * affine[:3, 0]
     elif change == "voxel size":
         affine[:3, :3] *= 1.01
-    elif change == "cropped":
-        data = data[1:]
+    elif change == "disjoint":  # on the lattice, but beyond the image
+        affine[:3, 3] += 20 * affine[:3, 0]
+    elif change == "shifted by a voxel":  # the image's size, one voxel off: a broken header, not a part
+        affine[:3, 3] += affine[:3, 2]
     else:
         c, s = np.cos(0.2), np.sin(0.2)
         affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ affine[:3, :3]
