@@ -489,12 +489,20 @@ def test_output_under_proc_is_refused_before_any_work(tiny_pair, tmp_path: Path,
     assert not Path("/proc/svreg-test-out").exists()
 
 
-def test_apply_to_an_unwritable_place_is_refused_before_any_work(full_run, tiny_pair, capsys) -> None:
-    """``svreg apply -o`` into /proc (no new file even for root) or a missing folder: one line, no traceback."""
-    for target, words in (("/proc/svreg-test.nrrd", "cannot write the output file"),
-                          ("/proc/svreg-test/w.nii.gz", "folder /proc/svreg-test does not exist")):
-        rc, _, err = _main(["apply", full_run.out, tiny_pair.paths.moving, "-o", target], capsys)
-        _assert_plain_error(rc, err, words)
+def test_apply_to_an_unwritable_place_is_refused_before_any_work(full_run, tiny_pair, tmp_path: Path,
+                                                                 capsys) -> None:
+    """``svreg apply -o`` onto a read-only disk (root may write anywhere else) or into a missing folder: one line,
+    exit 2, nothing written."""
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "ro,size=1m")
+    try:
+        for target, words in ((disk / "w.nrrd", "cannot write the output file"),
+                              (tmp_path / "missing" / "w.nii.gz", "does not exist")):
+            rc, _, err = _main(["apply", full_run.out, tiny_pair.paths.moving, "-o", target], capsys)
+            _assert_plain_error(rc, err, words, str(target.parent))
+        assert list(disk.iterdir()) == [] and not (tmp_path / "missing").exists()
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
 def _mount_tmpfs(folder: Path, options: str) -> None:
