@@ -58,11 +58,10 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
     elif interpolation == "bspline":
         from scipy import ndimage  # imported here: 0.3 s, which every svreg command would pay
 
-        inv = np.linalg.inv(image.grid.affine)
-        voxel = points @ inv[:3, :3].T + inv[:3, 3]
+        voxel = image.grid.to_voxel(points)
         coeffs = ndimage.spline_filter(data.astype(np.float64), order=3, mode="mirror")
         out = ndimage.map_coordinates(coeffs, voxel.reshape(-1, 3).T, order=3, mode="mirror", prefilter=False)
-        out = (out.reshape(grid.shape) * image.grid.contains(points)).astype(np.float32)
+        out = (out.reshape(grid.shape) * image.grid.contains_voxels(voxel)).astype(np.float32)
     else:
         raise InputError(f"unknown image interpolation {interpolation!r}; use linear or bspline.")
     return Image(out, grid.affine)

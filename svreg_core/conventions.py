@@ -53,6 +53,12 @@ def itk_geometry_from_ras_affine(affine: np.ndarray) -> tuple[np.ndarray, np.nda
     return (RAS_TO_LPS @ (affine[:3, :3] / spacing)).ravel(), spacing, RAS_TO_LPS @ affine[:3, 3]
 
 
+def ras_lps_matrix(matrix: np.ndarray) -> np.ndarray:
+    """A 4x4 point mapping between RAS frames as the same mapping between LPS frames, and back (self-inverse)."""
+    flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
+    return flip @ np.asarray(matrix, dtype=np.float64) @ flip
+
+
 def voxel_to_world_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Map displacement vectors in voxel units (last axis ``(i, j, k)``) to RAS millimetres.
 

@@ -18,6 +18,7 @@ from svreg_core.conventions import (
     itk_geometry_from_ras_affine,
     normalized_to_voxel,
     ras_affine_from_itk,
+    ras_lps_matrix,
     ras_to_lps_vectors,
     voxel_displacement_to_normalized,
     voxel_to_normalized,
@@ -46,6 +47,18 @@ def test_itk_geometry_hand_values() -> None:
     back = itk_geometry_from_ras_affine(affine)
     for got, want in zip(back, (direction.ravel(), [2.0, 3.0, 4.0], [1.0, 2.0, 3.0])):
         np.testing.assert_allclose(got, want, atol=1e-15)
+
+
+def test_ras_lps_matrix_hand_values() -> None:
+    """A shift of 10 mm to the right (RAS +x) and a 90° turn R -> A about S, written for LPS points: the shift is
+    -10 mm along LPS x, the turn takes L to P. Checked on a point, and self-inverse."""
+    ras = np.array([[0.0, -1.0, 0, 10.0], [1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    lps = ras_lps_matrix(ras)
+    np.testing.assert_array_equal(lps, [[0.0, -1.0, 0, -10.0], [1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    point_ras = np.array([1.0, 2.0, 3.0, 1.0])
+    point_lps = np.array([-1.0, -2.0, 3.0, 1.0])
+    np.testing.assert_array_equal(lps @ point_lps, (ras @ point_ras) * [-1.0, -1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(ras_lps_matrix(lps), ras)
 
 
 def test_voxel_to_normalized_hand_values() -> None:

@@ -26,11 +26,18 @@ class Grid:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
 
+    def to_voxel(self, points: np.ndarray) -> np.ndarray:
+        """Continuous voxel coordinates ``(..., 3)`` (``i, j, k``; 0 at the first voxel's centre) of RAS mm points."""
+        inverse = np.linalg.inv(self.affine)
+        return np.asarray(points, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
+
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Whether each RAS mm point ``(..., 3)`` lies in the grid's field of view: within half a voxel of its
         outermost voxel centres (the extent of the voxels themselves)."""
-        inverse = np.linalg.inv(self.affine)
-        voxel = np.asarray(points, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
+        return self.contains_voxels(self.to_voxel(points))
+
+    def contains_voxels(self, voxel: np.ndarray) -> np.ndarray:
+        """:meth:`contains` for continuous voxel coordinates ``(..., 3)`` of this grid."""
         return np.all((voxel >= -0.5) & (voxel <= np.asarray(self.shape) - 0.5), axis=-1)
 
     def same_as(self, other: Grid, atol: float = 1e-4) -> bool:

@@ -23,7 +23,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-from svreg_core.conventions import RAS_TO_LPS, itk_geometry_from_ras_affine, ras_to_lps_vectors
+from svreg_core.conventions import itk_geometry_from_ras_affine, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.image.grid import Grid
 
 if TYPE_CHECKING:
@@ -50,12 +50,6 @@ def displacement_nifti(displacement_ras: np.ndarray, grid: Grid) -> nib.Nifti1Im
 ITK_LAYOUT_VERSION = "5.4"
 
 
-def _lps_affine(affine_ras: np.ndarray) -> np.ndarray:
-    """A 4x4 RAS->RAS matrix as the LPS->LPS matrix of the same mapping."""
-    flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
-    return flip @ np.asarray(affine_ras, dtype=np.float64) @ flip
-
-
 def _field_fixed_parameters(grid: Grid) -> np.ndarray:
     """ITK's fixed parameters of a displacement field on ``grid``: size, LPS origin, spacing, LPS direction."""
     direction, spacing, origin = itk_geometry_from_ras_affine(grid.affine)
@@ -78,7 +72,7 @@ def composite_transform(affine_ras: np.ndarray, deformable_ras: np.ndarray, grid
     """
     import SimpleITK as sitk
 
-    lps = _lps_affine(affine_ras)
+    lps = ras_lps_matrix(affine_ras)
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(tuple(lps[:3, :3].ravel()))
     affine.SetTranslation(tuple(lps[:3, 3]))
@@ -108,7 +102,7 @@ def write_transform(path: str | Path, affine_ras: np.ndarray, deformable_ras: np
     if not 0 <= gzip_level <= 9:
         raise ValueError(f"gzip level must be 0 to 9, not {gzip_level!r}")
     path = Path(path)
-    lps = _lps_affine(affine_ras)
+    lps = ras_lps_matrix(affine_ras)
     field = _itk_vectors(deformable_ras, np.float32).ravel()
     text = h5py.string_dtype("ascii")
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from nibabel.spatialimages import SpatialImage
 
-from svreg_core.conventions import ras_affine_from_itk, ras_to_lps_vectors
+from svreg_core.conventions import ras_affine_from_itk, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import sample_at_points
@@ -166,8 +166,7 @@ def _linear_from_sitk(transform: sitk.Transform) -> np.ndarray:
     lps = np.eye(4)
     lps[:3, 3] = lps_out[0]
     lps[:3, :3] = (lps_out[1:] - lps_out[0]).T / 100.0
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    return flip @ lps @ flip
+    return ras_lps_matrix(lps)
 
 
 def read_itk_transform(path: str | Path) -> Transform:

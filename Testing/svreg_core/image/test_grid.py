@@ -22,6 +22,14 @@ def test_contains_the_voxels_out_to_half_a_voxel() -> None:
                        [12.0, 25.0, 41.01], [13.0, 24.0, 35.0]])
     np.testing.assert_array_equal(grid.contains(points), [True, True, False, False, False, True])
     assert grid.contains(points.reshape(2, 3, 3)).shape == (2, 3)
+    np.testing.assert_array_equal(grid.to_voxel(points[:2]), [[-0.5, -0.5, -0.5], [3.5, 4.5, 5.5]])
+    np.testing.assert_array_equal(grid.contains_voxels(grid.to_voxel(points)), grid.contains(points))
+
+
+def test_to_voxel_inverts_world_points(geo) -> None:
+    grid = Grid((10, 20, 5), _oblique(geo))
+    np.testing.assert_allclose(grid.to_voxel(grid.world_points()), np.indices((10, 20, 5)).transpose(1, 2, 3, 0),
+                               atol=1e-9)
 
 
 def test_world_points_match_affine(geo) -> None:
