@@ -28,7 +28,11 @@ if TYPE_CHECKING:
     import numpy as np
 
     from svreg_core.image import Image
+    from svreg_core.image.itk_io import DicomSeries
 
+
+#: The image inputs every command reads (:func:`~svreg_core.image.io.load_image`), for help texts.
+IMAGE_KINDS = "NIfTI, MGH, NRRD, MetaImage, or DICOM (a folder of one series, or one file of a series)"
 
 REGISTER_EXAMPLES = """\
 examples:
@@ -148,8 +152,7 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_register_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("fixed", help="fixed (reference) image: NIfTI, MGH, NRRD, MetaImage or a folder with one DICOM "
-                   "series")
+    p.add_argument("fixed", help=f"fixed (reference) image: {IMAGE_KINDS}")
     p.add_argument("moving", help="moving image, the same kinds; any orientation, voxel size or oblique affine")
     p.add_argument("-o", "--output", required=True, help="output folder (must not exist unless --overwrite)")
     p.add_argument("--fixed-labels", help="label map on the fixed grid (for Dice/HD95)")
@@ -547,8 +550,7 @@ outputs (default: all), overwrite, label_metrics (Dice/HD95 with both label maps
 
 
 def add_preview_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("fixed", help="fixed (reference) image: NIfTI, MGH, NRRD, MetaImage or a folder with one DICOM "
-                   "series")
+    p.add_argument("fixed", help=f"fixed (reference) image: {IMAGE_KINDS}")
     p.add_argument("moving", help="moving image, the same kinds; any orientation, voxel size or oblique affine")
     p.add_argument("--model", required=True, help="a HyperSPR model: a shipped model's name (see 'svreg models') or "
                    "a checkpoint folder from 'svreg train --hyper ...'")
@@ -625,8 +627,8 @@ inverted numerically, which needs --reference for images).
 def add_apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("transform", help="an svreg output folder, an ITK transform (.h5/.tfm) or a displacement "
                    "NIfTI in the ITK/ANTs layout (LPS mm)")
-    p.add_argument("input", help="image or label map (NIfTI, MGH, NRRD, MetaImage or a DICOM series folder), or "
-                   "points (.csv with x,y,z columns, Slicer .fcsv or .mrk.json)")
+    p.add_argument("input", help=f"image or label map ({IMAGE_KINDS}), or points (.csv with x,y,z columns, Slicer "
+                   ".fcsv or .mrk.json)")
     p.add_argument("-o", "--output", required=True, help="output file, same kind as the input (images: .nii.gz, "
                    ".nii, .nrrd, .nhdr, .mha or .mhd)")
     p.add_argument("--inverse", action="store_true", help="apply the inverse mapping (moving -> fixed side)")
@@ -709,6 +711,7 @@ INFO_EXAMPLES = """\
 examples:
   svreg info fixed.nii.gz moving.nrrd            # where each image lies, and how much the first overlaps the others
   svreg info ct_series_folder/ --json            # a DICOM series, as JSON
+  svreg info study_folder/                       # a folder of several DICOM series: each, with a file that reads it
 """
 
 
@@ -726,6 +729,25 @@ def describe_image(image: Image, path: str) -> dict:
             "value_max": float(data.max())}
 
 
+def info_inputs(paths: list[str]) -> list[tuple[str, DicomSeries | None]]:
+    """``svreg info``'s images: each path with its DICOM series (``None`` for other files); a folder holding
+    several series stands for each of them, named by its first file (the name that reads that series)."""
+    from svreg_core.image.io import is_dicom_input
+    from svreg_core.image.itk_io import find_dicom_series
+
+    inputs: list[tuple[str, DicomSeries | None]] = []
+    for path in paths:
+        try:
+            series = find_dicom_series(Path(path)) if is_dicom_input(Path(path)) else []
+        except RuntimeError:  # unreadable: load_image says why
+            series = []
+        if len(series) > 1:
+            inputs += [(found.files[0], found) for found in series]
+        else:
+            inputs.append((path, series[0] if series else None))
+    return inputs
+
+
 def run_info(args: argparse.Namespace) -> int:
     """Describe each image; with several, the share of the first one's foreground in each other's field of view."""
     import numpy as np
@@ -733,22 +755,29 @@ def run_info(args: argparse.Namespace) -> int:
     from svreg_core.image import load_image
     from svreg_core.image.image import foreground_inside
 
-    images = [load_image(path, name=Path(path).name) for path in args.images]
-    entries = [describe_image(image, path) for image, path in zip(images, args.images)]
+    inputs = info_inputs(args.images)
+    paths = [path for path, _ in inputs]
+    images = [load_image(path, name=Path(path).name) for path in paths]
+    entries = [describe_image(image, path) for image, path in zip(images, paths)]
+    for entry, (_, found) in zip(entries, inputs):
+        if found is not None:
+            entry["dicom_series"] = {"uid": found.uid, "description": found.description,
+                                     "modality": found.modality, "files": len(found.files)}
     for entry, image in zip(entries[1:], images[1:]):
         entry["first_foreground_inside"] = foreground_inside(images[0], image.grid)
     if args.json:
         print(json.dumps(entries, indent=2))
         return 0
-    for entry in entries:
+    for entry, (_, found) in zip(entries, inputs):
         extent = ", ".join(f"{axis} {lo:.1f} to {hi:.1f}" for axis, lo, hi in
                            zip("RAS", entry["ras_min_mm"], entry["ras_max_mm"]))
+        dicom = f"; DICOM series {found.summary()}" if found is not None else ""
         print(f"{entry['path']}: {' x '.join(map(str, entry['shape']))} voxels of "
               f"{' x '.join(f'{v:.4g}' for v in entry['spacing_mm'])} mm, {entry['orientation']}; voxel centres "
-              f"{extent} mm; values {entry['value_min']:.6g} to {entry['value_max']:.6g}")
+              f"{extent} mm; values {entry['value_min']:.6g} to {entry['value_max']:.6g}{dicom}")
     centres = [image.grid.corner_points().mean(0) for image in images]
     for entry, centre in zip(entries[1:], centres[1:]):
-        print(f"{100 * entry['first_foreground_inside']:.1f} % of {args.images[0]}'s foreground lies in the field "
+        print(f"{100 * entry['first_foreground_inside']:.1f} % of {paths[0]}'s foreground lies in the field "
               f"of view of {entry['path']} (their centres are {np.linalg.norm(centre - centres[0]):.0f} mm apart)")
     return 0
 
@@ -788,7 +817,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     info = sub.add_parser("info", help="describe images: size, voxel size, orientation, where they lie (RAS mm), "
                           "values, and whether they overlap", epilog=INFO_EXAMPLES,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    info.add_argument("images", nargs="+", help="image files or DICOM series folders (any format svreg reads)")
+    info.add_argument("images", nargs="+", help="image files, DICOM files or DICOM folders (any format svreg reads)")
     info.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     handlers["info"] = run_info
     models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")

@@ -207,13 +207,14 @@ def save_nifti(data: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 
 
 def dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, series: str = "1.2.826.0.1.3680043.8.498.1",
-                 skip: tuple[int, ...] = (), tilt_mm: float = 0.0) -> Path:
+                 skip: tuple[int, ...] = (), tilt_mm: float = 0.0, description: str = "") -> Path:
     """Write int16 ``data`` ``(I, J, K)`` with a RAS ``affine`` as a DICOM CT series, one file per ``k`` slice, the
     patient geometry tags computed here by hand (LPS: x and y negated): Image Orientation = the unit LPS row
     (``i``) and column (``j``) directions, Image Position = the LPS point of voxel ``(0, 0, k)``, Pixel Spacing
     from the ``i``/``j`` voxel sizes. ``skip``: slices left out; ``tilt_mm``: each slice shifted that much further
-    along ``i`` than the one before (a gantry tilt). GDCM's DICOM writer sets the process locale to ``C`` (which
-    made later tests decode their child processes' UTF-8 output as ASCII): it is restored."""
+    along ``i`` than the one before (a gantry tilt); ``description``: the Series Description tag. GDCM's DICOM
+    writer sets the process locale to ``C`` (which made later tests decode their child processes' UTF-8 output as
+    ASCII): it is restored."""
     import locale
 
     import SimpleITK as sitk
@@ -234,7 +235,8 @@ def dicom_series(folder: Path, data: np.ndarray, affine: np.ndarray, *, series: 
         tags = {"0008|0060": "CT", "0020|000d": series + ".0", "0020|000e": series, "0020|0013": str(k + 1),
                 "0020|0037": "\\".join(f"{v:.9f}" for v in (*row, *column)),
                 "0020|0032": "\\".join(f"{v:.6f}" for v in position),
-                "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}"}  # DICOM: row spacing (along j) first
+                "0028|0030": f"{spacing[1]:.6f}\\{spacing[0]:.6f}",  # DICOM: row spacing (along j) first
+                **({"0008|103e": description} if description else {})}
         for key, value in tags.items():
             image.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"{series}.{k:04d}.dcm"))

@@ -717,6 +717,27 @@ def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys)
     _assert_plain_error(rc, err, "nowhere.nrrd: file not found")
 
 
+def test_info_lists_each_dicom_series_of_a_study_folder(geo, tmp_path: Path, capsys) -> None:
+    """A folder of two DICOM series is described series by series, each named by a file that reads it (then given
+    to ``svreg info`` alone: the same series); the JSON names each series."""
+    affine = geo.make_affine(np.diag([0.8, 0.8, 2.0]), [-10.0, 20.0, 30.0])
+    data = (np.arange(6 * 5 * 4).reshape(6, 5, 4) * 9 - 100).astype(np.int16)
+    folder = geo.dicom_series(tmp_path / "study", data, affine, description="CT arterial")
+    geo.dicom_series(folder, data[:, :, :3], affine, series="1.2.826.0.1.3680043.8.498.7", description="CT venous")
+    rc, out, _ = _main(["info", folder, "--json"], capsys)
+    entries = json.loads(out)
+    assert rc == 0 and [(e["dicom_series"]["description"], e["shape"]) for e in entries] == [
+        ("CT arterial", [6, 5, 4]), ("CT venous", [6, 5, 3])]
+    assert entries[1]["dicom_series"] == {"uid": "1.2.826.0.1.3680043.8.498.7", "description": "CT venous",
+                                          "modality": "CT", "files": 3}
+    rc, out, _ = _main(["info", folder], capsys)
+    lines = out.strip().split("\n")
+    assert rc == 0 and len(lines) == 3 and lines[0].endswith("; DICOM series 'CT arterial' (CT, 4 files, e.g. "
+                                                              f"{Path(entries[0]['path']).name})")
+    rc, out, _ = _main(["info", entries[1]["path"], "--json"], capsys)
+    assert rc == 0 and json.loads(out)[0]["shape"] == [6, 5, 3]
+
+
 def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])

@@ -10,7 +10,7 @@ from nibabel.spatialimages import SpatialImage
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image.image import Image, validate_image
-from svreg_core.image.itk_io import ITK_SUFFIXES, read_dicom_series, read_itk_image, write_itk_image
+from svreg_core.image.itk_io import ITK_SUFFIXES, is_dicom_file, read_dicom_series, read_itk_image, write_itk_image
 
 #: File endings taken as images where svreg looks for them by name (folders of pairs, training folders, output
 #: names): NIfTI and FreeSurfer MGH (nibabel) and :data:`ITK_SUFFIXES`. :func:`load_image` reads any other file
@@ -36,10 +36,16 @@ def image_stem(name: str) -> str | None:
     return next((name[:-len(suffix)] for suffix in IMAGE_SUFFIXES if lower.endswith(suffix)), None)
 
 
+def is_dicom_input(path: Path) -> bool:
+    """Whether :func:`load_image` reads ``path`` as a DICOM series: a folder, or a DICOM file
+    (:func:`~svreg_core.image.itk_io.is_dicom_file`) without another image ending."""
+    return path.is_dir() or (image_stem(path.name) is None and is_dicom_file(path))
+
+
 def load_image(path: str | Path, *, labels: bool = False, name: str | None = None) -> Image:
     """Read a 3-D image as float32, or int32 for ``labels``: NIfTI, MGH or any other nibabel-readable file,
-    NRRD / MetaImage (:data:`ITK_SUFFIXES`, read with SimpleITK), or a folder holding one DICOM series
-    (:func:`~svreg_core.image.itk_io.read_dicom_series`).
+    NRRD / MetaImage (:data:`ITK_SUFFIXES`, read with SimpleITK), a folder holding one DICOM series, or a
+    DICOM file standing for its series (:func:`~svreg_core.image.itk_io.read_dicom_series`).
 
     The affine maps voxels to RAS mm: nibabel's best affine (sform, else qform), or the ITK file's LPS geometry
     converted (:func:`~svreg_core.conventions.ras_affine_from_itk`; the array keeps the file's voxel order).
@@ -53,7 +59,7 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     if not path.is_file() and not path.is_dir():
         raise InputError(f"{what}: file not found: {path}")
     img: SpatialImage | None = None
-    if path.is_dir():
+    if is_dicom_input(path):
         data, affine = read_dicom_series(path, what)
     elif path.name.lower().endswith(ITK_SUFFIXES):
         data, affine = read_itk_image(path, what)

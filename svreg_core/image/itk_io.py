@@ -2,12 +2,17 @@
 their LPS geometry converted to and from RAS by :mod:`svreg_core.conventions`, with plain-language errors."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from svreg_core.conventions import itk_geometry_from_ras_affine, ras_affine_from_itk
 from svreg_core.errors import InputError, OutputError
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk
 
 #: File endings read through SimpleITK (lower case): NRRD (3D Slicer's own format; ``.nhdr`` a detached header)
 #: and MetaImage (``.mhd`` a detached header). Their geometry is LPS, converted to RAS on reading.
@@ -16,6 +21,9 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 #: Largest departure of a DICOM series' slice positions from even steps along the slice normal, and largest step
 #: across it (gantry tilt), as a fraction of the mean step: beyond, the series has no single voxel grid.
 DICOM_SPACING_TOLERANCE = 0.01
+
+#: Endings of DICOM files (lower case); files without an ending are recognised by their Part-10 marker.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 
 def data_files(path: Path) -> list[Path]:
@@ -52,37 +60,107 @@ def _itk_reason(exc: RuntimeError) -> str:
     return lines[-1].split("ERROR: ", 1)[-1] if lines else "unknown error"
 
 
-def read_dicom_series(folder: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """The voxel array ``(I, J, K)`` and voxel-to-RAS affine of the one DICOM series in ``folder`` (not its
-    sub-folders), read with SimpleITK/GDCM: slices sorted along their normal, rescale slope and intercept applied
-    (CT in HU), the LPS patient geometry converted to RAS.
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series in a folder: its Series Instance UID, description and modality (empty when untagged),
+    and its files sorted along the slice normal (GDCM)."""
 
-    Refused with :class:`InputError` before the pixels are read: a folder with no series or several, and slices
-    whose positions step unevenly along the normal (missing or repeated slices) or across it (gantry tilt) by
-    more than :data:`DICOM_SPACING_TOLERANCE` of the mean step: no single voxel grid holds them.
+    uid: str
+    description: str
+    modality: str
+    files: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line: ``'T1 MPRAGE' (MR, 176 files, e.g. IM0001)``."""
+        kind = ", ".join(part for part in (self.modality, f"{len(self.files)} files") if part)
+        return f"'{self.description or self.uid}' ({kind}, e.g. {Path(self.files[0]).name})"
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` names a DICOM file: a :data:`DICOM_SUFFIXES` ending, or the Part-10 marker ``DICM`` at
+    byte 128 (files exported without an ending)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as stream:
+            stream.seek(128)
+            return stream.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _header(name: str) -> sitk.ImageFileReader:
+    """The tags of one DICOM file, its pixels left unread."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(name)
+    reader.ReadImageInformation()
+    return reader
+
+
+def _tag(header: sitk.ImageFileReader, key: str) -> str:
+    return header.GetMetaData(key).strip() if header.HasMetaDataKey(key) else ""
+
+
+def find_dicom_series(path: Path) -> list[DicomSeries]:
+    """The DICOM series ``path`` stands for, each read from one header (SimpleITK/GDCM): for a folder, every
+    series in it (not its sub-folders); for a DICOM file, the series it belongs to (its Series Instance UID among
+    the files of its folder), or the file alone when GDCM does not group it. Raises ``RuntimeError`` (ITK's) for
+    a file or folder GDCM cannot read."""
+    import SimpleITK as sitk
+
+    def described(uid: str, files: tuple[str, ...], header: sitk.ImageFileReader) -> DicomSeries:
+        return DicomSeries(uid, _tag(header, "0008|103e"), _tag(header, "0008|0060"), files)
+
+    if path.is_dir():
+        found = []
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+            files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid))
+            found.append(described(uid, files, _header(files[0])))
+        return found
+    header = _header(str(path))
+    uid = _tag(header, "0020|000e")
+    files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), uid)) if uid else ()
+    if path.resolve() not in {Path(name).resolve() for name in files}:
+        files = (str(path),)
+    return [described(uid, files, header)]
+
+
+def read_dicom_series(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The voxel array ``(I, J, K)`` and voxel-to-RAS affine of a DICOM series, read with SimpleITK/GDCM: the
+    one series in the folder ``path`` (not its sub-folders), or the series the DICOM file ``path`` belongs to
+    (its Series Instance UID, among the files of its folder: how one series of a folder holding several is
+    chosen). Slices are sorted along their normal, rescale slope and intercept applied (CT in HU), the LPS
+    patient geometry converted to RAS.
+
+    Refused with :class:`InputError` before the pixels are read: a folder with no series or several (each
+    listed with a file to give instead), and slices whose positions step unevenly along the normal (missing or
+    repeated slices) or across it (gantry tilt) by more than :data:`DICOM_SPACING_TOLERANCE` of the mean step:
+    no single voxel grid holds them.
     """
     import SimpleITK as sitk
 
     try:
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        if len(series) != 1:
-            if not series:
-                raise InputError(f"{what}: {folder} is a folder without a DICOM series; give an image file or a "
-                                 "folder holding the DICOM files of one series.")
-            counts = ", ".join(f"{uid} ({len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))} "
-                               "files)" for uid in series[:4])
-            raise InputError(f"{what}: folder {folder} holds {len(series)} DICOM series ({counts}"
-                             f"{', …' if len(series) > 4 else ''}); put each series in a folder of its own.")
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0])
+        series = find_dicom_series(path)
+        if not series:
+            raise InputError(f"{what}: {path} is a folder without a DICOM series; give an image file or a "
+                             "folder holding the DICOM files of one series.")
+        if len(series) > 1:
+            listing = "; ".join(found.summary() for found in series[:6])
+            raise InputError(f"{what}: folder {path} holds {len(series)} DICOM series ({listing}"
+                             f"{'; …' if len(series) > 6 else ''}); give one file of the series to read "
+                             "('svreg info FOLDER' describes each).")
+        files = series[0].files
         if len(files) > 1:
             _check_slice_positions(files, what)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         itk = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"{what}: cannot read the DICOM series in {folder} (ITK: {_itk_reason(exc)}).") from None
+        raise InputError(f"{what}: cannot read the DICOM series of {path} (ITK: {_itk_reason(exc)}).") from None
     if itk.GetDimension() != 3 or itk.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{what}: the DICOM series in {folder} is not a 3-D scalar image (size {itk.GetSize()}, "
+        raise InputError(f"{what}: the DICOM series of {path} is not a 3-D scalar image (size {itk.GetSize()}, "
                          f"{itk.GetNumberOfComponentsPerPixel()} values per voxel); svreg needs one.")
     return (sitk.GetArrayFromImage(itk).transpose(2, 1, 0),
             ras_affine_from_itk(itk.GetDirection(), itk.GetSpacing(), itk.GetOrigin()))
@@ -90,14 +168,10 @@ def read_dicom_series(folder: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_slice_positions(files: tuple[str, ...], what: str) -> None:
     """Refuse DICOM slices (sorted) that do not step evenly along their normal (:func:`read_dicom_series`)."""
-    import SimpleITK as sitk
-
     positions: list[list[float]] = []
     orientation: list[float] = []
     for name in files:
-        header = sitk.ImageFileReader()
-        header.SetFileName(name)
-        header.ReadImageInformation()
+        header = _header(name)
         if not (header.HasMetaDataKey("0020|0032") and header.HasMetaDataKey("0020|0037")):
             raise InputError(f"{what}: DICOM file {Path(name).name} has no image position or orientation; "
                              "a 3-D series needs both.")

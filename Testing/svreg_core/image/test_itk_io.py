@@ -11,6 +11,7 @@ import pytest
 
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image, save_image
+from svreg_core.image.itk_io import find_dicom_series, is_dicom_file
 
 
 def _affine(geo) -> np.ndarray:
@@ -130,6 +131,40 @@ def test_dicom_series_folder_reads_in_ras(geo, tmp_path: Path) -> None:
     labels = load_image(positive, labels=True)
     assert labels.data.dtype == np.int32
     np.testing.assert_array_equal(labels.data, (data > 0) * 3)
+
+
+def test_a_dicom_file_reads_its_series(geo, tmp_path: Path) -> None:
+    """In a folder holding two series (a study exported as it is), one file of a series reads that series, whether
+    the file has a ``.dcm`` ending or none (recognised by its ``DICM`` marker); the folder itself is refused with
+    each series described and a file to give instead."""
+    data, affine = _dicom_volume(geo)
+    shifted = geo.make_affine(affine[:3, :3], affine[:3, 3] + [5.0, 0.0, 0.0])
+    folder = geo.dicom_series(tmp_path / "study", data, affine, description="CT head")
+    geo.dicom_series(folder, data[::-1] + 7, shifted, series="1.2.826.0.1.3680043.8.498.2", description="CT late")
+    first = sorted(folder.glob("1.2.826.0.1.3680043.8.498.1.*"))
+    second = sorted(folder.glob("1.2.826.0.1.3680043.8.498.2.*"))
+    bare = second[3].rename(folder / "IM0004")  # no ending, as DICOMDIR exports name files
+    assert is_dicom_file(bare) and is_dicom_file(first[0]) and not is_dicom_file(folder / "missing.nii.gz")
+    for path, want, want_affine in ((first[2], data, affine), (bare, data[::-1] + 7, shifted)):
+        image = load_image(path, name="moving image")
+        np.testing.assert_array_equal(image.data, want)
+        np.testing.assert_allclose(image.affine, want_affine, atol=1e-5)
+    (series,) = find_dicom_series(bare)
+    assert (series.description, series.modality, len(series.files)) == ("CT late", "CT", 5)
+    with pytest.raises(InputError) as info:
+        load_image(folder, name="moving image")
+    message = str(info.value)
+    assert "\n" not in message and "holds 2 DICOM series ('CT head' (CT, 5 files, e.g. " in message
+    assert "'CT late' (CT, 5 files, e.g. " in message and "give one file of the series to read" in message
+
+
+def test_a_file_named_dicom_that_is_not_is_refused(tmp_path: Path) -> None:
+    fake = tmp_path / "slice.dcm"
+    fake.write_bytes(b"not a DICOM file" * 20)
+    with pytest.raises(InputError) as info:
+        load_image(fake, name="fixed image")
+    message = str(info.value)
+    assert message.startswith("fixed image: cannot read the DICOM series of") and "\n" not in message
 
 
 @pytest.mark.parametrize("case, words", [
