@@ -46,3 +46,23 @@ def test_readme_python_blocks_run(tiny_pair, fast_preset, tmp_path: Path, monkey
     assert (tmp_path / "out" / "warped_labels.nii.gz").is_file()
     import numpy as np
     np.testing.assert_allclose(namespace["back"], namespace["pts_ras"], atol=0.5)  # there and back again
+
+
+def _github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation other than ``-``/``_`` dropped,
+    spaces as ``-``."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_links_resolve() -> None:
+    """Every in-page link of the README names a heading, and every relative link an existing file (figures,
+    results files): a renamed section or moved figure breaks the test, not the reader's click."""
+    text = README.read_text(encoding="utf-8")
+    anchors = {_github_anchor(heading) for heading in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not t.startswith(("http://", "https://"))]
+    assert len(targets) >= 10
+    broken = [t for t in targets if (t[1:] not in anchors if t.startswith("#")
+                                     else not (README.parent / t.split("#")[0]).exists())]
+    assert not broken, broken
+    assert _github_anchor("Conventions (defined once, in `svreg_core/conventions.py`)") == \
+        "conventions-defined-once-in-svreg_coreconventionspy"
