@@ -7,12 +7,13 @@ User errors print one plain line (``svreg: error: ...``) and exit with status 2;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -69,6 +70,9 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, affine_help: str, deter
     :func:`apply_runtime` acts on them."""
     p.add_argument("--affine", dest="affine", action="store_true", default=None, help=affine_help)
     p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
+    p.add_argument("--no-pose-search", dest="pose_search", action="store_false", default=None,
+                   help="start the affine stage only from the centres of mass, not also from rotated starts (the "
+                   "search finds images whose header orientations disagree by more than 30-40 degrees)")
     p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
     p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
     p.add_argument("--deterministic", action="store_true", default=None, help=deterministic_help)
@@ -197,8 +201,8 @@ def registration_parameters(args: argparse.Namespace):
     if args.model:
         from svreg_core.models.zoo import resolve_model
         resolve_model(args.model)  # a wrong name or path fails now, before any work
-    params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, device=args.device,
-                             deterministic=args.deterministic, spr=False if args.no_spr else None,
+    params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, pose_search=args.pose_search,
+                             device=args.device, deterministic=args.deterministic, spr=False if args.no_spr else None,
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
                              network_precision=args.network_precision,
                              alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
@@ -352,16 +356,17 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                                                           labels=images.moving_labels is not None))
     gpu_ready()
     load_s = time.perf_counter() - t0
-    result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
-                      moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,
-                      initial_affine=images.initial, progress=printer)
+    with _recorded_warnings() as warned:
+        result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
+                          moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,
+                          initial_affine=images.initial, progress=printer)
     result.timing["load_s"] = load_s
     printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
                            labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
                            inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=pair.sources(),
                            gzip_level=args.gzip_level, landmarks=images.landmarks,
-                           extra=images.extra)
+                           extra={**(images.extra or {}), **({"warnings": warned} if warned else {})})
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
 
@@ -582,7 +587,8 @@ def run_preview(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     set_threads(args)
     check_hyper_model(read_model_info(resolve_model(args.model)))
-    params = load_parameters(args.preset, affine=args.affine, device=args.device, deterministic=args.deterministic,
+    params = load_parameters(args.preset, affine=args.affine, pose_search=args.pose_search, device=args.device,
+                             deterministic=args.deterministic,
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
                              network_precision=args.network_precision)
     set_deterministic_environment(params)
@@ -887,14 +893,37 @@ def _is_out_of_memory(exc: BaseException) -> bool:
         "out of memory" in text or "can't allocate memory" in text
 
 
+def _from_svreg(filename: str) -> bool:
+    """Whether a warning was raised in svreg_core's own code (``filename`` of :func:`warnings.showwarning`)."""
+    return Path(__file__).resolve().parent in Path(filename).resolve().parents
+
+
+@contextlib.contextmanager
+def _recorded_warnings() -> Iterator[list[str]]:
+    """Inside: svreg's own warnings are shown as usual and their messages collected in the list yielded (the
+    report's ``warnings``, which the Slicer module shows)."""
+    messages: list[str] = []
+    show = warnings.showwarning
+
+    def record(message, category, filename, lineno, file=None, line=None) -> None:
+        if _from_svreg(filename):
+            messages.append(str(message))
+        show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = record
+    try:
+        yield messages
+    finally:
+        warnings.showwarning = show
+
+
 def _one_line_warnings() -> None:
     """Inside ``warnings.catch_warnings()``: svreg's own warnings (e.g. a retired parameter in a preset
     file) print as one ``svreg: warning: ...`` line on stderr; other libraries' as Python prints them."""
-    package = Path(__file__).resolve().parent
     python_way = warnings.showwarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        if package in Path(filename).resolve().parents:
+        if _from_svreg(filename):
             print(f"svreg: warning: {message}", file=sys.stderr)
         else:
             python_way(message, category, filename, lineno, file, line)

@@ -520,7 +520,8 @@ class PreparedPair:
                 self.affine = affine_register(self.fixed_tensor, self.fixed.grid, self.moving_tensor,
                                               self.moving.grid, similarity=params.similarity,
                                               fixed_mask=self.fixed_mask_tensor, initial=self.initial_affine,
-                                              progress=progress, progress_span=(0.0, 0.15))
+                                              pose_search=params.pose_search, progress=progress,
+                                              progress_span=(0.0, 0.15))
             else:
                 self.affine = np.eye(4) if self.initial_affine is None else self.initial_affine.copy()
             self.timing["affine_s"] = time.perf_counter() - t

@@ -32,7 +32,7 @@ import numbers
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,11 +211,13 @@ def _fmt_code(value: Any) -> str:
         return "n/a"
 
 
-def status_text(run_name: str, report: dict[str, Any], elapsed_s: float | None = None) -> str:
-    """One line for the status label: method, time, device, folding and (with labels) Dice and HD95.
+def status_text(run_name: str, report: dict[str, Any], elapsed_s: float | None = None,
+                more: Sequence[str] = ()) -> str:
+    """One line for the status label: method, time, device, folding and (with labels) Dice and HD95, then the
+    engine's warnings (``report["warnings"]``, e.g. that the images' orientations disagree).
 
     ``elapsed_s`` is the wall-clock time seen by the user (engine start-up included); the engine's own
-    total is used without it.
+    total is used without it. ``more``: further parts of the line (the landmarks' TRE).
     """
     metrics = report.get("metrics", {})
     seconds = elapsed_s if elapsed_s is not None else report.get("timing", {}).get("total_s")
@@ -228,7 +230,9 @@ def status_text(run_name: str, report: dict[str, Any], elapsed_s: float | None =
         parts.append(f"mean Dice {_fmt(metrics.get('dice_mean'), 3)} over {n} label{'s' if n != 1 else ''}")
         if "hd95_mean" in metrics:
             parts.append(f"HD95 {_fmt(metrics.get('hd95_mean'), 2)} mm")
-    return ", ".join(parts) + "."
+    parts += more
+    warned = "".join(f" Warning: {message}" for message in report.get("warnings", []))
+    return ", ".join(parts) + "." + warned
 
 
 def describe_event(event: dict[str, Any]) -> str:
@@ -804,10 +808,8 @@ class RegistrationJob:
         if self.settings.show_results and first_result:
             display.show_in_slice_views(scene, background=self.fixed, foreground=lambda_map)
         elapsed = time.monotonic() - self.started_at if self.started_at else None
-        text = status_text(run_name, report, elapsed)
-        if tre is not None:
-            text = text[:-1] + f", {tre.text()}."
-        elif self.fixed_fiducials is not None and self.moving_fiducials is not None:
+        text = status_text(run_name, report, elapsed, [tre.text()] if tre is not None else [])
+        if tre is None and self.fixed_fiducials is not None and self.moving_fiducials is not None:
             text += f" TRE not computed: {landmarks.pair_count_problem(self.fixed_fiducials, self.moving_fiducials)}."
         return RegistrationOutputs(run_name, transform, lambda_map, jacobian, warped, warped_labels, report,
                                    text, inverse=inverse, tre=tre)

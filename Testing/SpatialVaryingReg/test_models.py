@@ -186,6 +186,10 @@ def test_status_line_names_the_method_and_model():
     assert logic.method_text(dict(base, method="learned")) == "learned model"
     assert logic.status_text("r", dict(base, method="pairwise")).startswith("r: pairwise optimisation, done in 3 s")
     assert logic.status_text("r", base).startswith("r: done in 3 s on cpu")  # a report without the keys
+    warned = dict(base, warnings=["the images' orientations disagree by about 120°."])
+    assert logic.status_text("r", warned, more=["TRE 1.20 mm"]) == (
+        "r: done in 3 s on cpu, folding (det J <= 0) 0.000 % of voxels, TRE 1.20 mm. Warning: the images' "
+        "orientations disagree by about 120°.")
 
 
 def _learned_model(tmp_path) -> str:

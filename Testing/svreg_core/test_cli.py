@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from svreg_core.cli import main
-from svreg_core.image import load_image
+from svreg_core.image import Grid, load_image
 from svreg_core.outputs import OUTPUT_FILES
 
 REPORT_METRICS = ("dice_mean", "dice", "hd95_mean", "folding_percent", "ndv_percent", "sdlogj")
@@ -736,6 +736,35 @@ def test_info_lists_each_dicom_series_of_a_study_folder(geo, tmp_path: Path, cap
                                                               f"{Path(entries[0]['path']).name})")
     rc, out, _ = _main(["info", entries[1]["path"], "--json"], capsys)
     assert rc == 0 and json.loads(out)[0]["shape"] == [6, 5, 3]
+
+
+def test_turned_header_is_aligned_with_a_warning_in_the_report(geo, fast_preset, tmp_path: Path, capsys) -> None:
+    """A moving brain whose header is turned 130° registers through the pose search: one warning line on stderr,
+    the same sentence in report.json's ``warnings``, and the labels aligned; ``--no-pose-search`` leaves them
+    apart."""
+    shape, affine = geo.brain_grid(4.0)
+    data = geo.sample_template(Grid(shape, affine).world_points(), 1.5)
+    centre = Grid(shape, affine).corner_points().mean(0)
+    turn = np.eye(4)
+    turn[:3, :3] = geo.rotation([0.3, -1.0, 0.4], 130.0)
+    turn[:3, 3] = centre - turn[:3, :3] @ centre
+    fixed = geo.save_nifti(data, affine, tmp_path / "fixed.nii.gz")
+    labels = geo.save_nifti(geo.tissue_labels(data), affine, tmp_path / "labels.nii.gz")
+    moving = geo.save_nifti(data, turn @ affine, tmp_path / "moving.nii.gz")
+    moving_labels = geo.save_nifti(geo.tissue_labels(data), turn @ affine, tmp_path / "moving_labels.nii.gz")
+    common = [fixed, moving, "--fixed-labels", labels, "--moving-labels", moving_labels, "--preset", fast_preset,
+              "--progress", "none", "--outputs", "labels"]
+    rc, _, err = _main(["register", *common, "-o", tmp_path / "out"], capsys)
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert rc == 0 and report["metrics"]["dice_mean"] > 0.85, report["metrics"]
+    (warning,) = report["warnings"]
+    assert warning.startswith("the images' orientations disagree by about 130°")
+    assert [line for line in err.strip().split("\n") if "fast.json" not in line] == [f"svreg: warning: {warning}"]
+    rc, _, err = _main(["register", *common, "-o", tmp_path / "plain", "--no-pose-search"], capsys)
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert rc == 0 and plain["metrics"]["dice_mean"] < 0.5 and "warnings" not in plain
+    assert "orientations" not in err
+    assert plain["parameters"]["pose_search"] is False and report["parameters"]["pose_search"] is True
 
 
 def test_version(capsys) -> None:

@@ -1,4 +1,4 @@
-"""Image similarity losses: local NCC, MSE and MIND-SSC.
+"""Image similarity losses: local NCC, global NCC, MSE and MIND-SSC.
 
 All images are tensors ``(N, C, I, J, K)`` on the same grid (see :mod:`svreg_core.conventions`);
 ``moving`` is always the *warped* moving image. Every loss returns a scalar tensor to be
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["lncc_loss", "mse_loss", "mind_ssc", "mind_loss", "get_similarity", "SimilarityFn"]
+__all__ = ["lncc_loss", "ncc_loss", "mse_loss", "mind_ssc", "mind_loss", "get_similarity", "SimilarityFn"]
 
 #: Signature of a similarity loss as returned by :func:`get_similarity`: ``(fixed, moving, mask)``.
 SimilarityFn = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -173,6 +173,19 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
     var_m = (s_mm - mu_m * s_m).clamp_min(0.0)
     cc = (cross.square() + eps) / (var_f * var_m + eps)
     return -_masked_mean(cc, mask)
+
+
+def ncc_loss(fixed: Tensor, moving: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Negative global normalised cross-correlation over the whole image, in ``[-1, 1]`` (dimensionless; 0
+    when either image is constant): ``−cov(f, m) / (σ_f σ_m)``, the statistics mask-weighted with ``mask``.
+    Unlike :func:`lncc_loss` it compares the images' overall layout, which an affine cannot game by
+    matching local texture elsewhere (the pose search's judge, :mod:`svreg_core.optim.pose_search`)."""
+    _check_pair(fixed, moving, mask)
+    f = fixed - _masked_mean(fixed, mask)
+    m = moving - _masked_mean(moving, mask)
+    cov = _masked_mean(f * m, mask)
+    var = _masked_mean(f.square(), mask) * _masked_mean(m.square(), mask)
+    return -cov / var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
 
 
 # --------------------------------------------------------------------------------------------------

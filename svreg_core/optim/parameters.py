@@ -56,6 +56,11 @@ class RegistrationParameters:
             prefers its own values: ``brain-mri``'s were tuned on the Mindboggle validation pairs with
             ``brain-unet-spr`` refined 50 steps (2026-11-27, README).
         affine: run an affine pre-alignment stage first.
+        pose_search: let the affine stage also try rotated starts (:mod:`svreg_core.optim.pose_search`), so
+            images whose headers disagree by more than the optimiser's 30–40° reach are still aligned; it
+            keeps the usual result unless a rotated start matches the images clearly better (brain pair: the
+            moving image's header rotated by 26–177° about 17 axes, all recovered, against 2 of 17 without;
+            unrotated pairs give bit-identical matrices). Ignored with an initial transform.
         level_spacings: working-grid voxel sizes (mm) of the multi-resolution pyramid, coarse to fine.
         iterations: Adam iterations per level (same length as ``level_spacings``).
         min_control_spacing: finest voxel size (mm) of the control grid holding the velocity and λ;
@@ -123,6 +128,7 @@ class RegistrationParameters:
     lambda_max: float = 1.82
     refine_codes: tuple[float, float] | None = None
     affine: bool = True
+    pose_search: bool = True
     level_spacings: tuple[float, ...] = (4.0, 2.0)
     iterations: tuple[int, ...] = (80, 60)
     min_control_spacing: float = 2.0
@@ -173,7 +179,7 @@ class RegistrationParameters:
             object.__setattr__(self, "refine_codes", codes)
         for name in ("lncc_window", "integration_steps", "smoothing_passes", "prediction_passes"):
             object.__setattr__(self, name, whole(getattr(self, name), name))
-        for name in ("spr", "affine", "symmetric_prediction", "deterministic", "lambda_smoothing"):
+        for name in ("spr", "affine", "pose_search", "symmetric_prediction", "deterministic", "lambda_smoothing"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be true or false, not {getattr(self, name)!r}.")
         for name in ("similarity", "prior", "device", "network_precision"):

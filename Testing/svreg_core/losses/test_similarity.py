@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from svreg_core.losses import get_similarity, lncc_loss, mind_loss, mind_ssc, mse_loss
+from svreg_core.losses import get_similarity, lncc_loss, mind_loss, mind_ssc, mse_loss, ncc_loss
 
 
 def _rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -108,6 +108,18 @@ def test_mse_hand_values() -> None:
     assert mse_loss(f, m).item() == pytest.approx((1 + 4 + 9 + 16) / 4)
     mask = torch.tensor([1.0, 0.0, 1.0, 0.0]).view(1, 1, 2, 1, 2)
     assert mse_loss(f, m, mask).item() == pytest.approx((1 + 9) / 2)
+
+
+def test_ncc_hand_values() -> None:
+    """f = (1, 2, 3, 4) against m = (2, 4, 6, 8) (-1), (4, 3, 2, 1) (+1), (1, 3, 2, 4) (cov 1, var 1.25: -0.8),
+    a constant (0); with a mask over the first three voxels m = (1, 3, 2, ·): cov 1/3, var 2/3 each (-0.5)."""
+    f = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 2, 1, 2)
+    for values, expected in (([2.0, 4.0, 6.0, 8.0], -1.0), ([4.0, 3.0, 2.0, 1.0], 1.0), ([1.0, 3.0, 2.0, 4.0], -0.8),
+                             ([5.0, 5.0, 5.0, 5.0], 0.0)):
+        assert ncc_loss(f, torch.tensor(values).view(1, 1, 2, 1, 2)).item() == pytest.approx(expected)
+    mask = torch.tensor([1.0, 1.0, 1.0, 0.0]).view(1, 1, 2, 1, 2)
+    m = torch.tensor([1.0, 3.0, 2.0, 100.0]).view(1, 1, 2, 1, 2)
+    assert ncc_loss(f, m, mask).item() == pytest.approx(-0.5)
 
 
 # ------------------------------------------------------------------------------------------- MIND

@@ -65,6 +65,7 @@ def test_unreadable_or_unknown_preset(tmp_path: Path) -> None:
     {"iterations": ["many", 3]},
     {"level_spacings": 8},
     {"level_spacings": ["fine", "coarse"], "iterations": [1, 1]},
+    {"pose_search": "yes"},
 ])
 def test_wrongly_typed_values_are_input_errors(tmp_path: Path, values: dict) -> None:
     path = tmp_path / "p.json"
