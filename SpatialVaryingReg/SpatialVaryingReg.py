@@ -134,6 +134,7 @@ class SpatialVaryingRegParameterNode:
     similarity: Annotated[str, Choice([FROM_PRESET, *svlogic.SIMILARITIES])] = FROM_PRESET
     useSpr: bool = True
     useAffine: bool = True
+    usePoseSearch: bool = True
     alphaPrime: Annotated[float, WithinRange(-1.0, 100.0)] = -1.0
     lambdaMax: Annotated[float, WithinRange(-1.0, 1000.0)] = -1.0
     levelSpacings: str = ""
@@ -951,7 +952,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
 
     def settingsFromParameterNode(self, p: SpatialVaryingRegParameterNode) -> svlogic.RegistrationSettings:
         """Translate the parameter node into engine settings (overrides only where the user changed them)."""
-        overrides: dict[str, Any] = {"spr": bool(p.useSpr), "affine": bool(p.useAffine)}
+        overrides: dict[str, Any] = {"spr": bool(p.useSpr), "affine": bool(p.useAffine),
+                                     "pose_search": bool(p.usePoseSearch)}
         if p.similarity != FROM_PRESET:
             overrides["similarity"] = p.similarity
         if p.alphaPrime >= 0:

@@ -21,7 +21,11 @@ def test_parameter_node_translates_into_engine_settings(module, scene):
     p = module.SpatialVaryingRegParameterNode()
     settings = logic.settingsFromParameterNode(p)
     assert settings.preset == "brain-mri" and settings.device == "auto"
-    assert settings.overrides == {"spr": True, "affine": True}  # nothing else overrides the preset
+    assert settings.overrides == {"spr": True, "affine": True, "pose_search": True}  # nothing else overrides it
+    p.usePoseSearch = False
+    assert logic.settingsFromParameterNode(p).overrides["pose_search"] is False
+    assert logic.settingsFromParameterNode(p).preset_document()["parameters"]["pose_search"] is False
+    p.usePoseSearch = True
     p.useCpu, p.alphaPrime, p.similarity, p.levelSpacings, p.iterations = True, 0.05, "mind", "4, 2", "30 20"
     p.labelsToScore = "2 3"
     settings = logic.settingsFromParameterNode(p)
