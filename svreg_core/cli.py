@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -718,6 +718,7 @@ examples:
   svreg info fixed.nii.gz moving.nrrd            # where each image lies, and how much the first overlaps the others
   svreg info ct_series_folder/ --json            # a DICOM series, as JSON
   svreg info study_folder/                       # a folder of several DICOM series: each, with a file that reads it
+  svreg info 0GenericAffine.mat out/transform.h5 # what a transform does: rotation, scales, translation, field size
 """
 
 
@@ -733,6 +734,64 @@ def describe_image(image: Image, path: str) -> dict:
     return {**describe_input(image, path), "ras_min_mm": [round(float(v), 3) for v in corners.min(0)],
             "ras_max_mm": [round(float(v), 3) for v in corners.max(0)], "value_min": float(data.min()),
             "value_max": float(data.max())}
+
+
+#: File endings ``svreg info`` describes as transforms rather than images (ITK, ANTs).
+TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
+
+
+def describe_transform(path: str) -> dict:
+    """What ``svreg info`` prints about a transform file (:func:`~svreg_core.outputs.read.load_transform`): its
+    steps in the order they act on a fixed-world point, in RAS mm. A linear step: its 4x4 matrix, the rotation
+    nearest to its linear part (degrees, about a unit RAS axis; none under 0.01°), its scales (the linear part's
+    singular values) and its translation (the image of the origin); a displacement field: its grid and the
+    largest and mean length of its vectors."""
+    import numpy as np
+
+    from svreg_core.optim.pose_search import rotation_degrees
+    from svreg_core.outputs.read import DisplacementField, load_transform
+
+    steps: list[dict] = []
+    for step in load_transform(path).steps:
+        if isinstance(step, np.ndarray):
+            u, scales, vt = np.linalg.svd(step[:3, :3])
+            rotation = u @ vt
+            degrees = rotation_degrees(step, np.eye(4))
+            values, vectors = np.linalg.eig(rotation)
+            axis = np.real(vectors[:, np.argmin(np.abs(values - 1.0))])
+            skew = np.array([rotation[2, 1] - rotation[1, 2], rotation[0, 2] - rotation[2, 0],
+                             rotation[1, 0] - rotation[0, 1]])
+            axis = axis if axis @ skew >= 0 else -axis  # turning by +degrees about it (right-handed)
+            steps.append({"type": "linear", "matrix_ras": step.tolist(), "rotation_degrees": round(degrees, 4),
+                          "rotation_axis_ras": _rounded(axis, 4) if degrees >= 0.01 else None,
+                          "scales": _rounded(scales, 5), "translation_mm": _rounded(step[:3, 3], 4)})
+        elif isinstance(step, DisplacementField):
+            length = np.linalg.norm(step.displacement, axis=-1)
+            steps.append({"type": "displacement field", "shape": list(step.grid.shape),
+                          "spacing_mm": _rounded(step.grid.spacing, 4),
+                          "max_mm": round(float(length.max()), 4), "mean_mm": round(float(length.mean()), 4)})
+    return {"path": path, "transform": steps}
+
+
+def _rounded(values: Iterable[float], digits: int) -> list[float]:
+    return [round(float(v), digits) + 0.0 for v in values]  # + 0.0: no "-0.00" in the text
+
+
+def _transform_line(entry: dict) -> str:
+    parts = []
+    for step in entry["transform"]:
+        if step["type"] == "linear":
+            axis = step["rotation_axis_ras"]
+            turn = (f"rotation {step['rotation_degrees']:.2f}° about ({', '.join(f'{v:.2f}' for v in axis)})"
+                    if axis else "no rotation")
+            parts.append(f"linear: {turn}, scales {' / '.join(f'{v:.3f}' for v in step['scales'])}, translation "
+                         f"({', '.join(f'{v:.2f}' for v in step['translation_mm'])}) mm")
+        else:
+            parts.append(f"displacement field on {' x '.join(map(str, step['shape']))} voxels of "
+                         f"{' x '.join(f'{v:.4g}' for v in step['spacing_mm'])} mm, vectors up to "
+                         f"{step['max_mm']:.2f} mm (mean {step['mean_mm']:.2f})")
+    return (f"{entry['path']}: transform of fixed-world to moving-world points (RAS), acting in turn: "
+            + "; ".join(parts))
 
 
 def info_inputs(paths: list[str]) -> list[tuple[str, DicomSeries | None]]:
@@ -755,13 +814,15 @@ def info_inputs(paths: list[str]) -> list[tuple[str, DicomSeries | None]]:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Describe each image; with several, the share of the first one's foreground in each other's field of view."""
+    """Describe each image and transform file; with several images, the share of the first one's foreground in each
+    other's field of view."""
     import numpy as np
 
     from svreg_core.image import load_image
     from svreg_core.image.image import foreground_inside
 
-    inputs = info_inputs(args.images)
+    transforms = [describe_transform(path) for path in args.images if path.lower().endswith(TRANSFORM_SUFFIXES)]
+    inputs = info_inputs([path for path in args.images if not path.lower().endswith(TRANSFORM_SUFFIXES)])
     paths = [path for path, _ in inputs]
     images = [load_image(path, name=Path(path).name) for path in paths]
     entries = [describe_image(image, path) for image, path in zip(images, paths)]
@@ -772,8 +833,10 @@ def run_info(args: argparse.Namespace) -> int:
     for entry, image in zip(entries[1:], images[1:]):
         entry["first_foreground_inside"] = foreground_inside(images[0], image.grid)
     if args.json:
-        print(json.dumps(entries, indent=2))
+        print(json.dumps([*entries, *transforms], indent=2))
         return 0
+    for transform in transforms:
+        print(_transform_line(transform))
     for entry, (_, found) in zip(entries, inputs):
         extent = ", ".join(f"{axis} {lo:.1f} to {hi:.1f}" for axis, lo, hi in
                            zip("RAS", entry["ras_min_mm"], entry["ras_max_mm"]))
@@ -820,10 +883,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     train = sub.add_parser("train", help="train a learned SPR network (resumable; torchrun for several GPUs/nodes)")
     add_train_arguments(train)
     handlers["train"] = run_train
-    info = sub.add_parser("info", help="describe images: size, voxel size, orientation, where they lie (RAS mm), "
-                          "values, and whether they overlap", epilog=INFO_EXAMPLES,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    info.add_argument("images", nargs="+", help="image files, DICOM files or DICOM folders (any format svreg reads)")
+    info = sub.add_parser("info", help="describe images (size, voxel size, orientation, where they lie in RAS mm, "
+                          "values, whether they overlap) and transform files (rotation, scales, translation)",
+                          epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    info.add_argument("images", nargs="+", help="image files, DICOM files or DICOM folders (any format svreg reads), "
+                      "and transform files (.h5, .tfm, .txt, .mat)")
     info.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     handlers["info"] = run_info
     models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")

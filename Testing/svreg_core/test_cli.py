@@ -767,6 +767,37 @@ def test_turned_header_is_aligned_with_a_warning_in_the_report(geo, fast_preset,
     assert plain["parameters"]["pose_search"] is False and report["parameters"]["pose_search"] is True
 
 
+def test_info_describes_transform_files_in_ras(tmp_path: Path, capsys) -> None:
+    """An ITK file holding a 30° rotation about LPS x (L) and a translation of LPS (15, -10, 5) mm, applied after a
+    constant displacement of LPS (2, 0, 0) mm: in RAS the rotation is 30° about (-1, 0, 0) (x and y negated:
+    R_x(30°) becomes R_x(-30°)), the translation (-15, 10, 5) mm, and the field's vectors 2 mm long."""
+    euler = sitk.Euler3DTransform()
+    euler.SetRotation(np.radians(30.0), 0.0, 0.0)
+    euler.SetTranslation((15.0, -10.0, 5.0))
+    sitk.WriteTransform(euler, str(tmp_path / "rigid.tfm"))
+    field = sitk.Compose(*(sitk.Image([4, 5, 6], sitk.sitkFloat64) + v for v in (2.0, 0.0, 0.0)))
+    field.SetSpacing((2.0, 2.0, 3.0))
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(euler)
+    composite.AddTransform(sitk.DisplacementFieldTransform(field))  # ITK applies the last added first
+    sitk.WriteTransform(composite, str(tmp_path / "both.h5"))
+    rc, out, _ = _main(["info", tmp_path / "rigid.tfm", tmp_path / "both.h5", "--json"], capsys)
+    rigid, both = json.loads(out)
+    assert rc == 0 and [step["type"] for step in both["transform"]] == ["displacement field", "linear"]
+    for linear in (rigid["transform"][0], both["transform"][1]):
+        assert linear["rotation_degrees"] == pytest.approx(30.0, abs=1e-3)
+        np.testing.assert_allclose(linear["rotation_axis_ras"], [-1.0, 0.0, 0.0], atol=1e-4)
+        np.testing.assert_allclose(linear["translation_mm"], [-15.0, 10.0, 5.0], atol=1e-4)
+        np.testing.assert_allclose(linear["scales"], [1.0, 1.0, 1.0], atol=1e-5)
+    moved = both["transform"][0]
+    assert moved["shape"] == [4, 5, 6] and moved["spacing_mm"] == [2.0, 2.0, 3.0]
+    assert moved["max_mm"] == pytest.approx(2.0) and moved["mean_mm"] == pytest.approx(2.0)
+    rc, out, _ = _main(["info", tmp_path / "rigid.tfm"], capsys)
+    assert rc == 0 and out.strip() == (
+        f"{tmp_path / 'rigid.tfm'}: transform of fixed-world to moving-world points (RAS), acting in turn: linear: "
+        "rotation 30.00° about (-1.00, 0.00, 0.00), scales 1.000 / 1.000 / 1.000, translation (-15.00, 10.00, 5.00) mm")
+
+
 def test_version(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
