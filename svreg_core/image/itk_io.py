@@ -172,11 +172,12 @@ def _check_slice_positions(files: tuple[str, ...], what: str) -> None:
     orientation: list[float] = []
     for name in files:
         header = _header(name)
-        if not (header.HasMetaDataKey("0020|0032") and header.HasMetaDataKey("0020|0037")):
+        position, direction = _tag(header, "0020|0032"), _tag(header, "0020|0037")
+        if not (position and direction):
             raise InputError(f"{what}: DICOM file {Path(name).name} has no image position or orientation; "
                              "a 3-D series needs both.")
-        positions.append([float(v) for v in header.GetMetaData("0020|0032").split("\\")])
-        orientation = orientation or [float(v) for v in header.GetMetaData("0020|0037").split("\\")]
+        positions.append([float(v) for v in position.split("\\")])
+        orientation = orientation or [float(v) for v in direction.split("\\")]
     normal = np.cross(orientation[:3], orientation[3:])
     steps = np.diff(np.asarray(positions), axis=0)
     along = steps @ normal
