@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from svreg_core.errors import InputError, SvregError
-from svreg_core.image.io import image_stem
+from svreg_core.image.io import image_stem, is_dicom_input
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
@@ -426,7 +426,8 @@ examples:
 
 pairs.csv has a header with the columns fixed and moving, and optionally fixed_labels, moving_labels,
 fixed_mask, moving_mask, initial_transform (as register's --initial-transform) and output (the folder
-under -o; default: the moving file's name without its image ending such as .nii.gz); relative paths are
+under -o; default: the moving file's name without its image ending such as .nii.gz, or the folder's name
+for a DICOM series given by a file or its folder); relative paths are
 relative to the CSV file's folder. Each pair gets its own output folder under -o, as 'svreg register'
 writes it. Fixed images, labels and masks are loaded once and reused.
 A pair that fails is reported and skipped; the exit status is then 2.
@@ -446,8 +447,12 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _stem(path: str) -> str:
-    name = Path(path).name
-    return image_stem(name) or name
+    """A pair's default output folder name: the moving image's file name without its image ending; for a DICOM
+    series (a folder, or a file standing for its series), the name of the series' folder."""
+    moving = Path(path)
+    if moving.is_file() and is_dicom_input(moving):
+        return moving.resolve().parent.name
+    return image_stem(moving.name) or moving.name
 
 
 def read_pairs(args: argparse.Namespace) -> list[Pair]:
@@ -478,14 +483,16 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
         fixed, moving = resolve("fixed"), resolve("moving")
         if fixed is None or moving is None:
             raise InputError(f"pair {number} has no {'fixed' if fixed is None else 'moving'} image.")
-        out = row.get("output") or _stem(row["moving"])
+        out = row.get("output") or _stem(moving)
         pairs.append(Pair(fixed, moving, str(root / out), resolve("fixed_labels"), resolve("moving_labels"),
                           resolve("fixed_mask"), resolve("moving_mask"),
                           initial_transform=resolve("initial_transform")))
     outputs = [p.output for p in pairs]
     if len(set(outputs)) != len(outputs):
         duplicate = next(o for o in outputs if outputs.count(o) > 1)
-        raise InputError(f"two pairs would write the same folder {duplicate}; add an output column to the CSV.")
+        first, second = [p.moving for p in pairs if p.output == duplicate][:2]
+        remedy = "add an output column to the CSV" if args.pairs else "give the pairs as a CSV with an output column"
+        raise InputError(f"two pairs (moving {first} and {second}) would write the same folder {duplicate}; {remedy}.")
     return pairs
 
 

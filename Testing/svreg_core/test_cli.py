@@ -688,6 +688,29 @@ def test_batch_pairs_csv_columns(tmp_path: Path) -> None:
     assert str(tmp_path / "sub1_rigid.tfm") in first.inputs()
 
 
+def test_batch_output_folders_of_dicom_series(geo, tmp_path: Path, capsys) -> None:
+    """A DICOM series given by one of its files or by its folder gets its folder's name as the pair's output folder
+    (not the file's, ``IM0001.dcm``); two pairs that would share a folder are refused before any work, naming both
+    moving images and how to tell them apart."""
+    from argparse import Namespace
+
+    from svreg_core.cli import read_pairs
+
+    data = np.arange(4 * 3 * 2, dtype=np.int16).reshape(4, 3, 2)
+    first = geo.dicom_series(tmp_path / "visit1", data, np.eye(4))
+    second = geo.dicom_series(tmp_path / "visit2", data, np.eye(4))
+    one_file = sorted(first.iterdir())[0]
+    pairs = read_pairs(Namespace(pairs=None, fixed="f.nii.gz", moving=[str(one_file), str(second)],
+                                 output=str(tmp_path / "r"), fixed_labels=None, fixed_mask=None))
+    assert [Path(p.output).name for p in pairs] == ["visit1", "visit2"]
+    fixed = tmp_path / "f.nii.gz"
+    rc = main(["register-batch", "--fixed", str(fixed), "--moving", str(one_file), str(first), "-o",
+               str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"two pairs (moving {one_file} and {first}) would write the same folder " in err
+    assert "give the pairs as a CSV with an output column." in err and not (tmp_path / "r").exists()
+
+
 def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     """``svreg info``: shape, voxel size, orientation code and RAS extent of the voxel centres as nibabel gives them,
     for NIfTI and NRRD alike, and the share of the first image's foreground in each other's field of view."""
