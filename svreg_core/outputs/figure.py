@@ -75,11 +75,18 @@ def log2_range(jacobian: np.ndarray, foreground: np.ndarray) -> float:
     return max(float(np.abs(np.log2(extremes)).max()), _MIN_LOG2_RANGE)
 
 
-def _intensity_scale(volume: np.ndarray) -> float:
-    """The 99.5th percentile of the voxels above the volume's minimum (1.0 when there are none): the display
-    divisor of the grey-value panels."""
-    above = volume[volume > volume.min()]
-    return np.percentile(above, 99.5) if above.size else 1.0
+def intensity_window(volume: np.ndarray) -> tuple[float, float]:
+    """The grey-value window ``(low, high)`` shown as black to white: the 0.5th and 99.5th percentiles of the
+    voxels above the volume's minimum, so that the background or the padding outside a CT scanner's field of view
+    (all at the minimum) does not set it: an MR brain on a zero background gets ``(≈0, bright tissue)``, a CT
+    ``(≈ −1000 HU air, dense bone)`` with soft tissue in between. Never an empty window: when those percentiles
+    agree the minimum is the low end, and a constant volume gets ``(minimum, minimum + 1)``."""
+    lowest = float(volume.min())
+    above = volume[volume > lowest]
+    if not above.size:
+        return lowest, lowest + 1.0
+    low, high = (float(v) for v in np.percentile(above, [0.5, 99.5]))
+    return (lowest if high <= low else low), high
 
 
 def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image, warped: Image,
@@ -87,6 +94,7 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
                         dice: tuple[float, float] | None = None) -> Path:
     """Save a PNG: rows = axial/coronal/sagittal; columns = fixed, moving (before), warped,
     |fixed − moving|, |fixed − warped|, λ(x), det J. All inputs must be on the fixed grid.
+    Each grey-value image is shown in its own :func:`intensity_window` (0 to 1), the differences in those units.
 
     Slices pass through the centre of the fixed image's bounding box of non-zero voxels, in
     neurological display (subject's right on the right of each panel, anterior/superior up), with
@@ -109,9 +117,10 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     centre = tuple(int(v) for v in (((nz.min(0) + nz.max(0)) // 2) if len(nz) else np.asarray(f.shape) // 2))
     position = ras_array_affine(fixed)[:3, :3] @ np.asarray(centre, float) + ras_array_affine(fixed)[:3, 3]
     # only the three slices of each panel are computed (whole-volume temporaries of a 1 mm brain are 30-60 MB
-    # each); the scales come from the whole volumes
-    scales = {n: _intensity_scale(arrays[n]) for n in ("fixed", "moving", "warped")}
-    fn, mn, wn = ([sl / scales[n] for sl in _slices(arrays[n], centre)] for n in ("fixed", "moving", "warped"))
+    # each); the grey windows come from the whole volumes
+    windows = {n: intensity_window(arrays[n]) for n in ("fixed", "moving", "warped")}
+    fn, mn, wn = ([(sl - windows[n][0]) / (windows[n][1] - windows[n][0]) for sl in _slices(arrays[n], centre)]
+                  for n in ("fixed", "moving", "warped"))
     lam_low, lam_high = lambda_range(arrays["lambda"])
     log_jac = [log2_jacobian(sl, fg) for sl, fg in zip(_slices(arrays["jacobian"], centre),
                                                       _slices(foreground, centre))]
@@ -122,9 +131,9 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
         ("moving (before)", mn, dict(cmap="gray", vmin=0, vmax=1), None),
         ("warped", wn, dict(cmap="gray", vmin=0, vmax=1), None),
         ("|fixed − moving|", [np.abs(a - b) for a, b in zip(fn, mn)], dict(cmap="magma", vmin=0, vmax=0.5),
-         "|difference| (intensity / 99.5th percentile)"),
+         "|difference| (0–1: each image's grey window)"),
         ("|fixed − warped|", [np.abs(a - b) for a, b in zip(fn, wn)], dict(cmap="magma", vmin=0, vmax=0.5),
-         "|difference| (intensity / 99.5th percentile)"),
+         "|difference| (0–1: each image's grey window)"),
         (f"λ(x): {lam_low:.3g} – {lam_high:.3g}", _slices(arrays["lambda"], centre),
          dict(cmap="viridis", vmin=lam_low, vmax=lam_high), "λ (dimensionless, own range)"),
         ("det J (foreground)", log_jac, dict(cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-half, vmax=half)),
