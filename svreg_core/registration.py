@@ -398,6 +398,22 @@ def network_autocast(precision: str, device: torch.device) -> torch.dtype | None
     return torch.bfloat16 if native else None
 
 
+def _check_trained_field(grid: Grid, info: ModelInfo) -> None:
+    """Warn when the network grid the fixed image needs is larger, along some RAS axis, than the training grid
+    the checkpoint records (``training["grid_shape"]``; nothing is checked without one): the network has not
+    seen such a field of view (a brain model given a chest CT), and its prediction there may be poor."""
+    trained = info.training.get("grid_shape")
+    if not (isinstance(trained, list) and len(trained) == 3 and all(isinstance(n, int) for n in trained)):
+        return
+    if all(n <= t for n, t in zip(grid.shape, trained)):
+        return
+    size = lambda shape: " x ".join(f"{n * info.network_spacing_mm:g}" for n in shape)  # noqa: E731
+    warnings.warn(f"the fixed image's foreground needs a network grid of {size(grid.shape)} mm (R x A x S), larger "
+                  f"than the {size(trained)} mm model {info.name or info.architecture} was trained on: the network "
+                  "has not seen such a field of view and its prediction may be poor; register without --model "
+                  "(pairwise optimisation, no training needed) or refine the prediction (--refine).", stacklevel=3)
+
+
 def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_tensor: torch.Tensor,
                    moving: Image, moving_tensor: torch.Tensor, affine: np.ndarray,
                    codes: tuple[float, float] | None = None, symmetric: bool = True,
@@ -418,6 +434,7 @@ def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_ten
     chosen = model_codes(info, codes)
     spacing = info.network_spacing_mm
     grid = network_grid(fixed, spacing, info.size_multiple)
+    _check_trained_field(grid, info)
     f_net = resample(*downsample(fixed_tensor, fixed.grid, spacing), grid)
     m_net = resample(*downsample(moving_tensor, moving.grid, spacing), grid, affine)
     network.eval()
