@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from svreg_core.image.image import Image
+from svreg_core.image.normalize import intensity_window
 
 #: Views: name, the RAS axis fixed by the slice, (left, right, bottom, top) orientation letters.
 _VIEWS = (("axial", 2, ("L", "R", "P", "A")), ("coronal", 1, ("L", "R", "I", "S")),
@@ -75,26 +76,13 @@ def log2_range(jacobian: np.ndarray, foreground: np.ndarray) -> float:
     return max(float(np.abs(np.log2(extremes)).max()), _MIN_LOG2_RANGE)
 
 
-def intensity_window(volume: np.ndarray) -> tuple[float, float]:
-    """The grey-value window ``(low, high)`` shown as black to white: the 0.5th and 99.5th percentiles of the
-    voxels above the volume's minimum, so that the background or the padding outside a CT scanner's field of view
-    (all at the minimum) does not set it: an MR brain on a zero background gets ``(≈0, bright tissue)``, a CT
-    ``(≈ −1000 HU air, dense bone)`` with soft tissue in between. Never an empty window: when those percentiles
-    agree the minimum is the low end, and a constant volume gets ``(minimum, minimum + 1)``."""
-    lowest = float(volume.min())
-    above = volume[volume > lowest]
-    if not above.size:
-        return lowest, lowest + 1.0
-    low, high = (float(v) for v in np.percentile(above, [0.5, 99.5]))
-    return (lowest if high <= low else low), high
-
-
 def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image, warped: Image,
                         weight: Image, jacobian: Image, title: str = "",
                         dice: tuple[float, float] | None = None) -> Path:
     """Save a PNG: rows = axial/coronal/sagittal; columns = fixed, moving (before), warped,
     |fixed − moving|, |fixed − warped|, λ(x), det J. All inputs must be on the fixed grid.
-    Each grey-value image is shown in its own :func:`intensity_window` (0 to 1), the differences in those units.
+    Each grey-value image is shown over its own
+    :func:`~svreg_core.image.normalize.intensity_window` (0 to 1), the differences in those units.
 
     Slices pass through the centre of the fixed image's bounding box of non-zero voxels, in
     neurological display (subject's right on the right of each panel, anterior/superior up), with

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from svreg_core.image.normalize import robust_normalize
+from svreg_core.image.normalize import intensity_window, robust_normalize
 
 
 def test_non_negative_image_keeps_zero_background_and_clips_outliers() -> None:
@@ -41,3 +41,15 @@ def test_two_level_image_with_negative_background_keeps_its_contrast() -> None:
     data[2:4, 2:5, 1:4] = 40.0
     out = robust_normalize(data)
     np.testing.assert_array_equal(out, (data == 40.0).astype(np.float32))
+
+
+def test_intensity_window_ignores_background_and_padding() -> None:
+    """The window of an MR brain on zeros starts at 0; a CT's ignores the padding outside its field of view (at
+    the minimum) and starts at air; a window is never empty."""
+    tissue = np.linspace(1.0, 200.0, 1000)
+    assert intensity_window(np.concatenate([np.zeros(5000), tissue])) == (0.0, np.percentile(tissue, 99.5))
+    # CT: 40 % padding at -3024, air at -1000, soft tissue 40 HU, a little bone at 1500
+    ct = np.concatenate([np.full(4000, -3024.0), np.full(3000, -1000.0), np.full(2950, 40.0), np.full(50, 1500.0)])
+    assert intensity_window(ct) == (-1000.0, 1500.0)  # soft tissue mid-grey: (40 + 1000) / 2500 = 0.42
+    assert intensity_window(np.full(10, 7.0)) == (7.0, 8.0)
+    assert intensity_window(np.array([0.0] * 20 + [0.3] * 3)) == (0.0, 0.3)  # padding but a few equal voxels
