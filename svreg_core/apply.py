@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,16 @@ def _reference(transform: Transform, reference: Grid | None) -> Grid:
     return transform.grid
 
 
+def _check_coverage(points: np.ndarray, source: Grid, what: str) -> None:
+    """Warn when none of the mapped output voxel centres ``points`` ``(I, J, K, 3)`` (RAS mm; every 4th voxel
+    along each axis is checked) falls in the field of view of the ``source`` being resampled: the output would be
+    all background, the usual sign of an input from the other side of the transform."""
+    if not source.contains(points[::4, ::4, ::4]).any():
+        warnings.warn(f"no voxel of the output maps into the {what}'s field of view, so the output is all "
+                      "background: the forward transform takes images of the moving space onto the fixed grid, "
+                      "--inverse images of the fixed space onto the moving grid.", stacklevel=3)
+
+
 def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None = None,
                    interpolation: str = "linear") -> Image:
     """Resample ``image`` onto ``reference`` (default: the transform's grid) through ``transform``.
@@ -51,6 +62,7 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
     """
     grid = _reference(transform, reference)
     points = transform.map_grid(grid)
+    _check_coverage(points, image.grid, "image")
     data = np.asarray(image.data, dtype=np.float32)
     if interpolation == "linear":
         coords = world_to_source_normalized(torch.as_tensor(points), image.grid).float()[None]
@@ -76,7 +88,9 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
             :func:`svreg_core.image.sampling.sample_labels`) or ``"nearest"``.
     """
     grid = _reference(transform, reference)
-    coords = world_to_source_normalized(torch.as_tensor(transform.map_grid(grid)), labels.grid).float()[None]
+    points = transform.map_grid(grid)
+    _check_coverage(points, labels.grid, "label map")
+    coords = world_to_source_normalized(torch.as_tensor(points), labels.grid).float()[None]
     data = np.asarray(labels.data).astype(np.int32)
     if interpolation == "linear":
         out = sample_labels(torch.as_tensor(data), coords).to(torch.int32).numpy()
@@ -110,7 +124,19 @@ def transform_points_file(transform: Transform, source: str | Path, target: str 
     obeyed); Slicer ``.mrk.json`` (each markup's ``coordinateSystem`` is obeyed). Every other field
     is copied unchanged.
     """
-    out, count = _rewrite_points(source, lambda ras: apply_to_points(transform, ras), coordinates)
+    outside = [0]
+
+    def mapping(ras: np.ndarray) -> np.ndarray:
+        if transform.grid is not None:
+            outside[0] += int(np.count_nonzero(~transform.grid.contains(ras)))
+        return apply_to_points(transform, ras)
+
+    out, count = _rewrite_points(source, mapping, coordinates)
+    if outside[0]:
+        warnings.warn(f"{outside[0]} of {count} points lie outside the transform's grid, where only its linear "
+                      "part (if any) moves them: are they in the right space (fixed for the forward transform, "
+                      "moving with --inverse) and frame (a .csv is read as RAS unless --coordinates lps)?",
+                      stacklevel=2)
     Path(target).write_text(out, encoding="utf-8")
     return count
 

@@ -236,6 +236,33 @@ def test_point_file_errors(case, tmp_path: Path) -> None:
         read_points(tmp_path / "none.csv")
 
 
+def test_inputs_from_the_wrong_side_are_warned_about(case, geo, tmp_path: Path, capsys) -> None:
+    """An image or label map that no output voxel maps into (here: placed 1 m away) gives an all-background output
+    and one warning line naming the directions; points outside the transform's grid are counted in a warning;
+    inputs of the right side give none."""
+    far = case.moving.affine.copy()
+    far[:3, 3] += 1000.0
+    geo.save_nifti(case.moving.data, far, tmp_path / "far.nii.gz")
+    geo.save_nifti(case.labels.data, far, tmp_path / "far_labels.nii.gz")
+    for name, extra in (("far.nii.gz", []), ("far_labels.nii.gz", ["--labels"])):
+        rc = main(["apply", str(case.folder), str(tmp_path / name), "-o", str(tmp_path / f"out_{name}"), *extra])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert rc == 0 and len(lines) == 1 and lines[0].startswith("svreg: warning: no voxel of the output maps into "
+                                                                    f"the {'label map' if extra else 'image'}'s")
+        assert "--inverse images of the fixed space onto the moving grid" in lines[0]
+        assert not np.any(np.asarray(nib.load(str(tmp_path / f"out_{name}")).dataobj))
+    inside = _inside_points(case.fixed_grid, n=3, seed=4)
+    points = np.vstack([inside, inside[:2] + 1000.0])
+    (tmp_path / "p.csv").write_text("x,y,z\n" + "".join(f"{p[0]},{p[1]},{p[2]}\n" for p in points))
+    assert main(["apply", str(case.folder), str(tmp_path / "p.csv"), "-o", str(tmp_path / "q.csv")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("svreg: warning: 2 of 5 points lie outside the transform's grid")
+    (tmp_path / "p.csv").write_text("x,y,z\n" + "".join(f"{p[0]},{p[1]},{p[2]}\n" for p in inside))
+    assert main(["apply", str(case.folder), str(tmp_path / "p.csv"), "-o", str(tmp_path / "q.csv"), "--overwrite"]) == 0
+    assert main(["apply", str(case.folder), str(case.tmp / "moving.nii.gz"), "-o", str(tmp_path / "w.nii.gz")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_cli_apply(case, geo, tmp_path: Path, capsys) -> None:
     out = tmp_path / "warped.nii.gz"
     assert main(["apply", str(case.folder), str(case.tmp / "moving.nii.gz"), "-o", str(out)]) == 0
