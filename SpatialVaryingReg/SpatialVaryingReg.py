@@ -1001,9 +1001,8 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def cpuEstimateText(p: SpatialVaryingRegParameterNode, settings: svlogic.RegistrationSettings) -> str:
         """The compute-time estimate on the CPU for the parameter node's fixed volume and pyramid."""
-        o = settings.overrides
         learned = settings.method == "learned"
-        seconds = estimate.cpu_seconds(p.fixedVolume, o.get("level_spacings"), o.get("iterations"),
+        seconds = estimate.cpu_seconds(p.fixedVolume, settings.preset, settings.overrides,
                                        refine_steps=int(settings.refine_steps) if learned else None)
         return estimate.text(seconds)
 

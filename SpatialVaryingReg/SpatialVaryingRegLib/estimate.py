@@ -1,12 +1,18 @@
 """A rough compute-time estimate on the CPU, shown before a registration starts (MRML only, no torch).
 
 The pairwise optimiser's cost grows with the voxels of each pyramid level's working grid (the fixed
-volume's field of view at that level's isotropic spacing, mm) times that level's iterations; the affine
-stage, the composition and the outputs grow with the fixed volume's own voxels. The constants were
-measured with the engine (``svreg register``, 2 CPU cores shared with other work) on a 182x218x182
-1 mm brain MRI pair, 6/3 mm pyramid with 80/60 iterations: 172 s of optimisation over 19.1 million
-voxel-iterations, 86 s of affine stage, composition and outputs for 7.2 million fixed voxels. A
-machine's speed and thread count shift the real time, so it is an *estimate* and always labelled one.
+volume's field of view at that level's isotropic spacing, never finer than the volume's own voxels, as
+the engine's ``RegistrationParameters.working_levels``) times that level's iterations; the affine stage
+with the voxels of the field of view at 4 mm; composing the outputs and writing them with the fixed
+volume's own voxels. MIND (the CT presets) costs more per voxel than LNCC.
+
+The constants were measured on 2026-11-28 with ``svreg register`` (the whole child process, 2 threads of
+this project's 2-core machine) on four pairs: the 1 mm brain pair (182 x 218 x 182, ``brain-mri``: 29.4 s;
+the estimate 29.4 s), chest CT 117 x 91 x 48 at 2.5 x 2.5 x 5 mm (``lung-ct``: 34.8 s; 33.0 s), CT
+72 x 76 x 98 at 2.5 mm (``ct``: 25.9 s; 27.9 s) and a 40 x 48 x 40 2 mm pair (6.1 s; 5.1 s); the learned
+model with 50 refinement steps on the brain pair took 31.3 s (estimate 26 s). The constants of
+2026-11-24 (a 30 times slower engine) had estimated 11 minutes for the brain pair. A machine's speed and
+thread count shift the real time, so it is an *estimate* and always labelled one.
 """
 from __future__ import annotations
 
@@ -14,42 +20,79 @@ import numpy as np
 
 from . import geometry
 
-#: Seconds per working-grid voxel and optimiser iteration (measured, see the module docstring).
-CPU_SECONDS_PER_VOXEL_ITERATION = 9.0e-6
-#: Seconds per fixed-volume voxel of affine stage, composition and outputs (measured, as above).
-CPU_SECONDS_PER_FIXED_VOXEL = 1.2e-5
-#: Seconds of engine start-up (Python, torch import).
-CPU_OVERHEAD_S = 5.0
-#: The engine's default pyramid (``svreg_core.optim.parameters.RegistrationParameters``), mm and iterations.
-DEFAULT_LEVEL_SPACINGS = (4.0, 2.0)
-DEFAULT_ITERATIONS = (80, 60)
+#: Seconds the engine's child process spends on start-up (Python, torch import), the affine stage's and the
+#: outputs' fixed parts (measured, see the module docstring).
+CPU_OVERHEAD_S = 3.2
+#: Seconds per working-grid voxel and optimiser iteration, by similarity (measured: LNCC on the brain pair,
+#: MIND on the two CT pairs; MSE is taken as LNCC).
+CPU_SECONDS_PER_VOXEL_ITERATION = {"lncc": 3.1e-7, "mse": 3.1e-7, "mind": 5.5e-7}
+#: Seconds of affine stage per voxel of the fixed field of view at :data:`AFFINE_SPACING_MM`, by similarity.
+CPU_AFFINE_SECONDS_PER_VOXEL = {"lncc": 1.6e-5, "mse": 1.6e-5, "mind": 2.8e-5}
+AFFINE_SPACING_MM = 4.0
+#: Seconds per fixed-volume voxel of composing and writing the outputs.
+CPU_SECONDS_PER_FIXED_VOXEL = 6.5e-7
+#: The engine's presets (``svreg_core.optim.parameters.PRESETS``): pyramid spacings (mm), iterations per level
+#: and similarity; a test checks them against the engine. A preset file estimates as ``brain-mri``.
+PRESET_PYRAMIDS = {
+    "brain-mri": ((4.0, 2.0), (80, 60), "lncc"),
+    "cardiac-mri": ((4.0, 2.0), (80, 60), "lncc"),
+    "ct": ((5.0, 2.0), (80, 60), "mind"),
+    "lung-ct": ((5.0, 2.0), (80, 60), "mind"),
+}
+
+
+def _field_of_view(fixed_node) -> tuple[np.ndarray, float]:
+    """The extent of the fixed volume's voxel centres along its axes (mm) and its finest voxel size (mm)."""
+    dims = np.array(fixed_node.GetImageData().GetDimensions(), dtype=np.float64)
+    spacing, _, _ = geometry.split_affine(geometry.ijk_to_ras(fixed_node))
+    return (dims - 1.0) * spacing, float(spacing.min())
 
 
 def working_grid_voxels(fixed_node, spacing_mm: float) -> int:
-    """Voxels of the fixed volume's field of view resampled at an isotropic ``spacing_mm``."""
-    dims = np.array(fixed_node.GetImageData().GetDimensions(), dtype=np.float64)
-    spacing, _, _ = geometry.split_affine(geometry.ijk_to_ras(fixed_node))
-    extent = dims * spacing
-    return int(np.prod(np.maximum(1.0, np.ceil(extent / float(spacing_mm)))))
+    """Voxels of the fixed volume's field of view resampled at an isotropic ``spacing_mm`` (at least 2 per axis;
+    the engine's ``Grid.resampled``)."""
+    extent, _ = _field_of_view(fixed_node)
+    return int(np.prod(np.maximum(np.floor(extent / float(spacing_mm) + 1e-6) + 1, 2)))
 
 
-def cpu_seconds(fixed_node, level_spacings=None, iterations=None, *, refine_steps: int | None = None) -> float:
+def working_levels(level_spacings, iterations, finest_mm: float) -> list[tuple[float, int]]:
+    """``(spacing, iterations)`` per level as the engine runs them: no level finer than the volume's finest
+    voxel ``finest_mm``, and levels that then coincide merged with the larger iteration count."""
+    levels: list[tuple[float, int]] = []
+    for spacing, steps in zip(level_spacings, iterations):
+        spacing = max(float(spacing), finest_mm)
+        if levels and np.isclose(levels[-1][0], spacing):
+            steps = max(int(steps), levels.pop()[1])
+        levels.append((spacing, int(steps)))
+    return levels
+
+
+def cpu_seconds(fixed_node, preset: str = "brain-mri", overrides: dict | None = None, *,
+                refine_steps: int | None = None) -> float:
     """Estimated CPU seconds of a registration onto ``fixed_node``.
 
-    ``level_spacings``/``iterations``: the pyramid (default: the engine's). With ``refine_steps`` (a
-    learned model) every level runs that many steps (the network's own pass is cheap).
+    ``preset`` and ``overrides`` (``level_spacings``, ``iterations``, ``similarity``, ``affine``) give the pyramid,
+    the similarity and whether the affine stage runs. With ``refine_steps`` (a learned model) every level runs
+    that many steps (the network's own pass is cheap).
     """
-    spacings = list(level_spacings or DEFAULT_LEVEL_SPACINGS)
-    steps = list(iterations or DEFAULT_ITERATIONS)
+    o = overrides or {}
+    spacings, steps, similarity = PRESET_PYRAMIDS.get(preset, PRESET_PYRAMIDS["brain-mri"])
+    spacings, steps = list(o.get("level_spacings") or spacings), list(o.get("iterations") or steps)
+    similarity = o.get("similarity") or similarity
     if refine_steps is not None:
         steps = [int(refine_steps)] * len(spacings)
-    work = sum(working_grid_voxels(fixed_node, s) * n for s, n in zip(spacings, steps))
+    _, finest = _field_of_view(fixed_node)
+    work = sum(working_grid_voxels(fixed_node, s) * n for s, n in working_levels(spacings, steps, finest))
+    affine = working_grid_voxels(fixed_node, AFFINE_SPACING_MM) if o.get("affine", True) else 0
     fixed_voxels = int(np.prod(fixed_node.GetImageData().GetDimensions()))
-    return CPU_OVERHEAD_S + CPU_SECONDS_PER_VOXEL_ITERATION * work + CPU_SECONDS_PER_FIXED_VOXEL * fixed_voxels
+    if similarity not in CPU_SECONDS_PER_VOXEL_ITERATION:
+        similarity = "lncc"
+    return (CPU_OVERHEAD_S + CPU_SECONDS_PER_VOXEL_ITERATION[similarity] * work
+            + CPU_AFFINE_SECONDS_PER_VOXEL[similarity] * affine + CPU_SECONDS_PER_FIXED_VOXEL * fixed_voxels)
 
 
 def text(seconds: float) -> str:
-    """``"about 3 min on the CPU (an estimate)"``."""
+    """``"about 30 s on the CPU (an estimate …)"``."""
     if seconds < 90:
         amount = f"{max(10, int(round(seconds / 10.0)) * 10)} s"
     else:

@@ -193,17 +193,30 @@ def test_unpaired_fiducials_say_why_there_is_no_tre(scene, pair):
         "the fixed list has 4 points and the moving list 3 (pairs go by order)"
 
 
-def test_cpu_time_estimate_grows_with_the_volume_and_says_it_is_an_estimate(scene, pair):
-    small = estimate.cpu_seconds(pair["fixed"])
+def test_cpu_time_estimate_follows_the_engines_working_grids_and_says_it_is_an_estimate(scene, pair):
+    """Hand-computed working grids: the field of view (voxel centres) at each level's spacing, never finer than the
+    volume's voxels; the CT presets' pyramid and MIND; levels merged on a coarse volume."""
+    e = estimate
     big = add_volume(scene, np.zeros((128, 128, 96), np.float32), np.diag([1.0, 1.0, 1.5, 1.0]), "big")
-    large = estimate.cpu_seconds(big)
-    assert estimate.CPU_OVERHEAD_S < small < large
-    # the default pyramid: 4 mm then 2 mm working grids over the field of view, times the iterations
-    work = 32 * 32 * 36 * 80 + 64 * 64 * 72 * 60  # field of view 128 x 128 x 144 mm
-    assert large == pytest.approx(estimate.CPU_OVERHEAD_S + estimate.CPU_SECONDS_PER_VOXEL_ITERATION * work
-                                  + estimate.CPU_SECONDS_PER_FIXED_VOXEL * 128 * 128 * 96)
-    assert estimate.cpu_seconds(big, refine_steps=20) < large
-    assert "estimate" in estimate.text(large) and estimate.text(large).startswith("about ")
+    # brain-mri: 4 mm then 2 mm over a 127 x 127 x 142.5 mm field of view, times 80 and 60 iterations
+    work, at_4mm = 32 * 32 * 36 * 80 + 64 * 64 * 72 * 60, 32 * 32 * 36
+    large = e.cpu_seconds(big)
+    assert large == pytest.approx(e.CPU_OVERHEAD_S + e.CPU_SECONDS_PER_VOXEL_ITERATION["lncc"] * work
+                                  + e.CPU_AFFINE_SECONDS_PER_VOXEL["lncc"] * at_4mm
+                                  + e.CPU_SECONDS_PER_FIXED_VOXEL * 128 * 128 * 96)
+    assert e.CPU_OVERHEAD_S < e.cpu_seconds(pair["fixed"]) < large
+    assert e.cpu_seconds(big, refine_steps=20) < large
+    assert e.cpu_seconds(big, overrides={"affine": False}) == pytest.approx(
+        large - e.CPU_AFFINE_SECONDS_PER_VOXEL["lncc"] * at_4mm)
+    # ct on 2.5 x 2.5 x 5 mm CT: 5 mm, then 2.5 mm (not 2: no level finer than the voxels), MIND
+    ct = add_volume(scene, np.zeros((100, 100, 20), np.float32), np.diag([2.5, 2.5, 5.0, 1.0]), "ct")
+    assert e.cpu_seconds(ct, "ct") == pytest.approx(
+        e.CPU_OVERHEAD_S + e.CPU_SECONDS_PER_VOXEL_ITERATION["mind"] * (50 * 50 * 20 * 80 + 100 * 100 * 39 * 60)
+        + e.CPU_AFFINE_SECONDS_PER_VOXEL["mind"] * 62 * 62 * 24 + e.CPU_SECONDS_PER_FIXED_VOXEL * 100 * 100 * 20)
+    # a 6 mm volume: both brain-mri levels become 6 mm and merge into one of 80 iterations
+    assert e.working_levels((4.0, 2.0), (80, 60), 6.0) == [(6.0, 80)]
+    assert e.working_levels((5.0, 2.0), (80, 60), 2.5) == [(5.0, 80), (2.5, 60)]
+    assert "estimate" in e.text(large) and e.text(large).startswith("about ")
 
 
 def roi(scene, center, size):

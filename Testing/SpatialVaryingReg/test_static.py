@@ -240,6 +240,12 @@ def test_module_lists_match_the_engine():
 
     assert tuple(PRESETS) == logic.PRESET_NAMES
     assert tuple(SIMILARITIES) == logic.SIMILARITIES
+    from SpatialVaryingRegLib import estimate
+
+    assert estimate.PRESET_PYRAMIDS == {name: (tuple(map(float, params.level_spacings)), tuple(params.iterations),
+                                               params.similarity) for name, params in PRESETS.items()}
+    assert set(estimate.CPU_SECONDS_PER_VOXEL_ITERATION) == set(estimate.CPU_AFFINE_SECONDS_PER_VOXEL) \
+        == set(SIMILARITIES)
 
 
 def test_requirements_cover_the_engine_imports():
