@@ -448,7 +448,9 @@ under -o; default: the moving file's name without its image ending such as .nii.
 for a DICOM series given by a file or its folder); relative paths are
 relative to the CSV file's folder. Each pair gets its own output folder under -o, as 'svreg register'
 writes it. Fixed images, labels and masks are loaded once and reused.
-A pair that fails is reported and skipped; the exit status is then 2.
+A pair that fails is reported and skipped; the exit status is then 2. summary.csv under -o (with --shard I/N:
+summary_shard-I-of-N.csv) has one row per pair, rewritten after each: status, error, mean Dice, HD95, TRE,
+folding, NDV, SDlogJ, registration seconds.
 """
 
 
@@ -533,8 +535,13 @@ def run_register_batch(args: argparse.Namespace) -> int:
     codes = learned_codes(args)
     for pair in pairs:  # every output folder is checked before the first registration
         prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
+    summary = Path(args.output) / batch_summary_name(args.shard)
+    if summary.exists() and not args.overwrite:
+        raise InputError(f"{summary} exists (an earlier batch's summary); use --overwrite to replace it, or another "
+                         "output folder.")
     Path(args.output).mkdir(parents=True, exist_ok=True)
     cache: dict[tuple[str, bool], Image] = {}
+    rows: list[dict[str, object]] = []
     failed = 0
     for number, pair in enumerate(pairs, 1):
         if args.progress != "json":
@@ -548,17 +555,62 @@ def run_register_batch(args: argparse.Namespace) -> int:
                 emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__,
                             "outdir": str(Path(pair.output).absolute())})
             print(f"svreg: error: {pair.moving}: {exc}", file=sys.stderr)
+            rows.append(batch_summary_row(pair, None, str(exc)))
+            write_batch_summary(summary, rows)
             continue
         finally:
             printer.close()
+        rows.append(batch_summary_row(pair, report))
+        write_batch_summary(summary, rows)
         if args.progress == "json":
             emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()), "report": report})
         else:
             print(f"{pair.output}: {_summary(report)}")
+    if args.progress != "json":
+        print(f"Summary of {len(pairs)} pairs: {summary}")
     if failed:
-        print(f"svreg: error: {failed} of {len(pairs)} pairs failed (see above).", file=sys.stderr)
+        print(f"svreg: error: {failed} of {len(pairs)} pairs failed (see above and {summary.name}).", file=sys.stderr)
         return 2
     return 0
+
+
+#: Columns of a batch's summary CSV (:func:`batch_summary_row`): the pair, whether it registered, and the report's
+#: headline metrics (empty when not computed: Dice and HD95 need both label maps, TRE both landmark files).
+BATCH_SUMMARY_COLUMNS = ("fixed", "moving", "output", "status", "error", "dice_mean", "hd95_mean", "tre_mean_mm",
+                         "folding_percent", "ndv_percent", "sdlogj", "registration_s")
+
+
+def batch_summary_name(spec: str) -> str:
+    """``summary.csv`` for a whole batch, ``summary_shard-I-of-N.csv`` for shard ``"I/N"`` of a job array (the
+    shards of one batch write side by side)."""
+    index, count = (part.strip() for part in spec.split("/"))
+    return "summary.csv" if count == "1" else f"summary_shard-{index}-of-{count}.csv"
+
+
+def batch_summary_row(pair: Pair, report: dict | None, error: str = "") -> dict[str, object]:
+    """One pair's row of the batch summary: ``report`` (``None``: the pair failed with ``error``)."""
+    row: dict[str, object] = {"fixed": pair.fixed, "moving": pair.moving, "output": pair.output,
+                              "status": "failed" if report is None else "ok", "error": error}
+    if report is not None:
+        metrics = report["metrics"]
+        row.update({key: metrics.get(key) for key in ("dice_mean", "hd95_mean", "folding_percent", "ndv_percent",
+                                                      "sdlogj")})
+        row["tre_mean_mm"] = (metrics.get("tre") or {}).get("mean")
+        row["registration_s"] = report["timing"].get("registration_s")
+    return {key: "" if row.get(key) is None else row[key] for key in BATCH_SUMMARY_COLUMNS}
+
+
+def write_batch_summary(path: Path, rows: list[dict[str, object]]) -> None:
+    """Write the rows so far (after every pair: an interrupted batch keeps its summary), replacing the file in one
+    step."""
+    import csv
+
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=BATCH_SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    partial.replace(path)
 
 
 PREVIEW_EXAMPLES = """\

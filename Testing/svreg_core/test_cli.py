@@ -2,9 +2,11 @@
 input giving one plain ``svreg: error:`` line, exit status 2 and no output folder."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -631,7 +633,8 @@ def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Pa
             "--device", "cpu", "--outputs", "warped", "displacement", "--iterations", "5", "--alpha-prime", "0.3",
             "--lambda-max", "2", "--threads", "1", "--progress", "none"]
     assert main(argv) == 0
-    assert sorted(x.name for x in root.iterdir()) == ["second"]  # shard 1 of 2: the second pair only
+    # shard 1 of 2: the second pair only, and its summary
+    assert sorted(x.name for x in root.iterdir()) == ["second", "summary_shard-1-of-2.csv"]
     files = sorted(x.name for x in (root / "second").iterdir())
     assert files == sorted(["warped.nii.gz", "displacement.nii.gz", "report.json", ".svreg-output"])
     report = json.loads((root / "second" / "report.json").read_text())
@@ -640,6 +643,35 @@ def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Pa
     assert report["outputs"] == ["displacement", "warped"]
     assert report["inputs"]["moving"]["path"] == str(second)
     assert "second" in capsys.readouterr().out
+    with (root / "summary_shard-1-of-2.csv").open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert (row["moving"], row["output"], row["status"], row["error"]) == (str(second), str(root / "second"), "ok", "")
+    for key in ("folding_percent", "ndv_percent", "sdlogj"):
+        assert float(row[key]) == pytest.approx(report["metrics"][key], rel=1e-9)
+    assert row["dice_mean"] == row["tre_mean_mm"] == ""  # no moving labels, no landmarks
+    assert float(row["registration_s"]) == report["timing"]["registration_s"]
+    shutil.rmtree(root / "second")  # a new batch into the same folder: the earlier summary is kept
+    assert main(argv) == 2 and "summary_shard-1-of-2.csv exists" in capsys.readouterr().err
+
+
+def test_batch_summary_lists_a_failed_pair(tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
+    """A pair that fails (NaN voxels) has its row with the error; the others register; exit status 2."""
+    p = tiny_pair.paths
+    moving = load_image(p.moving)
+    broken = moving.data.copy()
+    broken[1, 1, 1] = np.nan
+    nan_path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(broken, moving.affine), str(nan_path))
+    rc, out, err = _main(["register-batch", "--fixed", p.fixed, "--moving", nan_path, p.moving, "-o", tmp_path / "r",
+                          "--preset", fast_preset, "--iterations", "5", "--outputs", "displacement", "--progress",
+                          "none"], capsys)
+    assert rc == 2 and "1 of 2 pairs failed (see above and summary.csv)" in err
+    assert f"Summary of 2 pairs: {tmp_path / 'r' / 'summary.csv'}" in out
+    with (tmp_path / "r" / "summary.csv").open(newline="") as f:
+        failed, done = list(csv.DictReader(f))
+    assert (failed["status"], failed["error"], failed["dice_mean"]) == (
+        "failed", "moving image contains 1 NaN or infinite voxels; clean or mask them first.", "")
+    assert done["status"] == "ok" and float(done["folding_percent"]) >= 0.0
 
 
 @pytest.mark.parametrize("extra, words", [
