@@ -1,13 +1,17 @@
 """Host memory a CPU registration needs, checked against the machine before any work starts.
 
-The pairwise registration's peak memory grows with the voxel counts of its two images: the outputs
-are composed on the fixed grid, and every working level is no finer than the fixed image's voxel.
-Measured (``ru_maxrss`` of ``svreg register``, whole process with torch, all outputs): the 1 mm brain
-pair, 2 × 182×218×182 voxels (14.4 M), 2.6 GB (≈ 190 B per voxel) on 2026-11-25; 1.7–1.8 GiB (≈ 130 B
-per voxel) since the outputs make fewer whole-grid copies (``benchmarks/peak_memory.py``, 2026-11-27).
-:data:`BYTES_PER_VOXEL` rounds the older figure up: a margin for other images and thread interleavings.
-GPU memory is not estimated here: CUDA's out-of-memory error already comes before long work and is
-reported in one line by the command line.
+The pairwise registration's peak memory grows with the voxels of the fixed image (the outputs are composed on
+its grid), of the moving image, and of the finest working grid (similarity, e.g. MIND's descriptors, gradients
+and Adam's state live there). Measured on 2026-11-28 (``ru_maxrss`` of ``svreg register``, whole process with
+torch, all outputs; fixed / moving / finest working-grid voxels → peak): the 1 mm brain pair 7.2 M / 6.9 M /
+0.90 M → 1.57 GB; its fixed image at 0.75 mm 17.2 M / 6.9 M / 0.90 M → 2.65 GB; the two swapped 6.9 M / 17.2 M /
+0.86 M → 1.93 GB; CT with MIND (``lung-ct``, ``ct``) 0.51 M / 0.51 M / 0.51 M → 0.75 GB and 0.54 M each → 0.72 GB;
+a 40 x 48 x 40 pair → 0.40 GB. A least-squares fit gives 392 MB + 95 B per fixed voxel + 28 B per moving voxel +
+446 B per working voxel (every case within 10 %); the constants below round it up, a margin for other images and
+thread interleavings (the estimate is 1–25 % above each measurement). Until then the estimate was 200 B per voxel
+of the two images: 1.8 times the brain's need, a quarter of the CT cases', and it would have refused a
+512 x 512 x 400 CT pair on a 32 GB machine (42 GB estimated; now 20 GB). GPU memory is not estimated here: CUDA's
+out-of-memory error already comes before long work and is reported in one line by the command line.
 """
 from __future__ import annotations
 
@@ -19,13 +23,19 @@ import numpy as np
 
 from svreg_core.errors import InputError
 
-#: Peak host bytes per voxel of the fixed plus the moving image (see the module docstring).
-BYTES_PER_VOXEL = 200
+#: Peak host bytes of the process before the images count (Python, torch, the engine).
+BASE_BYTES = 400_000_000
+#: Peak host bytes per voxel of the fixed image, of the moving image and of the finest working grid.
+FIXED_BYTES_PER_VOXEL = 110
+MOVING_BYTES_PER_VOXEL = 40
+WORKING_BYTES_PER_VOXEL = 600
 
 
-def estimated_peak_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int]) -> int:
-    """Peak host memory (bytes) of registering a ``fixed_shape`` image to a ``moving_shape`` one on a CPU."""
-    return BYTES_PER_VOXEL * (int(np.prod(fixed_shape)) + int(np.prod(moving_shape)))
+def estimated_peak_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int], working_voxels: int) -> int:
+    """Peak host memory (bytes) of registering a ``fixed_shape`` image to a ``moving_shape`` one on a CPU whose
+    finest working grid has ``working_voxels`` voxels (see the module docstring)."""
+    return (BASE_BYTES + FIXED_BYTES_PER_VOXEL * int(np.prod(fixed_shape))
+            + MOVING_BYTES_PER_VOXEL * int(np.prod(moving_shape)) + WORKING_BYTES_PER_VOXEL * int(working_voxels))
 
 
 def physical_memory_bytes() -> int | None:
@@ -47,11 +57,12 @@ def available_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     return None
 
 
-def check_memory(fixed_shape: Sequence[int], moving_shape: Sequence[int], *, physical: int | None,
-                 available: int | None) -> str | None:
+def check_memory(fixed_shape: Sequence[int], moving_shape: Sequence[int], working_voxels: int, *,
+                 physical: int | None, available: int | None) -> str | None:
     """Refuse a registration that cannot fit in the machine's memory; warn when it may swap.
 
     Args:
+        fixed_shape, moving_shape, working_voxels: as :func:`estimated_peak_bytes`.
         physical: the machine's memory in bytes (:func:`physical_memory_bytes`; ``None``: unknown).
         available: the memory free now in bytes (:func:`available_memory_bytes`; ``None``: unknown).
 
@@ -61,7 +72,7 @@ def check_memory(fixed_shape: Sequence[int], moving_shape: Sequence[int], *, phy
     Raises:
         InputError: the estimate exceeds ``physical``.
     """
-    needed = estimated_peak_bytes(fixed_shape, moving_shape)
+    needed = estimated_peak_bytes(fixed_shape, moving_shape, working_voxels)
     gb = 1024 ** 3
     if physical is not None and needed > physical:
         raise InputError(f"registering these images needs about {needed / gb:.1f} GB of memory and this machine "

@@ -26,6 +26,7 @@ from svreg_core.image.network_grid import network_grid
 from svreg_core.image.normalize import robust_normalize
 from svreg_core.image.resample import (
     downsample,
+    level_grid,
     resample,
     sample_at_points,
     source_coordinates,
@@ -656,8 +657,9 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
         _check_overlap(fixed, moving, initial, warn_stacklevel + 1)
     device = resolve_device(params.device)
     if device.type == "cpu":
-        note = check_memory(fixed.shape, moving.shape, physical=physical_memory_bytes(),
-                            available=available_memory_bytes())
+        finest = params.working_levels(float(fixed.grid.spacing.min()))[-1][0]
+        note = check_memory(fixed.shape, moving.shape, int(np.prod(level_grid(fixed.grid, finest).shape)),
+                            physical=physical_memory_bytes(), available=available_memory_bytes())
         if note:
             warnings.warn(note, stacklevel=warn_stacklevel)
     if params.deterministic and device.type == "cuda" \
