@@ -103,8 +103,8 @@ def test_network_grid_follows_a_reoriented_fixed_image(constant_checkpoint, tiny
 
 
 def test_a_field_of_view_larger_than_the_trained_one_is_warned_about(tiny_pair, tmp_path) -> None:
-    """A checkpoint recording its training grid warns when the fixed image needs a larger network grid along some
-    RAS axis (in mm, naming the model and what to do instead), and stays silent when it fits."""
+    """A checkpoint recording its training grid warns when the fixed image needs a network grid of more than twice
+    its voxels (in mm, naming the model and what to do instead), and stays silent up to twice."""
     import warnings
 
     from svreg_core.image.network_grid import network_grid
@@ -112,9 +112,9 @@ def test_a_field_of_view_larger_than_the_trained_one_is_warned_about(tiny_pair, 
     fixed, moving = _pair(tiny_pair)
     model = build_model("unet-spr", TINY)
     needed = list(network_grid(fixed, SPACING, model.size_multiple).shape)
-    smaller = [needed[0], needed[1] - model.size_multiple, needed[2]]
     params = RegistrationParameters(affine=False, symmetric_prediction=False, prediction_passes=1, device="cpu")
-    for name, trained in (("fits", needed), ("smaller", smaller)):
+    for name, trained in (("fits", needed), ("half", [needed[0], needed[1], needed[2] // 2]),
+                          ("smaller", [needed[0], needed[1], needed[2] // 2 - 1])):
         info = _info(model)
         info.training = {"grid_shape": trained}
         info.name = name
@@ -123,13 +123,13 @@ def test_a_field_of_view_larger_than_the_trained_one_is_warned_about(tiny_pair, 
             warnings.simplefilter("always")
             register(fixed, moving, params, model=path)
         messages = [str(w.message) for w in caught if "field of view" in str(w.message)]
-        if name == "fits":
+        if name != "smaller":
             assert messages == []
         else:
             (message,) = messages
             mm = lambda shape: " x ".join(f"{n * SPACING:g}" for n in shape)  # noqa: E731
-            assert f"a network grid of {mm(needed)} mm (R x A x S), larger than the {mm(smaller)} mm model smaller "\
-                   "was trained on" in message and "register without --model" in message
+            assert f"a network grid of {mm(needed)} mm (R x A x S), more than twice the {mm(trained)} mm model " \
+                   "smaller was trained on" in message and "register without --model" in message
 
 
 def test_symmetric_prediction_of_a_constant_network_is_the_identity(constant_checkpoint, tiny_pair) -> None:
