@@ -796,6 +796,7 @@ examples:
   svreg info ct_series_folder/ --json            # a DICOM series, as JSON
   svreg info study_folder/                       # a folder of several DICOM series: each, with a file that reads it
   svreg info 0GenericAffine.mat out/transform.h5 # what a transform does: rotation, scales, translation, field size
+  svreg info out/                                # an svreg output folder: which images, method, metrics, transform
 """
 
 
@@ -854,6 +855,28 @@ def _rounded(values: Iterable[float], digits: int) -> list[float]:
     return [round(float(v), digits) + 0.0 for v in values]  # + 0.0: no "-0.00" in the text
 
 
+def is_output_folder(path: str) -> bool:
+    """Whether ``path`` is an output folder of ``svreg register`` (its marker file and ``report.json``)."""
+    from svreg_core.outputs.writer import MARKER_FILE
+
+    folder = Path(path)
+    return (folder / MARKER_FILE).is_file() and (folder / "report.json").is_file()
+
+
+def describe_output(path: str) -> dict:
+    """What ``svreg info`` prints about an svreg output folder: from its ``report.json`` the method (and model),
+    the fixed and moving images, the metrics; from its files the transform (:func:`describe_transform`)."""
+    try:
+        report = json.loads((Path(path) / "report.json").read_text(encoding="utf-8"))
+        inputs, metrics = report["inputs"], report["metrics"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{path}: its report.json is unreadable; the folder is not a complete svreg output.") from None
+    return {**describe_transform(path), "svreg_output": {
+        "method": report.get("method"), "model": (report.get("model") or {}).get("name"),
+        "fixed": inputs.get("fixed", {}).get("path"), "moving": inputs.get("moving", {}).get("path"),
+        "summary": _summary(report).removeprefix("Registered "), "metrics": metrics}}
+
+
 def _transform_line(entry: dict) -> str:
     parts = []
     for step in entry["transform"]:
@@ -867,7 +890,10 @@ def _transform_line(entry: dict) -> str:
             parts.append(f"displacement field on {' x '.join(map(str, step['shape']))} voxels of "
                          f"{' x '.join(f'{v:.4g}' for v in step['spacing_mm'])} mm, vectors up to "
                          f"{step['max_mm']:.2f} mm (mean {step['mean_mm']:.2f})")
-    return (f"{entry['path']}: transform of fixed-world to moving-world points (RAS), acting in turn: "
+    output = entry.get("svreg_output")
+    heading = "" if output is None else (
+        f"svreg output: {output['moving']} registered to {output['fixed']} {output['summary']}; ")
+    return (f"{entry['path']}: {heading}transform of fixed-world to moving-world points (RAS), acting in turn: "
             + "; ".join(parts))
 
 
@@ -898,8 +924,10 @@ def run_info(args: argparse.Namespace) -> int:
     from svreg_core.image import load_image
     from svreg_core.image.image import foreground_inside
 
-    transforms = [describe_transform(path) for path in args.images if path.lower().endswith(TRANSFORM_SUFFIXES)]
-    inputs = info_inputs([path for path in args.images if not path.lower().endswith(TRANSFORM_SUFFIXES)])
+    transforms = [describe_output(path) if is_output_folder(path) else describe_transform(path)
+                  for path in args.images if path.lower().endswith(TRANSFORM_SUFFIXES) or is_output_folder(path)]
+    inputs = info_inputs([path for path in args.images
+                          if not (path.lower().endswith(TRANSFORM_SUFFIXES) or is_output_folder(path))])
     paths = [path for path, _ in inputs]
     images = [load_image(path, name=Path(path).name) for path in paths]
     entries = [describe_image(image, path) for image, path in zip(images, paths)]
@@ -964,7 +992,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
                           "values, whether they overlap) and transform files (rotation, scales, translation)",
                           epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     info.add_argument("images", nargs="+", help="image files, DICOM files or DICOM folders (any format svreg reads), "
-                      "and transform files (.h5, .tfm, .txt, .mat)")
+                      "transform files (.h5, .tfm, .txt, .mat) and svreg output folders")
     info.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     handlers["info"] = run_info
     models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")

@@ -799,6 +799,25 @@ def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys)
     _assert_plain_error(rc, err, "nowhere.nrrd: file not found")
 
 
+def test_info_describes_an_output_folder(full_run, tiny_pair, capsys) -> None:
+    """An svreg output folder: the images, the method and the metrics of its report.json, then the transform its
+    files hold (the same steps as describing its transform file alone); a folder without report.json is not one."""
+    report = json.loads((full_run.out / "report.json").read_text())
+    rc, out, _ = _main(["info", full_run.out, "--json"], capsys)
+    (entry,) = json.loads(out)
+    assert rc == 0 and entry["svreg_output"]["method"] == "pairwise"
+    assert entry["svreg_output"]["moving"] == report["inputs"]["moving"]["path"]
+    assert entry["svreg_output"]["metrics"]["dice_mean"] == report["metrics"]["dice_mean"]
+    rc, out, _ = _main(["info", full_run.out / "transform.h5", "--json"], capsys)
+    assert [s["type"] for s in json.loads(out)[0]["transform"]] == ["displacement field", "linear"]
+    assert [s["type"] for s in entry["transform"]] == ["displacement field"]  # the folder's displacement.nii.gz
+    rc, out, _ = _main(["info", full_run.out], capsys)
+    assert rc == 0 and out.startswith(f"{full_run.out}: svreg output: {report['inputs']['moving']['path']} "
+                                      f"registered to {report['inputs']['fixed']['path']} in ")
+    assert f"mean Dice {report['metrics']['dice_mean_before']:.4f} -> {report['metrics']['dice_mean']:.4f}" in out
+    assert "; transform of fixed-world to moving-world points (RAS), acting in turn: displacement field on " in out
+
+
 def test_info_lists_each_dicom_series_of_a_study_folder(geo, tmp_path: Path, capsys) -> None:
     """A folder of two DICOM series is described series by series, each named by a file that reads it (then given
     to ``svreg info`` alone: the same series); the JSON names each series."""

@@ -2,6 +2,8 @@
 their LPS geometry converted to and from RAS by :mod:`svreg_core.conventions`, with plain-language errors."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,11 +105,30 @@ def _tag(header: sitk.ImageFileReader, key: str) -> str:
     return header.GetMetaData(key).strip() if header.HasMetaDataKey(key) else ""
 
 
+@contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """Inside, ITK prints no warnings of its own (GDCM's "No Series were found" for a folder without DICOM files,
+    which svreg reports in its own words); ITK's setting is restored after."""
+    import SimpleITK as sitk
+
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
 def find_dicom_series(path: Path) -> list[DicomSeries]:
     """The DICOM series ``path`` stands for, each read from one header (SimpleITK/GDCM): for a folder, every
     series in it (not its sub-folders); for a DICOM file, the series it belongs to (its Series Instance UID among
     the files of its folder), or the file alone when GDCM does not group it. Raises ``RuntimeError`` (ITK's) for
     a file or folder GDCM cannot read."""
+    with _itk_warnings_off():
+        return _find_dicom_series(path)
+
+
+def _find_dicom_series(path: Path) -> list[DicomSeries]:
     import SimpleITK as sitk
 
     def described(uid: str, files: tuple[str, ...], header: sitk.ImageFileReader) -> DicomSeries:
