@@ -799,6 +799,15 @@ def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys)
     _assert_plain_error(rc, err, "nowhere.nrrd: file not found")
 
 
+def test_a_folder_without_dicom_is_refused_in_svreg_words_only(tmp_path: Path, capfd) -> None:
+    """GDCM's own "No Series were found" (printed by ITK on the process's stderr) is not shown: one svreg line."""
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert main(["info", str(tmp_path)]) == 2
+    err = capfd.readouterr().err
+    assert err.strip().splitlines() == [f"svreg: error: {tmp_path.name}: {tmp_path} is a folder without a DICOM "
+                                        "series; give an image file or a folder holding the DICOM files of one series."]
+
+
 def test_info_describes_an_output_folder(full_run, tiny_pair, capsys) -> None:
     """An svreg output folder: the images, the method and the metrics of its report.json, then the transform its
     files hold (the same steps as describing its transform file alone); a folder without report.json is not one."""
