@@ -533,6 +533,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
     pairs = shard(read_pairs(args), args.shard)
     params = registration_parameters(args)
     codes = learned_codes(args)
+    check_batch_inputs(pairs)
     for pair in pairs:  # every output folder is checked before the first registration
         prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     summary = Path(args.output) / batch_summary_name(args.shard)
@@ -572,6 +573,19 @@ def run_register_batch(args: argparse.Namespace) -> int:
         print(f"svreg: error: {failed} of {len(pairs)} pairs failed (see above and {summary.name}).", file=sys.stderr)
         return 2
     return 0
+
+
+def check_batch_inputs(pairs: list[Pair]) -> None:
+    """Before the first registration: :class:`InputError` naming the input files of ``pairs`` that do not exist (at
+    most five, then how many more), so that a typo in pair 57 does not wait hours to be found."""
+    roles = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask", "fixed_landmarks",
+             "moving_landmarks", "initial_transform")
+    missing = list(dict.fromkeys(f"{role.replace('_', ' ')} {path}" for pair in pairs for role in roles
+                                 if (path := getattr(pair, role)) and not Path(path).exists()))
+    if missing:
+        more = f"; and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InputError(f"{len(missing)} input file(s) of the batch not found ({'; '.join(missing[:5])}{more}); "
+                         "nothing was registered.")
 
 
 #: Columns of a batch's summary CSV (:func:`batch_summary_row`): the pair, whether it registered, and the report's

@@ -695,6 +695,13 @@ def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     (tmp_path / "pairs.csv").write_text("a,b\n1,2\n")
     assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
     assert "columns fixed and moving" in capsys.readouterr().err
+    # files that do not exist: all named (a repeated one once) before any work, no output folder
+    (tmp_path / "pairs.csv").write_text(f"fixed,moving,moving_labels,output\n{p.fixed},{p.moving},seg_typo.nii.gz,a\n"
+                                        f"{p.fixed},sub_typo.nii.gz,,b\n{p.fixed},{p.moving},seg_typo.nii.gz,c\n")
+    assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"2 input file(s) of the batch not found (moving labels {tmp_path / 'seg_typo.nii.gz'}; moving " \
+           f"{tmp_path / 'sub_typo.nii.gz'}); nothing was registered." in err and not (tmp_path / "r").exists()
     # a row without its moving image: one line before any work, no output folder
     (tmp_path / "pairs.csv").write_text(f"fixed,moving\n{p.fixed},{p.moving}\n{p.fixed},\n")
     assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
