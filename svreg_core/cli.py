@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from svreg_core.errors import InputError, SvregError
 from svreg_core.image.io import image_stem, is_dicom_input
 from svreg_core.interrupts import sigterm_as_interrupt
-from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES
+from svreg_core.optim.parameters import MR_PRESETS, NETWORK_PRECISIONS, PRESETS, SIMILARITIES
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
 
@@ -371,10 +371,6 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                            extra={**(images.extra or {}), **({"warnings": warned} if warned else {})})
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
-
-
-#: The presets tuned on MR images, and the CT ones a CT pair is pointed to.
-MR_PRESETS = ("brain-mri", "cardiac-mri")
 
 
 def _check_preset_modality(preset: str, similarity: str, fixed: Image, moving: Image) -> None:

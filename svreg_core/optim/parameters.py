@@ -300,6 +300,9 @@ PRESETS: dict[str, RegistrationParameters] = {
 }
 
 
+#: The presets made for MR images (``ct`` and ``lung-ct`` are for CT in Hounsfield units).
+MR_PRESETS = ("brain-mri", "cardiac-mri")
+
 #: What a preset file is meant to change: the SPR hyperparameters. Everything else (pyramid, iterations,
 #: affine stage, ...) is a fixed setting, and a preset file that changes one gets a warning.
 HYPERPARAMETERS = ("alpha_prime", "lambda_max", "refine_codes")
