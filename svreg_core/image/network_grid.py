@@ -12,10 +12,10 @@ import numpy as np
 
 from svreg_core.image.grid import Grid
 from svreg_core.image.image import Image
-from svreg_core.image.normalize import robust_normalize
+from svreg_core.image.normalize import FOREGROUND_LEVEL, robust_normalize
 
 
-def foreground_extent(image: Image, threshold: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+def foreground_extent(image: Image, threshold: float = FOREGROUND_LEVEL) -> tuple[np.ndarray, np.ndarray]:
     """RAS mm bounding box ``(low, high)`` of the voxels whose normalised intensity exceeds ``threshold``.
 
     The box holds the world positions of the eight corners of the voxel bounding box (voxel centres),
@@ -35,7 +35,7 @@ def foreground_extent(image: Image, threshold: float = 0.01) -> tuple[np.ndarray
 
 
 def network_grid(image: Image, spacing: float, multiple: int = 16, *, shape: tuple[int, ...] | None = None,
-                 margin_mm: float = 4.0, threshold: float = 0.01) -> Grid:
+                 margin_mm: float = 4.0, threshold: float = FOREGROUND_LEVEL) -> Grid:
     """A RAS-aligned grid of voxel size ``spacing`` mm centred on ``image``'s foreground.
 
     Args:

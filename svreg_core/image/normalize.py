@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: A voxel is foreground when its normalised intensity (:func:`robust_normalize`) exceeds this: 1 % of the way up
+#: the :func:`intensity_window` (MR: above the background's noise; CT: above air).
+FOREGROUND_LEVEL = 0.01
+
 
 def intensity_window(data: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:
     """The intensities ``(low, high)`` that :func:`robust_normalize` maps to 0 and 1 (``high > low`` always).

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from svreg_core.image.image import Image
-from svreg_core.image.normalize import intensity_window
+from svreg_core.image.normalize import FOREGROUND_LEVEL, intensity_window
 
 #: Views: name, the RAS axis fixed by the slice, (left, right, bottom, top) orientation letters.
 _VIEWS = (("axial", 2, ("L", "R", "P", "A")), ("coronal", 1, ("L", "R", "I", "S")),
@@ -84,11 +84,12 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     Each grey-value image is shown over its own
     :func:`~svreg_core.image.normalize.intensity_window` (0 to 1), the differences in those units.
 
-    Slices pass through the centre of the fixed image's bounding box of non-zero voxels, in
-    neurological display (subject's right on the right of each panel, anterior/superior up), with
+    The fixed image's foreground is its voxels above :data:`~svreg_core.image.normalize.FOREGROUND_LEVEL` of its
+    grey window (MR: not the background; CT: not the air). Slices pass through the centre of its bounding box,
+    in neurological display (subject's right on the right of each panel, anterior/superior up), with
     orientation letters and the slice position (RAS mm). λ is coloured over its own range (printed);
-    det J on a log₂ scale symmetric around 1, inside the fixed image's foreground only (voxels with
-    det J ≤ 0 and the background are left blank). ``dice`` (mean Dice before, after) goes in the title.
+    det J on a log₂ scale symmetric around 1, inside the foreground only (voxels with det J ≤ 0 and the
+    background are left blank). ``dice`` (mean Dice before, after) goes in the title.
     """
     # imported here: matplotlib takes a third of a second to import, which every svreg command would pay
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -99,14 +100,14 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     arrays = {name: to_ras_array(img) for name, img in
               (("fixed", fixed), ("moving", moving_before), ("warped", warped), ("lambda", weight),
                ("jacobian", jacobian))}
-    f = arrays["fixed"]
-    foreground = f > f.min()
+    # the grey windows come from the whole volumes; only the three slices of each panel are computed
+    # (whole-volume temporaries of a 1 mm brain are 30-60 MB each)
+    windows = {n: intensity_window(arrays[n]) for n in ("fixed", "moving", "warped")}
+    f, (low, high) = arrays["fixed"], windows["fixed"]
+    foreground = f > low + FOREGROUND_LEVEL * (high - low)
     nz = np.argwhere(foreground)
     centre = tuple(int(v) for v in (((nz.min(0) + nz.max(0)) // 2) if len(nz) else np.asarray(f.shape) // 2))
     position = ras_array_affine(fixed)[:3, :3] @ np.asarray(centre, float) + ras_array_affine(fixed)[:3, 3]
-    # only the three slices of each panel are computed (whole-volume temporaries of a 1 mm brain are 30-60 MB
-    # each); the grey windows come from the whole volumes
-    windows = {n: intensity_window(arrays[n]) for n in ("fixed", "moving", "warped")}
     fn, mn, wn = ([(sl - windows[n][0]) / (windows[n][1] - windows[n][0]) for sl in _slices(arrays[n], centre)]
                   for n in ("fixed", "moving", "warped"))
     lam_low, lam_high = lambda_range(arrays["lambda"])
