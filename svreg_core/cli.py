@@ -446,7 +446,8 @@ relative to the CSV file's folder. Each pair gets its own output folder under -o
 writes it. Fixed images, labels and masks are loaded once and reused.
 A pair that fails is reported and skipped; the exit status is then 2. summary.csv under -o (with --shard I/N:
 summary_shard-I-of-N.csv) has one row per pair, rewritten after each: status, error, mean Dice, HD95, TRE,
-folding, NDV, SDlogJ, registration seconds.
+folding, NDV, SDlogJ, registration seconds. After an interruption (Ctrl-C, a killed job) the same command with
+--resume keeps the pairs finished before and registers the rest.
 """
 
 
@@ -459,6 +460,9 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="folder holding one output folder per pair")
     p.add_argument("--shard", default="0/1", metavar="I/N",
                    help="run only pairs I, I+N, I+2N, ... (0 <= I < N; a job array's task index; default 0/1)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on with a batch that was interrupted: pairs whose output folder holds a finished "
+                   "registration of the same images are kept, the others registered")
     add_parameter_arguments(p)
 
 
@@ -530,17 +534,34 @@ def run_register_batch(args: argparse.Namespace) -> int:
     params = registration_parameters(args)
     codes = learned_codes(args)
     check_batch_inputs(pairs)
+    if args.resume and args.overwrite:
+        raise InputError("--resume keeps the pairs registered before and --overwrite replaces them; choose one.")
+    finished = {pair.output: report for pair in pairs if (report := finished_report(pair))}
+    if finished and not (args.resume or args.overwrite):
+        raise InputError(f"{next(iter(finished))} holds a finished registration of its pair (an earlier run of this "
+                         "batch?); use --resume to keep the finished pairs and register the rest, --overwrite to "
+                         "redo every pair, or another output folder.")
+    if args.overwrite:
+        finished = {}
     for pair in pairs:  # every output folder is checked before the first registration
-        prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
+        if pair.output not in finished:
+            prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     summary = Path(args.output) / batch_summary_name(args.shard)
-    if summary.exists() and not args.overwrite:
-        raise InputError(f"{summary} exists (an earlier batch's summary); use --overwrite to replace it, or another "
-                         "output folder.")
+    if summary.exists() and not (args.overwrite or args.resume):
+        raise InputError(f"{summary} exists (an earlier batch's summary); use --resume to go on with that batch, "
+                         "--overwrite to replace it, or another output folder.")
     Path(args.output).mkdir(parents=True, exist_ok=True)
     cache: dict[tuple[str, bool], Image] = {}
     rows: list[dict[str, object]] = []
     failed = 0
     for number, pair in enumerate(pairs, 1):
+        if pair.output in finished:
+            rows.append(batch_summary_row(pair, finished[pair.output]))
+            write_batch_summary(summary, rows)
+            if args.progress != "json":
+                print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}: registered before, kept",
+                      file=sys.stderr)
+            continue
         if args.progress != "json":
             print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}", file=sys.stderr)
         printer = ProgressPrinter(args.progress)
@@ -569,6 +590,19 @@ def run_register_batch(args: argparse.Namespace) -> int:
         print(f"svreg: error: {failed} of {len(pairs)} pairs failed (see above and {summary.name}).", file=sys.stderr)
         return 2
     return 0
+
+
+def finished_report(pair: Pair) -> dict | None:
+    """The report of ``pair``'s output folder when a registration of the same moving and fixed images completed
+    there (:func:`is_output_folder`, the report naming those files), else ``None``."""
+    if not is_output_folder(pair.output):
+        return None
+    try:
+        report = json.loads((Path(pair.output) / "report.json").read_text(encoding="utf-8"))
+        named = [Path(report["inputs"][role]["path"]).resolve() for role in ("fixed", "moving")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return report if named == [Path(pair.fixed).resolve(), Path(pair.moving).resolve()] else None
 
 
 def check_batch_inputs(pairs: list[Pair]) -> None:

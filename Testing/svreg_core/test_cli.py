@@ -654,6 +654,38 @@ def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Pa
     assert main(argv) == 2 and "summary_shard-1-of-2.csv exists" in capsys.readouterr().err
 
 
+def test_batch_resumes_after_an_interruption(tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
+    """A batch whose second pair never finished (its folder missing): ``--resume`` keeps the first pair's files as
+    they are, registers the second and lists both in the summary; a pair folder of other images is not taken for
+    finished; ``--resume`` with ``--overwrite`` is refused."""
+    p = tiny_pair.paths
+    second = tmp_path / "second.nii.gz"
+    second.write_bytes(Path(p.moving).read_bytes())
+    root = tmp_path / "r"
+    argv = ["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), str(second), "-o", str(root),
+            "--preset", str(fast_preset), "--iterations", "5", "--outputs", "displacement", "--progress", "none"]
+    assert main(argv) == 0
+    kept = (root / "moving" / "report.json").read_bytes()
+    shutil.rmtree(root / "second")
+    assert main(argv) == 2 and f"{root / 'moving'} holds a finished registration of its pair (an earlier run of " \
+        "this batch?); use --resume to keep the finished pairs" in capsys.readouterr().err
+    (root / "moving").rename(root / "moved")
+    assert main(argv) == 2 and "use --resume to go on with that batch" in capsys.readouterr().err  # the summary
+    (root / "moved").rename(root / "moving")
+    assert main([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"[1/2] {p.moving} -> {p.fixed}: registered before, kept" in err and "[2/2]" in err
+    assert (root / "moving" / "report.json").read_bytes() == kept and (root / "second" / "report.json").is_file()
+    with (root / "summary.csv").open(newline="") as f:
+        assert [row["status"] for row in csv.DictReader(f)] == ["ok", "ok"]
+    # the folder "moving" holds a registration of other images: not finished for this pair, so refused
+    other = json.loads(kept)
+    other["inputs"]["moving"]["path"] = str(tmp_path / "someone_else.nii.gz")
+    (root / "moving" / "report.json").write_text(json.dumps(other))
+    assert main([*argv, "--resume"]) == 2 and "already exists" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--overwrite"]) == 2 and "choose one" in capsys.readouterr().err
+
+
 def test_batch_summary_lists_a_failed_pair(tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
     """A pair that fails (NaN voxels) has its row with the error; the others register; exit status 2."""
     p = tiny_pair.paths
