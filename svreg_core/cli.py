@@ -528,29 +528,10 @@ def shard(items: list, spec: str) -> list:
 
 
 def run_register_batch(args: argparse.Namespace) -> int:
-    from svreg_core.outputs.writer import prepare_output_dir
-
     pairs = shard(read_pairs(args), args.shard)
     params = registration_parameters(args)
     codes = learned_codes(args)
-    check_batch_inputs(pairs)
-    if args.resume and args.overwrite:
-        raise InputError("--resume keeps the pairs registered before and --overwrite replaces them; choose one.")
-    finished = {pair.output: report for pair in pairs if (report := finished_report(pair))}
-    if finished and not (args.resume or args.overwrite):
-        raise InputError(f"{next(iter(finished))} holds a finished registration of its pair (an earlier run of this "
-                         "batch?); use --resume to keep the finished pairs and register the rest, --overwrite to "
-                         "redo every pair, or another output folder.")
-    if args.overwrite:
-        finished = {}
-    for pair in pairs:  # every output folder is checked before the first registration
-        if pair.output not in finished:
-            prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
-    summary = Path(args.output) / batch_summary_name(args.shard)
-    if summary.exists() and not (args.overwrite or args.resume):
-        raise InputError(f"{summary} exists (an earlier batch's summary); use --resume to go on with that batch, "
-                         "--overwrite to replace it, or another output folder.")
-    Path(args.output).mkdir(parents=True, exist_ok=True)
+    finished, summary = _prepare_batch(pairs, args)
     cache: dict[tuple[str, bool], Image] = {}
     rows: list[dict[str, object]] = []
     failed = 0
@@ -590,6 +571,33 @@ def run_register_batch(args: argparse.Namespace) -> int:
         print(f"svreg: error: {failed} of {len(pairs)} pairs failed (see above and {summary.name}).", file=sys.stderr)
         return 2
     return 0
+
+
+def _prepare_batch(pairs: list[Pair], args: argparse.Namespace) -> tuple[dict[str, dict], Path]:
+    """Before the first registration of a batch: every input file exists, every output folder can be written, and
+    an earlier run's results are not replaced unasked. Returns the reports of the pairs finished before that
+    ``--resume`` keeps (by output folder) and the path of the batch's summary CSV."""
+    from svreg_core.outputs.writer import prepare_output_dir
+
+    check_batch_inputs(pairs)
+    if args.resume and args.overwrite:
+        raise InputError("--resume keeps the pairs registered before and --overwrite replaces them; choose one.")
+    finished = {pair.output: report for pair in pairs if (report := finished_report(pair))}
+    if finished and not (args.resume or args.overwrite):
+        raise InputError(f"{next(iter(finished))} holds a finished registration of its pair (an earlier run of this "
+                         "batch?); use --resume to keep the finished pairs and register the rest, --overwrite to "
+                         "redo every pair, or another output folder.")
+    if args.overwrite:
+        finished = {}
+    for pair in pairs:
+        if pair.output not in finished:
+            prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
+    summary = Path(args.output) / batch_summary_name(args.shard)
+    if summary.exists() and not (args.overwrite or args.resume):
+        raise InputError(f"{summary} exists (an earlier batch's summary); use --resume to go on with that batch, "
+                         "--overwrite to replace it, or another output folder.")
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    return finished, summary
 
 
 def finished_report(pair: Pair) -> dict | None:
