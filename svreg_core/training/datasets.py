@@ -317,8 +317,10 @@ def split_pairs(pairs: Sequence[PairSpec], *, val_fraction: float | None = None,
             if not train:
                 break
             return train, val
-    raise InputError(f"cannot hold out validation subjects from {len(pairs)} pairs of {len(candidates)} "
-                     f"subjects and keep both training and validation pairs; add subjects.")
+    every = f" ({len(shared)} of them in every pair, never held out)" if shared else ""
+    raise InputError(f"cannot hold out validation subjects from {len(pairs)} pair{'s' * (len(pairs) != 1)} of "
+                     f"{len(candidates) + len(shared)} images{every} and keep both training and validation pairs; "
+                     "add subjects, or give validation data of its own (--val-data).")
 
 
 # --------------------------------------------------------------------------------- grid helpers

@@ -337,8 +337,13 @@ def test_split_pairs_keeps_validation_subjects_out_of_training() -> None:
     train, val = split_pairs(atlas_pairs, val_count=3, seed=1)
     assert len(val) == 3 and len(train) == 7
     assert not {p.moving for p in val} & {p.moving for p in train}
-    with pytest.raises(InputError, match="add subjects"):
+    with pytest.raises(InputError, match=r"from 1 pair of 2 images \(2 of them in every pair, never held out\) "
+                                         r"and keep both training and validation pairs; add subjects, or give "
+                                         r"validation data of its own \(--val-data\)"):
         split_pairs(atlas_pairs[:1], val_count=1)
+    two = subjects[:2]  # two images, both in both pairs: nothing can be held out
+    with pytest.raises(InputError, match=r"from 2 pairs of 2 images \(2 of them in every pair"):
+        split_pairs([PairSpec(two[0], two[1]), PairSpec(two[1], two[0])], val_fraction=0.2)
 
 
 # ----------------------------------------------------------------------------------- real data
