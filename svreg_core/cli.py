@@ -439,11 +439,11 @@ examples:
   svreg register-batch --pairs pairs.csv -o results --shard $SLURM_ARRAY_TASK_ID/10   # sbatch --array=0-9
 
 pairs.csv has a header with the columns fixed and moving, and optionally fixed_labels, moving_labels,
-fixed_mask, moving_mask, initial_transform (as register's --initial-transform) and output (the folder
-under -o; default: the moving file's name without its image ending such as .nii.gz, or the folder's name
-for a DICOM series given by a file or its folder); relative paths are
-relative to the CSV file's folder. Each pair gets its own output folder under -o, as 'svreg register'
-writes it. Fixed images, labels and masks are loaded once and reused.
+fixed_mask, moving_mask, fixed_landmarks, moving_landmarks (point files: the summary then gives the TRE),
+initial_transform (as register's --initial-transform) and output (the folder under -o; default: the moving
+file's name without its image ending such as .nii.gz, or the folder's name for a DICOM series given by a
+file or its folder); relative paths are relative to the CSV file's folder. Each pair gets its own output
+folder under -o, as 'svreg register' writes it. Fixed images, labels and masks are loaded once and reused.
 A pair that fails is reported and skipped; the exit status is then 2. summary.csv under -o (with --shard I/N:
 summary_shard-I-of-N.csv) has one row per pair, rewritten after each: status, error, mean Dice, HD95, TRE,
 folding, NDV, SDlogJ, registration seconds. After an interruption (Ctrl-C, a killed job) the same command with
@@ -505,8 +505,8 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
             raise InputError(f"pair {number} has no {'fixed' if fixed is None else 'moving'} image.")
         out = row.get("output") or _stem(moving)
         pairs.append(Pair(fixed, moving, str(root / out), resolve("fixed_labels"), resolve("moving_labels"),
-                          resolve("fixed_mask"), resolve("moving_mask"),
-                          initial_transform=resolve("initial_transform")))
+                          resolve("fixed_mask"), resolve("moving_mask"), resolve("fixed_landmarks"),
+                          resolve("moving_landmarks"), resolve("initial_transform")))
     outputs = [p.output for p in pairs]
     if len(set(outputs)) != len(outputs):
         duplicate = next(o for o in outputs if outputs.count(o) > 1)

@@ -654,6 +654,22 @@ def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Pa
     assert main(argv) == 2 and "summary_shard-1-of-2.csv exists" in capsys.readouterr().err
 
 
+def test_batch_summary_gives_the_landmark_error(tiny_pair, fast_preset, tmp_path: Path) -> None:
+    """Landmark columns of a pairs CSV reach the registration: the summary's TRE is the report's."""
+    p = tiny_pair.paths
+    points = Grid(load_image(p.fixed).shape, load_image(p.fixed).affine).world_points()[4:7, 4, 4]
+    (tmp_path / "fixed_points.csv").write_text("x,y,z\n" + "".join(f"{a},{b},{c}\n" for a, b, c in points))
+    (tmp_path / "moving_points.csv").write_text("x,y,z\n" + "".join(f"{a + 2},{b},{c}\n" for a, b, c in points))
+    (tmp_path / "pairs.csv").write_text("fixed,moving,fixed_landmarks,moving_landmarks\n"
+                                        f"{p.fixed},{p.moving},fixed_points.csv,moving_points.csv\n")
+    assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r"), "--preset",
+                 str(fast_preset), "--iterations", "5", "--outputs", "displacement", "--progress", "none"]) == 0
+    report = json.loads((tmp_path / "r" / "moving" / "report.json").read_text())
+    with (tmp_path / "r" / "summary.csv").open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["tre_mean_mm"]) == pytest.approx(report["metrics"]["tre"]["mean"], rel=1e-12)
+
+
 def test_batch_resumes_after_an_interruption(tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
     """A batch whose second pair never finished (its folder missing): ``--resume`` keeps the first pair's files as
     they are, registers the second and lists both in the summary; a pair folder of other images is not taken for
@@ -747,15 +763,17 @@ def test_batch_pairs_csv_columns(tmp_path: Path) -> None:
 
     from svreg_core.cli import read_pairs
 
-    (tmp_path / "pairs.csv").write_text("fixed,moving,fixed_labels,initial_transform,output\n"
-                                        "f.nii.gz,sub1.nrrd,f_seg.nii.gz,sub1_rigid.tfm,\n"
-                                        "f.nii.gz,sub2.nii.gz,,,two\n")
+    (tmp_path / "pairs.csv").write_text("fixed,moving,fixed_labels,initial_transform,fixed_landmarks,moving_landmarks,"
+                                        "output\nf.nii.gz,sub1.nrrd,f_seg.nii.gz,sub1_rigid.tfm,f.fcsv,sub1.csv,\n"
+                                        "f.nii.gz,sub2.nii.gz,,,,,two\n")
     first, second = read_pairs(Namespace(pairs=str(tmp_path / "pairs.csv"), output=str(tmp_path / "r"), fixed=None,
                                          moving=None))
     assert (first.moving, first.fixed_labels, first.initial_transform, first.output) == (
         str(tmp_path / "sub1.nrrd"), str(tmp_path / "f_seg.nii.gz"), str(tmp_path / "sub1_rigid.tfm"),
         str(tmp_path / "r" / "sub1"))
+    assert (first.fixed_landmarks, first.moving_landmarks) == (str(tmp_path / "f.fcsv"), str(tmp_path / "sub1.csv"))
     assert (second.fixed_labels, second.initial_transform, second.output) == (None, None, str(tmp_path / "r" / "two"))
+    assert second.fixed_landmarks is None
     assert str(tmp_path / "sub1_rigid.tfm") in first.inputs()
 
 
