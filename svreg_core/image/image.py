@@ -66,8 +66,11 @@ def conform_to_grid(image: Image, grid: Grid, what: str, reference: str) -> Imag
     """
     if image.grid.same_as(grid, atol=SAME_GRID_TOLERANCE_MM):
         return image
+    sizes = [" x ".join(f"{v:.4g}" for v in g.spacing) for g in (image.grid, grid)]
+    apart = float(np.linalg.norm(image.affine[:3, 3] - grid.affine[:3, 3]))
     refusal = InputError(f"{what} {image.shape} is not on the grid of the {reference} {grid.shape}: they must hold "
-                         "the same voxels (the same grid, the same voxels in another axis order, or a part of them).")
+                         "the same voxels (the same grid, the same voxels in another axis order, or a part of them); "
+                         f"voxel sizes {sizes[0]} and {sizes[1]} mm, first voxels {apart:.1f} mm apart.")
     # grid voxel g -> image voxel  signed @ g + shift: the same lattice iff a signed permutation, whole-voxel shift
     mapping = np.linalg.inv(image.affine) @ grid.affine
     signed, shift = np.rint(mapping[:3, :3]), np.rint(mapping[:3, 3])

@@ -122,5 +122,10 @@ def test_conform_to_grid_refuses_other_voxels(change: str) -> None:
         c, s = np.cos(0.2), np.sin(0.2)
         affine[:3, :3] = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1.0]]) @ affine[:3, :3]
     with pytest.raises(InputError, match=r"moving labels \(.*\) is not on the grid of the moving image \(8, 9, 10\): "
-                                         r"they must hold the same voxels"):
+                                         r"they must hold the same voxels") as info:
         conform_to_grid(Image(data, affine), image.grid, "moving labels", "moving image")
+    # how the grids differ: the voxel sizes and the distance between the first voxels' centres
+    apart = np.linalg.norm(affine[:3, 3] - image.affine[:3, 3])
+    assert str(info.value).endswith(f"; voxel sizes {' x '.join(f'{v:.4g}' for v in Image(data, affine).spacing)} and "
+                                    f"{' x '.join(f'{v:.4g}' for v in image.spacing)} mm, first voxels {apart:.1f} mm "
+                                    "apart.")
