@@ -923,7 +923,9 @@ def describe_output(path: str) -> dict:
         inputs, metrics = report["inputs"], report["metrics"]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{path}: its report.json is unreadable; the folder is not a complete svreg output.") from None
-    return {**describe_transform(path), "svreg_output": {
+    kept = any((Path(path) / name).is_file() for name in ("displacement.nii.gz", "transform.h5"))
+    transform = describe_transform(path) if kept else {"path": path, "transform": []}
+    return {**transform, "svreg_output": {
         "method": report.get("method"), "model": (report.get("model") or {}).get("name"),
         "fixed": inputs.get("fixed", {}).get("path"), "moving": inputs.get("moving", {}).get("path"),
         "summary": _summary(report).removeprefix("Registered "), "metrics": metrics}}
@@ -945,6 +947,8 @@ def _transform_line(entry: dict) -> str:
     output = entry.get("svreg_output")
     heading = "" if output is None else (
         f"svreg output: {output['moving']} registered to {output['fixed']} {output['summary']}; ")
+    if not parts:
+        return f"{entry['path']}: {heading}no transform file kept (the run's --outputs left them out)"
     return (f"{entry['path']}: {heading}transform of fixed-world to moving-world points (RAS), acting in turn: "
             + "; ".join(parts))
 

@@ -865,7 +865,7 @@ def test_a_folder_without_dicom_is_refused_in_svreg_words_only(tmp_path: Path, c
                                         "series; give an image file or a folder holding the DICOM files of one series."]
 
 
-def test_info_describes_an_output_folder(full_run, tiny_pair, capsys) -> None:
+def test_info_describes_an_output_folder(full_run, tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
     """An svreg output folder: the images, the method and the metrics of its report.json, then the transform its
     files hold (the same steps as describing its transform file alone); a folder without report.json is not one."""
     report = json.loads((full_run.out / "report.json").read_text())
@@ -882,6 +882,13 @@ def test_info_describes_an_output_folder(full_run, tiny_pair, capsys) -> None:
                                       f"registered to {report['inputs']['fixed']['path']} in ")
     assert f"mean Dice {report['metrics']['dice_mean_before']:.4f} -> {report['metrics']['dice_mean']:.4f}" in out
     assert "; transform of fixed-world to moving-world points (RAS), acting in turn: displacement field on " in out
+    # a run that kept no transform file (--outputs warped) is still described
+    p = tiny_pair.paths
+    assert main(["register", str(p.fixed), str(p.moving), "-o", str(tmp_path / "w"), "--preset", str(fast_preset),
+                 "--iterations", "5", "--outputs", "warped", "--progress", "none"]) == 0
+    capsys.readouterr()
+    rc, out, _ = _main(["info", tmp_path / "w"], capsys)
+    assert rc == 0 and out.strip().endswith("; no transform file kept (the run's --outputs left them out)")
 
 
 def test_info_lists_each_dicom_series_of_a_study_folder(geo, tmp_path: Path, capsys) -> None:
