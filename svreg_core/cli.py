@@ -805,6 +805,9 @@ def run_apply(args: argparse.Namespace) -> int:
         if taken and not args.overwrite:
             raise InputError(f"{taken[0]} already exists, and writing {out.name} would replace it (its data file); "
                              "use --overwrite to replace it.")
+    if is_output_folder(args.transform) and not _kept_transform(args.transform):
+        raise InputError(f"{args.transform} kept no transform (its run's --outputs left out displacement and "
+                         "transform); register again with them to apply the result.")
     transform = load_transform(args.transform, inverse=args.inverse)
     if points:
         count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)
@@ -915,6 +918,11 @@ def is_output_folder(path: str) -> bool:
     return (folder / MARKER_FILE).is_file() and (folder / "report.json").is_file()
 
 
+def _kept_transform(folder: str) -> bool:
+    """Whether an output folder holds a forward transform file (its run's ``--outputs`` may have left them out)."""
+    return any((Path(folder) / name).is_file() for name in ("displacement.nii.gz", "transform.h5"))
+
+
 def describe_output(path: str) -> dict:
     """What ``svreg info`` prints about an svreg output folder: from its ``report.json`` the method (and model),
     the fixed and moving images, the metrics; from its files the transform (:func:`describe_transform`)."""
@@ -923,8 +931,7 @@ def describe_output(path: str) -> dict:
         inputs, metrics = report["inputs"], report["metrics"]
     except (OSError, ValueError, KeyError, TypeError):
         raise InputError(f"{path}: its report.json is unreadable; the folder is not a complete svreg output.") from None
-    kept = any((Path(path) / name).is_file() for name in ("displacement.nii.gz", "transform.h5"))
-    transform = describe_transform(path) if kept else {"path": path, "transform": []}
+    transform = describe_transform(path) if _kept_transform(path) else {"path": path, "transform": []}
     return {**transform, "svreg_output": {
         "method": report.get("method"), "model": (report.get("model") or {}).get("name"),
         "fixed": inputs.get("fixed", {}).get("path"), "moving": inputs.get("moving", {}).get("path"),

@@ -889,6 +889,8 @@ def test_info_describes_an_output_folder(full_run, tiny_pair, fast_preset, tmp_p
     capsys.readouterr()
     rc, out, _ = _main(["info", tmp_path / "w"], capsys)
     assert rc == 0 and out.strip().endswith("; no transform file kept (the run's --outputs left them out)")
+    rc, _, err = _main(["apply", tmp_path / "w", p.moving, "-o", tmp_path / "a.nii.gz"], capsys)
+    _assert_plain_error(rc, err, "kept no transform (its run's --outputs left out displacement and transform)")
 
 
 def test_info_lists_each_dicom_series_of_a_study_folder(geo, tmp_path: Path, capsys) -> None:
