@@ -869,10 +869,6 @@ def describe_image(image: Image, path: str) -> dict:
             "value_max": float(data.max())}
 
 
-#: File endings ``svreg info`` describes as transforms rather than images (ITK, ANTs).
-TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
-
-
 def describe_transform(path: str) -> dict:
     """What ``svreg info`` prints about a transform file (:func:`~svreg_core.outputs.read.load_transform`): its
     steps in the order they act on a fixed-world point, in RAS mm. A linear step: its 4x4 matrix, the rotation
@@ -986,11 +982,12 @@ def run_info(args: argparse.Namespace) -> int:
 
     from svreg_core.image import load_image
     from svreg_core.image.image import foreground_inside
+    from svreg_core.outputs.read import ITK_TRANSFORM_SUFFIXES
 
+    is_transform = lambda path: path.lower().endswith(ITK_TRANSFORM_SUFFIXES) or is_output_folder(path)  # noqa: E731
     transforms = [describe_output(path) if is_output_folder(path) else describe_transform(path)
-                  for path in args.images if path.lower().endswith(TRANSFORM_SUFFIXES) or is_output_folder(path)]
-    inputs = info_inputs([path for path in args.images
-                          if not (path.lower().endswith(TRANSFORM_SUFFIXES) or is_output_folder(path))])
+                  for path in args.images if is_transform(path)]
+    inputs = info_inputs([path for path in args.images if not is_transform(path)])
     paths = [path for path, _ in inputs]
     images = [load_image(path, name=Path(path).name) for path in paths]
     entries = [describe_image(image, path) for image, path in zip(images, paths)]

@@ -237,6 +237,10 @@ def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:
     return tx.inverse() if inverse else tx
 
 
+#: File endings of ITK transform files (lower case): HDF5, text and ANTs' binary ``.mat``.
+ITK_TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt", ".mat")
+
+
 def read_linear_transform(path: str | Path) -> np.ndarray:
     """The 4x4 RAS->RAS matrix (fixed world -> moving world, the resampling direction ITK files hold) of a linear
     transform file: an ITK ``.tfm``/``.txt``/``.h5``/``.mat`` (Slicer's and ANTs' rigid and affine files), its
@@ -244,6 +248,10 @@ def read_linear_transform(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"initial transform not found: {path}")
+    if path.suffix.lower() not in ITK_TRANSFORM_SUFFIXES:
+        raise InputError(f"{path.name}: an initial transform is a linear ITK transform file "
+                         f"({', '.join(ITK_TRANSFORM_SUFFIXES)}), e.g. a rigid or affine transform saved by Slicer "
+                         "or ANTs.")
     matrix = np.eye(4)
     for step in _read_file(path).steps:  # steps[0] acts first
         if not isinstance(step, np.ndarray):
@@ -257,7 +265,7 @@ def _read_file(path: Path) -> Transform:
     if path.name.lower().endswith((".nii", ".nii.gz")):
         field = read_displacement(path)
         return Transform((field,), grid=field.grid)
-    if path.suffix.lower() in (".h5", ".hdf5", ".tfm", ".txt", ".mat"):
+    if path.suffix.lower() in ITK_TRANSFORM_SUFFIXES:
         return read_itk_transform(path)
     raise InputError(f"{path.name}: unknown transform file type; use an svreg output folder, an ITK .h5/.tfm "
                      "transform or a displacement .nii.gz.")

@@ -194,6 +194,10 @@ def test_linear_transform_errors(tmp_path: Path) -> None:
         read_linear_transform(tmp_path / "field.h5")
     with pytest.raises(InputError, match="initial transform not found"):
         read_linear_transform(tmp_path / "nowhere.tfm")
+    (tmp_path / "points.csv").write_text("x,y,z\n0,0,0\n")  # not a transform: named as what it should be
+    with pytest.raises(InputError, match=r"points.csv: an initial transform is a linear ITK transform file \(.h5, "
+                                         r".hdf5, .tfm, .txt, .mat\)"):
+        read_linear_transform(tmp_path / "points.csv")
 
 
 def test_itk_errors(tmp_path: Path) -> None:
