@@ -602,15 +602,18 @@ def _prepare_batch(pairs: list[Pair], args: argparse.Namespace) -> tuple[dict[st
 
 def finished_report(pair: Pair) -> dict | None:
     """The report of ``pair``'s output folder when a registration of the same moving and fixed images completed
-    there (:func:`is_output_folder`, the report naming those files), else ``None``."""
+    there (:func:`is_output_folder`, the report naming those files: the same file, or for a path the report holds
+    relative to the folder the batch ran in, which may not be this one, the same file name), else ``None``."""
     if not is_output_folder(pair.output):
         return None
     try:
         report = json.loads((Path(pair.output) / "report.json").read_text(encoding="utf-8"))
-        named = [Path(report["inputs"][role]["path"]).resolve() for role in ("fixed", "moving")]
+        named = [Path(report["inputs"][role]["path"]) for role in ("fixed", "moving")]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return report if named == [Path(pair.fixed).resolve(), Path(pair.moving).resolve()] else None
+    same = all(old.resolve() == Path(new).resolve() or (not old.is_absolute() and old.name == Path(new).name)
+               for old, new in zip(named, (pair.fixed, pair.moving)))
+    return report if same else None
 
 
 def check_batch_inputs(pairs: list[Pair]) -> None:

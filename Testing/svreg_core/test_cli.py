@@ -702,6 +702,25 @@ def test_batch_resumes_after_an_interruption(tiny_pair, fast_preset, tmp_path: P
     assert main([*argv, "--resume", "--overwrite"]) == 2 and "choose one" in capsys.readouterr().err
 
 
+def test_a_finished_pair_is_recognised_from_another_working_folder(tmp_path: Path) -> None:
+    """A report holding paths relative to the folder its batch ran in matches the same file names given from
+    elsewhere; another file name, or an absolute path to another file, does not."""
+    from svreg_core.cli import Pair, finished_report
+    from svreg_core.outputs.writer import MARKER_FILE
+
+    out = tmp_path / "r" / "sub1"
+    out.mkdir(parents=True)
+    (out / MARKER_FILE).write_text("")
+    inputs = {"fixed": {"path": "data/atlas.nii.gz"}, "moving": {"path": "data/sub1.nii.gz"}}
+    (out / "report.json").write_text(json.dumps({"inputs": inputs}))
+    here = str(tmp_path / "project" / "data")
+    assert finished_report(Pair(f"{here}/atlas.nii.gz", f"{here}/sub1.nii.gz", str(out))) is not None
+    assert finished_report(Pair(f"{here}/atlas.nii.gz", f"{here}/sub2.nii.gz", str(out))) is None
+    inputs["moving"]["path"] = str(tmp_path / "other" / "sub1.nii.gz")
+    (out / "report.json").write_text(json.dumps({"inputs": inputs}))
+    assert finished_report(Pair(f"{here}/atlas.nii.gz", f"{here}/sub1.nii.gz", str(out))) is None
+
+
 def test_batch_summary_lists_a_failed_pair(tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
     """A pair that fails (NaN voxels) has its row with the error; the others register; exit status 2."""
     p = tiny_pair.paths
