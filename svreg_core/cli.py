@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from svreg_core.errors import InputError, SvregError
 from svreg_core.image.io import image_stem, is_dicom_input
 from svreg_core.interrupts import sigterm_as_interrupt
-from svreg_core.optim.parameters import MR_PRESETS, NETWORK_PRECISIONS, PRESETS, SIMILARITIES
+from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES, preset_modality_warning
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
 
@@ -357,8 +357,10 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     gpu_ready()
     load_s = time.perf_counter() - t0
     with _recorded_warnings() as warned:
-        if args.model is None:
-            _check_preset_modality(str(args.preset), params.similarity, images.fixed, images.moving)
+        note = None if args.model else preset_modality_warning(args.preset, params.similarity, images.fixed.data,
+                                                                images.moving.data)
+        if note:
+            warnings.warn(note, stacklevel=1)
         result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
                           moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,
                           initial_affine=images.initial, progress=printer)
@@ -371,18 +373,6 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                            extra={**(images.extra or {}), **({"warnings": warned} if warned else {})})
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
-
-
-def _check_preset_modality(preset: str, similarity: str, fixed: Image, moving: Image) -> None:
-    """Warn when an MR preset (:data:`MR_PRESETS`, with its own similarity) registers two images that read as CT
-    (:func:`~svreg_core.image.modality.looks_like_ct`): on svreg's known-warp CT cases the CT presets' mean
-    end-point error was 32–44 % below ``brain-mri``'s, their fields smoother (README, "Presets")."""
-    from svreg_core.image.modality import looks_like_ct
-
-    if preset in MR_PRESETS and similarity != "mind" and looks_like_ct(fixed.data) and looks_like_ct(moving.data):
-        warnings.warn(f"both images look like CT (Hounsfield units), but the {preset} preset was tuned on MR: "
-                      "--preset ct (or lung-ct for the chest), tuned on CT, gave a 32-44 % lower mean end-point "
-                      "error and smoother fields on svreg's CT test cases.", stacklevel=2)
 
 
 def _summary(report: dict) -> str:

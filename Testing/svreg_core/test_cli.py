@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from svreg_core.cli import main
-from svreg_core.image import Grid, Image, load_image
+from svreg_core.image import Grid, load_image
 from svreg_core.outputs import OUTPUT_FILES
 
 REPORT_METRICS = ("dice_mean", "dice", "hd95_mean", "folding_percent", "ndv_percent", "sdlogj")
@@ -821,29 +821,16 @@ def test_batch_output_folders_of_dicom_series(geo, tmp_path: Path, capsys) -> No
 
 def test_a_ct_pair_with_an_mr_preset_is_warned_about(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     """Two images in Hounsfield units (air at −1000 HU) registered with the default brain-mri preset: one warning
-    line naming the CT presets, also in report.json; no warning with a CT preset, with MIND, or when one image is
-    not a CT."""
-    import warnings
-
-    from svreg_core.cli import _check_preset_modality
-
-    ct = {}
+    line naming the CT presets, also in report.json (when it stays silent: ``optim/test_parameters.py``)."""
     for name in ("fixed", "moving"):
         mr = load_image(getattr(tiny_pair.paths, name))
-        ct[name] = Image(mr.data / mr.data.max() * 1040.0 - 1000.0, mr.affine)  # air −1000, tissue to 40 HU
-        geo.save_nifti(ct[name].data, ct[name].affine, tmp_path / f"{name}_ct.nii.gz")
+        geo.save_nifti(mr.data / mr.data.max() * 1040.0 - 1000.0, mr.affine, tmp_path / f"{name}_ct.nii.gz")
     rc, _, err = _main(["register", tmp_path / "fixed_ct.nii.gz", tmp_path / "moving_ct.nii.gz", "-o", tmp_path / "o",
                         "--iterations", "5", "--outputs", "displacement", "--progress", "none"], capsys)
     (line,) = [ln for ln in err.splitlines() if "look like CT" in ln]
     assert rc == 0 and line.startswith("svreg: warning: both images look like CT (Hounsfield units), but the "
                                        "brain-mri preset was tuned on MR: --preset ct (or lung-ct for the chest)")
     assert json.loads((tmp_path / "o" / "report.json").read_text())["warnings"] == [line[len("svreg: warning: "):]]
-    mr = load_image(tiny_pair.paths.moving)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        _check_preset_modality("ct", "mind", ct["fixed"], ct["moving"])
-        _check_preset_modality("brain-mri", "mind", ct["fixed"], ct["moving"])
-        _check_preset_modality("brain-mri", "lncc", ct["fixed"], mr)
 
 
 def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys) -> None:

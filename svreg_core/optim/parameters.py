@@ -303,6 +303,20 @@ PRESETS: dict[str, RegistrationParameters] = {
 #: The presets made for MR images (``ct`` and ``lung-ct`` are for CT in Hounsfield units).
 MR_PRESETS = ("brain-mri", "cardiac-mri")
 
+
+def preset_modality_warning(preset: str | Path, similarity: str, fixed: np.ndarray, moving: np.ndarray) -> str | None:
+    """One line when an MR preset (:data:`MR_PRESETS`, with its own similarity) is to register two images that
+    read as CT (:func:`~svreg_core.image.modality.looks_like_ct`), else ``None``: on svreg's known-warp CT cases
+    the CT presets' mean end-point error was 32–44 % below ``brain-mri``'s and their fields smoother (README,
+    "Presets")."""
+    from svreg_core.image.modality import looks_like_ct
+
+    if str(preset) not in MR_PRESETS or similarity == "mind" or not (looks_like_ct(fixed) and looks_like_ct(moving)):
+        return None
+    return (f"both images look like CT (Hounsfield units), but the {preset} preset was tuned on MR: --preset ct "
+            "(or lung-ct for the chest), tuned on CT, gave a 32-44 % lower mean end-point error and smoother fields "
+            "on svreg's CT test cases.")
+
 #: What a preset file is meant to change: the SPR hyperparameters. Everything else (pyramid, iterations,
 #: affine stage, ...) is a fixed setting, and a preset file that changes one gets a warning.
 HYPERPARAMETERS = ("alpha_prime", "lambda_max", "refine_codes")

@@ -4,10 +4,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from svreg_core.errors import InputError
-from svreg_core.optim.parameters import PRESETS, RegistrationParameters, load_parameters, preset_warning
+from svreg_core.optim.parameters import (
+    PRESETS,
+    RegistrationParameters,
+    load_parameters,
+    preset_modality_warning,
+    preset_warning,
+)
 
 
 def test_presets_load() -> None:
@@ -187,3 +194,18 @@ def test_refine_codes_are_a_preset_setting(tmp_path: Path) -> None:
     assert preset_warning(path) is None
     path.write_text(json.dumps({"base": "brain-mri", "parameters": {"refine_codes": None}}))
     assert load_parameters(path).refine_codes is None
+
+
+def test_an_mr_preset_on_two_ct_images_gets_one_line() -> None:
+    """Only an MR preset with its own similarity, and only when both images read as CT (air at −1000 HU)."""
+    ct = np.full((10, 10, 10), 40.0)
+    ct[:, :, :3] = -1000.0
+    mr = np.abs(ct) / 10.0
+    note = preset_modality_warning("brain-mri", "lncc", ct, ct)
+    assert note is not None and note.startswith("both images look like CT (Hounsfield units), but the brain-mri "
+                                                "preset was tuned on MR: --preset ct (or lung-ct") and "\n" not in note
+    assert preset_modality_warning("cardiac-mri", "mse", ct, ct) is not None
+    assert preset_modality_warning("ct", "mind", ct, ct) is None
+    assert preset_modality_warning("brain-mri", "mind", ct, ct) is None  # MIND chosen: the user knows
+    assert preset_modality_warning("brain-mri", "lncc", ct, mr) is None
+    assert preset_modality_warning("tuned.json", "lncc", ct, ct) is None
