@@ -35,7 +35,7 @@ from svreg_core.errors import InputError
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
 from svreg_core.tuning.objective import Objective, PairwiseDice, PairwiseTRE, trial_function
-from svreg_core.tuning.pairs import discover_pairs
+from svreg_core.tuning.pairs import ValidationPair, discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
 from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
 from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, SearchSpace, build_search_space
@@ -210,11 +210,33 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
         objective = (PairwiseTRE(discover_pairs(args.validation, needs="landmarks")) if args.objective == "tre" else
                      PairwiseDice(discover_pairs(args.validation), labels=args.labels,
                                   label_mode=args.label_interpolation))
-        return build_search_space(args.preset, overrides=overrides, **ranges), objective, None
+        space = build_search_space(args.preset, overrides=overrides, **ranges)
+        _check_preset_modality(args.preset, space, objective.pairs[0])
+        return space, objective, None
     config = training_config(args)
     text = str(args.storage)
     runs = Path(args.runs_dir or (Path(text).parent if "://" not in text else Path()) / f"{args.study_name}-runs")
     return build_search_space(config, **ranges), TrainingDice(runs, args.epochs_per_trial or config.epochs), runs
+
+
+def _check_preset_modality(preset: str, space: SearchSpace, first: ValidationPair) -> None:
+    """Before any trial: warn when an MR preset is to be tuned on CT images (its first pair's, read once;
+    :func:`~svreg_core.optim.parameters.preset_modality_warning`)."""
+    import warnings
+
+    from svreg_core.image import load_image
+    from svreg_core.optim.parameters import MR_PRESETS, RegistrationParameters, preset_modality_warning
+
+    if preset not in MR_PRESETS or not isinstance(space.base, RegistrationParameters):
+        return  # nothing to read: only the MR presets are checked
+    try:
+        images = [load_image(path, name=f"pair {first.name!r} {role}") for role, path in
+                  (("fixed", first.fixed), ("moving", first.moving))]
+    except InputError:
+        return  # an unusable pair fails its trials, which say why (the study's failure handling)
+    note = preset_modality_warning(preset, space.base.similarity, images[0].data, images[1].data)
+    if note:
+        warnings.warn(note, stacklevel=2)
 
 
 def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> optuna.Study:

@@ -36,6 +36,28 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "s.db").exists()  # found before the study storage is created
 
 
+def test_an_mr_preset_on_ct_pairs_is_warned_about_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The first pair read as CT (the demo pair turned into Hounsfield units) with the default brain-mri preset:
+    one warning line before the trials, which still run."""
+    import nibabel as nib
+
+    pair = demo_pairs / "pair01"
+    for role in ("fixed", "moving"):
+        image = nib.load(str(pair / f"{role}.nii.gz"))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+        nib.save(nib.Nifti1Image(data / data.max() * 1040.0 - 1000.0, image.affine), str(tmp_path / f"{role}.nii.gz"))
+    (tmp_path / "pairs.csv").write_text("name,fixed,moving,fixed_labels,moving_labels\n"
+                                        f"ct,fixed.nii.gz,moving.nii.gz,{pair / 'fixed_labels.nii.gz'},"
+                                        f"{pair / 'moving_labels.nii.gz'}\n")
+    assert main(["tune", str(tmp_path / "pairs.csv"), "--storage", str(tmp_path / "s.db"), "--n-trials", "1",
+                 "--progress", "none", *helpers.FAST]) == 0
+    warned = [ln for ln in capsys.readouterr().err.splitlines() if "look like CT" in ln]
+    assert warned == ["svreg: warning: both images look like CT (Hounsfield units), but the brain-mri preset was "
+                      "tuned on MR: --preset ct (or lung-ct for the chest), tuned on CT, gave a 32-44 % lower mean "
+                      "end-point error and smoother fields on svreg's CT test cases."]
+
+
 @pytest.fixture(scope="module")
 def tuned(demo_pairs: Path, tmp_path_factory: pytest.TempPathFactory, helpers: Any) -> dict[str, Any]:
     """A 4-trial study over both demo pairs, run in-process with JSON progress (captured)."""
