@@ -317,6 +317,7 @@ def preset_modality_warning(preset: str | Path, similarity: str, fixed: np.ndarr
             "(or lung-ct for the chest), tuned on CT, gave a 32-44 % lower mean end-point error and smoother fields "
             "on svreg's CT test cases.")
 
+
 #: What a preset file is meant to change: the SPR hyperparameters. Everything else (pyramid, iterations,
 #: affine stage, ...) is a fixed setting, and a preset file that changes one gets a warning.
 HYPERPARAMETERS = ("alpha_prime", "lambda_max", "refine_codes")
