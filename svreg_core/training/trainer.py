@@ -41,7 +41,14 @@ from svreg_core.models.zoo import resolve_model
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training import distributed
 from svreg_core.training.config import TrainingConfig, load_config, save_config
-from svreg_core.training.history import CURVE_FILE, METRICS_FILE, TensorBoardLog, write_curve_png, write_metrics_csv
+from svreg_core.training.history import (
+    CURVE_FILE,
+    CURVE_INTERVAL_S,
+    METRICS_FILE,
+    TensorBoardLog,
+    write_curve_png,
+    write_metrics_csv,
+)
 from svreg_core.training.loaders import (
     STREAM_MODEL,
     TrainingData,
@@ -287,6 +294,14 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     board = TensorBoardLog(run_dir, first_epoch=resumed_from + 1) if ctx.is_main else None
     step_time, step_count = 0.0, 0
     fork_devices = [device] if device.type == "cuda" else []
+    curve_title = f"{run_dir.name}: {config.architecture}"
+    curve_epochs, curve_drawn = len(state.history), time.perf_counter()  # the figure of a resumed run is current
+
+    def draw_curve() -> None:
+        nonlocal curve_epochs, curve_drawn
+        write_curve_png(state.history, run_dir / CURVE_FILE, title=curve_title)
+        curve_epochs, curve_drawn = len(state.history), time.perf_counter()
+
     try:
         for epoch in range(resumed_from, config.epochs):
             started = time.perf_counter()
@@ -346,7 +361,8 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
                 save_checkpoint(run_dir / LAST_DIR, model, info)
                 save_state(run_dir, model, optimizer, state)  # the epoch counts as finished from here on
                 write_metrics_csv(state.history, run_dir / METRICS_FILE)
-                write_curve_png(state.history, run_dir / CURVE_FILE, title=f"{run_dir.name}: {config.architecture}")
+                if time.perf_counter() - curve_drawn >= CURVE_INTERVAL_S:
+                    draw_curve()
                 assert board is not None  # the main process has one
                 board.log(row)
             distributed.barrier(ctx)
@@ -355,6 +371,8 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     finally:
         if board is not None:
             board.close()
+        if ctx.is_main and len(state.history) > curve_epochs:  # last epoch, Ctrl-C, a pruned trial
+            draw_curve()
     return TrainingSummary(run_dir, state.epoch, resumed_from, state.step, state.best_epoch, state.best_metric,
                            state.best_value, state.history[-1] if state.history else {}, parameters,
                            step_time / step_count if step_count else float("nan"))

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
+from svreg_core.training import trainer
 from svreg_core.training.config import TrainingConfig, save_config
+from svreg_core.training.history import CURVE_FILE
 from svreg_core.training.state import STATE_DIR, recover_directory, replace_directory
 from svreg_core.training.trainer import train
 
@@ -39,15 +41,24 @@ def _interrupt_after_first_epoch(event: ProgressEvent) -> None:
         raise KeyboardInterrupt  # Ctrl-C right after epoch 1 was saved
 
 
-def test_interrupted_run_resumed_in_a_new_process_is_bit_identical(config, geo, tmp_path) -> None:
+def test_interrupted_run_resumed_in_a_new_process_is_bit_identical(config, geo, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(trainer, "CURVE_INTERVAL_S", 1e9)  # the training curve drawn only as a session ends
     config_file = save_config(config, tmp_path / "train.yaml")
     straight = _cli(config_file, tmp_path / "straight", geo)
     assert straight.returncode == 0, straight.stderr
 
     run = tmp_path / "interrupted"
+    curve_at_epoch_end: list[bool] = []
+
+    def interrupt(event: ProgressEvent) -> None:
+        if event.stage == "epoch":
+            curve_at_epoch_end.append((run / CURVE_FILE).exists())
+        _interrupt_after_first_epoch(event)
+
     with pytest.raises(KeyboardInterrupt):
-        train(config, run, progress=_interrupt_after_first_epoch)
+        train(config, run, progress=interrupt)
     assert len(list(csv.DictReader((run / "metrics.csv").open()))) == 1
+    assert curve_at_epoch_end == [False] and (run / CURVE_FILE).is_file()  # drawn as the session ended
     resumed = _cli(config_file, run, geo)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed after epoch 1" in resumed.stdout

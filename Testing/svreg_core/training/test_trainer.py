@@ -12,7 +12,9 @@ import torch
 from svreg_core.errors import InputError
 from svreg_core.models import load_checkpoint
 from svreg_core.progress import ProgressEvent
+from svreg_core.training import trainer
 from svreg_core.training.config import TrainingConfig
+from svreg_core.training.history import CURVE_FILE
 from svreg_core.training.trainer import build_network, train
 
 TINY = {"encoder_features": [8, 8], "decoder_features": [8, 8, 8], "lambda_features": [4]}
@@ -47,15 +49,24 @@ def write_label_maps(geo, folder, n: int = 32, spacing: float = 2.0) -> None:
         geo.save_nifti(blob_labels(n, tuple(r * n for r in radii), inner), affine, folder / f"{name}_seg.nii.gz")
 
 
-def test_synthetic_training_lowers_the_loss_and_writes_the_run_folder(geo, tmp_path) -> None:
+def test_synthetic_training_lowers_the_loss_and_writes_the_run_folder(geo, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(trainer, "CURVE_INTERVAL_S", 0.0)  # the training curve redrawn after every epoch
     write_label_maps(geo, tmp_path / "labels")
     config = TrainingConfig(model=TINY, grid_shape=(32, 32, 32), learning_rate=3e-3, epochs=3, steps_per_epoch=6,
                             num_workers=0, seed=1, validation={"pairs": 2},
                             data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels"), "length": 12,
                                                "synthesis": PLAIN}]})
-    events: list[ProgressEvent] = []
-    summary = train(config, tmp_path / "run", progress=events.append, command="svreg train --test")
     run = tmp_path / "run"
+    events: list[ProgressEvent] = []
+    curves: list[bytes] = []  # the training curve as each epoch ends
+
+    def follow(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.stage == "epoch":
+            curves.append((run / CURVE_FILE).read_bytes())
+
+    summary = train(config, run, progress=follow, command="svreg train --test")
+    assert len(set(curves)) == 3  # drawn anew after every epoch
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     losses = [float(r["train_total"]) for r in rows]
