@@ -1,11 +1,13 @@
 """The tuned preset ``svreg tune --apply-best`` writes."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import stat
 from pathlib import Path
 
+import optuna
 import pytest
 
 from svreg_core.errors import InputError
@@ -61,3 +63,17 @@ def test_tuned_preset_keeps_the_pyramid_unless_searched(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o644
+
+
+def test_the_report_importances_dependency_is_declared() -> None:
+    """optuna's fANOVA (the report's parameter importances) needs scikit-learn, which optuna does not require:
+    svreg-core does, or a plain ``pip install svreg-core`` fails at the report of its first study."""
+    requirements = importlib.metadata.requires("svreg-core") or []
+    assert any(r.split(";")[0].replace(" ", "").startswith("scikit-learn>=") for r in requirements
+               if "extra ==" not in r)
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    with quiet_optuna():
+        study.optimize(lambda t: t.suggest_float("a", 0, 1) + 0.1 * t.suggest_float("b", 0, 1), n_trials=8)
+    importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    assert set(importances) == {"a", "b"} and importances["a"] > importances["b"]
