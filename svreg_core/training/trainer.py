@@ -295,7 +295,7 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     step_time, step_count = 0.0, 0
     fork_devices = [device] if device.type == "cuda" else []
     curve_title = f"{run_dir.name}: {config.architecture}"
-    curve_epochs, curve_drawn = len(state.history), time.perf_counter()  # the figure of a resumed run is current
+    curve_epochs, curve_drawn = len(state.history), time.perf_counter()  # redrawn once this session adds epochs
 
     def draw_curve() -> None:
         nonlocal curve_epochs, curve_drawn
