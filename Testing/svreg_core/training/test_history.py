@@ -2,6 +2,8 @@
 training-curve figure."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from svreg_core.training.history import TENSORBOARD_DIR, TensorBoardLog, curve_terms, write_curve_png
@@ -31,6 +33,11 @@ def test_resumed_run_replaces_the_epochs_an_interrupted_session_wrote(tmp_path) 
     for epoch, dice in ((1, 0.60), (2, 0.62), (3, 0.63)):  # epoch 3 was written, then the run was killed
         first.log({"epoch": epoch, "val_dice": dice})
     first.close()
+    # a resumed session starts later: its event file's name (whole seconds, then a per-process counter that
+    # sorts as text, 10 before 9) must sort after the first one's, as TensorBoard reads the files in name order
+    second = int(time.time())
+    while int(time.time()) == second:
+        time.sleep(0.05)
     resumed = TensorBoardLog(tmp_path, first_epoch=3)  # the state on disk ends after epoch 2
     resumed.log({"epoch": 3, "val_dice": 0.70})
     resumed.close()
