@@ -456,13 +456,29 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     add_parameter_arguments(p)
 
 
-def _stem(path: str) -> str:
-    """A pair's default output folder name: the moving image's file name without its image ending; for a DICOM
-    series (a folder, or a file standing for its series), the name of the series' folder."""
+def _stem(path: str) -> tuple[str, str]:
+    """A pair's default output folder name and the name of the folder that holds what it names: the moving image's
+    file name without its image ending; for a DICOM series (a folder, or a file standing for its series), the name
+    of the series' folder."""
     moving = Path(path)
     if moving.is_file() and is_dicom_input(moving):
-        return moving.resolve().parent.name
-    return image_stem(moving.name) or moving.name
+        series = moving.resolve().parent
+        return series.name, series.parent.name
+    return image_stem(moving.name) or moving.name, moving.resolve().parent.name
+
+
+def default_outputs(movings: Sequence[str]) -> list[str]:
+    """The output folder names of pairs without one of their own: each moving image's :func:`_stem`, with its
+    folder's name in front where two stems are alike (``sub-01/T1.nii.gz``, ``sub-02/T1.nii.gz`` → ``sub-01_T1``,
+    ``sub-02_T1``)."""
+    stems = [_stem(m) for m in movings]
+    names = [name for name, _ in stems]
+    return [f"{folder}_{name}" if names.count(name) > 1 and folder else name for name, folder in stems]
+
+
+#: The columns of a pairs CSV that name input files (``output`` names the pair's folder under ``-o``).
+_PAIR_FILE_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask",
+                      "fixed_landmarks", "moving_landmarks", "initial_transform")
 
 
 def read_pairs(args: argparse.Namespace) -> list[Pair]:
@@ -487,16 +503,17 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
         if not rows or not {"fixed", "moving"} <= set(rows[0]):
             raise InputError(f"{path.name} needs a header with the columns fixed and moving, and one row per pair.")
         base = path.parent
-    pairs = []
+    files = []  # each pair's input files by column
     for number, row in enumerate(rows, 1):
-        resolve = lambda key: str(base / row[key].strip()) if row.get(key) and row[key].strip() else None  # noqa: E731
-        fixed, moving = resolve("fixed"), resolve("moving")
-        if fixed is None or moving is None:
-            raise InputError(f"pair {number} has no {'fixed' if fixed is None else 'moving'} image.")
-        out = row.get("output") or _stem(moving)
-        pairs.append(Pair(fixed, moving, str(root / out), resolve("fixed_labels"), resolve("moving_labels"),
-                          resolve("fixed_mask"), resolve("moving_mask"), resolve("fixed_landmarks"),
-                          resolve("moving_landmarks"), resolve("initial_transform")))
+        entry = {key: str(base / row[key].strip()) for key in _PAIR_FILE_COLUMNS if row.get(key) and row[key].strip()}
+        for role in ("fixed", "moving"):
+            if role not in entry:
+                raise InputError(f"pair {number} has no {role} image.")
+        files.append(entry)
+    unnamed = [i for i, row in enumerate(rows) if not row.get("output")]
+    names = {i: row["output"] for i, row in enumerate(rows) if row.get("output")}
+    names.update(zip(unnamed, default_outputs([files[i]["moving"] for i in unnamed])))
+    pairs = [Pair(output=str(root / names[i]), **entry) for i, entry in enumerate(files)]
     outputs = [p.output for p in pairs]
     if len(set(outputs)) != len(outputs):
         duplicate = next(o for o in outputs if outputs.count(o) > 1)

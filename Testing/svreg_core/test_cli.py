@@ -819,6 +819,25 @@ def test_batch_output_folders_of_dicom_series(geo, tmp_path: Path, capsys) -> No
     assert "give the pairs as a CSV with an output column." in err and not (tmp_path / "r").exists()
 
 
+def test_batch_output_folders_of_alike_file_names_get_their_folders_name(tmp_path: Path) -> None:
+    """``sub-01/T1.nii.gz`` and ``sub-02/T1.nii.gz`` (a BIDS-like layout) register into ``sub-01_T1`` and
+    ``sub-02_T1``; a file name of its own keeps its plain name, and a CSV's output column is used as given."""
+    from argparse import Namespace
+
+    from svreg_core.cli import read_pairs
+
+    movings = [tmp_path / "sub-01" / "T1.nii.gz", tmp_path / "sub-02" / "T1.nii.gz", tmp_path / "sub-03" / "T2.nii"]
+    pairs = read_pairs(Namespace(pairs=None, fixed="f.nii.gz", moving=[str(m) for m in movings],
+                                 output=str(tmp_path / "r"), fixed_labels=None, fixed_mask=None))
+    assert [Path(p.output).relative_to(tmp_path / "r").as_posix() for p in pairs] == ["sub-01_T1", "sub-02_T1", "T2"]
+    csv_file = tmp_path / "pairs.csv"
+    csv_file.write_text("fixed,moving,output\nf.nii.gz,sub-01/T1.nii.gz,first\nf.nii.gz,sub-02/T1.nii.gz,\n"
+                        "f.nii.gz,sub-03/T1.nii.gz,\n")
+    pairs = read_pairs(Namespace(pairs=str(csv_file), fixed=None, moving=None, output=str(tmp_path / "r")))
+    assert [Path(p.output).name for p in pairs] == ["first", "sub-02_T1", "sub-03_T1"]
+    assert pairs[1].moving == str(tmp_path / "sub-02" / "T1.nii.gz")
+
+
 def test_a_ct_pair_with_an_mr_preset_is_warned_about(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     """Two images in Hounsfield units (air at −1000 HU) registered with the default brain-mri preset: one warning
     line naming the CT presets, also in report.json (when it stays silent: ``optim/test_parameters.py``)."""
