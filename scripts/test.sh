@@ -9,7 +9,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && [ "$(id -u)" = 0 ] &
     >/dev/null 2>&1 || echo "note: PostgreSQL could not be installed; its test will be skipped."
 fi
 # two worker processes (pytest-xdist; a test file stays in one worker), one thread each: the child processes many
-# tests start run single-threaded, so one process left half of a 2-core machine idle (16 min there, 9 min so)
+# tests start run single-threaded, so a single pytest process left half of a 2-core machine idle (16 min; now 9)
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 # lint and type-check first (under a minute; settings in pyproject.toml [tool.ruff], [tool.mypy])
 .venv/bin/ruff check --quiet .
