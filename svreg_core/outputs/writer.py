@@ -19,6 +19,7 @@ import re
 import secrets
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -398,13 +399,14 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         moving_labels = conform_to_grid(moving_labels, result.moving.grid, "moving labels", "moving image")
     t0 = time.perf_counter()
     tmp = out.with_name(_work_folder_name(out, "partial") + secrets.token_hex(4))
+    threads = f"svreg-outputs-{secrets.token_hex(4)}"  # this call's writer threads
     try:  # created inside the ``try``: an interrupt right after ``mkdir`` still removes it
         tmp.mkdir()
         tmp.chmod(0o755)
         versions = _versions()
         (tmp / MARKER_FILE).write_text(f"Written by svreg (svreg_core {versions['svreg_core']}); "
                                        "svreg register --overwrite may replace this folder.\n", encoding="utf-8")
-        with ThreadPoolExecutor(max_workers=_WORKER_THREADS) as pool:
+        with ThreadPoolExecutor(max_workers=_WORKER_THREADS, thread_name_prefix=threads) as pool:
             pending = []
 
             def save(name: str, write: Callable[[], Any]) -> None:
@@ -471,9 +473,19 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         report = write_report_json(tmp / "report.json", report)
         _replace_dir(tmp, out)
     except BaseException:
+        _join_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _join_threads(prefix: str) -> None:
+    """Wait for the threads named ``prefix…`` to end. A Ctrl-C inside ``ThreadPoolExecutor.submit`` can come after
+    a new worker thread started and before the pool counted it, so the pool's own shutdown does not wait for that
+    thread, which still writes into the folder being removed."""
+    for thread in threading.enumerate():
+        if thread.name.startswith(prefix) and thread is not threading.current_thread():
+            thread.join()
 
 
 def _moving_on_fixed_grid(result: RegistrationResult) -> np.ndarray:

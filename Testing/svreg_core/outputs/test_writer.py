@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -223,6 +224,32 @@ def test_failure_leaves_no_folder_and_keeps_the_old_one(synthetic_result, writte
     with pytest.raises(RuntimeError):
         write_outputs(synthetic_result, old, overwrite=True)
     assert _siblings(old) == ["old"] and (old / "report.json").read_text() == before
+
+
+def test_an_interrupt_while_a_writer_thread_starts_is_waited_for(synthetic_result, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Ctrl-C inside the pool's ``submit`` after a worker thread started and before the pool counted it
+    (``Thread.start`` waits for the new thread, and a signal raises there): the pool's shutdown does not wait for
+    that thread, so the writer does, and nothing works in the output folder once it is removed."""
+    import threading
+
+    start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def start_then_interrupt(thread: threading.Thread) -> None:
+        if not thread.name.startswith("svreg-outputs") or started:
+            return start(thread)
+        started.append(thread)
+        run = thread.run
+        thread.run = lambda: (time.sleep(0.5), run())  # it gets to work late
+        start(thread)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        write_outputs(synthetic_result, tmp_path / "new")
+    assert len(started) == 1 and not started[0].is_alive()
+    assert list(tmp_path.iterdir()) == []
 
 
 def _dead_pid() -> int:
