@@ -19,6 +19,7 @@ import pytest
 
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.outputs import OUTPUT_FILES
+from svreg_core.outputs.writer import MARKER_FILE
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -174,12 +175,13 @@ def _is_stage(prefix: str):
 
 
 def _wait_for_partial(earlier: SimpleNamespace) -> Path:
-    """The hidden folder the outputs are being written into, once it exists."""
+    """The hidden folder the outputs are being written into, once svreg's marker file is in it (a folder of
+    that name without it may be the writability probe, created and removed at once)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = list(earlier.site.glob(".out.partial-*"))
+        found = list(earlier.site.glob(f".out.partial-*/{MARKER_FILE}"))
         if found:
-            return found[0]
+            return found[0].parent
         time.sleep(0.001)
     raise AssertionError("no partial output folder appeared")
 
@@ -189,7 +191,7 @@ def test_sigterm_during_registration(geo, earlier) -> None:
     _read_until(child, _is_stage("deformable"))
     child.send_signal(signal.SIGTERM)
     rc, err = _finish(child)
-    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err
+    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err, err
     _assert_untouched(geo, earlier)
 
 
@@ -199,7 +201,7 @@ def test_sigterm_while_writing_outputs(geo, earlier) -> None:
     partial = _wait_for_partial(earlier)
     child.send_signal(signal.SIGTERM)
     rc, err = _finish(child)
-    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err
+    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err, err
     assert not partial.exists()
     _assert_untouched(geo, earlier)
 

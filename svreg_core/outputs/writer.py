@@ -35,6 +35,7 @@ from svreg_core.image import Image, save_image
 from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import DEFAULT_FIELD_GZIP_LEVEL, save_nifti
 from svreg_core.image.resample import resample
+from svreg_core.interrupts import interrupts_deferred
 from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
 from svreg_core.metrics.landmarks import tre, tre_summary
 from svreg_core.outputs.figure import write_report_figure
@@ -140,8 +141,9 @@ def _probe_writable(out: Path, existing: Path, what: str = "output folder") -> N
     child = out if out.parent == existing else next(p for p in out.parents if p.parent == existing)
     probe = existing / (_work_folder_name(child, "partial") + secrets.token_hex(4))
     try:
-        probe.mkdir()
-        probe.rmdir()
+        with interrupts_deferred():  # a SIGTERM between the two must not leave the probe behind
+            probe.mkdir()
+            probe.rmdir()
     except OSError as exc:
         raise OutputError(f"cannot write the {what} {out}: creating a folder in {existing} fails "
                           f"({exc.strerror}); choose a folder on a writable disk.") from None
@@ -482,10 +484,16 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
 def _join_threads(prefix: str) -> None:
     """Wait for the threads named ``prefix…`` to end. A Ctrl-C inside ``ThreadPoolExecutor.submit`` can come after
     a new worker thread started and before the pool counted it, so the pool's own shutdown does not wait for that
-    thread, which still writes into the folder being removed."""
+    thread, which still writes into the folder being removed. Such a thread may not be running yet (``join`` then
+    raises ``RuntimeError``): it is waited for until it runs."""
     for thread in threading.enumerate():
         if thread.name.startswith(prefix) and thread is not threading.current_thread():
-            thread.join()
+            while True:
+                try:
+                    thread.join()
+                    break
+                except RuntimeError:  # started but not yet running (threading's "limbo")
+                    time.sleep(0.001)
 
 
 def _moving_on_fixed_grid(result: RegistrationResult) -> np.ndarray:

@@ -228,27 +228,47 @@ def test_failure_leaves_no_folder_and_keeps_the_old_one(synthetic_result, writte
 
 def test_an_interrupt_while_a_writer_thread_starts_is_waited_for(synthetic_result, tmp_path: Path,
                                                                  monkeypatch) -> None:
-    """Ctrl-C inside the pool's ``submit`` after a worker thread started and before the pool counted it
-    (``Thread.start`` waits for the new thread, and a signal raises there): the pool's shutdown does not wait for
-    that thread, so the writer does, and nothing works in the output folder once it is removed."""
+    """A real Ctrl-C (SIGINT) while the pool's ``submit`` waits in ``Thread.start`` for a new worker thread that is
+    slow to begin: the thread is not running yet (``join`` would raise) and the pool never counts it, so its
+    shutdown does not wait for it; the writer does, and nothing works in the output folder once it is removed."""
+    import signal
     import threading
 
     start = threading.Thread.start
     started: list[threading.Thread] = []
 
-    def start_then_interrupt(thread: threading.Thread) -> None:
+    def start_slowly_and_interrupt(thread: threading.Thread) -> None:
         if not thread.name.startswith("svreg-outputs") or started:
             return start(thread)
         started.append(thread)
-        run = thread.run
-        thread.run = lambda: (time.sleep(0.5), run())  # it gets to work late
-        start(thread)
-        raise KeyboardInterrupt
+        bootstrap = thread._bootstrap  # type: ignore[attr-defined]  # what the new thread runs first
+        thread._bootstrap = lambda: (time.sleep(0.5), bootstrap())  # type: ignore[attr-defined]
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start(thread)  # the SIGINT arrives while this waits for the new thread
 
-    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    monkeypatch.setattr(threading.Thread, "start", start_slowly_and_interrupt)
     with pytest.raises(KeyboardInterrupt):
         write_outputs(synthetic_result, tmp_path / "new")
     assert len(started) == 1 and not started[0].is_alive()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sigterm_while_probing_the_output_folder_leaves_no_probe(tmp_path: Path, monkeypatch) -> None:
+    """The writability probe (a hidden folder created and removed at once) is not left behind by a SIGTERM that
+    arrives right after it was created: the interrupt comes once it is removed."""
+    import signal
+
+    from svreg_core.interrupts import sigterm_as_interrupt
+
+    mkdir = Path.mkdir
+
+    def mkdir_then_sigterm(self: Path, *args, **kwargs) -> None:
+        mkdir(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_sigterm)
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        prepare_output_dir(tmp_path / "out", overwrite=False)
     assert list(tmp_path.iterdir()) == []
 
 
