@@ -228,11 +228,14 @@ def test_failure_leaves_no_folder_and_keeps_the_old_one(synthetic_result, writte
 
 def test_an_interrupt_while_a_writer_thread_starts_is_waited_for(synthetic_result, tmp_path: Path,
                                                                  monkeypatch) -> None:
-    """A real Ctrl-C (SIGINT) while the pool's ``submit`` waits in ``Thread.start`` for a new worker thread that is
-    slow to begin: the thread is not running yet (``join`` would raise) and the pool never counts it, so its
-    shutdown does not wait for it; the writer does, and nothing works in the output folder once it is removed."""
+    """A real SIGTERM (handled as Ctrl-C, as the command line does) while the pool's ``submit`` waits in
+    ``Thread.start`` for a new worker thread that is slow to begin: the thread is not running yet (``join`` would
+    raise) and the pool never counts it, so its shutdown does not wait for it; the writer does, and nothing works
+    in the output folder once it is removed. (SIGTERM, not SIGINT: pytest-xdist's workers ignore SIGINT.)"""
     import signal
     import threading
+
+    from svreg_core.interrupts import sigterm_as_interrupt
 
     start = threading.Thread.start
     started: list[threading.Thread] = []
@@ -243,11 +246,11 @@ def test_an_interrupt_while_a_writer_thread_starts_is_waited_for(synthetic_resul
         started.append(thread)
         bootstrap = thread._bootstrap  # type: ignore[attr-defined]  # what the new thread runs first
         thread._bootstrap = lambda: (time.sleep(0.5), bootstrap())  # type: ignore[attr-defined]
-        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
-        start(thread)  # the SIGINT arrives while this waits for the new thread
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        start(thread)  # the SIGTERM arrives while this waits for the new thread
 
     monkeypatch.setattr(threading.Thread, "start", start_slowly_and_interrupt)
-    with pytest.raises(KeyboardInterrupt):
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
         write_outputs(synthetic_result, tmp_path / "new")
     assert len(started) == 1 and not started[0].is_alive()
     assert list(tmp_path.iterdir()) == []
