@@ -473,7 +473,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         report["timing"]["total_s"] = (time.perf_counter() - started if started is not None else
                                        report["timing"]["registration_s"] + report["timing"]["outputs_s"])
         report = write_report_json(tmp / "report.json", report)
-        _replace_dir(tmp, out)
+        with interrupts_deferred():  # a SIGTERM during the swap must not leave the replaced folder behind
+            _replace_dir(tmp, out)
     except BaseException:
         _join_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -275,6 +275,30 @@ def test_a_sigterm_while_probing_the_output_folder_leaves_no_probe(tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_sigterm_while_the_new_folder_replaces_the_old_comes_after_the_swap(synthetic_result, written,
+                                                                              tmp_path: Path, monkeypatch) -> None:
+    """``--overwrite``: a SIGTERM right after the new folder took the output's name (the old one still to be
+    deleted) interrupts only once the swap is done: the new output in place, no hidden folder left."""
+    import signal
+
+    from svreg_core.interrupts import sigterm_as_interrupt
+
+    old = _copy_of(written, tmp_path / "old")
+    before = (old / "report.json").read_text()
+    rename = Path.rename
+
+    def rename_then_sigterm(self: Path, target):
+        moved = rename(self, target)
+        if ".partial-" in self.name:  # the finished folder takes the output's name
+            os.kill(os.getpid(), signal.SIGTERM)
+        return moved
+
+    monkeypatch.setattr(Path, "rename", rename_then_sigterm)
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        write_outputs(synthetic_result, old, overwrite=True)
+    assert _siblings(old) == ["old"] and (old / "report.json").read_text() != before
+
+
 def _dead_pid() -> int:
     """The id of a process that has ended (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
