@@ -9,7 +9,8 @@
   its ``alpha_prime``/``lambda_max`` are then its default codes, inside those ranges.
 
 Saving is atomic: both files are written into a temporary sibling folder which then replaces the
-target folder. Loading checks everything it reads and turns each problem into one plain
+target folder (a SIGTERM is held back during the swap; a save killed in it is undone by
+:func:`recover_checkpoint`). Loading checks everything it reads and turns each problem into one plain
 :class:`~svreg_core.errors.InputError` line.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from svreg_core.errors import InputError, OutputError
+from svreg_core.interrupts import interrupts_deferred
 from svreg_core.models.base import SPRNetwork
 from svreg_core.models.film import CodeRanges
 from svreg_core.models.registry import build_model
@@ -199,21 +201,39 @@ def save_checkpoint(directory: str | Path, model: SPRNetwork, info: ModelInfo) -
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "weights_sha256": _sha256(staging / WEIGHTS_FILE), **info.to_dict()}
         (staging / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-            os.replace(target, old / target.name)
-            try:
+        with interrupts_deferred():  # a SIGTERM between the renames must not leave the checkpoint under a hidden name
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+                os.replace(target, old / target.name)
+                try:
+                    os.replace(staging, target)
+                except OSError:
+                    os.replace(old / target.name, target)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
                 os.replace(staging, target)
-            except OSError:
-                os.replace(old / target.name, target)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
     except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
         raise OutputError(f"cannot save the checkpoint {target}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone once it became the checkpoint; else a failure's leftover
     return target
+
+
+def recover_checkpoint(directory: str | Path) -> None:
+    """Undo a :func:`save_checkpoint` that was killed: the checkpoint it was replacing comes back when
+    ``directory`` is missing (killed between the two renames), and the hidden staging and old folders next to
+    it are removed. Call it before writing ``directory`` again (``svreg train`` does when it resumes)."""
+    target = Path(directory).expanduser().absolute()
+    if not target.parent.is_dir():
+        return
+    if not target.exists():
+        replaced = [old / target.name for old in target.parent.glob(f".{target.name}.old.*")
+                    if (old / target.name / INFO_FILE).is_file()]
+        if replaced:
+            os.replace(max(replaced, key=lambda p: p.stat().st_mtime), target)
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _folder(path: str | Path) -> Path:

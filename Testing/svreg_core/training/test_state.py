@@ -73,10 +73,16 @@ def test_interrupted_run_resumed_in_a_new_process_is_bit_identical(config, geo, 
 
 
 def test_a_finished_run_is_not_trained_again(config, tmp_path) -> None:
+    """... and a checkpoint whose save was killed between its two renames comes back when the run is resumed."""
     config = config.replace(epochs=1, validation={"pairs": 0})
-    first = train(config, tmp_path / "run")
-    again = train(config, tmp_path / "run")
+    run = tmp_path / "run"
+    first = train(config, run)
+    before = sorted(p.name for p in run.iterdir())
+    (run / ".last.old.k1ll3d").mkdir()
+    (run / "last").rename(run / ".last.old.k1ll3d" / "last")
+    again = train(config, run)
     assert (first.epochs, again.epochs, again.resumed_from, again.steps) == (1, 1, 1, first.steps)
+    assert sorted(p.name for p in run.iterdir()) == before
 
 
 def test_run_folder_with_other_settings_or_foreign_files_is_refused(config, tmp_path) -> None:
