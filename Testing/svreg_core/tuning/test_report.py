@@ -1,6 +1,7 @@
 """The tuned preset ``svreg tune --apply-best`` writes."""
 from __future__ import annotations
 
+import errno
 import importlib.metadata
 import json
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS, load_parameters, preset_warning
 from svreg_core.tuning.report import write_best_preset
 from svreg_core.tuning.search_space import build_search_space
@@ -77,3 +78,17 @@ def test_the_report_importances_dependency_is_declared() -> None:
         study.optimize(lambda t: t.suggest_float("a", 0, 1) + 0.1 * t.suggest_float("b", 0, 1), n_trials=8)
     importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     assert set(importances) == {"a", "b"} and importances["a"] > importances["b"]
+
+
+def test_a_failed_report_write_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    """Reports and presets are written to a hidden temporary file renamed into place; when that fails (a full
+    disk) the user gets one plain error and the study folder no hidden leftover."""
+    from svreg_core.tuning import report
+
+    def full_disk(source, target) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(report.os, "replace", full_disk)
+    with pytest.raises(OutputError, match=r"cannot write .*best\.json \(No space left on device\)"):
+        report._write(tmp_path / "best.json", "{}\n")
+    assert list(tmp_path.iterdir()) == []
