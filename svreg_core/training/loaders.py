@@ -214,8 +214,11 @@ def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
                           dataset.precompute_alignments(progress).items()})
     if write and known:
         tmp = cache.with_name(f".{cache.name}.partial-{os.getpid()}")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, cache)
+        try:
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, cache)
+        finally:
+            tmp.unlink(missing_ok=True)  # what a failed or interrupted write left
 
 
 def steps_per_epoch(config: TrainingConfig, data: TrainingData, world_size: int) -> int:

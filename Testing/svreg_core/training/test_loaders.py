@@ -1,11 +1,17 @@
 """The epoch plan, the per-rank batches, the step count and the collation of training samples."""
 from __future__ import annotations
 
+import errno
 from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import pytest
 import torch
 
-from svreg_core.training.loaders import collate_pairs, epoch_plan, rank_batches
+from svreg_core.training import loaders
+from svreg_core.training.loaders import collate_pairs, epoch_plan, load_alignments, prepare_alignments, rank_batches
 
 
 def test_epoch_plan_mixes_the_sources_by_weight_and_visits_each_in_a_fresh_order() -> None:
@@ -49,3 +55,24 @@ def test_collate_stacks_images_and_keeps_labels_only_when_every_sample_has_them(
     assert batch["name"] == ["a", "b"] and "velocity" not in batch
     mixed = collate_pairs([sample("a", True), sample("b", False)])
     assert "fixed_labels" not in mixed and "moving_labels" not in mixed and mixed["moving"].shape[0] == 2
+
+
+def test_alignment_cache_round_trip_and_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    """The pre-alignments of the real pairs are saved for a resumed run; a write that fails (a full disk) leaves
+    neither a cache nor a hidden temporary file."""
+    matrix = np.diag([1.0, 2.0, 3.0, 1.0])
+    dataset = SimpleNamespace(prealign=True, precompute_alignments=lambda progress: {("f.nii", "m.nii"): matrix})
+    data = SimpleNamespace(pair_datasets=[dataset])
+    cache = tmp_path / "alignments.json"
+    prepare_alignments(data, cache, write=True)  # type: ignore[arg-type]  # the pairs' part of TrainingData
+    assert list(load_alignments(cache)) == [("f.nii", "m.nii")]
+    assert np.array_equal(load_alignments(cache)[("f.nii", "m.nii")], matrix)
+    cache.unlink()
+
+    def full_disk(source, target) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loaders.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        prepare_alignments(data, cache, write=True)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
