@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -1110,14 +1111,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _machine_failure(exc: BaseException) -> tuple[str, str] | None:
-    """``(kind, one-line message)`` for a failure of the machine rather than of the input: memory ran out, or a
-    data-loading worker of ``svreg train`` died (killed, e.g. by the system's out-of-memory killer); ``None``
-    for any other error (a bug: its traceback is shown)."""
+    """``(kind, one-line message)`` for a failure of the machine rather than of the input: memory ran out, the disk
+    filled up, or a data-loading worker of ``svreg train`` died (killed, e.g. by the system's out-of-memory killer);
+    ``None`` for any other error (a bug: its traceback is shown)."""
     if _is_out_of_memory(exc):
         gpu = "CUDA" in str(exc) or exc.__class__.__name__ == "OutOfMemoryError"
         return "OutOfMemory", ("the GPU ran out of memory; use --device cpu, crop the images, or use coarser --preset "
                                "level spacings." if gpu else "out of memory; crop the images or use coarser level "
                                "spacings.")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" (writing {exc.filename})" if exc.filename else ""
+        return "DiskFull", (f"the disk is full or over quota{where}; free some space or write elsewhere, then run the "
+                            "same command again (svreg train resumes after the last finished epoch).")
     if isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
         return "WorkerDied", (f"a data-loading worker process stopped ({str(exc).strip().rstrip('.')}); the system "
                               "may have run out of memory. Run the same command again to resume after the last "
