@@ -2,6 +2,10 @@
 series through :mod:`svreg_core.image.itk_io`."""
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -10,7 +14,14 @@ from nibabel.spatialimages import SpatialImage
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image.image import Image, validate_image
-from svreg_core.image.itk_io import ITK_SUFFIXES, is_dicom_file, read_dicom_series, read_itk_image, write_itk_image
+from svreg_core.image.itk_io import (
+    ITK_SUFFIXES,
+    data_files,
+    is_dicom_file,
+    read_dicom_series,
+    read_itk_image,
+    write_itk_image,
+)
 
 #: File endings taken as images where svreg looks for them by name (folders of pairs, training folders, output
 #: names): NIfTI and FreeSurfer MGH (nibabel) and :data:`ITK_SUFFIXES`. :func:`load_image` reads any other file
@@ -180,7 +191,8 @@ def save_nifti(nii: nib.Nifti1Image, path: str | Path, *, gzip_level: int | None
     path = Path(path)
     level = _gzip_level(gzip_level)
     try:
-        with nib.openers.Opener(str(path), "wb", compresslevel=level) as fobj:
+        gzip_args = {"compresslevel": level} if path.name.lower().endswith(".gz") else {}  # open() takes none
+        with nib.openers.Opener(str(path), "wb", **gzip_args) as fobj:
             holder = nib.fileholders.FileHolder(fileobj=fobj)  # type: ignore[arg-type]  # stubs: IOBase, not Opener
             nii.to_file_map({"image": holder, "header": holder})
     except OSError as exc:
@@ -205,17 +217,54 @@ def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None 
     A sheared affine, which a qform (rotation and voxel sizes) cannot hold, is written as the sform
     only (qform code 0), so the file never has a qform that disagrees with its sform. ``gzip_level``:
     see :func:`save_nifti` (for ITK files: 0 stores the voxels, otherwise zlib at that level). Another
-    ending raises :class:`InputError` (:func:`check_writable_name`).
+    ending raises :class:`InputError` (:func:`check_writable_name`). The file appears only when complete
+    (:func:`_complete_or_nothing`): a failed or interrupted write leaves an existing ``path`` as it was.
     """
     path = Path(path)
     check_writable_name(path)
     data = np.asarray(image.data if dtype is None else image.data.astype(dtype))
-    if path.name.lower().endswith(ITK_SUFFIXES):
-        return write_itk_image(data, image.affine, path, _gzip_level(gzip_level))
-    nii = nib.Nifti1Image(data, image.affine)
-    nii.set_sform(image.affine, code=1)
-    nii.set_qform(image.affine, code=1)
-    if field_of_view_distance(nii.get_qform(), image.affine, data.shape) > _tolerance_mm(image.affine):
+    with _complete_or_nothing(path) as target:
+        if path.name.lower().endswith(ITK_SUFFIXES):
+            write_itk_image(data, image.affine, target, _gzip_level(gzip_level))
+        else:
+            save_nifti(_nifti(data, image.affine), target, gzip_level=gzip_level)
+    return path
+
+
+def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """``data`` with its voxel-to-RAS ``affine`` as sform and, when it can hold it, qform (code 1), in mm."""
+    nii = nib.Nifti1Image(data, affine)
+    nii.set_sform(affine, code=1)
+    nii.set_qform(affine, code=1)
+    if field_of_view_distance(nii.get_qform(), affine, data.shape) > _tolerance_mm(affine):
         nii.set_qform(None, code=0)
     nii.header.set_xyzt_units("mm")
-    return save_nifti(nii, path, gzip_level=gzip_level)
+    return nii
+
+
+@contextmanager
+def _complete_or_nothing(path: Path) -> Iterator[Path]:
+    """The name to write ``path`` under: a hidden sibling with the same ending, renamed to ``path`` once the
+    body completes and removed if it fails or is interrupted, so ``path`` is never a truncated file and an
+    existing one stays as it was. A symbolic link ``path`` is followed (its target is replaced). A MetaImage or
+    detached NRRD header (``.mhd``, ``.nhdr``) names its data file, so these are written in place (and what
+    was written removed on failure)."""
+    path = path.resolve() if path.is_symlink() else path
+    if path.name.lower().endswith((".mhd", ".nhdr")):
+        try:
+            yield path
+        except BaseException:
+            for written in (path, *data_files(path)):
+                written.unlink(missing_ok=True)
+            raise
+        return
+    ending = next(s for s in WRITABLE_SUFFIXES if path.name.lower().endswith(s))
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}{path.name[-len(ending):]}")
+    try:
+        yield tmp
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -38,6 +38,41 @@ def test_save_then_nibabel_reads_same_affine_and_data(geo, tmp_path: Path) -> No
     np.testing.assert_allclose(back.affine, aff, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["out.nii.gz", "out.nii", "out.nrrd", "out.mha"])
+def test_an_interrupted_save_leaves_the_earlier_file_as_it_was(tmp_path: Path, monkeypatch, name: str) -> None:
+    """A Ctrl-C once the voxels are written but before the file is complete (``svreg apply --overwrite``): the
+    earlier file is untouched and nothing else is left; then the same save completes."""
+    from svreg_core.image import io
+
+    path = save_image(Image(_ramp(), np.eye(4)), tmp_path / name)
+    before = path.read_bytes()
+    writer = "write_itk_image" if name.endswith((".nrrd", ".mha")) else "save_nifti"
+    write = getattr(io, writer)
+
+    def write_then_interrupt(*args, **kwargs):
+        write(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io, writer, write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        save_image(Image(2 * _ramp(), np.eye(4)), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [name]
+    monkeypatch.undo()
+    save_image(Image(2 * _ramp(), np.eye(4)), path)
+    np.testing.assert_array_equal(load_image(path).data, 2 * _ramp())
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_save_through_a_symbolic_link_replaces_its_target(tmp_path: Path) -> None:
+    target = save_image(Image(_ramp(), np.eye(4)), tmp_path / "target.nii.gz")
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(target)
+    save_image(Image(3 * _ramp(), np.eye(4)), link)
+    assert link.is_symlink() and link.resolve() == target
+    np.testing.assert_array_equal(load_image(target).data, 3 * _ramp())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.nii.gz", "target.nii.gz"]
+
+
 def test_save_with_dtype_and_load_labels(geo, tmp_path: Path) -> None:
     labels = np.zeros((5, 6, 7), np.float32)
     labels[1:3, 2:4, 3:6] = 2.0
