@@ -262,9 +262,10 @@ def _complete_or_nothing(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}{path.name[-len(ending):]}")
     try:
         yield tmp
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
+        os.replace(tmp, path)
+    except OutputError as exc:  # the writer's message names the file the user asked for
+        raise OutputError(str(exc).replace(str(tmp), str(path))) from None
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         tmp.unlink(missing_ok=True)
