@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from svreg_core.atomic import replaced_when_complete
 from svreg_core.conventions import ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
@@ -137,7 +138,8 @@ def transform_points_file(transform: Transform, source: str | Path, target: str 
                       "part (if any) moves them: are they in the right space (fixed for the forward transform, "
                       "moving with --inverse) and frame (a .csv is read as RAS unless --coordinates lps)?",
                       stacklevel=2)
-    Path(target).write_text(out, encoding="utf-8")
+    with replaced_when_complete(target) as tmp:
+        tmp.write_text(out, encoding="utf-8")
     return count
 
 

@@ -2,8 +2,6 @@
 series through :mod:`svreg_core.image.itk_io`."""
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +10,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.spatialimages import SpatialImage
 
+from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image.image import Image, validate_image
 from svreg_core.image.itk_io import (
@@ -244,9 +243,8 @@ def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 @contextmanager
 def _complete_or_nothing(path: Path) -> Iterator[Path]:
-    """The name to write ``path`` under: a hidden sibling with the same ending, renamed to ``path`` once the
-    body completes and removed if it fails or is interrupted, so ``path`` is never a truncated file and an
-    existing one stays as it was. A symbolic link ``path`` is followed (its target is replaced). A MetaImage or
+    """The name to write ``path`` under (:func:`~svreg_core.atomic.replaced_when_complete` with the same ending),
+    so ``path`` is never a truncated file and an existing one stays as it was. A MetaImage or
     detached NRRD header (``.mhd``, ``.nhdr``) names its data file, so these are written in place (and what
     was written removed on failure)."""
     path = path.resolve() if path.is_symlink() else path
@@ -259,13 +257,11 @@ def _complete_or_nothing(path: Path) -> Iterator[Path]:
             raise
         return
     ending = next(s for s in WRITABLE_SUFFIXES if path.name.lower().endswith(s))
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}{path.name[-len(ending):]}")
     try:
-        yield tmp
-        os.replace(tmp, path)
-    except OutputError as exc:  # the writer's message names the file the user asked for
-        raise OutputError(str(exc).replace(str(tmp), str(path))) from None
+        with replaced_when_complete(path, path.name[-len(ending):]) as tmp:
+            try:
+                yield tmp
+            except OutputError as exc:  # the writer's message names the file the user asked for
+                raise OutputError(str(exc).replace(str(tmp), str(path))) from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
-    finally:
-        tmp.unlink(missing_ok=True)

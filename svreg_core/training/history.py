@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from svreg_core.atomic import replaced_when_complete
 
 #: Columns of ``metrics.csv``, in order. Loss terms are means over the epoch's steps (train) or the
 #: validation pairs (val); Dice is the mean over labels and pairs; folding is the share (%) of
@@ -31,15 +32,6 @@ TENSORBOARD_DIR = "tensorboard"
 CURVE_INTERVAL_S = 30.0
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_metrics_csv(history: Sequence[dict[str, float]], path: Path) -> Path:
     """``metrics.csv`` with one row per finished epoch (:data:`COLUMNS`; empty cells for missing values)."""
     path = Path(path)
@@ -53,7 +45,8 @@ def write_metrics_csv(history: Sequence[dict[str, float]], path: Path) -> Path:
                                                                   and math.isnan(row[k])) else row[k])
                                  for k in COLUMNS})
 
-    _atomic_write(path, write)
+    with replaced_when_complete(path) as tmp:
+        write(tmp)
     return path
 
 
@@ -126,7 +119,8 @@ def write_curve_png(history: Sequence[dict[str, float]], path: Path, title: str 
         dice_ax.legend(handles=handles, fontsize=7, loc="lower right")
     if title:
         fig.suptitle(title)
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    with replaced_when_complete(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
+from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressCallback, no_progress
 from svreg_core.training.config import GENERATED_KINDS, DataSource, TrainingConfig
@@ -213,12 +213,8 @@ def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
             known.update({f"{f}|{m}": matrix.tolist() for (f, m), matrix in
                           dataset.precompute_alignments(progress).items()})
     if write and known:
-        tmp = cache.with_name(f".{cache.name}.partial-{os.getpid()}")
-        try:
+        with replaced_when_complete(cache) as tmp:
             tmp.write_text(json.dumps(known))
-            os.replace(tmp, cache)
-        finally:
-            tmp.unlink(missing_ok=True)  # what a failed or interrupted write left
 
 
 def steps_per_epoch(config: TrainingConfig, data: TrainingData, world_size: int) -> int:

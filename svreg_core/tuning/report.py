@@ -13,12 +13,9 @@ base preset (the study's fixed settings, always listed under ``tuning.study_sett
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
-import secrets
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS
 from svreg_core.training.config import TrainingConfig, save_config
@@ -48,17 +46,12 @@ def format_params(params: dict[str, Any]) -> str:
 def _write(path: Path, content: str | bytes) -> None:
     """Write atomically (temporary file + rename), text as UTF-8, with the permissions the umask gives
     (not ``mkstemp``'s 0600, which hid reports and presets from the other users of a shared study)."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            f.write(content.encode("utf-8") if isinstance(content, str) else content)
-        os.replace(tmp, path)
+        with replaced_when_complete(path) as tmp:
+            tmp.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({exc.strerror or exc}).") from None
-    finally:
-        with contextlib.suppress(OSError):  # what a failed or interrupted write left
-            tmp.unlink(missing_ok=True)
 
 
 def _space(study: optuna.Study) -> SearchSpace | None:

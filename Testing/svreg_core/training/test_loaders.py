@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from svreg_core.training import loaders
 from svreg_core.training.loaders import collate_pairs, epoch_plan, load_alignments, prepare_alignments, rank_batches
 
 
@@ -72,7 +71,7 @@ def test_alignment_cache_round_trip_and_a_failed_write_leaves_nothing(tmp_path: 
     def full_disk(source, target) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(loaders.os, "replace", full_disk)
+    monkeypatch.setattr("svreg_core.atomic.os.replace", full_disk)  # the rename into place
     with pytest.raises(OSError, match="No space left"):
         prepare_alignments(data, cache, write=True)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []

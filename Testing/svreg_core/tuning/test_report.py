@@ -88,7 +88,7 @@ def test_a_failed_report_write_leaves_no_temporary_file(tmp_path: Path, monkeypa
     def full_disk(source, target) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(report.os, "replace", full_disk)
+    monkeypatch.setattr("svreg_core.atomic.os.replace", full_disk)  # the rename into place
     with pytest.raises(OutputError, match=r"cannot write .*best\.json \(No space left on device\)"):
         report._write(tmp_path / "best.json", "{}\n")
     assert list(tmp_path.iterdir()) == []

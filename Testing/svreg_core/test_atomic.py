@@ -1,0 +1,44 @@
+"""A file written through ``replaced_when_complete`` appears only when complete."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from svreg_core.atomic import replaced_when_complete
+
+
+def test_the_content_replaces_the_file_only_when_written(tmp_path: Path) -> None:
+    path = tmp_path / "report.json"
+    path.write_text("earlier")
+    with replaced_when_complete(path, ".json") as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".report.json.partial-") and tmp.suffix == ".json"
+        tmp.write_text("new")
+        assert path.read_text() == "earlier"  # not yet
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize("stop", [RuntimeError("the content failed"), KeyboardInterrupt()])
+def test_a_failed_or_interrupted_write_changes_nothing(tmp_path: Path, stop: BaseException) -> None:
+    path = tmp_path / "metrics.csv"
+    path.write_text("earlier")
+    with pytest.raises(type(stop)):
+        with replaced_when_complete(path) as tmp:
+            tmp.write_text("half")
+            raise stop
+    assert path.read_text() == "earlier" and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+    with pytest.raises(RuntimeError):
+        with replaced_when_complete(tmp_path / "new.csv"):
+            raise RuntimeError("nothing written yet")
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
+
+
+def test_a_symbolic_link_is_followed(tmp_path: Path) -> None:
+    target = tmp_path / "target.txt"
+    target.write_text("earlier")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with replaced_when_complete(link) as tmp:
+        tmp.write_text("new")
+    assert link.is_symlink() and target.read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "target.txt"]
