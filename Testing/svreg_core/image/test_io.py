@@ -383,10 +383,11 @@ def test_voxel_sizes_outside_the_plausible_range_are_refused(geo, sizes, accepte
     assert "plausible range 0.001 to 100 mm" in message
 
 
-@pytest.mark.parametrize("level", [0, 1, 9])
+@pytest.mark.parametrize("level", [0, 1, 2, 3, 9])
 def test_gzip_level_changes_only_the_compression(geo, tmp_path: Path, level: int) -> None:
     """Every level writes a valid .nii.gz (gzip, then NIfTI) with the same header and data; level 0
-    stores the bytes uncompressed inside the gzip container (the file is as large as the NIfTI)."""
+    stores the bytes uncompressed inside the gzip container (the file is as large as the NIfTI). The gzip
+    header names no file and no time, so the same image gives the same bytes under any name."""
     import SimpleITK as sitk
 
     aff = _affine(geo)
@@ -403,5 +404,9 @@ def test_gzip_level_changes_only_the_compression(geo, tmp_path: Path, level: int
         assert size > len(raw)  # stored: the NIfTI bytes plus the gzip framing
     else:
         assert size < len(raw)
+    header = path.read_bytes()[:10]
+    assert header[:3] == b"\x1f\x8b\x08" and header[3] & 0x08 == 0 and header[4:8] == b"\0\0\0\0"  # no FNAME, mtime 0
+    again = save_image(Image(data, aff), tmp_path / "again.nii.gz", gzip_level=level)
+    assert again.read_bytes() == path.read_bytes()
     with pytest.raises(ValueError):
         save_image(Image(data, aff), tmp_path / "bad.nii.gz", gzip_level=10)
