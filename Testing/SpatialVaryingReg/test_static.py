@@ -259,7 +259,7 @@ def test_requirements_cover_the_engine_imports():
             listed.add(re.match(r"[A-Za-z0-9_.-]+", req).group().lower())
     import_names = {"nibabel": "nibabel", "scipy": "scipy", "SimpleITK": "simpleitk", "matplotlib": "matplotlib",
                     "tqdm": "tqdm", "optuna": "optuna", "sqlalchemy": "sqlalchemy", "safetensors": "safetensors",
-                    "yaml": "pyyaml", "h5py": "h5py"}
+                    "yaml": "pyyaml", "h5py": "h5py", "isal": "isal"}
     provided = {"numpy", "torch"} | set(import_names)
     stdlib = set(sys.stdlib_module_names)
     for path in (REPO / "svreg_core").rglob("*.py"):
