@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, SvregError
 from svreg_core.image.io import image_stem, is_dicom_input
 from svreg_core.interrupts import sigterm_as_interrupt
@@ -664,16 +665,14 @@ def batch_summary_row(pair: Pair, report: dict | None, error: str = "") -> dict[
 
 
 def write_batch_summary(path: Path, rows: list[dict[str, object]]) -> None:
-    """Write the rows so far (after every pair: an interrupted batch keeps its summary), replacing the file in one
-    step."""
+    """Write the rows so far (after every pair: an interrupted batch keeps its summary), replacing the file when
+    complete (:func:`~svreg_core.atomic.replaced_when_complete`)."""
     import csv
 
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as f:
+    with replaced_when_complete(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=BATCH_SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    partial.replace(path)
 
 
 PREVIEW_EXAMPLES = """\
