@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.interrupts import interrupts_deferred
@@ -192,12 +193,15 @@ def save_checkpoint(directory: str | Path, model: SPRNetwork, info: ModelInfo) -
         raise OutputError(f"cannot save the checkpoint: {target} exists and is not a checkpoint folder")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        # not mkdtemp, whose 0700 folder would hide the checkpoint from the other users of a shared folder
+        staging = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}"
+        staging.mkdir()
     except OSError as exc:
         raise OutputError(f"cannot save the checkpoint in {target.parent}: {exc.strerror or exc}") from None
     try:
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
+        # bytes written by us: safetensors' save_file creates a 0600 file, which other users could not load
+        (staging / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": FORMAT}))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "weights_sha256": _sha256(staging / WEIGHTS_FILE), **info.to_dict()}
         (staging / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")

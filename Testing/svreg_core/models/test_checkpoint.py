@@ -94,6 +94,22 @@ def test_saving_again_replaces_atomically_and_refuses_foreign_folders(nets, save
         save_checkpoint(tmp_path / "x", model, _info(other))
 
 
+def test_a_checkpoint_is_readable_as_the_umask_allows(nets, tmp_path: Path) -> None:
+    """A checkpoint saved into a shared folder gets the permissions the umask gives (group and others may read it
+    under the usual 022), not a private temporary folder's 0700."""
+    import os
+    import stat
+
+    model = nets.build("unet-spr", nets.SMALL_UNET)
+    previous = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tmp_path / "shared", model, _info(model))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in folder.iterdir())
+
+
 def test_a_sigterm_between_the_renames_comes_after_the_new_checkpoint_is_in_place(nets, saved, tmp_path: Path,
                                                                                    monkeypatch) -> None:
     """Between moving the old checkpoint aside and moving the new one in, a SIGTERM (handled as Ctrl-C) waits until
