@@ -403,8 +403,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     tmp = out.with_name(_work_folder_name(out, "partial") + secrets.token_hex(4))
     threads = f"svreg-outputs-{secrets.token_hex(4)}"  # this call's writer threads
     try:  # created inside the ``try``: an interrupt right after ``mkdir`` still removes it
-        tmp.mkdir()
-        tmp.chmod(0o755)
+        tmp.mkdir()  # with the permissions the umask gives, as every file in it
         versions = _versions()
         (tmp / MARKER_FILE).write_text(f"Written by svreg (svreg_core {versions['svreg_core']}); "
                                        "svreg register --overwrite may replace this folder.\n", encoding="utf-8")

@@ -299,6 +299,23 @@ def test_a_sigterm_while_the_new_folder_replaces_the_old_comes_after_the_swap(sy
     assert _siblings(old) == ["old"] and (old / "report.json").read_text() != before
 
 
+@pytest.mark.parametrize("umask, folder_mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_the_output_folder_has_the_permissions_the_umask_gives(synthetic_result, tmp_path: Path, umask: int,
+                                                               folder_mode: int) -> None:
+    """A user who keeps their files private (umask 077: patient images) gets a private output folder and files;
+    the usual 022 lets the group read them."""
+    import stat
+
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        write_outputs(synthetic_result, out, outputs=["warped"])
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(out.stat().st_mode) == folder_mode
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o666 & ~umask}
+
+
 def _dead_pid() -> int:
     """The id of a process that has ended (and been reaped)."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
