@@ -100,8 +100,8 @@ def add_gzip_level_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gzip-level", type=int, choices=range(10), metavar="0-9", default=None,
                    help="compression of the .nii.gz outputs: 0 stores them uncompressed inside the gzip "
                         "container (fastest to write: for files read at once, e.g. by the Slicer module) to 9 "
-                        "(smallest); default 1 for the images and 0 for the displacement fields (transform.h5's "
-                        "too) and the Jacobian map, which gzip hardly shrinks")
+                        "(smallest); default 1 for the images and the Jacobian map and 0 for the displacement "
+                        "fields (transform.h5's too), which gzip hardly shrinks")
 
 
 def add_prediction_arguments(p: argparse.ArgumentParser) -> None:

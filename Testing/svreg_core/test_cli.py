@@ -447,8 +447,8 @@ def test_retired_seed_is_accepted_with_a_warning(tiny_pair, tmp_path: Path, caps
 
 
 def test_gzip_levels_change_the_files_not_their_content(tiny_pair, tmp_path: Path, capsys) -> None:
-    """By default the displacement fields and the Jacobian map are stored uncompressed in their gzip container
-    (gzip hardly shrinks float fields) and the images are compressed; --gzip-level sets every .nii.gz output (0, what
+    """By default the displacement fields are stored uncompressed in their gzip container (gzip hardly shrinks
+    float fields) and the images and the Jacobian map are compressed; --gzip-level sets every .nii.gz output (0, what
     the Slicer module asks for its work folder, stores them all). The NIfTI bytes never change."""
     import gzip
 
@@ -463,7 +463,7 @@ def test_gzip_levels_change_the_files_not_their_content(tiny_pair, tmp_path: Pat
         path = tmp_path / folder / name
         return path.stat().st_size / len(gzip.decompress(path.read_bytes()))
 
-    fields, images = ("displacement.nii.gz", "inverse_displacement.nii.gz", "jacobian.nii.gz"), ("warped.nii.gz",)
+    fields, images = ("displacement.nii.gz", "inverse_displacement.nii.gz"), ("warped.nii.gz", "jacobian.nii.gz")
     for name in fields + images:
         content = {gzip.decompress((tmp_path / d / name).read_bytes()) for d in ("default", "stored", "level1")}
         assert len(content) == 1

@@ -152,8 +152,8 @@ def _probe_writable(out: Path, existing: Path, what: str = "output folder") -> N
 def expected_output_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int], *,
                           outputs: Sequence[str] | None = None, labels: bool = False) -> int:
     """Bytes the outputs of a registration of a ``fixed_shape`` image to a ``moving_shape`` one take,
-    uncompressed (an upper bound: the fields and the Jacobian map are stored uncompressed by default, gzip
-    saves much on images with background).
+    uncompressed (an upper bound: the fields are stored uncompressed by default, gzip saves much on images with
+    background).
 
     ``outputs``: names from :data:`SELECTABLE_OUTPUTS` (default: all); ``labels``: moving labels are
     given (``warped_labels.nii.gz``). Per fixed voxel: float32 images (warped, λ, det J, int32
@@ -384,8 +384,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             report's ``inputs`` with each image's shape, spacing and orientation.
         gzip_level: compression of the ``.nii.gz`` outputs, 0 (stored: fastest, e.g. for files another
             program reads at once) to 9 (:func:`~svreg_core.image.io.save_nifti`); ``None``: the images at
-            :data:`~svreg_core.image.io.DEFAULT_GZIP_LEVEL` (1), the displacement fields (``transform.h5``'s
-            too) and the Jacobian map stored (:data:`~svreg_core.image.io.DEFAULT_FIELD_GZIP_LEVEL`: gzip hardly
+            :data:`~svreg_core.image.io.DEFAULT_GZIP_LEVEL` (1, the Jacobian map too), the displacement fields
+            (``transform.h5``'s too) stored (:data:`~svreg_core.image.io.DEFAULT_FIELD_GZIP_LEVEL`: gzip hardly
             shrinks them).
         landmarks: corresponding fixed and moving points (``(N, 3)`` RAS mm each): the report's metrics get
             the target registration error before and after (:func:`compute_metrics`).
@@ -430,7 +430,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                                       gzip_level=field_level))
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
             jac_image = Image(jac.astype(np.float32), result.fixed.affine)
-            save("jacobian", lambda: save_image(jac_image, tmp / "jacobian.nii.gz", gzip_level=field_level))
+            save("jacobian", lambda: save_image(jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level))
             before_job = pool.submit(_moving_on_fixed_grid, result) if "figure" in chosen else None
             warped_labels = None
             if moving_labels is not None:
