@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.models.film import CodeRanges
@@ -424,7 +425,8 @@ def load_config(path: str | Path) -> TrainingConfig:
 
 
 def save_config(config: TrainingConfig, path: str | Path) -> Path:
-    """Write ``config`` as YAML (``.yaml``/``.yml``) or JSON (any other suffix); returns the path."""
+    """Write ``config`` as YAML (``.yaml``/``.yml``) or JSON (any other suffix), replacing ``path`` only when
+    complete; returns the path."""
     p = Path(path)
     values = config.to_dict()
     if p.suffix.lower() in (".yaml", ".yml"):
@@ -432,5 +434,6 @@ def save_config(config: TrainingConfig, path: str | Path) -> Path:
         text = yaml.safe_dump(values, sort_keys=False, default_flow_style=None)
     else:
         text = json.dumps(values, indent=2) + "\n"
-    p.write_text(text)
+    with replaced_when_complete(p) as tmp:
+        tmp.write_text(text)
     return p
