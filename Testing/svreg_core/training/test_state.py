@@ -73,7 +73,8 @@ def test_interrupted_run_resumed_in_a_new_process_is_bit_identical(config, geo, 
 
 
 def test_a_finished_run_is_not_trained_again(config, tmp_path) -> None:
-    """... and a checkpoint whose save was killed between its two renames comes back when the run is resumed."""
+    """Resuming a finished run trains nothing, and brings back a checkpoint whose save was killed between its two
+    renames (``last/`` moved into a hidden ``.last.old.*`` folder)."""
     config = config.replace(epochs=1, validation={"pairs": 0})
     run = tmp_path / "run"
     first = train(config, run)
