@@ -401,25 +401,30 @@ def test_cpu_allocation_failure_counts_as_out_of_memory() -> None:
     assert not _is_out_of_memory(RuntimeError("shape mismatch"))
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
-def test_a_full_disk_gives_one_plain_line(monkeypatch, capsys) -> None:
-    """A write failing with ENOSPC (here a real one: /dev/full) anywhere in a command ends it with one plain
+def test_a_full_disk_gives_one_plain_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A write failing with ENOSPC (here a real one: a 16 KB disk) anywhere in a command ends it with one plain
     error line saying what to do, exit status 1, not a traceback."""
     from svreg_core import cli
 
+    disk = tmp_path / "disk"
+    _mount_tmpfs(disk, "size=16k")
+
     def write_to_a_full_disk(args) -> int:
-        with open("/dev/full", "wb") as f:
-            f.write(b"report")
+        with open(disk / "big.bin", "wb") as f:
+            f.write(bytes(1 << 20))
         return 0
 
     monkeypatch.setattr(cli, "run_info", write_to_a_full_disk)
-    rc, _, err = _main(["info", "image.nii.gz"], capsys)
+    try:
+        rc, _, err = _main(["info", "image.nii.gz"], capsys)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
     assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert err.startswith("svreg: error: the disk is full or over quota; free some space or write elsewhere, then "
                           "run the same command again")
     # an error that names its file (an open or rename failing) says which
-    _, message = cli._machine_failure(OSError(errno.EDQUOT, "Disk quota exceeded", "/data/out/warped.nii.gz"))
-    assert message.startswith("the disk is full or over quota (writing /data/out/warped.nii.gz); ")
+    _, message = cli._machine_failure(OSError(errno.EDQUOT, "Disk quota exceeded", "out/warped.nii.gz"))
+    assert message.startswith("the disk is full or over quota (writing out/warped.nii.gz); ")
 
 
 def test_retired_seed_is_accepted_with_a_warning(tiny_pair, tmp_path: Path, capsys) -> None:
