@@ -1,11 +1,12 @@
-"""A file written through ``replaced_when_complete`` appears only when complete."""
+"""Files written through ``replaced_when_complete`` and folders through ``replace_directory`` appear only when
+complete; ``recover_directory`` undoes a swap cut by a kill."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from svreg_core.atomic import replaced_when_complete
+from svreg_core.atomic import recover_directory, replace_directory, replaced_when_complete
 
 
 def test_the_content_replaces_the_file_only_when_written(tmp_path: Path) -> None:
@@ -42,3 +43,23 @@ def test_a_symbolic_link_is_followed(tmp_path: Path) -> None:
         tmp.write_text("new")
     assert link.is_symlink() and target.read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.txt", "target.txt"]
+
+
+def test_directory_replacement_survives_an_interruption(tmp_path) -> None:
+    target = tmp_path / "state"
+    replace_directory(target, lambda d: (d / "a.json").write_text("1"))
+    replace_directory(target, lambda d: (d / "a.json").write_text("2"))
+    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+    def failing(folder):
+        (folder / "a.json").write_text("3")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_directory(target, failing)
+    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+    # killed between moving the old folder away and moving the new one in: the old one comes back
+    target.rename(tmp_path / ".state.old")
+    (tmp_path / ".state.partial-123").mkdir()
+    recover_directory(target)
+    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["state"]

@@ -16,7 +16,8 @@ PACKAGE = Path(svreg_core.__file__).parent
 #: to their sub-packages: ``svreg tune`` builds its trials' configurations with ``svreg train``'s parser.
 LAYERS: dict[str, int] = {
     "errors": 0,
-    **dict.fromkeys(("conventions", "progress", "parallel", "memory", "interrupts", "atomic"), 1),
+    "interrupts": 0,
+    **dict.fromkeys(("conventions", "progress", "parallel", "memory", "atomic"), 1),
     "image": 2,
     "transforms": 3,
     "losses": 4, "metrics": 4,

@@ -10,7 +10,6 @@ from svreg_core.models.checkpoint import (
     load_checkpoint,
     model_summary,
     read_model_info,
-    recover_checkpoint,
     save_checkpoint,
 )
 from svreg_core.models.film import CodeRanges
@@ -19,5 +18,5 @@ from svreg_core.models.transmorph import TransMorphTVFSPR
 from svreg_core.models.unet import UNetSPR
 
 __all__ = ["ARCHITECTURES", "CodeRanges", "ModelInfo", "SPRNetwork", "TransMorphTVFSPR", "UNetSPR", "build_model",
-           "count_parameters", "load_checkpoint", "model_summary", "read_model_info", "recover_checkpoint",
-           "register_architecture", "save_checkpoint"]
+           "count_parameters", "load_checkpoint", "model_summary", "read_model_info", "register_architecture",
+           "save_checkpoint"]

@@ -9,18 +9,14 @@
   its ``alpha_prime``/``lambda_max`` are then its default codes, inside those ranges.
 
 Saving is atomic: both files are written into a temporary sibling folder which then replaces the
-target folder (a SIGTERM is held back during the swap; a save killed in it is undone by
-:func:`recover_checkpoint`). Loading checks everything it reads and turns each problem into one plain
+target folder (:func:`~svreg_core.atomic.replace_directory`; a save killed during the swap is undone by
+:func:`~svreg_core.atomic.recover_directory`). Loading checks everything it reads and turns each problem into one plain
 :class:`~svreg_core.errors.InputError` line.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,8 +26,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
+from svreg_core.atomic import replace_directory
 from svreg_core.errors import InputError, OutputError
-from svreg_core.interrupts import interrupts_deferred
 from svreg_core.models.base import SPRNetwork
 from svreg_core.models.film import CodeRanges
 from svreg_core.models.registry import build_model
@@ -191,53 +187,19 @@ def save_checkpoint(directory: str | Path, model: SPRNetwork, info: ModelInfo) -
     target = Path(directory).expanduser().absolute()
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / INFO_FILE).is_file())):
         raise OutputError(f"cannot save the checkpoint: {target} exists and is not a checkpoint folder")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # not mkdtemp, whose 0700 folder would hide the checkpoint from the other users of a shared folder
-        staging = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}"
-        staging.mkdir()
-    except OSError as exc:
-        raise OutputError(f"cannot save the checkpoint in {target.parent}: {exc.strerror or exc}") from None
-    try:
+
+    def write(folder: Path) -> None:
         tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
         # bytes written by us: safetensors' save_file creates a 0600 file, which other users could not load
-        (staging / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": FORMAT}))
+        (folder / WEIGHTS_FILE).write_bytes(save(tensors, metadata={"format": FORMAT}))
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "weights_sha256": _sha256(staging / WEIGHTS_FILE), **info.to_dict()}
-        (staging / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-        with interrupts_deferred():  # a SIGTERM between the renames must not leave the checkpoint under a hidden name
-            if target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-                os.replace(target, old / target.name)
-                try:
-                    os.replace(staging, target)
-                except OSError:
-                    os.replace(old / target.name, target)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, target)
+                "weights_sha256": _sha256(folder / WEIGHTS_FILE), **info.to_dict()}
+        (folder / INFO_FILE).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+
+    try:
+        return replace_directory(target, write)
     except OSError as exc:
         raise OutputError(f"cannot save the checkpoint {target}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone once it became the checkpoint; else a failure's leftover
-    return target
-
-
-def recover_checkpoint(directory: str | Path) -> None:
-    """Undo a :func:`save_checkpoint` that was killed: the checkpoint it was replacing comes back when
-    ``directory`` is missing (killed between the two renames), and the hidden staging and old folders next to
-    it are removed. Call it before writing ``directory`` again (``svreg train`` does when it resumes)."""
-    target = Path(directory).expanduser().absolute()
-    if not target.parent.is_dir():
-        return
-    if not target.exists():
-        replaced = [old / target.name for old in target.parent.glob(f".{target.name}.old.*")
-                    if (old / target.name / INFO_FILE).is_file()]
-        if replaced:
-            os.replace(max(replaced, key=lambda p: p.stat().st_mtime), target)
-    for leftover in target.parent.glob(f".{target.name}.*"):
-        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _folder(path: str | Path) -> Path:

@@ -35,18 +35,13 @@ CURVE_INTERVAL_S = 30.0
 def write_metrics_csv(history: Sequence[dict[str, float]], path: Path) -> Path:
     """``metrics.csv`` with one row per finished epoch (:data:`COLUMNS`; empty cells for missing values)."""
     path = Path(path)
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            for row in history:
-                writer.writerow({k: ("" if row.get(k) is None or (isinstance(row.get(k), float)
-                                                                  and math.isnan(row[k])) else row[k])
-                                 for k in COLUMNS})
-
-    with replaced_when_complete(path) as tmp:
-        write(tmp)
+    with replaced_when_complete(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: ("" if row.get(k) is None or (isinstance(row.get(k), float)
+                                                              and math.isnan(row[k])) else row[k])
+                             for k in COLUMNS})
     return path
 
 

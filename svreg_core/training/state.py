@@ -10,15 +10,13 @@
   metric history, and the seed. Every random draw of epoch ``e`` comes from generators seeded from
   ``(seed, e)`` (:func:`epoch_seed`), so the seed *is* the complete random state between epochs.
 
-A folder is replaced by writing its successor next to it and renaming (:func:`replace_directory`); a
-run killed at any moment leaves either the previous or the new folder, never a half-written one.
+A folder is replaced by writing its successor next to it and renaming
+(:func:`~svreg_core.atomic.replace_directory`); a run killed at any moment leaves either the previous or the new
+folder, never a half-written one.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from svreg_core.atomic import replace_directory
 from svreg_core.errors import InputError
 
 STATE_DIR = "state"
@@ -84,43 +83,6 @@ class TrainingState:
         if values.get("best_value") is None:
             values["best_value"] = float("-inf")
         return cls(**values)
-
-
-def replace_directory(target: Path, write: Callable[[Path], None]) -> Path:
-    """Create ``target`` afresh through ``write(tmp_folder)``, then swap it into place.
-
-    The old folder, if any, is renamed to ``.<name>.old`` before the new one takes its name and is
-    deleted afterwards; :func:`recover_directory` restores it if the process died in between.
-    """
-    target = Path(target)
-    tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        write(tmp)
-        for path in tmp.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def recover_directory(target: Path) -> None:
-    """Undo an interrupted :func:`replace_directory`: bring ``.<name>.old`` back if ``target`` is missing."""
-    target = Path(target)
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.is_dir():
-        old.rename(target)
-    for partial in target.parent.glob(f".{target.name}.partial-*"):
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:

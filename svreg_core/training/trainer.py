@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 import svreg_core
+from svreg_core.atomic import recover_directory
 from svreg_core.errors import InputError
-from svreg_core.models import ModelInfo, SPRNetwork, build_model, load_checkpoint, recover_checkpoint, save_checkpoint
+from svreg_core.models import ModelInfo, SPRNetwork, build_model, load_checkpoint, save_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training import distributed
@@ -65,7 +66,6 @@ from svreg_core.training.state import (
     epoch_seed,
     has_state,
     load_state,
-    recover_directory,
     save_state,
 )
 from svreg_core.training.step import TERMS, training_step
@@ -264,9 +264,8 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     alignments_file = run_dir / ALIGNMENTS_FILE
     data = build_data(config, load_alignments(alignments_file) if continuing else None)
     if continuing and ctx.is_main:
-        recover_directory(run_dir / STATE_DIR)  # a write interrupted between its two renames
-        for checkpoint in (BEST_DIR, LAST_DIR):
-            recover_checkpoint(run_dir / checkpoint)
+        for folder in (STATE_DIR, BEST_DIR, LAST_DIR):
+            recover_directory(run_dir / folder)  # a write killed between its two renames
     distributed.barrier(ctx)
     resuming = continuing and has_state(run_dir)
     model = build_network(config, initial_weights=not resuming).to(device)

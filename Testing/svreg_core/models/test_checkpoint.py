@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from svreg_core.atomic import recover_directory
 from svreg_core.errors import InputError, OutputError
-from svreg_core.models import ModelInfo, UNetSPR, load_checkpoint, model_summary, recover_checkpoint, save_checkpoint
+from svreg_core.models import ModelInfo, UNetSPR, load_checkpoint, model_summary, save_checkpoint
 
 
 def _info(model, **changes) -> ModelInfo:
@@ -118,18 +119,18 @@ def test_a_sigterm_between_the_renames_comes_after_the_new_checkpoint_is_in_plac
     import signal
 
     from svreg_core.interrupts import sigterm_as_interrupt
-    from svreg_core.models import checkpoint
 
     _, folder = saved
     other = nets.build("unet-spr", {**nets.SMALL_UNET, "uniform": True})
-    replace = os.replace
+    rename = Path.rename
 
-    def replace_then_sigterm(source, target) -> None:
-        replace(source, target)
-        if Path(source) == folder:  # the old checkpoint moved aside: the new one is not in place yet
+    def rename_then_sigterm(source: Path, target):
+        moved = rename(source, target)
+        if source == folder:  # the old checkpoint moved aside: the new one is not in place yet
             os.kill(os.getpid(), signal.SIGTERM)
+        return moved
 
-    monkeypatch.setattr(checkpoint.os, "replace", replace_then_sigterm)
+    monkeypatch.setattr(Path, "rename", rename_then_sigterm)
     with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
         save_checkpoint(folder, other, _info(other, spr=False, name="second"))
     monkeypatch.undo()
@@ -137,25 +138,23 @@ def test_a_sigterm_between_the_renames_comes_after_the_new_checkpoint_is_in_plac
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-def test_recover_checkpoint_after_a_kill_between_the_renames(nets, saved, tmp_path: Path) -> None:
-    """What a save killed between its renames leaves (the old checkpoint in ``.ckpt.old.*``, the new one still
-    staged in ``.ckpt.*``, no ``ckpt``): the old checkpoint comes back, predicting as before, and nothing
+def test_recover_a_checkpoint_after_a_kill_between_the_renames(nets, saved, tmp_path: Path) -> None:
+    """What a save killed between its renames leaves (the old checkpoint in ``.ckpt.old``, the new one still
+    staged in ``.ckpt.partial-*``, no ``ckpt``): the old checkpoint comes back, predicting as before, and nothing
     hidden is left. With the checkpoint in place, only the leftovers go."""
     model, folder = saved
-    aside = tmp_path / ".ckpt.old.k1ll3d"
-    aside.mkdir()
-    folder.rename(aside / "ckpt")
-    staged = tmp_path / ".ckpt.x7y8z9"
+    folder.rename(tmp_path / ".ckpt.old")
+    staged = tmp_path / ".ckpt.partial-123-x7y8z9"
     staged.mkdir()
     (staged / "model.safetensors").write_bytes(b"half written")
-    recover_checkpoint(folder)
+    recover_directory(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     loaded, _ = load_checkpoint(folder)
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
     staged.mkdir()
-    recover_checkpoint(folder)
+    recover_directory(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
-    recover_checkpoint(tmp_path / "missing" / "ckpt")  # nothing to do, no error
+    recover_directory(tmp_path / "missing" / "ckpt")  # nothing to do, no error
 
 
 def test_missing_folder_and_files(saved, tmp_path: Path) -> None:

@@ -14,7 +14,6 @@ from svreg_core.progress import ProgressEvent
 from svreg_core.training import trainer
 from svreg_core.training.config import TrainingConfig, save_config
 from svreg_core.training.history import CURVE_FILE
-from svreg_core.training.state import STATE_DIR, recover_directory, replace_directory
 from svreg_core.training.trainer import train
 
 TINY = {"encoder_features": [4, 8], "decoder_features": [8, 8, 4], "lambda_features": [4]}
@@ -74,13 +73,12 @@ def test_interrupted_run_resumed_in_a_new_process_is_bit_identical(config, geo, 
 
 def test_a_finished_run_is_not_trained_again(config, tmp_path) -> None:
     """Resuming a finished run trains nothing, and brings back a checkpoint whose save was killed between its two
-    renames (``last/`` moved into a hidden ``.last.old.*`` folder)."""
+    renames (``last/`` moved aside to ``.last.old``)."""
     config = config.replace(epochs=1, validation={"pairs": 0})
     run = tmp_path / "run"
     first = train(config, run)
     before = sorted(p.name for p in run.iterdir())
-    (run / ".last.old.k1ll3d").mkdir()
-    (run / "last").rename(run / ".last.old.k1ll3d" / "last")
+    (run / "last").rename(run / ".last.old")
     again = train(config, run)
     assert (first.epochs, again.epochs, again.resumed_from, again.steps) == (1, 1, 1, first.steps)
     assert sorted(p.name for p in run.iterdir()) == before
@@ -99,23 +97,3 @@ def test_run_folder_with_other_settings_or_foreign_files_is_refused(config, tmp_
     with pytest.raises(InputError, match="holds no training run"):
         train(config, tmp_path / "other")
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
-
-
-def test_directory_replacement_survives_an_interruption(tmp_path) -> None:
-    target = tmp_path / STATE_DIR
-    replace_directory(target, lambda d: (d / "a.json").write_text("1"))
-    replace_directory(target, lambda d: (d / "a.json").write_text("2"))
-    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]
-
-    def failing(folder):
-        (folder / "a.json").write_text("3")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        replace_directory(target, failing)
-    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]
-    # killed between moving the old folder away and moving the new one in: the old one comes back
-    target.rename(tmp_path / f".{STATE_DIR}.old")
-    (tmp_path / f".{STATE_DIR}.partial-123").mkdir()
-    recover_directory(target)
-    assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == [STATE_DIR]
