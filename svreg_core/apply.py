@@ -24,11 +24,11 @@ from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 from svreg_core.image.image import Image
 from svreg_core.image.resample import world_to_source_normalized
-from svreg_core.image.sampling import grid_sample, sample_labels
+from svreg_core.image.sampling import LABEL_INTERPOLATIONS, grid_sample, sample_labels
 from svreg_core.outputs.read import Transform
 
+#: How :func:`apply_to_image` resamples images (label maps: :data:`~svreg_core.image.sampling.LABEL_INTERPOLATIONS`).
 IMAGE_INTERPOLATIONS = ("linear", "bspline")
-LABEL_INTERPOLATIONS = ("linear", "nearest")
 #: Point file suffixes :func:`read_points` understands.
 POINT_SUFFIXES = (".csv", ".fcsv", ".mrk.json")
 
@@ -76,7 +76,7 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
         out = ndimage.map_coordinates(coeffs, voxel.reshape(-1, 3).T, order=3, mode="mirror", prefilter=False)
         out = (out.reshape(grid.shape) * image.grid.contains_voxels(voxel)).astype(np.float32)
     else:
-        raise InputError(f"unknown image interpolation {interpolation!r}; use linear or bspline.")
+        raise InputError(f"unknown image interpolation {interpolation!r}; use {' or '.join(IMAGE_INTERPOLATIONS)}.")
     return Image(out, grid.affine)
 
 
@@ -99,7 +99,7 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
         nearest = grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest")
         out = nearest[0, 0].round().numpy().astype(np.int32)
     else:
-        raise InputError(f"unknown label interpolation {interpolation!r}; use linear or nearest.")
+        raise InputError(f"unknown label interpolation {interpolation!r}; use {' or '.join(LABEL_INTERPOLATIONS)}.")
     return Image(out, grid.affine)
 
 

@@ -19,9 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from svreg_core.apply import (
+    IMAGE_INTERPOLATIONS,
+    apply_to_image,
+    apply_to_labels,
+    is_points_file,
+    read_landmarks,
+    transform_points_file,
+)
 from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, SvregError
 from svreg_core.image.io import image_stem, is_dicom_input
+from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES, preset_modality_warning
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
@@ -120,7 +129,7 @@ def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
 def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     """The registration parameters shared by ``svreg register`` and ``svreg register-batch``."""
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
-    p.add_argument("--label-interpolation", choices=("linear", "nearest"), default="linear",
+    p.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default="linear",
                    help="label warping: one-hot trilinear + argmax (default) or nearest neighbour")
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset: {', '.join(PRESETS)}, or a preset JSON file (e.g. from svreg tune)")
@@ -297,7 +306,6 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
     the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop);
     read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one, and its initial
     transform."""
-    from svreg_core.apply import read_landmarks
     from svreg_core.image import crop_to_box, load_image
     from svreg_core.image.image import conform_to_grid
     from svreg_core.outputs.read import read_linear_transform
@@ -705,7 +713,7 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-fixed", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"),
                    help="register only the fixed image's voxels inside this world box (as svreg register)")
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
-    p.add_argument("--label-interpolation", choices=("linear", "nearest"), default="linear",
+    p.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default="linear",
                    help="label warping: one-hot trilinear + argmax (default) or nearest neighbour")
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset (its affine stage and device): {', '.join(PRESETS)}, or a preset JSON file")
@@ -780,7 +788,8 @@ def add_apply_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", help="image whose grid the output is sampled on (default: the transform's "
                    "grid: fixed grid forward, moving grid inverse)")
     p.add_argument("--labels", action="store_true", help="the input is a label map (integer output)")
-    p.add_argument("--interpolation", choices=("linear", "bspline", "nearest"), default=None,
+    p.add_argument("--interpolation", choices=tuple(dict.fromkeys((*IMAGE_INTERPOLATIONS, *LABEL_INTERPOLATIONS))),
+                   default=None,
                    help="images: linear (default) or bspline; label maps: linear (one-hot trilinear + argmax, "
                    "default) or nearest")
     p.add_argument("--coordinates", choices=("ras", "lps"), default="ras",
@@ -791,7 +800,6 @@ def add_apply_arguments(p: argparse.ArgumentParser) -> None:
 def run_apply(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from svreg_core.apply import apply_to_image, apply_to_labels, is_points_file, transform_points_file
     from svreg_core.image import load_image, save_image
     from svreg_core.image.io import check_writable_name
     from svreg_core.image.itk_io import data_files
@@ -827,13 +835,13 @@ def run_apply(args: argparse.Namespace) -> int:
     if args.labels:
         labels = load_image(args.input, labels=True, name="label map")
         mode = args.interpolation or "linear"
-        if mode == "bspline":
-            raise InputError("label maps take --interpolation linear or nearest, not bspline.")
+        if mode not in LABEL_INTERPOLATIONS:
+            raise InputError(f"label maps take --interpolation {' or '.join(LABEL_INTERPOLATIONS)}, not {mode}.")
         save_image(apply_to_labels(transform, labels, reference=reference, interpolation=mode), out, dtype=np.int32)
     else:
         image = load_image(args.input, name="input image")
         mode = args.interpolation or "linear"
-        if mode == "nearest":
+        if mode not in IMAGE_INTERPOLATIONS:
             raise InputError("--interpolation nearest is for label maps (add --labels); images take linear or "
                              "bspline.")
         save_image(apply_to_image(transform, image, reference=reference, interpolation=mode), out)

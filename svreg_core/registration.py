@@ -32,7 +32,7 @@ from svreg_core.image.resample import (
     source_coordinates,
     world_to_source_matrix,
 )
-from svreg_core.image.sampling import grid_sample, sample_labels
+from svreg_core.image.sampling import LABEL_INTERPOLATIONS, grid_sample, sample_labels
 from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
@@ -253,8 +253,8 @@ class RegistrationResult:
         nearest-neighbour. ``identity``: through the identity in world space instead of ``T`` (the
         image as it lies on the fixed grid before registration, for the "before" metrics).
         """
-        if labels and label_mode not in ("linear", "nearest"):
-            raise InputError(f"unknown label interpolation {label_mode!r}; use linear or nearest.")
+        if labels and label_mode not in LABEL_INTERPOLATIONS:
+            raise InputError(f"unknown label interpolation {label_mode!r}; use {' or '.join(LABEL_INTERPOLATIONS)}.")
         if identity and image.grid.same_as(self.fixed.grid):  # every sample falls on its own voxel's centre
             data = np.asarray(image.data)
             return Image(data.astype(np.int32) if labels else data.astype(np.float32), self.fixed.affine)

@@ -166,21 +166,6 @@ def place_volume(scene, source, name: str, target=None):
     return target
 
 
-def load_volume(scene, path: str | Path, name: str, *, labelmap: bool = False):
-    """Read a NIfTI file into a new scalar (or label map) volume node of ``scene`` (see :func:`place_volume`)."""
-    return place_volume(scene, read_volume(path, labelmap=labelmap), name)
-
-
-def array_ijk(volume_node) -> np.ndarray:
-    """Voxel values as a copy in the engine's ``(I, J, K)`` order."""
-    import vtk.util.numpy_support as ns
-
-    image = volume_node.GetImageData()
-    dims = image.GetDimensions()
-    flat = ns.vtk_to_numpy(image.GetPointData().GetScalars())
-    return np.array(flat.reshape(dims[2], dims[1], dims[0]).transpose(2, 1, 0))
-
-
 # --------------------------------------------------------------------------------------------------
 # displacement fields and grid transforms
 
@@ -250,30 +235,6 @@ def set_grid_transform(transform_node, displacement_ras: np.ndarray, ijk_to_ras_
     grid.SetGridDirectionMatrix(array_to_matrix(direction4))
     grid.SetInterpolationModeToLinear()
     transform_node.SetAndObserveTransformFromParent(grid)
-
-
-def create_grid_transform_node(scene, displacement_ras: np.ndarray, ijk_to_ras_matrix: np.ndarray, name: str):
-    """A new ``vtkMRMLGridTransformNode`` in ``scene`` holding the resampling mapping
-    (see :func:`set_grid_transform`)."""
-    node = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", name)
-    set_grid_transform(node, displacement_ras, ijk_to_ras_matrix)
-    return node
-
-
-def grid_transform_arrays(transform_node) -> tuple[np.ndarray, np.ndarray]:
-    """``(displacement (I, J, K, 3) RAS mm, ijk_to_ras)`` of a grid transform node (from parent)."""
-    import vtk.util.numpy_support as ns
-
-    transform = transform_node.GetTransformFromParent()
-    transform.Update()
-    image = transform.GetDisplacementGrid()
-    dims = image.GetDimensions()
-    flat = ns.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0], 3)
-    direction = matrix_to_array(transform.GetGridDirectionMatrix())[:3, :3]
-    affine = np.eye(4)
-    affine[:3, :3] = direction * np.array(image.GetSpacing())
-    affine[:3, 3] = image.GetOrigin()
-    return np.array(flat.transpose(2, 1, 0, 3)), affine
 
 
 def grid_points(shape: tuple[int, int, int], ijk_to_ras_matrix: np.ndarray) -> np.ndarray:

@@ -463,49 +463,6 @@ def _signal_tree(process: subprocess.Popen, hard: bool) -> None:
         pass
 
 
-def _proc_stat(pid: str) -> tuple[str, int] | None:
-    """``(state, pgid)`` of a Linux process from ``/proc/<pid>/stat``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            text = fh.read().decode(errors="replace")
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2:].split()
-    return fields[0], int(fields[2])
-
-
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (dead, waiting to be reaped)."""
-    if os.path.isdir("/proc"):
-        stat = _proc_stat(str(pid))
-        return stat is not None and stat[0] not in ("Z", "X")
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_group_alive(pgid: int) -> bool:
-    """Whether a live (non-zombie) process of the POSIX process group ``pgid`` still exists."""
-    if os.path.isdir("/proc"):
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                stat = _proc_stat(entry)
-                if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-                    return True
-        return False
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # --------------------------------------------------------------------------------------------------
 # the ``register`` command
 

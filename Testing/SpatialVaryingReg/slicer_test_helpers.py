@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,91 @@ def tiny_hyper_checkpoint(folder: Path, hyper: dict | None = HYPER, name: str = 
     change (``Testing/tiny_checkpoint.py``)."""
     pytest.importorskip("torch")
     return tiny_checkpoint(folder, name, hyper, spacing_mm=4.0, similarity="mse")
+
+
+def load_volume(scene, path: str | Path, name: str, *, labelmap: bool = False):
+    """Read a NIfTI file into a new scalar (or label map) volume node of ``scene`` (``geometry.place_volume``)."""
+    from SpatialVaryingRegLib import geometry
+
+    return geometry.place_volume(scene, geometry.read_volume(path, labelmap=labelmap), name)
+
+
+def array_ijk(volume_node) -> np.ndarray:
+    """Voxel values as a copy in the engine's ``(I, J, K)`` order."""
+    import vtk.util.numpy_support as ns
+
+    image = volume_node.GetImageData()
+    dims = image.GetDimensions()
+    flat = ns.vtk_to_numpy(image.GetPointData().GetScalars())
+    return np.array(flat.reshape(dims[2], dims[1], dims[0]).transpose(2, 1, 0))
+
+
+def create_grid_transform_node(scene, displacement_ras: np.ndarray, ijk_to_ras_matrix: np.ndarray, name: str):
+    """A new ``vtkMRMLGridTransformNode`` in ``scene`` holding the resampling mapping
+    (``geometry.set_grid_transform``)."""
+    from SpatialVaryingRegLib import geometry
+
+    node = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", name)
+    geometry.set_grid_transform(node, displacement_ras, ijk_to_ras_matrix)
+    return node
+
+
+def grid_transform_arrays(transform_node) -> tuple[np.ndarray, np.ndarray]:
+    """``(displacement (I, J, K, 3) RAS mm, ijk_to_ras)`` of a grid transform node (from parent)."""
+    import vtk.util.numpy_support as ns
+
+    transform = transform_node.GetTransformFromParent()
+    transform.Update()
+    image = transform.GetDisplacementGrid()
+    dims = image.GetDimensions()
+    flat = ns.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[2], dims[1], dims[0], 3)
+    from SpatialVaryingRegLib import geometry
+
+    direction = geometry.matrix_to_array(transform.GetGridDirectionMatrix())[:3, :3]
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.array(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return np.array(flat.transpose(2, 1, 0, 3)), affine
+
+
+def _proc_stat(pid: str) -> tuple[str, int] | None:
+    """``(state, pgid)`` of a Linux process from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2:].split()
+    return fields[0], int(fields[2])
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (dead, waiting to be reaped)."""
+    if os.path.isdir("/proc"):
+        stat = _proc_stat(str(pid))
+        return stat is not None and stat[0] not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def process_group_alive(pgid: int) -> bool:
+    """Whether a live (non-zombie) process of the POSIX process group ``pgid`` still exists."""
+    if os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                stat = _proc_stat(entry)
+                if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
+                    return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

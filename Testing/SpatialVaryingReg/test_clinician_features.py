@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image, fiducials
+from slicer_test_helpers import add_volume, blob_image, fiducials, grid_transform_arrays
 
 from SpatialVaryingRegLib import estimate, geometry, landmarks, logic, segmentations
 
@@ -101,7 +101,7 @@ def test_segmentations_inverse_and_fiducials_end_to_end(scene, pair, tmp_path):
     # (c) the inverse: a FromParent grid transform on the moving grid, references swapped
     inverse = out.inverse
     assert inverse.IsA("vtkMRMLGridTransformNode") and inverse.GetTransformFromParent().IsA("vtkOrientedGridTransform")
-    field, grid = geometry.grid_transform_arrays(inverse)
+    field, grid = grid_transform_arrays(inverse)
     assert field.shape[:3] == SHAPE and np.allclose(grid, geometry.ijk_to_ras(pair["moving"]), atol=1e-4)
     assert inverse.GetNodeReference(inverse.GetFixedNodeReferenceRole()) is pair["moving"]
     forward = out.transform.GetTransformFromParent()
@@ -136,7 +136,7 @@ def test_output_nodes_are_updated_in_place(scene, pair, tmp_path):
                                                              "vtkMRMLSegmentationNode")}
     reuse = logic.OutputNodes(transform=first.transform, lambda_map=first.lambda_map, jacobian=first.jacobian,
                               warped=first.warped, warped_labels=first.warped_labels, inverse=first.inverse)
-    stale = geometry.grid_transform_arrays(first.transform)[0]
+    stale = grid_transform_arrays(first.transform)[0]
     faster = logic.RegistrationSettings(overrides=dict(FAST, iterations=[5, 5]), device="cpu", create_inverse=True,
                                         temp_root=str(tmp_path))
     second = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"], reuse=reuse,
@@ -144,7 +144,7 @@ def test_output_nodes_are_updated_in_place(scene, pair, tmp_path):
     assert first.report["outputs"] == ["displacement", "inverse", "jacobian", "labels", "regularization", "warped"]
     assert [n.GetID() for n in second.nodes()] == [n.GetID() for n in first.nodes()]
     assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts  # nothing new
-    assert not np.allclose(geometry.grid_transform_arrays(second.transform)[0], stale)  # the new result is in
+    assert not np.allclose(grid_transform_arrays(second.transform)[0], stale)  # the new result is in
     assert second.lambda_map.GetName() == "my lambda"  # the user's node keeps its name
     assert second.transform.GetAttribute(logic.RUN_ATTRIBUTE) == "2"
     assert pair["moving"].GetParentTransformNode() is second.transform

@@ -12,7 +12,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
-from slicer_test_helpers import add_volume, blob_image, oblique_affine
+from slicer_test_helpers import (
+    add_volume,
+    array_ijk,
+    blob_image,
+    create_grid_transform_node,
+    grid_transform_arrays,
+    load_volume,
+    oblique_affine,
+)
 
 from SpatialVaryingRegLib import geometry
 
@@ -43,7 +51,7 @@ def sample_volume(node, points: np.ndarray) -> np.ndarray:
     inv = np.linalg.inv(geometry.world_ijk_to_ras(node))
     ijk = points @ inv[:3, :3].T + inv[:3, 3]
     flat = ijk.reshape(-1, 3).T
-    return map_coordinates(geometry.array_ijk(node).astype(np.float64), flat, order=1).reshape(points.shape[:-1])
+    return map_coordinates(array_ijk(node).astype(np.float64), flat, order=1).reshape(points.shape[:-1])
 
 
 def test_known_displacement_hardens_moving_onto_fixed(scene, slicer_module):
@@ -56,7 +64,7 @@ def test_known_displacement_hardens_moving_onto_fixed(scene, slicer_module):
     moving = add_volume(scene, moving_data, affine, "moving")
     fixed = add_volume(scene, fixed_data, affine, "fixed")
 
-    transform = geometry.create_grid_transform_node(scene, u, affine, "T")
+    transform = create_grid_transform_node(scene, u, affine, "T")
     geometry.set_registration_references(transform, fixed, moving)
     assert transform.IsA("vtkMRMLGridTransformNode")
     grid = transform.GetTransformFromParent()
@@ -92,9 +100,9 @@ def test_oblique_anisotropic_volume_round_trip(scene, tmp_path, handedness):
     nii = nib.load(str(path))  # an independent reader: nibabel's RAS affine
     assert_same_world_volume(np.asarray(nii.dataobj), nii.affine, data, affine)
 
-    back = geometry.load_volume(scene, path, "back")
+    back = load_volume(scene, path, "back")
     assert back.GetStorageNode() is None  # nothing points at the temporary file
-    assert_same_world_volume(geometry.array_ijk(back), geometry.world_ijk_to_ras(back), data, affine)
+    assert_same_world_volume(array_ijk(back), geometry.world_ijk_to_ras(back), data, affine)
 
 
 def test_export_folds_linear_parent_transform_into_geometry(scene, tmp_path, slicer_module):
@@ -113,7 +121,7 @@ def test_export_folds_linear_parent_transform_into_geometry(scene, tmp_path, sli
     local = geometry.export_volume(node, tmp_path / "local.nii.gz", world=False)
     assert np.allclose(nib.load(str(local)).affine, affine, atol=1e-4)
 
-    nonlinear = geometry.create_grid_transform_node(scene, np.zeros((3, 3, 3, 3), np.float32), np.eye(4), "G")
+    nonlinear = create_grid_transform_node(scene, np.zeros((3, 3, 3, 3), np.float32), np.eye(4), "G")
     node.SetAndObserveTransformNodeID(nonlinear.GetID())
     with pytest.raises(geometry.GeometryError, match="non-linear transform"):
         geometry.export_volume(node, tmp_path / "x.nii.gz")
@@ -134,8 +142,8 @@ def test_grid_transform_and_saved_h5_map_points_like_the_engine_displacement_fil
     disp, grid_affine = geometry.read_displacement_file(path)
     assert np.allclose(grid_affine, affine, atol=1e-4)
     assert np.abs(disp - u).max() < 1e-5
-    node = geometry.create_grid_transform_node(scene, disp, grid_affine, "T")
-    back, back_affine = geometry.grid_transform_arrays(node)
+    node = create_grid_transform_node(scene, disp, grid_affine, "T")
+    back, back_affine = grid_transform_arrays(node)
     assert np.abs(back - u).max() < 1e-5 and np.allclose(back_affine, affine, atol=1e-6)
 
     # SimpleITK's reading of the engine's file (LPS in, LPS out)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image, write_model
+from slicer_test_helpers import add_volume, array_ijk, blob_image, write_model
 
 from SpatialVaryingRegLib import geometry, logic, models, runner
 
@@ -229,7 +229,7 @@ def test_learned_method_end_to_end(scene, pair, tmp_path):
     assert stored["method"] == "learned" and stored["model"]["architecture"] == "unet-spr"
     # the λ overlay is the network's (refined) map, on the fixed grid like every output
     assert moving.GetParentTransformNode() is out.transform
-    lam = geometry.array_ijk(out.lambda_map)
+    lam = array_ijk(out.lambda_map)
     assert lam.shape == SHAPE and lam.min() > 0 and lam.max() <= 1.0 + 1e-6
     assert np.allclose(geometry.world_ijk_to_ras(out.lambda_map), AFFINE, atol=1e-4)
     assert out.report["metrics"]["folding_percent"] < 1.0

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import qt_standins
-from slicer_test_helpers import add_volume
+from slicer_test_helpers import add_volume, array_ijk, process_alive, process_group_alive
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE_PY = REPO / "SpatialVaryingReg" / "SpatialVaryingReg.py"
@@ -322,7 +322,7 @@ def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp
     from slicer_test_helpers import blob_image, tiny_hyper_checkpoint
 
     module, qt, ctk = real
-    runner, geometry = module.runner, module.geometry
+    geometry = module.geometry
     ui = qt_standins.ui_from_file(UI, qt, ctk)
     log: list[str] = []
     ui.logTextEdit.appendPlainText = log.append
@@ -355,10 +355,10 @@ def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp
     slider_move(0.05, 0.5)
     assert p.outputLambda is not None and "Preview failed" not in p.statusText, log
     pid, lam_node = widget._previewEngine.pid, p.outputLambda
-    lam_first = geometry.array_ijk(lam_node).copy()
+    lam_first = array_ijk(lam_node).copy()
     slider_move(0.5, 10.0)
     assert widget._previewEngine.pid == pid and p.outputLambda is lam_node
-    assert not np.allclose(geometry.array_ijk(lam_node), lam_first)
+    assert not np.allclose(array_ijk(lam_node), lam_first)
     assert "at α′ 0.5, λ_max 10" in p.statusText
 
     widget._retirePreviewEngine()  # what Register does first: no waiting in the GUI thread
@@ -366,10 +366,10 @@ def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp
     while widget._previewTimer.active:
         widget._onPreviewTimer()
         time.sleep(0.02)
-    assert not runner.process_group_alive(pid)
+    assert not process_group_alive(pid)
 
     slider_move(0.2, 2.0)
     pid = widget._previewEngine.pid
-    assert pid is not None and runner.process_alive(pid)
+    assert pid is not None and process_alive(pid)
     widget.cleanup()
-    assert not runner.process_group_alive(pid) and widget._previewEngine.pid is None
+    assert not process_group_alive(pid) and widget._previewEngine.pid is None

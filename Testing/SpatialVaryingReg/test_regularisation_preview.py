@@ -23,7 +23,17 @@ import time
 
 import numpy as np
 import pytest
-from slicer_test_helpers import HYPER, add_volume, blob_image, tiny_hyper_checkpoint, write_model
+from slicer_test_helpers import (
+    HYPER,
+    add_volume,
+    array_ijk,
+    blob_image,
+    grid_transform_arrays,
+    process_alive,
+    process_group_alive,
+    tiny_hyper_checkpoint,
+    write_model,
+)
 
 from SpatialVaryingRegLib import geometry, logic, models, preview, runner
 
@@ -262,7 +272,7 @@ def test_a_new_request_stops_the_running_run_first_and_one_run_per_release(sleep
 
     def start(what):
         # never two alive: the previous run has ended (reaped) before the next starts
-        assert all(not p.running and not runner.process_alive(p.process.pid) for p in finished)
+        assert all(not p.running and not process_alive(p.process.pid) for p in finished)
         started.append(what)
         return sleeper(30)
 
@@ -317,8 +327,8 @@ def test_slider_moves_reuse_one_engine_and_update_the_same_nodes(scene, pair, tm
     temp = tmp_path / "temp"
     first = preview_job(pair, model, (0.05, 0.5), temp).run(timeout=120)
     assert first.report["codes"] == {"alpha_prime": 0.05, "lambda_max": 0.5, "conditioned": True}
-    lam_first = geometry.array_ijk(first.lambda_map).copy()
-    disp_first = geometry.grid_transform_arrays(first.transform)[0].copy()
+    lam_first = array_ijk(first.lambda_map).copy()
+    disp_first = grid_transform_arrays(first.transform)[0].copy()
     nodes_before = scene.GetNumberOfNodes()
 
     log: list[str] = []
@@ -329,7 +339,7 @@ def test_slider_moves_reuse_one_engine_and_update_the_same_nodes(scene, pair, tm
         walls.append(time.monotonic() - t0)
         if len(moves) == 1:
             pid = engine.pid
-            assert pid is not None and runner.process_alive(pid)
+            assert pid is not None and process_alive(pid)
         assert engine.pid == pid  # the same engine process for every slider move
     assert sum("Started the preview engine" in line for line in log) == 1
     assert sum(f"engine process {pid}" in line for line in log) == 2
@@ -340,9 +350,9 @@ def test_slider_moves_reuse_one_engine_and_update_the_same_nodes(scene, pair, tm
     for out in moves:
         assert (out.transform, out.lambda_map, out.jacobian) == (first.transform, first.lambda_map, first.jacobian)
     assert scene.GetNumberOfNodes() == nodes_before and moving.GetParentTransformNode() is first.transform
-    lam = geometry.array_ijk(middle.lambda_map)
+    lam = array_ijk(middle.lambda_map)
     assert lam.shape == SHAPE and not np.allclose(lam, lam_first)  # the λ map moved with the codes
-    disp = geometry.grid_transform_arrays(middle.transform)[0]
+    disp = grid_transform_arrays(middle.transform)[0]
     assert np.abs(disp - disp_first).max() > 0.05 * np.abs(disp_first).max() > 0  # and the warp
     assert stiff.report["metrics"] != middle.report["metrics"]
     # each request's folder is gone once loaded; the engine keeps only its exported inputs
@@ -383,7 +393,7 @@ def test_a_change_of_inputs_or_settings_restarts_the_engine(scene, pair, tmp_pat
     engine.start_job(preview_job(pair, model, (0.2, 2.0), temp)).run(timeout=120)
     assert engine.pid != old_pid
     poll_until_idle(engine)
-    assert not runner.process_group_alive(old_pid) and not old_folder.exists()
+    assert not process_group_alive(old_pid) and not old_folder.exists()
 
     pid = engine.pid
     affine_on = preview_job(pair, model, (0.2, 2.0), temp, affine=True)  # a setting the engine depends on
@@ -391,7 +401,7 @@ def test_a_change_of_inputs_or_settings_restarts_the_engine(scene, pair, tmp_pat
     engine.start_job(affine_on).run(timeout=120)
     assert engine.pid != pid
     poll_until_idle(engine)
-    assert not runner.process_group_alive(pid) and [p.name for p in temp.iterdir()] == [engine.workdir.name]
+    assert not process_group_alive(pid) and [p.name for p in temp.iterdir()] == [engine.workdir.name]
 
 
 def _validated(job: logic.RegistrationJob) -> logic.RegistrationJob:
@@ -411,9 +421,9 @@ def test_cancel_and_stop_kill_the_engine_process_tree(scene, pair, tmp_path, eng
     nodes_before = scene.GetNumberOfNodes()
     job = engine.start_job(preview_job(pair, model, (0.2, 2.0), temp))
     pid = engine.pid
-    assert job.running and runner.process_alive(pid)
+    assert job.running and process_alive(pid)
     job.cancel()  # while the engine starts: what the module does when the scene closes
-    assert job.cancelled and job.outputs is None and not runner.process_group_alive(pid)
+    assert job.cancelled and job.outputs is None and not process_group_alive(pid)
     assert scene.GetNumberOfNodes() == nodes_before
 
     out = engine.start_job(preview_job(pair, model, (0.2, 2.0), temp)).run(timeout=120)  # a new engine
@@ -421,7 +431,7 @@ def test_cancel_and_stop_kill_the_engine_process_tree(scene, pair, tmp_path, eng
     pid = engine.pid
     os.killpg(pid, signal.SIGKILL)  # an engine that dies between two slider moves is replaced
     t0 = time.monotonic()
-    while runner.process_alive(pid) and time.monotonic() - t0 < 10:
+    while process_alive(pid) and time.monotonic() - t0 < 10:
         time.sleep(0.02)
     time.sleep(0.2)
     out = engine.start_job(preview_job(pair, model, (0.3, 3.0), temp, out.reuse())).run(timeout=120)
@@ -429,7 +439,7 @@ def test_cancel_and_stop_kill_the_engine_process_tree(scene, pair, tmp_path, eng
     pid = engine.pid
     job = engine.start_job(preview_job(pair, model, (0.5, 10.0), temp, out.reuse()))
     engine.stop()  # module cleanup: blocking, the tree killed, the folders removed
-    assert not runner.process_group_alive(pid) and engine.pid is None and list(temp.iterdir()) == []
+    assert not process_group_alive(pid) and engine.pid is None and list(temp.iterdir()) == []
     while job.poll():
         time.sleep(0.02)
     assert job.cancelled and job.error == "cancelled by the user."

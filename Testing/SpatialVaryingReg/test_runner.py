@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image
+from slicer_test_helpers import add_volume, array_ijk, blob_image, process_alive, process_group_alive
 
 from SpatialVaryingRegLib import display, geometry, logic, runner
 
@@ -96,7 +96,7 @@ def test_register_end_to_end_creates_the_output_nodes(scene, pair, tmp_path):
         assert node.GetImageData().GetDimensions() == fixed_dims
         assert np.allclose(geometry.world_ijk_to_ras(node), geometry.world_ijk_to_ras(pair["fixed"]), atol=1e-4)
         assert node.GetParentTransformNode() is None
-    lam = geometry.array_ijk(out.lambda_map)
+    lam = array_ijk(out.lambda_map)
     assert lam.min() > 0 and lam.max() <= 1.0 + 1e-6
     lambda_window = display.lambda_window(lam)
     lo, hi = lambda_window[1] - lambda_window[0] / 2, lambda_window[1] + lambda_window[0] / 2
@@ -114,8 +114,8 @@ def test_register_end_to_end_creates_the_output_nodes(scene, pair, tmp_path):
 
     # warped labels and the numbers in the status line
     assert out.warped_labels.IsA("vtkMRMLLabelMapVolumeNode")
-    before = dice(geometry.array_ijk(pair["fixed_labels"]), geometry.array_ijk(pair["moving_labels"]))
-    after = dice(geometry.array_ijk(pair["fixed_labels"]), geometry.array_ijk(out.warped_labels))
+    before = dice(array_ijk(pair["fixed_labels"]), array_ijk(pair["moving_labels"]))
+    after = dice(array_ijk(pair["fixed_labels"]), array_ijk(out.warped_labels))
     metrics = out.report["metrics"]
     assert after > before and metrics["dice_mean"] == pytest.approx(after, abs=1e-3)
     assert metrics["folding_percent"] < 1.0
@@ -151,7 +151,7 @@ def test_cancel_mid_run_leaves_no_folder_no_process_and_the_scene_unchanged(scen
 
     assert job.cancelled and job.outputs is None and "cancelled" in job.error
     assert not workdir.exists() and list(tmp_path.iterdir()) == []
-    assert not runner.process_group_alive(pid)
+    assert not process_group_alive(pid)
     assert scene.GetNumberOfNodes() == nodes_before
     assert pair["moving"].GetParentTransformNode() is None
     with pytest.raises(logic.RegistrationCancelled):
@@ -159,7 +159,7 @@ def test_cancel_mid_run_leaves_no_folder_no_process_and_the_scene_unchanged(scen
 
 
 def test_bad_input_message_reaches_the_caller(scene, pair, tmp_path):
-    data = geometry.array_ijk(pair["fixed"]).copy()
+    data = array_ijk(pair["fixed"]).copy()
     data[3, 4, 5] = np.nan
     broken = add_volume(scene, data, AFFINE, "broken")
     settings = logic.RegistrationSettings(overrides=FAST, device="cpu", temp_root=str(tmp_path))
@@ -235,8 +235,8 @@ def test_child_process_cancel_kills_the_whole_tree():
     grandchild = events[0]["grandchild"]
     result = proc.cancel(grace=1.0)
     assert result.status == runner.CANCELLED
-    assert not runner.process_group_alive(proc.process.pid)
-    assert not runner.process_alive(grandchild)
+    assert not process_group_alive(proc.process.pid)
+    assert not process_alive(grandchild)
 
 
 def test_child_process_failure_without_error_event_is_summarised():
@@ -311,8 +311,8 @@ def test_outputs_of_a_moving_volume_under_a_linear_transform(scene, slicer_modul
     assert slicer_module.vtkSlicerTransformLogic.hardenTransform(moving)
     inv = np.linalg.inv(geometry.world_ijk_to_ras(moving))
     ijk = x @ inv[:3, :3].T + inv[:3, 3]
-    hardened = map_coordinates(geometry.array_ijk(moving).astype(np.float64), ijk.reshape(-1, 3).T,
+    hardened = map_coordinates(array_ijk(moving).astype(np.float64), ijk.reshape(-1, 3).T,
                                order=1).reshape(SHAPE)
-    fixed_data = geometry.array_ijk(fixed)
+    fixed_data = array_ijk(fixed)
     inner = (slice(5, -5),) * 3
     assert np.abs(hardened - fixed_data)[inner].max() < 0.03

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image, fiducials, tiny_hyper_checkpoint
+from slicer_test_helpers import add_volume, blob_image, fiducials, process_group_alive, tiny_hyper_checkpoint
 
 from SpatialVaryingRegLib import geometry, logic, runner, tuning
 
@@ -248,7 +248,7 @@ def test_stop_keeps_finished_trials_and_start_resumes(validation_folder, tmp_pat
     tuning.stop_tuning(proc)  # what the Stop button does: returns at once, the panel keeps polling
     result = proc.wait(timeout=60)
     assert result.status == runner.CANCELLED
-    assert not runner.process_group_alive(proc.process.pid)
+    assert not process_group_alive(proc.process.pid)
 
     snap = tuning.read_study(db, "test")
     finished = snap.count("COMPLETE") + snap.count("PRUNED")

@@ -150,6 +150,10 @@ def gather_sample(source: torch.Tensor, coords: torch.Tensor, *, mode: str = "bi
     return out.reshape(n, channels, *coords.shape[1:-1])
 
 
+#: How label maps are warped: ``"linear"`` (each label's indicator trilinearly, then the largest: :func:`sample_labels`,
+#: the TransMorph/MIR convention) or ``"nearest"`` (nearest neighbour).
+LABEL_INTERPOLATIONS = ("linear", "nearest")
+
 #: Sampling points handled at once by :func:`sample_labels`: its temporaries are about 200 bytes per point
 #: (≈ 50 MB; 1 mm brain labels take as long as with four times as many).
 _LABEL_SLAB = 1 << 18

@@ -21,9 +21,6 @@ from svreg_core.losses.regularization import weighted_diffusion
 from svreg_core.losses.similarity import SimilarityFn, get_similarity
 from svreg_core.transforms.field import GridTransfer, WarpedFields, apply_velocity
 
-#: Names of the terms returned by :meth:`SPRLoss.terms`, ``"total"`` being their sum.
-TERM_NAMES = ("similarity", "regularization", "prior", "total")
-
 
 @dataclass(frozen=True)
 class SPRLoss:

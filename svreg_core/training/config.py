@@ -31,6 +31,7 @@ from typing import Any
 
 from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError
+from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.models.film import CodeRanges
 
@@ -43,7 +44,6 @@ GENERATED_KINDS = ("synthetic", "templates")
 SIMILARITIES = ("lncc", "mse", "mind")
 PRIORS = ("beta", "gaussian")
 DEVICES = ("auto", "cpu", "cuda")
-LABEL_INTERPOLATIONS = ("linear", "nearest")
 
 
 def _fail(message: str) -> None:

@@ -32,6 +32,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from svreg_core.errors import InputError
+from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
 from svreg_core.tuning.objective import Objective, PairwiseDice, PairwiseTRE, trial_function
@@ -116,7 +117,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
                            help="reject (prune) a trial as soon as a pair's folding (%% of |J| <= 0) exceeds this")
     objective.add_argument("--labels", nargs="+", type=int, default=None,
                            help="labels scored by Dice (default: every non-zero label present in both maps)")
-    objective.add_argument("--label-interpolation", choices=("linear", "nearest"), default="linear",
+    objective.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default="linear",
                            help="warping of the moving labels: one-hot trilinear + argmax (default) or nearest")
     objective.add_argument("--pruner-startup-trials", type=int, default=5,
                            help="trials finished before median pruning starts (default 5)")
