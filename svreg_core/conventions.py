@@ -22,6 +22,7 @@ Frames and units
 from __future__ import annotations
 
 import functools
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -57,6 +58,19 @@ def ras_lps_matrix(matrix: np.ndarray) -> np.ndarray:
     """A 4x4 point mapping between RAS frames as the same mapping between LPS frames, and back (self-inverse)."""
     flip = np.diag([*np.diag(RAS_TO_LPS), 1.0])
     return flip @ np.asarray(matrix, dtype=np.float64) @ flip
+
+
+Points = TypeVar("Points", np.ndarray, torch.Tensor)
+
+
+def map_points(matrix: Points, points: Points) -> Points:
+    """Points ``(..., 3)`` (rows) mapped by the 4x4 homogeneous ``matrix``: ``x ↦ M[:3, :3] x + M[:3, 3]``.
+
+    The one way the project applies an affine to points: a voxel-to-RAS affine takes voxel indices to RAS mm, a
+    world transform takes RAS mm to RAS mm. NumPy arrays, or torch tensors (the matrix then a tensor of the
+    points' dtype and device).
+    """
+    return points @ matrix[:3, :3].T + matrix[:3, 3]
 
 
 def voxel_to_world_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from svreg_core.conventions import map_points
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
 from svreg_core.image.image import MAX_AFFINE_CONDITION, conform_to_grid, foreground_inside
@@ -205,7 +206,7 @@ class RegistrationResult:
         field_ = torch.as_tensor(self.deformable_displacement).permute(3, 0, 1, 2)[None]
         u = sample_at_points(field_, self.fixed.grid, pts, padding_mode="border")
         moved = np.asarray(points, dtype=np.float64) + u[0, :, :, 0, 0].T.double().numpy()
-        return moved @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return map_points(self.affine, moved)
 
     def inverse_displacement(self) -> np.ndarray:
         """``(I, J, K, 3)`` RAS mm on the moving grid: ``T⁻¹(y) = y + d(y) = z + w(z)``, ``z = A⁻¹ y``.

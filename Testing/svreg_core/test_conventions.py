@@ -16,6 +16,7 @@ from svreg_core.conventions import (
     add_identity_,
     identity_grid,
     itk_geometry_from_ras_affine,
+    map_points,
     normalized_to_voxel,
     ras_affine_from_itk,
     ras_lps_matrix,
@@ -129,6 +130,17 @@ def test_voxel_world_vectors_hand_values() -> None:
     world = voxel_to_world_vectors(v, affine)
     np.testing.assert_allclose(world, [[0, 2, 0], [-3, 0, 0], [0, 0, 0.5], [-6, 2, -2]])
     np.testing.assert_allclose(world_to_voxel_vectors(world, affine), v, atol=1e-12)
+
+
+def test_map_points_hand_values_numpy_and_torch() -> None:
+    # the grid above: voxel (i, j, k) -> RAS (10 - 3 j, -5 + 2 i, 7 + 0.5 k); points as rows, any leading shape
+    affine = np.array([[0, -3.0, 0, 10], [2.0, 0, 0, -5], [0, 0, 0.5, 7], [0, 0, 0, 1]])
+    ijk = np.array([[[0.0, 0, 0], [1.0, 2.0, -4.0]]])
+    expected = [[[10, -5, 7], [4, -3, 5]]]
+    np.testing.assert_allclose(map_points(affine, ijk), expected)
+    as_torch = map_points(torch.as_tensor(affine), torch.as_tensor(ijk))
+    assert isinstance(as_torch, torch.Tensor) and as_torch.shape == (1, 2, 3)
+    np.testing.assert_allclose(as_torch.numpy(), expected)
 
 
 def test_result_is_pull_direction(geo) -> None:

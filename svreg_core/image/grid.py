@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from svreg_core.conventions import map_points
+
 #: Voxels per slab of :meth:`Grid.slabs` (float64 world points of a slab: 24 MiB).
 SLAB_VOXELS = 1 << 20
 
@@ -29,7 +31,7 @@ class Grid:
     def to_voxel(self, points: np.ndarray) -> np.ndarray:
         """Continuous voxel coordinates ``(..., 3)`` (``i, j, k``; 0 at the first voxel's centre) of RAS mm points."""
         inverse = np.linalg.inv(self.affine)
-        return np.asarray(points, dtype=np.float64) @ inverse[:3, :3].T + inverse[:3, 3]
+        return map_points(inverse, np.asarray(points, dtype=np.float64))
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """Whether each RAS mm point ``(..., 3)`` lies in the grid's field of view: within half a voxel of its
@@ -65,7 +67,7 @@ class Grid:
     def corner_points(self) -> np.ndarray:
         """RAS millimetre coordinates ``(8, 3)`` of the centres of the grid's eight corner voxels."""
         ijk = np.array([[(0, n - 1)[c] for n, c in zip(self.shape, bits)] for bits in np.ndindex(2, 2, 2)])
-        return ijk @ self.affine[:3, :3].T + self.affine[:3, 3]
+        return map_points(self.affine, ijk)
 
     def cropped(self, start: tuple[int, ...], stop: tuple[int, ...]) -> Grid:
         """The sub-lattice of voxels ``start <= (i, j, k) < stop`` (same spacing and directions)."""

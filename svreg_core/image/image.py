@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from svreg_core.conventions import map_points
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 
@@ -117,7 +118,7 @@ def foreground_inside(image: Image, other: Grid, mapping: np.ndarray | None = No
     if not len(found):
         return 0.0
     affine = image.affine if mapping is None else np.asarray(mapping, dtype=np.float64) @ image.affine
-    points = found @ affine[:3, :3].T + affine[:3, 3]
+    points = map_points(affine, found)
     return float(np.mean(other.contains(points)))
 
 

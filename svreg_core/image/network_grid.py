@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from svreg_core.conventions import map_points
 from svreg_core.image.grid import Grid
 from svreg_core.image.image import Image
 from svreg_core.image.normalize import FOREGROUND_LEVEL, robust_normalize
@@ -30,7 +31,7 @@ def foreground_extent(image: Image, threshold: float = FOREGROUND_LEVEL) -> tupl
         lo = np.array([axis.min() for axis in inside], dtype=np.float64)
         hi = np.array([axis.max() for axis in inside], dtype=np.float64)
     corners = np.array([[hi[a] if (c >> a) & 1 else lo[a] for a in range(3)] for c in range(8)])
-    world = corners @ image.affine[:3, :3].T + image.affine[:3, 3]
+    world = map_points(image.affine, corners)
     return world.min(axis=0), world.max(axis=0)
 
 

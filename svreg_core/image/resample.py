@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from svreg_core.conventions import voxel_to_normalized
+from svreg_core.conventions import map_points, voxel_to_normalized
 from svreg_core.image.grid import Grid
 from svreg_core.image.sampling import grid_sample
 from svreg_core.image.smoothing import filter_separable
@@ -22,7 +22,7 @@ def world_to_source_matrix(source: Grid) -> np.ndarray:
 def world_to_source_normalized(points: torch.Tensor, source: Grid) -> torch.Tensor:
     """grid_sample coordinates ``(..., 3)`` in ``source`` of RAS mm ``points`` ``(..., 3)``."""
     m = torch.as_tensor(world_to_source_matrix(source), device=points.device, dtype=points.dtype)
-    return points @ m[:3, :3].T + m[:3, 3]
+    return map_points(m, points)
 
 
 def target_world_points(target: Grid, world_transform: np.ndarray | None = None, *,
@@ -33,7 +33,7 @@ def target_world_points(target: Grid, world_transform: np.ndarray | None = None,
     axes = [torch.arange(n, dtype=dtype, device=device) for n in target.shape]
     ii, jj, kk = torch.meshgrid(*axes, indexing="ij")
     ijk = torch.stack((ii, jj, kk), dim=-1)
-    return (ijk @ m[:3, :3].T + m[:3, 3]).unsqueeze(0)
+    return map_points(m, ijk).unsqueeze(0)
 
 
 def source_coordinates(target: Grid, source: Grid, world_transform: np.ndarray | None = None, *,

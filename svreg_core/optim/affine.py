@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from svreg_core.conventions import map_points
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import antialiased, level_grid, resample, sample_at_points, target_world_points
 from svreg_core.losses import get_similarity, ncc_loss
@@ -66,7 +67,7 @@ class AffineLevel:
 
     def warped(self, matrix: torch.Tensor) -> torch.Tensor:
         """The moving image sampled at this level's points mapped by the 4x4 float64 ``matrix``."""
-        return sample_at_points(self.moving, self.moving_grid, (self.points @ matrix[:3, :3].T + matrix[:3, 3]).float())
+        return sample_at_points(self.moving, self.moving_grid, map_points(matrix, self.points).float())
 
     def loss(self, matrix: torch.Tensor) -> torch.Tensor:
         """The similarity loss of the alignment ``matrix`` (differentiable)."""

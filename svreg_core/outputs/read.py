@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from nibabel.spatialimages import SpatialImage
 
-from svreg_core.conventions import ras_affine_from_itk, ras_lps_matrix, ras_to_lps_vectors
+from svreg_core.conventions import map_points, ras_affine_from_itk, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import sample_at_points
@@ -79,7 +79,7 @@ class Transform:
         """Map RAS mm points ``(..., 3)`` through every step; returns float64 points."""
         out = np.asarray(points, dtype=np.float64)
         for step in self.steps:
-            out = out @ step[:3, :3].T + step[:3, 3] if isinstance(step, np.ndarray) else step(out)
+            out = map_points(step, out) if isinstance(step, np.ndarray) else step(out)
         return out
 
     def map_grid(self, grid: Grid) -> np.ndarray:

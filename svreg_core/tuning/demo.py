@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from svreg_core.conventions import map_points
 from svreg_core.errors import InputError
 from svreg_core.image import Image, save_image
 
@@ -107,6 +108,6 @@ def make_demo_pairs(folder: str | Path, n_pairs: int = 2, *, spacing: float = 6.
             brain = np.argwhere(labels > 0).astype(np.float64)
             fixed_vox = brain[np.random.default_rng(seed + p).choice(len(brain), landmarks, replace=False)]
             for name, vox in (("fixed", fixed_vox), ("moving", _corresponding_points(fixed_vox, disp))):
-                _write_points(pair / f"{name}_landmarks.csv", vox @ affine[:3, :3].T + affine[:3, 3])
+                _write_points(pair / f"{name}_landmarks.csv", map_points(affine, vox))
         out.append(pair)
     return out
