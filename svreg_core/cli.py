@@ -1007,7 +1007,7 @@ def run_info(args: argparse.Namespace) -> int:
                   for path in args.images if is_transform(path)]
     inputs = info_inputs([path for path in args.images if not is_transform(path)])
     paths = [path for path, _ in inputs]
-    images = [load_image(path, name=Path(path).name) for path in paths]
+    images = [load_image(path) for path in paths]
     entries = [describe_image(image, path) for image, path in zip(images, paths)]
     for entry, (_, found) in zip(entries, inputs):
         if found is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,7 +64,8 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     The affine maps voxels to RAS mm: nibabel's best affine (sform, else qform), or the ITK file's LPS geometry
     converted (:func:`~svreg_core.conventions.ras_affine_from_itk`; the array keeps the file's voxel order).
     Raises :class:`InputError` for a missing, unreadable or unusable file (not 3-D, several values per voxel,
-    …), for a NIfTI whose sform and qform are both set but disagree (see :func:`check_sform_qform`), and for
+    …), for a NIfTI whose sform and qform are both set but disagree (see :func:`check_orientation`, which
+    also warns about a NIfTI that stores no orientation at all), and for
     ``labels`` (label maps and masks) holding values that are not whole numbers from 0 to 2**31 - 1 (see
     :func:`label_values`).
     """
@@ -96,7 +98,7 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         data = data.astype(np.float32)
     image = validate_image(Image(data, affine), what, labels=labels)
     if img is not None:
-        check_sform_qform(img, f"{name} ({path.name})" if name else path.name)
+        check_orientation(img, f"{name} ({path.name})" if name else path.name)
     return image
 
 
@@ -114,19 +116,31 @@ def _tolerance_mm(affine: np.ndarray) -> float:
     return SFORM_QFORM_TOLERANCE * float(np.min(np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)))
 
 
-def check_sform_qform(img: SpatialImage, what: str) -> None:
-    """Refuse a NIfTI whose sform and qform are both set and place the image differently.
+def check_orientation(img: SpatialImage, what: str) -> None:
+    """Refuse a NIfTI whose sform and qform are both set and place the image differently; warn about one that
+    stores no orientation.
 
     When both codes are non-zero and the two affines put some point of the image more than
     :data:`SFORM_QFORM_TOLERANCE` of the smallest voxel size apart, programs disagree on where the
     image is (nibabel and svreg use the sform; ITK, hence Slicer and SimpleITK, the qform when the
-    sform is sheared): raises :class:`InputError` naming both and the fix. A file with only one of
-    them set, or not a NIfTI, passes.
+    sform is sheared): raises :class:`InputError` naming both and the fix. When both codes are 0 the file
+    says nothing about where the image is, and programs guess differently (nibabel and svreg: x mirrored,
+    centred on the origin; ITK and Slicer: the first voxel at the origin, LPS axes): a ``UserWarning`` says
+    which placement svreg used. A file with only one of them set, or not a NIfTI, passes.
     """
     if not hasattr(img, "get_sform") or not hasattr(img, "get_qform"):
         return
     sform, s_code = img.get_sform(coded=True)
     qform, q_code = img.get_qform(coded=True)
+    if not s_code and not q_code:
+        axes = "".join(nib.aff2axcodes(img.affine))
+        corner = ", ".join(f"{v:.1f}" for v in img.affine[:3, 3])
+        warnings.warn(f"{what} stores no orientation (NIfTI sform and qform codes 0), and programs place such files "
+                      f"differently: svreg and nibabel as {axes} with voxel (0, 0, 0) at ({corner}) mm RAS, ITK and "
+                      "Slicer with LPS axes from the origin. svreg's outputs follow its placement; if you know the "
+                      "orientation, set it in the header (e.g. fslorient -setsform and -setsformcode, or nibabel's "
+                      "set_sform) and run again.", stacklevel=3)
+        return
     if not s_code or not q_code:
         return
     distance = field_of_view_distance(sform, qform, img.shape[:3])

@@ -335,6 +335,30 @@ def test_sform_qform_tolerance_and_single_forms(geo, tmp_path: Path) -> None:
     np.testing.assert_allclose(load_image(only_q).affine, far, atol=1e-4)
 
 
+def test_file_without_orientation_warns_which_placement_was_used(tmp_path: Path) -> None:
+    """sform and qform codes 0: svreg reads nibabel's placement and says so, naming ITK's, which differs (checked
+    with SimpleITK); a file whose sform is set loads without a warning."""
+    import warnings
+
+    import SimpleITK as sitk
+
+    data = _ramp((10, 12, 14))
+    bare = _forms_file(tmp_path / "bare.nii.gz", data, None, None)
+    with pytest.warns(UserWarning) as caught:
+        image = load_image(bare, name="fixed image")
+    message = str(caught[0].message)
+    assert message.startswith("fixed image (bare.nii.gz) stores no orientation") and "\n" not in message
+    expected = nib.load(str(bare)).affine  # nibabel's guess: x mirrored, centred
+    np.testing.assert_allclose(image.affine, expected)
+    assert "LAS" in message and f"({expected[0, 3]:.1f}, {expected[1, 3]:.1f}, {expected[2, 3]:.1f}) mm" in message
+    itk = sitk.ReadImage(str(bare))  # ITK's guess: LPS axes, the first voxel at the origin
+    assert itk.GetOrigin() == (0.0, 0.0, 0.0) and itk.GetDirection() == (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
+    assert "ITK and Slicer with LPS axes from the origin" in message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_image(_forms_file(tmp_path / "set.nii.gz", data, np.diag([2.0, 2.0, 2.0, 1.0]), None))
+
+
 def test_save_image_never_writes_disagreeing_forms(geo, tmp_path: Path) -> None:
     """A sheared affine is written as the sform only (a qform cannot hold it); svreg reads its own files back."""
     sheared = geo.make_affine(np.array([[2.0, 0.6, 0.0], [0.0, 2.0, 0.0], [0.1, 0.0, 2.0]]), [1.0, 2.0, 3.0])
