@@ -191,7 +191,10 @@ def _rewrite_points(source: str | Path, mapping: PointMap, coordinates: str) -> 
         raise InputError(f"points file not found: {source}")
     if coordinates not in ("ras", "lps"):
         raise InputError(f"unknown coordinates {coordinates!r}; use ras or lps.")
-    text = source.read_text(encoding="utf-8")
+    try:
+        text = source.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is not a column name
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the points file {source} ({exc}).") from None
     name = source.name.lower()
     if name.endswith(".mrk.json"):
         return _map_markups_json(mapping, text, source.name)
@@ -213,9 +216,12 @@ def _map(mapping: PointMap, points: np.ndarray, lps: bool) -> np.ndarray:
 
 def _number(value: str, where: str) -> float:
     try:
-        return float(value)
-    except ValueError:
+        number = float(value)
+    except (TypeError, ValueError):
         raise InputError(f"{where}: {value!r} is not a number.") from None
+    if not np.isfinite(number):
+        raise InputError(f"{where}: {value!r} is not a finite number.")
+    return number
 
 
 def _map_csv(mapping: PointMap, text: str, name: str, *, lps: bool) -> tuple[str, int]:
@@ -226,8 +232,12 @@ def _map_csv(mapping: PointMap, text: str, name: str, *, lps: bool) -> tuple[str
     if not {"x", "y", "z"} <= set(header):
         raise InputError(f"{name} has no x, y, z columns in its header (found: {', '.join(rows[0])}).")
     cols = [header.index(c) for c in "xyz"]
-    body = [r for r in rows[1:] if any(v.strip() for v in r)]
-    pts = np.array([[_number(r[c], f"{name} line {n + 2}") for c in cols] for n, r in enumerate(body)]).reshape(-1, 3)
+    lines = [(n + 2, r) for n, r in enumerate(rows[1:]) if any(v.strip() for v in r)]  # (line number, fields)
+    short = next((n for n, r in lines if len(r) <= max(cols)), None)
+    if short is not None:
+        raise InputError(f"{name} line {short}: fewer fields than the header's x, y, z columns need.")
+    body = [r for _, r in lines]
+    pts = np.array([[_number(r[c], f"{name} line {n}") for c in cols] for n, r in lines]).reshape(-1, 3)
     moved = _map(mapping, pts, lps)
     for r, p in zip(body, moved):
         for c, v in zip(cols, p):
@@ -261,13 +271,20 @@ def _map_markups_json(mapping: PointMap, text: str, name: str) -> tuple[str, int
         markups = doc["markups"]
     except (ValueError, KeyError, TypeError):
         raise InputError(f"{name} is not a Slicer markups file (no 'markups' list).") from None
+    if not isinstance(markups, list) or not all(isinstance(m, dict) for m in markups):
+        raise InputError(f"{name} is not a Slicer markups file (its 'markups' is not a list of markups).")
     count = 0
     for markup in markups:
         lps = str(markup.get("coordinateSystem", "LPS")).upper() == "LPS"
-        points = [p for p in markup.get("controlPoints", []) if "position" in p]
+        listed = markup.get("controlPoints", [])
+        if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
+            raise InputError(f"{name}: a markup's 'controlPoints' is not a list of points.")
+        points = [p for p in listed if "position" in p]
         if not points:
             continue
-        pts = np.array([[_number(str(v), name) for v in p["position"]] for p in points], dtype=np.float64)
+        if any(not isinstance(p["position"], list) or len(p["position"]) != 3 for p in points):
+            raise InputError(f"{name}: a control point's 'position' is not 3 numbers.")
+        pts = np.array([[_number(v, name) for v in p["position"]] for p in points], dtype=np.float64)
         for p, q in zip(points, _map(mapping, pts, lps)):
             p["position"] = [float(v) for v in q]
         count += len(points)

@@ -236,6 +236,29 @@ def test_point_file_errors(case, tmp_path: Path) -> None:
         read_points(tmp_path / "none.csv")
 
 
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("short.csv", "x,y,z\n1,2,3\n\n4,5\n", "short.csv line 4: fewer fields"),  # the blank line 3 counted
+    ("nan.csv", "x,y,z\n1,nan,3\n", "line 2: 'nan' is not a finite number"),
+    ("latin1.csv", "x,y,z\n1,2,3 \xb5m\n", "cannot read the points file"),
+    ("list.mrk.json", '{"markups": {"controlPoints": []}}', "not a list of markups"),
+    ("points.mrk.json", '{"markups": [{"controlPoints": [1, 2]}]}', "'controlPoints' is not a list of points"),
+    ("two.mrk.json", '{"markups": [{"controlPoints": [{"position": [1, 2]}]}]}', "'position' is not 3 numbers"),
+    ("none.mrk.json", '{"markups": [{"controlPoints": [{"position": [1, null, 2]}]}]}', "None is not a number"),
+])
+def test_malformed_point_files_give_one_plain_error(tmp_path: Path, name: str, text: str, message: str) -> None:
+    """Broken rows and markups are refused with the file and the place named, not a traceback."""
+    (tmp_path / name).write_bytes(text.encode("latin-1"))
+    with pytest.raises(InputError) as info:
+        read_points(tmp_path / name)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_points_csv_with_a_byte_order_mark(tmp_path: Path) -> None:
+    """A spreadsheet's UTF-8 export starts with a byte-order mark; its header still names x, y, z."""
+    (tmp_path / "bom.csv").write_bytes("x,y,z\n1,2,3\n".encode("utf-8-sig"))
+    np.testing.assert_array_equal(read_points(tmp_path / "bom.csv"), [[1.0, 2.0, 3.0]])
+
+
 def test_inputs_from_the_wrong_side_are_warned_about(case, geo, tmp_path: Path, capsys) -> None:
     """An image or label map that no output voxel maps into (here: placed 1 m away) gives an all-background output
     and one warning line naming the directions; points outside the transform's grid are counted in a warning;
