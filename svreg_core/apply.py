@@ -26,6 +26,7 @@ from svreg_core.image.image import Image
 from svreg_core.image.resample import world_to_source_normalized
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS, grid_sample, sample_labels
 from svreg_core.outputs.read import Transform
+from svreg_core.text_input import read_text
 
 #: How :func:`apply_to_image` resamples images (label maps: :data:`~svreg_core.image.sampling.LABEL_INTERPOLATIONS`).
 IMAGE_INTERPOLATIONS = ("linear", "bspline")
@@ -187,14 +188,9 @@ def _rewrite_points(source: str | Path, mapping: PointMap, coordinates: str) -> 
     """The text of the point file ``source`` with every point replaced by ``mapping(point)`` (RAS mm in and
     out, each file's own frame kept), and the number of points."""
     source = Path(source)
-    if not source.is_file():
-        raise InputError(f"points file not found: {source}")
     if coordinates not in ("ras", "lps"):
         raise InputError(f"unknown coordinates {coordinates!r}; use ras or lps.")
-    try:
-        text = source.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is not a column name
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the points file {source} ({exc}).") from None
+    text = read_text(source, "points file")
     name = source.name.lower()
     if name.endswith(".mrk.json"):
         return _map_markups_json(mapping, text, source.name)

@@ -35,6 +35,7 @@ from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES, preset_modality_warning
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
+from svreg_core.text_input import read_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -494,6 +495,7 @@ _PAIR_FILE_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed
 def read_pairs(args: argparse.Namespace) -> list[Pair]:
     """The pairs of ``--pairs CSV`` or of ``--fixed`` with ``--moving``, output folders under ``-o``."""
     import csv
+    import io
 
     root = Path(args.output)
     if bool(args.pairs) == bool(args.fixed or args.moving):
@@ -506,10 +508,7 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
         base = Path(".")
     else:
         path = Path(args.pairs)
-        if not path.is_file():
-            raise InputError(f"pairs file not found: {path}")
-        with path.open(newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(read_text(path, "pairs file"), newline="")))
         if not rows or not {"fixed", "moving"} <= set(rows[0]):
             raise InputError(f"{path.name} needs a header with the columns fixed and moving, and one row per pair.")
         base = path.parent

@@ -239,7 +239,7 @@ def test_point_file_errors(case, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("name", "text", "message"), [
     ("short.csv", "x,y,z\n1,2,3\n\n4,5\n", "short.csv line 4: fewer fields"),  # the blank line 3 counted
     ("nan.csv", "x,y,z\n1,nan,3\n", "line 2: 'nan' is not a finite number"),
-    ("latin1.csv", "x,y,z\n1,2,3 \xb5m\n", "cannot read the points file"),
+    ("latin1.csv", "x,y,z\n1,2,3 \xb5m\n", "latin1.csv is not UTF-8 text (byte 12"),
     ("list.mrk.json", '{"markups": {"controlPoints": []}}', "not a list of markups"),
     ("points.mrk.json", '{"markups": [{"controlPoints": [1, 2]}]}', "'controlPoints' is not a list of points"),
     ("two.mrk.json", '{"markups": [{"controlPoints": [{"position": [1, 2]}]}]}', "'position' is not 3 numbers"),

@@ -697,6 +697,15 @@ def test_batch_summary_gives_the_landmark_error(tiny_pair, fast_preset, tmp_path
     assert float(row["tre_mean_mm"]) == pytest.approx(report["metrics"]["tre"]["mean"], rel=1e-12)
 
 
+def test_batch_pairs_file_that_is_not_text_is_one_plain_error(tmp_path: Path, capsys) -> None:
+    """A pairs file saved in another encoding (here UTF-16, as some spreadsheet programs export) was a
+    UnicodeDecodeError traceback."""
+    (tmp_path / "pairs.csv").write_text("fixed,moving\na.nii.gz,b.nii.gz\n", encoding="utf-16")
+    rc, _, err = _main(["register-batch", "--pairs", tmp_path / "pairs.csv", "-o", tmp_path / "r"], capsys)
+    _assert_plain_error(rc, err, "pairs file", "pairs.csv is not UTF-8 text")
+    assert not (tmp_path / "r").exists()
+
+
 def test_batch_resumes_after_an_interruption(tiny_pair, fast_preset, tmp_path: Path, capsys) -> None:
     """A batch whose second pair never finished (its folder missing): ``--resume`` keeps the first pair's files as
     they are, registers the second and lists both in the summary; a pair folder of other images is not taken for

@@ -13,6 +13,7 @@ import numpy as np
 
 from svreg_core.errors import InputError
 from svreg_core.losses.spr import SPRLoss
+from svreg_core.text_input import read_text
 
 SIMILARITIES = ("lncc", "mse", "mind")
 
@@ -330,8 +331,8 @@ PRESET_FILE_KEYS = frozenset({"base", "parameters", "tuning", "svreg_version", "
 def _preset_file(path: Path) -> tuple[dict[str, Any], str]:
     """The document of a preset file and its base preset name."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        doc = json.loads(read_text(path, "preset file"))
+    except ValueError as exc:
         raise InputError(f"preset file {path} is not valid JSON ({exc}).") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("parameters", {}), dict):
         raise InputError(f"preset file {path} must hold an object with a 'parameters' object.")

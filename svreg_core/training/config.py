@@ -34,6 +34,7 @@ from svreg_core.errors import InputError
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.models.film import CodeRanges
+from svreg_core.text_input import read_text
 
 #: Kinds of training data: a folder of images (atlas-to-subject or all pairs), a Medical Segmentation
 #: Decathlon-style ``dataset.json``, a CSV pair list, SynthMorph-style synthesis from label maps, or
@@ -399,12 +400,7 @@ class TrainingConfig:
 def load_config(path: str | Path) -> TrainingConfig:
     """Read a training configuration from a YAML (``.yaml``/``.yml``) or JSON file."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"configuration file {p} does not exist.")
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read configuration file {p}: {exc.strerror}.") from None
+    text = read_text(p, "configuration file")
     if p.suffix.lower() == ".json":
         try:
             values = json.loads(text)

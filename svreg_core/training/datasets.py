@@ -50,6 +50,7 @@ from svreg_core.image.resample import (
 from svreg_core.image.sampling import sample_labels
 from svreg_core.optim.affine import affine_register
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
+from svreg_core.text_input import read_text
 from svreg_core.training.sources import TemplateSpec, is_image_file
 from svreg_core.training.synthesis import (
     SynthesisConfig,
@@ -259,12 +260,7 @@ def pairs_from_csv(path: str | Path) -> list[PairSpec]:
     Relative paths are relative to the CSV file's folder; an empty label cell means no labels.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise InputError(f"pair list not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the pair list {path} ({exc}).") from None
+    text = read_text(path, "pair list")
     reader = csv.DictReader(text.splitlines())
     header = [(h or "").strip() for h in (reader.fieldnames or [])]
     if "fixed" not in header or "moving" not in header:

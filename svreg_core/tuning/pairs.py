@@ -37,6 +37,7 @@ from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
 from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import image_stem
+from svreg_core.text_input import read_text
 
 #: Accepted file stems (lower case) per role, in role order: images, label maps, landmarks.
 ROLE_STEMS: dict[str, tuple[str, ...]] = {
@@ -117,10 +118,7 @@ def _pairs_from_folder(folder: Path, needs: str) -> list[ValidationPair]:
 
 
 def _rows(path: Path, needs: str) -> list[dict[str, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the pair list {path} ({exc}).") from None
+    text = read_text(path, "pair list")
     if path.suffix.lower() == ".json":
         try:
             doc = json.loads(text)

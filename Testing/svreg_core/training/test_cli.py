@@ -46,7 +46,7 @@ def test_flags_override_the_configuration_file(tmp_path) -> None:
     (["--atlas", "a.nii.gz"], "--atlas goes with --data"),
     (["--csv", "{tmp}/pairs.csv", "--val-data", "{tmp}/val.txt"], "validation data not found"),
     (["--synthetic", "{tmp}", "--epochs", "0"], "epochs must be at least 1"),
-    (["--config", "{tmp}/missing.yaml"], "does not exist"),
+    (["--config", "{tmp}/missing.yaml"], "configuration file not found"),
     (["--synthetic", "{tmp}"], "holds no label maps"),
 ])
 def test_user_mistakes_exit_2_with_one_line_and_leave_no_folder(tmp_path, capsys, argv, message) -> None:

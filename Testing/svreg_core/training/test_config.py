@@ -86,7 +86,7 @@ def test_bad_values_raise_one_line(tmp_path, values, message) -> None:
 
 
 def test_unreadable_files(tmp_path) -> None:
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="configuration file not found"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("a: [1, 2\n")
     with pytest.raises(InputError, match="not valid YAML"):
