@@ -35,7 +35,7 @@ from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES, preset_modality_warning
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
-from svreg_core.text_input import read_text
+from svreg_core.text_input import read_table, table_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -493,32 +493,29 @@ _PAIR_FILE_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed
 
 
 def read_pairs(args: argparse.Namespace) -> list[Pair]:
-    """The pairs of ``--pairs CSV`` or of ``--fixed`` with ``--moving``, output folders under ``-o``."""
-    import csv
-    import io
-
+    """The pairs of ``--pairs CSV`` (:func:`~svreg_core.text_input.read_table`: files relative to its folder) or of
+    ``--fixed`` with ``--moving``, output folders under ``-o``."""
     root = Path(args.output)
     if bool(args.pairs) == bool(args.fixed or args.moving):
         raise InputError("give either --pairs CSV or --fixed with --moving.")
+    files: list[dict[str, str]] = []  # each pair's input files by column
     if not args.pairs:
         if not (args.fixed and args.moving):
             raise InputError("--fixed and --moving go together.")
         rows = [{"fixed": args.fixed, "moving": m, "fixed_labels": args.fixed_labels, "fixed_mask": args.fixed_mask}
                 for m in args.moving]
-        base = Path(".")
+        files = [{key: row[key] for key in _PAIR_FILE_COLUMNS if row.get(key)} for row in rows]
     else:
         path = Path(args.pairs)
-        rows = list(csv.DictReader(io.StringIO(read_text(path, "pairs file"), newline="")))
-        if not rows or not {"fixed", "moving"} <= set(rows[0]):
-            raise InputError(f"{path.name} needs a header with the columns fixed and moving, and one row per pair.")
-        base = path.parent
-    files = []  # each pair's input files by column
-    for number, row in enumerate(rows, 1):
-        entry = {key: str(base / row[key].strip()) for key in _PAIR_FILE_COLUMNS if row.get(key) and row[key].strip()}
-        for role in ("fixed", "moving"):
-            if role not in entry:
-                raise InputError(f"pair {number} has no {role} image.")
-        files.append(entry)
+        table = read_table(path, "pairs file", ("fixed", "moving"))
+        if not table:
+            raise InputError(f"pairs file {path} lists no pairs: one row per pair under its header.")
+        rows = [row for _, row in table]
+        for line, row in table:
+            files.append({key: str(table_path(row[key], path)) for key in _PAIR_FILE_COLUMNS if row.get(key)})
+            for role in ("fixed", "moving"):
+                if role not in files[-1]:
+                    raise InputError(f"pairs file {path}, line {line}: no {role} image.")
     unnamed = [i for i, row in enumerate(rows) if not row.get("output")]
     names = {i: row["output"] for i, row in enumerate(rows) if row.get("output")}
     names.update(zip(unnamed, default_outputs([files[i]["moving"] for i in unnamed])))

@@ -1,6 +1,12 @@
-"""Reading the small text files users write or export by hand: pair lists, presets, configurations, point files."""
+"""Reading the small text files users write or export by hand: pair lists, presets, configurations, point files.
+
+One way for all of them: UTF-8 (a spreadsheet's byte-order mark dropped), tables with a header line whose file
+names are relative to the table's folder, and one plain error line for anything else."""
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Sequence
 from pathlib import Path
 
 from svreg_core.errors import InputError
@@ -25,3 +31,36 @@ def read_text(path: str | Path, what: str) -> str:
         raise InputError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}).") from None
     except OSError as exc:
         raise InputError(f"cannot read the {what} {path} ({exc.strerror or exc}).") from None
+
+
+def read_table(path: str | Path, what: str, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+    """The rows of the user's table file (pair lists): comma-separated values with a header line, tab-separated
+    for ``.tsv``.
+
+    Returns:
+        ``(line number, {column: value})`` per row, column names and values stripped of surrounding spaces, rows
+        without any value left out; a missing cell is ``""`` and cells beyond the header are dropped.
+
+    Raises:
+        InputError: as :func:`read_text`, or naming the ``required`` columns the header lacks.
+    """
+    text = read_text(path, what)
+    dialect = "excel-tab" if Path(path).suffix.lower() == ".tsv" else "excel"
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    header = [(name or "").strip() for name in (reader.fieldnames or [])]
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise InputError(f"{what} {path} needs a header line with the columns {', '.join(required)} "
+                         f"(missing: {', '.join(missing)}).")
+    rows = []
+    for row in reader:
+        cells = {(key or "").strip(): (value or "").strip() for key, value in row.items() if key is not None}
+        if any(cells.values()):
+            rows.append((reader.line_num, cells))
+    return rows
+
+
+def table_path(value: str, table: str | Path) -> Path:
+    """A file named in a table file: ``~`` expanded, a relative path taken from the table's folder."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(table).parent / path

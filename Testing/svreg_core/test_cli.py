@@ -797,7 +797,7 @@ def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     assert "--shard" in capsys.readouterr().err
     (tmp_path / "pairs.csv").write_text("a,b\n1,2\n")
     assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
-    assert "columns fixed and moving" in capsys.readouterr().err
+    assert "needs a header line with the columns fixed, moving (missing: fixed, moving)" in capsys.readouterr().err
     # files that do not exist: all named (a repeated one once) before any work, no output folder
     (tmp_path / "pairs.csv").write_text(f"fixed,moving,moving_labels,output\n{p.fixed},{p.moving},seg_typo.nii.gz,a\n"
                                         f"{p.fixed},sub_typo.nii.gz,,b\n{p.fixed},{p.moving},seg_typo.nii.gz,c\n")
@@ -808,7 +808,7 @@ def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     # a row without its moving image: one line before any work, no output folder
     (tmp_path / "pairs.csv").write_text(f"fixed,moving\n{p.fixed},{p.moving}\n{p.fixed},\n")
     assert main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r")]) == 2
-    assert "pair 2 has no moving image." in capsys.readouterr().err and not (tmp_path / "r").exists()
+    assert "pairs.csv, line 3: no moving image." in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_batch_pairs_csv_columns(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from svreg_core.errors import InputError
-from svreg_core.text_input import read_text
+from svreg_core.text_input import read_table, read_text, table_path
 
 
 def test_utf8_with_and_without_byte_order_mark(tmp_path: Path) -> None:
@@ -27,3 +27,32 @@ def test_missing_folder_or_not_utf8_is_one_plain_line(tmp_path: Path, make, mess
     with pytest.raises(InputError) as info:
         read_text(path, "pair list")
     assert message in str(info.value) and str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_table_rows_hand_values(tmp_path: Path) -> None:
+    """Names and cells stripped, blank rows left out (their lines still counted), a missing cell empty, a cell
+    beyond the header dropped; ``.tsv`` is tab-separated."""
+    (tmp_path / "pairs.csv").write_text(" fixed , moving ,output\n a.nii , b.nii ,x\n\n,,\nc.nii,d.nii\ne,f,g,extra\n")
+    assert read_table(tmp_path / "pairs.csv", "pairs file", ("fixed", "moving")) == [
+        (2, {"fixed": "a.nii", "moving": "b.nii", "output": "x"}),
+        (5, {"fixed": "c.nii", "moving": "d.nii", "output": ""}),
+        (6, {"fixed": "e", "moving": "f", "output": "g"}),
+    ]
+    (tmp_path / "pairs.tsv").write_text("fixed\tmoving\na, b.nii\tc.nii\n")
+    tsv = read_table(tmp_path / "pairs.tsv", "pair list", ("fixed",))
+    assert tsv == [(2, {"fixed": "a, b.nii", "moving": "c.nii"})]
+
+
+def test_table_missing_columns_are_named(tmp_path: Path) -> None:
+    (tmp_path / "pairs.csv").write_text("fixed,moving_image\na,b\n")
+    with pytest.raises(InputError) as info:
+        read_table(tmp_path / "pairs.csv", "pair list", ("fixed", "moving", "fixed_labels"))
+    assert str(info.value) == (f"pair list {tmp_path / 'pairs.csv'} needs a header line with the columns fixed, "
+                               "moving, fixed_labels (missing: moving, fixed_labels).")
+
+
+def test_table_path_relative_to_the_table(tmp_path: Path) -> None:
+    table = tmp_path / "lists" / "pairs.csv"
+    assert table_path("img/a.nii", table) == tmp_path / "lists" / "img" / "a.nii"
+    assert table_path(str(tmp_path / "b.nii"), table) == tmp_path / "b.nii"
+    assert table_path("~/c.nii", table) == Path.home() / "c.nii"

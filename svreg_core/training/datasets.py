@@ -22,7 +22,6 @@ into worker processes; mix several with :class:`torch.utils.data.ConcatDataset`.
 """
 from __future__ import annotations
 
-import csv
 import fnmatch
 import json
 from collections.abc import Sequence
@@ -50,7 +49,7 @@ from svreg_core.image.resample import (
 from svreg_core.image.sampling import sample_labels
 from svreg_core.optim.affine import affine_register
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
-from svreg_core.text_input import read_text
+from svreg_core.text_input import read_table, table_path
 from svreg_core.training.sources import TemplateSpec, is_image_file
 from svreg_core.training.synthesis import (
     SynthesisConfig,
@@ -260,25 +259,12 @@ def pairs_from_csv(path: str | Path) -> list[PairSpec]:
     Relative paths are relative to the CSV file's folder; an empty label cell means no labels.
     """
     path = Path(path).expanduser()
-    text = read_text(path, "pair list")
-    reader = csv.DictReader(text.splitlines())
-    header = [(h or "").strip() for h in (reader.fieldnames or [])]
-    if "fixed" not in header or "moving" not in header:
-        raise InputError(f"pair list {path} needs a header line with columns fixed,moving "
-                         f"(and optionally fixed_labels,moving_labels).")
     pairs = []
-    for row in reader:
-        row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if isinstance(v, str)}
-        if not any(row.values()):
-            continue
-        files = {}
-        for role in ("fixed", "moving", "fixed_labels", "moving_labels"):
-            value = row.get(role)
-            if value:
-                p = Path(value).expanduser()
-                files[role] = p if p.is_absolute() else path.parent / p
+    for line, row in read_table(path, "pair list", ("fixed", "moving")):
+        files = {role: table_path(row[role], path) for role in ("fixed", "moving", "fixed_labels", "moving_labels")
+                 if row.get(role)}
         if "fixed" not in files or "moving" not in files:
-            raise InputError(f"pair list {path}, line {reader.line_num}: a fixed and a moving path are needed.")
+            raise InputError(f"pair list {path}, line {line}: a fixed and a moving path are needed.")
         pairs.append(PairSpec(**files))
     return _check_files(pairs, path)
 

@@ -24,7 +24,6 @@ keys (or ``{"pairs": [...]}``). Relative paths are relative to the list file.
 """
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
 from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import image_stem
-from svreg_core.text_input import read_text
+from svreg_core.text_input import read_table, read_text, table_path
 
 #: Accepted file stems (lower case) per role, in role order: images, label maps, landmarks.
 ROLE_STEMS: dict[str, tuple[str, ...]] = {
@@ -118,23 +117,16 @@ def _pairs_from_folder(folder: Path, needs: str) -> list[ValidationPair]:
 
 
 def _rows(path: Path, needs: str) -> list[dict[str, Any]]:
-    text = read_text(path, "pair list")
     if path.suffix.lower() == ".json":
         try:
-            doc = json.loads(text)
+            doc = json.loads(read_text(path, "pair list"))
         except ValueError as exc:
             raise InputError(f"pair list {path} is not valid JSON ({exc}).") from None
         doc = doc.get("pairs") if isinstance(doc, dict) else doc
         if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
             raise InputError(f"pair list {path} must be a JSON list of objects (or {{\"pairs\": [...]}}).")
         return doc
-    reader = csv.DictReader(text.splitlines(), dialect="excel-tab" if path.suffix.lower() == ".tsv" else "excel")
-    missing = [r for r in NEEDS[needs] if r not in [h.strip() for h in (reader.fieldnames or [])]]
-    if missing:
-        raise InputError(f"pair list {path} needs a header with columns {', '.join(NEEDS[needs])} "
-                         f"(missing: {', '.join(missing)}).")
-    return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader
-            if any((v or "").strip() for v in row.values())]
+    return [row for _, row in read_table(path, "pair list", NEEDS[needs])]
 
 
 def _pairs_from_list_file(path: Path, needs: str) -> list[ValidationPair]:
@@ -143,8 +135,7 @@ def _pairs_from_list_file(path: Path, needs: str) -> list[ValidationPair]:
         for role in NEEDS[needs]:
             if not row.get(role):
                 raise InputError(f"pair list {path}, entry {index}: no '{role}' path.")
-        # an absolute path stays absolute
-        files = {r: path.parent / Path(str(row[r])).expanduser() for r in ROLES if row.get(r)}
+        files = {r: table_path(str(row[r]), path) for r in ROLES if row.get(r)}
         pairs.append(ValidationPair(str(row.get("name") or f"pair{index:03d}"), files["fixed"], files["moving"],
                                     **{r: files.get(r) for r in ROLES[2:]}))
     if not pairs:
