@@ -30,8 +30,12 @@ def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, wh
                     ijk_to_world: np.ndarray) -> Path:
     """Write the segmentation as a label map NIfTI on ``reference_volume``'s grid (geometry ``ijk_to_world``).
 
-    A temporary label map node is added to the scene for Slicer's exporter (it needs one) and removed
-    before returning; the scene is otherwise unchanged.
+    The segmentation must lie in the volume's own space (:func:`check_parent`; the volume may additionally sit
+    under this module's result transform): it is exported onto a stand-in of the volume's grid placed under the
+    segmentation's own parent, so Slicer's exporter resamples through no transform (it would resample through
+    the transforms between the two parents: after a registration, through the previous result). The stand-in,
+    the staging label map and every other node the export makes (display node, colour table) are removed before
+    returning: the scene is otherwise unchanged.
     """
     import slicer
     import vtk
@@ -40,18 +44,29 @@ def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, wh
     if not ids:
         raise geometry.GeometryError(f"the {what} '{segmentation_node.GetName()}' has no segments.")
     scene = segmentation_node.GetScene()
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{segmentation_node.GetName()} (export)")
+    name = segmentation_node.GetName()
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     try:
+        reference = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"{name} (export grid)")
+        reference.SetAndObserveImageData(reference_volume.GetImageData())  # shared, not copied
+        ijk_to_ras = vtk.vtkMatrix4x4()
+        reference_volume.GetIJKToRASMatrix(ijk_to_ras)
+        reference.SetIJKToRASMatrix(ijk_to_ras)
+        reference.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{name} (export)")
         names = vtk.vtkStringArray()
         for segment_id in ids:
             names.InsertNextValue(segment_id)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                segmentation_node, names, labelmap, reference_volume):
-            raise geometry.GeometryError(f"the {what} '{segmentation_node.GetName()}' could not be converted "
+                segmentation_node, names, labelmap, reference):
+            raise geometry.GeometryError(f"the {what} '{name}' could not be converted "
                                          "to a label map (does it have a binary labelmap representation?).")
         return geometry.export_volume(labelmap, path, what=what, ijk_to_world=ijk_to_world)
-    finally:
-        scene.RemoveNode(labelmap)
+    finally:  # every node made here (stand-in, label map, its display node, the exporter's colour table) goes
+        made = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in made:
+            if node.GetID() not in before:
+                scene.RemoveNode(node)
 
 
 def check_parent(segmentation_node, reference_base: np.ndarray | None, base: np.ndarray | None, what: str,

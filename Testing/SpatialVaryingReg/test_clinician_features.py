@@ -169,6 +169,28 @@ def test_segmentation_export_gives_labels_in_segment_order_on_the_volume_grid(sc
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # the staging node is gone
 
 
+def test_segmentation_export_ignores_the_volumes_own_result_transform(scene, pair, tmp_path):
+    """After a registration the moving volume sits under the result transform, its segmentation not: the labels
+    are still exported on the volume's own grid, not through the previous result; the export leaves no node
+    behind (no staging label map, reference or colour table)."""
+    import nibabel as nib
+
+    def export(name):
+        return np.asarray(nib.load(segmentations.export_labelmap(
+            pair["moving_seg"], pair["moving"], tmp_path / name, what="moving labels",
+            ijk_to_world=geometry.world_ijk_to_ras(pair["moving"]))).dataobj)
+
+    before = export("before.nii.gz")
+    result = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "previous result")
+    result.SetMatrixTransformToParent(geometry.array_to_matrix(np.array(
+        [[1, 0, 0, 7.0], [0, 1, 0, -5.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])))
+    pair["moving"].SetAndObserveTransformNodeID(result.GetID())
+    nodes = scene.GetNumberOfNodes()
+    after = export("after.nii.gz")
+    assert np.array_equal(after, before) and after.max() == 2
+    assert scene.GetNumberOfNodes() == nodes
+
+
 def test_inputs_under_other_transforms_are_refused_with_a_plain_message(scene, pair):
     shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
     shift.SetMatrixTransformToParent(geometry.array_to_matrix(np.array(
