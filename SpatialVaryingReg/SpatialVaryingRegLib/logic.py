@@ -558,7 +558,7 @@ class RegistrationJob:
             if importlib.util.find_spec("svreg_core") is None:
                 raise RegistrationError("the registration engine (svreg_core) was not found next to the module; "
                                         "reinstall the SpatialVaryingReg extension.")
-        root = Path(self.settings.temp_root or default_temp_root())
+        root = Path(self.settings.temp_root or default_temp_root()).resolve()  # the child runs in its own folder
         root.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="SpatialVaryingReg-", dir=root))
         self.output_dir = self.workdir / "output"
@@ -871,7 +871,7 @@ class PreviewEngine:
     def _launch(self, job: RegistrationJob) -> None:
         key = job.preview_key()  # before the export: reading the nodes must not change it
         engine = runner.engine_path()
-        root = Path(job.settings.temp_root or default_temp_root())
+        root = Path(job.settings.temp_root or default_temp_root()).resolve()  # the child runs in its own folder
         root.mkdir(parents=True, exist_ok=True)
         self.workdir = Path(tempfile.mkdtemp(prefix="SpatialVaryingReg-preview-", dir=root))
         self._keep = job.settings.keep_temporary_files

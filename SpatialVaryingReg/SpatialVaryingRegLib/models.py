@@ -249,7 +249,7 @@ def checkpoint_folder(path: str | Path) -> Path:
             "or one of those two files")
     if not text:
         raise ModelError(f"choose a checkpoint: {what}.")
-    p = Path(text).expanduser()
+    p = Path(text).expanduser().resolve()  # the engine runs in its own working folder
     if not p.exists():
         raise ModelError(f"the checkpoint {p} does not exist; {what}.")
     if p.is_file():

@@ -467,6 +467,14 @@ def _signal_tree(process: subprocess.Popen, hard: bool) -> None:
 # the ``register`` command
 
 
+def _plain_number(value: float) -> str:
+    """``value`` in the fewest digits that read back to it, without an exponent (``repr`` writes -3.55e-15 for an
+    ROI bound's rounding noise, which ``argparse`` before Python 3.14 takes for an option, not a negative number)."""
+    import numpy as np
+
+    return np.format_float_positional(float(value), unique=True, trim="-")
+
+
 @dataclass
 class RegisterRequest:
     """Arguments of ``svreg_core.cli register`` (files on disk; ``None`` = engine default).
@@ -516,7 +524,7 @@ class RegisterRequest:
         if self.labels:
             args += ["--labels", *[str(int(v)) for v in self.labels]]
         if self.crop_fixed is not None:
-            args += ["--crop-fixed", *[repr(float(v)) for v in self.crop_fixed]]
+            args += ["--crop-fixed", *[_plain_number(v) for v in self.crop_fixed]]
         return args + ["--preset", str(self.preset)]
 
     def _engine_arguments(self) -> list[str]:

@@ -82,11 +82,16 @@ def test_the_source_checkout_engine_and_its_models_are_found():
         assert models.checkpoint_folder(info.folder) == info.folder
 
 
-def test_checkpoint_paths_are_checked_with_plain_messages(tmp_path):
+def test_checkpoint_paths_are_checked_with_plain_messages(tmp_path, monkeypatch):
     ckpt = write_model(tmp_path / "run1" / "checkpoint", name="mine")
     for given in (ckpt, ckpt / models.DESCRIPTION_FILE, ckpt / models.WEIGHTS_FILE):
         assert models.checkpoint_folder(given) == ckpt
         assert models.resolve_model(str(given), tmp_path) == str(ckpt)  # a path, whatever the shipped models
+    # relative to Slicer's working folder (the README's "runs/hyper/best"): made absolute, since the engine
+    # child runs in its own folder
+    monkeypatch.chdir(tmp_path)
+    assert models.checkpoint_folder("run1/checkpoint") == ckpt.resolve()
+    assert Path(models.resolve_model("run1/checkpoint", tmp_path)).is_absolute()
     no_weights = write_model(tmp_path / "no-weights", weights=False)
     no_json = write_model(tmp_path / "no-json")
     (no_json / models.DESCRIPTION_FILE).unlink()

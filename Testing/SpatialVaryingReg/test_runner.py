@@ -216,6 +216,11 @@ def test_register_command_line_matches_the_engine_parser(tmp_path):
     assert ns.outputs == ["displacement", "jacobian"] and ns.gzip_level == 0
     assert "--outputs" not in runner.RegisterRequest(fixed=tmp_path / "f.nii.gz", moving=tmp_path / "m.nii.gz",
                                                      output=tmp_path / "out").arguments()  # default: all
+    # an ROI's bound with rounding noise (repr: -3.55e-15, which argparse before Python 3.14 takes for an option)
+    crop = (-3.55e-15, -20.5, 0.1, 40.0, 1e-9, 123456.789)
+    cropped = runner.RegisterRequest(fixed=tmp_path / "f.nii.gz", moving=tmp_path / "m.nii.gz",
+                                     output=tmp_path / "out", crop_fixed=crop).arguments()
+    assert tuple(parser.parse_args(cropped[2:]).crop_fixed) == crop
 
 
 def test_child_process_cancel_kills_the_whole_tree():
