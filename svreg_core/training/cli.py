@@ -5,7 +5,7 @@ Examples::
     svreg train --data subjects/ --atlas atlas.nii.gz -o runs/ixi          # atlas-to-subject pairs
     svreg train --synthetic synthseg_labels/ --epochs 100 -o runs/synth     # SynthMorph-style synthesis
     svreg train --config train.yaml --lr 2e-4 -o runs/a                     # a config file, one override
-    svreg train --data subjects/ --init default -o runs/tuned               # fine-tune the shipped model
+    svreg train --config scripts/brain-unet-spr.yaml --data subjects/ --init default -o runs/tuned  # fine-tune
     svreg train --templates --hyper-alpha-prime 0.05 0.5 --hyper-lambda-max 0.5 10 -o runs/hyper  # HyperSPR
     torchrun --nproc_per_node 4 -m svreg_core.cli train --config train.yaml -o runs/ddp
 

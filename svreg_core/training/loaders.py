@@ -174,12 +174,14 @@ def _validation(config: TrainingConfig, held_out: list,
             seed = epoch_seed(config.seed, index, STREAM_VALIDATION)
             if source.kind in GENERATED_KINDS:
                 sets.append(_generated(source, config, seed, source.length or cfg.pairs))
-            else:
+            else:  # a dataset.json's own validation pairs when it names some (its training pairs otherwise);
+                # only the pairs evaluated are built (and pre-aligned)
                 pairs, designated = _real_pairs(source)
-                sets.append(_pair_dataset(pairs + designated, config, alignments, augment=False, seed=seed))
+                sets.append(_pair_dataset((designated or pairs)[:cfg.pairs], config, alignments, augment=False,
+                                          seed=seed))
                 pair_sets.append(sets[-1])
     elif held_out:
-        sets.append(_pair_dataset(held_out, config, alignments, augment=False, seed=config.seed))
+        sets.append(_pair_dataset(held_out[:cfg.pairs], config, alignments, augment=False, seed=config.seed))
         pair_sets.append(sets[-1])
     elif cfg.fraction > 0:  # generated training data only: generate validation pairs with a seed of their own
         for index, source in enumerate(s for s in config.data.sources if s.kind in GENERATED_KINDS):

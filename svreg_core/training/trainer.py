@@ -149,6 +149,12 @@ def _load_initial_weights(model: SPRNetwork, config: TrainingConfig) -> None:
     ignored = {"hyper"} if model.config.get("hyper") is not None else set()
     differing = sorted(k for k in set(network.config) | set(model.config)
                        if k not in ignored and _options(network.config.get(k)) != _options(model.config.get(k)))
+    if not math.isclose(info.network_spacing_mm, config.network_spacing_mm, rel_tol=1e-6):
+        raise InputError(f"cannot start from checkpoint {config.init_weights!r}: it was trained on a "
+                         f"{info.network_spacing_mm:g} mm network grid and this run's is "
+                         f"{config.network_spacing_mm:g} mm (its velocities are in voxels of its grid); train "
+                         f"with --spacing {info.network_spacing_mm:g}, or the checkpoint's configuration (its "
+                         "model.json).")
     if info.architecture != config.architecture or differing:
         what = (f"architecture {info.architecture} differs from this run's {config.architecture}"
                 if info.architecture != config.architecture

@@ -75,3 +75,39 @@ def test_alignment_cache_round_trip_and_a_failed_write_leaves_nothing(tmp_path: 
     with pytest.raises(OSError, match="No space left"):
         prepare_alignments(data, cache, write=True)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def _cases(geo, folder: Path, count: int) -> list[str]:
+    """``count`` tiny images with label maps in ``folder`` (imagesTr/, labelsTr/), as dataset.json entries."""
+    entries = []
+    for i in range(1, count + 1):
+        for kind in ("imagesTr", "labelsTr"):
+            (folder / kind).mkdir(parents=True, exist_ok=True)
+            geo.save_nifti(np.ones((3, 3, 3), np.float32), np.eye(4), folder / kind / f"case_{i:04d}.nii.gz")
+        entries.append({"image": f"./imagesTr/case_{i:04d}.nii.gz", "label": f"./labelsTr/case_{i:04d}.nii.gz"})
+    return entries
+
+
+def test_validation_on_a_dataset_json_uses_its_own_validation_pairs(geo, tmp_path: Path) -> None:
+    """``--val-data dataset.json`` evaluates the pairs the file designates for validation (it took the file's
+    first training pairs), and only the pairs evaluated are built, so only they are pre-aligned."""
+    import json
+
+    from svreg_core.training.config import TrainingConfig
+    from svreg_core.training.loaders import build_data
+
+    doc = {"training": _cases(geo, tmp_path, 6),
+           "registration_val": [{"fixed": "./imagesTr/case_0005.nii.gz", "moving": "./imagesTr/case_0006.nii.gz"}]}
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    source = {"kind": "dataset_json", "path": str(tmp_path / "dataset.json")}
+    data = build_data(TrainingConfig.from_dict({"data": {"sources": [source]},
+                                                "validation": {"sources": [source], "pairs": 16}}))
+    assert data.validation is not None and len(data.validation) == 1
+    (validation_set,) = data.pair_datasets[1:]
+    assert [(p.fixed.name, p.moving.name) for p in validation_set.pairs] == [("case_0005.nii.gz", "case_0006.nii.gz")]
+    # without designated pairs: the first ``pairs`` of the file's pairs, and no more are built
+    del doc["registration_val"]
+    (tmp_path / "dataset.json").write_text(json.dumps(doc))
+    data = build_data(TrainingConfig.from_dict({"data": {"sources": [source]},
+                                                "validation": {"sources": [source], "pairs": 3}}))
+    assert data.validation is not None and len(data.validation) == 3 and len(data.pair_datasets[1].pairs) == 3

@@ -138,6 +138,10 @@ def test_fine_tuning_starts_from_a_checkpoint_and_refuses_another_architecture(g
         build_network(wider)
     with pytest.raises(InputError, match="uniform"):
         build_network(tuned.replace(spr=False))
+    coarser = tuned.network_spacing_mm * 1.5  # its velocities are voxels of its own grid: not silently rescaled
+    with pytest.raises(InputError, match=rf"trained on a {tuned.network_spacing_mm:g} mm network grid and this run's "
+                                         rf"is {coarser:g} mm .* --spacing {tuned.network_spacing_mm:g}"):
+        build_network(tuned.replace(network_spacing_mm=coarser))
     with pytest.raises(InputError, match="neither a shipped model"):
         build_network(tuned.replace(init_weights=str(tmp_path / "missing")))
 
