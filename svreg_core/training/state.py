@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from svreg_core.atomic import replace_directory
@@ -125,22 +126,27 @@ def load_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     folder = Path(run_dir) / STATE_DIR
     try:
         doc = json.loads((folder / "state.json").read_text())
+        if not isinstance(doc, dict):
+            raise TypeError("state.json does not hold an object")
+        if doc.get("version") != STATE_VERSION:
+            raise InputError(f"the resume state in {folder} has an unsupported version {doc.get('version')!r} "
+                             "(another svreg version wrote it): resume with that version, or delete that folder to "
+                             "start the run over.")
         weights = load_file(str(folder / "model.safetensors"))
         opt_tensors = load_file(str(folder / "optimizer.safetensors"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"the resume state in {folder} is unreadable ({exc}); delete that folder to start the "
-                         "run over, or use a new output folder.") from None
-    if doc.get("version") != STATE_VERSION:
-        raise InputError(f"the resume state in {folder} has an unsupported version {doc.get('version')!r}.")
-    device = next(model.parameters()).device
-    model.load_state_dict({k: v.to(device) for k, v in weights.items()})
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, tensor in opt_tensors.items():
-        index, name = key.split(".", 1)
-        # AdamW keeps "step" on the CPU unless capturable/fused; moments live with the parameters
-        per_param.setdefault(int(index), {})[name] = tensor if name == "step" else tensor.to(device)
-    groups = [{k: (tuple(v) if k in _TUPLE_FIELDS else v) for k, v in group.items()}
-              for group in doc.pop("optimizer_groups")]
-    optimizer.load_state_dict({"state": per_param, "param_groups": groups})
-    doc.pop("version")
-    return TrainingState.from_json(doc)
+        device = next(model.parameters()).device
+        model.load_state_dict({k: v.to(device) for k, v in weights.items()})
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, tensor in opt_tensors.items():
+            index, name = key.split(".", 1)
+            # AdamW keeps "step" on the CPU unless capturable/fused; moments live with the parameters
+            per_param.setdefault(int(index), {})[name] = tensor if name == "step" else tensor.to(device)
+        groups = [{k: (tuple(v) if k in _TUPLE_FIELDS else v) for k, v in group.items()}
+                  for group in doc.pop("optimizer_groups")]
+        optimizer.load_state_dict({"state": per_param, "param_groups": groups})
+        doc.pop("version")
+        return TrainingState.from_json(doc)
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())[:300]  # torch's messages span lines
+        raise InputError(f"the resume state in {folder} is unreadable or damaged ({reason}); delete that folder to "
+                         "start the run over, or use a new output folder.") from None

@@ -97,3 +97,34 @@ def test_run_folder_with_other_settings_or_foreign_files_is_refused(config, tmp_
     with pytest.raises(InputError, match="holds no training run"):
         train(config, tmp_path / "other")
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "optimizer not safetensors", "state.json without groups",
+                                    "state.json a list", "weights of another network"])
+def test_a_damaged_resume_state_is_one_plain_error(config, tmp_path, damage: str) -> None:
+    """Whatever part of ``state/`` is damaged, resuming says so in one line (it was a SafetensorError, KeyError
+    or RuntimeError traceback) and changes nothing."""
+    import json
+
+    from safetensors.torch import save_file
+
+    config = config.replace(validation={"pairs": 0})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", progress=_interrupt_after_first_epoch)
+    state = tmp_path / "run" / "state"
+    if damage == "truncated weights":
+        (state / "model.safetensors").write_bytes((state / "model.safetensors").read_bytes()[:100])
+    elif damage == "optimizer not safetensors":
+        (state / "optimizer.safetensors").write_bytes(b"PK\x03\x04 a zip file")
+    elif damage == "weights of another network":
+        save_file({"other.weight": torch.zeros(2)}, str(state / "model.safetensors"))
+    else:
+        doc = json.loads((state / "state.json").read_text())
+        doc.pop("optimizer_groups")
+        (state / "state.json").write_text(json.dumps(doc if damage == "state.json without groups" else [doc]))
+    before = {p.name: p.read_bytes() for p in state.iterdir()}
+    with pytest.raises(InputError) as info:
+        train(config, tmp_path / "run")
+    message = str(info.value)
+    assert "\n" not in message and "resume state" in message and "delete that folder" in message
+    assert {p.name: p.read_bytes() for p in state.iterdir()} == before
