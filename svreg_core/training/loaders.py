@@ -157,11 +157,41 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
     if val_cfg.pairs > 0:
         validation, val_pair_sets = _validation(config, held_out, alignments)
         pair_sets += val_pair_sets
+    if config.label_weight > 0:  # before any training: the step needs labels with every pair it sees
+        _require_labels([*train_sets, *_parts(validation)])
     weights = [s.weight for s in config.data.sources]
     description = " + ".join(s.describe() + (f" (weight {s.weight:g})" if len(weights) > 1 else "")
                              for s in config.data.sources)
     return TrainingData(ConcatDataset(train_sets), [len(d) for d in train_sets], weights, validation, description,
                         pair_sets)
+
+
+def _parts(dataset: Dataset | None) -> list[Dataset]:
+    """The source datasets inside ``dataset`` (a :class:`_First` or a concatenation of them)."""
+    if dataset is None:
+        return []
+    if isinstance(dataset, _First):
+        return _parts(dataset.dataset)
+    if isinstance(dataset, ConcatDataset):
+        return [part for inner in dataset.datasets for part in _parts(inner)]
+    return [dataset]
+
+
+def _require_labels(datasets: Sequence[Dataset]) -> None:
+    """Raise :class:`InputError` naming the first pair or template without label maps (``label_weight > 0``)."""
+    from svreg_core.training.datasets import PairListDataset, TemplateAugmentDataset
+
+    for dataset in datasets:
+        if isinstance(dataset, PairListDataset):
+            missing = next((f"the pair {p.fixed} / {p.moving}" for p in dataset.pairs
+                            if p.fixed_labels is None or p.moving_labels is None), None)
+        elif isinstance(dataset, TemplateAugmentDataset):
+            missing = next((f"the template {t.name}" for t in dataset.templates if t.labels is None), None)
+        else:  # synthetic pairs are made from label maps
+            missing = None
+        if missing is not None:
+            raise InputError(f"label_weight > 0 needs label maps with every training and validation pair, and "
+                             f"{missing} has none; set label_weight: 0, or give labels for every image.")
 
 
 def _validation(config: TrainingConfig, held_out: list,

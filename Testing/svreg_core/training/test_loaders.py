@@ -111,3 +111,24 @@ def test_validation_on_a_dataset_json_uses_its_own_validation_pairs(geo, tmp_pat
     data = build_data(TrainingConfig.from_dict({"data": {"sources": [source]},
                                                 "validation": {"sources": [source], "pairs": 3}}))
     assert data.validation is not None and len(data.validation) == 3 and len(data.pair_datasets[1].pairs) == 3
+
+
+def test_label_weight_without_labels_is_refused_before_training(geo, tmp_path: Path) -> None:
+    """``label_weight > 0`` with a pair that has no label maps stops before the first step (it stopped at that
+    pair's step, after a lost epoch when the pair was a validation pair); with labels everywhere it builds."""
+    from svreg_core.errors import InputError
+    from svreg_core.training.config import TrainingConfig
+    from svreg_core.training.loaders import build_data
+
+    _cases(geo, tmp_path, 4)
+    rows = ["fixed,moving,fixed_labels,moving_labels",
+            "imagesTr/case_0001.nii.gz,imagesTr/case_0002.nii.gz,labelsTr/case_0001.nii.gz,labelsTr/case_0002.nii.gz",
+            "imagesTr/case_0003.nii.gz,imagesTr/case_0004.nii.gz,labelsTr/case_0003.nii.gz,labelsTr/case_0004.nii.gz"]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "val.csv").write_text("\n".join([rows[0], "imagesTr/case_0002.nii.gz,imagesTr/case_0001.nii.gz,,"]))
+    values = {"label_weight": 1.0, "data": {"sources": [{"kind": "csv", "path": str(tmp_path / "train.csv")}]}}
+    build_data(TrainingConfig.from_dict({**values, "validation": {"fraction": 0.0}}))
+    with pytest.raises(InputError, match=r"label_weight > 0 needs label maps .* the pair .*case_0002.nii.gz / "
+                                         r".*case_0001.nii.gz has none"):
+        build_data(TrainingConfig.from_dict({**values, "validation": {"sources": [
+            {"kind": "csv", "path": str(tmp_path / "val.csv")}]}}))
