@@ -34,6 +34,7 @@ from svreg_core.errors import InputError
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.models.film import CodeRanges
+from svreg_core.optim.parameters import BOUNDS
 from svreg_core.text_input import read_text
 
 #: Kinds of training data: a folder of images (atlas-to-subject or all pairs), a Medical Segmentation
@@ -351,6 +352,15 @@ class TrainingConfig:
                       f"must lie in the hyper ranges ({ranges.describe()}).")
         _as_bool(self.amsgrad, "amsgrad")
         object.__setattr__(self, "integration_steps", _as_int(self.integration_steps, "integration steps", 0))
+        # what the checkpoint records must be registrable: svreg register checks the same bounds
+        codes = CodeRanges.from_value(self.hyper) if self.hyper is not None else None
+        for name, value in (("alpha_prime", codes.alpha_prime[1] if codes else self.alpha_prime),
+                            ("lambda_max", codes.lambda_max[1] if codes else self.lambda_max),
+                            ("lncc_window", self.lncc_window), ("integration_steps", self.integration_steps)):
+            low, high, unit = BOUNDS[name]
+            if not low <= value <= high:
+                _fail(f"{name.replace('_', ' ')} {value:g} is outside what svreg register accepts ({low:g} to "
+                      f"{high:g}{unit}): a model trained with it could not be used.")
         object.__setattr__(self, "epochs", _as_int(self.epochs, "epochs", 1))
         if self.steps_per_epoch is not None:
             object.__setattr__(self, "steps_per_epoch", _as_int(self.steps_per_epoch, "steps per epoch", 1))

@@ -75,6 +75,12 @@ def test_yaml_file_written_by_hand(tmp_path) -> None:
     ({"validation": {"fraction": 1.0}}, "below 1"),
     ({"init_fresh": ["lambda_head"]}, "set init weights (--init) too"),
     ({"init_weights": "default", "init_fresh": "lambda_head"}, "list of submodule names"),
+    # values svreg register refuses: the trained model could never be used
+    ({"integration_steps": 24}, "integration steps 24 is outside what svreg register accepts (0 to 20 squarings)"),
+    ({"lambda_max": 2000}, "lambda max 2000 is outside what svreg register accepts (0 to 1000)"),
+    ({"lncc_window": 53}, "lncc window 53 is outside"),
+    ({"hyper": {"alpha_prime": [0.05, 0.5], "lambda_max": [0.5, 5000]}, "lambda_max": 1.0},
+     "lambda max 5000 is outside"),
 ])
 def test_bad_values_raise_one_line(tmp_path, values, message) -> None:
     path = tmp_path / "bad.json"
