@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from svreg_core.errors import InputError
+
+#: How long a rank waits for the others at a barrier. Rank 0 pre-aligns every real pair (2–6 s each on a CPU)
+#: while the others wait before the first epoch: hours for a large cohort, far beyond PyTorch's default (10 min
+#: for NCCL, 30 min for gloo), which would end the job; the alignments are cached, so a restart resumes them.
+BARRIER_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def init_distributed(device: torch.device) -> DistributedContext:
     if not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=BARRIER_TIMEOUT)
     return ctx
 
 

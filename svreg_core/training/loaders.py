@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError
-from svreg_core.progress import ProgressCallback, no_progress
+from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training.config import GENERATED_KINDS, DataSource, TrainingConfig
 from svreg_core.training.state import epoch_seed
 
@@ -231,22 +232,47 @@ def load_alignments(cache: Path) -> dict[tuple[str, str], np.ndarray]:
         return {}
 
 
+#: Seconds between two saves of the alignment cache while the pre-alignments are computed.
+ALIGNMENT_SAVE_INTERVAL_S = 30.0
+
+
 def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
                        progress: ProgressCallback = no_progress) -> None:
     """Compute the affine pre-alignment of every real pair once, in this process, before loading starts.
 
     DataLoader workers get copies of the datasets at every epoch, so alignments computed inside them
     would be lost. The matrices are saved in ``cache`` (JSON ``{"<fixed path>|<moving path>": 4x4}``;
-    only by the process with ``write``) and handed to :func:`build_data` by a resumed run.
+    only by the process with ``write``) and handed to :func:`build_data` by a resumed run: at the end and every
+    :data:`ALIGNMENT_SAVE_INTERVAL_S` seconds meanwhile, so a run killed while aligning a large cohort (a few
+    seconds a pair) loses at most that much of it.
     """
     known: dict[str, list] = {}
-    for dataset in data.pair_datasets:
-        if dataset.prealign:
-            known.update({f"{f}|{m}": matrix.tolist() for (f, m), matrix in
-                          dataset.precompute_alignments(progress).items()})
-    if write and known:
+    saved = time.monotonic()
+
+    def save() -> None:
         with replaced_when_complete(cache) as tmp:
             tmp.write_text(json.dumps(known))
+
+    for dataset in data.pair_datasets:
+        if not dataset.prealign:
+            continue
+
+        def step(event: ProgressEvent, dataset: Any = dataset) -> None:
+            nonlocal saved
+            progress(event)
+            if write and time.monotonic() - saved >= ALIGNMENT_SAVE_INTERVAL_S:
+                known.update(_keyed(dataset.alignments))
+                save()
+                saved = time.monotonic()
+
+        known.update(_keyed(dataset.precompute_alignments(step)))
+    if write and known:
+        save()
+
+
+def _keyed(alignments: dict[tuple[str, str], np.ndarray]) -> dict[str, list]:
+    """Alignments keyed as the cache stores them, ``"<fixed path>|<moving path>"``."""
+    return {f"{f}|{m}": matrix.tolist() for (f, m), matrix in alignments.items()}
 
 
 def steps_per_epoch(config: TrainingConfig, data: TrainingData, world_size: int) -> int:

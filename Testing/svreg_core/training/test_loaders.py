@@ -132,3 +132,29 @@ def test_label_weight_without_labels_is_refused_before_training(geo, tmp_path: P
                                          r".*case_0001.nii.gz has none"):
         build_data(TrainingConfig.from_dict({**values, "validation": {"sources": [
             {"kind": "csv", "path": str(tmp_path / "val.csv")}]}}))
+
+
+def test_alignment_cache_is_saved_while_aligning(tmp_path: Path, monkeypatch) -> None:
+    """A run killed while pre-aligning a large cohort keeps the alignments finished before the last save (here:
+    a save after every pair); a resumed run starts from them."""
+    from svreg_core.progress import ProgressEvent
+    from svreg_core.training import loaders
+
+    monkeypatch.setattr(loaders, "ALIGNMENT_SAVE_INTERVAL_S", 0.0)
+    done: dict = {}
+
+    def precompute(progress):
+        for i in range(5):
+            if i == 3:
+                raise KeyboardInterrupt  # Ctrl-C while aligning the fourth pair
+            done[(f"f{i}.nii", f"m{i}.nii")] = np.eye(4) * (i + 1)
+            progress(ProgressEvent("prealign", i + 1, 5, (i + 1) / 5))
+        return done
+
+    dataset = SimpleNamespace(prealign=True, alignments=done, precompute_alignments=precompute)
+    cache = tmp_path / "alignments.json"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_alignments(SimpleNamespace(pair_datasets=[dataset]), cache, write=True)  # type: ignore[arg-type]
+    saved = load_alignments(cache)
+    assert sorted(saved) == [("f0.nii", "m0.nii"), ("f1.nii", "m1.nii"), ("f2.nii", "m2.nii")]
+    assert np.array_equal(saved[("f2.nii", "m2.nii")], np.eye(4) * 3)
