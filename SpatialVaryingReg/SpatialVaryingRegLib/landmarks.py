@@ -13,6 +13,18 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def points_through(markups_node, to_world: np.ndarray | None) -> np.ndarray:
+    """``(N, 3)`` positions of the node's control points in its own coordinates (no parent transform), mapped by
+    the 4x4 ``to_world`` (``None``: as they are); e.g. a moving list's positions before this module's result
+    transform, with the linear transforms the registration starts from."""
+    points = np.zeros((markups_node.GetNumberOfControlPoints(), 3))
+    for n in range(len(points)):
+        position = [0.0, 0.0, 0.0]
+        markups_node.GetNthControlPointPosition(n, position)
+        points[n] = position
+    return points if to_world is None else points @ to_world[:3, :3].T + to_world[:3, 3]
+
+
 def world_points(markups_node) -> np.ndarray:
     """``(N, 3)`` RAS mm positions of the node's control points in the world (parent transforms applied)."""
     points = np.zeros((markups_node.GetNumberOfControlPoints(), 3))

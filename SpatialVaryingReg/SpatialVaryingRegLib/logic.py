@@ -747,7 +747,8 @@ class RegistrationJob:
         if self.fixed_fiducials is not None and self.moving_fiducials is not None and \
                 not landmarks.pair_count_problem(self.fixed_fiducials, self.moving_fiducials):
             fixed_before = landmarks.world_points(self.fixed_fiducials)
-            moving_before = landmarks.world_points(self.moving_fiducials)
+            # not through a previous result the list may sit under (registering again starts from the images)
+            moving_before = landmarks.points_through(self.moving_fiducials, self._moving_base)
         try:
             transform = new_or(reuse.transform, "vtkMRMLGridTransformNode", f"{run_name} transform")
             geometry.set_grid_transform(transform, displacement, grid)

@@ -126,6 +126,16 @@ def test_segmentations_inverse_and_fiducials_end_to_end(scene, pair, tmp_path):
     assert np.abs(np.array([forward.TransformPoint(p) for p in moved]) - original).max() < 0.1
     assert f"TRE {tre.after.mean():.2f} mm" in out.status_text and "over 4 point pairs" in out.status_text
 
+    # (e) registering again (the moving volume, its segmentation and fiducials as the first run left them): the
+    # same inputs reach the engine (the segmentation was exported through the first result) and "before" is
+    # still before registration (it was the first result's TRE)
+    again = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=pair["fixed_seg"],
+                                  moving_labels=pair["moving_seg"], moving_mask=pair["moving_seg"],
+                                  fixed_fiducials=pair["fixed_points"], moving_fiducials=pair["moving_points"],
+                                  settings=settings).run(timeout=300)
+    assert again.tre is not None and again.tre.before == pytest.approx(tre.before)
+    assert again.report["metrics"]["dice_before"] == pytest.approx(out.report["metrics"]["dice_before"])
+
 
 def test_output_nodes_are_updated_in_place(scene, pair, tmp_path):
     settings = logic.RegistrationSettings(overrides=FAST, device="cpu", create_inverse=True, temp_root=str(tmp_path))
