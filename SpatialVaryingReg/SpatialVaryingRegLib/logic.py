@@ -482,21 +482,7 @@ class RegistrationJob:
         inputs.mkdir()
 
         def export(node, name: str, what: str) -> Path | None:
-            if node is None:
-                return None
-            if segmentations.is_segmentation(node):
-                moving_side = node is self.moving_mask or node is self.moving_labels
-                reference = self.moving if moving_side else self.fixed
-                return segmentations.export_labelmap(
-                    node, reference, inputs / f"{name}.nii.gz", what=what,
-                    ijk_to_world=self._moving_ijk_to_world if moving_side else self._fixed_ijk_to_world)
-            if node is self.fixed:
-                ijk_to_world = self._fixed_ijk_to_world
-            elif node is self.moving:
-                ijk_to_world = self._moving_ijk_to_world
-            else:
-                ijk_to_world = self._geometry[node.GetID()]
-            return geometry.export_volume(node, inputs / f"{name}.nii.gz", what=what, ijk_to_world=ijk_to_world)
+            return None if node is None else self.export_node(node, inputs / f"{name}.nii.gz", what)
 
         preset_file = inputs / "parameters.json"
         preset_file.write_text(json.dumps(self.settings.preset_document(), indent=2), encoding="utf-8")
@@ -522,6 +508,23 @@ class RegistrationJob:
             # folder is for the user, and gets the engine's usual compression)
             gzip_level=None if self.settings.keep_temporary_files else 0,
         )
+
+    def export_node(self, node, path: Path, what: str) -> Path:
+        """Write one of this job's volumes, label maps, masks or segmentations (after :meth:`validate`) as NIfTI
+        where the registration sees it: the moving side without a previous result of this module."""
+        if segmentations.is_segmentation(node):
+            moving_side = node is self.moving_mask or node is self.moving_labels
+            reference = self.moving if moving_side else self.fixed
+            return segmentations.export_labelmap(
+                node, reference, path, what=what,
+                ijk_to_world=self._moving_ijk_to_world if moving_side else self._fixed_ijk_to_world)
+        if node is self.fixed:
+            ijk_to_world = self._fixed_ijk_to_world
+        elif node is self.moving:
+            ijk_to_world = self._moving_ijk_to_world
+        else:
+            ijk_to_world = self._geometry[node.GetID()]
+        return geometry.export_volume(node, path, what=what, ijk_to_world=ijk_to_world)
 
     def engine_outputs(self) -> list[str]:
         """The engine outputs :meth:`load_outputs` reads, so that the engine spends no time on what is not

@@ -22,6 +22,8 @@ every trial. Here:
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,7 +200,10 @@ def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None,
     ``moving_labels.nii.gz`` and the corresponding fiducial lists ``fixed_landmarks.csv`` /
     ``moving_landmarks.csv`` (x, y, z in world RAS mm, parent transforms applied; point n of one list
     matches point n of the other). A pair needs both label maps (Dice objective) or both fiducial lists
-    (TRE objective), or both kinds; everything is checked before any file is written.
+    (TRE objective), or both kinds. Label maps may be Segmentations. The nodes are written as a registration
+    would send them (:meth:`~SpatialVaryingRegLib.logic.RegistrationJob.export_node`): a moving side already
+    registered by this module is written as it was before, not through the result. Everything is checked
+    before any file is written, and the pair folder appears complete or not at all.
     """
     has_labels = fixed_labels is not None and moving_labels is not None
     has_points = fixed_fiducials is not None and moving_fiducials is not None
@@ -208,18 +213,38 @@ def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None,
     problem = landmarks.pair_count_problem(fixed_fiducials, moving_fiducials) if has_points else ""
     if problem:
         raise geometry.GeometryError(f"the fiducial lists cannot be paired: {problem}.")
+    from . import logic  # the registration's own checks and export (logic does not import this module)
+
+    job = logic.RegistrationJob(fixed, moving, fixed_labels=fixed_labels if has_labels else None,
+                                moving_labels=moving_labels if has_labels else None)
+    try:
+        job.validate()  # every volume's geometry, grid and transforms, before anything is written
+        # the lists where the user sees them, the moving one without a previous result of this module
+        points = (landmarks.world_points(fixed_fiducials),
+                  landmarks.points_through(moving_fiducials, logic.moving_base_to_world(moving_fiducials))) \
+            if has_points else None
+    except logic.RegistrationError as exc:
+        raise geometry.GeometryError(str(exc)) from None
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "pair"
     target = Path(folder) / safe
-    target.mkdir(parents=True, exist_ok=True)
-    volumes = [(fixed, "fixed", "fixed volume"), (moving, "moving", "moving volume")]
-    if has_labels:
-        volumes += [(fixed_labels, "fixed_labels", "fixed label map"),
-                    (moving_labels, "moving_labels", "moving label map")]
-    for node, stem, what in volumes:
-        geometry.export_volume(node, target / f"{stem}.nii.gz", what=what)
-    if has_points:
-        for node, stem in ((fixed_fiducials, "fixed_landmarks"), (moving_fiducials, "moving_landmarks")):
-            _write_points(landmarks.world_points(node), target / f"{stem}.csv")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{safe}-", dir=folder))  # hidden: svreg tune skips it
+    try:
+        volumes = [(fixed, "fixed", "fixed volume"), (moving, "moving", "moving volume")]
+        if has_labels:
+            volumes += [(fixed_labels, "fixed_labels", "fixed label map"),
+                        (moving_labels, "moving_labels", "moving label map")]
+        for node, stem, what in volumes:
+            job.export_node(node, staging / f"{stem}.nii.gz", what)
+        if points is not None:
+            _write_points(points[0], staging / "fixed_landmarks.csv")
+            _write_points(points[1], staging / "moving_landmarks.csv")
+        if target.exists():  # a pair added again replaces the earlier one
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from slicer_test_helpers import add_volume, blob_image, fiducials, grid_transform_arrays
 
-from SpatialVaryingRegLib import estimate, geometry, landmarks, logic, segmentations
+from SpatialVaryingRegLib import estimate, geometry, landmarks, logic, segmentations, tuning
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the engine child process is exercised on POSIX here")
 
@@ -199,6 +199,38 @@ def test_segmentation_export_ignores_the_volumes_own_result_transform(scene, pai
     after = export("after.nii.gz")
     assert np.array_equal(after, before) and after.max() == 2
     assert scene.GetNumberOfNodes() == nodes
+
+
+def test_add_pair_takes_segmentations_and_a_registered_moving_side(scene, pair, tmp_path):
+    """The tuning panel's 'Add pair': Segmentation label maps are exported as label maps; a moving volume, its
+    segmentation and its fiducials under this module's result are written as before that result; a pair that
+    cannot be exported leaves no folder behind."""
+    import nibabel as nib
+
+    from svreg_core.tuning.pairs import discover_pairs, load_pair
+
+    folder = tmp_path / "validation"
+    nodes = (pair["fixed"], pair["moving"], pair["fixed_seg"], pair["moving_seg"], pair["fixed_points"],
+             pair["moving_points"])
+    first = tuning.export_pair(folder, "unregistered", *nodes)
+    result = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "a previous result")
+    result.SetAttribute(logic.RUN_ATTRIBUTE, "1")
+    result.SetMatrixTransformToParent(geometry.array_to_matrix(np.array(
+        [[1, 0, 0, 7.0], [0, 1, 0, -5.0], [0, 0, 1, 3.0], [0, 0, 0, 1]])))
+    for node in (pair["moving"], pair["moving_points"]):
+        node.SetAndObserveTransformNodeID(result.GetID())
+    second = tuning.export_pair(folder, "registered", *nodes)
+    for name in ("fixed.nii.gz", "moving.nii.gz", "fixed_labels.nii.gz", "moving_labels.nii.gz"):
+        a, b = nib.load(first / name), nib.load(second / name)
+        assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)) and np.allclose(a.affine, b.affine), name
+    assert (first / "moving_landmarks.csv").read_text() == (second / "moving_landmarks.csv").read_text()
+    loaded = load_pair(next(p for p in discover_pairs(folder) if p.name == "registered"))
+    assert sorted(np.unique(loaded.moving_labels.data)) == [0, 1, 2]
+    # a label map off its volume's grid: refused before anything is written
+    off_grid = add_volume(scene, np.zeros((8, 8, 8), np.int16), AFFINE, "off grid", labelmap=True)
+    with pytest.raises(geometry.GeometryError, match="not on the grid of the fixed volume"):
+        tuning.export_pair(folder, "broken", pair["fixed"], pair["moving"], off_grid, pair["moving_seg"])
+    assert sorted(p.name for p in folder.iterdir()) == ["registered", "unregistered"]
 
 
 def test_inputs_under_other_transforms_are_refused_with_a_plain_message(scene, pair):
