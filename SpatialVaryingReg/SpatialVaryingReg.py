@@ -14,6 +14,7 @@ Python console::
     result = logic.register(fixedNode, movingNode, method="learned", model=M, alphaPrime=0.2, lambdaMax=5.0,
                             refineSteps=0, outputs=result.outputNodes())
 """
+import json
 import logging
 import os
 import sys
@@ -1091,9 +1092,19 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         settings = self.settingsFromParameterNode(p)
         o = settings.overrides
         learned = settings.method == "learned"
+        studyName = p.tuningStudyName or "slicer"
+        # the trials register as Register would (similarity, uniform regulariser, pose search, ... of Advanced):
+        # svreg tune has flags for the pyramid and the affine stage only, so the rest goes as a preset file
+        # next to the study, without the values the study searches
+        document = settings.preset_document()
+        for searched in ("alpha_prime", "lambda_max"):
+            document["parameters"].pop(searched, None)
+        preset = Path(studyFile).with_name(f"{Path(studyFile).stem}-{studyName}-preset.json")
+        preset.parent.mkdir(parents=True, exist_ok=True)
+        preset.write_text(json.dumps(document, indent=2), encoding="utf-8")
         return tuning.TuneRequest(
-            validation=Path(p.tuningValidationSet), storage=Path(studyFile), study_name=p.tuningStudyName or "slicer",
-            n_trials=int(p.tuningTrials), preset=settings.preset, device=settings.device,
+            validation=Path(p.tuningValidationSet), storage=Path(studyFile), study_name=studyName,
+            n_trials=int(p.tuningTrials), preset=str(preset), device=settings.device,
             seed=int(p.tuningSeed), level_spacings=o.get("level_spacings"), iterations=o.get("iterations"),
             affine=bool(p.useAffine), max_folding=p.tuningMaxFolding if p.tuningMaxFolding >= 0 else None,
             labels=settings.labels, objective=self.tuningObjective(p),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import typing
 import unittest
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,6 +54,26 @@ def test_the_only_seed_is_the_tuning_samplers(module, tmp_path):
     p.tuningValidationSet, p.tuningSeed = str(tmp_path / "pairs"), 11
     args = logic.tuneRequest(p, tmp_path / "study.db").arguments()
     assert args[args.index("--seed") + 1] == "11"
+
+
+def test_tuning_trials_register_with_the_advanced_settings(module, tmp_path):
+    """The similarity, the uniform regulariser and the pose search chosen under Advanced reach the trials (as a
+    preset file next to the study; svreg tune has no flags for them), the searched α′ and λ_max do not."""
+    import json
+
+    from svreg_core.optim.parameters import load_parameters
+
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    (tmp_path / "pairs").mkdir()
+    p.tuningValidationSet, p.similarity, p.useSpr, p.usePoseSearch = str(tmp_path / "pairs"), "mind", False, False
+    p.alphaPrime = 0.05
+    args = logic.tuneRequest(p, tmp_path / "studies" / "study.db").arguments()
+    preset = Path(args[args.index("--preset") + 1])
+    assert preset.parent == tmp_path / "studies"
+    parameters = load_parameters(preset)
+    assert (parameters.similarity, parameters.spr, parameters.pose_search) == ("mind", False, False)
+    assert "alpha_prime" not in json.loads(preset.read_text())["parameters"]
 
 
 def test_tuning_objective_choice_sets_the_engine_objective(module, tmp_path):
