@@ -650,12 +650,13 @@ class RegistrationJob:
         self.cancelled = True
         self.child.request_stop()
 
-    def cancel(self) -> None:
-        """Kill the engine's process tree, remove the temporary folder; the scene is left untouched."""
+    def cancel(self, reason: str | None = None) -> None:
+        """Kill the engine's process tree, remove the temporary folder; the scene is left untouched. ``reason``:
+        the job's error message (default: cancelled by the user)."""
         if self.child is None or self.outputs is not None or self.error is not None:
             return
         self.cancelled = True
-        self.child.cancel()
+        self.child.cancel(reason=reason)
         self._complete(self.child.result)
 
     def run(self, timeout: float | None = None, idle: Callable[[], None] | None = None) -> RegistrationOutputs:
@@ -663,15 +664,17 @@ class RegistrationJob:
         if self.child is None:
             self.start()
         t0 = time.monotonic()
+        timed_out = False
         while self.poll():
             if idle is not None:
                 idle()
             if timeout is not None and time.monotonic() - t0 > timeout:
-                self.cancel()
+                timed_out = True
+                self.cancel(reason=runner.time_limit_message(timeout))
                 break
             time.sleep(0.05)
-        if self.outputs is None:
-            cls = RegistrationCancelled if self.cancelled else RegistrationError
+        if self.outputs is None:  # a time limit is a failure to report, not the user's cancel
+            cls = RegistrationCancelled if self.cancelled and not timed_out else RegistrationError
             raise cls(self.error or "the registration did not finish.")
         return self.outputs
 

@@ -188,6 +188,7 @@ class ChildProcess:
         self._error_event: dict[str, Any] | None = None
         self._done_event: dict[str, Any] | None = None
         self._cancelled = False
+        self._stop_reason = "cancelled by the user."  # the message of a run stopped from here
         self._stop_deadline: float | None = None
         self._group_killed = False
 
@@ -278,31 +279,35 @@ class ChildProcess:
         return False
 
     def wait(self, timeout: float | None = None, interval: float = 0.05) -> RunResult:
-        """Block until the process ends (calling the callbacks); cancel it after ``timeout`` seconds."""
+        """Block until the process ends (calling the callbacks); stop it after ``timeout`` seconds (the result
+        then says so)."""
         t0 = time.monotonic()
         while self.poll():
             if timeout is not None and time.monotonic() - t0 > timeout and self._stop_deadline is None:
-                self.request_stop()
+                self.request_stop(reason=time_limit_message(timeout))
             time.sleep(interval)
         assert self.result is not None
         return self.result
 
-    def request_stop(self, grace: float = TERMINATE_GRACE_S) -> None:
+    def request_stop(self, grace: float = TERMINATE_GRACE_S, reason: str | None = None) -> None:
         """Ask the process tree to stop without waiting: SIGTERM now, SIGKILL from ``poll`` after ``grace`` s.
 
-        On Windows the tree is ended at once (``taskkill /T /F``). The run ends as *cancelled*.
+        On Windows the tree is ended at once (``taskkill /T /F``). The run ends as *cancelled*, with ``reason``
+        as its message (default: cancelled by the user).
         """
         if self.process is None or self.result is not None or self._stop_deadline is not None:
             return
         self._cancelled = True
+        if reason:
+            self._stop_reason = reason
         self._stop_deadline = time.monotonic() + grace
         _signal_tree(self.process, hard=os.name == "nt")
 
-    def cancel(self, grace: float = TERMINATE_GRACE_S) -> RunResult | None:
+    def cancel(self, grace: float = TERMINATE_GRACE_S, reason: str | None = None) -> RunResult | None:
         """Stop the process tree (see :meth:`request_stop`) and block until it has ended and been reaped."""
         if self.process is None or self.result is not None:
             return self.result
-        self.request_stop(grace)
+        self.request_stop(grace, reason)
         while self.poll():
             time.sleep(0.02)
         return self.result
@@ -335,7 +340,7 @@ class ChildProcess:
         code = self.process.returncode
         tail = list(self._log_tail)
         if self._cancelled:
-            self.result = RunResult(CANCELLED, code, "cancelled by the user.", None, tail)
+            self.result = RunResult(CANCELLED, code, self._stop_reason, None, tail)
         elif code == 0 and self._error_event is None:
             self.result = RunResult(SUCCEEDED, code, "", self._done_event, tail)
         else:
@@ -431,18 +436,20 @@ class PreviewCall:
             ended = self.engine.result
             status = CANCELLED if self.stopped or ended.status == CANCELLED else FAILED
             message = ended.message or "the preview engine stopped without an answer."
-            self.result = RunResult(status, ended.returncode, "cancelled by the user." if status == CANCELLED
-                                    else message, None, ended.log_tail)
+            if status == CANCELLED:  # the engine's own stop reason when it was stopped (e.g. a time limit)
+                message = ended.message if ended.status == CANCELLED else "cancelled by the user."
+            self.result = RunResult(status, ended.returncode, message, None, ended.log_tail)
         return self.result is None
 
     def request_stop(self, grace: float = TERMINATE_GRACE_S) -> None:
         """Drop this request's answer without waiting (the engine finishes it and serves on)."""
         self.stopped = True
 
-    def cancel(self, grace: float = TERMINATE_GRACE_S) -> RunResult | None:
-        """End the engine's process tree (blocking) and this request with it."""
+    def cancel(self, grace: float = TERMINATE_GRACE_S, reason: str | None = None) -> RunResult | None:
+        """End the engine's process tree (blocking) and this request with it (``reason``: as
+        :meth:`ChildProcess.request_stop`)."""
         self.stopped = True
-        self.engine.cancel(grace)
+        self.engine.cancel(grace, reason)
         self.poll()
         return self.result
 
@@ -473,6 +480,11 @@ def _plain_number(value: float) -> str:
     import numpy as np
 
     return np.format_float_positional(float(value), unique=True, trim="-")
+
+
+def time_limit_message(seconds: float) -> str:
+    """The message of a run stopped because it ran past its time limit."""
+    return f"stopped after {seconds:g} s: it ran past its time limit."
 
 
 @dataclass

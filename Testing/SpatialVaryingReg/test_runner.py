@@ -158,6 +158,20 @@ def test_cancel_mid_run_leaves_no_folder_no_process_and_the_scene_unchanged(scen
         job.run()
 
 
+def test_a_registration_past_its_time_limit_is_an_error_that_says_so(scene, pair, tmp_path):
+    """``logic.register(timeout=…)`` ran out: a RegistrationError naming the limit (it was RegistrationCancelled,
+    'cancelled by the user'), the folder removed, the scene unchanged."""
+    slow = dict(FAST, iterations=[2000, 2000])
+    settings = logic.RegistrationSettings(overrides=slow, device="cpu", temp_root=str(tmp_path))
+    nodes_before = scene.GetNumberOfNodes()
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], settings=settings)
+    with pytest.raises(logic.RegistrationError) as info:
+        job.run(timeout=1.0)
+    assert not isinstance(info.value, logic.RegistrationCancelled)
+    assert str(info.value) == "stopped after 1 s: it ran past its time limit."
+    assert list(tmp_path.iterdir()) == [] and scene.GetNumberOfNodes() == nodes_before
+
+
 def test_bad_input_message_reaches_the_caller(scene, pair, tmp_path):
     data = array_ijk(pair["fixed"]).copy()
     data[3, 4, 5] = np.nan
@@ -242,6 +256,15 @@ def test_child_process_cancel_kills_the_whole_tree():
     assert result.status == runner.CANCELLED
     assert not process_group_alive(proc.process.pid)
     assert not process_alive(grandchild)
+
+
+def test_a_run_past_its_time_limit_says_so_not_cancelled_by_the_user():
+    proc = runner.ChildProcess(["-c", "import time; time.sleep(60)"], python=sys.executable,
+                               env=dict(os.environ)).start()
+    result = proc.wait(timeout=0.5)
+    assert result.status == runner.CANCELLED
+    assert result.message == "stopped after 0.5 s: it ran past its time limit."
+    assert not process_group_alive(proc.process.pid)
 
 
 def test_child_process_failure_without_error_event_is_summarised():
