@@ -62,6 +62,8 @@ class TrainingState:
         history: one metrics row per finished epoch (what the CSV, TensorBoard and the curve show).
         seed: the run's seed (with ``epoch``, the random state).
         elapsed_s: training seconds spent over all sessions.
+        world_size: processes the run trains with (torchrun; 1 without): with the batch size it sets the global
+            batch and the steps of an epoch, so a resumed run must use as many.
     """
 
     epoch: int = 0
@@ -72,6 +74,7 @@ class TrainingState:
     history: list[dict[str, float]] = field(default_factory=list)
     seed: int = 0
     elapsed_s: float = 0.0
+    world_size: int = 1
 
     def to_json(self) -> dict[str, Any]:
         values = dict(self.__dict__)

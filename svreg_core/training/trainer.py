@@ -276,9 +276,13 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     resuming = continuing and has_state(run_dir)
     model = build_network(config, initial_weights=not resuming).to(device)
     optimizer = make_optimizer(model, config)
-    state = TrainingState(seed=config.seed)
+    state = TrainingState(seed=config.seed, world_size=ctx.world_size)
     if resuming:
         state = load_state(run_dir, model, optimizer)
+        if state.world_size != ctx.world_size:
+            raise InputError(f"{run_dir} was trained with {state.world_size} process(es) and this run has "
+                             f"{ctx.world_size}: the global batch and the steps of an epoch would change; resume it "
+                             f"with {state.world_size} (torchrun --nproc_per_node), or start a new run folder.")
     distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
     if ctx.is_main:
         if not continuing:

@@ -128,3 +128,19 @@ def test_a_damaged_resume_state_is_one_plain_error(config, tmp_path, damage: str
     message = str(info.value)
     assert "\n" not in message and "resume state" in message and "delete that folder" in message
     assert {p.name: p.read_bytes() for p in state.iterdir()} == before
+
+
+def test_resuming_with_another_number_of_processes_is_refused(config, tmp_path) -> None:
+    """The state records the processes the run trains with (here 1); a resume with another count (the state
+    edited to say 4, as a 4-GPU run's would) is refused before training: it would change the global batch."""
+    import json
+
+    config = config.replace(validation={"pairs": 0})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", progress=_interrupt_after_first_epoch)
+    state = tmp_path / "run" / "state" / "state.json"
+    doc = json.loads(state.read_text())
+    assert doc["world_size"] == 1
+    state.write_text(json.dumps({**doc, "world_size": 4}))
+    with pytest.raises(InputError, match=r"trained with 4 process\(es\) and this run has 1: .* resume it with 4"):
+        train(config, tmp_path / "run")
