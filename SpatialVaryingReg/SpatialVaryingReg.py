@@ -993,6 +993,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         reuse = svlogic.OutputNodes(transform=p.outputTransform, lambda_map=p.outputLambda,
                                     jacobian=p.outputJacobian, warped=p.outputWarped,
                                     warped_labels=p.outputWarpedLabels, inverse=p.outputInverseTransform)
+        if svlogic.holds_other_pair(p.outputTransform, p.fixedVolume, p.movingVolume):
+            # the stored outputs are another pair's (its moving volume still sits under that transform): new nodes
+            reuse = svlogic.OutputNodes()
         return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=p.fixedMask, moving_mask=p.movingMask,
                                        fixed_labels=p.fixedLabels, moving_labels=p.movingLabels,
                                        fixed_fiducials=p.fixedFiducials, moving_fiducials=p.movingFiducials,

@@ -265,6 +265,17 @@ def is_result_transform(node) -> bool:
     return node is not None and node.IsA("vtkMRMLTransformNode") and bool(node.GetAttribute(RUN_ATTRIBUTE))
 
 
+def holds_other_pair(transform, fixed, moving) -> bool:
+    """Whether ``transform`` records (:func:`~.geometry.set_registration_references`) the registration of another
+    fixed or moving volume than ``fixed``/``moving``: its outputs must not be overwritten by this pair's."""
+    if transform is None:
+        return False
+    recorded = [transform.GetNodeReferenceID(role) for role in (transform.GetFixedNodeReferenceRole(),
+                                                               transform.GetMovingNodeReferenceRole())]
+    current = [node.GetID() if node is not None else None for node in (fixed, moving)]
+    return any(recorded) and recorded != current
+
+
 def moving_base_to_world(node) -> np.ndarray | None:
     """To-world matrix of a moving-side volume's coordinates as the registration sees them (``None``: identity).
 

@@ -225,6 +225,12 @@ def test_parameter_node_outputs_are_reused_and_new_inputs_reach_the_job(real, sc
                                                              nodes["jacobian"], nodes["warped"],
                                                              nodes["warped_labels"], inverse=nodes["inverse"]))
     assert logic.createJob(p).reuse == module.svlogic.OutputNodes(**nodes)
+    # a run records its pair on the transform: another moving volume gets new nodes (updating these would move
+    # b, still under that transform, by c's result), the same pair updates them
+    module.geometry.set_registration_references(nodes["transform"], a, b)
+    assert logic.createJob(p).reuse == module.svlogic.OutputNodes(**nodes)
+    p.movingVolume = add_volume(scene, np.zeros((64, 64, 40), np.float32), np.eye(4), "c")
+    assert logic.createJob(p).reuse == module.svlogic.OutputNodes()
 
     text = logic.cpuEstimateText(p, logic.settingsFromParameterNode(p))
     assert text.startswith("about ") and "estimate" in text
