@@ -656,16 +656,18 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.progressBar.setValue(0)
             self.ui.progressBar.setVisible(True)
             self._parameterNode.statusText = _("Registering...")
-            self._job = self.logic.createJob(self._parameterNode, on_event=self._onEngineEvent, on_log=self._appendLog)
-            noDevice = self._torchStatus is not None and not self._torchStatus.devices
-            onCpu = self._job.settings.device == "cpu" or noDevice
-            if onCpu and self._parameterNode.fixedVolume is not None:
-                guess = self.logic.cpuEstimateText(self._parameterNode, self._job.settings)
-                self._parameterNode.statusText = _("Registering... {estimate}.").format(estimate=guess)
-                self._appendLog(_("Compute time: {estimate}.").format(estimate=guess))
-            try:
+            try:  # any failure before the engine runs (bad numbers, inputs, folders) leaves no "Registering..."
+                self._job = self.logic.createJob(self._parameterNode, on_event=self._onEngineEvent,
+                                                 on_log=self._appendLog)
+                self._job.validate()  # plain messages before the estimate reads the volumes
+                noDevice = self._torchStatus is not None and not self._torchStatus.devices
+                onCpu = self._job.settings.device == "cpu" or noDevice
+                if onCpu and self._parameterNode.fixedVolume is not None:
+                    guess = self.logic.cpuEstimateText(self._parameterNode, self._job.settings)
+                    self._parameterNode.statusText = _("Registering... {estimate}.").format(estimate=guess)
+                    self._appendLog(_("Compute time: {estimate}.").format(estimate=guess))
                 self._job.start()
-            except svlogic.RegistrationError:
+            except BaseException:
                 self._job = None
                 self.ui.progressBar.setVisible(False)
                 self._parameterNode.statusText = ""

@@ -319,6 +319,43 @@ def test_regularisation_sliders_show_a_hyper_models_ranges_and_one_release_asks_
     assert not ui.hyperCodesWidget.visible
 
 
+def test_a_failure_before_the_engine_starts_leaves_no_registering_status(real, scene, monkeypatch):
+    """Register with unusable settings (level spacings typed as "4;2") or a volume without image data: the error
+    is shown, and the status line and progress bar do not stay at "Registering..." (they did for every error but
+    the engine's own refusal)."""
+    import contextlib
+
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    ui.logTextEdit.appendPlainText = ui.logTextEdit.clear = lambda *text: None
+    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, None)
+    widget.logic, widget._torchStatus = logic, module.dependencies.TorchStatus("ok")
+    widget.setParameterNode(p)
+    shown: list[str] = []
+
+    @contextlib.contextmanager
+    def error_display(message):  # Slicer's dialog: record what it would show
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - what tryWithErrorDisplay catches
+            shown.append(f"{message} {exc}")
+
+    monkeypatch.setattr(module.slicer.util, "tryWithErrorDisplay", error_display)
+    p.fixedVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "fixed")
+    p.movingVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "moving")
+    p.useCpu, p.levelSpacings = True, "4;2"
+    widget._startRegistration()
+    assert len(shown) == 1 and "not a list of numbers" in shown[0]
+    assert p.statusText == "" and not ui.progressBar.visible and widget._job is None
+    p.levelSpacings, p.fixedVolume = "", scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    widget._startRegistration()
+    assert len(shown) == 2 and "holds no image data" in shown[1], shown  # not a NoneType error of the estimate
+    assert p.statusText == "" and not ui.progressBar.visible and widget._job is None
+
+
 def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp_path):
     """The widget's own preview code on the real scheduler and a real preview engine (a tiny hyper
     checkpoint): two slider moves are answered by one engine process and update the same nodes; a full
