@@ -55,7 +55,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      help="share of the training subjects held out for validation when --val-data is not given "
                           "(default 0.1; 0 turns validation off)")
     model = parser.add_argument_group("network and loss")
-    model.add_argument("--architecture", help="network: unet-spr (default, CPU-friendly) or transmorph-tvf-spr")
+    model.add_argument("--architecture", help="network: unet-spr (default, CPU-friendly) or transmorph-tvf-spr "
+                       "(its grid must be a multiple of 32 along every axis, e.g. --grid-shape 96 96 96)")
     model.add_argument("--alpha-prime", type=float, help="hyperprior strength α′ (default 0.175)")
     model.add_argument("--lambda-max", type=float, help="weight λ_max of the λ-weighted diffusion (default 3.35)")
     model.add_argument("--hyper-alpha-prime", type=float, nargs=2, metavar=("LOW", "HIGH"),

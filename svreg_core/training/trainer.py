@@ -268,7 +268,6 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
            progress: ProgressCallback, resume: bool, command: str) -> TrainingSummary:
     continuing = check_run_dir(run_dir, config, resume=resume)
     alignments_file = run_dir / ALIGNMENTS_FILE
-    data = build_data(config, load_alignments(alignments_file) if continuing else None)
     if continuing and ctx.is_main:
         for folder in (STATE_DIR, BEST_DIR, LAST_DIR):
             recover_directory(run_dir / folder)  # a write killed between its two renames
@@ -283,6 +282,9 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
             raise InputError(f"{run_dir} was trained with {state.world_size} process(es) and this run has "
                              f"{ctx.world_size}: the global batch and the steps of an epoch would change; resume it "
                              f"with {state.world_size} (torchrun --nproc_per_node), or start a new run folder.")
+    # the data after the network and the state, whose errors (a grid the architecture cannot take, an unusable
+    # --init, a damaged state) need no reading of the images
+    data = build_data(config, load_alignments(alignments_file) if continuing else None)
     distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
     if ctx.is_main:
         if not continuing:

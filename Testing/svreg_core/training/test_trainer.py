@@ -185,3 +185,13 @@ def test_a_plain_or_hyper_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo,
     assert all(torch.equal(fresh[name], start[name]) for name in fresh if name not in head)
     with pytest.raises(InputError, match="no submodule 'lambda_hat'"):
         build_network(wider.replace(init_fresh=("lambda_hat",)))
+
+
+def test_a_grid_the_architecture_cannot_take_is_refused_before_the_data_are_read(tmp_path) -> None:
+    """TransMorph-TVF-SPR needs grids that are multiples of 32: the default grid (80 x 96 x 96) is refused with the
+    multiple before any image is read (here the data folder does not even exist; it was read first)."""
+    config = TrainingConfig(architecture="transmorph-tvf-spr", data={"sources": [
+        {"kind": "folder", "path": str(tmp_path / "no such folder")}]})
+    with pytest.raises(InputError, match=r"grid shape 80 96 96 must be a multiple of 32"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
