@@ -332,9 +332,13 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
                     optimizer.zero_grad(set_to_none=True)
                     codes = None if ranges is None else ranges.sample(code_generator)
                     terms, _ = training_step(net, loss, batch, config.integration_steps, config.label_weight, codes)
-                    if not torch.isfinite(terms["total"]):
+                    # every rank stops together (one that stopped alone left its peers in the gradient all-reduce)
+                    diverged = distributed.all_reduce_sum([float(not torch.isfinite(terms["total"]))], ctx, device)
+                    if diverged[0] > 0:
                         raise InputError(f"training diverged: the loss is not finite at epoch {epoch + 1}, step "
-                                         f"{index + 1}; lower the learning rate (--lr) or check the data.")
+                                         f"{index + 1}; check the data, or train into a new folder with a lower "
+                                         f"learning rate (--lr), starting from the last good epoch (--init "
+                                         f"{run_dir / LAST_DIR}).")
                     terms["total"].backward()
                     optimizer.step()
                     state.step += 1

@@ -195,3 +195,24 @@ def test_a_grid_the_architecture_cannot_take_is_refused_before_the_data_are_read
     with pytest.raises(InputError, match=r"grid shape 80 96 96 must be a multiple of 32"):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_step_stops_with_the_way_to_go_on(geo, tmp_path, monkeypatch) -> None:
+    """A non-finite loss (here injected at the first step) stops the run with one line naming the epoch, the step
+    and how to go on (a new folder with a lower --lr, from the last good epoch): rerunning the same folder with
+    another --lr is refused as another configuration."""
+    from svreg_core.training import trainer
+
+    real_step = trainer.training_step
+
+    def diverging(*args, **kwargs):
+        terms, fields = real_step(*args, **kwargs)
+        return {**terms, "total": terms["total"] * float("nan")}, fields
+
+    monkeypatch.setattr(trainer, "training_step", diverging)
+    config = two_step_config(geo, tmp_path)
+    with pytest.raises(InputError) as info:
+        train(config, tmp_path / "run")
+    message = str(info.value)
+    assert message.startswith("training diverged: the loss is not finite at epoch 1, step 1;")
+    assert "new folder with a lower learning rate (--lr)" in message and str(tmp_path / "run" / "last") in message
