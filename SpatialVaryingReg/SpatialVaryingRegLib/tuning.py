@@ -22,8 +22,8 @@ every trial. Here:
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +228,8 @@ def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None,
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "pair"
     target = Path(folder) / safe
     Path(folder).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{safe}-", dir=folder))  # hidden: svreg tune skips it
+    staging = Path(folder) / f".{safe}-{secrets.token_hex(4)}"  # hidden: svreg tune skips it
+    staging.mkdir()  # with the permissions the umask gives, as the files in it
     try:
         volumes = [(fixed, "fixed", "fixed volume"), (moving, "moving", "moving volume")]
         if has_labels:
