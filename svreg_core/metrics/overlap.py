@@ -8,9 +8,13 @@ by ``nibabel``'s ``get_fdata()``).
 Label selection (shared by :func:`dice` and :func:`hd95`):
 
 * ``labels=None``: every **non-zero** label present in **both** maps is scored.
-* explicit ``labels``: only those of the listed labels present in **both** maps are scored; listed
-  labels missing from either map are skipped silently (they do not appear in the result). Label
-  ``0`` is scored only if it is listed explicitly.
+* explicit ``labels``: :func:`dice` scores every listed label present in **either** map (0 where it is missing
+  from one: a structure the warp erased scores 0); :func:`hd95` only those present in **both** (a surface
+  distance needs both surfaces). Listed labels missing from both maps are skipped silently (they do not
+  appear in the result). Label ``0`` is scored only if it is listed explicitly.
+
+A registration is scored on the labels of its *inputs*, :func:`scored_labels` (the fixed and the moving label
+map before warping), passed explicitly: with ``labels=None`` a label the warp erased would leave the mean.
 
 Results are ``dict[int, float]`` keyed by label value, in increasing label order.
 """
@@ -24,7 +28,7 @@ import numpy as np
 from svreg_core.errors import InputError
 from svreg_core.parallel import map_threads
 
-__all__ = ["dice", "hd95"]
+__all__ = ["dice", "hd95", "scored_labels"]
 
 #: Largest label value for which the fast ``np.bincount`` path is used.
 _BINCOUNT_MAX_LABEL = 1 << 20
@@ -90,13 +94,36 @@ def _label_counts(fixed: np.ndarray, warped: np.ndarray
 
 
 def _select(values: np.ndarray, n_fixed: np.ndarray, n_warped: np.ndarray,
-            labels: Sequence[int] | None) -> np.ndarray:
-    """Boolean selector over ``values`` implementing the module's label-selection rule."""
+            labels: Sequence[int] | None, *, listed_in_either: bool = False) -> np.ndarray:
+    """Boolean selector over ``values`` implementing the module's label-selection rule (``listed_in_either``:
+    explicit labels present in either map, :func:`dice`'s rule, instead of in both)."""
     in_both = (n_fixed > 0) & (n_warped > 0)
     if labels is None:
         return in_both & (values != 0)
     wanted = np.asarray(list(labels), dtype=np.int64).ravel()
-    return in_both & np.isin(values, wanted)
+    present = (n_fixed > 0) | (n_warped > 0) if listed_in_either else in_both
+    return present & np.isin(values, wanted)
+
+
+def _present(label_map: np.ndarray) -> np.ndarray:
+    """The sorted label values occurring in ``label_map`` (integer-valued)."""
+    flat = label_map.ravel()
+    low, high = int(flat.min()), int(flat.max())
+    if low >= 0 and high < _BINCOUNT_MAX_LABEL:
+        return np.flatnonzero(np.bincount(flat, minlength=high + 1))
+    return np.unique(flat)
+
+
+def scored_labels(fixed_labels: np.ndarray, moving_labels: np.ndarray,
+                  labels: Sequence[int] | None = None) -> list[int]:
+    """The labels a registration of these two label maps is scored on: ``labels`` when given, else every
+    non-zero label present in both the fixed and the *moving* map (before warping; the maps may lie on
+    different grids). Passed to :func:`dice`, a label the warp erased then scores 0 instead of leaving the mean."""
+    if labels is not None:
+        return [int(v) for v in labels]
+    fixed = _as_label_array(fixed_labels, "fixed_labels")
+    moving = _as_label_array(moving_labels, "moving_labels")
+    return [int(v) for v in np.intersect1d(_present(fixed), _present(moving)) if v != 0]
 
 
 def dice(fixed_labels: np.ndarray, warped_labels: np.ndarray,
@@ -107,14 +134,14 @@ def dice(fixed_labels: np.ndarray, warped_labels: np.ndarray,
         fixed_labels: integer label map ``(I, J, K)`` of the fixed image.
         warped_labels: integer label map ``(I, J, K)`` of the moving image warped onto the fixed grid.
         labels: labels to score; see the module docstring for the selection rule (``None``: every
-            non-zero label present in both maps; explicit labels missing from either map are skipped).
+            non-zero label present in both maps; an explicit label present in only one map scores 0).
 
     Returns:
         ``{label: dice}`` for the selected labels.
     """
     fixed, warped = _check_pair(fixed_labels, warped_labels)
     values, n_fixed, n_warped, n_both = _label_counts(fixed, warped)
-    keep = _select(values, n_fixed, n_warped, labels)
+    keep = _select(values, n_fixed, n_warped, labels, listed_in_either=True)
     scores = 2.0 * n_both[keep] / (n_fixed[keep] + n_warped[keep]).astype(np.float64)
     return {int(v): float(s) for v, s in zip(values[keep], scores)}
 
@@ -186,7 +213,8 @@ def hd95(fixed_labels: np.ndarray, warped_labels: np.ndarray,
     Args:
         fixed_labels: integer label map ``(I, J, K)`` of the fixed image.
         warped_labels: integer label map ``(I, J, K)`` of the warped moving image.
-        labels: labels to score; same selection rule as :func:`dice`.
+        labels: labels to score (``None``: every non-zero label in both maps; explicit labels missing
+            from either map are skipped: they have no surface distance).
         spacing: voxel size along ``(i, j, k)`` in millimetres (e.g. ``Grid.spacing``).
 
     Returns:

@@ -36,7 +36,7 @@ from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import DEFAULT_FIELD_GZIP_LEVEL, save_nifti
 from svreg_core.image.resample import resample
 from svreg_core.interrupts import interrupts_deferred
-from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, sdlogj
+from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant, ndv_percent, scored_labels, sdlogj
 from svreg_core.metrics.landmarks import tre, tre_summary
 from svreg_core.outputs.figure import write_report_figure
 from svreg_core.outputs.itk import displacement_nifti, write_transform
@@ -317,11 +317,12 @@ def foreground(image: Image) -> np.ndarray:
 
 def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels: Image | None = None,
                     warped_labels: Image | None = None, labels: Sequence[int] | None = None,
-                    moving_labels: Image | None = None,
+                    moving_labels: Image | None = None, label_mode: str = "linear",
                     landmarks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """The report's quick metrics: regularity of the mapping inside the fixed :func:`foreground` (Jacobian ≤ 0
     percentage, SDlogJ, Jacobian minimum and maximum) and, with labels, ``dice`` after registration and, with
-    ``moving_labels``, before it (``dice_before``: the moving labels resampled through the identity). The
+    ``moving_labels``, before it (``dice_before``: the moving labels resampled through the identity with
+    ``label_mode``, scored on the same ``labels``; pass :func:`~svreg_core.metrics.scored_labels`). The
     slower ones, NDV and HD95, are :func:`ndv_percent` and :func:`distance_metrics` (run meanwhile). With
     ``landmarks`` (fixed and moving points, RAS mm, corresponding one to one): the target registration error
     summaries (mm) ``tre`` (each fixed point mapped by the registration against its moving point) and
@@ -334,8 +335,8 @@ def compute_metrics(result: RegistrationResult, jac: np.ndarray, *, fixed_labels
         "jacobian_max": float(jac[fg].max()) if fg.any() else float(jac.max()),
     }
     if fixed_labels is not None and moving_labels is not None:
-        # the moving labels on the fixed grid before registration: identity in world space, one-hot linear voting
-        before_labels = result.warp_image(moving_labels, labels=True, label_mode="linear", identity=True)
+        # the moving labels on the fixed grid before registration: identity in world space, warped as after it
+        before_labels = result.warp_image(moving_labels, labels=True, label_mode=label_mode, identity=True)
         before = dice(fixed_labels.data, before_labels.data, labels)
         metrics["dice_mean_before"] = float(np.mean(list(before.values()))) if before else float("nan")
         metrics["dice_before"] = {str(k): float(v) for k, v in before.items()}
@@ -371,7 +372,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     Args:
         fixed_labels: label map on the fixed grid (scores Dice/HD95 when ``moving_labels`` is given).
         moving_labels: label map on the moving grid; written warped as ``warped_labels.nii.gz``.
-        labels: label values to score (default: all labels present in both maps).
+        labels: label values to score (default: every non-zero label present in both input label maps; one the
+            warp erased scores Dice 0).
         label_mode: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
         overwrite: replace an existing output folder that svreg wrote (see :func:`prepare_output_dir`).
         inputs: input file paths, which the output folder must not contain.
@@ -437,12 +439,15 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                 warped_labels = result.warp_image(moving_labels, labels=True, label_mode=label_mode)
                 save("labels", lambda: save_image(warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32,
                                                   gzip_level=gzip_level))
+            if fixed_labels is not None and moving_labels is not None:  # a label the warp erased scores 0
+                labels = scored_labels(fixed_labels.data, moving_labels.data, labels)
             distance_job = None if fixed_labels is None or warped_labels is None else \
                 pool.submit(distance_metrics, fixed_labels, warped_labels, labels)
             save("inverse", lambda: save_nifti(displacement_nifti(result.inverse_displacement(), result.moving.grid),
                                                tmp / "inverse_displacement.nii.gz", gzip_level=field_level))
             metrics = compute_metrics(result, jac, fixed_labels=fixed_labels, warped_labels=warped_labels,
-                                      labels=labels, moving_labels=moving_labels, landmarks=landmarks)
+                                      labels=labels, moving_labels=moving_labels, label_mode=label_mode,
+                                      landmarks=landmarks)
             weight = result.regularization_map()
             save("regularization", lambda: save_image(weight, tmp / "regularization.nii.gz", gzip_level=gzip_level))
             if before_job is not None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from svreg_core.image.sampling import grid_sample, sample_labels
 from svreg_core.losses.spr import SPRLoss
-from svreg_core.metrics import dice, folding_percent, jacobian_determinant
+from svreg_core.metrics import dice, folding_percent, jacobian_determinant, scored_labels
 from svreg_core.training.step import TERMS, training_step
 from svreg_core.transforms import displaced_coordinates
 
@@ -110,8 +110,10 @@ def validate(model: nn.Module, loss: SPRLoss, batches: Iterable[dict], *, integr
                 fixed_labels = batch["fixed_labels"][index].cpu().numpy()
                 moving_labels = batch["moving_labels"][index]
                 warped = warp_labels(moving_labels, disp, label_interpolation).cpu().numpy()
-                after = _mean_dice(fixed_labels, warped, labels)
-                before = _mean_dice(fixed_labels, moving_labels.cpu().numpy(), labels)
+                moving = moving_labels.cpu().numpy()
+                scored = scored_labels(fixed_labels, moving, labels)  # a label the warp erased scores 0
+                after = _mean_dice(fixed_labels, warped, scored)
+                before = _mean_dice(fixed_labels, moving, scored)
                 if after is not None and before is not None:
                     sums.dice_pairs += 1
                     sums.dice += after

@@ -38,6 +38,7 @@ from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_spa
 from svreg_core.tuning.objective import Objective, PairwiseDice, PairwiseTRE, trial_function
 from svreg_core.tuning.pairs import ValidationPair, discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
+from svreg_core.tuning.pruner import make_pruner
 from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
 from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, SearchSpace, build_search_space
 from svreg_core.tuning.study import (
@@ -254,9 +255,8 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
         meta.update(model=model_reference(args.model), refine=args.refine)
     study, created = create_or_join(storage, args.study_name, meta, direction=objective.direction,
                                     default_params=None if args.no_default_trial else space.default_values())
-    pruner = optuna.pruners.NopPruner() if args.no_pruning else optuna.pruners.MedianPruner(
-        n_startup_trials=args.pruner_startup_trials, n_warmup_steps=args.pruner_warmup_steps,
-        interval_steps=args.pruner_interval)
+    pruner = make_pruner(not args.no_pruning, args.pruner_startup_trials, args.pruner_warmup_steps,
+                         args.pruner_interval)
     study = load_study(storage, args.study_name, sampler=make_sampler(args.seed, created, args.startup_trials),
                        pruner=pruner)
     progress = TuneProgress(study, args.n_trials, sink)

@@ -3,8 +3,9 @@
 An :class:`Objective` scores one trial's settings in steps, calling :meth:`StepReporter.report` after each:
 a validation pair (:class:`PairwiseDice`, maximised; :class:`PairwiseTRE`, minimised) or a training epoch and
 its validation Dice (:class:`~svreg_core.tuning.training.TrainingDice`: pruning at epoch granularity). The
-reporter records the step as trial user attributes, calls ``trial.report`` and raises :class:`optuna.TrialPruned`
-when ``trial.should_prune()`` says so (never after the last step) or a step folds more than ``max_folding`` %.
+reporter records the step as trial user attributes, calls ``trial.report`` (the value so far) and raises
+:class:`optuna.TrialPruned` when ``trial.should_prune()`` says so (never after the last step) or a step folds
+more than ``max_folding`` %.
 
 Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``folding_percent`` (mean),
 ``folding_percent_max``, ``pruned_reason``, ``error`` (failed trials: the step and the message),
@@ -29,8 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class StepReporter:
     """Hands one trial's step values to Optuna. ``aggregate`` ``"mean"`` (pairs): the trial's value is the
-    mean of its steps, and the running mean is reported; ``"max"`` (epochs): the value is the best step,
-    and each step is reported as it is (the median pruner compares the best value so far itself)."""
+    mean of its steps; ``"max"`` (epochs): the value is the best step. Each step reports the value so far (the
+    running mean or the best epoch so far), which :class:`~svreg_core.tuning.pruner.StepMedianPruner` compares
+    with the other trials' at the same step; the step's own value is kept in ``step_values``."""
 
     def __init__(self, trial: optuna.Trial, labels: Sequence[str], aggregate: str,
                  max_folding: float | None = None, progress: TuneProgress | None = None) -> None:
@@ -67,7 +69,7 @@ class StepReporter:
             attrs.update(folding_percent=sum(known) / len(known), folding_percent_max=max(known))
         for key, attr in attrs.items():
             self.trial.set_user_attr(key, attr)
-        self.trial.report(float(value) if self.aggregate == "max" else self.value, step)
+        self.trial.report(self.value, step)
         if self.progress is not None:
             self.progress.step_finished(self.trial, step, label, float(value), self.value)
         reason = None
@@ -168,7 +170,8 @@ class PairwiseDice(PairObjective):
     """Registers every validation pair with the trial's parameters; one step per pair.
 
     Step value: mean Dice over labels of the warped moving labels vs the fixed labels; folding as in
-    :class:`PairObjective`. ``labels``: the labels scored (default: every non-zero label in both maps);
+    :class:`PairObjective`. ``labels``: the labels scored (default: every non-zero label in both the fixed and
+    the moving map, :func:`~svreg_core.metrics.scored_labels`: a label the warp erases scores 0);
     ``label_mode``: ``"linear"`` (one-hot trilinear, then argmax) or ``"nearest"``.
     """
 
@@ -182,11 +185,12 @@ class PairwiseDice(PairObjective):
         self.label_mode = label_mode
 
     def score(self, data: LoadedPair, result: Any) -> float:
-        from svreg_core.metrics import dice
+        from svreg_core.metrics import dice, scored_labels
 
-        assert data.fixed_labels is not None  # the pairs have label maps (discover_pairs' default needs)
+        assert data.fixed_labels is not None and data.moving_labels is not None  # discover_pairs' default needs
         warped = result.warp_image(data.moving_labels, labels=True, label_mode=self.label_mode)
-        scores = dice(data.fixed_labels.data, warped.data, labels=self.labels)
+        labels = scored_labels(data.fixed_labels.data, data.moving_labels.data, self.labels)
+        scores = dice(data.fixed_labels.data, warped.data, labels=labels)
         if not scores:
             raise ValueError("no label is present in both the fixed and the warped moving labels")
         return float(sum(scores.values()) / len(scores))

@@ -6,7 +6,7 @@ import pytest
 from scipy.spatial.distance import cdist
 
 from svreg_core.errors import InputError
-from svreg_core.metrics import dice, hd95
+from svreg_core.metrics import dice, hd95, scored_labels
 
 
 def _two_cubes() -> tuple[np.ndarray, np.ndarray]:
@@ -29,10 +29,10 @@ def test_dice_hand_computed() -> None:
     assert scores[2] == pytest.approx(2 * 8 / (8 + 12))      # 0.8
 
 
-def test_dice_explicit_labels_skip_missing() -> None:
+def test_dice_explicit_labels_missing_from_one_map_score_zero() -> None:
     fixed, warped = _two_cubes()
-    scores = dice(fixed, warped, labels=[2, 3, 4, 99])
-    assert scores == {2: pytest.approx(0.8)}
+    scores = dice(fixed, warped, labels=[2, 3, 4, 99])  # 3 only fixed, 4 only warped, 99 in neither
+    assert scores == {2: pytest.approx(0.8), 3: 0.0, 4: 0.0}
     # background is scored only when listed
     assert 0 not in dice(fixed, warped)
     bg = dice(fixed, warped, labels=[0])
@@ -156,3 +156,20 @@ def test_memory_order_does_not_change_the_scores() -> None:
         for w in (warped, np.asfortranarray(warped)):
             assert dice(f, w) == expected_dice
             assert hd95(f, w, spacing=(1.0, 1.5, 2.0)) == expected_hd
+
+
+def test_scored_labels_come_from_the_inputs_so_an_erased_label_scores_zero() -> None:
+    """The labels of both *input* maps (on their own grids), not of the warped map: a registration that
+    erases a structure cannot raise its mean Dice by dropping it."""
+    fixed = np.zeros((8, 8, 8), dtype=np.int16)
+    fixed[1:5, 1:5, 1:5], fixed[6, 6, 6], fixed[0, 7, 0] = 1, 2, 5
+    moving = np.zeros((6, 7, 9), dtype=np.int16)  # another grid
+    moving[1:4, 1:4, 1:4], moving[5, 5, 5], moving[0, 0, 8] = 1, 2, 7
+    assert scored_labels(fixed, moving) == [1, 2]  # 5 only fixed, 7 only moving, 0 never
+    assert scored_labels(fixed, moving, labels=[5, 1]) == [5, 1]
+    erased = fixed.copy()
+    erased[erased == 2] = 0  # the warp wiped out label 2
+    assert dice(fixed, erased) == {1: 1.0, 5: 1.0}  # labels=None: label 2 silently gone
+    assert dice(fixed, erased, scored_labels(fixed, moving)) == {1: 1.0, 2: 0.0}
+    large = moving.astype(np.int64) * 3_000_000  # values beyond the bincount path
+    assert scored_labels(fixed.astype(np.int64) * 3_000_000, large) == [3_000_000, 6_000_000]

@@ -483,3 +483,19 @@ def test_figure_shows_images_in_ras_order(geo) -> None:
     np.testing.assert_array_equal(to_ras_array(Image(data, lps_like)), data[::-1, ::-1, :])
     permuted = np.eye(4)[[1, 0, 2, 3]]  # i runs anterior, j runs right
     np.testing.assert_array_equal(to_ras_array(Image(data, permuted)), data.transpose(1, 0, 2))
+
+
+def test_dice_before_and_after_score_the_labels_of_both_inputs(synthetic_result, tmp_path: Path) -> None:
+    """A label of both inputs that the warp loses (here: outside the part of the moving grid the fixed grid
+    sees) scores 0 before and after, instead of leaving one of the means: both average the same labels."""
+    r = synthetic_result
+    fixed_labels, moving_labels = _labels(r.fixed), _labels(r.moving)
+    fixed_labels.data[0, 0, 0] = 3
+    moving_labels.data[:2, :2, :2] = 3  # a corner of the moving grid's margin
+    report = write_outputs(r, tmp_path / "out", fixed_labels=fixed_labels, moving_labels=moving_labels,
+                           outputs=["labels"], label_mode="nearest")
+    assert 3 not in np.asanyarray(nib.load(str(tmp_path / "out" / "warped_labels.nii.gz")).dataobj)
+    m = report["metrics"]
+    assert set(m["dice"]) == set(m["dice_before"]) == {"1", "2", "3"}
+    assert m["dice"]["3"] == m["dice_before"]["3"] == 0.0
+    assert m["dice_mean"] == pytest.approx(np.mean(list(m["dice"].values())))

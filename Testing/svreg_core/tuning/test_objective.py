@@ -1,6 +1,6 @@
 """The step objective of ``svreg tune`` with a cheap analytic objective shaped like a training run:
 epoch-granularity pruning, the folding constraint, failures, stopped default trials, workers sharing a
-journal file."""
+journal file; the labels pairwise Dice scores."""
 from __future__ import annotations
 
 import math
@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from svreg_core.tuning.objective import StepReporter, trial_function
+from svreg_core.image import Image
+from svreg_core.tuning.objective import PairwiseDice, StepReporter, trial_function
+from svreg_core.tuning.pairs import LoadedPair
 from svreg_core.tuning.progress import TuneEvent, TuneProgress
 from svreg_core.tuning.study import (
     BASE_PRESET,
@@ -185,3 +188,32 @@ def test_journal_file_storage_resumes_and_shares_trials(tmp_path: Path) -> None:
         assert run_worker(resumed, trial_function(XSpace(), Training()), len(trials) + 2)[0] == "done"
     assert [t.state for t in resumed.get_trials()] == [TrialState.COMPLETE] * (len(trials) + 2)
     assert not list(tmp_path.glob("*.lock"))
+
+
+class _Warped:
+    """A registration result reduced to what :meth:`PairwiseDice.score` asks of it: the moving labels warped
+    onto the fixed grid (here given outright)."""
+
+    def __init__(self, labels: Image) -> None:
+        self.labels = labels
+
+    def warp_image(self, image: Image, labels: bool, label_mode: str) -> Image:
+        return self.labels
+
+
+def test_a_warp_that_erases_a_label_does_not_score_higher() -> None:
+    """Pairwise tuning's Dice scores the labels of both input maps: erasing a small structure scores it 0,
+    below a warp that keeps it, slightly shifted (the labels of the fixed and warped maps alone would drop it
+    and give the erasing warp the higher mean)."""
+    affine = np.eye(4)
+    fixed = np.zeros((12, 12, 12), np.int16)
+    fixed[1:9, 1:9, 1:9], fixed[10:12, 10:12, 10:12] = 1, 2
+    pair = LoadedPair("p", Image(fixed.astype(np.float32), affine), Image(fixed.astype(np.float32), affine),
+                      Image(fixed, affine), Image(fixed, affine))
+    shifted = np.zeros_like(fixed)
+    shifted[1:9, 1:9, 1:9], shifted[10:12, 10:12, 9:11] = 1, 2
+    erased = np.where(fixed == 2, 0, fixed)
+    objective = PairwiseDice([])
+    kept = objective.score(pair, _Warped(Image(shifted, affine)))
+    lost = objective.score(pair, _Warped(Image(erased, affine)))
+    assert kept == pytest.approx((1.0 + 0.5) / 2) and lost == pytest.approx((1.0 + 0.0) / 2)
