@@ -94,14 +94,9 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
     _check_coverage(points, labels.grid, "label map")
     coords = world_to_source_normalized(torch.as_tensor(points), labels.grid).float()[None]
     data = np.asarray(labels.data).astype(np.int32)
-    if interpolation == "linear":
-        out = sample_labels(torch.as_tensor(data), coords).to(torch.int32).numpy()
-    elif interpolation == "nearest":
-        nearest = grid_sample(torch.as_tensor(data, dtype=torch.float32)[None, None], coords, mode="nearest")
-        out = nearest[0, 0].round().numpy().astype(np.int32)
-    else:
+    if interpolation not in LABEL_INTERPOLATIONS:
         raise InputError(f"unknown label interpolation {interpolation!r}; use {' or '.join(LABEL_INTERPOLATIONS)}.")
-    return Image(out, grid.affine)
+    return Image(sample_labels(torch.as_tensor(data), coords, interpolation).to(torch.int32).numpy(), grid.affine)
 
 
 def apply_to_points(transform: Transform, points_ras: np.ndarray) -> np.ndarray:

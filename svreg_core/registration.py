@@ -273,10 +273,7 @@ class RegistrationResult:
             out = grid_sample(_tensor(image.data, device), coords)
             return Image(out[0, 0].cpu().numpy(), self.fixed.affine)
         data = torch.as_tensor(np.asarray(image.data).astype(np.int32)).to(device)
-        if label_mode == "nearest":
-            out = grid_sample(data.float()[None, None], coords, mode="nearest")
-            return Image(out[0, 0].round().cpu().numpy().astype(np.int32), self.fixed.affine)
-        return Image(sample_labels(data, coords).to(torch.int32).cpu().numpy(), self.fixed.affine)
+        return Image(sample_labels(data, coords, label_mode).to(torch.int32).cpu().numpy(), self.fixed.affine)
 
     @property
     def warped(self) -> Image:

@@ -159,29 +159,38 @@ LABEL_INTERPOLATIONS = ("linear", "nearest")
 _LABEL_SLAB = 1 << 18
 
 
-def sample_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """Label map ``(I, J, K)`` (integers) sampled at normalised ``coords`` ``(1, *S, 3)`` by trilinear voting.
+def sample_labels(labels: torch.Tensor, coords: torch.Tensor, mode: str = "linear") -> torch.Tensor:
+    """Label map ``(I, J, K)`` (integers) sampled at normalised ``coords`` ``(1, *S, 3)``.
 
-    Equal to interpolating every label's indicator trilinearly (zeros outside the grid) and taking the
-    argmax, background included, with ties going to the smaller label value; a point whose eight
-    neighbours all lie outside the grid gets 0. Only the eight neighbours of each point are visited,
-    so the cost does not grow with the number of labels, and only points whose neighbours disagree
-    are voted on: a point in a *uniform cell* (its eight neighbours inside the grid and of one label,
-    found once for the whole map by :func:`_uniform_cells`) takes that label from one lookup.
+    ``mode="linear"``, trilinear voting: equal to interpolating every label's indicator trilinearly (zeros
+    outside the grid) and taking the argmax, background included, with ties going to the smaller label value;
+    a point whose eight neighbours all lie outside the grid gets 0. Only the eight neighbours of each point are
+    visited, so the cost does not grow with the number of labels, and only points whose neighbours disagree
+    are voted on: a point in a *uniform cell* (its eight neighbours inside the grid and of one label, found
+    once for the whole map by :func:`_uniform_cells`) takes that label from one lookup.
+
+    ``mode="nearest"``: the label of the nearest voxel (halves rounded to even, as ``grid_sample``), 0 where
+    that voxel lies outside the grid. Labels are looked up, never interpolated as floats: identifiers above
+    2**24 (e.g. the Allen atlas') stay exact.
 
     Returns:
         ``(*S)`` int64 labels.
     """
+    if mode not in LABEL_INTERPOLATIONS:
+        raise ValueError(f"unknown label interpolation {mode!r}")
     sizes = labels.shape
     scale = torch.tensor([(n - 1) * 0.5 for n in sizes], dtype=torch.float64, device=coords.device)
     # gathered in their own integer type (int32 neighbours: half the memory of int64)
     flat_labels = labels.reshape(-1) if not labels.is_floating_point() else labels.reshape(-1).long()
-    uniform_cells = _uniform_cells(flat_labels.view(sizes)).reshape(-1)
+    uniform_cells = _uniform_cells(flat_labels.view(sizes)).reshape(-1) if mode == "linear" else None
     flat = coords.reshape(-1, 3)
     out = torch.zeros(flat.shape[0], dtype=torch.long, device=coords.device)
     for start in range(0, flat.shape[0], _LABEL_SLAB):
         # normalised (k, j, i) -> voxel (i, j, k), align_corners=True as in svreg_core.conventions
         voxel = (flat[start:start + _LABEL_SLAB].flip(-1).double() + 1.0) * scale
+        if uniform_cells is None:
+            out[start:start + _LABEL_SLAB] = _nearest(flat_labels, sizes, voxel)
+            continue
         base = voxel.floor()
         frac = voxel - base
         base = base.long()
@@ -209,6 +218,17 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         result[todo] = _vote(neighbours, weights).long()
         out[start:start + _LABEL_SLAB] = result
     return out.reshape(coords.shape[1:-1])
+
+
+def _nearest(flat_labels: torch.Tensor, sizes: torch.Size, voxel: torch.Tensor) -> torch.Tensor:
+    """The labels (int64) of the voxels nearest to the ``(P, 3)`` voxel coordinates; 0 outside the grid."""
+    index = torch.round(voxel).long()
+    inside = torch.ones_like(index[:, 0], dtype=torch.bool)
+    cell = torch.zeros_like(index[:, 0])
+    for axis, n in enumerate(sizes):
+        inside &= (index[:, axis] >= 0) & (index[:, axis] < n)
+        cell = cell * n + index[:, axis].clamp(0, n - 1)
+    return torch.where(inside, flat_labels[cell].long(), 0)
 
 
 def _uniform_cells(labels: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from svreg_core.image.sampling import grid_sample, sample_labels
+from svreg_core.image.sampling import sample_labels
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.metrics import dice, folding_percent, jacobian_determinant, scored_labels
 from svreg_core.training.step import TERMS, training_step
@@ -27,13 +27,10 @@ from svreg_core.transforms import displaced_coordinates
 def warp_labels(labels: torch.Tensor, displacement: torch.Tensor, mode: str = "linear") -> torch.Tensor:
     """Label map ``(I, J, K)`` sampled at ``x + u(x)``; ``u`` ``(1, 3, I, J, K)`` in voxels of the same grid.
 
-    ``mode="linear"``: one-hot trilinear + argmax (:func:`svreg_core.image.sampling.sample_labels`);
-    ``"nearest"``: nearest neighbour. Outside the grid the label is 0.
+    ``mode``: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``, as
+    :func:`svreg_core.image.sampling.sample_labels`. Outside the grid the label is 0.
     """
-    coords = displaced_coordinates(displacement)
-    if mode == "nearest":
-        return grid_sample(labels.to(displacement)[None, None], coords, mode="nearest")[0, 0].round().long()
-    return sample_labels(labels.to(displacement.device), coords)
+    return sample_labels(labels.to(displacement.device), displaced_coordinates(displacement), mode)
 
 
 @dataclass

@@ -215,6 +215,29 @@ def test_sample_labels_identity_keeps_the_map() -> None:
     assert torch.equal(sample_labels(labels, identity_grid(labels.shape, dtype=torch.float64)), labels)
 
 
+def test_sample_labels_nearest_hand_computed_and_exact_for_large_identifiers() -> None:
+    """Nearest: halves to even, 0 beyond half a voxel outside; identifiers above 2**24 (float32 cannot hold
+    them: 614454277 became 614454272 through a float grid_sample) come back exactly."""
+    big = [16_777_217, 614_454_277]
+    labels = torch.tensor(big).view(2, 1, 1)
+    i = torch.tensor([-0.6, -0.4, 0.3, 0.5, 0.7, 1.4, 1.6], dtype=torch.float64)
+    coords = torch.zeros(1, 7, 1, 1, 3, dtype=torch.float64)
+    coords[..., 2] = (i * 2.0 - 1.0).view(1, 7, 1, 1)
+    assert sample_labels(labels, coords, "nearest").flatten().tolist() == [0, big[0], big[0], big[0], big[1],
+                                                                            big[1], 0]
+
+
+def test_sample_labels_nearest_matches_grid_sample_on_small_labels() -> None:
+    gen = torch.Generator().manual_seed(5)
+    labels = torch.randint(0, 40, (9, 8, 7), generator=gen)
+    coords = torch.rand(1, 15, 16, 17, 3, generator=gen, dtype=torch.float64) * 2.6 - 1.3
+    reference = F.grid_sample(labels.double()[None, None], coords, mode="nearest", padding_mode="zeros",
+                              align_corners=ALIGN_CORNERS)[0, 0].long()
+    assert torch.equal(sample_labels(labels, coords, "nearest"), reference)
+    with pytest.raises(ValueError, match="unknown label interpolation"):
+        sample_labels(labels, coords, "cubic")
+
+
 def test_uniform_cells_hand_computed() -> None:
     """A cell is uniform when its eight voxels carry one label; cells reaching beyond the grid never are."""
     labels = torch.full((3, 2, 2), 4)
