@@ -11,6 +11,8 @@ voxel beyond its grid (within that half voxel the border vectors continue).
 """
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
@@ -102,7 +104,8 @@ class Transform:
 
         A field step ``y = x + u(x)`` is inverted per point by the fixed-point iteration
         ``x <- y - u(x)`` (converges where the mapping is smooth and does not fold); a point that has not
-        converged to :data:`INVERSE_TOLERANCE` of a voxel raises :class:`InputError`.
+        converged to :data:`INVERSE_TOLERANCE` of a voxel raises :class:`InputError`, unless it lies along the
+        field's edge (:class:`_InverseField`: it takes its best iterate, with a warning).
         """
         steps = tuple(np.linalg.inv(s) if isinstance(s, np.ndarray) else
                       s.field if isinstance(s, _InverseField) else _InverseField(s) for s in reversed(self.steps))
@@ -110,24 +113,59 @@ class Transform:
 
 
 class _InverseField:
-    """The inverse of a :class:`DisplacementField`, evaluated per point by fixed-point iteration."""
+    """The inverse of a :class:`DisplacementField`, evaluated per point by fixed-point iteration.
+
+    Within :meth:`edge_band` of the field's edge the mapping is discontinuous (the field drops to zero half a voxel
+    beyond its grid) and some points have no exact inverse: they take their best iterate (the identity where the
+    field never reaches them, as ITK's zero beyond the grid), counted in one warning. A point farther inside that
+    does not converge raises :class:`InputError` (the field folds there).
+    """
 
     def __init__(self, field: DisplacementField) -> None:
         self.field = field
 
+    @functools.cached_property
+    def edge_band(self) -> float:
+        """Width (mm) of the band along the field's edge where the inverse may not exist: the largest vector of
+        its outer layer of voxels (the jump at the edge) and one voxel."""
+        u = np.asarray(self.field.displacement)
+        layer = max(float(np.linalg.norm(face, axis=-1).max(initial=0.0))
+                    for axis in range(3) for face in (np.take(u, 0, axis), np.take(u, -1, axis)))
+        return layer + float(self.field.grid.spacing.max())
+
+    def _near_edge(self, points: np.ndarray) -> np.ndarray:
+        """Whether each RAS point ``(N, 3)`` lies within :attr:`edge_band` of the field's edge (or beyond it)."""
+        grid = self.field.grid
+        voxel = grid.to_voxel(points)
+        inside_mm = np.minimum(voxel + 0.5, np.asarray(grid.shape) - 0.5 - voxel) * grid.spacing
+        return inside_mm.min(axis=-1) < self.edge_band
+
     def __call__(self, points: np.ndarray) -> np.ndarray:
         y = np.asarray(points, dtype=np.float64)
-        x = y.copy()
+        flat = y.reshape(-1, 3)
+        x = flat.copy()
+        best, best_residual = x.copy(), np.full(len(flat), np.inf)
         tolerance = INVERSE_TOLERANCE * float(self.field.grid.spacing.min())
-        residual = float("inf")
         for _ in range(INVERSE_ITERATIONS):
-            moved = self.field(x)
-            residual = float(np.abs(moved - y).max(initial=0.0))
-            if residual <= tolerance:
-                return x
-            x = x - (moved - y)
-        raise InputError(f"the displacement field could not be inverted numerically (residual {residual:.3g} mm "
-                         f"after {INVERSE_ITERATIONS} iterations; it may fold); use an inverse displacement file.")
+            error = self.field(x) - flat
+            residual = np.abs(error).max(axis=-1, initial=0.0)
+            better = residual < best_residual
+            best[better], best_residual[better] = x[better], residual[better]
+            if not (best_residual > tolerance).any():
+                break
+            x = x - error
+        failed = best_residual > tolerance
+        if failed.any():
+            edge = self._near_edge(flat[failed]) | self._near_edge(best[failed])
+            if not edge.all():
+                worst = float(best_residual[failed][~edge].max())
+                raise InputError(f"the displacement field could not be inverted numerically (residual {worst:.3g} "
+                                 f"mm after {INVERSE_ITERATIONS} iterations; it may fold); use an inverse "
+                                 "displacement file.")
+            warnings.warn(f"{int(failed.sum())} of {len(flat)} points near the edge of the displacement field have no "
+                          f"exact inverse there (up to {float(best_residual.max()):.3g} mm off); they take the "
+                          "closest point found.", stacklevel=2)
+        return best.reshape(y.shape)
 
 
 def read_displacement(path: str | Path) -> DisplacementField:
