@@ -34,13 +34,6 @@ if TYPE_CHECKING:
 INVERSE_ITERATIONS = 50
 INVERSE_TOLERANCE = 0.01
 
-#: ITK's names of the linear transforms it writes (all read through their point mapping).
-_LINEAR_ITK = ("AffineTransform", "Euler3DTransform", "Similarity3DTransform", "VersorRigid3DTransform",
-               "VersorTransform", "ScaleTransform", "ScaleVersor3DTransform", "ScaleSkewVersor3DTransform",
-               "TranslationTransform", "MatrixOffsetTransformBase", "ComposeScaleSkewVersor3DTransform",
-               "IdentityTransform")
-
-
 @dataclass(frozen=True, eq=False)
 class DisplacementField:
     """``x -> x + u(x)`` with ``u`` ``(I, J, K, 3)`` RAS mm on ``grid`` (trilinear; zero beyond it, as in ITK)."""
@@ -221,24 +214,27 @@ def read_itk_transform(path: str | Path) -> Transform:
         itk = sitk.ReadTransform(str(path))
     except RuntimeError:
         raise InputError(f"cannot read {path} as an ITK transform file.") from None
-    parts = [itk]
-    if itk.GetName() == "CompositeTransform":
-        composite = sitk.CompositeTransform(itk)
-        parts = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
-    steps: list[Step] = []
-    grid = None
-    for part in reversed(parts):
-        name = part.GetName()
-        if name == "DisplacementFieldTransform":
-            field = _field_from_sitk(sitk.DisplacementFieldTransform(part).GetDisplacementField())
-            grid = grid or field.grid
-            steps.append(field)
-        elif name in _LINEAR_ITK:
-            steps.append(_linear_from_sitk(part))
-        else:
-            raise InputError(f"{path.name} holds an ITK {name}; svreg applies linear transforms and displacement "
-                             "fields only.")
+    steps = _steps_from_sitk(itk, path.name)
+    grid = next((s.grid for s in steps if isinstance(s, DisplacementField)), None)
     return Transform(tuple(steps), grid=grid)
+
+
+def _steps_from_sitk(transform: sitk.Transform, name: str) -> list[Step]:
+    """The steps of a SimpleITK transform in the order they act: a linear one (whatever its class, e.g. ANTs'
+    ``MatrixOffsetTransformBase``, which SimpleITK returns inside a composite) as one matrix, a displacement field
+    as a field, a composite's components last-added first."""
+    import SimpleITK as sitk
+
+    if transform.IsLinear():
+        return [_linear_from_sitk(transform)]
+    kind = transform.GetName()
+    if kind == "DisplacementFieldTransform":
+        return [_field_from_sitk(sitk.DisplacementFieldTransform(transform).GetDisplacementField())]
+    if kind == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        parts = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
+        return [step for part in reversed(parts) for step in _steps_from_sitk(part, name)]
+    raise InputError(f"{name} holds an ITK {kind}; svreg applies linear transforms and displacement fields only.")
 
 
 def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:

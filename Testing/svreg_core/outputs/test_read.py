@@ -215,6 +215,27 @@ def test_linear_transform_file_is_one_matrix_mapping_like_simpleitk(tmp_path: Pa
     np.testing.assert_array_equal(matrix[3], [0, 0, 0, 1])
 
 
+@pytest.mark.parametrize("kind, parameters", [
+    ("MatrixOffsetTransformBase_double_3_3", "1.05 0.02 0 -0.03 0.97 0.01 0 0.04 1.1 -7 2.5 3"),  # ANTs' affine .mat
+    ("QuaternionRigidTransform_double_3_3", "0.1 -0.2 0.3 0.9273618495495703 4 1 -2"),  # unit quaternion, shift
+])
+def test_linear_itk_transforms_of_any_class_are_read(tmp_path: Path, kind: str, parameters: str) -> None:
+    """ANTs' and nitransforms' affine files name ``MatrixOffsetTransformBase``, which SimpleITK returns nested in a
+    composite, and ``QuaternionRigidTransform``: read through their point mapping like any linear transform, for
+    ``svreg apply`` and ``--initial-transform``, mapping points as SimpleITK does."""
+    path = tmp_path / "t.txt"
+    path.write_text(f"#Insight Transform File V1.0\n#Transform 0\nTransform: {kind}\nParameters: {parameters}\n"
+                    "FixedParameters: 10 -5 20\n")
+    itk = sitk.ReadTransform(str(path))
+    points_ras = np.random.default_rng(1).uniform(-80, 80, (20, 3))
+    flip = np.array([-1.0, -1.0, 1.0])
+    expected = np.array([itk.TransformPoint(tuple(p * flip)) for p in points_ras]) * flip
+    assert np.abs(expected - points_ras).max() > 1.0
+    np.testing.assert_allclose(load_transform(path).transform_points(points_ras), expected, atol=1e-9)
+    matrix = read_linear_transform(path)
+    np.testing.assert_allclose(points_ras @ matrix[:3, :3].T + matrix[:3, 3], expected, atol=1e-9)
+
+
 def test_linear_transform_errors(tmp_path: Path) -> None:
     sitk.WriteTransform(_sitk_field((0.5, -1.0, 2.0)), str(tmp_path / "field.h5"))
     with pytest.raises(InputError, match="field.h5 holds a displacement field; an initial transform must be linear"):
