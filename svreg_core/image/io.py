@@ -260,12 +260,14 @@ def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None 
         if path.name.lower().endswith(ITK_SUFFIXES):
             write_itk_image(data, image.affine, target, _gzip_level(gzip_level))
         else:
-            save_nifti(_nifti(data, image.affine), target, gzip_level=gzip_level)
+            save_nifti(nifti_image(data, image.affine), target, gzip_level=gzip_level)
     return path
 
 
-def _nifti(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """``data`` with its voxel-to-RAS ``affine`` as sform and, when it can hold it, qform (code 1), in mm."""
+def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """``data`` (its first three axes the voxels) with its voxel-to-RAS ``affine`` as sform and, when it can hold
+    it, qform (code 1), in mm: the one way svreg makes a NIfTI, so no file has a qform that disagrees with its
+    sform (a sheared affine is written as the sform only, which ITK and Slicer then read too)."""
     nii = nib.Nifti1Image(data, affine)
     nii.set_sform(affine, code=1)
     nii.set_qform(affine, code=1)

@@ -25,6 +25,7 @@ import numpy as np
 
 from svreg_core.conventions import itk_geometry_from_ras_affine, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.image.grid import Grid
+from svreg_core.image.io import nifti_image
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
@@ -35,14 +36,12 @@ FIELD_CHUNK_ELEMENTS = 2**18
 
 
 def displacement_nifti(displacement_ras: np.ndarray, grid: Grid) -> nib.Nifti1Image:
-    """5-D ITK-convention NIfTI of a RAS mm displacement ``(I, J, K, 3)`` on ``grid``."""
+    """5-D ITK-convention NIfTI of a RAS mm displacement ``(I, J, K, 3)`` on ``grid`` (sform and qform as
+    :func:`~svreg_core.image.io.nifti_image` sets them)."""
     lps = np.array(displacement_ras, dtype=np.float32)  # one field-sized copy, flipped to LPS in place
     ras_to_lps_vectors(lps, out=lps)
-    nii = nib.Nifti1Image(lps[:, :, :, None, :], grid.affine)
-    nii.set_sform(grid.affine, code=1)
-    nii.set_qform(grid.affine, code=1)
+    nii = nifti_image(lps[:, :, :, None, :], grid.affine)
     nii.header.set_intent(NIFTI_INTENT_VECTOR)
-    nii.header.set_xyzt_units("mm")
     return nii
 
 

@@ -74,6 +74,26 @@ def test_simpleitk_reads_displacement_as_our_mapping(synthetic_result, geo, tmp_
     np.testing.assert_allclose(got, geo.lps(p + interp), atol=1e-3)
 
 
+def test_displacement_on_a_sheared_grid_has_no_disagreeing_qform(geo, tmp_path: Path) -> None:
+    """A sheared grid (which a qform cannot hold) is written with the sform only, as ``save_image`` writes images:
+    a qform without the shear would be what SimpleITK reads (the first voxel several mm off, without a word)."""
+    from svreg_core.image import Grid
+
+    sheared = geo.make_affine(np.array([[2.0, 0.5, 0.0], [0.0, 2.0, 0.3], [0.0, 0.0, 2.5]]), [-20.0, 10.0, 5.0])
+    grid = Grid((20, 22, 18), sheared)
+    path = tmp_path / "displacement.nii.gz"
+    nib.save(displacement_nifti(np.zeros((*grid.shape, 3), np.float32), grid), str(path))
+    nii = nib.load(str(path))
+    assert int(nii.header["sform_code"]) == 1 and int(nii.header["qform_code"]) == 0
+    np.testing.assert_allclose(nii.affine, sheared, atol=1e-5)
+    try:  # ITK 5.4 refuses a sheared sform ("only supports orthonormal direction cosines") rather than misplace it
+        origin = np.array(sitk.ReadImage(str(path)).GetOrigin())
+    except RuntimeError as exc:
+        assert "orthonormal" in str(exc)
+    else:
+        np.testing.assert_allclose(geo.lps(origin), sheared[:3, 3], atol=1e-3)  # the sform's first voxel
+
+
 def test_transform_h5_composite_applies_field_then_affine(synthetic_result, geo, tmp_path: Path) -> None:
     r = synthetic_result
     path = write_transform(tmp_path / "transform.h5", r.affine, r.deformable_displacement, r.fixed.grid)
