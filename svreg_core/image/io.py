@@ -61,7 +61,8 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     NRRD / MetaImage (:data:`ITK_SUFFIXES`, read with SimpleITK), a folder holding one DICOM series, or a
     DICOM file standing for its series (:func:`~svreg_core.image.itk_io.read_dicom_series`).
 
-    The affine maps voxels to RAS mm: nibabel's best affine (sform, else qform), or the ITK file's LPS geometry
+    The affine maps voxels to RAS mm: nibabel's best affine (sform, else qform; a NIfTI's metres or microns
+    converted with a warning, :func:`affine_in_mm`), or the ITK file's LPS geometry
     converted (:func:`~svreg_core.conventions.ras_affine_from_itk`; the array keeps the file's voxel order).
     Raises :class:`InputError` for a missing, unreadable or unusable file (not 3-D, several values per voxel,
     …), for a NIfTI whose sform and qform are both set but disagree (see :func:`check_orientation`, which
@@ -88,6 +89,8 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         except Exception as exc:  # nibabel raises many types for corrupt files
             reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
             raise InputError(f"{what}: cannot read {path} as an image ({reason}).") from None
+    if img is not None:
+        affine = affine_in_mm(img, f"{name} ({path.name})" if name else path.name)
     if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
                                              or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
         raise InputError(f"{what} has voxel type {data.dtype}; a scalar real-valued image is needed "
@@ -100,6 +103,24 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     if img is not None:
         check_orientation(img, f"{name} ({path.name})" if name else path.name)
     return image
+
+
+#: Millimetres per NIfTI spatial unit (``xyzt_units``); 'unknown' is taken as mm, as ITK and Slicer do.
+NIFTI_UNIT_MM = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
+
+
+def affine_in_mm(img: SpatialImage, what: str) -> np.ndarray:
+    """The voxel-to-RAS affine of ``img`` in millimetres: a NIfTI header's spatial unit (metres, microns) converted,
+    as ITK and Slicer do, with a one-line ``UserWarning`` naming the conversion; other images' affine as it is."""
+    affine = np.asarray(img.affine, dtype=np.float64)
+    units = getattr(img.header, "get_xyzt_units", None)
+    unit = units()[0] if units is not None else "mm"
+    factor = NIFTI_UNIT_MM.get(unit, 1.0)
+    if factor == 1.0:
+        return affine
+    warnings.warn(f"{what} gives its voxel sizes and position in {unit}s (NIfTI xyzt_units); svreg converts them to "
+                  f"mm (x {factor:g}), as ITK and Slicer do, and writes its outputs in mm.", stacklevel=3)
+    return np.diag([factor, factor, factor, 1.0]) @ affine
 
 
 def field_of_view_distance(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:

@@ -434,3 +434,44 @@ def test_gzip_level_changes_only_the_compression(geo, tmp_path: Path, level: int
     assert again.read_bytes() == path.read_bytes()
     with pytest.raises(ValueError):
         save_image(Image(data, aff), tmp_path / "bad.nii.gz", gzip_level=10)
+
+
+@pytest.mark.parametrize("unit, linear, factor", [
+    ("micron", np.diag([500.0, 400.0, 300.0]), 0.001),   # a microscopy volume: 0.5 x 0.4 x 0.3 mm voxels
+    ("meter", np.diag([0.002, 0.003, 0.004]), 1000.0),   # 2 x 3 x 4 mm voxels given in metres
+])
+def test_nifti_spatial_units_are_converted_to_mm_as_simpleitk_reads_them(geo, tmp_path: Path, unit: str,
+                                                                         linear: np.ndarray, factor: float) -> None:
+    """A NIfTI in microns or metres (xyzt_units) is placed in mm as SimpleITK (hence Slicer) places it, with one
+    warning line naming the conversion; written back, it keeps its physical size (in mm)."""
+    import SimpleITK as sitk
+
+    affine = geo.make_affine(geo.rotation([0.3, 1.0, 0.2], 15.0) @ linear, 20.0 / factor * np.array([1.0, -2.0, 3.0]))
+    nii = nib.Nifti1Image(_ramp((6, 7, 8)), affine)
+    nii.set_sform(affine, code=1)
+    nii.set_qform(affine, code=1)
+    nii.header.set_xyzt_units(unit)
+    path = tmp_path / f"{unit}.nii.gz"
+    nib.save(nii, str(path))
+    with pytest.warns(UserWarning) as caught:
+        image = load_image(path, name="fixed image")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith(f"fixed image ({unit}.nii.gz) gives its voxel sizes and position in {unit}s")
+    assert f"(x {factor:g})" in message and "\n" not in message
+    theirs = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(image.affine, _sitk_ras_affine(theirs), atol=1e-4)
+    save_image(image, tmp_path / "out.nii.gz")
+    written = nib.load(str(tmp_path / "out.nii.gz"))
+    assert written.header.get_xyzt_units()[0] == "mm"
+    np.testing.assert_allclose(sitk.ReadImage(str(tmp_path / "out.nii.gz")).GetSpacing(), theirs.GetSpacing(),
+                               rtol=1e-5)
+
+
+def _sitk_ras_affine(img) -> np.ndarray:
+    """The voxel-to-RAS affine of a SimpleITK image, converted from its LPS geometry by hand."""
+    linear = np.asarray(img.GetDirection()).reshape(3, 3) * np.asarray(img.GetSpacing())
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ linear
+    affine[:3, 3] = np.asarray(img.GetOrigin()) * [-1.0, -1.0, 1.0]
+    return affine
