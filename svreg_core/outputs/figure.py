@@ -38,6 +38,13 @@ def _slices(volume: np.ndarray, centre: tuple[int, ...]) -> list[np.ndarray]:
     return [volume[:, :, k].T, volume[:, j, :].T, volume[i, :, :].T]
 
 
+def slice_aspects(image: Image) -> tuple[float, float, float]:
+    """``imshow`` aspects of :func:`_slices`' axial, coronal and sagittal slices of ``image``: the mm per voxel of
+    the axis shown upwards over that of the axis shown across, so anisotropic voxels keep their shape."""
+    s = np.linalg.norm(ras_array_affine(image)[:3, :3], axis=0)
+    return float(s[1] / s[0]), float(s[2] / s[0]), float(s[2] / s[1])
+
+
 def lambda_range(weight: np.ndarray) -> tuple[float, float]:
     """The colour range of the λ panel: λ's minimum and maximum (widened to 1e-3 when λ is constant)."""
     low, high = float(np.min(weight)), float(np.max(weight))
@@ -131,6 +138,7 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     # an explicit Agg figure: no pyplot, so importing or calling this never touches matplotlib's global backend;
     # a fixed grid (fractions of the figure) with a strip for the colour bars below it, not a layout engine
     # (constrained layout took a third of the figure's time)
+    aspects = slice_aspects(fixed)
     fig = Figure(figsize=(2.5 * len(columns), 8.4))
     FigureCanvasAgg(fig)
     axes = fig.subplots(3, len(columns), gridspec_kw=dict(left=0.03, right=0.995, top=0.92, bottom=0.14,
@@ -139,7 +147,7 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
         for r, sl in enumerate(views):
             ax = axes[r, c]
             ax.set_facecolor("white")
-            im = ax.imshow(sl, origin="lower", interpolation="nearest", **style)
+            im = ax.imshow(sl, origin="lower", interpolation="nearest", aspect=aspects[r], **style)
             ax.set_xticks([])
             ax.set_yticks([])
             left, right, bottom, top = _VIEWS[r][2]

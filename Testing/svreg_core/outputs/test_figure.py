@@ -66,3 +66,29 @@ def test_figure_with_dice(tmp_path: Path) -> None:
     path = write_report_figure(tmp_path / "r.png", fixed=img, moving_before=img, warped=img, weight=lam,
                                jacobian=jac, title="t", dice=(0.61, 0.83))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_anisotropic_ball_is_drawn_round(tmp_path: Path, monkeypatch) -> None:
+    """A ball on 1 x 1.5 x 3 mm voxels (an oblique-free, thick-slice scan): in every view its drawn width and height
+    (pixels of the slice times the panel's screen units per pixel, after matplotlib applied the aspect) agree."""
+    from matplotlib.figure import Figure
+
+    spacing = np.array([1.0, 1.5, 3.0])
+    shape = (48, 32, 16)
+    ijk = np.indices(shape).transpose(1, 2, 3, 0)
+    mm = (ijk - (np.asarray(shape) - 1) / 2.0) * spacing
+    data = (np.linalg.norm(mm, axis=-1) < 18.0).astype(np.float32)
+    img = Image(data, np.diag([*spacing, 1.0]))
+    ones = Image(np.ones(shape, np.float32), img.affine)
+    drawn: list[Figure] = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (drawn.append(self), savefig(self, *a, **k))[1])
+    write_report_figure(tmp_path / "r.png", fixed=img, moving_before=img, warped=img, weight=ones, jacobian=ones)
+    axes = drawn[0].axes
+    for row in range(3):
+        ax = axes[row * 7]  # the fixed column
+        ball = np.argwhere(np.asarray(ax.images[0].get_array()) > 0.5)
+        rows, cols = ball.max(0) - ball.min(0) + 1  # voxels up, voxels across
+        origin, right, up = ax.transData.transform([[0, 0], [1, 0], [0, 1]])
+        width, height = cols * (right - origin)[0], rows * (up - origin)[1]
+        assert abs(width / height - 1.0) < 0.12, (row, width, height)
