@@ -803,12 +803,7 @@ def run_apply(args: argparse.Namespace) -> int:
     from svreg_core.outputs.writer import check_output_file
 
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise InputError(f"output file {out} already exists; use --overwrite to replace it.")
-    if out.exists() and out.resolve() == Path(args.input).resolve():
-        raise InputError("the output file is the input file; name another output.")
-    if out.is_dir():
-        raise InputError(f"output {out} is a folder; name a file.")
+    _check_apply_output(out, args)
     check_output_file(out)
     points = is_points_file(args.input)
     if points != is_points_file(out):
@@ -843,6 +838,26 @@ def run_apply(args: argparse.Namespace) -> int:
         save_image(apply_to_image(transform, image, reference=reference, interpolation=mode), out)
     print(f"Wrote {out}")
     return 0
+
+
+def _check_apply_output(out: Path, args: argparse.Namespace) -> None:
+    """Refuse an ``svreg apply`` output that exists (without ``--overwrite``), is a folder, or would replace one of
+    the command's own files, even with ``--overwrite``: the input, the transform (a file, or any file in a
+    transform folder) or the reference image."""
+    if out.exists() and not args.overwrite:
+        raise InputError(f"output file {out} already exists; use --overwrite to replace it.")
+    if out.is_dir():
+        raise InputError(f"output {out} is a folder; name a file.")
+    target = out.resolve()
+    transform = Path(args.transform).resolve()
+    own = [("the input file", Path(args.input).resolve()), ("the transform file", transform)]
+    if args.reference:
+        own.append(("the reference image", Path(args.reference).resolve()))
+    what = next((name for name, path in own if target == path), None)
+    if what is None and transform.is_dir() and target.is_relative_to(transform):
+        what = f"inside the transform folder {args.transform}"
+    if what is not None:
+        raise InputError(f"the output file {out} is {what}; name another output.")
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -301,3 +301,25 @@ def test_cli_apply(case, geo, tmp_path: Path, capsys) -> None:
                  str(tmp_path / "q.csv")]) == 0
     np.testing.assert_allclose(np.loadtxt(tmp_path / "q.csv", delimiter=",", skiprows=1),
                                _sitk_points(geo, case, np.array([[1.0, 2.0, 3.0]]))[0], atol=2e-3)
+
+
+def test_apply_never_writes_over_its_own_files(case, tmp_path: Path, capsys) -> None:
+    """Even with --overwrite, an output naming the transform file, a file inside the transform folder or the
+    reference image is refused in one line, and the file is left as it was."""
+    (tmp_path / "p.csv").write_text("x,y,z\n1,2,3\n")
+    reference = tmp_path / "ref.nii.gz"
+    reference.write_bytes((case.tmp / "moving.nii.gz").read_bytes())
+    for transform, output, extra, what in (
+            (case.folder / "transform.h5", case.folder / "transform.h5", [], "is the transform file"),
+            (case.folder, case.folder / "displacement.nii.gz", [], "is inside the transform folder"),
+            (case.folder, case.folder / "inverse_displacement.nii.gz", [], "is inside the transform folder"),
+            (case.folder, reference, ["--reference", str(reference)], "is the reference image")):
+        before = output.read_bytes()
+        source = case.tmp / "moving.nii.gz"
+        rc = main(["apply", str(transform), str(source), "-o", str(output), "--overwrite", *extra])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith(f"svreg: error: the output file {output} {what}") and "\n" not in err
+        assert output.read_bytes() == before
+    rc = main(["apply", str(case.folder), str(tmp_path / "p.csv"), "-o", str(case.folder / "q.csv")])
+    assert rc == 2 and "inside the transform folder" in capsys.readouterr().err
+    assert not (case.folder / "q.csv").exists()
