@@ -323,3 +323,19 @@ def test_apply_never_writes_over_its_own_files(case, tmp_path: Path, capsys) -> 
     rc = main(["apply", str(case.folder), str(tmp_path / "p.csv"), "-o", str(case.folder / "q.csv")])
     assert rc == 2 and "inside the transform folder" in capsys.readouterr().err
     assert not (case.folder / "q.csv").exists()
+
+
+@pytest.mark.parametrize("source, output", [("p.fcsv", "cross.csv"), ("p.csv", "cross.mrk.json"),
+                                             ("p.mrk.json", "cross.fcsv")])
+def test_points_are_written_in_their_own_format_only(case, tmp_path: Path, capsys, source: str,
+                                                     output: str) -> None:
+    """A .fcsv's lines (LPS) written into a .csv (read as RAS) would be wrong points in a file of another format:
+    refused in one line naming the ending to use."""
+    (tmp_path / "p.csv").write_text("x,y,z\n1,2,3\n")
+    (tmp_path / "p.fcsv").write_text("# CoordinateSystem = LPS\np0,1,2,3\n")
+    (tmp_path / "p.mrk.json").write_text(json.dumps({"markups": [{"controlPoints": [{"position": [1, 2, 3]}]}]}))
+    rc = main(["apply", str(case.folder), str(tmp_path / source), "-o", str(tmp_path / output)])
+    err = capsys.readouterr().err.strip()
+    suffix = "." + source.split(".", 1)[1]
+    assert rc == 2 and "\n" not in err and f"name an output ending in {suffix} (the same format" in err
+    assert not (tmp_path / output).exists()
