@@ -817,9 +817,11 @@ def run_apply(args: argparse.Namespace) -> int:
         if taken and not args.overwrite:
             raise InputError(f"{taken[0]} already exists, and writing {out.name} would replace it (its data file); "
                              "use --overwrite to replace it.")
-    if is_output_folder(args.transform) and not _kept_transform(args.transform):
+    kept_inverse = args.inverse and (Path(args.transform) / "inverse_displacement.nii.gz").is_file()
+    if is_output_folder(args.transform) and not _kept_transform(args.transform) and not kept_inverse:
         raise InputError(f"{args.transform} kept no transform (its run's --outputs left out displacement and "
-                         "transform); register again with them to apply the result.")
+                         f"transform{', and inverse for --inverse' if args.inverse else ''}); register again with "
+                         "them to apply the result.")
     transform = load_transform(args.transform, inverse=args.inverse)
     if points:
         count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)

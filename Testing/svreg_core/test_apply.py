@@ -339,3 +339,29 @@ def test_points_are_written_in_their_own_format_only(case, tmp_path: Path, capsy
     suffix = "." + source.split(".", 1)[1]
     assert rc == 2 and "\n" not in err and f"name an output ending in {suffix} (the same format" in err
     assert not (tmp_path / output).exists()
+
+
+def test_a_folder_with_only_the_inverse_applies_it(case, geo, tmp_path: Path, capsys) -> None:
+    """``svreg register --outputs inverse`` keeps only inverse_displacement.nii.gz: --inverse applies it (as
+    SimpleITK does with the file); the forward direction is refused in one line."""
+    from svreg_core.outputs.writer import MARKER_FILE
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / MARKER_FILE).write_text("")
+    (folder / "report.json").write_text("{}")
+    (folder / "inverse_displacement.nii.gz").write_bytes((case.folder / "inverse_displacement.nii.gz").read_bytes())
+    fixed_image = Image(_image(case.fixed_grid.world_points()), case.fixed_grid.affine)
+    geo.save_nifti(fixed_image.data, fixed_image.affine, tmp_path / "fixed.nii.gz")
+    assert main(["apply", str(folder), str(tmp_path / "fixed.nii.gz"), "-o", str(tmp_path / "w.nii.gz"),
+                 "--inverse"]) == 0
+    ours = load_image(tmp_path / "w.nii.gz")
+    assert ours.grid.same_as(case.moving_grid)
+    theirs = _sitk_resample(geo, fixed_image, case.moving_grid,
+                            _sitk_field(case.folder / "inverse_displacement.nii.gz"), sitk.sitkLinear)
+    inside = _interior(geo, load_transform(folder, inverse=True), fixed_image, case.moving_grid, margin=0.01)
+    assert inside.sum() > 1000
+    np.testing.assert_allclose(ours.data[inside], theirs[inside], atol=1e-4)
+    capsys.readouterr()
+    assert main(["apply", str(folder), str(tmp_path / "fixed.nii.gz"), "-o", str(tmp_path / "f.nii.gz")]) == 2
+    assert "kept no transform" in capsys.readouterr().err

@@ -242,8 +242,8 @@ def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:
 
     Args:
         path: an output folder of ``svreg register`` (its ``displacement.nii.gz``, else ``transform.h5``;
-            with ``inverse`` its ``inverse_displacement.nii.gz``), a ``.h5``/``.tfm``/``.txt`` ITK
-            transform, or a ``.nii``/``.nii.gz`` displacement in the ITK/ANTs layout.
+            with ``inverse`` its ``inverse_displacement.nii.gz``, which may be its only one), a
+            ``.h5``/``.tfm``/``.txt`` ITK transform, or a ``.nii``/``.nii.gz`` displacement in the ITK/ANTs layout.
         inverse: return the inverse mapping (moving-world points to fixed-world points; warping a
             fixed-space image onto the moving grid). Without the folder's inverse file it is computed
             numerically (:meth:`Transform.inverse`).
@@ -254,11 +254,15 @@ def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:
     path = Path(path)
     if path.is_dir():
         forward = next((path / n for n in ("displacement.nii.gz", "transform.h5") if (path / n).is_file()), None)
+        inverse_file = path / "inverse_displacement.nii.gz"
+        if forward is None and inverse and inverse_file.is_file():  # kept by svreg register --outputs inverse
+            back = read_displacement(inverse_file)
+            return Transform((back,), grid=back.grid)
         if forward is None:
-            raise InputError(f"{path} holds neither displacement.nii.gz nor transform.h5; name an svreg output "
+            raise InputError(f"{path} holds neither displacement.nii.gz nor transform.h5"
+                             f"{' (nor inverse_displacement.nii.gz)' if inverse else ''}; name an svreg output "
                              "folder or a transform file.")
         tx = _read_file(forward)
-        inverse_file = path / "inverse_displacement.nii.gz"
         if not inverse_file.is_file():
             return tx.inverse() if inverse else tx
         back = read_displacement(inverse_file)
