@@ -797,7 +797,7 @@ def run_apply(args: argparse.Namespace) -> int:
     import numpy as np
 
     from svreg_core.image import load_image, save_image
-    from svreg_core.image.io import check_writable_name
+    from svreg_core.image.io import check_writable_name, load_grid
     from svreg_core.image.itk_io import data_files
     from svreg_core.outputs.read import load_transform
     from svreg_core.outputs.writer import check_output_file
@@ -827,7 +827,7 @@ def run_apply(args: argparse.Namespace) -> int:
         count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)
         print(f"Mapped {count} points: {out}")
         return 0
-    reference = load_image(args.reference, name="reference image").grid if args.reference else None
+    reference = load_grid(args.reference, name="reference image") if args.reference else None
     if args.labels:
         labels = load_image(args.input, labels=True, name="label map")
         mode = args.interpolation or "linear"

@@ -365,3 +365,20 @@ def test_a_folder_with_only_the_inverse_applies_it(case, geo, tmp_path: Path, ca
     capsys.readouterr()
     assert main(["apply", str(folder), str(tmp_path / "fixed.nii.gz"), "-o", str(tmp_path / "f.nii.gz")]) == 2
     assert "kept no transform" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("values", ["zeros", "nan"])
+def test_reference_is_only_a_grid(case, geo, tmp_path: Path, values: str) -> None:
+    """--reference gives the output grid only: an all-zero image or one with NaN voxels is as good a grid (its
+    geometry is checked, not its voxels)."""
+    data = np.zeros(case.moving_grid.shape, np.float32)
+    if values == "nan":
+        data[0, 0, 0] = np.nan
+    geo.save_nifti(data, case.moving_grid.affine, tmp_path / "ref.nii.gz")
+    out = tmp_path / "l.nii.gz"
+    assert main(["apply", str(case.folder), str(case.tmp / "labels.nii.gz"), "-o", str(out), "--labels",
+                 "--reference", str(tmp_path / "ref.nii.gz"), "--inverse"]) == 0
+    assert load_image(out, labels=True).grid.same_as(case.moving_grid)
+    geo.save_nifti(np.zeros((4, 5, 6, 2), np.float32), case.moving_grid.affine, tmp_path / "ref4d.nii.gz")
+    assert main(["apply", str(case.folder), str(case.tmp / "labels.nii.gz"), "-o", str(tmp_path / "m.nii.gz"),
+                 "--labels", "--reference", str(tmp_path / "ref4d.nii.gz"), "--inverse"]) == 2  # geometry checked

@@ -8,6 +8,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -16,6 +17,7 @@ from nibabel.spatialimages import SpatialImage
 
 from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, OutputError
+from svreg_core.image.grid import Grid
 from svreg_core.image.image import Image, validate_image
 from svreg_core.image.itk_io import (
     ITK_SUFFIXES,
@@ -72,37 +74,57 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     """
     path = Path(path)
     what = name or path.name
-    if not path.is_file() and not path.is_dir():
-        raise InputError(f"{what}: file not found: {path}")
-    img: SpatialImage | None = None
-    if is_dicom_input(path):
-        data, affine = read_dicom_series(path, what)
-    elif path.name.lower().endswith(ITK_SUFFIXES):
-        data, affine = read_itk_image(path, what)
-    else:
-        try:
-            loaded = nib.load(str(path))
-            if not isinstance(loaded, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
-                raise TypeError(f"{type(loaded).__name__} is not a volume")
-            img = loaded
-            data, affine = np.asanyarray(img.dataobj), img.affine
-        except Exception as exc:  # nibabel raises many types for corrupt files
-            reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
-            raise InputError(f"{what}: cannot read {path} as an image ({reason}).") from None
-    if img is not None:
-        affine = affine_in_mm(img, f"{name} ({path.name})" if name else path.name)
+    label = f"{name} ({path.name})" if name else path.name
+    data, affine, img = _read(path, what, label)
     if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
                                              or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
         raise InputError(f"{what} has voxel type {data.dtype}; a scalar real-valued image is needed "
                          "(not RGB or complex).")
     if labels:
-        data = label_values(data, f"{name} ({path.name})" if name else path.name)
+        data = label_values(data, label)
     else:
         data = data.astype(np.float32)
     image = validate_image(Image(data, affine), what, labels=labels)
     if img is not None:
-        check_orientation(img, f"{name} ({path.name})" if name else path.name)
+        check_orientation(img, label)
     return image
+
+
+def load_grid(path: str | Path, *, name: str | None = None) -> Grid:
+    """The voxel grid of an image file (the formats of :func:`load_image`), with :func:`load_image`'s checks of the
+    file and its geometry (readable, 3-D, a usable affine in mm, sform and qform agreeing) but none of its voxel
+    values: a grid to resample onto (``svreg apply --reference``) may be all zero or hold NaN. A NIfTI's voxels are
+    not read."""
+    path = Path(path)
+    what = name or path.name
+    label = f"{name} ({path.name})" if name else path.name
+    data, affine, img = _read(path, what, label, lazy=True)
+    placeholder = np.broadcast_to(np.int8(1), data.shape)  # passes the value checks: only the geometry's are made
+    grid = validate_image(Image(placeholder, affine), what, labels=True).grid
+    if img is not None:
+        check_orientation(img, label)
+    return grid
+
+
+def _read(path: Path, what: str, label: str, *, lazy: bool = False) -> tuple[Any, np.ndarray, SpatialImage | None]:
+    """The voxel array, the voxel-to-RAS mm affine and (for a nibabel file, else ``None``) the nibabel image of the
+    image file ``path``; with ``lazy`` a nibabel file's array is its proxy (shape and type; the voxels unread).
+    :class:`InputError` (naming ``what``) for a missing or unreadable file; ``label`` names it in warnings."""
+    if not path.is_file() and not path.is_dir():
+        raise InputError(f"{what}: file not found: {path}")
+    if is_dicom_input(path):
+        return (*read_dicom_series(path, what), None)
+    if path.name.lower().endswith(ITK_SUFFIXES):
+        return (*read_itk_image(path, what), None)
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
+            raise TypeError(f"{type(img).__name__} is not a volume")
+        data = img.dataobj if lazy else np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt files
+        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
+        raise InputError(f"{what}: cannot read {path} as an image ({reason}).") from None
+    return data, affine_in_mm(img, label), img
 
 
 #: Millimetres per NIfTI spatial unit (``xyzt_units``); 'unknown' is taken as mm, as ITK and Slicer do.
