@@ -22,6 +22,7 @@ landmarks (minimised).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -191,8 +192,24 @@ def _check_args(args: argparse.Namespace) -> None:
                          "(--pruner-interval at least 1).")
     if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
         raise InputError("--heartbeat-interval must be at least 1 s and --grace-period longer than it.")
-    if args.max_folding is not None and args.max_folding < 0:
-        raise InputError("--max-folding must not be negative.")
+    if args.max_folding is not None and not 0 <= args.max_folding < math.inf:
+        raise InputError("--max-folding must be a percentage of 0 or more.")
+    _check_output_paths(args)
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Before any trial: ``--apply-best`` names a file that is not the ``--preset`` file, ``--report`` a folder."""
+    if args.report and Path(args.report).expanduser().exists() and not Path(args.report).expanduser().is_dir():
+        raise InputError(f"--report needs a folder; {args.report} is a file.")
+    if not args.apply_best:
+        return
+    target = Path(args.apply_best).expanduser()
+    if target.is_dir():
+        raise InputError(f"--apply-best needs a file name, {target} is a folder.")
+    preset = Path(args.preset).expanduser()
+    if preset.is_file() and target.exists() and target.resolve() == preset.resolve():
+        raise InputError(f"--apply-best {target} is the --preset file the study starts from; write the tuned "
+                         "preset to another file.")
 
 
 def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path | None]:

@@ -114,11 +114,11 @@ def trial_function(space: Any, objective: Objective, *, max_folding: float | Non
     """The function ``Study.optimize`` calls: suggest (``space.suggest(trial)``), evaluate, aggregate. A
     failing trial gets an ``error`` user attribute before Optuna records it as FAIL (``catch`` goes on)."""
     def run(trial: optuna.Trial) -> float:
-        settings = space.suggest(trial)
         steps = StepReporter(trial, objective.step_labels(), objective.aggregate, max_folding, progress)
         if progress is not None:
             progress.trial_started(trial)
         try:
+            settings = space.suggest(trial)  # inside: a failure here is the trial's error, not a lost worker
             with interruptible():  # a stop request raises here; Optuna then records this trial as FAIL
                 objective.evaluate(settings, steps)
             return steps.value

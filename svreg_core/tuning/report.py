@@ -6,9 +6,10 @@ rewrites it after every trial), ``summary.md`` (the same for people), ``trials.c
 (:meth:`optuna.Study.trials_dataframe`), Optuna's ``optimization_history.png`` and
 ``param_importances.png`` (:mod:`optuna.visualization.matplotlib`) and ``dice_folding.png``.
 
-``--apply-best`` of a pairwise study writes a preset holding only the searched parameters on top of the
-base preset (the study's fixed settings, always listed under ``tuning.study_settings``, only when asked:
-``include_fixed``); of a training study, the training configuration with the best values; of a code search
+``--apply-best`` of a pairwise study writes a preset holding the searched parameters on top of the
+base preset, with the study's settings a ``--preset`` file changed (:data:`OVERRIDDEN_FOR_TUNING` — pyramid,
+iterations, affine stage, device — only when asked: ``include_fixed``; all of them are listed under
+``tuning.study_settings``); of a training study, the training configuration with the best values; of a code search
 (:mod:`.codes`), a JSON ``{"model", "alpha_prime", "lambda_max", "refine", "command", "tuning"}``.
 """
 from __future__ import annotations
@@ -225,6 +226,11 @@ def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenT
                          "folding_percent": _num(best.user_attrs.get("folding_percent"))}
 
 
+#: Fixed settings a tuning command overrides (``--level-spacings``, ``--iterations``, ``--no-affine``, ``--device``):
+#: written by ``--apply-best`` only with ``--include-fixed-settings``.
+OVERRIDDEN_FOR_TUNING = ("level_spacings", "iterations", "affine", "device")
+
+
 def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage_label: str = "") -> dict[str, Any]:
     """``{"base", "parameters", "tuning"}``: the best trial of a pairwise study as a preset (module docstring)."""
     space, best, tuning = _best(study, storage_label)
@@ -234,7 +240,10 @@ def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage
         raise InputError(f"the searched iterations belong to the study's pyramid (level_spacings "
                          f"{fixed['level_spacings']}), not the preset's; add --include-fixed-settings.")
     values, reference = plain(space.parameters(best.params)), plain(base)
-    keep = searched | ({k for k in fixed if fixed[k] != reference[k]} if include_fixed else set())
+    # the study's own settings that differ from the built-in preset (from a --preset file) are written; the
+    # pyramid, iterations, affine stage and device (what tuning commands override for speed) only on request
+    differs = {k for k in fixed if fixed[k] != reference[k]}
+    keep = searched | (differs if include_fixed else differs - set(OVERRIDDEN_FOR_TUNING))
     return {"base": space.base_preset, "parameters": {k: values[k] for k in values if k in keep},
             "tuning": {**tuning, "searched": sorted(searched), "validation_pairs": study_meta(study).get("steps"),
                        "study_settings": fixed}}
@@ -269,6 +278,7 @@ def write_best_preset(study: optuna.Study, path: str | Path, *, include_fixed: b
         config = space.parameters(best.params)
         assert isinstance(config, TrainingConfig)  # the base of a study without a base preset
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             save_config(config, path)
         except OSError as exc:
             raise OutputError(f"cannot write {path} ({exc.strerror or exc}).") from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ class ParamRange:
     integer: bool = False
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise InputError(f"search range of {self.name} must be finite numbers: [{self.low}, {self.high}].")
         if not self.low < self.high:
             raise InputError(f"search range of {self.name} is empty: [{self.low}, {self.high}].")
         if self.log and self.low <= 0:
@@ -99,6 +102,15 @@ class SearchSpace:
             assert isinstance(self.base, RegistrationParameters)  # a training base never searches iterations
             changes["iterations"] = tuple(levels.get(i, n) for i, n in enumerate(self.base.iterations))
         return self.base.replace(**changes)
+
+    def check_ranges(self) -> None:
+        """Before any trial: both ends of every range give valid settings, else :class:`InputError` naming it."""
+        for r in self.ranges:
+            for end in (r.low, r.high):
+                try:
+                    self.parameters({r.name: end})  # the other settings as in the base
+                except InputError as exc:
+                    raise InputError(f"search range of {r.name} [{r.low:g}, {r.high:g}]: {exc}") from None
 
     def searched_fields(self) -> set[str]:
         """Names of the base's fields the search changes."""
@@ -167,4 +179,6 @@ def build_search_space(base: str | Path | TrainingConfig = "brain-mri", *, searc
         low, high = SMOOTHING_PASSES_RANGE
         ranges.append(ParamRange("smoothing_passes", min(low, settings.smoothing_passes),
                                  max(high, settings.smoothing_passes), integer=True))
-    return SearchSpace(settings, name, tuple(ranges))
+    space = SearchSpace(settings, name, tuple(ranges))
+    space.check_ranges()
+    return space

@@ -36,6 +36,27 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "s.db").exists()  # found before the study storage is created
 
 
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--max-folding", "inf"], "--max-folding must be a percentage"),
+    (["--max-folding", "nan"], "--max-folding must be a percentage"),
+    (["--lambda-max-range", "-5", "-1"], r"search range of lambda_max \[-5, -1\]: lambda_max -5 is out of range"),
+    (["--alpha-prime-range", "0.01", "inf"], "search range of alpha_prime must be finite"),
+    (["--apply-best", "{tmp}"], "--apply-best needs a file name"),
+    (["--apply-best", "{tmp}/custom.json", "--preset", "{tmp}/custom.json"], "is the --preset file"),
+    (["--report", "{tmp}/custom.json"], "--report needs a folder"),
+])
+def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
+                                                  extra: list[str], message: str) -> None:
+    """Refused before the study storage is created: an infinite --max-folding crashed the JSON report after the
+    first trial, a NaN one disabled the limit, a negative λ_max range failed every trial as a lost worker, and
+    --apply-best problems (a folder; the --preset file it would overwrite) surfaced after all trials."""
+    (tmp_path / "custom.json").write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.05}}))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    with pytest.raises(InputError, match=message):
+        run_tune(helpers.parse_args(demo_pairs, *helpers.FAST, "--storage", tmp_path / "s.db", *argv))
+    assert not (tmp_path / "s.db").exists()
+
+
 def test_an_mr_preset_on_ct_pairs_is_warned_about_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """The first pair read as CT (the demo pair turned into Hounsfield units) with the default brain-mri preset:

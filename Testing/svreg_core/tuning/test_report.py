@@ -66,6 +66,23 @@ def test_tuned_preset_keeps_the_pyramid_unless_searched(tmp_path: Path) -> None:
     assert stat.S_IMODE(shared.stat().st_mode) == 0o644
 
 
+def test_tuned_preset_keeps_what_the_preset_file_changed(tmp_path: Path) -> None:
+    """Tuning λ_max from a preset file with its own α′: the written preset keeps that α′ (it was dropped, and
+    registering with the tuned preset then used the built-in preset's), not the tuning command's quick pyramid."""
+    custom = tmp_path / "custom.json"
+    custom.write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.05}}))
+    space = build_search_space(custom, search=["lambda_max"], overrides={"level_spacings": (12, 6), "affine": False})
+    study, _ = create_or_join(open_storage(tmp_path / "c.db"), "c", {"search_space": space.to_dict()},
+                              default_params=None)
+    with quiet_optuna():
+        study.optimize(lambda trial: space.suggest(trial).lambda_max, n_trials=2)
+    path, written = write_best_preset(study, tmp_path / "tuned.json")
+    params = load_parameters(path)
+    assert written == {"alpha_prime": 0.05, "lambda_max": pytest.approx(study.best_params["lambda_max"])}
+    assert params.alpha_prime == 0.05 and params.level_spacings == PRESETS["brain-mri"].level_spacings
+    assert params.affine is True
+
+
 def test_the_report_importances_dependency_is_declared() -> None:
     """optuna's fANOVA (the report's parameter importances) needs scikit-learn, which optuna does not require:
     svreg-core does, or a plain ``pip install svreg-core`` fails at the report of its first study."""
