@@ -603,19 +603,23 @@ class PreparedPair:
 OVERLAP_WARNING_FRACTION = 0.05
 
 
-def _check_overlap(fixed: Image, moving: Image, initial: np.ndarray | None, warn_stacklevel: int) -> None:
-    """Refuse a pair to be registered without the affine stage whose images do not overlap in the world (mapped
-    through ``initial`` when given), and warn when they barely do (:data:`OVERLAP_WARNING_FRACTION`): the
-    deformable stage starts from there and cannot bridge such a gap (the affine stage starts by aligning the
-    centres of mass)."""
+def _check_overlap(fixed: Image, moving: Image, initial: np.ndarray | None, warn_stacklevel: int,
+                   affine_stage: bool = False) -> None:
+    """Refuse a pair whose images do not overlap in the world (mapped through ``initial`` when given), and warn
+    when they barely do (:data:`OVERLAP_WARNING_FRACTION`): without the affine stage the deformable stage
+    starts from there and cannot bridge such a gap; with it (``affine_stage``, checked only for an ``initial``
+    transform) the affine stage starts from ``initial`` instead of aligning the centres of mass."""
     inside = foreground_inside(fixed, moving.grid, initial)
     if inside >= OVERLAP_WARNING_FRACTION:
         return
     centres = [image.grid.corner_points().mean(0) for image in (fixed, moving)]
-    where = (f"of the fixed image's foreground lies in the moving image's field of view (their centres are "
+    where = (f"of the fixed image's foreground{', mapped through the initial transform,' if affine_stage else ''} "
+             f"lies in the moving image's field of view (their centres are "
              f"{np.linalg.norm(centres[0] - centres[1]):.0f} mm apart)")
-    advice = ("check the images' headers (origin and orientation) and the initial transform, if any, or keep the "
-              "affine stage (drop --no-affine)")
+    advice = ("check the initial transform (it maps fixed points to moving points; the affine stage starts from "
+              "it), or leave it out (the affine stage then starts by aligning the centres of mass)"
+              if affine_stage else "check the images' headers (origin and orientation) and the initial transform, "
+              "if any, or keep the affine stage (drop --no-affine)")
     if inside == 0:
         raise InputError(f"the images do not overlap: none {where}; {advice}.")
     warnings.warn(f"the images barely overlap: only {100 * inside:.1f} % {where}; {advice}.",
@@ -658,8 +662,8 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
             mask = conform_to_grid(validate_image(mask, name, labels=True), ref.grid, name, name.split()[0] + " image")
         masks.append(mask)
     initial = _checked_initial(initial_affine)
-    if not params.affine:
-        _check_overlap(fixed, moving, initial, warn_stacklevel + 1)
+    if not params.affine or initial is not None:
+        _check_overlap(fixed, moving, initial, warn_stacklevel + 1, affine_stage=params.affine)
     device = resolve_device(params.device)
     if device.type == "cpu":
         finest = params.working_levels(float(fixed.grid.spacing.min()))[-1][0]

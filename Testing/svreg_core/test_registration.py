@@ -330,6 +330,11 @@ def test_initial_affine_is_where_the_registration_starts(tiny_pair) -> None:
                        (np.full((4, 4), np.nan), "finite values")):
         with pytest.raises(InputError, match=words):
             register(fixed, moving, FAST, initial_affine=bad)
+    # a matrix putting the images 5000 mm apart is refused before the affine stage too (it gave an empty image)
+    shift[0, 3] = 5000.0
+    with pytest.raises(InputError, match=r"the images do not overlap: none of the fixed image's foreground, mapped "
+                                         r"through the initial transform, lies in .*; check the initial transform"):
+        register(fixed, moving, FAST.replace(affine=True, iterations=(1, 1)), initial_affine=shift)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
