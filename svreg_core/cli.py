@@ -235,6 +235,9 @@ def registration_parameters(args: argparse.Namespace):
                          "give --iterations too.")
     if args.level_spacings or args.iterations:
         params = params.replace(level_spacings=spacings, iterations=iterations)
+    if args.model and args.refine:
+        from svreg_core.registration import refinement_parameters
+        refinement_parameters(params, args.refine)  # --refine beyond the iteration limit fails now, not at the end
     set_deterministic_environment(params)
     return params
 

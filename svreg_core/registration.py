@@ -347,7 +347,10 @@ def refinement_parameters(params: RegistrationParameters, refine: int) -> Regist
     0.6428 with 50 at 2 mm only, 0.6506 with 40 + 40, 0.6536 with 50 + 50 (the pairwise optimiser, 80 +
     60 from zero: 0.6519), no folding (``benchmarks/results/refine_codes_2026-11-27/``).
     """
-    return params.replace(iterations=(int(refine),) * len(params.level_spacings))
+    try:
+        return params.replace(iterations=(int(refine),) * len(params.level_spacings))
+    except InputError as exc:
+        raise InputError(f"refine {refine}: {exc}") from None
 
 
 def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refine: int = 0) -> tuple[float, float]:
@@ -517,8 +520,11 @@ class PreparedPair:
         return params, None if self.info.code_ranges is None else chosen
 
     def check_codes(self, codes: tuple[float, float] | None = None, refine: int = 0) -> None:
-        """Raise :class:`InputError` (before any work) when a registration at ``codes`` could not run."""
-        self._loss_parameters(codes, refine)
+        """Raise :class:`InputError` (before any work) when a registration at ``codes`` (with ``refine``
+        refinement iterations: :func:`refinement_parameters`) could not run."""
+        params, _ = self._loss_parameters(codes, refine)
+        if refine:
+            refinement_parameters(params, refine)
 
     def align(self, progress: ProgressCallback = no_progress) -> PreparedPair:
         """Normalise the intensities and run the affine stage (once; the progress spans 0 to 0.15)."""

@@ -248,7 +248,7 @@ def test_the_prediction_integrates_with_the_models_steps_a_refinement_with_the_e
     assert refined.parameters.similarity == one_pass.parameters.similarity == "lncc"  # the model's similarity
 
 
-def test_refine_and_model_errors(tiny_pair, tmp_path) -> None:
+def test_refine_and_model_errors(tiny_pair, constant_checkpoint, tmp_path) -> None:
     fixed, moving = _pair(tiny_pair)
     with pytest.raises(InputError, match="refine needs a learned model"):
         register(fixed, moving, RegistrationParameters(device="cpu"), refine=5)
@@ -256,6 +256,12 @@ def test_refine_and_model_errors(tiny_pair, tmp_path) -> None:
         register(fixed, moving, RegistrationParameters(device="cpu"), model=tmp_path / "missing")
     with pytest.raises(InputError, match="whole number"):
         register(fixed, moving, RegistrationParameters(device="cpu"), model=tmp_path, refine=-1)
+    # more refinement iterations than a level may run: refused before the affine stage and the network ran
+    events: list = []
+    with pytest.raises(InputError, match=r"refine 200000: iterations 200000 is out of range"):
+        register(fixed, moving, RegistrationParameters(device="cpu", level_spacings=(8.0,), iterations=(1,)),
+                 model=constant_checkpoint, refine=200000, progress=events.append)
+    assert events == []
 
 
 def _run(geo, *argv, cwd: Path) -> subprocess.CompletedProcess:
@@ -300,6 +306,7 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
     (("--passes", "2"), "--passes needs --model"),
     (("--precision", "float32"), "--precision needs --model"),
     (("--model", "no-such-model"), "neither a shipped model"),
+    (("--model", "brain-unet-spr", "--refine", "200000"), "refine 200000: iterations 200000 is out of range"),
 ])
 def test_cli_model_errors_come_before_any_work(geo, tiny_pair, tmp_path, argv, message) -> None:
     p = tiny_pair.paths
