@@ -416,6 +416,7 @@ def run_register(args: argparse.Namespace) -> int:
 
     pair = Pair(args.fixed, args.moving, args.output, args.fixed_labels, args.moving_labels, args.fixed_mask,
                 args.moving_mask, args.fixed_landmarks, args.moving_landmarks, args.initial_transform)
+    check_label_arguments([pair], args)
     prepare_output_dir(args.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     params = registration_parameters(args)
     codes = learned_codes(args)
@@ -439,7 +440,9 @@ def run_register(args: argparse.Namespace) -> int:
 
 BATCH_EXAMPLES = """\
 examples:
-  svreg register-batch --fixed atlas.nii.gz --fixed-labels atlas_seg.nii.gz --moving sub-*.nii.gz -o results
+  svreg register-batch --fixed atlas.nii.gz --moving sub-*_T1w.nii.gz -o results
+  svreg register-batch --fixed atlas.nii.gz --fixed-labels atlas_seg.nii.gz --moving sub-01_T1w.nii.gz \
+      sub-02_T1w.nii.gz --moving-labels sub-01_seg.nii.gz sub-02_seg.nii.gz -o results   # Dice and HD95 too
   svreg register-batch --pairs pairs.csv -o results --shard $SLURM_ARRAY_TASK_ID/10   # sbatch --array=0-9
 
 pairs.csv has a header with the columns fixed and moving, and optionally fixed_labels, moving_labels,
@@ -459,7 +462,9 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairs", help="CSV of pairs (see below)")
     p.add_argument("--fixed", help="the fixed image of every pair (with --moving)")
     p.add_argument("--moving", nargs="+", help="moving images, each registered to --fixed")
-    p.add_argument("--fixed-labels", help="with --fixed: its label map")
+    p.add_argument("--fixed-labels", help="with --fixed: its label map (Dice/HD95, with --moving-labels)")
+    p.add_argument("--moving-labels", nargs="+", metavar="LABELS",
+                   help="with --moving: their label maps, one per moving image in the same order")
     p.add_argument("--fixed-mask", help="with --fixed: its mask")
     p.add_argument("-o", "--output", required=True, help="folder holding one output folder per pair")
     p.add_argument("--shard", default="0/1", metavar="I/N",
@@ -505,10 +510,20 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
     if not args.pairs:
         if not (args.fixed and args.moving):
             raise InputError("--fixed and --moving go together.")
-        rows = [{"fixed": args.fixed, "moving": m, "fixed_labels": args.fixed_labels, "fixed_mask": args.fixed_mask}
-                for m in args.moving]
+        moving_labels = args.moving_labels or [None] * len(args.moving)
+        if len(moving_labels) != len(args.moving):
+            raise InputError(f"--moving-labels gives {len(moving_labels)} label maps for {len(args.moving)} moving "
+                             "images; give one per moving image, in the same order.")
+        rows = [{"fixed": args.fixed, "moving": m, "fixed_labels": args.fixed_labels, "moving_labels": labels,
+                 "fixed_mask": args.fixed_mask} for m, labels in zip(args.moving, moving_labels)]
         files = [{key: row[key] for key in _PAIR_FILE_COLUMNS if row.get(key)} for row in rows]
     else:
+        flags = [flag for flag, value in (("--fixed-labels", args.fixed_labels),
+                                          ("--moving-labels", args.moving_labels), ("--fixed-mask", args.fixed_mask))
+                 if value]
+        if flags:
+            raise InputError(f"{', '.join(flags)} go(es) with --fixed and --moving; a pairs file names each pair's "
+                             "label maps and masks in its columns (fixed_labels, moving_labels, fixed_mask, ...).")
         path = Path(args.pairs)
         table = read_table(path, "pairs file", ("fixed", "moving"))
         if not table:
@@ -532,6 +547,24 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
     return pairs
 
 
+def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> None:
+    """Refuse, before any work, label options that would do nothing: fixed labels without moving labels (Dice and
+    HD95 compare the fixed labels with the warped moving labels), ``--labels`` without a pair having both label
+    maps, ``--outputs labels`` without a pair having moving labels."""
+    columns = bool(getattr(args, "pairs", None))  # register-batch --pairs: the pairs file's columns
+    fixed, moving = ("fixed_labels", "moving_labels") if columns else ("--fixed-labels", "--moving-labels")
+    lonely = next((pair for pair in pairs if pair.fixed_labels and not pair.moving_labels), None)
+    if lonely is not None:
+        whose = f"the pair of moving image {lonely.moving} has {fixed} but no {moving}" if columns \
+            else f"{fixed} needs {moving}"
+        raise InputError(f"{whose}: Dice and HD95 compare the fixed labels with the warped moving labels (give both, "
+                         "or neither).")
+    if args.labels and not any(pair.fixed_labels and pair.moving_labels for pair in pairs):
+        raise InputError(f"--labels chooses the labels Dice and HD95 score; it needs {fixed} and {moving}.")
+    if args.outputs and "labels" in args.outputs and not any(pair.moving_labels for pair in pairs):
+        raise InputError(f"--outputs labels writes the warped moving labels; it needs {moving}.")
+
+
 def shard(items: list, spec: str) -> list:
     """The items ``I, I+N, …`` of ``spec`` ``"I/N"`` (0 <= I < N)."""
     try:
@@ -544,7 +577,9 @@ def shard(items: list, spec: str) -> list:
 
 
 def run_register_batch(args: argparse.Namespace) -> int:
-    pairs = shard(read_pairs(args), args.shard)
+    every = read_pairs(args)
+    check_label_arguments(every, args)
+    pairs = shard(every, args.shard)
     params = registration_parameters(args)
     codes = learned_codes(args)
     finished, summary = _prepare_batch(pairs, args)

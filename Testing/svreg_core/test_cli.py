@@ -185,8 +185,8 @@ def test_mismatched_labels(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--moving-labels", p.fixed_labels],
                        capsys)
     _assert_plain_error(rc, err, "moving labels", "grid")
-    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--fixed-labels", p.moving_labels],
-                       capsys)
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--fixed-labels", p.moving_labels,
+                        "--moving-labels", p.moving_labels], capsys)
     _assert_plain_error(rc, err, "fixed labels", "grid")
     assert list(tmp_path.iterdir()) == []
 
@@ -656,7 +656,8 @@ def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Pa
     second.write_bytes(Path(p.moving).read_bytes())
     root = tmp_path / "results"
     argv = ["register-batch", "--fixed", str(p.fixed), "--fixed-labels", str(p.fixed_labels), "--moving",
-            str(p.moving), str(second), "-o", str(root), "--shard", "1/2", "--preset", str(fast_preset),
+            str(p.moving), str(second), "--moving-labels", str(tmp_path / "unused_seg.nii.gz"), str(p.moving_labels),
+            "-o", str(root), "--shard", "1/2", "--preset", str(fast_preset),
             "--device", "cpu", "--outputs", "warped", "displacement", "--iterations", "5", "--alpha-prime", "0.3",
             "--lambda-max", "2", "--threads", "1", "--progress", "none"]
     assert main(argv) == 0
@@ -669,13 +670,15 @@ def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Pa
     assert params["iterations"] == [5, 5] and params["alpha_prime"] == 0.3 and params["lambda_max"] == 2.0
     assert report["outputs"] == ["displacement", "warped"]
     assert report["inputs"]["moving"]["path"] == str(second)
+    assert report["inputs"]["moving_labels"]["path"] == str(p.moving_labels)  # the second of --moving-labels
     assert "second" in capsys.readouterr().out
     with (root / "summary_shard-1-of-2.csv").open(newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert (row["moving"], row["output"], row["status"], row["error"]) == (str(second), str(root / "second"), "ok", "")
     for key in ("folding_percent", "ndv_percent", "sdlogj"):
         assert float(row[key]) == pytest.approx(report["metrics"][key], rel=1e-9)
-    assert row["dice_mean"] == row["tre_mean_mm"] == ""  # no moving labels, no landmarks
+    assert float(row["dice_mean"]) == pytest.approx(report["metrics"]["dice_mean"], rel=1e-9)
+    assert row["tre_mean_mm"] == ""  # no landmarks
     assert float(row["registration_s"]) == report["timing"]["registration_s"]
     shutil.rmtree(root / "second")  # a new batch into the same folder: the earlier summary is kept
     assert main(argv) == 2 and "summary_shard-1-of-2.csv exists" in capsys.readouterr().err
@@ -811,6 +814,31 @@ def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     assert "pairs.csv, line 3: no moving image." in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
+def test_label_options_that_would_do_nothing_are_refused(tiny_pair, tmp_path: Path, capsys) -> None:
+    """Fixed labels without moving labels (no Dice ran: only report.json), ``--labels`` without label maps,
+    ``--outputs labels`` without moving labels, and per-pair flags given with a pairs file: one line before any
+    work, no output folder."""
+    p = tiny_pair.paths
+    (tmp_path / "pairs.csv").write_text(f"fixed,moving,fixed_labels\n{p.fixed},{p.moving},{p.fixed_labels}\n")
+    register = ["register", p.fixed, p.moving, "-o", tmp_path / "out"]
+    batch = ["register-batch", "--fixed", p.fixed, "--moving", p.moving, "-o", tmp_path / "out"]
+    pairs = ["register-batch", "--pairs", tmp_path / "pairs.csv", "-o", tmp_path / "out"]
+    for argv, words in (
+            ([*register, "--fixed-labels", p.fixed_labels], "--fixed-labels needs --moving-labels: Dice and HD95"),
+            ([*register, "--labels", "1", "2"], "--labels chooses the labels Dice and HD95 score; it needs "
+                                                "--fixed-labels and --moving-labels."),
+            ([*register, "--outputs", "labels"], "--outputs labels writes the warped moving labels; it needs "
+                                                 "--moving-labels."),
+            ([*batch, "--fixed-labels", p.fixed_labels], "--fixed-labels needs --moving-labels"),
+            ([*batch, "--moving", p.moving, p.moving, "--moving-labels", p.moving_labels],
+             "--moving-labels gives 1 label maps for 2 moving images"),
+            (pairs, f"the pair of moving image {p.moving} has fixed_labels but no moving_labels"),
+            ([*pairs, "--moving-labels", p.moving_labels], "--moving-labels go(es) with --fixed and --moving")):
+        rc, _, err = _main([*argv, "--device", "cpu", "--progress", "none"], capsys)
+        _assert_plain_error(rc, err, words)
+        assert not (tmp_path / "out").exists()
+
+
 def test_batch_pairs_csv_columns(tmp_path: Path) -> None:
     """The optional columns of a pairs CSV, relative to its folder; the output folder from the moving file's name
     without its image ending (``.nii.gz``, ``.nrrd``, …) unless given."""
@@ -822,7 +850,7 @@ def test_batch_pairs_csv_columns(tmp_path: Path) -> None:
                                         "output\nf.nii.gz,sub1.nrrd,f_seg.nii.gz,sub1_rigid.tfm,f.fcsv,sub1.csv,\n"
                                         "f.nii.gz,sub2.nii.gz,,,,,two\n")
     first, second = read_pairs(Namespace(pairs=str(tmp_path / "pairs.csv"), output=str(tmp_path / "r"), fixed=None,
-                                         moving=None))
+                                         moving=None, fixed_labels=None, moving_labels=None, fixed_mask=None))
     assert (first.moving, first.fixed_labels, first.initial_transform, first.output) == (
         str(tmp_path / "sub1.nrrd"), str(tmp_path / "f_seg.nii.gz"), str(tmp_path / "sub1_rigid.tfm"),
         str(tmp_path / "r" / "sub1"))
@@ -845,7 +873,7 @@ def test_batch_output_folders_of_dicom_series(geo, tmp_path: Path, capsys) -> No
     second = geo.dicom_series(tmp_path / "visit2", data, np.eye(4))
     one_file = sorted(first.iterdir())[0]
     pairs = read_pairs(Namespace(pairs=None, fixed="f.nii.gz", moving=[str(one_file), str(second)],
-                                 output=str(tmp_path / "r"), fixed_labels=None, fixed_mask=None))
+                                 output=str(tmp_path / "r"), fixed_labels=None, moving_labels=None, fixed_mask=None))
     assert [Path(p.output).name for p in pairs] == ["visit1", "visit2"]
     fixed = tmp_path / "f.nii.gz"
     rc = main(["register-batch", "--fixed", str(fixed), "--moving", str(one_file), str(first), "-o",
@@ -864,12 +892,13 @@ def test_batch_output_folders_of_alike_file_names_get_their_folders_name(tmp_pat
 
     movings = [tmp_path / "sub-01" / "T1.nii.gz", tmp_path / "sub-02" / "T1.nii.gz", tmp_path / "sub-03" / "T2.nii"]
     pairs = read_pairs(Namespace(pairs=None, fixed="f.nii.gz", moving=[str(m) for m in movings],
-                                 output=str(tmp_path / "r"), fixed_labels=None, fixed_mask=None))
+                                 output=str(tmp_path / "r"), fixed_labels=None, moving_labels=None, fixed_mask=None))
     assert [Path(p.output).relative_to(tmp_path / "r").as_posix() for p in pairs] == ["sub-01_T1", "sub-02_T1", "T2"]
     csv_file = tmp_path / "pairs.csv"
     csv_file.write_text("fixed,moving,output\nf.nii.gz,sub-01/T1.nii.gz,first\nf.nii.gz,sub-02/T1.nii.gz,\n"
                         "f.nii.gz,sub-03/T1.nii.gz,\n")
-    pairs = read_pairs(Namespace(pairs=str(csv_file), fixed=None, moving=None, output=str(tmp_path / "r")))
+    pairs = read_pairs(Namespace(pairs=str(csv_file), fixed=None, moving=None, output=str(tmp_path / "r"),
+                                 fixed_labels=None, moving_labels=None, fixed_mask=None))
     assert [Path(p.output).name for p in pairs] == ["first", "sub-02_T1", "sub-03_T1"]
     assert pairs[1].moving == str(tmp_path / "sub-02" / "T1.nii.gz")
 
