@@ -146,12 +146,13 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--level-spacings", type=float, nargs="+", metavar="MM",
                    help="working voxel sizes of the pyramid, coarse to fine, mm (default: from the preset)")
     p.add_argument("--iterations", type=int, nargs="+", metavar="N",
-                   help="optimiser iterations per level (one number: the same at every level)")
+                   help="optimiser iterations per level (one number: the same at every level); not with --model "
+                        "(--refine N sets them)")
     p.add_argument("--model", help="use a learned SPR network: a shipped model's name (see 'svreg models'; "
                    "'default' = the default one) or a checkpoint folder from 'svreg train'")
     p.add_argument("--refine", type=int, default=0, metavar="N",
                    help="with --model: continue with N pairwise iterations of the SPR loss at each level of the "
-                        "preset's pyramid (default 0)")
+                        "preset's pyramid, or of --level-spacings (default 0)")
     add_prediction_arguments(p)
     p.add_argument("--no-spr", action="store_true",
                    help="spatially uniform regularizer of the same strength instead of the learned λ(x)")
@@ -209,6 +210,20 @@ def registration_parameters(args: argparse.Namespace):
                         ("--precision", args.network_precision)):
         if value is not None and not args.model:
             raise InputError(f"{flag} needs --model (it chooses how a learned model predicts).")
+    if args.model:  # flags a learned model would ignore
+        for flag, value in (("--no-spr", args.no_spr), ("--similarity", args.similarity)):
+            if value:
+                raise InputError(f"{flag} does not apply with --model: a learned model predicts, and --refine "
+                                 "refines, with the similarity and the spatially varying regulariser it was trained "
+                                 "with; register without --model to choose them.")
+        if args.iterations:
+            raise InputError("--iterations does not apply with --model: --refine N sets the refinement's iterations "
+                             "per level.")
+        for flag, value in (("--level-spacings", args.level_spacings),
+                            ("--moving-mask", getattr(args, "moving_mask", None))):
+            if value and not args.refine:
+                raise InputError(f"{flag} only applies to a refinement of the learned model's prediction (--refine "
+                                 "N); the network alone does not use it.")
     set_threads(args)
     if args.model:
         from svreg_core.models.zoo import resolve_model
@@ -223,6 +238,9 @@ def registration_parameters(args: argparse.Namespace):
         # the flags regularise the refinement; the one not given keeps the preset's refinement code
         params = params.replace(refine_codes=tuple(code if flag is None else flag for code, flag in
                                                    zip(params.refine_codes, (args.alpha_prime, args.lambda_max))))
+    if args.model and args.refine:
+        from svreg_core.registration import refinement_parameters
+        refinement_parameters(params, args.refine)  # --refine beyond the iteration limit fails now, not at the end
     spacings = tuple(args.level_spacings) if args.level_spacings else params.level_spacings
     iterations = params.iterations
     if args.iterations:
@@ -230,14 +248,13 @@ def registration_parameters(args: argparse.Namespace):
         if len(iterations) != len(spacings):
             raise InputError(f"--iterations gives {len(iterations)} numbers for {len(spacings)} levels; give one "
                              "number or one per level.")
+    elif args.model and args.level_spacings:
+        iterations = (args.refine,) * len(spacings)  # the refinement's pyramid (refinement_parameters)
     elif len(iterations) != len(spacings):
         raise InputError(f"--level-spacings gives {len(spacings)} levels and the preset has {len(iterations)}; "
                          "give --iterations too.")
     if args.level_spacings or args.iterations:
         params = params.replace(level_spacings=spacings, iterations=iterations)
-    if args.model and args.refine:
-        from svreg_core.registration import refinement_parameters
-        refinement_parameters(params, args.refine)  # --refine beyond the iteration limit fails now, not at the end
     set_deterministic_environment(params)
     return params
 

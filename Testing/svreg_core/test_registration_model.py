@@ -22,6 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from svreg_core import Image, InputError, RegistrationParameters, load_image, register, write_outputs
+from svreg_core.cli import main
 from svreg_core.models import ModelInfo, build_model, save_checkpoint
 from svreg_core.registration import load_model
 
@@ -280,6 +281,13 @@ def test_cli_register_with_a_model_and_refinement(geo, tiny_pair, fast_preset, c
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "learned" and report["refine_steps"] == 3
     assert report["model"]["network_spacing_mm"] == SPACING
+    # --level-spacings sets the refinement's pyramid, without --iterations (which --refine sets)
+    assert main(["register", str(p.fixed), str(p.moving), "-o", str(tmp_path / "one_level"), "--model",
+                 str(constant_checkpoint), "--refine", "2", "--level-spacings", "8", "--preset", str(fast_preset),
+                 "--no-affine", "--device", "cpu", "--threads", "1", "--outputs", "displacement", "--progress",
+                 "none"]) == 0
+    parameters = json.loads((tmp_path / "one_level" / "report.json").read_text())["parameters"]
+    assert (parameters["level_spacings"], parameters["iterations"]) == ([8.0], [2])
 
 
 def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoint, tmp_path) -> None:
@@ -307,6 +315,11 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
     (("--precision", "float32"), "--precision needs --model"),
     (("--model", "no-such-model"), "neither a shipped model"),
     (("--model", "brain-unet-spr", "--refine", "200000"), "refine 200000: iterations 200000 is out of range"),
+    (("--model", "brain-unet-spr", "--refine", "5", "--no-spr"), "--no-spr does not apply with --model"),
+    (("--model", "brain-unet-spr", "--refine", "5", "--similarity", "mse"), "--similarity does not apply with --model"),
+    (("--model", "brain-unet-spr", "--refine", "5", "--iterations", "5"), "--iterations does not apply with --model"),
+    (("--model", "brain-unet-spr", "--level-spacings", "4"), "--level-spacings only applies to a refinement"),
+    (("--model", "brain-unet-spr", "--moving-mask", "mask.nii.gz"), "--moving-mask only applies to a refinement"),
 ])
 def test_cli_model_errors_come_before_any_work(geo, tiny_pair, tmp_path, argv, message) -> None:
     p = tiny_pair.paths
