@@ -49,6 +49,9 @@ def test_preset_file_round_trip(tmp_path: Path) -> None:
     ({"parameters": {"prior": "laplace"}}, "unknown prior"),
     ({"base": "knee-mri", "parameters": {}}, "knee-mri"),
     ({"parameters": []}, "'parameters' object"),
+    ({"base": ["x"], "parameters": {}}, "unknown base preset ['x']"),  # was a TypeError (unhashable) traceback
+    ({"parameters": {}, "tuning": {"searched": [["x"]]}}, "tuning.searched must be a list of parameter names"),
+    ({"parameters": {}, "tuning": {"searched": "alpha_prime"}}, "tuning.searched must be a list of parameter names"),
 ])
 def test_bad_preset_file(tmp_path: Path, doc, words: str) -> None:
     path = tmp_path / "p.json"
