@@ -634,7 +634,7 @@ def _check_overlap(fixed: Image, moving: Image, initial: np.ndarray | None, warn
 
 def _checked_initial(matrix: np.ndarray | None) -> np.ndarray | None:
     """``matrix`` as a float64 4x4 affine map, or :class:`InputError` (not 4x4, not finite, a last row other than
-    ``0 0 0 1``, or a (nearly) singular linear part)."""
+    ``0 0 0 1``, a (nearly) singular linear part, or a reflection)."""
     if matrix is None:
         return None
     m = np.asarray(matrix, dtype=np.float64)
@@ -645,6 +645,10 @@ def _checked_initial(matrix: np.ndarray | None) -> np.ndarray | None:
     if not singular[-1] > singular[0] / MAX_AFFINE_CONDITION:
         raise InputError(f"the initial transform is (nearly) singular (singular values "
                          f"{', '.join(f'{v:.3g}' for v in singular)}); give an invertible rigid or affine map.")
+    if np.linalg.det(m[:3, :3]) < 0:  # a diffeomorphic registration cannot undo a mirroring: all of it would fold
+        raise InputError("the initial transform is a reflection (its 3x3 part has a negative determinant: it mirrors "
+                         "the image), likely an LPS/RAS or axis-flip mix-up; give a rigid or affine map without "
+                         "mirroring.")
     return m
 
 

@@ -327,7 +327,8 @@ def test_initial_affine_is_where_the_registration_starts(tiny_pair) -> None:
                       initial_affine=shift)
     assert abs(affine.affine[0, 3] - 500.0) < 3.0 and np.abs(affine.affine[:3, :3] - np.eye(3)).max() < 0.1
     for bad, words in ((np.eye(3), "4x4 affine matrix"), (np.diag([1.0, 1.0, 1e-9, 1.0]), r"nearly\) singular"),
-                       (np.full((4, 4), np.nan), "finite values")):
+                       (np.full((4, 4), np.nan), "finite values"),
+                       (np.diag([-1.0, 1.0, 1.0, 1.0]), "is a reflection .* likely an LPS/RAS")):  # was 100 % folded
         with pytest.raises(InputError, match=words):
             register(fixed, moving, FAST, initial_affine=bad)
     # a matrix putting the images 5000 mm apart is refused before the affine stage too (it gave an empty image)
