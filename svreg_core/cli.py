@@ -633,6 +633,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
             emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()), "report": report})
         else:
             print(f"{pair.output}: {_summary(report)}")
+    write_batch_summary(summary, rows)  # also a shard without pairs: its header
     if args.progress != "json":
         print(f"Summary of {len(pairs)} pairs: {summary}")
     if failed:

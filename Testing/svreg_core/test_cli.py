@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from svreg_core.cli import main
+from svreg_core.cli import BATCH_SUMMARY_COLUMNS, main
 from svreg_core.image import Grid, load_image
 from svreg_core.outputs import OUTPUT_FILES
 
@@ -682,6 +682,17 @@ def test_batch_shard_outputs_and_parameters(tiny_pair, fast_preset, tmp_path: Pa
     assert float(row["registration_s"]) == report["timing"]["registration_s"]
     shutil.rmtree(root / "second")  # a new batch into the same folder: the earlier summary is kept
     assert main(argv) == 2 and "summary_shard-1-of-2.csv exists" in capsys.readouterr().err
+
+
+def test_a_shard_without_pairs_writes_the_summary_it_names(tiny_pair, tmp_path: Path, capsys) -> None:
+    """One pair, shard 5 of 10: nothing to register, and the summary it prints is there, a header only."""
+    p = tiny_pair.paths
+    root = tmp_path / "r"
+    rc, out, _ = _main(["register-batch", "--fixed", p.fixed, "--moving", p.moving, "-o", root, "--shard", "5/10",
+                        "--device", "cpu", "--progress", "none"], capsys)
+    assert rc == 0 and f"Summary of 0 pairs: {root / 'summary_shard-5-of-10.csv'}" in out
+    with (root / "summary_shard-5-of-10.csv").open(newline="") as f:
+        assert list(csv.reader(f)) == [list(BATCH_SUMMARY_COLUMNS)]
 
 
 def test_batch_summary_gives_the_landmark_error(tiny_pair, fast_preset, tmp_path: Path) -> None:
