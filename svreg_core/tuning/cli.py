@@ -36,8 +36,8 @@ from svreg_core.errors import InputError
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
-from svreg_core.tuning.objective import Objective, PairwiseDice, PairwiseTRE, trial_function
-from svreg_core.tuning.pairs import ValidationPair, discover_pairs
+from svreg_core.tuning.objective import Objective, PairObjective, PairwiseDice, PairwiseTRE, trial_function
+from svreg_core.tuning.pairs import ValidationPair, check_pairs, discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
 from svreg_core.tuning.pruner import make_pruner
 from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
@@ -261,6 +261,9 @@ def _check_preset_modality(preset: str, space: SearchSpace, first: ValidationPai
 def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> optuna.Study:
     """Create or join the study and run trials; raise :class:`InputError` after too many failures."""
     space, objective, runs = _objective(args)
+    # every pair read once before the storage is opened: an unusable file is refused before any trial, and
+    # the pairs' fingerprints keep a resumed study on the same images
+    data = check_pairs(objective.pairs) if isinstance(objective, PairObjective) else None
     storage = open_storage(args.storage, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
                            max_retry=args.max_retry)
     if runs and runs.is_dir() and any(runs.iterdir()) and args.study_name not in optuna.get_all_study_names(storage):
@@ -268,6 +271,8 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
     meta = {"objective": objective.name, "value_name": objective.value_name, "search_space": space.to_dict(),
             "steps": objective.step_labels(), "max_folding": args.max_folding, "labels": args.labels,
             "label_mode": args.label_interpolation}
+    if data is not None:
+        meta["validation_data"] = data
     if args.model:
         meta.update(model=model_reference(args.model), refine=args.refine)
     study, created = create_or_join(storage, args.study_name, meta, direction=objective.direction,

@@ -115,10 +115,12 @@ def trial_function(space: Any, objective: Objective, *, max_folding: float | Non
     failing trial gets an ``error`` user attribute before Optuna records it as FAIL (``catch`` goes on)."""
     def run(trial: optuna.Trial) -> float:
         steps = StepReporter(trial, objective.step_labels(), objective.aggregate, max_folding, progress)
-        if progress is not None:
-            progress.trial_started(trial)
         try:
-            settings = space.suggest(trial)  # inside: a failure here is the trial's error, not a lost worker
+            try:  # inside the outer try: a failure here is the trial's error, not a lost worker
+                settings = space.suggest(trial)
+            finally:
+                if progress is not None:  # announced with its values stored (a worker killed from here on)
+                    progress.trial_started(trial)
             with interruptible():  # a stop request raises here; Optuna then records this trial as FAIL
                 objective.evaluate(settings, steps)
             return steps.value
@@ -137,7 +139,8 @@ class PairObjective:
     """One step per validation pair: register it (:meth:`register`; a learned model's code search replaces
     it, :class:`~svreg_core.tuning.codes.ModelCodes`), score it (:meth:`score`, the subclass's measure) and
     report the score with the folding (percent of voxels with ``det J <= 0``). Files are read at every
-    trial (a repaired file is picked up)."""
+    trial (not kept in memory); ``svreg tune`` reads them once before the first
+    (:func:`~svreg_core.tuning.pairs.check_pairs`)."""
 
     def __init__(self, pairs: Sequence[ValidationPair]) -> None:
         self.pairs = list(pairs)

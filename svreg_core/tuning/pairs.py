@@ -16,7 +16,7 @@ Accepted file names (case-insensitive; images with an ending of :data:`svreg_cor
 the n-th fixed point corresponds to the n-th moving point.
 
 Which of labels and landmarks a pair needs depends on the objective (``needs``: Dice needs labels, the
-target registration error landmarks); the other kind is optional.
+target registration error landmarks); the other kind is optional and not read.
 
 List file: a CSV with a header ``fixed,moving`` plus ``fixed_labels,moving_labels`` and/or
 ``fixed_landmarks,moving_landmarks`` (and optionally ``name``), or a JSON list of objects with the same
@@ -24,7 +24,9 @@ keys (or ``{"pairs": [...]}``). Relative paths are relative to the list file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -159,6 +161,9 @@ def discover_pairs(source: str | Path, needs: str = "labels") -> list[Validation
         raise InputError(f"{path} is neither a folder of pairs nor a .csv/.tsv/.json pair list.")
     else:
         raise InputError(f"validation set not found: {path} (expected a folder of pairs or a pair list file).")
+    pairs = [ValidationPair(p.name, p.fixed, p.moving, **{r: getattr(p, r) if r in NEEDS[needs] else None
+                                                           for r in ROLES[2:]})  # the other kind is never read
+             for p in pairs]
     names = [p.name for p in pairs]
     for pair in pairs:
         if names.count(pair.name) > 1:
@@ -186,3 +191,22 @@ def load_pair(pair: ValidationPair) -> LoadedPair:
     points = {} if landmarks is None else dict(zip(ROLES[4:], landmarks))
     return LoadedPair(pair.name, images["fixed"], images["moving"], images.get("fixed_labels"),
                       images.get("moving_labels"), **points)
+
+
+def check_pairs(pairs: Sequence[ValidationPair]) -> dict[str, str]:
+    """Before any trial: read every pair once (:func:`load_pair`'s checks, so an unusable file is refused before
+    trials register the pairs before it) and return each pair's fingerprint, ``{name: sha256}`` of its arrays
+    and their geometry: a study resumed on other images (the same names) is refused by comparing them."""
+    fingerprints = {}
+    for pair in pairs:
+        data = load_pair(pair)
+        digest = hashlib.sha256()
+        for part in (data.fixed, data.moving, data.fixed_labels, data.moving_labels):
+            if part is not None:
+                digest.update(np.ascontiguousarray(part.data).tobytes())
+                digest.update(np.asarray(part.affine, dtype=np.float64).tobytes())
+        for points in (data.fixed_landmarks, data.moving_landmarks):
+            if points is not None:
+                digest.update(np.ascontiguousarray(points, dtype=np.float64).tobytes())
+        fingerprints[pair.name] = digest.hexdigest()
+    return fingerprints

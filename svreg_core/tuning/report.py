@@ -156,6 +156,8 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
     summary.update(importances=imp, importances_note=note)
     paths = [folder / "summary.json", folder / "summary.md", folder / "trials.csv"]
     _write(paths[2], study.trials_dataframe().to_csv(index=False))
+    for name in FIGURES:  # a figure this study cannot draw (yet) must not be an earlier report's
+        (folder / name).unlink(missing_ok=True)
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     plots: tuple[tuple[str, Callable[..., Any], dict[str, Any], Any], ...] = (
         (FIGURES[0], optuna_plots.plot_optimization_history, {}, summary["best"]),

@@ -30,7 +30,7 @@ import optuna
 import sqlalchemy
 import sqlalchemy.exc as sa_exc
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.interrupts import interrupts_deferred
@@ -67,8 +67,8 @@ def storage_url(storage: str | Path) -> str:
     """An SQLAlchemy URL (a path becomes ``sqlite:///<absolute path>``; journal files stay paths)."""
     text = str(storage)
     if "://" not in text:
-        path = Path(text).expanduser().resolve()
-        return str(path) if path.suffix == ".log" else f"sqlite:///{path}"
+        path = Path(text).expanduser().resolve()  # characters such as ? and # are escaped in the URL
+        return str(path) if path.suffix == ".log" else URL.create("sqlite", database=str(path)).render_as_string()
     try:
         url = make_url(text)
     except sa_exc.ArgumentError:
@@ -146,11 +146,9 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
     url = storage_url(storage)
     sqlite = url.startswith("sqlite:///")
     if sqlite or "://" not in url:
-        _check_file(Path(url.removeprefix("sqlite:///")), must_exist, sqlite)
+        _check_file(Path(make_url(url).database or "") if sqlite else Path(url), must_exist, sqlite)
         if not sqlite:
-            from optuna.storages.journal import JournalFileBackend
-
-            return optuna.storages.JournalStorage(JournalFileBackend(url))
+            return _journal(Path(url))
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     # Two workers creating Optuna's tables in an empty database at once can collide (PostgreSQL: an
     # IntegrityError or ProgrammingError; SQLite: "table ... already exists", sqlalchemy issue 4936): retry.
@@ -173,6 +171,17 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
                 raise InputError(f"cannot open the study storage {describe_storage(url)}: {first_line(exc)}") from None
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _journal(path: Path) -> optuna.storages.JournalStorage:
+    """A journal file storage; a file that is not an Optuna journal, or a damaged one, is a one-line error."""
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:  # Optuna replays every line when opening
+        raise InputError(f"the study storage {path} is not a readable Optuna journal file ({first_line(exc)}); "
+                         "restore it from a backup, or give another --storage file to start a new study.") from None
 
 
 def load_study(storage: optuna.storages.BaseStorage, name: str, **kwargs: Any) -> optuna.Study:

@@ -201,6 +201,37 @@ def test_same_study_with_other_settings_is_refused(tuned: dict[str, Any], demo_p
     with pytest.raises(InputError, match="different search_space"):
         run_tune(args)
     assert len(tuned["study"].get_trials()) == 4
+    # the same pair names on other images (fixed and moving swapped): not the study's validation data
+    swapped = tuned["work"] / "swapped"
+    for pair in ("pair01", "pair02"):
+        (swapped / pair).mkdir(parents=True)
+        for a, b in (("fixed", "moving"), ("moving", "fixed"), ("fixed_labels", "moving_labels"),
+                     ("moving_labels", "fixed_labels")):
+            shutil.copy(demo_pairs / pair / f"{a}.nii.gz", swapped / pair / f"{b}.nii.gz")
+    args = helpers.parse_args(swapped, "--storage", tuned["db"], "--study-name", STUDY, "--n-trials", 5, "--seed", 3,
+                              "--progress", "none", *helpers.FAST)
+    with pytest.raises(InputError, match="different validation_data"):
+        run_tune(args)
+    assert len(tuned["study"].get_trials()) == 4
+
+
+def test_unusable_pair_files_are_refused_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
+    """A damaged file of the last pair stopped the study only after the first pairs had been registered by five
+    failing trials; a landmark file a Dice study never uses is not read at all."""
+    shutil.copytree(demo_pairs, tmp_path / "val")
+    points = tmp_path / "val" / "pair02" / "moving_landmarks.csv"
+    points.write_text("\n".join(points.read_text().splitlines()[:-1]) + "\n")  # one point fewer: unused by Dice
+    (tmp_path / "val" / "pair02" / "moving_labels.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(InputError, match="pair 'pair02' moving_labels"):
+        run_tune(helpers.parse_args(tmp_path / "val", *helpers.FAST, "--storage", tmp_path / "s.db"))
+    assert not (tmp_path / "s.db").exists()
+    with pytest.raises(InputError, match=r"pair 'pair02': .* same number"):
+        run_tune(helpers.parse_args(tmp_path / "val", *helpers.FAST, "--objective", "tre", "--storage",
+                                    tmp_path / "s.db"))
+    assert not (tmp_path / "s.db").exists()
+    shutil.copy(demo_pairs / "pair02" / "moving_labels.nii.gz", tmp_path / "val" / "pair02")
+    assert run_tune(helpers.parse_args(tmp_path / "val", *helpers.FAST, "--storage", tmp_path / "s.db",
+                                       "--n-trials", 1, "--no-default-trial", "--progress", "none")) == 0
 
 
 def _landmark_errors(pair: Path, result: Any) -> np.ndarray:
@@ -470,15 +501,17 @@ def _copy_pairs(src: Path, dst: Path) -> Path:
 
 
 def test_failing_trial_is_recorded_and_study_continues(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
-    """A corrupt file fails the trial (FAIL + error message); once the file is repaired the study goes on."""
+    """A file damaged once the study runs (the pairs were read before the first trial) fails the trial (FAIL +
+    error message); once the file is repaired the study goes on."""
     pairs = _copy_pairs(demo_pairs, tmp_path / "val")
     target = pairs / "pair02" / "moving.nii.gz"
     good = target.read_bytes()
-    target.write_bytes(b"this is not a NIfTI file")
     events: list[Any] = []
 
     def reporter(event: Any) -> None:
         events.append(event)
+        if event.event == "start":
+            target.write_bytes(b"this is not a NIfTI file")
         if event.event == "trial" and event.state == "FAIL":
             target.write_bytes(good)  # the user fixes the file while the study keeps running
 
@@ -497,12 +530,16 @@ def test_failing_trial_is_recorded_and_study_continues(demo_pairs: Path, tmp_pat
 
 def test_repeated_failures_stop_with_a_clear_error(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
     pairs = _copy_pairs(demo_pairs, tmp_path / "val")
-    (pairs / "pair01" / "fixed.nii.gz").write_bytes(b"\x1f\x8b garbage")
+
+    def damage(event: Any) -> None:  # once the pairs were checked: a file damaged while the study runs
+        if event.event == "start":
+            (pairs / "pair01" / "fixed.nii.gz").write_bytes(b"\x1f\x8b garbage")
+
     db = tmp_path / "bad.db"
     args = helpers.parse_args(pairs, "--storage", db, "--study-name", "b", "--n-trials", 3, "--max-failures", 2,
-                              "--progress", "none", *helpers.FAST)
+                              *helpers.FAST)
     with pytest.raises(InputError, match=r"2 failed trials in a row; last error: .*pair01.*fixed"):
-        run_tune(args)
+        run_tune(args, reporter=damage)
     trials = helpers.load(db, "b").get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
     assert all("cannot read" in t.user_attrs["error"] for t in trials)

@@ -83,6 +83,27 @@ def test_tuned_preset_keeps_what_the_preset_file_changed(tmp_path: Path) -> None
     assert params.affine is True
 
 
+def test_a_report_lists_only_its_own_figures(tmp_path: Path) -> None:
+    """A report written into a folder that holds another study's report: that study's figures are not listed
+    (nor embedded) as this study's when this one cannot draw them (no complete trial)."""
+    from svreg_core.tuning.report import FIGURES, write_report
+
+    space = build_search_space("brain-mri")
+    storage = open_storage(tmp_path / "r.db")
+    done, _ = create_or_join(storage, "done", {"search_space": space.to_dict()}, default_params=None)
+    with quiet_optuna():
+        done.optimize(lambda trial: space.suggest(trial).alpha_prime, n_trials=3)
+    empty, _ = create_or_join(storage, "empty", {"search_space": space.to_dict()}, default_params=None)
+    folder = tmp_path / "report"
+    write_report(done, folder)
+    assert (folder / FIGURES[0]).is_file()
+    paths = write_report(empty, folder)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["figures"] == [n for n in FIGURES if (folder / n).is_file()]
+    assert FIGURES[0] not in summary["figures"] and not (folder / FIGURES[0]).exists()
+    assert all(p.is_file() for p in paths) and FIGURES[0] not in (folder / "summary.md").read_text()
+
+
 def test_the_report_importances_dependency_is_declared() -> None:
     """optuna's fANOVA (the report's parameter importances) needs scikit-learn, which optuna does not require:
     svreg-core does, or a plain ``pip install svreg-core`` fails at the report of its first study."""

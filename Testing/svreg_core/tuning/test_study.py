@@ -48,6 +48,31 @@ def test_relative_sqlite_url_opens_an_existing_study(tmp_path: Path, monkeypatch
     assert load_study(open_storage("sqlite:///studies/s.db", must_exist=True), "s").user_attrs
 
 
+def test_sqlite_file_names_with_url_characters(tmp_path: Path) -> None:
+    """``run?1.db`` stored the study in a file named ``run`` (the URL's query began at ``?``), while the checks
+    ran on ``run?1.db``."""
+    path = tmp_path / "run?1#a%b.db"
+    study, _ = create_or_join(open_storage(path), "s", {"objective": "x"}, default_params=None)
+    study.enqueue_trial({})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run?1#a%b.db"]
+    assert optuna.get_all_study_names(open_storage(path, must_exist=True)) == ["s"]
+
+
+def test_a_file_that_is_not_a_journal_is_a_one_line_error(tmp_path: Path) -> None:
+    sqlite_file = tmp_path / "s.db"
+    open_storage(sqlite_file)
+    wrong = tmp_path / "wrong.log"
+    wrong.write_bytes(sqlite_file.read_bytes())  # an SQLite file named like a journal
+    with pytest.raises(InputError, match="is not a readable Optuna journal file"):
+        open_storage(wrong)
+    journal = tmp_path / "j.log"
+    create_or_join(open_storage(journal), "s", {"objective": "x"}, default_params={"x": 1.0})
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join([lines[0], lines[1][: len(lines[1]) // 2], *lines[2:]]) + "\n")  # a cut line
+    with pytest.raises(InputError, match="is not a readable Optuna journal file"):
+        open_storage(journal)
+
+
 def test_workers_creating_the_storage_at_once(tmp_path: Path) -> None:
     """Workers opening one new SQLite file at the same moment race to create Optuna's tables: all succeed."""
     errors: list[str] = []
