@@ -22,6 +22,7 @@ from svreg_core.outputs.figure import to_ras_array
 from svreg_core.outputs.writer import (
     MARKER_FILE,
     check_output_space,
+    distance_metrics,
     expected_output_bytes,
     finite_report,
     is_svreg_output,
@@ -499,3 +500,18 @@ def test_dice_before_and_after_score_the_labels_of_both_inputs(synthetic_result,
     assert set(m["dice"]) == set(m["dice_before"]) == {"1", "2", "3"}
     assert m["dice"]["3"] == m["dice_before"]["3"] == 0.0
     assert m["dice_mean"] == pytest.approx(np.mean(list(m["dice"].values())))
+
+
+def test_hd95_of_a_sheared_grid_is_in_world_millimetres() -> None:
+    """The report's HD95 on a non-orthogonal fixed grid: the world distance (one voxel step along j is 1.08 mm
+    with 0.4 mm of it along x), not voxel indices scaled by the columns' lengths."""
+    from svreg_core.metrics import hd95
+
+    affine = np.eye(4)
+    affine[:3, 1] = [0.4, 1.0, 0.0]
+    fixed = np.zeros((12, 12, 8), np.int32)
+    fixed[3:9, 3:9, 2:6] = 1
+    warped = np.roll(fixed, (1, -2), axis=(0, 1))
+    h = distance_metrics(Image(fixed, affine), Image(warped, affine), None)
+    assert h["hd95"]["1"] == pytest.approx(hd95(fixed, warped, linear=affine[:3, :3])[1])
+    assert h["hd95"]["1"] != pytest.approx(hd95(fixed, warped, spacing=np.linalg.norm(affine[:3, :3], axis=0))[1])
