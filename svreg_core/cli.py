@@ -808,7 +808,7 @@ def run_preview(args: argparse.Namespace) -> int:
     emit_json({"event": "ready", "device": str(prepared.device), "timing": dict(prepared.timing),
                 "model": info.name or info.architecture, "code_ranges": info.code_ranges.to_dict(),
                 "default_codes": {"alpha_prime": info.alpha_prime, "lambda_max": info.lambda_max}})
-    engine.serve(iter(sys.stdin.readline, ""), emit_json, printer)
+    engine.serve(iter(sys.stdin.readline, ""), emit_json)
     return 0
 
 

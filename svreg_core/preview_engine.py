@@ -147,7 +147,12 @@ class PreviewEngine:
     def run(self, request: PreviewRequest, progress: ProgressCallback = no_progress) -> dict[str, Any]:
         """Register at the request's codes and write its outputs; return the report (also ``report.json``)."""
         t0 = time.perf_counter()
-        result = self.pair.register_at(request.codes, 0, progress)
+
+        def registration_progress(event: ProgressEvent) -> None:  # its "done" (0.95) is not the request's (1.0)
+            if event.stage != "done":
+                progress(event)
+
+        result = self.pair.register_at(request.codes, 0, registration_progress)
         progress(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
         # the labels are warped (slow: one-hot voting) only when written or scored
         warp_labels = request.label_metrics or (request.outputs is None or "labels" in request.outputs)
@@ -160,13 +165,13 @@ class PreviewEngine:
         progress(ProgressEvent("done", 1, 1, 1.0, "finished"))
         return report
 
-    def serve(self, lines: Iterable[str], emit: Callable[[dict[str, Any]], None],
-              progress: ProgressCallback = no_progress) -> int:
+    def serve(self, lines: Iterable[str], emit: Callable[[dict[str, Any]], None], progress: bool = True) -> int:
         """Answer request lines until ``{"quit": true}`` or their end; return how many were answered.
 
-        Each request gets ``progress`` events and one ``done`` or ``error`` event (``emit``), both with the
-        request's ``id`` when it gave one; a request that fails with an :class:`SvregError` (bad input,
-        unwritable folder) is answered with an ``error`` event and the next one is served.
+        Each request gets ``progress`` events (unless ``progress`` is false; one of stage ``done``, after the
+        outputs) and one ``done`` or ``error`` event, all through ``emit`` and with the request's ``id`` when it
+        gave one; a request that fails with an :class:`SvregError` (bad input, unwritable folder) is answered with
+        an ``error`` event and the next one is served.
         """
         answered = 0
         for line in lines:
@@ -183,7 +188,12 @@ class PreviewEngine:
                 request = self.parse(fields)
                 if request is None:
                     break
-                report = self.run(request, progress)
+
+                def tagged(event: ProgressEvent, tag: dict[str, Any] = tag) -> None:
+                    if progress:  # the event as ProgressPrinter's JSON lines give it, with the request's id
+                        emit({"event": "progress", **event.to_dict(), **tag})
+
+                report = self.run(request, tagged)
             except SvregError as exc:
                 emit({"event": "error", "message": str(exc), "kind": exc.__class__.__name__, **tag})
             else:

@@ -69,6 +69,12 @@ def test_requests_give_the_files_of_svreg_register(monkeypatch, capsys, tiny_pai
     assert (stiff["event"], stiff["id"], same["event"], same["id"]) == ("done", 1, "done", "b")
     assert not (tmp_path / "never").exists()
     assert events.index(ready[0]) < events.index(stiff)  # the affine stage ran once, before the requests
+    # each request's progress events carry its id, and one of them is its stage "done" (the last, after the outputs)
+    served = [e for e in events[events.index(ready[0]):] if e["event"] == "progress"]
+    for answer in (stiff, same):
+        stages = [e["stage"] for e in served if e["id"] == answer["id"]]
+        assert stages.count("done") == 1 and stages[-1] == "done" and "outputs" in stages
+    assert len(served) == sum(e["id"] in (1, "b") for e in served)
     assert sum(e.get("stage") == "affine" for e in events[events.index(ready[0]):]) == 0
 
     expected = json.loads((reference / "report.json").read_text())
