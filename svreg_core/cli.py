@@ -1020,16 +1020,16 @@ def _kept_transform(folder: str) -> bool:
 def describe_output(path: str) -> dict:
     """What ``svreg info`` prints about an svreg output folder: from its ``report.json`` the method (and model),
     the fixed and moving images, the metrics; from its files the transform (:func:`describe_transform`)."""
-    try:
+    try:  # a report.json of another shape (edited, of another tool) fails anywhere in here
         report = json.loads((Path(path) / "report.json").read_text(encoding="utf-8"))
-        inputs, metrics = report["inputs"], report["metrics"]
-    except (OSError, ValueError, KeyError, TypeError):
+        inputs = report["inputs"]
+        output = {"method": report.get("method"), "model": (report.get("model") or {}).get("name"),
+                  "fixed": inputs.get("fixed", {}).get("path"), "moving": inputs.get("moving", {}).get("path"),
+                  "summary": _summary(report).removeprefix("Registered "), "metrics": report["metrics"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise InputError(f"{path}: its report.json is unreadable; the folder is not a complete svreg output.") from None
     transform = describe_transform(path) if _kept_transform(path) else {"path": path, "transform": []}
-    return {**transform, "svreg_output": {
-        "method": report.get("method"), "model": (report.get("model") or {}).get("name"),
-        "fixed": inputs.get("fixed", {}).get("path"), "moving": inputs.get("moving", {}).get("path"),
-        "summary": _summary(report).removeprefix("Registered "), "metrics": metrics}}
+    return {**transform, "svreg_output": output}
 
 
 def _transform_line(entry: dict) -> str:

@@ -992,6 +992,12 @@ def test_info_describes_an_output_folder(full_run, tiny_pair, fast_preset, tmp_p
     assert rc == 0 and out.strip().endswith("; no transform file kept (the run's --outputs left them out)")
     rc, _, err = _main(["apply", tmp_path / "w", p.moving, "-o", tmp_path / "a.nii.gz"], capsys)
     _assert_plain_error(rc, err, "kept no transform (its run's --outputs left out displacement and transform)")
+    # a malformed report.json (inputs not an object; metrics without NDV): one line, not a traceback
+    good = json.loads((tmp_path / "w" / "report.json").read_text())
+    for bad in ({**good, "inputs": []}, {**good, "metrics": {"folding_percent": 0.0}}):
+        (tmp_path / "w" / "report.json").write_text(json.dumps(bad))
+        rc, _, err = _main(["info", tmp_path / "w"], capsys)
+        _assert_plain_error(rc, err, "its report.json is unreadable; the folder is not a complete svreg output.")
 
 
 def test_info_lists_each_dicom_series_of_a_study_folder(geo, tmp_path: Path, capsys) -> None:
