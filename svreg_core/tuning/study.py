@@ -42,6 +42,8 @@ META_KEY = "svreg_tuning"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 #: ``enqueued`` user attribute of the base preset's own trial (see :func:`create_or_join`).
 BASE_PRESET = "base preset"
+#: Trial user attribute naming the process that runs it (:func:`this_worker`).
+WORKER_ATTR = "worker"
 DEFAULT_STORAGE = "svreg-tune.db"
 DEFAULT_STUDY = "svreg-tune"
 #: An objective's Optuna direction.
@@ -238,7 +240,7 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
                              f"(objective, search ranges, validation data or constraint); "
                              f"choose another --study-name or the same settings.") from None
         if default_params:
-            requeue_default(study, default_params)
+            requeue_default(study, default_params, storage)
         return study, False
     if default_params:
         study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
@@ -250,13 +252,41 @@ def _default_trials(study: optuna.Study, states: Sequence[TrialState] | None = N
     return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("enqueued") == BASE_PRESET]
 
 
-def requeue_default(study: optuna.Study, default_params: dict[str, Any]) -> bool:
+def this_worker() -> str:
+    """``host:pid`` of this process: the ``worker`` user attribute of each trial it runs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _worker_gone(worker: object) -> bool:
+    """Whether ``worker`` (:func:`this_worker` of a trial) was a process of this host that no longer runs
+    (POSIX: ``kill(pid, 0)``; elsewhere, and for other hosts, only the heartbeat's grace period tells)."""
+    host, _, pid = worker.rpartition(":") if isinstance(worker, str) else ("", "", "")
+    if os.name != "posix" or host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # e.g. a process of another user: it runs
+        return False
+    return False
+
+
+def requeue_default(study: optuna.Study, default_params: dict[str, Any], storage: optuna.storages.BaseStorage) -> bool:
     """Queue the base's trial again when every attempt of it failed and the last one was stopped from
-    outside (Ctrl-C / SIGTERM: ``interrupted``; a killed worker, failed by ``fail_stale_trials``: no
-    ``error``); return whether it was queued. One that failed by itself (an ``error``) is not rerun.
+    outside (Ctrl-C / SIGTERM: ``interrupted``; a killed worker: no ``error``); return whether it was queued.
+    One that failed by itself (an ``error``) is not rerun. A killed worker's trial is failed here when its
+    heartbeat is older than the grace period (``fail_stale_trials``) or, at once, when the worker was a
+    process of this host that no longer runs (a resume straight after a kill would otherwise find the study
+    finished without the base trial, still RUNNING).
     """
     with quiet_optuna():
         optuna.storages.fail_stale_trials(study)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for trial in _default_trials(study, (TrialState.RUNNING,)):
+        if _worker_gone(trial.user_attrs.get(WORKER_ATTR)):
+            storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
+                                           TrialState.FAIL)
     attempts = _default_trials(study)
     if not attempts or any(t.state != TrialState.FAIL for t in attempts):
         return False

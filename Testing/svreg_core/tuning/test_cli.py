@@ -352,6 +352,27 @@ def test_stopped_default_trial_runs_on_the_next_run(one_pair_list: Path, tmp_pat
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
 
 
+def test_a_killed_default_trial_runs_on_a_resume_straight_after(one_pair_list: Path, tmp_path: Path,
+                                                                 helpers: Any) -> None:
+    """The preset's trial killed (SIGKILL) and the same command run again at once, well within the heartbeat's
+    grace period: the killed worker was a process of this host that no longer runs, so its trial is failed and
+    the preset queued again (it stayed RUNNING, and the resumed study finished without it)."""
+    db = tmp_path / "k.db"
+    argv = [one_pair_list, "--storage", db, "--study-name", "k", "--n-trials", 2, "--seed", 0, "--progress", "json",
+            *helpers.FAST]
+    proc = helpers.start_cli(*argv, cwd=tmp_path)
+    events = helpers.kill_mid_trial(proc, db, lambda e: e["event"] == "trial_start")
+    assert events[-1]["trial"] == 0 and proc.returncode == -signal.SIGKILL
+    rerun = subprocess.run(helpers.cli_command(*argv), cwd=tmp_path, env=helpers.child_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    trials = helpers.load(db, "k").get_trials()
+    default = [t for t in trials if t.user_attrs.get("enqueued") == "base preset"]
+    assert [t.state for t in default] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert default[0].user_attrs["worker"].endswith(f":{proc.pid}")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+
+
 def _tiny_study(pairs: Path, db: Path, helpers: Any) -> None:
     """A real one-trial study in the SQLite file ``db``."""
     args = helpers.parse_args(pairs, "--storage", db, "--study-name", "s", "--n-trials", 1, "--progress", "none",
