@@ -616,13 +616,15 @@ def run_register_batch(args: argparse.Namespace) -> int:
         printer = ProgressPrinter(args.progress)
         try:
             report = _register_pair(pair, args, params, codes, printer, cache)
-        except SvregError as exc:
+        except Exception as exc:  # noqa: BLE001 - any pair's failure is reported and skipped (Ctrl-C stops the batch)
             failed += 1
+            kind, message = (exc.__class__.__name__, str(exc)) if isinstance(exc, SvregError) else (
+                _machine_failure(exc) or (exc.__class__.__name__, f"{exc.__class__.__name__}: {exc}"))
             if args.progress == "json":
-                emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__,
-                            "outdir": str(Path(pair.output).absolute())})
-            print(f"svreg: error: {pair.moving}: {exc}", file=sys.stderr)
-            rows.append(batch_summary_row(pair, None, str(exc)))
+                emit_json({"event": "error", "message": message, "kind": kind,
+                           "outdir": str(Path(pair.output).absolute())})
+            print(f"svreg: error: {pair.moving}: {message}", file=sys.stderr)
+            rows.append(batch_summary_row(pair, None, message))
             write_batch_summary(summary, rows)
             continue
         finally:

@@ -791,6 +791,38 @@ def test_batch_summary_lists_a_failed_pair(tiny_pair, fast_preset, tmp_path: Pat
     assert done["status"] == "ok" and float(done["folding_percent"]) >= 0.0
 
 
+def test_batch_skips_a_pair_that_runs_out_of_memory_and_stops_at_ctrl_c(tiny_pair, fast_preset, tmp_path: Path,
+                                                                        capsys, monkeypatch) -> None:
+    """A pair whose registration fails with an error that is not svreg's (out of memory, a bug) is recorded as failed
+    with its error and the next pair registers (it ended the batch, without the pair's summary row); Ctrl-C
+    still stops the batch."""
+    import svreg_core.registration
+
+    p = tiny_pair.paths
+    second = tmp_path / "second.nii.gz"
+    second.write_bytes(Path(p.moving).read_bytes())
+    real, raised = svreg_core.registration.register, []
+
+    def register(*args, **kwargs):
+        if raised:
+            return real(*args, **kwargs)
+        raised.append(failure)
+        raise failure
+
+    monkeypatch.setattr(svreg_core.registration, "register", register)
+    argv = ["register-batch", "--fixed", p.fixed, "--moving", p.moving, second, "--preset", fast_preset,
+            "--iterations", "5", "--outputs", "displacement", "--threads", "1", "--progress", "none"]
+    failure: BaseException = MemoryError()
+    rc, _, err = _main([*argv, "-o", tmp_path / "r"], capsys)
+    assert rc == 2 and f"svreg: error: {p.moving}: out of memory; crop the images" in err and "Traceback" not in err
+    with (tmp_path / "r" / "summary.csv").open(newline="") as f:
+        failed, done = list(csv.DictReader(f))
+    assert (failed["status"], done["status"]) == ("failed", "ok") and failed["error"].startswith("out of memory")
+    failure, raised = KeyboardInterrupt(), []
+    rc, _, err = _main([*argv, "-o", tmp_path / "i"], capsys)
+    assert rc == 130 and "interrupted" in err and not (tmp_path / "i" / "second").exists()
+
+
 @pytest.mark.parametrize("extra, words", [
     (["--iterations", "1", "2", "3"], "3 numbers for 2 levels"),
     (["--level-spacings", "8", "4", "2"], "give --iterations too"),
