@@ -217,8 +217,8 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
     """Create the study (``created=True``) or join it, checking that ``meta`` and the objective's
     ``direction`` (``"maximize"`` or ``"minimize"``) agree with the stored ones.
 
-    The creator enqueues ``default_params`` (the base's own values) as the first trial, then stores
-    ``meta``; a joining worker waits up to ``wait_s`` s for it and, with ``default_params``, queues the
+    The creator stores ``meta``, then enqueues ``default_params`` (the base's own values) as the first trial;
+    a joining worker waits up to ``wait_s`` s for ``meta`` and, with ``default_params``, queues the
     base's trial again when it was stopped (:func:`requeue_default`).
     """
     try:
@@ -242,9 +242,9 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
         if default_params:
             requeue_default(study, default_params, storage)
         return study, False
+    study.set_user_attr(META_KEY, meta)  # first: a worker joining meanwhile waits for it, not for a trial
     if default_params:
         study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
-    study.set_user_attr(META_KEY, meta)
     return study, True
 
 

@@ -9,6 +9,7 @@ the dead trial's folder is left as it was.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,8 @@ DATA_FLAGS = {"data": ("FOLDER", "folder of images: all inter-subject pairs"),
 
 def training_config(args: argparse.Namespace) -> TrainingConfig:
     """The base configuration of every trial: ``--train-config`` and the data flags, read by ``svreg train``'s
-    own parser and :func:`~svreg_core.training.cli.resolve_config`, then ``--device``; it must have
+    own parser and :func:`~svreg_core.training.cli.resolve_config`, then ``--device``, ``--labels`` and
+    ``--label-interpolation nearest`` (the validation Dice's labels and label warping); it must have
     validation pairs (checked by building the data once, before any trial)."""
     from svreg_core.training.cli import add_train_arguments, resolve_config
     from svreg_core.training.loaders import build_data
@@ -46,6 +48,12 @@ def training_config(args: argparse.Namespace) -> TrainingConfig:
         argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     config = resolve_config(parser.parse_args(argv))
     config = config.replace(device=args.device) if args.device else config
+    validation = config.validation
+    if args.labels:  # scored by the trials' validation Dice, as by a pairwise study's
+        validation = dataclasses.replace(validation, labels=tuple(args.labels))
+    if args.label_interpolation != "linear":  # the configuration's own unless asked (linear: svreg tune's default)
+        validation = dataclasses.replace(validation, label_interpolation=args.label_interpolation)
+    config = config.replace(validation=validation)
     if build_data(config).validation is None:
         raise InputError("the training objective scores the validation Dice, but the training has no validation "
                          "pairs: give --val-data or a validation fraction above 0.")

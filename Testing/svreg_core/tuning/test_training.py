@@ -143,3 +143,13 @@ def test_training_objective_user_mistakes(tiny: dict[str, Path], tmp_path: Path,
     with pytest.raises(InputError, match="holds the trial runs of another study"):
         run_tune(helpers.parse_args(*base, "--synthetic", tiny["labels"], "--study-name", "s"))
     assert not (tmp_path / "s.db").exists() or not optuna.get_all_study_names(f"sqlite:///{tmp_path / 's.db'}")
+
+
+def test_label_choices_reach_the_trials_validation(tiny: dict[str, Path], helpers: Any) -> None:
+    """--labels and --label-interpolation were stored with a training study but never reached its trials."""
+    from svreg_core.tuning.training import training_config
+
+    base = ["--train-config", tiny["config"], "--synthetic", tiny["labels"]]
+    config = training_config(helpers.parse_args(*base, "--labels", 3, "--label-interpolation", "nearest"))
+    assert config.validation.labels == (3,) and config.validation.label_interpolation == "nearest"
+    assert training_config(helpers.parse_args(*base)).validation.labels is None
