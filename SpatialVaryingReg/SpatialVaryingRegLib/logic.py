@@ -427,6 +427,11 @@ class RegistrationJob:
                     "resample it onto that volume first (Resample Scalar/Vector/DWI Volume module, "
                     "nearest neighbour for labels).")
             self._geometry[node.GetID()] = node_geometry
+        if self.fixed_labels is not None and self.moving_labels is None:  # the engine refuses it: it would do nothing
+            raise RegistrationError("a fixed label map alone does nothing: Dice needs a label map (or segmentation) of "
+                                    "the moving volume too (a moving one alone is warped onto the fixed volume).")
+        if self.settings.labels and (self.fixed_labels is None or self.moving_labels is None):
+            raise RegistrationError("the labels to score need a label map of both volumes (Dice).")
         self._check_fiducials()
         if self.settings.device not in DEVICES:
             raise RegistrationError(f"unknown device '{self.settings.device}'; use auto, cpu or cuda.")

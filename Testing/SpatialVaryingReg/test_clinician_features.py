@@ -313,3 +313,13 @@ def test_an_roi_without_size_is_refused_before_anything_starts(scene, pair):
     flat = roi(scene, (0.0, 0.0, 0.0), (30.0, 0.0, 30.0))
     with pytest.raises(logic.RegistrationError, match="has no size"):
         logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_roi=flat).validate()
+
+
+def test_a_fixed_label_map_alone_is_refused_before_anything_starts(scene, pair):
+    """The engine refuses a fixed label map without a moving one (it would do nothing): the module says so
+    first; a moving one alone is warped (test_output_nodes_are_updated_in_place)."""
+    with pytest.raises(logic.RegistrationError, match="a fixed label map alone does nothing"):
+        logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=pair["fixed_seg"]).validate()
+    with pytest.raises(logic.RegistrationError, match="labels to score need a label map of both volumes"):
+        logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"],
+                              settings=logic.RegistrationSettings(labels=[1])).validate()
