@@ -436,6 +436,9 @@ class RegistrationJob:
         if self.settings.device not in DEVICES:
             raise RegistrationError(f"unknown device '{self.settings.device}'; use auto, cpu or cuda.")
         self._model_argument = self._check_model()
+        if self._model_argument and self.moving_mask is not None and not self.settings.refine_steps:
+            raise RegistrationError("a learned model alone does not use the moving mask (only its refine steps "
+                                    "do): set Refine steps above 0, or clear the moving mask.")
 
     def _check_segmentation(self, node, ref, what: str, ref_what: str, moving_side: bool) -> None:
         """A segmentation is exported onto its volume's grid: it needs segments and the volume's transforms."""

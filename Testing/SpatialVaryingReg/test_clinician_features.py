@@ -323,3 +323,11 @@ def test_a_fixed_label_map_alone_is_refused_before_anything_starts(scene, pair):
     with pytest.raises(logic.RegistrationError, match="labels to score need a label map of both volumes"):
         logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"],
                               settings=logic.RegistrationSettings(labels=[1])).validate()
+
+
+def test_a_moving_mask_with_a_learned_model_needs_refine_steps(scene, pair):
+    """svreg register refuses a moving mask the network alone would ignore: the module says so first."""
+    mask = add_volume(scene, np.ones(SHAPE, np.uint8), AFFINE, "moving mask", labelmap=True)
+    settings = logic.RegistrationSettings(method="learned", model="brain-unet-spr", refine_steps=0)
+    with pytest.raises(logic.RegistrationError, match="set Refine steps above 0, or clear the moving mask"):
+        logic.RegistrationJob(pair["fixed"], pair["moving"], moving_mask=mask, settings=settings).validate()

@@ -118,7 +118,7 @@ def test_cli_refines_a_plain_model_at_the_presets_codes(geo, tiny_pair, checkpoi
     p = tiny_pair.paths
     out = tmp_path / "out"
     proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", checkpoints[1], "--refine", "2",
-                "--preset", "cardiac-mri", "--lambda-max", "2.5", "--level-spacings", "6", "--iterations", "2",
+                "--preset", "cardiac-mri", "--lambda-max", "2.5", "--level-spacings", "6",
                 "--no-affine", "--device", "cpu", "--progress", "none", "--outputs", "regularization", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -133,7 +133,7 @@ def test_cli_refines_a_plain_model_at_the_brain_presets_refinement_codes(geo, ti
     p = tiny_pair.paths
     out = tmp_path / "out"
     proc = _run(geo, "register", p.fixed, p.moving, "-o", out, "--model", checkpoints[1], "--refine", "2", *flags,
-                "--level-spacings", "6", "--iterations", "2", "--no-affine", "--device", "cpu", "--progress", "none",
+                "--level-spacings", "6", "--no-affine", "--device", "cpu", "--progress", "none",
                 "--outputs", "regularization", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
