@@ -321,11 +321,13 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
     (("--model", "brain-unet-spr", "--level-spacings", "4"), "--level-spacings only applies to a refinement"),
     (("--model", "brain-unet-spr", "--moving-mask", "mask.nii.gz"), "--moving-mask only applies to a refinement"),
 ])
-def test_cli_model_errors_come_before_any_work(geo, tiny_pair, tmp_path, argv, message) -> None:
+def test_cli_model_errors_come_before_any_work(tiny_pair, tmp_path, capsys, argv, message) -> None:
+    """In process (the command line's own entry point): exit status 2, one plain line, no output folder."""
     p = tiny_pair.paths
-    proc = _run(geo, "register", p.fixed, p.moving, "-o", tmp_path / "out", *argv, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+    argv = [str(tmp_path / a) if a.endswith(".nii.gz") else a for a in argv]
+    assert main(["register", str(p.fixed), str(p.moving), "-o", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 

@@ -1,15 +1,13 @@
 """Median pruning on the value so far: hand-made pair scores through the real reporter and an Optuna study."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from svreg_core.tuning.objective import StepReporter, trial_function
 from svreg_core.tuning.pruner import StepMedianPruner, make_pruner
-from svreg_core.tuning.study import create_or_join, load_study, make_sampler, open_storage, quiet_optuna, run_worker
+from svreg_core.tuning.study import create_or_join, load_study, make_sampler, quiet_optuna, run_worker
 
 #: Pair scores of each trial, in trial order (the trial's parameter ``k`` picks its row).
 SCORES = [(0.95, 0.60, 0.64)] * 5 + [(0.94, 0.30, 0.30), (0.50, 0.90, 0.90), (0.96, 0.30, 0.30)]
@@ -37,11 +35,11 @@ class KSpace:
 
 
 @pytest.mark.parametrize("direction", ["maximize", "minimize"])
-def test_a_high_first_pair_does_not_shield_a_bad_trial(tmp_path: Path, direction: str) -> None:
+def test_a_high_first_pair_does_not_shield_a_bad_trial(direction: str) -> None:
     """Five trials (0.95, 0.60, 0.64): running means 0.95, 0.775, 0.73. Trial 5 (0.94, 0.30, 0.30) is below
     that median after pair02 (0.62 < 0.775) and is pruned there, though its best step (0.94) is not below any
     median (Optuna's MedianPruner keeps it). Trial 6 (0.50, 0.90, 0.90): 0.70 < 0.775 after pair02, pruned too."""
-    storage = open_storage(tmp_path / "p.db")
+    storage = optuna.storages.InMemoryStorage()
     study, created = create_or_join(storage, "p", {"objective": "pairs"}, direction=direction, default_params=None)
     for k in range(7):
         study.enqueue_trial({"k": k})
@@ -56,10 +54,10 @@ def test_a_high_first_pair_does_not_shield_a_bad_trial(tmp_path: Path, direction
     assert bad.intermediate_values[1] == pytest.approx(0.62 if direction == "maximize" else 0.38)  # the mean so far
 
 
-def test_startup_warmup_and_interval(tmp_path: Path) -> None:
+def test_startup_warmup_and_interval() -> None:
     """No pruning before ``n_startup_trials`` complete trials, before step ``n_warmup_steps``, nor between
     checks every ``interval_steps``."""
-    storage = open_storage(tmp_path / "w.db")
+    storage = optuna.storages.InMemoryStorage()
 
     def state_of_bad_trial(pruner: StepMedianPruner) -> tuple[TrialState, int]:
         name = f"w{len(optuna.get_all_study_names(storage))}"
