@@ -107,9 +107,15 @@ def apply_to_points(transform: Transform, points_ras: np.ndarray) -> np.ndarray:
     return transform.transform_points(points)
 
 
+def points_suffix(path: str | Path) -> str | None:
+    """The ending (one of :data:`POINT_SUFFIXES`, which gives the format) of a point file's name, else ``None``."""
+    name = str(path).lower()
+    return next((suffix for suffix in POINT_SUFFIXES if name.endswith(suffix)), None)
+
+
 def is_points_file(path: str | Path) -> bool:
     """Whether ``path`` names a point file (``.csv``, Slicer ``.fcsv`` or ``.mrk.json``)."""
-    return str(path).lower().endswith(POINT_SUFFIXES)
+    return points_suffix(path) is not None
 
 
 def transform_points_file(transform: Transform, source: str | Path, target: str | Path, *,

@@ -24,6 +24,7 @@ from svreg_core.apply import (
     apply_to_image,
     apply_to_labels,
     is_points_file,
+    points_suffix,
     read_landmarks,
     transform_points_file,
 )
@@ -866,9 +867,9 @@ def run_apply(args: argparse.Namespace) -> int:
     points = is_points_file(args.input)
     if points != is_points_file(out):
         raise InputError("input and output must both be images or both be point files of the same format.")
-    if points and _points_format(args.input) != _points_format(out):
+    if points and points_suffix(args.input) != points_suffix(out):
         raise InputError(f"{out.name} would hold the points of {Path(args.input).name} in another format; name an "
-                         f"output ending in {_points_format(args.input)} (the same format as the input).")
+                         f"output ending in {points_suffix(args.input)} (the same format as the input).")
     if not points:
         check_writable_name(out)
         taken = [p for p in data_files(out) if p.exists()]
@@ -921,14 +922,6 @@ def _check_apply_output(out: Path, args: argparse.Namespace) -> None:
         what = f"inside the transform folder {args.transform}"
     if what is not None:
         raise InputError(f"the output file {out} is {what}; name another output.")
-
-
-def _points_format(path: str | Path) -> str:
-    """The ending of a point file (one of :data:`~svreg_core.apply.POINT_SUFFIXES`) that gives its format."""
-    from svreg_core.apply import POINT_SUFFIXES
-
-    name = str(path).lower()
-    return next(suffix for suffix in POINT_SUFFIXES if name.endswith(suffix))
 
 
 def run_models(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from svreg_core.apply import POINT_SUFFIXES, read_landmarks
+from svreg_core.apply import points_suffix, read_landmarks
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
 from svreg_core.image.image import conform_to_grid
@@ -79,7 +79,8 @@ def _stem(name: str, role: str) -> str | None:
     """``name`` (lower case) without its extension if it has one of ``role``'s file kinds."""
     if not role.endswith("landmarks"):
         return image_stem(name)
-    return next((name[: -len(e)] for e in POINT_SUFFIXES if name.endswith(e)), None)
+    suffix = points_suffix(name)
+    return None if suffix is None else name[: -len(suffix)]
 
 
 def _pair_files(folder: Path) -> dict[str, Path]:
