@@ -600,7 +600,7 @@ class PreparedPair:
             result.compute_displacements()
             timing["compose_s"] = time.perf_counter() - t
             timing["registration_s"] = time.perf_counter() - t0
-            progress(ProgressEvent("done", 1, 1, 0.95, "registration finished"))
+            progress(ProgressEvent("registered", 1, 1, 0.95, "registration finished"))
         return result
 
 

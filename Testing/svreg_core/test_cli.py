@@ -123,6 +123,8 @@ def test_full_run_json_progress(full_run) -> None:
     assert fractions == sorted(fractions), fractions
     stages = {e["stage"] for e in progress}
     assert {"load", "affine", "outputs"} <= stages and any(s.startswith("deformable") for s in stages), stages
+    # one stage "done", the last event before the result (the registration's own end is not a second "done")
+    assert [e["stage"] for e in progress].count("done") == 1 and progress[-1]["stage"] == "done"
 
 
 def test_inputs_never_modified(full_run) -> None:
