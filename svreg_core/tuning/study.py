@@ -44,6 +44,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BASE_PRESET = "base preset"
 #: Trial user attribute naming the process that runs it (:func:`this_worker`).
 WORKER_ATTR = "worker"
+#: User attribute of a base trial queued a second time by workers joining at once, failed before it ran.
+DUPLICATE_ATTR = "duplicate_of"
 DEFAULT_STORAGE = "svreg-tune.db"
 DEFAULT_STUDY = "svreg-tune"
 #: An objective's Optuna direction.
@@ -249,7 +251,9 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
 
 
 def _default_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs.get("enqueued") == BASE_PRESET]
+    """The base preset's trials (its first and its re-queued attempts), without duplicates never run."""
+    return [t for t in study.get_trials(deepcopy=False, states=states)
+            if t.user_attrs.get("enqueued") == BASE_PRESET and DUPLICATE_ATTR not in t.user_attrs]
 
 
 def this_worker() -> str:
@@ -288,13 +292,27 @@ def requeue_default(study: optuna.Study, default_params: dict[str, Any], storage
             storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
                                            TrialState.FAIL)
     attempts = _default_trials(study)
-    if not attempts or any(t.state != TrialState.FAIL for t in attempts):
-        return False
-    last = attempts[-1].user_attrs
-    if not last.get("interrupted") and "error" in last:
-        return False
-    study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
-    return True
+    last = attempts[-1].user_attrs if attempts else {}
+    queued = bool(attempts) and all(t.state == TrialState.FAIL for t in attempts) and (
+        bool(last.get("interrupted")) or "error" not in last)
+    if queued:
+        study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
+    _drop_duplicates(study, storage, study_id)
+    return queued
+
+
+def _drop_duplicates(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int) -> None:
+    """Fail every queued base trial but the first: two workers joining at once can both find the base's
+    attempts failed and both queue it (reading and queueing are two transactions). Each is claimed as a
+    worker pops a trial (WAITING -> RUNNING, atomic in the storage), so one already taken by a worker runs."""
+    waiting = _default_trials(study, (TrialState.WAITING,))
+    for trial in waiting[1:]:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+            storage.set_trial_user_attr(trial_id, DUPLICATE_ATTR, waiting[0].number)
+            storage.set_trial_user_attr(trial_id, "error", f"not run: the base preset was queued twice by workers "
+                                                           f"joining at once (trial {waiting[0].number} runs it)")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
 
 
 def make_sampler(seed: int | None, created: bool, n_startup_trials: int = 10) -> optuna.samplers.TPESampler:

@@ -170,6 +170,30 @@ def test_stopped_default_trial_is_queued_again(tmp_path: Path) -> None:
     assert "out of memory" in study.get_trials()[0].user_attrs["error"]
 
 
+def test_base_trial_queued_by_two_workers_at_once_runs_once(tmp_path: Path) -> None:
+    """Two workers resuming at once can both find the stopped base trial failed and both queue it (reading
+    and queueing are separate transactions): the later queued copy is failed before it runs, and does not
+    count as an attempt of the base (which is queued again after its next stop)."""
+    storage = open_storage(tmp_path / "d.db")
+    meta, default = {"objective": "quadratic"}, {"x": 0.25}
+    study, _ = create_or_join(storage, "d", meta, default_params=default)
+    with quiet_optuna(), pytest.raises(KeyboardInterrupt):
+        run_worker(study, trial_function(XSpace(), Training(stop_below=0.3)), 3)
+    for _ in range(2):  # what the two workers' requeue_default did, each after reading the stopped attempt
+        study.enqueue_trial(default, user_attrs={"enqueued": BASE_PRESET})
+    study, created = create_or_join(storage, "d", meta, default_params=default)  # either worker, after queueing
+    trials = study.get_trials()
+    assert not created and [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.FAIL]
+    assert trials[2].user_attrs["duplicate_of"] == 1 and "queued twice" in trials[2].user_attrs["error"]
+    with quiet_optuna(), pytest.raises(KeyboardInterrupt):  # the base's next attempt is stopped too
+        run_worker(study, trial_function(XSpace(), Training(stop_below=0.3)), 3)
+    study, _ = create_or_join(storage, "d", meta, default_params=default)
+    with quiet_optuna():
+        assert run_worker(study, trial_function(XSpace(), Training()), 2)[0] == "done"
+    ran = [t for t in study.get_trials() if t.params == default and "duplicate_of" not in t.user_attrs]
+    assert [t.state for t in ran] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+
+
 def test_journal_file_storage_resumes_and_shares_trials(tmp_path: Path) -> None:
     """JournalStorage on a file: two workers (threads, each with its own storage) then a resumed run."""
     path = tmp_path / "study.log"
