@@ -288,7 +288,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
     Raises:
         InputError: a missing folder or file, an invalid ``model.json``, corrupt or truncated weights,
-            an unknown architecture, or weights that do not fit the architecture's configuration.
+            an unknown architecture, weights that do not fit the architecture's configuration, or NaN or
+            infinite weights.
     """
     folder = _folder(path)
     info, digest = _read_info(folder)
@@ -315,6 +316,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if problems:
         raise InputError(f"checkpoint {folder} does not match architecture {info.architecture} with its "
                          f"configuration: {'; '.join(problems)}")
+    broken = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} holds NaN or infinite weights ({_names(broken)}), "
+                         "so every prediction would be NaN; a training that diverged saves such weights: use "
+                         "another checkpoint (e.g. the run's best/) or train again.")
     model.load_state_dict(tensors)
     return model.to(device).eval(), info
 

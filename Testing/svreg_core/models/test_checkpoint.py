@@ -264,3 +264,16 @@ def test_model_summary_is_one_informative_line(saved) -> None:
     for part in ("brain-test", "unet-spr", "2 mm", "IXI 403 T1 brains", "SPR"):
         assert part in line
     assert "unrecorded" in model_summary(_info(model, training={}, name=""))
+
+
+def test_non_finite_weights_are_refused_when_loading(saved) -> None:
+    """A diverged training's NaN weights: refused at load, not a NaN displacement after the whole run."""
+    _, folder = saved
+    weights = folder / "model.safetensors"
+    tensors = load_file(str(weights))
+    tensors["velocity_head.weight"][0, 0, 0, 0, 0] = float("nan")
+    tensors["lambda_head.1.bias"] = torch.full_like(tensors["lambda_head.1.bias"], float("inf"))
+    save_file(tensors, str(weights))
+    _rewrite_json(folder, weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+    message = _one_line_error(folder, "model.safetensors holds NaN or infinite weights")
+    assert "velocity_head.weight" in message and "lambda_head.1.bias" in message
