@@ -203,6 +203,30 @@ def test_parameter_node_codes_reach_the_learned_settings_only(module, tmp_path):
     assert logic.settingsFromParameterNode(p).codes == (0.2, 5.0)
 
 
+def test_a_moving_mask_chosen_for_register_does_not_stop_the_slider_preview(module, scene, monkeypatch, tmp_path):
+    """A moving mask and refine steps chosen for Register, then a Regularisation slider moved: the preview (the
+    network alone, which does not use the mask) leaves the mask out; it was refused with "set Refine steps above
+    0", although they were. Register itself still sends the mask."""
+    from slicer_test_helpers import HYPER, add_volume, write_model
+
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    p = module.SpatialVaryingRegParameterNode()
+    p.fixedVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "fixed")
+    p.movingVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "moving")
+    p.movingMask = add_volume(scene, np.ones((8, 8, 8), np.int16), affine, "moving mask", labelmap=True)
+    p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
+    p.modelCheckpoint = str(write_model(tmp_path / "hyper", config={"hyper": HYPER}, alpha_prime=0.175, lambda_max=1.0))
+    p.hyperLambdaMax = 5.0
+    logic = module.SpatialVaryingRegLogic()
+    preview = logic.createJob(p, preview=True)
+    preview.validate()
+    assert preview.moving_mask is None and preview.settings.refine_steps == 0
+    register = logic.createJob(p)
+    register.validate()
+    assert register.moving_mask is p.movingMask and register.settings.refine_steps == 20
+
+
 def test_console_register_with_codes_refused_before_anything_starts(module, scene, monkeypatch, tmp_path):
     """``logic.register(..., alphaPrime=A, lambdaMax=L)``: outside the model's ranges, on a plain model
     without refinement, or with the pairwise method: a plain message, nothing started or added."""
