@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import secrets
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +30,7 @@ from svreg_core.image.itk_io import (
     read_itk_image,
     write_itk_image,
 )
+from svreg_core.interrupts import interrupts_deferred
 
 #: File endings taken as images where svreg looks for them by name (folders of pairs, training folders, output
 #: names): NIfTI and FreeSurfer MGH (nibabel) and :data:`ITK_SUFFIXES`. :func:`load_image` reads any other file
@@ -323,17 +327,13 @@ def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 @contextmanager
 def _complete_or_nothing(path: Path) -> Iterator[Path]:
     """The name to write ``path`` under (:func:`~svreg_core.atomic.replaced_when_complete` with the same ending),
-    so ``path`` is never a truncated file and an existing one stays as it was. A MetaImage or
-    detached NRRD header (``.mhd``, ``.nhdr``) names its data file, so these are written in place (and what
-    was written removed on failure)."""
+    so ``path`` is never a truncated file and an existing one stays as it was. A MetaImage or detached NRRD
+    header (``.mhd``, ``.nhdr``) names its data file, so the pair is written with the same names in a hidden
+    folder beside ``path`` and moved into place when complete (:func:`_detached_pair_when_complete`)."""
     path = path.resolve() if path.is_symlink() else path
     if path.name.lower().endswith((".mhd", ".nhdr")):
-        try:
-            yield path
-        except BaseException:
-            for written in (path, *data_files(path)):
-                written.unlink(missing_ok=True)
-            raise
+        with _detached_pair_when_complete(path) as target:
+            yield target
         return
     ending = next(s for s in WRITABLE_SUFFIXES if path.name.lower().endswith(s))
     try:
@@ -344,3 +344,29 @@ def _complete_or_nothing(path: Path) -> Iterator[Path]:
                 raise OutputError(str(exc).replace(str(tmp), str(path))) from None
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
+
+
+@contextmanager
+def _detached_pair_when_complete(path: Path) -> Iterator[Path]:
+    """Yield ``.NAME.partial-PID-TOKEN/NAME`` for a detached header ``path``; when the body completes, its data
+    file, then the header, replace those beside ``path`` (and an earlier data file of the other compression is
+    removed). A failed or interrupted write leaves the earlier pair as it was and nothing else behind."""
+    folder = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        folder.mkdir()
+        try:
+            yield folder / path.name
+        except OutputError as exc:  # the writer's message names the file the user asked for
+            raise OutputError(str(exc).replace(str(folder / path.name), str(path))) from None
+        written = [f for f in data_files(folder / path.name) if f.exists()]
+        with interrupts_deferred():
+            for data in written:
+                os.replace(data, path.with_name(data.name))
+            os.replace(folder / path.name, path)
+            for stale in data_files(path):
+                if stale.name not in {data.name for data in written}:
+                    stale.unlink(missing_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -38,15 +38,16 @@ def test_save_then_nibabel_reads_same_affine_and_data(geo, tmp_path: Path) -> No
     np.testing.assert_allclose(back.affine, aff, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["out.nii.gz", "out.nii", "out.nrrd", "out.mha"])
+@pytest.mark.parametrize("name", ["out.nii.gz", "out.nii", "out.nrrd", "out.mha", "out.mhd", "out.nhdr"])
 def test_an_interrupted_save_leaves_the_earlier_file_as_it_was(tmp_path: Path, monkeypatch, name: str) -> None:
     """A Ctrl-C once the voxels are written but before the file is complete (``svreg apply --overwrite``): the
-    earlier file is untouched and nothing else is left; then the same save completes."""
+    earlier file (a detached header: and its data file) is untouched and nothing else is left; then the same
+    save completes."""
     from svreg_core.image import io
 
     path = save_image(Image(_ramp(), np.eye(4)), tmp_path / name)
-    before = path.read_bytes()
-    writer = "write_itk_image" if name.endswith((".nrrd", ".mha")) else "save_nifti"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    writer = "save_nifti" if name.endswith((".nii", ".nii.gz")) else "write_itk_image"
     write = getattr(io, writer)
 
     def write_then_interrupt(*args, **kwargs):
@@ -56,11 +57,22 @@ def test_an_interrupted_save_leaves_the_earlier_file_as_it_was(tmp_path: Path, m
     monkeypatch.setattr(io, writer, write_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         save_image(Image(2 * _ramp(), np.eye(4)), path)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [name]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     monkeypatch.undo()
     save_image(Image(2 * _ramp(), np.eye(4)), path)
     np.testing.assert_array_equal(load_image(path).data, 2 * _ramp())
-    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+
+
+@pytest.mark.parametrize(("name", "stored", "compressed"), [("out.mhd", "out.raw", "out.zraw"),
+                                                             ("out.nhdr", "out.raw", "out.raw.gz")])
+def test_a_detached_header_replaced_with_other_compression_leaves_no_stale_data_file(
+        tmp_path: Path, name: str, stored: str, compressed: str) -> None:
+    path = save_image(Image(_ramp(), np.eye(4)), tmp_path / name, gzip_level=6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, compressed])
+    save_image(Image(2 * _ramp(), np.eye(4)), path, gzip_level=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, stored])
+    np.testing.assert_array_equal(load_image(path).data, 2 * _ramp())
 
 
 def test_save_through_a_symbolic_link_replaces_its_target(tmp_path: Path) -> None:
