@@ -19,13 +19,14 @@ folder that cannot be written) is answered with an ``error`` event and the engin
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from svreg_core.errors import InputError, SvregError
+from svreg_core.errors import InputError, OutputError, SvregError
 from svreg_core.image import Image
 from svreg_core.models import ModelInfo
 from svreg_core.outputs.writer import (
@@ -57,6 +58,17 @@ def check_hyper_model(info: ModelInfo) -> None:
         raise InputError(f"model {info.name or info.architecture} is not a hyper model: its prediction cannot change "
                          "with the codes, so there is nothing to preview; choose a HyperSPR model (see 'svreg "
                          "models').")
+
+
+def _code(value: Any) -> Any:
+    """A request's code as :func:`~svreg_core.registration.model_codes` checks it: an integer too large for a
+    float becomes an infinity (refused there as outside the trained range), anything else is unchanged."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    return value
 
 
 @dataclass(frozen=True)
@@ -115,8 +127,8 @@ class PreviewEngine:
             return None
         info = self.pair.info
         assert info is not None  # checked by __init__
-        codes = model_codes(info, (fields.get("alpha_prime", info.alpha_prime),
-                                   fields.get("lambda_max", info.lambda_max)))
+        codes = model_codes(info, (_code(fields.get("alpha_prime", info.alpha_prime)),
+                                   _code(fields.get("lambda_max", info.lambda_max))))
         outputs = fields.get("outputs")
         if outputs is not None:
             if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
@@ -138,10 +150,14 @@ class PreviewEngine:
         output = fields.get("output")
         if not isinstance(output, str) or not output.strip():
             raise InputError("a request needs the output folder to write (\"output\": \"out/preview\").")
-        prepare_output_dir(output, overwrite=flags["overwrite"], inputs=self.inputs, create_parent=False)
         labels = self.moving_labels is not None and (outputs is None or "labels" in outputs)
-        check_output_space(output, expected_output_bytes(self.pair.fixed.shape, self.pair.moving.shape,
-                                                         outputs=outputs, labels=labels))
+        try:
+            prepare_output_dir(output, overwrite=flags["overwrite"], inputs=self.inputs, create_parent=False)
+            check_output_space(output, expected_output_bytes(self.pair.fixed.shape, self.pair.moving.shape,
+                                                             outputs=outputs, labels=labels))
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte or a lone surrogate in it, ...
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise OutputError(f"cannot write the output folder {output!r}: {reason}.") from None
         return PreviewRequest(codes, Path(output), outputs, **flags)
 
     def run(self, request: PreviewRequest, progress: ProgressCallback = no_progress) -> dict[str, Any]:
@@ -181,7 +197,7 @@ class PreviewEngine:
             try:
                 try:
                     fields = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):  # RecursionError: arrays or objects nested too deep
                     raise InputError(f"a request must be one line of JSON, not {line.strip()[:80]!r}.") from None
                 if isinstance(fields, dict) and "id" in fields:
                     tag["id"] = fields["id"]

@@ -219,3 +219,32 @@ def test_the_child_process_answers_each_line_before_the_next(geo, tiny_pair, hyp
             proc.wait()
     lam = [_nifti_bytes(tmp_path / f"p{n}" / "regularization.nii.gz") for n in (0, 2)]
     assert lam[0] != lam[1]
+
+
+def test_malformed_requests_do_not_end_the_engine(monkeypatch, capsys, tiny_pair, hyper, tmp_path) -> None:
+    """Requests that used to end the engine with a traceback (so every later request went unanswered): an output
+    name with a NUL byte, a lone surrogate or too long for the disk, a code too large for a float, JSON nested too
+    deep."""
+    p = tiny_pair.paths
+    monkeypatch.chdir(tmp_path)
+    status, events, err = _preview(monkeypatch, capsys, [p.fixed, p.moving, "--model", hyper, "--device", "cpu",
+                                                         "--no-affine"], [
+        '{"output": "a\\u0000b", "id": 1}',
+        '{"output": "\\ud800", "id": 2}',
+        {"output": "x" * 300, "id": 3},
+        '{"alpha_prime": 1' + "0" * 400 + ', "output": "big", "id": 4}',
+        "[" * 100_000 + "]" * 100_000,
+        {"output": str(tmp_path / "ok"), "outputs": ["regularization"], "id": 5},
+    ])
+    assert status == 0, err
+    answers = _answers(events)
+    assert [(a["event"], a.get("id")) for a in answers] == [("error", 1), ("error", 2), ("error", 3), ("error", 4),
+                                                            ("error", None), ("done", 5)]
+    messages = [a["message"] for a in answers[:5]]
+    assert messages[0].startswith("cannot write the output folder 'a\\x00b': ")
+    assert messages[1].startswith("cannot write the output folder '\\ud800': ")
+    assert messages[2].startswith("cannot write the output folder 'xxx") and "too long" in messages[2]
+    assert messages[3] == ("alpha_prime inf is outside the range this model was trained on [0.05, 0.5]; choose a "
+                           "value inside it.")
+    assert messages[4].startswith("a request must be one line of JSON")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["ok"]
