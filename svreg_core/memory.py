@@ -38,23 +38,73 @@ def estimated_peak_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int]
             + MOVING_BYTES_PER_VOXEL * int(np.prod(moving_shape)) + WORKING_BYTES_PER_VOXEL * int(working_voxels))
 
 
-def physical_memory_bytes() -> int | None:
-    """The machine's physical memory in bytes (``None`` where the OS does not say)."""
+#: Where Linux shows this process's control group (cgroup v2: its own files at the top; v1: a ``memory`` folder).
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: A cgroup v1 limit at or above this (the kernel's "no limit" is 2^63 rounded down to a page) is no limit.
+_NO_LIMIT = 1 << 60
+
+
+def _read_int(path: Path) -> int | None:
+    """The integer in a one-value cgroup file, ``None`` when absent, unreadable or ``max``."""
     try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, OSError, ValueError):
+        text = path.read_text().strip()
+    except OSError:
         return None
+    return int(text) if text.isdigit() else None
 
 
-def available_memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """Memory available to a new process without swapping (Linux ``MemAvailable``), else ``None``."""
+def _inactive_file(stat: Path) -> int:
+    """Reclaimable page cache of a cgroup (``inactive_file``, v1 ``total_inactive_file``) in bytes, else 0."""
+    try:
+        for line in stat.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key in ("inactive_file", "total_inactive_file") and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0
+
+
+def cgroup_memory(root: Path = CGROUP_ROOT) -> tuple[int, int] | None:
+    """The memory limit of this process's control group and what it uses now, without reclaimable page
+    cache, in bytes (``None`` without a limit): a container's or a batch job's limit (Docker ``--memory``,
+    Kubernetes, Slurm), above which the kernel kills the process with no message."""
+    for limit_file, usage_file in (("memory.max", "memory.current"),
+                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
+        limit = _read_int(root / limit_file)
+        if limit is not None and limit < _NO_LIMIT:
+            usage = _read_int(root / usage_file) or 0
+            return limit, max(0, usage - _inactive_file((root / usage_file).with_name("memory.stat")))
+    return None
+
+
+def physical_memory_bytes(cgroup: Path = CGROUP_ROOT) -> int | None:
+    """The memory this process may use in bytes: the machine's physical memory, or its control group's limit
+    when lower (:func:`cgroup_memory`); ``None`` where the OS does not say."""
+    try:
+        physical: int | None = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):
+        physical = None
+    limited = cgroup_memory(cgroup)
+    return limited[0] if limited is not None and (physical is None or limited[0] < physical) else physical
+
+
+def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = CGROUP_ROOT) -> int | None:
+    """Memory available to a new process without swapping (Linux ``MemAvailable``, or what its control group's
+    limit leaves when less), else ``None``."""
+    available = None
     try:
         for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                available = int(line.split()[1]) * 1024
+                break
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    limited = cgroup_memory(cgroup)
+    if limited is not None:
+        left = max(0, limited[0] - limited[1])
+        available = left if available is None else min(available, left)
+    return available
 
 
 def check_memory(fixed_shape: Sequence[int], moving_shape: Sequence[int], working_voxels: int, *,
@@ -63,7 +113,7 @@ def check_memory(fixed_shape: Sequence[int], moving_shape: Sequence[int], workin
 
     Args:
         fixed_shape, moving_shape, working_voxels: as :func:`estimated_peak_bytes`.
-        physical: the machine's memory in bytes (:func:`physical_memory_bytes`; ``None``: unknown).
+        physical: the memory this process may use in bytes (:func:`physical_memory_bytes`; ``None``: unknown).
         available: the memory free now in bytes (:func:`available_memory_bytes`; ``None``: unknown).
 
     Returns:
@@ -75,10 +125,11 @@ def check_memory(fixed_shape: Sequence[int], moving_shape: Sequence[int], workin
     needed = estimated_peak_bytes(fixed_shape, moving_shape, working_voxels)
     gb = 1024 ** 3
     if physical is not None and needed > physical:
-        raise InputError(f"registering these images needs about {needed / gb:.1f} GB of memory and this machine "
-                         f"has {physical / gb:.1f} GB; crop or downsample them (the images have "
-                         f"{int(np.prod(fixed_shape))} and {int(np.prod(moving_shape))} voxels).")
+        raise InputError(f"registering these images needs about {needed / gb:.1f} GB of memory and this process may "
+                         f"use {physical / gb:.1f} GB (the machine's memory, or its container's or job's limit); "
+                         f"crop or downsample them (the images have {int(np.prod(fixed_shape))} and "
+                         f"{int(np.prod(moving_shape))} voxels).")
     if available is not None and needed > available:
         return (f"registering these images needs about {needed / gb:.1f} GB of memory and {available / gb:.1f} GB "
-                "are free now: the machine may swap.")
+                "are free now: the machine may swap, or stop the run for lack of memory.")
     return None

@@ -47,7 +47,7 @@ def test_refused_when_larger_than_the_machine_warned_when_larger_than_free() -> 
     assert check_memory(shape, shape, 10 ** 6, physical=8 * GB, available=4 * GB) is None
     note = check_memory(shape, shape, 10 ** 6, physical=8 * GB, available=GB // 10)
     assert note is not None and "swap" in note and "\n" not in note
-    with pytest.raises(InputError, match=r"needs about 1\.1 GB of memory and this machine has 0\.2 GB") as info:
+    with pytest.raises(InputError, match=r"needs about 1\.1 GB of memory and this process may use 0\.2 GB") as info:
         check_memory(shape, shape, 10 ** 6, physical=GB // 5, available=None)
     assert "\n" not in str(info.value)
     assert check_memory(shape, shape, 10 ** 6, physical=None, available=None) is None  # unknown: no check
@@ -63,7 +63,32 @@ def test_machine_figures_are_read(tmp_path: Path) -> None:
     assert available_memory_bytes(meminfo) == 2048 * 1024
     meminfo.write_text("MemTotal:       16000000 kB\n")
     assert available_memory_bytes(meminfo) is None
-    assert available_memory_bytes(tmp_path / "absent") is None
+    assert available_memory_bytes(tmp_path / "absent", cgroup=tmp_path / "no-cgroup") is None
+
+
+@pytest.mark.parametrize("v2", [True, False])
+def test_a_container_memory_limit_is_the_memory(tmp_path: Path, v2: bool) -> None:
+    """Under a control group's memory limit (Docker --memory, Slurm), the limit counts, not the host's memory,
+    and what is free is the limit less the group's use without reclaimable page cache (cgroup v2 and v1 files
+    as Linux writes them)."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       64000000 kB\nMemAvailable:    60000000 kB\n")
+    group = tmp_path / "cgroup"
+    files = group if v2 else group / "memory"
+    files.mkdir(parents=True)
+    limit, usage = ("memory.max", "memory.current") if v2 else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    (files / limit).write_text(f"{2 * GB}\n")
+    (files / usage).write_text(f"{GB}\n")
+    (files / "memory.stat").write_text(f"anon 1000\n{'' if v2 else 'total_'}inactive_file {GB // 2}\n")
+    assert physical_memory_bytes(group) == 2 * GB
+    assert available_memory_bytes(meminfo, group) == 2 * GB - GB // 2
+    with pytest.raises(InputError, match=r"this process may use 2\.0 GB"):
+        shape = (100, 100, 100)
+        check_memory(shape, shape, 10 ** 6 * 3, physical=physical_memory_bytes(group), available=None)
+    # no limit ("max"; v1's 2^63 rounded down to a page): the machine's figures
+    (files / limit).write_text("max\n" if v2 else "9223372036854771712\n")
+    assert physical_memory_bytes(group) == physical_memory_bytes(tmp_path / "no-cgroup")
+    assert available_memory_bytes(meminfo, group) == 60000000 * 1024
 
 
 def test_register_refuses_before_any_work_under_a_memory_limit(tmp_path: Path) -> None:
@@ -87,4 +112,4 @@ except InputError as exc:
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.stdout.startswith("refused"), out.stdout + out.stderr
-    assert "this machine has" in out.stdout
+    assert "this process may use" in out.stdout
