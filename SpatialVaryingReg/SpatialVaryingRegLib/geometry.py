@@ -115,6 +115,18 @@ def check_volume(volume_node, what: str) -> None:
         raise GeometryError(f"the {what} '{volume_node.GetName()}' is not 3-D (size {dims[0]}x{dims[1]}x{dims[2]}).")
 
 
+def check_mask(volume_node, what: str, name: str | None = None) -> None:
+    """Raise :class:`GeometryError` when the mask ``volume_node`` has no voxel inside (every value 0): the
+    similarity would then weigh nothing, and the registration would run to the end and only smooth.
+    ``name``: the node the user chose, when ``volume_node`` was made from it (a segmentation's export)."""
+    import vtk.util.numpy_support as ns
+
+    scalars = volume_node.GetImageData().GetPointData().GetScalars()
+    if scalars is None or not ns.vtk_to_numpy(scalars).any():
+        raise GeometryError(f"the {what} '{name or volume_node.GetName()}' is empty (no voxel inside it), so nothing "
+                            "would be registered; paint the region to register or clear the mask.")
+
+
 def export_volume(volume_node, path: str | Path, *, world: bool = True, what: str = "volume",
                   ijk_to_world: np.ndarray | None = None) -> Path:
     """Write a volume node as NIfTI (Slicer's own writer), in world coordinates by default.

@@ -500,8 +500,8 @@ class RegistrationJob:
         inputs = Path(workdir) / "inputs"
         inputs.mkdir()
 
-        def export(node, name: str, what: str) -> Path | None:
-            return None if node is None else self.export_node(node, inputs / f"{name}.nii.gz", what)
+        def export(node, name: str, what: str, mask: bool = False) -> Path | None:
+            return None if node is None else self.export_node(node, inputs / f"{name}.nii.gz", what, mask=mask)
 
         preset_file = inputs / "parameters.json"
         preset_file.write_text(json.dumps(self.settings.preset_document(), indent=2), encoding="utf-8")
@@ -509,8 +509,8 @@ class RegistrationJob:
             fixed=export(self.fixed, "fixed", "fixed volume"),
             moving=export(self.moving, "moving", "moving volume"),
             output=Path(workdir) / "output",
-            fixed_mask=export(self.fixed_mask, "fixed_mask", "fixed mask"),
-            moving_mask=export(self.moving_mask, "moving_mask", "moving mask"),
+            fixed_mask=export(self.fixed_mask, "fixed_mask", "fixed mask", mask=True),
+            moving_mask=export(self.moving_mask, "moving_mask", "moving mask", mask=True),
             fixed_labels=export(self.fixed_labels, "fixed_labels", "fixed label map"),
             moving_labels=export(self.moving_labels, "moving_labels", "moving label map"),
             labels=self.settings.labels or None,
@@ -528,21 +528,25 @@ class RegistrationJob:
             gzip_level=None if self.settings.keep_temporary_files else 0,
         )
 
-    def export_node(self, node, path: Path, what: str) -> Path:
+    def export_node(self, node, path: Path, what: str, mask: bool = False) -> Path:
         """Write one of this job's volumes, label maps, masks or segmentations (after :meth:`validate`) as NIfTI
-        where the registration sees it: the moving side without a previous result of this module."""
+        where the registration sees it: the moving side without a previous result of this module. A ``mask``
+        without any voxel inside is refused (:class:`~.geometry.GeometryError`): the engine would register
+        nothing and report success."""
         if segmentations.is_segmentation(node):
             moving_side = node is self.moving_mask or node is self.moving_labels
             reference = self.moving if moving_side else self.fixed
             return segmentations.export_labelmap(
                 node, reference, path, what=what,
-                ijk_to_world=self._moving_ijk_to_world if moving_side else self._fixed_ijk_to_world)
+                ijk_to_world=self._moving_ijk_to_world if moving_side else self._fixed_ijk_to_world, mask=mask)
         if node is self.fixed:
             ijk_to_world = self._fixed_ijk_to_world
         elif node is self.moving:
             ijk_to_world = self._moving_ijk_to_world
         else:
             ijk_to_world = self._geometry[node.GetID()]
+        if mask:
+            geometry.check_mask(node, what)
         return geometry.export_volume(node, path, what=what, ijk_to_world=ijk_to_world)
 
     def engine_outputs(self) -> list[str]:

@@ -27,8 +27,9 @@ def segment_ids(segmentation_node) -> list[str]:
 
 
 def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, what: str,
-                    ijk_to_world: np.ndarray) -> Path:
-    """Write the segmentation as a label map NIfTI on ``reference_volume``'s grid (geometry ``ijk_to_world``).
+                    ijk_to_world: np.ndarray, mask: bool = False) -> Path:
+    """Write the segmentation as a label map NIfTI on ``reference_volume``'s grid (geometry ``ijk_to_world``);
+    as a ``mask`` it must have a voxel inside (:func:`~.geometry.check_mask`).
 
     The segmentation must lie in the volume's own space (:func:`check_parent`; the volume may additionally sit
     under this module's result transform): it is exported onto a stand-in of the volume's grid placed under the
@@ -61,6 +62,8 @@ def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, wh
                 segmentation_node, names, labelmap, reference):
             raise geometry.GeometryError(f"the {what} '{name}' could not be converted "
                                          "to a label map (does it have a binary labelmap representation?).")
+        if mask:
+            geometry.check_mask(labelmap, what, name=name)
         return geometry.export_volume(labelmap, path, what=what, ijk_to_world=ijk_to_world)
     finally:  # every node made here (stand-in, label map, its display node, the exporter's colour table) goes
         made = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]

@@ -331,3 +331,33 @@ def test_a_moving_mask_with_a_learned_model_needs_refine_steps(scene, pair):
     settings = logic.RegistrationSettings(method="learned", model="brain-unet-spr", refine_steps=0)
     with pytest.raises(logic.RegistrationError, match="set Refine steps above 0, or clear the moving mask"):
         logic.RegistrationJob(pair["fixed"], pair["moving"], moving_mask=mask, settings=settings).validate()
+
+
+@pytest.mark.parametrize("kind", ["volume", "segmentation"])
+def test_an_empty_mask_is_refused_before_the_engine_starts(scene, pair, tmp_path, kind):
+    """A mask with no voxel inside (all zeros, or a segmentation whose segment was never painted): the engine
+    weighs the similarity by it, so it ran to the end, only smoothed, and reported success. Now a plain message
+    before the engine starts, nothing left in the temporary folder, the scene unchanged."""
+    if kind == "volume":
+        mask = add_volume(scene, np.zeros(SHAPE, np.uint8), AFFINE, "fixed mask", labelmap=True)
+    else:
+        import slicer
+        import vtk.util.numpy_support as ns
+
+        painted = np.zeros(SHAPE, np.uint8)
+        painted[10:20, 10:20, 10:20] = 1
+        mask = segmentation_from(scene, add_volume(scene, painted, AFFINE, "painted", labelmap=True), ["region"])
+        mask.SetName("fixed mask")
+        erased = slicer.vtkOrientedImageData()  # the region erased again (Segment Editor's Erase effect)
+        erased.DeepCopy(mask.GetSegmentation().GetNthSegment(0).GetRepresentation("Binary labelmap"))
+        ns.vtk_to_numpy(erased.GetPointData().GetScalars())[:] = 0
+        segments = slicer.vtkSlicerSegmentationsModuleLogic
+        assert segments.SetBinaryLabelmapToSegment(erased, mask, mask.GetSegmentation().GetNthSegmentID(0),
+                                                   segments.MODE_REPLACE)
+    nodes_before = scene.GetNumberOfNodes()
+    settings = logic.RegistrationSettings(temp_root=str(tmp_path))
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_mask=mask, settings=settings,
+                                python="/no/engine/must/start")
+    with pytest.raises(logic.RegistrationError, match=r"the fixed mask 'fixed mask' is empty \(no voxel inside it\)"):
+        job.start()
+    assert job.child is None and not any(tmp_path.iterdir()) and scene.GetNumberOfNodes() == nodes_before
