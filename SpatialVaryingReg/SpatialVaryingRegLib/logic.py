@@ -808,8 +808,10 @@ class RegistrationJob:
                     staged = geometry.place_volume(scene, labels_data, f"{name} (import)")
                     try:
                         segmentations.fill_from_labelmap(warped_labels, staged, like=self.moving_labels)
-                    finally:
-                        scene.RemoveNode(staged)
+                    finally:  # with its display node, which removing the volume leaves behind
+                        for staging in (staged.GetDisplayNode(), staged):
+                            if staging is not None:
+                                scene.RemoveNode(staging)
                     warped_labels.CreateDefaultDisplayNodes()
                 else:
                     warped_labels = self._place(labels_data, name, target(reuse.warped_labels,

@@ -164,3 +164,29 @@ def process_group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_engine_outputs(folder: Path, ijk_to_ras: np.ndarray, shape: tuple[int, int, int],
+                         warped_labels: np.ndarray | None = None) -> Path:
+    """An output folder as ``svreg register`` writes it, without running it: ``report.json``, a zero displacement
+    and its inverse (ITK convention: LPS), λ, Jacobian and warped maps of ones on the grid, and the warped labels
+    when given; for :meth:`RegistrationJob.load_outputs` tests that need no engine."""
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps({"metrics": {"folding_percent": 0.0}, "device": "cpu"}),
+                                        encoding="utf-8")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(ijk_to_ras, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    field = sitk.GetImageFromArray(np.zeros((*shape[::-1], 3), np.float32), isVector=True)
+    field.SetSpacing(spacing.tolist())
+    field.SetOrigin(lps[:3, 3].tolist())
+    field.SetDirection((lps[:3, :3] / spacing).ravel().tolist())
+    for name in ("displacement", "inverse_displacement"):
+        sitk.WriteImage(field, str(folder / f"{name}.nii.gz"))
+    for name in ("regularization", "jacobian", "warped"):
+        nib.save(nib.Nifti1Image(np.ones(shape, np.float32), ijk_to_ras), folder / f"{name}.nii.gz")
+    if warped_labels is not None:
+        nib.save(nib.Nifti1Image(warped_labels.astype(np.int16), ijk_to_ras), folder / "warped_labels.nii.gz")
+    return folder

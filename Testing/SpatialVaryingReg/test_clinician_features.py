@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image, fiducials, grid_transform_arrays
+from slicer_test_helpers import add_volume, blob_image, fiducials, grid_transform_arrays, write_engine_outputs
 
 from SpatialVaryingRegLib import estimate, geometry, landmarks, logic, segmentations, tuning
 
@@ -361,3 +361,31 @@ def test_an_empty_mask_is_refused_before_the_engine_starts(scene, pair, tmp_path
     with pytest.raises(logic.RegistrationError, match=r"the fixed mask 'fixed mask' is empty \(no voxel inside it\)"):
         job.start()
     assert job.child is None and not any(tmp_path.iterdir()) and scene.GetNumberOfNodes() == nodes_before
+
+
+def test_warped_segmentation_labels_leave_no_node_behind_run_after_run(scene, pair, tmp_path):
+    """Loading warped labels into a Segmentation staged them in a label map volume, removed afterwards without its
+    display node: every run left one more orphan display node in the scene (saved with it). Loaded from an output
+    folder written by hand (no engine): only the result nodes and their display nodes are added, and a re-run
+    into the same nodes adds nothing."""
+    x = geometry.grid_points(SHAPE, AFFINE)
+    outputs = write_engine_outputs(tmp_path / "output", AFFINE, SHAPE, labels_of(blob_image(x)))
+
+    def node_ids():
+        return {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+
+    before = node_ids()
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"])
+    job.validate()
+    first = job.load_outputs(outputs)
+    assert first.warped_labels.GetSegmentation().GetNumberOfSegments() == 2
+    wanted = {n.GetID() for n in first.nodes()}
+    wanted |= {n.GetNthDisplayNodeID(i) for n in first.nodes() if n.IsA("vtkMRMLDisplayableNode")
+               for i in range(n.GetNumberOfDisplayNodes())}
+    added = {i for i in node_ids() - before if not scene.GetNodeByID(i).IsA("vtkMRMLColorNode")}
+    assert added == wanted
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"], reuse=first.reuse())
+    job.validate()
+    after_first = node_ids()
+    job.load_outputs(outputs)
+    assert node_ids() == after_first
