@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -31,6 +32,7 @@ from svreg_core.errors import InputError, OutputError
 from svreg_core.models.base import SPRNetwork
 from svreg_core.models.film import CodeRanges
 from svreg_core.models.registry import build_model
+from svreg_core.optim.parameters import RegistrationParameters
 
 #: Value of ``model.json``'s ``"format"`` key.
 FORMAT = "svreg-checkpoint"
@@ -40,6 +42,9 @@ FORMAT_VERSION = 1
 
 WEIGHTS_FILE = "model.safetensors"
 INFO_FILE = "model.json"
+
+#: Input normalisations inference applies (:func:`~svreg_core.image.normalize.robust_normalize`).
+NORMALIZATIONS = ("robust_normalize",)
 
 #: How many tensor names an error message lists before summarising.
 _LISTED = 4
@@ -96,7 +101,9 @@ class ModelInfo:
 
         Raises:
             InputError: not a dict, a missing or unknown field, a value of the wrong type or range,
-                malformed code ranges of a hyper network, or default codes outside them.
+                malformed code ranges of a hyper network, default codes outside them, an unknown input
+                normalisation, or an SPR loss that registration refuses (unknown similarity or prior, an even
+                LNCC window, codes or integration steps beyond :data:`svreg_core.optim.parameters.BOUNDS`).
         """
         if not isinstance(data, dict):
             raise InputError(f"model information must be a JSON object, got {type(data).__name__}")
@@ -110,7 +117,8 @@ class ModelInfo:
         for name, value in data.items():
             test, description = _CHECKS[name]
             if not test(value):
-                raise InputError(f"model information field {name!r} must be {description}, got {value!r}")
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise InputError(f"model information field {name!r} must be {description}, got {shown}")
         values: dict[str, Any] = {name: float(value) if name in _FLOATS else value for name, value in data.items()}
         info = cls(**values)
         try:
@@ -120,6 +128,20 @@ class ModelInfo:
         if ranges is not None and not ranges.contains(info.alpha_prime, info.lambda_max):
             raise InputError(f"model information: the default codes alpha_prime {info.alpha_prime:g}, lambda_max "
                              f"{info.lambda_max:g} lie outside the trained ranges ({ranges.describe()})")
+        if info.normalization not in NORMALIZATIONS:
+            raise InputError(f"model information: unknown input normalisation {info.normalization!r} (this svreg "
+                             f"applies {', '.join(NORMALIZATIONS)})")
+        # the SPR loss a registration with the model uses (model_parameters), at its own codes and at the highest
+        # codes of a hyper model's ranges: refused now rather than after the images are read
+        highest = (info.alpha_prime, info.lambda_max) if ranges is None else (ranges.alpha_prime[1],
+                                                                              ranges.lambda_max[1])
+        try:
+            for alpha_prime, lambda_max in ((info.alpha_prime, info.lambda_max), highest):
+                RegistrationParameters(similarity=info.similarity, lncc_window=info.lncc_window, prior=info.prior,
+                                       alpha_prime=alpha_prime, lambda_max=lambda_max, spr=info.spr,
+                                       integration_steps=info.integration_steps)
+        except InputError as exc:
+            raise InputError(f"model information: its SPR loss cannot be used: {exc}") from None
         return info
 
 
@@ -128,7 +150,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite JSON number (an integer too large for a float is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _is_text(value: Any) -> bool:
@@ -234,6 +262,9 @@ def _read_info(folder: Path) -> tuple[ModelInfo, str]:
         raise InputError(f"checkpoint {folder}: {INFO_FILE} is not text") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"checkpoint {folder}: {INFO_FILE} is not valid JSON ({exc.msg} at line {exc.lineno})") \
+            from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits, arrays nested too deep
+        raise InputError(f"checkpoint {folder}: {INFO_FILE} is not valid JSON ({' '.join(str(exc).split())})") \
             from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"checkpoint {folder}: {INFO_FILE} is not an svreg checkpoint description "

@@ -198,6 +198,10 @@ def test_invalid_json(saved) -> None:
     _, folder = saved
     (folder / "model.json").write_text('{"format": "svreg-checkpoint", ')
     _one_line_error(folder, "model.json is not valid JSON")
+    for text in ('{"format": "svreg-checkpoint", "training": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                 '{"format": "svreg-checkpoint", "lambda_max": 1' + "0" * 5000 + "}"):
+        (folder / "model.json").write_text(text)
+        _one_line_error(folder, r"model.json is not valid JSON \(")
 
 
 @pytest.mark.parametrize("changes, match", [
@@ -210,6 +214,15 @@ def test_invalid_json(saved) -> None:
     ({"weights_sha256": None}, "lacks the SHA-256"),
     ({"architecture": "voxelmorph"}, "unknown network architecture 'voxelmorph'"),
     ({"size_multiple": 32}, "size multiple 32"),
+    # found only when registering before (after reading the images), or never (the normalisation)
+    ({"network_spacing_mm": float("inf")}, "'network_spacing_mm' must be a positive number, got inf"),
+    ({"lambda_max": 10 ** 400}, r"'lambda_max' must be a positive number, got 1000\d+\.\.\.$"),
+    ({"similarity": "ncc"}, "its SPR loss cannot be used: unknown similarity 'ncc'"),
+    ({"prior": "laplace"}, "its SPR loss cannot be used: unknown prior 'laplace'"),
+    ({"lncc_window": 4}, "its SPR loss cannot be used: lncc_window must be an odd number"),
+    ({"integration_steps": 1000}, "its SPR loss cannot be used: integration_steps 1000 is out of range"),
+    ({"lambda_max": 5000.0}, "its SPR loss cannot be used: lambda_max 5000 is out of range"),
+    ({"normalization": "zscore"}, "unknown input normalisation 'zscore'"),
 ])
 def test_bad_descriptions(saved, changes: dict, match: str) -> None:
     _, folder = saved
