@@ -194,6 +194,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _unreadable(path: Path, exc: OSError) -> InputError:
+    """The one-line error for a checkpoint file that exists but cannot be read (permissions, I/O error)."""
+    return InputError(f"checkpoint {path.parent}: cannot read {path.name} ({exc.strerror or exc}); check that "
+                      "your account may read it.")
+
+
+def _read_text(path: Path) -> str:
+    """The UTF-8 text of a checkpoint file; :class:`InputError` when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+
+
 def save_checkpoint(directory: str | Path, model: SPRNetwork, info: ModelInfo) -> Path:
     """Write ``model``'s weights and ``info`` into the checkpoint folder ``directory`` (atomically).
 
@@ -257,7 +271,7 @@ def _read_info(folder: Path) -> tuple[ModelInfo, str]:
     if not path.is_file():
         raise InputError(f"checkpoint {folder}: {INFO_FILE} is missing")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(_read_text(path))
     except UnicodeDecodeError:
         raise InputError(f"checkpoint {folder}: {INFO_FILE} is not text") from None
     except json.JSONDecodeError as exc:
@@ -327,7 +341,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is missing")
-    if _sha256(weights) != digest:
+    try:
+        actual = _sha256(weights)
+    except OSError as exc:
+        raise _unreadable(weights, exc) from None
+    if actual != digest:
         raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is corrupt or truncated (its SHA-256 differs from "
                          f"the one recorded in {INFO_FILE})")
     try:

@@ -166,6 +166,17 @@ def test_missing_folder_and_files(saved, tmp_path: Path) -> None:
     _one_line_error(folder, "model.json is missing")
 
 
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc/self/mem")
+@pytest.mark.parametrize("name", ["model.json", "model.safetensors"])
+def test_unreadable_files(saved, name: str) -> None:
+    """A file that exists but cannot be read (another user's 0600 checkpoint; here, for root too, a link to
+    /proc/self/mem, whose first bytes give an I/O error): one line, not an OSError traceback."""
+    _, folder = saved
+    (folder / name).unlink()
+    (folder / name).symlink_to("/proc/self/mem")
+    _one_line_error(folder, f"cannot read {name} \\(Input/output error\\)")
+
+
 def test_truncated_weights(saved) -> None:
     _, folder = saved
     weights = folder / "model.safetensors"
