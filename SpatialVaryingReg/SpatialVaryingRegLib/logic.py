@@ -620,7 +620,7 @@ class RegistrationJob:
             if node is None:
                 return None
             if segmentations.is_segmentation(node):
-                content = node.GetSegmentation().GetMTime()
+                content = segmentations.modified_time(node)
                 ijk_to_world = geometry.parent_to_world(node)
             else:
                 content = node.GetImageData().GetMTime()

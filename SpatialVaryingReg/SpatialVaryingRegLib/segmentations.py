@@ -26,6 +26,20 @@ def segment_ids(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
 
 
+def modified_time(segmentation_node) -> int:
+    """When the segmentation's content last changed: segments added, removed or renamed, or painted. Painting (the
+    Segment Editor) writes into a segment's source representation and leaves the segmentation's own modification
+    time as it was, so the representations' times are included."""
+    segmentation = segmentation_node.GetSegmentation()
+    source = segmentation.GetSourceRepresentationName()
+    times = [segmentation.GetMTime()]
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        representation = segment.GetRepresentation(source)
+        times += [segment.GetMTime()] + ([representation.GetMTime()] if representation is not None else [])
+    return max(times)
+
+
 def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, what: str,
                     ijk_to_world: np.ndarray, mask: bool = False) -> Path:
     """Write the segmentation as a label map NIfTI on ``reference_volume``'s grid (geometry ``ijk_to_world``);

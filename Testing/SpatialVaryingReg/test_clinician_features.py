@@ -389,3 +389,30 @@ def test_warped_segmentation_labels_leave_no_node_behind_run_after_run(scene, pa
     after_first = node_ids()
     job.load_outputs(outputs)
     assert node_ids() == after_first
+
+
+def test_painting_a_segmentation_restarts_the_slider_preview_engine(scene, pair):
+    """The preview engine reads the label maps and masks once; it is restarted when they change. Painting a
+    segment (the Segment Editor writes into the segment's labelmap) left the segmentation's own modification time
+    as it was, so the sliders went on warping the labels as they were before the edit."""
+    import slicer
+    import vtk.util.numpy_support as ns
+
+    region = np.zeros(SHAPE, np.uint8)
+    region[8:16, 8:16, 8:16] = 1
+    seg = segmentation_from(scene, add_volume(scene, region, AFFINE, "region", labelmap=True), ["region"])
+
+    def key():
+        job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=seg)
+        job.validate()
+        return job.preview_key()
+
+    before = key()
+    assert key() == before  # nothing changed: the running engine serves on
+    segmentation = seg.GetSegmentation()
+    painted = slicer.vtkOrientedImageData()
+    painted.DeepCopy(segmentation.GetNthSegment(0).GetRepresentation("Binary labelmap"))
+    ns.vtk_to_numpy(painted.GetPointData().GetScalars())[:5] = 1
+    segments = slicer.vtkSlicerSegmentationsModuleLogic
+    assert segments.SetBinaryLabelmapToSegment(painted, seg, segmentation.GetNthSegmentID(0), segments.MODE_REPLACE)
+    assert key() != before
