@@ -7,6 +7,7 @@ read to list them, so listing is instant and loads no weights.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from svreg_core.errors import InputError
@@ -31,9 +32,14 @@ def shipped_models(folder: Path = SHIPPED_DIR) -> dict[str, dict]:
 
 
 def resolve_model(model: str | Path, folder: Path = SHIPPED_DIR) -> Path:
-    """The checkpoint folder of a shipped model name (``"default"`` included) or of a checkpoint path."""
+    """The checkpoint folder of a shipped model name (``"default"`` included) or of a checkpoint path.
+
+    Only a bare name (no folder separator: ``brain-unet-spr``, not ``./brain-unet-spr`` or ``brain-unet-spr/``)
+    names a shipped model; anything else is a path, even where its last part is a shipped model's name.
+    """
     name = DEFAULT_MODEL if str(model) == "default" else str(model)
-    if (folder / name / "model.json").is_file():
+    bare = name not in ("", ".", "..") and not any(sep and sep in name for sep in (os.sep, os.altsep, "/"))
+    if bare and (folder / name / "model.json").is_file():
         return folder / name
     path = Path(model).expanduser()
     if path.exists():

@@ -41,6 +41,19 @@ def test_resolve_names_default_and_paths(tmp_path: Path) -> None:
         resolve_model("no-such-model", folder)
 
 
+def test_a_path_ending_in_a_shipped_name_is_that_path(tmp_path: Path, monkeypatch) -> None:
+    """``--model ./brain-unet-spr`` (a model trained into a folder of that name) used the shipped model instead."""
+    folder = _catalogue(tmp_path / "package")
+    own = tmp_path / "work" / DEFAULT_MODEL
+    own.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "work")
+    for given in (f"./{DEFAULT_MODEL}", f"{DEFAULT_MODEL}/", f"../work/{DEFAULT_MODEL}", str(own)):
+        assert resolve_model(given, folder).resolve() == own, given
+    assert resolve_model(DEFAULT_MODEL, folder) == folder / DEFAULT_MODEL  # a bare name is the shipped model
+    with pytest.raises(InputError, match="neither a shipped model"):
+        resolve_model("./b-model", folder)
+
+
 def test_describe_puts_the_name_first() -> None:
     meta = {"architecture": "unet-spr", "network_spacing_mm": 3.0, "size_multiple": 16, "alpha_prime": 0.05,
             "lambda_max": 2.0, "config": {"hyper": {"alpha_prime": [0.01, 0.1], "lambda_max": [1, 5]}},
