@@ -36,7 +36,7 @@ from torch import nn
 
 import svreg_core
 from svreg_core.atomic import recover_directory
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, SvregError
 from svreg_core.models import ModelInfo, SPRNetwork, build_model, load_checkpoint, save_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
@@ -260,8 +260,29 @@ def train(config: TrainingConfig, run_dir: str | Path, *, progress: ProgressCall
     ctx = distributed.init_distributed(device)
     try:
         return _train(config, run_dir, device, ctx, progress if ctx.is_main else no_progress, resume, command)
+    except SvregError as exc:
+        original = worker_error(exc)
+        if original is None:
+            raise
+        raise original from None
     finally:
         distributed.shutdown(ctx)
+
+
+def worker_error(exc: SvregError) -> SvregError | None:
+    """The error a data-loading worker raised, with svreg's own one-line message, or ``None`` for an error raised in
+    this process.
+
+    PyTorch raises a DataLoader worker's exception again in the main process as the same class, with the worker's
+    whole traceback for its message (``Caught InputError in DataLoader worker process 0.`` / ``Original Traceback
+    ...`` / ``svreg_core.errors.InputError: <message>``); its last line names the class and holds the message.
+    """
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return None
+    prefix = f"{type(exc).__module__}.{type(exc).__qualname__}: "
+    messages = [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
+    return type(exc)(messages[-1]) if messages else None
 
 
 def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: distributed.DistributedContext,

@@ -1,0 +1,57 @@
+"""``svreg train`` as a user runs it: mistakes and failures end in one plain line, found before long work starts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svreg_core.errors import InputError
+from svreg_core.progress import ProgressEvent
+from svreg_core.training.config import TrainingConfig
+from svreg_core.training.trainer import train
+
+#: A network small enough for a step on a 16³ grid to take milliseconds.
+TINY = {"encoder_features": [4], "decoder_features": [4, 4], "lambda_features": []}
+
+
+def write_subjects(geo, folder: Path, count: int = 2) -> None:
+    """``count`` subjects ``subN.nii.gz`` + ``subN_seg.nii.gz``: 16³ voxels of 4 mm, a sphere (label 2) around a
+    smaller one (label 3), shifted a little per subject."""
+    folder.mkdir(parents=True)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = -30.0
+    for index in range(count):
+        ijk = np.indices((16, 16, 16)).transpose(1, 2, 3, 0) - 7.5 - 0.5 * index
+        seg = np.where((ijk ** 2).sum(-1) < 36, 2, 0).astype(np.int16)
+        seg[(ijk ** 2).sum(-1) < 9] = 3
+        geo.save_nifti(seg * np.float32(0.3), affine, folder / f"sub{index}.nii.gz")
+        geo.save_nifti(seg, affine, folder / f"sub{index}_seg.nii.gz")
+
+
+def real_pairs_config(train_folder: Path, val_folder: Path, **changes) -> TrainingConfig:
+    """One epoch of one step on the subjects of ``train_folder``, validated on those of ``val_folder``."""
+    values = {"model": TINY, "network_spacing_mm": 4.0, "grid_shape": (16, 16, 16), "epochs": 1,
+              "steps_per_epoch": 1, "num_workers": 0,
+              "data": {"sources": [{"kind": "folder", "path": str(train_folder)}], "prealign": False},
+              "validation": {"sources": [{"kind": "folder", "path": str(val_folder)}], "pairs": 1}}
+    return TrainingConfig(**{**values, **changes})
+
+
+def test_a_file_failing_in_a_data_loading_worker_is_one_plain_line(geo, tmp_path) -> None:
+    """A label map that disappears while training runs (a network drive, a cleanup job) fails in a DataLoader worker
+    process: the error is svreg's one line naming the file, not the worker's traceback."""
+    write_subjects(geo, tmp_path / "train")
+    write_subjects(geo, tmp_path / "val")
+    doomed = tmp_path / "val" / "sub0_seg.nii.gz"
+
+    def remove_at_the_first_step(event: ProgressEvent) -> None:
+        if event.stage.startswith("epoch ") and doomed.exists():
+            doomed.unlink()  # the validation pair is loaded after the epoch's steps, in a worker
+
+    with pytest.raises(InputError) as caught:
+        train(real_pairs_config(tmp_path / "train", tmp_path / "val", num_workers=1), tmp_path / "run",
+              progress=remove_at_the_first_step)
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.endswith(f"file not found: {doomed}")
