@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,10 @@ REQUEST_FIELDS = {
     "id": "any number or string, repeated in the answer's events",
     "quit": "true: end the engine",
 }
+
+
+#: The folder of svreg's own code: the warnings raised there go into a request's report.
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def check_hyper_model(info: ModelInfo) -> None:
@@ -161,14 +166,23 @@ class PreviewEngine:
         return PreviewRequest(codes, Path(output), outputs, **flags)
 
     def run(self, request: PreviewRequest, progress: ProgressCallback = no_progress) -> dict[str, Any]:
-        """Register at the request's codes and write its outputs; return the report (also ``report.json``)."""
+        """Register at the request's codes and write its outputs; return the report (also ``report.json``, with
+        the registration's warnings under ``warnings`` as ``svreg register`` records them)."""
         t0 = time.perf_counter()
 
         def registration_progress(event: ProgressEvent) -> None:  # its "done" (0.95) is not the request's (1.0)
             if event.stage != "done":
                 progress(event)
 
-        result = self.pair.register_at(request.codes, 0, registration_progress)
+        # the warnings of svreg's own code go into the report, as svreg register records them, for every request
+        # (Python would show a warning from the same line once per process); they are still shown on stderr
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = self.pair.register_at(request.codes, 0, registration_progress)
+        for caught_warning in caught:
+            warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
+                                   caught_warning.lineno, source=caught_warning.source)
+        warned = [str(w.message) for w in caught if _PACKAGE in Path(w.filename).resolve().parents]
         progress(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
         # the labels are warped (slow: one-hot voting) only when written or scored
         warp_labels = request.label_metrics or (request.outputs is None or "labels" in request.outputs)
@@ -177,7 +191,8 @@ class PreviewEngine:
                                moving_labels=self.moving_labels if warp_labels else None, labels=self.labels,
                                label_mode=self.label_mode, overwrite=request.overwrite, inputs=self.inputs,
                                started=t0, outputs=request.outputs, sources=self.sources, gzip_level=self.gzip_level,
-                               extra={**self.extra, "preview": {"setup_timing": dict(self.pair.timing)}})
+                               extra={**self.extra, **({"warnings": warned} if warned else {}),
+                                      "preview": {"setup_timing": dict(self.pair.timing)}})
         progress(ProgressEvent("done", 1, 1, 1.0, "finished"))
         return report
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,26 @@ def test_malformed_requests_do_not_end_the_engine(monkeypatch, capsys, tiny_pair
                            "value inside it.")
     assert messages[4].startswith("a request must be one line of JSON")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["ok"]
+
+
+def test_every_report_records_the_registrations_warnings(monkeypatch, capsys, tiny_pair, hyper, tmp_path) -> None:
+    """A model given a wider field of view than it was trained on warns in each request's report (Slicer's status
+    line shows ``report["warnings"]``), as ``svreg register`` records it, not only once on stderr."""
+    p = tiny_pair.paths
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "narrow"
+    shutil.copytree(hyper, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["training"]["grid_shape"] = [2, 2, 2]  # the network grid of a 6 mm image is far larger
+    (model / "model.json").write_text(json.dumps(meta))
+    status, events, err = _preview(monkeypatch, capsys, [p.fixed, p.moving, "--model", model, "--device", "cpu",
+                                                         "--no-affine"], [
+        {"output": str(tmp_path / f"p{n}"), "outputs": ["regularization"], "id": n} for n in (1, 2)])
+    assert status == 0, err
+    answers = _answers(events)
+    assert [a["event"] for a in answers] == ["done", "done"]
+    for answer in answers:
+        (warning,) = answer["report"]["warnings"]
+        assert "more than twice the 12 x 12 x 12 mm model hyper-test was trained on" in warning
+        assert json.loads((Path(answer["outdir"]) / "report.json").read_text())["warnings"] == [warning]
+    assert err.count("svreg: warning: the fixed image's foreground needs a network grid") == 2
