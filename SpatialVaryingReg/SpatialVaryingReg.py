@@ -206,7 +206,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._torchStatus: dependencies.TorchStatus | None = None  # None: not checked in this session
         self._environmentChild: runner.ChildProcess | None = None  # torch check or install in progress
         self._environmentInstalling = False
-        self._afterEnvironment = None  # what to do once torch is ready (e.g. start the registration)
+        self._afterEnvironment: list = []  # what to do once torch is ready (e.g. start the registration), in order
         self._environmentForTuning = False  # whether the tuning packages are needed too
         self._applyBest: dict | None = None  # {"thread", "result", "error", "path"} while "Apply best" runs
         self._timers: list = []
@@ -593,10 +593,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
 
     def _withEnvironment(self, then, tuning: bool = False) -> None:
         """Check torch in a child process (install it after asking), then the other packages, then call
-        ``then()``; never blocks the GUI thread on the child (a timer polls it)."""
+        ``then()``; never blocks the GUI thread on the child (a timer polls it). What is asked for while a check
+        or an installation runs (e.g. Register pressed after Install) is done once it has ended, each once."""
+        if then is not None and then not in self._afterEnvironment:
+            self._afterEnvironment.append(then)
+        self._environmentForTuning = self._environmentForTuning or tuning
         if self._environmentChild is not None:
-            return  # a check or an installation is already running
-        self._afterEnvironment, self._environmentForTuning = then, tuning
+            return  # a check or an installation is already running: what was asked for follows it
         if self._torchStatus is not None and self._torchStatus.ok:
             self._environmentReady()
             return
@@ -629,17 +632,18 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._environmentTimer.start()
             self._updateEngineStatus()
             return
-        self._afterEnvironment = None
+        self._afterEnvironment, self._environmentForTuning = [], False
         slicer.util.errorDisplay(status.advice() if status is not None else _("PyTorch could not be checked."))
 
     def _environmentReady(self) -> None:
-        then, self._afterEnvironment = self._afterEnvironment, None
+        actions, self._afterEnvironment = self._afterEnvironment, []
+        tuning, self._environmentForTuning = self._environmentForTuning, False
         with slicer.util.tryWithErrorDisplay(_("Failed to install the engine's Python packages.")):
-            if not self.logic.ensureRequirements(ask=True, tuning=self._environmentForTuning):
+            if not self.logic.ensureRequirements(ask=True, tuning=tuning):
                 return
             self._updateEngineStatus()
-            if then is not None:
-                then()
+            for action in actions:
+                action()
 
     def onApplyButton(self) -> None:
         if self._job is not None and self._job.running:
@@ -647,7 +651,9 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job.cancel()
             self._finishRegistration()
             return
-        self._retirePreviewEngine()  # a full registration supersedes the previews
+        self._retirePreviewEngine()  # a full registration supersedes the previews, one waiting for PyTorch too
+        if self._schedulePreview in self._afterEnvironment:
+            self._afterEnvironment.remove(self._schedulePreview)
         self._withEnvironment(self._startRegistration)
 
     def _startRegistration(self) -> None:

@@ -416,3 +416,56 @@ def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp
     assert pid is not None and process_alive(pid)
     widget.cleanup()
     assert not process_group_alive(pid) and widget._previewEngine.pid is None
+
+
+def test_register_pressed_while_pytorch_is_being_checked_runs_once_the_check_has_ended(real, scene, monkeypatch,
+                                                                                       tmp_path):
+    """Register pressed while the PyTorch check that Install (or a slider move) started was still running did
+    nothing at all: the click was dropped. It now runs once the check has ended (here: it starts and reports
+    that the level spacings are not numbers); a slider preview waiting for the same check is dropped by it."""
+    import contextlib
+    import json
+    import stat
+    import sys
+    import time
+
+    module, qt, ctk = real
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
+    widget = module.SpatialVaryingRegWidget()  # the widget's own state (the base class needs slicer.app)
+    widget.ui = ui = qt_standins.ui_from_file(UI, qt, ctk)
+    ui.logTextEdit.appendPlainText = ui.logTextEdit.clear = lambda *text: None
+    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
+    widget.logic = logic = module.SpatialVaryingRegLogic()
+    widget._environmentTimer, widget._previewTimer = qt.QTimer(), qt.QTimer()
+    p = logic.getParameterNode()
+    widget.setParameterNode(p)
+    p.fixedVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "fixed")
+    p.movingVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "moving")
+    p.levelSpacings = "4;2"
+    shown: list[str] = []
+
+    @contextlib.contextmanager
+    def error_display(message, **kwargs):  # Slicer's dialog: record what it would show
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - what tryWithErrorDisplay catches
+            shown.append(f"{message} {exc}")
+
+    monkeypatch.setattr(module.slicer.util, "tryWithErrorDisplay", error_display)
+    check = tmp_path / "PythonSlicer"  # answers the check at once: PyTorch is there
+    event = {"event": "torch", "status": "ok", "torch": "2.5.1", "numpy": np.__version__, "devices": []}
+    check.write_text(f"#!{sys.executable}\nprint({json.dumps(json.dumps(event))}, flush=True)\n")
+    check.chmod(check.stat().st_mode | stat.S_IEXEC)
+
+    widget._environmentChild = module.dependencies.start_torch_check(python=str(check))  # what Install started
+    widget._environmentTimer.start()
+    widget._withEnvironment(widget._schedulePreview)  # a slider moved: its preview waits for the check
+    widget.onApplyButton()  # then Register
+    deadline = time.monotonic() + 30
+    while widget._environmentTimer.active:
+        widget._onEnvironmentTimer()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert widget._torchStatus.ok
+    assert shown == ["Registration could not start. '4;2' is not a list of numbers (e.g. '4 2')."]
+    assert widget._preview.pending is None and not widget._previewTimer.active
