@@ -269,6 +269,10 @@ def _read_info(folder: Path) -> tuple[ModelInfo, str]:
     """The :class:`ModelInfo` and the recorded SHA-256 of the weights of a checkpoint folder."""
     path = folder / INFO_FILE
     if not path.is_file():
+        kept = [name for name in ("best", "last") if (folder / name / INFO_FILE).is_file()]
+        if kept:  # the folder svreg train -o wrote, holding its checkpoints
+            raise InputError(f"{folder} is a training run's folder, not a checkpoint: use its checkpoint "
+                             f"{' or '.join(str(folder / name) for name in kept)}")
         raise InputError(f"checkpoint {folder}: {INFO_FILE} is missing")
     try:
         meta = json.loads(_read_text(path))

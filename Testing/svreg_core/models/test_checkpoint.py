@@ -166,6 +166,17 @@ def test_missing_folder_and_files(saved, tmp_path: Path) -> None:
     _one_line_error(folder, "model.json is missing")
 
 
+def test_a_training_runs_folder_points_at_its_checkpoints(nets, saved, tmp_path: Path) -> None:
+    """``svreg register --model runs/mine`` (the folder given to ``svreg train -o``) said only "model.json is
+    missing"."""
+    model, _ = saved
+    run = tmp_path / "run"
+    for name in ("best", "last"):
+        save_checkpoint(run / name, model, _info(model))
+    message = _one_line_error(run, "is a training run's folder, not a checkpoint")
+    assert message.endswith(f"use its checkpoint {run / 'best'} or {run / 'last'}")
+
+
 @pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc/self/mem")
 @pytest.mark.parametrize("name", ["model.json", "model.safetensors"])
 def test_unreadable_files(saved, name: str) -> None:
