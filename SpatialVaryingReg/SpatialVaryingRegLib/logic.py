@@ -735,10 +735,15 @@ class RegistrationJob:
     def load_outputs(self, outdir: Path) -> RegistrationOutputs:
         """Create (or update, :class:`OutputNodes`) the output nodes from the engine's output folder.
 
-        Every file is read before any node is touched, so a file that cannot be read leaves the scene
+        A fixed or moving volume removed from the scene meanwhile stops it (:class:`RegistrationError`). Every
+        file is read before any node is touched, so a file that cannot be read leaves the scene
         as it was; nodes created before a later failure are removed again.
         """
         scene = self.scene
+        for node, what in ((self.fixed, "fixed volume"), (self.moving, "moving volume")):
+            if node.GetScene() is not scene:  # deleted by the user while the engine ran
+                raise RegistrationError(f"the {what} '{node.GetName()}' was removed from the scene during the "
+                                        "registration; nothing was loaded.")
         outdir = Path(outdir)
         report = json.loads((outdir / "report.json").read_text(encoding="utf-8"))
         first_result = next_run_number(scene) == 1

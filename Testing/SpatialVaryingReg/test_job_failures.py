@@ -11,9 +11,9 @@ import sys
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume
+from slicer_test_helpers import add_volume, write_engine_outputs
 
-from SpatialVaryingRegLib import logic
+from SpatialVaryingRegLib import geometry, logic
 
 ENGINE = """\
 #!{python}
@@ -57,6 +57,42 @@ def test_an_unreadable_output_ends_the_job_with_the_real_message(scene, pair, co
     assert scene.GetNumberOfNodes() == nodes_before and moving.GetParentTransformNode() is None
     assert (job.workdir / "output" / "displacement.nii.gz").is_file() is keep
     assert any((tmp_path / "temp").iterdir()) is keep
+
+
+FINISHED_ENGINE = """\
+#!{python}
+import json, shutil, sys, time
+out = sys.argv[sys.argv.index("-o") + 1]
+time.sleep(0.3)
+shutil.copytree({outputs!r}, out)
+print(json.dumps({{"event": "done", "outdir": out}}), flush=True)
+"""
+
+
+def test_a_volume_deleted_while_the_engine_runs_ends_the_job_with_a_plain_message(scene, pair, tmp_path):
+    """The moving volume deleted (Data module) while the engine ran: its results were still loaded, a transform
+    and maps of a volume no longer in the scene. Now the job ends with a plain message, nothing is added, and the
+    temporary folder is removed. An engine stand-in copies a finished output folder written by hand."""
+    fixed, moving = pair
+    outputs = write_engine_outputs(tmp_path / "finished", geometry.ijk_to_ras(fixed), (12, 12, 12))
+    engine = tmp_path / "engine"
+    engine.write_text(FINISHED_ENGINE.format(python=sys.executable, outputs=str(outputs)))
+    engine.chmod(engine.stat().st_mode | stat.S_IEXEC)
+    settings = logic.RegistrationSettings(temp_root=str(tmp_path / "temp"))
+    job = logic.RegistrationJob(fixed, moving, settings=settings, python=str(engine), env={})
+    nodes_after_deletion: list[int] = []
+
+    def delete_the_moving_volume() -> None:  # the user, while the engine runs
+        if not nodes_after_deletion:
+            scene.RemoveNode(moving)
+            nodes_after_deletion.append(scene.GetNumberOfNodes())
+
+    with pytest.raises(logic.RegistrationError, match="^the engine finished but its outputs could not be loaded: the "
+                       "moving volume 'moving' was removed from the scene during the registration; nothing was "
+                       "loaded.$"):
+        job.run(timeout=60, idle=delete_the_moving_volume)
+    assert scene.GetNumberOfNodes() == nodes_after_deletion[0] and moving.GetParentTransformNode() is None
+    assert not any((tmp_path / "temp").iterdir())
 
 
 def test_one_line_messages():
