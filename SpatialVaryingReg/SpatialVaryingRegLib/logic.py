@@ -683,19 +683,25 @@ class RegistrationJob:
         self._complete(self.child.result)
 
     def run(self, timeout: float | None = None, idle: Callable[[], None] | None = None) -> RegistrationOutputs:
-        """Start (if needed) and block until done; raise :class:`RegistrationError` on failure."""
+        """Start (if needed) and block until done; raise :class:`RegistrationError` on failure. Interrupted (e.g.
+        KeyboardInterrupt, an exception of ``idle``), the engine's process tree is ended and the temporary folder
+        removed before the exception goes on."""
         if self.child is None:
             self.start()
         t0 = time.monotonic()
         timed_out = False
-        while self.poll():
-            if idle is not None:
-                idle()
-            if timeout is not None and time.monotonic() - t0 > timeout:
-                timed_out = True
-                self.cancel(reason=runner.time_limit_message(timeout))
-                break
-            time.sleep(0.05)
+        try:
+            while self.poll():
+                if idle is not None:
+                    idle()
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    timed_out = True
+                    self.cancel(reason=runner.time_limit_message(timeout))
+                    break
+                time.sleep(0.05)
+        except BaseException:
+            self.cancel(reason="the registration was interrupted.")
+            raise
         if self.outputs is None:  # a time limit is a failure to report, not the user's cancel
             cls = RegistrationCancelled if self.cancelled and not timed_out else RegistrationError
             raise cls(self.error or "the registration did not finish.")

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, write_engine_outputs
+from slicer_test_helpers import add_volume, process_group_alive, write_engine_outputs
 
 from SpatialVaryingRegLib import geometry, logic
 
@@ -93,6 +93,32 @@ def test_a_volume_deleted_while_the_engine_runs_ends_the_job_with_a_plain_messag
         job.run(timeout=60, idle=delete_the_moving_volume)
     assert scene.GetNumberOfNodes() == nodes_after_deletion[0] and moving.GetParentTransformNode() is None
     assert not any((tmp_path / "temp").iterdir())
+
+
+SLOW_ENGINE = """\
+#!{python}
+import time
+time.sleep(60)
+"""
+
+
+def test_an_interrupted_console_run_ends_the_engine_and_removes_its_folder(scene, pair, tmp_path):
+    """``logic.register`` blocks the Python console; interrupted there (KeyboardInterrupt, e.g. a notebook's stop
+    button), it left the engine running and its temporary folder behind. An engine stand-in that only sleeps."""
+    fixed, moving = pair
+    engine = tmp_path / "engine"
+    engine.write_text(SLOW_ENGINE.format(python=sys.executable))
+    engine.chmod(engine.stat().st_mode | stat.S_IEXEC)
+    settings = logic.RegistrationSettings(temp_root=str(tmp_path / "temp"))
+    job = logic.RegistrationJob(fixed, moving, settings=settings, python=str(engine), env={})
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        job.run(timeout=60, idle=interrupt)
+    assert not process_group_alive(job.child.process.pid) and not any((tmp_path / "temp").iterdir())
+    assert job.cancelled and job.error == "the registration was interrupted."
 
 
 def test_one_line_messages():
