@@ -232,6 +232,30 @@ def load_alignments(cache: Path) -> dict[tuple[str, str], np.ndarray]:
         return {}
 
 
+def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progress) -> None:
+    """Read every label map of the real pairs, and every image that no pre-alignment reads, once before training.
+
+    A pair's files are otherwise read only when a batch draws it (a validation pair after the first epoch, a pair
+    that is not pre-aligned at any step), so an unreadable or unusable file (not 3-D, a label map holding values that
+    are not whole numbers, ...) would stop the run hours in. Images that are pre-aligned are read (and refused) by
+    :func:`prepare_alignments`, before training too. Progress events have the stage ``"check"``.
+
+    Raises:
+        InputError: naming the first unusable file.
+    """
+    from svreg_core.image import load_image
+
+    files: dict[tuple[Path, bool], None] = {}  # (path, read as a label map), in the order of the pairs
+    for dataset in data.pair_datasets:
+        for pair in dataset.pairs:
+            images = () if dataset.prealign else (pair.fixed, pair.moving)
+            files.update({(path, False): None for path in images})
+            files.update({(path, True): None for path in (pair.fixed_labels, pair.moving_labels) if path is not None})
+    for index, (path, labels) in enumerate(files):
+        load_image(path, labels=labels, name=f"{'label map' if labels else 'image'} in {path.parent}")
+        progress(ProgressEvent("check", index + 1, len(files), (index + 1) / len(files), f"read {path.name}"))
+
+
 #: Seconds between two saves of the alignment cache while the pre-alignments are computed.
 ALIGNMENT_SAVE_INTERVAL_S = 30.0
 

@@ -54,6 +54,7 @@ from svreg_core.training.loaders import (
     STREAM_MODEL,
     TrainingData,
     build_data,
+    check_pair_files,
     epoch_loader,
     load_alignments,
     prepare_alignments,
@@ -308,7 +309,8 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     data = build_data(config, load_alignments(alignments_file) if continuing else None)
     distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
     if ctx.is_main:
-        if not continuing:
+        if not continuing:  # every file of the pairs, before any long work (a resumed run read them when it began)
+            check_pair_files(data, progress)
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / CONFIG_FILE)
         prepare_alignments(data, alignments_file, write=True, progress=progress)

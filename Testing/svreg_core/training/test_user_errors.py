@@ -1,6 +1,7 @@
 """``svreg train`` as a user runs it: mistakes and failures end in one plain line, found before long work starts."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +56,18 @@ def test_a_file_failing_in_a_data_loading_worker_is_one_plain_line(geo, tmp_path
     message = str(caught.value)
     assert "\n" not in message and "Traceback" not in message
     assert message.endswith(f"file not found: {doomed}")
+
+
+def test_an_unusable_label_map_is_refused_before_any_training_step(geo, tmp_path) -> None:
+    """A validation pair's label map holding fractions (a probability map) is read only after the first epoch's
+    steps: it is refused before the first step, and no run folder is left."""
+    write_subjects(geo, tmp_path / "train")
+    write_subjects(geo, tmp_path / "val")
+    bad = tmp_path / "val" / "sub1_seg.nii.gz"
+    geo.save_nifti(np.full((16, 16, 16), 0.25, np.float32), np.eye(4), bad)
+    events: list[ProgressEvent] = []
+    where = re.escape(str(tmp_path / "val"))
+    with pytest.raises(InputError, match=rf"^label map in {where} \(sub1_seg\.nii\.gz\) holds values that are not"):
+        train(real_pairs_config(tmp_path / "train", tmp_path / "val"), tmp_path / "run", progress=events.append)
+    assert not [e for e in events if e.stage.startswith("epoch")]
+    assert not (tmp_path / "run").exists()
