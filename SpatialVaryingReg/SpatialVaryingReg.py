@@ -315,6 +315,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._job is not None and self._job.running:
             self._job.cancel()  # its input nodes are about to disappear
             self._finishRegistration()
+        self._afterEnvironment.clear()  # a Register waiting for the PyTorch check was for this scene's volumes
         self._stopPreviews()
         self.setParameterNode(None)
 

@@ -469,3 +469,17 @@ def test_register_pressed_while_pytorch_is_being_checked_runs_once_the_check_has
     assert widget._torchStatus.ok
     assert shown == ["Registration could not start. '4;2' is not a list of numbers (e.g. '4 2')."]
     assert widget._preview.pending is None and not widget._previewTimer.active
+
+
+    # Register pressed during a check, then the scene closed: the registration is not started on the next scene
+    widget._torchStatus, shown[:] = None, []
+    widget._environmentChild = module.dependencies.start_torch_check(python=str(check))
+    widget._environmentTimer.start()
+    widget.onApplyButton()
+    widget.onSceneStartClose(scene, None)
+    widget.setParameterNode(p)  # the next scene's parameter node (here the same settings)
+    while widget._environmentTimer.active:
+        widget._onEnvironmentTimer()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert widget._torchStatus.ok and shown == []
