@@ -836,6 +836,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         snapshot = tuning.read_study(db, self._parameterNode.tuningStudyName) if db else None
         table = self.ui.tuningTable
         table.setRowCount(0 if snapshot is None else len(snapshot.trials))
+        if snapshot is None or snapshot.best is None:
+            self.ui.tuningBestLabel.text = ""  # not the best trial of a study shown before (another one chosen)
         if snapshot is None:
             return
         self._setTuningValueName(snapshot.value_name)

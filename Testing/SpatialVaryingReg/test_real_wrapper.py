@@ -483,3 +483,30 @@ def test_register_pressed_while_pytorch_is_being_checked_runs_once_the_check_has
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert widget._torchStatus.ok and shown == []
+
+
+def test_the_best_trial_shown_belongs_to_the_chosen_study(real, scene, tmp_path):
+    """Choosing another validation set (or study) kept the previous study's "Best mean Dice … (trial …)" line
+    while the table showed the new study, whose best "Apply best" would then write."""
+    import json
+
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    rows: list[int] = []
+    ui.tuningTable.setRowCount = rows.append
+    ui.tuningTable.setItem = ui.tuningTable.setHorizontalHeaderLabels = lambda *args: None
+    qt.QTableWidgetItem = str
+    p = module.SpatialVaryingRegLogic().getParameterNode()
+    widget = _widget(module, ui, p)
+    tuned, untouched = tmp_path / "tuned", tmp_path / "untouched"
+    report = module.tuning.report_folder(tuned / "svreg-tune.db", "slicer")
+    report.mkdir(parents=True)
+    untouched.mkdir()
+    trial = {"number": 3, "state": "COMPLETE", "value": 0.8123, "params": {"alpha_prime": 0.1}}
+    (report / "summary.json").write_text(json.dumps({"study": "slicer", "trials": [trial], "best": trial}))
+    p.tuningValidationSet = str(tuned)
+    widget.refreshStudyTable()
+    assert rows[-1] == 1 and ui.tuningBestLabel.text == "Best mean Dice 0.8123 (trial 3): alpha_prime=0.1"
+    p.tuningValidationSet = str(untouched)
+    widget.refreshStudyTable()
+    assert rows[-1] == 0 and ui.tuningBestLabel.text == ""
