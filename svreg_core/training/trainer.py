@@ -39,6 +39,7 @@ from svreg_core.atomic import recover_directory
 from svreg_core.errors import InputError, SvregError
 from svreg_core.models import ModelInfo, SPRNetwork, build_model, load_checkpoint, save_checkpoint
 from svreg_core.models.zoo import resolve_model
+from svreg_core.outputs.writer import check_output_file, prepare_output_dir
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 from svreg_core.training import distributed
 from svreg_core.training.config import TrainingConfig, load_config, save_config
@@ -192,11 +193,16 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
     Raises:
         InputError: ``run_dir`` is a file, a non-empty folder that is not a training run, a run with a
             different configuration, or an earlier run while ``resume`` is off.
+        OutputError: a new ``run_dir`` cannot be created or written (below a file, on a read-only disk).
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise InputError(f"output {run_dir} exists and is not a folder.")
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists():  # a folder (and its parents) to create: not below a file, on a writable disk
+        prepare_output_dir(run_dir, overwrite=False, create_parent=False)
+        return False
+    if not any(run_dir.iterdir()):
+        check_output_file(run_dir / CONFIG_FILE)
         return False
     saved = run_dir / CONFIG_FILE
     if not saved.is_file():

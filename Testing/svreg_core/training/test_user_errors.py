@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
 from svreg_core.training.config import TrainingConfig
@@ -71,3 +72,13 @@ def test_an_unusable_label_map_is_refused_before_any_training_step(geo, tmp_path
         train(real_pairs_config(tmp_path / "train", tmp_path / "val"), tmp_path / "run", progress=events.append)
     assert not [e for e in events if e.stage.startswith("epoch")]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_folder_below_a_file_is_refused_before_the_data_are_read(tmp_path, capsys) -> None:
+    """``-o notes.txt/run`` crashed with a NotADirectoryError traceback once the data were read and pre-aligned: it
+    is one line, and comes before the (here missing) label map folder is even looked at."""
+    (tmp_path / "notes.txt").write_text("not a folder")
+    run = tmp_path / "notes.txt" / "run"
+    assert main(["train", "--synthetic", str(tmp_path / "missing"), "-o", str(run), "--progress", "none"]) == 2
+    assert capsys.readouterr().err == f"svreg: error: cannot create {run}: {tmp_path / 'notes.txt'} is a file, not a " \
+                                      "folder.\n"
