@@ -227,8 +227,9 @@ def registration_parameters(args: argparse.Namespace):
                                  "N); the network alone does not use it.")
     set_threads(args)
     if args.model:
+        from svreg_core.models import read_model_info
         from svreg_core.models.zoo import resolve_model
-        resolve_model(args.model)  # a wrong name or path fails now, before any work
+        read_model_info(resolve_model(args.model))  # a wrong name or path, or a bad model.json, fails now
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, pose_search=args.pose_search,
                              device=args.device, deterministic=args.deterministic, spr=False if args.no_spr else None,
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,

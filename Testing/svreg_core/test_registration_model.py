@@ -13,6 +13,7 @@ that have it).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -329,6 +330,21 @@ def test_cli_model_errors_come_before_any_work(tiny_pair, tmp_path, capsys, argv
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_a_bad_model_description_is_refused_before_the_images_are_read(tiny_pair, constant_checkpoint, tmp_path,
+                                                                          capsys) -> None:
+    """A checkpoint whose model.json the loss refuses is named first, not after reading (here: failing on) an image."""
+    model = tmp_path / "model"
+    shutil.copytree(constant_checkpoint, model)
+    info = json.loads((model / "model.json").read_text())
+    (model / "model.json").write_text(json.dumps({**info, "similarity": "ncc"}))
+    damaged = tmp_path / "fixed.nii.gz"
+    damaged.write_bytes(b"not an image")
+    assert main(["register", str(damaged), str(tiny_pair.paths.moving), "-o", str(tmp_path / "out"),
+                 "--model", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown similarity 'ncc'" in err and "cannot read" not in err and "Traceback" not in err
 
 
 def test_cli_models_lists_shipped_models_name_first(geo, tmp_path) -> None:
