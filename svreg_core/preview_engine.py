@@ -170,15 +170,11 @@ class PreviewEngine:
         the registration's warnings under ``warnings`` as ``svreg register`` records them)."""
         t0 = time.perf_counter()
 
-        def registration_progress(event: ProgressEvent) -> None:  # its "done" (0.95) is not the request's (1.0)
-            if event.stage != "done":
-                progress(event)
-
         # the warnings of svreg's own code go into the report, as svreg register records them, for every request
         # (Python would show a warning from the same line once per process); they are still shown on stderr
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = self.pair.register_at(request.codes, 0, registration_progress)
+            result = self.pair.register_at(request.codes, 0, progress)
         for caught_warning in caught:
             warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
                                    caught_warning.lineno, source=caught_warning.source)
