@@ -50,7 +50,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                       help="randomly deformed and augmented copies of the installed brain templates")
     val = parser.add_argument_group("validation (mean Dice and folding after every epoch)")
     val.add_argument("--val-data", metavar="PATH",
-                     help="validation pairs: a folder of images, a dataset.json or a CSV pair list")
+                     help="validation pairs: a folder of images (atlas-to-subject pairs when the training folder has "
+                          "an --atlas), a dataset.json or a CSV pair list")
     val.add_argument("--val-fraction", type=float, metavar="F",
                      help="share of the training subjects held out for validation when --val-data is not given "
                           "(default 0.1; 0 turns validation off)")
@@ -110,10 +111,13 @@ def _data_sources(args: argparse.Namespace, config: TrainingConfig) -> tuple[Dat
     return tuple(sources)
 
 
-def _validation_source(path: str) -> DataSource:
+def _validation_source(path: str, sources: tuple[DataSource, ...]) -> DataSource:
+    """``--val-data PATH`` as a source; a folder gives atlas-to-subject pairs when the training ``sources``' folders
+    do (with their one atlas), the pairs the network learns, else all inter-subject pairs."""
     p = Path(path)
     if p.is_dir():
-        return DataSource("folder", path)
+        atlases = {s.atlas for s in sources if s.kind == "folder"}
+        return DataSource("folder", path, atlas=atlases.pop() if len(atlases) == 1 else None)
     if p.suffix.lower() == ".json":
         return DataSource("dataset_json", path)
     if p.suffix.lower() == ".csv":
@@ -147,7 +151,7 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
         changes["data"] = dataclasses.replace(config.data, sources=sources)
     validation: dict[str, Any] = {}
     if args.val_data:
-        validation["sources"] = (_validation_source(args.val_data),)
+        validation["sources"] = (_validation_source(args.val_data, changes.get("data", config.data).sources),)
     if args.val_fraction is not None:
         validation["fraction"] = args.val_fraction
     if validation:

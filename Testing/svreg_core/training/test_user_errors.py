@@ -1,6 +1,7 @@
 """``svreg train`` as a user runs it: mistakes and failures end in one plain line, found before long work starts."""
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
+from svreg_core.training.cli import add_train_arguments, resolve_config
 from svreg_core.training.config import TrainingConfig
+from svreg_core.training.loaders import build_data
 from svreg_core.training.trainer import train
 
 #: A network small enough for a step on a 16³ grid to take milliseconds.
@@ -82,3 +85,20 @@ def test_a_run_folder_below_a_file_is_refused_before_the_data_are_read(tmp_path,
     assert main(["train", "--synthetic", str(tmp_path / "missing"), "-o", str(run), "--progress", "none"]) == 2
     assert capsys.readouterr().err == f"svreg: error: cannot create {run}: {tmp_path / 'notes.txt'} is a file, not a " \
                                       "folder.\n"
+
+
+def test_validation_folder_pairs_follow_the_training_atlas(geo, tmp_path) -> None:
+    """``--data D --atlas A --val-data V`` trains atlas-to-subject pairs: the validation folder's pairs are too (they
+    were every inter-subject pair of V, another task, whose Dice chose the best checkpoint)."""
+    write_subjects(geo, tmp_path / "train")
+    write_subjects(geo, tmp_path / "val", count=3)
+    atlas = tmp_path / "train" / "sub0.nii.gz"
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--data", str(tmp_path / "train"), "--atlas", str(atlas), "--val-data",
+                              str(tmp_path / "val"), "-o", str(tmp_path / "run")])
+    validation = build_data(resolve_config(args)).validation
+    assert validation is not None
+    pairs = validation.dataset.pairs
+    assert [(p.fixed, p.moving.name) for p in pairs] == [(atlas, f"sub{i}.nii.gz") for i in range(3)]
+    assert {p.fixed_labels for p in pairs} == {tmp_path / "train" / "sub0_seg.nii.gz"}
