@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import os
 import sys
@@ -812,6 +813,8 @@ def run_preview(args: argparse.Namespace) -> int:
     emit_json({"event": "ready", "device": str(prepared.device), "timing": dict(prepared.timing),
                 "model": info.name or info.architecture, "code_ranges": info.code_ranges.to_dict(),
                 "default_codes": {"alpha_prime": info.alpha_prime, "lambda_max": info.lambda_max}})
+    if isinstance(sys.stdin, io.TextIOWrapper):  # JSON lines are UTF-8; a byte that is not ends as one error answer
+        sys.stdin.reconfigure(encoding="utf-8", errors="surrogateescape")
     engine.serve(iter(sys.stdin.readline, ""), emit_json)
     return 0
 

@@ -32,7 +32,8 @@ def _preview(monkeypatch, capsys, argv, requests) -> tuple[int, list[dict], str]
     """``svreg preview`` in this process, ``requests`` (dicts or raw lines) on its stdin: exit status,
     the JSON events it printed and its stderr."""
     lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    stdin = io.TextIOWrapper(io.BytesIO(lines.encode("utf-8", "surrogateescape")), encoding="utf-8")  # as a pipe's
+    monkeypatch.setattr(sys, "stdin", stdin)
     status = main(["preview", *map(str, argv)])
     captured = capsys.readouterr()
     return status, [json.loads(line) for line in captured.out.splitlines()], captured.err
@@ -235,19 +236,21 @@ def test_malformed_requests_do_not_end_the_engine(monkeypatch, capsys, tiny_pair
         {"output": "x" * 300, "id": 3},
         '{"alpha_prime": 1' + "0" * 400 + ', "output": "big", "id": 4}',
         "[" * 100_000 + "]" * 100_000,
+        '{"output": \udcff, "id": 6}',  # the byte 0xff: not UTF-8
         {"output": str(tmp_path / "ok"), "outputs": ["regularization"], "id": 5},
     ])
     assert status == 0, err
     answers = _answers(events)
     assert [(a["event"], a.get("id")) for a in answers] == [("error", 1), ("error", 2), ("error", 3), ("error", 4),
-                                                            ("error", None), ("done", 5)]
-    messages = [a["message"] for a in answers[:5]]
+                                                            ("error", None), ("error", None), ("done", 5)]
+    messages = [a["message"] for a in answers[:6]]
     assert messages[0].startswith("cannot write the output folder 'a\\x00b': ")
     assert messages[1].startswith("cannot write the output folder '\\ud800': ")
     assert messages[2].startswith("cannot write the output folder 'xxx") and "too long" in messages[2]
     assert messages[3] == ("alpha_prime inf is outside the range this model was trained on [0.05, 0.5]; choose a "
                            "value inside it.")
     assert messages[4].startswith("a request must be one line of JSON")
+    assert messages[5].startswith("a request must be one line of JSON")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["ok"]
 
 
