@@ -92,8 +92,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on a terminal (auto), JSON lines on stdout, or none")
 
 
+def _generated_source(config: TrainingConfig, kind: str, path: str | None = None) -> DataSource:
+    """The source of ``--synthetic PATH`` or ``--templates`` (``kind``): the flag replaces the path of the configuration
+    file's source of that kind and keeps its pairs per epoch (``length``) and synthesis options."""
+    previous = next((s for s in config.data.sources if s.kind == kind), None)
+    if previous is None:
+        return DataSource(kind, path)
+    return DataSource(kind, path, length=previous.length, synthesis=previous.synthesis)
+
+
 def _data_sources(args: argparse.Namespace, config: TrainingConfig) -> tuple[DataSource, ...]:
-    """The data flags as sources; ``--synthetic`` keeps the synthesis options of the file's synthetic source."""
+    """The data flags as sources; ``--synthetic`` and ``--templates`` keep the length and synthesis options of the
+    file's source of their kind (:func:`_generated_source`)."""
     if args.atlas and not args.data:
         raise InputError("--atlas goes with --data FOLDER (atlas-to-subject pairs).")
     sources = []
@@ -104,10 +114,9 @@ def _data_sources(args: argparse.Namespace, config: TrainingConfig) -> tuple[Dat
     if args.csv:
         sources.append(DataSource("csv", args.csv))
     if args.synthetic:
-        options = next((s.synthesis for s in config.data.sources if s.kind == "synthetic"), {})
-        sources.append(DataSource("synthetic", args.synthetic, synthesis=options))
+        sources.append(_generated_source(config, "synthetic", args.synthetic))
     if args.templates:
-        sources.append(DataSource("templates"))
+        sources.append(_generated_source(config, "templates"))
     return tuple(sources)
 
 

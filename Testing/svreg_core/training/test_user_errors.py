@@ -12,7 +12,7 @@ from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
 from svreg_core.training.cli import add_train_arguments, resolve_config
-from svreg_core.training.config import TrainingConfig
+from svreg_core.training.config import DataSource, TrainingConfig, save_config
 from svreg_core.training.loaders import build_data
 from svreg_core.training.trainer import train
 
@@ -102,3 +102,18 @@ def test_validation_folder_pairs_follow_the_training_atlas(geo, tmp_path) -> Non
     pairs = validation.dataset.pairs
     assert [(p.fixed, p.moving.name) for p in pairs] == [(atlas, f"sub{i}.nii.gz") for i in range(3)]
     assert {p.fixed_labels for p in pairs} == {tmp_path / "train" / "sub0_seg.nii.gz"}
+
+
+def test_synthetic_and_templates_flags_keep_the_files_pairs_per_epoch(tmp_path) -> None:
+    """The shipped configurations say "the path is replaced by --synthetic": the file's length (pairs per epoch, and
+    so the steps of an epoch) was silently reset to 100, and ``--templates`` lost its synthesis options too."""
+    synthesis = {"same_map_probability": 1.0, "velocity_std_max": 1.5}
+    config_file = save_config(TrainingConfig(data={"sources": [
+        {"kind": "synthetic", "path": "labels/", "length": 500, "synthesis": synthesis},
+        {"kind": "templates", "length": 40, "synthesis": {"noise_std_max": 0.01}}]}), tmp_path / "train.yaml")
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    args = parser.parse_args(["--config", str(config_file), "--synthetic", "other/", "--templates", "-o", "run"])
+    assert resolve_config(args).data.sources == (
+        DataSource("synthetic", "other/", length=500, synthesis=synthesis),
+        DataSource("templates", length=40, synthesis={"noise_std_max": 0.01}))
