@@ -1186,14 +1186,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"svreg: interrupted{resume}", file=sys.stderr)
             return 130
         except Exception as exc:
-            failure = _machine_failure(exc)
+            failure: tuple[str, str] | None = _machine_failure(exc)
+            status = 1
+            if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path given: the user's to change
+                failure, status = ("InputError", f"the path {exc.filename} has a file or folder name too long for "
+                                   "the file system (most allow 255 bytes per name); choose a shorter one."), 2
             if failure is None:
                 raise
             kind, msg = failure
             if json_mode:
                 emit_json({"event": "error", "message": msg, "kind": kind})
             print(f"svreg: error: {msg}", file=sys.stderr)
-            return 1
+            return status
 
 
 def _machine_failure(exc: BaseException) -> tuple[str, str] | None:

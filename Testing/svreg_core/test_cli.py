@@ -429,6 +429,17 @@ def test_a_full_disk_gives_one_plain_line(tmp_path: Path, monkeypatch, capsys) -
     assert message.startswith("the disk is full or over quota (writing out/warped.nii.gz); ")
 
 
+def test_a_name_too_long_for_the_file_system_is_one_plain_line(tiny_pair, tmp_path: Path, capsys) -> None:
+    """An output or input name longer than the file system allows (ENAMETOOLONG, raised even by a check whether
+    the path exists) is an input error: one line, exit status 2."""
+    p = tiny_pair.paths
+    for argv in (["register", p.fixed, p.moving, "-o", tmp_path / ("x" * 300)],
+                 ["info", tmp_path / ("y" * 300 + ".nii.gz")]):
+        rc, _, err = _main(argv, capsys)
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "name too long for the file system" in err and "choose a shorter one" in err
+
+
 def test_retired_seed_is_accepted_with_a_warning(tiny_pair, tmp_path: Path, capsys) -> None:
     """Registration draws no random numbers, so it has no seed: an old command line's --seed and an old
     preset file's "seed" are ignored with one warning line each, and the result is the one without them."""
