@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 import time
@@ -209,7 +210,9 @@ def run_train(args: argparse.Namespace) -> int:
         emit_json({"event": "done", "run_dir": str(out), "epochs": summary.epochs, "steps": summary.steps,
                     "best_epoch": summary.best_epoch, "best_metric": summary.best_metric,
                     "best_value": summary.best_value if summary.best_epoch else None, "last": summary.last,
-                    "parameters": summary.parameters, "step_seconds": summary.step_seconds})
+                    "parameters": summary.parameters,
+                    # NaN when this call took no step (a finished run): null, as JSON has no NaN
+                    "step_seconds": summary.step_seconds if math.isfinite(summary.step_seconds) else None})
     else:
         print(_summary_line(summary, time.perf_counter() - t0))
         print(f"Checkpoints: {out / BEST_DIR}/ (best), {out / LAST_DIR}/ (last); metrics: {out / 'metrics.csv'}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -117,3 +118,21 @@ def test_synthetic_and_templates_flags_keep_the_files_pairs_per_epoch(tmp_path) 
     assert resolve_config(args).data.sources == (
         DataSource("synthetic", "other/", length=500, synthesis=synthesis),
         DataSource("templates", length=40, synthesis={"noise_std_max": 0.01}))
+
+
+def test_json_progress_of_a_finished_run_is_strict_json(geo, tmp_path, capsys) -> None:
+    """Running a finished run again ("nothing to do") ended its JSON lines with ``"step_seconds": NaN``, which strict
+    JSON readers (JavaScript, jq, Go, …) refuse: it is null."""
+    write_subjects(geo, tmp_path / "train")
+    config_file = save_config(real_pairs_config(tmp_path / "train", tmp_path / "train", validation={"pairs": 0}),
+                              tmp_path / "train.yaml")
+    argv = ["train", "--config", str(config_file), "-o", str(tmp_path / "run"), "--progress", "json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(argv) == 0
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    events = [json.loads(line, parse_constant=refuse) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["step_seconds"] is None and events[-1]["epochs"] == 1
