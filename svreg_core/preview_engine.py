@@ -138,6 +138,9 @@ class PreviewEngine:
         if outputs is not None:
             if not isinstance(outputs, list) or not all(isinstance(name, str) for name in outputs):
                 raise InputError(f"outputs must be a list of names ({', '.join(SELECTABLE_OUTPUTS)}), not {outputs!r}.")
+            if not outputs:  # as svreg register's --outputs, which takes at least one name
+                raise InputError(f"outputs must name at least one output ({', '.join(SELECTABLE_OUTPUTS)}); leave it "
+                                 "out for all of them.")
             unknown = [name for name in outputs if name not in SELECTABLE_OUTPUTS]
             if unknown:
                 raise InputError(f"unknown output {unknown[0]!r}; choose from {', '.join(SELECTABLE_OUTPUTS)}.")

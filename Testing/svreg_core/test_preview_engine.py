@@ -133,12 +133,13 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
         "not json",
         "[1, 2]",
         "",
+        {"output": str(tmp_path / "g"), "outputs": [], "id": 11},
         {"alpha_prime": 0.2, "output": str(tmp_path / "ok"), "outputs": ["regularization", "labels"], "id": 10},
     ])
     assert status == 0, err
     answers = _answers(events)
     errors = {a.get("id"): a["message"] for a in answers if a["event"] == "error"}
-    assert [a.get("id") for a in answers] == [1, 2, 3, 4, 5, 6, 7, 8, 9, None, None, 10]
+    assert [a.get("id") for a in answers] == [1, 2, 3, 4, 5, 6, 7, 8, 9, None, None, 11, 10]
     assert errors[1] == ("alpha_prime 0.9 is outside the range this model was trained on [0.05, 0.5]; choose a "
                          "value inside it.")
     assert errors[2].startswith("lambda_max 0.1 is outside the range")
@@ -149,6 +150,7 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
     assert "was not written by svreg" in errors[7]
     assert errors[8].startswith("a request needs the output folder")
     assert errors[9].startswith("label_metrics needs both label maps")
+    assert errors[11].startswith("outputs must name at least one output (")
     without_id = [a["message"] for a in answers if a.get("id") is None]
     assert without_id[0] == "a request must be one line of JSON, not 'not json'."
     assert without_id[1].startswith("a request is one JSON object per line")
