@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 from svreg_core.errors import InputError
@@ -35,11 +36,15 @@ def resolve_model(model: str | Path, folder: Path = SHIPPED_DIR) -> Path:
     """The checkpoint folder of a shipped model name (``"default"`` included) or of a checkpoint path.
 
     Only a bare name (no folder separator: ``brain-unet-spr``, not ``./brain-unet-spr`` or ``brain-unet-spr/``)
-    names a shipped model; anything else is a path, even where its last part is a shipped model's name.
+    names a shipped model (with a ``UserWarning`` when the current folder has a file or folder of that name);
+    anything else is a path, even where its last part is a shipped model's name.
     """
     name = DEFAULT_MODEL if str(model) == "default" else str(model)
     bare = name not in ("", ".", "..") and not any(sep and sep in name for sep in (os.sep, os.altsep, "/"))
     if bare and (folder / name / "model.json").is_file():
+        if Path(name).exists():
+            warnings.warn(f"--model {name} is the shipped model of that name, not the checkpoint {name} in the "
+                          f"current folder; give ./{name} for that one.", stacklevel=2)
         return folder / name
     path = Path(model).expanduser()
     if path.exists():

@@ -49,7 +49,8 @@ def test_a_path_ending_in_a_shipped_name_is_that_path(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path / "work")
     for given in (f"./{DEFAULT_MODEL}", f"{DEFAULT_MODEL}/", f"../work/{DEFAULT_MODEL}", str(own)):
         assert resolve_model(given, folder).resolve() == own, given
-    assert resolve_model(DEFAULT_MODEL, folder) == folder / DEFAULT_MODEL  # a bare name is the shipped model
+    with pytest.warns(UserWarning, match=f"not the checkpoint {DEFAULT_MODEL} in the current folder; give ./"):
+        assert resolve_model(DEFAULT_MODEL, folder) == folder / DEFAULT_MODEL  # a bare name is the shipped model
     with pytest.raises(InputError, match="neither a shipped model"):
         resolve_model("./b-model", folder)
 
