@@ -269,21 +269,24 @@ def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
     only by the process with ``write``) and handed to :func:`build_data` by a resumed run: at the end and every
     :data:`ALIGNMENT_SAVE_INTERVAL_S` seconds meanwhile, so a run killed while aligning a large cohort (a few
     seconds a pair) loses at most that much of it.
+
+    ``progress`` gets one ``"prealign"`` event per pair, counted over every pair (training and validation) together.
     """
     known: dict[str, list] = {}
     saved = time.monotonic()
+    aligned = [d for d in data.pair_datasets if d.prealign]
+    total, done = sum(len(d.pairs) for d in aligned), 0
 
     def save() -> None:
         with replaced_when_complete(cache) as tmp:
             tmp.write_text(json.dumps(known))
 
-    for dataset in data.pair_datasets:
-        if not dataset.prealign:
-            continue
+    for dataset in aligned:
 
         def step(event: ProgressEvent, dataset: Any = dataset) -> None:
-            nonlocal saved
-            progress(event)
+            nonlocal saved, done
+            done += 1
+            progress(ProgressEvent(event.stage, done, total, done / total, event.message))
             if write and time.monotonic() - saved >= ALIGNMENT_SAVE_INTERVAL_S:
                 known.update(_keyed(dataset.alignments))
                 save()

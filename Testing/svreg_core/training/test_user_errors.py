@@ -14,7 +14,7 @@ from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
 from svreg_core.training.cli import add_train_arguments, resolve_config
 from svreg_core.training.config import DataSource, TrainingConfig, save_config
-from svreg_core.training.loaders import build_data
+from svreg_core.training.loaders import build_data, prepare_alignments
 from svreg_core.training.trainer import train
 
 #: A network small enough for a step on a 16³ grid to take milliseconds.
@@ -136,3 +136,18 @@ def test_json_progress_of_a_finished_run_is_strict_json(geo, tmp_path, capsys) -
 
     events = [json.loads(line, parse_constant=refuse) for line in capsys.readouterr().out.splitlines()]
     assert events[-1]["event"] == "done" and events[-1]["step_seconds"] is None and events[-1]["epochs"] == 1
+
+
+def test_prealignment_progress_counts_training_and_validation_pairs_together(geo, tmp_path) -> None:
+    """The pre-alignment progress reached 100 % with the training pairs, then started again from 0 for the
+    validation pairs: it counts every pair once, to 100 % at the last."""
+    write_subjects(geo, tmp_path / "train")
+    write_subjects(geo, tmp_path / "val")
+    config = real_pairs_config(tmp_path / "train", tmp_path / "val",
+                               data={"sources": [{"kind": "folder", "path": str(tmp_path / "train")}]})
+    known = {(str(tmp_path / f / f"sub{i}.nii.gz"), str(tmp_path / f / f"sub{1 - i}.nii.gz")): np.eye(4)
+             for f in ("train", "val") for i in (0, 1)}  # every pair aligned already: only the progress is made
+    events: list[ProgressEvent] = []
+    prepare_alignments(build_data(config, known), tmp_path / "alignments.json", write=False, progress=events.append)
+    assert [(e.stage, e.step, e.total, e.fraction) for e in events] == [
+        ("prealign", 1, 3, 1 / 3), ("prealign", 2, 3, 2 / 3), ("prealign", 3, 3, 1.0)]
