@@ -640,11 +640,12 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         actions, self._afterEnvironment = self._afterEnvironment, []
         tuning, self._environmentForTuning = self._environmentForTuning, False
         with slicer.util.tryWithErrorDisplay(_("Failed to install the engine's Python packages.")):
-            if not self.logic.ensureRequirements(ask=True, tuning=tuning):
-                return
-            self._updateEngineStatus()
-            for action in actions:
-                action()
+            ready = self.logic.ensureRequirements(ask=True, tuning=tuning)
+        if not ready:
+            return
+        self._updateEngineStatus()
+        for action in actions:  # each shows its own errors (not as a failed installation)
+            action()
 
     def onApplyButton(self) -> None:
         if self._job is not None and self._job.running:

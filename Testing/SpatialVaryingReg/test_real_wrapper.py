@@ -510,3 +510,40 @@ def test_the_best_trial_shown_belongs_to_the_chosen_study(real, scene, tmp_path)
     p.tuningValidationSet = str(untouched)
     widget.refreshStudyTable()
     assert rows[-1] == 0 and ui.tuningBestLabel.text == ""
+
+
+def test_a_registration_that_cannot_start_shows_one_message_not_a_failed_installation(real, scene, monkeypatch):
+    """Register with unusable inputs showed two dialogs: the plain reason, then the same reason headed "Failed to
+    install the engine's Python packages." (Slicer's tryWithErrorDisplay shows the error and raises it again, and
+    the start ran inside the package check's). Now one dialog, with the reason."""
+    import contextlib
+
+    module, qt, ctk = real
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
+    widget = module.SpatialVaryingRegWidget()
+    widget.ui = ui = qt_standins.ui_from_file(UI, qt, ctk)
+    ui.logTextEdit.appendPlainText = ui.logTextEdit.clear = lambda *text: None
+    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
+    widget.logic = logic = module.SpatialVaryingRegLogic()
+    widget._environmentTimer, widget._previewTimer = qt.QTimer(), qt.QTimer()
+    widget._torchStatus = module.dependencies.TorchStatus("ok")
+    p = logic.getParameterNode()
+    widget.setParameterNode(p)
+    p.fixedVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "fixed")
+    p.movingVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "moving")
+    p.levelSpacings = "4;2"
+    shown: list[str] = []
+
+    @contextlib.contextmanager
+    def error_display(message=None, show=True, waitCursor=False):  # as Slicer's: show the error, raise it again
+        try:
+            yield
+        except Exception as exc:
+            shown.append(f"{message}\n\n{exc}")
+            raise
+
+    monkeypatch.setattr(module.slicer.util, "tryWithErrorDisplay", error_display)
+    with pytest.raises(ValueError, match="not a list of numbers"):
+        widget.onApplyButton()  # PythonQt prints what a slot raises to the Python console
+    assert shown == ["Registration could not start.\n\n'4;2' is not a list of numbers (e.g. '4 2')."]
+    assert widget._job is None and p.statusText == ""
