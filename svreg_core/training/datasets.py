@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,12 @@ def _subjects_in(folder: Path, patterns: Sequence[str]) -> list[tuple[Path, Path
     files = sorted(p for p in folder.iterdir() if is_image_file(p))
     labels = [p for p in files if is_label_file(p, patterns)]
     subjects = [(p, _matching_labels(p, labels)) for p in files if not is_label_file(p, patterns)]
+    unmatched = [p.name for p in labels if p not in {lab for _, lab in subjects}]
+    if unmatched:  # e.g. img01.nii.gz + seg01.nii.gz: trained without labels, validated without Dice
+        more = f", … ({len(unmatched)} in all)" if len(unmatched) > 3 else ""
+        warnings.warn(f"folder {folder}: the label map(s) {', '.join(unmatched[:3])}{more} match no image and are "
+                      "not used (no label term, no validation Dice); name a label map after its image (sub01.nii.gz, "
+                      "sub01_seg.nii.gz) or give each subject a sub-folder.", stacklevel=2)
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         inner = sorted(p for p in sub.iterdir() if is_image_file(p))
         images = [p for p in inner if not is_label_file(p, patterns)]

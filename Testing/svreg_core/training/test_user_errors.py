@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
 from svreg_core.training.cli import add_train_arguments, resolve_config
 from svreg_core.training.config import DataSource, TrainingConfig, save_config
+from svreg_core.training.datasets import pairs_from_folder
 from svreg_core.training.loaders import build_data, prepare_alignments
 from svreg_core.training.trainer import train
 
@@ -151,3 +153,20 @@ def test_prealignment_progress_counts_training_and_validation_pairs_together(geo
     prepare_alignments(build_data(config, known), tmp_path / "alignments.json", write=False, progress=events.append)
     assert [(e.stage, e.step, e.total, e.fraction) for e in events] == [
         ("prealign", 1, 3, 1 / 3), ("prealign", 2, 3, 2 / 3), ("prealign", 3, 3, 1.0)]
+
+
+def test_label_maps_named_unlike_their_images_are_reported(geo, tmp_path) -> None:
+    """``img0.nii.gz`` + ``seg0.nii.gz`` (a common naming) matched no label map: the run trained and validated
+    without labels (no Dice, best/ chosen by the loss) and said nothing. It still runs without them, with a warning
+    naming the files and the naming that works."""
+    write_subjects(geo, tmp_path / "cohort")
+    for index in range(2):
+        (tmp_path / "cohort" / f"sub{index}.nii.gz").rename(tmp_path / "cohort" / f"img{index}.nii.gz")
+        (tmp_path / "cohort" / f"sub{index}_seg.nii.gz").rename(tmp_path / "cohort" / f"seg{index}.nii.gz")
+    with pytest.warns(UserWarning, match=r"the label map\(s\) seg0\.nii\.gz, seg1\.nii\.gz match no image"):
+        pairs = pairs_from_folder(tmp_path / "cohort")
+    assert [(p.fixed.name, p.fixed_labels) for p in pairs] == [("img0.nii.gz", None), ("img1.nii.gz", None)]
+    write_subjects(geo, tmp_path / "named")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(p.fixed_labels is not None for p in pairs_from_folder(tmp_path / "named"))
