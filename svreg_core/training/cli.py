@@ -160,6 +160,11 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
     if sources:
         changes["data"] = dataclasses.replace(config.data, sources=sources)
     validation: dict[str, Any] = {}
+    if args.val_fraction is not None and (args.val_data or config.validation.sources):
+        given = "--val-data" if args.val_data else f"the validation sources of {args.config}"
+        raise InputError(f"--val-fraction holds training subjects out for validation when there is no validation data "
+                         f"of its own, and {given} is: it would do nothing; give one of the two (validation pairs: 0 "
+                         "in a configuration file turns validation off).")
     if args.val_data:
         validation["sources"] = (_validation_source(args.val_data, changes.get("data", config.data).sources),)
     if args.val_fraction is not None:

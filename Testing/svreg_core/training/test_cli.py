@@ -48,6 +48,7 @@ def test_flags_override_the_configuration_file(tmp_path) -> None:
     (["--synthetic", "{tmp}", "--epochs", "0"], "epochs must be at least 1"),
     (["--config", "{tmp}/missing.yaml"], "configuration file not found"),
     (["--synthetic", "{tmp}"], "holds no label maps"),
+    (["--data", "{tmp}", "--val-data", "{tmp}", "--val-fraction", "0.2"], "--val-fraction holds training subjects out"),
 ])
 def test_user_mistakes_exit_2_with_one_line_and_leave_no_folder(tmp_path, capsys, argv, message) -> None:
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
