@@ -40,8 +40,10 @@ class TemplateSpec:
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a file whose name has an image ending (:data:`~svreg_core.image.io.IMAGE_SUFFIXES`, any case)."""
-    return path.is_file() and image_stem(path.name) is not None
+    """True for a file whose name has an image ending (:data:`~svreg_core.image.io.IMAGE_SUFFIXES`, any case) and does
+    not start with a dot: hidden files are not data (macOS leaves a ``._NAME`` file, not an image, next to every file
+    it copies onto a USB or network disk)."""
+    return path.is_file() and not path.name.startswith(".") and image_stem(path.name) is not None
 
 
 def synthseg_label_maps(folder: str | Path) -> list[Path]:

@@ -17,6 +17,7 @@ from svreg_core.training.cli import add_train_arguments, resolve_config
 from svreg_core.training.config import DataSource, TrainingConfig, save_config
 from svreg_core.training.datasets import pairs_from_folder
 from svreg_core.training.loaders import build_data, prepare_alignments
+from svreg_core.training.sources import synthseg_label_maps
 from svreg_core.training.trainer import train
 
 #: A network small enough for a step on a 16³ grid to take milliseconds.
@@ -170,3 +171,16 @@ def test_label_maps_named_unlike_their_images_are_reported(geo, tmp_path) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert all(p.fixed_labels is not None for p in pairs_from_folder(tmp_path / "named"))
+
+
+def test_hidden_files_in_data_folders_are_not_images(geo, tmp_path) -> None:
+    """macOS copies ``._sub0.nii.gz`` (resource data, not an image) next to every file it writes on a USB or network
+    disk: they were taken for subjects and label maps and stopped the run as unreadable images."""
+    write_subjects(geo, tmp_path / "cohort")
+    for name in ("sub0.nii.gz", "sub0_seg.nii.gz"):
+        (tmp_path / "cohort" / f"._{name}").write_bytes(b"\x00\x05\x16\x07 Mac OS X resource data")
+    pairs = pairs_from_folder(tmp_path / "cohort")
+    assert {p.fixed.name for p in pairs} == {"sub0.nii.gz", "sub1.nii.gz"}
+    assert {p.fixed_labels.name for p in pairs if p.fixed_labels} == {"sub0_seg.nii.gz", "sub1_seg.nii.gz"}
+    assert [p.name for p in synthseg_label_maps(tmp_path / "cohort")] == [
+        "sub0.nii.gz", "sub0_seg.nii.gz", "sub1.nii.gz", "sub1_seg.nii.gz"]
