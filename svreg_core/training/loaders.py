@@ -9,6 +9,7 @@ same samples as an uninterrupted one. Loading (and synthesis) runs in DataLoader
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -230,6 +231,29 @@ def load_alignments(cache: Path) -> dict[tuple[str, str], np.ndarray]:
         return {tuple(key.split("|", 1)): np.asarray(matrix, dtype=np.float64) for key, matrix in saved.items()}
     except (OSError, ValueError, AttributeError, TypeError):
         return {}
+
+
+def data_fingerprint(data: TrainingData) -> dict[str, Any]:
+    """What a resumed run must find again: ``training_pairs`` and ``validation_pairs``, the numbers of real pairs, and
+    ``sha256``, a digest of every real pair's file paths and of the label maps or templates each generated source
+    draws from, in order (the epoch plans index them, and a held-out validation split depends on them)."""
+    from svreg_core.training.datasets import PairListDataset, SyntheticPairDataset, TemplateAugmentDataset
+
+    digest = hashlib.sha256()
+    counts = {"training_pairs": 0, "validation_pairs": 0}
+    for key, datasets in (("training_pairs", data.train.datasets), ("validation_pairs", _parts(data.validation))):
+        for dataset in datasets:
+            items: list = []
+            if isinstance(dataset, PairListDataset):
+                counts[key] += len(dataset.pairs)
+                items = [[str(path) for path in (pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels)]
+                         for pair in dataset.pairs]
+            elif isinstance(dataset, SyntheticPairDataset):
+                items = list(dataset.names)
+            elif isinstance(dataset, TemplateAugmentDataset):
+                items = [template.name for template in dataset.templates]
+            digest.update(json.dumps([key, type(dataset).__name__, items]).encode())
+    return {**counts, "sha256": digest.hexdigest()}
 
 
 def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progress) -> None:

@@ -8,6 +8,7 @@ learning rate that decays polynomially per epoch.
 A run folder holds::
 
     config.yaml          the resolved configuration (a later run in this folder must match it)
+    data.json            counts and a digest of the pairs the run began with (a resumed run must find them again)
     alignments.json      affine pre-alignment of every real pair (computed once, reused on resume)
     metrics.csv          one row per epoch (svreg_core.training.history.COLUMNS)
     training_curve.png   loss terms and validation Dice / folding per epoch
@@ -35,7 +36,7 @@ import torch
 from torch import nn
 
 import svreg_core
-from svreg_core.atomic import recover_directory
+from svreg_core.atomic import recover_directory, replaced_when_complete
 from svreg_core.errors import InputError, SvregError
 from svreg_core.models import ModelInfo, SPRNetwork, build_model, load_checkpoint, save_checkpoint
 from svreg_core.models.zoo import resolve_model
@@ -56,6 +57,7 @@ from svreg_core.training.loaders import (
     TrainingData,
     build_data,
     check_pair_files,
+    data_fingerprint,
     epoch_loader,
     load_alignments,
     prepare_alignments,
@@ -77,6 +79,8 @@ from svreg_core.training.validation import ValidationSums, validate
 STREAM_CODES = 5
 
 CONFIG_FILE = "config.yaml"
+#: The pairs the run began with (:func:`~svreg_core.training.loaders.data_fingerprint`), which a resumed run must find.
+DATA_FILE = "data.json"
 ALIGNMENTS_FILE = "alignments.json"
 BEST_DIR = "best"
 LAST_DIR = "last"
@@ -220,6 +224,24 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
     return True
 
 
+def _check_same_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Raise :class:`InputError` when the pairs of a resumed run differ from those it began with (``DATA_FILE``; a run
+    folder without one, or with an unreadable one, is not checked)."""
+    try:
+        began = json.loads((run_dir / DATA_FILE).read_text())
+        then = int(began["training_pairs"]), int(began["validation_pairs"]), str(began["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if then[2] == fingerprint["sha256"]:
+        return
+    now = fingerprint["training_pairs"], fingerprint["validation_pairs"]
+    counts = ("as many pairs, of other files" if now == then[:2] else
+              f"{now[0]} training and {now[1]} validation pairs now, {then[0]} and {then[1]} when it began")
+    raise InputError(f"the data of the run in {run_dir} changed since it began ({counts}: subjects or label maps "
+                     "added, removed or renamed), so resuming would not continue the same training; restore its data, "
+                     f"or train into a new folder (--init {run_dir / LAST_DIR} starts from its weights).")
+
+
 def _model_info(model: SPRNetwork, config: TrainingConfig, state: TrainingState, data: TrainingData,
                 command: str, name: str, row: dict[str, Any]) -> ModelInfo:
     training = {"data": data.description, "command": command, "epochs": state.epoch, "steps": state.step,
@@ -315,10 +337,16 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     data = build_data(config, load_alignments(alignments_file) if continuing else None)
     distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
     if ctx.is_main:
-        if not continuing:  # every file of the pairs, before any long work (a resumed run read them when it began)
+        fingerprint = data_fingerprint(data)
+        if continuing:
+            _check_same_data(run_dir, fingerprint)
+        else:  # every file of the pairs, before any long work (a resumed run read them when it began)
             check_pair_files(data, progress)
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, run_dir / CONFIG_FILE)
+        if not continuing or not (run_dir / DATA_FILE).is_file():  # (a run begun by an svreg without it)
+            with replaced_when_complete(run_dir / DATA_FILE) as tmp:
+                tmp.write_text(json.dumps(fingerprint, indent=1) + "\n")
         prepare_alignments(data, alignments_file, write=True, progress=progress)
     distributed.barrier(ctx)
     if not ctx.is_main and data.pair_datasets:  # rank 0 computed the affine pre-alignments

@@ -184,3 +184,17 @@ def test_hidden_files_in_data_folders_are_not_images(geo, tmp_path) -> None:
     assert {p.fixed_labels.name for p in pairs if p.fixed_labels} == {"sub0_seg.nii.gz", "sub1_seg.nii.gz"}
     assert [p.name for p in synthseg_label_maps(tmp_path / "cohort")] == [
         "sub0.nii.gz", "sub0_seg.nii.gz", "sub1.nii.gz", "sub1_seg.nii.gz"]
+
+
+def test_resuming_on_changed_data_is_refused(geo, tmp_path) -> None:
+    """A subject added to the data folder of a run (same flags, same configuration) was resumed without a word: the
+    epochs drew other pairs and a held-out validation split could move trained subjects into validation."""
+    write_subjects(geo, tmp_path / "train")
+    config = real_pairs_config(tmp_path / "train", tmp_path / "train", validation={"pairs": 0})
+    train(config, tmp_path / "run")
+    train(config, tmp_path / "run")  # the same data: resumed (here: nothing left to do)
+    write_subjects(geo, tmp_path / "more", count=3)
+    (tmp_path / "more" / "sub2.nii.gz").rename(tmp_path / "train" / "sub2.nii.gz")
+    with pytest.raises(InputError, match=r"^the data of the run in .* changed since it began \(6 training and 0 "
+                                         r"validation pairs now, 2 and 0 when it began: "):
+        train(config, tmp_path / "run")
