@@ -45,6 +45,9 @@ from . import display, geometry, landmarks, models, runner, segmentations
 RUN_ATTRIBUTE = "SpatialVaryingReg.Run"
 ROLE_ATTRIBUTE = "SpatialVaryingReg.Role"
 REPORT_ATTRIBUTE = "SpatialVaryingReg.Report"
+#: Added to the name of an earlier run's output node that a re-run did not update (its option was off, or the node
+#: was of another kind), so it is not taken for the new result's (e.g. an inverse of the old transform).
+STALE_SUFFIX = " (earlier run, not updated)"
 
 #: Preset names of the engine (``svreg_core.optim.parameters.PRESETS``), listed here so that the
 #: Slicer process does not import the engine (and torch) to fill a combo box.
@@ -138,7 +141,8 @@ class OutputNodes:
     """Existing nodes to update in place with a registration's results (``None``: create a new node).
 
     A node of the wrong kind is not reused (e.g. a label map volume for the warped labels of a
-    segmentation): a new node is created instead.
+    segmentation): a new node is created instead. A node the run does not update keeps its content and gets
+    :data:`STALE_SUFFIX` added to its name.
     """
 
     transform: Any = None
@@ -833,6 +837,11 @@ class RegistrationJob:
                 scene.RemoveNode(node)
             raise
 
+        for old, new in ((reuse.transform, transform), (reuse.lambda_map, lambda_map), (reuse.jacobian, jacobian),
+                         (reuse.warped, warped), (reuse.warped_labels, warped_labels), (reuse.inverse, inverse)):
+            if old is not None and old is not new and old.GetScene() is scene \
+                    and not old.GetName().endswith(STALE_SUFFIX):
+                old.SetName(old.GetName() + STALE_SUFFIX)
         for node, role in ((transform, "transform"), (lambda_map, "lambda"), (jacobian, "jacobian"),
                            (warped, "warped"), (warped_labels, "warped labels"), (inverse, "inverse transform")):
             if node is not None:

@@ -391,6 +391,29 @@ def test_warped_segmentation_labels_leave_no_node_behind_run_after_run(scene, pa
     assert node_ids() == after_first
 
 
+def test_outputs_a_rerun_does_not_update_are_named_as_the_earlier_runs(scene, pair, tmp_path):
+    """Re-running into the same nodes with the inverse and the warped volume turned off left the earlier inverse
+    (of the old transform) named as the pair of the updated transform; such nodes keep their content and say so."""
+    outputs = write_engine_outputs(tmp_path / "output", AFFINE, SHAPE)
+    settings = logic.RegistrationSettings(create_inverse=True, create_warped=True)
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], settings=settings)
+    job.validate()
+    first = job.load_outputs(outputs)
+    names = {n.GetID(): n.GetName() for n in first.nodes()}
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], reuse=first.reuse(),
+                                settings=logic.RegistrationSettings(create_inverse=False, create_warped=False))
+    job.validate()
+    second = job.load_outputs(outputs)
+    assert (second.transform, second.inverse, second.warped) == (first.transform, None, None)
+    for node in (first.inverse, first.warped):
+        assert node.GetScene() is scene and node.GetName() == names[node.GetID()] + logic.STALE_SUFFIX
+    assert first.transform.GetName() == names[first.transform.GetID()]  # updated: its name stays
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], reuse=logic.OutputNodes(inverse=first.inverse))
+    job.validate()
+    job.load_outputs(outputs)  # marked once only
+    assert first.inverse.GetName() == names[first.inverse.GetID()] + logic.STALE_SUFFIX
+
+
 def test_painting_a_segmentation_restarts_the_slider_preview_engine(scene, pair):
     """The preview engine reads the label maps and masks once; it is restarted when they change. Painting a
     segment (the Segment Editor writes into the segment's labelmap) left the segmentation's own modification time
