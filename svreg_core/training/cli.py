@@ -177,10 +177,11 @@ def resolve_config(args: argparse.Namespace) -> TrainingConfig:
 def _summary_line(summary: TrainingSummary, seconds: float) -> str:
     if summary.resumed_from == summary.epochs:
         return f"The run in {summary.run_dir} has already finished its {summary.epochs} epoch(s); nothing to do."
-    done = f"Trained {summary.epochs} epoch(s)"
-    if summary.resumed_from:
-        done += f" (resumed after epoch {summary.resumed_from})"
-    done += f" in {seconds:.1f} s"
+    done = f"Trained {summary.epochs} epoch(s) in {seconds:.1f} s"
+    if summary.resumed_from:  # the time is this session's: say which epochs it ran
+        first = summary.resumed_from + 1
+        ran = f"epoch {first}" if first == summary.epochs else f"epochs {first}-{summary.epochs}"
+        done = f"Trained {ran} of {summary.epochs} in {seconds:.1f} s (resumed after epoch {summary.resumed_from})"
     if summary.step_seconds == summary.step_seconds:
         done += f", {summary.step_seconds:.2f} s/step"
     last = summary.last

@@ -60,7 +60,7 @@ def test_interrupted_run_resumed_in_a_new_process_is_bit_identical(config, geo, 
     assert curve_at_epoch_end == [False] and (run / CURVE_FILE).is_file()  # drawn as the session ended
     resumed = _cli(config_file, run, geo)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed after epoch 1" in resumed.stdout
+    assert "Trained epoch 2 of 2 in " in resumed.stdout and "(resumed after epoch 1)" in resumed.stdout
 
     for name in ("last/model.safetensors", "state/model.safetensors", "state/optimizer.safetensors"):
         a, b = load_file(str(tmp_path / "straight" / name)), load_file(str(run / name))
