@@ -21,13 +21,14 @@ LAYERS: dict[str, int] = {
     "image": 2,
     "transforms": 3,
     "losses": 4, "metrics": 4,
-    "models": 5, "optim": 5,
-    "registration": 6,
-    "outputs": 7,
-    "apply": 8,
-    "preview_engine": 9, "training": 9,
-    "tuning": 10,
-    "cli": 11,
+    "optim": 5,
+    "models": 6,  # a checkpoint's loss settings are checked as the registration parameters check them
+    "registration": 7,
+    "outputs": 8,
+    "apply": 9,
+    "preview_engine": 10, "training": 10,
+    "tuning": 11,
+    "cli": 12,
 }
 GUI_MODULES = ("slicer", "vtk", "qt", "ctk", "PythonQt")
 
