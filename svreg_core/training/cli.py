@@ -52,7 +52,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     val = parser.add_argument_group("validation (mean Dice and folding after every epoch)")
     val.add_argument("--val-data", metavar="PATH",
                      help="validation pairs: a folder of images (atlas-to-subject pairs when the training folder has "
-                          "an --atlas), a dataset.json or a CSV pair list")
+                          "an --atlas), a dataset.json or a CSV (.csv, or tab-separated .tsv) pair list")
     val.add_argument("--val-fraction", type=float, metavar="F",
                      help="share of the training subjects held out for validation when --val-data is not given "
                           "(default 0.1; 0 turns validation off)")
@@ -130,11 +130,11 @@ def _validation_source(path: str, sources: tuple[DataSource, ...]) -> DataSource
         return DataSource("folder", path, atlas=atlases.pop() if len(atlases) == 1 else None)
     if p.suffix.lower() == ".json":
         return DataSource("dataset_json", path)
-    if p.suffix.lower() == ".csv":
+    if p.suffix.lower() in (".csv", ".tsv"):  # read as --csv reads them (a .tsv tab-separated)
         return DataSource("csv", path)
     if not p.exists():
         raise InputError(f"validation data not found: {p}")
-    raise InputError(f"--val-data {p} is neither a folder, a .json dataset description nor a .csv pair list.")
+    raise InputError(f"--val-data {p} is neither a folder, a .json dataset description nor a .csv/.tsv pair list.")
 
 
 def resolve_config(args: argparse.Namespace) -> TrainingConfig:

@@ -38,6 +38,9 @@ def test_flags_override_the_configuration_file(tmp_path) -> None:
     assert config.data.sources == (DataSource("synthetic", "labels/"), DataSource("templates"))
     assert config.validation.sources == (DataSource("folder", str(tmp_path / "val")),)
     assert resolve_config(_args("--config", str(config_file), "-o", "run")) == base
+    # a tab-separated pair list validates as --csv reads it for training
+    tsv = _args("--config", str(config_file), "-o", "run", "--val-data", "val.tsv")
+    assert resolve_config(tsv).validation.sources == (DataSource("csv", "val.tsv"),)
 
 
 @pytest.mark.parametrize("argv, message", [
