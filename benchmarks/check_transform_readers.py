@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/check_transform_readers.py [--ants-python .bench/venvs/ants/bin/python]
         [--points 2000] [--gzip-level 0-9]
 
-Without ``--from-transform``: a 1 mm brain grid (the MNI152 template shipped in the PyPI package
+The data: a 1 mm brain grid (the MNI152 template shipped in the PyPI package
 ``nilearn``, ``MNI152_FILE_PATH``, 197x233x189) carries a random smooth displacement (cubic
 upsampling of noise on an 8 mm lattice, at most 8 mm) after which a rotation + translation applies,
 as in ``svreg register``'s composite. The old file (``sitk.WriteTransform``, float64, uncompressed)
