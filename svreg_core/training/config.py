@@ -197,7 +197,8 @@ class ValidationConfig:
             ``length``); empty: hold out ``fraction`` of the training pairs, or for generated-only
             training data, generate ``pairs`` pairs with a seed of their own.
         fraction: share of the real training pairs held out when ``sources`` is empty.
-        pairs: most validation pairs evaluated each epoch (the first ones, always the same).
+        pairs: most validation pairs evaluated each epoch (always the same ones, spread evenly over the list of
+            validation pairs: :func:`~svreg_core.training.loaders.spread`).
         labels: label values scored by Dice (default: every non-zero label present in both maps).
         label_interpolation: moving labels warped ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
     """

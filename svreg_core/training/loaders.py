@@ -196,6 +196,15 @@ def _require_labels(datasets: Sequence[Dataset]) -> None:
                              f"{missing} has none; set label_weight: 0, or give labels for every image.")
 
 
+def spread(pairs: Sequence[Any], n: int) -> list[Any]:
+    """``n`` of ``pairs`` spread evenly over the list, in its order (all when there are no more): the validation
+    pairs evaluated every epoch. The first ``n`` of an inter-subject list, ordered by fixed subject, would all
+    share one fixed image."""
+    if len(pairs) <= n:
+        return list(pairs)
+    return [pairs[i * len(pairs) // n] for i in range(n)]
+
+
 def _validation(config: TrainingConfig, held_out: list,
                 alignments: dict) -> tuple[_First | None, list[Dataset]]:
     cfg = config.validation
@@ -209,11 +218,11 @@ def _validation(config: TrainingConfig, held_out: list,
             else:  # a dataset.json's own validation pairs when it names some (its training pairs otherwise);
                 # only the pairs evaluated are built (and pre-aligned)
                 pairs, designated = _real_pairs(source)
-                sets.append(_pair_dataset((designated or pairs)[:cfg.pairs], config, alignments, augment=False,
-                                          seed=seed))
+                sets.append(_pair_dataset(spread(designated or pairs, cfg.pairs), config, alignments,
+                                          augment=False, seed=seed))
                 pair_sets.append(sets[-1])
     elif held_out:
-        sets.append(_pair_dataset(held_out[:cfg.pairs], config, alignments, augment=False, seed=config.seed))
+        sets.append(_pair_dataset(spread(held_out, cfg.pairs), config, alignments, augment=False, seed=config.seed))
         pair_sets.append(sets[-1])
     elif cfg.fraction > 0:  # generated training data only: generate validation pairs with a seed of their own
         for index, source in enumerate(s for s in config.data.sources if s.kind in GENERATED_KINDS):

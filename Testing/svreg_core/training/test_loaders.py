@@ -106,12 +106,23 @@ def test_validation_on_a_dataset_json_uses_its_own_validation_pairs(geo, tmp_pat
     assert data.validation is not None and len(data.validation) == 1
     (validation_set,) = data.pair_datasets[1:]
     assert [(p.fixed.name, p.moving.name) for p in validation_set.pairs] == [("case_0005.nii.gz", "case_0006.nii.gz")]
-    # without designated pairs: the first ``pairs`` of the file's pairs, and no more are built
+    # without designated pairs: ``pairs`` of the file's 30 inter-subject pairs spread over the list (the first 3
+    # all had case 1 as the fixed image), and no more are built
     del doc["registration_val"]
     (tmp_path / "dataset.json").write_text(json.dumps(doc))
     data = build_data(TrainingConfig.from_dict({"data": {"sources": [source]},
                                                 "validation": {"sources": [source], "pairs": 3}}))
     assert data.validation is not None and len(data.validation) == 3 and len(data.pair_datasets[1].pairs) == 3
+    everything = data.pair_datasets[0].pairs
+    assert len(everything) == 30 and data.pair_datasets[1].pairs == [everything[0], everything[10], everything[20]]
+    assert len({p.fixed for p in data.pair_datasets[1].pairs}) == 3
+
+
+def test_spread_picks_evenly_in_order() -> None:
+    from svreg_core.training.loaders import spread
+
+    assert spread(list(range(10)), 4) == [0, 2, 5, 7] and spread(list(range(3)), 16) == [0, 1, 2]
+    assert spread(list(range(90)), 16)[:3] == [0, 5, 11]
 
 
 def test_label_weight_without_labels_is_refused_before_training(geo, tmp_path: Path) -> None:
