@@ -18,7 +18,8 @@ BENCH_DIR="${BENCH_DIR:-${REPO}/.bench}"   # override for tests; venvs, data and
 VENVS="${BENCH_DIR}/venvs"
 BASE_PY="${BENCH_BASE_PYTHON:-python3}"
 
-# torch first, pinned: a CPU build (an unpinned torch would pull a multi-GB CUDA build).
+# torch first, pinned to the main venv's version, from the default index (on Linux x86-64 PyPI's wheel is the
+# CUDA build, several GB; it runs on the CPU too): a peer package asking for another torch then fails loudly.
 TORCH_PIN="torch==2.13.0"
 declare -A PEER_SPECS=(
   [ants]="antspyx==0.6.3"
