@@ -6,6 +6,7 @@ the model it names is shipped. The preset name is replaced by a short pyramid (s
 """
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 from pathlib import Path
@@ -100,3 +101,82 @@ def test_readme_links_resolve() -> None:
         assert not broken, (page.name, broken)
     assert _github_anchor("Conventions (defined once, in `svreg_core/conventions.py`)") == \
         "conventions-defined-once-in-svreg_coreconventionspy"
+
+
+_COMMAND = re.compile(r"(?:^|(?<=[\s\"(]))(?:svreg|-m svreg_core\.cli) +([a-z][a-z-]*)((?: [^#`\"]*)?)")
+
+
+def _command_lines(text: str) -> list[tuple[str, bool]]:
+    """(line, complete) of the page: every line of its ``bash`` blocks, ``\\`` continuations joined (complete
+    commands), then every inline code span (often a command named in passing, without its required arguments)."""
+    lines = [(line, True) for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+             for line in re.sub(r"\\\n\s*", " ", block).splitlines()]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    return lines + [(span.replace("\n", " "), False) for span in re.findall(r"`([^`]+)`", prose)]
+
+
+@functools.cache
+def _svreg_parser() -> tuple:
+    """The ``svreg`` parser and its subcommands' parsers by name."""
+    import argparse
+
+    from svreg_core.cli import build_parser
+
+    parser, _ = build_parser()
+    return parser, next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _command_problems(text: str) -> list[str]:
+    """What the real ``svreg`` parser says about the command lines of ``text``: a subcommand it lacks, a ``--flag``
+    that is not exactly one of the subcommand's (no abbreviations), a listed choice (``--x a|b``) it refuses, and
+    any error when parsing a complete command of a ``bash`` block that has no ``[...]``/``|``/``...`` placeholders
+    (placeholder names such as ``FIXED`` pass as paths)."""
+    import contextlib
+    import io
+    import shlex
+
+    parser, commands = _svreg_parser()
+    problems = []
+    for line, complete in _command_lines(text):
+        for match in _COMMAND.finditer(line):
+            name, rest = match.group(1), match.group(2).split("  #")[0]
+            if name not in commands:
+                if complete and line.lstrip().startswith(("svreg ", "torchrun")):
+                    problems.append(f"no command 'svreg {name}': {line.strip()}")
+                continue
+            options = commands[name]._option_string_actions
+            for flag in re.findall(r"(?<![\w-])(--?[a-zA-Z][\w-]*)", rest):
+                if flag not in options:
+                    problems.append(f"'svreg {name}' has no option {flag}: {line.strip()}")
+            for flag, listed in re.findall(r"(--[\w-]+) ([\w.-]+(?:\|[\w.-]+)+)", rest):
+                choices = options[flag].choices if flag in options else None
+                if choices is not None and not all(c in choices or c.isdigit() for c in listed.split("|")):
+                    problems.append(f"'svreg {name} {flag}' takes {sorted(map(str, choices))}, not {listed}")
+            if complete and not re.search(r"[\[\]|…]|\.\.\.", rest):
+                error = io.StringIO()
+                try:
+                    with contextlib.redirect_stderr(error):
+                        parser.parse_args([name, *shlex.split(rest)])
+                except SystemExit:
+                    problems.append(f"{error.getvalue().strip().splitlines()[-1]}: {line.strip()}")
+    return problems
+
+
+def test_documented_command_lines_parse() -> None:
+    """Every ``svreg …`` command line of the README and the docs/ pages (bash blocks and inline code) uses
+    subcommands, options and choices the real parser accepts: a renamed or misspelt flag fails here, not for the
+    user who copies it."""
+    pages = _pages()
+    counted = sum(len(_COMMAND.findall(line)) for page in pages
+                  for line, _ in _command_lines(page.read_text(encoding="utf-8")))
+    assert counted >= 50
+    for page in pages:
+        problems = _command_problems(page.read_text(encoding="utf-8"))
+        assert not problems, (page.name, problems)
+    # the check itself finds a wrong flag, an abbreviation, a refused choice and a missing argument
+    bad = "\n".join(_command_problems("```bash\nsvreg register F M -o O --no-such-flag\nsvreg register F M -o O "
+                                     "--iter 5\nsvreg tune D --objective dice|mse\nsvreg apply OUT IMAGE\n"
+                                     "svreg regster F M -o O\n```\nsee `svreg train --hyper 0.1`"))
+    for expected in ("no option --no-such-flag", "no option --iter", "not dice|mse", "required: -o/--output",
+                     "no command 'svreg regster'", "'svreg train' has no option --hyper"):
+        assert expected in bad, bad
