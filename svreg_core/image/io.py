@@ -170,13 +170,22 @@ def check_orientation(img: SpatialImage, what: str) -> None:
     When both codes are non-zero and the two affines put some point of the image more than
     :data:`SFORM_QFORM_TOLERANCE` of the smallest voxel size apart, programs disagree on where the
     image is (nibabel and svreg use the sform; ITK, hence Slicer and SimpleITK, the qform when the
-    sform is sheared): raises :class:`InputError` naming both and the fix. When both codes are 0 the file
+    sform is sheared): raises :class:`InputError` naming both and the fix. A negative voxel size (``pixdim[1:4]``)
+    is refused too, whatever the codes: nibabel and svreg take its size, ITK (hence Slicer) mirrors that axis, so
+    the two place the image mirrored. When both codes are 0 the file
     says nothing about where the image is, and programs guess differently (nibabel and svreg: x mirrored,
     centred on the origin; ITK and Slicer: the first voxel at the origin, LPS axes): a ``UserWarning`` says
     which placement svreg used. A file with only one of them set, or not a NIfTI, passes.
     """
     if not hasattr(img, "get_sform") or not hasattr(img, "get_qform"):
         return
+    pixdim = _stored_voxel_sizes(img)
+    if np.any(pixdim < 0):
+        raise InputError(f"{what}: its header gives negative voxel sizes (pixdim {', '.join(f'{v:g}' for v in pixdim)}"
+                         " mm), which programs read differently (nibabel and svreg as the same sizes made positive; "
+                         "ITK and Slicer mirror those axes), so one of them would show it flipped; store positive "
+                         "voxel sizes, with any flip in the sform and qform (e.g. nibabel's set_sform and set_qform "
+                         "with the intended affine), and run again.")
     sform, s_code = img.get_sform(coded=True)
     qform, q_code = img.get_qform(coded=True)
     if not s_code and not q_code:
@@ -195,6 +204,18 @@ def check_orientation(img: SpatialImage, what: str) -> None:
         raise InputError(f"{what}: its sform and qform place the image up to {distance:.3g} mm apart, so "
                          "programs disagree on where it is; remove the wrong one ('fslorient -deleteqform FILE' "
                          "keeps the sform, 'fslorient -deletesform FILE' the qform).")
+
+
+def _stored_voxel_sizes(img: SpatialImage) -> np.ndarray:
+    """A NIfTI's ``pixdim[1:4]`` as its file stores them (nibabel's loaded header holds them made positive)."""
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header):  # a NIfTI-2 header is one too
+        return np.ones(3)
+    name = (img.file_map.get("header") or img.file_map["image"]).filename
+    if name is not None:
+        with nib.openers.ImageOpener(name) as stream:
+            header = type(header)(stream.read(header.template_dtype.itemsize), header.endianness, check=False)
+    return np.asarray(header["pixdim"][1:4], dtype=np.float64)
 
 
 def label_values(data: np.ndarray, what: str) -> np.ndarray:

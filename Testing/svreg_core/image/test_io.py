@@ -487,3 +487,31 @@ def _sitk_ras_affine(img) -> np.ndarray:
     affine[:3, :3] = np.diag([-1.0, -1.0, 1.0]) @ linear
     affine[:3, 3] = np.asarray(img.GetOrigin()) * [-1.0, -1.0, 1.0]
     return affine
+
+
+@pytest.mark.parametrize("codes", [(1, 0), (0, 1), (1, 1)])
+def test_negative_voxel_size_in_the_header_is_refused(tmp_path: Path, codes: tuple[int, int]) -> None:
+    """A NIfTI with pixdim[1] < 0 (old Analyze-style flip): nibabel takes the size made positive, SimpleITK mirrors
+    x (the referee), so the two place the image mirrored; svreg refuses it in one line, whichever form is set."""
+    import struct
+
+    import SimpleITK as sitk
+
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    path = _forms_file(tmp_path / "neg.nii", _ramp((5, 6, 7)), affine if codes[0] else None,
+                       affine if codes[1] else None)
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<f", raw, 80, -2.0)  # pixdim[1]: the header's float at byte 76 + 4
+    path.write_bytes(bytes(raw))
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "unexpected scales in sform"
+    try:
+        assert sitk.ReadImage(str(path)).GetDirection()[0] == 1.0  # LPS +x: RAS -x, mirrored
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+    assert nib.load(str(path)).affine[0, 0] == 2.0
+    with pytest.raises(InputError) as info:
+        load_image(path, name="moving image")
+    message = str(info.value)
+    assert message.startswith("moving image (neg.nii): its header gives negative voxel sizes (pixdim -2, ")
+    assert "\n" not in message
