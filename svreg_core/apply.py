@@ -25,6 +25,7 @@ from svreg_core.image.grid import Grid
 from svreg_core.image.image import Image
 from svreg_core.image.resample import world_to_source_normalized
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS, grid_sample, sample_labels
+from svreg_core.memory import available_memory_bytes, check_apply_memory, physical_memory_bytes
 from svreg_core.outputs.read import Transform
 from svreg_core.text_input import read_text
 
@@ -34,13 +35,20 @@ IMAGE_INTERPOLATIONS = ("linear", "bspline")
 POINT_SUFFIXES = (".csv", ".fcsv", ".mrk.json")
 
 
-def _reference(transform: Transform, reference: Grid | None) -> Grid:
-    if reference is not None:
-        return reference
-    if transform.grid is None:
+def _reference(transform: Transform, reference: Grid | None, source: Image) -> Grid:
+    """The output grid (``reference``, else the transform's own), after checking that resampling ``source`` onto it
+    fits in memory (:func:`~svreg_core.memory.check_apply_memory`: refused when it cannot, a warning when it may
+    swap)."""
+    if reference is None and transform.grid is None:
         raise InputError("this transform has no grid of its own (a linear transform, or an inverse computed "
                          "numerically); give a reference image.")
-    return transform.grid
+    grid = reference if reference is not None else transform.grid
+    assert grid is not None
+    note = check_apply_memory(int(np.prod(grid.shape)), transform.field_voxels, int(np.prod(source.shape)),
+                              physical=physical_memory_bytes(), available=available_memory_bytes())
+    if note:
+        warnings.warn(note, stacklevel=3)
+    return grid
 
 
 def _check_coverage(points: np.ndarray, source: Grid, what: str) -> None:
@@ -62,7 +70,7 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
             :meth:`RegistrationResult.warp_image`) or ``"bspline"`` (cubic B-spline with mirror boundary;
             0 more than half a voxel beyond the image, as ITK's ``sitkBSpline``).
     """
-    grid = _reference(transform, reference)
+    grid = _reference(transform, reference, image)
     points = transform.map_grid(grid)
     _check_coverage(points, image.grid, "image")
     data = np.asarray(image.data, dtype=np.float32)
@@ -89,7 +97,7 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
         interpolation: ``"linear"`` (each label's indicator interpolated trilinearly, then the largest:
             :func:`svreg_core.image.sampling.sample_labels`) or ``"nearest"``.
     """
-    grid = _reference(transform, reference)
+    grid = _reference(transform, reference, labels)
     points = transform.map_grid(grid)
     _check_coverage(points, labels.grid, "label map")
     coords = world_to_source_normalized(torch.as_tensor(points), labels.grid).float()[None]

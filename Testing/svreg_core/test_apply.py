@@ -158,6 +158,17 @@ def test_reference_grid(case, geo) -> None:
     np.testing.assert_allclose(ours.data[inside], theirs[inside], atol=1e-3)
 
 
+def test_a_reference_too_large_for_the_memory_is_refused_before_any_work(case) -> None:
+    """A reference grid of 10^12 voxels (e.g. a wrong voxel size): one plain line, before anything is allocated."""
+    huge = Grid((10_000, 10_000, 10_000), case.fixed_grid.affine)
+    tx = load_transform(case.folder / "transform.h5")
+    assert tx.field_voxels == int(np.prod(case.fixed_grid.shape))
+    for apply in (apply_to_image, apply_to_labels):
+        with pytest.raises(InputError, match="needs about .* GB of memory and this process may use .* coarser "
+                                             "--reference"):
+            apply(tx, case.moving, reference=huge)
+
+
 def test_inverse_from_folder_and_numerical(case, geo) -> None:
     forward = load_transform(case.folder)
     from_file = load_transform(case.folder, inverse=True)

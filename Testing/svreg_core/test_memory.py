@@ -13,7 +13,9 @@ from svreg_core.memory import (
     FIXED_BYTES_PER_VOXEL,
     MOVING_BYTES_PER_VOXEL,
     available_memory_bytes,
+    check_apply_memory,
     check_memory,
+    estimated_apply_bytes,
     estimated_peak_bytes,
     physical_memory_bytes,
 )
@@ -51,6 +53,23 @@ def test_refused_when_larger_than_the_machine_warned_when_larger_than_free() -> 
         check_memory(shape, shape, 10 ** 6, physical=GB // 5, available=None)
     assert "\n" not in str(info.value)
     assert check_memory(shape, shape, 10 ** 6, physical=None, available=None) is None  # unknown: no check
+
+
+@pytest.mark.parametrize("output, measured_gb", [(902_629, 0.722), (7_221_032, 1.006), (17_183_259, 2.224)])
+def test_apply_estimate_is_above_each_measured_peak(output: int, measured_gb: float) -> None:
+    """svreg apply's peaks measured on 2026-11-29 (memory.py): the brain pair's 7.2 M-voxel field, a 6.9 M-voxel
+    input, onto references of 0.9 M, 7.2 M (the field's own grid) and 17.2 M voxels; the estimate is 0-55 % above."""
+    estimate = estimated_apply_bytes(output, 182 * 218 * 182, 160 * 192 * 224) / 1e9
+    assert measured_gb <= estimate <= 1.55 * measured_gb
+
+
+def test_apply_refused_when_larger_than_the_machine() -> None:
+    assert estimated_apply_bytes(1000, 0, 2000) == 300_000_000 + 125 * 1000 + 25 * 2000
+    with pytest.raises(InputError, match=r"resampling this image needs about 7\.8 GB .* may use 4\.0 GB .* give a "
+                                         r"coarser --reference \(the output grid has 64000000 voxels\)"):
+        check_apply_memory(400 ** 3, 10 ** 6, 10 ** 6, physical=4 * GB, available=None)
+    note = check_apply_memory(400 ** 3, 10 ** 6, 10 ** 6, physical=16 * GB, available=4 * GB)
+    assert note is not None and note.startswith("resampling this image needs about 7.8 GB of memory and 4.0 GB")
 
 
 def test_machine_figures_are_read(tmp_path: Path) -> None:

@@ -70,6 +70,12 @@ class Transform:
     grid: Grid | None = None
     inverse_grid: Grid | None = None
 
+    @property
+    def field_voxels(self) -> int:
+        """Voxels of the displacement fields among the steps (an inverted field's own; 0 for a linear transform)."""
+        fields = [s.field if isinstance(s, _InverseField) else s for s in self.steps if not isinstance(s, np.ndarray)]
+        return sum(int(np.prod(f.grid.shape)) for f in fields)
+
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Map RAS mm points ``(..., 3)`` through every step; returns float64 points."""
         out = np.asarray(points, dtype=np.float64)
