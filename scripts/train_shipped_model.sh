@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train a shipped model from synthetic data only and install it into the package.
-# Usage: [MODEL=brain-unet-spr|brain-hyper-unet-spr] bash scripts/train_shipped_model.sh [RUN_DIR]
+# Usage: [MODEL=brain-unet-spr|brain-unet-spr-lowalpha|brain-hyper-unet-spr|brain-hyper-unet-spr-low] \
+#        bash scripts/train_shipped_model.sh [RUN_DIR]
 #        (configuration scripts/$MODEL.yaml; default run folder runs/$MODEL; resumable)
 # On a GPU machine: DEVICE=cuda WORKERS=13 bash scripts/train_shipped_model.sh (the synthesis workers bound the speed)
 # INIT=brain-unet-spr starts from that checkpoint's weights (a shipped model's name or a checkpoint folder):
