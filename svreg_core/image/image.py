@@ -142,6 +142,19 @@ def crop_to_box(image: Image, corner_a: Sequence[float], corner_b: Sequence[floa
     return Image(np.ascontiguousarray(data), image.grid.cropped(start, stop).affine)
 
 
+def three_d_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
+    """The 3-D voxel shape of an image of array ``shape``: trailing axes of length 1 (a 4-D file of one volume)
+    dropped. :class:`InputError` naming ``name`` when that leaves other than 3 axes (a time series, a vector
+    field, a 2-D slice)."""
+    shape = tuple(int(n) for n in shape)
+    squeezed = shape
+    while len(squeezed) > 3 and squeezed[-1] == 1:
+        squeezed = squeezed[:-1]
+    if len(squeezed) != 3:
+        raise InputError(f"{name} must be a 3-D image; it has {len(squeezed)} dimensions {squeezed}.")
+    return squeezed
+
+
 def validate_image(image: Image, name: str, *, labels: bool = False) -> Image:
     """Check that ``image`` is usable for registration; raise :class:`InputError` with a plain message.
 
@@ -151,10 +164,8 @@ def validate_image(image: Image, name: str, *, labels: bool = False) -> Image:
     :data:`VOXEL_SIZE_RANGE_MM`: both checked before any grid is built from it.
     """
     data = np.asarray(image.data)
-    while data.ndim > 3 and data.shape[-1] == 1:
+    while data.ndim > len(three_d_shape(data.shape, name)):
         data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(f"{name} must be a 3-D image; it has {data.ndim} dimensions {tuple(data.shape)}.")
     if min(data.shape) < 2:
         raise InputError(f"{name} has a degenerate size {tuple(data.shape)}; each axis needs at least 2 voxels.")
     affine = np.asarray(image.affine, dtype=np.float64)

@@ -21,7 +21,7 @@ from nibabel.spatialimages import SpatialImage
 from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image.grid import Grid
-from svreg_core.image.image import Image, validate_image
+from svreg_core.image.image import Image, three_d_shape, validate_image
 from svreg_core.image.itk_io import (
     ITK_SUFFIXES,
     data_files,
@@ -124,11 +124,50 @@ def _read(path: Path, what: str, label: str, *, lazy: bool = False) -> tuple[Any
         img = nib.load(str(path))
         if not isinstance(img, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
             raise TypeError(f"{type(img).__name__} is not a volume")
-        data = img.dataobj if lazy else np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
-        raise InputError(f"{what}: cannot read {path} as an image ({reason}).") from None
+        raise _unreadable(path, what, exc) from None
+    three_d_shape(img.shape, what)  # before the voxels are read: a 4-D series may take GBs
+    _check_stored_size(img, what)
+    try:
+        data = img.dataobj if lazy else np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise _unreadable(path, what, exc) from None
     return data, affine_in_mm(img, label), img
+
+
+def _unreadable(path: Path, what: str, exc: Exception) -> InputError:
+    """The :class:`InputError` for a file nibabel fails to read, with its reason on one line."""
+    reason = " ".join(f"{exc.__class__.__name__}: {exc}".split())  # nibabel messages may span lines
+    return InputError(f"{what}: cannot read {path} as an image ({reason}).")
+
+
+#: Most bytes a gzip stream can hold per byte of the file (deflate's limit is about 1032).
+GZIP_MAX_RATIO = 1032
+
+
+def _check_stored_size(img: SpatialImage, what: str) -> None:
+    """Refuse a nibabel image whose header declares more voxel bytes than its file can hold (an uncompressed file:
+    its size; gzip: :data:`GZIP_MAX_RATIO` times it), before any of them is read: a truncated file, or a damaged
+    header claiming a size that nibabel would first allocate (GBs, or a bare ``MemoryError``)."""
+    proxy, name = img.dataobj, img.file_map["image"].filename
+    if not isinstance(proxy, nib.arrayproxy.ArrayProxy) or name is None:
+        return
+    lower = str(name).lower()
+    if lower.endswith((".bz2", ".zst")):  # no useful bound
+        return
+    needed = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.float64)) * np.dtype(proxy.dtype).itemsize
+    stored = os.path.getsize(name)
+    compressed = lower.endswith((".gz", ".mgz"))
+    if needed > stored * (GZIP_MAX_RATIO if compressed else 1):
+        shape = " x ".join(str(n) for n in proxy.shape)
+        raise InputError(f"{what}: its header declares {shape} voxels of {np.dtype(proxy.dtype)} ({_amount(needed)}), "
+                         f"more than its file ({_amount(stored)}{', compressed' if compressed else ''}) can hold; the "
+                         "file is incomplete (an interrupted copy or download) or its header is damaged.")
+
+
+def _amount(size: int) -> str:
+    """A byte count for a message: ``'480 bytes'``, ``'3.22 GiB'``."""
+    return f"{size} bytes" if size < 2**20 else f"{size / 2**20:.3g} MiB" if size < 2**30 else f"{size / 2**30:.3g} GiB"
 
 
 #: Millimetres per NIfTI spatial unit (``xyzt_units``); 'unknown' is taken as mm, as ITK and Slicer do.

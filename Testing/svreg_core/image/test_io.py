@@ -11,7 +11,7 @@ import pytest
 
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image, save_image, validate_image
-from svreg_core.image.io import image_stem
+from svreg_core.image.io import image_stem, load_grid
 
 
 def _affine(geo) -> np.ndarray:
@@ -211,7 +211,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "singular affine": (tmp_path / "singular.nii.gz", "affine"),
         "RGB": (_write(tmp_path, "rgb.nii.gz", rgb), "voxel type"),
         "complex": (_write(tmp_path, "complex.nii.gz", (ok + 1j * ok).astype(np.complex64)), "voxel type"),
-        "truncated": (tmp_path / "truncated.nii", "cannot read"),
+        "truncated": (tmp_path / "truncated.nii", "the file is incomplete"),
         "truncated gz": (tmp_path / "truncated.nii.gz", "cannot read"),
         "corrupt": (tmp_path / "junk.nii.gz", "cannot read"),
         "zero bytes": (tmp_path / "zero_bytes.nii", "cannot read"),
@@ -515,3 +515,24 @@ def test_negative_voxel_size_in_the_header_is_refused(tmp_path: Path, codes: tup
     message = str(info.value)
     assert message.startswith("moving image (neg.nii): its header gives negative voxel sizes (pixdim -2, ")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["claims.nii", "claims.nii.gz", "series.nii.gz"])
+def test_header_problems_are_refused_before_the_voxels_are_read(tmp_path: Path, name: str) -> None:
+    """A header declaring 1200³ int16 voxels (3.2 GiB) over a few bytes of data, plain or gzipped, is refused before
+    nibabel allocates them (it took 3.5 GB and 7 s to fail); so is a 4-D series, named as not 3-D rather than read
+    whole first: the data after these headers is missing, so reading any voxel would fail differently."""
+    if name.startswith("series"):
+        header = nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.float32), np.eye(4)).header
+        words = "must be a 3-D image; it has 4 dimensions (4, 5, 6, 2)."
+    else:
+        header = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4)).header
+        header.set_data_shape((1200, 1200, 1200))
+        words = "header declares 1200 x 1200 x 1200 voxels of int16 (3.22 GiB), more than its file ("
+    body = header.binaryblock + bytes(4) + bytes(64)  # 64 bytes of voxels
+    with (gzip.open if name.endswith(".gz") else open)(tmp_path / name, "wb") as stream:
+        stream.write(body)
+    for read in (load_image, load_grid):
+        with pytest.raises(InputError) as info:
+            read(tmp_path / name)
+        assert words in str(info.value) and "\n" not in str(info.value)
