@@ -218,25 +218,38 @@ def read_itk_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     """The voxel array ``(I, J, K)`` and voxel-to-RAS affine of a 3-D scalar NRRD / MetaImage file.
 
     SimpleITK (imported here: a NIfTI run never needs it) stores the array ``(K, J, I)``; it is returned
-    transposed (a view). Raises :class:`InputError` naming ITK's reason for an unreadable file, and for an
-    image that is not 3-D or holds several values per voxel (RGB, vectors, complex numbers, or the layers of a
-    3D Slicer segmentation whose segments overlap: told how to export it as one label map).
+    transposed (a view). The header is read first and checked before the voxels are: :class:`InputError` naming
+    ITK's reason for an unreadable file, and for an image that is not 3-D (trailing axes of length 1 are dropped,
+    as for NIfTI: a 4-D file of one volume is that volume) or holds several values per voxel (RGB, vectors,
+    complex numbers, or the layers of a 3D Slicer segmentation whose segments overlap: told how to export it as one
+    label map); then for voxel data that cannot be read (a missing data file, a truncated or damaged file).
     """
     import SimpleITK as sitk
 
+    from svreg_core.image.image import three_d_shape
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        itk = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
     except RuntimeError as exc:
         raise InputError(f"{what}: cannot read {path} as an image (ITK: {_itk_reason(exc)}).") from None
-    if path.name.lower().endswith(".seg.nrrd") and (itk.GetDimension() != 3 or itk.GetNumberOfComponentsPerPixel() > 1):
+    size, components = reader.GetSize(), reader.GetNumberOfComponents()
+    if path.name.lower().endswith(".seg.nrrd") and (len(size) != 3 or components > 1):
         raise InputError(f"{what} is a 3D Slicer segmentation stored in layers (its segments overlap); export it as "
                          "one labelmap volume (Segmentations module: Export to files, or 'Export visible segments "
                          "to binary labelmap') and give that file.")
-    if itk.GetDimension() != 3:
-        raise InputError(f"{what} must be a 3-D image; it has {itk.GetDimension()} dimensions {itk.GetSize()}.")
-    components = itk.GetNumberOfComponentsPerPixel()
+    shape = three_d_shape(size, what)
+    pixel = sitk.GetPixelIDValueAsString(reader.GetPixelID())
     if components != 1:
-        raise InputError(f"{what} holds {components} values per voxel ({itk.GetPixelIDTypeAsString()}); a scalar "
+        raise InputError(f"{what} holds {components} values per voxel ({pixel}); a scalar "
                          "real-valued image is needed (not RGB, a vector field or complex).")
-    data = sitk.GetArrayFromImage(itk).transpose(2, 1, 0)
-    return data, ras_affine_from_itk(itk.GetDirection(), itk.GetSpacing(), itk.GetOrigin())
+    try:
+        itk = reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"{what}: the voxel data of {path} are missing, shorter than its header says or damaged "
+                         f"(ITK: {_itk_reason(exc)}).") from None
+    data = sitk.GetArrayFromImage(itk).reshape(shape[::-1]).transpose(2, 1, 0)
+    dimension = len(size)
+    direction = np.asarray(itk.GetDirection()).reshape(dimension, dimension)[:3, :3]
+    return data, ras_affine_from_itk(direction, itk.GetSpacing()[:3], itk.GetOrigin()[:3])

@@ -188,8 +188,10 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     sitk.WriteImage(sitk.GetImageFromArray(nan), str(tmp_path / "nan.mha"))
     sitk.WriteImage(sitk.GetImageFromArray(np.stack([ok > 5, ok > 9], -1).astype(np.uint8), isVector=True),
                     str(tmp_path / "layers.seg.nrrd"))
-    itk_body = (tmp_path / "flat.nrrd").read_bytes()
-    (tmp_path / "truncated.nrrd").write_bytes(itk_body[: len(itk_body) // 2])
+    for suffix in (".nrrd", ".mha"):  # the header whole, half the voxels
+        sitk.WriteImage(volume, str(tmp_path / f"whole{suffix}"))
+        itk_body = (tmp_path / f"whole{suffix}").read_bytes()
+        (tmp_path / f"truncated{suffix}").write_bytes(itk_body[: len(itk_body) - ok.nbytes // 2])
     (tmp_path / "junk.mha").write_bytes(b"not an image at all " * 20)
     return {
         "NRRD 2-D": (tmp_path / "flat.nrrd", "3-D image; it has 2 dimensions"),
@@ -197,7 +199,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "NRRD vector": (tmp_path / "vector.nrrd", "3 values per voxel"),
         "MetaImage complex": (tmp_path / "complex.mha", "2 values per voxel"),
         "MetaImage NaN": (tmp_path / "nan.mha", "NaN"),
-        "NRRD truncated": (tmp_path / "truncated.nrrd", "cannot read"),
+        "NRRD truncated": (tmp_path / "truncated.nrrd", "are missing, shorter than its header says"),
+        "MetaImage truncated": (tmp_path / "truncated.mha", "are missing, shorter than its header says"),
         "MetaImage corrupt": (tmp_path / "junk.mha", "cannot read"),
         "NRRD missing": (tmp_path / "nowhere.nrrd", "not found"),
         "Slicer segmentation layers": (tmp_path / "layers.seg.nrrd", "export it as one labelmap volume"),
@@ -224,7 +227,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "constant", "zeros", "singular affine", "RGB", "complex",
        "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder",
        "NRRD 2-D", "NRRD 4-D", "NRRD vector", "MetaImage complex", "MetaImage NaN", "NRRD truncated",
-       "MetaImage corrupt", "NRRD missing", "Slicer segmentation layers"]
+       "MetaImage truncated", "MetaImage corrupt", "NRRD missing", "Slicer segmentation layers"]
 
 
 @pytest.mark.parametrize("case", BAD)

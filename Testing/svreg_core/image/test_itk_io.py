@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from svreg_core.conventions import itk_geometry_from_ras_affine as sitk_geometry
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image, save_image
 from svreg_core.image.itk_io import find_dicom_series, is_dicom_file
@@ -191,3 +192,28 @@ def test_unusable_dicom_folders_are_refused(geo, tmp_path: Path, case: str, word
     message = str(info.value)
     assert message.startswith("moving image") and "\n" not in message
     assert words in message, message
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_a_4d_itk_file_of_one_volume_reads_as_that_volume(geo, tmp_path: Path, suffix: str) -> None:
+    """A 4-D NRRD / MetaImage whose 4th axis has length 1 (an oblique volume exported as a one-frame series) reads
+    as the 3-D volume with the geometry of its first three axes, as a NIfTI of that shape does (it was refused as
+    not 3-D); one of two frames is still refused, from its header."""
+    import SimpleITK as sitk
+
+    affine = _affine(geo)
+    data = _ramp((6, 7, 8))
+    direction, spacing, origin = (np.asarray(v) for v in sitk_geometry(affine))
+    four = np.eye(4)
+    four[:3, :3] = direction.reshape(3, 3)
+    for frames in (1, 2):
+        itk = sitk.GetImageFromArray(np.stack([data.transpose(2, 1, 0)] * frames), isVector=False)
+        itk.SetDirection(four.ravel().tolist())
+        itk.SetSpacing([*spacing.tolist(), 1.0])
+        itk.SetOrigin([*origin.tolist(), 0.0])
+        sitk.WriteImage(itk, str(tmp_path / f"f{frames}{suffix}"))
+    image = load_image(tmp_path / f"f1{suffix}")
+    np.testing.assert_array_equal(image.data, data)
+    np.testing.assert_allclose(image.affine, affine, atol=1e-9)
+    with pytest.raises(InputError, match=r"must be a 3-D image; it has 4 dimensions \(6, 7, 8, 2\)"):
+        load_image(tmp_path / f"f2{suffix}")
