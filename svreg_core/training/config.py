@@ -168,7 +168,8 @@ class DataConfig:
     Attributes:
         sources: the sources, mixed by their weights.
         prealign: affinely pre-align each moving image to its fixed image before resampling both onto
-            the network grid.
+            the network grid (inter-subject pairs through one hub image:
+            :class:`~svreg_core.training.datasets.PairListDataset`).
         augment: random flips along every axis (the paper's augmentation) and, for real pairs,
             random fixed/moving swaps when the source allows it.
     """

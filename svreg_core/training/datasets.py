@@ -23,8 +23,10 @@ into worker processes; mix several with :class:`torch.utils.data.ConcatDataset`.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,10 +410,13 @@ class PairListDataset(_EpochSeededDataset):
     """Real image pairs read from disk at every access, on a training grid centred on the fixed image.
 
     With ``prealign``, the moving image is first aligned to the fixed one by
-    :func:`svreg_core.optim.affine.affine_register` (12 parameters); the 4x4 matrix of each
-    ``(fixed, moving)`` file pair is computed once, when first needed, and kept in memory. Call
-    :meth:`precompute_alignments` before handing the dataset to DataLoader workers (each worker has
-    its own copy and would otherwise recompute), and keep :attr:`alignments` to pass them back as
+    :func:`svreg_core.optim.affine.affine_register` (12 parameters), computed once, when first needed, and kept in
+    memory: for each ``(fixed, moving)`` file pair when the pairs are few (atlas-to-subject: one per subject), else
+    through one *hub* image (:attr:`hub`, the most frequent) that every other image is aligned to, the pair's
+    matrix composed from the two (``M_moving @ inv(M_fixed)``): inter-subject pairs of N images take N - 1
+    registrations, not N (N - 1). A pair's own matrix, when known (``alignments`` of a run that began before the
+    hub), is used as it is. Call :meth:`precompute_alignments` before handing the dataset to DataLoader workers
+    (each worker has its own copy and would otherwise recompute), and keep :attr:`alignments` to pass them back as
     ``alignments`` to a later run.
 
     With ``augment``, both images (and label maps) are flipped along each axis with probability 1/2
@@ -441,6 +446,43 @@ class PairListDataset(_EpochSeededDataset):
         """The affine matrices computed so far, keyed by ``(fixed path, moving path)``."""
         return dict(self._alignments)
 
+    @functools.cached_property
+    def hub(self) -> str | None:
+        """The image (path) every other one is aligned to, when that takes fewer registrations than aligning each
+        distinct pair; ``None`` (each pair aligned) otherwise or without ``prealign``. The most frequent image of
+        the pairs, the first by path among equals."""
+        if not self.prealign:
+            return None
+        counts = Counter(path for pair in self.pairs for path in self._key(pair))
+        hub = min(counts, key=lambda path: (-counts[path], path))
+        return hub if len({self._key(pair) for pair in self.pairs}) > len(counts) - 1 else None
+
+    @property
+    def registrations(self) -> int:
+        """Affine registrations :meth:`precompute_alignments` runs (those already known included)."""
+        if not self.prealign:
+            return 0
+        return len(self._hub_images()) if self.hub is not None else len(self.pairs)
+
+    def _hub_images(self) -> list[str]:
+        """The images aligned to :attr:`hub`, in the order of the pairs."""
+        images = dict.fromkeys(path for pair in self.pairs for path in self._key(pair))
+        return [path for path in images if path != self.hub]
+
+    def _from_hub(self, path: str, image: Image | None = None) -> np.ndarray:
+        """4x4 RAS->RAS matrix from hub-world to ``path``-world points (computed on first use)."""
+        hub = self.hub
+        assert hub is not None
+        if path == hub:
+            return np.eye(4)
+        key = (hub, path)
+        if key not in self._alignments:
+            reference = load_image(hub)
+            image = load_image(path) if image is None else image
+            self._alignments[key] = affine_register(normalized_tensor(reference), reference.grid,
+                                                    normalized_tensor(image), image.grid)
+        return self._alignments[key]
+
     def alignment(self, index: int, fixed: Image | None = None, moving: Image | None = None) -> np.ndarray:
         """4x4 RAS->RAS matrix from fixed-world to moving-world points of pair ``index`` (identity
         without ``prealign``); computed on first use from the images (read from disk if not given)."""
@@ -448,15 +490,26 @@ class PairListDataset(_EpochSeededDataset):
         if not self.prealign:
             return np.eye(4)
         key = self._key(pair)
-        if key not in self._alignments:
-            fixed = load_image(pair.fixed) if fixed is None else fixed
-            moving = load_image(pair.moving) if moving is None else moving
-            self._alignments[key] = affine_register(normalized_tensor(fixed), fixed.grid,
-                                                    normalized_tensor(moving), moving.grid)
+        if key in self._alignments:
+            return self._alignments[key]
+        if self.hub is not None:
+            return self._from_hub(key[1], moving) @ np.linalg.inv(self._from_hub(key[0], fixed))
+        fixed = load_image(pair.fixed) if fixed is None else fixed
+        moving = load_image(pair.moving) if moving is None else moving
+        self._alignments[key] = affine_register(normalized_tensor(fixed), fixed.grid,
+                                                normalized_tensor(moving), moving.grid)
         return self._alignments[key]
 
     def precompute_alignments(self, progress: ProgressCallback = no_progress) -> dict[tuple[str, str], np.ndarray]:
-        """Compute the affine pre-alignment of every pair not yet known; returns :attr:`alignments`."""
+        """Compute every affine pre-alignment not yet known (:attr:`registrations` of them, one progress event
+        each); returns :attr:`alignments`."""
+        if self.hub is not None:
+            images, hub = self._hub_images(), _short_name(Path(self.hub))
+            for index, path in enumerate(images):
+                self._from_hub(path)
+                progress(ProgressEvent("prealign", index + 1, len(images), (index + 1) / len(images),
+                                       f"affine pre-alignment {_short_name(Path(path))} to {hub}"))
+            return self.alignments
         for index in range(len(self)):
             self.alignment(index)
             progress(ProgressEvent("prealign", index + 1, len(self), (index + 1) / len(self),

@@ -303,12 +303,13 @@ def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
     :data:`ALIGNMENT_SAVE_INTERVAL_S` seconds meanwhile, so a run killed while aligning a large cohort (a few
     seconds a pair) loses at most that much of it.
 
-    ``progress`` gets one ``"prealign"`` event per pair, counted over every pair (training and validation) together.
+    ``progress`` gets one ``"prealign"`` event per registration (a pair's, or an image's to its dataset's hub:
+    :class:`~svreg_core.training.datasets.PairListDataset`), counted over the training and validation pairs together.
     """
     known: dict[str, list] = {}
     saved = time.monotonic()
     aligned = [d for d in data.pair_datasets if d.prealign]
-    total, done = sum(len(d.pairs) for d in aligned), 0
+    total, done = sum(d.registrations for d in aligned), 0
 
     def save() -> None:
         with replaced_when_complete(cache) as tmp:

@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image
 from svreg_core.image.network_grid import network_grid
+from svreg_core.progress import ProgressEvent
 from svreg_core.training.datasets import (
     PairListDataset,
     PairSpec,
@@ -108,6 +109,33 @@ def test_prealignment_brings_the_moving_image_onto_the_fixed_one(geo, tmp_path) 
     # the cached matrix is reused (and can be handed to a new dataset)
     again = PairListDataset(dataset.pairs, 2.0, (24, 24, 24), alignments=dataset.alignments)
     assert torch.equal(again[0]["moving"], sample["moving"])
+
+
+def test_inter_subject_pairs_are_aligned_through_one_hub_image(geo, tmp_path) -> None:
+    """N subjects' N (N - 1) inter-subject pairs take N - 1 affine registrations (each image to the hub, the first
+    by path), the pairs' matrices composed from them; atlas-to-subject pairs (as many as the images less one) are
+    aligned each; a pair's own matrix from an earlier run's cache is used as it is."""
+    shape = (34, 32, 30)
+    shifts = {"a": np.zeros(3), "b": np.array([5.0, -4.0, 3.0]), "c": np.array([-3.0, 4.0, 2.0])}
+    files = {name: _write_blob_subject(geo, tmp_path, name, _oblique_grid(geo, (2.0, 2.0, 2.0), angle, -1, shape),
+                                       shape, shift=shift)[0]
+             for (name, shift), angle in zip(shifts.items(), (10.0, -20.0, 30.0))}
+    pairs = [PairSpec(files[f], files[m]) for f in "abc" for m in "abc" if f != m]
+    dataset = PairListDataset(pairs, 2.0, (24, 24, 24))
+    assert dataset.hub == str(files["a"]) and dataset.registrations == 2
+    events: list[ProgressEvent] = []
+    assert set(dataset.precompute_alignments(events.append)) == {(str(files["a"]), str(files[m])) for m in "bc"}
+    assert [(e.step, e.total) for e in events] == [(1, 2), (2, 2)]
+    assert "/b to " in events[0].message and events[0].message.endswith("/a")
+    for index, pair in enumerate(pairs):  # fixed-world to moving-world: the moving blob's shift less the fixed one's
+        matrix = dataset.alignment(index)
+        expected = shifts[Path(pair.moving).name[0]] - shifts[Path(pair.fixed).name[0]]
+        np.testing.assert_allclose(matrix[:3, 3] + (matrix[:3, :3] - np.eye(3)) @ BLOB_A, expected, atol=1.0)
+    assert set(dataset.alignments) == {(str(files["a"]), str(files[m])) for m in "bc"}  # nothing else computed
+    earlier = {(str(files["b"]), str(files["c"])): np.eye(4)}  # a run that began with per-pair alignments
+    assert np.array_equal(PairListDataset(pairs, 2.0, (24, 24, 24), alignments=earlier).alignment(3), np.eye(4))
+    atlas = PairListDataset([PairSpec(files["a"], files[m]) for m in "bc"], 2.0, (24, 24, 24))
+    assert atlas.hub is None and atlas.registrations == 2
 
 
 def test_flips_apply_the_same_axes_to_both_images_and_labels(geo, tmp_path) -> None:

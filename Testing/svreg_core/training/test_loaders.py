@@ -60,7 +60,7 @@ def test_alignment_cache_round_trip_and_a_failed_write_leaves_nothing(tmp_path: 
     """The pre-alignments of the real pairs are saved for a resumed run; a write that fails (a full disk) leaves
     neither a cache nor a hidden temporary file."""
     matrix = np.diag([1.0, 2.0, 3.0, 1.0])
-    dataset = SimpleNamespace(prealign=True, pairs=[None],
+    dataset = SimpleNamespace(prealign=True, registrations=1,
                               precompute_alignments=lambda progress: {("f.nii", "m.nii"): matrix})
     data = SimpleNamespace(pair_datasets=[dataset])
     cache = tmp_path / "alignments.json"
@@ -163,7 +163,7 @@ def test_alignment_cache_is_saved_while_aligning(tmp_path: Path, monkeypatch) ->
             progress(ProgressEvent("prealign", i + 1, 5, (i + 1) / 5))
         return done
 
-    dataset = SimpleNamespace(prealign=True, pairs=[None] * 5, alignments=done, precompute_alignments=precompute)
+    dataset = SimpleNamespace(prealign=True, registrations=5, alignments=done, precompute_alignments=precompute)
     cache = tmp_path / "alignments.json"
     with pytest.raises(KeyboardInterrupt):
         prepare_alignments(SimpleNamespace(pair_datasets=[dataset]), cache, write=True)  # type: ignore[arg-type]

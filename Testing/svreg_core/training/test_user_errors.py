@@ -143,7 +143,8 @@ def test_json_progress_of_a_finished_run_is_strict_json(geo, tmp_path, capsys) -
 
 def test_prealignment_progress_counts_training_and_validation_pairs_together(geo, tmp_path) -> None:
     """The pre-alignment progress reached 100 % with the training pairs, then started again from 0 for the
-    validation pairs: it counts every pair once, to 100 % at the last."""
+    validation pairs: it counts every registration once (here the training pairs' one to their hub image and the
+    validation pair's own), to 100 % at the last."""
     write_subjects(geo, tmp_path / "train")
     write_subjects(geo, tmp_path / "val")
     config = real_pairs_config(tmp_path / "train", tmp_path / "val",
@@ -153,7 +154,7 @@ def test_prealignment_progress_counts_training_and_validation_pairs_together(geo
     events: list[ProgressEvent] = []
     prepare_alignments(build_data(config, known), tmp_path / "alignments.json", write=False, progress=events.append)
     assert [(e.stage, e.step, e.total, e.fraction) for e in events] == [
-        ("prealign", 1, 3, 1 / 3), ("prealign", 2, 3, 2 / 3), ("prealign", 3, 3, 1.0)]
+        ("prealign", 1, 2, 0.5), ("prealign", 2, 2, 1.0)]
 
 
 def test_label_maps_named_unlike_their_images_are_reported(geo, tmp_path) -> None:
