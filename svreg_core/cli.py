@@ -73,7 +73,8 @@ Apply a result later with 'svreg apply OUT IMAGE -o FILE' (see svreg apply --hel
 
 #: ``--deterministic`` of ``svreg register``.
 DETERMINISTIC_HELP = ("bit-identical results from run to run on CUDA (same GPU, driver and torch version); the "
-                      "optimisation is over 10x slower (brain pair on an H200: 7-8 s instead of 0.6 s); sets "
+                      "optimisation is many times slower (brain pair on an H200: 7.2-8.3 s; 1.0 s without it then, "
+                      "0.24 s now with CUDA graphs); sets "
                       "CUBLAS_WORKSPACE_CONFIG=:4096:8 unless set. Without it, CUDA runs differ in the last bits, "
                       "which the optimiser amplifies (brain pair: displacements up to 3.5 mm apart, mean Dice within "
                       "0.0002). On CPU it changes nothing: CPU runs are bit-identical anyway")
@@ -461,7 +462,7 @@ def run_register(args: argparse.Namespace) -> int:
 BATCH_EXAMPLES = """\
 examples:
   svreg register-batch --fixed atlas.nii.gz --moving sub-*_T1w.nii.gz -o results
-  svreg register-batch --fixed atlas.nii.gz --fixed-labels atlas_seg.nii.gz --moving sub-01_T1w.nii.gz \
+  svreg register-batch --fixed atlas.nii.gz --fixed-labels atlas_seg.nii.gz --moving sub-01_T1w.nii.gz \\
       sub-02_T1w.nii.gz --moving-labels sub-01_seg.nii.gz sub-02_seg.nii.gz -o results   # Dice and HD95 too
   svreg register-batch --pairs pairs.csv -o results --shard $SLURM_ARRAY_TASK_ID/10   # sbatch --array=0-9
 
@@ -762,7 +763,7 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("fixed", help=f"fixed (reference) image: {IMAGE_KINDS}")
     p.add_argument("moving", help="moving image, the same kinds; any orientation, voxel size or oblique affine")
     p.add_argument("--model", required=True, help="a HyperSPR model: a shipped model's name (see 'svreg models') or "
-                   "a checkpoint folder from 'svreg train --hyper ...'")
+                   "a checkpoint folder from 'svreg train --hyper-alpha-prime LO HI --hyper-lambda-max LO HI ...'")
     p.add_argument("--fixed-labels", help="label map on the fixed grid (Dice/HD95 of requests with label_metrics)")
     p.add_argument("--moving-labels", help="label map on the moving grid (the 'labels' output)")
     p.add_argument("--fixed-mask", help="mask on the fixed grid restricting the affine stage's similarity")
