@@ -42,7 +42,7 @@ from svreg_core.text_input import read_table, table_path
 if TYPE_CHECKING:
     import numpy as np
 
-    from svreg_core.image import Image
+    from svreg_core.image import Grid, Image
     from svreg_core.image.itk_io import DicomSeries
 
 
@@ -953,18 +953,23 @@ examples:
 """
 
 
-def describe_image(image: Image, path: str) -> dict:
+def describe_image(image: Image | Grid, path: str) -> dict:
     """What ``svreg info`` prints about an image: :func:`~svreg_core.outputs.writer.describe_input`'s shape,
-    voxel size and orientation code, the RAS extent of its voxel centres (mm) and its value range."""
+    voxel size and orientation code, the RAS extent of its voxel centres (mm) and its value range (of an
+    :class:`Image`; a :class:`Grid` alone, whose voxels svreg refuses, has none)."""
     import numpy as np
 
+    from svreg_core.image import Grid
     from svreg_core.outputs.writer import describe_input
 
-    corners = image.grid.corner_points()
-    data = np.asarray(image.data)
-    return {**describe_input(image, path), "ras_min_mm": [round(float(v), 3) for v in corners.min(0)],
-            "ras_max_mm": [round(float(v), 3) for v in corners.max(0)], "value_min": float(data.min()),
-            "value_max": float(data.max())}
+    grid = image if isinstance(image, Grid) else image.grid
+    corners = grid.corner_points()
+    entry = {**describe_input(image, path), "ras_min_mm": [round(float(v), 3) for v in corners.min(0)],
+             "ras_max_mm": [round(float(v), 3) for v in corners.max(0)]}
+    if not isinstance(image, Grid):
+        data = np.asarray(image.data)
+        entry.update(value_min=float(data.min()), value_max=float(data.max()))
+    return entry
 
 
 def describe_transform(path: str) -> dict:
@@ -1080,6 +1085,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     from svreg_core.image import load_image
     from svreg_core.image.image import foreground_inside
+    from svreg_core.image.io import load_grid
     from svreg_core.outputs.read import ITK_TRANSFORM_SUFFIXES
 
     is_transform = lambda path: path.lower().endswith(ITK_TRANSFORM_SUFFIXES) or is_output_folder(path)  # noqa: E731
@@ -1087,14 +1093,24 @@ def run_info(args: argparse.Namespace) -> int:
                   for path in args.images if is_transform(path)]
     inputs = info_inputs([path for path in args.images if not is_transform(path)])
     paths = [path for path, _ in inputs]
-    images = [load_image(path) for path in paths]
-    entries = [describe_image(image, path) for image, path in zip(images, paths)]
+    images: list[Image | None] = []
+    entries = []
+    for path in paths:
+        try:
+            image = load_image(path)
+            entries.append(describe_image(image, path))
+            images.append(image)
+        except InputError as exc:  # its voxels (NaN, constant...): the geometry is still described, with the reason
+            entries.append({**describe_image(load_grid(path), path), "problem": str(exc)})
+            images.append(None)
     for entry, (_, found) in zip(entries, inputs):
         if found is not None:
             entry["dicom_series"] = {"uid": found.uid, "description": found.description,
                                      "modality": found.modality, "files": len(found.files)}
-    for entry, image in zip(entries[1:], images[1:]):
-        entry["first_foreground_inside"] = foreground_inside(images[0], image.grid)
+    first = images[0] if images else None
+    for entry, other in zip(entries[1:], images[1:]):
+        if first is not None and other is not None:
+            entry["first_foreground_inside"] = foreground_inside(first, other.grid)
     if args.json:
         print(json.dumps([*entries, *transforms], indent=2))
         return 0
@@ -1104,13 +1120,17 @@ def run_info(args: argparse.Namespace) -> int:
         extent = ", ".join(f"{axis} {lo:.1f} to {hi:.1f}" for axis, lo, hi in
                            zip("RAS", entry["ras_min_mm"], entry["ras_max_mm"]))
         dicom = f"; DICOM series {found.summary()}" if found is not None else ""
+        values = f"cannot be registered: {entry['problem']}" if "problem" in entry else \
+            f"values {entry['value_min']:.6g} to {entry['value_max']:.6g}"
         print(f"{entry['path']}: {' x '.join(map(str, entry['shape']))} voxels of "
               f"{' x '.join(f'{v:.4g}' for v in entry['spacing_mm'])} mm, {entry['orientation']}; voxel centres "
-              f"{extent} mm; values {entry['value_min']:.6g} to {entry['value_max']:.6g}{dicom}")
-    centres = [image.grid.corner_points().mean(0) for image in images]
+              f"{extent} mm; {values}{dicom}")
+    centres = [(np.array(entry["ras_min_mm"]) + np.array(entry["ras_max_mm"])) / 2 for entry in entries]
     for entry, centre in zip(entries[1:], centres[1:]):
-        print(f"{100 * entry['first_foreground_inside']:.1f} % of {paths[0]}'s foreground lies in the field "
-              f"of view of {entry['path']} (their centres are {np.linalg.norm(centre - centres[0]):.0f} mm apart)")
+        if "first_foreground_inside" in entry:
+            print(f"{100 * entry['first_foreground_inside']:.1f} % of {paths[0]}'s foreground lies in the field "
+                  f"of view of {entry['path']} (their centres are {np.linalg.norm(centre - centres[0]):.0f} mm "
+                  "apart)")
     return 0
 
 

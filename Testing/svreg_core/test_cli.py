@@ -1002,6 +1002,29 @@ def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys)
     _assert_plain_error(rc, err, "nowhere.nrrd: file not found")
 
 
+def test_info_describes_an_image_whose_voxels_register_refuses(geo, tiny_pair, tmp_path: Path, capsys) -> None:
+    """An image with NaN voxels or a constant one, which svreg register refuses: svreg info (the tool to find out
+    why) still gives its geometry, and the reason instead of its value range."""
+    p = tiny_pair.paths
+    holes = np.array(tiny_pair.moving, dtype=np.float32)
+    holes[0, 0, 0] = np.nan
+    geo.save_nifti(holes, tiny_pair.moving_affine, tmp_path / "nan.nii.gz")
+    geo.save_nifti(np.ones_like(holes), tiny_pair.moving_affine, tmp_path / "flat.nii.gz")
+    rc, out, _ = _main(["info", p.fixed, tmp_path / "nan.nii.gz", tmp_path / "flat.nii.gz", p.moving, "--json"],
+                       capsys)
+    fixed, nan, flat, moving = json.loads(out)
+    assert rc == 0 and "problem" not in fixed and "first_foreground_inside" in moving
+    for entry in (nan, flat):
+        assert entry["shape"] == list(holes.shape) and "value_min" not in entry
+        assert "first_foreground_inside" not in entry
+        np.testing.assert_allclose(entry["ras_min_mm"], moving["ras_min_mm"])
+    assert "NaN" in nan["problem"]
+    rc, out, _ = _main(["info", tmp_path / "nan.nii.gz", p.moving], capsys)
+    first, second = out.strip().split("\n")  # no overlap line: the first image's foreground is unknown
+    assert rc == 0 and first.startswith(f"{tmp_path / 'nan.nii.gz'}: ") and "; cannot be registered: " in first
+    assert second.startswith(f"{p.moving}: ") and "; values " in second
+
+
 def test_a_folder_without_dicom_is_refused_in_svreg_words_only(tmp_path: Path, capfd) -> None:
     """GDCM's own "No Series were found" (printed by ITK on the process's stderr) is not shown: one svreg line."""
     (tmp_path / "notes.txt").write_text("not an image")

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from svreg_core.errors import InputError, OutputError
-from svreg_core.image import Image, save_image
+from svreg_core.image import Grid, Image, save_image
 from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import DEFAULT_FIELD_GZIP_LEVEL, save_nifti
 from svreg_core.image.resample import resample
@@ -300,9 +300,9 @@ def _versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def describe_input(image: Image, path: str | Path | None = None) -> dict[str, Any]:
-    """An input image's ``path`` (when given), ``shape``, ``spacing_mm`` and ``orientation`` (axis codes,
-    e.g. ``LAS``)."""
+def describe_input(image: Image | Grid, path: str | Path | None = None) -> dict[str, Any]:
+    """An input image's (or its grid's) ``path`` (when given), ``shape``, ``spacing_mm`` and ``orientation`` (axis
+    codes, e.g. ``LAS``)."""
     entry: dict[str, Any] = {"path": str(path)} if path is not None else {}
     entry.update(shape=list(image.shape), spacing_mm=[round(float(v), 6) for v in image.spacing],
                  orientation="".join(nib.aff2axcodes(image.affine)))
