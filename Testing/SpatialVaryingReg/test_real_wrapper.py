@@ -69,6 +69,26 @@ def _widget(module, ui, parameter_node):
     return widget
 
 
+def _widget_with_unusable_settings(real, scene, monkeypatch):
+    """``(module, qt, widget, logic, parameter node)``: the widget with its own state (ScriptedLoadableModuleWidget's
+    ``__init__``, which needs slicer.app, skipped), two volumes chosen and level spacings typed as "4;2" (not
+    numbers: the registration cannot start)."""
+    module, qt, ctk = real
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
+    widget = module.SpatialVaryingRegWidget()
+    widget.ui = ui = qt_standins.ui_from_file(UI, qt, ctk)
+    ui.logTextEdit.appendPlainText = ui.logTextEdit.clear = lambda *text: None
+    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
+    widget.logic = logic = module.SpatialVaryingRegLogic()
+    widget._environmentTimer, widget._previewTimer = qt.QTimer(), qt.QTimer()
+    p = logic.getParameterNode()
+    widget.setParameterNode(p)
+    p.fixedVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "fixed")
+    p.movingVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "moving")
+    p.levelSpacings = "4;2"
+    return module, qt, widget, logic, p
+
+
 def test_parameter_node_is_a_real_wrapped_scripted_module_node(real, scene):
     module, _qt, _ctk = real
     p = module.SpatialVaryingRegLogic().getParameterNode()
@@ -429,19 +449,7 @@ def test_register_pressed_while_pytorch_is_being_checked_runs_once_the_check_has
     import sys
     import time
 
-    module, qt, ctk = real
-    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
-    widget = module.SpatialVaryingRegWidget()  # the widget's own state (the base class needs slicer.app)
-    widget.ui = ui = qt_standins.ui_from_file(UI, qt, ctk)
-    ui.logTextEdit.appendPlainText = ui.logTextEdit.clear = lambda *text: None
-    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
-    widget.logic = logic = module.SpatialVaryingRegLogic()
-    widget._environmentTimer, widget._previewTimer = qt.QTimer(), qt.QTimer()
-    p = logic.getParameterNode()
-    widget.setParameterNode(p)
-    p.fixedVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "fixed")
-    p.movingVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "moving")
-    p.levelSpacings = "4;2"
+    module, qt, widget, logic, p = _widget_with_unusable_settings(real, scene, monkeypatch)
     shown: list[str] = []
 
     @contextlib.contextmanager
@@ -518,20 +526,8 @@ def test_a_registration_that_cannot_start_shows_one_message_not_a_failed_install
     the start ran inside the package check's). Now one dialog, with the reason."""
     import contextlib
 
-    module, qt, ctk = real
-    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "__init__", lambda self, parent=None: None)
-    widget = module.SpatialVaryingRegWidget()
-    widget.ui = ui = qt_standins.ui_from_file(UI, qt, ctk)
-    ui.logTextEdit.appendPlainText = ui.logTextEdit.clear = lambda *text: None
-    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
-    widget.logic = logic = module.SpatialVaryingRegLogic()
-    widget._environmentTimer, widget._previewTimer = qt.QTimer(), qt.QTimer()
+    module, qt, widget, logic, p = _widget_with_unusable_settings(real, scene, monkeypatch)
     widget._torchStatus = module.dependencies.TorchStatus("ok")
-    p = logic.getParameterNode()
-    widget.setParameterNode(p)
-    p.fixedVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "fixed")
-    p.movingVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "moving")
-    p.levelSpacings = "4;2"
     shown: list[str] = []
 
     @contextlib.contextmanager
