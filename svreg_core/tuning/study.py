@@ -304,11 +304,16 @@ def requeue_default(study: optuna.Study, default_params: dict[str, Any], storage
 def _drop_duplicates(study: optuna.Study, storage: optuna.storages.BaseStorage, study_id: int) -> None:
     """Fail every queued base trial but the first: two workers joining at once can both find the base's
     attempts failed and both queue it (reading and queueing are two transactions). Each is claimed as a
-    worker pops a trial (WAITING -> RUNNING, atomic in the storage), so one already taken by a worker runs."""
+    worker pops a trial (WAITING -> RUNNING, atomic in the storage), so one already taken by a worker runs, and
+    one the other worker has failed meanwhile (both drop the same copy) is left as it is."""
     waiting = _default_trials(study, (TrialState.WAITING,))
     for trial in waiting[1:]:
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-        if storage.set_trial_state_values(trial_id, TrialState.RUNNING):
+        try:
+            claimed = storage.set_trial_state_values(trial_id, TrialState.RUNNING)
+        except optuna.exceptions.UpdateFinishedTrialError:  # finished since it was read
+            claimed = False
+        if claimed:
             storage.set_trial_user_attr(trial_id, DUPLICATE_ATTR, waiting[0].number)
             storage.set_trial_user_attr(trial_id, "error", f"not run: the base preset was queued twice by workers "
                                                            f"joining at once (trial {waiting[0].number} runs it)")

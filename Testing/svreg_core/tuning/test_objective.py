@@ -194,6 +194,30 @@ def test_base_trial_queued_by_two_workers_at_once_runs_once(tmp_path: Path) -> N
     assert [t.state for t in ran] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
 
 
+def test_second_worker_dropping_the_same_duplicate_does_not_crash(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both workers that queued the base trial drop the later copy; the slower one read the queued copies
+    just before the faster one failed it: its claim of a finished trial is skipped, not an
+    UpdateFinishedTrialError traceback ending that worker."""
+    from svreg_core.tuning import study as study_module
+
+    storage = open_storage(tmp_path / "r.db")
+    meta, default = {"objective": "quadratic"}, {"x": 0.25}
+    study, _ = create_or_join(storage, "r", meta, default_params=default)
+    with quiet_optuna(), pytest.raises(KeyboardInterrupt):
+        run_worker(study, trial_function(XSpace(), Training(stop_below=0.3)), 3)
+    for _ in range(2):
+        study.enqueue_trial(default, user_attrs={"enqueued": BASE_PRESET})
+    stale = study_module._default_trials(study, (TrialState.WAITING,))  # the slower worker's reading
+    study_id = storage.get_study_id_from_name("r")
+    study_module._drop_duplicates(study, storage, study_id)  # the faster worker fails the copy
+    monkeypatch.setattr(study_module, "_default_trials", lambda *args, **kwargs: stale)
+    study_module._drop_duplicates(study, storage, study_id)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING, TrialState.FAIL]
+    assert trials[2].user_attrs["duplicate_of"] == 1
+
+
 def test_journal_file_storage_resumes_and_shares_trials(tmp_path: Path) -> None:
     """JournalStorage on a file: two workers (threads, each with its own storage) then a resumed run."""
     path = tmp_path / "study.log"
