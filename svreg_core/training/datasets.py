@@ -406,12 +406,29 @@ class _GeneratedDataset(_EpochSeededDataset):
 # ----------------------------------------------------------------------------------- real pairs
 
 
+def _connected(pairs: set[tuple[str, str]]) -> bool:
+    """Whether the images of ``pairs`` form one group: each reached from any other through the pairs."""
+    linked: dict[str, set[str]] = {}
+    for a, b in pairs:
+        linked.setdefault(a, set()).add(b)
+        linked.setdefault(b, set()).add(a)
+    seen: set[str] = set(list(linked)[:1])
+    todo = list(seen)
+    while todo:
+        for other in linked.get(todo.pop(), ()):
+            if other not in seen:
+                seen.add(other)
+                todo.append(other)
+    return len(seen) >= len(linked)
+
+
 class PairListDataset(_EpochSeededDataset):
     """Real image pairs read from disk at every access, on a training grid centred on the fixed image.
 
     With ``prealign``, the moving image is first aligned to the fixed one by
     :func:`svreg_core.optim.affine.affine_register` (12 parameters), computed once, when first needed, and kept in
-    memory: for each ``(fixed, moving)`` file pair when the pairs are few (atlas-to-subject: one per subject), else
+    memory: for each ``(fixed, moving)`` file pair when the pairs are few (atlas-to-subject: one per subject) or fall
+    into groups with no pair between them, else
     through one *hub* image (:attr:`hub`, the most frequent) that every other image is aligned to, the pair's
     matrix composed from the two (``M_moving @ inv(M_fixed)``): inter-subject pairs of N images take N - 1
     registrations, not N (N - 1). A pair's own matrix, when known (``alignments`` of a run that began before the
@@ -449,13 +466,15 @@ class PairListDataset(_EpochSeededDataset):
     @functools.cached_property
     def hub(self) -> str | None:
         """The image (path) every other one is aligned to, when that takes fewer registrations than aligning each
-        distinct pair; ``None`` (each pair aligned) otherwise or without ``prealign``. The most frequent image of
-        the pairs, the first by path among equals."""
+        distinct pair; ``None`` (each pair aligned) otherwise, without ``prealign``, or when the pairs fall into groups
+        with no pair between them (e.g. a pair list of two cohorts: one's images are not registered to the other's).
+        The most frequent image of the pairs, the first by path among equals."""
         if not self.prealign:
             return None
         counts = Counter(path for pair in self.pairs for path in self._key(pair))
         hub = min(counts, key=lambda path: (-counts[path], path))
-        return hub if len({self._key(pair) for pair in self.pairs}) > len(counts) - 1 else None
+        keys = {self._key(pair) for pair in self.pairs}
+        return hub if len(keys) > len(counts) - 1 and _connected(keys) else None
 
     @property
     def registrations(self) -> int:

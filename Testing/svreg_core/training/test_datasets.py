@@ -138,6 +138,18 @@ def test_inter_subject_pairs_are_aligned_through_one_hub_image(geo, tmp_path) ->
     assert atlas.hub is None and atlas.registrations == 2
 
 
+def test_pairs_of_unconnected_groups_are_not_aligned_through_a_hub(tmp_path) -> None:
+    """A pair list of two cohorts (inter-subject pairs within each, none between them) has no image every other one
+    can be aligned to: a hub from one cohort would register the other cohort's images to it (another anatomy or
+    contrast). Each pair is aligned on its own, as before the hub; one cohort still goes through its hub."""
+    group = {cohort: [tmp_path / f"{cohort}{i}.nii.gz" for i in range(3)] for cohort in ("brain", "lung")}
+    pairs = [PairSpec(f, m) for files in group.values() for f in files for m in files if f != m]
+    both = PairListDataset(pairs, 2.0, (8, 8, 8))  # no file is read: the hub is chosen from the paths
+    assert both.hub is None and both.registrations == 12
+    brain = PairListDataset(pairs[:6], 2.0, (8, 8, 8))
+    assert brain.hub == str(group["brain"][0]) and brain.registrations == 2
+
+
 def test_flips_apply_the_same_axes_to_both_images_and_labels(geo, tmp_path) -> None:
     fixed, fixed_seg = _write_blob_subject(geo, tmp_path, "a", _oblique_grid(geo, (2.0, 2.0, 2.0), 5.0, -1))
     moving, moving_seg = _write_blob_subject(geo, tmp_path, "b", _oblique_grid(geo, (2.0, 2.0, 2.0), 5.0, 0))
