@@ -127,7 +127,7 @@ def _read(path: Path, what: str, label: str, *, lazy: bool = False) -> tuple[Any
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise _unreadable(path, what, exc) from None
     three_d_shape(img.shape, what)  # before the voxels are read: a 4-D series may take GBs
-    _check_stored_size(img, what)
+    _check_stored_size(img, path, what)
     try:
         data = img.dataobj if lazy else np.asanyarray(img.dataobj)
     except Exception as exc:
@@ -145,10 +145,11 @@ def _unreadable(path: Path, what: str, exc: Exception) -> InputError:
 GZIP_MAX_RATIO = 1032
 
 
-def _check_stored_size(img: SpatialImage, what: str) -> None:
+def _check_stored_size(img: SpatialImage, path: Path, what: str) -> None:
     """Refuse a nibabel image whose header declares more voxel bytes than its file can hold (an uncompressed file:
     its size; gzip: :data:`GZIP_MAX_RATIO` times it), before any of them is read: a truncated file, or a damaged
-    header claiming a size that nibabel would first allocate (GBs, or a bare ``MemoryError``)."""
+    header claiming a size that nibabel would first allocate (GBs, or a bare ``MemoryError``). A voxel file that
+    cannot be found (a NIfTI pair's ``.img``) is :func:`_unreadable`, as reading its voxels would be."""
     proxy, name = img.dataobj, img.file_map["image"].filename
     if not isinstance(proxy, nib.arrayproxy.ArrayProxy) or name is None:
         return
@@ -156,7 +157,10 @@ def _check_stored_size(img: SpatialImage, what: str) -> None:
     if lower.endswith((".bz2", ".zst")):  # no useful bound
         return
     needed = int(proxy.offset) + int(np.prod(proxy.shape, dtype=np.float64)) * np.dtype(proxy.dtype).itemsize
-    stored = os.path.getsize(name)
+    try:
+        stored = os.path.getsize(name)
+    except OSError as exc:
+        raise _unreadable(path, what, exc) from None
     compressed = lower.endswith((".gz", ".mgz"))
     if needed > stored * (GZIP_MAX_RATIO if compressed else 1):
         shape = " x ".join(str(n) for n in proxy.shape)

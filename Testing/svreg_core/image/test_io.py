@@ -520,6 +520,17 @@ def test_negative_voxel_size_in_the_header_is_refused(tmp_path: Path, codes: tup
     assert "\n" not in message
 
 
+def test_nifti_pair_without_its_data_file_is_one_input_error(tmp_path: Path) -> None:
+    """A NIfTI pair (.hdr + .img) whose .img is missing: the header check of the voxel data's size found no file to
+    measure and ended with a FileNotFoundError traceback; it is the unreadable file's one-line InputError."""
+    nib.save(nib.Nifti1Pair(np.zeros((4, 5, 6), np.float32), np.eye(4)), tmp_path / "pair.hdr")
+    (tmp_path / "pair.img").unlink()
+    for read in (load_image, load_grid):
+        with pytest.raises(InputError) as info:
+            read(tmp_path / "pair.hdr")
+        assert "cannot read" in str(info.value) and "pair.img" in str(info.value)
+
+
 @pytest.mark.parametrize("name", ["claims.nii", "claims.nii.gz", "series.nii.gz"])
 def test_header_problems_are_refused_before_the_voxels_are_read(tmp_path: Path, name: str) -> None:
     """A header declaring 1200³ int16 voxels (3.2 GiB) over a few bytes of data, plain or gzipped, is refused before
