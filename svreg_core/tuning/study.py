@@ -289,8 +289,11 @@ def requeue_default(study: optuna.Study, default_params: dict[str, Any], storage
     study_id = storage.get_study_id_from_name(study.study_name)
     for trial in _default_trials(study, (TrialState.RUNNING,)):
         if _worker_gone(trial.user_attrs.get(WORKER_ATTR)):
-            storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
-                                           TrialState.FAIL)
+            try:
+                storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
+                                               TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker joining at once failed it first
+                pass
     attempts = _default_trials(study)
     last = attempts[-1].user_attrs if attempts else {}
     queued = bool(attempts) and all(t.state == TrialState.FAIL for t in attempts) and (

@@ -218,6 +218,31 @@ def test_second_worker_dropping_the_same_duplicate_does_not_crash(tmp_path: Path
     assert trials[2].user_attrs["duplicate_of"] == 1
 
 
+def test_two_workers_failing_the_same_dead_base_trial_do_not_crash(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base trial of a killed worker (still RUNNING) is failed by each worker joining; the slower one read it
+    as RUNNING just before the faster one failed it: its own failing is skipped, not an UpdateFinishedTrialError."""
+    import socket
+    import subprocess
+    import sys
+
+    from svreg_core.tuning import study as study_module
+
+    storage = open_storage(tmp_path / "k.db")
+    meta, default = {"objective": "quadratic"}, {"x": 0.25}
+    study, _ = create_or_join(storage, "k", meta, default_params=default)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    trial = study.ask()  # the killed worker's base trial, left RUNNING
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{int(dead.stdout)}")
+    read = study_module._default_trials(study, (TrialState.RUNNING,))  # the slower worker's reading
+    assert study_module.requeue_default(study, default, storage)  # the faster worker: failed and queued again
+    real = study_module._default_trials
+    monkeypatch.setattr(study_module, "_default_trials",
+                        lambda s, states=None: read if states == (TrialState.RUNNING,) else real(s, states))
+    assert not study_module.requeue_default(study, default, storage)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+
+
 def test_journal_file_storage_resumes_and_shares_trials(tmp_path: Path) -> None:
     """JournalStorage on a file: two workers (threads, each with its own storage) then a resumed run."""
     path = tmp_path / "study.log"
