@@ -1210,8 +1210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             failure: tuple[str, str] | None = _machine_failure(exc)
             status = 1
             if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path given: the user's to change
-                failure, status = ("InputError", f"the path {exc.filename} has a file or folder name too long for "
-                                   "the file system (most allow 255 bytes per name); choose a shorter one."), 2
+                where = f"the path {exc.filename} has" if exc.filename else "a path given has"
+                failure, status = ("InputError", f"{where} a file or folder name too long for the file system (most "
+                                   "allow 255 bytes per name); choose a shorter one."), 2
             if failure is None:
                 raise
             kind, msg = failure
