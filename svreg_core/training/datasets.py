@@ -139,7 +139,14 @@ def _subjects_in(folder: Path, patterns: Sequence[str]) -> list[tuple[Path, Path
     files = sorted(p for p in folder.iterdir() if is_image_file(p))
     labels = [p for p in files if is_label_file(p, patterns)]
     subjects = [(p, _matching_labels(p, labels)) for p in files if not is_label_file(p, patterns)]
-    unmatched = [p.name for p in labels if p not in {lab for _, lab in subjects}]
+    chosen = {lab for _, lab in subjects}
+    for image, lab in subjects:  # e.g. sub01_aseg and sub01_aparc+aseg: the shortest name is taken
+        others = [p.name for p in labels if p not in chosen and _matching_labels(image, [p]) is not None]
+        if others:
+            warnings.warn(f"folder {folder}: {image.name} has several label maps; {lab.name if lab else '?'} (the "
+                          f"shortest name) is used, not {', '.join(others)}.", stacklevel=2)
+            chosen.update(p for p in labels if p.name in others)
+    unmatched = [p.name for p in labels if p not in chosen]
     if unmatched:  # e.g. img01.nii.gz + seg01.nii.gz: trained without labels, validated without Dice
         more = f", … ({len(unmatched)} in all)" if len(unmatched) > 3 else ""
         warnings.warn(f"folder {folder}: the label map(s) {', '.join(unmatched[:3])}{more} match no image and are "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -172,6 +173,14 @@ def test_label_maps_named_unlike_their_images_are_reported(geo, tmp_path) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert all(p.fixed_labels is not None for p in pairs_from_folder(tmp_path / "named"))
+    # a second label map of an image (aseg and aparc+aseg) is not one that "matches no image"
+    shutil.copy(tmp_path / "named" / "sub0_seg.nii.gz", tmp_path / "named" / "sub0_seg_aparc.nii.gz")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pairs = pairs_from_folder(tmp_path / "named")
+    assert [str(w.message).split(": ", 1)[1] for w in caught] == [
+        "sub0.nii.gz has several label maps; sub0_seg.nii.gz (the shortest name) is used, not sub0_seg_aparc.nii.gz."]
+    assert pairs[0].fixed_labels.name == "sub0_seg.nii.gz"
 
 
 def test_hidden_files_in_data_folders_are_not_images(geo, tmp_path) -> None:
