@@ -671,7 +671,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 noDevice = self._torchStatus is not None and not self._torchStatus.devices
                 onCpu = self._job.settings.device == "cpu" or noDevice
                 if onCpu and self._parameterNode.fixedVolume is not None:
-                    guess = self.logic.cpuEstimateText(self._parameterNode, self._job.settings)
+                    guess = self.logic.cpuEstimateText(self._parameterNode, self._job.settings, self._job.crop_box())
                     self._parameterNode.statusText = _("Registering... {estimate}.").format(estimate=guess)
                     self._appendLog(_("Compute time: {estimate}.").format(estimate=guess))
                 self._job.start()
@@ -1018,11 +1018,13 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                                        **kwargs)
 
     @staticmethod
-    def cpuEstimateText(p: SpatialVaryingRegParameterNode, settings: svlogic.RegistrationSettings) -> str:
-        """The compute-time estimate on the CPU for the parameter node's fixed volume and pyramid."""
+    def cpuEstimateText(p: SpatialVaryingRegParameterNode, settings: svlogic.RegistrationSettings,
+                        box: tuple[float, ...] | None = None) -> str:
+        """The compute-time estimate on the CPU for the parameter node's fixed volume (in the crop ``box`` when
+        given: two opposite RAS corners, :meth:`RegistrationJob.crop_box`) and pyramid."""
         learned = settings.method == "learned"
         seconds = estimate.cpu_seconds(p.fixedVolume, settings.preset, settings.overrides,
-                                       refine_steps=int(settings.refine_steps) if learned else None)
+                                       refine_steps=int(settings.refine_steps) if learned else None, box=box)
         return estimate.text(seconds)
 
     @staticmethod

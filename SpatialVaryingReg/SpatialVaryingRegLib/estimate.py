@@ -41,17 +41,33 @@ PRESET_PYRAMIDS = {
 }
 
 
-def _field_of_view(fixed_node) -> tuple[np.ndarray, float]:
-    """The extent of the fixed volume's voxel centres along its axes (mm) and its finest voxel size (mm)."""
+def _block(fixed_node, box) -> np.ndarray:
+    """Voxels along each axis of the fixed volume's block the engine registers: the whole volume, or (``box``: two
+    opposite RAS corners, mm, as ``--crop-fixed``) the voxels whose centres lie in the box (the engine's
+    ``Grid.box_voxels``; at least 2 per axis)."""
     dims = np.array(fixed_node.GetImageData().GetDimensions(), dtype=np.float64)
+    if box is None:
+        return dims
+    low, high = np.minimum(box[:3], box[3:]), np.maximum(box[:3], box[3:])
+    corners = np.array([[(low, high)[c][a] for a, c in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
+    affine = geometry.ijk_to_ras(fixed_node)
+    ijk = (corners - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    start = np.maximum(np.ceil(ijk.min(0) - 1e-6), 0)
+    stop = np.minimum(np.floor(ijk.max(0) + 1e-6) + 1, dims)
+    return np.maximum(stop - start, 2)
+
+
+def _field_of_view(fixed_node, box=None) -> tuple[np.ndarray, float]:
+    """The extent of the registered voxel centres (:func:`_block`) along the volume's axes (mm) and its finest voxel
+    size (mm)."""
     spacing, _, _ = geometry.split_affine(geometry.ijk_to_ras(fixed_node))
-    return (dims - 1.0) * spacing, float(spacing.min())
+    return (_block(fixed_node, box) - 1.0) * spacing, float(spacing.min())
 
 
-def working_grid_voxels(fixed_node, spacing_mm: float) -> int:
-    """Voxels of the fixed volume's field of view resampled at an isotropic ``spacing_mm`` (at least 2 per axis;
-    the engine's ``Grid.resampled``)."""
-    extent, _ = _field_of_view(fixed_node)
+def working_grid_voxels(fixed_node, spacing_mm: float, box=None) -> int:
+    """Voxels of the fixed volume's field of view (in ``box`` when given, :func:`_block`) resampled at an isotropic
+    ``spacing_mm`` (at least 2 per axis; the engine's ``Grid.resampled``)."""
+    extent, _ = _field_of_view(fixed_node, box)
     return int(np.prod(np.maximum(np.floor(extent / float(spacing_mm) + 1e-6) + 1, 2)))
 
 
@@ -68,12 +84,13 @@ def working_levels(level_spacings, iterations, finest_mm: float) -> list[tuple[f
 
 
 def cpu_seconds(fixed_node, preset: str = "brain-mri", overrides: dict | None = None, *,
-                refine_steps: int | None = None) -> float:
+                refine_steps: int | None = None, box=None) -> float:
     """Estimated CPU seconds of a registration onto ``fixed_node``.
 
     ``preset`` and ``overrides`` (``level_spacings``, ``iterations``, ``similarity``, ``affine``) give the pyramid,
     the similarity and whether the affine stage runs. With ``refine_steps`` (a learned model) every level runs
-    that many steps (the network's own pass is cheap).
+    that many steps (the network's own pass is cheap). ``box``: the crop box (two opposite RAS corners, mm, of the
+    fixed ROI): only the fixed voxels in it are registered.
     """
     o = overrides or {}
     spacings, steps, similarity = PRESET_PYRAMIDS.get(preset, PRESET_PYRAMIDS["brain-mri"])
@@ -82,9 +99,9 @@ def cpu_seconds(fixed_node, preset: str = "brain-mri", overrides: dict | None = 
     if refine_steps is not None:
         steps = [int(refine_steps)] * len(spacings)
     _, finest = _field_of_view(fixed_node)
-    work = sum(working_grid_voxels(fixed_node, s) * n for s, n in working_levels(spacings, steps, finest))
-    affine = working_grid_voxels(fixed_node, AFFINE_SPACING_MM) if o.get("affine", True) else 0
-    fixed_voxels = int(np.prod(fixed_node.GetImageData().GetDimensions()))
+    work = sum(working_grid_voxels(fixed_node, s, box) * n for s, n in working_levels(spacings, steps, finest))
+    affine = working_grid_voxels(fixed_node, AFFINE_SPACING_MM, box) if o.get("affine", True) else 0
+    fixed_voxels = int(np.prod(_block(fixed_node, box)))
     if similarity not in CPU_SECONDS_PER_VOXEL_ITERATION:
         similarity = "lncc"
     return (CPU_OVERHEAD_S + CPU_SECONDS_PER_VOXEL_ITERATION[similarity] * work

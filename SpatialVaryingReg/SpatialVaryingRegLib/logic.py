@@ -394,7 +394,7 @@ class RegistrationJob:
             raise RegistrationError("the fixed and the moving volume are the same node; choose two different volumes.")
         if self.scene is None:
             raise RegistrationError("the fixed volume is not in a scene.")
-        self._crop_box()  # an ROI without size stops here
+        self.crop_box()  # an ROI without size stops here
         try:
             self._fixed_ijk_to_world = geometry.world_ijk_to_ras(self.fixed)
             base = moving_base_to_world(self.moving)
@@ -525,7 +525,7 @@ class RegistrationJob:
             refine=int(self.settings.refine_steps) if self._model_argument else None,
             alpha_prime=self.settings.codes[0] if self._model_argument else None,
             lambda_max=self.settings.codes[1] if self._model_argument else None,
-            crop_fixed=self._crop_box(),
+            crop_fixed=self.crop_box(),
             outputs=self.engine_outputs(),
             # the work folder is read back at once and deleted: compressing it would only cost time (a kept
             # folder is for the user, and gets the engine's usual compression)
@@ -565,7 +565,7 @@ class RegistrationJob:
                 wanted.append(name)
         return wanted
 
-    def _crop_box(self) -> tuple[float, ...] | None:
+    def crop_box(self) -> tuple[float, ...] | None:
         """Two opposite corners (world RAS mm) of :attr:`fixed_roi`'s box, or ``None`` without an ROI."""
         if self.fixed_roi is None:
             return None
@@ -635,7 +635,7 @@ class RegistrationJob:
                 *(node_key(node, self._geometry.get(node.GetID()) if node is not None else None)
                   for node in (self.fixed_mask, self.moving_mask, self.fixed_labels, self.moving_labels)),
                 self._model_argument, json.dumps(self.settings.preset_document(), sort_keys=True),
-                self.settings.device, self._crop_box(), tuple(self.settings.labels or ()),
+                self.settings.device, self.crop_box(), tuple(self.settings.labels or ()),
                 self.settings.label_interpolation)
 
     def send_to(self, engine: runner.PreviewProcess, output: Path) -> RegistrationJob:

@@ -281,6 +281,11 @@ def test_cpu_time_estimate_follows_the_engines_working_grids_and_says_it_is_an_e
     assert e.working_levels((4.0, 2.0), (80, 60), 6.0) == [(6.0, 80)]
     assert e.working_levels((5.0, 2.0), (80, 60), 2.5) == [(5.0, 80), (2.5, 60)]
     assert "estimate" in e.text(large) and e.text(large).startswith("about ")
+    # a crop box (the fixed ROI) over the first 64 of the 128 voxel centres along x: the estimate of those voxels
+    # (it was the whole volume's: a CT cropped to a small box was estimated as the whole scan)
+    half = add_volume(scene, np.zeros((64, 128, 96), np.float32), np.diag([1.0, 1.0, 1.5, 1.0]), "half")
+    box = (-0.5, -10.0, -10.0, 63.5, 200.0, 200.0)
+    assert e.cpu_seconds(big, box=box) == pytest.approx(e.cpu_seconds(half)) and e.cpu_seconds(half) < large
 
 
 def roi(scene, center, size):
