@@ -1021,9 +1021,11 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
     def cpuEstimateText(p: SpatialVaryingRegParameterNode, settings: svlogic.RegistrationSettings,
                         box: tuple[float, ...] | None = None) -> str:
         """The compute-time estimate on the CPU for the parameter node's fixed volume (in the crop ``box`` when
-        given: two opposite RAS corners, :meth:`RegistrationJob.crop_box`) and pyramid."""
+        given: two opposite RAS corners, :meth:`RegistrationJob.crop_box`) and the pyramid of the preset (a preset
+        file's own, with the overrides) the engine gets."""
         learned = settings.method == "learned"
-        seconds = estimate.cpu_seconds(p.fixedVolume, settings.preset, settings.overrides,
+        document = settings.preset_document()
+        seconds = estimate.cpu_seconds(p.fixedVolume, document["base"], document["parameters"],
                                        refine_steps=int(settings.refine_steps) if learned else None, box=box)
         return estimate.text(seconds)
 

@@ -9,6 +9,7 @@ widget's enable/disable logic; ``cleanup`` stops the timers; *Reload* drops the 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -219,7 +220,7 @@ def test_cleanup_stops_every_timer_and_reload_drops_the_helper_package(real, mon
     assert reloaded == [[]]  # the module file is re-executed with a fresh SpatialVaryingRegLib
 
 
-def test_parameter_node_outputs_are_reused_and_new_inputs_reach_the_job(real, scene):
+def test_parameter_node_outputs_are_reused_and_new_inputs_reach_the_job(real, scene, tmp_path):
     """The output nodes stored by a run are handed to the next job for an in-place update; segmentations,
     fiducial lists and the inverse option reach the job; the CPU estimate is labelled as one."""
     module, qt, ctk = real
@@ -254,6 +255,14 @@ def test_parameter_node_outputs_are_reused_and_new_inputs_reach_the_job(real, sc
 
     text = logic.cpuEstimateText(p, logic.settingsFromParameterNode(p))
     assert text.startswith("about ") and "estimate" in text
+    # a preset file's pyramid counts (it was estimated as brain-mri's): one 8 mm level of 10 iterations
+    p.fixedVolume = add_volume(scene, np.zeros((200, 200, 200), np.uint8), np.eye(4), "large")
+    settings = logic.settingsFromParameterNode(p)
+    assert logic.cpuEstimateText(p, settings).startswith("about 30 s")
+    preset = tmp_path / "coarse.json"
+    preset.write_text(json.dumps({"base": "brain-mri", "parameters": {"level_spacings": [8], "iterations": [10]}}))
+    settings.preset = str(preset)
+    assert logic.cpuEstimateText(p, settings).startswith("about 10 s")
 
 
 def test_regularisation_sliders_show_a_hyper_models_ranges_and_one_release_asks_for_one_preview(real, scene, tmp_path):
