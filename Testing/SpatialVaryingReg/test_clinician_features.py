@@ -362,7 +362,7 @@ def test_an_empty_mask_is_refused_before_the_engine_starts(scene, pair, tmp_path
     nodes_before = scene.GetNumberOfNodes()
     settings = logic.RegistrationSettings(temp_root=str(tmp_path))
     job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_mask=mask, settings=settings,
-                                python="/no/engine/must/start")
+                                python=str(tmp_path.parent / f"{tmp_path.name}-no-engine"))  # never started
     with pytest.raises(logic.RegistrationError, match=r"the fixed mask 'fixed mask' is empty \(no voxel inside it\)"):
         job.start()
     assert job.child is None and not any(tmp_path.iterdir()) and scene.GetNumberOfNodes() == nodes_before
