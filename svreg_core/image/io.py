@@ -118,8 +118,13 @@ def _read(path: Path, what: str, label: str, *, lazy: bool = False) -> tuple[Any
         raise InputError(f"{what}: file not found: {path}")
     if is_dicom_input(path):
         return (*read_dicom_series(path, what), None)
-    if path.name.lower().endswith(ITK_SUFFIXES):
+    lower = path.name.lower()
+    if lower.endswith(ITK_SUFFIXES):
         return (*read_itk_image(path, what), None)
+    if lower.endswith(tuple(f"{suffix}.gz" for suffix in ITK_SUFFIXES)):
+        raise InputError(f"{what} is a gzipped {lower.split('.')[-2].upper()} file, which svreg does not read: "
+                         "decompress it (gunzip) first. NRRD and MetaImage compress inside the file "
+                         "(.nrrd / .mha written with compression).")
     try:
         img = nib.load(str(path))
         if not isinstance(img, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine

@@ -193,6 +193,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         itk_body = (tmp_path / f"whole{suffix}").read_bytes()
         (tmp_path / f"truncated{suffix}").write_bytes(itk_body[: len(itk_body) - ok.nbytes // 2])
     (tmp_path / "junk.mha").write_bytes(b"not an image at all " * 20)
+    with gzip.open(tmp_path / "gzipped.nrrd.gz", "wb") as f:  # a whole, valid NRRD, gzipped as a file
+        f.write((tmp_path / "whole.nrrd").read_bytes())
     return {
         "NRRD 2-D": (tmp_path / "flat.nrrd", "3-D image; it has 2 dimensions"),
         "NRRD 4-D": (tmp_path / "series.nrrd", "3-D image; it has 4 dimensions"),
@@ -203,6 +205,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "MetaImage truncated": (tmp_path / "truncated.mha", "are missing, shorter than its header says"),
         "MetaImage corrupt": (tmp_path / "junk.mha", "cannot read"),
         "NRRD missing": (tmp_path / "nowhere.nrrd", "not found"),
+        "gzipped NRRD": (tmp_path / "gzipped.nrrd.gz", "gzipped NRRD file, which svreg does not read: decompress"),
         "Slicer segmentation layers": (tmp_path / "layers.seg.nrrd", "export it as one labelmap volume"),
         "2-D": (_write(tmp_path, "flat.nii.gz", ok[:, :, 0]), "3-D"),
         "4-D": (_write(tmp_path, "series.nii.gz", np.stack([ok, ok], axis=-1)), "3-D"),
@@ -227,7 +230,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "constant", "zeros", "singular affine", "RGB", "complex",
        "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder",
        "NRRD 2-D", "NRRD 4-D", "NRRD vector", "MetaImage complex", "MetaImage NaN", "NRRD truncated",
-       "MetaImage truncated", "MetaImage corrupt", "NRRD missing", "Slicer segmentation layers"]
+       "MetaImage truncated", "MetaImage corrupt", "NRRD missing", "gzipped NRRD", "Slicer segmentation layers"]
 
 
 @pytest.mark.parametrize("case", BAD)
