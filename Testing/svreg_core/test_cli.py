@@ -839,6 +839,7 @@ def test_batch_skips_a_pair_that_runs_out_of_memory_and_stops_at_ctrl_c(tiny_pai
 @pytest.mark.parametrize("extra, words", [
     (["--iterations", "1", "2", "3"], "3 numbers for 2 levels"),
     (["--level-spacings", "8", "4", "2"], "give --iterations too"),
+    (["--level-spacings", "2", "4", "--iterations", "5", "5"], "level_spacings go from coarse to fine"),
     (["--threads", "0"], "--threads"),
 ])
 def test_parameter_errors(tiny_pair, fast_preset, tmp_path: Path, capsys, extra, words: str) -> None:

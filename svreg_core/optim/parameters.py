@@ -201,6 +201,10 @@ class RegistrationParameters:
             for v in values if isinstance(values, tuple) else (values,):
                 if not low <= v <= high:
                     raise InputError(f"{name} {v:g} is out of range: it must lie in [{low:g}, {high:g}]{unit}.")
+        if any(finer > coarser for coarser, finer in zip(self.level_spacings, self.level_spacings[1:])):
+            # the last level's grid is the result's: a coarser one there would register on the wrong grid
+            raise InputError(f"level_spacings go from coarse to fine (each level's voxel size at most the one "
+                             f"before), not {' '.join(f'{v:g}' for v in self.level_spacings)} mm.")
         if self.learning_rate <= 0:
             raise InputError("learning_rate must be positive.")
         if self.lambda_step <= 0:

@@ -117,6 +117,7 @@ def test_invalid_values_are_input_errors(values: dict) -> None:
     ({"integration_steps": 10**6}, "integration_steps 1e\\+06 is out of range"),
     ({"lncc_window": 10**5 + 1}, "lncc_window 100001 is out of range"),
     ({"level_spacings": (4.0, 1e-4)}, "level_spacings 0.0001 is out of range"),
+    ({"level_spacings": (2.0, 4.0)}, "level_spacings go from coarse to fine .* not 2 4 mm"),  # would end at 4 mm
     ({"device": 5}, "device must be a name"),
     ({"deterministic": "yes"}, "deterministic must be true or false"),
     ({"symmetric_prediction": 1}, "symmetric_prediction must be true or false"),
