@@ -592,6 +592,7 @@ class SyntheticPairDataset(_GeneratedDataset):
         if not paths:
             raise InputError("no label maps were given for synthesis.")
         self.synthesis = synthesis
+        self.paths = paths
         self.names = [_stem(p) for p in paths]
         self.maps = [self._on_grid(p) for p in paths]
 

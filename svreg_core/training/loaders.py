@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -245,7 +246,8 @@ def load_alignments(cache: Path) -> dict[tuple[str, str], np.ndarray]:
 def data_fingerprint(data: TrainingData) -> dict[str, Any]:
     """What a resumed run must find again: ``training_pairs`` and ``validation_pairs``, the numbers of real pairs, and
     ``sha256``, a digest of every real pair's file paths and of the label maps or templates each generated source
-    draws from, in order (the epoch plans index them, and a held-out validation split depends on them)."""
+    draws from, in order (the epoch plans index them, and a held-out validation split depends on them). Paths are
+    made absolute: the same relative paths given in another folder name other files."""
     from svreg_core.training.datasets import PairListDataset, SyntheticPairDataset, TemplateAugmentDataset
 
     digest = hashlib.sha256()
@@ -255,10 +257,11 @@ def data_fingerprint(data: TrainingData) -> dict[str, Any]:
             items: list = []
             if isinstance(dataset, PairListDataset):
                 counts[key] += len(dataset.pairs)
-                items = [[str(path) for path in (pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels)]
+                items = [[path and os.path.abspath(path)
+                          for path in (pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels)]
                          for pair in dataset.pairs]
             elif isinstance(dataset, SyntheticPairDataset):
-                items = list(dataset.names)
+                items = [os.path.abspath(path) for path in dataset.paths]
             elif isinstance(dataset, TemplateAugmentDataset):
                 items = [template.name for template in dataset.templates]
             digest.update(json.dumps([key, type(dataset).__name__, items]).encode())

@@ -238,8 +238,9 @@ def _check_same_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
     counts = ("as many pairs, of other files" if now == then[:2] else
               f"{now[0]} training and {now[1]} validation pairs now, {then[0]} and {then[1]} when it began")
     raise InputError(f"the data of the run in {run_dir} changed since it began ({counts}: subjects or label maps "
-                     "added, removed or renamed), so resuming would not continue the same training; restore its data, "
-                     f"or train into a new folder (--init {run_dir / LAST_DIR} starts from its weights).")
+                     "added, removed or renamed, or relative paths read in another folder), so resuming would not "
+                     "continue the same training; restore its data, or train into a new folder "
+                     f"(--init {run_dir / LAST_DIR} starts from its weights).")
 
 
 def _model_info(model: SPRNetwork, config: TrainingConfig, state: TrainingState, data: TrainingData,

@@ -208,3 +208,18 @@ def test_resuming_on_changed_data_is_refused(geo, tmp_path) -> None:
     with pytest.raises(InputError, match=r"^the data of the run in .* changed since it began \(6 training and 0 "
                                          r"validation pairs now, 2 and 0 when it began: "):
         train(config, tmp_path / "run")
+
+
+def test_resuming_with_relative_paths_from_another_folder_is_refused(geo, tmp_path, monkeypatch) -> None:
+    """The same relative data path given in another folder names other files: a run begun in one project folder and
+    resumed from another (both with a ``train/`` folder of the same names) went on training on the other cohort."""
+    for project in ("a", "b"):
+        write_subjects(geo, tmp_path / project / "train")
+    config = real_pairs_config(Path("train"), Path("train"), validation={"pairs": 0})
+    monkeypatch.chdir(tmp_path / "a")
+    train(config, tmp_path / "run")
+    train(config, tmp_path / "run")  # the same files: resumed (here: nothing left to do)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(InputError, match=r"changed since it began \(as many pairs, of other files: .* relative paths "
+                                         r"read in another folder\)"):
+        train(config, tmp_path / "run")
