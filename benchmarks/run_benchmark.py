@@ -208,8 +208,12 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
     log_path = run_dir.parent / f"{run_dir.name}.log"
     measure_file = run_dir.parent / f"{run_dir.name}.measure.json"
 
-    if args.reuse and measure_file.exists() and warped.exists():
-        meas = json.loads(measure_file.read_text())
+    meas = json.loads(measure_file.read_text()) if args.reuse and measure_file.exists() and warped.exists() else None
+    if meas is not None and meas.get("command") != cmd:
+        # another command (--model, --ours-affine, other data) made that run: its numbers would carry this label
+        log(f"  {tool}: not reusing {run_dir}: it was run with another command")
+        meas = None
+    if meas is not None:
         log(f"  {tool}: reusing {run_dir}")
     else:
         if kind == "peer" and run_dir.exists():
@@ -217,7 +221,7 @@ def run_one(tool: str, kind: str, data: Path, run_dir: Path, args: argparse.Name
                 if f.is_file():
                     f.unlink()
         log(f"  {tool}: running ... (log {log_path})")
-        meas = run_measured(cmd, log_path, child_env(args.threads), args.timeout)
+        meas = {**run_measured(cmd, log_path, child_env(args.threads), args.timeout), "command": cmd}
         measure_file.parent.mkdir(parents=True, exist_ok=True)
         measure_file.write_text(json.dumps(meas, indent=1) + "\n")
     rec.update(meas)
@@ -331,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 4 mm by default, results named *_quick")
     ap.add_argument("--threads", type=int, default=2, help="threads for every tool (default 2)")
     ap.add_argument("--timeout", type=float, default=3 * 3600, help="seconds per run before it is killed")
-    ap.add_argument("--reuse", action="store_true", help="reuse finished runs in .bench/runs instead of rerunning")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse finished runs in .bench/runs made by the same command instead of rerunning")
     ap.add_argument("--data-source", type=Path, default=REPO.parent / "shared" / "data" / "brain_pair")
     ap.add_argument("--bench-dir", type=Path, default=REPO / ".bench")
     ap.add_argument("--results-dir", type=Path, default=HERE / "results")
