@@ -386,6 +386,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
     gpu_ready = warm_up(params)  # on CUDA: the GPU starts while the images are read
     images = load_pair_images(pair, getattr(args, "crop_fixed", None), cache)
+    check_scored_labels(args.labels, images)
     check_output_space(pair.output, expected_output_bytes(images.fixed.shape, images.moving.shape,
                                                           outputs=args.outputs,
                                                           labels=images.moving_labels is not None))
@@ -408,6 +409,25 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                            extra={**(images.extra or {}), **({"warnings": warned} if warned else {})})
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
+
+
+def check_scored_labels(labels: Sequence[int] | None, images: PairImages) -> None:
+    """Refuse, before the registration, ``--labels`` values that neither label map of the pair holds (after
+    ``--crop-fixed``): Dice and HD95 would skip them, so a typo would go unnoticed (or, when no listed label is
+    there, the run would end with no score at all)."""
+    import numpy as np
+
+    from svreg_core.metrics.overlap import present_labels
+
+    if not labels or images.fixed_labels is None or images.moving_labels is None:
+        return
+    present = np.union1d(present_labels(images.fixed_labels.data), present_labels(images.moving_labels.data))
+    absent = [v for v in dict.fromkeys(labels) if v not in present]
+    if absent:
+        held = ", ".join(map(str, present[:12])) + (f" and {len(present) - 12} more" if len(present) > 12 else "")
+        raise InputError(f"--labels {' '.join(map(str, absent))}: neither the fixed nor the moving label map holds "
+                         f"{'this label' if len(absent) == 1 else 'these labels'}, so Dice and HD95 could not score "
+                         f"{'it' if len(absent) == 1 else 'them'} (the maps hold {held}).")
 
 
 def _summary(report: dict) -> str:

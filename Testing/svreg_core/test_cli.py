@@ -193,6 +193,22 @@ def test_mismatched_labels(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_labels_that_neither_map_holds_are_refused_before_the_registration(tiny_pair, tmp_path: Path,
+                                                                             capsys) -> None:
+    """``--labels`` with a value in neither label map (a typo): Dice and HD95 would skip it silently (or, alone,
+    end the run with no score); one line naming it and the labels the maps hold, before any registration."""
+    p = tiny_pair.paths
+    held = np.union1d(np.unique(load_image(p.fixed_labels, labels=True).data),
+                      np.unique(load_image(p.moving_labels, labels=True).data))
+    wanted = int(held[-1])
+    rc, out, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--fixed-labels", p.fixed_labels,
+                          "--moving-labels", p.moving_labels, "--labels", wanted, 999, 998, 999, "--device", "cpu",
+                          "--progress", "json"], capsys)
+    _assert_plain_error(rc, err, "--labels 999 998: neither the fixed nor the moving label map holds these labels",
+                        f"the maps hold {', '.join(map(str, held[:12]))}")
+    assert '"stage": "prepare"' not in out and list(tmp_path.iterdir()) == []  # nothing registered or written
+
+
 def test_unwritable_output(tiny_pair, tmp_path: Path, capsys) -> None:
     """An output path below a regular file cannot be created (works even as root)."""
     p = tiny_pair.paths

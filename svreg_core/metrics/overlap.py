@@ -28,7 +28,7 @@ import numpy as np
 from svreg_core.errors import InputError
 from svreg_core.parallel import map_threads
 
-__all__ = ["dice", "hd95", "scored_labels"]
+__all__ = ["dice", "hd95", "present_labels", "scored_labels"]
 
 #: Largest label value for which the fast ``np.bincount`` path is used.
 _BINCOUNT_MAX_LABEL = 1 << 20
@@ -105,9 +105,9 @@ def _select(values: np.ndarray, n_fixed: np.ndarray, n_warped: np.ndarray,
     return present & np.isin(values, wanted)
 
 
-def _present(label_map: np.ndarray) -> np.ndarray:
-    """The sorted label values occurring in ``label_map`` (integer-valued)."""
-    flat = label_map.ravel()
+def present_labels(label_map: np.ndarray) -> np.ndarray:
+    """The sorted label values occurring in ``label_map`` (a label map: integer values)."""
+    flat = _as_label_array(label_map, "label map").ravel()
     low, high = int(flat.min()), int(flat.max())
     if low >= 0 and high < _BINCOUNT_MAX_LABEL:
         return np.flatnonzero(np.bincount(flat, minlength=high + 1))
@@ -123,7 +123,7 @@ def scored_labels(fixed_labels: np.ndarray, moving_labels: np.ndarray,
         return [int(v) for v in labels]
     fixed = _as_label_array(fixed_labels, "fixed_labels")
     moving = _as_label_array(moving_labels, "moving_labels")
-    return [int(v) for v in np.intersect1d(_present(fixed), _present(moving)) if v != 0]
+    return [int(v) for v in np.intersect1d(present_labels(fixed), present_labels(moving)) if v != 0]
 
 
 def dice(fixed_labels: np.ndarray, warped_labels: np.ndarray,
