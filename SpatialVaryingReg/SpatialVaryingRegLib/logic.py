@@ -458,9 +458,15 @@ class RegistrationJob:
             raise RegistrationError(str(exc)) from None
 
     def _check_fiducials(self) -> None:
-        """The moving list must sit where the moving volume does (it is placed under the result)."""
+        """The moving list must sit where the moving volume does (it is placed under the result); with a fixed list
+        too, both must pair up point by point (the TRE), known before the run rather than after it."""
         if self.moving_fiducials is None:
             return
+        problem = self.fixed_fiducials is not None and \
+            landmarks.pair_count_problem(self.fixed_fiducials, self.moving_fiducials)
+        if problem:
+            raise RegistrationError(f"the fiducial lists cannot be paired for the target registration error: {problem}"
+                                    "; correct them, or clear the fixed list to register without a TRE.")
         try:
             base = moving_base_to_world(self.moving_fiducials)
         except geometry.GeometryError as exc:

@@ -251,10 +251,19 @@ def test_inputs_under_other_transforms_are_refused_with_a_plain_message(scene, p
         logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_mask=empty).validate()
 
 
-def test_unpaired_fiducials_say_why_there_is_no_tre(scene, pair):
+def test_unpaired_fiducials_are_refused_before_the_run(scene, pair):
+    """Lists that cannot pair up for the TRE were found only after the registration ("TRE not computed"): a minute
+    or more of a run whose landmark check the user wanted could not happen."""
     pair["moving_points"].RemoveNthControlPoint(0)
     assert landmarks.pair_count_problem(pair["fixed_points"], pair["moving_points"]) == \
         "the fixed list has 4 points and the moving list 3 (pairs go by order)"
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_fiducials=pair["fixed_points"],
+                                moving_fiducials=pair["moving_points"])
+    with pytest.raises(logic.RegistrationError, match=r"^the fiducial lists cannot be paired for the target "
+                                                      r"registration error: the fixed list has 4 points and the "
+                                                      r"moving list 3 \(pairs go by order\); correct them, or clear"):
+        job.validate()
+    logic.RegistrationJob(pair["fixed"], pair["moving"], moving_fiducials=pair["moving_points"]).validate()
 
 
 def test_cpu_time_estimate_follows_the_engines_working_grids_and_says_it_is_an_estimate(scene, pair):
