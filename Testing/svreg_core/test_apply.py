@@ -8,6 +8,7 @@ SimpleITK independently.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -393,3 +394,31 @@ def test_reference_is_only_a_grid(case, geo, tmp_path: Path, values: str) -> Non
     geo.save_nifti(np.zeros((4, 5, 6, 2), np.float32), case.moving_grid.affine, tmp_path / "ref4d.nii.gz")
     assert main(["apply", str(case.folder), str(case.tmp / "labels.nii.gz"), "-o", str(tmp_path / "m.nii.gz"),
                  "--labels", "--reference", str(tmp_path / "ref4d.nii.gz"), "--inverse"]) == 2  # geometry checked
+
+
+def test_an_output_folder_maps_by_its_affine_beyond_its_fields(case, geo, tmp_path: Path) -> None:
+    """An output folder's fields hold the registration's affine ``A``: beyond their grids its transform maps by
+    ``A`` (``A⁻¹`` for the inverse), as the folder's transform.h5 does in SimpleITK, not by the identity (points a
+    few voxels beyond the fixed grid, e.g. of a --reference larger than a cropped fixed image, were up to 10 mm
+    off); the numerical inverse of the forward field does the same."""
+    folder = tmp_path / "out"
+    shutil.copytree(case.folder, folder)
+    (folder / "report.json").write_text(json.dumps({"affine_ras": case.affine.tolist()}), encoding="utf-8")
+    beyond = np.array([[-3, 5, 5], [20, 8, 7], [9, -3, 6], [9, 8, 17], [-4, -4, -4]], float)  # 3-4 voxels out
+    x = nib.affines.apply_affine(case.fixed_grid.affine, beyond)
+    expected = nib.affines.apply_affine(case.affine, x)
+    np.testing.assert_allclose(_sitk_points(geo, case, x), expected, atol=1e-4)  # ITK: the field is zero there
+    np.testing.assert_allclose(apply_to_points(load_transform(folder), x), expected, atol=1e-4)
+    n = np.asarray(case.moving_grid.shape)
+    y = nib.affines.apply_affine(case.moving_grid.affine, [[-3, n[1] / 2, n[2] / 2], [n[0] + 2, n[1] / 2, n[2] / 2],
+                                                           [n[0] / 2, -3, n[2] / 2], [-4, -4, n[2] + 3]])
+    back = nib.affines.apply_affine(np.linalg.inv(case.affine), y)
+    assert not case.moving_grid.contains(y).any() and not case.fixed_grid.contains(back).any()
+    np.testing.assert_allclose(apply_to_points(load_transform(folder, inverse=True), y), back, atol=1e-4)
+    (folder / "inverse_displacement.nii.gz").unlink()
+    np.testing.assert_allclose(apply_to_points(load_transform(folder, inverse=True), y), back, atol=1e-4)
+    # inside the grids nothing changes: the folder maps as its displacement.nii.gz does in SimpleITK
+    inside = _inside_points(case.fixed_grid, seed=9)
+    field = _sitk_field(folder / "displacement.nii.gz")
+    np.testing.assert_allclose(apply_to_points(load_transform(folder), inside),
+                               geo.lps([field.TransformPoint(tuple(p)) for p in geo.lps(inside)]), atol=2e-3)

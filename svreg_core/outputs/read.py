@@ -7,13 +7,16 @@ is warped as ``out(x) = image(T(x))``. Files hold **LPS** vectors (see :mod:`svr
 they are converted to RAS on reading.
 
 A displacement field is interpolated trilinearly, and, as in ITK, it is taken as zero more than half a
-voxel beyond its grid (within that half voxel the border vectors continue).
+voxel beyond its grid (within that half voxel the border vectors continue). The fields of an output folder hold
+the registration's affine ``A`` too (``T(x) = A(x + u(x))``): beyond their grid they map by ``A`` (``A⁻¹`` for the
+inverse), as ``transform.h5`` (``u`` zero beyond its grid, then ``A``) does in ITK, not by the identity.
 """
 from __future__ import annotations
 
 import functools
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
@@ -36,10 +39,17 @@ INVERSE_TOLERANCE = 0.01
 
 @dataclass(frozen=True, eq=False)
 class DisplacementField:
-    """``x -> x + u(x)`` with ``u`` ``(I, J, K, 3)`` RAS mm on ``grid`` (trilinear; zero beyond it, as in ITK)."""
+    """``x -> x + u(x)`` with ``u`` ``(I, J, K, 3)`` RAS mm on ``grid`` (trilinear; zero beyond it, as in ITK).
+
+    Attributes:
+        beyond: a 4x4 RAS->RAS matrix mapping the points beyond the grid (more than half a voxel beyond its outer
+            voxel centres) instead of the identity: the affine ``A`` an output folder's field holds
+            (``u(x) = A(x + w(x)) − x``), so that it maps like ``transform.h5`` there; ``None``: the identity.
+    """
 
     displacement: np.ndarray
     grid: Grid
+    beyond: np.ndarray | None = None
 
     def __call__(self, points: np.ndarray) -> np.ndarray:
         """Map RAS mm points ``(..., 3)``; returns float64 points of the same shape."""
@@ -48,7 +58,25 @@ class DisplacementField:
         field = torch.as_tensor(np.ascontiguousarray(self.displacement, dtype=np.float32)).permute(3, 0, 1, 2)[None]
         u = sample_at_points(field, self.grid, torch.as_tensor(flat)[None, :, None, None, :],
                              padding_mode="border")[0, :, :, 0, 0].T.double().numpy()
-        return (flat + u * self.grid.contains(flat)[:, None]).reshape(pts.shape)
+        inside = self.grid.contains(flat)
+        out = flat + u * inside[:, None]
+        if self.beyond is not None and not inside.all():
+            out[~inside] = map_points(self.beyond, flat[~inside])
+        return out.reshape(pts.shape)
+
+    def split(self) -> tuple[Step, ...]:
+        """The same mapping as steps without :attr:`beyond`: the field itself when it has none, else a field
+        ``w(x) = B⁻¹(x + u(x)) − x`` (float32, RAS mm, on the grid; zero beyond it) followed by ``B``, so
+        ``x + u(x) = B(x + w(x))`` on the grid (within half a voxel beyond it, where the border vectors continue,
+        the two differ by ``(B − I)`` times the distance)."""
+        if self.beyond is None:
+            return (self,)
+        inverse = np.linalg.inv(self.beyond)
+        w = np.empty(self.displacement.shape, np.float32)
+        for start, stop, slab in self.grid.slabs():
+            x = slab.world_points()
+            w[start:stop] = map_points(inverse, x + self.displacement[start:stop]) - x
+        return DisplacementField(w, self.grid), self.beyond
 
 
 Step = Union[np.ndarray, DisplacementField, "_InverseField"]
@@ -106,8 +134,10 @@ class Transform:
         converged to :data:`INVERSE_TOLERANCE` of a voxel raises :class:`InputError`, unless it lies along the
         field's edge (:class:`_InverseField`: it takes its best iterate, with a warning).
         """
+        # a field mapping by a matrix beyond its grid is inverted as that field zero beyond, then the matrix
+        split = [part for s in self.steps for part in (s.split() if isinstance(s, DisplacementField) else (s,))]
         steps = tuple(np.linalg.inv(s) if isinstance(s, np.ndarray) else
-                      s.field if isinstance(s, _InverseField) else _InverseField(s) for s in reversed(self.steps))
+                      s.field if isinstance(s, _InverseField) else _InverseField(s) for s in reversed(split))
         return Transform(steps, grid=self.inverse_grid, inverse_grid=self.grid)
 
 
@@ -261,17 +291,22 @@ def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:
     if path.is_dir():
         forward = next((path / n for n in ("displacement.nii.gz", "transform.h5") if (path / n).is_file()), None)
         inverse_file = path / "inverse_displacement.nii.gz"
+        affine = _folder_affine(path)  # what the fields map by beyond their grids
+        back_beyond = None if affine is None else np.linalg.inv(affine)
         if forward is None and inverse and inverse_file.is_file():  # kept by svreg register --outputs inverse
-            back = read_displacement(inverse_file)
+            back = replace(read_displacement(inverse_file), beyond=back_beyond)
             return Transform((back,), grid=back.grid)
         if forward is None:
             raise InputError(f"{path} holds neither displacement.nii.gz nor transform.h5"
                              f"{' (nor inverse_displacement.nii.gz)' if inverse else ''}; name an svreg output "
                              "folder or a transform file.")
         tx = _read_file(forward)
+        if forward.name == "displacement.nii.gz":  # transform.h5 holds the affine as a step of its own
+            tx = Transform(tuple(replace(s, beyond=affine) for s in tx.steps if isinstance(s, DisplacementField)),
+                           grid=tx.grid)
         if not inverse_file.is_file():
             return tx.inverse() if inverse else tx
-        back = read_displacement(inverse_file)
+        back = replace(read_displacement(inverse_file), beyond=back_beyond)
         if inverse:
             return Transform((back,), grid=back.grid, inverse_grid=tx.grid)
         return Transform(tx.steps, grid=tx.grid, inverse_grid=back.grid)
@@ -279,6 +314,20 @@ def load_transform(path: str | Path, *, inverse: bool = False) -> Transform:
         raise InputError(f"transform not found: {path}")
     tx = _read_file(path)
     return tx.inverse() if inverse else tx
+
+
+def _folder_affine(folder: Path) -> np.ndarray | None:
+    """The affine ``A`` (4x4 RAS->RAS) of the registration whose outputs ``folder`` holds, from its report.json's
+    ``affine_ras``; ``None`` when it is the identity, or the report is missing, unreadable or has no valid one."""
+    try:
+        matrix = np.asarray(json.loads((folder / "report.json").read_text(encoding="utf-8"))["affine_ras"],
+                            dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)) or not np.array_equal(matrix[3], [0, 0, 0, 1]) \
+            or abs(np.linalg.det(matrix[:3, :3])) < 1e-6 or np.array_equal(matrix, np.eye(4)):
+        return None
+    return matrix
 
 
 #: File endings of ITK transform files (lower case): HDF5, text and ANTs' binary ``.mat``.
