@@ -108,8 +108,12 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
     loss_fn = params.spr_loss()
     device = fixed.device
     levels = params.working_levels(float(fixed_grid.spacing.min()))
-    total = sum(iterations for _, _, iterations in levels)
-    done = 0
+    # progress: an iteration's cost grows with its level's voxels, so each counts by them (80^3 voxels of 2 mm, one
+    # thread, 2026-11-29: 1.05 s per 2 mm iteration, 0.2 s per 4 mm one); counted alike, the cheap coarse
+    # iterations of 80 + 60 filled 57 % of the bar in a fifth of the time
+    voxels = [float(np.prod(level_grid(fixed_grid, spacing).shape)) for spacing, _, _ in levels]
+    total = sum(n * iterations for n, (_, _, iterations) in zip(voxels, levels))
+    done = 0.0
     lo, hi = progress_span
     # the grid, velocity and λ of the previous level (or of ``initial``)
     previous: tuple[Grid, torch.Tensor, torch.Tensor] | None = None
@@ -178,7 +182,7 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         for it in range(iterations):
             optimizer.prepare(decay(it))
             terms = step()
-            done += 1
+            done += voxels[level_index]
             if it % 5 == 0 or it == iterations - 1:
                 progress(ProgressEvent(stage, it + 1, iterations, lo + (hi - lo) * done / total,
                                        values=_reported(terms)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from svreg_core.image import Grid
@@ -59,3 +60,26 @@ def test_refinement_starts_from_the_given_fields(geo) -> None:
     torch.testing.assert_close(inner[:, 1], torch.full_like(inner[:, 1], 0.5), atol=1e-4, rtol=0)
     torch.testing.assert_close(inner[:, 0], torch.zeros_like(inner[:, 0]), atol=1e-4, rtol=0)
     torch.testing.assert_close(result.weight, torch.ones_like(result.weight), atol=1e-4, rtol=0)
+
+
+def test_progress_counts_each_iteration_by_its_levels_voxels() -> None:
+    """An iteration's cost grows with its level's voxels, so the progress fraction does too: after the coarse level
+    of an 8 / 4 mm pyramid with as many iterations on each, the bar stands at the coarse level's share of the voxel
+    iterations (1/9 of the span here), not at half of it (its iterations took a fifth of the time or less)."""
+    from svreg_core.image.resample import level_grid
+    from svreg_core.optim.parameters import RegistrationParameters
+    from svreg_core.optim.spr import optimize_spr
+    from svreg_core.progress import ProgressEvent
+
+    grid = Grid((33, 33, 33), np.diag([2.0, 2.0, 2.0, 1.0]))
+    g = torch.Generator().manual_seed(0)
+    fixed, moving = (torch.rand(1, 1, 33, 33, 33, generator=g) + 0.5 for _ in range(2))
+    params = RegistrationParameters(level_spacings=(8.0, 4.0), iterations=(6, 6), affine=False)
+    events: list[ProgressEvent] = []
+    optimize_spr(fixed, grid, moving, grid, np.eye(4), params, progress=events.append, progress_span=(0.2, 0.9))
+    coarse, fine = (np.prod(level_grid(grid, spacing).shape) for spacing in (8.0, 4.0))
+    assert coarse / fine < 0.15  # 9³ against 17³ voxels
+    last_coarse = [e.fraction for e in events if e.stage == "deformable 8 mm"][-1]
+    np.testing.assert_allclose(last_coarse, 0.2 + 0.7 * coarse / (coarse + fine), rtol=1e-6)
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(0.9)
