@@ -9,7 +9,7 @@ this). For every resolution it
    ``.venv/bin/svreg register`` (variants ``spr``: default; ``nospr``: ``--no-spr``; ``native``: the
    non-pre-aligned ``moving_native`` with the default affine stage; on the pre-aligned pair ours runs
    ``--no-affine`` like the peers unless ``--ours-affine``), outputs in
-   ``.bench/runs/<res>mm/<tool>/`` with the child's stdout/stderr in ``log.txt``;
+   ``.bench/runs/<res>mm/<tool>/`` with the child's stdout/stderr beside them in ``<tool>.log``;
 3. measures each child: wall time (``time.perf_counter`` around the process) and peak memory, the
    ``ru_maxrss`` that ``os.wait4`` returns for the reaped child — the kernel's high-water mark of
    resident memory of the child (or of its largest descendant that it waited for), not a poll, so
