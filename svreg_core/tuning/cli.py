@@ -32,7 +32,7 @@ import optuna
 from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, OutputError
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
@@ -198,9 +198,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
-    """Before any trial: ``--apply-best`` names a file that is not the ``--preset`` file, ``--report`` a folder."""
+    """Before any trial: ``--apply-best`` names a file that is not the ``--preset`` file, ``--report`` a folder,
+    and files can be created where both go (the folders on the way are created when they are written)."""
     if args.report and Path(args.report).expanduser().exists() and not Path(args.report).expanduser().is_dir():
         raise InputError(f"--report needs a folder; {args.report} is a file.")
+    if args.report:
+        _check_writable(Path(args.report).expanduser() / "summary.json", "--report")
     if not args.apply_best:
         return
     target = Path(args.apply_best).expanduser()
@@ -210,6 +213,22 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     if preset.is_file() and target.exists() and target.resolve() == preset.resolve():
         raise InputError(f"--apply-best {target} is the --preset file the study starts from; write the tuned "
                          "preset to another file.")
+    _check_writable(target, "--apply-best")
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """:class:`OutputError` unless ``path`` can be written: its nearest existing folder is a folder in which a
+    file can be created (:func:`~svreg_core.outputs.writer.check_output_file`'s probe)."""
+    from svreg_core.outputs.writer import check_output_file
+
+    path = path.absolute()
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {flag} {path}: {existing} is a file, not a folder.")
+    try:
+        check_output_file(path if path.parent == existing else next(p for p in path.parents if p.parent == existing))
+    except OutputError as exc:
+        raise OutputError(f"{flag} {path}: {exc}") from None
 
 
 def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path | None]:

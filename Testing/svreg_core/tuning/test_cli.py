@@ -17,7 +17,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from svreg_core.cli import main
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, OutputError
 from svreg_core.optim.parameters import PRESETS, load_parameters, preset_warning
 from svreg_core.tuning.cli import run_tune
 from svreg_core.tuning.study import quiet_optuna
@@ -44,17 +44,37 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     (["--apply-best", "{tmp}"], "--apply-best needs a file name"),
     (["--apply-best", "{tmp}/custom.json", "--preset", "{tmp}/custom.json"], "is the --preset file"),
     (["--report", "{tmp}/custom.json"], "--report needs a folder"),
+    (["--report", "{tmp}/custom.json/report"], "cannot write --report .*custom.json is a file, not a folder"),
+    (["--apply-best", "{tmp}/custom.json/new/best.json"], "cannot write --apply-best .*custom.json is a file"),
 ])
 def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
                                                   extra: list[str], message: str) -> None:
     """Refused before the study storage is created: an infinite --max-folding crashed the JSON report after the
     first trial, a NaN one disabled the limit, a negative λ_max range failed every trial as a lost worker, and
-    --apply-best problems (a folder; the --preset file it would overwrite) surfaced after all trials."""
+    --apply-best problems (a folder; the --preset file it would overwrite; a file in the way of its folder, as of
+    --report's: "cannot write ... (File exists)") surfaced after all trials."""
     (tmp_path / "custom.json").write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.05}}))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
-    with pytest.raises(InputError, match=message):
-        run_tune(helpers.parse_args(demo_pairs, *helpers.FAST, "--storage", tmp_path / "s.db", *argv))
+    with pytest.raises((InputError, OutputError), match=message):
+        run_tune(helpers.parse_args(demo_pairs, *helpers.FAST, "--storage", tmp_path / "s.db", "--n-trials", 1,
+                                    "--progress", "none", *argv))
     assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+@pytest.mark.parametrize("flag, target", [("--report", "/proc/svreg-test-report"),
+                                          ("--apply-best", "/proc/svreg-test/deeper/best.json")])
+def test_unwritable_report_and_preset_locations_are_refused_before_any_trial(
+        demo_pairs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], helpers: Any, flag: str,
+        target: str) -> None:
+    """/proc accepts no new folder even for root: the report (after the first trial) and the tuned preset (after
+    the last) failed only once the trials had run."""
+    assert main(["tune", str(demo_pairs), *helpers.FAST, "--storage", str(tmp_path / "s.db"), "--n-trials", "1",
+                 "--progress", "none", flag, target]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"svreg: error: {flag} {target}")
+    assert "creating a folder in /proc fails" in err[0]
+    assert not (tmp_path / "s.db").exists() and not Path(target).exists()
 
 
 def test_an_mr_preset_on_ct_pairs_is_warned_about_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
