@@ -529,8 +529,11 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if job.outputs is not None:
             self.logic.storeOutputs(self._parameterNode, job.outputs)  # the next preview updates these nodes
             self._appendLog(job.outputs.status_text)
-        elif job.cancelled:
-            self._appendLog(_("Preview stopped (superseded or cancelled)."))
+        elif job.cancelled:  # the status line said "Preview (network only)...": it would stay, e.g. after exit()
+            stopped = _("Preview stopped (superseded or cancelled).")
+            if self._parameterNode:
+                self._parameterNode.statusText = stopped
+            self._appendLog(stopped)
         else:
             self._previewFailed(job.error or _("the preview failed."))
 
