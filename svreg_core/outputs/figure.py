@@ -94,7 +94,8 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     The fixed image's foreground is its voxels above :data:`~svreg_core.image.normalize.FOREGROUND_LEVEL` of its
     grey window (MR: not the background; CT: not the air). Slices pass through the centre of its bounding box,
     in neurological display (subject's right on the right of each panel, anterior/superior up), with
-    orientation letters and the slice position (RAS mm). λ is coloured over its own range (printed);
+    orientation letters (yellow outlined in black: readable on every panel's colours) and the slice position
+    (RAS mm). λ is coloured over its own range (printed);
     det J on a log₂ scale symmetric around 1, inside the foreground only (voxels with det J ≤ 0 and the
     background are left blank). ``dice`` (mean Dice before, after) goes in the title.
     """
@@ -102,6 +103,7 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
+    from matplotlib.patheffects import withStroke
     from matplotlib.ticker import FuncFormatter
 
     arrays = {name: to_ras_array(img) for name, img in
@@ -153,7 +155,8 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
             left, right, bottom, top = _VIEWS[r][2]
             for text, xy, align in ((left, (0.02, 0.5), ("left", "center")), (right, (0.98, 0.5), ("right", "center")),
                                     (bottom, (0.5, 0.02), ("center", "bottom")), (top, (0.5, 0.98), ("center", "top"))):
-                ax.text(*xy, text, transform=ax.transAxes, ha=align[0], va=align[1], fontsize=7, color="yellow")
+                ax.text(*xy, text, transform=ax.transAxes, ha=align[0], va=align[1], fontsize=7, color="yellow",
+                        path_effects=[withStroke(linewidth=1.5, foreground="black")])  # readable on white, yellow
         axes[0, c].set_title(name, fontsize=9)
         if unit is not None:
             box = axes[-1, c].get_position()

@@ -92,3 +92,24 @@ def test_anisotropic_ball_is_drawn_round(tmp_path: Path, monkeypatch) -> None:
         origin, right, up = ax.transData.transform([[0, 0], [1, 0], [0, 1]])
         width, height = cols * (right - origin)[0], rows * (up - origin)[1]
         assert abs(width / height - 1.0) < 0.12, (row, width, height)
+
+
+def test_orientation_letters_are_readable_on_every_panel(tmp_path: Path) -> None:
+    """The yellow orientation letters are outlined in dark: on the det J panels (white where det J = 1, the usual
+    case) and a λ near its maximum (viridis' yellow) plain yellow letters could not be read. Every yellow pixel of
+    the panels has a dark one within two pixels."""
+    from matplotlib.image import imread
+    from scipy import ndimage
+
+    data = np.zeros((20, 22, 18), np.float32)
+    data[3:17, 3:19, 3:15] = np.random.default_rng(1).uniform(0.5, 1.0, (14, 16, 12))
+    img = Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    ones = Image(np.ones(data.shape, np.float32), img.affine)  # det J = 1 (white), λ constant
+    path = write_report_figure(tmp_path / "r.png", fixed=img, moving_before=img, warped=img, weight=ones,
+                               jacobian=ones)
+    rgb = imread(str(path))[..., :3]
+    panels = rgb[: int(0.86 * len(rgb))]  # above the colour bars (viridis' own yellow end)
+    yellow = (panels[..., 0] > 0.8) & (panels[..., 1] > 0.8) & (panels[..., 2] < 0.3)
+    dark = panels @ np.array([0.2126, 0.7152, 0.0722]) < 0.3
+    assert yellow.sum() > 200  # 4 letters on each of 21 panels
+    assert ndimage.maximum_filter(dark, size=5)[yellow].all()
