@@ -203,6 +203,15 @@ def variant_suffix(args: argparse.Namespace) -> str:
             + (f"_a{args.alpha_prime:g}" if args.alpha_prime is not None else ""))
 
 
+def run_suffix(args: argparse.Namespace) -> str:
+    """The svreg runs' folder (tool name) suffix: :func:`variant_suffix`'s, then ``-it<N-N>`` and ``-lv<MM-MM>`` when
+    the command line sets the iterations or the pyramid (``--quick`` does), so that a run with other settings never
+    replaces a preset run of the same λ_max factor in ``.bench/ct/runs`` (:mod:`ct_observable` reads those)."""
+    return (variant_suffix(args).replace("_", "-")
+            + (f"-it{'-'.join(map(str, args.iterations))}" if args.iterations else "")
+            + (f"-lv{'-'.join(f'{s:g}' for s in args.level_spacings)}" if args.level_spacings else ""))
+
+
 def run_case(name: str, args: argparse.Namespace) -> dict:
     case_dir = CT_DIR / "cases" / name
     truth = ct_cases.load_truth(case_dir)
@@ -220,7 +229,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     for variant in args.variants:
         for factor in args.factors:
             lam = factor * base.lambda_max
-            tool = f"svreg-{variant}-x{factor:g}{suffix}"
+            tool = f"svreg-{variant}-x{factor:g}{run_suffix(args)}"
             rec = {"tool": tool, "kind": "ours", "variant": variant, "factor": factor, "lambda_max": lam,
                    "alpha_prime": base.alpha_prime, "preset": preset, "smoothing_passes": base.smoothing_passes,
                    "lambda_smoothing": base.lambda_smoothing,

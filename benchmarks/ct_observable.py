@@ -83,7 +83,7 @@ def run_rows(case: str, truth: dict[str, np.ndarray], visible: np.ndarray, hidde
         parts = run.name.split("-", 3)
         suffix = parts[3] if len(parts) == 4 else ""
         if suffix != (spr_suffix if parts[1] == "spr" else "") or not (run / "displacement.nii.gz").exists():
-            continue  # other sweeps (smoothing passes, α′) are left out
+            continue  # other sweeps (smoothing passes, α′, --quick or other iterations / pyramid) are left out
         disp = ev.load_displacement_ras(run / "displacement.nii.gz", fixed)
         err = np.linalg.norm(disp - truth["u"], axis=-1)
         det = metrics.jacobian_determinant(disp, fixed.affine)
