@@ -1037,6 +1037,24 @@ def is_output_folder(path: str) -> bool:
     return (folder / MARKER_FILE).is_file() and (folder / "report.json").is_file()
 
 
+def is_displacement_file(path: str) -> bool:
+    """Whether ``path`` is a NIfTI displacement field in the ITK/ANTs layout (``svreg register``'s
+    ``displacement.nii.gz`` and ``inverse_displacement.nii.gz``, ANTs' ``Warp.nii.gz``): 5-D ``(I, J, K, 1, 3)``, or
+    4-D ``(I, J, K, 3)`` with the NIfTI intent *vector*; only its header is read."""
+    import nibabel as nib
+
+    if not path.lower().endswith((".nii", ".nii.gz")) or not Path(path).is_file():
+        return False
+    try:
+        image = nib.load(path)
+    except Exception:  # noqa: BLE001 - not a readable NIfTI: described (or refused) as an image
+        return False
+    if not isinstance(image, nib.Nifti1Image):  # NIfTI-2 included
+        return False
+    shape, intent = tuple(image.header.get_data_shape()), image.header.get_intent()[0]
+    return (len(shape) == 5 and shape[3:] == (1, 3)) or (len(shape) == 4 and shape[3] == 3 and intent == "vector")
+
+
 def _kept_transform(folder: str) -> bool:
     """Whether an output folder holds a forward transform file (its run's ``--outputs`` may have left them out)."""
     return any((Path(folder) / name).is_file() for name in ("displacement.nii.gz", "transform.h5"))
@@ -1108,7 +1126,8 @@ def run_info(args: argparse.Namespace) -> int:
     from svreg_core.image.io import load_grid
     from svreg_core.outputs.read import ITK_TRANSFORM_SUFFIXES
 
-    is_transform = lambda path: path.lower().endswith(ITK_TRANSFORM_SUFFIXES) or is_output_folder(path)  # noqa: E731
+    is_transform = lambda path: (path.lower().endswith(ITK_TRANSFORM_SUFFIXES) or is_output_folder(path)  # noqa: E731
+                                 or is_displacement_file(path))
     transforms = [describe_output(path) if is_output_folder(path) else describe_transform(path)
                   for path in args.images if is_transform(path)]
     inputs = info_inputs([path for path in args.images if not is_transform(path)])
@@ -1190,7 +1209,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
                           "values, whether they overlap) and transform files (rotation, scales, translation)",
                           epilog=INFO_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     info.add_argument("images", nargs="+", help="image files, DICOM files or DICOM folders (any format svreg reads), "
-                      "transform files (.h5, .tfm, .txt, .mat) and svreg output folders")
+                      "transform files (.h5, .tfm, .txt, .mat, a displacement .nii.gz in the ITK/ANTs layout) and "
+                      "svreg output folders")
     info.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
     handlers["info"] = run_info
     models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")

@@ -1068,6 +1068,17 @@ def test_info_describes_an_output_folder(full_run, tiny_pair, fast_preset, tmp_p
                                       f"registered to {report['inputs']['fixed']['path']} in ")
     assert f"mean Dice {report['metrics']['dice_mean_before']:.4f} -> {report['metrics']['dice_mean']:.4f}" in out
     assert "; transform of fixed-world to moving-world points (RAS), acting in turn: displacement field on " in out
+    # its displacement files alone (the ITK/ANTs layout svreg apply takes) are transforms, not 5-D images to refuse
+    for name in ("displacement.nii.gz", "inverse_displacement.nii.gz"):
+        rc, out, err = _main(["info", full_run.out / name, "--json"], capsys)
+        field = nib.load(str(full_run.out / name))
+        ((step,),) = [e["transform"] for e in json.loads(out)]
+        assert rc == 0 and err == "" and step["type"] == "displacement field"
+        assert step["shape"] == list(field.shape[:3])
+        np.testing.assert_allclose(step["max_mm"], np.linalg.norm(field.get_fdata(), axis=-1).max(), atol=1e-4)
+    rc, out, _ = _main(["info", full_run.out / "displacement.nii.gz"], capsys)
+    assert rc == 0 and "displacement field on " in out and entry["transform"][0] == json.loads(
+        _main(["info", full_run.out / "displacement.nii.gz", "--json"], capsys)[1])[0]["transform"][0]
     # a run that kept no transform file (--outputs warped) is still described
     p = tiny_pair.paths
     assert main(["register", str(p.fixed), str(p.moving), "-o", str(tmp_path / "w"), "--preset", str(fast_preset),
