@@ -154,8 +154,14 @@ def run_tool(rec: dict, cmd: list[str], out: Path, args: argparse.Namespace, cas
     disp_path = out / "displacement.nii.gz"
     measure = out.parent / f"{out.name}.measure.json"
     rec["command"] = cmd
-    if args.reuse and peer and measure.exists() and disp_path.exists():
-        meas = json.loads(measure.read_text())
+    meta = json.loads((case_dir / "case.json").read_text())
+    built = {"builder_version": meta.get("builder_version"), "spec": meta.get("spec")}
+    meas = json.loads(measure.read_text()) if args.reuse and peer and measure.exists() and disp_path.exists() else None
+    if meas is not None and (meas.get("command") != cmd or meas.get("case") != built):
+        # a run on an earlier build of the case would be scored against the new true displacement
+        log(f"  {rec['tool']}: not reusing {out}: made by another command or on another build of the case")
+        meas = None
+    if meas is not None:
         log(f"  {rec['tool']}: reusing {out}")
     else:
         log(f"  {rec['tool']}: running ...")
@@ -163,7 +169,8 @@ def run_tool(rec: dict, cmd: list[str], out: Path, args: argparse.Namespace, cas
         for f in out.iterdir():  # a failed run must not leave the previous run's outputs to be scored
             if f.is_file():
                 f.unlink()
-        meas = rb.run_measured(cmd, out.parent / f"{out.name}.log", rb.child_env(args.threads), args.timeout)
+        meas = {**rb.run_measured(cmd, out.parent / f"{out.name}.log", rb.child_env(args.threads), args.timeout),
+                "command": cmd, "case": built}
         measure.write_text(json.dumps(meas, indent=1) + "\n")
     rec.update(meas)
     if meas["timed_out"] or meas["returncode"] != 0 or not disp_path.exists() or not warped_path.exists():
@@ -410,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is killed")
     ap.add_argument("--reuse", action="store_true",
-                    help="reuse the peers' finished runs in .bench/ct/runs (svreg always runs: its presets and "
-                         "engine change)")
+                    help="reuse the peers' finished runs in .bench/ct/runs made by the same command on the same build "
+                         "of the case (svreg always runs: its presets and engine change)")
     ap.add_argument("--svreg", type=Path, default=REPO / ".venv" / "bin" / "svreg")
     ap.add_argument("--venvs", type=Path, default=REPO / ".bench" / "venvs")
     ap.add_argument("--results-dir", type=Path, default=HERE / "results")
