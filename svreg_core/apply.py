@@ -52,10 +52,12 @@ def _reference(transform: Transform, reference: Grid | None, source: Image) -> G
 
 
 def _check_coverage(points: np.ndarray, source: Grid, what: str) -> None:
-    """Warn when none of the mapped output voxel centres ``points`` ``(I, J, K, 3)`` (RAS mm; every 4th voxel
-    along each axis is checked) falls in the field of view of the ``source`` being resampled: the output would be
-    all background, the usual sign of an input from the other side of the transform."""
-    if not source.contains(points[::4, ::4, ::4]).any():
+    """Warn when none of the mapped output voxel centres ``points`` ``(I, J, K, 3)`` (RAS mm) falls in the field of
+    view of the ``source`` being resampled: the output would be all background, the usual sign of an input from the
+    other side of the transform. Every 4th voxel along each axis is checked first; only when none of them falls
+    inside are all voxels checked (slab by slab), so a source thinner than 4 output voxels is still found."""
+    if not source.contains(points[::4, ::4, ::4]).any() and \
+            not any(source.contains(points[i:i + 4]).any() for i in range(0, len(points), 4)):
         warnings.warn(f"no voxel of the output maps into the {what}'s field of view, so the output is all "
                       "background: the forward transform takes images of the moving space onto the fixed grid, "
                       "--inverse images of the fixed space onto the moving grid.", stacklevel=3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,7 +23,7 @@ from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, load_image
 from svreg_core.outputs.itk import displacement_nifti, write_transform
-from svreg_core.outputs.read import load_transform
+from svreg_core.outputs.read import Transform, load_transform
 
 
 def _image(points: np.ndarray) -> np.ndarray:
@@ -422,3 +423,20 @@ def test_an_output_folder_maps_by_its_affine_beyond_its_fields(case, geo, tmp_pa
     field = _sitk_field(folder / "displacement.nii.gz")
     np.testing.assert_allclose(apply_to_points(load_transform(folder), inside),
                                geo.lps([field.TransformPoint(tuple(p)) for p in geo.lps(inside)]), atol=2e-3)
+
+
+def test_a_source_thinner_than_the_checked_voxels_is_not_called_all_background(case) -> None:
+    """The 'output is all background' warning checks every 4th output voxel first: a 2-slice slab between them
+    was warned about although the output holds it; now every voxel is checked before warning."""
+    slab = Image(np.ones((30, 30, 2), np.float32), np.array([[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 1]]))
+    reference = Grid((30, 30, 20), np.eye(4))  # slices z = 0, 4, 8, ... are checked first; the slab lies at 1-2
+    identity = Transform((np.eye(4),))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = apply_to_image(identity, slab, reference=reference)
+        labels = apply_to_labels(identity, Image(slab.data.astype(np.int32), slab.affine), reference=reference)
+    assert out.data[:, :, 1:3].min() == 1.0 and labels.data[:, :, 1:3].min() == 1
+    shift = np.eye(4)
+    shift[0, 3] = 40.0  # every output voxel maps 10 mm or more beyond the slab: warned about
+    with pytest.warns(UserWarning, match="all background"):
+        apply_to_image(Transform((shift,)), slab, reference=reference)
