@@ -227,6 +227,9 @@ def registration_parameters(args: argparse.Namespace):
             if value and not args.refine:
                 raise InputError(f"{flag} only applies to a refinement of the learned model's prediction (--refine "
                                  "N); the network alone does not use it.")
+    if args.no_spr and args.alpha_prime is not None:  # a warning: scripts pass the same flags to both variants
+        print("svreg: warning: ignoring --alpha-prime: it weighs the hyperprior on the spatially varying λ, and "
+              "--no-spr keeps λ ≡ 1 (--lambda-max sets the uniform regulariser's strength).", file=sys.stderr)
     set_threads(args)
     if args.model:
         from svreg_core.models import read_model_info

@@ -866,6 +866,21 @@ def test_parameter_errors(tiny_pair, fast_preset, tmp_path: Path, capsys, extra,
     assert not (tmp_path / "o").exists()
 
 
+def test_alpha_prime_with_no_spr_is_named_as_ignored(capsys) -> None:
+    """``--no-spr`` keeps λ ≡ 1, so α′ (the hyperprior on λ) changes nothing: a warning says so (not an error:
+    scripts pass the same flags to an SPR and a uniform run); without ``--no-spr`` it is used, silently."""
+    from svreg_core.cli import build_parser, registration_parameters
+
+    parser, _ = build_parser()
+    argv = ["register", "f.nii.gz", "m.nii.gz", "-o", "out", "--alpha-prime", "0.1", "--lambda-max", "2"]
+    params = registration_parameters(parser.parse_args([*argv, "--no-spr"]))
+    assert not params.spr and params.lambda_max == 2.0
+    assert capsys.readouterr().err == ("svreg: warning: ignoring --alpha-prime: it weighs the hyperprior on the "
+                                       "spatially varying λ, and --no-spr keeps λ ≡ 1 (--lambda-max sets the uniform "
+                                       "regulariser's strength).\n")
+    assert registration_parameters(parser.parse_args(argv)).alpha_prime == 0.1 and capsys.readouterr().err == ""
+
+
 def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     p = tiny_pair.paths
     assert main(["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), "-o", str(tmp_path / "r"),
