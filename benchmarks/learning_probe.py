@@ -20,7 +20,8 @@ Usage::
     python benchmarks/learning_probe.py train pairs.pt NAME --task synth --objective lncc --seconds 360 --out DIR
     python benchmarks/learning_probe.py plot curves.png DIR/NAME1.json DIR/NAME2.json   # held-out Dice, SDlogJ
 
-Results of 2026-11-26 (one H200): ``benchmarks/results/gpu_learning_2026-11-26/``, README "What it achieves today".
+Results of 2026-11-26 (one H200): ``benchmarks/results/gpu_learning_2026-11-26/``, described in
+``docs/learned-models.md``.
 """
 from __future__ import annotations
 
