@@ -171,8 +171,10 @@ def augment_intensity(image: torch.Tensor, generator: torch.Generator, config: S
                       mask: torch.Tensor | None = None) -> torch.Tensor:
     """Random bias field, noise and gamma on a non-negative image ``(C, I, J, K)``; result in ``[0, 1]``.
 
-    Order: multiply by ``exp`` of a smooth random field, add Gaussian noise, clip at 0, divide by the
-    maximum, raise to a random gamma. Voxels outside ``mask`` (same spatial shape) are set to 0.
+    Order: multiply by ``exp`` of a smooth random field, add Gaussian noise, clip at 0, set the voxels
+    outside ``mask`` (same spatial shape) to 0, min-max normalise to ``[0, 1]`` (SynthMorph's; the darkest
+    voxel becomes 0 as in a robust-normalised real image, also when no voxel is masked out), raise to a
+    random gamma.
     """
     shape = tuple(image.shape[1:])
     log_bias = smooth_noise(shape, 1, generator, std=_uniform(generator, 0.0, config.bias_std_max),
@@ -182,6 +184,7 @@ def augment_intensity(image: torch.Tensor, generator: torch.Generator, config: S
     out = out.clamp_min(0.0)
     if mask is not None:
         out = out * mask.to(out.dtype)
+    out = out - out.min()
     out = out / out.max().clamp_min(1e-6)
     gamma = math.exp(config.gamma_std * float(torch.randn((), generator=generator)))
     return out.pow(gamma).clamp(0.0, 1.0)

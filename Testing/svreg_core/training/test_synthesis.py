@@ -156,3 +156,16 @@ def test_pairs_share_the_contrast_only_when_asked(labels, shared) -> None:
     same = [torch.allclose(fixed[pair["fixed_labels"] == v].mean(), moving[pair["moving_labels"] == v].mean(),
                            atol=1e-5) for v in torch.unique(pair["fixed_labels"]).tolist()]
     assert all(same) if shared else not all(same)
+
+
+def test_unstripped_image_is_min_max_normalised(labels) -> None:
+    """SynthMorph min-max normalises before the gamma: the darkest label becomes 0, as the background of a
+    robust-normalised real image does, even when the background (label 0) has its own intensity."""
+    values = {0: 0.5, 530: 0.3, 24: 0.9, 2: 0.6, 41: 0.8, 17: 0.4}
+    means = torch.zeros(int(labels.max()) + 1)
+    for value, mean in values.items():
+        means[value] = mean
+    image = synthesize_image(labels, torch.Generator().manual_seed(0), FLAT, contrast=(means, torch.zeros_like(means)))
+    for value, mean in values.items():
+        expected = (mean - 0.3) / (0.9 - 0.3)
+        np.testing.assert_allclose(image[0][labels == value].numpy(), expected, atol=1e-6, err_msg=str(value))
