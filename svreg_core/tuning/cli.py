@@ -37,7 +37,7 @@ from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.interrupts import sigterm_as_interrupt
 from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
 from svreg_core.tuning.objective import Objective, PairObjective, PairwiseDice, PairwiseTRE, trial_function
-from svreg_core.tuning.pairs import ValidationPair, check_pairs, discover_pairs
+from svreg_core.tuning.pairs import ValidationPair, discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
 from svreg_core.tuning.pruner import make_pruner
 from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
@@ -282,7 +282,7 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
     space, objective, runs = _objective(args)
     # every pair read once before the storage is opened: an unusable file is refused before any trial, and
     # the pairs' fingerprints keep a resumed study on the same images
-    data = check_pairs(objective.pairs) if isinstance(objective, PairObjective) else None
+    data = objective.read_pairs() if isinstance(objective, PairObjective) else None
     storage = open_storage(args.storage, heartbeat_interval=args.heartbeat_interval, grace_period=args.grace_period,
                            max_retry=args.max_retry)
     if runs and runs.is_dir() and any(runs.iterdir()) and args.study_name not in optuna.get_all_study_names(storage):

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 
-from svreg_core.errors import SvregError
+from svreg_core.errors import InputError, SvregError
 from svreg_core.interrupts import interruptible
-from svreg_core.tuning.pairs import LoadedPair, ValidationPair, load_pair
+from svreg_core.tuning.pairs import LoadedPair, ValidationPair, check_pairs, load_pair
 from svreg_core.tuning.study import WORKER_ATTR, this_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,14 +142,18 @@ class PairObjective:
     """One step per validation pair: register it (:meth:`register`; a learned model's code search replaces
     it, :class:`~svreg_core.tuning.codes.ModelCodes`), score it (:meth:`score`, the subclass's measure) and
     report the score with the folding (percent of voxels with ``det J <= 0``). Files are read at every
-    trial (not kept in memory); ``svreg tune`` reads them once before the first
-    (:func:`~svreg_core.tuning.pairs.check_pairs`)."""
+    trial (not kept in memory); ``svreg tune`` reads them once before the first (:meth:`read_pairs`)."""
 
     def __init__(self, pairs: Sequence[ValidationPair]) -> None:
         self.pairs = list(pairs)
 
     def step_labels(self) -> list[str]:
         return [p.name for p in self.pairs]
+
+    def read_pairs(self) -> dict[str, str]:
+        """Before any trial: every pair read once and checked (:func:`~svreg_core.tuning.pairs.check_pairs`;
+        landmarks that do not correspond are refused as they are read); the pairs' fingerprints."""
+        return check_pairs(self.pairs)
 
     def register(self, data: LoadedPair, settings: Any) -> Any:
         """One pair registered with the trial's settings (a :class:`~svreg_core.registration.RegistrationResult`)."""
@@ -190,6 +194,38 @@ class PairwiseDice(PairObjective):
         self.labels = None if labels is None else [int(v) for v in labels]
         self.label_mode = label_mode
 
+    def read_pairs(self) -> dict[str, str]:
+        """:meth:`PairObjective.read_pairs`, refusing a pair with nothing to score (:meth:`scorable_labels`) and
+        ``--labels`` values that no pair's label maps hold (a typo Dice would skip without a word)."""
+        held: set[int] = set()
+        fingerprints = check_pairs(self.pairs, lambda data: held.update(self.scorable_labels(data)))
+        absent = [v for v in dict.fromkeys(self.labels or ()) if v not in held]
+        if absent:
+            one = len(absent) == 1
+            raise InputError(f"--labels {' '.join(map(str, absent))}: no validation pair's label maps hold "
+                             f"{'this label' if one else 'these labels'}, so Dice would never score "
+                             f"{'it' if one else 'them'}.")
+        return fingerprints
+
+    def scorable_labels(self, data: LoadedPair) -> list[int]:
+        """The labels a trial scores on ``data`` that one of its label maps holds (Dice skips the others);
+        :class:`InputError` when there are none: every trial would fail on this pair."""
+        import numpy as np
+
+        from svreg_core.metrics import scored_labels
+        from svreg_core.metrics.overlap import present_labels
+
+        assert data.fixed_labels is not None and data.moving_labels is not None  # discover_pairs' default needs
+        fixed, moving = present_labels(data.fixed_labels.data), present_labels(data.moving_labels.data)
+        held = np.union1d(fixed, moving)
+        labels = [v for v in scored_labels(data.fixed_labels.data, data.moving_labels.data, self.labels) if v in held]
+        if not labels:
+            what = (f"neither label map holds any of --labels {' '.join(map(str, self.labels))}" if self.labels else
+                    "its fixed and moving label maps share no label other than 0")
+            raise InputError(f"pair {data.name!r}: {what} (fixed: {_some(fixed)}; moving: {_some(moving)}), so "
+                             "there is nothing for Dice to score.")
+        return labels
+
     def score(self, data: LoadedPair, result: Any) -> float:
         from svreg_core.metrics import dice, scored_labels
 
@@ -200,6 +236,12 @@ class PairwiseDice(PairObjective):
         if not scores:
             raise ValueError("no label is present in both the fixed and the warped moving labels")
         return float(sum(scores.values()) / len(scores))
+
+
+def _some(values: Any) -> str:
+    """Up to 12 label values for a message, with how many more there are."""
+    values = [int(v) for v in values]
+    return ", ".join(map(str, values[:12])) + (f" and {len(values) - 12} more" if len(values) > 12 else "")
 
 
 class PairwiseTRE(PairObjective):

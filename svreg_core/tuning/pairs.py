@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -194,13 +194,17 @@ def load_pair(pair: ValidationPair) -> LoadedPair:
                       images.get("moving_labels"), **points)
 
 
-def check_pairs(pairs: Sequence[ValidationPair]) -> dict[str, str]:
-    """Before any trial: read every pair once (:func:`load_pair`'s checks, so an unusable file is refused before
-    trials register the pairs before it) and return each pair's fingerprint, ``{name: sha256}`` of its arrays
-    and their geometry: a study resumed on other images (the same names) is refused by comparing them."""
+def check_pairs(pairs: Sequence[ValidationPair],
+                check: Callable[[LoadedPair], None] | None = None) -> dict[str, str]:
+    """Before any trial: read every pair once (:func:`load_pair`'s checks and ``check``'s, the objective's, so an
+    unusable file is refused before trials register the pairs before it) and return each pair's fingerprint,
+    ``{name: sha256}`` of its arrays and their geometry: a study resumed on other images (the same names) is
+    refused by comparing them."""
     fingerprints = {}
     for pair in pairs:
         data = load_pair(pair)
+        if check is not None:
+            check(data)
         digest = hashlib.sha256()
         for part in (data.fixed, data.moving, data.fixed_labels, data.moving_labels):
             if part is not None:

@@ -254,6 +254,36 @@ def test_unusable_pair_files_are_refused_before_any_trial(demo_pairs: Path, tmp_
                                        "--n-trials", 1, "--no-default-trial", "--progress", "none")) == 0
 
 
+def test_pairs_and_labels_dice_cannot_score_are_refused_before_any_trial(demo_pairs: Path, tmp_path: Path,
+                                                                        helpers: Any) -> None:
+    """A pair whose label maps share no label (another numbering in the moving map), or ``--labels`` none of which
+    a pair's maps hold, failed every trial after registering the pair ("stopped after 5 failed trials in a row;
+    last error: pair01: ValueError: no label is present in both the fixed and the warped moving labels"); a
+    ``--labels`` value in no pair (a typo next to good ones) was skipped without a word."""
+    import nibabel as nib
+
+    shutil.copytree(demo_pairs, tmp_path / "val")
+    db = tmp_path / "s.db"
+    cases = [(["--labels", "7", "9"], r"pair 'pair01': neither label map holds any of --labels 7 9 \(fixed: 0, 1, 2; "
+                                      r"moving: 0, 1, 2\), so there is nothing for Dice to score"),
+             (["--labels", "2", "1", "99"], "--labels 99: no validation pair's label maps hold this label, so Dice "
+                                            "would never score it")]
+    for extra, message in cases:
+        with pytest.raises(InputError, match=message):
+            run_tune(helpers.parse_args(tmp_path / "val", *helpers.FAST, "--storage", db, "--n-trials", 1,
+                                        "--progress", "none", *extra))
+        assert not db.exists()
+    moving = tmp_path / "val" / "pair02" / "moving_labels.nii.gz"
+    image = nib.load(str(moving))
+    data = np.asarray(image.dataobj, dtype=np.int16)
+    nib.save(nib.Nifti1Image(np.where(data > 0, data + 10, 0).astype(np.int16), image.affine), str(moving))
+    with pytest.raises(InputError, match=r"pair 'pair02': its fixed and moving label maps share no label other "
+                                         r"than 0 \(fixed: 0, 1, 2; moving: 0, 11, 12\)"):
+        run_tune(helpers.parse_args(tmp_path / "val", *helpers.FAST, "--storage", db, "--n-trials", 1,
+                                    "--progress", "none"))
+    assert not db.exists()
+
+
 def _landmark_errors(pair: Path, result: Any) -> np.ndarray:
     """Distances (mm) between the fixed landmarks mapped by ``result`` and the moving ones, read with numpy."""
     fixed, moving = (np.loadtxt(pair / f"{role}_landmarks.csv", delimiter=",", skiprows=1, usecols=(1, 2, 3))
