@@ -37,6 +37,8 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 
 
 @pytest.mark.parametrize(("extra", "message"), [
+    (["--timeout", "-5"], "--timeout must be a number of seconds above 0"),
+    (["--timeout", "nan"], "--timeout must be a number of seconds above 0"),
     (["--max-folding", "inf"], "--max-folding must be a percentage"),
     (["--max-folding", "nan"], "--max-folding must be a percentage"),
     (["--lambda-max-range", "-5", "-1"], r"search range of lambda_max \[-5, -1\]: lambda_max -5 is out of range"),
@@ -49,10 +51,11 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 ])
 def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
                                                   extra: list[str], message: str) -> None:
-    """Refused before the study storage is created: an infinite --max-folding crashed the JSON report after the
-    first trial, a NaN one disabled the limit, a negative λ_max range failed every trial as a lost worker, and
-    --apply-best problems (a folder; the --preset file it would overwrite; a file in the way of its folder, as of
-    --report's: "cannot write ... (File exists)") surfaced after all trials."""
+    """Refused before the study storage is created: a negative --timeout ran no trial and exited 0, an infinite
+    --max-folding crashed the JSON report after the first trial, a NaN one disabled the limit, a negative λ_max
+    range failed every trial as a lost worker, and --apply-best problems (a folder; the --preset file it would
+    overwrite; a file in the way of its folder, as of --report's: "cannot write ... (File exists)") surfaced after
+    all trials."""
     (tmp_path / "custom.json").write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.05}}))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     with pytest.raises((InputError, OutputError), match=message):
