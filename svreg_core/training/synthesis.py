@@ -190,18 +190,25 @@ def augment_intensity(image: torch.Tensor, generator: torch.Generator, config: S
     return out.pow(gamma).clamp(0.0, 1.0)
 
 
-def random_contrast(max_label: int, generator: torch.Generator,
-                    config: SynthesisConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random label → intensity table: per label value ``0..max_label``, a mean ``U(0, 1)`` and a texture
-    standard deviation ``U(0, label_std_max)`` (both in units of the image range)."""
-    means = torch.rand(max_label + 1, generator=generator)
-    stds = torch.rand(max_label + 1, generator=generator) * config.label_std_max
-    return means, stds
+#: A random label → intensity table: ``(values, means, stds)``, one entry per label value (``values`` sorted).
+Contrast = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def random_contrast(values: torch.Tensor, generator: torch.Generator, config: SynthesisConfig) -> Contrast:
+    """A random label → intensity table for the label values ``values``: per value a mean ``U(0, 1)`` and a
+    texture standard deviation ``U(0, label_std_max)`` (both in units of the image range).
+
+    One draw per value present, whatever the values' size (identifiers up to 2**31 - 1 cost no more than
+    small ones); ``values`` may repeat and come in any order. Returns ``(sorted unique values, means, stds)``.
+    """
+    values = torch.unique(values.long())
+    means = torch.rand(len(values), generator=generator)
+    stds = torch.rand(len(values), generator=generator) * config.label_std_max
+    return values, means, stds
 
 
 def synthesize_image(labels: torch.Tensor, generator: torch.Generator, config: SynthesisConfig, *,
-                     zero_background: bool = False,
-                     contrast: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     zero_background: bool = False, contrast: Contrast | None = None) -> torch.Tensor:
     """A random-contrast image ``(1, I, J, K)`` float32 in ``[0, 1]`` from a label map ``(I, J, K)``.
 
     Every label value gets a mean intensity and a Gaussian texture from ``contrast`` (a
@@ -210,9 +217,10 @@ def synthesize_image(labels: torch.Tensor, generator: torch.Generator, config: S
     noise and gamma. With ``zero_background`` the voxels of label 0 are 0 (a skull-stripped image);
     otherwise label 0 is a label like any other.
     """
-    means, stds = contrast if contrast is not None else random_contrast(int(labels.max()), generator, config)
+    values, means, stds = contrast if contrast is not None else random_contrast(labels, generator, config)
+    index = torch.searchsorted(values, labels.long())
     noise = torch.randn(labels.shape, generator=generator)
-    image = (means[labels] + stds[labels] * noise).clamp_min(0.0)
+    image = (means[index] + stds[index] * noise).clamp_min(0.0)
     low, high = config.blur_sigma
     sigma = tuple(_uniform(generator, low, high) for _ in range(3))
     image = gaussian_smooth(image[None, None].float(), sigma)[0]
@@ -240,13 +248,14 @@ def synth_pair(labels_a: torch.Tensor, labels_b: torch.Tensor, generator: torch.
         raise ValueError(f"label maps of one pair must share a grid: {tuple(labels_a.shape)} vs "
                          f"{tuple(labels_b.shape)}")
     stripped = float(torch.rand((), generator=generator)) < config.skull_strip_probability
-    top = int(max(labels_a.max(), labels_b.max()))
-    contrast = random_contrast(top, generator, config) if config.shared_contrast else None
+    maps = [labels.long() for labels in (labels_a, labels_b)]
+    if stripped:
+        maps = [skull_strip(labels) for labels in maps]
+    # 0 included: the deformations pull background in from outside the grid
+    values = torch.cat([torch.zeros(1, dtype=torch.long), *(labels.unique() for labels in maps)])
+    contrast = random_contrast(values, generator, config) if config.shared_contrast else None
     out: dict[str, torch.Tensor] = {}
-    for role, labels in (("fixed", labels_a), ("moving", labels_b)):
-        labels = labels.long()
-        if stripped:
-            labels = skull_strip(labels)
+    for role, labels in zip(("fixed", "moving"), maps):
         displacement = random_deformation(tuple(labels.shape), generator, config)
         deformed = deform_labels(labels, displacement)
         out[role] = synthesize_image(deformed, generator, config, zero_background=stripped, contrast=contrast)

@@ -161,11 +161,25 @@ def test_pairs_share_the_contrast_only_when_asked(labels, shared) -> None:
 def test_unstripped_image_is_min_max_normalised(labels) -> None:
     """SynthMorph min-max normalises before the gamma: the darkest label becomes 0, as the background of a
     robust-normalised real image does, even when the background (label 0) has its own intensity."""
-    values = {0: 0.5, 530: 0.3, 24: 0.9, 2: 0.6, 41: 0.8, 17: 0.4}
-    means = torch.zeros(int(labels.max()) + 1)
-    for value, mean in values.items():
-        means[value] = mean
-    image = synthesize_image(labels, torch.Generator().manual_seed(0), FLAT, contrast=(means, torch.zeros_like(means)))
+    values = {0: 0.5, 2: 0.6, 17: 0.4, 24: 0.9, 41: 0.8, 530: 0.3}
+    means = torch.tensor(list(values.values()))
+    contrast = (torch.tensor(list(values)), means, torch.zeros_like(means))
+    image = synthesize_image(labels, torch.Generator().manual_seed(0), FLAT, contrast=contrast)
     for value, mean in values.items():
         expected = (mean - 0.3) / (0.9 - 0.3)
         np.testing.assert_allclose(image[0][labels == value].numpy(), expected, atol=1e-6, err_msg=str(value))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_intensities_depend_on_the_labels_present_not_their_values(labels, shared) -> None:
+    """One random intensity per label present: renumbering the labels in the same order gives the same pair, and
+    identifiers near 2**31 (a table indexed by value would hold 2 billion entries, 17 GB) cost no more."""
+    config = SynthesisConfig(skull_strip_probability=0.0, shared_contrast=shared)
+    pair = synth_pair(labels, labels, torch.Generator().manual_seed(4), config)
+    for renumber in (lambda v: v * 3 + 7, lambda v: v * 4_000_000):
+        renumbered = torch.where(labels == 0, 0, renumber(labels))
+        other = synth_pair(renumbered, renumbered, torch.Generator().manual_seed(4), config)
+        for role in ("fixed", "moving"):
+            assert torch.equal(other[role], pair[role]), role
+            assert torch.equal(other[f"{role}_labels"], torch.where(pair[f"{role}_labels"] == 0, 0,
+                                                                    renumber(pair[f"{role}_labels"]))), role
