@@ -597,7 +597,7 @@ class SyntheticPairDataset(_GeneratedDataset):
         self.maps = [self._on_grid(p) for p in paths]
 
     def _on_grid(self, path: Path) -> np.ndarray:
-        labels = load_image(path, labels=True, name="label map")
+        labels = load_image(path, labels=True, name=f"label map {path.name}")
         brain = (skull_strip(torch.from_numpy(labels.data)).numpy() != 0) & (labels.data != CSF_LABEL)
         if not brain.any():
             brain = labels.data != 0

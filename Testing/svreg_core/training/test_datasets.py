@@ -210,6 +210,13 @@ def test_synthetic_pairs_are_reproducible_and_centred_on_the_brain(geo, label_ma
         same[3]
 
 
+def test_an_unusable_label_map_is_named(geo, label_maps, tmp_path) -> None:
+    """Among a folder of label maps, the one that cannot be used is named in the one-line error."""
+    bad = geo.save_nifti(np.zeros((8, 8, 8, 2), np.int16), np.eye(4), tmp_path / "map_4d.nii.gz")
+    with pytest.raises(InputError, match=r"label map map_4d\.nii\.gz must be a 3-D image"):
+        SyntheticPairDataset([*label_maps, bad], 2.0, (24, 24, 24), length=2)
+
+
 def _template(geo, tmp_path) -> TemplateSpec:
     """A piecewise-constant template (intensity by label) on an LAS 2 mm grid, with its label map."""
     shape = (26, 28, 24)
