@@ -87,11 +87,24 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     if labels:
         data = label_values(data, label)
     else:
-        data = data.astype(np.float32)
+        data = _as_float32(data, what)
     image = validate_image(Image(data, affine), what, labels=labels)
     if img is not None:
         check_orientation(img, label)
     return image
+
+
+def _as_float32(data: np.ndarray, what: str) -> np.ndarray:
+    """``data`` as float32, what svreg computes in; :class:`InputError` for finite values beyond its range (about
+    ±3.4e38, e.g. in a float64 file), which would become infinite and be refused as such."""
+    with np.errstate(over="ignore"):
+        converted = np.asarray(data, dtype=np.float32)
+    overflow = np.isinf(converted)
+    if overflow.any() and np.isfinite(data[overflow]).any():
+        largest = float(np.abs(data[overflow & np.isfinite(data)]).max())
+        raise InputError(f"{what} holds voxel values up to {largest:.3g}, beyond the range of the 32-bit floats svreg "
+                         "computes in (about 3.4e38); rescale its intensities first.")
+    return converted
 
 
 def load_grid(path: str | Path, *, name: str | None = None) -> Grid:

@@ -212,6 +212,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "degenerate": (_write(tmp_path, "slab.nii.gz", ok[:, :, :1]), "at least 2 voxels"),
         "NaN": (_write(tmp_path, "nan.nii.gz", nan), "NaN"),
         "Inf": (_write(tmp_path, "inf.nii.gz", inf), "infinite"),
+        "beyond float32": (_write(tmp_path, "huge.nii.gz", ok.astype(np.float64) * 1e37),
+                           "holds voxel values up to 8e+39, beyond the range of the 32-bit floats"),
         "constant": (_write(tmp_path, "empty.nii.gz", np.full((5, 5, 5), 3.0, np.float32)), "empty"),
         "zeros": (_write(tmp_path, "zeros.nii.gz", np.zeros((5, 5, 5), np.int16)), "empty"),
         "singular affine": (tmp_path / "singular.nii.gz", "affine"),
@@ -227,8 +229,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     }
 
 
-BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "constant", "zeros", "singular affine", "RGB", "complex",
-       "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder",
+BAD = ["2-D", "4-D", "degenerate", "NaN", "Inf", "beyond float32", "constant", "zeros", "singular affine", "RGB",
+       "complex", "truncated", "truncated gz", "corrupt", "zero bytes", "GIFTI surface", "missing", "a folder",
        "NRRD 2-D", "NRRD 4-D", "NRRD vector", "MetaImage complex", "MetaImage NaN", "NRRD truncated",
        "MetaImage truncated", "MetaImage corrupt", "NRRD missing", "gzipped NRRD", "Slicer segmentation layers"]
 
