@@ -98,7 +98,7 @@ def _as_float32(data: np.ndarray, what: str) -> np.ndarray:
     """``data`` as float32, what svreg computes in; :class:`InputError` for finite values beyond its range (about
     ±3.4e38, e.g. in a float64 file), which would become infinite and be refused as such."""
     with np.errstate(over="ignore"):
-        converted = np.asarray(data, dtype=np.float32)
+        converted = data.astype(np.float32)
     overflow = np.isinf(converted)
     if overflow.any() and np.isfinite(data[overflow]).any():
         largest = float(np.abs(data[overflow & np.isfinite(data)]).max())
