@@ -252,11 +252,14 @@ def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage
 
 
 def codes_document(study: optuna.Study, storage_label: str = "") -> dict[str, Any]:
-    """The best trial of a code search: the model, its codes, refinement, and the command registering with them."""
+    """The best trial of a code search: the model, its codes, refinement, and the command registering with them
+    (with the study's base preset: its affine stage and the refinement's pyramid and control grid; what a
+    ``--preset`` file changed in it is listed under ``tuning.study_settings``)."""
     space, best, tuning = _best(study, storage_label)
     meta, values = study_meta(study), space.parameters(best.params)
+    assert space.base_preset is not None  # a code search's base is a preset
     command = ["svreg", "register", "FIXED", "MOVING", "-o", "OUT", "--model", meta["model"],
-               *(["--refine", str(meta["refine"])] if meta["refine"] else []),
+               "--preset", space.base_preset, *(["--refine", str(meta["refine"])] if meta["refine"] else []),
                "--alpha-prime", f"{values.alpha_prime:.6g}", "--lambda-max", f"{values.lambda_max:.6g}"]
     return {"model": meta["model"], "alpha_prime": values.alpha_prime, "lambda_max": values.lambda_max,
             "refine": meta["refine"], "command": shlex.join(command),

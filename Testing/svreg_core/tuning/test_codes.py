@@ -174,3 +174,22 @@ def test_a_plain_models_code_search_tunes_its_refinement(models: dict[str, Path]
     assert trials[0].params == {"alpha_prime": 0.0303, "lambda_max": 2.93} and trials[0].value != trials[1].value
     doc = json.loads(best_file.read_text())
     assert doc["refine"] == 2 and " --refine 2 " in doc["command"]
+
+
+def test_the_register_command_of_a_code_search_keeps_its_preset(models: dict[str, Path], demo_pairs: Path,
+                                                                one_pair_list: Path, tmp_path: Path,
+                                                                helpers: Any) -> None:
+    """A refinement's codes searched over the ct preset (its 4 mm control grid) were printed as a command without
+    ``--preset``: it refined on brain-mri's 2 mm grid, where the codes regularise differently."""
+    best_file, out, pair = tmp_path / "codes.json", tmp_path / "registered", demo_pairs / "pair01"
+    argv = [one_pair_list, "--model", models["plain"], "--refine", 1, "--preset", "ct", "--level-spacings", 6,
+            "--iterations", 1, "--storage", tmp_path / "p.db", "--n-trials", 1, "--no-affine", "--device", "cpu",
+            "--progress", "none", "--apply-best", best_file]
+    assert run_tune(helpers.parse_args(*argv)) == 0
+    doc = json.loads(best_file.read_text())
+    assert doc["tuning"]["study_settings"]["min_control_spacing"] == 4.0  # the grid the trials refined on
+    words = [{"FIXED": str(pair / "fixed.nii.gz"), "MOVING": str(pair / "moving.nii.gz"), "OUT": str(out)}.get(w, w)
+             for w in shlex.split(doc["command"])]
+    assert main([*words[1:], "--level-spacings", "6", "--no-affine", "--device", "cpu", "--progress", "none",
+                 "--outputs", "warped"]) == 0
+    assert json.loads((out / "report.json").read_text())["parameters"]["min_control_spacing"] == 4.0
