@@ -28,7 +28,7 @@ import json
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -619,6 +619,12 @@ class SyntheticPairDataset(_GeneratedDataset):
 # ---------------------------------------------------------------------------- augmented templates
 
 
+#: The :class:`~svreg_core.training.synthesis.SynthesisConfig` options augmented templates use: the deformation and
+#: the intensity augmentation (their images are real: no label intensities, blur, skull-stripping or second map).
+TEMPLATE_SYNTHESIS_OPTIONS: tuple[str, ...] = ("velocity_std_max", "velocity_spacing", "integration_steps",
+                                               "bias_std_max", "bias_spacing", "noise_std_max", "gamma_std")
+
+
 @dataclass(frozen=True)
 class _Template:
     """A template kept in memory: normalised image anti-aliased to the training spacing, its labels."""
@@ -641,6 +647,9 @@ class TemplateAugmentDataset(_GeneratedDataset):
     (:func:`~svreg_core.training.synthesis.augment_intensity`). The undeformed template is the fixed
     image and the copy the moving one; with probability ``swap_probability`` the roles are swapped.
     Label atlases (:class:`~svreg_core.training.sources.TemplateSpec.labels`) are deformed alike.
+
+    Only the ``synthesis`` options of :data:`TEMPLATE_SYNTHESIS_OPTIONS` apply; another one set to anything but its
+    default raises :class:`InputError`.
     """
 
     def __init__(self, templates: Sequence[TemplateSpec | str | Path], grid_spacing: float,
@@ -650,6 +659,13 @@ class TemplateAugmentDataset(_GeneratedDataset):
         specs = [t if isinstance(t, TemplateSpec) else TemplateSpec(Path(t)) for t in templates]
         if not specs:
             raise InputError("no template images were given.")
+        default = SynthesisConfig()
+        unused = [f.name for f in fields(SynthesisConfig) if f.name not in TEMPLATE_SYNTHESIS_OPTIONS
+                  and getattr(synthesis, f.name) != getattr(default, f.name)]
+        if unused:
+            raise InputError(f"synthesis options that do not apply to augmented templates: {', '.join(unused)} "
+                             "(real images: no label intensities, blur, skull-stripping or second map); they take "
+                             f"{', '.join(TEMPLATE_SYNTHESIS_OPTIONS)}.")
         if not 0 <= swap_probability <= 1:
             raise ValueError("swap_probability must be in [0, 1]")
         self.synthesis = synthesis

@@ -250,6 +250,13 @@ def test_template_pairs_deform_images_and_labels_together(geo, tmp_path) -> None
     assert torch.equal(swapped["moving_labels"], sample["fixed_labels"])
 
 
+def test_template_pairs_refuse_synthesis_options_they_do_not_use(geo, tmp_path) -> None:
+    template = _template(geo, tmp_path)
+    with pytest.raises(InputError, match=r"do not apply to augmented templates: blur_sigma, skull_strip_probability "):
+        TemplateAugmentDataset([template], 2.0, (24, 24, 24), length=2,
+                               synthesis=SynthesisConfig(blur_sigma=(1.0, 2.0), skull_strip_probability=0.0))
+
+
 def test_dataloader_workers_reproduce_the_samples(geo, label_maps, tmp_path) -> None:
     fixed, fixed_seg = _write_blob_subject(geo, tmp_path, "a", _oblique_grid(geo, (2.0, 2.0, 2.0), 5.0, 1))
     moving, moving_seg = _write_blob_subject(geo, tmp_path, "b", _oblique_grid(geo, (2.0, 2.0, 2.0), -5.0, 0))
