@@ -214,17 +214,20 @@ def synthesize_image(labels: torch.Tensor, generator: torch.Generator, config: S
     Every label value gets a mean intensity and a Gaussian texture from ``contrast`` (a
     :func:`random_contrast` table covering the map's labels; drawn here when ``None``), the image is
     blurred (sigma per axis from ``blur_sigma`` voxels), then :func:`augment_intensity` applies bias,
-    noise and gamma. With ``zero_background`` the voxels of label 0 are 0 (a skull-stripped image);
-    otherwise label 0 is a label like any other.
+    noise and gamma. With ``zero_background`` the voxels of label 0 are 0 from the start (a skull-stripped
+    image: the blur darkens the brain's edge, as SynthMorph's zeroed background does) and stay 0; otherwise
+    label 0 is a label like any other.
     """
     values, means, stds = contrast if contrast is not None else random_contrast(labels, generator, config)
     index = torch.searchsorted(values, labels.long())
     noise = torch.randn(labels.shape, generator=generator)
     image = (means[index] + stds[index] * noise).clamp_min(0.0)
+    mask = (labels != 0)[None] if zero_background else None
+    if mask is not None:
+        image = image * mask[0]
     low, high = config.blur_sigma
     sigma = tuple(_uniform(generator, low, high) for _ in range(3))
     image = gaussian_smooth(image[None, None].float(), sigma)[0]
-    mask = (labels != 0)[None] if zero_background else None
     return augment_intensity(image, generator, config, mask).float()
 
 

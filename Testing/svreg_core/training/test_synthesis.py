@@ -2,6 +2,8 @@
 labels deformed like an independent one-hot warp, diffeomorphic random deformations, skull-stripping."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -183,3 +185,18 @@ def test_intensities_depend_on_the_labels_present_not_their_values(labels, share
             assert torch.equal(other[role], pair[role]), role
             assert torch.equal(other[f"{role}_labels"], torch.where(pair[f"{role}_labels"] == 0, 0,
                                                                     renumber(pair[f"{role}_labels"]))), role
+
+
+def test_zeroed_background_is_dark_before_the_blur(labels) -> None:
+    """A skull-stripped image's brain edge blurs into black, never into the intensity the background would have had:
+    with every brain label at one intensity, no voxel is brighter than the brain's inside."""
+    values = torch.tensor([0, 2, 17, 24, 41, 530])
+    means = torch.tensor([1.0, 0.5, 0.5, 0.5, 0.5, 0.5])
+    blurred = dataclasses.replace(FLAT, blur_sigma=(1.0, 1.0))
+    image = synthesize_image(labels, torch.Generator().manual_seed(0), blurred, zero_background=True,
+                             contrast=(values, means, torch.zeros_like(means)))[0]
+    centre = tuple(n // 2 for n in labels.shape)
+    assert float(image[centre]) == pytest.approx(1.0) and float(image.max()) == pytest.approx(1.0)
+    assert float(image[labels == 0].max()) == 0.0
+    edge = (labels != 0) & (image < 0.99)  # the brain's outer voxels, darkened by the blur
+    assert int(edge.sum()) > 100
