@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+import torch
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -20,9 +22,10 @@ def usable_cpus() -> int:
 
 def map_threads(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[function(item) for item in items]``, on up to :data:`MAX_THREADS` threads (no more than the usable
-    CPUs), in order. The items must be independent; the first error raised by an item is re-raised."""
+    CPUs, nor torch's thread count: what ``svreg --threads`` or ``OMP_NUM_THREADS`` allow), in order. The items
+    must be independent; the first error raised by an item is re-raised."""
     items = list(items)
-    workers = max(1, min(MAX_THREADS, usable_cpus(), len(items)))
+    workers = max(1, min(MAX_THREADS, usable_cpus(), torch.get_num_threads(), len(items)))
     if workers == 1:
         return [function(item) for item in items]
     with ThreadPoolExecutor(max_workers=workers) as pool:

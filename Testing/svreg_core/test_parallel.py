@@ -4,14 +4,24 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 import svreg_core.parallel as threads
 from svreg_core.parallel import map_threads
 
 
+@pytest.fixture
+def torch_threads():
+    """Set torch's thread count (what map_threads may use at most) for a test; restored after it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("cpus", [1, 4])
-def test_results_in_order_on_as_many_threads_as_allowed(monkeypatch, cpus: int) -> None:
+def test_results_in_order_on_as_many_threads_as_allowed(monkeypatch, torch_threads, cpus: int) -> None:
     monkeypatch.setattr(threads, "usable_cpus", lambda: cpus)
+    torch_threads(4)  # CPUs, not torch, set the limit here
     names: set[str] = set()
     barrier = threading.Barrier(min(cpus, 3), timeout=5)
 
@@ -37,3 +47,12 @@ def test_an_item_error_is_re_raised(monkeypatch) -> None:
     with pytest.raises(ValueError, match="item 3"):
         map_threads(fail_on_three, range(6))
     assert map_threads(fail_on_three, []) == []
+
+
+def test_no_more_threads_than_torch_is_allowed(monkeypatch, torch_threads) -> None:
+    """``svreg --threads 1`` (torch's thread count) ran the metrics' items on up to 8 threads all the same."""
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 8)
+    torch_threads(1)
+    names: set[str] = set()
+    assert map_threads(lambda x: names.add(threading.current_thread().name) or x, range(6)) == list(range(6))
+    assert names == {threading.current_thread().name}

@@ -5,6 +5,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from svreg_core.errors import InputError
 from svreg_core.metrics import folding_percent, jacobian_determinant, ndv_map, ndv_percent, sdlogj
@@ -288,7 +289,12 @@ def test_slabs_on_threads_give_the_single_thread_result(monkeypatch) -> None:
     affine = AFFINES["oblique"]
     monkeypatch.setattr(threads, "MAX_THREADS", 4)
     monkeypatch.setattr(threads, "usable_cpus", lambda: 4)
-    threaded = jacobian_determinant(disp, affine), ndv_map(disp, affine)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # map_threads uses no more threads than torch may
+    try:
+        threaded = jacobian_determinant(disp, affine), ndv_map(disp, affine)
+    finally:
+        torch.set_num_threads(before)
     monkeypatch.setattr(threads, "MAX_THREADS", 1)
     single = jacobian_determinant(disp, affine), ndv_map(disp, affine)
     for a, b in zip(threaded, single):
