@@ -56,6 +56,7 @@ from svreg_core.tuning.study import (
     open_storage,
     quiet_optuna,
     run_worker,
+    storage_file,
     storage_url,
     study_meta,
 )
@@ -200,8 +201,9 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
-    """Before any trial: ``--apply-best`` names a file that is not the ``--preset`` file, ``--report`` a folder,
-    and files can be created where both go (the folders on the way are created when they are written)."""
+    """Before any trial: ``--apply-best`` names a file that is not one the command reads (:func:`_input_files`),
+    ``--report`` a folder, and files can be created where both go (the folders on the way are created when they
+    are written)."""
     if args.report and Path(args.report).expanduser().exists() and not Path(args.report).expanduser().is_dir():
         raise InputError(f"--report needs a folder; {args.report} is a file.")
     if args.report:
@@ -211,11 +213,20 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     target = Path(args.apply_best).expanduser()
     if target.is_dir():
         raise InputError(f"--apply-best needs a file name, {target} is a folder.")
-    preset = Path(args.preset).expanduser()
-    if preset.is_file() and target.exists() and target.resolve() == preset.resolve():
-        raise InputError(f"--apply-best {target} is the --preset file the study starts from; write the tuned "
-                         "preset to another file.")
+    for what, path in _input_files(args).items():
+        if path.is_file() and target.exists() and target.resolve() == path.resolve():
+            raise InputError(f"--apply-best {target} is the {what}; write the tuned settings to another file.")
     _check_writable(target, "--apply-best")
+
+
+def _input_files(args: argparse.Namespace) -> dict[str, Path]:
+    """What the command reads, by what it is: the study storage, the --preset and --train-config files, the
+    validation pair list and the training data's list files (those that are files)."""
+    given = {"study storage": storage_file(args.storage), "--preset file the study starts from": args.preset,
+             "--train-config file": args.train_config, "validation pair list": args.validation,
+             **{f"--{flag.replace('_', '-')} file": getattr(args, flag) for flag in DATA_FLAGS
+                if flag != "val_fraction"}}
+    return {what: Path(path).expanduser() for what, path in given.items() if path is not None}
 
 
 def _check_writable(path: Path, flag: str) -> None:

@@ -82,6 +82,14 @@ def storage_url(storage: str | Path) -> str:
     return url.render_as_string(hide_password=False)
 
 
+def storage_file(storage: str | Path) -> Path | None:
+    """The file of a journal or SQLite storage (absolute), ``None`` for a database server."""
+    url = storage_url(storage)
+    if url.startswith("sqlite:///"):
+        return Path(make_url(url).database or "")
+    return None if "://" in url else Path(url)
+
+
 def describe_storage(url: str) -> str:
     """The storage with any password hidden (for messages and reports)."""
     return make_url(url).render_as_string(hide_password=True) if "://" in url else url
@@ -147,12 +155,12 @@ def open_storage(storage: str | Path, *, heartbeat_interval: int | None = None, 
     one for ``grace_period`` s is failed and its parameters queued again up to ``max_retry`` times.
     ``must_exist``: a missing file is an error (``--report`` / ``--apply-best``).
     """
-    url = storage_url(storage)
+    url, path = storage_url(storage), storage_file(storage)
     sqlite = url.startswith("sqlite:///")
-    if sqlite or "://" not in url:
-        _check_file(Path(make_url(url).database or "") if sqlite else Path(url), must_exist, sqlite)
+    if path is not None:
+        _check_file(path, must_exist, sqlite)
         if not sqlite:
-            return _journal(Path(url))
+            return _journal(path)
     engine_kwargs: dict[str, Any] = {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     # Two workers creating Optuna's tables in an empty database at once can collide (PostgreSQL: an
     # IntegrityError or ProgrammingError; SQLite: "table ... already exists", sqlalchemy issue 4936): retry.

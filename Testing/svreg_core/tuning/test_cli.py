@@ -64,6 +64,26 @@ def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: P
     assert not (tmp_path / "s.db").exists()
 
 
+def test_apply_best_never_replaces_what_the_command_reads(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
+    """``--apply-best study.db`` replaced the whole study with the preset's JSON (the next run: "the study storage
+    ... is damaged"); the pair list or the training configuration of the command were replaced the same way."""
+    db, pairs, config = tmp_path / "s.db", Path(shutil.copy(one_pair_list, tmp_path / "pairs.csv")), tmp_path / "t.yaml"
+    config.write_text("epochs: 1\n")
+    assert run_tune(helpers.parse_args(pairs, *helpers.FAST, "--storage", db, "--n-trials", 1,
+                                       "--progress", "none")) == 0
+    files = {path: path.read_bytes() for path in (db, pairs, config)}
+    cases = [(["--storage", db, "--apply-best", db], "is the study storage"),
+             ([pairs, *helpers.FAST, "--storage", db, "--n-trials", 1, "--apply-best", pairs],
+              "is the validation pair list"),
+             (["--train-config", config, "--synthetic", tmp_path, "--storage", tmp_path / "u.db", "--apply-best",
+               config], "is the --train-config file")]
+    for argv, message in cases:
+        with pytest.raises(InputError, match=f"--apply-best .* {message}; write the tuned settings to another file"):
+            run_tune(helpers.parse_args(*argv, "--progress", "none"))
+        assert {path: path.read_bytes() for path in files} == files
+    assert len(helpers.load(db, "svreg-tune").trials) == 1
+
+
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
 @pytest.mark.parametrize("flag, target", [("--report", "/proc/svreg-test-report"),
                                           ("--apply-best", "/proc/svreg-test/deeper/best.json")])
