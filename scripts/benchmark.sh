@@ -106,7 +106,7 @@ setup_peer() {
 
 if [ "$skip_setup" = 0 ]; then
   for p in ${peers[@]+"${peers[@]}"}; do
-    case "$p" in ours|ours_nospr|ours_native) continue ;; esac
+    case "$p" in none|ours|ours_nospr|ours_native) continue ;; esac
     setup_peer "$p" || exit 2
   done
 fi
