@@ -217,6 +217,17 @@ def test_an_unusable_label_map_is_named(geo, label_maps, tmp_path) -> None:
         SyntheticPairDataset([*label_maps, bad], 2.0, (24, 24, 24), length=2)
 
 
+def test_an_intensity_image_among_the_label_maps_is_refused(geo, label_maps, tmp_path) -> None:
+    """A T1 stored as int16 (a cohort folder of images and their label maps) passes as whole numbers, but it is no
+    label map: synthesis from it would train on noise."""
+    rng = np.random.default_rng(0)
+    t1 = rng.normal(600.0, 80.0, (26, 28, 24))
+    t1[:5] = 0.0  # some background
+    path = geo.save_nifti(t1.astype(np.int16), np.diag([2.0, 2.0, 2.0, 1.0]), tmp_path / "sub01.nii.gz")
+    with pytest.raises(InputError, match=r"label map sub01\.nii\.gz looks like an intensity image"):
+        SyntheticPairDataset([*label_maps, path], 2.0, (24, 24, 24), length=2)
+
+
 def _template(geo, tmp_path) -> TemplateSpec:
     """A piecewise-constant template (intensity by label) on an LAS 2 mm grid, with its label map."""
     shape = (26, 28, 24)
