@@ -222,11 +222,9 @@ def registration_parameters(args: argparse.Namespace):
         if args.iterations:
             raise InputError("--iterations does not apply with --model: --refine N sets the refinement's iterations "
                              "per level.")
-        for flag, value in (("--level-spacings", args.level_spacings),
-                            ("--moving-mask", getattr(args, "moving_mask", None))):
-            if value and not args.refine:
-                raise InputError(f"{flag} only applies to a refinement of the learned model's prediction (--refine "
-                                 "N); the network alone does not use it.")
+        if args.level_spacings and not args.refine:
+            raise InputError("--level-spacings only applies to a refinement of the learned model's prediction "
+                             "(--refine N); the network alone does not use it.")
     if args.no_spr and args.alpha_prime is not None:  # a warning: scripts pass the same flags to both variants
         print("svreg: warning: ignoring --alpha-prime: it weighs the hyperprior on the spatially varying λ, and "
               "--no-spr keeps λ ≡ 1 (--lambda-max sets the uniform regulariser's strength).", file=sys.stderr)
@@ -240,6 +238,12 @@ def registration_parameters(args: argparse.Namespace):
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
                              network_precision=args.network_precision,
                              alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
+    masks = [flag for flag, value in (("--fixed-mask", getattr(args, "fixed_mask", None)),
+                                      ("--moving-mask", getattr(args, "moving_mask", None))) if value]
+    if args.model and not args.refine and not params.affine and masks:
+        raise InputError(f"{' and '.join(masks)} restrict the similarity of the affine stage and of a refinement of "
+                         "the learned model's prediction (--refine N); without either (--no-affine) the network alone "
+                         "does not use them.")
     if args.model and args.refine and params.refine_codes is not None \
             and (args.alpha_prime, args.lambda_max) != (None, None):
         # the flags regularise the refinement; the one not given keeps the preset's refinement code
@@ -790,7 +794,7 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fixed-labels", help="label map on the fixed grid (Dice/HD95 of requests with label_metrics)")
     p.add_argument("--moving-labels", help="label map on the moving grid (the 'labels' output)")
     p.add_argument("--fixed-mask", help="mask on the fixed grid restricting the affine stage's similarity")
-    p.add_argument("--moving-mask", help="mask on the moving grid")
+    p.add_argument("--moving-mask", help="mask on the moving grid restricting the affine stage's similarity")
     p.add_argument("--crop-fixed", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"),
                    help="register only the fixed image's voxels inside this world box (as svreg register)")
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")

@@ -548,7 +548,8 @@ class PreparedPair:
             if params.affine:
                 self.affine = affine_register(self.fixed_tensor, self.fixed.grid, self.moving_tensor,
                                               self.moving.grid, similarity=params.similarity,
-                                              fixed_mask=self.fixed_mask_tensor, initial=self.initial_affine,
+                                              fixed_mask=self.fixed_mask_tensor,
+                                              moving_mask=self.moving_mask_tensor, initial=self.initial_affine,
                                               pose_search=params.pose_search, progress=progress,
                                               progress_span=(0.0, 0.15))
             else:

@@ -610,3 +610,30 @@ def test_warm_up_runs_a_registration_on_the_gpu_without_error() -> None:
     assert ready() is None
     assert torch.cuda.is_initialized()
     assert not any(t.name == "svreg-cuda-warm-up" for t in threading.enumerate())
+
+
+def test_the_moving_mask_restricts_the_affine_stage_too() -> None:
+    """A moving image holding a bright slab below the object (a neck, a table), masks around the object: the affine
+    stage, like the deformable one, compares only inside the masks and finds the object's shift of (8, −6, 5) mm;
+    before, it ignored the moving mask, matched the slab and scaled the object by 0.5–1.8."""
+    from svreg_core.registration import prepare_pair
+
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = -80.0
+    world = np.moveaxis(np.indices((41, 41, 41), dtype=np.float64), 0, -1) * 4.0 - 80.0
+    shift = np.array([8.0, -6.0, 5.0])
+
+    def object_at(points: np.ndarray) -> np.ndarray:
+        r = np.linalg.norm(points / np.array([30.0, 24.0, 26.0]), axis=-1)
+        return np.clip(1.5 - r, 0, 1) * 100 + (r < 1) * np.sin(points[..., 0] / 6) * np.cos(points[..., 1] / 5) * 20
+
+    slab = (np.linalg.norm(world / np.array([60.0, 60.0, 15.0]) - [0, 0, -4.0], axis=-1) < 1) * 150.0
+    moving = object_at(world - shift) + slab * (1 + 0.3 * np.sin(world[..., 0] / 4))
+    masks = [Image((np.linalg.norm(points / np.array([30.0, 24.0, 26.0]), axis=-1) < 1.3).astype(np.uint8), affine)
+             for points in (world, world - shift)]
+    params = PRESETS["brain-mri"].replace(device="cpu")
+    pair = prepare_pair(Image(object_at(world).astype(np.float32), affine), Image(moving.astype(np.float32), affine),
+                        params, fixed_mask=masks[0], moving_mask=masks[1]).align()
+    assert pair.affine is not None
+    np.testing.assert_allclose(pair.affine[:3, 3], shift, atol=0.5)
+    np.testing.assert_allclose(pair.affine[:3, :3], np.eye(3), atol=0.02)

@@ -320,7 +320,10 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
     (("--model", "brain-unet-spr", "--refine", "5", "--similarity", "mse"), "--similarity does not apply with --model"),
     (("--model", "brain-unet-spr", "--refine", "5", "--iterations", "5"), "--iterations does not apply with --model"),
     (("--model", "brain-unet-spr", "--level-spacings", "4"), "--level-spacings only applies to a refinement"),
-    (("--model", "brain-unet-spr", "--moving-mask", "mask.nii.gz"), "--moving-mask only applies to a refinement"),
+    (("--model", "brain-unet-spr", "--moving-mask", "mask.nii.gz", "--no-affine"),
+     "--moving-mask restrict the similarity of the affine stage and of a refinement"),
+    (("--model", "brain-unet-spr", "--fixed-mask", "f.nii.gz", "--moving-mask", "m.nii.gz", "--no-affine"),
+     "--fixed-mask and --moving-mask restrict the similarity of the affine stage and of a refinement"),
 ])
 def test_cli_model_errors_come_before_any_work(tiny_pair, tmp_path, capsys, argv, message) -> None:
     """In process (the command line's own entry point): exit status 2, one plain line, no output folder."""

@@ -50,34 +50,46 @@ def _matrix(linear: torch.Tensor, translation: torch.Tensor, centre: torch.Tenso
 
 class AffineLevel:
     """One level of the affine pyramid: the fixed image (and mask) on the level's ``spacing``-mm grid, the moving
-    image smoothed for sampling every ``spacing`` mm, the level grid's RAS points and the similarity."""
+    image smoothed for sampling every ``spacing`` mm (and its mask), the level grid's RAS points and the
+    similarity."""
 
     def __init__(self, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
-                 spacing: float, similarity: str, fixed_mask: torch.Tensor | None) -> None:
+                 spacing: float, similarity: str, fixed_mask: torch.Tensor | None,
+                 moving_mask: torch.Tensor | None = None) -> None:
         grid = level_grid(fixed_grid, spacing)
         self.fixed = resample(antialiased(fixed, fixed_grid, spacing), fixed_grid, grid)
         self.moving = antialiased(moving, moving_grid, spacing)
         self.moving_grid = moving_grid
         self.mask = None if fixed_mask is None else (resample(fixed_mask.float(), fixed_grid, grid) > 0.5).float()
+        self.moving_mask = None if moving_mask is None else moving_mask.float()
         self.points = target_world_points(grid, device=fixed.device, dtype=torch.float64)
         self.similarity = get_similarity(similarity, window=5) if similarity == "lncc" else get_similarity(similarity)
         # which alignment is right: MIND compares structure across modalities; the intensity losses' judge is
         # the global NCC (an affine can match local texture in a wrong pose, :func:`ncc_loss`)
         self.pose_similarity = self.similarity if similarity == "mind" else ncc_loss
 
-    def warped(self, matrix: torch.Tensor) -> torch.Tensor:
-        """The moving image sampled at this level's points mapped by the 4x4 float64 ``matrix``."""
-        return sample_at_points(self.moving, self.moving_grid, map_points(matrix, self.points).float())
+    def warped(self, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The moving image sampled at this level's points mapped by the 4x4 float64 ``matrix``, and where to
+        compare it: the fixed mask times the moving mask sampled there (trilinear, 0 outside the moving grid, as
+        the deformable stage's; not differentiated: the mask says where the images count, the alignment does not
+        move it), ``None`` without masks."""
+        points = map_points(matrix, self.points).float()
+        warped = sample_at_points(self.moving, self.moving_grid, points)
+        if self.moving_mask is None:
+            return warped, self.mask
+        with torch.no_grad():
+            inside = sample_at_points(self.moving_mask, self.moving_grid, points.detach())
+        return warped, inside if self.mask is None else self.mask * inside
 
     def loss(self, matrix: torch.Tensor) -> torch.Tensor:
         """The similarity loss of the alignment ``matrix`` (differentiable)."""
-        return self.similarity(self.fixed, self.warped(matrix), self.mask)
+        return self.similarity(self.fixed, *self.warped(matrix))
 
     def pose_loss(self, matrix: np.ndarray) -> float:
         """How well the alignment ``matrix`` matches the images overall (lower is better; see ``__init__``)."""
         with torch.no_grad():
             m = torch.as_tensor(matrix, dtype=torch.float64, device=self.points.device)
-            return float(self.pose_similarity(self.fixed, self.warped(m), self.mask))
+            return float(self.pose_similarity(self.fixed, *self.warped(m)))
 
 
 Start = tuple[np.ndarray, np.ndarray]
@@ -119,16 +131,19 @@ def _optimise(levels: Sequence[AffineLevel], iterations: Sequence[int], centre: 
 
 def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, *,
                     similarity: str = "lncc", fixed_mask: torch.Tensor | None = None,
-                    initial: np.ndarray | None = None, pose_search: bool = True,
+                    moving_mask: torch.Tensor | None = None, initial: np.ndarray | None = None,
+                    pose_search: bool = True,
                     progress: ProgressCallback = no_progress, progress_span: tuple[float, float] = (0.0, 1.0),
                     ) -> np.ndarray:
     """Find the 4x4 RAS->RAS matrix ``A`` with ``moving(A x) ≈ fixed(x)``.
 
     Args:
         fixed, moving: normalised intensity tensors ``(1, 1, I, J, K)`` on their grids.
-        fixed_mask: optional ``(1, 1, ...)`` mask on the fixed grid restricting the similarity.
+        fixed_mask, moving_mask: optional ``(1, 1, ...)`` masks on the fixed / moving grids restricting the
+            similarity (the moving one where the alignment maps the fixed points into it).
         initial: the 4x4 RAS->RAS matrix to start from (e.g. a rigid alignment made elsewhere); by default
-            the translation that puts the moving image's centre of mass on the fixed one's.
+            the translation that puts the moving image's centre of mass on the fixed one's (with both masks, of
+            what each keeps).
         pose_search: without ``initial``, also score rotations of the moving image about the centres of mass
             (:mod:`svreg_core.optim.pose_search`) on the coarsest level; when some score better than the usual
             start, the best few are optimised briefly, the best :data:`POSE_FINALISTS` of those run the whole
@@ -141,12 +156,15 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
         ``A`` mapping fixed-world points to moving-world points (resampling direction).
     """
     device = fixed.device
-    centre_f = center_of_mass(fixed, fixed_grid)
+    # with both masks, the centres of mass of what they keep (a neck, a table outside them does not count); with
+    # one, of the whole images: the masked part of one image and the whole other one need not share a centre
+    kept = (fixed, moving) if fixed_mask is None or moving_mask is None else (fixed * fixed_mask, moving * moving_mask)
+    centre_f = center_of_mass(kept[0], fixed_grid)
     centre = torch.as_tensor(centre_f, dtype=torch.float64, device=device)
-    levels = [AffineLevel(fixed, fixed_grid, moving, moving_grid, spacing, similarity, fixed_mask)
+    levels = [AffineLevel(fixed, fixed_grid, moving, moving_grid, spacing, similarity, fixed_mask, moving_mask)
               for spacing, _ in AFFINE_LEVELS]
     iterations = [count for _, count in AFFINE_LEVELS]
-    shift = center_of_mass(moving, moving_grid) - centre_f  # puts the centres of mass together
+    shift = center_of_mass(kept[1], moving_grid) - centre_f  # puts the centres of mass together
     starts = [(np.zeros((3, 3)), shift) if initial is None else _start(initial, centre_f)]
     rotations: list[np.ndarray] = []
 

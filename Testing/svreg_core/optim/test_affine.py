@@ -81,6 +81,36 @@ def test_recovers_a_known_affine_between_differently_oriented_grids() -> None:
     assert error.mean() < 0.6 and error.max() < 1.0, (error.mean(), error.max())
 
 
+def test_the_moving_mask_keeps_what_lies_outside_it_out_of_the_alignment() -> None:
+    """The moving image holds, besides the object, a bright slab (a neck, a table) that the moving mask leaves out:
+    the affine stage compares only where the fixed points map into the mask (and, with both masks, starts from the
+    centres of mass of what they keep), and recovers the object's shift; without the masks the slab pulls the
+    alignment away. Before, the moving mask was ignored by the affine stage."""
+    truth = np.eye(4)
+    truth[:3, 3] = [6.0, -5.0, 4.0]
+    fixed_grid = _grid((40, 40, 40), 2.0, origin=(-39.0, -39.0, -39.0))
+    moving_grid = _grid((34, 34, 40), 2.5, axes=(-1, 1, 1), origin=(42.0, -42.0, -55.0))
+    fixed = _blobs(fixed_grid.world_points())
+    object_frame = moving_grid.world_points() - truth[:3, 3]  # moving(y) = fixed(y − t)
+    slab = (object_frame[..., 2] < -44.0) * (2.0 + 0.5 * np.sin(object_frame[..., 0] / 3.0))
+    moving = _blobs(object_frame) + slab
+    mask = np.linalg.norm(object_frame, axis=-1) < 36.0
+    as_tensor = (lambda a: torch.as_tensor(a, dtype=torch.float32)[None, None])  # noqa: E731
+    object_points = fixed_grid.world_points()[fixed > 0.2]
+
+    def error(found: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(object_points @ (found - truth)[:3, :3].T + (found - truth)[:3, 3], axis=-1)
+
+    fixed_mask = np.linalg.norm(fixed_grid.world_points(), axis=-1) < 36.0  # the same ball around the object
+    masked = affine_register(as_tensor(fixed), fixed_grid, as_tensor(moving), moving_grid,
+                             fixed_mask=as_tensor(fixed_mask), moving_mask=as_tensor(mask))
+    assert error(masked).max() < 0.5, error(masked).max()  # 0.16 mm (2026-11-29)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the slab may also be matched from a rotated start: a warning
+        unmasked = affine_register(as_tensor(fixed), fixed_grid, as_tensor(moving), moving_grid)
+    assert error(unmasked).mean() > 20.0, error(unmasked).mean()  # 63 mm
+
+
 def _turned_brain(geo, degrees: float) -> tuple[torch.Tensor, Grid, torch.Tensor, Grid, np.ndarray, np.ndarray]:
     """The template brain at 4 mm (fixed) and at 3 mm with its header turned ``degrees`` about an oblique axis
     through its centre (moving); the true matrix and the fixed grid's brain points."""
