@@ -40,7 +40,13 @@ from svreg_core.tuning.objective import Objective, PairObjective, PairwiseDice, 
 from svreg_core.tuning.pairs import ValidationPair, discover_pairs
 from svreg_core.tuning.progress import TuneEvent, TuneProgress, make_sink
 from svreg_core.tuning.pruner import make_pruner
-from svreg_core.tuning.report import format_params, write_best_preset, write_report, write_summary
+from svreg_core.tuning.report import (
+    check_preset_export,
+    format_params,
+    write_best_preset,
+    write_report,
+    write_summary,
+)
 from svreg_core.tuning.search_space import DEFAULT_SEARCH, SEARCHABLE, SearchSpace, build_search_space
 from svreg_core.tuning.study import (
     DEFAULT_STORAGE,
@@ -293,6 +299,8 @@ def _check_preset_modality(preset: str, space: SearchSpace, first: ValidationPai
 def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> optuna.Study:
     """Create or join the study and run trials; raise :class:`InputError` after too many failures."""
     space, objective, runs = _objective(args)
+    if args.apply_best and not args.model:  # what would refuse to write the preset after the last trial
+        check_preset_export(space, args.include_fixed_settings)
     # every pair read once before the storage is opened: an unusable file is refused before any trial, and
     # the pairs' fingerprints keep a resumed study on the same images
     data = objective.read_pairs() if isinstance(objective, PairObjective) else None

@@ -233,14 +233,24 @@ def _best(study: optuna.Study, storage_label: str) -> tuple[SearchSpace, FrozenT
 OVERRIDDEN_FOR_TUNING = ("level_spacings", "iterations", "affine", "device")
 
 
+def check_preset_export(space: SearchSpace, include_fixed: bool) -> None:
+    """:class:`InputError` when a preset written from a pairwise study over ``space`` would need
+    ``include_fixed`` (``--include-fixed-settings``): iterations searched on another pyramid than the preset's
+    (checked before the first trial when ``svreg tune`` is to write the preset at the end)."""
+    if space.base_preset is None or "iterations" not in space.searched_fields() or include_fixed:
+        return
+    spacings = space.fixed_settings()["level_spacings"]
+    if tuple(spacings) != PRESETS[space.base_preset].level_spacings:
+        raise InputError(f"the searched iterations belong to the study's pyramid (level_spacings {spacings}), not "
+                         "the preset's; add --include-fixed-settings.")
+
+
 def preset_document(study: optuna.Study, *, include_fixed: bool = False, storage_label: str = "") -> dict[str, Any]:
     """``{"base", "parameters", "tuning"}``: the best trial of a pairwise study as a preset (module docstring)."""
     space, best, tuning = _best(study, storage_label)
     assert space.base_preset is not None  # a pairwise study (write_best_preset)
+    check_preset_export(space, include_fixed)
     base, searched, fixed = PRESETS[space.base_preset], space.searched_fields(), space.fixed_settings()
-    if "iterations" in searched and not include_fixed and tuple(fixed["level_spacings"]) != base.level_spacings:
-        raise InputError(f"the searched iterations belong to the study's pyramid (level_spacings "
-                         f"{fixed['level_spacings']}), not the preset's; add --include-fixed-settings.")
     values, reference = plain(space.parameters(best.params)), plain(base)
     # the study's own settings that differ from the built-in preset (from a --preset file) are written; the
     # pyramid, iterations, affine stage and device (what tuning commands override for speed) only on request

@@ -48,14 +48,17 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     (["--report", "{tmp}/custom.json"], "--report needs a folder"),
     (["--report", "{tmp}/custom.json/report"], "cannot write --report .*custom.json is a file, not a folder"),
     (["--apply-best", "{tmp}/custom.json/new/best.json"], "cannot write --apply-best .*custom.json is a file"),
+    (["--search", "alpha_prime", "iterations", "--apply-best", "{tmp}/best.json"],
+     r"the searched iterations belong to the study's pyramid \(level_spacings \[12.0, 6.0\]\), not the preset's; "
+     "add --include-fixed-settings"),
 ])
 def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
                                                   extra: list[str], message: str) -> None:
     """Refused before the study storage is created: a negative --timeout ran no trial and exited 0, an infinite
     --max-folding crashed the JSON report after the first trial, a NaN one disabled the limit, a negative λ_max
     range failed every trial as a lost worker, and --apply-best problems (a folder; the --preset file it would
-    overwrite; a file in the way of its folder, as of --report's: "cannot write ... (File exists)") surfaced after
-    all trials."""
+    overwrite; a file in the way of its folder, as of --report's: "cannot write ... (File exists)"; iterations
+    searched on the study's quick pyramid without --include-fixed-settings) surfaced after all trials."""
     (tmp_path / "custom.json").write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.05}}))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     with pytest.raises((InputError, OutputError), match=message):
