@@ -49,9 +49,12 @@ def is_image_file(path: Path) -> bool:
 def synthseg_label_maps(folder: str | Path) -> list[Path]:
     """The label maps (image files: ``*.nii.gz``, ``*.nii``, ``*.nrrd``, …) in ``folder``, sorted by name.
 
-    Raises :class:`InputError` when the folder does not exist or holds no image file.
+    Raises :class:`InputError` when the folder is a file, does not exist or holds no image file.
     """
     folder = Path(folder).expanduser()
+    if folder.is_file():
+        raise InputError(f"label maps are given as a folder, and {folder} is a file: give a folder that holds only "
+                         "label maps.")
     if not folder.is_dir():
         raise InputError(f"label map folder not found: {folder}")
     maps = sorted(p for p in folder.iterdir() if is_image_file(p))

@@ -33,6 +33,8 @@ def test_synthseg_label_maps_lists_the_nifti_files_sorted(geo, tmp_path) -> None
     assert [p.name for p in synthseg_label_maps(tmp_path)] == ["seg_01.nii", "seg_02.nii.gz", "seg_10.nii.gz"]
     with pytest.raises(InputError, match="not found"):
         synthseg_label_maps(tmp_path / "absent")
+    with pytest.raises(InputError, match=r"label maps are given as a folder, and .*seg_01\.nii is a file"):
+        synthseg_label_maps(tmp_path / "seg_01.nii")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no label maps"):
         synthseg_label_maps(tmp_path / "empty")
