@@ -296,8 +296,10 @@ def _check_preset_modality(preset: str, space: SearchSpace, first: ValidationPai
         warnings.warn(note, stacklevel=2)
 
 
-def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> optuna.Study:
-    """Create or join the study and run trials; raise :class:`InputError` after too many failures."""
+def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> tuple[optuna.Study, str]:
+    """Create or join the study and run trials; return it and why the trials stopped (``"done"`` or
+    ``"timeout"``, :func:`~svreg_core.tuning.study.run_worker`); raise :class:`InputError` after too many
+    failures."""
     space, objective, runs = _objective(args)
     if args.apply_best and not args.model:  # what would refuse to write the preset after the last trial
         check_preset_export(space, args.include_fixed_settings)
@@ -335,7 +337,7 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
         progress.emit("end", message=reason, error=error if reason == "max_failures" else None)
     if reason == "max_failures":
         raise InputError(f"stopped after {args.max_failures} failed trials in a row; last error: {error}")
-    return study
+    return study, reason
 
 
 def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = None) -> int:
@@ -360,9 +362,12 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
         with quiet_optuna(verbose=args.verbose), sigterm_as_interrupt():
             try:
                 if args.validation is not None or _training(args):
-                    study = _tune(args, label, sink)
+                    study, reason = _tune(args, label, sink)
                     if not json_mode:
                         _print_summary(study)
+                        if reason == "timeout":
+                            print(f"stopped by --timeout with {count_finished(study)} of {args.n_trials} trials "
+                                  "finished; run the same command to go on.")
                 else:
                     study = load_study(open_storage(args.storage, must_exist=True), args.study_name)
             finally:

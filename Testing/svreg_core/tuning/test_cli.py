@@ -67,6 +67,17 @@ def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: P
     assert not (tmp_path / "s.db").exists()
 
 
+def test_a_run_stopped_by_its_timeout_says_so(one_pair_list: Path, tmp_path: Path, helpers: Any,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that --timeout stopped printed the same summary as a finished study: nothing told that the trials
+    asked for were not all run."""
+    assert main(["tune", str(one_pair_list), *helpers.FAST, "--storage", str(tmp_path / "s.db"), "--n-trials", "3",
+                 "--timeout", "0.001", "--progress", "none"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("study svreg-tune: 1 complete, 0 pruned, 0 failed trials; best mean Dice")
+    assert out[1:] == ["stopped by --timeout with 1 of 3 trials finished; run the same command to go on."]
+
+
 def test_apply_best_never_replaces_what_the_command_reads(one_pair_list: Path, tmp_path: Path, helpers: Any) -> None:
     """``--apply-best study.db`` replaced the whole study with the preset's JSON (the next run: "the study storage
     ... is damaged"); the pair list or the training configuration of the command were replaced the same way."""
