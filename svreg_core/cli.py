@@ -1304,20 +1304,20 @@ def _from_svreg(filename: str) -> bool:
 @contextlib.contextmanager
 def _recorded_warnings() -> Iterator[list[str]]:
     """Inside: svreg's own warnings are shown as usual and their messages collected in the list yielded (the
-    report's ``warnings``, which the Slicer module shows)."""
+    report's ``warnings``, which the Slicer module shows). Each use starts afresh: Python shows a warning once per
+    place in the code, and without that the second pair of a batch would neither show nor record a warning the
+    first had shown (entering ``catch_warnings`` forgets which were shown)."""
     messages: list[str] = []
-    show = warnings.showwarning
+    with warnings.catch_warnings():  # restores showwarning too
+        show = warnings.showwarning
 
-    def record(message, category, filename, lineno, file=None, line=None) -> None:
-        if _from_svreg(filename):
-            messages.append(str(message))
-        show(message, category, filename, lineno, file, line)
+        def record(message, category, filename, lineno, file=None, line=None) -> None:
+            if _from_svreg(filename):
+                messages.append(str(message))
+            show(message, category, filename, lineno, file, line)
 
-    warnings.showwarning = record
-    try:
+        warnings.showwarning = record
         yield messages
-    finally:
-        warnings.showwarning = show
 
 
 def _one_line_warnings() -> None:

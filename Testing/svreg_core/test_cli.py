@@ -1005,6 +1005,24 @@ def test_a_ct_pair_with_an_mr_preset_is_warned_about(geo, tiny_pair, tmp_path: P
     assert json.loads((tmp_path / "o" / "report.json").read_text())["warnings"] == [line[len("svreg: warning: "):]]
 
 
+def test_each_pair_of_a_batch_shows_and_records_its_own_warnings(geo, tiny_pair, tmp_path: Path, capsys) -> None:
+    """A batch of two CT pairs with the MR preset: each pair's warning is printed and kept in its report.json. Before,
+    Python showed a warning once per place in the code, so the second pair's (the same text) was neither printed nor
+    recorded."""
+    for name in ("fixed", "moving"):
+        mr = load_image(getattr(tiny_pair.paths, name))
+        geo.save_nifti(mr.data / mr.data.max() * 1040.0 - 1000.0, mr.affine, tmp_path / f"{name}_ct.nii.gz")
+    shutil.copy(tmp_path / "moving_ct.nii.gz", tmp_path / "second_ct.nii.gz")
+    rc, _, err = _main(["register-batch", "--fixed", tmp_path / "fixed_ct.nii.gz", "--moving",
+                        tmp_path / "moving_ct.nii.gz", tmp_path / "second_ct.nii.gz", "-o", tmp_path / "r",
+                        "--iterations", "5", "--outputs", "displacement", "--progress", "none"], capsys)
+    lines = [ln for ln in err.splitlines() if "look like CT" in ln]
+    assert rc == 0 and len(lines) == 2
+    for name in ("moving_ct", "second_ct"):
+        assert json.loads((tmp_path / "r" / name / "report.json").read_text())["warnings"] == [
+            lines[0][len("svreg: warning: "):]]
+
+
 def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     """``svreg info``: shape, voxel size, orientation code and RAS extent of the voxel centres as nibabel gives them,
     for NIfTI and NRRD alike, and the share of the first image's foreground in each other's field of view."""
