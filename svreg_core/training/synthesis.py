@@ -48,7 +48,7 @@ class SynthesisConfig:
         velocity_std_max: the standard deviation of the random velocity at its control points is
             drawn from ``U(0, velocity_std_max)`` voxels.
         velocity_spacing: distance between the velocity's control points (voxels).
-        integration_steps: scaling-and-squaring steps integrating the velocity.
+        integration_steps: scaling-and-squaring steps integrating the velocity (at least 1).
         blur_sigma: ``(low, high)`` range of the Gaussian blur sigma (voxels), drawn per axis.
         bias_std_max: the log bias field's standard deviation at its control points is drawn from
             ``U(0, bias_std_max)``; the image is multiplied by ``exp`` of that smooth field.
@@ -102,8 +102,9 @@ class SynthesisConfig:
         for name in ("skull_strip_probability", "same_map_probability"):
             if getattr(self, name) > 1:
                 raise InputError(f"synthesis {name} must be at most 1, not {getattr(self, name):g}.")
-        if int(self.integration_steps) != self.integration_steps:
-            raise InputError(f"synthesis integration_steps must be a whole number, not {self.integration_steps!r}.")
+        if int(self.integration_steps) != self.integration_steps or self.integration_steps < 1:
+            raise InputError(f"synthesis integration_steps must be a whole number of at least 1 (0 takes the velocity "
+                             f"as the displacement, which may fold), not {self.integration_steps!r}.")
         object.__setattr__(self, "integration_steps", int(self.integration_steps))
 
     @classmethod

@@ -146,6 +146,8 @@ def test_config_from_dict_validates() -> None:
         SynthesisConfig(skull_strip_probability=1.5)
     with pytest.raises(InputError, match="low <= high"):
         SynthesisConfig(blur_sigma=(2.0, 1.0))
+    with pytest.raises(InputError, match="integration_steps must be a whole number of at least 1"):
+        SynthesisConfig(integration_steps=0)
 
 
 @pytest.mark.parametrize("shared", [True, False])
