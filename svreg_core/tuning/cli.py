@@ -271,8 +271,9 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
         _check_preset_modality(args.preset, space, objective.pairs[0])
         return space, objective, None
     config = training_config(args)
-    text = str(args.storage)
-    runs = Path(args.runs_dir or (Path(text).parent if "://" not in text else Path()) / f"{args.study_name}-runs")
+    storage = storage_file(args.storage)  # absolute, ~ expanded; None for a database server: the current folder
+    runs = Path(args.runs_dir or (Path() if storage is None else storage.parent) / f"{args.study_name}-runs")
+    runs = runs.expanduser()
     return build_search_space(config, **ranges), TrainingDice(runs, args.epochs_per_trial or config.epochs), runs
 
 

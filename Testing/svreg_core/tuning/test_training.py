@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -143,6 +144,24 @@ def test_training_objective_user_mistakes(tiny: dict[str, Path], tmp_path: Path,
     with pytest.raises(InputError, match="holds the trial runs of another study"):
         run_tune(helpers.parse_args(*base, "--synthetic", tiny["labels"], "--study-name", "s"))
     assert not (tmp_path / "s.db").exists() or not optuna.get_all_study_names(f"sqlite:///{tmp_path / 's.db'}")
+
+
+def test_the_trials_runs_go_next_to_the_storage_file(tiny: dict[str, Path], tmp_path: Path, helpers: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--storage=~/s.db`` (a ~ the shell leaves as it is) kept the study in the home folder but put the trials'
+    runs into a folder named ``~`` in the current folder, and those of an SQLite URL into the current folder;
+    ``--runs-dir ~/runs`` too was taken literally. Found here by the refusal of a runs folder of another study."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    base = ["--train-config", tiny["config"], "--synthetic", tiny["labels"], "--study-name", "s", "--n-trials", 1,
+            "--progress", "none"]
+    for argv, runs in ((["--storage", "~/s.db"], tmp_path / "home" / "s-runs"),
+                       (["--storage", f"sqlite:///{tmp_path / 'db' / 's.db'}"], tmp_path / "db" / "s-runs"),
+                       (["--storage", tmp_path / "u.db", "--runs-dir", "~/runs"], tmp_path / "home" / "runs")):
+        (runs / "trial-0000").mkdir(parents=True)
+        with pytest.raises(InputError, match=f"{re.escape(str(runs))} holds the trial runs of another study"):
+            run_tune(helpers.parse_args(*base, *argv))
+    assert not (tmp_path / "~").exists()
 
 
 def test_label_choices_reach_the_trials_validation(tiny: dict[str, Path], helpers: Any) -> None:
