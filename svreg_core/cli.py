@@ -45,6 +45,10 @@ if TYPE_CHECKING:
     from svreg_core.image import Grid, Image
     from svreg_core.image.itk_io import DicomSeries
 
+    #: The fixed-side images of a batch, read once: by (path, whether a label map), each with the warnings its
+    #: reading gave.
+    ImageCache = dict[tuple[str, bool], tuple[Image, list[str]]]
+
 
 #: The image inputs every command reads (:func:`~svreg_core.image.io.load_image`), for help texts.
 IMAGE_KINDS = "NIfTI, MGH, NRRD, MetaImage, or DICOM (a folder of one series, or one file of a series)"
@@ -333,8 +337,9 @@ class PairImages:
     initial: np.ndarray | None = None
 
 
-def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[str, bool], Image]) -> PairImages:
-    """Read the images of ``pair`` (fixed-side ones from ``cache`` when loaded before, and kept there), check
+def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache) -> PairImages:
+    """Read the images of ``pair`` (fixed-side ones from ``cache`` when loaded before, and kept there with the
+    warnings reading them gave, which are given again for each pair), check
     the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop);
     read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one, and its initial
     transform."""
@@ -346,10 +351,14 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
         if not path:
             return None
         if (path, labels) in cache:
-            return cache[(path, labels)]
-        image = load_image(path, labels=labels, name=name)
+            image, noted = cache[(path, labels)]
+            for message in noted:  # as if read again: each pair's output and report.json carry them
+                warnings.warn(message, stacklevel=2)
+            return image
+        with _recorded_warnings() as noted:
+            image = load_image(path, labels=labels, name=name)
         if keep:
-            cache[(path, labels)] = image
+            cache[(path, labels)] = image, noted
         return image
 
     fixed = load(pair.fixed, "fixed image", keep=True)
@@ -381,8 +390,9 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: dict[tuple[
 
 
 def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
-                   printer: ProgressPrinter, cache: dict[tuple[str, bool], Image]) -> dict:
-    """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before.
+                   printer: ProgressPrinter, cache: ImageCache) -> dict:
+    """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before. The
+    warnings of reading the images and of the registration go into the report (``warnings``).
 
     ``codes``: a learned model's regularisation (:func:`learned_codes`)."""
     from svreg_core.outputs import write_outputs
@@ -392,14 +402,14 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
     t0 = time.perf_counter()
     printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
     gpu_ready = warm_up(params)  # on CUDA: the GPU starts while the images are read
-    images = load_pair_images(pair, getattr(args, "crop_fixed", None), cache)
-    check_scored_labels(args.labels, images)
-    check_output_space(pair.output, expected_output_bytes(images.fixed.shape, images.moving.shape,
-                                                          outputs=args.outputs,
-                                                          labels=images.moving_labels is not None))
-    gpu_ready()
-    load_s = time.perf_counter() - t0
     with _recorded_warnings() as warned:
+        images = load_pair_images(pair, getattr(args, "crop_fixed", None), cache)
+        check_scored_labels(args.labels, images)
+        check_output_space(pair.output, expected_output_bytes(images.fixed.shape, images.moving.shape,
+                                                              outputs=args.outputs,
+                                                              labels=images.moving_labels is not None))
+        gpu_ready()
+        load_s = time.perf_counter() - t0
         note = None if args.model else preset_modality_warning(args.preset, params.similarity, images.fixed.data,
                                                                 images.moving.data)
         if note:
@@ -631,7 +641,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
     params = registration_parameters(args)
     codes = learned_codes(args)
     finished, summary = _prepare_batch(pairs, args)
-    cache: dict[tuple[str, bool], Image] = {}
+    cache: ImageCache = {}
     rows: list[dict[str, object]] = []
     failed = 0
     for number, pair in enumerate(pairs, 1):

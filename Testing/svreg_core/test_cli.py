@@ -1023,6 +1023,25 @@ def test_each_pair_of_a_batch_shows_and_records_its_own_warnings(geo, tiny_pair,
             lines[0][len("svreg: warning: "):]]
 
 
+def test_warnings_of_reading_the_images_are_in_each_pairs_report(tiny_pair, tmp_path: Path, capsys) -> None:
+    """A fixed image that stores no orientation (NIfTI sform and qform codes 0), read once for a batch of two pairs:
+    its warning is printed for each pair and kept in each report.json, where the registration's own warnings are.
+    Before, warnings given while reading the images went to stderr only, once."""
+    fixed = nib.load(str(tiny_pair.paths.fixed))
+    unplaced = nib.Nifti1Image(np.asarray(fixed.dataobj), fixed.affine)
+    unplaced.set_sform(None, code=0)
+    unplaced.set_qform(None, code=0)
+    nib.save(unplaced, str(tmp_path / "unplaced.nii.gz"))
+    shutil.copy(tiny_pair.paths.moving, tmp_path / "second.nii.gz")
+    rc, _, err = _main(["register-batch", "--fixed", tmp_path / "unplaced.nii.gz", "--moving", tiny_pair.paths.moving,
+                        tmp_path / "second.nii.gz", "-o", tmp_path / "r", "--iterations", "5", "--outputs",
+                        "displacement", "--progress", "none"], capsys)
+    lines = [ln[len("svreg: warning: "):] for ln in err.splitlines() if "stores no orientation" in ln]
+    assert rc == 0 and len(lines) == 2 and lines[0] == lines[1]
+    for name in (Path(tiny_pair.paths.moving).name.split(".")[0], "second"):
+        assert lines[0] in json.loads((tmp_path / "r" / name / "report.json").read_text())["warnings"]
+
+
 def test_info_describes_where_images_lie(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     """``svreg info``: shape, voxel size, orientation code and RAS extent of the voxel centres as nibabel gives them,
     for NIfTI and NRRD alike, and the share of the first image's foreground in each other's field of view."""
