@@ -35,6 +35,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.interrupts import sigterm_as_interrupt
+from svreg_core.optim.parameters import RegistrationParameters
+from svreg_core.registration import resolve_device
 from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
 from svreg_core.tuning.objective import Objective, PairObjective, PairwiseDice, PairwiseTRE, trial_function
 from svreg_core.tuning.pairs import ValidationPair, discover_pairs
@@ -268,6 +270,8 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
                      PairwiseDice(discover_pairs(args.validation), labels=args.labels,
                                   label_mode=args.label_interpolation))
         space = build_search_space(args.preset, overrides=overrides, **ranges)
+        assert isinstance(space.base, RegistrationParameters)  # built over a preset
+        resolve_device(space.base.device)  # an unknown device, or CUDA on a machine without, fails now: not 5 trials
         _check_preset_modality(args.preset, space, objective.pairs[0])
         return space, objective, None
     config = training_config(args)
@@ -283,7 +287,7 @@ def _check_preset_modality(preset: str, space: SearchSpace, first: ValidationPai
     import warnings
 
     from svreg_core.image import load_image
-    from svreg_core.optim.parameters import MR_PRESETS, RegistrationParameters, preset_modality_warning
+    from svreg_core.optim.parameters import MR_PRESETS, preset_modality_warning
 
     if preset not in MR_PRESETS or not isinstance(space.base, RegistrationParameters):
         return  # nothing to read: only the MR presets are checked
