@@ -390,7 +390,8 @@ class _EpochSeededDataset(Dataset):
 
 
 class _GeneratedDataset(_EpochSeededDataset):
-    """``length`` samples per epoch, each drawn by :meth:`sample` from its own generator."""
+    """``length`` samples per epoch, each drawn by :meth:`sample` from its own generator (:meth:`draw` draws
+    further ones, for an epoch that passes over the source more than once)."""
 
     def __init__(self, grid_spacing: float, grid_shape: Sequence[int], seed: int, length: int) -> None:
         super().__init__(grid_spacing, grid_shape, seed)
@@ -404,6 +405,10 @@ class _GeneratedDataset(_EpochSeededDataset):
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < self.length:
             raise IndexError(index)
+        return self.draw(index)
+
+    def draw(self, index: int) -> Sample:
+        """Sample ``index``, any whole number from 0: beyond ``length`` other random draws of the same kind."""
         return self.sample(self.generator(index))
 
     def sample(self, generator: torch.Generator) -> Sample:

@@ -2,18 +2,21 @@
 
 Training samples are drawn by an *epoch plan*: for epoch ``e`` a generator seeded from ``(seed, e)``
 lists ``steps × global batch`` sample indices (several sources mixed by their weights, each source
-visited in a fresh random order, cycling when exhausted). Step ``s`` of rank ``r`` in a world of ``W``
+visited in a fresh random order, cycling when exhausted: a generated source then draws new samples, a real pair
+is the same pair again, :class:`_Passes`). Step ``s`` of rank ``r`` in a world of ``W``
 processes takes plan entries ``[(s·W + r)·B, (s·W + r + 1)·B)``, so one process with batch ``W·B``
 sees exactly the samples ``W`` processes with batch ``B`` see together, and a resumed epoch sees the
 same samples as an uninterrupted one. Loading (and synthesis) runs in DataLoader worker processes.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +123,44 @@ class _First(Dataset):
         if not 0 <= index < self.n:
             raise IndexError(index)
         return self.dataset[index]
+
+
+class _Passes(Dataset):
+    """The training sources, read with an epoch plan's passes: index ``i + p·N`` (``N`` samples in all) is sample
+    ``i`` in the ``p``-th pass of the epoch over its source. A generated source draws new samples in every pass
+    (its :meth:`draw` ``i + p·length``: other random draws), so an epoch longer than its length (``steps_per_epoch``,
+    several DDP ranks) never repeats a pair; a real pair is the same pair in every pass."""
+
+    def __init__(self, sources: ConcatDataset) -> None:
+        self.sources = sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> Any:
+        passes, flat = divmod(index, len(self.sources))
+        if not passes:
+            return self.sources[flat]
+        from svreg_core.training.datasets import PairListDataset
+
+        source = bisect.bisect_right(self.sources.cumulative_sizes, flat)
+        dataset = cast("SourceDataset", self.sources.datasets[source])
+        local = flat - (self.sources.cumulative_sizes[source - 1] if source else 0)
+        if isinstance(dataset, PairListDataset):
+            return dataset[local]
+        return dataset.draw(local + passes * len(dataset))
+
+
+def with_passes(plan: Sequence[int], total: int) -> list[int]:
+    """``plan``'s indices (into ``total`` samples) with the pass each belongs to: the ``p``-th use of an index in
+    the plan becomes ``index + p·total`` (:class:`_Passes`; :func:`epoch_plan` uses every index of a source once
+    before any again, so that is the source's ``p``-th pass)."""
+    uses: Counter[int] = Counter()
+    out = []
+    for index in plan:
+        out.append(index + uses[index] * total)
+        uses[index] += 1
+    return out
 
 
 def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndarray] | None = None) -> TrainingData:
@@ -393,11 +434,11 @@ def epoch_loader(data: TrainingData, config: TrainingConfig, epoch: int, steps: 
                  world_size: int = 1) -> DataLoader:
     """The DataLoader of this rank's training batches in ``epoch`` (``steps`` batches)."""
     data.set_epoch(epoch)
-    plan = epoch_plan(data.sizes, data.weights, steps * config.batch_size * world_size,
-                      epoch_seed(config.seed, epoch, STREAM_PLAN))
+    plan = with_passes(epoch_plan(data.sizes, data.weights, steps * config.batch_size * world_size,
+                                  epoch_seed(config.seed, epoch, STREAM_PLAN)), len(data.train))
     # an explicit generator: DataLoader would otherwise draw its workers' base seed from torch's global RNG
     workers_seed = torch.Generator().manual_seed(epoch_seed(config.seed, epoch, STREAM_WORKERS))
-    return DataLoader(data.train, batch_sampler=rank_batches(plan, config.batch_size, rank, world_size),
+    return DataLoader(_Passes(data.train), batch_sampler=rank_batches(plan, config.batch_size, rank, world_size),
                       num_workers=config.num_workers, collate_fn=collate_pairs, generator=workers_seed,
                       pin_memory=False)
 

@@ -170,3 +170,31 @@ def test_alignment_cache_is_saved_while_aligning(tmp_path: Path, monkeypatch) ->
     saved = load_alignments(cache)
     assert sorted(saved) == [("f0.nii", "m0.nii"), ("f1.nii", "m1.nii"), ("f2.nii", "m2.nii")]
     assert np.array_equal(saved[("f2.nii", "m2.nii")], np.eye(4) * 3)
+
+
+def test_an_epoch_longer_than_a_generated_source_draws_new_pairs(geo, sphere_label_maps, tmp_path: Path) -> None:
+    """A synthetic source of 2 pairs per epoch in an epoch of 3 passes over it (``steps_per_epoch`` beyond its
+    length, or several DDP ranks: 4 ranks did that to the default length of 100) gave each pair 3 times, identical;
+    each pass now draws new pairs. A real pair is the same pair in every pass."""
+    from svreg_core.training.config import TrainingConfig
+    from svreg_core.training.loaders import build_data, epoch_loader
+
+    sphere_label_maps(geo, tmp_path / "maps", split=True)
+    (tmp_path / "pairs.csv").write_text("fixed,moving\nmaps/a_seg.nii.gz,maps/b_seg.nii.gz\n")
+    config = TrainingConfig.from_dict({
+        "network_spacing_mm": 4.0, "grid_shape": [16, 16, 16], "batch_size": 3, "num_workers": 0,
+        "data": {"sources": [{"kind": "synthetic", "path": str(tmp_path / "maps"), "length": 2},
+                             {"kind": "csv", "path": str(tmp_path / "pairs.csv")}], "prealign": False},
+        "validation": {"fraction": 0.0}})
+    data = build_data(config)
+    samples = [(name, image) for batch in epoch_loader(data, config, epoch=1, steps=6)
+               for name, image in zip(batch["name"], batch["fixed"])]
+    synthetic = [image for name, image in samples if name.startswith("synth:")]
+    real = [image for name, image in samples if not name.startswith("synth:")]
+    assert len(synthetic) > 2 * len(data.train.datasets[0]) and len(real) > 2  # several passes over both sources
+    assert not any(torch.equal(a, b) for n, a in enumerate(synthetic) for b in synthetic[n + 1:])
+    assert all(torch.equal(image, real[0]) for image in real)
+    plan = [index for batch in epoch_loader(data, config, epoch=1, steps=6).batch_sampler for index in batch]
+    first_pass = [(image, index) for (_, image), index in zip(samples, plan) if index < len(data.train)]
+    assert len(first_pass) == 3  # the source's own samples, as before
+    assert all(torch.equal(image, data.train[index]["fixed"]) for image, index in first_pass)
