@@ -106,7 +106,8 @@ class DataSource:
             probability ``weight / sum(weights)``.
         length: ``synthetic``/``templates`` only: pairs this source offers per epoch (default 100).
         synthesis: ``synthetic``/``templates`` only: options of
-            :class:`svreg_core.training.synthesis.SynthesisConfig` overriding its defaults.
+            :class:`svreg_core.training.synthesis.SynthesisConfig` overriding its defaults (``templates``: only
+            those of :data:`svreg_core.training.datasets.TEMPLATE_SYNTHESIS_OPTIONS`).
     """
 
     kind: str

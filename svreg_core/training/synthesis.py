@@ -40,8 +40,9 @@ EXTRA_CEREBRAL_LABELS: tuple[int, ...] = (*range(118, 136), *range(140, 155), 16
 class SynthesisConfig:
     """Ranges of the random draws of the synthesis; a value ``x_max`` means a draw from ``U(0, x_max)``.
 
-    Intensities are in units of the final image range ``[0, 1]``; lengths in voxels of the grid the
-    label maps live on (the training grid).
+    Label intensities are in units of the image range ``[0, 1]`` before the bias field; the noise is added after
+    the bias field, before the final min-max normalisation; lengths in voxels of the grid the label maps live on
+    (the training grid).
 
     Attributes:
         label_std_max: per label, the standard deviation of the Gaussian texture inside the label is
