@@ -18,6 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import optuna
 
 from svreg_core.errors import InputError, SvregError
@@ -210,8 +211,6 @@ class PairwiseDice(PairObjective):
     def scorable_labels(self, data: LoadedPair) -> list[int]:
         """The labels a trial scores on ``data`` that one of its label maps holds (Dice skips the others);
         :class:`InputError` when there are none: every trial would fail on this pair."""
-        import numpy as np
-
         from svreg_core.metrics import scored_labels
         from svreg_core.metrics.overlap import present_labels
 
@@ -254,6 +253,31 @@ class PairwiseTRE(PairObjective):
 
     name, aggregate, value_name = "pairwise-tre", "mean", "mean TRE (mm)"
     direction: Direction = "minimize"
+
+    def read_pairs(self) -> dict[str, str]:
+        """:meth:`PairObjective.read_pairs`, refusing a pair none of whose fixed landmarks lies in its fixed image
+        (:meth:`landmarks_outside`) and warning about the landmarks outside the others."""
+        import warnings
+
+        outside: list[int] = []
+        fingerprints = check_pairs(self.pairs, lambda data: outside.append(self.landmarks_outside(data)))
+        if sum(outside):
+            pairs = sum(n > 0 for n in outside)
+            warnings.warn(f"fixed landmarks outside their fixed images: {sum(outside)} (in {pairs} of {len(outside)} "
+                          "pairs); the registration's field only continues its border values there, so they add "
+                          "nearly the same error to every trial.", stacklevel=2)
+        return fingerprints
+
+    def landmarks_outside(self, data: LoadedPair) -> int:
+        """How many of ``data``'s fixed landmarks lie outside its fixed image's field of view; :class:`InputError`
+        when all do (a frame mix-up, e.g. LPS points read as RAS: the error would not depend on the trial)."""
+        assert data.fixed_landmarks is not None  # needs="landmarks"
+        outside = int(np.count_nonzero(~data.fixed.grid.contains(data.fixed_landmarks)))
+        if outside == len(data.fixed_landmarks):
+            raise InputError(f"pair {data.name!r}: none of its {outside} fixed landmarks lies in the fixed image; are "
+                             "they in its space, in RAS mm (a .csv is read as RAS x, y, z; .fcsv and .mrk.json carry "
+                             "their own frame)?")
+        return outside
 
     def score(self, data: LoadedPair, result: Any) -> float:
         from svreg_core.metrics.landmarks import tre

@@ -368,6 +368,31 @@ def test_tre_objective_is_minimised(demo_pairs: Path, tmp_path: Path, helpers: A
                                     "--progress", "none", *helpers.FAST))
 
 
+def test_landmarks_outside_the_fixed_image_are_refused_or_warned_about(demo_pairs: Path, tmp_path: Path,
+                                                                       helpers: Any,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """Fixed landmarks in another frame (here 500 mm off along x) were scored as they were: the study minimised an
+    error the registration cannot change. None inside the fixed image: refused before any trial; some: a warning."""
+    shutil.copytree(demo_pairs / "pair01", tmp_path / "val" / "p1")
+    points, db = tmp_path / "val" / "p1" / "fixed_landmarks.csv", tmp_path / "s.db"
+    header, *rows = points.read_text().splitlines()
+    shifted = [f"{n},{float(x) + 500.0!r},{y},{z}" for n, x, y, z in (row.split(",") for row in rows)]
+    points.write_text("\n".join([header, *shifted]) + "\n")
+    argv = ["tune", str(tmp_path / "val"), *helpers.FAST, "--objective", "tre", "--storage", str(db), "--n-trials",
+            "1", "--progress", "none"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"svreg: error: pair 'p1': none of its {len(rows)} fixed landmarks lies in the fixed image; are "
+                   "they in its space, in RAS mm (a .csv is read as RAS x, y, z; .fcsv and .mrk.json carry their own "
+                   "frame)?"]
+    assert not db.exists()
+    points.write_text("\n".join([header, shifted[0], *rows[1:]]) + "\n")
+    assert main(argv) == 0
+    assert [ln for ln in capsys.readouterr().err.splitlines() if "landmarks outside" in ln] == [
+        "svreg: warning: fixed landmarks outside their fixed images: 1 (in 1 of 1 pairs); the registration's field "
+        "only continues its border values there, so they add nearly the same error to every trial."]
+
+
 def test_tre_objective_refuses_label_choices(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
     db = tmp_path / "tre.db"
     with pytest.raises(InputError, match="does not combine with training or --labels") as err:
