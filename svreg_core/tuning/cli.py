@@ -186,6 +186,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError("give either validation pairs (pairwise tuning) or training settings, not both.")
     if training and (args.level_spacings or args.iterations or args.no_affine):
         raise InputError("--level-spacings, --iterations and --no-affine apply to pairwise tuning only.")
+    if not training and (args.epochs_per_trial is not None or args.runs_dir):
+        raise InputError("--epochs-per-trial and --runs-dir apply to the training objective only (--train-config or "
+                         "training data such as --synthetic).")
     if args.refine and not args.model or args.refine < 0:
         raise InputError("--refine N (0 or more) refines a learned model's predictions: it needs --model.")
     if args.model and args.validation is None:

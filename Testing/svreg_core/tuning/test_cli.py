@@ -38,6 +38,8 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--device", "gpu"], "unknown device 'gpu'; use auto, cpu or cuda"),
+    (["--epochs-per-trial", "3"], "--epochs-per-trial and --runs-dir apply to the training objective only"),
+    (["--runs-dir", "{tmp}/runs"], "--epochs-per-trial and --runs-dir apply to the training objective only"),
     (["--timeout", "-5"], "--timeout must be a number of seconds above 0"),
     (["--timeout", "nan"], "--timeout must be a number of seconds above 0"),
     (["--max-folding", "inf"], "--max-folding must be a percentage"),
@@ -56,11 +58,12 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
 def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: Path, helpers: Any,
                                                   extra: list[str], message: str) -> None:
     """Refused before the study storage is created: an unknown --device (as CUDA on a machine without) failed five
-    trials into the new study, a negative --timeout ran no trial and exited 0, an infinite
-    --max-folding crashed the JSON report after the first trial, a NaN one disabled the limit, a negative λ_max
-    range failed every trial as a lost worker, and --apply-best problems (a folder; the --preset file it would
-    overwrite; a file in the way of its folder, as of --report's: "cannot write ... (File exists)"; iterations
-    searched on the study's quick pyramid without --include-fixed-settings) surfaced after all trials."""
+    trials into the new study, --epochs-per-trial or --runs-dir of pairwise tuning did nothing without a word, a
+    negative --timeout ran no trial and exited 0, an infinite --max-folding crashed the JSON report after the first
+    trial, a NaN one disabled the limit, a negative λ_max range failed every trial as a lost worker, and
+    --apply-best problems (a folder; the --preset file it would overwrite; a file in the way of its folder, as of
+    --report's: "cannot write ... (File exists)"; iterations searched on the study's quick pyramid without
+    --include-fixed-settings) surfaced after all trials."""
     (tmp_path / "custom.json").write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.05}}))
     argv = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     with pytest.raises((InputError, OutputError), match=message):
