@@ -343,6 +343,8 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache)
     the label maps' grids and crop the fixed side to ``box`` (two RAS corners, 6 numbers; ``None``: no crop);
     read its landmarks (``(fixed, moving)`` RAS mm arrays), which must correspond one to one, and its initial
     transform."""
+    import numpy as np
+
     from svreg_core.image import crop_to_box, load_image
     from svreg_core.image.image import conform_to_grid
     from svreg_core.outputs.read import read_linear_transform
@@ -380,6 +382,10 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache)
         fixed, fixed_labels, fixed_mask = (None if image is None else crop_to_box(image, box[:3], box[3:], name)
                                            for image, name in ((fixed, "fixed image"), (fixed_labels, "fixed labels"),
                                                                (fixed_mask, "fixed mask")))
+        for image, what in ((fixed_mask, "fixed mask"), (fixed_labels, "fixed label map")):
+            if image is not None and not np.asarray(image.data).any():  # else "the fixed mask is empty", later
+                raise InputError(f"the --crop-fixed box holds none of the {what}'s non-zero voxels; choose a box "
+                                 f"that overlaps them, or leave the {what} out.")
         extra["crop_fixed_ras_mm"] = [list(box[:3]), list(box[3:])]
     initial = None
     if pair.initial_transform:

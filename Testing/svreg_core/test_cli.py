@@ -1265,6 +1265,27 @@ def test_crop_fixed_registers_the_box_only(geo, tiny_pair, fast_preset, tmp_path
     assert far.returncode == 2 and "misses the fixed image" in far.stderr and not (tmp_path / "far").exists()
 
 
+def test_crop_box_holding_none_of_the_fixed_mask_or_labels_is_named(geo, tiny_pair, tmp_path, capsys) -> None:
+    """A ``--crop-fixed`` box beside the fixed mask (or every fixed label): one line saying so, before any work.
+    Before, the cropped mask was refused as 'empty' (it is not), and cropped labels scored nothing."""
+    p = tiny_pair.paths
+    fixed = load_image(p.fixed)
+    mask = np.zeros(fixed.shape, np.uint8)
+    mask[:3, :3, :3] = 1  # a corner
+    geo.save_nifti(mask, fixed.affine, tmp_path / "corner.nii.gz")
+    geo.save_nifti(mask * 4, fixed.affine, tmp_path / "corner_labels.nii.gz")
+    far = nib.affines.apply_affine(fixed.affine, np.array(fixed.shape) - 1)  # the opposite corner's centre
+    near = nib.affines.apply_affine(fixed.affine, np.array(fixed.shape) - 6)
+    box = [f"{v:g}" for v in (*near, *far)]
+    for extra, what in ((["--fixed-mask", tmp_path / "corner.nii.gz"], "fixed mask"),
+                        (["--fixed-labels", tmp_path / "corner_labels.nii.gz", "--moving-labels", p.moving_labels],
+                         "fixed label map")):
+        rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--crop-fixed", *box, *extra,
+                            "--device", "cpu", "--progress", "none"], capsys)
+        _assert_plain_error(rc, err, f"the --crop-fixed box holds none of the {what}'s non-zero voxels")
+        assert not (tmp_path / "out").exists()
+
+
 def test_landmarks_give_the_target_registration_error(geo, tiny_pair, fast_preset, tmp_path, capsys) -> None:
     """``--fixed-landmarks``/``--moving-landmarks``: the report's TRE, before and after, equals the distances
     computed with SimpleITK's reading of transform.h5 (LPS inside ITK files)."""
