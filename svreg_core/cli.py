@@ -387,6 +387,12 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache)
                 raise InputError(f"the --crop-fixed box holds none of the {what}'s non-zero voxels; choose a box "
                                  f"that overlaps them, or leave the {what} out.")
         extra["crop_fixed_ras_mm"] = [list(box[:3]), list(box[3:])]
+    for points, image, side in zip(landmarks or (), (fixed, moving), ("fixed", "moving")):
+        outside = int(np.count_nonzero(~image.grid.contains(points)))
+        if outside:  # their TRE is measured where the registration extrapolates, or not at all
+            warnings.warn(f"{outside} of {len(points)} {side} landmarks lie outside the {side} image"
+                          f"{' (its --crop-fixed box)' if box and side == 'fixed' else ''}: are they in its space and "
+                          "frame (a .csv is read as RAS: x towards the right, y to the front)?", stacklevel=2)
     initial = None
     if pair.initial_transform:
         initial = read_linear_transform(pair.initial_transform)

@@ -1265,6 +1265,26 @@ def test_crop_fixed_registers_the_box_only(geo, tiny_pair, fast_preset, tmp_path
     assert far.returncode == 2 and "misses the fixed image" in far.stderr and not (tmp_path / "far").exists()
 
 
+def test_landmarks_outside_their_image_are_warned_about(tiny_pair, tmp_path, capsys) -> None:
+    """Fixed landmarks in LPS read as RAS (a .csv: x, y negated) land outside the fixed image: a warning says how
+    many and asks for their space and frame, on stderr and in report.json; the TRE is still given."""
+    p = tiny_pair.paths
+    fixed = load_image(p.fixed)
+    corner = nib.affines.apply_affine(fixed.affine, [1, 1, 1])
+    points = np.array([corner, corner * [-1, -1, 1] + [400.0, 400.0, 0.0]])  # the second one far away
+    for name in ("f.csv", "m.csv"):
+        (tmp_path / name).write_text("x,y,z\n" + "".join(f"{a!r},{b!r},{c!r}\n" for a, b, c in points.tolist()))
+    rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "out", "--fixed-landmarks", tmp_path / "f.csv",
+                        "--moving-landmarks", tmp_path / "m.csv", "--iterations", "5", "--outputs", "displacement",
+                        "--device", "cpu", "--progress", "none"], capsys)
+    expected = [f"1 of 2 {side} landmarks lie outside the {side} image: are they in its space and frame (a .csv is "
+                "read as RAS: x towards the right, y to the front)?" for side in ("fixed", "moving")]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    warned = [ln.removeprefix("svreg: warning: ") for ln in err.splitlines() if "landmarks" in ln]
+    assert rc == 0 and warned == expected
+    assert report["warnings"] == expected and report["metrics"]["tre"]["count"] == 2
+
+
 def test_crop_box_holding_none_of_the_fixed_mask_or_labels_is_named(geo, tiny_pair, tmp_path, capsys) -> None:
     """A ``--crop-fixed`` box beside the fixed mask (or every fixed label): one line saying so, before any work.
     Before, the cropped mask was refused as 'empty' (it is not), and cropped labels scored nothing."""
@@ -1311,7 +1331,7 @@ def test_landmarks_give_the_target_registration_error(geo, tiny_pair, fast_prese
     assert m["tre"]["mean"] == pytest.approx(after.mean(), abs=2e-3)
     assert m["tre"]["max"] == pytest.approx(after.max(), abs=5e-3)
     assert m["tre_before"]["mean"] == pytest.approx(before.mean(), abs=1e-9)
-    assert f"mean TRE {before.mean():.2f} -> {after.mean():.2f} mm" in stdout
+    assert f"mean TRE {before.mean():.2f} -> {after.mean():.2f} mm" in stdout and "landmarks lie outside" not in err
     # one point short, or one file only: one plain line before any work, nothing written
     (tmp_path / "short.csv").write_text("x,y,z\n" + "".join(f"{a!r},{b!r},{c!r}\n" for a, b, c in x[:-1].tolist()))
     rc, _, err = _main(["register", p.fixed, p.moving, "-o", tmp_path / "bad", "--fixed-landmarks",
