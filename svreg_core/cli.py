@@ -201,11 +201,12 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
 def registration_parameters(args: argparse.Namespace):
     """The preset with the command line's overrides; sets torch's thread count (``--threads``) and, with
     deterministic parameters (``--deterministic``), ``CUBLAS_WORKSPACE_CONFIG`` if unset (before CUDA
-    starts, as cuBLAS requires).
+    starts, as cuBLAS requires). A preset file that changes fixed settings of its base preset gets a warning
+    (:func:`~svreg_core.optim.parameters.preset_warning`).
 
     ``--seed`` of earlier versions is still accepted, with a warning, so that existing scripts run on.
     """
-    from svreg_core.optim.parameters import RETIRED, load_parameters
+    from svreg_core.optim.parameters import RETIRED, load_parameters, preset_warning
 
     if args.seed is not None:
         print(f"svreg: warning: ignoring --seed ({RETIRED['seed']}).", file=sys.stderr)
@@ -271,6 +272,9 @@ def registration_parameters(args: argparse.Namespace):
     if args.level_spacings or args.iterations:
         params = params.replace(level_spacings=spacings, iterations=iterations)
     set_deterministic_environment(params)
+    warning = preset_warning(args.preset)
+    if warning:
+        print(f"svreg: warning: {warning}", file=sys.stderr)
     return params
 
 
@@ -481,7 +485,6 @@ def _summary(report: dict) -> str:
 
 
 def run_register(args: argparse.Namespace) -> int:
-    from svreg_core.optim.parameters import preset_warning
     from svreg_core.outputs.writer import prepare_output_dir
 
     pair = Pair(args.fixed, args.moving, args.output, args.fixed_labels, args.moving_labels, args.fixed_mask,
@@ -490,9 +493,6 @@ def run_register(args: argparse.Namespace) -> int:
     prepare_output_dir(args.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
     params = registration_parameters(args)
     codes = learned_codes(args)
-    warning = preset_warning(args.preset)
-    if warning:
-        print(f"svreg: warning: {warning}", file=sys.stderr)
     printer = ProgressPrinter(args.progress)
     try:
         report = _register_pair(pair, args, params, codes, printer, {})

@@ -881,6 +881,21 @@ def test_alpha_prime_with_no_spr_is_named_as_ignored(capsys) -> None:
     assert registration_parameters(parser.parse_args(argv)).alpha_prime == 0.1 and capsys.readouterr().err == ""
 
 
+def test_a_preset_file_changing_fixed_settings_is_warned_about_in_a_batch_too(fast_preset, capsys) -> None:
+    """A preset file with its own pyramid (fixed settings of brain-mri): one warning, for ``svreg register`` and, as
+    before only it, ``svreg register-batch``."""
+    from svreg_core.cli import build_parser, registration_parameters
+
+    parser, _ = build_parser()
+    for argv in (["register", "f.nii.gz", "m.nii.gz"],
+                 ["register-batch", "--fixed", "f.nii.gz", "--moving", "m.nii.gz"]):
+        params = registration_parameters(parser.parse_args([*argv, "-o", "out", "--preset", str(fast_preset)]))
+        assert params.level_spacings == (8.0, 4.0)
+        assert capsys.readouterr().err == (f"svreg: warning: preset {fast_preset.name} changes fixed settings of the "
+                                           "brain-mri preset (level_spacings, iterations); results can differ from "
+                                           "the tested defaults.\n")
+
+
 def test_batch_errors(tiny_pair, tmp_path: Path, capsys) -> None:
     p = tiny_pair.paths
     assert main(["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), "-o", str(tmp_path / "r"),
