@@ -408,6 +408,7 @@ def _print_summary(study: optuna.Study) -> None:
             + f", {states.count('FAIL')} failed trials")
     best = best_trial(study)
     if best is not None:
-        line += (f"; best {study_meta(study).get('value_name', 'mean Dice')} {best.value:.4f} "
+        name = study_meta(study).get("value_name", "mean Dice")  # "best validation Dice" of a training study
+        line += (f"; {name if name.startswith('best ') else 'best ' + name} {best.value:.4f} "
                  f"(trial {best.number}: {format_params(best.params)})")
     print(line)

@@ -164,6 +164,16 @@ def test_the_trials_runs_go_next_to_the_storage_file(tiny: dict[str, Path], tmp_
     assert not (tmp_path / "~").exists()
 
 
+def test_the_summary_line_names_the_best_validation_dice_once(tiny: dict[str, Path], tmp_path: Path, helpers: Any,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The line after a training study read "best best validation Dice 0.7649"."""
+    assert run_tune(helpers.parse_args("--train-config", tiny["config"], "--synthetic", tiny["labels"],
+                                       "--epochs-per-trial", 1, "--storage", tmp_path / "s.db", "--n-trials", 1,
+                                       "--progress", "none")) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("study svreg-tune: 1 complete, 0 pruned, 0 failed trials; best validation Dice 0.")
+
+
 def test_label_choices_reach_the_trials_validation(tiny: dict[str, Path], helpers: Any) -> None:
     """--labels and --label-interpolation were stored with a training study but never reached its trials."""
     from svreg_core.tuning.training import training_config
