@@ -224,16 +224,20 @@ def _check_output_paths(args: argparse.Namespace) -> None:
     target = Path(args.apply_best).expanduser()
     if target.is_dir():
         raise InputError(f"--apply-best needs a file name, {target} is a folder.")
-    for what, path in _input_files(args).items():
-        if path.is_file() and target.exists() and target.resolve() == path.resolve():
+    for what, path in _input_files(args).items():  # the study storage also before this run creates it
+        if (path.is_file() or what == STORAGE) and target.resolve() == path.resolve():
             raise InputError(f"--apply-best {target} is the {what}; write the tuned settings to another file.")
     _check_writable(target, "--apply-best")
+
+
+#: What :func:`_input_files` calls the study storage.
+STORAGE = "study storage"
 
 
 def _input_files(args: argparse.Namespace) -> dict[str, Path]:
     """What the command reads, by what it is: the study storage, the --preset and --train-config files, the
     validation pair list and the training data's list files (those that are files)."""
-    given = {"study storage": storage_file(args.storage), "--preset file the study starts from": args.preset,
+    given = {STORAGE: storage_file(args.storage), "--preset file the study starts from": args.preset,
              "--train-config file": args.train_config, "validation pair list": args.validation,
              **{f"--{flag.replace('_', '-')} file": getattr(args, flag) for flag in DATA_FLAGS
                 if flag != "val_fraction"}}

@@ -92,6 +92,8 @@ def test_apply_best_never_replaces_what_the_command_reads(one_pair_list: Path, t
                                        "--progress", "none")) == 0
     files = {path: path.read_bytes() for path in (db, pairs, config)}
     cases = [(["--storage", db, "--apply-best", db], "is the study storage"),
+             ([pairs, *helpers.FAST, "--storage", tmp_path / "new.db", "--n-trials", 1, "--apply-best",
+               tmp_path / "new.db"], "is the study storage"),  # the study this run would create
              ([pairs, *helpers.FAST, "--storage", db, "--n-trials", 1, "--apply-best", pairs],
               "is the validation pair list"),
              (["--train-config", config, "--synthetic", tmp_path, "--storage", tmp_path / "u.db", "--apply-best",
@@ -100,7 +102,7 @@ def test_apply_best_never_replaces_what_the_command_reads(one_pair_list: Path, t
         with pytest.raises(InputError, match=f"--apply-best .* {message}; write the tuned settings to another file"):
             run_tune(helpers.parse_args(*argv, "--progress", "none"))
         assert {path: path.read_bytes() for path in files} == files
-    assert len(helpers.load(db, "svreg-tune").trials) == 1
+    assert len(helpers.load(db, "svreg-tune").trials) == 1 and not (tmp_path / "new.db").exists()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
