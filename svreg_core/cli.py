@@ -850,6 +850,7 @@ def run_preview(args: argparse.Namespace) -> int:
     printer = ProgressPrinter("json")
     printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
     images = load_pair_images(pair, args.crop_fixed, {})
+    check_scored_labels(args.labels, images)
     load_s = time.perf_counter() - t0
     prepared = prepare_pair(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
                             moving_mask=images.moving_mask, model=args.model)

@@ -209,6 +209,17 @@ def test_labels_that_neither_map_holds_are_refused_before_the_registration(tiny_
     assert '"stage": "prepare"' not in out and list(tmp_path.iterdir()) == []  # nothing registered or written
 
 
+def test_preview_refuses_labels_that_neither_map_holds(tiny_pair, tiny_checkpoints, tmp_path: Path, capsys) -> None:
+    """``svreg preview --labels`` with a typo: the same one line (and JSON error event) before the affine stage."""
+    p = tiny_pair.paths
+    rc, out, err = _main(["preview", p.fixed, p.moving, "--model", tiny_checkpoints.hyper, "--fixed-labels",
+                          p.fixed_labels, "--moving-labels", p.moving_labels, "--labels", 999, "--device", "cpu"],
+                         capsys)
+    _assert_plain_error(rc, err, "--labels 999: neither the fixed nor the moving label map holds this label")
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events[-1]["event"] == "error" and not any(e.get("stage") == "affine" for e in events)
+
+
 def test_unwritable_output(tiny_pair, tmp_path: Path, capsys) -> None:
     """An output path below a regular file cannot be created (works even as root)."""
     p = tiny_pair.paths
