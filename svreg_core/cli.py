@@ -30,7 +30,7 @@ from svreg_core.apply import (
     transform_points_file,
 )
 from svreg_core.atomic import replaced_when_complete
-from svreg_core.errors import InputError, SvregError
+from svreg_core.errors import InputError, SvregError, shortened
 from svreg_core.image.io import image_stem, is_dicom_input
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.interrupts import sigterm_as_interrupt
@@ -457,7 +457,7 @@ def check_scored_labels(labels: Sequence[int] | None, images: PairImages) -> Non
     present = np.union1d(present_labels(images.fixed_labels.data), present_labels(images.moving_labels.data))
     absent = [v for v in dict.fromkeys(labels) if v not in present]
     if absent:
-        held = ", ".join(map(str, present[:12])) + (f" and {len(present) - 12} more" if len(present) > 12 else "")
+        held = shortened(present, 12)
         raise InputError(f"--labels {' '.join(map(str, absent))}: neither the fixed nor the moving label map holds "
                          f"{'this label' if len(absent) == 1 else 'these labels'}, so Dice and HD95 could not score "
                          f"{'it' if len(absent) == 1 else 'them'} (the maps hold {held}).")

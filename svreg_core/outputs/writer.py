@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from svreg_core.errors import InputError, OutputError
+from svreg_core.errors import InputError, OutputError, shortened
 from svreg_core.image import Grid, Image, save_image
 from svreg_core.image.image import conform_to_grid
 from svreg_core.image.io import DEFAULT_FIELD_GZIP_LEVEL, save_nifti
@@ -188,9 +188,8 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
     known = {*OUTPUT_FILES, *OPTIONAL_OUTPUT_FILES}
     foreign = sorted(p.name for p in out.iterdir() if p.name not in known or p.is_symlink() or not p.is_file())
     if foreign:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise OutputError(f"output folder {out} holds files svreg did not write ({shown}); move them away or "
-                          "choose another folder.")
+        raise OutputError(f"output folder {out} holds files svreg did not write ({shortened(foreign, 3)}); "
+                          "move them away or choose another folder.")
     if not overwrite:
         raise OutputError(f"output folder {out} already exists and is not empty; use --overwrite to replace it.")
 

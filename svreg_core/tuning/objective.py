@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import optuna
 
-from svreg_core.errors import InputError, SvregError
+from svreg_core.errors import InputError, SvregError, shortened
 from svreg_core.interrupts import interruptible
 from svreg_core.tuning.pairs import LoadedPair, ValidationPair, check_pairs, load_pair
 from svreg_core.tuning.study import WORKER_ATTR, this_worker
@@ -221,8 +221,8 @@ class PairwiseDice(PairObjective):
         if not labels:
             what = (f"neither label map holds any of --labels {' '.join(map(str, self.labels))}" if self.labels else
                     "its fixed and moving label maps share no label other than 0")
-            raise InputError(f"pair {data.name!r}: {what} (fixed: {_some(fixed)}; moving: {_some(moving)}), so "
-                             "there is nothing for Dice to score.")
+            raise InputError(f"pair {data.name!r}: {what} (fixed: {shortened(fixed, 12)}; moving: "
+                             f"{shortened(moving, 12)}), so there is nothing for Dice to score.")
         return labels
 
     def score(self, data: LoadedPair, result: Any) -> float:
@@ -235,12 +235,6 @@ class PairwiseDice(PairObjective):
         if not scores:
             raise ValueError("no label is present in both the fixed and the warped moving labels")
         return float(sum(scores.values()) / len(scores))
-
-
-def _some(values: Any) -> str:
-    """Up to 12 label values for a message, with how many more there are."""
-    values = [int(v) for v in values]
-    return ", ".join(map(str, values[:12])) + (f" and {len(values) - 12} more" if len(values) > 12 else "")
 
 
 class PairwiseTRE(PairObjective):
