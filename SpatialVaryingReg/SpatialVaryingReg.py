@@ -1001,20 +1001,21 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
                   **kwargs) -> svlogic.RegistrationJob:
         """A not-yet-started job for the parameter node's inputs and settings; the output nodes selected in
         the parameter node are updated in place. ``preview``: the network alone (no refinement steps), what
-        the *Regularisation* sliders of a HyperSPR model run; it does not use the moving mask (only refine steps
-        do), so the mask chosen for *Register* is left out of it."""
+        the *Regularisation* sliders of a HyperSPR model run; the masks restrict its affine stage's similarity, so
+        without that stage they are left out of it (the network alone does not use them)."""
         settings = self.settingsFromParameterNode(p)
-        movingMask = p.movingMask
+        fixedMask, movingMask = p.fixedMask, p.movingMask
         if preview:
             settings.refine_steps = 0
-            movingMask = None
+            if not settings.affine_stage():
+                fixedMask = movingMask = None
         reuse = svlogic.OutputNodes(transform=p.outputTransform, lambda_map=p.outputLambda,
                                     jacobian=p.outputJacobian, warped=p.outputWarped,
                                     warped_labels=p.outputWarpedLabels, inverse=p.outputInverseTransform)
         if svlogic.holds_other_pair(p.outputTransform, p.fixedVolume, p.movingVolume):
             # the stored outputs are another pair's (its moving volume still sits under that transform): new nodes
             reuse = svlogic.OutputNodes()
-        return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=p.fixedMask, moving_mask=movingMask,
+        return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=fixedMask, moving_mask=movingMask,
                                        fixed_labels=p.fixedLabels, moving_labels=p.movingLabels,
                                        fixed_fiducials=p.fixedFiducials, moving_fiducials=p.movingFiducials,
                                        fixed_roi=p.fixedRoi, reuse=reuse, settings=settings, scene=slicer.mrmlScene,

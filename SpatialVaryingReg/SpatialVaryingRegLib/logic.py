@@ -135,6 +135,12 @@ class RegistrationSettings:
         doc["parameters"].update({k: v for k, v in self.overrides.items() if v is not None})
         return doc
 
+    def affine_stage(self) -> bool:
+        """Whether the engine runs its affine stage: the ``affine`` parameter of :meth:`preset_document` (on in
+        every named preset). With a learned model, the masks restrict that stage's similarity and the refine
+        steps'; the network itself does not use them."""
+        return bool(self.preset_document()["parameters"].get("affine", True))
+
 
 @dataclass
 class OutputNodes:
@@ -440,9 +446,14 @@ class RegistrationJob:
         if self.settings.device not in DEVICES:
             raise RegistrationError(f"unknown device '{self.settings.device}'; use auto, cpu or cuda.")
         self._model_argument = self._check_model()
-        if self._model_argument and self.moving_mask is not None and not self.settings.refine_steps:
-            raise RegistrationError("a learned model alone does not use the moving mask (only its refine steps "
-                                    "do): set Refine steps above 0, or clear the moving mask.")
+        masks = [what for what, node in (("fixed mask", self.fixed_mask), ("moving mask", self.moving_mask))
+                 if node is not None]
+        if self._model_argument and masks and not self.settings.refine_steps and not self.settings.affine_stage():
+            # svreg register refuses them: the network alone would ignore them
+            them = " and ".join(masks)
+            raise RegistrationError(f"the {them} restrict{'s' if len(masks) == 1 else ''} the similarity of the "
+                                    "affine stage and of the refine steps, and both are off: tick Affine "
+                                    f"pre-alignment, set Refine steps above 0, or clear the {them}.")
 
     def _check_segmentation(self, node, ref, what: str, ref_what: str, moving_side: bool) -> None:
         """A segmentation is exported onto its volume's grid: it needs segments and the volume's transforms."""

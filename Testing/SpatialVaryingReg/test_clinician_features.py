@@ -339,12 +339,45 @@ def test_a_fixed_label_map_alone_is_refused_before_anything_starts(scene, pair):
                               settings=logic.RegistrationSettings(labels=[1])).validate()
 
 
-def test_a_moving_mask_with_a_learned_model_needs_refine_steps(scene, pair):
-    """svreg register refuses a moving mask the network alone would ignore: the module says so first."""
-    mask = add_volume(scene, np.ones(SHAPE, np.uint8), AFFINE, "moving mask", labelmap=True)
-    settings = logic.RegistrationSettings(method="learned", model="brain-unet-spr", refine_steps=0)
-    with pytest.raises(logic.RegistrationError, match="set Refine steps above 0, or clear the moving mask"):
-        logic.RegistrationJob(pair["fixed"], pair["moving"], moving_mask=mask, settings=settings).validate()
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("refine", [0, 5])
+@pytest.mark.parametrize("masks", ["fixed", "moving", "both"])
+def test_masks_with_a_learned_model_are_refused_as_svreg_register_refuses_them(scene, pair, tmp_path, masks, refine,
+                                                                               affine):
+    """svreg register refuses masks with --model only when neither the affine stage nor a refinement runs (the
+    masks restrict their similarity; the network alone ignores them): the module refuses the same cases first, in
+    one plain line, and sends the masks on the command line of every other one (a moving mask with the affine stage
+    and no refine steps was refused, although the engine uses it there)."""
+    from svreg_core.cli import build_parser, registration_parameters
+    from svreg_core.errors import InputError
+
+    fixed_mask = add_volume(scene, np.ones(SHAPE, np.uint8), AFFINE, "fixed mask", labelmap=True) \
+        if masks in ("fixed", "both") else None
+    moving_mask = add_volume(scene, np.ones(SHAPE, np.uint8), AFFINE, "moving mask", labelmap=True) \
+        if masks in ("moving", "both") else None
+    settings = logic.RegistrationSettings(method="learned", model="brain-unet-spr", refine_steps=refine,
+                                          overrides={"affine": affine})
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                settings=settings)
+    if not refine and not affine:
+        them = {"fixed": "fixed mask restricts", "moving": "moving mask restricts",
+                "both": "fixed mask and moving mask restrict"}[masks]
+        with pytest.raises(logic.RegistrationError, match=rf"^the {them} the similarity of the affine stage and of "
+                                                          r"the refine steps, and both are off: tick Affine "
+                                                          r"pre-alignment, set Refine steps above 0, or clear"):
+            job.validate()
+        job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_mask=fixed_mask, moving_mask=moving_mask,
+                                    settings=logic.RegistrationSettings(method="learned", model="brain-unet-spr",
+                                                                        refine_steps=1, overrides={"affine": affine}))
+    job.validate()
+    args = job.export_inputs(tmp_path).arguments()
+    assert ("--fixed-mask" in args, "--moving-mask" in args) == (fixed_mask is not None, moving_mask is not None)
+    if not refine and not affine:  # the engine refuses the refused case's command line too
+        args[args.index("--refine") + 1] = "0"
+        with pytest.raises(InputError, match="the network alone does not use them"):
+            registration_parameters(build_parser()[0].parse_args(args[2:]))
+    else:
+        registration_parameters(build_parser()[0].parse_args(args[2:]))
 
 
 @pytest.mark.parametrize("kind", ["volume", "segmentation"])

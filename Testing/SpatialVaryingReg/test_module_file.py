@@ -203,10 +203,11 @@ def test_parameter_node_codes_reach_the_learned_settings_only(module, tmp_path):
     assert logic.settingsFromParameterNode(p).codes == (0.2, 5.0)
 
 
-def test_a_moving_mask_chosen_for_register_does_not_stop_the_slider_preview(module, scene, monkeypatch, tmp_path):
-    """A moving mask and refine steps chosen for Register, then a Regularisation slider moved: the preview (the
-    network alone, which does not use the mask) leaves the mask out; it was refused with "set Refine steps above
-    0", although they were. Register itself still sends the mask."""
+def test_the_slider_preview_keeps_the_masks_its_affine_stage_uses(module, scene, monkeypatch, tmp_path):
+    """Masks and refine steps chosen for Register, then a Regularisation slider moved: the preview (the network
+    alone after the affine stage, run once) sends both masks, which restrict that stage's similarity as in Register
+    (the moving mask was left out, so the preview's alignment was not Register's); without the affine stage, which
+    alone uses them there, it leaves them out instead of being refused. Register itself sends them."""
     from slicer_test_helpers import HYPER, add_volume, write_model
 
     monkeypatch.setattr(module.slicer, "mrmlScene", scene)
@@ -214,17 +215,24 @@ def test_a_moving_mask_chosen_for_register_does_not_stop_the_slider_preview(modu
     p = module.SpatialVaryingRegParameterNode()
     p.fixedVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "fixed")
     p.movingVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "moving")
+    p.fixedMask = add_volume(scene, np.ones((8, 8, 8), np.int16), affine, "fixed mask", labelmap=True)
     p.movingMask = add_volume(scene, np.ones((8, 8, 8), np.int16), affine, "moving mask", labelmap=True)
     p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
     p.modelCheckpoint = str(write_model(tmp_path / "hyper", config={"hyper": HYPER}, alpha_prime=0.175, lambda_max=1.0))
     p.hyperLambdaMax = 5.0
     logic = module.SpatialVaryingRegLogic()
-    preview = logic.createJob(p, preview=True)
-    preview.validate()
-    assert preview.moving_mask is None and preview.settings.refine_steps == 0
-    register = logic.createJob(p)
-    register.validate()
-    assert register.moving_mask is p.movingMask and register.settings.refine_steps == 20
+    for use_affine, masks in ((True, (p.fixedMask, p.movingMask)), (False, (None, None))):
+        p.useAffine = use_affine
+        preview = logic.createJob(p, preview=True)
+        preview.validate()
+        assert (preview.fixed_mask, preview.moving_mask) == masks and preview.settings.refine_steps == 0
+        (tmp_path / f"preview-{use_affine}").mkdir()
+        args = preview.export_inputs(tmp_path / f"preview-{use_affine}").preview_arguments()
+        assert ("--fixed-mask" in args, "--moving-mask" in args) == (use_affine, use_affine)
+        register = logic.createJob(p)
+        register.validate()
+        assert (register.fixed_mask, register.moving_mask) == (p.fixedMask, p.movingMask)
+        assert register.settings.refine_steps == 20
 
 
 def test_console_register_with_codes_refused_before_anything_starts(module, scene, monkeypatch, tmp_path):
