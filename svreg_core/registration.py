@@ -199,14 +199,15 @@ class RegistrationResult:
     def transform_points(self, points: np.ndarray) -> np.ndarray:
         """Map fixed-world RAS mm points ``(N, 3)`` to moving-world points: ``T(x) = A(x + u(x))``.
 
-        ``u`` is interpolated (trilinear) from :attr:`deformable_displacement`; beyond the fixed grid
-        it continues with its border values.
+        ``u`` is interpolated (trilinear) from :attr:`deformable_displacement`; as in ITK (and the output files
+        read back, :mod:`svreg_core.outputs.read`), it is zero more than half a voxel beyond the fixed grid
+        (within that half voxel its border values continue), where points map by ``A`` alone.
         """
-        pts = torch.as_tensor(np.asarray(points, dtype=np.float32)).view(1, -1, 1, 1, 3)
+        x = np.asarray(points, dtype=np.float64)
+        pts = torch.as_tensor(x.astype(np.float32)).view(1, -1, 1, 1, 3)
         field_ = torch.as_tensor(self.deformable_displacement).permute(3, 0, 1, 2)[None]
-        u = sample_at_points(field_, self.fixed.grid, pts, padding_mode="border")
-        moved = np.asarray(points, dtype=np.float64) + u[0, :, :, 0, 0].T.double().numpy()
-        return map_points(self.affine, moved)
+        u = sample_at_points(field_, self.fixed.grid, pts, padding_mode="border")[0, :, :, 0, 0].T.double().numpy()
+        return map_points(self.affine, x + u * self.fixed.grid.contains(x)[:, None])
 
     def inverse_displacement(self) -> np.ndarray:
         """``(I, J, K, 3)`` RAS mm on the moving grid: ``T⁻¹(y) = y + d(y) = z + w(z)``, ``z = A⁻¹ y``.

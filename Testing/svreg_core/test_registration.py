@@ -637,3 +637,18 @@ def test_the_moving_mask_restricts_the_affine_stage_too() -> None:
     assert pair.affine is not None
     np.testing.assert_allclose(pair.affine[:3, 3], shift, atol=0.5)
     np.testing.assert_allclose(pair.affine[:3, :3], np.eye(3), atol=0.02)
+
+
+def test_points_beyond_the_fixed_grid_map_by_the_affine_as_the_files_do() -> None:
+    """Landmarks beyond the fixed grid: the report's TRE continued the field's border values there, while
+    ``transform.h5`` in ITK and ``svreg apply`` on the folder (the field zero more than half a voxel out) map them by
+    the affine alone, so the two disagreed by the border displacement. Hand-computed: u = (1, -2, 0.5) mm
+    everywhere on a 1 mm grid of 6 x 5 x 4 voxels, A a shift of (10, 0, 0) mm."""
+    result = _shifted_result(np.zeros((6, 5, 4), np.int32), (1.0, -2.0, 0.5))
+    result.affine = np.array([[1.0, 0, 0, 10], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    points = np.array([[2.0, 2.0, 1.0],    # inside
+                       [5.4, 4.4, 3.4],    # within half a voxel beyond the outer centres: the border continues
+                       [8.0, 2.0, 1.0],    # beyond: A alone
+                       [-3.0, -3.0, -3.0]])
+    np.testing.assert_allclose(result.transform_points(points),
+                               [[13, 0, 1.5], [16.4, 2.4, 3.9], [18, 2, 1], [7, -3, -3]], atol=1e-5)
