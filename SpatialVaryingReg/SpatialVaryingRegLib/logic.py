@@ -432,6 +432,10 @@ class RegistrationJob:
             except geometry.GeometryError as exc:
                 raise RegistrationError(str(exc)) from None
             if not _same_grid(node, node_geometry, ref, ref_geometry):
+                if _same_grid(node, geometry.ijk_to_ras(node), ref, geometry.ijk_to_ras(ref)):  # same voxels
+                    raise RegistrationError(f"the {what} '{node.GetName()}' is not under the same transform as the "
+                                            f"{ref_what} '{ref.GetName()}'; place both under the same transform "
+                                            "(Data module) or harden it.")
                 raise RegistrationError(
                     f"the {what} '{node.GetName()}' is not on the grid of the {ref_what} '{ref.GetName()}'; "
                     "resample it onto that volume first (Resample Scalar/Vector/DWI Volume module, "

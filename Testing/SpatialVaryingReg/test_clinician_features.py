@@ -246,6 +246,22 @@ def test_inputs_under_other_transforms_are_refused_with_a_plain_message(scene, p
     job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_fiducials=pair["moving_points"])
     with pytest.raises(logic.RegistrationError, match="moving fiducials 'M' are not under the same transform"):
         job.validate()
+    pair["moving_points"].SetAndObserveTransformNodeID(None)
+    # a mask or label map volume made on the volume's voxels, the volume then aligned by hand (a transform above
+    # it only): the message said to resample it onto the volume, which it already shares
+    mask = add_volume(scene, np.ones(SHAPE, np.uint8), AFFINE, "moving mask", labelmap=True)
+    pair["moving"].SetAndObserveTransformNodeID(shift.GetID())
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_mask=mask)
+    with pytest.raises(logic.RegistrationError, match=r"^the moving mask 'moving mask' is not under the same "
+                                                      r"transform as the moving volume 'moving'; place both under"):
+        job.validate()
+    mask.SetAndObserveTransformNodeID(shift.GetID())
+    logic.RegistrationJob(pair["fixed"], pair["moving"], moving_mask=mask).validate()
+    pair["fixed"].SetAndObserveTransformNodeID(shift.GetID())
+    with pytest.raises(logic.RegistrationError, match=r"^the fixed label map 'fl' is not under the same transform "
+                                                      r"as the fixed volume 'fixed'"):
+        logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=add_volume(
+            scene, np.ones(SHAPE, np.int16), AFFINE, "fl", labelmap=True), moving_labels=mask).validate()
     empty = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     with pytest.raises(logic.RegistrationError, match="'empty' has no segments"):
         logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_mask=empty).validate()
