@@ -131,7 +131,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     objective.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default="linear",
                            help="warping of the moving labels: one-hot trilinear + argmax (default) or nearest")
     objective.add_argument("--pruner-startup-trials", type=int, default=5,
-                           help="trials finished before median pruning starts (default 5)")
+                           help="complete trials (not pruned or failed) before median pruning starts (default 5)")
     objective.add_argument("--pruner-warmup-steps", type=int, default=1,
                            help="steps (pairs or epochs) of a trial before it may be pruned, minus one (default 1)")
     objective.add_argument("--pruner-interval", type=int, default=1,

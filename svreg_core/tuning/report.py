@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from svreg_core.atomic import replaced_when_complete
-from svreg_core.errors import InputError, OutputError
+from svreg_core.errors import InputError, OutputError, shortened
 from svreg_core.optim.parameters import PRESETS
 from svreg_core.training.config import TrainingConfig, save_config
 from svreg_core.tuning.search_space import SearchSpace, plain
@@ -182,7 +182,7 @@ def _markdown(s: dict[str, Any]) -> str:
     md = [f"# Tuning report — study `{s['study']}`", "", f"Storage: `{s['storage']}`  ", f"Trials: {counts}  "]
     if s["objective"]:
         md.append(f"Objective: {s['objective']}, {s['value_name']} over {len(s['steps'] or [])} steps "
-                  f"({', '.join((s['steps'] or [])[:3])}...), {s['direction'][:-2]}sed  ")
+                  f"({shortened(s['steps'] or [], 3)}), {s['direction'][:-2]}sed  ")
     if s["model"]:
         md.append(f"Code search of model `{s['model']}`: each trial ran the network at its α′, λ_max"
                   + (f" (+ {s['refine']} refinement iterations)" if s["refine"] else "") + ", no training  ")
