@@ -160,8 +160,9 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     workers.add_argument("--max-retry", type=int, default=1, help="re-runs of a trial lost with its worker (default 1)")
 
     out = parser.add_argument_group("output")
-    out.add_argument("--progress", choices=("auto", "bar", "json", "none"), default="auto",
-                     help="auto: progress bar on a terminal, quiet in pipes; json: one JSON object per line on stdout")
+    out.add_argument("--progress", choices=("auto", "bar", "lines", "json", "none"), default="auto",
+                     help="auto: progress bar on a terminal, else one plain line per finished trial on stderr (lines); "
+                          "json: one JSON object per line on stdout")
     out.add_argument("--report", metavar="DIR", default=None,
                      help="write summary.json (also after every trial), summary.md, trials.csv and figures into DIR")
     out.add_argument("--apply-best", metavar="PATH", default=None,

@@ -1,4 +1,5 @@
-"""Progress of a tuning run: a tqdm bar on a terminal, or one JSON object per line (:class:`TuneEvent`)."""
+"""Progress of a tuning run: a tqdm bar on a terminal, plain lines in a pipe, or one JSON object per line
+(:class:`TuneEvent`)."""
 from __future__ import annotations
 
 import json
@@ -83,15 +84,36 @@ class TqdmBar:
             self.bar.close()
 
 
+def plain_lines(stream: IO[str] | None = None) -> Callable[[TuneEvent], None]:
+    """A sink writing one plain line per finished trial to ``stream`` (stderr by default; a failed trial with
+    why), for logs and batch jobs: ``svreg tune: trial 3 complete, 0.7712; best 0.7730 (trial 0); 4/20 finished,
+    123 s``."""
+    def write(event: TuneEvent) -> None:
+        if event.event != "trial":
+            return
+        value = "" if event.value is None or not math.isfinite(event.value) else f", {event.value:.4f}"
+        why = f" ({event.error})" if event.error else ""
+        best = "none yet" if event.best_value is None else f"{event.best_value:.4f} (trial {event.best_trial})"
+        out = stream or sys.stderr
+        out.write(f"svreg tune: trial {event.trial} {(event.state or '').lower()}{why}{value}; best {best}; "
+                  f"{event.finished}/{event.n_trials} finished, {event.elapsed_s:.0f} s\n")
+        out.flush()
+
+    return write
+
+
 def make_sink(mode: str = "auto", *, stdout: IO[str] | None = None,
               stderr: IO[str] | None = None) -> Callable[[TuneEvent], None]:
-    """``json`` (lines on stdout), ``bar`` (tqdm on stderr), ``auto`` (bar only on a terminal) or ``none``."""
+    """``json`` (lines on stdout), ``bar`` (tqdm on stderr), ``lines`` (:func:`plain_lines` on stderr), ``auto``
+    (the bar on a terminal, else the lines, as ``svreg register``) or ``none``."""
     err = stderr or sys.stderr
     if mode == "json":
         return json_lines(stdout)
     if mode == "bar" or (mode == "auto" and getattr(err, "isatty", lambda: False)()):
         return TqdmBar(err)
-    if mode in ("auto", "none"):
+    if mode in ("auto", "lines"):
+        return plain_lines(err)
+    if mode == "none":
         return lambda event: None
     raise ValueError(f"unknown progress mode {mode!r}")
 

@@ -560,7 +560,9 @@ def _two_workers(storage: str | Path, pairs: Path, cwd: Path, helpers: Any, stud
     mine = {e["trial"] for e in map(json.loads, json_out.splitlines()) if e["event"] == "trial"}
     assert 0 < len(mine) < len(finished)  # both workers ran trials
     assert auto_out.startswith("study ") and "best mean Dice" in auto_out  # one summary line
-    assert "trial/s" not in auto_err and "\r" not in auto_err  # no progress bar in a pipe
+    assert "trial/s" not in auto_err and "\r" not in auto_err  # no progress bar in a pipe: a line per trial
+    assert {int(line.split()[3]) for line in auto_err.splitlines() if line.startswith("svreg tune: trial ")} \
+        == {t.number for t in finished} - mine
     assert not list(cwd.glob("*.lock"))
 
 

@@ -26,6 +26,18 @@ def test_progress_sinks() -> None:
     bar.close()
     text = bar_stream.getvalue()
     assert "2/4" in text and "best=0.8000" in text and "trial 1 failed: boom" in text
-    assert not isinstance(make_sink("auto", stderr=io.StringIO()), TqdmBar)  # quiet in pipes
+    piped = io.StringIO()  # not a terminal: plain lines (svreg tune printed nothing in a pipe or a log file)
+    lines = make_sink("auto", stderr=piped)
+    assert not isinstance(lines, TqdmBar)
+    lines(TuneEvent("step", "s", trial=1, step=0, n_steps=2))
+    lines(TuneEvent("trial", "s", trial=1, state="FAIL", error="boom", finished=1, n_trials=4, elapsed_s=12.4))
+    lines(TuneEvent("trial", "s", trial=2, state="COMPLETE", value=0.8, best_value=0.8, best_trial=2, finished=2,
+                    n_trials=4, elapsed_s=30.0))
+    assert piped.getvalue().splitlines() == [
+        "svreg tune: trial 1 fail (boom); best none yet; 1/4 finished, 12 s",
+        "svreg tune: trial 2 complete, 0.8000; best 0.8000 (trial 2); 2/4 finished, 30 s"]
+    quiet = io.StringIO()
+    make_sink("none", stderr=quiet)(TuneEvent("trial", "s", trial=2, state="COMPLETE"))
+    assert quiet.getvalue() == ""
     with pytest.raises(ValueError):
         make_sink("loud")
