@@ -434,12 +434,12 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                           moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,
                           initial_affine=images.initial, progress=printer)
     result.timing["load_s"] = load_s
-    printer(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
                            labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
                            inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=pair.sources(),
                            gzip_level=args.gzip_level, landmarks=images.landmarks,
-                           extra={**(images.extra or {}), **({"warnings": warned} if warned else {})})
+                           extra={**(images.extra or {}), **({"warnings": warned} if warned else {})},
+                           progress=printer)
     printer(ProgressEvent("done", 1, 1, 1.0, "finished"))
     return report
 

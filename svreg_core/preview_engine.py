@@ -182,7 +182,6 @@ class PreviewEngine:
             warnings.warn_explicit(caught_warning.message, caught_warning.category, caught_warning.filename,
                                    caught_warning.lineno, source=caught_warning.source)
         warned = [str(w.message) for w in caught if _PACKAGE in Path(w.filename).resolve().parents]
-        progress(ProgressEvent("outputs", 0, 1, 0.96, "writing outputs"))
         # the labels are warped (slow: one-hot voting) only when written or scored
         warp_labels = request.label_metrics or (request.outputs is None or "labels" in request.outputs)
         report = write_outputs(result, request.output,
@@ -191,7 +190,7 @@ class PreviewEngine:
                                label_mode=self.label_mode, overwrite=request.overwrite, inputs=self.inputs,
                                started=t0, outputs=request.outputs, sources=self.sources, gzip_level=self.gzip_level,
                                extra={**self.extra, **({"warnings": warned} if warned else {}),
-                                      "preview": {"setup_timing": dict(self.pair.timing)}})
+                                      "preview": {"setup_timing": dict(self.pair.timing)}}, progress=progress)
         progress(ProgressEvent("done", 1, 1, 1.0, "finished"))
         return report
 

@@ -34,6 +34,11 @@ class ProgressEvent:
 
 ProgressCallback = Callable[[ProgressEvent], None]
 
+#: The fraction of a registration's progress at which its outputs start (stage ``"registered"``): writing the files
+#: and computing the report's metrics take the rest (about 15 % of a 1 mm brain registration on 2 CPU cores, most
+#: of one on a GPU), so the bar and its time estimate keep moving while they are made.
+REGISTERED_FRACTION = 0.85
+
 
 def no_progress(event: ProgressEvent) -> None:
     """A progress callback that ignores every event."""

@@ -41,7 +41,7 @@ from svreg_core.optim.affine import affine_register
 from svreg_core.optim.parameters import PRESETS, RegistrationParameters
 from svreg_core.optim.spr import DeformableResult, optimize_spr
 from svreg_core.parallel import map_threads
-from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
+from svreg_core.progress import REGISTERED_FRACTION, ProgressCallback, ProgressEvent, no_progress
 from svreg_core.transforms import compose, integrate_velocity
 from svreg_core.transforms.field import apply_velocity
 
@@ -575,7 +575,7 @@ class PreparedPair:
             if self.network is None:
                 t = time.perf_counter()
                 deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm,
-                                          moving_mask=mm, progress=progress, progress_span=(start, 0.95))
+                                          moving_mask=mm, progress=progress, progress_span=(start, REGISTERED_FRACTION))
                 timing["deformable_s"] = time.perf_counter() - t
             else:
                 assert info is not None  # loaded with the network (prepare_pair)
@@ -590,7 +590,7 @@ class PreparedPair:
                     params = refinement_parameters(params, refine)
                     deformable = optimize_spr(f, fixed.grid, m, moving.grid, affine, params, fixed_mask=fm,
                                               moving_mask=mm, initial=deformable, progress=progress,
-                                              progress_span=(start + 0.05, 0.95))
+                                              progress_span=(start + 0.05, REGISTERED_FRACTION))
                     timing["refine_s"] = time.perf_counter() - t
 
             t = time.perf_counter()
@@ -602,7 +602,7 @@ class PreparedPair:
             result.compute_displacements()
             timing["compose_s"] = time.perf_counter() - t
             timing["registration_s"] = time.perf_counter() - t0
-            progress(ProgressEvent("registered", 1, 1, 0.95, "registration finished"))
+            progress(ProgressEvent("registered", 1, 1, REGISTERED_FRACTION, "registration finished"))
         return result
 
 

@@ -21,6 +21,7 @@ import torch
 from svreg_core.cli import BATCH_SUMMARY_COLUMNS, main
 from svreg_core.image import Grid, load_image
 from svreg_core.outputs import OUTPUT_FILES
+from svreg_core.progress import REGISTERED_FRACTION
 
 REPORT_METRICS = ("dice_mean", "dice", "hd95_mean", "folding_percent", "ndv_percent", "sdlogj")
 
@@ -125,6 +126,12 @@ def test_full_run_json_progress(full_run) -> None:
     assert {"load", "affine", "outputs"} <= stages and any(s.startswith("deformable") for s in stages), stages
     # one stage "done", the last event before the result (the registration's own end is not a second "done")
     assert [e["stage"] for e in progress].count("done") == 1 and progress[-1]["stage"] == "done"
+    # the outputs (about 15 % of a CPU run, most of a GPU one) move the bar from the registration's end on; they
+    # sat at 96 % in one event, so the time estimate was far too short
+    assert [e["fraction"] for e in progress if e["stage"] == "registered"] == [REGISTERED_FRACTION]
+    outputs = [e for e in progress if e["stage"] == "outputs"]
+    assert [e["step"] for e in outputs] == list(range(8)) and outputs[0]["fraction"] == REGISTERED_FRACTION
+    assert outputs[-1]["fraction"] == pytest.approx(0.99) and outputs[-1]["message"] == "writing outputs: report done"
 
 
 def test_inputs_never_modified(full_run) -> None:

@@ -40,6 +40,7 @@ from svreg_core.metrics import dice, folding_percent, hd95, jacobian_determinant
 from svreg_core.metrics.landmarks import tre, tre_summary
 from svreg_core.outputs.figure import write_report_figure
 from svreg_core.outputs.itk import displacement_nifti, write_transform
+from svreg_core.progress import REGISTERED_FRACTION, ProgressCallback, ProgressEvent, no_progress
 from svreg_core.registration import RegistrationResult, summarize
 
 #: Threads making, compressing and writing the output files (NumPy, torch, zlib and HDF5 release the GIL)
@@ -365,7 +366,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                   extra: dict[str, Any] | None = None, started: float | None = None,
                   outputs: Sequence[str] | None = None, sources: Mapping[str, str | Path] | None = None,
                   gzip_level: int | None = None,
-                  landmarks: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+                  landmarks: tuple[np.ndarray, np.ndarray] | None = None,
+                  progress: ProgressCallback = no_progress) -> dict[str, Any]:
     """Write the outputs of ``result`` into ``outdir`` and return the report (also ``report.json``).
 
     Args:
@@ -390,6 +392,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             shrinks them).
         landmarks: corresponding fixed and moving points (``(N, 3)`` RAS mm each): the report's metrics get
             the target registration error before and after (:func:`compute_metrics`).
+        progress: gets stage ``"outputs"`` events as the parts are made, from
+            :data:`~svreg_core.progress.REGISTERED_FRACTION` to 0.99 of the run (the caller ends it at 1).
     """
     chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
     unknown = sorted(chosen - set(SELECTABLE_OUTPUTS))
@@ -401,6 +405,16 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     if moving_labels is not None:
         moving_labels = conform_to_grid(moving_labels, result.moving.grid, "moving labels", "moving image")
     t0 = time.perf_counter()
+    parts = ("warped image", "Jacobian", "warped labels", "metrics", "figure", "files", "report")
+
+    def made(part: str) -> None:
+        """Progress: ``part`` (one of ``parts``) is made; the next begins."""
+        done = parts.index(part) + 1
+        following = f"; {parts[done]}" if done < len(parts) else ""
+        progress(ProgressEvent("outputs", done, len(parts), REGISTERED_FRACTION + (0.99 - REGISTERED_FRACTION)
+                               * done / len(parts), f"writing outputs: {part} done{following}"))
+
+    progress(ProgressEvent("outputs", 0, len(parts), REGISTERED_FRACTION, f"writing outputs: {parts[0]}"))
     tmp = out.with_name(_work_folder_name(out, "partial") + secrets.token_hex(4))
     threads = f"svreg-outputs-{secrets.token_hex(4)}"  # this call's writer threads
     try:  # created inside the ``try``: an interrupt right after ``mkdir`` still removes it
@@ -424,6 +438,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             warped = result.warped if chosen & {"warped", "figure"} else None
             if warped is not None:
                 save("warped", lambda: save_image(warped, tmp / "warped.nii.gz", gzip_level=gzip_level))
+            made("warped image")
             save("displacement", lambda: save_nifti(displacement_nifti(result.displacement, fixed_grid),
                                                     tmp / "displacement.nii.gz", gzip_level=field_level))
             save("transform", lambda: write_transform(tmp / "transform.h5", result.affine,
@@ -432,12 +447,14 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
             jac_image = Image(jac.astype(np.float32), result.fixed.affine)
             save("jacobian", lambda: save_image(jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level))
+            made("Jacobian")
             before_job = pool.submit(_moving_on_fixed_grid, result) if "figure" in chosen else None
             warped_labels = None
             if moving_labels is not None:
                 warped_labels = result.warp_image(moving_labels, labels=True, label_mode=label_mode)
                 save("labels", lambda: save_image(warped_labels, tmp / "warped_labels.nii.gz", dtype=np.int32,
                                                   gzip_level=gzip_level))
+            made("warped labels")
             if fixed_labels is not None and moving_labels is not None:  # a label the warp erased scores 0
                 labels = scored_labels(fixed_labels.data, moving_labels.data, labels)
             distance_job = None if fixed_labels is None or warped_labels is None else \
@@ -449,17 +466,20 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                       landmarks=landmarks)
             weight = result.regularization_map()
             save("regularization", lambda: save_image(weight, tmp / "regularization.nii.gz", gzip_level=gzip_level))
+            made("metrics")
             if before_job is not None:
                 assert warped is not None  # made when the figure is chosen
                 write_report_figure(tmp / "report.png", fixed=result.fixed,
                                     moving_before=Image(before_job.result(), result.fixed.affine), warped=warped,
                                     weight=weight, jacobian=jac_image, dice=_dice_pair(metrics),
                                     title=f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %")
+            made("figure")
             metrics["ndv_percent"] = ndv_job.result()
             if distance_job is not None:
                 metrics.update(distance_job.result())
             for future in pending:
                 future.result()  # re-raises the first failed write
+            made("files")
         images = {"fixed": result.fixed, "moving": result.moving, "fixed_labels": fixed_labels,
                   "moving_labels": moving_labels}
         described = {role: describe_input(image, (sources or {}).get(role)) for role, image in images.items()
@@ -478,6 +498,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         report = write_report_json(tmp / "report.json", report)
         with interrupts_deferred():  # a SIGTERM during the swap must not leave the replaced folder behind
             _replace_dir(tmp, out)
+        made("report")
     except BaseException:
         _join_threads(threads)
         shutil.rmtree(tmp, ignore_errors=True)
