@@ -53,3 +53,19 @@ def test_intensity_window_ignores_background_and_padding() -> None:
     assert intensity_window(ct) == (-1000.0, 1500.0)  # soft tissue mid-grey: (40 + 1000) / 2500 = 0.42
     assert intensity_window(np.full(10, 7.0)) == (7.0, 8.0)
     assert intensity_window(np.array([0.0] * 20 + [0.3] * 3)) == (0.0, 0.3)  # padding but a few equal voxels
+
+
+def test_a_few_negative_voxels_leave_the_window_of_an_image_on_zeros_alone() -> None:
+    """An object on zeros with a few voxels just below zero (B-spline or sinc resampling rings at its edge): the
+    zero background stays out of the upper percentile, so the window is the clean image's, not the object's
+    median (the object fills 1 % of the image)."""
+    tissue = np.linspace(1.0, 200.0, 1000)
+    clean = np.concatenate([np.zeros(99_000), tissue])
+    ringing = clean.copy()
+    ringing[:3] = [-0.5, -2.0, -1.0]
+    assert intensity_window(clean) == (0.0, np.percentile(tissue, 99.5))
+    low, high = intensity_window(ringing)  # (two of the negative voxels are in the sample: high moves 0.002)
+    assert low == 0.0 and np.isclose(high, np.percentile(tissue, 99.5), rtol=1e-4)
+    # a CT's window does not count its exact 0 HU voxels either (they are water, not a background)
+    ct = np.concatenate([np.full(3000, -1000.0), np.full(100, 0.0), np.linspace(1.0, 1500.0, 2900)])
+    assert intensity_window(ct)[1] == np.percentile(ct[ct > 0], 99.5)
