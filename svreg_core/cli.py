@@ -243,12 +243,8 @@ def registration_parameters(args: argparse.Namespace):
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
                              network_precision=args.network_precision,
                              alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
-    masks = [flag for flag, value in (("--fixed-mask", getattr(args, "fixed_mask", None)),
-                                      ("--moving-mask", getattr(args, "moving_mask", None))) if value]
-    if args.model and not args.refine and not params.affine and masks:
-        raise InputError(f"{' and '.join(masks)} restrict the similarity of the affine stage and of a refinement of "
-                         "the learned model's prediction (--refine N); without either (--no-affine) the network alone "
-                         "does not use them.")
+    if args.model:
+        check_masks_used(args, affine=params.affine, refine=args.refine)
     if args.model and args.refine and params.refine_codes is not None \
             and (args.alpha_prime, args.lambda_max) != (None, None):
         # the flags regularise the refinement; the one not given keeps the preset's refinement code
@@ -830,6 +826,17 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     add_gzip_level_argument(p)
 
 
+def check_masks_used(args: argparse.Namespace, *, affine: bool, refine: int) -> None:
+    """Refuse ``--fixed-mask``/``--moving-mask`` with a learned model that would not use them: they restrict the
+    similarity of the affine stage and of a refinement, and without either the network alone ignores them."""
+    masks = [flag for flag, value in (("--fixed-mask", getattr(args, "fixed_mask", None)),
+                                      ("--moving-mask", getattr(args, "moving_mask", None))) if value]
+    if masks and not refine and not affine:
+        raise InputError(f"{' and '.join(masks)} restrict the similarity of the affine stage and of a refinement of "
+                         "the learned model's prediction (svreg register --refine N); without either (--no-affine) "
+                         "the network alone does not use them.")
+
+
 def run_preview(args: argparse.Namespace) -> int:
     """``svreg preview``: checks and loads everything before the affine stage, then serves stdin's requests."""
     from svreg_core.models import read_model_info
@@ -845,6 +852,7 @@ def run_preview(args: argparse.Namespace) -> int:
                              deterministic=args.deterministic,
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
                              network_precision=args.network_precision)
+    check_masks_used(args, affine=params.affine, refine=0)
     set_deterministic_environment(params)
     pair = Pair(args.fixed, args.moving, "", args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask)
     printer = ProgressPrinter("json")

@@ -227,6 +227,16 @@ def test_preview_refuses_labels_that_neither_map_holds(tiny_pair, tiny_checkpoin
     assert events[-1]["event"] == "error" and not any(e.get("stage") == "affine" for e in events)
 
 
+def test_preview_refuses_masks_it_would_not_use(tiny_pair, tiny_checkpoints, tmp_path: Path, capsys) -> None:
+    """``svreg preview --no-affine --moving-mask``: the network alone ignores masks, which were taken without a
+    word; refused as ``svreg register --model`` refuses them, before any work."""
+    p = tiny_pair.paths
+    rc, out, err = _main(["preview", p.fixed, p.moving, "--model", tiny_checkpoints.hyper, "--moving-mask",
+                          p.moving_labels, "--no-affine", "--device", "cpu"], capsys)
+    _assert_plain_error(rc, err, "--moving-mask restrict the similarity of the affine stage and of a refinement")
+    assert not any(json.loads(line).get("stage") == "load" for line in out.splitlines())
+
+
 def test_unwritable_output(tiny_pair, tmp_path: Path, capsys) -> None:
     """An output path below a regular file cannot be created (works even as root)."""
     p = tiny_pair.paths
