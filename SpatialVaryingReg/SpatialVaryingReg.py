@@ -174,6 +174,16 @@ def _selectedModel(p: SpatialVaryingRegParameterNode) -> str:
     return p.modelCheckpoint if p.model == CHECKPOINT_CHOICE else p.model
 
 
+def _isHyperModel(p: SpatialVaryingRegParameterNode) -> bool:
+    """Whether the selected learned model is a HyperSPR model (its codes are the *Regularisation* sliders'); a
+    model that cannot be read is not (Register explains the problem)."""
+    try:
+        info = models.model_info(_selectedModel(p))
+    except models.ModelError:
+        return False
+    return info is not None and info.code_ranges is not None
+
+
 def _numbers(text: str, kind=float) -> list | None:
     """``"4 2"`` / ``"4, 2"`` -> ``[4.0, 2.0]``; empty -> ``None``; raises ValueError with a plain message."""
     parts = text.replace(",", " ").split()
@@ -990,6 +1000,10 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         method = next(key for key, label in METHOD_LABELS.items() if label == p.method)
         codes = tuple(float(v) if method == "learned" and v >= 0 else None
                       for v in (p.hyperAlphaPrime, p.hyperLambdaMax))
+        if method == "learned" and p.refineSteps > 0 and codes == (None, None) and not _isHyperModel(p):
+            # a plain model's refinement is regularised by the codes: the preset's refinement codes (brain-mri's)
+            # would otherwise win over the Advanced α′ and λ max written into the preset document
+            codes = tuple(float(v) if v >= 0 else None for v in (p.alphaPrime, p.lambdaMax))
         return svlogic.RegistrationSettings(
             preset=preset, overrides=overrides, method=method, model=_selectedModel(p),
             refine_steps=int(p.refineSteps), codes=codes, device="cpu" if p.useCpu else "auto",

@@ -44,6 +44,34 @@ def test_parameter_node_translates_into_engine_settings(module, scene):
         logic.settingsFromParameterNode(p)
 
 
+def test_advanced_codes_regularise_a_plain_models_refinement(module, scene, tmp_path):
+    """Advanced α′ and λ max "override the preset": written into the preset document only, they were ignored by a
+    learned model's refine steps (brain-mri's own refinement codes win there); for a plain model with refine steps
+    they go to the engine as the refinement's codes, whose parameters then hold them (the engine's parser)."""
+    from slicer_test_helpers import add_volume
+
+    from svreg_core.cli import build_parser, registration_parameters
+    from svreg_core.optim.parameters import PRESETS
+
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    p.method, p.model, p.refineSteps, p.alphaPrime = module.METHOD_LABELS["learned"], "brain-unet-spr", 20, 0.05
+    settings = logic.settingsFromParameterNode(p)
+    assert settings.codes == (0.05, None) and settings.overrides["alpha_prime"] == 0.05
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    fixed = add_volume(scene, np.random.default_rng(0).random((16, 16, 16)), affine, "fixed")
+    moving = add_volume(scene, np.random.default_rng(1).random((16, 16, 16)), affine, "moving")
+    job = module.svlogic.RegistrationJob(fixed, moving, settings=settings, scene=scene)
+    job.validate()
+    args = job.export_inputs(tmp_path).arguments()
+    params = registration_parameters(build_parser()[0].parse_args(args[2:]))
+    assert params.refine_codes == (0.05, PRESETS["brain-mri"].refine_codes[1])  # λ max: the preset's refinement's
+    p.refineSteps = 0  # a plain model's prediction alone: no refinement to regularise
+    assert logic.settingsFromParameterNode(p).codes == (None, None)
+    p.refineSteps, p.model = 20, "brain-hyper-unet-spr"  # a hyper model's codes are its sliders'
+    assert logic.settingsFromParameterNode(p).codes == (None, None)
+
+
 def test_the_only_seed_is_the_tuning_samplers(module, tmp_path):
     """Registration draws no random numbers, so the panel's one seed is the tuning sampler's."""
     logic = module.SpatialVaryingRegLogic()
