@@ -283,6 +283,9 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
         _check_preset_modality(args.preset, space, objective.pairs[0])
         return space, objective, None
     config = training_config(args)
+    from svreg_core.training.distributed import resolve_device as training_device
+
+    training_device(config.device)  # CUDA on a machine without fails now, as for pairwise tuning: not every trial
     storage = storage_file(args.storage)  # absolute, ~ expanded; None for a database server: the current folder
     runs = Path(args.runs_dir or (Path() if storage is None else storage.parent) / f"{args.study_name}-runs")
     runs = runs.expanduser()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -182,3 +183,13 @@ def test_label_choices_reach_the_trials_validation(tiny: dict[str, Path], helper
     config = training_config(helpers.parse_args(*base, "--labels", 3, "--label-interpolation", "nearest"))
     assert config.validation.labels == (3,) and config.validation.label_interpolation == "nearest"
     assert training_config(helpers.parse_args(*base)).validation.labels is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_the_study(tiny: dict[str, Path], tmp_path: Path, helpers: Any) -> None:
+    """--device cuda on a machine without CUDA failed every trial of a training study (five in a row, then the
+    study stopped); refused in one line before the study storage is created, as for pairwise tuning."""
+    with pytest.raises(InputError, match="no CUDA GPU is available"):
+        run_tune(helpers.parse_args("--train-config", tiny["config"], "--synthetic", tiny["labels"], "--device",
+                                    "cuda", "--storage", tmp_path / "s.db", "--n-trials", 1, "--progress", "none"))
+    assert not (tmp_path / "s.db").exists()
