@@ -541,7 +541,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._appendLog(job.outputs.status_text)
         elif job.cancelled:  # the status line said "Preview (network only)...": it would stay, e.g. after exit()
             stopped = _("Preview stopped (superseded or cancelled).")
-            if self._parameterNode:
+            # only its own line: Register stops a running preview, which ends after "Registering..." is shown
+            if self._parameterNode and self._parameterNode.statusText == _("Preview (network only)..."):
                 self._parameterNode.statusText = stopped
             self._appendLog(stopped)
         else:

@@ -447,6 +447,50 @@ def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp
     assert not process_group_alive(pid) and widget._previewEngine.pid is None
 
 
+def test_a_preview_stopped_by_register_leaves_the_registering_status(real, scene, tmp_path):
+    """Register pressed while a slider preview runs: Register stops the preview engine without waiting and shows
+    "Registering..."; the preview ends (cancelled) after that, and its "Preview stopped" replaced the status line of
+    the running registration. It is logged, and the status line is left to the registration."""
+    import time
+
+    from slicer_test_helpers import blob_image, tiny_hyper_checkpoint
+
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    log: list[str] = []
+    ui.logTextEdit.appendPlainText = log.append
+    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, None)
+    widget.logic, widget._previewTimer = logic, qt.QTimer()
+    widget._timers, widget._environmentChild, widget._tuning = [widget._previewTimer], None, None
+    widget._torchStatus = module.dependencies.TorchStatus("ok")
+    widget.setParameterNode(p)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    x = module.geometry.grid_points((16, 16, 16), affine)
+    p.fixedVolume = add_volume(scene, blob_image(x + np.array([3.0, -2.0, 2.0])), affine, "fixed")
+    p.movingVolume = add_volume(scene, blob_image(x), affine, "moving")
+    p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
+    p.modelCheckpoint = str(tiny_hyper_checkpoint(tmp_path))
+    p.useCpu, p.useAffine, p.createWarpedVolume = True, False, False
+    p.hyperAlphaPrime, p.hyperLambdaMax = 0.05, 0.5
+    widget.requestPreview()
+    t0 = time.monotonic()
+    while p.statusText != "Preview (network only)...":  # the preview's engine started, its job running
+        widget._onPreviewTimer()
+        assert time.monotonic() - t0 < 60 and widget._previewTimer.active, (p.statusText, log)
+        time.sleep(0.02)
+    widget._retirePreviewEngine()  # what Register does, then its status line:
+    p.statusText = "Registering..."
+    while widget._previewTimer.active:
+        widget._onPreviewTimer()
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.02)
+    assert "Preview stopped (superseded or cancelled)." in log
+    assert p.statusText == "Registering..."
+
+
 def test_register_pressed_while_pytorch_is_being_checked_runs_once_the_check_has_ended(real, scene, monkeypatch,
                                                                                        tmp_path):
     """Register pressed while the PyTorch check that Install (or a slider move) started was still running did
