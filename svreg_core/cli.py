@@ -647,6 +647,8 @@ def run_register_batch(args: argparse.Namespace) -> int:
     check_label_arguments(every, args)
     pairs = shard(every, args.shard)
     params = registration_parameters(args)
+    if args.model:  # a pairs file's masks (the flags: with the parameters)
+        check_masks_used(args, affine=params.affine, refine=args.refine, pairs=every)
     codes = learned_codes(args)
     finished, summary = _prepare_batch(pairs, args)
     cache: ImageCache = {}
@@ -826,11 +828,14 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     add_gzip_level_argument(p)
 
 
-def check_masks_used(args: argparse.Namespace, *, affine: bool, refine: int) -> None:
-    """Refuse ``--fixed-mask``/``--moving-mask`` with a learned model that would not use them: they restrict the
-    similarity of the affine stage and of a refinement, and without either the network alone ignores them."""
+def check_masks_used(args: argparse.Namespace, *, affine: bool, refine: int, pairs: Sequence[Pair] = ()) -> None:
+    """Refuse ``--fixed-mask``/``--moving-mask`` (and the masks of ``pairs``, a pairs file's) with a learned model
+    that would not use them: they restrict the similarity of the affine stage and of a refinement, and without
+    either the network alone ignores them."""
     masks = [flag for flag, value in (("--fixed-mask", getattr(args, "fixed_mask", None)),
                                       ("--moving-mask", getattr(args, "moving_mask", None))) if value]
+    masks += [f"{column} (pairs file)" for column in ("fixed_mask", "moving_mask")
+              if any(getattr(pair, column) for pair in pairs)]
     if masks and not refine and not affine:
         raise InputError(f"{' and '.join(masks)} restrict the similarity of the affine stage and of a refinement of "
                          "the learned model's prediction (svreg register --refine N); without either (--no-affine) "

@@ -335,6 +335,19 @@ def test_cli_model_errors_come_before_any_work(tiny_pair, tmp_path, capsys, argv
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_batch_refuses_pairs_file_masks_the_network_would_not_use(tiny_pair, tmp_path, capsys) -> None:
+    """``svreg register-batch --model --no-affine`` with a pairs file naming masks: the network alone ignores them,
+    and they were taken without a word (``--fixed-mask`` was refused); refused the same way, before any pair."""
+    p = tiny_pair.paths
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"fixed,moving,moving_mask\n{p.fixed},{p.moving},{p.moving_labels}\n")
+    assert main(["register-batch", "--pairs", str(pairs), "-o", str(tmp_path / "out"), "--model", "brain-unet-spr",
+                 "--no-affine", "--device", "cpu", "--progress", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "moving_mask (pairs file) restrict the similarity of the affine stage" in err and "Traceback" not in err
+    assert not any((tmp_path / "out").glob("*/report.json"))
+
+
 def test_cli_a_bad_model_description_is_refused_before_the_images_are_read(tiny_pair, constant_checkpoint, tmp_path,
                                                                           capsys) -> None:
     """A checkpoint whose model.json the loss refuses is named first, not after reading (here: failing on) an image."""
