@@ -46,7 +46,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SpatialVaryingRegLib import dependencies, display, estimate, geometry, models, preview, runner, tuning
+from SpatialVaryingRegLib import dependencies, display, estimate, geometry, landmarks, models, preview, runner, tuning
 from SpatialVaryingRegLib import logic as svlogic
 
 #: Label of the preset choice that uses ``customPresetFile``.
@@ -1017,13 +1017,17 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         """A not-yet-started job for the parameter node's inputs and settings; the output nodes selected in
         the parameter node are updated in place. ``preview``: the network alone (no refinement steps), what
         the *Regularisation* sliders of a HyperSPR model run; the masks restrict its affine stage's similarity, so
-        without that stage they are left out of it (the network alone does not use them)."""
+        without that stage they are left out of it (the network alone does not use them). Fiducial lists that cannot
+        pair up, which *Register* refuses, give a preview without a TRE rather than a failed one."""
         settings = self.settingsFromParameterNode(p)
-        fixedMask, movingMask = p.fixedMask, p.movingMask
+        fixedMask, movingMask, fixedFiducials = p.fixedMask, p.movingMask, p.fixedFiducials
         if preview:
             settings.refine_steps = 0
             if not settings.affine_stage():
                 fixedMask = movingMask = None
+            if fixedFiducials is not None and p.movingFiducials is not None and \
+                    landmarks.pair_count_problem(fixedFiducials, p.movingFiducials):
+                fixedFiducials = None  # a few seconds' preview: no TRE, and no error at each slider move
         reuse = svlogic.OutputNodes(transform=p.outputTransform, lambda_map=p.outputLambda,
                                     jacobian=p.outputJacobian, warped=p.outputWarped,
                                     warped_labels=p.outputWarpedLabels, inverse=p.outputInverseTransform)
@@ -1032,7 +1036,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             reuse = svlogic.OutputNodes()
         return svlogic.RegistrationJob(p.fixedVolume, p.movingVolume, fixed_mask=fixedMask, moving_mask=movingMask,
                                        fixed_labels=p.fixedLabels, moving_labels=p.movingLabels,
-                                       fixed_fiducials=p.fixedFiducials, moving_fiducials=p.movingFiducials,
+                                       fixed_fiducials=fixedFiducials, moving_fiducials=p.movingFiducials,
                                        fixed_roi=p.fixedRoi, reuse=reuse, settings=settings, scene=slicer.mrmlScene,
                                        **kwargs)
 

@@ -263,6 +263,35 @@ def test_the_slider_preview_keeps_the_masks_its_affine_stage_uses(module, scene,
         assert register.settings.refine_steps == 20
 
 
+def test_fiducial_lists_that_cannot_pair_leave_the_slider_preview_without_a_tre(module, scene, monkeypatch, tmp_path):
+    """A fixed list of 4 points and a moving list of 3 (landmarks still being placed), then a Regularisation slider
+    moved: Register refuses the lists (it would end without its TRE), and the preview, which validates the same
+    job, failed at every slider move with "correct them, or clear the fixed list"; it runs without a TRE (the
+    moving list still follows the result). Lists that pair up keep their TRE in the preview."""
+    from slicer_test_helpers import HYPER, add_volume, fiducials, write_model
+
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    p = module.SpatialVaryingRegParameterNode()
+    p.fixedVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "fixed")
+    p.movingVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "moving")
+    points = np.array([[2.0, 2.0, 2.0], [4.0, 6.0, 8.0], [10.0, 4.0, 6.0], [6.0, 10.0, 4.0]])
+    p.fixedFiducials = fiducials(scene, points, "F")
+    p.movingFiducials = fiducials(scene, points[:3], "M")
+    p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
+    p.modelCheckpoint = str(write_model(tmp_path / "hyper", config={"hyper": HYPER}, alpha_prime=0.175, lambda_max=1.0))
+    logic = module.SpatialVaryingRegLogic()
+    with pytest.raises(module.svlogic.RegistrationError, match="the fiducial lists cannot be paired"):
+        logic.createJob(p).validate()
+    preview = logic.createJob(p, preview=True)
+    preview.validate()
+    assert preview.fixed_fiducials is None and preview.moving_fiducials is p.movingFiducials
+    p.movingFiducials = fiducials(scene, points, "M4")
+    preview = logic.createJob(p, preview=True)
+    preview.validate()
+    assert preview.fixed_fiducials is p.fixedFiducials
+
+
 def test_console_register_with_codes_refused_before_anything_starts(module, scene, monkeypatch, tmp_path):
     """``logic.register(..., alphaPrime=A, lambdaMax=L)``: outside the model's ranges, on a plain model
     without refinement, or with the pairwise method: a plain message, nothing started or added."""
