@@ -1086,8 +1086,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             the model's own, ``model.json``). A HyperSPR model predicts for them; they must lie inside the ranges
             it was trained over (``SpatialVaryingRegLib.models.model_info(model).code_ranges``), else a plain
             message before anything starts. A plain model only uses them for its refinement (``refineSteps > 0``).
-            Without them a refinement regularises with the preset's values.
-            Pairwise registration takes ``parameters={"alpha_prime": ..., "lambda_max": ...}`` instead.
+            Without them a refinement regularises with the preset's refinement codes (its ``refine_codes``:
+            ``brain-mri``'s α′ 0.0303, λ_max 2.93), not with ``parameters``' alpha_prime and lambda_max, which
+            pairwise registration takes instead.
         :param preset: ``brain-mri``, ``cardiac-mri``, ``ct``, ``lung-ct`` or a preset JSON file path.
         :param parameters: registration parameters overriding the preset, e.g.
             ``{"alpha_prime": 0.1, "level_spacings": [4, 2], "iterations": [80, 60], "affine": False}``.
