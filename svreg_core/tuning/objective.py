@@ -258,8 +258,8 @@ class PairwiseTRE(PairObjective):
         if sum(outside):
             pairs = sum(n > 0 for n in outside)
             warnings.warn(f"fixed landmarks outside their fixed images: {sum(outside)} (in {pairs} of {len(outside)} "
-                          "pairs); the registration's field only continues its border values there, so they add "
-                          "nearly the same error to every trial.", stacklevel=2)
+                          "pairs); the registration maps them by its affine alone there (its field is zero beyond "
+                          "the fixed grid), so they add nearly the same error to every trial.", stacklevel=2)
         return fingerprints
 
     def landmarks_outside(self, data: LoadedPair) -> int:

@@ -377,7 +377,8 @@ def test_landmarks_outside_the_fixed_image_are_refused_or_warned_about(demo_pair
                                                                        helpers: Any,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """Fixed landmarks in another frame (here 500 mm off along x) were scored as they were: the study minimised an
-    error the registration cannot change. None inside the fixed image: refused before any trial; some: a warning."""
+    error the registration cannot change. None inside the fixed image: refused before any trial; some: a warning
+    (which said the field's border values continued there: beyond the fixed grid the points map by the affine)."""
     shutil.copytree(demo_pairs / "pair01", tmp_path / "val" / "p1")
     points, db = tmp_path / "val" / "p1" / "fixed_landmarks.csv", tmp_path / "s.db"
     header, *rows = points.read_text().splitlines()
@@ -394,8 +395,9 @@ def test_landmarks_outside_the_fixed_image_are_refused_or_warned_about(demo_pair
     points.write_text("\n".join([header, shifted[0], *rows[1:]]) + "\n")
     assert main(argv) == 0
     assert [ln for ln in capsys.readouterr().err.splitlines() if "landmarks outside" in ln] == [
-        "svreg: warning: fixed landmarks outside their fixed images: 1 (in 1 of 1 pairs); the registration's field "
-        "only continues its border values there, so they add nearly the same error to every trial."]
+        "svreg: warning: fixed landmarks outside their fixed images: 1 (in 1 of 1 pairs); the registration maps "
+        "them by its affine alone there (its field is zero beyond the fixed grid), so they add nearly the same error "
+        "to every trial."]
 
 
 def test_tre_objective_refuses_label_choices(demo_pairs: Path, tmp_path: Path, helpers: Any) -> None:
