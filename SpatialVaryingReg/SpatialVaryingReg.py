@@ -181,7 +181,7 @@ def _isHyperModel(p: SpatialVaryingRegParameterNode) -> bool:
         info = models.model_info(_selectedModel(p))
     except models.ModelError:
         return False
-    return info is not None and info.code_ranges is not None
+    return info is not None and info.is_hyper
 
 
 def _numbers(text: str, kind=float) -> list | None:

@@ -13,7 +13,7 @@ class ProgressEvent:
     """One progress update.
 
     Attributes:
-        stage: short stage name (``"load"``, ``"affine"``, ``"deformable 4mm"``, ``"outputs"``...).
+        stage: short stage name (``"load"``, ``"affine"``, ``"deformable 4 mm"``, ``"outputs"``...).
         step: steps done in this stage.
         total: steps in this stage (0 when unknown).
         fraction: overall completion in [0, 1].
