@@ -25,9 +25,10 @@ def intensity_window(data: np.ndarray, lower: float = 0.5, upper: float = 99.5) 
     fg = data[data > vmin]
     if fg.size == 0:
         return vmin, vmin + 1.0
-    non_zero = fg if vmin >= 0 else fg[fg != 0]  # above a non-negative minimum: no zeros
-    lo = vmin if vmin >= 0 else float(np.percentile(_subsample(fg), lower))
-    hi = float(np.percentile(_subsample(non_zero if non_zero.size else fg), upper))
+    sample = _subsample(fg)
+    non_zero = sample if vmin >= 0 else sample[sample != 0]  # above a non-negative minimum: no zeros
+    lo = vmin if vmin >= 0 else float(np.percentile(sample, lower))
+    hi = float(np.percentile(non_zero if non_zero.size else sample, upper))
     if hi <= lo:  # only with a negative minimum (else lo is the minimum, below every foreground value)
         lo = vmin
     return lo, hi

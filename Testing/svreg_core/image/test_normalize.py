@@ -69,3 +69,21 @@ def test_a_few_negative_voxels_leave_the_window_of_an_image_on_zeros_alone() -> 
     # a CT's window does not count its exact 0 HU voxels either (they are water, not a background)
     ct = np.concatenate([np.full(3000, -1000.0), np.full(100, 0.0), np.linspace(1.0, 1500.0, 2900)])
     assert intensity_window(ct)[1] == np.percentile(ct[ct > 0], 99.5)
+
+
+def test_the_window_of_a_large_image_with_negative_values_copies_its_foreground_once() -> None:
+    """A CT (negative minimum) of 20 million voxels: leaving its exact zeros out of the upper percentile made a
+    second copy of the whole foreground before it was subsampled (+1 GB for a 512 x 512 x 600 CT); the zeros
+    are now left out of the 2-million-voxel sample. Peak memory traced (NumPy reports its arrays)."""
+    import tracemalloc
+
+    ct = np.linspace(-1000.0, 2000.0, 20_000_000, dtype=np.float32)
+    ct[:1000] = -3024.0  # the padding outside the scanner's field of view
+    tracemalloc.start()
+    try:
+        low, high = intensity_window(ct)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.4 * ct.nbytes, peak / ct.nbytes  # the foreground (1x) and its mask; 2.3x before
+    assert np.isclose(low, -985.0, atol=1.0) and np.isclose(high, 1985.0, atol=1.0)
