@@ -284,11 +284,23 @@ def load_alignments(cache: Path) -> dict[tuple[str, str], np.ndarray]:
         return {}
 
 
+def _file_identity(path: str | Path) -> list:
+    """What identifies a data file for :func:`data_fingerprint`: its name and size in bytes (``None`` when it
+    cannot be read). Not its folder: a run whose data moved (to a cluster's node-local scratch, a renamed project
+    folder) resumes on the same files, while other files of the same names (relative paths given in another
+    folder) differ in size."""
+    try:
+        size: int | None = os.path.getsize(path)
+    except OSError:
+        size = None
+    return [Path(path).name, size]
+
+
 def data_fingerprint(data: TrainingData) -> dict[str, Any]:
     """What a resumed run must find again: ``training_pairs`` and ``validation_pairs``, the numbers of real pairs, and
-    ``sha256``, a digest of every real pair's file paths and of the label maps or templates each generated source
-    draws from, in order (the epoch plans index them, and a held-out validation split depends on them). Paths are
-    made absolute: the same relative paths given in another folder name other files."""
+    ``sha256``, a digest of every real pair's files and of the label maps or templates each generated source
+    draws from, in order (the epoch plans index them, and a held-out validation split depends on them), each file
+    by its name and size (:func:`_file_identity`)."""
     from svreg_core.training.datasets import PairListDataset, SyntheticPairDataset, TemplateAugmentDataset
 
     digest = hashlib.sha256()
@@ -298,11 +310,11 @@ def data_fingerprint(data: TrainingData) -> dict[str, Any]:
             items: list = []
             if isinstance(dataset, PairListDataset):
                 counts[key] += len(dataset.pairs)
-                items = [[path and os.path.abspath(path)
+                items = [[path and _file_identity(path)
                           for path in (pair.fixed, pair.moving, pair.fixed_labels, pair.moving_labels)]
                          for pair in dataset.pairs]
             elif isinstance(dataset, SyntheticPairDataset):
-                items = [os.path.abspath(path) for path in dataset.paths]
+                items = [_file_identity(path) for path in dataset.paths]
             elif isinstance(dataset, TemplateAugmentDataset):
                 items = [template.name for template in dataset.templates]
             digest.update(json.dumps([key, type(dataset).__name__, items]).encode())

@@ -212,14 +212,21 @@ def test_resuming_on_changed_data_is_refused(geo, tmp_path) -> None:
 
 def test_resuming_with_relative_paths_from_another_folder_is_refused(geo, tmp_path, monkeypatch) -> None:
     """The same relative data path given in another folder names other files: a run begun in one project folder and
-    resumed from another (both with a ``train/`` folder of the same names) went on training on the other cohort."""
+    resumed from another (both with a ``train/`` folder of the same names) went on training on the other cohort.
+    Data that moved with the run (a renamed project folder, a copy on a cluster's scratch disk) still resumes."""
     for project in ("a", "b"):
         write_subjects(geo, tmp_path / project / "train")
+    noise = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)  # another subject, same name
+    geo.save_nifti(noise, np.diag([4.0, 4.0, 4.0, 1.0]), tmp_path / "b" / "train" / "sub0.nii.gz")
     config = real_pairs_config(Path("train"), Path("train"), validation={"pairs": 0})
     monkeypatch.chdir(tmp_path / "a")
-    train(config, tmp_path / "run")
-    train(config, tmp_path / "run")  # the same files: resumed (here: nothing left to do)
+    train(config, Path("run"))
+    train(config, Path("run"))  # the same files: resumed (here: nothing left to do)
+    (tmp_path / "a").rename(tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved")
+    train(config, Path("run"))  # the project folder renamed, data and run together: the same files
+    shutil.copytree(tmp_path / "moved" / "run", tmp_path / "b" / "run")
     monkeypatch.chdir(tmp_path / "b")
     with pytest.raises(InputError, match=r"changed since it began \(as many pairs, of other files: .* relative paths "
                                          r"read in another folder\)"):
-        train(config, tmp_path / "run")
+        train(config, Path("run"))
