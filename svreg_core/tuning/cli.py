@@ -286,7 +286,7 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
     from svreg_core.training.distributed import resolve_device as training_device
 
     training_device(config.device)  # CUDA on a machine without fails now, as for pairwise tuning: not every trial
-    storage = storage_file(args.storage)  # absolute, ~ expanded; None for a database server: the current folder
+    storage = storage_file(args.storage)  # absolute; None for a database server: the current folder
     runs = Path(args.runs_dir or (Path() if storage is None else storage.parent) / f"{args.study_name}-runs")
     runs = runs.expanduser()
     return build_search_space(config, **ranges), TrainingDice(runs, args.epochs_per_trial or config.epochs), runs

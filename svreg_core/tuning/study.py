@@ -83,10 +83,12 @@ def storage_url(storage: str | Path) -> str:
 
 
 def storage_file(storage: str | Path) -> Path | None:
-    """The file of a journal or SQLite storage (absolute), ``None`` for a database server."""
+    """The file of a journal or SQLite storage, absolute, ``None`` for a database server: a path given as such
+    with ``~`` expanded (:func:`storage_url`); an SQLite URL's as SQLite opens it (relative to the current folder,
+    ``~`` a folder of that name)."""
     url = storage_url(storage)
     if url.startswith("sqlite:///"):
-        return Path(make_url(url).database or "")
+        return Path(make_url(url).database or "").absolute()
     return None if "://" in url else Path(url)
 
 

@@ -16,6 +16,7 @@ from svreg_core.tuning.study import (
     create_or_join,
     load_study,
     open_storage,
+    storage_file,
     storage_url,
 )
 
@@ -112,3 +113,15 @@ def test_sqlite_transactions_take_the_write_lock_when_they_begin(tmp_path: Path)
     study = optuna.create_study(storage=storage, study_name="queue")  # the storage still works as usual
     study.enqueue_trial({"x": 1.0})
     assert study.ask().params == {} and len(study.trials) == 1
+
+
+def test_storage_file_is_absolute_where_the_storage_puts_it(tmp_path, monkeypatch) -> None:
+    """A relative SQLite URL's file was returned relative (the docstring promised absolute), so the trials' runs of
+    a training study, placed next to it, moved with the current folder; ``~`` in a URL is a folder of that name for
+    SQLite, while a plain path's ``~`` is the home folder."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert storage_file("sqlite:///rel.db") == tmp_path / "rel.db"
+    assert storage_file("sqlite:///~/r.db") == tmp_path / "~" / "r.db"
+    assert storage_file("~/x.db") == tmp_path / "home" / "x.db"
+    assert storage_file(tmp_path / "j.log") == tmp_path / "j.log" and storage_file("postgresql://u@h/db") is None
