@@ -115,13 +115,17 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
     return out
 
 
-def check_output_file(path: str | Path) -> None:
-    """Before any work: :class:`OutputError` unless a file can be created in ``path``'s folder (which must exist):
+def check_output_file(path: str | Path, *, missing_folders: bool = False) -> None:
+    """Before any work: :class:`OutputError` unless a file can be created in ``path``'s folder (which must exist;
+    with ``missing_folders``, folders can be created from its nearest existing ancestor, which must be a folder):
     the folder is probed as :func:`prepare_output_dir` probes an output folder's parent."""
     path = Path(path).absolute()
-    if not path.parent.is_dir():
+    existing = _nearest_existing(path) if missing_folders else path.parent
+    if missing_folders and not existing.is_dir():
+        raise OutputError(f"cannot write {path}: {existing} is a file, not a folder.")
+    if not existing.is_dir():
         raise OutputError(f"cannot write {path}: folder {path.parent} does not exist.")
-    _probe_writable(path, path.parent, "output file")
+    _probe_writable(path, existing, "output file")
 
 
 def _nearest_existing(out: Path) -> Path:

@@ -246,18 +246,14 @@ def _input_files(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _check_writable(path: Path, flag: str) -> None:
-    """:class:`OutputError` unless ``path`` can be written: its nearest existing folder is a folder in which a
-    file can be created (:func:`~svreg_core.outputs.writer.check_output_file`'s probe)."""
+    """:class:`OutputError` naming ``flag`` unless ``path`` can be written, its missing folders created
+    (:func:`~svreg_core.outputs.writer.check_output_file`)."""
     from svreg_core.outputs.writer import check_output_file
 
-    path = path.absolute()
-    existing = next(p for p in path.parents if p.exists())
-    if not existing.is_dir():
-        raise OutputError(f"cannot write {flag} {path}: {existing} is a file, not a folder.")
     try:
-        check_output_file(path if path.parent == existing else next(p for p in path.parents if p.parent == existing))
+        check_output_file(path, missing_folders=True)
     except OutputError as exc:
-        raise OutputError(f"{flag} {path}: {exc}") from None
+        raise OutputError(f"{flag}: {exc}") from None
 
 
 def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path | None]:

@@ -49,8 +49,8 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     (["--apply-best", "{tmp}"], "--apply-best needs a file name"),
     (["--apply-best", "{tmp}/custom.json", "--preset", "{tmp}/custom.json"], "is the --preset file"),
     (["--report", "{tmp}/custom.json"], "--report needs a folder"),
-    (["--report", "{tmp}/custom.json/report"], "cannot write --report .*custom.json is a file, not a folder"),
-    (["--apply-best", "{tmp}/custom.json/new/best.json"], "cannot write --apply-best .*custom.json is a file"),
+    (["--report", "{tmp}/custom.json/report"], "--report: cannot write .*custom.json is a file, not a folder"),
+    (["--apply-best", "{tmp}/custom.json/new/best.json"], "--apply-best: cannot write .*custom.json is a file"),
     (["--search", "alpha_prime", "iterations", "--apply-best", "{tmp}/best.json"],
      r"the searched iterations belong to the study's pyramid \(level_spacings \[12.0, 6.0\]\), not the preset's; "
      "add --include-fixed-settings"),
@@ -116,7 +116,7 @@ def test_unwritable_report_and_preset_locations_are_refused_before_any_trial(
     assert main(["tune", str(demo_pairs), *helpers.FAST, "--storage", str(tmp_path / "s.db"), "--n-trials", "1",
                  "--progress", "none", flag, target]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"svreg: error: {flag} {target}")
+    assert len(err) == 1 and err[0].startswith(f"svreg: error: {flag}: cannot write the output file {target}")
     assert "creating a folder in /proc fails" in err[0]
     assert not (tmp_path / "s.db").exists() and not Path(target).exists()
 
