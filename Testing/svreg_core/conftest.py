@@ -339,3 +339,13 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespac
     return SimpleNamespace(ranges=HYPER_RANGES,
                            hyper=tiny_checkpoint(folder, "hyper-test", HYPER_RANGES, spacing_mm=6.0, similarity="lncc"),
                            plain=tiny_checkpoint(folder, "plain-test", None, spacing_mm=6.0, similarity="lncc"))
+
+
+@pytest.fixture(scope="session")
+def unwritable_folder() -> Path:
+    """A folder in which nobody, root included, can create anything (permission bits do not stop root): the
+    kernel's process file system. Tests of read-only locations that need it are skipped where there is none."""
+    folder = Path("/proc")
+    if not (folder / "self").is_dir():
+        pytest.skip("needs Linux's /proc, where not even root can create a folder")
+    return folder

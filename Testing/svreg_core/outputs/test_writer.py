@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -443,12 +444,12 @@ def test_prepare_output_dir_read_only_parent(tmp_path: Path) -> None:
     assert list(parent.iterdir()) == []
 
 
-@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
-def test_prepare_output_dir_tries_a_real_folder(tmp_path: Path) -> None:
+def test_prepare_output_dir_tries_a_real_folder(tmp_path: Path, unwritable_folder: Path) -> None:
     """Permission bits say /proc is writable for root; creating a folder there fails all the same. A
     writable location is left exactly as it was (the test folder is removed again)."""
-    for target in (Path("/proc/svreg-test-out"), Path("/proc/svreg-a/b/out")):
-        with pytest.raises(OutputError, match=r"cannot write the output folder .*creating a folder in /proc fails"):
+    for target in (unwritable_folder / "svreg-test-out", unwritable_folder / "svreg-a" / "b" / "out"):
+        with pytest.raises(OutputError, match=rf"cannot write the output folder .*creating a folder in "
+                                              rf"{re.escape(str(unwritable_folder))} fails"):
             prepare_output_dir(target, overwrite=False, create_parent=False)
     prepare_output_dir(tmp_path / "x" / "out", overwrite=False, create_parent=False)
     prepare_output_dir(tmp_path / "out", overwrite=False, create_parent=False)
