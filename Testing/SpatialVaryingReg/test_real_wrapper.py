@@ -70,6 +70,35 @@ def _widget(module, ui, parameter_node):
     return widget
 
 
+def _preview_widget(real, scene, tmp_path, shape: tuple[int, int, int], origin: float = 0.0):
+    """``(module, widget, parameter node, log)``: the widget's own preview code on the real scheduler, ready to
+    preview a tiny hyper checkpoint (CPU, no affine stage, no warped volume) on two blob volumes of ``shape``
+    2 mm voxels; ``log`` collects its log lines."""
+    from slicer_test_helpers import blob_image, tiny_hyper_checkpoint
+
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    log: list[str] = []
+    ui.logTextEdit.appendPlainText = log.append
+    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, None)
+    widget.logic, widget._previewTimer = logic, qt.QTimer()
+    widget._timers, widget._environmentChild, widget._tuning = [widget._previewTimer], None, None
+    widget._torchStatus = module.dependencies.TorchStatus("ok")
+    widget.setParameterNode(p)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = origin
+    x = module.geometry.grid_points(shape, affine)
+    p.fixedVolume = add_volume(scene, blob_image(x + np.array([3.0, -2.0, 2.0])), affine, "fixed")
+    p.movingVolume = add_volume(scene, blob_image(x), affine, "moving")
+    p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
+    p.modelCheckpoint = str(tiny_hyper_checkpoint(tmp_path))
+    p.useCpu, p.useAffine, p.createWarpedVolume = True, False, False
+    return module, widget, p, log
+
+
 def _widget_with_unusable_settings(real, scene, monkeypatch):
     """``(module, qt, widget, logic, parameter node)``: the widget with its own state (ScriptedLoadableModuleWidget's
     ``__init__``, which needs slicer.app, skipped), two volumes chosen and level spacings typed as "4;2" (not
@@ -391,29 +420,7 @@ def test_slider_previews_run_on_one_engine_and_cleanup_kills_it(real, scene, tmp
     Register stops it without blocking; cleanup kills its process tree."""
     import time
 
-    from slicer_test_helpers import blob_image, tiny_hyper_checkpoint
-
-    module, qt, ctk = real
-    geometry = module.geometry
-    ui = qt_standins.ui_from_file(UI, qt, ctk)
-    log: list[str] = []
-    ui.logTextEdit.appendPlainText = log.append
-    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
-    logic = module.SpatialVaryingRegLogic()
-    p = logic.getParameterNode()
-    widget = _widget(module, ui, None)
-    widget.logic, widget._previewTimer = logic, qt.QTimer()
-    widget._timers, widget._environmentChild, widget._tuning = [widget._previewTimer], None, None
-    widget._torchStatus = module.dependencies.TorchStatus("ok")
-    widget.setParameterNode(p)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    affine[:3, 3] = -31.0
-    x = geometry.grid_points((32, 32, 32), affine)
-    p.fixedVolume = add_volume(scene, blob_image(x + np.array([3.0, -2.0, 2.0])), affine, "fixed")
-    p.movingVolume = add_volume(scene, blob_image(x), affine, "moving")
-    p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
-    p.modelCheckpoint = str(tiny_hyper_checkpoint(tmp_path))
-    p.useCpu, p.useAffine, p.createWarpedVolume = True, False, False
+    module, widget, p, log = _preview_widget(real, scene, tmp_path, (32, 32, 32), origin=-31.0)
 
     def slider_move(alpha_prime: float, lambda_max: float) -> None:
         p.hyperAlphaPrime, p.hyperLambdaMax = alpha_prime, lambda_max
@@ -453,27 +460,7 @@ def test_a_preview_stopped_by_register_leaves_the_registering_status(real, scene
     the running registration. It is logged, and the status line is left to the registration."""
     import time
 
-    from slicer_test_helpers import blob_image, tiny_hyper_checkpoint
-
-    module, qt, ctk = real
-    ui = qt_standins.ui_from_file(UI, qt, ctk)
-    log: list[str] = []
-    ui.logTextEdit.appendPlainText = log.append
-    ui.progressBar.setFormat = ui.progressBar.setValue = lambda value: None
-    logic = module.SpatialVaryingRegLogic()
-    p = logic.getParameterNode()
-    widget = _widget(module, ui, None)
-    widget.logic, widget._previewTimer = logic, qt.QTimer()
-    widget._timers, widget._environmentChild, widget._tuning = [widget._previewTimer], None, None
-    widget._torchStatus = module.dependencies.TorchStatus("ok")
-    widget.setParameterNode(p)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    x = module.geometry.grid_points((16, 16, 16), affine)
-    p.fixedVolume = add_volume(scene, blob_image(x + np.array([3.0, -2.0, 2.0])), affine, "fixed")
-    p.movingVolume = add_volume(scene, blob_image(x), affine, "moving")
-    p.method, p.model = module.METHOD_LABELS["learned"], module.CHECKPOINT_CHOICE
-    p.modelCheckpoint = str(tiny_hyper_checkpoint(tmp_path))
-    p.useCpu, p.useAffine, p.createWarpedVolume = True, False, False
+    module, widget, p, log = _preview_widget(real, scene, tmp_path, (16, 16, 16))
     p.hyperAlphaPrime, p.hyperLambdaMax = 0.05, 0.5
     widget.requestPreview()
     t0 = time.monotonic()
