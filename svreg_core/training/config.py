@@ -404,9 +404,18 @@ class TrainingConfig:
         _check_keys(values, cls, "training")
         return cls(**values)
 
-    def differences(self, other: TrainingConfig) -> list[str]:
-        """Names of the settings (outside :data:`RUNTIME_FIELDS`) whose values differ from ``other``'s."""
+    def differences(self, other: TrainingConfig, *, data_locations: bool = True) -> list[str]:
+        """Names of the settings (outside :data:`RUNTIME_FIELDS`) whose values differ from ``other``'s.
+
+        With ``data_locations`` off, the ``path`` and ``atlas`` of the data and validation sources are left out: where
+        the files are, not which files they are (a resumed run whose data moved; which files they are is what
+        :func:`~svreg_core.training.loaders.data_fingerprint` tells)."""
         mine, theirs = self.to_dict(), other.to_dict()
+        if not data_locations:
+            for values in (mine, theirs):
+                for section in ("data", "validation"):
+                    for source in values[section]["sources"]:
+                        del source["path"], source["atlas"]
         return sorted(k for k in mine if k not in RUNTIME_FIELDS and mine[k] != theirs[k])
 
 

@@ -7,7 +7,8 @@ learning rate that decays polynomially per epoch.
 
 A run folder holds::
 
-    config.yaml          the resolved configuration (a later run in this folder must match it)
+    config.yaml          the resolved configuration (a later run in this folder must match it, but for where the
+                         data are when data.json shows they are the same files)
     data.json            counts and a digest of the pairs the run began with (a resumed run must find them again)
     alignments.json      affine pre-alignment of every real pair (computed once, reused on resume)
     metrics.csv          one row per epoch (svreg_core.training.history.COLUMNS)
@@ -217,22 +218,29 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
         previous = load_config(saved)
     except InputError as exc:
         raise InputError(f"the run folder's {saved.name} is unusable ({exc}); choose a new folder.") from None
-    changed = config.differences(previous)
+    # the data's locations may change when the data they began with is recorded (DATA_FILE), which _train compares
+    changed = config.differences(previous, data_locations=_data_began(run_dir) is None)
     if changed:
         raise InputError(f"output folder {run_dir} holds a run with a different configuration ({', '.join(changed)} "
                          "differ); use the same settings to resume it, or choose a new folder.")
     return True
 
 
-def _check_same_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    """Raise :class:`InputError` when the pairs of a resumed run differ from those it began with (``DATA_FILE``; a run
-    folder without one, or with an unreadable one, is not checked)."""
+def _data_began(run_dir: Path) -> tuple[int, int, str] | None:
+    """The training and validation pair counts and the digest of the data a run began with (``DATA_FILE``; ``None``
+    for a run folder without one, or with an unreadable one)."""
     try:
         began = json.loads((run_dir / DATA_FILE).read_text())
-        then = int(began["training_pairs"]), int(began["validation_pairs"]), str(began["sha256"])
+        return int(began["training_pairs"]), int(began["validation_pairs"]), str(began["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
-        return
-    if then[2] == fingerprint["sha256"]:
+        return None
+
+
+def _check_same_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Raise :class:`InputError` when the pairs of a resumed run differ from those it began with (:func:`_data_began`;
+    a run folder without a record is not checked)."""
+    then = _data_began(run_dir)
+    if then is None or then[2] == fingerprint["sha256"]:
         return
     now = fingerprint["training_pairs"], fingerprint["validation_pairs"]
     counts = ("as many pairs, of other files" if now == then[:2] else
@@ -344,7 +352,7 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
         else:  # every file of the pairs, before any long work (a resumed run read them when it began)
             check_pair_files(data, progress)
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(config, run_dir / CONFIG_FILE)
+        save_config(config, run_dir / CONFIG_FILE)  # (a resumed run's data may have moved: where they are now)
         if not continuing or not (run_dir / DATA_FILE).is_file():  # (a run begun by an svreg without it)
             with replaced_when_complete(run_dir / DATA_FILE) as tmp:
                 tmp.write_text(json.dumps(fingerprint, indent=1) + "\n")

@@ -15,7 +15,7 @@ from svreg_core.cli import main
 from svreg_core.errors import InputError
 from svreg_core.progress import ProgressEvent
 from svreg_core.training.cli import add_train_arguments, resolve_config
-from svreg_core.training.config import DataSource, TrainingConfig, save_config
+from svreg_core.training.config import DataSource, TrainingConfig, load_config, save_config
 from svreg_core.training.datasets import pairs_from_folder
 from svreg_core.training.loaders import build_data, prepare_alignments
 from svreg_core.training.sources import synthseg_label_maps
@@ -230,3 +230,21 @@ def test_resuming_with_relative_paths_from_another_folder_is_refused(geo, tmp_pa
     with pytest.raises(InputError, match=r"changed since it began \(as many pairs, of other files: .* relative paths "
                                          r"read in another folder\)"):
         train(config, Path("run"))
+
+
+def test_a_run_resumes_on_its_data_moved_to_a_folder_given_anew(geo, tmp_path) -> None:
+    """A configuration with absolute data paths, resumed after the data folder moved and the new folder was given,
+    was refused as a run with a different configuration ('data, validation differ') although its files were the same;
+    the same files in their new place resume (the run folder's configuration then names them), other files do not."""
+    write_subjects(geo, tmp_path / "old" / "train")
+    train(real_pairs_config(tmp_path / "old" / "train", tmp_path / "old" / "train"), tmp_path / "run")
+    (tmp_path / "old").rename(tmp_path / "new")
+    moved = real_pairs_config(tmp_path / "new" / "train", tmp_path / "new" / "train")
+    assert train(moved, tmp_path / "run").resumed_from == 1  # the same files: resumed (nothing left to do)
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert [s.path for s in (*saved.data.sources, *saved.validation.sources)] == [str(tmp_path / "new" / "train")] * 2
+    write_subjects(geo, tmp_path / "other" / "train")
+    noise = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)  # another subject, same name
+    geo.save_nifti(noise, np.diag([4.0, 4.0, 4.0, 1.0]), tmp_path / "other" / "train" / "sub0.nii.gz")
+    with pytest.raises(InputError, match=r"changed since it began \(as many pairs, of other files"):
+        train(real_pairs_config(tmp_path / "other" / "train", tmp_path / "other" / "train"), tmp_path / "run")
