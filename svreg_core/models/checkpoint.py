@@ -49,6 +49,11 @@ NORMALIZATIONS = ("robust_normalize",)
 #: How many tensor names an error message lists before summarising.
 _LISTED = 4
 
+#: The types a checkpoint may store a floating-point weight in: loaded by rounding to the network's own type.
+#: Other floating-point types (the 8-bit floats of quantised models) are refused as a type mismatch: torch cannot
+#: even check them for NaN.
+LOADABLE_FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 @dataclass
 class ModelInfo:
@@ -313,7 +318,8 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor])
     shapes = [f"{n} {tuple(found[n].shape)} instead of {tuple(t.shape)}" for n, t in expected.items()
               if n in found and found[n].shape != t.shape]
     dtypes = [f"{n} {found[n].dtype} instead of {t.dtype}" for n, t in expected.items()
-              if n in found and found[n].is_floating_point() != t.is_floating_point()]
+              if n in found and (found[n].dtype not in LOADABLE_FLOAT_TYPES if t.is_floating_point()
+                                 else found[n].is_floating_point())]
     if missing:
         problems.append(f"missing tensor(s) {_names(missing)}")
     if unexpected:
@@ -337,8 +343,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
 
     Raises:
         InputError: a missing folder or file, an invalid ``model.json``, corrupt or truncated weights,
-            an unknown architecture, weights that do not fit the architecture's configuration, or NaN or
-            infinite weights.
+            an unknown architecture, weights that do not fit the architecture's configuration (names, shapes,
+            or types other than :data:`LOADABLE_FLOAT_TYPES` for floating-point weights), or NaN or infinite
+            weights.
     """
     folder = _folder(path)
     info, digest = _read_info(folder)

@@ -279,6 +279,24 @@ def test_missing_and_unexpected_tensors(saved) -> None:
     assert f"missing tensor(s) {name}" in message and "unexpected tensor(s) extra.weight" in message
 
 
+def test_weights_stored_in_another_float_type(saved) -> None:
+    """Half-precision weights load, rounded to the network's float32; 8-bit floats (a quantised model), which torch
+    cannot even check for NaN, are refused in one line naming the type, not with a NotImplementedError traceback."""
+    model, folder = saved
+    weights = folder / "model.safetensors"
+    tensors = load_file(str(weights))
+    for dtype in (torch.float16, torch.float8_e4m3fn):
+        save_file({name: t.to(dtype) for name, t in tensors.items()}, str(weights))
+        _rewrite_json(folder, weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+        if dtype == torch.float16:
+            loaded, _ = load_checkpoint(folder)
+            assert all(p.dtype == torch.float32 for p in loaded.parameters())
+            assert torch.equal(loaded.velocity_head.weight, tensors["velocity_head.weight"].half().float())
+        else:
+            message = _one_line_error(folder, "does not match architecture unet-spr")
+            assert "type mismatch encoder.0.0.weight torch.float8_e4m3fn instead of torch.float32" in message
+
+
 def test_model_info_from_dict_round_trip_and_errors(saved) -> None:
     model, _ = saved
     info = _info(model)
