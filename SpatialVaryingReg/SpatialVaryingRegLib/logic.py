@@ -447,6 +447,7 @@ class RegistrationJob:
         if self.settings.labels and (self.fixed_labels is None or self.moving_labels is None):
             raise RegistrationError("the labels to score need a label map of both volumes (Dice).")
         self._check_fiducials()
+        self._check_outputs()
         if self.settings.device not in DEVICES:
             raise RegistrationError(f"unknown device '{self.settings.device}'; use auto, cpu or cuda.")
         self._model_argument = self._check_model()
@@ -490,6 +491,30 @@ class RegistrationJob:
                            np.eye(4) if self._moving_base is None else self._moving_base, atol=1e-4):
             raise RegistrationError(f"the moving fiducials '{self.moving_fiducials.GetName()}' are not under the "
                                     "same transform as the moving volume; place both under the same transform.")
+
+    def _check_outputs(self) -> None:
+        """The nodes to update in place (:attr:`reuse`) must be none of the inputs, and each serve one output: the
+        run would write a map into the user's volume or label map (or rename it as an earlier run's output), or one
+        output over another."""
+        inputs = (("fixed volume", self.fixed), ("moving volume", self.moving), ("fixed mask", self.fixed_mask),
+                  ("moving mask", self.moving_mask), ("fixed label map", self.fixed_labels),
+                  ("moving label map", self.moving_labels))
+        chosen: dict[str, str] = {}
+        for role, node in (("transform", self.reuse.transform), ("inverse transform", self.reuse.inverse),
+                           ("lambda map", self.reuse.lambda_map), ("Jacobian", self.reuse.jacobian),
+                           ("warped volume", self.reuse.warped), ("warped labels", self.reuse.warped_labels)):
+            if node is None or node.GetScene() is not self.scene:
+                continue  # a node removed from the scene is not updated: a new one is made
+            for what, source in inputs:
+                if source is not None and source.GetID() == node.GetID():
+                    raise RegistrationError(f"the output node for the {role} is the {what} '{node.GetName()}', which "
+                                            "the run would overwrite; choose another node for the "
+                                            f"{role} (Outputs), or none for a new one.")
+            if node.GetID() in chosen:
+                raise RegistrationError(f"the node '{node.GetName()}' is chosen as the output for both the "
+                                        f"{chosen[node.GetID()]} and the {role}; choose another node for one of them "
+                                        "(Outputs), or none for a new one.")
+            chosen[node.GetID()] = role
 
     def _check_model(self) -> str | None:
         """The engine's ``--model`` argument (``None`` for the pairwise method), checked before any start,

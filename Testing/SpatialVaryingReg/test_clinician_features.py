@@ -8,10 +8,18 @@ estimate. The engine runs in its child process on a tiny 32^3 pair (seconds).
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
-from slicer_test_helpers import add_volume, blob_image, fiducials, grid_transform_arrays, write_engine_outputs
+from slicer_test_helpers import (
+    add_volume,
+    array_ijk,
+    blob_image,
+    fiducials,
+    grid_transform_arrays,
+    write_engine_outputs,
+)
 
 from SpatialVaryingRegLib import estimate, geometry, landmarks, logic, segmentations, tuning
 
@@ -353,6 +361,37 @@ def test_a_fixed_label_map_alone_is_refused_before_anything_starts(scene, pair):
     with pytest.raises(logic.RegistrationError, match="labels to score need a label map of both volumes"):
         logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"],
                               settings=logic.RegistrationSettings(labels=[1])).validate()
+
+
+def test_an_input_chosen_as_an_output_node_is_refused_before_anything_is_written(scene, pair, tmp_path):
+    """The Outputs selectors list every volume: the fixed volume chosen as the lambda map (or the moving volume as
+    the warped volume, a label map both as input and as warped labels) was overwritten by the result, and a node
+    chosen for two outputs got one map over the other. Refused in one line; the inputs keep their voxels and names."""
+    x = geometry.grid_points(SHAPE, AFFINE)
+    fixed_labels = add_volume(scene, labels_of(blob_image(x)), AFFINE, "fixed labels", labelmap=True)
+    moving_labels = add_volume(scene, labels_of(blob_image(x)), AFFINE, "moving labels", labelmap=True)
+    outputs = write_engine_outputs(tmp_path / "output", AFFINE, SHAPE, labels_of(blob_image(x)))
+    voxels = {node.GetID(): array_ijk(node) for node in (pair["fixed"], pair["moving"], fixed_labels)}
+    names = {node_id: scene.GetNodeByID(node_id).GetName() for node_id in voxels}
+    spare = add_volume(scene, np.zeros(SHAPE, np.float32), AFFINE, "spare")
+    for reuse, message in (
+            (logic.OutputNodes(lambda_map=pair["fixed"]), "the output node for the lambda map is the fixed volume "
+                                                          "'fixed', which the run would overwrite"),
+            (logic.OutputNodes(warped=pair["moving"]), "the warped volume is the moving volume 'moving'"),
+            (logic.OutputNodes(warped_labels=fixed_labels), "the warped labels is the fixed label map"),
+            (logic.OutputNodes(lambda_map=spare, jacobian=spare), "'spare' is chosen as the output for both the "
+                                                                  "lambda map and the Jacobian")):
+        job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=fixed_labels,
+                                    moving_labels=moving_labels, reuse=reuse)
+        with pytest.raises(logic.RegistrationError, match=re.escape(message)):
+            job.validate()
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=fixed_labels, moving_labels=moving_labels,
+                                reuse=logic.OutputNodes(lambda_map=spare))
+    job.validate()  # a node of its own for each output is taken
+    assert job.load_outputs(outputs).lambda_map is spare
+    for node_id, before in voxels.items():
+        node = scene.GetNodeByID(node_id)
+        assert np.array_equal(array_ijk(node), before) and node.GetName() == names[node_id]
 
 
 @pytest.mark.parametrize("affine", [True, False])
