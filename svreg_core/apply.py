@@ -88,7 +88,7 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
         out = (out.reshape(grid.shape) * image.grid.contains_voxels(voxel)).astype(np.float32)
     else:
         raise InputError(f"unknown image interpolation {interpolation!r}; use {' or '.join(IMAGE_INTERPOLATIONS)}.")
-    return Image(out, grid.affine)
+    return Image.on(grid, out)
 
 
 def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | None = None,
@@ -106,7 +106,7 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
     data = np.asarray(labels.data).astype(np.int32)
     if interpolation not in LABEL_INTERPOLATIONS:
         raise InputError(f"unknown label interpolation {interpolation!r}; use {' or '.join(LABEL_INTERPOLATIONS)}.")
-    return Image(sample_labels(torch.as_tensor(data), coords, interpolation).to(torch.int32).numpy(), grid.affine)
+    return Image.on(grid, sample_labels(torch.as_tensor(data), coords, interpolation).to(torch.int32).numpy())
 
 
 def apply_to_points(transform: Transform, points_ras: np.ndarray) -> np.ndarray:

@@ -230,7 +230,7 @@ class RegistrationResult:
         if self._fixed_weight is None:
             lam = resample(self.weight, self.working_grid, self.fixed.grid, padding_mode="border")
             self._fixed_weight = lam[0, 0].numpy().clip(1e-6, 1.0).astype(np.float32)
-        return Image(self._fixed_weight, self.fixed.affine)
+        return Image.on(self.fixed.grid, self._fixed_weight)
 
     def _moving_coords(self, source: Grid, identity: bool = False) -> torch.Tensor:
         """grid_sample coordinates ``(1, I, J, K, 3)`` in ``source`` (a moving-space grid) of ``T(x)`` (or of ``x``
@@ -259,7 +259,7 @@ class RegistrationResult:
             raise InputError(f"unknown label interpolation {label_mode!r}; use {' or '.join(LABEL_INTERPOLATIONS)}.")
         if identity and image.grid.same_as(self.fixed.grid):  # every sample falls on its own voxel's centre
             data = np.asarray(image.data)
-            return Image(data.astype(np.int32) if labels else data.astype(np.float32), self.fixed.affine)
+            return Image.on(self.fixed.grid, data.astype(np.int32) if labels else data.astype(np.float32))
         coords = self._moving_coords(image.grid, identity)
         try:  # sampled on the registration's device (a GPU samples labels in milliseconds)
             return self._sample(image, coords.to(self.device), labels, label_mode)
@@ -272,9 +272,9 @@ class RegistrationResult:
         device = coords.device
         if not labels:
             out = grid_sample(_tensor(image.data, device), coords)
-            return Image(out[0, 0].cpu().numpy(), self.fixed.affine)
+            return Image.on(self.fixed.grid, out[0, 0].cpu().numpy())
         data = torch.as_tensor(np.asarray(image.data).astype(np.int32)).to(device)
-        return Image(sample_labels(data, coords, label_mode).to(torch.int32).cpu().numpy(), self.fixed.affine)
+        return Image.on(self.fixed.grid, sample_labels(data, coords, label_mode).to(torch.int32).cpu().numpy())
 
     @property
     def warped(self) -> Image:

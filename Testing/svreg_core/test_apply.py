@@ -440,3 +440,30 @@ def test_a_source_thinner_than_the_checked_voxels_is_not_called_all_background(c
     shift[0, 3] = 40.0  # every output voxel maps 10 mm or more beyond the slab: warned about
     with pytest.warns(UserWarning, match="all background"):
         apply_to_image(Transform((shift,)), slab, reference=reference)
+
+
+def test_outputs_carry_the_nifti_space_of_the_grid_they_are_on(case, geo, tmp_path: Path) -> None:
+    """svreg apply's image and labels get the NIfTI space codes of the grid they are written on: the reference
+    image's (here 2, aligned), else the transform's own grid's (an output folder whose fixed image was an MNI
+    template, code 4; its inverse the moving image's), so tools that read the code place them in that space."""
+    folder = Path(shutil.copytree(case.folder, tmp_path / "out"))
+    mni, moving_space = Grid(case.fixed_grid.shape, case.fixed_grid.affine, (4, 4)), \
+        Grid(case.moving_grid.shape, case.moving_grid.affine, (2, 1))
+    for name, grid in (("displacement", mni), ("inverse_displacement", moving_space)):
+        field = nib.load(str(case.folder / f"{name}.nii.gz"))
+        nib.save(displacement_nifti(np.asarray(field.dataobj)[:, :, :, 0, :] * [-1, -1, 1], grid),
+                 str(folder / f"{name}.nii.gz"))
+    reference = nib.Nifti1Image(np.zeros((10, 9, 8), np.float32), geo.make_affine(np.diag([2.0, 2.5, 2.2]),
+                                geo.grid_centre(case.fixed_grid.shape, case.fixed_grid.affine) - 9))
+    reference.set_sform(reference.affine, code=2)
+    reference.set_qform(reference.affine, code=2)
+    nib.save(reference, str(tmp_path / "reference.nii.gz"))
+    runs = {"default": ([], (4, 4)), "reference": (["--reference", str(tmp_path / "reference.nii.gz")], (2, 2)),
+            "labels": (["--labels"], (4, 4)), "inverse": (["--inverse"], (2, 1))}
+    for out, (flags, expected) in runs.items():
+        source = case.tmp / ("labels.nii.gz" if "--labels" in flags else "moving.nii.gz")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the inverse warps a moving-space image: all background, warned
+            assert main(["apply", str(folder), str(source), "-o", str(tmp_path / f"{out}_out.nii.gz"), *flags]) == 0
+        header = nib.load(str(tmp_path / f"{out}_out.nii.gz")).header
+        assert (int(header["sform_code"]), int(header["qform_code"])) == expected, out

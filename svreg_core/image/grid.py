@@ -11,6 +11,10 @@ from svreg_core.conventions import map_points
 #: Voxels per slab of :meth:`Grid.slabs` (float64 world points of a slab: 24 MiB).
 SLAB_VOXELS = 1 << 20
 
+#: NIfTI sform and qform codes of a grid whose file says nothing else: 1, scanner space (2 aligned, 3 Talairach,
+#: 4 MNI 152, 5 another template).
+SCANNER_CODES = (1, 1)
+
 
 @dataclass(frozen=True, eq=False)
 class Grid:
@@ -19,14 +23,20 @@ class Grid:
     Attributes:
         shape: number of voxels along ``(i, j, k)``.
         affine: 4x4 matrix, voxel ``(i, j, k, 1)`` -> RAS millimetres.
+        xform_codes: the NIfTI sform and qform codes (which space ``affine`` places the voxels in: 1 scanner,
+            2 aligned, 3 Talairach, 4 MNI 152, 5 another template) that a NIfTI written on this grid gets;
+            :data:`SCANNER_CODES` unless read from a file (:func:`~svreg_core.image.io.xform_codes`). Grids made
+            from this one (:meth:`cropped`, :meth:`resampled`) keep them; :meth:`same_as` ignores them.
     """
 
     shape: tuple[int, ...]
     affine: np.ndarray
+    xform_codes: tuple[int, int] = SCANNER_CODES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shape", tuple(int(n) for n in self.shape))
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
+        object.__setattr__(self, "xform_codes", (int(self.xform_codes[0]), int(self.xform_codes[1])))
 
     def to_voxel(self, points: np.ndarray) -> np.ndarray:
         """Continuous voxel coordinates ``(..., 3)`` (``i, j, k``; 0 at the first voxel's centre) of RAS mm points."""
@@ -75,7 +85,7 @@ class Grid:
         end = np.clip(np.asarray(stop, dtype=int), first + 1, np.asarray(self.shape))
         affine = self.affine.copy()
         affine[:3, 3] = self.affine[:3, :3] @ first + self.affine[:3, 3]
-        return Grid(tuple(int(n) for n in end - first), affine)
+        return Grid(tuple(int(n) for n in end - first), affine, self.xform_codes)
 
     def slabs(self, voxels: int = SLAB_VOXELS) -> Iterator[tuple[int, int, Grid]]:
         """``(start, stop, sub-grid)`` for consecutive slabs ``start <= i < stop`` of about ``voxels`` voxels.
@@ -117,4 +127,4 @@ class Grid:
         shape = np.maximum(np.floor(extent / spacing + 1e-6).astype(int) + 1, 2)
         affine = self.affine.copy()
         affine[:3, :3] = self.direction * spacing
-        return Grid(tuple(int(n) for n in shape), affine)
+        return Grid(tuple(int(n) for n in shape), affine, self.xform_codes)

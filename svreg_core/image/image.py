@@ -8,7 +8,7 @@ import numpy as np
 
 from svreg_core.conventions import map_points
 from svreg_core.errors import InputError
-from svreg_core.image.grid import Grid
+from svreg_core.image.grid import SCANNER_CODES, Grid
 
 #: Largest accepted ratio of the largest to the smallest singular value of an image affine's 3x3 part
 #: (for axis-aligned voxels: longest over shortest voxel size; real images stay below ~100).
@@ -31,17 +31,24 @@ class Image:
     Attributes:
         data: array ``(I, J, K)`` in the file's voxel order.
         affine: 4x4 voxel ``(i, j, k, 1)`` -> RAS millimetres.
+        xform_codes: NIfTI sform and qform codes of the space ``affine`` places it in (:attr:`Grid.xform_codes`).
     """
 
     data: np.ndarray
     affine: np.ndarray
+    xform_codes: tuple[int, int] = SCANNER_CODES
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "affine", np.asarray(self.affine, dtype=np.float64))
 
+    @classmethod
+    def on(cls, grid: Grid, data: np.ndarray) -> Image:
+        """``data`` (voxels ``grid.shape``) on ``grid``: with its affine and NIfTI codes."""
+        return cls(data, grid.affine, grid.xform_codes)
+
     @property
     def grid(self) -> Grid:
-        return Grid(self.data.shape[:3], self.affine)
+        return Grid(self.data.shape[:3], self.affine, self.xform_codes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -96,8 +103,8 @@ def conform_to_grid(image: Image, grid: Grid, what: str, reference: str) -> Imag
                              "there; it must lie within the image.")
         out = np.zeros(grid.shape, dtype=data.dtype)
         out[tuple(slice(a, b) for a, b in zip(lo, hi))] = block
-        return Image(out, grid.affine)
-    return Image(np.ascontiguousarray(data), grid.affine)
+        return Image.on(grid, out)
+    return Image.on(grid, np.ascontiguousarray(data))
 
 
 #: Voxels of an image that :func:`foreground_inside` looks at, at most (every ``s``-th voxel along each axis).
@@ -139,7 +146,7 @@ def crop_to_box(image: Image, corner_a: Sequence[float], corner_b: Sequence[floa
         raise InputError(f"the crop box keeps fewer than 2 voxels of the {name} along an axis ({start} to {stop}); "
                          f"its voxel centres span R/A/S {bounds} mm.")
     data = np.asarray(image.data)[start[0]:stop[0], start[1]:stop[1], start[2]:stop[2]]
-    return Image(np.ascontiguousarray(data), image.grid.cropped(start, stop).affine)
+    return Image.on(image.grid.cropped(start, stop), np.ascontiguousarray(data))
 
 
 def three_d_shape(shape: Sequence[int], name: str) -> tuple[int, ...]:
@@ -191,4 +198,4 @@ def validate_image(image: Image, name: str, *, labels: bool = False) -> Image:
         raise InputError(f"{name} is empty: all voxels have the value {float(data.min()):g}.")
     if labels and not np.any(data):
         raise InputError(f"{name} is empty: it contains no non-zero label.")
-    return Image(data, affine)
+    return Image(data, affine, image.xform_codes)

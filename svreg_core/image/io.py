@@ -20,7 +20,7 @@ from nibabel.spatialimages import SpatialImage
 
 from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, OutputError
-from svreg_core.image.grid import Grid
+from svreg_core.image.grid import SCANNER_CODES, Grid
 from svreg_core.image.image import Image, three_d_shape, validate_image
 from svreg_core.image.itk_io import (
     ITK_SUFFIXES,
@@ -70,6 +70,7 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     The affine maps voxels to RAS mm: nibabel's best affine (sform, else qform; a NIfTI's metres or microns
     converted with a warning, :func:`affine_in_mm`), or the ITK file's LPS geometry
     converted (:func:`~svreg_core.conventions.ras_affine_from_itk`; the array keeps the file's voxel order).
+    A NIfTI's space (scanner, MNI, …) is kept as the image's :attr:`~Image.xform_codes` (:func:`xform_codes`).
     Raises :class:`InputError` for a missing, unreadable or unusable file (not 3-D, several values per voxel,
     …), for a NIfTI whose sform and qform are both set but disagree (see :func:`check_orientation`, which
     also warns about a NIfTI that stores no orientation at all), and for
@@ -88,7 +89,7 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
         data = label_values(data, label)
     else:
         data = _as_float32(data, what)
-    image = validate_image(Image(data, affine), what, labels=labels)
+    image = validate_image(Image(data, affine, xform_codes(img)), what, labels=labels)
     if img is not None:
         check_orientation(img, label)
     return image
@@ -111,13 +112,13 @@ def load_grid(path: str | Path, *, name: str | None = None) -> Grid:
     """The voxel grid of an image file (the formats of :func:`load_image`), with :func:`load_image`'s checks of the
     file and its geometry (readable, 3-D, a usable affine in mm, sform and qform agreeing) but none of its voxel
     values: a grid to resample onto (``svreg apply --reference``) may be all zero or hold NaN. A NIfTI's voxels are
-    not read."""
+    not read. The grid keeps a NIfTI's space (:func:`xform_codes`)."""
     path = Path(path)
     what = name or path.name
     label = f"{name} ({path.name})" if name else path.name
     data, affine, img = _read(path, what, label, lazy=True)
     placeholder = np.broadcast_to(np.int8(1), data.shape)  # passes the value checks: only the geometry's are made
-    grid = validate_image(Image(placeholder, affine), what, labels=True).grid
+    grid = validate_image(Image(placeholder, affine, xform_codes(img)), what, labels=True).grid
     if img is not None:
         check_orientation(img, label)
     return grid
@@ -208,6 +209,19 @@ def affine_in_mm(img: SpatialImage, what: str) -> np.ndarray:
     warnings.warn(f"{what} gives its voxel sizes and position in {unit}s (NIfTI xyzt_units); svreg converts them to "
                   f"mm (x {factor:g}), as ITK and Slicer do, and writes its outputs in mm.", stacklevel=3)
     return np.diag([factor, factor, factor, 1.0]) @ affine
+
+
+def xform_codes(img: SpatialImage | None) -> tuple[int, int]:
+    """The NIfTI sform and qform codes of ``img`` that svreg's outputs of its space carry (:attr:`Grid.xform_codes`):
+    a code left 0 (unset) or unknown to nibabel takes the other's, so that both forms svreg writes say which space
+    they are in; :data:`~svreg_core.image.grid.SCANNER_CODES` when neither is set (svreg then places the image as
+    :func:`check_orientation` warns), and for other files (MGH, ITK, DICOM: ``None``), which hold no code."""
+    header = getattr(img, "header", None)
+    if not isinstance(header, nib.Nifti1Header):  # a NIfTI-2 header is one too
+        return SCANNER_CODES
+    known = nib.nifti1.xform_codes.value_set()
+    sform, qform = (int(header[name]) if int(header[name]) in known else 0 for name in ("sform_code", "qform_code"))
+    return sform or qform or SCANNER_CODES[0], qform or sform or SCANNER_CODES[1]
 
 
 def field_of_view_distance(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
@@ -373,8 +387,9 @@ def check_writable_name(path: str | Path) -> None:
 
 def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None = None,
                gzip_level: int | None = None) -> Path:
-    """Write ``image`` as NIfTI (``.nii``/``.nii.gz``) with its RAS affine as sform and qform (code 1, scanner),
-    or as NRRD / MetaImage (:data:`ITK_SUFFIXES`) through SimpleITK with the same geometry in LPS.
+    """Write ``image`` as NIfTI (``.nii``/``.nii.gz``) with its RAS affine as sform and qform (with its
+    :attr:`~Image.xform_codes`: scanner, MNI, …), or as NRRD / MetaImage (:data:`ITK_SUFFIXES`) through SimpleITK
+    with the same geometry in LPS (which holds no such code).
 
     A sheared affine, which a qform (rotation and voxel sizes) cannot hold, is written as the sform
     only (qform code 0), so the file never has a qform that disagrees with its sform. ``gzip_level``:
@@ -389,17 +404,19 @@ def save_image(image: Image, path: str | Path, *, dtype: np.dtype | type | None 
         if path.name.lower().endswith(ITK_SUFFIXES):
             write_itk_image(data, image.affine, target, _gzip_level(gzip_level))
         else:
-            save_nifti(nifti_image(data, image.affine), target, gzip_level=gzip_level)
+            save_nifti(nifti_image(data, image.affine, image.xform_codes), target, gzip_level=gzip_level)
     return path
 
 
-def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+def nifti_image(data: np.ndarray, affine: np.ndarray,
+                codes: tuple[int, int] = SCANNER_CODES) -> nib.Nifti1Image:
     """``data`` (its first three axes the voxels) with its voxel-to-RAS ``affine`` as sform and, when it can hold
-    it, qform (code 1), in mm: the one way svreg makes a NIfTI, so no file has a qform that disagrees with its
-    sform (a sheared affine is written as the sform only, which ITK and Slicer then read too)."""
+    it, qform, in mm, with the sform and qform ``codes`` of its space (:attr:`Grid.xform_codes`; default 1,
+    scanner): the one way svreg makes a NIfTI, so no file has a qform that disagrees with its sform (a sheared
+    affine is written as the sform only, qform code 0, which ITK and Slicer then read too)."""
     nii = nib.Nifti1Image(data, affine)
-    nii.set_sform(affine, code=1)
-    nii.set_qform(affine, code=1)
+    nii.set_sform(affine, code=codes[0])
+    nii.set_qform(affine, code=codes[1])
     if field_of_view_distance(nii.get_qform(), affine, data.shape) > _tolerance_mm(affine):
         nii.set_qform(None, code=0)
     nii.header.set_xyzt_units("mm")

@@ -36,11 +36,11 @@ FIELD_CHUNK_ELEMENTS = 2**18
 
 
 def displacement_nifti(displacement_ras: np.ndarray, grid: Grid) -> nib.Nifti1Image:
-    """5-D ITK-convention NIfTI of a RAS mm displacement ``(I, J, K, 3)`` on ``grid`` (sform and qform as
-    :func:`~svreg_core.image.io.nifti_image` sets them)."""
+    """5-D ITK-convention NIfTI of a RAS mm displacement ``(I, J, K, 3)`` on ``grid`` (sform and qform, with the
+    grid's :attr:`~svreg_core.image.grid.Grid.xform_codes`, as :func:`~svreg_core.image.io.nifti_image` sets them)."""
     lps = np.array(displacement_ras, dtype=np.float32)  # one field-sized copy, flipped to LPS in place
     ras_to_lps_vectors(lps, out=lps)
-    nii = nifti_image(lps[:, :, :, None, :], grid.affine)
+    nii = nifti_image(lps[:, :, :, None, :], grid.affine, grid.xform_codes)
     nii.header.set_intent(NIFTI_INTENT_VECTOR)
     return nii
 

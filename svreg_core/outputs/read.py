@@ -28,6 +28,7 @@ from nibabel.spatialimages import SpatialImage
 from svreg_core.conventions import map_points, ras_affine_from_itk, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
+from svreg_core.image.io import xform_codes
 from svreg_core.image.resample import sample_at_points
 
 if TYPE_CHECKING:
@@ -198,7 +199,8 @@ class _InverseField:
 
 
 def read_displacement(path: str | Path) -> DisplacementField:
-    """A displacement NIfTI in the ITK/ANTs layout: ``(I, J, K, 1, 3)`` or ``(I, J, K, 3)``, LPS mm vectors."""
+    """A displacement NIfTI in the ITK/ANTs layout: ``(I, J, K, 1, 3)`` or ``(I, J, K, 3)``, LPS mm vectors; its grid
+    keeps the file's space (:func:`~svreg_core.image.io.xform_codes`), which images resampled onto it get."""
     path = Path(path)
     try:
         nii = nib.load(str(path))
@@ -214,7 +216,7 @@ def read_displacement(path: str | Path) -> DisplacementField:
                          "(I, J, K, 3) with LPS vectors in mm (the ITK/ANTs layout).")
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path.name} contains NaN or infinite displacement vectors.")
-    return DisplacementField(ras_to_lps_vectors(data), Grid(data.shape[:3], nii.affine))
+    return DisplacementField(ras_to_lps_vectors(data), Grid(data.shape[:3], nii.affine, xform_codes(nii)))
 
 
 def _field_from_sitk(image: sitk.Image) -> DisplacementField:

@@ -449,7 +449,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                                       result.deformable_displacement, fixed_grid,
                                                       gzip_level=field_level))
             jac = jacobian_determinant(result.displacement, result.fixed.affine)
-            jac_image = Image(jac.astype(np.float32), result.fixed.affine)
+            jac_image = Image.on(fixed_grid, jac.astype(np.float32))
             save("jacobian", lambda: save_image(jac_image, tmp / "jacobian.nii.gz", gzip_level=gzip_level))
             made("Jacobian")
             before_job = pool.submit(_moving_on_fixed_grid, result) if "figure" in chosen else None
@@ -474,7 +474,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             if before_job is not None:
                 assert warped is not None  # made when the figure is chosen
                 write_report_figure(tmp / "report.png", fixed=result.fixed,
-                                    moving_before=Image(before_job.result(), result.fixed.affine), warped=warped,
+                                    moving_before=Image.on(fixed_grid, before_job.result()), warped=warped,
                                     weight=weight, jacobian=jac_image, dice=_dice_pair(metrics),
                                     title=f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %")
             made("figure")

@@ -555,3 +555,46 @@ def test_header_problems_are_refused_before_the_voxels_are_read(tmp_path: Path, 
         with pytest.raises(InputError) as info:
             read(tmp_path / name)
         assert words in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("stored", "kept"), [((4, 4), (4, 4)), ((2, 1), (2, 1)), ((1, 1), (1, 1)), ((4, 0), (4, 4)),
+                                              ((0, 2), (2, 2)), ((5, 9), (5, 5))])
+def test_the_nifti_space_of_an_input_is_kept_by_what_is_written_on_its_grid(geo, tmp_path: Path, stored, kept) -> None:
+    """A template-space input (sform code 4 MNI, 2 aligned, ...) keeps its codes through load_image, load_grid,
+    cropping and resampling, into every NIfTI written on its grid; an unset (0) or unknown (9) code takes the
+    other's."""
+    from svreg_core.image import crop_to_box
+    from svreg_core.image.io import nifti_image
+
+    aff = _affine(geo)
+    nii = nib.Nifti1Image(_ramp(), aff)
+    nii.set_sform(aff if stored[0] else None, code=stored[0])
+    nii.set_qform(aff if stored[1] else None, code=min(stored[1], 1))
+    nii.header["qform_code"] = stored[1]  # 9 is not a NIfTI code: nibabel's set_qform refuses it
+    nib.save(nii, str(tmp_path / "in.nii.gz"))
+    image = load_image(tmp_path / "in.nii.gz")
+    grid = load_grid(tmp_path / "in.nii.gz")
+    cropped = crop_to_box(image, image.grid.corner_points()[0], image.grid.corner_points()[-1] * 0.5, "image")
+    assert image.xform_codes == grid.xform_codes == kept
+    assert validate_image(image, "image").xform_codes == cropped.grid.xform_codes == grid.resampled(3.0).xform_codes \
+        == Image.on(grid, image.data).xform_codes == kept
+    for written in (save_image(image, tmp_path / "a.nii"), save_image(cropped, tmp_path / "b.nii.gz")):
+        back = nib.load(str(written))
+        assert (int(back.header["sform_code"]), int(back.header["qform_code"])) == kept
+        assert load_image(written).xform_codes == kept
+    sheared = aff.copy()
+    sheared[0, 1] += 0.8  # a qform cannot hold it: written as the sform only, with its code
+    header = nifti_image(_ramp(), sheared, kept).header
+    assert (int(header["sform_code"]), int(header["qform_code"])) == (kept[0], 0)
+
+
+def test_files_without_a_nifti_space_write_scanner_space(geo, tmp_path: Path) -> None:
+    """An MGH volume, an NRRD and an image made in memory hold no space code: their NIfTI outputs say scanner (1)."""
+    aff = _affine(geo)
+    nib.save(nib.MGHImage(_ramp(), aff), str(tmp_path / "a.mgz"))
+    save_image(Image(_ramp(), aff), tmp_path / "b.nrrd")
+    for path in (tmp_path / "a.mgz", tmp_path / "b.nrrd"):
+        assert load_image(path).xform_codes == load_grid(path).xform_codes == (1, 1)
+    save_image(Image(_ramp(), aff), tmp_path / "c.nii.gz")
+    header = nib.load(str(tmp_path / "c.nii.gz")).header
+    assert (int(header["sform_code"]), int(header["qform_code"])) == (1, 1)

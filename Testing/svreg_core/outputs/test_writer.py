@@ -1,6 +1,7 @@
 """``write_outputs``: the full file set, its contents, the report, and atomic folder replacement."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from svreg_core.errors import InputError, OutputError
-from svreg_core.image import Image
+from svreg_core.image import Image, load_image
 from svreg_core.metrics import jacobian_determinant
 from svreg_core.outputs import OUTPUT_FILES, write_outputs
 from svreg_core.outputs.figure import to_ras_array
@@ -516,3 +517,27 @@ def test_hd95_of_a_sheared_grid_is_in_world_millimetres() -> None:
     h = distance_metrics(Image(fixed, affine), Image(warped, affine), None)
     assert h["hd95"]["1"] == pytest.approx(hd95(fixed, warped, linear=affine[:3, :3])[1])
     assert h["hd95"]["1"] != pytest.approx(hd95(fixed, warped, spacing=np.linalg.norm(affine[:3, :3], axis=0))[1])
+
+
+@pytest.mark.parametrize(("fixed_codes", "moving_codes"), [((4, 4), (1, 1)), ((2, 1), (4, 4)), ((1, 1), (1, 1))])
+def test_outputs_carry_the_nifti_space_of_their_grid(synthetic_result, tmp_path: Path, fixed_codes,
+                                                     moving_codes) -> None:
+    """A fixed image in a template space (sform code 4 MNI, 2 aligned) read from its file gives every output on the
+    fixed grid its codes, so FSLeyes and AFNI place them in that space; the inverse field, on the moving grid, the
+    moving image's; a plain scanner-space (1) input still gives 1."""
+    r = synthetic_result
+    loaded = []
+    for name, image, codes in (("fixed", r.fixed, fixed_codes), ("moving", r.moving, moving_codes)):
+        nii = nib.Nifti1Image(image.data, image.affine)
+        nii.set_sform(image.affine, code=codes[0])
+        nii.set_qform(image.affine, code=codes[1])
+        nib.save(nii, str(tmp_path / f"{name}.nii.gz"))
+        loaded.append(load_image(tmp_path / f"{name}.nii.gz"))
+    fixed, moving = loaded
+    result = dataclasses.replace(r, fixed=fixed, moving=moving)
+    moving_labels = Image.on(moving.grid, _labels(moving).data)
+    write_outputs(result, tmp_path / "out", moving_labels=moving_labels)
+    for name in ("warped", "warped_labels", "jacobian", "regularization", "displacement", "inverse_displacement"):
+        header = nib.load(str(tmp_path / "out" / f"{name}.nii.gz")).header
+        expected = moving_codes if name == "inverse_displacement" else fixed_codes
+        assert (int(header["sform_code"]), int(header["qform_code"])) == expected, name
