@@ -55,14 +55,15 @@ def resolve_model(model: str | Path, folder: Path = SHIPPED_DIR) -> Path:
 
 
 def describe(name: str, meta: dict) -> str:
-    """One line for ``svreg models``: name first, then architecture, network grid, default codes, a hyper
-    model's code ranges, and training data."""
+    """One line for ``svreg models``: name first (``(default)`` after the one ``--model default`` names), then
+    architecture, network grid, default codes, a hyper model's code ranges, and training data."""
     training = meta.get("training", {}) if isinstance(meta.get("training"), dict) else {}
     spacing = meta.get("network_spacing_mm", "?")
     config = meta["config"] if isinstance(meta.get("config"), dict) else {}
     hyper = config.get("hyper")
     ranges = "" if not isinstance(hyper, dict) else "".join(
         f"  hyper {key}={hyper.get(key, '?')}" for key in ("alpha_prime", "lambda_max"))
-    return (f"{name}  architecture={meta.get('architecture', '?')}  grid={spacing} mm RAS (multiple of "
+    default = " (default)" if name == DEFAULT_MODEL else ""
+    return (f"{name}{default}  architecture={meta.get('architecture', '?')}  grid={spacing} mm RAS (multiple of "
             f"{meta.get('size_multiple', '?')})  alpha_prime={meta.get('alpha_prime', '?')}  "
             f"lambda_max={meta.get('lambda_max', '?')}{ranges}  data: {training.get('data', 'unknown')}")

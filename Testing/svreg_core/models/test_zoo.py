@@ -63,3 +63,9 @@ def test_describe_puts_the_name_first() -> None:
     assert line.startswith("my-model  architecture=unet-spr  grid=3.0 mm RAS")
     assert "hyper alpha_prime=[0.01, 0.1]" in line and line.endswith("data: synthetic label maps")
     assert describe("bare", {}).startswith("bare  architecture=?")
+
+
+def test_describe_marks_the_default_model() -> None:
+    """``--model default`` points at 'svreg models' for which model it is: the list says so."""
+    assert describe(DEFAULT_MODEL, {}).startswith(f"{DEFAULT_MODEL} (default)  architecture=?")
+    assert "default" not in describe("b-model", {})
