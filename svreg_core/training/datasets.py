@@ -22,6 +22,7 @@ into worker processes; mix several with :class:`torch.utils.data.ConcatDataset`.
 """
 from __future__ import annotations
 
+import copy
 import fnmatch
 import functools
 import json
@@ -30,7 +31,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -389,6 +390,9 @@ class _EpochSeededDataset(Dataset):
         return network_grid(image, self.grid_spacing, shape=self.grid_shape)
 
 
+_Generated = TypeVar("_Generated", bound="_GeneratedDataset")
+
+
 class _GeneratedDataset(_EpochSeededDataset):
     """``length`` samples per epoch, each drawn by :meth:`sample` from its own generator (:meth:`draw` draws
     further ones, for an epoch that passes over the source more than once)."""
@@ -410,6 +414,15 @@ class _GeneratedDataset(_EpochSeededDataset):
     def draw(self, index: int) -> Sample:
         """Sample ``index``, any whole number from 0: beyond ``length`` other random draws of the same kind."""
         return self.sample(self.generator(index))
+
+    def with_draws(self: _Generated, length: int, seed: int) -> _Generated:
+        """This dataset with ``length`` samples drawn from ``seed``: other pairs from the same data, which are shared,
+        not read again (the validation pairs generated from the training data)."""
+        if length < 1:
+            raise ValueError("length must be positive")
+        other = copy.copy(self)
+        other.length, other.seed, other.epoch = int(length), int(seed), 0
+        return other
 
     def sample(self, generator: torch.Generator) -> Sample:
         raise NotImplementedError
@@ -596,9 +609,10 @@ def _label_coherence(data: np.ndarray) -> float:
 class SyntheticPairDataset(_GeneratedDataset):
     """SynthMorph pairs synthesised from label maps (:func:`svreg_core.training.synthesis.synth_pair`).
 
-    The label maps are read once, at construction, and resampled onto a training grid centred on
-    each map's brain: its labels left after :func:`~svreg_core.training.synthesis.skull_strip`, less
-    CSF (which runs down the spinal canal in whole-head maps); all non-zero labels if none is left.
+    The label maps are read once, at construction (one ``"label maps"`` event each for ``progress``), and resampled
+    onto a training grid centred on each map's brain: its labels left after
+    :func:`~svreg_core.training.synthesis.skull_strip`, less CSF (which runs down the spinal canal in whole-head
+    maps); all non-zero labels if none is left.
     Sample ``index`` draws a first map uniformly, and with probability ``synthesis.same_map_probability``
     uses it for both images, else a different second map.
 
@@ -608,7 +622,8 @@ class SyntheticPairDataset(_GeneratedDataset):
     """
 
     def __init__(self, label_map_paths: Sequence[str | Path], grid_spacing: float, grid_shape: Sequence[int], *,
-                 length: int, synthesis: SynthesisConfig = SynthesisConfig(), seed: int = 0) -> None:
+                 length: int, synthesis: SynthesisConfig = SynthesisConfig(), seed: int = 0,
+                 progress: ProgressCallback = no_progress) -> None:
         super().__init__(grid_spacing, grid_shape, seed, length)
         paths = [Path(p) for p in label_map_paths]
         if not paths:
@@ -616,7 +631,10 @@ class SyntheticPairDataset(_GeneratedDataset):
         self.synthesis = synthesis
         self.paths = paths
         self.names = [_stem(p) for p in paths]
-        self.maps = [self._on_grid(p) for p in paths]
+        self.maps = []
+        for index, path in enumerate(paths):
+            self.maps.append(self._on_grid(path))
+            progress(ProgressEvent("label maps", index + 1, len(paths), (index + 1) / len(paths), f"read {path.name}"))
 
     def _on_grid(self, path: Path) -> np.ndarray:
         labels = load_image(path, labels=True, name=f"label map {path.name}")

@@ -88,18 +88,32 @@ def _real_pairs(source: DataSource) -> tuple[list, list]:
     return datasets.pairs_from_csv(source.path), []
 
 
-def _generated(source: DataSource, config: TrainingConfig, seed: int,
-               length: int) -> SyntheticPairDataset | TemplateAugmentDataset:
+#: The generated datasets :func:`build_data` has made, by source (kind, path, synthesis options).
+_Made = dict[str, "SyntheticPairDataset | TemplateAugmentDataset"]
+
+
+def _generated(source: DataSource, config: TrainingConfig, seed: int, length: int, made: _Made,
+               progress: ProgressCallback) -> SyntheticPairDataset | TemplateAugmentDataset:
+    """The dataset of a generated ``source``; a source already in ``made`` (validation pairs generated from the
+    training data) shares its label maps or templates instead of reading them again."""
     from svreg_core.training import datasets, sources
     from svreg_core.training.synthesis import SynthesisConfig
 
+    key = json.dumps([source.kind, source.path, source.synthesis], sort_keys=True)
+    if key in made:
+        return made[key].with_draws(length, seed)
     synthesis = SynthesisConfig.from_dict(source.synthesis)
+    dataset: SyntheticPairDataset | TemplateAugmentDataset
     if source.kind == "synthetic":
         assert source.path is not None  # DataSource requires it of every kind but 'templates'
-        return datasets.SyntheticPairDataset(sources.synthseg_label_maps(source.path), config.network_spacing_mm,
-                                             config.grid_shape, length=length, synthesis=synthesis, seed=seed)
-    return datasets.TemplateAugmentDataset(sources.builtin_templates(), config.network_spacing_mm,
-                                           config.grid_shape, length=length, synthesis=synthesis, seed=seed)
+        dataset = datasets.SyntheticPairDataset(sources.synthseg_label_maps(source.path), config.network_spacing_mm,
+                                                config.grid_shape, length=length, synthesis=synthesis, seed=seed,
+                                                progress=progress)
+    else:
+        dataset = datasets.TemplateAugmentDataset(sources.builtin_templates(), config.network_spacing_mm,
+                                                  config.grid_shape, length=length, synthesis=synthesis, seed=seed)
+    made[key] = dataset
+    return dataset
 
 
 def _pair_dataset(pairs: list, config: TrainingConfig, alignments: dict, *, augment: bool,
@@ -163,7 +177,8 @@ def with_passes(plan: Sequence[int], total: int) -> list[int]:
     return out
 
 
-def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndarray] | None = None) -> TrainingData:
+def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndarray] | None = None,
+               progress: ProgressCallback = no_progress) -> TrainingData:
     """The training and validation datasets ``config`` describes; missing or empty data raise InputError.
 
     Validation pairs: ``config.validation.sources`` if any; else the pairs a ``dataset.json`` designates
@@ -172,6 +187,7 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
     with a seed of their own. A ``fraction`` of 0 without sources turns validation off.
 
     ``alignments``: known affine pre-alignments (:func:`load_alignments`), keyed by (fixed, moving) path.
+    ``progress``: one ``"label maps"`` event per label map read for synthesis (each is read once).
     """
     alignments = alignments or {}
     from svreg_core.training.datasets import split_pairs
@@ -184,10 +200,12 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
     train_sets: list[SourceDataset] = []
     pair_sets: list[Dataset] = []
     held_out: list = []
+    made: _Made = {}
     for index, source in enumerate(config.data.sources):
         seed = epoch_seed(config.seed, index, STREAM_DATASET)
         if source.kind in GENERATED_KINDS:
-            train_sets.append(_generated(source, config, seed, source.length or DEFAULT_GENERATED_LENGTH))
+            train_sets.append(_generated(source, config, seed, source.length or DEFAULT_GENERATED_LENGTH, made,
+                                         progress))
             continue
         pairs, designated = _real_pairs(source)
         if hold_out and designated:
@@ -199,7 +217,7 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
         pair_sets.append(train_sets[-1])
     validation = None
     if val_cfg.pairs > 0:
-        validation, val_pair_sets = _validation(config, held_out, alignments)
+        validation, val_pair_sets = _validation(config, held_out, alignments, made, progress)
         pair_sets += val_pair_sets
     if config.label_weight > 0:  # before any training: the step needs labels with every pair it sees
         _require_labels([*train_sets, *_parts(validation)])
@@ -247,8 +265,8 @@ def spread(pairs: Sequence[Any], n: int) -> list[Any]:
     return [pairs[i * len(pairs) // n] for i in range(n)]
 
 
-def _validation(config: TrainingConfig, held_out: list,
-                alignments: dict) -> tuple[_First | None, list[Dataset]]:
+def _validation(config: TrainingConfig, held_out: list, alignments: dict, made: _Made,
+                progress: ProgressCallback) -> tuple[_First | None, list[Dataset]]:
     cfg = config.validation
     sets: list[SourceDataset] = []
     pair_sets: list[Dataset] = []
@@ -256,7 +274,7 @@ def _validation(config: TrainingConfig, held_out: list,
         for index, source in enumerate(cfg.sources):
             seed = epoch_seed(config.seed, index, STREAM_VALIDATION)
             if source.kind in GENERATED_KINDS:
-                sets.append(_generated(source, config, seed, source.length or cfg.pairs))
+                sets.append(_generated(source, config, seed, source.length or cfg.pairs, made, progress))
             else:  # a dataset.json's own validation pairs when it names some (its training pairs otherwise);
                 # only the pairs evaluated are built (and pre-aligned)
                 pairs, designated = _real_pairs(source)
@@ -269,7 +287,7 @@ def _validation(config: TrainingConfig, held_out: list,
     elif cfg.fraction > 0:  # generated training data only: generate validation pairs with a seed of their own
         for index, source in enumerate(s for s in config.data.sources if s.kind in GENERATED_KINDS):
             seed = epoch_seed(config.seed, index, STREAM_VALIDATION)
-            sets.append(_generated(source, config, seed, cfg.pairs))
+            sets.append(_generated(source, config, seed, cfg.pairs, made, progress))
     if not sets:
         return None, []
     return _First(sets[0] if len(sets) == 1 else ConcatDataset(sets), cfg.pairs), pair_sets

@@ -198,3 +198,26 @@ def test_an_epoch_longer_than_a_generated_source_draws_new_pairs(geo, sphere_lab
     first_pass = [(image, index) for (_, image), index in zip(samples, plan) if index < len(data.train)]
     assert len(first_pass) == 3  # the source's own samples, as before
     assert all(torch.equal(image, data.train[index]["fixed"]) for image, index in first_pass)
+
+
+def test_synthesis_label_maps_are_read_once_with_progress(geo, sphere_label_maps, tmp_path: Path) -> None:
+    """The label maps of ``--synthetic`` were read once for the training pairs and again for the validation pairs
+    generated from them, without a word: a SynthSeg folder of a thousand maps kept the command silent for minutes
+    before the first line. They are read once, one progress event each, and both datasets share them."""
+    from svreg_core.progress import ProgressEvent
+    from svreg_core.training.config import TrainingConfig
+    from svreg_core.training.loaders import build_data
+
+    sphere_label_maps(geo, tmp_path / "maps", split=False)
+    config = TrainingConfig.from_dict({
+        "network_spacing_mm": 4.0, "grid_shape": [16, 16, 16],
+        "data": {"sources": [{"kind": "synthetic", "path": str(tmp_path / "maps"), "length": 3}]},
+        "validation": {"pairs": 2}})
+    events: list[ProgressEvent] = []
+    data = build_data(config, progress=events.append)
+    assert [(e.stage, e.step, e.total, e.message) for e in events] == [
+        ("label maps", 1, 2, "read a_seg.nii.gz"), ("label maps", 2, 2, "read b_seg.nii.gz")]
+    training, validation = data.train.datasets[0], data.validation.dataset
+    assert validation.maps is training.maps and (len(training), len(validation)) == (3, 2)
+    assert validation.seed != training.seed  # pairs of their own
+    assert not torch.equal(validation[0]["fixed"], training[0]["fixed"])
