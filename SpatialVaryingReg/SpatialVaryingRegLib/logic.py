@@ -885,8 +885,12 @@ class RegistrationJob:
 
         for old, new in ((reuse.transform, transform), (reuse.lambda_map, lambda_map), (reuse.jacobian, jacobian),
                          (reuse.warped, warped), (reuse.warped_labels, warped_labels), (reuse.inverse, inverse)):
-            if old is not None and old is not new and old.GetScene() is scene \
-                    and not old.GetName().endswith(STALE_SUFFIX):
+            if old is None or old.GetScene() is not scene:
+                continue
+            stale = old.GetName().endswith(STALE_SUFFIX)
+            if old is new and stale:  # an earlier run's leftover (e.g. its inverse) holds this run's result again
+                old.SetName(old.GetName()[:-len(STALE_SUFFIX)])
+            elif old is not new and not stale:
                 old.SetName(old.GetName() + STALE_SUFFIX)
         for node, role in ((transform, "transform"), (lambda_map, "lambda"), (jacobian, "jacobian"),
                            (warped, "warped"), (warped_labels, "warped labels"), (inverse, "inverse transform")):

@@ -336,3 +336,30 @@ def test_in_slicer_self_test_of_a_hyper_model(module, scene, monkeypatch, tmp_pa
     scene.Clear(0)
     module.SpatialVaryingRegTest("test_HyperModelRegularisation").test_HyperModelRegularisation()
     assert list((tmp_path / "temp").iterdir()) == []
+
+
+def test_an_earlier_inverse_updated_again_loses_its_earlier_run_mark(module, scene, monkeypatch, tmp_path):
+    """Register with the inverse, again without it (the inverse, kept selected under Outputs, is marked as the
+    earlier run's), then with it: the marked node got the new inverse but kept "(earlier run, not updated)" in its
+    name. The node a run updates is named as its run's again; a node it leaves alone keeps the mark."""
+    from slicer_test_helpers import add_volume, write_engine_outputs
+
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    outputs = write_engine_outputs(tmp_path / "output", affine, (8, 8, 8))
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    p.fixedVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "fixed")
+    p.movingVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "moving")
+    names = []
+    for inverse in (True, False, True):
+        p.createInverseTransform = inverse
+        job = logic.createJob(p)
+        job.validate()
+        logic.storeOutputs(p, job.load_outputs(outputs))
+        names.append(p.outputInverseTransform.GetName())
+    stale = module.svlogic.STALE_SUFFIX
+    assert names == ["moving to fixed (SVReg 1) inverse transform",
+                     "moving to fixed (SVReg 1) inverse transform" + stale,
+                     "moving to fixed (SVReg 1) inverse transform"]
+    assert scene.GetNodesByClass("vtkMRMLGridTransformNode").GetNumberOfItems() == 2
