@@ -76,6 +76,14 @@ def _code(value: Any) -> Any:
     return value
 
 
+def _flag(fields: dict[str, Any], name: str) -> bool:
+    """A request's true/false field ``name`` (default false); :class:`InputError` for any other value."""
+    value = fields.get(name, False)
+    if not isinstance(value, bool):
+        raise InputError(f"{name} must be true or false, not {value!r}.")
+    return value
+
+
 @dataclass(frozen=True)
 class PreviewRequest:
     """One checked request: register at ``codes`` and write ``outputs`` (``None``: all) into ``output``."""
@@ -120,7 +128,8 @@ class PreviewEngine:
 
         Raises:
             InputError, OutputError: an unknown field, codes the model cannot use, an unknown output, an
-                output folder that cannot be written, label metrics without both label maps.
+                output folder that cannot be written, label metrics without both label maps, a ``quit``,
+                ``overwrite`` or ``label_metrics`` other than true or false.
         """
         if not isinstance(fields, dict):
             raise InputError('a request is one JSON object per line, e.g. {"alpha_prime": 0.1, "lambda_max": 2, '
@@ -128,7 +137,7 @@ class PreviewEngine:
         unknown = sorted(set(fields) - set(REQUEST_FIELDS))
         if unknown:
             raise InputError(f"unknown request field {unknown[0]!r}; use {', '.join(REQUEST_FIELDS)}.")
-        if fields.get("quit") is True:
+        if _flag(fields, "quit"):
             return None
         info = self.pair.info
         assert info is not None  # checked by __init__
@@ -147,11 +156,7 @@ class PreviewEngine:
             if "labels" in outputs and self.moving_labels is None:
                 raise InputError("the output 'labels' needs moving labels (start the engine with --moving-labels).")
             outputs = tuple(outputs)
-        flags = {}
-        for name in ("overwrite", "label_metrics"):
-            flags[name] = fields.get(name, False)
-            if not isinstance(flags[name], bool):
-                raise InputError(f"{name} must be true or false, not {flags[name]!r}.")
+        flags = {name: _flag(fields, name) for name in ("overwrite", "label_metrics")}
         if flags["label_metrics"] and (self.fixed_labels is None or self.moving_labels is None):
             raise InputError("label_metrics needs both label maps (start the engine with --fixed-labels and "
                              "--moving-labels).")

@@ -163,6 +163,19 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
     assert (tmp_path / "taken" / "mine.txt").read_text() == "not svreg's"
 
 
+def test_a_quit_other_than_true_or_false_is_refused(monkeypatch, capsys, tiny_pair, hyper, tmp_path) -> None:
+    """``{"quit": 1}`` was taken for a registration request and answered "a request needs the output folder"."""
+    p = tiny_pair.paths
+    monkeypatch.chdir(tmp_path)
+    status, events, err = _preview(monkeypatch, capsys, [p.fixed, p.moving, "--model", hyper, "--device", "cpu",
+                                                         "--no-affine"], [
+        {"quit": 1, "id": 1}, {"quit": "yes", "id": 2}, {"quit": True}, {"output": str(tmp_path / "late"), "id": 3}])
+    assert status == 0, err
+    assert [(a["id"], a["message"]) for a in _answers(events)] == [(1, "quit must be true or false, not 1."),
+                                                                    (2, "quit must be true or false, not 'yes'.")]
+    assert not (tmp_path / "late").exists()
+
+
 def test_label_metrics_when_asked(monkeypatch, capsys, tiny_pair, hyper, tmp_path) -> None:
     p = tiny_pair.paths
     monkeypatch.chdir(tmp_path)
