@@ -218,7 +218,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._environmentInstalling = False
         self._afterEnvironment: list = []  # what to do once torch is ready (e.g. start the registration), in order
         self._environmentForTuning = False  # whether the tuning packages are needed too
-        self._applyBest: dict | None = None  # {"thread", "result", "error", "path"} while "Apply best" runs
+        # {"thread", "result", "error", "path", "select": False once the scene is closed} while "Apply best" runs
+        self._applyBest: dict | None = None
         self._timers: list = []
         # Regularisation sliders of a HyperSPR model: debounced network-only runs on one long-lived engine
         # (restarted when the inputs or settings change), the latest request wins
@@ -326,6 +327,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job.cancel()  # its input nodes are about to disappear
             self._finishRegistration()
         self._afterEnvironment.clear()  # a Register waiting for the PyTorch check was for this scene's volumes
+        if self._applyBest is not None:  # "Apply best" still writing: its file is selected in no other scene's settings
+            self._applyBest["select"] = False
         self._stopPreviews()
         self.setParameterNode(None)
 
@@ -886,7 +889,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 raise ValueError(_("No study file yet: start tuning first."))
             name = self._parameterNode.tuningStudyName or "slicer"
             path = self.logic.bestPresetPath(db, name)
-            task = {"result": None, "error": None, "path": path}
+            task = {"result": None, "error": None, "path": path, "select": True}
 
             def work():
                 try:
@@ -913,6 +916,11 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if task["error"] is not None:
             self.ui.tuningLogTextEdit.appendPlainText(_("Apply best failed: {message}").format(message=task["error"]))
             slicer.util.errorDisplay(_("Could not apply the best parameters: {message}").format(message=task["error"]))
+            return
+        if not task["select"]:
+            self.ui.tuningLogTextEdit.appendPlainText(
+                _("Best parameters written to {path}; not selected: the scene was closed meanwhile.").format(
+                    path=task["path"]))
             return
         selected = self.logic.useBest(self._parameterNode, task["path"])
         self.ui.tuningLogTextEdit.appendPlainText(

@@ -583,3 +583,41 @@ def test_a_registration_that_cannot_start_shows_one_message_not_a_failed_install
         widget.onApplyButton()  # PythonQt prints what a slot raises to the Python console
     assert shown == ["Registration could not start.\n\n'4;2' is not a list of numbers (e.g. '4 2')."]
     assert widget._job is None and p.statusText == ""
+
+
+def test_apply_best_ending_after_the_scene_was_closed_selects_nothing(real, scene, monkeypatch, tmp_path):
+    """"Apply best" runs the engine in a worker thread (seconds: it imports the engine); the scene closed meanwhile
+    (parameter node gone) made its end fail with an AttributeError in a timer, and the file was never reported. Its
+    end now says where the file is and that it was not selected; the closed scene's settings are left alone."""
+    import threading
+
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    log: list[str] = []
+    ui.tuningLogTextEdit.appendPlainText = log.append
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, None)
+    widget.logic, widget._applyBest, widget._afterEnvironment = logic, None, []
+    widget._applyBestTimer = qt.QTimer()
+    widget.setParameterNode(p)
+    p.tuningValidationSet = str(tmp_path)
+    (tmp_path / "svreg-tune.db").write_bytes(b"")  # the study file exists: "Apply best" starts
+    release = threading.Event()
+
+    def engine_writes_best(storage, study_name, path, **kwargs):  # what `svreg tune --apply-best` leaves behind
+        release.wait(30)
+        path.write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.1}}), encoding="utf-8")
+        return {"event": "apply_best", "message": str(path)}
+
+    monkeypatch.setattr(module.tuning, "apply_best", engine_writes_best)
+    widget.onApplyBest()
+    assert widget._applyBestTimer.active and not ui.tuningApplyBestButton.enabled
+    widget.onSceneStartClose(scene, None)
+    release.set()
+    widget._applyBest["thread"].join(30)
+    widget._onApplyBestTimer()
+    best = tmp_path / "slicer-best-preset.json"
+    assert best.is_file() and log[-1] == f"Best parameters written to {best}; not selected: the scene was closed " \
+                                         "meanwhile."
+    assert (p.preset, p.customPresetFile) == ("brain-mri", "") and ui.tuningApplyBestButton.enabled
