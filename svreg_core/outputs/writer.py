@@ -396,7 +396,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             shrinks them).
         landmarks: corresponding fixed and moving points (``(N, 3)`` RAS mm each): the report's metrics get
             the target registration error before and after (:func:`compute_metrics`).
-        progress: gets stage ``"outputs"`` events as the parts are made, from
+        progress: gets stage ``"outputs"`` events as the parts are made (the chosen outputs among the warped image,
+            Jacobian, warped labels and figure; then the metrics, files and report), rising from
             :data:`~svreg_core.progress.REGISTERED_FRACTION` to 0.99 of the run (the caller ends it at 1).
     """
     chosen = set(SELECTABLE_OUTPUTS if outputs is None else outputs)
@@ -409,10 +410,17 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     if moving_labels is not None:
         moving_labels = conform_to_grid(moving_labels, result.moving.grid, "moving labels", "moving image")
     t0 = time.perf_counter()
-    parts = ("warped image", "Jacobian", "warped labels", "metrics", "figure", "files", "report")
+    # the parts progress names: only the chosen outputs, and what every run makes (the work of one not named, e.g.
+    # the Jacobian the metrics need, counts towards the next)
+    parts = tuple(part for part, named in (
+        ("warped image", "warped" in chosen), ("Jacobian", "jacobian" in chosen),
+        ("warped labels", "labels" in chosen and moving_labels is not None), ("metrics", True),
+        ("figure", "figure" in chosen), ("files", True), ("report", True)) if named)
 
     def made(part: str) -> None:
-        """Progress: ``part`` (one of ``parts``) is made; the next begins."""
+        """Progress: ``part`` is made and the next of ``parts`` begins; nothing for a part not among them."""
+        if part not in parts:
+            return
         done = parts.index(part) + 1
         following = f"; {parts[done]}" if done < len(parts) else ""
         progress(ProgressEvent("outputs", done, len(parts), REGISTERED_FRACTION + (0.99 - REGISTERED_FRACTION)

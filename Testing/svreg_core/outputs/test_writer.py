@@ -541,3 +541,27 @@ def test_outputs_carry_the_nifti_space_of_their_grid(synthetic_result, tmp_path:
         header = nib.load(str(tmp_path / "out" / f"{name}.nii.gz")).header
         expected = moving_codes if name == "inverse_displacement" else fixed_codes
         assert (int(header["sform_code"]), int(header["qform_code"])) == expected, name
+
+
+@pytest.mark.parametrize(("outputs", "with_labels", "named"), [
+    (["transform"], True, ["metrics", "files", "report"]),
+    (["warped", "jacobian", "figure"], False, ["warped image", "Jacobian", "metrics", "figure", "files", "report"]),
+    (None, True, ["warped image", "Jacobian", "warped labels", "metrics", "figure", "files", "report"])])
+def test_progress_names_only_the_chosen_parts_and_rises_to_99_percent(synthetic_result, tmp_path: Path, outputs,
+                                                                       with_labels: bool, named: list[str]) -> None:
+    """``--outputs transform`` never hears of a warped image, a Jacobian map or a figure being written, nor a run
+    without moving labels of warped labels; each event's fraction rises from the registration's end to 0.99."""
+    from svreg_core.progress import REGISTERED_FRACTION
+
+    events = []
+    r = synthetic_result
+    write_outputs(r, tmp_path / "out", outputs=outputs, moving_labels=_labels(r.moving) if with_labels else None,
+                  progress=events.append)
+    messages = [e.message for e in events]
+    assert messages[0] == f"writing outputs: {named[0]}"
+    assert messages[1:] == [f"writing outputs: {part} done" + (f"; {following}" if following else "")
+                            for part, following in zip(named, [*named[1:], None])]
+    fractions = [e.fraction for e in events]
+    assert fractions[0] == REGISTERED_FRACTION and fractions[-1] == pytest.approx(0.99)
+    assert all(a < b for a, b in zip(fractions, fractions[1:])), fractions
+    assert [(e.step, e.total) for e in events] == [(n, len(named)) for n in range(len(named) + 1)]
