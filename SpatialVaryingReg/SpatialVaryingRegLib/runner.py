@@ -128,6 +128,20 @@ def plain_message(text: str, device: str | None = None) -> str:
     return text.strip().splitlines()[-1] if text.strip() else "the registration engine stopped without a message."
 
 
+def signal_message(number: int) -> str:
+    """The message of an engine ended by signal ``number`` that this module did not send (its last log line, e.g. a
+    warning, says nothing about it): SIGKILL is most often the system's out-of-memory killer."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    if number == getattr(signal, "SIGKILL", None):
+        return (f"The registration engine was killed by the system ({name}), most often because the computer ran out "
+                "of memory. Crop the volumes to the region of interest (Crop Volume module), resample them to a "
+                "coarser voxel size, or close other programs.")
+    return f"The registration engine stopped unexpectedly ({name}); the Log shows its last lines."
+
+
 # --------------------------------------------------------------------------------------------------
 # the child process
 
@@ -343,6 +357,8 @@ class ChildProcess:
             self.result = RunResult(CANCELLED, code, self._stop_reason, None, tail)
         elif code == 0 and self._error_event is None:
             self.result = RunResult(SUCCEEDED, code, "", self._done_event, tail)
+        elif self._error_event is None and code is not None and code < 0:  # POSIX: ended by a signal
+            self.result = RunResult(FAILED, code, signal_message(-code), None, tail)
         else:
             if self._error_event is not None:
                 text = str(self._error_event.get("message", ""))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 import time
@@ -344,3 +345,19 @@ def test_outputs_of_a_moving_volume_under_a_linear_transform(scene, slicer_modul
     fixed_data = array_ijk(fixed)
     inner = (slice(5, -5),) * 3
     assert np.abs(hardened - fixed_data)[inner].max() < 0.03
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_an_engine_killed_by_the_system_says_so_not_its_last_log_line():
+    """The out-of-memory killer ends the engine with SIGKILL, without an error event: the message was its last
+    stderr line (e.g. a library's warning), or "exited with status -9". It says what happened and what to do."""
+    script = ("import os, signal, sys; print('UserWarning: TypedStorage is deprecated', file=sys.stderr, flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    result = runner.ChildProcess(["-c", script], python=sys.executable, env=dict(os.environ)).start().wait(timeout=30)
+    assert result.status == runner.FAILED and result.returncode == -signal.SIGKILL
+    assert result.message.startswith("The registration engine was killed by the system (SIGKILL), most often because "
+                                     "the computer ran out of memory.")
+    assert result.log_tail == ["UserWarning: TypedStorage is deprecated"]
+    crashed = runner.ChildProcess(["-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"],
+                                  python=sys.executable, env=dict(os.environ)).start().wait(timeout=30)
+    assert crashed.message == "The registration engine stopped unexpectedly (SIGSEGV); the Log shows its last lines."
