@@ -31,7 +31,7 @@ from svreg_core.atomic import replace_directory
 from svreg_core.errors import InputError, OutputError
 from svreg_core.models.base import SPRNetwork
 from svreg_core.models.film import CodeRanges
-from svreg_core.models.registry import build_model
+from svreg_core.models.registry import architecture_class, build_model
 from svreg_core.optim.parameters import RegistrationParameters
 
 #: Value of ``model.json``'s ``"format"`` key.
@@ -105,7 +105,8 @@ class ModelInfo:
         """Validate and convert a dict written by :meth:`to_dict`.
 
         Raises:
-            InputError: not a dict, a missing or unknown field, a value of the wrong type or range,
+            InputError: not a dict, a missing or unknown field, a value of the wrong type or range, an unknown
+                architecture or configuration key (:func:`~svreg_core.models.registry.architecture_class`),
                 malformed code ranges of a hyper network, default codes outside them, an unknown input
                 normalisation, or an SPR loss that registration refuses (unknown similarity or prior, an even
                 LNCC window, codes or integration steps beyond :data:`svreg_core.optim.parameters.BOUNDS`).
@@ -126,6 +127,7 @@ class ModelInfo:
                 raise InputError(f"model information field {name!r} must be {description}, got {shown}")
         values: dict[str, Any] = {name: float(value) if name in _FLOATS else value for name, value in data.items()}
         info = cls(**values)
+        architecture_class(info.architecture, info.config)  # a newer svreg's network: refused before images are read
         try:
             ranges = info.code_ranges
         except ValueError as exc:
@@ -262,7 +264,8 @@ def _folder(path: str | Path) -> Path:
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
-    """The :class:`ModelInfo` of a checkpoint (folder, or a file in it) without reading its weights.
+    """The :class:`ModelInfo` of a checkpoint (folder, or a file in it) without reading its weights (the quick check
+    of a command line before it reads any image).
 
     Raises:
         InputError: a missing folder or file, or an invalid ``model.json``.

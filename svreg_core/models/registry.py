@@ -28,6 +28,26 @@ def register_architecture(cls: _N) -> _N:
     return cls
 
 
+def architecture_class(architecture: str, config: dict[str, Any] | None = None) -> type[SPRNetwork]:
+    """The class of a registered architecture, checked to accept every key of ``config`` (quick: builds nothing;
+    the values are checked by :func:`build_model`).
+
+    Raises:
+        InputError: unknown architecture or unknown configuration keys.
+    """
+    cls = ARCHITECTURES.get(architecture)
+    if cls is None:
+        raise InputError(f"unknown network architecture {architecture!r} "
+                         f"(known: {', '.join(sorted(ARCHITECTURES)) or 'none'})")
+    accepted = {name for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(config or {}) - accepted)
+    if unknown:
+        raise InputError(f"unknown configuration key(s) {', '.join(unknown)} for architecture {architecture!r} "
+                         f"(accepted: {', '.join(sorted(accepted))})")
+    return cls
+
+
 def build_model(architecture: str, config: dict[str, Any] | None = None) -> SPRNetwork:
     """A freshly initialised network of a registered architecture.
 
@@ -38,17 +58,8 @@ def build_model(architecture: str, config: dict[str, Any] | None = None) -> SPRN
     Raises:
         InputError: unknown architecture, unknown configuration keys or invalid values.
     """
-    cls = ARCHITECTURES.get(architecture)
-    if cls is None:
-        raise InputError(f"unknown network architecture {architecture!r} "
-                         f"(known: {', '.join(sorted(ARCHITECTURES)) or 'none'})")
+    cls = architecture_class(architecture, config)
     config = dict(config or {})
-    accepted = {name for name, p in inspect.signature(cls.__init__).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    unknown = sorted(set(config) - accepted)
-    if unknown:
-        raise InputError(f"unknown configuration key(s) {', '.join(unknown)} for architecture {architecture!r} "
-                         f"(accepted: {', '.join(sorted(accepted))})")
     try:
         return cls(**config)
     except (TypeError, ValueError) as exc:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from svreg_core.atomic import recover_directory
 from svreg_core.errors import InputError, OutputError
-from svreg_core.models import ModelInfo, UNetSPR, load_checkpoint, model_summary, save_checkpoint
+from svreg_core.models import ModelInfo, UNetSPR, load_checkpoint, model_summary, read_model_info, save_checkpoint
 
 
 def _info(model, **changes) -> ModelInfo:
@@ -250,6 +250,21 @@ def test_bad_descriptions(saved, changes: dict, match: str) -> None:
     _, folder = saved
     _rewrite_json(folder, **changes)
     _one_line_error(folder, match)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"architecture": "voxelmorph"}, "unknown network architecture 'voxelmorph'"),
+    ({"config": {"encoder_features": [4, 8, 8], "colour": "red"}}, r"unknown configuration key\(s\) colour for"),
+])
+def test_the_description_alone_refuses_an_unknown_network(saved, changes: dict, match: str) -> None:
+    """The command line reads model.json alone before any image: a network of a newer svreg (an unknown architecture
+    or configuration key) was found only when the weights were loaded, after the images were read (in a batch,
+    those of every pair)."""
+    _, folder = saved
+    _rewrite_json(folder, **changes)
+    with pytest.raises(InputError, match=match) as err:
+        read_model_info(folder)
+    assert str(err.value).startswith(f"checkpoint {folder}: ") and "\n" not in str(err.value)
 
 
 def test_missing_field(saved) -> None:
