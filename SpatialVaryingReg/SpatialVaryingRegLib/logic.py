@@ -803,7 +803,11 @@ class RegistrationJob:
         outdir = Path(outdir)
         report = json.loads((outdir / "report.json").read_text(encoding="utf-8"))
         first_result = next_run_number(scene) == 1
-        number = next_run_number(scene)
+        # a result updated in place keeps its number: the status line and any node added to it name its nodes' run
+        updated, kept = self.reuse.transform, ""
+        if updated is not None and updated.IsA("vtkMRMLGridTransformNode") and updated.GetScene() is scene:
+            kept = updated.GetAttribute(RUN_ATTRIBUTE) or ""
+        number = int(kept) if kept.isdigit() else next_run_number(scene)
         run_name = f"{self.moving.GetName()} to {self.fixed.GetName()} (SVReg {number})"
 
         displacement, grid = geometry.read_displacement_file(outdir / "displacement.nii.gz")

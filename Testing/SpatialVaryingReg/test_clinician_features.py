@@ -164,7 +164,7 @@ def test_output_nodes_are_updated_in_place(scene, pair, tmp_path):
     assert {c: scene.GetNumberOfNodesByClass(c) for c in counts} == counts  # nothing new
     assert not np.allclose(grid_transform_arrays(second.transform)[0], stale)  # the new result is in
     assert second.lambda_map.GetName() == "my lambda"  # the user's node keeps its name
-    assert second.transform.GetAttribute(logic.RUN_ATTRIBUTE) == "2"
+    assert second.transform.GetAttribute(logic.RUN_ATTRIBUTE) == "1" and second.run_name == first.run_name
     assert pair["moving"].GetParentTransformNode() is second.transform
     # a node of the wrong kind is not reused: a label map volume cannot hold a segmentation's labels
     wrong = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "not a segmentation")

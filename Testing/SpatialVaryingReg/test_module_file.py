@@ -363,3 +363,31 @@ def test_an_earlier_inverse_updated_again_loses_its_earlier_run_mark(module, sce
                      "moving to fixed (SVReg 1) inverse transform" + stale,
                      "moving to fixed (SVReg 1) inverse transform"]
     assert scene.GetNodesByClass("vtkMRMLGridTransformNode").GetNumberOfItems() == 2
+
+
+def test_a_result_updated_in_place_keeps_its_run_number(module, scene, monkeypatch, tmp_path):
+    """A second Register (or each slider preview) into the nodes of "moving to fixed (SVReg 1)" said "(SVReg 2)",
+    "(SVReg 3)"... in the status line, which named no node, and a node it added (the warped volume turned on) was
+    "(SVReg 2) warped" beside "(SVReg 1) transform". The updated result keeps its number; new nodes get the next."""
+    from slicer_test_helpers import add_volume, write_engine_outputs
+
+    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    outputs = write_engine_outputs(tmp_path / "output", affine, (8, 8, 8))
+    logic = module.SpatialVaryingRegLogic()
+    p = module.SpatialVaryingRegParameterNode()
+    p.fixedVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "fixed")
+    p.movingVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "moving")
+    for warped in (False, True, True):
+        p.createWarpedVolume = warped
+        job = logic.createJob(p)
+        job.validate()
+        logic.storeOutputs(p, job.load_outputs(outputs))
+        assert p.statusText.startswith("moving to fixed (SVReg 1): done in")
+        assert p.outputTransform.GetName() == "moving to fixed (SVReg 1) transform"
+        assert p.outputTransform.GetAttribute(module.svlogic.RUN_ATTRIBUTE) == "1"
+    assert p.outputWarped.GetName() == "moving to fixed (SVReg 1) warped"
+    p.outputTransform = p.outputLambda = p.outputJacobian = p.outputWarped = None  # Outputs cleared: new nodes
+    job = logic.createJob(p)
+    job.validate()
+    assert job.load_outputs(outputs).run_name == "moving to fixed (SVReg 2)"
