@@ -147,8 +147,8 @@ class OutputNodes:
     """Existing nodes to update in place with a registration's results (``None``: create a new node).
 
     A node of the wrong kind is not reused (e.g. a label map volume for the warped labels of a
-    segmentation): a new node is created instead. A node the run does not update keeps its content and gets
-    :data:`STALE_SUFFIX` added to its name.
+    segmentation): a new node is created instead. A node the run does not update keeps its content; an earlier
+    run's output then gets :data:`STALE_SUFFIX` added to its name (a node no run has written keeps its name).
     """
 
     transform: Any = None
@@ -894,7 +894,7 @@ class RegistrationJob:
             stale = old.GetName().endswith(STALE_SUFFIX)
             if old is new and stale:  # an earlier run's leftover (e.g. its inverse) holds this run's result again
                 old.SetName(old.GetName()[:-len(STALE_SUFFIX)])
-            elif old is not new and not stale:
+            elif old is not new and not stale and old.GetAttribute(RUN_ATTRIBUTE):  # a user's own node is no run's
                 old.SetName(old.GetName() + STALE_SUFFIX)
         for node, role in ((transform, "transform"), (lambda_map, "lambda"), (jacobian, "jacobian"),
                            (warped, "warped"), (warped_labels, "warped labels"), (inverse, "inverse transform")):

@@ -541,3 +541,16 @@ def test_painting_a_segmentation_restarts_the_slider_preview_engine(scene, pair)
     segments = slicer.vtkSlicerSegmentationsModuleLogic
     assert segments.SetBinaryLabelmapToSegment(painted, seg, segmentation.GetNthSegmentID(0), segments.MODE_REPLACE)
     assert key() != before
+
+
+def test_a_users_own_node_a_run_does_not_update_keeps_its_name(scene, pair, tmp_path):
+    """A label map of the user's chosen as the output for segmentation labels (of another kind: a new Segmentation
+    is made) was renamed "... (earlier run, not updated)", though no run had ever written it."""
+    x = geometry.grid_points(SHAPE, AFFINE)
+    outputs = write_engine_outputs(tmp_path / "output", AFFINE, SHAPE, labels_of(blob_image(x)))
+    own = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "my labels")
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], moving_labels=pair["moving_seg"],
+                                reuse=logic.OutputNodes(warped_labels=own))
+    job.validate()
+    result = job.load_outputs(outputs)
+    assert result.warped_labels.IsA("vtkMRMLSegmentationNode") and own.GetName() == "my labels"
