@@ -201,6 +201,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _pickled(head: bytes) -> bool:
+    """Whether the first bytes of a weights file are those of ``torch.save`` (a zip archive, or before PyTorch 1.6 a
+    bare pickle) rather than safetensors (an 8-byte header length, then the JSON header's ``{``)."""
+    return head[8:9] != b"{" and (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"))
+
+
 def _unreadable(path: Path, exc: OSError) -> InputError:
     """The one-line error for a checkpoint file that exists but cannot be read (permissions, I/O error)."""
     return InputError(f"checkpoint {path.parent}: cannot read {path.name} ({exc.strerror or exc}); check that "
@@ -345,7 +351,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         ``(network in eval mode, its ModelInfo)``.
 
     Raises:
-        InputError: a missing folder or file, an invalid ``model.json``, corrupt or truncated weights,
+        InputError: a missing folder or file, an invalid ``model.json``, weights pickled by ``torch.save``
+            (never unpickled), corrupt or truncated weights,
             an unknown architecture, weights that do not fit the architecture's configuration (names, shapes,
             or types other than :data:`LOADABLE_FLOAT_TYPES` for floating-point weights), or NaN or infinite
             weights.
@@ -357,8 +364,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is missing")
     try:
         actual = _sha256(weights)
+        with open(weights, "rb") as stream:
+            head = stream.read(9)
     except OSError as exc:
         raise _unreadable(weights, exc) from None
+    if _pickled(head):
+        raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is a pickled PyTorch file (torch.save), not "
+                         "safetensors; svreg never unpickles weights (loading a pickle can run any code): save the "
+                         "network with svreg_core.models.save_checkpoint, which writes safetensors and its SHA-256.")
     if actual != digest:
         raise InputError(f"checkpoint {folder}: {WEIGHTS_FILE} is corrupt or truncated (its SHA-256 differs from "
                          f"the one recorded in {INFO_FILE})")

@@ -216,6 +216,18 @@ def test_unreadable_safetensors_with_matching_digest(saved) -> None:
     _one_line_error(folder, r"model.safetensors is corrupt or truncated \(")
 
 
+@pytest.mark.parametrize("zipped", [True, False])
+def test_pickled_weights_are_named_and_never_unpickled(saved, zipped: bool) -> None:
+    """A state dict saved by torch.save under the safetensors name (with or without its digest recorded) was called
+    "corrupt or truncated"; it is named for what it is, and never unpickled."""
+    model, folder = saved
+    weights = folder / "model.safetensors"
+    torch.save(model.state_dict(), weights, _use_new_zipfile_serialization=zipped)
+    _one_line_error(folder, "model.safetensors is a pickled PyTorch file \\(torch.save\\), not safetensors")
+    _rewrite_json(folder, weights_sha256=hashlib.sha256(weights.read_bytes()).hexdigest())
+    _one_line_error(folder, "model.safetensors is a pickled PyTorch file")
+
+
 def test_invalid_json(saved) -> None:
     _, folder = saved
     (folder / "model.json").write_text('{"format": "svreg-checkpoint", ')
