@@ -174,6 +174,11 @@ def _selectedModel(p: SpatialVaryingRegParameterNode) -> str:
     return p.modelCheckpoint if p.model == CHECKPOINT_CHOICE else p.model
 
 
+def _studyName(p: SpatialVaryingRegParameterNode) -> str:
+    """The tuning study's name (``svreg tune --study-name``): ``slicer`` when the field is left empty."""
+    return p.tuningStudyName or "slicer"
+
+
 def _isHyperModel(p: SpatialVaryingRegParameterNode) -> bool:
     """Whether the selected learned model is a HyperSPR model (its codes are the *Regularisation* sliders'); a
     model that cannot be read is not (Register explains the problem)."""
@@ -851,7 +856,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         """Read the study's trials from its SQLite file (works with no tuning process running too)."""
         self._lastStudyRead = time.monotonic()
         db = self._studyFile()
-        snapshot = tuning.read_study(db, self._parameterNode.tuningStudyName) if db else None
+        snapshot = tuning.read_study(db, _studyName(self._parameterNode)) if db else None
         table = self.ui.tuningTable
         table.setRowCount(0 if snapshot is None else len(snapshot.trials))
         if snapshot is None or snapshot.best is None:
@@ -887,7 +892,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             db = self._studyFile()
             if db is None or not db.is_file():
                 raise ValueError(_("No study file yet: start tuning first."))
-            name = self._parameterNode.tuningStudyName or "slicer"
+            name = _studyName(self._parameterNode)
             path = self.logic.bestPresetPath(db, name)
             task = {"result": None, "error": None, "path": path, "select": True}
 
@@ -1146,7 +1151,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
         settings = self.settingsFromParameterNode(p)
         o = settings.overrides
         learned = settings.method == "learned"
-        studyName = p.tuningStudyName or "slicer"
+        studyName = _studyName(p)
         # the trials register as Register would (similarity, uniform regulariser, pose search, ... of Advanced):
         # svreg tune has flags for the pyramid and the affine stage only, so the rest goes as a preset file
         # next to the study, without the values the study searches
@@ -1173,7 +1178,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def bestPresetPath(studyFile: Path, studyName: str) -> Path:
         """Where "Apply best" writes the study's best trial as a preset file."""
-        return Path(studyFile).parent / f"{studyName or 'slicer'}-best-preset.json"
+        return Path(studyFile).parent / f"{studyName}-best-preset.json"
 
     @staticmethod
     def useCustomPreset(p: SpatialVaryingRegParameterNode, path: Path) -> None:
@@ -1195,7 +1200,7 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
     def applyBestParameters(self, p: SpatialVaryingRegParameterNode, studyFile: Path) -> Path:
         """Python console (blocking): write the study's best trial as a preset file (or a learned model's
         codes file) and select it (:meth:`useBest`)."""
-        name = p.tuningStudyName or "slicer"
+        name = _studyName(p)
         path = self.bestPresetPath(studyFile, name)
         tuning.apply_best(Path(studyFile), name, path)
         self.useBest(p, path)

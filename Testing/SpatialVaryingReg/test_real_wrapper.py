@@ -621,3 +621,25 @@ def test_apply_best_ending_after_the_scene_was_closed_selects_nothing(real, scen
     assert best.is_file() and log[-1] == f"Best parameters written to {best}; not selected: the scene was closed " \
                                          "meanwhile."
     assert (p.preset, p.customPresetFile) == ("brain-mri", "") and ui.tuningApplyBestButton.enabled
+
+
+def test_an_empty_study_name_shows_the_study_tuning_runs(real, scene, tmp_path):
+    """With the study name field cleared, Start tunes the study 'slicer' (as svreg tune's report folder says), but
+    the table read '<folder>/-report/summary.json': it stayed empty while the trials ran and finished."""
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    rows: list[int] = []
+    ui.tuningTable.setRowCount = rows.append
+    ui.tuningTable.setItem = ui.tuningTable.setHorizontalHeaderLabels = lambda *args: None
+    qt.QTableWidgetItem = str
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, p)
+    p.tuningValidationSet, p.tuningStudyName = str(tmp_path), ""
+    request = logic.tuneRequest(p, widget._studyFile())
+    report = Path(request.arguments()[request.arguments().index("--report") + 1])
+    report.mkdir(parents=True)
+    trial = {"number": 0, "state": "COMPLETE", "value": 0.7, "params": {"alpha_prime": 0.1}}
+    (report / "summary.json").write_text(json.dumps({"study": "slicer", "trials": [trial], "best": trial}))
+    widget.refreshStudyTable()
+    assert rows[-1] == 1 and ui.tuningBestLabel.text == "Best mean Dice 0.7000 (trial 0): alpha_prime=0.1"
