@@ -217,6 +217,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._job: svlogic.RegistrationJob | None = None
         self._tuning: runner.ChildProcess | None = None
         self._tuningValueName = tuning.OBJECTIVES["dice"]  # what the running or shown study scores
+        self._tuningStudy: tuple[Path, str] | None = None  # (study file, name) of the tuning started here
         self._lastStudyRead = 0.0
         self._torchStatus: dependencies.TorchStatus | None = None  # None: not checked in this session
         self._environmentChild: runner.ChildProcess | None = None  # torch check or install in progress
@@ -762,6 +763,11 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             return (source if source.is_dir() else source.parent) / "svreg-tune.db"
         return None
 
+    def _chosenStudy(self) -> tuple[Path, str] | None:
+        """``(study file, name)`` of the study the panel shows (the table, the best trial, Apply best)."""
+        db = self._studyFile()
+        return None if db is None else (db, _studyName(self._parameterNode))
+
     def _updateTuningButtons(self) -> None:
         running = self._tuning is not None and self._tuning.running
         self.ui.tuningStartButton.enabled = not running
@@ -808,6 +814,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.tuningLogTextEdit.appendPlainText(
                 _("Tuning {n} trials on {source}; study '{name}' in {db} (re-running resumes it).").format(
                     n=request.n_trials, source=request.validation, name=request.study_name, db=request.storage))
+            self._tuningStudy = (request.storage, request.study_name)
             self._tuning = tuning.start_tuning(request, on_event=self._onTuningEvent,
                                                on_log=self.ui.tuningLogTextEdit.appendPlainText)
             self._tuningTimer.start()
@@ -830,7 +837,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         elif kind in ("start", "end"):
             self.ui.tuningLogTextEdit.appendPlainText(f"{kind}: {event.get('message') or ''}".strip())
         best = event.get("best_value")
-        if best is not None:
+        if best is not None and self._tuningStudy == self._chosenStudy():  # the table's study (Apply best writes it)
             self._showBest(self._tuningValueName, best, event.get("best_trial"), event.get("best_params"))
         if "finished" in event and event.get("n_trials"):
             self.ui.tuningProgressBar.setMaximum(int(event["n_trials"]))
@@ -853,10 +860,11 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._updateTuningButtons()
 
     def refreshStudyTable(self) -> None:
-        """Read the study's trials from its SQLite file (works with no tuning process running too)."""
+        """Show the chosen study's trials from its ``summary.json`` (:func:`tuning.read_study`; works with no tuning
+        process running too)."""
         self._lastStudyRead = time.monotonic()
-        db = self._studyFile()
-        snapshot = tuning.read_study(db, _studyName(self._parameterNode)) if db else None
+        study = self._chosenStudy()
+        snapshot = tuning.read_study(*study) if study else None
         table = self.ui.tuningTable
         table.setRowCount(0 if snapshot is None else len(snapshot.trials))
         if snapshot is None or snapshot.best is None:
@@ -889,10 +897,10 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         if self._applyBest is not None:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not apply the best parameters.")):
-            db = self._studyFile()
-            if db is None or not db.is_file():
+            study = self._chosenStudy()
+            if study is None or not study[0].is_file():
                 raise ValueError(_("No study file yet: start tuning first."))
-            name = _studyName(self._parameterNode)
+            db, name = study
             path = self.logic.bestPresetPath(db, name)
             task = {"result": None, "error": None, "path": path, "select": True}
 

@@ -643,3 +643,43 @@ def test_an_empty_study_name_shows_the_study_tuning_runs(real, scene, tmp_path):
     (report / "summary.json").write_text(json.dumps({"study": "slicer", "trials": [trial], "best": trial}))
     widget.refreshStudyTable()
     assert rows[-1] == 1 and ui.tuningBestLabel.text == "Best mean Dice 0.7000 (trial 0): alpha_prime=0.1"
+
+
+def test_a_running_tunings_best_shows_only_with_its_study_chosen(real, scene, monkeypatch, tmp_path):
+    """While a tuning ran, choosing another validation set (or closing the scene) showed the other study's table,
+    but every trial of the running one wrote its "Best mean Dice ..." line under it again, which "Apply best"
+    would not write. The running study's best shows while it is the chosen one; its trials are still logged."""
+    import os
+
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    log: list[str] = []
+    ui.tuningLogTextEdit.appendPlainText = log.append
+    ui.tuningTable.setRowCount = ui.tuningTable.setItem = ui.tuningTable.setHorizontalHeaderLabels = \
+        lambda *args: None
+    ui.tuningProgressBar.setMaximum = ui.tuningProgressBar.setValue = lambda value: None
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, p)
+    widget.logic, widget._tuningTimer, widget._tuningStudy = logic, qt.QTimer(), None
+    widget._tuningValueName = module.tuning.OBJECTIVES["dice"]
+    running, other = tmp_path / "running", tmp_path / "other"
+    running.mkdir()
+    other.mkdir()
+    p.tuningValidationSet = str(running)
+    # the widget's start, with a child that ends at once in place of `svreg tune` (its events are sent below)
+    monkeypatch.setattr(module.tuning, "start_tuning", lambda request, **kwargs: module.runner.ChildProcess(
+        ["-c", "pass"], python=sys.executable, env=dict(os.environ), **kwargs).start())
+    widget._startTuning()
+    widget._tuning.wait(timeout=30)
+    event = {"event": "trial", "trial": 0, "state": "COMPLETE", "value": 0.7, "params": {"alpha_prime": 0.1},
+             "best_value": 0.7, "best_trial": 0, "best_params": {"alpha_prime": 0.1}}
+    widget._onTuningEvent(event)
+    assert ui.tuningBestLabel.text == "Best mean Dice 0.7000 (trial 0): alpha_prime=0.1"
+    p.tuningValidationSet = str(other)
+    widget.refreshStudyTable()
+    widget._onTuningEvent(dict(event, trial=1, best_value=0.75, best_trial=1))
+    assert ui.tuningBestLabel.text == "" and log[-1].startswith("trial 1: COMPLETE")
+    p.tuningValidationSet = str(running)
+    widget._onTuningEvent(dict(event, trial=2, best_value=0.8, best_trial=2))
+    assert ui.tuningBestLabel.text == "Best mean Dice 0.8000 (trial 2): alpha_prime=0.1"
