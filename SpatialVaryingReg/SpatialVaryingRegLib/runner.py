@@ -68,7 +68,8 @@ def engine_path(base: Path | None = None) -> Path | None:
 
 
 def python_executable() -> str:
-    """The interpreter for the child: ``PythonSlicer`` inside Slicer, else ``sys.executable``.
+    """The interpreter for the child: inside Slicer its own ``PythonSlicer`` (``<slicerHome>/bin``; one found on the
+    PATH when that is missing), else ``sys.executable``.
 
     ``SVREG_PYTHON`` overrides both (e.g. a separate environment with a CUDA build of torch).
     """
@@ -83,12 +84,12 @@ def python_executable() -> str:
         app = None
     if app is not None:
         name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+        candidate = Path(app.slicerHome) / "bin" / name  # this Slicer's own, before another one's on the PATH
+        if candidate.is_file():
+            return str(candidate)
         found = shutil.which("PythonSlicer")
         if found:
             return found
-        candidate = Path(app.slicerHome) / "bin" / name
-        if candidate.is_file():
-            return str(candidate)
     return sys.executable
 
 

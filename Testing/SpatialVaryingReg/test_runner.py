@@ -361,3 +361,22 @@ def test_an_engine_killed_by_the_system_says_so_not_its_last_log_line():
     crashed = runner.ChildProcess(["-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"],
                                   python=sys.executable, env=dict(os.environ)).start().wait(timeout=30)
     assert crashed.message == "The registration engine stopped unexpectedly (SIGSEGV); the Log shows its last lines."
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file names and PATH")
+def test_the_child_runs_with_this_slicers_own_python(slicer_module, monkeypatch, tmp_path):
+    """Inside Slicer the child ran the first ``PythonSlicer`` on the PATH: with another Slicer's bin folder there
+    (a second version installed, a build tree), the engine ran in that Slicer's Python, with its packages and torch.
+    This Slicer's own (``<slicerHome>/bin``) comes first; one on the PATH only without it."""
+    import types
+
+    for folder in ("this/bin", "other/bin"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "PythonSlicer").write_text("#!/bin/sh\n", encoding="utf-8")
+        (tmp_path / folder / "PythonSlicer").chmod(0o755)
+    monkeypatch.delenv("SVREG_PYTHON", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "other" / "bin") + os.pathsep + os.environ.get("PATH", ""))
+    monkeypatch.setattr(slicer_module, "app", types.SimpleNamespace(slicerHome=str(tmp_path / "this")), raising=False)
+    assert runner.python_executable() == str(tmp_path / "this" / "bin" / "PythonSlicer")
+    (tmp_path / "this" / "bin" / "PythonSlicer").unlink()
+    assert runner.python_executable() == str(tmp_path / "other" / "bin" / "PythonSlicer")
