@@ -53,10 +53,16 @@ class TargetRegistrationError:
 
 
 def pair_count_problem(fixed_node, moving_node) -> str:
-    """Why the two lists cannot be paired ('' when they can)."""
+    """Why the two lists cannot be paired ('' when they can): a list without points, a point not placed (a
+    template's unplaced point, a point being placed: its position means nothing), or different numbers of points."""
     n_fixed, n_moving = fixed_node.GetNumberOfControlPoints(), moving_node.GetNumberOfControlPoints()
     if n_fixed == 0 or n_moving == 0:
         return "a fiducial list has no points"
+    for node, side in ((fixed_node, "fixed"), (moving_node, "moving")):
+        for n in range(node.GetNumberOfControlPoints()):
+            if node.GetNthControlPointPositionStatus(n) != node.PositionDefined:
+                return (f"point {n + 1} ('{node.GetNthControlPointLabel(n)}') of the {side} list is not placed "
+                        "(place it or delete it)")
     if n_fixed != n_moving:
         return f"the fixed list has {n_fixed} points and the moving list {n_moving} (pairs go by order)"
     return ""

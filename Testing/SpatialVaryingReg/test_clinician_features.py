@@ -290,6 +290,23 @@ def test_unpaired_fiducials_are_refused_before_the_run(scene, pair):
     logic.RegistrationJob(pair["fixed"], pair["moving"], moving_fiducials=pair["moving_points"]).validate()
 
 
+def test_fiducials_not_placed_are_refused_before_the_run_and_the_export(scene, pair, tmp_path):
+    """A point list with a point not placed (a landmark template's unplaced point, or one being placed) counted that
+    point where it happened to be (e.g. at 0, 0, 0): the TRE averaged it in and a tuning pair's landmark file held it
+    as a landmark. Refused in one line, naming the point."""
+    pair["fixed_points"].UnsetNthControlPointPosition(2)
+    problem = "point 3 ('F-3') of the fixed list is not placed (place it or delete it)"
+    assert landmarks.pair_count_problem(pair["fixed_points"], pair["moving_points"]) == problem
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_fiducials=pair["fixed_points"],
+                                moving_fiducials=pair["moving_points"])
+    with pytest.raises(logic.RegistrationError, match=re.escape(f"registration error: {problem}; correct them")):
+        job.validate()
+    with pytest.raises(geometry.GeometryError, match=re.escape(problem)):
+        tuning.export_pair(tmp_path, "p", pair["fixed"], pair["moving"], fixed_fiducials=pair["fixed_points"],
+                           moving_fiducials=pair["moving_points"])
+    assert not any(tmp_path.iterdir())
+
+
 def test_cpu_time_estimate_follows_the_engines_working_grids_and_says_it_is_an_estimate(scene, pair):
     """Hand-computed working grids: the field of view (voxel centres) at each level's spacing, never finer than the
     volume's voxels; the CT presets' pyramid and MIND; levels merged on a coarse volume."""
