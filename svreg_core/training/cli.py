@@ -23,13 +23,19 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, SvregError
 from svreg_core.training.config import DataSource, TrainingConfig, load_config
 
 if TYPE_CHECKING:
     from svreg_core.training.trainer import TrainingSummary
 
 PROGRESS_MODES = ("auto", "bar", "json", "none")
+
+#: Seconds a torchrun process other than rank 0 waits before reporting an error of its own. Every rank checks the same
+#: inputs, so rank 0 usually stops with the same error: it prints it, torchrun then ends the other processes, and the
+#: error is printed once. A process still running after this long had an error rank 0 did not (a file missing on
+#: its node only) and prints it.
+PEER_REPORT_DELAY_S = 30.0
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,6 +200,23 @@ def _summary_line(summary: TrainingSummary, seconds: float) -> str:
     return done
 
 
+def _other_rank_stops(exc: SvregError | KeyboardInterrupt) -> int:
+    """The exit status of a torchrun process other than rank 0 stopped by ``exc``, which rank 0 reports: Ctrl-C (130),
+    or a peer that stopped (2, :class:`~svreg_core.training.distributed.PeerStopped`). An error of its own (2) is
+    raised again, to be printed, only when the job is still running :data:`PEER_REPORT_DELAY_S` later."""
+    from svreg_core.training.distributed import PeerStopped
+
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if not isinstance(exc, PeerStopped):
+        try:
+            time.sleep(PEER_REPORT_DELAY_S)
+        except KeyboardInterrupt:  # torchrun ending the job: rank 0 stopped, with this error
+            return 2
+        raise exc
+    return 2
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run ``svreg train``; user mistakes raise :class:`InputError` (exit status 2 in the CLI)."""
     from svreg_core.progress import ProgressPrinter, emit_json
@@ -201,12 +224,15 @@ def run_train(args: argparse.Namespace) -> int:
     from svreg_core.training.trainer import BEST_DIR, LAST_DIR, train
 
     t0 = time.perf_counter()
-    config = resolve_config(args)
     main = is_main_process()
     printer = ProgressPrinter(args.progress if main else "none")
     command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
     try:
-        summary = train(config, args.output, progress=printer, command=command)
+        summary = train(resolve_config(args), args.output, progress=printer, command=command)
+    except (SvregError, KeyboardInterrupt) as exc:
+        if main:
+            raise
+        return _other_rank_stops(exc)
     finally:
         printer.close()
     if not main:

@@ -6,6 +6,9 @@ uses GPU ``LOCAL_RANK`` when training on CUDA, trains on its own share of every 
 :mod:`svreg_core.training.loaders`) and averages gradients through
 :class:`~torch.nn.parallel.DistributedDataParallel`. Only rank 0 writes files and reports progress;
 all ranks meet at a barrier after every epoch. Without those variables everything runs in one process.
+
+A rank whose peer stops (rank 0 refusing an input that it alone reads, before training) while it waits for it at a
+barrier or a sum raises :class:`PeerStopped`, which ``svreg train`` ends quietly: the peer reports why.
 """
 from __future__ import annotations
 
@@ -17,12 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, SvregError
 
 #: How long a rank waits for the others at a barrier. Rank 0 pre-aligns every real pair (2–6 s each on a CPU)
 #: while the others wait before the first epoch: hours for a large cohort, far beyond PyTorch's default (10 min
 #: for NCCL, 30 min for gloo), which would end the job; the alignments are cached, so a restart resumes them.
 BARRIER_TIMEOUT = timedelta(hours=12)
+
+
+class PeerStopped(SvregError):
+    """Another process of the torchrun job stopped while this one waited for it (that process reports why)."""
 
 
 @dataclass(frozen=True)
@@ -102,18 +109,32 @@ def wrap_model(model: nn.Module, ctx: DistributedContext, device: torch.device) 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def _peer_stopped(exc: RuntimeError) -> PeerStopped:
+    """A collective's failure (gloo: "Connection closed by peer"; NCCL: ``DistBackendError``, a ``RuntimeError``) as
+    :class:`PeerStopped`."""
+    reason = " ".join(str(exc).split())[:200]
+    return PeerStopped(f"another process of the torchrun job stopped ({reason}); its own message says why.")
+
+
 def barrier(ctx: DistributedContext) -> None:
-    """Wait until every rank arrives (no-op in one process)."""
+    """Wait until every rank arrives (no-op in one process); :class:`PeerStopped` when a rank stops instead."""
     if ctx.enabled:
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError as exc:
+            raise _peer_stopped(exc) from None
 
 
 def all_reduce_sum(values: list[float], ctx: DistributedContext, device: torch.device) -> list[float]:
-    """Element-wise sum of ``values`` over all ranks (``values`` itself in one process)."""
+    """Element-wise sum of ``values`` over all ranks (``values`` itself in one process); :class:`PeerStopped` when a
+    rank stops instead."""
     if not ctx.enabled:
         return list(values)
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    try:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    except RuntimeError as exc:
+        raise _peer_stopped(exc) from None
     return tensor.tolist()
 
 

@@ -5,6 +5,7 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -73,3 +74,29 @@ def test_two_gloo_processes_match_one_process_with_the_double_batch(geo, sphere_
     # validation similarity differed by 0.0015-0.0021 between the runs whether the updates agreed to 3.9 % or
     # to 0.06 %, 2026-11-28)
     assert float(rows[0][-1]["val_total"]) == pytest.approx(float(rows[1][-1]["val_total"]), abs=5e-3)
+
+
+@pytest.mark.parametrize("where", ["every rank", "rank 0 alone"])
+def test_an_input_error_under_torchrun_is_printed_once(geo, sphere_label_maps, tmp_path, where) -> None:
+    """Every process of a torchrun job printed the same error (a missing data folder), and when rank 0 alone found it
+    (a label map holding fractions, read by rank 0 before training) the others printed a traceback of the barrier they
+    waited at ('Connection closed by peer'): rank 0 prints the one line, the others stop quietly."""
+    sphere_label_maps(geo, tmp_path / "labels", split=False)
+    data = tmp_path / "missing"
+    if where == "rank 0 alone":
+        data = tmp_path / "labels"  # a_seg and b_seg as two subjects' images, and a label map of fractions for b
+        geo.save_nifti(np.full((16, 16, 16), 0.25, np.float32), np.eye(4), data / "b_seg_labels.nii.gz")
+        (data / "a_seg.nii.gz").rename(data / "a.nii.gz")
+        (data / "b_seg.nii.gz").rename(data / "b.nii.gz")
+        (data / "b_seg_labels.nii.gz").rename(data / "b_seg.nii.gz")
+    config = TrainingConfig(model=TINY, grid_shape=(16, 16, 16), network_spacing_mm=4.0, epochs=1, steps_per_epoch=1,
+                            num_workers=0, device="cpu", validation={"pairs": 0},
+                            data={"sources": [{"kind": "folder", "path": str(data)}], "prealign": False})
+    config_file = save_config(config, tmp_path / "train.yaml")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "svreg_core.cli", "train", "--config", str(config_file), "-o", str(tmp_path / "ddp"),
+                          "--progress", "none"], capture_output=True, text=True, env=geo.child_env(), timeout=300)
+    assert ddp.returncode != 0
+    ours = [line for line in ddp.stderr.splitlines() if line.startswith(("svreg:", "[rank"))]
+    expected = "training folder not found" if where == "every rank" else "holds values that are not whole numbers"
+    assert len(ours) == 1 and ours[0].startswith("svreg: error: ") and expected in ours[0], ddp.stderr[-3000:]
