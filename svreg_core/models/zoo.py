@@ -21,14 +21,17 @@ DEFAULT_MODEL = "brain-unet-spr"
 
 
 def shipped_models(folder: Path = SHIPPED_DIR) -> dict[str, dict]:
-    """``{name: model.json contents}`` of every shipped checkpoint, sorted by name."""
+    """``{name: model.json contents}`` of every shipped checkpoint, sorted by name (one whose ``model.json`` cannot be
+    read or is not a JSON object is left out)."""
     found: dict[str, dict] = {}
     if folder.is_dir():
         for meta in sorted(folder.glob("*/model.json")):
             try:
-                found[meta.parent.name] = json.loads(meta.read_text())
+                contents = json.loads(meta.read_text())
             except (OSError, ValueError):
                 continue
+            if isinstance(contents, dict):
+                found[meta.parent.name] = contents
     return found
 
 

@@ -20,6 +20,8 @@ def _catalogue(tmp_path: Path) -> Path:
                                                                "training": {"data": "synthetic"}}))
     (folder / "broken").mkdir()
     (folder / "broken" / "model.json").write_text("{not json")  # skipped, not fatal
+    (folder / "a-list").mkdir()
+    (folder / "a-list" / "model.json").write_text("[1, 2]")  # skipped: 'svreg models' ended in an AttributeError
     (folder / "no-json").mkdir()
     return folder
 
