@@ -168,7 +168,7 @@ def _subjects_in(folder: Path, patterns: Sequence[str]) -> list[tuple[Path, Path
 
 def pairs_from_folder(folder: str | Path, atlas: str | Path | None = None, *,
                       atlas_labels: str | Path | None = None,
-                      label_patterns: Sequence[str] = LABEL_PATTERNS) -> list[PairSpec]:
+                      label_patterns: Sequence[str] = LABEL_PATTERNS, role: str = "training") -> list[PairSpec]:
     """Training pairs from a folder of subjects.
 
     Subjects are the NIfTI images directly in ``folder`` whose names do not match ``label_patterns``
@@ -182,14 +182,15 @@ def pairs_from_folder(folder: str | Path, atlas: str | Path | None = None, *,
             ordered inter-subject pairs ``(i, j)``, ``i != j`` (fixed ``i``, moving ``j``).
         atlas_labels: the atlas's label map; by default the label file next to the atlas whose name
             matches it as above, if any.
+        role: what the folder holds (``"training"`` or ``"validation"``), as the error messages name it.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise InputError(f"training folder not found: {folder}")
+        raise InputError(f"{role} folder not found: {folder}")
     subjects = _subjects_in(folder, label_patterns)
     if atlas is None:
         if len(subjects) < 2:
-            raise InputError(f"training folder {folder} holds {len(subjects)} image(s); inter-subject pairs "
+            raise InputError(f"{role} folder {folder} holds {len(subjects)} image(s); inter-subject pairs "
                              f"need at least 2 (NIfTI files or sub-folders with one image each).")
         return _check_files([PairSpec(f, m, fl, ml) for i, (f, fl) in enumerate(subjects)
                              for j, (m, ml) in enumerate(subjects) if i != j], folder)
@@ -201,7 +202,7 @@ def pairs_from_folder(folder: str | Path, atlas: str | Path | None = None, *,
                                        if is_image_file(p) and is_label_file(p, label_patterns)]))
     subjects = [(m, ml) for m, ml in subjects if m.resolve() != atlas.resolve()]
     if not subjects:
-        raise InputError(f"training folder {folder} holds no subject image besides the atlas.")
+        raise InputError(f"{role} folder {folder} holds no subject image besides the atlas.")
     return _check_files([PairSpec(atlas, m, labels, ml) for m, ml in subjects], folder)
 
 

@@ -76,13 +76,14 @@ class TrainingData:
             cast("SourceDataset", dataset).set_epoch(epoch)
 
 
-def _real_pairs(source: DataSource) -> tuple[list, list]:
-    """``(pairs, validation pairs the source itself designates)``."""
+def _real_pairs(source: DataSource, role: str) -> tuple[list, list]:
+    """``(pairs, validation pairs the source itself designates)`` of a ``role`` (``"training"``/``"validation"``)
+    source."""
     from svreg_core.training import datasets
 
     assert source.path is not None  # DataSource requires it of every kind but 'templates'
     if source.kind == "folder":
-        return datasets.pairs_from_folder(source.path, atlas=source.atlas), []
+        return datasets.pairs_from_folder(source.path, atlas=source.atlas, role=role), []
     if source.kind == "dataset_json":
         return datasets.pairs_from_dataset_json(source.path)
     return datasets.pairs_from_csv(source.path), []
@@ -207,7 +208,7 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
             train_sets.append(_generated(source, config, seed, source.length or DEFAULT_GENERATED_LENGTH, made,
                                          progress))
             continue
-        pairs, designated = _real_pairs(source)
+        pairs, designated = _real_pairs(source, "training")
         if hold_out and designated:
             held_out.extend(designated)
         elif hold_out:
@@ -277,7 +278,7 @@ def _validation(config: TrainingConfig, held_out: list, alignments: dict, made: 
                 sets.append(_generated(source, config, seed, source.length or cfg.pairs, made, progress))
             else:  # a dataset.json's own validation pairs when it names some (its training pairs otherwise);
                 # only the pairs evaluated are built (and pre-aligned)
-                pairs, designated = _real_pairs(source)
+                pairs, designated = _real_pairs(source, "validation")
                 sets.append(_pair_dataset(spread(designated or pairs, cfg.pairs), config, alignments,
                                           augment=False, seed=seed))
                 pair_sets.append(sets[-1])

@@ -248,3 +248,14 @@ def test_a_run_resumes_on_its_data_moved_to_a_folder_given_anew(geo, tmp_path) -
     geo.save_nifti(noise, np.diag([4.0, 4.0, 4.0, 1.0]), tmp_path / "other" / "train" / "sub0.nii.gz")
     with pytest.raises(InputError, match=r"changed since it began \(as many pairs, of other files"):
         train(real_pairs_config(tmp_path / "other" / "train", tmp_path / "other" / "train"), tmp_path / "run")
+
+
+def test_an_unusable_validation_folder_is_named_a_validation_folder(geo, tmp_path) -> None:
+    """``--val-data`` naming a folder of one subject was refused as a 'training folder' holding 1 image, although the
+    training folder was fine."""
+    write_subjects(geo, tmp_path / "train")
+    write_subjects(geo, tmp_path / "val", count=1)
+    with pytest.raises(InputError, match=rf"^validation folder {re.escape(str(tmp_path / 'val'))} holds 1 image\(s\)"):
+        build_data(real_pairs_config(tmp_path / "train", tmp_path / "val"))
+    with pytest.raises(InputError, match=r"^validation folder not found: "):
+        build_data(real_pairs_config(tmp_path / "train", tmp_path / "missing"))
