@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
     from svreg_core.image import Grid, Image
     from svreg_core.image.itk_io import DicomSeries
+    from svreg_core.registration import LoadedModel
 
     #: The fixed-side images of a batch, read once: by (path, whether a label map), each with the warnings its
     #: reading gave.
@@ -402,11 +403,12 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache)
 
 
 def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[float, float] | None,
-                   printer: ProgressPrinter, cache: ImageCache) -> dict:
+                   printer: ProgressPrinter, cache: ImageCache, model: LoadedModel | None = None) -> dict:
     """Register one pair and write its outputs; fixed-side images come from ``cache`` when loaded before. The
     warnings of reading the images and of the registration go into the report (``warnings``).
 
-    ``codes``: a learned model's regularisation (:func:`learned_codes`)."""
+    ``codes``: a learned model's regularisation (:func:`learned_codes`); ``model``: ``args.model`` loaded
+    before (a batch loads it once), else it is loaded here."""
     from svreg_core.outputs import write_outputs
     from svreg_core.outputs.writer import check_output_space, expected_output_bytes
     from svreg_core.registration import register, warm_up
@@ -427,7 +429,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
         if note:
             warnings.warn(note, stacklevel=1)
         result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,
-                          moving_mask=images.moving_mask, model=args.model, refine=args.refine, codes=codes,
+                          moving_mask=images.moving_mask, model=model or args.model, refine=args.refine, codes=codes,
                           initial_affine=images.initial, progress=printer)
     result.timing["load_s"] = load_s
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
@@ -643,6 +645,8 @@ def shard(items: list, spec: str) -> list:
 
 
 def run_register_batch(args: argparse.Namespace) -> int:
+    from svreg_core.registration import load_model, resolve_device
+
     every = read_pairs(args)
     check_label_arguments(every, args)
     pairs = shard(every, args.shard)
@@ -650,6 +654,8 @@ def run_register_batch(args: argparse.Namespace) -> int:
     if args.model:  # a pairs file's masks (the flags: with the parameters)
         check_masks_used(args, affine=params.affine, refine=args.refine, pairs=every)
     codes = learned_codes(args)
+    # once, before any pair: corrupt weights are refused before the first pair's images are read
+    model = load_model(args.model, resolve_device(params.device)) if args.model else None
     finished, summary = _prepare_batch(pairs, args)
     cache: ImageCache = {}
     rows: list[dict[str, object]] = []
@@ -666,7 +672,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
             print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}", file=sys.stderr)
         printer = ProgressPrinter(args.progress)
         try:
-            report = _register_pair(pair, args, params, codes, printer, cache)
+            report = _register_pair(pair, args, params, codes, printer, cache, model)
         except Exception as exc:  # noqa: BLE001 - any pair's failure is reported and skipped (Ctrl-C stops the batch)
             failed += 1
             kind, message = (exc.__class__.__name__, str(exc)) if isinstance(exc, SvregError) else (

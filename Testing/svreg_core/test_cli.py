@@ -751,6 +751,23 @@ def test_a_shard_without_pairs_writes_the_summary_it_names(tiny_pair, tmp_path: 
         assert list(csv.reader(f)) == [list(BATCH_SUMMARY_COLUMNS)]
 
 
+def test_a_batch_refuses_corrupt_weights_before_any_pair(tiny_pair, tiny_checkpoints, tmp_path: Path, capsys) -> None:
+    """The model is loaded once, before the first pair: truncated weights give one error, and no pair's output
+    folder or summary is written (each pair used to read its images and then fail on the weights)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_checkpoints.plain, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    p = tiny_pair.paths
+    second = tmp_path / "second.nii.gz"
+    shutil.copyfile(p.moving, second)
+    root = tmp_path / "r"
+    rc, _, err = _main(["register-batch", "--fixed", p.fixed, "--moving", p.moving, second, "-o", root, "--model",
+                        model, "--device", "cpu", "--progress", "none"], capsys)
+    _assert_plain_error(rc, err, "model.safetensors")
+    assert "model.safetensors" in err and not root.exists()
+
+
 def test_batch_summary_gives_the_landmark_error(tiny_pair, fast_preset, tmp_path: Path) -> None:
     """Landmark columns of a pairs CSV reach the registration: the summary's TRE is the report's."""
     p = tiny_pair.paths
