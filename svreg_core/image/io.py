@@ -413,7 +413,8 @@ def nifti_image(data: np.ndarray, affine: np.ndarray,
     """``data`` (its first three axes the voxels) with its voxel-to-RAS ``affine`` as sform and, when it can hold
     it, qform, in mm, with the sform and qform ``codes`` of its space (:attr:`Grid.xform_codes`; default 1,
     scanner): the one way svreg makes a NIfTI, so no file has a qform that disagrees with its sform (a sheared
-    affine is written as the sform only, qform code 0, which ITK and Slicer then read too)."""
+    affine is written as the sform only, qform code 0; ITK, hence Slicer, reads no sheared NIfTI: it takes only
+    orthonormal directions)."""
     nii = nib.Nifti1Image(data, affine)
     nii.set_sform(affine, code=codes[0])
     nii.set_qform(affine, code=codes[1])
