@@ -9,7 +9,8 @@ A run folder holds::
 
     config.yaml          the resolved configuration (a later run in this folder must match it, but for where the
                          data are when data.json shows they are the same files)
-    data.json            counts and a digest of the pairs the run began with (a resumed run must find them again)
+    data.json            counts and a digest of the pairs the run began with (a resumed run must find them again;
+                         one stopped before its first epoch ended starts over on other data)
     alignments.json      affine pre-alignment of every real pair (computed once, reused on resume)
     metrics.csv          one row per epoch (svreg_core.training.history.COLUMNS)
     training_curve.png   loss terms and validation Dice / folding per epoch
@@ -347,13 +348,21 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
     distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
     if ctx.is_main:
         fingerprint = data_fingerprint(data)
-        if continuing:
+        began = _data_began(run_dir) if continuing else None
+        if resuming:
             _check_same_data(run_dir, fingerprint)
-        else:  # every file of the pairs, before any long work (a resumed run read them when it began)
+        elif not continuing or (began is not None and began[2] != fingerprint["sha256"]):
+            # a new run, or one stopped before its first epoch ended that finds other data (an unusable image
+            # removed): it starts over, reading every file of the pairs before any long work (a resumed run read
+            # them when it began)
+            if continuing:  # its cached pre-alignments may be other files'
+                alignments_file.unlink(missing_ok=True)
+                data = build_data(config, None, progress)
             check_pair_files(data, progress)
             run_dir.mkdir(parents=True, exist_ok=True)
+            began = None
         save_config(config, run_dir / CONFIG_FILE)  # (a resumed run's data may have moved: where they are now)
-        if not continuing or not (run_dir / DATA_FILE).is_file():  # (a run begun by an svreg without it)
+        if began is None:  # (or a run begun by an svreg without DATA_FILE)
             with replaced_when_complete(run_dir / DATA_FILE) as tmp:
                 tmp.write_text(json.dumps(fingerprint, indent=1) + "\n")
         prepare_alignments(data, alignments_file, write=True, progress=progress)

@@ -259,3 +259,20 @@ def test_an_unusable_validation_folder_is_named_a_validation_folder(geo, tmp_pat
         build_data(real_pairs_config(tmp_path / "train", tmp_path / "val"))
     with pytest.raises(InputError, match=r"^validation folder not found: "):
         build_data(real_pairs_config(tmp_path / "train", tmp_path / "missing"))
+
+
+def test_a_run_stopped_before_its_first_epoch_starts_over_on_corrected_data(geo, tmp_path) -> None:
+    """An unusable image is refused by the affine pre-alignment, after the run folder was begun; the user removed it
+    and ran the same command again, and was refused because the data 'changed since the run began', although no
+    epoch had been trained. A run without a finished epoch starts over on the data it finds."""
+    write_subjects(geo, tmp_path / "train", count=3)
+    bad = tmp_path / "train" / "sub9.nii.gz"
+    geo.save_nifti(np.zeros((16, 16), np.float32), np.eye(4), bad)
+    config = real_pairs_config(tmp_path / "train", tmp_path / "train", validation={"pairs": 0},
+                               data={"sources": [{"kind": "folder", "path": str(tmp_path / "train")}]})
+    with pytest.raises(InputError, match=r"sub9\.nii\.gz"):
+        train(config, tmp_path / "run")
+    assert (tmp_path / "run" / "data.json").is_file()  # the run was begun
+    bad.unlink()
+    assert train(config, tmp_path / "run").epochs == 1
+    assert json.loads((tmp_path / "run" / "data.json").read_text())["training_pairs"] == 6
