@@ -303,23 +303,36 @@ def load_alignments(cache: Path) -> dict[tuple[str, str], np.ndarray]:
         return {}
 
 
+#: How :func:`data_fingerprint` identifies a file (recorded with it: a record made another way is not compared).
+FILE_IDENTITY = "name, size and sampled bytes"
+#: :func:`_file_identity` reads this many blocks of ``SAMPLE_BYTES`` bytes, spread evenly over the file.
+SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 4096
+
+
 def _file_identity(path: str | Path) -> list:
-    """What identifies a data file for :func:`data_fingerprint`: its name and size in bytes (``None`` when it
-    cannot be read). Not its folder: a run whose data moved (to a cluster's node-local scratch, a renamed project
-    folder) resumes on the same files, while other files of the same names (relative paths given in another
-    folder) differ in size."""
+    """What identifies a data file for :func:`data_fingerprint` (:data:`FILE_IDENTITY`): its name, its size in bytes
+    and a SHA-256 of :data:`SAMPLE_BLOCKS` blocks of its bytes spread evenly over it (``None`` when it cannot be read).
+    Not its folder: a run whose data moved (to a cluster's node-local scratch, a renamed project folder) resumes on
+    the same files, while other files of the same names (relative paths given in another folder, another cohort's
+    folder) differ in their bytes even where their sizes agree (uncompressed images of one shape), at the cost of
+    64 KiB read per file."""
     try:
-        size: int | None = os.path.getsize(path)
+        size = os.path.getsize(path)
+        digest = hashlib.sha256()
+        with open(path, "rb") as file:
+            for block in range(SAMPLE_BLOCKS):
+                file.seek(block * max(size - SAMPLE_BYTES, 0) // (SAMPLE_BLOCKS - 1))
+                digest.update(file.read(SAMPLE_BYTES))
     except OSError:
-        size = None
-    return [Path(path).name, size]
+        return [Path(path).name, None, None]
+    return [Path(path).name, size, digest.hexdigest()]
 
 
 def data_fingerprint(data: TrainingData) -> dict[str, Any]:
     """What a resumed run must find again: ``training_pairs`` and ``validation_pairs``, the numbers of real pairs, and
     ``sha256``, a digest of every real pair's files and of the label maps or templates each generated source
     draws from, in order (the epoch plans index them, and a held-out validation split depends on them), each file
-    by its name and size (:func:`_file_identity`)."""
+    identified by :func:`_file_identity` (``files``: :data:`FILE_IDENTITY`)."""
     from svreg_core.training.datasets import PairListDataset, SyntheticPairDataset, TemplateAugmentDataset
 
     digest = hashlib.sha256()
@@ -337,7 +350,7 @@ def data_fingerprint(data: TrainingData) -> dict[str, Any]:
             elif isinstance(dataset, TemplateAugmentDataset):
                 items = [template.name for template in dataset.templates]
             digest.update(json.dumps([key, type(dataset).__name__, items]).encode())
-    return {**counts, "sha256": digest.hexdigest()}
+    return {**counts, "sha256": digest.hexdigest(), "files": FILE_IDENTITY}
 
 
 def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progress) -> None:

@@ -55,6 +55,7 @@ from svreg_core.training.history import (
     write_metrics_csv,
 )
 from svreg_core.training.loaders import (
+    FILE_IDENTITY,
     STREAM_MODEL,
     TrainingData,
     build_data,
@@ -229,9 +230,12 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
 
 def _data_began(run_dir: Path) -> tuple[int, int, str] | None:
     """The training and validation pair counts and the digest of the data a run began with (``DATA_FILE``; ``None``
-    for a run folder without one, or with an unreadable one)."""
+    for a run folder without one, with an unreadable one, or with one whose files were identified otherwise than by
+    :data:`~svreg_core.training.loaders.FILE_IDENTITY`, by an earlier svreg: then it is written anew)."""
     try:
         began = json.loads((run_dir / DATA_FILE).read_text())
+        if began["files"] != FILE_IDENTITY:
+            return None
         return int(began["training_pairs"]), int(began["validation_pairs"]), str(began["sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

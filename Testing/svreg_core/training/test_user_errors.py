@@ -276,3 +276,17 @@ def test_a_run_stopped_before_its_first_epoch_starts_over_on_corrected_data(geo,
     bad.unlink()
     assert train(config, tmp_path / "run").epochs == 1
     assert json.loads((tmp_path / "run" / "data.json").read_text())["training_pairs"] == 6
+
+
+def test_resuming_on_other_uncompressed_files_of_the_same_names_and_sizes_is_refused(geo, tmp_path) -> None:
+    """Uncompressed images (.nii) of one shape all have one size, so the data check, by file name and size, took
+    another cohort's files of the same names for the run's own and resumed training on them."""
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    for cohort, seed in (("a", 0), ("b", 1)):
+        (tmp_path / cohort).mkdir()
+        for index, values in enumerate(np.random.default_rng(seed).random((2, 16, 16, 16)).astype(np.float32)):
+            geo.save_nifti(values, affine, tmp_path / cohort / f"sub{index}.nii")
+    assert (tmp_path / "a" / "sub0.nii").stat().st_size == (tmp_path / "b" / "sub0.nii").stat().st_size
+    train(real_pairs_config(tmp_path / "a", tmp_path / "a", validation={"pairs": 0}), tmp_path / "run")
+    with pytest.raises(InputError, match=r"changed since it began \(as many pairs, of other files"):
+        train(real_pairs_config(tmp_path / "b", tmp_path / "b", validation={"pairs": 0}), tmp_path / "run")
