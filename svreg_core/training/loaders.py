@@ -309,6 +309,33 @@ FILE_IDENTITY = "name, size and sampled bytes"
 SAMPLE_BLOCKS, SAMPLE_BYTES = 16, 4096
 
 
+def relocate_alignments(alignments: dict[tuple[str, str], np.ndarray], before: TrainingConfig,
+                        now: TrainingConfig) -> dict[tuple[str, str], np.ndarray]:
+    """``alignments`` of a run whose data sources were at other places in its configuration ``before``, keyed by the
+    places ``now`` names: a path below a source's earlier folder (a ``folder`` source's own, a ``dataset_json`` or
+    ``csv`` file's folder) is moved below its folder now, an earlier atlas becomes the atlas now (sources are matched
+    in order, training then validation). Which files they are is :func:`data_fingerprint`'s to check."""
+    moves: dict[str, str] = {}
+    pairs = zip((*before.data.sources, *before.validation.sources), (*now.data.sources, *now.validation.sources))
+    for old, new in pairs:
+        if old.kind != new.kind or old.path is None or new.path is None:
+            continue
+        places = [(Path(old.path).expanduser(), Path(new.path).expanduser())]
+        if old.kind != "folder":
+            places = [(a.parent, b.parent) for a, b in places]
+        if old.atlas is not None and new.atlas is not None:
+            places.append((Path(old.atlas).expanduser(), Path(new.atlas).expanduser()))
+        moves.update({str(a): str(b) for a, b in places if a != b})
+
+    def moved(path: str) -> str:
+        for a, b in moves.items():
+            if path == a or path.startswith(a + os.sep):
+                return b + path[len(a):]
+        return path
+
+    return {(moved(fixed), moved(moving)): matrix for (fixed, moving), matrix in alignments.items()}
+
+
 def _file_identity(path: str | Path) -> list:
     """What identifies a data file for :func:`data_fingerprint` (:data:`FILE_IDENTITY`): its name, its size in bytes
     and a SHA-256 of :data:`SAMPLE_BLOCKS` blocks of its bytes spread evenly over it (``None`` when it cannot be read).

@@ -64,6 +64,7 @@ from svreg_core.training.loaders import (
     epoch_loader,
     load_alignments,
     prepare_alignments,
+    relocate_alignments,
     steps_per_epoch,
     validation_loader,
 )
@@ -348,7 +349,10 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
                              f"with {state.world_size} (torchrun --nproc_per_node), or start a new run folder.")
     # the data after the network and the state, whose errors (a grid the architecture cannot take, an unusable
     # --init, a damaged state) need no reading of the images
-    data = build_data(config, load_alignments(alignments_file) if continuing else None, progress)
+    # (the data of a continued run may have moved since its configuration was saved: the cache follows them)
+    alignments = (relocate_alignments(load_alignments(alignments_file), load_config(run_dir / CONFIG_FILE), config)
+                  if continuing else None)
+    data = build_data(config, alignments, progress)
     distributed.barrier(ctx)  # every rank has read the folder before rank 0 writes into it
     if ctx.is_main:
         fingerprint = data_fingerprint(data)

@@ -290,3 +290,22 @@ def test_resuming_on_other_uncompressed_files_of_the_same_names_and_sizes_is_ref
     train(real_pairs_config(tmp_path / "a", tmp_path / "a", validation={"pairs": 0}), tmp_path / "run")
     with pytest.raises(InputError, match=r"changed since it began \(as many pairs, of other files"):
         train(real_pairs_config(tmp_path / "b", tmp_path / "b", validation={"pairs": 0}), tmp_path / "run")
+
+
+def test_a_run_resumed_on_moved_data_keeps_its_pre_alignments(geo, tmp_path) -> None:
+    """A run resumed on its data copied elsewhere (a cluster job's scratch disk, a new folder for every job) computed
+    every affine pre-alignment again, as the cache named the files by their earlier paths; they move with the data."""
+    write_subjects(geo, tmp_path / "old" / "train")
+    config = real_pairs_config(tmp_path / "old" / "train", tmp_path / "old" / "train", validation={"pairs": 0},
+                               data={"sources": [{"kind": "folder", "path": str(tmp_path / "old" / "train")}]})
+    train(config, tmp_path / "run")
+    cache = tmp_path / "run" / "alignments.json"
+    (key, matrix), = json.loads(cache.read_text()).items()
+    marked = [list(row) for row in matrix]
+    marked[0][3] += 0.125  # a matrix no registration computes: found again below only if it was kept
+    cache.write_text(json.dumps({key: marked}))
+    (tmp_path / "old").rename(tmp_path / "new")
+    moved = real_pairs_config(tmp_path / "new" / "train", tmp_path / "new" / "train", validation={"pairs": 0},
+                              data={"sources": [{"kind": "folder", "path": str(tmp_path / "new" / "train")}]})
+    train(moved, tmp_path / "run")
+    assert json.loads(cache.read_text()) == {key.replace(str(tmp_path / "old"), str(tmp_path / "new")): marked}
