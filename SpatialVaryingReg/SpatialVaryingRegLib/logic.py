@@ -48,6 +48,10 @@ REPORT_ATTRIBUTE = "SpatialVaryingReg.Report"
 #: Added to the name of an earlier run's output node that a re-run did not update (its option was off, or the node
 #: was of another kind), so it is not taken for the new result's (e.g. an inverse of the old transform).
 STALE_SUFFIX = " (earlier run, not updated)"
+#: Node reference role, on a result transform, of the linear transform the moving volume sat under when it was
+#: registered (e.g. a manual initial alignment): the result replaces it as the volume's parent, and a later
+#: registration of that volume starts from it again (:func:`moving_base_node`).
+INITIAL_ALIGNMENT_ROLE = "SpatialVaryingReg.InitialAlignment"
 
 #: Preset names of the engine (``svreg_core.optim.parameters.PRESETS``), listed here so that the
 #: Slicer process does not import the engine (and torch) to fill a combo box.
@@ -286,16 +290,21 @@ def holds_other_pair(transform, fixed, moving) -> bool:
     return any(recorded) and recorded != current
 
 
-def moving_base_to_world(node) -> np.ndarray | None:
-    """To-world matrix of a moving-side volume's coordinates as the registration sees them (``None``: identity).
-
-    A previous result of this module directly above the volume is skipped: registering again starts
-    from the volume itself, and the new result replaces the old one as its parent. Other (linear)
-    parent transforms are included, e.g. a manual initial alignment.
-    """
+def moving_base_node(node):
+    """The transform a moving-side node's registration starts from (``None``: its own coordinates): its parent, e.g.
+    a manual initial alignment. A previous result of this module directly above the node is skipped: registering
+    again starts where that result started, from the result's own parent, else from the transform the moving volume
+    sat under before it (:data:`INITIAL_ALIGNMENT_ROLE`), and the new result replaces the old one as its parent."""
     parent = node.GetParentTransformNode()
     if is_result_transform(parent):
-        parent = parent.GetParentTransformNode()
+        parent = parent.GetParentTransformNode() or parent.GetNodeReference(INITIAL_ALIGNMENT_ROLE)
+    return parent
+
+
+def moving_base_to_world(node) -> np.ndarray | None:
+    """To-world matrix of a moving-side node's coordinates as the registration sees them (:func:`moving_base_node`;
+    ``None``: identity)."""
+    parent = moving_base_node(node)
     return None if parent is None else geometry.transform_to_world(parent, node)
 
 
@@ -403,6 +412,7 @@ class RegistrationJob:
         self.crop_box()  # an ROI without size stops here
         try:
             self._fixed_ijk_to_world = geometry.world_ijk_to_ras(self.fixed)
+            self._moving_base_node = moving_base_node(self.moving)
             base = moving_base_to_world(self.moving)
         except geometry.GeometryError as exc:
             raise RegistrationError(str(exc)) from None
@@ -904,6 +914,8 @@ class RegistrationJob:
         transform.SetAttribute(REPORT_ATTRIBUTE, json.dumps({k: report.get(k) for k in
                                                              ("method", "model", "codes", "metrics", "timing",
                                                               "device", "parameters")}))
+        transform.SetNodeReferenceID(INITIAL_ALIGNMENT_ROLE, None if self._moving_base_node is None
+                                     else self._moving_base_node.GetID())
         self.moving.SetAndObserveTransformNodeID(transform.GetID())
         if self.moving_fiducials is not None:
             self.moving_fiducials.SetAndObserveTransformNodeID(transform.GetID())

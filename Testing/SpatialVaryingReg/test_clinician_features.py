@@ -241,6 +241,46 @@ def test_add_pair_takes_segmentations_and_a_registered_moving_side(scene, pair, 
     assert sorted(p.name for p in folder.iterdir()) == ["registered", "unregistered"]
 
 
+def test_a_second_register_starts_from_the_moving_sides_initial_alignment(scene, pair, tmp_path):
+    """A moving volume, its label map and fiducials under a manual initial alignment (a linear transform), registered:
+    the volume and the fiducials go under the result, which holds that alignment. Register again (other settings, the
+    same nodes) started from the volume without it (the engine got it at its raw pose, the fiducials' "before" TRE
+    too), and with the label map, still under the alignment, it was refused as "not under the same transform". A
+    re-run starts where the first one did; Add pair writes the moving side there too."""
+    x = geometry.grid_points(SHAPE, AFFINE)
+    initial = np.eye(4)
+    initial[:3, :3] = np.array([[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]])
+    initial[:3, 3] = [6.0, -4.0, 3.0]
+    local = np.linalg.inv(initial) @ AFFINE  # seen in the world (under the alignment) on the fixed grid
+    alignment = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "initial alignment")
+    alignment.SetMatrixTransformToParent(geometry.array_to_matrix(initial))
+    moving = add_volume(scene, blob_image(x), local, "moved moving")
+    labels = add_volume(scene, labels_of(blob_image(x)), local, "moved labels", labelmap=True)
+    points = fiducials(scene, POINTS, "moved points")
+    for node in (moving, labels, points):
+        node.SetAndObserveTransformNodeID(alignment.GetID())
+    world_points = landmarks.world_points(points)
+    outputs = write_engine_outputs(tmp_path / "output", AFFINE, SHAPE)
+
+    def job(reuse=None):
+        job = logic.RegistrationJob(pair["fixed"], moving, moving_labels=labels, fixed_fiducials=pair["fixed_points"],
+                                    moving_fiducials=points, reuse=reuse)
+        job.validate()
+        assert np.allclose(job._moving_ijk_to_world, AFFINE, atol=1e-6)  # where the user placed it
+        return job
+
+    first = job().load_outputs(outputs)
+    assert moving.GetParentTransformNode() is first.transform and labels.GetParentTransformNode() is alignment
+    np.testing.assert_allclose(first.tre.before, np.linalg.norm(world_points - POINTS, axis=1), atol=1e-6)
+    second = job(first.reuse()).load_outputs(outputs)
+    np.testing.assert_allclose(second.tre.before, first.tre.before, atol=1e-6)
+    job(logic.OutputNodes())  # new nodes from the registered volume: from the alignment as well
+    target = tuning.export_pair(tmp_path / "validation", "p", pair["fixed"], moving,
+                                fixed_fiducials=pair["fixed_points"], moving_fiducials=points)
+    written = np.loadtxt(target / "moving_landmarks.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(written, world_points, atol=1e-6)
+
+
 def test_inputs_under_other_transforms_are_refused_with_a_plain_message(scene, pair):
     shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
     shift.SetMatrixTransformToParent(geometry.array_to_matrix(np.array(
