@@ -165,7 +165,8 @@ class PreviewEngine:
             raise InputError("a request needs the output folder to write (\"output\": \"out/preview\").")
         labels = self.moving_labels is not None and (outputs is None or "labels" in outputs)
         try:
-            prepare_output_dir(output, overwrite=flags["overwrite"], inputs=self.inputs, create_parent=False)
+            prepare_output_dir(output, overwrite=flags["overwrite"], inputs=self.inputs, create_parent=False,
+                               overwrite_switch='"overwrite": true')
             check_output_space(output, expected_output_bytes(self.pair.fixed.shape, self.pair.moving.shape,
                                                              outputs=outputs, labels=labels))
         except (OSError, ValueError) as exc:  # a name too long, a NUL byte or a lone surrogate in it, ...

@@ -135,11 +135,12 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
         "",
         {"output": str(tmp_path / "g"), "outputs": [], "id": 11},
         {"alpha_prime": 0.2, "output": str(tmp_path / "ok"), "outputs": ["regularization", "labels"], "id": 10},
+        {"alpha_prime": 0.3, "output": str(tmp_path / "ok"), "id": 12},  # a request says "overwrite": true
     ])
     assert status == 0, err
     answers = _answers(events)
     errors = {a.get("id"): a["message"] for a in answers if a["event"] == "error"}
-    assert [a.get("id") for a in answers] == [1, 2, 3, 4, 5, 6, 7, 8, 9, None, None, 11, 10]
+    assert [a.get("id") for a in answers] == [1, 2, 3, 4, 5, 6, 7, 8, 9, None, None, 11, 10, 12]
     assert errors[1] == ("alpha_prime 0.9 is outside the range this model was trained on [0.05, 0.5]; choose a "
                          "value inside it.")
     assert errors[2].startswith("lambda_max 0.1 is outside the range")
@@ -147,7 +148,8 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
     assert errors[4].startswith("unknown output 'nope'; choose from warped,")
     assert errors[5].startswith("unknown request field 'colour'; use alpha_prime,")
     assert errors[6].startswith("cannot create ") and "mine.txt is a file, not a folder" in errors[6]
-    assert "was not written by svreg" in errors[7]
+    assert "was not written by svreg" in errors[7] and '("overwrite": true replaces only' in errors[7]
+    assert errors[12].endswith('already exists and is not empty; use "overwrite": true to replace it.')
     assert errors[8].startswith("a request needs the output folder")
     assert errors[9].startswith("label_metrics needs both label maps")
     assert errors[11].startswith("outputs must name at least one output (")
@@ -155,10 +157,10 @@ def test_bad_requests_get_one_plain_error_and_the_engine_serves_on(monkeypatch, 
     assert without_id[0] == "a request must be one line of JSON, not 'not json'."
     assert without_id[1].startswith("a request is one JSON object per line")
     assert all("\n" not in a.get("message", "") for a in answers)
-    assert answers[-1]["event"] == "done" and answers[-1]["report"]["outputs"] == ["labels", "regularization"]
+    assert answers[-2]["event"] == "done" and answers[-2]["report"]["outputs"] == ["labels", "regularization"]
     assert sorted(f.name for f in (tmp_path / "ok").iterdir()) == [".svreg-output", "regularization.nii.gz",
                                                                      "report.json", "warped_labels.nii.gz"]
-    assert "dice" not in answers[-1]["report"]["metrics"]  # no label metrics unless asked
+    assert "dice" not in answers[-2]["report"]["metrics"]  # no label metrics unless asked
     assert sorted(f.name for f in tmp_path.iterdir()) == ["ok", "taken"]  # nothing else written
     assert (tmp_path / "taken" / "mine.txt").read_text() == "not svreg's"
 

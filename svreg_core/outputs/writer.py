@@ -70,7 +70,7 @@ _WORK_FOLDER = re.compile(r"\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<host>[A-Za
 
 
 def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[str | Path] = (),
-                       create_parent: bool = True) -> Path:
+                       create_parent: bool = True, overwrite_switch: str = "--overwrite") -> Path:
     """Check that ``outdir`` can be (re)created and return it, resolved (symbolic links followed).
 
     Refuses (:class:`OutputError`, one line): an empty path; a path that is a file; the home folder;
@@ -81,6 +81,8 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
     hidden work folders that dead runs left next to ``outdir`` (see
     :func:`remove_stale_work_folders`). With ``create_parent`` a missing parent folder is created;
     without, nothing is left behind (an early check that must leave no trace if the run fails later).
+    ``overwrite_switch``: how the caller's user spells ``overwrite``, for the messages (a preview request's
+    ``"overwrite": true``).
     """
     if not str(outdir).strip():
         raise OutputError("the output folder path is empty; name a new folder.")
@@ -99,7 +101,7 @@ def prepare_output_dir(outdir: str | Path, *, overwrite: bool, inputs: Sequence[
     if out == cwd or out in cwd.parents:
         raise OutputError(f"output folder {out} is or contains the current folder; name a new folder instead.")
     if out.is_dir() and any(out.iterdir()):
-        _check_replaceable(out, overwrite)
+        _check_replaceable(out, overwrite, overwrite_switch)
     parent = out.parent
     existing = _nearest_existing(out)
     if not existing.is_dir():
@@ -185,18 +187,19 @@ def check_output_space(outdir: str | Path, needed_bytes: int) -> None:
                           f"needed, {free / 1e6:.1f} MB free; free some space or choose another output folder.")
 
 
-def _check_replaceable(out: Path, overwrite: bool) -> None:
-    """Refuse to replace the non-empty folder ``out`` unless ``overwrite`` and svreg wrote all of it."""
+def _check_replaceable(out: Path, overwrite: bool, switch: str) -> None:
+    """Refuse to replace the non-empty folder ``out`` unless ``overwrite`` (spelt ``switch`` in the messages) and
+    svreg wrote all of it."""
     if not is_svreg_output(out):
         raise OutputError(f"output folder {out} already exists, is not empty and was not written by svreg; "
-                          "choose a new or empty folder (--overwrite replaces only svreg's own output folders).")
+                          f"choose a new or empty folder ({switch} replaces only svreg's own output folders).")
     known = {*OUTPUT_FILES, *OPTIONAL_OUTPUT_FILES}
     foreign = sorted(p.name for p in out.iterdir() if p.name not in known or p.is_symlink() or not p.is_file())
     if foreign:
         raise OutputError(f"output folder {out} holds files svreg did not write ({shortened(foreign, 3)}); "
                           "move them away or choose another folder.")
     if not overwrite:
-        raise OutputError(f"output folder {out} already exists and is not empty; use --overwrite to replace it.")
+        raise OutputError(f"output folder {out} already exists and is not empty; use {switch} to replace it.")
 
 
 def is_svreg_output(folder: str | Path) -> bool:
