@@ -100,3 +100,27 @@ def test_an_input_error_under_torchrun_is_printed_once(geo, sphere_label_maps, t
     ours = [line for line in ddp.stderr.splitlines() if line.startswith(("svreg:", "[rank"))]
     expected = "training folder not found" if where == "every rank" else "holds values that are not whole numbers"
     assert len(ours) == 1 and ours[0].startswith("svreg: error: ") and expected in ours[0], ddp.stderr[-3000:]
+
+
+def test_an_error_of_another_rank_alone_is_printed(geo, sphere_label_maps, tmp_path) -> None:
+    """Ranks other than 0 keep their errors to themselves while rank 0 reports the same one; an input error only rank 1
+    meets (its node lacks the data) is still printed, by rank 1, once rank 0 has not ended the job for it."""
+    sphere_label_maps(geo, tmp_path / "labels", split=False)
+    config = TrainingConfig(model=TINY, grid_shape=(16, 16, 16), network_spacing_mm=4.0, epochs=1, steps_per_epoch=1,
+                            num_workers=0, device="cpu", validation={"pairs": 0},
+                            data={"sources": [{"kind": "synthetic", "path": str(tmp_path / "labels")}]})
+    config_file = save_config(config, tmp_path / "train.yaml")
+    script = tmp_path / "rank_1_without_data.py"  # svreg train, with a label folder rank 1 cannot find
+    script.write_text("import os, sys\n"
+                      "import svreg_core.training.cli\n"
+                      "from svreg_core.cli import main\n"
+                      "svreg_core.training.cli.PEER_REPORT_DELAY_S = 10.0\n"
+                      "*argv, missing = sys.argv[1:]\n"
+                      "sys.exit(main(argv + ['--synthetic', missing] if os.environ['RANK'] == '1' else argv))\n")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), "train", "--config", str(config_file), "-o", str(tmp_path / "ddp"),
+                          "--progress", "none", str(tmp_path / "missing")],
+                         capture_output=True, text=True, env=geo.child_env(), timeout=300)
+    assert ddp.returncode != 0
+    assert f"svreg: error: label map folder not found: {tmp_path / 'missing'}" in ddp.stderr.splitlines(), \
+        ddp.stderr[-3000:]
