@@ -527,8 +527,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         job = self.logic.createJob(self._parameterNode, preview=True, on_event=self._onEngineEvent,
                                    on_log=self._appendLog)
         self._previewEngine.start_job(job)
-        self.ui.progressBar.setValue(0)
-        self.ui.progressBar.setVisible(True)
+        self._showProgressStart()
         self._parameterNode.statusText = _("Preview (network only)...")
         return job
 
@@ -684,8 +683,7 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
     def _startRegistration(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Registration could not start.")):
             self.ui.logTextEdit.clear()
-            self.ui.progressBar.setValue(0)
-            self.ui.progressBar.setVisible(True)
+            self._showProgressStart()
             self._parameterNode.statusText = _("Registering...")
             try:  # any failure before the engine runs (bad numbers, inputs, folders) leaves no "Registering..."
                 self._job = self.logic.createJob(self._parameterNode, on_event=self._onEngineEvent,
@@ -705,6 +703,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 raise
             self._timer.start()
             self._checkCanApply()
+
+    def _showProgressStart(self) -> None:
+        """The progress bar at 0 % without the stage of an earlier run (the engine names its first stage once it has
+        started, seconds later)."""
+        self.ui.progressBar.setFormat(_("starting %p%"))
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setVisible(True)
 
     def _onEngineEvent(self, event: dict) -> None:
         if event.get("event") == "progress":

@@ -683,3 +683,29 @@ def test_a_running_tunings_best_shows_only_with_its_study_chosen(real, scene, mo
     p.tuningValidationSet = str(running)
     widget._onTuningEvent(dict(event, trial=2, best_value=0.8, best_trial=2))
     assert ui.tuningBestLabel.text == "Best mean Dice 0.8000 (trial 2): alpha_prime=0.1"
+
+
+def test_a_new_run_does_not_show_the_last_stage_of_the_previous_one(real, scene):
+    """The progress bar of a second Register showed "<the first run's last stage> 0%" (e.g. "deformable 2 mm 0%")
+    for the seconds the engine takes to start and name its first stage. It says it is starting."""
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    ui.logTextEdit.appendPlainText = ui.logTextEdit.clear = lambda *text: None
+    formats: list[str] = []
+    ui.progressBar.setFormat, ui.progressBar.setValue = formats.append, lambda value: None
+    logic = module.SpatialVaryingRegLogic()
+    p = logic.getParameterNode()
+    widget = _widget(module, ui, None)
+    widget.logic, widget._torchStatus, widget._timer = logic, module.dependencies.TorchStatus("ok"), qt.QTimer()
+    widget.setParameterNode(p)
+    widget._onEngineEvent({"event": "progress", "stage": "deformable 2 mm", "fraction": 1.0})  # the first run's end
+    assert formats == ["deformable 2 mm %p%"]
+    p.fixedVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "fixed")
+    p.movingVolume = add_volume(scene, np.zeros((16, 16, 16), np.float32), np.eye(4), "moving")
+    p.useCpu = True
+    widget._startRegistration()
+    try:
+        assert widget._job is not None and widget._job.running and formats[-1] == "starting %p%"
+    finally:
+        widget.onApplyButton()  # Cancel
+    assert widget._job is None and p.statusText == "Cancelled."
