@@ -63,6 +63,20 @@ def _check_coverage(points: np.ndarray, source: Grid, what: str) -> None:
                       "--inverse images of the fixed space onto the moving grid.", stacklevel=3)
 
 
+def _thin_axes_padded(image: Image) -> Image:
+    """``image`` with a slice of 0 on both sides of each axis one voxel thick (a single slice), on the same world
+    positions. grid_sample (``align_corners``) reads such an axis at its only voxel wherever a point lies along it,
+    which spread a single slice through the whole output; padded, it fades to 0 within a voxel of its plane, as an
+    image does beyond its other faces."""
+    thin = [n == 1 for n in image.shape]
+    if not any(thin):
+        return image
+    shift = np.eye(4)
+    shift[:3, 3] = [-1.0 if t else 0.0 for t in thin]
+    data = np.pad(np.asarray(image.data), [(1, 1) if t else (0, 0) for t in thin])
+    return Image(data, image.affine @ shift, image.xform_codes)
+
+
 def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None = None,
                    interpolation: str = "linear") -> Image:
     """Resample ``image`` onto ``reference`` (default: the transform's grid) through ``transform``.
@@ -75,15 +89,16 @@ def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None
     grid = _reference(transform, reference, image)
     points = transform.map_grid(grid)
     _check_coverage(points, image.grid, "image")
-    data = np.asarray(image.data, dtype=np.float32)
     if interpolation == "linear":
-        coords = world_to_source_normalized(torch.as_tensor(points), image.grid).float()[None]
-        out = grid_sample(torch.as_tensor(data)[None, None], coords)[0, 0].numpy()
+        padded = _thin_axes_padded(image)
+        coords = world_to_source_normalized(torch.as_tensor(points), padded.grid).float()[None]
+        out = grid_sample(torch.as_tensor(np.asarray(padded.data, dtype=np.float32))[None, None], coords)[0, 0].numpy()
     elif interpolation == "bspline":
         from scipy import ndimage  # imported here: 0.3 s, which every svreg command would pay
 
         voxel = image.grid.to_voxel(points)
-        coeffs = ndimage.spline_filter(data.astype(np.float64), order=3, mode="mirror")
+        data = np.asarray(image.data, dtype=np.float32).astype(np.float64)
+        coeffs = ndimage.spline_filter(data, order=3, mode="mirror")
         out = ndimage.map_coordinates(coeffs, voxel.reshape(-1, 3).T, order=3, mode="mirror", prefilter=False)
         out = (out.reshape(grid.shape) * image.grid.contains_voxels(voxel)).astype(np.float32)
     else:
@@ -102,6 +117,7 @@ def apply_to_labels(transform: Transform, labels: Image, *, reference: Grid | No
     grid = _reference(transform, reference, labels)
     points = transform.map_grid(grid)
     _check_coverage(points, labels.grid, "label map")
+    labels = _thin_axes_padded(labels)
     coords = world_to_source_normalized(torch.as_tensor(points), labels.grid).float()[None]
     data = np.asarray(labels.data).astype(np.int32)
     if interpolation not in LABEL_INTERPOLATIONS:

@@ -442,6 +442,28 @@ def test_a_source_thinner_than_the_checked_voxels_is_not_called_all_background(c
         apply_to_image(Transform((shift,)), slab, reference=reference)
 
 
+def test_a_single_slice_stays_in_its_plane() -> None:
+    """A source one voxel thick along an axis (a single slice) was read at that voxel wherever an output voxel lay
+    along the axis, so it filled the whole output; it fades to 0 within a voxel of its plane (linear) or covers the
+    output voxels within half a voxel of it, as B-spline images always did."""
+    one_mm_up = np.eye(4)
+    one_mm_up[2, 3] = 1.0
+    slice_ = Image(np.full((30, 30, 1), 3.0, np.float32), one_mm_up)  # the plane z = 1 mm
+    half_up = np.eye(4)
+    half_up[2, 3] = 0.5
+    reference = Grid((30, 30, 8), np.diag([1.0, 1.0, 0.25, 1.0]) @ half_up)  # slices z = 0.5, 0.75, ..., 2.25 mm
+    identity = Transform((np.eye(4),))
+    distance = np.abs(reference.world_points()[5, 5, :, 2] - 1.0)  # mm from the plane: 0.5, 0.25, 0, ... 1.25
+    linear = apply_to_image(identity, slice_, reference=reference).data[5, 5]
+    np.testing.assert_allclose(linear, 3.0 * np.clip(1.0 - distance, 0.0, None), atol=1e-6)
+    bspline = apply_to_image(identity, slice_, reference=reference, interpolation="bspline").data[5, 5]
+    np.testing.assert_allclose(bspline, np.where(distance <= 0.5, 3.0, 0.0), atol=1e-6)
+    labels = Image(np.full((30, 30, 1), 7, np.int32), one_mm_up)
+    for mode in ("linear", "nearest"):
+        warped = apply_to_labels(identity, labels, reference=reference, interpolation=mode).data[5, 5]
+        np.testing.assert_array_equal(warped, np.where(distance < 0.5, 7, 0))
+
+
 def test_outputs_carry_the_nifti_space_of_the_grid_they_are_on(case, geo, tmp_path: Path) -> None:
     """svreg apply's image and labels get the NIfTI space codes of the grid they are written on: the reference
     image's (here 2, aligned), else the transform's own grid's (an output folder whose fixed image was an MNI
