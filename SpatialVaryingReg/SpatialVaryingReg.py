@@ -353,6 +353,10 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self._parameterNode = inputParameterNode
         self._codesModel = None  # a loaded scene keeps its regularisation codes
         if self._parameterNode:
+            running = self._job is not None or self._preview.busy
+            if not running and self._parameterNode.statusText.startswith(
+                    (_("Registering..."), _("Preview (network only)..."))):
+                self._parameterNode.statusText = ""  # a scene saved while a run went on: none runs now
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
             self._checkCanApply()

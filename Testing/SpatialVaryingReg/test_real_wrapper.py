@@ -709,3 +709,19 @@ def test_a_new_run_does_not_show_the_last_stage_of_the_previous_one(real, scene)
     finally:
         widget.onApplyButton()  # Cancel
     assert widget._job is None and p.statusText == "Cancelled."
+
+
+def test_a_scene_saved_while_a_registration_ran_does_not_say_registering_when_opened(real, scene):
+    """The status line is saved with the scene: one saved during a run (or a slider preview) showed "Registering..."
+    when opened again, with nothing running and the button reading Register. It is cleared; a result's line stays."""
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    p = module.SpatialVaryingRegLogic().getParameterNode()
+    widget = _widget(module, ui, None)
+    for saved, shown in (("Registering... about 30 s on the CPU (an estimate from the volume size; ...).", ""),
+                         ("Preview (network only)...", ""),
+                         ("moving to fixed (SVReg 1): done in 29 s on cpu, folding ...", None)):
+        p.statusText = saved
+        widget.setParameterNode(p)
+        assert p.statusText == (saved if shown is None else shown)
+        widget.setParameterNode(None)
