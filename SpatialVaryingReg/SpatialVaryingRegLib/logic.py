@@ -410,6 +410,11 @@ class RegistrationJob:
         if self.scene is None:
             raise RegistrationError("the fixed volume is not in a scene.")
         self.crop_box()  # an ROI without size stops here
+        result = self.fixed.GetParentTransformNode()
+        if is_result_transform(result):  # hardening, the advice for other non-linear transforms, would resample it
+            raise RegistrationError(f"the fixed volume '{self.fixed.GetName()}' is under '{result.GetName()}', a "
+                                    "result of this module (from registering it as a moving volume); take it out "
+                                    "from under that transform (Data module) to register onto the volume as it is.")
         try:
             self._fixed_ijk_to_world = geometry.world_ijk_to_ras(self.fixed)
             self._moving_base_node = moving_base_node(self.moving)

@@ -281,6 +281,20 @@ def test_a_second_register_starts_from_the_moving_sides_initial_alignment(scene,
     np.testing.assert_allclose(written, world_points, atol=1e-6)
 
 
+def test_the_other_direction_after_a_registration_is_refused_without_advice_to_harden(scene, pair, tmp_path):
+    """Register moving onto fixed, then the other way round: the new fixed volume sits under the first result, and
+    the message said to harden it (which resamples the volume for good). It says to take it out from under it."""
+    first = logic.RegistrationJob(pair["fixed"], pair["moving"])
+    first.validate()
+    result = first.load_outputs(write_engine_outputs(tmp_path / "output", AFFINE, SHAPE))
+    with pytest.raises(logic.RegistrationError, match=re.escape(
+            f"the fixed volume 'moving' is under '{result.transform.GetName()}', a result of this module (from "
+            "registering it as a moving volume); take it out from under that transform (Data module)")):
+        logic.RegistrationJob(pair["moving"], pair["fixed"]).validate()
+    pair["moving"].SetAndObserveTransformNodeID(None)
+    logic.RegistrationJob(pair["moving"], pair["fixed"]).validate()
+
+
 def test_inputs_under_other_transforms_are_refused_with_a_plain_message(scene, pair):
     shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
     shift.SetMatrixTransformToParent(geometry.array_to_matrix(np.array(
