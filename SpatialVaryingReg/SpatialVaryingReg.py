@@ -809,8 +809,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
                 p.tuningValidationSet = str(folder)
             name = f"{p.movingVolume.GetName()}_to_{p.fixedVolume.GetName()}" if p.movingVolume and p.fixedVolume \
                 else "pair"
+            existing = tuning.pair_folder(folder, name)
+            replace = existing.exists() and slicer.util.confirmYesNoDisplay(
+                _("The validation set already holds a pair named '{name}' (another subject's volumes may have the "
+                  "same names). Replace it with this one?\n\nNo: add this pair next to it under a new name.").format(
+                    name=existing.name), windowTitle="SpatialVaryingReg")
             target = tuning.export_pair(folder, name, p.fixedVolume, p.movingVolume, p.fixedLabels, p.movingLabels,
-                                        p.fixedFiducials, p.movingFiducials)
+                                        p.fixedFiducials, p.movingFiducials, replace=replace)
             self.ui.tuningLogTextEdit.appendPlainText(_("Added pair {path}").format(path=target))
 
     def onStartTuning(self) -> None:

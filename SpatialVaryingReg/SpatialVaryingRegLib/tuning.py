@@ -21,6 +21,7 @@ every trial. Here:
 """
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import shutil
@@ -193,8 +194,14 @@ def format_params(params: dict[str, Any]) -> str:
 # building a validation set from the scene
 
 
+def pair_folder(folder: str | Path, name: str) -> Path:
+    """Where :func:`export_pair` writes the pair ``name``: ``folder/<name>``, other characters than letters, digits,
+    ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return Path(folder) / ("".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "pair")
+
+
 def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None, moving_labels=None,
-                fixed_fiducials=None, moving_fiducials=None) -> Path:
+                fixed_fiducials=None, moving_fiducials=None, *, replace: bool = False) -> Path:
     """Write scene nodes as one validation pair ``folder/name/`` in the layout ``svreg tune`` reads (one
     sub-folder per pair): ``fixed.nii.gz``, ``moving.nii.gz``, the label maps ``fixed_labels.nii.gz`` /
     ``moving_labels.nii.gz`` and the corresponding fiducial lists ``fixed_landmarks.csv`` /
@@ -203,7 +210,9 @@ def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None,
     (TRE objective), or both kinds. Label maps may be Segmentations. The nodes are written as a registration
     would send them (:meth:`~SpatialVaryingRegLib.logic.RegistrationJob.export_node`): a moving side already
     registered by this module is written as it was before, not through the result. Everything is checked
-    before any file is written, and the pair folder appears complete or not at all.
+    before any file is written, and the pair folder appears complete or not at all. A pair already there under
+    that name (:func:`pair_folder`; e.g. another subject's, whose volumes are named alike) is replaced only with
+    ``replace``; otherwise this pair gets the next free name (``name-2``, ``name-3``...). Returns the pair folder.
     """
     has_labels = fixed_labels is not None and moving_labels is not None
     has_points = fixed_fiducials is not None and moving_fiducials is not None
@@ -225,10 +234,13 @@ def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None,
             if has_points else None
     except logic.RegistrationError as exc:
         raise geometry.GeometryError(str(exc)) from None
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).strip("._") or "pair"
-    target = Path(folder) / safe
+    target = first = pair_folder(folder, name)
+    for n in itertools.count(2):
+        if replace or not target.exists():
+            break
+        target = first.with_name(f"{first.name}-{n}")
     Path(folder).mkdir(parents=True, exist_ok=True)
-    staging = Path(folder) / f".{safe}-{secrets.token_hex(4)}"  # hidden: svreg tune skips it
+    staging = Path(folder) / f".{target.name}-{secrets.token_hex(4)}"  # hidden: svreg tune skips it
     staging.mkdir()  # with the permissions the umask gives, as the files in it
     try:
         volumes = [(fixed, "fixed", "fixed volume"), (moving, "moving", "moving volume")]
@@ -240,7 +252,7 @@ def export_pair(folder: str | Path, name: str, fixed, moving, fixed_labels=None,
         if points is not None:
             _write_points(points[0], staging / "fixed_landmarks.csv")
             _write_points(points[1], staging / "moving_landmarks.csv")
-        if target.exists():  # a pair added again replaces the earlier one
+        if target.exists():  # replace: the same pair added again
             shutil.rmtree(target)
         staging.rename(target)
     except BaseException:

@@ -725,3 +725,42 @@ def test_a_scene_saved_while_a_registration_ran_does_not_say_registering_when_op
         widget.setParameterNode(p)
         assert p.statusText == (saved if shown is None else shown)
         widget.setParameterNode(None)
+
+
+def test_add_pair_asks_before_replacing_a_pair_of_the_same_name(real, scene, monkeypatch, tmp_path):
+    """"Add pair" with another subject's volumes of the same names replaced the earlier pair without a word. It asks:
+    No adds the pair beside it, Yes replaces it; a new name is not asked about."""
+    import contextlib
+
+    module, qt, ctk = real
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    log: list[str] = []
+    ui.tuningLogTextEdit.appendPlainText = log.append
+    p = module.SpatialVaryingRegLogic().getParameterNode()
+    widget = _widget(module, ui, p)
+    labels = np.zeros((16, 16, 16), np.int16)
+    labels[4:12, 4:12, 4:12] = 1
+    p.fixedVolume = add_volume(scene, np.ones((16, 16, 16), np.float32), np.eye(4), "fixed")
+    p.movingVolume = add_volume(scene, np.ones((16, 16, 16), np.float32), np.eye(4), "moving")
+    p.fixedLabels = add_volume(scene, labels, np.eye(4), "fl", labelmap=True)
+    p.movingLabels = add_volume(scene, labels, np.eye(4), "ml", labelmap=True)
+    p.tuningValidationSet = str(tmp_path)
+    questions: list[str] = []
+    answers = iter([False, True])
+
+    def confirm(text, windowTitle=None):
+        questions.append(text)
+        return next(answers)
+
+    @contextlib.contextmanager
+    def error_display(message=None, show=True, waitCursor=False):  # as Slicer's without its wait cursor
+        yield
+
+    monkeypatch.setattr(module.slicer.util, "confirmYesNoDisplay", confirm)
+    monkeypatch.setattr(module.slicer.util, "tryWithErrorDisplay", error_display)
+    for _ in range(3):
+        widget.onAddPairToValidationSet()
+    assert len(questions) == 2 and "already holds a pair named 'moving_to_fixed'" in questions[0]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["moving_to_fixed", "moving_to_fixed-2"]
+    assert log == [f"Added pair {tmp_path / name}" for name in ("moving_to_fixed", "moving_to_fixed-2",
+                                                                 "moving_to_fixed")]

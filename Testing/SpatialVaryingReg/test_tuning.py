@@ -70,6 +70,32 @@ def test_exported_pair_is_a_valid_validation_set(validation_folder):
     assert np.allclose(loaded.fixed.affine, AFFINE, atol=1e-4) and loaded.fixed_labels.data.max() == 1
 
 
+def test_a_pair_named_like_one_already_there_is_added_beside_it(scene, validation_folder):
+    """Subjects' volumes loaded from files of one name are named alike ("moving", "fixed"): "Add pair" for the
+    second subject deleted the first one's pair (same folder name) and said "Added pair". It is added beside it; the
+    pair is replaced only when asked."""
+    import nibabel as nib
+
+    from svreg_core.tuning.pairs import discover_pairs
+
+    x = geometry.grid_points(SHAPE, AFFINE)
+    f, m = blob_image(x - SHIFT), blob_image(x)
+    subject2 = [add_volume(scene, f, AFFINE, "fixed"), add_volume(scene, m, AFFINE, "moving"),
+                add_volume(scene, (f > 0.5).astype(np.int16), AFFINE, "fl", labelmap=True),
+                add_volume(scene, (m > 0.5).astype(np.int16), AFFINE, "ml", labelmap=True)]
+    first = validation_folder / "moving_to_fixed" / "fixed.nii.gz"
+    subject1 = np.asarray(nib.load(first).dataobj).copy()
+    assert tuning.pair_folder(validation_folder, "moving to fixed") == first.parent
+    assert tuning.export_pair(validation_folder, "moving to fixed", *subject2).name == "moving_to_fixed-2"
+    assert tuning.export_pair(validation_folder, "moving to fixed", *subject2).name == "moving_to_fixed-3"
+    assert np.array_equal(np.asarray(nib.load(first).dataobj), subject1)
+    assert [p.name for p in discover_pairs(validation_folder)] == ["moving_to_fixed", "moving_to_fixed-2",
+                                                                   "moving_to_fixed-3"]
+    replaced = tuning.export_pair(validation_folder, "moving to fixed", *subject2, replace=True)
+    assert replaced == first.parent and not np.array_equal(np.asarray(nib.load(first).dataobj), subject1)
+    assert len(discover_pairs(validation_folder)) == 3
+
+
 def test_exported_fiducials_are_a_landmark_validation_set(landmark_folder):
     """Fiducial lists go out as RAS mm CSVs in world coordinates (parent transforms applied) that the
     engine's landmark objective reads back; label maps are then optional."""
