@@ -38,8 +38,10 @@ def estimated_peak_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int]
             + MOVING_BYTES_PER_VOXEL * int(np.prod(moving_shape)) + WORKING_BYTES_PER_VOXEL * int(working_voxels))
 
 
-#: Where Linux shows this process's control group (cgroup v2: its own files at the top; v1: a ``memory`` folder).
+#: Where Linux mounts the control groups (cgroup v2: one tree; v1: a ``memory`` tree).
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Which control group this process is in (``0::/PATH`` for v2, ``N:memory:/PATH`` for v1), relative to the tree.
+CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
 #: A cgroup v1 limit at or above this (the kernel's "no limit" is 2^63 rounded down to a page) is no limit.
 _NO_LIMIT = 1 << 60
 
@@ -54,42 +56,68 @@ def _read_int(path: Path) -> int | None:
 
 
 def _inactive_file(stat: Path) -> int:
-    """Reclaimable page cache of a cgroup (``inactive_file``, v1 ``total_inactive_file``) in bytes, else 0."""
+    """Reclaimable page cache of a cgroup and the groups below it in bytes (v2 ``inactive_file``, v1
+    ``total_inactive_file``: v1's ``inactive_file`` counts the group's own pages only), else 0."""
     try:
-        for line in stat.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key in ("inactive_file", "total_inactive_file") and value.strip().isdigit():
-                return int(value)
+        values = dict(line.partition(" ")[::2] for line in stat.read_text().splitlines())
     except OSError:
-        pass
-    return 0
+        return 0
+    value = values.get("total_inactive_file", values.get("inactive_file", "")).strip()
+    return int(value) if value.isdigit() else 0
 
 
-def cgroup_memory(root: Path = CGROUP_ROOT) -> tuple[int, int] | None:
-    """The memory limit of this process's control group and what it uses now, without reclaimable page
-    cache, in bytes (``None`` without a limit): a container's or a batch job's limit (Docker ``--memory``,
-    Kubernetes, Slurm), above which the kernel kills the process with no message."""
-    for limit_file, usage_file in (("memory.max", "memory.current"),
-                                   ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes")):
-        limit = _read_int(root / limit_file)
-        if limit is not None and limit < _NO_LIMIT:
-            usage = _read_int(root / usage_file) or 0
-            return limit, max(0, usage - _inactive_file((root / usage_file).with_name("memory.stat")))
-    return None
+def _groups(root: Path, membership: Path) -> list[Path]:
+    """The folders of this process's memory control group and of every group above it (cgroup v2 and v1).
+
+    Inside a container the process's group is the top of the trees it sees; a batch job (Slurm) or a systemd
+    service sits deeper (``/system.slice/slurmstepd.scope/job_12/step_0``), and its limit may be set on any
+    group above it. A group listed but not mounted here (a v1 container lists the host's path) has no files.
+    """
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    found = [root, root / "memory"]
+    for line in lines:
+        _, controllers, where = (line.split(":", 2) + ["", ""])[:3]
+        tree = root if not controllers else root / "memory" if "memory" in controllers.split(",") else None
+        if tree is not None:
+            group = tree / where.strip().lstrip("/")
+            found += [folder for folder in (group, *group.parents) if folder.is_relative_to(tree)]
+    return list(dict.fromkeys(found))
 
 
-def physical_memory_bytes(cgroup: Path = CGROUP_ROOT) -> int | None:
+def cgroup_memory(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> tuple[int, int] | None:
+    """The memory limit of this process's control group and what that limit leaves free now (the group's use
+    without reclaimable page cache subtracted), in bytes; ``None`` without a limit. The limit is a container's
+    or a batch job's (Docker ``--memory``, Kubernetes, Slurm), above which the kernel kills the process with
+    no message; where groups above this process's have limits too, the smallest limit and the least free count.
+    """
+    limits, free = [], []
+    for group in _groups(root, membership):
+        for limit_file, usage_file in (("memory.max", "memory.current"),
+                                       ("memory.limit_in_bytes", "memory.usage_in_bytes")):
+            limit = _read_int(group / limit_file)
+            if limit is not None and limit < _NO_LIMIT:
+                usage = max(0, (_read_int(group / usage_file) or 0) - _inactive_file(group / "memory.stat"))
+                limits.append(limit)
+                free.append(max(0, limit - usage))
+    return (min(limits), min(free)) if limits else None
+
+
+def physical_memory_bytes(cgroup: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> int | None:
     """The memory this process may use in bytes: the machine's physical memory, or its control group's limit
     when lower (:func:`cgroup_memory`); ``None`` where the OS does not say."""
     try:
         physical: int | None = int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
     except (AttributeError, OSError, ValueError):
         physical = None
-    limited = cgroup_memory(cgroup)
+    limited = cgroup_memory(cgroup, membership)
     return limited[0] if limited is not None and (physical is None or limited[0] < physical) else physical
 
 
-def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = CGROUP_ROOT) -> int | None:
+def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path = CGROUP_ROOT,
+                           membership: Path = CGROUP_MEMBERSHIP) -> int | None:
     """Memory available to a new process without swapping (Linux ``MemAvailable``, or what its control group's
     limit leaves when less), else ``None``."""
     available = None
@@ -100,10 +128,9 @@ def available_memory_bytes(meminfo: Path = Path("/proc/meminfo"), cgroup: Path =
                 break
     except (OSError, ValueError, IndexError):
         pass
-    limited = cgroup_memory(cgroup)
+    limited = cgroup_memory(cgroup, membership)
     if limited is not None:
-        left = max(0, limited[0] - limited[1])
-        available = left if available is None else min(available, left)
+        available = limited[1] if available is None else min(available, limited[1])
     return available
 
 

@@ -110,6 +110,37 @@ def test_a_container_memory_limit_is_the_memory(tmp_path: Path, v2: bool) -> Non
     assert available_memory_bytes(meminfo, group) == 60000000 * 1024
 
 
+@pytest.mark.parametrize("v2", [True, False])
+def test_the_limit_of_a_batch_job_deeper_in_the_tree_counts(tmp_path: Path, v2: bool) -> None:
+    """A Slurm job (or a systemd service) is not at the top of the control group tree: /proc/self/cgroup names
+    its group, and the limit is on the job's group above the step's. The top group and the step have none;
+    the host has 64 GB. Before, only the top was read and a job limited to 2 GB was told it had 64 GB."""
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       64000000 kB\nMemAvailable:    60000000 kB\n")
+    tree = tmp_path / "cgroup" if v2 else tmp_path / "cgroup" / "memory"
+    job = tree / "system.slice" / "slurmstepd.scope" / "job_12"
+    step = job / "step_0"
+    step.mkdir(parents=True)
+    limit, usage = ("memory.max", "memory.current") if v2 else ("memory.limit_in_bytes", "memory.usage_in_bytes")
+    for folder, value in ((tree, "max" if v2 else "9223372036854771712"), (job, str(2 * GB)),
+                          (step, "max" if v2 else "9223372036854771712")):
+        (folder / limit).write_text(value + "\n")
+    (job / usage).write_text(f"{GB}\n")
+    # v1 lists the group's own page cache first, then that of the group and the groups below it (the usage's)
+    (job / "memory.stat").write_text(f"anon 1000\ninactive_file {GB // 4}\n" if v2 else
+                                     f"inactive_file {GB // 8}\ntotal_inactive_file {GB // 4}\n")
+    membership = tmp_path / "cgroup-of-this-process"
+    membership.write_text("0::/system.slice/slurmstepd.scope/job_12/step_0\n" if v2 else
+                          "5:cpu,cpuacct:/slurm/uid_1/job_12/step_0\n4:memory:/system.slice/slurmstepd.scope/"
+                          "job_12/step_0\n0::/\n")
+    assert physical_memory_bytes(tmp_path / "cgroup", membership) == 2 * GB
+    assert available_memory_bytes(meminfo, tmp_path / "cgroup", membership) == 2 * GB - (GB - GB // 4)
+    # a container: its own group is the top of the tree it sees, listed by the host's path (no such folder)
+    membership.write_text("0::/docker/4f2a\n" if v2 else "4:memory:/docker/4f2a\n")
+    (tree / limit).write_text(f"{3 * GB}\n")
+    assert physical_memory_bytes(tmp_path / "cgroup", membership) == 3 * GB
+
+
 def test_register_refuses_before_any_work_under_a_memory_limit(tmp_path: Path) -> None:
     """An image too large for this machine (a strided view, so the test itself needs no memory) is
     refused by ``register`` with one line, in a child process."""
