@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,9 +45,21 @@ def no_progress(event: ProgressEvent) -> None:
     """A progress callback that ignores every event."""
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float in it (in dicts, lists and tuples) replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
 def emit_json(obj: dict) -> None:
-    """Write ``obj`` as one JSON line on stdout (the command line's ``--progress json`` events)."""
-    sys.stdout.write(json.dumps(obj) + "\n")
+    """Write ``obj`` as one line of strict JSON on stdout (the command line's ``--progress json`` events): a NaN
+    or infinite number (a diverging loss) is written as ``null``, which every JSON parser reads."""
+    sys.stdout.write(json.dumps(_finite(obj), allow_nan=False) + "\n")
     sys.stdout.flush()
 
 

@@ -34,3 +34,19 @@ def test_progress_printer_modes(capsys) -> None:
     printer.close()
     captured = capsys.readouterr()
     assert captured.out == "" and "100" in captured.err
+
+
+def test_json_lines_are_strict_json_with_non_finite_numbers(capsys) -> None:
+    """A diverging loss (NaN, infinity) was written as ``NaN`` / ``Infinity``, which is not JSON: strict readers
+    (``jq``, JavaScript, most other languages) failed on the line. It is ``null`` now, other numbers unchanged."""
+    printer = ProgressPrinter("json")
+    printer(ProgressEvent("deformable 4 mm", 5, 10, 0.5, "", {"similarity": float("nan"), "prior": float("-inf"),
+                                                             "regularization": 0.25}))
+    printer.close()
+    line = capsys.readouterr().out
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(line, parse_constant=refuse)["values"] == {"similarity": None, "prior": None,
+                                                                  "regularization": 0.25}
