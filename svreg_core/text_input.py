@@ -9,7 +9,7 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, shortened
 
 
 def read_text(path: str | Path, what: str) -> str:
@@ -42,16 +42,21 @@ def read_table(path: str | Path, what: str, required: Sequence[str]) -> list[tup
         without any value left out; a missing cell is ``""`` and cells beyond the header are dropped.
 
     Raises:
-        InputError: as :func:`read_text`, or naming the ``required`` columns the header lacks.
+        InputError: as :func:`read_text`, or naming the ``required`` columns the header lacks and the columns
+            its first line was read as.
     """
     text = read_text(path, what)
     dialect = "excel-tab" if Path(path).suffix.lower() == ".tsv" else "excel"
     reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
     header = [(name or "").strip() for name in (reader.fieldnames or [])]
     missing = [column for column in required if column not in header]
-    if missing:
+    if missing:  # what the first line was read as: a semicolon-separated export, a title or blank line first
+        separator = "tabs" if dialect == "excel-tab" else "commas"
+        found = [f'"{name}"' for name in header if name]
+        read = (f"the columns of its first line, separated by {separator}, are {shortened(found, 6)}" if found
+                else "its first line is empty")
         raise InputError(f"{what} {path} needs a header line with the columns {', '.join(required)} "
-                         f"(missing: {', '.join(missing)}).")
+                         f"(missing: {', '.join(missing)}); {read}.")
     rows = []
     for row in reader:
         cells = {(key or "").strip(): (value or "").strip() for key, value in row.items() if key is not None}

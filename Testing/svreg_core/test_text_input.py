@@ -48,7 +48,24 @@ def test_table_missing_columns_are_named(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         read_table(tmp_path / "pairs.csv", "pair list", ("fixed", "moving", "fixed_labels"))
     assert str(info.value) == (f"pair list {tmp_path / 'pairs.csv'} needs a header line with the columns fixed, "
-                               "moving, fixed_labels (missing: moving, fixed_labels).")
+                               "moving, fixed_labels (missing: moving, fixed_labels); the columns of its first "
+                               'line, separated by commas, are "fixed", "moving_image".')
+
+
+@pytest.mark.parametrize(("first_lines", "read"), [
+    ("fixed;moving\r\na.nii;b.nii\r\n", 'the columns of its first line, separated by commas, are "fixed;moving"'),
+    ("# pairs of study 3\nfixed,moving\n", 'the columns of its first line, separated by commas, are "# pairs of '
+                                             'study 3"'),
+    ("\nfixed,moving\na.nii,b.nii\n", "its first line is empty"),
+])
+def test_a_header_not_read_as_the_columns_says_what_was_read(tmp_path: Path, first_lines: str, read: str) -> None:
+    """A semicolon-separated export (spreadsheets in many locales), a title line or a blank line before the header
+    was told "missing: fixed, moving" about a header the user sees holds both; the message says what was read."""
+    (tmp_path / "pairs.csv").write_text(first_lines)
+    with pytest.raises(InputError) as info:
+        read_table(tmp_path / "pairs.csv", "pairs file", ("fixed", "moving"))
+    assert str(info.value) == (f"pairs file {tmp_path / 'pairs.csv'} needs a header line with the columns fixed, "
+                               f"moving (missing: fixed, moving); {read}.")
 
 
 def test_table_path_relative_to_the_table(tmp_path: Path) -> None:
