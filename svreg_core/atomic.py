@@ -19,14 +19,19 @@ from pathlib import Path
 from svreg_core.interrupts import interrupts_deferred
 
 
+def _followed(path: str | Path) -> Path:
+    """``path``, or where it points when it is a symbolic link (also a dangling one: what a killed swap left)."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 @contextmanager
 def replaced_when_complete(path: str | Path, ending: str = "") -> Iterator[Path]:
     """Yield the temporary path to write ``path``'s content to: ``.NAME.partial-PID-TOKEN`` + ``ending`` in the same
     folder (``ending``, e.g. ``.nii.gz``, for writers that choose the format by the name). When the body
     completes it replaces ``path``; if the body raises (or is interrupted), the temporary file is removed and
     ``path`` is unchanged. A symbolic link ``path`` is followed: the file it points to is replaced."""
-    path = Path(path)
-    path = path.resolve() if path.is_symlink() else path
+    path = _followed(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}{ending}")
     try:
         yield tmp
@@ -36,16 +41,17 @@ def replaced_when_complete(path: str | Path, ending: str = "") -> Iterator[Path]
 
 
 def replace_directory(target: str | Path, write: Callable[[Path], None]) -> Path:
-    """Create the folder ``target`` afresh through ``write(tmp_folder)``, then swap it into place; returns ``target``.
+    """Create the folder ``target`` afresh through ``write(tmp_folder)``, then swap it into place; returns ``target``
+    (as given).
 
     The new folder is written as ``.NAME.partial-PID-TOKEN`` (permissions as the umask gives) and its files are
     synced to disk; the old folder, if any, is renamed to ``.NAME.old`` before the new one takes its name, then
     deleted. A SIGTERM during the swap is held back until it is done
     (:func:`~svreg_core.interrupts.interrupts_deferred`); a failing second rename puts the old folder back;
     :func:`recover_directory` undoes a swap cut by a kill. A failed or interrupted ``write`` leaves ``target`` as
-    it was and nothing else behind.
+    it was and nothing else behind. A symbolic link ``target`` is followed: the folder it points to is replaced.
     """
-    target = Path(target)
+    given, target = Path(target), _followed(target)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     old = target.with_name(f".{target.name}.old")
     tmp.mkdir(parents=True)
@@ -68,13 +74,13 @@ def replace_directory(target: str | Path, write: Callable[[Path], None]) -> Path
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone once it became ``target``; else a failure's leftover
-    return target
+    return given
 
 
 def recover_directory(target: str | Path) -> None:
     """Undo a :func:`replace_directory` that was killed: bring ``.NAME.old`` back if ``target`` is missing, and
     remove the hidden folders it was writing. Call it before writing ``target`` again."""
-    target = Path(target)
+    target = _followed(target)
     old = target.with_name(f".{target.name}.old")
     if not target.exists() and old.is_dir():
         old.rename(target)

@@ -63,3 +63,24 @@ def test_directory_replacement_survives_an_interruption(tmp_path) -> None:
     (tmp_path / ".state.partial-123").mkdir()
     recover_directory(target)
     assert (target / "a.json").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["state"]
+
+
+def test_a_symbolically_linked_folder_is_followed(tmp_path: Path) -> None:
+    """A folder reached through a symbolic link (a run's checkpoint kept on other storage): the first swap
+    replaced the link by a folder and left the link as ``.best.old``, and every later one failed with
+    "Not a directory". Now the folder the link points to is replaced, and the link stays."""
+    (tmp_path / "store").mkdir()
+    real = tmp_path / "store" / "best"
+    real.mkdir()
+    link = tmp_path / "run" / "best"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    for value in ("1", "2"):
+        assert replace_directory(link, lambda folder, value=value: (folder / "a.json").write_text(value)) == link
+        assert link.is_symlink() and (real / "a.json").read_text() == value
+        assert [p.name for p in link.parent.iterdir()] == ["best"] and [p.name for p in real.parent.iterdir()] \
+            == ["best"]
+    # killed between its two renames: the link dangles until the folder it points to is back
+    real.rename(real.with_name(".best.old"))
+    recover_directory(link)
+    assert (link / "a.json").read_text() == "2" and [p.name for p in real.parent.iterdir()] == ["best"]
