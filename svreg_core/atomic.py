@@ -44,20 +44,23 @@ def replace_directory(target: str | Path, write: Callable[[Path], None]) -> Path
     """Create the folder ``target`` afresh through ``write(tmp_folder)``, then swap it into place; returns ``target``
     (as given).
 
-    The new folder is written as ``.NAME.partial-PID-TOKEN`` (permissions as the umask gives) and its files are
-    synced to disk; the old folder, if any, is renamed to ``.NAME.old`` before the new one takes its name, then
-    deleted. A SIGTERM during the swap is held back until it is done
-    (:func:`~svreg_core.interrupts.interrupts_deferred`); a failing second rename puts the old folder back;
-    :func:`recover_directory` undoes a swap cut by a kill. A failed or interrupted ``write`` leaves ``target`` as
-    it was and nothing else behind. A symbolic link ``target`` is followed: the folder it points to is replaced.
+    The new folder is written as ``.NAME.partial-PID-TOKEN``; it and its files get the permissions the umask
+    gives (whatever mode the writer created them with), and the files are synced to disk. The old folder, if any,
+    is renamed to ``.NAME.old`` before the new one takes its name, then deleted. A SIGTERM during the swap is held
+    back until it is done (:func:`~svreg_core.interrupts.interrupts_deferred`); a failing second rename puts the
+    old folder back; :func:`recover_directory` undoes a swap cut by a kill. A failed or interrupted ``write``
+    leaves ``target`` as it was and nothing else behind. A symbolic link ``target`` is followed: the folder it
+    points to is replaced.
     """
     given, target = Path(target), _followed(target)
     tmp = target.with_name(f".{target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
     old = target.with_name(f".{target.name}.old")
     tmp.mkdir(parents=True)
+    file_mode = tmp.stat().st_mode & 0o666  # a new folder's mode is 0o777 less the umask
     try:
         write(tmp)
         for path in tmp.iterdir():
+            path.chmod(file_mode)  # as a plain write would make it: some writers (safetensors) make files 0600
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
         with interrupts_deferred():

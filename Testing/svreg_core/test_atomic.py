@@ -2,6 +2,7 @@
 complete; ``recover_directory`` undoes a swap cut by a kill."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,24 @@ def test_a_symbolically_linked_folder_is_followed(tmp_path: Path) -> None:
     real.rename(real.with_name(".best.old"))
     recover_directory(link)
     assert (link / "a.json").read_text() == "2" and [p.name for p in real.parent.iterdir()] == ["best"]
+
+
+def test_folder_files_get_the_permissions_of_the_umask(tmp_path: Path) -> None:
+    """safetensors writes its files 0600 whatever the umask: a training run's resume state could not be read by the
+    group that shares it (README: every output gets the permissions the umask gives). Files of a swapped-in folder
+    get what a plain write would give them."""
+    import torch
+    from safetensors.torch import save_file
+
+    def write(folder: Path) -> None:
+        save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+        (folder / "state.json").write_text("{}")
+
+    before = os.umask(0o027)
+    try:
+        target = replace_directory(tmp_path / "state", write)
+    finally:
+        os.umask(before)
+    assert {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()} == {"model.safetensors": 0o640,
+                                                                          "state.json": 0o640}
+    assert target.stat().st_mode & 0o777 == 0o750
