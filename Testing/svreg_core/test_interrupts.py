@@ -23,8 +23,7 @@ from svreg_core.outputs.writer import MARKER_FILE
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-#: The command under test: ``svreg`` with SIGTERM handled as its ``main`` handles it. (Once ``main``
-#: installs the handler itself, this is simply ``[sys.executable, "-m", "svreg_core.cli"]``.)
+#: The command under test: ``svreg``, whose ``main`` runs inside :func:`sigterm_as_interrupt`.
 SVREG = [sys.executable, "-m", "svreg_core.cli"]
 
 
