@@ -11,6 +11,7 @@ import contextlib
 import errno
 import io
 import json
+import math
 import os
 import sys
 import time
@@ -94,8 +95,23 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, affine_help: str, deter
                    help="start the affine stage only from the centres of mass, not also from rotated starts (the "
                    "search finds images whose header orientations disagree by more than 30-40 degrees)")
     p.add_argument("--device", default=None, help="auto (CUDA when present, else CPU), cpu or cuda")
-    p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores)")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads torch may use (default: all cores, or as "
+                   "many as a container's or batch job's CPU quota allows)")
     p.add_argument("--deterministic", action="store_true", default=None, help=deterministic_help)
+
+
+def threads_within_cpu_limit(root: Path | None = None, membership: Path | None = None) -> None:
+    """Fewer torch threads than cores where this process's control groups allow less CPU time
+    (:func:`~svreg_core.cgroups.cpu_limit`, rounded up): a 2-CPU container on a 64-core host ran 64 threads that
+    mostly waited for each other. ``OMP_NUM_THREADS``, and ``--threads`` (set after), decide instead; ``root`` and
+    ``membership``: the control-group tree and this process's place in it (default: the system's)."""
+    from svreg_core.cgroups import CGROUP_MEMBERSHIP, CGROUP_ROOT, cpu_limit
+
+    limit = cpu_limit(root or CGROUP_ROOT, membership or CGROUP_MEMBERSHIP)
+    if limit is None or os.environ.get("OMP_NUM_THREADS"):
+        return
+    import torch
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), math.ceil(limit - 1e-9))))
 
 
 def set_threads(args: argparse.Namespace) -> None:
@@ -1280,6 +1296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     json_mode = getattr(args, "progress", None) == "json" or args.command == "preview"
+    threads_within_cpu_limit()
     # sigterm: a scheduler's or the Slicer module's stop request, handled like Ctrl-C
     with sigterm_as_interrupt(), warnings.catch_warnings():
         _one_line_warnings()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from svreg_core.cgroups import CGROUP_MEMBERSHIP, CGROUP_ROOT, groups, read_int
 from svreg_core.errors import InputError
 
 #: Peak host bytes of the process before the images count (Python, torch, the engine).
@@ -38,21 +39,8 @@ def estimated_peak_bytes(fixed_shape: Sequence[int], moving_shape: Sequence[int]
             + MOVING_BYTES_PER_VOXEL * int(np.prod(moving_shape)) + WORKING_BYTES_PER_VOXEL * int(working_voxels))
 
 
-#: Where Linux mounts the control groups (cgroup v2: one tree; v1: a ``memory`` tree).
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-#: Which control group this process is in (``0::/PATH`` for v2, ``N:memory:/PATH`` for v1), relative to the tree.
-CGROUP_MEMBERSHIP = Path("/proc/self/cgroup")
 #: A cgroup v1 limit at or above this (the kernel's "no limit" is 2^63 rounded down to a page) is no limit.
 _NO_LIMIT = 1 << 60
-
-
-def _read_int(path: Path) -> int | None:
-    """The integer in a one-value cgroup file, ``None`` when absent, unreadable or ``max``."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
 
 
 def _inactive_file(stat: Path) -> int:
@@ -66,27 +54,6 @@ def _inactive_file(stat: Path) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def _groups(root: Path, membership: Path) -> list[Path]:
-    """The folders of this process's memory control group and of every group above it (cgroup v2 and v1).
-
-    Inside a container the process's group is the top of the trees it sees; a batch job (Slurm) or a systemd
-    service sits deeper (``/system.slice/slurmstepd.scope/job_12/step_0``), and its limit may be set on any
-    group above it. A group listed but not mounted here (a v1 container lists the host's path) has no files.
-    """
-    try:
-        lines = membership.read_text().splitlines()
-    except OSError:
-        lines = []
-    found = [root, root / "memory"]
-    for line in lines:
-        _, controllers, where = (line.split(":", 2) + ["", ""])[:3]
-        tree = root if not controllers else root / "memory" if "memory" in controllers.split(",") else None
-        if tree is not None:
-            group = tree / where.strip().lstrip("/")
-            found += [folder for folder in (group, *group.parents) if folder.is_relative_to(tree)]
-    return list(dict.fromkeys(found))
-
-
 def cgroup_memory(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP) -> tuple[int, int] | None:
     """The memory limit of this process's control group and what that limit leaves free now (the group's use
     without reclaimable page cache subtracted), in bytes; ``None`` without a limit. The limit is a container's
@@ -94,12 +61,12 @@ def cgroup_memory(root: Path = CGROUP_ROOT, membership: Path = CGROUP_MEMBERSHIP
     no message; where groups above this process's have limits too, the smallest limit and the least free count.
     """
     limits, free = [], []
-    for group in _groups(root, membership):
+    for group in groups("memory", root, membership):
         for limit_file, usage_file in (("memory.max", "memory.current"),
                                        ("memory.limit_in_bytes", "memory.usage_in_bytes")):
-            limit = _read_int(group / limit_file)
+            limit = read_int(group / limit_file)
             if limit is not None and limit < _NO_LIMIT:
-                usage = max(0, (_read_int(group / usage_file) or 0) - _inactive_file(group / "memory.stat"))
+                usage = max(0, (read_int(group / usage_file) or 0) - _inactive_file(group / "memory.stat"))
                 limits.append(limit)
                 free.append(max(0, limit - usage))
     return (min(limits), min(free)) if limits else None

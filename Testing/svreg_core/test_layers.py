@@ -17,6 +17,7 @@ PACKAGE = Path(svreg_core.__file__).parent
 LAYERS: dict[str, int] = {
     "errors": 0,
     "interrupts": 0,
+    "cgroups": 0,
     **dict.fromkeys(("conventions", "progress", "parallel", "memory", "atomic", "text_input"), 1),
     "image": 2,
     "transforms": 3,
