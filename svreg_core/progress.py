@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -63,6 +64,28 @@ def emit_json(obj: dict) -> None:
     sys.stdout.flush()
 
 
+#: The loss terms a terminal bar shows (an iteration's or a training step's ``values``), by short name, in this order
+#: while they fit on the line.
+BAR_TERMS = {"total": "loss", "loss": "loss", "similarity": "sim", "regularization": "reg", "prior": "prior",
+             "labels": "labels"}
+#: Columns of a bar line outside its description and loss terms: percentage, a bar of at least 10, counts and times.
+_BAR_COLUMNS = 44
+
+
+def bar_terms(values: dict[str, float], room: int) -> str:
+    """``values``' loss terms (:data:`BAR_TERMS`) as ``loss=0.123, sim=-0.432, ...`` (3 significant digits), as many
+    as fit in ``room`` characters; other values are left out."""
+    shown = ""
+    for key, short in BAR_TERMS.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not (shown and f"{short}=" in shown):
+            longer = f"{shown}, {short}={value:.3g}" if shown else f"{short}={value:.3g}"
+            if len(longer) > room:
+                break
+            shown = longer
+    return shown
+
+
 class ProgressPrinter:
     """Turns :class:`ProgressEvent` into a tqdm bar (terminal), plain lines (``stage NN %`` on stderr, at
     most one per stage and 5 % step: ``auto`` when stderr is not a terminal), JSON lines on stdout, or nothing."""
@@ -73,10 +96,11 @@ class ProgressPrinter:
         self.mode = mode
         self._bar = None
         self._last: tuple[str, int] | None = None
+        self._stage: str | None = None
         if mode == "bar":
             from tqdm import tqdm
             self._bar = tqdm(total=100, unit="%", file=sys.stderr,
-                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}]")
+                             bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]")
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.mode == "json":
@@ -90,9 +114,14 @@ class ProgressPrinter:
                 sys.stderr.write(f"svreg: {event.stage} {100 * event.fraction:.0f} %{message}\n")
                 sys.stderr.flush()
         elif self._bar is not None:
-            self._bar.set_description(event.stage)
-            if event.values and len(event.values) <= 4:  # loss terms of an iteration or a training step
-                self._bar.set_postfix({k: f"{v:.4g}" for k, v in event.values.items()}, refresh=False)
+            if event.stage != self._stage and 100 * event.fraction < self._bar.n:  # a stage counting from 0 again
+                self._bar.reset(total=100)  # (svreg train's data checks and pre-alignment before its epochs)
+            self._stage = event.stage
+            self._bar.set_description(event.stage, refresh=False)
+            room = shutil.get_terminal_size().columns - len(event.stage) - _BAR_COLUMNS
+            terms = bar_terms(event.values, room)
+            if terms:  # an iteration's or a training step's loss terms
+                self._bar.set_postfix_str(terms, refresh=False)
             if event.stage == "epoch" and event.message:  # a training epoch's summary line
                 self._bar.write(event.message)
             self._bar.update(max(0.0, 100 * event.fraction - self._bar.n))

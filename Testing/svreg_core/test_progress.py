@@ -50,3 +50,36 @@ def test_json_lines_are_strict_json_with_non_finite_numbers(capsys) -> None:
 
     assert json.loads(line, parse_constant=refuse)["values"] == {"similarity": None, "prior": None,
                                                                   "regularization": 0.25}
+
+
+def test_the_bar_shows_the_loss_terms_that_fit(capsys, monkeypatch) -> None:
+    """A training step's five loss terms never reached the bar (only four or fewer were given to it) and the pairwise
+    optimiser's three were set but not in the bar's layout; they show now, as many as the terminal's width holds."""
+    terms = {"total": 0.12345, "similarity": -0.4321, "regularization": 0.012345, "prior": -1.2345, "labels": 0.5}
+    for columns, shown in ((160, "loss=0.123, sim=-0.432, reg=0.0123, prior=-1.23, labels=0.5"),
+                           (80, "loss=0.123, sim=-0.432]")):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        printer = ProgressPrinter("bar")
+        printer(ProgressEvent("epoch 1/10", 5, 10, 0.05, "", terms))
+        printer(ProgressEvent("epoch", 1, 10, 0.1, "", {"train_total": 0.1, "val_dice": 0.7}))  # a summary's: kept
+        printer.close()
+        last = capsys.readouterr().err.rstrip().split("\r")[-1]
+        assert shown in last and len(last) <= columns, last
+
+
+def test_a_stage_counting_from_zero_again_restarts_the_bar(capsys) -> None:
+    """svreg train's data checks report their own 0-100 % before the epochs' overall fraction starts at 0: the bar
+    stayed full through the whole training; it starts again with the new stage. A registration's stages, whose
+    fractions only grow, keep one bar."""
+    printer = ProgressPrinter("bar")
+    for event in (ProgressEvent("label maps", 2, 2, 1.0), ProgressEvent("epoch 1/4", 1, 10, 0.025),
+                  ProgressEvent("epoch 1/4", 4, 10, 0.1)):
+        printer(event)
+    printer.close()
+    assert capsys.readouterr().err.rstrip().split("\r")[-1].startswith("epoch 1/4:  10%|")
+    printer = ProgressPrinter("bar")
+    for event in (ProgressEvent("affine", 1, 2, 0.2), ProgressEvent("deformable 4mm", 1, 2, 0.5),
+                  ProgressEvent("outputs", 1, 2, 0.9)):
+        printer(event)
+    printer.close()
+    assert capsys.readouterr().err.rstrip().split("\r")[-1].startswith("outputs:  90%|")
