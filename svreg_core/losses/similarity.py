@@ -169,7 +169,7 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
             maximum (cc = 1, zero gradient), flat windows included. The factor ``2r − r²`` (1 with zero
             slope at ``var_m = var_f``, so that maximum stays exact) takes that ``eps`` back where the
             moving window is flatter than the fixed one: a flat moving window (its background, or a warp
-            out of its field of view) against fixed texture scores about ``2c√eps / var_f`` (0.02 for
+            out of its field of view) against fixed texture scores about ``2c√eps / var_f`` (0.03 for
             uniform noise on [0, 1] in a 5³ window; the reference: 0), not 1. A flat fixed window scores 1
             whatever the moving one (no gradient).
     """
