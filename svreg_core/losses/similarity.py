@@ -133,8 +133,8 @@ def _local_moments(fixed: Tensor, moving: Tensor, window: int
 
 
 #: A window whose variance (window sum, ``var`` of :func:`lncc_loss`) is well below this many ``√eps`` is flat for
-#: :func:`lncc_loss` (with the default ``eps``, 30√eps = 0.095: a 5³ window of intensity standard deviation 2.8 % of
-#: the normalised range). Smaller values (1: √eps itself) made the loss follow the variances of low-contrast windows:
+#: :func:`lncc_loss` (with the default ``eps`` 0.095: a 5³ window of intensity standard deviation 2.8 % of the
+#: normalised range). Smaller values (1: √eps itself) made the loss follow the variances of low-contrast windows:
 #: an affine test's error rose from 0.43 to 0.68 mm (10: 0.48, 30: 0.44, the old loss 0.43; 2026-11-29).
 _FLAT_VARIANCE = 30.0
 
@@ -169,9 +169,8 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
             maximum (cc = 1, zero gradient), flat windows included. The factor ``2r − r²`` (1 with zero
             slope at ``var_m = var_f``, so that maximum stays exact) takes that ``eps`` back where the
             moving window is flatter than the fixed one: a flat moving window (its background, or a warp
-            out of its field of view) against fixed texture scores about ``2c√eps / var_f`` (0.03 for
-            uniform noise on [0, 1] in a 5³ window; the reference: 0), not 1. A flat fixed window scores 1
-            whatever the moving one (no gradient).
+            out of its field of view) against fixed texture scores about ``2c√eps / var_f`` (≈ 0, as in
+            the reference), not 1. A flat fixed window scores 1 whatever the moving one (no gradient).
     """
     _check_pair(fixed, moving, mask)
     if int(window) != window or window < 1 or window % 2 == 0:
