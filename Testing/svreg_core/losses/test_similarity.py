@@ -29,7 +29,7 @@ def _lncc_map_bruteforce(f: np.ndarray, m: np.ndarray, window: int, eps: float) 
         cross = np.sum((fw - fw.mean()) * (mw - mw.mean()))
         var_f = np.sum((fw - fw.mean()) ** 2)
         var_m = np.sum((mw - mw.mean()) ** 2)
-        ratio = min(1.0, (var_m + 30 * eps ** 0.5) / (var_f + 30 * eps ** 0.5))
+        ratio = min(1.0, (var_m + eps ** 0.5) / (var_f + eps ** 0.5))
         out[b, c, i, j, k] = (cross ** 2 + eps * ratio * (2 - ratio)) / (var_f * var_m + eps)
     return out
 
@@ -84,7 +84,7 @@ def test_lncc_flat_moving_window_is_no_match() -> None:
     f = _rand(1, 1, 8, 9, 7, seed=14)
     m = _rand(1, 1, 8, 9, 7, seed=15) + 0.5 * f
     for flat in (torch.zeros_like(f), torch.full_like(f, 0.7)):
-        assert -0.05 < lncc_loss(f, flat, 5).item() <= 0.0  # 2c√eps / var_f: 0.03 here
+        assert -0.01 < lncc_loss(f, flat, 5).item() <= 0.0
     assert lncc_loss(f, m, 5).item() < -0.1
     # the eps term reaches the reference's value where the moving window is flat but not elsewhere
     assert lncc_loss(f, m, 5).item() == pytest.approx(lncc_loss(f, m, 5, eps=0.0).item(), rel=1e-4)
