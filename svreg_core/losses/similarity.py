@@ -140,8 +140,7 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
 
         cross = Σ f·m − Σf·Σm / n          (n · local covariance)
         var_f = Σ f²  − (Σf)² / n          (n · local variance of f; likewise var_m)
-        r     = min(1, (var_m + √eps) / (var_f + √eps))
-        cc    = (cross² + eps · (2r − r²)) / (var_f · var_m + eps)      (in [0, 1])
+        cc    = (cross² + eps) / (var_f · var_m + eps)
 
     and the loss is ``−mean(cc)`` (the mask-weighted mean over voxels when ``mask`` is given). The
     sums are window *sums*, as in the SPR/VoxelMorph reference (so ``eps`` acts like ``eps / n²`` on
@@ -156,14 +155,10 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
             Channels are treated independently and averaged.
         window: odd window width in voxels.
         mask: optional ``(N or 1, 1 or C, I, J, K)`` weight (binary or soft) for the mean.
-        eps: stabiliser (intensity⁴ × voxels² units). The reference, ``cross² / (var_f · var_m + eps)``,
-            has a gradient of relative size ``eps / (var_f · var_m)`` at ``moving == fixed``, so an image
-            registered to itself drifts; ``eps`` in the numerator too makes ``moving == fixed`` an exact
-            maximum (cc = 1, zero gradient), flat windows included. The factor ``2r − r²`` (1 with zero
-            slope at ``var_m = var_f``, so that maximum stays exact) takes that ``eps`` back where the
-            moving window is flatter than the fixed one: a flat moving window (its background, or a warp
-            out of its field of view) against fixed texture scores about ``2√eps / var_f`` (≈ 0, as in
-            the reference), not 1. A flat fixed window scores 1 whatever the moving one (no gradient).
+        eps: stabiliser added to both ``cross²`` and ``var_f · var_m`` (intensity⁴ × voxels² units).
+            Adding it to the numerator too (the reference adds it to the denominator only) makes
+            ``fixed == moving`` an exact maximum (cc = 1, zero gradient), including in flat regions,
+            so registering an image to itself does not drift.
     """
     _check_pair(fixed, moving, mask)
     if int(window) != window or window < 1 or window % 2 == 0:
@@ -176,10 +171,7 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
     cross = s_fm - mu_f * s_m                                      # Σfm − Σf·Σm / n
     var_f = (s_ff - mu_f * s_f).clamp_min(0.0)
     var_m = (s_mm - mu_m * s_m).clamp_min(0.0)
-    # r of the docstring: how far the moving window is from flat, relative to the fixed one
-    ratio = ((var_m + eps ** 0.5) / (var_f + eps ** 0.5)).clamp(max=1.0)
-    unflat = ratio * (2.0 - ratio)
-    cc = (cross.square() + eps * unflat) / (var_f * var_m + eps)
+    cc = (cross.square() + eps) / (var_f * var_m + eps)
     return -_masked_mean(cc, mask)
 
 

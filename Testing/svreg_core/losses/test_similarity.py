@@ -29,8 +29,7 @@ def _lncc_map_bruteforce(f: np.ndarray, m: np.ndarray, window: int, eps: float) 
         cross = np.sum((fw - fw.mean()) * (mw - mw.mean()))
         var_f = np.sum((fw - fw.mean()) ** 2)
         var_m = np.sum((mw - mw.mean()) ** 2)
-        ratio = min(1.0, (var_m + eps ** 0.5) / (var_f + eps ** 0.5))
-        out[b, c, i, j, k] = (cross ** 2 + eps * ratio * (2 - ratio)) / (var_f * var_m + eps)
+        out[b, c, i, j, k] = (cross ** 2 + eps) / (var_f * var_m + eps)
     return out
 
 
@@ -75,32 +74,6 @@ def test_lncc_invariant_to_affine_intensity(scale: float, offset: float) -> None
     assert lncc_loss(f, scale * m + offset, 5, eps=0.0).item() == pytest.approx(base.item(), rel=1e-10)
     assert lncc_loss(scale * f + offset, m, 5, eps=0.0).item() == pytest.approx(base.item(), rel=1e-10)
     assert lncc_loss(f, scale * m + offset, 5).item() == pytest.approx(base.item(), rel=1e-4)
-
-
-def test_lncc_flat_moving_window_is_no_match() -> None:
-    """A flat warped moving image (its background, or warped out of its field of view) scored cc = 1, the
-    best match, against any fixed texture, so moving the whole image out of view beat the alignment. It
-    scores about 0, as in the reference; a flat fixed window still scores 1 with no gradient."""
-    f = _rand(1, 1, 8, 9, 7, seed=14)
-    m = _rand(1, 1, 8, 9, 7, seed=15) + 0.5 * f
-    for flat in (torch.zeros_like(f), torch.full_like(f, 0.7)):
-        assert -0.01 < lncc_loss(f, flat, 5).item() <= 0.0
-    assert lncc_loss(f, m, 5).item() < -0.1
-    # the eps term reaches the reference's value where the moving window is flat but not elsewhere
-    assert lncc_loss(f, m, 5).item() == pytest.approx(lncc_loss(f, m, 5, eps=0.0).item(), rel=1e-4)
-    moving = m.clone().requires_grad_()
-    loss = lncc_loss(torch.full_like(f, 0.3), moving, 5)
-    loss.backward()
-    assert loss.item() == -1.0 and moving.grad is not None and moving.grad.abs().max().item() == 0.0
-
-
-def test_lncc_self_registration_has_no_gradient() -> None:
-    # the reference's gradient at moving == fixed is ~eps / var²: the image would drift; here it is 0
-    f = _rand(1, 1, 10, 10, 10, seed=16)
-    f[..., :4] = 0.25 + 1e-3 * f[..., :4]  # a low-contrast part, var ~ eps
-    m = f.clone().requires_grad_()
-    lncc_loss(f, m, 5, eps=1e-2).backward()
-    assert m.grad is not None and m.grad.abs().max().item() < 1e-12
 
 
 def test_lncc_large_mean_intensity_float32() -> None:
