@@ -158,7 +158,10 @@ def lncc_loss(fixed: Tensor, moving: Tensor, window: int = 9, mask: Tensor | Non
         eps: stabiliser added to both ``cross²`` and ``var_f · var_m`` (intensity⁴ × voxels² units).
             Adding it to the numerator too (the reference adds it to the denominator only) makes
             ``fixed == moving`` an exact maximum (cc = 1, zero gradient), including in flat regions,
-            so registering an image to itself does not drift.
+            so registering an image to itself does not drift. Its cost: a flat moving window (its
+            background, or a warp out of its field of view) scores cc = 1 against any fixed texture, where
+            the reference scores 0 (known since 2026-11-29; changing it changes every registration and the
+            shipped models' training loss, so it waits for a re-measured benchmark).
     """
     _check_pair(fixed, moving, mask)
     if int(window) != window or window < 1 or window % 2 == 0:

@@ -76,6 +76,15 @@ def test_lncc_invariant_to_affine_intensity(scale: float, offset: float) -> None
     assert lncc_loss(f, scale * m + offset, 5).item() == pytest.approx(base.item(), rel=1e-4)
 
 
+def test_lncc_self_registration_has_no_gradient() -> None:
+    # the reference's gradient at moving == fixed is ~eps / var²: the image would drift; here it is 0
+    f = _rand(1, 1, 10, 10, 10, seed=16)
+    f[..., :4] = 0.25 + 1e-3 * f[..., :4]  # a low-contrast part, var ~ eps
+    m = f.clone().requires_grad_()
+    lncc_loss(f, m, 5, eps=1e-2).backward()
+    assert m.grad is not None and m.grad.abs().max().item() < 1e-12
+
+
 def test_lncc_large_mean_intensity_float32() -> None:
     # a large intensity offset must not destroy float32 precision (images are centred internally)
     f = _rand(1, 1, 10, 10, 10, seed=10, dtype=torch.float32)
