@@ -114,7 +114,7 @@ def test_an_error_of_another_rank_alone_is_printed(geo, sphere_label_maps, tmp_p
     script.write_text("import os, sys\n"
                       "import svreg_core.training.cli\n"
                       "from svreg_core.cli import main\n"
-                      "svreg_core.training.cli.PEER_REPORT_DELAY_S = 10.0\n"
+                      "svreg_core.training.cli.PEER_REPORT_DELAY_S = 1.0\n"
                       "*argv, missing = sys.argv[1:]\n"
                       "sys.exit(main(argv + ['--synthetic', missing] if os.environ['RANK'] == '1' else argv))\n")
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
