@@ -338,19 +338,24 @@ def test_in_slicer_self_test_of_a_hyper_model(module, scene, monkeypatch, tmp_pa
     assert list((tmp_path / "temp").iterdir()) == []
 
 
-def test_an_earlier_inverse_updated_again_loses_its_earlier_run_mark(module, scene, monkeypatch, tmp_path):
-    """Register with the inverse, again without it (the inverse, kept selected under Outputs, is marked as the
-    earlier run's), then with it: the marked node got the new inverse but kept "(earlier run, not updated)" in its
-    name. The node a run updates is named as its run's again; a node it leaves alone keeps the mark."""
+def _pair_with_engine_outputs(module, scene, monkeypatch, tmp_path):
+    """A logic, a parameter node with an 8³ fixed and moving volume in ``scene``, and engine outputs for them."""
     from slicer_test_helpers import add_volume, write_engine_outputs
 
     monkeypatch.setattr(module.slicer, "mrmlScene", scene)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     outputs = write_engine_outputs(tmp_path / "output", affine, (8, 8, 8))
-    logic = module.SpatialVaryingRegLogic()
     p = module.SpatialVaryingRegParameterNode()
     p.fixedVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "fixed")
     p.movingVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "moving")
+    return module.SpatialVaryingRegLogic(), p, outputs
+
+
+def test_an_earlier_inverse_updated_again_loses_its_earlier_run_mark(module, scene, monkeypatch, tmp_path):
+    """Register with the inverse, again without it (the inverse, kept selected under Outputs, is marked as the
+    earlier run's), then with it: the marked node got the new inverse but kept "(earlier run, not updated)" in its
+    name. The node a run updates is named as its run's again; a node it leaves alone keeps the mark."""
+    logic, p, outputs = _pair_with_engine_outputs(module, scene, monkeypatch, tmp_path)
     names = []
     for inverse in (True, False, True):
         p.createInverseTransform = inverse
@@ -369,15 +374,7 @@ def test_a_result_updated_in_place_keeps_its_run_number(module, scene, monkeypat
     """A second Register (or each slider preview) into the nodes of "moving to fixed (SVReg 1)" said "(SVReg 2)",
     "(SVReg 3)"... in the status line, which named no node, and a node it added (the warped volume turned on) was
     "(SVReg 2) warped" beside "(SVReg 1) transform". The updated result keeps its number; new nodes get the next."""
-    from slicer_test_helpers import add_volume, write_engine_outputs
-
-    monkeypatch.setattr(module.slicer, "mrmlScene", scene)
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])
-    outputs = write_engine_outputs(tmp_path / "output", affine, (8, 8, 8))
-    logic = module.SpatialVaryingRegLogic()
-    p = module.SpatialVaryingRegParameterNode()
-    p.fixedVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "fixed")
-    p.movingVolume = add_volume(scene, np.ones((8, 8, 8), np.float32), affine, "moving")
+    logic, p, outputs = _pair_with_engine_outputs(module, scene, monkeypatch, tmp_path)
     for warped in (False, True, True):
         p.createWarpedVolume = warped
         job = logic.createJob(p)

@@ -70,6 +70,16 @@ def _widget(module, ui, parameter_node):
     return widget
 
 
+def _ui_with_a_trials_table(qt, ctk):
+    """``(ui, rows)``: the module's UI whose trials table records the row counts it is given in ``rows``."""
+    ui = qt_standins.ui_from_file(UI, qt, ctk)
+    rows: list[int] = []
+    ui.tuningTable.setRowCount = rows.append
+    ui.tuningTable.setItem = ui.tuningTable.setHorizontalHeaderLabels = lambda *args: None
+    qt.QTableWidgetItem = str
+    return ui, rows
+
+
 def _preview_widget(real, scene, tmp_path, shape: tuple[int, int, int], origin: float = 0.0):
     """``(module, widget, parameter node, log)``: the widget's own preview code on the real scheduler, ready to
     preview a tiny hyper checkpoint (CPU, no affine stage, no warped volume) on two blob volumes of ``shape``
@@ -539,11 +549,7 @@ def test_the_best_trial_shown_belongs_to_the_chosen_study(real, scene, tmp_path)
     import json
 
     module, qt, ctk = real
-    ui = qt_standins.ui_from_file(UI, qt, ctk)
-    rows: list[int] = []
-    ui.tuningTable.setRowCount = rows.append
-    ui.tuningTable.setItem = ui.tuningTable.setHorizontalHeaderLabels = lambda *args: None
-    qt.QTableWidgetItem = str
+    ui, rows = _ui_with_a_trials_table(qt, ctk)
     p = module.SpatialVaryingRegLogic().getParameterNode()
     widget = _widget(module, ui, p)
     tuned, untouched = tmp_path / "tuned", tmp_path / "untouched"
@@ -627,11 +633,7 @@ def test_an_empty_study_name_shows_the_study_tuning_runs(real, scene, tmp_path):
     """With the study name field cleared, Start tunes the study 'slicer' (as svreg tune's report folder says), but
     the table read '<folder>/-report/summary.json': it stayed empty while the trials ran and finished."""
     module, qt, ctk = real
-    ui = qt_standins.ui_from_file(UI, qt, ctk)
-    rows: list[int] = []
-    ui.tuningTable.setRowCount = rows.append
-    ui.tuningTable.setItem = ui.tuningTable.setHorizontalHeaderLabels = lambda *args: None
-    qt.QTableWidgetItem = str
+    ui, rows = _ui_with_a_trials_table(qt, ctk)
     logic = module.SpatialVaryingRegLogic()
     p = logic.getParameterNode()
     widget = _widget(module, ui, p)
