@@ -147,16 +147,28 @@ class RegistrationParameters:
     deterministic: bool = False
 
     def __post_init__(self) -> None:
+        def finite(value: Any, name: str) -> float | None:
+            """``value`` as a float, ``None`` when it is no finite number; an integer beyond a float's range (a
+            JSON typo of over 300 digits, which ``math.isfinite`` cannot take) is out of range."""
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return None
+            try:
+                as_float = float(value)
+            except OverflowError:
+                raise InputError(f"{name} is out of range: a number of more than 300 digits.") from None
+            return as_float if math.isfinite(as_float) else None
+
         def whole(value: Any, name: str) -> int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or int(value) != value:
+            as_float = finite(value, name)
+            if as_float is None or int(value) != value:
                 raise InputError(f"{name} must be a whole number, not {value!r}.")
             return int(value)
 
         def number(value: Any, name: str) -> float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            as_float = finite(value, name)
+            if as_float is None:
                 raise InputError(f"{name} must be a finite number, not {value!r}.")
-            return float(value)
+            return as_float
 
         for name in ("level_spacings", "iterations"):
             if isinstance(getattr(self, name), (str, bytes)) or not hasattr(getattr(self, name), "__iter__"):

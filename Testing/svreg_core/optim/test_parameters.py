@@ -135,6 +135,17 @@ def test_absurd_values_are_refused_before_any_work(changes, message) -> None:
         RegistrationParameters().replace(**changes)
 
 
+@pytest.mark.parametrize("values", [
+    {"iterations": [10**400, 60]}, {"learning_rate": 10**400}, {"refine_codes": [0.1, 10**400]},
+])
+def test_an_integer_too_large_for_a_float_is_out_of_range(tmp_path: Path, values: dict) -> None:
+    """A preset file's integer of 400 digits (JSON reads it exactly) is refused in one line, not an OverflowError."""
+    path = tmp_path / "zeros.json"
+    path.write_text(json.dumps({"parameters": values}))
+    with pytest.raises(InputError, match="out of range: a number of more than 300 digits"):
+        load_parameters(path)
+
+
 def test_preset_file_with_a_misspelled_key_is_refused(tmp_path) -> None:
     path = tmp_path / "typo.json"
     path.write_text(json.dumps({"parameter": {"alpha_prime": 0.1}}))
