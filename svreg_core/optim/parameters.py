@@ -66,7 +66,8 @@ class RegistrationParameters:
         iterations: Adam iterations per level (same length as ``level_spacings``).
         min_control_spacing: finest voxel size (mm) of the control grid holding the velocity and λ;
             a level's control grid has voxel size ``max(level spacing, min_control_spacing)``.
-        learning_rate: Adam step for the velocity field (voxels of the working grid); ``brain-mri``: 3.
+        learning_rate: Adam step for the velocity field, in voxels of the control grid (the velocity's units, see
+            ``min_control_spacing``: 4 mm voxels for the CT presets), ``brain-mri``: 3.
         lambda_step: each iteration λ moves this fraction of the way to the loss's per-voxel optimum for
             the current displacement (1: straight to it); the returned λ is that optimum.
         smoothing_passes: 3-voxel box-filter passes applied to the velocity every iteration (the
