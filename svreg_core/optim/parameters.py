@@ -81,7 +81,7 @@ class RegistrationParameters:
             cases the boundary error did not fall (lung 1.94 vs 1.95 mm, aorta 2.69 vs 2.68 at the
             presets' λ_max) and the fields were rougher (SDlogJ 0.111 vs 0.076, 0.108 vs 0.082).
         final_learning_rate_fraction: the Adam step falls linearly over each level to this fraction of
-            its initial value at its last iteration (1 = constant steps).
+            its initial value at its last iteration (1 = constant steps; a one-iteration level keeps the full step).
         lncc_window: LNCC window width in voxels.
         integration_steps: scaling-and-squaring steps. 4 rather than 5 since 2026-11-26: each squaring is a
             fifth of an iteration's time on the finest level; on three Mindboggle validation pairs (subjects
