@@ -359,7 +359,8 @@ def _preset_file(path: Path) -> tuple[dict[str, Any], str]:
                          f"allowed: {', '.join(sorted(PRESET_FILE_KEYS))}.")
     base = doc.get("base", "brain-mri")
     if not isinstance(base, str) or base not in PRESETS:
-        raise InputError(f"preset file {path} names an unknown base preset {base!r}; use one of {', '.join(PRESETS)}.")
+        named = json.dumps(base)  # as the file spells it: "ct", null, 3
+        raise InputError(f"preset file {path} names an unknown base preset {named}; use one of {', '.join(PRESETS)}.")
     searched = doc["tuning"].get("searched", []) if isinstance(doc.get("tuning"), dict) else []
     if not isinstance(searched, list) or not all(isinstance(name, str) for name in searched):
         raise InputError(f"preset file {path}: tuning.searched must be a list of parameter names, not {searched!r}.")

@@ -49,7 +49,9 @@ def test_preset_file_round_trip(tmp_path: Path) -> None:
     ({"parameters": {"prior": "laplace"}}, "unknown prior"),
     ({"base": "knee-mri", "parameters": {}}, "knee-mri"),
     ({"parameters": []}, "'parameters' object"),
-    ({"base": ["x"], "parameters": {}}, "unknown base preset ['x']"),  # was a TypeError (unhashable) traceback
+    ({"base": ["x"], "parameters": {}}, 'unknown base preset ["x"]'),  # was a TypeError (unhashable) traceback
+    ({"base": None, "parameters": {}}, "unknown base preset null;"),  # in the file's words (was Python's None)
+    ({"base": "knee-mri", "parameters": {}}, 'unknown base preset "knee-mri";'),
     ({"parameters": {}, "tuning": {"searched": [["x"]]}}, "tuning.searched must be a list of parameter names"),
     ({"parameters": {}, "tuning": {"searched": "alpha_prime"}}, "tuning.searched must be a list of parameter names"),
 ])
