@@ -78,7 +78,7 @@ def bar_terms(values: dict[str, float], room: int) -> str:
     shown = ""
     for key, short in BAR_TERMS.items():
         value = values.get(key)
-        if isinstance(value, (int, float)) and not (shown and f"{short}=" in shown):
+        if isinstance(value, (int, float)):  # "total" (a training step) and "loss" (the affine stage): never both
             longer = f"{shown}, {short}={value:.3g}" if shown else f"{short}={value:.3g}"
             if len(longer) > room:
                 break
