@@ -368,7 +368,8 @@ def _preset_file(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def load_parameters(preset: str | Path = "brain-mri", **overrides: Any) -> RegistrationParameters:
-    """Parameters from a preset name or a preset JSON file, then ``overrides`` (``None`` values ignored).
+    """Parameters from a preset name or a preset JSON file, then ``overrides`` (``None`` values ignored; unknown
+    names are refused, as in a preset file: :meth:`RegistrationParameters.from_dict`).
 
     A preset file is a JSON object ``{"base": "<preset name>", "parameters": {...}}`` (``base``
     optional, default ``brain-mri``), as written by ``svreg tune --apply-best``.
@@ -383,7 +384,7 @@ def load_parameters(preset: str | Path = "brain-mri", **overrides: Any) -> Regis
         doc, base = _preset_file(path)
         params = RegistrationParameters.from_dict(doc.get("parameters", {}), PRESETS[base])
     changes = {k: v for k, v in overrides.items() if v is not None}
-    return params.replace(**changes) if changes else params
+    return RegistrationParameters.from_dict(changes, params) if changes else params
 
 
 def base_preset(preset: str | Path) -> str:

@@ -26,6 +26,12 @@ def test_presets_load() -> None:
     assert PRESETS["ct"].similarity == "mind" and PRESETS["brain-mri"].similarity == "lncc"
 
 
+def test_unknown_overrides_are_refused_in_one_line() -> None:
+    """A misspelt keyword of the Python API was a ``TypeError`` from ``dataclasses.replace`` naming ``__init__``."""
+    with pytest.raises(InputError, match=r"unknown registration parameter\(s\): alpha\.$"):
+        load_parameters("brain-mri", alpha=0.1)
+
+
 def test_preset_file_round_trip(tmp_path: Path) -> None:
     custom = PRESETS["lung-ct"].replace(alpha_prime=0.031, lambda_max=2.25, level_spacings=(6.0, 3.0, 1.5),
                                         iterations=(10, 20, 30))
