@@ -23,10 +23,11 @@ def usable_cpus() -> int:
 def map_threads(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[function(item) for item in items]``, on up to :data:`MAX_THREADS` threads (no more than the usable
     CPUs, nor torch's thread count: what ``svreg --threads`` or ``OMP_NUM_THREADS`` allow), in order. The items
-    must be independent; the first error raised by an item is re-raised."""
+    must be independent; the first error raised by an item (in item order), or a ``Ctrl-C``, is re-raised once
+    the items already running have finished; items not yet started are not run."""
     items = list(items)
     workers = max(1, min(MAX_THREADS, usable_cpus(), torch.get_num_threads(), len(items)))
     if workers == 1:
         return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # ``map`` cancels the items not started when one fails
         return list(pool.map(function, items))

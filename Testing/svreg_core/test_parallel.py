@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -47,6 +48,26 @@ def test_an_item_error_is_re_raised(monkeypatch) -> None:
     with pytest.raises(ValueError, match="item 3"):
         map_threads(fail_on_three, range(6))
     assert map_threads(fail_on_three, []) == []
+
+
+def test_items_not_started_when_one_fails_are_not_run(monkeypatch, torch_threads) -> None:
+    """An error (or Ctrl-C) does not wait for the items still queued (``Executor.map`` cancels them on the way
+    out): the metrics of a batch stop at the first failure instead of running on for nothing."""
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    torch_threads(2)
+    started: list[int] = []
+
+    def fail_first(x: int) -> int:
+        started.append(x)
+        if x == 0:
+            raise ValueError("item 0")
+        time.sleep(0.05)
+        return x
+
+    with pytest.raises(ValueError, match="item 0"):
+        map_threads(fail_first, range(40))
+    # the other thread's item, and perhaps one the failing thread took before the caller saw the error
+    assert len(started) <= 4, started
 
 
 def test_no_more_threads_than_torch_is_allowed(monkeypatch, torch_threads) -> None:
