@@ -23,8 +23,21 @@ from svreg_core.optim.pose_search import (
 )
 from svreg_core.progress import ProgressCallback, ProgressEvent, no_progress
 
-#: Working-grid voxel sizes (mm) and Adam iterations of the affine pyramid.
+#: Working-grid voxel sizes (mm) and Adam iterations of the affine pyramid, for a field of view of at least
+#: :data:`AFFINE_REFERENCE_EXTENT_MM` (see :func:`affine_scale`).
 AFFINE_LEVELS: tuple[tuple[float, int], ...] = ((8.0, 120), (4.0, 60))
+
+#: Median extent (mm) of the fixed image's field of view from which the affine pyramid keeps its human-sized
+#: :data:`AFFINE_LEVELS` (12 voxels across at 8 mm); smaller fields of view shrink it (:func:`affine_scale`).
+AFFINE_REFERENCE_EXTENT_MM = 96.0
+
+
+def affine_scale(grid: Grid) -> float:
+    """The factor (≤ 1) on the affine pyramid's level spacings and translation steps for a fixed image on ``grid``:
+    its field of view (:attr:`Grid.field_of_view_mm`) over :data:`AFFINE_REFERENCE_EXTENT_MM`. A human head or
+    trunk keeps 1 (8 and 4 mm); a 20 mm mouse brain gets 0.21 (1.7 and 0.8 mm) instead of an 8 mm level 2-3 voxels
+    across, on which the alignment went wrong."""
+    return min(1.0, grid.field_of_view_mm / AFFINE_REFERENCE_EXTENT_MM)
 
 
 def center_of_mass(tensor: torch.Tensor, grid: Grid) -> np.ndarray:
@@ -103,22 +116,23 @@ def _start(matrix: np.ndarray, centre: np.ndarray) -> Start:
 
 
 def _optimise(levels: Sequence[AffineLevel], iterations: Sequence[int], centre: torch.Tensor, start: Start,
-              step: Callable[[torch.Tensor], None]) -> np.ndarray:
+              step: Callable[[torch.Tensor], None], scale: float) -> np.ndarray:
     """Adam on the 12 parameters of :func:`_matrix` from ``start``, ``iterations[i]`` steps on ``levels[i]`` in
-    turn (one optimiser throughout); ``step`` gets each step's loss. Returns the 4x4 matrix."""
+    turn (one optimiser throughout), translation steps of ``scale`` mm (:func:`affine_scale`); ``step`` gets each
+    step's loss. Returns the 4x4 matrix."""
     device = centre.device
     linear = torch.as_tensor(start[0], dtype=torch.float64, device=device).clone().requires_grad_(True)
     translation = torch.as_tensor(start[1], dtype=torch.float64, device=device).clone().requires_grad_(True)
-    optimizer = Adam([linear, translation], [0.01, 1.0], [0.0, 0.0])  # ε set per level below
+    optimizer = Adam([linear, translation], [0.01, scale], [0.0, 0.0])  # ε set per level below
     for level, count in zip(levels, iterations):
         def gradient(values: Sequence[torch.Tensor], level: AffineLevel = level) -> list[torch.Tensor]:
             values = [v.requires_grad_(True) for v in values]
             return list(torch.autograd.grad(level.loss(_matrix(values[0], values[1], centre)), values))
 
-        # ε: the gradients a 1 % scaling and a 1 mm (diagonal) shift make, one step of each
+        # ε: the gradients a 1 % scaling and a ``scale`` mm (diagonal) shift make, one step of each
         optimizer.eps = probe_epsilon(gradient, [linear, translation],
                                       [0.01 * torch.eye(3, dtype=torch.float64, device=device),
-                                       torch.full((3,), 3 ** -0.5, dtype=torch.float64, device=device)])
+                                       torch.full((3,), scale * 3 ** -0.5, dtype=torch.float64, device=device)])
         for _ in range(count):
             optimizer.zero_grad()
             loss = level.loss(_matrix(linear, translation, centre))
@@ -132,7 +146,7 @@ def _optimise(levels: Sequence[AffineLevel], iterations: Sequence[int], centre: 
 def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid, *,
                     similarity: str = "lncc", fixed_mask: torch.Tensor | None = None,
                     moving_mask: torch.Tensor | None = None, initial: np.ndarray | None = None,
-                    pose_search: bool = True,
+                    pose_search: bool = True, on_rotated_pose: Callable[[float], None] | None = None,
                     progress: ProgressCallback = no_progress, progress_span: tuple[float, float] = (0.0, 1.0),
                     ) -> np.ndarray:
     """Find the 4x4 RAS->RAS matrix ``A`` with ``moving(A x) ≈ fixed(x)``.
@@ -151,6 +165,9 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
             (:meth:`AffineLevel.pose_loss`) is kept, the usual one when they found the same alignment. Choosing
             another pose warns. Costs 0.5–1 s on 2 CPU cores for a 1 mm brain; several times the stage's time
             when the search finds something.
+        on_rotated_pose: called with the rotation (degrees) between the usual start and the pose chosen when the
+            pose search chose another; by default a warning for ``svreg register`` (which names
+            ``--no-pose-search``).
 
     Returns:
         ``A`` mapping fixed-world points to moving-world points (resampling direction).
@@ -161,8 +178,9 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
     kept = (fixed, moving) if fixed_mask is None or moving_mask is None else (fixed * fixed_mask, moving * moving_mask)
     centre_f = center_of_mass(kept[0], fixed_grid)
     centre = torch.as_tensor(centre_f, dtype=torch.float64, device=device)
-    levels = [AffineLevel(fixed, fixed_grid, moving, moving_grid, spacing, similarity, fixed_mask, moving_mask)
-              for spacing, _ in AFFINE_LEVELS]
+    scale = affine_scale(fixed_grid)
+    levels = [AffineLevel(fixed, fixed_grid, moving, moving_grid, scale * spacing, similarity, fixed_mask,
+                          moving_mask) for spacing, _ in AFFINE_LEVELS]
     iterations = [count for _, count in AFFINE_LEVELS]
     shift = center_of_mass(kept[1], moving_grid) - centre_f  # puts the centres of mass together
     starts = [(np.zeros((3, 3)), shift) if initial is None else _start(initial, centre_f)]
@@ -191,12 +209,14 @@ def affine_register(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
             progress(ProgressEvent("affine", done, total, lo + (hi - lo) * done / total, values={"loss": loss.item()}))
 
     if rotations:
-        refined = [_optimise(levels[:1], [POSE_REFINE_ITERATIONS], centre, rotated(rotation), step)
+        refined = [_optimise(levels[:1], [POSE_REFINE_ITERATIONS], centre, rotated(rotation), step, scale)
                    for rotation in rotations]
         starts += [_start(matrix, centre_f) for matrix in sorted(refined, key=levels[0].pose_loss)[:POSE_FINALISTS]]
-    results = [_optimise(levels, iterations, centre, start, step) for start in starts]
+    results = [_optimise(levels, iterations, centre, start, step, scale) for start in starts]
     chosen = choose_pose(results, [levels[-1].pose_loss(result) for result in results]) if rotations else 0
-    if chosen:
+    if chosen and on_rotated_pose is not None:
+        on_rotated_pose(rotation_degrees(results[chosen], np.eye(4)))
+    elif chosen:
         warnings.warn(f"the images' orientations disagree by about {rotation_degrees(results[chosen], np.eye(4)):.0f}°"
                       " (a wrong or missing orientation in a header?): the affine stage found the alignment from a "
                       "rotated start. Check the result; --no-pose-search turns the search off.", stacklevel=2)

@@ -448,6 +448,18 @@ def _connected(pairs: set[tuple[str, str]]) -> bool:
     return len(seen) >= len(linked)
 
 
+def _prealigned(fixed: Image, fixed_path: str, moving: Image, moving_path: str) -> np.ndarray:
+    """:func:`~svreg_core.optim.affine.affine_register` of a training pair; when the pose search aligned the images
+    from a rotated start, a warning names the two files (which a cohort's many pairs otherwise leave unknown)."""
+    def rotated(degrees: float) -> None:
+        warnings.warn(f"{moving_path} and {fixed_path}: their orientations disagree by about {degrees:.0f}° (a wrong "
+                      "or missing orientation in a header?); the pre-alignment started from a rotated pose. Check "
+                      "the two images' headers (e.g. in 3D Slicer).", stacklevel=3)
+
+    return affine_register(normalized_tensor(fixed), fixed.grid, normalized_tensor(moving), moving.grid,
+                           on_rotated_pose=rotated)
+
+
 class PairListDataset(_EpochSeededDataset):
     """Real image pairs read from disk at every access, on a training grid centred on the fixed image.
 
@@ -524,8 +536,7 @@ class PairListDataset(_EpochSeededDataset):
         if key not in self._alignments:
             reference = load_image(hub)
             image = load_image(path) if image is None else image
-            self._alignments[key] = affine_register(normalized_tensor(reference), reference.grid,
-                                                    normalized_tensor(image), image.grid)
+            self._alignments[key] = _prealigned(reference, hub, image, path)
         return self._alignments[key]
 
     def alignment(self, index: int, fixed: Image | None = None, moving: Image | None = None) -> np.ndarray:
@@ -541,8 +552,7 @@ class PairListDataset(_EpochSeededDataset):
             return self._from_hub(key[1], moving) @ np.linalg.inv(self._from_hub(key[0], fixed))
         fixed = load_image(pair.fixed) if fixed is None else fixed
         moving = load_image(pair.moving) if moving is None else moving
-        self._alignments[key] = affine_register(normalized_tensor(fixed), fixed.grid,
-                                                normalized_tensor(moving), moving.grid)
+        self._alignments[key] = _prealigned(fixed, str(pair.fixed), moving, str(pair.moving))
         return self._alignments[key]
 
     def precompute_alignments(self, progress: ProgressCallback = no_progress) -> dict[tuple[str, str], np.ndarray]:

@@ -432,3 +432,21 @@ def test_real_synthseg_label_maps_at_4mm() -> None:
         brain = skull_strip(torch.from_numpy(labels).long()) != 0
         assert not brain[[0, -1]].any() and not brain[:, [0, -1]].any() and not brain[:, :, -1].any()
         assert set(labels[:, :, 0][brain[:, :, 0].numpy()].tolist()) <= {16, 24}
+
+
+def test_a_pair_prealigned_from_a_rotated_pose_is_named(geo, tmp_path) -> None:
+    """A cohort image whose header is turned 130°: the pre-alignment's warning names the two files. It named
+    neither (a cohort has many pairs) and advised ``--no-pose-search``, which ``svreg train`` does not have."""
+    shape, affine = geo.brain_grid(4.0)
+    brain = geo.sample_template(geo.world_points(shape, affine), 2.0).astype(np.float32)
+    centre = geo.grid_centre(shape, affine)
+    turned = geo.make_affine(geo.rotation([1.0, -0.5, 0.3], 130.0), centre - geo.rotation([1.0, -0.5, 0.3], 130.0)
+                             @ centre)
+    fixed = geo.save_nifti(brain, affine, tmp_path / "upright.nii.gz")
+    moving = geo.save_nifti(brain, turned @ affine, tmp_path / "turned.nii.gz")
+    dataset = PairListDataset([PairSpec(fixed, moving)], 4.0, (16, 16, 16))
+    with pytest.warns(UserWarning) as warned:
+        dataset.alignment(0)
+    message = str(warned[0].message)
+    assert message.startswith(f"{moving} and {fixed}: their orientations disagree by about 130°"), message
+    assert "pose-search" not in message
