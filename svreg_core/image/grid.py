@@ -62,6 +62,12 @@ class Grid:
         return np.linalg.norm(self.affine[:3, :3], axis=0)
 
     @property
+    def field_of_view_mm(self) -> float:
+        """The median of the grid's three extents (voxel count x voxel size) in millimetres: how large the imaged
+        region is (a human head about 200, a mouse brain 15-25)."""
+        return float(np.median(self.spacing * np.asarray(self.shape)))
+
+    @property
     def direction(self) -> np.ndarray:
         """3x3 matrix whose columns are the unit RAS directions of the ``i, j, k`` axes."""
         return self.affine[:3, :3] / self.spacing

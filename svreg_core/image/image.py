@@ -16,7 +16,8 @@ MAX_AFFINE_CONDITION = 1e4
 
 #: Accepted voxel sizes ``(smallest, largest)`` in millimetres: sizes outside come from a broken header or
 #: one in other units, and would make svreg build absurd grids. svreg works in mm: the pyramid levels are
-#: 0.1-100 mm (``parameters.BOUNDS``), the affine stage's 8 and 4 mm (never finer than the image).
+#: 0.1-100 mm (``parameters.BOUNDS``), the affine stage's 8 and 4 mm (less on a field of view under 96 mm;
+#: never finer than the image).
 #: Smallest: the anti-aliasing blur before a level spans about 1.5 x level spacing / voxel size voxels
 #: each side; at 1e-3 mm (1 µm) a 20³ image still self-registers with the brain-mri preset (measured,
 #: 2 CPU cores: 7 s, 1.2 GB peak), at 1e-7 mm its first blur asked for 384 GB. Largest: no scanner's
