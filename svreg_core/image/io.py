@@ -449,9 +449,12 @@ def _complete_or_nothing(path: Path) -> Iterator[Path]:
 @contextmanager
 def _detached_pair_when_complete(path: Path) -> Iterator[Path]:
     """Yield ``.NAME.partial-PID-TOKEN/NAME`` for a detached header ``path``; when the body completes, its data
-    file, then the header, replace those beside ``path`` (and an earlier data file of the other compression is
-    removed). A failed or interrupted write leaves the earlier pair as it was and nothing else behind."""
+    file, then the header, replace those beside ``path`` (and the earlier header's data file, when of the other
+    compression, is removed). A data file beside ``path`` that the earlier header does not name (another image's:
+    ``x.raw`` of ``x.mhd`` when writing ``x.nhdr``) is neither replaced nor removed: :class:`OutputError`. A
+    failed or interrupted write leaves the earlier pair as it was and nothing else behind."""
     folder = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
+    owned = _named_data_file(path)
     try:
         folder.mkdir()
         try:
@@ -459,14 +462,38 @@ def _detached_pair_when_complete(path: Path) -> Iterator[Path]:
         except OutputError as exc:  # the writer's message names the file the user asked for
             raise OutputError(str(exc).replace(str(folder / path.name), str(path))) from None
         written = [f for f in data_files(folder / path.name) if f.exists()]
+        foreign = next((path.with_name(data.name) for data in written if path.with_name(data.name).exists()
+                        and path.with_name(data.name).resolve() != owned), None)
+        if foreign is not None:
+            raise OutputError(f"cannot write {path}: its data file would replace {foreign}, which is not the data "
+                              f"file of an earlier {path.name} (another image's, e.g. of a .mhd or .nhdr of the same "
+                              "name); name the output otherwise.")
         with interrupts_deferred():
             for data in written:
                 os.replace(data, path.with_name(data.name))
             os.replace(folder / path.name, path)
             for stale in data_files(path):
-                if stale.name not in {data.name for data in written}:
+                if stale.name not in {data.name for data in written} and stale.resolve() == owned:
                     stale.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _named_data_file(header: Path) -> Path | None:
+    """The data file a detached NRRD (``data file:``) or MetaImage (``ElementDataFile =``) header names, resolved
+    beside it; ``None`` without a header or a single file named there (several files, ``LOCAL``, unreadable)."""
+    try:
+        with open(header, "rb") as stream:
+            text = stream.read(1 << 20).decode("latin-1")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=" if line.lstrip().startswith("ElementDataFile") else ":")
+        if sep and key.strip().lower() in ("data file", "datafile", "elementdatafile"):
+            value = value.strip()
+            if not value or "%" in value or value.upper() in ("LOCAL", "LIST"):  # several files, or none
+                return None
+            return (header.parent / value).resolve()
+    return None

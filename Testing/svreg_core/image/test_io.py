@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from svreg_core.errors import InputError
+from svreg_core.errors import InputError, OutputError
 from svreg_core.image import Image, load_image, save_image, validate_image
 from svreg_core.image.io import image_stem, load_grid
 
@@ -73,6 +73,29 @@ def test_a_detached_header_replaced_with_other_compression_leaves_no_stale_data_
     save_image(Image(2 * _ramp(), np.eye(4)), path, gzip_level=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, stored])
     np.testing.assert_array_equal(load_image(path).data, 2 * _ramp())
+
+
+@pytest.mark.parametrize("name", ["my scan.nhdr", "my scan.mhd"])
+def test_a_detached_header_of_a_name_with_spaces_is_rewritten_with_its_data_file(tmp_path: Path, name: str) -> None:
+    path = save_image(Image(_ramp(), np.eye(4)), tmp_path / name, gzip_level=0)
+    save_image(Image(2 * _ramp(), np.eye(4)), path, gzip_level=0)
+    save_image(Image(3 * _ramp(), np.eye(4)), path, gzip_level=6)
+    assert len(list(tmp_path.iterdir())) == 2  # the header and its compressed data file
+    np.testing.assert_array_equal(load_image(path).data, 3 * _ramp())
+
+
+def test_a_detached_header_never_replaces_or_removes_another_images_data_file(tmp_path: Path) -> None:
+    """``svreg apply OUT x.mhd -o x.nhdr --overwrite``: ``x.raw`` is the input's data; writing ``x.nhdr``
+    (compressed: ``x.raw.gz``) removed it as a stale file of the other compression, and uncompressed replaced it."""
+    source = save_image(Image(_ramp(), np.eye(4)), tmp_path / "x.mhd", gzip_level=0)
+    before = (tmp_path / "x.raw").read_bytes()
+    with pytest.raises(OutputError, match=r"x\.nhdr: its data file would replace .*x\.raw, which is not the data file"):
+        save_image(Image(2 * _ramp(), np.eye(4)), tmp_path / "x.nhdr", gzip_level=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mhd", "x.raw"]
+    save_image(Image(2 * _ramp(), np.eye(4)), tmp_path / "x.nhdr", gzip_level=1)
+    assert (tmp_path / "x.raw").read_bytes() == before
+    np.testing.assert_array_equal(load_image(source).data, _ramp())
+    np.testing.assert_array_equal(load_image(tmp_path / "x.nhdr").data, 2 * _ramp())
 
 
 def test_save_through_a_symbolic_link_replaces_its_target(tmp_path: Path) -> None:
