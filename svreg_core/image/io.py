@@ -245,12 +245,13 @@ def check_orientation(img: SpatialImage, what: str) -> None:
     When both codes are non-zero and the two affines put some point of the image more than
     :data:`SFORM_QFORM_TOLERANCE` of the smallest voxel size apart, programs disagree on where the
     image is (nibabel and svreg use the sform; ITK, hence Slicer and SimpleITK, the qform when the
-    sform is sheared): raises :class:`InputError` naming both and the fix. A negative voxel size (``pixdim[1:4]``)
-    is refused too, whatever the codes: nibabel and svreg take its size, ITK (hence Slicer) mirrors that axis, so
-    the two place the image mirrored. When both codes are 0 the file
+    sform is sheared): raises :class:`InputError` naming both and the fix. With only the sform set, its voxel sizes
+    must match ``pixdim``, which ITK takes as the spacing (:func:`_check_sform_voxel_sizes`). A negative voxel
+    size (``pixdim[1:4]``) is refused too, whatever the codes: nibabel and svreg take its size, ITK (hence Slicer)
+    mirrors that axis, so the two place the image mirrored. When both codes are 0 the file
     says nothing about where the image is, and programs guess differently (nibabel and svreg: x mirrored,
     centred on the origin; ITK and Slicer: the first voxel at the origin, LPS axes): a ``UserWarning`` says
-    which placement svreg used. A file with only one of them set, or not a NIfTI, passes.
+    which placement svreg used. A file with only the qform set, or not a NIfTI, passes.
     """
     if not hasattr(img, "get_sform") or not hasattr(img, "get_qform"):
         return
@@ -272,6 +273,8 @@ def check_orientation(img: SpatialImage, what: str) -> None:
                       "orientation, set it in the header (e.g. fslorient -setsform and -setsformcode, or nibabel's "
                       "set_sform) and run again.", stacklevel=3)
         return
+    if s_code and not q_code:
+        _check_sform_voxel_sizes(sform, pixdim, img.shape[:3], what)
     if not s_code or not q_code:
         return
     distance = field_of_view_distance(sform, qform, img.shape[:3])
@@ -279,6 +282,24 @@ def check_orientation(img: SpatialImage, what: str) -> None:
         raise InputError(f"{what}: its sform and qform place the image up to {distance:.3g} mm apart, so "
                          "programs disagree on where it is; remove the wrong one ('fslorient -deleteqform FILE' "
                          "keeps the sform, 'fslorient -deletesform FILE' the qform).")
+
+
+def _check_sform_voxel_sizes(sform: np.ndarray, pixdim: np.ndarray, shape: tuple[int, ...], what: str) -> None:
+    """Refuse a NIfTI with only its sform set whose voxel sizes (the lengths of its columns) differ from the
+    header's ``pixdim`` (0 read as 1) by more than :data:`SFORM_QFORM_TOLERANCE` of a voxel over the image: nibabel
+    and svreg use the sform's, ITK (hence Slicer) takes ``pixdim`` as the voxel spacing along the sform's
+    directions, so the two give the image different sizes."""
+    sizes = np.linalg.norm(sform[:3, :3], axis=0)
+    spacing = np.where(pixdim == 0, 1.0, np.abs(pixdim))
+    itk = sform.copy()
+    itk[:3, :3] = sform[:3, :3] / sizes * spacing
+    distance = field_of_view_distance(sform, itk, shape)
+    if distance > _tolerance_mm(sform):
+        raise InputError(f"{what}: its sform gives voxel sizes {', '.join(f'{v:.4g}' for v in sizes)} mm but its "
+                         f"pixdim {', '.join(f'{v:.4g}' for v in pixdim)} mm, and programs read it differently "
+                         "(nibabel and svreg take the sform's, ITK and Slicer the pixdim), placing parts of it up to "
+                         f"{distance:.3g} mm apart; store the sform's voxel sizes in the header (e.g. "
+                         "'fslorient -copysform2qform FILE') and run again.")
 
 
 def _stored_voxel_sizes(img: SpatialImage) -> np.ndarray:

@@ -319,10 +319,13 @@ def test_validate_image_in_memory() -> None:
 
 
 def _forms_file(path: Path, data: np.ndarray, sform: np.ndarray | None, qform: np.ndarray | None) -> Path:
-    """A NIfTI with the given sform and qform (``None``: that one unset, code 0), written by nibabel."""
+    """A NIfTI with the given sform and qform (``None``: that one unset, code 0), written by nibabel; with only the
+    sform, ``pixdim`` holds its voxel sizes (as a qform would), as the files of programs that write one do."""
     nii = nib.Nifti1Image(data, None)
     nii.set_sform(sform, code=0 if sform is None else 1)
     nii.set_qform(qform, code=0 if qform is None else 1)
+    if sform is not None and qform is None:
+        nii.header.set_zooms(tuple(np.linalg.norm(sform[:3, :3], axis=0)))
     nib.save(nii, str(path))
     return path
 
@@ -376,6 +379,36 @@ def test_sform_qform_tolerance_and_single_forms(geo, tmp_path: Path) -> None:
     np.testing.assert_allclose(load_image(only_s).affine, sheared, atol=1e-5)
     only_q = _forms_file(tmp_path / "only_q.nii", data, None, far)
     np.testing.assert_allclose(load_image(only_q).affine, far, atol=1e-4)
+
+
+def test_an_sform_only_nifti_whose_pixdim_disagrees_is_refused(tmp_path: Path) -> None:
+    """Only the sform set, with other voxel sizes than ``pixdim`` (here left at nibabel's 1 mm by ``set_sform``):
+    svreg read the sform's 2, 3, 4 mm, SimpleITK (the referee, as Slicer) spaces the voxels by ``pixdim``, so the
+    image had another size there; one plain line. Within a tenth of a voxel over the image, it loads."""
+    import SimpleITK as sitk
+
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 20.0]
+    data = _ramp((10, 12, 14))
+    nii = nib.Nifti1Image(data, None)
+    nii.set_sform(affine, code=1)
+    nib.save(nii, str(tmp_path / "scaled.nii.gz"))
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK's "unexpected scales in sform"
+    try:
+        assert sitk.ReadImage(str(tmp_path / "scaled.nii.gz")).GetSpacing() == (1.0, 1.0, 1.0)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+    for read in (load_image, load_grid):
+        with pytest.raises(InputError) as info:
+            read(tmp_path / "scaled.nii.gz", name="fixed image")
+        message = str(info.value)
+        assert message.startswith("fixed image (scaled.nii.gz): its sform gives voxel sizes 2, 3, 4 mm but its "
+                                  "pixdim 1, 1, 1 mm") and "fslorient -copysform2qform" in message
+        assert "\n" not in message
+    nii.header.set_zooms((2.0, 3.0, 4.0 + 0.05 * 4.0 / 14))  # a twentieth of a voxel over the 14 slices
+    nib.save(nii, str(tmp_path / "near.nii.gz"))
+    np.testing.assert_allclose(load_image(tmp_path / "near.nii.gz").affine, affine)
 
 
 def test_file_without_orientation_warns_which_placement_was_used(tmp_path: Path) -> None:
