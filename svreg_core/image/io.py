@@ -78,8 +78,7 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     :func:`label_values`).
     """
     path = Path(path)
-    what = name or path.name
-    label = f"{name} ({path.name})" if name else path.name
+    what, label = _names(path, name)
     data, affine, img = _read(path, what, label)
     if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
                                              or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
@@ -93,6 +92,13 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     if img is not None:
         check_orientation(img, label)
     return image
+
+
+def _names(path: Path, name: str | None) -> tuple[str, str]:
+    """How messages call the image ``path``: ``name`` (else its file name), and that with the file name in brackets
+    for warnings. A path without a name (``.``, the current folder as a DICOM series) goes by its folder's name."""
+    base = path.name or path.resolve().name or str(path)
+    return name or base, f"{name} ({base})" if name else base
 
 
 def _as_float32(data: np.ndarray, what: str) -> np.ndarray:
@@ -114,8 +120,7 @@ def load_grid(path: str | Path, *, name: str | None = None) -> Grid:
     values: a grid to resample onto (``svreg apply --reference``) may be all zero or hold NaN. A NIfTI's voxels are
     not read. The grid keeps a NIfTI's space (:func:`xform_codes`)."""
     path = Path(path)
-    what = name or path.name
-    label = f"{name} ({path.name})" if name else path.name
+    what, label = _names(path, name)
     data, affine, img = _read(path, what, label, lazy=True)
     placeholder = np.broadcast_to(np.int8(1), data.shape)  # passes the value checks: only the geometry's are made
     grid = validate_image(Image(placeholder, affine, xform_codes(img)), what, labels=True).grid

@@ -12,6 +12,7 @@ import pytest
 from svreg_core.conventions import itk_geometry_from_ras_affine as sitk_geometry
 from svreg_core.errors import InputError
 from svreg_core.image import Image, load_image, save_image
+from svreg_core.image.io import load_grid
 from svreg_core.image.itk_io import find_dicom_series, is_dicom_file
 
 
@@ -217,3 +218,14 @@ def test_a_4d_itk_file_of_one_volume_reads_as_that_volume(geo, tmp_path: Path, s
     np.testing.assert_allclose(image.affine, affine, atol=1e-9)
     with pytest.raises(InputError, match=r"must be a 3-D image; it has 4 dimensions \(6, 7, 8, 2\)"):
         load_image(tmp_path / f"f2{suffix}")
+
+
+def test_the_current_folder_is_named_after_itself(tmp_path: Path, monkeypatch) -> None:
+    """``svreg info .`` inside a folder: the image had no name (``: . is a folder without a DICOM series``)."""
+    folder = tmp_path / "ct_series"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    for read in (load_image, load_grid):
+        with pytest.raises(InputError) as info:
+            read(".")
+        assert str(info.value).startswith("ct_series: . is a folder without a DICOM series")
