@@ -61,7 +61,7 @@ def _space(study: optuna.Study) -> SearchSpace | None:
 
 
 def _trial_row(t: FrozenTrial) -> dict[str, Any]:
-    error = t.user_attrs.get("error") or ("worker lost (no heartbeat within the grace period)"
+    error = t.user_attrs.get("error") or ("worker lost (killed, or no heartbeat within the grace period)"
                                           if t.state == TrialState.FAIL else None)
     with quiet_optuna():
         retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t)

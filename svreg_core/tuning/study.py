@@ -1,11 +1,12 @@
 """Study storage, creating or joining a study, and the worker loop — on Optuna's public API.
 
 ``--storage``: a path ending in ``.log`` is a :class:`~optuna.storages.JournalStorage` file (a shared file
-system without a database server; no heartbeats, so a killed worker's trial stays RUNNING, neither
-counted nor retried); any other path an SQLite file; anything with ``://`` an SQLAlchemy URL
+system without a database server; no heartbeats, so a trial of a worker killed on another machine stays
+RUNNING, neither counted nor retried); any other path an SQLite file; anything with ``://`` an SQLAlchemy URL
 (``postgresql://user@host/db``). Databases record heartbeats: ``Study.optimize`` fails a trial whose
 heartbeat is older than the grace period and :class:`~optuna.storages.RetryHeartbeatStaleTrialCallback`
-queues its parameters again.
+queues its parameters again. A worker joining the study fails at once the trials of workers of its own host
+that no longer run (:func:`fail_lost_trials`; with a database, queued again as after a stale heartbeat).
 
 Each worker runs ``Study.optimize`` with :class:`~optuna.study.MaxTrialsCallback` until the study holds
 ``n_trials`` COMPLETE + PRUNED trials (W workers may end with up to ``n_trials + W - 1``) and
@@ -15,6 +16,7 @@ resumed run) a seed derived from it, its host and its process id, so that their 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import os
 import socket
@@ -230,8 +232,9 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
     ``direction`` (``"maximize"`` or ``"minimize"``) agree with the stored ones.
 
     The creator stores ``meta``, then enqueues ``default_params`` (the base's own values) as the first trial;
-    a joining worker waits up to ``wait_s`` s for ``meta`` and, with ``default_params``, queues the
-    base's trial again when it was stopped (:func:`requeue_default`).
+    a joining worker waits up to ``wait_s`` s for ``meta``, fails the trials of killed workers of this host
+    (:func:`fail_lost_trials`) and, with ``default_params``, queues the base's trial again when it was stopped
+    (:func:`requeue_default`).
     """
     try:
         study = optuna.create_study(storage=storage, study_name=name, direction=direction)
@@ -253,6 +256,8 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
                              f"choose another --study-name or the same settings.") from None
         if default_params:
             requeue_default(study, default_params, storage)
+        else:
+            fail_lost_trials(study, storage)
         return study, False
     study.set_user_attr(META_KEY, meta)  # first: a worker joining meanwhile waits for it, not for a trial
     if default_params:
@@ -286,24 +291,47 @@ def _worker_gone(worker: object) -> bool:
     return False
 
 
-def requeue_default(study: optuna.Study, default_params: dict[str, Any], storage: optuna.storages.BaseStorage) -> bool:
-    """Queue the base's trial again when every attempt of it failed and the last one was stopped from
-    outside (Ctrl-C / SIGTERM: ``interrupted``; a killed worker: no ``error``); return whether it was queued.
-    One that failed by itself (an ``error``) is not rerun. A killed worker's trial is failed here when its
-    heartbeat is older than the grace period (``fail_stale_trials``) or, at once, when the worker was a
-    process of this host that no longer runs (a resume straight after a kill would otherwise find the study
-    finished without the base trial, still RUNNING).
-    """
+def _lost_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The RUNNING trials whose worker was a process of this host that no longer runs (:func:`_worker_gone`)."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if _worker_gone(t.user_attrs.get(WORKER_ATTR))]
+
+
+def fail_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:
+    """Fail the trials of killed workers: those whose heartbeat is older than the grace period
+    (``fail_stale_trials``) and, at once, those of workers of this host that no longer run (their numbers are
+    returned); with a database storage, the latter are queued again as the former (its
+    ``RetryHeartbeatStaleTrialCallback``, ``--max-retry``).
+    Without this a resume straight after a kill (a journal file: any resume) left the killed trial RUNNING: never
+    counted, never re-run, kept by the sampler's constant liar and listed as running in the report."""
     with quiet_optuna():
         optuna.storages.fail_stale_trials(study)
     study_id = storage.get_study_id_from_name(study.study_name)
-    for trial in _default_trials(study, (TrialState.RUNNING,)):
-        if _worker_gone(trial.user_attrs.get(WORKER_ATTR)):
-            try:
-                storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number),
-                                               TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:  # another worker joining at once failed it first
-                pass
+    failed: list[int] = []
+    for trial in _lost_trials(study):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            if storage.set_trial_state_values(trial_id, TrialState.FAIL):
+                failed.append(trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker joining at once failed it first
+            pass
+    retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    if retry is not None:
+        with quiet_optuna():
+            for trial_id in failed:
+                retry(study, copy.deepcopy(storage.get_trial(trial_id)))  # as fail_stale_trials: it edits them
+    return [storage.get_trial(trial_id).number for trial_id in failed]
+
+
+def requeue_default(study: optuna.Study, default_params: dict[str, Any], storage: optuna.storages.BaseStorage) -> bool:
+    """Queue the base's trial again when every attempt of it failed and the last one was stopped from
+    outside (Ctrl-C / SIGTERM: ``interrupted``; a killed worker: no ``error``); return whether it was queued.
+    One that failed by itself (an ``error``) is not rerun. A killed worker's trial is failed first
+    (:func:`fail_lost_trials`: a resume straight after a kill would otherwise find the study finished without the
+    base trial, still RUNNING); with a database storage its retry is that attempt's re-run (nothing more is queued).
+    """
+    fail_lost_trials(study, storage)
+    study_id = storage.get_study_id_from_name(study.study_name)
     attempts = _default_trials(study)
     last = attempts[-1].user_attrs if attempts else {}
     queued = bool(attempts) and all(t.state == TrialState.FAIL for t in attempts) and (

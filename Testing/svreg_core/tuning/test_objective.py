@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from svreg_core.image import Image
@@ -234,13 +235,14 @@ def test_two_workers_failing_the_same_dead_base_trial_do_not_crash(tmp_path: Pat
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     trial = study.ask()  # the killed worker's base trial, left RUNNING
     trial.set_user_attr("worker", f"{socket.gethostname()}:{int(dead.stdout)}")
-    read = study_module._default_trials(study, (TrialState.RUNNING,))  # the slower worker's reading
-    assert study_module.requeue_default(study, default, storage)  # the faster worker: failed and queued again
-    real = study_module._default_trials
-    monkeypatch.setattr(study_module, "_default_trials",
-                        lambda s, states=None: read if states == (TrialState.RUNNING,) else real(s, states))
+    read = study_module._lost_trials(study)  # the slower worker's reading
+    assert not study_module.requeue_default(study, default, storage)  # the faster worker: failed, retried
+    monkeypatch.setattr(study_module, "_lost_trials", lambda s: read)
     assert not study_module.requeue_default(study, default, storage)
-    assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.WAITING]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    with quiet_optuna():  # the storage's retry of a lost trial (--max-retry) re-runs the base: nothing more queued
+        assert RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[1]) == 0
 
 
 def test_journal_file_storage_resumes_and_shares_trials(tmp_path: Path) -> None:

@@ -2,20 +2,28 @@
 creating one file at once, SQLite's write lock."""
 from __future__ import annotations
 
+import os
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.tuning.cli import run_tune
 from svreg_core.tuning.study import (
+    WORKER_ATTR,
     create_or_join,
     load_study,
     open_storage,
+    quiet_optuna,
     storage_file,
     storage_url,
 )
@@ -125,3 +133,32 @@ def test_storage_file_is_absolute_where_the_storage_puts_it(tmp_path, monkeypatc
     assert storage_file("sqlite:///~/r.db") == tmp_path / "~" / "r.db"
     assert storage_file("~/x.db") == tmp_path / "home" / "x.db"
     assert storage_file(tmp_path / "j.log") == tmp_path / "j.log" and storage_file("postgresql://u@h/db") is None
+
+
+@pytest.mark.parametrize("name", ["s.db", "s.log"])
+def test_a_killed_workers_trial_is_failed_when_the_study_is_resumed(tmp_path: Path, name: str) -> None:
+    """A worker killed (SIGKILL, out of memory) in a trial other than the base's, and the study resumed at once:
+    the trial stayed RUNNING (a journal file: for good; SQLite: until its heartbeat was older than the grace
+    period, after the resumed run had often finished), so it was never counted or re-run, the sampler's constant
+    liar kept it and the report listed it as running. Its worker was a process of this host that no longer
+    runs: it is failed as the study is joined, and a database queues its parameters again (--max-retry)."""
+    storage = open_storage(tmp_path / name)  # the killed worker's trials: no heartbeat yet (Study.optimize's)
+    meta = {"objective": "quadratic"}
+    study, _ = create_or_join(storage, "s", meta, default_params=None)
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 1.0)
+    killed = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})  # the killed worker's trial
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{int(dead.stdout)}")
+    running = study.ask()  # a trial of a worker that still runs (this process) is left alone
+    running.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    study, created = create_or_join(open_storage(tmp_path / name, heartbeat_interval=60, grace_period=120), "s",
+                                    meta, default_params=None)
+    trials = study.get_trials()
+    assert not created and [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+    if name.endswith(".db"):
+        (retry,) = trials[3:]
+        with quiet_optuna():
+            assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 1
+        assert retry.state == TrialState.WAITING and retry.params == trials[1].params
+    else:  # a journal file has no retry mechanism (no heartbeats)
+        assert len(trials) == 3
