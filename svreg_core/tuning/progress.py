@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from svreg_core.tuning.study import best_trial, count_finished
 
@@ -41,7 +41,7 @@ class TuneEvent:
     step_value: float | None = None
     duration_s: float | None = None  # the trial's duration
     error: str | None = None  # why the trial failed
-    message: str | None = None  # free text: the end reason, the folder or file written
+    message: str | None = None  # free text: why a trial was pruned, the end reason, the folder or file written
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; NaN/inf become ``None``."""
@@ -85,14 +85,14 @@ class TqdmBar:
 
 
 def plain_lines(stream: IO[str] | None = None) -> Callable[[TuneEvent], None]:
-    """A sink writing one plain line per finished trial to ``stream`` (stderr by default; a failed trial with
-    why), for logs and batch jobs: ``svreg tune: trial 3 complete, 0.7712; best 0.7730 (trial 0); 4/20 finished,
-    123 s``."""
+    """A sink writing one plain line per finished trial to ``stream`` (stderr by default; a failed or pruned trial
+    with why), for logs and batch jobs: ``svreg tune: trial 3 complete, 0.7712; best 0.7730 (trial 0); 4/20
+    finished, 123 s``."""
     def write(event: TuneEvent) -> None:
         if event.event != "trial":
             return
         value = "" if event.value is None or not math.isfinite(event.value) else f", {event.value:.4f}"
-        why = f" ({event.error})" if event.error else ""
+        why = f" ({event.error or event.message})" if event.error or event.message else ""
         best = "none yet" if event.best_value is None else f"{event.best_value:.4f} (trial {event.best_trial})"
         out = stream or sys.stderr
         out.write(f"svreg tune: trial {event.trial} {(event.state or '').lower()}{why}{value}; best {best}; "
@@ -147,4 +147,5 @@ class TuneProgress:
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.emit("trial", trial, state=trial.state.name, value=trial.value, error=trial.user_attrs.get("error"),
+                  message=trial.user_attrs.get("pruned_reason") if trial.state == TrialState.PRUNED else None,
                   duration_s=None if trial.duration is None else round(trial.duration.total_seconds(), 3))

@@ -98,6 +98,9 @@ def test_training_shaped_objective_prunes_per_epoch(tmp_path: Path) -> None:
     assert steps[0].step_label == "epoch 1" and steps[0].n_steps == 3 and steps[0].folding == pytest.approx(3.0)
     assert [e.state for e in events if e.event == "trial"] == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]
     assert [e.finished for e in events if e.event == "trial"] == [1, 2, 3, 4, 5]
+    # why a trial was pruned (the median, or --max-folding) reaches the progress lines: they said only "pruned"
+    assert [e.message for e in events if e.event == "trial"] == [None, None, pruned.user_attrs["pruned_reason"],
+                                                                 None, pruned.user_attrs["pruned_reason"]]
 
 
 def test_folding_constraint_prunes_the_trial(tmp_path: Path) -> None:

@@ -33,9 +33,12 @@ def test_progress_sinks() -> None:
     lines(TuneEvent("trial", "s", trial=1, state="FAIL", error="boom", finished=1, n_trials=4, elapsed_s=12.4))
     lines(TuneEvent("trial", "s", trial=2, state="COMPLETE", value=0.8, best_value=0.8, best_trial=2, finished=2,
                     n_trials=4, elapsed_s=30.0))
+    lines(TuneEvent("trial", "s", trial=3, state="PRUNED", value=0.7, best_value=0.8, best_trial=2, finished=3,
+                    n_trials=4, elapsed_s=41.0, message="folding 5% > 4% on pair01"))
     assert piped.getvalue().splitlines() == [
         "svreg tune: trial 1 fail (boom); best none yet; 1/4 finished, 12 s",
-        "svreg tune: trial 2 complete, 0.8000; best 0.8000 (trial 2); 2/4 finished, 30 s"]
+        "svreg tune: trial 2 complete, 0.8000; best 0.8000 (trial 2); 2/4 finished, 30 s",
+        "svreg tune: trial 3 pruned (folding 5% > 4% on pair01), 0.7000; best 0.8000 (trial 2); 3/4 finished, 41 s"]
     quiet = io.StringIO()
     make_sink("none", stderr=quiet)(TuneEvent("trial", "s", trial=2, state="COMPLETE"))
     assert quiet.getvalue() == ""
