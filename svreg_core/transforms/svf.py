@@ -11,11 +11,13 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
 
     Args:
         velocity: ``(N, 3, I, J, K)`` stationary velocity in voxel units of its grid.
-        steps: number of squarings; ``v`` is first divided by ``2**steps``.
+        steps: number of squarings (0 or more); ``v`` is first divided by ``2**steps``.
 
     Returns:
         The displacement ``u`` of ``φ = exp(v)``, same shape and units.
     """
+    if steps < 0:
+        raise ValueError(f"integrate_velocity: steps must be 0 or more, not {steps}")
     disp = velocity / (2.0 ** steps)
     for _ in range(steps):
         disp = compose(disp, disp)

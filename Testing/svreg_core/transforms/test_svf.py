@@ -72,3 +72,9 @@ def test_exponential_has_positive_jacobian_where_velocity_folds() -> None:
     assert jac.min() > 0  # ... its exponential does not
     inv = _jacobian(inverse_displacement(v))
     assert inv.min() > 0
+
+
+def test_a_negative_number_of_squarings_is_refused() -> None:
+    """``steps=-3`` multiplied the velocity by 8 and squared nothing: a displacement eight times too large."""
+    with pytest.raises(ValueError, match="steps must be 0 or more, not -3"):
+        integrate_velocity(torch.zeros(1, 3, 4, 4, 4), steps=-3)
