@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import secrets
 import shutil
@@ -79,19 +80,43 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     """
     path = Path(path)
     what, label = _names(path, name)
-    data, affine, img = _read(path, what, label)
-    if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
-                                             or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
-        raise InputError(f"{what} has voxel type {data.dtype}; a scalar real-valued image is needed "
-                         "(not RGB or complex).")
-    if labels:
-        data = label_values(data, label)
-    else:
-        data = _as_float32(data, what)
-    image = validate_image(Image(data, affine, xform_codes(img)), what, labels=labels)
-    if img is not None:
-        check_orientation(img, label)
+    with _header_fixes_warned(label):
+        data, affine, img = _read(path, what, label)
+        if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
+                                                 or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
+            raise InputError(f"{what} has voxel type {data.dtype}; a scalar real-valued image is needed "
+                             "(not RGB or complex).")
+        if labels:
+            data = label_values(data, label)
+        else:
+            data = _as_float32(data, what)
+        image = validate_image(Image(data, affine, xform_codes(img)), what, labels=labels)
+        if img is not None:
+            check_orientation(img, label)
     return image
+
+
+@contextmanager
+def _header_fixes_warned(label: str) -> Iterator[None]:
+    """Inside, what nibabel logs about the header it reads (``pixdim[1,2,3] should be non-zero; setting 0 dims to
+    1``), which it printed as bare lines of its own, is kept; at the end each message is one ``UserWarning`` naming
+    ``label``, and none when the body raises (svreg's one line says what is wrong)."""
+    logger = nib.imageglobals.logger
+    kept: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(" ".join(record.getMessage().split()))
+
+    handlers, propagate = list(logger.handlers), logger.propagate
+    logger.handlers, logger.propagate = [Keep()], False
+    try:
+        yield
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+    for message in dict.fromkeys(kept):
+        warnings.warn(f"{label}: nibabel corrected its header on reading it ({message}); check that it reads as "
+                      "intended (svreg info).", stacklevel=4)
 
 
 def _names(path: Path, name: str | None) -> tuple[str, str]:
@@ -121,11 +146,12 @@ def load_grid(path: str | Path, *, name: str | None = None) -> Grid:
     not read. The grid keeps a NIfTI's space (:func:`xform_codes`)."""
     path = Path(path)
     what, label = _names(path, name)
-    data, affine, img = _read(path, what, label, lazy=True)
-    placeholder = np.broadcast_to(np.int8(1), data.shape)  # passes the value checks: only the geometry's are made
-    grid = validate_image(Image(placeholder, affine, xform_codes(img)), what, labels=True).grid
-    if img is not None:
-        check_orientation(img, label)
+    with _header_fixes_warned(label):
+        data, affine, img = _read(path, what, label, lazy=True)
+        placeholder = np.broadcast_to(np.int8(1), data.shape)  # passes the value checks: only the geometry's
+        grid = validate_image(Image(placeholder, affine, xform_codes(img)), what, labels=True).grid
+        if img is not None:
+            check_orientation(img, label)
     return grid
 
 

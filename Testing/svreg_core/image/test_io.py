@@ -3,6 +3,7 @@ as referee) and the plain one-line errors of unusable inputs."""
 from __future__ import annotations
 
 import gzip
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -414,8 +415,6 @@ def test_an_sform_only_nifti_whose_pixdim_disagrees_is_refused(tmp_path: Path) -
 def test_file_without_orientation_warns_which_placement_was_used(tmp_path: Path) -> None:
     """sform and qform codes 0: svreg reads nibabel's placement and says so, naming ITK's, which differs (checked
     with SimpleITK); a file whose sform is set loads without a warning."""
-    import warnings
-
     import SimpleITK as sitk
 
     data = _ramp((10, 12, 14))
@@ -581,6 +580,32 @@ def test_negative_voxel_size_in_the_header_is_refused(tmp_path: Path, codes: tup
     assert "\n" not in message
 
 
+def test_what_nibabel_corrects_in_a_header_is_one_warning_and_no_stray_line(tmp_path: Path, capfd) -> None:
+    """A slice thickness of 0 in pixdim (nibabel reads it as 1 mm) and a negative one (refused by svreg) made
+    nibabel print bare lines of its own on stderr (``pixdim[1,2,3] should be non-zero; setting 0 dims to 1``): the
+    first is now one warning naming the file, the second only svreg's error line."""
+    import struct
+
+    path = _forms_file(tmp_path / "thin.nii", _ramp((5, 6, 7)), None, np.diag([2.0, 2.0, 3.0, 1.0]))
+    raw = bytearray(path.read_bytes())
+    struct.pack_into("<f", raw, 88, 0.0)  # pixdim[3]
+    path.write_bytes(bytes(raw))
+    capfd.readouterr()
+    for read in (load_image, load_grid):
+        with pytest.warns(UserWarning) as caught:
+            read(path, name="moving image")
+        messages = [str(w.message) for w in caught]
+        assert messages == ["moving image (thin.nii): nibabel corrected its header on reading it (pixdim[1,2,3] "
+                            "should be non-zero; setting 0 dims to 1); check that it reads as intended (svreg info)."]
+    struct.pack_into("<f", raw, 88, -3.0)
+    path.write_bytes(bytes(raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match="negative voxel sizes"):
+            load_image(path)
+    assert capfd.readouterr().err == ""
+
+
 def test_nifti_pair_without_its_data_file_is_one_input_error(tmp_path: Path) -> None:
     """A NIfTI pair (.hdr + .img) whose .img is missing: the header check of the voxel data's size found no file to
     measure and ended with a FileNotFoundError traceback; it is the unreadable file's one-line InputError."""
@@ -615,6 +640,7 @@ def test_header_problems_are_refused_before_the_voxels_are_read(tmp_path: Path, 
 
 @pytest.mark.parametrize(("stored", "kept"), [((4, 4), (4, 4)), ((2, 1), (2, 1)), ((1, 1), (1, 1)), ((4, 0), (4, 4)),
                                               ((0, 2), (2, 2)), ((5, 9), (5, 5))])
+@pytest.mark.filterwarnings("ignore:.*nibabel corrected its header")  # qform code 9, which nibabel reads as 0
 def test_the_nifti_space_of_an_input_is_kept_by_what_is_written_on_its_grid(geo, tmp_path: Path, stored, kept) -> None:
     """A template-space input (sform code 4 MNI, 2 aligned, ...) keeps its codes through load_image, load_grid,
     cropping and resampling, into every NIfTI written on its grid; an unset (0) or unknown (9) code takes the
