@@ -395,7 +395,7 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
                 best, shown = study.best_trial, {k: v for k, v in params.items() if k != "command"}
                 announce(TuneEvent("apply_best", study.study_name, trial=best.number, value=best.value, params=params,
                                    message=str(path)),
-                         f"best trial {best.number} written to {path}: {shown}"
+                         f"best trial {best.number} written to {path}: {format_params(shown)}"
                          + (f"\nregister with it: {params['command']}" if "command" in params else ""))
     except KeyboardInterrupt:
         if not json_mode:

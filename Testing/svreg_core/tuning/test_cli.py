@@ -226,7 +226,7 @@ def test_json_progress_lines(tuned: dict[str, Any], helpers: Any) -> None:
     assert len(steps) == 8 and {e["step_label"] for e in steps} == {"pair01", "pair02"}
 
 
-def test_report_and_apply_best(tuned: dict[str, Any], helpers: Any) -> None:
+def test_report_and_apply_best(tuned: dict[str, Any], helpers: Any, capsys: pytest.CaptureFixture[str]) -> None:
     out, preset = tuned["work"] / "report", tuned["work"] / "presets" / "best.json"
     args = helpers.parse_args("--storage", tuned["db"], "--study-name", STUDY, "--report", out,
                               "--apply-best", preset, "--progress", "none")
@@ -256,8 +256,13 @@ def test_report_and_apply_best(tuned: dict[str, Any], helpers: Any) -> None:
     assert preset_warning(preset) is None and json.loads(preset.read_text())["base"] == "brain-mri"
     # asked for: the study's fixed settings too, and registering with it warns in one line
     full = tuned["work"] / "presets" / "full.json"
+    capsys.readouterr()
     assert run_tune(helpers.parse_args("--storage", tuned["db"], "--study-name", STUDY, "--apply-best", full,
                                        "--include-fixed-settings")) == 0
+    best = study.best_params  # as the closing line of a study shows them (it printed a Python dict, all 17 digits)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"best trial {study.best_trial.number} written to {full}: alpha_prime={best['alpha_prime']:.4g}, "
+        f"lambda_max={best['lambda_max']:.4g}, affine=False, level_spacings=[12.0, 6.0], iterations=[10, 10]")
     assert load_parameters(full).level_spacings == (12.0, 6.0) and load_parameters(full).device == default.device
     assert "(affine, level_spacings, iterations)" in (preset_warning(full) or "")
 
