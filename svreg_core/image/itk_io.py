@@ -222,7 +222,8 @@ def read_itk_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     ITK's reason for an unreadable file, and for an image that is not 3-D (trailing axes of length 1 are dropped,
     as for NIfTI: a 4-D file of one volume is that volume) or holds several values per voxel (RGB, vectors,
     complex numbers, or the layers of a 3D Slicer segmentation whose segments overlap: told how to export it as one
-    label map); then for voxel data that cannot be read (a missing data file, a truncated or damaged file).
+    label map); then for voxel data that cannot be read (a missing data file, a truncated or damaged file; a
+    MetaImage's are measured first, :func:`_check_metaimage_data`).
     """
     import SimpleITK as sitk
 
@@ -244,6 +245,8 @@ def read_itk_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     if components != 1:
         raise InputError(f"{what} holds {components} values per voxel ({pixel}); a scalar "
                          "real-valued image is needed (not RGB, a vector field or complex).")
+    if path.name.lower().endswith((".mha", ".mhd")):
+        _check_metaimage_data(path, what, shape, reader.GetPixelID())
     try:
         itk = reader.Execute()
     except RuntimeError as exc:
@@ -253,3 +256,61 @@ def read_itk_image(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     dimension = len(size)
     direction = np.asarray(itk.GetDirection()).reshape(dimension, dimension)[:3, :3]
     return data, ras_affine_from_itk(direction, itk.GetSpacing()[:3], itk.GetOrigin()[:3])
+
+
+def _check_metaimage_data(path: Path, what: str, shape: tuple[int, ...], pixel_id: int) -> None:
+    """Refuse a MetaImage whose data file (``ElementDataFile``: the ``.mha`` itself after its header for ``LOCAL``,
+    else a file beside the header) is missing or holds fewer bytes than its header declares (``CompressedDataSize``
+    when compressed, else the voxels' size), with :class:`InputError`, before ITK reads it: ITK's MetaIO printed
+    lines of its own and then reported a stale reason ("No such file or directory" for a truncated ``.mha``). A
+    header naming several files or none of ours to measure passes (ITK reads it)."""
+    import SimpleITK as sitk
+
+    from svreg_core.image.io import _amount
+
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(1 << 16)
+    except OSError:
+        return
+    fields: dict[str, str] = {}
+    offset = 0
+    for line in head.splitlines(keepends=True):
+        offset += len(line)
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep:
+            continue
+        fields[key.strip().lower()] = value.strip()
+        if key.strip().lower() == "elementdatafile":
+            break
+    else:
+        return  # no data file line in the first 64 KiB: left to ITK
+    name = fields["elementdatafile"]
+    if name.upper() == "LOCAL":
+        data = path
+    elif not name or "%" in name or name.upper().startswith("LIST"):
+        return
+    else:
+        data, offset = path.parent / name, 0
+        if not data.is_file():
+            raise InputError(f"{what}: its data file {name} is missing (it belongs beside {path.name}); copy it "
+                             "there with the header.")
+    try:
+        header_size = int(fields.get("headersize", "0"))
+        stored = data.stat().st_size - offset - max(header_size, 0)
+        compressed = fields.get("compresseddata", "false").lower() == "true"
+        declared = int(fields["compresseddatasize"]) if compressed and "compresseddatasize" in fields else None
+    except (OSError, ValueError):
+        return
+    if compressed and declared is not None and stored < declared:
+        raise InputError(f"{what}: its header declares {_amount(declared)} of compressed voxel data, more than its "
+                         f"{'file' if data == path else 'data file ' + name} holds ({_amount(max(stored, 0))}); "
+                         "the file is incomplete (an interrupted copy or download) or its header is damaged.")
+    itemsize = sitk.GetArrayViewFromImage(sitk.Image([1, 1], pixel_id)).dtype.itemsize
+    needed = int(np.prod(shape, dtype=np.float64)) * itemsize
+    if not compressed and stored < needed:
+        sizes = " x ".join(str(n) for n in shape)
+        raise InputError(f"{what}: its header declares {sizes} voxels of {sitk.GetPixelIDValueAsString(pixel_id)} "
+                         f"({_amount(needed)}), more than its "
+                         f"{'file' if data == path else 'data file ' + name} holds ({_amount(max(stored, 0))}); "
+                         "the file is incomplete (an interrupted copy or download) or its header is damaged.")

@@ -229,3 +229,29 @@ def test_the_current_folder_is_named_after_itself(tmp_path: Path, monkeypatch) -
         with pytest.raises(InputError) as info:
             read(".")
         assert str(info.value).startswith("ct_series: . is a folder without a DICOM series")
+
+
+@pytest.mark.parametrize("case", ["truncated", "compressed", "data file missing"])
+def test_an_incomplete_metaimage_is_one_plain_line(tmp_path: Path, capfd, case: str) -> None:
+    """A truncated ``.mha`` (an interrupted copy) or a ``.mhd`` without its ``.raw``: ITK's MetaIO printed lines of its
+    own ("M_ReadElementsData: data not read completely"), then svreg's error gave ITK's stale reason "No such file
+    or directory" for a file that is there; the data are now measured first, and the one line says what is wrong."""
+    name = "image.mhd" if case == "data file missing" else "image.mha"
+    level = 6 if case == "compressed" else 0
+    path = save_image(Image(_ramp((20, 21, 22)), np.eye(4)), tmp_path / name, gzip_level=level)
+    if case == "data file missing":
+        (tmp_path / "image.raw").unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:-500])
+    capfd.readouterr()
+    for read in (load_image, load_grid):
+        with pytest.raises(InputError) as info:
+            read(path)
+        message = str(info.value)
+        assert "\n" not in message and "No such file" not in message
+        assert message.startswith({"truncated": "image.mha: its header declares 20 x 21 x 22 voxels of 32-bit float "
+                                                "(36960 bytes), more than its file holds (36460 bytes)",
+                                   "compressed": "image.mha: its header declares ",
+                                   "data file missing": "image.mhd: its data file image.raw is missing"}[case]), message
+        assert case == "data file missing" or "the file is incomplete" in message
+    assert capfd.readouterr().err == ""
