@@ -263,7 +263,7 @@ def _check_metaimage_data(path: Path, what: str, shape: tuple[int, ...], pixel_i
     else a file beside the header) is missing or holds fewer bytes than its header declares (``CompressedDataSize``
     when compressed, else the voxels' size), with :class:`InputError`, before ITK reads it: ITK's MetaIO printed
     lines of its own and then reported a stale reason ("No such file or directory" for a truncated ``.mha``). A
-    header naming several files or none of ours to measure passes (ITK reads it)."""
+    header naming several files, or data stored as text (``BinaryData = False``), passes (ITK reads it)."""
     import SimpleITK as sitk
 
     from svreg_core.image.io import _amount
@@ -286,6 +286,8 @@ def _check_metaimage_data(path: Path, what: str, shape: tuple[int, ...], pixel_i
     else:
         return  # no data file line in the first 64 KiB: left to ITK
     name = fields["elementdatafile"]
+    if fields.get("binarydata", "true").lower() == "false":  # numbers as text: no size to compare
+        return
     if name.upper() == "LOCAL":
         data = path
     elif not name or "%" in name or name.upper().startswith("LIST"):

@@ -255,3 +255,12 @@ def test_an_incomplete_metaimage_is_one_plain_line(tmp_path: Path, capfd, case: 
                                    "data file missing": "image.mhd: its data file image.raw is missing"}[case]), message
         assert case == "data file missing" or "the file is incomplete" in message
     assert capfd.readouterr().err == ""
+
+
+def test_a_metaimage_with_its_voxels_as_text_is_read(tmp_path: Path) -> None:
+    """``BinaryData = False``: the voxels are numbers as text, fewer bytes than binary; they are not measured."""
+    path = tmp_path / "text.mha"
+    path.write_text("ObjectType = Image\nNDims = 3\nBinaryData = False\nDimSize = 2 2 2\nElementType = MET_FLOAT\n"
+                    "ElementDataFile = LOCAL\n0 1 2 3 4 5 6 7\n")
+    np.testing.assert_array_equal(load_image(path).data, np.arange(8.0).reshape(2, 2, 2).transpose(2, 1, 0))
+
