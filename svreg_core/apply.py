@@ -149,9 +149,10 @@ def transform_points_file(transform: Transform, source: str | Path, target: str 
     """Map the points of a file through ``transform`` and write them in the same format; returns their number.
 
     Formats: ``.csv`` with a header holding columns ``x``, ``y``, ``z`` (in ``coordinates``, ``"ras"``
-    or ``"lps"``; other columns are copied); Slicer ``.fcsv`` (its ``CoordinateSystem`` line is
-    obeyed); Slicer ``.mrk.json`` (each markup's ``coordinateSystem`` is obeyed). Every other field
-    is copied unchanged.
+    or ``"lps"``; other columns are copied), or 3D Slicer's control point table (columns ``r``, ``a``, ``s``
+    in RAS or ``l``, ``p``, ``s`` in LPS, which say their frame; ``coordinates`` is not used); Slicer
+    ``.fcsv`` (its ``CoordinateSystem`` line is obeyed); Slicer ``.mrk.json`` (each markup's
+    ``coordinateSystem`` is obeyed). Every other field is copied unchanged.
     """
     outside = [0]
 
@@ -252,9 +253,12 @@ def _map_csv(mapping: PointMap, text: str, name: str, *, lps: bool) -> tuple[str
     if not rows:
         raise InputError(f"{name} is empty; a header with columns x, y, z is needed.")
     header = [h.strip().lower() for h in rows[0]]
-    if not {"x", "y", "z"} <= set(header):
-        raise InputError(f"{name} has no x, y, z columns in its header (found: {', '.join(rows[0])}).")
-    cols = [header.index(c) for c in "xyz"]
+    axes = next((axes for axes in ("xyz", "ras", "lps") if set(axes) <= set(header)), None)
+    if axes is None:
+        raise InputError(f"{name} has no x, y, z columns in its header (nor 3D Slicer's r, a, s or l, p, s; found: "
+                         f"{', '.join(rows[0])}).")
+    cols = [header.index(c) for c in axes]
+    lps = lps if axes == "xyz" else axes == "lps"
     lines = [(n + 2, r) for n, r in enumerate(rows[1:]) if any(v.strip() for v in r)]  # (line number, fields)
     short = next((n for n, r in lines if len(r) <= max(cols)), None)
     if short is not None:

@@ -238,6 +238,25 @@ def test_point_files(case, geo, tmp_path: Path) -> None:
         np.testing.assert_allclose(read_points(tmp_path / name, **kwargs), x, atol=1e-9, err_msg=name)
 
 
+@pytest.mark.parametrize("frame", ["ras", "lps"])
+def test_slicer_control_point_tables_say_their_frame(case, geo, tmp_path: Path, frame: str) -> None:
+    """3D Slicer's control point table (Markups: export to CSV) names its columns r, a, s or l, p, s: it was refused
+    as having no x, y, z columns; its columns now give the frame, whatever --coordinates says (it is for x, y, z)."""
+    tx = load_transform(case.folder)
+    x = _inside_points(case.fixed_grid, n=3, seed=4)
+    written = x if frame == "ras" else geo.lps(x)
+    (tmp_path / "t.csv").write_text(f"label,{','.join(frame)},defined,selected,visible,locked,description\n"
+                                    + "".join(f"F-{i},{p[0]},{p[1]},{p[2]},1,1,1,0,\n" for i, p in enumerate(written)))
+    np.testing.assert_allclose(read_points(tmp_path / "t.csv", coordinates="lps"), x, atol=1e-9)
+    assert transform_points_file(tx, tmp_path / "t.csv", tmp_path / "u.csv", coordinates="lps") == 3
+    rows = [r.split(",") for r in (tmp_path / "u.csv").read_text().splitlines()]
+    assert rows[0] == ["label", *frame, "defined", "selected", "visible", "locked", "description"]
+    assert [r[0] for r in rows[1:]] == ["F-0", "F-1", "F-2"]
+    assert all(r[4:] == ["1", "1", "1", "0", ""] for r in rows[1:])
+    moved = np.array([r[1:4] for r in rows[1:]], float)
+    np.testing.assert_allclose(moved if frame == "ras" else geo.lps(moved), _sitk_points(geo, case, x), atol=2e-3)
+
+
 def test_point_file_errors(case, tmp_path: Path) -> None:
     """(Errors of the transform readers: ``outputs/test_read.py``.)"""
     (tmp_path / "p.csv").write_text("a,b,c\n1,2,3\n")
