@@ -10,7 +10,7 @@ more than ``max_folding`` %.
 Trial user attributes: ``step_labels``, ``step_values``, ``step_folding``, ``folding_percent`` (mean),
 ``folding_percent_max``, ``pruned_reason``, ``error`` (failed trials: the step and the message),
 ``interrupted`` (``True`` for a trial stopped by Ctrl-C / SIGTERM), ``worker`` (``host:pid`` of the process running
-it).
+it) and ``worker_pid_namespace`` (its Linux PID namespace).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import optuna
 from svreg_core.errors import InputError, SvregError, shortened
 from svreg_core.interrupts import interruptible
 from svreg_core.tuning.pairs import LoadedPair, ValidationPair, check_pairs, load_pair
-from svreg_core.tuning.study import WORKER_ATTR, this_worker
+from svreg_core.tuning.study import PID_NAMESPACE_ATTR, WORKER_ATTR, pid_namespace, this_worker
 
 if TYPE_CHECKING:  # pragma: no cover
     from svreg_core.tuning.progress import TuneProgress
@@ -117,6 +117,7 @@ def trial_function(space: Any, objective: Objective, *, max_folding: float | Non
     """The function ``Study.optimize`` calls: suggest (``space.suggest(trial)``), evaluate, aggregate. A
     failing trial gets an ``error`` user attribute before Optuna records it as FAIL (``catch`` goes on)."""
     def run(trial: optuna.Trial) -> float:
+        trial.set_user_attr(PID_NAMESPACE_ATTR, pid_namespace())  # first: a trial with a worker has it
         trial.set_user_attr(WORKER_ATTR, this_worker())
         steps = StepReporter(trial, objective.step_labels(), objective.aggregate, max_folding, progress)
         try:

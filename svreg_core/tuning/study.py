@@ -46,6 +46,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 BASE_PRESET = "base preset"
 #: Trial user attribute naming the process that runs it (:func:`this_worker`).
 WORKER_ATTR = "worker"
+#: Trial user attribute: the PID namespace of that process (Linux, :func:`pid_namespace`), set before ``worker``.
+PID_NAMESPACE_ATTR = "worker_pid_namespace"
 #: User attribute of a base trial queued a second time by workers joining at once, failed before it ran.
 DUPLICATE_ATTR = "duplicate_of"
 DEFAULT_STORAGE = "svreg-tune.db"
@@ -276,11 +278,23 @@ def this_worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _worker_gone(worker: object) -> bool:
+def pid_namespace() -> str | None:
+    """This process's PID namespace (Linux: ``pid:[4026531836]``; ``None`` elsewhere): containers sharing the host's
+    name (``docker run --network host``) each have their own, in which the others' process ids do not exist."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
+def _worker_gone(worker: object, namespace: object = None) -> bool:
     """Whether ``worker`` (:func:`this_worker` of a trial) was a process of this host that no longer runs
-    (POSIX: ``kill(pid, 0)``; elsewhere, and for other hosts, only the heartbeat's grace period tells)."""
+    (POSIX: ``kill(pid, 0)``; elsewhere, for other hosts, and for a process of another PID ``namespace``
+    (:data:`PID_NAMESPACE_ATTR`: a container with the host's name) only the heartbeat's grace period tells)."""
     host, _, pid = worker.rpartition(":") if isinstance(worker, str) else ("", "", "")
     if os.name != "posix" or host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    if namespace is not None and namespace != pid_namespace():
         return False
     try:
         os.kill(int(pid), 0)
@@ -294,7 +308,7 @@ def _worker_gone(worker: object) -> bool:
 def _lost_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The RUNNING trials whose worker was a process of this host that no longer runs (:func:`_worker_gone`)."""
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if _worker_gone(t.user_attrs.get(WORKER_ATTR))]
+            if _worker_gone(t.user_attrs.get(WORKER_ATTR), t.user_attrs.get(PID_NAMESPACE_ATTR))]
 
 
 def fail_lost_trials(study: optuna.Study, storage: optuna.storages.BaseStorage) -> list[int]:

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from svreg_core.errors import InputError, OutputError
 from svreg_core.tuning.cli import run_tune
 from svreg_core.tuning.study import (
+    PID_NAMESPACE_ATTR,
     WORKER_ATTR,
     create_or_join,
     load_study,
@@ -141,7 +142,9 @@ def test_a_killed_workers_trial_is_failed_when_the_study_is_resumed(tmp_path: Pa
     the trial stayed RUNNING (a journal file: for good; SQLite: until its heartbeat was older than the grace
     period, after the resumed run had often finished), so it was never counted or re-run, the sampler's constant
     liar kept it and the report listed it as running. Its worker was a process of this host that no longer
-    runs: it is failed as the study is joined, and a database queues its parameters again (--max-retry)."""
+    runs: it is failed as the study is joined, and a database queues its parameters again (--max-retry). A worker
+    of another PID namespace (a container with the host's name) may run although its process id does not exist
+    here: its trial is left to the heartbeat."""
     storage = open_storage(tmp_path / name)  # the killed worker's trials: no heartbeat yet (Study.optimize's)
     meta = {"objective": "quadratic"}
     study, _ = create_or_join(storage, "s", meta, default_params=None)
@@ -151,14 +154,18 @@ def test_a_killed_workers_trial_is_failed_when_the_study_is_resumed(tmp_path: Pa
     killed.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{int(dead.stdout)}")
     running = study.ask()  # a trial of a worker that still runs (this process) is left alone
     running.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+    elsewhere = study.ask()  # a worker in a container with this host's name: its process id means nothing here
+    elsewhere.set_user_attr(PID_NAMESPACE_ATTR, "pid:[1]")
+    elsewhere.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{int(dead.stdout)}")
     study, created = create_or_join(open_storage(tmp_path / name, heartbeat_interval=60, grace_period=120), "s",
                                     meta, default_params=None)
     trials = study.get_trials()
-    assert not created and [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+    assert not created and [t.state for t in trials[:4]] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING,
+                                                             TrialState.RUNNING]
     if name.endswith(".db"):
-        (retry,) = trials[3:]
+        (retry,) = trials[4:]
         with quiet_optuna():
             assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 1
         assert retry.state == TrialState.WAITING and retry.params == trials[1].params
     else:  # a journal file has no retry mechanism (no heartbeats)
-        assert len(trials) == 3
+        assert len(trials) == 4
