@@ -2,6 +2,7 @@
 their LPS geometry converted to and from RAS by :mod:`svreg_core.conventions`, with plain-language errors."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -165,8 +166,11 @@ def read_dicom_series(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     try:
         series = find_dicom_series(path)
         if not series:
+            below = _sub_folders_with_dicom(path)
             raise InputError(f"{what}: {path} is a folder without a DICOM series; give an image file or a "
-                             "folder holding the DICOM files of one series.")
+                             "folder holding the DICOM files of one series"
+                             + (f" (its sub-folders {', '.join(below)} hold DICOM files: give the one of the series "
+                                "to read, 'svreg info SUBFOLDER' describes it)." if below else "."))
         if len(series) > 1:
             listing = "; ".join(found.summary() for found in series[:6])
             raise InputError(f"{what}: folder {path} holds {len(series)} DICOM series ({listing}"
@@ -185,6 +189,21 @@ def read_dicom_series(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
                          f"{itk.GetNumberOfComponentsPerPixel()} values per voxel); svreg needs one.")
     return (sitk.GetArrayFromImage(itk).transpose(2, 1, 0),
             ras_affine_from_itk(itk.GetDirection(), itk.GetSpacing(), itk.GetOrigin()))
+
+
+def _sub_folders_with_dicom(path: Path, most: int = 6, files: int = 20) -> list[str]:
+    """The names of up to ``most`` sub-folders of ``path`` (a study or patient folder), then ``…``, among whose
+    first ``files`` files one is a DICOM file (:func:`is_dicom_file`); none when ``path`` cannot be listed."""
+    found: list[str] = []
+    try:
+        for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+            if any(is_dicom_file(f) for f in itertools.islice(sub.iterdir(), files) if f.is_file()):
+                if len(found) == most:
+                    return [*found, "…"]
+                found.append(sub.name)
+    except OSError:
+        pass
+    return found
 
 
 def _check_slice_positions(files: tuple[str, ...], what: str) -> None:

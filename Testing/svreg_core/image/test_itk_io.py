@@ -264,3 +264,18 @@ def test_a_metaimage_with_its_voxels_as_text_is_read(tmp_path: Path) -> None:
                     "ElementDataFile = LOCAL\n0 1 2 3 4 5 6 7\n")
     np.testing.assert_array_equal(load_image(path).data, np.arange(8.0).reshape(2, 2, 2).transpose(2, 1, 0))
 
+
+def test_a_study_folder_names_its_sub_folders_of_dicom_files(geo, tmp_path: Path) -> None:
+    """A patient or study folder (the series one level down) was refused as a folder without a DICOM series, with no
+    hint; the message now names the sub-folders holding DICOM files."""
+    data, affine = _dicom_volume(geo)
+    geo.dicom_series(tmp_path / "study" / "2_T1", data, affine)
+    geo.dicom_series(tmp_path / "study" / "3_CT", data, affine)
+    (tmp_path / "study" / "notes").mkdir()
+    (tmp_path / "study" / "notes" / "a.txt").write_text("no images here")
+    with pytest.raises(InputError) as info:
+        load_image(tmp_path / "study", name="moving image")
+    message = str(info.value)
+    assert "\n" not in message and "is a folder without a DICOM series" in message
+    assert "(its sub-folders 2_T1, 3_CT hold DICOM files: give the one of the series to read" in message
+
