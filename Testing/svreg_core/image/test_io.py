@@ -226,7 +226,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
         "MetaImage complex": (tmp_path / "complex.mha", "2 values per voxel"),
         "MetaImage NaN": (tmp_path / "nan.mha", "NaN"),
         "NRRD truncated": (tmp_path / "truncated.nrrd", "are missing, shorter than its header says"),
-        "MetaImage truncated": (tmp_path / "truncated.mha", "are missing, shorter than its header says"),
+        "MetaImage truncated": (tmp_path / "truncated.mha", "holds (16000 bytes); the file is incomplete"),
         "MetaImage corrupt": (tmp_path / "junk.mha", "cannot read"),
         "NRRD missing": (tmp_path / "nowhere.nrrd", "not found"),
         "gzipped NRRD": (tmp_path / "gzipped.nrrd.gz", "gzipped NRRD file, which svreg does not read: decompress"),
