@@ -175,6 +175,7 @@ def _read(path: Path, what: str, label: str, *, lazy: bool = False) -> tuple[Any
         if not isinstance(img, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
             raise TypeError(f"{type(img).__name__} is not a volume")
     except Exception as exc:  # nibabel raises many types for corrupt files
+        _check_compression_matches_name(path, what)
         raise _unreadable(path, what, exc) from None
     three_d_shape(img.shape, what)  # before the voxels are read: a 4-D series may take GBs
     _check_stored_size(img, path, what)
@@ -183,6 +184,30 @@ def _read(path: Path, what: str, label: str, *, lazy: bool = False) -> tuple[Any
     except Exception as exc:
         raise _unreadable(path, what, exc) from None
     return data, affine_in_mm(img, label), img
+
+
+def _check_compression_matches_name(path: Path, what: str) -> None:
+    """Refuse, in words, a file nibabel could not open whose gzip compression contradicts its name: ``.nii.gz``
+    holding a plain NIfTI, or ``.nii`` a gzipped one (a download or copy that (de)compressed it and kept the name;
+    ITK and Slicer open either), told by the NIfTI magic inside. Other files pass."""
+    lower = path.name.lower()
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(352)
+        gzipped = head[:2] == b"\x1f\x8b"
+        if gzipped:
+            with gzip.open(path, "rb") as stream:
+                head = stream.read(352)
+    except (OSError, EOFError):
+        return
+    if head[344:348] not in (b"n+1\0", b"ni1\0") and head[4:8] not in (b"n+2\0", b"ni2\0"):
+        return  # no NIfTI inside: nibabel's reason stands
+    if lower.endswith(".nii.gz") and not gzipped:
+        raise InputError(f"{what}: {path.name} is not gzip-compressed although its name ends in .gz (a download or "
+                         f"copy that decompressed it); rename it to {path.name[:-3]} and give that.")
+    if lower.endswith(".nii") and gzipped:
+        raise InputError(f"{what}: {path.name} is gzip-compressed although its name ends in .nii; rename it to "
+                         f"{path.name}.gz and give that.")
 
 
 def _unreadable(path: Path, what: str, exc: Exception) -> InputError:

@@ -606,6 +606,22 @@ def test_what_nibabel_corrects_in_a_header_is_one_warning_and_no_stray_line(tmp_
     assert capfd.readouterr().err == ""
 
 
+def test_a_nifti_whose_compression_contradicts_its_name_is_named_so(tmp_path: Path) -> None:
+    """A .nii.gz that a download left decompressed, or a .nii holding gzip: nibabel's reason was "not a gzip file" or
+    "Cannot work out file type"; the line now says which it is and the name to give it."""
+    nib.save(nib.Nifti1Image(_ramp(), np.eye(4)), tmp_path / "a.nii")
+    nib.save(nib.Nifti1Image(_ramp(), np.eye(4)), tmp_path / "b.nii.gz")
+    (tmp_path / "a.nii").rename(tmp_path / "plain.nii.gz")
+    (tmp_path / "b.nii.gz").rename(tmp_path / "packed.nii")
+    for read in (load_image, load_grid):
+        with pytest.raises(InputError, match=r"^plain\.nii\.gz: plain\.nii\.gz is not gzip-compressed although its "
+                                             r"name ends in \.gz .* rename it to plain\.nii and give that\.$"):
+            read(tmp_path / "plain.nii.gz")
+        with pytest.raises(InputError, match=r"^packed\.nii: packed\.nii is gzip-compressed although its name ends "
+                                             r"in \.nii; rename it to packed\.nii\.gz and give that\.$"):
+            read(tmp_path / "packed.nii")
+
+
 def test_nifti_pair_without_its_data_file_is_one_input_error(tmp_path: Path) -> None:
     """A NIfTI pair (.hdr + .img) whose .img is missing: the header check of the voxel data's size found no file to
     measure and ended with a FileNotFoundError traceback; it is the unreadable file's one-line InputError."""
