@@ -81,6 +81,9 @@ def storage_url(storage: str | Path) -> str:
         url = make_url(text)
     except sa_exc.ArgumentError:
         raise InputError(f"invalid storage URL {text!r}; use a file path or e.g. postgresql://user@host/db.") from None
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        raise InputError(f"--storage {text} is an in-memory SQLite database: it keeps no trial after the command "
+                         "ends and no other worker can join it; give a file such as svreg-tune.db.")
     if url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
         url = url.set(drivername="postgresql+psycopg2")  # SQLAlchemy 2.1 defaults to psycopg 3
     return url.render_as_string(hide_password=False)
@@ -110,6 +113,9 @@ def first_line(exc: BaseException) -> str:
 def _check_file(path: Path, must_exist: bool, sqlite: bool) -> None:
     """A storage file: its folder created, writable, and (SQLite) not damaged (``PRAGMA quick_check`` reads
     every page: a fraction of a second for thousands of trials)."""
+    if path.is_dir():
+        raise InputError(f"the study storage {path} is a folder; give a file name (an SQLite file, or a journal "
+                         "file ending in .log).")
     if must_exist and not path.is_file():
         raise InputError(f"no study storage at {path}.")
     try:

@@ -43,6 +43,13 @@ def test_storage_errors_are_one_line_user_errors(tmp_path: Path, helpers: Any) -
         storage_url("not a url://")
     with pytest.raises(InputError, match="no study storage at"):
         open_storage(tmp_path / "missing.db", must_exist=True)
+    for folder in ("folder.db", "folder.log"):  # a folder named like a journal file: IsADirectoryError's traceback
+        (tmp_path / folder).mkdir()
+        with pytest.raises(InputError, match=f"the study storage .*{folder} is a folder; give a file name"):
+            open_storage(tmp_path / folder)
+    for memory in ("sqlite://", "sqlite:///:memory:"):  # tracebacks of Optuna's heartbeat thread, nothing kept
+        with pytest.raises(InputError, match=f"--storage {memory} is an in-memory SQLite database"):
+            storage_url(memory)
     open_storage(tmp_path / "empty.db")
     level = optuna.logging.get_verbosity()
     with pytest.raises(InputError, match="no study named 'nope' \\(the storage holds no study\\)"):
