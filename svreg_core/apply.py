@@ -152,7 +152,7 @@ def transform_points_file(transform: Transform, source: str | Path, target: str 
     or ``"lps"``; other columns are copied), or 3D Slicer's control point table (columns ``r``, ``a``, ``s``
     in RAS or ``l``, ``p``, ``s`` in LPS, which say their frame; ``coordinates`` is not used); Slicer
     ``.fcsv`` (its ``CoordinateSystem`` line is obeyed); Slicer ``.mrk.json`` (each markup's
-    ``coordinateSystem`` is obeyed). Every other field is copied unchanged.
+    ``coordinateSystem`` and ``coordinateUnits``, mm or um, are obeyed). Every other field is copied unchanged.
     """
     outside = [0]
 
@@ -312,7 +312,23 @@ def _map_markups_json(mapping: PointMap, text: str, name: str) -> tuple[str, int
         if any(not isinstance(p["position"], list) or len(p["position"]) != 3 for p in points):
             raise InputError(f"{name}: a control point's 'position' is not 3 numbers.")
         pts = np.array([[_number(v, name) for v in p["position"]] for p in points], dtype=np.float64)
-        for p, q in zip(points, _map(mapping, pts, lps)):
+        mm = _markup_unit_mm(markup.get("coordinateUnits", "mm"), name)
+        in_mm = mapping if mm == 1.0 else lambda ras, mm=mm: mapping(ras * mm) / mm
+        for p, q in zip(points, _map(in_mm, pts, lps)):
             p["position"] = [float(v) for v in q]
         count += len(points)
     return json.dumps(doc, indent=4) + "\n", count
+
+
+#: Millimetres per unit of a Slicer markup's ``coordinateUnits`` (UCUM codes Slicer writes).
+MARKUP_UNITS_MM = {"mm": 1.0, "um": 1e-3}
+
+
+def _markup_unit_mm(units: object, name: str) -> float:
+    """Millimetres per coordinate unit of a markup: its ``coordinateUnits``, a UCUM code (``"um"``) or a coded entry
+    ``["um", "UCUM", "micrometer"]`` (:data:`MARKUP_UNITS_MM`); :class:`InputError` for another unit."""
+    code = units[0] if isinstance(units, list) and units else units
+    if not isinstance(code, str) or code not in MARKUP_UNITS_MM:
+        raise InputError(f"{name}: a markup's coordinateUnits is {units!r}; svreg reads mm or um.")
+    return MARKUP_UNITS_MM[code]
+

@@ -257,6 +257,27 @@ def test_slicer_control_point_tables_say_their_frame(case, geo, tmp_path: Path, 
     np.testing.assert_allclose(moved if frame == "ras" else geo.lps(moved), _sitk_points(geo, case, x), atol=2e-3)
 
 
+@pytest.mark.parametrize("units", ["um", ["um", "UCUM", "micrometer"]])
+def test_markups_in_micrometres_are_mapped_in_millimetres(case, geo, tmp_path: Path, units) -> None:
+    """A Slicer markup with ``"coordinateUnits": "um"`` (a microscopy scene) was mapped as if in mm, 1000 times off;
+    its points are now converted to mm, mapped, and written back in um."""
+    tx = load_transform(case.folder)
+    x = _inside_points(case.fixed_grid, n=3, seed=5)
+    doc = {"markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "coordinateUnits": units,
+                        "controlPoints": [{"position": list(p * 1000.0)} for p in x]}]}
+    (tmp_path / "um.mrk.json").write_text(json.dumps(doc))
+    np.testing.assert_allclose(read_points(tmp_path / "um.mrk.json"), x, atol=1e-9)
+    transform_points_file(tx, tmp_path / "um.mrk.json", tmp_path / "out.mrk.json")
+    out = json.loads((tmp_path / "out.mrk.json").read_text())["markups"][0]
+    assert out["coordinateUnits"] == units
+    np.testing.assert_allclose(np.array([p["position"] for p in out["controlPoints"]]) / 1000.0,
+                               _sitk_points(geo, case, x), atol=2e-3)
+    doc["markups"][0]["coordinateUnits"] = "in"
+    (tmp_path / "inch.mrk.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"inch\.mrk\.json: a markup's coordinateUnits is 'in'; svreg reads mm or um"):
+        read_points(tmp_path / "inch.mrk.json")
+
+
 def test_point_file_errors(case, tmp_path: Path) -> None:
     """(Errors of the transform readers: ``outputs/test_read.py``.)"""
     (tmp_path / "p.csv").write_text("a,b,c\n1,2,3\n")
