@@ -206,6 +206,19 @@ def _sub_folders_with_dicom(path: Path, most: int = 6, files: int = 20) -> list[
     return found
 
 
+def _tag_numbers(value: str, count: int, tag: str, name: str, what: str) -> list[float]:
+    """The ``count`` numbers of a DICOM multi-valued decimal tag (``"-90.5\\12\\30"``); :class:`InputError` naming the
+    file and tag when it holds other than ``count`` finite numbers (a damaged or hand-edited header)."""
+    try:
+        numbers = [float(v) for v in value.split("\\")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != count or not np.all(np.isfinite(numbers)):
+        raise InputError(f"{what}: DICOM file {Path(name).name} has an unreadable {tag}: '{value}', not {count} "
+                         "numbers; its header is damaged (export the series again).")
+    return numbers
+
+
 def _check_slice_positions(files: tuple[str, ...], what: str) -> None:
     """Refuse DICOM slices (sorted) that do not step evenly along their normal (:func:`read_dicom_series`)."""
     positions: list[list[float]] = []
@@ -216,8 +229,8 @@ def _check_slice_positions(files: tuple[str, ...], what: str) -> None:
         if not (position and direction):
             raise InputError(f"{what}: DICOM file {Path(name).name} has no image position or orientation; "
                              "a 3-D series needs both.")
-        positions.append([float(v) for v in position.split("\\")])
-        orientation = orientation or [float(v) for v in direction.split("\\")]
+        positions.append(_tag_numbers(position, 3, "image position (0020,0032)", name, what))
+        orientation = orientation or _tag_numbers(direction, 6, "image orientation (0020,0037)", name, what)
     normal = np.cross(orientation[:3], orientation[3:])
     steps = np.diff(np.asarray(positions), axis=0)
     along = steps @ normal

@@ -279,3 +279,21 @@ def test_a_study_folder_names_its_sub_folders_of_dicom_files(geo, tmp_path: Path
     assert "\n" not in message and "is a folder without a DICOM series" in message
     assert "(its sub-folders 2_T1, 3_CT hold DICOM files: give the one of the series to read" in message
 
+
+
+def test_a_damaged_slice_position_is_one_plain_line(geo, tmp_path: Path) -> None:
+    """An Image Position tag that is not three numbers ("-12.5\\?\\30", a damaged header) ended in a ValueError
+    traceback; it is now refused in one line naming the file and the tag."""
+    data, affine = _dicom_volume(geo)
+    folder = geo.dicom_series(tmp_path / "series", data, affine)
+    damaged = sorted(folder.iterdir())[1]
+    raw = bytearray(damaged.read_bytes())
+    at = raw.find(b"\x20\x00\x32\x00DS") + 8  # explicit VR: tag, "DS", 2-byte length, then the value
+    raw[raw.index(b"\\", at) + 1] = ord("?")  # the second number's first character
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(InputError) as info:
+        load_image(folder, name="moving image")
+    message = str(info.value)
+    assert message.startswith(f"moving image: DICOM file {damaged.name} has an unreadable image position "
+                              "(0020,0032): '")
+    assert "not 3 numbers; its header is damaged" in message and "\n" not in message
