@@ -281,6 +281,13 @@ def test_a_study_folder_names_its_sub_folders_of_dicom_files(geo, tmp_path: Path
 
 
 
+def _image_position(raw: bytes) -> tuple[int, int]:
+    """Where the value of the Image Position tag (0020,0032) lies in a DICOM file written by GDCM (implicit VR:
+    the tag, a 4-byte length, the value)."""
+    at = raw.index(b"\x20\x00\x32\x00", 132) + 8
+    return at, at + int.from_bytes(raw[at - 4:at], "little")
+
+
 def test_a_damaged_slice_position_is_one_plain_line(geo, tmp_path: Path) -> None:
     """An Image Position tag that is not three numbers ("-12.5\\?\\30", a damaged header) ended in a ValueError
     traceback; it is now refused in one line naming the file and the tag."""
@@ -288,8 +295,8 @@ def test_a_damaged_slice_position_is_one_plain_line(geo, tmp_path: Path) -> None
     folder = geo.dicom_series(tmp_path / "series", data, affine)
     damaged = sorted(folder.iterdir())[1]
     raw = bytearray(damaged.read_bytes())
-    at = raw.find(b"\x20\x00\x32\x00DS") + 8  # explicit VR: tag, "DS", 2-byte length, then the value
-    raw[raw.index(b"\\", at) + 1] = ord("?")  # the second number's first character
+    start, _ = _image_position(raw)
+    raw[raw.index(b"\\", start) + 1] = ord("?")  # the second number's first character
     damaged.write_bytes(bytes(raw))
     with pytest.raises(InputError) as info:
         load_image(folder, name="moving image")
@@ -297,3 +304,20 @@ def test_a_damaged_slice_position_is_one_plain_line(geo, tmp_path: Path) -> None
     assert message.startswith(f"moving image: DICOM file {damaged.name} has an unreadable image position "
                               "(0020,0032): '")
     assert "not 3 numbers; its header is damaged" in message and "\n" not in message
+
+
+def test_slice_positions_rounded_in_their_tags_read_without_itk_warnings(geo, tmp_path: Path, capfd) -> None:
+    """A slice position a few micrometres off (positions rounded by the scanner or an export) is within svreg's
+    tolerance, yet ITK printed its three-line "Non uniform sampling or missing slices detected" warning."""
+    data, affine = _dicom_volume(geo)
+    folder = geo.dicom_series(tmp_path / "series", data, affine)
+    nudged = sorted(folder.iterdir())[2]
+    raw = bytearray(nudged.read_bytes())
+    start, end = _image_position(raw)
+    digit = raw.index(b".", raw.rindex(b"\\", start, end)) + 3
+    raw[digit] = ord(str((int(chr(raw[digit])) + 5) % 10))  # the last coordinate 0.005 mm off or so
+    nudged.write_bytes(bytes(raw))
+    capfd.readouterr()
+    image = load_image(folder)
+    assert image.shape == data.shape
+    assert capfd.readouterr().err == ""
