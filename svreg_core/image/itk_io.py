@@ -183,7 +183,9 @@ def read_dicom_series(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         reader.SetFileNames(files)
         # ITK warns (three lines of its own) from a 1e-4 step deviation, which rounded positions exceed; the steps
         # were checked above against DICOM_SPACING_TOLERANCE, so a series that reaches here gets no such warning
-        reader.SetSpacingWarningRelThreshold(2 * DICOM_SPACING_TOLERANCE)
+        # (SimpleITK 2.4 and later: 2.3, which pyproject allows, has no such setting and keeps ITK's warning)
+        if hasattr(reader, "SetSpacingWarningRelThreshold"):
+            reader.SetSpacingWarningRelThreshold(2 * DICOM_SPACING_TOLERANCE)
         itk = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{what}: cannot read the DICOM series of {path} (ITK: {_itk_reason(exc)}).") from None
