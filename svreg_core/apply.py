@@ -152,7 +152,8 @@ def transform_points_file(transform: Transform, source: str | Path, target: str 
     or ``"lps"``; other columns are copied), or 3D Slicer's control point table (columns ``r``, ``a``, ``s``
     in RAS or ``l``, ``p``, ``s`` in LPS, which say their frame; ``coordinates`` is not used); Slicer
     ``.fcsv`` (its ``CoordinateSystem`` line is obeyed); Slicer ``.mrk.json`` (each markup's
-    ``coordinateSystem`` and ``coordinateUnits``, mm or um, are obeyed). Every other field is copied unchanged.
+    ``coordinateSystem`` and ``coordinateUnits``, mm or um, are obeyed; ROI and plane markups, :data:`SHAPE_MARKUPS`,
+    are refused). Every other field is copied unchanged.
     """
     outside = [0]
 
@@ -302,6 +303,10 @@ def _map_markups_json(mapping: PointMap, text: str, name: str) -> tuple[str, int
         raise InputError(f"{name} is not a Slicer markups file (its 'markups' is not a list of markups).")
     count = 0
     for markup in markups:
+        if markup.get("type") in SHAPE_MARKUPS:
+            raise InputError(f"{name} holds a {markup['type']} markup, whose center, orientation and size a mapping "
+                             "cannot carry point by point; svreg maps point lists, lines, angles and curves (remove "
+                             "it, or save those markups apart).")
         lps = str(markup.get("coordinateSystem", "LPS")).upper() == "LPS"
         listed = markup.get("controlPoints", [])
         if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
@@ -319,6 +324,9 @@ def _map_markups_json(mapping: PointMap, text: str, name: str) -> tuple[str, int
         count += len(points)
     return json.dumps(doc, indent=4) + "\n", count
 
+
+#: Slicer markup types whose geometry is more than their control points (a center, orientation and size).
+SHAPE_MARKUPS = ("ROI", "Plane")
 
 #: Millimetres per unit of a Slicer markup's ``coordinateUnits`` (UCUM codes Slicer writes).
 MARKUP_UNITS_MM = {"mm": 1.0, "um": 1e-3}

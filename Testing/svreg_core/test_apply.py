@@ -278,6 +278,19 @@ def test_markups_in_micrometres_are_mapped_in_millimetres(case, geo, tmp_path: P
         read_points(tmp_path / "inch.mrk.json")
 
 
+@pytest.mark.parametrize("kind", ["ROI", "Plane"])
+def test_roi_and_plane_markups_are_refused(tmp_path: Path, kind: str) -> None:
+    """A Slicer ROI or plane keeps its geometry in "center", "orientation" and "size": only its control points
+    were moved, leaving a file whose box or plane disagreed with them; it is refused in one line."""
+    doc = {"markups": [{"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": [{"position": [1, 2, 3]}]},
+                       {"type": kind, "coordinateSystem": "LPS", "center": [1.0, 2.0, 3.0], "size": [10.0, 10.0, 10.0],
+                        "orientation": [1, 0, 0, 0, 1, 0, 0, 0, 1], "controlPoints": [{"position": [1, 2, 3]}]}]}
+    (tmp_path / "box.mrk.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError) as info:
+        read_points(tmp_path / "box.mrk.json")
+    assert str(info.value).startswith(f"box.mrk.json holds a {kind} markup, whose center, orientation and size")
+
+
 def test_point_file_errors(case, tmp_path: Path) -> None:
     """(Errors of the transform readers: ``outputs/test_read.py``.)"""
     (tmp_path / "p.csv").write_text("a,b,c\n1,2,3\n")
