@@ -526,12 +526,11 @@ def _complete_or_nothing(path: Path) -> Iterator[Path]:
 @contextmanager
 def _detached_pair_when_complete(path: Path) -> Iterator[Path]:
     """Yield ``.NAME.partial-PID-TOKEN/NAME`` for a detached header ``path``; when the body completes, its data
-    file, then the header, replace those beside ``path`` (and the earlier header's data file, when of the other
-    compression, is removed). A data file beside ``path`` that the earlier header does not name (another image's:
-    ``x.raw`` of ``x.mhd`` when writing ``x.nhdr``) is neither replaced nor removed: :class:`OutputError`. A
-    failed or interrupted write leaves the earlier pair as it was and nothing else behind."""
+    file, then the header, replace those beside ``path`` (and a data file of the other compression left from an
+    earlier write is removed). A data file beside ``path`` that the other detached header of its name uses (``x.raw``
+    of ``x.mhd`` when writing ``x.nhdr``: another image's data) is neither replaced nor removed: replacing it raises
+    :class:`OutputError`. A failed or interrupted write leaves the earlier pair as it was and nothing else behind."""
     folder = path.with_name(f".{path.name}.partial-{os.getpid()}-{secrets.token_hex(4)}")
-    owned = _named_data_file(path)
     try:
         folder.mkdir()
         try:
@@ -539,23 +538,35 @@ def _detached_pair_when_complete(path: Path) -> Iterator[Path]:
         except OutputError as exc:  # the writer's message names the file the user asked for
             raise OutputError(str(exc).replace(str(folder / path.name), str(path))) from None
         written = [f for f in data_files(folder / path.name) if f.exists()]
-        foreign = next((path.with_name(data.name) for data in written if path.with_name(data.name).exists()
-                        and path.with_name(data.name).resolve() != owned), None)
+        foreign = next((path.with_name(data.name) for data in written
+                        if _used_by_another_header(path.with_name(data.name), path)), None)
         if foreign is not None:
-            raise OutputError(f"cannot write {path}: its data file would replace {foreign}, which is not the data "
-                              f"file of an earlier {path.name} (another image's, e.g. of a .mhd or .nhdr of the same "
-                              "name); name the output otherwise.")
+            raise OutputError(f"cannot write {path}: its data file would replace {foreign}, the data of "
+                              f"{_used_by_another_header(foreign, path)}; name the output otherwise.")
         with interrupts_deferred():
             for data in written:
                 os.replace(data, path.with_name(data.name))
             os.replace(folder / path.name, path)
             for stale in data_files(path):
-                if stale.name not in {data.name for data in written} and stale.resolve() == owned:
+                if stale.name not in {data.name for data in written} and not _used_by_another_header(stale, path):
                     stale.unlink(missing_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}.") from None
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _used_by_another_header(data: Path, header: Path) -> str | None:
+    """The name of the detached header beside ``header`` with its name and the other ending (``x.mhd`` for
+    ``x.nhdr``, and the reverse) when it names ``data`` as its data file (:func:`_named_data_file`), else ``None``."""
+    if not data.exists():
+        return None
+    stem, ending = header.name[:-len(header.suffix)], ".nhdr" if header.suffix.lower() == ".mhd" else ".mhd"
+    target = data.resolve()
+    for other in (header.with_name(stem + ending), header.with_name(stem + ending.upper())):
+        if other.is_file() and _named_data_file(other) == target:
+            return other.name
+    return None
 
 
 def _named_data_file(header: Path) -> Path | None:

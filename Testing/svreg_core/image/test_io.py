@@ -90,13 +90,17 @@ def test_a_detached_header_never_replaces_or_removes_another_images_data_file(tm
     (compressed: ``x.raw.gz``) removed it as a stale file of the other compression, and uncompressed replaced it."""
     source = save_image(Image(_ramp(), np.eye(4)), tmp_path / "x.mhd", gzip_level=0)
     before = (tmp_path / "x.raw").read_bytes()
-    with pytest.raises(OutputError, match=r"x\.nhdr: its data file would replace .*x\.raw, which is not the data file"):
+    with pytest.raises(OutputError, match=r"x\.nhdr: its data file would replace .*x\.raw, the data of x\.mhd; name"):
         save_image(Image(2 * _ramp(), np.eye(4)), tmp_path / "x.nhdr", gzip_level=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.mhd", "x.raw"]
     save_image(Image(2 * _ramp(), np.eye(4)), tmp_path / "x.nhdr", gzip_level=1)
     assert (tmp_path / "x.raw").read_bytes() == before
     np.testing.assert_array_equal(load_image(source).data, _ramp())
     np.testing.assert_array_equal(load_image(tmp_path / "x.nhdr").data, 2 * _ramp())
+    source.unlink()  # x.raw is now no image's data: written over, then removed as stale
+    save_image(Image(3 * _ramp(), np.eye(4)), tmp_path / "x.nhdr", gzip_level=0)
+    save_image(Image(4 * _ramp(), np.eye(4)), tmp_path / "x.nhdr", gzip_level=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nhdr", "x.raw.gz"]
 
 
 def test_save_through_a_symbolic_link_replaces_its_target(tmp_path: Path) -> None:
