@@ -160,7 +160,7 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
         (folder / name).unlink(missing_ok=True)
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
     plots: tuple[tuple[str, Callable[..., Any], dict[str, Any], Any], ...] = (
-        (FIGURES[0], optuna_plots.plot_optimization_history, {}, summary["best"]),
+        (FIGURES[0], optuna_plots.plot_optimization_history, {"target_name": summary["value_name"]}, summary["best"]),
         (FIGURES[1], optuna_plots.plot_param_importances, {"evaluator": evaluator}, imp))
     for name, plot, kwargs, wanted in plots:
         if wanted is not None:

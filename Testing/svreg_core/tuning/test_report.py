@@ -130,3 +130,26 @@ def test_a_failed_report_write_leaves_no_temporary_file(tmp_path: Path, monkeypa
     with pytest.raises(OutputError, match=r"cannot write .*best\.json \(No space left on device\)"):
         report._write(tmp_path / "best.json", "{}\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_optimisation_history_names_the_studys_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The history figure's axis said Optuna's "Objective Value" whatever the study minimised or maximised; it names
+    the value (here a landmark study's mean TRE in mm) as the trade-off figure and summary.md do."""
+    from svreg_core.tuning import report
+
+    space = build_search_space("brain-mri")
+    study, _ = create_or_join(open_storage(tmp_path / "h.db"), "h", {"search_space": space.to_dict(),
+                                                                     "value_name": "mean TRE (mm)"},
+                              default_params=None, direction="minimize")
+    with quiet_optuna():
+        study.optimize(lambda trial: space.suggest(trial).alpha_prime, n_trials=1)  # no importances: quick
+    labels: dict[str, str] = {}
+    save = report._save_figure
+
+    def saved(fig, path: Path) -> None:  # the real writer, noting each figure's value axis first
+        labels[path.name] = fig.axes[0].get_ylabel()
+        save(fig, path)
+
+    monkeypatch.setattr(report, "_save_figure", saved)
+    report.write_report(study, tmp_path / "report")
+    assert labels[report.FIGURES[0]] == labels[report.FIGURES[2]] == "mean TRE (mm)"
