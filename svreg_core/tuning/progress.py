@@ -85,10 +85,15 @@ class TqdmBar:
 
 
 def plain_lines(stream: IO[str] | None = None) -> Callable[[TuneEvent], None]:
-    """A sink writing one plain line per finished trial to ``stream`` (stderr by default; a failed or pruned trial
-    with why), for logs and batch jobs: ``svreg tune: trial 3 complete, 0.7712; best 0.7730 (trial 0); 4/20
-    finished, 123 s``."""
+    """A sink writing one plain line when tuning starts (a trial on real pairs can take many minutes: the log said
+    nothing until then) and one per finished trial to ``stream`` (stderr by default; a failed or pruned trial with
+    why), for logs and batch jobs: ``svreg tune: study brain: 3 of 20 trials already finished``, ``svreg tune:
+    trial 3 complete, 0.7712; best 0.7730 (trial 0); 4/20 finished, 123 s``."""
     def write(event: TuneEvent) -> None:
+        if event.event == "start":
+            out = stream or sys.stderr
+            out.write(f"svreg tune: study {event.study}: {event.message}\n")
+            out.flush()
         if event.event != "trial":
             return
         value = "" if event.value is None or not math.isfinite(event.value) else f", {event.value:.4f}"

@@ -29,6 +29,8 @@ def test_progress_sinks() -> None:
     piped = io.StringIO()  # not a terminal: plain lines (svreg tune printed nothing in a pipe or a log file)
     lines = make_sink("auto", stderr=piped)
     assert not isinstance(lines, TqdmBar)
+    lines(TuneEvent("start", "s", n_trials=4, finished=0, message="0 of 4 trials already finished"))
+    lines(TuneEvent("trial_start", "s", trial=1, state="RUNNING", n_trials=4))
     lines(TuneEvent("step", "s", trial=1, step=0, n_steps=2))
     lines(TuneEvent("trial", "s", trial=1, state="FAIL", error="boom", finished=1, n_trials=4, elapsed_s=12.4))
     lines(TuneEvent("trial", "s", trial=2, state="COMPLETE", value=0.8, best_value=0.8, best_trial=2, finished=2,
@@ -36,6 +38,7 @@ def test_progress_sinks() -> None:
     lines(TuneEvent("trial", "s", trial=3, state="PRUNED", value=0.7, best_value=0.8, best_trial=2, finished=3,
                     n_trials=4, elapsed_s=41.0, message="folding 5% > 4% on pair01"))
     assert piped.getvalue().splitlines() == [
+        "svreg tune: study s: 0 of 4 trials already finished",  # a log said nothing until the first trial ended
         "svreg tune: trial 1 fail (boom); best none yet; 1/4 finished, 12 s",
         "svreg tune: trial 2 complete, 0.8000; best 0.8000 (trial 2); 2/4 finished, 30 s",
         "svreg tune: trial 3 pruned (folding 5% > 4% on pair01), 0.7000; best 0.8000 (trial 2); 3/4 finished, 41 s"]
