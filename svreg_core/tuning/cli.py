@@ -205,6 +205,8 @@ def _check_args(args: argparse.Namespace) -> None:
                          "(--pruner-interval at least 1).")
     if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
         raise InputError("--heartbeat-interval must be at least 1 s and --grace-period longer than it.")
+    if not args.study_name.strip():
+        raise InputError("--study-name must not be empty (a name every worker of the study gives).")
     if args.seed is not None and not 0 <= args.seed < 2**32:
         raise InputError(f"--seed must be a whole number from 0 to {2**32 - 1}, not {args.seed}.")
     if args.timeout is not None and not args.timeout > 0:

@@ -40,6 +40,7 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     (["--device", "gpu"], "unknown device 'gpu'; use auto, cpu or cuda"),
     (["--epochs-per-trial", "3"], "--epochs-per-trial and --runs-dir apply to the training objective only"),
     (["--runs-dir", "{tmp}/runs"], "--epochs-per-trial and --runs-dir apply to the training objective only"),
+    (["--study-name", " "], "--study-name must not be empty"),
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, not -1"),
     (["--seed", str(2**32)], "--seed must be a whole number from 0 to 4294967295, not 4294967296"),
     (["--timeout", "-5"], "--timeout must be a number of seconds above 0"),
@@ -62,8 +63,9 @@ def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: P
     """Refused before the study storage is created: an unknown --device (as CUDA on a machine without) failed five
     trials into the new study, --epochs-per-trial or --runs-dir of pairwise tuning did nothing without a word, a
     negative --timeout ran no trial and exited 0, a --seed NumPy refuses crashed with a traceback once the study was
-    created, an infinite --max-folding crashed the JSON report after the first
-    trial, a NaN one disabled the limit, a negative λ_max range failed every trial as a lost worker, and
+    created, an empty --study-name made a study named '' (and a training study's runs folder '-runs'), an infinite
+    --max-folding crashed the JSON report after the first trial, a NaN one disabled the limit, a negative λ_max
+    range failed every trial as a lost worker, and
     --apply-best problems (a folder; the --preset file it would overwrite; a file in the way of its folder, as of
     --report's: "cannot write ... (File exists)"; iterations searched on the study's quick pyramid without
     --include-fixed-settings) surfaced after all trials."""
