@@ -205,6 +205,11 @@ def _check_args(args: argparse.Namespace) -> None:
                          "(--pruner-interval at least 1).")
     if args.heartbeat_interval < 1 or args.grace_period <= args.heartbeat_interval:
         raise InputError("--heartbeat-interval must be at least 1 s and --grace-period longer than it.")
+    for code in ("alpha_prime", "lambda_max"):
+        if getattr(args, f"{code}_range") is not None and code not in args.search:
+            flag = f"--{code.replace('_', '-')}-range"
+            raise InputError(f"{flag} sets the search range of {code}, which --search leaves out "
+                             f"({' '.join(args.search)}): add {code} to --search, or drop {flag}.")
     if not args.study_name.strip():
         raise InputError("--study-name must not be empty (a name every worker of the study gives).")
     if args.seed is not None and not 0 <= args.seed < 2**32:

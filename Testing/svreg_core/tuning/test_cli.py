@@ -41,6 +41,8 @@ def test_cli_argument_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     (["--epochs-per-trial", "3"], "--epochs-per-trial and --runs-dir apply to the training objective only"),
     (["--runs-dir", "{tmp}/runs"], "--epochs-per-trial and --runs-dir apply to the training objective only"),
     (["--study-name", " "], "--study-name must not be empty"),
+    (["--search", "lambda_max", "--alpha-prime-range", "0.01", "0.1"],
+     r"--alpha-prime-range sets the search range of alpha_prime, which --search leaves out \(lambda_max\)"),
     (["--seed", "-1"], "--seed must be a whole number from 0 to 4294967295, not -1"),
     (["--seed", str(2**32)], "--seed must be a whole number from 0 to 4294967295, not 4294967296"),
     (["--timeout", "-5"], "--timeout must be a number of seconds above 0"),
@@ -65,7 +67,8 @@ def test_bad_settings_are_refused_before_any_trial(demo_pairs: Path, tmp_path: P
     negative --timeout ran no trial and exited 0, a --seed NumPy refuses crashed with a traceback once the study was
     created, an empty --study-name made a study named '' (and a training study's runs folder '-runs'), an infinite
     --max-folding crashed the JSON report after the first trial, a NaN one disabled the limit, a negative λ_max
-    range failed every trial as a lost worker, and
+    range failed every trial as a lost worker, an --alpha-prime-range of an unsearched α′ was ignored without a word,
+    and
     --apply-best problems (a folder; the --preset file it would overwrite; a file in the way of its folder, as of
     --report's: "cannot write ... (File exists)"; iterations searched on the study's quick pyramid without
     --include-fixed-settings) surfaced after all trials."""
