@@ -71,6 +71,18 @@ def working_grid_voxels(fixed_node, spacing_mm: float, box=None) -> int:
     return int(np.prod(np.maximum(np.floor(extent / float(spacing_mm) + 1e-6) + 1, 2)))
 
 
+#: The engine's ``optim.affine.AFFINE_REFERENCE_EXTENT_MM``: the affine pyramid's sizes are for a field of view (the
+#: median of the three extents) at least this large; a smaller one scales them (:func:`affine_scale`).
+AFFINE_REFERENCE_EXTENT_MM = 96.0
+
+
+def affine_scale(fixed_node, box=None) -> float:
+    """The engine's ``optim.affine.affine_scale`` of the fixed block it registers (:func:`_block`: the volume, or the
+    part in the crop ``box``): ``min(1, median extent / 96 mm)``."""
+    spacing, _, _ = geometry.split_affine(geometry.ijk_to_ras(fixed_node))
+    return min(1.0, float(np.median(_block(fixed_node, box) * spacing)) / AFFINE_REFERENCE_EXTENT_MM)
+
+
 def working_levels(level_spacings, iterations, finest_mm: float) -> list[tuple[float, int]]:
     """``(spacing, iterations)`` per level as the engine runs them: no level finer than the volume's finest
     voxel ``finest_mm``, and levels that then coincide merged with the larger iteration count."""
@@ -100,7 +112,8 @@ def cpu_seconds(fixed_node, preset: str = "brain-mri", overrides: dict | None = 
         steps = [int(refine_steps)] * len(spacings)
     _, finest = _field_of_view(fixed_node)
     work = sum(working_grid_voxels(fixed_node, s, box) * n for s, n in working_levels(spacings, steps, finest))
-    affine = working_grid_voxels(fixed_node, AFFINE_SPACING_MM, box) if o.get("affine", True) else 0
+    affine = (working_grid_voxels(fixed_node, affine_scale(fixed_node, box) * AFFINE_SPACING_MM, box)
+              if o.get("affine", True) else 0)
     fixed_voxels = int(np.prod(_block(fixed_node, box)))
     if similarity not in CPU_SECONDS_PER_VOXEL_ITERATION:
         similarity = "lncc"

@@ -390,6 +390,13 @@ def test_cpu_time_estimate_follows_the_engines_working_grids_and_says_it_is_an_e
     half = add_volume(scene, np.zeros((64, 128, 96), np.float32), np.diag([1.0, 1.0, 1.5, 1.0]), "half")
     box = (-0.5, -10.0, -10.0, 63.5, 200.0, 200.0)
     assert e.cpu_seconds(big, box=box) == pytest.approx(e.cpu_seconds(half)) and e.cpu_seconds(half) < large
+    # a mouse brain, 40^3 voxels of 0.5 mm (20 mm across): the engine's affine stage scales its pyramid by 20 / 96,
+    # its 4 mm level to 0.83 mm: 24^3 voxels over the 19.5 mm of voxel centres (it was estimated at 4 mm: 5^3); the
+    # deformable levels stay 4 and 2 mm (5^3 and 10^3 voxels)
+    mouse = add_volume(scene, np.zeros((40, 40, 40), np.float32), np.diag([0.5, 0.5, 0.5, 1.0]), "mouse")
+    assert e.cpu_seconds(mouse) == pytest.approx(
+        e.CPU_OVERHEAD_S + e.CPU_SECONDS_PER_VOXEL_ITERATION["lncc"] * (5 ** 3 * 80 + 10 ** 3 * 60)
+        + e.CPU_AFFINE_SECONDS_PER_VOXEL["lncc"] * 24 ** 3 + e.CPU_SECONDS_PER_FIXED_VOXEL * 40 ** 3)
 
 
 def roi(scene, center, size):

@@ -246,6 +246,10 @@ def test_module_lists_match_the_engine():
                                                params.similarity) for name, params in PRESETS.items()}
     assert set(estimate.CPU_SECONDS_PER_VOXEL_ITERATION) == set(estimate.CPU_AFFINE_SECONDS_PER_VOXEL) \
         == set(SIMILARITIES)
+    from svreg_core.optim.affine import AFFINE_LEVELS, AFFINE_REFERENCE_EXTENT_MM
+
+    assert estimate.AFFINE_REFERENCE_EXTENT_MM == AFFINE_REFERENCE_EXTENT_MM
+    assert estimate.AFFINE_SPACING_MM == AFFINE_LEVELS[-1][0]
 
 
 def test_requirements_cover_the_engine_imports():
