@@ -169,6 +169,10 @@ def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
                         "--alpha-prime")
     p.add_argument("--level-spacings", type=float, nargs="+", metavar="MM",
                    help="working voxel sizes of the pyramid, coarse to fine, mm (default: from the preset)")
+    p.add_argument("--control-spacing", type=float, metavar="MM",
+                   help="finest voxel size of the control grid holding the velocity and λ, mm (default: from the "
+                        "preset, 2 for MRI, 4 for CT); a level's control grid is the coarser of this and its "
+                        "--level-spacings value; for small fields of view (small animals) with --level-spacings")
     p.add_argument("--iterations", type=int, nargs="+", metavar="N",
                    help="optimiser iterations per level (one number: the same at every level); not with --model "
                         "(--refine N sets them)")
@@ -244,9 +248,10 @@ def registration_parameters(args: argparse.Namespace):
         if args.iterations:
             raise InputError("--iterations does not apply with --model: --refine N sets the refinement's iterations "
                              "per level.")
-        if args.level_spacings and not args.refine:
-            raise InputError("--level-spacings only applies to a refinement of the learned model's prediction "
-                             "(--refine N); the network alone does not use it.")
+        for flag, value in (("--level-spacings", args.level_spacings), ("--control-spacing", args.control_spacing)):
+            if value is not None and not args.refine:
+                raise InputError(f"{flag} only applies to a refinement of the learned model's prediction "
+                                 "(--refine N); the network alone does not use it.")
     if args.no_spr and args.alpha_prime is not None:  # a warning: scripts pass the same flags to both variants
         print("svreg: warning: ignoring --alpha-prime: it weighs the hyperprior on the spatially varying λ, and "
               "--no-spr keeps λ ≡ 1 (--lambda-max sets the uniform regulariser's strength).", file=sys.stderr)
@@ -258,7 +263,7 @@ def registration_parameters(args: argparse.Namespace):
     params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, pose_search=args.pose_search,
                              device=args.device, deterministic=args.deterministic, spr=False if args.no_spr else None,
                              symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
-                             network_precision=args.network_precision,
+                             network_precision=args.network_precision, min_control_spacing=args.control_spacing,
                              alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
     if args.model:
         check_masks_used(args, affine=params.affine, refine=args.refine)

@@ -38,7 +38,7 @@ from svreg_core.memory import available_memory_bytes, check_memory, physical_mem
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
 from svreg_core.optim.affine import affine_register
-from svreg_core.optim.parameters import PRESETS, RegistrationParameters
+from svreg_core.optim.parameters import BOUNDS, PRESETS, RegistrationParameters
 from svreg_core.optim.spr import DeformableResult, optimize_spr
 from svreg_core.parallel import map_threads
 from svreg_core.progress import REGISTERED_FRACTION, ProgressCallback, ProgressEvent, no_progress
@@ -634,6 +634,29 @@ def _check_overlap(fixed: Image, moving: Image, initial: np.ndarray | None, warn
                   stacklevel=warn_stacklevel)
 
 
+#: The pairwise optimiser warns when its finest control grid (the velocity's) has fewer voxels than this across the
+#: fixed image's field of view (:attr:`Grid.field_of_view_mm`) while the image has finer voxels: the presets' grids
+#: (2-5 mm) are made for human anatomy; a 15 mm mouse brain would be registered with 7 control points across.
+MIN_WORKING_VOXELS = 12
+
+
+def _check_field_of_view(grid: Grid, params: RegistrationParameters, stacklevel: int) -> None:
+    """Warn when ``params``' finest control grid is too coarse for a fixed image on ``grid``
+    (:data:`MIN_WORKING_VOXELS`), suggesting grids with a human brain's voxels across at the finest level (96,
+    never finer than the image's voxels)."""
+    image_spacing = float(grid.spacing.min())
+    control = params.working_levels(image_spacing)[-1][1]
+    extent = grid.field_of_view_mm
+    if control <= image_spacing * (1 + 1e-6) or extent / control >= MIN_WORKING_VOXELS:
+        return
+    s = max(extent / 96, image_spacing, BOUNDS["level_spacings"][0])
+    warnings.warn(f"the fixed image's field of view is {extent:.3g} mm across (median of its extents): the finest "
+                  f"control grid, {control:g} mm, has only {extent / control:.0f} voxels across it, too few to "
+                  f"follow its anatomy (the presets' grids are made for human anatomy); for a small field of view "
+                  f"(small animals, a crop) give finer grids, e.g. --level-spacings {2 * s:.2g} {s:.2g} "
+                  f"--control-spacing {s:.2g} (the affine stage adapts by itself).", stacklevel=stacklevel)
+
+
 def _checked_initial(matrix: np.ndarray | None) -> np.ndarray | None:
     """``matrix`` as a float64 4x4 affine map, or :class:`InputError` (not 4x4, not finite, a last row other than
     ``0 0 0 1``, a (nearly) singular linear part, or a reflection)."""
@@ -676,6 +699,8 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
     initial = _checked_initial(initial_affine)
     if not params.affine or initial is not None:
         _check_overlap(fixed, moving, initial, warn_stacklevel + 1, affine_stage=params.affine)
+    if model is None:
+        _check_field_of_view(fixed.grid, params, warn_stacklevel + 1)
     device = resolve_device(params.device)
     if device.type == "cpu":
         finest = params.working_levels(float(fixed.grid.spacing.min()))[-1][0]

@@ -320,6 +320,7 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
     (("--model", "brain-unet-spr", "--refine", "5", "--similarity", "mse"), "--similarity does not apply with --model"),
     (("--model", "brain-unet-spr", "--refine", "5", "--iterations", "5"), "--iterations does not apply with --model"),
     (("--model", "brain-unet-spr", "--level-spacings", "4"), "--level-spacings only applies to a refinement"),
+    (("--model", "brain-unet-spr", "--control-spacing", "1"), "--control-spacing only applies to a refinement"),
     (("--model", "brain-unet-spr", "--moving-mask", "mask.nii.gz", "--no-affine"),
      "--moving-mask restrict the similarity of the affine stage and of a refinement"),
     (("--model", "brain-unet-spr", "--fixed-mask", "f.nii.gz", "--moving-mask", "m.nii.gz", "--no-affine"),
