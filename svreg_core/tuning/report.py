@@ -178,7 +178,8 @@ def write_report(study: optuna.Study, folder: str | Path, storage_label: str = "
 
 
 def _markdown(s: dict[str, Any]) -> str:
-    counts = ", ".join(f"{n} {k.lower()}" for k, n in s["counts"].items() if n) or "none"
+    words = {"FAIL": "failed", "WAITING": "queued"}  # as svreg tune's closing line: "1 failed", not "1 fail"
+    counts = ", ".join(f"{n} {words.get(k, k.lower())}" for k, n in s["counts"].items() if n) or "none"
     md = [f"# Tuning report — study `{s['study']}`", "", f"Storage: `{s['storage']}`  ", f"Trials: {counts}  "]
     if s["objective"]:
         md.append(f"Objective: {s['objective']}, {s['value_name']} over {len(s['steps'] or [])} steps "

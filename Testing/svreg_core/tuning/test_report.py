@@ -134,7 +134,8 @@ def test_a_failed_report_write_leaves_no_temporary_file(tmp_path: Path, monkeypa
 
 def test_the_optimisation_history_names_the_studys_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The history figure's axis said Optuna's "Objective Value" whatever the study minimised or maximised; it names
-    the value (here a landmark study's mean TRE in mm) as the trade-off figure and summary.md do."""
+    the value (here a landmark study's mean TRE in mm) as the trade-off figure and summary.md do; summary.md counts
+    failed trials as svreg tune's closing line does."""
     from svreg_core.tuning import report
 
     space = build_search_space("brain-mri")
@@ -143,6 +144,7 @@ def test_the_optimisation_history_names_the_studys_value(tmp_path: Path, monkeyp
                               default_params=None, direction="minimize")
     with quiet_optuna():
         study.optimize(lambda trial: space.suggest(trial).alpha_prime, n_trials=1)  # no importances: quick
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
     labels: dict[str, str] = {}
     save = report._save_figure
 
@@ -153,3 +155,4 @@ def test_the_optimisation_history_names_the_studys_value(tmp_path: Path, monkeyp
     monkeypatch.setattr(report, "_save_figure", saved)
     report.write_report(study, tmp_path / "report")
     assert labels[report.FIGURES[0]] == labels[report.FIGURES[2]] == "mean TRE (mm)"
+    assert "Trials: 1 complete, 1 failed  " in (tmp_path / "report" / "summary.md").read_text()  # it read "1 fail"
