@@ -981,6 +981,9 @@ def run_apply(args: argparse.Namespace) -> int:
         count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)
         print(f"Mapped {count} points: {out}")
         return 0
+    if transform.grid is None and not args.reference:  # before the input is read (a whole DICOM series, say)
+        raise InputError(f"{args.transform} has no grid of its own (a linear transform, or an inverse computed "
+                         "numerically): give the grid to sample the output on with --reference IMAGE.")
     reference = load_grid(args.reference, name="reference image") if args.reference else None
     if args.labels:
         labels = load_image(args.input, labels=True, name="label map")

@@ -590,6 +590,17 @@ def test_apply_to_an_unwritable_place_is_refused_before_any_work(full_run, tiny_
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def test_apply_of_a_linear_transform_needs_a_reference_before_the_input_is_read(tmp_path: Path, capsys) -> None:
+    """A linear transform has no grid to sample on: ``--reference`` is asked for before the input is read (it was
+    asked for after reading it, a whole DICOM series say; here a damaged input shows which came first)."""
+    sitk.WriteTransform(sitk.TranslationTransform(3, (5.0, 0.0, 0.0)), str(tmp_path / "shift.tfm"))
+    (tmp_path / "damaged.nii.gz").write_bytes(b"not an image")
+    rc, _, err = _main(["apply", tmp_path / "shift.tfm", tmp_path / "damaged.nii.gz", "-o", tmp_path / "w.nii.gz"],
+                       capsys)
+    _assert_plain_error(rc, err, "shift.tfm has no grid of its own", "--reference IMAGE")
+    assert not (tmp_path / "w.nii.gz").exists()
+
+
 def _mount_tmpfs(folder: Path, options: str) -> None:
     """Mount a tmpfs at ``folder`` or skip (needs root with mount rights)."""
     folder.mkdir()
