@@ -1118,10 +1118,14 @@ def is_displacement_file(path: str) -> bool:
 
     if not path.lower().endswith((".nii", ".nii.gz")) or not Path(path).is_file():
         return False
+    logger = nib.imageglobals.logger
+    quiet, logger.disabled = logger.disabled, True  # the header's fixes are told when the file is read
     try:
         image = nib.load(path)
     except Exception:  # noqa: BLE001 - not a readable NIfTI: described (or refused) as an image
         return False
+    finally:
+        logger.disabled = quiet
     if not isinstance(image, nib.Nifti1Image):  # NIfTI-2 included
         return False
     shape, intent = tuple(image.header.get_data_shape()), image.header.get_intent()[0]

@@ -1428,3 +1428,21 @@ def test_landmarks_give_the_target_registration_error(geo, tiny_pair, fast_prese
                         tmp_path / "f.csv", "--progress", "none"], capsys)
     _assert_plain_error(rc, err, "both --fixed-landmarks and --moving-landmarks")
     assert not (tmp_path / "bad").exists()
+
+
+def test_info_tells_a_header_nibabel_fixed_once_in_svregs_words(geo, tmp_path: Path) -> None:
+    """An image and a displacement field with voxel sizes 0 in the header: ``svreg info`` printed nibabel's bare
+    'pixdim[1,2,3] should be non-zero' line besides svreg's warning (the field's header is sniffed before it is
+    read); now each file gets svreg's warning alone."""
+    for name, shape in (("image", (4, 4, 4)), ("field", (4, 4, 4, 1, 3))):
+        img = nib.Nifti1Image(np.ones(shape, np.float32), np.eye(4))
+        img.header["pixdim"][1:4] = 0
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+    proc = subprocess.run(geo.svreg_command("info", "image.nii.gz", "field.nii.gz"), cwd=str(tmp_path),
+                          env={**geo.child_env(), "PYTHONWARNINGS": "default"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    expected = [f"svreg: warning: {name}.nii.gz: nibabel corrected its header on reading it (pixdim[1,2,3] should "
+                "be non-zero; setting 0 dims to 1); check that it reads as intended (svreg info)."
+                for name in ("field", "image")]
+    assert sorted(proc.stderr.splitlines()) == expected, proc.stderr

@@ -80,7 +80,7 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
     """
     path = Path(path)
     what, label = _names(path, name)
-    with _header_fixes_warned(label):
+    with header_fixes_warned(label):
         data, affine, img = _read(path, what, label)
         if data.dtype.fields is not None or not (np.issubdtype(data.dtype, np.integer)
                                                  or np.issubdtype(data.dtype, np.floating) or data.dtype == np.bool_):
@@ -97,7 +97,7 @@ def load_image(path: str | Path, *, labels: bool = False, name: str | None = Non
 
 
 @contextmanager
-def _header_fixes_warned(label: str) -> Iterator[None]:
+def header_fixes_warned(label: str) -> Iterator[None]:
     """Inside, what nibabel logs about the header it reads (``pixdim[1,2,3] should be non-zero; setting 0 dims to
     1``), which it printed as bare lines of its own, is kept; at the end each message is one ``UserWarning`` naming
     ``label``, and none when the body raises (svreg's one line says what is wrong)."""
@@ -146,7 +146,7 @@ def load_grid(path: str | Path, *, name: str | None = None) -> Grid:
     not read. The grid keeps a NIfTI's space (:func:`xform_codes`)."""
     path = Path(path)
     what, label = _names(path, name)
-    with _header_fixes_warned(label):
+    with header_fixes_warned(label):
         data, affine, img = _read(path, what, label, lazy=True)
         placeholder = np.broadcast_to(np.int8(1), data.shape)  # passes the value checks: only the geometry's
         grid = validate_image(Image(placeholder, affine, xform_codes(img)), what, labels=True).grid

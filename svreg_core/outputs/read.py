@@ -28,7 +28,7 @@ from nibabel.spatialimages import SpatialImage
 from svreg_core.conventions import map_points, ras_affine_from_itk, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
-from svreg_core.image.io import xform_codes
+from svreg_core.image.io import header_fixes_warned, xform_codes
 from svreg_core.image.resample import sample_at_points
 
 if TYPE_CHECKING:
@@ -203,7 +203,8 @@ def read_displacement(path: str | Path) -> DisplacementField:
     keeps the file's space (:func:`~svreg_core.image.io.xform_codes`), which images resampled onto it get."""
     path = Path(path)
     try:
-        nii = nib.load(str(path))
+        with header_fixes_warned(path.name):
+            nii = nib.load(str(path))
         if not isinstance(nii, SpatialImage):  # e.g. a GIFTI surface: no voxel array or affine
             raise TypeError(f"{type(nii).__name__} is not a volume")
         data = np.asarray(nii.dataobj, dtype=np.float32)
