@@ -406,22 +406,30 @@ def network_autocast(precision: str, device: torch.device) -> torch.dtype | None
 #: training label maps are whole heads) stays silent, a chest CT (2.6 times) does not.
 TRAINED_FIELD_FACTOR = 2.0
 
+#: ... and when it needs less than this fraction of them: a mouse or rat brain (a 16³ grid of 3 mm, 1/80 of the
+#: shipped brain models') is anatomy of another scale than the network learned; a tightly cropped adult brain
+#: (about 1/1.3) or a child's stays silent.
+TRAINED_FIELD_SMALL_FRACTION = 1 / 8
+
 
 def _check_trained_field(grid: Grid, info: ModelInfo) -> None:
-    """Warn when the network grid the fixed image needs has more than :data:`TRAINED_FIELD_FACTOR` times the voxels
-    of the training grid the checkpoint records (``training["grid_shape"]``; nothing is checked without one): the
-    network has not seen such a field of view (a brain model given a chest CT), and its prediction may be poor."""
+    """Warn when the network grid the fixed image needs has more than :data:`TRAINED_FIELD_FACTOR` times, or less
+    than :data:`TRAINED_FIELD_SMALL_FRACTION` of, the voxels of the training grid the checkpoint records
+    (``training["grid_shape"]``; nothing is checked without one): the network has not seen such a field of view
+    (a brain model given a chest CT, or a mouse brain), and its prediction may be poor."""
     trained = info.training.get("grid_shape")
     if not (isinstance(trained, list) and len(trained) == 3 and all(isinstance(n, int) for n in trained)):
         return
-    if np.prod(grid.shape) <= TRAINED_FIELD_FACTOR * np.prod(trained):
+    needed, seen = float(np.prod(grid.shape)), float(np.prod(trained))
+    if TRAINED_FIELD_SMALL_FRACTION * seen <= needed <= TRAINED_FIELD_FACTOR * seen:
         return
     size = lambda shape: " x ".join(f"{n * info.network_spacing_mm:g}" for n in shape)  # noqa: E731
-    warnings.warn(f"the fixed image's foreground needs a network grid of {size(grid.shape)} mm (R x A x S), more "
-                  f"than twice the {size(trained)} mm model {info.name or info.architecture} was trained on: the "
-                  "network has not seen such a field of view and its prediction may be poor; register without "
-                  "--model (pairwise optimisation, no training needed) or refine the prediction (--refine).",
-                  stacklevel=3)
+    what = ("more than twice" if needed > seen else "less than an eighth of") + f" the {size(trained)} mm"
+    advice = "" if needed > seen else ", for a small animal with finer grids (see the warning without --model)"
+    warnings.warn(f"the fixed image's foreground needs a network grid of {size(grid.shape)} mm (R x A x S), {what} "
+                  f"model {info.name or info.architecture} was trained on: the network has not seen such a field of "
+                  f"view and its prediction may be poor; register without --model (pairwise optimisation, no "
+                  f"training needed{advice}) or refine the prediction (--refine).", stacklevel=3)
 
 
 def predict_fields(network: SPRNetwork, info: ModelInfo, fixed: Image, fixed_tensor: torch.Tensor,

@@ -106,7 +106,8 @@ def test_network_grid_follows_a_reoriented_fixed_image(constant_checkpoint, tiny
 
 def test_a_field_of_view_larger_than_the_trained_one_is_warned_about(tiny_pair, tmp_path) -> None:
     """A checkpoint recording its training grid warns when the fixed image needs a network grid of more than twice
-    its voxels (in mm, naming the model and what to do instead), and stays silent up to twice."""
+    its voxels (in mm, naming the model and what to do instead), and stays silent up to twice; and down to an
+    eighth of them: less (a mouse brain given a human brain model) was not warned about."""
     import warnings
 
     from svreg_core.image.network_grid import network_grid
@@ -116,7 +117,8 @@ def test_a_field_of_view_larger_than_the_trained_one_is_warned_about(tiny_pair, 
     needed = list(network_grid(fixed, SPACING, model.size_multiple).shape)
     params = RegistrationParameters(affine=False, symmetric_prediction=False, prediction_passes=1, device="cpu")
     for name, trained in (("fits", needed), ("half", [needed[0], needed[1], needed[2] // 2]),
-                          ("smaller", [needed[0], needed[1], needed[2] // 2 - 1])):
+                          ("smaller", [needed[0], needed[1], needed[2] // 2 - 1]),
+                          ("eight", [2 * n for n in needed]), ("larger", [2 * n + 1 for n in needed])):
         info = _info(model)
         info.training = {"grid_shape": trained}
         info.name = name
@@ -125,13 +127,17 @@ def test_a_field_of_view_larger_than_the_trained_one_is_warned_about(tiny_pair, 
             warnings.simplefilter("always")
             register(fixed, moving, params, model=path)
         messages = [str(w.message) for w in caught if "field of view" in str(w.message)]
-        if name != "smaller":
-            assert messages == []
-        else:
+        mm = lambda shape: " x ".join(f"{n * SPACING:g}" for n in shape)  # noqa: E731
+        if name == "smaller":
             (message,) = messages
-            mm = lambda shape: " x ".join(f"{n * SPACING:g}" for n in shape)  # noqa: E731
             assert f"a network grid of {mm(needed)} mm (R x A x S), more than twice the {mm(trained)} mm model " \
                    "smaller was trained on" in message and "register without --model" in message
+        elif name == "larger":
+            (message,) = messages
+            assert f"a network grid of {mm(needed)} mm (R x A x S), less than an eighth of the {mm(trained)} mm " \
+                   "model larger was trained on" in message and "for a small animal with finer grids" in message
+        else:
+            assert messages == []
 
 
 def test_symmetric_prediction_of_a_constant_network_is_the_identity(constant_checkpoint, tiny_pair) -> None:
