@@ -487,7 +487,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                 write_report_figure(tmp / "report.png", fixed=result.fixed,
                                     moving_before=Image.on(fixed_grid, before_job.result()), warped=warped,
                                     weight=weight, jacobian=jac_image, dice=_dice_pair(metrics),
-                                    title=f"SPR registration — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %")
+                                    title=f"{figure_title(result)} — Jacobian ≤ 0: {metrics['folding_percent']:.4f} %")
             made("figure")
             metrics["ndv_percent"] = ndv_job.result()
             if distance_job is not None:
@@ -541,6 +541,19 @@ def _moving_on_fixed_grid(result: RegistrationResult) -> np.ndarray:
     figure."""
     moving = torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None]
     return resample(moving, result.moving.grid, result.fixed.grid)[0, 0].numpy()  # a copy on the same grid
+
+
+def figure_title(result: RegistrationResult) -> str:
+    """What the figure's title calls the registration: ``SPR registration`` (pairwise), ``uniform-regularisation
+    registration (λ ≡ 1)`` (pairwise with ``spr`` off, ``--no-spr``), or the learned model's name, its
+    regularisation and its refinement steps."""
+    model = result.model
+    spr = result.parameters.spr if model is None else model.spr
+    kind = "SPR" if spr else "uniform-regularisation"
+    if model is None:
+        return f"{kind} registration" + ("" if spr else " (λ ≡ 1)")
+    refined = f", {result.refine_steps} refinement steps per level" if result.refine_steps else ""
+    return f"learned {kind} model {model.name or model.architecture}{refined}"
 
 
 def _dice_pair(metrics: dict[str, Any]) -> tuple[float, float] | None:

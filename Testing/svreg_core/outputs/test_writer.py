@@ -565,3 +565,20 @@ def test_progress_names_only_the_chosen_parts_and_rises_to_99_percent(synthetic_
     assert fractions[0] == REGISTERED_FRACTION and fractions[-1] == pytest.approx(0.99)
     assert all(a < b for a, b in zip(fractions, fractions[1:])), fractions
     assert [(e.step, e.total) for e in events] == [(n, len(named)) for n in range(len(named) + 1)]
+
+
+def test_figure_title_names_the_regularisation_used(synthetic_result) -> None:
+    """report.png's title said "SPR registration" for every run, also a --no-spr one (λ ≡ 1) and a learned model's."""
+    from svreg_core.models.checkpoint import ModelInfo
+    from svreg_core.optim.parameters import RegistrationParameters
+    from svreg_core.outputs.writer import figure_title
+
+    assert figure_title(synthetic_result) == "SPR registration"
+    uniform = dataclasses.replace(synthetic_result, parameters=RegistrationParameters(device="cpu", spr=False))
+    assert figure_title(uniform) == "uniform-regularisation registration (λ ≡ 1)"
+    info = ModelInfo(architecture="unet-spr", config={}, network_spacing_mm=2.0, size_multiple=16,
+                     normalization="robust_normalize", similarity="lncc", lncc_window=5, prior="beta",
+                     alpha_prime=0.01, lambda_max=2.0, spr=True, integration_steps=7, svreg_version="0",
+                     name="brain-unet-spr")
+    learned = dataclasses.replace(synthetic_result, model=info, refine_steps=20)
+    assert figure_title(learned) == "learned SPR model brain-unet-spr, 20 refinement steps per level"
