@@ -942,7 +942,7 @@ def add_apply_arguments(p: argparse.ArgumentParser) -> None:
                    default=None,
                    help="images: linear (default) or bspline; label maps: linear (one-hot trilinear + argmax, "
                    "default) or nearest")
-    p.add_argument("--coordinates", choices=("ras", "lps"), default="ras",
+    p.add_argument("--coordinates", choices=("ras", "lps"), default=None,
                    help="frame of the x,y,z columns of a .csv (default ras; .fcsv and .mrk.json declare theirs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -965,6 +965,7 @@ def run_apply(args: argparse.Namespace) -> int:
     if points and points_suffix(args.input) != points_suffix(out):
         raise InputError(f"{out.name} would hold the points of {Path(args.input).name} in another format; name an "
                          f"output ending in {points_suffix(args.input)} (the same format as the input).")
+    _check_apply_flags(args, points)
     if not points:
         check_writable_name(out)
         taken = [p for p in data_files(out) if p.exists()]
@@ -978,7 +979,7 @@ def run_apply(args: argparse.Namespace) -> int:
                          "them to apply the result.")
     transform = load_transform(args.transform, inverse=args.inverse)
     if points:
-        count = transform_points_file(transform, args.input, out, coordinates=args.coordinates)
+        count = transform_points_file(transform, args.input, out, coordinates=args.coordinates or "ras")
         print(f"Mapped {count} points: {out}")
         return 0
     if transform.grid is None and not args.reference:  # before the input is read (a whole DICOM series, say)
@@ -1000,6 +1001,24 @@ def run_apply(args: argparse.Namespace) -> int:
         save_image(apply_to_image(transform, image, reference=reference, interpolation=mode), out)
     print(f"Wrote {out}")
     return 0
+
+
+def _check_apply_flags(args: argparse.Namespace, points: bool) -> None:
+    """Refuse, before anything is read, ``svreg apply`` flags that the input's kind would ignore: ``--labels``,
+    ``--interpolation`` and ``--reference`` for points (they are mapped, not resampled), ``--coordinates`` for an
+    image or for a point file that declares its frame (``.fcsv``, ``.mrk.json``)."""
+    if points:
+        flag = next((flag for flag, value in (("--labels", args.labels), ("--interpolation", args.interpolation),
+                                              ("--reference", args.reference)) if value), None)
+        if flag is not None:
+            raise InputError(f"{flag} is for images and label maps; {Path(args.input).name} holds points, which are "
+                             f"mapped, not resampled: leave {flag} out.")
+        if args.coordinates is not None and points_suffix(args.input) != ".csv":
+            raise InputError(f"--coordinates is for the x, y, z columns of a .csv; {Path(args.input).name} declares "
+                             "its own frame: leave --coordinates out.")
+    elif args.coordinates is not None:
+        raise InputError(f"--coordinates is for point files (.csv); {Path(args.input).name} is an image: leave "
+                         "--coordinates out.")
 
 
 def _check_apply_output(out: Path, args: argparse.Namespace) -> None:

@@ -1,0 +1,55 @@
+"""Flags of the ``svreg`` commands that the other arguments would make do nothing: each is refused in one plain
+line naming it, before any image is read."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from svreg_core.cli import main
+
+
+def _error_line(argv: list, capsys) -> str:
+    """The one ``svreg: error:`` line of a refused command (status 2, no traceback)."""
+    rc = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip("\n").split("\n") if not re.match(r"svreg: [^:]+ \d+ %", ln)]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("svreg: error: "), err
+    return lines[0]
+
+
+@pytest.mark.parametrize(("name", "flags", "named"), [
+    ("p.csv", ["--labels"], "--labels"),
+    ("p.csv", ["--interpolation", "nearest"], "--interpolation"),
+    ("p.csv", ["--reference", "damaged.nii.gz"], "--reference"),
+    ("p.fcsv", ["--coordinates", "lps"], "--coordinates"),
+    ("damaged.nii.gz", ["--coordinates", "lps", "--reference", "damaged.nii.gz"], "--coordinates"),
+])
+def test_apply_refuses_flags_the_input_kind_ignores(tmp_path: Path, capsys, name: str, flags: list,
+                                                   named: str) -> None:
+    """Points were mapped whatever --labels, --interpolation or --reference said, and an image was resampled whatever
+    --coordinates said (a .fcsv's frame is its own): silently. The flag is now named, before anything is read (the
+    damaged image shows it)."""
+    sitk.WriteTransform(sitk.TranslationTransform(3, (5.0, 0.0, 0.0)), str(tmp_path / "shift.tfm"))
+    (tmp_path / "p.csv").write_text("x,y,z\n0,0,0\n")
+    (tmp_path / "p.fcsv").write_text("# Markups fiducial file version = 4.11\n# CoordinateSystem = LPS\n"
+                                     "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
+                                     "1,0,0,0,0,0,0,1,1,1,0,F-1,,\n")
+    (tmp_path / "damaged.nii.gz").write_bytes(b"not an image")
+    out = tmp_path / ("out" + name[1:] if not name.startswith("damaged") else "out.nii.gz")
+    line = _error_line(["apply", tmp_path / "shift.tfm", tmp_path / name, "-o", out,
+                        *[tmp_path / f if f.endswith(".nii.gz") else f for f in flags]], capsys)
+    assert f"{named} is for" in line and f"leave {named} out" in line, line
+    assert not out.exists()
+
+
+def test_apply_maps_csv_points_in_the_frame_coordinates_gives(tmp_path: Path, capsys) -> None:
+    sitk.WriteTransform(sitk.TranslationTransform(3, (5.0, 0.0, 0.0)), str(tmp_path / "shift.tfm"))
+    (tmp_path / "p.csv").write_text("x,y,z\n0,0,0\n")
+    for frame, x in (("ras", "-5"), ("lps", "5")):  # the file's LPS shift of +5 in x is -5 in RAS x
+        out = tmp_path / f"{frame}.csv"
+        assert main(["apply", str(tmp_path / "shift.tfm"), str(tmp_path / "p.csv"), "-o", str(out),
+                     "--coordinates", frame]) == 0
+        assert float(out.read_text().splitlines()[1].split(",")[0]) == pytest.approx(float(x))
