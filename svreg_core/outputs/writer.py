@@ -503,6 +503,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                   "outputs": sorted(n for n in SELECTABLE_OUTPUTS if n in chosen
                                     and (n != "labels" or moving_labels is not None)),
                   "versions": versions, **(extra or {})}
+        report["units"] = report_units(report)
         if math.isnan(metrics["ndv_percent"]):  # e.g. a 2-slice slab: NDV needs a voxel inside the border
             report["notes"] = [f"ndv_percent cannot be computed: no foreground voxel of the fixed image "
                                f"({'x'.join(map(str, result.fixed.shape))} voxels) lies inside its one-voxel "
@@ -541,6 +542,22 @@ def _moving_on_fixed_grid(result: RegistrationResult) -> np.ndarray:
     figure."""
     moving = torch.as_tensor(np.asarray(result.moving.data, np.float32))[None, None]
     return resample(moving, result.moving.grid, result.fixed.grid)[0, 0].numpy()  # a copy on the same grid
+
+
+#: The unit of each metric the report may hold (``report.json``'s ``units``).
+METRIC_UNITS = {
+    "folding_percent": "% of the fixed image's foreground voxels", "ndv_percent": "% of the foreground volume",
+    "sdlogj": "1 (standard deviation of ln det J)", "jacobian_min": "1 (volume ratio)",
+    "jacobian_max": "1 (volume ratio)", "dice_mean": "1 (0 to 1)", "dice": "1 (0 to 1)",
+    "dice_mean_before": "1 (0 to 1)", "dice_before": "1 (0 to 1)", "hd95_mean": "mm", "hd95": "mm",
+    "tre": "mm (count: points)", "tre_before": "mm (count: points)"}
+
+
+def report_units(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``units`` entry of ``report``: those of its metrics (:data:`METRIC_UNITS`), its timings and affine."""
+    metrics = {key: METRIC_UNITS[key] for key in report.get("metrics", {}) if key in METRIC_UNITS}
+    return {"metrics": metrics, "timing": "s", "affine_ras": "4x4 matrix, fixed-world RAS mm to moving-world RAS mm",
+            "inputs": "spacing_mm: mm; orientation: the voxel axes' RAS codes"}
 
 
 def figure_title(result: RegistrationResult) -> str:

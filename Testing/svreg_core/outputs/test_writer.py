@@ -582,3 +582,13 @@ def test_figure_title_names_the_regularisation_used(synthetic_result) -> None:
                      name="brain-unet-spr")
     learned = dataclasses.replace(synthetic_result, model=info, refine_steps=20)
     assert figure_title(learned) == "learned SPR model brain-unet-spr, 20 refinement steps per level"
+
+
+def test_report_states_the_units_of_its_numbers(written) -> None:
+    """report.json gave hd95 and the timings as bare numbers; its units entry now names each one's unit."""
+    out, _ = written
+    units = json.loads((out / "report.json").read_text())["units"]
+    assert units["metrics"]["hd95_mean"] == units["metrics"]["hd95"] == "mm"
+    assert units["metrics"]["folding_percent"].startswith("%") and units["metrics"]["sdlogj"].startswith("1 ")
+    assert set(units["metrics"]) == set(json.loads((out / "report.json").read_text())["metrics"])
+    assert units["timing"] == "s" and "RAS mm" in units["affine_ras"]
