@@ -83,6 +83,17 @@ def log2_range(jacobian: np.ndarray, foreground: np.ndarray) -> float:
     return max(float(np.abs(np.log2(extremes)).max()), _MIN_LOG2_RANGE)
 
 
+def orientation_letter(ax: Any, text: str, xy: tuple[float, float], align: tuple[str, str]) -> None:
+    """Draw an orientation letter at ``xy`` (axes fraction) of the panel ``ax``: yellow outlined in black, readable
+    on every panel's colours (white, viridis' yellow), and bold: at 7 points and 90 dpi a regular "L"'s foot is
+    thinner than a pixel and Agg's pixel snapping of straight outlines erased it at a third of the positions, so
+    on a black background it read as "I"."""
+    from matplotlib.patheffects import withStroke
+
+    ax.text(*xy, text, transform=ax.transAxes, ha=align[0], va=align[1], fontsize=7, fontweight="bold",
+            color="yellow", path_effects=[withStroke(linewidth=1.5, foreground="black")])
+
+
 def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image, warped: Image,
                         weight: Image, jacobian: Image, title: str = "",
                         dice: tuple[float, float] | None = None) -> Path:
@@ -103,7 +114,6 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
-    from matplotlib.patheffects import withStroke
     from matplotlib.ticker import FuncFormatter
 
     arrays = {name: to_ras_array(img) for name, img in
@@ -155,8 +165,7 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
             left, right, bottom, top = _VIEWS[r][2]
             for text, xy, align in ((left, (0.02, 0.5), ("left", "center")), (right, (0.98, 0.5), ("right", "center")),
                                     (bottom, (0.5, 0.02), ("center", "bottom")), (top, (0.5, 0.98), ("center", "top"))):
-                ax.text(*xy, text, transform=ax.transAxes, ha=align[0], va=align[1], fontsize=7, color="yellow",
-                        path_effects=[withStroke(linewidth=1.5, foreground="black")])  # readable on white, yellow
+                orientation_letter(ax, text, xy, align)
         axes[0, c].set_title(name, fontsize=9)
         if unit is not None:
             box = axes[-1, c].get_position()

@@ -113,3 +113,27 @@ def test_orientation_letters_are_readable_on_every_panel(tmp_path: Path) -> None
     dark = panels @ np.array([0.2126, 0.7152, 0.0722]) < 0.3
     assert yellow.sum() > 200  # 4 letters on each of 21 panels
     assert ndimage.maximum_filter(dark, size=5)[yellow].all()
+
+
+def test_orientation_letter_l_keeps_its_foot() -> None:
+    """At the figure's 7 points and 90 dpi a regular "L" lost its foot (thinner than a pixel, snapped away) at a third
+    of the positions, so on the black background of the image and difference panels it read as "I"; wherever it is
+    drawn its yellow now spans several pixel columns, as an "L" does."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from svreg_core.outputs.figure import orientation_letter
+
+    widths = []
+    for x, y in np.random.default_rng(0).uniform(0.3, 0.7, (25, 2)):
+        fig = Figure(figsize=(1, 1), dpi=90)
+        FigureCanvasAgg(fig)
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(np.zeros((4, 4)), cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        orientation_letter(ax, "L", (x, y), ("center", "center"))
+        fig.canvas.draw()
+        rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+        yellow = (rgb[..., 0] > 150) & (rgb[..., 1] > 150) & (rgb[..., 2] < 100)
+        widths.append(int(np.count_nonzero(yellow.any(axis=0))))
+    assert min(widths) >= 3, widths
