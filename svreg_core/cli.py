@@ -154,8 +154,9 @@ def add_prediction_arguments(p: argparse.ArgumentParser) -> None:
 def add_parameter_arguments(p: argparse.ArgumentParser) -> None:
     """The registration parameters shared by ``svreg register`` and ``svreg register-batch``."""
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
-    p.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default="linear",
-                   help="label warping: one-hot trilinear + argmax (default) or nearest neighbour")
+    p.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default=None,
+                   help="label warping: one-hot trilinear + argmax (linear, the default) or nearest neighbour; needs "
+                        "moving labels")
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset: {', '.join(PRESETS)}, or a preset JSON file (e.g. from svreg tune)")
     p.add_argument("--similarity", choices=SIMILARITIES, help="image similarity (default: from the preset)")
@@ -454,7 +455,8 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                           initial_affine=images.initial, progress=printer)
     result.timing["load_s"] = load_s
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
-                           labels=args.labels, label_mode=args.label_interpolation, overwrite=args.overwrite,
+                           labels=args.labels, label_mode=args.label_interpolation or "linear",
+                           overwrite=args.overwrite,
                            inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=pair.sources(),
                            gzip_level=args.gzip_level, landmarks=images.landmarks,
                            extra={**(images.extra or {}), **({"warnings": warned} if warned else {})},
@@ -639,7 +641,8 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
 def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> None:
     """Refuse, before any work, label options that would do nothing: fixed labels without moving labels (Dice and
     HD95 compare the fixed labels with the warped moving labels), ``--labels`` without a pair having both label
-    maps, ``--outputs labels`` without a pair having moving labels."""
+    maps, ``--outputs labels`` or ``--label-interpolation`` without a pair having moving labels (``svreg preview``
+    too)."""
     columns = bool(getattr(args, "pairs", None))  # register-batch --pairs: the pairs file's columns
     fixed, moving = ("fixed_labels", "moving_labels") if columns else ("--fixed-labels", "--moving-labels")
     lonely = next((pair for pair in pairs if pair.fixed_labels and not pair.moving_labels), None)
@@ -650,8 +653,11 @@ def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> No
                          "or neither).")
     if args.labels and not any(pair.fixed_labels and pair.moving_labels for pair in pairs):
         raise InputError(f"--labels chooses the labels Dice and HD95 score; it needs {fixed} and {moving}.")
-    if args.outputs and "labels" in args.outputs and not any(pair.moving_labels for pair in pairs):
+    outputs = getattr(args, "outputs", None)  # svreg preview: each request's
+    if outputs and "labels" in outputs and not any(pair.moving_labels for pair in pairs):
         raise InputError(f"--outputs labels writes the warped moving labels; it needs {moving}.")
+    if args.label_interpolation and not any(pair.moving_labels for pair in pairs):
+        raise InputError(f"--label-interpolation chooses how the moving labels are warped; it needs {moving}.")
 
 
 def shard(items: list, spec: str) -> list:
@@ -845,8 +851,9 @@ def add_preview_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-fixed", type=float, nargs=6, metavar=("R1", "A1", "S1", "R2", "A2", "S2"),
                    help="register only the fixed image's voxels inside this world box (as svreg register)")
     p.add_argument("--labels", type=int, nargs="+", help="label values to score (default: all labels in both maps)")
-    p.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default="linear",
-                   help="label warping: one-hot trilinear + argmax (default) or nearest neighbour")
+    p.add_argument("--label-interpolation", choices=LABEL_INTERPOLATIONS, default=None,
+                   help="label warping: one-hot trilinear + argmax (linear, the default) or nearest neighbour; needs "
+                        "moving labels")
     p.add_argument("--preset", default="brain-mri",
                    help=f"parameter preset (its affine stage and device): {', '.join(PRESETS)}, or a preset JSON file")
     add_runtime_arguments(p, affine_help="run the affine pre-alignment stage, once (default on)",
@@ -878,6 +885,8 @@ def run_preview(args: argparse.Namespace) -> int:
     from svreg_core.registration import prepare_pair
 
     t0 = time.perf_counter()
+    pair = Pair(args.fixed, args.moving, "", args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask)
+    check_label_arguments([pair], args)
     set_threads(args)
     check_hyper_model(read_model_info(resolve_model(args.model)))
     params = load_parameters(args.preset, affine=args.affine, pose_search=args.pose_search, device=args.device,
@@ -886,7 +895,6 @@ def run_preview(args: argparse.Namespace) -> int:
                              network_precision=args.network_precision)
     check_masks_used(args, affine=params.affine, refine=0)
     set_deterministic_environment(params)
-    pair = Pair(args.fixed, args.moving, "", args.fixed_labels, args.moving_labels, args.fixed_mask, args.moving_mask)
     printer = ProgressPrinter("json")
     printer(ProgressEvent("load", 0, 1, 0.0, "reading images"))
     images = load_pair_images(pair, args.crop_fixed, {})
@@ -896,7 +904,8 @@ def run_preview(args: argparse.Namespace) -> int:
                             moving_mask=images.moving_mask, model=args.model)
     engine = PreviewEngine(prepared.align(printer), fixed_labels=images.fixed_labels,
                            moving_labels=images.moving_labels, labels=args.labels,
-                           label_mode=args.label_interpolation, inputs=pair.inputs(), sources=pair.sources(),
+                           label_mode=args.label_interpolation or "linear", inputs=pair.inputs(),
+                           sources=pair.sources(),
                            extra=images.extra, gzip_level=args.gzip_level)
     prepared.timing["load_s"] = load_s
     info = prepared.info

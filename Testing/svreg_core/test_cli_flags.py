@@ -2,6 +2,7 @@
 line naming it, before any image is read."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -53,3 +54,36 @@ def test_apply_maps_csv_points_in_the_frame_coordinates_gives(tmp_path: Path, ca
         assert main(["apply", str(tmp_path / "shift.tfm"), str(tmp_path / "p.csv"), "-o", str(out),
                      "--coordinates", frame]) == 0
         assert float(out.read_text().splitlines()[1].split(",")[0]) == pytest.approx(float(x))
+
+
+def test_register_refuses_a_label_interpolation_without_moving_labels(tmp_path: Path, capsys) -> None:
+    """``--label-interpolation nearest`` without ``--moving-labels`` (a script's flag for another cohort) did nothing,
+    silently; now refused, before the images are read (damaged here)."""
+    for name in ("f.nii.gz", "m.nii.gz"):
+        (tmp_path / name).write_bytes(b"not an image")
+    line = _error_line(["register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "-o", tmp_path / "out",
+                        "--label-interpolation", "nearest"], capsys)
+    assert "--label-interpolation chooses how the moving labels are warped; it needs --moving-labels" in line, line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--fixed-labels", "FL"], "--fixed-labels needs --moving-labels"),
+    (["--labels", "1"], "--labels chooses the labels Dice and HD95 score; it needs --fixed-labels and --moving-labels"),
+    (["--fixed-labels", "FL", "--labels", "1", "2"], "--fixed-labels needs --moving-labels"),
+    (["--label-interpolation", "nearest"], "--label-interpolation chooses how the moving labels are warped"),
+])
+def test_preview_refuses_label_flags_that_would_do_nothing(tiny_pair, tiny_checkpoints, capsys, flags: list,
+                                                           words: str) -> None:
+    """``svreg preview`` took ``--labels`` without label maps, fixed labels without moving labels (read, cropped,
+    then never usable: every label_metrics request refused) and ``--label-interpolation`` without moving labels
+    silently; refused as ``svreg register`` refuses them, before the images are read."""
+    p = tiny_pair.paths
+    argv = ["preview", p.fixed, p.moving, "--model", tiny_checkpoints.hyper, "--device", "cpu",
+            *[p.fixed_labels if f == "FL" else f for f in flags]]
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    lines = captured.err.strip("\n").split("\n")
+    assert rc == 2 and len(lines) == 1 and words in lines[0], captured.err
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert [e["event"] for e in events] == ["error"], events  # no "load" (reading images) first
