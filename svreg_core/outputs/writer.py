@@ -384,7 +384,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
             warp erased scores Dice 0).
         label_mode: ``"linear"`` (one-hot trilinear + argmax) or ``"nearest"``.
         overwrite: replace an existing output folder that svreg wrote (see :func:`prepare_output_dir`).
-        inputs: input file paths, which the output folder must not contain.
+        inputs: input file paths, which the output folder must not contain (nor those of ``sources``).
         extra: additional top-level report entries.
         started: ``time.perf_counter()`` at the start of the whole run (image loading included); the
             report's ``timing.total_s`` is measured from it, else it is registration plus outputs.
@@ -407,7 +407,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     unknown = sorted(chosen - set(SELECTABLE_OUTPUTS))
     if unknown:
         raise InputError(f"unknown output {unknown[0]!r}; choose from {', '.join(SELECTABLE_OUTPUTS)}.")
-    out = prepare_output_dir(outdir, overwrite=overwrite, inputs=inputs)
+    # the files named in ``sources`` are inputs too: a folder holding one is never replaced
+    out = prepare_output_dir(outdir, overwrite=overwrite, inputs=[*inputs, *(sources or {}).values()])
     if fixed_labels is not None:
         fixed_labels = conform_to_grid(fixed_labels, result.fixed.grid, "fixed labels", "fixed image")
     if moving_labels is not None:

@@ -592,3 +592,15 @@ def test_report_states_the_units_of_its_numbers(written) -> None:
     assert units["metrics"]["folding_percent"].startswith("%") and units["metrics"]["sdlogj"].startswith("1 ")
     assert set(units["metrics"]) == set(json.loads((out / "report.json").read_text())["metrics"])
     assert units["timing"] == "s" and "RAS mm" in units["affine_ras"]
+
+
+def test_overwrite_never_replaces_the_folder_of_an_input_named_in_sources(synthetic_result, written,
+                                                                           tmp_path: Path) -> None:
+    """Registering an earlier output's warped image again into that folder with overwrite (the library call, which
+    names its inputs in ``sources`` only) deleted the input with the folder; it is refused and the folder kept."""
+    out = tmp_path / "chain"
+    shutil.copytree(written[0], out)
+    before = (out / "warped.nii.gz").read_bytes()
+    with pytest.raises(OutputError, match="contains the input"):
+        write_outputs(synthetic_result, out, overwrite=True, outputs=[], sources={"moving": out / "warped.nii.gz"})
+    assert (out / "warped.nii.gz").read_bytes() == before
