@@ -545,7 +545,8 @@ folder under -o, as 'svreg register' writes it. Fixed images, labels and masks a
 A pair that fails is reported and skipped; the exit status is then 2. summary.csv under -o (with --shard I/N:
 summary_shard-I-of-N.csv) has one row per pair, rewritten after each: status, error, mean Dice, HD95, TRE,
 folding, NDV, SDlogJ, registration seconds. After an interruption (Ctrl-C, a killed job) the same command with
---resume keeps the pairs finished before and registers the rest.
+--resume keeps the pairs finished before and registers the rest. With --progress json, each pair ends in
+one "done" event (outdir, report; "kept": true for a pair --resume kept) or "error" event (message, outdir).
 """
 
 
@@ -691,7 +692,10 @@ def run_register_batch(args: argparse.Namespace) -> int:
         if pair.output in finished:
             rows.append(batch_summary_row(pair, finished[pair.output]))
             write_batch_summary(summary, rows)
-            if args.progress != "json":
+            if args.progress == "json":  # each pair ends in one "done" or "error" event, kept ones too
+                emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()),
+                           "report": finished[pair.output], "kept": True})
+            else:
                 print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}: registered before, kept",
                       file=sys.stderr)
             continue

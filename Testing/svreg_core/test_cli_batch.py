@@ -1,0 +1,31 @@
+"""``svreg register-batch``: what a script driving a cohort reads from it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from svreg_core.cli import main
+
+FAST = ["--level-spacings", "12", "--iterations", "3", "--no-affine", "--device", "cpu", "--outputs", "displacement"]
+
+
+def test_a_resumed_batch_gives_each_pair_one_json_event(tiny_pair, tmp_path: Path, capsys) -> None:
+    """With ``--resume --progress json``, the pairs kept from the earlier run gave no event at all (only a line on
+    stderr in the other modes), so a script counting "done" events missed them; each now gives one "done" event
+    with its report, marked "kept"."""
+    p = tiny_pair.paths
+    second = tmp_path / "second.nii.gz"
+    second.write_bytes(Path(p.moving).read_bytes())
+    argv = ["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), str(second), "-o",
+            str(tmp_path / "r"), *FAST, "--progress", "json"]
+    assert main(argv) == 0
+    first = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    done = [e for e in first if e["event"] == "done"]
+    assert [e["outdir"] for e in done] == [str(tmp_path / "r" / n) for n in ("moving", "second")]
+    assert not any("kept" in e for e in done)
+    assert main([*argv, "--resume"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["event"], e["outdir"], e.get("kept")) for e in events] == [
+        ("done", str(tmp_path / "r" / n), True) for n in ("moving", "second")]
+    assert [e["report"] for e in events] == [json.loads((tmp_path / "r" / n / "report.json").read_text())
+                                              for n in ("moving", "second")]
