@@ -378,6 +378,11 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the registration; the scene is left as it was.")
             self.ui.applyButton.enabled = True
+        elif self._startRegistration in self._afterEnvironment:  # waiting for the PyTorch check or installation
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Do not start the registration when the PyTorch check or installation "
+                                            "ends.")
+            self.ui.applyButton.enabled = True
         elif p and p.fixedVolume and p.movingVolume and p.fixedVolume != p.movingVolume:
             self.ui.applyButton.text = _("Register")
             self.ui.applyButton.toolTip = _("Register the moving volume onto the fixed volume.")
@@ -660,11 +665,13 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._updateEngineStatus()
             return
         self._afterEnvironment, self._environmentForTuning = [], False
+        self._checkCanApply()
         slicer.util.errorDisplay(status.advice() if status is not None else _("PyTorch could not be checked."))
 
     def _environmentReady(self) -> None:
         actions, self._afterEnvironment = self._afterEnvironment, []
         tuning, self._environmentForTuning = self._environmentForTuning, False
+        self._checkCanApply()  # no longer waiting
         with slicer.util.tryWithErrorDisplay(_("Failed to install the engine's Python packages.")):
             ready = self.logic.ensureRequirements(ask=True, tuning=tuning)
         if not ready:
@@ -679,10 +686,16 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
             self._job.cancel()
             self._finishRegistration()
             return
+        if self._startRegistration in self._afterEnvironment:  # "Cancel" while it waits for PyTorch
+            self._afterEnvironment.remove(self._startRegistration)
+            self._appendLog(_("Registration cancelled: it will not start when PyTorch is ready."))
+            self._checkCanApply()
+            return
         self._retirePreviewEngine()  # a full registration supersedes the previews, one waiting for PyTorch too
         if self._schedulePreview in self._afterEnvironment:
             self._afterEnvironment.remove(self._schedulePreview)
         self._withEnvironment(self._startRegistration)
+        self._checkCanApply()  # "Cancel" while it waits
 
     def _startRegistration(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Registration could not start.")):

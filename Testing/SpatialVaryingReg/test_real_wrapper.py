@@ -67,6 +67,7 @@ def _widget(module, ui, parameter_node):
     widget._preview = module.preview.PreviewScheduler(widget._startPreviewJob, widget._onPreviewFinished)
     widget._previewEngine = module.svlogic.PreviewEngine()
     widget._codesModel = None
+    widget._afterEnvironment = []  # nothing waits for the PyTorch check
     return widget
 
 
@@ -541,6 +542,21 @@ def test_register_pressed_while_pytorch_is_being_checked_runs_once_the_check_has
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert widget._torchStatus.ok and shown == []
+
+    # Register pressed during a check offers "Cancel" (it could not be taken back: a second press did nothing);
+    # pressed, the registration does not start when the check ends
+    widget._torchStatus = None
+    widget._environmentChild = module.dependencies.start_torch_check(python=str(check))
+    widget._environmentTimer.start()
+    widget.onApplyButton()
+    assert widget.ui.applyButton.text == "Cancel" and widget.ui.applyButton.enabled
+    widget.onApplyButton()
+    assert widget.ui.applyButton.text == "Register"
+    while widget._environmentTimer.active:
+        widget._onEnvironmentTimer()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert widget._torchStatus.ok and shown == [] and widget._job is None
 
 
 def test_the_best_trial_shown_belongs_to_the_chosen_study(real, scene, tmp_path):
