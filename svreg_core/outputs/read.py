@@ -249,6 +249,17 @@ def read_itk_transform(path: str | Path) -> Transform:
     import SimpleITK as sitk
 
     path = Path(path)
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        import h5py
+
+        # opened with h5py first, which keeps HDF5's error stack quiet: ITK's HDF5 prints dozens of lines to stderr
+        # for a truncated file (an interrupted copy or download) before SimpleITK raises
+        try:
+            with h5py.File(path, "r"):
+                pass
+        except OSError:
+            raise InputError(f"cannot read {path} as an ITK transform file: it is not a complete HDF5 file "
+                             "(truncated or damaged).") from None
     try:
         itk = sitk.ReadTransform(str(path))
     except RuntimeError:

@@ -258,6 +258,18 @@ def test_itk_errors(tmp_path: Path) -> None:
         read_itk_transform(tmp_path / "bad.h5")
 
 
+def test_truncated_h5_is_one_line_without_hdf5_error_stack(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A transform.h5 cut short (an interrupted copy or download) printed ITK's HDF5 error stack (dozens of
+    ``HDF5-DIAG`` lines on stderr) before svreg's one-line error; now only the error, which says why."""
+    sitk.WriteTransform(_sitk_field((0.5, -1.0, 2.0)), str(tmp_path / "whole.h5"))
+    whole = (tmp_path / "whole.h5").read_bytes()
+    (tmp_path / "cut.h5").write_bytes(whole[: len(whole) // 2])
+    capfd.readouterr()
+    with pytest.raises(InputError, match="cut.h5 as an ITK transform file: it is not a complete HDF5 file"):
+        load_transform(tmp_path / "cut.h5")
+    assert "HDF5" not in capfd.readouterr().err
+
+
 def test_load_transform_paths(tmp_path: Path) -> None:
     path = tmp_path / "field.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((*_SHAPE, 1, 3), np.float32), _AFFINE), str(path))
