@@ -661,14 +661,20 @@ def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> No
         raise InputError(f"--label-interpolation chooses how the moving labels are warped; it needs {moving}.")
 
 
-def shard(items: list, spec: str) -> list:
-    """The items ``I, I+N, …`` of ``spec`` ``"I/N"`` (0 <= I < N)."""
+def shard_numbers(spec: str) -> tuple[int, int]:
+    """``(I, N)`` of ``--shard`` ``"I/N"`` (0 <= I < N; ``"01/04"`` is ``(1, 4)``)."""
     try:
         index, count = (int(v) for v in spec.split("/"))
     except ValueError:
         raise InputError(f"--shard {spec!r}: use I/N with whole numbers, e.g. 0/4.") from None
     if count < 1 or not 0 <= index < count:
         raise InputError(f"--shard {spec!r}: I must be from 0 to N - 1 and N at least 1.")
+    return index, count
+
+
+def shard(items: list, spec: str) -> list:
+    """The items ``I, I+N, …`` of ``spec`` ``"I/N"`` (0 <= I < N)."""
+    index, count = shard_numbers(spec)
     return items[index::count]
 
 
@@ -725,7 +731,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
             print(f"{pair.output}: {_summary(report)}")
     write_batch_summary(summary, rows)  # also a shard without pairs: its header
     if args.progress != "json":
-        print(f"Summary of {len(pairs)} pairs: {summary}")
+        print(f"Summary of {len(pairs)} pair{'' if len(pairs) == 1 else 's'}: {summary}")
     if failed:
         print(f"svreg: error: {failed} of {len(pairs)} pairs failed (see above and {summary.name}).", file=sys.stderr)
         return 2
@@ -796,9 +802,9 @@ BATCH_SUMMARY_COLUMNS = ("fixed", "moving", "output", "status", "error", "dice_m
 
 def batch_summary_name(spec: str) -> str:
     """``summary.csv`` for a whole batch, ``summary_shard-I-of-N.csv`` for shard ``"I/N"`` of a job array (the
-    shards of one batch write side by side)."""
-    index, count = (part.strip() for part in spec.split("/"))
-    return "summary.csv" if count == "1" else f"summary_shard-{index}-of-{count}.csv"
+    shards of one batch write side by side), whichever way the numbers are written (``01/04`` as ``1/4``)."""
+    index, count = shard_numbers(spec)
+    return "summary.csv" if count == 1 else f"summary_shard-{index}-of-{count}.csv"
 
 
 def batch_summary_row(pair: Pair, report: dict | None, error: str = "") -> dict[str, object]:

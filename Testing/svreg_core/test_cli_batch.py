@@ -29,3 +29,19 @@ def test_a_resumed_batch_gives_each_pair_one_json_event(tiny_pair, tmp_path: Pat
         ("done", str(tmp_path / "r" / n), True) for n in ("moving", "second")]
     assert [e["report"] for e in events] == [json.loads((tmp_path / "r" / n / "report.json").read_text())
                                               for n in ("moving", "second")]
+
+
+def test_a_shard_names_its_summary_by_its_numbers_however_written(tiny_pair, tmp_path: Path, capsys) -> None:
+    """``--shard 05/10`` (a job script's zero-padded task number) wrote ``summary_shard-05-of-10.csv``, beside the
+    ``summary_shard-5-of-10.csv`` of ``5/10`` (so ``--resume`` missed it), and ``0/01`` a shard summary for a whole
+    batch; the names now come from the numbers."""
+    from svreg_core.cli import batch_summary_name
+
+    p = tiny_pair.paths
+    root = tmp_path / "r"
+    assert main(["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), "-o", str(root), "--shard",
+                 "05/10", "--device", "cpu", "--progress", "none"]) == 0
+    assert f"Summary of 0 pairs: {root / 'summary_shard-5-of-10.csv'}" in capsys.readouterr().out
+    assert sorted(f.name for f in root.iterdir()) == ["summary_shard-5-of-10.csv"]
+    assert batch_summary_name("0/01") == batch_summary_name(" 0/1") == "summary.csv"
+    assert batch_summary_name("+3/ 4") == "summary_shard-3-of-4.csv"
