@@ -643,7 +643,7 @@ def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> No
     """Refuse, before any work, label options that would do nothing: fixed labels without moving labels (Dice and
     HD95 compare the fixed labels with the warped moving labels), ``--labels`` without a pair having both label
     maps, ``--outputs labels`` or ``--label-interpolation`` without a pair having moving labels (``svreg preview``
-    too)."""
+    too); and landmarks of one image of a pair only."""
     columns = bool(getattr(args, "pairs", None))  # register-batch --pairs: the pairs file's columns
     fixed, moving = ("fixed_labels", "moving_labels") if columns else ("--fixed-labels", "--moving-labels")
     lonely = next((pair for pair in pairs if pair.fixed_labels and not pair.moving_labels), None)
@@ -659,6 +659,11 @@ def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> No
         raise InputError(f"--outputs labels writes the warped moving labels; it needs {moving}.")
     if args.label_interpolation and not any(pair.moving_labels for pair in pairs):
         raise InputError(f"--label-interpolation chooses how the moving labels are warped; it needs {moving}.")
+    half = next((pair for pair in pairs if bool(pair.fixed_landmarks) != bool(pair.moving_landmarks)), None)
+    if half is not None:  # else found after the images are read, or a pairs file's pair 57 fails hours in
+        both = "fixed_landmarks and moving_landmarks" if columns else "--fixed-landmarks and --moving-landmarks"
+        whose = f"the pair of moving image {half.moving}: " if columns else ""
+        raise InputError(f"{whose}give both {both} (corresponding points), or neither.")
 
 
 def shard_numbers(spec: str) -> tuple[int, int]:

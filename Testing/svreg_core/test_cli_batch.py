@@ -45,3 +45,20 @@ def test_a_shard_names_its_summary_by_its_numbers_however_written(tiny_pair, tmp
     assert sorted(f.name for f in root.iterdir()) == ["summary_shard-5-of-10.csv"]
     assert batch_summary_name("0/01") == batch_summary_name(" 0/1") == "summary.csv"
     assert batch_summary_name("+3/ 4") == "summary_shard-3-of-4.csv"
+
+
+def test_a_pairs_file_with_one_images_landmarks_is_refused_before_any_pair(tiny_pair, tmp_path: Path,
+                                                                           capsys) -> None:
+    """A pairs file whose second pair has fixed_landmarks but no moving_landmarks: the first pair was registered
+    and the second failed after its images were read (hours in, in a cohort); the batch is now refused before any
+    work, naming the pair."""
+    p = tiny_pair.paths
+    (tmp_path / "l.csv").write_text("x,y,z\n0,0,0\n")
+    (tmp_path / "pairs.csv").write_text(f"fixed,moving,fixed_landmarks,output\n{p.fixed},{p.moving},,a\n"
+                                        f"{p.fixed},{p.moving},l.csv,b\n")
+    rc = main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r"), *FAST,
+               "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("svreg: error: "), err
+    assert f"the pair of moving image {p.moving}: give both fixed_landmarks and moving_landmarks" in err
+    assert not (tmp_path / "r").exists()

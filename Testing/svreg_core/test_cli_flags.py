@@ -87,3 +87,15 @@ def test_preview_refuses_label_flags_that_would_do_nothing(tiny_pair, tiny_check
     assert rc == 2 and len(lines) == 1 and words in lines[0], captured.err
     events = [json.loads(line) for line in captured.out.splitlines()]
     assert [e["event"] for e in events] == ["error"], events  # no "load" (reading images) first
+
+
+def test_register_refuses_the_landmarks_of_one_image_before_reading_the_images(tmp_path: Path, capsys) -> None:
+    """``--fixed-landmarks`` without ``--moving-landmarks`` was refused only after the images were read (damaged
+    here: they came first)."""
+    for name in ("f.nii.gz", "m.nii.gz"):
+        (tmp_path / name).write_bytes(b"not an image")
+    (tmp_path / "l.csv").write_text("x,y,z\n0,0,0\n")
+    line = _error_line(["register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "-o", tmp_path / "out",
+                        "--moving-landmarks", tmp_path / "l.csv"], capsys)
+    assert "give both --fixed-landmarks and --moving-landmarks (corresponding points), or neither" in line, line
+    assert not (tmp_path / "out").exists()
