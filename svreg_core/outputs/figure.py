@@ -16,6 +16,9 @@ from svreg_core.image.normalize import FOREGROUND_LEVEL, intensity_window
 _VIEWS = (("axial", 2, ("L", "R", "P", "A")), ("coronal", 1, ("L", "R", "I", "S")),
           ("sagittal", 0, ("P", "A", "I", "S")))
 
+#: Colour of the folded voxels (det J ≤ 0) on the det J panels: none of the blue-white-red scale's colours.
+FOLD_COLOUR = "lime"
+
 #: Smallest half-range of the log₂ det J colour scale (a range of det J from 0.84 to 1.19 at least).
 _MIN_LOG2_RANGE = 0.25
 
@@ -65,10 +68,16 @@ def lambda_ticks(low: float, high: float) -> tuple[list[float], list[str]]:
 
 
 def log2_jacobian(jacobian: np.ndarray, foreground: np.ndarray) -> np.ma.MaskedArray:
-    """log₂ det J, masked outside ``foreground`` and where det J ≤ 0 (shown blank)."""
+    """log₂ det J, masked outside ``foreground`` and where det J ≤ 0 (those drawn by :func:`folded`)."""
     jac = np.asarray(jacobian, dtype=np.float64)
     valid = foreground & (jac > 0)
     return np.ma.masked_array(np.log2(np.where(valid, jac, 1.0)), mask=~valid)
+
+
+def folded(jacobian: np.ndarray, foreground: np.ndarray) -> np.ma.MaskedArray:
+    """Ones where det J ≤ 0 inside ``foreground`` (drawn in :data:`FOLD_COLOUR`), masked elsewhere."""
+    fold = np.asarray(foreground) & (np.asarray(jacobian) <= 0)
+    return np.ma.masked_array(np.ones(fold.shape, np.float32), mask=~fold)
 
 
 def log2_range(jacobian: np.ndarray, foreground: np.ndarray) -> float:
@@ -107,12 +116,12 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     in neurological display (subject's right on the right of each panel, anterior/superior up), with
     orientation letters (yellow outlined in black: readable on every panel's colours) and the slice position
     (RAS mm). λ is coloured over its own range (printed);
-    det J on a log₂ scale symmetric around 1, inside the foreground only (voxels with det J ≤ 0 and the
-    background are left blank). ``dice`` (mean Dice before, after) goes in the title.
+    det J on a log₂ scale symmetric around 1, inside the foreground only (the background left blank), its folded
+    voxels (det J ≤ 0) in :data:`FOLD_COLOUR`. ``dice`` (mean Dice before, after) goes in the title.
     """
     # imported here: matplotlib takes a third of a second to import, which every svreg command would pay
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import ListedColormap, TwoSlopeNorm
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter
 
@@ -130,8 +139,9 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
     fn, mn, wn = ([(sl - windows[n][0]) / (windows[n][1] - windows[n][0]) for sl in _slices(arrays[n], centre)]
                   for n in ("fixed", "moving", "warped"))
     lam_low, lam_high = lambda_range(arrays["lambda"])
-    log_jac = [log2_jacobian(sl, fg) for sl, fg in zip(_slices(arrays["jacobian"], centre),
-                                                      _slices(foreground, centre))]
+    jac_slices, fg_slices = _slices(arrays["jacobian"], centre), _slices(foreground, centre)
+    log_jac = [log2_jacobian(sl, fg) for sl, fg in zip(jac_slices, fg_slices)]
+    folds = [folded(sl, fg) for sl, fg in zip(jac_slices, fg_slices)]
     half = log2_range(arrays["jacobian"], foreground)
     # title, the three slices, imshow style, colour-bar label (None: no colour bar)
     columns: list[tuple[str, Sequence[np.ndarray], dict[str, Any], str | None]] = [
@@ -145,7 +155,7 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
         (f"λ(x): {lam_low:.3g} – {lam_high:.3g}", _slices(arrays["lambda"], centre),
          dict(cmap="viridis", vmin=lam_low, vmax=lam_high), "λ (dimensionless, own range)"),
         ("det J (foreground)", log_jac, dict(cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0.0, vmin=-half, vmax=half)),
-         "det J (log scale; <1 shrinks, >1 grows)"),
+         f"det J (log scale; <1 shrinks, >1 grows)\n{FOLD_COLOUR}: det J ≤ 0 (folded)"),
     ]
     # an explicit Agg figure: no pyplot, so importing or calling this never touches matplotlib's global backend;
     # a fixed grid (fractions of the figure) with a strip for the colour bars below it, not a layout engine
@@ -160,6 +170,9 @@ def write_report_figure(path: str | Path, *, fixed: Image, moving_before: Image,
             ax = axes[r, c]
             ax.set_facecolor("white")
             im = ax.imshow(sl, origin="lower", interpolation="nearest", aspect=aspects[r], **style)
+            if name.startswith("det J"):  # the folds, which the log scale cannot show, over it
+                ax.imshow(folds[r], origin="lower", interpolation="nearest", aspect=aspects[r],
+                          cmap=ListedColormap([FOLD_COLOUR]), vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             left, right, bottom, top = _VIEWS[r][2]

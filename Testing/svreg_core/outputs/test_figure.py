@@ -137,3 +137,30 @@ def test_orientation_letter_l_keeps_its_foot() -> None:
         yellow = (rgb[..., 0] > 150) & (rgb[..., 1] > 150) & (rgb[..., 2] < 100)
         widths.append(int(np.count_nonzero(yellow.any(axis=0))))
     assert min(widths) >= 3, widths
+
+
+def test_folded_voxels_are_drawn_not_left_blank(tmp_path: Path) -> None:
+    """Voxels with det J ≤ 0, the ones a user looks for, were left blank on the det J panels: white, as det J = 1 and
+    the background are. They are now drawn in their own colour, and only inside the foreground."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    from svreg_core.outputs.figure import FOLD_COLOUR
+
+    data = np.zeros((20, 22, 18), np.float32)
+    data[3:17, 3:19, 3:15] = np.random.default_rng(1).uniform(0.5, 1.0, (14, 16, 12))
+    img = Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    jac = np.ones(data.shape, np.float32)
+    jac[7:13, 8:14, 6:12] = -0.5  # a folded block at the centre, on every slice through it
+    jac[0:2] = -0.5  # folds in the background: not drawn
+    path = write_report_figure(tmp_path / "r.png", fixed=img, moving_before=img, warped=img,
+                               weight=Image(np.ones(data.shape, np.float32), img.affine),
+                               jacobian=Image(jac, img.affine))
+    rgb = imread(str(path))[..., :3]
+    panels = rgb[: int(0.86 * len(rgb))]  # above the colour bars
+    fold = np.all(np.abs(panels - np.asarray(to_rgb(FOLD_COLOUR))) < 0.1, axis=-1)
+    det_j_column = fold[:, int(6 / 7 * fold.shape[1]):]
+    assert det_j_column.sum() > 3 * 100  # the block on each of the 3 det J panels
+    assert fold.sum() == det_j_column.sum()  # nowhere else (no λ panel's green)
+    cols = np.nonzero(det_j_column.any(axis=0))[0]
+    assert cols.max() - cols.min() < 0.5 * det_j_column.shape[1]  # the central block, not the background's folds
