@@ -28,7 +28,7 @@ from nibabel.spatialimages import SpatialImage
 from svreg_core.conventions import map_points, ras_affine_from_itk, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
-from svreg_core.image.io import header_fixes_warned, xform_codes
+from svreg_core.image.io import affine_in_mm, header_fixes_warned, xform_codes
 from svreg_core.image.resample import sample_at_points
 
 if TYPE_CHECKING:
@@ -217,7 +217,10 @@ def read_displacement(path: str | Path) -> DisplacementField:
                          "(I, J, K, 3) with LPS vectors in mm (the ITK/ANTs layout).")
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path.name} contains NaN or infinite displacement vectors.")
-    return DisplacementField(ras_to_lps_vectors(data), Grid(data.shape[:3], nii.affine, xform_codes(nii)))
+    # a grid in metres or microns (NIfTI xyzt_units) is converted to mm as ITK converts it (with a warning); the
+    # vectors stay as they are, millimetres for ITK whatever the header says
+    affine = affine_in_mm(nii, f"displacement field {path.name}")
+    return DisplacementField(ras_to_lps_vectors(data), Grid(data.shape[:3], affine, xform_codes(nii)))
 
 
 def _field_from_sitk(image: sitk.Image) -> DisplacementField:

@@ -150,6 +150,26 @@ def test_read_displacement_converts_lps_vectors(tmp_path: Path, layout: str) -> 
     assert field.grid.shape == _SHAPE
 
 
+def test_displacement_in_microns_is_placed_as_itk_places_it(tmp_path: Path) -> None:
+    """A field whose header gives its grid in microns (NIfTI xyzt_units) was placed as if in mm, 1000 times too
+    large, where ITK (hence ANTs, Slicer) converts its grid to mm: now mapped as SimpleITK maps it, with a warning."""
+    vectors = np.broadcast_to(np.float32([1.0, 2.0, 3.0]), (*_SHAPE, 1, 3)).copy()
+    microns = np.diag([1000.0, 1000.0, 1000.0, 1.0]) @ _AFFINE
+    nii = nib.Nifti1Image(vectors, microns)
+    nii.header.set_xyzt_units("micron")
+    nii.header.set_intent("vector")
+    path = tmp_path / "field.nii.gz"
+    nib.save(nii, str(path))
+    with pytest.warns(UserWarning, match="microns"):
+        field = read_displacement(path)
+    np.testing.assert_allclose(field.grid.affine, _AFFINE)
+    itk = sitk.DisplacementFieldTransform(sitk.ReadImage(str(path), sitk.sitkVectorFloat64))
+    points_ras = _grid_points()[1:-1, 1:-1, 1:-1].reshape(-1, 3)
+    flip = np.array([-1.0, -1.0, 1.0])
+    expected = np.array([itk.TransformPoint(tuple(p * flip)) for p in points_ras]) * flip
+    np.testing.assert_allclose(field(points_ras), expected, atol=1e-4)
+
+
 @pytest.mark.parametrize("content, message", [
     (np.zeros((*_SHAPE, 2), np.float32), "has shape"),
     (np.full((*_SHAPE, 3), np.nan, np.float32), "NaN"),
