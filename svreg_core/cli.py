@@ -1113,7 +1113,8 @@ def describe_transform(path: str) -> dict:
     steps in the order they act on a fixed-world point, in RAS mm. A linear step: its 4x4 matrix, the rotation
     nearest to its linear part (degrees, about a unit RAS axis; none under 0.01°), its scales (the linear part's
     singular values) and its translation (the image of the origin); a displacement field: its grid and the
-    largest and mean length of its vectors."""
+    largest and mean length of its vectors. ``maps``: ``"moving to fixed"`` for an svreg output folder's
+    ``inverse_displacement.nii.gz``, else ``"fixed to moving"`` (what a registration's transform file maps)."""
     import numpy as np
 
     from svreg_core.optim.pose_search import rotation_degrees
@@ -1138,7 +1139,8 @@ def describe_transform(path: str) -> dict:
             steps.append({"type": "displacement field", "shape": list(step.grid.shape),
                           "spacing_mm": _rounded(step.grid.spacing, 4),
                           "max_mm": round(float(length.max()), 4), "mean_mm": round(float(length.mean()), 4)})
-    return {"path": path, "transform": steps}
+    inverse = Path(path).name == "inverse_displacement.nii.gz" and is_output_folder(str(Path(path).parent))
+    return {"path": path, "maps": "moving to fixed" if inverse else "fixed to moving", "transform": steps}
 
 
 def _rounded(values: Iterable[float], digits: int) -> list[float]:
@@ -1213,8 +1215,9 @@ def _transform_line(entry: dict) -> str:
         f"svreg output: {output['moving']} registered to {output['fixed']} {output['summary']}; ")
     if not parts:
         return f"{entry['path']}: {heading}no transform file kept (the run's --outputs left them out)"
-    return (f"{entry['path']}: {heading}transform of fixed-world to moving-world points (RAS), acting in turn: "
-            + "; ".join(parts))
+    direction = ("moving-world to fixed-world points (RAS; the registration's inverse)"
+                 if entry.get("maps") == "moving to fixed" else "fixed-world to moving-world points (RAS)")
+    return f"{entry['path']}: {heading}transform of {direction}, acting in turn: " + "; ".join(parts)
 
 
 def info_inputs(paths: list[str]) -> list[tuple[str, DicomSeries | None]]:
