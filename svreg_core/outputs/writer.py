@@ -391,7 +391,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
         outputs: names from :data:`SELECTABLE_OUTPUTS` to write (default: all); ``report.json`` is
             always written. ``labels`` needs ``moving_labels``.
         sources: input file paths by role (``fixed``, ``moving``, ``fixed_labels``, …), recorded in the
-            report's ``inputs`` with each image's shape, spacing and orientation.
+            report's ``inputs`` with each image's shape, spacing and orientation (those of other roles, e.g.
+            ``fixed_mask``, with their path only).
         gzip_level: compression of the ``.nii.gz`` outputs, 0 (stored: fastest, e.g. for files another
             program reads at once) to 9 (:func:`~svreg_core.image.io.save_nifti`); ``None``: the images at
             :data:`~svreg_core.image.io.DEFAULT_GZIP_LEVEL` (1, the Jacobian map too), the displacement fields
@@ -500,6 +501,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                   "moving_labels": moving_labels}
         described = {role: describe_input(image, (sources or {}).get(role)) for role, image in images.items()
                      if image is not None}
+        # inputs of other roles (the masks): their paths, so the report says every file the registration used
+        described.update({role: {"path": str(p)} for role, p in (sources or {}).items() if role not in described})
         report = {**summarize(result), "inputs": described, "metrics": metrics, "label_interpolation": label_mode,
                   "outputs": sorted(n for n in SELECTABLE_OUTPUTS if n in chosen
                                     and (n != "labels" or moving_labels is not None)),

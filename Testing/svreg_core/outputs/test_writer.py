@@ -604,3 +604,14 @@ def test_overwrite_never_replaces_the_folder_of_an_input_named_in_sources(synthe
     with pytest.raises(OutputError, match="contains the input"):
         write_outputs(synthetic_result, out, overwrite=True, outputs=[], sources={"moving": out / "warped.nii.gz"})
     assert (out / "warped.nii.gz").read_bytes() == before
+
+
+def test_report_records_the_masks_among_its_inputs(synthetic_result, tmp_path: Path) -> None:
+    """report.json's inputs left out the masks the registration used (given in sources, as svreg register gives
+    --fixed-mask / --moving-mask), so a run could not be told from one without them; their paths are recorded."""
+    sources = {"fixed": "f.nii.gz", "moving": "m.nii.gz", "fixed_mask": "fm.nii.gz", "moving_mask": "mm.nii.gz"}
+    report = write_outputs(synthetic_result, tmp_path / "out", outputs=[], sources=sources)
+    inputs = json.loads((tmp_path / "out" / "report.json").read_text())["inputs"]
+    assert inputs == report["inputs"]
+    assert inputs["fixed_mask"] == {"path": "fm.nii.gz"} and inputs["moving_mask"] == {"path": "mm.nii.gz"}
+    assert inputs["fixed"]["path"] == "f.nii.gz" and inputs["fixed"]["shape"] == [18, 16, 14]
