@@ -28,7 +28,7 @@ from nibabel.spatialimages import SpatialImage
 from svreg_core.conventions import map_points, ras_affine_from_itk, ras_lps_matrix, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
-from svreg_core.image.io import affine_in_mm, header_fixes_warned, xform_codes
+from svreg_core.image.io import affine_in_mm, check_orientation, header_fixes_warned, xform_codes
 from svreg_core.image.resample import sample_at_points
 
 if TYPE_CHECKING:
@@ -217,6 +217,9 @@ def read_displacement(path: str | Path) -> DisplacementField:
                          "(I, J, K, 3) with LPS vectors in mm (the ITK/ANTs layout).")
     if not np.all(np.isfinite(data)):
         raise InputError(f"{path.name} contains NaN or infinite displacement vectors.")
+    # placed as svreg places an image, with its refusals and warnings where ITK (ANTs, Slicer) would place it
+    # elsewhere: sform and qform disagreeing, negative voxel sizes, no orientation stored
+    check_orientation(nii, f"displacement field {path.name}")
     # a grid in metres or microns (NIfTI xyzt_units) is converted to mm as ITK converts it (with a warning); the
     # vectors stay as they are, millimetres for ITK whatever the header says
     affine = affine_in_mm(nii, f"displacement field {path.name}")

@@ -170,6 +170,25 @@ def test_displacement_in_microns_is_placed_as_itk_places_it(tmp_path: Path) -> N
     np.testing.assert_allclose(field(points_ras), expected, atol=1e-4)
 
 
+def test_displacement_placed_differently_by_itk_is_warned_or_refused(tmp_path: Path) -> None:
+    """A field that ITK (ANTs, Slicer) places elsewhere than svreg was read silently: with no orientation stored
+    (ITK: LPS axes from the origin) it is now warned of, with negative voxel sizes (ITK mirrors) refused, as images
+    are."""
+    vectors = np.zeros((*_SHAPE, 1, 3), np.float32)
+    nii = nib.Nifti1Image(vectors, _AFFINE)
+    nii.set_sform(None, code=0)
+    nii.set_qform(None, code=0)
+    nib.save(nii, str(tmp_path / "bare.nii.gz"))
+    with pytest.warns(UserWarning, match="displacement field bare.nii.gz stores no orientation"):
+        read_displacement(tmp_path / "bare.nii.gz")
+    mirrored = nib.Nifti1Image(vectors, _AFFINE)
+    mirrored.header["pixdim"][1] = -2.0
+    nib.save(mirrored, str(tmp_path / "mirrored.nii.gz"))
+    with pytest.warns(UserWarning, match="nibabel corrected"), \
+            pytest.raises(InputError, match="mirrored.nii.gz: its header gives negative voxel sizes"):
+        read_displacement(tmp_path / "mirrored.nii.gz")
+
+
 @pytest.mark.parametrize("content, message", [
     (np.zeros((*_SHAPE, 2), np.float32), "has shape"),
     (np.full((*_SHAPE, 3), np.nan, np.float32), "NaN"),
