@@ -538,9 +538,10 @@ examples:
 
 pairs.csv has a header with the columns fixed and moving, and optionally fixed_labels, moving_labels,
 fixed_mask, moving_mask, fixed_landmarks, moving_landmarks (point files: the summary then gives the TRE),
-initial_transform (as register's --initial-transform) and output (the folder under -o; default: the moving
-file's name without its image ending such as .nii.gz, or the folder's name for a DICOM series given by a
-file or its folder); relative paths are relative to the CSV file's folder. Each pair gets its own output
+initial_transform (as register's --initial-transform) and output (the pair's folder inside -o, a relative
+path without '..', not inside another pair's; default: the moving file's name without its image ending such
+as .nii.gz, or the folder's name for a DICOM series given by a file or its folder); relative paths are
+relative to the CSV file's folder. Each pair gets its own output
 folder under -o, as 'svreg register' writes it. Fixed images, labels and masks are loaded once and reused.
 A pair that fails is reported and skipped; the exit status is then 2. summary.csv under -o (with --shard I/N:
 summary_shard-I-of-N.csv) has one row per pair, rewritten after each: status, error, mean Dice, HD95, TRE,
@@ -626,6 +627,10 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
             for role in ("fixed", "moving"):
                 if role not in files[-1]:
                     raise InputError(f"pairs file {path}, line {line}: no {role} image.")
+            name = row.get("output")
+            if name and (Path(name).is_absolute() or ".." in Path(name).parts or not Path(name).parts):
+                raise InputError(f"pairs file {path}, line {line}: output {name!r} is not a folder inside -o; name "
+                                 "one relative to it, without '..' (e.g. sub-01).")
     unnamed = [i for i, row in enumerate(rows) if not row.get("output")]
     names = {i: row["output"] for i, row in enumerate(rows) if row.get("output")}
     names.update(zip(unnamed, default_outputs([files[i]["moving"] for i in unnamed])))
@@ -636,6 +641,12 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
         first, second = [p.moving for p in pairs if p.output == duplicate][:2]
         remedy = "add an output column to the CSV" if args.pairs else "give the pairs as a CSV with an output column"
         raise InputError(f"two pairs (moving {first} and {second}) would write the same folder {duplicate}; {remedy}.")
+    taken = set(outputs)
+    for pair in pairs:  # a pair's folder inside another's: replaced with it (--overwrite), or found in its results
+        outer = next((str(parent) for parent in Path(pair.output).parents if str(parent) in taken), None)
+        if outer is not None:
+            raise InputError(f"the output folder {pair.output} (moving {pair.moving}) lies inside {outer}, another "
+                             "pair's output folder; give each pair a folder of its own in the output column.")
     return pairs
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from svreg_core.cli import main
 
 FAST = ["--level-spacings", "12", "--iterations", "3", "--no-affine", "--device", "cpu", "--outputs", "displacement"]
@@ -62,3 +64,25 @@ def test_a_pairs_file_with_one_images_landmarks_is_refused_before_any_pair(tiny_
     assert rc == 2 and err.count("\n") == 1 and err.startswith("svreg: error: "), err
     assert f"the pair of moving image {p.moving}: give both fixed_landmarks and moving_landmarks" in err
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("outputs", "words"), [
+    ((".",), "output '.' is not a folder inside -o"),
+    (("ABS",), "is not a folder inside -o; name one relative to it, without '..'"),
+    (("../escaped",), "output '../escaped' is not a folder inside -o"),
+    (("a", "a/b"), "lies inside"),
+])
+def test_a_pairs_file_output_outside_its_own_folder_under_o_is_refused(tiny_pair, tmp_path: Path, capsys,
+                                                                       outputs: tuple, words: str) -> None:
+    """A pairs file's output column was joined to -o as given: '.' wrote the pair into -o itself (beside the
+    summary, holding the other pairs' folders, all replaced with it under --overwrite), an absolute path or '..'
+    outside -o, and 'a/b' into pair 'a's folder. Each is refused before any work."""
+    p = tiny_pair.paths
+    names = [str(tmp_path / "elsewhere") if o == "ABS" else o for o in outputs]
+    rows = "".join(f"{p.fixed},{p.moving},{name}\n" for name in names)
+    (tmp_path / "pairs.csv").write_text(f"fixed,moving,output\n{rows}")
+    rc = main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r"), *FAST,
+               "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("svreg: error: ") and words in err, err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["pairs.csv"]
