@@ -596,6 +596,8 @@ _PAIR_FILE_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed
 def read_pairs(args: argparse.Namespace) -> list[Pair]:
     """The pairs of ``--pairs CSV`` (:func:`~svreg_core.text_input.read_table`: files relative to its folder) or of
     ``--fixed`` with ``--moving``, output folders under ``-o``."""
+    if not args.output.strip():  # an unset variable in a script's -o "$OUT": not the current folder
+        raise InputError("the output folder path (-o) is empty; name the folder to hold the pairs' folders.")
     root = Path(args.output)
     if bool(args.pairs) == bool(args.fixed or args.moving):
         raise InputError("give either --pairs CSV or --fixed with --moving.")
@@ -991,6 +993,8 @@ def run_apply(args: argparse.Namespace) -> int:
     from svreg_core.outputs.read import load_transform
     from svreg_core.outputs.writer import check_output_file
 
+    if not args.output.strip():  # Path("") is the current folder: "output file . already exists"
+        raise InputError("the output file path (-o) is empty; name the file to write.")
     out = Path(args.output)
     _check_apply_output(out, args)
     check_output_file(out)

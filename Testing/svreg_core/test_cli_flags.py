@@ -99,3 +99,17 @@ def test_register_refuses_the_landmarks_of_one_image_before_reading_the_images(t
                         "--moving-landmarks", tmp_path / "l.csv"], capsys)
     assert "give both --fixed-landmarks and --moving-landmarks (corresponding points), or neither" in line, line
     assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_output_path_is_refused(tiny_pair, tmp_path: Path, capsys, monkeypatch) -> None:
+    """``-o ""`` (an unset variable in a script): register-batch wrote its pair folders and summary into the current
+    folder, and apply said "output file . already exists"; both now say the path is empty, and write nothing."""
+    p = tiny_pair.paths
+    monkeypatch.chdir(tmp_path)
+    line = _error_line(["register-batch", "--fixed", p.fixed, "--moving", p.moving, "-o", "", "--level-spacings", "12",
+                        "--iterations", "3", "--no-affine", "--device", "cpu"], capsys)
+    assert "the output folder path (-o) is empty" in line, line
+    sitk.WriteTransform(sitk.TranslationTransform(3, (5.0, 0.0, 0.0)), str(tmp_path / "shift.tfm"))
+    line = _error_line(["apply", tmp_path / "shift.tfm", p.moving, "-o", "", "--reference", p.fixed], capsys)
+    assert "the output file path (-o) is empty" in line, line
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["shift.tfm"]
