@@ -517,6 +517,13 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                        report["timing"]["registration_s"] + report["timing"]["outputs_s"])
         report = write_report_json(tmp / "report.json", report)
         with interrupts_deferred():  # a SIGTERM during the swap must not leave the replaced folder behind
+            # checked again: the folder may have been made or filled meanwhile (by the user, by another run to the
+            # same output), and only what prepare_output_dir would replace is replaced
+            if out.exists() and not out.is_dir():
+                raise OutputError(f"output path {out} was made a file while svreg wrote the outputs; nothing "
+                                  "was written.")
+            if out.is_dir() and any(out.iterdir()):
+                _check_replaceable(out, overwrite, "--overwrite")
             _replace_dir(tmp, out)
         made("report")
     except BaseException:

@@ -615,3 +615,19 @@ def test_report_records_the_masks_among_its_inputs(synthetic_result, tmp_path: P
     assert inputs == report["inputs"]
     assert inputs["fixed_mask"] == {"path": "fm.nii.gz"} and inputs["moving_mask"] == {"path": "mm.nii.gz"}
     assert inputs["fixed"]["path"] == "f.nii.gz" and inputs["fixed"]["shape"] == [18, 16, 14]
+
+
+def test_a_folder_made_at_the_output_meanwhile_is_not_replaced(synthetic_result, tmp_path: Path) -> None:
+    """The output folder made (by the user, by another run) while the outputs were being written was renamed away and
+    deleted with its files at the end, overwrite or not; it is now checked again and kept, the run refused."""
+    out = tmp_path / "out"
+
+    def make_it_meanwhile(event) -> None:
+        if "files done" in (event.message or "") and not out.exists():
+            out.mkdir()
+            (out / "mine.txt").write_text("keep me")
+
+    with pytest.raises(OutputError, match="is not empty and was not written by svreg"):
+        write_outputs(synthetic_result, out, outputs=[], overwrite=True, progress=make_it_meanwhile)
+    assert (out / "mine.txt").read_text() == "keep me"
+    assert _siblings(out) == ["out"]  # and no hidden work folder left
