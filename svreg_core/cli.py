@@ -386,6 +386,10 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache)
             cache[(path, labels)] = image, noted
         return image
 
+    # the small files first: a bad one is refused before the images (a DICOM series, say) are read
+    landmarks = read_landmarks(pair.fixed_landmarks, pair.moving_landmarks,
+                               names=("--fixed-landmarks", "--moving-landmarks"))
+    initial = read_linear_transform(pair.initial_transform) if pair.initial_transform else None
     fixed = load(pair.fixed, "fixed image", keep=True)
     moving = load(pair.moving, "moving image")
     fixed_labels = load(pair.fixed_labels, "fixed labels", labels=True, keep=True)
@@ -398,8 +402,6 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache)
                                                  (moving_labels, moving, "moving labels", "moving image"),
                                                  (fixed_mask, fixed, "fixed mask", "fixed image"),
                                                  (moving_mask, moving, "moving mask", "moving image")))
-    landmarks = read_landmarks(pair.fixed_landmarks, pair.moving_landmarks,
-                               names=("--fixed-landmarks", "--moving-landmarks"))
     extra: dict[str, object] = {}
     if box:
         fixed, fixed_labels, fixed_mask = (None if image is None else crop_to_box(image, box[:3], box[3:], name)
@@ -416,9 +418,7 @@ def load_pair_images(pair: Pair, box: Sequence[float] | None, cache: ImageCache)
             warnings.warn(f"{outside} of {len(points)} {side} landmarks lie outside the {side} image"
                           f"{' (its --crop-fixed box)' if box and side == 'fixed' else ''}: are they in its space and "
                           "frame (a .csv is read as RAS: x towards the right, y to the front)?", stacklevel=2)
-    initial = None
-    if pair.initial_transform:
-        initial = read_linear_transform(pair.initial_transform)
+    if initial is not None:
         extra["initial_transform"] = {"path": str(pair.initial_transform), "affine_ras": initial.tolist()}
     return PairImages(fixed, moving, fixed_labels, moving_labels, fixed_mask, moving_mask, extra, landmarks,
                       initial)

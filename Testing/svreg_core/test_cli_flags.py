@@ -113,3 +113,20 @@ def test_an_empty_output_path_is_refused(tiny_pair, tmp_path: Path, capsys, monk
     line = _error_line(["apply", tmp_path / "shift.tfm", p.moving, "-o", "", "--reference", p.fixed], capsys)
     assert "the output file path (-o) is empty" in line, line
     assert sorted(f.name for f in tmp_path.iterdir()) == ["shift.tfm"]
+
+
+@pytest.mark.parametrize("bad", ["--initial-transform", "--fixed-landmarks"])
+def test_a_bad_transform_or_point_file_is_refused_before_the_images_are_read(tmp_path: Path, capsys,
+                                                                            bad: str) -> None:
+    """An unreadable --initial-transform or landmark file was refused only after the images were read (a whole DICOM
+    series, say); the small files are now read first (the damaged images show which came first)."""
+    for name in ("f.nii.gz", "m.nii.gz"):
+        (tmp_path / name).write_bytes(b"not an image")
+    (tmp_path / "l.csv").write_text("x,y,z\n0,0,0\n")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "bad.tfm").write_text("not a transform\n")
+    files = {"--initial-transform": ["--initial-transform", tmp_path / "bad.tfm"],
+             "--fixed-landmarks": ["--fixed-landmarks", tmp_path / "bad.csv", "--moving-landmarks", tmp_path / "l.csv"]}
+    line = _error_line(["register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "-o", tmp_path / "out",
+                        "--device", "cpu", *files[bad]], capsys)
+    assert "bad." in line and "f.nii.gz" not in line, line
