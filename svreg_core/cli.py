@@ -624,6 +624,7 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
         if not table:
             raise InputError(f"pairs file {path} lists no pairs: one row per pair under its header.")
         rows = [row for _, row in table]
+        check_pair_columns(path, list(rows[0]))
         for line, row in table:
             files.append({key: str(table_path(row[key], path)) for key in _PAIR_FILE_COLUMNS if row.get(key)})
             for role in ("fixed", "moving"):
@@ -650,6 +651,21 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
             raise InputError(f"the output folder {pair.output} (moving {pair.moving}) lies inside {outer}, another "
                              "pair's output folder; give each pair a folder of its own in the output column.")
     return pairs
+
+
+def check_pair_columns(path: Path, columns: Sequence[str]) -> None:
+    """Refuse a pairs file's column that is none of svreg's but close to one (``moving_label``, ``Output``): its
+    files would be left out without a word (other columns, a cohort's ``subject`` or ``age``, are ignored)."""
+    import difflib
+
+    known = (*_PAIR_FILE_COLUMNS, "output")
+    for column in columns:
+        if column and column not in known:
+            near = difflib.get_close_matches(column.lower().replace(" ", "_").replace("-", "_"), known, n=1,
+                                             cutoff=0.8)
+            if near:
+                raise InputError(f"pairs file {path}: the column {column!r} is not one svreg reads; did you mean "
+                                 f"{near[0]}? (columns: {', '.join(known)}; others are ignored)")
 
 
 def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> None:

@@ -86,3 +86,20 @@ def test_a_pairs_file_output_outside_its_own_folder_under_o_is_refused(tiny_pair
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and err.startswith("svreg: error: ") and words in err, err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["pairs.csv"]
+
+
+@pytest.mark.parametrize(("column", "meant"), [("moving_label", "moving_labels"), ("Output", "output"),
+                                               ("fixed mask", "fixed_mask")])
+def test_a_pairs_file_column_that_misspells_one_of_svregs_is_refused(tiny_pair, tmp_path: Path, capsys,
+                                                                     column: str, meant: str) -> None:
+    """A misspelt column (moving_label, Output) was ignored like any other: the pairs registered without their
+    label maps or into default folders, without a word. It is now named with the column meant, before any work;
+    columns of other names (a cohort's subject) are still ignored."""
+    p = tiny_pair.paths
+    (tmp_path / "pairs.csv").write_text(f"subject,fixed,moving,{column}\n01,{p.fixed},{p.moving},{p.moving_labels}\n")
+    rc = main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r"), *FAST,
+               "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"the column {column!r} is not one svreg reads; did you mean {meant}?" in err
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["pairs.csv"]
