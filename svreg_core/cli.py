@@ -564,7 +564,8 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
                    help="run only pairs I, I+N, I+2N, ... (0 <= I < N; a job array's task index; default 0/1)")
     p.add_argument("--resume", action="store_true",
                    help="go on with a batch that was interrupted: pairs whose output folder holds a finished "
-                   "registration of the same images are kept, the others registered")
+                   "registration of the same images are kept, the others registered (refused if the kept ones "
+                   "were registered with other parameters)")
     add_parameter_arguments(p)
 
 
@@ -724,7 +725,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
     codes = learned_codes(args)
     # once, before any pair: corrupt weights are refused before the first pair's images are read
     model = load_model(args.model, resolve_device(params.device)) if args.model else None
-    finished, summary = _prepare_batch(pairs, args)
+    finished, summary = _prepare_batch(pairs, args, params)
     cache: ImageCache = {}
     rows: list[dict[str, object]] = []
     failed = 0
@@ -772,7 +773,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_batch(pairs: list[Pair], args: argparse.Namespace) -> tuple[dict[str, dict], Path]:
+def _prepare_batch(pairs: list[Pair], args: argparse.Namespace, params) -> tuple[dict[str, dict], Path]:
     """Before the first registration of a batch: every input file exists, every output folder can be written, and
     an earlier run's results are not replaced unasked. Returns the reports of the pairs finished before that
     ``--resume`` keeps (by output folder) and the path of the batch's summary CSV."""
@@ -788,6 +789,7 @@ def _prepare_batch(pairs: list[Pair], args: argparse.Namespace) -> tuple[dict[st
                          "redo every pair, or another output folder.")
     if args.overwrite:
         finished = {}
+    check_same_batch(finished, args, params)
     for pair in pairs:
         if pair.output not in finished:
             prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
@@ -797,6 +799,36 @@ def _prepare_batch(pairs: list[Pair], args: argparse.Namespace) -> tuple[dict[st
                          "--overwrite to replace it, or another output folder.")
     Path(args.output).mkdir(parents=True, exist_ok=True)
     return finished, summary
+
+
+#: Parameters that do not change a pairwise registration's result (beyond the last bits): not compared by --resume.
+_RESUME_IGNORED = ("device", "deterministic", "network_precision", "symmetric_prediction", "prediction_passes",
+                   "refine_codes")
+
+
+def check_same_batch(finished: dict[str, dict], args: argparse.Namespace, params) -> None:
+    """Refuse ``--resume`` where a kept pair was registered otherwise than this command would (pairwise against a
+    learned model, or other pairwise parameters: an α′ changed between runs, say), naming the first difference: the
+    batch's results would mix both without a word."""
+    wanted = json.loads(json.dumps(params.to_dict()))
+    for output, report in finished.items():
+        method = "pairwise" if not args.model else "model"
+        if (report.get("method") == "pairwise") != (method == "pairwise"):
+            was = "pairwise optimisation" if report.get("method") == "pairwise" else "a learned model"
+            now = "a learned model (--model)" if args.model else "pairwise optimisation"
+            difference = f"with {was}, this command with {now}"
+        elif method == "pairwise" and isinstance(report.get("parameters"), dict):
+            key = next((key for key, value in wanted.items() if key not in _RESUME_IGNORED
+                        and key in report["parameters"] and report["parameters"][key] != value), None)
+            if key is None:
+                continue
+            before, now = (json.dumps(value) for value in (report["parameters"][key], wanted[key]))
+            difference = f"with {key} {before}, this command with {now}"
+        else:
+            continue
+        raise InputError(f"--resume: {output} was registered {difference}; not the same batch. Give the earlier "
+                         "run's parameters to go on with it, --overwrite to redo every pair, or another output "
+                         "folder.")
 
 
 def finished_report(pair: Pair) -> dict | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,23 @@ def test_a_pairs_file_column_that_misspells_one_of_svregs_is_refused(tiny_pair, 
     assert rc == 2 and err.count("\n") == 1, err
     assert f"the column {column!r} is not one svreg reads; did you mean {meant}?" in err
     assert sorted(f.name for f in tmp_path.iterdir()) == ["pairs.csv"]
+
+
+def test_resume_with_other_parameters_is_refused(tiny_pair, tmp_path: Path, capsys) -> None:
+    """``--resume`` after changing α′ (or the pyramid) kept the pairs registered before and registered the rest with
+    the new values: one summary mixing two experiments, without a word. The first difference is now named, before
+    any work; the same parameters resume as before."""
+    p = tiny_pair.paths
+    second = tmp_path / "second.nii.gz"
+    second.write_bytes(Path(p.moving).read_bytes())
+    root = tmp_path / "r"
+    argv = ["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), str(second), "-o", str(root),
+            *FAST, "--progress", "none"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    shutil.rmtree(root / "second")
+    assert main([*argv, "--resume", "--alpha-prime", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--resume: {root / 'moving'} was registered with alpha_prime " in err, err
+    assert "this command with 0.5; not the same batch" in err and not (root / "second").exists()
+    assert main([*argv, "--resume", "--threads", "1"]) == 0 and (root / "second" / "report.json").is_file()
