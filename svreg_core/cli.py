@@ -1397,7 +1397,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     info.add_argument("images", nargs="+", help="image files, DICOM files or DICOM folders (any format svreg reads), "
                       "transform files (.h5, .tfm, .txt, .mat, a displacement .nii.gz in the ITK/ANTs layout) and "
                       "svreg output folders")
-    info.add_argument("--json", action="store_true", help="print a JSON list, one object per image")
+    info.add_argument("--json", action="store_true", help="print a JSON list: one object per image, then one per "
+                      "transform file or output folder")
     handlers["info"] = run_info
     models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")
     models.add_argument("--json", action="store_true", help="print the models' descriptions as one JSON object")

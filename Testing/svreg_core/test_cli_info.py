@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from svreg_core.cli import main
 
 
@@ -24,3 +26,12 @@ def test_info_tells_that_the_inverse_field_maps_moving_to_fixed(tiny_pair, tmp_p
                                "inverse), acting in turn: displacement field on ")
     assert main(["info", forward, inverse, "--json"]) == 0
     assert [e["maps"] for e in json.loads(capsys.readouterr().out)] == ["fixed to moving", "moving to fixed"]
+
+
+def test_info_help_says_what_the_json_list_holds(capsys) -> None:
+    """``svreg info --help`` said --json prints "one object per image"; transforms and output folders have theirs
+    too, after the images'."""
+    with pytest.raises(SystemExit):
+        main(["info", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "print a JSON list: one object per image, then one per transform file or output folder" in text
