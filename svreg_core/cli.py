@@ -220,6 +220,29 @@ def add_register_arguments(p: argparse.ArgumentParser) -> None:
     add_parameter_arguments(p)
 
 
+#: The parameters the command line sets, by their name in :mod:`svreg_core.optim.parameters`' messages: the flag
+#: and its attribute of the parsed arguments.
+FLAGS_OF_PARAMETERS = {"alpha_prime": ("--alpha-prime", "alpha_prime"), "lambda_max": ("--lambda-max", "lambda_max"),
+                       "level_spacings": ("--level-spacings", "level_spacings"),
+                       "iterations": ("--iterations", "iterations"),
+                       "min_control_spacing": ("--control-spacing", "control_spacing"),
+                       "prediction_passes": ("--passes", "prediction_passes")}
+
+
+@contextlib.contextmanager
+def flag_names(args: argparse.Namespace) -> Iterator[None]:
+    """Inside: a parameter's :class:`InputError` (``prediction_passes 0 is out of range ...``) names the flag that
+    gave the value (``--passes 0 is out of range ...``); a value from a preset file keeps its name there."""
+    try:
+        yield
+    except InputError as exc:
+        message = str(exc)
+        for name, (flag, attribute) in FLAGS_OF_PARAMETERS.items():
+            if message.startswith(f"{name} ") and getattr(args, attribute, None) is not None:
+                raise InputError(flag + message[len(name):]) from None
+        raise
+
+
 def registration_parameters(args: argparse.Namespace):
     """The preset with the command line's overrides; sets torch's thread count (``--threads``) and, with
     deterministic parameters (``--deterministic``), ``CUBLAS_WORKSPACE_CONFIG`` if unset (before CUDA
@@ -261,11 +284,13 @@ def registration_parameters(args: argparse.Namespace):
         from svreg_core.models import read_model_info
         from svreg_core.models.zoo import resolve_model
         read_model_info(resolve_model(args.model))  # a wrong name or path, or a bad model.json, fails now
-    params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine, pose_search=args.pose_search,
-                             device=args.device, deterministic=args.deterministic, spr=False if args.no_spr else None,
-                             symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
-                             network_precision=args.network_precision, min_control_spacing=args.control_spacing,
-                             alpha_prime=args.alpha_prime, lambda_max=args.lambda_max)
+    with flag_names(args):
+        params = load_parameters(args.preset, similarity=args.similarity, affine=args.affine,
+                                 pose_search=args.pose_search, device=args.device, deterministic=args.deterministic,
+                                 spr=False if args.no_spr else None, symmetric_prediction=args.symmetric_prediction,
+                                 prediction_passes=args.prediction_passes, network_precision=args.network_precision,
+                                 min_control_spacing=args.control_spacing, alpha_prime=args.alpha_prime,
+                                 lambda_max=args.lambda_max)
     if args.model:
         check_masks_used(args, affine=params.affine, refine=args.refine)
     if args.model and args.refine and params.refine_codes is not None \
@@ -289,7 +314,8 @@ def registration_parameters(args: argparse.Namespace):
         raise InputError(f"--level-spacings gives {len(spacings)} levels and the preset has {len(iterations)}; "
                          "give --iterations too.")
     if args.level_spacings or args.iterations:
-        params = params.replace(level_spacings=spacings, iterations=iterations)
+        with flag_names(args):
+            params = params.replace(level_spacings=spacings, iterations=iterations)
     set_deterministic_environment(params)
     warning = preset_warning(args.preset)
     if warning:
@@ -965,10 +991,10 @@ def run_preview(args: argparse.Namespace) -> int:
     check_label_arguments([pair], args)
     set_threads(args)
     check_hyper_model(read_model_info(resolve_model(args.model)))
-    params = load_parameters(args.preset, affine=args.affine, pose_search=args.pose_search, device=args.device,
-                             deterministic=args.deterministic,
-                             symmetric_prediction=args.symmetric_prediction, prediction_passes=args.prediction_passes,
-                             network_precision=args.network_precision)
+    with flag_names(args):
+        params = load_parameters(args.preset, affine=args.affine, pose_search=args.pose_search, device=args.device,
+                                 deterministic=args.deterministic, symmetric_prediction=args.symmetric_prediction,
+                                 prediction_passes=args.prediction_passes, network_precision=args.network_precision)
     check_masks_used(args, affine=params.affine, refine=0)
     set_deterministic_environment(params)
     printer = ProgressPrinter("json")

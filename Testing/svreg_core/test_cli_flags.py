@@ -130,3 +130,33 @@ def test_a_bad_transform_or_point_file_is_refused_before_the_images_are_read(tmp
     line = _error_line(["register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "-o", tmp_path / "out",
                         "--device", "cpu", *files[bad]], capsys)
     assert "bad." in line and "f.nii.gz" not in line, line
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--iterations", "0"], "--iterations 0 is out of range"),
+    (["--level-spacings", "-4", "--iterations", "3"], "--level-spacings -4 is out of range"),
+    (["--control-spacing", "0"], "--control-spacing 0 is out of range"),
+    (["--alpha-prime", "-1"], "--alpha-prime -1 is out of range"),
+    (["--lambda-max", "-1"], "--lambda-max -1 is out of range"),
+])
+def test_an_out_of_range_value_is_named_by_its_flag(tmp_path: Path, capsys, flags: list, words: str) -> None:
+    """``--control-spacing 0`` was refused as "min_control_spacing 0 is out of range", ``--passes 0`` as
+    "prediction_passes 0": the parameters' internal names, which the user never typed. The flag is named now; a
+    preset file's value keeps the name it has there."""
+    for name in ("f.nii.gz", "m.nii.gz"):
+        (tmp_path / name).write_bytes(b"not an image")
+    line = _error_line(["register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "-o", tmp_path / "out",
+                        "--device", "cpu", *flags], capsys)
+    assert line.startswith(f"svreg: error: {words}: it must lie in"), line
+    (tmp_path / "preset.json").write_text(json.dumps({"parameters": {"min_control_spacing": 0}}))
+    line = _error_line(["register", tmp_path / "f.nii.gz", tmp_path / "m.nii.gz", "-o", tmp_path / "out",
+                        "--device", "cpu", "--preset", tmp_path / "preset.json"], capsys)
+    assert "min_control_spacing 0 is out of range" in line and "--control-spacing" not in line, line
+
+
+def test_preview_names_the_passes_flag(tiny_pair, tiny_checkpoints, capsys) -> None:
+    p = tiny_pair.paths
+    rc = main([str(a) for a in ("preview", p.fixed, p.moving, "--model", tiny_checkpoints.hyper, "--device", "cpu",
+                                "--passes", "0")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("svreg: error: --passes 0 is out of range"), err
