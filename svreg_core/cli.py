@@ -364,9 +364,11 @@ class Pair:
                 if p]
 
     def sources(self) -> dict[str, str]:
-        """The input images by role (``fixed``, ``moving``, ``fixed_labels``, ...), as the report records them."""
+        """The input files by role (``fixed``, ``moving``, ``fixed_labels``, ..., ``fixed_landmarks``), as the report
+        records them (the initial transform has its own entry)."""
         return {role: getattr(self, role) for role in ("fixed", "moving", "fixed_labels", "moving_labels",
-                                                       "fixed_mask", "moving_mask") if getattr(self, role)}
+                                                       "fixed_mask", "moving_mask", "fixed_landmarks",
+                                                       "moving_landmarks") if getattr(self, role)}
 
 
 @dataclass

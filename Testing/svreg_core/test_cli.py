@@ -1410,7 +1410,11 @@ def test_landmarks_give_the_target_registration_error(geo, tiny_pair, fast_prese
                              "--progress", "none", "--fixed-landmarks", tmp_path / "f.csv",
                              "--moving-landmarks", tmp_path / "m.fcsv"], capsys)
     assert rc == 0, err
-    m = json.loads((out / "report.json").read_text())["metrics"]
+    report = json.loads((out / "report.json").read_text())
+    m = report["metrics"]
+    # the landmark files are recorded with the other inputs (they were left out)
+    assert report["inputs"]["fixed_landmarks"] == {"path": str(tmp_path / "f.csv")}
+    assert report["inputs"]["moving_landmarks"] == {"path": str(tmp_path / "m.fcsv")}
     h5 = sitk.ReadTransform(str(out / "transform.h5"))
     mapped = geo.lps(np.array([h5.TransformPoint(tuple(q)) for q in geo.lps(x)]))
     after, before = np.linalg.norm(mapped - y, axis=1), np.linalg.norm(x - y, axis=1)
