@@ -762,7 +762,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
             rows.append(batch_summary_row(pair, finished[pair.output]))
             write_batch_summary(summary, rows)
             if args.progress == "json":  # each pair ends in one "done" or "error" event, kept ones too
-                emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()),
+                emit_json({"event": "done", "pair": number, "outdir": str(Path(pair.output).absolute()),
                            "report": finished[pair.output], "kept": True})
             else:
                 print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}: registered before, kept",
@@ -770,7 +770,8 @@ def run_register_batch(args: argparse.Namespace) -> int:
             continue
         if args.progress != "json":
             print(f"[{number}/{len(pairs)}] {pair.moving} -> {pair.fixed}", file=sys.stderr)
-        printer = ProgressPrinter(args.progress)
+        # a script reading the JSON lines of a batch tells the pairs' progress events apart by these
+        printer = ProgressPrinter(args.progress, {"pair": number, "outdir": str(Path(pair.output).absolute())})
         try:
             report = _register_pair(pair, args, params, codes, printer, cache, model)
         except Exception as exc:  # noqa: BLE001 - any pair's failure is reported and skipped (Ctrl-C stops the batch)
@@ -778,7 +779,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
             kind, message = (exc.__class__.__name__, str(exc)) if isinstance(exc, SvregError) else (
                 _machine_failure(exc) or (exc.__class__.__name__, f"{exc.__class__.__name__}: {exc}"))
             if args.progress == "json":
-                emit_json({"event": "error", "message": message, "kind": kind,
+                emit_json({"event": "error", "message": message, "kind": kind, "pair": number,
                            "outdir": str(Path(pair.output).absolute())})
             print(f"svreg: error: {pair.moving}: {message}", file=sys.stderr)
             rows.append(batch_summary_row(pair, None, message))
@@ -789,7 +790,8 @@ def run_register_batch(args: argparse.Namespace) -> int:
         rows.append(batch_summary_row(pair, report))
         write_batch_summary(summary, rows)
         if args.progress == "json":
-            emit_json({"event": "done", "outdir": str(Path(pair.output).absolute()), "report": report})
+            emit_json({"event": "done", "pair": number, "outdir": str(Path(pair.output).absolute()),
+                       "report": report})
         else:
             print(f"{pair.output}: {_summary(report)}")
     write_batch_summary(summary, rows)  # also a shard without pairs: its header

@@ -88,9 +88,11 @@ def bar_terms(values: dict[str, float], room: int) -> str:
 
 class ProgressPrinter:
     """Turns :class:`ProgressEvent` into a tqdm bar (terminal), plain lines (``stage NN %`` on stderr, at
-    most one per stage and 5 % step: ``auto`` when stderr is not a terminal), JSON lines on stdout, or nothing."""
+    most one per stage and 5 % step: ``auto`` when stderr is not a terminal), JSON lines on stdout, or nothing.
+    ``json_fields`` are added to every JSON event (e.g. which pair of a batch it belongs to)."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, json_fields: dict | None = None) -> None:
+        self._json_fields = dict(json_fields or {})
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "lines"
         self.mode = mode
@@ -104,7 +106,7 @@ class ProgressPrinter:
 
     def __call__(self, event: ProgressEvent) -> None:
         if self.mode == "json":
-            emit_json({"event": "progress", **event.to_dict()})
+            emit_json({"event": "progress", **event.to_dict(), **self._json_fields})
         elif self.mode == "lines":
             step = (event.stage, int(100 * event.fraction) // 5 * 5)
             if step != self._last:

@@ -26,10 +26,17 @@ def test_a_resumed_batch_gives_each_pair_one_json_event(tiny_pair, tmp_path: Pat
     done = [e for e in first if e["event"] == "done"]
     assert [e["outdir"] for e in done] == [str(tmp_path / "r" / n) for n in ("moving", "second")]
     assert not any("kept" in e for e in done)
+    # every event names its pair (number in the batch, output folder): the progress events did not, so a script
+    # could not tell the pairs' progress apart
+    for number, name in ((1, "moving"), (2, "second")):
+        mine = [e for e in first if e.get("outdir") == str(tmp_path / "r" / name)]
+        assert [e["event"] for e in mine][-1] == "done" and {e["pair"] for e in mine} == {number}
+        assert len(mine) > 1 and {e["event"] for e in mine[:-1]} == {"progress"}
+    assert {e["event"] for e in first} == {"progress", "done"} and all("pair" in e for e in first)
     assert main([*argv, "--resume"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(e["event"], e["outdir"], e.get("kept")) for e in events] == [
-        ("done", str(tmp_path / "r" / n), True) for n in ("moving", "second")]
+    assert [(e["event"], e["pair"], e["outdir"], e.get("kept")) for e in events] == [
+        ("done", number, str(tmp_path / "r" / n), True) for number, n in ((1, "moving"), (2, "second"))]
     assert [e["report"] for e in events] == [json.loads((tmp_path / "r" / n / "report.json").read_text())
                                               for n in ("moving", "second")]
 
