@@ -71,15 +71,14 @@ def test_a_stage_counting_from_zero_again_restarts_the_bar(capsys) -> None:
     """svreg train's data checks report their own 0-100 % before the epochs' overall fraction starts at 0: the bar
     stayed full through the whole training; it starts again with the new stage. A registration's stages, whose
     fractions only grow, keep one bar."""
-    printer = ProgressPrinter("bar")
-    for event in (ProgressEvent("label maps", 2, 2, 1.0), ProgressEvent("epoch 1/4", 1, 10, 0.025),
-                  ProgressEvent("epoch 1/4", 4, 10, 0.1)):
-        printer(event)
-    printer.close()
-    assert capsys.readouterr().err.rstrip().split("\r")[-1].startswith("epoch 1/4:  10%|")
-    printer = ProgressPrinter("bar")
-    for event in (ProgressEvent("affine", 1, 2, 0.2), ProgressEvent("deformable 4mm", 1, 2, 0.5),
-                  ProgressEvent("outputs", 1, 2, 0.9)):
-        printer(event)
-    printer.close()
-    assert capsys.readouterr().err.rstrip().split("\r")[-1].startswith("outputs:  90%|")
+    def last_bar(*events: ProgressEvent) -> str:
+        printer = ProgressPrinter("bar")
+        for event in events:
+            printer(event)
+        printer.close()
+        return capsys.readouterr().err.rstrip().split("\r")[-1]
+
+    assert last_bar(ProgressEvent("label maps", 2, 2, 1.0), ProgressEvent("epoch 1/4", 1, 10, 0.025),
+                    ProgressEvent("epoch 1/4", 4, 10, 0.1)).startswith("epoch 1/4:  10%|")
+    assert last_bar(ProgressEvent("affine", 1, 2, 0.2), ProgressEvent("deformable 4mm", 1, 2, 0.5),
+                    ProgressEvent("outputs", 1, 2, 0.9)).startswith("outputs:  90%|")
