@@ -647,17 +647,20 @@ def _check_overlap(fixed: Image, moving: Image, initial: np.ndarray | None, warn
 #: (2-5 mm) are made for human anatomy; a 15 mm mouse brain would be registered with 7 control points across.
 MIN_WORKING_VOXELS = 12
 
+#: ... and suggests grids with this many voxels across it at the finest level: a human brain's at 2 mm.
+SUGGESTED_WORKING_VOXELS = 96
+
 
 def _check_field_of_view(grid: Grid, params: RegistrationParameters, stacklevel: int) -> None:
     """Warn when ``params``' finest control grid is too coarse for a fixed image on ``grid``
-    (:data:`MIN_WORKING_VOXELS`), suggesting grids with a human brain's voxels across at the finest level (96,
-    never finer than the image's voxels)."""
+    (:data:`MIN_WORKING_VOXELS`), suggesting grids with :data:`SUGGESTED_WORKING_VOXELS` across at the finest level
+    (never finer than the image's voxels)."""
     image_spacing = float(grid.spacing.min())
     control = params.working_levels(image_spacing)[-1][1]
     extent = grid.field_of_view_mm
     if control <= image_spacing * (1 + 1e-6) or extent / control >= MIN_WORKING_VOXELS:
         return
-    s = max(extent / 96, image_spacing, BOUNDS["level_spacings"][0])
+    s = max(extent / SUGGESTED_WORKING_VOXELS, image_spacing, BOUNDS["level_spacings"][0])
     warnings.warn(f"the fixed image's field of view is {extent:.3g} mm across (median of its extents): the finest "
                   f"control grid, {control:g} mm, has only {extent / control:.0f} voxels across it, too few to "
                   f"follow its anatomy (the presets' grids are made for human anatomy); for a small field of view "
