@@ -116,8 +116,9 @@ class TorchStatus:
     """What ``torch_env.py check`` found in the child interpreter.
 
     Attributes:
-        status: ``"ok"``, ``"missing"``, ``"too_old"``, ``"numpy_abi"``, ``"broken"`` or ``"unknown"``
-            (the check itself could not run).
+        status: ``"ok"``, ``"missing"``, ``"too_old"``, ``"numpy_abi"``, ``"broken"``, ``"install_failed"``
+            (the installation stopped; ``message`` names the failed step and the installer's last output line)
+            or ``"unknown"`` (the check itself could not run).
         torch, numpy: installed versions (``None`` when absent).
         message: the plain reason when not ok.
         devices: CUDA GPUs as ``{"name", "memory_gb"}`` (empty without a usable GPU).
@@ -136,7 +137,8 @@ class TorchStatus:
     @property
     def installable(self) -> bool:
         """Whether pressing *Install* can fix it (the numpy/torch clash on an Intel Mac cannot)."""
-        return self.status in ("missing", "too_old", "broken") or (self.status == "numpy_abi" and not _intel_mac())
+        return self.status in ("missing", "too_old", "broken", "install_failed") or (
+            self.status == "numpy_abi" and not _intel_mac())
 
     def advice(self) -> str:
         """One plain paragraph: what is wrong and what to do."""
@@ -150,6 +152,11 @@ class TorchStatus:
                     "then restart Slicer.")
         if self.status == "unknown":
             return f"PyTorch could not be checked: {self.message}"
+        if self.status == "install_failed":
+            return (f"{self.message} The installer's full output is in the module's Log section (in Slicer's log "
+                    "when installed from the Python console). Check that this "
+                    "computer reaches the internet (pypi.org and download.pytorch.org; a proxy or firewall may block "
+                    "them) and has a few GB of free disk space, then press 'Install' to try again.")
         return (f"{self.message} Press 'Install' (downloads the CUDA or CPU build that fits this computer, a few "
                 "hundred MB to a few GB; it runs in a separate process, Slicer stays usable).")
 
@@ -200,12 +207,17 @@ def start_torch_install(status: TorchStatus | None = None, python: str | None = 
 
 def torch_status(child: runner.ChildProcess) -> TorchStatus:
     """The :class:`TorchStatus` reported by a finished check or install child."""
+    result = child.result
     for event in reversed(child.events):
         if event.get("event") == "torch":
-            return TorchStatus(status=str(event.get("status", "unknown")), torch=event.get("torch"),
-                               numpy=event.get("numpy"), message=str(event.get("message", "")),
-                               devices=list(event.get("devices") or []))
-    result = child.result
+            status = TorchStatus(status=str(event.get("status", "unknown")), torch=event.get("torch"),
+                                 numpy=event.get("numpy"), message=str(event.get("message", "")),
+                                 devices=list(event.get("devices") or []))
+            last = [line.strip() for line in (result.log_tail if result is not None else [])
+                    if line.strip() and not line.lstrip().startswith("[notice]")]  # pip's upgrade notice says nothing
+            if status.status == "install_failed" and last:
+                status.message += f" Its last output line: '{last[-1]}'."
+            return status
     reason = result.message if result is not None and result.message else "the check printed no result"
     return TorchStatus(status="unknown", message=reason)
 

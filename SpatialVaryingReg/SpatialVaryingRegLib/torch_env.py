@@ -7,7 +7,8 @@ locks its DLLs on Windows against later upgrades)::
     PythonSlicer torch_env.py install --minimum 2.1 --requirement "torch>=2.1,<2.13"
 
 Both print one JSON line ``{"event": "torch", ...}`` on standard output (see :func:`inspect`) after
-their other output. ``install`` runs ``light-the-torch`` (the installer of Slicer's PyTorch extension,
+their other output; after a failed installation its status is ``"install_failed"`` and its message names the
+step that failed. ``install`` runs ``light-the-torch`` (the installer of Slicer's PyTorch extension,
 which picks the CUDA or CPU build fitting the computer's driver) in this interpreter, installing
 ``light-the-torch`` with pip first when it is missing; torchvision is not installed (the engine
 does not use it). The file uses the standard library only, and imports nothing of this package.
@@ -85,15 +86,20 @@ def inspect(minimum: str) -> dict:
     return info
 
 
-def install(requirement: str) -> int:
-    """Install ``requirement`` (e.g. ``"torch>=2.1,<2.13"``) with light-the-torch; the exit status."""
+def install(requirement: str) -> str:
+    """Install ``requirement`` (e.g. ``"torch>=2.1,<2.13"``) with light-the-torch; ``""`` on success, else one plain
+    sentence naming the step that failed and its exit status."""
     try:
         importlib.metadata.version("light-the-torch")
     except importlib.metadata.PackageNotFoundError:
         code = subprocess.call([sys.executable, "-m", "pip", "install", "light-the-torch>=0.7"])
         if code != 0:
-            return code
-    return subprocess.call([sys.executable, "-m", "light_the_torch", "install", requirement])
+            return (f"Installing PyTorch failed: pip could not install light-the-torch, the PyTorch installer "
+                    f"(exit status {code}).")
+    code = subprocess.call([sys.executable, "-m", "light_the_torch", "install", requirement])
+    if code != 0:
+        return f"Installing PyTorch failed: light-the-torch stopped with exit status {code} installing {requirement}."
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requirement", default=None)
     args = parser.parse_args(argv)
     if args.action == "install":
-        code = install(args.requirement or f"torch>={args.minimum}")
-        if code != 0:
-            print(json.dumps({"event": "error", "message": f"the PyTorch installation stopped (exit status {code}); "
-                                                          "see the log above."}), flush=True)
-            return code
+        failure = install(args.requirement or f"torch>={args.minimum}")
+        if failure:
+            print(json.dumps({"event": "torch", "status": "install_failed", "torch": None, "numpy": None,
+                              "minimum": args.minimum, "message": failure, "devices": []}), flush=True)
+            return 1
         # the check runs in a fresh interpreter: this one may hold stale metadata caches
         return subprocess.call([sys.executable, __file__, "check", "--minimum", args.minimum])
     print(json.dumps(inspect(args.minimum)), flush=True)

@@ -158,15 +158,39 @@ def test_install_runs_light_the_torch_in_the_child_then_checks_again(fake_slicer
     assert status.ok and status.torch == "2.12.1"
 
 
-def test_a_failed_installation_is_a_plain_status(fake_slicer):
+def test_a_failed_installation_says_what_failed_and_what_to_do(fake_slicer):
+    """Not 'PyTorch could not be checked ... see the log above' in a dialog: the step that failed, the installer's last
+    words, where the whole output is, what to check, and Install offered again."""
     python, site = fake_slicer
     (site / "light_the_torch").mkdir()
     (site / "light_the_torch" / "__init__.py").write_text("")
-    (site / "light_the_torch" / "__main__.py").write_text("import sys\nprint('no network')\nsys.exit(3)\n")
+    (site / "light_the_torch" / "__main__.py").write_text(
+        "import sys\nprint('ERROR: Could not connect to download.pytorch.org')\n"
+        "print('[notice] A new release of pip is available', file=sys.stderr)\nsys.exit(3)\n")
     _dist_info(site, "light-the-torch", "0.8.0")
     status = dependencies.install_torch(None, python=python, timeout=120)
-    assert status.status == "unknown" and not status.ok
-    assert "exit status 3" in status.message
+    assert status.status == "install_failed" and not status.ok and status.installable
+    assert status.message == ("Installing PyTorch failed: light-the-torch stopped with exit status 3 installing "
+                              "torch>=2.1,<2.13. Its last output line: 'ERROR: Could not connect to "
+                              "download.pytorch.org'.")
+    advice = status.advice()
+    assert "could not be checked" not in advice and "log above" not in advice
+    assert "Log section" in advice and "internet" in advice and "press 'Install' to try again" in advice
+
+
+def test_light_the_torch_that_pip_cannot_install_is_named(fake_slicer):
+    """Without light-the-torch, pip installs it first; here a ``pip`` in the fake site (ahead of any real one on the
+    path, so nothing is installed anywhere) fails as it does offline."""
+    python, site = fake_slicer
+    (site / "pip").mkdir()
+    (site / "pip" / "__init__.py").write_text("")
+    (site / "pip" / "__main__.py").write_text(
+        "import sys\nprint('ERROR: No matching distribution found for light-the-torch>=0.7')\nsys.exit(1)\n")
+    status = dependencies.install_torch(None, python=python, timeout=120)
+    assert status.status == "install_failed"
+    assert status.message == ("Installing PyTorch failed: pip could not install light-the-torch, the PyTorch "
+                              "installer (exit status 1). Its last output line: 'ERROR: No matching distribution "
+                              "found for light-the-torch>=0.7'.")
 
 
 def test_the_check_never_imports_torch_into_this_process(fake_slicer):
