@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,9 +150,10 @@ class RegistrationParameters:
 
     def __post_init__(self) -> None:
         def finite(value: Any, name: str) -> float | None:
-            """``value`` as a float, ``None`` when it is no finite number; an integer beyond a float's range (a
-            JSON typo of over 300 digits, which ``math.isfinite`` cannot take) is out of range."""
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            """``value`` (a Python or NumPy number: ``np.float32(0.1)``, ``np.int64(80)``) as a float, ``None`` when
+            it is no finite number; an integer beyond a float's range (a JSON typo of over 300 digits, which
+            ``math.isfinite`` cannot take) is out of range."""
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
                 return None
             try:
                 as_float = float(value)
@@ -194,8 +196,9 @@ class RegistrationParameters:
         for name in ("lncc_window", "integration_steps", "smoothing_passes", "prediction_passes"):
             object.__setattr__(self, name, whole(getattr(self, name), name))
         for name in ("spr", "affine", "pose_search", "symmetric_prediction", "deterministic", "lambda_smoothing"):
-            if not isinstance(getattr(self, name), bool):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise InputError(f"{name} must be true or false, not {getattr(self, name)!r}.")
+            object.__setattr__(self, name, bool(getattr(self, name)))
         for name in ("similarity", "prior", "device", "network_precision"):
             if not isinstance(getattr(self, name), str):
                 raise InputError(f"{name} must be a name (text), not {getattr(self, name)!r}.")

@@ -232,3 +232,19 @@ def test_an_mr_preset_on_two_ct_images_gets_one_line() -> None:
     assert preset_modality_warning("brain-mri", "mind", ct, ct) is None  # MIND chosen: the user knows
     assert preset_modality_warning("brain-mri", "lncc", ct, mr) is None
     assert preset_modality_warning("tuned.json", "lncc", ct, ct) is None
+
+
+def test_numpy_numbers_are_numbers() -> None:
+    """Values computed with NumPy (a sweep over ``np.arange``, a ``float32`` array) were refused with a misleading
+    message ("iterations must be a whole number, not np.int64(80)"); they are taken as the Python numbers they
+    equal, and stored as those (``to_dict`` stays JSON-able)."""
+    params = load_parameters("brain-mri", iterations=np.array([80, 60]), alpha_prime=np.float32(0.25),
+                             smoothing_passes=np.int64(2), level_spacings=np.array([4.0, 2.0], np.float32),
+                             refine_codes=np.array([0.5, 2.0], np.float32), affine=np.bool_(False))
+    assert params == load_parameters("brain-mri", iterations=(80, 60), alpha_prime=0.25, smoothing_passes=2,
+                                     level_spacings=(4.0, 2.0), refine_codes=(0.5, 2.0), affine=False)
+    json.dumps(params.to_dict())
+    with pytest.raises(InputError, match="iterations must be a whole number"):
+        RegistrationParameters(iterations=(np.float32(2.5), 5))
+    with pytest.raises(InputError, match="spr must be true or false"):
+        RegistrationParameters(spr=np.int64(1))
