@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from svreg_core.image import Grid, Image
     from svreg_core.image.itk_io import DicomSeries
+    from svreg_core.models import ModelInfo
     from svreg_core.registration import LoadedModel
 
     #: The fixed-side images of a batch, read once: by (path, whether a label map), each with the warnings its
@@ -753,7 +754,7 @@ def run_register_batch(args: argparse.Namespace) -> int:
     codes = learned_codes(args)
     # once, before any pair: corrupt weights are refused before the first pair's images are read
     model = load_model(args.model, resolve_device(params.device)) if args.model else None
-    finished, summary = _prepare_batch(pairs, args, params)
+    finished, summary = _prepare_batch(pairs, args, params, model and (model[1], codes))
     cache: ImageCache = {}
     rows: list[dict[str, object]] = []
     failed = 0
@@ -803,10 +804,12 @@ def run_register_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_batch(pairs: list[Pair], args: argparse.Namespace, params) -> tuple[dict[str, dict], Path]:
+def _prepare_batch(pairs: list[Pair], args: argparse.Namespace, params,
+                   learned: tuple[ModelInfo, tuple[float, float] | None] | None) -> tuple[dict[str, dict], Path]:
     """Before the first registration of a batch: every input file exists, every output folder can be written, and
-    an earlier run's results are not replaced unasked. Returns the reports of the pairs finished before that
-    ``--resume`` keeps (by output folder) and the path of the batch's summary CSV."""
+    an earlier run's results are not replaced unasked. ``learned``: with ``--model``, the model's description and
+    the codes asked for (:func:`learned_codes`). Returns the reports of the pairs finished before that ``--resume``
+    keeps (by output folder) and the path of the batch's summary CSV."""
     from svreg_core.outputs.writer import prepare_output_dir
 
     check_batch_inputs(pairs)
@@ -819,7 +822,7 @@ def _prepare_batch(pairs: list[Pair], args: argparse.Namespace, params) -> tuple
                          "redo every pair, or another output folder.")
     if args.overwrite:
         finished = {}
-    check_same_batch(finished, args, params)
+    check_same_batch(finished, args, params, learned)
     for pair in pairs:
         if pair.output not in finished:
             prepare_output_dir(pair.output, overwrite=args.overwrite, inputs=pair.inputs(), create_parent=False)
@@ -836,24 +839,38 @@ _RESUME_IGNORED = ("device", "deterministic", "network_precision", "symmetric_pr
                    "refine_codes")
 
 
-def check_same_batch(finished: dict[str, dict], args: argparse.Namespace, params) -> None:
-    """Refuse ``--resume`` where a kept pair was registered otherwise than this command would (pairwise against a
-    learned model, or other pairwise parameters: an α′ changed between runs, say), naming the first difference: the
-    batch's results would mix both without a word."""
-    wanted = json.loads(json.dumps(params.to_dict()))
+def check_same_batch(finished: dict[str, dict], args: argparse.Namespace, params,
+                     learned: tuple[ModelInfo, tuple[float, float] | None] | None = None) -> None:
+    """Refuse ``--resume`` where a kept pair was registered otherwise than this command would, naming the first
+    difference: pairwise against a learned model; other pairwise parameters (an α′ changed between runs, say); with
+    a learned model (``learned``: its description and the codes asked for), another model, other refinement steps
+    or other parameters of the prediction and refinement (the codes among them). The batch's results would mix both
+    without a word."""
+    from svreg_core.registration import learned_parameters, refinement_parameters
+
+    model: dict[str, object] = {}  # the model's description as a report records it
+    if learned is None:
+        wanted = json.loads(json.dumps(params.to_dict()))
+    else:
+        info, codes = learned
+        run = learned_parameters(info, params, codes, args.refine)
+        wanted = json.loads(json.dumps((refinement_parameters(run, args.refine) if args.refine else run).to_dict()))
+        model = json.loads(json.dumps({key: value for key, value in info.to_dict().items() if key != "config"}))
     for output, report in finished.items():
-        method = "pairwise" if not args.model else "model"
-        if (report.get("method") == "pairwise") != (method == "pairwise"):
+        recorded: dict = report["parameters"] if isinstance(report.get("parameters"), dict) else {}
+        used: dict = report["model"] if isinstance(report.get("model"), dict) else {}
+        if (report.get("method") == "pairwise") != (learned is None):
             was = "pairwise optimisation" if report.get("method") == "pairwise" else "a learned model"
             now = "a learned model (--model)" if args.model else "pairwise optimisation"
             difference = f"with {was}, this command with {now}"
-        elif method == "pairwise" and isinstance(report.get("parameters"), dict):
-            key = next((key for key, value in wanted.items() if key not in _RESUME_IGNORED
-                        and key in report["parameters"] and report["parameters"][key] != value), None)
-            if key is None:
-                continue
-            before, now = (json.dumps(value) for value in (report["parameters"][key], wanted[key]))
-            difference = f"with {key} {before}, this command with {now}"
+        elif learned is not None and (key := next((k for k, value in model.items() if used.get(k) != value), None)):
+            difference = (f"with a model whose {key} is {json.dumps(used.get(key))}, this command's {args.model} "
+                          f"has {json.dumps(model[key])}")
+        elif learned is not None and report.get("refine_steps") != args.refine:
+            difference = f"with {report.get('refine_steps')} refinement steps, this command with {args.refine}"
+        elif key := next((k for k, value in wanted.items() if k not in _RESUME_IGNORED
+                          and k in recorded and recorded[k] != value), None):
+            difference = f"with {key} {json.dumps(recorded[key])}, this command with {json.dumps(wanted[key])}"
         else:
             continue
         raise InputError(f"--resume: {output} was registered {difference}; not the same batch. Give the earlier "

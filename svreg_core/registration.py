@@ -338,6 +338,17 @@ def model_parameters(info: ModelInfo, params: RegistrationParameters, refine: in
                           integration_steps=params.integration_steps if refine else info.integration_steps)
 
 
+def learned_parameters(info: ModelInfo, params: RegistrationParameters, codes: tuple[float, float] | None = None,
+                       refine: int = 0) -> RegistrationParameters:
+    """The parameters of a registration with a learned model at ``codes`` (:func:`model_codes`; ``None``: the
+    defaults of :func:`model_parameters`) before :func:`refinement_parameters`: the model's SPR loss and those
+    codes. :class:`InputError` for codes the model cannot use."""
+    base = model_parameters(info, params, refine)
+    alpha_prime, lambda_max = model_codes(info, codes, refine) if codes is not None else (base.alpha_prime,
+                                                                                            base.lambda_max)
+    return base.replace(alpha_prime=alpha_prime, lambda_max=lambda_max)
+
+
 def refinement_parameters(params: RegistrationParameters, refine: int) -> RegistrationParameters:
     """``params`` of a refinement: ``refine`` iterations at every level of the pyramid (4 and 2 mm for MRI),
     starting from the network's velocity and λ resampled onto the coarsest level's grid.
@@ -522,11 +533,8 @@ class PreparedPair:
         ``None`` for a plain model); :class:`InputError` for codes the model cannot use."""
         if self.info is None:
             return self.parameters, None
-        base = model_parameters(self.info, self.parameters, refine)
-        chosen = model_codes(self.info, codes, refine)
-        alpha_prime, lambda_max = chosen if codes is not None else (base.alpha_prime, base.lambda_max)
-        params = base.replace(alpha_prime=alpha_prime, lambda_max=lambda_max)
-        return params, None if self.info.code_ranges is None else chosen
+        params = learned_parameters(self.info, self.parameters, codes, refine)
+        return params, None if self.info.code_ranges is None else model_codes(self.info, codes, refine)
 
     def check_codes(self, codes: tuple[float, float] | None = None, refine: int = 0) -> None:
         """Raise :class:`InputError` (before any work) when a registration at ``codes`` (with ``refine``

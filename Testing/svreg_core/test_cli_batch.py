@@ -131,3 +131,31 @@ def test_resume_with_other_parameters_is_refused(tiny_pair, tmp_path: Path, caps
     assert err.count("\n") == 1 and f"--resume: {root / 'moving'} was registered with alpha_prime " in err, err
     assert "this command with 0.5; not the same batch" in err and not (root / "second").exists()
     assert main([*argv, "--resume", "--threads", "1"]) == 0 and (root / "second" / "report.json").is_file()
+
+
+def test_resume_with_another_model_refinement_or_codes_is_refused(tiny_pair, tiny_checkpoints, tmp_path: Path,
+                                                                  capsys) -> None:
+    """``--resume`` of a ``--model`` batch compared only pairwise-or-learned: another model, other ``--refine``
+    steps or other codes kept the pairs registered before and registered the rest otherwise, in one summary. Each
+    is now named before any work; the same command resumes."""
+    p = tiny_pair.paths
+    second = tmp_path / "second.nii.gz"
+    second.write_bytes(Path(p.moving).read_bytes())
+    root = tmp_path / "r"
+    argv = ["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), str(second), "-o", str(root),
+            "--no-affine", "--device", "cpu", "--outputs", "displacement", "--progress", "none", "--refine", "2"]
+    assert main([*argv, "--model", str(tiny_checkpoints.hyper)]) == 0
+    capsys.readouterr()
+    shutil.rmtree(root / "second")
+    for change, words in (
+            (["--model", str(tiny_checkpoints.plain)], "was registered with a model whose name is \"hyper-test\", "
+                                                       f"this command's {tiny_checkpoints.plain} has \"plain-test\""),
+            (["--model", str(tiny_checkpoints.hyper), "--refine", "3"], "with 2 refinement steps, this command with 3"),
+            (["--model", str(tiny_checkpoints.hyper), "--alpha-prime", "0.1"], "with alpha_prime 0.0303, this "
+                                                                                "command with 0.1")):
+        assert main([*argv, "--resume", *change]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--resume: {root / 'moving'} " in err and words in err, (change, err)
+        assert not (root / "second").exists()
+    assert main([*argv, "--resume", "--model", str(tiny_checkpoints.hyper)]) == 0
+    assert (root / "second" / "report.json").is_file()
