@@ -1,8 +1,12 @@
 """Colour maps, windows and slice-view layers for the registration outputs (MRML only, no Qt).
 
-* λ map (regularisation weight, values in (0, 1]): sequential colour map (Viridis); the window spans
-  the map's own range (1st to 99.9th percentile, within (0, 1]), because λ often varies over a
-  narrow band (e.g. 0.99-1.0) that a fixed [0, 1] window would show as one flat colour.
+* λ map (regularisation weight, values in (0, 1]): sequential colour map (Viridis) over a window
+  [L, 1] whose lower end L is one of :data:`LAMBDA_WINDOW_LOWS` (0, 0.5, 0.9, 0.99): the highest not
+  above the map's 1st percentile. λ often varies over a narrow band (e.g. 0.99-1.0) that a [0, 1]
+  window would show as one flat colour; a window stretched to each map's own range instead showed
+  rounding noise of a map that is 1 everywhere as a full rainbow, gave one colour different λ in two
+  runs, and kept the picture unchanged when a slider preview moved the whole map. The few fixed
+  windows keep colours comparable between runs and previews of the same band.
 * Jacobian determinant: diverging colour map centred at 1 (window [0, 2]): blue where the mapping
   compresses, white where it preserves volume, red where it expands; values <= 0 (folding) saturate
   blue.
@@ -32,8 +36,9 @@ _VIRIDIS_ANCHORS = np.array([
 _DIVERGING_ANCHORS = np.array([(0.02, 0.19, 0.38), (0.26, 0.58, 0.76), (0.97, 0.97, 0.97),
                                (0.84, 0.38, 0.30), (0.40, 0.0, 0.12)])
 
-#: Display windows as (window, level). LAMBDA_WINDOW: fallback when the λ map is constant.
-LAMBDA_WINDOW = (1.0, 0.5)
+#: Lower ends of the λ map's display windows (the upper end is 1, λ's maximum), see :func:`lambda_window`.
+LAMBDA_WINDOW_LOWS = (0.0, 0.5, 0.9, 0.99)
+#: Display window of the Jacobian determinant as (window, level): [0, 2], centred at 1.
 JACOBIAN_WINDOW = (2.0, 1.0)
 
 #: Opacity of the foreground layer when the first result is shown.
@@ -88,25 +93,24 @@ def _scalar_display(volume_node, color_id: str, window_level: tuple[float, float
 
 
 def lambda_window(values: np.ndarray) -> tuple[float, float]:
-    """(window, level) spanning the 1st-99.9th percentile of λ, within [0, 1]; [0, 1] if λ is constant."""
+    """(window, level) of the λ map ``values``: [L, 1] with L the highest of :data:`LAMBDA_WINDOW_LOWS` not above
+    the 1st percentile of the finite values ([0, 1] when there are none)."""
     v = np.asarray(values, dtype=np.float64).ravel()
     v = v[np.isfinite(v)]
-    if v.size == 0:
-        return LAMBDA_WINDOW
-    lo, hi = (float(x) for x in np.percentile(v, [1.0, 99.9]))
-    lo, hi = max(0.0, lo), min(1.0, hi)
-    if hi - lo < 1e-6:
-        return LAMBDA_WINDOW
-    return hi - lo, 0.5 * (hi + lo)
+    low = float(np.percentile(v, 1.0)) if v.size else 0.0
+    lo = max((x for x in LAMBDA_WINDOW_LOWS if x <= low), default=0.0)
+    return 1.0 - lo, 0.5 * (1.0 + lo)
 
 
-def apply_lambda_display(volume_node) -> None:
-    """λ map: sequential colour map over the map's own range, automatic window/level off."""
+def apply_lambda_display(volume_node) -> tuple[float, float]:
+    """λ map: sequential colour map over :func:`lambda_window`, automatic window/level off; returns the window's
+    (lowest, highest) λ."""
     import vtk.util.numpy_support as ns
 
     scalars = volume_node.GetImageData().GetPointData().GetScalars()
-    window = lambda_window(ns.vtk_to_numpy(scalars)) if scalars is not None else LAMBDA_WINDOW
-    _scalar_display(volume_node, color_node_id(volume_node.GetScene(), "sequential"), window)
+    window, level = lambda_window(ns.vtk_to_numpy(scalars) if scalars is not None else np.zeros(0))
+    _scalar_display(volume_node, color_node_id(volume_node.GetScene(), "sequential"), (window, level))
+    return level - window / 2, level + window / 2
 
 
 def apply_jacobian_display(volume_node) -> None:

@@ -869,7 +869,7 @@ class RegistrationJob:
                 geometry.set_registration_references(inverse, self.moving, self.fixed)
             lambda_map = self._place(lambda_data, f"{run_name} lambda", target(reuse.lambda_map,
                                                                                   "vtkMRMLScalarVolumeNode"), created)
-            display.apply_lambda_display(lambda_map)
+            lambda_shown = display.apply_lambda_display(lambda_map)
             jacobian = self._place(jacobian_data, f"{run_name} Jacobian", target(reuse.jacobian,
                                                                                  "vtkMRMLScalarVolumeNode"), created)
             display.apply_jacobian_display(jacobian)
@@ -930,6 +930,8 @@ class RegistrationJob:
                                                       landmarks.world_points(self.moving_fiducials))
         if self.settings.show_results and first_result:
             display.show_in_slice_views(scene, background=self.fixed, foreground=lambda_map)
+        if self.on_log is not None:  # the colours' meaning: the window is one of a few fixed ones
+            self.on_log(f"λ map colours: dark purple λ <= {lambda_shown[0]:g} to yellow λ = {lambda_shown[1]:g}.")
         elapsed = time.monotonic() - self.started_at if self.started_at else None
         text = status_text(run_name, report, elapsed, [tre.text()] if tre is not None else [])
         if tre is None and self.fixed_fiducials is not None and self.moving_fiducials is not None:

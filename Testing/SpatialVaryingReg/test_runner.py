@@ -102,6 +102,7 @@ def test_register_end_to_end_creates_the_output_nodes(scene, pair, tmp_path):
     lambda_window = display.lambda_window(lam)
     lo, hi = lambda_window[1] - lambda_window[0] / 2, lambda_window[1] + lambda_window[0] / 2
     assert 0.0 <= lo < hi <= 1.0 and hi >= np.percentile(lam, 99) and lo <= np.percentile(lam, 2)
+    assert f"λ map colours: dark purple λ <= {lo:g} to yellow λ = 1." in lines  # what the colours mean
     for node, window in ((out.lambda_map, lambda_window), (out.jacobian, display.JACOBIAN_WINDOW)):
         d = node.GetDisplayNode()
         assert not d.GetAutoWindowLevel()
