@@ -90,8 +90,9 @@ DETERMINISTIC_HELP = ("bit-identical results from run to run on CUDA (same GPU, 
 def add_runtime_arguments(p: argparse.ArgumentParser, *, affine_help: str, deterministic_help: str) -> None:
     """``--affine/--no-affine``, ``--device``, ``--threads`` and ``--deterministic`` (``register``, ``preview``);
     :func:`apply_runtime` acts on them."""
-    p.add_argument("--affine", dest="affine", action="store_true", default=None, help=affine_help)
-    p.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
+    affine = p.add_mutually_exclusive_group()  # both given: one line, not the last one silently winning
+    affine.add_argument("--affine", dest="affine", action="store_true", default=None, help=affine_help)
+    affine.add_argument("--no-affine", dest="affine", action="store_false", help="skip the affine stage")
     p.add_argument("--no-pose-search", dest="pose_search", action="store_false", default=None,
                    help="start the affine stage only from the centres of mass, not also from rotated starts (the "
                    "search finds images whose header orientations disagree by more than 30-40 degrees)")

@@ -160,3 +160,16 @@ def test_preview_names_the_passes_flag(tiny_pair, tiny_checkpoints, capsys) -> N
                                 "--passes", "0")])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("svreg: error: --passes 0 is out of range"), err
+
+
+@pytest.mark.parametrize("command", ["register", "preview"])
+def test_affine_and_no_affine_together_are_refused(tmp_path: Path, capsys, command: str) -> None:
+    """``--affine --no-affine`` ran with whichever came last, without a word (a script appending a flag to a
+    user's); the two are now refused together in argparse's one error line, before anything is read."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, str(tmp_path / "f.nii.gz"), str(tmp_path / "m.nii.gz"), "-o", str(tmp_path / "o"),
+              "--affine", "--no-affine"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().splitlines()[-1] == (
+        f"svreg {command}: error: argument --no-affine: not allowed with argument --affine"), err
+    assert sorted(tmp_path.iterdir()) == []
