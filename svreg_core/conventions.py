@@ -27,6 +27,8 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from svreg_core.errors import InputError
+
 #: ``align_corners`` value used for every ``grid_sample`` / ``interpolate`` call in the project.
 ALIGN_CORNERS = True
 
@@ -71,6 +73,20 @@ def map_points(matrix: Points, points: Points) -> Points:
     points' dtype and device).
     """
     return points @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def point_rows(points: object, what: str = "points") -> np.ndarray:
+    """``points`` (an array or nested list of RAS mm points, one per row) as a float64 ``(N, 3)`` array;
+    :class:`~svreg_core.errors.InputError` naming ``what`` for any other shape (a single point ``(3,)``, 2-D
+    points) or values that are not numbers. NaN coordinates pass (they map to NaN)."""
+    try:
+        rows = np.asarray(points, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be an (N, 3) array of RAS millimetres, not {points!r:.80}.") from None
+    if rows.ndim != 2 or rows.shape[1] != 3:
+        hint = ": give a single point as [[x, y, z]]" if rows.shape == (3,) else ""
+        raise InputError(f"{what} must be an (N, 3) array of RAS millimetres, not of shape {rows.shape}{hint}.")
+    return rows
 
 
 def voxel_to_world_vectors(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:

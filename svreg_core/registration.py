@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from svreg_core.conventions import map_points
+from svreg_core.conventions import map_points, point_rows
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
 from svreg_core.image.image import MAX_AFFINE_CONDITION, conform_to_grid, foreground_inside
@@ -201,9 +201,10 @@ class RegistrationResult:
 
         ``u`` is interpolated (trilinear) from :attr:`deformable_displacement`; as in ITK (and the output files
         read back, :mod:`svreg_core.outputs.read`), it is zero more than half a voxel beyond the fixed grid
-        (within that half voxel its border values continue), where points map by ``A`` alone.
+        (within that half voxel its border values continue), where points map by ``A`` alone. Other shapes than
+        ``(N, 3)`` (a single point ``(3,)``) are an :class:`InputError`.
         """
-        x = np.asarray(points, dtype=np.float64)
+        x = point_rows(points)
         pts = torch.as_tensor(x.astype(np.float32)).view(1, -1, 1, 1, 3)
         field_ = torch.as_tensor(self.deformable_displacement).permute(3, 0, 1, 2)[None]
         u = sample_at_points(field_, self.fixed.grid, pts, padding_mode="border")[0, :, :, 0, 0].T.double().numpy()

@@ -681,3 +681,17 @@ def test_working_grids_too_coarse_for_a_small_field_of_view_are_named() -> None:
                                                                    min_control_spacing=0.5))
         prepare_pair(image(8, 4.0), image(8, 4.0), params)  # the working grid is the image's own 4 mm voxels
         prepare_pair(image(40, 1.0), image(40, 1.0), params)  # 40 mm: 20 voxels of 2 mm
+
+
+def test_points_of_another_shape_than_n_by_3_are_refused_in_one_line() -> None:
+    """A single point ``(3,)`` ended in ``IndexError: invalid index to scalar variable``, 2-D points in a torch
+    ``view`` error; both are refused naming the shape (one point is ``[[x, y, z]]``)."""
+    result = _shifted_result(np.zeros((6, 5, 4), np.int32), (1.0, -2.0, 0.5))
+    with pytest.raises(InputError, match=r"points must be an \(N, 3\) array .* shape \(3,\): give a single point as "
+                                         r"\[\[x, y, z\]\]"):
+        result.transform_points(np.array([2.0, 2.0, 1.0]))
+    with pytest.raises(InputError, match=r"points must be an \(N, 3\) array .* shape \(4, 2\)\.$"):
+        result.transform_points(np.zeros((4, 2)))
+    with pytest.raises(InputError, match=r"points must be an \(N, 3\) array of RAS millimetres, not \[\['a'"):
+        result.transform_points([["a", 1, 2]])
+    np.testing.assert_allclose(result.transform_points([[2.0, 2.0, 1.0]]), [[3.0, 0.0, 1.5]], atol=1e-5)
