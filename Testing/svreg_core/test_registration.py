@@ -695,3 +695,19 @@ def test_points_of_another_shape_than_n_by_3_are_refused_in_one_line() -> None:
     with pytest.raises(InputError, match=r"points must be an \(N, 3\) array of RAS millimetres, not \[\['a'"):
         result.transform_points([["a", 1, 2]])
     np.testing.assert_allclose(result.transform_points([[2.0, 2.0, 1.0]]), [[3.0, 0.0, 1.5]], atol=1e-5)
+
+
+def test_warp_image_takes_a_4d_image_of_one_volume_and_refuses_other_shapes() -> None:
+    """A moving-space image with a trailing axis of length 1 (a 4-D file of one volume, as ``load_image`` reads
+    it squeezed) ended in a grid_sample traceback, a 2-D slice in another: the first is warped as the 3-D image
+    it holds, the second refused in one line."""
+    labels = np.zeros((6, 5, 4), np.int32)
+    labels[2:4, 1:3, 1:3] = 3
+    result = _shifted_result(labels, (1.0, 0.0, 0.0))
+    image = Image(labels.astype(np.float32), np.eye(4))
+    for as_labels in (False, True):
+        expected = result.warp_image(image, labels=as_labels).data
+        np.testing.assert_array_equal(result.warp_image(Image(image.data[..., None, None], np.eye(4)),
+                                                        labels=as_labels).data, expected)
+    with pytest.raises(InputError, match=r"the image to warp must be a 3-D image; it has 2 dimensions \(6, 5\)"):
+        result.warp_image(Image(image.data[:, :, 0], np.eye(4)))
