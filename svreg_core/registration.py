@@ -6,6 +6,7 @@ moving world. ``warped(x) = moving(T(x))``.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import time
@@ -711,7 +712,13 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
 
     ``warn_stacklevel``: the ``stacklevel`` of the low-memory warning (2: the caller of this function).
     """
-    params = parameters or PRESETS["brain-mri"]
+    params = PRESETS["brain-mri"] if parameters is None else parameters
+    if not isinstance(params, RegistrationParameters):
+        raise InputError(f"parameters must be RegistrationParameters, e.g. load_parameters({params!r:.60}) for a "
+                         f"preset's name or preset file, not {type(params).__name__} {params!r:.60}."
+                         if isinstance(params, (str, Path)) else
+                         f"parameters must be RegistrationParameters (load_parameters(...)), not "
+                         f"{type(params).__name__}.")
     t0 = time.perf_counter()
     fixed = validate_image(fixed, "fixed image")
     moving = validate_image(moving, "moving image")
@@ -793,7 +800,8 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     (what ``svreg preview`` runs at many codes for one pair).
     """
     t0 = time.perf_counter()
-    if isinstance(refine, bool) or int(refine) != refine or refine < 0:
+    if isinstance(refine, bool) or not isinstance(refine, numbers.Real) or not float(refine).is_integer() \
+            or refine < 0:
         raise InputError(f"refine must be a whole number of iterations (0 or more), not {refine!r}.")
     if refine and model is None:
         raise InputError("refine needs a learned model (--model); the pairwise optimiser already runs to the end.")

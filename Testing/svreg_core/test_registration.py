@@ -711,3 +711,20 @@ def test_warp_image_takes_a_4d_image_of_one_volume_and_refuses_other_shapes() ->
                                                         labels=as_labels).data, expected)
     with pytest.raises(InputError, match=r"the image to warp must be a 3-D image; it has 2 dimensions \(6, 5\)"):
         result.warp_image(Image(image.data[:, :, 0], np.eye(4)))
+
+
+def test_parameters_that_are_not_registration_parameters_are_refused_in_one_line(tiny_pair) -> None:
+    """``register(fixed, moving, "brain-mri")`` (a preset's name for its parameters) ended in ``AttributeError: 'str'
+    object has no attribute 'affine'``; a ``refine`` of ``None`` in a ``TypeError``: both are refused before any
+    work."""
+    fixed, moving = _images(tiny_pair)
+    events: list = []
+    with pytest.raises(InputError, match=r"parameters must be RegistrationParameters, e\.g\. "
+                                         r"load_parameters\('brain-mri'\) for a preset's name or preset file"):
+        register(fixed, moving, "brain-mri", progress=events.append)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"parameters must be RegistrationParameters .* not dict\.$"):
+        register(fixed, moving, {"alpha_prime": 0.1}, progress=events.append)  # type: ignore[arg-type]
+    for refine in (None, float("nan"), "2"):
+        with pytest.raises(InputError, match="refine must be a whole number of iterations"):
+            register(fixed, moving, FAST, refine=refine, progress=events.append)  # type: ignore[arg-type]
+    assert events == []
