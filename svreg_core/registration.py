@@ -390,8 +390,10 @@ def model_codes(info: ModelInfo, codes: tuple[float, float] | None = None, refin
     own = (info.alpha_prime, info.lambda_max)
     if codes is None:
         return own
+    if isinstance(codes, np.ndarray) and codes.ndim == 1:  # NumPy numbers below pass as the numbers they are
+        codes = tuple(codes)
     if (not isinstance(codes, (tuple, list)) or len(codes) != 2
-            or any(isinstance(c, bool) or not isinstance(c, (int, float)) or not c >= 0 for c in codes)):
+            or any(isinstance(c, (bool, np.bool_)) or not isinstance(c, numbers.Real) or not c >= 0 for c in codes)):
         raise InputError(f"codes must be two non-negative numbers (alpha_prime, lambda_max), not {codes!r}.")
     alpha_prime, lambda_max = float(codes[0]), float(codes[1])
     ranges = info.code_ranges

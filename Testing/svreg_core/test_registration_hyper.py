@@ -154,3 +154,17 @@ def test_cli_refuses_codes_a_model_cannot_use_before_any_work(geo, tiny_pair, ch
     assert proc.returncode == 2
     assert proc.stderr.startswith(message) and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_codes_computed_with_numpy_are_numbers(checkpoints) -> None:
+    """Codes from a NumPy sweep (``np.float32`` numbers, an array) were refused as "codes must be two non-negative
+    numbers"; they are the numbers they hold."""
+    from svreg_core.registration import model_codes
+
+    info = load_model(checkpoints[0])[1]
+    assert model_codes(info, (np.float32(0.5), np.int64(10))) == (0.5, 10.0)
+    assert model_codes(info, np.array([0.5, 10.0], np.float32)) == (0.5, 10.0)
+    with pytest.raises(InputError, match="codes must be two non-negative numbers"):
+        model_codes(info, np.array([[0.5, 10.0]]))
+    with pytest.raises(InputError, match="codes must be two non-negative numbers"):
+        model_codes(info, (np.bool_(True), 10.0))
