@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print the tables only")
     ap.add_argument("--tag", help="suffix of the results' file names (benchmark_<date>_<tag>), so a day's runs "
                                   "do not replace each other")
+    ap.add_argument("--check", action="store_true",
+                    help="only check the arguments and that the data source holds the pair, then exit "
+                         "(scripts/benchmark.sh runs this before it creates the peer venvs)")
     args = ap.parse_args(argv)
     args.peers = [p for p in args.peers if p != "none"]
     args.ours = [v for v in args.ours if v != "none"]
@@ -358,6 +361,17 @@ def main(argv: list[str] | None = None) -> int:
     for v in args.ours:
         if v not in OURS_VARIANTS:
             ap.error(f"unknown svreg variant {v!r} (known: {', '.join(OURS_VARIANTS)})")
+    if any(res <= 0 for res in args.resolutions) or args.threads < 1:
+        ap.error("--resolutions must be positive millimetres and --threads at least 1")
+    if not args.data_source.is_dir():
+        ap.error(f"the data source {args.data_source} is not a folder (the brain pair: see benchmarks/README.md; "
+                 "--data-source names another folder)")
+    missing = [name for name in prep.IMAGES + prep.LABELS if not (args.data_source / name).is_file()]
+    if missing:
+        ap.error(f"the data source {args.data_source} lacks {', '.join(missing)} (the brain pair: see "
+                 "benchmarks/README.md; --data-source names another folder)")
+    if args.check:
+        return 0
 
     # Which tools can run at all (decided once, reported clearly).
     skip: dict[str, str] = {}

@@ -104,6 +104,11 @@ setup_peer() {
   echo "benchmark: venv ${peer}: ready"
 }
 
+# the arguments and the data are checked first: a typo or a missing pair must not wait for the peer installs
+if [ "$setup_only" = 0 ] && ! "$MAIN_PY" "${REPO}/benchmarks/run_benchmark.py" --bench-dir "$BENCH_DIR" \
+    ${forward[@]+"${forward[@]}"} --check; then
+  exit 2
+fi
 if [ "$skip_setup" = 0 ]; then
   for p in ${peers[@]+"${peers[@]}"}; do
     case "$p" in none|ours|ours_nospr|ours_native) continue ;; esac

@@ -1,0 +1,67 @@
+"""The peer benchmark's user-facing side (``scripts/benchmark.sh``, ``benchmarks/run_benchmark.py``): what it refuses
+before the long work, and what its results file says about the run. Nothing is registered here: ``--ours none
+--peers none`` runs only the data preparation and the 'affine only' row on a tiny pair."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+PAIR_FILES = ("fixed.nii.gz", "moving.nii.gz", "moving_native.nii.gz", "fixed_seg.nii.gz", "moving_seg.nii.gz",
+              "moving_native_seg.nii.gz")
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def _tiny_pair(folder: Path) -> Path:
+    """The six files of a brain-pair folder: 12³ 2 mm volumes whose label maps hold label 2 (a cube) and 41."""
+    folder.mkdir(parents=True)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    labels = np.zeros((12, 12, 12), np.int16)
+    labels[3:9, 3:9, 3:9] = 2
+    labels[4:7, 4:7, 4:7] = 41
+    for name in PAIR_FILES:
+        data = labels if "seg" in name else (labels > 0).astype(np.float32)
+        nib.save(nib.Nifti1Image(data, affine), str(folder / name))
+    return folder
+
+
+def test_benchmark_refuses_a_missing_pair_before_installing_peers(tmp_path: Path) -> None:
+    """Without ``../shared/data/brain_pair`` (or with a mistyped ``--data-source``) the benchmark used to install
+    every peer's venv (gigabytes, many minutes) and only then end in a FileNotFoundError traceback: now it stops
+    first, in one line naming the folder, and creates nothing."""
+    bench = tmp_path / "bench"
+    # a peer install, if it were reached, fails at once (no venv can be made with `false`) and leaves its marks
+    env = {**_env(), "BENCH_DIR": str(bench), "BENCH_BASE_PYTHON": "false"}
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "benchmark.sh"), "--peers", "ants", "--data-source",
+                           str(tmp_path / "no_such_pair")], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no_such_pair is not a folder" in last and "Traceback" not in proc.stderr, proc.stderr
+    assert not (bench / "venvs").exists(), "a peer install started before the data were checked"
+
+
+def _check(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_benchmark.py"), "--check", *argv],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_benchmark_check_names_a_missing_file_and_a_bad_setting(tmp_path: Path) -> None:
+    pair = _tiny_pair(tmp_path / "pair")
+    assert _check("--data-source", str(pair)).returncode == 0
+    (pair / "moving_native_seg.nii.gz").unlink()
+    proc = _check("--data-source", str(pair))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "lacks moving_native_seg.nii.gz (the brain pair: see benchmarks/README.md; --data-source names another "
+        "folder)"), proc.stderr
+    proc = _check("--data-source", str(pair), "--threads", "0")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("--threads at least 1"), proc.stderr
