@@ -34,7 +34,7 @@ from svreg_core.atomic import replaced_when_complete
 from svreg_core.errors import InputError, SvregError, shortened
 from svreg_core.image.io import image_stem, is_dicom_input
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
-from svreg_core.interrupts import sigterm_as_interrupt
+from svreg_core.interrupts import interrupted_status, sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES, preset_modality_warning
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
@@ -1477,11 +1477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 emit_json({"event": "error", "message": str(exc), "kind": exc.__class__.__name__})
             print(f"svreg: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             resume = " (run the same command again to resume after the last finished epoch)" \
                 if args.command == "train" else ""
             print(f"svreg: interrupted{resume}", file=sys.stderr)
-            return 130
+            return interrupted_status(exc)
         except Exception as exc:
             failure: tuple[str, str] | None = _machine_failure(exc)
             status = 1

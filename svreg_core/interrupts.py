@@ -1,8 +1,10 @@
 """SIGTERM (a cluster scheduler's or the Slicer module's stop request) handled like Ctrl-C.
 
-Inside :func:`sigterm_as_interrupt`, SIGTERM raises :class:`KeyboardInterrupt` in the main thread,
-so a stopped run takes the same clean path as Ctrl-C: the output being written is removed, an
-earlier output folder stays intact, and the command line prints ``svreg: interrupted``.
+Inside :func:`sigterm_as_interrupt`, SIGTERM raises :class:`Terminated` (a :class:`KeyboardInterrupt`)
+in the main thread, so a stopped run takes the same clean path as Ctrl-C: the output being written is
+removed, an earlier output folder stays intact, and the command line prints ``svreg: interrupted``; its
+exit status tells the two apart (:func:`interrupted_status`: 130 for Ctrl-C, 143 for SIGTERM, the
+statuses a shell gives a process those signals end).
 
 Code that must not be cut in the middle (a database transaction that creates a tuning trial) runs
 inside :func:`interrupts_deferred`: a SIGTERM there is remembered and raised at the next
@@ -17,6 +19,17 @@ from contextlib import contextmanager
 from types import FrameType
 
 
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, raised like Ctrl-C's :class:`KeyboardInterrupt` (:func:`sigterm_as_interrupt`)."""
+
+
+def interrupted_status(exc: KeyboardInterrupt) -> int:
+    """The exit status of a command stopped by ``exc``: 128 + the signal's number, as a shell reports a
+    process that signal ends (143 for SIGTERM, 130 for Ctrl-C's SIGINT), so that a scheduler or script
+    tells a time limit from a user's Ctrl-C."""
+    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+
+
 class _State:
     deferred = 0      # depth of interrupts_deferred blocks not inside an interruptible block
     pending = False   # a SIGTERM arrived while deferred
@@ -29,12 +42,12 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     if _State.deferred:
         _State.pending = True
         return
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """While active, the first SIGTERM raises :class:`KeyboardInterrupt` in the main thread; later ones
+    """While active, the first SIGTERM raises :class:`Terminated` in the main thread; later ones
     are ignored. The previous handler is restored on exit.
 
     Python handles signals only in the main thread: called from another thread this does nothing.
@@ -54,12 +67,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def _raise_pending() -> None:
     if _State.pending:
         _State.pending = False
-        raise KeyboardInterrupt
+        raise Terminated
 
 
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
-    """A SIGTERM inside is recorded instead of raised; it is raised as :class:`KeyboardInterrupt` on
+    """A SIGTERM inside is recorded instead of raised; it is raised as :class:`Terminated` on
     entering the next :func:`interruptible` block, or on leaving this block."""
     _State.deferred += 1
     try:

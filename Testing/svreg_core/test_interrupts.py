@@ -190,7 +190,7 @@ def test_sigterm_during_registration(geo, earlier) -> None:
     _read_until(child, _is_stage("deformable"))
     child.send_signal(signal.SIGTERM)
     rc, err = _finish(child)
-    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err, err
+    assert rc == 143 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err, err
     _assert_untouched(geo, earlier)
 
 
@@ -200,7 +200,7 @@ def test_sigterm_while_writing_outputs(geo, earlier) -> None:
     partial = _wait_for_partial(earlier)
     child.send_signal(signal.SIGTERM)
     rc, err = _finish(child)
-    assert rc == 130 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err, err
+    assert rc == 143 and err.splitlines()[-1] == "svreg: interrupted" and "Traceback" not in err, err
     assert not partial.exists()
     _assert_untouched(geo, earlier)
 
@@ -219,3 +219,12 @@ def test_sigkill_while_writing_then_the_next_run_cleans_up(geo, earlier) -> None
     assert sorted(x.name for x in earlier.site.iterdir()) == ["out", "quick.json", "slow.json"]
     assert sorted(x.name for x in earlier.out.iterdir()) == sorted(OUTPUT_FILES)
     earlier.hashes = {f.name: geo.file_hash(f) for f in earlier.out.iterdir()}
+
+
+def test_the_exit_status_tells_sigterm_from_ctrl_c() -> None:
+    """A command stopped by SIGTERM exited 130 like Ctrl-C, so a job script could not tell a scheduler's time limit
+    from a user's Ctrl-C; the statuses are now a shell's for each signal: 128 + 2 and 128 + 15."""
+    from svreg_core.interrupts import Terminated, interrupted_status
+
+    assert (interrupted_status(KeyboardInterrupt()), interrupted_status(Terminated())) == (130, 143)
+    assert isinstance(Terminated(), KeyboardInterrupt)  # the same clean-up path as Ctrl-C

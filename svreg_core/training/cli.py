@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from svreg_core.errors import InputError, SvregError
+from svreg_core.interrupts import interrupted_status
 from svreg_core.training.config import DataSource, TrainingConfig, load_config
 
 if TYPE_CHECKING:
@@ -201,13 +202,14 @@ def _summary_line(summary: TrainingSummary, seconds: float) -> str:
 
 
 def _other_rank_stops(exc: SvregError | KeyboardInterrupt) -> int:
-    """The exit status of a torchrun process other than rank 0 stopped by ``exc``, which rank 0 reports: Ctrl-C (130),
+    """The exit status of a torchrun process other than rank 0 stopped by ``exc``, which rank 0 reports: Ctrl-C or
+    SIGTERM (130, 143: :func:`~svreg_core.interrupts.interrupted_status`),
     or a peer that stopped (2, :class:`~svreg_core.training.distributed.PeerStopped`). An error of its own (2) is
     raised again, to be printed, only when the job is still running :data:`PEER_REPORT_DELAY_S` later."""
     from svreg_core.training.distributed import PeerStopped
 
     if isinstance(exc, KeyboardInterrupt):
-        return 130
+        return interrupted_status(exc)
     if not isinstance(exc, PeerStopped):
         try:
             time.sleep(PEER_REPORT_DELAY_S)

@@ -34,7 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from svreg_core.errors import InputError, OutputError
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
-from svreg_core.interrupts import sigterm_as_interrupt
+from svreg_core.interrupts import interrupted_status, sigterm_as_interrupt
 from svreg_core.optim.parameters import RegistrationParameters
 from svreg_core.registration import resolve_device
 from svreg_core.tuning.codes import ModelCodeDice, ModelCodeTRE, code_search_space, model_reference
@@ -362,7 +362,8 @@ def _tune(args: argparse.Namespace, label: str, sink: Callable[[Any], None]) -> 
 
 
 def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = None) -> int:
-    """Run ``svreg tune`` for parsed ``args``; return the exit code (0 ok, 130 interrupted).
+    """Run ``svreg tune`` for parsed ``args``; return the exit code (0 ok, 130 or 143 interrupted:
+    :func:`~svreg_core.interrupts.interrupted_status`).
 
     ``reporter`` (optional) replaces the sink chosen by ``--progress``: any callable taking a
     :class:`~svreg_core.tuning.progress.TuneEvent`. User errors raise :class:`InputError` /
@@ -404,10 +405,10 @@ def run_tune(args: argparse.Namespace, reporter: Callable[[Any], None] | None = 
                                    message=str(path)),
                          f"best trial {best.number} written to {path}: {format_params(shown)}"
                          + (f"\nregister with it: {params['command']}" if "command" in params else ""))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if not json_mode:
             print("tuning interrupted; finished trials are kept, run the same command to resume.", file=sys.stderr)
-        return 130
+        return interrupted_status(exc)
     except (SQLAlchemyError, StorageInternalError) as exc:  # the database went away or broke mid-run
         raise InputError(f"the study storage {label} failed: {first_line(exc.__cause__ or exc)}; "
                          "run the same command again to resume (finished trials are kept unless the storage "

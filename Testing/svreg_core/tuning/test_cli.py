@@ -472,7 +472,7 @@ def test_stopped_default_trial_runs_on_the_next_run(one_pair_list: Path, tmp_pat
             proc.communicate(timeout=120)
         finally:
             proc.kill()
-        assert proc.returncode == (130 if stop == signal.SIGTERM else -signal.SIGKILL)
+        assert proc.returncode == (143 if stop == signal.SIGTERM else -signal.SIGKILL)
         trials = helpers.load(db, "d").get_trials()
         assert event["trial"] == trials[-1].number and trials[-1].user_attrs["enqueued"] == "base preset"
     # no wait for the killed trial's heartbeat to go stale: its worker, a process of this host, no longer runs
