@@ -3,8 +3,11 @@
 The engine reads label maps (NIfTI, one integer per voxel). A ``vtkMRMLSegmentationNode`` given as a
 mask or label map is exported with Slicer's segmentation logic onto the grid of the volume it belongs
 to (fixed or moving): segment ``n`` of the segmentation (0-based order) becomes label ``n + 1``; as a
-mask, every segment counts (label > 0). Warped labels come back as a Segmentation node when the moving
-labels were one: label ``n + 1`` becomes a segment with the name and colour of the moving segment ``n``.
+mask, every segment counts (label > 0). When both label maps are segmentations that share segment names, the
+moving segments take the labels of the fixed segments of the same name instead (:func:`label_values`), so that
+Dice compares the same structures whatever the segments' order. Warped labels come back as a Segmentation node
+when the moving labels were one: each label becomes a segment with the name and colour of the moving segment
+exported as that label.
 """
 from __future__ import annotations
 
@@ -26,6 +29,48 @@ def segment_ids(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
 
 
+def _name_key(segmentation_node, segment_id: str) -> str:
+    return segmentation_node.GetSegmentation().GetSegment(segment_id).GetName().strip().casefold()
+
+
+def label_values(segmentation_node, match=None) -> dict[str, int]:
+    """The label each segment of ``segmentation_node`` is exported as (segment ID -> label value).
+
+    Segment ``n`` -> ``n + 1``. With ``match`` (the other image's segmentation) sharing at least one segment name
+    (compared without case and surrounding blanks), a segment named like segment ``m`` of ``match`` -> ``m + 1``
+    instead, and the other segments the labels after ``match``'s, in their order.
+    """
+    ids = segment_ids(segmentation_node)
+    default = {segment_id: n + 1 for n, segment_id in enumerate(ids)}
+    if match is None:
+        return default
+    wanted: dict[str, int] = {}
+    for m, segment_id in enumerate(segment_ids(match)):
+        wanted.setdefault(_name_key(match, segment_id), m + 1)
+    keys = [_name_key(segmentation_node, segment_id) for segment_id in ids]
+    if not any(key in wanted for key in keys):
+        return default
+    labels: dict[str, int] = {}
+    following = len(segment_ids(match)) + 1
+    for segment_id, key in zip(ids, keys):
+        label = wanted.get(key)
+        if label is None or label in labels.values():  # no namesake, or one taken by an earlier segment
+            label, following = following, following + 1
+        labels[segment_id] = label
+    return labels
+
+
+def _relabel(labelmap_node, values: list[int]) -> None:
+    """Replace the labels ``1..n`` of ``labelmap_node`` (a staging node) by ``values[0..n-1]``."""
+    import vtk.util.numpy_support as ns
+
+    image = labelmap_node.GetImageData()
+    table = np.array([0, *values], dtype=np.int32)
+    relabelled = table[ns.vtk_to_numpy(image.GetPointData().GetScalars())]
+    image.GetPointData().SetScalars(ns.numpy_to_vtk(relabelled.astype(np.int16 if table.max() < 2**15 else np.int32),
+                                                    deep=True))
+
+
 def modified_time(segmentation_node) -> int:
     """When the segmentation's content last changed: segments added, removed or renamed, or painted. Painting (the
     Segment Editor) writes into a segment's source representation and leaves the segmentation's own modification
@@ -41,9 +86,10 @@ def modified_time(segmentation_node) -> int:
 
 
 def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, what: str,
-                    ijk_to_world: np.ndarray, mask: bool = False) -> Path:
+                    ijk_to_world: np.ndarray, mask: bool = False, labels: dict[str, int] | None = None) -> Path:
     """Write the segmentation as a label map NIfTI on ``reference_volume``'s grid (geometry ``ijk_to_world``);
-    as a ``mask`` it must have a voxel inside (:func:`~.geometry.check_mask`).
+    as a ``mask`` it must have a voxel inside (:func:`~.geometry.check_mask`). ``labels``: the label of each
+    segment ID (:func:`label_values`; default: segment ``n`` as ``n + 1``).
 
     The segmentation must lie in the volume's own space (:func:`check_parent`; the volume may additionally sit
     under this module's result transform): it is exported onto a stand-in of the volume's grid placed under the
@@ -76,6 +122,8 @@ def export_labelmap(segmentation_node, reference_volume, path: str | Path, *, wh
                 segmentation_node, names, labelmap, reference):
             raise geometry.GeometryError(f"the {what} '{name}' could not be converted "
                                          "to a label map (does it have a binary labelmap representation?).")
+        if labels is not None and [labels[i] for i in ids] != list(range(1, len(ids) + 1)):
+            _relabel(labelmap, [labels[i] for i in ids])
         if mask:
             geometry.check_mask(labelmap, what, name=name)
         return geometry.export_volume(labelmap, path, what=what, ijk_to_world=ijk_to_world)
@@ -98,9 +146,10 @@ def check_parent(segmentation_node, reference_base: np.ndarray | None, base: np.
             "place both under the same transform (Data module) or harden it.")
 
 
-def fill_from_labelmap(segmentation_node, labelmap_node, like=None) -> None:
-    """Replace the segments of ``segmentation_node`` by the labels of ``labelmap_node`` (label ``n + 1``
-    named and coloured like segment ``n`` of ``like``, a segmentation, when given)."""
+def fill_from_labelmap(segmentation_node, labelmap_node, like=None, labels: dict[str, int] | None = None) -> None:
+    """Replace the segments of ``segmentation_node`` by the labels of ``labelmap_node``, each named and coloured
+    like the segment of ``like`` (a segmentation, when given) exported as that label (``labels``, see
+    :func:`label_values`; default: segment ``n`` as ``n + 1``)."""
     import slicer
 
     segmentation = segmentation_node.GetSegmentation()
@@ -111,10 +160,11 @@ def fill_from_labelmap(segmentation_node, labelmap_node, like=None) -> None:
     if like is None:
         return
     source = like.GetSegmentation()
+    by_label = {label: segment_id for segment_id, label in (labels or label_values(like)).items()}
     for i in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(i)
-        label = segment.GetLabelValue()
-        if 1 <= label <= source.GetNumberOfSegments():
-            original = source.GetNthSegment(label - 1)
+        original = source.GetSegment(by_label[segment.GetLabelValue()]) \
+            if segment.GetLabelValue() in by_label else None
+        if original is not None:
             segment.SetName(original.GetName())
             segment.SetColor(original.GetColor())

@@ -187,6 +187,43 @@ def test_segmentation_export_gives_labels_in_segment_order_on_the_volume_grid(sc
     assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # the staging node is gone
 
 
+def test_segmentations_of_one_structure_set_in_another_order_are_paired_by_name(scene, pair, tmp_path):
+    """A moving segmentation listing 'lesion' before 'brain' went to the engine as lesion = 1, brain = 2 against the
+    fixed brain = 1, lesion = 2: Dice compared the brain with the lesion. The moving segments now take their fixed
+    namesakes' labels, and the warped segments come back named and coloured as the moving ones."""
+    import nibabel as nib
+
+    x = geometry.grid_points(SHAPE, AFFINE)
+    moving_labels = labels_of(blob_image(x))
+    swapped = np.where(moving_labels == 1, 2, np.where(moving_labels == 2, 1, 0)).astype(np.int16)
+    moving_seg = segmentation_from(scene, add_volume(scene, swapped, AFFINE, "swapped", labelmap=True),
+                                   [" Lesion", "brain"])  # segment 0 is the lesion; names compared without case
+    moving_seg.GetSegmentation().GetNthSegment(1).SetColor(0.1, 0.8, 0.3)
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=pair["fixed_seg"],
+                                moving_labels=moving_seg, moving_mask=moving_seg)
+    job.validate()
+    sent = np.asarray(nib.load(job.export_node(moving_seg, tmp_path / "m.nii.gz", "moving label map")).dataobj)
+    assert np.array_equal(sent, moving_labels)  # brain 1, lesion 2: the fixed segmentation's labels
+    mask = np.asarray(nib.load(job.export_node(moving_seg, tmp_path / "k.nii.gz", "moving mask", mask=True)).dataobj)
+    assert np.array_equal(mask > 0, moving_labels > 0)
+
+    out = job.load_outputs(write_engine_outputs(tmp_path / "output", AFFINE, SHAPE, moving_labels))
+    warped = out.warped_labels.GetSegmentation()
+    segments = {warped.GetNthSegment(i).GetLabelValue(): warped.GetNthSegment(i)
+                for i in range(warped.GetNumberOfSegments())}
+    assert {label: segment.GetName() for label, segment in segments.items()} == {1: "brain", 2: " Lesion"}
+    assert segments[1].GetColor() == pytest.approx((0.1, 0.8, 0.3))
+
+    # names with nothing in common keep the segment order; a moving segment without a namesake follows the fixed's
+    assert segmentations.label_values(moving_seg, None) == {sid: n + 1 for n, sid in
+                                                            enumerate(segmentations.segment_ids(moving_seg))}
+    moving_seg.GetSegmentation().GetNthSegment(0).SetName("edema")
+    ids = segmentations.segment_ids(moving_seg)
+    assert segmentations.label_values(moving_seg, pair["fixed_seg"]) == {ids[0]: 3, ids[1]: 1}
+    moving_seg.GetSegmentation().GetNthSegment(1).SetName("Segment_2")
+    assert segmentations.label_values(moving_seg, pair["fixed_seg"]) == {ids[0]: 1, ids[1]: 2}
+
+
 def test_segmentation_export_ignores_the_volumes_own_result_transform(scene, pair, tmp_path):
     """After a registration the moving volume sits under the result transform, its segmentation not: the labels
     are still exported on the volume's own grid, not through the previous result; the export leaves no node
