@@ -305,16 +305,22 @@ NOTES = """\
 Notes: mean Dice / HD95 over the 30 evaluation labels present in both label maps, labels warped with
 nearest neighbour (each tool's own label warp); `Dice (linear)`: the same labels warped one-hot trilinear +
 argmax through each tool's displacement file (the TransMorph/MIR convention). SDlogJ inside the mask below.
-Learned-model rows: `svreg register --model default [--refine N]` (the shipped model, trained on synthetic
-data only; see the README). % det≤0 (central differences) and NDV % (10
-tetrahedra) inside `moving > 0` on the fixed grid (NDV also cropped by one voxel); `svreg_core.metrics`
+Learned-model rows: `svreg register --model {model} [--refine N]`{model_note}. % det≤0 (central differences)
+and NDV % (10 tetrahedra) inside `moving > 0` on the fixed grid (NDV also cropped by one voxel); `svreg_core.metrics`
 for every tool. `reg s`: registration only, timed inside the tool's process; `process s`: the whole
 child process (imports, I/O, label warp); `peak MiB`: `ru_maxrss` of the child from `os.wait4`.
 `time / ours` = reg s / reg s of svreg (SPR). `disp check`: mean Dice between the tool's warped labels
 and SimpleITK resampling of the moving labels through `displacement.nii.gz` (ITK convention, LPS);
-> 0.98 means the displacement file is the tool's mapping. Every tool ran with 2 threads
-(OMP_NUM_THREADS / ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS = 2) on CPU.
+> 0.98 means the displacement file is the tool's mapping. Every tool ran with {threads} threads
+(OMP_NUM_THREADS / ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS = {threads}); the peers on the CPU, svreg on its default
+device (`--device auto`: a CUDA GPU when there is one).
 """
+
+
+def notes(threads: int, model: str) -> str:
+    """The notes under the tables, with the thread count and learned model this run used."""
+    shipped = " (the shipped model, trained on synthetic data only; see the README)" if model == "default" else ""
+    return NOTES.format(threads=threads, model=model, model_note=shipped)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -431,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(table)
         print("\n" + table, flush=True)
 
-    md = f"# svreg benchmark {started:%Y-%m-%d %H:%M}\n\n" + "\n".join(tables) + "\n" + NOTES
+    md = f"# svreg benchmark {started:%Y-%m-%d %H:%M}\n\n" + "\n".join(tables) + "\n" + notes(args.threads, args.model)
     if not args.no_write:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         stem = f"benchmark_{started:%Y-%m-%d}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")

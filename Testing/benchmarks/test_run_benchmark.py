@@ -65,3 +65,21 @@ def test_benchmark_check_names_a_missing_file_and_a_bad_setting(tmp_path: Path) 
     proc = _check("--data-source", str(pair), "--threads", "0")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("--threads at least 1"), proc.stderr
+
+
+def test_results_notes_state_the_threads_and_model_of_the_run(tmp_path: Path) -> None:
+    """The notes under the results table said 'Every tool ran with 2 threads' and `--model default` whatever
+    ``--threads`` and ``--model`` the run was given."""
+    pair = _tiny_pair(tmp_path / "pair")
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_benchmark.py"), "--peers", "none", "--ours",
+                           "none", "--resolutions", "1", "--threads", "3", "--model", "runs/mine/best", "--tag", "t",
+                           "--data-source", str(pair), "--bench-dir", str(tmp_path / "bench"), "--results-dir",
+                           str(results)], env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (md,) = results.glob("benchmark_*_t.md")
+    text = " ".join(md.read_text(encoding="utf-8").split())
+    assert "| pre-aligned input (affine only) | – | – | – | 1.0000 |" in text  # the pair itself, scored
+    assert "Every tool ran with 3 threads (OMP_NUM_THREADS / ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS = 3)" in text
+    assert "`svreg register --model runs/mine/best [--refine N]`." in text
+    assert "2 threads" not in text and "--model default" not in text
