@@ -26,7 +26,7 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "iterations": (1, 100_000, " iterations"), "learning_rate": (0.0, 100.0, " voxels"),
     "final_learning_rate_fraction": (0.0, 1.0, ""), "lambda_step": (0.0, 1.0, ""),
     "smoothing_passes": (0, 10, " passes"),
-    "lncc_window": (1, 51, " voxels"), "integration_steps": (0, 20, " squarings"),
+    "lncc_window": (3, 51, " voxels"), "integration_steps": (0, 20, " squarings"),
     "prediction_passes": (1, 10, " passes"),
 }
 PRIORS = ("beta", "gaussian")
@@ -83,7 +83,8 @@ class RegistrationParameters:
             presets' λ_max) and the fields were rougher (SDlogJ 0.111 vs 0.076, 0.108 vs 0.082).
         final_learning_rate_fraction: the Adam step falls linearly over each level to this fraction of
             its initial value at its last iteration (1 = constant steps; a one-iteration level keeps the full step).
-        lncc_window: LNCC window width in voxels.
+        lncc_window: LNCC window width in voxels, odd, at least 3 (a 1-voxel window's correlation is 1 for any two
+            images: nothing would move).
         integration_steps: scaling-and-squaring steps. 4 rather than 5 since 2026-11-26: each squaring is a
             fifth of an iteration's time on the finest level; on three Mindboggle validation pairs (subjects
             1→2, 3→4, 5→6, not evaluation data) 4 gave mean Dice +0.0005 on each, SDlogJ +0.002, no
@@ -211,6 +212,10 @@ class RegistrationParameters:
                              f"{', '.join(NETWORK_PRECISIONS)}.")
         if len(self.level_spacings) != len(self.iterations) or not self.level_spacings:
             raise InputError("level_spacings and iterations must have the same, non-zero length.")
+        if self.lncc_window < BOUNDS["lncc_window"][0]:  # before the range check: say why
+            raise InputError(f"lncc_window must be at least {BOUNDS['lncc_window'][0]:g} voxels, not "
+                             f"{self.lncc_window}: the local correlation over one voxel is 1 for any two images, so "
+                             "the registration would not move.")
         for name, value in BOUNDS.items():
             low, high, unit = value
             values = getattr(self, name)

@@ -248,3 +248,19 @@ def test_numpy_numbers_are_numbers() -> None:
         RegistrationParameters(iterations=(np.float32(2.5), 5))
     with pytest.raises(InputError, match="spr must be true or false"):
         RegistrationParameters(spr=np.int64(1))
+
+
+def test_a_one_voxel_lncc_window_is_refused_saying_why() -> None:
+    """``lncc_window: 1`` was accepted, and LNCC over one voxel is 1 for any two images (zero gradient): the
+    registration returned the identity and reported a perfect match. Refused, saying why."""
+    import torch
+
+    from svreg_core.losses import lncc_loss
+
+    fixed, moving = torch.rand(1, 1, 6, 6, 6), torch.rand(1, 1, 6, 6, 6, requires_grad=True)
+    loss = lncc_loss(fixed, moving, window=1)
+    assert float(loss.detach()) == -1.0 and not torch.autograd.grad(loss, moving)[0].any()  # why it is refused
+    with pytest.raises(InputError, match="lncc_window must be at least 3 voxels, not 1: the local correlation over "
+                                         "one voxel is 1 for any two images"):
+        load_parameters("brain-mri", lncc_window=1)
+    assert load_parameters("brain-mri", lncc_window=3).lncc_window == 3
