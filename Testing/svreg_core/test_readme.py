@@ -180,3 +180,39 @@ def test_documented_command_lines_parse() -> None:
     for expected in ("no option --no-such-flag", "no option --iter", "not dice|mse", "required: -o/--output",
                      "no command 'svreg regster'", "'svreg train' has no option --hyper"):
         assert expected in bad, bad
+
+
+def test_readme_preset_values_are_the_presets() -> None:
+    """The values the README gives for each preset ("How it works" and its Presets paragraph) are those of
+    ``PRESETS``: α′, λ_max, the refinement codes, the Adam step, the pyramid, the CT grids and the velocity
+    smoothing passes (the README once said sliding-motion settings use 1 pass; every preset, ``lung-ct`` included,
+    has 3)."""
+    from svreg_core.optim.parameters import PRESETS
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    brain, cardiac, ct, lung = (PRESETS[n] for n in ("brain-mri", "cardiac-mri", "ct", "lung-ct"))
+    assert brain.refine_codes is not None
+
+    def g(value: float) -> str:
+        return f"{value:g}"
+
+    assert (f"`brain-mri` (α′ {g(brain.alpha_prime)}, λ_max {g(brain.lambda_max)}, Adam step {g(brain.learning_rate)}; "
+            f"refinement codes α′ {g(brain.refine_codes[0])}, λ_max {g(brain.refine_codes[1])})") in text
+    assert f"`cardiac-mri` keeps the paper's α′ {g(cardiac.alpha_prime)} with λ_max {cardiac.lambda_max:.1f}" in text
+    assert f"`ct` (α′ {g(ct.alpha_prime)}, λ_max {g(ct.lambda_max)})" in text
+    assert f"`lung-ct` (α′ {g(lung.alpha_prime)}, λ_max {lung.lambda_max:.1f})" in text
+    assert (f"CT presets (MIND-SSC, {g(ct.level_spacings[0])} mm coarse level, {g(ct.min_control_spacing)} mm "
+            "control grid)") in text
+    assert all(p.similarity == "mind" and p.level_spacings == ct.level_spacings
+               and p.min_control_spacing == ct.min_control_spacing for p in (ct, lung))
+    assert (f"isotropic control grids ({g(brain.level_spacings[0])} mm, then {g(brain.level_spacings[1])} mm;"
+            in text)
+    assert (f"optimised with Adam ({brain.iterations[0]} then {brain.iterations[1]} iterations, step "
+            f"{g(brain.learning_rate)} control-grid voxels of velocity for `brain-mri` and {g(cardiac.learning_rate)} "
+            "for the other presets") in text
+    assert {p.learning_rate for p in (cardiac, ct, lung)} == {cardiac.learning_rate}
+    assert {p.iterations for p in PRESETS.values()} == {brain.iterations}
+    passes = {p.smoothing_passes for p in PRESETS.values()}
+    assert passes == {3}, passes
+    assert "(3, as the authors' ConvexAdam-SPR)" in text and "every preset, `lung-ct` included, keeps 3" in text
+    assert "settings use 1 pass" not in text
