@@ -192,6 +192,12 @@ def _check_args(args: argparse.Namespace) -> None:
                          "training data such as --synthetic).")
     if args.refine and not args.model or args.refine < 0:
         raise InputError("--refine N (0 or more) refines a learned model's predictions: it needs --model.")
+    if args.model and args.iterations:  # the study's report listed them as its settings
+        raise InputError("--iterations does not apply with --model: --refine N sets the refinement's iterations "
+                         "per level.")
+    if args.model and args.level_spacings and not args.refine:
+        raise InputError("--level-spacings only applies to a refinement of the learned model's predictions "
+                         "(--refine N); the network alone does not use it.")
     if args.model and args.validation is None:
         raise InputError("a code search (--model) needs validation pairs to score the codes on.")
     if args.objective == "tre" and (training or args.labels):
@@ -270,7 +276,9 @@ def _objective(args: argparse.Namespace) -> tuple[SearchSpace, Objective, Path |
     ranges = {"search": args.search, "alpha_prime_range": args.alpha_prime_range,
               "lambda_max_range": args.lambda_max_range}
     if not _training(args):
-        overrides = {"level_spacings": args.level_spacings, "iterations": args.iterations,
+        # a learned model's refinement runs --refine N iterations per level (refinement_parameters)
+        iterations = [args.refine] * len(args.level_spacings) if args.model and args.level_spacings else args.iterations
+        overrides = {"level_spacings": args.level_spacings, "iterations": iterations,
                      "affine": False if args.no_affine else None, "device": args.device}
         if args.model:
             space = code_search_space(args.model, args.refine, args.preset, overrides=overrides, **ranges)

@@ -141,6 +141,9 @@ def test_the_model_is_read_once_per_worker(models: dict[str, Path], demo_pairs: 
     ("hyper", ("--search", "alpha_prime", "iterations"), "searches alpha_prime and lambda_max only"),
     ("plain", (), "model plain-test is not a hyper model: its prediction does not change with alpha_prime"),
     (None, ("--refine", 3), "it needs --model"),
+    # the refinement runs --refine N iterations per level: --iterations was ignored, yet listed in the report
+    ("hyper", ("--refine", 3, "--iterations", 5), "--iterations does not apply with --model: --refine N sets"),
+    ("hyper", ("--level-spacings", 6), "--level-spacings only applies to a refinement"),
 ])
 def test_what_a_code_search_cannot_do_is_refused_before_any_trial(models: dict[str, Path], demo_pairs: Path,
                                                                   tmp_path: Path, helpers: Any, which: str | None,
@@ -164,7 +167,7 @@ def test_a_plain_models_code_search_tunes_its_refinement(models: dict[str, Path]
                                                          tmp_path: Path, helpers: Any) -> None:
     """With --refine the codes set the refinement's loss: the preset's ranges, the command carries --refine."""
     best_file = tmp_path / "codes.json"
-    argv = [one_pair_list, "--model", models["plain"], "--refine", 2, "--level-spacings", 6, "--iterations", 1,
+    argv = [one_pair_list, "--model", models["plain"], "--refine", 2, "--level-spacings", 6,
             "--storage", tmp_path / "p.db", "--n-trials", 2, "--seed", 0, "--no-affine", "--device", "cpu",
             "--progress", "none", "--apply-best", best_file]
     assert run_tune(helpers.parse_args(*argv)) == 0
@@ -174,6 +177,9 @@ def test_a_plain_models_code_search_tunes_its_refinement(models: dict[str, Path]
     assert trials[0].params == {"alpha_prime": 0.0303, "lambda_max": 2.93} and trials[0].value != trials[1].value
     doc = json.loads(best_file.read_text())
     assert doc["refine"] == 2 and " --refine 2 " in doc["command"]
+    # the study's settings say what the trials ran: 2 refinement iterations on the 6 mm level
+    study = doc["tuning"]["study_settings"]
+    assert (study["level_spacings"], study["iterations"]) == ([6.0], [2]), study
 
 
 def test_the_register_command_of_a_code_search_keeps_its_preset(models: dict[str, Path], demo_pairs: Path,
@@ -183,7 +189,7 @@ def test_the_register_command_of_a_code_search_keeps_its_preset(models: dict[str
     ``--preset``: it refined on brain-mri's 2 mm grid, where the codes regularise differently."""
     best_file, out, pair = tmp_path / "codes.json", tmp_path / "registered", demo_pairs / "pair01"
     argv = [one_pair_list, "--model", models["plain"], "--refine", 1, "--preset", "ct", "--level-spacings", 6,
-            "--iterations", 1, "--storage", tmp_path / "p.db", "--n-trials", 1, "--no-affine", "--device", "cpu",
+            "--storage", tmp_path / "p.db", "--n-trials", 1, "--no-affine", "--device", "cpu",
             "--progress", "none", "--apply-best", best_file]
     assert run_tune(helpers.parse_args(*argv)) == 0
     doc = json.loads(best_file.read_text())
