@@ -74,6 +74,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data.is_dir():
         print(f"cohort: {args.data} not found", file=sys.stderr)
         return 2
+    if len(set(args.subjects)) < 2:
+        print("cohort: --subjects needs at least two different subjects (every pair i -> j is registered)",
+              file=sys.stderr)
+        return 2
+    # every subject's files before the first registration: a typo must not end the run after hours of pairs
+    missing = [str(path) for s in args.subjects for path in (args.data / f"sub-{s}" / "t1.nii.gz",
+                                                             args.data / f"sub-{s}" / "labels.nii.gz")
+               if not path.is_file()]
+    if missing:
+        print(f"cohort: missing {', '.join(missing)}; nothing was registered", file=sys.stderr)
+        return 2
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     svreg = args.svreg
     rows = []
