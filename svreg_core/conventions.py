@@ -108,6 +108,23 @@ def ras_to_lps_vectors(vectors: np.ndarray, out: np.ndarray | None = None) -> np
     return np.multiply(vectors, np.diag(RAS_TO_LPS), out=out)
 
 
+def pad_thin_axes(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An image array ``(I, J, K)`` and its voxel-to-RAS ``affine`` with a slice of 0 on both sides of each axis one
+    voxel thick (a single slice), its voxels at the same world positions; unchanged without such an axis.
+
+    grid_sample (``align_corners=True``, :func:`voxel_to_normalized`) reads a one-voxel axis at its only voxel
+    wherever a point lies along it, which spreads a single slice through a whole output; padded, it fades to 0
+    within a voxel of its plane, as an image does beyond its other faces.
+    """
+    thin = [n == 1 for n in np.shape(data)[:3]]
+    if not any(thin):
+        return data, affine
+    shift = np.eye(4)
+    shift[:3, 3] = [-1.0 if t else 0.0 for t in thin]
+    padded = np.pad(np.asarray(data), [(1, 1) if t else (0, 0) for t in thin])
+    return padded, np.asarray(affine, dtype=np.float64) @ shift
+
+
 def voxel_to_normalized(shape: tuple[int, ...], device: torch.device | None = None,
                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Return the 4x4 matrix taking voxel coordinates ``(i, j, k, 1)`` to grid_sample coordinates.

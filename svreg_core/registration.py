@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from svreg_core.conventions import map_points, point_rows
+from svreg_core.conventions import map_points, pad_thin_axes, point_rows
 from svreg_core.errors import InputError
 from svreg_core.image import Grid, Image, validate_image
 from svreg_core.image.image import MAX_AFFINE_CONDITION, conform_to_grid, foreground_inside, three_d_shape
@@ -256,13 +256,16 @@ class RegistrationResult:
         trilinearly and takes the argmax (the TransMorph/MIR convention); ``"nearest"`` is plain
         nearest-neighbour. ``identity``: through the identity in world space instead of ``T`` (the
         image as it lies on the fixed grid before registration, for the "before" metrics). A 4-D image of one
-        volume (trailing axes of length 1) is taken as 3-D; other shapes are an :class:`InputError`.
+        volume (trailing axes of length 1) is taken as 3-D; other shapes are an :class:`InputError`. An image one
+        voxel thick along an axis (a single slice) fades to 0 within a voxel of its plane
+        (:func:`~svreg_core.conventions.pad_thin_axes`), as beyond its other faces.
         """
         if labels and label_mode not in LABEL_INTERPOLATIONS:
             raise InputError(f"unknown label interpolation {label_mode!r}; use {' or '.join(LABEL_INTERPOLATIONS)}.")
         shape = three_d_shape(np.shape(image.data), "the image to warp")
-        if np.ndim(image.data) != 3:
-            image = Image(np.asarray(image.data).reshape(shape), image.affine, image.xform_codes)
+        if np.ndim(image.data) != 3 or 1 in shape:
+            data, affine = pad_thin_axes(np.asarray(image.data).reshape(shape), image.affine)
+            image = Image(data, affine, image.xform_codes)
         if identity and image.grid.same_as(self.fixed.grid):  # every sample falls on its own voxel's centre
             data = np.asarray(image.data)
             return Image.on(self.fixed.grid, data.astype(np.int32) if labels else data.astype(np.float32))

@@ -728,3 +728,25 @@ def test_parameters_that_are_not_registration_parameters_are_refused_in_one_line
         with pytest.raises(InputError, match="refine must be a whole number of iterations"):
             register(fixed, moving, FAST, refine=refine, progress=events.append)  # type: ignore[arg-type]
     assert events == []
+
+
+def test_a_single_slice_is_warped_onto_its_own_plane_only() -> None:
+    """A moving-space image one voxel thick (a single slice, e.g. a segmentation saved with the extent of its
+    segments) was read at that voxel wherever a fixed voxel lay: its label filled every slice of the output. It now
+    lies on its own plane, fading to 0 (background) within a voxel of it, as ``svreg apply`` places it.
+    Hand-computed: the identity on a 1 mm grid of 6 x 5 x 8 voxels, the slice at k = 3 mm."""
+    result = _shifted_result(np.zeros((6, 5, 8), np.int32), (0.0, 0.0, 0.0))
+    affine = np.eye(4)
+    affine[2, 3] = 3.0
+    plane = np.zeros(8)
+    plane[3] = 7
+    for data, kwargs in ((np.full((6, 5, 1), 7, np.int16), {"labels": True}),
+                         (np.full((6, 5, 1), 7, np.int16), {"labels": True, "label_mode": "nearest"}),
+                         (np.full((6, 5, 1), 7.0, np.float32), {}),
+                         (np.full((6, 5, 1, 1), 7.0, np.float32), {})):
+        warped = result.warp_image(Image(data, affine), **kwargs).data
+        np.testing.assert_array_equal(warped, np.broadcast_to(plane, warped.shape))
+    half = affine.copy()
+    half[2, 3] = 3.5  # between two fixed slices: each reads it half (trilinear)
+    np.testing.assert_allclose(result.warp_image(Image(np.full((6, 5, 1), 2.0, np.float32), half)).data[0, 0],
+                               [0, 0, 0, 1, 1, 0, 0, 0], atol=1e-6)
