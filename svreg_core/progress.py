@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import IO, Any
 
 
 @dataclass
@@ -86,6 +87,19 @@ def bar_terms(values: dict[str, float], room: int) -> str:
     return shown
 
 
+def terminal_size(stream: IO[str] | None = None) -> tuple[int, int]:
+    """``(columns, lines)`` of the terminal ``stream`` (default: stderr) writes to; where it reports 0 (a
+    pseudo-terminal whose size was never set, as some container runtimes and job runners give) or the stream
+    is not a terminal, ``$COLUMNS``/``$LINES``, else 80 × 24 (:func:`shutil.get_terminal_size`). tqdm bars
+    are given this size: on a terminal of 0 lines they drew nothing."""
+    try:
+        size = os.get_terminal_size((stream or sys.stderr).fileno())
+    except (AttributeError, ValueError, OSError):  # no file descriptor (a replaced stderr), or not a terminal
+        size = os.terminal_size((0, 0))
+    fallback = shutil.get_terminal_size()
+    return size.columns or fallback.columns, size.lines or fallback.lines
+
+
 class ProgressPrinter:
     """Turns :class:`ProgressEvent` into a tqdm bar (terminal), plain lines (``stage NN %`` on stderr, at
     most one per stage and 5 % step: ``auto`` when stderr is not a terminal), JSON lines on stdout, or nothing.
@@ -101,7 +115,8 @@ class ProgressPrinter:
         self._stage: str | None = None
         if mode == "bar":
             from tqdm import tqdm
-            self._bar = tqdm(total=100, unit="%", file=sys.stderr,
+            columns, lines = terminal_size()
+            self._bar = tqdm(total=100, unit="%", file=sys.stderr, ncols=columns, nrows=lines,
                              bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f}% [{elapsed}<{remaining}{postfix}]")
 
     def __call__(self, event: ProgressEvent) -> None:
@@ -120,7 +135,7 @@ class ProgressPrinter:
                 self._bar.reset(total=100)  # (svreg train's data checks and pre-alignment before its epochs)
             self._stage = event.stage
             self._bar.set_description(event.stage, refresh=False)
-            room = shutil.get_terminal_size().columns - len(event.stage) - _BAR_COLUMNS
+            room = terminal_size()[0] - len(event.stage) - _BAR_COLUMNS
             terms = bar_terms(event.values, room)
             if terms:  # an iteration's or a training step's loss terms
                 self._bar.set_postfix_str(terms, refresh=False)

@@ -16,8 +16,9 @@ import functools
 import hashlib
 import importlib.util
 import os
+import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -349,3 +350,22 @@ def unwritable_folder() -> Path:
     if not (folder / "self").is_dir():
         pytest.skip("needs Linux's /proc, where not even root can create a folder")
     return folder
+
+
+@pytest.fixture
+def sizeless_terminal() -> Iterator[SimpleNamespace]:
+    """A pseudo-terminal that reports 0 columns and 0 lines (its size never set: some container runtimes and job
+    runners): ``stream``, a text stream writing to it, and ``read()``, what was written so far."""
+    pty, fcntl, termios = (pytest.importorskip(name) for name in ("pty", "fcntl", "termios"))  # POSIX terminals
+    master, replica = pty.openpty()
+    fcntl.ioctl(replica, termios.TIOCSWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    with os.fdopen(replica, "w", encoding="utf-8") as stream:
+
+        def read() -> str:
+            stream.flush()
+            return os.read(master, 65536).decode()
+
+        try:
+            yield SimpleNamespace(stream=stream, read=read)
+        finally:
+            os.close(master)

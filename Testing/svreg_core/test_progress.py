@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from svreg_core.progress import ProgressEvent, ProgressPrinter
 
@@ -82,3 +83,18 @@ def test_a_stage_counting_from_zero_again_restarts_the_bar(capsys) -> None:
                     ProgressEvent("epoch 1/4", 4, 10, 0.1)).startswith("epoch 1/4:  10%|")
     assert last_bar(ProgressEvent("affine", 1, 2, 0.2), ProgressEvent("deformable 4mm", 1, 2, 0.5),
                     ProgressEvent("outputs", 1, 2, 0.9)).startswith("outputs:  90%|")
+
+
+def test_the_bar_shows_on_a_terminal_that_reports_no_size(sizeless_terminal, monkeypatch) -> None:
+    """On a pseudo-terminal whose size was never set (0 columns and 0 lines: some container runtimes and job
+    runners), tqdm drew no bar at all and a registration showed no progress; the bar now takes ``$COLUMNS`` or
+    80 columns there."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    monkeypatch.setattr(sys, "stderr", sizeless_terminal.stream)
+    printer = ProgressPrinter("bar")
+    printer(ProgressEvent("deformable", 1, 2, 0.5, "", {"total": 0.5}))
+    printer.close()
+    shown = sizeless_terminal.read()
+    last = shown.rstrip().split("\r")[-1]
+    assert last.startswith("deformable:  50%|") and "loss=0.5" in last and len(last) <= 80, repr(shown)

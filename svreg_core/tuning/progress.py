@@ -13,6 +13,7 @@ from typing import IO, Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from svreg_core.progress import terminal_size
 from svreg_core.tuning.study import best_trial, count_finished
 
 
@@ -69,8 +70,9 @@ class TqdmBar:
         if self.bar is None:
             from tqdm import tqdm
 
+            columns, lines = terminal_size(self.stream)
             self.bar = tqdm(total=event.n_trials, initial=event.finished, desc=f"tuning {event.study}", unit="trial",
-                            file=self.stream, disable=False, dynamic_ncols=True)
+                            file=self.stream, disable=False, ncols=columns, nrows=lines)
         self.bar.n = min(event.finished, self.bar.total)
         post = {"best": "-" if event.best_value is None else f"{event.best_value:.4f}"}
         if event.event == "step":

@@ -47,3 +47,16 @@ def test_progress_sinks() -> None:
     assert quiet.getvalue() == ""
     with pytest.raises(ValueError):
         make_sink("loud")
+
+
+def test_the_tuning_bar_shows_on_a_terminal_that_reports_no_size(sizeless_terminal, monkeypatch) -> None:
+    """On a pseudo-terminal of 0 columns and 0 lines (its size never set), the trials' bar drew nothing during
+    hours of tuning; it now takes ``$COLUMNS`` or 80 columns there."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    bar = TqdmBar(sizeless_terminal.stream)
+    bar(TuneEvent("start", "s", n_trials=4, finished=1))
+    bar(TuneEvent("trial", "s", trial=2, state="COMPLETE", value=0.8, best_value=0.8, finished=2, n_trials=4))
+    bar.close()
+    last = sizeless_terminal.read().rstrip().split("\r")[-1]
+    assert last.startswith("tuning s:  50%|") and "2/4" in last and "best=0.8000" in last and len(last) <= 80, last
