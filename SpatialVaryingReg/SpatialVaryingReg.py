@@ -1142,9 +1142,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             ``{"alpha_prime": 0.1, "level_spacings": [4, 2], "iterations": [80, 60], "affine": False}``.
         :param useCpu: run on the CPU even when CUDA is available (``device`` overrides: auto/cpu/cuda).
         :param fixedMask, movingMask, fixedLabels, movingLabels: volumes or Segmentation nodes (a segmentation
-            is exported onto its volume's grid, segment n as label n + 1, except that moving segments named like
-            fixed ones take their labels when both label maps are segmentations; warped labels then come back as a
-            Segmentation node).
+            is exported onto its volume's grid, segment n as label n + 1, except that segments named like structures
+            of the other label map, segments or a label map volume's colour-table names, take their labels; warped
+            labels then come back as a Segmentation node).
         :param fixedFiducials, movingFiducials: markups point lists; the moving list is placed under the result
             transform, and with both (same number of points, paired by order) the TRE is reported.
         :param createInverseTransform: also create the inverse transform (``result.inverse``).

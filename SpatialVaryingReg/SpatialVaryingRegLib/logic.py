@@ -456,10 +456,15 @@ class RegistrationJob:
                     "resample it onto that volume first (Resample Scalar/Vector/DWI Volume module, "
                     "nearest neighbour for labels).")
             self._geometry[node.GetID()] = node_geometry
-        # a structure gets one label on both sides: the moving segments take their fixed namesakes' labels
-        self._moving_label_values = segmentations.label_values(
-            self.moving_labels, self.fixed_labels if segmentations.is_segmentation(self.fixed_labels) else None) \
-            if segmentations.is_segmentation(self.moving_labels) else None
+        # a structure gets one label on both sides: a segmentation's segments take the labels the other side's label
+        # map gives the same names (the moving segmentation's when both are segmentations)
+        self._label_values: dict[str, dict[str, int]] = {}
+        if segmentations.is_segmentation(self.moving_labels):
+            self._label_values[self.moving_labels.GetID()] = segmentations.label_values(self.moving_labels,
+                                                                                        self.fixed_labels)
+        elif segmentations.is_segmentation(self.fixed_labels) and self.moving_labels is not None:
+            self._label_values[self.fixed_labels.GetID()] = segmentations.label_values(self.fixed_labels,
+                                                                                       self.moving_labels)
         if self.fixed_labels is not None and self.moving_labels is None:  # the engine refuses it: it would do nothing
             raise RegistrationError("a fixed label map alone does nothing: Dice needs a label map (or segmentation) of "
                                     "the moving volume too (a moving one alone is warped onto the fixed volume).")
@@ -608,7 +613,7 @@ class RegistrationJob:
             return segmentations.export_labelmap(
                 node, reference, path, what=what,
                 ijk_to_world=self._moving_ijk_to_world if moving_side else self._fixed_ijk_to_world, mask=mask,
-                labels=self._moving_label_values if node is self.moving_labels and not mask else None)
+                labels=None if mask else self._label_values.get(node.GetID()))
         if node is self.fixed:
             ijk_to_world = self._fixed_ijk_to_world
         elif node is self.moving:
@@ -893,7 +898,7 @@ class RegistrationJob:
                     staged = geometry.place_volume(scene, labels_data, f"{name} (import)")
                     try:
                         segmentations.fill_from_labelmap(warped_labels, staged, like=self.moving_labels,
-                                                         labels=self._moving_label_values)
+                                                         labels=self._label_values.get(self.moving_labels.GetID()))
                     finally:  # with its display node, which removing the volume leaves behind
                         for staging in (staged.GetDisplayNode(), staged):
                             if staging is not None:

@@ -3,11 +3,11 @@
 The engine reads label maps (NIfTI, one integer per voxel). A ``vtkMRMLSegmentationNode`` given as a
 mask or label map is exported with Slicer's segmentation logic onto the grid of the volume it belongs
 to (fixed or moving): segment ``n`` of the segmentation (0-based order) becomes label ``n + 1``; as a
-mask, every segment counts (label > 0). When both label maps are segmentations that share segment names, the
-moving segments take the labels of the fixed segments of the same name instead (:func:`label_values`), so that
-Dice compares the same structures whatever the segments' order. Warped labels come back as a Segmentation node
-when the moving labels were one: each label becomes a segment with the name and colour of the moving segment
-exported as that label.
+mask, every segment counts (label > 0). When the other image's label map names some of the same structures (its
+segments, or a label map volume's colour table), the segments take its labels for them instead
+(:func:`label_values`), so that Dice compares the same structures whatever the segments' order. Warped labels come
+back as a Segmentation node when the moving labels were one: each label becomes a segment with the name and colour
+of the moving segment exported as that label.
 """
 from __future__ import annotations
 
@@ -29,29 +29,50 @@ def segment_ids(segmentation_node) -> list[str]:
     return [segmentation.GetNthSegmentID(i) for i in range(segmentation.GetNumberOfSegments())]
 
 
-def _name_key(segmentation_node, segment_id: str) -> str:
-    return segmentation_node.GetSegmentation().GetSegment(segment_id).GetName().strip().casefold()
+def _name_key(name: str) -> str:
+    """A structure's name as names are compared: without case and surrounding blanks."""
+    return name.strip().casefold()
 
 
-def label_values(segmentation_node, match=None) -> dict[str, int]:
+def label_names(node) -> dict[str, int]:
+    """The label value of each structure name of the label map ``node`` (see :func:`_name_key`): a segmentation's
+    segments (segment ``n`` -> ``n + 1``, as exported), or the named entries of a label map volume's colour table
+    (a label value is its entry's index), the first one of a name."""
+    names: dict[str, int] = {}
+    if is_segmentation(node):
+        segmentation = node.GetSegmentation()
+        for n, segment_id in enumerate(segment_ids(node)):
+            names.setdefault(_name_key(segmentation.GetSegment(segment_id).GetName()), n + 1)
+        return names
+    display = node.GetDisplayNode()
+    colors = display.GetColorNode() if display is not None else None
+    if colors is None or not colors.IsA("vtkMRMLColorTableNode"):
+        return names
+    for value in range(1, colors.GetNumberOfColors()):  # 0: the background
+        name = _name_key(colors.GetColorName(value) or "")
+        if name and name != "(none)":
+            names.setdefault(name, value)
+    return names
+
+
+def label_values(segmentation_node, other=None) -> dict[str, int]:
     """The label each segment of ``segmentation_node`` is exported as (segment ID -> label value).
 
-    Segment ``n`` -> ``n + 1``. With ``match`` (the other image's segmentation) sharing at least one segment name
-    (compared without case and surrounding blanks), a segment named like segment ``m`` of ``match`` -> ``m + 1``
-    instead, and the other segments the labels after ``match``'s, in their order.
+    Segment ``n`` -> ``n + 1``. When ``other`` (the other image's label map: a segmentation or a label map volume)
+    names at least one of the segments (:func:`label_names`), a segment named like one of ``other``'s structures
+    takes its label instead, and the other segments, in their order, the labels above every one of ``other``'s.
     """
     ids = segment_ids(segmentation_node)
     default = {segment_id: n + 1 for n, segment_id in enumerate(ids)}
-    if match is None:
-        return default
-    wanted: dict[str, int] = {}
-    for m, segment_id in enumerate(segment_ids(match)):
-        wanted.setdefault(_name_key(match, segment_id), m + 1)
-    keys = [_name_key(segmentation_node, segment_id) for segment_id in ids]
+    wanted = label_names(other) if other is not None else {}
+    segmentation = segmentation_node.GetSegmentation()
+    keys = [_name_key(segmentation.GetSegment(segment_id).GetName()) for segment_id in ids]
     if not any(key in wanted for key in keys):
         return default
+    highest = len(segment_ids(other)) if is_segmentation(other) else \
+        int(max(other.GetImageData().GetScalarRange()[1], 0))
+    following = max(highest, *wanted.values()) + 1
     labels: dict[str, int] = {}
-    following = len(segment_ids(match)) + 1
     for segment_id, key in zip(ids, keys):
         label = wanted.get(key)
         if label is None or label in labels.values():  # no namesake, or one taken by an earlier segment

@@ -214,6 +214,26 @@ def test_segmentations_of_one_structure_set_in_another_order_are_paired_by_name(
     assert {label: segment.GetName() for label, segment in segments.items()} == {1: "brain", 2: " Lesion"}
     assert segments[1].GetColor() == pytest.approx((0.1, 0.8, 0.3))
 
+    # a label map volume names its labels in its colour table: a segmentation on the other side takes those labels
+    table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "atlas colours")
+    table.SetTypeToUser()
+    table.SetNumberOfColors(8)
+    for value, name in ((5, "lesion"), (7, "Brain")):
+        table.SetColor(value, name, 0.5, 0.5, 0.5, 1.0)
+    atlas = np.where(moving_labels == 1, 7, np.where(moving_labels == 2, 5, 0)).astype(np.int16)
+    moving_volume = add_volume(scene, atlas, AFFINE, "moving atlas labels", labelmap=True)
+    moving_volume.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+    job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=pair["fixed_seg"],
+                                moving_labels=moving_volume)
+    job.validate()
+    sent = np.asarray(nib.load(job.export_node(pair["fixed_seg"], tmp_path / "f.nii.gz", "fixed label map")).dataobj)
+    fixed_labels = labels_of(blob_image(x + smooth_displacement(x)))
+    assert np.array_equal(sent, np.where(fixed_labels == 1, 7, np.where(fixed_labels == 2, 5, 0)))
+    fixed_volume = add_volume(scene, atlas, AFFINE, "fixed atlas labels", labelmap=True)
+    fixed_volume.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+    assert segmentations.label_values(moving_seg, fixed_volume) == dict(zip(segmentations.segment_ids(moving_seg),
+                                                                            (5, 7)))
+
     # names with nothing in common keep the segment order; a moving segment without a namesake follows the fixed's
     assert segmentations.label_values(moving_seg, None) == {sid: n + 1 for n, sid in
                                                             enumerate(segmentations.segment_ids(moving_seg))}
