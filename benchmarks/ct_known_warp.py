@@ -344,7 +344,7 @@ unique true inverse are left out. SDlogJ, % det J ≤ 0 (central differences) an
 from `svreg_core.metrics`. The true displacement's own SDlogJ is not 0: finite differences across a
 sliding interface are large. Dice: labels warped by each tool (nearest). λ columns: mean of the SPR
 weight on the motion boundary and elsewhere in the body. `reg s`: registration only, timed inside the
-tool; `process s`: the whole child process. Every tool: 2 threads, CPU, deformable only (svreg
+tool; `process s`: the whole child process. Every tool: {threads} threads, CPU, deformable only (svreg
 `--no-affine`; ANTs `SyNOnly`; elastix B-spline), same fixed/moving pair.
 """
 
@@ -479,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"; α′ {args.alpha_prime:g} instead of the preset's" if args.alpha_prime is not None else "")
                 + ".")
     md = (f"# Known-warp CT with sliding motion {started:%Y-%m-%d %H:%M}" + (" (quick)" if args.quick else "")
-          + f"\n\nCommand: `{results['command']}`\n\n{settings}\n\n" + "\n".join(tables) + "\n" + NOTES)
+          + f"\n\nCommand: `{results['command']}`\n\n{settings}\n\n" + "\n".join(tables) + "\n"
+          + NOTES.format(threads=args.threads))
     if not args.no_write:
         variant = ("_quick" if args.quick else "") + \
             variant_suffix(args)
