@@ -335,8 +335,8 @@ def model_parameters(info: ModelInfo, params: RegistrationParameters, refine: in
 
     The network's prediction is integrated with the model's scaling-and-squaring steps; a refinement
     optimises the velocity, and integrates the result, with those of ``params`` (the pairwise engine's,
-    4 in the MRI presets, rather than a model's 7: each squaring is a resampling of the field in every
-    iteration).
+    3 in ``brain-mri`` and 4 in ``cardiac-mri``, rather than a model's 7: each squaring is a resampling of the
+    field in every iteration).
     """
     if refine:
         alpha_prime, lambda_max = params.refine_codes or (params.alpha_prime, params.lambda_max)

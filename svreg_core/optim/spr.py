@@ -5,9 +5,11 @@ to the exact per-voxel minimiser of the SPR loss for that displacement (:meth:`S
 on the coarsest of several levels λ stays 1. The λ returned is the optimum of the loss for the returned
 deformation.
 
-Everything here lives on isotropic grids derived from the fixed grid (:meth:`Grid.resampled`). At
-each pyramid level the images are compared on an *image grid* of voxel size ``s``, while the velocity
-and λ live on a *control grid* of voxel size ``c ≥ s`` (:meth:`RegistrationParameters.working_levels`);
+Every grid here is derived from the fixed grid, with its axis directions. At each pyramid level the images
+are compared on an *image grid* of voxel size ``s`` (isotropic, :meth:`Grid.resampled`; the fixed grid itself,
+cropped, where its voxels are all at least ``s``: a 4.5 x 5.5 x 5 mm image at its 4.5 mm level), while the
+velocity and λ live on an isotropic *control grid* of voxel size ``c ≥ s``
+(:meth:`RegistrationParameters.working_levels`);
 the displacement integrated there is upsampled (trilinear) to the image grid for warping. Velocities and
 displacements are in voxel units of the control grid, so their finite differences are dimensionless
 (mm per mm) at every level.
