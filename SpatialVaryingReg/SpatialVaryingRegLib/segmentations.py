@@ -37,7 +37,8 @@ def _name_key(name: str) -> str:
 def label_names(node) -> dict[str, int]:
     """The label value of each structure name of the label map ``node`` (see :func:`_name_key`): a segmentation's
     segments (segment ``n`` -> ``n + 1``, as exported), or the named entries of a label map volume's colour table
-    (a label value is its entry's index), the first one of a name."""
+    (a label value is its entry's index) for the labels the volume holds (a default table names labels nobody
+    painted), the first one of a name."""
     names: dict[str, int] = {}
     if is_segmentation(node):
         segmentation = node.GetSegmentation()
@@ -48,7 +49,12 @@ def label_names(node) -> dict[str, int]:
     colors = display.GetColorNode() if display is not None else None
     if colors is None or not colors.IsA("vtkMRMLColorTableNode"):
         return names
-    for value in range(1, colors.GetNumberOfColors()):  # 0: the background
+    import vtk.util.numpy_support as ns
+
+    values = ns.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).ravel()
+    counted = values.dtype.kind in "iu" and values.size and values.min() >= 0 and values.max() < 2**20
+    held = np.flatnonzero(np.bincount(values)) if counted else np.unique(values)
+    for value in (int(v) for v in held if 0 < v < colors.GetNumberOfColors()):  # 0: the background
         name = _name_key(colors.GetColorName(value) or "")
         if name and name != "(none)":
             names.setdefault(name, value)

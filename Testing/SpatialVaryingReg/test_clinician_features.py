@@ -218,11 +218,12 @@ def test_segmentations_of_one_structure_set_in_another_order_are_paired_by_name(
     table = scene.AddNewNodeByClass("vtkMRMLColorTableNode", "atlas colours")
     table.SetTypeToUser()
     table.SetNumberOfColors(8)
-    for value, name in ((5, "lesion"), (7, "Brain")):
+    for value, name in ((3, "edema"), (5, "lesion"), (7, "Brain")):
         table.SetColor(value, name, 0.5, 0.5, 0.5, 1.0)
     atlas = np.where(moving_labels == 1, 7, np.where(moving_labels == 2, 5, 0)).astype(np.int16)
     moving_volume = add_volume(scene, atlas, AFFINE, "moving atlas labels", labelmap=True)
     moving_volume.GetDisplayNode().SetAndObserveColorNodeID(table.GetID())
+    assert segmentations.label_names(moving_volume) == {"lesion": 5, "brain": 7}  # no voxel holds edema (3)
     job = logic.RegistrationJob(pair["fixed"], pair["moving"], fixed_labels=pair["fixed_seg"],
                                 moving_labels=moving_volume)
     job.validate()
