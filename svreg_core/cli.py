@@ -484,10 +484,13 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                           moving_mask=images.moving_mask, model=model or args.model, refine=args.refine, codes=codes,
                           initial_affine=images.initial, progress=printer)
     result.timing["load_s"] = load_s
+    # --outputs labels in a batch: the warped labels of the pairs that have moving labels (check_label_arguments)
+    outputs = args.outputs if args.outputs is None or images.moving_labels is not None else \
+        [name for name in args.outputs if name != "labels"]
     report = write_outputs(result, pair.output, fixed_labels=images.fixed_labels, moving_labels=images.moving_labels,
                            labels=args.labels, label_mode=args.label_interpolation or "linear",
                            overwrite=args.overwrite,
-                           inputs=pair.inputs(), started=t0, outputs=args.outputs, sources=pair.sources(),
+                           inputs=pair.inputs(), started=t0, outputs=outputs, sources=pair.sources(),
                            gzip_level=args.gzip_level, landmarks=images.landmarks,
                            extra={**(images.extra or {}), **({"warnings": warned} if warned else {})},
                            progress=printer)

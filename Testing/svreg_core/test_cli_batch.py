@@ -159,3 +159,19 @@ def test_resume_with_another_model_refinement_or_codes_is_refused(tiny_pair, tin
         assert not (root / "second").exists()
     assert main([*argv, "--resume", "--model", str(tiny_checkpoints.hyper)]) == 0
     assert (root / "second" / "report.json").is_file()
+
+
+def test_outputs_labels_writes_the_warped_labels_of_the_pairs_that_have_them(tiny_pair, tmp_path: Path,
+                                                                            capsys) -> None:
+    """``--outputs labels`` in a batch whose pairs file gives moving labels for some pairs only: each pair with
+    them gets its warped labels, the others their other outputs (not an error after their registration)."""
+    p = tiny_pair.paths
+    (tmp_path / "pairs.csv").write_text(f"fixed,moving,moving_labels,output\n{p.fixed},{p.moving},{p.moving_labels},"
+                                        f"a\n{p.fixed},{p.moving},,b\n")
+    rc = main(["register-batch", "--pairs", str(tmp_path / "pairs.csv"), "-o", str(tmp_path / "r"), *FAST[:-1],
+               "labels", "displacement", "--progress", "none"])
+    assert rc == 0, capsys.readouterr().err
+    written = {name: sorted(f.name for f in (tmp_path / "r" / name).iterdir() if not f.name.startswith("."))
+               for name in ("a", "b")}
+    assert written == {"a": ["displacement.nii.gz", "report.json", "warped_labels.nii.gz"],
+                       "b": ["displacement.nii.gz", "report.json"]}, written

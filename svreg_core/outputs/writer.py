@@ -408,6 +408,8 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     unknown = sorted(chosen - set(SELECTABLE_OUTPUTS))
     if unknown:
         raise InputError(f"unknown output {unknown[0]!r}; choose from {', '.join(SELECTABLE_OUTPUTS)}.")
+    if outputs is not None and "labels" in chosen and moving_labels is None:  # asked for, it was silently not written
+        raise InputError("the labels output is the warped moving labels; it needs moving_labels.")
     # the files named in ``sources`` are inputs too: a folder holding one is never replaced
     out = prepare_output_dir(outdir, overwrite=overwrite, inputs=[*inputs, *(sources or {}).values()])
     if fixed_labels is not None:

@@ -137,6 +137,10 @@ def test_chosen_outputs_only(synthetic_result, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="unknown output 'png'"):
         write_outputs(synthetic_result, tmp_path / "bad", outputs=["png"])
     assert not (tmp_path / "bad").exists()
+    # the warped labels asked for without moving labels: the folder was written without them, without a word
+    with pytest.raises(InputError, match="the labels output is the warped moving labels; it needs moving_labels"):
+        write_outputs(synthetic_result, tmp_path / "bad", outputs=["labels", "displacement"])
+    assert not (tmp_path / "bad").exists()
 
 
 def _copy_of(written, folder: Path) -> Path:
