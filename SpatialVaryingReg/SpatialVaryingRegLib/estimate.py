@@ -43,14 +43,15 @@ PRESET_PYRAMIDS = {
 
 def _block(fixed_node, box) -> np.ndarray:
     """Voxels along each axis of the fixed volume's block the engine registers: the whole volume, or (``box``: two
-    opposite RAS corners, mm, as ``--crop-fixed``) the voxels whose centres lie in the box (the engine's
-    ``Grid.box_voxels``; at least 2 per axis)."""
+    opposite world RAS corners, mm, as ``--crop-fixed``) the voxels whose centres lie in the box where the user
+    sees the volume, parent transforms applied (the engine's ``Grid.box_voxels`` of the exported volume; at least
+    2 per axis)."""
     dims = np.array(fixed_node.GetImageData().GetDimensions(), dtype=np.float64)
     if box is None:
         return dims
     low, high = np.minimum(box[:3], box[3:]), np.maximum(box[:3], box[3:])
     corners = np.array([[(low, high)[c][a] for a, c in enumerate(bits)] for bits in np.ndindex(2, 2, 2)])
-    affine = geometry.ijk_to_ras(fixed_node)
+    affine = geometry.world_ijk_to_ras(fixed_node)
     ijk = (corners - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
     start = np.maximum(np.ceil(ijk.min(0) - 1e-6), 0)
     stop = np.minimum(np.floor(ijk.max(0) + 1e-6) + 1, dims)
@@ -60,7 +61,7 @@ def _block(fixed_node, box) -> np.ndarray:
 def _field_of_view(fixed_node, box=None) -> tuple[np.ndarray, float]:
     """The extent of the registered voxel centres (:func:`_block`) along the volume's axes (mm) and its finest voxel
     size (mm)."""
-    spacing, _, _ = geometry.split_affine(geometry.ijk_to_ras(fixed_node))
+    spacing, _, _ = geometry.split_affine(geometry.world_ijk_to_ras(fixed_node))
     return (_block(fixed_node, box) - 1.0) * spacing, float(spacing.min())
 
 
@@ -79,7 +80,7 @@ AFFINE_REFERENCE_EXTENT_MM = 96.0
 def affine_scale(fixed_node, box=None) -> float:
     """The engine's ``optim.affine.affine_scale`` of the fixed block it registers (:func:`_block`: the volume, or the
     part in the crop ``box``): ``min(1, median extent / 96 mm)``."""
-    spacing, _, _ = geometry.split_affine(geometry.ijk_to_ras(fixed_node))
+    spacing, _, _ = geometry.split_affine(geometry.world_ijk_to_ras(fixed_node))
     return min(1.0, float(np.median(_block(fixed_node, box) * spacing)) / AFFINE_REFERENCE_EXTENT_MM)
 
 

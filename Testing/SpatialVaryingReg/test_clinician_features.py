@@ -448,6 +448,15 @@ def test_cpu_time_estimate_follows_the_engines_working_grids_and_says_it_is_an_e
     half = add_volume(scene, np.zeros((64, 128, 96), np.float32), np.diag([1.0, 1.0, 1.5, 1.0]), "half")
     box = (-0.5, -10.0, -10.0, 63.5, 200.0, 200.0)
     assert e.cpu_seconds(big, box=box) == pytest.approx(e.cpu_seconds(half)) and e.cpu_seconds(half) < large
+    # the box is in world coordinates, as the engine crops the volume exported where the user sees it: a volume
+    # moved 500 mm by a parent transform gives the same estimate for the box moved with it (it was the estimate of
+    # the box's 2 voxels per axis left over the volume's own coordinates)
+    shift = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "500 mm along x")
+    shift.SetMatrixTransformToParent(geometry.array_to_matrix(np.array(
+        [[1, 0, 0, 500.0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])))
+    big.SetAndObserveTransformNodeID(shift.GetID())
+    moved = (box[0] + 500.0, *box[1:3], box[3] + 500.0, *box[4:])
+    assert e.cpu_seconds(big, box=moved) == pytest.approx(e.cpu_seconds(half))
     # a mouse brain, 40^3 voxels of 0.5 mm (20 mm across): the engine's affine stage scales its pyramid by 20 / 96,
     # its 4 mm level to 0.83 mm: 24^3 voxels over the 19.5 mm of voxel centres (it was estimated at 4 mm: 5^3); the
     # deformable levels stay 4 and 2 mm (5^3 and 10^3 voxels)
