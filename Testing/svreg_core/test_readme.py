@@ -216,3 +216,21 @@ def test_readme_preset_values_are_the_presets() -> None:
     assert passes == {3}, passes
     assert "(3, as the authors' ConvexAdam-SPR)" in text and "every preset, `lung-ct` included, keeps 3" in text
     assert "settings use 1 pass" not in text
+
+
+def test_readme_sections_agree_on_the_headline_numbers() -> None:
+    """Where the README gives one measurement in two sections, they give the same numbers: the brain pair's Dice of
+    the pairwise optimiser and of the learned model refined 50 steps ("Where it stands" and "The shipped models"),
+    and the slider preview's latency ("Live preview engine" and the Slicer module's *Regularisation*). The two had
+    drifted apart (0.7730 / 0.7731, 0.7726 / 0.7727; 2.0–2.2 s against "about 5 s" per move)."""
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    table_pairwise = re.search(r"\| pairwise SPR, brain pair \| Dice (0\.\d{4}) ", text)
+    table_refined = re.search(r"\| learned \+ `--refine 50` \| (0\.\d{4}) ", text)
+    models = re.search(r"refine 50 reaches (0\.\d{4}) \(.*?\) against the pairwise optimiser's (0\.\d{4})", text)
+    assert table_pairwise and table_refined and models
+    assert (models.group(1), models.group(2)) == (table_refined.group(1), table_pairwise.group(1))
+    engine = re.search(r"later moves ([\d.–]+) s, the first ([\d.]+) s, a new `svreg register` child ([\d.–]+) s", text)
+    slicer = re.search(r"CPU, 2 threads \([^)]*\): ([\d.–]+) s per move after the first \(([\d.–]+) s with a new "
+                       r"process per move; first move ([\d.]+) s\)", text)
+    assert engine and slicer
+    assert (slicer.group(1), slicer.group(3), slicer.group(2)) == engine.groups()
