@@ -436,6 +436,7 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
     progress(ProgressEvent("outputs", 0, len(parts), REGISTERED_FRACTION, f"writing outputs: {parts[0]}"))
     tmp = out.with_name(_work_folder_name(out, "partial") + secrets.token_hex(4))
     threads = f"svreg-outputs-{secrets.token_hex(4)}"  # this call's writer threads
+    kept: Path | None = None  # where the finished outputs are, when they could not take the output's name
     try:  # created inside the ``try``: an interrupt right after ``mkdir`` still removes it
         tmp.mkdir()  # with the permissions the umask gives, as every file in it
         versions = _versions()
@@ -526,13 +527,31 @@ def write_outputs(result: RegistrationResult, outdir: str | Path, *, fixed_label
                                   "was written.")
             if out.is_dir() and any(out.iterdir()):
                 _check_replaceable(out, overwrite, "--overwrite")
-            _replace_dir(tmp, out)
+            try:
+                _replace_dir(tmp, out)
+            except OSError as exc:  # e.g. a file in the earlier folder held open (Windows), a mount point
+                kept = _keep_finished(tmp, out)
+                raise OutputError(f"the outputs are complete but could not be moved to {out} "
+                                  f"({exc.strerror or exc}); they are in {kept}.") from None
         made("report")
     except BaseException:
         _join_threads(threads)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if kept is None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     return report
+
+
+def _keep_finished(tmp: Path, out: Path) -> Path:
+    """The finished output folder ``tmp`` that could not take the name of ``out``, renamed to the visible sibling
+    ``NAME.svreg-XXXX`` (a hidden work folder is removed as stale by the next run to ``out``); ``tmp`` itself where
+    that fails too."""
+    kept = out.with_name(f"{out.name}.svreg-{secrets.token_hex(4)}")
+    try:
+        tmp.rename(kept)
+    except OSError:
+        return tmp
+    return kept
 
 
 def _join_threads(prefix: str) -> None:

@@ -635,3 +635,29 @@ def test_a_folder_made_at_the_output_meanwhile_is_not_replaced(synthetic_result,
         write_outputs(synthetic_result, out, outputs=[], overwrite=True, progress=make_it_meanwhile)
     assert (out / "mine.txt").read_text() == "keep me"
     assert _siblings(out) == ["out"]  # and no hidden work folder left
+
+
+def test_outputs_that_cannot_take_the_folders_name_are_kept_and_named(synthetic_result, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """An earlier output folder that cannot be renamed at the end (a file in it held open on Windows, a mount point)
+    gave a traceback, and the finished outputs were deleted with the work folder; they are now kept in a visible
+    sibling folder, named in one line, and the earlier folder is left as it was."""
+    out = tmp_path / "out"
+    write_outputs(synthetic_result, out, outputs=["displacement"])
+    earlier = (out / "report.json").read_bytes()
+    rename = Path.rename
+
+    def locked(self: Path, target):  # the OS refusing to move the earlier folder (the rest of the file system works)
+        if self == out:
+            raise PermissionError(13, "Permission denied")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", locked)
+    with pytest.raises(OutputError) as err:
+        write_outputs(synthetic_result, out, outputs=["displacement", "jacobian"], overwrite=True)
+    kept = [f for f in tmp_path.iterdir() if f.name.startswith("out.svreg-")]
+    assert len(kept) == 1 and str(err.value) == (f"the outputs are complete but could not be moved to {out} "
+                                                 f"(Permission denied); they are in {kept[0]}.")
+    assert {"displacement.nii.gz", "jacobian.nii.gz", "report.json"} <= {f.name for f in kept[0].iterdir()}
+    assert (out / "report.json").read_bytes() == earlier and sorted(f.name for f in tmp_path.iterdir()) == [
+        "out", kept[0].name]
