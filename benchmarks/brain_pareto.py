@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tag", help="suffix of the results' and the figure's names (brain_pareto_<date>_<tag>), so a "
                                   "later sweep keeps the earlier ones")
     args = ap.parse_args(argv)
+    if any(f <= 0 for f in args.factors) or args.threads < 1:
+        ap.error("--factors must be positive (multiples of the preset's λ_max) and --threads at least 1")
     for name in ("fixed.nii.gz", "moving.nii.gz", "fixed_seg.nii.gz", "moving_seg.nii.gz"):
         if not (args.data / name).is_file():
             print(f"brain_pareto: {args.data / name} not found (--data)", file=sys.stderr)
