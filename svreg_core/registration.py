@@ -48,14 +48,23 @@ from svreg_core.transforms.field import apply_velocity
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is an :class:`InputError`."""
+    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (the GPU numbered ``N``).
+    :class:`InputError` for another name, CUDA without a CUDA GPU, or a GPU number this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # torch's "Invalid device string"
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda (cuda:N for the GPU numbered N).")
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("CUDA was requested but no CUDA GPU is available; use --device cpu (or auto).")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise InputError(f"unknown device {name!r}; use auto, cpu or cuda.")
-    return torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise InputError(f"there is no CUDA GPU {device.index}: this machine has {count} (cuda:0 to cuda:{count - 1}); "
+                         "use --device cuda for the first.")
+    return device
 
 
 #: Squarings of the outputs' scaling and squaring done on the fixed grid (the rest on the working grid):

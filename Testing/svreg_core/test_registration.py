@@ -750,3 +750,22 @@ def test_a_single_slice_is_warped_onto_its_own_plane_only() -> None:
     half[2, 3] = 3.5  # between two fixed slices: each reads it half (trilinear)
     np.testing.assert_allclose(result.warp_image(Image(np.full((6, 5, 1), 2.0, np.float32), half)).data[0, 0],
                                [0, 0, 0, 1, 1, 0, 0, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["cuda1", "cuda:x", "mps", "CPU", ""])
+def test_a_device_name_torch_cannot_use_is_refused_in_one_line(name: str) -> None:
+    """``--device cuda1`` ended in torch's ``RuntimeError: Invalid device string`` on a GPU machine (and was
+    "CUDA was requested" without one); any name but auto, cpu, cuda and cuda:N is refused as unknown."""
+    with pytest.raises(InputError, match=rf"unknown device {name!r}; use auto, cpu or cuda \(cuda:N for the GPU "
+                                         r"numbered N\)\.$"):
+        resolve_device(name)
+
+
+def test_a_gpu_number_the_machine_does_not_have_is_refused_in_one_line(monkeypatch) -> None:
+    """On a machine with one GPU (its CUDA runtime's answers, set here), ``--device cuda:1`` was accepted and failed
+    with CUDA's "invalid device ordinal" at the first tensor moved there; it is refused, naming the GPUs there are."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(InputError, match=r"there is no CUDA GPU 1: this machine has 1 \(cuda:0 to cuda:0\)"):
+        resolve_device("cuda:1")
