@@ -234,3 +234,29 @@ def test_readme_sections_agree_on_the_headline_numbers() -> None:
                        r"process per move; first move ([\d.]+) s\)", text)
     assert engine and slicer
     assert (slicer.group(1), slicer.group(3), slicer.group(2)) == engine.groups()
+
+
+def test_readme_layout_lists_every_unit_in_its_layer() -> None:
+    """The README's Layout names every top-level module and sub-package of ``svreg_core`` and gives the import
+    layers that ``test_layers.py`` enforces, lowest first (``cgroups.py`` had been left out of both)."""
+    import importlib.util
+
+    import svreg_core
+
+    layout = re.search(r"## Layout\n+```\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert layout
+    listed = set(re.findall(r"^  (\w+)(?:\.py|/) ", layout.group(1), flags=re.M))
+    package = Path(svreg_core.__file__).parent
+    units = ({p.stem for p in package.glob("*.py")}
+             | {p.name for p in package.iterdir() if (p / "__init__.py").is_file()})
+    assert listed == units - {"__init__"}
+    chain = re.search(r"no module imports a higher layer \((.*?)\), and nothing imports",
+                      " ".join(layout.group(1).split()))
+    assert chain
+    readme_layers = [{name.strip() for name in group.split(",")} for group in chain.group(1).split("→")]
+    spec = importlib.util.spec_from_file_location("test_layers", Path(__file__).with_name("test_layers.py"))
+    assert spec is not None and spec.loader is not None
+    layers_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layers_module)
+    levels = sorted(set(layers_module.LAYERS.values()))
+    assert readme_layers == [{u for u, lv in layers_module.LAYERS.items() if lv == level} for level in levels]
