@@ -43,7 +43,11 @@ OBJECTIVES: dict[str, str] = {"dice": "mean Dice", "tre": "mean TRE (mm)"}
 
 @dataclass
 class TuneRequest:
-    """Arguments of ``svreg tune`` (``None`` = the engine's default)."""
+    """Arguments of ``svreg tune`` (``None`` = the engine's default).
+
+    With ``model`` (a code search) ``iterations`` are not passed (``refine`` sets the refinement's steps per level)
+    and ``level_spacings`` only with ``refine`` steps (the network alone has no pyramid), as ``svreg tune`` wants.
+    """
 
     validation: Path
     storage: Path
@@ -69,9 +73,9 @@ class TuneRequest:
             args += ["--device", self.device]
         if self.seed is not None:
             args += ["--seed", str(int(self.seed))]
-        if self.level_spacings:
+        if self.level_spacings and (not self.model or self.refine):
             args += ["--level-spacings", *[str(float(s)) for s in self.level_spacings]]
-        if self.iterations:
+        if self.iterations and not self.model:
             args += ["--iterations", *[str(int(n)) for n in self.iterations]]
         if not self.affine:
             args.append("--no-affine")

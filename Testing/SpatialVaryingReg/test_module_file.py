@@ -127,6 +127,14 @@ def test_tuning_a_learned_model_searches_its_codes_and_apply_best_sets_them(modu
     p.method, p.model, p.refineSteps = module.METHOD_LABELS["learned"], "brain-hyper-unet-spr", 7
     args = logic.tuneRequest(p, tmp_path / "study.db").arguments()
     assert args[args.index("--model") + 1] == "brain-hyper-unet-spr" and args[args.index("--refine") + 1] == "7"
+    # svreg tune refuses --iterations with --model (--refine sets them) and --level-spacings without --refine
+    p.levelSpacings, p.iterations = "4 2", "80 60"
+    args = logic.tuneRequest(p, tmp_path / "study.db").arguments()
+    assert "--iterations" not in args and args[args.index("--level-spacings") + 1:][:2] == ["4.0", "2.0"]
+    p.refineSteps = 0
+    args = logic.tuneRequest(p, tmp_path / "study.db").arguments()
+    assert "--iterations" not in args and "--level-spacings" not in args and "--refine" not in args
+    p.levelSpacings, p.iterations, p.refineSteps = "", "", 7
     codes = tmp_path / "codes.json"
     codes.write_text(json.dumps({"model": "brain-hyper-unet-spr", "alpha_prime": 0.12, "lambda_max": 4.5,
                                  "refine": 7}))
