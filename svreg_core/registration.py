@@ -38,7 +38,7 @@ from svreg_core.image.sampling import LABEL_INTERPOLATIONS, grid_sample, sample_
 from svreg_core.memory import available_memory_bytes, check_memory, physical_memory_bytes
 from svreg_core.models import ModelInfo, SPRNetwork, load_checkpoint
 from svreg_core.models.zoo import resolve_model
-from svreg_core.optim.affine import affine_register
+from svreg_core.optim.affine import AFFINE_LEVELS, affine_register, affine_scale
 from svreg_core.optim.parameters import BOUNDS, PRESETS, RegistrationParameters
 from svreg_core.optim.spr import DeformableResult, optimize_spr
 from svreg_core.parallel import map_threads
@@ -696,6 +696,28 @@ def _check_field_of_view(grid: Grid, params: RegistrationParameters, stacklevel:
                   f"--control-spacing {s:.2g} (the affine stage adapts by itself).", stacklevel=stacklevel)
 
 
+def _check_fixed_mask_reach(mask: Image, params: RegistrationParameters, deformable: bool, stacklevel: int) -> None:
+    """Refuse a fixed ``mask`` (on the fixed grid) that covers no point of the deformable stage's finest image grid
+    (with ``deformable``): the similarity would compare nothing there and the registration would not move. Warn when
+    it covers none of the affine stage's finest level (with ``params.affine``): that stage would keep its start. A
+    mask thinner than those grids' voxels (one slice of a finer image) falls between their points; both stages
+    sample it there as they do (trilinear; the affine stage keeps points above 0.5)."""
+    tensor = torch.as_tensor(np.asarray(mask.data) != 0, dtype=torch.float32)[None, None]
+    advice = "give a mask at least that thick (dilate it), or none"
+    if deformable:
+        spacing = params.working_levels(float(mask.grid.spacing.min()))[-1][0]
+        if not resample(tensor, mask.grid, level_grid(mask.grid, spacing)).any():
+            raise InputError(f"the fixed mask ({int(tensor.sum())} voxels) covers no point of the finest working grid "
+                             f"({spacing:g} mm voxels): it is thinner than them, so the registration would compare "
+                             f"nothing and not move; {advice}.")
+    if params.affine:
+        spacing = affine_scale(mask.grid) * AFFINE_LEVELS[-1][0]
+        if not (resample(tensor, mask.grid, level_grid(mask.grid, spacing)) > 0.5).any():
+            warnings.warn(f"the fixed mask covers no point of the affine stage's finest level ({spacing:.2g} mm "
+                          f"voxels): the affine stage would compare nothing and keep its start (the centres of mass "
+                          f"aligned, or the initial transform); {advice}.", stacklevel=stacklevel)
+
+
 def _checked_initial(matrix: np.ndarray | None) -> np.ndarray | None:
     """``matrix`` as a float64 4x4 affine map, or :class:`InputError` (not 4x4, not finite, a last row other than
     ``0 0 0 1``, a (nearly) singular linear part, or a reflection)."""
@@ -758,6 +780,8 @@ def prepare_pair(fixed: Image, moving: Image, parameters: RegistrationParameters
         raise InputError("deterministic registration on CUDA needs the environment variable "
                          "CUBLAS_WORKSPACE_CONFIG=:4096:8, set before CUDA starts (svreg register --deterministic "
                          "sets it).")
+    if masks[0] is not None:
+        _check_fixed_mask_reach(masks[0], params, model is None, warn_stacklevel + 1)
     network = info = None
     if model is not None:
         with deterministic_algorithms(params.deterministic):

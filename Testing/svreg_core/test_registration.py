@@ -769,3 +769,34 @@ def test_a_gpu_number_the_machine_does_not_have_is_refused_in_one_line(monkeypat
     assert resolve_device("cuda:0") == torch.device("cuda:0") and resolve_device("cuda") == torch.device("cuda")
     with pytest.raises(InputError, match=r"there is no CUDA GPU 1: this machine has 1 \(cuda:0 to cuda:0\)"):
         resolve_device("cuda:1")
+
+
+def test_a_fixed_mask_thinner_than_the_working_grids_is_named_before_any_work() -> None:
+    """A fixed mask one slice thick (1 mm) between the points of the 2 mm working grid was sampled as 0 there: the
+    similarity compared nothing and the registration returned the identity without a word (similarity 0 at every
+    level). It is refused before any work; a mask the working grid reaches but the affine stage's finest level
+    (1.7 mm on this 40 mm field of view) does not gets a warning (that stage would keep its start)."""
+    from svreg_core.registration import prepare_pair
+
+    rng = np.random.default_rng(0)
+    image = Image(rng.uniform(1, 2, (40, 40, 40)).astype(np.float32), np.eye(4))
+    params = PRESETS["brain-mri"].replace(device="cpu")
+
+    def mask(*slices: int) -> Image:
+        data = np.zeros(image.shape, np.uint8)
+        data[10:30, 10:30, list(slices)] = 1
+        return Image(data, np.eye(4))
+
+    events: list = []
+    with pytest.raises(InputError, match=r"the fixed mask \(400 voxels\) covers no point of the finest working grid "
+                                         r"\(2 mm voxels\): it is thinner than them, so the registration would compare "
+                                         r"nothing and not move; give a mask at least that thick \(dilate it\)"):
+        register(image, image, params, fixed_mask=mask(21), progress=events.append)
+    assert events == []
+    with pytest.warns(UserWarning, match=r"the fixed mask covers no point of the affine stage's finest level \(1\.7 "
+                                         r"mm voxels\): the affine stage would compare nothing and keep its start"):
+        prepare_pair(image, image, params, fixed_mask=mask(24))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare_pair(image, image, params, fixed_mask=mask(21, 22))  # two slices: both stages reach it
+        prepare_pair(image, image, params.replace(affine=False), fixed_mask=mask(24))
