@@ -1223,15 +1223,24 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
 
     @classmethod
     def useBest(cls, p: SpatialVaryingRegParameterNode, path: Path) -> str:
-        """Select what "Apply best" wrote: a preset file (the 'custom file' preset), or the codes of a learned
-        model's code search (its *Regularisation* codes: a hyper model predicts for them, any model's
-        refinement regularises with them). Returns what was selected, for the log."""
-        codes = tuning.best_codes(path)
-        if codes is None:
+        """Select what "Apply best" wrote: a preset file (the 'custom file' preset), or the best trial of a learned
+        model's code search: that model, with the refine steps and the codes the search scored (its *Regularisation*
+        codes: a hyper model predicts for them, any model's refinement regularises with them), even when another
+        model was chosen since. Returns what was selected, for the log."""
+        tuned = tuning.best_codes(path)
+        if tuned is None:
             cls.useCustomPreset(p, path)
             return _("the preset is now 'custom file'")
-        p.hyperAlphaPrime, p.hyperLambdaMax = codes
-        return _("the model's codes are now alpha_prime {a:.4g}, lambda_max {l:.4g}").format(a=codes[0], l=codes[1])
+        p.method = METHOD_LABELS["learned"]
+        if tuned.model in [m.name for m in models.shipped_models()]:
+            p.model = tuned.model
+        else:  # a checkpoint folder
+            p.modelCheckpoint, p.model = tuned.model, CHECKPOINT_CHOICE
+        p.refineSteps = tuned.refine
+        # last: choosing another model resets the codes to its defaults
+        p.hyperAlphaPrime, p.hyperLambdaMax = tuned.alpha_prime, tuned.lambda_max
+        return _("the learned model is {model} with {refine} refine steps at alpha_prime {a:.4g}, lambda_max {l:.4g}"
+                 ).format(model=tuned.model, refine=tuned.refine, a=tuned.alpha_prime, l=tuned.lambda_max)
 
     def applyBestParameters(self, p: SpatialVaryingRegParameterNode, studyFile: Path) -> Path:
         """Python console (blocking): write the study's best trial as a preset file (or a learned model's

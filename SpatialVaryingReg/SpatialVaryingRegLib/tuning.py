@@ -126,12 +126,24 @@ def apply_best(storage: Path, study_name: str, path: Path, *, python: str | None
     return {"event": "apply_best", "message": str(path)}
 
 
-def best_codes(path: str | Path) -> tuple[float, float] | None:
-    """``(α′, λ_max)`` of a codes file that ``apply_best`` wrote for a code search; ``None`` for a preset file."""
+@dataclass(frozen=True)
+class TunedCodes:
+    """A code search's best trial, as ``apply_best`` writes it: the model searched (the engine's ``--model``
+    argument: a shipped model's name or a checkpoint folder), its codes and the refine steps they were scored with."""
+
+    model: str
+    alpha_prime: float
+    lambda_max: float
+    refine: int
+
+
+def best_codes(path: str | Path) -> TunedCodes | None:
+    """What a codes file that ``apply_best`` wrote for a code search holds; ``None`` for a preset file."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(doc, dict) or "model" not in doc:
         return None
-    return float(doc["alpha_prime"]), float(doc["lambda_max"])
+    return TunedCodes(str(doc["model"]), float(doc["alpha_prime"]), float(doc["lambda_max"]),
+                      int(doc.get("refine") or 0))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -138,8 +138,16 @@ def test_tuning_a_learned_model_searches_its_codes_and_apply_best_sets_them(modu
     codes = tmp_path / "codes.json"
     codes.write_text(json.dumps({"model": "brain-hyper-unet-spr", "alpha_prime": 0.12, "lambda_max": 4.5,
                                  "refine": 7}))
-    assert "alpha_prime 0.12" in logic.useBest(p, codes)
-    assert (p.hyperAlphaPrime, p.hyperLambdaMax) == (0.12, 4.5) and p.preset == "brain-mri"
+    p.model, p.refineSteps = "brain-unet-spr", 3  # another model chosen while the search ran: its codes were not its
+    assert "brain-hyper-unet-spr with 7 refine steps at alpha_prime 0.12" in logic.useBest(p, codes)
+    assert (p.model, p.refineSteps, p.hyperAlphaPrime, p.hyperLambdaMax) == ("brain-hyper-unet-spr", 7, 0.12, 4.5)
+    assert p.preset == "brain-mri"
+    checkpoint = tmp_path / "runs" / "hyper"  # a checkpoint's search: the checkpoint is chosen again
+    codes.write_text(json.dumps({"model": str(checkpoint), "alpha_prime": 0.2, "lambda_max": 3.0, "refine": 0}))
+    p.method = module.METHOD_LABELS["pairwise"]
+    logic.useBest(p, codes)
+    assert (p.method, p.model, p.modelCheckpoint, p.refineSteps) == (module.METHOD_LABELS["learned"],
+                                                                     module.CHECKPOINT_CHOICE, str(checkpoint), 0)
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.2}}))
     logic.useBest(p, preset)

@@ -255,7 +255,10 @@ def test_code_search_of_a_hyper_model_and_its_best_codes(validation_folder, tmp_
     assert snap.count("COMPLETE") == 2 and snap.trials[0].params == {"alpha_prime": 0.175, "lambda_max": 1.0}
     path = tmp_path / "best.json"
     tuning.apply_best(db, "test", path, timeout=120)
-    assert tuning.best_codes(path) == pytest.approx((snap.best.params["alpha_prime"], snap.best.params["lambda_max"]))
+    best = tuning.best_codes(path)
+    assert (best.alpha_prime, best.lambda_max) == pytest.approx((snap.best.params["alpha_prime"],
+                                                                 snap.best.params["lambda_max"]))
+    assert (best.model, best.refine) == (str(checkpoint), 0)
     preset = tmp_path / "preset.json"
     preset.write_text(json.dumps({"base": "brain-mri", "parameters": {"alpha_prime": 0.2}}))
     assert tuning.best_codes(preset) is None  # a pairwise study's preset file
