@@ -42,6 +42,7 @@ in_peers=0
 for a in "$@"; do
   case "$a" in
     --peers) in_peers=1; peers_given=1; forward+=("$a"); continue ;;
+    --peers=*) in_peers=0; peers_given=1; peers+=("${a#--peers=}") ;;  # argparse's form: one peer
     --setup-only) setup_only=1; in_peers=0; continue ;;
     --skip-setup) skip_setup=1; in_peers=0; continue ;;
     --*) in_peers=0 ;;

@@ -83,3 +83,14 @@ def test_results_notes_state_the_threads_and_model_of_the_run(tmp_path: Path) ->
     assert "Every tool ran with 3 threads (OMP_NUM_THREADS / ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS = 3)" in text
     assert "`svreg register --model runs/mine/best [--refine N]`." in text
     assert "2 threads" not in text and "--model default" not in text
+
+
+def test_benchmark_sets_up_only_the_peers_named_with_an_equals_sign(tmp_path: Path) -> None:
+    """``--peers=ants`` (argparse's other spelling, which run_benchmark.py reads as ANTs alone) made the script
+    set up the venvs of all four peers, torch and its CUDA libraries included."""
+    bench = tmp_path / "bench"
+    env = {**_env(), "BENCH_DIR": str(bench), "BENCH_BASE_PYTHON": "false"}  # every install fails at once
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "benchmark.sh"), "--setup-only", "--peers=ants"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in (bench / "venvs").glob("*.failed")) == ["ants.failed"]
