@@ -260,3 +260,28 @@ def test_readme_layout_lists_every_unit_in_its_layer() -> None:
     spec.loader.exec_module(layers_module)
     levels = sorted(set(layers_module.LAYERS.values()))
     assert readme_layers == [{u for u, lv in layers_module.LAYERS.items() if lv == level} for level in levels]
+
+
+def test_readme_quotes_the_engine_constants() -> None:
+    """The limits and counts the README states in numbers are the engine's constants: the memory estimates of
+    ``svreg register`` and ``svreg apply``, the pose search's rotations, the learned models' field-size warning,
+    the overlap warning and the small-field-of-view rule."""
+    from svreg_core import memory, registration
+    from svreg_core.optim import affine, pose_search
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    words = {2: "two", 4: "four"}
+    assert (f"({memory.BASE_BYTES / 1e6:g} MB + {memory.FIXED_BYTES_PER_VOXEL} B per fixed voxel + "
+            f"{memory.MOVING_BYTES_PER_VOXEL} B per moving voxel + {memory.WORKING_BYTES_PER_VOXEL} B per voxel of the "
+            "finest working grid") in text
+    assert (f"({memory.APPLY_BASE_BYTES / 1e9:g} GB + {memory.APPLY_OUTPUT_BYTES_PER_VOXEL} B per output voxel + "
+            f"{memory.APPLY_INPUT_BYTES_PER_VOXEL} B per field and input voxel") in text
+    assert (f"scores {pose_search.POSE_CANDIDATES} rotations" in text
+            and f"the best {words[pose_search.POSE_KEEP]} optimised briefly, the best "
+                f"{words[pose_search.POSE_FINALISTS]} of those" in text)
+    assert registration.TRAINED_FIELD_FACTOR == 2 and registration.TRAINED_FIELD_SMALL_FRACTION == 1 / 8
+    assert "network grid of more than twice, or less than an eighth of, the voxels" in text
+    assert f"(under {registration.OVERLAP_WARNING_FRACTION:.0%} gets a warning)".replace("%", " %") in text
+    assert (f"image at least {affine.AFFINE_REFERENCE_EXTENT_MM:g} mm across" in text
+            and f"fewer than {registration.MIN_WORKING_VOXELS} voxels across the fixed image" in text
+            and f"s = field of view / {registration.SUGGESTED_WORKING_VOXELS}" in text)
