@@ -369,6 +369,8 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         learned = bool(p) and p.method == METHOD_LABELS["learned"]
         self.ui.modelComboBox.enabled = learned
         self.ui.refineStepsSpinBox.enabled = learned
+        # a learned model predicts and refines with the similarity and the regulariser it was trained with
+        self.ui.similarityComboBox.enabled = self.ui.useSprCheckBox.enabled = not learned
         self.ui.modelCheckpointLineEdit.enabled = learned and p.model == CHECKPOINT_CHOICE
         self.ui.modelCheckpointBrowseButton.enabled = learned and p.model == CHECKPOINT_CHOICE
         if p:
@@ -1026,11 +1028,14 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
     # ---- registration
 
     def settingsFromParameterNode(self, p: SpatialVaryingRegParameterNode) -> svlogic.RegistrationSettings:
-        """Translate the parameter node into engine settings (overrides only where the user changed them)."""
-        overrides: dict[str, Any] = {"spr": bool(p.useSpr), "affine": bool(p.useAffine),
-                                     "pose_search": bool(p.usePoseSearch)}
-        if p.similarity != FROM_PRESET:
-            overrides["similarity"] = p.similarity
+        """Translate the parameter node into engine settings (overrides only where the user changed them). A learned
+        model brings its similarity and regulariser: the (disabled) Advanced choices of them are not passed."""
+        method = next(key for key, label in METHOD_LABELS.items() if label == p.method)
+        overrides: dict[str, Any] = {"affine": bool(p.useAffine), "pose_search": bool(p.usePoseSearch)}
+        if method == "pairwise":
+            overrides["spr"] = bool(p.useSpr)
+            if p.similarity != FROM_PRESET:
+                overrides["similarity"] = p.similarity
         if p.alphaPrime >= 0:
             overrides["alpha_prime"] = float(p.alphaPrime)
         if p.lambdaMax >= 0:
@@ -1046,7 +1051,6 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             if not p.customPresetFile:
                 raise svlogic.RegistrationError(_("choose a preset file, or pick a named preset."))
             preset = p.customPresetFile
-        method = next(key for key, label in METHOD_LABELS.items() if label == p.method)
         codes = tuple(float(v) if method == "learned" and v >= 0 else None
                       for v in (p.hyperAlphaPrime, p.hyperLambdaMax))
         if method == "learned" and p.refineSteps > 0 and codes == (None, None) and not _isHyperModel(p):

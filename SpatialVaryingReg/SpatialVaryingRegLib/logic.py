@@ -555,6 +555,13 @@ class RegistrationJob:
                 raise RegistrationError("the codes (alpha_prime, lambda_max) choose a learned model's "
                                         "regularisation; for pairwise registration set them in the parameters.")
             return None
+        overrides = self.settings.overrides
+        ignored = [what for what, on in (("the similarity", overrides.get("similarity") is not None),
+                                         ("a uniform regulariser (spr off)", overrides.get("spr") is False)) if on]
+        if ignored:  # svreg register refuses --similarity and --no-spr with --model; in a preset file it ignores them
+            raise RegistrationError(f"{' and '.join(ignored)} cannot be chosen for a learned model: it predicts, and "
+                                    "its refine steps refine, with those it was trained with; register with the "
+                                    "pairwise method to choose them.")
         if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 0 <= steps <= REFINE_STEPS_MAX:
             raise RegistrationError(f"refine steps must be a whole number from 0 to {REFINE_STEPS_MAX} "
                                     f"(got {steps!r}).")

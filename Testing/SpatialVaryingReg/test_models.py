@@ -172,7 +172,13 @@ def test_a_bad_checkpoint_stops_before_anything_starts(scene, pair, tmp_path):
         assert job.child is None and job.workdir is None
     for settings, expected in ((logic.RegistrationSettings(method="learned", refine_steps=501), "from 0 to 500"),
                                (logic.RegistrationSettings(method="learned", refine_steps=2.5), "whole number"),
-                               (logic.RegistrationSettings(method="deep"), "use pairwise or learned")):
+                               (logic.RegistrationSettings(method="deep"), "use pairwise or learned"),
+                               # the console's parameters: svreg register refuses them with --model, a preset file's
+                               # are ignored (the model's own are used): refused before anything runs
+                               (logic.RegistrationSettings(method="learned", overrides={"similarity": "mse"}),
+                                "^the similarity cannot be chosen for a learned model"),
+                               (logic.RegistrationSettings(method="learned", overrides={"spr": False, "affine": True}),
+                                r"^a uniform regulariser \(spr off\) cannot be chosen for a learned model")):
         with pytest.raises(logic.RegistrationError, match=expected):
             logic.RegistrationJob(fixed, moving, settings=settings).start()
     assert not temp_root.exists()
@@ -221,7 +227,9 @@ def test_learned_method_end_to_end(scene, pair, tmp_path):
     fixed, moving = pair
     model = _learned_model(tmp_path)
     lines = []
-    settings = logic.RegistrationSettings(overrides=FAST, method="learned", model=model, refine_steps=3,
+    # the model brings its similarity (FAST's would be refused, as svreg register refuses --similarity)
+    learned = {key: value for key, value in FAST.items() if key != "similarity"}
+    settings = logic.RegistrationSettings(overrides=learned, method="learned", model=model, refine_steps=3,
                                           device="cpu", temp_root=str(tmp_path / "temp"))
     out = logic.RegistrationJob(fixed, moving, settings=settings, on_log=lines.append).run(timeout=300)
 

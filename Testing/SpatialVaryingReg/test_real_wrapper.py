@@ -202,10 +202,17 @@ def test_widget_enable_disable_logic(real, scene):
     assert ui.applyButton.enabled and ui.applyButton.text == "Register"
     # the learned-model controls follow the method; the checkpoint path only with "Checkpoint file…"
     assert not ui.modelComboBox.enabled and not ui.refineStepsSpinBox.enabled
+    assert ui.similarityComboBox.enabled and ui.useSprCheckBox.enabled
     widget._fillModelComboBox()
+    p.similarity, p.useSpr = "mse", False  # chosen for pairwise registration, then the learned method
     p.method = module.METHOD_LABELS["learned"]
     widget._checkCanApply()
     assert ui.modelComboBox.enabled and ui.refineStepsSpinBox.enabled and not ui.modelCheckpointLineEdit.enabled
+    # a learned model brings its similarity and regulariser: they were chosen here and silently not used
+    assert not ui.similarityComboBox.enabled and not ui.useSprCheckBox.enabled
+    overrides = module.SpatialVaryingRegLogic().settingsFromParameterNode(p).overrides
+    assert "similarity" not in overrides and "spr" not in overrides
+    p.similarity, p.useSpr = module.FROM_PRESET, True
     p.model = module.CHECKPOINT_CHOICE
     widget._checkCanApply()
     assert ui.modelCheckpointLineEdit.enabled and ui.modelCheckpointBrowseButton.enabled
