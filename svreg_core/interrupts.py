@@ -53,7 +53,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     Python handles signals only in the main thread: called from another thread this does nothing.
     Installing it is explicit (importing svreg_core changes no signal handler).
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not _main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)
@@ -62,6 +62,11 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _main_thread() -> bool:
+    """Whether this is the main thread, the one Python runs signal handlers in."""
+    return threading.current_thread() is threading.main_thread()
 
 
 def _raise_pending() -> None:
@@ -73,7 +78,12 @@ def _raise_pending() -> None:
 @contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """A SIGTERM inside is recorded instead of raised; it is raised as :class:`Terminated` on
-    entering the next :func:`interruptible` block, or on leaving this block."""
+    entering the next :func:`interruptible` block, or on leaving this block. Python handles signals in
+    the main thread only: in another thread this block, like :func:`interruptible`, changes nothing (the
+    two threads' blocks would otherwise interleave on the one count and leave it wrong for good)."""
+    if not _main_thread():
+        yield
+        return
     _State.deferred += 1
     try:
         yield
@@ -86,7 +96,10 @@ def interrupts_deferred() -> Iterator[None]:
 @contextmanager
 def interruptible() -> Iterator[None]:
     """Inside an :func:`interrupts_deferred` block: raise a recorded SIGTERM now, and let one arriving
-    inside raise at once. Outside any deferred block this changes nothing."""
+    inside raise at once. Outside any deferred block, and outside the main thread, this changes nothing."""
+    if not _main_thread():
+        yield
+        return
     saved = _State.deferred
     _State.deferred = 0
     try:

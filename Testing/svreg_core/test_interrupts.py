@@ -7,6 +7,7 @@ command's ``main`` inside :func:`sigterm_as_interrupt`).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,7 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from svreg_core.interrupts import sigterm_as_interrupt
+from svreg_core.interrupts import (
+    Terminated,
+    interrupted_status,
+    interruptible,
+    interrupts_deferred,
+    sigterm_as_interrupt,
+)
 from svreg_core.outputs import OUTPUT_FILES
 from svreg_core.outputs.writer import MARKER_FILE
 
@@ -224,7 +231,29 @@ def test_sigkill_while_writing_then_the_next_run_cleans_up(geo, earlier) -> None
 def test_the_exit_status_tells_sigterm_from_ctrl_c() -> None:
     """A command stopped by SIGTERM exited 130 like Ctrl-C, so a job script could not tell a scheduler's time limit
     from a user's Ctrl-C; the statuses are now a shell's for each signal: 128 + 2 and 128 + 15."""
-    from svreg_core.interrupts import Terminated, interrupted_status
-
     assert (interrupted_status(KeyboardInterrupt()), interrupted_status(Terminated())) == (130, 143)
     assert isinstance(Terminated(), KeyboardInterrupt)  # the same clean-up path as Ctrl-C
+
+
+def test_blocks_of_other_threads_leave_the_main_threads_deferral_intact() -> None:
+    """Two tuning workers in threads of one process (a library user's, the tests'): their deferred and interruptible
+    blocks interleaved on the one count and left it at -1, after which a SIGTERM in the main thread's deferred block
+    (a trial being recorded) was raised inside it instead of at its end. Other threads' blocks change nothing now."""
+    def interleaved() -> None:  # workers A and B, in the order two threads can run them
+        a, b = interrupts_deferred(), interrupts_deferred()
+        a_inner, b_inner = interruptible(), interruptible()
+        for step in (a.__enter__, b.__enter__, a_inner.__enter__, b_inner.__enter__):
+            step()
+        for block in (a_inner, a, b_inner, b):
+            block.__exit__(None, None, None)
+
+    worker = threading.Thread(target=interleaved)
+    worker.start()
+    worker.join()
+    stages = []
+    with sigterm_as_interrupt(), pytest.raises(Terminated):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here
+            stages.append("block finished")
+    assert stages == ["block finished"]
