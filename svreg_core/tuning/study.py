@@ -245,7 +245,13 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
     (:func:`requeue_default`).
     """
     try:
-        study = optuna.create_study(storage=storage, study_name=name, direction=direction)
+        # a stop request between creating the study and storing its settings left a study that every later run
+        # refused ("not created by svreg tune"): it is held back until both are stored
+        with interrupts_deferred():
+            study = optuna.create_study(storage=storage, study_name=name, direction=direction)
+            study.set_user_attr(META_KEY, meta)  # first: a worker joining meanwhile waits for it, not for a trial
+            if default_params:
+                study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
     except optuna.exceptions.DuplicatedStudyError:
         study = load_study(storage, name)
         deadline = time.monotonic() + wait_s
@@ -267,9 +273,6 @@ def create_or_join(storage: optuna.storages.BaseStorage, name: str, meta: dict[s
         else:
             fail_lost_trials(study, storage)
         return study, False
-    study.set_user_attr(META_KEY, meta)  # first: a worker joining meanwhile waits for it, not for a trial
-    if default_params:
-        study.enqueue_trial(default_params, user_attrs={"enqueued": BASE_PRESET})
     return study, True
 
 

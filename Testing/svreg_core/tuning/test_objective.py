@@ -295,3 +295,29 @@ def test_a_warp_that_erases_a_label_does_not_score_higher() -> None:
     kept = objective.score(pair, _Warped(Image(shifted, affine)))
     lost = objective.score(pair, _Warped(Image(erased, affine)))
     assert kept == pytest.approx((1.0 + 0.5) / 2) and lost == pytest.approx((1.0 + 0.0) / 2)
+
+
+def test_a_stop_request_while_the_study_is_created_leaves_a_complete_study(tmp_path: Path, monkeypatch) -> None:
+    """A SIGTERM right after Optuna created the study, before svreg stored its settings, left a study every later
+    run refused ("exists but was not created by svreg tune", after waiting 30 s); the request is now held back until
+    the settings and the base preset's trial are stored, then stops the run, which the same command resumes."""
+    import os
+    import signal
+
+    from svreg_core.interrupts import sigterm_as_interrupt
+
+    storage = open_storage(tmp_path / "s.db")
+    create = optuna.create_study
+
+    def create_then_stop(**kwargs: Any) -> optuna.Study:  # the stop request arrives right after Optuna's transaction
+        study = create(**kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return study
+
+    monkeypatch.setattr(optuna, "create_study", create_then_stop)
+    with sigterm_as_interrupt(), pytest.raises(KeyboardInterrupt):
+        create_or_join(storage, "s", {"objective": "quadratic"}, default_params={"x": 0.25})
+    monkeypatch.setattr(optuna, "create_study", create)
+    study, created = create_or_join(storage, "s", {"objective": "quadratic"}, default_params={"x": 0.25}, wait_s=0)
+    assert not created and [(t.state, t.user_attrs["enqueued"], t.system_attrs["fixed_params"])
+                            for t in study.get_trials()] == [(TrialState.WAITING, BASE_PRESET, {"x": 0.25})]
