@@ -11,6 +11,8 @@ import re
 import shutil
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 DOCS = README.parent / "docs"
 
@@ -285,3 +287,28 @@ def test_readme_quotes_the_engine_constants() -> None:
     assert (f"image at least {affine.AFFINE_REFERENCE_EXTENT_MM:g} mm across" in text
             and f"fewer than {registration.MIN_WORKING_VOXELS} voxels across the fixed image" in text
             and f"s = field of view / {registration.SUGGESTED_WORKING_VOXELS}" in text)
+
+
+def test_readme_output_column_rules_are_the_batch_readers(tmp_path: Path) -> None:
+    """What the README says a pairs file's ``output`` column accepts is what ``svreg register-batch`` accepts: a
+    folder under ``-o``, nested too (the README had said a sub-folder is refused), but not ``.``, ``..``, an
+    absolute path or a folder inside another pair's."""
+    from svreg_core.cli import read_pairs
+    from svreg_core.errors import InputError
+
+    text = " ".join(README.read_text(encoding="utf-8").split())
+    assert ("a folder under `ROOT` (`sub-01` or `site-a/sub-01`; `.`, `..`, an absolute path or a folder inside "
+            "another pair's is refused") in text
+    parser, _ = _svreg_parser()
+
+    def outputs(*names: str) -> list[str]:
+        table = tmp_path / "pairs.csv"
+        table.write_text("fixed,moving,output\n" + "".join(f"f.nii.gz,m{i}.nii.gz,{name}\n"
+                                                           for i, name in enumerate(names)))
+        args = parser.parse_args(["register-batch", "--pairs", str(table), "-o", str(tmp_path / "root")])
+        return [Path(pair.output).relative_to(tmp_path / "root").as_posix() for pair in read_pairs(args)]
+
+    assert outputs("sub-01", "site-a/sub-01") == ["sub-01", "site-a/sub-01"]
+    for refused in ((".",), ("..",), (str(tmp_path / "elsewhere"),), ("sub-01", "sub-01/inner")):
+        with pytest.raises(InputError):
+            outputs(*refused)
