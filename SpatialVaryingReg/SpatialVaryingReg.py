@@ -371,6 +371,9 @@ class SpatialVaryingRegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin)
         self.ui.refineStepsSpinBox.enabled = learned
         # a learned model predicts and refines with the similarity and the regulariser it was trained with
         self.ui.similarityComboBox.enabled = self.ui.useSprCheckBox.enabled = not learned
+        # its refinement runs Refine steps at each level spacing; without refinement there is no pyramid
+        self.ui.iterationsLineEdit.enabled = not learned
+        self.ui.levelSpacingsLineEdit.enabled = not learned or (bool(p) and p.refineSteps > 0)
         self.ui.modelCheckpointLineEdit.enabled = learned and p.model == CHECKPOINT_CHOICE
         self.ui.modelCheckpointBrowseButton.enabled = learned and p.model == CHECKPOINT_CHOICE
         if p:
@@ -1029,7 +1032,9 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
 
     def settingsFromParameterNode(self, p: SpatialVaryingRegParameterNode) -> svlogic.RegistrationSettings:
         """Translate the parameter node into engine settings (overrides only where the user changed them). A learned
-        model brings its similarity and regulariser: the (disabled) Advanced choices of them are not passed."""
+        model brings its similarity and regulariser, and its refinement runs *Refine steps* at each level spacing: the
+        (disabled) Advanced similarity, regulariser and iterations are not passed, nor level spacings without
+        refinement."""
         method = next(key for key, label in METHOD_LABELS.items() if label == p.method)
         overrides: dict[str, Any] = {"affine": bool(p.useAffine), "pose_search": bool(p.usePoseSearch)}
         if method == "pairwise":
@@ -1040,7 +1045,11 @@ class SpatialVaryingRegLogic(ScriptedLoadableModuleLogic):
             overrides["alpha_prime"] = float(p.alphaPrime)
         if p.lambdaMax >= 0:
             overrides["lambda_max"] = float(p.lambdaMax)
-        spacings, iterations = _numbers(p.levelSpacings), _numbers(p.iterations, int)
+        if method == "learned":  # the refinement runs Refine steps per level; the network alone has no pyramid
+            spacings = _numbers(p.levelSpacings) if p.refineSteps > 0 else None
+            iterations = [int(p.refineSteps)] * len(spacings) if spacings else None
+        else:
+            spacings, iterations = _numbers(p.levelSpacings), _numbers(p.iterations, int)
         if (spacings is None) != (iterations is None) or (spacings and len(spacings) != len(iterations)):
             raise svlogic.RegistrationError(_("give level spacings and iterations together, one number per level "
                                               "(e.g. '4 2' and '80 60'), or leave both empty."))

@@ -213,6 +213,17 @@ def test_widget_enable_disable_logic(real, scene):
     overrides = module.SpatialVaryingRegLogic().settingsFromParameterNode(p).overrides
     assert "similarity" not in overrides and "spr" not in overrides
     p.similarity, p.useSpr = module.FROM_PRESET, True
+    # its refinement runs Refine steps per level: the pyramid's spacings alone (they needed ignored iterations too)
+    p.levelSpacings, p.iterations, p.refineSteps = "4 2", "", 7
+    widget._checkCanApply()
+    assert ui.levelSpacingsLineEdit.enabled and not ui.iterationsLineEdit.enabled
+    overrides = module.SpatialVaryingRegLogic().settingsFromParameterNode(p).overrides
+    assert (overrides["level_spacings"], overrides["iterations"]) == ([4.0, 2.0], [7, 7])
+    p.refineSteps = 0  # the network alone: no pyramid
+    widget._checkCanApply()
+    assert not ui.levelSpacingsLineEdit.enabled
+    assert "level_spacings" not in module.SpatialVaryingRegLogic().settingsFromParameterNode(p).overrides
+    p.levelSpacings, p.refineSteps = "", 20
     p.model = module.CHECKPOINT_CHOICE
     widget._checkCanApply()
     assert ui.modelCheckpointLineEdit.enabled and ui.modelCheckpointBrowseButton.enabled
