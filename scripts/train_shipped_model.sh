@@ -9,10 +9,16 @@
 # fresh initialisation instead of the checkpoint's weights (svreg train --init-fresh)
 # Needs ../shared/data/synthseg_label_maps (SynthSeg's 20 training label maps, Apache-2.0).
 set -euo pipefail
+# a relative RUN_DIR, SYNTHSEG_LABEL_MAPS or INIT checkpoint folder is taken from the folder the command is run in
+run="${1:-}"
+if [ -n "$run" ] && [ "${run#/}" = "$run" ]; then run="$PWD/$run"; fi
+labels="${SYNTHSEG_LABEL_MAPS:-}"
+if [ -n "$labels" ] && [ "${labels#/}" = "$labels" ]; then labels="$PWD/$labels"; fi
+if [ -n "${INIT:-}" ] && [ "${INIT#/}" = "$INIT" ] && [ -e "$INIT" ]; then INIT="$PWD/$INIT"; fi  # not a model name
 cd "$(dirname "$0")/.."
 model="${MODEL:-brain-unet-spr}"
-run="${1:-runs/$model}"
-labels="${SYNTHSEG_LABEL_MAPS:-../shared/data/synthseg_label_maps}"
+run="${run:-runs/$model}"
+labels="${labels:-../shared/data/synthseg_label_maps}"
 bash scripts/setup_env.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 .venv/bin/svreg train --config "scripts/$model.yaml" --synthetic "$labels" -o "$run" --device "${DEVICE:-auto}" --workers "${WORKERS:-1}" \
