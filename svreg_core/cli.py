@@ -461,6 +461,7 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
 
     ``codes``: a learned model's regularisation (:func:`learned_codes`); ``model``: ``args.model`` loaded
     before (a batch loads it once), else it is loaded here."""
+    from svreg_core.models.zoo import shipped_model_modality_warning
     from svreg_core.outputs import write_outputs
     from svreg_core.outputs.writer import check_output_space, expected_output_bytes
     from svreg_core.registration import register, warm_up
@@ -476,8 +477,8 @@ def _register_pair(pair: Pair, args: argparse.Namespace, params, codes: tuple[fl
                                                               labels=images.moving_labels is not None))
         gpu_ready()
         load_s = time.perf_counter() - t0
-        note = None if args.model else preset_modality_warning(args.preset, params.similarity, images.fixed.data,
-                                                                images.moving.data)
+        note = shipped_model_modality_warning(args.model, images.fixed.data, images.moving.data) if args.model else \
+            preset_modality_warning(args.preset, params.similarity, images.fixed.data, images.moving.data)
         if note:
             warnings.warn(note, stacklevel=1)
         result = register(images.fixed, images.moving, params, fixed_mask=images.fixed_mask,

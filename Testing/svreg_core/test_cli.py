@@ -1092,6 +1092,21 @@ def test_a_ct_pair_with_an_mr_preset_is_warned_about(geo, tiny_pair, tmp_path: P
     assert json.loads((tmp_path / "o" / "report.json").read_text())["warnings"] == [line[len("svreg: warning: "):]]
 
 
+def test_a_ct_pair_with_a_shipped_model_is_warned_about(geo, tiny_pair, tmp_path: Path, capsys) -> None:
+    """The same CT pair with the shipped model (trained on synthetic brain images only) gave no word: one warning
+    line now, naming the CT presets, also in report.json."""
+    for name in ("fixed", "moving"):
+        mr = load_image(getattr(tiny_pair.paths, name))
+        geo.save_nifti(mr.data / mr.data.max() * 1040.0 - 1000.0, mr.affine, tmp_path / f"{name}_ct.nii.gz")
+    rc, _, err = _main(["register", tmp_path / "fixed_ct.nii.gz", tmp_path / "moving_ct.nii.gz", "-o", tmp_path / "o",
+                        "--model", "default", "--no-affine", "--outputs", "displacement", "--progress", "none"],
+                       capsys)
+    (line,) = [ln for ln in err.splitlines() if "look like CT" in ln]
+    assert rc == 0 and line.startswith("svreg: warning: both images look like CT (Hounsfield units), but the shipped "
+                                       "model brain-unet-spr was trained on synthetic head images"), err
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["warnings"] == [line[len("svreg: warning: "):]]
+
+
 def test_each_pair_of_a_batch_shows_and_records_its_own_warnings(geo, tiny_pair, tmp_path: Path, capsys) -> None:
     """A batch of two CT pairs with the MR preset: each pair's warning is printed and kept in its report.json. Before,
     Python showed a warning once per place in the code, so the second pair's (the same text) was neither printed nor

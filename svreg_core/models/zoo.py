@@ -11,6 +11,8 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from svreg_core.errors import InputError
 
 #: Folder of the shipped checkpoints.
@@ -70,3 +72,19 @@ def describe(name: str, meta: dict) -> str:
     return (f"{name}{default}  architecture={meta.get('architecture', '?')}  grid={spacing} mm RAS (multiple of "
             f"{meta.get('size_multiple', '?')})  alpha_prime={meta.get('alpha_prime', '?')}  "
             f"lambda_max={meta.get('lambda_max', '?')}{ranges}  data: {training.get('data', 'unknown')}")
+
+
+def shipped_model_modality_warning(model: str | Path, fixed: np.ndarray, moving: np.ndarray,
+                                   folder: Path = SHIPPED_DIR) -> str | None:
+    """One line when a shipped model (every one is trained on synthetic head images made from brain label maps,
+    in random MR-like contrasts) is to register two images that read as CT
+    (:func:`~svreg_core.image.modality.looks_like_ct`), else ``None`` (another checkpoint's training data is its
+    own: nothing is said)."""
+    from svreg_core.image.modality import looks_like_ct
+
+    path = resolve_model(model, folder)
+    if path.resolve().parent != folder.resolve() or not (looks_like_ct(fixed) and looks_like_ct(moving)):
+        return None
+    return (f"both images look like CT (Hounsfield units), but the shipped model {path.name} was trained on synthetic "
+            "head images made from brain label maps only; for CT register without --model, with --preset ct (or "
+            "lung-ct for the chest), tuned on CT.")

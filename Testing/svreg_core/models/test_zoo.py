@@ -4,10 +4,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from svreg_core.errors import InputError
-from svreg_core.models.zoo import DEFAULT_MODEL, describe, resolve_model, shipped_models
+from svreg_core.models.zoo import (
+    DEFAULT_MODEL,
+    describe,
+    resolve_model,
+    shipped_model_modality_warning,
+    shipped_models,
+)
 
 
 def _catalogue(tmp_path: Path) -> Path:
@@ -71,3 +78,20 @@ def test_describe_marks_the_default_model() -> None:
     """``--model default`` points at 'svreg models' for which model it is: the list says so."""
     assert describe(DEFAULT_MODEL, {}).startswith(f"{DEFAULT_MODEL} (default)  architecture=?")
     assert "default" not in describe("b-model", {})
+
+
+def test_a_ct_pair_with_a_shipped_brain_model_is_warned_about(tmp_path: Path) -> None:
+    """Two images in Hounsfield units registered with a shipped model (all trained on synthetic brain images) gave no
+    word, where the same pair with an MR preset is warned about; another checkpoint's training data is its own."""
+    folder = _catalogue(tmp_path)
+    ct = np.full((8, 8, 8), 40.0)
+    ct[:, :, :2] = -1000.0  # air: a quarter of the voxels
+    mr = np.abs(ct) / 10.0
+    warned = shipped_model_modality_warning("default", ct, ct, folder)
+    assert warned == (f"both images look like CT (Hounsfield units), but the shipped model {DEFAULT_MODEL} was "
+                      "trained on synthetic head images made from brain label maps only; for CT register without "
+                      "--model, with --preset ct (or lung-ct for the chest), tuned on CT.")
+    own = tmp_path / "runs" / "best"
+    own.mkdir(parents=True)
+    assert shipped_model_modality_warning(own, ct, ct, folder) is None
+    assert shipped_model_modality_warning("b-model", ct, mr, folder) is None  # one MR image: not a CT pair
