@@ -697,25 +697,31 @@ def _check_field_of_view(grid: Grid, params: RegistrationParameters, stacklevel:
 
 
 def _check_fixed_mask_reach(mask: Image, params: RegistrationParameters, deformable: bool, stacklevel: int) -> None:
-    """Refuse a fixed ``mask`` (on the fixed grid) that covers no point of the deformable stage's finest image grid
-    (with ``deformable``): the similarity would compare nothing there and the registration would not move. Warn when
-    it covers none of the affine stage's finest level (with ``params.affine``): that stage would keep its start. A
-    mask thinner than those grids' voxels (one slice of a finer image) falls between their points; both stages
-    sample it there as they do (trilinear; the affine stage keeps points above 0.5)."""
+    """Refuse a fixed ``mask`` (on the fixed grid) that covers no point of the deformable stage's image grids (with
+    ``deformable``): the similarity would compare nothing and the registration would not move. Warn when it covers
+    no point of the affine stage's levels (with ``params.affine``): that stage would keep its start. A mask thinner
+    than those grids' voxels (one slice of a finer image) can fall between their points; each stage is checked as
+    it samples the mask (trilinear; the affine stage keeps points above 0.5)."""
     tensor = torch.as_tensor(np.asarray(mask.data) != 0, dtype=torch.float32)[None, None]
-    advice = "give a mask at least that thick (dilate it), or none"
-    if deformable:
-        spacing = params.working_levels(float(mask.grid.spacing.min()))[-1][0]
-        if not resample(tensor, mask.grid, level_grid(mask.grid, spacing)).any():
-            raise InputError(f"the fixed mask ({int(tensor.sum())} voxels) covers no point of the finest working grid "
-                             f"({spacing:g} mm voxels): it is thinner than them, so the registration would compare "
-                             f"nothing and not move; {advice}.")
-    if params.affine:
-        spacing = affine_scale(mask.grid) * AFFINE_LEVELS[-1][0]
-        if not (resample(tensor, mask.grid, level_grid(mask.grid, spacing)) > 0.5).any():
-            warnings.warn(f"the fixed mask covers no point of the affine stage's finest level ({spacing:.2g} mm "
-                          f"voxels): the affine stage would compare nothing and keep its start (the centres of mass "
-                          f"aligned, or the initial transform); {advice}.", stacklevel=stacklevel)
+    grid = mask.grid
+
+    def reached(spacings: list[float], threshold: float) -> bool:
+        return any(bool((resample(tensor, grid, level_grid(grid, s)) > threshold).any()) for s in spacings)
+
+    def named(spacings: list[float]) -> str:
+        return " and ".join(f"{s:.2g}" for s in spacings) + " mm voxels"
+
+    advice = "give a mask at least as thick as those voxels (dilate it), or none"
+    spacings = [s for s, _, _ in params.working_levels(float(grid.spacing.min()))]
+    if deformable and not reached(spacings, 0.0):
+        raise InputError(f"the fixed mask ({int(tensor.sum())} voxels) covers no point of the working grids "
+                         f"({named(spacings)}): it is thinner than their voxels, so the registration would compare "
+                         f"nothing and not move; {advice}.")
+    spacings = [affine_scale(grid) * s for s, _ in AFFINE_LEVELS]
+    if params.affine and not reached(spacings, 0.5):
+        warnings.warn(f"the fixed mask covers no point of the affine stage's levels ({named(spacings)}): that stage "
+                      f"would compare nothing and keep its start (the centres of mass aligned, or the initial "
+                      f"transform); {advice}.", stacklevel=stacklevel)
 
 
 def _checked_initial(matrix: np.ndarray | None) -> np.ndarray | None:

@@ -772,10 +772,10 @@ def test_a_gpu_number_the_machine_does_not_have_is_refused_in_one_line(monkeypat
 
 
 def test_a_fixed_mask_thinner_than_the_working_grids_is_named_before_any_work() -> None:
-    """A fixed mask one slice thick (1 mm) between the points of the 2 mm working grid was sampled as 0 there: the
+    """A fixed mask one slice thick (1 mm) between the points of the 4 and 2 mm working grids was sampled as 0: the
     similarity compared nothing and the registration returned the identity without a word (similarity 0 at every
-    level). It is refused before any work; a mask the working grid reaches but the affine stage's finest level
-    (1.7 mm on this 40 mm field of view) does not gets a warning (that stage would keep its start)."""
+    level). It is refused before any work; a mask the working grids reach but the affine stage's levels (3.3 and
+    1.7 mm on this 40 mm field of view) do not gets a warning (that stage would keep its start)."""
     from svreg_core.registration import prepare_pair
 
     rng = np.random.default_rng(0)
@@ -788,15 +788,17 @@ def test_a_fixed_mask_thinner_than_the_working_grids_is_named_before_any_work() 
         return Image(data, np.eye(4))
 
     events: list = []
-    with pytest.raises(InputError, match=r"the fixed mask \(400 voxels\) covers no point of the finest working grid "
-                                         r"\(2 mm voxels\): it is thinner than them, so the registration would compare "
-                                         r"nothing and not move; give a mask at least that thick \(dilate it\)"):
+    with pytest.raises(InputError, match=r"the fixed mask \(400 voxels\) covers no point of the working grids \(4 "
+                                         r"and 2 mm voxels\): it is thinner than their voxels, so the registration "
+                                         r"would compare nothing and not move; give a mask at least as thick"):
         register(image, image, params, fixed_mask=mask(21), progress=events.append)
     assert events == []
-    with pytest.warns(UserWarning, match=r"the fixed mask covers no point of the affine stage's finest level \(1\.7 "
-                                         r"mm voxels\): the affine stage would compare nothing and keep its start"):
+    with pytest.warns(UserWarning, match=r"the fixed mask covers no point of the affine stage's levels \(3\.3 and "
+                                         r"1\.7 mm voxels\): that stage would compare nothing and keep its start"):
         prepare_pair(image, image, params, fixed_mask=mask(24))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         prepare_pair(image, image, params, fixed_mask=mask(21, 22))  # two slices: both stages reach it
         prepare_pair(image, image, params.replace(affine=False), fixed_mask=mask(24))
+        # the 5 mm level's points (k = 25) reach it while the 2 mm level's (24, 26) do not: that level compares
+        prepare_pair(image, image, params.replace(level_spacings=(5.0, 2.0)), fixed_mask=mask(25))
