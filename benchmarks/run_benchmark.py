@@ -358,6 +358,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.peers = [p for p in args.peers if p != "none"]
     args.ours = [v for v in args.ours if v != "none"]
+    # the children run in the repository: paths given relative to this process's folder are made absolute
+    args.data_source, args.bench_dir, args.results_dir, args.svreg = (
+        path.absolute() for path in (args.data_source, args.bench_dir, args.results_dir, args.svreg))
+    model_shown = args.model
+    if Path(args.model).exists():  # a checkpoint folder or file, not a shipped model's name
+        args.model = str(Path(args.model).absolute())
     if args.resolutions is None:
         args.resolutions = [4.0] if args.quick else [2.0, 1.0]
     args.venvs = args.bench_dir / "venvs"
@@ -437,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(table)
         print("\n" + table, flush=True)
 
-    md = f"# svreg benchmark {started:%Y-%m-%d %H:%M}\n\n" + "\n".join(tables) + "\n" + notes(args.threads, args.model)
+    md = f"# svreg benchmark {started:%Y-%m-%d %H:%M}\n\n" + "\n".join(tables) + "\n" + notes(args.threads, model_shown)
     if not args.no_write:
         args.results_dir.mkdir(parents=True, exist_ok=True)
         stem = f"benchmark_{started:%Y-%m-%d}" + ("_quick" if args.quick else "") + (f"_{args.tag}" if args.tag else "")

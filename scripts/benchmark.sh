@@ -11,6 +11,8 @@
 #    It prepares the data in .bench/data/<res>mm, runs every tool with 2 threads, evaluates all of
 #    them identically with svreg_core.metrics and writes benchmarks/results/benchmark_<date>.{json,md}.
 set -uo pipefail
+CALLER="$(pwd)"  # run_benchmark.py runs here, so the paths given relative to it mean what the user meant
+if [ -n "${BENCH_DIR:-}" ] && [ "${BENCH_DIR#/}" = "$BENCH_DIR" ]; then BENCH_DIR="${CALLER}/${BENCH_DIR}"; fi
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
 MAIN_PY="${REPO}/.venv/bin/python"
@@ -106,8 +108,8 @@ setup_peer() {
 }
 
 # the arguments and the data are checked first: a typo or a missing pair must not wait for the peer installs
-if [ "$setup_only" = 0 ] && ! "$MAIN_PY" "${REPO}/benchmarks/run_benchmark.py" --bench-dir "$BENCH_DIR" \
-    ${forward[@]+"${forward[@]}"} --check; then
+if [ "$setup_only" = 0 ] && ! (cd "$CALLER" && "$MAIN_PY" "${REPO}/benchmarks/run_benchmark.py" \
+    --bench-dir "$BENCH_DIR" ${forward[@]+"${forward[@]}"} --check); then
   exit 2
 fi
 if [ "$skip_setup" = 0 ]; then
@@ -119,4 +121,5 @@ fi
 if [ "$setup_only" = 1 ]; then exit 0; fi
 
 export OMP_NUM_THREADS=2 ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=2
+cd "$CALLER"
 exec "$MAIN_PY" "${REPO}/benchmarks/run_benchmark.py" --bench-dir "$BENCH_DIR" ${forward[@]+"${forward[@]}"}

@@ -94,3 +94,16 @@ def test_benchmark_sets_up_only_the_peers_named_with_an_equals_sign(tmp_path: Pa
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in (bench / "venvs").glob("*.failed")) == ["ants.failed"]
+
+
+def test_benchmark_takes_relative_paths_from_where_it_is_run(tmp_path: Path) -> None:
+    """``bash path/to/scripts/benchmark.sh --data-source pair --results-dir results`` looked for ``pair`` and wrote
+    ``results`` in the repository (the script works from there); relative paths are now the caller's."""
+    _tiny_pair(tmp_path / "pair")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "benchmark.sh"), "--peers", "none", "--ours", "none",
+                           "--resolutions", "1", "--data-source", "pair", "--results-dir", "results", "--tag", "t"],
+                          cwd=tmp_path, env={**_env(), "BENCH_DIR": "bench"}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(list((tmp_path / "results").glob("benchmark_*_t.md"))) == 1
+    assert (tmp_path / "bench" / "data" / "1mm" / "fixed.nii.gz").is_file()
