@@ -136,8 +136,13 @@ class TorchStatus:
 
     @property
     def installable(self) -> bool:
-        """Whether pressing *Install* can fix it (the numpy/torch clash on an Intel Mac cannot)."""
-        return self.status in ("missing", "too_old", "broken", "install_failed") or (
+        """Whether pressing *Install* can fix it: not the numpy/torch clash on an Intel Mac, nor a torch that cannot be
+        loaded unless it is a release the installation replaces (from :data:`TORCH_FIRST_BROKEN` on): pip keeps an
+        installed version that satisfies the requirement, broken or not."""
+        if self.status == "broken":
+            return self.torch is not None and _version_tuple(self.torch.split("+", 1)[0]) >= _version_tuple(
+                TORCH_FIRST_BROKEN)
+        return self.status in ("missing", "too_old", "install_failed") or (
             self.status == "numpy_abi" and not _intel_mac())
 
     def advice(self) -> str:
@@ -152,6 +157,9 @@ class TorchStatus:
                     "then restart Slicer.")
         if self.status == "unknown":
             return f"PyTorch could not be checked: {self.message}"
+        if self.status == "broken" and not self.installable:
+            return (f"{self.message} Restart Slicer and register again; if it still fails, remove it: run "
+                    "slicer.util.pip_uninstall('torch') in the Python console, restart Slicer and press 'Install'.")
         if self.status == "install_failed":
             return (f"{self.message} The installer's full output is in the module's Log section (in Slicer's log "
                     "when installed from the Python console). Check that this "

@@ -118,6 +118,21 @@ def test_a_torch_built_for_another_numpy_is_refused_with_plain_advice(fake_slice
     assert "NumPy" in status.advice()
 
 
+def test_a_torch_that_cannot_be_loaded_is_not_offered_an_install_that_keeps_it(fake_slicer):
+    """Install offered for a torch whose import fails ran pip, which kept the installed version (it satisfies the
+    requirement), and the same advice came back: now the advice says how to remove it first; a torch of a release the
+    installation replaces (2.13 and later) is still offered Install."""
+    python, site = fake_slicer
+    (site / "torch").mkdir()
+    (site / "torch" / "__init__.py").write_text("raise ImportError('DLL load failed while importing _C')\n")
+    _dist_info(site, "torch", "2.5.1")
+    status = dependencies.check_torch(python=python, timeout=120)
+    assert status.status == "broken" and status.message == ("PyTorch 2.5.1 cannot be loaded (DLL load failed while "
+                                                            "importing _C).")
+    assert not status.installable and "slicer.util.pip_uninstall('torch')" in status.advice()
+    assert dependencies.TorchStatus("broken", torch="2.13.0+cu126", message="x").installable
+
+
 def test_a_working_torch_lists_the_gpu_only_when_there_is_one(fake_slicer):
     python, site = fake_slicer
     make_torch(site, "2.5.1")
