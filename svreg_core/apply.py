@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from svreg_core.atomic import replaced_when_complete
-from svreg_core.conventions import ras_to_lps_vectors
+from svreg_core.conventions import pad_thin_axes, ras_to_lps_vectors
 from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 from svreg_core.image.image import Image
@@ -64,17 +64,10 @@ def _check_coverage(points: np.ndarray, source: Grid, what: str) -> None:
 
 
 def _thin_axes_padded(image: Image) -> Image:
-    """``image`` with a slice of 0 on both sides of each axis one voxel thick (a single slice), on the same world
-    positions. grid_sample (``align_corners``) reads such an axis at its only voxel wherever a point lies along it,
-    which spread a single slice through the whole output; padded, it fades to 0 within a voxel of its plane, as an
-    image does beyond its other faces."""
-    thin = [n == 1 for n in image.shape]
-    if not any(thin):
-        return image
-    shift = np.eye(4)
-    shift[:3, 3] = [-1.0 if t else 0.0 for t in thin]
-    data = np.pad(np.asarray(image.data), [(1, 1) if t else (0, 0) for t in thin])
-    return Image(data, image.affine @ shift, image.xform_codes)
+    """``image`` with a slice of 0 on both sides of each axis one voxel thick, on the same world positions
+    (:func:`~svreg_core.conventions.pad_thin_axes`: a single slice fades to 0 within a voxel of its plane)."""
+    data, affine = pad_thin_axes(image.data, image.affine)
+    return image if data is image.data else Image(data, affine, image.xform_codes)
 
 
 def apply_to_image(transform: Transform, image: Image, *, reference: Grid | None = None,

@@ -5,15 +5,15 @@ from collections.abc import Callable
 
 import numpy as np
 
+from svreg_core.conventions import point_rows
 from svreg_core.errors import InputError
 
 __all__ = ["tre", "tre_summary"]
 
 
 def _points(arr: np.ndarray, name: str) -> np.ndarray:
-    pts = np.asarray(arr, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise InputError(f"{name} must have shape (N, 3), got {pts.shape}.")
+    """``arr`` as a float64 ``(N, 3)`` array (:func:`~svreg_core.conventions.point_rows`) of finite values."""
+    pts = point_rows(arr, name)
     if not np.all(np.isfinite(pts)):
         raise InputError(f"{name} contains NaN or infinite values.")
     return pts

@@ -35,7 +35,7 @@ def test_tre_rejects_mismatch() -> None:
         tre(np.zeros((3, 3)), np.zeros((2, 3)), lambda p: p)
     with pytest.raises(InputError):
         tre(np.zeros((3, 3)), np.zeros((3, 3)), lambda p: p[:, :2])
-    with pytest.raises(InputError, match=r"shape \(N, 3\)"):
+    with pytest.raises(InputError, match=r"fixed_points must be an \(N, 3\) array of RAS mil.*shape \(3, 2\)"):
         tre(np.zeros((3, 2)), np.zeros((3, 2)), lambda p: p)
     with pytest.raises(InputError, match="NaN or infinite"):
         tre(np.full((3, 3), np.nan), np.zeros((3, 3)), lambda p: p)
