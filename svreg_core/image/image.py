@@ -171,6 +171,9 @@ def validate_image(image: Image, name: str, *, labels: bool = False) -> Image:
     :data:`MAX_AFFINE_CONDITION` times the shortest, axes not nearly parallel) with voxel sizes within
     :data:`VOXEL_SIZE_RANGE_MM`: both checked before any grid is built from it.
     """
+    if not isinstance(image, Image):  # a NumPy array or a nibabel image (an AttributeError about ``.data``)
+        raise InputError(f"{name} must be an svreg Image (svreg_core.load_image(path), or Image(array, affine) "
+                         f"with its voxel-to-RAS affine), not {type(image).__module__}.{type(image).__qualname__}.")
     data = np.asarray(image.data)
     while data.ndim > len(three_d_shape(data.shape, name)):
         data = data[..., 0]

@@ -129,3 +129,18 @@ def test_conform_to_grid_refuses_other_voxels(change: str) -> None:
     assert str(info.value).endswith(f"; voxel sizes {' x '.join(f'{v:.4g}' for v in Image(data, affine).spacing)} and "
                                     f"{' x '.join(f'{v:.4g}' for v in image.spacing)} mm, first voxels {apart:.1f} mm "
                                     "apart.")
+
+
+def test_an_array_or_a_nibabel_image_in_place_of_an_image_is_refused_in_one_line() -> None:
+    """``register(nib.load(...), ...)`` or a bare NumPy array (the usual first try of the Python API) ended in an
+    AttributeError about ``.data``; it is refused saying what to pass."""
+    import nibabel as nib
+
+    from svreg_core import register
+
+    volume = np.zeros((4, 4, 4), np.float32)
+    for given, kind in ((volume, "numpy.ndarray"), (nib.Nifti1Image(volume, np.eye(4)), "nibabel.nifti1.Nifti1Image")):
+        with pytest.raises(InputError) as err:
+            register(given, given)
+        assert str(err.value) == ("fixed image must be an svreg Image (svreg_core.load_image(path), or Image(array, "
+                                  f"affine) with its voxel-to-RAS affine), not {kind}.")
