@@ -267,7 +267,8 @@ def test_readme_layout_lists_every_unit_in_its_layer() -> None:
 def test_readme_quotes_the_engine_constants() -> None:
     """The limits and counts the README states in numbers are the engine's constants: the memory estimates of
     ``svreg register`` and ``svreg apply``, the pose search's rotations, the learned models' field-size warning,
-    the overlap warning and the small-field-of-view rule."""
+    the overlap warning, the affine pyramid (whose similarity is the preset's, not always LNCC as the README had
+    said) and the small-field-of-view rule."""
     from svreg_core import memory, registration
     from svreg_core.optim import affine, pose_search
 
@@ -284,6 +285,9 @@ def test_readme_quotes_the_engine_constants() -> None:
     assert registration.TRAINED_FIELD_FACTOR == 2 and registration.TRAINED_FIELD_SMALL_FRACTION == 1 / 8
     assert "network grid of more than twice, or less than an eighth of, the voxels" in text
     assert f"(under {registration.OVERLAP_WARNING_FRACTION:.0%} gets a warning)".replace("%", " %") in text
+    (coarse, _), (fine, _) = affine.AFFINE_LEVELS
+    assert (f"Adam on an {coarse:g} mm and a {fine:g} mm anti-aliased pyramid (the preset's similarity: LNCC, "
+            "MIND-SSC with the CT presets)") in text
     assert (f"image at least {affine.AFFINE_REFERENCE_EXTENT_MM:g} mm across" in text
             and f"fewer than {registration.MIN_WORKING_VOXELS} voxels across the fixed image" in text
             and f"s = field of view / {registration.SUGGESTED_WORKING_VOXELS}" in text)
