@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     args.data_source, args.bench_dir, args.results_dir, args.svreg = (
         path.absolute() for path in (args.data_source, args.bench_dir, args.results_dir, args.svreg))
     model_shown = args.model
-    if Path(args.model).exists():  # a checkpoint folder or file, not a shipped model's name
-        args.model = str(Path(args.model).absolute())
+    if Path(args.model).exists():  # a checkpoint folder or file, not a shipped model's name: relative to the
+        args.model = os.path.relpath(Path(args.model).absolute(), REPO)  # children's folder (no machine path)
     if args.resolutions is None:
         args.resolutions = [4.0] if args.quick else [2.0, 1.0]
     args.venvs = args.bench_dir / "venvs"

@@ -3,6 +3,7 @@ before the long work, and what its results file says about the run. Nothing is r
 --peers none`` runs only the data preparation and the 'affine only' row on a tiny pair."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,25 @@ def test_benchmark_takes_relative_paths_from_where_it_is_run(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(list((tmp_path / "results").glob("benchmark_*_t.md"))) == 1
     assert (tmp_path / "bench" / "data" / "1mm" / "fixed.nii.gz").is_file()
+
+
+def test_results_name_a_checkpoint_given_relative_to_the_caller_without_machine_paths(tmp_path: Path) -> None:
+    """``--model runs/mine`` given relative to the caller's folder reaches the svreg children, which run in the
+    repository, as a path relative to the repository: it names the same checkpoint and puts no machine path into
+    the results file that is committed."""
+    pair = _tiny_pair(tmp_path / "pair")
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    svreg = tmp_path / "svreg"  # answers the orchestrator's --help check, then fails each run at once
+    svreg.write_text('#!/usr/bin/env bash\nif [ "${2:-}" = --help ]; then echo "--moving-labels '
+                     '--label-interpolation --no-spr"; exit 0; fi\nexit 1\n')
+    svreg.chmod(0o755)
+    results = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_benchmark.py"), "--peers", "none", "--ours",
+                           "model", "--model", "runs/mine", "--resolutions", "1", "--svreg", str(svreg), "--tag", "t",
+                           "--data-source", str(pair), "--bench-dir", str(tmp_path / "bench"), "--results-dir",
+                           str(results)], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the (stand-in) run failed, as it should
+    (record,) = [r for r in json.loads(next(results.glob("benchmark_*_t.json")).read_text())["resolutions"]["1mm"]
+                 if r["tool"] == "ours_model"]
+    model = record["command"][record["command"].index("--model") + 1]
+    assert not Path(model).is_absolute() and (REPO / model).resolve() == (tmp_path / "runs" / "mine").resolve()
