@@ -100,15 +100,29 @@ def test_inverse_displacement_inverts_the_mapping(written, synthetic_result, geo
     assert err.max() < 0.3 and err.mean() < 0.1, (err.max(), err.mean())
 
 
-def test_report_contents(written) -> None:
+def test_report_contents(written, synthetic_result) -> None:
+    """The report's numbers are those of the files beside it and of the result: the regularity metrics of the
+    written Jacobian over the fixed image's foreground (its voxels above its minimum), the Dice of the fixed labels
+    against the written warped labels, each input's grid, and the affine stage's matrix."""
     out, report = written
+    r = synthetic_result
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     m = on_disk["metrics"]
     for key in ("folding_percent", "ndv_percent", "sdlogj", "jacobian_min", "dice_mean", "dice", "hd95_mean", "hd95"):
         assert key in m, key
-    assert set(m["dice"]) == {"1", "2"} and all(0 <= v <= 1 for v in m["dice"].values())
-    assert 0 <= m["folding_percent"] <= 100 and m["sdlogj"] >= 0
+    foreground = r.fixed.data > r.fixed.data.min()
+    jac = np.asarray(nib.load(str(out / "jacobian.nii.gz")).dataobj, dtype=np.float64)[foreground]
+    assert jac.size > 1000
+    assert m["folding_percent"] == pytest.approx(100.0 * np.count_nonzero(jac <= 0) / jac.size, abs=1e-9)
+    assert m["sdlogj"] == pytest.approx(np.std(np.log(np.clip(jac, 1e-9, 1e9))), rel=1e-5) and m["sdlogj"] > 0.01
+    assert (m["jacobian_min"], m["jacobian_max"]) == pytest.approx((jac.min(), jac.max()), rel=1e-6)
+    fixed_labels = _labels(r.fixed).data
+    warped_labels = np.asarray(nib.load(str(out / "warped_labels.nii.gz")).dataobj)
+    by_hand = {str(k): 2.0 * np.count_nonzero((fixed_labels == k) & (warped_labels == k))
+               / (np.count_nonzero(fixed_labels == k) + np.count_nonzero(warped_labels == k)) for k in (1, 2)}
+    assert m["dice"] == pytest.approx(by_hand, abs=1e-12) and 0.3 < min(by_hand.values()) < 1.0
+    assert m["dice_mean"] == pytest.approx(np.mean(list(by_hand.values())), abs=1e-12)
     assert on_disk["timing"]["total_s"] >= on_disk["timing"]["outputs_s"] > 0
     assert on_disk["parameters"]["level_spacings"] == [4.0, 2.0]
     assert {"svreg_core", "torch", "numpy", "nibabel", "h5py", "python"} <= set(on_disk["versions"])
@@ -116,13 +130,17 @@ def test_report_contents(written) -> None:
     assert on_disk["label_interpolation"] == "linear"
     assert m["jacobian_min"] <= 1.0 <= m["jacobian_max"]
     assert set(m["dice_before"]) == {"1", "2"} and 0 <= m["dice_mean_before"] <= 1
-    assert on_disk["inputs"]["fixed"] == {"shape": [18, 16, 14], "spacing_mm": [3.0, 3.5, 3.0],
-                                          "orientation": on_disk["inputs"]["fixed"]["orientation"]}
-    assert len(on_disk["inputs"]["fixed"]["orientation"]) == 3 and set(on_disk["inputs"]) == {
-        "fixed", "moving", "fixed_labels", "moving_labels"}
+    # the fixed grid: voxel axes (-3, 3.5, 3) mm turned 10°, pointing left, anterior, superior; the moving grid's
+    # (2.5, -4, 3.2) mm turned 20°: right, posterior, superior
+    assert on_disk["inputs"]["fixed"] == {"shape": [18, 16, 14], "spacing_mm": [3.0, 3.5, 3.0], "orientation": "LAS"}
+    assert on_disk["inputs"]["moving"]["shape"] == list(r.moving.shape)
+    assert on_disk["inputs"]["moving"]["spacing_mm"] == pytest.approx([2.5, 4.0, 3.2])
+    assert on_disk["inputs"]["moving"]["orientation"] == "RPS"
+    assert set(on_disk["inputs"]) == {"fixed", "moving", "fixed_labels", "moving_labels"}
     assert on_disk["outputs"] == sorted(["warped", "displacement", "transform", "inverse", "regularization",
                                          "jacobian", "labels", "figure"])
-    assert np.allclose(on_disk["affine_ras"], np.asarray(on_disk["affine_ras"]))
+    np.testing.assert_allclose(on_disk["affine_ras"], r.affine, atol=1e-12)
+    assert not np.allclose(r.affine, np.eye(4))  # a turn of 12° and a shift of (4, -3, 2.5) mm
 
 
 def test_chosen_outputs_only(synthetic_result, tmp_path: Path) -> None:
