@@ -802,3 +802,28 @@ def test_a_fixed_mask_thinner_than_the_working_grids_is_named_before_any_work() 
         prepare_pair(image, image, params.replace(affine=False), fixed_mask=mask(24))
         # the 5 mm level's points (k = 25) reach it while the 2 mm level's (24, 26) do not: that level compares
         prepare_pair(image, image, params.replace(level_spacings=(5.0, 2.0)), fixed_mask=mask(25))
+
+
+def test_a_moving_mask_that_meets_no_voxel_of_the_fixed_mask_is_refused() -> None:
+    """A fixed and a moving mask that do not meet once the moving one is placed by the affine alignment (a mask of
+    the other image, a moving mask one slice thin): the similarity compared nothing and the registration returned
+    the identity without a word. It is refused once that is known, before the deformable stage's first iteration;
+    masks that meet register as before."""
+    rng = np.random.default_rng(0)
+    voxels = np.diag([4.0, 4.0, 4.0, 1.0])  # 128 mm across: a human-sized field of view for FAST's grids
+    image = Image(rng.uniform(1, 2, (32, 32, 32)).astype(np.float32), voxels)
+
+    def mask(box: tuple[slice, ...]) -> Image:
+        data = np.zeros(image.shape, np.uint8)
+        data[box] = 1
+        return Image(data, voxels)
+
+    left, right = mask((slice(0, 12),) * 3), mask((slice(20, 32),) * 3)
+    events: list = []
+    with pytest.raises(InputError, match=r"the moving mask, placed by the affine alignment, covers no voxel of the "
+                                         r"fixed mask at 8 mm: nothing would be compared and the result would be "
+                                         r"the identity"):
+        register(image, image, FAST, fixed_mask=left, moving_mask=right, progress=events.append)
+    assert not [e for e in events if e.stage.startswith("deformable") and e.step > 0]
+    result = register(image, image, FAST, fixed_mask=left, moving_mask=mask((slice(6, 20),) * 3))
+    assert np.isfinite(result.displacement).all()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from svreg_core.errors import InputError
 from svreg_core.image.grid import Grid
 from svreg_core.image.resample import antialiased, level_grid, resample
 from svreg_core.image.smoothing import smooth_field, smooth_field_weighted
@@ -91,6 +92,21 @@ def _reported(terms: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(names, torch.stack([terms[name].detach() for name in names]).tolist()))
 
 
+def _check_masks_meet(fixed_mask: torch.Tensor | None, moving_mask: torch.Tensor | None, spacing: float) -> None:
+    """Refuse a moving mask that, placed by the affine alignment, covers no voxel of the first level's image grid
+    inside the fixed mask (both on that grid; ``None``: no mask): the similarity would compare nothing, no
+    gradient would move the velocity, and the result would be the identity without a word."""
+    if moving_mask is None:
+        return
+    overlap = moving_mask if fixed_mask is None else moving_mask * fixed_mask
+    if not bool(overlap.gt(0).any()):
+        where = "the fixed image's working grid" if fixed_mask is None else "the fixed mask"
+        raise InputError(f"the moving mask, placed by the affine alignment, covers no voxel of {where} at "
+                         f"{spacing:g} mm: nothing would be compared and the result would be the identity. Check that "
+                         "each mask belongs to its image and that the pair overlaps; a mask thinner than the working "
+                         "grid's voxels must be dilated.")
+
+
 def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, moving_grid: Grid,
                  affine: np.ndarray, params: RegistrationParameters, *,
                  fixed_mask: torch.Tensor | None = None, moving_mask: torch.Tensor | None = None,
@@ -135,6 +151,8 @@ def optimize_spr(fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor, mo
         stage = f"deformable {spacing:g} mm"
         mask_f = None if fixed_mask is None else resample(fixed_mask.float(), fixed_grid, image_grid)
         mask_m = None if moving_mask is None else resample(moving_mask.float(), moving_grid, image_grid, affine)
+        if level_index == 0 and initial is None:
+            _check_masks_meet(mask_f, mask_m, spacing)
         if previous is None:
             velocity = torch.zeros(1, 3, *grid.shape, device=device)
             weight = torch.ones(1, 1, *grid.shape, device=device)
