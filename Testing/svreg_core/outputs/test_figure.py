@@ -55,7 +55,10 @@ def test_ras_array_affine_places_the_reoriented_array() -> None:
     assert ras[tuple(ijk)] == image.data[tuple(np.rint(original).astype(int))]
 
 
-def test_figure_with_dice(tmp_path: Path) -> None:
+def test_figure_with_dice(tmp_path: Path, monkeypatch) -> None:
+    """The mean Dice before and after (3 decimals) follows the title, or is the title when there is none."""
+    from matplotlib.figure import Figure
+
     rng = np.random.default_rng(0)
     data = np.zeros((20, 22, 18), np.float32)
     data[4:16, 5:17, 3:15] = rng.uniform(0.5, 1.0, (12, 12, 12))
@@ -63,9 +66,16 @@ def test_figure_with_dice(tmp_path: Path) -> None:
     img = Image(data, aff)
     jac = Image(rng.uniform(0.7, 1.4, data.shape).astype(np.float32), aff)
     lam = Image(rng.uniform(0.92, 0.99, data.shape).astype(np.float32), aff)
-    path = write_report_figure(tmp_path / "r.png", fixed=img, moving_before=img, warped=img, weight=lam,
-                               jacobian=jac, title="t", dice=(0.61, 0.83))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    drawn: list[Figure] = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (drawn.append(self), savefig(self, *a, **k))[1])
+    titles = []
+    for title, dice in (("t", (0.61, 0.83)), ("", (0.61264, 0.83489)), ("t", None)):
+        path = write_report_figure(tmp_path / "r.png", fixed=img, moving_before=img, warped=img, weight=lam,
+                                   jacobian=jac, title=title, dice=dice)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+        titles.append(drawn[-1].get_suptitle())
+    assert titles == ["t — mean Dice 0.610 → 0.830", "mean Dice 0.613 → 0.835", "t"]
 
 
 def test_anisotropic_ball_is_drawn_round(tmp_path: Path, monkeypatch) -> None:
