@@ -349,11 +349,19 @@ def test_cuda_recovers_like_cpu(brain_pair) -> None:
     assert err.mean() < 0.4 * np.linalg.norm(truth, axis=-1)[inside].mean()
 
 
-def test_resolve_device() -> None:
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_resolve_device(monkeypatch, gpus: int) -> None:
+    """``auto`` is the GPU where torch sees one and the CPU otherwise; ``cuda`` without a GPU is refused in one line
+    (the answers of torch's CUDA runtime set here, so both cases are checked on any machine)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA"):
+    assert resolve_device("auto") == torch.device("cuda" if gpus else "cpu")
+    if gpus:
+        assert resolve_device("cuda") == torch.device("cuda")
+    else:
+        with pytest.raises(InputError, match=r"^CUDA was requested but no CUDA GPU is available; use --device cpu "
+                                             r"\(or auto\)\.$"):
             resolve_device("cuda")
 
 
