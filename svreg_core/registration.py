@@ -830,7 +830,7 @@ def register(fixed: Image, moving: Image, parameters: RegistrationParameters | N
     Determinism: on CPU, the same inputs and parameters give bit-identical results (any thread count).
     On CUDA, torch's default kernels (``grid_sample``'s backward, ...) add in a varying order, and the
     optimiser amplifies those last-bit differences (brain pair, H200: two runs' displacements up to
-    3.5 mm apart, mean Dice within 0.0002). With ``parameters.deterministic`` the registration runs in
+    3.8 mm apart, mean Dice within 0.0002). With ``parameters.deterministic`` the registration runs in
     PyTorch's deterministic mode (:func:`deterministic_algorithms`; the sampling switches to
     :func:`~svreg_core.image.sampling.gather_sample`) and gives bit-identical results on the same GPU,
     driver and torch version; the optimisation runs step by step, without the CUDA graph of the default

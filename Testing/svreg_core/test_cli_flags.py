@@ -54,6 +54,7 @@ def test_apply_maps_csv_points_in_the_frame_coordinates_gives(tmp_path: Path, ca
         assert main(["apply", str(tmp_path / "shift.tfm"), str(tmp_path / "p.csv"), "-o", str(out),
                      "--coordinates", frame]) == 0
         assert float(out.read_text().splitlines()[1].split(",")[0]) == pytest.approx(float(x))
+        assert capsys.readouterr().out == f"Mapped 1 point: {out}\n"  # not "1 points"
 
 
 def test_register_refuses_a_label_interpolation_without_moving_labels(tmp_path: Path, capsys) -> None:

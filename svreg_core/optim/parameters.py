@@ -119,7 +119,7 @@ class RegistrationParameters:
         deterministic: run in PyTorch's deterministic mode (see :func:`svreg_core.registration.register`):
             bit-identical results from run to run on the same GPU, driver and torch version; the
             optimisation is about 7x slower. CUDA's default kernels differ in the last bits from run to
-            run, which the optimiser amplifies (brain pair: displacements up to 3.5 mm apart, mean Dice
+            run, which the optimiser amplifies (brain pair: displacements up to 3.8 mm apart, mean Dice
             within 0.0002). On CPU it
             changes nothing: CPU runs are bit-identical anyway. Like ``device``, an execution setting
             rather than part of a preset.
