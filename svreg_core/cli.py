@@ -999,7 +999,8 @@ def check_masks_used(args: argparse.Namespace, *, affine: bool, refine: int, pai
     masks += [f"{column} (pairs file)" for column in ("fixed_mask", "moving_mask")
               if any(getattr(pair, column) for pair in pairs)]
     if masks and not refine and not affine:
-        raise InputError(f"{' and '.join(masks)} restrict the similarity of the affine stage and of a refinement of "
+        verb = "restricts" if len(masks) == 1 else "restrict"
+        raise InputError(f"{' and '.join(masks)} {verb} the similarity of the affine stage and of a refinement of "
                          "the learned model's prediction (svreg register --refine N); without either (--no-affine) "
                          "the network alone does not use them.")
 

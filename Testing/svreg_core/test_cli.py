@@ -233,7 +233,7 @@ def test_preview_refuses_masks_it_would_not_use(tiny_pair, tiny_checkpoints, tmp
     p = tiny_pair.paths
     rc, out, err = _main(["preview", p.fixed, p.moving, "--model", tiny_checkpoints.hyper, "--moving-mask",
                           p.moving_labels, "--no-affine", "--device", "cpu"], capsys)
-    _assert_plain_error(rc, err, "--moving-mask restrict the similarity of the affine stage and of a refinement")
+    _assert_plain_error(rc, err, "--moving-mask restricts the similarity of the affine stage and of a refinement")
     assert not any(json.loads(line).get("stage") == "load" for line in out.splitlines())
 
 

@@ -328,7 +328,7 @@ def test_cli_one_way_predicts_in_one_direction(geo, tiny_pair, constant_checkpoi
     (("--model", "brain-unet-spr", "--level-spacings", "4"), "--level-spacings only applies to a refinement"),
     (("--model", "brain-unet-spr", "--control-spacing", "1"), "--control-spacing only applies to a refinement"),
     (("--model", "brain-unet-spr", "--moving-mask", "mask.nii.gz", "--no-affine"),
-     "--moving-mask restrict the similarity of the affine stage and of a refinement"),
+     "--moving-mask restricts the similarity of the affine stage and of a refinement"),
     (("--model", "brain-unet-spr", "--fixed-mask", "f.nii.gz", "--moving-mask", "m.nii.gz", "--no-affine"),
      "--fixed-mask and --moving-mask restrict the similarity of the affine stage and of a refinement"),
 ])
@@ -351,7 +351,7 @@ def test_cli_batch_refuses_pairs_file_masks_the_network_would_not_use(tiny_pair,
     assert main(["register-batch", "--pairs", str(pairs), "-o", str(tmp_path / "out"), "--model", "brain-unet-spr",
                  "--no-affine", "--device", "cpu", "--progress", "none"]) == 2
     err = capsys.readouterr().err
-    assert "moving_mask (pairs file) restrict the similarity of the affine stage" in err and "Traceback" not in err
+    assert "moving_mask (pairs file) restricts the similarity of the affine stage" in err and "Traceback" not in err
     assert not any((tmp_path / "out").glob("*/report.json"))
 
 
