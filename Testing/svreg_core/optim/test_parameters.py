@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -79,16 +80,17 @@ def test_unreadable_or_unknown_preset(tmp_path: Path) -> None:
         load_parameters(bad)
 
 
-@pytest.mark.parametrize("values", [
-    {"iterations": ["many", 3]},
-    {"level_spacings": 8},
-    {"level_spacings": ["fine", "coarse"], "iterations": [1, 1]},
-    {"pose_search": "yes"},
+@pytest.mark.parametrize("values, message", [
+    ({"iterations": ["many", 3]}, "iterations must be a whole number, not 'many'"),
+    ({"level_spacings": 8}, "level_spacings must be a list of numbers, not 8"),
+    ({"level_spacings": ["fine", "coarse"], "iterations": [1, 1]},
+     "level_spacings must be a finite number, not 'fine'"),
+    ({"pose_search": "yes"}, "pose_search must be true or false, not 'yes'"),
 ])
-def test_wrongly_typed_values_are_input_errors(tmp_path: Path, values: dict) -> None:
+def test_wrongly_typed_values_are_input_errors(tmp_path: Path, values: dict, message: str) -> None:
     path = tmp_path / "p.json"
     path.write_text(json.dumps({"parameters": values}))
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match=re.escape(message)):
         load_parameters(path)
 
 
@@ -99,19 +101,20 @@ def test_unknown_keys_in_from_dict() -> None:
         RegistrationParameters(similarity="cc")
 
 
-@pytest.mark.parametrize("values", [
-    pytest.param({"lncc_window": 4}),  # LNCC needs an odd window (register: ValueError)
-    pytest.param({"iterations": (-3, 4)}),  # register: UnboundLocalError
-    pytest.param({"integration_steps": -1}),  # scaling and squaring needs >= 0 steps
-    pytest.param({"learning_rate": -1.0}),  # a negative step climbs the loss
-    pytest.param({"spr": "no"}),  # a string where a bool is needed (register: TypeError)
-    {"level_spacings": (8.0, 0.0)},  # zero voxel size
-    {"min_control_spacing": 0.0},
-    {"final_learning_rate_fraction": 0.0},  # the last iterations would not move
-    {"final_learning_rate_fraction": 1.5},  # steps would grow over the level
+@pytest.mark.parametrize("values, message", [
+    ({"lncc_window": 4}, "lncc_window must be an odd number of voxels, not 4."),  # register: ValueError
+    ({"iterations": (-3, 4)}, "iterations -3 is out of range"),  # register: UnboundLocalError
+    ({"integration_steps": -1}, "integration_steps -1 is out of range"),  # scaling and squaring needs >= 0
+    ({"learning_rate": -1.0}, "learning_rate -1 is out of range"),  # a negative step climbs the loss
+    ({"spr": "no"}, "spr must be true or false, not 'no'."),  # a string where a bool is needed (register: TypeError)
+    ({"level_spacings": (8.0, 0.0)}, "level_spacings 0 is out of range"),  # zero voxel size
+    ({"min_control_spacing": 0.0}, "min_control_spacing 0 is out of range"),
+    ({"final_learning_rate_fraction": 0.0}, "final_learning_rate_fraction must be in (0, 1]"),  # would not move
+    ({"final_learning_rate_fraction": 1.5}, "final_learning_rate_fraction 1.5 is out of range"),  # steps would grow
 ])
-def test_invalid_values_are_input_errors(values: dict) -> None:
-    with pytest.raises(InputError):
+def test_invalid_values_are_input_errors(values: dict, message: str) -> None:
+    """Each value is refused for its own reason (not by another check that happens to fail first)."""
+    with pytest.raises(InputError, match="^" + re.escape(message)):
         RegistrationParameters(**values)
 
 
