@@ -1379,7 +1379,10 @@ def run_info(args: argparse.Namespace) -> int:
             entries.append(describe_image(image, path))
             images.append(image)
         except InputError as exc:  # its voxels (NaN, constant...): the geometry is still described, with the reason
-            entries.append({**describe_image(load_grid(path), path), "problem": str(exc)})
+            with warnings.catch_warnings():  # the header's warnings were given by load_image already
+                warnings.simplefilter("ignore")
+                grid = load_grid(path)
+            entries.append({**describe_image(grid, path), "problem": str(exc)})
             images.append(None)
     for entry, (_, found) in zip(entries, inputs):
         if found is not None:

@@ -35,3 +35,21 @@ def test_info_help_says_what_the_json_list_holds(capsys) -> None:
         main(["info", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "print a JSON list: one object per image, then one per transform file or output folder" in text
+
+
+def test_info_gives_a_headers_warning_once_for_an_image_it_cannot_use(tmp_path: Path, capsys) -> None:
+    """An image in metres (NIfTI xyzt_units) whose voxels svreg refuses (NaN): its geometry is still described, read
+    a second time, and the conversion warning was printed twice."""
+    import nibabel as nib
+    import numpy as np
+
+    data = np.ones((6, 6, 6), np.float32)
+    data[0, 0, 0] = np.nan
+    image = nib.Nifti1Image(data, np.diag([0.001, 0.001, 0.001, 1.0]))
+    image.header.set_xyzt_units("meter")
+    nib.save(image, tmp_path / "m.nii.gz")
+    assert main(["info", str(tmp_path / "m.nii.gz")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("gives its voxel sizes and position in meters") == 1, captured.err
+    assert captured.out.startswith(f"{tmp_path / 'm.nii.gz'}: 6 x 6 x 6 voxels of 1 x 1 x 1 mm, RAS;")
+    assert "cannot be registered: m.nii.gz contains 1 NaN or infinite voxels" in captured.out, captured.out
