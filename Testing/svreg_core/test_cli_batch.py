@@ -57,6 +57,41 @@ def test_a_shard_names_its_summary_by_its_numbers_however_written(tiny_pair, tmp
     assert batch_summary_name("+3/ 4") == "summary_shard-3-of-4.csv"
 
 
+@pytest.mark.parametrize("spec, expected", [
+    ("0/1", list(range(10))),
+    ("0/4", [0, 4, 8]),
+    ("1/4", [1, 5, 9]),
+    ("3/4", [3, 7]),
+    ("9/10", [9]),
+    ("11/12", []),  # more shards than pairs: the last ones have none
+])
+def test_a_shard_takes_every_nth_pair_from_its_own(spec: str, expected: list[int]) -> None:
+    """Shard I of N registers the pairs I, I + N, I + 2N, … of the list: the N shards of a job array share the
+    pairs out, each exactly once."""
+    from svreg_core.cli import shard
+
+    assert shard(list(range(10)), spec) == expected
+    count = int(spec.split("/")[1])
+    assert sorted(sum((shard(list(range(10)), f"{i}/{count}") for i in range(count)), [])) == list(range(10))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("2/2", "I must be from 0 to N - 1 and N at least 1."),
+    ("-1/3", "I must be from 0 to N - 1 and N at least 1."),
+    ("0/0", "I must be from 0 to N - 1 and N at least 1."),
+    ("1", "use I/N with whole numbers, e.g. 0/4."),
+    ("a/4", "use I/N with whole numbers, e.g. 0/4."),
+    ("1/2/3", "use I/N with whole numbers, e.g. 0/4."),
+])
+def test_a_shard_outside_its_job_array_is_refused_before_any_work(tiny_pair, tmp_path: Path, capsys, spec: str,
+                                                                  message: str) -> None:
+    p = tiny_pair.paths
+    assert main(["register-batch", "--fixed", str(p.fixed), "--moving", str(p.moving), "-o", str(tmp_path / "r"),
+                 f"--shard={spec}", "--progress", "none"]) == 2
+    assert capsys.readouterr().err == f"svreg: error: --shard {spec!r}: {message}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_pairs_file_with_one_images_landmarks_is_refused_before_any_pair(tiny_pair, tmp_path: Path,
                                                                            capsys) -> None:
     """A pairs file whose second pair has fixed_landmarks but no moving_landmarks: the first pair was registered
