@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -222,6 +223,7 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
         pair_sets += val_pair_sets
     if config.label_weight > 0:  # before any training: the step needs labels with every pair it sees
         _require_labels([*train_sets, *_parts(validation)])
+    _warn_validation_on_training_images(train_sets, _parts(validation))
     weights = [s.weight for s in config.data.sources]
     description = " + ".join(s.describe() + (f" (weight {s.weight:g})" if len(weights) > 1 else "")
                              for s in config.data.sources)
@@ -238,6 +240,28 @@ def _parts(dataset: Dataset | None) -> list[Dataset]:
     if isinstance(dataset, ConcatDataset):
         return [part for inner in dataset.datasets for part in _parts(inner)]
     return [dataset]
+
+
+def _warn_validation_on_training_images(train_sets: Sequence[Dataset], validation_sets: Sequence[Dataset]) -> None:
+    """Warn when validation pairs use images the network trains on (``--val-data`` listing training subjects): their
+    Dice is then no held-out score, and ``best/`` is chosen on training data. An image in every pair of a training
+    source (its atlas) is shared by design, as :func:`~svreg_core.training.datasets.split_pairs` shares it."""
+    from svreg_core.training.datasets import PairListDataset
+
+    trained: set[Path] = set()
+    shared: set[Path] = set()
+    for dataset in train_sets:
+        if isinstance(dataset, PairListDataset):
+            images = [{p.fixed.resolve(), p.moving.resolve()} for p in dataset.pairs]
+            trained.update(*images)
+            shared.update(set.intersection(*images))
+    pairs = [p for d in validation_sets if isinstance(d, PairListDataset) for p in d.pairs]
+    seen = [p for p in pairs if {p.fixed.resolve(), p.moving.resolve()} & (trained - shared)]
+    if seen:
+        image = next(f for f in (seen[0].fixed, seen[0].moving) if f.resolve() in trained - shared)
+        warnings.warn(f"{len(seen)} of the {len(pairs)} validation pairs use images the network trains on (e.g. "
+                      f"{image}): their Dice is not a held-out score and best/ is chosen on training data; validate "
+                      "on subjects that are not in the training data.", stacklevel=3)
 
 
 def _require_labels(datasets: Sequence[Dataset]) -> None:

@@ -309,3 +309,24 @@ def test_a_run_resumed_on_moved_data_keeps_its_pre_alignments(geo, tmp_path) -> 
                               data={"sources": [{"kind": "folder", "path": str(tmp_path / "new" / "train")}]})
     train(moved, tmp_path / "run")
     assert json.loads(cache.read_text()) == {key.replace(str(tmp_path / "old"), str(tmp_path / "new")): marked}
+
+
+def test_validation_pairs_of_training_subjects_are_warned_about(geo, tmp_path) -> None:
+    """``--val-data`` listing subjects the network trains on was taken without a word: the validation Dice then scores
+    training pairs and best/ is chosen on them. An atlas in every pair, and a held-out split, are not warned about."""
+    write_subjects(geo, tmp_path / "train", count=4)
+    write_subjects(geo, tmp_path / "val", count=2)
+    with pytest.warns(UserWarning, match=r"^12 of the 12 validation pairs use images the network trains on \(e\.g\. "
+                                         r".*sub0\.nii\.gz\): their Dice is not a held-out score"):
+        build_data(real_pairs_config(tmp_path / "train", tmp_path / "train", validation={
+            "sources": [{"kind": "folder", "path": str(tmp_path / "train")}], "pairs": 16}))
+    atlas = str(tmp_path / "val" / "sub0.nii.gz")
+    held_out = {"data": {"sources": [{"kind": "folder", "path": str(tmp_path / "train")}], "prealign": False},
+                "validation": {"fraction": 0.5}}
+    atlas_pairs = {"data": {"sources": [{"kind": "folder", "path": str(tmp_path / "train"), "atlas": atlas}],
+                            "prealign": False},
+                   "validation": {"sources": [{"kind": "folder", "path": str(tmp_path / "val"), "atlas": atlas}]}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for changes in (held_out, atlas_pairs):
+            assert len(build_data(real_pairs_config(tmp_path / "train", tmp_path / "val", **changes)).validation)
