@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -81,7 +82,11 @@ def test_json_progress_worker_processes_and_a_changed_rerun(geo, tmp_path) -> No
     assert [e["step"] for e in steps] == [1, 2]
     assert set(steps[0]["values"]) == {"total", "similarity", "regularization", "prior"}
     assert events[-1]["event"] == "done" and events[-1]["epochs"] == 1 and events[-1]["steps"] == 2
-    assert events[-1]["last"]["val_dice"] is not None
+    with (tmp_path / "run" / "metrics.csv").open(newline="") as f:
+        (row,) = list(csv.DictReader(f))  # the one epoch: what "last" reports
+    dice = events[-1]["last"]["val_dice"]
+    assert 0.0 <= dice <= 1.0 and float(row["val_dice"]) == pytest.approx(dice, rel=1e-6)
+    assert events[-1]["last"]["epoch"] == 1 and int(row["epoch"]) == 1
     saved = load_config(tmp_path / "run" / "config.yaml")
     assert (saved.grid_shape, saved.epochs, saved.num_workers) == ((16, 16, 16), 1, 1)
 
