@@ -79,11 +79,19 @@ def test_unrelated_folder(site: Path, capsys) -> None:
 
 
 def test_current_folder(site: Path, capsys, monkeypatch) -> None:
+    """The current folder, however named, is refused as such, also when it is an earlier svreg output (which
+    --overwrite would otherwise replace, pulling the folder from under the shell standing in it)."""
     monkeypatch.chdir(site / "mine")
-    for output in (".", "", site / "mine", "../mine", "sub/.."):
-        _refused(site, output, capsys=capsys)
+    for output in (".", site / "mine", "../mine", "sub/.."):
+        _refused(site, output, f"output folder {site / 'mine'} is or contains the current folder", capsys=capsys)
     monkeypatch.chdir(site / "mine" / "sub")
     _refused(site, "..", "contains the current folder", capsys=capsys)
+    earlier = site / "earlier"
+    earlier.mkdir()
+    for name in OUTPUT_FILES:  # the marker file among them
+        (earlier / name).write_text("svreg wrote this")
+    monkeypatch.chdir(earlier)
+    _refused(site, ".", f"output folder {earlier} is or contains the current folder", capsys=capsys)
 
 
 def test_empty_path(site: Path, capsys, monkeypatch) -> None:
