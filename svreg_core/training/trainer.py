@@ -7,8 +7,8 @@ learning rate that decays polynomially per epoch.
 
 A run folder holds::
 
-    config.yaml          the resolved configuration (a later run in this folder must match it, but for where the
-                         data are when data.json shows they are the same files)
+    config.yaml          the resolved configuration (a later run in this folder must match it once an epoch has
+                         finished, but for where the data are when data.json shows they are the same files)
     data.json            counts and a digest of the pairs the run began with (a resumed run must find them again;
                          one stopped before its first epoch ended starts over on other data)
     alignments.json      affine pre-alignment of every real pair (computed once, reused on resume)
@@ -200,7 +200,8 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
 
     Raises:
         InputError: ``run_dir`` is a file, a non-empty folder that is not a training run, a run with a
-            different configuration, or an earlier run while ``resume`` is off.
+            different configuration that has finished an epoch (one that has not starts over with ``config``), or
+            an earlier run while ``resume`` is off.
         OutputError: a new ``run_dir`` cannot be created or written (below a file, on a read-only disk).
     """
     run_dir = Path(run_dir)
@@ -223,7 +224,10 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
         raise InputError(f"the run folder's {saved.name} is unusable ({exc}); choose a new folder.") from None
     # the data's locations may change when the data they began with is recorded (DATA_FILE), which _train compares
     changed = config.differences(previous, data_locations=_data_began(run_dir) is None)
-    if changed:
+    # a run that finished no epoch (stopped while pre-aligning, or in its first epoch) has nothing to lose: it starts
+    # over with the new settings and keeps its pre-alignments (a resume state killed while being replaced is .state.old)
+    finished = has_state(run_dir) or (run_dir / f".{STATE_DIR}.old").is_dir()
+    if changed and finished:
         raise InputError(f"output folder {run_dir} holds a run with a different configuration ({', '.join(changed)} "
                          "differ); use the same settings to resume it, or choose a new folder.")
     return True

@@ -330,3 +330,30 @@ def test_validation_pairs_of_training_subjects_are_warned_about(geo, tmp_path) -
         warnings.simplefilter("error")
         for changes in (held_out, atlas_pairs):
             assert len(build_data(real_pairs_config(tmp_path / "train", tmp_path / "val", **changes)).validation)
+
+
+def test_a_run_stopped_in_its_first_epoch_starts_over_with_changed_settings(geo, tmp_path) -> None:
+    """Ctrl-C in the first epoch, the settings corrected (a learning rate), the command run again: refused as 'a run
+    with a different configuration' to resume, although no epoch had finished, so a new folder had to pre-align every
+    pair again. It starts over with the new settings and keeps its pre-alignments; after an epoch it is refused."""
+    write_subjects(geo, tmp_path / "train")
+    config = real_pairs_config(tmp_path / "train", tmp_path / "train", validation={"pairs": 0},
+                               data={"sources": [{"kind": "folder", "path": str(tmp_path / "train")}]})
+
+    def ctrl_c(event: ProgressEvent) -> None:
+        if event.stage == "epoch 1/1":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", progress=ctrl_c)
+    cache = tmp_path / "run" / "alignments.json"
+    (key, matrix), = json.loads(cache.read_text()).items()
+    marked = [list(row) for row in matrix]
+    marked[0][3] += 0.125  # a matrix no registration computes: found again below only if it was kept
+    cache.write_text(json.dumps({key: marked}))
+    summary = train(config.replace(learning_rate=1e-3), tmp_path / "run")
+    assert (summary.epochs, summary.resumed_from) == (1, 0)
+    assert load_config(tmp_path / "run" / "config.yaml").learning_rate == 1e-3
+    assert json.loads(cache.read_text()) == {key: marked}
+    with pytest.raises(InputError, match=r"different configuration \(learning_rate differ\)"):
+        train(config, tmp_path / "run")
