@@ -18,6 +18,8 @@ from svreg_core.conventions import (
     itk_geometry_from_ras_affine,
     map_points,
     normalized_to_voxel,
+    pad_thin_axes,
+    point_rows,
     ras_affine_from_itk,
     ras_lps_matrix,
     ras_to_lps_vectors,
@@ -26,6 +28,7 @@ from svreg_core.conventions import (
     voxel_to_world_vectors,
     world_to_voxel_vectors,
 )
+from svreg_core.errors import InputError
 
 SHAPE = (5, 9, 17)  # distinct sizes: 2 / (n - 1) = 0.5, 0.25, 0.125
 
@@ -170,3 +173,40 @@ def test_result_is_pull_direction(geo) -> None:
     np.testing.assert_allclose(result.warped.data, ramp(x @ a[:3, :3].T + a[:3, 3]), atol=2e-3)
     np.testing.assert_allclose(result.transform_points(x.reshape(-1, 3)[::37]),
                                (x.reshape(-1, 3)[::37]) @ a[:3, :3].T + a[:3, 3], atol=1e-4)
+
+
+def test_pad_thin_axes_hand_values() -> None:
+    """A single slice gets a slice of 0 on each side of its one-voxel axes, every voxel at its world position: the
+    affine's origin moves one voxel step back along each padded axis (here (-2, 0, 0.5) mm and then (0, -3, 0) mm
+    for a second one)."""
+    affine = np.array([[2.0, 0.0, 0.0, 10.0], [0.0, 0.0, -3.0, 20.0], [0.0, 1.5, 0.0, 30.0], [0, 0, 0, 1.0]])
+    affine[:3, 0] = [2.0, 0.0, 0.5]  # an oblique i axis
+    data = np.arange(1.0, 13.0).reshape(1, 3, 4)
+    padded, moved = pad_thin_axes(data, affine)
+    assert padded.shape == (3, 3, 4)
+    np.testing.assert_array_equal(padded[1], data[0])
+    assert not padded[0].any() and not padded[2].any()
+    np.testing.assert_allclose(moved[:3, :3], affine[:3, :3], atol=0)
+    np.testing.assert_allclose(moved[:3, 3], [8.0, 20.0, 29.5], atol=1e-12)
+    for j, k in ((0, 0), (2, 3)):  # the same world point before and after
+        np.testing.assert_allclose(moved @ [1, j, k, 1], affine @ [0, j, k, 1], atol=1e-12)
+    two, moved_two = pad_thin_axes(np.full((1, 1, 4), 7.0), affine)
+    assert two.shape == (3, 3, 4) and two.sum() == 28.0 and (two[1, 1] == 7.0).all()
+    np.testing.assert_allclose(moved_two[:3, 3], [8.0, 20.0, 28.0], atol=1e-12)  # j steps (0, 0, 1.5) mm
+    thick = np.ones((2, 3, 4))
+    same, kept = pad_thin_axes(thick, affine)
+    assert same is thick and kept is affine  # nothing thin: unchanged
+
+
+def test_point_rows_takes_n_by_3_numbers_only() -> None:
+    rows = point_rows([[1, 2, 3], [4.5, float("nan"), -6]])
+    assert rows.dtype == np.float64 and rows.shape == (2, 3) and np.isnan(rows[1, 1])
+    np.testing.assert_array_equal(point_rows(np.zeros((0, 3))), np.zeros((0, 3)))
+    with pytest.raises(InputError, match=r"^landmarks must be an \(N, 3\) array of RAS millimetres, not of shape "
+                                         r"\(3,\): give a single point as \[\[x, y, z\]\]\.$"):
+        point_rows([1.0, 2.0, 3.0], "landmarks")
+    with pytest.raises(InputError, match=r"^points must be an \(N, 3\) array of RAS millimetres, not of shape "
+                                         r"\(2, 2\)\.$"):
+        point_rows([[1, 2], [3, 4]])
+    with pytest.raises(InputError, match=r"^points must be an \(N, 3\) array of RAS millimetres, not \[\['a', "):
+        point_rows([["a", "b", "c"]])
