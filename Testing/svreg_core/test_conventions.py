@@ -177,8 +177,8 @@ def test_result_is_pull_direction(geo) -> None:
 
 def test_pad_thin_axes_hand_values() -> None:
     """A single slice gets a slice of 0 on each side of its one-voxel axes, every voxel at its world position: the
-    affine's origin moves one voxel step back along each padded axis (here (-2, 0, 0.5) mm and then (0, -3, 0) mm
-    for a second one)."""
+    affine's origin moves back one voxel step along each padded axis (here the i step (2, 0, 0.5) mm, then also the
+    j step (0, 0, 1.5) mm for a second thin axis)."""
     affine = np.array([[2.0, 0.0, 0.0, 10.0], [0.0, 0.0, -3.0, 20.0], [0.0, 1.5, 0.0, 30.0], [0, 0, 0, 1.0]])
     affine[:3, 0] = [2.0, 0.0, 0.5]  # an oblique i axis
     data = np.arange(1.0, 13.0).reshape(1, 3, 4)
