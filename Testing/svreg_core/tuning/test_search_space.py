@@ -47,6 +47,11 @@ def test_search_space_suggests_parameters_and_round_trips(tmp_path: Path) -> Non
         assert 0.001 <= params.alpha_prime <= 0.3 and 0.1 <= params.lambda_max <= 4.0
         assert 10 <= params.iterations[0] <= 40 and 5 <= params.iterations[1] <= 20
         assert params.learning_rate == pytest.approx(trial.params["learning_rate"])
+        # the trial's values, the base preset's everywhere else
+        chosen = {"alpha_prime": trial.params["alpha_prime"], "lambda_max": trial.params["lambda_max"],
+                  "iterations": (trial.params["iterations_0"], trial.params["iterations_1"]),
+                  "learning_rate": params.learning_rate}
+        assert params == space.base.replace(**chosen)
         assert space.parameters(trial.params) == params
         study.tell(trial, 0.0)
     again = SearchSpace.from_dict(json.loads(json.dumps(space.to_dict())))
