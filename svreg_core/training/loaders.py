@@ -404,7 +404,8 @@ def data_fingerprint(data: TrainingData) -> dict[str, Any]:
     return {**counts, "sha256": digest.hexdigest(), "files": FILE_IDENTITY}
 
 
-def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progress) -> None:
+def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progress,
+                     labels: Sequence[int] | None = None) -> None:
     """Read every label map of the real pairs, and every image that no pre-alignment reads, once before training.
 
     A pair's files are otherwise read only when a batch draws it (a validation pair after the first epoch, a pair
@@ -412,10 +413,20 @@ def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progres
     are not whole numbers, ...) would stop the run hours in. Images that are pre-aligned are read (and refused) by
     :func:`prepare_alignments`, before training too. Progress events have the stage ``"check"``.
 
+    ``labels``: the label values validation scores (``validation.labels``; ``None``: those present in both maps).
+
     Raises:
-        InputError: naming the first unusable file.
+        InputError: naming the first unusable file; or ``labels`` of which none occurs in the real validation pairs'
+            label maps (a typo, another atlas's numbers), which would leave every epoch without a validation Dice.
     """
     from svreg_core.image import load_image
+    from svreg_core.metrics.overlap import present_labels
+    from svreg_core.training.datasets import PairListDataset
+
+    validation_maps = {path for dataset in _parts(data.validation) if isinstance(dataset, PairListDataset)
+                       for pair in dataset.pairs for path in (pair.fixed_labels, pair.moving_labels)
+                       if path is not None}
+    found: set[int] = set()  # the values of the validation label maps
 
     files: dict[tuple[Path, bool], None] = {}  # (path, read as a label map), in the order of the pairs
     for dataset in data.pair_datasets:
@@ -423,9 +434,16 @@ def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progres
             images = () if dataset.prealign else (pair.fixed, pair.moving)
             files.update({(path, False): None for path in images})
             files.update({(path, True): None for path in (pair.fixed_labels, pair.moving_labels) if path is not None})
-    for index, (path, labels) in enumerate(files):
-        load_image(path, labels=labels, name=f"{'label map' if labels else 'image'} in {path.parent}")
+    for index, (path, is_labels) in enumerate(files):
+        image = load_image(path, labels=is_labels, name=f"{'label map' if is_labels else 'image'} in {path.parent}")
+        if labels is not None and is_labels and path in validation_maps:
+            found.update(int(v) for v in present_labels(image.data))
         progress(ProgressEvent("check", index + 1, len(files), (index + 1) / len(files), f"read {path.name}"))
+    if labels is not None and validation_maps and not found & set(labels):
+        held = ", ".join(str(v) for v in sorted(found - {0})[:8]) + (", …" if len(found - {0}) > 8 else "")
+        raise InputError(f"none of the validation labels {', '.join(map(str, labels))} occurs in the validation "
+                         f"pairs' label maps (they hold {held or 'only 0'}), so no epoch would get a validation Dice; "
+                         "correct the labels of the configuration's validation section.")
 
 
 #: Seconds between two saves of the alignment cache while the pre-alignments are computed.

@@ -370,7 +370,7 @@ def _train(config: TrainingConfig, run_dir: Path, device: torch.device, ctx: dis
             if continuing:  # its cached pre-alignments may be other files'
                 alignments_file.unlink(missing_ok=True)
                 data = build_data(config, None, progress)
-            check_pair_files(data, progress)
+            check_pair_files(data, progress, labels=config.validation.labels)
             run_dir.mkdir(parents=True, exist_ok=True)
             began = None
         save_config(config, run_dir / CONFIG_FILE)  # (a resumed run's data may have moved: where they are now)

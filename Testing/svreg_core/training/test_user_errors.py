@@ -17,7 +17,7 @@ from svreg_core.progress import ProgressEvent
 from svreg_core.training.cli import add_train_arguments, resolve_config
 from svreg_core.training.config import DataSource, TrainingConfig, load_config, save_config
 from svreg_core.training.datasets import pairs_from_folder
-from svreg_core.training.loaders import build_data, prepare_alignments
+from svreg_core.training.loaders import build_data, check_pair_files, prepare_alignments
 from svreg_core.training.sources import synthseg_label_maps
 from svreg_core.training.trainer import train
 
@@ -357,3 +357,18 @@ def test_a_run_stopped_in_its_first_epoch_starts_over_with_changed_settings(geo,
     assert json.loads(cache.read_text()) == {key: marked}
     with pytest.raises(InputError, match=r"different configuration \(learning_rate differ\)"):
         train(config, tmp_path / "run")
+
+
+def test_validation_labels_in_no_validation_label_map_are_refused_before_training(geo, tmp_path) -> None:
+    """``validation: {labels: [...]}`` naming labels the maps do not hold (a typo, another atlas's numbers) trained
+    every epoch without a validation Dice, best/ chosen by the loss, without a word; refused before any work now,
+    naming the labels the maps hold. Labels of which some occur are taken."""
+    write_subjects(geo, tmp_path / "train")
+    write_subjects(geo, tmp_path / "val")
+    config = real_pairs_config(tmp_path / "train", tmp_path / "val", validation={
+        "sources": [{"kind": "folder", "path": str(tmp_path / "val")}], "labels": [999, 1000]})
+    with pytest.raises(InputError, match=r"^none of the validation labels 999, 1000 occurs in the validation pairs' "
+                                         r"label maps \(they hold 2, 3\), so no epoch would get a validation Dice"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    check_pair_files(build_data(config), labels=[3, 999])
