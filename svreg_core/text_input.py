@@ -35,7 +35,8 @@ def read_text(path: str | Path, what: str) -> str:
 
 def read_table(path: str | Path, what: str, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
     """The rows of the user's table file (pair lists): comma-separated values with a header line, tab-separated
-    for ``.tsv``.
+    for ``.tsv``; semicolon-separated when the header line holds semicolons and no comma (what spreadsheet
+    programs export as CSV where the decimal separator is a comma, e.g. German or French settings).
 
     Returns:
         ``(line number, {column: value})`` per row, column names and values stripped of surrounding spaces, rows
@@ -46,12 +47,16 @@ def read_table(path: str | Path, what: str, required: Sequence[str]) -> list[tup
             its first line was read as.
     """
     text = read_text(path, what)
-    dialect = "excel-tab" if Path(path).suffix.lower() == ".tsv" else "excel"
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    first = text.split("\n", 1)[0]
+    if Path(path).suffix.lower() == ".tsv":
+        reader, separator = csv.DictReader(io.StringIO(text, newline=""), dialect="excel-tab"), "tabs"
+    elif ";" in first and "," not in first:
+        reader, separator = csv.DictReader(io.StringIO(text, newline=""), dialect="excel", delimiter=";"), "semicolons"
+    else:
+        reader, separator = csv.DictReader(io.StringIO(text, newline=""), dialect="excel"), "commas"
     header = [(name or "").strip() for name in (reader.fieldnames or [])]
     missing = [column for column in required if column not in header]
-    if missing:  # what the first line was read as: a semicolon-separated export, a title or blank line first
-        separator = "tabs" if dialect == "excel-tab" else "commas"
+    if missing:  # what the first line was read as: a title or blank line first, another separator
         found = [f'"{name}"' for name in header if name]
         read = (f"the columns of its first line, separated by {separator}, are {shortened(found, 6)}" if found
                 else "its first line is empty")

@@ -53,7 +53,8 @@ def test_table_missing_columns_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("first_lines", "read"), [
-    ("fixed;moving\r\na.nii;b.nii\r\n", 'the columns of its first line, separated by commas, are "fixed;moving"'),
+    ("fixed image;moving image\r\na.nii;b.nii\r\n", 'the columns of its first line, separated by semicolons, are '
+                                                     '"fixed image", "moving image"'),
     ("# pairs of study 3\nfixed,moving\n", 'the columns of its first line, separated by commas, are "# pairs of '
                                              'study 3"'),
     ("\nfixed,moving\na.nii,b.nii\n", "its first line is empty"),
@@ -66,6 +67,15 @@ def test_a_header_not_read_as_the_columns_says_what_was_read(tmp_path: Path, fir
         read_table(tmp_path / "pairs.csv", "pairs file", ("fixed", "moving"))
     assert str(info.value) == (f"pairs file {tmp_path / 'pairs.csv'} needs a header line with the columns fixed, "
                                f"moving (missing: fixed, moving); {read}.")
+
+
+def test_a_semicolon_separated_export_is_read(tmp_path: Path) -> None:
+    """A spreadsheet's CSV export where the decimal separator is a comma (German, French... settings) separates the
+    cells with semicolons: it was refused ("separated by commas, are "fixed;moving""); a header line with semicolons
+    and no comma now reads as such, a comma inside a file name included."""
+    (tmp_path / "pairs.csv").write_bytes("\ufefffixed;moving;output\r\na, b.nii;c.nii;x\r\n".encode())
+    assert read_table(tmp_path / "pairs.csv", "pairs file", ("fixed", "moving")) == [
+        (2, {"fixed": "a, b.nii", "moving": "c.nii", "output": "x"})]
 
 
 def test_table_path_relative_to_the_table(tmp_path: Path) -> None:
