@@ -224,6 +224,7 @@ def build_data(config: TrainingConfig, alignments: dict[tuple[str, str], np.ndar
     if config.label_weight > 0:  # before any training: the step needs labels with every pair it sees
         _require_labels([*train_sets, *_parts(validation)])
     _warn_validation_on_training_images(train_sets, _parts(validation))
+    _warn_validation_without_labels(_parts(validation))
     weights = [s.weight for s in config.data.sources]
     description = " + ".join(s.describe() + (f" (weight {s.weight:g})" if len(weights) > 1 else "")
                              for s in config.data.sources)
@@ -262,6 +263,21 @@ def _warn_validation_on_training_images(train_sets: Sequence[Dataset], validatio
         warnings.warn(f"{len(seen)} of the {len(pairs)} validation pairs use images the network trains on (e.g. "
                       f"{image}): their Dice is not a held-out score and best/ is chosen on training data; validate "
                       "on subjects that are not in the training data.", stacklevel=3)
+
+
+def _warn_validation_without_labels(validation_sets: Sequence[Dataset]) -> None:
+    """Warn when no real validation pair has label maps for both images (an ``--atlas`` without a label map beside
+    it, subjects whose label maps are not named after them): every epoch then goes without a validation Dice and
+    ``best/`` is chosen by the validation loss."""
+    from svreg_core.training.datasets import PairListDataset
+
+    pairs = [p for d in validation_sets if isinstance(d, PairListDataset) for p in d.pairs]
+    if pairs and all(p.fixed_labels is None or p.moving_labels is None for p in pairs):
+        lacking = next(f for f, labels in ((pairs[0].fixed, pairs[0].fixed_labels),
+                                           (pairs[0].moving, pairs[0].moving_labels)) if labels is None)
+        warnings.warn(f"no validation pair has label maps for both images ({lacking} has none): every epoch goes "
+                      "without a validation Dice and best/ is chosen by the validation loss; to score Dice, give "
+                      "label maps named after their images (atlas_seg.nii.gz beside atlas.nii.gz).", stacklevel=3)
 
 
 def _require_labels(datasets: Sequence[Dataset]) -> None:

@@ -372,3 +372,21 @@ def test_validation_labels_in_no_validation_label_map_are_refused_before_trainin
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
     check_pair_files(build_data(config), labels=[3, 999])
+
+
+def test_validation_pairs_without_label_maps_are_warned_about(geo, tmp_path) -> None:
+    """An --atlas without a label map beside it gave validation pairs without labels: every epoch went without a
+    validation Dice (best/ chosen by the loss) and nothing said why. A labelled atlas is not warned about."""
+    write_subjects(geo, tmp_path / "train", count=3)
+    (tmp_path / "atlas").mkdir()
+    shutil.copy(tmp_path / "train" / "sub0.nii.gz", tmp_path / "atlas" / "atlas.nii.gz")
+    atlas = str(tmp_path / "atlas" / "atlas.nii.gz")
+    config = real_pairs_config(tmp_path / "train", tmp_path / "train", validation={"fraction": 0.5}, data={
+        "sources": [{"kind": "folder", "path": str(tmp_path / "train"), "atlas": atlas}], "prealign": False})
+    with pytest.warns(UserWarning, match=r"^no validation pair has label maps for both images \(.*atlas\.nii\.gz has "
+                                         r"none\): every epoch goes without a validation Dice"):
+        build_data(config)
+    shutil.copy(tmp_path / "train" / "sub0_seg.nii.gz", tmp_path / "atlas" / "atlas_seg.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(build_data(config).validation)
