@@ -419,19 +419,54 @@ class TrainingConfig:
         return sorted(k for k in mine if k not in RUNTIME_FIELDS and mine[k] != theirs[k])
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: a setting given twice would otherwise silently take the last value
+    (``json.loads``' ``object_pairs_hook``; :class:`ValueError` naming the key)."""
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{twice!r} is given twice in one object; keep one")
+    return dict(pairs)
+
+
+def _unique_key_yaml_loader() -> type:
+    """PyYAML's safe loader refusing a mapping that gives a key twice (PyYAML keeps the last value without a word,
+    although YAML requires unique keys): ``yaml.constructor.ConstructorError`` naming the key and both lines."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor': its keys may be overridden
+                    continue
+                key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+                try:
+                    if key in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"{key!r} is given twice, on lines {first[key]} and {line}; keep one",
+                            key_node.start_mark)
+                    first[key] = line
+                except TypeError:  # an unhashable key: refused by the safe loader itself
+                    continue
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 def load_config(path: str | Path) -> TrainingConfig:
     """Read a training configuration from a YAML (``.yaml``/``.yml``) or JSON file."""
     p = Path(path)
     text = read_text(p, "configuration file")
     if p.suffix.lower() == ".json":
         try:
-            values = json.loads(text)
+            values = json.loads(text, object_pairs_hook=_unique_keys)
         except ValueError as exc:
             raise InputError(f"configuration file {p} is not valid JSON ({exc}).") from None
     else:
         import yaml
         try:
-            values = yaml.safe_load(text)
+            values = yaml.load(text, Loader=_unique_key_yaml_loader())
         except yaml.YAMLError as exc:
             first = str(exc).strip().splitlines()
             raise InputError(f"configuration file {p} is not valid YAML ({first[0] if first else exc}).") from None

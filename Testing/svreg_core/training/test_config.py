@@ -106,3 +106,22 @@ def test_differences_ignore_runtime_settings() -> None:
     a = TrainingConfig(epochs=3)
     assert a.differences(a.replace(num_workers=0, device="cpu")) == []
     assert a.differences(a.replace(epochs=4, alpha_prime=0.1)) == ["alpha_prime", "epochs"]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), [
+    ("c.yaml", "epochs: 300\nlearning_rate: 1.0e-4\nepochs: 5\n",
+     r"^configuration file .*c\.yaml is not valid YAML \('epochs' is given twice, on lines 1 and 3; keep one\)"),
+    ("c.yaml", "data:\n  prealign: true\n  sources: [{kind: folder, path: a, path: b}]\n",
+     r"'path' is given twice, on lines 3 and 3"),
+    ("c.json", '{"epochs": 300, "data": {"sources": []}, "epochs": 5}',
+     r"^configuration file .*c\.json is not valid JSON \('epochs' is given twice in one object; keep one\)"),
+])
+def test_a_setting_given_twice_is_refused(tmp_path, name, text, message) -> None:
+    """A configuration file giving a setting twice (an edited copy, 'epochs: 5' added at the end) was read with the
+    last value and no word; refused in one line naming the setting. YAML merge keys may still be overridden."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(tmp_path / name)
+    (tmp_path / "merge.yaml").write_text("data: {<<: {prealign: false, augment: false}, augment: true}\n")
+    merged = load_config(tmp_path / "merge.yaml").data
+    assert (merged.prealign, merged.augment) == (False, True)
