@@ -28,6 +28,25 @@ def register_architecture(cls: _N) -> _N:
     return cls
 
 
+def _registered(architecture: str) -> type[SPRNetwork]:
+    """The class of a registered architecture; :class:`InputError` naming the known ones."""
+    cls = ARCHITECTURES.get(architecture)
+    if cls is None:
+        raise InputError(f"unknown network architecture {architecture!r} "
+                         f"(known: {', '.join(sorted(ARCHITECTURES)) or 'none'})")
+    return cls
+
+
+def architecture_options(architecture: str) -> frozenset[str]:
+    """The configuration keys a registered architecture accepts (its keyword-only constructor arguments).
+
+    Raises:
+        InputError: unknown architecture.
+    """
+    return frozenset(name for name, p in inspect.signature(_registered(architecture).__init__).parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
 def architecture_class(architecture: str, config: dict[str, Any] | None = None) -> type[SPRNetwork]:
     """The class of a registered architecture, checked to accept every key of ``config`` (quick: builds nothing;
     the values are checked by :func:`build_model`).
@@ -35,12 +54,8 @@ def architecture_class(architecture: str, config: dict[str, Any] | None = None) 
     Raises:
         InputError: unknown architecture or unknown configuration keys.
     """
-    cls = ARCHITECTURES.get(architecture)
-    if cls is None:
-        raise InputError(f"unknown network architecture {architecture!r} "
-                         f"(known: {', '.join(sorted(ARCHITECTURES)) or 'none'})")
-    accepted = {name for name, p in inspect.signature(cls.__init__).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    cls = _registered(architecture)
+    accepted = architecture_options(architecture)
     unknown = sorted(set(config or {}) - accepted)
     if unknown:
         raise InputError(f"unknown configuration key(s) {', '.join(unknown)} for architecture {architecture!r} "

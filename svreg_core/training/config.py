@@ -34,6 +34,7 @@ from svreg_core.errors import InputError
 from svreg_core.image.sampling import LABEL_INTERPOLATIONS
 from svreg_core.losses.spr import SPRLoss
 from svreg_core.models.film import CodeRanges
+from svreg_core.models.registry import architecture_options
 from svreg_core.optim.parameters import BOUNDS
 from svreg_core.text_input import read_text
 
@@ -317,6 +318,11 @@ class TrainingConfig:
             _fail("set 'spr: false' (or --no-spr) for a uniform regulariser instead of the model option 'uniform'.")
         if "hyper" in self.model:
             _fail("set the code ranges with the top-level 'hyper' setting instead of the model option 'hyper'.")
+        options = architecture_options(self.architecture) - {"uniform", "hyper"}  # set by 'spr' and 'hyper'
+        unknown = sorted(set(self.model) - options)
+        if unknown:
+            _fail(f"unknown model option(s) {', '.join(map(str, unknown))} for architecture {self.architecture!r} "
+                  f"(accepted: {', '.join(sorted(options))}).")
         object.__setattr__(self, "model", dict(self.model))
         object.__setattr__(self, "network_spacing_mm",
                            _as_float(self.network_spacing_mm, "network spacing", positive=True))

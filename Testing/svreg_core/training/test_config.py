@@ -72,6 +72,10 @@ def test_yaml_file_written_by_hand(tmp_path) -> None:
     ({"label_weight": -0.5}, "label weight must not be negative"),
     ({"batch_size": 1.5}, "whole number"),
     ({"model": {"uniform": True}}, "spr: false"),
+    # the options one sets in 'model', not also 'uniform' and 'hyper', which the file sets elsewhere
+    ({"model": {"widths": [8]}}, "unknown model option(s) widths for architecture 'unet-spr' (accepted: "
+                                 "decoder_features, encoder_features, lambda_features)."),
+    ({"architecture": "unet"}, "unknown network architecture 'unet' (known: transmorph-tvf-spr, unet-spr)"),
     ({"validation": {"fraction": 1.0}}, "below 1"),
     ({"init_fresh": ["lambda_head"]}, "set init weights (--init) too"),
     ({"init_weights": "default", "init_fresh": "lambda_head"}, "list of submodule names"),
