@@ -179,15 +179,23 @@ def test_a_quit_other_than_true_or_false_is_refused(monkeypatch, capsys, tiny_pa
 
 
 def test_label_metrics_when_asked(monkeypatch, capsys, tiny_pair, hyper, tmp_path) -> None:
+    """With ``label_metrics`` a preview's report scores the labels as ``svreg register`` scores the same
+    registration: Dice per label before and after."""
     p = tiny_pair.paths
     monkeypatch.chdir(tmp_path)
-    status, events, err = _preview(monkeypatch, capsys, [
-        p.fixed, p.moving, "--model", hyper, "--device", "cpu", "--no-affine", "--fixed-labels", p.fixed_labels,
-        "--moving-labels", p.moving_labels], [
+    inputs = [p.fixed, p.moving, "--model", hyper, "--device", "cpu", "--no-affine", "--fixed-labels", p.fixed_labels,
+              "--moving-labels", p.moving_labels]
+    assert main(["register", *map(str, inputs), "-o", str(tmp_path / "register"), "--outputs", "jacobian",
+                 "--progress", "none"]) == 0
+    capsys.readouterr()
+    expected = json.loads((tmp_path / "register" / "report.json").read_text())["metrics"]
+    status, events, err = _preview(monkeypatch, capsys, inputs, [
         {"output": str(tmp_path / "scored"), "outputs": ["jacobian"], "label_metrics": True}])
     assert status == 0, err
     metrics = _answers(events)[0]["report"]["metrics"]
-    assert 0 < metrics["dice_mean"] <= 1 and 0 < metrics["dice_mean_before"] <= 1
+    for key in ("dice", "dice_before", "dice_mean", "dice_mean_before"):
+        assert metrics[key] == expected[key], key
+    assert set(metrics["dice"]) == {"1", "2"} and 0 < metrics["dice_mean"] <= 1 and 0 < metrics["dice_mean_before"] <= 1
 
 
 @pytest.mark.parametrize("which, extra, message", [
