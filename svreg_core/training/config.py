@@ -358,7 +358,8 @@ class TrainingConfig:
             object.__setattr__(self, "hyper", ranges.to_dict())
             if not ranges.contains(self.alpha_prime, self.lambda_max):
                 _fail(f"alpha_prime {self.alpha_prime:g} and lambda_max {self.lambda_max:g} (the validation codes) "
-                      f"must lie in the hyper ranges ({ranges.describe()}).")
+                      f"must lie in the hyper ranges ({ranges.describe()}); set them inside (alpha_prime, lambda_max; "
+                      "--alpha-prime, --lambda-max).")
         _as_bool(self.amsgrad, "amsgrad")
         object.__setattr__(self, "integration_steps", _as_int(self.integration_steps, "integration steps", 0))
         # what the checkpoint records must be registrable: svreg register checks the same bounds

@@ -49,8 +49,10 @@ def test_training_flags_set_the_ranges_and_hold_a_code_without_a_range_fixed() -
     assert config.hyper == {"alpha_prime": [0.175, 0.175], "lambda_max": [0.5, 10.0]}
     config = resolve_config(_args("-o", "run", "--hyper-alpha-prime", "0.1", "0.3", "--hyper-lambda-max", "1", "5"))
     assert config.hyper == {"alpha_prime": [0.1, 0.3], "lambda_max": [1.0, 5.0]}
-    with pytest.raises(InputError, match="must lie in the hyper ranges"):
-        resolve_config(_args("-o", "run", "--hyper-lambda-max", "5", "10"))  # the default λ_max 3.35 is outside
+    # the default λ_max 3.35 is outside: the line says which settings move it
+    with pytest.raises(InputError, match=r"must lie in the hyper ranges \(.*\); set them inside \(alpha_prime, "
+                                         r"lambda_max; --alpha-prime, --lambda-max\)\.$"):
+        resolve_config(_args("-o", "run", "--hyper-lambda-max", "5", "10"))
 
 
 def test_the_step_conditions_the_network_and_the_loss_on_the_same_codes() -> None:
