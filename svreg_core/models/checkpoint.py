@@ -287,6 +287,10 @@ def _read_info(folder: Path) -> tuple[ModelInfo, str]:
         if kept:  # the folder svreg train -o wrote, holding its checkpoints
             raise InputError(f"{folder} is a training run's folder, not a checkpoint: use its checkpoint "
                              f"{' or '.join(str(folder / name) for name in kept)}")
+        beside = [name for name in ("best", "last") if (folder.parent / name / INFO_FILE).is_file()]
+        if beside:  # another folder of a training run: its resume state/, tensorboard/, ...
+            raise InputError(f"checkpoint {folder}: {INFO_FILE} is missing; the checkpoints of its training run are "
+                             f"{' and '.join(str(folder.parent / name) for name in beside)}")
         raise InputError(f"checkpoint {folder}: {INFO_FILE} is missing")
     try:
         meta = json.loads(_read_text(path))

@@ -175,6 +175,11 @@ def test_a_training_runs_folder_points_at_its_checkpoints(nets, saved, tmp_path:
         save_checkpoint(run / name, model, _info(model))
     message = _one_line_error(run, "is a training run's folder, not a checkpoint")
     assert message.endswith(f"use its checkpoint {run / 'best'} or {run / 'last'}")
+    # its resume state holds a model.safetensors too, with no model.json: the line said only "model.json is missing"
+    (run / "state").mkdir()
+    (run / "state" / "model.safetensors").write_bytes((run / "last" / "model.safetensors").read_bytes())
+    message = _one_line_error(run / "state", "model.json is missing; the checkpoints of its training run are")
+    assert message.endswith(f"{run / 'best'} and {run / 'last'}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc/self/mem")
