@@ -29,6 +29,8 @@ BOUNDS: dict[str, tuple[float, float, str]] = {
     "lncc_window": (3, 51, " voxels"), "integration_steps": (0, 20, " squarings"),
     "prediction_passes": (1, 10, " passes"),
 }
+#: Parameters of :data:`BOUNDS` whose lower bound 0 is itself refused (a step size of 0 would not move).
+OPEN_AT_LOW = frozenset({"learning_rate", "final_learning_rate_fraction", "lambda_step"})
 PRIORS = ("beta", "gaussian")
 NETWORK_PRECISIONS = ("auto", "float32", "bfloat16")
 #: Parameters of earlier versions, with why they are gone; ignored (with a warning) when read.
@@ -219,19 +221,15 @@ class RegistrationParameters:
         for name, value in BOUNDS.items():
             low, high, unit = value
             values = getattr(self, name)
+            open_low = name in OPEN_AT_LOW
             for v in values if isinstance(values, tuple) else (values,):
-                if not low <= v <= high:
-                    raise InputError(f"{name} {v:g} is out of range: it must lie in [{low:g}, {high:g}]{unit}.")
+                if not (low < v if open_low else low <= v) or not v <= high:
+                    raise InputError(f"{name} {v:g} is out of range: it must lie in {'(' if open_low else '['}"
+                                     f"{low:g}, {high:g}]{unit}.")
         if any(finer > coarser for coarser, finer in zip(self.level_spacings, self.level_spacings[1:])):
             # the last level's grid is the result's: a coarser one there would register on the wrong grid
             raise InputError(f"level_spacings go from coarse to fine (each level's voxel size at most the one "
                              f"before), not {' '.join(f'{v:g}' for v in self.level_spacings)} mm.")
-        if self.learning_rate <= 0:
-            raise InputError("learning_rate must be positive.")
-        if self.lambda_step <= 0:
-            raise InputError("lambda_step must be in (0, 1].")
-        if self.final_learning_rate_fraction <= 0:
-            raise InputError("final_learning_rate_fraction must be in (0, 1].")
         if self.lncc_window % 2 == 0:
             raise InputError(f"lncc_window must be an odd number of voxels, not {self.lncc_window}.")
 

@@ -105,11 +105,13 @@ def test_unknown_keys_in_from_dict() -> None:
     ({"lncc_window": 4}, "lncc_window must be an odd number of voxels, not 4."),  # register: ValueError
     ({"iterations": (-3, 4)}, "iterations -3 is out of range"),  # register: UnboundLocalError
     ({"integration_steps": -1}, "integration_steps -1 is out of range"),  # scaling and squaring needs >= 0
-    ({"learning_rate": -1.0}, "learning_rate -1 is out of range"),  # a negative step climbs the loss
+    ({"learning_rate": -1.0}, "learning_rate -1 is out of range: it must lie in (0, 100] voxels"),  # said [0, 100]
     ({"spr": "no"}, "spr must be true or false, not 'no'."),  # a string where a bool is needed (register: TypeError)
     ({"level_spacings": (8.0, 0.0)}, "level_spacings 0 is out of range"),  # zero voxel size
     ({"min_control_spacing": 0.0}, "min_control_spacing 0 is out of range"),
-    ({"final_learning_rate_fraction": 0.0}, "final_learning_rate_fraction must be in (0, 1]"),  # would not move
+    ({"final_learning_rate_fraction": 0.0}, "final_learning_rate_fraction 0 is out of range: it must lie in (0, 1]"),
+    ({"learning_rate": 0.0}, "learning_rate 0 is out of range: it must lie in (0, 100] voxels"),  # would not move
+    ({"lambda_step": 0.0}, "lambda_step 0 is out of range: it must lie in (0, 1]"),
     ({"final_learning_rate_fraction": 1.5}, "final_learning_rate_fraction 1.5 is out of range"),  # steps would grow
 ])
 def test_invalid_values_are_input_errors(values: dict, message: str) -> None:
