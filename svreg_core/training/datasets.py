@@ -147,6 +147,21 @@ def _subjects_in(folder: Path, patterns: Sequence[str]) -> list[tuple[Path, Path
             warnings.warn(f"folder {folder}: {image.name} has several label maps; {lab.name if lab else '?'} (the "
                           f"shortest name) is used, not {', '.join(others)}.", stacklevel=2)
             chosen.update(p for p in labels if p.name in others)
+    stems = {_stem(p): p for p, _ in subjects}
+    extending = {}  # image -> the subject image whose name it extends (sub01_brainmask.nii.gz -> sub01.nii.gz)
+    for image, _ in subjects:
+        stem = _stem(image)
+        owner = next((stems[stem[:i]] for i, c in enumerate(stem) if c in "_-." and stem[:i] in stems), None)
+        if owner is not None:
+            extending[image] = owner
+    if extending:  # e.g. a brain mask beside each image: trained on as a subject's image
+        (image, owner), count = next(iter(extending.items())), len(extending) - 1
+        names = ", ".join(p.strip("*") for p in patterns)
+        also = f" (and {count} more)" if count else ""
+        warnings.warn(f"folder {folder}: {image.name}{also} is taken as a subject's "
+                      f"image, though its name extends {owner.name}'s: a mask or another file of that subject would "
+                      f"be trained on as an image; move such files out of the folder (label maps are recognised by "
+                      f"{names} in their names), or give each subject a sub-folder.", stacklevel=2)
     unmatched = [p.name for p in labels if p not in chosen]
     if unmatched:  # e.g. img01.nii.gz + seg01.nii.gz: trained without labels, validated without Dice
         more = f", … ({len(unmatched)} in all)" if len(unmatched) > 3 else ""

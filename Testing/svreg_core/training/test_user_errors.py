@@ -390,3 +390,18 @@ def test_validation_pairs_without_label_maps_are_warned_about(geo, tmp_path) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(build_data(config).validation)
+
+
+def test_a_file_named_after_a_subject_but_not_a_label_map_is_warned_about(geo, tmp_path) -> None:
+    """A brain mask beside each image (sub0_brainmask.nii.gz: not a label map by name) was taken as a subject of its
+    own without a word, and the network trained on mask-to-image pairs (6 pairs of 3 subjects became 30)."""
+    write_subjects(geo, tmp_path / "train", count=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(pairs_from_folder(tmp_path / "train")) == 6
+    for index in range(3):
+        shutil.copy(tmp_path / "train" / f"sub{index}_seg.nii.gz", tmp_path / "train" / f"sub{index}_brainmask.nii.gz")
+    with pytest.warns(UserWarning, match=r"sub0_brainmask\.nii\.gz \(and 2 more\) is taken as a subject's image, "
+                                         r"though its name extends sub0\.nii\.gz's: a mask or another file of that "
+                                         r"subject would be trained on as an image; .* by seg, label, aseg, parc in"):
+        pairs_from_folder(tmp_path / "train")
