@@ -176,7 +176,9 @@ def _load_initial_weights(model: SPRNetwork, config: TrainingConfig) -> None:
         try:
             fresh.update({f"{module}.{k}": v.clone() for k, v in model.get_submodule(module).state_dict().items()})
         except AttributeError:
-            raise InputError(f"init fresh: the {config.architecture} network has no submodule {module!r}.") from None
+            modules = ", ".join(name for name, _ in model.named_children())
+            raise InputError(f"init fresh: the {config.architecture} network has no submodule {module!r} (its modules: "
+                             f"{modules}; a part of one as e.g. decoder.0).") from None
     missing, unexpected = model.load_state_dict(network.state_dict(), strict=not plain_to_hyper)
     if unexpected or any(not name.startswith("film.") for name in missing):
         raise InputError(f"cannot start from checkpoint {config.init_weights!r}: its weights do not fit this "

@@ -183,7 +183,8 @@ def test_a_plain_or_hyper_checkpoint_starts_a_hyper_run_and_not_the_reverse(geo,
     assert head and all(torch.equal(fresh[name], seeded[name]) for name in head)
     assert not all(torch.equal(fresh[name], start[name]) for name in head)
     assert all(torch.equal(fresh[name], start[name]) for name in fresh if name not in head)
-    with pytest.raises(InputError, match="no submodule 'lambda_hat'"):
+    with pytest.raises(InputError, match=r"no submodule 'lambda_hat' \(its modules: encoder, decoder, velocity_head, "
+                                         r"lambda_head, film; a part of one as e\.g\. decoder\.0\)\.$"):
         build_network(wider.replace(init_fresh=("lambda_hat",)))
 
 
