@@ -451,7 +451,9 @@ def check_pair_files(data: TrainingData, progress: ProgressCallback = no_progres
             files.update({(path, False): None for path in images})
             files.update({(path, True): None for path in (pair.fixed_labels, pair.moving_labels) if path is not None})
     for index, (path, is_labels) in enumerate(files):
-        image = load_image(path, labels=is_labels, name=f"{'label map' if is_labels else 'image'} in {path.parent}")
+        # the file's name in the name: some of load_image's messages give only the name (its NaN voxels)
+        kind = "label map" if is_labels else "image"
+        image = load_image(path, labels=is_labels, name=f"{kind} {path.name} in {path.parent}")
         if labels is not None and is_labels and path in validation_maps:
             found.update(int(v) for v in present_labels(image.data))
         progress(ProgressEvent("check", index + 1, len(files), (index + 1) / len(files), f"read {path.name}"))

@@ -76,10 +76,19 @@ def test_an_unusable_label_map_is_refused_before_any_training_step(geo, tmp_path
     geo.save_nifti(np.full((16, 16, 16), 0.25, np.float32), np.eye(4), bad)
     events: list[ProgressEvent] = []
     where = re.escape(str(tmp_path / "val"))
-    with pytest.raises(InputError, match=rf"^label map in {where} \(sub1_seg\.nii\.gz\) holds values that are not"):
+    with pytest.raises(InputError, match=rf"^label map sub1_seg\.nii\.gz in {where} \(sub1_seg\.nii\.gz\) holds "
+                                         "values that are not"):
         train(real_pairs_config(tmp_path / "train", tmp_path / "val"), tmp_path / "run", progress=events.append)
     assert not [e for e in events if e.stage.startswith("epoch")]
     assert not (tmp_path / "run").exists()
+    # an image with NaN voxels, read here when not pre-aligned, was refused as 'image in FOLDER contains 27 NaN ...':
+    # which of the folder's images was not said
+    write_subjects(geo, tmp_path / "other")
+    values = np.full((16, 16, 16), 0.5, np.float32)
+    values[:3, :3, :3] = np.nan
+    geo.save_nifti(values, np.diag([4.0, 4.0, 4.0, 1.0]), tmp_path / "other" / "sub1.nii.gz")
+    with pytest.raises(InputError, match=r"^image sub1\.nii\.gz in .*other contains 27 NaN or infinite voxels"):
+        train(real_pairs_config(tmp_path / "train", tmp_path / "other"), tmp_path / "run")
 
 
 def test_a_run_folder_below_a_file_is_refused_before_the_data_are_read(tmp_path, capsys) -> None:
