@@ -474,9 +474,9 @@ def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
 
     DataLoader workers get copies of the datasets at every epoch, so alignments computed inside them
     would be lost. The matrices are saved in ``cache`` (JSON ``{"<fixed path>|<moving path>": 4x4}``;
-    only by the process with ``write``) and handed to :func:`build_data` by a resumed run: at the end and every
+    only by the process with ``write``) and handed to :func:`build_data` by a resumed run: at the end, every
     :data:`ALIGNMENT_SAVE_INTERVAL_S` seconds meanwhile, so a run killed while aligning a large cohort (a few
-    seconds a pair) loses at most that much of it.
+    seconds a pair) loses at most that much of it, and when it is stopped (Ctrl-C, SIGTERM, an unusable image).
 
     ``progress`` gets one ``"prealign"`` event per registration (a pair's, or an image's to its dataset's hub:
     :class:`~svreg_core.training.datasets.PairListDataset`), counted over the training and validation pairs together.
@@ -501,7 +501,13 @@ def prepare_alignments(data: TrainingData, cache: Path, *, write: bool,
                 save()
                 saved = time.monotonic()
 
-        known.update(_keyed(dataset.precompute_alignments(step)))
+        try:
+            known.update(_keyed(dataset.precompute_alignments(step)))
+        except BaseException:  # stopped: what was computed is kept for the same command run again
+            known.update(_keyed(dataset.alignments))
+            if write and known:
+                save()
+            raise
     if write and known:
         save()
 

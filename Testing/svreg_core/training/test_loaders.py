@@ -170,6 +170,13 @@ def test_alignment_cache_is_saved_while_aligning(tmp_path: Path, monkeypatch) ->
     saved = load_alignments(cache)
     assert sorted(saved) == [("f0.nii", "m0.nii"), ("f1.nii", "m1.nii"), ("f2.nii", "m2.nii")]
     assert np.array_equal(saved[("f2.nii", "m2.nii")], np.eye(4) * 3)
+    # Ctrl-C before the next save was due lost every alignment since the last one: they are saved when it stops
+    monkeypatch.setattr(loaders, "ALIGNMENT_SAVE_INTERVAL_S", 3600.0)
+    done.clear()
+    cache.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        prepare_alignments(SimpleNamespace(pair_datasets=[dataset]), cache, write=True)  # type: ignore[arg-type]
+    assert sorted(load_alignments(cache)) == [("f0.nii", "m0.nii"), ("f1.nii", "m1.nii"), ("f2.nii", "m2.nii")]
 
 
 def test_an_epoch_longer_than_a_generated_source_draws_new_pairs(geo, sphere_label_maps, tmp_path: Path) -> None:
