@@ -229,6 +229,11 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
     # a run that finished no epoch (stopped while pre-aligning, or in its first epoch) has nothing to lose: it starts
     # over with the new settings and keeps its pre-alignments (a resume state killed while being replaced is .state.old)
     finished = has_state(run_dir) or (run_dir / f".{STATE_DIR}.old").is_dir()
+    if changed == ["epochs"] and finished:  # more (or fewer) epochs: its learning rate decays over its own epochs
+        raise InputError(f"output folder {run_dir} holds a run of {previous.epochs} epoch(s), not {config.epochs}: "
+                         "its learning rate decays over its own epochs, so their number cannot change; resume it with "
+                         f"--epochs {previous.epochs}, or go on from its weights in a new folder (--init "
+                         f"{run_dir / LAST_DIR}).")
     if changed and finished:
         raise InputError(f"output folder {run_dir} holds a run with a different configuration ({', '.join(changed)} "
                          "differ); use the same settings to resume it, or choose a new folder.")

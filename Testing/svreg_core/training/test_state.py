@@ -89,6 +89,11 @@ def test_run_folder_with_other_settings_or_foreign_files_is_refused(config, tmp_
     train(config, tmp_path / "run")
     with pytest.raises(InputError, match=r"different configuration \(alpha_prime, lambda_max differ\)"):
         train(config.replace(alpha_prime=0.05, lambda_max=1.0), tmp_path / "run")
+    # more epochs for a finished run was refused as 'epochs differ', without saying how to train on
+    with pytest.raises(InputError, match=r"holds a run of 1 epoch\(s\), not 3: its learning rate decays over its own "
+                                         r"epochs, .* resume it with --epochs 1, or go on from its weights in a new "
+                                         r"folder \(--init .*last\)\.$"):
+        train(config.replace(epochs=3), tmp_path / "run")
     with pytest.raises(InputError, match="already holds a training run"):
         train(config, tmp_path / "run", resume=False)
     train(config.replace(num_workers=1), tmp_path / "run")  # runtime settings may change
