@@ -1374,16 +1374,20 @@ def run_info(args: argparse.Namespace) -> int:
     images: list[Image | None] = []
     entries = []
     for path in paths:
-        try:
-            image = load_image(path)
-            entries.append(describe_image(image, path))
-            images.append(image)
-        except InputError as exc:  # its voxels (NaN, constant...): the geometry is still described, with the reason
-            with warnings.catch_warnings():  # the header's warnings were given by load_image already
-                warnings.simplefilter("ignore")
-                grid = load_grid(path)
-            entries.append({**describe_image(grid, path), "problem": str(exc)})
-            images.append(None)
+        with _recorded_warnings() as shown:
+            try:
+                image = load_image(path)
+                entries.append(describe_image(image, path))
+                images.append(image)
+            except InputError as exc:  # its voxels (NaN, constant...): the geometry is described, with the reason
+                with warnings.catch_warnings(record=True) as again:  # read again: a header's warning given once
+                    warnings.simplefilter("always")
+                    grid = load_grid(path)
+                for caught in again:
+                    if str(caught.message) not in shown:
+                        warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
+                entries.append({**describe_image(grid, path), "problem": str(exc)})
+                images.append(None)
     for entry, (_, found) in zip(entries, inputs):
         if found is not None:
             entry["dicom_series"] = {"uid": found.uid, "description": found.description,
