@@ -38,7 +38,7 @@ from svreg_core.interrupts import interrupted_status, sigterm_as_interrupt
 from svreg_core.optim.parameters import NETWORK_PRECISIONS, PRESETS, SIMILARITIES, preset_modality_warning
 from svreg_core.outputs.writer import SELECTABLE_OUTPUTS
 from svreg_core.progress import ProgressEvent, ProgressPrinter, emit_json
-from svreg_core.text_input import read_table, table_path
+from svreg_core.text_input import PAIR_LIST_COLUMNS, read_table, table_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -624,8 +624,7 @@ def default_outputs(movings: Sequence[str]) -> list[str]:
 
 
 #: The columns of a pairs CSV that name input files (``output`` names the pair's folder under ``-o``).
-_PAIR_FILE_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask",
-                      "fixed_landmarks", "moving_landmarks", "initial_transform")
+_PAIR_FILE_COLUMNS = tuple(column for column in PAIR_LIST_COLUMNS if column != "output")
 
 
 def read_pairs(args: argparse.Namespace) -> list[Pair]:
@@ -655,11 +654,10 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
             raise InputError(f"{', '.join(flags)} go(es) with --fixed and --moving; a pairs file names each pair's "
                              "label maps and masks in its columns (fixed_labels, moving_labels, fixed_mask, ...).")
         path = Path(args.pairs)
-        table = read_table(path, "pairs file", ("fixed", "moving"))
+        table = read_table(path, "pairs file", ("fixed", "moving"), known=PAIR_LIST_COLUMNS)
         if not table:
             raise InputError(f"pairs file {path} lists no pairs: one row per pair under its header.")
         rows = [row for _, row in table]
-        check_pair_columns(path, list(rows[0]))
         for line, row in table:
             files.append({key: str(table_path(row[key], path)) for key in _PAIR_FILE_COLUMNS if row.get(key)})
             for role in ("fixed", "moving"):
@@ -686,21 +684,6 @@ def read_pairs(args: argparse.Namespace) -> list[Pair]:
             raise InputError(f"the output folder {pair.output} (moving {pair.moving}) lies inside {outer}, another "
                              "pair's output folder; give each pair a folder of its own in the output column.")
     return pairs
-
-
-def check_pair_columns(path: Path, columns: Sequence[str]) -> None:
-    """Refuse a pairs file's column that is none of svreg's but close to one (``moving_label``, ``Output``): its
-    files would be left out without a word (other columns, a cohort's ``subject`` or ``age``, are ignored)."""
-    import difflib
-
-    known = (*_PAIR_FILE_COLUMNS, "output")
-    for column in columns:
-        if column and column not in known:
-            near = difflib.get_close_matches(column.lower().replace(" ", "_").replace("-", "_"), known, n=1,
-                                             cutoff=0.8)
-            if near:
-                raise InputError(f"pairs file {path}: the column {column!r} is not one svreg reads; did you mean "
-                                 f"{near[0]}? (columns: {', '.join(known)}; others are ignored)")
 
 
 def check_label_arguments(pairs: Sequence[Pair], args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ names are relative to the table's folder, and one plain error line for anything 
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +34,14 @@ def read_text(path: str | Path, what: str) -> str:
         raise InputError(f"cannot read the {what} {path} ({exc.strerror or exc}).") from None
 
 
-def read_table(path: str | Path, what: str, required: Sequence[str]) -> list[tuple[int, dict[str, str]]]:
+#: Every column a pair list of some svreg command reads: a column named so is never taken for a misspelling
+#: (a tuning pair list's ``fixed_landmarks`` given to ``svreg train``), only ignored where unused.
+PAIR_LIST_COLUMNS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask",
+                     "fixed_landmarks", "moving_landmarks", "initial_transform", "output")
+
+
+def read_table(path: str | Path, what: str, required: Sequence[str],
+               known: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
     """The rows of the user's table file (pair lists): comma-separated values with a header line, tab-separated
     for ``.tsv``; semicolon-separated when the header line holds semicolons and no comma (what spreadsheet
     programs export as CSV where the decimal separator is a comma, e.g. German or French settings).
@@ -42,9 +50,14 @@ def read_table(path: str | Path, what: str, required: Sequence[str]) -> list[tup
         ``(line number, {column: value})`` per row, column names and values stripped of surrounding spaces, rows
         without any value left out; a missing cell is ``""`` and cells beyond the header are dropped.
 
+    Args:
+        known: the columns the caller reads (``required`` among them); a header column that is none of
+            :data:`PAIR_LIST_COLUMNS` but close to one of these (``moving_label``, ``Output``) is refused: its
+            files would be left out without a word. Other columns (a cohort's ``subject``, ``age``) are ignored.
+
     Raises:
-        InputError: as :func:`read_text`, or naming the ``required`` columns the header lacks and the columns
-            its first line was read as.
+        InputError: as :func:`read_text`, naming the ``required`` columns the header lacks and the columns its
+            first line was read as, or a column that misspells one of ``known``.
     """
     text = read_text(path, what)
     first = text.split("\n", 1)[0]
@@ -62,6 +75,13 @@ def read_table(path: str | Path, what: str, required: Sequence[str]) -> list[tup
                 else "its first line is empty")
         raise InputError(f"{what} {path} needs a header line with the columns {', '.join(required)} "
                          f"(missing: {', '.join(missing)}); {read}.")
+    for column in header:
+        if column and column not in PAIR_LIST_COLUMNS and column not in known:
+            near = difflib.get_close_matches(column.lower().replace(" ", "_").replace("-", "_"), known, n=1,
+                                             cutoff=0.8)
+            if near:
+                raise InputError(f"{what} {path}: the column {column!r} is not one svreg reads; did you mean "
+                                 f"{near[0]}? (columns: {', '.join(known)}; others are ignored)")
     rows = []
     for row in reader:
         cells = {(key or "").strip(): (value or "").strip() for key, value in row.items() if key is not None}

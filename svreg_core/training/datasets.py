@@ -293,7 +293,8 @@ def pairs_from_csv(path: str | Path) -> list[PairSpec]:
     """
     path = Path(path).expanduser()
     pairs = []
-    for line, row in read_table(path, "pair list", ("fixed", "moving")):
+    for line, row in read_table(path, "pair list", ("fixed", "moving"),
+                                known=("fixed", "moving", "fixed_labels", "moving_labels")):
         files = {role: table_path(row[role], path) for role in ("fixed", "moving", "fixed_labels", "moving_labels")
                  if row.get(role)}
         if "fixed" not in files or "moving" not in files:

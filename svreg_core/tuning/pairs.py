@@ -129,7 +129,7 @@ def _rows(path: Path, needs: str) -> list[dict[str, Any]]:
         if not isinstance(doc, list) or not all(isinstance(r, dict) for r in doc):
             raise InputError(f"pair list {path} must be a JSON list of objects (or {{\"pairs\": [...]}}).")
         return doc
-    return [row for _, row in read_table(path, "pair list", NEEDS[needs])]
+    return [row for _, row in read_table(path, "pair list", NEEDS[needs], known=ROLES)]
 
 
 def _pairs_from_list_file(path: Path, needs: str) -> list[ValidationPair]:

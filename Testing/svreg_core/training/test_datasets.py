@@ -383,6 +383,16 @@ def test_pairs_from_csv(geo, tmp_path) -> None:
     (tmp_path / "empty.csv").write_text("fixed,moving\n")
     with pytest.raises(InputError, match="no image pairs"):
         pairs_from_csv(tmp_path / "empty.csv")
+    # a misspelt label column left the label maps out (no validation Dice) without a word; a column another
+    # command reads (a tuning list's landmarks) is only ignored
+    (tmp_path / "misspelt.csv").write_text("fixed,moving,fixed_label,moving_landmarks\ndata/f.nii.gz,data/m.nii.gz,"
+                                           "data/fl.nii.gz,p.csv\n")
+    with pytest.raises(InputError, match=r"misspelt.csv: the column 'fixed_label' is not one svreg reads; did you "
+                                         r"mean fixed_labels\? \(columns: fixed, moving, fixed_labels, moving_labels;"):
+        pairs_from_csv(tmp_path / "misspelt.csv")
+    (tmp_path / "other.csv").write_text("fixed,moving,moving_landmarks\ndata/f.nii.gz,data/m.nii.gz,p.csv\n")
+    assert pairs_from_csv(tmp_path / "other.csv") == [PairSpec(tmp_path / "data" / "f.nii.gz",
+                                                               tmp_path / "data" / "m.nii.gz")]
 
 
 def test_split_pairs_keeps_validation_subjects_out_of_training() -> None:
