@@ -235,8 +235,15 @@ def check_run_dir(run_dir: Path, config: TrainingConfig, *, resume: bool) -> boo
                          f"--epochs {previous.epochs}, or go on from its weights in a new folder (--init "
                          f"{run_dir / LAST_DIR}).")
     if changed and finished:
-        raise InputError(f"output folder {run_dir} holds a run with a different configuration ({', '.join(changed)} "
-                         "differ); use the same settings to resume it, or choose a new folder.")
+        before, now = previous.to_dict(), config.to_dict()
+
+        def shown(name: str) -> str:  # a setting's two values when they are short, else its name
+            old, new = json.dumps(before[name]), json.dumps(now[name])
+            return f"{name}: {old} in the run, {new} now" if len(old) + len(new) <= 60 else f"{name} differs"
+
+        raise InputError(f"output folder {run_dir} holds a run with a different configuration "
+                         f"({'; '.join(shown(name) for name in changed)}); use the same settings to resume it, or "
+                         "choose a new folder.")
     return True
 
 

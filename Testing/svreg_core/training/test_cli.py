@@ -95,7 +95,7 @@ def test_json_progress_worker_processes_and_a_changed_rerun(geo, tmp_path) -> No
     assert changed.returncode == 2
     assert changed.stderr.strip().splitlines() == [
         f"svreg: error: output folder {tmp_path / 'run'} holds a run with a different configuration "
-        "(learning_rate differ); use the same settings to resume it, or choose a new folder."]
+        "(learning_rate: 0.0001 in the run, 0.001 now); use the same settings to resume it, or choose a new folder."]
 
 
 @pytest.mark.skipif(shutil.which("pgrep") is None, reason="finds the worker process with pgrep")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 import subprocess
 import sys
 
@@ -87,7 +89,10 @@ def test_a_finished_run_is_not_trained_again(config, tmp_path) -> None:
 def test_run_folder_with_other_settings_or_foreign_files_is_refused(config, tmp_path) -> None:
     config = config.replace(epochs=1, validation={"pairs": 0})
     train(config, tmp_path / "run")
-    with pytest.raises(InputError, match=r"different configuration \(alpha_prime, lambda_max differ\)"):
+    # the two values of each setting (it named the settings only)
+    with pytest.raises(InputError, match=re.escape(
+            f"different configuration (alpha_prime: {json.dumps(config.alpha_prime)} in the run, 0.05 now; "
+            f"lambda_max: {json.dumps(config.lambda_max)} in the run, 1.0 now); use the same settings")):
         train(config.replace(alpha_prime=0.05, lambda_max=1.0), tmp_path / "run")
     # more epochs for a finished run was refused as 'epochs differ', without saying how to train on
     with pytest.raises(InputError, match=r"holds a run of 1 epoch\(s\), not 3: its learning rate decays over its own "

@@ -364,7 +364,8 @@ def test_a_run_stopped_in_its_first_epoch_starts_over_with_changed_settings(geo,
     assert (summary.epochs, summary.resumed_from) == (1, 0)
     assert load_config(tmp_path / "run" / "config.yaml").learning_rate == 1e-3
     assert json.loads(cache.read_text()) == {key: marked}
-    with pytest.raises(InputError, match=r"different configuration \(learning_rate differ\)"):
+    with pytest.raises(InputError, match=re.escape(f"different configuration (learning_rate: 0.001 in the run, "
+                                                   f"{json.dumps(config.learning_rate)} now)")):
         train(config, tmp_path / "run")
 
 
