@@ -310,7 +310,7 @@ def split_pairs(pairs: Sequence[PairSpec], *, val_fraction: float | None = None,
     Subjects are image paths. An image found in every pair (an atlas) is shared by both sides and
     never held out. ``val_count`` subjects (or ``round(val_fraction × subjects)``, at least 1) are
     drawn with ``seed``; more are taken, one at a time, while they form no pair among themselves
-    (inter-subject pairs need two). Validation pairs are those made of held-out subjects (and shared
+    (inter-subject pairs need two), with a warning. Validation pairs are those made of held-out subjects (and shared
     images) only, training pairs those without any; pairs mixing both are dropped.
     """
     if (val_fraction is None) == (val_count is None):
@@ -332,6 +332,11 @@ def split_pairs(pairs: Sequence[PairSpec], *, val_fraction: float | None = None,
             train = [p for p, s in zip(pairs, images) if not s & held]
             if not train:
                 break
+            if n > max(1, int(wanted)):  # the held-out subjects formed no pair until now
+                asked = f"val_count {val_count}" if val_count is not None else f"val_fraction {val_fraction:g}"
+                warnings.warn(f"{n} of {len(candidates)} subjects are held out for validation, not the "
+                              f"{max(1, int(wanted))} that {asked} asks for: fewer formed no validation pair (an "
+                              "inter-subject pair needs two held-out subjects).", stacklevel=2)
             return train, val
     every = f" ({len(shared)} of them in every pair, never held out)" if shared else ""
     raise InputError(f"cannot hold out validation subjects from {len(pairs)} pair{'s' * (len(pairs) != 1)} of "

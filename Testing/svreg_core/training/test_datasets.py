@@ -404,8 +404,12 @@ def test_split_pairs_keeps_validation_subjects_out_of_training() -> None:
     assert len(val_subjects) == 2 and len(train_subjects) == 8 and not val_subjects & train_subjects
     assert len(val) == 2 and len(train) == 56
     assert split_pairs(pairs, val_fraction=0.2, seed=4) == (train, val)
-    # one held-out subject forms no inter-subject pair: a second one is taken
-    assert len(split_pairs(pairs, val_count=1, seed=0)[1]) == 2
+    # one held-out subject forms no inter-subject pair: a second one is taken, now with a word (it was silent)
+    with pytest.warns(UserWarning, match=r"^2 of 10 subjects are held out for validation, not the 1 that val_count 1 "
+                                         r"asks for: fewer formed no validation pair"):
+        assert len(split_pairs(pairs, val_count=1, seed=0)[1]) == 2
+    with pytest.warns(UserWarning, match="not the 1 that val_fraction 0.1 asks for"):
+        split_pairs(pairs, val_fraction=0.1, seed=0)
 
     atlas = Path("atlas.nii.gz")
     atlas_pairs = [PairSpec(atlas, s) for s in subjects]
