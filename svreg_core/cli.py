@@ -1165,9 +1165,16 @@ def _check_apply_output(out: Path, args: argparse.Namespace) -> None:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from svreg_core.models.zoo import describe, shipped_models
+    from svreg_core.models import read_model_info
+    from svreg_core.models.zoo import describe, resolve_model, shipped_models
 
     found = shipped_models()
+    if args.checkpoints:  # as their model.json describes them, checked as --model checks it (weights not read)
+        found = {}
+        for given in args.checkpoints:
+            folder = resolve_model(given)
+            info = read_model_info(folder)
+            found[info.name or (folder if folder.is_dir() else folder.parent).name] = info.to_dict()
     if args.json:
         print(json.dumps(found, indent=2))
     else:
@@ -1443,7 +1450,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     info.add_argument("--json", action="store_true", help="print a JSON list: one object per image, then one per "
                       "transform file or output folder")
     handlers["info"] = run_info
-    models = sub.add_parser("models", help="list the shipped learned models, one per line, name first")
+    models = sub.add_parser("models", help="list the shipped learned models, one per line, name first (or describe "
+                            "the checkpoints given)")
+    models.add_argument("checkpoints", nargs="*", metavar="CHECKPOINT",
+                        help="describe these instead: a checkpoint folder (model.json beside model.safetensors, e.g. "
+                        "RUN/best from svreg train), a file in it, or a shipped model's name")
     models.add_argument("--json", action="store_true", help="print the models' descriptions as one JSON object")
     handlers["models"] = run_models
     try:

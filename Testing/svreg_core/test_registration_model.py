@@ -380,3 +380,19 @@ def test_cli_models_lists_shipped_models_name_first(geo, tmp_path) -> None:
     assert [line.split()[0] for line in lines] == names
     listed = json.loads(_run(geo, "models", "--json", cwd=tmp_path).stdout)
     assert sorted(listed) == sorted(names)
+
+
+def test_cli_models_describes_the_checkpoints_given(tiny_checkpoints, tmp_path, capsys) -> None:
+    """``svreg models`` listed the shipped models only: a user's checkpoint (svreg train's RUN/best) could not be
+    described without opening its model.json by hand. Checkpoints given are described instead, one line each, name
+    first, with the hyper ranges; a folder that is no checkpoint is one plain line."""
+    assert main(["models", str(tiny_checkpoints.plain), str(tiny_checkpoints.hyper / "model.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["plain-test", "hyper-test"], lines
+    assert "architecture=unet-spr  grid=6.0 mm RAS" in lines[0] and "hyper alpha_prime=" not in lines[0]
+    assert "hyper alpha_prime=" in lines[1] and "alpha_prime=0.175" in lines[1], lines[1]
+    assert main(["models", "--json", str(tiny_checkpoints.hyper)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert list(listed) == ["hyper-test"] and listed["hyper-test"]["network_spacing_mm"] == 6.0
+    assert main(["models", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"svreg: error: checkpoint {tmp_path}: model.json is missing\n"
